@@ -1,0 +1,1 @@
+//! orch-api (being written).

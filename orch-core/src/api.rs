@@ -1,0 +1,1 @@
+//! Server-side operations on objects: apply, delete, scale (being written).

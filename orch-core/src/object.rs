@@ -1,0 +1,819 @@
+//! The object model: a Kubernetes-shaped envelope (`apiVersion`, `kind`, `metadata`, `spec`,
+//! `status`) around Service, Replica, Node, Secret, Config and Event.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{Cpu, Memory, Span, Timestamp};
+
+/// The only API version this crate speaks.
+pub const API_VERSION: &str = "orch/v1";
+/// The namespace objects land in when a manifest names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The kinds of object orch stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// A replicated workload.
+    Service,
+    /// One scheduled instance of a service.
+    Replica,
+    /// A machine that runs replicas.
+    Node,
+    /// Sensitive key/values.
+    Secret,
+    /// Plain key/values.
+    Config,
+    /// Something that happened to an object.
+    Event,
+}
+
+impl Kind {
+    /// Every kind, in the order `orchctl` lists them.
+    pub const ALL: [Kind; 6] = [Kind::Service, Kind::Replica, Kind::Node, Kind::Secret, Kind::Config, Kind::Event];
+    /// Kinds a user may write in a manifest.
+    pub const APPLICABLE: [Kind; 3] = [Kind::Service, Kind::Secret, Kind::Config];
+
+    /// The store prefix segment (plural, lower case).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::Replica => "replicas",
+            Kind::Node => "nodes",
+            Kind::Secret => "secrets",
+            Kind::Config => "configs",
+            Kind::Event => "events",
+        }
+    }
+    /// The name as written in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Replica => "Replica",
+            Kind::Node => "Node",
+            Kind::Secret => "Secret",
+            Kind::Config => "Config",
+            Kind::Event => "Event",
+        }
+    }
+    /// Whether objects of this kind live in a namespace (nodes do not).
+    pub fn namespaced(self) -> bool {
+        self != Kind::Node
+    }
+    /// Parses the names users type: `service`, `services`, `svc`, `Service`, ...
+    pub fn from_user(s: &str) -> Option<Kind> {
+        let s = s.to_ascii_lowercase();
+        Some(match s.as_str() {
+            "service" | "services" | "svc" => Kind::Service,
+            "replica" | "replicas" | "rep" | "pod" | "pods" => Kind::Replica,
+            "node" | "nodes" | "no" => Kind::Node,
+            "secret" | "secrets" => Kind::Secret,
+            "config" | "configs" | "cm" | "configmap" | "configmaps" => Kind::Config,
+            "event" | "events" | "ev" => Kind::Event,
+            _ => return None,
+        })
+    }
+    /// The store prefix holding every object of this kind: `/services/`.
+    pub fn prefix(self) -> String {
+        format!("/{}/", self.plural())
+    }
+    /// The store key of an object: `/services/default/web`, `/nodes/node-1`.
+    pub fn key(self, namespace: &str, name: &str) -> String {
+        if self.namespaced() {
+            format!("/{}/{}/{}", self.plural(), namespace, name)
+        } else {
+            format!("/{}/{}", self.plural(), name)
+        }
+    }
+    /// The kind a store key belongs to.
+    pub fn of_key(key: &str) -> Option<Kind> {
+        let seg = key.strip_prefix('/')?.split('/').next()?;
+        Kind::ALL.into_iter().find(|k| k.plural() == seg)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity and bookkeeping common to every object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS-1123 label.
+    pub name: String,
+    /// A DNS-1123 label; empty for cluster-scoped kinds (nodes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Identifying key/values that selectors match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form key/values for tools and people.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Set by orch when the object is created; unique over time.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// The store revision of the last write; set on read, ignored on write.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+    /// Bumped by orch whenever the spec changes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+    /// When orch created the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<Timestamp>,
+    /// The service that owns this object (replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// An environment variable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    /// Variable name.
+    pub name: String,
+    /// Variable value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Transport protocol of a port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A port a replica listens on. With no `port`, the node picks a free one and hands it to the
+/// workload as `PORT` (first port) and `ORCH_PORT_<NAME>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    /// An IANA-style port name (`http`), unique within the template.
+    pub name: String,
+    /// A fixed host port; omit for a dynamic one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// TCP or UDP.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+}
+
+/// CPU and memory one replica may use. They are both what the scheduler reserves and the
+/// limit the runtime enforces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// CPU, e.g. `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Memory, e.g. `128Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+}
+
+/// When a replica that exited is started again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Always restart (the default).
+    #[default]
+    Always,
+    /// Restart after a non-zero exit or a signal.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl RestartPolicy {
+    /// Whether an exit with this outcome leads to a restart.
+    pub fn restarts(self, success: bool) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+/// What one replica runs: either a `command` (the process runtime) or an `image`
+/// (a container runtime), plus everything about how it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Template {
+    /// Labels every replica carries (in addition to `orch/service`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A container image reference; needs a container runtime on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The program and its leading arguments (for images: overrides the entrypoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Further arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory; the replica's own directory when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Ports the workload listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// Reserved and enforced CPU and memory.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: Resources,
+    /// Always, OnFailure or Never.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub restart_policy: RestartPolicy,
+    /// Signal sent first on stop (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Time between the stop signal and SIGKILL (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<Span>,
+}
+
+impl Template {
+    /// The stop signal, `SIGTERM` unless set.
+    pub fn stop_signal(&self) -> &str {
+        self.stop_signal.as_deref().unwrap_or("SIGTERM")
+    }
+    /// The stop grace period, 10 s unless set.
+    pub fn stop_grace(&self) -> std::time::Duration {
+        self.stop_grace_period.map(|s| s.0).unwrap_or(std::time::Duration::from_secs(10))
+    }
+    /// A stable hash of the template; replicas record it to tell old revisions from new.
+    pub fn hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        // FNV-1a: stable across Rust releases, unlike std's DefaultHasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:010x}", h & 0xff_ffff_ffff)
+    }
+}
+
+/// Where replicas may go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Nodes must carry every one of these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// At most this many replicas of the service on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_node: Option<u32>,
+}
+
+/// A count or a percentage of the desired replicas (`1`, `"25%"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrPercent {
+    /// An absolute count.
+    Int(u32),
+    /// A percentage such as `"25%"`.
+    Percent(String),
+}
+
+impl IntOrPercent {
+    /// Resolves against `total`, rounding up (surge) or down (unavailable) as Kubernetes does.
+    pub fn resolve(&self, total: u32, round_up: bool) -> u32 {
+        match self {
+            IntOrPercent::Int(n) => *n,
+            IntOrPercent::Percent(p) => {
+                let pct: u64 = p.trim_end_matches('%').parse().unwrap_or(0);
+                let v = u64::from(total) * pct;
+                (if round_up { v.div_ceil(100) } else { v / 100 }) as u32
+            }
+        }
+    }
+}
+
+/// How a change of template replaces replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateStrategy {
+    /// Extra replicas allowed above the desired count during an update (default 25%, at least 1 when
+    /// max unavailable is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrPercent>,
+    /// Replicas allowed to be unready during an update (default 25%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrPercent>,
+}
+
+impl UpdateStrategy {
+    /// `(max_surge, max_unavailable)` for `replicas` desired; never both zero.
+    pub fn limits(&self, replicas: u32) -> (u32, u32) {
+        let quarter = IntOrPercent::Percent("25%".into());
+        let surge = self.max_surge.as_ref().unwrap_or(&quarter).resolve(replicas, true);
+        let unavailable = self.max_unavailable.as_ref().unwrap_or(&quarter).resolve(replicas, false);
+        if surge == 0 && unavailable == 0 {
+            (1, 0)
+        } else {
+            (surge, unavailable)
+        }
+    }
+}
+
+/// The desired state of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// How many replicas should run (default 1).
+    #[serde(default = "one", deserialize_with = "crate::validate::de_replicas")]
+    pub replicas: u32,
+    /// What each replica runs.
+    pub template: Template,
+    /// Where replicas may go.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub placement: Placement,
+    /// How template changes roll out.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub update: UpdateStrategy,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What orch observed of a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// The generation this status describes.
+    #[serde(default)]
+    pub observed_generation: u64,
+    /// Replicas that exist.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Replicas that are ready.
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// Replicas of the current template.
+    #[serde(default)]
+    pub updated_replicas: u32,
+    /// Replicas that cannot be placed.
+    #[serde(default)]
+    pub pending_replicas: u32,
+    /// A short human summary of anything wrong.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// A replicated workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Identity.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: ServiceSpec,
+    /// Observed state.
+    #[serde(default)]
+    pub status: ServiceStatus,
+}
+
+/// Whether a replica should be running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DesiredState {
+    /// Keep it running.
+    #[default]
+    Running,
+    /// Stop it, then delete the replica object.
+    Stopped,
+}
+
+/// The life-cycle phase of a replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    /// Not yet placed on a node, or placed and not yet started.
+    #[default]
+    Pending,
+    /// The node is starting it.
+    Starting,
+    /// Its process runs, not yet ready.
+    Running,
+    /// Running and ready to serve.
+    Ready,
+    /// It exited with an error or could not start; may be restarted.
+    Failed,
+    /// It exited and will not be restarted.
+    Exited,
+    /// Its node stopped reporting.
+    Lost,
+    /// It is being stopped.
+    Stopping,
+}
+
+impl Phase {
+    /// Whether the workload is up (running or ready).
+    pub fn is_up(self) -> bool {
+        matches!(self, Phase::Running | Phase::Ready)
+    }
+    /// The phase's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Starting => "Starting",
+            Phase::Running => "Running",
+            Phase::Ready => "Ready",
+            Phase::Failed => "Failed",
+            Phase::Exited => "Exited",
+            Phase::Lost => "Lost",
+            Phase::Stopping => "Stopping",
+        }
+    }
+}
+
+/// How a workload's process ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitStatus {
+    /// The exit code, when it exited by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal that killed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Killed by the kernel for exceeding its memory limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
+}
+
+impl ExitStatus {
+    /// Exit code 0 and no signal.
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && self.signal.is_none()
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.oom_killed {
+            return f.write_str("OOMKilled");
+        }
+        match (self.code, self.signal) {
+            (_, Some(s)) => write!(f, "signal {s}"),
+            (Some(c), None) => write!(f, "exit code {c}"),
+            (None, None) => f.write_str("unknown"),
+        }
+    }
+}
+
+/// A port a running replica was given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundPort {
+    /// The template's port name.
+    pub name: String,
+    /// The host port.
+    pub port: u16,
+}
+
+/// The desired state of one replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicaSpec {
+    /// The service it belongs to.
+    pub service: String,
+    /// Hash of the template it was made from.
+    pub template_hash: String,
+    /// What it runs (a copy of the service template at creation).
+    pub template: Template,
+    /// Placement constraints copied from the service.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub placement: Placement,
+    /// The node it is bound to; empty while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Running, or Stopped (then deleted).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub desired: DesiredState,
+}
+
+/// What orch observed of one replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Life-cycle phase.
+    #[serde(default)]
+    pub phase: Phase,
+    /// A machine-readable reason (`Unschedulable`, `BackOff`, `StartError`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// A human-readable explanation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// How many times the node restarted it.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How its last run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ExitStatus>,
+    /// The host address it serves on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// Ports it was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<BoundPort>,
+    /// The runtime's handle (a process id, a container id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime_id: String,
+    /// When the current run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+}
+
+impl ReplicaStatus {
+    /// `host:port` of the first port, if any.
+    pub fn address(&self) -> Option<String> {
+        let ip = self.host_ip.as_deref()?;
+        self.ports.first().map(|p| format!("{ip}:{}", p.port))
+    }
+}
+
+/// One scheduled instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Replica {
+    /// Identity.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: ReplicaSpec,
+    /// Observed state.
+    #[serde(default)]
+    pub status: ReplicaStatus,
+}
+
+impl Replica {
+    /// The id runtimes know it by: `namespace.name`.
+    pub fn runtime_name(&self) -> String {
+        format!("{}.{}", self.metadata.namespace, self.metadata.name)
+    }
+}
+
+/// Whether a node is reporting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeCondition {
+    /// Heartbeats arrive.
+    #[default]
+    Ready,
+    /// Heartbeats stopped for longer than the grace period.
+    Unreachable,
+}
+
+/// Operator intent for a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Cordoned: no new replicas are placed here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Addresses replicas on this node are reached at.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// What the machine has.
+    #[serde(default)]
+    pub capacity: Resources,
+    /// Most replicas the node accepts.
+    #[serde(default)]
+    pub max_replicas: u32,
+    /// Runtimes the node offers (`process`, `containerd`).
+    #[serde(default)]
+    pub runtimes: Vec<String>,
+    /// Reporting or not.
+    #[serde(default)]
+    pub condition: NodeCondition,
+    /// Last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Timestamp>,
+    /// Whether CPU and memory limits are enforced, and if not why.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub limits: String,
+    /// The agent's version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_version: String,
+}
+
+/// A machine that runs replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Node {
+    /// Identity; labels are what placement matches.
+    pub metadata: Metadata,
+    /// Operator intent.
+    #[serde(default)]
+    pub spec: NodeSpec,
+    /// Reported state.
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+/// Sensitive key/values. Values are base64 in `data` or plain text in `stringData` on input;
+/// orch stores them as given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Secret {
+    /// Identity.
+    pub metadata: Metadata,
+    /// Key to value.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+/// Plain key/values delivered to replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Identity.
+    pub metadata: Metadata,
+    /// Key to value.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+/// Normal or Warning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    /// Expected life-cycle steps.
+    #[default]
+    Normal,
+    /// Something went wrong.
+    Warning,
+}
+
+/// Names the object an event is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// Its kind.
+    pub kind: Option<Kind>,
+    /// Its namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Something that happened to an object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Event {
+    /// Identity.
+    pub metadata: Metadata,
+    /// What it is about.
+    pub involved: ObjectRef,
+    /// Normal or Warning.
+    #[serde(rename = "type", default)]
+    pub type_: EventType,
+    /// CamelCase reason (`Scheduled`, `Started`, `BackOff`).
+    pub reason: String,
+    /// Human-readable.
+    pub message: String,
+    /// Which component said it (`scheduler`, `agent/node-1`).
+    #[serde(default)]
+    pub source: String,
+    /// When it happened.
+    pub timestamp: Timestamp,
+}
+
+/// Any object, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+#[allow(clippy::large_enum_variant)]
+pub enum Object {
+    /// A service.
+    Service(Service),
+    /// A replica.
+    Replica(Replica),
+    /// A node.
+    Node(Node),
+    /// A secret.
+    Secret(Secret),
+    /// A config.
+    Config(Config),
+    /// An event.
+    Event(Event),
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::Replica(_) => Kind::Replica,
+            Object::Node(_) => Kind::Node,
+            Object::Secret(_) => Kind::Secret,
+            Object::Config(_) => Kind::Config,
+            Object::Event(_) => Kind::Event,
+        }
+    }
+    /// Its metadata.
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            Object::Service(o) => &o.metadata,
+            Object::Replica(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::Config(o) => &o.metadata,
+            Object::Event(o) => &o.metadata,
+        }
+    }
+    /// Its metadata, mutably.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        match self {
+            Object::Service(o) => &mut o.metadata,
+            Object::Replica(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
+            Object::Config(o) => &mut o.metadata,
+            Object::Event(o) => &mut o.metadata,
+        }
+    }
+    /// Its store key.
+    pub fn key(&self) -> String {
+        let m = self.metadata();
+        self.kind().key(&m.namespace, &m.name)
+    }
+    /// `kind/name` as `kubectl` prints it.
+    pub fn display_name(&self) -> String {
+        format!("{}/{}", self.kind().as_str().to_ascii_lowercase(), self.metadata().name)
+    }
+    /// Encodes for the store (JSON with `apiVersion`; the revision is left out).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.insert("apiVersion".into(), API_VERSION.into());
+            if let Some(md) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                md.remove("revision");
+            }
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+    /// Decodes what [`Object::encode`] wrote and stamps the store revision.
+    pub fn decode(bytes: &[u8], revision: u64) -> Result<Object, serde_json::Error> {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
+        if let Some(map) = v.as_object_mut() {
+            map.remove("apiVersion");
+        }
+        let mut o: Object = serde_json::from_value(v)?;
+        o.metadata_mut().revision = revision;
+        Ok(o)
+    }
+    /// A JSON value with `apiVersion` first, for output.
+    pub fn to_display_value(&self) -> serde_json::Value {
+        let v = serde_json::to_value(self).unwrap_or_default();
+        let mut out = serde_json::Map::new();
+        out.insert("apiVersion".into(), API_VERSION.into());
+        if let serde_json::Value::Object(m) = v {
+            out.extend(m);
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+macro_rules! object_from {
+    ($($t:ident),*) => {$(
+        impl From<$t> for Object {
+            fn from(o: $t) -> Object {
+                Object::$t(o)
+            }
+        }
+    )*};
+}
+object_from!(Service, Replica, Node, Secret, Config, Event);
+
+/// The label every replica carries naming its service.
+pub const SERVICE_LABEL: &str = "orch/service";

@@ -1,0 +1,145 @@
+//! The `Scheduler` trait: a pure function from a cluster snapshot and pending replicas to a
+//! plan. No clock, no I/O, no async; the seed for tie-breaks is passed in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::object::{Node, NodeCondition, Placement, Protocol, Replica, Template};
+
+/// One node as the scheduler sees it: what it has and what is already placed on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// CPU capacity in millicores (0: unknown, not limited).
+    pub cpu_capacity: u64,
+    /// Memory capacity in bytes (0: unknown, not limited).
+    pub memory_capacity: u64,
+    /// Most replicas the node takes (0: no limit).
+    pub max_replicas: u32,
+    /// Runtimes offered (`process`, `containerd`).
+    pub runtimes: Vec<String>,
+    /// Accepts new replicas (not cordoned, reporting).
+    pub schedulable: bool,
+    /// CPU already reserved by replicas on it.
+    pub cpu_used: u64,
+    /// Memory already reserved.
+    pub memory_used: u64,
+    /// Replicas on it.
+    pub replicas: u32,
+    /// Fixed host ports taken (`(protocol, port)`).
+    pub ports_used: BTreeSet<(Protocol, u16)>,
+    /// Replicas per service (`namespace/service`) on it.
+    pub per_service: HashMap<String, u32>,
+}
+
+/// Everything the scheduler may look at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterSnapshot {
+    /// Nodes in name order.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// One replica waiting for a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingReplica {
+    /// Store key of the replica.
+    pub key: String,
+    /// `namespace/service`.
+    pub service: String,
+    /// Reserved CPU in millicores.
+    pub cpu: u64,
+    /// Reserved memory in bytes.
+    pub memory: u64,
+    /// Fixed host ports it needs.
+    pub ports: Vec<(Protocol, u16)>,
+    /// The runtime it needs (`process` for commands, `containerd` for images).
+    pub runtime: String,
+    /// Placement rules.
+    pub placement: Placement,
+}
+
+/// A decision for the pending replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Replica key → node name.
+    pub bindings: Vec<(String, String)>,
+    /// Replica key → why no node fits ("0/3 nodes: 2 insufficient memory, 1 cordoned").
+    pub unschedulable: Vec<(String, String)>,
+}
+
+/// Places pending replicas on nodes.
+pub trait Scheduler: Send + Sync {
+    /// The scheduler's name, for events.
+    fn name(&self) -> &str;
+    /// Decides where each pending replica goes. Must be deterministic in its inputs.
+    fn schedule(&self, snapshot: &ClusterSnapshot, pending: &[PendingReplica], seed: u64) -> Plan;
+}
+
+impl<T: Scheduler + ?Sized> Scheduler for std::sync::Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn schedule(&self, snapshot: &ClusterSnapshot, pending: &[PendingReplica], seed: u64) -> Plan {
+        (**self).schedule(snapshot, pending, seed)
+    }
+}
+
+/// The runtime a template needs.
+pub fn runtime_for(template: &Template) -> &'static str {
+    if template.image.is_some() {
+        "containerd"
+    } else {
+        "process"
+    }
+}
+
+impl PendingReplica {
+    /// Describes a replica for the scheduler.
+    pub fn from_replica(r: &Replica, key: String) -> PendingReplica {
+        let t = &r.spec.template;
+        PendingReplica {
+            key,
+            service: format!("{}/{}", r.metadata.namespace, r.spec.service),
+            cpu: t.resources.cpu.map(|c| c.0).unwrap_or(0),
+            memory: t.resources.memory.map(|m| m.0).unwrap_or(0),
+            ports: t.ports.iter().filter_map(|p| p.port.map(|n| (p.protocol, n))).collect(),
+            runtime: runtime_for(t).to_string(),
+            placement: r.spec.placement.clone(),
+        }
+    }
+}
+
+impl ClusterSnapshot {
+    /// Builds a snapshot from nodes and the replicas bound to them.
+    pub fn build<'a>(nodes: impl IntoIterator<Item = &'a Node>, replicas: impl IntoIterator<Item = &'a Replica>) -> ClusterSnapshot {
+        let mut infos: BTreeMap<String, NodeInfo> = nodes
+            .into_iter()
+            .map(|n| {
+                let info = NodeInfo {
+                    name: n.metadata.name.clone(),
+                    labels: n.metadata.labels.clone(),
+                    cpu_capacity: n.status.capacity.cpu.map(|c| c.0).unwrap_or(0),
+                    memory_capacity: n.status.capacity.memory.map(|m| m.0).unwrap_or(0),
+                    max_replicas: n.status.max_replicas,
+                    runtimes: n.status.runtimes.clone(),
+                    schedulable: !n.spec.unschedulable && n.status.condition == NodeCondition::Ready,
+                    ..NodeInfo::default()
+                };
+                (info.name.clone(), info)
+            })
+            .collect();
+        for r in replicas {
+            let Some(node) = r.spec.node.as_deref() else { continue };
+            let Some(info) = infos.get_mut(node) else { continue };
+            let p = PendingReplica::from_replica(r, String::new());
+            info.cpu_used += p.cpu;
+            info.memory_used += p.memory;
+            info.replicas += 1;
+            info.ports_used.extend(p.ports.iter().copied());
+            *info.per_service.entry(p.service).or_default() += 1;
+        }
+        ClusterSnapshot { nodes: infos.into_values().collect() }
+    }
+}

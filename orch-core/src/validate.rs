@@ -1,0 +1,405 @@
+//! Validation with precise errors: every error names the field path, the bad value and what
+//! is allowed. Name and label rules follow Kubernetes' apimachinery.
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::object::{Config, IntOrPercent, Metadata, Object, Secret, Service, Template};
+use crate::runtime::signal_number;
+
+/// The most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 100_000;
+/// The most bytes of data one secret or config may hold.
+pub const MAX_DATA_BYTES: usize = 1 << 20;
+
+/// One invalid field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `spec.template.ports[1].port`.
+    pub path: String,
+    /// The offending value as written (may be empty when a field is missing).
+    pub value: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.path, self.message)
+        } else {
+            write!(f, "{}: invalid value {}: {}", self.path, self.value, self.message)
+        }
+    }
+}
+
+fn err(path: impl Into<String>, value: impl fmt::Debug, message: impl Into<String>) -> FieldError {
+    FieldError { path: path.into(), value: format!("{value:?}"), message: message.into() }
+}
+
+fn is_alnum_lower(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+/// Checks a DNS-1123 label: lower-case alphanumerics and `-`, starting and ending
+/// alphanumeric, at most 63 characters.
+pub fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Err(format!("must be no more than 63 characters (it has {})", s.len()));
+    }
+    let ok = s.chars().all(|c| is_alnum_lower(c) || c == '-')
+        && s.starts_with(is_alnum_lower)
+        && s.ends_with(is_alnum_lower);
+    if ok {
+        Ok(())
+    } else if dns1123_subdomain(s).is_ok() {
+        Err("must not contain dots".into())
+    } else {
+        Err("a DNS-1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name', or '123-abc')".into())
+    }
+}
+
+/// Checks a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 253 {
+        return Err(format!("must be no more than 253 characters (it has {})", s.len()));
+    }
+    let ok = s.split('.').all(|p| {
+        !p.is_empty() && p.chars().all(|c| is_alnum_lower(c) || c == '-') && p.starts_with(is_alnum_lower) && p.ends_with(is_alnum_lower)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("a DNS-1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com')".into())
+    }
+}
+
+fn qualified_name_part(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+}
+
+/// Checks a label or annotation key: `[prefix/]name`, prefix a DNS-1123 subdomain,
+/// name up to 63 of `[A-Za-z0-9-_.]` starting and ending alphanumeric.
+pub fn label_key(s: &str) -> Result<(), String> {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            return Err("prefix part must be non-empty".into());
+        }
+        if name.contains('/') {
+            return Err("a qualified name must consist of at most one '/'".into());
+        }
+        dns1123_subdomain(p).map_err(|e| format!("prefix part {e}"))?;
+    }
+    if name.len() > 63 {
+        return Err(format!("name part must be no more than 63 characters (it has {})", name.len()));
+    }
+    if !qualified_name_part(name) {
+        return Err("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName', 'my.name', '123-abc'), with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')".into());
+    }
+    Ok(())
+}
+
+/// Checks a label value: empty, or up to 63 of `[A-Za-z0-9-_.]` starting and ending alphanumeric.
+pub fn label_value(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    if s.len() > 63 {
+        return Err(format!("must be no more than 63 characters (it has {})", s.len()));
+    }
+    if !qualified_name_part(s) {
+        return Err("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character".into());
+    }
+    Ok(())
+}
+
+/// Checks a port name: 1–15 of `[-a-z0-9]`, at least one letter, no `--`, no `-` at either end.
+pub fn port_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err("must be 1 to 15 characters".into());
+    }
+    if !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return Err("must contain only lower case alphanumeric characters or '-'".into());
+    }
+    if !s.chars().any(|c| c.is_ascii_lowercase()) {
+        return Err("must contain at least one letter".into());
+    }
+    if s.contains("--") || s.starts_with('-') || s.ends_with('-') {
+        return Err("must not contain '--' or begin or end with '-'".into());
+    }
+    Ok(())
+}
+
+/// Checks an environment variable name: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+pub fn env_name(s: &str) -> Result<(), String> {
+    let first_ok = s.starts_with(|c: char| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'));
+    if first_ok && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+        Ok(())
+    } else {
+        Err("a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit".into())
+    }
+}
+
+/// Checks a secret or config key: `[-._a-zA-Z0-9]+`, not `.` or `..`.
+pub fn data_key(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 || s == "." || s == ".." {
+        return Err("must be 1 to 253 characters and not '.' or '..'".into());
+    }
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+        Ok(())
+    } else {
+        Err("a valid key must consist of alphanumeric characters, '-', '_' or '.'".into())
+    }
+}
+
+/// Checks an image reference loosely (`[registry[:port]/]repo[:tag][@digest]`).
+pub fn image_ref(s: &str) -> Result<(), String> {
+    let bad = || "an image reference looks like [registry[:port]/]name[:tag][@sha256:digest], in lower case, with no spaces (e.g. 'docker.io/library/busybox:1.36')".to_string();
+    if s.is_empty() || s.len() > 512 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (name, digest) = match s.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let hex = d.strip_prefix("sha256:").ok_or_else(bad)?;
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+            return Err(bad());
+        }
+    }
+    let path = match name.rsplit_once(':') {
+        Some((p, tag)) if !tag.contains('/') => {
+            if tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+                return Err(bad());
+            }
+            p
+        }
+        _ => name,
+    };
+    let mut parts = path.split('/').collect::<Vec<_>>();
+    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+        parts.remove(0);
+    }
+    let comp_ok = |c: &str| {
+        !c.is_empty()
+            && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+            && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+    };
+    if parts.is_empty() || !parts.iter().all(|c| comp_ok(c)) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Deserializes a replica count from any integer, with a clear range error.
+pub fn de_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let n = v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
+    match n {
+        Some(n) if (0..=MAX_REPLICAS).contains(&n) => Ok(n as u32),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid value {v}: must be a whole number from 0 to {MAX_REPLICAS}"
+        ))),
+    }
+}
+
+fn check_metadata(md: &Metadata, namespaced: bool, out: &mut Vec<FieldError>) {
+    if let Err(m) = dns1123_label(&md.name) {
+        out.push(err("metadata.name", &md.name, m));
+    }
+    if namespaced {
+        if let Err(m) = dns1123_label(&md.namespace) {
+            out.push(err("metadata.namespace", &md.namespace, m));
+        }
+    }
+    check_labels("metadata.labels", &md.labels, out);
+    let mut size = 0;
+    for (k, v) in &md.annotations {
+        if let Err(m) = label_key(k) {
+            out.push(err(format!("metadata.annotations[{k:?}]"), k, m));
+        }
+        size += k.len() + v.len();
+    }
+    if size > 256 * 1024 {
+        out.push(FieldError { path: "metadata.annotations".into(), value: String::new(), message: format!("total size must be no more than 262144 bytes (it is {size})") });
+    }
+}
+
+fn check_labels(path: &str, labels: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
+    for (k, v) in labels {
+        if let Err(m) = label_key(k) {
+            out.push(err(format!("{path}[{k:?}]"), k, m));
+        }
+        if let Err(m) = label_value(v) {
+            out.push(err(format!("{path}[{k:?}]"), v, m));
+        }
+    }
+}
+
+fn check_template(t: &Template, out: &mut Vec<FieldError>) {
+    let p = "spec.template";
+    check_labels(&format!("{p}.labels"), &t.labels, out);
+    match (&t.image, t.command.is_empty()) {
+        (None, true) => out.push(FieldError { path: format!("{p}.command"), value: String::new(), message: "set either command (a program to run as a process) or image (a container image)".into() }),
+        (Some(img), _) => {
+            if let Err(m) = image_ref(img) {
+                out.push(err(format!("{p}.image"), img, m));
+            }
+        }
+        (None, false) => {}
+    }
+    if let Some(first) = t.command.first() {
+        if first.trim().is_empty() {
+            out.push(err(format!("{p}.command[0]"), first, "the program must not be empty"));
+        }
+    }
+    for (i, a) in t.command.iter().chain(&t.args).enumerate() {
+        if a.contains('\0') {
+            out.push(err(format!("{p}.{}", if i < t.command.len() { format!("command[{i}]") } else { format!("args[{}]", i - t.command.len()) }), a, "must not contain NUL bytes"));
+        }
+    }
+    for (i, e) in t.env.iter().enumerate() {
+        if let Err(m) = env_name(&e.name) {
+            out.push(err(format!("{p}.env[{i}].name"), &e.name, m));
+        }
+        if e.value.contains('\0') {
+            out.push(err(format!("{p}.env[{i}].value"), &e.value, "must not contain NUL bytes"));
+        }
+    }
+    if let Some(wd) = &t.working_dir {
+        if !wd.starts_with('/') {
+            out.push(err(format!("{p}.workingDir"), wd, "must be an absolute path"));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut fixed = HashSet::new();
+    for (i, port) in t.ports.iter().enumerate() {
+        if let Err(m) = port_name(&port.name) {
+            out.push(err(format!("{p}.ports[{i}].name"), &port.name, m));
+        }
+        if !names.insert(port.name.as_str()) {
+            out.push(err(format!("{p}.ports[{i}].name"), &port.name, "duplicate port name: each port needs its own name"));
+        }
+        if let Some(n) = port.port {
+            if n == 0 {
+                out.push(err(format!("{p}.ports[{i}].port"), n, "must be between 1 and 65535 inclusive, or omitted for a dynamic port"));
+            } else if !fixed.insert((port.protocol, n)) {
+                out.push(err(format!("{p}.ports[{i}].port"), n, "duplicate port: another port of this template already uses it"));
+            }
+        }
+    }
+    if let Some(sig) = &t.stop_signal {
+        if signal_number(sig).is_none() {
+            out.push(err(format!("{p}.stopSignal"), sig, "must be a signal name such as SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or a number 1-64"));
+        }
+    }
+    if let Some(g) = t.stop_grace_period {
+        if g.0 > std::time::Duration::from_secs(3600) {
+            out.push(err(format!("{p}.stopGracePeriod"), g.to_string(), "must be at most 1h"));
+        }
+    }
+    if let Some(m) = t.resources.memory {
+        if m.0 > 0 && m.0 < 4096 * 1024 {
+            out.push(err(format!("{p}.resources.memory"), m.to_string(), "must be at least 4Mi (or omitted for no limit)"));
+        }
+    }
+}
+
+fn check_percent(path: &str, v: &Option<IntOrPercent>, out: &mut Vec<FieldError>) {
+    if let Some(IntOrPercent::Percent(s)) = v {
+        let ok = s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n <= 100);
+        if !ok {
+            out.push(err(path, s, "must be a whole number or a percentage from 0% to 100% (e.g. 1 or \"25%\")"));
+        }
+    }
+}
+
+fn check_service(s: &Service, out: &mut Vec<FieldError>) {
+    check_template(&s.spec.template, out);
+    let pl = &s.spec.placement;
+    check_labels("spec.placement.nodeSelector", &pl.node_selector, out);
+    if pl.max_per_node == Some(0) {
+        out.push(err("spec.placement.maxPerNode", 0, "must be at least 1 (or omitted for no limit)"));
+    }
+    check_percent("spec.update.maxSurge", &s.spec.update.max_surge, out);
+    check_percent("spec.update.maxUnavailable", &s.spec.update.max_unavailable, out);
+}
+
+fn check_data(data: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
+    let mut size = 0;
+    for (k, v) in data {
+        if let Err(m) = data_key(k) {
+            out.push(err(format!("data[{k:?}]"), k, m));
+        }
+        size += k.len() + v.len();
+    }
+    if size > MAX_DATA_BYTES {
+        out.push(FieldError { path: "data".into(), value: String::new(), message: format!("total size must be no more than {MAX_DATA_BYTES} bytes (it is {size})") });
+    }
+}
+
+/// Validates an object a user wants to apply; returns every problem found.
+pub fn validate(obj: &Object) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    check_metadata(obj.metadata(), obj.kind().namespaced(), &mut out);
+    match obj {
+        Object::Service(s) => check_service(s, &mut out),
+        Object::Secret(Secret { data, .. }) | Object::Config(Config { data, .. }) => check_data(data, &mut out),
+        Object::Replica(_) | Object::Node(_) | Object::Event(_) => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        for ok in ["a", "abc-123", "0", &"a".repeat(63)] {
+            assert!(dns1123_label(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", &"a".repeat(64)] {
+            assert!(dns1123_label(bad).is_err(), "{bad}");
+        }
+        assert_eq!(dns1123_label("a.b").unwrap_err(), "must not contain dots");
+        for ok in ["app", "example.com/app", "a_b.C-1"] {
+            assert!(label_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/a", "a/b/c", "-a", "Example.com/a"] {
+            assert!(label_key(bad).is_err(), "{bad}");
+        }
+        assert!(label_value("").is_ok());
+        assert!(label_value("a b").is_err());
+        assert!(port_name("http").is_ok());
+        for bad in ["8080", "http--x", "-http", "abcdefghijklmnop", "HTTP"] {
+            assert!(port_name(bad).is_err(), "{bad}");
+        }
+        for ok in ["busybox", "127.0.0.1:5000/test/busybox:latest", "docker.io/library/busybox:1.36", "localhost/x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"] {
+            assert!(image_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Busybox", "a b", "x:", "x@sha256:12"] {
+            assert!(image_ref(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! orch-dns (being written).

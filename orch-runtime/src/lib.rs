@@ -1,0 +1,1 @@
+//! orch-runtime (being written).

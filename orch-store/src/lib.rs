@@ -1,0 +1,1 @@
+//! orch-store (being written).
