@@ -1,1 +1,188 @@
-//! Server-side operations on objects: apply, delete, scale (being written).
+//! Server-side operations on objects, shared by every front end (the daemon's API, `orchd up`,
+//! embedding programs): apply (all-or-nothing, idempotent), delete, scale.
+
+use std::fmt;
+
+use crate::object::{Kind, Object};
+use crate::quantity::Timestamp;
+use crate::store::{create_op, get_object, update_op, Op, Store, StoreError};
+use crate::validate::{validate, MAX_REPLICAS};
+
+/// A fresh object uid (random, 128 bits, UUID-shaped).
+pub fn new_uid() -> String {
+    let v: u128 = rand::random();
+    let h = format!("{v:032x}");
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// What apply did to one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyAction {
+    /// It did not exist.
+    Created,
+    /// Its spec, labels or annotations changed.
+    Configured,
+    /// Nothing changed.
+    Unchanged,
+}
+
+impl fmt::Display for ApplyAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ApplyAction::Created => "created",
+            ApplyAction::Configured => "configured",
+            ApplyAction::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// Errors of the operations here.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The object is invalid; nothing was applied.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such object.
+    #[error("{kind} {name:?} not found in namespace {namespace:?}")]
+    NotFound {
+        /// Its kind.
+        kind: Kind,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn same_desired(a: &Object, b: &Object) -> bool {
+    let (ma, mb) = (a.metadata(), b.metadata());
+    if ma.labels != mb.labels || ma.annotations != mb.annotations {
+        return false;
+    }
+    match (a, b) {
+        (Object::Service(x), Object::Service(y)) => x.spec == y.spec,
+        (Object::Secret(x), Object::Secret(y)) => x.data == y.data,
+        (Object::Config(x), Object::Config(y)) => x.data == y.data,
+        _ => false,
+    }
+}
+
+/// Merges a user's object into what is stored: user fields replace, orch fields are kept.
+fn merge(existing: Option<&Object>, mut desired: Object) -> (Object, ApplyAction) {
+    let md = desired.metadata_mut();
+    md.revision = 0;
+    match existing {
+        None => {
+            md.uid = new_uid();
+            md.generation = 1;
+            md.creation_timestamp = Some(Timestamp::now());
+            md.owner = None;
+            if let Object::Service(s) = &mut desired {
+                s.status = Default::default();
+            }
+            (desired, ApplyAction::Created)
+        }
+        Some(cur) => {
+            if same_desired(cur, &desired) {
+                return (cur.clone(), ApplyAction::Unchanged);
+            }
+            let spec_changed = match (cur, &desired) {
+                (Object::Service(x), Object::Service(y)) => x.spec != y.spec,
+                _ => true,
+            };
+            let cm = cur.metadata();
+            let md = desired.metadata_mut();
+            md.uid = cm.uid.clone();
+            md.creation_timestamp = cm.creation_timestamp;
+            md.owner = cm.owner.clone();
+            md.revision = cm.revision;
+            md.generation = cm.generation + u64::from(spec_changed);
+            if let (Object::Service(c), Object::Service(d)) = (cur, &mut desired) {
+                d.status = c.status.clone();
+            }
+            (desired, ApplyAction::Configured)
+        }
+    }
+}
+
+/// Applies objects as one all-or-nothing transaction (retried on conflicts). With `dry_run`,
+/// reports what would happen and writes nothing.
+pub async fn apply(store: &dyn Store, objects: Vec<Object>, dry_run: bool) -> Result<Vec<(Object, ApplyAction)>, ApiError> {
+    for o in &objects {
+        if !Kind::APPLICABLE.contains(&o.kind()) {
+            return Err(ApiError::Invalid(format!("{}: kind {} cannot be applied; allowed: Service, Secret, Config", o.display_name(), o.kind())));
+        }
+        let problems = validate(o);
+        if !problems.is_empty() {
+            let msgs: Vec<String> = problems.iter().map(|p| format!("{}: {p}", o.display_name())).collect();
+            return Err(ApiError::Invalid(msgs.join("\n")));
+        }
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut ops: Vec<Op> = Vec::new();
+        let mut results = Vec::new();
+        for o in &objects {
+            let m = o.metadata();
+            let cur = get_object(store, o.kind(), &m.namespace, &m.name).await?;
+            let (merged, action) = merge(cur.as_ref(), o.clone());
+            match action {
+                ApplyAction::Created => ops.push(create_op(&merged)),
+                ApplyAction::Configured => ops.push(update_op(&merged)),
+                ApplyAction::Unchanged => {}
+            }
+            results.push((merged, action));
+        }
+        if dry_run || ops.is_empty() {
+            return Ok(results);
+        }
+        match store.txn(ops).await {
+            Ok(_) => return Ok(results),
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) if attempt < 10 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Deletes one object. Deleting a service makes its replicas stop (the replication
+/// controller marks them; their agents stop and delete them).
+pub async fn delete(store: &dyn Store, kind: Kind, namespace: &str, name: &str) -> Result<Object, ApiError> {
+    loop {
+        let Some(cur) = get_object(store, kind, namespace, name).await? else {
+            return Err(ApiError::NotFound { kind, namespace: namespace.into(), name: name.into() });
+        };
+        match store.txn(vec![crate::store::delete_op(&cur)]).await {
+            Ok(_) => return Ok(cur),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => return Err(ApiError::NotFound { kind, namespace: namespace.into(), name: name.into() }),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sets a service's replica count.
+pub async fn scale(store: &dyn Store, namespace: &str, name: &str, replicas: i64) -> Result<Object, ApiError> {
+    if !(0..=MAX_REPLICAS).contains(&replicas) {
+        return Err(ApiError::Invalid(format!("replicas: invalid value {replicas}: must be a whole number from 0 to {MAX_REPLICAS}")));
+    }
+    loop {
+        let Some(Object::Service(mut svc)) = get_object(store, Kind::Service, namespace, name).await? else {
+            return Err(ApiError::NotFound { kind: Kind::Service, namespace: namespace.into(), name: name.into() });
+        };
+        if svc.spec.replicas == replicas as u32 {
+            return Ok(Object::Service(svc));
+        }
+        svc.spec.replicas = replicas as u32;
+        svc.metadata.generation += 1;
+        let obj = Object::Service(svc);
+        match store.txn(vec![update_op(&obj)]).await {
+            Ok(_) => return Ok(obj),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

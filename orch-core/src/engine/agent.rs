@@ -1,0 +1,599 @@
+//! The node agent: makes the replicas bound to its node run in its [`Runtime`], restarts
+//! them by their restart policy with exponential backoff (the first restart is immediate),
+//! stops and deletes replicas marked stopped, stops orphans, re-adopts what already runs
+//! after a restart, reports status in batched writes, and heartbeats its node.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::engine::cache::Change;
+use crate::engine::queue::WorkQueue;
+use crate::engine::Ctx;
+use crate::object::{BoundPort, DesiredState, EnvVar, ExitStatus, Kind, Metadata, Node, NodeCondition, NodeStatus, Object, Phase, Replica, ReplicaStatus, Resources};
+use crate::quantity::Timestamp;
+use crate::runtime::{Runtime, RuntimeEvent, Workload, WorkloadSpec, WorkloadState};
+use crate::store::{create_op, delete_op, update_op, Op};
+
+/// How an agent describes and runs its node.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Node name (a DNS-1123 label).
+    pub node: String,
+    /// Node labels placement matches.
+    pub labels: BTreeMap<String, String>,
+    /// Addresses replicas on this node are reached at.
+    pub addresses: Vec<String>,
+    /// What the machine offers to replicas.
+    pub capacity: Resources,
+    /// Most replicas this node takes (0: no limit).
+    pub max_replicas: u32,
+    /// How often the node heartbeats.
+    pub heartbeat: Duration,
+    /// Environment every workload gets (before its own).
+    pub extra_env: Vec<EnvVar>,
+    /// Replicas started or stopped at once.
+    pub concurrency: usize,
+    /// Second restart delay; it doubles per failure up to `restart_backoff_max`.
+    pub restart_backoff_base: Duration,
+    /// Longest restart delay.
+    pub restart_backoff_max: Duration,
+    /// A run at least this long resets the backoff.
+    pub stable_run: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for a node called `node`.
+    pub fn new(node: &str) -> AgentConfig {
+        AgentConfig {
+            node: node.into(),
+            labels: BTreeMap::new(),
+            addresses: vec!["127.0.0.1".into()],
+            capacity: Resources::default(),
+            max_replicas: 0,
+            heartbeat: Duration::from_secs(1),
+            extra_env: Vec::new(),
+            concurrency: 64,
+            restart_backoff_base: Duration::from_secs(1),
+            restart_backoff_max: Duration::from_secs(30),
+            stable_run: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The restart delay after `failures` consecutive failed runs: 0, base, 2·base, ... up to max.
+pub fn restart_delay(failures: u32, base: Duration, max: Duration) -> Duration {
+    if failures == 0 {
+        Duration::ZERO
+    } else {
+        base.saturating_mul(1u32 << (failures - 1).min(20)).min(max)
+    }
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    last_start: Option<Instant>,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    workloads: HashMap<String, Workload>,
+    busy: HashSet<String>,
+    backoff: HashMap<String, Backoff>,
+}
+
+/// One node's agent.
+pub struct Agent {
+    ctx: Arc<Ctx>,
+    runtime: Arc<dyn Runtime>,
+    cfg: AgentConfig,
+    state: Mutex<State>,
+    queue: Arc<WorkQueue<String>>,
+}
+
+/// What reconciling one replica produced.
+#[derive(Default)]
+struct Outcome {
+    ops: Vec<Op>,
+    requeue_after: Option<Duration>,
+}
+
+fn id_of(r: &Replica) -> String {
+    r.runtime_name()
+}
+
+fn key_of_id(id: &str) -> String {
+    let (ns, name) = id.split_once('.').unwrap_or(("", id));
+    Kind::Replica.key(ns, name)
+}
+
+fn id_of_key(key: &str) -> String {
+    let (ns, name) = crate::engine::replication::split_key(key);
+    format!("{ns}.{name}")
+}
+
+fn with_status(r: &Replica, status: ReplicaStatus) -> Option<Op> {
+    (status != r.status).then(|| {
+        let mut r = r.clone();
+        r.status = status;
+        update_op(&Object::Replica(r))
+    })
+}
+
+impl Agent {
+    /// An agent for `cfg.node` running workloads in `runtime`.
+    pub fn new(ctx: Arc<Ctx>, runtime: Arc<dyn Runtime>, cfg: AgentConfig) -> Arc<Agent> {
+        let queue = WorkQueue::new(ctx.config.retry_base, ctx.config.retry_max);
+        Arc::new(Agent { ctx, runtime, cfg, state: Mutex::default(), queue })
+    }
+
+    /// The runtime this agent drives.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The node name.
+    pub fn node(&self) -> &str {
+        &self.cfg.node
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        let info = self.runtime.info();
+        NodeStatus {
+            addresses: self.cfg.addresses.clone(),
+            capacity: self.cfg.capacity.clone(),
+            max_replicas: self.cfg.max_replicas,
+            runtimes: vec![if info.name == "fake" { "process".to_string() } else { info.name.clone() }],
+            condition: NodeCondition::Ready,
+            heartbeat: Some(Timestamp::now()),
+            limits: info.limits_note,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Creates or refreshes the node object (registration and heartbeat).
+    async fn heartbeat(&self) -> Result<(), crate::store::StoreError> {
+        let key = Kind::Node.key("", &self.cfg.node);
+        let op = match self.ctx.cache.get(Kind::Node, &key).as_deref() {
+            Some(Object::Node(n)) => {
+                let mut n = n.clone();
+                n.status = self.node_status();
+                for (k, v) in &self.cfg.labels {
+                    n.metadata.labels.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                update_op(&Object::Node(n))
+            }
+            _ => match crate::store::get_object(&*self.ctx.store, Kind::Node, "", &self.cfg.node).await? {
+                Some(Object::Node(mut n)) => {
+                    n.status = self.node_status();
+                    update_op(&Object::Node(n))
+                }
+                _ => create_op(&Object::Node(Node {
+                    metadata: Metadata {
+                        name: self.cfg.node.clone(),
+                        labels: self.cfg.labels.clone(),
+                        uid: crate::api::new_uid(),
+                        creation_timestamp: Some(Timestamp::now()),
+                        generation: 1,
+                        ..Metadata::default()
+                    },
+                    spec: Default::default(),
+                    status: self.node_status(),
+                })),
+            },
+        };
+        let rev = self.ctx.store.txn(vec![op]).await?;
+        self.ctx.cache.wait_for(rev).await;
+        Ok(())
+    }
+
+    /// Runs the agent until the engine is cancelled. Workloads keep running after it returns.
+    pub async fn run(self: Arc<Self>) {
+        let cancel = self.ctx.cancel.clone();
+        // Register before anything else so the scheduler can place work here.
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.heartbeat().await {
+            tracing::warn!(node = %self.cfg.node, error = %e, "agent: cannot register node; retrying");
+            tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        // Adopt what the runtime already runs.
+        match self.runtime.list().await {
+            Ok(list) => {
+                let mut g = self.lock();
+                for w in list {
+                    self.queue.add(key_of_id(&w.id));
+                    g.workloads.insert(w.id.clone(), w);
+                }
+            }
+            Err(e) => tracing::error!(node = %self.cfg.node, error = %e, "agent: cannot list workloads"),
+        }
+        let node = self.cfg.node.clone();
+        let mut changes = self.ctx.cache.subscribe(move |c| c.replicas().any(|r| r.spec.node.as_deref() == Some(node.as_str())));
+        let mut runtime_events = self.runtime.events();
+        let tasks = vec![
+            {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let mut resync = tokio::time::interval(me.ctx.config.resync);
+                    loop {
+                        tokio::select! {
+                            c = changes.recv() => match c {
+                                Some(Change::Resync) => me.enqueue_all(),
+                                Some(Change::Object { key, .. }) => me.queue.add(key.to_string()),
+                                None => break,
+                            },
+                            _ = resync.tick() => me.enqueue_all(),
+                        }
+                    }
+                })
+            },
+            {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match runtime_events.recv().await {
+                            Ok(RuntimeEvent::Exited { id, status }) => {
+                                if let Some(w) = me.lock().workloads.get_mut(&id) {
+                                    w.state = WorkloadState::Exited(status);
+                                }
+                                me.queue.add(key_of_id(&id));
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => me.refresh_workloads().await,
+                            Err(_) => break,
+                        }
+                    }
+                })
+            },
+            {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(me.cfg.heartbeat);
+                    loop {
+                        tick.tick().await;
+                        if let Err(e) = me.heartbeat().await {
+                            tracing::debug!(node = %me.cfg.node, error = %e, "agent: heartbeat failed");
+                        }
+                    }
+                })
+            },
+        ];
+        loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => break,
+                b = self.queue.next_batch(2_000) => b,
+            };
+            self.process(batch).await;
+        }
+        tasks.iter().for_each(|t| t.abort());
+    }
+
+    async fn refresh_workloads(&self) {
+        if let Ok(list) = self.runtime.list().await {
+            let mut g = self.lock();
+            g.workloads = list.into_iter().map(|w| (w.id.clone(), w)).collect();
+            for id in g.workloads.keys() {
+                self.queue.add(key_of_id(id));
+            }
+        }
+    }
+
+    fn enqueue_all(&self) {
+        for r in self.ctx.cache.replicas_on_node(&self.cfg.node) {
+            self.queue.add(Kind::Replica.key(&r.metadata.namespace, &r.metadata.name));
+        }
+        for id in self.lock().workloads.keys() {
+            self.queue.add(key_of_id(id));
+        }
+    }
+
+    async fn process(self: &Arc<Self>, keys: Vec<String>) {
+        let outcomes: Vec<(String, Outcome)> = futures::stream::iter(keys)
+            .map(|k| {
+                let me = self.clone();
+                async move {
+                    let o = me.reconcile(&k).await;
+                    (k, o)
+                }
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await;
+        let mut ops = Vec::new();
+        let mut op_keys = Vec::new();
+        for (k, o) in &outcomes {
+            if let Some(d) = o.requeue_after {
+                self.queue.add_after(k.clone(), d);
+            }
+            for op in &o.ops {
+                op_keys.push(k.clone());
+                ops.push(op.clone());
+            }
+        }
+        if !ops.is_empty() {
+            let mut last = None;
+            let mut failed = false;
+            for chunk in ops.chunks(crate::engine::scheduling::MAX_TXN_OPS) {
+                match self.ctx.store.txn(chunk.to_vec()).await {
+                    Ok(rev) => last = Some(rev),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                // One stale object fails the whole batch: write one by one and retry the losers.
+                for (op, k) in ops.into_iter().zip(op_keys) {
+                    match self.ctx.store.txn(vec![op]).await {
+                        Ok(rev) => last = Some(rev),
+                        Err(e) => {
+                            tracing::debug!(replica = %k, error = %e, "agent: status write failed; retrying");
+                            self.queue.retry(k);
+                        }
+                    }
+                }
+            }
+            if let Some(rev) = last {
+                self.ctx.cache.wait_for(rev).await;
+            }
+        }
+        for (k, _) in outcomes {
+            self.queue.done(&k);
+        }
+    }
+
+    async fn reconcile(self: &Arc<Self>, key: &str) -> Outcome {
+        let id = id_of_key(key);
+        let replica = self.ctx.cache.replica(key).filter(|r| r.spec.node.as_deref() == Some(self.cfg.node.as_str()));
+        let workload = {
+            let g = self.lock();
+            if g.busy.contains(&id) {
+                return Outcome::default();
+            }
+            g.workloads.get(&id).cloned()
+        };
+        match (replica, workload) {
+            (None, None) => Outcome::default(),
+            (None, Some(w)) => {
+                tracing::info!(node = %self.cfg.node, workload = %id, "agent: stopping orphan");
+                self.stop_in_background(&id, &w, None, key);
+                Outcome::default()
+            }
+            (Some(r), w) if r.spec.desired == DesiredState::Stopped => self.reconcile_stopped(key, &r, w).await,
+            (Some(r), Some(w)) if w.replica_uid != r.metadata.uid => {
+                self.stop_in_background(&id, &w, None, key);
+                Outcome::default()
+            }
+            (Some(r), Some(w)) => match &w.state {
+                WorkloadState::Running => {
+                    let mut st = r.status.clone();
+                    st.phase = Phase::Ready;
+                    st.reason.clear();
+                    st.message.clear();
+                    st.runtime_id = w.runtime_id.clone();
+                    st.host_ip = Some(w.host_ip.clone());
+                    st.ports = w.ports.clone();
+                    st.started_at = Some(w.started_at);
+                    Outcome { ops: with_status(&r, st).into_iter().collect(), requeue_after: None }
+                }
+                WorkloadState::Exited(status) => self.handle_exit(&r, status.clone()).await,
+            },
+            (Some(r), None) => {
+                if !r.status.runtime_id.is_empty() && r.status.phase.is_up() {
+                    // It ran here before and the runtime no longer knows it.
+                    self.handle_exit(&r, ExitStatus::default()).await
+                } else if r.status.reason == "BackOff" || r.status.reason == "StartError" {
+                    self.handle_exit(&r, r.status.last_exit.clone().unwrap_or_default()).await
+                } else {
+                    self.start(&r, false).await
+                }
+            }
+        }
+    }
+
+    async fn reconcile_stopped(self: &Arc<Self>, key: &str, r: &Replica, w: Option<Workload>) -> Outcome {
+        let id = id_of(r);
+        match w {
+            Some(w) if w.state == WorkloadState::Running => {
+                self.stop_in_background(&id, &w, Some(r), key);
+                let mut st = r.status.clone();
+                st.phase = Phase::Stopping;
+                Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None }
+            }
+            Some(_) => {
+                if let Err(e) = self.runtime.remove(&id).await {
+                    tracing::warn!(workload = %id, error = %e, "agent: remove failed");
+                }
+                self.lock().workloads.remove(&id);
+                self.lock().backoff.remove(&id);
+                Outcome { ops: vec![delete_op(&Object::Replica(r.clone()))], requeue_after: None }
+            }
+            None => {
+                self.lock().backoff.remove(&id);
+                Outcome { ops: vec![delete_op(&Object::Replica(r.clone()))], requeue_after: None }
+            }
+        }
+    }
+
+    fn stop_in_background(self: &Arc<Self>, id: &str, w: &Workload, r: Option<&Replica>, key: &str) {
+        if !self.lock().busy.insert(id.to_string()) {
+            return;
+        }
+        let (signal, grace) = match r {
+            Some(r) => (r.spec.template.stop_signal().to_string(), r.spec.template.stop_grace()),
+            None => ("SIGTERM".to_string(), Duration::from_secs(10)),
+        };
+        let me = self.clone();
+        let (id, key, running) = (id.to_string(), key.to_string(), w.state == WorkloadState::Running);
+        let name = r.map(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
+        tokio::spawn(async move {
+            if running {
+                match me.runtime.stop(&id, &signal, grace).await {
+                    Ok(status) => {
+                        if let Some((ns, n)) = &name {
+                            me.ctx.recorder.with_source(&format!("agent/{}", me.cfg.node)).normal(Kind::Replica, ns, n, "Stopped", format!("stopped ({status})"));
+                        }
+                    }
+                    Err(e) => tracing::warn!(workload = %id, error = %e, "agent: stop failed"),
+                }
+            }
+            if let Err(e) = me.runtime.remove(&id).await {
+                tracing::debug!(workload = %id, error = %e, "agent: remove failed");
+            }
+            {
+                let mut g = me.lock();
+                g.workloads.remove(&id);
+                g.busy.remove(&id);
+            }
+            me.queue.add(key);
+        });
+    }
+
+    async fn handle_exit(self: &Arc<Self>, r: &Replica, exit: ExitStatus) -> Outcome {
+        let id = id_of(r);
+        let t = &r.spec.template;
+        let mut st = r.status.clone();
+        st.last_exit = Some(ExitStatus { at: exit.at.or(Some(Timestamp::now())), ..exit.clone() });
+        st.ports.clear();
+        if !t.restart_policy.restarts(exit.success()) {
+            st.phase = if exit.success() { Phase::Exited } else { Phase::Failed };
+            st.reason = if exit.success() { "Completed".into() } else { "Error".into() };
+            st.message = format!("exited: {exit}; restart policy {:?}", t.restart_policy);
+            return Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None };
+        }
+        let now = Instant::now();
+        let retry_at = {
+            let mut g = self.lock();
+            let b = g.backoff.entry(id.clone()).or_default();
+            match b.retry_at {
+                Some(at) => at,
+                None => {
+                    if b.last_start.is_some_and(|s| now.duration_since(s) >= self.cfg.stable_run) {
+                        b.failures = 0;
+                    }
+                    let delay = restart_delay(b.failures, self.cfg.restart_backoff_base, self.cfg.restart_backoff_max);
+                    b.failures += 1;
+                    let at = now + delay;
+                    b.retry_at = Some(at);
+                    at
+                }
+            }
+        };
+        if retry_at > now {
+            let wait = retry_at - now;
+            st.phase = Phase::Failed;
+            st.reason = "BackOff".into();
+            st.message = format!("back-off {} restarting failed replica; last exit: {exit}", humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))));
+            return Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: Some(wait) };
+        }
+        let mut r2 = r.clone();
+        r2.status = st;
+        self.start(&r2, true).await
+    }
+
+    async fn start(self: &Arc<Self>, r: &Replica, restart: bool) -> Outcome {
+        let id = id_of(r);
+        let rec = self.ctx.recorder.with_source(&format!("agent/{}", self.cfg.node));
+        let (ns, name) = (r.metadata.namespace.as_str(), r.metadata.name.as_str());
+        let mut st = r.status.clone();
+        if !self.runtime.supports(&r.spec.template) {
+            st.phase = Phase::Failed;
+            st.reason = "Unsupported".into();
+            st.message = format!("the {} runtime on node {} cannot run this template (image needs a container runtime; command needs the process runtime)", self.runtime.info().name, self.cfg.node);
+            return Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None };
+        }
+        let mut env = self.cfg.extra_env.clone();
+        env.extend([
+            EnvVar { name: "ORCH_SERVICE".into(), value: r.spec.service.clone() },
+            EnvVar { name: "ORCH_NAMESPACE".into(), value: ns.into() },
+            EnvVar { name: "ORCH_REPLICA".into(), value: name.into() },
+            EnvVar { name: "ORCH_NODE".into(), value: self.cfg.node.clone() },
+        ]);
+        let spec = WorkloadSpec {
+            id: id.clone(),
+            replica_uid: r.metadata.uid.clone(),
+            service: r.spec.service.clone(),
+            namespace: ns.into(),
+            template: r.spec.template.clone(),
+            template_hash: r.spec.template_hash.clone(),
+            extra_env: env,
+        };
+        {
+            let mut g = self.lock();
+            let b = g.backoff.entry(id.clone()).or_default();
+            b.retry_at = None;
+            b.last_start = Some(Instant::now());
+        }
+        match self.runtime.start(&spec).await {
+            Ok(w) => {
+                st.phase = Phase::Ready;
+                st.reason.clear();
+                st.message.clear();
+                st.runtime_id = w.runtime_id.clone();
+                st.host_ip = Some(w.host_ip.clone());
+                st.ports = w.ports.clone();
+                st.started_at = Some(w.started_at);
+                if restart {
+                    st.restarts += 1;
+                    rec.normal(Kind::Replica, ns, name, "Restarted", format!("restarted on {} ({}), restart {}", self.cfg.node, w.runtime_id, st.restarts));
+                } else {
+                    rec.normal(Kind::Replica, ns, name, "Started", format!("started on {} ({}){}", self.cfg.node, w.runtime_id, ports_note(&w.ports)));
+                }
+                self.lock().workloads.insert(id, w);
+                Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None }
+            }
+            Err(e) => {
+                rec.warning(Kind::Replica, ns, name, "StartError", e.to_string());
+                if restart {
+                    st.restarts += 1;
+                }
+                st.phase = Phase::Failed;
+                st.reason = "StartError".into();
+                st.message = e.to_string();
+                st.runtime_id.clear();
+                st.last_exit = Some(ExitStatus { code: Some(127), at: Some(Timestamp::now()), ..ExitStatus::default() });
+                // Retry by the restart policy's backoff.
+                let delay = {
+                    let mut g = self.lock();
+                    let b = g.backoff.entry(id).or_default();
+                    let d = restart_delay(b.failures.max(1), self.cfg.restart_backoff_base, self.cfg.restart_backoff_max);
+                    b.failures += 1;
+                    b.retry_at = Some(Instant::now() + d);
+                    d
+                };
+                let requeue = r.spec.template.restart_policy.restarts(false).then_some(delay);
+                Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: requeue }
+            }
+        }
+    }
+}
+
+fn ports_note(ports: &[BoundPort]) -> String {
+    if ports.is_empty() {
+        String::new()
+    } else {
+        format!(", ports {}", ports.iter().map(|p| format!("{}={}", p.name, p.port)).collect::<Vec<_>>().join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_curve_is_immediate_then_doubles_to_the_cap() {
+        let (b, m) = (Duration::from_secs(1), Duration::from_secs(30));
+        let got: Vec<u64> = (0..8).map(|n| restart_delay(n, b, m).as_secs()).collect();
+        assert_eq!(got, vec![0, 1, 2, 4, 8, 16, 30, 30]);
+    }
+}

@@ -1,0 +1,125 @@
+//! Events: controllers record what happened; a background task writes them in batches and
+//! keeps only the newest ones so the store does not grow without bound.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::object::{Event, EventType, Kind, Metadata, Object, ObjectRef, DEFAULT_NAMESPACE};
+use crate::quantity::Timestamp;
+use crate::store::{create_op, list_objects, Op, Store};
+
+/// Hands events to the writer task. Cloning is cheap; recording never blocks.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<Event>,
+    source: Arc<str>,
+}
+
+impl Recorder {
+    /// A recorder that drops everything (for tests that do not care).
+    pub fn disabled() -> Recorder {
+        Recorder { tx: mpsc::unbounded_channel().0, source: "".into() }
+    }
+
+    /// The same channel, reporting as `source`.
+    pub fn with_source(&self, source: &str) -> Recorder {
+        Recorder { tx: self.tx.clone(), source: source.into() }
+    }
+
+    /// Records an event about `kind` `namespace/name`.
+    pub fn record(&self, kind: Kind, namespace: &str, name: &str, type_: EventType, reason: &str, message: impl Into<String>) {
+        let ns = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
+        let suffix: u64 = rand::random();
+        let event = Event {
+            metadata: Metadata { name: format!("{name}.{suffix:016x}"), namespace: ns.into(), ..Metadata::default() },
+            involved: ObjectRef { kind: Some(kind), namespace: namespace.into(), name: name.into() },
+            type_,
+            reason: reason.into(),
+            message: message.into(),
+            source: self.source.to_string(),
+            timestamp: Timestamp::now(),
+        };
+        let _ = self.tx.send(event);
+    }
+
+    /// A normal event.
+    pub fn normal(&self, kind: Kind, namespace: &str, name: &str, reason: &str, message: impl Into<String>) {
+        self.record(kind, namespace, name, EventType::Normal, reason, message);
+    }
+
+    /// A warning.
+    pub fn warning(&self, kind: Kind, namespace: &str, name: &str, reason: &str, message: impl Into<String>) {
+        self.record(kind, namespace, name, EventType::Warning, reason, message);
+    }
+}
+
+/// Starts the writer task: batches every `interval`, keeps at most `limit` events.
+pub fn spawn_writer(store: Arc<dyn Store>, limit: usize, interval: Duration, cancel: CancellationToken) -> Recorder {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        let mut kept: VecDeque<String> = match list_objects(&*store, Kind::Event, None).await {
+            Ok((objs, _)) => {
+                let mut evs: Vec<(Timestamp, String)> = objs
+                    .iter()
+                    .filter_map(|o| if let Object::Event(e) = o { Some((e.timestamp, o.key())) } else { None })
+                    .collect();
+                evs.sort();
+                evs.into_iter().map(|(_, k)| k).collect()
+            }
+            Err(_) => VecDeque::new(),
+        };
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => None,
+                e = rx.recv() => e,
+            };
+            let Some(first) = first else { break };
+            tokio::time::sleep(interval).await;
+            let mut batch = vec![first];
+            while let Ok(e) = rx.try_recv() {
+                batch.push(e);
+            }
+            write_batch(&*store, &mut kept, batch, limit).await;
+        }
+        // Flush what is left on shutdown.
+        let mut batch = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            batch.push(e);
+        }
+        if !batch.is_empty() {
+            write_batch(&*store, &mut kept, batch, limit).await;
+        }
+    });
+    Recorder { tx, source: "".into() }
+}
+
+async fn write_batch(store: &dyn Store, kept: &mut VecDeque<String>, mut batch: Vec<Event>, limit: usize) {
+    if batch.len() > limit {
+        batch.drain(..batch.len() - limit);
+    }
+    let creates: Vec<Op> = batch.into_iter().map(|e| create_op(&Object::Event(e))).collect();
+    let new_keys: Vec<String> = creates.iter().map(|o| o.key().to_string()).collect();
+    let excess = (kept.len() + new_keys.len()).saturating_sub(limit);
+    let deletes: Vec<Op> = kept.iter().take(excess).map(|k| Op::Delete { key: k.clone(), expected: None }).collect();
+    let mut ops = creates.clone();
+    ops.extend(deletes);
+    match store.txn(ops).await {
+        Ok(_) => {
+            kept.drain(..excess.min(kept.len()));
+        }
+        Err(_) => {
+            // An event deleted by someone else fails the batch: write without deletes
+            // and forget those keys.
+            kept.drain(..excess.min(kept.len()));
+            if let Err(e) = store.txn(creates).await {
+                tracing::warn!(error = %e, "events: could not write events");
+                return;
+            }
+        }
+    }
+    kept.extend(new_keys);
+}

@@ -1,0 +1,59 @@
+//! Node lifecycle: watches heartbeats, marks a node Unreachable after the grace period and
+//! its replicas Lost after the replace timeout (so the replication controller replaces them).
+//! Time is the controller's own monotonic clock: a node is judged by when *this* controller
+//! last saw its heartbeat change, never by comparing machines' wall clocks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::engine::Ctx;
+use crate::object::{DesiredState, Kind, NodeCondition, Object, Phase};
+use crate::store::update_op;
+
+/// Runs the controller until cancelled.
+pub async fn run(ctx: Arc<Ctx>) {
+    let mut seen: HashMap<String, (Option<crate::quantity::Timestamp>, Instant)> = HashMap::new();
+    let mut tick = tokio::time::interval(ctx.config.node_check);
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let nodes = ctx.cache.nodes();
+        seen.retain(|name, _| nodes.iter().any(|n| &n.metadata.name == name));
+        let mut ops = Vec::new();
+        for n in nodes {
+            let entry = seen.entry(n.metadata.name.clone()).or_insert((n.status.heartbeat, now));
+            if entry.0 != n.status.heartbeat {
+                *entry = (n.status.heartbeat, now);
+            }
+            let silent = now.duration_since(entry.1);
+            if silent >= ctx.config.node_grace && n.status.condition == NodeCondition::Ready {
+                let mut n2 = n.clone();
+                n2.status.condition = NodeCondition::Unreachable;
+                ops.push(update_op(&Object::Node(n2)));
+                ctx.recorder.with_source("node-lifecycle").warning(Kind::Node, "", &n.metadata.name, "NodeUnreachable", format!("no heartbeat for {}s", silent.as_secs()));
+            }
+            if silent >= ctx.config.node_lost_timeout {
+                for r in ctx.cache.replicas_on_node(&n.metadata.name) {
+                    if r.status.phase != Phase::Lost && r.spec.desired == DesiredState::Running {
+                        let mut r2 = r.clone();
+                        r2.status.phase = Phase::Lost;
+                        r2.status.reason = "NodeLost".into();
+                        r2.status.message = format!("node {} has not reported for {}s", n.metadata.name, silent.as_secs());
+                        ops.push(update_op(&Object::Replica(r2)));
+                    }
+                }
+            }
+        }
+        if !ops.is_empty() {
+            match ctx.store.txn(ops).await {
+                Ok(rev) => ctx.cache.wait_for(rev).await,
+                Err(e) => tracing::debug!(error = %e, "node lifecycle: write failed; next tick retries"),
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The replication controller: for each service, creates missing replicas, stops extra ones,
+//! replaces replicas of an old template within max-surge / max-unavailable, removes replicas
+//! of lost nodes, and writes the service's status. One service is reconciled at a time per key.
+
+use std::sync::Arc;
+
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::engine::cache::Change;
+use crate::engine::Ctx;
+use crate::object::{DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service, ServiceStatus, SERVICE_LABEL};
+use crate::quantity::Timestamp;
+use crate::store::{create_op, delete_op, update_op, Op, StoreError};
+
+/// What one reconcile of a service decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Replicas to create.
+    pub create: u32,
+    /// Replicas (keys) to stop.
+    pub stop: Vec<String>,
+    /// Replicas (keys) to delete outright (never started, or on a lost node).
+    pub delete: Vec<String>,
+}
+
+fn ready(r: &Replica) -> bool {
+    r.status.phase == Phase::Ready
+}
+
+/// Pure decision for one service given its replicas. Replicas being stopped are ignored.
+pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
+    let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
+    let mut d = Decision::default();
+    let mut active: Vec<&Replica> = Vec::new();
+    for r in replicas {
+        if r.spec.desired == DesiredState::Stopped {
+            if r.spec.node.is_none() || r.status.phase == Phase::Lost {
+                d.delete.push(key(r));
+            }
+            continue;
+        }
+        if r.status.phase == Phase::Lost {
+            d.delete.push(key(r));
+            continue;
+        }
+        active.push(r);
+    }
+    let Some(svc) = svc else {
+        for r in active {
+            if r.spec.node.is_none() {
+                d.delete.push(key(r));
+            } else {
+                d.stop.push(key(r));
+            }
+        }
+        return d;
+    };
+    let n = svc.spec.replicas as usize;
+    let hash = svc.spec.template.hash();
+    let (surge, unavailable) = svc.spec.update.limits(svc.spec.replicas);
+    let (mut new, mut old): (Vec<&Replica>, Vec<&Replica>) = active.iter().partition(|r| r.spec.template_hash == hash);
+    // Stop order: unscheduled, then not ready, then newest.
+    let order = |v: &mut Vec<&Replica>| v.sort_by_key(|r| (r.spec.node.is_some(), ready(r), std::cmp::Reverse(r.metadata.creation_timestamp)));
+    order(&mut new);
+    order(&mut old);
+    let mut stopping: Vec<&Replica> = Vec::new();
+    // 1. More current replicas than desired: stop the extra ones.
+    let extra_new = new.len().saturating_sub(n);
+    stopping.extend(new.drain(..extra_new));
+    // 2. Create current replicas up to desired, within desired + surge in total.
+    let total = new.len() + old.len();
+    let room = (n + surge as usize).saturating_sub(total);
+    d.create = (n - new.len()).min(room) as u32;
+    // 3. Stop old replicas while keeping at least desired - max-unavailable ready
+    //    (Kubernetes' rolling-update arithmetic).
+    let all = total + d.create as usize;
+    let min_available = n.saturating_sub(unavailable as usize);
+    let new_unavailable = new.iter().filter(|r| !ready(r)).count() + d.create as usize;
+    let mut max_scale_down = all.saturating_sub(min_available + new_unavailable);
+    let mut ready_total = active.iter().filter(|r| ready(r)).count() - stopping.iter().filter(|r| ready(r)).count();
+    for r in old {
+        if max_scale_down == 0 {
+            break;
+        }
+        if ready(r) {
+            if ready_total <= min_available {
+                continue;
+            }
+            ready_total -= 1;
+        }
+        max_scale_down -= 1;
+        stopping.push(r);
+    }
+    for r in stopping {
+        if r.spec.node.is_none() {
+            d.delete.push(key(r));
+        } else {
+            d.stop.push(key(r));
+        }
+    }
+    d
+}
+
+/// The status a service should show.
+pub fn status_of(svc: &Service, replicas: &[Replica]) -> ServiceStatus {
+    let hash = svc.spec.template.hash();
+    let active: Vec<&Replica> = replicas.iter().filter(|r| r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost).collect();
+    let pending = active.iter().filter(|r| r.spec.node.is_none()).count() as u32;
+    let message = active
+        .iter()
+        .find(|r| r.status.reason == "Unschedulable")
+        .map(|r| r.status.message.clone())
+        .or_else(|| active.iter().find(|r| r.status.phase == Phase::Failed).map(|r| format!("{}: {}", r.metadata.name, r.status.message)))
+        .unwrap_or_default();
+    ServiceStatus {
+        observed_generation: svc.metadata.generation,
+        replicas: active.len() as u32,
+        ready_replicas: active.iter().filter(|r| ready(r)).count() as u32,
+        updated_replicas: active.iter().filter(|r| r.spec.template_hash == hash).count() as u32,
+        pending_replicas: pending,
+        message,
+    }
+}
+
+/// A new pending replica of `svc`.
+pub fn new_replica(svc: &Service) -> Replica {
+    let suffix = Alphanumeric.sample_string(&mut rand::rng(), 5).to_ascii_lowercase();
+    let mut name = format!("{}-{suffix}", svc.metadata.name);
+    if name.len() > 63 {
+        name = format!("{}-{suffix}", &svc.metadata.name[..57]);
+    }
+    let mut labels = svc.spec.template.labels.clone();
+    labels.insert(SERVICE_LABEL.into(), svc.metadata.name.clone());
+    Replica {
+        metadata: Metadata {
+            name,
+            namespace: svc.metadata.namespace.clone(),
+            labels,
+            uid: crate::api::new_uid(),
+            creation_timestamp: Some(Timestamp::now()),
+            owner: Some(svc.metadata.name.clone()),
+            generation: 1,
+            ..Metadata::default()
+        },
+        spec: ReplicaSpec {
+            service: svc.metadata.name.clone(),
+            template_hash: svc.spec.template.hash(),
+            template: svc.spec.template.clone(),
+            placement: svc.spec.placement.clone(),
+            node: None,
+            desired: DesiredState::Running,
+        },
+        status: ReplicaStatus::default(),
+    }
+}
+
+/// Maps a change to the service keys it concerns.
+pub fn keys_for(change: &Change) -> Vec<String> {
+    match change {
+        Change::Object { kind: Kind::Service, key, .. } => vec![key.to_string()],
+        Change::Object { kind: Kind::Replica, .. } => {
+            let mut v: Vec<String> = change.replicas().map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service)).collect();
+            v.dedup();
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Reconciles one service (by store key). Returns the store revision written, if any.
+pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> {
+    let (ns, name) = split_key(key);
+    let svc = ctx.cache.service(key);
+    let replicas = ctx.cache.replicas_of_service(ns, name);
+    let d = decide(svc.as_ref(), &replicas);
+    let mut ops: Vec<Op> = Vec::new();
+    let by_key = |k: &str| replicas.iter().find(|r| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name) == k);
+    for k in &d.delete {
+        if let Some(r) = by_key(k) {
+            ops.push(delete_op(&Object::Replica(r.clone())));
+        }
+    }
+    for k in &d.stop {
+        if let Some(r) = by_key(k) {
+            let mut r = r.clone();
+            r.spec.desired = DesiredState::Stopped;
+            ops.push(update_op(&Object::Replica(r)));
+        }
+    }
+    if let Some(svc) = &svc {
+        for _ in 0..d.create {
+            ops.push(create_op(&Object::Replica(new_replica(svc))));
+        }
+        let status = status_of(svc, &replicas);
+        if status != svc.status {
+            let mut s = svc.clone();
+            s.status = status;
+            ops.push(update_op(&Object::Service(s)));
+        }
+    }
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    let rev = ctx.store.txn(ops).await?;
+    if let Some(svc) = &svc {
+        if d.create > 0 {
+            ctx.recorder.normal(Kind::Service, ns, name, "Scaled", format!("created {} replica(s) of {}", d.create, svc.metadata.name));
+        }
+        if !d.stop.is_empty() {
+            ctx.recorder.normal(Kind::Service, ns, name, "Scaled", format!("stopping {} replica(s)", d.stop.len()));
+        }
+    }
+    ctx.cache.wait_for(rev).await;
+    Ok(Some(rev))
+}
+
+/// Splits `/services/ns/name` (or `/replicas/ns/name`) into `(ns, name)`.
+pub fn split_key(key: &str) -> (&str, &str) {
+    let mut parts = key.trim_start_matches('/').splitn(3, '/');
+    let _kind = parts.next();
+    let ns = parts.next().unwrap_or("");
+    let name = parts.next().unwrap_or("");
+    (ns, name)
+}
+
+/// Runs the controller until cancelled.
+pub async fn run(ctx: Arc<Ctx>) {
+    let queue = crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
+    let mut changes = ctx.cache.subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
+    let feeder = {
+        let (ctx, queue) = (ctx.clone(), queue.clone());
+        tokio::spawn(async move {
+            let mut resync = tokio::time::interval(ctx.config.resync);
+            loop {
+                tokio::select! {
+                    c = changes.recv() => match c {
+                        Some(Change::Resync) => enqueue_all(&ctx, &queue),
+                        Some(c) => keys_for(&c).into_iter().for_each(|k| queue.add(k)),
+                        None => break,
+                    },
+                    _ = resync.tick() => enqueue_all(&ctx, &queue),
+                }
+            }
+        })
+    };
+    let workers = (0..ctx.config.workers).map(|_| {
+        let (ctx, queue) = (ctx.clone(), queue.clone());
+        tokio::spawn(async move {
+            loop {
+                let key = queue.next().await;
+                match reconcile(&ctx, &key).await {
+                    Ok(_) => queue.forget(&key),
+                    Err(e) => {
+                        let delay = queue.retry(key.clone());
+                        tracing::debug!(service = %key, error = %e, "replication: retry in {delay:?}");
+                    }
+                }
+                queue.done(&key);
+            }
+        })
+    });
+    let workers: Vec<_> = workers.collect();
+    ctx.cancel.cancelled().await;
+    feeder.abort();
+    workers.iter().for_each(|w| w.abort());
+}
+
+fn enqueue_all(ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>) {
+    for s in ctx.cache.services() {
+        queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
+    }
+    for r in ctx.cache.replicas() {
+        queue.add(Kind::Service.key(&r.metadata.namespace, &r.spec.service));
+    }
+}

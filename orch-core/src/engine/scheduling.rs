@@ -1,0 +1,131 @@
+//! The scheduler loop: one pass takes every pending replica and the node snapshot, asks the
+//! [`Scheduler`](crate::Scheduler) for a plan, and writes all bindings in one batched
+//! compare-and-swap transaction. Unschedulable replicas get a reason and are retried whenever
+//! a node or a replica changes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::cache::Change;
+use crate::engine::Ctx;
+use crate::object::{DesiredState, Kind, Object, Phase, Replica};
+use crate::scheduler::{ClusterSnapshot, PendingReplica};
+use crate::store::{update_op, Op, StoreError};
+
+/// Most operations written in one transaction.
+pub const MAX_TXN_OPS: usize = 5_000;
+
+fn is_pending(r: &Replica) -> bool {
+    r.spec.node.is_none() && r.spec.desired == DesiredState::Running
+}
+
+/// Outcome of one pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PassResult {
+    /// Replicas bound.
+    pub bound: usize,
+    /// Replicas left pending.
+    pub unschedulable: usize,
+}
+
+/// One scheduling pass over everything pending.
+pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
+    let replicas = ctx.cache.replicas();
+    let pending: Vec<&Replica> = replicas.iter().filter(|r| is_pending(r)).collect();
+    if pending.is_empty() {
+        return Ok(PassResult::default());
+    }
+    let nodes = ctx.cache.nodes();
+    let snapshot = ClusterSnapshot::build(&nodes, replicas.iter().filter(|r| r.spec.node.is_some()));
+    let keyed: BTreeMap<String, &Replica> = pending.iter().map(|r| (Kind::Replica.key(&r.metadata.namespace, &r.metadata.name), *r)).collect();
+    let input: Vec<PendingReplica> = keyed.iter().map(|(k, r)| PendingReplica::from_replica(r, k.clone())).collect();
+    let plan = ctx.scheduler.schedule(&snapshot, &input, seed);
+    let mut ops: Vec<Op> = Vec::with_capacity(plan.bindings.len());
+    let mut per_service: BTreeMap<(String, String), (usize, BTreeMap<String, usize>)> = BTreeMap::new();
+    for (key, node) in &plan.bindings {
+        let Some(r) = keyed.get(key) else { continue };
+        let mut r = (*r).clone();
+        r.spec.node = Some(node.clone());
+        r.status.reason.clear();
+        r.status.message = format!("scheduled to {node}");
+        r.status.phase = Phase::Pending;
+        let e = per_service.entry((r.metadata.namespace.clone(), r.spec.service.clone())).or_default();
+        e.0 += 1;
+        *e.1.entry(node.clone()).or_default() += 1;
+        ops.push(update_op(&Object::Replica(r)));
+    }
+    let mut unschedulable_services: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (key, reason) in &plan.unschedulable {
+        let Some(r) = keyed.get(key) else { continue };
+        if r.status.reason == "Unschedulable" && r.status.message == *reason {
+            continue;
+        }
+        let mut r = (*r).clone();
+        r.status.reason = "Unschedulable".into();
+        r.status.message = reason.clone();
+        unschedulable_services.insert((r.metadata.namespace.clone(), r.spec.service.clone()), reason.clone());
+        ops.push(update_op(&Object::Replica(r)));
+    }
+    let mut last = None;
+    for chunk in ops.chunks(MAX_TXN_OPS) {
+        last = Some(ctx.store.txn(chunk.to_vec()).await?);
+    }
+    let rec = ctx.recorder.with_source("scheduler");
+    for ((ns, svc), (count, nodes)) in per_service {
+        let spread = nodes.iter().map(|(n, c)| format!("{n}: {c}")).collect::<Vec<_>>().join(", ");
+        rec.normal(Kind::Service, &ns, &svc, "Scheduled", format!("placed {count} replica(s) ({spread})"));
+    }
+    for ((ns, svc), reason) in unschedulable_services {
+        rec.warning(Kind::Service, &ns, &svc, "FailedScheduling", reason);
+    }
+    if let Some(rev) = last {
+        ctx.cache.wait_for(rev).await;
+    }
+    Ok(PassResult { bound: plan.bindings.len(), unschedulable: plan.unschedulable.len() })
+}
+
+fn relevant(c: &Change) -> bool {
+    match c {
+        Change::Resync => true,
+        Change::Object { kind: Kind::Node, .. } => true,
+        // New pending replicas, and anything that frees capacity (deletes, stops, moves).
+        Change::Object { kind: Kind::Replica, old, new, .. } => match (old.as_deref(), new.as_deref()) {
+            (_, Some(Object::Replica(r))) if is_pending(r) => true,
+            (Some(Object::Replica(o)), Some(Object::Replica(n))) => o.spec.node != n.spec.node || o.spec.desired != n.spec.desired,
+            (Some(_), None) => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Runs the loop until cancelled.
+pub async fn run(ctx: Arc<Ctx>) {
+    let mut changes = ctx.cache.subscribe(relevant);
+    let mut seed = ctx.config.seed;
+    let mut backoff = ctx.config.retry_base;
+    let mut wait = ctx.config.resync;
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            c = changes.recv() => if c.is_none() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // Coalesce a burst of changes into one pass.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        while changes.try_recv().is_ok() {}
+        seed = seed.wrapping_add(1);
+        match pass(&ctx, seed).await {
+            Ok(_) => {
+                backoff = ctx.config.retry_base;
+                wait = ctx.config.resync;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "scheduler: pass failed; retrying in {backoff:?}");
+                wait = backoff;
+                backoff = (backoff * 2).min(ctx.config.retry_max);
+            }
+        }
+    }
+}
