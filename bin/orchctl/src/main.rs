@@ -1,1 +1,113 @@
-fn main() {}
+//! orchctl: the command-line client. `main` parses and dispatches; each subcommand is one
+//! function in `commands`.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Talk to an orch daemon.
+#[derive(Parser)]
+#[command(name = "orchctl", version, about)]
+pub struct Cli {
+    /// The daemon's socket (default $ORCH_SOCKET, else ~/.local/share/orch/orchd.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Namespace.
+    #[arg(short = 'n', long, global = true, default_value = "default")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create or update objects from files or folders (all or nothing).
+    Apply {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and show what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List objects: services, replicas, nodes, secrets, configs, events.
+    Get {
+        /// The kind.
+        kind: String,
+        /// One object's name.
+        name: Option<String>,
+        /// Output: table (default), wide, yaml, json.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+        /// Keep watching for changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Show one object in detail, with its events.
+    Describe {
+        /// The kind.
+        kind: String,
+        /// The name.
+        name: String,
+    },
+    /// Delete an object (a service's replicas are stopped), or everything in files.
+    Delete {
+        /// The kind (or `-f`).
+        kind: Option<String>,
+        /// The name.
+        name: Option<String>,
+        /// Delete the objects these files define.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+    },
+    /// Set a service's replica count.
+    Scale {
+        /// `NAME`, `service/NAME` or `service NAME`.
+        target: Vec<String>,
+        /// Desired replicas.
+        #[arg(long, allow_negative_numbers = true)]
+        replicas: i64,
+    },
+    /// Print a replica's output.
+    Logs {
+        /// The replica.
+        replica: String,
+        /// Keep streaming.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N bytes.
+        #[arg(long)]
+        tail_bytes: Option<u64>,
+    },
+    /// Show what the daemon is.
+    Info,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(commands::run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The socket to use.
+pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("ORCH_SOCKET").map(PathBuf::from))
+        .or_else(|| std::env::var_os("ORCH_DATA_DIR").map(|d| PathBuf::from(d).join("orchd.sock")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/orch/orchd.sock")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/orch/orchd.sock"))
+}

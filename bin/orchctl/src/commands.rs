@@ -1,0 +1,204 @@
+//! One function per subcommand.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use orch_api::protocol::{Request, Response, WatchType};
+use orch_api::{render, Client};
+use orch_core::object::{Kind, Object};
+
+use crate::{socket_path, Cli, Command};
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(socket_path(cli.socket));
+    let ns = cli.namespace;
+    match cli.command {
+        Command::Apply { files, dry_run } => apply(&client, &files, dry_run).await,
+        Command::Get { kind, name, output, watch, all_namespaces } => get(&client, &ns, &kind, name, &output, watch, all_namespaces).await,
+        Command::Describe { kind, name } => describe(&client, &ns, &kind, &name).await,
+        Command::Delete { kind, name, files } => delete(&client, &ns, kind, name, &files).await,
+        Command::Scale { target, replicas } => scale(&client, &ns, &target, replicas).await,
+        Command::Logs { replica, follow, tail_bytes } => logs(&client, &ns, &replica, follow, tail_bytes).await,
+        Command::Info => info(&client).await,
+    }
+}
+
+fn kind_arg(s: &str) -> anyhow::Result<Kind> {
+    Kind::from_user(s).with_context(|| format!("unknown kind {s:?}; allowed: services (svc), replicas, nodes, secrets, configs, events"))
+}
+
+fn read_all(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<orch_api::protocol::ManifestText>> {
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(orch_api::files::read_manifests(f).map_err(anyhow::Error::msg)?);
+    }
+    Ok(out)
+}
+
+async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> anyhow::Result<()> {
+    let manifests = read_all(files)?;
+    // Validate locally first: errors name the files without a round trip.
+    orch_core::manifest::parse_all(manifests.iter().map(|m| (m.source.as_str(), m.text.as_str()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match client.call(Request::Apply { manifests, dry_run }).await? {
+        Response::Applied { results, dry_run } => {
+            for r in results {
+                println!("{} {}{}", r.name, r.action, if dry_run { " (dry run)" } else { "" });
+            }
+            Ok(())
+        }
+        other => bail!("unexpected response: {other:?}"),
+    }
+}
+
+fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow::Result<()> {
+    match output {
+        "table" | "wide" => {
+            if objs.is_empty() {
+                eprintln!("No resources found.");
+            } else {
+                print!("{}", render::objects_table(objs, all_namespaces));
+            }
+        }
+        "yaml" => print!("{}", orch_core::manifest::to_yaml(objs)),
+        "json" => {
+            let v: Vec<serde_json::Value> = objs.iter().map(Object::to_display_value).collect();
+            let out = if v.len() == 1 { v[0].clone() } else { serde_json::json!({"apiVersion": "orch/v1", "kind": "List", "items": v}) };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        other => bail!("-o: invalid value {other:?}: allowed: table, wide, yaml, json"),
+    }
+    Ok(())
+}
+
+async fn get(client: &Client, ns: &str, kind: &str, name: Option<String>, output: &str, watch: bool, all: bool) -> anyhow::Result<()> {
+    let kind = kind_arg(kind)?;
+    let namespace = if all { None } else { Some(ns.to_string()) };
+    if watch {
+        let mut stream = client.stream(Request::Watch { kind, namespace }).await?;
+        let mut printed_header = false;
+        while let Some(item) = stream.next().await {
+            let Response::Watch { event, object } = item? else { continue };
+            if name.as_ref().is_some_and(|n| *n != object.metadata().name) {
+                continue;
+            }
+            match output {
+                "table" | "wide" => {
+                    let (header, mut cells) = render::row(&object, all);
+                    if event == WatchType::Deleted {
+                        cells.push("(deleted)".into());
+                    }
+                    let t = render::table(&header, &[cells]);
+                    let mut lines = t.lines();
+                    let h = lines.next().unwrap_or_default();
+                    if !printed_header {
+                        println!("{h}");
+                        printed_header = true;
+                    }
+                    for l in lines {
+                        println!("{l}");
+                    }
+                }
+                "json" => println!("{}", serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})),
+                _ => print_objects(std::slice::from_ref(&object), output, all)?,
+            }
+            std::io::stdout().flush()?;
+        }
+        return Ok(());
+    }
+    match client.call(Request::Get { kind, namespace, name }).await? {
+        Response::Objects { objects, .. } => print_objects(&objects, output, all),
+        other => bail!("unexpected response: {other:?}"),
+    }
+}
+
+async fn list(client: &Client, kind: Kind, ns: Option<&str>) -> anyhow::Result<Vec<Object>> {
+    match client.call(Request::Get { kind, namespace: ns.map(String::from), name: None }).await? {
+        Response::Objects { objects, .. } => Ok(objects),
+        other => bail!("unexpected response: {other:?}"),
+    }
+}
+
+async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
+    let kind = kind_arg(kind)?;
+    let obj = match client.call(Request::Get { kind, namespace: Some(ns.into()), name: Some(name.into()) }).await? {
+        Response::Objects { mut objects, .. } if !objects.is_empty() => objects.remove(0),
+        _ => bail!("{} {name:?} not found", kind.as_str().to_ascii_lowercase()),
+    };
+    let mut events: Vec<Object> = list(client, Kind::Event, None)
+        .await?
+        .into_iter()
+        .filter(|e| match e {
+            Object::Event(e) => e.involved.kind == Some(kind) && e.involved.name == name && (!kind.namespaced() || e.involved.namespace == ns),
+            _ => false,
+        })
+        .collect();
+    events.sort_by_key(|e| if let Object::Event(e) = e { e.timestamp } else { Default::default() });
+    let related: Vec<Object> = match kind {
+        Kind::Service => list(client, Kind::Replica, Some(ns)).await?.into_iter().filter(|r| matches!(r, Object::Replica(r) if r.spec.service == name)).collect(),
+        Kind::Node => list(client, Kind::Replica, None).await?.into_iter().filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name))).collect(),
+        _ => Vec::new(),
+    };
+    print!("{}", render::describe(&obj, &events, &related));
+    Ok(())
+}
+
+async fn delete(client: &Client, ns: &str, kind: Option<String>, name: Option<String>, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let targets: Vec<(Kind, String, String)> = if !files.is_empty() {
+        let manifests = read_all(files)?;
+        let objs = orch_core::manifest::parse_all(manifests.iter().map(|m| (m.source.as_str(), m.text.as_str()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+        objs.iter().map(|o| (o.kind(), o.metadata().namespace.clone(), o.metadata().name.clone())).collect()
+    } else {
+        let (Some(kind), Some(name)) = (kind, name) else { bail!("usage: orchctl delete KIND NAME, or orchctl delete -f FILE") };
+        let (kind, name) = match kind.split_once('/') {
+            Some((k, n)) => (kind_arg(k)?, n.to_string()),
+            None => (kind_arg(&kind)?, name),
+        };
+        vec![(kind, ns.to_string(), name)]
+    };
+    let mut failed = false;
+    for (kind, ns, name) in targets {
+        match client.call(Request::Delete { kind, namespace: ns, name: name.clone() }).await {
+            Ok(_) => println!("{}/{name} deleted", kind.as_str().to_ascii_lowercase()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("some deletions failed");
+    }
+    Ok(())
+}
+
+async fn scale(client: &Client, ns: &str, target: &[String], replicas: i64) -> anyhow::Result<()> {
+    let name = match target {
+        [one] => one.strip_prefix("service/").or_else(|| one.strip_prefix("svc/")).unwrap_or(one).to_string(),
+        [kind, name] if Kind::from_user(kind) == Some(Kind::Service) => name.clone(),
+        _ => bail!("usage: orchctl scale [service/]NAME --replicas N"),
+    };
+    client.call(Request::Scale { namespace: ns.into(), name: name.clone(), replicas }).await?;
+    println!("service/{name} scaled to {replicas}");
+    Ok(())
+}
+
+async fn logs(client: &Client, ns: &str, replica: &str, follow: bool, tail_bytes: Option<u64>) -> anyhow::Result<()> {
+    let mut stream = client.stream(Request::Logs { namespace: ns.into(), replica: replica.into(), follow, tail_bytes }).await?;
+    let mut out = std::io::stdout();
+    while let Some(item) = stream.next().await {
+        if let Response::Log { data } = item? {
+            out.write_all(data.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn info(client: &Client) -> anyhow::Result<()> {
+    if let Response::Info { version, store, nodes } = client.call(Request::Info).await? {
+        println!("orchd {version}\nstore: {store}\nnodes: {}", nodes.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The typed client: one connection per request.
+
+use std::path::{Path, PathBuf};
+
+use futures::{SinkExt, Stream, StreamExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LinesCodec};
+
+use crate::protocol::{ErrorCode, Request, Response, MAX_LINE_BYTES};
+
+/// Errors talking to a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot connect to {path}: {source} (is orchd running? start it with `orchd server`, or pass --socket)")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Api {
+        /// Category.
+        code: ErrorCode,
+        /// Explanation.
+        message: String,
+    },
+    /// The connection broke or the daemon sent nonsense.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// A client for one daemon socket.
+#[derive(Clone, Debug)]
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    /// A client for the socket at `path` (nothing is opened yet).
+    pub fn new(path: impl AsRef<Path>) -> Client {
+        Client { path: path.as_ref().to_path_buf() }
+    }
+
+    async fn open(&self, req: &Request) -> Result<Framed<UnixStream, LinesCodec>, ClientError> {
+        let stream = UnixStream::connect(&self.path).await.map_err(|source| ClientError::Connect { path: self.path.clone(), source })?;
+        let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        let line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        framed.send(line).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(framed)
+    }
+
+    /// Sends a one-shot request; an `Error` response becomes `Err`.
+    pub async fn call(&self, req: Request) -> Result<Response, ClientError> {
+        let mut framed = self.open(&req).await?;
+        match framed.next().await {
+            Some(Ok(line)) => into_result(parse(&line)?),
+            Some(Err(e)) => Err(ClientError::Protocol(e.to_string())),
+            None => Err(ClientError::Protocol("the daemon closed the connection without answering".into())),
+        }
+    }
+
+    /// Sends a streaming request (`Watch`, `Logs`); the stream ends after `End` or an error.
+    pub async fn stream(&self, req: Request) -> Result<impl Stream<Item = Result<Response, ClientError>>, ClientError> {
+        let framed = self.open(&req).await?;
+        Ok(framed
+            .map(|line| match line {
+                Ok(l) => parse(&l).and_then(into_result),
+                Err(e) => Err(ClientError::Protocol(e.to_string())),
+            })
+            .take_while(|r| std::future::ready(!matches!(r, Ok(Response::End)))))
+    }
+}
+
+fn parse(line: &str) -> Result<Response, ClientError> {
+    serde_json::from_str(line).map_err(|e| ClientError::Protocol(format!("bad response: {e}")))
+}
+
+fn into_result(r: Response) -> Result<Response, ClientError> {
+    match r {
+        Response::Error { code, message } => Err(ClientError::Api { code, message }),
+        other => Ok(other),
+    }
+}

@@ -1,0 +1,52 @@
+//! Reading manifests from files, directories and standard input, checking sizes before
+//! reading so a huge file is refused without being loaded.
+
+use std::io::Read;
+use std::path::Path;
+
+use orch_core::manifest::MAX_MANIFEST_BYTES;
+
+use crate::protocol::ManifestText;
+
+/// Reads `path`: a file, `-` (standard input), or a directory (its `*.yaml`, `*.yml` and
+/// `*.json` files in name order, not recursive).
+pub fn read_manifests(path: &Path) -> Result<Vec<ManifestText>, String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .take(MAX_MANIFEST_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("-: cannot read standard input: {e}"))?;
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(format!("-: manifest is larger than the limit of {MAX_MANIFEST_BYTES} bytes (4 MiB)"));
+        }
+        return Ok(vec![ManifestText { source: "-".into(), text }]);
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(format!("{}: no .yaml, .yml or .json files in this directory", path.display()));
+        }
+        let mut out = Vec::new();
+        for f in files {
+            out.extend(read_manifests(&f)?);
+        }
+        return Ok(out);
+    }
+    if meta.len() > MAX_MANIFEST_BYTES as u64 {
+        return Err(format!(
+            "{}: manifest is {:.1} MiB; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files",
+            path.display(),
+            meta.len() as f64 / (1 << 20) as f64
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
+    Ok(vec![ManifestText { source: path.display().to_string(), text }])
+}

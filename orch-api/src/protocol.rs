@@ -1,0 +1,174 @@
+//! Requests and responses. One request per connection; most get one response, `watch` and
+//! `logs` with `follow` get a stream ended by `End` or `Error`.
+
+use serde::{Deserialize, Serialize};
+
+use orch_core::object::{Kind, Object};
+
+/// The largest request or response line, in bytes.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// One manifest file's text, named so errors can point at it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestText {
+    /// The file name (or `-` for standard input).
+    pub source: String,
+    /// Its contents.
+    pub text: String,
+}
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// Apply manifests, all or nothing.
+    Apply {
+        /// The manifests.
+        manifests: Vec<ManifestText>,
+        /// Validate and report, write nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// List objects (or one, with `name`).
+    Get {
+        /// The kind.
+        kind: Kind,
+        /// A namespace, or all when `None`.
+        namespace: Option<String>,
+        /// One object's name.
+        name: Option<String>,
+    },
+    /// Delete one object.
+    Delete {
+        /// The kind.
+        kind: Kind,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// Set a service's replica count.
+    Scale {
+        /// Namespace.
+        namespace: String,
+        /// Service name.
+        name: String,
+        /// Desired replicas.
+        replicas: i64,
+    },
+    /// Stream changes of a kind: the current objects first (as `Added`), then changes.
+    Watch {
+        /// The kind.
+        kind: Kind,
+        /// A namespace, or all when `None`.
+        namespace: Option<String>,
+    },
+    /// A replica's logs.
+    Logs {
+        /// Namespace.
+        namespace: String,
+        /// Replica name.
+        replica: String,
+        /// Keep streaming.
+        follow: bool,
+        /// Start this many bytes before the end.
+        tail_bytes: Option<u64>,
+    },
+    /// What the daemon is.
+    Info,
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Bad input; nothing was changed.
+    Invalid,
+    /// No such object.
+    NotFound,
+    /// Lost a race; retry.
+    Conflict,
+    /// The store or a runtime is unavailable; retry later.
+    Unavailable,
+    /// Over a size limit.
+    TooLarge,
+    /// A bug or an unexpected failure.
+    Internal,
+}
+
+/// A watch event's type, as kubectl prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchType {
+    /// Present at the start, or created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Deleted.
+    Deleted,
+}
+
+/// One applied object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// `service/web`.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// created, configured, unchanged.
+    pub action: String,
+}
+
+/// What the daemon answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+#[allow(clippy::large_enum_variant)]
+pub enum Response {
+    /// Result of `Apply`.
+    Applied {
+        /// Per object.
+        results: Vec<Applied>,
+        /// Dry run: nothing was written.
+        dry_run: bool,
+    },
+    /// Result of `Get`.
+    Objects {
+        /// The objects.
+        objects: Vec<Object>,
+        /// The store revision they were read at.
+        revision: u64,
+    },
+    /// Result of `Delete` or `Scale`: the object as it was written or deleted.
+    Done {
+        /// The object.
+        object: Object,
+    },
+    /// One watch event.
+    Watch {
+        /// Added, modified, deleted.
+        event: WatchType,
+        /// The object (last version for deletes).
+        object: Object,
+    },
+    /// A chunk of logs (lossy UTF-8).
+    Log {
+        /// The text.
+        data: String,
+    },
+    /// Result of `Info`.
+    Info {
+        /// orchd version.
+        version: String,
+        /// Which store (`memory`, `embedded:/path`).
+        store: String,
+        /// Nodes this daemon runs agents for.
+        nodes: Vec<String>,
+    },
+    /// End of a stream.
+    End,
+    /// The request failed.
+    Error {
+        /// Category.
+        code: ErrorCode,
+        /// Explanation.
+        message: String,
+    },
+}

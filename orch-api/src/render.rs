@@ -1,0 +1,207 @@
+//! Tables as `kubectl get` prints them, shared by `orchctl` and the `orchd up` view.
+
+use orch_core::object::{DesiredState, NodeCondition, Object, Phase};
+use orch_core::quantity::{format_age, Timestamp};
+
+/// Pads columns with three spaces, like kubectl.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(c);
+            if i < last {
+                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn age(ts: Option<Timestamp>) -> String {
+    ts.map(|t| format_age(t.elapsed())).unwrap_or_else(|| "<unknown>".into())
+}
+
+/// The header and row of an object; `wide` adds columns; `all_namespaces` adds NAMESPACE.
+pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String>) {
+    let md = obj.metadata();
+    let (mut header, mut cells): (Vec<&'static str>, Vec<String>) = match obj {
+        Object::Service(s) => (
+            vec!["NAME", "READY", "UP-TO-DATE", "PENDING", "AGE", "MESSAGE"],
+            vec![
+                md.name.clone(),
+                format!("{}/{}", s.status.ready_replicas, s.spec.replicas),
+                s.status.updated_replicas.to_string(),
+                s.status.pending_replicas.to_string(),
+                age(md.creation_timestamp),
+                s.status.message.clone(),
+            ],
+        ),
+        Object::Replica(r) => {
+            let mut phase = r.status.phase.as_str().to_string();
+            if r.spec.desired == DesiredState::Stopped && r.status.phase != Phase::Stopping {
+                phase = "Stopping".into();
+            } else if !r.status.reason.is_empty() && r.status.phase != Phase::Ready {
+                phase = r.status.reason.clone();
+            }
+            (
+                vec!["NAME", "SERVICE", "NODE", "PHASE", "RESTARTS", "ADDRESS", "AGE"],
+                vec![
+                    md.name.clone(),
+                    r.spec.service.clone(),
+                    r.spec.node.clone().unwrap_or_else(|| "<none>".into()),
+                    phase,
+                    r.status.restarts.to_string(),
+                    r.status.address().unwrap_or_else(|| "<none>".into()),
+                    age(md.creation_timestamp),
+                ],
+            )
+        }
+        Object::Node(n) => {
+            let mut status = match n.status.condition {
+                NodeCondition::Ready => "Ready".to_string(),
+                NodeCondition::Unreachable => "Unreachable".to_string(),
+            };
+            if n.spec.unschedulable {
+                status.push_str(",SchedulingDisabled");
+            }
+            (
+                vec!["NAME", "STATUS", "RUNTIMES", "CPU", "MEMORY", "AGE", "VERSION"],
+                vec![
+                    md.name.clone(),
+                    status,
+                    n.status.runtimes.join(","),
+                    n.status.capacity.cpu.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    n.status.capacity.memory.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                    age(md.creation_timestamp),
+                    n.status.agent_version.clone(),
+                ],
+            )
+        }
+        Object::Secret(s) => (vec!["NAME", "DATA", "AGE"], vec![md.name.clone(), s.data.len().to_string(), age(md.creation_timestamp)]),
+        Object::Config(c) => (vec!["NAME", "DATA", "AGE"], vec![md.name.clone(), c.data.len().to_string(), age(md.creation_timestamp)]),
+        Object::Event(e) => (
+            vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+            vec![
+                format_age(e.timestamp.elapsed()),
+                format!("{:?}", e.type_),
+                e.reason.clone(),
+                format!("{}/{}", e.involved.kind.map(|k| k.as_str().to_ascii_lowercase()).unwrap_or_default(), e.involved.name),
+                e.message.clone(),
+            ],
+        ),
+    };
+    if all_namespaces && obj.kind().namespaced() {
+        header.insert(0, "NAMESPACE");
+        cells.insert(0, md.namespace.clone());
+    }
+    (header, cells)
+}
+
+/// A table of objects (all of one kind).
+pub fn objects_table(objs: &[Object], all_namespaces: bool) -> String {
+    let Some(first) = objs.first() else { return String::new() };
+    let (header, _) = row(first, all_namespaces);
+    let rows: Vec<Vec<String>> = objs.iter().map(|o| row(o, all_namespaces).1).collect();
+    table(&header, &rows)
+}
+
+/// `orchctl describe` text of an object and its events (newest last).
+pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
+    let md = obj.metadata();
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| out.push_str(&format!("{:<18}{}\n", format!("{k}:"), v));
+    kv("Name", md.name.clone());
+    if obj.kind().namespaced() {
+        kv("Namespace", md.namespace.clone());
+    }
+    kv("Kind", obj.kind().to_string());
+    let labels = md.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    kv("Labels", if labels.is_empty() { "<none>".into() } else { labels });
+    kv("Created", md.creation_timestamp.map(|t| t.to_string()).unwrap_or_default());
+    kv("UID", md.uid.clone());
+    kv("Revision", md.revision.to_string());
+    match obj {
+        Object::Service(s) => {
+            kv("Generation", format!("{} (observed {})", md.generation, s.status.observed_generation));
+            kv("Replicas", format!("{} desired | {} ready | {} updated | {} pending", s.spec.replicas, s.status.ready_replicas, s.status.updated_replicas, s.status.pending_replicas));
+            let t = &s.spec.template;
+            match &t.image {
+                Some(i) => kv("Image", i.clone()),
+                None => kv("Command", t.command.iter().chain(&t.args).cloned().collect::<Vec<_>>().join(" ")),
+            }
+            if !t.ports.is_empty() {
+                kv("Ports", t.ports.iter().map(|p| format!("{}={}", p.name, p.port.map(|n| n.to_string()).unwrap_or_else(|| "dynamic".into()))).collect::<Vec<_>>().join(", "));
+            }
+            kv("Restart policy", format!("{:?}", t.restart_policy));
+            kv("Resources", format!("cpu {} memory {}", t.resources.cpu.map(|c| c.to_string()).unwrap_or_else(|| "-".into()), t.resources.memory.map(|m| m.to_string()).unwrap_or_else(|| "-".into())));
+            kv("Template hash", t.hash());
+            if !s.status.message.is_empty() {
+                kv("Message", s.status.message.clone());
+            }
+        }
+        Object::Replica(r) => {
+            kv("Service", r.spec.service.clone());
+            kv("Node", r.spec.node.clone().unwrap_or_else(|| "<none>".into()));
+            kv("Phase", r.status.phase.as_str().into());
+            if !r.status.reason.is_empty() {
+                kv("Reason", r.status.reason.clone());
+            }
+            if !r.status.message.is_empty() {
+                kv("Message", r.status.message.clone());
+            }
+            kv("Restarts", r.status.restarts.to_string());
+            kv("Address", r.status.address().unwrap_or_else(|| "<none>".into()));
+            kv("Runtime id", r.status.runtime_id.clone());
+            if let Some(e) = &r.status.last_exit {
+                kv("Last exit", format!("{e}{}", e.at.map(|t| format!(" at {t}")).unwrap_or_default()));
+            }
+            kv("Template hash", r.spec.template_hash.clone());
+        }
+        Object::Node(n) => {
+            kv("Condition", format!("{:?}", n.status.condition));
+            kv("Schedulable", (!n.spec.unschedulable).to_string());
+            kv("Addresses", n.status.addresses.join(", "));
+            kv("Runtimes", n.status.runtimes.join(", "));
+            kv("Heartbeat", n.status.heartbeat.map(|t| t.to_string()).unwrap_or_default());
+            kv("Limits", n.status.limits.clone());
+        }
+        Object::Secret(s) => kv("Data", s.data.iter().map(|(k, v)| format!("{k}: {} bytes", v.len())).collect::<Vec<_>>().join(", ")),
+        Object::Config(c) => kv("Data", c.data.keys().cloned().collect::<Vec<_>>().join(", ")),
+        Object::Event(e) => kv("Message", e.message.clone()),
+    }
+    if !related.is_empty() {
+        out.push_str("\nReplicas:\n");
+        for l in objects_table(related, false).lines() {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("\nEvents:\n");
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        for l in objects_table(events, false).lines() {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,277 @@
+//! The daemon side: accepts connections on a unix socket and answers requests against a
+//! store and the node runtimes this process hosts.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+
+use orch_core::api::{self, ApiError};
+use orch_core::manifest;
+use orch_core::object::{Kind, Object};
+use orch_core::runtime::{LogOptions, Runtime, RuntimeError};
+use orch_core::store::{decode, list_objects, Store, StoreError, WatchEvent};
+
+use crate::protocol::{Applied, ErrorCode, Request, Response, WatchType, MAX_LINE_BYTES};
+
+/// What the server answers from.
+pub struct Backend {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Runtimes of the nodes this process runs agents for (for logs).
+    pub runtimes: HashMap<String, Arc<dyn Runtime>>,
+    /// A description of the store for `Info`.
+    pub store_name: String,
+}
+
+/// Binds `path` (replacing a stale socket), restricts it to its owner (0600) and serves until
+/// `cancel` fires.
+pub async fn serve(path: PathBuf, backend: Arc<Backend>, cancel: CancellationToken) -> std::io::Result<()> {
+    let listener = bind(&path).await?;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => r?,
+        };
+        let (backend, cancel) = (backend.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = handle(stream, backend) => {}
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Binds a unix socket with mode 0600, removing a stale socket file first. Refuses to take
+/// over a socket another live daemon answers on.
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another running daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error { code, message: message.into() }
+}
+
+fn store_error(e: StoreError) -> Response {
+    let code = match &e {
+        StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } => ErrorCode::Conflict,
+        StoreError::NotFound { .. } => ErrorCode::NotFound,
+        StoreError::Unavailable(_) | StoreError::WatchLagged | StoreError::Compacted { .. } => ErrorCode::Unavailable,
+        StoreError::TooLarge { .. } => ErrorCode::TooLarge,
+        _ => ErrorCode::Internal,
+    };
+    error(code, e.to_string())
+}
+
+fn api_error(e: ApiError) -> Response {
+    match e {
+        ApiError::Invalid(m) => error(ErrorCode::Invalid, m),
+        e @ ApiError::NotFound { .. } => error(ErrorCode::NotFound, e.to_string()),
+        ApiError::Store(s) => store_error(s),
+    }
+}
+
+async fn handle(stream: UnixStream, backend: Arc<Backend>) {
+    let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let line = match framed.next().await {
+        Some(Ok(l)) => l,
+        Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+            let _ = send(&mut framed, &error(ErrorCode::TooLarge, format!("request is larger than {MAX_LINE_BYTES} bytes"))).await;
+            return;
+        }
+        _ => return,
+    };
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = send(&mut framed, &error(ErrorCode::Invalid, format!("malformed request: {e}"))).await;
+            return;
+        }
+    };
+    match req {
+        Request::Watch { kind, namespace } => watch(&mut framed, &backend, kind, namespace).await,
+        Request::Logs { namespace, replica, follow, tail_bytes } => logs(&mut framed, &backend, &namespace, &replica, LogOptions { follow, tail_bytes }).await,
+        other => {
+            let resp = answer(&backend, other).await;
+            let _ = send(&mut framed, &resp).await;
+        }
+    }
+}
+
+type Conn = Framed<UnixStream, LinesCodec>;
+
+async fn send(framed: &mut Conn, resp: &Response) -> Result<(), LinesCodecError> {
+    let line = serde_json::to_string(resp).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"code\":\"Internal\",\"message\":\"encode: {e}\"}}"));
+    framed.send(line).await
+}
+
+/// Answers a one-shot request.
+pub async fn answer(backend: &Backend, req: Request) -> Response {
+    let store = &*backend.store;
+    match req {
+        Request::Apply { manifests, dry_run } => {
+            let objects = match manifest::parse_all(manifests.iter().map(|m| (m.source.as_str(), m.text.as_str()))) {
+                Ok(o) => o,
+                Err(e) => return error(ErrorCode::Invalid, e.to_string()),
+            };
+            match api::apply(store, objects, dry_run).await {
+                Ok(results) => Response::Applied {
+                    results: results
+                        .into_iter()
+                        .map(|(o, a)| Applied { name: o.display_name(), namespace: o.metadata().namespace.clone(), action: a.to_string() })
+                        .collect(),
+                    dry_run,
+                },
+                Err(e) => api_error(e),
+            }
+        }
+        Request::Get { kind, namespace, name } => match name {
+            Some(name) => {
+                let ns = namespace.unwrap_or_else(|| orch_core::object::DEFAULT_NAMESPACE.into());
+                match orch_core::store::get_object(store, kind, &ns, &name).await {
+                    Ok(Some(o)) => Response::Objects { revision: o.metadata().revision, objects: vec![o] },
+                    Ok(None) => error(ErrorCode::NotFound, format!("{} {name:?} not found in namespace {ns:?}", kind.as_str().to_ascii_lowercase())),
+                    Err(e) => store_error(e),
+                }
+            }
+            None => match list_objects(store, kind, namespace.as_deref()).await {
+                Ok((objects, revision)) => Response::Objects { objects, revision },
+                Err(e) => store_error(e),
+            },
+        },
+        Request::Delete { kind, namespace, name } => match api::delete(store, kind, &namespace, &name).await {
+            Ok(object) => Response::Done { object },
+            Err(e) => api_error(e),
+        },
+        Request::Scale { namespace, name, replicas } => match api::scale(store, &namespace, &name, replicas).await {
+            Ok(object) => Response::Done { object },
+            Err(e) => api_error(e),
+        },
+        Request::Info => Response::Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            store: backend.store_name.clone(),
+            nodes: {
+                let mut n: Vec<String> = backend.runtimes.keys().cloned().collect();
+                n.sort();
+                n
+            },
+        },
+        Request::Watch { .. } | Request::Logs { .. } => error(ErrorCode::Invalid, "streaming request on a one-shot path"),
+    }
+}
+
+async fn watch(framed: &mut Conn, backend: &Backend, kind: Kind, namespace: Option<String>) {
+    let prefix = match &namespace {
+        Some(ns) if kind.namespaced() => format!("{}{}/", kind.prefix(), ns),
+        _ => kind.prefix(),
+    };
+    let (objs, rev) = match list_objects(&*backend.store, kind, namespace.as_deref()).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = send(framed, &store_error(e)).await;
+            return;
+        }
+    };
+    for object in objs {
+        if send(framed, &Response::Watch { event: WatchType::Added, object }).await.is_err() {
+            return;
+        }
+    }
+    let mut stream = match backend.store.watch(&prefix, rev).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = send(framed, &store_error(e)).await;
+            return;
+        }
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = send(framed, &store_error(e)).await;
+                return;
+            }
+        };
+        for ev in batch.events {
+            let (event, kv) = match &ev {
+                WatchEvent::Put(kv) if kv.create_revision == kv.mod_revision => (WatchType::Added, kv),
+                WatchEvent::Put(kv) => (WatchType::Modified, kv),
+                WatchEvent::Delete { prev, .. } => (WatchType::Deleted, prev),
+            };
+            let Ok(object) = decode(kv) else { continue };
+            if send(framed, &Response::Watch { event, object }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn logs(framed: &mut Conn, backend: &Backend, namespace: &str, replica: &str, opts: LogOptions) {
+    let rep = match orch_core::store::get_object(&*backend.store, Kind::Replica, namespace, replica).await {
+        Ok(Some(Object::Replica(r))) => r,
+        Ok(_) => {
+            let _ = send(framed, &error(ErrorCode::NotFound, format!("replica {replica:?} not found in namespace {namespace:?}"))).await;
+            return;
+        }
+        Err(e) => {
+            let _ = send(framed, &store_error(e)).await;
+            return;
+        }
+    };
+    let Some(node) = rep.spec.node.clone() else {
+        let _ = send(framed, &error(ErrorCode::NotFound, format!("replica {replica:?} is not scheduled yet: it has no logs"))).await;
+        return;
+    };
+    let Some(rt) = backend.runtimes.get(&node) else {
+        let _ = send(framed, &error(ErrorCode::Unavailable, format!("replica {replica:?} runs on node {node:?}, which this daemon does not host"))).await;
+        return;
+    };
+    let mut stream = match rt.logs(&rep.runtime_name(), opts).await {
+        Ok(s) => s,
+        Err(RuntimeError::NotFound(_)) => {
+            let _ = send(framed, &error(ErrorCode::NotFound, format!("replica {replica:?} has not started on {node}: no logs yet"))).await;
+            return;
+        }
+        Err(e) => {
+            let _ = send(framed, &error(ErrorCode::Unavailable, e.to_string())).await;
+            return;
+        }
+    };
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) if bytes.is_empty() => {}
+            Ok(bytes) => {
+                if send(framed, &Response::Log { data: String::from_utf8_lossy(&bytes).into_owned() }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = send(framed, &error(ErrorCode::Unavailable, e.to_string())).await;
+                return;
+            }
+        }
+    }
+    let _ = send(framed, &Response::End).await;
+}
