@@ -41,14 +41,25 @@ pub struct Client {
 impl Client {
     /// A client for the socket at `path` (nothing is opened yet).
     pub fn new(path: impl AsRef<Path>) -> Client {
-        Client { path: path.as_ref().to_path_buf() }
+        Client {
+            path: path.as_ref().to_path_buf(),
+        }
     }
 
     async fn open(&self, req: &Request) -> Result<Framed<UnixStream, LinesCodec>, ClientError> {
-        let stream = UnixStream::connect(&self.path).await.map_err(|source| ClientError::Connect { path: self.path.clone(), source })?;
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.path.clone(),
+                    source,
+                })?;
         let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
         let line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        framed.send(line).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        framed
+            .send(line)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(framed)
     }
 
@@ -58,12 +69,17 @@ impl Client {
         match framed.next().await {
             Some(Ok(line)) => into_result(parse(&line)?),
             Some(Err(e)) => Err(ClientError::Protocol(e.to_string())),
-            None => Err(ClientError::Protocol("the daemon closed the connection without answering".into())),
+            None => Err(ClientError::Protocol(
+                "the daemon closed the connection without answering".into(),
+            )),
         }
     }
 
     /// Sends a streaming request (`Watch`, `Logs`); the stream ends after `End` or an error.
-    pub async fn stream(&self, req: Request) -> Result<impl Stream<Item = Result<Response, ClientError>>, ClientError> {
+    pub async fn stream(
+        &self,
+        req: Request,
+    ) -> Result<impl Stream<Item = Result<Response, ClientError>>, ClientError> {
         let framed = self.open(&req).await?;
         Ok(framed
             .map(|line| match line {

@@ -18,20 +18,33 @@ pub fn read_manifests(path: &Path) -> Result<Vec<ManifestText>, String> {
             .read_to_string(&mut text)
             .map_err(|e| format!("-: cannot read standard input: {e}"))?;
         if text.len() > MAX_MANIFEST_BYTES {
-            return Err(format!("-: manifest is larger than the limit of {MAX_MANIFEST_BYTES} bytes (4 MiB)"));
+            return Err(format!(
+                "-: manifest is larger than the limit of {MAX_MANIFEST_BYTES} bytes (4 MiB)"
+            ));
         }
-        return Ok(vec![ManifestText { source: "-".into(), text }]);
+        return Ok(vec![ManifestText {
+            source: "-".into(),
+            text,
+        }]);
     }
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.is_dir() {
         let mut files: Vec<_> = std::fs::read_dir(path)
             .map_err(|e| format!("{}: {e}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(format!("{}: no .yaml, .yml or .json files in this directory", path.display()));
+            return Err(format!(
+                "{}: no .yaml, .yml or .json files in this directory",
+                path.display()
+            ));
         }
         let mut out = Vec::new();
         for f in files {
@@ -47,6 +60,15 @@ pub fn read_manifests(path: &Path) -> Result<Vec<ManifestText>, String> {
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
-    Ok(vec![ManifestText { source: path.display().to_string(), text }])
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{}: not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok(vec![ManifestText {
+        source: path.display().to_string(),
+        text,
+    }])
 }

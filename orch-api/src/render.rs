@@ -34,7 +34,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn age(ts: Option<Timestamp>) -> String {
-    ts.map(|t| format_age(t.elapsed())).unwrap_or_else(|| "<unknown>".into())
+    ts.map(|t| format_age(t.elapsed()))
+        .unwrap_or_else(|| "<unknown>".into())
 }
 
 /// The header and row of an object; `wide` adds columns; `all_namespaces` adds NAMESPACE.
@@ -60,7 +61,9 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
                 phase = r.status.reason.clone();
             }
             (
-                vec!["NAME", "SERVICE", "NODE", "PHASE", "RESTARTS", "ADDRESS", "AGE"],
+                vec![
+                    "NAME", "SERVICE", "NODE", "PHASE", "RESTARTS", "ADDRESS", "AGE",
+                ],
                 vec![
                     md.name.clone(),
                     r.spec.service.clone(),
@@ -81,27 +84,58 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
                 status.push_str(",SchedulingDisabled");
             }
             (
-                vec!["NAME", "STATUS", "RUNTIMES", "CPU", "MEMORY", "AGE", "VERSION"],
+                vec![
+                    "NAME", "STATUS", "RUNTIMES", "CPU", "MEMORY", "AGE", "VERSION",
+                ],
                 vec![
                     md.name.clone(),
                     status,
                     n.status.runtimes.join(","),
-                    n.status.capacity.cpu.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-                    n.status.capacity.memory.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                    n.status
+                        .capacity
+                        .cpu
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    n.status
+                        .capacity
+                        .memory
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     age(md.creation_timestamp),
                     n.status.agent_version.clone(),
                 ],
             )
         }
-        Object::Secret(s) => (vec!["NAME", "DATA", "AGE"], vec![md.name.clone(), s.data.len().to_string(), age(md.creation_timestamp)]),
-        Object::Config(c) => (vec!["NAME", "DATA", "AGE"], vec![md.name.clone(), c.data.len().to_string(), age(md.creation_timestamp)]),
+        Object::Secret(s) => (
+            vec!["NAME", "DATA", "AGE"],
+            vec![
+                md.name.clone(),
+                s.data.len().to_string(),
+                age(md.creation_timestamp),
+            ],
+        ),
+        Object::Config(c) => (
+            vec!["NAME", "DATA", "AGE"],
+            vec![
+                md.name.clone(),
+                c.data.len().to_string(),
+                age(md.creation_timestamp),
+            ],
+        ),
         Object::Event(e) => (
             vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             vec![
                 format_age(e.timestamp.elapsed()),
                 format!("{:?}", e.type_),
                 e.reason.clone(),
-                format!("{}/{}", e.involved.kind.map(|k| k.as_str().to_ascii_lowercase()).unwrap_or_default(), e.involved.name),
+                format!(
+                    "{}/{}",
+                    e.involved
+                        .kind
+                        .map(|k| k.as_str().to_ascii_lowercase())
+                        .unwrap_or_default(),
+                    e.involved.name
+                ),
                 e.message.clone(),
             ],
         ),
@@ -115,7 +149,9 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
 
 /// A table of objects (all of one kind).
 pub fn objects_table(objs: &[Object], all_namespaces: bool) -> String {
-    let Some(first) = objs.first() else { return String::new() };
+    let Some(first) = objs.first() else {
+        return String::new();
+    };
     let (header, _) = row(first, all_namespaces);
     let rows: Vec<Vec<String>> = objs.iter().map(|o| row(o, all_namespaces).1).collect();
     table(&header, &rows)
@@ -131,25 +167,93 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
         kv("Namespace", md.namespace.clone());
     }
     kv("Kind", obj.kind().to_string());
-    let labels = md.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-    kv("Labels", if labels.is_empty() { "<none>".into() } else { labels });
-    kv("Created", md.creation_timestamp.map(|t| t.to_string()).unwrap_or_default());
+    let labels = md
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    kv(
+        "Labels",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels
+        },
+    );
+    kv(
+        "Created",
+        md.creation_timestamp
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    );
     kv("UID", md.uid.clone());
     kv("Revision", md.revision.to_string());
     match obj {
         Object::Service(s) => {
-            kv("Generation", format!("{} (observed {})", md.generation, s.status.observed_generation));
-            kv("Replicas", format!("{} desired | {} ready | {} updated | {} pending", s.spec.replicas, s.status.ready_replicas, s.status.updated_replicas, s.status.pending_replicas));
+            kv(
+                "Generation",
+                format!(
+                    "{} (observed {})",
+                    md.generation, s.status.observed_generation
+                ),
+            );
+            kv(
+                "Replicas",
+                format!(
+                    "{} desired | {} ready | {} updated | {} pending",
+                    s.spec.replicas,
+                    s.status.ready_replicas,
+                    s.status.updated_replicas,
+                    s.status.pending_replicas
+                ),
+            );
             let t = &s.spec.template;
             match &t.image {
                 Some(i) => kv("Image", i.clone()),
-                None => kv("Command", t.command.iter().chain(&t.args).cloned().collect::<Vec<_>>().join(" ")),
+                None => kv(
+                    "Command",
+                    t.command
+                        .iter()
+                        .chain(&t.args)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
             }
             if !t.ports.is_empty() {
-                kv("Ports", t.ports.iter().map(|p| format!("{}={}", p.name, p.port.map(|n| n.to_string()).unwrap_or_else(|| "dynamic".into()))).collect::<Vec<_>>().join(", "));
+                kv(
+                    "Ports",
+                    t.ports
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{}={}",
+                                p.name,
+                                p.port
+                                    .map(|n| n.to_string())
+                                    .unwrap_or_else(|| "dynamic".into())
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
             }
             kv("Restart policy", format!("{:?}", t.restart_policy));
-            kv("Resources", format!("cpu {} memory {}", t.resources.cpu.map(|c| c.to_string()).unwrap_or_else(|| "-".into()), t.resources.memory.map(|m| m.to_string()).unwrap_or_else(|| "-".into())));
+            kv(
+                "Resources",
+                format!(
+                    "cpu {} memory {}",
+                    t.resources
+                        .cpu
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    t.resources
+                        .memory
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into())
+                ),
+            );
             kv("Template hash", t.hash());
             if !s.status.message.is_empty() {
                 kv("Message", s.status.message.clone());
@@ -157,7 +261,10 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
         }
         Object::Replica(r) => {
             kv("Service", r.spec.service.clone());
-            kv("Node", r.spec.node.clone().unwrap_or_else(|| "<none>".into()));
+            kv(
+                "Node",
+                r.spec.node.clone().unwrap_or_else(|| "<none>".into()),
+            );
             kv("Phase", r.status.phase.as_str().into());
             if !r.status.reason.is_empty() {
                 kv("Reason", r.status.reason.clone());
@@ -166,10 +273,19 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
                 kv("Message", r.status.message.clone());
             }
             kv("Restarts", r.status.restarts.to_string());
-            kv("Address", r.status.address().unwrap_or_else(|| "<none>".into()));
+            kv(
+                "Address",
+                r.status.address().unwrap_or_else(|| "<none>".into()),
+            );
             kv("Runtime id", r.status.runtime_id.clone());
             if let Some(e) = &r.status.last_exit {
-                kv("Last exit", format!("{e}{}", e.at.map(|t| format!(" at {t}")).unwrap_or_default()));
+                kv(
+                    "Last exit",
+                    format!(
+                        "{e}{}",
+                        e.at.map(|t| format!(" at {t}")).unwrap_or_default()
+                    ),
+                );
             }
             kv("Template hash", r.spec.template_hash.clone());
         }
@@ -178,11 +294,27 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
             kv("Schedulable", (!n.spec.unschedulable).to_string());
             kv("Addresses", n.status.addresses.join(", "));
             kv("Runtimes", n.status.runtimes.join(", "));
-            kv("Heartbeat", n.status.heartbeat.map(|t| t.to_string()).unwrap_or_default());
+            kv(
+                "Heartbeat",
+                n.status
+                    .heartbeat
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            );
             kv("Limits", n.status.limits.clone());
         }
-        Object::Secret(s) => kv("Data", s.data.iter().map(|(k, v)| format!("{k}: {} bytes", v.len())).collect::<Vec<_>>().join(", ")),
-        Object::Config(c) => kv("Data", c.data.keys().cloned().collect::<Vec<_>>().join(", ")),
+        Object::Secret(s) => kv(
+            "Data",
+            s.data
+                .iter()
+                .map(|(k, v)| format!("{k}: {} bytes", v.len()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Object::Config(c) => kv(
+            "Data",
+            c.data.keys().cloned().collect::<Vec<_>>().join(", "),
+        ),
         Object::Event(e) => kv("Message", e.message.clone()),
     }
     if !related.is_empty() {

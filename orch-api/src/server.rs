@@ -31,7 +31,11 @@ pub struct Backend {
 
 /// Binds `path` (replacing a stale socket), restricts it to its owner (0600) and serves until
 /// `cancel` fires.
-pub async fn serve(path: PathBuf, backend: Arc<Backend>, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    backend: Arc<Backend>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let listener = bind(&path).await?;
     loop {
         let (stream, _) = tokio::select! {
@@ -71,14 +75,19 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-    Response::Error { code, message: message.into() }
+    Response::Error {
+        code,
+        message: message.into(),
+    }
 }
 
 fn store_error(e: StoreError) -> Response {
     let code = match &e {
         StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } => ErrorCode::Conflict,
         StoreError::NotFound { .. } => ErrorCode::NotFound,
-        StoreError::Unavailable(_) | StoreError::WatchLagged | StoreError::Compacted { .. } => ErrorCode::Unavailable,
+        StoreError::Unavailable(_) | StoreError::WatchLagged | StoreError::Compacted { .. } => {
+            ErrorCode::Unavailable
+        }
         StoreError::TooLarge { .. } => ErrorCode::TooLarge,
         _ => ErrorCode::Internal,
     };
@@ -98,7 +107,14 @@ async fn handle(stream: UnixStream, backend: Arc<Backend>) {
     let line = match framed.next().await {
         Some(Ok(l)) => l,
         Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-            let _ = send(&mut framed, &error(ErrorCode::TooLarge, format!("request is larger than {MAX_LINE_BYTES} bytes"))).await;
+            let _ = send(
+                &mut framed,
+                &error(
+                    ErrorCode::TooLarge,
+                    format!("request is larger than {MAX_LINE_BYTES} bytes"),
+                ),
+            )
+            .await;
             return;
         }
         _ => return,
@@ -106,13 +122,31 @@ async fn handle(stream: UnixStream, backend: Arc<Backend>) {
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
-            let _ = send(&mut framed, &error(ErrorCode::Invalid, format!("malformed request: {e}"))).await;
+            let _ = send(
+                &mut framed,
+                &error(ErrorCode::Invalid, format!("malformed request: {e}")),
+            )
+            .await;
             return;
         }
     };
     match req {
         Request::Watch { kind, namespace } => watch(&mut framed, &backend, kind, namespace).await,
-        Request::Logs { namespace, replica, follow, tail_bytes } => logs(&mut framed, &backend, &namespace, &replica, LogOptions { follow, tail_bytes }).await,
+        Request::Logs {
+            namespace,
+            replica,
+            follow,
+            tail_bytes,
+        } => {
+            logs(
+                &mut framed,
+                &backend,
+                &namespace,
+                &replica,
+                LogOptions { follow, tail_bytes },
+            )
+            .await
+        }
         other => {
             let resp = answer(&backend, other).await;
             let _ = send(&mut framed, &resp).await;
@@ -123,7 +157,9 @@ async fn handle(stream: UnixStream, backend: Arc<Backend>) {
 type Conn = Framed<UnixStream, LinesCodec>;
 
 async fn send(framed: &mut Conn, resp: &Response) -> Result<(), LinesCodecError> {
-    let line = serde_json::to_string(resp).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"code\":\"Internal\",\"message\":\"encode: {e}\"}}"));
+    let line = serde_json::to_string(resp).unwrap_or_else(|e| {
+        format!("{{\"type\":\"error\",\"code\":\"Internal\",\"message\":\"encode: {e}\"}}")
+    });
     framed.send(line).await
 }
 
@@ -132,7 +168,11 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
     let store = &*backend.store;
     match req {
         Request::Apply { manifests, dry_run } => {
-            let objects = match manifest::parse_all(manifests.iter().map(|m| (m.source.as_str(), m.text.as_str()))) {
+            let objects = match manifest::parse_all(
+                manifests
+                    .iter()
+                    .map(|m| (m.source.as_str(), m.text.as_str())),
+            ) {
                 Ok(o) => o,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
@@ -140,19 +180,36 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 Ok(results) => Response::Applied {
                     results: results
                         .into_iter()
-                        .map(|(o, a)| Applied { name: o.display_name(), namespace: o.metadata().namespace.clone(), action: a.to_string() })
+                        .map(|(o, a)| Applied {
+                            name: o.display_name(),
+                            namespace: o.metadata().namespace.clone(),
+                            action: a.to_string(),
+                        })
                         .collect(),
                     dry_run,
                 },
                 Err(e) => api_error(e),
             }
         }
-        Request::Get { kind, namespace, name } => match name {
+        Request::Get {
+            kind,
+            namespace,
+            name,
+        } => match name {
             Some(name) => {
                 let ns = namespace.unwrap_or_else(|| orch_core::object::DEFAULT_NAMESPACE.into());
                 match orch_core::store::get_object(store, kind, &ns, &name).await {
-                    Ok(Some(o)) => Response::Objects { revision: o.metadata().revision, objects: vec![o] },
-                    Ok(None) => error(ErrorCode::NotFound, format!("{} {name:?} not found in namespace {ns:?}", kind.as_str().to_ascii_lowercase())),
+                    Ok(Some(o)) => Response::Objects {
+                        revision: o.metadata().revision,
+                        objects: vec![o],
+                    },
+                    Ok(None) => error(
+                        ErrorCode::NotFound,
+                        format!(
+                            "{} {name:?} not found in namespace {ns:?}",
+                            kind.as_str().to_ascii_lowercase()
+                        ),
+                    ),
                     Err(e) => store_error(e),
                 }
             }
@@ -161,11 +218,19 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 Err(e) => store_error(e),
             },
         },
-        Request::Delete { kind, namespace, name } => match api::delete(store, kind, &namespace, &name).await {
+        Request::Delete {
+            kind,
+            namespace,
+            name,
+        } => match api::delete(store, kind, &namespace, &name).await {
             Ok(object) => Response::Done { object },
             Err(e) => api_error(e),
         },
-        Request::Scale { namespace, name, replicas } => match api::scale(store, &namespace, &name, replicas).await {
+        Request::Scale {
+            namespace,
+            name,
+            replicas,
+        } => match api::scale(store, &namespace, &name, replicas).await {
             Ok(object) => Response::Done { object },
             Err(e) => api_error(e),
         },
@@ -178,7 +243,9 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 n
             },
         },
-        Request::Watch { .. } | Request::Logs { .. } => error(ErrorCode::Invalid, "streaming request on a one-shot path"),
+        Request::Watch { .. } | Request::Logs { .. } => {
+            error(ErrorCode::Invalid, "streaming request on a one-shot path")
+        }
     }
 }
 
@@ -195,7 +262,16 @@ async fn watch(framed: &mut Conn, backend: &Backend, kind: Kind, namespace: Opti
         }
     };
     for object in objs {
-        if send(framed, &Response::Watch { event: WatchType::Added, object }).await.is_err() {
+        if send(
+            framed,
+            &Response::Watch {
+                event: WatchType::Added,
+                object,
+            },
+        )
+        .await
+        .is_err()
+        {
             return;
         }
     }
@@ -216,23 +292,43 @@ async fn watch(framed: &mut Conn, backend: &Backend, kind: Kind, namespace: Opti
         };
         for ev in batch.events {
             let (event, kv) = match &ev {
-                WatchEvent::Put(kv) if kv.create_revision == kv.mod_revision => (WatchType::Added, kv),
+                WatchEvent::Put(kv) if kv.create_revision == kv.mod_revision => {
+                    (WatchType::Added, kv)
+                }
                 WatchEvent::Put(kv) => (WatchType::Modified, kv),
                 WatchEvent::Delete { prev, .. } => (WatchType::Deleted, prev),
             };
             let Ok(object) = decode(kv) else { continue };
-            if send(framed, &Response::Watch { event, object }).await.is_err() {
+            if send(framed, &Response::Watch { event, object })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     }
 }
 
-async fn logs(framed: &mut Conn, backend: &Backend, namespace: &str, replica: &str, opts: LogOptions) {
-    let rep = match orch_core::store::get_object(&*backend.store, Kind::Replica, namespace, replica).await {
+async fn logs(
+    framed: &mut Conn,
+    backend: &Backend,
+    namespace: &str,
+    replica: &str,
+    opts: LogOptions,
+) {
+    let rep = match orch_core::store::get_object(&*backend.store, Kind::Replica, namespace, replica)
+        .await
+    {
         Ok(Some(Object::Replica(r))) => r,
         Ok(_) => {
-            let _ = send(framed, &error(ErrorCode::NotFound, format!("replica {replica:?} not found in namespace {namespace:?}"))).await;
+            let _ = send(
+                framed,
+                &error(
+                    ErrorCode::NotFound,
+                    format!("replica {replica:?} not found in namespace {namespace:?}"),
+                ),
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -241,17 +337,40 @@ async fn logs(framed: &mut Conn, backend: &Backend, namespace: &str, replica: &s
         }
     };
     let Some(node) = rep.spec.node.clone() else {
-        let _ = send(framed, &error(ErrorCode::NotFound, format!("replica {replica:?} is not scheduled yet: it has no logs"))).await;
+        let _ = send(
+            framed,
+            &error(
+                ErrorCode::NotFound,
+                format!("replica {replica:?} is not scheduled yet: it has no logs"),
+            ),
+        )
+        .await;
         return;
     };
     let Some(rt) = backend.runtimes.get(&node) else {
-        let _ = send(framed, &error(ErrorCode::Unavailable, format!("replica {replica:?} runs on node {node:?}, which this daemon does not host"))).await;
+        let _ = send(
+            framed,
+            &error(
+                ErrorCode::Unavailable,
+                format!(
+                    "replica {replica:?} runs on node {node:?}, which this daemon does not host"
+                ),
+            ),
+        )
+        .await;
         return;
     };
     let mut stream = match rt.logs(&rep.runtime_name(), opts).await {
         Ok(s) => s,
         Err(RuntimeError::NotFound(_)) => {
-            let _ = send(framed, &error(ErrorCode::NotFound, format!("replica {replica:?} has not started on {node}: no logs yet"))).await;
+            let _ = send(
+                framed,
+                &error(
+                    ErrorCode::NotFound,
+                    format!("replica {replica:?} has not started on {node}: no logs yet"),
+                ),
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -263,7 +382,15 @@ async fn logs(framed: &mut Conn, backend: &Backend, namespace: &str, replica: &s
         match chunk {
             Ok(bytes) if bytes.is_empty() => {}
             Ok(bytes) => {
-                if send(framed, &Response::Log { data: String::from_utf8_lossy(&bytes).into_owned() }).await.is_err() {
+                if send(
+                    framed,
+                    &Response::Log {
+                        data: String::from_utf8_lossy(&bytes).into_owned(),
+                    },
+                )
+                .await
+                .is_err()
+                {
                     return;
                 }
             }

@@ -12,7 +12,14 @@ use crate::validate::{validate, MAX_REPLICAS};
 pub fn new_uid() -> String {
     let v: u128 = rand::random();
     let h = format!("{v:032x}");
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// What apply did to one object.
@@ -110,14 +117,25 @@ fn merge(existing: Option<&Object>, mut desired: Object) -> (Object, ApplyAction
 
 /// Applies objects as one all-or-nothing transaction (retried on conflicts). With `dry_run`,
 /// reports what would happen and writes nothing.
-pub async fn apply(store: &dyn Store, objects: Vec<Object>, dry_run: bool) -> Result<Vec<(Object, ApplyAction)>, ApiError> {
+pub async fn apply(
+    store: &dyn Store,
+    objects: Vec<Object>,
+    dry_run: bool,
+) -> Result<Vec<(Object, ApplyAction)>, ApiError> {
     for o in &objects {
         if !Kind::APPLICABLE.contains(&o.kind()) {
-            return Err(ApiError::Invalid(format!("{}: kind {} cannot be applied; allowed: Service, Secret, Config", o.display_name(), o.kind())));
+            return Err(ApiError::Invalid(format!(
+                "{}: kind {} cannot be applied; allowed: Service, Secret, Config",
+                o.display_name(),
+                o.kind()
+            )));
         }
         let problems = validate(o);
         if !problems.is_empty() {
-            let msgs: Vec<String> = problems.iter().map(|p| format!("{}: {p}", o.display_name())).collect();
+            let msgs: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{}: {p}", o.display_name()))
+                .collect();
             return Err(ApiError::Invalid(msgs.join("\n")));
         }
     }
@@ -142,7 +160,11 @@ pub async fn apply(store: &dyn Store, objects: Vec<Object>, dry_run: bool) -> Re
         }
         match store.txn(ops).await {
             Ok(_) => return Ok(results),
-            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) if attempt < 10 => continue,
+            Err(
+                StoreError::Conflict { .. }
+                | StoreError::AlreadyExists { .. }
+                | StoreError::NotFound { .. },
+            ) if attempt < 10 => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -150,28 +172,56 @@ pub async fn apply(store: &dyn Store, objects: Vec<Object>, dry_run: bool) -> Re
 
 /// Deletes one object. Deleting a service makes its replicas stop (the replication
 /// controller marks them; their agents stop and delete them).
-pub async fn delete(store: &dyn Store, kind: Kind, namespace: &str, name: &str) -> Result<Object, ApiError> {
+pub async fn delete(
+    store: &dyn Store,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Object, ApiError> {
     loop {
         let Some(cur) = get_object(store, kind, namespace, name).await? else {
-            return Err(ApiError::NotFound { kind, namespace: namespace.into(), name: name.into() });
+            return Err(ApiError::NotFound {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+            });
         };
         match store.txn(vec![crate::store::delete_op(&cur)]).await {
             Ok(_) => return Ok(cur),
             Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound { .. }) => return Err(ApiError::NotFound { kind, namespace: namespace.into(), name: name.into() }),
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::NotFound {
+                    kind,
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
             Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Sets a service's replica count.
-pub async fn scale(store: &dyn Store, namespace: &str, name: &str, replicas: i64) -> Result<Object, ApiError> {
+pub async fn scale(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+    replicas: i64,
+) -> Result<Object, ApiError> {
     if !(0..=MAX_REPLICAS).contains(&replicas) {
-        return Err(ApiError::Invalid(format!("replicas: invalid value {replicas}: must be a whole number from 0 to {MAX_REPLICAS}")));
+        return Err(ApiError::Invalid(format!(
+            "replicas: invalid value {replicas}: must be a whole number from 0 to {MAX_REPLICAS}"
+        )));
     }
     loop {
-        let Some(Object::Service(mut svc)) = get_object(store, Kind::Service, namespace, name).await? else {
-            return Err(ApiError::NotFound { kind: Kind::Service, namespace: namespace.into(), name: name.into() });
+        let Some(Object::Service(mut svc)) =
+            get_object(store, Kind::Service, namespace, name).await?
+        else {
+            return Err(ApiError::NotFound {
+                kind: Kind::Service,
+                namespace: namespace.into(),
+                name: name.into(),
+            });
         };
         if svc.spec.replicas == replicas as u32 {
             return Ok(Object::Service(svc));

@@ -23,7 +23,12 @@ pub struct Endpoint {
 #[async_trait]
 pub trait Discovery: Send + Sync {
     /// Replaces the endpoints of `namespace/service` (an empty list: none ready).
-    async fn set_endpoints(&self, namespace: &str, service: &str, endpoints: Vec<Endpoint>) -> Result<(), DiscoveryError>;
+    async fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), DiscoveryError>;
     /// The service is gone.
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError>;
 }
@@ -35,7 +40,12 @@ pub struct DiscoveryError(pub String);
 
 #[async_trait]
 impl<T: Discovery + ?Sized> Discovery for Arc<T> {
-    async fn set_endpoints(&self, namespace: &str, service: &str, endpoints: Vec<Endpoint>) -> Result<(), DiscoveryError> {
+    async fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), DiscoveryError> {
         (**self).set_endpoints(namespace, service, endpoints).await
     }
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
@@ -43,23 +53,32 @@ impl<T: Discovery + ?Sized> Discovery for Arc<T> {
     }
 }
 
+type EndpointMap = BTreeMap<(String, String), Vec<Endpoint>>;
+
 /// Keeps endpoints in memory; readable with [`MemDiscovery::endpoints`].
 #[derive(Clone, Default)]
 pub struct MemDiscovery {
-    map: Arc<Mutex<BTreeMap<(String, String), Vec<Endpoint>>>>,
+    map: Arc<Mutex<EndpointMap>>,
 }
 
 impl MemDiscovery {
     /// The current endpoints of a service.
     pub fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
         let g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(&(namespace.to_string(), service.to_string())).cloned().unwrap_or_default()
+        g.get(&(namespace.to_string(), service.to_string()))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 #[async_trait]
 impl Discovery for MemDiscovery {
-    async fn set_endpoints(&self, namespace: &str, service: &str, endpoints: Vec<Endpoint>) -> Result<(), DiscoveryError> {
+    async fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), DiscoveryError> {
         let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
         g.insert((namespace.to_string(), service.to_string()), endpoints);
         Ok(())

@@ -12,7 +12,10 @@ use tokio::sync::broadcast;
 
 use crate::object::{BoundPort, ExitStatus, Template};
 use crate::quantity::Timestamp;
-use crate::runtime::{LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo, Workload, WorkloadSpec, WorkloadState};
+use crate::runtime::{
+    LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo, Workload,
+    WorkloadSpec, WorkloadState,
+};
 
 #[derive(Default)]
 struct State {
@@ -57,13 +60,21 @@ impl FakeRuntime {
 
     /// Makes a running workload exit with `code` (or be killed by `signal`).
     pub fn crash(&self, id: &str, code: Option<i32>, signal: Option<i32>) -> bool {
-        let status = ExitStatus { code, signal, oom_killed: false, at: Some(Timestamp::now()) };
+        let status = ExitStatus {
+            code,
+            signal,
+            oom_killed: false,
+            at: Some(Timestamp::now()),
+        };
         let mut g = self.lock();
         match g.workloads.get_mut(id) {
             Some(w) if w.state == WorkloadState::Running => {
                 w.state = WorkloadState::Exited(status.clone());
                 drop(g);
-                let _ = self.events.send(RuntimeEvent::Exited { id: id.into(), status });
+                let _ = self.events.send(RuntimeEvent::Exited {
+                    id: id.into(),
+                    status,
+                });
                 true
             }
             _ => false,
@@ -77,7 +88,12 @@ impl FakeRuntime {
 
     /// Ids of running workloads.
     pub fn running(&self) -> Vec<String> {
-        self.lock().workloads.values().filter(|w| w.state == WorkloadState::Running).map(|w| w.id.clone()).collect()
+        self.lock()
+            .workloads
+            .values()
+            .filter(|w| w.state == WorkloadState::Running)
+            .map(|w| w.id.clone())
+            .collect()
     }
 
     /// How many starts succeeded so far.
@@ -87,14 +103,22 @@ impl FakeRuntime {
 
     /// Appends to a workload's log.
     pub fn write_log(&self, id: &str, bytes: &[u8]) {
-        self.lock().logs.entry(id.into()).or_default().extend_from_slice(bytes);
+        self.lock()
+            .logs
+            .entry(id.into())
+            .or_default()
+            .extend_from_slice(bytes);
     }
 }
 
 #[async_trait]
 impl Runtime for FakeRuntime {
     fn info(&self) -> RuntimeInfo {
-        RuntimeInfo { name: "fake".into(), limits_enforced: false, limits_note: "fake runtime: nothing is enforced".into() }
+        RuntimeInfo {
+            name: "fake".into(),
+            limits_enforced: false,
+            limits_note: "fake runtime: nothing is enforced".into(),
+        }
     }
 
     fn supports(&self, _template: &Template) -> bool {
@@ -106,14 +130,22 @@ impl Runtime for FakeRuntime {
         if let Some(msg) = g.fail_next_start.take() {
             return Err(RuntimeError::StartFailed(msg));
         }
-        if g.workloads.get(&spec.id).is_some_and(|w| w.state == WorkloadState::Running) {
+        if g.workloads
+            .get(&spec.id)
+            .is_some_and(|w| w.state == WorkloadState::Running)
+        {
             return Err(RuntimeError::AlreadyRunning(spec.id.clone()));
         }
         let ports = spec
             .template
             .ports
             .iter()
-            .map(|p| BoundPort { name: p.name.clone(), port: p.port.unwrap_or_else(|| self.next_port.fetch_add(1, Ordering::Relaxed)) })
+            .map(|p| BoundPort {
+                name: p.name.clone(),
+                port: p
+                    .port
+                    .unwrap_or_else(|| self.next_port.fetch_add(1, Ordering::Relaxed)),
+            })
             .collect();
         let w = Workload {
             id: spec.id.clone(),
@@ -130,13 +162,26 @@ impl Runtime for FakeRuntime {
         Ok(w)
     }
 
-    async fn stop(&self, id: &str, signal: &str, _grace: Duration) -> Result<ExitStatus, RuntimeError> {
+    async fn stop(
+        &self,
+        id: &str,
+        signal: &str,
+        _grace: Duration,
+    ) -> Result<ExitStatus, RuntimeError> {
         let mut g = self.lock();
-        let w = g.workloads.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        let w = g
+            .workloads
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
         match &w.state {
             WorkloadState::Exited(s) => Ok(s.clone()),
             WorkloadState::Running => {
-                let s = ExitStatus { code: None, signal: crate::runtime::signal_number(signal), oom_killed: false, at: Some(Timestamp::now()) };
+                let s = ExitStatus {
+                    code: None,
+                    signal: crate::runtime::signal_number(signal),
+                    oom_killed: false,
+                    at: Some(Timestamp::now()),
+                };
                 w.state = WorkloadState::Exited(s.clone());
                 Ok(s)
             }
@@ -146,7 +191,10 @@ impl Runtime for FakeRuntime {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let mut g = self.lock();
         g.logs.remove(id);
-        g.workloads.remove(id).map(|_| ()).ok_or_else(|| RuntimeError::NotFound(id.into()))
+        g.workloads
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(|| RuntimeError::NotFound(id.into()))
     }
 
     async fn list(&self) -> Result<Vec<Workload>, RuntimeError> {

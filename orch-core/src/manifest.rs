@@ -6,7 +6,9 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::object::{Config, Kind, Metadata, Object, Secret, Service, API_VERSION, DEFAULT_NAMESPACE};
+use crate::object::{
+    Config, Kind, Metadata, Object, Secret, Service, API_VERSION, DEFAULT_NAMESPACE,
+};
 use crate::validate::{validate, FieldError};
 
 /// The largest manifest accepted, in bytes.
@@ -59,7 +61,12 @@ impl fmt::Display for ManifestErrors {
 impl ManifestErrors {
     /// One error not tied to a document.
     pub fn whole(source: &str, message: impl Into<String>) -> ManifestErrors {
-        ManifestErrors(vec![ManifestError { source: source.into(), document: None, field: None, message: message.into() }])
+        ManifestErrors(vec![ManifestError {
+            source: source.into(),
+            document: None,
+            field: None,
+            message: message.into(),
+        }])
     }
 }
 
@@ -74,7 +81,13 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
     }
     let docs = parse_documents(source, text)?;
     if docs.len() > MAX_DOCUMENTS {
-        return Err(ManifestErrors::whole(source, format!("manifest has {} documents; the limit is {MAX_DOCUMENTS}", docs.len())));
+        return Err(ManifestErrors::whole(
+            source,
+            format!(
+                "manifest has {} documents; the limit is {MAX_DOCUMENTS}",
+                docs.len()
+            ),
+        ));
     }
     let mut errors = Vec::new();
     let mut objects = Vec::new();
@@ -86,9 +99,19 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
                 if problems.is_empty() {
                     objects.push(obj);
                 }
-                errors.extend(problems.into_iter().map(|fe| ManifestError { source: source.into(), document: Some(n), field: Some(fe), message: String::new() }));
+                errors.extend(problems.into_iter().map(|fe| ManifestError {
+                    source: source.into(),
+                    document: Some(n),
+                    field: Some(fe),
+                    message: String::new(),
+                }));
             }
-            Err(fe) => errors.push(ManifestError { source: source.into(), document: Some(n), field: Some(fe), message: String::new() }),
+            Err(fe) => errors.push(ManifestError {
+                source: source.into(),
+                document: Some(n),
+                field: Some(fe),
+                message: String::new(),
+            }),
         }
     }
     if errors.is_empty() {
@@ -99,7 +122,9 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
 }
 
 /// Parses several manifests as one all-or-nothing set: also rejects the same object twice.
-pub fn parse_all<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Vec<Object>, ManifestErrors> {
+pub fn parse_all<'a>(
+    sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<Object>, ManifestErrors> {
     let mut errors = Vec::new();
     let mut objects: Vec<(String, Object)> = Vec::new();
     for (source, text) in sources {
@@ -115,7 +140,11 @@ pub fn parse_all<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)>) -> R
                 source: source.clone(),
                 document: None,
                 field: None,
-                message: format!("{} in namespace {:?} is defined twice (also in {first})", o.display_name(), o.metadata().namespace),
+                message: format!(
+                    "{} in namespace {:?} is defined twice (also in {first})",
+                    o.display_name(),
+                    o.metadata().namespace
+                ),
             });
         }
     }
@@ -129,56 +158,116 @@ pub fn parse_all<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)>) -> R
 fn parse_documents(source: &str, text: &str) -> Result<Vec<Value>, ManifestErrors> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(text).map_err(|e| ManifestErrors::whole(source, format!("invalid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| ManifestErrors::whole(source, format!("invalid JSON: {e}")))?;
         return Ok(match v {
             Value::Array(items) => items,
-            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                m.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
-            }
+            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => m
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
             other => vec![other],
         });
     }
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestErrors::whole(source, format!("invalid YAML: {}", one_line(&e.to_string()))))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        ManifestErrors::whole(
+            source,
+            format!("invalid YAML: {}", one_line(&e.to_string())),
+        )
+    })?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn typed<T: DeserializeOwned>(v: Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        FieldError { path: if path == "." { "(document)".into() } else { path }, value: String::new(), message: inner }
+        FieldError {
+            path: if path == "." {
+                "(document)".into()
+            } else {
+                path
+            },
+            value: String::new(),
+            message: inner,
+        }
     })
 }
 
 /// Turns one parsed document into an object (kind dispatch, typed decode, default namespace).
 pub fn object_from_value(doc: Value) -> Result<Object, FieldError> {
     let Value::Object(mut map) = doc else {
-        return Err(FieldError { path: "(document)".into(), value: short(&doc), message: "a manifest document must be a mapping with apiVersion, kind, metadata and spec".into() });
+        return Err(FieldError {
+            path: "(document)".into(),
+            value: short(&doc),
+            message:
+                "a manifest document must be a mapping with apiVersion, kind, metadata and spec"
+                    .into(),
+        });
     };
     match map.remove("apiVersion") {
         Some(Value::String(v)) if v == API_VERSION => {}
-        Some(v) => return Err(FieldError { path: "apiVersion".into(), value: short(&v), message: format!("must be {API_VERSION:?}") }),
-        None => return Err(FieldError { path: "apiVersion".into(), value: String::new(), message: format!("missing; must be {API_VERSION:?}") }),
+        Some(v) => {
+            return Err(FieldError {
+                path: "apiVersion".into(),
+                value: short(&v),
+                message: format!("must be {API_VERSION:?}"),
+            })
+        }
+        None => {
+            return Err(FieldError {
+                path: "apiVersion".into(),
+                value: String::new(),
+                message: format!("missing; must be {API_VERSION:?}"),
+            })
+        }
     }
-    let allowed = Kind::APPLICABLE.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    let allowed = Kind::APPLICABLE
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let kind = match map.remove("kind") {
         Some(Value::String(k)) => match Kind::APPLICABLE.iter().find(|a| a.as_str() == k) {
             Some(k) => *k,
             None => {
                 let hint = match k.as_str() {
-                    "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Pod" => " (orch runs these as kind: Service)",
+                    "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Pod" => {
+                        " (orch runs these as kind: Service)"
+                    }
                     "ConfigMap" => " (orch calls it kind: Config)",
                     _ => "",
                 };
-                return Err(FieldError { path: "kind".into(), value: format!("{k:?}"), message: format!("unknown kind; allowed: {allowed}{hint}") });
+                return Err(FieldError {
+                    path: "kind".into(),
+                    value: format!("{k:?}"),
+                    message: format!("unknown kind; allowed: {allowed}{hint}"),
+                });
             }
         },
-        Some(v) => return Err(FieldError { path: "kind".into(), value: short(&v), message: format!("must be a string; allowed: {allowed}") }),
-        None => return Err(FieldError { path: "kind".into(), value: String::new(), message: format!("missing; allowed: {allowed}") }),
+        Some(v) => {
+            return Err(FieldError {
+                path: "kind".into(),
+                value: short(&v),
+                message: format!("must be a string; allowed: {allowed}"),
+            })
+        }
+        None => {
+            return Err(FieldError {
+                path: "kind".into(),
+                value: String::new(),
+                message: format!("missing; allowed: {allowed}"),
+            })
+        }
     };
     let v = Value::Object(map);
     let mut obj: Object = match kind {
@@ -197,7 +286,15 @@ pub fn object_from_value(doc: Value) -> Result<Object, FieldError> {
 fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 80 {
-        format!("{}…", &s[..s.char_indices().take_while(|(i, _)| *i < 77).last().map(|(i, c)| i + c.len_utf8()).unwrap_or(0)])
+        format!(
+            "{}…",
+            &s[..s
+                .char_indices()
+                .take_while(|(i, _)| *i < 77)
+                .last()
+                .map(|(i, c)| i + c.len_utf8())
+                .unwrap_or(0)]
+        )
     } else {
         s
     }

@@ -9,7 +9,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream_shim::UnboundedReceiverStream;
 
-use crate::store::{KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchEvent, WatchStream};
+use crate::store::{
+    KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchEvent, WatchStream,
+};
 
 /// Keeps recent history and fans committed batches out to watchers. Callers hold their own
 /// lock around [`WatchHub::publish`] and [`WatchHub::watch`] so that a watch registered
@@ -20,24 +22,41 @@ pub struct WatchHub {
     max_history_events: usize,
     /// History covers revisions after this one.
     compacted: Revision,
-    watchers: Vec<(String, mpsc::UnboundedSender<Result<WatchBatch, StoreError>>)>,
+    watchers: Vec<(
+        String,
+        mpsc::UnboundedSender<Result<WatchBatch, StoreError>>,
+    )>,
 }
 
 impl WatchHub {
     /// A hub whose history starts after `current` and keeps about `max_history_events` events.
     pub fn new(current: Revision, max_history_events: usize) -> WatchHub {
-        WatchHub { history: VecDeque::new(), history_events: 0, max_history_events, compacted: current, watchers: Vec::new() }
+        WatchHub {
+            history: VecDeque::new(),
+            history_events: 0,
+            max_history_events,
+            compacted: current,
+            watchers: Vec::new(),
+        }
     }
 
     /// Records a committed transaction and sends it to matching watchers.
     pub fn publish(&mut self, revision: Revision, events: Vec<WatchEvent>) {
         let events = Arc::new(events);
         self.watchers.retain(|(prefix, tx)| {
-            let matching: Vec<WatchEvent> = events.iter().filter(|e| e.key().starts_with(prefix.as_str())).cloned().collect();
+            let matching: Vec<WatchEvent> = events
+                .iter()
+                .filter(|e| e.key().starts_with(prefix.as_str()))
+                .cloned()
+                .collect();
             if matching.is_empty() {
                 return !tx.is_closed();
             }
-            tx.send(Ok(WatchBatch { revision, events: matching })).is_ok()
+            tx.send(Ok(WatchBatch {
+                revision,
+                events: matching,
+            }))
+            .is_ok()
         });
         self.history_events += events.len();
         self.history.push_back((revision, events));
@@ -67,15 +86,30 @@ impl WatchHub {
     }
 
     /// Registers a watch on `prefix` for every revision after `after`, replaying history.
-    pub fn watch(&mut self, prefix: &str, after: Revision, current: Revision) -> Result<WatchStream, StoreError> {
+    pub fn watch(
+        &mut self,
+        prefix: &str,
+        after: Revision,
+        current: Revision,
+    ) -> Result<WatchStream, StoreError> {
         if after < self.compacted && after < current {
-            return Err(StoreError::Compacted { requested: after, oldest: self.compacted });
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest: self.compacted,
+            });
         }
         let (tx, rx) = mpsc::unbounded_channel();
         for (rev, events) in self.history.iter().filter(|(rev, _)| *rev > after) {
-            let matching: Vec<WatchEvent> = events.iter().filter(|e| e.key().starts_with(prefix)).cloned().collect();
+            let matching: Vec<WatchEvent> = events
+                .iter()
+                .filter(|e| e.key().starts_with(prefix))
+                .cloned()
+                .collect();
             if !matching.is_empty() {
-                let _ = tx.send(Ok(WatchBatch { revision: *rev, events: matching }));
+                let _ = tx.send(Ok(WatchBatch {
+                    revision: *rev,
+                    events: matching,
+                }));
             }
         }
         self.watchers.push((prefix.to_string(), tx));
@@ -101,7 +135,9 @@ pub fn plan_txn(
     let mut events = Vec::with_capacity(ops.len());
     for op in ops {
         if !seen.insert(op.key()) {
-            return Err(StoreError::Other(format!("transaction touches {} twice", op.key()).into()));
+            return Err(StoreError::Other(
+                format!("transaction touches {} twice", op.key()).into(),
+            ));
         }
         let existing = current(op.key());
         match op {
@@ -116,12 +152,20 @@ pub fn plan_txn(
                     mod_revision: revision,
                 }));
             }
-            Op::Update { key, value, expected } => {
+            Op::Update {
+                key,
+                value,
+                expected,
+            } => {
                 let Some(kv) = existing else {
                     return Err(StoreError::NotFound { key: key.clone() });
                 };
                 if kv.mod_revision != *expected {
-                    return Err(StoreError::Conflict { key: key.clone(), expected: *expected, actual: kv.mod_revision });
+                    return Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        actual: kv.mod_revision,
+                    });
                 }
                 events.push(WatchEvent::Put(KeyValue {
                     key: key.clone(),
@@ -136,7 +180,11 @@ pub fn plan_txn(
                 };
                 if let Some(exp) = expected {
                     if kv.mod_revision != *exp {
-                        return Err(StoreError::Conflict { key: key.clone(), expected: *exp, actual: kv.mod_revision });
+                        return Err(StoreError::Conflict {
+                            key: key.clone(),
+                            expected: *exp,
+                            actual: kv.mod_revision,
+                        });
                     }
                 }
                 events.push(WatchEvent::Delete { prev: kv, revision });
@@ -172,7 +220,13 @@ impl MemStore {
 
     /// An empty store keeping about `events` events of watch history.
     pub fn with_history(events: usize) -> MemStore {
-        MemStore { inner: Arc::new(Mutex::new(Inner { data: BTreeMap::new(), revision: 0, hub: WatchHub::new(0, events) })) }
+        MemStore {
+            inner: Arc::new(Mutex::new(Inner {
+                data: BTreeMap::new(),
+                revision: 0,
+                hub: WatchHub::new(0, events),
+            })),
+        }
     }
 
     /// Forgets watch history up to `revision` (a later watch from before it gets `Compacted`).
@@ -193,7 +247,12 @@ impl Store for MemStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let g = self.lock();
-        let kvs = g.data.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect();
+        let kvs = g
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
         Ok((kvs, g.revision))
     }
 
@@ -259,23 +318,45 @@ mod tests {
     use super::*;
 
     fn put(k: &str, v: &str) -> Op {
-        Op::Create { key: k.into(), value: v.as_bytes().to_vec() }
+        Op::Create {
+            key: k.into(),
+            value: v.as_bytes().to_vec(),
+        }
     }
 
     #[tokio::test]
     async fn cas_and_watch() {
         let s = MemStore::new();
-        let r1 = s.txn(vec![put("/a/1", "x"), put("/a/2", "y")]).await.unwrap();
+        let r1 = s
+            .txn(vec![put("/a/1", "x"), put("/a/2", "y")])
+            .await
+            .unwrap();
         assert_eq!(r1, 1);
-        let err = s.txn(vec![Op::Update { key: "/a/1".into(), value: b"z".to_vec(), expected: 0 }]).await.unwrap_err();
+        let err = s
+            .txn(vec![Op::Update {
+                key: "/a/1".into(),
+                value: b"z".to_vec(),
+                expected: 0,
+            }])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         let mut w = s.watch("/a/", 0).await.unwrap();
         let b = w.next().await.unwrap().unwrap();
         assert_eq!((b.revision, b.events.len()), (1, 2));
-        s.txn(vec![Op::Update { key: "/a/1".into(), value: b"z".to_vec(), expected: 1 }]).await.unwrap();
+        s.txn(vec![Op::Update {
+            key: "/a/1".into(),
+            value: b"z".to_vec(),
+            expected: 1,
+        }])
+        .await
+        .unwrap();
         let b = w.next().await.unwrap().unwrap();
         assert_eq!(b.revision, 2);
         s.compact(2);
-        assert!(matches!(s.watch("/a/", 1).await.err(), Some(StoreError::Compacted { .. })));
+        assert!(matches!(
+            s.watch("/a/", 1).await.err(),
+            Some(StoreError::Compacted { .. })
+        ));
     }
 }

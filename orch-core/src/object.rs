@@ -32,7 +32,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order `orchctl` lists them.
-    pub const ALL: [Kind; 6] = [Kind::Service, Kind::Replica, Kind::Node, Kind::Secret, Kind::Config, Kind::Event];
+    pub const ALL: [Kind; 6] = [
+        Kind::Service,
+        Kind::Replica,
+        Kind::Node,
+        Kind::Secret,
+        Kind::Config,
+        Kind::Event,
+    ];
     /// Kinds a user may write in a manifest.
     pub const APPLICABLE: [Kind; 3] = [Kind::Service, Kind::Secret, Kind::Config];
 
@@ -152,7 +159,9 @@ pub struct EnvVar {
 }
 
 /// Transport protocol of a port.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     /// TCP (the default).
@@ -260,7 +269,9 @@ impl Template {
     }
     /// The stop grace period, 10 s unless set.
     pub fn stop_grace(&self) -> std::time::Duration {
-        self.stop_grace_period.map(|s| s.0).unwrap_or(std::time::Duration::from_secs(10))
+        self.stop_grace_period
+            .map(|s| s.0)
+            .unwrap_or(std::time::Duration::from_secs(10))
     }
     /// A stable hash of the template; replicas record it to tell old revisions from new.
     pub fn hash(&self) -> String {
@@ -328,8 +339,16 @@ impl UpdateStrategy {
     /// `(max_surge, max_unavailable)` for `replicas` desired; never both zero.
     pub fn limits(&self, replicas: u32) -> (u32, u32) {
         let quarter = IntOrPercent::Percent("25%".into());
-        let surge = self.max_surge.as_ref().unwrap_or(&quarter).resolve(replicas, true);
-        let unavailable = self.max_unavailable.as_ref().unwrap_or(&quarter).resolve(replicas, false);
+        let surge = self
+            .max_surge
+            .as_ref()
+            .unwrap_or(&quarter)
+            .resolve(replicas, true);
+        let unavailable = self
+            .max_unavailable
+            .as_ref()
+            .unwrap_or(&quarter)
+            .resolve(replicas, false);
         if surge == 0 && unavailable == 0 {
             (1, 0)
         } else {
@@ -407,7 +426,9 @@ pub enum DesiredState {
 }
 
 /// The life-cycle phase of a replica.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum Phase {
     /// Not yet placed on a node, or placed and not yet started.
     #[default]
@@ -769,7 +790,11 @@ impl Object {
     }
     /// `kind/name` as `kubectl` prints it.
     pub fn display_name(&self) -> String {
-        format!("{}/{}", self.kind().as_str().to_ascii_lowercase(), self.metadata().name)
+        format!(
+            "{}/{}",
+            self.kind().as_str().to_ascii_lowercase(),
+            self.metadata().name
+        )
     }
     /// Encodes for the store (JSON with `apiVersion`; the revision is left out).
     pub fn encode(&self) -> Vec<u8> {

@@ -27,12 +27,14 @@ impl Cpu {
     /// Parses `500m`, `0.5`, `2`.
     pub fn parse(s: &str) -> Result<Cpu, String> {
         let s = s.trim();
-        let err = || format!("invalid cpu quantity {s:?}: expected cores such as \"2\", \"0.5\" or millicores such as \"500m\"");
+        let err = || {
+            format!("invalid cpu quantity {s:?}: expected cores such as \"2\", \"0.5\" or millicores such as \"500m\"")
+        };
         if let Some(m) = s.strip_suffix('m') {
             return m.parse::<u64>().map(Cpu).map_err(|_| err());
         }
         let v: f64 = s.parse().map_err(|_| err())?;
-        if !v.is_finite() || v < 0.0 || v > 1_000_000.0 {
+        if !v.is_finite() || !(0.0..=1_000_000.0).contains(&v) {
             return Err(err());
         }
         Ok(Cpu((v * 1000.0).round() as u64))
@@ -65,14 +67,16 @@ impl Memory {
     /// Parses `128Mi`, `1Gi`, `500M`, `1048576`.
     pub fn parse(s: &str) -> Result<Memory, String> {
         let s = s.trim();
-        let err = || format!("invalid memory quantity {s:?}: expected bytes such as \"1048576\" or a number with a suffix Ki, Mi, Gi, Ti, k, M, G, T (\"128Mi\")");
+        let err = || {
+            format!("invalid memory quantity {s:?}: expected bytes such as \"1048576\" or a number with a suffix Ki, Mi, Gi, Ti, k, M, G, T (\"128Mi\")")
+        };
         let (num, mult) = MEMORY_SUFFIXES
             .iter()
             .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
             .unwrap_or((s, 1));
         let v: f64 = num.parse().map_err(|_| err())?;
         let bytes = v * mult as f64;
-        if !bytes.is_finite() || bytes < 0.0 || bytes > 1e18 {
+        if !bytes.is_finite() || !(0.0..=1e18).contains(&bytes) {
             return Err(err());
         }
         Ok(Memory(bytes.round() as u64))
@@ -112,7 +116,9 @@ impl fmt::Display for Span {
 impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Timestamp {
-        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Timestamp(d.as_millis() as u64)
     }
     /// Time elapsed since this timestamp (zero if it lies in the future).
@@ -121,8 +127,9 @@ impl Timestamp {
     }
     /// Parses RFC 3339.
     pub fn parse(s: &str) -> Result<Timestamp, String> {
-        let t = humantime::parse_rfc3339_weak(s.trim())
-            .map_err(|_| format!("invalid timestamp {s:?}: expected RFC 3339 such as \"2026-01-02T03:04:05Z\""))?;
+        let t = humantime::parse_rfc3339_weak(s.trim()).map_err(|_| {
+            format!("invalid timestamp {s:?}: expected RFC 3339 such as \"2026-01-02T03:04:05Z\"")
+        })?;
         let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         Ok(Timestamp(d.as_millis() as u64))
     }
@@ -191,12 +198,21 @@ mod tests {
 
     #[test]
     fn parses_and_prints_quantities() {
-        for (input, millis, shown) in [("500m", 500, "500m"), ("2", 2000, "2"), ("0.25", 250, "250m")] {
+        for (input, millis, shown) in [
+            ("500m", 500, "500m"),
+            ("2", 2000, "2"),
+            ("0.25", 250, "250m"),
+        ] {
             let c = Cpu::parse(input).unwrap();
             assert_eq!(c.0, millis);
             assert_eq!(c.to_string(), shown);
         }
-        for (input, bytes, shown) in [("128Mi", 128 << 20, "128Mi"), ("1Gi", 1 << 30, "1Gi"), ("1000", 1000, "1000"), ("1k", 1000, "1000")] {
+        for (input, bytes, shown) in [
+            ("128Mi", 128 << 20, "128Mi"),
+            ("1Gi", 1 << 30, "1Gi"),
+            ("1000", 1000, "1000"),
+            ("1k", 1000, "1000"),
+        ] {
             let m = Memory::parse(input).unwrap();
             assert_eq!(m.0, bytes);
             assert_eq!(m.to_string(), shown);

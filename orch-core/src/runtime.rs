@@ -147,7 +147,12 @@ pub trait Runtime: Send + Sync {
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError>;
     /// Sends `signal`, waits up to `grace`, then kills. Returns how it ended; the record stays
     /// until [`Runtime::remove`].
-    async fn stop(&self, id: &str, signal: &str, grace: Duration) -> Result<ExitStatus, RuntimeError>;
+    async fn stop(
+        &self,
+        id: &str,
+        signal: &str,
+        grace: Duration,
+    ) -> Result<ExitStatus, RuntimeError>;
     /// Forgets a stopped workload and frees everything it held (logs included).
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Every workload the runtime knows, running or exited.

@@ -104,7 +104,11 @@ impl PendingReplica {
             service: format!("{}/{}", r.metadata.namespace, r.spec.service),
             cpu: t.resources.cpu.map(|c| c.0).unwrap_or(0),
             memory: t.resources.memory.map(|m| m.0).unwrap_or(0),
-            ports: t.ports.iter().filter_map(|p| p.port.map(|n| (p.protocol, n))).collect(),
+            ports: t
+                .ports
+                .iter()
+                .filter_map(|p| p.port.map(|n| (p.protocol, n)))
+                .collect(),
             runtime: runtime_for(t).to_string(),
             placement: r.spec.placement.clone(),
         }
@@ -113,7 +117,10 @@ impl PendingReplica {
 
 impl ClusterSnapshot {
     /// Builds a snapshot from nodes and the replicas bound to them.
-    pub fn build<'a>(nodes: impl IntoIterator<Item = &'a Node>, replicas: impl IntoIterator<Item = &'a Replica>) -> ClusterSnapshot {
+    pub fn build<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        replicas: impl IntoIterator<Item = &'a Replica>,
+    ) -> ClusterSnapshot {
         let mut infos: BTreeMap<String, NodeInfo> = nodes
             .into_iter()
             .map(|n| {
@@ -124,15 +131,20 @@ impl ClusterSnapshot {
                     memory_capacity: n.status.capacity.memory.map(|m| m.0).unwrap_or(0),
                     max_replicas: n.status.max_replicas,
                     runtimes: n.status.runtimes.clone(),
-                    schedulable: !n.spec.unschedulable && n.status.condition == NodeCondition::Ready,
+                    schedulable: !n.spec.unschedulable
+                        && n.status.condition == NodeCondition::Ready,
                     ..NodeInfo::default()
                 };
                 (info.name.clone(), info)
             })
             .collect();
         for r in replicas {
-            let Some(node) = r.spec.node.as_deref() else { continue };
-            let Some(info) = infos.get_mut(node) else { continue };
+            let Some(node) = r.spec.node.as_deref() else {
+                continue;
+            };
+            let Some(info) = infos.get_mut(node) else {
+                continue;
+            };
             let p = PendingReplica::from_replica(r, String::new());
             info.cpu_used += p.cpu;
             info.memory_used += p.memory;
@@ -140,6 +152,8 @@ impl ClusterSnapshot {
             info.ports_used.extend(p.ports.iter().copied());
             *info.per_service.entry(p.service).or_default() += 1;
         }
-        ClusterSnapshot { nodes: infos.into_values().collect() }
+        ClusterSnapshot {
+            nodes: infos.into_values().collect(),
+        }
     }
 }

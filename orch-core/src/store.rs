@@ -167,7 +167,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Conflict { .. } | StoreError::Unavailable(_) | StoreError::WatchLagged | StoreError::Compacted { .. }
+            StoreError::Conflict { .. }
+                | StoreError::Unavailable(_)
+                | StoreError::WatchLagged
+                | StoreError::Compacted { .. }
         )
     }
 }
@@ -233,11 +236,19 @@ impl<T: Store + ?Sized> Store for Box<T> {
 
 /// Decodes a stored object, naming the key on failure.
 pub fn decode(kv: &KeyValue) -> Result<Object, StoreError> {
-    Object::decode(&kv.value, kv.mod_revision).map_err(|e| StoreError::Corrupt { key: kv.key.clone(), reason: e.to_string() })
+    Object::decode(&kv.value, kv.mod_revision).map_err(|e| StoreError::Corrupt {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })
 }
 
 /// Typed reads on top of any [`Store`].
-pub async fn get_object(store: &dyn Store, kind: Kind, namespace: &str, name: &str) -> Result<Option<Object>, StoreError> {
+pub async fn get_object(
+    store: &dyn Store,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Object>, StoreError> {
     match store.get(&kind.key(namespace, name)).await? {
         Some(kv) => decode(&kv).map(Some),
         None => Ok(None),
@@ -245,7 +256,11 @@ pub async fn get_object(store: &dyn Store, kind: Kind, namespace: &str, name: &s
 }
 
 /// Lists objects of `kind` (in `namespace`, or all namespaces when `None`).
-pub async fn list_objects(store: &dyn Store, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Object>, Revision), StoreError> {
+pub async fn list_objects(
+    store: &dyn Store,
+    kind: Kind,
+    namespace: Option<&str>,
+) -> Result<(Vec<Object>, Revision), StoreError> {
     let prefix = match namespace {
         Some(ns) if kind.namespaced() => format!("{}{}/", kind.prefix(), ns),
         _ => kind.prefix(),
@@ -257,15 +272,25 @@ pub async fn list_objects(store: &dyn Store, kind: Kind, namespace: Option<&str>
 
 /// An update of `obj` guarded by the revision it was read at.
 pub fn update_op(obj: &Object) -> Op {
-    Op::Update { key: obj.key(), value: obj.encode(), expected: obj.metadata().revision }
+    Op::Update {
+        key: obj.key(),
+        value: obj.encode(),
+        expected: obj.metadata().revision,
+    }
 }
 
 /// A create of `obj`.
 pub fn create_op(obj: &Object) -> Op {
-    Op::Create { key: obj.key(), value: obj.encode() }
+    Op::Create {
+        key: obj.key(),
+        value: obj.encode(),
+    }
 }
 
 /// A delete of `obj` guarded by the revision it was read at.
 pub fn delete_op(obj: &Object) -> Op {
-    Op::Delete { key: obj.key(), expected: Some(obj.metadata().revision) }
+    Op::Delete {
+        key: obj.key(),
+        expected: Some(obj.metadata().revision),
+    }
 }

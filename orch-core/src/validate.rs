@@ -31,13 +31,21 @@ impl fmt::Display for FieldError {
         if self.value.is_empty() {
             write!(f, "{}: {}", self.path, self.message)
         } else {
-            write!(f, "{}: invalid value {}: {}", self.path, self.value, self.message)
+            write!(
+                f,
+                "{}: invalid value {}: {}",
+                self.path, self.value, self.message
+            )
         }
     }
 }
 
 fn err(path: impl Into<String>, value: impl fmt::Debug, message: impl Into<String>) -> FieldError {
-    FieldError { path: path.into(), value: format!("{value:?}"), message: message.into() }
+    FieldError {
+        path: path.into(),
+        value: format!("{value:?}"),
+        message: message.into(),
+    }
 }
 
 fn is_alnum_lower(c: char) -> bool {
@@ -51,7 +59,10 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > 63 {
-        return Err(format!("must be no more than 63 characters (it has {})", s.len()));
+        return Err(format!(
+            "must be no more than 63 characters (it has {})",
+            s.len()
+        ));
     }
     let ok = s.chars().all(|c| is_alnum_lower(c) || c == '-')
         && s.starts_with(is_alnum_lower)
@@ -71,10 +82,16 @@ pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > 253 {
-        return Err(format!("must be no more than 253 characters (it has {})", s.len()));
+        return Err(format!(
+            "must be no more than 253 characters (it has {})",
+            s.len()
+        ));
     }
     let ok = s.split('.').all(|p| {
-        !p.is_empty() && p.chars().all(|c| is_alnum_lower(c) || c == '-') && p.starts_with(is_alnum_lower) && p.ends_with(is_alnum_lower)
+        !p.is_empty()
+            && p.chars().all(|c| is_alnum_lower(c) || c == '-')
+            && p.starts_with(is_alnum_lower)
+            && p.ends_with(is_alnum_lower)
     });
     if ok {
         Ok(())
@@ -109,7 +126,10 @@ pub fn label_key(s: &str) -> Result<(), String> {
         dns1123_subdomain(p).map_err(|e| format!("prefix part {e}"))?;
     }
     if name.len() > 63 {
-        return Err(format!("name part must be no more than 63 characters (it has {})", name.len()));
+        return Err(format!(
+            "name part must be no more than 63 characters (it has {})",
+            name.len()
+        ));
     }
     if !qualified_name_part(name) {
         return Err("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName', 'my.name', '123-abc'), with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')".into());
@@ -123,7 +143,10 @@ pub fn label_value(s: &str) -> Result<(), String> {
         return Ok(());
     }
     if s.len() > 63 {
-        return Err(format!("must be no more than 63 characters (it has {})", s.len()));
+        return Err(format!(
+            "must be no more than 63 characters (it has {})",
+            s.len()
+        ));
     }
     if !qualified_name_part(s) {
         return Err("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character".into());
@@ -136,7 +159,10 @@ pub fn port_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 15 {
         return Err("must be 1 to 15 characters".into());
     }
-    if !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         return Err("must contain only lower case alphanumeric characters or '-'".into());
     }
     if !s.chars().any(|c| c.is_ascii_lowercase()) {
@@ -151,7 +177,10 @@ pub fn port_name(s: &str) -> Result<(), String> {
 /// Checks an environment variable name: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
 pub fn env_name(s: &str) -> Result<(), String> {
     let first_ok = s.starts_with(|c: char| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'));
-    if first_ok && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+    if first_ok
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
         Ok(())
     } else {
         Err("a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit".into())
@@ -163,7 +192,9 @@ pub fn data_key(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 || s == "." || s == ".." {
         return Err("must be 1 to 253 characters and not '.' or '..'".into());
     }
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
         Ok(())
     } else {
         Err("a valid key must consist of alphanumeric characters, '-', '_' or '.'".into())
@@ -172,7 +203,9 @@ pub fn data_key(s: &str) -> Result<(), String> {
 
 /// Checks an image reference loosely (`[registry[:port]/]repo[:tag][@digest]`).
 pub fn image_ref(s: &str) -> Result<(), String> {
-    let bad = || "an image reference looks like [registry[:port]/]name[:tag][@sha256:digest], in lower case, with no spaces (e.g. 'docker.io/library/busybox:1.36')".to_string();
+    let bad = || {
+        "an image reference looks like [registry[:port]/]name[:tag][@sha256:digest], in lower case, with no spaces (e.g. 'docker.io/library/busybox:1.36')".to_string()
+    };
     if s.is_empty() || s.len() > 512 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
@@ -182,13 +215,22 @@ pub fn image_ref(s: &str) -> Result<(), String> {
     };
     if let Some(d) = digest {
         let hex = d.strip_prefix("sha256:").ok_or_else(bad)?;
-        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        if hex.len() != 64
+            || !hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
             return Err(bad());
         }
     }
     let path = match name.rsplit_once(':') {
         Some((p, tag)) if !tag.contains('/') => {
-            if tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+            if tag.is_empty()
+                || tag.len() > 128
+                || !tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            {
                 return Err(bad());
             }
             p
@@ -196,12 +238,16 @@ pub fn image_ref(s: &str) -> Result<(), String> {
         _ => name,
     };
     let mut parts = path.split('/').collect::<Vec<_>>();
-    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+    if parts.len() > 1
+        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+    {
         parts.remove(0);
     }
     let comp_ok = |c: &str| {
         !c.is_empty()
-            && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+            && c.chars().all(|ch| {
+                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
+            })
             && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
             && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
     };
@@ -214,7 +260,9 @@ pub fn image_ref(s: &str) -> Result<(), String> {
 /// Deserializes a replica count from any integer, with a clear range error.
 pub fn de_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
-    let n = v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
+    let n = v
+        .as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
     match n {
         Some(n) if (0..=MAX_REPLICAS).contains(&n) => Ok(n as u32),
         _ => Err(serde::de::Error::custom(format!(
@@ -241,7 +289,11 @@ fn check_metadata(md: &Metadata, namespaced: bool, out: &mut Vec<FieldError>) {
         size += k.len() + v.len();
     }
     if size > 256 * 1024 {
-        out.push(FieldError { path: "metadata.annotations".into(), value: String::new(), message: format!("total size must be no more than 262144 bytes (it is {size})") });
+        out.push(FieldError {
+            path: "metadata.annotations".into(),
+            value: String::new(),
+            message: format!("total size must be no more than 262144 bytes (it is {size})"),
+        });
     }
 }
 
@@ -260,7 +312,13 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
     let p = "spec.template";
     check_labels(&format!("{p}.labels"), &t.labels, out);
     match (&t.image, t.command.is_empty()) {
-        (None, true) => out.push(FieldError { path: format!("{p}.command"), value: String::new(), message: "set either command (a program to run as a process) or image (a container image)".into() }),
+        (None, true) => out.push(FieldError {
+            path: format!("{p}.command"),
+            value: String::new(),
+            message:
+                "set either command (a program to run as a process) or image (a container image)"
+                    .into(),
+        }),
         (Some(img), _) => {
             if let Err(m) = image_ref(img) {
                 out.push(err(format!("{p}.image"), img, m));
@@ -270,12 +328,27 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
     }
     if let Some(first) = t.command.first() {
         if first.trim().is_empty() {
-            out.push(err(format!("{p}.command[0]"), first, "the program must not be empty"));
+            out.push(err(
+                format!("{p}.command[0]"),
+                first,
+                "the program must not be empty",
+            ));
         }
     }
     for (i, a) in t.command.iter().chain(&t.args).enumerate() {
         if a.contains('\0') {
-            out.push(err(format!("{p}.{}", if i < t.command.len() { format!("command[{i}]") } else { format!("args[{}]", i - t.command.len()) }), a, "must not contain NUL bytes"));
+            out.push(err(
+                format!(
+                    "{p}.{}",
+                    if i < t.command.len() {
+                        format!("command[{i}]")
+                    } else {
+                        format!("args[{}]", i - t.command.len())
+                    }
+                ),
+                a,
+                "must not contain NUL bytes",
+            ));
         }
     }
     for (i, e) in t.env.iter().enumerate() {
@@ -283,12 +356,20 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
             out.push(err(format!("{p}.env[{i}].name"), &e.name, m));
         }
         if e.value.contains('\0') {
-            out.push(err(format!("{p}.env[{i}].value"), &e.value, "must not contain NUL bytes"));
+            out.push(err(
+                format!("{p}.env[{i}].value"),
+                &e.value,
+                "must not contain NUL bytes",
+            ));
         }
     }
     if let Some(wd) = &t.working_dir {
         if !wd.starts_with('/') {
-            out.push(err(format!("{p}.workingDir"), wd, "must be an absolute path"));
+            out.push(err(
+                format!("{p}.workingDir"),
+                wd,
+                "must be an absolute path",
+            ));
         }
     }
     let mut names = HashSet::new();
@@ -298,13 +379,25 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
             out.push(err(format!("{p}.ports[{i}].name"), &port.name, m));
         }
         if !names.insert(port.name.as_str()) {
-            out.push(err(format!("{p}.ports[{i}].name"), &port.name, "duplicate port name: each port needs its own name"));
+            out.push(err(
+                format!("{p}.ports[{i}].name"),
+                &port.name,
+                "duplicate port name: each port needs its own name",
+            ));
         }
         if let Some(n) = port.port {
             if n == 0 {
-                out.push(err(format!("{p}.ports[{i}].port"), n, "must be between 1 and 65535 inclusive, or omitted for a dynamic port"));
+                out.push(err(
+                    format!("{p}.ports[{i}].port"),
+                    n,
+                    "must be between 1 and 65535 inclusive, or omitted for a dynamic port",
+                ));
             } else if !fixed.insert((port.protocol, n)) {
-                out.push(err(format!("{p}.ports[{i}].port"), n, "duplicate port: another port of this template already uses it"));
+                out.push(err(
+                    format!("{p}.ports[{i}].port"),
+                    n,
+                    "duplicate port: another port of this template already uses it",
+                ));
             }
         }
     }
@@ -315,21 +408,36 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
     }
     if let Some(g) = t.stop_grace_period {
         if g.0 > std::time::Duration::from_secs(3600) {
-            out.push(err(format!("{p}.stopGracePeriod"), g.to_string(), "must be at most 1h"));
+            out.push(err(
+                format!("{p}.stopGracePeriod"),
+                g.to_string(),
+                "must be at most 1h",
+            ));
         }
     }
     if let Some(m) = t.resources.memory {
         if m.0 > 0 && m.0 < 4096 * 1024 {
-            out.push(err(format!("{p}.resources.memory"), m.to_string(), "must be at least 4Mi (or omitted for no limit)"));
+            out.push(err(
+                format!("{p}.resources.memory"),
+                m.to_string(),
+                "must be at least 4Mi (or omitted for no limit)",
+            ));
         }
     }
 }
 
 fn check_percent(path: &str, v: &Option<IntOrPercent>, out: &mut Vec<FieldError>) {
     if let Some(IntOrPercent::Percent(s)) = v {
-        let ok = s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n <= 100);
+        let ok = s
+            .strip_suffix('%')
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n <= 100);
         if !ok {
-            out.push(err(path, s, "must be a whole number or a percentage from 0% to 100% (e.g. 1 or \"25%\")"));
+            out.push(err(
+                path,
+                s,
+                "must be a whole number or a percentage from 0% to 100% (e.g. 1 or \"25%\")",
+            ));
         }
     }
 }
@@ -339,10 +447,18 @@ fn check_service(s: &Service, out: &mut Vec<FieldError>) {
     let pl = &s.spec.placement;
     check_labels("spec.placement.nodeSelector", &pl.node_selector, out);
     if pl.max_per_node == Some(0) {
-        out.push(err("spec.placement.maxPerNode", 0, "must be at least 1 (or omitted for no limit)"));
+        out.push(err(
+            "spec.placement.maxPerNode",
+            0,
+            "must be at least 1 (or omitted for no limit)",
+        ));
     }
     check_percent("spec.update.maxSurge", &s.spec.update.max_surge, out);
-    check_percent("spec.update.maxUnavailable", &s.spec.update.max_unavailable, out);
+    check_percent(
+        "spec.update.maxUnavailable",
+        &s.spec.update.max_unavailable,
+        out,
+    );
 }
 
 fn check_data(data: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
@@ -354,7 +470,13 @@ fn check_data(data: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
         size += k.len() + v.len();
     }
     if size > MAX_DATA_BYTES {
-        out.push(FieldError { path: "data".into(), value: String::new(), message: format!("total size must be no more than {MAX_DATA_BYTES} bytes (it is {size})") });
+        out.push(FieldError {
+            path: "data".into(),
+            value: String::new(),
+            message: format!(
+                "total size must be no more than {MAX_DATA_BYTES} bytes (it is {size})"
+            ),
+        });
     }
 }
 
@@ -364,7 +486,9 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
     check_metadata(obj.metadata(), obj.kind().namespaced(), &mut out);
     match obj {
         Object::Service(s) => check_service(s, &mut out),
-        Object::Secret(Secret { data, .. }) | Object::Config(Config { data, .. }) => check_data(data, &mut out),
+        Object::Secret(Secret { data, .. }) | Object::Config(Config { data, .. }) => {
+            check_data(data, &mut out)
+        }
         Object::Replica(_) | Object::Node(_) | Object::Event(_) => {}
     }
     out
@@ -395,7 +519,12 @@ mod tests {
         for bad in ["8080", "http--x", "-http", "abcdefghijklmnop", "HTTP"] {
             assert!(port_name(bad).is_err(), "{bad}");
         }
-        for ok in ["busybox", "127.0.0.1:5000/test/busybox:latest", "docker.io/library/busybox:1.36", "localhost/x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"] {
+        for ok in [
+            "busybox",
+            "127.0.0.1:5000/test/busybox:latest",
+            "docker.io/library/busybox:1.36",
+            "localhost/x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
             assert!(image_ref(ok).is_ok(), "{ok}");
         }
         for bad in ["", "Busybox", "a b", "x:", "x@sha256:12"] {

@@ -9,7 +9,9 @@ use orch_core::engine::{AgentConfig, Engine};
 use orch_core::fake::FakeRuntime;
 use orch_core::manifest;
 use orch_core::memstore::MemStore;
-use orch_core::object::{DesiredState, Kind, Metadata, Node, NodeStatus, Object, Phase, Replica, Resources};
+use orch_core::object::{
+    DesiredState, Kind, Metadata, Node, NodeStatus, Object, Phase, Replica, Resources,
+};
 use orch_core::quantity::{Memory, Timestamp};
 use orch_core::store::{create_op, Store};
 use orch_sched::DefaultScheduler;
@@ -26,7 +28,10 @@ fn engine(store: Arc<MemStore>) -> Engine {
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -36,7 +41,10 @@ fn replicas(e: &Engine, svc: &str) -> Vec<Replica> {
 }
 
 fn ready(e: &Engine, svc: &str) -> usize {
-    replicas(e, svc).iter().filter(|r| r.status.phase == Phase::Ready).count()
+    replicas(e, svc)
+        .iter()
+        .filter(|r| r.status.phase == Phase::Ready)
+        .count()
 }
 
 #[tokio::test(start_paused = true)]
@@ -46,10 +54,17 @@ async fn replicas_converge_and_spread() {
     let (a, b) = (FakeRuntime::default(), FakeRuntime::default());
     e.add_agent(Arc::new(a.clone()), AgentConfig::new("node-a"));
     e.add_agent(Arc::new(b.clone()), AgentConfig::new("node-b"));
-    api::apply(&*store, vec![service("web", 4, "")], false).await.unwrap();
+    api::apply(&*store, vec![service("web", 4, "")], false)
+        .await
+        .unwrap();
     eventually("4 ready", || ready(&e, "web") == 4).await;
     assert_eq!((a.running().len(), b.running().len()), (2, 2));
-    eventually("status", || e.cache().service("/services/default/web").is_some_and(|s| s.status.ready_replicas == 4)).await;
+    eventually("status", || {
+        e.cache()
+            .service("/services/default/web")
+            .is_some_and(|s| s.status.ready_replicas == 4)
+    })
+    .await;
     e.shutdown().await;
 }
 
@@ -59,26 +74,59 @@ async fn crash_restarts_immediately_then_backs_off() {
     let mut e = engine(store.clone());
     let rt = FakeRuntime::default();
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
-    api::apply(&*store, vec![service("web", 1, "")], false).await.unwrap();
+    api::apply(&*store, vec![service("web", 1, "")], false)
+        .await
+        .unwrap();
     eventually("ready", || ready(&e, "web") == 1).await;
     let id = rt.running()[0].clone();
     let t0 = tokio::time::Instant::now();
     assert!(rt.crash(&id, Some(1), None));
-    eventually("restarted once", || replicas(&e, "web")[0].status.restarts == 1 && rt.running().len() == 1).await;
-    assert!(t0.elapsed() < Duration::from_millis(100), "first restart must be immediate, took {:?}", t0.elapsed());
+    eventually("restarted once", || {
+        replicas(&e, "web")[0].status.restarts == 1 && rt.running().len() == 1
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(100),
+        "first restart must be immediate, took {:?}",
+        t0.elapsed()
+    );
     // A second crash right away backs off one second.
     let t1 = tokio::time::Instant::now();
     assert!(rt.crash(&id, Some(1), None));
-    eventually("back-off shown", || replicas(&e, "web")[0].status.reason == "BackOff").await;
-    eventually("restarted twice", || replicas(&e, "web")[0].status.restarts == 2 && rt.running().len() == 1).await;
+    eventually("back-off shown", || {
+        replicas(&e, "web")[0].status.reason == "BackOff"
+    })
+    .await;
+    eventually("restarted twice", || {
+        replicas(&e, "web")[0].status.restarts == 2 && rt.running().len() == 1
+    })
+    .await;
     let waited = t1.elapsed();
-    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_millis(1200), "second restart after ~1s, took {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_millis(1200),
+        "second restart after ~1s, took {waited:?}"
+    );
     // Third: two seconds.
     let t2 = tokio::time::Instant::now();
     assert!(rt.crash(&id, None, Some(9)));
-    eventually("restarted thrice", || replicas(&e, "web")[0].status.restarts == 3 && rt.running().len() == 1).await;
-    assert!(t2.elapsed() >= Duration::from_secs(2) && t2.elapsed() < Duration::from_millis(2200), "{:?}", t2.elapsed());
-    assert_eq!(replicas(&e, "web")[0].status.last_exit.as_ref().unwrap().signal, Some(9));
+    eventually("restarted thrice", || {
+        replicas(&e, "web")[0].status.restarts == 3 && rt.running().len() == 1
+    })
+    .await;
+    assert!(
+        t2.elapsed() >= Duration::from_secs(2) && t2.elapsed() < Duration::from_millis(2200),
+        "{:?}",
+        t2.elapsed()
+    );
+    assert_eq!(
+        replicas(&e, "web")[0]
+            .status
+            .last_exit
+            .as_ref()
+            .unwrap()
+            .signal,
+        Some(9)
+    );
     e.shutdown().await;
 }
 
@@ -88,10 +136,21 @@ async fn never_policy_leaves_exited_replicas() {
     let mut e = engine(store.clone());
     let rt = FakeRuntime::default();
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
-    api::apply(&*store, vec![service("job", 1, "    restartPolicy: Never\n")], false).await.unwrap();
+    api::apply(
+        &*store,
+        vec![service("job", 1, "    restartPolicy: Never\n")],
+        false,
+    )
+    .await
+    .unwrap();
     eventually("ready", || ready(&e, "job") == 1).await;
     rt.crash(&rt.running()[0], Some(0), None);
-    eventually("exited", || replicas(&e, "job").first().is_some_and(|r| r.status.phase == Phase::Exited)).await;
+    eventually("exited", || {
+        replicas(&e, "job")
+            .first()
+            .is_some_and(|r| r.status.phase == Phase::Exited)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(rt.start_count(), 1);
     assert_eq!(replicas(&e, "job").len(), 1);
@@ -104,22 +163,44 @@ async fn scale_update_and_delete_converge() {
     let mut e = engine(store.clone());
     let rt = FakeRuntime::default();
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
-    api::apply(&*store, vec![service("web", 3, "")], false).await.unwrap();
+    api::apply(&*store, vec![service("web", 3, "")], false)
+        .await
+        .unwrap();
     eventually("3 ready", || ready(&e, "web") == 3).await;
     api::scale(&*store, "default", "web", 5).await.unwrap();
-    eventually("5 running", || ready(&e, "web") == 5 && rt.running().len() == 5).await;
-    api::scale(&*store, "default", "web", 2).await.unwrap();
-    eventually("2 running", || replicas(&e, "web").len() == 2 && rt.running().len() == 2).await;
-    // Change the template: every replica is replaced, never fewer than 2 - 25% (rounded down: 2) ready... we sample.
-    let old_hash = replicas(&e, "web")[0].spec.template_hash.clone();
-    api::apply(&*store, vec![service("web", 2, "    env: [{name: COLOR, value: blue}]\n")], false).await.unwrap();
-    eventually("rolled", || {
-        let r = replicas(&e, "web");
-        r.len() == 2 && r.iter().all(|r| r.spec.template_hash != old_hash && r.status.phase == Phase::Ready) && rt.running().len() == 2
+    eventually("5 running", || {
+        ready(&e, "web") == 5 && rt.running().len() == 5
     })
     .await;
-    api::delete(&*store, Kind::Service, "default", "web").await.unwrap();
-    eventually("all gone", || replicas(&e, "web").is_empty() && rt.running().is_empty()).await;
+    api::scale(&*store, "default", "web", 2).await.unwrap();
+    eventually("2 running", || {
+        replicas(&e, "web").len() == 2 && rt.running().len() == 2
+    })
+    .await;
+    // Change the template: every replica is replaced, never fewer than 2 - 25% (rounded down: 2) ready... we sample.
+    let old_hash = replicas(&e, "web")[0].spec.template_hash.clone();
+    api::apply(
+        &*store,
+        vec![service("web", 2, "    env: [{name: COLOR, value: blue}]\n")],
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("rolled", || {
+        let r = replicas(&e, "web");
+        r.len() == 2
+            && r.iter()
+                .all(|r| r.spec.template_hash != old_hash && r.status.phase == Phase::Ready)
+            && rt.running().len() == 2
+    })
+    .await;
+    api::delete(&*store, Kind::Service, "default", "web")
+        .await
+        .unwrap();
+    eventually("all gone", || {
+        replicas(&e, "web").is_empty() && rt.running().is_empty()
+    })
+    .await;
     e.shutdown().await;
 }
 
@@ -130,21 +211,47 @@ async fn rolling_update_keeps_availability() {
     let rt = FakeRuntime::default();
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
     let upd = "  update: {maxSurge: 1, maxUnavailable: 0}\n";
-    api::apply(&*store, vec![service("web", 4, upd)], false).await.unwrap();
+    api::apply(&*store, vec![service("web", 4, upd)], false)
+        .await
+        .unwrap();
     eventually("4 ready", || ready(&e, "web") == 4).await;
     let y = format!("    env: [{{name: V, value: '2'}}]\n{upd}");
-    api::apply(&*store, vec![service("web", 4, &y)], false).await.unwrap();
-    let hash = e.cache().service("/services/default/web").unwrap().spec.template.hash();
+    api::apply(&*store, vec![service("web", 4, &y)], false)
+        .await
+        .unwrap();
+    let hash = e
+        .cache()
+        .service("/services/default/web")
+        .unwrap()
+        .spec
+        .template
+        .hash();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let reps = replicas(&e, "web");
-        let ready_now = reps.iter().filter(|r| r.status.phase == Phase::Ready && r.spec.desired == DesiredState::Running).count();
+        let ready_now = reps
+            .iter()
+            .filter(|r| r.status.phase == Phase::Ready && r.spec.desired == DesiredState::Running)
+            .count();
         assert!(ready_now >= 4, "availability dropped to {ready_now}");
-        assert!(reps.iter().filter(|r| r.spec.desired == DesiredState::Running).count() <= 5, "surge exceeded");
-        if reps.len() == 4 && reps.iter().all(|r| r.spec.template_hash == hash && r.status.phase == Phase::Ready) {
+        assert!(
+            reps.iter()
+                .filter(|r| r.spec.desired == DesiredState::Running)
+                .count()
+                <= 5,
+            "surge exceeded"
+        );
+        if reps.len() == 4
+            && reps
+                .iter()
+                .all(|r| r.spec.template_hash == hash && r.status.phase == Phase::Ready)
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "update did not finish");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "update did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     e.shutdown().await;
@@ -156,7 +263,9 @@ async fn agent_restart_re_adopts_without_restarting() {
     let rt = FakeRuntime::default();
     let mut e = engine(store.clone());
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
-    api::apply(&*store, vec![service("web", 3, "")], false).await.unwrap();
+    api::apply(&*store, vec![service("web", 3, "")], false)
+        .await
+        .unwrap();
     eventually("3 ready", || ready(&e, "web") == 3).await;
     e.shutdown().await;
     let before = rt.start_count();
@@ -164,7 +273,11 @@ async fn agent_restart_re_adopts_without_restarting() {
     e2.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
     eventually("synced", || e2.cache().synced()).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(rt.start_count(), before, "adoption must not restart anything");
+    assert_eq!(
+        rt.start_count(),
+        before,
+        "adoption must not restart anything"
+    );
     assert_eq!(rt.running().len(), 3);
     assert_eq!(ready(&e2, "web"), 3);
     e2.shutdown().await;
@@ -180,7 +293,17 @@ async fn orphans_are_stopped() {
         Object::Service(s) => s.spec.template,
         _ => unreachable!(),
     };
-    rt.start(&WorkloadSpec { id: "default.ghost-abcde".into(), replica_uid: "u".into(), service: "ghost".into(), namespace: "default".into(), template: tmpl, template_hash: "h".into(), extra_env: vec![] }).await.unwrap();
+    rt.start(&WorkloadSpec {
+        id: "default.ghost-abcde".into(),
+        replica_uid: "u".into(),
+        service: "ghost".into(),
+        namespace: "default".into(),
+        template: tmpl,
+        template_hash: "h".into(),
+        extra_env: vec![],
+    })
+    .await
+    .unwrap();
     let mut e = engine(store.clone());
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
     eventually("orphan stopped", || rt.running().is_empty()).await;
@@ -192,15 +315,40 @@ async fn unschedulable_reports_why_then_places_when_a_node_fits() {
     let store = Arc::new(MemStore::new());
     let mut e = engine(store.clone());
     let mut small = AgentConfig::new("small");
-    small.capacity = Resources { cpu: None, memory: Some(Memory(64 << 20)) };
+    small.capacity = Resources {
+        cpu: None,
+        memory: Some(Memory(64 << 20)),
+    };
     e.add_agent(Arc::new(FakeRuntime::default()), small);
-    api::apply(&*store, vec![service("big", 1, "    resources: {memory: 1Gi}\n")], false).await.unwrap();
-    eventually("reason", || replicas(&e, "big").first().is_some_and(|r| r.status.reason == "Unschedulable")).await;
-    assert_eq!(replicas(&e, "big")[0].status.message, "0/1 nodes are available: 1 insufficient memory");
+    api::apply(
+        &*store,
+        vec![service("big", 1, "    resources: {memory: 1Gi}\n")],
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("reason", || {
+        replicas(&e, "big")
+            .first()
+            .is_some_and(|r| r.status.reason == "Unschedulable")
+    })
+    .await;
+    assert_eq!(
+        replicas(&e, "big")[0].status.message,
+        "0/1 nodes are available: 1 insufficient memory"
+    );
     let mut large = AgentConfig::new("large");
-    large.capacity = Resources { cpu: None, memory: Some(Memory(4 << 30)) };
+    large.capacity = Resources {
+        cpu: None,
+        memory: Some(Memory(4 << 30)),
+    };
     e.add_agent(Arc::new(FakeRuntime::default()), large);
-    eventually("placed", || replicas(&e, "big").first().is_some_and(|r| r.spec.node.as_deref() == Some("large") && r.status.phase == Phase::Ready)).await;
+    eventually("placed", || {
+        replicas(&e, "big").first().is_some_and(|r| {
+            r.spec.node.as_deref() == Some("large") && r.status.phase == Phase::Ready
+        })
+    })
+    .await;
     e.shutdown().await;
 }
 
@@ -209,20 +357,40 @@ async fn replicas_of_a_silent_node_are_replaced() {
     let store = Arc::new(MemStore::new());
     // A node that registered once and then went silent (no agent runs it).
     let ghost = Node {
-        metadata: Metadata { name: "ghost".into(), uid: "g".into(), ..Metadata::default() },
+        metadata: Metadata {
+            name: "ghost".into(),
+            uid: "g".into(),
+            ..Metadata::default()
+        },
         spec: Default::default(),
-        status: NodeStatus { runtimes: vec!["process".into()], heartbeat: Some(Timestamp::now()), ..NodeStatus::default() },
+        status: NodeStatus {
+            runtimes: vec!["process".into()],
+            heartbeat: Some(Timestamp::now()),
+            ..NodeStatus::default()
+        },
     };
-    store.txn(vec![create_op(&Object::Node(ghost))]).await.unwrap();
+    store
+        .txn(vec![create_op(&Object::Node(ghost))])
+        .await
+        .unwrap();
     let mut e = engine(store.clone());
     let rt = FakeRuntime::default();
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("live"));
-    api::apply(&*store, vec![service("web", 4, "")], false).await.unwrap();
+    api::apply(&*store, vec![service("web", 4, "")], false)
+        .await
+        .unwrap();
     eventually("2 ready on live", || ready(&e, "web") == 2).await;
     let t0 = tokio::time::Instant::now();
-    eventually("4 ready on live", || ready(&e, "web") == 4 && rt.running().len() == 4).await;
+    eventually("4 ready on live", || {
+        ready(&e, "web") == 4 && rt.running().len() == 4
+    })
+    .await;
     let took = t0.elapsed();
-    assert!(took >= Duration::from_secs(9) && took <= Duration::from_secs(12), "replaced after {took:?}");
-    assert!(e.cache().nodes().iter().any(|n| n.metadata.name == "ghost" && n.status.condition == orch_core::object::NodeCondition::Unreachable));
+    assert!(
+        took >= Duration::from_secs(9) && took <= Duration::from_secs(12),
+        "replaced after {took:?}"
+    );
+    assert!(e.cache().nodes().iter().any(|n| n.metadata.name == "ghost"
+        && n.status.condition == orch_core::object::NodeCondition::Unreachable));
     e.shutdown().await;
 }

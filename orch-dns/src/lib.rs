@@ -20,7 +20,9 @@ pub struct FileDiscovery {
 impl FileDiscovery {
     /// Publishes under `dir` (created on first write).
     pub fn new(dir: impl AsRef<Path>) -> FileDiscovery {
-        FileDiscovery { dir: dir.as_ref().to_path_buf() }
+        FileDiscovery {
+            dir: dir.as_ref().to_path_buf(),
+        }
     }
 
     /// The directory.
@@ -58,14 +60,25 @@ fn err(path: &Path, e: std::io::Error) -> DiscoveryError {
 
 #[async_trait]
 impl Discovery for FileDiscovery {
-    async fn set_endpoints(&self, namespace: &str, service: &str, endpoints: Vec<Endpoint>) -> Result<(), DiscoveryError> {
+    async fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), DiscoveryError> {
         let path = self.path(namespace, service);
         let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
         let tmp = dir.join(format!(".{service}.tmp"));
         let text = render(&endpoints);
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| err(&dir, e))?;
-        tokio::fs::write(&tmp, text).await.map_err(|e| err(&tmp, e))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(|e| err(&path, e))
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| err(&dir, e))?;
+        tokio::fs::write(&tmp, text)
+            .await
+            .map_err(|e| err(&tmp, e))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| err(&path, e))
     }
 
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
@@ -86,7 +99,12 @@ mod tests {
     async fn writes_and_removes_endpoint_files() {
         let dir = tempfile::tempdir().unwrap();
         let d = FileDiscovery::new(dir.path());
-        let ep = Endpoint { replica: "web-1".into(), node: "n".into(), ip: "127.0.0.1".into(), ports: vec![("http".into(), 8080)] };
+        let ep = Endpoint {
+            replica: "web-1".into(),
+            node: "n".into(),
+            ip: "127.0.0.1".into(),
+            ports: vec![("http".into(), 8080)],
+        };
         d.set_endpoints("default", "web", vec![ep]).await.unwrap();
         let text = std::fs::read_to_string(d.path("default", "web")).unwrap();
         assert_eq!(text, "web-1 127.0.0.1:8080 http=8080\n");

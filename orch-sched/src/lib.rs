@@ -6,7 +6,11 @@
 //! Replicas with identical requirements form one equivalence class, so a pass over
 //! many pending replicas filters each node once per class, not once per replica.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Lower is better: (replicas of the same service on the node, allocation ‰, tie-break).
+type Score = (u32, u64, u64);
 
 use orch_core::scheduler::{ClusterSnapshot, NodeInfo, PendingReplica, Plan, Scheduler};
 
@@ -43,13 +47,18 @@ impl Cause {
 }
 
 fn filter(node: &NodeInfo, p: &PendingReplica) -> Result<(), Cause> {
-    if !node.runtimes.iter().any(|r| *r == p.runtime) {
+    if !node.runtimes.contains(&p.runtime) {
         return Err(Cause::Runtime);
     }
     if !node.schedulable {
         return Err(Cause::Cordoned);
     }
-    if !p.placement.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+    if !p
+        .placement
+        .node_selector
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v))
+    {
         return Err(Cause::Selector);
     }
     if let Some(max) = p.placement.max_per_node {
@@ -82,13 +91,18 @@ fn mix(seed: u64, i: usize) -> u64 {
 
 fn allocated_permille(n: &NodeInfo) -> u64 {
     let cpu = (n.cpu_used * 1000).checked_div(n.cpu_capacity).unwrap_or(0);
-    let mem = (n.memory_used * 1000).checked_div(n.memory_capacity).unwrap_or(0);
+    let mem = (n.memory_used * 1000)
+        .checked_div(n.memory_capacity)
+        .unwrap_or(0);
     cpu.max(mem)
 }
 
 /// The reason string for a replica no node fits.
 fn reason(total: usize, causes: &BTreeMap<Cause, usize>) -> String {
-    let parts: Vec<String> = causes.iter().map(|(c, n)| format!("{n} {}", c.text())).collect();
+    let parts: Vec<String> = causes
+        .iter()
+        .map(|(c, n)| format!("{n} {}", c.text()))
+        .collect();
     if total == 0 {
         "0/0 nodes: no nodes registered".into()
     } else {
@@ -109,7 +123,10 @@ impl Scheduler for DefaultScheduler {
         let mut classes: Vec<(&PendingReplica, Vec<&PendingReplica>)> = Vec::new();
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for p in pending {
-            let sig = format!("{}|{}|{}|{:?}|{}|{:?}", p.service, p.cpu, p.memory, p.ports, p.runtime, p.placement);
+            let sig = format!(
+                "{}|{}|{}|{:?}|{}|{:?}",
+                p.service, p.cpu, p.memory, p.ports, p.runtime, p.placement
+            );
             match index.get(&sig) {
                 Some(&i) => classes[i].1.push(p),
                 None => {
@@ -128,12 +145,20 @@ impl Scheduler for DefaultScheduler {
                 }
             }
             // Min-heap keyed by (same-service count, allocation, tie-break).
-            let key = |n: &NodeInfo, i: usize| (n.per_service.get(&proto.service).copied().unwrap_or(0), allocated_permille(n), tie[i]);
-            let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<((u32, u64, u64), usize)>> =
-                feasible.iter().map(|&i| std::cmp::Reverse((key(&nodes[i], i), i))).collect();
+            let key = |n: &NodeInfo, i: usize| {
+                (
+                    n.per_service.get(&proto.service).copied().unwrap_or(0),
+                    allocated_permille(n),
+                    tie[i],
+                )
+            };
+            let mut heap: BinaryHeap<Reverse<(Score, usize)>> = feasible
+                .iter()
+                .map(|&i| Reverse((key(&nodes[i], i), i)))
+                .collect();
             for p in members {
                 let mut placed = None;
-                while let Some(std::cmp::Reverse((_, i))) = heap.pop() {
+                while let Some(Reverse((_, i))) = heap.pop() {
                     // Re-check: earlier placements of this class may have filled the node.
                     match filter(&nodes[i], p) {
                         Ok(()) => {
@@ -153,10 +178,12 @@ impl Scheduler for DefaultScheduler {
                         *n.per_service.entry(p.service.clone()).or_default() += 1;
                         plan.bindings.push((p.key.clone(), n.name.clone()));
                         if filter(&nodes[i], p).is_ok() {
-                            heap.push(std::cmp::Reverse((key(&nodes[i], i), i)));
+                            heap.push(Reverse((key(&nodes[i], i), i)));
                         }
                     }
-                    None => plan.unschedulable.push((p.key.clone(), reason(nodes.len(), &causes))),
+                    None => plan
+                        .unschedulable
+                        .push((p.key.clone(), reason(nodes.len(), &causes))),
                 }
             }
         }
@@ -170,42 +197,95 @@ mod tests {
     use orch_core::object::Placement;
 
     fn node(name: &str, cpu: u64, mem: u64) -> NodeInfo {
-        NodeInfo { name: name.into(), cpu_capacity: cpu, memory_capacity: mem, runtimes: vec!["process".into()], schedulable: true, ..NodeInfo::default() }
+        NodeInfo {
+            name: name.into(),
+            cpu_capacity: cpu,
+            memory_capacity: mem,
+            runtimes: vec!["process".into()],
+            schedulable: true,
+            ..NodeInfo::default()
+        }
     }
 
     fn rep(i: usize, cpu: u64, mem: u64) -> PendingReplica {
-        PendingReplica { key: format!("/replicas/default/web-{i}"), service: "default/web".into(), cpu, memory: mem, ports: vec![], runtime: "process".into(), placement: Placement::default() }
+        PendingReplica {
+            key: format!("/replicas/default/web-{i}"),
+            service: "default/web".into(),
+            cpu,
+            memory: mem,
+            ports: vec![],
+            runtime: "process".into(),
+            placement: Placement::default(),
+        }
     }
 
     /// One helper, many cases: (nodes, replicas) → expected per-node counts and unschedulable count.
-    fn check(nodes: Vec<NodeInfo>, pending: Vec<PendingReplica>, expect_counts: &[(&str, usize)], expect_unsched: usize) {
+    fn check(
+        nodes: Vec<NodeInfo>,
+        pending: Vec<PendingReplica>,
+        expect_counts: &[(&str, usize)],
+        expect_unsched: usize,
+    ) {
         let plan = DefaultScheduler.schedule(&ClusterSnapshot { nodes }, &pending, 7);
         for (n, c) in expect_counts {
-            assert_eq!(plan.bindings.iter().filter(|(_, node)| node == n).count(), *c, "node {n}: {plan:?}");
+            assert_eq!(
+                plan.bindings.iter().filter(|(_, node)| node == n).count(),
+                *c,
+                "node {n}: {plan:?}"
+            );
         }
         assert_eq!(plan.unschedulable.len(), expect_unsched, "{plan:?}");
     }
 
     #[test]
     fn spreads_and_fits() {
-        check(vec![node("a", 0, 0), node("b", 0, 0), node("c", 0, 0)], (0..6).map(|i| rep(i, 0, 0)).collect(), &[("a", 2), ("b", 2), ("c", 2)], 0);
-        check(vec![node("a", 1000, 0), node("b", 500, 0)], (0..4).map(|i| rep(i, 500, 0)).collect(), &[("a", 2), ("b", 1)], 1);
-        check(vec![node("a", 0, 1 << 30)], vec![rep(0, 0, 2 << 30)], &[("a", 0)], 1);
+        check(
+            vec![node("a", 0, 0), node("b", 0, 0), node("c", 0, 0)],
+            (0..6).map(|i| rep(i, 0, 0)).collect(),
+            &[("a", 2), ("b", 2), ("c", 2)],
+            0,
+        );
+        check(
+            vec![node("a", 1000, 0), node("b", 500, 0)],
+            (0..4).map(|i| rep(i, 500, 0)).collect(),
+            &[("a", 2), ("b", 1)],
+            1,
+        );
+        check(
+            vec![node("a", 0, 1 << 30)],
+            vec![rep(0, 0, 2 << 30)],
+            &[("a", 0)],
+            1,
+        );
     }
 
     #[test]
     fn explains_unschedulable() {
         let mut cordoned = node("c", 0, 0);
         cordoned.schedulable = false;
-        let plan = DefaultScheduler.schedule(&ClusterSnapshot { nodes: vec![node("a", 0, 100), node("b", 0, 100), cordoned] }, &[rep(0, 0, 1000)], 1);
+        let plan = DefaultScheduler.schedule(
+            &ClusterSnapshot {
+                nodes: vec![node("a", 0, 100), node("b", 0, 100), cordoned],
+            },
+            &[rep(0, 0, 1000)],
+            1,
+        );
         assert_eq!(plan.unschedulable[0].1, "0/3 nodes are available: 1 unschedulable (cordoned or unreachable), 2 insufficient memory");
     }
 
     #[test]
     fn same_input_same_plan() {
-        let nodes: Vec<NodeInfo> = (0..20).map(|i| node(&format!("n{i}"), 4000, 1 << 34)).collect();
+        let nodes: Vec<NodeInfo> = (0..20)
+            .map(|i| node(&format!("n{i}"), 4000, 1 << 34))
+            .collect();
         let pending: Vec<PendingReplica> = (0..100).map(|i| rep(i, 100, 1 << 20)).collect();
-        let a = DefaultScheduler.schedule(&ClusterSnapshot { nodes: nodes.clone() }, &pending, 42);
+        let a = DefaultScheduler.schedule(
+            &ClusterSnapshot {
+                nodes: nodes.clone(),
+            },
+            &pending,
+            42,
+        );
         let b = DefaultScheduler.schedule(&ClusterSnapshot { nodes }, &pending, 42);
         assert_eq!(a, b);
     }

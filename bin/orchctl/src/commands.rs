@@ -16,11 +16,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = cli.namespace;
     match cli.command {
         Command::Apply { files, dry_run } => apply(&client, &files, dry_run).await,
-        Command::Get { kind, name, output, watch, all_namespaces } => get(&client, &ns, &kind, name, &output, watch, all_namespaces).await,
+        Command::Get {
+            kind,
+            name,
+            output,
+            watch,
+            all_namespaces,
+        } => get(&client, &ns, &kind, name, &output, watch, all_namespaces).await,
         Command::Describe { kind, name } => describe(&client, &ns, &kind, &name).await,
         Command::Delete { kind, name, files } => delete(&client, &ns, kind, name, &files).await,
         Command::Scale { target, replicas } => scale(&client, &ns, &target, replicas).await,
-        Command::Logs { replica, follow, tail_bytes } => logs(&client, &ns, &replica, follow, tail_bytes).await,
+        Command::Logs {
+            replica,
+            follow,
+            tail_bytes,
+        } => logs(&client, &ns, &replica, follow, tail_bytes).await,
         Command::Info => info(&client).await,
     }
 }
@@ -40,11 +50,21 @@ fn read_all(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<orch_api::protoc
 async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> anyhow::Result<()> {
     let manifests = read_all(files)?;
     // Validate locally first: errors name the files without a round trip.
-    orch_core::manifest::parse_all(manifests.iter().map(|m| (m.source.as_str(), m.text.as_str()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+    orch_core::manifest::parse_all(
+        manifests
+            .iter()
+            .map(|m| (m.source.as_str(), m.text.as_str())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     match client.call(Request::Apply { manifests, dry_run }).await? {
         Response::Applied { results, dry_run } => {
             for r in results {
-                println!("{} {}{}", r.name, r.action, if dry_run { " (dry run)" } else { "" });
+                println!(
+                    "{} {}{}",
+                    r.name,
+                    r.action,
+                    if dry_run { " (dry run)" } else { "" }
+                );
             }
             Ok(())
         }
@@ -64,7 +84,11 @@ fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow:
         "yaml" => print!("{}", orch_core::manifest::to_yaml(objs)),
         "json" => {
             let v: Vec<serde_json::Value> = objs.iter().map(Object::to_display_value).collect();
-            let out = if v.len() == 1 { v[0].clone() } else { serde_json::json!({"apiVersion": "orch/v1", "kind": "List", "items": v}) };
+            let out = if v.len() == 1 {
+                v[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "orch/v1", "kind": "List", "items": v})
+            };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         other => bail!("-o: invalid value {other:?}: allowed: table, wide, yaml, json"),
@@ -72,14 +96,24 @@ fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow:
     Ok(())
 }
 
-async fn get(client: &Client, ns: &str, kind: &str, name: Option<String>, output: &str, watch: bool, all: bool) -> anyhow::Result<()> {
+async fn get(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: Option<String>,
+    output: &str,
+    watch: bool,
+    all: bool,
+) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let namespace = if all { None } else { Some(ns.to_string()) };
     if watch {
         let mut stream = client.stream(Request::Watch { kind, namespace }).await?;
         let mut printed_header = false;
         while let Some(item) = stream.next().await {
-            let Response::Watch { event, object } = item? else { continue };
+            let Response::Watch { event, object } = item? else {
+                continue;
+            };
             if name.as_ref().is_some_and(|n| *n != object.metadata().name) {
                 continue;
             }
@@ -100,21 +134,38 @@ async fn get(client: &Client, ns: &str, kind: &str, name: Option<String>, output
                         println!("{l}");
                     }
                 }
-                "json" => println!("{}", serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})),
+                "json" => println!(
+                    "{}",
+                    serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})
+                ),
                 _ => print_objects(std::slice::from_ref(&object), output, all)?,
             }
             std::io::stdout().flush()?;
         }
         return Ok(());
     }
-    match client.call(Request::Get { kind, namespace, name }).await? {
+    match client
+        .call(Request::Get {
+            kind,
+            namespace,
+            name,
+        })
+        .await?
+    {
         Response::Objects { objects, .. } => print_objects(&objects, output, all),
         other => bail!("unexpected response: {other:?}"),
     }
 }
 
 async fn list(client: &Client, kind: Kind, ns: Option<&str>) -> anyhow::Result<Vec<Object>> {
-    match client.call(Request::Get { kind, namespace: ns.map(String::from), name: None }).await? {
+    match client
+        .call(Request::Get {
+            kind,
+            namespace: ns.map(String::from),
+            name: None,
+        })
+        .await?
+    {
         Response::Objects { objects, .. } => Ok(objects),
         other => bail!("unexpected response: {other:?}"),
     }
@@ -122,7 +173,14 @@ async fn list(client: &Client, kind: Kind, ns: Option<&str>) -> anyhow::Result<V
 
 async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
-    let obj = match client.call(Request::Get { kind, namespace: Some(ns.into()), name: Some(name.into()) }).await? {
+    let obj = match client
+        .call(Request::Get {
+            kind,
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+        })
+        .await?
+    {
         Response::Objects { mut objects, .. } if !objects.is_empty() => objects.remove(0),
         _ => bail!("{} {name:?} not found", kind.as_str().to_ascii_lowercase()),
     };
@@ -130,27 +188,66 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         .await?
         .into_iter()
         .filter(|e| match e {
-            Object::Event(e) => e.involved.kind == Some(kind) && e.involved.name == name && (!kind.namespaced() || e.involved.namespace == ns),
+            Object::Event(e) => {
+                e.involved.kind == Some(kind)
+                    && e.involved.name == name
+                    && (!kind.namespaced() || e.involved.namespace == ns)
+            }
             _ => false,
         })
         .collect();
-    events.sort_by_key(|e| if let Object::Event(e) = e { e.timestamp } else { Default::default() });
+    events.sort_by_key(|e| {
+        if let Object::Event(e) = e {
+            e.timestamp
+        } else {
+            Default::default()
+        }
+    });
     let related: Vec<Object> = match kind {
-        Kind::Service => list(client, Kind::Replica, Some(ns)).await?.into_iter().filter(|r| matches!(r, Object::Replica(r) if r.spec.service == name)).collect(),
-        Kind::Node => list(client, Kind::Replica, None).await?.into_iter().filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name))).collect(),
+        Kind::Service => list(client, Kind::Replica, Some(ns))
+            .await?
+            .into_iter()
+            .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == name))
+            .collect(),
+        Kind::Node => list(client, Kind::Replica, None)
+            .await?
+            .into_iter()
+            .filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name)))
+            .collect(),
         _ => Vec::new(),
     };
     print!("{}", render::describe(&obj, &events, &related));
     Ok(())
 }
 
-async fn delete(client: &Client, ns: &str, kind: Option<String>, name: Option<String>, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+async fn delete(
+    client: &Client,
+    ns: &str,
+    kind: Option<String>,
+    name: Option<String>,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
     let targets: Vec<(Kind, String, String)> = if !files.is_empty() {
         let manifests = read_all(files)?;
-        let objs = orch_core::manifest::parse_all(manifests.iter().map(|m| (m.source.as_str(), m.text.as_str()))).map_err(|e| anyhow::anyhow!("{e}"))?;
-        objs.iter().map(|o| (o.kind(), o.metadata().namespace.clone(), o.metadata().name.clone())).collect()
+        let objs = orch_core::manifest::parse_all(
+            manifests
+                .iter()
+                .map(|m| (m.source.as_str(), m.text.as_str())),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        objs.iter()
+            .map(|o| {
+                (
+                    o.kind(),
+                    o.metadata().namespace.clone(),
+                    o.metadata().name.clone(),
+                )
+            })
+            .collect()
     } else {
-        let (Some(kind), Some(name)) = (kind, name) else { bail!("usage: orchctl delete KIND NAME, or orchctl delete -f FILE") };
+        let (Some(kind), Some(name)) = (kind, name) else {
+            bail!("usage: orchctl delete KIND NAME, or orchctl delete -f FILE")
+        };
         let (kind, name) = match kind.split_once('/') {
             Some((k, n)) => (kind_arg(k)?, n.to_string()),
             None => (kind_arg(&kind)?, name),
@@ -159,7 +256,14 @@ async fn delete(client: &Client, ns: &str, kind: Option<String>, name: Option<St
     };
     let mut failed = false;
     for (kind, ns, name) in targets {
-        match client.call(Request::Delete { kind, namespace: ns, name: name.clone() }).await {
+        match client
+            .call(Request::Delete {
+                kind,
+                namespace: ns,
+                name: name.clone(),
+            })
+            .await
+        {
             Ok(_) => println!("{}/{name} deleted", kind.as_str().to_ascii_lowercase()),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -175,17 +279,40 @@ async fn delete(client: &Client, ns: &str, kind: Option<String>, name: Option<St
 
 async fn scale(client: &Client, ns: &str, target: &[String], replicas: i64) -> anyhow::Result<()> {
     let name = match target {
-        [one] => one.strip_prefix("service/").or_else(|| one.strip_prefix("svc/")).unwrap_or(one).to_string(),
+        [one] => one
+            .strip_prefix("service/")
+            .or_else(|| one.strip_prefix("svc/"))
+            .unwrap_or(one)
+            .to_string(),
         [kind, name] if Kind::from_user(kind) == Some(Kind::Service) => name.clone(),
         _ => bail!("usage: orchctl scale [service/]NAME --replicas N"),
     };
-    client.call(Request::Scale { namespace: ns.into(), name: name.clone(), replicas }).await?;
+    client
+        .call(Request::Scale {
+            namespace: ns.into(),
+            name: name.clone(),
+            replicas,
+        })
+        .await?;
     println!("service/{name} scaled to {replicas}");
     Ok(())
 }
 
-async fn logs(client: &Client, ns: &str, replica: &str, follow: bool, tail_bytes: Option<u64>) -> anyhow::Result<()> {
-    let mut stream = client.stream(Request::Logs { namespace: ns.into(), replica: replica.into(), follow, tail_bytes }).await?;
+async fn logs(
+    client: &Client,
+    ns: &str,
+    replica: &str,
+    follow: bool,
+    tail_bytes: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut stream = client
+        .stream(Request::Logs {
+            namespace: ns.into(),
+            replica: replica.into(),
+            follow,
+            tail_bytes,
+        })
+        .await?;
     let mut out = std::io::stdout();
     while let Some(item) = stream.next().await {
         if let Response::Log { data } = item? {
@@ -197,8 +324,16 @@ async fn logs(client: &Client, ns: &str, replica: &str, follow: bool, tail_bytes
 }
 
 async fn info(client: &Client) -> anyhow::Result<()> {
-    if let Response::Info { version, store, nodes } = client.call(Request::Info).await? {
-        println!("orchd {version}\nstore: {store}\nnodes: {}", nodes.join(", "));
+    if let Response::Info {
+        version,
+        store,
+        nodes,
+    } = client.call(Request::Info).await?
+    {
+        println!(
+            "orchd {version}\nstore: {store}\nnodes: {}",
+            nodes.join(", ")
+        );
     }
     Ok(())
 }

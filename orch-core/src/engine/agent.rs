@@ -13,7 +13,10 @@ use tokio::time::Instant;
 use crate::engine::cache::Change;
 use crate::engine::queue::WorkQueue;
 use crate::engine::Ctx;
-use crate::object::{BoundPort, DesiredState, EnvVar, ExitStatus, Kind, Metadata, Node, NodeCondition, NodeStatus, Object, Phase, Replica, ReplicaStatus, Resources};
+use crate::object::{
+    BoundPort, DesiredState, EnvVar, ExitStatus, Kind, Metadata, Node, NodeCondition, NodeStatus,
+    Object, Phase, Replica, ReplicaStatus, Resources,
+};
 use crate::quantity::Timestamp;
 use crate::runtime::{Runtime, RuntimeEvent, Workload, WorkloadSpec, WorkloadState};
 use crate::store::{create_op, delete_op, update_op, Op};
@@ -129,7 +132,13 @@ impl Agent {
     /// An agent for `cfg.node` running workloads in `runtime`.
     pub fn new(ctx: Arc<Ctx>, runtime: Arc<dyn Runtime>, cfg: AgentConfig) -> Arc<Agent> {
         let queue = WorkQueue::new(ctx.config.retry_base, ctx.config.retry_max);
-        Arc::new(Agent { ctx, runtime, cfg, state: Mutex::default(), queue })
+        Arc::new(Agent {
+            ctx,
+            runtime,
+            cfg,
+            state: Mutex::default(),
+            queue,
+        })
     }
 
     /// The runtime this agent drives.
@@ -152,7 +161,11 @@ impl Agent {
             addresses: self.cfg.addresses.clone(),
             capacity: self.cfg.capacity.clone(),
             max_replicas: self.cfg.max_replicas,
-            runtimes: vec![if info.name == "fake" { "process".to_string() } else { info.name.clone() }],
+            runtimes: vec![if info.name == "fake" {
+                "process".to_string()
+            } else {
+                info.name.clone()
+            }],
             condition: NodeCondition::Ready,
             heartbeat: Some(Timestamp::now()),
             limits: info.limits_note,
@@ -168,11 +181,16 @@ impl Agent {
                 let mut n = n.clone();
                 n.status = self.node_status();
                 for (k, v) in &self.cfg.labels {
-                    n.metadata.labels.entry(k.clone()).or_insert_with(|| v.clone());
+                    n.metadata
+                        .labels
+                        .entry(k.clone())
+                        .or_insert_with(|| v.clone());
                 }
                 update_op(&Object::Node(n))
             }
-            _ => match crate::store::get_object(&*self.ctx.store, Kind::Node, "", &self.cfg.node).await? {
+            _ => match crate::store::get_object(&*self.ctx.store, Kind::Node, "", &self.cfg.node)
+                .await?
+            {
                 Some(Object::Node(mut n)) => {
                     n.status = self.node_status();
                     update_op(&Object::Node(n))
@@ -215,12 +233,17 @@ impl Agent {
                     g.workloads.insert(w.id.clone(), w);
                 }
             }
-            Err(e) => tracing::error!(node = %self.cfg.node, error = %e, "agent: cannot list workloads"),
+            Err(e) => {
+                tracing::error!(node = %self.cfg.node, error = %e, "agent: cannot list workloads")
+            }
         }
         let node = self.cfg.node.clone();
-        let mut changes = self.ctx.cache.subscribe(move |c| c.replicas().any(|r| r.spec.node.as_deref() == Some(node.as_str())));
+        let mut changes = self.ctx.cache.subscribe(move |c| {
+            c.replicas()
+                .any(|r| r.spec.node.as_deref() == Some(node.as_str()))
+        });
         let mut runtime_events = self.runtime.events();
-        let tasks = vec![
+        let tasks = [
             {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -248,7 +271,9 @@ impl Agent {
                                 }
                                 me.queue.add(key_of_id(&id));
                             }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => me.refresh_workloads().await,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                me.refresh_workloads().await
+                            }
                             Err(_) => break,
                         }
                     }
@@ -289,7 +314,8 @@ impl Agent {
 
     fn enqueue_all(&self) {
         for r in self.ctx.cache.replicas_on_node(&self.cfg.node) {
-            self.queue.add(Kind::Replica.key(&r.metadata.namespace, &r.metadata.name));
+            self.queue
+                .add(Kind::Replica.key(&r.metadata.namespace, &r.metadata.name));
         }
         for id in self.lock().workloads.keys() {
             self.queue.add(key_of_id(id));
@@ -354,7 +380,11 @@ impl Agent {
 
     async fn reconcile(self: &Arc<Self>, key: &str) -> Outcome {
         let id = id_of_key(key);
-        let replica = self.ctx.cache.replica(key).filter(|r| r.spec.node.as_deref() == Some(self.cfg.node.as_str()));
+        let replica = self
+            .ctx
+            .cache
+            .replica(key)
+            .filter(|r| r.spec.node.as_deref() == Some(self.cfg.node.as_str()));
         let workload = {
             let g = self.lock();
             if g.busy.contains(&id) {
@@ -369,7 +399,9 @@ impl Agent {
                 self.stop_in_background(&id, &w, None, key);
                 Outcome::default()
             }
-            (Some(r), w) if r.spec.desired == DesiredState::Stopped => self.reconcile_stopped(key, &r, w).await,
+            (Some(r), w) if r.spec.desired == DesiredState::Stopped => {
+                self.reconcile_stopped(key, &r, w).await
+            }
             (Some(r), Some(w)) if w.replica_uid != r.metadata.uid => {
                 self.stop_in_background(&id, &w, None, key);
                 Outcome::default()
@@ -384,7 +416,10 @@ impl Agent {
                     st.host_ip = Some(w.host_ip.clone());
                     st.ports = w.ports.clone();
                     st.started_at = Some(w.started_at);
-                    Outcome { ops: with_status(&r, st).into_iter().collect(), requeue_after: None }
+                    Outcome {
+                        ops: with_status(&r, st).into_iter().collect(),
+                        requeue_after: None,
+                    }
                 }
                 WorkloadState::Exited(status) => self.handle_exit(&r, status.clone()).await,
             },
@@ -393,7 +428,8 @@ impl Agent {
                     // It ran here before and the runtime no longer knows it.
                     self.handle_exit(&r, ExitStatus::default()).await
                 } else if r.status.reason == "BackOff" || r.status.reason == "StartError" {
-                    self.handle_exit(&r, r.status.last_exit.clone().unwrap_or_default()).await
+                    self.handle_exit(&r, r.status.last_exit.clone().unwrap_or_default())
+                        .await
                 } else {
                     self.start(&r, false).await
                 }
@@ -401,14 +437,22 @@ impl Agent {
         }
     }
 
-    async fn reconcile_stopped(self: &Arc<Self>, key: &str, r: &Replica, w: Option<Workload>) -> Outcome {
+    async fn reconcile_stopped(
+        self: &Arc<Self>,
+        key: &str,
+        r: &Replica,
+        w: Option<Workload>,
+    ) -> Outcome {
         let id = id_of(r);
         match w {
             Some(w) if w.state == WorkloadState::Running => {
                 self.stop_in_background(&id, &w, Some(r), key);
                 let mut st = r.status.clone();
                 st.phase = Phase::Stopping;
-                Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None }
+                Outcome {
+                    ops: with_status(r, st).into_iter().collect(),
+                    requeue_after: None,
+                }
             }
             Some(_) => {
                 if let Err(e) = self.runtime.remove(&id).await {
@@ -416,32 +460,60 @@ impl Agent {
                 }
                 self.lock().workloads.remove(&id);
                 self.lock().backoff.remove(&id);
-                Outcome { ops: vec![delete_op(&Object::Replica(r.clone()))], requeue_after: None }
+                Outcome {
+                    ops: vec![delete_op(&Object::Replica(r.clone()))],
+                    requeue_after: None,
+                }
             }
             None => {
                 self.lock().backoff.remove(&id);
-                Outcome { ops: vec![delete_op(&Object::Replica(r.clone()))], requeue_after: None }
+                Outcome {
+                    ops: vec![delete_op(&Object::Replica(r.clone()))],
+                    requeue_after: None,
+                }
             }
         }
     }
 
-    fn stop_in_background(self: &Arc<Self>, id: &str, w: &Workload, r: Option<&Replica>, key: &str) {
+    fn stop_in_background(
+        self: &Arc<Self>,
+        id: &str,
+        w: &Workload,
+        r: Option<&Replica>,
+        key: &str,
+    ) {
         if !self.lock().busy.insert(id.to_string()) {
             return;
         }
         let (signal, grace) = match r {
-            Some(r) => (r.spec.template.stop_signal().to_string(), r.spec.template.stop_grace()),
+            Some(r) => (
+                r.spec.template.stop_signal().to_string(),
+                r.spec.template.stop_grace(),
+            ),
             None => ("SIGTERM".to_string(), Duration::from_secs(10)),
         };
         let me = self.clone();
-        let (id, key, running) = (id.to_string(), key.to_string(), w.state == WorkloadState::Running);
+        let (id, key, running) = (
+            id.to_string(),
+            key.to_string(),
+            w.state == WorkloadState::Running,
+        );
         let name = r.map(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
         tokio::spawn(async move {
             if running {
                 match me.runtime.stop(&id, &signal, grace).await {
                     Ok(status) => {
                         if let Some((ns, n)) = &name {
-                            me.ctx.recorder.with_source(&format!("agent/{}", me.cfg.node)).normal(Kind::Replica, ns, n, "Stopped", format!("stopped ({status})"));
+                            me.ctx
+                                .recorder
+                                .with_source(&format!("agent/{}", me.cfg.node))
+                                .normal(
+                                    Kind::Replica,
+                                    ns,
+                                    n,
+                                    "Stopped",
+                                    format!("stopped ({status})"),
+                                );
                         }
                     }
                     Err(e) => tracing::warn!(workload = %id, error = %e, "agent: stop failed"),
@@ -463,13 +535,27 @@ impl Agent {
         let id = id_of(r);
         let t = &r.spec.template;
         let mut st = r.status.clone();
-        st.last_exit = Some(ExitStatus { at: exit.at.or(Some(Timestamp::now())), ..exit.clone() });
+        st.last_exit = Some(ExitStatus {
+            at: exit.at.or(Some(Timestamp::now())),
+            ..exit.clone()
+        });
         st.ports.clear();
         if !t.restart_policy.restarts(exit.success()) {
-            st.phase = if exit.success() { Phase::Exited } else { Phase::Failed };
-            st.reason = if exit.success() { "Completed".into() } else { "Error".into() };
+            st.phase = if exit.success() {
+                Phase::Exited
+            } else {
+                Phase::Failed
+            };
+            st.reason = if exit.success() {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
             st.message = format!("exited: {exit}; restart policy {:?}", t.restart_policy);
-            return Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None };
+            return Outcome {
+                ops: with_status(r, st).into_iter().collect(),
+                requeue_after: None,
+            };
         }
         let now = Instant::now();
         let retry_at = {
@@ -478,10 +564,16 @@ impl Agent {
             match b.retry_at {
                 Some(at) => at,
                 None => {
-                    if b.last_start.is_some_and(|s| now.duration_since(s) >= self.cfg.stable_run) {
+                    if b.last_start
+                        .is_some_and(|s| now.duration_since(s) >= self.cfg.stable_run)
+                    {
                         b.failures = 0;
                     }
-                    let delay = restart_delay(b.failures, self.cfg.restart_backoff_base, self.cfg.restart_backoff_max);
+                    let delay = restart_delay(
+                        b.failures,
+                        self.cfg.restart_backoff_base,
+                        self.cfg.restart_backoff_max,
+                    );
                     b.failures += 1;
                     let at = now + delay;
                     b.retry_at = Some(at);
@@ -493,8 +585,14 @@ impl Agent {
             let wait = retry_at - now;
             st.phase = Phase::Failed;
             st.reason = "BackOff".into();
-            st.message = format!("back-off {} restarting failed replica; last exit: {exit}", humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))));
-            return Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: Some(wait) };
+            st.message = format!(
+                "back-off {} restarting failed replica; last exit: {exit}",
+                humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+            );
+            return Outcome {
+                ops: with_status(r, st).into_iter().collect(),
+                requeue_after: Some(wait),
+            };
         }
         let mut r2 = r.clone();
         r2.status = st;
@@ -503,21 +601,39 @@ impl Agent {
 
     async fn start(self: &Arc<Self>, r: &Replica, restart: bool) -> Outcome {
         let id = id_of(r);
-        let rec = self.ctx.recorder.with_source(&format!("agent/{}", self.cfg.node));
+        let rec = self
+            .ctx
+            .recorder
+            .with_source(&format!("agent/{}", self.cfg.node));
         let (ns, name) = (r.metadata.namespace.as_str(), r.metadata.name.as_str());
         let mut st = r.status.clone();
         if !self.runtime.supports(&r.spec.template) {
             st.phase = Phase::Failed;
             st.reason = "Unsupported".into();
             st.message = format!("the {} runtime on node {} cannot run this template (image needs a container runtime; command needs the process runtime)", self.runtime.info().name, self.cfg.node);
-            return Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None };
+            return Outcome {
+                ops: with_status(r, st).into_iter().collect(),
+                requeue_after: None,
+            };
         }
         let mut env = self.cfg.extra_env.clone();
         env.extend([
-            EnvVar { name: "ORCH_SERVICE".into(), value: r.spec.service.clone() },
-            EnvVar { name: "ORCH_NAMESPACE".into(), value: ns.into() },
-            EnvVar { name: "ORCH_REPLICA".into(), value: name.into() },
-            EnvVar { name: "ORCH_NODE".into(), value: self.cfg.node.clone() },
+            EnvVar {
+                name: "ORCH_SERVICE".into(),
+                value: r.spec.service.clone(),
+            },
+            EnvVar {
+                name: "ORCH_NAMESPACE".into(),
+                value: ns.into(),
+            },
+            EnvVar {
+                name: "ORCH_REPLICA".into(),
+                value: name.into(),
+            },
+            EnvVar {
+                name: "ORCH_NODE".into(),
+                value: self.cfg.node.clone(),
+            },
         ]);
         let spec = WorkloadSpec {
             id: id.clone(),
@@ -545,12 +661,35 @@ impl Agent {
                 st.started_at = Some(w.started_at);
                 if restart {
                     st.restarts += 1;
-                    rec.normal(Kind::Replica, ns, name, "Restarted", format!("restarted on {} ({}), restart {}", self.cfg.node, w.runtime_id, st.restarts));
+                    rec.normal(
+                        Kind::Replica,
+                        ns,
+                        name,
+                        "Restarted",
+                        format!(
+                            "restarted on {} ({}), restart {}",
+                            self.cfg.node, w.runtime_id, st.restarts
+                        ),
+                    );
                 } else {
-                    rec.normal(Kind::Replica, ns, name, "Started", format!("started on {} ({}){}", self.cfg.node, w.runtime_id, ports_note(&w.ports)));
+                    rec.normal(
+                        Kind::Replica,
+                        ns,
+                        name,
+                        "Started",
+                        format!(
+                            "started on {} ({}){}",
+                            self.cfg.node,
+                            w.runtime_id,
+                            ports_note(&w.ports)
+                        ),
+                    );
                 }
                 self.lock().workloads.insert(id, w);
-                Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: None }
+                Outcome {
+                    ops: with_status(r, st).into_iter().collect(),
+                    requeue_after: None,
+                }
             }
             Err(e) => {
                 rec.warning(Kind::Replica, ns, name, "StartError", e.to_string());
@@ -561,18 +700,34 @@ impl Agent {
                 st.reason = "StartError".into();
                 st.message = e.to_string();
                 st.runtime_id.clear();
-                st.last_exit = Some(ExitStatus { code: Some(127), at: Some(Timestamp::now()), ..ExitStatus::default() });
+                st.last_exit = Some(ExitStatus {
+                    code: Some(127),
+                    at: Some(Timestamp::now()),
+                    ..ExitStatus::default()
+                });
                 // Retry by the restart policy's backoff.
                 let delay = {
                     let mut g = self.lock();
                     let b = g.backoff.entry(id).or_default();
-                    let d = restart_delay(b.failures.max(1), self.cfg.restart_backoff_base, self.cfg.restart_backoff_max);
+                    let d = restart_delay(
+                        b.failures.max(1),
+                        self.cfg.restart_backoff_base,
+                        self.cfg.restart_backoff_max,
+                    );
                     b.failures += 1;
                     b.retry_at = Some(Instant::now() + d);
                     d
                 };
-                let requeue = r.spec.template.restart_policy.restarts(false).then_some(delay);
-                Outcome { ops: with_status(r, st).into_iter().collect(), requeue_after: requeue }
+                let requeue = r
+                    .spec
+                    .template
+                    .restart_policy
+                    .restarts(false)
+                    .then_some(delay);
+                Outcome {
+                    ops: with_status(r, st).into_iter().collect(),
+                    requeue_after: requeue,
+                }
             }
         }
     }
@@ -582,7 +737,14 @@ fn ports_note(ports: &[BoundPort]) -> String {
     if ports.is_empty() {
         String::new()
     } else {
-        format!(", ports {}", ports.iter().map(|p| format!("{}={}", p.name, p.port)).collect::<Vec<_>>().join(" "))
+        format!(
+            ", ports {}",
+            ports
+                .iter()
+                .map(|p| format!("{}={}", p.name, p.port))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
     }
 }
 

@@ -65,7 +65,11 @@ impl State {
     }
 
     fn put(&mut self, kind: Kind, key: Arc<str>, obj: Arc<Object>) -> Option<Arc<Object>> {
-        let old = self.objects.entry(kind).or_default().insert(key.clone(), obj.clone());
+        let old = self
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert(key.clone(), obj.clone());
         if let Some(o) = &old {
             self.index(&key, o, false);
         }
@@ -89,7 +93,11 @@ pub struct Cache {
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { state: RwLock::default(), revision: watch::channel(0).0, subscribers: Mutex::default() }
+        Cache {
+            state: RwLock::default(),
+            revision: watch::channel(0).0,
+            subscribers: Mutex::default(),
+        }
     }
 }
 
@@ -108,12 +116,18 @@ impl Cache {
     }
 
     /// Subscribes to changes that pass `filter`. A `Resync` is always delivered.
-    pub fn subscribe(&self, filter: impl Fn(&Change) -> bool + Send + Sync + 'static) -> mpsc::UnboundedReceiver<Change> {
+    pub fn subscribe(
+        &self,
+        filter: impl Fn(&Change) -> bool + Send + Sync + 'static,
+    ) -> mpsc::UnboundedReceiver<Change> {
         let (tx, rx) = mpsc::unbounded_channel();
         if self.read().synced {
             let _ = tx.send(Change::Resync);
         }
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push((Box::new(filter), tx));
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Box::new(filter), tx));
         rx
     }
 
@@ -152,7 +166,11 @@ impl Cache {
 
     /// Every object of a kind, in key order.
     pub fn list(&self, kind: Kind) -> Vec<Arc<Object>> {
-        self.read().objects.get(&kind).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.read()
+            .objects
+            .get(&kind)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A service by key.
@@ -173,23 +191,54 @@ impl Cache {
 
     /// Every service.
     pub fn services(&self) -> Vec<Service> {
-        self.list(Kind::Service).iter().filter_map(|o| if let Object::Service(s) = o.as_ref() { Some(s.clone()) } else { None }).collect()
+        self.list(Kind::Service)
+            .iter()
+            .filter_map(|o| {
+                if let Object::Service(s) = o.as_ref() {
+                    Some(s.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Every node.
     pub fn nodes(&self) -> Vec<Node> {
-        self.list(Kind::Node).iter().filter_map(|o| if let Object::Node(n) = o.as_ref() { Some(n.clone()) } else { None }).collect()
+        self.list(Kind::Node)
+            .iter()
+            .filter_map(|o| {
+                if let Object::Node(n) = o.as_ref() {
+                    Some(n.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Every replica.
     pub fn replicas(&self) -> Vec<Replica> {
-        self.list(Kind::Replica).iter().filter_map(|o| if let Object::Replica(r) = o.as_ref() { Some(r.clone()) } else { None }).collect()
+        self.list(Kind::Replica)
+            .iter()
+            .filter_map(|o| {
+                if let Object::Replica(r) = o.as_ref() {
+                    Some(r.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     fn replicas_in(&self, index: impl Fn(&State) -> Option<&BTreeSet<Arc<str>>>) -> Vec<Replica> {
         let g = self.read();
-        let Some(keys) = index(&g) else { return Vec::new() };
-        let Some(all) = g.objects.get(&Kind::Replica) else { return Vec::new() };
+        let Some(keys) = index(&g) else {
+            return Vec::new();
+        };
+        let Some(all) = g.objects.get(&Kind::Replica) else {
+            return Vec::new();
+        };
         keys.iter()
             .filter_map(|k| match all.get(k).map(|o| o.as_ref()) {
                 Some(Object::Replica(r)) => Some(r.clone()),
@@ -234,7 +283,8 @@ impl Cache {
             };
             backoff = Duration::from_millis(100);
             loop {
-                let next = tokio::select! { _ = cancel.cancelled() => return, n = stream.next() => n };
+                let next =
+                    tokio::select! { _ = cancel.cancelled() => return, n = stream.next() => n };
                 match next {
                     Some(Ok(batch)) => self.apply(batch.revision, batch.events),
                     Some(Err(e)) => {
@@ -252,9 +302,14 @@ impl Cache {
 
     async fn relist(&self, store: &dyn Store) -> Result<Revision, StoreError> {
         let (kvs, rev) = store.list("/").await?;
-        let mut fresh = State { synced: true, ..State::default() };
+        let mut fresh = State {
+            synced: true,
+            ..State::default()
+        };
         for kv in &kvs {
-            let Some(kind) = Kind::of_key(&kv.key) else { continue };
+            let Some(kind) = Kind::of_key(&kv.key) else {
+                continue;
+            };
             if kind == Kind::Event {
                 continue;
             }
@@ -276,7 +331,9 @@ impl Cache {
         {
             let mut g = self.write();
             for ev in events {
-                let Some(kind) = Kind::of_key(ev.key()) else { continue };
+                let Some(kind) = Kind::of_key(ev.key()) else {
+                    continue;
+                };
                 if kind == Kind::Event {
                     continue;
                 }
@@ -286,13 +343,23 @@ impl Cache {
                             let key: Arc<str> = kv.key.as_str().into();
                             let new = Arc::new(o);
                             let old = g.put(kind, key.clone(), new.clone());
-                            changes.push(Change::Object { kind, key, old, new: Some(new) });
+                            changes.push(Change::Object {
+                                kind,
+                                key,
+                                old,
+                                new: Some(new),
+                            });
                         }
                         Err(e) => tracing::error!(error = %e, "cache: skipping undecodable object"),
                     },
                     WatchEvent::Delete { prev, .. } => {
                         let old = g.remove(kind, &prev.key);
-                        changes.push(Change::Object { kind, key: prev.key.as_str().into(), old, new: None });
+                        changes.push(Change::Object {
+                            kind,
+                            key: prev.key.as_str().into(),
+                            old,
+                            new: None,
+                        });
                     }
                 }
             }
@@ -319,6 +386,12 @@ impl Change {
             Change::Object { old, new, .. } => (old.as_deref(), new.as_deref()),
             Change::Resync => (None, None),
         };
-        [old, new].into_iter().flatten().filter_map(|o| if let Object::Replica(r) = o { Some(r) } else { None })
+        [old, new].into_iter().flatten().filter_map(|o| {
+            if let Object::Replica(r) = o {
+                Some(r)
+            } else {
+                None
+            }
+        })
     }
 }

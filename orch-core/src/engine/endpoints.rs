@@ -21,7 +21,12 @@ pub fn endpoints_of(replicas: &[Replica]) -> Vec<Endpoint> {
                 replica: r.metadata.name.clone(),
                 node: r.spec.node.clone()?,
                 ip: r.status.host_ip.clone()?,
-                ports: r.status.ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
+                ports: r
+                    .status
+                    .ports
+                    .iter()
+                    .map(|p| (p.name.clone(), p.port))
+                    .collect(),
             })
         })
         .collect();
@@ -32,7 +37,9 @@ pub fn endpoints_of(replicas: &[Replica]) -> Vec<Endpoint> {
 /// Runs the controller until cancelled.
 pub async fn run(ctx: Arc<Ctx>) {
     let queue = WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let mut changes = ctx.cache.subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
+    let mut changes = ctx
+        .cache
+        .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
     let mut published: HashMap<String, Vec<Endpoint>> = HashMap::new();
     let enqueue_all = |queue: &WorkQueue<String>, published: &HashMap<String, Vec<Endpoint>>| {
         for s in ctx.cache.services() {

@@ -22,21 +22,47 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder that drops everything (for tests that do not care).
     pub fn disabled() -> Recorder {
-        Recorder { tx: mpsc::unbounded_channel().0, source: "".into() }
+        Recorder {
+            tx: mpsc::unbounded_channel().0,
+            source: "".into(),
+        }
     }
 
     /// The same channel, reporting as `source`.
     pub fn with_source(&self, source: &str) -> Recorder {
-        Recorder { tx: self.tx.clone(), source: source.into() }
+        Recorder {
+            tx: self.tx.clone(),
+            source: source.into(),
+        }
     }
 
     /// Records an event about `kind` `namespace/name`.
-    pub fn record(&self, kind: Kind, namespace: &str, name: &str, type_: EventType, reason: &str, message: impl Into<String>) {
-        let ns = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
+    pub fn record(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        type_: EventType,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        let ns = if namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            namespace
+        };
         let suffix: u64 = rand::random();
         let event = Event {
-            metadata: Metadata { name: format!("{name}.{suffix:016x}"), namespace: ns.into(), ..Metadata::default() },
-            involved: ObjectRef { kind: Some(kind), namespace: namespace.into(), name: name.into() },
+            metadata: Metadata {
+                name: format!("{name}.{suffix:016x}"),
+                namespace: ns.into(),
+                ..Metadata::default()
+            },
+            involved: ObjectRef {
+                kind: Some(kind),
+                namespace: namespace.into(),
+                name: name.into(),
+            },
             type_,
             reason: reason.into(),
             message: message.into(),
@@ -47,25 +73,50 @@ impl Recorder {
     }
 
     /// A normal event.
-    pub fn normal(&self, kind: Kind, namespace: &str, name: &str, reason: &str, message: impl Into<String>) {
+    pub fn normal(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         self.record(kind, namespace, name, EventType::Normal, reason, message);
     }
 
     /// A warning.
-    pub fn warning(&self, kind: Kind, namespace: &str, name: &str, reason: &str, message: impl Into<String>) {
+    pub fn warning(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         self.record(kind, namespace, name, EventType::Warning, reason, message);
     }
 }
 
 /// Starts the writer task: batches every `interval`, keeps at most `limit` events.
-pub fn spawn_writer(store: Arc<dyn Store>, limit: usize, interval: Duration, cancel: CancellationToken) -> Recorder {
+pub fn spawn_writer(
+    store: Arc<dyn Store>,
+    limit: usize,
+    interval: Duration,
+    cancel: CancellationToken,
+) -> Recorder {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
         let mut kept: VecDeque<String> = match list_objects(&*store, Kind::Event, None).await {
             Ok((objs, _)) => {
                 let mut evs: Vec<(Timestamp, String)> = objs
                     .iter()
-                    .filter_map(|o| if let Object::Event(e) = o { Some((e.timestamp, o.key())) } else { None })
+                    .filter_map(|o| {
+                        if let Object::Event(e) = o {
+                            Some((e.timestamp, o.key()))
+                        } else {
+                            None
+                        }
+                    })
                     .collect();
                 evs.sort();
                 evs.into_iter().map(|(_, k)| k).collect()
@@ -94,17 +145,35 @@ pub fn spawn_writer(store: Arc<dyn Store>, limit: usize, interval: Duration, can
             write_batch(&*store, &mut kept, batch, limit).await;
         }
     });
-    Recorder { tx, source: "".into() }
+    Recorder {
+        tx,
+        source: "".into(),
+    }
 }
 
-async fn write_batch(store: &dyn Store, kept: &mut VecDeque<String>, mut batch: Vec<Event>, limit: usize) {
+async fn write_batch(
+    store: &dyn Store,
+    kept: &mut VecDeque<String>,
+    mut batch: Vec<Event>,
+    limit: usize,
+) {
     if batch.len() > limit {
         batch.drain(..batch.len() - limit);
     }
-    let creates: Vec<Op> = batch.into_iter().map(|e| create_op(&Object::Event(e))).collect();
+    let creates: Vec<Op> = batch
+        .into_iter()
+        .map(|e| create_op(&Object::Event(e)))
+        .collect();
     let new_keys: Vec<String> = creates.iter().map(|o| o.key().to_string()).collect();
     let excess = (kept.len() + new_keys.len()).saturating_sub(limit);
-    let deletes: Vec<Op> = kept.iter().take(excess).map(|k| Op::Delete { key: k.clone(), expected: None }).collect();
+    let deletes: Vec<Op> = kept
+        .iter()
+        .take(excess)
+        .map(|k| Op::Delete {
+            key: k.clone(),
+            expected: None,
+        })
+        .collect();
     let mut ops = creates.clone();
     ops.extend(deletes);
     match store.txn(ops).await {

@@ -126,7 +126,12 @@ impl EngineBuilder {
     pub fn start(self) -> Engine {
         let cancel = CancellationToken::new();
         let cache = Cache::new();
-        let recorder = events::spawn_writer(self.store.clone(), self.config.event_limit, self.config.event_flush, cancel.clone());
+        let recorder = events::spawn_writer(
+            self.store.clone(),
+            self.config.event_limit,
+            self.config.event_flush,
+            cancel.clone(),
+        );
         let ctx = Arc::new(Ctx {
             store: self.store,
             cache: cache.clone(),
@@ -143,7 +148,11 @@ impl EngineBuilder {
             tasks.push(tokio::spawn(endpoints::run(ctx.clone())));
             tasks.push(tokio::spawn(nodes::run(ctx.clone())));
         }
-        Engine { ctx, tasks, agents: Vec::new() }
+        Engine {
+            ctx,
+            tasks,
+            agents: Vec::new(),
+        }
     }
 }
 
@@ -157,7 +166,13 @@ pub struct Engine {
 impl Engine {
     /// Starts assembling an engine over `store` with `scheduler`.
     pub fn builder(store: Arc<dyn Store>, scheduler: Arc<dyn Scheduler>) -> EngineBuilder {
-        EngineBuilder { store, scheduler, discovery: Arc::new(MemDiscovery::default()), config: EngineConfig::default(), control_plane: true }
+        EngineBuilder {
+            store,
+            scheduler,
+            discovery: Arc::new(MemDiscovery::default()),
+            config: EngineConfig::default(),
+            control_plane: true,
+        }
     }
 
     /// Adds a node agent driving `runtime` and starts it.

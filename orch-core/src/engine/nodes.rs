@@ -26,7 +26,9 @@ pub async fn run(ctx: Arc<Ctx>) {
         seen.retain(|name, _| nodes.iter().any(|n| &n.metadata.name == name));
         let mut ops = Vec::new();
         for n in nodes {
-            let entry = seen.entry(n.metadata.name.clone()).or_insert((n.status.heartbeat, now));
+            let entry = seen
+                .entry(n.metadata.name.clone())
+                .or_insert((n.status.heartbeat, now));
             if entry.0 != n.status.heartbeat {
                 *entry = (n.status.heartbeat, now);
             }
@@ -35,7 +37,13 @@ pub async fn run(ctx: Arc<Ctx>) {
                 let mut n2 = n.clone();
                 n2.status.condition = NodeCondition::Unreachable;
                 ops.push(update_op(&Object::Node(n2)));
-                ctx.recorder.with_source("node-lifecycle").warning(Kind::Node, "", &n.metadata.name, "NodeUnreachable", format!("no heartbeat for {}s", silent.as_secs()));
+                ctx.recorder.with_source("node-lifecycle").warning(
+                    Kind::Node,
+                    "",
+                    &n.metadata.name,
+                    "NodeUnreachable",
+                    format!("no heartbeat for {}s", silent.as_secs()),
+                );
             }
             if silent >= ctx.config.node_lost_timeout {
                 for r in ctx.cache.replicas_on_node(&n.metadata.name) {
@@ -43,7 +51,11 @@ pub async fn run(ctx: Arc<Ctx>) {
                         let mut r2 = r.clone();
                         r2.status.phase = Phase::Lost;
                         r2.status.reason = "NodeLost".into();
-                        r2.status.message = format!("node {} has not reported for {}s", n.metadata.name, silent.as_secs());
+                        r2.status.message = format!(
+                            "node {} has not reported for {}s",
+                            n.metadata.name,
+                            silent.as_secs()
+                        );
                         ops.push(update_op(&Object::Replica(r2)));
                     }
                 }
@@ -52,7 +64,9 @@ pub async fn run(ctx: Arc<Ctx>) {
         if !ops.is_empty() {
             match ctx.store.txn(ops).await {
                 Ok(rev) => ctx.cache.wait_for(rev).await,
-                Err(e) => tracing::debug!(error = %e, "node lifecycle: write failed; next tick retries"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "node lifecycle: write failed; next tick retries")
+                }
             }
         }
     }

@@ -28,7 +28,13 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     /// A queue whose failures back off from `base` doubling up to `max`.
     pub fn new(base: Duration, max: Duration) -> Arc<WorkQueue<K>> {
         Arc::new(WorkQueue {
-            state: Mutex::new(State { queue: VecDeque::new(), queued: HashSet::new(), processing: HashSet::new(), dirty: HashSet::new(), failures: HashMap::new() }),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued: HashSet::new(),
+                processing: HashSet::new(),
+                dirty: HashSet::new(),
+                failures: HashMap::new(),
+            }),
             notify: Notify::new(),
             base_backoff: base,
             max_backoff: max,
@@ -73,7 +79,10 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
             *n += 1;
             *n
         };
-        let delay = self.base_backoff.saturating_mul(1u32 << (n - 1).min(16)).min(self.max_backoff);
+        let delay = self
+            .base_backoff
+            .saturating_mul(1u32 << (n - 1).min(16))
+            .min(self.max_backoff);
         self.add_after(key, delay);
         delay
     }

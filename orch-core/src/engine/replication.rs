@@ -8,7 +8,10 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::engine::cache::Change;
 use crate::engine::Ctx;
-use crate::object::{DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service, ServiceStatus, SERVICE_LABEL};
+use crate::object::{
+    DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service,
+    ServiceStatus, SERVICE_LABEL,
+};
 use crate::quantity::Timestamp;
 use crate::store::{create_op, delete_op, update_op, Op, StoreError};
 
@@ -58,9 +61,18 @@ pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
     let n = svc.spec.replicas as usize;
     let hash = svc.spec.template.hash();
     let (surge, unavailable) = svc.spec.update.limits(svc.spec.replicas);
-    let (mut new, mut old): (Vec<&Replica>, Vec<&Replica>) = active.iter().partition(|r| r.spec.template_hash == hash);
+    let (mut new, mut old): (Vec<&Replica>, Vec<&Replica>) =
+        active.iter().partition(|r| r.spec.template_hash == hash);
     // Stop order: unscheduled, then not ready, then newest.
-    let order = |v: &mut Vec<&Replica>| v.sort_by_key(|r| (r.spec.node.is_some(), ready(r), std::cmp::Reverse(r.metadata.creation_timestamp)));
+    let order = |v: &mut Vec<&Replica>| {
+        v.sort_by_key(|r| {
+            (
+                r.spec.node.is_some(),
+                ready(r),
+                std::cmp::Reverse(r.metadata.creation_timestamp),
+            )
+        })
+    };
     order(&mut new);
     order(&mut old);
     let mut stopping: Vec<&Replica> = Vec::new();
@@ -77,7 +89,8 @@ pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
     let min_available = n.saturating_sub(unavailable as usize);
     let new_unavailable = new.iter().filter(|r| !ready(r)).count() + d.create as usize;
     let mut max_scale_down = all.saturating_sub(min_available + new_unavailable);
-    let mut ready_total = active.iter().filter(|r| ready(r)).count() - stopping.iter().filter(|r| ready(r)).count();
+    let mut ready_total =
+        active.iter().filter(|r| ready(r)).count() - stopping.iter().filter(|r| ready(r)).count();
     for r in old {
         if max_scale_down == 0 {
             break;
@@ -104,19 +117,30 @@ pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
 /// The status a service should show.
 pub fn status_of(svc: &Service, replicas: &[Replica]) -> ServiceStatus {
     let hash = svc.spec.template.hash();
-    let active: Vec<&Replica> = replicas.iter().filter(|r| r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost).collect();
+    let active: Vec<&Replica> = replicas
+        .iter()
+        .filter(|r| r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost)
+        .collect();
     let pending = active.iter().filter(|r| r.spec.node.is_none()).count() as u32;
     let message = active
         .iter()
         .find(|r| r.status.reason == "Unschedulable")
         .map(|r| r.status.message.clone())
-        .or_else(|| active.iter().find(|r| r.status.phase == Phase::Failed).map(|r| format!("{}: {}", r.metadata.name, r.status.message)))
+        .or_else(|| {
+            active
+                .iter()
+                .find(|r| r.status.phase == Phase::Failed)
+                .map(|r| format!("{}: {}", r.metadata.name, r.status.message))
+        })
         .unwrap_or_default();
     ServiceStatus {
         observed_generation: svc.metadata.generation,
         replicas: active.len() as u32,
         ready_replicas: active.iter().filter(|r| ready(r)).count() as u32,
-        updated_replicas: active.iter().filter(|r| r.spec.template_hash == hash).count() as u32,
+        updated_replicas: active
+            .iter()
+            .filter(|r| r.spec.template_hash == hash)
+            .count() as u32,
         pending_replicas: pending,
         message,
     }
@@ -124,7 +148,9 @@ pub fn status_of(svc: &Service, replicas: &[Replica]) -> ServiceStatus {
 
 /// A new pending replica of `svc`.
 pub fn new_replica(svc: &Service) -> Replica {
-    let suffix = Alphanumeric.sample_string(&mut rand::rng(), 5).to_ascii_lowercase();
+    let suffix = Alphanumeric
+        .sample_string(&mut rand::rng(), 5)
+        .to_ascii_lowercase();
     let mut name = format!("{}-{suffix}", svc.metadata.name);
     if name.len() > 63 {
         name = format!("{}-{suffix}", &svc.metadata.name[..57]);
@@ -157,9 +183,19 @@ pub fn new_replica(svc: &Service) -> Replica {
 /// Maps a change to the service keys it concerns.
 pub fn keys_for(change: &Change) -> Vec<String> {
     match change {
-        Change::Object { kind: Kind::Service, key, .. } => vec![key.to_string()],
-        Change::Object { kind: Kind::Replica, .. } => {
-            let mut v: Vec<String> = change.replicas().map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service)).collect();
+        Change::Object {
+            kind: Kind::Service,
+            key,
+            ..
+        } => vec![key.to_string()],
+        Change::Object {
+            kind: Kind::Replica,
+            ..
+        } => {
+            let mut v: Vec<String> = change
+                .replicas()
+                .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
+                .collect();
             v.dedup();
             v
         }
@@ -174,7 +210,11 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     let replicas = ctx.cache.replicas_of_service(ns, name);
     let d = decide(svc.as_ref(), &replicas);
     let mut ops: Vec<Op> = Vec::new();
-    let by_key = |k: &str| replicas.iter().find(|r| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name) == k);
+    let by_key = |k: &str| {
+        replicas
+            .iter()
+            .find(|r| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name) == k)
+    };
     for k in &d.delete {
         if let Some(r) = by_key(k) {
             ops.push(delete_op(&Object::Replica(r.clone())));
@@ -204,10 +244,22 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     let rev = ctx.store.txn(ops).await?;
     if let Some(svc) = &svc {
         if d.create > 0 {
-            ctx.recorder.normal(Kind::Service, ns, name, "Scaled", format!("created {} replica(s) of {}", d.create, svc.metadata.name));
+            ctx.recorder.normal(
+                Kind::Service,
+                ns,
+                name,
+                "Scaled",
+                format!("created {} replica(s) of {}", d.create, svc.metadata.name),
+            );
         }
         if !d.stop.is_empty() {
-            ctx.recorder.normal(Kind::Service, ns, name, "Scaled", format!("stopping {} replica(s)", d.stop.len()));
+            ctx.recorder.normal(
+                Kind::Service,
+                ns,
+                name,
+                "Scaled",
+                format!("stopping {} replica(s)", d.stop.len()),
+            );
         }
     }
     ctx.cache.wait_for(rev).await;
@@ -225,8 +277,11 @@ pub fn split_key(key: &str) -> (&str, &str) {
 
 /// Runs the controller until cancelled.
 pub async fn run(ctx: Arc<Ctx>) {
-    let queue = crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let mut changes = ctx.cache.subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
+    let queue =
+        crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
+    let mut changes = ctx
+        .cache
+        .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
     let feeder = {
         let (ctx, queue) = (ctx.clone(), queue.clone());
         tokio::spawn(async move {

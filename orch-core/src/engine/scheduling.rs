@@ -37,12 +37,25 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         return Ok(PassResult::default());
     }
     let nodes = ctx.cache.nodes();
-    let snapshot = ClusterSnapshot::build(&nodes, replicas.iter().filter(|r| r.spec.node.is_some()));
-    let keyed: BTreeMap<String, &Replica> = pending.iter().map(|r| (Kind::Replica.key(&r.metadata.namespace, &r.metadata.name), *r)).collect();
-    let input: Vec<PendingReplica> = keyed.iter().map(|(k, r)| PendingReplica::from_replica(r, k.clone())).collect();
+    let snapshot =
+        ClusterSnapshot::build(&nodes, replicas.iter().filter(|r| r.spec.node.is_some()));
+    let keyed: BTreeMap<String, &Replica> = pending
+        .iter()
+        .map(|r| {
+            (
+                Kind::Replica.key(&r.metadata.namespace, &r.metadata.name),
+                *r,
+            )
+        })
+        .collect();
+    let input: Vec<PendingReplica> = keyed
+        .iter()
+        .map(|(k, r)| PendingReplica::from_replica(r, k.clone()))
+        .collect();
     let plan = ctx.scheduler.schedule(&snapshot, &input, seed);
     let mut ops: Vec<Op> = Vec::with_capacity(plan.bindings.len());
-    let mut per_service: BTreeMap<(String, String), (usize, BTreeMap<String, usize>)> = BTreeMap::new();
+    let mut per_service: BTreeMap<(String, String), (usize, BTreeMap<String, usize>)> =
+        BTreeMap::new();
     for (key, node) in &plan.bindings {
         let Some(r) = keyed.get(key) else { continue };
         let mut r = (*r).clone();
@@ -50,7 +63,9 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         r.status.reason.clear();
         r.status.message = format!("scheduled to {node}");
         r.status.phase = Phase::Pending;
-        let e = per_service.entry((r.metadata.namespace.clone(), r.spec.service.clone())).or_default();
+        let e = per_service
+            .entry((r.metadata.namespace.clone(), r.spec.service.clone()))
+            .or_default();
         e.0 += 1;
         *e.1.entry(node.clone()).or_default() += 1;
         ops.push(update_op(&Object::Replica(r)));
@@ -64,7 +79,10 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         let mut r = (*r).clone();
         r.status.reason = "Unschedulable".into();
         r.status.message = reason.clone();
-        unschedulable_services.insert((r.metadata.namespace.clone(), r.spec.service.clone()), reason.clone());
+        unschedulable_services.insert(
+            (r.metadata.namespace.clone(), r.spec.service.clone()),
+            reason.clone(),
+        );
         ops.push(update_op(&Object::Replica(r)));
     }
     let mut last = None;
@@ -73,8 +91,18 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     }
     let rec = ctx.recorder.with_source("scheduler");
     for ((ns, svc), (count, nodes)) in per_service {
-        let spread = nodes.iter().map(|(n, c)| format!("{n}: {c}")).collect::<Vec<_>>().join(", ");
-        rec.normal(Kind::Service, &ns, &svc, "Scheduled", format!("placed {count} replica(s) ({spread})"));
+        let spread = nodes
+            .iter()
+            .map(|(n, c)| format!("{n}: {c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        rec.normal(
+            Kind::Service,
+            &ns,
+            &svc,
+            "Scheduled",
+            format!("placed {count} replica(s) ({spread})"),
+        );
     }
     for ((ns, svc), reason) in unschedulable_services {
         rec.warning(Kind::Service, &ns, &svc, "FailedScheduling", reason);
@@ -82,17 +110,29 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     if let Some(rev) = last {
         ctx.cache.wait_for(rev).await;
     }
-    Ok(PassResult { bound: plan.bindings.len(), unschedulable: plan.unschedulable.len() })
+    Ok(PassResult {
+        bound: plan.bindings.len(),
+        unschedulable: plan.unschedulable.len(),
+    })
 }
 
 fn relevant(c: &Change) -> bool {
     match c {
         Change::Resync => true,
-        Change::Object { kind: Kind::Node, .. } => true,
+        Change::Object {
+            kind: Kind::Node, ..
+        } => true,
         // New pending replicas, and anything that frees capacity (deletes, stops, moves).
-        Change::Object { kind: Kind::Replica, old, new, .. } => match (old.as_deref(), new.as_deref()) {
+        Change::Object {
+            kind: Kind::Replica,
+            old,
+            new,
+            ..
+        } => match (old.as_deref(), new.as_deref()) {
             (_, Some(Object::Replica(r))) if is_pending(r) => true,
-            (Some(Object::Replica(o)), Some(Object::Replica(n))) => o.spec.node != n.spec.node || o.spec.desired != n.spec.desired,
+            (Some(Object::Replica(o)), Some(Object::Replica(n))) => {
+                o.spec.node != n.spec.node || o.spec.desired != n.spec.desired
+            }
             (Some(_), None) => true,
             _ => false,
         },
