@@ -1,0 +1,811 @@
+//! [`EmbeddedStore`]: a durable [`Store`] in one local file, for single-node clusters and
+//! for control planes that do not want to run etcd.
+//!
+//! # Why redb
+//!
+//! The file is a [redb](https://docs.rs/redb) database. redb is pure Rust (no C toolchain, no
+//! `unsafe` in our code), ACID, and built on copy-on-write B-trees: a commit writes new pages
+//! and then flips the root with a checksummed header, so a crash at any point leaves either
+//! the old or the new state, never a mix. With its default `Durability::Immediate` a commit
+//! fsyncs before it returns, so a revision we hand out survives power loss.
+//!
+//! # Layout
+//!
+//! - table `kv`: key → `create_revision | mod_revision | value` (see the `codec` module);
+//! - table `meta`: `format` (1), `revision` (the latest committed), `compacted` (the log
+//!   covers the revisions after it);
+//! - table `log`: revision → every event of that transaction, so watches resume across
+//!   restarts. It holds exactly the revisions `compacted + 1 ..= revision`.
+//!
+//! # Reads and writes
+//!
+//! Every key is also held in memory (loaded at open), so `get`, `list`, `revision` and `watch`
+//! never touch the disk. A transaction is planned against that map with
+//! [`plan_txn`], written (keys, log entry, meta) in **one** redb write transaction and
+//! committed; only then is it applied to memory and published to watchers. A failed commit
+//! (disk full, I/O error) changes nothing in memory and is returned as
+//! [`StoreError::Unavailable`] naming the file. As with a timeout against a remote store, its
+//! outcome is unknown until the file is reopened (the commit may have reached the disk just
+//! before the error). After an I/O error redb refuses further writes until the file is
+//! reopened, so the store keeps answering `txn` with `Unavailable` (reads keep working) rather
+//! than risk planning against memory that may lag the file.
+//!
+//! Commits run on tokio's blocking pool. Transactions that arrive while a commit is in flight
+//! queue up and are committed together by the next writer in one redb transaction (group
+//! commit): each still gets its own revision, log entry and watch batch, in queue order, and
+//! is planned against the ones before it; one fsync serves them all.
+//!
+//! # History
+//!
+//! Watch history is kept by orch-core's [`WatchHub`] (about [`EmbeddedOptions::history_events`]
+//! events). When the hub drops old revisions, the next commit drops them from the `log` table
+//! too, so the file does not grow without bound; [`EmbeddedStore::compact`] drops them on
+//! demand. At open the hub is refilled from the `log` table.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use orch_core::memstore::{plan_txn, WatchHub};
+use orch_core::store::{KeyValue, Op, Revision, Store, StoreError, WatchEvent, WatchStream};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
+use tokio::sync::oneshot;
+
+use crate::codec;
+use crate::compact::Compact;
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+const FORMAT_KEY: &str = "format";
+const REVISION_KEY: &str = "revision";
+const COMPACTED_KEY: &str = "compacted";
+const FORMAT: u64 = 1;
+
+/// Tuning for [`EmbeddedStore::open_with`].
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// About how many events of watch history to keep, in memory and in the file's `log`.
+    pub history_events: usize,
+    /// redb's page cache, in bytes. Reads are served from memory, so this mostly serves
+    /// commits.
+    pub cache_bytes: usize,
+    /// The largest log entry one transaction may write: its keys and new values, the last
+    /// values of the keys it deletes (which watchers receive), and 29 bytes per operation.
+    /// Larger transactions fail with [`StoreError::TooLarge`]. Capped at 1 GiB.
+    pub max_txn_bytes: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            history_events: 100_000,
+            max_txn_bytes: codec::MAX_ENTRY,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a store file could not be opened or read; carried in [`StoreError::Other`].
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    /// redb refused the file (unreadable, not a redb file, damaged, ...).
+    #[error("cannot open store file {}: {source}", .path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        #[source]
+        source: redb::Error,
+    },
+    /// The file is a readable redb database but its contents are not a valid store.
+    #[error("store file {} is corrupt: {reason}", .path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A durable [`Store`] in one redb file. Cheap to clone; clones share the file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    db: Database,
+    /// Serialises redb write transactions; holds what the file has trimmed from its log.
+    writer: Mutex<Writer>,
+    /// Transactions waiting for the next commit.
+    queue: Mutex<Vec<Pending>>,
+    /// What readers see: only committed state.
+    state: Mutex<State>,
+    max_txn_bytes: usize,
+}
+
+struct Writer {
+    /// The file's `log` covers the revisions after this one.
+    disk_compacted: Revision,
+}
+
+struct State {
+    data: BTreeMap<String, KeyValue>,
+    revision: Revision,
+    hub: WatchHub,
+}
+
+/// Where a queued transaction's outcome goes.
+type Reply = oneshot::Sender<Result<Revision, StoreError>>;
+
+struct Pending {
+    ops: Vec<Op>,
+    reply: Reply,
+}
+
+/// A queue of transactions planned against the committed state and each other.
+struct Plan {
+    /// Each transaction's reply channel and outcome, in queue order.
+    outcomes: Vec<(Reply, Result<Revision, StoreError>)>,
+    /// The events of each successful transaction, in revision order.
+    committed: Vec<(Revision, Vec<WatchEvent>)>,
+    /// The final value of every key written (`None`: deleted).
+    staged: BTreeMap<String, Option<KeyValue>>,
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `path`, creating the file if it does not exist. A file that exists
+    /// but is not a valid store (empty, truncated, damaged, another format) is an error naming
+    /// the file; it is never replaced by an empty store.
+    ///
+    /// Blocking: it checks every page of the file and loads every key, so call it before
+    /// starting the runtime or from `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// [`EmbeddedStore::open`] with explicit options.
+    pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
+        let exists = path
+            .try_exists()
+            .map_err(|e| open_error(path, redb::Error::Io(e)))?;
+        let mut builder = redb::Builder::new();
+        builder
+            .set_cache_size(options.cache_bytes)
+            .set_check_integrity_on_open(true);
+        // `create` would initialise an existing empty file; only a missing file starts empty.
+        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if exists {
+                builder.open(path)
+            } else {
+                builder.create(path)
+            }
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "store file {} is already open by another process or handle",
+                    path.display()
+                )))
+            }
+            Ok(Err(e)) => return Err(open_error(path, e.into())),
+            Err(_) => return Err(corrupt(path, "redb panicked while opening it")),
+        };
+        EmbeddedStore::from_database(path.to_path_buf(), db, &options)
+    }
+
+    /// Builds a store on an opened database: initialises an empty one, loads a used one.
+    fn from_database(
+        path: PathBuf,
+        db: Database,
+        options: &EmbeddedOptions,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let loaded = initialise(&db)
+            .and_then(|()| load(&db, options.history_events))
+            .map_err(|e| match e {
+                LoadError::Redb(e) => open_error(&path, e),
+                LoadError::Corrupt(reason) => corrupt(&path, reason),
+            })?;
+        tracing::info!(
+            path = %path.display(),
+            keys = loaded.state.data.len(),
+            revision = loaded.state.revision,
+            history_after = loaded.state.hub.compacted(),
+            "opened store"
+        );
+        Ok(EmbeddedStore {
+            shared: Arc::new(Shared {
+                path,
+                db,
+                writer: Mutex::new(Writer {
+                    disk_compacted: loaded.disk_compacted,
+                }),
+                queue: Mutex::new(Vec::new()),
+                state: Mutex::new(loaded.state),
+                max_txn_bytes: options.max_txn_bytes.min(codec::MAX_ENTRY),
+            }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Forgets watch history up to and including `revision` (capped at the current revision),
+    /// in memory and in the file. Keys are untouched.
+    pub async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.compact(revision))
+            .await
+            .map_err(|e| {
+                self.shared
+                    .unavailable(format!("compaction task failed: {e}"))
+            })?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.shared.state().data.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let state = self.shared.state();
+        let kvs = state
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        Ok((kvs, state.revision))
+    }
+
+    /// Commits `ops` durably. Once called, the transaction is queued: dropping the returned
+    /// future does not withdraw it (as with a request already sent to a remote store).
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        if ops.is_empty() {
+            return Ok(self.shared.state().revision);
+        }
+        let (reply, outcome) = oneshot::channel();
+        lock(&self.shared.queue).push(Pending { ops, reply });
+        let shared = self.shared.clone();
+        // Whichever writer takes the queue first commits our transaction; by the time our own
+        // task has held the writer lock, the reply has been sent.
+        tokio::task::spawn_blocking(move || shared.commit_queued())
+            .await
+            .map_err(|e| self.shared.unavailable(format!("commit task failed: {e}")))?;
+        outcome.await.map_err(|_| {
+            self.shared
+                .unavailable("commit task ended without a reply".to_string())
+        })?
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let mut state = self.shared.state();
+        let current = state.revision;
+        state.hub.watch(prefix, after, current)
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.shared.state().revision)
+    }
+}
+
+#[async_trait]
+impl Compact for EmbeddedStore {
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        EmbeddedStore::compact(self, revision).await
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn unavailable(&self, what: String) -> StoreError {
+        StoreError::Unavailable(format!("store file {}: {what}", self.path.display()))
+    }
+
+    /// Commits every queued transaction in one redb write transaction. Blocking.
+    fn commit_queued(&self) {
+        let mut writer = lock(&self.writer);
+        let queued = std::mem::take(&mut *lock(&self.queue));
+        if queued.is_empty() {
+            return;
+        }
+        let (plan, trim) = {
+            let state = self.state();
+            let plan = plan_queue(&state, queued, self.max_txn_bytes);
+            // History the hub let go of since the last commit leaves the file too.
+            let hub_compacted = state.hub.compacted();
+            (
+                plan,
+                (hub_compacted > writer.disk_compacted).then_some(hub_compacted),
+            )
+        };
+        let Plan {
+            outcomes,
+            committed,
+            staged,
+        } = plan;
+        if committed.is_empty() {
+            for (reply, outcome) in outcomes {
+                let _ = reply.send(outcome);
+            }
+            return;
+        }
+        let last = committed.last().map_or(0, |(rev, _)| *rev);
+        if let Err(e) = self.write(&staged, &committed, last, trim) {
+            tracing::error!(path = %self.path.display(), error = %e, "store commit failed; nothing applied");
+            let message = format!("cannot commit to store file {}: {e}", self.path.display());
+            for (reply, _) in outcomes {
+                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+            return;
+        }
+        if let Some(trim) = trim {
+            writer.disk_compacted = trim;
+        }
+        {
+            let mut state = self.state();
+            for (key, value) in staged {
+                match value {
+                    Some(kv) => state.data.insert(key, kv),
+                    None => state.data.remove(&key),
+                };
+            }
+            state.revision = last;
+            for (rev, events) in committed {
+                state.hub.publish(rev, events);
+            }
+        }
+        for (reply, outcome) in outcomes {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// Writes a planned queue: keys, one log entry per revision, meta. Blocking (fsyncs).
+    fn write(
+        &self,
+        staged: &BTreeMap<String, Option<KeyValue>>,
+        committed: &[(Revision, Vec<WatchEvent>)],
+        last: Revision,
+        trim: Option<Revision>,
+    ) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut kv = txn.open_table(KV)?;
+            for (key, value) in staged {
+                match value {
+                    Some(value) => {
+                        kv.insert(key.as_str(), codec::encode_kv(value).as_slice())?;
+                    }
+                    None => {
+                        kv.remove(key.as_str())?;
+                    }
+                }
+            }
+            let mut log = txn.open_table(LOG)?;
+            for (rev, events) in committed {
+                log.insert(*rev, codec::encode_events(events).as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            if let Some(trim) = trim {
+                log.retain_in(..=trim, |_, _| false)?;
+                meta.insert(COMPACTED_KEY, trim)?;
+            }
+            meta.insert(REVISION_KEY, last)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Drops history up to `revision` (capped at the current revision). Blocking.
+    fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut writer = lock(&self.writer);
+        let (target, disk_target) = {
+            let state = self.state();
+            let target = revision.min(state.revision);
+            (target, target.max(state.hub.compacted()))
+        };
+        if disk_target > writer.disk_compacted {
+            self.trim_log(disk_target).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot compact store file {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+            writer.disk_compacted = disk_target;
+        }
+        self.state().hub.compact(target);
+        Ok(())
+    }
+
+    fn trim_log(&self, through: Revision) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(LOG)?.retain_in(..=through, |_, _| false)?;
+            txn.open_table(META)?.insert(COMPACTED_KEY, through)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Drop for Shared {
+    /// Ends every open watch with an error, so watchers re-watch rather than think the
+    /// stream simply finished.
+    fn drop(&mut self) {
+        let path = self.path.display().to_string();
+        self.state()
+            .hub
+            .fail_all(|| StoreError::Unavailable(format!("store file {path} was closed")));
+    }
+}
+
+/// Plans queued transactions in order, each against the committed keys plus the ones before.
+fn plan_queue(state: &State, queued: Vec<Pending>, max_txn_bytes: usize) -> Plan {
+    let mut plan = Plan {
+        outcomes: Vec::with_capacity(queued.len()),
+        committed: Vec::new(),
+        staged: BTreeMap::new(),
+    };
+    let mut revision = state.revision;
+    for Pending { ops, reply } in queued {
+        let next = revision + 1;
+        let staged = &plan.staged;
+        let current = |key: &str| match staged.get(key) {
+            Some(value) => value.clone(),
+            None => state.data.get(key).cloned(),
+        };
+        let planned =
+            plan_txn(&ops, next, current).and_then(|events| match codec::events_len(&events) {
+                size if size > max_txn_bytes => Err(StoreError::TooLarge {
+                    what: "transaction".into(),
+                    size,
+                    limit: max_txn_bytes,
+                }),
+                _ => Ok(events),
+            });
+        match planned {
+            Ok(events) => {
+                for event in &events {
+                    match event {
+                        WatchEvent::Put(kv) => plan.staged.insert(kv.key.clone(), Some(kv.clone())),
+                        WatchEvent::Delete { prev, .. } => {
+                            plan.staged.insert(prev.key.clone(), None)
+                        }
+                    };
+                }
+                revision = next;
+                plan.committed.push((next, events));
+                plan.outcomes.push((reply, Ok(next)));
+            }
+            Err(e) => plan.outcomes.push((reply, Err(e))),
+        }
+    }
+    plan
+}
+
+/// Creates the tables and the format marker in a new file; leaves a used one alone and
+/// refuses a redb file that holds someone else's tables.
+fn initialise(db: &Database) -> Result<(), LoadError> {
+    {
+        let read = db.begin_read()?;
+        match read.open_table(META) {
+            Ok(_) => return Ok(()),
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let foreign = read.list_tables()?.next().map(|t| t.name().to_string());
+        if let Some(table) = foreign {
+            return Err(LoadError::Corrupt(format!(
+                "it is a redb database but not an orch store (it has table {table} and no meta)"
+            )));
+        }
+    }
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(FORMAT_KEY, FORMAT)?;
+        meta.insert(REVISION_KEY, 0)?;
+        meta.insert(COMPACTED_KEY, 0)?;
+        txn.open_table(KV)?;
+        txn.open_table(LOG)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+struct Loaded {
+    state: State,
+    disk_compacted: Revision,
+}
+
+enum LoadError {
+    Redb(redb::Error),
+    Corrupt(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for LoadError {
+    fn from(e: E) -> Self {
+        LoadError::Redb(e.into())
+    }
+}
+
+/// Reads every key and the recent log, checking that they agree with `meta`.
+fn load(db: &Database, history_events: usize) -> Result<Loaded, LoadError> {
+    let bad = |reason: String| LoadError::Corrupt(reason);
+    let read = db.begin_read()?;
+    let meta = read.open_table(META)?;
+    let meta_value = |key: &str| -> Result<u64, LoadError> {
+        meta.get(key)?
+            .map(|v| v.value())
+            .ok_or_else(|| bad(format!("meta has no {key}")))
+    };
+    let format = meta_value(FORMAT_KEY)?;
+    if format != FORMAT {
+        return Err(bad(format!(
+            "format {format} is not supported (this build reads format {FORMAT})"
+        )));
+    }
+    let revision = meta_value(REVISION_KEY)?;
+    let compacted = meta_value(COMPACTED_KEY)?;
+    if compacted > revision {
+        return Err(bad(format!(
+            "compacted revision {compacted} is after the current revision {revision}"
+        )));
+    }
+
+    let mut data = BTreeMap::new();
+    for entry in read.open_table(KV)?.iter()? {
+        let (key, value) = entry?;
+        let key = key.value();
+        let kv =
+            codec::decode_kv(key, value.value()).map_err(|e| bad(format!("key {key}: {e}")))?;
+        if kv.create_revision == 0
+            || kv.create_revision > kv.mod_revision
+            || kv.mod_revision > revision
+        {
+            return Err(bad(format!(
+                "key {key} has revisions {}/{} but the store is at {revision}",
+                kv.create_revision, kv.mod_revision
+            )));
+        }
+        data.insert(key.to_string(), kv);
+    }
+
+    let log = read.open_table(LOG)?;
+    let expected = revision - compacted;
+    let first = log.first()?.map(|(k, _)| k.value());
+    let last = log.last()?.map(|(k, _)| k.value());
+    let len = log.len()?;
+    let contiguous = match (first, last) {
+        (None, None) => expected == 0,
+        (Some(first), Some(last)) => first == compacted + 1 && last == revision && len == expected,
+        _ => false,
+    };
+    if !contiguous {
+        return Err(bad(format!(
+            "log holds {len} entries ({first:?}..={last:?}) but should hold revisions {}..={revision}",
+            compacted + 1
+        )));
+    }
+    // Replay only the newest entries the hub would keep (at least one).
+    let mut start = revision + 1;
+    let mut events = 0usize;
+    for entry in log.iter()?.rev() {
+        let (rev, value) = entry?;
+        let count = codec::event_count(value.value())
+            .map_err(|e| bad(format!("log entry {}: {e}", rev.value())))?;
+        if start <= revision && events + count > history_events {
+            break;
+        }
+        events += count;
+        start = rev.value();
+    }
+    let mut hub = WatchHub::new(start - 1, history_events);
+    for entry in log.range(start..)? {
+        let (rev, value) = entry?;
+        let rev = rev.value();
+        let events = codec::decode_events(rev, value.value())
+            .map_err(|e| bad(format!("log entry {rev}: {e}")))?;
+        hub.publish(rev, events);
+    }
+    Ok(Loaded {
+        state: State {
+            data,
+            revision,
+            hub,
+        },
+        disk_compacted: compacted,
+    })
+}
+
+fn open_error(path: &Path, source: redb::Error) -> StoreError {
+    StoreError::Other(Box::new(EmbeddedError::Open {
+        path: path.to_path_buf(),
+        source,
+    }))
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError::Other(Box::new(EmbeddedError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use futures::{FutureExt, StreamExt};
+    use redb::backends::InMemoryBackend;
+    use redb::StorageBackend;
+
+    use super::*;
+
+    /// An in-memory disk that fails every write while `full` is set, like a full disk.
+    #[derive(Debug)]
+    struct FullDisk {
+        inner: InMemoryBackend,
+        full: Arc<AtomicBool>,
+    }
+
+    impl FullDisk {
+        fn check(&self) -> Result<(), io::Error> {
+            match self.full.load(Ordering::SeqCst) {
+                true => Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device",
+                )),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl StorageBackend for FullDisk {
+        fn len(&self) -> Result<u64, io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), io::Error> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), io::Error> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    fn create(key: &str) -> Op {
+        Op::Create {
+            key: key.into(),
+            value: b"v".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_commit_changes_nothing() {
+        let full = Arc::new(AtomicBool::new(false));
+        let disk = FullDisk {
+            inner: InMemoryBackend::new(),
+            full: full.clone(),
+        };
+        let db = redb::Builder::new().create_with_backend(disk).unwrap();
+        let store = EmbeddedStore::from_database(
+            "/virtual/full.redb".into(),
+            db,
+            &EmbeddedOptions::default(),
+        )
+        .unwrap();
+        let r1 = store.txn(vec![create("/a")]).await.unwrap();
+        let mut w = store.watch("/", r1).await.unwrap();
+        let before = store.list("").await.unwrap();
+
+        full.store(true, Ordering::SeqCst);
+        let err = store
+            .txn(vec![create("/b"), create("/c")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("/virtual/full.redb"), "{err}");
+        assert!(err.is_transient());
+        assert_eq!(store.list("").await.unwrap(), before);
+        assert_eq!(store.revision().await.unwrap(), r1);
+        assert!(store.get("/b").await.unwrap().is_none());
+        assert!(
+            w.next().now_or_never().is_none(),
+            "a failed commit was published"
+        );
+
+        // Once the disk has room again the store either commits the next revision or, as
+        // redb 4 does after an I/O error, keeps refusing until reopened; it never skips a
+        // revision or half-applies.
+        full.store(false, Ordering::SeqCst);
+        match store.txn(vec![create("/b")]).await {
+            Ok(rev) => assert_eq!(rev, r1 + 1),
+            Err(e) => {
+                assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+                assert_eq!(store.list("").await.unwrap(), before);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_transactions_plan_against_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        // Queue three transactions by hand and commit them as one group.
+        let mut replies = Vec::new();
+        for ops in [
+            vec![create("/q")],
+            vec![create("/q")],
+            vec![Op::Delete {
+                key: "/q".into(),
+                expected: Some(1),
+            }],
+        ] {
+            let (reply, rx) = oneshot::channel();
+            lock(&store.shared.queue).push(Pending { ops, reply });
+            replies.push(rx);
+        }
+        let shared = store.shared.clone();
+        tokio::task::spawn_blocking(move || shared.commit_queued())
+            .await
+            .unwrap();
+        let outcomes: Vec<_> = futures::future::join_all(replies)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(matches!(outcomes[0], Ok(1)), "{outcomes:?}");
+        assert!(
+            matches!(&outcomes[1], Err(StoreError::AlreadyExists { .. })),
+            "{outcomes:?}"
+        );
+        assert!(matches!(outcomes[2], Ok(2)), "{outcomes:?}");
+        let history: Vec<_> = store.watch("/", 0).await.unwrap().take(2).collect().await;
+        assert_eq!(
+            history
+                .iter()
+                .map(|b| b.as_ref().unwrap().revision)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        drop(store);
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(
+            (
+                store.revision().await.unwrap(),
+                store.get("/q").await.unwrap()
+            ),
+            (2, None)
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! EmbeddedStore beyond the conformance suite: durability across reopen, bounded history,
+//! refusal of damaged files, and a printed latency measurement.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use orch_core::store::{KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchStream};
+use orch_store::{EmbeddedOptions, EmbeddedStore};
+
+fn create(key: &str, value: &str) -> Op {
+    Op::Create {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn update(key: &str, value: &str, expected: Revision) -> Op {
+    Op::Update {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        expected,
+    }
+}
+
+/// Reads batches until one at `through` or later.
+async fn collect(w: &mut WatchStream, through: Revision) -> Vec<WatchBatch> {
+    let mut out: Vec<WatchBatch> = Vec::new();
+    while out.last().is_none_or(|b| b.revision < through) {
+        let next = tokio::time::timeout(Duration::from_secs(10), w.next()).await;
+        out.push(
+            next.expect("watch stalled")
+                .expect("watch ended")
+                .expect("watch failed"),
+        );
+    }
+    out
+}
+
+async fn snapshot(store: &dyn Store) -> (Vec<KeyValue>, Revision) {
+    let (kvs, rev) = store.list("").await.unwrap();
+    assert_eq!(rev, store.revision().await.unwrap());
+    (kvs, rev)
+}
+
+/// Writes creates, updates and deletes; returns the final revision.
+async fn write_some(store: &dyn Store) -> Revision {
+    let r1 = store
+        .txn(vec![
+            create("/a/1", "one"),
+            create("/a/2", "two"),
+            create("/b/1", "b"),
+        ])
+        .await
+        .unwrap();
+    let r2 = store.txn(vec![update("/a/1", "one'", r1)]).await.unwrap();
+    store
+        .txn(vec![Op::Delete {
+            key: "/a/2".into(),
+            expected: Some(r1),
+        }])
+        .await
+        .unwrap();
+    store
+        .txn(vec![create("/a/3", "three"), update("/a/1", "one''", r2)])
+        .await
+        .unwrap();
+    store
+        .txn(vec![
+            Op::Delete {
+                key: "/b/1".into(),
+                expected: None,
+            },
+            create("/a/2", "two again"),
+        ])
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reopen_keeps_state_revision_and_watch_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    let last = write_some(&store).await;
+    let before = snapshot(&store).await;
+    let mut watch = store.watch("/", 0).await.unwrap();
+    let history = collect(&mut watch, last).await;
+    assert_eq!(history.len() as Revision, last);
+    drop(store);
+    let closed = watch
+        .next()
+        .await
+        .expect("the watch ends with an error when the store closes");
+    assert!(
+        matches!(closed, Err(StoreError::Unavailable(_))),
+        "{closed:?}"
+    );
+
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(snapshot(&store).await, before);
+    assert_eq!(
+        collect(&mut store.watch("/", 0).await.unwrap(), last).await,
+        history,
+        "history replays from disk"
+    );
+    let from_two = collect(&mut store.watch("/a/", 2).await.unwrap(), last).await;
+    assert_eq!(from_two.first().map(|b| b.revision), Some(3));
+
+    // Revisions continue where they stopped; the live watch follows.
+    let mut live = store.watch("/a/", last).await.unwrap();
+    let next = store.txn(vec![update("/a/3", "3", 4)]).await.unwrap();
+    assert_eq!(next, last + 1);
+    assert_eq!(collect(&mut live, next).await.len(), 1);
+    let kv = store.get("/a/3").await.unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision), (4, next));
+}
+
+#[tokio::test]
+async fn compaction_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    let last = write_some(&store).await;
+    store.compact(3).await.unwrap();
+    assert!(matches!(
+        store.watch("/", 2).await,
+        Err(StoreError::Compacted {
+            requested: 2,
+            oldest: 3
+        })
+    ));
+    drop(store);
+
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert!(matches!(
+        store.watch("/", 2).await,
+        Err(StoreError::Compacted {
+            requested: 2,
+            oldest: 3
+        })
+    ));
+    let rest = collect(&mut store.watch("/", 3).await.unwrap(), last).await;
+    assert_eq!(rest.iter().map(|b| b.revision).collect::<Vec<_>>(), [4, 5]);
+    // Compacting past the head stops at the head.
+    store.compact(1_000).await.unwrap();
+    assert!(matches!(
+        store.watch("/", 4).await,
+        Err(StoreError::Compacted { oldest: 5, .. })
+    ));
+    assert!(store.watch("/", 5).await.is_ok());
+}
+
+#[tokio::test]
+async fn history_and_log_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let options = EmbeddedOptions {
+        history_events: 10,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open_with(&path, options.clone()).unwrap();
+    let mut last = 0;
+    for i in 0..200 {
+        last = store
+            .txn(vec![create(&format!("/k/{i}"), "v")])
+            .await
+            .unwrap();
+    }
+    let check = |store: EmbeddedStore| async move {
+        assert!(matches!(
+            store.watch("/", last - 11).await,
+            Err(StoreError::Compacted { .. })
+        ));
+        let kept = collect(&mut store.watch("/", last - 10).await.unwrap(), last).await;
+        assert_eq!(kept.len(), 10);
+        assert_eq!(store.list("/k/").await.unwrap().0.len(), 200);
+    };
+    check(store).await;
+
+    // The file's log is trimmed along with the in-memory history (at most one commit late).
+    let db = redb::Database::open(&path).unwrap();
+    let log_len = {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let read = db.begin_read().unwrap();
+        let log: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+        read.open_table(log).unwrap().len().unwrap()
+    };
+    assert!(log_len <= 11, "log holds {log_len} entries");
+    drop(db);
+
+    check(EmbeddedStore::open_with(&path, options).unwrap()).await;
+}
+
+#[tokio::test]
+async fn damaged_files_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.redb");
+    let store = EmbeddedStore::open(&good).unwrap();
+    for i in 0..50 {
+        store
+            .txn(vec![create(&format!("/k/{i:03}"), &"x".repeat(200))])
+            .await
+            .unwrap();
+    }
+    let before = snapshot(&store).await;
+    drop(store);
+    let bytes = std::fs::read(&good).unwrap();
+    let len = bytes.len();
+
+    let garbage = |n: usize| (0..n).map(|i| (i * 7 + 13) as u8).collect::<Vec<u8>>();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("truncated to half", bytes[..len / 2].to_vec()),
+        ("truncated to one page", bytes[..4096.min(len)].to_vec()),
+        (
+            "not a database",
+            b"apiVersion: v1\nkind: Service\n".to_vec(),
+        ),
+    ];
+    let mut header = bytes.clone();
+    header[..512].copy_from_slice(&garbage(512));
+    cases.push(("garbage over the header", header));
+    let mut everything = bytes.clone();
+    everything[4096..].copy_from_slice(&garbage(len - 4096));
+    cases.push(("garbage over every page", everything));
+
+    for (what, content) in cases {
+        let path = dir.path().join(format!("{}.redb", what.replace(' ', "-")));
+        std::fs::write(&path, &content).unwrap();
+        match EmbeddedStore::open(&path) {
+            Ok(_) => panic!("{what}: a damaged file opened"),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&path.display().to_string()),
+                    "{what}: {message:?} does not name the file"
+                );
+                assert!(
+                    !e.is_transient(),
+                    "{what}: a damaged file is not transient: {message}"
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            content,
+            "{what}: a refused file was modified"
+        );
+    }
+
+    // Damage inside the data pages is either detected or harmless; it never loses keys silently.
+    for offset in (4096..len).step_by(4096) {
+        let path = dir.path().join(format!("page-{offset}.redb"));
+        let mut damaged = bytes.clone();
+        let end = (offset + 4096).min(len);
+        damaged[offset..end].copy_from_slice(&garbage(end - offset));
+        std::fs::write(&path, &damaged).unwrap();
+        match EmbeddedStore::open(&path) {
+            Ok(store) => assert_eq!(
+                snapshot(&store).await,
+                before,
+                "page at {offset} damaged but opened with other data"
+            ),
+            Err(e) => assert!(e.to_string().contains(&path.display().to_string()), "{e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn foreign_redb_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.redb");
+    let db = redb::Database::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    let table: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("something");
+    txn.open_table(table).unwrap().insert(1, 2).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let err = EmbeddedStore::open(&path)
+        .err()
+        .expect("a foreign file opened");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not an orch store"), "{err}");
+}
+
+#[tokio::test]
+async fn open_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_dir = dir.path().join("no/such/dir/store.redb");
+    let err = EmbeddedStore::open(&missing_dir)
+        .err()
+        .expect("opened in a missing directory");
+    assert!(
+        err.to_string().contains(&missing_dir.display().to_string()),
+        "{err}"
+    );
+
+    let path = dir.path().join("store.redb");
+    let _store = EmbeddedStore::open(&path).unwrap();
+    let err = EmbeddedStore::open(&path)
+        .err()
+        .expect("a second handle opened the same file");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+async fn sequential_writes(path: &Path, n: usize) -> Vec<Duration> {
+    let store = EmbeddedStore::open(path).unwrap();
+    let value = "v".repeat(512);
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        store
+            .txn(vec![create(&format!("/bench/{i:06}"), &value)])
+            .await
+            .unwrap();
+        latencies.push(start.elapsed());
+    }
+    latencies
+}
+
+/// Prints durable write latency (run with `--nocapture` to see it); asserts nothing about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_latency_printout() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1_000;
+    let start = Instant::now();
+    let mut latencies = sequential_writes(&dir.path().join("seq.redb"), n).await;
+    let total = start.elapsed();
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    println!(
+        "embedded store: {n} sequential durable writes in {total:?} (mean {:?}, p50 {:?}, p99 {:?}, max {:?})",
+        total / n as u32,
+        pct(50),
+        pct(99),
+        latencies[n - 1]
+    );
+
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("conc.redb")).unwrap());
+    let (writers, each) = (16, 64);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    store
+                        .txn(vec![create(&format!("/bench/{w}/{i}"), "v")])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = start.elapsed();
+    assert_eq!(
+        store.revision().await.unwrap(),
+        (writers * each) as Revision
+    );
+    println!(
+        "embedded store: {} writes from {writers} concurrent writers in {total:?} ({:.0} txn/s, group commit)",
+        writers * each,
+        (writers * each) as f64 / total.as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn oversized_transactions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        max_txn_bytes: 1_000,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open_with(&dir.path().join("store.redb"), options).unwrap();
+    let r1 = store
+        .txn(vec![create("/a", &"x".repeat(900))])
+        .await
+        .unwrap();
+    let err = store
+        .txn(vec![
+            create("/b", &"x".repeat(600)),
+            create("/c", &"x".repeat(600)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooLarge { limit: 1_000, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(store.revision().await.unwrap(), r1);
+    assert!(store.get("/b").await.unwrap().is_none());
+    // A delete's log entry carries the deleted value, so it counts too.
+    let err = store
+        .txn(vec![
+            create("/d", &"x".repeat(100)),
+            Op::Delete {
+                key: "/a".into(),
+                expected: None,
+            },
+        ])
+        .await;
+    assert!(matches!(err, Err(StoreError::TooLarge { .. })), "{err:?}");
+    store
+        .txn(vec![Op::Delete {
+            key: "/a".into(),
+            expected: None,
+        }])
+        .await
+        .unwrap();
+}
