@@ -22,10 +22,14 @@ pub struct WatchHub {
     max_history_events: usize,
     /// History covers revisions after this one.
     compacted: Revision,
-    watchers: Vec<(
-        String,
-        mpsc::UnboundedSender<Result<WatchBatch, StoreError>>,
-    )>,
+    watchers: Vec<Watcher>,
+}
+
+struct Watcher {
+    prefix: String,
+    /// Only revisions after this one are delivered.
+    after: Revision,
+    tx: mpsc::UnboundedSender<Result<WatchBatch, StoreError>>,
 }
 
 impl WatchHub {
@@ -43,16 +47,16 @@ impl WatchHub {
     /// Records a committed transaction and sends it to matching watchers.
     pub fn publish(&mut self, revision: Revision, events: Vec<WatchEvent>) {
         let events = Arc::new(events);
-        self.watchers.retain(|(prefix, tx)| {
+        self.watchers.retain(|w| {
             let matching: Vec<WatchEvent> = events
                 .iter()
-                .filter(|e| e.key().starts_with(prefix.as_str()))
+                .filter(|e| e.key().starts_with(w.prefix.as_str()))
                 .cloned()
                 .collect();
-            if matching.is_empty() {
-                return !tx.is_closed();
+            if matching.is_empty() || revision <= w.after {
+                return !w.tx.is_closed();
             }
-            tx.send(Ok(WatchBatch {
+            w.tx.send(Ok(WatchBatch {
                 revision,
                 events: matching,
             }))
@@ -112,14 +116,18 @@ impl WatchHub {
                 }));
             }
         }
-        self.watchers.push((prefix.to_string(), tx));
+        self.watchers.push(Watcher {
+            prefix: prefix.to_string(),
+            after,
+            tx,
+        });
         Ok(UnboundedReceiverStream::new(rx).boxed())
     }
 
     /// Ends every watch with `err`-like errors (used when a store shuts down or fails).
     pub fn fail_all(&mut self, err: impl Fn() -> StoreError) {
-        for (_, tx) in self.watchers.drain(..) {
-            let _ = tx.send(Err(err()));
+        for w in self.watchers.drain(..) {
+            let _ = w.tx.send(Err(err()));
         }
     }
 }
@@ -229,9 +237,12 @@ impl MemStore {
         }
     }
 
-    /// Forgets watch history up to `revision` (a later watch from before it gets `Compacted`).
+    /// Forgets watch history up to `revision`, capped at the current revision (a later watch
+    /// from before it gets `Compacted`).
     pub fn compact(&self, revision: Revision) {
-        self.lock().hub.compact(revision);
+        let mut g = self.lock();
+        let rev = revision.min(g.revision);
+        g.hub.compact(rev);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
