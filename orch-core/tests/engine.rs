@@ -399,22 +399,46 @@ async fn replicas_of_a_silent_node_are_replaced() {
 async fn endpoints_follow_readiness() {
     let store = Arc::new(MemStore::new());
     let discovery = orch_core::discovery::MemDiscovery::default();
-    let mut e = Engine::builder(store.clone(), Arc::new(DefaultScheduler)).discovery(Arc::new(discovery.clone())).start();
+    let mut e = Engine::builder(store.clone(), Arc::new(DefaultScheduler))
+        .discovery(Arc::new(discovery.clone()))
+        .start();
     let rt = FakeRuntime::default();
     e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
-    api::apply(&*store, vec![service("web", 2, "    ports: [{name: http}]\n")], false).await.unwrap();
-    eventually("2 endpoints", || discovery.endpoints("default", "web").len() == 2).await;
+    api::apply(
+        &*store,
+        vec![service("web", 2, "    ports: [{name: http}]\n")],
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("2 endpoints", || {
+        discovery.endpoints("default", "web").len() == 2
+    })
+    .await;
     let eps = discovery.endpoints("default", "web");
-    assert!(eps.iter().all(|ep| ep.ip == "127.0.0.1" && ep.ports.len() == 1 && ep.ports[0].0 == "http"));
+    assert!(eps
+        .iter()
+        .all(|ep| ep.ip == "127.0.0.1" && ep.ports.len() == 1 && ep.ports[0].0 == "http"));
     // A replica in restart back-off is not an endpoint.
     let id = rt.running()[0].clone();
     rt.crash(&id, Some(1), None);
     eventually("restarted", || rt.running().len() == 2).await;
     rt.crash(&id, Some(1), None);
-    eventually("one endpoint during back-off", || discovery.endpoints("default", "web").len() == 1).await;
-    eventually("two again", || discovery.endpoints("default", "web").len() == 2).await;
+    eventually("one endpoint during back-off", || {
+        discovery.endpoints("default", "web").len() == 1
+    })
+    .await;
+    eventually("two again", || {
+        discovery.endpoints("default", "web").len() == 2
+    })
+    .await;
     // Deleting the service removes it from discovery.
-    api::delete(&*store, Kind::Service, "default", "web").await.unwrap();
-    eventually("removed", || discovery.endpoints("default", "web").is_empty() && rt.running().is_empty()).await;
+    api::delete(&*store, Kind::Service, "default", "web")
+        .await
+        .unwrap();
+    eventually("removed", || {
+        discovery.endpoints("default", "web").is_empty() && rt.running().is_empty()
+    })
+    .await;
     e.shutdown().await;
 }

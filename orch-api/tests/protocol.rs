@@ -1,0 +1,305 @@
+//! The server and client over a real unix socket, against the in-memory store and the fake
+//! runtime: one-shot requests, streaming watch and logs, errors, and the socket's mode.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use orch_api::protocol::{ErrorCode, ManifestText, Request, Response, WatchType};
+use orch_api::server::{serve, Backend};
+use orch_api::Client;
+use orch_core::fake::FakeRuntime;
+use orch_core::memstore::MemStore;
+use orch_core::object::{Kind, Object};
+use orch_core::runtime::{Runtime, WorkloadSpec};
+use orch_core::store::Store;
+use tokio_util::sync::CancellationToken;
+
+const WEB: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 2\n  template: {command: [server]}\n";
+
+async fn start() -> (
+    tempfile::TempDir,
+    Client,
+    Arc<MemStore>,
+    FakeRuntime,
+    CancellationToken,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let store = Arc::new(MemStore::new());
+    let rt = FakeRuntime::default();
+    let backend = Arc::new(Backend {
+        store: store.clone(),
+        runtimes: HashMap::from([("n1".to_string(), Arc::new(rt.clone()) as Arc<dyn Runtime>)]),
+        store_name: "memory".into(),
+    });
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
+    while !socket.exists() {
+        tokio::task::yield_now().await;
+    }
+    (dir, Client::new(&socket), store, rt, cancel)
+}
+
+fn apply(text: &str) -> Request {
+    Request::Apply {
+        manifests: vec![ManifestText {
+            source: "web.yaml".into(),
+            text: text.into(),
+        }],
+        dry_run: false,
+    }
+}
+
+#[tokio::test]
+async fn apply_get_scale_delete_and_errors() {
+    let (dir, client, _store, _rt, cancel) = start().await;
+    let mode = std::fs::metadata(dir.path().join("api.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let Response::Applied { results, .. } = client.call(apply(WEB)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(results[0].action, "created");
+    let Response::Applied { results, .. } = client.call(apply(WEB)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(results[0].action, "unchanged", "apply is idempotent");
+    let dry = Request::Apply {
+        manifests: vec![ManifestText {
+            source: "web.yaml".into(),
+            text: WEB.replace("replicas: 2", "replicas: 3"),
+        }],
+        dry_run: true,
+    };
+    let Response::Applied { results, dry_run } = client.call(dry).await.unwrap() else {
+        panic!()
+    };
+    assert!(dry_run && results[0].action == "configured");
+    let Response::Objects { objects, .. } = client
+        .call(Request::Get {
+            kind: Kind::Service,
+            namespace: None,
+            name: Some("web".into()),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let Object::Service(s) = &objects[0] else {
+        panic!()
+    };
+    assert_eq!(s.spec.replicas, 2, "a dry run writes nothing");
+    client
+        .call(Request::Scale {
+            namespace: "default".into(),
+            name: "web".into(),
+            replicas: 4,
+        })
+        .await
+        .unwrap();
+    let err = client
+        .call(Request::Scale {
+            namespace: "default".into(),
+            name: "web".into(),
+            replicas: -1,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("0 to 100000"), "{err}");
+    // A bad document among good ones: nothing applied, the error names source and document.
+    let bad = format!(
+        "{}---\n{}",
+        WEB.replace("name: web", "name: other"),
+        WEB.replace("replicas: 2", "replicas: -2")
+    );
+    let err = client.call(apply(&bad)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("web.yaml: document 2: spec.replicas"),
+        "{err}"
+    );
+    let err = client
+        .call(Request::Get {
+            kind: Kind::Service,
+            namespace: None,
+            name: Some("other".into()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            orch_api::client::ClientError::Api {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    client
+        .call(Request::Delete {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: "web".into(),
+        })
+        .await
+        .unwrap();
+    let err = client
+        .call(Request::Delete {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: "web".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn watch_streams_current_objects_then_changes() {
+    let (_dir, client, _store, _rt, cancel) = start().await;
+    client.call(apply(WEB)).await.unwrap();
+    let mut w = Box::pin(
+        client
+            .stream(Request::Watch {
+                kind: Kind::Service,
+                namespace: Some("default".into()),
+            })
+            .await
+            .unwrap(),
+    );
+    let Some(Ok(Response::Watch {
+        event: WatchType::Added,
+        ..
+    })) = w.next().await
+    else {
+        panic!("first the current object")
+    };
+    client
+        .call(Request::Scale {
+            namespace: "default".into(),
+            name: "web".into(),
+            replicas: 5,
+        })
+        .await
+        .unwrap();
+    let Some(Ok(Response::Watch {
+        event: WatchType::Modified,
+        object: Object::Service(s),
+    })) = w.next().await
+    else {
+        panic!("then the change")
+    };
+    assert_eq!(s.spec.replicas, 5);
+    client
+        .call(Request::Delete {
+            kind: Kind::Service,
+            namespace: "default".into(),
+            name: "web".into(),
+        })
+        .await
+        .unwrap();
+    let Some(Ok(Response::Watch {
+        event: WatchType::Deleted,
+        ..
+    })) = w.next().await
+    else {
+        panic!("then the delete")
+    };
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn logs_come_from_the_replicas_node_runtime() {
+    let (_dir, client, store, rt, cancel) = start().await;
+    // A replica bound to n1 whose workload has written output.
+    client.call(apply(WEB)).await.unwrap();
+    let Some(Object::Service(svc)) =
+        orch_core::store::get_object(&*store, Kind::Service, "default", "web")
+            .await
+            .unwrap()
+    else {
+        panic!()
+    };
+    let mut r = orch_core::engine::replication::new_replica(&svc);
+    r.spec.node = Some("n1".into());
+    store
+        .txn(vec![orch_core::store::create_op(&Object::Replica(
+            r.clone(),
+        ))])
+        .await
+        .unwrap();
+    let id = r.runtime_name();
+    rt.start(&WorkloadSpec {
+        id: id.clone(),
+        replica_uid: r.metadata.uid.clone(),
+        service: "web".into(),
+        namespace: "default".into(),
+        template: r.spec.template.clone(),
+        template_hash: r.spec.template_hash.clone(),
+        extra_env: vec![],
+    })
+    .await
+    .unwrap();
+    rt.write_log(&id, b"line one\nline two\n");
+    let chunks: Vec<String> = Box::pin(
+        client
+            .stream(Request::Logs {
+                namespace: "default".into(),
+                replica: r.metadata.name.clone(),
+                follow: false,
+                tail_bytes: Some(9),
+            })
+            .await
+            .unwrap(),
+    )
+    .filter_map(|c| async move {
+        match c {
+            Ok(Response::Log { data }) => Some(data),
+            _ => None,
+        }
+    })
+    .collect()
+    .await;
+    assert_eq!(chunks.concat(), "line two\n");
+    let err = Box::pin(
+        client
+            .stream(Request::Logs {
+                namespace: "default".into(),
+                replica: "nope".into(),
+                follow: false,
+                tail_bytes: None,
+            })
+            .await
+            .unwrap(),
+    )
+    .next()
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn malformed_requests_get_an_error_not_a_crash() {
+    let (dir, client, _store, _rt, cancel) = start().await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+        .await
+        .unwrap();
+    s.write_all(b"{not json\n").await.unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut s).read_line(&mut line).await.unwrap();
+    assert!(line.contains("malformed request"), "{line}");
+    // Still serving.
+    client.call(Request::Info).await.unwrap();
+    cancel.cancel();
+}
