@@ -47,6 +47,16 @@ impl Client {
     }
 
     async fn open(&self, req: &Request) -> Result<Framed<UnixStream, LinesCodec>, ClientError> {
+        let line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if line.len() > MAX_LINE_BYTES {
+            return Err(ClientError::Api {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "request is {} bytes; the limit is {MAX_LINE_BYTES} bytes (16 MiB)",
+                    line.len()
+                ),
+            });
+        }
         let stream =
             UnixStream::connect(&self.path)
                 .await
@@ -55,7 +65,6 @@ impl Client {
                     source,
                 })?;
         let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-        let line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         framed
             .send(line)
             .await

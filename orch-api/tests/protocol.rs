@@ -303,3 +303,31 @@ async fn malformed_requests_get_an_error_not_a_crash() {
     client.call(Request::Info).await.unwrap();
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_with_the_limit_named() {
+    let (dir, client, _store, _rt, cancel) = start().await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+        .await
+        .unwrap();
+    let (r, mut w) = s.into_split();
+    // Write past the limit without a newline; the server answers without reading it all.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..20 {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await.unwrap();
+    assert!(
+        line.contains("TooLarge") && line.contains("larger than 16777216 bytes"),
+        "{line}"
+    );
+    writer.abort();
+    client.call(Request::Info).await.unwrap();
+    cancel.cancel();
+}

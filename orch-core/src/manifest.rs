@@ -173,18 +173,26 @@ fn parse_documents(source: &str, text: &str) -> Result<Vec<Value>, ManifestError
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
         ManifestErrors::whole(
             source,
-            format!("invalid YAML: {}", one_line(&e.to_string())),
+            format!("invalid YAML: {}", yaml_message(&e.to_string())),
         )
     })?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-fn one_line(s: &str) -> String {
-    s.lines()
+/// The parser's first line (`line L column C: what`) without its source snippet; resource
+/// limits (alias bombs, huge documents) get a plain explanation.
+fn yaml_message(s: &str) -> String {
+    let first = s
+        .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    if first.contains("budget breached") {
+        format!("{first} (the document expands to too many nodes or aliases, as a YAML alias bomb does; the limit protects the daemon)")
+    } else {
+        first.to_string()
+    }
 }
 
 fn typed<T: DeserializeOwned>(v: Value) -> Result<T, FieldError> {

@@ -22,7 +22,11 @@ fn services(count: usize, replicas: usize, command: &str) -> Vec<Object> {
 }
 
 fn ready_count(e: &Engine) -> usize {
-    e.cache().replicas().iter().filter(|r| r.status.phase == Phase::Ready).count()
+    e.cache()
+        .replicas()
+        .iter()
+        .filter(|r| r.status.phase == Phase::Ready)
+        .count()
 }
 
 async fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
@@ -38,15 +42,29 @@ async fn fake_run(store: Arc<dyn Store>, label: &str) -> anyhow::Result<()> {
     let (nodes, svc, per) = (100, 100, 100);
     let mut e = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler)).start();
     for i in 0..nodes {
-        e.add_agent(Arc::new(FakeRuntime::default()), AgentConfig::new(&format!("node-{i}")));
+        e.add_agent(
+            Arc::new(FakeRuntime::default()),
+            AgentConfig::new(&format!("node-{i}")),
+        );
     }
-    wait("nodes", Duration::from_secs(30), || e.cache().nodes().len() == nodes).await;
+    wait("nodes", Duration::from_secs(30), || {
+        e.cache().nodes().len() == nodes
+    })
+    .await;
     let objs = services(svc, per, "server");
     let t = Instant::now();
     orch_core::api::apply(&*store, objs, false).await?;
-    wait("converge", Duration::from_secs(120), || ready_count(&e) == svc * per).await;
+    wait("converge", Duration::from_secs(120), || {
+        ready_count(&e) == svc * per
+    })
+    .await;
     let took = t.elapsed();
-    println!("| {} replicas, fake runtime, {nodes} nodes, {label} store | {:.3} s | {:.0} replicas/s |", svc * per, took.as_secs_f64(), (svc * per) as f64 / took.as_secs_f64());
+    println!(
+        "| {} replicas, fake runtime, {nodes} nodes, {label} store | {:.3} s | {:.0} replicas/s |",
+        svc * per,
+        took.as_secs_f64(),
+        (svc * per) as f64 / took.as_secs_f64()
+    );
     e.shutdown().await;
     Ok(())
 }
@@ -56,6 +74,12 @@ async fn main() -> anyhow::Result<()> {
     println!("| scenario | time | rate |\n|---|---|---|");
     fake_run(Arc::new(orch_core::memstore::MemStore::new()), "in-memory").await?;
     let dir = tempfile::tempdir()?;
-    fake_run(Arc::new(orch_store::EmbeddedStore::open(&dir.path().join("state.redb"))?), "embedded").await?;
+    fake_run(
+        Arc::new(orch_store::EmbeddedStore::open(
+            &dir.path().join("state.redb"),
+        )?),
+        "embedded",
+    )
+    .await?;
     Ok(())
 }

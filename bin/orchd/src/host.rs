@@ -1,0 +1,114 @@
+//! Facts about this machine and the assembly of a node: capacity detection, the process
+//! runtime, discovery, and the agent configuration.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use orch_core::engine::AgentConfig;
+use orch_core::object::{EnvVar, Resources};
+use orch_core::quantity::{Cpu, Memory};
+
+/// Sets up `tracing` output in `format` (`text` or `json`); `RUST_LOG` overrides the level.
+pub fn init_logging(format: &str, default_level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => anyhow::bail!("--log-format: invalid value {other:?}: allowed: text, json"),
+    }
+    Ok(())
+}
+
+/// CPU cores and memory of this machine.
+pub fn capacity() -> Resources {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024);
+    Resources {
+        cpu: Some(Cpu(cpus * 1000)),
+        memory: mem.map(Memory),
+    }
+}
+
+/// This machine's host name as a node name (a DNS-1123 label), or `node-1`.
+pub fn default_node_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').chars().take(63).collect::<String>();
+    if orch_core::validate::dns1123_label(&name).is_ok() {
+        name
+    } else {
+        "node-1".into()
+    }
+}
+
+/// Parses `k=v,k2=v2` node labels.
+pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--labels: invalid value {part:?}: expected key=value"))?;
+        orch_core::validate::label_key(k)
+            .map_err(|e| anyhow::anyhow!("--labels: invalid key {k:?}: {e}"))?;
+        orch_core::validate::label_value(v)
+            .map_err(|e| anyhow::anyhow!("--labels: invalid value {v:?} for {k}: {e}"))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// The process runtime rooted at `dir`, finding bare commands next to this executable first.
+pub async fn process_runtime(dir: &Path) -> anyhow::Result<Arc<orch_runtime::ProcessRuntime>> {
+    let mut search = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        search.push(exe_dir);
+    }
+    let config = orch_runtime::ProcessConfig {
+        search_path: search,
+        ..orch_runtime::ProcessConfig::new(dir.to_path_buf())
+    };
+    let rt = orch_runtime::ProcessRuntime::new(config)
+        .await
+        .with_context(|| format!("cannot start the process runtime in {}", dir.display()))?;
+    Ok(Arc::new(rt))
+}
+
+/// The agent configuration for this machine.
+pub fn agent_config(
+    node: &str,
+    labels: BTreeMap<String, String>,
+    discovery_dir: &Path,
+) -> AgentConfig {
+    let mut cfg = AgentConfig::new(node);
+    cfg.labels = labels;
+    cfg.capacity = capacity();
+    cfg.extra_env = vec![EnvVar {
+        name: "ORCH_DISCOVERY_DIR".into(),
+        value: discovery_dir.display().to_string(),
+    }];
+    cfg
+}

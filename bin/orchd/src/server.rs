@@ -1,0 +1,115 @@
+//! `orchd server`: the engine as a long-lived daemon over the durable embedded store, with
+//! the local agent on the process runtime and the API on a unix socket (mode 0600). Stopping
+//! it leaves workloads running; the next start re-adopts them.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use orch_api::server::{serve, Backend};
+use orch_core::engine::Engine;
+use orch_core::runtime::Runtime;
+use orch_core::store::Store;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::host;
+
+/// Arguments of `orchd server`.
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Directory for the store, runtime state and logs (default $ORCH_DATA_DIR or ~/.local/share/orch).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// API socket (default DATA_DIR/orchd.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// Node labels, `key=value,...`.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Store: `embedded` (durable, in DATA_DIR) or `memory` (lost on exit).
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// Runtime: `process` (real child processes) or `fake` (runs nothing; for control-plane
+    /// benchmarks and demos).
+    #[arg(long, default_value = "process")]
+    runtime: String,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
+    let socket = args.socket.unwrap_or_else(|| data_dir.join("orchd.sock"));
+    let node = args.node.unwrap_or_else(host::default_node_name);
+    orch_core::validate::dns1123_label(&node)
+        .map_err(|e| anyhow::anyhow!("--node: invalid value {node:?}: {e}"))?;
+    let labels = host::parse_labels(&args.labels)?;
+    let (store, store_name): (Arc<dyn Store>, String) = match args.store.as_str() {
+        "embedded" => {
+            let path = data_dir.join("state.redb");
+            let s = orch_store::EmbeddedStore::open(&path)
+                .with_context(|| format!("cannot open the store {}", path.display()))?;
+            (Arc::new(s), format!("embedded:{}", path.display()))
+        }
+        "memory" => (
+            Arc::new(orch_core::memstore::MemStore::new()),
+            "memory".into(),
+        ),
+        other => anyhow::bail!("--store: invalid value {other:?}: allowed: embedded, memory"),
+    };
+    let runtime: Arc<dyn Runtime> = match args.runtime.as_str() {
+        "process" => host::process_runtime(&data_dir.join("runtime")).await?,
+        "fake" => Arc::new(orch_core::fake::FakeRuntime::default()),
+        other => anyhow::bail!("--runtime: invalid value {other:?}: allowed: process, fake"),
+    };
+    let discovery_dir = data_dir.join("discovery");
+    let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));
+    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+        .discovery(discovery)
+        .start();
+    let runtime_dyn = runtime;
+    engine.add_agent(
+        runtime_dyn.clone(),
+        host::agent_config(&node, labels, &discovery_dir),
+    );
+    let info = runtime_dyn.info();
+    if !info.limits_enforced {
+        tracing::warn!("{}", info.limits_note);
+    }
+    let backend = Arc::new(Backend {
+        store,
+        runtimes: HashMap::from([(node.clone(), runtime_dyn)]),
+        store_name,
+    });
+    let cancel = CancellationToken::new();
+    let api = tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
+    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), node = %node, "orchd: serving");
+    eprintln!(
+        "orchd: serving on {} (node {node}, state in {})",
+        socket.display(),
+        data_dir.display()
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        r = api => {
+            r.context("api task")?.with_context(|| format!("cannot serve on {}", socket.display()))?;
+        }
+    }
+    eprintln!("orchd: stopping (workloads keep running and are re-adopted on the next start)");
+    cancel.cancel();
+    engine.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! `orchd up`: like `docker compose up`. Applies every manifest in a folder on this machine
+//! with the embedded defaults (in-memory store, process runtime, endpoint files), shows a
+//! live table of services and replicas, and on Ctrl-C stops every workload cleanly.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use orch_api::render;
+use orch_api::server::{serve, Backend};
+use orch_core::engine::Engine;
+use orch_core::object::{Kind, Object};
+use orch_core::runtime::Runtime;
+use orch_core::store::{list_objects, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::host;
+
+/// Arguments of `orchd up`.
+#[derive(Args)]
+pub struct UpArgs {
+    /// A manifest file or a folder of them (`*.yaml`, `*.yml`, `*.json`).
+    path: PathBuf,
+    /// Keep runtime state and logs here (default: a temporary directory removed on exit).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The node name.
+    #[arg(long, default_value = "local")]
+    node: String,
+    /// Refresh period of the table, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    refresh_ms: u64,
+}
+
+/// Runs until Ctrl-C, then stops everything it started.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let manifests = orch_api::files::read_manifests(&args.path).map_err(anyhow::Error::msg)?;
+    let objects = orch_core::manifest::parse_all(
+        manifests
+            .iter()
+            .map(|m| (m.source.as_str(), m.text.as_str())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let temp = args.state_dir.is_none();
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("orch-up-{}", std::process::id())));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(orch_core::memstore::MemStore::new());
+    let runtime: Arc<dyn Runtime> = host::process_runtime(&state_dir.join("runtime")).await?;
+    let discovery_dir = state_dir.join("discovery");
+    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+        .discovery(Arc::new(orch_dns::FileDiscovery::new(&discovery_dir)))
+        .start();
+    engine.add_agent(
+        runtime.clone(),
+        host::agent_config(&args.node, Default::default(), &discovery_dir),
+    );
+    let socket = state_dir.join("orchd.sock");
+    let cancel = CancellationToken::new();
+    let backend = Arc::new(Backend {
+        store: store.clone(),
+        runtimes: HashMap::from([(args.node.clone(), runtime.clone())]),
+        store_name: "memory".into(),
+    });
+    tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
+    let applied = orch_core::api::apply(&*store, objects, false).await?;
+    let max_grace = applied
+        .iter()
+        .filter_map(|(o, _)| {
+            if let Object::Service(s) = o {
+                Some(s.spec.template.stop_grace())
+            } else {
+                None
+            }
+        })
+        .max()
+        .unwrap_or_default();
+    let tty = std::io::stdout().is_terminal();
+    let header = format!(
+        "orch up {} — {} object(s); logs: orchctl --socket {} logs REPLICA; Ctrl-C stops everything",
+        args.path.display(),
+        applied.len(),
+        socket.display()
+    );
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(args.refresh_ms.max(50)));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {}
+        }
+        let view = render_view(&engine, &*store).await;
+        if tty {
+            print!("\x1b[H\x1b[2J{header}\n\n{view}");
+        } else if view != last {
+            println!("{view}");
+        }
+        last = view;
+    }
+    eprintln!("\nstopping: deleting {} object(s) and waiting for their replicas to stop (Ctrl-C again to exit at once)", applied.len());
+    for (o, _) in &applied {
+        let md = o.metadata();
+        let _ = orch_core::api::delete(&*store, o.kind(), &md.namespace, &md.name).await;
+    }
+    let deadline = tokio::time::Instant::now() + max_grace + Duration::from_secs(5);
+    let stopped = async {
+        while !engine.cache().replicas().is_empty()
+            || !runtime.list().await.map(|l| l.is_empty()).unwrap_or(true)
+        {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    };
+    let clean = tokio::select! {
+        s = stopped => s,
+        _ = tokio::signal::ctrl_c() => false,
+    };
+    cancel.cancel();
+    engine.shutdown().await;
+    if clean {
+        eprintln!("stopped: every workload has exited");
+        if temp {
+            let _ = std::fs::remove_dir_all(&state_dir);
+        }
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "some workloads did not stop in time; their state is in {}",
+            state_dir.display()
+        )
+    }
+}
+
+async fn render_view(engine: &Engine, store: &dyn Store) -> String {
+    let services: Vec<Object> = engine
+        .cache()
+        .services()
+        .into_iter()
+        .map(Object::Service)
+        .collect();
+    let mut replicas: Vec<Object> = engine
+        .cache()
+        .replicas()
+        .into_iter()
+        .map(Object::Replica)
+        .collect();
+    replicas.sort_by(|a, b| a.metadata().name.cmp(&b.metadata().name));
+    let mut out = String::new();
+    out.push_str("SERVICES\n");
+    out.push_str(&render::objects_table(&services, false));
+    out.push_str("\nREPLICAS\n");
+    out.push_str(&render::objects_table(&replicas, false));
+    if let Ok((mut events, _)) = list_objects(store, Kind::Event, None).await {
+        events.sort_by_key(|e| {
+            if let Object::Event(e) = e {
+                e.timestamp
+            } else {
+                Default::default()
+            }
+        });
+        let recent: Vec<Object> = events
+            .into_iter()
+            .rev()
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if !recent.is_empty() {
+            out.push_str("\nRECENT EVENTS\n");
+            out.push_str(&render::objects_table(&recent, false));
+        }
+    }
+    out
+}

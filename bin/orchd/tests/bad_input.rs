@@ -1,0 +1,122 @@
+//! Bad input against a running daemon: each case gets a clear error and a non-zero exit,
+//! nothing is applied (multi-document applies are all or nothing), and the daemon keeps running.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const GOOD: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: good}\nspec:\n  template: {command: [sleep, '100']}\n";
+
+fn alias_bomb() -> String {
+    let mut y = String::from("apiVersion: orch/v1\nkind: Service\nmetadata: {name: bomb}\nspec:\n  template: {command: [sleep]}\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        y.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    y
+}
+
+/// (case, file contents, substrings the error must contain)
+fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    vec![
+        ("malformed yaml", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x\n".into(), vec!["malformed.yaml", "invalid YAML", "line 3 column 11"]),
+        ("unknown field", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  template: {comand: [sleep]}\n".into(), vec!["document 1", "spec.template", "comand"]),
+        ("wrong type", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  replicas: three\n  template: {command: [sleep]}\n".into(), vec!["spec.replicas", "three"]),
+        ("invalid name", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: Web_1}\nspec:\n  template: {command: [sleep]}\n".into(), vec!["metadata.name", "Web_1", "DNS-1123"]),
+        ("negative replicas", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  replicas: -1\n  template: {command: [sleep]}\n".into(), vec!["spec.replicas", "-1", "0 to 100000"]),
+        ("duplicate ports", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  template:\n    command: [sleep]\n    ports: [{name: a, port: 8080}, {name: b, port: 8080}]\n".into(), vec!["spec.template.ports[1].port", "8080", "duplicate port"]),
+        ("unknown kind", "apiVersion: orch/v1\nkind: Deployment\nmetadata: {name: x}\n".into(), vec!["kind", "Deployment", "allowed: Service"]),
+        ("alias bomb", alias_bomb(), vec!["alias bomb.yaml", "invalid YAML", "too many nodes or aliases"]),
+        ("one bad document of three", format!("{GOOD}---\n{}---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  replicas: -5\n  template: {{command: [sleep]}}\n", GOOD.replace("good", "good-two")), vec!["document 3", "spec.replicas"]),
+    ]
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_nothing_is_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(tmp.path());
+    for (case, text, expect) in cases() {
+        let file = format!("{case}.yaml").replace(' ', "-");
+        let file = if case == "malformed yaml" {
+            "malformed.yaml".to_string()
+        } else if case == "alias bomb" {
+            "alias bomb.yaml".to_string()
+        } else {
+            file
+        };
+        let path = write(tmp.path(), &file, &text);
+        let out = d.ctl(&["apply", "-f", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{case}: {}", err.trim());
+        assert!(!out.status.success(), "{case}: must exit non-zero");
+        for e in expect {
+            assert!(err.contains(e), "{case}: error should mention {e:?}: {err}");
+        }
+        assert!(d.alive(), "{case}: the daemon must keep running");
+        let services = d.ctl_ok(&["get", "services", "-o", "json"]);
+        assert!(
+            services.trim().is_empty() || !services.contains("\"name\""),
+            "{case}: nothing may be applied, found {services}"
+        );
+    }
+
+    // A 100 MB file is refused from its size alone.
+    let big = tmp.path().join("big.yaml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let out = d.ctl(&["apply", "-f", big.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("big.yaml") && err.contains("limit"),
+        "{err}"
+    );
+
+    // The daemon validates too (a client that skips local checks gets the same answer).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = orch_api::Client::new(&d.socket);
+    let req = orch_api::Request::Apply {
+        manifests: vec![orch_api::protocol::ManifestText {
+            source: "raw.yaml".into(),
+            text: cases()[4].1.clone(),
+        }],
+        dry_run: false,
+    };
+    let e = rt.block_on(client.call(req)).unwrap_err().to_string();
+    assert!(e.contains("raw.yaml") && e.contains("spec.replicas"), "{e}");
+    // An oversized request line is refused with the limit named.
+    let huge = orch_api::Request::Apply {
+        manifests: vec![orch_api::protocol::ManifestText {
+            source: "x".into(),
+            text: "a".repeat(20 << 20),
+        }],
+        dry_run: false,
+    };
+    let e = rt.block_on(client.call(huge)).unwrap_err().to_string();
+    assert!(e.contains("the limit is 16777216 bytes"), "{e}");
+
+    // Still alive and empty; a good apply then works.
+    assert!(d.alive());
+    let good = write(tmp.path(), "good.yaml", GOOD);
+    assert!(d
+        .ctl_ok(&["apply", "-f", good.to_str().unwrap()])
+        .contains("created"));
+    eventually("good runs", Duration::from_secs(20), || {
+        d.replicas()
+            .first()
+            .is_some_and(|r| r["status"]["phase"] == "Ready")
+            .then_some(())
+    });
+    d.ctl_ok(&["delete", "service", "good"]);
+    eventually("cleaned", Duration::from_secs(20), || {
+        d.replicas().is_empty().then_some(())
+    });
+}

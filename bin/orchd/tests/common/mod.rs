@@ -1,0 +1,200 @@
+//! Test support: start and stop real `orchd` daemons, run `orchctl`, poll with deadlines.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries (target/debug), next to the test binary.
+pub fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_orchd"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A workspace binary; fails with the command to build it if missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (.ci/run does)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn eventually<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `orchd server` with its own data dir and socket.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts a daemon with state in `dir` and waits until it answers.
+    pub fn start(dir: &Path) -> Daemon {
+        let socket = dir.join("orchd.sock");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("orchd.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_orchd"))
+            .args(["server", "--node", "test-node"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn orchd");
+        let d = Daemon {
+            dir: dir.to_path_buf(),
+            socket,
+            child: Some(child),
+        };
+        eventually("orchd answers", Duration::from_secs(20), || {
+            d.ctl(&["info"]).status.success().then_some(())
+        });
+        d
+    }
+
+    /// Runs `orchctl --socket SOCKET args...`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("orchctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run orchctl")
+    }
+
+    /// Runs orchctl and returns stdout, failing the test on a non-zero exit.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "orchctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The replicas as JSON objects.
+    pub fn replicas(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl_ok(&["get", "replicas", "-o", "json"]);
+        if out.trim().is_empty() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        match v.get("items") {
+            Some(items) => items.as_array().cloned().unwrap_or_default(),
+            None => vec![v],
+        }
+    }
+
+    /// Stops the daemon with SIGTERM (workloads keep running).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(15) {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Whether the daemon process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The pid in a replica's `status.runtimeId` (`pid 1234`).
+pub fn pid_of(replica: &serde_json::Value) -> Option<u32> {
+    let id = replica["status"]["runtimeId"].as_str()?;
+    id.split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+/// `ip:port` of a replica.
+pub fn addr_of(replica: &serde_json::Value) -> Option<String> {
+    let ip = replica["status"]["hostIp"].as_str()?;
+    let port = replica["status"]["ports"][0]["port"].as_u64()?;
+    Some(format!("{ip}:{port}"))
+}
+
+/// GET / over plain HTTP; the body, or `None` if it did not answer.
+pub fn http_get(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.starts_with("HTTP/1.1 200")
+        .then(|| buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Writes a manifest file and returns its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The hello service manifest with `replicas` and an extra env var.
+pub fn hello(replicas: u32, color: &str) -> String {
+    format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: hello}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [hello-server]\n    env: [{{name: COLOR, value: {color}}}]\n    ports: [{{name: http}}]\n    stopGracePeriod: 2s\n"
+    )
+}

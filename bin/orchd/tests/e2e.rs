@@ -1,0 +1,193 @@
+//! End to end with real processes: `orchd server` + `orchctl` + the example HTTP server.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn ready_addrs(d: &Daemon, n: usize) -> Option<Vec<(String, u32)>> {
+    let reps = d.replicas();
+    let ready: Vec<(String, u32)> = reps
+        .iter()
+        .filter(|r| r["status"]["phase"] == "Ready" && r["spec"]["desired"].is_null())
+        .filter_map(|r| Some((addr_of(r)?, pid_of(r)?)))
+        .collect();
+    (reps.len() == n
+        && ready.len() == n
+        && ready
+            .iter()
+            .all(|(a, _)| http_get(a).is_some_and(|b| b.starts_with("hello from"))))
+    .then_some(ready)
+}
+
+#[test]
+fn replicas_run_restart_update_readopt_and_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(tmp.path());
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the API socket must be owner-only");
+
+    // 3 replicas come up and answer.
+    let f = write(tmp.path(), "hello.yaml", &hello(3, "red"));
+    let out = d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("service/hello created"), "{out}");
+    let first = eventually("3 replicas answer", Duration::from_secs(20), || {
+        ready_addrs(&d, 3)
+    });
+
+    // kill -9 one: a replacement answers within 1 s.
+    let (victim_addr, victim_pid) = first[0].clone();
+    let t = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &victim_pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let after = eventually("replacement answers", Duration::from_secs(10), || {
+        ready_addrs(&d, 3).filter(|v| !v.iter().any(|(_, p)| *p == victim_pid))
+    });
+    let took = t.elapsed();
+    println!(
+        "kill -9 → replacement answering: {took:?} (old {victim_addr}, now {:?})",
+        after.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    assert!(took < Duration::from_secs(1), "replacement took {took:?}");
+    let reps = d.replicas();
+    assert!(
+        reps.iter().any(|r| r["status"]["restarts"] == 1),
+        "the killed replica is restarted in place and counted"
+    );
+
+    // Change the spec (env) → every replica replaced and answering; scale → 5.
+    let f = write(tmp.path(), "hello.yaml", &hello(3, "blue"));
+    assert!(d
+        .ctl_ok(&["apply", "-f", f.to_str().unwrap()])
+        .contains("configured"));
+    let old_pids: BTreeSet<u32> = after.iter().map(|x| x.1).collect();
+    let updated = eventually("rolled to the new env", Duration::from_secs(30), || {
+        ready_addrs(&d, 3).filter(|v| v.iter().all(|(_, p)| !old_pids.contains(p)))
+    });
+    for (_, pid) in &updated {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            env.split(|b| *b == 0).any(|kv| kv == b"COLOR=blue"),
+            "new replicas see the new env"
+        );
+    }
+    eventually("old processes gone", Duration::from_secs(10), || {
+        old_pids.iter().all(|p| !process_alive(*p)).then_some(())
+    });
+    d.ctl_ok(&["scale", "service/hello", "--replicas", "5"]);
+    let five = eventually("5 answer", Duration::from_secs(20), || ready_addrs(&d, 5));
+
+    // Restart orchd → the same processes are re-adopted (no duplicates, no restarts).
+    let pids: BTreeSet<u32> = five.iter().map(|x| x.1).collect();
+    d.stop();
+    assert!(
+        pids.iter().all(|p| process_alive(*p)),
+        "workloads survive the daemon stopping"
+    );
+    let d2 = Daemon::start(tmp.path());
+    std::thread::sleep(Duration::from_secs(2));
+    let again = eventually("re-adopted", Duration::from_secs(20), || {
+        ready_addrs(&d2, 5)
+    });
+    let pids2: BTreeSet<u32> = again.iter().map(|x| x.1).collect();
+    assert_eq!(pids, pids2, "re-adoption keeps the very same processes");
+
+    // Delete → every process is gone.
+    assert!(d2
+        .ctl_ok(&["delete", "service", "hello"])
+        .contains("deleted"));
+    eventually("no replicas", Duration::from_secs(20), || {
+        d2.replicas().is_empty().then_some(())
+    });
+    eventually("no processes", Duration::from_secs(10), || {
+        pids2.iter().all(|p| !process_alive(*p)).then_some(())
+    });
+}
+
+#[test]
+fn orchctl_outputs_logs_describe_and_watch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let f = write(tmp.path(), "hello.yaml", &hello(1, "red"));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let one = eventually("1 answers", Duration::from_secs(20), || ready_addrs(&d, 1));
+    let name = d.replicas()[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let table = d.ctl_ok(&["get", "services"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("hello") && table.contains("1/1"),
+        "{table}"
+    );
+    let table = d.ctl_ok(&["get", "replicas"]);
+    assert!(
+        table.contains(&name) && table.contains("Ready") && table.contains(&one[0].0),
+        "{table}"
+    );
+    let nodes = d.ctl_ok(&["get", "nodes"]);
+    assert!(
+        nodes.contains("test-node") && nodes.contains("Ready"),
+        "{nodes}"
+    );
+    let yaml = d.ctl_ok(&["get", "service", "hello", "-o", "yaml"]);
+    assert!(
+        yaml.contains("apiVersion: orch/v1")
+            && yaml.contains("kind: Service")
+            && yaml.contains("replicas: 1"),
+        "{yaml}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["get", "service", "hello", "-o", "json"])).unwrap();
+    assert_eq!(json["spec"]["replicas"], 1);
+
+    // Logs: the server logs each request.
+    http_get(&one[0].0).unwrap();
+    let logs = eventually("request logged", Duration::from_secs(10), || {
+        let l = d.ctl_ok(&["logs", &name]);
+        l.contains("GET /").then_some(l)
+    });
+    assert!(logs.contains("GET /"), "{logs}");
+
+    // describe shows status and events.
+    let desc = eventually("events recorded", Duration::from_secs(10), || {
+        let s = d.ctl_ok(&["describe", "replica", &name]);
+        s.contains("Started").then_some(s)
+    });
+    assert!(
+        desc.contains("Phase:") && desc.contains("Ready") && desc.contains("test-node"),
+        "{desc}"
+    );
+
+    // get -w prints a line when something changes.
+    let mut watch = std::process::Command::new(workspace_bin("orchctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["get", "services", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.ctl_ok(&["scale", "hello", "--replicas", "2"]);
+    eventually("2 answer", Duration::from_secs(20), || ready_addrs(&d, 2));
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().filter(|l| l.starts_with("hello")).count() >= 2,
+        "watch printed changes: {text}"
+    );
+    assert!(text.contains("/2"), "watch saw the scale: {text}");
+    d.ctl_ok(&["delete", "service", "hello"]);
+    eventually("no replicas", Duration::from_secs(20), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
