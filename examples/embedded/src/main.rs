@@ -23,11 +23,19 @@ async fn main() -> anyhow::Result<()> {
 
     // A service built in code: two replicas of a shell loop.
     let service = Service {
-        metadata: Metadata { name: "ticker".into(), namespace: "default".into(), ..Metadata::default() },
+        metadata: Metadata {
+            name: "ticker".into(),
+            namespace: "default".into(),
+            ..Metadata::default()
+        },
         spec: ServiceSpec {
             replicas: 2,
             template: Template {
-                command: vec!["sh".into(), "-c".into(), "while true; do echo tick from $ORCH_REPLICA; sleep 1; done".into()],
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "while true; do echo tick from $ORCH_REPLICA; sleep 1; done".into(),
+                ],
                 ..Template::default()
             },
             placement: Default::default(),
@@ -41,7 +49,12 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let replicas = engine.cache().replicas_of_service("default", "ticker");
         for r in &replicas {
-            println!("{:<14} {:<8} {}", r.metadata.name, r.status.phase.as_str(), r.status.runtime_id);
+            println!(
+                "{:<14} {:<8} {}",
+                r.metadata.name,
+                r.status.phase.as_str(),
+                r.status.runtime_id
+            );
         }
         if replicas.len() == 2 && replicas.iter().all(|r| r.status.phase == Phase::Ready) {
             break;

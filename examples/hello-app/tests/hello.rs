@@ -15,23 +15,42 @@ fn get(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn server_answers_and_client_finds_it() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_hello-server")).env("PORT", port.to_string()).env("ORCH_REPLICA", "web-1").stdout(Stdio::null()).spawn().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_hello-server"))
+        .env("PORT", port.to_string())
+        .env("ORCH_REPLICA", "web-1")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     let body = loop {
         if let Some(b) = get(port, "/") {
             break b;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "server did not answer");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server did not answer"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(body.starts_with("HTTP/1.1 200") && body.contains("hello from web-1"), "{body}");
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.contains("hello from web-1"),
+        "{body}"
+    );
     assert!(get(port, "/healthz").unwrap().ends_with("ok\n"));
     assert!(get(port, "/nope").unwrap().starts_with("HTTP/1.1 404"));
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("default")).unwrap();
-    std::fs::write(dir.path().join("default/web"), format!("web-1 127.0.0.1:{port} http={port}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("default/web"),
+        format!("web-1 127.0.0.1:{port} http={port}\n"),
+    )
+    .unwrap();
     let mut client = Command::new(env!("CARGO_BIN_EXE_hello-client"))
         .env("TARGET_SERVICE", "web")
         .env("ORCH_DISCOVERY_DIR", dir.path())
@@ -40,8 +59,13 @@ fn server_answers_and_client_finds_it() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(client.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with(&format!("ok 127.0.0.1:{port} hello from web-1")), "{line}");
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with(&format!("ok 127.0.0.1:{port} hello from web-1")),
+        "{line}"
+    );
     let _ = client.kill();
     let _ = server.kill();
     let _ = client.wait();

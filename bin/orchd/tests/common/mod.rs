@@ -46,7 +46,7 @@ pub fn eventually<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Opti
 pub struct Daemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
-    child: Option<Child>,
+    pub child: Option<Child>,
 }
 
 impl Daemon {

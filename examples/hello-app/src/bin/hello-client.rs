@@ -16,12 +16,23 @@ fn endpoints(file: &PathBuf) -> Vec<String> {
 
 fn get(addr: &str) -> Result<String, String> {
     let sa: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
-    write!(s, "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut s =
+        TcpStream::connect_timeout(&sa, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
+    Ok(buf
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 fn main() {
@@ -29,10 +40,17 @@ fn main() {
         eprintln!("hello-client: set TARGET_SERVICE to the service to call");
         std::process::exit(2);
     };
-    let ns = std::env::var("TARGET_NAMESPACE").or_else(|_| std::env::var("ORCH_NAMESPACE")).unwrap_or_else(|_| "default".into());
+    let ns = std::env::var("TARGET_NAMESPACE")
+        .or_else(|_| std::env::var("ORCH_NAMESPACE"))
+        .unwrap_or_else(|_| "default".into());
     let dir = std::env::var("ORCH_DISCOVERY_DIR").unwrap_or_else(|_| ".".into());
     let file = PathBuf::from(dir).join(ns).join(&service);
-    let interval = Duration::from_millis(std::env::var("INTERVAL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000));
+    let interval = Duration::from_millis(
+        std::env::var("INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
+    );
     let mut next = 0usize;
     loop {
         let eps = endpoints(&file);

@@ -19,7 +19,10 @@ fn handle(stream: TcpStream, me: &str) -> std::io::Result<()> {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body) = match (method, path) {
-        ("GET", "/") => ("200 OK", format!("hello from {me} (pid {})\n", std::process::id())),
+        ("GET", "/") => (
+            "200 OK",
+            format!("hello from {me} (pid {})\n", std::process::id()),
+        ),
         ("GET", "/healthz") => ("200 OK", "ok\n".to_string()),
         _ => ("404 Not Found", "not found\n".to_string()),
     };
@@ -27,12 +30,19 @@ fn handle(stream: TcpStream, me: &str) -> std::io::Result<()> {
     write!(out, "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     out.flush()?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{method} {path} {}", status.split(' ').next().unwrap_or(""))?;
+    writeln!(
+        stdout,
+        "{method} {path} {}",
+        status.split(' ').next().unwrap_or("")
+    )?;
     stdout.flush()
 }
 
 fn main() {
-    let port = match std::env::var("PORT").ok().and_then(|p| p.parse::<u16>().ok()) {
+    let port = match std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    {
         Some(p) => p,
         None => {
             eprintln!("hello-server: PORT must be set to a port number (orch sets it for a template port)");
