@@ -1,8 +1,14 @@
-//! orch-runtime: implementations of [`orch_core::Runtime`].
+//! orch-runtime: [`ProcessRuntime`], the [`orch_core::runtime::Runtime`] that runs workloads
+//! as real processes on this machine (the embedded default).
 //!
-//! [`ProcessRuntime`] (the embedded default) runs each replica as a real child process.
+//! Workloads run in their own process group, write their output straight to size-capped files,
+//! are confined by cgroups where the machine allows, and are re-adopted by a new runtime on the
+//! same state directory after the host process restarts.
 
-pub mod cgroup;
+mod cgroup;
+mod logs;
 pub mod process;
+mod procfs;
+mod state;
 
 pub use process::{ProcessConfig, ProcessRuntime};

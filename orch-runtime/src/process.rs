@@ -1,155 +1,596 @@
-//! The process runtime: each workload is a real child process in its own process group.
-//!
-//! - Output goes straight from the process to `STATE/<id>/output.log` (opened with `O_APPEND`),
-//!   never through a pipe to this process, so workloads survive the daemon's restart. A
-//!   background task caps the file by copy-and-truncate rotation.
-//! - Every workload has `STATE/<id>/state.json` (written atomically) with its pid and the
-//!   process start time from `/proc/<pid>/stat`. A new runtime on the same state directory
-//!   re-adopts live workloads whose start time still matches — a reused pid never does.
-//! - Stop sends the stop signal to the whole process group, then SIGKILL after the grace
-//!   period, and kills whatever remains in the workload's cgroup: no orphans.
-//! - CPU and memory limits use cgroups when the machine allows; otherwise
-//!   [`RuntimeInfo::limits_note`] says why they are not enforced.
-//!
-//! The exit code of an *adopted* process cannot be known (it is not our child); it is reported
-//! as an [`ExitStatus`] with neither code nor signal.
+//! The process runtime: each workload is a real child process in its own process group, with
+//! its output in a size-capped file, limits in cgroups where the machine allows, and a state
+//! file so that a restarted runtime re-adopts what still runs.
 
-use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use orch_core::object::{BoundPort, ExitStatus, Protocol, Template};
+use orch_core::object::{BoundPort, ExitStatus, PortSpec, Protocol, Template};
 use orch_core::quantity::Timestamp;
 use orch_core::runtime::{
     signal_number, LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo,
     Workload, WorkloadSpec, WorkloadState,
 };
 use rustix::process::{Pid, Signal};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
+use tokio::task::AbortHandle;
 
-use crate::cgroup::Cgroups;
+use crate::cgroup::{self, Cgroups};
+use crate::logs::{self, LOG_FILE};
+use crate::procfs;
+use crate::state::{self, Record, STATE_FILE};
 
-/// How the process runtime is set up.
-#[derive(Clone, Debug)]
+/// Environment variables passed through from the runtime's own environment.
+const INHERITED_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+/// How often logs are checked for rotation.
+const ROTATE_EVERY: Duration = Duration::from_secs(1);
+/// How often an adopted process is checked when pidfds are unavailable.
+const POLL_EXIT: Duration = Duration::from_millis(100);
+/// How long to wait for a process to die after SIGKILL before giving up.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Configuration of a [`ProcessRuntime`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessConfig {
-    /// Where workload state and logs live.
+    /// Where workload directories (`<id>/state.json`, `<id>/output.log`, `<id>/work`) live.
     pub state_dir: PathBuf,
-    /// The address workloads are reached at (and dynamic ports are taken on).
+    /// The address workloads are reached at (and dynamic ports are picked on).
     pub host_ip: String,
     /// Directories searched for a bare command name before `PATH`.
     pub search_path: Vec<PathBuf>,
-    /// A log file larger than this is rotated.
+    /// Size at which a workload's log file is rotated.
     pub log_max_bytes: u64,
     /// How many rotated log files are kept.
     pub log_keep: usize,
-    /// The cgroup mount to put limits under (`None`: do not enforce limits).
-    pub cgroup_mount: Option<PathBuf>,
+    /// Where the cgroup file system is mounted; `/sys/fs/cgroup` when `None`.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl ProcessConfig {
-    /// Defaults with state under `state_dir`.
-    pub fn new(state_dir: PathBuf) -> ProcessConfig {
+    /// The defaults for `state_dir`: host ip `127.0.0.1`, no extra search path, 10 MiB logs with
+    /// one rotated file kept, cgroups at `/sys/fs/cgroup`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> ProcessConfig {
         ProcessConfig {
-            state_dir,
+            state_dir: state_dir.into(),
             host_ip: "127.0.0.1".into(),
             search_path: Vec::new(),
             log_max_bytes: 10 << 20,
             log_keep: 1,
-            cgroup_mount: Some(PathBuf::from("/sys/fs/cgroup")),
+            cgroup_root: None,
         }
     }
 }
 
-/// What `state.json` holds.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Record {
-    id: String,
-    replica_uid: String,
-    template_hash: String,
-    pid: u32,
-    /// Field 22 of `/proc/<pid>/stat`: the PID-reuse guard.
-    start_ticks: u64,
-    ports: Vec<BoundPort>,
-    host_ip: String,
-    started_at: Timestamp,
-    #[serde(default)]
-    exit: Option<ExitStatus>,
+/// A [`Runtime`] that runs each workload as a child process.
+///
+/// - The process gets its own process group, which [`Runtime::stop`] signals as a whole; with
+///   cgroups, every process left in the workload's cgroup is killed too, so nothing it spawned
+///   outlives it.
+/// - Its stdout and stderr go straight to `state_dir/<id>/output.log` (never through a pipe to
+///   this process), so workloads keep running when the runtime's host process stops.
+/// - `state_dir/<id>/state.json` records the pid and the process start time; a new runtime on
+///   the same state directory re-adopts processes that still run (the start time guards
+///   against a reused pid: a process that merely has the recorded pid is never touched).
+/// - Exit codes are known for processes this runtime spawned. For adopted processes (spawned by
+///   an earlier runtime, so not our children) the exit code cannot be known: they are reported
+///   as ended with neither code nor signal (only `oom_killed` can still be told, from the
+///   cgroup).
+///
+/// Dropping the runtime leaves workloads running.
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+    /// An exclusive `flock` on `state_dir/.lock`: one runtime per state directory.
+    _lock: std::fs::File,
+}
+
+struct Inner {
+    config: ProcessConfig,
+    cgroups: Cgroups,
+    workloads: Mutex<BTreeMap<String, Entry>>,
+    events: broadcast::Sender<RuntimeEvent>,
+    /// Background tasks, aborted when the runtime is dropped.
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// Tells successive runs of the same workload id apart.
+    generation: AtomicU64,
+    /// Serialises start and remove.
+    ops: tokio::sync::Mutex<()>,
 }
 
 struct Entry {
     record: Record,
-    exited: watch::Receiver<Option<ExitStatus>>,
+    generation: u64,
+    /// Becomes `Some` when the process has ended.
+    exit: watch::Receiver<Option<ExitStatus>>,
 }
 
-struct Inner {
-    cfg: ProcessConfig,
-    cgroups: Option<Cgroups>,
-    limits_note: String,
-    entries: Mutex<HashMap<String, Entry>>,
-    events: broadcast::Sender<RuntimeEvent>,
+/// What the exit watcher of one run needs.
+struct Run {
+    id: String,
+    generation: u64,
+    pid: i32,
+    cgroups: Vec<PathBuf>,
+    exit: watch::Sender<Option<ExitStatus>>,
 }
 
-impl Drop for Inner {
+impl ProcessRuntime {
+    /// Opens the runtime on `config.state_dir` (created if missing), detects cgroups, and
+    /// restores the workloads recorded there: those whose process still runs (same pid, same
+    /// start time) are adopted as running, the others are recorded as exited.
+    ///
+    /// Fails with [`RuntimeError::Unavailable`] when another runtime uses the directory.
+    pub async fn new(config: ProcessConfig) -> Result<ProcessRuntime, RuntimeError> {
+        let dir = config.state_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io {
+            context: format!("cannot create state directory {}", dir.display()),
+            source,
+        })?;
+        // A child spawned (by anyone in this process) shares the open lock file until it execs,
+        // so a lock released a moment ago may still look held: retry briefly.
+        let mut tries = 0;
+        let lock = loop {
+            match lock_dir(&dir) {
+                Err(RuntimeError::Unavailable(_)) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other?,
+            }
+        };
+        let instance = instance_name(&dir);
+        let cgroup_root = config.cgroup_root.clone();
+        let cgroups =
+            tokio::task::spawn_blocking(move || Cgroups::detect(cgroup_root.as_deref(), &instance))
+                .await
+                .map_err(|e| RuntimeError::Other(Box::new(e)))?;
+        if !cgroups.enforced() {
+            tracing::info!(note = cgroups.note(), "process runtime");
+        }
+        let inner = Arc::new(Inner {
+            config,
+            cgroups,
+            workloads: Mutex::new(BTreeMap::new()),
+            events: broadcast::channel(1024).0,
+            tasks: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(1),
+            ops: tokio::sync::Mutex::new(()),
+        });
+        inner.restore().await?;
+        let me = inner.clone();
+        inner.spawn(async move { me.rotate_logs().await });
+        Ok(ProcessRuntime { inner, _lock: lock })
+    }
+
+    /// The directory holding workload `id`'s state, logs and default working directory.
+    pub fn workload_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.state_dir.join(id)
+    }
+}
+
+impl Drop for ProcessRuntime {
     fn drop(&mut self) {
-        if let Some(cg) = &self.cgroups {
-            cg.cleanup();
+        // The tasks hold the inner state; without this they would keep watching (and the inner
+        // state would never be freed). Workloads themselves keep running.
+        for t in lock(&self.inner.tasks).drain(..) {
+            t.abort();
+        }
+        self.inner.cgroups.release();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, RuntimeError> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| RuntimeError::Io {
+            context: format!("cannot open {}", path.display()),
+            source,
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(RuntimeError::Unavailable(format!(
+            "state directory {} is in use by another process runtime",
+            dir.display()
+        ))),
+        Err(e) => Err(RuntimeError::Io {
+            context: format!("cannot lock {}", path.display()),
+            source: e.into(),
+        }),
+    }
+}
+
+/// A short stable name for the runtime on `dir` (FNV-1a of its canonical path), naming its
+/// cgroup directory.
+fn instance_name(dir: &Path) -> String {
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h & 0xffff_ffff)
+}
+
+impl Inner {
+    fn dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join(id)
+    }
+
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task).abort_handle();
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    /// Reads every `state_dir/*/state.json`; adopts what still runs.
+    async fn restore(self: &Arc<Self>) -> Result<(), RuntimeError> {
+        let dir = self.config.state_dir.clone();
+        let entries = std::fs::read_dir(&dir).map_err(|source| RuntimeError::Io {
+            context: format!("cannot read state directory {}", dir.display()),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path().join(STATE_FILE);
+            let mut record = match state::read(&path) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "process runtime: skipping unreadable state file");
+                    continue;
+                }
+            };
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = watch::channel(record.exit.clone());
+            if record.exit.is_none() {
+                if procfs::is_alive(record.pid, record.start_time) {
+                    tracing::info!(workload = %record.id, pid = record.pid, "process runtime: adopted");
+                    let run = Run {
+                        id: record.id.clone(),
+                        generation,
+                        pid: record.pid,
+                        cgroups: record.cgroups.clone(),
+                        exit: tx,
+                    };
+                    let start_time = record.start_time;
+                    lock(&self.workloads).insert(
+                        record.id.clone(),
+                        Entry {
+                            record,
+                            generation,
+                            exit: rx,
+                        },
+                    );
+                    let me = self.clone();
+                    self.spawn(async move {
+                        wait_foreign(run.pid, start_time).await;
+                        me.finish(run, unknown_exit()).await;
+                    });
+                    continue;
+                }
+                // Dead, or its pid now belongs to another process: never signal it.
+                let status = ExitStatus {
+                    oom_killed: cgroup::oom_killed(&record.cgroups),
+                    ..ExitStatus::default()
+                };
+                record.exit = Some(status.clone());
+                let _ = tx.send(Some(status));
+                if let Err(e) = persist(&path, &record).await {
+                    tracing::warn!(workload = %record.id, error = %e, "process runtime: cannot record exit");
+                }
+            }
+            lock(&self.workloads).insert(
+                record.id.clone(),
+                Entry {
+                    record,
+                    generation,
+                    exit: rx,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Records how run `run` ended: cleans up what it left behind, persists, notifies.
+    async fn finish(&self, run: Run, mut status: ExitStatus) {
+        // No orphans: whatever the process left in its group or cgroup goes with it. (The group
+        // id is the leader's pid; while members remain the kernel does not reuse it.)
+        if let Some(p) = Pid::from_raw(run.pid) {
+            let _ = rustix::process::kill_process_group(p, Signal::KILL);
+        }
+        cgroup::kill_all(&run.cgroups);
+        if (status.signal == Some(9) || (status.signal.is_none() && status.code.is_none()))
+            && cgroup::oom_killed(&run.cgroups)
+        {
+            status.oom_killed = true;
+        }
+        status.at = Some(Timestamp::now());
+        let record = {
+            let mut g = lock(&self.workloads);
+            match g.get_mut(&run.id) {
+                Some(e) if e.generation == run.generation => {
+                    e.record.exit = Some(status.clone());
+                    Some(e.record.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(record) = record {
+            if let Err(e) = persist(&self.dir(&run.id).join(STATE_FILE), &record).await {
+                tracing::warn!(workload = %run.id, error = %e, "process runtime: cannot record exit");
+            }
+        }
+        tracing::debug!(workload = %run.id, pid = run.pid, status = %status, "process runtime: exited");
+        let _ = run.exit.send(Some(status.clone()));
+        let _ = self
+            .events
+            .send(RuntimeEvent::Exited { id: run.id, status });
+    }
+
+    /// Every second, rotates the logs of running workloads that outgrew the cap.
+    async fn rotate_logs(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ROTATE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let paths: Vec<PathBuf> = lock(&self.workloads)
+                .values()
+                .filter(|e| e.record.exit.is_none())
+                .map(|e| self.dir(&e.record.id).join(LOG_FILE))
+                .collect();
+            let (max, keep) = (self.config.log_max_bytes, self.config.log_keep);
+            let _ = tokio::task::spawn_blocking(move || {
+                for p in paths {
+                    if let Err(e) = logs::rotate_if_needed(&p, max, keep) {
+                        tracing::warn!(file = %p.display(), error = %e, "process runtime: cannot rotate log");
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Signals the group of a running process, after checking it is still the recorded one.
+    fn signal_group(&self, pid: i32, start_time: u64, signal: Signal) {
+        if !procfs::is_alive(pid, start_time) {
+            return;
+        }
+        if let Some(p) = Pid::from_raw(pid) {
+            if let Err(e) = rustix::process::kill_process_group(p, signal) {
+                tracing::debug!(pid, error = %e, "process runtime: kill failed");
+            }
+        }
+    }
+
+    async fn stop(
+        &self,
+        id: &str,
+        signal: Signal,
+        grace: Duration,
+    ) -> Result<ExitStatus, RuntimeError> {
+        let (mut rx, pid, start_time, cgroups) = {
+            let g = lock(&self.workloads);
+            let e = g.get(id).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+            if let Some(s) = &e.record.exit {
+                return Ok(s.clone());
+            }
+            (
+                e.exit.clone(),
+                e.record.pid,
+                e.record.start_time,
+                e.record.cgroups.clone(),
+            )
+        };
+        self.signal_group(pid, start_time, signal);
+        if let Some(s) = wait_exit(&mut rx, grace).await? {
+            return Ok(s);
+        }
+        tracing::debug!(workload = %id, "process runtime: grace period over, killing");
+        self.signal_group(pid, start_time, Signal::KILL);
+        cgroup::kill_all(&cgroups);
+        match wait_exit(&mut rx, KILL_WAIT).await? {
+            Some(s) => Ok(s),
+            None => Err(RuntimeError::Io {
+                context: format!(
+                    "workload {id} (pid {pid}) did not exit {}s after SIGKILL",
+                    KILL_WAIT.as_secs()
+                ),
+                source: io::ErrorKind::TimedOut.into(),
+            }),
         }
     }
 }
 
-/// Runs workloads as child processes. Cheap to clone.
-#[derive(Clone)]
-pub struct ProcessRuntime {
-    inner: Arc<Inner>,
+/// Waits up to `limit` for the exit status; `None` when time runs out.
+async fn wait_exit(
+    rx: &mut watch::Receiver<Option<ExitStatus>>,
+    limit: Duration,
+) -> Result<Option<ExitStatus>, RuntimeError> {
+    match tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(s)) => Ok(s.clone()),
+        Ok(Err(_)) => Err(RuntimeError::Unavailable(
+            "the runtime stopped watching the workload".into(),
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let context = context.into();
+/// The status of a process that ended without us being its parent: unknowable.
+fn unknown_exit() -> ExitStatus {
+    ExitStatus::default()
+}
+
+/// Waits until the process `pid` that started at `start_time` (not our child) has ended: with a
+/// pidfd where the kernel has them (readable once the process exits), else by polling `/proc`.
+async fn wait_foreign(pid: i32, start_time: u64) {
+    if let Some(p) = Pid::from_raw(pid) {
+        if let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK) {
+            // The pidfd was opened by pid: make sure it still is the recorded process.
+            if !procfs::is_alive(pid, start_time) {
+                return;
+            }
+            // Deprecated since tokio 1.5x because a generic `T` could close or swap its fd while
+            // registered; an `OwnedFd` moved into the `AsyncFd` cannot, so this use is sound (and
+            // the replacement, `register_with_interest`, is `unsafe`, which this crate forbids).
+            #[allow(deprecated)]
+            let afd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE);
+            if let Ok(afd) = afd {
+                if afd.readable().await.is_ok() {
+                    return;
+                }
+            }
+        }
+    }
+    while procfs::is_alive(pid, start_time) {
+        tokio::time::sleep(POLL_EXIT).await;
+    }
+}
+
+/// Writes a state file without blocking the async runtime.
+async fn persist(path: &Path, record: &Record) -> io::Result<()> {
+    let (path, record) = (path.to_path_buf(), record.clone());
+    tokio::task::spawn_blocking(move || state::write(&path, &record))
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn io_error(context: String) -> impl FnOnce(io::Error) -> RuntimeError {
     move |source| RuntimeError::Io { context, source }
 }
 
-/// The start time (clock ticks since boot) of a live, non-zombie process.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm)": state is field 3, starttime field 22.
-    if fields.first() == Some(&"Z") {
-        return None;
+/// Rejects ids that are not a single plain path component.
+fn check_id(id: &str) -> Result<(), RuntimeError> {
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.starts_with('.') {
+        return Err(RuntimeError::StartFailed(format!(
+            "invalid workload id {id:?}: it names a directory, so it must not be empty, start with a dot or contain a slash"
+        )));
     }
-    fields.get(19)?.parse().ok()
+    Ok(())
 }
 
-/// A short, stable name for this runtime's cgroup scope: `rt-` and a hash of its state dir.
-fn scope_of(state_dir: &Path) -> String {
-    let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in abs.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// Picks the host ports: fixed ones as given, dynamic ones by binding port 0 on `host_ip`.
+/// All probe sockets stay open until every port is picked, so two dynamic ports differ.
+fn allocate_ports(host_ip: &str, specs: &[PortSpec]) -> Result<Vec<BoundPort>, RuntimeError> {
+    let mut probes: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for p in specs {
+        let port = match p.port {
+            Some(port) => port,
+            None => {
+                let context = || format!("cannot pick a free port on {host_ip} for {:?}", p.name);
+                let addr = (host_ip, 0);
+                match p.protocol {
+                    Protocol::Tcp => {
+                        let l = std::net::TcpListener::bind(addr).map_err(io_error(context()))?;
+                        let port = l.local_addr().map_err(io_error(context()))?.port();
+                        probes.push(Box::new(l));
+                        port
+                    }
+                    Protocol::Udp => {
+                        let s = std::net::UdpSocket::bind(addr).map_err(io_error(context()))?;
+                        let port = s.local_addr().map_err(io_error(context()))?.port();
+                        probes.push(Box::new(s));
+                        port
+                    }
+                }
+            }
+        };
+        out.push(BoundPort {
+            name: p.name.clone(),
+            port,
+        });
     }
-    format!("rt-{:012x}", h & 0xffff_ffff_ffff)
+    Ok(out)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// `ORCH_PORT_<NAME>` for a port name.
+fn port_var(name: &str) -> String {
+    format!("ORCH_PORT_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
-fn free_port(ip: &str, protocol: Protocol) -> std::io::Result<u16> {
-    match protocol {
-        Protocol::Tcp => Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port()),
-        Protocol::Udp => Ok(std::net::UdpSocket::bind((ip, 0))?.local_addr()?.port()),
+/// The environment of a workload, in order (later entries win).
+fn environment(spec: &WorkloadSpec, ports: &[BoundPort]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = INHERITED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    env.extend(
+        spec.extra_env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone())),
+    );
+    if let Some(first) = ports.first() {
+        env.push(("PORT".into(), first.port.to_string()));
     }
+    env.extend(
+        ports
+            .iter()
+            .map(|p| (port_var(&p.name), p.port.to_string())),
+    );
+    env.extend(
+        spec.template
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone())),
+    );
+    env
+}
+
+/// Finds a bare command name in `search_path`, then in the directories of `path_var`.
+/// Names with a slash are used as they are.
+fn resolve_command(
+    name: &str,
+    search_path: &[PathBuf],
+    path_var: Option<&str>,
+) -> Result<PathBuf, RuntimeError> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let dirs: Vec<PathBuf> = search_path
+        .iter()
+        .cloned()
+        .chain(
+            path_var
+                .unwrap_or_default()
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+        )
+        .collect();
+    for d in &dirs {
+        let candidate = d.join(name);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(RuntimeError::StartFailed(if searched.is_empty() {
+        format!("command {name:?} not found: no search path and no PATH")
+    } else {
+        format!(
+            "command {name:?} not found in {} (search path, then PATH)",
+            searched.join(", ")
+        )
+    }))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -157,237 +598,37 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-impl ProcessRuntime {
-    /// Opens the runtime on `cfg.state_dir`, re-adopting workloads that still run.
-    pub async fn new(cfg: ProcessConfig) -> Result<ProcessRuntime, RuntimeError> {
-        std::fs::create_dir_all(&cfg.state_dir)
-            .map_err(io(format!("cannot create {}", cfg.state_dir.display())))?;
-        let (cgroups, limits_note) = match &cfg.cgroup_mount {
-            None => (
-                None,
-                "memory and cpu limits not enforced: cgroups disabled by configuration".to_string(),
-            ),
-            Some(m) => match Cgroups::detect(m, &scope_of(&cfg.state_dir)) {
-                Ok(c) => {
-                    let note = c.describe();
-                    (Some(c), note)
-                }
-                Err(why) => (None, why),
-            },
-        };
-        let rt = ProcessRuntime {
-            inner: Arc::new(Inner {
-                cfg,
-                cgroups,
-                limits_note,
-                entries: Mutex::default(),
-                events: broadcast::channel(4096).0,
-            }),
-        };
-        rt.restore()?;
-        let weak = Arc::downgrade(&rt.inner);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let Some(inner) = weak.upgrade() else { break };
-                rotate_logs(&inner);
-            }
-        });
-        Ok(rt)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn dir(&self, id: &str) -> PathBuf {
-        self.inner.cfg.state_dir.join(id)
-    }
-
-    fn restore(&self) -> Result<(), RuntimeError> {
-        let dir = &self.inner.cfg.state_dir;
-        let entries =
-            std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))?;
-        for e in entries.flatten() {
-            let path = e.path().join("state.json");
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            let mut record: Record = match serde_json::from_slice(&bytes) {
-                Ok(r) => r,
-                Err(err) => {
-                    tracing::warn!(file = %path.display(), error = %err, "process runtime: skipping unreadable state file");
-                    continue;
-                }
-            };
-            let alive =
-                record.exit.is_none() && start_ticks(record.pid) == Some(record.start_ticks);
-            let (tx, rx) = watch::channel(None);
-            if alive {
-                tracing::info!(workload = %record.id, pid = record.pid, "process runtime: re-adopting");
-                self.watch_adopted(record.id.clone(), record.pid, record.start_ticks, tx);
-            } else {
-                if record.exit.is_none() {
-                    // Gone (or its pid now belongs to another process, which we leave alone).
-                    record.exit = Some(ExitStatus {
-                        at: Some(Timestamp::now()),
-                        ..ExitStatus::default()
-                    });
-                }
-                let _ = tx.send(record.exit.clone());
-            }
-            self.lock()
-                .insert(record.id.clone(), Entry { record, exited: rx });
+/// Turns a spawn error into a permanent start failure where retrying cannot help.
+fn spawn_error(program: &Path, e: io::Error) -> RuntimeError {
+    const ENOEXEC: i32 = 8;
+    const E2BIG: i32 = 7;
+    let permanent = matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+    ) || matches!(e.raw_os_error(), Some(ENOEXEC | E2BIG));
+    if permanent {
+        RuntimeError::StartFailed(format!("cannot run {}: {e}", program.display()))
+    } else {
+        RuntimeError::Io {
+            context: format!("cannot run {}", program.display()),
+            source: e,
         }
-        Ok(())
-    }
-
-    fn resolve(&self, program: &str) -> Result<PathBuf, RuntimeError> {
-        if program.contains('/') {
-            return Ok(PathBuf::from(program));
-        }
-        let path_var = std::env::var_os("PATH").unwrap_or_default();
-        let dirs: Vec<PathBuf> = self
-            .inner
-            .cfg
-            .search_path
-            .iter()
-            .cloned()
-            .chain(std::env::split_paths(&path_var))
-            .collect();
-        dirs.iter()
-            .map(|d| d.join(program))
-            .find(|p| is_executable(p))
-            .ok_or_else(|| {
-                RuntimeError::StartFailed(format!(
-                    "command {program:?} not found in {}",
-                    dirs.iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(":")
-                ))
-            })
-    }
-
-    /// Records an exit: persists it, wakes stoppers and tells subscribers.
-    fn finish(
-        inner: &Inner,
-        id: &str,
-        pid: u32,
-        mut status: ExitStatus,
-        tx: &watch::Sender<Option<ExitStatus>>,
-    ) {
-        if let Some(cg) = &inner.cgroups {
-            if status.signal == Some(9) && cg.oom_kills(id) > 0 {
-                status.oom_killed = true;
-            }
-        }
-        status.at = Some(Timestamp::now());
-        {
-            let mut g = inner.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = g.get_mut(id).filter(|e| e.record.pid == pid) {
-                e.record.exit = Some(status.clone());
-                let path = inner.cfg.state_dir.join(id).join("state.json");
-                if let Ok(bytes) = serde_json::to_vec_pretty(&e.record) {
-                    let _ = write_atomic(&path, &bytes);
-                }
-            } else {
-                return;
-            }
-        }
-        let _ = tx.send(Some(status.clone()));
-        let _ = inner.events.send(RuntimeEvent::Exited {
-            id: id.to_string(),
-            status,
-        });
-    }
-
-    fn watch_adopted(
-        &self,
-        id: String,
-        pid: u32,
-        ticks: u64,
-        tx: watch::Sender<Option<ExitStatus>>,
-    ) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let pidfd = Pid::from_raw(pid as i32).and_then(|p| {
-                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-            });
-            // The pidfd is an OwnedFd this task alone holds, so the I/O-safety concern behind
-            // the deprecation (a descriptor closed elsewhere while registered) cannot arise.
-            #[allow(deprecated)]
-            let afd = pidfd.and_then(|fd| tokio::io::unix::AsyncFd::new(fd).ok());
-            match afd {
-                Some(afd) => {
-                    let _ = afd.readable().await;
-                }
-                None => {
-                    while start_ticks(pid) == Some(ticks) {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-            ProcessRuntime::finish(&inner, &id, pid, ExitStatus::default(), &tx);
-        });
-    }
-
-    /// Sends `sig` to every process of the workload: its process group, and its cgroup.
-    fn signal_all(&self, id: &str, pid: u32, sig: Signal) {
-        if let Some(p) = Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process_group(p, sig);
-        }
-        if let Some(cg) = &self.inner.cgroups {
-            for other in cg.pids(id) {
-                if let Some(p) = Pid::from_raw(other as i32) {
-                    let _ = rustix::process::kill_process(p, sig);
-                }
-            }
-        }
-    }
-
-    /// Whether any process of the workload's group (or cgroup) remains.
-    fn group_alive(&self, id: &str, pid: u32) -> bool {
-        let in_group = Pid::from_raw(pid as i32)
-            .is_some_and(|p| rustix::process::test_kill_process_group(p).is_ok());
-        in_group
-            || self
-                .inner
-                .cgroups
-                .as_ref()
-                .is_some_and(|cg| !cg.pids(id).is_empty())
     }
 }
 
-fn rotate_logs(inner: &Inner) {
-    let ids: Vec<String> = inner
-        .entries
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .keys()
-        .cloned()
-        .collect();
-    for id in ids {
-        let log = inner.cfg.state_dir.join(&id).join("output.log");
-        let Ok(meta) = std::fs::metadata(&log) else {
-            continue;
-        };
-        if meta.len() <= inner.cfg.log_max_bytes {
-            continue;
-        }
-        for i in (1..inner.cfg.log_keep).rev() {
-            let _ = std::fs::rename(
-                log.with_extension(format!("log.{i}")),
-                log.with_extension(format!("log.{}", i + 1)),
-            );
-        }
-        if inner.cfg.log_keep > 0 {
-            let _ = std::fs::copy(&log, log.with_extension("log.1"));
-        }
-        // The workload writes with O_APPEND, so after truncation it continues at the new end.
-        if let Ok(f) = OpenOptions::new().write(true).open(&log) {
-            let _ = f.set_len(0);
-        }
+fn to_workload(r: &Record) -> Workload {
+    Workload {
+        id: r.id.clone(),
+        replica_uid: r.replica_uid.clone(),
+        template_hash: r.template_hash.clone(),
+        runtime_id: format!("pid {}", r.pid),
+        state: match &r.exit {
+            None => WorkloadState::Running,
+            Some(s) => WorkloadState::Exited(s.clone()),
+        },
+        host_ip: r.host_ip.clone(),
+        ports: r.ports.clone(),
+        started_at: r.started_at,
     }
 }
 
@@ -396,8 +637,8 @@ impl Runtime for ProcessRuntime {
     fn info(&self) -> RuntimeInfo {
         RuntimeInfo {
             name: "process".into(),
-            limits_enforced: self.inner.cgroups.is_some(),
-            limits_note: self.inner.limits_note.clone(),
+            limits_enforced: self.inner.cgroups.enforced(),
+            limits_note: self.inner.cgroups.note().into(),
         }
     }
 
@@ -406,177 +647,183 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {
+        let inner = &self.inner;
         let t = &spec.template;
-        if !self.supports(t) {
+        check_id(&spec.id)?;
+        if t.image.is_some() {
             return Err(RuntimeError::Unsupported(
-                "the process runtime runs a command; this template names an image".into(),
+                "the process runtime runs commands, not images".into(),
             ));
         }
-        if self
-            .lock()
-            .get(&spec.id)
-            .is_some_and(|e| e.exited.borrow().is_none())
-        {
-            return Err(RuntimeError::AlreadyRunning(spec.id.clone()));
-        }
-        let program = self.resolve(&t.command[0])?;
-        let dir = self.dir(&spec.id);
-        let work = match &t.working_dir {
-            Some(w) => PathBuf::from(w),
-            None => dir.join("work"),
+        let Some(command) = t.command.first() else {
+            return Err(RuntimeError::Unsupported(
+                "the process runtime needs a command".into(),
+            ));
         };
-        std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
-        if t.working_dir.is_none() {
-            std::fs::create_dir_all(&work)
-                .map_err(io(format!("cannot create {}", work.display())))?;
-        } else if !work.is_dir() {
-            return Err(RuntimeError::StartFailed(format!(
-                "working directory {} does not exist",
-                work.display()
-            )));
-        }
-        let host_ip = self.inner.cfg.host_ip.clone();
-        let mut ports = Vec::new();
-        for p in &t.ports {
-            let port = match p.port {
-                Some(n) => n,
-                None => free_port(&host_ip, p.protocol)
-                    .map_err(io(format!("cannot find a free port on {host_ip}")))?,
-            };
-            ports.push(BoundPort {
-                name: p.name.clone(),
-                port,
-            });
-        }
-        let log_path = dir.join("output.log");
-        let log = OpenOptions::new()
+        let _ops = inner.ops.lock().await;
+        let old_cgroups = match lock(&inner.workloads).get(&spec.id) {
+            Some(e) if e.record.exit.is_none() => {
+                return Err(RuntimeError::AlreadyRunning(spec.id.clone()))
+            }
+            Some(e) => e.record.cgroups.clone(),
+            None => Vec::new(),
+        };
+
+        let dir = inner.dir(&spec.id);
+        let ports = allocate_ports(&inner.config.host_ip, &t.ports)?;
+        let env = environment(spec, &ports);
+        let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v);
+        let program = resolve_command(command, &inner.config.search_path, path_var.map(|s| &**s))?;
+        let work_dir = match &t.working_dir {
+            Some(w) => {
+                let w = PathBuf::from(w);
+                if !w.is_dir() {
+                    return Err(RuntimeError::StartFailed(format!(
+                        "working directory {} does not exist",
+                        w.display()
+                    )));
+                }
+                w
+            }
+            None => {
+                let w = dir.join("work");
+                std::fs::create_dir_all(&w)
+                    .map_err(io_error(format!("cannot create {}", w.display())))?;
+                w
+            }
+        };
+        let log_path = dir.join(LOG_FILE);
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(io(format!("cannot open {}", log_path.display())))?;
+            .map_err(io_error(format!("cannot open {}", log_path.display())))?;
         let log2 = log
             .try_clone()
-            .map_err(io("cannot duplicate the log file"))?;
+            .map_err(io_error(format!("cannot open {}", log_path.display())))?;
+
+        // A fresh cgroup per run (so the OOM counter is this run's).
+        if !old_cgroups.is_empty() {
+            cgroup::remove(&old_cgroups).await;
+        }
+        let cgroups = match inner.cgroups.create(&spec.id, &t.resources).await {
+            Ok(c) => c,
+            Err(e) if t.resources == Default::default() => {
+                tracing::warn!(workload = %spec.id, error = %e, "process runtime: running without a cgroup");
+                Vec::new()
+            }
+            Err(source) => {
+                return Err(RuntimeError::Io {
+                    context: format!("cannot set up the cgroup limiting {}", spec.id),
+                    source,
+                })
+            }
+        };
 
         let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&t.command[1..])
-            .args(&t.args)
-            .current_dir(&work)
-            .env_clear();
-        for key in ["PATH", "HOME", "LANG", "TZ", "USER"] {
-            if let Some(v) = std::env::var_os(key) {
-                cmd.env(key, v);
-            }
-        }
-        for e in &spec.extra_env {
-            cmd.env(&e.name, &e.value);
-        }
-        if let Some(first) = ports.first() {
-            cmd.env("PORT", first.port.to_string());
-        }
-        for p in &ports {
-            cmd.env(
-                format!(
-                    "ORCH_PORT_{}",
-                    p.name.to_ascii_uppercase().replace('-', "_")
-                ),
-                p.port.to_string(),
-            );
-        }
-        for e in &t.env {
-            cmd.env(&e.name, &e.value);
-        }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log2)
+        cmd.args(t.command.iter().skip(1).chain(&t.args))
+            .env_clear()
+            .envs(env)
+            .current_dir(&work_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
             .process_group(0)
             .kill_on_drop(false);
-        if let Some(cg) = &self.inner.cgroups {
-            cg.create(
-                &spec.id,
-                t.resources.cpu.map(|c| c.0),
-                t.resources.memory.map(|m| m.0),
-            )
-            .map_err(io(format!("cannot create the cgroup of {}", spec.id)))?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cgroup::remove(&cgroups).await;
+                return Err(spawn_error(&program, e));
+            }
+        };
+        drop(cmd);
+        let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+            // Cannot happen before the child is awaited.
+            return Err(RuntimeError::Unavailable(
+                "the child process has no pid".into(),
+            ));
+        };
+        // The child runs in our cgroup until moved here, so for a few microseconds it may fork
+        // (those children stay outside) or allocate without limit. Closing the window would
+        // need a pre-exec hook (unsafe) or a wrapper process.
+        if let Err(e) = cgroup::add(&cgroups, pid) {
+            if t.resources != Default::default() {
+                kill_group(pid);
+                cgroup::remove(&cgroups).await;
+                return Err(RuntimeError::Io {
+                    context: format!("cannot move {} (pid {pid}) into its cgroup", spec.id),
+                    source: e,
+                });
+            }
+            tracing::warn!(workload = %spec.id, error = %e, "process runtime: running without a cgroup");
         }
-        let spawned = cmd.spawn();
-        if spawned.is_err() {
-            if let Some(cg) = &self.inner.cgroups {
-                cg.remove(&spec.id);
+        let start_time = match procfs::stat(pid) {
+            Ok(s) => s.start_time,
+            Err(e) => {
+                tracing::warn!(workload = %spec.id, pid, error = %e, "process runtime: cannot read the start time; the workload cannot be re-adopted");
+                0
             }
-        }
-        let mut child = spawned.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                RuntimeError::StartFailed(format!("{}: {e}", program.display()))
-            }
-            _ if e.raw_os_error() == Some(8) => {
-                RuntimeError::StartFailed(format!("{}: {e}", program.display()))
-            }
-            _ => RuntimeError::Io {
-                context: format!("cannot start {}", program.display()),
-                source: e,
-            },
-        })?;
-        let pid = child.id().unwrap_or(0);
-        // The process runs a few instructions before it joins its cgroup (there is no
-        // CLONE_INTO_CGROUP without cgroup v2 and unsafe code); it cannot fork in that window
-        // unless the program itself does so immediately.
-        if let Some(cg) = &self.inner.cgroups {
-            if let Err(e) = cg.add(&spec.id, pid) {
-                tracing::warn!(workload = %spec.id, error = %e, "process runtime: cannot apply limits");
-            }
-        }
+        };
         let record = Record {
+            version: 1,
             id: spec.id.clone(),
             replica_uid: spec.replica_uid.clone(),
             template_hash: spec.template_hash.clone(),
             pid,
-            start_ticks: start_ticks(pid).unwrap_or(0),
-            ports: ports.clone(),
-            host_ip: host_ip.clone(),
+            start_time,
+            ports,
+            host_ip: inner.config.host_ip.clone(),
             started_at: Timestamp::now(),
             exit: None,
+            cgroups: cgroups.clone(),
         };
-        let bytes =
-            serde_json::to_vec_pretty(&record).map_err(|e| RuntimeError::Other(Box::new(e)))?;
-        write_atomic(&dir.join("state.json"), &bytes).map_err(io(format!(
-            "cannot write {}",
-            dir.join("state.json").display()
-        )))?;
+        if let Err(source) = persist(&dir.join(STATE_FILE), &record).await {
+            // Untracked, it could never be stopped after a restart: better not to run it.
+            kill_group(pid);
+            cgroup::remove(&cgroups).await;
+            return Err(RuntimeError::Io {
+                context: format!("cannot write the state of {}", spec.id),
+                source,
+            });
+        }
+        let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        self.lock().insert(
+        let workload = to_workload(&record);
+        lock(&inner.workloads).insert(
             spec.id.clone(),
             Entry {
-                record: record.clone(),
-                exited: rx,
+                record,
+                generation,
+                exit: rx,
             },
         );
-        let inner = self.inner.clone();
-        let id = spec.id.clone();
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    ExitStatus {
-                        code: s.code(),
-                        signal: s.signal(),
-                        ..ExitStatus::default()
-                    }
-                }
-                Err(_) => ExitStatus::default(),
-            };
-            ProcessRuntime::finish(&inner, &id, pid, status, &tx);
-        });
-        Ok(Workload {
+        let run = Run {
             id: spec.id.clone(),
-            replica_uid: record.replica_uid,
-            template_hash: record.template_hash,
-            runtime_id: format!("pid {pid}"),
-            state: WorkloadState::Running,
-            host_ip,
-            ports,
-            started_at: record.started_at,
-        })
+            generation,
+            pid,
+            cgroups,
+            exit: tx,
+        };
+        let me = inner.clone();
+        let mut child = child;
+        inner.spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => ExitStatus {
+                    code: s.code(),
+                    signal: s.signal(),
+                    ..ExitStatus::default()
+                },
+                Err(e) => {
+                    tracing::warn!(workload = %run.id, error = %e, "process runtime: cannot wait for the process");
+                    wait_foreign(run.pid, start_time).await;
+                    unknown_exit()
+                }
+            };
+            me.finish(run, status).await;
+        });
+        tracing::debug!(workload = %spec.id, pid, program = %program.display(), "process runtime: started");
+        Ok(workload)
     }
 
     async fn stop(
@@ -585,77 +832,43 @@ impl Runtime for ProcessRuntime {
         signal: &str,
         grace: Duration,
     ) -> Result<ExitStatus, RuntimeError> {
-        let (pid, mut exited) = {
-            let g = self.lock();
-            let e = g.get(id).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-            (e.record.pid, e.exited.clone())
-        };
-        let sig = signal_number(signal)
-            .and_then(Signal::from_named_raw)
-            .unwrap_or(Signal::TERM);
-        if exited.borrow().is_none() {
-            self.signal_all(id, pid, sig);
-            if tokio::time::timeout(grace, exited.wait_for(Option::is_some))
-                .await
-                .is_err()
-            {
-                self.signal_all(id, pid, Signal::KILL);
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some))
-                        .await;
-            }
-        }
-        // Whatever is left of the group (children that outlived the leader) goes too.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.group_alive(id, pid) && tokio::time::Instant::now() < deadline {
-            self.signal_all(id, pid, Signal::KILL);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let status = exited.borrow().clone().unwrap_or_default();
-        Ok(status)
+        let sig = signal_number(signal).and_then(Signal::from_named_raw).unwrap_or_else(|| {
+            tracing::warn!(workload = %id, signal, "process runtime: cannot send this signal, sending SIGTERM");
+            Signal::TERM
+        });
+        self.inner.stop(id, sig, grace).await
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let running = {
-            let g = self.lock();
-            let e = g.get(id).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-            let running = e.exited.borrow().is_none();
-            running
+        let inner = &self.inner;
+        let _ops = inner.ops.lock().await;
+        let cgroups = match lock(&inner.workloads).get(id) {
+            Some(e) => e.record.cgroups.clone(),
+            None => return Err(RuntimeError::NotFound(id.into())),
         };
-        if running {
-            self.stop(id, "SIGKILL", Duration::ZERO).await?;
+        inner.stop(id, Signal::KILL, Duration::ZERO).await?;
+        cgroup::remove(&cgroups).await;
+        let dir = inner.dir(id);
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(Err(source)) => {
+                return Err(RuntimeError::Io {
+                    context: format!("cannot remove {}", dir.display()),
+                    source,
+                })
+            }
+            Err(e) => return Err(RuntimeError::Other(Box::new(e))),
         }
-        self.lock().remove(id);
-        if let Some(cg) = &self.inner.cgroups {
-            cg.remove(id);
-        }
-        let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::Io {
-                context: format!("cannot remove {}", dir.display()),
-                source: e,
-            }),
-        }
+        lock(&inner.workloads).remove(id);
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<Workload>, RuntimeError> {
-        let g = self.lock();
-        Ok(g.values()
-            .map(|e| Workload {
-                id: e.record.id.clone(),
-                replica_uid: e.record.replica_uid.clone(),
-                template_hash: e.record.template_hash.clone(),
-                runtime_id: format!("pid {}", e.record.pid),
-                state: match e.exited.borrow().clone() {
-                    None => WorkloadState::Running,
-                    Some(s) => WorkloadState::Exited(s),
-                },
-                host_ip: e.record.host_ip.clone(),
-                ports: e.record.ports.clone(),
-                started_at: e.record.started_at,
-            })
+        Ok(lock(&self.inner.workloads)
+            .values()
+            .map(|e| to_workload(&e.record))
             .collect())
     }
 
@@ -664,60 +877,95 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
-        if !self.lock().contains_key(id) {
+        if !lock(&self.inner.workloads).contains_key(id) {
             return Err(RuntimeError::NotFound(id.into()));
         }
-        let path = self.dir(id).join("output.log");
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let offset = opts.tail_bytes.map(|t| len.saturating_sub(t)).unwrap_or(0);
-        let me = self.clone();
-        let id = id.to_string();
-        let stream = futures::stream::unfold((offset, false), move |(mut offset, done)| {
-            let (me, id, path) = (me.clone(), id.clone(), path.clone());
-            async move {
-                if done {
-                    return None;
-                }
-                loop {
-                    let len = match std::fs::metadata(&path) {
-                        Ok(m) => m.len(),
-                        Err(_) => return None,
-                    };
-                    if len < offset {
-                        offset = 0; // rotated
-                    }
-                    if len > offset {
-                        let chunk = read_at(&path, offset, (len - offset).min(64 * 1024));
-                        return Some(match chunk {
-                            Ok(bytes) => {
-                                offset += bytes.len() as u64;
-                                (Ok(bytes), (offset, false))
-                            }
-                            Err(e) => (
-                                Err(RuntimeError::Io {
-                                    context: format!("cannot read {}", path.display()),
-                                    source: e,
-                                }),
-                                (offset, true),
-                            ),
-                        });
-                    }
-                    if !opts.follow || !me.lock().contains_key(&id) {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+        let follow = opts.follow.then(|| {
+            let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+            let id = id.to_string();
+            let keep_following: logs::KeepFollowing = Arc::new(move || {
+                weak.upgrade()
+                    .is_some_and(|i| lock(&i.workloads).contains_key(&id))
+            });
+            keep_following
         });
-        Ok(stream.boxed())
+        Ok(logs::stream(
+            self.inner.dir(id).join(LOG_FILE),
+            self.inner.config.log_keep,
+            opts.tail_bytes,
+            follow,
+        ))
     }
 }
 
-fn read_at(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(len).read_to_end(&mut buf)?;
-    Ok(buf)
+/// SIGKILLs the process group led by `pid`, which this runtime just spawned.
+fn kill_group(pid: i32) {
+    if let Some(p) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process_group(p, Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_search_path_before_path() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [&a, &b] {
+            let p = d.path().join("tool");
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path_var = b.path().display().to_string();
+        let found = resolve_command("tool", &[a.path().into()], Some(&path_var)).unwrap();
+        assert_eq!(found, a.path().join("tool"));
+        let found = resolve_command("tool", &[], Some(&path_var)).unwrap();
+        assert_eq!(found, b.path().join("tool"));
+        let err = resolve_command("nope", &[a.path().into()], Some(&path_var)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"nope\"") && msg.contains(&path_var), "{msg}");
+        assert_eq!(
+            resolve_command("./x", &[], None).unwrap(),
+            PathBuf::from("./x")
+        );
+    }
+
+    #[test]
+    fn port_variable_names() {
+        assert_eq!(port_var("http"), "ORCH_PORT_HTTP");
+        assert_eq!(port_var("grpc-web"), "ORCH_PORT_GRPC_WEB");
+    }
+
+    #[test]
+    fn ids_must_be_plain_names() {
+        assert!(check_id("default.web-0").is_ok());
+        for bad in ["", ".", "..", "a/b", ".hidden"] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dynamic_ports_differ() {
+        let specs: Vec<PortSpec> = ["a", "b", "c"]
+            .iter()
+            .map(|n| PortSpec {
+                name: (*n).into(),
+                port: None,
+                protocol: Protocol::Tcp,
+            })
+            .chain([PortSpec {
+                name: "fixed".into(),
+                port: Some(4321),
+                protocol: Protocol::Udp,
+            }])
+            .collect();
+        let ports = allocate_ports("127.0.0.1", &specs).unwrap();
+        assert_eq!(ports.len(), 4);
+        assert_ne!(ports[0].port, ports[1].port);
+        assert_ne!(ports[1].port, ports[2].port);
+        assert_eq!(ports[3].port, 4321);
+    }
 }
