@@ -21,17 +21,27 @@ async fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Du
 }
 
 fn ready(e: &Engine) -> usize {
-    e.cache().replicas().iter().filter(|r| r.status.phase == Phase::Ready).count()
+    e.cache()
+        .replicas()
+        .iter()
+        .filter(|r| r.status.phase == Phase::Ready)
+        .count()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(orch_core::memstore::MemStore::new());
-    let rt: Arc<dyn Runtime> = Arc::new(orch_runtime::ProcessRuntime::new(orch_runtime::ProcessConfig::new(dir.path().join("rt"))).await?);
+    let rt: Arc<dyn Runtime> = Arc::new(
+        orch_runtime::ProcessRuntime::new(orch_runtime::ProcessConfig::new(dir.path().join("rt")))
+            .await?,
+    );
     let mut e = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler)).start();
     e.add_agent(rt.clone(), AgentConfig::new("local"));
-    wait("node", Duration::from_secs(10), || e.cache().nodes().len() == 1).await;
+    wait("node", Duration::from_secs(10), || {
+        e.cache().nodes().len() == 1
+    })
+    .await;
     let n = 100;
     let y = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: sleepers}}\nspec:\n  replicas: {n}\n  template:\n    command: [sleep, '3600']\n    stopGracePeriod: 1s\n");
     let objs = orch_core::manifest::parse("bench", &y).expect("valid");
@@ -39,24 +49,43 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     orch_core::api::apply(&*store, objs, false).await?;
     wait("converge", Duration::from_secs(60), || ready(&e) == n).await;
-    println!("| apply → {n} real processes ready | {:.3} s |", t.elapsed().as_secs_f64());
+    println!(
+        "| apply → {n} real processes ready | {:.3} s |",
+        t.elapsed().as_secs_f64()
+    );
 
     // Crash to replacement: SIGKILL one process, time until its replica runs a new one.
     // Each sample kills a replica that has not crashed before, so no restart backoff applies
     // (the first restart is immediate by design).
     let mut samples = Vec::new();
     for _ in 0..5 {
-        let victim = e.cache().replicas().into_iter().find(|r| r.status.phase == Phase::Ready && r.status.restarts == 0).expect("a ready replica");
+        let victim = e
+            .cache()
+            .replicas()
+            .into_iter()
+            .find(|r| r.status.phase == Phase::Ready && r.status.restarts == 0)
+            .expect("a ready replica");
         let old = victim.status.runtime_id.clone();
         let pid: i32 = old.trim_start_matches("pid ").parse()?;
         let key = Kind::Replica.key(&victim.metadata.namespace, &victim.metadata.name);
         let t = Instant::now();
-        std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
-        wait("replaced", Duration::from_secs(10), || e.cache().replica(&key).is_some_and(|r| r.status.phase == Phase::Ready && r.status.runtime_id != old)).await;
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?;
+        wait("replaced", Duration::from_secs(10), || {
+            e.cache()
+                .replica(&key)
+                .is_some_and(|r| r.status.phase == Phase::Ready && r.status.runtime_id != old)
+        })
+        .await;
         samples.push(t.elapsed());
     }
     samples.sort();
-    println!("| SIGKILL → replacement process running (5 samples, median / max) | {:.1} ms / {:.1} ms |", samples[2].as_secs_f64() * 1e3, samples[4].as_secs_f64() * 1e3);
+    println!(
+        "| SIGKILL → replacement process running (5 samples, median / max) | {:.1} ms / {:.1} ms |",
+        samples[2].as_secs_f64() * 1e3,
+        samples[4].as_secs_f64() * 1e3
+    );
 
     let t = Instant::now();
     orch_core::api::delete(&*store, Kind::Service, "default", "sleepers").await?;
@@ -66,7 +95,10 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    println!("| delete → all {n} processes stopped and removed | {:.3} s |", t.elapsed().as_secs_f64());
+    println!(
+        "| delete → all {n} processes stopped and removed | {:.3} s |",
+        t.elapsed().as_secs_f64()
+    );
     e.shutdown().await;
     Ok(())
 }
