@@ -24,7 +24,14 @@ fn service() -> impl Strategy<Value = Service> {
         label(),
         label(),
         0u32..1000,
-        prop::collection::vec("[ -~]{1,12}", 1..4),
+        (
+            ("[!-~][ -~]{0,11}"),
+            prop::collection::vec("[ -~]{0,12}", 0..3),
+        )
+            .prop_map(|(first, mut rest)| {
+                rest.insert(0, first);
+                rest
+            }),
         env,
         ports,
         labels,
