@@ -409,13 +409,7 @@ impl Agent {
             (Some(r), Some(w)) => match &w.state {
                 WorkloadState::Running => {
                     let mut st = r.status.clone();
-                    st.phase = Phase::Ready;
-                    st.reason.clear();
-                    st.message.clear();
-                    st.runtime_id = w.runtime_id.clone();
-                    st.host_ip = Some(w.host_ip.clone());
-                    st.ports = w.ports.clone();
-                    st.started_at = Some(w.started_at);
+                    mark_running(&mut st, &w);
                     Outcome {
                         ops: with_status(&r, st).into_iter().collect(),
                         requeue_after: None,
@@ -652,13 +646,7 @@ impl Agent {
         }
         match self.runtime.start(&spec).await {
             Ok(w) => {
-                st.phase = Phase::Ready;
-                st.reason.clear();
-                st.message.clear();
-                st.runtime_id = w.runtime_id.clone();
-                st.host_ip = Some(w.host_ip.clone());
-                st.ports = w.ports.clone();
-                st.started_at = Some(w.started_at);
+                mark_running(&mut st, &w);
                 if restart {
                     st.restarts += 1;
                     rec.normal(
@@ -731,6 +719,17 @@ impl Agent {
             }
         }
     }
+}
+
+/// The status of a replica whose workload runs (ready: there are no readiness probes yet).
+fn mark_running(st: &mut ReplicaStatus, w: &Workload) {
+    st.phase = Phase::Ready;
+    st.reason.clear();
+    st.message.clear();
+    st.runtime_id = w.runtime_id.clone();
+    st.host_ip = Some(w.host_ip.clone());
+    st.ports = w.ports.clone();
+    st.started_at = Some(w.started_at);
 }
 
 fn ports_note(ports: &[BoundPort]) -> String {
