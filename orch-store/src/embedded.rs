@@ -124,11 +124,19 @@ struct Shared {
     db: Database,
     /// Serialises redb write transactions; holds what the file has trimmed from its log.
     writer: Mutex<Writer>,
-    /// Transactions waiting for the next commit.
-    queue: Mutex<Vec<Pending>>,
+    /// Transactions waiting for the next commit, and whether a committer is draining them.
+    queue: Mutex<Queue>,
     /// What readers see: only committed state.
     state: Mutex<State>,
     max_txn_bytes: usize,
+}
+
+/// Group commit: writers append here; at most one committer drains it at a time, so every
+/// transaction that arrives during an fsync joins the next commit.
+#[derive(Default)]
+struct Queue {
+    items: Vec<Pending>,
+    committing: bool,
 }
 
 struct Writer {
@@ -228,7 +236,7 @@ impl EmbeddedStore {
                 writer: Mutex::new(Writer {
                     disk_compacted: loaded.disk_compacted,
                 }),
-                queue: Mutex::new(Vec::new()),
+                queue: Mutex::new(Queue::default()),
                 state: Mutex::new(loaded.state),
                 max_txn_bytes: options.max_txn_bytes.min(codec::MAX_ENTRY),
             }),
@@ -277,17 +285,26 @@ impl Store for EmbeddedStore {
             return Ok(self.shared.state().revision);
         }
         let (reply, outcome) = oneshot::channel();
-        lock(&self.shared.queue).push(Pending { ops, reply });
-        let shared = self.shared.clone();
-        // Whichever writer takes the queue first commits our transaction; by the time our own
-        // task has held the writer lock, the reply has been sent.
-        tokio::task::spawn_blocking(move || shared.commit_queued())
-            .await
-            .map_err(|e| self.shared.unavailable(format!("commit task failed: {e}")))?;
-        outcome.await.map_err(|_| {
+        let lead = {
+            let mut q = lock(&self.shared.queue);
+            q.items.push(Pending { ops, reply });
+            !std::mem::replace(&mut q.committing, true)
+        };
+        // The writer that finds no committer starts one and waits for it to finish, so a
+        // store dropped after its last write really has closed its file.
+        let committer = lead.then(|| {
+            let (shared, rt) = (self.shared.clone(), tokio::runtime::Handle::current());
+            tokio::task::spawn_blocking(move || shared.drain(&rt))
+        });
+        let result = outcome.await.map_err(|_| {
             self.shared
                 .unavailable("commit task ended without a reply".to_string())
-        })?
+        });
+        if let Some(c) = committer {
+            c.await
+                .map_err(|e| self.shared.unavailable(format!("commit task failed: {e}")))?;
+        }
+        result?
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
@@ -317,10 +334,42 @@ impl Shared {
         StoreError::Unavailable(format!("store file {}: {what}", self.path.display()))
     }
 
+    /// Commits queued transactions, one group per commit, until the queue is empty. After a
+    /// few groups under sustained load it hands over to a fresh committer, so the writer that
+    /// started this one is not kept waiting by everyone else's writes. Blocking.
+    fn drain(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        struct Reset<'a>(&'a Shared);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                // Only on a panic: a later writer must be able to start a committer again.
+                lock(&self.0.queue).committing = false;
+            }
+        }
+        let reset = Reset(self);
+        for round in 0.. {
+            {
+                // Checked and cleared under one lock: a writer that pushes after this sees
+                // `committing == false` and starts the next committer.
+                let mut q = lock(&self.queue);
+                if q.items.is_empty() {
+                    q.committing = false;
+                    break;
+                }
+            }
+            if round == 4 {
+                let (shared, handle) = (self.clone(), rt.clone());
+                rt.spawn_blocking(move || shared.drain(&handle));
+                break;
+            }
+            self.commit_queued();
+        }
+        std::mem::forget(reset);
+    }
+
     /// Commits every queued transaction in one redb write transaction. Blocking.
     fn commit_queued(&self) {
         let mut writer = lock(&self.writer);
-        let queued = std::mem::take(&mut *lock(&self.queue));
+        let queued = std::mem::take(&mut lock(&self.queue).items);
         if queued.is_empty() {
             return;
         }
@@ -772,7 +821,7 @@ mod tests {
             }],
         ] {
             let (reply, rx) = oneshot::channel();
-            lock(&store.shared.queue).push(Pending { ops, reply });
+            lock(&store.shared.queue).items.push(Pending { ops, reply });
             replies.push(rx);
         }
         let shared = store.shared.clone();
