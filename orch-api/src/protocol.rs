@@ -159,6 +159,9 @@ pub enum Response {
         version: String,
         /// Which store (`memory`, `embedded:/path`).
         store: String,
+        /// `available (revision N)`, or `unavailable: why`.
+        #[serde(default)]
+        store_health: String,
         /// Nodes this daemon runs agents for.
         nodes: Vec<String>,
     },

@@ -237,6 +237,16 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
         Request::Info => Response::Info {
             version: env!("CARGO_PKG_VERSION").into(),
             store: backend.store_name.clone(),
+            store_health: match tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                store.revision(),
+            )
+            .await
+            {
+                Ok(Ok(rev)) => format!("available (revision {rev})"),
+                Ok(Err(e)) => format!("unavailable: {e}"),
+                Err(_) => "unavailable: no answer within 2s".into(),
+            },
             nodes: {
                 let mut n: Vec<String> = backend.runtimes.keys().cloned().collect();
                 n.sort();

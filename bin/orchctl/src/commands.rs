@@ -327,11 +327,12 @@ async fn info(client: &Client) -> anyhow::Result<()> {
     if let Response::Info {
         version,
         store,
+        store_health,
         nodes,
     } = client.call(Request::Info).await?
     {
         println!(
-            "orchd {version}\nstore: {store}\nnodes: {}",
+            "orchd {version}\nstore: {store} — {store_health}\nnodes: {}",
             nodes.join(", ")
         );
     }
