@@ -1,12 +1,16 @@
 //! orch-store: the durable embedded [`Store`](orch_core::Store) ([`EmbeddedStore`], one redb
 //! file) and the [`conformance`] suite that every `Store` implementation runs.
 //!
+//! With the cargo feature `etcd` (needs `protoc` to build), [`etcd`] adds an etcd-backed store.
+//!
 //! The contract lives in `orch_core::store`; this crate only implements and checks it.
 
 mod codec;
 pub mod compact;
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 pub use compact::Compact;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};

@@ -1,0 +1,510 @@
+//! [`EtcdStore`]: a [`Store`] kept in an etcd v3 cluster, a thin mapping of the `Store`
+//! contract onto etcd's revisions, transactions and watches.
+//!
+//! Built only with the cargo feature `etcd` of `orch-store` (off by default), because the
+//! `etcd-client` crate compiles etcd's protobuf definitions and needs `protoc` at build time
+//! (Debian: `apt-get install protobuf-compiler`).
+//!
+//! Mapping:
+//! - every orch key lives at `<prefix><key>` (e.g. `/orch/services/default/web`);
+//! - an orch revision is the etcd revision (`create_revision`, `mod_revision`, header revision);
+//!   revisions are shared by every user of the cluster, so they rise by more than one when
+//!   others write too;
+//! - [`Store::txn`] is one etcd transaction whose compares guard every operation; when it
+//!   fails, its else-branch reads the keys back so the error names the first failing op;
+//! - etcd limits a request to 1.5 MiB (`--max-request-bytes`) and a transaction to 128
+//!   operations (`--max-txn-ops`); a transaction over [`MAX_TXN_BYTES`] or [`MAX_TXN_OPS`] fails
+//!   with [`StoreError::TooLarge`] before it is sent (a transaction must stay atomic, so it is
+//!   never split);
+//! - a watch asks etcd for `prev_kv` (so deletes carry the last value) and progress
+//!   notifications; it ends with [`StoreError::Unavailable`] when the connection drops.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+use futures::StreamExt;
+use orch_core::store::{
+    KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchEvent, WatchStream,
+};
+
+use crate::compact::Compact;
+
+/// Most operations etcd accepts in one transaction by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Largest encoded transaction sent, below etcd's default request limit of 1.5 MiB
+/// (`--max-request-bytes`), leaving room for framing.
+pub const MAX_TXN_BYTES: usize = 1_400 * 1024;
+
+/// How long one request may take before the store counts as unavailable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`Store`] backed by etcd v3.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: Arc<str>,
+    endpoints: Arc<str>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl EtcdStore {
+    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`) and checks that it
+    /// answers; orch keys are stored beneath `prefix` (e.g. `/orch`).
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, StoreError> {
+        let joined: Arc<str> = endpoints.join(",").into();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let client =
+            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
+                .await
+                .map_err(|_| unavailable(&joined, "connect timed out"))?
+                .map_err(|e| map_err(&joined, e))?;
+        let store = EtcdStore {
+            client,
+            prefix: prefix.into(),
+            endpoints: joined,
+        };
+        store.revision().await?;
+        Ok(store)
+    }
+
+    /// The prefix every orch key is stored under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn etcd_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+        let raw = String::from_utf8_lossy(kv.key());
+        let key = raw
+            .strip_prefix(&*self.prefix)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: raw.to_string(),
+                reason: format!("key outside prefix {}", self.prefix),
+            })?
+            .to_string();
+        Ok(KeyValue {
+            key,
+            value: kv.value().into(),
+            create_revision: rev(kv.create_revision()),
+            mod_revision: rev(kv.mod_revision()),
+        })
+    }
+
+    /// Runs `f` with a client, bounded by [`REQUEST_TIMEOUT`]; retries once when etcd is
+    /// unavailable (the client reconnects on its own).
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for _ in 0..2 {
+            match tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())).await {
+                Err(_) => last = Some(unavailable(&self.endpoints, "request timed out")),
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => match map_err(&self.endpoints, e) {
+                    e @ StoreError::Unavailable(_) => last = Some(e),
+                    e => return Err(e),
+                },
+            }
+        }
+        Err(last.unwrap_or_else(|| unavailable(&self.endpoints, "no answer")))
+    }
+
+    /// The oldest revision a watch can still start from, found by watching from revision 1
+    /// (etcd cancels it at once, naming its compaction revision).
+    async fn compact_revision(&self) -> Result<Revision, StoreError> {
+        let key = self.etcd_key("");
+        let mut stream = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move {
+                    c.watch(
+                        key,
+                        Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .map_err(|_| unavailable(&self.endpoints, "no answer to a watch"))?
+                .map_err(|e| map_err(&self.endpoints, e))?;
+            match msg {
+                Some(resp) if resp.compact_revision() > 0 => {
+                    return Ok(rev(resp.compact_revision()))
+                }
+                Some(resp) if !resp.events().is_empty() || resp.canceled() => return Ok(1),
+                Some(_) => continue,
+                None => return Err(unavailable(&self.endpoints, "watch closed")),
+            }
+        }
+    }
+}
+
+fn rev(r: i64) -> Revision {
+    r.max(0) as Revision
+}
+
+fn unavailable(endpoints: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("etcd at {endpoints}: {what}"))
+}
+
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
+}
+
+fn map_err(endpoints: &str, e: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    match &e {
+        E::TransportError(_) | E::IoError(_) => unavailable(endpoints, e),
+        E::GRpcStatus(s) if TRANSIENT_CODES.contains(&(s.code() as i32)) => {
+            unavailable(endpoints, s.message())
+        }
+        _ => StoreError::Other(Box::new(e)),
+    }
+}
+
+/// gRPC status codes that mean "try again": cancelled (1), unknown (2, e.g. a broken
+/// connection), deadline exceeded (4), aborted (10), unavailable (14).
+const TRANSIENT_CODES: [i32; 5] = [1, 2, 4, 10, 14];
+
+/// Why the transaction failed, from the keys read back in its else-branch.
+fn txn_failure(ops: &[Op], current: &[Option<KeyValue>]) -> StoreError {
+    for (op, existing) in ops.iter().zip(current) {
+        match (op, existing) {
+            (Op::Create { key, .. }, Some(_)) => {
+                return StoreError::AlreadyExists { key: key.clone() }
+            }
+            (Op::Update { key, .. } | Op::Delete { key, .. }, None) => {
+                return StoreError::NotFound { key: key.clone() }
+            }
+            (Op::Update { key, expected, .. }, Some(kv))
+            | (
+                Op::Delete {
+                    key,
+                    expected: Some(expected),
+                },
+                Some(kv),
+            ) if kv.mod_revision != *expected => {
+                return StoreError::Conflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    actual: kv.mod_revision,
+                }
+            }
+            _ => {}
+        }
+    }
+    // Every guard holds now: a concurrent writer changed a key between the txn and the read.
+    let key = ops.first().map(Op::key).unwrap_or_default().to_string();
+    StoreError::Conflict {
+        key,
+        expected: 0,
+        actual: 0,
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let k = self.etcd_key(key);
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?;
+        resp.kvs().first().map(|kv| self.to_kv(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let k = self.etcd_key(prefix);
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.to_kv(kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((kvs, rev(resp.header().map_or(0, |h| h.revision()))))
+    }
+
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        if ops.is_empty() {
+            return self.revision().await;
+        }
+        let mut seen = HashSet::new();
+        for op in &ops {
+            if !seen.insert(op.key()) {
+                return Err(StoreError::Other(
+                    format!("transaction touches {} twice", op.key()).into(),
+                ));
+            }
+        }
+        if ops.len() > MAX_TXN_OPS {
+            return Err(StoreError::TooLarge {
+                what: format!(
+                    "a transaction of {} operations (etcd accepts at most {MAX_TXN_OPS} operations per transaction; count in operations, not bytes)",
+                    ops.len()
+                ),
+                size: ops.len(),
+                limit: MAX_TXN_OPS,
+            });
+        }
+        // Each op is sent as a compare, a request and a read-back: the key three times.
+        let size: usize = ops
+            .iter()
+            .map(|op| {
+                let value = match op {
+                    Op::Create { value, .. } | Op::Update { value, .. } => value.len(),
+                    Op::Delete { .. } => 0,
+                };
+                3 * (self.prefix.len() + op.key().len()) + value + 48
+            })
+            .sum();
+        if size > MAX_TXN_BYTES {
+            return Err(StoreError::TooLarge {
+                what: "etcd transaction (etcd's default request limit is 1.5 MiB)".into(),
+                size,
+                limit: MAX_TXN_BYTES,
+            });
+        }
+        let mut compares = Vec::with_capacity(ops.len());
+        let mut then = Vec::with_capacity(ops.len());
+        let mut otherwise = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let k = self.etcd_key(op.key());
+            match op {
+                Op::Create { value, .. } => {
+                    compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
+                    then.push(TxnOp::put(k.clone(), value.clone(), None));
+                }
+                Op::Update {
+                    value, expected, ..
+                } => {
+                    compares.push(Compare::mod_revision(
+                        k.clone(),
+                        CompareOp::Equal,
+                        *expected as i64,
+                    ));
+                    then.push(TxnOp::put(k.clone(), value.clone(), None));
+                }
+                Op::Delete { expected, .. } => {
+                    compares.push(match expected {
+                        Some(e) => Compare::mod_revision(k.clone(), CompareOp::Equal, *e as i64),
+                        None => Compare::create_revision(k.clone(), CompareOp::Greater, 0),
+                    });
+                    then.push(TxnOp::delete(k.clone(), None));
+                }
+            }
+            otherwise.push(TxnOp::get(k, None));
+        }
+        let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if resp.succeeded() {
+            return Ok(rev(resp.header().map_or(0, |h| h.revision())));
+        }
+        let current = resp
+            .op_responses()
+            .iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| self.to_kv(kv)).transpose(),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Err(txn_failure(&ops, &current))
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        // A read at `after` fails when etcd has compacted it away: report that up front.
+        if after > 0 {
+            let k = self.etcd_key(prefix);
+            let probe = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let mut c = self.client.clone();
+                c.get(
+                    k,
+                    Some(
+                        GetOptions::new()
+                            .with_revision(after as i64)
+                            .with_count_only(),
+                    ),
+                )
+                .await
+            })
+            .await
+            .map_err(|_| unavailable(&self.endpoints, "request timed out"))?;
+            match probe {
+                Ok(_) => {}
+                Err(e) if is_compacted(&e) => {
+                    return Err(StoreError::Compacted {
+                        requested: after,
+                        oldest: self.compact_revision().await?,
+                    })
+                }
+                Err(e) => return Err(map_err(&self.endpoints, e)),
+            }
+        }
+        let k = self.etcd_key(prefix);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after as i64 + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let stream = self
+            .call(|mut c| {
+                let k = k.clone();
+                let options = options.clone();
+                async move { c.watch(k, Some(options)).await }
+            })
+            .await?;
+        let store = self.clone();
+        let batches = futures::stream::unfold(Some(stream), move |state| {
+            let store = store.clone();
+            async move {
+                let mut stream = state?;
+                loop {
+                    let resp = match stream.message().await {
+                        Ok(Some(resp)) => resp,
+                        Ok(None) => {
+                            let err = unavailable(&store.endpoints, "watch stream closed");
+                            return Some((vec![Err(err)], None));
+                        }
+                        Err(e) => {
+                            let err = match map_err(&store.endpoints, e) {
+                                e @ StoreError::Unavailable(_) => e,
+                                e => unavailable(&store.endpoints, e),
+                            };
+                            return Some((vec![Err(err)], None));
+                        }
+                    };
+                    if resp.compact_revision() > 0 {
+                        let err = StoreError::Compacted {
+                            requested: after,
+                            oldest: rev(resp.compact_revision()),
+                        };
+                        return Some((vec![Err(err)], None));
+                    }
+                    if resp.canceled() {
+                        let err = unavailable(
+                            &store.endpoints,
+                            format!("watch cancelled: {}", resp.cancel_reason()),
+                        );
+                        return Some((vec![Err(err)], None));
+                    }
+                    if resp.created() && resp.events().is_empty() {
+                        continue;
+                    }
+                    if resp.events().is_empty() {
+                        let revision = rev(resp.header().map_or(0, |h| h.revision()));
+                        return Some((
+                            vec![Ok(WatchBatch {
+                                revision,
+                                events: Vec::new(),
+                            })],
+                            Some(stream),
+                        ));
+                    }
+                    let mut out: Vec<Result<WatchBatch, StoreError>> = Vec::new();
+                    let mut batch: Option<WatchBatch> = None;
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let revision = rev(kv.mod_revision());
+                        let event = match ev.event_type() {
+                            EventType::Put => store.to_kv(kv).map(WatchEvent::Put),
+                            EventType::Delete => match ev.prev_kv() {
+                                Some(prev) => store
+                                    .to_kv(prev)
+                                    .map(|prev| WatchEvent::Delete { prev, revision }),
+                                None => Err(StoreError::Corrupt {
+                                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                    reason: "delete event without its previous value (compacted?)"
+                                        .into(),
+                                }),
+                            },
+                        };
+                        let event = match event {
+                            Ok(e) => e,
+                            Err(e) => {
+                                out.extend(batch.take().map(Ok));
+                                out.push(Err(e));
+                                return Some((out, None));
+                            }
+                        };
+                        match &mut batch {
+                            Some(b) if b.revision == revision => b.events.push(event),
+                            _ => {
+                                out.extend(batch.take().map(Ok));
+                                batch = Some(WatchBatch {
+                                    revision,
+                                    events: vec![event],
+                                });
+                            }
+                        }
+                    }
+                    out.extend(batch.map(Ok));
+                    return Some((out, Some(stream)));
+                }
+            }
+        })
+        .flat_map(futures::stream::iter);
+        Ok(batches.boxed())
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        let k = self.etcd_key("");
+        let resp = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move {
+                    c.get(k, Some(GetOptions::new().with_count_only().with_limit(1)))
+                        .await
+                }
+            })
+            .await?;
+        Ok(rev(resp.header().map_or(0, |h| h.revision())))
+    }
+}
+
+#[async_trait]
+impl Compact for EtcdStore {
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.call(|mut c| async move { c.compact(revision as i64, None).await })
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Runs the conformance suite and an outage test against [`EtcdStore`] on a real etcd, which
+//! each test starts itself (the `etcd` binary must be installed: `apt-get install etcd-server`).
+//!
+//! Run with `cargo test -p orch-store --features etcd --test etcd`.
+#![cfg(feature = "etcd")]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use orch_core::store::{Op, Store, StoreError};
+use orch_store::conformance;
+use orch_store::etcd::EtcdStore;
+
+/// How long etcd may take to start answering.
+const START: Duration = Duration::from_secs(20);
+
+/// An etcd server on free local ports with its own data directory; killed on drop.
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free local port")
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let mut etcd = Etcd {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir for etcd"),
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts etcd on the same ports and data directory and waits until it answers.
+    async fn spawn(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run etcd ({e}): install etcd-server (apt-get install etcd-server)")
+            });
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START;
+        loop {
+            match EtcdStore::connect(&[self.endpoint()], "/probe").await {
+                Ok(_) => return,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("etcd did not answer within {START:?}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_conforms() {
+    let etcd = Etcd::start().await;
+    let n = AtomicUsize::new(0);
+    conformance::run_all(|| {
+        let prefix = format!("/conf-{}", n.fetch_add(1, Ordering::Relaxed));
+        let endpoint = etcd.endpoint();
+        async move {
+            EtcdStore::connect(&[endpoint], &prefix)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_while_down_then_back() {
+    let mut etcd = Etcd::start().await;
+    let store = EtcdStore::connect(&[etcd.endpoint()], "/outage")
+        .await
+        .unwrap();
+    let r1 = store
+        .txn(vec![Op::Create {
+            key: "/a".into(),
+            value: b"1".to_vec(),
+        }])
+        .await
+        .unwrap();
+    etcd.kill();
+    match store.get("/a").await {
+        Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
+        other => panic!("get while etcd is down: expected Unavailable, got {other:?}"),
+    }
+    etcd.spawn().await;
+    let kv = store
+        .get("/a")
+        .await
+        .unwrap()
+        .expect("/a survives a restart");
+    assert_eq!(kv.mod_revision, r1);
+    let r2 = store
+        .txn(vec![Op::Update {
+            key: "/a".into(),
+            value: b"2".to_vec(),
+            expected: r1,
+        }])
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_ops_and_duplicate_keys_are_refused() {
+    let etcd = Etcd::start().await;
+    let store = EtcdStore::connect(&[etcd.endpoint()], "/limits")
+        .await
+        .unwrap();
+    let ops = (0..129)
+        .map(|i| Op::Create {
+            key: format!("/k/{i}"),
+            value: vec![],
+        })
+        .collect();
+    match store.txn(ops).await {
+        Err(StoreError::TooLarge { what, .. }) => assert!(what.contains("128"), "{what}"),
+        other => panic!("129 ops: expected TooLarge, got {other:?}"),
+    }
+    let big = vec![Op::Create {
+        key: "/big".into(),
+        value: vec![0; 2 << 20],
+    }];
+    assert!(matches!(
+        store.txn(big).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    let dup = vec![
+        Op::Create {
+            key: "/d".into(),
+            value: vec![],
+        },
+        Op::Delete {
+            key: "/d".into(),
+            expected: None,
+        },
+    ];
+    assert!(matches!(store.txn(dup).await, Err(StoreError::Other(_))));
+    assert_eq!(store.list("/").await.unwrap().0, vec![]);
+}
