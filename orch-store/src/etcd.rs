@@ -194,6 +194,18 @@ fn map_err(endpoints: &str, e: etcd_client::Error) -> StoreError {
 /// connection), deadline exceeded (4), aborted (10), unavailable (14).
 const TRANSIENT_CODES: [i32; 5] = [1, 2, 4, 10, 14];
 
+/// The compare guarding an update or delete of `key`: it exists and, with `expected`, was
+/// last written at `expected`. A missing key has mod revision 0, so `mod_revision == e`
+/// proves existence for `e > 0`; `expected == Some(0)` can never hold, so its compare is
+/// always false (`create_revision < 0`) and the else-branch tells which error it is.
+fn guard(key: &str, expected: Option<Revision>) -> Compare {
+    match expected {
+        None => Compare::create_revision(key, CompareOp::Greater, 0),
+        Some(0) => Compare::create_revision(key, CompareOp::Less, 0),
+        Some(e) => Compare::mod_revision(key, CompareOp::Equal, e as i64),
+    }
+}
+
 /// Why the transaction failed, from the keys read back in its else-branch.
 fn txn_failure(ops: &[Op], current: &[Option<KeyValue>]) -> StoreError {
     for (op, existing) in ops.iter().zip(current) {
@@ -299,34 +311,29 @@ impl Store for EtcdStore {
                 limit: MAX_TXN_BYTES,
             });
         }
+        // One compare per op (etcd counts compares against `--max-txn-ops` too).
         let mut compares = Vec::with_capacity(ops.len());
         let mut then = Vec::with_capacity(ops.len());
         let mut otherwise = Vec::with_capacity(ops.len());
         for op in &ops {
             let k = self.etcd_key(op.key());
-            match op {
-                Op::Create { value, .. } => {
-                    compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
-                    then.push(TxnOp::put(k.clone(), value.clone(), None));
-                }
+            let (compare, request) = match op {
+                Op::Create { value, .. } => (
+                    Compare::create_revision(k.clone(), CompareOp::Equal, 0),
+                    TxnOp::put(k.clone(), value.clone(), None),
+                ),
                 Op::Update {
                     value, expected, ..
-                } => {
-                    compares.push(Compare::mod_revision(
-                        k.clone(),
-                        CompareOp::Equal,
-                        *expected as i64,
-                    ));
-                    then.push(TxnOp::put(k.clone(), value.clone(), None));
-                }
+                } => (
+                    guard(&k, Some(*expected)),
+                    TxnOp::put(k.clone(), value.clone(), None),
+                ),
                 Op::Delete { expected, .. } => {
-                    compares.push(match expected {
-                        Some(e) => Compare::mod_revision(k.clone(), CompareOp::Equal, *e as i64),
-                        None => Compare::create_revision(k.clone(), CompareOp::Greater, 0),
-                    });
-                    then.push(TxnOp::delete(k.clone(), None));
+                    (guard(&k, *expected), TxnOp::delete(k.clone(), None))
                 }
-            }
+            };
+            compares.push(compare);
+            then.push(request);
             otherwise.push(TxnOp::get(k, None));
         }
         let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
