@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use orch_core::store::{Op, Store, StoreError};
 use orch_store::conformance;
 use orch_store::etcd::EtcdStore;
@@ -113,6 +114,22 @@ async fn etcd_conforms() {
     .await;
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn etcd_conforms_on_one_thread() {
+    let etcd = Etcd::start().await;
+    let n = AtomicUsize::new(0);
+    conformance::run_all(|| {
+        let prefix = format!("/conf-{}", n.fetch_add(1, Ordering::Relaxed));
+        let endpoint = etcd.endpoint();
+        async move {
+            EtcdStore::connect(&[endpoint], &prefix)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"))
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_while_down_then_back() {
     let mut etcd = Etcd::start().await;
@@ -126,7 +143,12 @@ async fn unavailable_while_down_then_back() {
         }])
         .await
         .unwrap();
+    let mut watch = store.watch("/", r1).await.unwrap();
     etcd.kill();
+    match tokio::time::timeout(conformance::WAIT, watch.next()).await {
+        Ok(Some(Err(StoreError::Unavailable(_)))) => {}
+        other => panic!("watch when etcd goes away: expected Unavailable, got {other:?}"),
+    }
     match store.get("/a").await {
         Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
         other => panic!("get while etcd is down: expected Unavailable, got {other:?}"),
@@ -150,11 +172,39 @@ async fn unavailable_while_down_then_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_ops_and_duplicate_keys_are_refused() {
+async fn txn_limits_and_duplicate_keys() {
     let etcd = Etcd::start().await;
     let store = EtcdStore::connect(&[etcd.endpoint()], "/limits")
         .await
         .unwrap();
+    let full: Vec<Op> = (0..128)
+        .map(|i| Op::Create {
+            key: format!("/full/{i}"),
+            value: vec![],
+        })
+        .collect();
+    let r = store.txn(full).await.expect("128 creates fit in one txn");
+    let updates = (0..128)
+        .map(|i| Op::Update {
+            key: format!("/full/{i}"),
+            value: b"x".to_vec(),
+            expected: r,
+        })
+        .collect();
+    store
+        .txn(updates)
+        .await
+        .expect("128 updates fit in one txn");
+    let deletes = (0..128)
+        .map(|i| Op::Delete {
+            key: format!("/full/{i}"),
+            expected: Some(r + 1),
+        })
+        .collect();
+    store
+        .txn(deletes)
+        .await
+        .expect("128 guarded deletes fit in one txn");
     let ops = (0..129)
         .map(|i| Op::Create {
             key: format!("/k/{i}"),
