@@ -84,6 +84,17 @@ impl Etcd {
         }
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to etcd with kill(1).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("etcd is running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -169,6 +180,30 @@ async fn unavailable_while_down_then_back() {
         .await
         .unwrap();
     assert!(r2 > r1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_while_frozen_then_back() {
+    let etcd = Etcd::start().await;
+    let store = EtcdStore::connect(&[etcd.endpoint()], "/frozen")
+        .await
+        .unwrap();
+    let r1 = store
+        .txn(vec![Op::Create {
+            key: "/a".into(),
+            value: b"1".to_vec(),
+        }])
+        .await
+        .unwrap();
+    etcd.signal("STOP");
+    let got = store.get("/a").await;
+    etcd.signal("CONT");
+    match got {
+        Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
+        other => panic!("get while etcd is stopped: expected Unavailable, got {other:?}"),
+    }
+    let kv = store.get("/a").await.unwrap().expect("/a is still there");
+    assert_eq!(kv.mod_revision, r1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
