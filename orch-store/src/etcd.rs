@@ -16,6 +16,11 @@
 //!   operations (`--max-txn-ops`); a transaction over [`MAX_TXN_BYTES`] or [`MAX_TXN_OPS`] fails
 //!   with [`StoreError::TooLarge`] before it is sent (a transaction must stay atomic, so it is
 //!   never split);
+//! - the prefix is a plain string prefix: pick one that no other etcd user's keys start with
+//!   (`/orch` also matches `/orchestra`), since `list("")` and `watch("", ..)` range over it;
+//! - a watch from a compacted revision fails with [`StoreError::Compacted`] up front (the
+//!   store reads at that revision first); a watch from 0 on a compacted cluster, or one that
+//!   etcd compacts under, ends with it instead;
 //! - a watch asks etcd for `prev_kv` (so deletes carry the last value) and progress
 //!   notifications; it ends with [`StoreError::Unavailable`] when the connection drops.
 
@@ -233,13 +238,9 @@ fn txn_failure(ops: &[Op], current: &[Option<KeyValue>]) -> StoreError {
             _ => {}
         }
     }
-    // Every guard holds now: a concurrent writer changed a key between the txn and the read.
-    let key = ops.first().map(Op::key).unwrap_or_default().to_string();
-    StoreError::Conflict {
-        key,
-        expected: 0,
-        actual: 0,
-    }
+    // Unreachable while etcd keeps its word: the reads ran in the same transaction as the
+    // compares, so one of them must show a failing guard.
+    StoreError::Other("etcd refused the transaction but every guard holds".into())
 }
 
 #[async_trait]
@@ -377,6 +378,9 @@ impl Store for EtcdStore {
             .map_err(|_| unavailable(&self.endpoints, "request timed out"))?;
             match probe {
                 Ok(_) => {}
+                // Watching from a revision not reached yet is allowed: events arrive later.
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("future revision") => {}
                 Err(e) if is_compacted(&e) => {
                     return Err(StoreError::Compacted {
                         requested: after,
