@@ -271,3 +271,31 @@ async fn txn_limits_and_duplicate_keys() {
     assert!(matches!(store.txn(dup).await, Err(StoreError::Other(_))));
     assert_eq!(store.list("/").await.unwrap().0, vec![]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_a_future_revision_waits_for_it() {
+    let etcd = Etcd::start().await;
+    let store = EtcdStore::connect(&[etcd.endpoint()], "/future")
+        .await
+        .unwrap();
+    let now = store.revision().await.unwrap();
+    let mut watch = store.watch("/", now + 1).await.unwrap();
+    let mut revs = Vec::new();
+    for i in 0..2 {
+        let op = Op::Create {
+            key: format!("/k/{i}"),
+            value: vec![],
+        };
+        revs.push(store.txn(vec![op]).await.unwrap());
+    }
+    let batch = tokio::time::timeout(conformance::WAIT, watch.next())
+        .await
+        .expect("a batch within the deadline")
+        .expect("the watch is open")
+        .unwrap();
+    assert_eq!(
+        batch.revision, revs[1],
+        "the watch skips revision {}",
+        revs[0]
+    );
+}
