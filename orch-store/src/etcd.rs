@@ -117,15 +117,25 @@ impl EtcdStore {
         })
     }
 
-    /// Runs `f` with a client, bounded by [`REQUEST_TIMEOUT`]; retries once when etcd is
-    /// unavailable (the client reconnects on its own).
+    /// Runs the read `f` with a client, bounded by [`REQUEST_TIMEOUT`]; retries once when
+    /// etcd is unavailable (the client reconnects on its own).
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.attempt(2, f).await
+    }
+
+    /// Runs `f` up to `attempts` times while etcd is unavailable, each bounded by
+    /// [`REQUEST_TIMEOUT`].
+    async fn attempt<T, F, Fut>(&self, attempts: usize, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let mut last = None;
-        for _ in 0..2 {
+        for _ in 0..attempts {
             match tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())).await {
                 Err(_) => last = Some(unavailable(&self.endpoints, "request timed out")),
                 Ok(Ok(v)) => return Ok(v),
@@ -338,8 +348,10 @@ impl Store for EtcdStore {
             otherwise.push(TxnOp::get(k, None));
         }
         let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
+        // Sent once: a write that timed out may have committed, and a blind retry would then
+        // fail its own guard. Unavailable is transient; the caller re-reads and decides.
         let resp = self
-            .call(|mut c| {
+            .attempt(1, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })

@@ -165,12 +165,7 @@ async fn unavailable_while_down_then_back() {
         other => panic!("get while etcd is down: expected Unavailable, got {other:?}"),
     }
     etcd.spawn().await;
-    let kv = store
-        .get("/a")
-        .await
-        .unwrap()
-        .expect("/a survives a restart");
-    assert_eq!(kv.mod_revision, r1);
+    // A write first: no read has woken the store's connection since the restart.
     let r2 = store
         .txn(vec![Op::Update {
             key: "/a".into(),
@@ -180,6 +175,12 @@ async fn unavailable_while_down_then_back() {
         .await
         .unwrap();
     assert!(r2 > r1);
+    let kv = store
+        .get("/a")
+        .await
+        .unwrap()
+        .expect("/a survives a restart");
+    assert_eq!((kv.create_revision, kv.mod_revision), (r1, r2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
