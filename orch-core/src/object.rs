@@ -299,13 +299,33 @@ pub struct Placement {
 }
 
 /// A count or a percentage of the desired replicas (`1`, `"25%"`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum IntOrPercent {
     /// An absolute count.
     Int(u32),
     /// A percentage such as `"25%"`.
     Percent(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrPercent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let bad = || {
+            serde::de::Error::custom(format!(
+                "invalid value {v}: must be a whole number (e.g. 1) or a percentage (e.g. \"25%\")"
+            ))
+        };
+        match &v {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(IntOrPercent::Int)
+                .ok_or_else(bad),
+            serde_json::Value::String(s) => Ok(IntOrPercent::Percent(s.clone())),
+            _ => Err(bad()),
+        }
+    }
 }
 
 impl IntOrPercent {

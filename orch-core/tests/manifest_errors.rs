@@ -350,7 +350,7 @@ fn rows() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "negative surge",
             svc("{name: web}", "{template: {command: [x]}, update: {maxSurge: -1}}"),
-            vec!["spec.update.maxSurge: "],
+            vec!["spec.update.maxSurge: ", "invalid value -1", "whole number", "25%"],
         ),
         (
             "duplicate key",
