@@ -194,6 +194,12 @@ pub trait Store: Send + Sync {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
     /// The latest committed revision.
     async fn revision(&self) -> Result<Revision, StoreError>;
+    /// Most operations one [`Store::txn`] accepts (etcd: 128 by default); larger
+    /// transactions fail with [`StoreError::TooLarge`]. Writers that do not need one atomic
+    /// transaction split their work with [`txn_chunked`].
+    fn max_txn_ops(&self) -> usize {
+        usize::MAX
+    }
 }
 
 #[async_trait]
@@ -212,6 +218,9 @@ impl<T: Store + ?Sized> Store for Arc<T> {
     }
     async fn revision(&self) -> Result<Revision, StoreError> {
         (**self).revision().await
+    }
+    fn max_txn_ops(&self) -> usize {
+        (**self).max_txn_ops()
     }
 }
 
@@ -232,6 +241,29 @@ impl<T: Store + ?Sized> Store for Box<T> {
     async fn revision(&self) -> Result<Revision, StoreError> {
         (**self).revision().await
     }
+    fn max_txn_ops(&self) -> usize {
+        (**self).max_txn_ops()
+    }
+}
+
+/// Applies `ops` as consecutive transactions of at most `limit` operations and of at most
+/// the store's [`Store::max_txn_ops`], in order; returns the revision of the last one (`None`
+/// when `ops` is empty). Each chunk is atomic, the whole is not: for writers whose operations
+/// are independent (status updates, bindings, events) and that re-read and retry on failure.
+/// Stops at the first failing chunk; chunks before it stay applied.
+pub async fn txn_chunked(
+    store: &dyn Store,
+    ops: Vec<Op>,
+    limit: usize,
+) -> Result<Option<Revision>, StoreError> {
+    let size = limit.min(store.max_txn_ops()).max(1);
+    let mut last = None;
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let chunk: Vec<Op> = ops.by_ref().take(size).collect();
+        last = Some(store.txn(chunk).await?);
+    }
+    Ok(last)
 }
 
 /// Decodes a stored object, naming the key on failure.

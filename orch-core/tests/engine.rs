@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use orch_core::api;
 use orch_core::engine::{AgentConfig, Engine};
 use orch_core::fake::FakeRuntime;
@@ -13,7 +14,7 @@ use orch_core::object::{
     DesiredState, Kind, Metadata, Node, NodeStatus, Object, Phase, Replica, Resources,
 };
 use orch_core::quantity::{Memory, Timestamp};
-use orch_core::store::{create_op, Store};
+use orch_core::store::{create_op, KeyValue, Op, Revision, Store, StoreError, WatchStream};
 use orch_sched::DefaultScheduler;
 
 fn service(name: &str, replicas: u32, extra: &str) -> Object {
@@ -440,5 +441,102 @@ async fn endpoints_follow_readiness() {
         discovery.endpoints("default", "web").is_empty() && rt.running().is_empty()
     })
     .await;
+    e.shutdown().await;
+}
+
+/// A store that can be taken down: while down every call fails with `Unavailable` and open
+/// watches end with it, as the etcd store does when etcd stops.
+struct Flaky {
+    inner: MemStore,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), StoreError> {
+        if *self.down.borrow() {
+            Err(StoreError::Unavailable("test outage".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        self.check()?;
+        self.inner.list(prefix).await
+    }
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.check()?;
+        self.inner.txn(ops).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.check()?;
+        let inner = self.inner.watch(prefix, after).await?;
+        let down = self.down.subscribe();
+        let stream = futures::stream::unfold(Some((inner, down)), |state| async move {
+            let (mut inner, mut down) = state?;
+            let next = tokio::select! {
+                r = down.wait_for(|d| *d) => r.is_ok().then_some(None),
+                item = inner.next() => item.map(Some),
+            };
+            match next? {
+                Some(item) => Some((item, Some((inner, down)))),
+                None => Some((Err(StoreError::Unavailable("test outage".into())), None)),
+            }
+        });
+        Ok(stream.boxed())
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        self.check()?;
+        self.inner.revision().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_longer_than_the_node_timeout_replaces_nothing() {
+    let store = Arc::new(Flaky {
+        inner: MemStore::new(),
+        down: tokio::sync::watch::channel(false).0,
+    });
+    let mut e = Engine::builder(store.clone(), Arc::new(DefaultScheduler)).start();
+    let rt = FakeRuntime::default();
+    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    api::apply(&*store, vec![service("web", 3, "")], false)
+        .await
+        .unwrap();
+    eventually("3 ready", || ready(&e, "web") == 3).await;
+    let before: Vec<String> = rt.running();
+
+    // Down for 3x the 10 s node-lost timeout: nobody can heartbeat, so nobody is judged.
+    store.down.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        rt.running(),
+        before,
+        "workloads keep running during the outage"
+    );
+    store.down.send_replace(false);
+
+    // Back: the node heartbeats again within its fresh grace period; nothing is replaced.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        rt.running(),
+        before,
+        "nothing restarted or replaced after the outage"
+    );
+    let rs = replicas(&e, "web");
+    assert_eq!(rs.len(), 3, "{rs:?}");
+    assert!(rs.iter().all(|r| r.status.phase == Phase::Ready), "{rs:?}");
+    assert!(e.cache().nodes().iter().all(|n| n.metadata.name == "node-a"
+        && n.status.condition == orch_core::object::NodeCondition::Ready));
+    // And the engine acts again.
+    api::scale(&*store, "default", "web", 4).await.unwrap();
+    eventually("4 ready after the outage", || ready(&e, "web") == 4).await;
     e.shutdown().await;
 }

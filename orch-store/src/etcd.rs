@@ -508,6 +508,10 @@ impl Store for EtcdStore {
         Ok(batches.boxed())
     }
 
+    fn max_txn_ops(&self) -> usize {
+        MAX_TXN_OPS
+    }
+
     async fn revision(&self) -> Result<Revision, StoreError> {
         let k = self.etcd_key("");
         let resp = self

@@ -11,6 +11,8 @@ pub mod conformance;
 pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod local_etcd;
 
 pub use compact::Compact;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};

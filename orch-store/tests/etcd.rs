@@ -4,114 +4,21 @@
 //! Run with `cargo test -p orch-store --features etcd --test etcd`.
 #![cfg(feature = "etcd")]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use futures::StreamExt;
 use orch_core::store::{Op, Store, StoreError};
 use orch_store::conformance;
 use orch_store::etcd::EtcdStore;
+use orch_store::local_etcd::LocalEtcd;
 
-/// How long etcd may take to start answering.
-const START: Duration = Duration::from_secs(20);
-
-/// An etcd server on free local ports with its own data directory; killed on drop.
-struct Etcd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    client_port: u16,
-    peer_port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free local port")
-}
-
-impl Etcd {
-    async fn start() -> Etcd {
-        let mut etcd = Etcd {
-            child: None,
-            dir: tempfile::tempdir().expect("temp dir for etcd"),
-            client_port: free_port(),
-            peer_port: free_port(),
-        };
-        etcd.spawn().await;
-        etcd
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// Starts etcd on the same ports and data directory and waits until it answers.
-    async fn spawn(&mut self) {
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run etcd ({e}): install etcd-server (apt-get install etcd-server)")
-            });
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + START;
-        loop {
-            match EtcdStore::connect(&[self.endpoint()], "/probe").await {
-                Ok(_) => return,
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    panic!("etcd did not answer within {START:?}: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    /// Sends `signal` (e.g. `STOP`, `CONT`) to etcd with kill(1).
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("etcd is running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid} failed");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
+async fn start() -> LocalEtcd {
+    LocalEtcd::start().await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_conforms() {
-    let etcd = Etcd::start().await;
+    let etcd = start().await;
     let n = AtomicUsize::new(0);
     conformance::run_all(|| {
         let prefix = format!("/conf-{}", n.fetch_add(1, Ordering::Relaxed));
@@ -127,7 +34,7 @@ async fn etcd_conforms() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn etcd_conforms_on_one_thread() {
-    let etcd = Etcd::start().await;
+    let etcd = start().await;
     let n = AtomicUsize::new(0);
     conformance::run_all(|| {
         let prefix = format!("/conf-{}", n.fetch_add(1, Ordering::Relaxed));
@@ -143,7 +50,7 @@ async fn etcd_conforms_on_one_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_while_down_then_back() {
-    let mut etcd = Etcd::start().await;
+    let mut etcd = start().await;
     let store = EtcdStore::connect(&[etcd.endpoint()], "/outage")
         .await
         .unwrap();
@@ -155,7 +62,7 @@ async fn unavailable_while_down_then_back() {
         .await
         .unwrap();
     let mut watch = store.watch("/", r1).await.unwrap();
-    etcd.kill();
+    etcd.stop();
     match tokio::time::timeout(conformance::WAIT, watch.next()).await {
         Ok(Some(Err(StoreError::Unavailable(_)))) => {}
         other => panic!("watch when etcd goes away: expected Unavailable, got {other:?}"),
@@ -164,7 +71,7 @@ async fn unavailable_while_down_then_back() {
         Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
         other => panic!("get while etcd is down: expected Unavailable, got {other:?}"),
     }
-    etcd.spawn().await;
+    etcd.restart().await.unwrap();
     // A write first: no read has woken the store's connection since the restart.
     let r2 = store
         .txn(vec![Op::Update {
@@ -185,7 +92,7 @@ async fn unavailable_while_down_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_while_frozen_then_back() {
-    let etcd = Etcd::start().await;
+    let etcd = start().await;
     let store = EtcdStore::connect(&[etcd.endpoint()], "/frozen")
         .await
         .unwrap();
@@ -196,9 +103,9 @@ async fn unavailable_while_frozen_then_back() {
         }])
         .await
         .unwrap();
-    etcd.signal("STOP");
+    etcd.signal("STOP").unwrap();
     let got = store.get("/a").await;
-    etcd.signal("CONT");
+    etcd.signal("CONT").unwrap();
     match got {
         Err(e @ StoreError::Unavailable(_)) => assert!(e.is_transient()),
         other => panic!("get while etcd is stopped: expected Unavailable, got {other:?}"),
@@ -209,7 +116,7 @@ async fn unavailable_while_frozen_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_limits_and_duplicate_keys() {
-    let etcd = Etcd::start().await;
+    let etcd = start().await;
     let store = EtcdStore::connect(&[etcd.endpoint()], "/limits")
         .await
         .unwrap();
@@ -275,7 +182,7 @@ async fn txn_limits_and_duplicate_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_a_future_revision_waits_for_it() {
-    let etcd = Etcd::start().await;
+    let etcd = start().await;
     let store = EtcdStore::connect(&[etcd.endpoint()], "/future")
         .await
         .unwrap();

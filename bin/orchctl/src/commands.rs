@@ -59,7 +59,7 @@ async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> 
     match client.call(Request::Apply { manifests, dry_run }).await? {
         Response::Applied { results, dry_run } => {
             for r in results {
-                println!(
+                outln!(
                     "{} {}{}",
                     r.name,
                     r.action,
@@ -78,10 +78,10 @@ fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow:
             if objs.is_empty() {
                 eprintln!("No resources found.");
             } else {
-                print!("{}", render::objects_table(objs, all_namespaces));
+                out!("{}", render::objects_table(objs, all_namespaces));
             }
         }
-        "yaml" => print!("{}", orch_core::manifest::to_yaml(objs)),
+        "yaml" => out!("{}", orch_core::manifest::to_yaml(objs)),
         "json" => {
             let v: Vec<serde_json::Value> = objs.iter().map(Object::to_display_value).collect();
             let out = if v.len() == 1 {
@@ -89,7 +89,7 @@ fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow:
             } else {
                 serde_json::json!({"apiVersion": "orch/v1", "kind": "List", "items": v})
             };
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
         }
         other => bail!("-o: invalid value {other:?}: allowed: table, wide, yaml, json"),
     }
@@ -127,14 +127,14 @@ async fn get(
                     let mut lines = t.lines();
                     let h = lines.next().unwrap_or_default();
                     if !printed_header {
-                        println!("{h}");
+                        outln!("{h}");
                         printed_header = true;
                     }
                     for l in lines {
-                        println!("{l}");
+                        outln!("{l}");
                     }
                 }
-                "json" => println!(
+                "json" => outln!(
                     "{}",
                     serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})
                 ),
@@ -216,7 +216,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
             .collect(),
         _ => Vec::new(),
     };
-    print!("{}", render::describe(&obj, &events, &related));
+    out!("{}", render::describe(&obj, &events, &related));
     Ok(())
 }
 
@@ -264,7 +264,7 @@ async fn delete(
             })
             .await
         {
-            Ok(_) => println!("{}/{name} deleted", kind.as_str().to_ascii_lowercase()),
+            Ok(_) => outln!("{}/{name} deleted", kind.as_str().to_ascii_lowercase()),
             Err(e) => {
                 eprintln!("error: {e}");
                 failed = true;
@@ -294,7 +294,7 @@ async fn scale(client: &Client, ns: &str, target: &[String], replicas: i64) -> a
             replicas,
         })
         .await?;
-    println!("service/{name} scaled to {replicas}");
+    outln!("service/{name} scaled to {replicas}");
     Ok(())
 }
 
@@ -331,7 +331,7 @@ async fn info(client: &Client) -> anyhow::Result<()> {
         nodes,
     } = client.call(Request::Info).await?
     {
-        println!(
+        outln!(
             "orchd {version}\nstore: {store} — {store_health}\nnodes: {}",
             nodes.join(", ")
         );

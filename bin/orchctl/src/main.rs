@@ -1,6 +1,23 @@
 //! orchctl: the command-line client. `main` parses and dispatches; each subcommand is one
 //! function in `commands`.
 
+/// `println!` that returns the write error (a closed pipe, as in `orchctl get | head`)
+/// instead of panicking; `main` exits quietly on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!` that returns the write error; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod commands;
 
 use std::path::PathBuf;
@@ -102,6 +119,14 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(commands::run(cli)) {
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            // The reader went away (`orchctl get | head`): nothing more to say.
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

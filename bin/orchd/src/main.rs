@@ -2,6 +2,7 @@
 
 mod host;
 mod server;
+mod store;
 mod up;
 
 use std::path::PathBuf;

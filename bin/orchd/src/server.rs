@@ -1,4 +1,4 @@
-//! `orchd server`: the engine as a long-lived daemon over the durable embedded store, with
+//! `orchd server`: the engine as a long-lived daemon over a durable store (embedded or etcd), with
 //! the local agent on the process runtime and the API on a unix socket (mode 0600). Stopping
 //! it leaves workloads running; the next start re-adopts them.
 
@@ -12,7 +12,6 @@ use clap::Args;
 use orch_api::server::{serve, Backend};
 use orch_core::engine::Engine;
 use orch_core::runtime::Runtime;
-use orch_core::store::Store;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +32,8 @@ pub struct ServerArgs {
     /// Node labels, `key=value,...`.
     #[arg(long, default_value = "")]
     labels: String,
-    /// Store: `embedded` (durable, in DATA_DIR) or `memory` (lost on exit).
+    /// Store: `embedded` (durable, in DATA_DIR), `memory` (lost on exit) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (needs the `etcd` build feature).
     #[arg(long, default_value = "embedded")]
     store: String,
     /// Runtime: `process` (real child processes) or `fake` (runs nothing; for control-plane
@@ -54,19 +54,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     orch_core::validate::dns1123_label(&node)
         .map_err(|e| anyhow::anyhow!("--node: invalid value {node:?}: {e}"))?;
     let labels = host::parse_labels(&args.labels)?;
-    let (store, store_name): (Arc<dyn Store>, String) = match args.store.as_str() {
-        "embedded" => {
-            let path = data_dir.join("state.redb");
-            let s = orch_store::EmbeddedStore::open(&path)
-                .with_context(|| format!("cannot open the store {}", path.display()))?;
-            (Arc::new(s), format!("embedded:{}", path.display()))
-        }
-        "memory" => (
-            Arc::new(orch_core::memstore::MemStore::new()),
-            "memory".into(),
-        ),
-        other => anyhow::bail!("--store: invalid value {other:?}: allowed: embedded, memory"),
-    };
+    let store_spec = crate::store::parse(&args.store)?;
+    let (store, store_name) = crate::store::open(&store_spec, &data_dir).await?;
     let runtime: Arc<dyn Runtime> = match args.runtime.as_str() {
         "process" => host::process_runtime(&data_dir.join("runtime")).await?,
         "fake" => Arc::new(orch_core::fake::FakeRuntime::default()),

@@ -8,21 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn ready_addrs(d: &Daemon, n: usize) -> Option<Vec<(String, u32)>> {
-    let reps = d.replicas();
-    let ready: Vec<(String, u32)> = reps
-        .iter()
-        .filter(|r| r["status"]["phase"] == "Ready" && r["spec"]["desired"].is_null())
-        .filter_map(|r| Some((addr_of(r)?, pid_of(r)?)))
-        .collect();
-    (reps.len() == n
-        && ready.len() == n
-        && ready
-            .iter()
-            .all(|(a, _)| http_get(a).is_some_and(|b| b.starts_with("hello from"))))
-    .then_some(ready)
-}
-
 #[test]
 fn replicas_run_restart_update_readopt_and_delete() {
     let tmp = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ use crate::object::{
 };
 use crate::quantity::Timestamp;
 use crate::runtime::{Runtime, RuntimeEvent, Workload, WorkloadSpec, WorkloadState};
-use crate::store::{create_op, delete_op, update_op, Op};
+use crate::store::{create_op, delete_op, update_op, Op, StoreError};
 
 /// How an agent describes and runs its node.
 #[derive(Clone, Debug)]
@@ -347,25 +347,48 @@ impl Agent {
         }
         if !ops.is_empty() {
             let mut last = None;
-            let mut failed = false;
-            for chunk in ops.chunks(crate::engine::scheduling::MAX_TXN_OPS) {
+            let size = crate::engine::scheduling::MAX_TXN_OPS.min(self.ctx.store.max_txn_ops());
+            let mut done = 0;
+            let mut failed = None;
+            for chunk in ops.chunks(size.max(1)) {
                 match self.ctx.store.txn(chunk.to_vec()).await {
-                    Ok(rev) => last = Some(rev),
-                    Err(_) => {
-                        failed = true;
+                    Ok(rev) => {
+                        last = Some(rev);
+                        done += chunk.len();
+                    }
+                    Err(e) => {
+                        failed = Some(e);
                         break;
                     }
                 }
             }
-            if failed {
-                // One stale object fails the whole batch: write one by one and retry the losers.
-                for (op, k) in ops.into_iter().zip(op_keys) {
-                    match self.ctx.store.txn(vec![op]).await {
-                        Ok(rev) => last = Some(rev),
-                        Err(e) => {
-                            tracing::debug!(replica = %k, error = %e, "agent: status write failed; retrying");
-                            self.queue.retry(k);
+            let rest = ops.into_iter().zip(op_keys).skip(done);
+            match failed {
+                None => {}
+                Some(
+                    e @ (StoreError::Conflict { .. }
+                    | StoreError::NotFound { .. }
+                    | StoreError::AlreadyExists { .. }),
+                ) => {
+                    // One stale object fails its whole chunk: write the rest one by one and
+                    // retry the losers.
+                    tracing::debug!(error = %e, "agent: batched status write conflicted; writing one by one");
+                    for (op, k) in rest {
+                        match self.ctx.store.txn(vec![op]).await {
+                            Ok(rev) => last = Some(rev),
+                            Err(e) => {
+                                tracing::debug!(replica = %k, error = %e, "agent: status write failed; retrying");
+                                self.queue.retry(k);
+                            }
                         }
+                    }
+                }
+                Some(e) => {
+                    // The store is unavailable (or refused the batch): retry every replica
+                    // left with backoff instead of hammering it op by op.
+                    tracing::debug!(error = %e, "agent: status write failed; retrying");
+                    for (_, k) in rest {
+                        self.queue.retry(k);
                     }
                 }
             }

@@ -89,6 +89,7 @@ pub struct Cache {
     state: RwLock<State>,
     revision: watch::Sender<Revision>,
     subscribers: Mutex<Vec<(Filter, mpsc::UnboundedSender<Change>)>>,
+    live_since: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Default for Cache {
@@ -97,6 +98,7 @@ impl Default for Cache {
             state: RwLock::default(),
             revision: watch::channel(0).0,
             subscribers: Mutex::default(),
+            live_since: Mutex::default(),
         }
     }
 }
@@ -152,6 +154,22 @@ impl Cache {
     pub async fn wait_for(&self, rev: Revision) {
         let mut rx = self.revision.subscribe();
         let _ = rx.wait_for(|r| *r >= rev).await;
+    }
+
+    /// Since when the cache has followed the store without interruption (its current watch
+    /// started); `None` while the store is unreachable. Controllers that judge silence (node
+    /// heartbeats) count only time the store was reachable.
+    pub fn live_since(&self) -> Option<tokio::time::Instant> {
+        *self.live_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_live(&self, live: bool) {
+        let mut l = self.live_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (live, l.is_some()) {
+            (true, false) => *l = Some(tokio::time::Instant::now()),
+            (false, true) => *l = None,
+            _ => {}
+        }
     }
 
     /// Whether the first list has completed.
@@ -266,6 +284,7 @@ impl Cache {
             let rev = match self.relist(&*store).await {
                 Ok(rev) => rev,
                 Err(e) => {
+                    self.set_live(false);
                     tracing::warn!(error = %e, "cache: list failed; retrying in {backoff:?}");
                     tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -275,6 +294,7 @@ impl Cache {
             let mut stream = match store.watch("/", rev).await {
                 Ok(s) => s,
                 Err(e) => {
+                    self.set_live(false);
                     tracing::warn!(error = %e, "cache: watch failed");
                     tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -282,13 +302,19 @@ impl Cache {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.set_live(true);
             loop {
                 let next =
                     tokio::select! { _ = cancel.cancelled() => return, n = stream.next() => n };
                 match next {
                     Some(Ok(batch)) => self.apply(batch.revision, batch.events),
                     Some(Err(e)) => {
-                        tracing::info!(error = %e, "cache: watch ended; listing again");
+                        if matches!(e, StoreError::Compacted { .. }) {
+                            tracing::info!(error = %e, "cache: watch ended; listing again");
+                        } else {
+                            self.set_live(false);
+                            tracing::warn!(error = %e, "cache: watch ended; listing again");
+                        }
                         break;
                     }
                     None => {

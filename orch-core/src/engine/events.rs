@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::scheduling::MAX_TXN_OPS;
 use crate::object::{Event, EventType, Kind, Metadata, Object, ObjectRef, DEFAULT_NAMESPACE};
 use crate::quantity::Timestamp;
-use crate::store::{create_op, list_objects, Op, Store};
+use crate::store::{create_op, list_objects, txn_chunked, Op, Store, StoreError};
 
 /// Hands events to the writer task. Cloning is cheap; recording never blocks.
 #[derive(Clone)]
@@ -123,6 +124,7 @@ pub fn spawn_writer(
             }
             Err(_) => VecDeque::new(),
         };
+        let mut failing = false;
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => None,
@@ -134,7 +136,7 @@ pub fn spawn_writer(
             while let Ok(e) = rx.try_recv() {
                 batch.push(e);
             }
-            write_batch(&*store, &mut kept, batch, limit).await;
+            write_logged(&*store, &mut kept, batch, limit, &mut failing).await;
         }
         // Flush what is left on shutdown.
         let mut batch = Vec::new();
@@ -142,7 +144,7 @@ pub fn spawn_writer(
             batch.push(e);
         }
         if !batch.is_empty() {
-            write_batch(&*store, &mut kept, batch, limit).await;
+            write_logged(&*store, &mut kept, batch, limit, &mut failing).await;
         }
     });
     Recorder {
@@ -156,7 +158,7 @@ async fn write_batch(
     kept: &mut VecDeque<String>,
     mut batch: Vec<Event>,
     limit: usize,
-) {
+) -> Result<(), StoreError> {
     if batch.len() > limit {
         batch.drain(..batch.len() - limit);
     }
@@ -176,19 +178,42 @@ async fn write_batch(
         .collect();
     let mut ops = creates.clone();
     ops.extend(deletes);
-    match store.txn(ops).await {
+    match txn_chunked(store, ops, MAX_TXN_OPS).await {
         Ok(_) => {
             kept.drain(..excess.min(kept.len()));
         }
-        Err(_) => {
+        Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {
             // An event deleted by someone else fails the batch: write without deletes
             // and forget those keys.
             kept.drain(..excess.min(kept.len()));
-            if let Err(e) = store.txn(creates).await {
-                tracing::warn!(error = %e, "events: could not write events");
-                return;
-            }
+            txn_chunked(store, creates, MAX_TXN_OPS).await?;
         }
+        Err(e) => return Err(e),
     }
     kept.extend(new_keys);
+    Ok(())
+}
+
+/// Writes a batch; logs the first failure of a run of failures and the recovery, not every
+/// batch (events are best effort; a store outage must not flood the log).
+async fn write_logged(
+    store: &dyn Store,
+    kept: &mut VecDeque<String>,
+    batch: Vec<Event>,
+    limit: usize,
+    failing: &mut bool,
+) {
+    let n = batch.len();
+    match write_batch(store, kept, batch, limit).await {
+        Ok(()) if *failing => {
+            *failing = false;
+            tracing::info!("events: writing events again");
+        }
+        Ok(()) => {}
+        Err(e) if !*failing => {
+            *failing = true;
+            tracing::warn!(error = %e, "events: could not write {n} events (dropped until the store accepts writes)");
+        }
+        Err(e) => tracing::debug!(error = %e, "events: could not write {n} events"),
+    }
 }

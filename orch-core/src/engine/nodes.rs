@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::engine::scheduling::MAX_TXN_OPS;
 use crate::engine::Ctx;
 use crate::object::{DesiredState, Kind, NodeCondition, Object, Phase};
-use crate::store::update_op;
+use crate::store::{txn_chunked, update_op};
 
 /// Runs the controller until cancelled.
 pub async fn run(ctx: Arc<Ctx>) {
@@ -22,6 +23,11 @@ pub async fn run(ctx: Arc<Ctx>) {
             _ = tick.tick() => {}
         }
         let now = Instant::now();
+        // Silence counts only while the store is reachable: when it was down, no node could
+        // heartbeat, so every node gets a fresh grace period once it is back.
+        let Some(live_since) = ctx.cache.live_since() else {
+            continue;
+        };
         let nodes = ctx.cache.nodes();
         seen.retain(|name, _| nodes.iter().any(|n| &n.metadata.name == name));
         let mut ops = Vec::new();
@@ -32,7 +38,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             if entry.0 != n.status.heartbeat {
                 *entry = (n.status.heartbeat, now);
             }
-            let silent = now.duration_since(entry.1);
+            let silent = now.duration_since(entry.1.max(live_since));
             if silent >= ctx.config.node_grace && n.status.condition == NodeCondition::Ready {
                 let mut n2 = n.clone();
                 n2.status.condition = NodeCondition::Unreachable;
@@ -62,8 +68,9 @@ pub async fn run(ctx: Arc<Ctx>) {
             }
         }
         if !ops.is_empty() {
-            match ctx.store.txn(ops).await {
-                Ok(rev) => ctx.cache.wait_for(rev).await,
+            match txn_chunked(&*ctx.store, ops, MAX_TXN_OPS).await {
+                Ok(Some(rev)) => ctx.cache.wait_for(rev).await,
+                Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "node lifecycle: write failed; next tick retries")
                 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::engine::cache::Change;
+use crate::engine::scheduling::MAX_TXN_OPS;
 use crate::engine::Ctx;
 use crate::object::{
     DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service,
     ServiceStatus, SERVICE_LABEL,
 };
 use crate::quantity::Timestamp;
-use crate::store::{create_op, delete_op, update_op, Op, StoreError};
+use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
 
 /// What one reconcile of a service decided.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -241,7 +242,11 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     if ops.is_empty() {
         return Ok(None);
     }
-    let rev = ctx.store.txn(ops).await?;
+    // Independent operations on distinct keys: a store with a small transaction limit
+    // (etcd) gets them in several transactions; a failure re-reads and reconciles again.
+    let Some(rev) = txn_chunked(&*ctx.store, ops, MAX_TXN_OPS).await? else {
+        return Ok(None);
+    };
     if let Some(svc) = &svc {
         if d.create > 0 {
             ctx.recorder.normal(

@@ -11,7 +11,7 @@ use crate::engine::cache::Change;
 use crate::engine::Ctx;
 use crate::object::{DesiredState, Kind, Object, Phase, Replica};
 use crate::scheduler::{ClusterSnapshot, PendingReplica};
-use crate::store::{update_op, Op, StoreError};
+use crate::store::{txn_chunked, update_op, Op, StoreError};
 
 /// Most operations written in one transaction.
 pub const MAX_TXN_OPS: usize = 5_000;
@@ -85,10 +85,7 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         );
         ops.push(update_op(&Object::Replica(r)));
     }
-    let mut last = None;
-    for chunk in ops.chunks(MAX_TXN_OPS) {
-        last = Some(ctx.store.txn(chunk.to_vec()).await?);
-    }
+    let last = txn_chunked(&*ctx.store, ops, MAX_TXN_OPS).await?;
     let rec = ctx.recorder.with_source("scheduler");
     for ((ns, svc), (count, nodes)) in per_service {
         let spread = nodes

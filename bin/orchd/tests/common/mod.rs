@@ -52,6 +52,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with state in `dir` and waits until it answers.
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// [`Daemon::start`] with extra `orchd server` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let socket = dir.join("orchd.sock");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -64,6 +69,7 @@ impl Daemon {
             .arg(dir.join("data"))
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -197,4 +203,21 @@ pub fn hello(replicas: u32, color: &str) -> String {
     format!(
         "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: hello}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [hello-server]\n    env: [{{name: COLOR, value: {color}}}]\n    ports: [{{name: http}}]\n    stopGracePeriod: 2s\n"
     )
+}
+
+/// `(ip:port, pid)` of `n` ready, current replicas that answer HTTP with the hello page,
+/// once exactly `n` replicas exist.
+pub fn ready_addrs(d: &Daemon, n: usize) -> Option<Vec<(String, u32)>> {
+    let reps = d.replicas();
+    let ready: Vec<(String, u32)> = reps
+        .iter()
+        .filter(|r| r["status"]["phase"] == "Ready" && r["spec"]["desired"].is_null())
+        .filter_map(|r| Some((addr_of(r)?, pid_of(r)?)))
+        .collect();
+    (reps.len() == n
+        && ready.len() == n
+        && ready
+            .iter()
+            .all(|(a, _)| http_get(a).is_some_and(|b| b.starts_with("hello from"))))
+    .then_some(ready)
 }
