@@ -6,8 +6,23 @@
 //! The file is a [redb](https://docs.rs/redb) database. redb is pure Rust (no C toolchain, no
 //! `unsafe` in our code), ACID, and built on copy-on-write B-trees: a commit writes new pages
 //! and then flips the root with a checksummed header, so a crash at any point leaves either
-//! the old or the new state, never a mix. With its default `Durability::Immediate` a commit
-//! fsyncs before it returns, so a revision we hand out survives power loss.
+//! the old or the new state, never a mix.
+//!
+//! # Durability: a write-ahead log and checkpoints
+//!
+//! A redb commit that fsyncs writes its changed pages all over the file, which costs the disk
+//! several writes per acknowledged transaction. So a transaction is acknowledged once its log
+//! entry is in the **write-ahead log** (`<file>.wal`, preallocated, see the `wal` module),
+//! appended and synced with one `fdatasync`; the database file catches up at **checkpoints**
+//! (every [`EmbeddedOptions::checkpoint_commits`] commits, when the log is full, at
+//! compaction and on close): one redb commit with fsync of everything since the last one,
+//! after which the log starts over. [`EmbeddedStore::open`] replays whatever the log holds
+//! after the file's revision. A revision we hand out survives a crash or power loss either
+//! way. With [`EmbeddedOptions::wal_bytes`] = 0 every transaction is its own redb commit
+//! with fsync instead.
+//!
+//! The log must stay with its file: once a store has used one, opening it without the log
+//! is refused (acknowledged writes could be in it), as is a log that does not match the file.
 //!
 //! # Layout
 //!
@@ -21,19 +36,20 @@
 //!
 //! Every key is also held in memory (loaded at open), so `get`, `list`, `revision` and `watch`
 //! never touch the disk. A transaction is planned against that map with
-//! [`plan_txn`], written (keys, log entry, meta) in **one** redb write transaction and
-//! committed; only then is it applied to memory and published to watchers. A failed commit
-//! (disk full, I/O error) changes nothing in memory and is returned as
-//! [`StoreError::Unavailable`] naming the file. As with a timeout against a remote store, its
-//! outcome is unknown until the file is reopened (the commit may have reached the disk just
-//! before the error). After an I/O error redb refuses further writes until the file is
-//! reopened, so the store keeps answering `txn` with `Unavailable` (reads keep working) rather
-//! than risk planning against memory that may lag the file.
+//! [`plan_txn`], made durable (as above) and only then applied to memory and published to
+//! watchers. A failed write (disk full, I/O error) changes nothing in memory and is returned
+//! as [`StoreError::Unavailable`] naming the file. As with a timeout against a remote store,
+//! its outcome is unknown until the file is reopened (it may have reached the disk just
+//! before the error). After a failed log write, or an I/O error inside redb, the store keeps
+//! answering `txn` with `Unavailable` until reopened (reads keep working) rather than risk
+//! planning against memory that may lag the disk. A full disk under the database file
+//! alone only fails checkpoints: writes go on into the preallocated log until it is full,
+//! and are refused from then until a checkpoint succeeds.
 //!
 //! Commits run on tokio's blocking pool. Transactions that arrive while a commit is in flight
-//! queue up and are committed together by the next writer in one redb transaction (group
-//! commit): each still gets its own revision, log entry and watch batch, in queue order, and
-//! is planned against the ones before it; one fsync serves them all.
+//! queue up and are committed together by the next writer (group commit): each still gets its
+//! own revision, log entry and watch batch, in queue order, and is planned against the ones
+//! before it; one `fdatasync` serves them all.
 //!
 //! # History
 //!
@@ -57,6 +73,7 @@ use tokio::sync::oneshot;
 
 use crate::codec;
 use crate::compact::Compact;
+use crate::wal::Wal;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -79,6 +96,12 @@ pub struct EmbeddedOptions {
     /// values of the keys it deletes (which watchers receive), and 29 bytes per operation.
     /// Larger transactions fail with [`StoreError::TooLarge`]. Capped at 1 GiB.
     pub max_txn_bytes: usize,
+    /// Size of the write-ahead log (`<file>.wal`, preallocated). 0: no log; every commit
+    /// fsyncs the database file instead (slower, same guarantees).
+    pub wal_bytes: u64,
+    /// Commits between checkpoints (a database commit with fsync, after which the log
+    /// starts over); a checkpoint also happens whenever the log is full.
+    pub checkpoint_commits: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -87,6 +110,8 @@ impl Default for EmbeddedOptions {
             history_events: 100_000,
             max_txn_bytes: codec::MAX_ENTRY,
             cache_bytes: 64 << 20,
+            wal_bytes: 16 << 20,
+            checkpoint_commits: 4096,
         }
     }
 }
@@ -129,6 +154,8 @@ struct Shared {
     /// What readers see: only committed state.
     state: Mutex<State>,
     max_txn_bytes: usize,
+    /// Transactions replayed from the write-ahead log at open.
+    replayed: usize,
 }
 
 /// Group commit: writers append here; at most one committer drains it at a time, so every
@@ -142,6 +169,44 @@ struct Queue {
 struct Writer {
     /// The file's `log` covers the revisions after this one.
     disk_compacted: Revision,
+    /// The write-ahead log, when in use.
+    wal: Option<Wal>,
+    /// Commits since the last checkpoint.
+    since_checkpoint: usize,
+    checkpoint_commits: usize,
+    /// Set when a write to the log failed: every later write is refused until the store is
+    /// reopened (which settles from the files what is durable).
+    broken: Option<String>,
+    /// Committed (durable in the log) but not yet in the database file.
+    pending: Unflushed,
+}
+
+/// What the write-ahead log holds and the database file does not yet.
+#[derive(Clone, Default)]
+struct Unflushed {
+    /// The final value of every key written (`None`: deleted).
+    keys: BTreeMap<String, Option<KeyValue>>,
+    /// Encoded log entries, in revision order.
+    log: Vec<(Revision, Vec<u8>)>,
+    /// The last revision.
+    last: Revision,
+    /// History to drop from the file's log, up to this revision.
+    trim: Option<Revision>,
+}
+
+impl Unflushed {
+    fn add(
+        &mut self,
+        keys: BTreeMap<String, Option<KeyValue>>,
+        log: Vec<(Revision, Vec<u8>)>,
+        last: Revision,
+        trim: Option<Revision>,
+    ) {
+        self.keys.extend(keys);
+        self.log.extend(log);
+        self.last = last;
+        self.trim = self.trim.max(trim);
+    }
 }
 
 struct State {
@@ -207,7 +272,7 @@ impl EmbeddedStore {
             Ok(Err(e)) => return Err(open_error(path, e.into())),
             Err(_) => return Err(corrupt(path, "redb panicked while opening it")),
         };
-        EmbeddedStore::from_database(path.to_path_buf(), db, &options)
+        EmbeddedStore::from_database(path.to_path_buf(), db, &options, true)
     }
 
     /// Builds a store on an opened database: initialises an empty one, loads a used one.
@@ -215,13 +280,21 @@ impl EmbeddedStore {
         path: PathBuf,
         db: Database,
         options: &EmbeddedOptions,
+        use_wal: bool,
     ) -> Result<EmbeddedStore, StoreError> {
-        let loaded = initialise(&db)
-            .and_then(|()| load(&db, options.history_events))
-            .map_err(|e| match e {
-                LoadError::Redb(e) => open_error(&path, e),
-                LoadError::Corrupt(reason) => corrupt(&path, reason),
-            })?;
+        let load_error = |e| match e {
+            LoadError::Redb(e) => open_error(&path, e),
+            LoadError::Corrupt(reason) => corrupt(&path, reason),
+        };
+        initialise(&db).map_err(load_error)?;
+        let (wal, replayed) = match use_wal && options.wal_bytes > 0 {
+            true => {
+                let (wal, replayed) = recover_wal(&path, &db, options.wal_bytes)?;
+                (Some(wal), replayed)
+            }
+            false => (None, 0),
+        };
+        let loaded = load(&db, options.history_events).map_err(load_error)?;
         tracing::info!(
             path = %path.display(),
             keys = loaded.state.data.len(),
@@ -235,10 +308,16 @@ impl EmbeddedStore {
                 db,
                 writer: Mutex::new(Writer {
                     disk_compacted: loaded.disk_compacted,
+                    wal,
+                    since_checkpoint: 0,
+                    checkpoint_commits: options.checkpoint_commits.max(1),
+                    broken: None,
+                    pending: Unflushed::default(),
                 }),
                 queue: Mutex::new(Queue::default()),
                 state: Mutex::new(loaded.state),
                 max_txn_bytes: options.max_txn_bytes.min(codec::MAX_ENTRY),
+                replayed,
             }),
         })
     }
@@ -246,6 +325,12 @@ impl EmbeddedStore {
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// How many acknowledged transactions [`EmbeddedStore::open`] found only in the
+    /// write-ahead log (not yet checkpointed into the store file) and replayed.
+    pub fn replayed_at_open(&self) -> usize {
+        self.shared.replayed
     }
 
     /// Forgets watch history up to and including `revision` (capped at the current revision),
@@ -395,16 +480,13 @@ impl Shared {
             return;
         }
         let last = committed.last().map_or(0, |(rev, _)| *rev);
-        if let Err(e) = self.write(&staged, &committed, last, trim) {
+        if let Err(e) = self.write(&mut writer, staged.clone(), &committed, last, trim) {
             tracing::error!(path = %self.path.display(), error = %e, "store commit failed; nothing applied");
             let message = format!("cannot commit to store file {}: {e}", self.path.display());
             for (reply, _) in outcomes {
                 let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
             }
             return;
-        }
-        if let Some(trim) = trim {
-            writer.disk_compacted = trim;
         }
         {
             let mut state = self.state();
@@ -424,13 +506,110 @@ impl Shared {
         }
     }
 
-    /// Writes a planned queue: keys, one log entry per revision, meta. Blocking (fsyncs).
+    /// Makes a planned queue durable. Without the write-ahead log: one redb commit (keys,
+    /// one log entry per revision, meta) with fsync. With it: the log entries are appended to
+    /// the write-ahead log and synced, and the changes wait in [`Unflushed`] for the next
+    /// checkpoint, which writes everything pending to the database in one commit with fsync
+    /// and starts the log over (every `checkpoint_commits` commits, or when the log is full).
+    /// On `Err` nothing of this queue is durable or pending. Blocking.
     fn write(
         &self,
-        staged: &BTreeMap<String, Option<KeyValue>>,
+        writer: &mut Writer,
+        staged: BTreeMap<String, Option<KeyValue>>,
         committed: &[(Revision, Vec<WatchEvent>)],
         last: Revision,
         trim: Option<Revision>,
+    ) -> Result<(), String> {
+        if let Some(why) = &writer.broken {
+            return Err(why.clone());
+        }
+        let entries: Vec<(Revision, Vec<u8>)> = committed
+            .iter()
+            .map(|(rev, events)| (*rev, codec::encode_events(events)))
+            .collect();
+        let bytes: usize = entries.iter().map(|(_, e)| e.len()).sum();
+        let fits = |w: &Writer| w.wal.as_ref().is_some_and(|w| w.fits(entries.len(), bytes));
+        if writer.wal.is_some() && !fits(writer) {
+            // Make room: what is pending goes to the database, the log starts over.
+            self.checkpoint(writer).map_err(|e| e.to_string())?;
+        }
+        if fits(writer) {
+            let records: Vec<(Revision, &[u8])> =
+                entries.iter().map(|(r, e)| (*r, e.as_slice())).collect();
+            if let Some(wal) = &mut writer.wal {
+                if let Err(e) = wal.append(&records) {
+                    // After a failed write or fdatasync the record may or may not be on disk
+                    // (and Linux may have dropped the dirty pages): refuse everything until
+                    // a reopen settles it from the files.
+                    let why = format!("{e}; reopen the store to continue");
+                    writer.broken = Some(why.clone());
+                    return Err(why);
+                }
+            }
+            writer.pending.add(staged, entries, last, trim);
+            writer.since_checkpoint += 1;
+            if writer.since_checkpoint >= writer.checkpoint_commits {
+                // The queue is durable in the log already; a failed checkpoint is retried.
+                if let Err(e) = self.checkpoint(writer) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "store checkpoint failed; will retry");
+                }
+            }
+            return Ok(());
+        }
+        // No log, or a queue larger than the whole log: straight into the database, with
+        // whatever is pending, in one commit with fsync.
+        let mut all = writer.pending.clone();
+        all.add(staged, entries, last, trim);
+        self.write_db(
+            &all.keys,
+            &all.log,
+            all.last,
+            all.trim,
+            writer.disk_compacted,
+        )
+        .map_err(|e| e.to_string())?;
+        self.checkpointed(writer, last);
+        Ok(())
+    }
+
+    /// Writes everything pending to the database in one commit with fsync and starts the
+    /// write-ahead log over. Blocking.
+    fn checkpoint(&self, writer: &mut Writer) -> Result<(), redb::Error> {
+        if writer.pending.log.is_empty() {
+            return Ok(());
+        }
+        let p = &writer.pending;
+        self.write_db(&p.keys, &p.log, p.last, p.trim, writer.disk_compacted)?;
+        let last = p.last;
+        self.checkpointed(writer, last);
+        Ok(())
+    }
+
+    /// The database holds everything through `last` durably.
+    fn checkpointed(&self, writer: &mut Writer, last: Revision) {
+        if let Some(trim) = writer.pending.trim {
+            writer.disk_compacted = writer.disk_compacted.max(trim);
+        }
+        writer.pending = Unflushed::default();
+        writer.since_checkpoint = 0;
+        if let Some(wal) = &mut writer.wal {
+            // On failure the log keeps its records, which the database now also holds (a
+            // reopen skips them), and appends continue after them, so nothing is lost.
+            if let Err(e) = wal.reset(last) {
+                tracing::warn!(error = %e, "cannot start the write-ahead log over");
+            }
+        }
+    }
+
+    /// One redb transaction with fsync: keys, log entries (those after `disk_compacted`),
+    /// the trim of old log entries and the revision.
+    fn write_db(
+        &self,
+        staged: &BTreeMap<String, Option<KeyValue>>,
+        entries: &[(Revision, Vec<u8>)],
+        last: Revision,
+        trim: Option<Revision>,
+        disk_compacted: Revision,
     ) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
         {
@@ -446,8 +625,10 @@ impl Shared {
                 }
             }
             let mut log = txn.open_table(LOG)?;
-            for (rev, events) in committed {
-                log.insert(*rev, codec::encode_events(events).as_slice())?;
+            for (rev, entry) in entries {
+                if *rev > disk_compacted.max(trim.unwrap_or(0)) {
+                    log.insert(*rev, entry.as_slice())?;
+                }
             }
             let mut meta = txn.open_table(META)?;
             if let Some(trim) = trim {
@@ -463,6 +644,13 @@ impl Shared {
     /// Drops history up to `revision` (capped at the current revision). Blocking.
     fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let mut writer = lock(&self.writer);
+        // The file's log must hold what it trims: write what is pending first.
+        self.checkpoint(&mut writer).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot compact store file {}: {e}",
+                self.path.display()
+            ))
+        })?;
         let (target, disk_target) = {
             let state = self.state();
             let target = revision.min(state.revision);
@@ -494,8 +682,25 @@ impl Shared {
 
 impl Drop for Shared {
     /// Ends every open watch with an error, so watchers re-watch rather than think the
-    /// stream simply finished.
+    /// stream simply finished; writes what the log holds to the file (best effort: the log
+    /// is replayed at the next open anyway).
     fn drop(&mut self) {
+        let mut writer = std::mem::replace(
+            &mut *lock(&self.writer),
+            Writer {
+                disk_compacted: 0,
+                wal: None,
+                since_checkpoint: 0,
+                checkpoint_commits: 1,
+                broken: None,
+                pending: Unflushed::default(),
+            },
+        );
+        if writer.broken.is_none() {
+            if let Err(e) = self.checkpoint(&mut writer) {
+                tracing::warn!(path = %self.path.display(), error = %e, "store: final checkpoint failed; the log is replayed at the next open");
+            }
+        }
         let path = self.path.display().to_string();
         self.state()
             .hub
@@ -591,6 +796,115 @@ impl<E: Into<redb::Error>> From<E> for LoadError {
     fn from(e: E) -> Self {
         LoadError::Redb(e.into())
     }
+}
+
+/// Meta key set once the store uses a write-ahead log (so a missing log is noticed).
+const WAL_KEY: &str = "wal";
+
+/// Opens (or creates) the store's write-ahead log and replays into the database every
+/// transaction it holds after the database's durable revision, then starts the log over.
+fn recover_wal(path: &Path, db: &Database, bytes: u64) -> Result<(Wal, usize), StoreError> {
+    let wal_path = Wal::path_for(path);
+    let wal_err = |e: crate::wal::WalError| StoreError::Other(Box::new(e));
+    let redb_err = |e: redb::Error| open_error(path, e);
+    let (durable, in_use) = {
+        let read = db.begin_read().map_err(|e| redb_err(e.into()))?;
+        let meta = read.open_table(META).map_err(|e| redb_err(e.into()))?;
+        let get = |k: &str| -> Result<Option<u64>, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(|e| redb_err(e.into()))?
+                .map(|v| v.value()))
+        };
+        (get(REVISION_KEY)?.unwrap_or(0), get(WAL_KEY)? == Some(1))
+    };
+    let mut replayed = 0;
+    let mut wal = if Wal::exists(&wal_path).map_err(wal_err)? {
+        let (wal, records) = Wal::open(&wal_path).map_err(wal_err)?;
+        if wal.base() > durable {
+            return Err(corrupt(
+                &wal_path,
+                format!(
+                    "its records start after revision {} but the store file {} holds only revision {durable}; they do not belong together",
+                    wal.base(),
+                    path.display()
+                ),
+            ));
+        }
+        let replay: Vec<_> = records.into_iter().filter(|(r, _)| *r > durable).collect();
+        if let Some((last, _)) = replay.last() {
+            replay_into(db, &replay).map_err(|e| match e {
+                LoadError::Redb(e) => redb_err(e),
+                LoadError::Corrupt(reason) => corrupt(&wal_path, reason),
+            })?;
+            tracing::info!(path = %wal_path.display(), transactions = replay.len(), revision = last, "replayed the write-ahead log");
+            replayed = replay.len();
+        }
+        wal
+    } else if in_use {
+        return Err(corrupt(
+            &wal_path,
+            format!(
+                "it is missing but the store file {} has used it: writes acknowledged after revision {durable} would be lost. Restore it, or move both files aside to start empty",
+                path.display()
+            ),
+        ));
+    } else {
+        Wal::create(&wal_path, bytes, durable).map_err(wal_err)?
+    };
+    let base = durable
+        .max(wal.base())
+        .max(replayed_revision(db).map_err(redb_err)?);
+    wal.reset(base).map_err(wal_err)?;
+    if !in_use {
+        mark_wal_in_use(db).map_err(redb_err)?;
+    }
+    Ok((wal, replayed))
+}
+
+fn mark_wal_in_use(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(WAL_KEY, 1)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The revision the database holds.
+fn replayed_revision(db: &Database) -> Result<Revision, redb::Error> {
+    let read = db.begin_read()?;
+    let meta = read.open_table(META)?;
+    let rev = meta.get(REVISION_KEY)?.map(|v| v.value());
+    Ok(rev.unwrap_or(0))
+}
+
+/// Applies logged transactions (in revision order, the first right after the database's
+/// revision) to the database in one durable commit.
+fn replay_into(db: &Database, records: &[(Revision, Vec<u8>)]) -> Result<(), LoadError> {
+    let txn = db.begin_write()?;
+    {
+        let mut kv = txn.open_table(KV)?;
+        let mut log = txn.open_table(LOG)?;
+        for (rev, entry) in records {
+            let events = codec::decode_events(*rev, entry)
+                .map_err(|e| LoadError::Corrupt(format!("record {rev}: {e}")))?;
+            for event in &events {
+                match event {
+                    WatchEvent::Put(value) => {
+                        kv.insert(value.key.as_str(), codec::encode_kv(value).as_slice())?;
+                    }
+                    WatchEvent::Delete { prev, .. } => {
+                        kv.remove(prev.key.as_str())?;
+                    }
+                }
+            }
+            log.insert(*rev, entry.as_slice())?;
+        }
+        if let Some((last, _)) = records.last() {
+            txn.open_table(META)?.insert(REVISION_KEY, *last)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Reads every key and the recent log, checking that they agree with `meta`.
@@ -770,6 +1084,7 @@ mod tests {
             "/virtual/full.redb".into(),
             db,
             &EmbeddedOptions::default(),
+            false,
         )
         .unwrap();
         let r1 = store.txn(vec![create("/a")]).await.unwrap();
@@ -802,6 +1117,65 @@ mod tests {
                 assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
                 assert_eq!(store.list("").await.unwrap(), before);
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_under_the_log_refuses_writes_once_the_log_is_full_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Arc::new(AtomicBool::new(false));
+        let disk = FullDisk {
+            inner: InMemoryBackend::new(),
+            full: full.clone(),
+        };
+        let db = redb::Builder::new().create_with_backend(disk).unwrap();
+        let options = EmbeddedOptions {
+            wal_bytes: 32 << 10,
+            checkpoint_commits: 4,
+            ..EmbeddedOptions::default()
+        };
+        let path = dir.path().join("full.redb");
+        let store = EmbeddedStore::from_database(path.clone(), db, &options, true).unwrap();
+        store.txn(vec![create("/before")]).await.unwrap();
+
+        // The database file's disk fills up; the preallocated log still takes writes, and
+        // failed checkpoints are retried, until the log itself is full.
+        full.store(true, Ordering::SeqCst);
+        let mut accepted = Vec::new();
+        let err = loop {
+            let key = format!("/k/{:04}", accepted.len());
+            match store
+                .txn(vec![Op::Create {
+                    key: key.clone(),
+                    value: vec![b'x'; 1000],
+                }])
+                .await
+            {
+                Ok(rev) => accepted.push((key, rev)),
+                Err(e) => break e,
+            }
+            assert!(accepted.len() < 100, "a 32 KiB log took 100 KiB");
+        };
+        assert!(
+            accepted.len() >= 4,
+            "only {} writes went to the log",
+            accepted.len()
+        );
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("full.redb"), "{err}");
+        let rev = store.revision().await.unwrap();
+        assert_eq!(
+            rev,
+            accepted.last().unwrap().1,
+            "a refused write moved the revision"
+        );
+
+        // Space again: the next write checkpoints and goes through; nothing was lost.
+        full.store(false, Ordering::SeqCst);
+        let next = store.txn(vec![create("/after")]).await.unwrap();
+        assert_eq!(next, rev + 1);
+        for (key, _) in &accepted {
+            assert!(store.get(key).await.unwrap().is_some(), "{key} lost");
         }
     }
 

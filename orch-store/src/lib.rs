@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod etcd;
 #[cfg(feature = "etcd")]
 pub mod local_etcd;
+mod wal;
 
 pub use compact::Compact;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};

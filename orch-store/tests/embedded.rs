@@ -208,6 +208,9 @@ async fn damaged_files_are_refused_naming_the_file() {
     drop(store);
     let bytes = std::fs::read(&good).unwrap();
     let len = bytes.len();
+    // The write-ahead log goes with its store file.
+    let wal = std::fs::read(wal_of(&good)).unwrap();
+    let with_wal = |path: &Path| std::fs::write(wal_of(path), &wal).unwrap();
 
     let garbage = |n: usize| (0..n).map(|i| (i * 7 + 13) as u8).collect::<Vec<u8>>();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
@@ -229,6 +232,7 @@ async fn damaged_files_are_refused_naming_the_file() {
     for (what, content) in cases {
         let path = dir.path().join(format!("{}.redb", what.replace(' ', "-")));
         std::fs::write(&path, &content).unwrap();
+        with_wal(&path);
         match EmbeddedStore::open(&path) {
             Ok(_) => panic!("{what}: a damaged file opened"),
             Err(e) => {
@@ -257,6 +261,7 @@ async fn damaged_files_are_refused_naming_the_file() {
         let end = (offset + 4096).min(len);
         damaged[offset..end].copy_from_slice(&garbage(end - offset));
         std::fs::write(&path, &damaged).unwrap();
+        with_wal(&path);
         match EmbeddedStore::open(&path) {
             Ok(store) => assert_eq!(
                 snapshot(&store).await,
@@ -420,4 +425,98 @@ async fn oversized_transactions_are_refused() {
         }])
         .await
         .unwrap();
+}
+
+fn wal_of(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".wal");
+    p.into()
+}
+
+#[tokio::test]
+async fn checkpoints_and_a_full_log_keep_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.redb");
+    // A log of 16 KiB and a checkpoint every 3 commits: both ways of starting over happen.
+    let options = EmbeddedOptions {
+        wal_bytes: 16 << 10,
+        checkpoint_commits: 3,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open_with(&path, options.clone()).unwrap();
+    for i in 0..40 {
+        let size = if i % 7 == 0 { 9_000 } else { 100 };
+        store
+            .txn(vec![create(&format!("/c/{i:03}"), &"v".repeat(size))])
+            .await
+            .unwrap();
+    }
+    let before = snapshot(&store).await;
+    drop(store);
+    assert_eq!(
+        std::fs::metadata(wal_of(&path)).unwrap().len(),
+        16 << 10,
+        "the log never grows"
+    );
+    let store = EmbeddedStore::open_with(&path, options).unwrap();
+    assert_eq!(snapshot(&store).await, before);
+    assert_eq!(before.1, 40);
+}
+
+#[tokio::test]
+async fn without_a_log_every_commit_syncs_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nolog.redb");
+    let options = EmbeddedOptions {
+        wal_bytes: 0,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open_with(&path, options.clone()).unwrap();
+    let rev = write_some(&store).await;
+    let before = snapshot(&store).await;
+    drop(store);
+    assert!(!wal_of(&path).exists());
+    let store = EmbeddedStore::open_with(&path, options).unwrap();
+    assert_eq!(snapshot(&store).await, before);
+    assert_eq!(store.revision().await.unwrap(), rev);
+}
+
+#[tokio::test]
+async fn a_missing_or_damaged_log_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logged.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    write_some(&store).await;
+    drop(store);
+    let wal = wal_of(&path);
+    let bytes = std::fs::read(&wal).unwrap();
+
+    std::fs::remove_file(&wal).unwrap();
+    let e = EmbeddedStore::open(&path)
+        .err()
+        .expect("opened without its log");
+    let message = e.to_string();
+    assert!(message.contains(&wal.display().to_string()), "{message}");
+    assert!(message.contains("missing"), "{message}");
+    assert!(!wal.exists(), "a refused open must not create the log");
+
+    let mut damaged = bytes.clone();
+    damaged[..8].copy_from_slice(b"garbage!");
+    std::fs::write(&wal, &damaged).unwrap();
+    let e = EmbeddedStore::open(&path)
+        .err()
+        .expect("opened with a damaged log");
+    assert!(e.to_string().contains(&wal.display().to_string()), "{e}");
+    assert_eq!(
+        std::fs::read(&wal).unwrap(),
+        damaged,
+        "a refused log was modified"
+    );
+
+    std::fs::write(&wal, &bytes).unwrap();
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(
+        store.get("/a/2").await.unwrap().unwrap().value.as_ref(),
+        b"two again"
+    );
 }
