@@ -1,7 +1,8 @@
 //! orch-store: the durable embedded [`Store`](orch_core::Store) ([`EmbeddedStore`], one redb
 //! file) and the [`conformance`] suite that every `Store` implementation runs.
 //!
-//! With the cargo feature `etcd` (needs `protoc` to build), [`etcd`] adds an etcd-backed store.
+//! With the cargo feature `etcd` (needs `protoc` to build), the `etcd` module adds an etcd-backed
+//! store and `local_etcd` a throwaway etcd server for tests and benchmarks.
 //!
 //! The contract lives in `orch_core::store`; this crate only implements and checks it.
 
