@@ -20,3 +20,16 @@ async fn embedded_store_loses_no_update() {
     let conflicts = conformance::lost_update(Arc::new(store), 4, 2_500).await;
     println!("embedded: 10000 durable increments, {conflicts} stale writes refused");
 }
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_loses_no_update() {
+    let etcd = orch_store::local_etcd::LocalEtcd::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = orch_store::etcd::EtcdStore::connect(&[etcd.endpoint()], "/lost")
+        .await
+        .unwrap();
+    let conflicts = conformance::lost_update(Arc::new(store), 4, 2_500).await;
+    println!("etcd: 10000 durable increments, {conflicts} stale writes refused");
+}
