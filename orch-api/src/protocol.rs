@@ -29,6 +29,11 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Where the replicas of these manifests would go; writes nothing.
+    Plan {
+        /// The manifests.
+        manifests: Vec<ManifestText>,
+    },
     /// List objects (or one, with `name`).
     Get {
         /// The kind.
@@ -128,6 +133,11 @@ pub enum Response {
         results: Vec<Applied>,
         /// Dry run: nothing was written.
         dry_run: bool,
+    },
+    /// Result of `Plan`.
+    Plan {
+        /// Per service, where its replicas would go.
+        plan: orch_core::api::PlacementPlan,
     },
     /// Result of `Get`.
     Objects {

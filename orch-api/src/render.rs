@@ -337,3 +337,58 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
     }
     out
 }
+
+/// `orchctl apply --plan`: per service what would change, then where each replica would go.
+pub fn plan(plan: &orch_core::api::PlacementPlan) -> String {
+    let summary: Vec<Vec<String>> = plan
+        .services
+        .iter()
+        .map(|s| {
+            let placed = s.placements.iter().filter(|p| p.node.is_some()).count();
+            vec![
+                s.name.clone(),
+                s.namespace.clone(),
+                s.action.clone(),
+                s.kept.to_string(),
+                placed.to_string(),
+                (s.placements.len() - placed).to_string(),
+                s.stopped.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "SERVICE",
+            "NAMESPACE",
+            "ACTION",
+            "KEPT",
+            "TO PLACE",
+            "PENDING",
+            "TO STOP",
+        ],
+        &summary,
+    );
+    let rows: Vec<Vec<String>> = plan
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.placements.iter().map(|p| {
+                vec![
+                    s.name.clone(),
+                    p.replica.clone(),
+                    p.node.clone().unwrap_or_else(|| "<pending>".into()),
+                    p.reason.clone(),
+                ]
+            })
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["SERVICE", "REPLICA", "NODE", "REASON"], &rows));
+    }
+    out.push_str(&format!(
+        "\nplan by scheduler {:?} on the cluster as stored now; nothing was changed\n",
+        plan.scheduler
+    ));
+    out
+}

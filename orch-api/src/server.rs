@@ -27,6 +27,8 @@ pub struct Backend {
     pub runtimes: HashMap<String, Arc<dyn Runtime>>,
     /// A description of the store for `Info`.
     pub store_name: String,
+    /// The scheduler the engine uses, for `Plan`.
+    pub scheduler: Arc<dyn orch_core::scheduler::Scheduler>,
 }
 
 /// Binds `path` (replacing a stale socket), restricts it to its owner (0600) and serves until
@@ -188,6 +190,20 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                         .collect(),
                     dry_run,
                 },
+                Err(e) => api_error(e),
+            }
+        }
+        Request::Plan { manifests } => {
+            let objects = match manifest::parse_all(
+                manifests
+                    .iter()
+                    .map(|m| (m.source.as_str(), m.text.as_str())),
+            ) {
+                Ok(o) => o,
+                Err(e) => return error(ErrorCode::Invalid, e.to_string()),
+            };
+            match api::plan(store, &*backend.scheduler, objects, 0).await {
+                Ok(plan) => Response::Plan { plan },
                 Err(e) => api_error(e),
             }
         }

@@ -33,6 +33,7 @@ async fn start() -> (
         store: store.clone(),
         runtimes: HashMap::from([("n1".to_string(), Arc::new(rt.clone()) as Arc<dyn Runtime>)]),
         store_name: "memory".into(),
+        scheduler: Arc::new(orch_sched::DefaultScheduler),
     });
     let cancel = CancellationToken::new();
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
@@ -329,5 +330,107 @@ async fn an_oversized_request_is_refused_with_the_limit_named() {
     );
     writer.abort();
     client.call(Request::Info).await.unwrap();
+    cancel.cancel();
+}
+
+fn node(name: &str, cpu: &str) -> Object {
+    use orch_core::object::{Metadata, Node, NodeStatus, Resources};
+    Object::Node(Node {
+        metadata: Metadata {
+            name: name.into(),
+            uid: name.into(),
+            ..Metadata::default()
+        },
+        spec: Default::default(),
+        status: NodeStatus {
+            capacity: Resources {
+                cpu: Some(orch_core::quantity::Cpu::parse(cpu).unwrap()),
+                memory: None,
+            },
+            runtimes: vec!["process".into()],
+            ..NodeStatus::default()
+        },
+    })
+}
+
+#[tokio::test]
+async fn plan_shows_placements_and_pending_reasons_and_writes_nothing() {
+    let (_dir, client, store, _rt, cancel) = start().await;
+    store
+        .txn(vec![
+            orch_core::store::create_op(&node("a", "1")),
+            orch_core::store::create_op(&node("b", "1")),
+        ])
+        .await
+        .unwrap();
+    let before = store.revision().await.unwrap();
+    let big = WEB.replace("replicas: 2", "replicas: 3").replace(
+        "{command: [server]}",
+        "{command: [server], resources: {cpu: 600m}}",
+    );
+    let Response::Plan { plan } = client
+        .call(Request::Plan {
+            manifests: vec![ManifestText {
+                source: "web.yaml".into(),
+                text: big,
+            }],
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before,
+        "a plan wrote something"
+    );
+    let web = &plan.services[0];
+    assert_eq!(
+        (web.name.as_str(), web.action.as_str(), web.kept),
+        ("web", "created", 0)
+    );
+    let mut nodes: Vec<_> = web
+        .placements
+        .iter()
+        .filter_map(|p| p.node.clone())
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["a", "b"],
+        "one 600m replica per 1-cpu node: {plan:?}"
+    );
+    let pending: Vec<_> = web.placements.iter().filter(|p| p.node.is_none()).collect();
+    assert_eq!(pending.len(), 1, "{plan:?}");
+    assert!(
+        pending[0].reason.contains("0/2 nodes"),
+        "{}",
+        pending[0].reason
+    );
+    assert!(pending[0].reason.contains("cpu"), "{}", pending[0].reason);
+    let text = orch_api::render::plan(&plan);
+    assert!(
+        text.contains("<pending>") && text.contains("nothing was changed"),
+        "{text}"
+    );
+
+    // Bad input is refused as apply refuses it, naming the field.
+    let Response::Error { message, .. } = client
+        .call(Request::Plan {
+            manifests: vec![ManifestText {
+                source: "bad.yaml".into(),
+                text: WEB.replace("replicas: 2", "replicas: -1"),
+            }],
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        message.contains("bad.yaml") && message.contains("replicas"),
+        "{message}"
+    );
     cancel.cancel();
 }

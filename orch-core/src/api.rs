@@ -236,3 +236,176 @@ pub async fn scale(
         }
     }
 }
+
+/// Where one new (or still unplaced) replica would go.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedReplica {
+    /// The replica: an existing pending one's name, or `new-N` for one apply would create.
+    pub replica: String,
+    /// The node it would be bound to; `None`: it would stay pending.
+    pub node: Option<String>,
+    /// Why it would stay pending ("0/3 nodes are available: ...").
+    pub reason: String,
+}
+
+/// What apply would do to one service's replicas.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePlan {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// created, configured or unchanged.
+    pub action: String,
+    /// Running replicas of the current template that stay as they are.
+    pub kept: u32,
+    /// Replicas that would be stopped (scale-down, or replaced by a rolling update).
+    pub stopped: u32,
+    /// Replicas to place, and where each would go.
+    pub placements: Vec<PlannedReplica>,
+}
+
+/// The outcome of [`plan`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementPlan {
+    /// The scheduler that decided.
+    pub scheduler: String,
+    /// One entry per service in the input, in input order.
+    pub services: Vec<ServicePlan>,
+}
+
+/// Plans an apply without changing anything: validates `objects` as [`apply`] does, then asks
+/// `scheduler` where every replica the services would need goes, on the cluster as stored now.
+///
+/// The model is the replication controller's end state: each service keeps its bound replicas
+/// of the current template (up to `replicas`), creates the rest and stops the others. Replicas
+/// being replaced stay counted on their nodes (as during a start-first rolling update), so the
+/// plan never promises room that only a stop would free. Every planned replica of every
+/// service goes through one scheduling pass, as the engine does.
+pub async fn plan(
+    store: &dyn Store,
+    scheduler: &dyn crate::scheduler::Scheduler,
+    objects: Vec<Object>,
+    seed: u64,
+) -> Result<PlacementPlan, ApiError> {
+    use crate::object::{DesiredState, Phase, Replica};
+    use crate::scheduler::{ClusterSnapshot, PendingReplica};
+    use crate::store::list_objects;
+
+    let merged = apply(store, objects, true).await?;
+    let (nodes, _) = list_objects(store, Kind::Node, None).await?;
+    let (replicas, _) = list_objects(store, Kind::Replica, None).await?;
+    let nodes: Vec<_> = nodes
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Node(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let replicas: Vec<Replica> = replicas
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Replica(r)
+                if r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost =>
+            {
+                Some(r)
+            }
+            _ => None,
+        })
+        .collect();
+    let snapshot =
+        ClusterSnapshot::build(&nodes, replicas.iter().filter(|r| r.spec.node.is_some()));
+    let mut services = Vec::new();
+    let mut pending = Vec::new();
+    // Which service plan and which replica each pending key belongs to.
+    let mut owners: Vec<(usize, String)> = Vec::new();
+    for (object, action) in merged {
+        let Object::Service(svc) = object else {
+            continue;
+        };
+        let hash = svc.spec.template.hash();
+        let mine: Vec<&Replica> = replicas
+            .iter()
+            .filter(|r| {
+                r.metadata.namespace == svc.metadata.namespace
+                    && r.spec.service == svc.metadata.name
+            })
+            .collect();
+        let want = svc.spec.replicas as usize;
+        let (current, _old): (Vec<&Replica>, Vec<&Replica>) =
+            mine.iter().partition(|r| r.spec.template_hash == hash);
+        let (bound, unbound): (Vec<&Replica>, Vec<&Replica>) =
+            current.iter().partition(|r| r.spec.node.is_some());
+        let kept = bound.len().min(want);
+        let index = services.len();
+        let mut to_place: Vec<(String, Replica)> = unbound
+            .iter()
+            .take(want - kept)
+            .map(|r| (r.metadata.name.clone(), (*r).clone()))
+            .collect();
+        let mut n = 0;
+        while kept + to_place.len() < want {
+            n += 1;
+            to_place.push((
+                format!("new-{n}"),
+                crate::engine::replication::new_replica(&svc),
+            ));
+        }
+        let placed_now = kept
+            + to_place
+                .iter()
+                .filter(|(name, _)| !name.starts_with("new-"))
+                .count();
+        for (name, r) in to_place {
+            let key = format!("plan/{index}/{}", owners.len());
+            pending.push(PendingReplica::from_replica(&r, key));
+            owners.push((index, name));
+        }
+        services.push(ServicePlan {
+            namespace: svc.metadata.namespace.clone(),
+            name: svc.metadata.name.clone(),
+            action: action.to_string(),
+            kept: kept as u32,
+            stopped: (mine.len() - placed_now) as u32,
+            placements: Vec::new(),
+        });
+    }
+    let decided = scheduler.schedule(&snapshot, &pending, seed);
+    let slot = |key: &str| -> Option<usize> { key.rsplit('/').next()?.parse().ok() };
+    let mut outcome: Vec<Option<PlannedReplica>> = vec![None; owners.len()];
+    for (key, node) in &decided.bindings {
+        if let Some(i) = slot(key).filter(|i| *i < owners.len()) {
+            outcome[i] = Some(PlannedReplica {
+                replica: owners[i].1.clone(),
+                node: Some(node.clone()),
+                reason: String::new(),
+            });
+        }
+    }
+    for (key, reason) in &decided.unschedulable {
+        if let Some(i) = slot(key).filter(|i| *i < owners.len()) {
+            outcome[i] = Some(PlannedReplica {
+                replica: owners[i].1.clone(),
+                node: None,
+                reason: reason.clone(),
+            });
+        }
+    }
+    for (i, o) in outcome.into_iter().enumerate() {
+        let (index, name) = &owners[i];
+        services[*index]
+            .placements
+            .push(o.unwrap_or_else(|| PlannedReplica {
+                replica: name.clone(),
+                node: None,
+                reason: "the scheduler left it out of its plan".into(),
+            }));
+    }
+    Ok(PlacementPlan {
+        scheduler: scheduler.name().to_string(),
+        services,
+    })
+}

@@ -15,7 +15,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(socket_path(cli.socket));
     let ns = cli.namespace;
     match cli.command {
-        Command::Apply { files, dry_run } => apply(&client, &files, dry_run).await,
+        Command::Apply {
+            files, plan: true, ..
+        } => plan(&client, &files).await,
+        Command::Apply { files, dry_run, .. } => apply(&client, &files, dry_run).await,
         Command::Get {
             kind,
             name,
@@ -66,6 +69,23 @@ async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> 
                     if dry_run { " (dry run)" } else { "" }
                 );
             }
+            Ok(())
+        }
+        other => bail!("unexpected response: {other:?}"),
+    }
+}
+
+async fn plan(client: &Client, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let manifests = read_all(files)?;
+    orch_core::manifest::parse_all(
+        manifests
+            .iter()
+            .map(|m| (m.source.as_str(), m.text.as_str())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match client.call(Request::Plan { manifests }).await? {
+        Response::Plan { plan } => {
+            out!("{}", render::plan(&plan));
             Ok(())
         }
         other => bail!("unexpected response: {other:?}"),

@@ -49,6 +49,10 @@ pub enum Command {
         /// Validate and show what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Show where each replica would be placed and what would stay pending (and why);
+        /// write nothing.
+        #[arg(long, conflicts_with = "dry_run")]
+        plan: bool,
     },
     /// List objects: services, replicas, nodes, secrets, configs, events.
     Get {

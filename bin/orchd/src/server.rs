@@ -63,7 +63,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let discovery_dir = data_dir.join("discovery");
     let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));
-    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+    let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
+        Arc::new(orch_sched::DefaultScheduler);
+    let mut engine = Engine::builder(store.clone(), scheduler.clone())
         .discovery(discovery)
         .start();
     let runtime_dyn = runtime;
@@ -79,6 +81,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         store,
         runtimes: HashMap::from([(node.clone(), runtime_dyn)]),
         store_name,
+        scheduler,
     });
     let cancel = CancellationToken::new();
     let api = tokio::spawn(serve(socket.clone(), backend, cancel.clone()));

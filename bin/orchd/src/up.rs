@@ -54,7 +54,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(orch_core::memstore::MemStore::new());
     let runtime: Arc<dyn Runtime> = host::process_runtime(&state_dir.join("runtime")).await?;
     let discovery_dir = state_dir.join("discovery");
-    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+    let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
+        Arc::new(orch_sched::DefaultScheduler);
+    let mut engine = Engine::builder(store.clone(), scheduler.clone())
         .discovery(Arc::new(orch_dns::FileDiscovery::new(&discovery_dir)))
         .start();
     engine.add_agent(
@@ -67,6 +69,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         store: store.clone(),
         runtimes: HashMap::from([(args.node.clone(), runtime.clone())]),
         store_name: "memory".into(),
+        scheduler,
     });
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     let applied = orch_core::api::apply(&*store, objects, false).await?;

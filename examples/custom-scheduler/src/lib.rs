@@ -1,0 +1,99 @@
+//! Scheduling plugins and a whole scheduler written outside orch, against its public API.
+//!
+//! - [`AvoidMaintenance`], a filter: nodes labelled `maintenance=true` take no new replicas.
+//! - [`PreferLabel`], a score: nodes carrying a label (for example `disk=ssd`) score 100, others 0.
+//! - [`FirstFit`], a whole [`Scheduler`]: each replica goes to the first node, in name order,
+//!   that runs its runtime and has room — no plugins at all.
+
+use std::borrow::Cow;
+
+use orch_core::scheduler::{ClusterSnapshot, PendingReplica, Plan, Scheduler};
+use orch_sched::{Class, ClassFilter, ClassScore, FilterPlugin, NodeId, PassState, ScorePlugin};
+
+/// Filter plugin: refuses nodes labelled `maintenance=true`.
+pub struct AvoidMaintenance;
+
+impl FilterPlugin for AvoidMaintenance {
+    fn name(&self) -> &str {
+        "AvoidMaintenance"
+    }
+    fn pre_filter(&self, _: &Class<'_>, _: &mut PassState) -> Option<Box<dyn ClassFilter>> {
+        Some(Box::new(AvoidMaintenance))
+    }
+}
+
+impl ClassFilter for AvoidMaintenance {
+    fn filter<'a>(&'a self, state: &'a PassState, node: NodeId) -> Result<(), Cow<'a, str>> {
+        match state.node(node).labels.get("maintenance").map(String::as_str) {
+            // Phrased to follow a node count: "0/4 nodes are available: 1 in maintenance, ...".
+            Some("true") => Err("in maintenance".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Score plugin: nodes carrying `key=value` score 100, the others 0.
+pub struct PreferLabel {
+    /// Label key.
+    pub key: String,
+    /// Label value.
+    pub value: String,
+}
+
+impl ScorePlugin for PreferLabel {
+    fn name(&self) -> &str {
+        "PreferLabel"
+    }
+    fn pre_score(&self, _: &Class<'_>, _: &mut PassState) -> Option<Box<dyn ClassScore>> {
+        Some(Box::new(PreferLabel {
+            key: self.key.clone(),
+            value: self.value.clone(),
+        }))
+    }
+}
+
+impl ClassScore for PreferLabel {
+    fn score(&self, state: &PassState, node: NodeId) -> u32 {
+        match state.node(node).labels.get(&self.key) {
+            Some(v) if *v == self.value => 100,
+            _ => 0,
+        }
+    }
+}
+
+/// A whole scheduler: first fit in node-name order.
+pub struct FirstFit;
+
+impl Scheduler for FirstFit {
+    fn name(&self) -> &str {
+        "first-fit"
+    }
+
+    fn schedule(&self, snapshot: &ClusterSnapshot, pending: &[PendingReplica], _seed: u64) -> Plan {
+        let mut nodes = snapshot.nodes.clone();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut plan = Plan::default();
+        for p in pending {
+            let fits = |n: &orch_core::scheduler::NodeInfo| {
+                n.schedulable
+                    && n.runtimes.contains(&p.runtime)
+                    && (n.cpu_capacity == 0 || n.cpu_used + p.cpu <= n.cpu_capacity)
+                    && (n.memory_capacity == 0 || n.memory_used + p.memory <= n.memory_capacity)
+                    && (n.max_replicas == 0 || n.replicas < n.max_replicas)
+            };
+            match nodes.iter_mut().find(|n| fits(n)) {
+                Some(n) => {
+                    n.cpu_used += p.cpu;
+                    n.memory_used += p.memory;
+                    n.replicas += 1;
+                    plan.bindings.push((p.key.clone(), n.name.clone()));
+                }
+                None => plan.unschedulable.push((
+                    p.key.clone(),
+                    format!("0/{} nodes are available: none fits (first-fit)", nodes.len()),
+                )),
+            }
+        }
+        plan
+    }
+}
