@@ -287,7 +287,7 @@ impl Template {
 }
 
 /// Where replicas may go.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Placement {
     /// Nodes must carry every one of these labels.
@@ -296,6 +296,238 @@ pub struct Placement {
     /// At most this many replicas of the service on one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_per_node: Option<u32>,
+    /// Expressions on node labels that must all hold (Kubernetes `matchExpressions`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_affinity: Vec<LabelSelectorRequirement>,
+    /// Taints of nodes these replicas accept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Go near replicas matching a selector.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub affinity: ReplicaAffinity,
+    /// Stay away from replicas matching a selector.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub anti_affinity: ReplicaAffinity,
+    /// Spread the service's own replicas evenly over topology domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// `spread` (least allocated, the default) or `binpack` (most allocated).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub strategy: Strategy,
+}
+
+/// The topology key whose domains are single nodes (each node its own domain).
+pub const NODE_TOPOLOGY_KEY: &str = "orch.dev/node";
+
+/// How a label requirement compares a label with its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SelectorOperator {
+    /// The label is one of `values`.
+    In,
+    /// The label is missing or not one of `values`.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is missing.
+    DoesNotExist,
+    /// The label is an integer greater than the single value.
+    Gt,
+    /// The label is an integer less than the single value.
+    Lt,
+}
+
+/// One requirement on labels (Kubernetes `matchExpressions` item).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelectorRequirement {
+    /// The label key.
+    pub key: String,
+    /// In, NotIn, Exists, DoesNotExist, Gt or Lt.
+    pub operator: SelectorOperator,
+    /// Values for In and NotIn; one integer for Gt and Lt; none for Exists and DoesNotExist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl LabelSelectorRequirement {
+    /// Whether `labels` satisfy the requirement.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.key);
+        let int = |s: &str| s.trim().parse::<i64>().ok();
+        match self.operator {
+            SelectorOperator::In => v.is_some_and(|v| self.values.contains(v)),
+            SelectorOperator::NotIn => !v.is_some_and(|v| self.values.contains(v)),
+            SelectorOperator::Exists => v.is_some(),
+            SelectorOperator::DoesNotExist => v.is_none(),
+            SelectorOperator::Gt | SelectorOperator::Lt => {
+                let (Some(have), Some(want)) = (
+                    v.and_then(|v| int(v)),
+                    self.values.first().and_then(|w| int(w)),
+                ) else {
+                    return false;
+                };
+                if self.operator == SelectorOperator::Gt {
+                    have > want
+                } else {
+                    have < want
+                }
+            }
+        }
+    }
+}
+
+/// Selects replicas by their labels: every `matchLabels` pair and every expression must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Labels that must be present with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Further requirements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy the selector (an empty selector matches everything).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| e.matches(labels))
+    }
+}
+
+/// What a taint does to replicas that do not tolerate it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaintEffect {
+    /// They are not placed on the node.
+    #[default]
+    NoSchedule,
+    /// They avoid the node when another fits.
+    PreferNoSchedule,
+}
+
+/// A mark on a node that repels replicas not tolerating it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Taint {
+    /// The taint key.
+    pub key: String,
+    /// The taint value (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    /// NoSchedule or PreferNoSchedule.
+    pub effect: TaintEffect,
+}
+
+/// How a toleration compares with a taint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TolerationOperator {
+    /// Key and value must be equal (the default).
+    #[default]
+    Equal,
+    /// The key must be equal (an empty key tolerates every taint).
+    Exists,
+}
+
+/// Lets a replica go to a node with a matching taint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    /// The taint key; empty with `Exists` tolerates everything.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// Equal or Exists.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub operator: TolerationOperator,
+    /// The taint value for `Equal`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    /// The effect tolerated; every effect when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+}
+
+impl Toleration {
+    /// Whether this toleration tolerates `taint`.
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        if self.effect.is_some_and(|e| e != taint.effect) {
+            return false;
+        }
+        match self.operator {
+            TolerationOperator::Exists => self.key.is_empty() || self.key == taint.key,
+            TolerationOperator::Equal => self.key == taint.key && self.value == taint.value,
+        }
+    }
+}
+
+/// Required and preferred terms of affinity (or anti-affinity) to other replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicaAffinity {
+    /// Terms that must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required: Vec<AffinityTerm>,
+    /// Terms that should hold, each with a weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred: Vec<WeightedAffinityTerm>,
+}
+
+/// Replicas matching `labelSelector` (in the same namespace) within one domain of `topologyKey`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AffinityTerm {
+    /// Which replicas count.
+    pub label_selector: LabelSelector,
+    /// A node label (`zone`), or `orch.dev/node` for the node itself.
+    pub topology_key: String,
+}
+
+/// An affinity term with a weight from 1 to 100.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedAffinityTerm {
+    /// 1 to 100: how much the term matters against the others.
+    pub weight: u32,
+    /// Which replicas count.
+    pub label_selector: LabelSelector,
+    /// A node label (`zone`), or `orch.dev/node` for the node itself.
+    pub topology_key: String,
+}
+
+/// What to do when no node keeps the skew within `maxSkew`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WhenUnsatisfiable {
+    /// Leave the replica pending (the default).
+    #[default]
+    DoNotSchedule,
+    /// Place it anyway, preferring nodes that reduce the skew.
+    ScheduleAnyway,
+}
+
+/// Keeps the service's replicas evenly spread over the domains of a topology key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopologySpreadConstraint {
+    /// Most allowed difference between the fullest and the emptiest domain (at least 1).
+    pub max_skew: u32,
+    /// A node label (`zone`), or `orch.dev/node` for the node itself.
+    pub topology_key: String,
+    /// DoNotSchedule or ScheduleAnyway.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub when_unsatisfiable: WhenUnsatisfiable,
+}
+
+/// How to choose among nodes that fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Least allocated first: spread load (the default).
+    #[default]
+    Spread,
+    /// Most allocated first: pack nodes, leave others empty.
+    Binpack,
 }
 
 /// A count or a percentage of the desired replicas (`1`, `"25%"`).
@@ -636,6 +868,9 @@ pub struct NodeSpec {
     /// Cordoned: no new replicas are placed here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unschedulable: bool,
+    /// Marks that repel replicas not tolerating them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
 }
 
 /// What a node reports about itself.

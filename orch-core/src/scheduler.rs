@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::object::{Node, NodeCondition, Placement, Protocol, Replica, Template};
+use crate::object::{Node, NodeCondition, Placement, Protocol, Replica, Taint, Template};
 
 /// One node as the scheduler sees it: what it has and what is already placed on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,6 +32,22 @@ pub struct NodeInfo {
     pub ports_used: BTreeSet<(Protocol, u16)>,
     /// Replicas per service (`namespace/service`) on it.
     pub per_service: HashMap<String, u32>,
+    /// Taints of the node.
+    pub taints: Vec<Taint>,
+    /// The label sets of the replicas on it, with how many replicas carry each (for affinity
+    /// and topology spread).
+    pub replica_labels: Vec<LabelCount>,
+}
+
+/// How many replicas of one namespace on a node carry exactly these labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelCount {
+    /// The replicas' namespace.
+    pub namespace: String,
+    /// Their labels.
+    pub labels: BTreeMap<String, String>,
+    /// How many.
+    pub count: u32,
 }
 
 /// Everything the scheduler may look at.
@@ -58,6 +74,9 @@ pub struct PendingReplica {
     pub runtime: String,
     /// Placement rules.
     pub placement: Placement,
+    /// The replica's labels (the template's plus `orch/service`), which other replicas'
+    /// affinity and spread rules select on.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A decision for the pending replicas.
@@ -111,6 +130,7 @@ impl PendingReplica {
                 .collect(),
             runtime: runtime_for(t).to_string(),
             placement: r.spec.placement.clone(),
+            labels: r.metadata.labels.clone(),
         }
     }
 }
@@ -133,6 +153,7 @@ impl ClusterSnapshot {
                     runtimes: n.status.runtimes.clone(),
                     schedulable: !n.spec.unschedulable
                         && n.status.condition == NodeCondition::Ready,
+                    taints: n.spec.taints.clone(),
                     ..NodeInfo::default()
                 };
                 (info.name.clone(), info)
@@ -151,6 +172,19 @@ impl ClusterSnapshot {
             info.replicas += 1;
             info.ports_used.extend(p.ports.iter().copied());
             *info.per_service.entry(p.service).or_default() += 1;
+            let ns = &r.metadata.namespace;
+            match info
+                .replica_labels
+                .iter_mut()
+                .find(|l| l.namespace == *ns && l.labels == r.metadata.labels)
+            {
+                Some(l) => l.count += 1,
+                None => info.replica_labels.push(LabelCount {
+                    namespace: ns.clone(),
+                    labels: r.metadata.labels.clone(),
+                    count: 1,
+                }),
+            }
         }
         ClusterSnapshot {
             nodes: infos.into_values().collect(),

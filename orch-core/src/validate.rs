@@ -7,7 +7,11 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::object::{Config, IntOrPercent, Metadata, Object, Secret, Service, Template};
+use crate::object::{
+    Config, IntOrPercent, LabelSelector, LabelSelectorRequirement, Metadata, Object, Placement,
+    ReplicaAffinity, Secret, SelectorOperator, Service, Template, TolerationOperator,
+    NODE_TOPOLOGY_KEY,
+};
 use crate::runtime::signal_number;
 
 /// The most replicas one service may ask for.
@@ -442,17 +446,147 @@ fn check_percent(path: &str, v: &Option<IntOrPercent>, out: &mut Vec<FieldError>
     }
 }
 
-fn check_service(s: &Service, out: &mut Vec<FieldError>) {
-    check_template(&s.spec.template, out);
-    let pl = &s.spec.placement;
-    check_labels("spec.placement.nodeSelector", &pl.node_selector, out);
+/// Checks one label requirement (`matchExpressions` item) at `path`.
+fn check_requirement(path: &str, r: &LabelSelectorRequirement, out: &mut Vec<FieldError>) {
+    if let Err(m) = label_key(&r.key) {
+        out.push(err(format!("{path}.key"), &r.key, m));
+    }
+    let op = r.operator;
+    match op {
+        SelectorOperator::In | SelectorOperator::NotIn => {
+            if r.values.is_empty() {
+                out.push(FieldError {
+                    path: format!("{path}.values"),
+                    value: String::new(),
+                    message: format!("must have at least one value when operator is {op:?}"),
+                });
+            }
+            for (i, v) in r.values.iter().enumerate() {
+                if let Err(m) = label_value(v) {
+                    out.push(err(format!("{path}.values[{i}]"), v, m));
+                }
+            }
+        }
+        SelectorOperator::Exists | SelectorOperator::DoesNotExist => {
+            if !r.values.is_empty() {
+                out.push(err(
+                    format!("{path}.values"),
+                    &r.values,
+                    format!("must be empty when operator is {op:?}"),
+                ));
+            }
+        }
+        SelectorOperator::Gt | SelectorOperator::Lt => {
+            let ok = r.values.len() == 1 && r.values[0].parse::<i64>().is_ok();
+            if !ok {
+                out.push(err(
+                    format!("{path}.values"),
+                    &r.values,
+                    format!("must be exactly one integer when operator is {op:?} (e.g. [\"4\"])"),
+                ));
+            }
+        }
+    }
+}
+
+fn check_topology_key(path: &str, key: &str, out: &mut Vec<FieldError>) {
+    if let Err(m) = label_key(key) {
+        out.push(err(
+            path,
+            key,
+            format!(
+                "{m}; use a node label such as zone, or {NODE_TOPOLOGY_KEY} for the node itself"
+            ),
+        ));
+    }
+}
+
+fn check_selector(path: &str, sel: &LabelSelector, out: &mut Vec<FieldError>) {
+    check_labels(&format!("{path}.matchLabels"), &sel.match_labels, out);
+    for (i, r) in sel.match_expressions.iter().enumerate() {
+        check_requirement(&format!("{path}.matchExpressions[{i}]"), r, out);
+    }
+}
+
+fn check_affinity(path: &str, a: &ReplicaAffinity, out: &mut Vec<FieldError>) {
+    for (i, t) in a.required.iter().enumerate() {
+        let p = format!("{path}.required[{i}]");
+        check_selector(&format!("{p}.labelSelector"), &t.label_selector, out);
+        check_topology_key(&format!("{p}.topologyKey"), &t.topology_key, out);
+    }
+    for (i, t) in a.preferred.iter().enumerate() {
+        let p = format!("{path}.preferred[{i}]");
+        if !(1..=100).contains(&t.weight) {
+            out.push(err(
+                format!("{p}.weight"),
+                t.weight,
+                "must be between 1 and 100 inclusive",
+            ));
+        }
+        check_selector(&format!("{p}.labelSelector"), &t.label_selector, out);
+        check_topology_key(&format!("{p}.topologyKey"), &t.topology_key, out);
+    }
+}
+
+fn check_placement(pl: &Placement, out: &mut Vec<FieldError>) {
+    let p = "spec.placement";
+    check_labels(&format!("{p}.nodeSelector"), &pl.node_selector, out);
     if pl.max_per_node == Some(0) {
         out.push(err(
-            "spec.placement.maxPerNode",
+            format!("{p}.maxPerNode"),
             0,
             "must be at least 1 (or omitted for no limit)",
         ));
     }
+    for (i, r) in pl.node_affinity.iter().enumerate() {
+        check_requirement(&format!("{p}.nodeAffinity[{i}]"), r, out);
+    }
+    for (i, t) in pl.tolerations.iter().enumerate() {
+        let tp = format!("{p}.tolerations[{i}]");
+        if !t.key.is_empty() {
+            if let Err(m) = label_key(&t.key) {
+                out.push(err(format!("{tp}.key"), &t.key, m));
+            }
+        }
+        match t.operator {
+            TolerationOperator::Exists if !t.value.is_empty() => out.push(err(
+                format!("{tp}.value"),
+                &t.value,
+                "must be empty when operator is Exists",
+            )),
+            TolerationOperator::Equal if t.key.is_empty() => out.push(FieldError {
+                path: format!("{tp}.key"),
+                value: String::new(),
+                message: "must be set when operator is Equal (use operator Exists with no key to tolerate every taint)".into(),
+            }),
+            _ => {}
+        }
+        if let Err(m) = label_value(&t.value) {
+            out.push(err(format!("{tp}.value"), &t.value, m));
+        }
+    }
+    check_affinity(&format!("{p}.affinity"), &pl.affinity, out);
+    check_affinity(&format!("{p}.antiAffinity"), &pl.anti_affinity, out);
+    let mut keys = HashSet::new();
+    for (i, c) in pl.topology_spread_constraints.iter().enumerate() {
+        let cp = format!("{p}.topologySpreadConstraints[{i}]");
+        if c.max_skew == 0 {
+            out.push(err(format!("{cp}.maxSkew"), 0, "must be at least 1"));
+        }
+        check_topology_key(&format!("{cp}.topologyKey"), &c.topology_key, out);
+        if !keys.insert(c.topology_key.as_str()) {
+            out.push(err(
+                format!("{cp}.topologyKey"),
+                &c.topology_key,
+                "duplicate topology key: one constraint per key",
+            ));
+        }
+    }
+}
+
+fn check_service(s: &Service, out: &mut Vec<FieldError>) {
+    check_template(&s.spec.template, out);
+    check_placement(&s.spec.placement, out);
     check_percent("spec.update.maxSurge", &s.spec.update.max_surge, out);
     check_percent(
         "spec.update.maxUnavailable",

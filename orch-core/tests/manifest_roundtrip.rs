@@ -313,6 +313,7 @@ fn service() -> impl Strategy<Value = Service> {
                     placement: Placement {
                         node_selector,
                         max_per_node,
+                        ..Placement::default()
                     },
                     update: UpdateStrategy {
                         max_surge,

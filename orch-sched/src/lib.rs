@@ -1,113 +1,44 @@
-//! orch-sched: the default scheduler. Pure and synchronous: same snapshot, same pending
-//! replicas and same seed give the same plan. Filters (runtime, cordon, node selector,
-//! max per node, host ports, cpu, memory, replica count) then a spread score
-//! (fewest replicas of the same service, then least allocated), ties broken by the seed.
+//! orch-sched: the scheduling framework and its default plugins. Pure and synchronous: same
+//! snapshot, same pending replicas and same seed give the same plan; no clock, no I/O.
 //!
-//! Replicas with identical requirements form one equivalence class, so a pass over
-//! many pending replicas filters each node once per class, not once per replica.
+//! - [`Framework`] runs the stages — pre-filter, filter, score (0..=100, weighted), select
+//!   (highest score, ties broken by the seed), reserve — over a [`PassState`] that every
+//!   placement updates, and implements [`Scheduler`]. Downstream crates add plugins:
+//!   `Framework::default_plugins().with_filter(MyFilter).with_score(MyScore, 2)`.
+//! - [`plugins`] holds the default set: resources fit, node selector and node affinity,
+//!   taints and tolerations, required and preferred affinity / anti-affinity to other
+//!   replicas, topology spread, and the `spread` / `binpack` strategies.
+//! - Identical pending replicas form one equivalence class: plugins prepare once per class,
+//!   nodes are filtered once per class, and later placements only re-check the nodes whose
+//!   answers may have changed. Affinity and spread read per-domain counters kept up to date
+//!   as replicas are placed.
+//!
+//! Unschedulable replicas get a reason that counts nodes per cause:
+//! "0/12 nodes are available: 7 insufficient memory, 5 anti-affinity with service db".
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+#![forbid(unsafe_code)]
 
-/// Lower is better: (replicas of the same service on the node, allocation ‰, tie-break).
-type Score = (u32, u64, u64);
+pub mod framework;
+pub mod plugins;
+pub mod state;
 
-use orch_core::scheduler::{ClusterSnapshot, NodeInfo, PendingReplica, Plan, Scheduler};
+use std::sync::OnceLock;
 
-/// Resources fit + spread across nodes.
-#[derive(Clone, Debug, Default)]
+pub use framework::{
+    Class, ClassFilter, ClassScore, FilterPlugin, Framework, Invalidation, ScorePlugin,
+};
+pub use state::{CounterId, DomainId, NodeId, PassState, TopologyId};
+
+use orch_core::scheduler::{ClusterSnapshot, PendingReplica, Plan, Scheduler};
+
+/// The default scheduler: [`Framework::default_plugins`], as a unit value for
+/// `Engine::builder(store, Arc::new(DefaultScheduler))`.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultScheduler;
 
-/// Why a node was rejected, for the "0/N nodes: ..." message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Cause {
-    Runtime,
-    Cordoned,
-    Selector,
-    MaxPerNode,
-    Ports,
-    Cpu,
-    Memory,
-    Full,
-}
-
-impl Cause {
-    fn text(self) -> &'static str {
-        match self {
-            Cause::Runtime => "lack the needed runtime",
-            Cause::Cordoned => "unschedulable (cordoned or unreachable)",
-            Cause::Selector => "do not match the node selector",
-            Cause::MaxPerNode => "already run max-per-node replicas of the service",
-            Cause::Ports => "have the host port in use",
-            Cause::Cpu => "insufficient cpu",
-            Cause::Memory => "insufficient memory",
-            Cause::Full => "have no room for more replicas",
-        }
-    }
-}
-
-fn filter(node: &NodeInfo, p: &PendingReplica) -> Result<(), Cause> {
-    if !node.runtimes.contains(&p.runtime) {
-        return Err(Cause::Runtime);
-    }
-    if !node.schedulable {
-        return Err(Cause::Cordoned);
-    }
-    if !p
-        .placement
-        .node_selector
-        .iter()
-        .all(|(k, v)| node.labels.get(k) == Some(v))
-    {
-        return Err(Cause::Selector);
-    }
-    if let Some(max) = p.placement.max_per_node {
-        if node.per_service.get(&p.service).copied().unwrap_or(0) >= max {
-            return Err(Cause::MaxPerNode);
-        }
-    }
-    if p.ports.iter().any(|port| node.ports_used.contains(port)) {
-        return Err(Cause::Ports);
-    }
-    if node.cpu_capacity > 0 && node.cpu_used + p.cpu > node.cpu_capacity {
-        return Err(Cause::Cpu);
-    }
-    if node.memory_capacity > 0 && node.memory_used + p.memory > node.memory_capacity {
-        return Err(Cause::Memory);
-    }
-    if node.max_replicas > 0 && node.replicas >= node.max_replicas {
-        return Err(Cause::Full);
-    }
-    Ok(())
-}
-
-fn mix(seed: u64, i: usize) -> u64 {
-    // splitmix64: a cheap, well-distributed tie-break.
-    let mut z = seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn allocated_permille(n: &NodeInfo) -> u64 {
-    let cpu = (n.cpu_used * 1000).checked_div(n.cpu_capacity).unwrap_or(0);
-    let mem = (n.memory_used * 1000)
-        .checked_div(n.memory_capacity)
-        .unwrap_or(0);
-    cpu.max(mem)
-}
-
-/// The reason string for a replica no node fits.
-fn reason(total: usize, causes: &BTreeMap<Cause, usize>) -> String {
-    let parts: Vec<String> = causes
-        .iter()
-        .map(|(c, n)| format!("{n} {}", c.text()))
-        .collect();
-    if total == 0 {
-        "0/0 nodes: no nodes registered".into()
-    } else {
-        format!("0/{total} nodes are available: {}", parts.join(", "))
-    }
+fn default_framework() -> &'static Framework {
+    static DEFAULT: OnceLock<Framework> = OnceLock::new();
+    DEFAULT.get_or_init(Framework::default_plugins)
 }
 
 impl Scheduler for DefaultScheduler {
@@ -116,78 +47,7 @@ impl Scheduler for DefaultScheduler {
     }
 
     fn schedule(&self, snapshot: &ClusterSnapshot, pending: &[PendingReplica], seed: u64) -> Plan {
-        let mut nodes = snapshot.nodes.clone();
-        let mut plan = Plan::default();
-        let tie: Vec<u64> = (0..nodes.len()).map(|i| mix(seed, i)).collect();
-        // Equivalence classes: replicas with the same requirements, in first-seen order.
-        let mut classes: Vec<(&PendingReplica, Vec<&PendingReplica>)> = Vec::new();
-        let mut index: BTreeMap<String, usize> = BTreeMap::new();
-        for p in pending {
-            let sig = format!(
-                "{}|{}|{}|{:?}|{}|{:?}",
-                p.service, p.cpu, p.memory, p.ports, p.runtime, p.placement
-            );
-            match index.get(&sig) {
-                Some(&i) => classes[i].1.push(p),
-                None => {
-                    index.insert(sig, classes.len());
-                    classes.push((p, vec![p]));
-                }
-            }
-        }
-        for (proto, members) in classes {
-            let mut feasible: Vec<usize> = Vec::new();
-            let mut causes: BTreeMap<Cause, usize> = BTreeMap::new();
-            for (i, n) in nodes.iter().enumerate() {
-                match filter(n, proto) {
-                    Ok(()) => feasible.push(i),
-                    Err(c) => *causes.entry(c).or_default() += 1,
-                }
-            }
-            // Min-heap keyed by (same-service count, allocation, tie-break).
-            let key = |n: &NodeInfo, i: usize| {
-                (
-                    n.per_service.get(&proto.service).copied().unwrap_or(0),
-                    allocated_permille(n),
-                    tie[i],
-                )
-            };
-            let mut heap: BinaryHeap<Reverse<(Score, usize)>> = feasible
-                .iter()
-                .map(|&i| Reverse((key(&nodes[i], i), i)))
-                .collect();
-            for p in members {
-                let mut placed = None;
-                while let Some(Reverse((_, i))) = heap.pop() {
-                    // Re-check: earlier placements of this class may have filled the node.
-                    match filter(&nodes[i], p) {
-                        Ok(()) => {
-                            placed = Some(i);
-                            break;
-                        }
-                        Err(c) => *causes.entry(c).or_default() += 1,
-                    }
-                }
-                match placed {
-                    Some(i) => {
-                        let n = &mut nodes[i];
-                        n.cpu_used += p.cpu;
-                        n.memory_used += p.memory;
-                        n.replicas += 1;
-                        n.ports_used.extend(p.ports.iter().copied());
-                        *n.per_service.entry(p.service.clone()).or_default() += 1;
-                        plan.bindings.push((p.key.clone(), n.name.clone()));
-                        if filter(&nodes[i], p).is_ok() {
-                            heap.push(Reverse((key(&nodes[i], i), i)));
-                        }
-                    }
-                    None => plan
-                        .unschedulable
-                        .push((p.key.clone(), reason(nodes.len(), &causes))),
-                }
-            }
-        }
-        plan
+        default_framework().schedule(snapshot, pending, seed)
     }
 }
 
@@ -195,6 +55,7 @@ impl Scheduler for DefaultScheduler {
 mod tests {
     use super::*;
     use orch_core::object::Placement;
+    use orch_core::scheduler::NodeInfo;
 
     fn node(name: &str, cpu: u64, mem: u64) -> NodeInfo {
         NodeInfo {
@@ -216,6 +77,7 @@ mod tests {
             ports: vec![],
             runtime: "process".into(),
             placement: Placement::default(),
+            labels: [("orch/service".to_string(), "web".to_string())].into(),
         }
     }
 
@@ -270,7 +132,10 @@ mod tests {
             &[rep(0, 0, 1000)],
             1,
         );
-        assert_eq!(plan.unschedulable[0].1, "0/3 nodes are available: 1 unschedulable (cordoned or unreachable), 2 insufficient memory");
+        assert_eq!(
+            plan.unschedulable[0].1,
+            "0/3 nodes are available: 2 insufficient memory, 1 unschedulable (cordoned or unreachable)"
+        );
     }
 
     #[test]
