@@ -24,7 +24,12 @@ impl FilterPlugin for AvoidMaintenance {
 
 impl ClassFilter for AvoidMaintenance {
     fn filter<'a>(&'a self, state: &'a PassState, node: NodeId) -> Result<(), Cow<'a, str>> {
-        match state.node(node).labels.get("maintenance").map(String::as_str) {
+        match state
+            .node(node)
+            .labels
+            .get("maintenance")
+            .map(String::as_str)
+        {
             // Phrased to follow a node count: "0/4 nodes are available: 1 in maintenance, ...".
             Some("true") => Err("in maintenance".into()),
             _ => Ok(()),
@@ -90,7 +95,10 @@ impl Scheduler for FirstFit {
                 }
                 None => plan.unschedulable.push((
                     p.key.clone(),
-                    format!("0/{} nodes are available: none fits (first-fit)", nodes.len()),
+                    format!(
+                        "0/{} nodes are available: none fits (first-fit)",
+                        nodes.len()
+                    ),
                 )),
             }
         }

@@ -34,7 +34,9 @@ pub async fn place_with(scheduler: Arc<dyn Scheduler>) -> Vec<(String, String)> 
     }
     let yaml = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 4\n  template: {command: [server]}\n";
     let objects = orch_core::manifest::parse("web.yaml", yaml).expect("valid manifest");
-    orch_core::api::apply(&*store, objects, false).await.expect("apply");
+    orch_core::api::apply(&*store, objects, false)
+        .await
+        .expect("apply");
     let placed = loop {
         let replicas = engine.cache().replicas_of_service("default", "web");
         let placed: Vec<(String, String)> = replicas

@@ -31,7 +31,9 @@ async fn place(scheduler: Arc<dyn Scheduler>, replicas: u32) -> BTreeMap<String,
     }
     let yaml = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template: {{command: [server]}}\n");
     let objects = orch_core::manifest::parse("web.yaml", &yaml).unwrap();
-    orch_core::api::apply(&*store, objects, false).await.unwrap();
+    orch_core::api::apply(&*store, objects, false)
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let reps = engine.cache().replicas_of_service("default", "web");
@@ -43,7 +45,10 @@ async fn place(scheduler: Arc<dyn Scheduler>, replicas: u32) -> BTreeMap<String,
             engine.shutdown().await;
             return per_node;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not placed: {reps:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not placed: {reps:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -63,7 +68,10 @@ async fn plugins_keep_off_maintenance_and_prefer_ssd() {
     assert!(custom.filter_names().contains(&"AvoidMaintenance"));
     let per_node = place(Arc::new(custom), 4).await;
     assert!(!per_node.contains_key("node-c"), "{per_node:?}");
-    assert!(!per_node.contains_key("node-b"), "the hdd node was chosen: {per_node:?}");
+    assert!(
+        !per_node.contains_key("node-b"),
+        "the hdd node was chosen: {per_node:?}"
+    );
     assert_eq!(per_node.values().sum::<usize>(), 4);
 }
 
