@@ -78,6 +78,35 @@ pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// Parses `--taints key=value:Effect,key:Effect` (Effect: NoSchedule or PreferNoSchedule).
+pub fn parse_taints(s: &str) -> anyhow::Result<Vec<orch_core::object::Taint>> {
+    use orch_core::object::{Taint, TaintEffect};
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let bad = |why: &str| {
+            anyhow::anyhow!(
+                "--taints: invalid value {part:?}: {why}; expected key=value:Effect or key:Effect, Effect NoSchedule or PreferNoSchedule"
+            )
+        };
+        let (kv, effect) = part.rsplit_once(':').ok_or_else(|| bad("no :Effect"))?;
+        let effect = match effect {
+            "NoSchedule" => TaintEffect::NoSchedule,
+            "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+            _ => return Err(bad(&format!("unknown effect {effect:?}"))),
+        };
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        orch_core::validate::label_key(key).map_err(|e| bad(&format!("key {key:?}: {e}")))?;
+        orch_core::validate::label_value(value)
+            .map_err(|e| bad(&format!("value {value:?}: {e}")))?;
+        out.push(Taint {
+            key: key.into(),
+            value: value.into(),
+            effect,
+        });
+    }
+    Ok(out)
+}
+
 /// The process runtime rooted at `dir`, finding bare commands next to this executable first.
 pub async fn process_runtime(dir: &Path) -> anyhow::Result<Arc<orch_runtime::ProcessRuntime>> {
     let mut search = Vec::new();
@@ -111,4 +140,29 @@ pub fn agent_config(
         value: discovery_dir.display().to_string(),
     }];
     cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse_and_bad_ones_name_the_problem() {
+        let t = parse_taints("dedicated=db:NoSchedule,gpu:PreferNoSchedule").unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[0].key.as_str(), t[0].value.as_str()),
+            ("dedicated", "db")
+        );
+        assert_eq!((t[1].key.as_str(), t[1].value.as_str()), ("gpu", ""));
+        assert!(parse_taints("").unwrap().is_empty());
+        for (bad, says) in [
+            ("dedicated=db", "no :Effect"),
+            ("a=b:NoExecute", "unknown effect \"NoExecute\""),
+            ("bad key=x:NoSchedule", "key \"bad key\""),
+        ] {
+            let e = parse_taints(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("--taints"), "{bad}: {e}");
+        }
+    }
 }

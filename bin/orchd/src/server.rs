@@ -32,6 +32,10 @@ pub struct ServerArgs {
     /// Node labels, `key=value,...`.
     #[arg(long, default_value = "")]
     labels: String,
+    /// Node taints, `key=value:NoSchedule,key:PreferNoSchedule,...`: only replicas that
+    /// tolerate them are placed here (NoSchedule) or they avoid it (PreferNoSchedule).
+    #[arg(long, default_value = "")]
+    taints: String,
     /// Store: `embedded` (durable, in DATA_DIR), `memory` (lost on exit) or
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (needs the `etcd` build feature).
     #[arg(long, default_value = "embedded")]
@@ -54,6 +58,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     orch_core::validate::dns1123_label(&node)
         .map_err(|e| anyhow::anyhow!("--node: invalid value {node:?}: {e}"))?;
     let labels = host::parse_labels(&args.labels)?;
+    let taints = host::parse_taints(&args.taints)?;
     let store_spec = crate::store::parse(&args.store)?;
     let (store, store_name) = crate::store::open(&store_spec, &data_dir).await?;
     let runtime: Arc<dyn Runtime> = match args.runtime.as_str() {
@@ -69,10 +74,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .discovery(discovery)
         .start();
     let runtime_dyn = runtime;
-    engine.add_agent(
-        runtime_dyn.clone(),
-        host::agent_config(&node, labels, &discovery_dir),
-    );
+    let mut agent = host::agent_config(&node, labels, &discovery_dir);
+    agent.taints = taints;
+    engine.add_agent(runtime_dyn.clone(), agent);
     let info = runtime_dyn.info();
     if !info.limits_enforced {
         tracing::warn!("{}", info.limits_note);

@@ -14,8 +14,8 @@ use crate::engine::cache::Change;
 use crate::engine::queue::WorkQueue;
 use crate::engine::Ctx;
 use crate::object::{
-    BoundPort, DesiredState, EnvVar, ExitStatus, Kind, Metadata, Node, NodeCondition, NodeStatus,
-    Object, Phase, Replica, ReplicaStatus, Resources,
+    BoundPort, DesiredState, EnvVar, ExitStatus, Kind, Metadata, Node, NodeCondition, NodeSpec,
+    NodeStatus, Object, Phase, Replica, ReplicaStatus, Resources, Taint,
 };
 use crate::quantity::Timestamp;
 use crate::runtime::{Runtime, RuntimeEvent, Workload, WorkloadSpec, WorkloadState};
@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub node: String,
     /// Node labels placement matches.
     pub labels: BTreeMap<String, String>,
+    /// Node taints: replicas that do not tolerate them are kept off (NoSchedule) or avoid
+    /// the node (PreferNoSchedule). Added to the node's taints when it registers.
+    pub taints: Vec<Taint>,
     /// Addresses replicas on this node are reached at.
     pub addresses: Vec<String>,
     /// What the machine offers to replicas.
@@ -54,6 +57,7 @@ impl AgentConfig {
         AgentConfig {
             node: node.into(),
             labels: BTreeMap::new(),
+            taints: Vec::new(),
             addresses: vec!["127.0.0.1".into()],
             capacity: Resources::default(),
             max_replicas: 0,
@@ -186,6 +190,16 @@ impl Agent {
                         .entry(k.clone())
                         .or_insert_with(|| v.clone());
                 }
+                for t in &self.cfg.taints {
+                    if !n
+                        .spec
+                        .taints
+                        .iter()
+                        .any(|x| x.key == t.key && x.effect == t.effect)
+                    {
+                        n.spec.taints.push(t.clone());
+                    }
+                }
                 update_op(&Object::Node(n))
             }
             _ => match crate::store::get_object(&*self.ctx.store, Kind::Node, "", &self.cfg.node)
@@ -204,7 +218,10 @@ impl Agent {
                         generation: 1,
                         ..Metadata::default()
                     },
-                    spec: Default::default(),
+                    spec: NodeSpec {
+                        taints: self.cfg.taints.clone(),
+                        ..NodeSpec::default()
+                    },
                     status: self.node_status(),
                 })),
             },
