@@ -292,6 +292,18 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
         Object::Node(n) => {
             kv("Condition", format!("{:?}", n.status.condition));
             kv("Schedulable", (!n.spec.unschedulable).to_string());
+            kv(
+                "Taints",
+                n.spec
+                    .taints
+                    .iter()
+                    .map(|t| match t.value.is_empty() {
+                        true => format!("{}:{:?}", t.key, t.effect),
+                        false => format!("{}={}:{:?}", t.key, t.value, t.effect),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
             kv("Addresses", n.status.addresses.join(", "));
             kv("Runtimes", n.status.runtimes.join(", "));
             kv(
