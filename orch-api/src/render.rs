@@ -254,7 +254,7 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
                         .unwrap_or_else(|| "-".into())
                 ),
             );
-            kv("Template hash", t.hash());
+            kv("Revision hash", s.spec.revision_hash());
             if !s.status.message.is_empty() {
                 kv("Message", s.status.message.clone());
             }

@@ -326,7 +326,7 @@ pub async fn plan(
         let Object::Service(svc) = object else {
             continue;
         };
-        let hash = svc.spec.template.hash();
+        let hash = svc.spec.revision_hash();
         let mine: Vec<&Replica> = replicas
             .iter()
             .filter(|r| {

@@ -273,16 +273,33 @@ impl Template {
             .map(|s| s.0)
             .unwrap_or(std::time::Duration::from_secs(10))
     }
-    /// A stable hash of the template; replicas record it to tell old revisions from new.
+    /// A stable hash of the template alone.
     pub fn hash(&self) -> String {
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
-        // FNV-1a: stable across Rust releases, unlike std's DefaultHasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        fnv_hex(&serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// FNV-1a of `bytes` as 10 hex digits: stable across Rust releases, unlike std's
+/// DefaultHasher.
+fn fnv_hex(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+impl ServiceSpec {
+    /// The revision of what each replica runs and where it may run: the template and the
+    /// placement rules. Replicas record it (`templateHash`); a change replaces them within the
+    /// update limits, as a change to a Kubernetes pod template does (placement rules live in
+    /// it there). Equal to [`Template::hash`] while the placement is the default.
+    pub fn revision_hash(&self) -> String {
+        if self.placement == Placement::default() {
+            return self.template.hash();
         }
-        format!("{:010x}", h & 0xff_ffff_ffff)
+        fnv_hex(&serde_json::to_vec(&(&self.template, &self.placement)).unwrap_or_default())
     }
 }
 
@@ -775,7 +792,8 @@ pub struct BoundPort {
 pub struct ReplicaSpec {
     /// The service it belongs to.
     pub service: String,
-    /// Hash of the template it was made from.
+    /// The service revision it was made from ([`ServiceSpec::revision_hash`]: template and
+    /// placement).
     pub template_hash: String,
     /// What it runs (a copy of the service template at creation).
     pub template: Template,

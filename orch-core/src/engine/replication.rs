@@ -60,7 +60,7 @@ pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
         return d;
     };
     let n = svc.spec.replicas as usize;
-    let hash = svc.spec.template.hash();
+    let hash = svc.spec.revision_hash();
     let (surge, unavailable) = svc.spec.update.limits(svc.spec.replicas);
     let (mut new, mut old): (Vec<&Replica>, Vec<&Replica>) =
         active.iter().partition(|r| r.spec.template_hash == hash);
@@ -117,7 +117,7 @@ pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
 
 /// The status a service should show.
 pub fn status_of(svc: &Service, replicas: &[Replica]) -> ServiceStatus {
-    let hash = svc.spec.template.hash();
+    let hash = svc.spec.revision_hash();
     let active: Vec<&Replica> = replicas
         .iter()
         .filter(|r| r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost)
@@ -171,7 +171,7 @@ pub fn new_replica(svc: &Service) -> Replica {
         },
         spec: ReplicaSpec {
             service: svc.metadata.name.clone(),
-            template_hash: svc.spec.template.hash(),
+            template_hash: svc.spec.revision_hash(),
             template: svc.spec.template.clone(),
             placement: svc.spec.placement.clone(),
             node: None,
