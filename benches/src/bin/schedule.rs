@@ -1,19 +1,67 @@
 //! Scheduling through the engine: time from `apply` until every replica is bound to a node
 //! and that binding is in the store (the engine's cache reflects the store), on fake nodes of
 //! the Kubernetes scheduler benchmark's shape (scheduler_perf: 4 CPU / 32 GiB / 110 pods per
-//! node, pods of 100m CPU / 500 MiB). Nodes are registered objects with no agent, so nothing
-//! runs: this measures placement and its writes only.
+//! node, pods of 100m CPU / 500 MiB), spread over 10 zones (node label `zone`). Nodes are
+//! registered objects with no agent, so nothing runs: this measures placement and its writes.
 //!
-//! `cargo run --release -p orch-benches --bin schedule [-- NODES REPLICAS [memory|embedded]]`
-//! (default: 5,000 nodes, 10,000 replicas, both stores).
+//! ```text
+//! cargo run --release -p orch-benches --bin schedule [-- SCENARIO [STORE]]
+//!   SCENARIO: basic (5,000 nodes, 10,000 replicas), anti (5,000 nodes, 5,000 replicas with
+//!             required anti-affinity to each other per node), spread (5,000 nodes, 10,000
+//!             replicas, topology spread over 10 zones, maxSkew 1), c1m (10,000 nodes,
+//!             1,000,000 replicas in 100 services), all (the first three; the default)
+//!   STORE:    memory, embedded or both (the default)
+//! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orch_core::engine::{Engine, EngineConfig};
-use orch_core::object::{Metadata, Node, NodeSpec, NodeStatus, Object, Resources};
+use orch_core::object::{Kind, Metadata, Node, NodeSpec, NodeStatus, Object, Resources};
 use orch_core::quantity::{Cpu, Memory, Timestamp};
 use orch_core::store::{create_op, txn_chunked, Store};
+
+/// One measured shape.
+struct Scenario {
+    name: &'static str,
+    nodes: usize,
+    replicas: usize,
+    /// Replicas per service (the last service takes the rest).
+    per_service: usize,
+    /// Extra `spec` lines for every service.
+    placement: &'static str,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "basic",
+        nodes: 5_000,
+        replicas: 10_000,
+        per_service: 10_000,
+        placement: "",
+    },
+    Scenario {
+        name: "anti",
+        nodes: 5_000,
+        replicas: 5_000,
+        per_service: 5_000,
+        placement: "  placement:\n    antiAffinity:\n      required: [{labelSelector: {matchLabels: {app: bench}}, topologyKey: orch.dev/node}]\n",
+    },
+    Scenario {
+        name: "spread",
+        nodes: 5_000,
+        replicas: 10_000,
+        per_service: 10_000,
+        placement: "  placement:\n    topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]\n",
+    },
+    Scenario {
+        name: "c1m",
+        nodes: 10_000,
+        replicas: 1_000_000,
+        per_service: 10_000,
+        placement: "",
+    },
+];
 
 /// Registers `n` fake nodes of the scheduler_perf shape, spread over 10 zones.
 async fn register_nodes(store: &dyn Store, n: usize) -> anyhow::Result<()> {
@@ -44,23 +92,35 @@ async fn register_nodes(store: &dyn Store, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn service(name: &str, replicas: usize, extra: &str) -> Object {
-    let y = format!(
-        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [server]\n    resources: {{cpu: 100m, memory: 500Mi}}\n{extra}"
-    );
-    orch_core::manifest::parse("bench", &y)
-        .expect("valid manifest")
-        .remove(0)
+fn services(s: &Scenario) -> Vec<Object> {
+    let mut yaml = String::new();
+    let mut left = s.replicas;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(s.per_service);
+        yaml.push_str(&format!(
+            "---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: bench-{i}}}\nspec:\n  replicas: {n}\n  template:\n    command: [server]\n    labels: {{app: bench}}\n    resources: {{cpu: 100m, memory: 500Mi}}\n{}",
+            s.placement
+        ));
+        left -= n;
+        i += 1;
+    }
+    orch_core::manifest::parse("bench", &yaml).expect("valid manifests")
 }
 
-/// Applies the service and returns how long until all its replicas are bound.
-async fn run(
-    store: Arc<dyn Store>,
-    nodes: usize,
-    replicas: usize,
-    extra: &str,
-) -> anyhow::Result<Duration> {
-    register_nodes(&*store, nodes).await?;
+/// (replicas, bound) in the engine's cache, without cloning the replicas.
+fn bound(e: &Engine) -> (usize, usize) {
+    let all = e.cache().list(Kind::Replica);
+    let bound = all
+        .iter()
+        .filter(|o| matches!(&***o, Object::Replica(r) if r.spec.node.is_some()))
+        .count();
+    (all.len(), bound)
+}
+
+/// Applies the scenario's services; returns how long until all replicas are bound.
+async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
+    register_nodes(&*store, s.nodes).await?;
     let config = EngineConfig {
         // Nobody heartbeats these nodes; they must not be judged during the run.
         node_grace: Duration::from_secs(3600),
@@ -71,61 +131,89 @@ async fn run(
         .config(config)
         .start();
     let t = Instant::now();
-    while e.cache().nodes().len() < nodes {
+    while e.cache().nodes().len() < s.nodes {
         anyhow::ensure!(
             t.elapsed() < Duration::from_secs(60),
             "nodes not in the cache"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let objects = services(s);
     let t = Instant::now();
-    orch_core::api::apply(&*store, vec![service("bench", replicas, extra)], false).await?;
+    orch_core::api::apply(&*store, objects, false).await?;
+    let poll = Duration::from_millis(if s.replicas > 100_000 { 200 } else { 2 });
     loop {
-        let reps = e.cache().replicas_of_service("default", "bench");
-        if reps.len() == replicas && reps.iter().all(|r| r.spec.node.is_some()) {
+        let (all, done) = bound(&e);
+        if all == s.replicas && done == s.replicas {
             break;
         }
+        if std::env::var_os("ORCH_BENCH_PROGRESS").is_some() {
+            eprintln!("{:?}: {all} replicas, {done} bound", t.elapsed());
+        }
         anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(300),
-            "{} of {replicas} replicas bound after 300 s",
-            reps.iter().filter(|r| r.spec.node.is_some()).count()
+            t.elapsed() < Duration::from_secs(600),
+            "{done} of {} replicas bound after 600 s",
+            s.replicas
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(poll).await;
     }
     let took = t.elapsed();
     e.shutdown().await;
     Ok(took)
 }
 
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let nodes: usize = args.first().map_or(Ok(5_000), |a| a.parse())?;
-    let replicas: usize = args.get(1).map_or(Ok(10_000), |a| a.parse())?;
-    let which = args.get(2).map(String::as_str).unwrap_or("both");
-    println!("| scenario | apply → all bound and stored | replicas/s |\n|---|---|---|");
-    let report = |label: &str, took: Duration| {
-        println!(
-            "| {nodes} nodes, {replicas} replicas, basic, {label} | {:.3} s | {:.0} |",
-            took.as_secs_f64(),
-            replicas as f64 / took.as_secs_f64()
-        )
-    };
-    if which != "embedded" {
-        let took = run(
-            Arc::new(orch_core::memstore::MemStore::new()),
-            nodes,
-            replicas,
-            "",
-        )
-        .await?;
-        report("in-memory store", took);
-    }
-    if which != "memory" {
+    let which = args.first().map(String::as_str).unwrap_or("all");
+    let stores = args.get(1).map(String::as_str).unwrap_or("both");
+    let chosen: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| which == s.name || (which == "all" && s.name != "c1m"))
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "unknown scenario {which:?}: allowed basic, anti, spread, c1m, all"
+    );
+    println!("| scenario | nodes | replicas | store | apply → all bound and stored | replicas/s | peak RSS so far |\n|---|---|---|---|---|---|---|");
+    for s in chosen {
+        let mut runs: Vec<(&str, Arc<dyn Store>)> = Vec::new();
         let dir = tempfile::tempdir()?;
-        let store = orch_store::EmbeddedStore::open(&dir.path().join("state.redb"))?;
-        let took = run(Arc::new(store), nodes, replicas, "").await?;
-        report("embedded store (durable)", took);
+        if stores != "embedded" {
+            runs.push(("in-memory", Arc::new(orch_core::memstore::MemStore::new())));
+        }
+        if stores != "memory" {
+            let store = orch_store::EmbeddedStore::open(&dir.path().join("state.redb"))?;
+            runs.push(("embedded (durable)", Arc::new(store)));
+        }
+        for (label, store) in runs {
+            let took = run(store, s).await?;
+            println!(
+                "| {} | {} | {} | {label} | {:.3} s | {:.0} | {:.0} MiB |",
+                s.name,
+                s.nodes,
+                s.replicas,
+                took.as_secs_f64(),
+                s.replicas as f64 / took.as_secs_f64(),
+                peak_mib()
+            );
+        }
     }
     Ok(())
 }

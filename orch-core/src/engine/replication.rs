@@ -229,8 +229,19 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
         }
     }
     if let Some(svc) = &svc {
+        // Five random characters give 60 M names: at 50,000 replicas a few collide, and
+        // one collision would fail a whole batch. Draw again for names already taken.
+        let mut fresh = std::collections::HashSet::new();
         for _ in 0..d.create {
-            ops.push(create_op(&Object::Replica(new_replica(svc))));
+            let mut r = new_replica(svc);
+            for _ in 0..8 {
+                let key = Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
+                if ctx.cache.get(Kind::Replica, &key).is_none() && fresh.insert(key) {
+                    break;
+                }
+                r = new_replica(svc);
+            }
+            ops.push(create_op(&Object::Replica(r)));
         }
         let status = status_of(svc, &replicas);
         if status != svc.status {
