@@ -9,7 +9,7 @@
 //!   SCENARIO: basic (5,000 nodes, 10,000 replicas), anti (5,000 nodes, 5,000 replicas with
 //!             required anti-affinity to each other per node), spread (5,000 nodes, 10,000
 //!             replicas, topology spread over 10 zones, maxSkew 1), c1m (10,000 nodes,
-//!             1,000,000 replicas in 100 services), all (the first three; the default)
+//!             1,000,000 replicas of 10m / 64 MiB in 100 services), all (the first three; the default)
 //!   STORE:    memory, embedded or both (the default)
 //! ```
 
@@ -30,6 +30,8 @@ struct Scenario {
     per_service: usize,
     /// Extra `spec` lines for every service.
     placement: &'static str,
+    /// Per-replica resources.
+    resources: &'static str,
 }
 
 const SCENARIOS: [Scenario; 4] = [
@@ -39,6 +41,7 @@ const SCENARIOS: [Scenario; 4] = [
         replicas: 10_000,
         per_service: 10_000,
         placement: "",
+        resources: POD,
     },
     Scenario {
         name: "anti",
@@ -46,6 +49,7 @@ const SCENARIOS: [Scenario; 4] = [
         replicas: 5_000,
         per_service: 5_000,
         placement: "  placement:\n    antiAffinity:\n      required: [{labelSelector: {matchLabels: {app: bench}}, topologyKey: orch.dev/node}]\n",
+        resources: POD,
     },
     Scenario {
         name: "spread",
@@ -53,6 +57,7 @@ const SCENARIOS: [Scenario; 4] = [
         replicas: 10_000,
         per_service: 10_000,
         placement: "  placement:\n    topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]\n",
+        resources: POD,
     },
     Scenario {
         name: "c1m",
@@ -60,8 +65,13 @@ const SCENARIOS: [Scenario; 4] = [
         replicas: 1_000_000,
         per_service: 10_000,
         placement: "",
+        // 100 per node must fit (the pod shape above fits only 40 per node by cpu).
+        resources: "{cpu: 10m, memory: 64Mi}",
     },
 ];
+
+/// The scheduler_perf pod.
+const POD: &str = "{cpu: 100m, memory: 500Mi}";
 
 /// Registers `n` fake nodes of the scheduler_perf shape, spread over 10 zones.
 async fn register_nodes(store: &dyn Store, n: usize) -> anyhow::Result<()> {
@@ -99,8 +109,8 @@ fn services(s: &Scenario) -> Vec<Object> {
     while left > 0 {
         let n = left.min(s.per_service);
         yaml.push_str(&format!(
-            "---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: bench-{i}}}\nspec:\n  replicas: {n}\n  template:\n    command: [server]\n    labels: {{app: bench}}\n    resources: {{cpu: 100m, memory: 500Mi}}\n{}",
-            s.placement
+            "---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: bench-{i}}}\nspec:\n  replicas: {n}\n  template:\n    command: [server]\n    labels: {{app: bench}}\n    resources: {}\n{}",
+            s.resources, s.placement
         ));
         left -= n;
         i += 1;

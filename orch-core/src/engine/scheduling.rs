@@ -31,14 +31,22 @@ pub struct PassResult {
 
 /// One scheduling pass over everything pending.
 pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
-    let replicas = ctx.cache.replicas();
-    let pending: Vec<&Replica> = replicas.iter().filter(|r| is_pending(r)).collect();
+    // Shared handles, not clones: at a million replicas a deep copy per pass costs gigabytes.
+    let objects = ctx.cache.list(Kind::Replica);
+    let replicas: Vec<&Replica> = objects
+        .iter()
+        .filter_map(|o| match &**o {
+            Object::Replica(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let pending: Vec<&Replica> = replicas.iter().copied().filter(|r| is_pending(r)).collect();
     if pending.is_empty() {
         return Ok(PassResult::default());
     }
     let nodes = ctx.cache.nodes();
     let snapshot =
-        ClusterSnapshot::build(&nodes, replicas.iter().filter(|r| r.spec.node.is_some()));
+        ClusterSnapshot::build(&nodes, replicas.iter().copied().filter(|r| r.spec.node.is_some()));
     let keyed: BTreeMap<String, &Replica> = pending
         .iter()
         .map(|r| {
