@@ -45,8 +45,10 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         return Ok(PassResult::default());
     }
     let nodes = ctx.cache.nodes();
-    let snapshot =
-        ClusterSnapshot::build(&nodes, replicas.iter().copied().filter(|r| r.spec.node.is_some()));
+    let snapshot = ClusterSnapshot::build(
+        &nodes,
+        replicas.iter().copied().filter(|r| r.spec.node.is_some()),
+    );
     let keyed: BTreeMap<String, &Replica> = pending
         .iter()
         .map(|r| {
