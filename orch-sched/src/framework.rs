@@ -524,13 +524,13 @@ impl Framework {
             }
         }
         let mut initial: Vec<Vec<Entry>> = vec![Vec::new(); groups];
-        for i in 0..n {
+        for (i, &t) in tie.iter().enumerate().take(n) {
             let g = run.group_of[i];
             if g == NO_GROUP {
                 continue;
             }
             if let Some(score) = run.eval(state, i) {
-                initial[g as usize].push((score, tie[i], i as u32, 0, 0));
+                initial[g as usize].push((score, t, i as u32, 0, 0));
             }
         }
         for (g, v) in initial.into_iter().enumerate() {

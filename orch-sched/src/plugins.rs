@@ -106,7 +106,7 @@ impl FilterPlugin for NodeFit {
 impl ClassFilter for NodeFitClass {
     fn filter<'a>(&'a self, state: &'a PassState, node: NodeId) -> Result<(), Cow<'a, str>> {
         let n = state.node(node);
-        if !n.runtimes.iter().any(|r| *r == self.runtime) {
+        if !n.runtimes.contains(&self.runtime) {
             return Err("lack the needed runtime".into());
         }
         if !n.schedulable {
