@@ -168,20 +168,32 @@ async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
         tokio::time::sleep(poll).await;
     }
     let took = t.elapsed();
+    if std::env::var_os("ORCH_BENCH_PROGRESS").is_some() {
+        eprintln!(
+            "converged: resident {:.0} MiB, peak {:.0} MiB",
+            status_mib("VmRSS:"),
+            peak_mib()
+        );
+    }
     e.shutdown().await;
     Ok(took)
 }
 
-/// Peak resident memory of this process so far (VmHWM), in MiB.
-fn peak_mib() -> f64 {
+/// A memory figure of this process from /proc/self/status (`VmHWM`: peak, `VmRSS`: now), MiB.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Peak resident memory of this process so far, in MiB.
+fn peak_mib() -> f64 {
+    status_mib("VmHWM:")
 }
 
 #[tokio::main]
