@@ -62,6 +62,24 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("in the engine cache: {:.0} B each", per(before));
+
+    // Every replica updated once (as binding them does): what the replacement leaves behind.
+    let before = rss();
+    let (kvs, _) = store.list("/replicas/").await?;
+    let updates = kvs
+        .iter()
+        .map(|kv| {
+            let Ok(Object::Replica(mut r)) = Object::decode(&kv.value, kv.mod_revision) else {
+                unreachable!("stored replicas decode")
+            };
+            r.spec.node = Some("node-1".into());
+            orch_core::store::update_op(&Object::Replica(r))
+        })
+        .collect();
+    drop(kvs);
+    let rev = txn_chunked(&*store, updates, 5_000).await?.unwrap_or(0);
+    cache.wait_for(rev).await;
+    println!("after updating each once: {:.0} B more each", per(before));
     cancel.cancel();
     Ok(())
 }
