@@ -568,7 +568,7 @@ impl Shared {
             writer.disk_compacted,
         )
         .map_err(|e| e.to_string())?;
-        self.checkpointed(writer, last);
+        self.checkpointed(writer, last, all.trim);
         Ok(())
     }
 
@@ -580,14 +580,14 @@ impl Shared {
         }
         let p = &writer.pending;
         self.write_db(&p.keys, &p.log, p.last, p.trim, writer.disk_compacted)?;
-        let last = p.last;
-        self.checkpointed(writer, last);
+        let (last, trim) = (p.last, p.trim);
+        self.checkpointed(writer, last, trim);
         Ok(())
     }
 
-    /// The database holds everything through `last` durably.
-    fn checkpointed(&self, writer: &mut Writer, last: Revision) {
-        if let Some(trim) = writer.pending.trim {
+    /// The database holds everything through `last` durably, its log trimmed through `trim`.
+    fn checkpointed(&self, writer: &mut Writer, last: Revision, trim: Option<Revision>) {
+        if let Some(trim) = trim {
             writer.disk_compacted = writer.disk_compacted.max(trim);
         }
         writer.pending = Unflushed::default();
