@@ -159,6 +159,9 @@ impl ClusterSnapshot {
                 (info.name.clone(), info)
             })
             .collect();
+        // Allocation-free per replica (only the first replica of a service or label set on a
+        // node allocates): at a million replicas this loop runs on every scheduling pass.
+        let mut service = String::new();
         for r in replicas {
             let Some(node) = r.spec.node.as_deref() else {
                 continue;
@@ -166,12 +169,25 @@ impl ClusterSnapshot {
             let Some(info) = infos.get_mut(node) else {
                 continue;
             };
-            let p = PendingReplica::from_replica(r, String::new());
-            info.cpu_used += p.cpu;
-            info.memory_used += p.memory;
+            let t = &r.spec.template;
+            info.cpu_used += t.resources.cpu.map(|c| c.0).unwrap_or(0);
+            info.memory_used += t.resources.memory.map(|m| m.0).unwrap_or(0);
             info.replicas += 1;
-            info.ports_used.extend(p.ports.iter().copied());
-            *info.per_service.entry(p.service).or_default() += 1;
+            info.ports_used.extend(
+                t.ports
+                    .iter()
+                    .filter_map(|p| p.port.map(|n| (p.protocol, n))),
+            );
+            service.clear();
+            service.push_str(&r.metadata.namespace);
+            service.push('/');
+            service.push_str(&r.spec.service);
+            match info.per_service.get_mut(service.as_str()) {
+                Some(c) => *c += 1,
+                None => {
+                    info.per_service.insert(service.clone(), 1);
+                }
+            }
             let ns = &r.metadata.namespace;
             match info
                 .replica_labels

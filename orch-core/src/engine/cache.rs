@@ -265,6 +265,17 @@ impl Cache {
             .collect()
     }
 
+    /// Replicas of `namespace/service` as shared handles (no copies; for hot paths).
+    pub fn replica_objects_of_service(&self, namespace: &str, service: &str) -> Vec<Arc<Object>> {
+        let idx = format!("{namespace}/{service}");
+        let g = self.read();
+        let (Some(keys), Some(all)) = (g.by_service.get(&idx), g.objects.get(&Kind::Replica))
+        else {
+            return Vec::new();
+        };
+        keys.iter().filter_map(|k| all.get(k).cloned()).collect()
+    }
+
     /// Replicas of `namespace/service`.
     pub fn replicas_of_service(&self, namespace: &str, service: &str) -> Vec<Replica> {
         let idx = format!("{namespace}/{service}");

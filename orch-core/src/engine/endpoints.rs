@@ -9,12 +9,16 @@ use crate::engine::cache::Change;
 use crate::engine::queue::WorkQueue;
 use crate::engine::replication::split_key;
 use crate::engine::Ctx;
-use crate::object::{DesiredState, Kind, Phase, Replica};
+use crate::object::{DesiredState, Kind, Object, Phase};
 
 /// The endpoints a set of replicas offers: ready, meant to run, with an address.
-pub fn endpoints_of(replicas: &[Replica]) -> Vec<Endpoint> {
+pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
     let mut eps: Vec<Endpoint> = replicas
         .iter()
+        .filter_map(|o| match &**o {
+            Object::Replica(r) => Some(r),
+            _ => None,
+        })
         .filter(|r| r.status.phase == Phase::Ready && r.spec.desired == DesiredState::Running)
         .filter_map(|r| {
             Some(Endpoint {
@@ -60,7 +64,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             key = queue.next() => {
                 let (ns, name) = split_key(&key);
                 let exists = ctx.cache.service(&key).is_some();
-                let eps = endpoints_of(&ctx.cache.replicas_of_service(ns, name));
+                let eps = endpoints_of(&ctx.cache.replica_objects_of_service(ns, name));
                 let result = if !exists && eps.is_empty() {
                     if published.remove(&key).is_some() {
                         ctx.discovery.remove_service(ns, name).await

@@ -2,6 +2,8 @@
 //! replaces replicas of an old template within max-surge / max-unavailable, removes replicas
 //! of lost nodes, and writes the service's status. One service is reconciled at a time per key.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::distr::{Alphanumeric, SampleString};
@@ -32,11 +34,12 @@ fn ready(r: &Replica) -> bool {
 }
 
 /// Pure decision for one service given its replicas. Replicas being stopped are ignored.
-pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
+pub fn decide<R: Borrow<Replica>>(svc: Option<&Service>, replicas: &[R]) -> Decision {
     let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
     let mut d = Decision::default();
     let mut active: Vec<&Replica> = Vec::new();
     for r in replicas {
+        let r: &Replica = r.borrow();
         if r.spec.desired == DesiredState::Stopped {
             if r.spec.node.is_none() || r.status.phase == Phase::Lost {
                 d.delete.push(key(r));
@@ -116,10 +119,11 @@ pub fn decide(svc: Option<&Service>, replicas: &[Replica]) -> Decision {
 }
 
 /// The status a service should show.
-pub fn status_of(svc: &Service, replicas: &[Replica]) -> ServiceStatus {
+pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceStatus {
     let hash = svc.spec.revision_hash();
     let active: Vec<&Replica> = replicas
         .iter()
+        .map(|r| r.borrow())
         .filter(|r| r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost)
         .collect();
     let pending = active.iter().filter(|r| r.spec.node.is_none()).count() as u32;
@@ -208,14 +212,31 @@ pub fn keys_for(change: &Change) -> Vec<String> {
 pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> {
     let (ns, name) = split_key(key);
     let svc = ctx.cache.service(key);
-    let replicas = ctx.cache.replicas_of_service(ns, name);
+    // Shared handles, not copies: this runs after every change to any of the replicas.
+    let objects = ctx.cache.replica_objects_of_service(ns, name);
+    let replicas: Vec<&Replica> = objects
+        .iter()
+        .filter_map(|o| match &**o {
+            Object::Replica(r) => Some(r),
+            _ => None,
+        })
+        .collect();
     let d = decide(svc.as_ref(), &replicas);
     let mut ops: Vec<Op> = Vec::new();
-    let by_key = |k: &str| {
+    let keyed: HashMap<String, &Replica> = if d.delete.is_empty() && d.stop.is_empty() {
+        HashMap::new()
+    } else {
         replicas
             .iter()
-            .find(|r| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name) == k)
+            .map(|r| {
+                (
+                    Kind::Replica.key(&r.metadata.namespace, &r.metadata.name),
+                    *r,
+                )
+            })
+            .collect()
     };
+    let by_key = |k: &str| keyed.get(k).copied();
     for k in &d.delete {
         if let Some(r) = by_key(k) {
             ops.push(delete_op(&Object::Replica(r.clone())));
