@@ -1023,6 +1023,14 @@ pub enum Object {
 }
 
 impl Object {
+    /// The replica, if this is one.
+    pub fn as_replica(&self) -> Option<&Replica> {
+        match self {
+            Object::Replica(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The object's kind.
     pub fn kind(&self) -> Kind {
         match self {

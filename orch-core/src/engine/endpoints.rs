@@ -15,10 +15,7 @@ use crate::object::{DesiredState, Kind, Object, Phase};
 pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
     let mut eps: Vec<Endpoint> = replicas
         .iter()
-        .filter_map(|o| match &**o {
-            Object::Replica(r) => Some(r),
-            _ => None,
-        })
+        .filter_map(|o| o.as_replica())
         .filter(|r| r.status.phase == Phase::Ready && r.spec.desired == DesiredState::Running)
         .filter_map(|r| {
             Some(Endpoint {

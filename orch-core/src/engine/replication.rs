@@ -214,13 +214,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     let svc = ctx.cache.service(key);
     // Shared handles, not copies: this runs after every change to any of the replicas.
     let objects = ctx.cache.replica_objects_of_service(ns, name);
-    let replicas: Vec<&Replica> = objects
-        .iter()
-        .filter_map(|o| match &**o {
-            Object::Replica(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
     let d = decide(svc.as_ref(), &replicas);
     let mut ops: Vec<Op> = Vec::new();
     let keyed: HashMap<String, &Replica> = if d.delete.is_empty() && d.stop.is_empty() {

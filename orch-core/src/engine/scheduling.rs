@@ -33,13 +33,7 @@ pub struct PassResult {
 pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     // Shared handles, not clones: at a million replicas a deep copy per pass costs gigabytes.
     let objects = ctx.cache.list(Kind::Replica);
-    let replicas: Vec<&Replica> = objects
-        .iter()
-        .filter_map(|o| match &**o {
-            Object::Replica(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
     let pending: Vec<&Replica> = replicas.iter().copied().filter(|r| is_pending(r)).collect();
     if pending.is_empty() {
         return Ok(PassResult::default());
