@@ -143,19 +143,28 @@ fn relevant(c: &Change) -> bool {
 
 /// Runs the loop until cancelled.
 pub async fn run(ctx: Arc<Ctx>) {
+    // The loop only needs to know that something relevant happened, not what: a drain task
+    // turns the stream of changes into a flag, so a long pass does not keep a queue of every
+    // replica's old and new versions alive.
     let mut changes = ctx.cache.subscribe(relevant);
+    let (dirty, mut dirty_rx) = tokio::sync::watch::channel(());
+    let drain = tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            dirty.send_replace(());
+        }
+    });
     let mut seed = ctx.config.seed;
     let mut backoff = ctx.config.retry_base;
     let mut wait = ctx.config.resync;
     loop {
         tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            c = changes.recv() => if c.is_none() { return },
+            _ = ctx.cancel.cancelled() => break,
+            c = dirty_rx.changed() => if c.is_err() { break },
             _ = tokio::time::sleep(wait) => {}
         }
         // Coalesce a burst of changes into one pass.
         tokio::time::sleep(Duration::from_millis(2)).await;
-        while changes.try_recv().is_ok() {}
+        dirty_rx.mark_unchanged();
         seed = seed.wrapping_add(1);
         match pass(&ctx, seed).await {
             Ok(_) => {
@@ -169,4 +178,5 @@ pub async fn run(ctx: Arc<Ctx>) {
             }
         }
     }
+    drain.abort();
 }
