@@ -1,6 +1,10 @@
 //! Controller tests: the whole engine over the in-memory store and the fake runtime, with
 //! tokio's paused clock (sleeps and backoffs advance instantly and deterministically).
 
+mod common;
+
+use common::eventually;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,17 +28,6 @@ fn service(name: &str, replicas: u32, extra: &str) -> Object {
 
 fn engine(store: Arc<MemStore>) -> Engine {
     Engine::builder(store, Arc::new(DefaultScheduler)).start()
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn replicas(e: &Engine, svc: &str) -> Vec<Replica> {

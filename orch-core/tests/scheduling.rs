@@ -2,6 +2,10 @@
 //! clock): anti-affinity keeps replicas on distinct nodes; a `NoSchedule` taint keeps off what
 //! does not tolerate it; an unschedulable service says why and is placed once a node fits.
 
+mod common;
+
+use common::eventually;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,17 +23,6 @@ fn service(yaml_spec: &str) -> Object {
     orch_core::manifest::parse("test.yaml", &y)
         .unwrap()
         .remove(0)
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn per_node(e: &Engine) -> BTreeMap<String, usize> {

@@ -4,8 +4,15 @@
 //! - [`PreferLabel`], a score: nodes carrying a label (for example `disk=ssd`) score 100, others 0.
 //! - [`FirstFit`], a whole [`Scheduler`]: each replica goes to the first node, in name order,
 //!   that runs its runtime and has room — no plugins at all.
+//! - [`place`]: runs orch's engine with any of them on four fake nodes.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_core::engine::{AgentConfig, Engine};
+use orch_core::fake::FakeRuntime;
+use orch_core::memstore::MemStore;
 
 use orch_core::scheduler::{ClusterSnapshot, PendingReplica, Plan, Scheduler};
 use orch_sched::{Class, ClassFilter, ClassScore, FilterPlugin, NodeId, PassState, ScorePlugin};
@@ -104,4 +111,47 @@ impl Scheduler for FirstFit {
         }
         plan
     }
+}
+
+/// Runs orch's engine with `scheduler` on four fake nodes (`node-a` ssd, `node-b` hdd,
+/// `node-c` ssd in maintenance, `node-d` ssd), applies a service of `replicas` replicas and
+/// returns `(replica, node)` once every one is placed.
+pub async fn place(scheduler: Arc<dyn Scheduler>, replicas: u32) -> Vec<(String, String)> {
+    let store = Arc::new(MemStore::new());
+    let mut engine = Engine::builder(store.clone(), scheduler).start();
+    for (node, labels) in [
+        ("node-a", "disk=ssd"),
+        ("node-b", "disk=hdd"),
+        ("node-c", "disk=ssd,maintenance=true"),
+        ("node-d", "disk=ssd"),
+    ] {
+        let mut cfg = AgentConfig::new(node);
+        for kv in labels.split(',') {
+            let (k, v) = kv.split_once('=').expect("key=value");
+            cfg.labels.insert(k.into(), v.into());
+        }
+        engine.add_agent(Arc::new(FakeRuntime::default()), cfg);
+    }
+    while engine.cache().nodes().len() < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let yaml = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template: {{command: [server]}}\n");
+    let objects = orch_core::manifest::parse("web.yaml", &yaml).expect("valid manifest");
+    orch_core::api::apply(&*store, objects, false)
+        .await
+        .expect("apply");
+    let placed = loop {
+        let placed: Vec<(String, String)> = engine
+            .cache()
+            .replicas_of_service("default", "web")
+            .into_iter()
+            .filter_map(|r| Some((r.metadata.name, r.spec.node?)))
+            .collect();
+        if placed.len() == replicas as usize {
+            break placed;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    engine.shutdown().await;
+    placed
 }
