@@ -89,6 +89,14 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         );
         ops.push(update_op(&Object::Replica(r)));
     }
+    let result = PassResult {
+        bound: plan.bindings.len(),
+        unschedulable: plan.unschedulable.len(),
+    };
+    // Let go of this pass's view before writing: while the writes land, the cache replaces
+    // every bound replica, and holding the old versions here would double the engine's memory.
+    drop((keyed, input, plan, snapshot, pending, replicas, nodes));
+    drop(objects);
     let last = txn_chunked(&*ctx.store, ops, MAX_TXN_OPS).await?;
     let rec = ctx.recorder.with_source("scheduler");
     for ((ns, svc), (count, nodes)) in per_service {
@@ -111,10 +119,7 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     if let Some(rev) = last {
         ctx.cache.wait_for(rev).await;
     }
-    Ok(PassResult {
-        bound: plan.bindings.len(),
-        unschedulable: plan.unschedulable.len(),
-    })
+    Ok(result)
 }
 
 fn relevant(c: &Change) -> bool {
