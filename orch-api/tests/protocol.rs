@@ -243,7 +243,7 @@ async fn logs_come_from_the_replicas_node_runtime() {
         replica_uid: r.metadata.uid.clone(),
         service: "web".into(),
         namespace: "default".into(),
-        template: r.spec.template.clone(),
+        template: (*r.spec.template).clone(),
         template_hash: r.spec.template_hash.clone(),
         extra_env: vec![],
     })

@@ -279,7 +279,7 @@ pub fn object_from_value(doc: Value) -> Result<Object, FieldError> {
     };
     let v = Value::Object(map);
     let mut obj: Object = match kind {
-        Kind::Service => Object::Service(typed::<Service>(v)?),
+        Kind::Service => Object::from(typed::<Service>(v)?),
         Kind::Secret => Object::Secret(typed::<Secret>(v)?),
         Kind::Config => Object::Config(typed::<Config>(v)?),
         _ => unreachable!("only applicable kinds are matched above"),

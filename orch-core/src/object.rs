@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +146,10 @@ fn is_zero(v: &u64) -> bool {
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+fn is_default_arc<T: Default + PartialEq>(v: &Arc<T>) -> bool {
+    **v == T::default()
 }
 
 /// An environment variable.
@@ -795,11 +800,12 @@ pub struct ReplicaSpec {
     /// The service revision it was made from ([`ServiceSpec::revision_hash`]: template and
     /// placement).
     pub template_hash: String,
-    /// What it runs (a copy of the service template at creation).
-    pub template: Template,
-    /// Placement constraints copied from the service.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub placement: Placement,
+    /// What it runs (the service template at creation). Shared: the engine's cache gives
+    /// every replica of one revision the same copy.
+    pub template: Arc<Template>,
+    /// Placement constraints copied from the service (shared like `template`).
+    #[serde(default, skip_serializing_if = "is_default_arc")]
+    pub placement: Arc<Placement>,
     /// The node it is bound to; empty while pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -1006,10 +1012,10 @@ pub struct Event {
 /// Any object, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
-#[allow(clippy::large_enum_variant)]
 pub enum Object {
-    /// A service.
-    Service(Service),
+    /// A service (boxed: it is the largest kind, and the engine keeps a million replicas in
+    /// `Object`s).
+    Service(Box<Service>),
     /// A replica.
     Replica(Replica),
     /// A node.
@@ -1119,7 +1125,13 @@ macro_rules! object_from {
         }
     )*};
 }
-object_from!(Service, Replica, Node, Secret, Config, Event);
+object_from!(Replica, Node, Secret, Config, Event);
+
+impl From<Service> for Object {
+    fn from(o: Service) -> Object {
+        Object::Service(Box::new(o))
+    }
+}
 
 /// The label every replica carries naming its service.
 pub const SERVICE_LABEL: &str = "orch/service";

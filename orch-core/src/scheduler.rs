@@ -2,6 +2,7 @@
 //! plan. No clock, no I/O, no async; the seed for tie-breaks is passed in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::object::{Node, NodeCondition, Placement, Protocol, Replica, Taint, Template};
 
@@ -35,17 +36,36 @@ pub struct NodeInfo {
     /// Taints of the node.
     pub taints: Vec<Taint>,
     /// The label sets of the replicas on it, with how many replicas carry each (for affinity
-    /// and topology spread).
+    /// and topology spread), ordered by namespace and labels.
     pub replica_labels: Vec<LabelCount>,
 }
 
-/// How many replicas of one namespace on a node carry exactly these labels.
+impl NodeInfo {
+    /// What a node has, with nothing placed on it yet.
+    pub fn of_node(n: &Node) -> NodeInfo {
+        NodeInfo {
+            name: n.metadata.name.clone(),
+            labels: n.metadata.labels.clone(),
+            cpu_capacity: n.status.capacity.cpu.map(|c| c.0).unwrap_or(0),
+            memory_capacity: n.status.capacity.memory.map(|m| m.0).unwrap_or(0),
+            max_replicas: n.status.max_replicas,
+            runtimes: n.status.runtimes.clone(),
+            schedulable: !n.spec.unschedulable && n.status.condition == NodeCondition::Ready,
+            taints: n.spec.taints.clone(),
+            ..NodeInfo::default()
+        }
+    }
+}
+
+/// How many replicas of one namespace on a node carry exactly these labels. The namespace
+/// and labels are shared (every node that runs replicas of a service holds the same set), so
+/// copying a snapshot copies pointers, not label maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LabelCount {
     /// The replicas' namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Their labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// How many.
     pub count: u32,
 }
@@ -72,8 +92,8 @@ pub struct PendingReplica {
     pub ports: Vec<(Protocol, u16)>,
     /// The runtime it needs (`process` for commands, `containerd` for images).
     pub runtime: String,
-    /// Placement rules.
-    pub placement: Placement,
+    /// Placement rules (shared by the replicas of one service revision).
+    pub placement: std::sync::Arc<Placement>,
     /// The replica's labels (the template's plus `orch/service`), which other replicas'
     /// affinity and spread rules select on.
     pub labels: BTreeMap<String, String>,
@@ -141,34 +161,30 @@ impl ClusterSnapshot {
         nodes: impl IntoIterator<Item = &'a Node>,
         replicas: impl IntoIterator<Item = &'a Replica>,
     ) -> ClusterSnapshot {
-        let mut infos: BTreeMap<String, NodeInfo> = nodes
-            .into_iter()
-            .map(|n| {
-                let info = NodeInfo {
-                    name: n.metadata.name.clone(),
-                    labels: n.metadata.labels.clone(),
-                    cpu_capacity: n.status.capacity.cpu.map(|c| c.0).unwrap_or(0),
-                    memory_capacity: n.status.capacity.memory.map(|m| m.0).unwrap_or(0),
-                    max_replicas: n.status.max_replicas,
-                    runtimes: n.status.runtimes.clone(),
-                    schedulable: !n.spec.unschedulable
-                        && n.status.condition == NodeCondition::Ready,
-                    taints: n.spec.taints.clone(),
-                    ..NodeInfo::default()
-                };
-                (info.name.clone(), info)
-            })
+        let mut infos: Vec<NodeInfo> = nodes.into_iter().map(NodeInfo::of_node).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos.dedup_by(|a, b| a.name == b.name);
+        let by_name: HashMap<String, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
             .collect();
         // Allocation-free per replica (only the first replica of a service or label set on a
-        // node allocates): at a million replicas this loop runs on every scheduling pass.
+        // node allocates), and no scan per replica: at a million replicas this loop runs on
+        // every scheduling pass.
+        let mut label_sets: HashMap<(usize, &str, &BTreeMap<String, String>), usize> =
+            HashMap::new();
+        type Shared = (Arc<str>, Arc<BTreeMap<String, String>>);
+        let mut shared: HashMap<(&str, &BTreeMap<String, String>), Shared> = HashMap::new();
         let mut service = String::new();
         for r in replicas {
             let Some(node) = r.spec.node.as_deref() else {
                 continue;
             };
-            let Some(info) = infos.get_mut(node) else {
+            let Some(&i) = by_name.get(node) else {
                 continue;
             };
+            let info = &mut infos[i];
             let t = &r.spec.template;
             info.cpu_used += t.resources.cpu.map(|c| c.0).unwrap_or(0);
             info.memory_used += t.resources.memory.map(|m| m.0).unwrap_or(0);
@@ -188,22 +204,29 @@ impl ClusterSnapshot {
                     info.per_service.insert(service.clone(), 1);
                 }
             }
-            let ns = &r.metadata.namespace;
-            match info
-                .replica_labels
-                .iter_mut()
-                .find(|l| l.namespace == *ns && l.labels == r.metadata.labels)
-            {
-                Some(l) => l.count += 1,
-                None => info.replica_labels.push(LabelCount {
-                    namespace: ns.clone(),
-                    labels: r.metadata.labels.clone(),
-                    count: 1,
-                }),
+            let ns = r.metadata.namespace.as_str();
+            match label_sets.entry((i, ns, &r.metadata.labels)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    info.replica_labels[*e.get()].count += 1
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(info.replica_labels.len());
+                    let (namespace, labels) = shared
+                        .entry((ns, &r.metadata.labels))
+                        .or_insert_with(|| (ns.into(), Arc::new(r.metadata.labels.clone())))
+                        .clone();
+                    info.replica_labels.push(LabelCount {
+                        namespace,
+                        labels,
+                        count: 1,
+                    });
+                }
             }
         }
-        ClusterSnapshot {
-            nodes: infos.into_values().collect(),
+        for info in &mut infos {
+            info.replica_labels
+                .sort_by(|a, b| (&a.namespace, &a.labels).cmp(&(&b.namespace, &b.labels)));
         }
+        ClusterSnapshot { nodes: infos }
     }
 }

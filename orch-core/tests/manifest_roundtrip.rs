@@ -331,7 +331,7 @@ fn expected(svc: &Service) -> Object {
     if want.metadata.namespace.is_empty() {
         want.metadata.namespace = DEFAULT_NAMESPACE.into();
     }
-    Object::Service(want)
+    Object::from(want)
 }
 
 proptest! {
@@ -347,7 +347,7 @@ proptest! {
     #[test]
     fn yaml_round_trip(svc in service()) {
         let want = expected(&svc);
-        let yaml = to_yaml(&[Object::Service(svc)]);
+        let yaml = to_yaml(&[Object::from(svc)]);
         let back = parse("prop.yaml", &yaml)
             .map_err(|e| TestCaseError::fail(format!("{e}\n--- yaml:\n{yaml}")))?;
         prop_assert_eq!(back, vec![want], "yaml:\n{}", yaml);
@@ -356,7 +356,7 @@ proptest! {
     #[test]
     fn json_round_trip(svc in service()) {
         let want = expected(&svc);
-        let json = serde_json::to_string(&Object::Service(svc).to_display_value()).unwrap();
+        let json = serde_json::to_string(&Object::from(svc).to_display_value()).unwrap();
         let back = parse("prop.json", &json)
             .map_err(|e| TestCaseError::fail(format!("{e}\n--- json:\n{json}")))?;
         prop_assert_eq!(back, vec![want], "json:\n{}", json);
@@ -375,7 +375,7 @@ proptest! {
             })
             .collect();
         let want: Vec<Object> = svcs.iter().map(expected).collect();
-        let objs: Vec<Object> = svcs.into_iter().map(Object::Service).collect();
+        let objs: Vec<Object> = svcs.into_iter().map(Object::from).collect();
         let yaml = to_yaml(&objs);
         let back = orch_core::manifest::parse_all([("prop.yaml", yaml.as_str())])
             .map_err(|e| TestCaseError::fail(format!("{e}\n--- yaml:\n{yaml}")))?;

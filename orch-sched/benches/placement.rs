@@ -57,7 +57,7 @@ fn replicas(
                 memory: 500 * MI,
                 ports: Vec::new(),
                 runtime: "process".into(),
-                placement: placement.clone(),
+                placement: std::sync::Arc::new(placement.clone()),
                 labels: labels.clone(),
             });
         }

@@ -76,7 +76,7 @@ mod tests {
             memory: mem,
             ports: vec![],
             runtime: "process".into(),
-            placement: Placement::default(),
+            placement: Placement::default().into(),
             labels: [("orch/service".to_string(), "web".to_string())].into(),
         }
     }

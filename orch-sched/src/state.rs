@@ -204,7 +204,7 @@ impl PassState {
                 Selects::Labels(ns, selector) => n
                     .replica_labels
                     .iter()
-                    .filter(|l: &&LabelCount| l.namespace == *ns && selector.matches(&l.labels))
+                    .filter(|l: &&LabelCount| *l.namespace == **ns && selector.matches(&l.labels))
                     .map(|l| l.count)
                     .sum(),
             };
@@ -299,12 +299,12 @@ impl PassState {
             .replica_labels
             .iter_mut()
             .rev()
-            .find(|l| l.namespace == ns && l.labels == p.labels)
+            .find(|l| *l.namespace == *ns && *l.labels == p.labels)
         {
             Some(l) => l.count += 1,
             None => n.replica_labels.push(LabelCount {
-                namespace: ns.to_string(),
-                labels: p.labels.clone(),
+                namespace: ns.into(),
+                labels: std::sync::Arc::new(p.labels.clone()),
                 count: 1,
             }),
         }

@@ -214,7 +214,7 @@ fn service(i: usize, g: &ServiceGen) -> Service {
     );
     match orch_core::manifest::parse("gen.yaml", &yaml) {
         Ok(mut objs) => match objs.remove(0) {
-            Object::Service(s) => s,
+            Object::Service(s) => *s,
             other => panic!("not a service: {other:?}"),
         },
         Err(e) => panic!("generated manifest invalid: {e}\n{yaml}"),

@@ -55,7 +55,9 @@ fn cluster(text: &str) -> ClusterSnapshot {
                     n.per_service.insert(format!("default/{svc}"), count);
                     n.replica_labels.push(LabelCount {
                         namespace: "default".into(),
-                        labels: [(SERVICE_LABEL.to_string(), svc.to_string())].into(),
+                        labels: std::sync::Arc::new(
+                            [(SERVICE_LABEL.to_string(), svc.to_string())].into(),
+                        ),
                         count,
                     });
                 }

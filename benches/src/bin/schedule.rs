@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orch_core::engine::{Engine, EngineConfig};
-use orch_core::object::{Kind, Metadata, Node, NodeSpec, NodeStatus, Object, Resources};
+use orch_core::object::{Metadata, Node, NodeSpec, NodeStatus, Object, Resources};
 use orch_core::quantity::{Cpu, Memory, Timestamp};
 use orch_core::store::{create_op, txn_chunked, Store};
 
@@ -118,14 +118,9 @@ fn services(s: &Scenario) -> Vec<Object> {
     orch_core::manifest::parse("bench", &yaml).expect("valid manifests")
 }
 
-/// (replicas, bound) in the engine's cache, without cloning the replicas.
+/// (replicas, bound) in the engine's cache, from its indexes.
 fn bound(e: &Engine) -> (usize, usize) {
-    let all = e.cache().list(Kind::Replica);
-    let bound = all
-        .iter()
-        .filter(|o| matches!(&***o, Object::Replica(r) if r.spec.node.is_some()))
-        .count();
-    (all.len(), bound)
+    e.cache().replica_counts()
 }
 
 /// Applies the scenario's services; returns how long until all replicas are bound.
@@ -158,7 +153,11 @@ async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
             break;
         }
         if std::env::var_os("ORCH_BENCH_PROGRESS").is_some() {
-            eprintln!("{:?}: {all} replicas, {done} bound", t.elapsed());
+            eprintln!(
+                "{:?}: {all} replicas, {done} bound, resident {:.0} MiB",
+                t.elapsed(),
+                status_mib("VmRSS:")
+            );
         }
         anyhow::ensure!(
             t.elapsed() < Duration::from_secs(600),

@@ -148,7 +148,7 @@ async fn render_view(engine: &Engine, store: &dyn Store) -> String {
         .cache()
         .services()
         .into_iter()
-        .map(Object::Service)
+        .map(Object::from)
         .collect();
     let mut replicas: Vec<Object> = engine
         .cache()

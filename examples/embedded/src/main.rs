@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         },
         status: Default::default(),
     };
-    orch_core::api::apply(&*store, vec![Object::Service(service)], false).await?;
+    orch_core::api::apply(&*store, vec![Object::from(service)], false).await?;
 
     // Watch the replicas until both are ready.
     loop {

@@ -674,7 +674,7 @@ impl Agent {
             replica_uid: r.metadata.uid.clone(),
             service: r.spec.service.clone(),
             namespace: ns.into(),
-            template: r.spec.template.clone(),
+            template: (*r.spec.template).clone(),
             template_hash: r.spec.template_hash.clone(),
             extra_env: env,
         };

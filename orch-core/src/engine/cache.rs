@@ -10,7 +10,10 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::object::{Kind, Node, Object, Replica, Service};
+use crate::object::{
+    DesiredState, Kind, Node, Object, Placement, Protocol, Replica, Service, Template,
+};
+use crate::scheduler::{ClusterSnapshot, LabelCount, NodeInfo};
 use crate::store::{decode, Revision, Store, StoreError, WatchEvent};
 
 /// What a subscriber hears.
@@ -39,13 +42,151 @@ struct State {
     by_service: HashMap<String, BTreeSet<Arc<str>>>,
     by_node: HashMap<String, BTreeSet<Arc<str>>>,
     synced: bool,
+    /// One template and placement per service revision, shared by its replicas: at a million
+    /// replicas a copy each would cost gigabytes.
+    shared: HashMap<String, (Arc<Template>, Arc<Placement>)>,
+    /// Objects stored since `shared` was last pruned.
+    since_prune: usize,
+    /// What the replicas bound to each node use, kept as replicas come and go: the
+    /// scheduler's snapshot is read from here instead of being rebuilt from every replica.
+    placed: HashMap<String, Placed>,
+    /// Replicas waiting for a node (unbound and meant to run), in key order.
+    pending: BTreeSet<Arc<str>>,
+    /// One shared copy of each (namespace, labels) set the nodes' summaries hold, by hash.
+    label_sets: HashMap<u64, Vec<LabelSet>>,
 }
+
+/// A namespace and a label set, shared between node summaries and snapshots.
+type LabelSet = (Arc<str>, Arc<BTreeMap<String, String>>);
+
+/// The replicas bound to one node, summed (see [`NodeInfo`](crate::scheduler::NodeInfo)).
+#[derive(Default)]
+struct Placed {
+    cpu: u64,
+    memory: u64,
+    replicas: u32,
+    ports: BTreeMap<(Protocol, u16), u32>,
+    per_service: HashMap<String, u32>,
+    label_sets: BTreeMap<LabelSet, u32>,
+}
+
+impl Placed {
+    /// Adds (`add`) or takes away one replica's share; `set` is its shared label set.
+    fn count(&mut self, r: &Replica, set: LabelSet, add: bool) {
+        fn step<K: Ord>(map: &mut BTreeMap<K, u32>, key: K, add: bool) {
+            if add {
+                *map.entry(key).or_default() += 1;
+            } else if let Some(c) = map.get_mut(&key) {
+                *c -= 1;
+                if *c == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        let t = &r.spec.template;
+        let (cpu, memory) = (
+            t.resources.cpu.map(|c| c.0).unwrap_or(0),
+            t.resources.memory.map(|m| m.0).unwrap_or(0),
+        );
+        if add {
+            self.cpu += cpu;
+            self.memory += memory;
+            self.replicas += 1;
+        } else {
+            self.cpu = self.cpu.saturating_sub(cpu);
+            self.memory = self.memory.saturating_sub(memory);
+            self.replicas = self.replicas.saturating_sub(1);
+        }
+        for p in &t.ports {
+            if let Some(n) = p.port {
+                step(&mut self.ports, (p.protocol, n), add);
+            }
+        }
+        let service = service_index(r);
+        if add {
+            *self.per_service.entry(service).or_default() += 1;
+        } else if let Some(c) = self.per_service.get_mut(&service) {
+            *c -= 1;
+            if *c == 0 {
+                self.per_service.remove(&service);
+            }
+        }
+        step(&mut self.label_sets, set, add);
+    }
+
+    /// `info` (a node with nothing placed) with these replicas placed on it.
+    fn fill(&self, info: &mut NodeInfo) {
+        info.cpu_used = self.cpu;
+        info.memory_used = self.memory;
+        info.replicas = self.replicas;
+        info.ports_used = self.ports.keys().copied().collect();
+        info.per_service = self.per_service.clone();
+        info.replica_labels = self
+            .label_sets
+            .iter()
+            .map(|((namespace, labels), count)| LabelCount {
+                namespace: namespace.clone(),
+                labels: labels.clone(),
+                count: *count,
+            })
+            .collect();
+    }
+}
+
+/// How many stores between prunings of the shared revisions no replica uses any more.
+const PRUNE_EVERY: usize = 16_384;
 
 fn service_index(r: &Replica) -> String {
     format!("{}/{}", r.metadata.namespace, r.spec.service)
 }
 
 impl State {
+    /// The shared copy of a namespace and label set.
+    fn label_set(&mut self, ns: &str, labels: &BTreeMap<String, String>) -> LabelSet {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (ns, labels).hash(&mut h);
+        let bucket = self.label_sets.entry(h.finish()).or_default();
+        if let Some(set) = bucket.iter().find(|(n, l)| **n == *ns && **l == *labels) {
+            return set.clone();
+        }
+        let set: LabelSet = (ns.into(), Arc::new(labels.clone()));
+        bucket.push(set.clone());
+        set
+    }
+
+    /// Makes a replica share its revision's template and placement with the replicas already
+    /// cached (when they are equal; a differing copy under the same hash is kept as is).
+    fn share(&mut self, obj: &mut Object) {
+        let Object::Replica(r) = obj else { return };
+        self.since_prune += 1;
+        if self.since_prune >= PRUNE_EVERY {
+            self.since_prune = 0;
+            self.shared
+                .retain(|_, (t, p)| Arc::strong_count(t) > 1 || Arc::strong_count(p) > 1);
+            self.label_sets.retain(|_, sets| {
+                sets.retain(|(_, l)| Arc::strong_count(l) > 1);
+                !sets.is_empty()
+            });
+        }
+        match self.shared.get(&r.spec.template_hash) {
+            Some((t, p)) => {
+                if *t == r.spec.template {
+                    r.spec.template = t.clone();
+                }
+                if *p == r.spec.placement {
+                    r.spec.placement = p.clone();
+                }
+            }
+            None => {
+                self.shared.insert(
+                    r.spec.template_hash.clone(),
+                    (r.spec.template.clone(), r.spec.placement.clone()),
+                );
+            }
+        }
+    }
+
     fn index(&mut self, key: &Arc<str>, obj: &Object, add: bool) {
         let Object::Replica(r) = obj else { return };
         let update = |map: &mut HashMap<String, BTreeSet<Arc<str>>>, idx: String| {
@@ -61,6 +202,18 @@ impl State {
         update(&mut self.by_service, service_index(r));
         if let Some(n) = &r.spec.node {
             update(&mut self.by_node, n.clone());
+            let set = self.label_set(&r.metadata.namespace, &r.metadata.labels);
+            let placed = self.placed.entry(n.clone()).or_default();
+            placed.count(r, set, add);
+            if placed.replicas == 0 {
+                self.placed.remove(n);
+            }
+        } else if r.spec.desired == DesiredState::Running {
+            if add {
+                self.pending.insert(key.clone());
+            } else {
+                self.pending.remove(key);
+            }
         }
     }
 
@@ -194,7 +347,7 @@ impl Cache {
     /// A service by key.
     pub fn service(&self, key: &str) -> Option<Service> {
         match self.get(Kind::Service, key)?.as_ref() {
-            Object::Service(s) => Some(s.clone()),
+            Object::Service(s) => Some((**s).clone()),
             _ => None,
         }
     }
@@ -213,7 +366,7 @@ impl Cache {
             .iter()
             .filter_map(|o| {
                 if let Object::Service(s) = o.as_ref() {
-                    Some(s.clone())
+                    Some((**s).clone())
                 } else {
                     None
                 }
@@ -262,6 +415,71 @@ impl Cache {
                 Some(Object::Replica(r)) => Some(r.clone()),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// How many replicas the cache holds, and how many of them are bound to a node (from the
+    /// indexes: no copies, cheap to poll).
+    pub fn replica_counts(&self) -> (usize, usize) {
+        let g = self.read();
+        let all = g.objects.get(&Kind::Replica).map_or(0, |m| m.len());
+        let bound = g.by_node.values().map(|s| s.len()).sum();
+        (all, bound)
+    }
+
+    /// The scheduler's view of the cluster: every node with what the replicas bound to it use.
+    /// Kept current as objects change, so this costs a copy of the node summaries, not a walk
+    /// over every replica. Equal to [`ClusterSnapshot::build`] over the cached nodes and
+    /// bound replicas.
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        Self::snapshot_of(&self.read())
+    }
+
+    /// The replicas waiting for a node (unbound, desired running; in key order, as shared
+    /// handles) and the snapshot, read at one instant so that they agree; `None` when nothing
+    /// is pending (then no snapshot is built).
+    pub fn scheduling_view(&self) -> Option<(ClusterSnapshot, Vec<Arc<Object>>)> {
+        let g = self.read();
+        let all = g.objects.get(&Kind::Replica)?;
+        let pending: Vec<Arc<Object>> = g
+            .pending
+            .iter()
+            .filter_map(|k| all.get(k).cloned())
+            .collect();
+        if pending.is_empty() {
+            return None;
+        }
+        Some((Self::snapshot_of(&g), pending))
+    }
+
+    fn snapshot_of(g: &State) -> ClusterSnapshot {
+        let nodes = g
+            .objects
+            .get(&Kind::Node)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|o| match o.as_ref() {
+                Object::Node(n) => {
+                    let mut info = NodeInfo::of_node(n);
+                    if let Some(p) = g.placed.get(&n.metadata.name) {
+                        p.fill(&mut info);
+                    }
+                    Some(info)
+                }
+                _ => None,
+            })
+            .collect();
+        ClusterSnapshot { nodes }
+    }
+
+    /// `(namespace, service)` of every service that has replicas in the cache (whether or not
+    /// the service itself still exists).
+    pub fn services_with_replicas(&self) -> Vec<(String, String)> {
+        self.read()
+            .by_service
+            .keys()
+            .filter_map(|k| k.split_once('/'))
+            .map(|(ns, s)| (ns.to_string(), s.to_string()))
             .collect()
     }
 
@@ -351,7 +569,8 @@ impl Cache {
                 continue;
             }
             match decode(kv) {
-                Ok(o) => {
+                Ok(mut o) => {
+                    fresh.share(&mut o);
                     fresh.put(kind, kv.key.as_str().into(), Arc::new(o));
                 }
                 Err(e) => tracing::error!(error = %e, "cache: skipping undecodable object"),
@@ -376,7 +595,8 @@ impl Cache {
                 }
                 match ev {
                     WatchEvent::Put(kv) => match decode(&kv) {
-                        Ok(o) => {
+                        Ok(mut o) => {
+                            g.share(&mut o);
                             let key: Arc<str> = kv.key.as_str().into();
                             let new = Arc::new(o);
                             let old = g.put(kind, key.clone(), new.clone());
@@ -430,5 +650,134 @@ impl Change {
                 None
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::{
+        Metadata, NodeSpec, NodeStatus, PortSpec, ReplicaSpec, ReplicaStatus, Resources,
+    };
+    use crate::quantity::{Cpu, Memory};
+    use proptest::prelude::*;
+
+    fn node(i: u8) -> Object {
+        Object::Node(Node {
+            metadata: Metadata {
+                name: format!("n{i}"),
+                labels: [("zone".to_string(), format!("z{}", i % 2))].into(),
+                ..Metadata::default()
+            },
+            spec: NodeSpec::default(),
+            status: NodeStatus {
+                capacity: Resources {
+                    cpu: Some(Cpu(4_000)),
+                    memory: Some(Memory(1 << 30)),
+                },
+                ..NodeStatus::default()
+            },
+        })
+    }
+
+    /// Replica `i` of service `s % 3`, bound to node `n` (or pending), maybe with a fixed port.
+    fn replica(i: u8, n: Option<u8>, running: bool, port: bool) -> Object {
+        let svc = format!("s{}", i % 3);
+        let mut template = Template {
+            command: vec!["x".into()],
+            resources: Resources {
+                cpu: Some(Cpu(100 + u64::from(i % 4))),
+                memory: Some(Memory(1 << 20)),
+            },
+            ..Template::default()
+        };
+        if port {
+            template.ports.push(PortSpec {
+                name: "p".into(),
+                port: Some(8000 + u16::from(i % 2)),
+                protocol: Protocol::default(),
+            });
+        }
+        Object::Replica(Replica {
+            metadata: Metadata {
+                name: format!("r{i}"),
+                namespace: ["a", "b"][usize::from(i % 2)].into(),
+                labels: [("app".to_string(), svc.clone())].into(),
+                ..Metadata::default()
+            },
+            spec: ReplicaSpec {
+                service: svc,
+                template_hash: format!("h{}", i % 4),
+                template: Arc::new(template),
+                placement: Arc::default(),
+                node: n.map(|n| format!("n{n}")),
+                desired: if running {
+                    DesiredState::Running
+                } else {
+                    DesiredState::Stopped
+                },
+            },
+            status: ReplicaStatus::default(),
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Put(Box<Object>),
+        Delete(Kind, String),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..4).prop_map(|i| Step::Put(Box::new(node(i)))),
+            (0u8..4).prop_map(|i| Step::Delete(Kind::Node, format!("n{i}"))),
+            (
+                0u8..12,
+                proptest::option::of(0u8..5),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(i, n, run, port)| Step::Put(Box::new(replica(i, n, run, port)))),
+            (0u8..12).prop_map(|i| Step::Delete(Kind::Replica, format!("r{i}"))),
+        ]
+    }
+
+    proptest! {
+        /// Whatever objects come and go, the snapshot and the pending list the cache keeps
+        /// current equal what a rebuild from every cached object gives.
+        #[test]
+        fn kept_snapshot_equals_a_rebuild(steps in proptest::collection::vec(step(), 0..60)) {
+            let mut st = State::default();
+            let mut keys: HashMap<String, Arc<str>> = HashMap::new();
+            for s in steps {
+                match s {
+                    Step::Put(o) => {
+                        let mut o = *o;
+                        let key: Arc<str> = o.key().into();
+                        keys.insert(o.metadata().name.clone(), key.clone());
+                        st.share(&mut o);
+                        st.put(o.kind(), key, Arc::new(o));
+                    }
+                    Step::Delete(kind, name) => {
+                        if let Some(k) = keys.get(&name).filter(|k| Kind::of_key(k) == Some(kind)) {
+                            st.remove(kind, k);
+                        }
+                    }
+                }
+            }
+            let nodes: Vec<Node> = st.objects.get(&Kind::Node).into_iter().flat_map(|m| m.values())
+                .filter_map(|o| match o.as_ref() { Object::Node(n) => Some(n.clone()), _ => None })
+                .collect();
+            let replicas: Vec<&Replica> = st.objects.get(&Kind::Replica).into_iter()
+                .flat_map(|m| m.values()).filter_map(|o| o.as_replica()).collect();
+            let rebuilt = ClusterSnapshot::build(&nodes, replicas.iter().copied().filter(|r| r.spec.node.is_some()));
+            prop_assert_eq!(Cache::snapshot_of(&st), rebuilt);
+            let pending: Vec<String> = replicas.iter()
+                .filter(|r| r.spec.node.is_none() && r.spec.desired == DesiredState::Running)
+                .map(|r| r.metadata.name.clone()).collect();
+            let kept: Vec<String> = st.pending.iter()
+                .map(|k| crate::engine::replication::split_key(k).1.to_string()).collect();
+            prop_assert_eq!(kept, pending);
+        }
     }
 }

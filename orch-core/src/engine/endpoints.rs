@@ -51,7 +51,10 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
     };
     loop {
+        // Changes first (biased): a queued change holds both versions of a replica, so a
+        // backlog of them would keep replaced objects alive; turning them into keys is cheap.
         tokio::select! {
+            biased;
             _ = ctx.cancel.cancelled() => return,
             c = changes.recv() => match c {
                 None => return,

@@ -3,7 +3,7 @@
 //! Time is the controller's own monotonic clock: a node is judged by when *this* controller
 //! last saw its heartbeat change, never by comparing machines' wall clocks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -29,7 +29,9 @@ pub async fn run(ctx: Arc<Ctx>) {
             continue;
         };
         let nodes = ctx.cache.nodes();
-        seen.retain(|name, _| nodes.iter().any(|n| &n.metadata.name == name));
+        let names: HashSet<&str> = nodes.iter().map(|n| n.metadata.name.as_str()).collect();
+        seen.retain(|name, _| names.contains(name.as_str()));
+        drop(names);
         let mut ops = Vec::new();
         for n in nodes {
             let entry = seen

@@ -176,8 +176,8 @@ pub fn new_replica(svc: &Service) -> Replica {
         spec: ReplicaSpec {
             service: svc.metadata.name.clone(),
             template_hash: svc.spec.revision_hash(),
-            template: svc.spec.template.clone(),
-            placement: svc.spec.placement.clone(),
+            template: Arc::new(svc.spec.template.clone()),
+            placement: Arc::new(svc.spec.placement.clone()),
             node: None,
             desired: DesiredState::Running,
         },
@@ -262,7 +262,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
         if status != svc.status {
             let mut s = svc.clone();
             s.status = status;
-            ops.push(update_op(&Object::Service(s)));
+            ops.push(update_op(&Object::from(s)));
         }
     }
     if ops.is_empty() {
@@ -355,7 +355,9 @@ fn enqueue_all(ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>) {
     for s in ctx.cache.services() {
         queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
     }
-    for r in ctx.cache.replicas() {
-        queue.add(Kind::Service.key(&r.metadata.namespace, &r.spec.service));
+    // Services that still have replicas (a deleted service's leftovers), from the index:
+    // copying every replica here once a resync period cost seconds and gigabytes at scale.
+    for (ns, svc) in ctx.cache.services_with_replicas() {
+        queue.add(Kind::Service.key(&ns, &svc));
     }
 }

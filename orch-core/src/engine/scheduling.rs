@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::engine::cache::Change;
 use crate::engine::Ctx;
 use crate::object::{DesiredState, Kind, Object, Phase, Replica};
-use crate::scheduler::{ClusterSnapshot, PendingReplica};
+use crate::scheduler::PendingReplica;
 use crate::store::{txn_chunked, update_op, Op, StoreError};
 
 /// Most operations written in one transaction.
@@ -27,22 +27,52 @@ pub struct PassResult {
     pub bound: usize,
     /// Replicas left pending.
     pub unschedulable: usize,
+    /// More replicas were pending than one pass takes ([`MAX_PASS_REPLICAS`]); run another.
+    pub more: bool,
+}
+
+/// Most pending replicas one pass considers. A bounded pass keeps its memory bounded (the
+/// bindings it writes, and the versions of replicas it replaces) and lets the first bindings
+/// land while the rest are still being planned; the next pass starts at once.
+pub const MAX_PASS_REPLICAS: usize = 50_000;
+
+/// The pending replicas one pass takes, at most `limit`: first those never judged
+/// unschedulable (new work), in key order, then the unschedulable ones from a position that
+/// moves with `seed`, so a large backlog that cannot be placed cannot starve new replicas nor
+/// keep the same ones at the back for ever.
+fn take_pending<'a>(replicas: &[&'a Replica], limit: usize, seed: u64) -> Vec<&'a Replica> {
+    let is_retry = |r: &Replica| r.status.reason == "Unschedulable";
+    let mut out: Vec<&Replica> = replicas
+        .iter()
+        .copied()
+        .filter(|r| is_pending(r) && !is_retry(r))
+        .take(limit)
+        .collect();
+    if out.len() < limit {
+        let retries: Vec<&Replica> = replicas
+            .iter()
+            .copied()
+            .filter(|r| is_pending(r) && is_retry(r))
+            .collect();
+        if !retries.is_empty() {
+            let room = (limit - out.len()).min(retries.len());
+            let start = (seed as usize).wrapping_mul(room) % retries.len();
+            out.extend(retries.iter().cycle().skip(start).take(room).copied());
+        }
+    }
+    out
 }
 
 /// One scheduling pass over everything pending.
 pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
-    // Shared handles, not clones: at a million replicas a deep copy per pass costs gigabytes.
-    let objects = ctx.cache.list(Kind::Replica);
-    let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
-    let pending: Vec<&Replica> = replicas.iter().copied().filter(|r| is_pending(r)).collect();
-    if pending.is_empty() {
+    // Shared handles, not clones, and a snapshot the cache keeps current: at a million
+    // replicas a deep copy or a walk over every replica per pass costs seconds and gigabytes.
+    let Some((snapshot, objects)) = ctx.cache.scheduling_view() else {
         return Ok(PassResult::default());
-    }
-    let nodes = ctx.cache.nodes();
-    let snapshot = ClusterSnapshot::build(
-        &nodes,
-        replicas.iter().copied().filter(|r| r.spec.node.is_some()),
-    );
+    };
+    let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
+    let pending = take_pending(&replicas, MAX_PASS_REPLICAS, seed);
+    let more = replicas.len() > pending.len();
     let keyed: BTreeMap<String, &Replica> = pending
         .iter()
         .map(|r| {
@@ -92,10 +122,18 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     let result = PassResult {
         bound: plan.bindings.len(),
         unschedulable: plan.unschedulable.len(),
+        more,
     };
+    tracing::debug!(
+        considered = keyed.len(),
+        bound = result.bound,
+        unschedulable = result.unschedulable,
+        more,
+        "scheduler: pass planned"
+    );
     // Let go of this pass's view before writing: while the writes land, the cache replaces
     // every bound replica, and holding the old versions here would double the engine's memory.
-    drop((keyed, input, plan, snapshot, pending, replicas, nodes));
+    drop((keyed, input, plan, snapshot, pending, replicas));
     drop(objects);
     let last = txn_chunked(&*ctx.store, ops, MAX_TXN_OPS).await?;
     let rec = ctx.recorder.with_source("scheduler");
@@ -172,9 +210,13 @@ pub async fn run(ctx: Arc<Ctx>) {
         dirty_rx.mark_unchanged();
         seed = seed.wrapping_add(1);
         match pass(&ctx, seed).await {
-            Ok(_) => {
+            Ok(r) => {
                 backoff = ctx.config.retry_base;
-                wait = ctx.config.resync;
+                wait = if r.more {
+                    Duration::ZERO
+                } else {
+                    ctx.config.resync
+                };
             }
             Err(e) => {
                 tracing::debug!(error = %e, "scheduler: pass failed; retrying in {backoff:?}");
@@ -184,4 +226,56 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
     }
     drain.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(name: &str, unschedulable: bool) -> Replica {
+        let mut r = Replica {
+            metadata: crate::object::Metadata {
+                name: name.into(),
+                ..Default::default()
+            },
+            spec: crate::object::ReplicaSpec {
+                service: "s".into(),
+                template_hash: String::new(),
+                template: Default::default(),
+                placement: Default::default(),
+                node: None,
+                desired: DesiredState::Running,
+            },
+            status: Default::default(),
+        };
+        if unschedulable {
+            r.status.reason = "Unschedulable".into();
+        }
+        r
+    }
+
+    fn names(rs: &[&Replica]) -> Vec<String> {
+        rs.iter().map(|r| r.metadata.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_pass_takes_new_replicas_before_retries_and_rotates_the_retries() {
+        let all: Vec<Replica> = (0..6)
+            .map(|i| replica(&format!("r{i}"), i < 4))
+            .chain([{
+                let mut bound = replica("bound", false);
+                bound.spec.node = Some("n".into());
+                bound
+            }])
+            .collect();
+        let refs: Vec<&Replica> = all.iter().collect();
+        // New work first, even though the retries come first in key order.
+        assert_eq!(names(&take_pending(&refs, 2, 0)), ["r4", "r5"]);
+        // Room left goes to retries, from a position that moves with the seed.
+        assert_eq!(names(&take_pending(&refs, 3, 0)), ["r4", "r5", "r0"]);
+        assert_eq!(names(&take_pending(&refs, 3, 1)), ["r4", "r5", "r1"]);
+        assert_eq!(names(&take_pending(&refs, 4, 1)), ["r4", "r5", "r2", "r3"]);
+        // Never more than there are, never a bound replica.
+        assert_eq!(take_pending(&refs, 100, 7).len(), 6);
+    }
 }
