@@ -6,6 +6,8 @@
 //! same state directory after the host process restarts.
 
 mod cgroup;
+#[cfg(feature = "containerd")]
+pub mod containerd;
 mod logs;
 pub mod process;
 mod procfs;

@@ -1,0 +1,563 @@
+//! containerd, driven over its gRPC socket (feature `containerd`): [`LocalContainerd`] starts a
+//! containerd of its own for tests and benchmarks, and [`Containerd`] creates, starts, waits
+//! for, signals and deletes containers in one containerd namespace, with OCI runtime specs
+//! built with `oci-spec`.
+//!
+//! This is the groundwork of the containerd runtime: containers run from a root filesystem
+//! directory (bind-mounted as the container's root). Images (pull, content store, snapshots)
+//! and the [`Runtime`](orch_core::runtime::Runtime) implementation build on it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Code, Request};
+use containerd_client::types::Mount;
+use containerd_client::with_namespace;
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec};
+
+/// The runtime containerd starts containers with (runc through the v2 shim).
+pub const RUNC_V2: &str = "io.containerd.runc.v2";
+
+/// The type URL containerd expects for an OCI runtime spec.
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// How long containerd may take to start answering.
+const START: Duration = Duration::from_secs(20);
+
+/// A failed containerd call: what was asked, and what containerd said.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    /// The socket could not be reached.
+    #[error("cannot connect to containerd at {socket}: {message}")]
+    Connect {
+        /// The socket path.
+        socket: String,
+        /// Why.
+        message: String,
+    },
+    /// containerd answered with an error.
+    #[error("containerd {call} {id}: {message}")]
+    Call {
+        /// The call (`create container`, `start task`, ...).
+        call: &'static str,
+        /// The container id (may be empty).
+        id: String,
+        /// gRPC status code.
+        code: Code,
+        /// containerd's message.
+        message: String,
+    },
+    /// The container's spec could not be built.
+    #[error("container {id}: invalid spec: {message}")]
+    Spec {
+        /// The container id.
+        id: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl ContainerdError {
+    /// Whether the object asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            ContainerdError::Call {
+                code: Code::NotFound,
+                ..
+            }
+        )
+    }
+}
+
+fn call_error(
+    call: &'static str,
+    id: &str,
+) -> impl FnOnce(containerd_client::tonic::Status) -> ContainerdError {
+    let id = id.to_string();
+    move |s| ContainerdError::Call {
+        call,
+        id,
+        code: s.code(),
+        message: s.message().to_string(),
+    }
+}
+
+/// What to run in one container.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    /// Container (and task) id, unique in the namespace.
+    pub id: String,
+    /// The root filesystem directory (bind-mounted as `/`).
+    pub rootfs: PathBuf,
+    /// Command and arguments.
+    pub args: Vec<String>,
+    /// `NAME=value` pairs.
+    pub env: Vec<String>,
+    /// Working directory inside the container (default `/`).
+    pub cwd: Option<String>,
+    /// Where the container's stdout goes (a file on the host, appended to).
+    pub stdout: PathBuf,
+    /// Where its stderr goes.
+    pub stderr: PathBuf,
+    /// containerd labels on the container (orch marks its replicas with them).
+    pub labels: HashMap<String, String>,
+    /// Mount the root filesystem read-only.
+    pub read_only_root: bool,
+    /// Share the host's network namespace (the default: replicas get host ports, as processes do).
+    pub host_network: bool,
+}
+
+impl ContainerSpec {
+    /// The OCI runtime spec for this container: runc's defaults (own pid, ipc, uts and mount
+    /// namespaces, /proc, /dev, /sys, masked paths) with this process and root, and the host's
+    /// network namespace when `host_network` is set.
+    pub fn oci_spec(&self) -> Result<Spec, ContainerdError> {
+        let bad = |e: oci_spec::OciSpecError| ContainerdError::Spec {
+            id: self.id.clone(),
+            message: e.to_string(),
+        };
+        if self.args.is_empty() {
+            return Err(ContainerdError::Spec {
+                id: self.id.clone(),
+                message: "no command: args is empty".into(),
+            });
+        }
+        let mut env =
+            vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+        env.extend(self.env.iter().cloned());
+        let process = ProcessBuilder::default()
+            .args(self.args.clone())
+            .env(env)
+            .cwd(self.cwd.clone().unwrap_or_else(|| "/".into()))
+            .build()
+            .map_err(bad)?;
+        let root = RootBuilder::default()
+            .path("rootfs")
+            .readonly(self.read_only_root)
+            .build()
+            .map_err(bad)?;
+        let mut spec = Spec::default();
+        spec.set_process(Some(process));
+        spec.set_root(Some(root));
+        spec.set_hostname(Some(self.id.chars().take(63).collect()));
+        if let Some(linux) = spec.linux_mut() {
+            if self.host_network {
+                let namespaces: Vec<LinuxNamespace> = linux
+                    .namespaces()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
+                    .collect();
+                linux.set_namespaces(Some(namespaces));
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// How a container's task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskExit {
+    /// The exit status containerd reports (128 + signal for a process killed by a signal).
+    pub status: u32,
+}
+
+impl TaskExit {
+    /// The signal that ended it, if it was killed.
+    pub fn signal(&self) -> Option<i32> {
+        (self.status > 128 && self.status < 128 + 65).then(|| (self.status - 128) as i32)
+    }
+}
+
+/// A client of one containerd namespace.
+#[derive(Clone, Debug)]
+pub struct Containerd {
+    channel: Channel,
+    namespace: String,
+}
+
+impl Containerd {
+    /// Connects to the containerd socket at `socket`; every call works in `namespace`.
+    pub async fn connect(
+        socket: impl AsRef<Path>,
+        namespace: &str,
+    ) -> Result<Containerd, ContainerdError> {
+        let socket = socket.as_ref();
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|e| ContainerdError::Connect {
+                    socket: socket.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        Ok(Containerd {
+            channel,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    /// The namespace this client works in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// containerd's version string.
+    pub async fn version(&self) -> Result<String, ContainerdError> {
+        let v = VersionClient::new(self.channel.clone())
+            .version(())
+            .await
+            .map_err(call_error("version", ""))?;
+        Ok(v.into_inner().version)
+    }
+
+    /// Creates the container and its task, and starts it; returns the task's pid. On failure
+    /// nothing is left behind.
+    pub async fn run(&self, spec: &ContainerSpec) -> Result<u32, ContainerdError> {
+        let oci = spec.oci_spec()?;
+        let value = serde_json::to_vec(&oci).map_err(|e| ContainerdError::Spec {
+            id: spec.id.clone(),
+            message: e.to_string(),
+        })?;
+        let container = Container {
+            id: spec.id.clone(),
+            labels: spec.labels.clone(),
+            runtime: Some(ContainerRuntime {
+                name: RUNC_V2.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value,
+            }),
+            ..Container::default()
+        };
+        let ns = self.namespace.as_str();
+        let req = CreateContainerRequest {
+            container: Some(container),
+        };
+        ContainersClient::new(self.channel.clone())
+            .create(with_namespace!(req, ns))
+            .await
+            .map_err(call_error("create container", &spec.id))?;
+        match self.create_and_start(spec).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                let _ = self.delete(&spec.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<u32, ContainerdError> {
+        let ns = self.namespace.as_str();
+        let uri = |p: &Path| format!("file://{}", p.display());
+        let req = CreateTaskRequest {
+            container_id: spec.id.clone(),
+            rootfs: vec![Mount {
+                r#type: "bind".into(),
+                source: spec.rootfs.display().to_string(),
+                target: String::new(),
+                options: vec![
+                    "rbind".into(),
+                    if spec.read_only_root { "ro" } else { "rw" }.into(),
+                ],
+            }],
+            stdout: uri(&spec.stdout),
+            stderr: uri(&spec.stderr),
+            ..CreateTaskRequest::default()
+        };
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let created = tasks
+            .create(with_namespace!(req, ns))
+            .await
+            .map_err(call_error("create task", &spec.id))?
+            .into_inner();
+        let req = StartRequest {
+            container_id: spec.id.clone(),
+            exec_id: String::new(),
+        };
+        tasks
+            .start(with_namespace!(req, ns))
+            .await
+            .map_err(call_error("start task", &spec.id))?;
+        Ok(created.pid)
+    }
+
+    /// Waits until the container's task exits.
+    pub async fn wait(&self, id: &str) -> Result<TaskExit, ContainerdError> {
+        let ns = self.namespace.as_str();
+        let req = WaitRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        let r = TasksClient::new(self.channel.clone())
+            .wait(with_namespace!(req, ns))
+            .await
+            .map_err(call_error("wait task", id))?
+            .into_inner();
+        Ok(TaskExit {
+            status: r.exit_status,
+        })
+    }
+
+    /// The task's pid and status (`running`, `stopped`, ...), if it has a task.
+    pub async fn task(&self, id: &str) -> Result<Option<(u32, i32)>, ContainerdError> {
+        let ns = self.namespace.as_str();
+        let req = GetRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        match TasksClient::new(self.channel.clone())
+            .get(with_namespace!(req, ns))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().process.map(|p| (p.pid, p.status))),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(call_error("get task", id)(s)),
+        }
+    }
+
+    /// Sends `signal` to the container's main process.
+    pub async fn kill(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
+        let ns = self.namespace.as_str();
+        let req = KillRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+            signal,
+            all: false,
+        };
+        TasksClient::new(self.channel.clone())
+            .kill(with_namespace!(req, ns))
+            .await
+            .map_err(call_error("kill task", id))?;
+        Ok(())
+    }
+
+    /// Stops the task — `SIGTERM`, then `SIGKILL` after `grace` — and returns how it ended.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<TaskExit, ContainerdError> {
+        let waiter = {
+            let this = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move { this.wait(&id).await })
+        };
+        // Let the wait register before signalling, so the exit cannot be missed.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.kill(id, 15).await?;
+        let mut waiter = waiter;
+        match tokio::time::timeout(grace, &mut waiter).await {
+            Ok(r) => r.map_err(|e| ContainerdError::Spec {
+                id: id.into(),
+                message: e.to_string(),
+            })?,
+            Err(_) => {
+                self.kill(id, 9).await?;
+                waiter.await.map_err(|e| ContainerdError::Spec {
+                    id: id.into(),
+                    message: e.to_string(),
+                })?
+            }
+        }
+    }
+
+    /// Deletes the container's task (it must have exited) and the container. Missing ones are
+    /// not an error.
+    pub async fn delete(&self, id: &str) -> Result<(), ContainerdError> {
+        let ns = self.namespace.as_str();
+        let req = DeleteTaskRequest {
+            container_id: id.into(),
+        };
+        match TasksClient::new(self.channel.clone())
+            .delete(with_namespace!(req, ns))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(call_error("delete task", id)(s)),
+        }
+        let req = DeleteContainerRequest { id: id.into() };
+        match ContainersClient::new(self.channel.clone())
+            .delete(with_namespace!(req, ns))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(call_error("delete container", id)(s)),
+        }
+    }
+
+    /// Containers in the namespace: id and labels.
+    pub async fn containers(
+        &self,
+    ) -> Result<Vec<(String, HashMap<String, String>)>, ContainerdError> {
+        let ns = self.namespace.as_str();
+        let req = ListContainersRequest { filters: vec![] };
+        let r = ContainersClient::new(self.channel.clone())
+            .list(with_namespace!(req, ns))
+            .await
+            .map_err(call_error("list containers", ""))?;
+        Ok(r.into_inner()
+            .containers
+            .into_iter()
+            .map(|c| (c.id, c.labels))
+            .collect())
+    }
+}
+
+/// A containerd of its own — root, state and socket in a temporary directory, the CRI plugin
+/// off — for tests and benchmarks; stopped on drop together with the shims it started. Needs
+/// `containerd` and `runc` (Debian `containerd runc`) and root.
+pub struct LocalContainerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for LocalContainerd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalContainerd")
+            .field("socket", &self.socket())
+            .field("running", &self.child.is_some())
+            .finish()
+    }
+}
+
+impl LocalContainerd {
+    /// Starts containerd and waits until it answers.
+    pub async fn start() -> Result<LocalContainerd, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-ctd-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+        let mut c = LocalContainerd { child: None, dir };
+        c.restart().await?;
+        Ok(c)
+    }
+
+    /// The gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// A containerd namespace of this instance's own. runc keeps container state under
+    /// `/run/containerd/runc/NAMESPACE` whichever containerd started it, so instances on one
+    /// machine must not share namespace names; this one is removed on drop.
+    pub fn namespace(&self) -> String {
+        let dir = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        format!(
+            "orch-test-{}",
+            dir.trim_start_matches("orch-ctd-").to_ascii_lowercase()
+        )
+    }
+
+    /// A scratch directory next to containerd's, removed with it.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().join("scratch")
+    }
+
+    /// (Re)starts containerd on the same root, state and socket, and waits until it answers.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.stop_daemon();
+        let d = self.dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = self.socket().display(),
+        );
+        let config_path = d.join("config.toml");
+        std::fs::write(&config_path, config)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        std::fs::create_dir_all(self.scratch()).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start containerd (Debian package `containerd`): {e}"))?;
+        self.child = Some(child);
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(c) = Containerd::connect(self.socket(), "orch").await {
+                if c.version().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                let log = std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default();
+                return Err(format!("containerd exited ({status}):\n{log}"));
+            }
+            if t.elapsed() > START {
+                return Err(format!("containerd did not answer within {START:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops containerd (the shims and containers it started keep running, as in production).
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the shims started for this containerd (found by its socket in their command
+    /// line) and the containers under them.
+    fn kill_shims(&self) {
+        let sock = self.socket().display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains("containerd-shim") && cmd.contains(&sock) {
+                // The shim's process group holds the container's init too.
+                let _ = Command::new("kill")
+                    .args(["-9", &format!("-{pid}")])
+                    .status();
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+impl Drop for LocalContainerd {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        self.kill_shims();
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(self.namespace()));
+        // Mounts left by runc or snapshotters would keep the directory busy.
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(self.dir.path().join("state"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
