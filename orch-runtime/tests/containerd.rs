@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use orch_runtime::containerd::{ContainerSpec, Containerd, LocalContainerd};
+use orch_runtime::containerd::{
+    Blob, ContainerSpec, Containerd, ImageLayer, ImageParts, LocalContainerd, Root,
+};
 
 /// A root filesystem with the static busybox as `/bin/busybox` and `/bin/sh`.
 fn busybox_rootfs(dir: &Path) -> PathBuf {
@@ -27,7 +29,7 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
 fn spec(ctd: &LocalContainerd, rootfs: &Path, id: &str, args: &[&str]) -> ContainerSpec {
     ContainerSpec {
         id: id.into(),
-        rootfs: rootfs.into(),
+        root: Root::Dir(rootfs.into()),
         args: args.iter().map(|s| s.to_string()).collect(),
         env: vec!["GREETING=hello".into()],
         stdout: ctd.scratch().join(format!("{id}.out")),
@@ -42,7 +44,7 @@ fn spec(ctd: &LocalContainerd, rootfs: &Path, id: &str, args: &[&str]) -> Contai
 async fn containers_run_exit_stop_and_leave_nothing_behind() {
     let ctd = LocalContainerd::start().await.expect("containerd starts");
     let rootfs = busybox_rootfs(&ctd.scratch());
-    let c = Containerd::connect(ctd.socket(), "orch-test")
+    let c = Containerd::connect(ctd.socket(), &ctd.namespace())
         .await
         .unwrap();
     assert!(
@@ -177,4 +179,179 @@ fn host_network_drops_only_the_network_namespace() {
     assert!(own.iter().any(|n| n == "Network"));
     assert!(!host.iter().any(|n| n == "Network"));
     assert_eq!(own.len(), host.len() + 1);
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    format!("sha256:{}", hex.split_whitespace().next().unwrap())
+}
+
+fn blob(path: PathBuf, media_type: &str) -> Blob {
+    Blob {
+        media_type: media_type.into(),
+        digest: sha256_of(&path),
+        size: std::fs::metadata(&path).unwrap().len() as i64,
+        path,
+    }
+}
+
+/// A one-layer OCI image of the static busybox, made with tar and gzip: the blobs a pull or an
+/// `image import` hands to `Containerd::import`.
+fn busybox_image(dir: &Path, name: &str) -> ImageParts {
+    let layer_dir = busybox_rootfs(&dir.join("layer"));
+    let tar = dir.join("layer.tar");
+    let ok = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(&layer_dir)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let diff_id = sha256_of(&tar);
+    let gz = dir.join("layer.tar.gz");
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -n -c {} > {}", tar.display(), gz.display()))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let layer = blob(gz, "application/vnd.oci.image.layer.v1.tar+gzip");
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let config = blob(config_path, "application/vnd.oci.image.config.v1+json");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
+    });
+    let manifest_path = dir.join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    ImageParts {
+        name: name.into(),
+        manifest: blob(manifest_path, "application/vnd.oci.image.manifest.v1+json"),
+        config,
+        layers: vec![ImageLayer {
+            blob: layer,
+            diff_id,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn an_imported_image_is_unpacked_and_runs_in_a_container() {
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let c = Containerd::connect(ctd.socket(), &ctd.namespace())
+        .await
+        .unwrap();
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let parts = busybox_image(&img_dir, "localhost/busybox:test");
+
+    let t = std::time::Instant::now();
+    let image = c.import(&parts, "overlayfs").await.expect("import");
+    let first = t.elapsed();
+    assert_eq!(c.images().await.unwrap(), ["localhost/busybox:test"]);
+    // Importing again finds the blobs and the unpacked layer already there.
+    let t = std::time::Instant::now();
+    assert_eq!(c.import(&parts, "overlayfs").await.unwrap(), image);
+    eprintln!("import: {first:?} first, {:?} again", t.elapsed());
+
+    // Two containers from the image, each with its own writable layer.
+    for id in ["img-a", "img-b"] {
+        let mut s = spec(
+            &ctd,
+            Path::new("/"),
+            id,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo $GREETING > /tmp/f; cat /tmp/f; ls /bin/busybox",
+            ],
+        );
+        s.root = Root::Image {
+            name: image.name.clone(),
+            snapshotter: image.snapshotter.clone(),
+            chain_id: image.chain_id.clone(),
+        };
+        c.run(&s).await.expect("container from the image runs");
+        let exit = tokio::time::timeout(Duration::from_secs(20), c.wait(id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.status, 0);
+        assert_eq!(
+            std::fs::read_to_string(&s.stdout).unwrap(),
+            "hello\n/bin/busybox\n"
+        );
+        c.delete(id).await.unwrap();
+    }
+    assert!(c.containers().await.unwrap().is_empty());
+    assert_eq!(
+        c.snapshots("overlayfs").await.unwrap(),
+        std::slice::from_ref(&image.chain_id),
+        "only the image's layer is left: the containers' writable layers went with them"
+    );
+    c.remove_image(&image.name, true).await.unwrap();
+    assert!(c.images().await.unwrap().is_empty());
+    assert!(
+        c.snapshots("overlayfs").await.unwrap().is_empty(),
+        "the collector freed the unpacked layer with the image"
+    );
+
+    // A blob whose bytes do not match its digest is refused, naming the digest.
+    let mut bad = parts.clone();
+    bad.name = "localhost/bad:1".into();
+    bad.config.digest = format!("sha256:{}", "0".repeat(64));
+    let err = c
+        .import(&bad, "overlayfs")
+        .await
+        .expect_err("digest mismatch")
+        .to_string();
+    assert!(err.contains(&bad.config.digest), "{err}");
+    assert!(
+        c.images().await.unwrap().is_empty(),
+        "nothing recorded: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_harness_leaves_nothing_behind_even_with_a_container_running() {
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let rootfs = busybox_rootfs(&ctd.scratch());
+    let c = Containerd::connect(ctd.socket(), &ctd.namespace())
+        .await
+        .unwrap();
+    c.run(&spec(&ctd, &rootfs, "left", &["/bin/sleep", "3600"]))
+        .await
+        .unwrap();
+    let (pid, _) = c.task("left").await.unwrap().unwrap();
+    let dir = ctd.socket().parent().unwrap().to_path_buf();
+    let runc_state = Path::new("/run/containerd/runc").join(ctd.namespace());
+    drop(c);
+    drop(ctd);
+    let gone = |p: &Path| !p.exists();
+    for _ in 0..50 {
+        if gone(Path::new(&format!("/proc/{pid}"))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone(Path::new(&format!("/proc/{pid}"))),
+        "the container's process was killed"
+    );
+    assert!(gone(&dir), "{} removed", dir.display());
+    assert!(gone(&runc_state), "{} removed", runc_state.display());
 }

@@ -23,7 +23,9 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
 use containerd_client::types::Mount;
-use containerd_client::with_namespace;
+mod image;
+pub use image::{Blob, ImageLayer, ImageParts, UnpackedImage};
+
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec};
 
 /// The runtime containerd starts containers with (runc through the v2 shim).
@@ -94,13 +96,35 @@ fn call_error(
     }
 }
 
+/// A container's root filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Root {
+    /// A directory on the host, bind-mounted as `/`.
+    Dir(PathBuf),
+    /// A writable snapshot (named after the container) on top of an unpacked image's layers.
+    Image {
+        /// The image's name (recorded on the container).
+        name: String,
+        /// The snapshotter (`overlayfs`, `native`).
+        snapshotter: String,
+        /// The chain id of the image's top layer ([`UnpackedImage::chain_id`]).
+        chain_id: String,
+    },
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root::Dir(PathBuf::new())
+    }
+}
+
 /// What to run in one container.
 #[derive(Clone, Debug, Default)]
 pub struct ContainerSpec {
     /// Container (and task) id, unique in the namespace.
     pub id: String,
-    /// The root filesystem directory (bind-mounted as `/`).
-    pub rootfs: PathBuf,
+    /// Where the root filesystem comes from.
+    pub root: Root,
     /// Command and arguments.
     pub args: Vec<String>,
     /// `NAME=value` pairs.
@@ -209,6 +233,15 @@ impl Containerd {
         })
     }
 
+    /// A request in this client's namespace.
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Ok(v) = self.namespace.parse() {
+            r.metadata_mut().insert("containerd-namespace", v);
+        }
+        r
+    }
+
     /// The namespace this client works in.
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -231,9 +264,18 @@ impl Containerd {
             id: spec.id.clone(),
             message: e.to_string(),
         })?;
+        let (image, snapshotter, snapshot_key) = match &spec.root {
+            Root::Dir(_) => (String::new(), String::new(), String::new()),
+            Root::Image {
+                name, snapshotter, ..
+            } => (name.clone(), snapshotter.clone(), spec.id.clone()),
+        };
         let container = Container {
             id: spec.id.clone(),
             labels: spec.labels.clone(),
+            image,
+            snapshotter,
+            snapshot_key,
             runtime: Some(ContainerRuntime {
                 name: RUNC_V2.into(),
                 options: None,
@@ -244,12 +286,11 @@ impl Containerd {
             }),
             ..Container::default()
         };
-        let ns = self.namespace.as_str();
         let req = CreateContainerRequest {
             container: Some(container),
         };
         ContainersClient::new(self.channel.clone())
-            .create(with_namespace!(req, ns))
+            .create(self.req(req))
             .await
             .map_err(call_error("create container", &spec.id))?;
         match self.create_and_start(spec).await {
@@ -262,26 +303,36 @@ impl Containerd {
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<u32, ContainerdError> {
-        let ns = self.namespace.as_str();
         let uri = |p: &Path| format!("file://{}", p.display());
-        let req = CreateTaskRequest {
-            container_id: spec.id.clone(),
-            rootfs: vec![Mount {
+        let rootfs = match &spec.root {
+            Root::Dir(dir) => vec![Mount {
                 r#type: "bind".into(),
-                source: spec.rootfs.display().to_string(),
+                source: dir.display().to_string(),
                 target: String::new(),
                 options: vec![
                     "rbind".into(),
                     if spec.read_only_root { "ro" } else { "rw" }.into(),
                 ],
             }],
+            Root::Image {
+                snapshotter,
+                chain_id,
+                ..
+            } => {
+                self.prepare_snapshot(snapshotter, &spec.id, chain_id)
+                    .await?
+            }
+        };
+        let req = CreateTaskRequest {
+            container_id: spec.id.clone(),
+            rootfs,
             stdout: uri(&spec.stdout),
             stderr: uri(&spec.stderr),
             ..CreateTaskRequest::default()
         };
         let mut tasks = TasksClient::new(self.channel.clone());
         let created = tasks
-            .create(with_namespace!(req, ns))
+            .create(self.req(req))
             .await
             .map_err(call_error("create task", &spec.id))?
             .into_inner();
@@ -290,7 +341,7 @@ impl Containerd {
             exec_id: String::new(),
         };
         tasks
-            .start(with_namespace!(req, ns))
+            .start(self.req(req))
             .await
             .map_err(call_error("start task", &spec.id))?;
         Ok(created.pid)
@@ -298,13 +349,12 @@ impl Containerd {
 
     /// Waits until the container's task exits.
     pub async fn wait(&self, id: &str) -> Result<TaskExit, ContainerdError> {
-        let ns = self.namespace.as_str();
         let req = WaitRequest {
             container_id: id.into(),
             exec_id: String::new(),
         };
         let r = TasksClient::new(self.channel.clone())
-            .wait(with_namespace!(req, ns))
+            .wait(self.req(req))
             .await
             .map_err(call_error("wait task", id))?
             .into_inner();
@@ -315,13 +365,12 @@ impl Containerd {
 
     /// The task's pid and status (`running`, `stopped`, ...), if it has a task.
     pub async fn task(&self, id: &str) -> Result<Option<(u32, i32)>, ContainerdError> {
-        let ns = self.namespace.as_str();
         let req = GetRequest {
             container_id: id.into(),
             exec_id: String::new(),
         };
         match TasksClient::new(self.channel.clone())
-            .get(with_namespace!(req, ns))
+            .get(self.req(req))
             .await
         {
             Ok(r) => Ok(r.into_inner().process.map(|p| (p.pid, p.status))),
@@ -332,7 +381,6 @@ impl Containerd {
 
     /// Sends `signal` to the container's main process.
     pub async fn kill(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
-        let ns = self.namespace.as_str();
         let req = KillRequest {
             container_id: id.into(),
             exec_id: String::new(),
@@ -340,7 +388,7 @@ impl Containerd {
             all: false,
         };
         TasksClient::new(self.channel.clone())
-            .kill(with_namespace!(req, ns))
+            .kill(self.req(req))
             .await
             .map_err(call_error("kill task", id))?;
         Ok(())
@@ -375,37 +423,52 @@ impl Containerd {
     /// Deletes the container's task (it must have exited) and the container. Missing ones are
     /// not an error.
     pub async fn delete(&self, id: &str) -> Result<(), ContainerdError> {
-        let ns = self.namespace.as_str();
         let req = DeleteTaskRequest {
             container_id: id.into(),
         };
         match TasksClient::new(self.channel.clone())
-            .delete(with_namespace!(req, ns))
+            .delete(self.req(req))
             .await
         {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(call_error("delete task", id)(s)),
         }
-        let req = DeleteContainerRequest { id: id.into() };
-        match ContainersClient::new(self.channel.clone())
-            .delete(with_namespace!(req, ns))
+        let req = containerd_client::services::v1::GetContainerRequest { id: id.into() };
+        let snapshot = match ContainersClient::new(self.channel.clone())
+            .get(self.req(req))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(call_error("delete container", id)(s)),
+            Ok(r) => r
+                .into_inner()
+                .container
+                .filter(|c| !c.snapshot_key.is_empty())
+                .map(|c| (c.snapshotter, c.snapshot_key)),
+            Err(s) if s.code() == Code::NotFound => None,
+            Err(s) => return Err(call_error("get container", id)(s)),
+        };
+        let req = DeleteContainerRequest { id: id.into() };
+        match ContainersClient::new(self.channel.clone())
+            .delete(self.req(req))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(call_error("delete container", id)(s)),
         }
+        if let Some((snapshotter, key)) = snapshot {
+            self.remove_snapshot(&snapshotter, &key).await?;
+        }
+        Ok(())
     }
 
     /// Containers in the namespace: id and labels.
     pub async fn containers(
         &self,
     ) -> Result<Vec<(String, HashMap<String, String>)>, ContainerdError> {
-        let ns = self.namespace.as_str();
         let req = ListContainersRequest { filters: vec![] };
         let r = ContainersClient::new(self.channel.clone())
-            .list(with_namespace!(req, ns))
+            .list(self.req(req))
             .await
             .map_err(call_error("list containers", ""))?;
         Ok(r.into_inner()
@@ -523,27 +586,46 @@ impl LocalContainerd {
     }
 
     /// Kills the shims started for this containerd (found by its socket in their command
-    /// line) and the containers under them.
+    /// line) and every process under them: the containers' processes are the shims' children.
     fn kill_shims(&self) {
         let sock = self.socket().display().to_string();
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return;
         };
+        let mut parent: Vec<(i32, i32)> = Vec::new();
+        let mut shims: Vec<i32> = Vec::new();
         for e in entries.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: the command may hold spaces, so read after the `)`.
+            if let Some(ppid) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                parent.push((pid, ppid));
+            }
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd);
             if cmd.contains("containerd-shim") && cmd.contains(&sock) {
-                // The shim's process group holds the container's init too.
-                let _ = Command::new("kill")
-                    .args(["-9", &format!("-{pid}")])
-                    .status();
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                shims.push(pid);
             }
+        }
+        let mut doomed = shims.clone();
+        let mut i = 0;
+        while i < doomed.len() {
+            let p = doomed[i];
+            doomed.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+            i += 1;
+        }
+        // Children first, so no shim is left to restart or reap-and-report them.
+        for pid in doomed.iter().rev() {
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -553,11 +635,22 @@ impl Drop for LocalContainerd {
         self.stop_daemon();
         self.kill_shims();
         let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(self.namespace()));
-        // Mounts left by runc or snapshotters would keep the directory busy.
-        let _ = Command::new("umount")
-            .args(["-R", "-l"])
-            .arg(self.dir.path().join("state"))
-            .stderr(Stdio::null())
-            .status();
+        // Mounts left by runc or snapshotters (container roots) would keep the directory busy:
+        // lazily unmount everything under it, deepest first.
+        let dir = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&dir))
+            .map(str::to_string)
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount")
+                .args(["-l", &m])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
