@@ -478,7 +478,7 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> RuntimeError {
 }
 
 /// Rejects ids that are not a single plain path component.
-fn check_id(id: &str) -> Result<(), RuntimeError> {
+pub(crate) fn check_id(id: &str) -> Result<(), RuntimeError> {
     if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.starts_with('.') {
         return Err(RuntimeError::StartFailed(format!(
             "invalid workload id {id:?}: it names a directory, so it must not be empty, start with a dot or contain a slash"
@@ -489,7 +489,10 @@ fn check_id(id: &str) -> Result<(), RuntimeError> {
 
 /// Picks the host ports: fixed ones as given, dynamic ones by binding port 0 on `host_ip`.
 /// All probe sockets stay open until every port is picked, so two dynamic ports differ.
-fn allocate_ports(host_ip: &str, specs: &[PortSpec]) -> Result<Vec<BoundPort>, RuntimeError> {
+pub(crate) fn allocate_ports(
+    host_ip: &str,
+    specs: &[PortSpec],
+) -> Result<Vec<BoundPort>, RuntimeError> {
     let mut probes: Vec<Box<dyn std::any::Any>> = Vec::new();
     let mut out = Vec::with_capacity(specs.len());
     for p in specs {
@@ -523,7 +526,7 @@ fn allocate_ports(host_ip: &str, specs: &[PortSpec]) -> Result<Vec<BoundPort>, R
 }
 
 /// `ORCH_PORT_<NAME>` for a port name.
-fn port_var(name: &str) -> String {
+pub(crate) fn port_var(name: &str) -> String {
     format!("ORCH_PORT_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 

@@ -4,11 +4,17 @@
 #![cfg(feature = "containerd")]
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::StreamExt;
+use orch_core::object::{EnvVar, PortSpec, Protocol, Resources, Template};
+use orch_core::quantity::Memory;
+use orch_core::runtime::{LogOptions, Runtime, RuntimeEvent, WorkloadSpec, WorkloadState};
 use orch_runtime::containerd::{
-    Blob, ContainerSpec, Containerd, ImageLayer, ImageParts, LocalContainerd, Root,
+    Blob, ContainerSpec, Containerd, ContainerdConfig, ContainerdRuntime, ImageLayer, ImageParts,
+    LocalContainerd, Root,
 };
 
 /// A root filesystem with the static busybox as `/bin/busybox` and `/bin/sh`.
@@ -20,7 +26,10 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .expect("/bin/busybox (Debian busybox-static)");
-    for name in ["sh", "sleep", "echo", "cat"] {
+    let applets = [
+        "sh", "sleep", "echo", "cat", "ls", "mkdir", "httpd", "head", "tr", "kill", "true",
+    ];
+    for name in applets {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(name)).unwrap();
     }
     root
@@ -338,7 +347,8 @@ async fn the_harness_leaves_nothing_behind_even_with_a_container_running() {
         .unwrap();
     let (pid, _) = c.task("left").await.unwrap().unwrap();
     let dir = ctd.socket().parent().unwrap().to_path_buf();
-    let runc_state = Path::new("/run/containerd/runc").join(ctd.namespace());
+    let namespace = ctd.namespace();
+    let runc_state = Path::new("/run/containerd/runc").join(&namespace);
     drop(c);
     drop(ctd);
     let gone = |p: &Path| !p.exists();
@@ -354,4 +364,197 @@ async fn the_harness_leaves_nothing_behind_even_with_a_container_running() {
     );
     assert!(gone(&dir), "{} removed", dir.display());
     assert!(gone(&runc_state), "{} removed", runc_state.display());
+    let cgroup = Path::new("/sys/fs/cgroup/memory").join(&namespace);
+    assert!(gone(&cgroup), "{} removed", cgroup.display());
+}
+
+fn http_get(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn workload(id: &str, image: &str, command: &[&str], memory: Option<u64>) -> WorkloadSpec {
+    WorkloadSpec {
+        id: id.into(),
+        replica_uid: format!("uid-{id}"),
+        service: "web".into(),
+        namespace: "default".into(),
+        template: Template {
+            image: Some(image.into()),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ports: vec![PortSpec {
+                name: "http".into(),
+                port: None,
+                protocol: Protocol::Tcp,
+            }],
+            resources: Resources {
+                cpu: None,
+                memory: memory.map(Memory),
+            },
+            env: vec![EnvVar {
+                name: "WHO".into(),
+                value: id.into(),
+            }],
+            ..Template::default()
+        },
+        template_hash: "h1".into(),
+        extra_env: vec![],
+    }
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..100 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The containerd `Runtime`: 3 replicas of an HTTP server from an image answer on their
+/// ports; a killed container is reported; a new runtime re-adopts the survivors without
+/// duplicating them; a memory limit is enforced and reported as an OOM kill; removal leaves
+/// no container, task or snapshot.
+#[tokio::test]
+async fn the_containerd_runtime_runs_replicas_from_an_image() {
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+    config.namespace = ctd.namespace();
+    let rt = ContainerdRuntime::new(config.clone()).await.unwrap();
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let image = "localhost/busybox:rt";
+    rt.client()
+        .import(&busybox_image(&img_dir, image), "overlayfs")
+        .await
+        .unwrap();
+    assert!(rt.supports(&Template {
+        image: Some(image.into()),
+        ..Template::default()
+    }));
+
+    let serve = [
+        "/bin/sh",
+        "-c",
+        "mkdir -p /www && echo hello from $WHO > /www/index.html && echo serving on $PORT && exec httpd -f -p $PORT -h /www",
+    ];
+    let mut events = rt.events();
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let w = rt
+            .start(&workload(&format!("default.web-{i}"), image, &serve, None))
+            .await
+            .unwrap();
+        assert_eq!(w.state, WorkloadState::Running);
+        ports.push(w.ports[0].port);
+    }
+    for (i, port) in ports.iter().enumerate() {
+        let body = eventually("http answer", async || {
+            std::net::TcpStream::connect(("127.0.0.1", *port))
+                .ok()
+                .map(|_| http_get(*port))
+        })
+        .await;
+        assert!(
+            body.contains(&format!("hello from default.web-{i}")),
+            "{body}"
+        );
+    }
+    let logs: Vec<u8> = rt
+        .logs("default.web-0", LogOptions::default())
+        .await
+        .unwrap()
+        .filter_map(|c| async move { c.ok() })
+        .concat()
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&logs).trim(),
+        format!("serving on {}", ports[0])
+    );
+    assert!(
+        rt.start(&workload("default.web-0", image, &serve, None))
+            .await
+            .is_err(),
+        "no second copy"
+    );
+
+    // A container whose process is killed from outside is reported as exited by SIGKILL.
+    let (pid, _) = rt.client().task("default.web-1").await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = eventually("exit event", async || match events.try_recv() {
+        Ok(RuntimeEvent::Exited { id, status }) if id == "default.web-1" => Some(status),
+        _ => None,
+    })
+    .await;
+    assert_eq!(status.signal, Some(9), "{status:?}");
+
+    // A new runtime over the same namespace adopts the two that still run, with their ports.
+    drop(rt);
+    let rt = ContainerdRuntime::new(config.clone()).await.unwrap();
+    let listed = rt.list().await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let w0 = listed.iter().find(|w| w.id == "default.web-0").unwrap();
+    assert_eq!(
+        (w0.state.clone(), w0.ports[0].port, w0.replica_uid.as_str()),
+        (WorkloadState::Running, ports[0], "uid-default.web-0")
+    );
+    assert!(matches!(
+        listed
+            .iter()
+            .find(|w| w.id == "default.web-1")
+            .unwrap()
+            .state,
+        WorkloadState::Exited(_)
+    ));
+    assert_eq!(
+        rt.client().containers().await.unwrap().len(),
+        3,
+        "nothing duplicated"
+    );
+    assert!(
+        http_get(ports[2]).contains("hello from default.web-2"),
+        "still serving"
+    );
+
+    // The memory limit is enforced: a replica that needs more is OOM-killed, and says so.
+    let hog = [
+        "/bin/sh",
+        "-c",
+        "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived",
+    ];
+    rt.start(&workload("default.hog", image, &hog, Some(16 << 20)))
+        .await
+        .unwrap();
+    let mut events = rt.events();
+    let status = eventually("oom exit", async || match events.try_recv() {
+        Ok(RuntimeEvent::Exited { id, status }) if id == "default.hog" => Some(status),
+        _ => None,
+    })
+    .await;
+    assert!(status.oom_killed, "{status:?}");
+
+    // Stop (the stop signal, then SIGKILL) and remove: nothing is left in containerd.
+    let st = rt
+        .stop("default.web-0", "SIGTERM", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(st.signal.is_some(), "{st:?}");
+    for w in rt.list().await.unwrap() {
+        rt.remove(&w.id).await.unwrap();
+    }
+    assert!(rt.list().await.unwrap().is_empty());
+    assert!(
+        rt.client().containers().await.unwrap().is_empty(),
+        "no container left"
+    );
+    let snaps = rt.client().snapshots("overlayfs").await.unwrap();
+    assert_eq!(snaps.len(), 1, "only the image's layer is left: {snaps:?}");
 }

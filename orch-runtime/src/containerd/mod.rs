@@ -24,9 +24,14 @@ use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
 use containerd_client::types::Mount;
 mod image;
-pub use image::{Blob, ImageLayer, ImageParts, UnpackedImage};
+mod runtime;
+pub use image::{chain_ids, Blob, ImageLayer, ImageParts, UnpackedImage};
+pub use runtime::{ContainerdConfig, ContainerdRuntime, ImageRunConfig};
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec};
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
+};
 
 /// The runtime containerd starts containers with (runc through the v2 shim).
 pub const RUNC_V2: &str = "io.containerd.runc.v2";
@@ -139,8 +144,16 @@ pub struct ContainerSpec {
     pub labels: HashMap<String, String>,
     /// Mount the root filesystem read-only.
     pub read_only_root: bool,
-    /// Share the host's network namespace (the default: replicas get host ports, as processes do).
+    /// Share the host's network namespace (replicas get host ports, as processes do).
     pub host_network: bool,
+    /// Run as this uid and gid (root when `None`).
+    pub user: Option<(u32, u32)>,
+    /// CPU limit in millicores (a CFS quota).
+    pub cpu_millis: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+    /// The container's cgroup (runc's default when `None`).
+    pub cgroups_path: Option<String>,
 }
 
 impl ContainerSpec {
@@ -161,12 +174,21 @@ impl ContainerSpec {
         let mut env =
             vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
         env.extend(self.env.iter().cloned());
-        let process = ProcessBuilder::default()
+        let mut process = ProcessBuilder::default()
             .args(self.args.clone())
             .env(env)
             .cwd(self.cwd.clone().unwrap_or_else(|| "/".into()))
             .build()
             .map_err(bad)?;
+        if let Some((uid, gid)) = self.user {
+            process.set_user(
+                UserBuilder::default()
+                    .uid(uid)
+                    .gid(gid)
+                    .build()
+                    .map_err(bad)?,
+            );
+        }
         let root = RootBuilder::default()
             .path("rootfs")
             .readonly(self.read_only_root)
@@ -177,6 +199,29 @@ impl ContainerSpec {
         spec.set_root(Some(root));
         spec.set_hostname(Some(self.id.chars().take(63).collect()));
         if let Some(linux) = spec.linux_mut() {
+            let mut resources = linux.resources().clone().unwrap_or_default();
+            if let Some(bytes) = self.memory_bytes {
+                resources.set_memory(Some(
+                    LinuxMemoryBuilder::default()
+                        .limit(bytes as i64)
+                        .build()
+                        .map_err(bad)?,
+                ));
+            }
+            if let Some(millis) = self.cpu_millis {
+                const PERIOD: u64 = 100_000;
+                resources.set_cpu(Some(
+                    LinuxCpuBuilder::default()
+                        .period(PERIOD)
+                        .quota((millis * PERIOD / 1000).max(1000) as i64)
+                        .build()
+                        .map_err(bad)?,
+                ));
+            }
+            linux.set_resources(Some(resources));
+            if let Some(path) = &self.cgroups_path {
+                linux.set_cgroups_path(Some(path.into()));
+            }
             if self.host_network {
                 let namespaces: Vec<LinuxNamespace> = linux
                     .namespaces()
@@ -204,6 +249,17 @@ impl TaskExit {
     pub fn signal(&self) -> Option<i32> {
         (self.status > 128 && self.status < 128 + 65).then(|| (self.status - 128) as i32)
     }
+}
+
+/// A task's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskStatus {
+    /// Its main process.
+    pub pid: u32,
+    /// Whether it has not exited.
+    pub running: bool,
+    /// Its exit status, once stopped.
+    pub exit_status: u32,
 }
 
 /// A client of one containerd namespace.
@@ -379,6 +435,27 @@ impl Containerd {
         }
     }
 
+    /// The task's state, if the container has one.
+    pub async fn task_status(&self, id: &str) -> Result<Option<TaskStatus>, ContainerdError> {
+        let req = GetRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        };
+        match TasksClient::new(self.channel.clone())
+            .get(self.req(req))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().process.map(|p| TaskStatus {
+                pid: p.pid,
+                // containerd's task states: 1 created, 2 running, 3 stopped, 4 paused, 5 pausing.
+                running: matches!(p.status, 1 | 2 | 4 | 5),
+                exit_status: p.exit_status,
+            })),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(call_error("get task", id)(s)),
+        }
+    }
+
     /// Sends `signal` to the container's main process.
     pub async fn kill(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
         let req = KillRequest {
@@ -396,6 +473,16 @@ impl Containerd {
 
     /// Stops the task — `SIGTERM`, then `SIGKILL` after `grace` — and returns how it ended.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<TaskExit, ContainerdError> {
+        self.stop_with(id, 15, grace).await
+    }
+
+    /// Stops the task — `signal`, then `SIGKILL` after `grace` — and returns how it ended.
+    pub async fn stop_with(
+        &self,
+        id: &str,
+        signal: u32,
+        grace: Duration,
+    ) -> Result<TaskExit, ContainerdError> {
         let waiter = {
             let this = self.clone();
             let id = id.to_string();
@@ -403,7 +490,7 @@ impl Containerd {
         };
         // Let the wait register before signalling, so the exit cannot be missed.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        self.kill(id, 15).await?;
+        self.kill(id, signal).await?;
         let mut waiter = waiter;
         match tokio::time::timeout(grace, &mut waiter).await {
             Ok(r) => r.map_err(|e| ContainerdError::Spec {
@@ -630,11 +717,34 @@ impl LocalContainerd {
     }
 }
 
+/// Removes an empty cgroup and its empty children (cgroup directories go with `rmdir`).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 impl Drop for LocalContainerd {
     fn drop(&mut self) {
         self.stop_daemon();
         self.kill_shims();
         let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(self.namespace()));
+        // runc leaves the namespace's own cgroup (`/NAMESPACE`) in every hierarchy.
+        let roots = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for root in roots
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([Path::new("/sys/fs/cgroup")])
+        {
+            remove_cgroup_tree(&root.join(self.namespace()));
+        }
         // Mounts left by runc or snapshotters (container roots) would keep the directory busy:
         // lazily unmount everything under it, deepest first.
         let dir = self.dir.path().display().to_string();

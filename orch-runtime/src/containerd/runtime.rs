@@ -1,0 +1,719 @@
+//! [`ContainerdRuntime`]: the [`Runtime`] that runs replicas as containerd containers from
+//! images already in containerd's image store (imported with [`Containerd::import`]).
+//!
+//! Each container carries labels naming its workload, replica uid, template hash, ports and
+//! start time, so a new runtime over the same containerd namespace re-adopts what runs: it
+//! neither duplicates nor kills those containers. Output goes to one file per workload in the
+//! state directory; exits are reported through [`Runtime::events`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::{GetImageRequest, ReadContentRequest};
+use futures::StreamExt;
+use orch_core::object::{BoundPort, ExitStatus, Template};
+use orch_core::quantity::Timestamp;
+use orch_core::runtime::{
+    signal_number, LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo,
+    Workload, WorkloadSpec, WorkloadState,
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio::task::AbortHandle;
+
+use super::image::chain_ids;
+use super::{call_error, ContainerSpec, Containerd, ContainerdError, Root};
+
+/// Label: the workload id (`namespace.name` of the replica).
+pub const LABEL_WORKLOAD: &str = "orch.dev/workload";
+/// Label: the replica uid.
+pub const LABEL_REPLICA_UID: &str = "orch.dev/replica-uid";
+/// Label: the template hash.
+pub const LABEL_TEMPLATE_HASH: &str = "orch.dev/template-hash";
+/// Label: start time, milliseconds since the epoch.
+pub const LABEL_STARTED_AT: &str = "orch.dev/started-at";
+/// Label: `name=port,...` of the bound ports.
+pub const LABEL_PORTS: &str = "orch.dev/ports";
+/// Label: the address the workload is reached at.
+pub const LABEL_HOST_IP: &str = "orch.dev/host-ip";
+
+/// Configuration of a [`ContainerdRuntime`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerdConfig {
+    /// containerd's gRPC socket.
+    pub socket: PathBuf,
+    /// The containerd namespace (`orch`).
+    pub namespace: String,
+    /// The snapshotter for containers' root filesystems (`overlayfs`; `native` where overlay
+    /// mounts are not possible).
+    pub snapshotter: String,
+    /// Where the workloads' output files live.
+    pub state_dir: PathBuf,
+    /// The address workloads are reached at (and dynamic ports are picked on).
+    pub host_ip: String,
+}
+
+impl ContainerdConfig {
+    /// Namespace `orch`, snapshotter `overlayfs`, host ip `127.0.0.1`.
+    pub fn new(socket: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> ContainerdConfig {
+        ContainerdConfig {
+            socket: socket.into(),
+            namespace: "orch".into(),
+            snapshotter: "overlayfs".into(),
+            state_dir: state_dir.into(),
+            host_ip: "127.0.0.1".into(),
+        }
+    }
+}
+
+struct Entry {
+    workload: Workload,
+    waiter: Option<AbortHandle>,
+}
+
+struct Inner {
+    client: Containerd,
+    config: ContainerdConfig,
+    workloads: Mutex<BTreeMap<String, Entry>>,
+    events: broadcast::Sender<RuntimeEvent>,
+    /// Serialises start, stop and remove.
+    ops: tokio::sync::Mutex<()>,
+}
+
+/// Runs replicas as containerd containers.
+#[derive(Clone)]
+pub struct ContainerdRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ContainerdRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerdRuntime")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(e: ContainerdError) -> RuntimeError {
+    match e {
+        ContainerdError::Connect { .. } => RuntimeError::Unavailable(e.to_string()),
+        ContainerdError::Call {
+            code:
+                containerd_client::tonic::Code::Unavailable
+                | containerd_client::tonic::Code::DeadlineExceeded,
+            ..
+        } => RuntimeError::Unavailable(e.to_string()),
+        other => RuntimeError::StartFailed(other.to_string()),
+    }
+}
+
+/// What an image's config says about how to run it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageRunConfig {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env` (`NAME=value`).
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: Option<String>,
+    /// `User`.
+    pub user: Option<String>,
+    /// The chain id of the top layer.
+    pub chain_id: String,
+}
+
+impl ImageRunConfig {
+    /// Parses an OCI image config document.
+    pub fn parse(config: &[u8]) -> Result<ImageRunConfig, String> {
+        let v: Value = serde_json::from_slice(config).map_err(|e| format!("image config: {e}"))?;
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let c = &v["config"];
+        let diff_ids = strings(&v["rootfs"]["diff_ids"]);
+        let chain_id = chain_ids(&diff_ids)
+            .pop()
+            .ok_or("image config: rootfs.diff_ids is empty")?;
+        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
+        Ok(ImageRunConfig {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            working_dir: text(&c["WorkingDir"]),
+            user: text(&c["User"]),
+            chain_id,
+        })
+    }
+
+    /// The command line, as Kubernetes combines it: the template's `command` replaces the
+    /// entrypoint (and drops the image's `Cmd`), its `args` replace `Cmd`.
+    pub fn argv(&self, t: &Template) -> Vec<String> {
+        let mut argv = if t.command.is_empty() {
+            self.entrypoint.clone()
+        } else {
+            t.command.clone()
+        };
+        if !t.args.is_empty() {
+            argv.extend(t.args.iter().cloned());
+        } else if t.command.is_empty() {
+            argv.extend(self.cmd.iter().cloned());
+        }
+        argv
+    }
+}
+
+/// `uid[:gid]` as numbers; user names are not resolved yet.
+fn numeric_user(user: &str) -> Result<(u32, u32), String> {
+    let (u, g) = user.split_once(':').unwrap_or((user, "0"));
+    match (u.parse::<u32>(), g.parse::<u32>()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(format!(
+            "image user {user:?}: only numeric uid[:gid] is supported by orch's containerd runtime yet"
+        )),
+    }
+}
+
+/// The platform's architecture as OCI names it.
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+impl ContainerdRuntime {
+    /// Connects to containerd and re-adopts the containers of earlier runs in the namespace.
+    pub async fn new(config: ContainerdConfig) -> Result<ContainerdRuntime, RuntimeError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| RuntimeError::Io {
+            context: format!("cannot create {}", config.state_dir.display()),
+            source,
+        })?;
+        let client = Containerd::connect(&config.socket, &config.namespace)
+            .await
+            .map_err(unavailable)?;
+        client.version().await.map_err(unavailable)?;
+        let rt = ContainerdRuntime {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                workloads: Mutex::new(BTreeMap::new()),
+                events: broadcast::channel(1024).0,
+                ops: tokio::sync::Mutex::new(()),
+            }),
+        };
+        rt.adopt().await?;
+        Ok(rt)
+    }
+
+    /// The client, for images and inspection.
+    pub fn client(&self) -> &Containerd {
+        &self.inner.client
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.inner.config.state_dir.join(format!("{id}.log"))
+    }
+
+    async fn adopt(&self) -> Result<(), RuntimeError> {
+        let c = &self.inner.client;
+        for (cid, labels) in c.containers().await.map_err(unavailable)? {
+            let Some(id) = labels.get(LABEL_WORKLOAD).cloned() else {
+                continue;
+            };
+            let ports = labels
+                .get(LABEL_PORTS)
+                .map(|s| {
+                    s.split(',')
+                        .filter_map(|p| p.split_once('='))
+                        .filter_map(|(n, p)| {
+                            Some(BoundPort {
+                                name: n.into(),
+                                port: p.parse().ok()?,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let task = c.task_status(&cid).await.map_err(unavailable)?;
+            let state = match task {
+                Some(t) if t.running => WorkloadState::Running,
+                Some(t) => WorkloadState::Exited(exit_status(t.exit_status, false)),
+                None => WorkloadState::Exited(ExitStatus {
+                    code: None,
+                    signal: None,
+                    oom_killed: false,
+                    at: Some(Timestamp::now()),
+                }),
+            };
+            let running = state == WorkloadState::Running;
+            let workload = Workload {
+                id: id.clone(),
+                replica_uid: labels.get(LABEL_REPLICA_UID).cloned().unwrap_or_default(),
+                template_hash: labels.get(LABEL_TEMPLATE_HASH).cloned().unwrap_or_default(),
+                runtime_id: format!("container {cid}"),
+                state,
+                host_ip: labels.get(LABEL_HOST_IP).cloned().unwrap_or_default(),
+                ports,
+                started_at: Timestamp(
+                    labels
+                        .get(LABEL_STARTED_AT)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                ),
+            };
+            lock(&self.inner.workloads).insert(
+                id.clone(),
+                Entry {
+                    workload,
+                    waiter: None,
+                },
+            );
+            if running {
+                self.watch_exit(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the workload's task to exit (again after containerd comes back), records
+    /// how it ended and announces it.
+    fn watch_exit(&self, id: &str) {
+        let inner = self.inner.clone();
+        let wid = id.to_string();
+        let handle = tokio::spawn(async move {
+            let exit = loop {
+                match inner.client.wait(&wid).await {
+                    Ok(e) => break e,
+                    Err(e) if e.is_not_found() => return,
+                    Err(e) => {
+                        tracing::debug!(workload = %wid, error = %e, "containerd: wait failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            let oom = oom_killed(&inner.config.namespace, &wid);
+            let status = exit_status(exit.status, oom);
+            if let Some(e) = lock(&inner.workloads).get_mut(&wid) {
+                if e.workload.state == WorkloadState::Running {
+                    e.workload.state = WorkloadState::Exited(status.clone());
+                } else {
+                    return;
+                }
+            }
+            let _ = inner.events.send(RuntimeEvent::Exited { id: wid, status });
+        });
+        if let Some(e) = lock(&self.inner.workloads).get_mut(id) {
+            if let Some(old) = e.waiter.replace(handle.abort_handle()) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Resolves the image's config: its manifest (the host platform's, from an index) and
+    /// the config it names.
+    pub async fn image_config(&self, image: &str) -> Result<ImageRunConfig, RuntimeError> {
+        let c = &self.inner.client;
+        let not_found = |name: &str| {
+            RuntimeError::StartFailed(format!(
+                "image {name} is not on this node (import it first; pulling from a registry is not implemented yet)"
+            ))
+        };
+        let record = match ImagesClient::new(c.channel.clone())
+            .get(c.req(GetImageRequest { name: image.into() }))
+            .await
+        {
+            Ok(r) => r.into_inner().image.ok_or_else(|| not_found(image))?,
+            Err(s) if s.code() == containerd_client::tonic::Code::NotFound => {
+                return Err(not_found(image))
+            }
+            Err(s) => return Err(unavailable(call_error("get image", image)(s))),
+        };
+        let mut target = record.target.ok_or_else(|| not_found(image))?;
+        for _ in 0..4 {
+            let doc = self.read_blob(&target.digest).await?;
+            let v: Value = serde_json::from_slice(&doc).map_err(|e| {
+                RuntimeError::StartFailed(format!("image {image}: manifest {}: {e}", target.digest))
+            })?;
+            if let Some(list) = v["manifests"].as_array() {
+                let pick = list
+                    .iter()
+                    .find(|m| {
+                        m["platform"]["os"] == "linux"
+                            && m["platform"]["architecture"] == oci_arch()
+                    })
+                    .ok_or_else(|| {
+                        RuntimeError::StartFailed(format!(
+                            "image {image} has no manifest for linux/{}",
+                            oci_arch()
+                        ))
+                    })?;
+                target.digest = pick["digest"].as_str().unwrap_or_default().into();
+                continue;
+            }
+            let config = v["config"]["digest"].as_str().ok_or_else(|| {
+                RuntimeError::StartFailed(format!("image {image}: manifest without a config"))
+            })?;
+            let bytes = self.read_blob(config).await?;
+            return ImageRunConfig::parse(&bytes)
+                .map_err(|e| RuntimeError::StartFailed(format!("image {image}: {e}")));
+        }
+        Err(RuntimeError::StartFailed(format!(
+            "image {image}: too many nested indexes"
+        )))
+    }
+
+    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+        let c = &self.inner.client;
+        let mut stream = ContentClient::new(c.channel.clone())
+            .read(c.req(ReadContentRequest {
+                digest: digest.into(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .map_err(|s| unavailable(call_error("read content", digest)(s)))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|s| unavailable(call_error("read content", digest)(s)))?;
+            out.extend_from_slice(&chunk.data);
+        }
+        Ok(out)
+    }
+
+    async fn stop_inner(
+        &self,
+        id: &str,
+        signal: u32,
+        grace: Duration,
+    ) -> Result<ExitStatus, RuntimeError> {
+        let running = match lock(&self.inner.workloads).get(id) {
+            None => return Err(RuntimeError::NotFound(id.into())),
+            Some(e) => match &e.workload.state {
+                WorkloadState::Exited(s) => return Ok(s.clone()),
+                WorkloadState::Running => true,
+            },
+        };
+        debug_assert!(running);
+        let c = &self.inner.client;
+        let exit = match c.stop_with(id, signal, grace).await {
+            Ok(e) => e,
+            Err(e) if e.is_not_found() => super::TaskExit { status: 255 },
+            Err(e) => return Err(unavailable(e)),
+        };
+        let status = exit_status(exit.status, oom_killed(&self.inner.config.namespace, id));
+        if let Some(e) = lock(&self.inner.workloads).get_mut(id) {
+            if let Some(w) = e.waiter.take() {
+                w.abort();
+            }
+            e.workload.state = WorkloadState::Exited(status.clone());
+        }
+        Ok(status)
+    }
+}
+
+/// containerd's exit status as orch's: 128+N is death by signal N.
+fn exit_status(status: u32, oom: bool) -> ExitStatus {
+    let signal = (status > 128 && status < 128 + 65).then(|| (status - 128) as i32);
+    ExitStatus {
+        code: if signal.is_some() {
+            None
+        } else {
+            Some(status as i32)
+        },
+        signal,
+        oom_killed: oom,
+        at: Some(Timestamp::now()),
+    }
+}
+
+/// The cgroup path orch gives a container (as `ctr` does: `/NAMESPACE/ID`).
+fn cgroup_path(namespace: &str, id: &str) -> String {
+    format!("/{namespace}/{id}")
+}
+
+/// Whether the kernel's OOM killer ended a process of the container's cgroup (v1 or v2).
+fn oom_killed(namespace: &str, id: &str) -> bool {
+    let path = cgroup_path(namespace, id);
+    let count = |file: String| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ").map(|n| n.trim().parse::<u64>()))
+            })
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    };
+    count(format!("/sys/fs/cgroup/memory{path}/memory.oom_control")) > 0
+        || count(format!("/sys/fs/cgroup{path}/memory.events")) > 0
+}
+
+#[async_trait]
+impl Runtime for ContainerdRuntime {
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            name: "containerd".into(),
+            limits_enforced: true,
+            limits_note: "cpu and memory limits in each container's cgroup (runc)".into(),
+        }
+    }
+
+    fn supports(&self, template: &Template) -> bool {
+        template.image.is_some()
+    }
+
+    async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {
+        let _ops = self.inner.ops.lock().await;
+        let t = &spec.template;
+        crate::process::check_id(&spec.id)?;
+        let Some(image) = t.image.as_deref() else {
+            return Err(RuntimeError::Unsupported(
+                "the containerd runtime runs images; this template has a command only".into(),
+            ));
+        };
+        if let Some(e) = lock(&self.inner.workloads).get(&spec.id) {
+            if e.workload.state == WorkloadState::Running {
+                return Err(RuntimeError::AlreadyRunning(spec.id.clone()));
+            }
+        }
+        let c = &self.inner.client;
+        // An exited container of the same workload is replaced.
+        c.delete(&spec.id).await.map_err(unavailable)?;
+        let cfg = self.image_config(image).await?;
+        let argv = cfg.argv(t);
+        if argv.is_empty() {
+            return Err(RuntimeError::StartFailed(format!(
+                "image {image} has no entrypoint or cmd, and the template no command"
+            )));
+        }
+        let user = cfg
+            .user
+            .as_deref()
+            .map(numeric_user)
+            .transpose()
+            .map_err(RuntimeError::StartFailed)?;
+        let host_ip = self.inner.config.host_ip.clone();
+        let ports = crate::process::allocate_ports(&host_ip, &t.ports)?;
+        // Later entries win; each name appears once, where it first appeared.
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut set = |k: String, v: String| match env.iter_mut().find(|(n, _)| *n == k) {
+            Some(e) => e.1 = v,
+            None => env.push((k, v)),
+        };
+        for e in &cfg.env {
+            let (k, v) = e.split_once('=').unwrap_or((e, ""));
+            set(k.into(), v.into());
+        }
+        for e in &spec.extra_env {
+            set(e.name.clone(), e.value.clone());
+        }
+        if let Some(first) = ports.first() {
+            set("PORT".into(), first.port.to_string());
+        }
+        for p in &ports {
+            set(crate::process::port_var(&p.name), p.port.to_string());
+        }
+        for e in &t.env {
+            set(e.name.clone(), e.value.clone());
+        }
+        let started_at = Timestamp::now();
+        let labels = HashMap::from([
+            (LABEL_WORKLOAD.to_string(), spec.id.clone()),
+            (LABEL_REPLICA_UID.to_string(), spec.replica_uid.clone()),
+            (LABEL_TEMPLATE_HASH.to_string(), spec.template_hash.clone()),
+            (LABEL_STARTED_AT.to_string(), started_at.0.to_string()),
+            (LABEL_HOST_IP.to_string(), host_ip.clone()),
+            (
+                LABEL_PORTS.to_string(),
+                ports
+                    .iter()
+                    .map(|p| format!("{}={}", p.name, p.port))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]);
+        let log = self.log_path(&spec.id);
+        let cs = ContainerSpec {
+            id: spec.id.clone(),
+            root: Root::Image {
+                name: image.into(),
+                snapshotter: self.inner.config.snapshotter.clone(),
+                chain_id: cfg.chain_id.clone(),
+            },
+            args: argv,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: t.working_dir.clone().or(cfg.working_dir.clone()),
+            stdout: log.clone(),
+            stderr: log,
+            labels,
+            read_only_root: false,
+            host_network: true,
+            user,
+            cpu_millis: t.resources.cpu.map(|c| c.0),
+            memory_bytes: t.resources.memory.map(|m| m.0),
+            cgroups_path: Some(cgroup_path(&self.inner.config.namespace, &spec.id)),
+        };
+        let pid = c.run(&cs).await.map_err(|e| match e {
+            ContainerdError::Call { .. } | ContainerdError::Spec { .. } => {
+                RuntimeError::StartFailed(e.to_string())
+            }
+            other => unavailable(other),
+        })?;
+        let workload = Workload {
+            id: spec.id.clone(),
+            replica_uid: spec.replica_uid.clone(),
+            template_hash: spec.template_hash.clone(),
+            runtime_id: format!("container {} (pid {pid})", spec.id),
+            state: WorkloadState::Running,
+            host_ip,
+            ports,
+            started_at,
+        };
+        lock(&self.inner.workloads).insert(
+            spec.id.clone(),
+            Entry {
+                workload: workload.clone(),
+                waiter: None,
+            },
+        );
+        self.watch_exit(&spec.id);
+        Ok(workload)
+    }
+
+    async fn stop(
+        &self,
+        id: &str,
+        signal: &str,
+        grace: Duration,
+    ) -> Result<ExitStatus, RuntimeError> {
+        let _ops = self.inner.ops.lock().await;
+        let sig = signal_number(signal).unwrap_or(15) as u32;
+        self.stop_inner(id, sig, grace).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ops = self.inner.ops.lock().await;
+        self.stop_inner(id, 9, Duration::ZERO).await?;
+        self.inner.client.delete(id).await.map_err(unavailable)?;
+        match std::fs::remove_file(self.log_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(RuntimeError::Io {
+                    context: format!("cannot remove {}", self.log_path(id).display()),
+                    source,
+                })
+            }
+        }
+        lock(&self.inner.workloads).remove(id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Workload>, RuntimeError> {
+        Ok(lock(&self.inner.workloads)
+            .values()
+            .map(|e| e.workload.clone())
+            .collect())
+    }
+
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
+        if !lock(&self.inner.workloads).contains_key(id) {
+            return Err(RuntimeError::NotFound(id.into()));
+        }
+        let follow = opts.follow.then(|| {
+            let weak = Arc::downgrade(&self.inner);
+            let id = id.to_string();
+            let keep: crate::logs::KeepFollowing = Arc::new(move || {
+                weak.upgrade()
+                    .is_some_and(|i| lock(&i.workloads).contains_key(&id))
+            });
+            keep
+        });
+        Ok(crate::logs::stream(
+            self.log_path(id),
+            0,
+            opts.tail_bytes,
+            follow,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_and_args_combine_as_in_kubernetes() {
+        let img = ImageRunConfig {
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["c1".into()],
+            ..ImageRunConfig::default()
+        };
+        let t = |command: &[&str], args: &[&str]| Template {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Template::default()
+        };
+        assert_eq!(img.argv(&t(&[], &[])), ["/ep", "c1"]);
+        assert_eq!(img.argv(&t(&[], &["a"])), ["/ep", "a"]);
+        assert_eq!(img.argv(&t(&["/x"], &[])), ["/x"]);
+        assert_eq!(img.argv(&t(&["/x"], &["a"])), ["/x", "a"]);
+    }
+
+    #[test]
+    fn users_must_be_numeric_for_now() {
+        assert_eq!(numeric_user("1000"), Ok((1000, 0)));
+        assert_eq!(numeric_user("1000:50"), Ok((1000, 50)));
+        assert!(numeric_user("nobody").unwrap_err().contains("nobody"));
+    }
+
+    #[test]
+    fn exit_statuses_map_signals() {
+        assert_eq!(exit_status(0, false).code, Some(0));
+        assert_eq!(exit_status(3, false).code, Some(3));
+        let killed = exit_status(137, true);
+        assert_eq!(
+            (killed.code, killed.signal, killed.oom_killed),
+            (None, Some(9), true)
+        );
+    }
+
+    #[test]
+    fn image_configs_parse_and_name_what_is_missing() {
+        let c = ImageRunConfig::parse(
+            br#"{"config":{"Entrypoint":["/bin/sh"],"Env":["A=1"],"WorkingDir":"/w","User":"5"},
+                 "rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.entrypoint, ["/bin/sh"]);
+        assert_eq!(c.chain_id, "sha256:aa");
+        assert_eq!(c.working_dir.as_deref(), Some("/w"));
+        let err = ImageRunConfig::parse(br#"{"config":{}}"#).unwrap_err();
+        assert!(err.contains("diff_ids"), "{err}");
+        assert!(ImageRunConfig::parse(b"not json").is_err());
+    }
+}
