@@ -71,6 +71,14 @@ struct Segment {
 /// Decides whether a following stream goes on (false once the workload is removed).
 pub(crate) type KeepFollowing = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// Keep following while `owner` lives and `present` says the workload is still known to it.
+pub(crate) fn while_present<T: Send + Sync + 'static>(
+    owner: std::sync::Weak<T>,
+    present: impl Fn(&T) -> bool + Send + Sync + 'static,
+) -> KeepFollowing {
+    Arc::new(move || owner.upgrade().is_some_and(|o| present(&o)))
+}
+
 struct Cursor {
     segments: VecDeque<Segment>,
     current: PathBuf,

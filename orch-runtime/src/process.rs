@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -884,13 +884,10 @@ impl Runtime for ProcessRuntime {
             return Err(RuntimeError::NotFound(id.into()));
         }
         let follow = opts.follow.then(|| {
-            let weak: Weak<Inner> = Arc::downgrade(&self.inner);
             let id = id.to_string();
-            let keep_following: logs::KeepFollowing = Arc::new(move || {
-                weak.upgrade()
-                    .is_some_and(|i| lock(&i.workloads).contains_key(&id))
-            });
-            keep_following
+            logs::while_present(Arc::downgrade(&self.inner), move |i: &Inner| {
+                lock(&i.workloads).contains_key(&id)
+            })
         });
         Ok(logs::stream(
             self.inner.dir(id).join(LOG_FILE),

@@ -97,7 +97,12 @@ async fn containers_run_exit_stop_and_leave_nothing_behind() {
         ],
     );
     c.run(&s).await.unwrap();
-    let (pid, _) = c.task("sleeper").await.unwrap().expect("task exists");
+    let pid = c
+        .task_status("sleeper")
+        .await
+        .unwrap()
+        .expect("task exists")
+        .pid;
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
         "the container's process runs on the host"
@@ -149,7 +154,10 @@ async fn containers_run_exit_stop_and_leave_nothing_behind() {
         c.containers().await.unwrap().is_empty(),
         "no container left in the namespace"
     );
-    assert!(c.task("sleeper").await.unwrap().is_none(), "no task left");
+    assert!(
+        c.task_status("sleeper").await.unwrap().is_none(),
+        "no task left"
+    );
 }
 
 #[test]
@@ -345,7 +353,12 @@ async fn the_harness_leaves_nothing_behind_even_with_a_container_running() {
     c.run(&spec(&ctd, &rootfs, "left", &["/bin/sleep", "3600"]))
         .await
         .unwrap();
-    let (pid, _) = c.task("left").await.unwrap().unwrap();
+    let pid = c
+        .task_status("left")
+        .await
+        .unwrap()
+        .expect("task exists")
+        .pid;
     let dir = ctd.socket().parent().unwrap().to_path_buf();
     let namespace = ctd.namespace();
     let runc_state = Path::new("/run/containerd/runc").join(&namespace);
@@ -484,7 +497,13 @@ async fn the_containerd_runtime_runs_replicas_from_an_image() {
     );
 
     // A container whose process is killed from outside is reported as exited by SIGKILL.
-    let (pid, _) = rt.client().task("default.web-1").await.unwrap().unwrap();
+    let pid = rt
+        .client()
+        .task_status("default.web-1")
+        .await
+        .unwrap()
+        .expect("task exists")
+        .pid;
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()

@@ -419,22 +419,6 @@ impl Containerd {
         })
     }
 
-    /// The task's pid and status (`running`, `stopped`, ...), if it has a task.
-    pub async fn task(&self, id: &str) -> Result<Option<(u32, i32)>, ContainerdError> {
-        let req = GetRequest {
-            container_id: id.into(),
-            exec_id: String::new(),
-        };
-        match TasksClient::new(self.channel.clone())
-            .get(self.req(req))
-            .await
-        {
-            Ok(r) => Ok(r.into_inner().process.map(|p| (p.pid, p.status))),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(call_error("get task", id)(s)),
-        }
-    }
-
     /// The task's state, if the container has one.
     pub async fn task_status(&self, id: &str) -> Result<Option<TaskStatus>, ContainerdError> {
         let req = GetRequest {

@@ -645,13 +645,10 @@ impl Runtime for ContainerdRuntime {
             return Err(RuntimeError::NotFound(id.into()));
         }
         let follow = opts.follow.then(|| {
-            let weak = Arc::downgrade(&self.inner);
             let id = id.to_string();
-            let keep: crate::logs::KeepFollowing = Arc::new(move || {
-                weak.upgrade()
-                    .is_some_and(|i| lock(&i.workloads).contains_key(&id))
-            });
-            keep
+            crate::logs::while_present(Arc::downgrade(&self.inner), move |i: &Inner| {
+                lock(&i.workloads).contains_key(&id)
+            })
         });
         Ok(crate::logs::stream(
             self.log_path(id),
