@@ -141,6 +141,12 @@ impl RuntimeError {
 pub trait Runtime: Send + Sync {
     /// Name, limits and capabilities.
     fn info(&self) -> RuntimeInfo;
+    /// The kinds of workload this runtime offers the scheduler (`process`, `containerd`): the
+    /// names a node advertises in `status.runtimes`. Its [`info`](Runtime::info) name unless
+    /// it combines several ([`Runtimes`]).
+    fn offers(&self) -> Vec<String> {
+        vec![self.info().name]
+    }
     /// Whether this runtime can run `template`.
     fn supports(&self, template: &Template) -> bool;
     /// Starts a workload. An exited workload with the same id is replaced (its logs are kept).
@@ -186,4 +192,145 @@ pub fn signal_number(name: &str) -> Option<i32> {
         "WINCH" => 28,
         _ => return None,
     })
+}
+
+/// Several runtimes on one node: each workload runs in the first runtime that
+/// [supports](Runtime::supports) its template (commands in the process runtime, images in
+/// containerd); everything else goes to the runtime that knows the workload.
+pub struct Runtimes {
+    all: Vec<std::sync::Arc<dyn Runtime>>,
+    events: broadcast::Sender<RuntimeEvent>,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Runtimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.all.iter().map(|r| r.info().name))
+            .finish()
+    }
+}
+
+impl Runtimes {
+    /// Combines `all` (in order of preference). Must be called inside a tokio runtime: the
+    /// runtimes' events are forwarded into one stream.
+    pub fn new(all: Vec<std::sync::Arc<dyn Runtime>>) -> Runtimes {
+        let (events, _) = broadcast::channel(1024);
+        let forwarders = all
+            .iter()
+            .map(|r| {
+                let mut rx = r.events();
+                let tx = events.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(e) => {
+                                let _ = tx.send(e);
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Runtimes {
+            all,
+            events,
+            forwarders,
+        }
+    }
+
+    /// The runtime that knows workload `id`.
+    async fn owner(&self, id: &str) -> Result<&std::sync::Arc<dyn Runtime>, RuntimeError> {
+        for r in &self.all {
+            if r.list().await?.iter().any(|w| w.id == id) {
+                return Ok(r);
+            }
+        }
+        Err(RuntimeError::NotFound(id.into()))
+    }
+}
+
+impl Drop for Runtimes {
+    fn drop(&mut self) {
+        self.forwarders.iter().for_each(|f| f.abort());
+    }
+}
+
+#[async_trait]
+impl Runtime for Runtimes {
+    fn info(&self) -> RuntimeInfo {
+        let infos: Vec<RuntimeInfo> = self.all.iter().map(|r| r.info()).collect();
+        RuntimeInfo {
+            name: infos
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            limits_enforced: infos.iter().all(|i| i.limits_enforced),
+            limits_note: infos
+                .iter()
+                .map(|i| format!("{}: {}", i.name, i.limits_note))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+
+    fn offers(&self) -> Vec<String> {
+        self.all.iter().flat_map(|r| r.offers()).collect()
+    }
+
+    fn supports(&self, template: &Template) -> bool {
+        self.all.iter().any(|r| r.supports(template))
+    }
+
+    async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {
+        // A workload that exited in one runtime and now needs another is forgotten there.
+        let target = self
+            .all
+            .iter()
+            .find(|r| r.supports(&spec.template))
+            .ok_or_else(|| {
+                RuntimeError::Unsupported(format!(
+                    "no runtime on this node runs this template (offered: {})",
+                    self.offers().join(", ")
+                ))
+            })?;
+        if let Ok(owner) = self.owner(&spec.id).await {
+            if !std::sync::Arc::ptr_eq(owner, target) {
+                owner.remove(&spec.id).await?;
+            }
+        }
+        target.start(spec).await
+    }
+
+    async fn stop(
+        &self,
+        id: &str,
+        signal: &str,
+        grace: Duration,
+    ) -> Result<ExitStatus, RuntimeError> {
+        self.owner(id).await?.stop(id, signal, grace).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.owner(id).await?.remove(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<Workload>, RuntimeError> {
+        let mut out = Vec::new();
+        for r in &self.all {
+            out.extend(r.list().await?);
+        }
+        Ok(out)
+    }
+
+    fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.events.subscribe()
+    }
+
+    async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
+        self.owner(id).await?.logs(id, opts).await
+    }
 }

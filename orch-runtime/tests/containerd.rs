@@ -12,27 +12,20 @@ use futures::StreamExt;
 use orch_core::object::{EnvVar, PortSpec, Protocol, Resources, Template};
 use orch_core::quantity::Memory;
 use orch_core::runtime::{LogOptions, Runtime, RuntimeEvent, WorkloadSpec, WorkloadState};
+use orch_runtime::containerd::testing::{
+    busybox_image as build_image, busybox_rootfs as build_rootfs,
+};
 use orch_runtime::containerd::{
-    Blob, ContainerSpec, Containerd, ContainerdConfig, ContainerdRuntime, ImageLayer, ImageParts,
-    LocalContainerd, Root,
+    ContainerSpec, Containerd, ContainerdConfig, ContainerdRuntime, ImageParts, LocalContainerd,
+    Root,
 };
 
-/// A root filesystem with the static busybox as `/bin/busybox` and `/bin/sh`.
 fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    for d in ["proc", "dev", "sys", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox (Debian busybox-static)");
-    let applets = [
-        "sh", "sleep", "echo", "cat", "ls", "mkdir", "httpd", "head", "tr", "kill", "true",
-    ];
-    for name in applets {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(name)).unwrap();
-    }
-    root
+    build_rootfs(dir).unwrap()
+}
+
+fn busybox_image(dir: &Path, name: &str) -> ImageParts {
+    build_image(dir, name).unwrap()
 }
 
 fn spec(ctd: &LocalContainerd, rootfs: &Path, id: &str, args: &[&str]) -> ContainerSpec {
@@ -196,74 +189,6 @@ fn host_network_drops_only_the_network_namespace() {
     assert!(own.iter().any(|n| n == "Network"));
     assert!(!host.iter().any(|n| n == "Network"));
     assert_eq!(own.len(), host.len() + 1);
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    let hex = String::from_utf8(out.stdout).unwrap();
-    format!("sha256:{}", hex.split_whitespace().next().unwrap())
-}
-
-fn blob(path: PathBuf, media_type: &str) -> Blob {
-    Blob {
-        media_type: media_type.into(),
-        digest: sha256_of(&path),
-        size: std::fs::metadata(&path).unwrap().len() as i64,
-        path,
-    }
-}
-
-/// A one-layer OCI image of the static busybox, made with tar and gzip: the blobs a pull or an
-/// `image import` hands to `Containerd::import`.
-fn busybox_image(dir: &Path, name: &str) -> ImageParts {
-    let layer_dir = busybox_rootfs(&dir.join("layer"));
-    let tar = dir.join("layer.tar");
-    let ok = std::process::Command::new("tar")
-        .args(["--numeric-owner", "-C"])
-        .arg(&layer_dir)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let diff_id = sha256_of(&tar);
-    let gz = dir.join("layer.tar.gz");
-    let ok = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("gzip -n -c {} > {}", tar.display(), gz.display()))
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let layer = blob(gz, "application/vnd.oci.image.layer.v1.tar+gzip");
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    });
-    let config_path = dir.join("config.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let config = blob(config_path, "application/vnd.oci.image.config.v1+json");
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
-        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
-    });
-    let manifest_path = dir.join("manifest.json");
-    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    ImageParts {
-        name: name.into(),
-        manifest: blob(manifest_path, "application/vnd.oci.image.manifest.v1+json"),
-        config,
-        layers: vec![ImageLayer {
-            blob: layer,
-            diff_id,
-        }],
-    }
 }
 
 #[tokio::test]
@@ -576,4 +501,63 @@ async fn the_containerd_runtime_runs_replicas_from_an_image() {
     );
     let snaps = rt.client().snapshots("overlayfs").await.unwrap();
     assert_eq!(snaps.len(), 1, "only the image's layer is left: {snaps:?}");
+}
+
+/// One node, two runtimes: a command runs as a process, an image in containerd; the node
+/// offers both; exits from either reach the one event stream.
+#[tokio::test]
+async fn a_node_offers_processes_and_containers_side_by_side() {
+    use orch_core::runtime::Runtimes;
+    use orch_runtime::{ProcessConfig, ProcessRuntime};
+    use std::sync::Arc;
+
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+    config.namespace = ctd.namespace();
+    let containers = Arc::new(ContainerdRuntime::new(config).await.unwrap());
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let image = "localhost/busybox:both";
+    containers
+        .client()
+        .import(&busybox_image(&img_dir, image), "overlayfs")
+        .await
+        .unwrap();
+    let processes = Arc::new(
+        ProcessRuntime::new(ProcessConfig::new(ctd.scratch().join("processes")))
+            .await
+            .unwrap(),
+    );
+    let both = Runtimes::new(vec![processes.clone(), containers.clone()]);
+    assert_eq!(both.offers(), ["process", "containerd"]);
+    let mut events = both.events();
+
+    let mut as_process = workload("default.p", image, &["/bin/sh", "-c", "exit 4"], None);
+    as_process.template.image = None;
+    both.start(&as_process).await.unwrap();
+    let as_container = workload(
+        "default.c",
+        image,
+        &["/bin/sh", "-c", "sleep 0.3; exit 5"],
+        None,
+    );
+    both.start(&as_container).await.unwrap();
+    assert_eq!(processes.list().await.unwrap()[0].id, "default.p");
+    assert_eq!(containers.list().await.unwrap()[0].id, "default.c");
+
+    let mut codes = std::collections::BTreeMap::new();
+    while codes.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .expect("exit events")
+            .unwrap();
+        let RuntimeEvent::Exited { id, status } = e;
+        codes.insert(id, status.code);
+    }
+    assert_eq!(codes["default.p"], Some(4));
+    assert_eq!(codes["default.c"], Some(5));
+    for id in ["default.p", "default.c"] {
+        both.remove(id).await.unwrap();
+    }
+    assert!(both.list().await.unwrap().is_empty());
 }

@@ -1,6 +1,7 @@
 //! orchd: the reference daemon. `main` only parses arguments and dispatches.
 
 mod host;
+mod runtime;
 mod server;
 mod store;
 mod up;

@@ -40,10 +40,20 @@ pub struct ServerArgs {
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (needs the `etcd` build feature).
     #[arg(long, default_value = "embedded")]
     store: String,
-    /// Runtime: `process` (real child processes) or `fake` (runs nothing; for control-plane
-    /// benchmarks and demos).
+    /// Runtimes this node offers: `process` (real child processes), `containerd` (images;
+    /// needs the `containerd` build feature), both (`process,containerd`: a replica's template
+    /// decides), or `fake` (runs nothing; for control-plane benchmarks and demos).
     #[arg(long, default_value = "process")]
     runtime: String,
+    /// containerd's socket (for `--runtime containerd`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// The containerd namespace orch's containers live in.
+    #[arg(long, default_value = "orch")]
+    containerd_namespace: String,
+    /// The containerd snapshotter for containers' root filesystems (`overlayfs`, `native`).
+    #[arg(long, default_value = "overlayfs")]
+    containerd_snapshotter: String,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -60,12 +70,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let labels = host::parse_labels(&args.labels)?;
     let taints = host::parse_taints(&args.taints)?;
     let store_spec = crate::store::parse(&args.store)?;
+    let runtime_names = crate::runtime::parse(&args.runtime)?;
     let (store, store_name) = crate::store::open(&store_spec, &data_dir).await?;
-    let runtime: Arc<dyn Runtime> = match args.runtime.as_str() {
-        "process" => host::process_runtime(&data_dir.join("runtime")).await?,
-        "fake" => Arc::new(orch_core::fake::FakeRuntime::default()),
-        other => anyhow::bail!("--runtime: invalid value {other:?}: allowed: process, fake"),
+    let containerd = crate::runtime::ContainerdArgs {
+        socket: args.containerd_socket.clone(),
+        namespace: args.containerd_namespace.clone(),
+        snapshotter: args.containerd_snapshotter.clone(),
     };
+    let runtime: Arc<dyn Runtime> =
+        crate::runtime::open(&runtime_names, &data_dir, &containerd).await?;
     let discovery_dir = data_dir.join("discovery");
     let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =

@@ -165,11 +165,18 @@ impl Agent {
             addresses: self.cfg.addresses.clone(),
             capacity: self.cfg.capacity.clone(),
             max_replicas: self.cfg.max_replicas,
-            runtimes: vec![if info.name == "fake" {
-                "process".to_string()
-            } else {
-                info.name.clone()
-            }],
+            runtimes: self
+                .runtime
+                .offers()
+                .into_iter()
+                .map(|n| {
+                    if n == "fake" {
+                        "process".to_string()
+                    } else {
+                        n
+                    }
+                })
+                .collect(),
             condition: NodeCondition::Ready,
             heartbeat: Some(Timestamp::now()),
             limits: info.limits_note,

@@ -25,6 +25,7 @@ use containerd_client::tonic::{Code, Request};
 use containerd_client::types::Mount;
 mod image;
 mod runtime;
+pub mod testing;
 pub use image::{chain_ids, Blob, ImageLayer, ImageParts, UnpackedImage};
 pub use runtime::{ContainerdConfig, ContainerdRuntime, ImageRunConfig};
 

@@ -1,0 +1,107 @@
+//! `--runtime`: which runtimes this node offers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use orch_core::runtime::{Runtime, Runtimes};
+
+/// What `--runtime` allows.
+pub const ALLOWED: &str = "process, containerd, process,containerd, fake";
+
+/// The runtimes `--runtime` names, in order.
+pub fn parse(value: &str) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
+    for n in &names {
+        if !matches!(n.as_str(), "process" | "containerd" | "fake") {
+            anyhow::bail!("--runtime: invalid value {n:?} in {value:?}: allowed: {ALLOWED}");
+        }
+    }
+    if names.iter().any(|n| n == "fake") && names.len() > 1 {
+        anyhow::bail!("--runtime: fake cannot be combined with other runtimes");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        anyhow::bail!("--runtime: {dup} named twice in {value:?}");
+    }
+    Ok(names)
+}
+
+/// containerd settings from the command line.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "containerd"), allow(dead_code))]
+pub struct ContainerdArgs {
+    /// containerd's socket.
+    pub socket: PathBuf,
+    /// The containerd namespace.
+    pub namespace: String,
+    /// The snapshotter.
+    pub snapshotter: String,
+}
+
+/// Opens the named runtimes; several are combined ([`Runtimes`]).
+pub async fn open(
+    names: &[String],
+    data_dir: &Path,
+    containerd: &ContainerdArgs,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    let mut all: Vec<Arc<dyn Runtime>> = Vec::new();
+    for n in names {
+        all.push(match n.as_str() {
+            "process" => crate::host::process_runtime(&data_dir.join("runtime")).await?,
+            "fake" => Arc::new(orch_core::fake::FakeRuntime::default()),
+            _ => open_containerd(&data_dir.join("containerd"), containerd).await?,
+        });
+    }
+    Ok(if all.len() == 1 {
+        all.remove(0)
+    } else {
+        Arc::new(Runtimes::new(all))
+    })
+}
+
+#[cfg(feature = "containerd")]
+async fn open_containerd(dir: &Path, args: &ContainerdArgs) -> anyhow::Result<Arc<dyn Runtime>> {
+    use anyhow::Context;
+    use orch_runtime::containerd::{ContainerdConfig, ContainerdRuntime};
+    let config = ContainerdConfig {
+        namespace: args.namespace.clone(),
+        snapshotter: args.snapshotter.clone(),
+        ..ContainerdConfig::new(&args.socket, dir)
+    };
+    let rt = ContainerdRuntime::new(config).await.with_context(|| {
+        format!(
+            "cannot use containerd at {} (--containerd-socket)",
+            args.socket.display()
+        )
+    })?;
+    Ok(Arc::new(rt))
+}
+
+#[cfg(not(feature = "containerd"))]
+async fn open_containerd(_dir: &Path, _args: &ContainerdArgs) -> anyhow::Result<Arc<dyn Runtime>> {
+    anyhow::bail!(
+        "--runtime containerd: this orchd was built without containerd support; rebuild with \
+         `cargo build --release -p orchd --features containerd` (needs protoc)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_lists_parse_and_bad_ones_name_the_value() {
+        assert_eq!(parse("process").unwrap(), ["process"]);
+        assert_eq!(
+            parse("process, containerd").unwrap(),
+            ["process", "containerd"]
+        );
+        let e = parse("docker").unwrap_err().to_string();
+        assert!(e.contains("\"docker\"") && e.contains("allowed"), "{e}");
+        assert!(parse("fake,process").is_err());
+        assert!(parse("process,process")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+    }
+}

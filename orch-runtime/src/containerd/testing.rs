@@ -1,0 +1,107 @@
+//! Test tooling: a busybox root filesystem and a one-layer OCI image of it, made from
+//! Debian's static busybox (`busybox-static`) with `tar` and `gzip`, for tests of the
+//! containerd runtime here and in the daemon.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::Digest;
+
+use super::{Blob, ImageLayer, ImageParts};
+
+/// The busybox applets linked in the root filesystem.
+pub const APPLETS: [&str; 12] = [
+    "sh", "sleep", "echo", "cat", "ls", "mkdir", "httpd", "head", "tr", "kill", "true", "wget",
+];
+
+/// Builds `DIR/rootfs` with the static busybox as `/bin/busybox` and [`APPLETS`] linked to it.
+pub fn busybox_rootfs(dir: &Path) -> io::Result<PathBuf> {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("/bin/busybox (Debian package busybox-static): {e}"),
+        )
+    })?;
+    for name in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(name))?;
+    }
+    Ok(root)
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(format!("sha256:{:x}", sha2::Sha256::digest(&bytes)))
+}
+
+fn blob(path: PathBuf, media_type: &str) -> io::Result<Blob> {
+    Ok(Blob {
+        media_type: media_type.into(),
+        digest: sha256_file(&path)?,
+        size: std::fs::metadata(&path)?.len() as i64,
+        path,
+    })
+}
+
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let status = cmd.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{cmd:?}: {status}")))
+    }
+}
+
+/// A one-layer OCI image (entrypoint `/bin/sh`) of [`busybox_rootfs`], its blobs in `dir`:
+/// what a pull or an image import hands to [`Containerd::import`](super::Containerd::import).
+pub fn busybox_image(dir: &Path, name: &str) -> io::Result<ImageParts> {
+    let layer_dir = busybox_rootfs(&dir.join("layer"))?;
+    let tar = dir.join("layer.tar");
+    run(Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(&layer_dir)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."))?;
+    let diff_id = sha256_file(&tar)?;
+    run(Command::new("gzip").args(["-n", "-k", "-f"]).arg(&tar))?;
+    let layer = blob(
+        dir.join("layer.tar.gz"),
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    )?;
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, config.to_string())?;
+    let config = blob(config_path, "application/vnd.oci.image.config.v1+json")?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
+    });
+    let manifest_path = dir.join("manifest.json");
+    std::fs::write(&manifest_path, manifest.to_string())?;
+    Ok(ImageParts {
+        name: name.into(),
+        manifest: blob(manifest_path, "application/vnd.oci.image.manifest.v1+json")?,
+        config,
+        layers: vec![ImageLayer {
+            blob: layer,
+            diff_id,
+        }],
+    })
+}
