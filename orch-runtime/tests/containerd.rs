@@ -364,6 +364,14 @@ async fn the_containerd_runtime_runs_replicas_from_an_image() {
     let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
     config.namespace = ctd.namespace();
     let rt = ContainerdRuntime::new(config.clone()).await.unwrap();
+    assert_eq!(rt.snapshotter(), "overlayfs");
+    let mut bad = config.clone();
+    bad.snapshotter = "zfs".into();
+    let err = ContainerdRuntime::new(bad).await.unwrap_err().to_string();
+    assert!(
+        err.contains("\"zfs\"") && err.contains("overlayfs"),
+        "{err}"
+    );
     let img_dir = ctd.scratch().join("img");
     std::fs::create_dir_all(&img_dir).unwrap();
     let image = "localhost/busybox:rt";
@@ -560,4 +568,103 @@ async fn a_node_offers_processes_and_containers_side_by_side() {
         both.remove(id).await.unwrap();
     }
     assert!(both.list().await.unwrap().is_empty());
+}
+
+/// containerd restarting under a running runtime: the container keeps running, the runtime
+/// reconnects by itself, and an exit after the restart is still reported.
+#[tokio::test]
+async fn the_runtime_survives_a_containerd_restart() {
+    let mut ctd = LocalContainerd::start().await.expect("containerd starts");
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+    config.namespace = ctd.namespace();
+    let rt = ContainerdRuntime::new(config).await.unwrap();
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let image = "localhost/busybox:restart";
+    rt.client()
+        .import(&busybox_image(&img_dir, image), "overlayfs")
+        .await
+        .unwrap();
+    let serve = [
+        "/bin/sh",
+        "-c",
+        "mkdir -p /www && echo up > /www/index.html && exec httpd -f -p $PORT -h /www",
+    ];
+    let w = rt
+        .start(&workload("default.survivor", image, &serve, None))
+        .await
+        .unwrap();
+    let port = w.ports[0].port;
+    eventually("http answer", async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    let pid = rt
+        .client()
+        .task_status("default.survivor")
+        .await
+        .unwrap()
+        .unwrap()
+        .pid;
+
+    ctd.restart().await.expect("containerd restarts");
+    assert!(
+        http_get(port).contains("up"),
+        "the container served throughout"
+    );
+    let listed = rt.list().await.unwrap();
+    assert_eq!(listed[0].state, WorkloadState::Running, "{listed:?}");
+
+    let mut events = rt.events();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = eventually("exit reported after the restart", async || {
+        match events.try_recv() {
+            Ok(RuntimeEvent::Exited { id, status }) if id == "default.survivor" => Some(status),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(status.signal, Some(9), "{status:?}");
+    rt.remove("default.survivor").await.unwrap();
+    assert!(rt.client().containers().await.unwrap().is_empty());
+}
+
+/// Where containerd has no overlayfs snapshotter, the runtime falls back to native (a full
+/// copy per container) and containers still run.
+#[tokio::test]
+async fn without_overlayfs_the_native_snapshotter_is_used() {
+    let ctd = LocalContainerd::start_without(&["io.containerd.snapshotter.v1.overlayfs"])
+        .await
+        .expect("containerd starts");
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+    config.namespace = ctd.namespace();
+    let rt = ContainerdRuntime::new(config).await.unwrap();
+    assert_eq!(rt.snapshotter(), "native");
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let image = "localhost/busybox:native";
+    rt.client()
+        .import(&busybox_image(&img_dir, image), rt.snapshotter())
+        .await
+        .unwrap();
+    let mut events = rt.events();
+    rt.start(&workload(
+        "default.native",
+        image,
+        &["/bin/sh", "-c", "ls /bin/busybox && exit 7"],
+        None,
+    ))
+    .await
+    .unwrap();
+    let status = eventually("exit", async || match events.try_recv() {
+        Ok(RuntimeEvent::Exited { status, .. }) => Some(status),
+        _ => None,
+    })
+    .await;
+    assert_eq!(status.code, Some(7), "{status:?}");
+    rt.remove("default.native").await.unwrap();
+    assert_eq!(rt.client().snapshots("native").await.unwrap().len(), 1);
 }

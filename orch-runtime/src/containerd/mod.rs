@@ -304,6 +304,24 @@ impl Containerd {
         &self.namespace
     }
 
+    /// The snapshotters containerd loaded without error.
+    pub async fn snapshotters(&self) -> Result<Vec<String>, ContainerdError> {
+        use containerd_client::services::v1::introspection_client::IntrospectionClient;
+        use containerd_client::services::v1::PluginsRequest;
+        let r = IntrospectionClient::new(self.channel.clone())
+            .plugins(self.req(PluginsRequest {
+                filters: vec!["type==io.containerd.snapshotter.v1".into()],
+            }))
+            .await
+            .map_err(call_error("list plugins", ""))?;
+        Ok(r.into_inner()
+            .plugins
+            .into_iter()
+            .filter(|p| p.init_err.is_none())
+            .map(|p| p.id)
+            .collect())
+    }
+
     /// containerd's version string.
     pub async fn version(&self) -> Result<String, ContainerdError> {
         let v = VersionClient::new(self.channel.clone())
@@ -557,6 +575,7 @@ impl Containerd {
 pub struct LocalContainerd {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    disabled: Vec<String>,
 }
 
 impl std::fmt::Debug for LocalContainerd {
@@ -571,11 +590,21 @@ impl std::fmt::Debug for LocalContainerd {
 impl LocalContainerd {
     /// Starts containerd and waits until it answers.
     pub async fn start() -> Result<LocalContainerd, String> {
+        Self::start_without(&[]).await
+    }
+
+    /// Starts containerd with these plugins disabled too (`io.containerd.snapshotter.v1.overlayfs`
+    /// to try the native fallback).
+    pub async fn start_without(plugins: &[&str]) -> Result<LocalContainerd, String> {
         let dir = tempfile::Builder::new()
             .prefix("orch-ctd-")
             .tempdir()
             .map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let mut c = LocalContainerd { child: None, dir };
+        let mut c = LocalContainerd {
+            child: None,
+            dir,
+            disabled: plugins.iter().map(|p| p.to_string()).collect(),
+        };
         c.restart().await?;
         Ok(c)
     }
@@ -611,11 +640,18 @@ impl LocalContainerd {
         self.stop_daemon();
         let d = self.dir.path();
         let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [{disabled}]\n\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = self.socket().display(),
+            disabled = ["io.containerd.grpc.v1.cri"]
+                .iter()
+                .map(|p| p.to_string())
+                .chain(self.disabled.iter().cloned())
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         let config_path = d.join("config.toml");
         std::fs::write(&config_path, config)

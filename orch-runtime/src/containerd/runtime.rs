@@ -211,6 +211,22 @@ impl ContainerdRuntime {
             .await
             .map_err(unavailable)?;
         client.version().await.map_err(unavailable)?;
+        let mut config = config;
+        let available = client.snapshotters().await.map_err(unavailable)?;
+        if !available.contains(&config.snapshotter) {
+            if config.snapshotter == "overlayfs" && available.iter().any(|s| s == "native") {
+                tracing::warn!(
+                    "containerd: the overlayfs snapshotter is not available here; using native (a full copy per container)"
+                );
+                config.snapshotter = "native".into();
+            } else {
+                return Err(RuntimeError::Unavailable(format!(
+                    "containerd has no snapshotter {:?}; available: {}",
+                    config.snapshotter,
+                    available.join(", ")
+                )));
+            }
+        }
         let rt = ContainerdRuntime {
             inner: Arc::new(Inner {
                 client,
@@ -222,6 +238,11 @@ impl ContainerdRuntime {
         };
         rt.adopt().await?;
         Ok(rt)
+    }
+
+    /// The snapshotter in use (overlayfs falls back to native where containerd has no overlay).
+    pub fn snapshotter(&self) -> &str {
+        &self.inner.config.snapshotter
     }
 
     /// The client, for images and inspection.
