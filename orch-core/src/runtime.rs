@@ -80,6 +80,24 @@ pub struct LogOptions {
     pub tail_bytes: Option<u64>,
 }
 
+/// What a command run inside a workload ([`Runtime::exec`]) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended it (SIGKILL when it ran past its timeout).
+    pub signal: Option<i32>,
+    /// Whether it was killed for running past its timeout.
+    pub timed_out: bool,
+    /// Its standard output (at most [`EXEC_OUTPUT_MAX`] bytes).
+    pub stdout: Vec<u8>,
+    /// Its standard error (at most [`EXEC_OUTPUT_MAX`] bytes).
+    pub stderr: Vec<u8>,
+}
+
+/// The most output of each stream [`Runtime::exec`] returns.
+pub const EXEC_OUTPUT_MAX: usize = 1 << 20;
+
 /// Chunks of a workload's combined stdout and stderr.
 pub type LogStream = BoxStream<'static, Result<Vec<u8>, RuntimeError>>;
 
@@ -167,6 +185,21 @@ pub trait Runtime: Send + Sync {
     fn events(&self) -> broadcast::Receiver<RuntimeEvent>;
     /// The workload's logs.
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError>;
+    /// Runs `command` inside the running workload (its namespaces, environment, working
+    /// directory and user), killing it after `timeout`; output is captured, not interactive.
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let _ = (command, timeout);
+        Err(RuntimeError::Unsupported(format!(
+            "{}: the {} runtime cannot run commands inside its workloads",
+            id,
+            self.info().name
+        )))
+    }
 }
 
 /// Converts a signal name (`SIGTERM`, `TERM`, `15`) to its number.
@@ -332,5 +365,14 @@ impl Runtime for Runtimes {
 
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
         self.owner(id).await?.logs(id, opts).await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        self.owner(id).await?.exec(id, command, timeout).await
     }
 }

@@ -429,6 +429,60 @@ async fn the_containerd_runtime_runs_replicas_from_an_image() {
         "no second copy"
     );
 
+    // Commands run inside a running container: its files, its environment; the exit code,
+    // stderr and a timeout come back.
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let t = Duration::from_secs(10);
+    let out = rt
+        .exec("default.web-0", &argv(&["cat", "/www/index.html"]), t)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.code, String::from_utf8_lossy(&out.stdout).trim()),
+        (Some(0), "hello from default.web-0")
+    );
+    let out = rt
+        .exec(
+            "default.web-0",
+            &argv(&["/bin/sh", "-c", "echo $WHO >&2; exit 3"]),
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.code, String::from_utf8_lossy(&out.stderr).trim()),
+        (Some(3), "default.web-0")
+    );
+    // More than a pipe holds streams through.
+    let out = rt
+        .exec(
+            "default.web-0",
+            &argv(&["head", "-c", "300000", "/dev/zero"]),
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.code, out.stdout.len()), (Some(0), 300_000));
+    let out = rt
+        .exec(
+            "default.web-0",
+            &argv(&["sleep", "10"]),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    assert!(out.timed_out && out.signal == Some(9), "{out:?}");
+    let err = rt
+        .exec("default.web-0", &argv(&["/no/such/tool"]), t)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/no/such/tool") || err.contains("no such file"),
+        "{err}"
+    );
+    assert!(rt.exec("default.nope", &argv(&["true"]), t).await.is_err());
+
     // A container whose process is killed from outside is reported as exited by SIGKILL.
     let pid = rt
         .client()

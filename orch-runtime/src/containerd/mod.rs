@@ -459,6 +459,125 @@ impl Containerd {
         }
     }
 
+    /// Runs `argv` in the running container `id` with its main process's environment, working
+    /// directory and user; output goes to the FIFOs `stdout` and `stderr` (the shim writes
+    /// both streams of a `file://` target into one file, so separate streams need FIFOs; the
+    /// caller reads them). Killed (SIGKILL) after `timeout`; returns how it ended and whether
+    /// it timed out.
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdout: &Path,
+        stderr: &Path,
+        timeout: Duration,
+    ) -> Result<(TaskExit, bool), ContainerdError> {
+        let container = ContainersClient::new(self.channel.clone())
+            .get(self.req(containerd_client::services::v1::GetContainerRequest { id: id.into() }))
+            .await
+            .map_err(call_error("get container", id))?
+            .into_inner()
+            .container
+            .ok_or_else(|| ContainerdError::Spec {
+                id: id.into(),
+                message: "containerd returned no container".into(),
+            })?;
+        let spec: Spec = container
+            .spec
+            .as_ref()
+            .and_then(|a| serde_json::from_slice(&a.value).ok())
+            .ok_or_else(|| ContainerdError::Spec {
+                id: id.into(),
+                message: "the container has no readable OCI spec".into(),
+            })?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(argv.to_vec()));
+        process.set_terminal(Some(false));
+        let value = serde_json::to_vec(&process).map_err(|e| ContainerdError::Spec {
+            id: id.into(),
+            message: e.to_string(),
+        })?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let exec_id = format!(
+            "exec-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks
+            .exec(
+                self.req(containerd_client::services::v1::ExecProcessRequest {
+                    container_id: id.into(),
+                    stdin: String::new(),
+                    stdout: stdout.display().to_string(),
+                    stderr: stderr.display().to_string(),
+                    terminal: false,
+                    spec: Some(prost_types::Any {
+                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process"
+                            .into(),
+                        value,
+                    }),
+                    exec_id: exec_id.clone(),
+                }),
+            )
+            .await
+            .map_err(call_error("exec", id))?;
+        let cleanup = |tasks: TasksClient<Channel>, exec_id: String| {
+            let req = self.req(containerd_client::services::v1::DeleteProcessRequest {
+                container_id: id.into(),
+                exec_id,
+            });
+            async move {
+                let mut tasks = tasks;
+                let _ = tasks.delete_process(req).await;
+            }
+        };
+        if let Err(s) = tasks
+            .start(self.req(StartRequest {
+                container_id: id.into(),
+                exec_id: exec_id.clone(),
+            }))
+            .await
+        {
+            cleanup(tasks, exec_id).await;
+            return Err(call_error("exec start", id)(s));
+        }
+        let mut waiter = tasks.clone();
+        let wait = waiter.wait(self.req(WaitRequest {
+            container_id: id.into(),
+            exec_id: exec_id.clone(),
+        }));
+        let (exit, timed_out) = match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => (r.map_err(call_error("exec wait", id))?.into_inner(), false),
+            Err(_) => {
+                let _ = tasks
+                    .kill(self.req(KillRequest {
+                        container_id: id.into(),
+                        exec_id: exec_id.clone(),
+                        signal: 9,
+                        all: false,
+                    }))
+                    .await;
+                let r = tasks
+                    .clone()
+                    .wait(self.req(WaitRequest {
+                        container_id: id.into(),
+                        exec_id: exec_id.clone(),
+                    }))
+                    .await
+                    .map_err(call_error("exec wait", id))?;
+                (r.into_inner(), true)
+            }
+        };
+        cleanup(tasks, exec_id).await;
+        Ok((
+            TaskExit {
+                status: exit.exit_status,
+            },
+            timed_out,
+        ))
+    }
+
     /// Sends `signal` to the container's main process.
     pub async fn kill(&self, id: &str, signal: u32) -> Result<(), ContainerdError> {
         let req = KillRequest {

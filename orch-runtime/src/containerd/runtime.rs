@@ -19,8 +19,8 @@ use futures::StreamExt;
 use orch_core::object::{BoundPort, ExitStatus, Template};
 use orch_core::quantity::Timestamp;
 use orch_core::runtime::{
-    signal_number, LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo,
-    Workload, WorkloadSpec, WorkloadState,
+    signal_number, ExecOutput, LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeInfo, Workload, WorkloadSpec, WorkloadState, EXEC_OUTPUT_MAX,
 };
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -455,6 +455,66 @@ impl ContainerdRuntime {
     }
 }
 
+/// Makes a FIFO at `path`, opens it read-write (so the shim's write-only open finds a reader
+/// at once, whenever it comes) and reads it until `done` says the command's output is
+/// complete, keeping at most [`EXEC_OUTPUT_MAX`] bytes. Holding a write end means there is no
+/// end-of-file to wait for: `done` ends the reading once what was written is drained.
+fn fifo_reader(
+    path: &std::path::Path,
+    mut done: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Vec<u8>>, RuntimeError> {
+    let io_err = |what: &str, e: std::io::Error| RuntimeError::Io {
+        context: format!("cannot {what} the FIFO {}", path.display()),
+        source: e,
+    };
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| io_err("make", e.into()))?;
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(path)
+        .map_err(|e| io_err("open", e))?;
+    Ok(tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        fn keep(kept: &mut Vec<u8>, chunk: &[u8]) {
+            let room = EXEC_OUTPUT_MAX.saturating_sub(kept.len());
+            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        loop {
+            tokio::select! {
+                ready = rx.readable() => {
+                    if ready.is_err() {
+                        break;
+                    }
+                    match rx.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => keep(&mut kept, &buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => break,
+                    }
+                }
+                _ = done.changed() => {
+                    // Drain what is buffered, then stop.
+                    while let Ok(n) = rx.try_read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        keep(&mut kept, &buf[..n]);
+                    }
+                    break;
+                }
+            }
+        }
+        kept
+    }))
+}
+
 /// containerd's exit status as orch's: 128+N is death by signal N.
 fn exit_status(status: u32, oom: bool) -> ExitStatus {
     let signal = (status > 128 && status < 128 + 65).then(|| (status - 128) as i32);
@@ -662,6 +722,70 @@ impl Runtime for ContainerdRuntime {
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        match lock(&self.inner.workloads)
+            .get(id)
+            .map(|e| &e.workload.state)
+        {
+            None => return Err(RuntimeError::NotFound(id.into())),
+            Some(WorkloadState::Exited(_)) => {
+                return Err(RuntimeError::StartFailed(format!(
+                    "{id} is not running: nothing to exec into"
+                )))
+            }
+            Some(WorkloadState::Running) => {}
+        }
+        if command.is_empty() {
+            return Err(RuntimeError::StartFailed("exec: no command given".into()));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("exec-")
+            .tempdir_in(&self.inner.config.state_dir)
+            .map_err(|source| RuntimeError::Io {
+                context: format!(
+                    "cannot create a temp dir in {}",
+                    self.inner.config.state_dir.display()
+                ),
+                source,
+            })?;
+        let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let (done, finished) = tokio::sync::watch::channel(false);
+        let readers = [
+            fifo_reader(&out, finished.clone())?,
+            fifo_reader(&err, finished)?,
+        ];
+        let result = self
+            .inner
+            .client
+            .exec(id, command, &out, &err, timeout)
+            .await;
+        // The exec process is deleted: the shim has written everything and closed its ends.
+        let _ = done.send(true);
+        let [r_out, r_err] = readers;
+        let (stdout, stderr) = (r_out.await, r_err.await);
+        let (exit, timed_out) = result.map_err(|e| match e {
+            ContainerdError::Call { .. } | ContainerdError::Spec { .. } => {
+                RuntimeError::StartFailed(e.to_string())
+            }
+            other => unavailable(other),
+        })?;
+        let collected = |r: Result<Vec<u8>, tokio::task::JoinError>| r.unwrap_or_default();
+        let (stdout, stderr) = (collected(stdout), collected(stderr));
+        let status = exit_status(exit.status, false);
+        Ok(ExecOutput {
+            code: status.code,
+            signal: status.signal,
+            timed_out,
+            stdout,
+            stderr,
+        })
     }
 
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
