@@ -79,6 +79,17 @@ pub enum Request {
         /// Start this many bytes before the end.
         tail_bytes: Option<u64>,
     },
+    /// Run a command inside a running replica (captured output, not interactive).
+    Exec {
+        /// Namespace.
+        namespace: String,
+        /// Replica name.
+        replica: String,
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Kill it after this many seconds (1 to 3600).
+        timeout_secs: u64,
+    },
     /// What the daemon is.
     Info,
 }
@@ -174,6 +185,19 @@ pub enum Response {
         store_health: String,
         /// Nodes this daemon runs agents for.
         nodes: Vec<String>,
+    },
+    /// Result of `Exec`.
+    Exec {
+        /// Exit code, when it exited by itself.
+        code: Option<i32>,
+        /// Signal that ended it.
+        signal: Option<i32>,
+        /// Killed for running past its timeout.
+        timed_out: bool,
+        /// Standard output (lossy UTF-8, at most 1 MiB).
+        stdout: String,
+        /// Standard error (lossy UTF-8, at most 1 MiB).
+        stderr: String,
     },
     /// End of a stream.
     End,

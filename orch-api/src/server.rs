@@ -269,6 +269,12 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 n
             },
         },
+        Request::Exec {
+            namespace,
+            replica,
+            command,
+            timeout_secs,
+        } => exec(backend, &namespace, &replica, &command, timeout_secs).await,
         Request::Watch { .. } | Request::Logs { .. } => {
             error(ErrorCode::Invalid, "streaming request on a one-shot path")
         }
@@ -335,6 +341,91 @@ async fn watch(framed: &mut Conn, backend: &Backend, kind: Kind, namespace: Opti
     }
 }
 
+/// Longest an exec may run.
+pub const EXEC_TIMEOUT_MAX_SECS: u64 = 3600;
+
+async fn exec(
+    backend: &Backend,
+    namespace: &str,
+    replica: &str,
+    command: &[String],
+    timeout_secs: u64,
+) -> Response {
+    if command.is_empty() {
+        return error(ErrorCode::Invalid, "exec: no command given");
+    }
+    if timeout_secs == 0 || timeout_secs > EXEC_TIMEOUT_MAX_SECS {
+        return error(
+            ErrorCode::Invalid,
+            format!("exec: timeout {timeout_secs}s: allowed 1 to {EXEC_TIMEOUT_MAX_SECS} seconds"),
+        );
+    }
+    let (rep, node, rt) =
+        match replica_runtime(backend, namespace, replica, "process to exec into").await {
+            Ok(found) => found,
+            Err(resp) => return resp,
+        };
+    match rt
+        .exec(
+            &rep.runtime_name(),
+            command,
+            std::time::Duration::from_secs(timeout_secs),
+        )
+        .await
+    {
+        Ok(out) => Response::Exec {
+            code: out.code,
+            signal: out.signal,
+            timed_out: out.timed_out,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        Err(RuntimeError::NotFound(_)) => error(
+            ErrorCode::NotFound,
+            format!("replica {replica:?} is not running on {node}"),
+        ),
+        Err(e @ (RuntimeError::Unsupported(_) | RuntimeError::StartFailed(_))) => {
+            error(ErrorCode::Invalid, format!("exec in {replica}: {e}"))
+        }
+        Err(e) => error(ErrorCode::Unavailable, format!("exec in {replica}: {e}")),
+    }
+}
+
+/// The replica `namespace/replica`, the node it is bound to and that node's runtime on this
+/// daemon; or the error to answer with (`what` names the operation in messages).
+async fn replica_runtime(
+    backend: &Backend,
+    namespace: &str,
+    replica: &str,
+    what: &str,
+) -> Result<(orch_core::object::Replica, String, Arc<dyn Runtime>), Response> {
+    let rep = match orch_core::store::get_object(&*backend.store, Kind::Replica, namespace, replica)
+        .await
+    {
+        Ok(Some(Object::Replica(r))) => r,
+        Ok(_) => {
+            return Err(error(
+                ErrorCode::NotFound,
+                format!("replica {replica:?} not found in namespace {namespace:?}"),
+            ))
+        }
+        Err(e) => return Err(store_error(e)),
+    };
+    let Some(node) = rep.spec.node.clone() else {
+        return Err(error(
+            ErrorCode::NotFound,
+            format!("replica {replica:?} is not scheduled yet: no {what}"),
+        ));
+    };
+    let Some(rt) = backend.runtimes.get(&node).cloned() else {
+        return Err(error(
+            ErrorCode::Unavailable,
+            format!("replica {replica:?} runs on node {node:?}, which this daemon does not host"),
+        ));
+    };
+    Ok((rep, node, rt))
+}
+
 async fn logs(
     framed: &mut Conn,
     backend: &Backend,
@@ -342,49 +433,12 @@ async fn logs(
     replica: &str,
     opts: LogOptions,
 ) {
-    let rep = match orch_core::store::get_object(&*backend.store, Kind::Replica, namespace, replica)
-        .await
-    {
-        Ok(Some(Object::Replica(r))) => r,
-        Ok(_) => {
-            let _ = send(
-                framed,
-                &error(
-                    ErrorCode::NotFound,
-                    format!("replica {replica:?} not found in namespace {namespace:?}"),
-                ),
-            )
-            .await;
+    let (rep, node, rt) = match replica_runtime(backend, namespace, replica, "logs yet").await {
+        Ok(found) => found,
+        Err(resp) => {
+            let _ = send(framed, &resp).await;
             return;
         }
-        Err(e) => {
-            let _ = send(framed, &store_error(e)).await;
-            return;
-        }
-    };
-    let Some(node) = rep.spec.node.clone() else {
-        let _ = send(
-            framed,
-            &error(
-                ErrorCode::NotFound,
-                format!("replica {replica:?} is not scheduled yet: it has no logs"),
-            ),
-        )
-        .await;
-        return;
-    };
-    let Some(rt) = backend.runtimes.get(&node) else {
-        let _ = send(
-            framed,
-            &error(
-                ErrorCode::Unavailable,
-                format!(
-                    "replica {replica:?} runs on node {node:?}, which this daemon does not host"
-                ),
-            ),
-        )
-        .await;
-        return;
     };
     let mut stream = match rt.logs(&rep.runtime_name(), opts).await {
         Ok(s) => s,

@@ -106,6 +106,18 @@ pub enum Command {
         #[arg(long)]
         tail_bytes: Option<u64>,
     },
+    /// Run a command inside a running replica (`orchctl exec web-x7k2p -- cat /etc/hostname`);
+    /// prints its output and exits with its exit code (128+N if killed by signal N).
+    Exec {
+        /// The replica.
+        replica: String,
+        /// Kill the command after this long (`30s`, `2m`; at most 1h).
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Show what the daemon is.
     Info,
 }

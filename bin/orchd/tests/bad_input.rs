@@ -103,6 +103,39 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
     let e = rt.block_on(client.call(huge)).unwrap_err().to_string();
     assert!(e.contains("the limit is 16777216 bytes"), "{e}");
 
+    // Bad exec requests name what is wrong.
+    for (args, expect) in [
+        (
+            vec!["exec", "nope", "--timeout", "2h", "--", "true"],
+            "--timeout",
+        ),
+        (
+            vec!["exec", "nope", "--timeout", "soon", "--", "true"],
+            "\"soon\"",
+        ),
+        (
+            vec!["exec", "nope", "--", "true"],
+            "replica \"nope\" not found",
+        ),
+    ] {
+        let out = d.ctl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
+    let e = rt
+        .block_on(client.call(orch_api::Request::Exec {
+            namespace: "default".into(),
+            replica: "nope".into(),
+            command: vec!["true".into()],
+            timeout_secs: 0,
+        }))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timeout 0s") && e.contains("allowed"), "{e}");
+
     // Still alive and empty; a good apply then works.
     assert!(d.alive());
     let good = write(tmp.path(), "good.yaml", GOOD);

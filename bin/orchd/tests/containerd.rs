@@ -95,6 +95,35 @@ fn containers_and_processes_on_one_node_through_orchd() {
         "the web replicas are containers; hello is a process"
     );
 
+    // orchctl exec runs a command in a container: its files, its exit code.
+    let name_of = |service: &str| {
+        d.replicas()
+            .into_iter()
+            .find(|r| r["spec"]["service"] == service)
+            .and_then(|r| r["metadata"]["name"].as_str().map(String::from))
+            .unwrap()
+    };
+    let web_replica = name_of("web");
+    let page = d.ctl_ok(&["exec", &web_replica, "--", "cat", "/www/index.html"]);
+    assert_eq!(page.trim(), format!("hello from {web_replica}"));
+    let failed = d.ctl(&[
+        "exec",
+        &web_replica,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo oops >&2; exit 3",
+    ]);
+    assert_eq!(failed.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&failed.stderr).trim(), "oops");
+    let process = d.ctl(&["exec", &name_of("hello"), "--", "true"]);
+    assert!(!process.status.success());
+    assert!(
+        String::from_utf8_lossy(&process.stderr).contains("cannot run commands"),
+        "{}",
+        String::from_utf8_lossy(&process.stderr)
+    );
+
     // A container's process killed from outside: the agent replaces it.
     let (_, victim) = up[0];
     std::process::Command::new("kill")
