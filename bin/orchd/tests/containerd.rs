@@ -1,7 +1,8 @@
-//! orchd with `--runtime process,containerd` on a containerd of the test's own: replicas of an
-//! image run as containers next to a process replica on the same node, answer HTTP on their
-//! ports, a killed container is replaced, a restarted orchd re-adopts the containers without
-//! duplicating them, and deleting the service leaves nothing in containerd but the image.
+//! orchd with `--runtime process,containerd` on a containerd of the test's own: 3 replicas of
+//! the example HTTP server, from an image, run as containers next to a process replica of it
+//! on the same node and answer on their ports; `orchctl exec` runs commands in a container; a
+//! killed container is replaced; a restarted orchd re-adopts the containers without
+//! duplicating them; deleting the services leaves nothing in containerd but the images.
 #![cfg(feature = "containerd")]
 
 mod common;
@@ -9,15 +10,17 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use orch_runtime::containerd::{testing::busybox_image, Containerd, LocalContainerd};
+use orch_runtime::containerd::testing::{busybox_image, program_image};
+use orch_runtime::containerd::{Containerd, LocalContainerd};
 
-const IMAGE: &str = "localhost/busybox:e2e";
+const HELLO_IMAGE: &str = "localhost/hello-server:e2e";
+const BUSYBOX_IMAGE: &str = "localhost/busybox:e2e";
 
-fn web(replicas: u32) -> String {
-    format!(
-        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template:\n    image: {IMAGE}\n    command: [/bin/sh, -c, 'mkdir -p /www && echo hello from $ORCH_REPLICA > /www/index.html && exec httpd -f -p $PORT -h /www']\n    ports: [{{name: http}}]\n    stopGracePeriod: 1s\n"
-    )
-}
+/// The example server from its image (the entrypoint): no command in the template.
+const WEB: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 3\n  template:\n    image: localhost/hello-server:e2e\n    ports: [{name: http}]\n    stopGracePeriod: 1s\n";
+
+/// A shell to exec into.
+const SHELL: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: shell}\nspec:\n  replicas: 1\n  template:\n    image: localhost/busybox:e2e\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n";
 
 /// `(addr, pid)` of the ready replicas of `service`, once there are exactly `n` and all answer.
 fn ready(d: &Daemon, service: &str, n: usize) -> Option<Vec<(String, u32)>> {
@@ -50,9 +53,16 @@ fn containers_and_processes_on_one_node_through_orchd() {
     std::fs::create_dir_all(&img_dir).unwrap();
     let client = rt.block_on(async {
         let c = Containerd::connect(ctd.socket(), &ns).await.unwrap();
-        c.import(&busybox_image(&img_dir, IMAGE).unwrap(), "overlayfs")
-            .await
-            .unwrap();
+        let hello = program_image(
+            &img_dir.join("hello"),
+            HELLO_IMAGE,
+            &workspace_bin("hello-server"),
+        )
+        .unwrap();
+        let busybox = busybox_image(&img_dir.join("busybox"), BUSYBOX_IMAGE).unwrap();
+        for image in [hello, busybox] {
+            c.import(&image, "overlayfs").await.unwrap();
+        }
         c
     });
     let containers = || rt.block_on(client.containers()).unwrap().len();
@@ -75,7 +85,8 @@ fn containers_and_processes_on_one_node_through_orchd() {
     assert!(node.contains("process"), "{node}");
 
     let files = [
-        write(tmp.path(), "web.yaml", &web(3)),
+        write(tmp.path(), "web.yaml", WEB),
+        write(tmp.path(), "shell.yaml", SHELL),
         write(tmp.path(), "hello.yaml", &hello(1, "blue")),
     ];
     for f in &files {
@@ -89,26 +100,24 @@ fn containers_and_processes_on_one_node_through_orchd() {
         Duration::from_secs(30),
         || ready(&d, "hello", 1),
     );
-    assert_eq!(
-        containers(),
-        3,
-        "the web replicas are containers; hello is a process"
-    );
-
-    // orchctl exec runs a command in a container: its files, its exit code.
-    let name_of = |service: &str| {
+    let shell = eventually("the shell runs", Duration::from_secs(30), || {
         d.replicas()
             .into_iter()
-            .find(|r| r["spec"]["service"] == service)
+            .find(|r| r["spec"]["service"] == "shell" && r["status"]["phase"] == "Ready")
             .and_then(|r| r["metadata"]["name"].as_str().map(String::from))
-            .unwrap()
-    };
-    let web_replica = name_of("web");
-    let page = d.ctl_ok(&["exec", &web_replica, "--", "cat", "/www/index.html"]);
-    assert_eq!(page.trim(), format!("hello from {web_replica}"));
+    });
+    assert_eq!(
+        containers(),
+        4,
+        "web and shell are containers; hello is a process"
+    );
+
+    // orchctl exec runs a command in a container: its environment, its exit code, its stderr.
+    let who = d.ctl_ok(&["exec", &shell, "--", "/bin/sh", "-c", "echo $ORCH_REPLICA"]);
+    assert_eq!(who.trim(), shell);
     let failed = d.ctl(&[
         "exec",
-        &web_replica,
+        &shell,
         "--",
         "/bin/sh",
         "-c",
@@ -116,7 +125,13 @@ fn containers_and_processes_on_one_node_through_orchd() {
     ]);
     assert_eq!(failed.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&failed.stderr).trim(), "oops");
-    let process = d.ctl(&["exec", &name_of("hello"), "--", "true"]);
+    let hello_replica = d
+        .replicas()
+        .into_iter()
+        .find(|r| r["spec"]["service"] == "hello")
+        .and_then(|r| r["metadata"]["name"].as_str().map(String::from))
+        .unwrap();
+    let process = d.ctl(&["exec", &hello_replica, "--", "true"]);
     assert!(!process.status.success());
     assert!(
         String::from_utf8_lossy(&process.stderr).contains("cannot run commands"),
@@ -135,11 +150,11 @@ fn containers_and_processes_on_one_node_through_orchd() {
         Duration::from_secs(30),
         || ready(&d, "web", 3).filter(|u| u.iter().all(|(_, p)| *p != victim)),
     );
-    assert_eq!(containers(), 3);
+    assert_eq!(containers(), 4);
 
     // orchd restarts: the running containers are re-adopted, none duplicated or restarted.
     d.stop();
-    assert_eq!(containers(), 3, "containers outlive orchd");
+    assert_eq!(containers(), 4, "containers outlive orchd");
     let d = Daemon::start_with(tmp.path(), &args);
     let readopted = eventually("re-adopted", Duration::from_secs(30), || {
         ready(&d, "web", 3)
@@ -150,13 +165,14 @@ fn containers_and_processes_on_one_node_through_orchd() {
         p
     };
     assert_eq!(pids(&readopted), pids(&after), "the same processes serve");
-    assert_eq!(containers(), 3, "nothing duplicated");
+    assert_eq!(containers(), 4, "nothing duplicated");
 
-    // Delete: no container, task or writable layer left; the image's layer stays.
+    // Delete: no container, task or writable layer left; the images' layers stay.
     d.ctl_ok(&["delete", "service", "web"]);
+    d.ctl_ok(&["delete", "service", "shell"]);
     eventually("containers gone", Duration::from_secs(30), || {
         (containers() == 0).then_some(())
     });
     let snapshots = rt.block_on(client.snapshots("overlayfs")).unwrap();
-    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
 }

@@ -1,6 +1,6 @@
-//! Test tooling: a busybox root filesystem and a one-layer OCI image of it, made from
-//! Debian's static busybox (`busybox-static`) with `tar` and `gzip`, for tests of the
-//! containerd runtime here and in the daemon.
+//! Test tooling: one-layer OCI images made with `tar` and `gzip` — of Debian's static busybox
+//! (`busybox-static`), or of any program with the shared libraries `ldd` lists for it (the
+//! workspace's example server) — for tests of the containerd runtime here and in the daemon.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -61,10 +61,54 @@ fn run(cmd: &mut Command) -> io::Result<()> {
 /// what a pull or an image import hands to [`Containerd::import`](super::Containerd::import).
 pub fn busybox_image(dir: &Path, name: &str) -> io::Result<ImageParts> {
     let layer_dir = busybox_rootfs(&dir.join("layer"))?;
+    image_of(dir, &layer_dir, name, &["/bin/sh"])
+}
+
+/// A one-layer OCI image of `program` (at `/bin/NAME`, the entrypoint) with the shared
+/// libraries `ldd` lists for it at their paths; its blobs in `dir`.
+pub fn program_image(dir: &Path, name: &str, program: &Path) -> io::Result<ImageParts> {
+    let root = dir.join("layer").join("rootfs");
+    let file_name = program
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{}: not a file", program.display())))?;
+    let target = Path::new("/bin").join(file_name);
+    let mut files = vec![(program.to_path_buf(), target.clone())];
+    let ldd = Command::new("ldd").arg(program).output()?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            files.push((PathBuf::from(p), PathBuf::from(p)));
+        }
+    }
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    for (from, to) in files {
+        let dest = root.join(to.strip_prefix("/").unwrap_or(&to));
+        std::fs::create_dir_all(dest.parent().unwrap_or(&root))?;
+        // Copy the file a symlink points to, under the link's own name.
+        std::fs::copy(std::fs::canonicalize(&from)?, &dest)?;
+    }
+    let entry = target.display().to_string();
+    image_of(dir, &root, name, &[&entry])
+}
+
+/// Packs `layer_dir` as the one layer of an image whose entrypoint is `entrypoint`.
+fn image_of(
+    dir: &Path,
+    layer_dir: &Path,
+    name: &str,
+    entrypoint: &[&str],
+) -> io::Result<ImageParts> {
     let tar = dir.join("layer.tar");
     run(Command::new("tar")
         .args(["--numeric-owner", "-C"])
-        .arg(&layer_dir)
+        .arg(layer_dir)
         .arg("-cf")
         .arg(&tar)
         .arg("."))?;
@@ -81,7 +125,7 @@ pub fn busybox_image(dir: &Path, name: &str) -> io::Result<ImageParts> {
     };
     let config = serde_json::json!({
         "architecture": arch, "os": "linux",
-        "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     let config_path = dir.join("config.json");
