@@ -722,3 +722,130 @@ async fn without_overlayfs_the_native_snapshotter_is_used() {
     rt.remove("default.native").await.unwrap();
     assert_eq!(rt.client().snapshots("native").await.unwrap().len(), 1);
 }
+
+/// Pulling from a real registry (Debian docker-registry, the image pushed with skopeo):
+/// digests checked, blobs cached, progress reported, the pulled image runs; a damaged blob,
+/// a missing tag and missing or wrong credentials are refused with the reason.
+#[tokio::test]
+async fn images_are_pulled_from_a_registry_and_run() {
+    use orch_runtime::containerd::registry::{PullError, Puller, RegistryConfig};
+    use orch_runtime::containerd::testing::{write_oci_layout, LocalRegistry};
+
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let c = Containerd::connect(ctd.socket(), &ctd.namespace())
+        .await
+        .unwrap();
+    let work = ctd.scratch();
+    let image = busybox_image(&work.join("build"), "built");
+    write_oci_layout(&image, &work.join("layout"), "1").unwrap();
+    let registry = LocalRegistry::start(&[]).expect("docker-registry starts");
+    registry
+        .push(&work.join("layout"), "1", "orch/busybox", None)
+        .expect("skopeo pushes");
+
+    let puller = Puller::new(RegistryConfig::default()).unwrap();
+    let reference = format!("{}/orch/busybox:1", registry.address());
+    let seen = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let record = |p: orch_runtime::containerd::registry::PullProgress| {
+        seen.lock().unwrap().insert(p.digest, (p.done, p.total));
+    };
+    let t = std::time::Instant::now();
+    let pulled = puller
+        .pull(&reference, &work.join("cache"), &record)
+        .await
+        .expect("pull");
+    eprintln!(
+        "pull of {} bytes: {:?}",
+        image.layers[0].blob.size,
+        t.elapsed()
+    );
+    assert_eq!(pulled.layers[0].blob.digest, image.layers[0].blob.digest);
+    assert_eq!(pulled.config.digest, image.config.digest);
+    let layer = &image.layers[0].blob;
+    assert_eq!(
+        seen.lock().unwrap()[&layer.digest],
+        (layer.size as u64, layer.size as u64),
+        "progress reached the layer's size"
+    );
+    // Pulled again: served from the cache directory.
+    puller
+        .pull(&reference, &work.join("cache"), &|_| {})
+        .await
+        .unwrap();
+
+    let unpacked = c.import(&pulled, "overlayfs").await.unwrap();
+    let mut s = spec(&ctd, Path::new("/"), "pulled", &["/bin/sh", "-c", "exit 6"]);
+    s.root = Root::Image {
+        name: unpacked.name,
+        snapshotter: unpacked.snapshotter,
+        chain_id: unpacked.chain_id,
+    };
+    c.run(&s).await.unwrap();
+    assert_eq!(c.wait("pulled").await.unwrap().status, 6);
+    c.delete("pulled").await.unwrap();
+
+    // A missing tag says so.
+    let e = puller
+        .pull(
+            &format!("{}/orch/busybox:nope", registry.address()),
+            &work.join("c2"),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PullError::Status { status: 404, .. }), "{e}");
+
+    // A blob damaged in the registry's storage is refused, naming its digest.
+    let data = registry.blob_data(&layer.digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let e = puller
+        .pull(&reference, &work.join("fresh"), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, PullError::Digest { digest, .. } if *digest == layer.digest),
+        "{e}"
+    );
+
+    // Behind basic authentication: refused without credentials, pulled with them.
+    let private = LocalRegistry::start(&[("orch", "s3cret")]).expect("registry with auth");
+    private
+        .push(
+            &work.join("layout"),
+            "1",
+            "team/busybox",
+            Some(("orch", "s3cret")),
+        )
+        .unwrap();
+    let reference = format!("{}/team/busybox:1", private.address());
+    let e = puller
+        .pull(&reference, &work.join("auth"), &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("401") && e.contains("credentials"), "{e}");
+    let mut config = RegistryConfig::default();
+    config
+        .credentials
+        .insert(private.address(), ("orch".to_string(), "wrong".to_string()));
+    let e = Puller::new(config.clone())
+        .unwrap()
+        .pull(&reference, &work.join("auth"), &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("401") && e.contains("refused"), "{e}");
+    config.credentials.insert(
+        private.address(),
+        ("orch".to_string(), "s3cret".to_string()),
+    );
+    let with_creds = Puller::new(config).unwrap();
+    let got = with_creds
+        .pull(&reference, &work.join("auth"), &|_| {})
+        .await
+        .expect("pull with credentials");
+    assert_eq!(got.config.digest, image.config.digest);
+}

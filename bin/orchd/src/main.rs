@@ -26,7 +26,7 @@ enum Command {
     /// Run the manifests in a folder (or file) on this machine, show a live table, stop on Ctrl-C.
     Up(up::UpArgs),
     /// Run the engine as a long-lived daemon with its state in a data directory.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Up(a) => up::run(a).await,
-            Command::Server(a) => server::run(a).await,
+            Command::Server(a) => server::run(*a).await,
         }
     })
 }

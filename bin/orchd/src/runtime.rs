@@ -36,6 +36,47 @@ pub struct ContainerdArgs {
     pub namespace: String,
     /// The snapshotter.
     pub snapshotter: String,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// `host` → (user, password).
+    pub credentials: std::collections::HashMap<String, (String, String)>,
+}
+
+/// Reads a registry credentials file: `HOST[:PORT] USER PASSWORD` per line, `#` comments.
+pub fn read_registry_auth(
+    path: &Path,
+) -> anyhow::Result<std::collections::HashMap<String, (String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--registry-auth-file {}: {e}", path.display()))?;
+    parse_registry_auth(&text)
+        .map_err(|e| anyhow::anyhow!("--registry-auth-file {}: {e}", path.display()))
+}
+
+fn parse_registry_auth(
+    text: &str,
+) -> Result<std::collections::HashMap<String, (String, String)>, String> {
+    let mut out = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [host, user, password] = fields[..] else {
+            return Err(format!(
+                "line {}: expected `HOST[:PORT] USER PASSWORD`, found {} field(s)",
+                n + 1,
+                fields.len()
+            ));
+        };
+        if out
+            .insert(host.to_string(), (user.to_string(), password.to_string()))
+            .is_some()
+        {
+            return Err(format!("line {}: {host} is named twice", n + 1));
+        }
+    }
+    Ok(out)
 }
 
 /// Opens the named runtimes; several are combined ([`Runtimes`]).
@@ -66,6 +107,10 @@ async fn open_containerd(dir: &Path, args: &ContainerdArgs) -> anyhow::Result<Ar
     let config = ContainerdConfig {
         namespace: args.namespace.clone(),
         snapshotter: args.snapshotter.clone(),
+        registry: orch_runtime::containerd::registry::RegistryConfig {
+            credentials: args.credentials.clone(),
+            insecure: args.insecure_registries.clone(),
+        },
         ..ContainerdConfig::new(&args.socket, dir)
     };
     let rt = ContainerdRuntime::new(config).await.with_context(|| {
@@ -103,5 +148,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("twice"));
+    }
+
+    #[test]
+    fn registry_auth_files_parse_and_bad_lines_are_named() {
+        let creds = parse_registry_auth("# mine\nreg.example:5000 alice s3cret\n\n").unwrap();
+        assert_eq!(creds["reg.example:5000"], ("alice".into(), "s3cret".into()));
+        let e = parse_registry_auth("a b\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("2 field"), "{e}");
+        let e = parse_registry_auth("a b c\na d e\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("twice"), "{e}");
     }
 }

@@ -54,6 +54,13 @@ pub struct ServerArgs {
     /// The containerd snapshotter for containers' root filesystems (`overlayfs`, `native`).
     #[arg(long, default_value = "overlayfs")]
     containerd_snapshotter: String,
+    /// A registry (`HOST:PORT`) reached over plain HTTP (loopback ones always are); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// A file of registry credentials, one `HOST[:PORT] USER PASSWORD` per line (`#` starts a
+    /// comment); keep it mode 0600.
+    #[arg(long)]
+    registry_auth_file: Option<PathBuf>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -76,6 +83,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         socket: args.containerd_socket.clone(),
         namespace: args.containerd_namespace.clone(),
         snapshotter: args.containerd_snapshotter.clone(),
+        insecure_registries: args.insecure_registries.clone(),
+        credentials: match &args.registry_auth_file {
+            Some(path) => crate::runtime::read_registry_auth(path)?,
+            None => Default::default(),
+        },
     };
     let runtime: Arc<dyn Runtime> =
         crate::runtime::open(&runtime_names, &data_dir, &containerd).await?;

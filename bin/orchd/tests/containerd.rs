@@ -1,5 +1,6 @@
 //! orchd with `--runtime process,containerd` on a containerd of the test's own: 3 replicas of
-//! the example HTTP server, from an image, run as containers next to a process replica of it
+//! the example HTTP server, pulled from a registry of the test's own (docker-registry, the image
+//! pushed with skopeo), run as containers next to a process replica of it
 //! on the same node and answer on their ports; `orchctl exec` runs commands in a container; a
 //! killed container is replaced; a restarted orchd re-adopts the containers without
 //! duplicating them; deleting the services leaves nothing in containerd but the images.
@@ -10,17 +11,20 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use orch_runtime::containerd::testing::{busybox_image, program_image};
+use orch_runtime::containerd::testing::{
+    busybox_image, program_image, write_oci_layout, LocalRegistry,
+};
 use orch_runtime::containerd::{Containerd, LocalContainerd};
 
-const HELLO_IMAGE: &str = "localhost/hello-server:e2e";
-const BUSYBOX_IMAGE: &str = "localhost/busybox:e2e";
-
 /// The example server from its image (the entrypoint): no command in the template.
-const WEB: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 3\n  template:\n    image: localhost/hello-server:e2e\n    ports: [{name: http}]\n    stopGracePeriod: 1s\n";
+fn web(registry: &str) -> String {
+    format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 3\n  template:\n    image: {registry}/orch/hello-server:1\n    ports: [{{name: http}}]\n    stopGracePeriod: 1s\n")
+}
 
 /// A shell to exec into.
-const SHELL: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: shell}\nspec:\n  replicas: 1\n  template:\n    image: localhost/busybox:e2e\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n";
+fn shell(registry: &str) -> String {
+    format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: shell}}\nspec:\n  replicas: 1\n  template:\n    image: {registry}/orch/busybox:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n")
+}
 
 /// `(addr, pid)` of the ready replicas of `service`, once there are exactly `n` and all answer.
 fn ready(d: &Daemon, service: &str, n: usize) -> Option<Vec<(String, u32)>> {
@@ -51,20 +55,31 @@ fn containers_and_processes_on_one_node_through_orchd() {
     let ns = ctd.namespace();
     let img_dir = ctd.scratch().join("img");
     std::fs::create_dir_all(&img_dir).unwrap();
-    let client = rt.block_on(async {
-        let c = Containerd::connect(ctd.socket(), &ns).await.unwrap();
-        let hello = program_image(
-            &img_dir.join("hello"),
-            HELLO_IMAGE,
-            &workspace_bin("hello-server"),
-        )
-        .unwrap();
-        let busybox = busybox_image(&img_dir.join("busybox"), BUSYBOX_IMAGE).unwrap();
-        for image in [hello, busybox] {
-            c.import(&image, "overlayfs").await.unwrap();
-        }
-        c
-    });
+    // Both images go to the registry; orchd pulls them when replicas need them.
+    let registry = LocalRegistry::start(&[]).expect("docker-registry starts");
+    let images = [
+        (
+            "hello-server",
+            program_image(
+                &img_dir.join("hello"),
+                "hello",
+                &workspace_bin("hello-server"),
+            ),
+        ),
+        (
+            "busybox",
+            busybox_image(&img_dir.join("busybox"), "busybox"),
+        ),
+    ];
+    for (repo, image) in images {
+        let layout = img_dir.join(format!("{repo}-layout"));
+        write_oci_layout(&image.unwrap(), &layout, "1").unwrap();
+        registry
+            .push(&layout, "1", &format!("orch/{repo}"), None)
+            .expect("skopeo pushes");
+    }
+    let client = rt.block_on(Containerd::connect(ctd.socket(), &ns)).unwrap();
+    assert!(rt.block_on(client.images()).unwrap().is_empty());
     let containers = || rt.block_on(client.containers()).unwrap().len();
 
     let tmp = tempfile::tempdir().unwrap();
@@ -85,8 +100,8 @@ fn containers_and_processes_on_one_node_through_orchd() {
     assert!(node.contains("process"), "{node}");
 
     let files = [
-        write(tmp.path(), "web.yaml", WEB),
-        write(tmp.path(), "shell.yaml", SHELL),
+        write(tmp.path(), "web.yaml", &web(&registry.address())),
+        write(tmp.path(), "shell.yaml", &shell(&registry.address())),
         write(tmp.path(), "hello.yaml", &hello(1, "blue")),
     ];
     for f in &files {
@@ -110,6 +125,17 @@ fn containers_and_processes_on_one_node_through_orchd() {
         containers(),
         4,
         "web and shell are containers; hello is a process"
+    );
+    let mut pulled = rt.block_on(client.images()).unwrap();
+    pulled.sort();
+    let registry_address = registry.address();
+    assert_eq!(
+        pulled,
+        [
+            format!("{registry_address}/orch/busybox:1"),
+            format!("{registry_address}/orch/hello-server:1")
+        ],
+        "each image pulled once"
     );
 
     // orchctl exec runs a command in a container: its environment, its exit code, its stderr.

@@ -43,7 +43,7 @@ pub const LABEL_PORTS: &str = "orch.dev/ports";
 pub const LABEL_HOST_IP: &str = "orch.dev/host-ip";
 
 /// Configuration of a [`ContainerdRuntime`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ContainerdConfig {
     /// containerd's gRPC socket.
     pub socket: PathBuf,
@@ -56,6 +56,8 @@ pub struct ContainerdConfig {
     pub state_dir: PathBuf,
     /// The address workloads are reached at (and dynamic ports are picked on).
     pub host_ip: String,
+    /// Credentials and insecure registries for pulling images.
+    pub registry: super::registry::RegistryConfig,
 }
 
 impl ContainerdConfig {
@@ -67,6 +69,7 @@ impl ContainerdConfig {
             snapshotter: "overlayfs".into(),
             state_dir: state_dir.into(),
             host_ip: "127.0.0.1".into(),
+            registry: super::registry::RegistryConfig::default(),
         }
     }
 }
@@ -81,6 +84,9 @@ struct Inner {
     config: ContainerdConfig,
     workloads: Mutex<BTreeMap<String, Entry>>,
     events: broadcast::Sender<RuntimeEvent>,
+    puller: super::registry::Puller,
+    /// Serialises pulls (one image is fetched once even when replicas start together).
+    pulls: tokio::sync::Mutex<()>,
     /// Serialises start, stop and remove.
     ops: tokio::sync::Mutex<()>,
 }
@@ -191,7 +197,7 @@ fn numeric_user(user: &str) -> Result<(u32, u32), String> {
 }
 
 /// The platform's architecture as OCI names it.
-fn oci_arch() -> &'static str {
+pub(super) fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -227,12 +233,16 @@ impl ContainerdRuntime {
                 )));
             }
         }
+        let puller = super::registry::Puller::new(config.registry.clone())
+            .map_err(RuntimeError::Unavailable)?;
         let rt = ContainerdRuntime {
             inner: Arc::new(Inner {
                 client,
                 config,
                 workloads: Mutex::new(BTreeMap::new()),
                 events: broadcast::channel(1024).0,
+                puller,
+                pulls: tokio::sync::Mutex::new(()),
                 ops: tokio::sync::Mutex::new(()),
             }),
         };
@@ -352,15 +362,47 @@ impl ContainerdRuntime {
         }
     }
 
+    /// Pulls `image` from its registry and imports it (pull policy IfNotPresent: only images
+    /// missing from containerd are pulled). Blobs are cached under the state directory.
+    pub async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        let _one_at_a_time = self.inner.pulls.lock().await;
+        if self.image_config(image).await.is_ok() {
+            return Ok(());
+        }
+        let cache = self.inner.config.state_dir.join("images");
+        let started = std::time::Instant::now();
+        let name = image.to_string();
+        let report = move |p: super::registry::PullProgress| {
+            if p.done == p.total {
+                tracing::info!(image = %name, blob = %p.digest, bytes = p.total, "containerd: pulled blob");
+            }
+        };
+        let parts = self
+            .inner
+            .puller
+            .pull(image, &cache, &report)
+            .await
+            .map_err(|e| match e {
+                super::registry::PullError::Transport { .. } => {
+                    RuntimeError::Unavailable(e.to_string())
+                }
+                other => RuntimeError::StartFailed(other.to_string()),
+            })?;
+        self.inner
+            .client
+            .import(&parts, &self.inner.config.snapshotter)
+            .await
+            .map_err(|e| RuntimeError::StartFailed(e.to_string()))?;
+        tracing::info!(image, took = ?started.elapsed(), "containerd: image pulled and unpacked");
+        Ok(())
+    }
+
     /// Resolves the image's config: its manifest (the host platform's, from an index) and
     /// the config it names.
     pub async fn image_config(&self, image: &str) -> Result<ImageRunConfig, RuntimeError> {
         let c = &self.inner.client;
-        let not_found = |name: &str| {
-            RuntimeError::StartFailed(format!(
-                "image {name} is not on this node (import it first; pulling from a registry is not implemented yet)"
-            ))
-        };
+        let not_found =
+            |name: &str| RuntimeError::StartFailed(format!("image {name} is not on this node"));
         let record = match ImagesClient::new(c.channel.clone())
             .get(c.req(GetImageRequest { name: image.into() }))
             .await
@@ -583,7 +625,14 @@ impl Runtime for ContainerdRuntime {
         let c = &self.inner.client;
         // An exited container of the same workload is replaced.
         c.delete(&spec.id).await.map_err(unavailable)?;
-        let cfg = self.image_config(image).await?;
+        let cfg = match self.image_config(image).await {
+            Ok(cfg) => cfg,
+            Err(RuntimeError::StartFailed(m)) if m.ends_with("is not on this node") => {
+                self.pull(image).await?;
+                self.image_config(image).await?
+            }
+            Err(e) => return Err(e),
+        };
         let argv = cfg.argv(t);
         if argv.is_empty() {
             return Err(RuntimeError::StartFailed(format!(

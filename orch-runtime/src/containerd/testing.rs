@@ -149,3 +149,149 @@ fn image_of(
         }],
     })
 }
+
+/// Writes `image` as an OCI image layout directory (`oci-layout`, `index.json`, `blobs/`),
+/// tagged `tag`: what `skopeo copy oci:DIR:TAG ...` reads.
+pub fn write_oci_layout(image: &ImageParts, dir: &Path, tag: &str) -> io::Result<()> {
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let all = [&image.manifest, &image.config]
+        .into_iter()
+        .chain(image.layers.iter().map(|l| &l.blob));
+    for b in all {
+        let hex = b.digest.trim_start_matches("sha256:");
+        std::fs::copy(&b.path, blobs.join(hex))?;
+    }
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": image.manifest.media_type,
+            "digest": image.manifest.digest,
+            "size": image.manifest.size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string())
+}
+
+/// An OCI distribution registry of its own (Debian `docker-registry`) on a free loopback
+/// port with its storage in a temporary directory, optionally behind HTTP basic
+/// authentication; stopped on drop.
+pub struct LocalRegistry {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl std::fmt::Debug for LocalRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRegistry")
+            .field("address", &self.address())
+            .finish()
+    }
+}
+
+impl LocalRegistry {
+    /// Starts the registry (with `htpasswd` users from `user:password` pairs, if any) and
+    /// waits until it answers.
+    pub fn start(users: &[(&str, &str)]) -> io::Result<LocalRegistry> {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-registry-")
+            .tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut auth = String::new();
+        if !users.is_empty() {
+            let path = dir.path().join("htpasswd");
+            for (i, (u, p)) in users.iter().enumerate() {
+                let mut cmd = Command::new("htpasswd");
+                cmd.arg(if i == 0 { "-Bbc" } else { "-Bb" })
+                    .arg(&path)
+                    .args([u, p]);
+                run(cmd
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null()))
+                .map_err(|e| io::Error::other(format!("htpasswd (Debian apache2-utils): {e}")))?;
+            }
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: orch-test\n    path: {}\n",
+                path.display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            dir.path().join("storage").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log"))?)
+            .spawn()
+            .map_err(|e| {
+                io::Error::other(format!("docker-registry (Debian docker-registry): {e}"))
+            })?;
+        let reg = LocalRegistry { child, dir, port };
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t.elapsed() > std::time::Duration::from_secs(20) {
+                return Err(io::Error::other(
+                    "docker-registry did not listen within 20 s",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(reg)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where the registry keeps a blob's bytes (to damage it in tests).
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Pushes an OCI layout directory's `tag` as `REPOSITORY:TAG` with skopeo (Debian
+    /// `skopeo`), with credentials if given.
+    pub fn push(
+        &self,
+        layout: &Path,
+        tag: &str,
+        repository: &str,
+        creds: Option<(&str, &str)>,
+    ) -> io::Result<()> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ]);
+        if let Some((u, p)) = creds {
+            cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        cmd.arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repository}:{tag}", self.address()));
+        run(&mut cmd).map_err(|e| io::Error::other(format!("skopeo (Debian skopeo): {e}")))
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
