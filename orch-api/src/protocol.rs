@@ -90,6 +90,14 @@ pub enum Request {
         /// Kill it after this many seconds (1 to 3600).
         timeout_secs: u64,
     },
+    /// Import an image from an OCI image layout tarball on the daemon's machine into every
+    /// node this daemon runs (for nodes without a registry).
+    ImportImage {
+        /// Absolute path of the archive.
+        path: String,
+        /// The name to record it under (default: the archive's ref name).
+        name: Option<String>,
+    },
     /// What the daemon is.
     Info,
 }
@@ -198,6 +206,11 @@ pub enum Response {
         stdout: String,
         /// Standard error (lossy UTF-8, at most 1 MiB).
         stderr: String,
+    },
+    /// Result of `ImportImage`: the image's name, per node.
+    Imported {
+        /// `(node, name)`.
+        images: Vec<(String, String)>,
     },
     /// End of a stream.
     End,

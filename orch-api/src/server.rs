@@ -275,6 +275,7 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
             command,
             timeout_secs,
         } => exec(backend, &namespace, &replica, &command, timeout_secs).await,
+        Request::ImportImage { path, name } => import_image(backend, &path, name.as_deref()).await,
         Request::Watch { .. } | Request::Logs { .. } => {
             error(ErrorCode::Invalid, "streaming request on a one-shot path")
         }
@@ -339,6 +340,37 @@ async fn watch(framed: &mut Conn, backend: &Backend, kind: Kind, namespace: Opti
             }
         }
     }
+}
+
+async fn import_image(backend: &Backend, path: &str, name: Option<&str>) -> Response {
+    let archive = Path::new(path);
+    if !archive.is_absolute() {
+        return error(
+            ErrorCode::Invalid,
+            format!("image import: {path:?} must be an absolute path"),
+        );
+    }
+    let mut nodes: Vec<(&String, &Arc<dyn Runtime>)> = backend.runtimes.iter().collect();
+    nodes.sort_by_key(|(n, _)| n.as_str());
+    let mut images = Vec::new();
+    for (node, rt) in nodes {
+        match rt.import_image(archive, name).await {
+            Ok(n) => images.push((node.clone(), n)),
+            Err(e @ RuntimeError::Unsupported(_)) => {
+                return error(ErrorCode::Invalid, format!("image import on {node}: {e}"))
+            }
+            Err(e @ RuntimeError::StartFailed(_)) => {
+                return error(ErrorCode::Invalid, format!("image import: {e}"))
+            }
+            Err(e) => {
+                return error(
+                    ErrorCode::Unavailable,
+                    format!("image import on {node}: {e}"),
+                )
+            }
+        }
+    }
+    Response::Imported { images }
 }
 
 /// Longest an exec may run.

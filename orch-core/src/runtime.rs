@@ -200,6 +200,19 @@ pub trait Runtime: Send + Sync {
             self.info().name
         )))
     }
+    /// Imports an image from an OCI image layout tarball on this machine (for nodes without a
+    /// registry) under `name` (or the name the archive gives it); returns the name.
+    async fn import_image(
+        &self,
+        archive: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        let _ = (archive, name);
+        Err(RuntimeError::Unsupported(format!(
+            "the {} runtime has no images",
+            self.info().name
+        )))
+    }
 }
 
 /// Converts a signal name (`SIGTERM`, `TERM`, `15`) to its number.
@@ -374,5 +387,20 @@ impl Runtime for Runtimes {
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError> {
         self.owner(id).await?.exec(id, command, timeout).await
+    }
+
+    async fn import_image(
+        &self,
+        archive: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        let mut last = None;
+        for r in &self.all {
+            match r.import_image(archive, name).await {
+                Err(e @ RuntimeError::Unsupported(_)) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| RuntimeError::Unsupported("no runtime on this node".into())))
     }
 }

@@ -39,6 +39,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             command,
         } => exec(&client, &ns, &replica, &timeout, command).await,
+        Command::Image {
+            command: crate::ImageCommand::Import { file, name },
+        } => import_image(&client, &file, name).await,
         Command::Info => info(&client).await,
     }
 }
@@ -392,6 +395,27 @@ async fn exec(
     };
     if status != 0 {
         std::process::exit(status);
+    }
+    Ok(())
+}
+
+async fn import_image(
+    client: &Client,
+    file: &std::path::Path,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let path =
+        std::fs::canonicalize(file).with_context(|| format!("image import: {}", file.display()))?;
+    if let Response::Imported { images } = client
+        .call(Request::ImportImage {
+            path: path.display().to_string(),
+            name,
+        })
+        .await?
+    {
+        for (node, name) in images {
+            outln!("image {name} imported on {node}");
+        }
     }
     Ok(())
 }

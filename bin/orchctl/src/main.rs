@@ -118,8 +118,29 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Images on the daemon's nodes.
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Show what the daemon is.
     Info,
+}
+
+/// `orchctl image ...`.
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import an OCI image layout tarball (`skopeo copy ... oci-archive:FILE`) into the
+    /// container runtime of every node this daemon runs, for nodes without a registry.
+    Import {
+        /// The archive (on the daemon's machine).
+        file: std::path::PathBuf,
+        /// Record it under this name (default: the archive's ref name). When the archive holds
+        /// several images, the one whose ref name this is.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 fn main() {

@@ -165,6 +165,52 @@ fn containers_and_processes_on_one_node_through_orchd() {
         String::from_utf8_lossy(&process.stderr)
     );
 
+    // A node without a registry: an OCI layout tarball imported with orchctl, then run.
+    let archive = img_dir.join("busybox.tar");
+    let packed = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(img_dir.join("busybox-layout"))
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    let imported = d.ctl_ok(&[
+        "image",
+        "import",
+        archive.to_str().unwrap(),
+        "--name",
+        "localhost/imported:1",
+    ]);
+    assert!(
+        imported.contains("image localhost/imported:1 imported on test-node"),
+        "{imported}"
+    );
+    let junk = write(tmp.path(), "junk.tar", "not an archive");
+    let refused = d.ctl(&["image", "import", junk.to_str().unwrap()]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("junk.tar"),
+        "{why}"
+    );
+    let offline = write(
+        tmp.path(),
+        "offline.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: offline}\nspec:\n  replicas: 1\n  template:\n    image: localhost/imported:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n",
+    );
+    d.ctl_ok(&["apply", "-f", offline.to_str().unwrap()]);
+    eventually("the imported image runs", Duration::from_secs(30), || {
+        d.replicas()
+            .into_iter()
+            .any(|r| r["spec"]["service"] == "offline" && r["status"]["phase"] == "Ready")
+            .then_some(())
+    });
+    d.ctl_ok(&["delete", "service", "offline"]);
+    eventually("offline gone", Duration::from_secs(30), || {
+        (containers() == 4).then_some(())
+    });
+
     // A container's process killed from outside: the agent replaces it.
     let (_, victim) = up[0];
     std::process::Command::new("kill")
@@ -200,5 +246,9 @@ fn containers_and_processes_on_one_node_through_orchd() {
         (containers() == 0).then_some(())
     });
     let snapshots = rt.block_on(client.snapshots("overlayfs")).unwrap();
-    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    assert_eq!(
+        snapshots.len(),
+        2,
+        "the two images' layers (busybox twice, one layer): {snapshots:?}"
+    );
 }

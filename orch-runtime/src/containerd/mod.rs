@@ -24,6 +24,7 @@ use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
 use containerd_client::types::Mount;
 mod image;
+pub mod layout;
 pub mod registry;
 mod runtime;
 pub mod testing;

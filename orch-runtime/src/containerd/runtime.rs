@@ -837,6 +837,40 @@ impl Runtime for ContainerdRuntime {
         })
     }
 
+    async fn import_image(
+        &self,
+        archive: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<String, RuntimeError> {
+        let dir = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&self.inner.config.state_dir)
+            .map_err(|source| RuntimeError::Io {
+                context: format!(
+                    "cannot create a temp dir in {}",
+                    self.inner.config.state_dir.display()
+                ),
+                source,
+            })?;
+        let (archive_path, out, name_owned) = (
+            archive.to_path_buf(),
+            dir.path().to_path_buf(),
+            name.map(String::from),
+        );
+        let parts = tokio::task::spawn_blocking(move || {
+            super::layout::read_oci_archive(&archive_path, &out, name_owned.as_deref(), oci_arch())
+        })
+        .await
+        .map_err(|e| RuntimeError::Other(Box::new(e)))?
+        .map_err(|e| RuntimeError::Other(e.into()))?;
+        self.inner
+            .client
+            .import(&parts, &self.inner.config.snapshotter)
+            .await
+            .map_err(|e| RuntimeError::Other(Box::new(e)))?;
+        Ok(parts.name)
+    }
+
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
         if !lock(&self.inner.workloads).contains_key(id) {
             return Err(RuntimeError::NotFound(id.into()));
