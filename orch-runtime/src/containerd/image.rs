@@ -105,6 +105,31 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// The layer descriptors of an image manifest, with the diff ids its config lists for them;
+/// an error when the two do not pair up.
+pub(super) fn layers_with_diff_ids(
+    manifest: &serde_json::Value,
+    config: &serde_json::Value,
+) -> Result<Vec<(serde_json::Value, String)>, String> {
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+    if layers.is_empty() || layers.len() != diff_ids.len() {
+        return Err(format!(
+            "{} layers but {} diff ids in the config",
+            layers.len(),
+            diff_ids.len()
+        ));
+    }
+    Ok(layers.into_iter().zip(diff_ids).collect())
+}
+
 impl Containerd {
     fn leased<T>(&self, msg: T, lease: &str) -> Request<T> {
         let mut r = self.req(msg);

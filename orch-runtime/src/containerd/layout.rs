@@ -148,28 +148,12 @@ pub fn read_oci_archive(
     let config_doc: Value =
         serde_json::from_slice(&std::fs::read(&config.path).unwrap_or_default())
             .map_err(|e| at(format!("config: {e}")))?;
-    let diff_ids: Vec<String> = config_doc["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
-    if layers.is_empty() || layers.len() != diff_ids.len() {
-        return Err(at(format!(
-            "{} layers but {} diff ids in the config",
-            layers.len(),
-            diff_ids.len()
-        )));
-    }
-    let layers = layers
-        .iter()
-        .zip(diff_ids)
+    let pairs = super::image::layers_with_diff_ids(&manifest, &config_doc).map_err(at)?;
+    let layers = pairs
+        .into_iter()
         .map(|(l, diff_id)| {
             Ok(ImageLayer {
-                blob: blob(l, "layer")?,
+                blob: blob(&l, "layer")?,
                 diff_id,
             })
         })

@@ -592,28 +592,15 @@ impl Puller {
             .await
             .map_err(|e| io(&config_path, e))?;
         let config: Value = serde_json::from_slice(&config_bytes).unwrap_or_default();
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
-        if layers.is_empty() || layers.len() != diff_ids.len() {
-            return Err(PullError::Manifest {
+        let layers = super::image::layers_with_diff_ids(&manifest, &config).map_err(|message| {
+            PullError::Manifest {
                 reference: r.name(),
-                message: format!(
-                    "{} layers but {} diff ids in the config",
-                    layers.len(),
-                    diff_ids.len()
-                ),
-            });
-        }
+                message,
+            }
+        })?;
         let mut out = Vec::with_capacity(layers.len());
-        for (l, diff_id) in layers.iter().zip(diff_ids) {
-            let (media_type, digest, size) = descriptor(l)?;
+        for (l, diff_id) in layers {
+            let (media_type, digest, size) = descriptor(&l)?;
             let path = self.blob(&r, "layer", &digest, size, dir, progress).await?;
             out.push(ImageLayer {
                 blob: Blob {

@@ -260,6 +260,18 @@ impl ContainerdRuntime {
         &self.inner.client
     }
 
+    /// A temporary directory in the state directory, removed when dropped.
+    fn scratch_dir(&self, prefix: &str) -> Result<tempfile::TempDir, RuntimeError> {
+        let state = &self.inner.config.state_dir;
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(state)
+            .map_err(|source| RuntimeError::Io {
+                context: format!("cannot create a temp dir in {}", state.display()),
+                source,
+            })
+    }
+
     fn log_path(&self, id: &str) -> PathBuf {
         self.inner.config.state_dir.join(format!("{id}.log"))
     }
@@ -794,16 +806,7 @@ impl Runtime for ContainerdRuntime {
         if command.is_empty() {
             return Err(RuntimeError::StartFailed("exec: no command given".into()));
         }
-        let dir = tempfile::Builder::new()
-            .prefix("exec-")
-            .tempdir_in(&self.inner.config.state_dir)
-            .map_err(|source| RuntimeError::Io {
-                context: format!(
-                    "cannot create a temp dir in {}",
-                    self.inner.config.state_dir.display()
-                ),
-                source,
-            })?;
+        let dir = self.scratch_dir("exec-")?;
         let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
         let (done, finished) = tokio::sync::watch::channel(false);
         let readers = [
@@ -842,16 +845,7 @@ impl Runtime for ContainerdRuntime {
         archive: &std::path::Path,
         name: Option<&str>,
     ) -> Result<String, RuntimeError> {
-        let dir = tempfile::Builder::new()
-            .prefix("import-")
-            .tempdir_in(&self.inner.config.state_dir)
-            .map_err(|source| RuntimeError::Io {
-                context: format!(
-                    "cannot create a temp dir in {}",
-                    self.inner.config.state_dir.display()
-                ),
-                source,
-            })?;
+        let dir = self.scratch_dir("import-")?;
         let (archive_path, out, name_owned) = (
             archive.to_path_buf(),
             dir.path().to_path_buf(),
