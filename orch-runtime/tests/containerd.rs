@@ -729,7 +729,7 @@ async fn without_overlayfs_the_native_snapshotter_is_used() {
 #[tokio::test]
 async fn images_are_pulled_from_a_registry_and_run() {
     use orch_runtime::containerd::registry::{PullError, Puller, RegistryConfig};
-    use orch_runtime::containerd::testing::{write_oci_layout, LocalRegistry};
+    use orch_runtime::containerd::testing::{loopback_tls, write_oci_layout, LocalRegistry};
 
     let ctd = LocalContainerd::start().await.expect("containerd starts");
     let c = Containerd::connect(ctd.socket(), &ctd.namespace())
@@ -847,5 +847,32 @@ async fn images_are_pulled_from_a_registry_and_run() {
         .pull(&reference, &work.join("auth"), &|_| {})
         .await
         .expect("pull with credentials");
+    assert_eq!(got.config.digest, image.config.digest);
+
+    // Over HTTPS, the registry's certificate signed by a CA the puller is told to trust.
+    let (ca, cert, key) = loopback_tls(&work.join("tls")).expect("openssl makes certificates");
+    let tls = LocalRegistry::start_tls(&[], &cert, &key).expect("registry over TLS");
+    tls.push(&work.join("layout"), "1", "secure/busybox", None)
+        .unwrap();
+    let reference = format!("{}/secure/busybox:1", tls.address());
+    let untrusted = Puller::new(RegistryConfig::default())
+        .unwrap()
+        .pull(&reference, &work.join("tls-pull"), &|_| {})
+        .await
+        .expect_err("an unknown CA is not trusted");
+    let untrusted = untrusted.to_string();
+    assert!(
+        untrusted.contains("https://") && untrusted.contains("certificate"),
+        "{untrusted}"
+    );
+    let trusting = Puller::new(RegistryConfig {
+        ca_files: vec![ca],
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    let got = trusting
+        .pull(&reference, &work.join("tls-pull"), &|_| {})
+        .await
+        .expect("pull over HTTPS");
     assert_eq!(got.config.digest, image.config.digest);
 }

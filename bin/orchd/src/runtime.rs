@@ -38,6 +38,8 @@ pub struct ContainerdArgs {
     pub snapshotter: String,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Extra CA files for registries.
+    pub registry_cas: Vec<PathBuf>,
     /// `host` → (user, password).
     pub credentials: std::collections::HashMap<String, (String, String)>,
 }
@@ -110,6 +112,7 @@ async fn open_containerd(dir: &Path, args: &ContainerdArgs) -> anyhow::Result<Ar
         registry: orch_runtime::containerd::registry::RegistryConfig {
             credentials: args.credentials.clone(),
             insecure: args.insecure_registries.clone(),
+            ca_files: args.registry_cas.clone(),
         },
         ..ContainerdConfig::new(&args.socket, dir)
     };

@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// A registry (`HOST:PORT`) reached over plain HTTP (loopback ones always are); repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// A PEM file of certificate authorities to trust for registries, besides the system's;
+    /// repeatable.
+    #[arg(long = "registry-ca")]
+    registry_cas: Vec<PathBuf>,
     /// A file of registry credentials, one `HOST[:PORT] USER PASSWORD` per line (`#` starts a
     /// comment); keep it mode 0600.
     #[arg(long)]
@@ -84,6 +88,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         namespace: args.containerd_namespace.clone(),
         snapshotter: args.containerd_snapshotter.clone(),
         insecure_registries: args.insecure_registries.clone(),
+        registry_cas: args.registry_cas.clone(),
         credentials: match &args.registry_auth_file {
             Some(path) => crate::runtime::read_registry_auth(path)?,
             None => Default::default(),

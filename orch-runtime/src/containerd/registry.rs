@@ -214,8 +214,12 @@ pub struct PullProgress {
 pub struct RegistryConfig {
     /// `host[:port]` → (user, password).
     pub credentials: HashMap<String, (String, String)>,
-    /// Registries reached over plain HTTP besides loopback ones.
+    /// Registries that may be reached over plain HTTP (HTTPS is tried first), besides
+    /// loopback ones.
     pub insecure: Vec<String>,
+    /// PEM files of certificate authorities trusted besides the system's (a private
+    /// registry's CA).
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// Pulls images.
@@ -223,6 +227,8 @@ pub struct Puller {
     http: reqwest::Client,
     config: RegistryConfig,
     tokens: Mutex<HashMap<String, String>>,
+    /// The scheme each insecure (or loopback) registry answered on.
+    schemes: Mutex<HashMap<String, &'static str>>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -231,6 +237,18 @@ impl std::fmt::Debug for Puller {
             .field("insecure", &self.config.insecure)
             .finish()
     }
+}
+
+/// An error with its causes: `a: b: c` (reqwest's own message hides why a request failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 /// How a request authenticates.
@@ -255,32 +273,74 @@ impl Puller {
     /// A puller with this configuration.
     pub fn new(config: RegistryConfig) -> Result<Puller, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut cas = Vec::new();
+        for f in &config.ca_files {
+            let pem = std::fs::read(f).map_err(|e| format!("CA file {}: {e}", f.display()))?;
+            cas.extend(
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("CA file {}: {e}", f.display()))?,
+            );
+        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
+            .tls_certs_merge(cas)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Puller {
             http,
             config,
             tokens: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(HashMap::new()),
         })
     }
 
-    fn base(&self, r: &Reference) -> String {
-        let host = r.registry.split(':').next().unwrap_or("");
-        let plain = matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-            || self.config.insecure.contains(&r.registry);
+    /// `SCHEME://HOST/v2/REPOSITORY`. HTTPS, except that a loopback or insecure registry that
+    /// does not complete a TLS handshake is reached over plain HTTP (as Docker does).
+    async fn base(&self, r: &Reference) -> String {
         let registry = if r.registry == "docker.io" {
             "registry-1.docker.io"
         } else {
             r.registry.as_str()
         };
-        format!(
-            "{}://{registry}/v2/{}",
-            if plain { "http" } else { "https" },
-            r.repository
-        )
+        let host = r
+            .registry
+            .rsplit_once(':')
+            .map_or(r.registry.as_str(), |(h, _)| h);
+        let may_be_plain = matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+            || self.config.insecure.contains(&r.registry);
+        let known = self
+            .schemes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&r.registry)
+            .copied();
+        let scheme = match known {
+            Some(s) => s,
+            None if !may_be_plain => "https",
+            None => {
+                let probe = self
+                    .http
+                    .get(format!("https://{registry}/v2/"))
+                    .send()
+                    .await;
+                // A TLS server whose certificate is not trusted stays on HTTPS (and the pull
+                // fails saying so); only a server that does not speak TLS is spoken to in HTTP.
+                let s = match probe {
+                    Ok(_) => "https",
+                    Err(e) if error_chain(&e).to_ascii_lowercase().contains("certificate") => {
+                        "https"
+                    }
+                    Err(_) => "http",
+                };
+                self.schemes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(r.registry.clone(), s);
+                s
+            }
+        };
+        format!("{scheme}://{registry}/v2/{}", r.repository)
     }
 
     /// GET with authentication as the registry asks for it.
@@ -293,7 +353,7 @@ impl Puller {
         let transport = |e: reqwest::Error| PullError::Transport {
             reference: r.name(),
             url: url.into(),
-            message: e.to_string(),
+            message: error_chain(&e),
         };
         let creds = self.config.credentials.get(&r.registry);
         let send = |auth: Auth| {
@@ -392,7 +452,7 @@ impl Puller {
         reference: &str,
         digest: Option<&str>,
     ) -> Result<(String, Vec<u8>, String), PullError> {
-        let url = format!("{}/manifests/{reference}", self.base(r));
+        let url = format!("{}/manifests/{reference}", self.base(r).await);
         let accept: Vec<&str> = INDEX_TYPES.iter().chain(&MANIFEST_TYPES).copied().collect();
         let resp = self.get(r, &url, &accept).await?;
         let header_type = resp
@@ -404,7 +464,7 @@ impl Puller {
         let body = resp.bytes().await.map_err(|e| PullError::Transport {
             reference: r.name(),
             url: url.clone(),
-            message: e.to_string(),
+            message: error_chain(&e),
         })?;
         if body.len() > 4 << 20 {
             return Err(PullError::Manifest {
@@ -471,7 +531,7 @@ impl Puller {
         tokio::fs::create_dir_all(path.parent().unwrap_or(dir))
             .await
             .map_err(io)?;
-        let url = format!("{}/blobs/{digest}", self.base(r));
+        let url = format!("{}/blobs/{digest}", self.base(r).await);
         let resp = self.get(r, &url, &[]).await?;
         let partial = path.with_extension("partial");
         let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;

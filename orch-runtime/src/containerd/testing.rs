@@ -193,9 +193,21 @@ impl std::fmt::Debug for LocalRegistry {
 }
 
 impl LocalRegistry {
-    /// Starts the registry (with `htpasswd` users from `user:password` pairs, if any) and
-    /// waits until it answers.
+    /// Starts the registry over plain HTTP (with `htpasswd` users from `user:password` pairs,
+    /// if any) and waits until it answers.
     pub fn start(users: &[(&str, &str)]) -> io::Result<LocalRegistry> {
+        Self::start_with(users, None)
+    }
+
+    /// Starts the registry over HTTPS with this certificate and key (PEM files).
+    pub fn start_tls(users: &[(&str, &str)], cert: &Path, key: &Path) -> io::Result<LocalRegistry> {
+        Self::start_with(users, Some((cert, key)))
+    }
+
+    fn start_with(
+        users: &[(&str, &str)],
+        tls: Option<(&Path, &Path)>,
+    ) -> io::Result<LocalRegistry> {
         let dir = tempfile::Builder::new()
             .prefix("orch-registry-")
             .tempdir()?;
@@ -221,8 +233,16 @@ impl LocalRegistry {
             );
         }
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-            dir.path().join("storage").display()
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
+            dir.path().join("storage").display(),
+            tls = match tls {
+                Some((cert, key)) => format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+                None => String::new(),
+            },
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
@@ -265,7 +285,7 @@ impl LocalRegistry {
     }
 
     /// Pushes an OCI layout directory's `tag` as `REPOSITORY:TAG` with skopeo (Debian
-    /// `skopeo`), with credentials if given.
+    /// `skopeo`), with credentials if given (TLS is not verified: the registry is ours).
     pub fn push(
         &self,
         layout: &Path,
@@ -294,4 +314,57 @@ impl Drop for LocalRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A certificate authority and a server certificate for `127.0.0.1` signed by it, made with
+/// `openssl` in `dir`: `(ca.pem, server.pem, server.key)`.
+pub fn loopback_tls(dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let p = |n: &str| dir.join(n);
+    let quiet = |c: &mut Command| {
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        run(c).map_err(|e| io::Error::other(format!("openssl: {e}")))
+    };
+    quiet(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=orch test CA", "-keyout"])
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")),
+    )?;
+    quiet(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+            ])
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")),
+    )?;
+    std::fs::write(p("san.cnf"), "subjectAltName=IP:127.0.0.1\n")?;
+    quiet(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-in"])
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-CAcreateserial")
+            .arg("-extfile")
+            .arg(p("san.cnf"))
+            .arg("-out")
+            .arg(p("server.pem")),
+    )?;
+    Ok((p("ca.pem"), p("server.pem"), p("server.key")))
 }
