@@ -265,6 +265,24 @@ pub struct Template {
     /// Time between the stop signal and SIGKILL (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<Span>,
+    /// When a node pulls the image (images only): IfNotPresent (the default), Always, Never.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub image_pull_policy: PullPolicy,
+    /// Mount the container's root filesystem read-only (images only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
+}
+
+/// When a node pulls a replica's image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Pull only when the node does not have the image (the default).
+    #[default]
+    IfNotPresent,
+    /// Pull on every start (to follow a moving tag); cached layers are not fetched again.
+    Always,
+    /// Never pull: the image must have been imported.
+    Never,
 }
 
 impl Template {

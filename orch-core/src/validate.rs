@@ -328,7 +328,22 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
                 out.push(err(format!("{p}.image"), img, m));
             }
         }
-        (None, false) => {}
+        (None, false) => {
+            if t.image_pull_policy != crate::object::PullPolicy::default() {
+                out.push(err(
+                    format!("{p}.imagePullPolicy"),
+                    t.image_pull_policy,
+                    "applies to images only; this template runs a command",
+                ));
+            }
+            if t.read_only_root_filesystem {
+                out.push(err(
+                    format!("{p}.readOnlyRootFilesystem"),
+                    true,
+                    "applies to images only; this template runs a command",
+                ));
+            }
+        }
     }
     if let Some(first) = t.command.first() {
         if first.trim().is_empty() {
@@ -664,5 +679,28 @@ mod tests {
         for bad in ["", "Busybox", "a b", "x:", "x@sha256:12"] {
             assert!(image_ref(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod image_only_tests {
+    #[test]
+    fn image_settings_on_a_command_template_are_named() {
+        let yaml = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 1\n  template:\n    command: [server]\n    imagePullPolicy: Always\n    readOnlyRootFilesystem: true\n";
+        let e = crate::manifest::parse("web.yaml", yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.template.imagePullPolicy") && e.contains("images only"),
+            "{e}"
+        );
+        assert!(e.contains("spec.template.readOnlyRootFilesystem"), "{e}");
+        let bad = yaml
+            .replace("command: [server]", "image: busybox")
+            .replace("Always", "Sometimes");
+        let e = crate::manifest::parse("web.yaml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Sometimes") && e.contains("IfNotPresent"), "{e}");
     }
 }

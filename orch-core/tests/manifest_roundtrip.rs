@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use orch_core::manifest::{parse, to_yaml};
 use orch_core::object::{
-    EnvVar, IntOrPercent, Metadata, Object, Placement, PortSpec, Protocol, Resources,
+    EnvVar, IntOrPercent, Metadata, Object, Placement, PortSpec, Protocol, PullPolicy, Resources,
     RestartPolicy, Service, ServiceSpec, Template, UpdateStrategy, DEFAULT_NAMESPACE,
 };
 use orch_core::quantity::{Cpu, Memory, Span};
@@ -223,10 +223,20 @@ fn template() -> impl Strategy<Value = Template> {
     (
         labels(),
         // Either an image (command optional, overriding the entrypoint) or a command.
+        // Pull policy and a read-only root go with images only.
         prop_oneof![
-            (image(), prop::option::of(command()))
-                .prop_map(|(i, c)| (Some(i), c.unwrap_or_default())),
-            command().prop_map(|c| (None, c)),
+            (
+                image(),
+                prop::option::of(command()),
+                prop::sample::select(vec![
+                    PullPolicy::IfNotPresent,
+                    PullPolicy::Always,
+                    PullPolicy::Never
+                ]),
+                any::<bool>()
+            )
+                .prop_map(|(i, c, p, ro)| (Some(i), c.unwrap_or_default(), p, ro)),
+            command().prop_map(|c| (None, c, PullPolicy::IfNotPresent, false)),
         ],
         prop::collection::vec(text(), 0..3),
         prop::collection::vec(env_var(), 0..4),
@@ -240,7 +250,7 @@ fn template() -> impl Strategy<Value = Template> {
         .prop_map(
             |(
                 labels,
-                (image, command),
+                (image, command, image_pull_policy, read_only_root_filesystem),
                 args,
                 env,
                 working_dir,
@@ -261,6 +271,8 @@ fn template() -> impl Strategy<Value = Template> {
                 restart_policy,
                 stop_signal,
                 stop_grace_period,
+                image_pull_policy,
+                read_only_root_filesystem,
             },
         )
 }

@@ -876,3 +876,79 @@ async fn images_are_pulled_from_a_registry_and_run() {
         .expect("pull over HTTPS");
     assert_eq!(got.config.digest, image.config.digest);
 }
+
+/// Pull policies against a tag that moves in the registry: IfNotPresent keeps the image the
+/// node has, Always follows the tag, Never refuses an image the node lacks; and a read-only
+/// root filesystem refuses writes.
+#[tokio::test]
+async fn pull_policies_and_a_read_only_root() {
+    use orch_core::object::PullPolicy;
+    use orch_runtime::containerd::testing::{program_image, write_oci_layout, LocalRegistry};
+
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let work = ctd.scratch();
+    let registry = LocalRegistry::start(&[]).expect("docker-registry starts");
+    let push = |image: ImageParts, dir: &str| {
+        let layout = work.join(dir);
+        write_oci_layout(&image, &layout, "1").unwrap();
+        registry.push(&layout, "1", "x/img", None).unwrap();
+    };
+    // A has /bin/sh; B is busybox alone.
+    push(busybox_image(&work.join("a"), "a"), "a-layout");
+    let mut config = ContainerdConfig::new(ctd.socket(), work.join("state"));
+    config.namespace = ctd.namespace();
+    let rt = ContainerdRuntime::new(config).await.unwrap();
+    let image = format!("{}/x/img:1", registry.address());
+    let mut events = rt.events();
+    let probe = [
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "test -e /bin/sh || exit 11; touch /written 2>/dev/null || exit 12",
+    ];
+    let mut run = async |id: &str, policy: PullPolicy, read_only: bool| {
+        let mut w = workload(id, &image, &probe, None);
+        w.template.ports.clear();
+        w.template.image_pull_policy = policy;
+        w.template.read_only_root_filesystem = read_only;
+        rt.start(&w).await?;
+        let code = eventually("exit", async || match events.try_recv() {
+            Ok(RuntimeEvent::Exited { id: got, status }) if got == id => Some(status.code),
+            _ => None,
+        })
+        .await;
+        Ok::<_, orch_core::runtime::RuntimeError>(code)
+    };
+    assert_eq!(
+        run("default.w1", PullPolicy::IfNotPresent, false)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        run("default.ro", PullPolicy::IfNotPresent, true)
+            .await
+            .unwrap(),
+        Some(12),
+        "a read-only root refuses writes"
+    );
+
+    let b = program_image(&work.join("b"), "b", Path::new("/bin/busybox")).unwrap();
+    push(b, "b-layout");
+    assert_eq!(
+        run("default.w2", PullPolicy::IfNotPresent, false)
+            .await
+            .unwrap(),
+        Some(0),
+        "IfNotPresent keeps the image the node has"
+    );
+    assert_eq!(
+        run("default.w3", PullPolicy::Always, false).await.unwrap(),
+        Some(11),
+        "Always follows the tag to the new image"
+    );
+    let mut absent = workload("default.w4", "localhost/absent:1", &probe, None);
+    absent.template.image_pull_policy = PullPolicy::Never;
+    let e = rt.start(&absent).await.unwrap_err().to_string();
+    assert!(e.contains("absent") && e.contains("Never"), "{e}");
+}

@@ -16,7 +16,7 @@ use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{GetImageRequest, ReadContentRequest};
 use futures::StreamExt;
-use orch_core::object::{BoundPort, ExitStatus, Template};
+use orch_core::object::{BoundPort, ExitStatus, PullPolicy, Template};
 use orch_core::quantity::Timestamp;
 use orch_core::runtime::{
     signal_number, ExecOutput, LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent,
@@ -374,11 +374,12 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Pulls `image` from its registry and imports it (pull policy IfNotPresent: only images
-    /// missing from containerd are pulled). Blobs are cached under the state directory.
-    pub async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+    /// Pulls `image` from its registry and imports it: always when `always` (to follow a
+    /// moving tag; cached blobs are not fetched again), else only when containerd lacks it.
+    /// Blobs are cached under the state directory.
+    pub async fn pull_image(&self, image: &str, always: bool) -> Result<(), RuntimeError> {
         let _one_at_a_time = self.inner.pulls.lock().await;
-        if self.image_config(image).await.is_ok() {
+        if !always && self.image_config(image).await.is_ok() {
             return Ok(());
         }
         let cache = self.inner.config.state_dir.join("images");
@@ -637,10 +638,18 @@ impl Runtime for ContainerdRuntime {
         let c = &self.inner.client;
         // An exited container of the same workload is replaced.
         c.delete(&spec.id).await.map_err(unavailable)?;
+        if t.image_pull_policy == PullPolicy::Always {
+            self.pull_image(image, true).await?;
+        }
         let cfg = match self.image_config(image).await {
             Ok(cfg) => cfg,
             Err(RuntimeError::StartFailed(m)) if m.ends_with("is not on this node") => {
-                self.pull(image).await?;
+                if t.image_pull_policy == PullPolicy::Never {
+                    return Err(RuntimeError::StartFailed(format!(
+                        "{m} and imagePullPolicy is Never: import it with `orchctl image import`"
+                    )));
+                }
+                self.pull_image(image, false).await?;
                 self.image_config(image).await?
             }
             Err(e) => return Err(e),
@@ -711,7 +720,7 @@ impl Runtime for ContainerdRuntime {
             stdout: log.clone(),
             stderr: log,
             labels,
-            read_only_root: false,
+            read_only_root: t.read_only_root_filesystem,
             host_network: true,
             user,
             cpu_millis: t.resources.cpu.map(|c| c.0),
