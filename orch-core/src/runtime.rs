@@ -128,6 +128,10 @@ pub enum RuntimeError {
     /// (command not found, permission denied).
     #[error("cannot start: {0}")]
     StartFailed(String),
+    /// The image could not be pulled (the message carries the registry's reason); retried
+    /// with backoff like a failed start.
+    #[error("image pull failed: {0}")]
+    ImagePull(String),
     /// The runtime is not reachable right now.
     #[error("runtime unavailable: {0}")]
     Unavailable(String),

@@ -165,6 +165,45 @@ fn containers_and_processes_on_one_node_through_orchd() {
         String::from_utf8_lossy(&process.stderr)
     );
 
+    // An image the registry does not have: the replica says why and is retried; the rest of
+    // the node carries on. An invalid reference is refused at apply.
+    let missing = write(
+        tmp.path(),
+        "missing.yaml",
+        &format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: missing}}\nspec:\n  replicas: 1\n  template:\n    image: {}/orch/nope:1\n", registry.address()),
+    );
+    d.ctl_ok(&["apply", "-f", missing.to_str().unwrap()]);
+    let failing = eventually("the pull error shows", Duration::from_secs(30), || {
+        d.replicas().into_iter().find(|r| {
+            r["spec"]["service"] == "missing"
+                && r["status"]["reason"] == "ImagePullBackOff"
+                && r["status"]["restarts"].as_u64().unwrap_or(0) >= 1
+        })
+    });
+    let message = failing["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("404") && message.contains("orch/nope"),
+        "{message}"
+    );
+    let described = d.ctl_ok(&["describe", "service", "missing"]);
+    assert!(described.contains("ImagePullBackOff"), "{described}");
+    assert!(
+        ready(&d, "web", 3).is_some(),
+        "the other replicas still serve"
+    );
+    d.ctl_ok(&["delete", "service", "missing"]);
+    let bad = write(
+        tmp.path(),
+        "bad.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  replicas: 1\n  template:\n    image: 'Not An Image'\n",
+    );
+    let refused = d.ctl(&["apply", "-f", bad.to_str().unwrap()]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("spec.template.image"),
+        "{why}"
+    );
+
     // A node without a registry: an OCI layout tarball imported with orchctl, then run.
     let archive = img_dir.join("busybox.tar");
     let packed = std::process::Command::new("tar")

@@ -18,7 +18,7 @@ use crate::object::{
     NodeStatus, Object, Phase, Replica, ReplicaStatus, Resources, Taint,
 };
 use crate::quantity::Timestamp;
-use crate::runtime::{Runtime, RuntimeEvent, Workload, WorkloadSpec, WorkloadState};
+use crate::runtime::{Runtime, RuntimeError, RuntimeEvent, Workload, WorkloadSpec, WorkloadState};
 use crate::store::{create_op, delete_op, update_op, Op, StoreError};
 
 /// How an agent describes and runs its node.
@@ -85,6 +85,9 @@ struct Backoff {
     failures: u32,
     last_start: Option<Instant>,
     retry_at: Option<Instant>,
+    /// Why the last start failed (`reason`, message), until a start succeeds: the back-off
+    /// status keeps saying it instead of a bare exit code.
+    start_error: Option<(&'static str, String)>,
 }
 
 #[derive(Default)]
@@ -468,7 +471,10 @@ impl Agent {
                 if !r.status.runtime_id.is_empty() && r.status.phase.is_up() {
                     // It ran here before and the runtime no longer knows it.
                     self.handle_exit(&r, ExitStatus::default()).await
-                } else if r.status.reason == "BackOff" || r.status.reason == "StartError" {
+                } else if matches!(
+                    r.status.reason.as_str(),
+                    "BackOff" | "StartError" | "ErrImagePull" | "ImagePullBackOff" | "StartBackOff"
+                ) {
                     self.handle_exit(&r, r.status.last_exit.clone().unwrap_or_default())
                         .await
                 } else {
@@ -599,10 +605,11 @@ impl Agent {
             };
         }
         let now = Instant::now();
-        let retry_at = {
+        let (retry_at, start_error) = {
             let mut g = self.lock();
             let b = g.backoff.entry(id.clone()).or_default();
-            match b.retry_at {
+            let start_error = b.start_error.clone();
+            let at = match b.retry_at {
                 Some(at) => at,
                 None => {
                     if b.last_start
@@ -620,16 +627,25 @@ impl Agent {
                     b.retry_at = Some(at);
                     at
                 }
-            }
+            };
+            (at, start_error)
         };
         if retry_at > now {
             let wait = retry_at - now;
+            let wait_text = humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)));
             st.phase = Phase::Failed;
-            st.reason = "BackOff".into();
-            st.message = format!(
-                "back-off {} restarting failed replica; last exit: {exit}",
-                humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
-            );
+            match start_error {
+                Some((reason, error)) => {
+                    st.reason = reason.into();
+                    st.message = format!("back-off {wait_text} before trying again: {error}");
+                }
+                None => {
+                    st.reason = "BackOff".into();
+                    st.message = format!(
+                        "back-off {wait_text} restarting failed replica; last exit: {exit}"
+                    );
+                }
+            }
             return Outcome {
                 ops: with_status(r, st).into_iter().collect(),
                 requeue_after: Some(wait),
@@ -690,6 +706,7 @@ impl Agent {
             let b = g.backoff.entry(id.clone()).or_default();
             b.retry_at = None;
             b.last_start = Some(Instant::now());
+            b.start_error = None;
         }
         match self.runtime.start(&spec).await {
             Ok(w) => {
@@ -727,12 +744,18 @@ impl Agent {
                 }
             }
             Err(e) => {
-                rec.warning(Kind::Replica, ns, name, "StartError", e.to_string());
+                // Kubernetes' name for it, so users find it where they expect.
+                let reason = if matches!(e, RuntimeError::ImagePull(_)) {
+                    "ErrImagePull"
+                } else {
+                    "StartError"
+                };
+                rec.warning(Kind::Replica, ns, name, reason, e.to_string());
                 if restart {
                     st.restarts += 1;
                 }
                 st.phase = Phase::Failed;
-                st.reason = "StartError".into();
+                st.reason = reason.into();
                 st.message = e.to_string();
                 st.runtime_id.clear();
                 st.last_exit = Some(ExitStatus {
@@ -744,6 +767,14 @@ impl Agent {
                 let delay = {
                     let mut g = self.lock();
                     let b = g.backoff.entry(id).or_default();
+                    b.start_error = Some((
+                        if reason == "ErrImagePull" {
+                            "ImagePullBackOff"
+                        } else {
+                            "StartBackOff"
+                        },
+                        e.to_string(),
+                    ));
                     let d = restart_delay(
                         b.failures.max(1),
                         self.cfg.restart_backoff_base,

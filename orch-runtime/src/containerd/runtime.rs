@@ -395,12 +395,7 @@ impl ContainerdRuntime {
             .puller
             .pull(image, &cache, &report)
             .await
-            .map_err(|e| match e {
-                super::registry::PullError::Transport { .. } => {
-                    RuntimeError::Unavailable(e.to_string())
-                }
-                other => RuntimeError::StartFailed(other.to_string()),
-            })?;
+            .map_err(|e| RuntimeError::ImagePull(e.to_string()))?;
         self.inner
             .client
             .import(&parts, &self.inner.config.snapshotter)
