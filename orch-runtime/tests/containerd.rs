@@ -952,3 +952,93 @@ async fn pull_policies_and_a_read_only_root() {
     let e = rt.start(&absent).await.unwrap_err().to_string();
     assert!(e.contains("absent") && e.contains("Never"), "{e}");
 }
+
+/// A registry that dies mid-pull: a clear error, no partial blob taken for a whole one, and
+/// a clean retry once it is back.
+#[tokio::test]
+async fn a_registry_that_stops_mid_pull_leaves_nothing_half_written() {
+    use orch_runtime::containerd::registry::{PullError, Puller, RegistryConfig};
+    use orch_runtime::containerd::testing::{image_of, write_oci_layout, LocalRegistry};
+
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let work = ctd.scratch();
+    // 24 MiB that do not compress, so the layer takes a while to send.
+    let root = busybox_rootfs(&work.join("big"));
+    let mut payload = vec![0u8; 24 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut payload)
+        .unwrap();
+    std::fs::write(root.join("payload"), &payload).unwrap();
+    let image = image_of(&work.join("big"), &root, "big", &["/bin/sh"]).unwrap();
+    let layer = image.layers[0].blob.clone();
+    write_oci_layout(&image, &work.join("layout"), "1").unwrap();
+    let mut registry = LocalRegistry::start(&[]).expect("docker-registry starts");
+    registry
+        .push(&work.join("layout"), "1", "x/big", None)
+        .unwrap();
+    let reference = format!("{}/x/big:1", registry.address());
+    let puller = Puller::new(RegistryConfig::default()).unwrap();
+    let cache = work.join("cache");
+
+    // Kill the registry once the first MiB of the layer has arrived, then read on slowly.
+    let pid = registry.pid().unwrap();
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    let kill_midway = |p: orch_runtime::containerd::registry::PullProgress| {
+        if p.digest == layer.digest
+            && p.done > 1 << 20
+            && !killed.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let e = puller
+        .pull(&reference, &cache, &kill_midway)
+        .await
+        .unwrap_err();
+    assert!(killed.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        matches!(&e, PullError::Transport { .. } | PullError::Digest { .. }),
+        "{e}"
+    );
+    let hex = layer.digest.trim_start_matches("sha256:");
+    assert!(
+        !cache.join("blobs/sha256").join(hex).exists(),
+        "no half-written layer under its digest"
+    );
+
+    // Back up: the retry completes and the image runs.
+    registry.restart().unwrap();
+    let pulled = puller
+        .pull(&reference, &cache, &|_| {})
+        .await
+        .expect("retry");
+    assert_eq!(
+        std::fs::metadata(&pulled.layers[0].blob.path)
+            .unwrap()
+            .len() as i64,
+        layer.size
+    );
+    let c = Containerd::connect(ctd.socket(), &ctd.namespace())
+        .await
+        .unwrap();
+    let unpacked = c.import(&pulled, "overlayfs").await.unwrap();
+    let mut s = spec(
+        &ctd,
+        Path::new("/"),
+        "big",
+        &["/bin/sh", "-c", "test -s /payload"],
+    );
+    s.root = Root::Image {
+        name: unpacked.name,
+        snapshotter: unpacked.snapshotter,
+        chain_id: unpacked.chain_id,
+    };
+    c.run(&s).await.unwrap();
+    assert_eq!(c.wait("big").await.unwrap().status, 0);
+    c.delete("big").await.unwrap();
+}

@@ -98,8 +98,9 @@ pub fn program_image(dir: &Path, name: &str, program: &Path) -> io::Result<Image
     image_of(dir, &root, name, &[&entry])
 }
 
-/// Packs `layer_dir` as the one layer of an image whose entrypoint is `entrypoint`.
-fn image_of(
+/// Packs `layer_dir` (a root filesystem) as the one layer of an image whose entrypoint is
+/// `entrypoint`, its blobs in `dir`.
+pub fn image_of(
     dir: &Path,
     layer_dir: &Path,
     name: &str,
@@ -179,7 +180,7 @@ pub fn write_oci_layout(image: &ImageParts, dir: &Path, tag: &str) -> io::Result
 /// port with its storage in a temporary directory, optionally behind HTTP basic
 /// authentication; stopped on drop.
 pub struct LocalRegistry {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     dir: tempfile::TempDir,
     port: u16,
 }
@@ -246,18 +247,35 @@ impl LocalRegistry {
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
+        let mut reg = LocalRegistry {
+            child: None,
+            dir,
+            port,
+        };
+        reg.restart()?;
+        Ok(reg)
+    }
+
+    /// (Re)starts the registry on the same port and storage, and waits until it listens.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        let config_path = self.dir.path().join("config.yml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("registry.log"))?;
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log"))?)
+            .stderr(log)
             .spawn()
             .map_err(|e| {
                 io::Error::other(format!("docker-registry (Debian docker-registry): {e}"))
             })?;
-        let reg = LocalRegistry { child, dir, port };
+        self.child = Some(child);
         let t = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if t.elapsed() > std::time::Duration::from_secs(20) {
                 return Err(io::Error::other(
                     "docker-registry did not listen within 20 s",
@@ -265,7 +283,20 @@ impl LocalRegistry {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Ok(reg)
+        Ok(())
+    }
+
+    /// The registry's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Kills the registry (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `127.0.0.1:PORT`.
@@ -311,8 +342,7 @@ impl LocalRegistry {
 
 impl Drop for LocalRegistry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
