@@ -306,6 +306,9 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
             );
             kv("Addresses", n.status.addresses.join(", "));
             kv("Runtimes", n.status.runtimes.join(", "));
+            if !n.status.runtime_problems.is_empty() {
+                kv("Unavailable", n.status.runtime_problems.join("; "));
+            }
             kv(
                 "Heartbeat",
                 n.status

@@ -940,6 +940,10 @@ pub struct NodeStatus {
     /// Whether CPU and memory limits are enforced, and if not why.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub limits: String,
+    /// Runtimes this node has but cannot reach right now (`containerd: ...`); it offers them
+    /// to nobody until they are back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_problems: Vec<String>,
     /// The agent's version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent_version: String,

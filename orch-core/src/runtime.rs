@@ -171,6 +171,11 @@ pub trait Runtime: Send + Sync {
     }
     /// Whether this runtime can run `template`.
     fn supports(&self, template: &Template) -> bool;
+    /// The offered runtimes that cannot be reached right now, each with the reason (checked
+    /// on every heartbeat; a node does not offer them to the scheduler meanwhile).
+    async fn unavailable(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Starts a workload. An exited workload with the same id is replaced (its logs are kept).
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError>;
     /// Sends `signal`, waits up to `grace`, then kills. Returns how it ended; the record stays
@@ -329,6 +334,14 @@ impl Runtime for Runtimes {
 
     fn offers(&self) -> Vec<String> {
         self.all.iter().flat_map(|r| r.offers()).collect()
+    }
+
+    async fn unavailable(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for r in &self.all {
+            out.extend(r.unavailable().await);
+        }
+        out
     }
 
     fn supports(&self, template: &Template) -> bool {

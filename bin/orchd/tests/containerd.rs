@@ -49,7 +49,7 @@ fn ready(d: &Daemon, service: &str, n: usize) -> Option<Vec<(String, u32)>> {
 #[test]
 fn containers_and_processes_on_one_node_through_orchd() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ctd = rt
+    let mut ctd = rt
         .block_on(LocalContainerd::start())
         .expect("containerd starts");
     let ns = ctd.namespace();
@@ -277,6 +277,41 @@ fn containers_and_processes_on_one_node_through_orchd() {
     };
     assert_eq!(pids(&readopted), pids(&after), "the same processes serve");
     assert_eq!(containers(), 4, "nothing duplicated");
+
+    // containerd stops under the running node: the node says so and stops offering it, the
+    // containers keep serving, and all is well again once containerd is back.
+    ctd.stop_daemon();
+    let described = eventually(
+        "containerd reported unavailable",
+        Duration::from_secs(30),
+        || {
+            let out = d.ctl_ok(&["describe", "node", "test-node"]);
+            out.contains("Unavailable").then_some(out)
+        },
+    );
+    assert!(described.contains("containerd"), "{described}");
+    for (addr, _) in &readopted {
+        assert!(
+            http_get(addr).is_some_and(|b| b.starts_with("hello from")),
+            "{addr} serves while containerd is down"
+        );
+    }
+    rt.block_on(ctd.restart()).expect("containerd restarts");
+    eventually("containerd offered again", Duration::from_secs(30), || {
+        let out = d.ctl_ok(&["describe", "node", "test-node"]);
+        (!out.contains("Unavailable") && out.contains("containerd")).then_some(())
+    });
+    let (_, victim) = readopted[0];
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    eventually(
+        "replaced after containerd came back",
+        Duration::from_secs(30),
+        || ready(&d, "web", 3).filter(|u| u.iter().all(|(_, p)| *p != victim)),
+    );
+    assert_eq!(containers(), 4);
 
     // Delete: no container, task or writable layer left; the images' layers stay.
     d.ctl_ok(&["delete", "service", "web"]);

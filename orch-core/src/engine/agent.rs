@@ -162,7 +162,7 @@ impl Agent {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn node_status(&self) -> NodeStatus {
+    fn node_status(&self, unavailable: &[(String, String)]) -> NodeStatus {
         let info = self.runtime.info();
         NodeStatus {
             addresses: self.cfg.addresses.clone(),
@@ -172,6 +172,7 @@ impl Agent {
                 .runtime
                 .offers()
                 .into_iter()
+                .filter(|n| !unavailable.iter().any(|(u, _)| u == n))
                 .map(|n| {
                     if n == "fake" {
                         "process".to_string()
@@ -179,6 +180,10 @@ impl Agent {
                         n
                     }
                 })
+                .collect(),
+            runtime_problems: unavailable
+                .iter()
+                .map(|(n, why)| format!("{n}: {why}"))
                 .collect(),
             condition: NodeCondition::Ready,
             heartbeat: Some(Timestamp::now()),
@@ -190,10 +195,11 @@ impl Agent {
     /// Creates or refreshes the node object (registration and heartbeat).
     async fn heartbeat(&self) -> Result<(), crate::store::StoreError> {
         let key = Kind::Node.key("", &self.cfg.node);
+        let unavailable = self.runtime.unavailable().await;
         let op = match self.ctx.cache.get(Kind::Node, &key).as_deref() {
             Some(Object::Node(n)) => {
                 let mut n = n.clone();
-                n.status = self.node_status();
+                n.status = self.node_status(&unavailable);
                 for (k, v) in &self.cfg.labels {
                     n.metadata
                         .labels
@@ -216,7 +222,7 @@ impl Agent {
                 .await?
             {
                 Some(Object::Node(mut n)) => {
-                    n.status = self.node_status();
+                    n.status = self.node_status(&unavailable);
                     update_op(&Object::Node(n))
                 }
                 _ => create_op(&Object::Node(Node {
@@ -232,7 +238,7 @@ impl Agent {
                         taints: self.cfg.taints.clone(),
                         ..NodeSpec::default()
                     },
-                    status: self.node_status(),
+                    status: self.node_status(&unavailable),
                 })),
             },
         };

@@ -616,6 +616,21 @@ impl Runtime for ContainerdRuntime {
         template.image.is_some()
     }
 
+    async fn unavailable(&self) -> Vec<(String, String)> {
+        let probe = tokio::time::timeout(Duration::from_secs(2), self.inner.client.version());
+        match probe.await {
+            Ok(Ok(_)) => Vec::new(),
+            Ok(Err(e)) => vec![("containerd".into(), e.to_string())],
+            Err(_) => vec![(
+                "containerd".into(),
+                format!(
+                    "no answer within 2s on {}",
+                    self.inner.config.socket.display()
+                ),
+            )],
+        }
+    }
+
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {
         let _ops = self.inner.ops.lock().await;
         let t = &spec.template;
