@@ -87,8 +87,11 @@ struct Inner {
     puller: super::registry::Puller,
     /// Serialises pulls (one image is fetched once even when replicas start together).
     pulls: tokio::sync::Mutex<()>,
-    /// Serialises start, stop and remove.
-    ops: tokio::sync::Mutex<()>,
+    /// One lock per workload: start, stop and remove of one workload never overlap, while
+    /// different workloads start in parallel (as `ctr run` does).
+    ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Image configs already read, by image name (dropped when the image is pulled again).
+    configs: Mutex<HashMap<String, ImageRunConfig>>,
 }
 
 /// Runs replicas as containerd containers.
@@ -243,7 +246,8 @@ impl ContainerdRuntime {
                 events: broadcast::channel(1024).0,
                 puller,
                 pulls: tokio::sync::Mutex::new(()),
-                ops: tokio::sync::Mutex::new(()),
+                ops: Mutex::new(HashMap::new()),
+                configs: Mutex::new(HashMap::new()),
             }),
         };
         rt.adopt().await?;
@@ -258,6 +262,15 @@ impl ContainerdRuntime {
     /// The client, for images and inspection.
     pub fn client(&self) -> &Containerd {
         &self.inner.client
+    }
+
+    /// The lock of one workload's start, stop and remove.
+    async fn op_lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.inner.ops)
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     /// A temporary directory in the state directory, removed when dropped.
@@ -382,6 +395,7 @@ impl ContainerdRuntime {
         if !always && self.image_config(image).await.is_ok() {
             return Ok(());
         }
+        lock(&self.inner.configs).remove(image);
         let cache = self.inner.config.state_dir.join("images");
         let started = std::time::Instant::now();
         let name = image.to_string();
@@ -406,8 +420,17 @@ impl ContainerdRuntime {
     }
 
     /// Resolves the image's config: its manifest (the host platform's, from an index) and
-    /// the config it names.
+    /// the config it names (remembered until the image is pulled again).
     pub async fn image_config(&self, image: &str) -> Result<ImageRunConfig, RuntimeError> {
+        if let Some(c) = lock(&self.inner.configs).get(image) {
+            return Ok(c.clone());
+        }
+        let c = self.read_image_config(image).await?;
+        lock(&self.inner.configs).insert(image.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn read_image_config(&self, image: &str) -> Result<ImageRunConfig, RuntimeError> {
         let c = &self.inner.client;
         let not_found =
             |name: &str| RuntimeError::StartFailed(format!("image {name} is not on this node"));
@@ -632,7 +655,7 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {
-        let _ops = self.inner.ops.lock().await;
+        let _ops = self.op_lock(&spec.id).await;
         let t = &spec.template;
         crate::process::check_id(&spec.id)?;
         let Some(image) = t.image.as_deref() else {
@@ -770,13 +793,13 @@ impl Runtime for ContainerdRuntime {
         signal: &str,
         grace: Duration,
     ) -> Result<ExitStatus, RuntimeError> {
-        let _ops = self.inner.ops.lock().await;
+        let _ops = self.op_lock(id).await;
         let sig = signal_number(signal).unwrap_or(15) as u32;
         self.stop_inner(id, sig, grace).await
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let _ops = self.inner.ops.lock().await;
+        let _ops = self.op_lock(id).await;
         self.stop_inner(id, 9, Duration::ZERO).await?;
         self.inner.client.delete(id).await.map_err(unavailable)?;
         match std::fs::remove_file(self.log_path(id)) {
@@ -790,6 +813,7 @@ impl Runtime for ContainerdRuntime {
             }
         }
         lock(&self.inner.workloads).remove(id);
+        lock(&self.inner.ops).remove(id);
         Ok(())
     }
 
@@ -881,6 +905,7 @@ impl Runtime for ContainerdRuntime {
             .import(&parts, &self.inner.config.snapshotter)
             .await
             .map_err(|e| RuntimeError::Other(Box::new(e)))?;
+        lock(&self.inner.configs).remove(&parts.name);
         Ok(parts.name)
     }
 

@@ -1,0 +1,273 @@
+//! Time to N running containers (N = 20 and 100), one image, one machine, one run:
+//! - orch: the engine in-process (in-memory store, scheduler, one node agent on
+//!   `ContainerdRuntime`) from `apply` of a service to every replica Ready;
+//! - ctr: `ctr run -d` N times in parallel on the same containerd (the floor: no orchestration);
+//! - Docker Swarm: `docker service create --replicas N` until N/N (dockerd of its own with
+//!   its own containerd, started as PEERS.md says), when `dockerd` is installed.
+//!
+//! `cargo build --release -p orch-benches --bin containers --features containerd && sudo target/release/containers`
+//! (needs root, Debian `containerd runc busybox-static`, and `docker.io` for the Swarm column).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use orch_core::engine::{AgentConfig, Engine, EngineConfig};
+use orch_core::memstore::MemStore;
+use orch_core::object::Phase;
+use orch_runtime::containerd::testing::busybox_image;
+use orch_runtime::containerd::{Containerd, ContainerdConfig, ContainerdRuntime, LocalContainerd};
+
+const IMAGE: &str = "localhost/busybox:bench";
+const SIZES: [usize; 2] = [20, 100];
+
+/// `ctr run -d` of `n` containers in parallel; time until every one has returned (its task
+/// started).
+fn ctr(ctd: &LocalContainerd, ns: &str, n: usize) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            Command::new("ctr")
+                .arg("-a")
+                .arg(ctd.socket())
+                .args([
+                    "-n",
+                    ns,
+                    "run",
+                    "-d",
+                    "--snapshotter",
+                    "overlayfs",
+                    "--net-host",
+                ])
+                .arg(IMAGE)
+                .arg(format!("ctr-{n}-{i}"))
+                .args(["/bin/sleep", "100000"])
+                .stdout(Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for mut c in children {
+        anyhow::ensure!(c.wait()?.success(), "ctr run failed");
+    }
+    Ok(t.elapsed())
+}
+
+/// orch: apply a service of `n` replicas; time until all are Ready.
+async fn orch(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Result<Duration> {
+    let name = format!("web-{n}");
+    let yaml = format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {n}\n  template:\n    image: {IMAGE}\n    command: [/bin/sleep, '100000']\n    stopGracePeriod: 1s\n"
+    );
+    let objects = orch_core::manifest::parse("bench.yaml", &yaml)?;
+    let t = Instant::now();
+    orch_core::api::apply(store, objects, false).await?;
+    loop {
+        let reps = engine.cache().replicas_of_service("default", &name);
+        if reps.len() == n && reps.iter().all(|r| r.status.phase == Phase::Ready) {
+            return Ok(t.elapsed());
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(300),
+            "{name}: not ready after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A dockerd of its own in swarm mode (PEERS.md), with the busybox image built in it.
+struct Swarm {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Swarm {
+    fn docker(&self) -> Command {
+        let mut c = Command::new("/usr/bin/docker");
+        c.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.dir.path().join("docker.sock").display()),
+        );
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.docker().args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn start() -> anyhow::Result<Swarm> {
+        let dir = tempfile::Builder::new().prefix("orch-swarm-").tempdir()?;
+        let d = dir.path();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["--iptables=false", "--bridge=none"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("dockerd.log"))?)
+            .spawn()
+            .context("dockerd (Debian docker.io)")?;
+        let s = Swarm { child, dir };
+        let t = Instant::now();
+        while s.run(&["info"]).is_err() {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "dockerd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let ctx = s.dir.path().join("ctx");
+        std::fs::create_dir_all(&ctx)?;
+        std::fs::copy("/bin/busybox", ctx.join("busybox"))?;
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+        )?;
+        s.run(&[
+            "build",
+            "-q",
+            "-t",
+            "local/busybox:latest",
+            ctx.to_str().unwrap_or("."),
+        ])?;
+        s.run(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
+        Ok(s)
+    }
+
+    /// `docker service create --replicas n`; time until `n/n` running.
+    fn replicas(&self, n: usize) -> anyhow::Result<Duration> {
+        let name = format!("web{n}");
+        let t = Instant::now();
+        self.run(&[
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--name",
+            &name,
+            "--replicas",
+            &n.to_string(),
+            "local/busybox:latest",
+            "sleep",
+            "100000",
+        ])?;
+        loop {
+            let out = self.run(&[
+                "service",
+                "ls",
+                "--filter",
+                &format!("name={name}"),
+                "--format",
+                "{{.Replicas}}",
+            ])?;
+            if out.trim() == format!("{n}/{n}") {
+                let took = t.elapsed();
+                let _ = self.run(&["service", "rm", &name]);
+                return Ok(took);
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(300),
+                "swarm: {name} not running after 300 s ({out})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let _ = self.run(&["swarm", "leave", "--force"]);
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        // dockerd's own containerd and shims, found by our directory in their command lines.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.dir.path().to_string_lossy().as_ref())
+            .status();
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(self.dir.path().join("root"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn import(ctd: &LocalContainerd, ns: &str, dir: &Path) -> anyhow::Result<()> {
+    let c = Containerd::connect(ctd.socket(), ns).await?;
+    let parts = busybox_image(dir, IMAGE)?;
+    c.import(&parts, "overlayfs").await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let ctd = LocalContainerd::start().await.map_err(anyhow::Error::msg)?;
+    let base = ctd.namespace();
+    let (ns_ctr, ns_orch) = (format!("{base}-ctr"), format!("{base}-orch"));
+    for (i, ns) in [&ns_ctr, &ns_orch].into_iter().enumerate() {
+        import(&ctd, ns, &ctd.scratch().join(format!("img{i}"))).await?;
+    }
+
+    let store = Arc::new(MemStore::new());
+    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+        .config(EngineConfig::default())
+        .start();
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("orch-state"));
+    config.namespace = ns_orch.clone();
+    let runtime = Arc::new(ContainerdRuntime::new(config).await?);
+    let mut agent = AgentConfig::new("bench");
+    agent.max_replicas = 1000;
+    engine.add_agent(runtime, agent);
+
+    let swarm = if Path::new("/usr/sbin/dockerd").exists() || Path::new("/usr/bin/dockerd").exists()
+    {
+        match Swarm::start() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("swarm: not measured: {e:#}");
+                None
+            }
+        }
+    } else {
+        eprintln!("swarm: not measured: dockerd missing (Debian docker.io)");
+        None
+    };
+
+    println!("| replicas | orch (apply → all Ready) | ctr run -d in parallel | Docker Swarm (create → N/N) | orch / ctr | Swarm / orch |\n|---|---|---|---|---|---|");
+    for n in SIZES {
+        let c = ctr(&ctd, &ns_ctr, n)?;
+        let o = orch(&engine, &store, n).await?;
+        let s = swarm.as_ref().map(|s| s.replicas(n)).transpose()?;
+        println!(
+            "| {n} | {:.2} s | {:.2} s | {} | {:.2}× | {} |",
+            o.as_secs_f64(),
+            c.as_secs_f64(),
+            s.map_or("not measured".into(), |s| format!(
+                "{:.2} s",
+                s.as_secs_f64()
+            )),
+            o.as_secs_f64() / c.as_secs_f64(),
+            s.map_or("—".into(), |s| format!(
+                "{:.1}×",
+                s.as_secs_f64() / o.as_secs_f64()
+            )),
+        );
+    }
+    drop(swarm);
+    engine.shutdown().await;
+    Ok(())
+}
