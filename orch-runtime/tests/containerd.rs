@@ -1042,3 +1042,89 @@ async fn a_registry_that_stops_mid_pull_leaves_nothing_half_written() {
     assert_eq!(c.wait("big").await.unwrap().status, 0);
     c.delete("big").await.unwrap();
 }
+
+/// An image index (two platforms) pushed with `skopeo copy --all`: the pull takes the
+/// manifest for linux on this machine's architecture.
+#[tokio::test]
+async fn a_multi_platform_index_resolves_to_this_platform() {
+    use orch_runtime::containerd::registry::{Puller, RegistryConfig};
+    use orch_runtime::containerd::testing::{write_oci_layout, LocalRegistry};
+    use sha2::Digest;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let image = busybox_image(&tmp.path().join("img"), "multi");
+    let layout = tmp.path().join("layout");
+    write_oci_layout(&image, &layout, "single").unwrap();
+    let blobs = layout.join("blobs/sha256");
+    let put = |bytes: &[u8]| {
+        let hex = format!("{:x}", sha2::Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    // The other platform: the same layer under a config and manifest that say so.
+    let here = if cfg!(target_arch = "x86_64") {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let other = if here == "amd64" { "arm64" } else { "amd64" };
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&image.config.path).unwrap()).unwrap();
+    config["architecture"] = other.into();
+    let (other_config, other_config_size) = put(config.to_string().as_bytes());
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&image.manifest.path).unwrap()).unwrap();
+    manifest["config"]["digest"] = other_config.clone().into();
+    manifest["config"]["size"] = other_config_size.into();
+    let (other_manifest, other_manifest_size) = put(manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other_manifest,
+             "size": other_manifest_size, "platform": {"os": "linux", "architecture": other}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image.manifest.digest,
+             "size": image.manifest.size, "platform": {"os": "linux", "architecture": here}},
+        ],
+    });
+    let (index_digest, index_size) = put(index.to_string().as_bytes());
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest,
+                       "size": index_size, "annotations": {"org.opencontainers.image.ref.name": "1"}}],
+    });
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+
+    let registry = LocalRegistry::start(&[]).expect("docker-registry starts");
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{}/x/multi:1", registry.address()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled = Puller::new(RegistryConfig::default())
+        .unwrap()
+        .pull(
+            &format!("{}/x/multi:1", registry.address()),
+            &tmp.path().join("cache"),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pulled.manifest.digest, image.manifest.digest,
+        "this platform's manifest"
+    );
+    assert_eq!(pulled.config.digest, image.config.digest);
+}
