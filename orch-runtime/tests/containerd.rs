@@ -1113,6 +1113,16 @@ async fn a_multi_platform_index_resolves_to_this_platform() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The registry really serves an index for the tag (else this test would prove nothing).
+    let mut conn = std::net::TcpStream::connect(registry.address()).unwrap();
+    write!(
+        conn,
+        "GET /v2/x/multi/manifests/1 HTTP/1.0\r\nAccept: application/vnd.oci.image.index.v1+json\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("\"manifests\""), "{answer}");
     let pulled = Puller::new(RegistryConfig::default())
         .unwrap()
         .pull(
