@@ -98,6 +98,13 @@ pub enum Request {
         /// The name to record it under (default: the archive's ref name).
         name: Option<String>,
     },
+    /// What a replica's start is waiting for (an image pull), while it waits.
+    Progress {
+        /// Namespace.
+        namespace: String,
+        /// Replica name.
+        replica: String,
+    },
     /// What the daemon is.
     Info,
 }
@@ -211,6 +218,11 @@ pub enum Response {
     Imported {
         /// `(node, name)`.
         images: Vec<(String, String)>,
+    },
+    /// Result of `Progress`.
+    Progress {
+        /// `pulling IMAGE: 12.3 of 45.6 MB (...)`, or nothing when no start is waiting.
+        text: Option<String>,
     },
     /// End of a stream.
     End,

@@ -276,6 +276,14 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
             timeout_secs,
         } => exec(backend, &namespace, &replica, &command, timeout_secs).await,
         Request::ImportImage { path, name } => import_image(backend, &path, name.as_deref()).await,
+        Request::Progress { namespace, replica } => {
+            match replica_runtime(backend, &namespace, &replica, "start under way").await {
+                Ok((rep, _, rt)) => Response::Progress {
+                    text: rt.progress(&rep.runtime_name()),
+                },
+                Err(resp) => resp,
+            }
+        }
         Request::Watch { .. } | Request::Logs { .. } => {
             error(ErrorCode::Invalid, "streaming request on a one-shot path")
         }

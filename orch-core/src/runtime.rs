@@ -171,6 +171,12 @@ pub trait Runtime: Send + Sync {
     }
     /// Whether this runtime can run `template`.
     fn supports(&self, template: &Template) -> bool;
+    /// What a start of workload `id` in progress is waiting for (`pulling IMAGE: 12.3 of
+    /// 45.6 MB`), while it waits; `None` otherwise.
+    fn progress(&self, id: &str) -> Option<String> {
+        let _ = id;
+        None
+    }
     /// The offered runtimes that cannot be reached right now, each with the reason (checked
     /// on every heartbeat; a node does not offer them to the scheduler meanwhile).
     async fn unavailable(&self) -> Vec<(String, String)> {
@@ -334,6 +340,10 @@ impl Runtime for Runtimes {
 
     fn offers(&self) -> Vec<String> {
         self.all.iter().flat_map(|r| r.offers()).collect()
+    }
+
+    fn progress(&self, id: &str) -> Option<String> {
+        self.all.iter().find_map(|r| r.progress(id))
     }
 
     async fn unavailable(&self) -> Vec<(String, String)> {

@@ -245,6 +245,18 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         _ => Vec::new(),
     };
     out!("{}", render::describe(&obj, &events, &related));
+    // A start waiting on an image pull says how far it got (asked live of the node).
+    if let Object::Replica(r) = &obj {
+        if let Ok(Response::Progress { text: Some(text) }) = client
+            .call(Request::Progress {
+                namespace: r.metadata.namespace.clone(),
+                replica: r.metadata.name.clone(),
+            })
+            .await
+        {
+            outln!("Progress:         {text}");
+        }
+    }
     Ok(())
 }
 

@@ -78,6 +78,10 @@ fn containers_and_processes_on_one_node_through_orchd() {
             .push(&layout, "1", &format!("orch/{repo}"), None)
             .expect("skopeo pushes");
     }
+    // The same busybox under a second tag, pulled later while the registry is paused.
+    registry
+        .push(&img_dir.join("busybox-layout"), "1", "orch/paused", None)
+        .expect("skopeo pushes");
     let client = rt.block_on(Containerd::connect(ctd.socket(), &ns)).unwrap();
     assert!(rt.block_on(client.images()).unwrap().is_empty());
     let containers = || rt.block_on(client.containers()).unwrap().len();
@@ -133,7 +137,7 @@ fn containers_and_processes_on_one_node_through_orchd() {
         pulled,
         [
             format!("{registry_address}/orch/busybox:1"),
-            format!("{registry_address}/orch/hello-server:1")
+            format!("{registry_address}/orch/hello-server:1"),
         ],
         "each image pulled once"
     );
@@ -164,6 +168,51 @@ fn containers_and_processes_on_one_node_through_orchd() {
         "{}",
         String::from_utf8_lossy(&process.stderr)
     );
+
+    // A pull under way shows in `orchctl describe` (the registry paused with SIGSTOP holds
+    // the pull at its first request).
+    let pid = registry.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    let paused = write(
+        tmp.path(),
+        "paused.yaml",
+        &format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: paused}}\nspec:\n  replicas: 1\n  template:\n    image: {}/orch/paused:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n", registry.address()),
+    );
+    d.ctl_ok(&["apply", "-f", paused.to_str().unwrap()]);
+    let progress = eventually("pull progress in describe", Duration::from_secs(30), || {
+        let name = d
+            .replicas()
+            .into_iter()
+            .find(|r| r["spec"]["service"] == "paused" && !r["spec"]["node"].is_null())?
+            ["metadata"]["name"]
+            .as_str()?
+            .to_string();
+        let out = d.ctl_ok(&["describe", "replica", &name]);
+        out.lines()
+            .find(|l| l.starts_with("Progress:"))
+            .map(String::from)
+    });
+    assert!(
+        progress.contains("pulling") && progress.contains("orch/paused:1"),
+        "{progress}"
+    );
+    signal("-CONT");
+    eventually("the paused pull completes", Duration::from_secs(30), || {
+        d.replicas()
+            .into_iter()
+            .any(|r| r["spec"]["service"] == "paused" && r["status"]["phase"] == "Ready")
+            .then_some(())
+    });
+    d.ctl_ok(&["delete", "service", "paused"]);
+    eventually("paused gone", Duration::from_secs(30), || {
+        (containers() == 4).then_some(())
+    });
 
     // An image the registry does not have: the replica says why and is retried; the rest of
     // the node carries on. An invalid reference is refused at apply.

@@ -90,6 +90,10 @@ struct Inner {
     /// One lock per workload: start, stop and remove of one workload never overlap, while
     /// different workloads start in parallel (as `ctr run` does).
     ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls under way: image → bytes received and size per blob.
+    pulling: Arc<Mutex<HashMap<String, BlobProgress>>>,
+    /// Starts under way: workload → the image it needs.
+    starting: Mutex<HashMap<String, String>>,
     /// Image configs already read, by image name (dropped when the image is pulled again).
     configs: Mutex<HashMap<String, ImageRunConfig>>,
 }
@@ -248,6 +252,8 @@ impl ContainerdRuntime {
                 pulls: tokio::sync::Mutex::new(()),
                 ops: Mutex::new(HashMap::new()),
                 configs: Mutex::new(HashMap::new()),
+                pulling: Arc::default(),
+                starting: Mutex::new(HashMap::new()),
             }),
         };
         rt.adopt().await?;
@@ -399,7 +405,13 @@ impl ContainerdRuntime {
         let cache = self.inner.config.state_dir.join("images");
         let started = std::time::Instant::now();
         let name = image.to_string();
+        lock(&self.inner.pulling).insert(name.clone(), BTreeMap::new());
+        let _done = Forget(&self.inner.pulling, name.clone());
+        let pulling = self.inner.pulling.clone();
         let report = move |p: super::registry::PullProgress| {
+            if let Some(blobs) = lock(&pulling).get_mut(&name) {
+                blobs.insert(p.digest.clone(), (p.done, p.total));
+            }
             if p.done == p.total {
                 tracing::info!(image = %name, blob = %p.digest, bytes = p.total, "containerd: pulled blob");
             }
@@ -588,6 +600,36 @@ fn fifo_reader(
     }))
 }
 
+/// Bytes received and size, per blob digest.
+type BlobProgress = BTreeMap<String, (u64, u64)>;
+
+/// Removes `key` from the map when dropped (the end of a pull or a start, however it ends).
+struct Forget<'a, V>(&'a Mutex<HashMap<String, V>>, String);
+
+impl<V> Drop for Forget<'_, V> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
+    }
+}
+
+/// `pulling IMAGE: 12.3 of 45.6 MB (1 of 3 blobs done)`, or `resolving` before any blob.
+fn pull_progress_text(image: &str, blobs: &BlobProgress) -> String {
+    if blobs.is_empty() {
+        return format!("pulling {image}: resolving the manifest");
+    }
+    let (done, total) = blobs
+        .values()
+        .fold((0u64, 0u64), |(d, t), (bd, bt)| (d + bd, t + bt));
+    let complete = blobs.values().filter(|(d, t)| d == t).count();
+    let mb = |b: u64| b as f64 / 1e6;
+    format!(
+        "pulling {image}: {:.1} of {:.1} MB ({complete} of {} blobs done)",
+        mb(done),
+        mb(total),
+        blobs.len()
+    )
+}
+
 /// containerd's exit status as orch's: 128+N is death by signal N.
 fn exit_status(status: u32, oom: bool) -> ExitStatus {
     let signal = (status > 128 && status < 128 + 65).then(|| (status - 128) as i32);
@@ -639,6 +681,13 @@ impl Runtime for ContainerdRuntime {
         template.image.is_some()
     }
 
+    fn progress(&self, id: &str) -> Option<String> {
+        let image = lock(&self.inner.starting).get(id).cloned()?;
+        let pulling = lock(&self.inner.pulling);
+        let blobs = pulling.get(&image)?;
+        Some(pull_progress_text(&image, blobs))
+    }
+
     async fn unavailable(&self) -> Vec<(String, String)> {
         let probe = tokio::time::timeout(Duration::from_secs(2), self.inner.client.version());
         match probe.await {
@@ -668,6 +717,8 @@ impl Runtime for ContainerdRuntime {
                 return Err(RuntimeError::AlreadyRunning(spec.id.clone()));
             }
         }
+        lock(&self.inner.starting).insert(spec.id.clone(), image.to_string());
+        let _started = Forget(&self.inner.starting, spec.id.clone());
         let c = &self.inner.client;
         // An exited container of the same workload is replaced.
         c.delete(&spec.id).await.map_err(unavailable)?;
@@ -948,6 +999,21 @@ mod tests {
         assert_eq!(img.argv(&t(&[], &["a"])), ["/ep", "a"]);
         assert_eq!(img.argv(&t(&["/x"], &[])), ["/x"]);
         assert_eq!(img.argv(&t(&["/x"], &["a"])), ["/x", "a"]);
+    }
+
+    #[test]
+    fn pull_progress_reads_well() {
+        let mut blobs = BTreeMap::new();
+        assert_eq!(
+            pull_progress_text("img", &blobs),
+            "pulling img: resolving the manifest"
+        );
+        blobs.insert("a".to_string(), (500_000, 500_000));
+        blobs.insert("b".to_string(), (1_000_000, 4_000_000));
+        assert_eq!(
+            pull_progress_text("img", &blobs),
+            "pulling img: 1.5 of 4.5 MB (1 of 2 blobs done)"
+        );
     }
 
     #[test]
