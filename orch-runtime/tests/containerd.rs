@@ -1138,3 +1138,75 @@ async fn a_multi_platform_index_resolves_to_this_platform() {
     );
     assert_eq!(pulled.config.digest, image.config.digest);
 }
+
+/// An image whose config names its user: the name is looked up in the image's own
+/// /etc/passwd and /etc/group, and the container runs as that uid and gid.
+#[tokio::test]
+async fn an_image_user_name_is_resolved_from_the_image() {
+    use orch_runtime::containerd::testing::image_as;
+
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let work = ctd.scratch();
+    let root = busybox_rootfs(&work.join("u"));
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\napp:x:1001:\nstaff:x:50:\n",
+    )
+    .unwrap();
+    let mut config = ContainerdConfig::new(ctd.socket(), work.join("state"));
+    config.namespace = ctd.namespace();
+    let rt = ContainerdRuntime::new(config).await.unwrap();
+    let mut events = rt.events();
+    for (user, expect) in [
+        ("app", "1000 1001"),
+        ("app:staff", "1000 50"),
+        ("77", "77 0"),
+    ] {
+        let name = format!("localhost/user:{}", user.replace(':', "-"));
+        let image = image_as(&work.join(user), &root, &name, &["/bin/sh"], Some(user)).unwrap();
+        rt.client().import(&image, "overlayfs").await.unwrap();
+        let id = format!("default.u{}", user.replace(':', "-"));
+        let mut w = workload(
+            &id,
+            &name,
+            &["/bin/sh", "-c", "echo $(id -u) $(id -g)"],
+            None,
+        );
+        w.template.ports.clear();
+        rt.start(&w).await.unwrap();
+        eventually("exit", async || match events.try_recv() {
+            Ok(RuntimeEvent::Exited { id: got, .. }) if got == id => Some(()),
+            _ => None,
+        })
+        .await;
+        let logs: Vec<u8> = rt
+            .logs(&id, LogOptions::default())
+            .await
+            .unwrap()
+            .filter_map(|c| async move { c.ok() })
+            .concat()
+            .await;
+        assert_eq!(String::from_utf8_lossy(&logs).trim(), expect, "user {user}");
+    }
+    let name = "localhost/user:ghost";
+    let image = image_as(
+        &work.join("ghost"),
+        &root,
+        name,
+        &["/bin/sh"],
+        Some("ghost"),
+    )
+    .unwrap();
+    rt.client().import(&image, "overlayfs").await.unwrap();
+    let e = rt
+        .start(&workload("default.ghost", name, &["true"], None))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"ghost\"") && e.contains("/etc/passwd"), "{e}");
+}

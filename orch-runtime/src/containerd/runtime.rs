@@ -144,6 +144,8 @@ pub struct ImageRunConfig {
     pub user: Option<String>,
     /// The chain id of the top layer.
     pub chain_id: String,
+    /// The layers' digests, base first (to read `/etc/passwd` for a user name).
+    pub layers: Vec<String>,
 }
 
 impl ImageRunConfig {
@@ -172,6 +174,7 @@ impl ImageRunConfig {
             working_dir: text(&c["WorkingDir"]),
             user: text(&c["User"]),
             chain_id,
+            layers: Vec::new(),
         })
     }
 
@@ -192,15 +195,97 @@ impl ImageRunConfig {
     }
 }
 
-/// `uid[:gid]` as numbers; user names are not resolved yet.
-fn numeric_user(user: &str) -> Result<(u32, u32), String> {
-    let (u, g) = user.split_once(':').unwrap_or((user, "0"));
-    match (u.parse::<u32>(), g.parse::<u32>()) {
-        (Ok(u), Ok(g)) => Ok((u, g)),
-        _ => Err(format!(
-            "image user {user:?}: only numeric uid[:gid] is supported by orch's containerd runtime yet"
-        )),
+/// Resolves an image's `User` (`name`, `uid`, `name:group`, `uid:gid`) with the image's
+/// `/etc/passwd` and `/etc/group` (`None` when the image has none): a name must be found, a
+/// number needs no entry (its group is then 0, or the user's primary group if listed).
+fn resolve_user(
+    user: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<(u32, u32), String> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let entries = |file: Option<&str>| -> Vec<Vec<String>> {
+        file.unwrap_or("")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| l.split(':').map(String::from).collect())
+            .collect()
+    };
+    let users = entries(passwd);
+    let user_entry = users.iter().find(|e| {
+        e.first().map(String::as_str) == Some(u)
+            || (u.parse::<u32>().is_ok() && e.get(2).map(String::as_str) == Some(u))
+    });
+    let uid = match (u.parse::<u32>(), user_entry) {
+        (Ok(n), _) => n,
+        (Err(_), Some(e)) => e.get(2).and_then(|n| n.parse().ok()).ok_or_else(|| {
+            format!("image user {user:?}: its /etc/passwd line has no numeric uid")
+        })?,
+        (Err(_), None) => {
+            return Err(format!(
+                "image user {u:?} is not in the image's /etc/passwd{}",
+                if passwd.is_none() {
+                    " (the image has none)"
+                } else {
+                    ""
+                }
+            ))
+        }
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => entries(group)
+                .iter()
+                .find(|e| e.first().map(String::as_str) == Some(g))
+                .and_then(|e| e.get(2).and_then(|n| n.parse().ok()))
+                .ok_or_else(|| format!("image group {g:?} is not in the image's /etc/group"))?,
+        },
+        None => user_entry
+            .and_then(|e| e.get(3).and_then(|n| n.parse().ok()))
+            .unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+/// The text of `path` (`etc/passwd`) in the topmost of these layer blobs (gzip or plain tar)
+/// that has it; `None` when none has it or the topmost one that mentions it deletes it.
+fn file_in_layers(layers: &[Vec<u8>], path: &str) -> Option<String> {
+    use std::io::Read;
+    let whiteout = match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.wh.{name}"),
+        None => format!(".wh.{path}"),
+    };
+    for bytes in layers.iter().rev() {
+        let reader: Box<dyn Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::GzDecoder::new(&bytes[..]))
+        } else {
+            Box::new(&bytes[..])
+        };
+        let mut archive = tar::Archive::new(reader);
+        let Ok(entries) = archive.entries() else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let mut entry = entry;
+            let name = entry
+                .path()
+                .map(|p| p.to_string_lossy().trim_start_matches("./").to_string())
+                .unwrap_or_default();
+            if name == whiteout {
+                return None;
+            }
+            if name == path {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).ok()?;
+                return Some(text);
+            }
+        }
     }
+    None
 }
 
 /// The platform's architecture as OCI names it.
@@ -393,6 +478,37 @@ impl ContainerdRuntime {
         }
     }
 
+    /// The uid and gid an image's `User` names (read from the image's own /etc/passwd and
+    /// /etc/group when it is a name; the layers are read only then).
+    async fn resolve_user(
+        &self,
+        image: &str,
+        cfg: &ImageRunConfig,
+        user: &str,
+    ) -> Result<(u32, u32), RuntimeError> {
+        let numeric = user
+            .split(':')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        let (passwd, group) = if numeric {
+            (None, None)
+        } else {
+            let mut blobs = Vec::with_capacity(cfg.layers.len());
+            for d in &cfg.layers {
+                blobs.push(self.read_blob(d).await?);
+            }
+            tokio::task::spawn_blocking(move || {
+                (
+                    file_in_layers(&blobs, "etc/passwd"),
+                    file_in_layers(&blobs, "etc/group"),
+                )
+            })
+            .await
+            .map_err(|e| RuntimeError::Other(Box::new(e)))?
+        };
+        resolve_user(user, passwd.as_deref(), group.as_deref())
+            .map_err(|e| RuntimeError::StartFailed(format!("image {image}: {e}")))
+    }
+
     /// Pulls `image` from its registry and imports it: always when `always` (to follow a
     /// moving tag; cached blobs are not fetched again), else only when containerd lacks it.
     /// Blobs are cached under the state directory.
@@ -482,8 +598,17 @@ impl ContainerdRuntime {
                 RuntimeError::StartFailed(format!("image {image}: manifest without a config"))
             })?;
             let bytes = self.read_blob(config).await?;
-            return ImageRunConfig::parse(&bytes)
-                .map_err(|e| RuntimeError::StartFailed(format!("image {image}: {e}")));
+            let mut cfg = ImageRunConfig::parse(&bytes)
+                .map_err(|e| RuntimeError::StartFailed(format!("image {image}: {e}")))?;
+            cfg.layers = v["layers"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .filter_map(|l| l["digest"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Ok(cfg);
         }
         Err(RuntimeError::StartFailed(format!(
             "image {image}: too many nested indexes"
@@ -744,12 +869,10 @@ impl Runtime for ContainerdRuntime {
                 "image {image} has no entrypoint or cmd, and the template no command"
             )));
         }
-        let user = cfg
-            .user
-            .as_deref()
-            .map(numeric_user)
-            .transpose()
-            .map_err(RuntimeError::StartFailed)?;
+        let user = match cfg.user.as_deref() {
+            None => None,
+            Some(u) => Some(self.resolve_user(image, &cfg, u).await?),
+        };
         let host_ip = self.inner.config.host_ip.clone();
         let ports = crate::process::allocate_ports(&host_ip, &t.ports)?;
         // Later entries win; each name appears once, where it first appeared.
@@ -1017,10 +1140,19 @@ mod tests {
     }
 
     #[test]
-    fn users_must_be_numeric_for_now() {
-        assert_eq!(numeric_user("1000"), Ok((1000, 0)));
-        assert_eq!(numeric_user("1000:50"), Ok((1000, 50)));
-        assert!(numeric_user("nobody").unwrap_err().contains("nobody"));
+    fn users_resolve_by_the_images_passwd_and_group() {
+        let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/:/bin/sh\n";
+        let group = "root:x:0:\nstaff:x:50:\n";
+        let r = |u| resolve_user(u, Some(passwd), Some(group));
+        assert_eq!(r("app"), Ok((1000, 1001)));
+        assert_eq!(r("app:staff"), Ok((1000, 50)));
+        assert_eq!(r("1000"), Ok((1000, 1001)));
+        assert_eq!(r("4242"), Ok((4242, 0)));
+        assert_eq!(r("4242:7"), Ok((4242, 7)));
+        assert!(r("nobody").unwrap_err().contains("\"nobody\""));
+        assert!(r("app:wheel").unwrap_err().contains("\"wheel\""));
+        let none = resolve_user("app", None, None).unwrap_err();
+        assert!(none.contains("has none"), "{none}");
     }
 
     #[test]

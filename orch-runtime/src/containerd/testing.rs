@@ -11,8 +11,9 @@ use sha2::Digest;
 use super::{Blob, ImageLayer, ImageParts};
 
 /// The busybox applets linked in the root filesystem.
-pub const APPLETS: [&str; 12] = [
+pub const APPLETS: [&str; 13] = [
     "sh", "sleep", "echo", "cat", "ls", "mkdir", "httpd", "head", "tr", "kill", "true", "wget",
+    "id",
 ];
 
 /// Builds `DIR/rootfs` with the static busybox as `/bin/busybox` and [`APPLETS`] linked to it.
@@ -106,6 +107,18 @@ pub fn image_of(
     name: &str,
     entrypoint: &[&str],
 ) -> io::Result<ImageParts> {
+    image_as(dir, layer_dir, name, entrypoint, None)
+}
+
+/// [`image_of`] with the config's `User` set.
+pub fn image_as(
+    dir: &Path,
+    layer_dir: &Path,
+    name: &str,
+    entrypoint: &[&str],
+    user: Option<&str>,
+) -> io::Result<ImageParts> {
+    std::fs::create_dir_all(dir)?;
     let tar = dir.join("layer.tar");
     run(Command::new("tar")
         .args(["--numeric-owner", "-C"])
@@ -124,11 +137,14 @@ pub fn image_of(
         "aarch64" => "arm64",
         other => other,
     };
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": arch, "os": "linux",
         "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
+    if let Some(u) = user {
+        config["config"]["User"] = u.into();
+    }
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, config.to_string())?;
     let config = blob(config_path, "application/vnd.oci.image.config.v1+json")?;
