@@ -28,22 +28,7 @@ fn shell(registry: &str) -> String {
 
 /// `(addr, pid)` of the ready replicas of `service`, once there are exactly `n` and all answer.
 fn ready(d: &Daemon, service: &str, n: usize) -> Option<Vec<(String, u32)>> {
-    let reps: Vec<serde_json::Value> = d
-        .replicas()
-        .into_iter()
-        .filter(|r| r["spec"]["service"] == service && r["spec"]["desired"].is_null())
-        .collect();
-    let up: Vec<(String, u32)> = reps
-        .iter()
-        .filter(|r| r["status"]["phase"] == "Ready")
-        .filter_map(|r| Some((addr_of(r)?, pid_of(r)?)))
-        .collect();
-    (reps.len() == n
-        && up.len() == n
-        && up
-            .iter()
-            .all(|(a, _)| http_get(a).is_some_and(|b| b.starts_with("hello from"))))
-    .then_some(up)
+    ready_addrs_of(d, Some(service), n)
 }
 
 #[test]

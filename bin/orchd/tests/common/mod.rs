@@ -208,7 +208,19 @@ pub fn hello(replicas: u32, color: &str) -> String {
 /// `(ip:port, pid)` of `n` ready, current replicas that answer HTTP with the hello page,
 /// once exactly `n` replicas exist.
 pub fn ready_addrs(d: &Daemon, n: usize) -> Option<Vec<(String, u32)>> {
-    let reps = d.replicas();
+    ready_addrs_of(d, None, n)
+}
+
+/// [`ready_addrs`] for the replicas of one service only (those not being stopped), or of
+/// all replicas when `service` is `None`.
+pub fn ready_addrs_of(d: &Daemon, service: Option<&str>, n: usize) -> Option<Vec<(String, u32)>> {
+    let reps: Vec<serde_json::Value> = d
+        .replicas()
+        .into_iter()
+        .filter(|r| {
+            service.is_none_or(|s| r["spec"]["service"] == s && r["spec"]["desired"].is_null())
+        })
+        .collect();
     let ready: Vec<(String, u32)> = reps
         .iter()
         .filter(|r| r["status"]["phase"] == "Ready" && r["spec"]["desired"].is_null())
