@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the manifests in a folder (or file) on this machine, show a live table, stop on Ctrl-C.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Run the engine as a long-lived daemon with its state in a data directory.
     Server(Box<server::ServerArgs>),
 }
@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Up(a) => up::run(a).await,
+            Command::Up(a) => up::run(*a).await,
             Command::Server(a) => server::run(*a).await,
         }
     })

@@ -3,7 +3,66 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use clap::Args;
 use orch_core::runtime::{Runtime, Runtimes};
+
+/// The runtime flags shared by `orchd server` and `orchd up`.
+#[derive(Args, Clone, Debug)]
+pub struct RuntimeArgs {
+    /// Runtimes this node offers: `process` (real child processes), `containerd` (images;
+    /// needs the `containerd` build feature), both (`process,containerd`: a replica's template
+    /// decides), or `fake` (runs nothing; for control-plane benchmarks and demos).
+    #[arg(long = "runtime", default_value = "process")]
+    pub names: String,
+    /// containerd's socket (for `--runtime containerd`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub containerd_socket: PathBuf,
+    /// The containerd namespace orch's containers live in.
+    #[arg(long, default_value = "orch")]
+    pub containerd_namespace: String,
+    /// The containerd snapshotter for containers' root filesystems (`overlayfs`, `native`).
+    #[arg(long, default_value = "overlayfs")]
+    pub containerd_snapshotter: String,
+    /// A registry (`HOST:PORT`) reached over plain HTTP (loopback ones always are); repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// A PEM file of certificate authorities to trust for registries, besides the system's;
+    /// repeatable.
+    #[arg(long = "registry-ca")]
+    pub registry_cas: Vec<PathBuf>,
+    /// A file of registry credentials, one `HOST[:PORT] USER PASSWORD` per line (`#` starts a
+    /// comment); keep it mode 0600.
+    #[arg(long)]
+    pub registry_auth_file: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// The runtimes `--runtime` names, checked.
+    pub fn names(&self) -> anyhow::Result<Vec<String>> {
+        parse(&self.names)
+    }
+
+    /// Opens the runtimes `names` (from [`RuntimeArgs::names`]), keeping their state under
+    /// `data_dir`.
+    pub async fn open(
+        &self,
+        names: &[String],
+        data_dir: &Path,
+    ) -> anyhow::Result<Arc<dyn Runtime>> {
+        let containerd = ContainerdArgs {
+            socket: self.containerd_socket.clone(),
+            namespace: self.containerd_namespace.clone(),
+            snapshotter: self.containerd_snapshotter.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            registry_cas: self.registry_cas.clone(),
+            credentials: match &self.registry_auth_file {
+                Some(path) => read_registry_auth(path)?,
+                None => Default::default(),
+            },
+        };
+        open(names, data_dir, &containerd).await
+    }
+}
 
 /// What `--runtime` allows.
 pub const ALLOWED: &str = "process, containerd, process,containerd, fake";

@@ -40,31 +40,8 @@ pub struct ServerArgs {
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (needs the `etcd` build feature).
     #[arg(long, default_value = "embedded")]
     store: String,
-    /// Runtimes this node offers: `process` (real child processes), `containerd` (images;
-    /// needs the `containerd` build feature), both (`process,containerd`: a replica's template
-    /// decides), or `fake` (runs nothing; for control-plane benchmarks and demos).
-    #[arg(long, default_value = "process")]
-    runtime: String,
-    /// containerd's socket (for `--runtime containerd`).
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    containerd_socket: PathBuf,
-    /// The containerd namespace orch's containers live in.
-    #[arg(long, default_value = "orch")]
-    containerd_namespace: String,
-    /// The containerd snapshotter for containers' root filesystems (`overlayfs`, `native`).
-    #[arg(long, default_value = "overlayfs")]
-    containerd_snapshotter: String,
-    /// A registry (`HOST:PORT`) reached over plain HTTP (loopback ones always are); repeatable.
-    #[arg(long = "insecure-registry")]
-    insecure_registries: Vec<String>,
-    /// A PEM file of certificate authorities to trust for registries, besides the system's;
-    /// repeatable.
-    #[arg(long = "registry-ca")]
-    registry_cas: Vec<PathBuf>,
-    /// A file of registry credentials, one `HOST[:PORT] USER PASSWORD` per line (`#` starts a
-    /// comment); keep it mode 0600.
-    #[arg(long)]
-    registry_auth_file: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: crate::runtime::RuntimeArgs,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -81,21 +58,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let labels = host::parse_labels(&args.labels)?;
     let taints = host::parse_taints(&args.taints)?;
     let store_spec = crate::store::parse(&args.store)?;
-    let runtime_names = crate::runtime::parse(&args.runtime)?;
+    let runtime_names = args.runtime.names()?;
     let (store, store_name) = crate::store::open(&store_spec, &data_dir).await?;
-    let containerd = crate::runtime::ContainerdArgs {
-        socket: args.containerd_socket.clone(),
-        namespace: args.containerd_namespace.clone(),
-        snapshotter: args.containerd_snapshotter.clone(),
-        insecure_registries: args.insecure_registries.clone(),
-        registry_cas: args.registry_cas.clone(),
-        credentials: match &args.registry_auth_file {
-            Some(path) => crate::runtime::read_registry_auth(path)?,
-            None => Default::default(),
-        },
-    };
-    let runtime: Arc<dyn Runtime> =
-        crate::runtime::open(&runtime_names, &data_dir, &containerd).await?;
+    let runtime: Arc<dyn Runtime> = args.runtime.open(&runtime_names, &data_dir).await?;
     let discovery_dir = data_dir.join("discovery");
     let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =

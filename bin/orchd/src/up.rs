@@ -34,6 +34,8 @@ pub struct UpArgs {
     /// Refresh period of the table, in milliseconds.
     #[arg(long, default_value_t = 500)]
     refresh_ms: u64,
+    #[command(flatten)]
+    runtime: crate::runtime::RuntimeArgs,
 }
 
 /// Runs until Ctrl-C, then stops everything it started.
@@ -51,8 +53,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("orch-up-{}", std::process::id())));
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let runtime_names = args.runtime.names()?;
     let store: Arc<dyn Store> = Arc::new(orch_core::memstore::MemStore::new());
-    let runtime: Arc<dyn Runtime> = host::process_runtime(&state_dir.join("runtime")).await?;
+    let runtime: Arc<dyn Runtime> = args.runtime.open(&runtime_names, &state_dir).await?;
     let discovery_dir = state_dir.join("discovery");
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);
@@ -98,7 +101,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {}
         }
-        let view = render_view(&engine, &*store).await;
+        let view = render_view(&engine, &*store, &*runtime).await;
         if tty {
             print!("\x1b[H\x1b[2J{header}\n\n{view}");
         } else if view != last {
@@ -143,25 +146,33 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn render_view(engine: &Engine, store: &dyn Store) -> String {
+async fn render_view(engine: &Engine, store: &dyn Store, runtime: &dyn Runtime) -> String {
     let services: Vec<Object> = engine
         .cache()
         .services()
         .into_iter()
         .map(Object::from)
         .collect();
-    let mut replicas: Vec<Object> = engine
-        .cache()
-        .replicas()
-        .into_iter()
-        .map(Object::Replica)
+    let mut replicas = engine.cache().replicas();
+    replicas.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    // What starts under way wait for (image pulls), one line per replica.
+    let waiting: Vec<String> = replicas
+        .iter()
+        .filter_map(|r| {
+            let text = runtime.progress(&r.runtime_name())?;
+            Some(format!("{}  {text}\n", r.metadata.name))
+        })
         .collect();
-    replicas.sort_by(|a, b| a.metadata().name.cmp(&b.metadata().name));
+    let replicas: Vec<Object> = replicas.into_iter().map(Object::Replica).collect();
     let mut out = String::new();
     out.push_str("SERVICES\n");
     out.push_str(&render::objects_table(&services, false));
     out.push_str("\nREPLICAS\n");
     out.push_str(&render::objects_table(&replicas, false));
+    if !waiting.is_empty() {
+        out.push_str("\nSTARTING\n");
+        out.extend(waiting);
+    }
     if let Ok((mut events, _)) = list_objects(store, Kind::Event, None).await {
         events.sort_by_key(|e| {
             if let Object::Event(e) = e {

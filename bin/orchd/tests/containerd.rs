@@ -26,6 +26,17 @@ fn shell(registry: &str) -> String {
     format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: shell}}\nspec:\n  replicas: 1\n  template:\n    image: {registry}/orch/busybox:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n")
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`) to the registry: a paused registry holds a pull at its
+/// first request.
+fn signal_registry(registry: &LocalRegistry, sig: &str) {
+    let pid = registry.pid().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// `(addr, pid)` of the ready replicas of `service`, once there are exactly `n` and all answer.
 fn ready(d: &Daemon, service: &str, n: usize) -> Option<Vec<(String, u32)>> {
     ready_addrs_of(d, Some(service), n)
@@ -156,13 +167,7 @@ fn containers_and_processes_on_one_node_through_orchd() {
 
     // A pull under way shows in `orchctl describe` (the registry paused with SIGSTOP holds
     // the pull at its first request).
-    let pid = registry.pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-    };
+    let signal = |sig: &str| signal_registry(&registry, sig);
     signal("-STOP");
     let paused = write(
         tmp.path(),
@@ -353,10 +358,116 @@ fn containers_and_processes_on_one_node_through_orchd() {
     eventually("containers gone", Duration::from_secs(30), || {
         (containers() == 0).then_some(())
     });
-    let snapshots = rt.block_on(client.snapshots("overlayfs")).unwrap();
+    // A container's writable layer goes right after the container itself.
+    let mut snapshots = Vec::new();
+    for _ in 0..100 {
+        snapshots = rt.block_on(client.snapshots("overlayfs")).unwrap();
+        if snapshots.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         snapshots.len(),
         2,
         "the two images' layers (busybox twice, one layer): {snapshots:?}"
     );
+}
+
+/// `orchd up --runtime containerd`: the live view shows an image pull under way (the registry
+/// paused with SIGSTOP holds it), then the container runs; Ctrl-C leaves no container behind.
+#[test]
+fn up_with_containerd_shows_pull_progress() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ctd = rt
+        .block_on(LocalContainerd::start())
+        .expect("containerd starts");
+    let ns = ctd.namespace();
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    let registry = LocalRegistry::start(&[]).expect("docker-registry starts");
+    let layout = img_dir.join("layout");
+    write_oci_layout(
+        &busybox_image(&img_dir.join("busybox"), "busybox").unwrap(),
+        &layout,
+        "1",
+    )
+    .unwrap();
+    registry
+        .push(&layout, "1", "orch/busybox", None)
+        .expect("skopeo pushes");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&dir, "shell.yaml", &shell(&registry.address()));
+
+    let signal = |sig: &str| signal_registry(&registry, sig);
+    signal("-STOP");
+    let socket = ctd.socket();
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .arg("up")
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(["--refresh-ms", "100", "--runtime", "containerd"])
+        .arg("--containerd-socket")
+        .arg(&socket)
+        .args(["--containerd-namespace", &ns])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let out = out.clone();
+        let stdout = up.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        })
+    };
+    let progress = eventually("pull progress in the view", Duration::from_secs(30), || {
+        let o = out.lock().unwrap();
+        let at = o.find("STARTING\n")?;
+        o[at..]
+            .lines()
+            .nth(1)
+            .filter(|l| l.contains("pulling"))
+            .map(String::from)
+    });
+    assert!(
+        progress.starts_with("shell-") && progress.contains("orch/busybox:1"),
+        "{progress}"
+    );
+    signal("-CONT");
+    eventually("the container runs", Duration::from_secs(30), || {
+        let o = out.lock().unwrap();
+        let last = &o[o.rfind("REPLICAS\n")?..];
+        last.lines()
+            .any(|l| l.starts_with("shell-") && l.contains("Ready"))
+            .then_some(())
+    });
+    let client = rt.block_on(Containerd::connect(&socket, &ns)).unwrap();
+    assert_eq!(rt.block_on(client.containers()).unwrap().len(), 1);
+    std::process::Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .unwrap();
+    let status = eventually("orchd up exits", Duration::from_secs(30), || {
+        up.try_wait().unwrap()
+    });
+    reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "orchd up failed: {err}");
+    assert!(rt.block_on(client.containers()).unwrap().is_empty());
 }

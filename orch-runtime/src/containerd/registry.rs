@@ -343,6 +343,66 @@ impl Puller {
         format!("{scheme}://{registry}/v2/{}", r.repository)
     }
 
+    /// A bearer token from the realm of a `WWW-Authenticate: Bearer` challenge, for the
+    /// challenge's service and scope, with the registry's credentials if any (anonymous
+    /// otherwise, as public registries allow).
+    async fn token(
+        &self,
+        r: &Reference,
+        challenge: &str,
+        creds: Option<&(String, String)>,
+    ) -> Result<String, PullError> {
+        let realm = challenge_param(challenge, "realm").unwrap_or_default();
+        let failed = |message: String| PullError::Transport {
+            reference: r.name(),
+            url: realm.clone(),
+            message: format!("token service: {message}"),
+        };
+        if !realm.starts_with("https://") && !realm.starts_with("http://") {
+            return Err(failed(format!(
+                "the registry's challenge {challenge:?} names no http(s) realm"
+            )));
+        }
+        let mut req = self.http.get(&realm).query(&[
+            (
+                "service",
+                challenge_param(challenge, "service").unwrap_or_default(),
+            ),
+            (
+                "scope",
+                challenge_param(challenge, "scope")
+                    .unwrap_or_else(|| format!("repository:{}:pull", r.repository)),
+            ),
+        ]);
+        if let Some((u, p)) = creds {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req.send().await.map_err(|e| failed(error_chain(&e)))?;
+        let status = resp.status();
+        let url = resp.url().to_string();
+        if !status.is_success() {
+            let hint = match (status.as_u16(), creds) {
+                (401 | 403, None) => format!(
+                    " (the token service wants credentials; none are configured for {})",
+                    r.registry
+                ),
+                (401 | 403, Some(_)) => " (the credentials were refused)".into(),
+                _ => String::new(),
+            };
+            return Err(PullError::Status {
+                reference: r.name(),
+                url,
+                status: status.as_u16(),
+                hint,
+            });
+        }
+        let body: Value = resp.json().await.map_err(|e| failed(error_chain(&e)))?;
+        match body["token"].as_str().or(body["access_token"].as_str()) {
+            Some(t) if !t.is_empty() => Ok(t.to_string()),
+            _ => Err(failed(format!("GET {url}: the answer has no token"))),
+        }
+    }
+
     /// GET with authentication as the registry asks for it.
     async fn get(
         &self,
@@ -368,11 +428,12 @@ impl Puller {
             }
             req.send()
         };
+        let token_key = format!("{}/{}", r.registry, r.repository);
         let token = self
             .tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&r.repository)
+            .get(&token_key)
             .cloned();
         let mut resp = send(token.map_or(Auth::None, Auth::Bearer))
             .await
@@ -385,37 +446,11 @@ impl Puller {
                 .unwrap_or("")
                 .to_string();
             let auth = if challenge.to_ascii_lowercase().starts_with("bearer") {
-                let realm = challenge_param(&challenge, "realm").unwrap_or_default();
-                let mut token_req = self.http.get(&realm).query(&[
-                    (
-                        "service",
-                        challenge_param(&challenge, "service").unwrap_or_default(),
-                    ),
-                    (
-                        "scope",
-                        challenge_param(&challenge, "scope")
-                            .unwrap_or_else(|| format!("repository:{}:pull", r.repository)),
-                    ),
-                ]);
-                if let Some((u, p)) = creds {
-                    token_req = token_req.basic_auth(u, Some(p));
-                }
-                let t: Value = token_req
-                    .send()
-                    .await
-                    .map_err(transport)?
-                    .json()
-                    .await
-                    .map_err(transport)?;
-                let token = t["token"]
-                    .as_str()
-                    .or(t["access_token"].as_str())
-                    .unwrap_or_default()
-                    .to_string();
+                let token = self.token(r, &challenge, creds).await?;
                 self.tokens
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(r.repository.clone(), token.clone());
+                    .insert(token_key.clone(), token.clone());
                 Auth::Bearer(token)
             } else {
                 creds.map_or(Auth::None, |(u, p)| Auth::Basic(u.clone(), p.clone()))

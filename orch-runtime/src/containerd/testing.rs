@@ -209,6 +209,10 @@ impl std::fmt::Debug for LocalRegistry {
     }
 }
 
+fn registry_dir() -> io::Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix("orch-registry-").tempdir()
+}
+
 impl LocalRegistry {
     /// Starts the registry over plain HTTP (with `htpasswd` users from `user:password` pairs,
     /// if any) and waits until it answers.
@@ -221,16 +225,17 @@ impl LocalRegistry {
         Self::start_with(users, Some((cert, key)))
     }
 
+    /// Starts the registry over plain HTTP with this `auth:` section of its configuration
+    /// (YAML, for example a `token:` one: realm, service, issuer, rootcertbundle).
+    pub fn start_with_auth(auth: &str) -> io::Result<LocalRegistry> {
+        Self::start_config(registry_dir()?, auth.to_string(), None)
+    }
+
     fn start_with(
         users: &[(&str, &str)],
         tls: Option<(&Path, &Path)>,
     ) -> io::Result<LocalRegistry> {
-        let dir = tempfile::Builder::new()
-            .prefix("orch-registry-")
-            .tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let dir = registry_dir()?;
         let mut auth = String::new();
         if !users.is_empty() {
             let path = dir.path().join("htpasswd");
@@ -249,6 +254,17 @@ impl LocalRegistry {
                 path.display()
             );
         }
+        Self::start_config(dir, auth, tls)
+    }
+
+    fn start_config(
+        dir: tempfile::TempDir,
+        auth: String,
+        tls: Option<(&Path, &Path)>,
+    ) -> io::Result<LocalRegistry> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             dir.path().join("storage").display(),
