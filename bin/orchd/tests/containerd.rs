@@ -1,5 +1,5 @@
 //! orchd with `--runtime process,containerd` on a containerd of the test's own: 3 replicas of
-//! the example HTTP server, pulled from a registry of the test's own (docker-registry, the image
+//! the example HTTP server (built statically: its image is that one file), pulled from a registry of the test's own (docker-registry, the image
 //! pushed with skopeo), run as containers next to a process replica of it
 //! on the same node and answer on their ports; `orchctl exec` runs commands in a container; a
 //! killed container is replaced; a restarted orchd re-adopts the containers without
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use orch_runtime::containerd::testing::{
-    busybox_image, program_image, write_oci_layout, LocalRegistry,
+    busybox_image, program_image, static_build, write_oci_layout, LocalRegistry,
 };
 use orch_runtime::containerd::{Containerd, LocalContainerd};
 
@@ -24,6 +24,24 @@ fn web(registry: &str) -> String {
 /// A shell to exec into.
 fn shell(registry: &str) -> String {
     format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: shell}}\nspec:\n  replicas: 1\n  template:\n    image: {registry}/orch/busybox:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n")
+}
+
+/// The example server built statically: its image holds that one file.
+fn static_hello_server() -> std::path::PathBuf {
+    let target = bin_dir().parent().unwrap().to_path_buf();
+    let bin = static_build(&target, "orch-example-hello", "hello-server").expect("static build");
+    let ldd = std::process::Command::new("ldd")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ldd.stdout);
+    assert!(
+        said.contains("statically linked") || said.contains("not a dynamic"),
+        "{} is linked dynamically: {}",
+        bin.display(),
+        said
+    );
+    bin
 }
 
 /// Sends `sig` (`-STOP`, `-CONT`) to the registry: a paused registry holds a pull at its
@@ -56,11 +74,7 @@ fn containers_and_processes_on_one_node_through_orchd() {
     let images = [
         (
             "hello-server",
-            program_image(
-                &img_dir.join("hello"),
-                "hello",
-                &workspace_bin("hello-server"),
-            ),
+            program_image(&img_dir.join("hello"), "hello", &static_hello_server()),
         ),
         (
             "busybox",

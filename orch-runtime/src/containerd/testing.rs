@@ -99,6 +99,24 @@ pub fn program_image(dir: &Path, name: &str, program: &Path) -> io::Result<Image
     image_of(dir, &root, name, &[&entry])
 }
 
+/// Builds binary `bin` of the workspace package `package` statically linked (glibc with
+/// `-C target-feature=+crt-static`, so no musl toolchain is needed) into `TARGET_DIR/static`
+/// with the `cargo` that runs the tests, and returns its path. The result needs no shared
+/// library (`ldd` says "statically linked"); [`program_image`] then packs it alone.
+pub fn static_build(target_dir: &Path, package: &str, bin: &str) -> io::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let host = "x86_64-unknown-linux-gnu";
+    let out = target_dir.join("static");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--quiet", "-p", package, "--bin", bin])
+        .args(["--target", host])
+        .arg("--target-dir")
+        .arg(&out)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    run(&mut cmd).map_err(|e| io::Error::other(format!("static build of {bin}: {e}")))?;
+    Ok(out.join(host).join("release").join(bin))
+}
+
 /// Packs `layer_dir` (a root filesystem) as the one layer of an image whose entrypoint is
 /// `entrypoint`, its blobs in `dir`.
 pub fn image_of(
