@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod files;
+pub mod grpc;
 pub mod protocol;
 pub mod render;
 pub mod server;

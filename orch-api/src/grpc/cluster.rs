@@ -1,0 +1,540 @@
+//! Joining and serving: a manager serves the cluster protocol on one TCP port (mutual TLS;
+//! only `Cluster/Join` is open to callers without a certificate), an agent joins with a
+//! token and then reaches the manager's store with its own certificate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch_core::store::Store;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity, Server, ServerTlsConfig,
+};
+use tonic::{Request, Response, Status};
+
+use super::auth::{self, Identity};
+use super::pb;
+use super::pki::{self, ClusterCa, JoinToken, PkiError};
+use super::store::{RemoteStore, StoreService};
+use super::{MANAGER_NAME, MAX_MESSAGE};
+
+/// How long node certificates are valid by default (Swarm's default too).
+pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+
+/// A manager's cluster identity: its CA, the worker join token (re-read on every join, so a
+/// rotation takes effect at once) and how long node certificates last.
+pub struct Manager {
+    ca: ClusterCa,
+    token_path: PathBuf,
+    cert_validity: Duration,
+    /// Names that joined, in order (for tests and `orchd` logs).
+    joined: Mutex<Vec<String>>,
+}
+
+impl Manager {
+    /// Loads or creates the CA and the worker token under `dir` (`ca.pem`, `ca.key`,
+    /// `worker.token`, all mode 0600).
+    pub fn open(dir: &Path, cert_validity: Duration) -> Result<Manager, PkiError> {
+        let ca = ClusterCa::load_or_create(dir)?;
+        let token_path = dir.join("worker.token");
+        JoinToken::load_or_create(&token_path, &ca.digest())?;
+        Ok(Manager {
+            ca,
+            token_path,
+            cert_validity,
+            joined: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The current worker join token.
+    pub fn worker_token(&self) -> Result<JoinToken, PkiError> {
+        JoinToken::load_or_create(&self.token_path, &self.ca.digest())
+    }
+
+    /// Replaces the worker join token; the old one is refused from now on. Nodes that joined
+    /// keep their certificates.
+    pub fn rotate_worker_token(&self) -> Result<JoinToken, PkiError> {
+        JoinToken::rotate(&self.token_path, &self.ca.digest())
+    }
+
+    /// The cluster CA.
+    pub fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+
+    /// Nodes that joined since this manager started.
+    pub fn joined(&self) -> Vec<String> {
+        self.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// An administrator's client certificate and key (`CN=admin:NAME`), valid for `valid`.
+    pub fn admin_credentials(&self, name: &str, valid: Duration) -> Result<Credentials, PkiError> {
+        let (cert, key) = self.ca.issue(&format!("admin:{name}"), &[], valid)?;
+        Ok(Credentials {
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem: cert,
+            key_pem: key,
+        })
+    }
+}
+
+struct ClusterService {
+    manager: Arc<Manager>,
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = req.into_inner();
+        let offered = JoinToken::parse(&r.token).map_err(Status::invalid_argument)?;
+        let m = &self.manager;
+        let current = m
+            .worker_token()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if offered.ca_digest != m.ca.digest() {
+            return Err(Status::permission_denied(
+                "the join token is for another cluster (its CA digest differs from this manager's)",
+            ));
+        }
+        if !current.admits(&offered) {
+            return Err(Status::permission_denied(
+                "invalid join token (it may have been rotated: ask a manager for the current one)",
+            ));
+        }
+        orch_core::validate::dns1123_label(&r.node)
+            .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", r.node)))?;
+        let issued =
+            m.ca.sign_csr(&r.csr_pem, &auth::node_cn(&r.node), m.cert_validity)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        m.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(r.node.clone());
+        tracing::info!(node = %r.node, "cluster: node joined");
+        Ok(Response::new(pb::JoinResponse {
+            certificate_pem: issued.certificate_pem,
+            ca_pem: m.ca.cert_pem().to_string(),
+            not_after: issued.not_after,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let cn = match auth::identity(&req)? {
+            Identity::Node(n) => auth::node_cn(&n),
+            Identity::Admin(n) if n == "manager" => n,
+            Identity::Admin(n) => format!("admin:{n}"),
+        };
+        let m = &self.manager;
+        let issued =
+            m.ca.sign_csr(&req.get_ref().csr_pem, &cn, m.cert_validity)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::JoinResponse {
+            certificate_pem: issued.certificate_pem,
+            ca_pem: m.ca.cert_pem().to_string(),
+            not_after: issued.not_after,
+        }))
+    }
+}
+
+/// Limits every cluster server applies.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Requests in flight per connection.
+    pub concurrency_per_connection: usize,
+    /// Longest a unary request may take.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            concurrency_per_connection: 256,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves the cluster protocol on `listener` until `cancel`: the store to certified callers,
+/// joining to token holders. The manager presents a certificate for [`MANAGER_NAME`] with the
+/// CA after it, so a joining agent can check the CA against its token's digest.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    manager: Arc<Manager>,
+    store: Arc<dyn Store>,
+    limits: Limits,
+    cancel: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (cert, key) = manager.ca.issue(
+        "manager",
+        &[MANAGER_NAME],
+        Duration::from_secs(365 * 86_400),
+    )?;
+    let chain = format!("{cert}{}", manager.ca.cert_pem());
+    let tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(chain, key))
+        .client_ca_root(Certificate::from_pem(manager.ca.cert_pem()))
+        .client_auth_optional(true);
+    let cluster = pb::cluster_server::ClusterServer::new(ClusterService {
+        manager: manager.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .tls_config(tls)?
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .timeout(limits.timeout)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(StoreService::new(store).server())
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// A node's (or an administrator's) credentials: the cluster CA, its certificate and key.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+impl Credentials {
+    /// Writes `ca.pem`, `node.pem` and `node.key` (mode 0600) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        pki::write_private(&dir.join("ca.pem"), &self.ca_pem)?;
+        pki::write_private(&dir.join("node.key"), &self.key_pem)?;
+        pki::write_private(&dir.join("node.pem"), &self.cert_pem)
+    }
+
+    /// Reads what [`Credentials::save`] wrote; `None` if `dir` holds none.
+    pub fn load(dir: &Path) -> Result<Option<Credentials>, PkiError> {
+        let read = |n: &str| {
+            let p = dir.join(n);
+            std::fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source })
+        };
+        if !dir.join("node.pem").exists() {
+            return Ok(None);
+        }
+        Ok(Some(Credentials {
+            ca_pem: read("ca.pem")?,
+            cert_pem: read("node.pem")?,
+            key_pem: read("node.key")?,
+        }))
+    }
+
+    /// When the certificate expires (seconds since the Unix epoch).
+    pub fn not_after(&self) -> Result<i64, PkiError> {
+        let der = pki::pem_to_der(&self.cert_pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+        Ok(cert.validity().not_after.timestamp())
+    }
+}
+
+/// Records the certificates a server presents, trusting none of them: used once, to read the
+/// CA a manager sends so it can be checked against a join token's digest.
+#[derive(Debug)]
+struct Capture {
+    chain: Mutex<Vec<Vec<u8>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.to_vec()];
+        chain.extend(intermediates.iter().map(|c| c.to_vec()));
+        *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = chain;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Errors of joining and connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The manager could not be reached.
+    #[error("cannot reach the manager at {addr}: {message}")]
+    Unreachable {
+        /// Its address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The manager's CA does not match the token: the wrong cluster, or someone in between.
+    #[error("the manager at {addr} presents CA {found}, but the join token pins {expected}: refusing to trust it")]
+    WrongCa {
+        /// Its address.
+        addr: String,
+        /// The digest in the token.
+        expected: String,
+        /// The digest of what was presented.
+        found: String,
+    },
+    /// The manager refused.
+    #[error("the manager at {addr} refused to {what}: {message}")]
+    Refused {
+        /// Its address.
+        addr: String,
+        /// Join or renew.
+        what: &'static str,
+        /// Its reason.
+        message: String,
+    },
+    /// A key, certificate or file problem.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads the CA a manager presents and checks it against `digest`; the PEM on success.
+pub async fn fetch_ca(addr: &str, digest: &str) -> Result<String, JoinError> {
+    let unreachable = |m: String| JoinError::Unreachable {
+        addr: addr.into(),
+        message: m,
+    };
+    let capture = Arc::new(Capture {
+        chain: Mutex::new(Vec::new()),
+        provider: provider(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(capture.provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unreachable(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| unreachable("no answer within 10 s".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(MANAGER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| unreachable(format!("TLS handshake: {e}")))?;
+    let chain = capture
+        .chain
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let ca = chain.last().cloned().unwrap_or_default();
+    let found = pki::digest(&ca);
+    if found != digest {
+        return Err(JoinError::WrongCa {
+            addr: addr.into(),
+            expected: digest.into(),
+            found,
+        });
+    }
+    let pem = x509_pem(&ca);
+    Ok(pem)
+}
+
+fn x509_pem(der: &[u8]) -> String {
+    use base64_encode as b64;
+    let body = b64(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, JoinError> {
+    Channel::from_shared(format!("https://{addr}"))
+        .map_err(|e| JoinError::Unreachable {
+            addr: addr.into(),
+            message: e.to_string(),
+        })
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })
+}
+
+/// A channel to the manager at `addr` with these credentials, verifying the manager against
+/// the cluster CA. Lazy: it connects (and reconnects) when used.
+pub fn channel(addr: &str, creds: &Credentials) -> Result<Channel, JoinError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&creds.ca_pem))
+        .identity(TlsIdentity::from_pem(&creds.cert_pem, &creds.key_pem))
+        .domain_name(MANAGER_NAME);
+    let ep = endpoint(addr)?
+        .tls_config(tls)
+        .map_err(|e| JoinError::Unreachable {
+            addr: addr.into(),
+            message: e.to_string(),
+        })?;
+    Ok(ep.connect_lazy())
+}
+
+/// Joins the cluster whose manager listens at `addr` as node `node` with `token`: checks the
+/// manager's CA against the token, sends a CSR for a new key, and returns the credentials.
+pub async fn join(addr: &str, token: &str, node: &str) -> Result<Credentials, JoinError> {
+    let token = JoinToken::parse(token).map_err(|m| JoinError::Pki(PkiError::Invalid(m)))?;
+    let ca_pem = fetch_ca(addr, &token.ca_digest).await?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name(MANAGER_NAME);
+    let unreachable = |e: tonic::transport::Error| JoinError::Unreachable {
+        addr: addr.into(),
+        message: e.to_string(),
+    };
+    let ch = endpoint(addr)?
+        .tls_config(tls)
+        .map_err(unreachable)?
+        .connect()
+        .await
+        .map_err(unreachable)?;
+    let (key_pem, csr_pem) = pki::new_key_and_csr(&auth::node_cn(node))?;
+    let r = pb::cluster_client::ClusterClient::new(ch)
+        .join(pb::JoinRequest {
+            token: token.to_string(),
+            node: node.into(),
+            csr_pem,
+        })
+        .await
+        .map_err(|s| JoinError::Refused {
+            addr: addr.into(),
+            what: "join",
+            message: s.message().to_string(),
+        })?
+        .into_inner();
+    Ok(Credentials {
+        ca_pem,
+        cert_pem: r.certificate_pem,
+        key_pem,
+    })
+}
+
+/// Renews `creds` (a new key, the same identity) with the manager at `addr`.
+pub async fn renew(addr: &str, creds: &Credentials) -> Result<Credentials, JoinError> {
+    let cn = {
+        let der = pki::pem_to_der(&creds.cert_pem)?;
+        auth::common_name(&der).unwrap_or_default()
+    };
+    let (key_pem, csr_pem) = pki::new_key_and_csr(&cn)?;
+    let r = pb::cluster_client::ClusterClient::new(channel(addr, creds)?)
+        .renew(pb::JoinRequest {
+            token: String::new(),
+            node: String::new(),
+            csr_pem,
+        })
+        .await
+        .map_err(|s| JoinError::Refused {
+            addr: addr.into(),
+            what: "renew the certificate",
+            message: s.message().to_string(),
+        })?
+        .into_inner();
+    Ok(Credentials {
+        ca_pem: r.ca_pem,
+        cert_pem: r.certificate_pem,
+        key_pem,
+    })
+}
+
+/// A [`RemoteStore`] on the manager at `addr` with `creds`.
+pub fn remote_store(addr: &str, creds: &Credentials) -> Result<RemoteStore, JoinError> {
+    Ok(RemoteStore::new(channel(addr, creds)?, addr))
+}
+
+/// Binds the cluster port (`HOST:PORT`).
+pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

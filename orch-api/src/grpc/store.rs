@@ -1,0 +1,411 @@
+//! The store over gRPC: [`StoreService`] serves a manager's store to authenticated callers;
+//! [`RemoteStore`] is an [`orch_core::store::Store`] that talks to it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+use orch_core::store::{
+    KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchEvent, WatchStream,
+};
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::auth::{self, Identity};
+use super::pb;
+
+fn kv_to_pb(kv: KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key,
+        value: kv.value.to_vec(),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+    }
+}
+
+fn kv_from_pb(kv: pb::KeyValue) -> KeyValue {
+    KeyValue {
+        key: kv.key,
+        value: kv.value.into(),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+    }
+}
+
+fn op_to_pb(op: Op) -> pb::Op {
+    use pb::op::Op as P;
+    pb::Op {
+        op: Some(match op {
+            Op::Create { key, value } => P::Create(pb::Create { key, value }),
+            Op::Update {
+                key,
+                value,
+                expected,
+            } => P::Update(pb::Update {
+                key,
+                value,
+                expected,
+            }),
+            Op::Delete { key, expected } => P::Delete(pb::Delete { key, expected }),
+        }),
+    }
+}
+
+fn op_from_pb(op: pb::Op) -> Result<Op, Status> {
+    use pb::op::Op as P;
+    Ok(match op.op {
+        Some(P::Create(c)) => Op::Create {
+            key: c.key,
+            value: c.value,
+        },
+        Some(P::Update(u)) => Op::Update {
+            key: u.key,
+            value: u.value,
+            expected: u.expected,
+        },
+        Some(P::Delete(d)) => Op::Delete {
+            key: d.key,
+            expected: d.expected,
+        },
+        None => return Err(Status::invalid_argument("txn: an operation with no kind")),
+    })
+}
+
+fn batch_to_pb(b: WatchBatch) -> pb::WatchBatch {
+    use pb::watch_event::Event as E;
+    pb::WatchBatch {
+        revision: b.revision,
+        events: b
+            .events
+            .into_iter()
+            .map(|e| pb::WatchEvent {
+                event: Some(match e {
+                    WatchEvent::Put(kv) => E::Put(kv_to_pb(kv)),
+                    WatchEvent::Delete { prev, .. } => E::Delete(kv_to_pb(prev)),
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn batch_from_pb(b: pb::WatchBatch) -> Result<WatchBatch, StoreError> {
+    use pb::watch_event::Event as E;
+    let revision = b.revision;
+    let events = b
+        .events
+        .into_iter()
+        .map(|e| match e.event {
+            Some(E::Put(kv)) => Ok(WatchEvent::Put(kv_from_pb(kv))),
+            Some(E::Delete(kv)) => Ok(WatchEvent::Delete {
+                prev: kv_from_pb(kv),
+                revision,
+            }),
+            None => Err(StoreError::Corrupt {
+                key: String::new(),
+                reason: format!("watch batch {revision}: an event with no kind"),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(WatchBatch { revision, events })
+}
+
+/// A store error as a gRPC status, the error itself in the details so [`RemoteStore`] gives
+/// its caller the same [`StoreError`].
+pub fn status_of(e: StoreError) -> Status {
+    use pb::store_failure::Failure as F;
+    use tonic::Code;
+    let message = e.to_string();
+    let (code, failure) = match e {
+        StoreError::Conflict {
+            key,
+            expected,
+            actual,
+        } => (
+            Code::Aborted,
+            F::Conflict(pb::Conflict {
+                key,
+                expected,
+                actual,
+            }),
+        ),
+        StoreError::AlreadyExists { key } => (Code::AlreadyExists, F::AlreadyExists(key)),
+        StoreError::NotFound { key } => (Code::NotFound, F::NotFound(key)),
+        StoreError::Compacted { requested, oldest } => (
+            Code::OutOfRange,
+            F::Compacted(pb::Compacted { requested, oldest }),
+        ),
+        StoreError::TooLarge { what, size, limit } => (
+            Code::ResourceExhausted,
+            F::TooLarge(pb::TooLarge {
+                what,
+                size: size as u64,
+                limit: limit as u64,
+            }),
+        ),
+        StoreError::Unavailable(m) => (Code::Unavailable, F::Unavailable(m)),
+        StoreError::WatchLagged => (Code::ResourceExhausted, F::WatchLagged(true)),
+        StoreError::Corrupt { key, reason } => {
+            (Code::DataLoss, F::Corrupt(pb::Corrupt { key, reason }))
+        }
+        StoreError::Other(e) => (Code::Internal, F::Other(e.to_string())),
+    };
+    let details = pb::StoreFailure {
+        failure: Some(failure),
+    }
+    .encode_to_vec();
+    Status::with_details(code, message, details.into())
+}
+
+/// The [`StoreError`] a status stands for: the one in its details, or for a status that
+/// carries none (the connection failed, a limit was hit, permission was denied), `Unavailable`
+/// for transient transport failures and `Other` with the server's message otherwise.
+pub fn error_of(s: Status) -> StoreError {
+    use pb::store_failure::Failure as F;
+    use tonic::Code;
+    if let Ok(pb::StoreFailure {
+        failure: Some(f), ..
+    }) = pb::StoreFailure::decode(s.details())
+    {
+        return match f {
+            F::Conflict(c) => StoreError::Conflict {
+                key: c.key,
+                expected: c.expected,
+                actual: c.actual,
+            },
+            F::AlreadyExists(key) => StoreError::AlreadyExists { key },
+            F::NotFound(key) => StoreError::NotFound { key },
+            F::Compacted(c) => StoreError::Compacted {
+                requested: c.requested,
+                oldest: c.oldest,
+            },
+            F::TooLarge(t) => StoreError::TooLarge {
+                what: t.what,
+                size: t.size as usize,
+                limit: t.limit as usize,
+            },
+            F::Unavailable(m) => StoreError::Unavailable(m),
+            F::WatchLagged(_) => StoreError::WatchLagged,
+            F::Corrupt(c) => StoreError::Corrupt {
+                key: c.key,
+                reason: c.reason,
+            },
+            F::Other(m) => StoreError::Other(m.into()),
+        };
+    }
+    match s.code() {
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => {
+            StoreError::Unavailable(format!("manager: {}", s.message()))
+        }
+        _ => StoreError::Other(format!("manager refused: {} ({:?})", s.message(), s.code()).into()),
+    }
+}
+
+/// Serves a store to callers with a cluster certificate, checking each write against what
+/// the caller's identity may do ([`auth::check_txn`]).
+pub struct StoreService {
+    store: Arc<dyn Store>,
+}
+
+impl StoreService {
+    /// Serves `store`.
+    pub fn new(store: Arc<dyn Store>) -> StoreService {
+        StoreService { store }
+    }
+
+    /// The gRPC server, with the message size limit.
+    pub fn server(self) -> pb::store_server::StoreServer<StoreService> {
+        pb::store_server::StoreServer::new(self)
+            .max_decoding_message_size(super::MAX_MESSAGE)
+            .max_encoding_message_size(super::MAX_MESSAGE)
+    }
+}
+
+type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::store_server::Store for StoreService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        auth::identity(&req)?;
+        let kv = self
+            .store
+            .get(&req.get_ref().key)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::GetResponse {
+            kv: kv.map(kv_to_pb),
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        auth::identity(&req)?;
+        let (kvs, revision) = self
+            .store
+            .list(&req.get_ref().prefix)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ListResponse {
+            kvs: kvs.into_iter().map(kv_to_pb).collect(),
+            revision,
+        }))
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let who = auth::identity(&req)?;
+        let ops = req
+            .into_inner()
+            .ops
+            .into_iter()
+            .map(op_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Identity::Node(node) = &who {
+            auth::check_txn(&*self.store, node, &ops).await?;
+        }
+        let revision = self.store.txn(ops).await.map_err(status_of)?;
+        Ok(Response::new(pb::TxnResponse { revision }))
+    }
+
+    type WatchStream = BatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<BatchStream>, Status> {
+        auth::identity(&req)?;
+        let r = req.into_inner();
+        let stream = self
+            .store
+            .watch(&r.prefix, r.after)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(Box::pin(
+            stream.map(|b| b.map(batch_to_pb).map_err(status_of)),
+        )))
+    }
+
+    async fn revision(
+        &self,
+        req: Request<pb::RevisionRequest>,
+    ) -> Result<Response<pb::RevisionResponse>, Status> {
+        auth::identity(&req)?;
+        let revision = self.store.revision().await.map_err(status_of)?;
+        Ok(Response::new(pb::RevisionResponse { revision }))
+    }
+}
+
+/// A [`Store`] on a manager, reached over gRPC (mutual TLS in a cluster). The channel
+/// reconnects by itself; while the manager is unreachable calls fail with
+/// [`StoreError::Unavailable`], which the engine retries.
+#[derive(Clone)]
+pub struct RemoteStore {
+    client: pb::store_client::StoreClient<Channel>,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for RemoteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStore")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl RemoteStore {
+    /// A store over `channel` (see [`super::cluster::channel`]); `endpoint` names it in errors.
+    pub fn new(channel: Channel, endpoint: &str) -> RemoteStore {
+        RemoteStore {
+            client: pb::store_client::StoreClient::new(channel)
+                .max_decoding_message_size(super::MAX_MESSAGE)
+                .max_encoding_message_size(super::MAX_MESSAGE),
+            endpoint: endpoint.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RemoteStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let r = self
+            .client
+            .clone()
+            .get(pb::GetRequest { key: key.into() })
+            .await
+            .map_err(error_of)?;
+        Ok(r.into_inner().kv.map(kv_from_pb))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let r = self
+            .client
+            .clone()
+            .list(pb::ListRequest {
+                prefix: prefix.into(),
+            })
+            .await
+            .map_err(error_of)?
+            .into_inner();
+        Ok((r.kvs.into_iter().map(kv_from_pb).collect(), r.revision))
+    }
+
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        let size: usize = ops
+            .iter()
+            .map(|o| match o {
+                Op::Create { key, value } | Op::Update { key, value, .. } => {
+                    key.len() + value.len()
+                }
+                Op::Delete { key, .. } => key.len(),
+            })
+            .sum();
+        if size > super::MAX_MESSAGE - 64 * 1024 {
+            return Err(StoreError::TooLarge {
+                what: format!("a transaction to {}", self.endpoint),
+                size,
+                limit: super::MAX_MESSAGE - 64 * 1024,
+            });
+        }
+        let r = self
+            .client
+            .clone()
+            .txn(pb::TxnRequest {
+                ops: ops.into_iter().map(op_to_pb).collect(),
+            })
+            .await
+            .map_err(error_of)?;
+        Ok(r.into_inner().revision)
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        let stream = self
+            .client
+            .clone()
+            .watch(pb::WatchRequest {
+                prefix: prefix.into(),
+                after,
+            })
+            .await
+            .map_err(error_of)?
+            .into_inner();
+        Ok(Box::pin(stream.map(|b| match b {
+            Ok(b) => batch_from_pb(b),
+            Err(s) => Err(error_of(s)),
+        })))
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        let r = self
+            .client
+            .clone()
+            .revision(pb::RevisionRequest {})
+            .await
+            .map_err(error_of)?;
+        Ok(r.into_inner().revision)
+    }
+
+    fn max_txn_ops(&self) -> usize {
+        // The manager's store may allow fewer; 128 keeps a batch of replica status writes
+        // well under the message limit.
+        128
+    }
+}
