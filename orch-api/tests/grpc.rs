@@ -136,7 +136,7 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
     let dir = tempfile::tempdir().unwrap();
     creds.save(dir.path()).unwrap();
     let loaded = Credentials::load(dir.path()).unwrap().unwrap();
-    let node = cluster::remote_store(&m.addr, &loaded).unwrap();
+    let node = Arc::new(cluster::remote_store(&m.addr, &loaded).unwrap());
 
     // Its own node object: yes. Another node's: no.
     let own = node_named("n1");

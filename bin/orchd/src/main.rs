@@ -1,5 +1,6 @@
 //! orchd: the reference daemon. `main` only parses arguments and dispatches.
 
+mod agent;
 mod host;
 mod runtime;
 mod server;
@@ -27,13 +28,49 @@ enum Command {
     Up(Box<up::UpArgs>),
     /// Run the engine as a long-lived daemon with its state in a data directory.
     Server(Box<server::ServerArgs>),
+    /// Run the control plane only (no local agent); agents on other hosts join it (--listen).
+    Manager(Box<server::ServerArgs>),
+    /// Run a node of a cluster: join a manager with a token, then run its replicas.
+    Agent(Box<agent::AgentArgs>),
+    /// Print the worker join token of the manager whose data directory this is.
+    Token(TokenArgs),
+}
+
+/// Arguments of `orchd token`.
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The manager's data directory (default $ORCH_DATA_DIR or ~/.local/share/orch).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Replace the token first: the old one admits no one from now on.
+    #[arg(long)]
+    rotate: bool,
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let dir = args
+        .data_dir
+        .unwrap_or_else(default_data_dir)
+        .join("cluster");
+    let m = orch_api::grpc::cluster::Manager::open(
+        &dir,
+        orch_api::grpc::cluster::DEFAULT_CERT_VALIDITY,
+    )?;
+    let t = if args.rotate {
+        m.rotate_worker_token()?
+    } else {
+        m.worker_token()?
+    };
+    println!("{t}");
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_level = match &cli.command {
         Command::Up(_) => "warn",
-        Command::Server(_) => "info",
+        Command::Server(_) | Command::Manager(_) | Command::Agent(_) => "info",
+        Command::Token(_) => "warn",
     };
     host::init_logging(&cli.log_format, default_level)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -43,6 +80,12 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Up(a) => up::run(*a).await,
             Command::Server(a) => server::run(*a).await,
+            Command::Manager(mut a) => {
+                a.no_agent = true;
+                server::run(*a).await
+            }
+            Command::Agent(a) => agent::run(*a).await,
+            Command::Token(a) => token(a),
         }
     })
 }

@@ -42,6 +42,21 @@ pub struct ServerArgs {
     store: String,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
+    /// Serve the cluster protocol (gRPC over mutual TLS) for agents on other hosts at
+    /// `HOST:PORT`; the CA and the join token live in DATA_DIR/cluster.
+    #[arg(long)]
+    listen: Option<String>,
+    /// How long node certificates are valid (they renew when two thirds have passed).
+    #[arg(long, value_parser = parse_span, default_value = "90d")]
+    cert_validity: std::time::Duration,
+    /// Run no local agent (`orchd manager`).
+    #[arg(skip)]
+    pub no_agent: bool,
+}
+
+/// A duration flag (`90d`, `1h`, `30s`).
+pub fn parse_span(s: &str) -> Result<std::time::Duration, String> {
+    orch_core::quantity::Span::parse(s).map(|s| s.0)
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -59,8 +74,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let taints = host::parse_taints(&args.taints)?;
     let store_spec = crate::store::parse(&args.store)?;
     let runtime_names = args.runtime.names()?;
+    if args.no_agent && args.listen.is_none() {
+        anyhow::bail!("orchd manager: --listen HOST:PORT is needed (agents join there)");
+    }
     let (store, store_name) = crate::store::open(&store_spec, &data_dir).await?;
-    let runtime: Arc<dyn Runtime> = args.runtime.open(&runtime_names, &data_dir).await?;
+    let runtime: Option<Arc<dyn Runtime>> = if args.no_agent {
+        None
+    } else {
+        Some(args.runtime.open(&runtime_names, &data_dir).await?)
+    };
     let discovery_dir = data_dir.join("discovery");
     let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
@@ -68,21 +90,55 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut engine = Engine::builder(store.clone(), scheduler.clone())
         .discovery(discovery)
         .start();
-    let runtime_dyn = runtime;
-    let mut agent = host::agent_config(&node, labels, &discovery_dir);
-    agent.taints = taints;
-    engine.add_agent(runtime_dyn.clone(), agent);
-    let info = runtime_dyn.info();
-    if !info.limits_enforced {
-        tracing::warn!("{}", info.limits_note);
+    let mut runtimes = HashMap::new();
+    if let Some(runtime) = runtime {
+        let mut agent = host::agent_config(&node, labels, &discovery_dir);
+        agent.taints = taints;
+        engine.add_agent(runtime.clone(), agent);
+        let info = runtime.info();
+        if !info.limits_enforced {
+            tracing::warn!("{}", info.limits_note);
+        }
+        runtimes.insert(node.clone(), runtime);
+    }
+    let cancel = CancellationToken::new();
+    if let Some(listen) = &args.listen {
+        let cluster_dir = data_dir.join("cluster");
+        let manager = Arc::new(
+            orch_api::grpc::cluster::Manager::open(&cluster_dir, args.cert_validity)
+                .with_context(|| format!("cluster CA in {}", cluster_dir.display()))?,
+        );
+        let (listener, addr) = orch_api::grpc::cluster::bind(listen)
+            .await
+            .with_context(|| format!("--listen {listen}: cannot listen"))?;
+        tokio::spawn({
+            let (store, cancel) = (store.clone(), cancel.clone());
+            async move {
+                if let Err(e) = orch_api::grpc::cluster::serve(
+                    listener,
+                    manager,
+                    store,
+                    Default::default(),
+                    cancel,
+                )
+                .await
+                {
+                    tracing::error!(error = %e, "cluster protocol stopped");
+                }
+            }
+        });
+        tracing::info!(%addr, "orchd: cluster protocol listening");
+        eprintln!(
+            "orchd: agents join with `orchd agent --join {addr} --token \"$(orchd token --data-dir {})\"`",
+            data_dir.display()
+        );
     }
     let backend = Arc::new(Backend {
         store,
-        runtimes: HashMap::from([(node.clone(), runtime_dyn)]),
+        runtimes,
         store_name,
         scheduler,
     });
-    let cancel = CancellationToken::new();
     let api = tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), node = %node, "orchd: serving");
     eprintln!(

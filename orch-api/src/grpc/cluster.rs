@@ -249,10 +249,16 @@ impl Credentials {
 
     /// When the certificate expires (seconds since the Unix epoch).
     pub fn not_after(&self) -> Result<i64, PkiError> {
+        Ok(self.validity()?.1)
+    }
+
+    /// The certificate's `(notBefore, notAfter)` (seconds since the Unix epoch).
+    pub fn validity(&self) -> Result<(i64, i64), PkiError> {
         let der = pki::pem_to_der(&self.cert_pem)?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
-        Ok(cert.validity().not_after.timestamp())
+        let v = cert.validity();
+        Ok((v.not_before.timestamp(), v.not_after.timestamp()))
     }
 }
 

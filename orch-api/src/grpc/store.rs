@@ -297,9 +297,8 @@ impl pb::store_server::Store for StoreService {
 /// A [`Store`] on a manager, reached over gRPC (mutual TLS in a cluster). The channel
 /// reconnects by itself; while the manager is unreachable calls fail with
 /// [`StoreError::Unavailable`], which the engine retries.
-#[derive(Clone)]
 pub struct RemoteStore {
-    client: pb::store_client::StoreClient<Channel>,
+    client: std::sync::Mutex<pb::store_client::StoreClient<Channel>>,
     endpoint: String,
 }
 
@@ -315,11 +314,28 @@ impl RemoteStore {
     /// A store over `channel` (see [`super::cluster::channel`]); `endpoint` names it in errors.
     pub fn new(channel: Channel, endpoint: &str) -> RemoteStore {
         RemoteStore {
-            client: pb::store_client::StoreClient::new(channel)
-                .max_decoding_message_size(super::MAX_MESSAGE)
-                .max_encoding_message_size(super::MAX_MESSAGE),
+            client: std::sync::Mutex::new(Self::client_on(channel)),
             endpoint: endpoint.to_string(),
         }
+    }
+
+    fn client_on(channel: Channel) -> pb::store_client::StoreClient<Channel> {
+        pb::store_client::StoreClient::new(channel)
+            .max_decoding_message_size(super::MAX_MESSAGE)
+            .max_encoding_message_size(super::MAX_MESSAGE)
+    }
+
+    /// Sends new requests over `channel` (after a certificate renewal); requests and
+    /// watches under way finish on the old one.
+    pub fn set_channel(&self, channel: Channel) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Self::client_on(channel);
+    }
+
+    fn client(&self) -> pb::store_client::StoreClient<Channel> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -327,8 +343,7 @@ impl RemoteStore {
 impl Store for RemoteStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .get(pb::GetRequest { key: key.into() })
             .await
             .map_err(error_of)?;
@@ -337,8 +352,7 @@ impl Store for RemoteStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .list(pb::ListRequest {
                 prefix: prefix.into(),
             })
@@ -366,8 +380,7 @@ impl Store for RemoteStore {
             });
         }
         let r = self
-            .client
-            .clone()
+            .client()
             .txn(pb::TxnRequest {
                 ops: ops.into_iter().map(op_to_pb).collect(),
             })
@@ -378,8 +391,7 @@ impl Store for RemoteStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         let stream = self
-            .client
-            .clone()
+            .client()
             .watch(pb::WatchRequest {
                 prefix: prefix.into(),
                 after,
@@ -395,8 +407,7 @@ impl Store for RemoteStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .revision(pb::RevisionRequest {})
             .await
             .map_err(error_of)?;

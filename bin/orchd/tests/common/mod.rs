@@ -57,6 +57,12 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra `orchd server` arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_as(dir, &["server", "--node", "test-node"], extra)
+    }
+
+    /// Starts `orchd HEAD... --data-dir DIR/data --socket DIR/orchd.sock EXTRA...` (`server`
+    /// or `manager`) and waits until it answers.
+    pub fn start_as(dir: &Path, head: &[&str], extra: &[&str]) -> Daemon {
         let socket = dir.join("orchd.sock");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -64,7 +70,7 @@ impl Daemon {
             .open(dir.join("orchd.log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_orchd"))
-            .args(["server", "--node", "test-node"])
+            .args(head)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--socket")
@@ -232,4 +238,88 @@ pub fn ready_addrs_of(d: &Daemon, service: Option<&str>, n: usize) -> Option<Vec
             .iter()
             .all(|(a, _)| http_get(a).is_some_and(|b| b.starts_with("hello from"))))
     .then_some(ready)
+}
+
+/// A free TCP port on loopback (bound, then released for the caller to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `orchd agent` (stopped with SIGTERM on drop).
+pub struct AgentProc {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts `orchd agent --join ADDR --node NODE --data-dir DIR/NODE [--token TOKEN]`.
+    pub fn start(dir: &Path, addr: &str, node: &str, token: Option<&str>) -> AgentProc {
+        let data = dir.join(node);
+        std::fs::create_dir_all(&data).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchd"));
+        cmd.args(["agent", "--join", addr, "--node", node])
+            .arg("--data-dir")
+            .arg(&data);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn orchd agent");
+        AgentProc {
+            child: Some(child),
+            dir: data,
+        }
+    }
+
+    /// What the agent wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: the agent dies at once; its workloads keep running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the agent to exit by itself; its status.
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let c = self.child.as_mut().unwrap();
+        let status = eventually("the agent exits", limit, || c.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(15) {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }

@@ -1,0 +1,143 @@
+//! A cluster on this machine: `orchd manager` (no local agent) with its cluster port on
+//! loopback, two `orchd agent`s that join it with the token over mutual TLS and run real
+//! processes. Replicas spread over both; an agent killed with SIGKILL goes Unreachable and
+//! its replicas are replaced on the other after the timeout; when it comes back (no token
+//! needed: it kept its certificate) it stops the replicas that were replaced, so the service
+//! never runs more than it asked for; a wrong token is refused with a clear error.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn nodes_of(d: &Daemon, service: &str) -> Vec<(String, String, Option<u32>)> {
+    d.replicas()
+        .into_iter()
+        .filter(|r| r["spec"]["service"] == service && r["status"]["phase"] == "Ready")
+        .map(|r| {
+            (
+                r["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                r["spec"]["node"].as_str().unwrap_or("").to_string(),
+                pid_of(&r),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn agents_join_a_manager_and_a_dead_node_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_as(tmp.path(), &["manager"], &["--listen", &addr]);
+    let token = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["token", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("ORCH-1-"), "{token}");
+
+    // A wrong token: refused, and the agent says why.
+    let mut bad = AgentProc::start(
+        tmp.path(),
+        &addr,
+        "intruder",
+        Some(&token.replace("ORCH-1-", "ORCH-1-0")),
+    );
+    assert!(!bad.wait(Duration::from_secs(20)).success());
+    assert!(bad.log().contains("CA digest"), "{}", bad.log());
+    let mut bad = AgentProc::start(
+        tmp.path(),
+        &addr,
+        "intruder2",
+        Some(&format!("{}x", &token[..token.len() - 1])),
+    );
+    assert!(!bad.wait(Duration::from_secs(20)).success());
+    assert!(bad.log().contains("invalid join token"), "{}", bad.log());
+
+    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
+    let mut a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
+    eventually("both nodes ready", Duration::from_secs(30), || {
+        let out = d.ctl_ok(&["get", "nodes"]);
+        (out.contains("a1") && out.contains("a2") && out.matches("Ready").count() >= 2)
+            .then_some(())
+    });
+    let key_mode = std::fs::metadata(a2.dir.join("credentials/node.key"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(key_mode, 0o600);
+
+    let f = write(tmp.path(), "hello.yaml", &hello(4, "blue"));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let placed = eventually("4 ready over both nodes", Duration::from_secs(30), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 4 && r.iter().any(|x| x.1 == "a1") && r.iter().any(|x| x.1 == "a2"))
+            .then_some(r)
+    });
+    for r in d.replicas() {
+        let body = http_get(&addr_of(&r).unwrap()).unwrap();
+        assert!(body.starts_with("hello from"), "{body}");
+    }
+    let on_a2: Vec<(String, u32)> = placed
+        .iter()
+        .filter(|x| x.1 == "a2")
+        .map(|x| (x.0.clone(), x.2.unwrap()))
+        .collect();
+
+    // a2 dies: Unreachable after the grace, replaced after the timeout.
+    a2.kill();
+    let t = std::time::Instant::now();
+    eventually("a2 unreachable", Duration::from_secs(15), || {
+        let out = d.ctl_ok(&["get", "nodes"]);
+        out.lines()
+            .any(|l| l.starts_with("a2") && l.contains("Unreachable"))
+            .then_some(())
+    });
+    let unreachable_after = t.elapsed();
+    eventually("4 ready on a1", Duration::from_secs(40), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 4 && r.iter().all(|x| x.1 == "a1")).then_some(())
+    });
+    let replaced_after = t.elapsed();
+    eprintln!(
+        "a2 unreachable after {unreachable_after:?}, replicas replaced after {replaced_after:?}"
+    );
+    assert!(
+        unreachable_after >= Duration::from_secs(2),
+        "{unreachable_after:?}"
+    );
+    assert!(
+        replaced_after >= Duration::from_secs(9),
+        "{replaced_after:?}"
+    );
+    // Its processes still ran meanwhile (the node was cut off, not its work).
+    for (_, pid) in &on_a2 {
+        assert!(
+            process_alive(*pid),
+            "a2's replica process {pid} died with its agent"
+        );
+    }
+
+    // a2 returns with its saved certificate: the replaced replicas are stopped there.
+    let _a2 = AgentProc::start(tmp.path(), &addr, "a2", None);
+    eventually("a2 ready again", Duration::from_secs(30), || {
+        let out = d.ctl_ok(&["get", "nodes"]);
+        out.lines()
+            .any(|l| l.starts_with("a2") && l.contains("Ready"))
+            .then_some(())
+    });
+    eventually(
+        "a2's old processes stopped",
+        Duration::from_secs(30),
+        || on_a2.iter().all(|(_, p)| !process_alive(*p)).then_some(()),
+    );
+    assert_eq!(nodes_of(&d, "hello").len(), 4);
+
+    d.ctl_ok(&["delete", "service", "hello"]);
+    eventually("all gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
