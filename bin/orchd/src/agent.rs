@@ -29,15 +29,8 @@ pub struct AgentArgs {
     /// ~/.local/share/orch).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// This node's name (default: the host name).
-    #[arg(long)]
-    node: Option<String>,
-    /// Node labels, `key=value,...`.
-    #[arg(long, default_value = "")]
-    labels: String,
-    /// Node taints, `key=value:NoSchedule,...`.
-    #[arg(long, default_value = "")]
-    taints: String,
+    #[command(flatten)]
+    node: host::NodeArgs,
     /// The address replicas on this node are reached at.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_address: String,
@@ -53,11 +46,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let node = args.node.unwrap_or_else(host::default_node_name);
-    orch_core::validate::dns1123_label(&node)
-        .map_err(|e| anyhow::anyhow!("--node: invalid value {node:?}: {e}"))?;
-    let labels = host::parse_labels(&args.labels)?;
-    let taints = host::parse_taints(&args.taints)?;
+    let (node, labels, taints) = args.node.parse()?;
     let runtime_names = args.runtime.names()?;
     let creds_dir = data_dir.join("credentials");
     let creds = match Credentials::load(&creds_dir)? {

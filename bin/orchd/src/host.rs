@@ -166,3 +166,38 @@ mod tests {
         }
     }
 }
+
+/// How a node describes itself: the flags `orchd server` and `orchd agent` share.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Node labels, `key=value,...`.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// Node taints, `key=value:NoSchedule,key:PreferNoSchedule,...`: only replicas that
+    /// tolerate them are placed here (NoSchedule) or they avoid it (PreferNoSchedule).
+    #[arg(long, default_value = "")]
+    pub taints: String,
+}
+
+impl NodeArgs {
+    /// The node name (checked), labels and taints.
+    pub fn parse(
+        &self,
+    ) -> anyhow::Result<(
+        String,
+        BTreeMap<String, String>,
+        Vec<orch_core::object::Taint>,
+    )> {
+        let node = self.node.clone().unwrap_or_else(default_node_name);
+        orch_core::validate::dns1123_label(&node)
+            .map_err(|e| anyhow::anyhow!("--node: invalid value {node:?}: {e}"))?;
+        Ok((
+            node,
+            parse_labels(&self.labels)?,
+            parse_taints(&self.taints)?,
+        ))
+    }
+}

@@ -26,16 +26,8 @@ pub struct ServerArgs {
     /// API socket (default DATA_DIR/orchd.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// This node's name (default: the host name).
-    #[arg(long)]
-    node: Option<String>,
-    /// Node labels, `key=value,...`.
-    #[arg(long, default_value = "")]
-    labels: String,
-    /// Node taints, `key=value:NoSchedule,key:PreferNoSchedule,...`: only replicas that
-    /// tolerate them are placed here (NoSchedule) or they avoid it (PreferNoSchedule).
-    #[arg(long, default_value = "")]
-    taints: String,
+    #[command(flatten)]
+    node: host::NodeArgs,
     /// Store: `embedded` (durable, in DATA_DIR), `memory` (lost on exit) or
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (needs the `etcd` build feature).
     #[arg(long, default_value = "embedded")]
@@ -67,11 +59,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
     let socket = args.socket.unwrap_or_else(|| data_dir.join("orchd.sock"));
-    let node = args.node.unwrap_or_else(host::default_node_name);
-    orch_core::validate::dns1123_label(&node)
-        .map_err(|e| anyhow::anyhow!("--node: invalid value {node:?}: {e}"))?;
-    let labels = host::parse_labels(&args.labels)?;
-    let taints = host::parse_taints(&args.taints)?;
+    let (node, labels, taints) = args.node.parse()?;
     let store_spec = crate::store::parse(&args.store)?;
     let runtime_names = args.runtime.names()?;
     if args.no_agent && args.listen.is_none() {

@@ -128,18 +128,8 @@ impl Daemon {
 
     /// Stops the daemon with SIGTERM (workloads keep running).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let start = Instant::now();
-            while c.try_wait().unwrap().is_none() {
-                if start.elapsed() > Duration::from_secs(15) {
-                    let _ = c.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(c) = self.child.take() {
+            terminate(c);
         }
     }
 
@@ -308,18 +298,23 @@ impl AgentProc {
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let start = Instant::now();
-            while c.try_wait().unwrap().is_none() {
-                if start.elapsed() > Duration::from_secs(15) {
-                    let _ = c.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(c) = self.child.take() {
+            terminate(c);
         }
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process is still there after 15 s; waits for it.
+pub fn terminate(mut c: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let start = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = c.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
