@@ -141,3 +141,73 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// The manager stops: the agent keeps its replicas running and restarts a crashed one on its
+/// own; the manager comes back on the same state and port, and nothing is duplicated.
+#[test]
+fn agents_keep_working_while_the_manager_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut d = Daemon::start_as(tmp.path(), &["manager"], &["--listen", &addr]);
+    let token = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_orchd"))
+            .args(["token", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(token.trim()));
+    let f = write(tmp.path(), "hello.yaml", &hello(2, "blue"));
+    eventually("a1 registered", Duration::from_secs(30), || {
+        d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
+    });
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let before = eventually("2 ready", Duration::from_secs(30), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 2).then_some(r)
+    });
+
+    d.stop();
+    let victim = before[0].2.unwrap();
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    // The survivor keeps serving; the victim's replacement process answers on its port.
+    let survivor = before[1].2.unwrap();
+    eventually("the crashed replica restarted by the agent alone", Duration::from_secs(20), || {
+        let out = Command::new("pgrep").args(["-f", "hello-server"]).output().ok()?;
+        let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let mine: Vec<u32> = pids
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/environ"))
+                    .map(|e| e.contains(&before[0].0))
+                    .unwrap_or(false)
+            })
+            .collect();
+        mine.iter().any(|p| *p != victim).then_some(())
+    });
+    assert!(process_alive(survivor));
+
+    let d = Daemon::start_as(tmp.path(), &["manager"], &["--listen", &addr]);
+    let after = eventually("reconciled: the same 2 replicas, ready", Duration::from_secs(30), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 2 && d.replicas().len() == 2).then_some(r)
+    });
+    let mut names: Vec<&String> = after.iter().map(|x| &x.0).collect();
+    names.sort();
+    let mut was: Vec<&String> = before.iter().map(|x| &x.0).collect();
+    was.sort();
+    assert_eq!(names, was, "no replica was replaced or duplicated");
+    assert!(after.iter().any(|x| x.2 == Some(survivor)));
+    d.ctl_ok(&["delete", "service", "hello"]);
+    eventually("all gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
