@@ -105,6 +105,13 @@ pub enum Request {
         /// Replica name.
         replica: String,
     },
+    /// Cordon, uncordon, drain or remove a node.
+    Node {
+        /// The node.
+        node: String,
+        /// What to do.
+        action: orch_core::api::NodeOp,
+    },
     /// What the daemon is.
     Info,
 }

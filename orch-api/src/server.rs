@@ -29,7 +29,13 @@ pub struct Backend {
     pub store_name: String,
     /// The scheduler the engine uses, for `Plan`.
     pub scheduler: Arc<dyn orch_core::scheduler::Scheduler>,
+    /// Told the name of every node removed through this API (a cluster manager revokes its
+    /// certificate).
+    pub on_node_removed: Option<NodeRemovedHook>,
 }
+
+/// Called with the name of a node removed through the API.
+pub type NodeRemovedHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Binds `path` (replacing a stale socket), restricts it to its owner (0600) and serves until
 /// `cancel` fires.
@@ -248,6 +254,17 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
             replicas,
         } => match api::scale(store, &namespace, &name, replicas).await {
             Ok(object) => Response::Done { object },
+            Err(e) => api_error(e),
+        },
+        Request::Node { node, action } => match api::node_op(store, &node, action).await {
+            Ok(object) => {
+                if let (orch_core::api::NodeOp::Remove { .. }, Some(hook)) =
+                    (action, &backend.on_node_removed)
+                {
+                    hook(&node);
+                }
+                Response::Done { object }
+            }
             Err(e) => api_error(e),
         },
         Request::Info => Response::Info {

@@ -34,6 +34,7 @@ async fn start() -> (
         runtimes: HashMap::from([("n1".to_string(), Arc::new(rt.clone()) as Arc<dyn Runtime>)]),
         store_name: "memory".into(),
         scheduler: Arc::new(orch_sched::DefaultScheduler),
+        on_node_removed: None,
     });
     let cancel = CancellationToken::new();
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));

@@ -409,3 +409,80 @@ pub async fn plan(
         services,
     })
 }
+
+/// What `orchctl node ...` does to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeOp {
+    /// No new replicas go there.
+    Cordon,
+    /// New replicas may go there again (and a drain stops).
+    Uncordon,
+    /// Cordon, and replace its replicas elsewhere at each service's update pace.
+    Drain,
+    /// Forget the node: its replicas are replaced elsewhere, and a cluster manager refuses
+    /// its certificate from now on. Refused while it reports Ready unless `force`.
+    Remove {
+        /// Remove even a Ready node.
+        force: bool,
+    },
+}
+
+/// Applies `op` to node `name` (compare-and-swap, retried on conflicts); returns the node as
+/// it was written (or as it was, for a removal).
+pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object, ApiError> {
+    loop {
+        let Some(Object::Node(mut node)) = get_object(store, Kind::Node, "", name).await? else {
+            return Err(ApiError::NotFound {
+                kind: Kind::Node,
+                namespace: String::new(),
+                name: name.into(),
+            });
+        };
+        let mut ops = Vec::new();
+        match op {
+            NodeOp::Cordon => node.spec.unschedulable = true,
+            NodeOp::Uncordon => {
+                node.spec.unschedulable = false;
+                node.spec.draining = false;
+            }
+            NodeOp::Drain => {
+                node.spec.unschedulable = true;
+                node.spec.draining = true;
+            }
+            NodeOp::Remove { force } => {
+                if node.status.condition == crate::object::NodeCondition::Ready && !force {
+                    return Err(ApiError::Invalid(format!(
+                        "node {name} is Ready: drain it and stop its agent first, or remove it with --force"
+                    )));
+                }
+                let obj = Object::Node(node.clone());
+                ops.push(crate::store::delete_op(&obj));
+                let (replicas, _) = crate::store::list_objects(store, Kind::Replica, None).await?;
+                for r in replicas {
+                    if let Object::Replica(mut r) = r {
+                        if r.spec.node.as_deref() == Some(name)
+                            && r.status.phase != crate::object::Phase::Lost
+                        {
+                            r.status.phase = crate::object::Phase::Lost;
+                            r.status.reason = "NodeRemoved".into();
+                            r.status.message = format!("node {name} was removed");
+                            ops.push(update_op(&Object::Replica(r)));
+                        }
+                    }
+                }
+                match store.txn(ops).await {
+                    Ok(_) => return Ok(obj),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let obj = Object::Node(node);
+        match store.txn(vec![update_op(&obj)]).await {
+            Ok(_) => return Ok(obj),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -910,6 +910,10 @@ pub struct NodeSpec {
     /// Cordoned: no new replicas are placed here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unschedulable: bool,
+    /// Being drained (`orchctl node drain`): its replicas are replaced elsewhere at the pace
+    /// of each service's update settings, as in a rolling update. Implies `unschedulable`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
     /// Marks that repel replicas not tolerating them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,

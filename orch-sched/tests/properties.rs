@@ -145,6 +145,7 @@ fn node(i: usize, g: &NodeGen) -> Node {
         },
         spec: NodeSpec {
             unschedulable: g.cordoned,
+            draining: false,
             taints: if g.tainted {
                 vec![Taint {
                     key: "dedicated".into(),

@@ -42,7 +42,66 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image {
             command: crate::ImageCommand::Import { file, name },
         } => import_image(&client, &file, name).await,
+        Command::Node { command } => node(&client, command).await,
         Command::Info => info(&client).await,
+    }
+}
+
+async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()> {
+    use crate::NodeCommand as C;
+    use orch_core::api::NodeOp;
+    let (name, action, wait) = match command {
+        C::Cordon { node } => (node, NodeOp::Cordon, None),
+        C::Uncordon { node } => (node, NodeOp::Uncordon, None),
+        C::Drain {
+            node,
+            no_wait,
+            timeout,
+        } => {
+            let limit = orch_core::quantity::Span::parse(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            (node, NodeOp::Drain, (!no_wait).then_some(limit.0))
+        }
+        C::Rm { node, force } => (node, NodeOp::Remove { force }, None),
+    };
+    client
+        .call(Request::Node {
+            node: name.clone(),
+            action,
+        })
+        .await?;
+    let done = match action {
+        NodeOp::Cordon => "cordoned",
+        NodeOp::Uncordon => "uncordoned",
+        NodeOp::Drain => "draining",
+        NodeOp::Remove { .. } => "removed",
+    };
+    outln!("node/{name} {done}");
+    let Some(limit) = wait else {
+        return Ok(());
+    };
+    let start = std::time::Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        let left = list(client, Kind::Replica, None)
+            .await?
+            .into_iter()
+            .filter(|o| {
+                matches!(o, Object::Replica(r) if r.spec.node.as_deref() == Some(name.as_str()))
+            })
+            .count();
+        if left == 0 {
+            outln!("node/{name} drained");
+            return Ok(());
+        }
+        if left != last {
+            outln!("node/{name}: {left} replica(s) left");
+            last = left;
+        }
+        if start.elapsed() > limit {
+            bail!("node/{name}: {left} replica(s) still there after {limit:?} (the node stays cordoned and draining continues)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

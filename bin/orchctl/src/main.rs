@@ -124,8 +124,50 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Node operations: cordon, uncordon, drain, rm.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Show what the daemon is.
     Info,
+}
+
+/// `orchctl node ...`.
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Place no new replicas on the node.
+    Cordon {
+        /// The node.
+        node: String,
+    },
+    /// Allow new replicas on the node again (and stop a drain).
+    Uncordon {
+        /// The node.
+        node: String,
+    },
+    /// Cordon the node and move its replicas elsewhere at the pace each service's update
+    /// settings allow (max surge / max unavailable); waits until none is left.
+    Drain {
+        /// The node.
+        node: String,
+        /// Return at once instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
+    /// Forget a node: its replicas are replaced elsewhere and, in a cluster, its certificate
+    /// is refused from now on.
+    Rm {
+        /// The node.
+        node: String,
+        /// Remove it even while it reports Ready.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `orchctl image ...`.

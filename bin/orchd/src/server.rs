@@ -90,6 +90,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         runtimes.insert(node.clone(), runtime);
     }
     let cancel = CancellationToken::new();
+    let mut on_node_removed: Option<orch_api::server::NodeRemovedHook> = None;
     if let Some(listen) = &args.listen {
         let cluster_dir = data_dir.join("cluster");
         let manager = Arc::new(
@@ -99,6 +100,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (listener, addr) = orch_api::grpc::cluster::bind(listen)
             .await
             .with_context(|| format!("--listen {listen}: cannot listen"))?;
+        on_node_removed = Some({
+            let m = manager.clone();
+            Arc::new(move |n: &str| m.revoke(n))
+        });
         tokio::spawn({
             let (store, cancel) = (store.clone(), cancel.clone());
             async move {
@@ -126,6 +131,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         runtimes,
         store_name,
         scheduler,
+        on_node_removed,
     });
     let api = tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), node = %node, "orchd: serving");

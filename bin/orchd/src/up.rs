@@ -73,6 +73,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         runtimes: HashMap::from([(args.node.clone(), runtime.clone())]),
         store_name: "memory".into(),
         scheduler,
+        on_node_removed: None,
     });
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     let applied = orch_core::api::apply(&*store, objects, false).await?;

@@ -26,18 +26,25 @@ fn nodes_of(d: &Daemon, service: &str) -> Vec<(String, String, Option<u32>)> {
         .collect()
 }
 
+/// `orchd manager` with its cluster port on a free loopback port: the daemon, the address
+/// and the worker join token (from `orchd token`).
+fn manager(dir: &std::path::Path) -> (Daemon, String, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_as(dir, &["manager"], &["--listen", &addr]);
+    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["token", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (d, addr, token)
+}
+
 #[test]
 fn agents_join_a_manager_and_a_dead_node_is_replaced() {
     let tmp = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let d = Daemon::start_as(tmp.path(), &["manager"], &["--listen", &addr]);
-    let token = Command::new(env!("CARGO_BIN_EXE_orchd"))
-        .args(["token", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(token.status.success());
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let (d, addr, token) = manager(tmp.path());
     assert!(token.starts_with("ORCH-1-"), "{token}");
 
     // A wrong token: refused, and the agent says why.
@@ -147,18 +154,8 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
 #[test]
 fn agents_keep_working_while_the_manager_is_down() {
     let tmp = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut d = Daemon::start_as(tmp.path(), &["manager"], &["--listen", &addr]);
-    let token = String::from_utf8(
-        Command::new(env!("CARGO_BIN_EXE_orchd"))
-            .args(["token", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(token.trim()));
+    let (mut d, addr, token) = manager(tmp.path());
+    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
     let f = write(tmp.path(), "hello.yaml", &hello(2, "blue"));
     eventually("a1 registered", Duration::from_secs(30), || {
         d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
@@ -177,35 +174,126 @@ fn agents_keep_working_while_the_manager_is_down() {
         .unwrap();
     // The survivor keeps serving; the victim's replacement process answers on its port.
     let survivor = before[1].2.unwrap();
-    eventually("the crashed replica restarted by the agent alone", Duration::from_secs(20), || {
-        let out = Command::new("pgrep").args(["-f", "hello-server"]).output().ok()?;
-        let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        let mine: Vec<u32> = pids
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/environ"))
-                    .map(|e| e.contains(&before[0].0))
-                    .unwrap_or(false)
-            })
-            .collect();
-        mine.iter().any(|p| *p != victim).then_some(())
-    });
+    eventually(
+        "the crashed replica restarted by the agent alone",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("pgrep")
+                .args(["-f", "hello-server"])
+                .output()
+                .ok()?;
+            let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            let mine: Vec<u32> = pids
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/environ"))
+                        .map(|e| e.contains(&before[0].0))
+                        .unwrap_or(false)
+                })
+                .collect();
+            mine.iter().any(|p| *p != victim).then_some(())
+        },
+    );
     assert!(process_alive(survivor));
 
     let d = Daemon::start_as(tmp.path(), &["manager"], &["--listen", &addr]);
-    let after = eventually("reconciled: the same 2 replicas, ready", Duration::from_secs(30), || {
-        let r = nodes_of(&d, "hello");
-        (r.len() == 2 && d.replicas().len() == 2).then_some(r)
-    });
+    let after = eventually(
+        "reconciled: the same 2 replicas, ready",
+        Duration::from_secs(30),
+        || {
+            let r = nodes_of(&d, "hello");
+            (r.len() == 2 && d.replicas().len() == 2).then_some(r)
+        },
+    );
     let mut names: Vec<&String> = after.iter().map(|x| &x.0).collect();
     names.sort();
     let mut was: Vec<&String> = before.iter().map(|x| &x.0).collect();
     was.sort();
     assert_eq!(names, was, "no replica was replaced or duplicated");
     assert!(after.iter().any(|x| x.2 == Some(survivor)));
+    d.ctl_ok(&["delete", "service", "hello"]);
+    eventually("all gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
+
+/// `orchctl node drain` moves a node's replicas to the other node at the service's update
+/// pace (ready replicas never drop below replicas - maxUnavailable) and leaves it cordoned;
+/// `orchctl node rm` refuses a Ready node without --force, and once removed the node's agent
+/// is refused by the manager and the node does not come back.
+#[test]
+fn drain_then_remove_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, addr, token) = manager(tmp.path());
+    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
+    let a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
+    eventually("both nodes", Duration::from_secs(30), || {
+        let out = d.ctl_ok(&["get", "nodes"]);
+        (out.contains("a1") && out.contains("a2")).then_some(())
+    });
+    let svc = hello(4, "blue").replace(
+        "    stopGracePeriod: 2s\n",
+        "    stopGracePeriod: 2s\n  update: {maxSurge: 1, maxUnavailable: 1}\n",
+    );
+    let f = write(tmp.path(), "hello.yaml", &svc);
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    eventually("4 ready over both nodes", Duration::from_secs(30), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 4 && r.iter().any(|x| x.1 == "a2")).then_some(())
+    });
+
+    let socket = d.socket.clone();
+    let drain = std::thread::spawn(move || {
+        Command::new(workspace_bin("orchctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["node", "drain", "a2", "--timeout", "60s"])
+            .output()
+            .unwrap()
+    });
+    let mut lowest = usize::MAX;
+    while !drain.is_finished() {
+        lowest = lowest.min(nodes_of(&d, "hello").len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = drain.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node/a2 drained"));
+    assert!(
+        lowest >= 3,
+        "ready replicas dropped to {lowest} during the drain"
+    );
+    let after = eventually("4 ready on a1", Duration::from_secs(30), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 4).then_some(r)
+    });
+    assert!(after.iter().all(|x| x.1 == "a1"), "{after:?}");
+    let node = d.ctl_ok(&["get", "node", "a2", "-o", "json"]);
+    assert!(node.contains("\"unschedulable\": true"), "{node}");
+
+    // Remove: refused while Ready, then forced; the agent is refused from then on.
+    let refused = d.ctl(&["node", "rm", "a2"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    d.ctl_ok(&["node", "rm", "a2", "--force"]);
+    eventually(
+        "the agent is told it was removed",
+        Duration::from_secs(15),
+        || {
+            a2.log()
+                .contains("was removed from the cluster")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!d.ctl_ok(&["get", "nodes"]).contains("a2"), "a2 came back");
     d.ctl_ok(&["delete", "service", "hello"]);
     eventually("all gone", Duration::from_secs(30), || {
         d.replicas().is_empty().then_some(())

@@ -61,6 +61,13 @@ pub fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
     })
 }
 
+/// The refusal a removed node gets.
+pub fn removed(node: &str) -> Status {
+    Status::permission_denied(format!(
+        "node {node} was removed from the cluster; join again with a token to come back"
+    ))
+}
+
 fn denied(node: &str, key: &str, why: &str) -> Status {
     Status::permission_denied(format!("node {node} may not write {key}: {why}"))
 }
@@ -75,6 +82,23 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
             Some(Kind::Node) => {
                 if key != Kind::Node.key("", node) {
                     return Err(denied(node, key, "a node writes only its own node object"));
+                }
+                // Cordon and drain are the operator's: a node cannot lift them.
+                if let Op::Update { value, .. } = op {
+                    let current = store.get(key).await.map_err(super::store::status_of)?;
+                    let spec = |b: &[u8]| match Object::decode(b, 0) {
+                        Ok(Object::Node(n)) => Some((n.spec.unschedulable, n.spec.draining)),
+                        _ => None,
+                    };
+                    if let Some(kv) = current {
+                        if spec(&kv.value) != spec(value) {
+                            return Err(denied(
+                                node,
+                                key,
+                                "cordon and drain are set by operators, not by the node",
+                            ));
+                        }
+                    }
                 }
             }
             Some(Kind::Event) => {}

@@ -31,6 +31,9 @@ pub struct Manager {
     cert_validity: Duration,
     /// Names that joined, in order (for tests and `orchd` logs).
     joined: Mutex<Vec<String>>,
+    /// Removed nodes, whose certificates are refused (kept in `revoked`, a name a line).
+    revoked: Mutex<std::collections::BTreeSet<String>>,
+    revoked_path: PathBuf,
 }
 
 impl Manager {
@@ -40,12 +43,58 @@ impl Manager {
         let ca = ClusterCa::load_or_create(dir)?;
         let token_path = dir.join("worker.token");
         JoinToken::load_or_create(&token_path, &ca.digest())?;
+        let revoked_path = dir.join("revoked");
+        let revoked = match std::fs::read_to_string(&revoked_path) {
+            Ok(t) => t
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(source) => {
+                return Err(PkiError::Io {
+                    path: revoked_path,
+                    source,
+                })
+            }
+        };
         Ok(Manager {
             ca,
             token_path,
             cert_validity,
             joined: Mutex::new(Vec::new()),
+            revoked: Mutex::new(revoked),
+            revoked_path,
         })
+    }
+
+    /// Refuses node `name`'s certificates from now on (it was removed); joining again with a
+    /// valid token lifts this.
+    pub fn revoke(&self, name: &str) {
+        self.set_revoked(name, true);
+    }
+
+    /// Whether node `name` was removed.
+    pub fn is_revoked(&self, name: &str) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    fn set_revoked(&self, name: &str, revoked: bool) {
+        let mut set = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if revoked {
+            set.insert(name.to_string())
+        } else {
+            set.remove(name)
+        };
+        if changed {
+            let text: String = set.iter().map(|n| format!("{n}\n")).collect();
+            if let Err(e) = pki::write_private(&self.revoked_path, &text) {
+                tracing::error!(error = %e, "cluster: cannot record revoked nodes");
+            }
+        }
     }
 
     /// The current worker join token.
@@ -114,6 +163,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let issued =
             m.ca.sign_csr(&r.csr_pem, &auth::node_cn(&r.node), m.cert_validity)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        m.set_revoked(&r.node, false);
         m.joined
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -131,6 +181,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let cn = match auth::identity(&req)? {
+            Identity::Node(n) if self.manager.is_revoked(&n) => {
+                return Err(auth::removed(&n));
+            }
             Identity::Node(n) => auth::node_cn(&n),
             Identity::Admin(n) if n == "manager" => n,
             Identity::Admin(n) => format!("admin:{n}"),
@@ -195,7 +248,11 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .timeout(limits.timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(StoreService::new(store).server())
+        .add_service(
+            StoreService::new(store)
+                .revocations(manager.clone())
+                .server(),
+        )
         .add_service(cluster)
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await?;

@@ -206,12 +206,33 @@ pub fn error_of(s: Status) -> StoreError {
 /// the caller's identity may do ([`auth::check_txn`]).
 pub struct StoreService {
     store: Arc<dyn Store>,
+    manager: Option<Arc<super::cluster::Manager>>,
 }
 
 impl StoreService {
     /// Serves `store`.
     pub fn new(store: Arc<dyn Store>) -> StoreService {
-        StoreService { store }
+        StoreService {
+            store,
+            manager: None,
+        }
+    }
+
+    /// Refuses nodes this manager removed (their watches end at the next batch).
+    pub fn revocations(mut self, manager: Arc<super::cluster::Manager>) -> StoreService {
+        self.manager = Some(manager);
+        self
+    }
+
+    /// The caller, refused if it is a removed node.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        let who = auth::identity(req)?;
+        if let (Identity::Node(n), Some(m)) = (&who, &self.manager) {
+            if m.is_revoked(n) {
+                return Err(auth::removed(n));
+            }
+        }
+        Ok(who)
     }
 
     /// The gRPC server, with the message size limit.
@@ -227,7 +248,7 @@ type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatch, Status>> + S
 #[tonic::async_trait]
 impl pb::store_server::Store for StoreService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        auth::identity(&req)?;
+        self.caller(&req)?;
         let kv = self
             .store
             .get(&req.get_ref().key)
@@ -242,7 +263,7 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        auth::identity(&req)?;
+        self.caller(&req)?;
         let (kvs, revision) = self
             .store
             .list(&req.get_ref().prefix)
@@ -255,7 +276,7 @@ impl pb::store_server::Store for StoreService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        let who = auth::identity(&req)?;
+        let who = self.caller(&req)?;
         let ops = req
             .into_inner()
             .ops
@@ -272,7 +293,7 @@ impl pb::store_server::Store for StoreService {
     type WatchStream = BatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<BatchStream>, Status> {
-        auth::identity(&req)?;
+        self.caller(&req)?;
         let r = req.into_inner();
         let stream = self
             .store
@@ -288,7 +309,7 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::RevisionRequest>,
     ) -> Result<Response<pb::RevisionResponse>, Status> {
-        auth::identity(&req)?;
+        self.caller(&req)?;
         let revision = self.store.revision().await.map_err(status_of)?;
         Ok(Response::new(pb::RevisionResponse { revision }))
     }

@@ -318,8 +318,15 @@ impl Agent {
                     let mut tick = tokio::time::interval(me.cfg.heartbeat);
                     loop {
                         tick.tick().await;
-                        if let Err(e) = me.heartbeat().await {
-                            tracing::debug!(node = %me.cfg.node, error = %e, "agent: heartbeat failed");
+                        match me.heartbeat().await {
+                            Err(e) if e.is_transient() => {
+                                tracing::debug!(node = %me.cfg.node, error = %e, "agent: heartbeat failed");
+                            }
+                            // Refused (a removed node, a permission): say so, every time.
+                            Err(e) => {
+                                tracing::warn!(node = %me.cfg.node, error = %e, "agent: heartbeat refused");
+                            }
+                            Ok(()) => {}
                         }
                     }
                 })

@@ -500,7 +500,18 @@ impl Cache {
         self.replicas_in(|s| s.by_service.get(&idx))
     }
 
-    /// Replicas bound to `node`.
+    /// Names of the nodes being drained.
+    pub fn draining_nodes(&self) -> std::collections::HashSet<String> {
+        self.list(Kind::Node)
+            .iter()
+            .filter_map(|o| match o.as_ref() {
+                Object::Node(n) if n.spec.draining => Some(n.metadata.name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The replicas bound to `node`.
     pub fn replicas_on_node(&self, node: &str) -> Vec<Replica> {
         self.replicas_in(|s| s.by_node.get(node))
     }

@@ -34,7 +34,13 @@ fn ready(r: &Replica) -> bool {
 }
 
 /// Pure decision for one service given its replicas. Replicas being stopped are ignored.
-pub fn decide<R: Borrow<Replica>>(svc: Option<&Service>, replicas: &[R]) -> Decision {
+/// Replicas on a node for which `draining` holds count as outdated: they are replaced within
+/// max-surge / max-unavailable exactly as replicas of an old template are.
+pub fn decide<R: Borrow<Replica>>(
+    svc: Option<&Service>,
+    replicas: &[R],
+    draining: &dyn Fn(&str) -> bool,
+) -> Decision {
     let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
     let mut d = Decision::default();
     let mut active: Vec<&Replica> = Vec::new();
@@ -65,8 +71,9 @@ pub fn decide<R: Borrow<Replica>>(svc: Option<&Service>, replicas: &[R]) -> Deci
     let n = svc.spec.replicas as usize;
     let hash = svc.spec.revision_hash();
     let (surge, unavailable) = svc.spec.update.limits(svc.spec.replicas);
-    let (mut new, mut old): (Vec<&Replica>, Vec<&Replica>) =
-        active.iter().partition(|r| r.spec.template_hash == hash);
+    let (mut new, mut old): (Vec<&Replica>, Vec<&Replica>) = active.iter().partition(|r| {
+        r.spec.template_hash == hash && !r.spec.node.as_deref().is_some_and(draining)
+    });
     // Stop order: unscheduled, then not ready, then newest.
     let order = |v: &mut Vec<&Replica>| {
         v.sort_by_key(|r| {
@@ -208,6 +215,39 @@ pub fn keys_for(change: &Change) -> Vec<String> {
     }
 }
 
+/// The services with replicas on a node whose draining flag changed.
+fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
+    let Change::Object {
+        kind: Kind::Node,
+        old,
+        new,
+        ..
+    } = change
+    else {
+        return Vec::new();
+    };
+    let draining = |o: &Option<Arc<Object>>| match o.as_deref() {
+        Some(Object::Node(n)) => n.spec.draining,
+        _ => false,
+    };
+    let name = match (old.as_deref(), new.as_deref()) {
+        (_, Some(o)) | (Some(o), None) => o.metadata().name.clone(),
+        _ => return Vec::new(),
+    };
+    if draining(old) == draining(new) {
+        return Vec::new();
+    }
+    let mut keys: Vec<String> = ctx
+        .cache
+        .replicas_on_node(&name)
+        .iter()
+        .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// Reconciles one service (by store key). Returns the store revision written, if any.
 pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> {
     let (ns, name) = split_key(key);
@@ -215,7 +255,8 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     // Shared handles, not copies: this runs after every change to any of the replicas.
     let objects = ctx.cache.replica_objects_of_service(ns, name);
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
-    let d = decide(svc.as_ref(), &replicas);
+    let draining = ctx.cache.draining_nodes();
+    let d = decide(svc.as_ref(), &replicas, &|n| draining.contains(n));
     let mut ops: Vec<Op> = Vec::new();
     let keyed: HashMap<String, &Replica> = if d.delete.is_empty() && d.stop.is_empty() {
         HashMap::new()
@@ -312,7 +353,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
     let mut changes = ctx
         .cache
-        .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
+        .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica | Kind::Node)));
     let feeder = {
         let (ctx, queue) = (ctx.clone(), queue.clone());
         tokio::spawn(async move {
@@ -321,7 +362,10 @@ pub async fn run(ctx: Arc<Ctx>) {
                 tokio::select! {
                     c = changes.recv() => match c {
                         Some(Change::Resync) => enqueue_all(&ctx, &queue),
-                        Some(c) => keys_for(&c).into_iter().for_each(|k| queue.add(k)),
+                        Some(c) => keys_for(&c)
+                            .into_iter()
+                            .chain(keys_for_node(&ctx, &c))
+                            .for_each(|k| queue.add(k)),
                         None => break,
                     },
                     _ = resync.tick() => enqueue_all(&ctx, &queue),
@@ -359,5 +403,54 @@ fn enqueue_all(ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>) {
     // copying every replica here once a resync period cost seconds and gigabytes at scale.
     for (ns, svc) in ctx.cache.services_with_replicas() {
         queue.add(Kind::Service.key(&ns, &svc));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(replicas: u32, surge: u32, unavailable: u32) -> Service {
+        let text = format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [sleep, '1']\n  update: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}\n"
+        );
+        match crate::manifest::parse("web.yaml", &text).unwrap().remove(0) {
+            Object::Service(s) => *s,
+            _ => unreachable!(),
+        }
+    }
+
+    fn on(svc: &Service, node: &str, ready: bool) -> Replica {
+        let mut r = new_replica(svc);
+        r.spec.node = Some(node.into());
+        r.status.phase = if ready { Phase::Ready } else { Phase::Starting };
+        r
+    }
+
+    #[test]
+    fn a_draining_node_is_emptied_at_the_update_pace() {
+        let svc = service(4, 1, 0);
+        let drained = |n: &str| n == "n1";
+        // Four ready on the draining node: one surge replica first, nothing stopped.
+        let mut reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
+        let d = decide(Some(&svc), &reps, &drained);
+        assert_eq!((d.create, d.stop.len()), (1, 0));
+        // The new one is not ready yet: still nothing stopped (max unavailable 0).
+        reps.push(on(&svc, "n2", false));
+        let d = decide(Some(&svc), &reps, &drained);
+        assert_eq!((d.create, d.stop.len()), (0, 0));
+        // Ready: one old replica goes.
+        reps.last_mut().unwrap().status.phase = Phase::Ready;
+        let d = decide(Some(&svc), &reps, &drained);
+        assert_eq!((d.create, d.stop.len()), (0, 1));
+        // Not draining: nothing to do for the same replicas minus the surge.
+        reps.pop();
+        let d = decide(Some(&svc), &reps, &|_| false);
+        assert_eq!(d, Decision::default());
+        // With max unavailable 2 and no surge, two go at once.
+        let svc = service(4, 0, 2);
+        let reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
+        let d = decide(Some(&svc), &reps, &drained);
+        assert_eq!((d.create, d.stop.len()), (0, 2));
     }
 }
