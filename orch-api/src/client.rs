@@ -1,8 +1,10 @@
-//! The typed client: one connection per request.
+//! The typed client: one connection per request over the local socket, or requests over
+//! gRPC with mutual TLS to a manager ([`Client::remote`]).
 
 use std::path::{Path, PathBuf};
 
-use futures::{SinkExt, Stream, StreamExt};
+use futures::stream::BoxStream;
+use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LinesCodec};
 
@@ -27,15 +29,24 @@ pub enum ClientError {
         /// Explanation.
         message: String,
     },
+    /// A manager could not be reached over the network (or refused the caller).
+    #[error("{addr}: {message}")]
+    Remote {
+        /// Its address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
     /// The connection broke or the daemon sent nonsense.
     #[error("protocol: {0}")]
     Protocol(String),
 }
 
-/// A client for one daemon socket.
+/// A client for one daemon: its local socket, or a manager's address.
 #[derive(Clone, Debug)]
 pub struct Client {
     path: PathBuf,
+    remote: Option<(String, tonic::transport::Channel)>,
 }
 
 impl Client {
@@ -43,7 +54,38 @@ impl Client {
     pub fn new(path: impl AsRef<Path>) -> Client {
         Client {
             path: path.as_ref().to_path_buf(),
+            remote: None,
         }
+    }
+
+    /// A client for the manager at `addr` (its `--listen`), authenticated with an
+    /// administrator's credentials (nothing is opened yet).
+    pub fn remote(
+        addr: &str,
+        creds: &crate::grpc::cluster::Credentials,
+    ) -> Result<Client, ClientError> {
+        let channel =
+            crate::grpc::cluster::channel(addr, creds).map_err(|e| ClientError::Remote {
+                addr: addr.into(),
+                message: e.to_string(),
+            })?;
+        Ok(Client {
+            path: PathBuf::new(),
+            remote: Some((addr.to_string(), channel)),
+        })
+    }
+
+    fn grpc(
+        &self,
+    ) -> Option<(
+        &str,
+        crate::grpc::pb::api_client::ApiClient<tonic::transport::Channel>,
+    )> {
+        let (addr, ch) = self.remote.as_ref()?;
+        let c = crate::grpc::pb::api_client::ApiClient::new(ch.clone())
+            .max_decoding_message_size(crate::grpc::MAX_MESSAGE)
+            .max_encoding_message_size(crate::grpc::MAX_MESSAGE);
+        Some((addr, c))
     }
 
     async fn open(&self, req: &Request) -> Result<Framed<UnixStream, LinesCodec>, ClientError> {
@@ -74,6 +116,10 @@ impl Client {
 
     /// Sends a one-shot request; an `Error` response becomes `Err`.
     pub async fn call(&self, req: Request) -> Result<Response, ClientError> {
+        if let Some((addr, mut c)) = self.grpc() {
+            let m = c.call(message(&req)?).await.map_err(|s| remote(addr, s))?;
+            return into_result(parse(&m.into_inner().json)?);
+        }
         let mut framed = self.open(&req).await?;
         match framed.next().await {
             Some(Ok(line)) => into_result(parse(&line)?),
@@ -88,14 +134,45 @@ impl Client {
     pub async fn stream(
         &self,
         req: Request,
-    ) -> Result<impl Stream<Item = Result<Response, ClientError>>, ClientError> {
+    ) -> Result<BoxStream<'static, Result<Response, ClientError>>, ClientError> {
+        if let Some((addr, mut c)) = self.grpc() {
+            let addr = addr.to_string();
+            let s = c
+                .stream(message(&req)?)
+                .await
+                .map_err(|s| remote(&addr, s))?
+                .into_inner();
+            return Ok(s
+                .map(move |m| match m {
+                    Ok(m) => parse(&m.json).and_then(into_result),
+                    Err(s) => Err(remote(&addr, s)),
+                })
+                .take_while(|r| std::future::ready(!matches!(r, Ok(Response::End))))
+                .boxed());
+        }
         let framed = self.open(&req).await?;
         Ok(framed
             .map(|line| match line {
                 Ok(l) => parse(&l).and_then(into_result),
                 Err(e) => Err(ClientError::Protocol(e.to_string())),
             })
-            .take_while(|r| std::future::ready(!matches!(r, Ok(Response::End)))))
+            .take_while(|r| std::future::ready(!matches!(r, Ok(Response::End))))
+            .boxed())
+    }
+}
+
+fn message(req: &Request) -> Result<crate::grpc::pb::ApiMessage, ClientError> {
+    let json = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(crate::grpc::pb::ApiMessage { json })
+}
+
+fn remote(addr: &str, s: tonic::Status) -> ClientError {
+    ClientError::Remote {
+        addr: addr.into(),
+        message: match s.code() {
+            tonic::Code::Unavailable => format!("cannot reach the manager: {}", s.message()),
+            _ => s.message().to_string(),
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 //! so the gRPC transport of the cluster issue can carry the same requests.
 
 pub mod client;
+pub mod config;
 pub mod files;
 pub mod grpc;
 pub mod protocol;

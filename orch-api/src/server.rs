@@ -138,8 +138,44 @@ async fn handle(stream: UnixStream, backend: Arc<Backend>) {
             return;
         }
     };
+    answer_into(&backend, req, &mut framed).await;
+}
+
+type Conn = dyn ResponseSink;
+
+/// Where a streaming answer goes: the unix socket's lines, or a gRPC stream.
+#[async_trait::async_trait]
+pub trait ResponseSink: Send {
+    /// Sends one response; an error means the client went away.
+    async fn put(&mut self, resp: &Response) -> Result<(), ()>;
+}
+
+#[async_trait::async_trait]
+impl ResponseSink for Framed<UnixStream, LinesCodec> {
+    async fn put(&mut self, resp: &Response) -> Result<(), ()> {
+        let line = serde_json::to_string(resp).unwrap_or_else(|e| {
+            format!("{{\"type\":\"error\",\"code\":\"Internal\",\"message\":\"encode: {e}\"}}")
+        });
+        self.send(line).await.map_err(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseSink for tokio::sync::mpsc::Sender<Response> {
+    async fn put(&mut self, resp: &Response) -> Result<(), ()> {
+        self.send(resp.clone()).await.map_err(|_| ())
+    }
+}
+
+async fn send(out: &mut Conn, resp: &Response) -> Result<(), ()> {
+    out.put(resp).await
+}
+
+/// Answers a streaming request (`Watch`, `Logs`) into `out`, or a one-shot one with a single
+/// response.
+pub async fn answer_into(backend: &Backend, req: Request, out: &mut Conn) {
     match req {
-        Request::Watch { kind, namespace } => watch(&mut framed, &backend, kind, namespace).await,
+        Request::Watch { kind, namespace } => watch(out, backend, kind, namespace).await,
         Request::Logs {
             namespace,
             replica,
@@ -147,8 +183,8 @@ async fn handle(stream: UnixStream, backend: Arc<Backend>) {
             tail_bytes,
         } => {
             logs(
-                &mut framed,
-                &backend,
+                out,
+                backend,
                 &namespace,
                 &replica,
                 LogOptions { follow, tail_bytes },
@@ -156,19 +192,10 @@ async fn handle(stream: UnixStream, backend: Arc<Backend>) {
             .await
         }
         other => {
-            let resp = answer(&backend, other).await;
-            let _ = send(&mut framed, &resp).await;
+            let resp = answer(backend, other).await;
+            let _ = send(out, &resp).await;
         }
     }
-}
-
-type Conn = Framed<UnixStream, LinesCodec>;
-
-async fn send(framed: &mut Conn, resp: &Response) -> Result<(), LinesCodecError> {
-    let line = serde_json::to_string(resp).unwrap_or_else(|e| {
-        format!("{{\"type\":\"error\",\"code\":\"Internal\",\"message\":\"encode: {e}\"}}")
-    });
-    framed.send(line).await
 }
 
 /// Answers a one-shot request.

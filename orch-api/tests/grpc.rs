@@ -32,6 +32,13 @@ impl Drop for TestManager {
 }
 
 async fn start(store: Arc<dyn Store>) -> TestManager {
+    start_with(store, None).await
+}
+
+async fn start_with(
+    store: Arc<dyn Store>,
+    api: Option<Arc<orch_api::server::Backend>>,
+) -> TestManager {
     let dir = tempfile::tempdir().unwrap();
     let manager = Arc::new(Manager::open(dir.path(), Duration::from_secs(3600)).unwrap());
     let (listener, addr) = cluster::bind("127.0.0.1:0").await.unwrap();
@@ -40,6 +47,7 @@ async fn start(store: Arc<dyn Store>) -> TestManager {
         listener,
         manager.clone(),
         store,
+        api,
         Limits::default(),
         cancel.clone(),
     ));
@@ -309,6 +317,83 @@ async fn strangers_are_refused() {
         .unwrap_err();
     assert!(
         matches!(e, StoreError::Unavailable(_) | StoreError::Other(_)),
+        "{e}"
+    );
+}
+
+/// `orchctl` over the network: the administrators' API carries the local socket's requests
+/// (one-shot and streaming) for an administrator's certificate, and refuses a node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_over_grpc_serves_administrators_only() {
+    use futures::StreamExt;
+    use orch_api::protocol::{ManifestText, Request, Response, WatchType};
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let backend = Arc::new(orch_api::server::Backend {
+        store: store.clone(),
+        runtimes: Default::default(),
+        store_name: "memory".into(),
+        scheduler: Arc::new(orch_sched::DefaultScheduler),
+        on_node_removed: None,
+    });
+    let m = start_with(store, Some(backend)).await;
+    let admin = m
+        .manager
+        .admin_credentials("alice", Duration::from_secs(600))
+        .unwrap();
+    let client = orch_api::Client::remote(&m.addr, &admin).unwrap();
+    let info = client.call(Request::Info).await.unwrap();
+    assert!(
+        matches!(info, Response::Info { ref store, .. } if store == "memory"),
+        "{info:?}"
+    );
+    let mut watch = client
+        .stream(Request::Watch {
+            kind: orch_core::object::Kind::Service,
+            namespace: None,
+        })
+        .await
+        .unwrap();
+    client
+        .call(Request::Apply {
+            manifests: vec![ManifestText {
+                source: "web.yaml".into(),
+                text: "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [sleep, '1']\n".into(),
+            }],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&first, Response::Watch { event: WatchType::Added, object } if object.metadata().name == "web"),
+        "{first:?}"
+    );
+    // Bad input gets the API's own error, named.
+    let e = client
+        .call(Request::Scale {
+            namespace: "default".into(),
+            name: "web".into(),
+            replicas: -1,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("replicas"), "{e}");
+
+    // A node's certificate: refused.
+    let token = m.manager.worker_token().unwrap().to_string();
+    let node = cluster::join(&m.addr, &token, "n1").await.unwrap();
+    let e = orch_api::Client::remote(&m.addr, &node)
+        .unwrap()
+        .call(Request::Info)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("may not use the administrators' API"),
         "{e}"
     );
 }

@@ -12,7 +12,14 @@ use crate::{socket_path, Cli, Command};
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(socket_path(cli.socket));
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(orch_api::config::ClientConfig::default_path);
+    if let Command::Config { command } = cli.command {
+        return config(&config_path, command);
+    }
+    let client = client(&cli, &config_path)?;
     let ns = cli.namespace;
     match cli.command {
         Command::Apply {
@@ -44,7 +51,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => import_image(&client, &file, name).await,
         Command::Node { command } => node(&client, command).await,
         Command::Info => info(&client).await,
+        Command::Config { .. } => unreachable!("handled above"),
     }
+}
+
+/// The local socket (`--socket`, `$ORCH_SOCKET`), else the context (`--context`, else the
+/// config file's current one), else the default socket.
+fn client(cli: &Cli, config_path: &std::path::Path) -> anyhow::Result<Client> {
+    if cli.socket.is_some() || (cli.context.is_none() && std::env::var_os("ORCH_SOCKET").is_some())
+    {
+        return Ok(Client::new(socket_path(cli.socket.clone())));
+    }
+    let config = orch_api::config::ClientConfig::load(config_path).map_err(anyhow::Error::msg)?;
+    match (config, &cli.context) {
+        (Some(c), name) if name.is_some() || !c.current_context.is_empty() => {
+            let ctx = c
+                .context(name.as_deref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+            Ok(Client::remote(&ctx.server, &ctx.credentials())?)
+        }
+        (None, Some(name)) => bail!(
+            "--context {name}: no config file at {} (`orchd admin` writes one)",
+            config_path.display()
+        ),
+        _ => Ok(Client::new(socket_path(None))),
+    }
+}
+
+fn config(path: &std::path::Path, command: crate::ConfigCommand) -> anyhow::Result<()> {
+    let mut c = orch_api::config::ClientConfig::load(path)
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| {
+            format!(
+                "no config file at {} (`orchd admin` writes one)",
+                path.display()
+            )
+        })?;
+    match command {
+        crate::ConfigCommand::GetContexts => {
+            for ctx in &c.contexts {
+                let mark = if ctx.name == c.current_context {
+                    "*"
+                } else {
+                    " "
+                };
+                outln!("{mark} {}\t{}", ctx.name, ctx.server);
+            }
+        }
+        crate::ConfigCommand::UseContext { name } => {
+            c.context(Some(&name))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            c.current_context = name.clone();
+            c.save(path).map_err(anyhow::Error::msg)?;
+            outln!("current context: {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()> {

@@ -29,8 +29,17 @@ use clap::{Parser, Subcommand};
 #[command(name = "orchctl", version, about)]
 pub struct Cli {
     /// The daemon's socket (default $ORCH_SOCKET, else ~/.local/share/orch/orchd.sock).
+    /// Wins over contexts.
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
+    /// Talk to the cluster of this context of the config file (default: its current context,
+    /// when the file exists and neither --socket nor $ORCH_SOCKET is given).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The config file with the contexts (default $ORCH_CONFIG, else
+    /// ~/.config/orch/config.yaml; `orchd admin` writes it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Namespace.
     #[arg(short = 'n', long, global = true, default_value = "default")]
     namespace: String,
@@ -130,8 +139,26 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Contexts of the config file.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Show what the daemon is.
     Info,
+}
+
+/// `orchctl config ...`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// List the contexts (`*` marks the current one).
+    GetContexts,
+    /// Make a context the current one.
+    UseContext {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `orchctl node ...`.

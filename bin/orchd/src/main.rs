@@ -34,6 +34,71 @@ enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Print the worker join token of the manager whose data directory this is.
     Token(TokenArgs),
+    /// Issue an administrator's certificate and add it as a context to orchctl's config file.
+    Admin(AdminArgs),
+}
+
+/// Arguments of `orchd admin`.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The manager's data directory (default $ORCH_DATA_DIR or ~/.local/share/orch).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Who the certificate is for (`CN=admin:NAME`).
+    #[arg(long)]
+    name: String,
+    /// The manager's cluster address as clients reach it (`HOST:PORT`).
+    #[arg(long)]
+    server: String,
+    /// The context's name in the config file.
+    #[arg(long, default_value = "orch")]
+    context: String,
+    /// orchctl's config file to add the context to (default $ORCH_CONFIG or
+    /// ~/.config/orch/config.yaml); written mode 0600.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How long the certificate is valid.
+    #[arg(long, value_parser = server::parse_span, default_value = "365d")]
+    validity: std::time::Duration,
+}
+
+fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    use orch_api::config::{ClientConfig, Context};
+    let dir = args
+        .data_dir
+        .unwrap_or_else(default_data_dir)
+        .join("cluster");
+    anyhow::ensure!(
+        dir.join("ca.pem").exists(),
+        "{}: no cluster CA here; start `orchd manager --listen ...` (or `orchd server --listen ...`) with this data directory first",
+        dir.display()
+    );
+    orch_core::validate::dns1123_label(&args.name)
+        .map_err(|e| anyhow::anyhow!("--name: invalid value {:?}: {e}", args.name))?;
+    let m = orch_api::grpc::cluster::Manager::open(
+        &dir,
+        orch_api::grpc::cluster::DEFAULT_CERT_VALIDITY,
+    )?;
+    let creds = m.admin_credentials(&args.name, args.validity)?;
+    let path = args.config.unwrap_or_else(ClientConfig::default_path);
+    let mut config = ClientConfig::load(&path)
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_default();
+    config.upsert(Context {
+        name: args.context.clone(),
+        server: args.server,
+        ca: creds.ca_pem,
+        certificate: creds.cert_pem,
+        key: creds.key_pem,
+    });
+    config.save(&path).map_err(anyhow::Error::msg)?;
+    println!(
+        "context {} (admin {}) written to {}; it is the current context",
+        args.context,
+        args.name,
+        path.display()
+    );
+    Ok(())
 }
 
 /// Arguments of `orchd token`.
@@ -70,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     let default_level = match &cli.command {
         Command::Up(_) => "warn",
         Command::Server(_) | Command::Manager(_) | Command::Agent(_) => "info",
-        Command::Token(_) => "warn",
+        Command::Token(_) | Command::Admin(_) => "warn",
     };
     host::init_logging(&cli.log_format, default_level)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -86,6 +151,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Agent(a) => agent::run(*a).await,
             Command::Token(a) => token(a),
+            Command::Admin(a) => admin(a),
         }
     })
 }

@@ -90,27 +90,39 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         runtimes.insert(node.clone(), runtime);
     }
     let cancel = CancellationToken::new();
-    let mut on_node_removed: Option<orch_api::server::NodeRemovedHook> = None;
-    if let Some(listen) = &args.listen {
-        let cluster_dir = data_dir.join("cluster");
-        let manager = Arc::new(
-            orch_api::grpc::cluster::Manager::open(&cluster_dir, args.cert_validity)
-                .with_context(|| format!("cluster CA in {}", cluster_dir.display()))?,
-        );
-        let (listener, addr) = orch_api::grpc::cluster::bind(listen)
-            .await
-            .with_context(|| format!("--listen {listen}: cannot listen"))?;
-        on_node_removed = Some({
-            let m = manager.clone();
-            Arc::new(move |n: &str| m.revoke(n))
-        });
+    let cluster = match &args.listen {
+        Some(listen) => {
+            let cluster_dir = data_dir.join("cluster");
+            let manager = Arc::new(
+                orch_api::grpc::cluster::Manager::open(&cluster_dir, args.cert_validity)
+                    .with_context(|| format!("cluster CA in {}", cluster_dir.display()))?,
+            );
+            let (listener, addr) = orch_api::grpc::cluster::bind(listen)
+                .await
+                .with_context(|| format!("--listen {listen}: cannot listen"))?;
+            Some((manager, listener, addr))
+        }
+        None => None,
+    };
+    let backend = Arc::new(Backend {
+        store: store.clone(),
+        runtimes,
+        store_name,
+        scheduler,
+        on_node_removed: cluster.as_ref().map(|(m, _, _)| {
+            let m = m.clone();
+            Arc::new(move |n: &str| m.revoke(n)) as orch_api::server::NodeRemovedHook
+        }),
+    });
+    if let Some((manager, listener, addr)) = cluster {
         tokio::spawn({
-            let (store, cancel) = (store.clone(), cancel.clone());
+            let (backend, cancel) = (backend.clone(), cancel.clone());
             async move {
                 if let Err(e) = orch_api::grpc::cluster::serve(
                     listener,
                     manager,
                     store,
+                    Some(backend),
                     Default::default(),
                     cancel,
                 )
@@ -126,13 +138,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
-    let backend = Arc::new(Backend {
-        store,
-        runtimes,
-        store_name,
-        scheduler,
-        on_node_removed,
-    });
     let api = tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), node = %node, "orchd: serving");
     eprintln!(

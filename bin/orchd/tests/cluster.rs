@@ -77,8 +77,47 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
         .unwrap();
     assert_eq!(key_mode, 0o600);
 
+    // An administrator's context: orchctl talks to the manager over mutual TLS.
+    let config = tmp.path().join("orch-config.yaml");
+    let admin = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["admin", "--name", "alice", "--server", &addr, "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let remote = |args: &[&str]| {
+        Command::new(workspace_bin("orchctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("ORCH_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let contexts = remote(&["config", "get-contexts"]);
+    assert!(String::from_utf8_lossy(&contexts.stdout).contains(&format!("* orch\t{addr}")));
+    let nodes = remote(&["get", "nodes"]);
+    assert!(
+        nodes.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nodes.stderr)
+    );
+    let nodes = String::from_utf8_lossy(&nodes.stdout);
+    assert!(nodes.contains("a1") && nodes.contains("a2"), "{nodes}");
+
     let f = write(tmp.path(), "hello.yaml", &hello(4, "blue"));
-    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let applied = remote(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let placed = eventually("4 ready over both nodes", Duration::from_secs(30), || {
         let r = nodes_of(&d, "hello");
         (r.len() == 4 && r.iter().any(|x| x.1 == "a1") && r.iter().any(|x| x.1 == "a2"))

@@ -219,12 +219,13 @@ impl Default for Limits {
 }
 
 /// Serves the cluster protocol on `listener` until `cancel`: the store to certified callers,
-/// joining to token holders. The manager presents a certificate for [`MANAGER_NAME`] with the
+/// joining to token holders, and with `api` the administrators' API. The manager presents a certificate for [`MANAGER_NAME`] with the
 /// CA after it, so a joining agent can check the CA against its token's digest.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     manager: Arc<Manager>,
     store: Arc<dyn Store>,
+    api: Option<Arc<crate::server::Backend>>,
     limits: Limits,
     cancel: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -254,6 +255,7 @@ pub async fn serve(
                 .server(),
         )
         .add_service(cluster)
+        .add_optional_service(api.map(|b| super::api::ApiService::new(b).server()))
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await?;
     Ok(())

@@ -6,9 +6,12 @@
 //!   against its certificate's identity ([`auth`]).
 //! - [`pki`]: the cluster CA a manager creates on first start, join tokens that carry its
 //!   digest, node certificates issued from CSRs.
+//! - [`api`]: the administrators' API (`orchctl` over the network): the local socket's
+//!   requests and responses carried over gRPC.
 //! - [`cluster`]: joining (a token buys a certificate), renewal, and the server that puts
 //!   both services on one TCP port.
 
+pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod pki;
