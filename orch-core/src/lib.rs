@@ -11,6 +11,7 @@ pub mod engine;
 pub mod fake;
 pub mod manifest;
 pub mod memstore;
+pub mod metrics;
 pub mod object;
 pub mod quantity;
 pub mod runtime;

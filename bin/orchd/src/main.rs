@@ -2,6 +2,7 @@
 
 mod agent;
 mod host;
+mod http;
 mod runtime;
 mod server;
 mod store;

@@ -41,6 +41,9 @@ pub struct ServerArgs {
     /// How long node certificates are valid (they renew when two thirds have passed).
     #[arg(long, value_parser = parse_span, default_value = "90d")]
     cert_validity: std::time::Duration,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP at `HOST:PORT`.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Run no local agent (`orchd manager`).
     #[arg(skip)]
     pub no_agent: bool,
@@ -90,6 +93,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         runtimes.insert(node.clone(), runtime);
     }
     let cancel = CancellationToken::new();
+    if let Some(listen) = &args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("--metrics-listen {listen}: cannot listen"))?;
+        tokio::spawn(crate::http::serve(
+            listener,
+            engine.ctx().clone(),
+            cancel.clone(),
+        ));
+    }
     let cluster = match &args.listen {
         Some(listen) => {
             let cluster_dir = data_dir.join("cluster");

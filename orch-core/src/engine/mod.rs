@@ -95,6 +95,77 @@ pub struct Ctx {
     pub config: EngineConfig,
     /// Fires on shutdown.
     pub cancel: CancellationToken,
+    /// Counters and latencies (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Ctx {
+    /// The metrics in the Prometheus text format: the engine's counters and latencies, and
+    /// gauges read from the cache now (replicas by phase, nodes by condition, services,
+    /// whether the store is reachable).
+    pub fn render_metrics(&self) -> String {
+        use std::collections::BTreeMap;
+        let cache = &self.cache;
+        let mut phases: BTreeMap<String, f64> = BTreeMap::new();
+        // Shared handles, not copies: this runs on every scrape.
+        for o in cache.list(crate::object::Kind::Replica) {
+            if let crate::object::Object::Replica(r) = o.as_ref() {
+                *phases.entry(format!("{:?}", r.status.phase)).or_default() += 1.0;
+            }
+        }
+        let mut conditions: BTreeMap<String, f64> = BTreeMap::new();
+        for n in cache.nodes() {
+            *conditions
+                .entry(format!("{:?}", n.status.condition))
+                .or_default() += 1.0;
+        }
+        let labelled = |key: &str, m: BTreeMap<String, f64>| -> Vec<(String, f64)> {
+            m.into_iter()
+                .map(|(k, v)| (format!("{key}=\"{k}\""), v))
+                .collect()
+        };
+        self.metrics.render(&[
+            (
+                "orch_replicas",
+                "Replicas by phase.",
+                labelled("phase", phases),
+            ),
+            (
+                "orch_nodes",
+                "Nodes by condition.",
+                labelled("condition", conditions),
+            ),
+            (
+                "orch_services",
+                "Services.",
+                vec![(String::new(), cache.services().len() as f64)],
+            ),
+            (
+                "orch_store_reachable",
+                "1 while the engine's view of the store is current.",
+                vec![(
+                    String::new(),
+                    if cache.live_since().is_some() {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )],
+            ),
+        ])
+    }
+
+    /// Whether the engine is ready to serve: its cache has listed the store and the store is
+    /// reachable now; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.cache.synced() {
+            return Err("the cache has not listed the store yet".into());
+        }
+        if self.cache.live_since().is_none() {
+            return Err("the store is unreachable".into());
+        }
+        Ok(())
+    }
 }
 
 /// Assembles an [`Engine`].
@@ -132,14 +203,18 @@ impl EngineBuilder {
             self.config.event_flush,
             cancel.clone(),
         );
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let store: Arc<dyn Store> =
+            Arc::new(crate::metrics::TimedStore::new(self.store, metrics.clone()));
         let ctx = Arc::new(Ctx {
-            store: self.store,
+            store,
             cache: cache.clone(),
             scheduler: self.scheduler,
             discovery: self.discovery,
             recorder,
             config: self.config,
             cancel: cancel.clone(),
+            metrics,
         });
         let mut tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
         if self.control_plane {
@@ -164,6 +239,16 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The metrics in the Prometheus text format (see [`Ctx::render_metrics`]).
+    pub fn render_metrics(&self) -> String {
+        self.ctx.render_metrics()
+    }
+
+    /// Whether the engine is ready to serve (see [`Ctx::readiness`]).
+    pub fn readiness(&self) -> Result<(), String> {
+        self.ctx.readiness()
+    }
+
     /// Starts assembling an engine over `store` with `scheduler`.
     pub fn builder(store: Arc<dyn Store>, scheduler: Arc<dyn Scheduler>) -> EngineBuilder {
         EngineBuilder {

@@ -378,7 +378,11 @@ pub async fn run(ctx: Arc<Ctx>) {
         tokio::spawn(async move {
             loop {
                 let key = queue.next().await;
-                match reconcile(&ctx, &key).await {
+                let started = std::time::Instant::now();
+                let result = reconcile(&ctx, &key).await;
+                ctx.metrics
+                    .reconcile("replication", result.is_ok(), started.elapsed());
+                match result {
                     Ok(_) => queue.forget(&key),
                     Err(e) => {
                         let delay = queue.retry(key.clone());

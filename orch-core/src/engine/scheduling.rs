@@ -209,7 +209,13 @@ pub async fn run(ctx: Arc<Ctx>) {
         tokio::time::sleep(Duration::from_millis(2)).await;
         dirty_rx.mark_unchanged();
         seed = seed.wrapping_add(1);
-        match pass(&ctx, seed).await {
+        let started = std::time::Instant::now();
+        let result = pass(&ctx, seed).await;
+        ctx.metrics.pass(
+            started.elapsed(),
+            result.as_ref().map(|r| r.bound).unwrap_or(0),
+        );
+        match result {
             Ok(r) => {
                 backoff = ctx.config.retry_base;
                 wait = if r.more {

@@ -165,13 +165,26 @@ pub fn addr_of(replica: &serde_json::Value) -> Option<String> {
 
 /// GET / over plain HTTP; the body, or `None` if it did not answer.
 pub fn http_get(addr: &str) -> Option<String> {
+    let (status, body) = http_request(addr, "/")?;
+    (status == 200).then_some(body)
+}
+
+/// GET `path` over plain HTTP: the status code and the body.
+pub fn http_request(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    buf.starts_with("HTTP/1.1 200")
-        .then(|| buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        status,
+        buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
 }
 
 /// Whether a process with this pid exists (and is not a zombie).
