@@ -32,6 +32,48 @@ pub struct Backend {
     /// Told the name of every node removed through this API (a cluster manager revokes its
     /// certificate).
     pub on_node_removed: Option<NodeRemovedHook>,
+    /// Reaches replicas on nodes this process does not host (a cluster manager's agents).
+    pub nodes: Option<Arc<dyn crate::grpc::node::NodeAccess>>,
+}
+
+/// Where a replica's runtime is: in this process, or behind its node's agent.
+enum Target {
+    Local(Arc<dyn Runtime>),
+    Remote(Arc<dyn crate::grpc::node::NodeAccess>),
+}
+
+impl Target {
+    async fn logs(
+        &self,
+        node: &str,
+        id: &str,
+        opts: LogOptions,
+    ) -> Result<orch_core::runtime::LogStream, RuntimeError> {
+        match self {
+            Target::Local(rt) => rt.logs(id, opts).await,
+            Target::Remote(n) => n.logs(node, id, opts).await,
+        }
+    }
+
+    async fn exec(
+        &self,
+        node: &str,
+        id: &str,
+        command: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<orch_core::runtime::ExecOutput, RuntimeError> {
+        match self {
+            Target::Local(rt) => rt.exec(id, command, timeout).await,
+            Target::Remote(n) => n.exec(node, id, command, timeout).await,
+        }
+    }
+
+    async fn progress(&self, node: &str, id: &str) -> Option<String> {
+        match self {
+            Target::Local(rt) => rt.progress(id),
+            Target::Remote(n) => n.progress(node, id).await,
+        }
+    }
 }
 
 /// Called with the name of a node removed through the API.
@@ -322,8 +364,8 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
         Request::ImportImage { path, name } => import_image(backend, &path, name.as_deref()).await,
         Request::Progress { namespace, replica } => {
             match replica_runtime(backend, &namespace, &replica, "start under way").await {
-                Ok((rep, _, rt)) => Response::Progress {
-                    text: rt.progress(&rep.runtime_name()),
+                Ok((rep, node, rt)) => Response::Progress {
+                    text: rt.progress(&node, &rep.runtime_name()).await,
                 },
                 Err(resp) => resp,
             }
@@ -451,6 +493,7 @@ async fn exec(
         };
     match rt
         .exec(
+            &node,
             &rep.runtime_name(),
             command,
             std::time::Duration::from_secs(timeout_secs),
@@ -482,7 +525,7 @@ async fn replica_runtime(
     namespace: &str,
     replica: &str,
     what: &str,
-) -> Result<(orch_core::object::Replica, String, Arc<dyn Runtime>), Response> {
+) -> Result<(orch_core::object::Replica, String, Target), Response> {
     let rep = match orch_core::store::get_object(&*backend.store, Kind::Replica, namespace, replica)
         .await
     {
@@ -501,11 +544,17 @@ async fn replica_runtime(
             format!("replica {replica:?} is not scheduled yet: no {what}"),
         ));
     };
-    let Some(rt) = backend.runtimes.get(&node).cloned() else {
-        return Err(error(
-            ErrorCode::Unavailable,
-            format!("replica {replica:?} runs on node {node:?}, which this daemon does not host"),
-        ));
+    let rt = match (backend.runtimes.get(&node), &backend.nodes) {
+        (Some(rt), _) => Target::Local(rt.clone()),
+        (None, Some(nodes)) => Target::Remote(nodes.clone()),
+        (None, None) => {
+            return Err(error(
+                ErrorCode::Unavailable,
+                format!(
+                    "replica {replica:?} runs on node {node:?}, which this daemon does not host"
+                ),
+            ))
+        }
     };
     Ok((rep, node, rt))
 }
@@ -524,7 +573,7 @@ async fn logs(
             return;
         }
     };
-    let mut stream = match rt.logs(&rep.runtime_name(), opts).await {
+    let mut stream = match rt.logs(&node, &rep.runtime_name(), opts).await {
         Ok(s) => s,
         Err(RuntimeError::NotFound(_)) => {
             let _ = send(

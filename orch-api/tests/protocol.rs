@@ -35,6 +35,7 @@ async fn start() -> (
         store_name: "memory".into(),
         scheduler: Arc::new(orch_sched::DefaultScheduler),
         on_node_removed: None,
+        nodes: None,
     });
     let cancel = CancellationToken::new();
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));

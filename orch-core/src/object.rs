@@ -951,6 +951,10 @@ pub struct NodeStatus {
     /// The agent's version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent_version: String,
+    /// Where the node's agent serves its manager (`HOST:PORT`; logs and exec of replicas on
+    /// other hosts); empty for an agent inside the manager's process.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub endpoint: String,
 }
 
 /// A machine that runs replicas.

@@ -560,6 +560,25 @@ fn environment(spec: &WorkloadSpec, ports: &[BoundPort]) -> Vec<(String, String)
 
 /// Finds a bare command name in `search_path`, then in the directories of `path_var`.
 /// Names with a slash are used as they are.
+/// Everything `pipe` yields until it closes, keeping the first
+/// [`EXEC_OUTPUT_MAX`](orch_core::runtime::EXEC_OUTPUT_MAX) bytes.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut p) = pipe else {
+        return kept;
+    };
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut p, &mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = orch_core::runtime::EXEC_OUTPUT_MAX.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
 fn resolve_command(
     name: &str,
     search_path: &[PathBuf],
@@ -647,6 +666,103 @@ impl Runtime for ProcessRuntime {
 
     fn supports(&self, template: &Template) -> bool {
         template.image.is_none() && !template.command.is_empty()
+    }
+
+    /// Runs `command` as the workload sees the world: the running process's environment
+    /// (`/proc/PID/environ`) and working directory, in its cgroup, as a new process group
+    /// killed after `timeout`.
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<orch_core::runtime::ExecOutput, RuntimeError> {
+        let (pid, start_time, cgroups) = match lock(&self.inner.workloads).get(id) {
+            Some(e) if e.record.exit.is_none() => {
+                (e.record.pid, e.record.start_time, e.record.cgroups.clone())
+            }
+            _ => return Err(RuntimeError::NotFound(id.into())),
+        };
+        let read = |what: &str| {
+            let path = format!("/proc/{pid}/{what}");
+            move |source| RuntimeError::Io {
+                context: format!("exec in {id}: cannot read {path}"),
+                source,
+            }
+        };
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(read("environ"))?;
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(read("cwd"))?;
+        if !procfs::is_alive(pid, start_time) {
+            return Err(RuntimeError::NotFound(id.into()));
+        }
+        let env: Vec<(String, String)> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect();
+        let Some(first) = command.first() else {
+            return Err(RuntimeError::StartFailed("exec: no command".into()));
+        };
+        let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v);
+        let program = resolve_command(
+            first,
+            &self.inner.config.search_path,
+            path_var.map(|s| &**s),
+        )?;
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&command[1..])
+            .env_clear()
+            .envs(env)
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| spawn_error(&program, e))?;
+        let child_pid = child.id().and_then(|p| i32::try_from(p).ok());
+        if let Some(p) = child_pid {
+            let _ = cgroup::add(&cgroups, p);
+        }
+        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let (o, e, status) = tokio::join!(
+                read_capped(out.take()),
+                read_capped(err.take()),
+                child.wait()
+            );
+            (o, e, status)
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok((stdout, stderr, status)) => {
+                let status = status.map_err(|source| RuntimeError::Io {
+                    context: format!("exec in {id}: wait"),
+                    source,
+                })?;
+                Ok(orch_core::runtime::ExecOutput {
+                    code: status.code(),
+                    signal: status.signal(),
+                    timed_out: false,
+                    stdout,
+                    stderr,
+                })
+            }
+            Err(_) => {
+                if let Some(p) = child_pid {
+                    kill_group(p);
+                }
+                Ok(orch_core::runtime::ExecOutput {
+                    code: None,
+                    signal: Some(9),
+                    timed_out: true,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                })
+            }
+        }
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {

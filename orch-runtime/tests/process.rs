@@ -667,3 +667,48 @@ async fn memory_limit_kills_a_hog() {
         assert!(!parent.exists(), "{} left behind", parent.display());
     }
 }
+
+/// Exec runs in the workload's environment and working directory; exit codes, stderr and
+/// timeouts come back; an exited or unknown workload is NotFound.
+#[tokio::test]
+async fn exec_runs_in_the_workloads_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let mut s = sh("ex", "echo started; exec sleep 60");
+    s.template.env = vec![orch_core::object::EnvVar {
+        name: "GREETING".into(),
+        value: "hi there".into(),
+    }];
+    let w = rt.start(&s).await.unwrap();
+    let cmd = |c: &str| vec!["sh".to_string(), "-c".to_string(), c.to_string()];
+    let out = rt
+        .exec(
+            "ex",
+            &cmd("echo $GREETING; pwd; echo oops >&2; exit 4"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(4));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", pid_of(&w))).unwrap();
+    assert_eq!(stdout, format!("hi there\n{}\n", cwd.display()));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    let slow = rt
+        .exec("ex", &cmd("sleep 30"), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(slow.timed_out && slow.signal == Some(9), "{slow:?}");
+    assert!(matches!(
+        rt.exec("nope", &cmd("true"), Duration::from_secs(1)).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    rt.stop("ex", "SIGTERM", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        rt.exec("ex", &cmd("true"), Duration::from_secs(1)).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    rt.remove("ex").await.unwrap();
+}

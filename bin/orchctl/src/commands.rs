@@ -113,6 +113,9 @@ async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()
     use crate::NodeCommand as C;
     use orch_core::api::NodeOp;
     let (name, action, wait) = match command {
+        C::Ls => {
+            return get(client, "default", "nodes", None, "table", false, false).await;
+        }
         C::Cordon { node } => (node, NodeOp::Cordon, None),
         C::Uncordon { node } => (node, NodeOp::Uncordon, None),
         C::Drain {

@@ -164,6 +164,8 @@ pub enum ConfigCommand {
 /// `orchctl node ...`.
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
+    /// List the nodes (as `orchctl get nodes`).
+    Ls,
     /// Place no new replicas on the node.
     Cordon {
         /// The node.

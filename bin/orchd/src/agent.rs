@@ -34,6 +34,10 @@ pub struct AgentArgs {
     /// The address replicas on this node are reached at.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_address: String,
+    /// Where this agent serves its manager (logs, exec and pull progress of its replicas),
+    /// `HOST:PORT`; default the advertise address on a free port.
+    #[arg(long)]
+    listen: Option<String>,
     /// How often the node heartbeats.
     #[arg(long, value_parser = crate::server::parse_span, default_value = "1s")]
     heartbeat: Duration,
@@ -70,12 +74,29 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .discovery(Arc::new(orch_dns::FileDiscovery::new(&discovery_dir)))
         .agents_only()
         .start();
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| format!("{}:0", args.advertise_address));
+    let bound = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot listen"))?;
+    let endpoint = bound.local_addr()?;
+    let (creds_tx, creds_rx) = tokio::sync::watch::channel(creds.clone());
+    let serving = tokio::spawn(serve_node(bound, creds_rx, runtime.clone()));
     let mut agent = host::agent_config(&node, labels, &discovery_dir);
     agent.taints = taints;
     agent.addresses = vec![args.advertise_address.clone()];
     agent.heartbeat = args.heartbeat;
+    agent.endpoint = endpoint.to_string();
     engine.add_agent(runtime, agent);
-    let renewals = tokio::spawn(renew_loop(args.join.clone(), creds, creds_dir, store));
+    let renewals = tokio::spawn(renew_loop(
+        args.join.clone(),
+        creds,
+        creds_dir,
+        store,
+        creds_tx,
+    ));
     eprintln!(
         "orchd agent: node {node} serving replicas for {} (state in {})",
         args.join,
@@ -90,6 +111,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         "orchd agent: stopping (workloads keep running and are re-adopted on the next start)"
     );
     renewals.abort();
+    serving.abort();
     engine.shutdown().await;
     Ok(())
 }
@@ -101,6 +123,7 @@ async fn renew_loop(
     mut creds: Credentials,
     dir: PathBuf,
     store: Arc<orch_api::grpc::store::RemoteStore>,
+    serving: tokio::sync::watch::Sender<Credentials>,
 ) {
     loop {
         let now = std::time::SystemTime::now()
@@ -121,6 +144,7 @@ async fn renew_loop(
                     Err(e) => tracing::error!(error = %e, "agent: renewed certificate unusable"),
                 }
                 tracing::info!("agent: certificate renewed");
+                serving.send_replace(new.clone());
                 creds = new;
             }
             Err(e) => {
@@ -135,4 +159,47 @@ async fn renew_loop(
 fn lifetime(creds: &Credentials) -> Option<i64> {
     let (nb, na) = creds.validity().ok()?;
     Some(na - nb)
+}
+
+/// Serves the node protocol to the manager, again with the new certificate after each
+/// renewal (on the same address).
+async fn serve_node(
+    first: tokio::net::TcpListener,
+    mut creds: tokio::sync::watch::Receiver<Credentials>,
+    runtime: Arc<dyn orch_core::runtime::Runtime>,
+) {
+    let addr = first.local_addr().ok();
+    let mut listener = Some(first);
+    loop {
+        let current = creds.borrow_and_update().clone();
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match tokio::net::TcpListener::bind(addr.expect("bound before")).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "agent: cannot listen again after a renewal");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = orch_api::grpc::node::serve(l, &current, runtime.clone(), stop.clone());
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "agent: node service stopped");
+                }
+                return;
+            }
+            changed = creds.changed() => {
+                stop.cancel();
+                let _ = server.await;
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

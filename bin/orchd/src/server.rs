@@ -126,6 +126,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             let m = m.clone();
             Arc::new(move |n: &str| m.revoke(n)) as orch_api::server::NodeRemovedHook
         }),
+        nodes: match &cluster {
+            Some((m, _, _)) => Some(Arc::new(orch_api::grpc::node::NodeDialer::new(
+                store.clone(),
+                m.own_credentials()?,
+            )) as Arc<dyn orch_api::grpc::node::NodeAccess>),
+            None => None,
+        },
     });
     if let Some((manager, listener, addr)) = cluster {
         tokio::spawn({

@@ -74,6 +74,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         store_name: "memory".into(),
         scheduler,
         on_node_removed: None,
+        nodes: None,
     });
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     let applied = orch_core::api::apply(&*store, objects, false).await?;

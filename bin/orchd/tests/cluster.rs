@@ -1,5 +1,5 @@
 //! A cluster on this machine: `orchd manager` (no local agent) with its cluster port on
-//! loopback, two `orchd agent`s that join it with the token over mutual TLS and run real
+//! loopback, three `orchd agent`s that join it with the token over mutual TLS and run real
 //! processes. Replicas spread over both; an agent killed with SIGKILL goes Unreachable and
 //! its replicas are replaced on the other after the timeout; when it comes back (no token
 //! needed: it kept its certificate) it stops the replicas that were replaced, so the service
@@ -67,9 +67,10 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
 
     let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
     let mut a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
-    eventually("both nodes ready", Duration::from_secs(30), || {
+    let _a3 = AgentProc::start(tmp.path(), &addr, "a3", Some(&token));
+    eventually("three nodes ready", Duration::from_secs(30), || {
         let out = d.ctl_ok(&["get", "nodes"]);
-        (out.contains("a1") && out.contains("a2") && out.matches("Ready").count() >= 2)
+        (out.contains("a1") && out.contains("a3") && out.matches("Ready").count() >= 3)
             .then_some(())
     });
     let key_mode = std::fs::metadata(a2.dir.join("credentials/node.key"))
@@ -102,14 +103,67 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
     };
     let contexts = remote(&["config", "get-contexts"]);
     assert!(String::from_utf8_lossy(&contexts.stdout).contains(&format!("* orch\t{addr}")));
-    let nodes = remote(&["get", "nodes"]);
+    let nodes = remote(&["node", "ls"]);
     assert!(
         nodes.status.success(),
         "{}",
         String::from_utf8_lossy(&nodes.stderr)
     );
     let nodes = String::from_utf8_lossy(&nodes.stdout);
-    assert!(nodes.contains("a1") && nodes.contains("a2"), "{nodes}");
+    assert!(
+        nodes.contains("a1") && nodes.contains("a2") && nodes.contains("a3"),
+        "{nodes}"
+    );
+
+    // logs, logs -f, exec and describe reach a replica on an agent through the manager.
+    let ticker = write(
+        tmp.path(),
+        "ticker.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: ticker}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'echo start $ORCH_REPLICA; while true; do echo tick; sleep 0.2; done']\n    env: [{name: COLOR, value: green}]\n    stopGracePeriod: 1s\n",
+    );
+    assert!(remote(&["apply", "-f", ticker.to_str().unwrap()])
+        .status
+        .success());
+    let (tick, tick_node) = eventually("the ticker runs", Duration::from_secs(30), || {
+        d.replicas()
+            .into_iter()
+            .find(|r| r["spec"]["service"] == "ticker" && r["status"]["phase"] == "Ready")
+            .map(|r| {
+                (
+                    r["metadata"]["name"].as_str().unwrap().to_string(),
+                    r["spec"]["node"].as_str().unwrap().to_string(),
+                )
+            })
+    });
+    let logs = eventually("logs over the network", Duration::from_secs(10), || {
+        let out = remote(&["logs", &tick]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains("tick")).then_some(text)
+    });
+    assert!(logs.starts_with(&format!("start {tick}")), "{logs}");
+    let mut follow = Command::new(workspace_bin("orchctl"))
+        .arg("--config")
+        .arg(&config)
+        .args(["logs", "-f", "--tail-bytes", "0", &tick])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    for _ in 0..3 {
+        assert_eq!(
+            lines.next().unwrap().unwrap(),
+            "tick",
+            "logs -f streams new lines"
+        );
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let exec = remote(&["exec", &tick, "--", "/bin/sh", "-c", "echo $COLOR; exit 7"]);
+    assert_eq!(exec.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "green");
+    let described = remote(&["describe", "replica", &tick]);
+    assert!(String::from_utf8_lossy(&described.stdout).contains(&tick_node));
+    assert!(remote(&["delete", "service", "ticker"]).status.success());
 
     let f = write(tmp.path(), "hello.yaml", &hello(4, "blue"));
     let applied = remote(&["apply", "-f", f.to_str().unwrap()]);
@@ -118,10 +172,16 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    let placed = eventually("4 ready over both nodes", Duration::from_secs(30), || {
+    assert!(remote(&["scale", "hello", "--replicas", "6"])
+        .status
+        .success());
+    let placed = eventually("6 ready over three nodes", Duration::from_secs(30), || {
         let r = nodes_of(&d, "hello");
-        (r.len() == 4 && r.iter().any(|x| x.1 == "a1") && r.iter().any(|x| x.1 == "a2"))
-            .then_some(r)
+        (r.len() == 6
+            && ["a1", "a2", "a3"]
+                .iter()
+                .all(|n| r.iter().any(|x| x.1 == *n)))
+        .then_some(r)
     });
     for r in d.replicas() {
         let body = http_get(&addr_of(&r).unwrap()).unwrap();
@@ -143,9 +203,9 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
             .then_some(())
     });
     let unreachable_after = t.elapsed();
-    eventually("4 ready on a1", Duration::from_secs(40), || {
+    eventually("6 ready on a1 and a3", Duration::from_secs(40), || {
         let r = nodes_of(&d, "hello");
-        (r.len() == 4 && r.iter().all(|x| x.1 == "a1")).then_some(())
+        (r.len() == 6 && r.iter().all(|x| x.1 != "a2")).then_some(())
     });
     let replaced_after = t.elapsed();
     eprintln!(
@@ -180,9 +240,10 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
         Duration::from_secs(30),
         || on_a2.iter().all(|(_, p)| !process_alive(*p)).then_some(()),
     );
-    assert_eq!(nodes_of(&d, "hello").len(), 4);
+    assert_eq!(nodes_of(&d, "hello").len(), 6);
+    assert_eq!(d.replicas().len(), 6, "exactly the desired replicas");
 
-    d.ctl_ok(&["delete", "service", "hello"]);
+    assert!(remote(&["delete", "service", "hello"]).status.success());
     eventually("all gone", Duration::from_secs(30), || {
         d.replicas().is_empty().then_some(())
     });

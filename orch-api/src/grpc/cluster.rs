@@ -31,6 +31,8 @@ pub struct Manager {
     cert_validity: Duration,
     /// Names that joined, in order (for tests and `orchd` logs).
     joined: Mutex<Vec<String>>,
+    /// The manager's own certificate (`CN=manager`, for [`MANAGER_NAME`]), made on first use.
+    own: std::sync::OnceLock<Credentials>,
     /// Removed nodes, whose certificates are refused (kept in `revoked`, a name a line).
     revoked: Mutex<std::collections::BTreeSet<String>>,
     revoked_path: PathBuf,
@@ -63,6 +65,7 @@ impl Manager {
             token_path,
             cert_validity,
             joined: Mutex::new(Vec::new()),
+            own: std::sync::OnceLock::new(),
             revoked: Mutex::new(revoked),
             revoked_path,
         })
@@ -121,6 +124,25 @@ impl Manager {
             .clone()
     }
 
+    /// The manager's own credentials (`CN=manager`, valid a year from this start): it serves
+    /// with them and dials agents with them.
+    pub fn own_credentials(&self) -> Result<Credentials, PkiError> {
+        if let Some(c) = self.own.get() {
+            return Ok(c.clone());
+        }
+        let (cert, key) = self.ca.issue(
+            "manager",
+            &[MANAGER_NAME],
+            Duration::from_secs(365 * 86_400),
+        )?;
+        let c = Credentials {
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem: cert,
+            key_pem: key,
+        };
+        Ok(self.own.get_or_init(|| c).clone())
+    }
+
     /// An administrator's client certificate and key (`CN=admin:NAME`), valid for `valid`.
     pub fn admin_credentials(&self, name: &str, valid: Duration) -> Result<Credentials, PkiError> {
         let (cert, key) = self.ca.issue(&format!("admin:{name}"), &[], valid)?;
@@ -160,9 +182,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         orch_core::validate::dns1123_label(&r.node)
             .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", r.node)))?;
+        let dns = super::node::node_dns_name(&r.node);
         let issued =
-            m.ca.sign_csr(&r.csr_pem, &auth::node_cn(&r.node), m.cert_validity)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            m.ca.sign_csr(
+                &r.csr_pem,
+                &auth::node_cn(&r.node),
+                &[&dns],
+                m.cert_validity,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         m.set_revoked(&r.node, false);
         m.joined
             .lock()
@@ -180,17 +208,18 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let cn = match auth::identity(&req)? {
+        let (cn, dns) = match auth::identity(&req)? {
             Identity::Node(n) if self.manager.is_revoked(&n) => {
                 return Err(auth::removed(&n));
             }
-            Identity::Node(n) => auth::node_cn(&n),
-            Identity::Admin(n) if n == "manager" => n,
-            Identity::Admin(n) => format!("admin:{n}"),
+            Identity::Node(n) => (auth::node_cn(&n), vec![super::node::node_dns_name(&n)]),
+            Identity::Admin(n) if n == "manager" => (n, vec![MANAGER_NAME.to_string()]),
+            Identity::Admin(n) => (format!("admin:{n}"), Vec::new()),
         };
+        let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
         let m = &self.manager;
         let issued =
-            m.ca.sign_csr(&req.get_ref().csr_pem, &cn, m.cert_validity)
+            m.ca.sign_csr(&req.get_ref().csr_pem, &cn, &dns, m.cert_validity)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::JoinResponse {
             certificate_pem: issued.certificate_pem,

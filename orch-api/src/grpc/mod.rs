@@ -8,12 +8,14 @@
 //!   digest, node certificates issued from CSRs.
 //! - [`api`]: the administrators' API (`orchctl` over the network): the local socket's
 //!   requests and responses carried over gRPC.
+//! - [`node`]: what an agent serves its manager (logs, exec, pull progress of its replicas).
 //! - [`cluster`]: joining (a token buys a certificate), renewal, and the server that puts
 //!   both services on one TCP port.
 
 pub mod api;
 pub mod auth;
 pub mod cluster;
+pub mod node;
 pub mod pki;
 pub mod store;
 

@@ -168,17 +168,18 @@ impl ClusterCa {
     }
 
     /// Signs the public key of `csr_pem` (whose signature proves the caller holds the key)
-    /// for `CN=common_name`, client and server use, valid for `valid`. What else the request
-    /// asks for (names, extensions) is ignored.
+    /// for `CN=common_name` with these DNS names, client and server use, valid for `valid`.
+    /// What else the request asks for (names, extensions) is ignored.
     pub fn sign_csr(
         &self,
         csr_pem: &str,
         common_name: &str,
+        dns_names: &[&str],
         valid: Duration,
     ) -> Result<Issued, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(invalid("certificate signing request"))?;
-        csr.params = leaf_params(common_name, &[], valid)?;
+        csr.params = leaf_params(common_name, dns_names, valid)?;
         let cert = csr.signed_by(&self.issuer).map_err(invalid("signing"))?;
         Ok(Issued {
             certificate_pem: cert.pem(),
@@ -352,7 +353,12 @@ mod tests {
         assert_eq!(ca.digest(), again.digest(), "loaded, not recreated");
         let (_key, csr) = new_key_and_csr("node:evil-twin").unwrap();
         let issued = ca
-            .sign_csr(&csr, "node:n1", Duration::from_secs(3600))
+            .sign_csr(
+                &csr,
+                "node:n1",
+                &["n1.orch-node"],
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let der = pem_to_der(&issued.certificate_pem).unwrap();
         assert_eq!(
@@ -363,7 +369,7 @@ mod tests {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         assert!((issued.not_after - now - 3600).abs() < 5);
         assert!(ca
-            .sign_csr("not a csr", "node:n1", Duration::from_secs(1))
+            .sign_csr("not a csr", "node:n1", &[], Duration::from_secs(1))
             .is_err());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("ca.key"))

@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub restart_backoff_max: Duration,
     /// A run at least this long resets the backoff.
     pub stable_run: Duration,
+    /// Where this agent serves its manager (reported in the node's status), if it does.
+    pub endpoint: String,
 }
 
 impl AgentConfig {
@@ -67,6 +69,7 @@ impl AgentConfig {
             restart_backoff_base: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(30),
             stable_run: Duration::from_secs(10),
+            endpoint: String::new(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl Agent {
     fn node_status(&self, unavailable: &[(String, String)]) -> NodeStatus {
         let info = self.runtime.info();
         NodeStatus {
+            endpoint: self.cfg.endpoint.clone(),
             addresses: self.cfg.addresses.clone(),
             capacity: self.cfg.capacity.clone(),
             max_replicas: self.cfg.max_replicas,
