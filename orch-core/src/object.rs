@@ -354,6 +354,10 @@ pub struct Placement {
     /// `spread` (least allocated, the default) or `binpack` (most allocated).
     #[serde(default, skip_serializing_if = "is_default")]
     pub strategy: Strategy,
+    /// How long replicas on a node that stopped reporting wait before they are replaced
+    /// elsewhere (`60s`); the cluster's replace timeout when shorter or unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_loss_timeout: Option<crate::quantity::Span>,
 }
 
 /// The topology key whose domains are single nodes (each node its own domain).

@@ -44,6 +44,13 @@ pub struct ServerArgs {
     /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP at `HOST:PORT`.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// A node that has not reported for this long is Unreachable (nothing is placed there).
+    #[arg(long, value_parser = parse_span, default_value = "3s")]
+    node_grace: std::time::Duration,
+    /// A node that has not reported for this long has its replicas replaced elsewhere (a
+    /// service's `placement.nodeLossTimeout` may ask for longer).
+    #[arg(long, value_parser = parse_span, default_value = "10s")]
+    node_replace_timeout: std::time::Duration,
     /// Run no local agent (`orchd manager`).
     #[arg(skip)]
     pub no_agent: bool,
@@ -78,8 +85,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);
+    anyhow::ensure!(
+        args.node_replace_timeout >= args.node_grace,
+        "--node-replace-timeout ({:?}) must not be shorter than --node-grace ({:?})",
+        args.node_replace_timeout,
+        args.node_grace
+    );
     let mut engine = Engine::builder(store.clone(), scheduler.clone())
         .discovery(discovery)
+        .config(orch_core::engine::EngineConfig {
+            node_grace: args.node_grace,
+            node_lost_timeout: args.node_replace_timeout,
+            ..Default::default()
+        })
         .start();
     let mut runtimes = HashMap::new();
     if let Some(runtime) = runtime {

@@ -399,3 +399,134 @@ fn drain_then_remove_a_node() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// Hosts in network namespaces on one bridge: the manager on one, agents on two others. One
+/// agent's link is cut for 30 s (the replace timeout is 40 s): the node goes Unreachable but
+/// nothing is replaced. Cut again for longer: its replicas are replaced on the other node,
+/// and once the link is back exactly the desired replicas run.
+#[test]
+fn a_cut_link_is_tolerated_until_the_replace_timeout() {
+    let hosts = Hosts::new(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("{}:7443", hosts.address(0));
+    let d = Daemon::start_in(
+        Some(&hosts.names[0]),
+        tmp.path(),
+        &["manager"],
+        &["--listen", &addr, "--node-replace-timeout", "40s"],
+    );
+    let token = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_orchd"))
+            .args(["token", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let agent = |i: usize, node: &str| {
+        let adv = hosts.address(i);
+        AgentProc::start_in(
+            Some(&hosts.names[i]),
+            tmp.path(),
+            &addr,
+            node,
+            Some(token.trim()),
+            &["--advertise-address", &adv],
+        )
+    };
+    let _a1 = agent(1, "a1");
+    let _a2 = agent(2, "a2");
+    eventually("two nodes ready", Duration::from_secs(30), || {
+        let out = d.ctl_ok(&["get", "nodes"]);
+        (out.matches("Ready").count() >= 2).then_some(())
+    });
+    let f = write(tmp.path(), "hello.yaml", &hello(4, "blue"));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let placed = eventually("4 ready over both", Duration::from_secs(30), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 4 && r.iter().any(|x| x.1 == "a2")).then_some(r)
+    });
+    let mut names: Vec<String> = placed.iter().map(|x| x.0.clone()).collect();
+    names.sort();
+    let replica_names = |d: &Daemon| {
+        let mut v: Vec<String> = d
+            .replicas()
+            .iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let node_line = |d: &Daemon| {
+        d.ctl_ok(&["get", "nodes"])
+            .lines()
+            .find(|l| l.starts_with("a2"))
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // 30 s cut, shorter than the 40 s replace timeout: Unreachable, nothing replaced.
+    hosts.link(2, false);
+    let t = std::time::Instant::now();
+    eventually("a2 unreachable", Duration::from_secs(15), || {
+        node_line(&d).contains("Unreachable").then_some(())
+    });
+    while t.elapsed() < Duration::from_secs(30) {
+        assert_eq!(replica_names(&d), names, "replaced during a short cut");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    hosts.link(2, true);
+    eventually("a2 ready again", Duration::from_secs(20), || {
+        node_line(&d).contains("Ready").then_some(())
+    });
+    assert_eq!(replica_names(&d), names);
+    eventually("all 4 ready again", Duration::from_secs(20), || {
+        (nodes_of(&d, "hello").len() == 4).then_some(())
+    });
+
+    // A longer cut: replaced on a1 after the timeout; the link returns; exactly 4 run.
+    hosts.link(2, false);
+    let t = std::time::Instant::now();
+    eventually("replaced on a1", Duration::from_secs(70), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 4 && r.iter().all(|x| x.1 == "a1")).then_some(())
+    });
+    let replaced_after = t.elapsed();
+    eprintln!("a2 cut off: its replicas replaced after {replaced_after:?} (timeout 40 s)");
+    assert!(
+        replaced_after >= Duration::from_secs(39),
+        "{replaced_after:?}"
+    );
+    hosts.link(2, true);
+    eventually("a2 ready again", Duration::from_secs(20), || {
+        node_line(&d).contains("Ready").then_some(())
+    });
+    eventually(
+        "exactly 4 replicas, none on a2",
+        Duration::from_secs(30),
+        || {
+            let all = d.replicas();
+            (all.len() == 4 && all.iter().all(|r| r["spec"]["node"] == "a1")).then_some(())
+        },
+    );
+    // a2's old processes (in its namespace) stop.
+    eventually("a2's old replicas stopped", Duration::from_secs(20), || {
+        let ns_pids = Command::new("ip")
+            .args(["netns", "pids", &hosts.names[2]])
+            .output()
+            .ok()?;
+        let left = String::from_utf8_lossy(&ns_pids.stdout)
+            .split_whitespace()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.contains("hello-server"))
+            })
+            .count();
+        (left == 0).then_some(())
+    });
+    d.ctl_ok(&["delete", "service", "hello"]);
+    eventually("all gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}

@@ -55,7 +55,18 @@ pub async fn run(ctx: Arc<Ctx>) {
             }
             if silent >= ctx.config.node_lost_timeout {
                 for r in ctx.cache.replicas_on_node(&n.metadata.name) {
-                    if r.status.phase != Phase::Lost && r.spec.desired == DesiredState::Running {
+                    // A service may ask to wait longer than the cluster's timeout.
+                    let wait = r
+                        .spec
+                        .placement
+                        .node_loss_timeout
+                        .map_or(ctx.config.node_lost_timeout, |s| {
+                            s.0.max(ctx.config.node_lost_timeout)
+                        });
+                    if silent >= wait
+                        && r.status.phase != Phase::Lost
+                        && r.spec.desired == DesiredState::Running
+                    {
                         let mut r2 = r.clone();
                         r2.status.phase = Phase::Lost;
                         r2.status.reason = "NodeLost".into();

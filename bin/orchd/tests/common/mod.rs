@@ -63,13 +63,18 @@ impl Daemon {
     /// Starts `orchd HEAD... --data-dir DIR/data --socket DIR/orchd.sock EXTRA...` (`server`
     /// or `manager`) and waits until it answers.
     pub fn start_as(dir: &Path, head: &[&str], extra: &[&str]) -> Daemon {
+        Daemon::start_in(None, dir, head, extra)
+    }
+
+    /// [`Daemon::start_as`] inside network namespace `netns` (`ip netns exec`).
+    pub fn start_in(netns: Option<&str>, dir: &Path, head: &[&str], extra: &[&str]) -> Daemon {
         let socket = dir.join("orchd.sock");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("orchd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        let child = netns_command(netns, env!("CARGO_BIN_EXE_orchd"))
             .args(head)
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -261,6 +266,18 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts `orchd agent --join ADDR --node NODE --data-dir DIR/NODE [--token TOKEN]`.
     pub fn start(dir: &Path, addr: &str, node: &str, token: Option<&str>) -> AgentProc {
+        AgentProc::start_in(None, dir, addr, node, token, &[])
+    }
+
+    /// [`AgentProc::start`] inside network namespace `netns`, with extra arguments.
+    pub fn start_in(
+        netns: Option<&str>,
+        dir: &Path,
+        addr: &str,
+        node: &str,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> AgentProc {
         let data = dir.join(node);
         std::fs::create_dir_all(&data).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -268,10 +285,11 @@ impl AgentProc {
             .append(true)
             .open(data.join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchd"));
+        let mut cmd = netns_command(netns, env!("CARGO_BIN_EXE_orchd"));
         cmd.args(["agent", "--join", addr, "--node", node])
             .arg("--data-dir")
-            .arg(&data);
+            .arg(&data)
+            .args(extra);
         if let Some(t) = token {
             cmd.args(["--token", t]);
         }
@@ -329,5 +347,92 @@ pub fn terminate(mut c: Child) {
             let _ = c.kill();
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `program`, or `ip netns exec NETNS program` inside a network namespace.
+pub fn netns_command(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Hosts on one bridge: a network namespace per host with a veth into a bridge of its own,
+/// addresses `10.231.N.(i+1)/24`. Everything is removed on drop.
+pub struct Hosts {
+    pub bridge: String,
+    pub names: Vec<String>,
+    prefix: String,
+    subnet: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Hosts {
+    /// Creates `n` hosts.
+    pub fn new(n: usize) -> Hosts {
+        let id = std::process::id() % 10_000;
+        let prefix = format!("o{id}");
+        let bridge = format!("{prefix}br");
+        let subnet = format!("10.231.{}", id % 250);
+        let hosts = Hosts {
+            bridge: bridge.clone(),
+            names: (0..n).map(|i| format!("{prefix}h{i}")).collect(),
+            prefix: prefix.clone(),
+            subnet: subnet.clone(),
+        };
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["link", "set", &bridge, "up"]);
+        for (i, ns) in hosts.names.iter().enumerate() {
+            let (host_end, ns_end) = (format!("{prefix}v{i}"), format!("{prefix}p{i}"));
+            ip(&["netns", "add", ns]);
+            ip(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+            ]);
+            ip(&["link", "set", &host_end, "master", &bridge, "up"]);
+            ip(&["link", "set", &ns_end, "netns", ns]);
+            let addr = format!("{}/24", hosts.address(i));
+            ip(&["-n", ns, "addr", "add", &addr, "dev", &ns_end]);
+            ip(&["-n", ns, "link", "set", &ns_end, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+
+    /// Host `i`'s address.
+    pub fn address(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+
+    /// Cuts (or restores) host `i`'s link to the bridge.
+    pub fn link(&self, i: usize, up: bool) {
+        let end = format!("{}v{i}", self.prefix);
+        ip(&["link", "set", &end, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for (i, ns) in self.names.iter().enumerate() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}v{i}", self.prefix)])
+                .status();
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
