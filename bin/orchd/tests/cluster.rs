@@ -249,8 +249,9 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
     });
 }
 
-/// The manager stops: the agent keeps its replicas running and restarts a crashed one on its
-/// own; the manager comes back on the same state and port, and nothing is duplicated.
+/// The manager stops for 60 s: the agent keeps its replicas running and restarts a crashed
+/// one on its own; the manager comes back on the same state and port, and nothing is
+/// duplicated.
 #[test]
 fn agents_keep_working_while_the_manager_is_down() {
     let tmp = tempfile::tempdir().unwrap();
@@ -267,6 +268,7 @@ fn agents_keep_working_while_the_manager_is_down() {
     });
 
     d.stop();
+    let down = std::time::Instant::now();
     let victim = before[0].2.unwrap();
     Command::new("kill")
         .args(["-9", &victim.to_string()])
@@ -297,7 +299,13 @@ fn agents_keep_working_while_the_manager_is_down() {
             mine.iter().any(|p| *p != victim).then_some(())
         },
     );
-    assert!(process_alive(survivor));
+    while down.elapsed() < Duration::from_secs(60) {
+        assert!(
+            process_alive(survivor),
+            "a replica stopped while the manager was down"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     let d = Daemon::start_as(tmp.path(), &["manager"], &["--listen", &addr]);
     let after = eventually(
@@ -320,7 +328,7 @@ fn agents_keep_working_while_the_manager_is_down() {
     });
 }
 
-/// `orchctl node drain` moves a node's replicas to the other node at the service's update
+/// `orchctl node drain` moves a node's 6 replicas to the other node at the service's update
 /// pace (ready replicas never drop below replicas - maxUnavailable) and leaves it cordoned;
 /// `orchctl node rm` refuses a Ready node without --force, and once removed the node's agent
 /// is refused by the manager and the node does not come back.
@@ -334,15 +342,15 @@ fn drain_then_remove_a_node() {
         let out = d.ctl_ok(&["get", "nodes"]);
         (out.contains("a1") && out.contains("a2")).then_some(())
     });
-    let svc = hello(4, "blue").replace(
+    let svc = hello(12, "blue").replace(
         "    stopGracePeriod: 2s\n",
         "    stopGracePeriod: 2s\n  update: {maxSurge: 1, maxUnavailable: 1}\n",
     );
     let f = write(tmp.path(), "hello.yaml", &svc);
     d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
-    eventually("4 ready over both nodes", Duration::from_secs(30), || {
+    eventually("12 ready, 6 on each node", Duration::from_secs(30), || {
         let r = nodes_of(&d, "hello");
-        (r.len() == 4 && r.iter().any(|x| x.1 == "a2")).then_some(())
+        (r.len() == 12 && r.iter().filter(|x| x.1 == "a2").count() == 6).then_some(())
     });
 
     let socket = d.socket.clone();
@@ -367,12 +375,12 @@ fn drain_then_remove_a_node() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("node/a2 drained"));
     assert!(
-        lowest >= 3,
-        "ready replicas dropped to {lowest} during the drain"
+        lowest >= 11,
+        "ready replicas dropped to {lowest} during the drain (max unavailable 1)"
     );
-    let after = eventually("4 ready on a1", Duration::from_secs(30), || {
+    let after = eventually("12 ready on a1", Duration::from_secs(30), || {
         let r = nodes_of(&d, "hello");
-        (r.len() == 4).then_some(r)
+        (r.len() == 12).then_some(r)
     });
     assert!(after.iter().all(|x| x.1 == "a1"), "{after:?}");
     let node = d.ctl_ok(&["get", "node", "a2", "-o", "json"]);
@@ -525,6 +533,67 @@ fn a_cut_link_is_tolerated_until_the_replace_timeout() {
             .count();
         (left == 0).then_some(())
     });
+    d.ctl_ok(&["delete", "service", "hello"]);
+    eventually("all gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
+
+/// Certificates renew before they expire without dropping work: with 20 s certificates the
+/// agent renews twice in 30 s, stays Ready throughout and its replica keeps running.
+#[test]
+fn certificates_renew_without_dropping_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_as(
+        tmp.path(),
+        &["manager"],
+        &["--listen", &addr, "--cert-validity", "20s"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["token", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap();
+    let a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(token.trim()));
+    let f = write(tmp.path(), "hello.yaml", &hello(1, "blue"));
+    eventually("a1 registered", Duration::from_secs(30), || {
+        d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
+    });
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let before = eventually("ready", Duration::from_secs(30), || {
+        let r = nodes_of(&d, "hello");
+        (r.len() == 1).then_some(r)
+    });
+    let first_cert = std::fs::read_to_string(a1.dir.join("credentials/node.pem")).unwrap();
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        let nodes = d.ctl_ok(&["get", "nodes"]);
+        assert!(
+            nodes
+                .lines()
+                .any(|l| l.starts_with("a1") && l.contains("Ready")),
+            "{nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let renewed = a1.log().matches("certificate renewed").count();
+    assert!(renewed >= 2, "renewed {renewed} time(s): {}", a1.log());
+    assert_ne!(
+        std::fs::read_to_string(a1.dir.join("credentials/node.pem")).unwrap(),
+        first_cert
+    );
+    let after = nodes_of(&d, "hello");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].2, before[0].2, "the replica kept running");
+    // The manager still reaches the agent with its renewed certificate.
+    let logs = d.ctl(&["logs", &after[0].0]);
+    assert!(
+        logs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
     d.ctl_ok(&["delete", "service", "hello"]);
     eventually("all gone", Duration::from_secs(30), || {
         d.replicas().is_empty().then_some(())

@@ -82,8 +82,10 @@ pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
 
 fn validity(params: &mut CertificateParams, valid: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    // A little slack for clocks that differ between machines.
-    params.not_before = now - time::Duration::minutes(5);
+    // A little slack for clocks that differ between machines: 5 minutes, or a quarter of a
+    // short validity (so renewal at two thirds of the life still falls in the future).
+    let slack = (valid.as_secs() / 4).min(300) as i64;
+    params.not_before = now - time::Duration::seconds(slack);
     params.not_after = now + time::Duration::seconds(valid.as_secs() as i64);
 }
 
