@@ -163,6 +163,18 @@ impl Client {
 
 fn message(req: &Request) -> Result<crate::grpc::pb::ApiMessage, ClientError> {
     let json = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    // The frame adds a few bytes to the JSON.
+    let limit = crate::grpc::MAX_MESSAGE - 16;
+    if json.len() > limit {
+        return Err(ClientError::Api {
+            code: ErrorCode::TooLarge,
+            message: format!(
+                "request is {} bytes; the cluster API's message limit is {} bytes (4 MiB)",
+                json.len(),
+                crate::grpc::MAX_MESSAGE
+            ),
+        });
+    }
     Ok(crate::grpc::pb::ApiMessage { json })
 }
 

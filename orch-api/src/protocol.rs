@@ -67,6 +67,11 @@ pub enum Request {
         kind: Kind,
         /// A namespace, or all when `None`.
         namespace: Option<String>,
+        /// Resume: no initial listing, only changes after this store revision (each watched
+        /// object carries its revision in `metadata.revision`). Too old a revision is an
+        /// error saying so; list again then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
     },
     /// A replica's logs.
     Logs {
@@ -153,6 +158,9 @@ pub struct Applied {
     pub namespace: String,
     /// created, configured, unchanged.
     pub action: String,
+    /// For `configured`: each changed field, `path: old → new` (secret values redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// What the daemon answers.

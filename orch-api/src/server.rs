@@ -217,7 +217,11 @@ async fn send(out: &mut Conn, resp: &Response) -> Result<(), ()> {
 /// response.
 pub async fn answer_into(backend: &Backend, req: Request, out: &mut Conn) {
     match req {
-        Request::Watch { kind, namespace } => watch(out, backend, kind, namespace).await,
+        Request::Watch {
+            kind,
+            namespace,
+            since,
+        } => watch(out, backend, kind, namespace, since).await,
         Request::Logs {
             namespace,
             replica,
@@ -253,6 +257,16 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 Ok(o) => o,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
+            // What is stored now, for the diff of what changes.
+            let mut before = std::collections::HashMap::new();
+            for o in &objects {
+                let m = o.metadata();
+                if let Ok(Some(cur)) =
+                    orch_core::store::get_object(store, o.kind(), &m.namespace, &m.name).await
+                {
+                    before.insert(o.key(), cur);
+                }
+            }
             match api::apply(store, objects, dry_run).await {
                 Ok(results) => Response::Applied {
                     results: results
@@ -261,6 +275,10 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                             name: o.display_name(),
                             namespace: o.metadata().namespace.clone(),
                             action: a.to_string(),
+                            changes: match (a, before.get(&o.key())) {
+                                (api::ApplyAction::Configured, Some(old)) => api::diff(old, &o),
+                                _ => Vec::new(),
+                            },
                         })
                         .collect(),
                     dry_run,
@@ -376,17 +394,26 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
     }
 }
 
-async fn watch(framed: &mut Conn, backend: &Backend, kind: Kind, namespace: Option<String>) {
+async fn watch(
+    framed: &mut Conn,
+    backend: &Backend,
+    kind: Kind,
+    namespace: Option<String>,
+    since: Option<u64>,
+) {
     let prefix = match &namespace {
         Some(ns) if kind.namespaced() => format!("{}{}/", kind.prefix(), ns),
         _ => kind.prefix(),
     };
-    let (objs, rev) = match list_objects(&*backend.store, kind, namespace.as_deref()).await {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = send(framed, &store_error(e)).await;
-            return;
-        }
+    let (objs, rev) = match since {
+        Some(rev) => (Vec::new(), rev),
+        None => match list_objects(&*backend.store, kind, namespace.as_deref()).await {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = send(framed, &store_error(e)).await;
+                return;
+            }
+        },
     };
     for object in objs {
         if send(

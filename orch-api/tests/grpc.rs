@@ -351,6 +351,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
         .stream(Request::Watch {
             kind: orch_core::object::Kind::Service,
             namespace: None,
+            since: None,
         })
         .await
         .unwrap();
@@ -383,6 +384,30 @@ async fn the_api_over_grpc_serves_administrators_only() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("replicas"), "{e}");
+
+    // Over the 4 MiB message limit: refused, and the error says which limit.
+    let e = client
+        .call(Request::Apply {
+            manifests: vec![ManifestText {
+                source: "big.yaml".into(),
+                text: "#".repeat(5 << 20),
+            }],
+            dry_run: true,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("4194304") && e.contains("limit"), "{e}");
+    // A client that does not check first: the server refuses, naming its limit.
+    let ch = cluster::channel(&m.addr, &admin).unwrap();
+    let raw = orch_api::grpc::pb::api_client::ApiClient::new(ch)
+        .max_encoding_message_size(16 << 20)
+        .call(orch_api::grpc::pb::ApiMessage {
+            json: "x".repeat(5 << 20),
+        })
+        .await
+        .unwrap_err();
+    assert!(raw.message().contains("4194304"), "{raw:?}");
 
     // A node's certificate: refused.
     let token = m.manager.worker_token().unwrap().to_string();

@@ -83,6 +83,7 @@ async fn apply_get_scale_delete_and_errors() {
         panic!()
     };
     assert!(dry_run && results[0].action == "configured");
+    assert_eq!(results[0].changes, ["spec.replicas: 2 → 3"], "the diff");
     let Response::Objects { objects, .. } = client
         .call(Request::Get {
             kind: Kind::Service,
@@ -174,6 +175,7 @@ async fn watch_streams_current_objects_then_changes() {
             .stream(Request::Watch {
                 kind: Kind::Service,
                 namespace: Some("default".into()),
+                since: None,
             })
             .await
             .unwrap(),
@@ -432,5 +434,51 @@ async fn plan_shows_placements_and_pending_reasons_and_writes_nothing() {
         message.contains("bad.yaml") && message.contains("replicas"),
         "{message}"
     );
+    cancel.cancel();
+}
+
+/// A watch resumes from a revision: no listing, only the changes after it.
+#[tokio::test]
+async fn a_watch_resumes_from_a_revision() {
+    let (_dir, client, _store, _rt, cancel) = start().await;
+    client.call(apply(WEB)).await.unwrap();
+    let scale = |n: i64| Request::Scale {
+        namespace: "default".into(),
+        name: "web".into(),
+        replicas: n,
+    };
+    client.call(scale(4)).await.unwrap();
+    let Response::Objects { objects, .. } = client
+        .call(Request::Get {
+            kind: Kind::Service,
+            namespace: None,
+            name: Some("web".into()),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let seen = objects[0].metadata().revision;
+    client.call(scale(6)).await.unwrap();
+    let mut w = Box::pin(
+        client
+            .stream(Request::Watch {
+                kind: Kind::Service,
+                namespace: None,
+                since: Some(seen),
+            })
+            .await
+            .unwrap(),
+    );
+    let Some(Ok(Response::Watch {
+        event: WatchType::Modified,
+        object: Object::Service(s),
+    })) = w.next().await
+    else {
+        panic!("the change after the revision, not a listing")
+    };
+    assert_eq!(s.spec.replicas, 6);
+    assert!(s.metadata.revision > seen);
     cancel.cancel();
 }

@@ -486,3 +486,118 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
         }
     }
 }
+
+/// What the user changes when `new` replaces `old`: one line per changed field of the parts a
+/// user writes (labels, annotations, spec, data), `path: old → new`, sorted; secret values
+/// show as `<redacted>`.
+pub fn diff(old: &Object, new: &Object) -> Vec<String> {
+    fn user_part(o: &Object) -> serde_json::Value {
+        let v = serde_json::to_value(o).unwrap_or_default();
+        let mut out = serde_json::Map::new();
+        if let Some(md) = v.get("metadata") {
+            for k in ["labels", "annotations"] {
+                if let Some(x) = md.get(k) {
+                    out.insert(format!("metadata.{k}"), x.clone());
+                }
+            }
+        }
+        for k in ["spec", "data"] {
+            if let Some(x) = v.get(k) {
+                out.insert(k.into(), x.clone());
+            }
+        }
+        serde_json::Value::Object(out)
+    }
+    fn show(v: Option<&serde_json::Value>, secret: bool) -> String {
+        match v {
+            None => "(none)".into(),
+            Some(_) if secret => "<redacted>".into(),
+            Some(v) => v.to_string(),
+        }
+    }
+    fn walk(
+        path: &str,
+        a: Option<&serde_json::Value>,
+        b: Option<&serde_json::Value>,
+        secret: bool,
+        out: &mut Vec<String>,
+    ) {
+        use serde_json::Value;
+        if a == b {
+            return;
+        }
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    walk(&join(k), x.get(k), y.get(k), secret, out);
+                }
+            }
+            (Some(Value::Array(x)), Some(Value::Array(y))) => {
+                for i in 0..x.len().max(y.len()) {
+                    walk(&format!("{path}[{i}]"), x.get(i), y.get(i), secret, out);
+                }
+            }
+            _ => {
+                let secret = secret && (path.starts_with("data") || path.contains("stringData"));
+                out.push(format!("{path}: {} → {}", show(a, secret), show(b, secret)));
+            }
+        }
+    }
+    let secret = old.kind() == Kind::Secret;
+    let mut out = Vec::new();
+    walk(
+        "",
+        Some(&user_part(old)),
+        Some(&user_part(new)),
+        secret,
+        &mut out,
+    );
+    out
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+
+    fn one(text: &str) -> Object {
+        crate::manifest::parse("x.yaml", text).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_diff_names_each_changed_field_and_hides_secrets() {
+        let a = one("apiVersion: orch/v1\nkind: Service\nmetadata: {name: web, labels: {tier: a}}\nspec:\n  replicas: 3\n  template:\n    command: [web]\n    env: [{name: COLOR, value: blue}]\n");
+        let b = one("apiVersion: orch/v1\nkind: Service\nmetadata: {name: web, labels: {tier: b}}\nspec:\n  replicas: 5\n  template:\n    command: [web]\n    env: [{name: COLOR, value: green}, {name: X, value: z}]\n");
+        let d = diff(&a, &b);
+        assert!(d.contains(&"spec.replicas: 3 → 5".to_string()), "{d:?}");
+        assert!(
+            d.contains(&"metadata.labels.tier: \"a\" → \"b\"".to_string()),
+            "{d:?}"
+        );
+        assert!(
+            d.contains(&"spec.template.env[0].value: \"blue\" → \"green\"".to_string()),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|l| l.starts_with("spec.template.env[1]: (none) → ")),
+            "{d:?}"
+        );
+        assert!(diff(&a, &a).is_empty());
+        let s1 = one("apiVersion: orch/v1\nkind: Secret\nmetadata: {name: db}\ndata: {password: aHVudGVyMg==}\n");
+        let s2 = one("apiVersion: orch/v1\nkind: Secret\nmetadata: {name: db}\ndata: {password: c3dvcmRmaXNo}\n");
+        let d = diff(&s1, &s2);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("<redacted>") && !d[0].contains("aHVu") && !d[0].contains("c3dv"),
+            "{d:?}"
+        );
+    }
+}

@@ -200,6 +200,9 @@ async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> 
                     r.action,
                     if dry_run { " (dry run)" } else { "" }
                 );
+                for c in &r.changes {
+                    outln!("  {c}");
+                }
             }
             Ok(())
         }
@@ -260,7 +263,13 @@ async fn get(
     let kind = kind_arg(kind)?;
     let namespace = if all { None } else { Some(ns.to_string()) };
     if watch {
-        let mut stream = client.stream(Request::Watch { kind, namespace }).await?;
+        let mut stream = client
+            .stream(Request::Watch {
+                kind,
+                namespace,
+                since: None,
+            })
+            .await?;
         let mut printed_header = false;
         while let Some(item) = stream.next().await {
             let Response::Watch { event, object } = item? else {
