@@ -531,11 +531,13 @@ pub(crate) fn port_var(name: &str) -> String {
 }
 
 /// The environment of a workload, in order (later entries win).
-fn environment(spec: &WorkloadSpec, ports: &[BoundPort]) -> Vec<(String, String)> {
+fn environment(spec: &WorkloadSpec, ports: &[BoundPort], host_ip: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = INHERITED_ENV
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
+    // The address the ports were picked on, which is where the replica is reached.
+    env.push(("ORCH_HOST_IP".into(), host_ip.to_string()));
     env.extend(
         spec.extra_env
             .iter()
@@ -558,8 +560,6 @@ fn environment(spec: &WorkloadSpec, ports: &[BoundPort]) -> Vec<(String, String)
     env
 }
 
-/// Finds a bare command name in `search_path`, then in the directories of `path_var`.
-/// Names with a slash are used as they are.
 /// Everything `pipe` yields until it closes, keeping the first
 /// [`EXEC_OUTPUT_MAX`](orch_core::runtime::EXEC_OUTPUT_MAX) bytes.
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
@@ -579,6 +579,8 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8
     }
 }
 
+/// Finds a bare command name in `search_path`, then in the directories of `path_var`.
+/// Names with a slash are used as they are.
 fn resolve_command(
     name: &str,
     search_path: &[PathBuf],
@@ -790,7 +792,7 @@ impl Runtime for ProcessRuntime {
 
         let dir = inner.dir(&spec.id);
         let ports = allocate_ports(&inner.config.host_ip, &t.ports)?;
-        let env = environment(spec, &ports);
+        let env = environment(spec, &ports, &inner.config.host_ip);
         let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v);
         let program = resolve_command(command, &inner.config.search_path, path_var.map(|s| &**s))?;
         let work_dir = match &t.working_dir {

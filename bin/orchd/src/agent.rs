@@ -66,7 +66,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     let store = Arc::new(cluster::remote_store(&args.join, &creds)?);
-    let runtime = args.runtime.open(&runtime_names, &data_dir).await?;
+    let runtime = args
+        .runtime
+        .open(&runtime_names, &data_dir, Some(&args.advertise_address))
+        .await?;
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);
     let discovery_dir = data_dir.join("discovery");

@@ -108,7 +108,10 @@ pub fn parse_taints(s: &str) -> anyhow::Result<Vec<orch_core::object::Taint>> {
 }
 
 /// The process runtime rooted at `dir`, finding bare commands next to this executable first.
-pub async fn process_runtime(dir: &Path) -> anyhow::Result<Arc<orch_runtime::ProcessRuntime>> {
+pub async fn process_runtime(
+    dir: &Path,
+    host_ip: Option<&str>,
+) -> anyhow::Result<Arc<orch_runtime::ProcessRuntime>> {
     let mut search = Vec::new();
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
@@ -116,10 +119,13 @@ pub async fn process_runtime(dir: &Path) -> anyhow::Result<Arc<orch_runtime::Pro
     {
         search.push(exe_dir);
     }
-    let config = orch_runtime::ProcessConfig {
+    let mut config = orch_runtime::ProcessConfig {
         search_path: search,
         ..orch_runtime::ProcessConfig::new(dir.to_path_buf())
     };
+    if let Some(ip) = host_ip {
+        config.host_ip = ip.to_string();
+    }
     let rt = orch_runtime::ProcessRuntime::new(config)
         .await
         .with_context(|| format!("cannot start the process runtime in {}", dir.display()))?;

@@ -43,11 +43,12 @@ impl RuntimeArgs {
     }
 
     /// Opens the runtimes `names` (from [`RuntimeArgs::names`]), keeping their state under
-    /// `data_dir`.
+    /// `data_dir`; process replicas get their ports on `host_ip` (default loopback).
     pub async fn open(
         &self,
         names: &[String],
         data_dir: &Path,
+        host_ip: Option<&str>,
     ) -> anyhow::Result<Arc<dyn Runtime>> {
         let containerd = ContainerdArgs {
             socket: self.containerd_socket.clone(),
@@ -60,7 +61,7 @@ impl RuntimeArgs {
                 None => Default::default(),
             },
         };
-        open(names, data_dir, &containerd).await
+        open(names, data_dir, &containerd, host_ip).await
     }
 }
 
@@ -145,11 +146,12 @@ pub async fn open(
     names: &[String],
     data_dir: &Path,
     containerd: &ContainerdArgs,
+    host_ip: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     let mut all: Vec<Arc<dyn Runtime>> = Vec::new();
     for n in names {
         all.push(match n.as_str() {
-            "process" => crate::host::process_runtime(&data_dir.join("runtime")).await?,
+            "process" => crate::host::process_runtime(&data_dir.join("runtime"), host_ip).await?,
             "fake" => Arc::new(orch_core::fake::FakeRuntime::default()),
             _ => open_containerd(&data_dir.join("containerd"), containerd).await?,
         });

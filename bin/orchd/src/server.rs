@@ -79,7 +79,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let runtime: Option<Arc<dyn Runtime>> = if args.no_agent {
         None
     } else {
-        Some(args.runtime.open(&runtime_names, &data_dir).await?)
+        Some(args.runtime.open(&runtime_names, &data_dir, None).await?)
     };
     let discovery_dir = data_dir.join("discovery");
     let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));

@@ -55,7 +55,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let runtime_names = args.runtime.names()?;
     let store: Arc<dyn Store> = Arc::new(orch_core::memstore::MemStore::new());
-    let runtime: Arc<dyn Runtime> = args.runtime.open(&runtime_names, &state_dir).await?;
+    let runtime: Arc<dyn Runtime> = args.runtime.open(&runtime_names, &state_dir, None).await?;
     let discovery_dir = state_dir.join("discovery");
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);

@@ -43,31 +43,50 @@ fn manager(dir: &std::path::Path) -> (Daemon, String, String) {
 
 #[test]
 fn agents_join_a_manager_and_a_dead_node_is_replaced() {
+    // Four hosts: the manager on the first, an agent on each of the others.
+    let hosts = Hosts::new(4);
     let tmp = tempfile::tempdir().unwrap();
-    let (d, addr, token) = manager(tmp.path());
+    let addr = format!("{}:7443", hosts.address(0));
+    let d = Daemon::start_in(
+        Some(&hosts.names[0]),
+        tmp.path(),
+        &["manager"],
+        &["--listen", &addr],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["token", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(token.starts_with("ORCH-1-"), "{token}");
+    let agent = |i: usize, node: &str, token: Option<&str>| {
+        let adv = hosts.address(i);
+        AgentProc::start_in(
+            Some(&hosts.names[i]),
+            tmp.path(),
+            &addr,
+            node,
+            token,
+            &["--advertise-address", &adv],
+        )
+    };
 
     // A wrong token: refused, and the agent says why.
-    let mut bad = AgentProc::start(
-        tmp.path(),
-        &addr,
-        "intruder",
-        Some(&token.replace("ORCH-1-", "ORCH-1-0")),
-    );
+    let mut bad = agent(1, "intruder", Some(&token.replace("ORCH-1-", "ORCH-1-0")));
     assert!(!bad.wait(Duration::from_secs(20)).success());
     assert!(bad.log().contains("CA digest"), "{}", bad.log());
-    let mut bad = AgentProc::start(
-        tmp.path(),
-        &addr,
+    let mut bad = agent(
+        1,
         "intruder2",
         Some(&format!("{}x", &token[..token.len() - 1])),
     );
     assert!(!bad.wait(Duration::from_secs(20)).success());
     assert!(bad.log().contains("invalid join token"), "{}", bad.log());
 
-    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
-    let mut a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
-    let _a3 = AgentProc::start(tmp.path(), &addr, "a3", Some(&token));
+    let _a1 = agent(1, "a1", Some(&token));
+    let mut a2 = agent(2, "a2", Some(&token));
+    let _a3 = agent(3, "a3", Some(&token));
     eventually("three nodes ready", Duration::from_secs(30), || {
         let out = d.ctl_ok(&["get", "nodes"]);
         (out.contains("a1") && out.contains("a3") && out.matches("Ready").count() >= 3)
@@ -228,7 +247,7 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
     }
 
     // a2 returns with its saved certificate: the replaced replicas are stopped there.
-    let _a2 = AgentProc::start(tmp.path(), &addr, "a2", None);
+    let _a2 = agent(2, "a2", None);
     eventually("a2 ready again", Duration::from_secs(30), || {
         let out = d.ctl_ok(&["get", "nodes"]);
         out.lines()

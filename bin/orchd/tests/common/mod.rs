@@ -363,7 +363,8 @@ pub fn netns_command(netns: Option<&str>, program: &str) -> Command {
 }
 
 /// Hosts on one bridge: a network namespace per host with a veth into a bridge of its own,
-/// addresses `10.231.N.(i+1)/24`. Everything is removed on drop.
+/// addresses `10.(200+S).N.(i+1)/24` (S counts the sets of this test process, N comes from its
+/// pid), the bridge itself `.254` so the test reaches them. Everything is removed on drop.
 pub struct Hosts {
     pub bridge: String,
     pub names: Vec<String>,
@@ -383,10 +384,12 @@ fn ip(args: &[&str]) {
 impl Hosts {
     /// Creates `n` hosts.
     pub fn new(n: usize) -> Hosts {
+        static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let set = SETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50;
         let id = std::process::id() % 10_000;
-        let prefix = format!("o{id}");
+        let prefix = format!("o{id}s{set}");
         let bridge = format!("{prefix}br");
-        let subnet = format!("10.231.{}", id % 250);
+        let subnet = format!("10.{}.{}", 200 + set, id % 250);
         let hosts = Hosts {
             bridge: bridge.clone(),
             names: (0..n).map(|i| format!("{prefix}h{i}")).collect(),
@@ -394,6 +397,8 @@ impl Hosts {
             subnet: subnet.clone(),
         };
         ip(&["link", "add", &bridge, "type", "bridge"]);
+        // The test itself (in the root namespace) reaches the hosts through the bridge.
+        ip(&["addr", "add", &format!("{subnet}.254/24"), "dev", &bridge]);
         ip(&["link", "set", &bridge, "up"]);
         for (i, ns) in hosts.names.iter().enumerate() {
             let (host_end, ns_end) = (format!("{prefix}v{i}"), format!("{prefix}p{i}"));

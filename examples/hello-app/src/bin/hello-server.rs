@@ -175,10 +175,12 @@ fn main() -> ExitCode {
         }
     };
     let me: Arc<str> = identity().into();
-    let listener = match TcpListener::bind(("127.0.0.1", port)) {
+    // The address orch picked the port on (the node's address), else loopback.
+    let host = std::env::var("ORCH_HOST_IP").unwrap_or_else(|_| "127.0.0.1".into());
+    let listener = match TcpListener::bind((host.as_str(), port)) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("hello-server: cannot listen on 127.0.0.1:{port}: {e}");
+            eprintln!("hello-server: cannot listen on {host}:{port}: {e}");
             return ExitCode::from(1);
         }
     };
