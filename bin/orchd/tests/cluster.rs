@@ -31,14 +31,38 @@ fn nodes_of(d: &Daemon, service: &str) -> Vec<(String, String, Option<u32>)> {
 fn manager(dir: &std::path::Path) -> (Daemon, String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let d = Daemon::start_as(dir, &["manager"], &["--listen", &addr]);
+    (d, addr, token_of(dir))
+}
+
+/// The worker join token of the manager whose state is in `dir` (`orchd token`).
+fn token_of(dir: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
         .args(["token", "--data-dir"])
         .arg(dir.join("data"))
         .output()
         .unwrap();
     assert!(out.status.success());
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    (d, addr, token)
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// An agent on host `i` of `hosts` (advertising the host's address).
+fn agent_on(
+    hosts: &Hosts,
+    i: usize,
+    dir: &std::path::Path,
+    addr: &str,
+    node: &str,
+    token: Option<&str>,
+) -> AgentProc {
+    let adv = hosts.address(i);
+    AgentProc::start_in(
+        Some(&hosts.names[i]),
+        dir,
+        addr,
+        node,
+        token,
+        &["--advertise-address", &adv],
+    )
 }
 
 #[test]
@@ -53,23 +77,10 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
         &["manager"],
         &["--listen", &addr],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
-        .args(["token", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = token_of(tmp.path());
     assert!(token.starts_with("ORCH-1-"), "{token}");
     let agent = |i: usize, node: &str, token: Option<&str>| {
-        let adv = hosts.address(i);
-        AgentProc::start_in(
-            Some(&hosts.names[i]),
-            tmp.path(),
-            &addr,
-            node,
-            token,
-            &["--advertise-address", &adv],
-        )
+        agent_on(&hosts, i, tmp.path(), &addr, node, token)
     };
 
     // A wrong token: refused, and the agent says why.
@@ -442,26 +453,8 @@ fn a_cut_link_is_tolerated_until_the_replace_timeout() {
         &["manager"],
         &["--listen", &addr, "--node-replace-timeout", "40s"],
     );
-    let token = String::from_utf8(
-        Command::new(env!("CARGO_BIN_EXE_orchd"))
-            .args(["token", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let agent = |i: usize, node: &str| {
-        let adv = hosts.address(i);
-        AgentProc::start_in(
-            Some(&hosts.names[i]),
-            tmp.path(),
-            &addr,
-            node,
-            Some(token.trim()),
-            &["--advertise-address", &adv],
-        )
-    };
+    let token = token_of(tmp.path());
+    let agent = |i: usize, node: &str| agent_on(&hosts, i, tmp.path(), &addr, node, Some(&token));
     let _a1 = agent(1, "a1");
     let _a2 = agent(2, "a2");
     eventually("two nodes ready", Duration::from_secs(30), || {
@@ -569,13 +562,8 @@ fn certificates_renew_without_dropping_work() {
         &["manager"],
         &["--listen", &addr, "--cert-validity", "20s"],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
-        .args(["token", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap();
-    let a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(token.trim()));
+    let token = token_of(tmp.path());
+    let a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
     let f = write(tmp.path(), "hello.yaml", &hello(1, "blue"));
     eventually("a1 registered", Duration::from_secs(30), || {
         d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
