@@ -280,6 +280,28 @@ async fn strangers_are_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("Not_A_Name"), "{e}");
 
+    // Administrators log in with the manager token; the two tokens do not stand in for
+    // each other; a rotated manager token is refused.
+    let mt = m.manager.manager_token().unwrap().to_string();
+    let admin = cluster::login(&m.addr, &mt, "alice").await.expect("login");
+    cluster::remote_store(&m.addr, &admin)
+        .unwrap()
+        .txn(vec![Op::Create {
+            key: "/services/default/by-admin".into(),
+            value: b"{}".to_vec(),
+        }])
+        .await
+        .expect("an administrator writes anything");
+    let e = cluster::login(&m.addr, &rotated.to_string(), "bob")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid manager token"), "{e}");
+    let e = cluster::join(&m.addr, &mt, "n9").await.unwrap_err();
+    assert!(e.to_string().contains("invalid join token"), "{e}");
+    m.manager.rotate_manager_token().unwrap();
+    let e = cluster::login(&m.addr, &mt, "carol").await.unwrap_err();
+    assert!(e.to_string().contains("invalid manager token"), "{e}");
+
     // A client that trusts the CA but has no certificate: the store refuses it.
     let ca = cluster::fetch_ca(&m.addr, &token.ca_digest).await.unwrap();
     let tls = tonic::transport::ClientTlsConfig::new()

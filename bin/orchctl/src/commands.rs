@@ -19,6 +19,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config { command } = cli.command {
         return config(&config_path, command);
     }
+    if let Command::Login {
+        server,
+        token,
+        name,
+        context_name,
+    } = cli.command
+    {
+        return login(&config_path, &server, &token, &name, &context_name).await;
+    }
     let client = client(&cli, &config_path)?;
     let ns = cli.namespace;
     match cli.command {
@@ -51,7 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => import_image(&client, &file, name).await,
         Command::Node { command } => node(&client, command).await,
         Command::Info => info(&client).await,
-        Command::Config { .. } => unreachable!("handled above"),
+        Command::Config { .. } | Command::Login { .. } => unreachable!("handled above"),
     }
 }
 
@@ -76,6 +85,32 @@ fn client(cli: &Cli, config_path: &std::path::Path) -> anyhow::Result<Client> {
         ),
         _ => Ok(Client::new(socket_path(None))),
     }
+}
+
+async fn login(
+    path: &std::path::Path,
+    server: &str,
+    token: &str,
+    name: &str,
+    context: &str,
+) -> anyhow::Result<()> {
+    let creds = orch_api::grpc::cluster::login(server, token, name).await?;
+    let mut c = orch_api::config::ClientConfig::load(path)
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_default();
+    c.upsert(orch_api::config::Context {
+        name: context.into(),
+        server: server.into(),
+        ca: creds.ca_pem,
+        certificate: creds.cert_pem,
+        key: creds.key_pem,
+    });
+    c.save(path).map_err(anyhow::Error::msg)?;
+    outln!(
+        "logged in to {server} as admin:{name}; context {context} written to {} (current)",
+        path.display()
+    );
+    Ok(())
 }
 
 fn config(path: &std::path::Path, command: crate::ConfigCommand) -> anyhow::Result<()> {

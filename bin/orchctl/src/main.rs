@@ -139,6 +139,21 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Log in to a cluster with its manager token (`orchd token --manager`): gets an
+    /// administrator's certificate and adds a context for it to the config file.
+    Login {
+        /// The manager's cluster address (`HOST:PORT`).
+        server: String,
+        /// The manager token.
+        #[arg(long)]
+        token: String,
+        /// Your name (the certificate is for `admin:NAME`).
+        #[arg(long)]
+        name: String,
+        /// The context's name.
+        #[arg(long = "as", default_value = "orch")]
+        context_name: String,
+    },
     /// Contexts of the config file.
     Config {
         /// What to do.

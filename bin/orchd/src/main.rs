@@ -33,7 +33,8 @@ enum Command {
     Manager(Box<server::ServerArgs>),
     /// Run a node of a cluster: join a manager with a token, then run its replicas.
     Agent(Box<agent::AgentArgs>),
-    /// Print the worker join token of the manager whose data directory this is.
+    /// Print the worker join token (or with --manager the manager token) of the manager whose
+    /// data directory this is.
     Token(TokenArgs),
     /// Issue an administrator's certificate and add it as a context to orchctl's config file.
     Admin(AdminArgs),
@@ -111,6 +112,10 @@ struct TokenArgs {
     /// Replace the token first: the old one admits no one from now on.
     #[arg(long)]
     rotate: bool,
+    /// The manager token (administrators log in with it: `orchctl login`) instead of the
+    /// worker token.
+    #[arg(long)]
+    manager: bool,
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
@@ -122,10 +127,11 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         &dir,
         orch_api::grpc::cluster::DEFAULT_CERT_VALIDITY,
     )?;
-    let t = if args.rotate {
-        m.rotate_worker_token()?
-    } else {
-        m.worker_token()?
+    let t = match (args.manager, args.rotate) {
+        (false, false) => m.worker_token()?,
+        (false, true) => m.rotate_worker_token()?,
+        (true, false) => m.manager_token()?,
+        (true, true) => m.rotate_manager_token()?,
     };
     println!("{t}");
     Ok(())

@@ -108,19 +108,26 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
         .unwrap();
     assert_eq!(key_mode, 0o600);
 
-    // An administrator's context: orchctl talks to the manager over mutual TLS.
+    // An administrator logs in with the manager token: orchctl then talks to the manager
+    // over mutual TLS.
     let config = tmp.path().join("orch-config.yaml");
-    let admin = Command::new(env!("CARGO_BIN_EXE_orchd"))
-        .args(["admin", "--name", "alice", "--server", &addr, "--data-dir"])
+    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["token", "--manager", "--data-dir"])
         .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let manager_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_ne!(manager_token, token);
+    let login = Command::new(workspace_bin("orchctl"))
         .arg("--config")
         .arg(&config)
+        .args(["login", &addr, "--token", &manager_token, "--name", "alice"])
         .output()
         .unwrap();
     assert!(
-        admin.status.success(),
+        login.status.success(),
         "{}",
-        String::from_utf8_lossy(&admin.stderr)
+        String::from_utf8_lossy(&login.stderr)
     );
     let remote = |args: &[&str]| {
         Command::new(workspace_bin("orchctl"))
@@ -382,6 +389,29 @@ fn drain_then_remove_a_node() {
         let r = nodes_of(&d, "hello");
         (r.len() == 12 && r.iter().filter(|x| x.1 == "a2").count() == 6).then_some(())
     });
+
+    // `orchd admin` on the manager's machine writes a context too.
+    let config = tmp.path().join("admin-config.yaml");
+    let admin = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["admin", "--name", "ops", "--server", &addr, "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let ls = Command::new(workspace_bin("orchctl"))
+        .arg("--config")
+        .arg(&config)
+        .args(["node", "ls"])
+        .env_remove("ORCH_SOCKET")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("a2"));
 
     let socket = d.socket.clone();
     let drain = std::thread::spawn(move || {

@@ -28,6 +28,7 @@ pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
 pub struct Manager {
     ca: ClusterCa,
     token_path: PathBuf,
+    manager_token_path: PathBuf,
     cert_validity: Duration,
     /// Names that joined, in order (for tests and `orchd` logs).
     joined: Mutex<Vec<String>>,
@@ -45,6 +46,8 @@ impl Manager {
         let ca = ClusterCa::load_or_create(dir)?;
         let token_path = dir.join("worker.token");
         JoinToken::load_or_create(&token_path, &ca.digest())?;
+        let manager_token_path = dir.join("manager.token");
+        JoinToken::load_or_create(&manager_token_path, &ca.digest())?;
         let revoked_path = dir.join("revoked");
         let revoked = match std::fs::read_to_string(&revoked_path) {
             Ok(t) => t
@@ -63,6 +66,7 @@ impl Manager {
         Ok(Manager {
             ca,
             token_path,
+            manager_token_path,
             cert_validity,
             joined: Mutex::new(Vec::new()),
             own: std::sync::OnceLock::new(),
@@ -109,6 +113,16 @@ impl Manager {
     /// keep their certificates.
     pub fn rotate_worker_token(&self) -> Result<JoinToken, PkiError> {
         JoinToken::rotate(&self.token_path, &self.ca.digest())
+    }
+
+    /// The current manager join token: it admits administrators (`orchctl login`).
+    pub fn manager_token(&self) -> Result<JoinToken, PkiError> {
+        JoinToken::load_or_create(&self.manager_token_path, &self.ca.digest())
+    }
+
+    /// Replaces the manager join token; the old one is refused from now on.
+    pub fn rotate_manager_token(&self) -> Result<JoinToken, PkiError> {
+        JoinToken::rotate(&self.manager_token_path, &self.ca.digest())
     }
 
     /// The cluster CA.
@@ -167,21 +181,42 @@ impl pb::cluster_server::Cluster for ClusterService {
         let r = req.into_inner();
         let offered = JoinToken::parse(&r.token).map_err(Status::invalid_argument)?;
         let m = &self.manager;
-        let current = m
-            .worker_token()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let current = if r.admin {
+            m.manager_token()
+        } else {
+            m.worker_token()
+        }
+        .map_err(|e| Status::internal(e.to_string()))?;
         if offered.ca_digest != m.ca.digest() {
             return Err(Status::permission_denied(
                 "the join token is for another cluster (its CA digest differs from this manager's)",
             ));
         }
         if !current.admits(&offered) {
-            return Err(Status::permission_denied(
-                "invalid join token (it may have been rotated: ask a manager for the current one)",
-            ));
+            return Err(Status::permission_denied(if r.admin {
+                "invalid manager token (administrators log in with the manager token, `orchd token --manager`; it may have been rotated)"
+            } else {
+                "invalid join token (it may have been rotated: ask a manager for the current one)"
+            }));
         }
         orch_core::validate::dns1123_label(&r.node)
             .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", r.node)))?;
+        if r.admin {
+            let issued =
+                m.ca.sign_csr(
+                    &r.csr_pem,
+                    &format!("admin:{}", r.node),
+                    &[],
+                    m.cert_validity,
+                )
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            tracing::info!(admin = %r.node, "cluster: administrator logged in");
+            return Ok(Response::new(pb::JoinResponse {
+                certificate_pem: issued.certificate_pem,
+                ca_pem: m.ca.cert_pem().to_string(),
+                not_after: issued.not_after,
+            }));
+        }
         let dns = super::node::node_dns_name(&r.node);
         let issued =
             m.ca.sign_csr(
@@ -558,6 +593,20 @@ pub fn channel(addr: &str, creds: &Credentials) -> Result<Channel, JoinError> {
 /// Joins the cluster whose manager listens at `addr` as node `node` with `token`: checks the
 /// manager's CA against the token, sends a CSR for a new key, and returns the credentials.
 pub async fn join(addr: &str, token: &str, node: &str) -> Result<Credentials, JoinError> {
+    join_as(addr, token, node, false).await
+}
+
+/// Logs administrator `name` in with the manager token: credentials for `CN=admin:NAME`.
+pub async fn login(addr: &str, token: &str, name: &str) -> Result<Credentials, JoinError> {
+    join_as(addr, token, name, true).await
+}
+
+async fn join_as(
+    addr: &str,
+    token: &str,
+    node: &str,
+    admin: bool,
+) -> Result<Credentials, JoinError> {
     let token = JoinToken::parse(token).map_err(|m| JoinError::Pki(PkiError::Invalid(m)))?;
     let ca_pem = fetch_ca(addr, &token.ca_digest).await?;
     let tls = ClientTlsConfig::new()
@@ -579,6 +628,7 @@ pub async fn join(addr: &str, token: &str, node: &str) -> Result<Credentials, Jo
             token: token.to_string(),
             node: node.into(),
             csr_pem,
+            admin,
         })
         .await
         .map_err(|s| JoinError::Refused {
@@ -606,6 +656,7 @@ pub async fn renew(addr: &str, creds: &Credentials) -> Result<Credentials, JoinE
             token: String::new(),
             node: String::new(),
             csr_pem,
+            admin: false,
         })
         .await
         .map_err(|s| JoinError::Refused {
