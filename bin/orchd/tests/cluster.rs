@@ -636,3 +636,39 @@ fn certificates_renew_without_dropping_work() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// A loaded but alive node is not declared dead: four busy loops saturate both cores for
+/// 12 s (four times the grace period) and the node stays Ready throughout.
+#[test]
+fn a_loaded_node_stays_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, addr, token) = manager(tmp.path());
+    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
+    eventually("a1 registered", Duration::from_secs(30), || {
+        d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
+    });
+    let hog = write(
+        tmp.path(),
+        "hog.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: hog}\nspec:\n  replicas: 4\n  template:\n    command: [/bin/sh, -c, 'while :; do :; done']\n    stopGracePeriod: 1s\n",
+    );
+    d.ctl_ok(&["apply", "-f", hog.to_str().unwrap()]);
+    eventually("4 busy loops", Duration::from_secs(30), || {
+        (nodes_of(&d, "hog").len() == 4).then_some(())
+    });
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(12) {
+        let nodes = d.ctl_ok(&["get", "nodes"]);
+        assert!(
+            nodes
+                .lines()
+                .any(|l| l.starts_with("a1") && l.contains("Ready")),
+            "a loaded node was declared unreachable: {nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.ctl_ok(&["delete", "service", "hog"]);
+    eventually("gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
