@@ -273,6 +273,9 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
                 kv("Message", r.status.message.clone());
             }
             kv("Restarts", r.status.restarts.to_string());
+            for line in &r.status.probes {
+                kv("Probe", line.clone());
+            }
             kv(
                 "Address",
                 r.status.address().unwrap_or_else(|| "<none>".into()),

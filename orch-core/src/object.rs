@@ -271,6 +271,116 @@ pub struct Template {
     /// Mount the container's root filesystem read-only (images only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root_filesystem: bool,
+    /// Decides whether a running replica is Ready (an endpoint); without it, running is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Restarts a replica that fails it `failureThreshold` times in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Holds readiness and liveness back until it passes once; failing it
+    /// `failureThreshold` times restarts the replica (for slow starters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+/// A port a probe checks: a template port's name or a number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProbePort {
+    /// A port number.
+    Number(u16),
+    /// A template port's name.
+    Name(String),
+}
+
+/// `httpGet`: a GET that answers 200–399 passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpProbe {
+    /// The path (default `/`).
+    #[serde(default = "root_path")]
+    pub path: String,
+    /// The port.
+    pub port: ProbePort,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+/// `tcpSocket`: a connection that opens passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpProbe {
+    /// The port.
+    pub port: ProbePort,
+}
+
+/// `exec`: a command run inside the replica (its environment; inside the container) that
+/// exits 0 passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecProbe {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+}
+
+/// A health check, with Kubernetes' defaults: no initial delay, every 10 s, 1 s timeout,
+/// one success, three failures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probe {
+    /// An HTTP GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpProbe>,
+    /// A TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpProbe>,
+    /// A command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecProbe>,
+    /// Wait this long after the start before the first check (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<Span>,
+    /// Time between checks (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Span>,
+    /// A check that takes longer fails (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
+    /// Successes in a row that make a failing probe pass (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    /// Failures in a row that make a passing probe fail (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+}
+
+impl Probe {
+    /// The initial delay.
+    pub fn initial_delay(&self) -> std::time::Duration {
+        self.initial_delay.map(|s| s.0).unwrap_or_default()
+    }
+    /// The period.
+    pub fn period(&self) -> std::time::Duration {
+        self.period
+            .map(|s| s.0)
+            .unwrap_or(std::time::Duration::from_secs(10))
+    }
+    /// The timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .map(|s| s.0)
+            .unwrap_or(std::time::Duration::from_secs(1))
+    }
+    /// The success threshold.
+    pub fn success_threshold(&self) -> u32 {
+        self.success_threshold.unwrap_or(1).max(1)
+    }
+    /// The failure threshold.
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.unwrap_or(3).max(1)
+    }
 }
 
 /// When a node pulls a replica's image.
@@ -867,6 +977,9 @@ pub struct ReplicaStatus {
     /// When the current run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// Probe results of the current run (`readiness: passing`, `liveness: failing 2/3: ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<String>,
 }
 
 impl ReplicaStatus {

@@ -312,6 +312,108 @@ fn check_labels(path: &str, labels: &BTreeMap<String, String>, out: &mut Vec<Fie
     }
 }
 
+fn check_probe(
+    path: &str,
+    name: &str,
+    probe: &crate::object::Probe,
+    t: &Template,
+    out: &mut Vec<FieldError>,
+) {
+    use crate::object::ProbePort;
+    let handlers = [
+        probe.http_get.is_some(),
+        probe.tcp_socket.is_some(),
+        probe.exec.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if handlers != 1 {
+        out.push(err(
+            path.to_string(),
+            format!("{handlers} checks"),
+            "set exactly one of httpGet, tcpSocket or exec",
+        ));
+    }
+    let port = probe
+        .http_get
+        .as_ref()
+        .map(|h| (&h.port, "httpGet"))
+        .or(probe.tcp_socket.as_ref().map(|t| (&t.port, "tcpSocket")));
+    if let Some((port, kind)) = port {
+        match port {
+            ProbePort::Number(0) => out.push(err(
+                format!("{path}.{kind}.port"),
+                0,
+                "must be a port number from 1 to 65535 or the name of a template port",
+            )),
+            ProbePort::Number(_) => {}
+            ProbePort::Name(n) if !t.ports.iter().any(|p| p.name == *n) => {
+                let names: Vec<&str> = t.ports.iter().map(|p| p.name.as_str()).collect();
+                out.push(err(
+                    format!("{path}.{kind}.port"),
+                    n,
+                    format!(
+                        "no template port has this name (ports: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                ));
+            }
+            ProbePort::Name(_) => {}
+        }
+    }
+    if let Some(h) = &probe.http_get {
+        if !h.path.starts_with('/') {
+            out.push(err(
+                format!("{path}.httpGet.path"),
+                &h.path,
+                "must start with /",
+            ));
+        }
+    }
+    if let Some(e) = &probe.exec {
+        if e.command.is_empty() {
+            out.push(err(
+                format!("{path}.exec.command"),
+                "[]",
+                "must name a program to run",
+            ));
+        }
+    }
+    for (field, v) in [
+        ("successThreshold", probe.success_threshold),
+        ("failureThreshold", probe.failure_threshold),
+    ] {
+        if v == Some(0) {
+            out.push(err(format!("{path}.{field}"), 0, "must be at least 1"));
+        }
+    }
+    if name != "readinessProbe" && probe.success_threshold.is_some_and(|v| v != 1) {
+        out.push(err(
+            format!("{path}.successThreshold"),
+            probe.success_threshold.unwrap_or_default(),
+            "must be 1 for liveness and startup probes",
+        ));
+    }
+    if probe
+        .period
+        .is_some_and(|p| p.0 < std::time::Duration::from_millis(100))
+    {
+        out.push(err(
+            format!("{path}.period"),
+            probe.period.map(|p| p.to_string()).unwrap_or_default(),
+            "must be at least 100ms",
+        ));
+    }
+    if probe.timeout.is_some_and(|p| p.0.is_zero()) {
+        out.push(err(format!("{path}.timeout"), "0s", "must be more than 0"));
+    }
+}
+
 fn check_template(t: &Template, out: &mut Vec<FieldError>) {
     let p = "spec.template";
     check_labels(&format!("{p}.labels"), &t.labels, out);
@@ -418,6 +520,15 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
                     "duplicate port: another port of this template already uses it",
                 ));
             }
+        }
+    }
+    for (name, probe) in [
+        ("readinessProbe", &t.readiness_probe),
+        ("livenessProbe", &t.liveness_probe),
+        ("startupProbe", &t.startup_probe),
+    ] {
+        if let Some(probe) = probe {
+            check_probe(&format!("{p}.{name}"), name, probe, t, out);
         }
     }
     if let Some(sig) = &t.stop_signal {

@@ -467,6 +467,36 @@ fn rows() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["web.json: document 1: spec.replicas: ", "-5", "0 to 100000"],
         ),
         (
+            "probe with two checks",
+            tpl("{command: [x], ports: [{name: http}], readinessProbe: {httpGet: {port: http}, tcpSocket: {port: http}}}"),
+            vec!["spec.template.readinessProbe", "exactly one of httpGet, tcpSocket or exec"],
+        ),
+        (
+            "probe on an unknown port name",
+            tpl("{command: [x], ports: [{name: http}], livenessProbe: {tcpSocket: {port: admin}}}"),
+            vec!["spec.template.livenessProbe.tcpSocket.port", "\"admin\"", "ports: http"],
+        ),
+        (
+            "liveness success threshold",
+            tpl("{command: [x], livenessProbe: {exec: {command: ['true']}, successThreshold: 2}}"),
+            vec!["spec.template.livenessProbe.successThreshold", "must be 1 for liveness and startup probes"],
+        ),
+        (
+            "probe period too short",
+            tpl("{command: [x], readinessProbe: {exec: {command: ['true']}, period: 10ms}}"),
+            vec!["spec.template.readinessProbe.period", "at least 100ms"],
+        ),
+        (
+            "exec probe without a command",
+            tpl("{command: [x], startupProbe: {exec: {command: []}}}"),
+            vec!["spec.template.startupProbe.exec.command", "must name a program"],
+        ),
+        (
+            "http probe path",
+            tpl("{command: [x], readinessProbe: {httpGet: {path: healthz, port: 8080}}}"),
+            vec!["spec.template.readinessProbe.httpGet.path", "must start with /"],
+        ),
+        (
             "malformed JSON",
             r#"{"apiVersion": "orch/v1", "kind": "Service",}"#.into(),
             vec!["web.json: invalid JSON: ", "line 1"],

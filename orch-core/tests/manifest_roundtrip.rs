@@ -273,6 +273,59 @@ fn template() -> impl Strategy<Value = Template> {
                 stop_grace_period,
                 image_pull_policy,
                 read_only_root_filesystem,
+                readiness_probe: None,
+                liveness_probe: None,
+                startup_probe: None,
+            },
+        )
+        .prop_flat_map(|t| {
+            (
+                Just(t),
+                prop::option::of(probe(true)),
+                prop::option::of(probe(false)),
+                prop::option::of(probe(false)),
+            )
+        })
+        .prop_map(|(mut t, readiness, liveness, startup)| {
+            t.readiness_probe = readiness;
+            t.liveness_probe = liveness;
+            t.startup_probe = startup;
+            t
+        })
+}
+
+/// A valid probe (a success threshold above 1 only for readiness).
+fn probe(readiness: bool) -> impl Strategy<Value = orch_core::object::Probe> {
+    use orch_core::object::{ExecProbe, HttpProbe, Probe, ProbePort, TcpProbe};
+    let span = |lo: u64, hi: u64| {
+        prop::option::of((lo..=hi).prop_map(|ms| Span(Duration::from_millis(ms))))
+    };
+    (
+        0u8..3,
+        1u16..=65535,
+        "/[a-z0-9/]{0,12}",
+        prop::collection::vec("[a-z0-9/-]{1,8}", 1..3),
+        span(0, 60_000),
+        span(100, 60_000),
+        span(1, 10_000),
+        prop::option::of(if readiness { 1u32..=5 } else { 1u32..=1 }),
+        prop::option::of(1u32..=10),
+    )
+        .prop_map(
+            |(which, port, path, command, initial_delay, period, timeout, succ, fail)| Probe {
+                http_get: (which == 0).then_some(HttpProbe {
+                    path,
+                    port: ProbePort::Number(port),
+                }),
+                tcp_socket: (which == 1).then_some(TcpProbe {
+                    port: ProbePort::Number(port),
+                }),
+                exec: (which == 2).then_some(ExecProbe { command }),
+                initial_delay,
+                period,
+                timeout,
+                success_threshold: succ,
+                failure_threshold: fail,
             },
         )
 }

@@ -316,6 +316,11 @@ impl Agent {
                     }
                 })
             },
+            tokio::spawn(crate::engine::probes::run(
+                self.ctx.clone(),
+                self.runtime.clone(),
+                self.cfg.node.clone(),
+            )),
             {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -476,7 +481,7 @@ impl Agent {
             (Some(r), Some(w)) => match &w.state {
                 WorkloadState::Running => {
                     let mut st = r.status.clone();
-                    mark_running(&mut st, &w);
+                    mark_running(&mut st, &w, &r.spec.template);
                     Outcome {
                         ops: with_status(&r, st).into_iter().collect(),
                         requeue_after: None,
@@ -727,7 +732,7 @@ impl Agent {
         }
         match self.runtime.start(&spec).await {
             Ok(w) => {
-                mark_running(&mut st, &w);
+                mark_running(&mut st, &w, &r.spec.template);
                 if restart {
                     st.restarts += 1;
                     rec.normal(
@@ -816,11 +821,23 @@ impl Agent {
     }
 }
 
-/// The status of a replica whose workload runs (ready: there are no readiness probes yet).
-fn mark_running(st: &mut ReplicaStatus, w: &Workload) {
-    st.phase = Phase::Ready;
-    st.reason.clear();
-    st.message.clear();
+/// The status of a replica whose workload runs: Ready, unless a readiness or startup probe
+/// decides that (then Running until the prober says Ready; what it wrote for this run stays).
+fn mark_running(st: &mut ReplicaStatus, w: &Workload, t: &crate::object::Template) {
+    let same_run = st.runtime_id == w.runtime_id && st.phase.is_up();
+    if !crate::engine::probes::gates_readiness(t) {
+        st.phase = Phase::Ready;
+        st.reason.clear();
+        st.message.clear();
+        if !same_run {
+            st.probes.clear();
+        }
+    } else if !same_run {
+        st.phase = Phase::Running;
+        st.reason = "Starting".into();
+        st.message = "waiting for the first probe".into();
+        st.probes.clear();
+    }
     st.runtime_id = w.runtime_id.clone();
     st.host_ip = Some(w.host_ip.clone());
     st.ports = w.ports.clone();

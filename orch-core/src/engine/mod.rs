@@ -18,6 +18,7 @@ pub mod cache;
 pub mod endpoints;
 pub mod events;
 pub mod nodes;
+pub mod probes;
 pub mod queue;
 pub mod replication;
 pub mod scheduling;

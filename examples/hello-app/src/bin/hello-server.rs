@@ -1,8 +1,9 @@
 //! hello-server: a tiny threaded HTTP/1.1 server for orch's examples and tests (std only).
 //!
 //! Listens on `127.0.0.1:$PORT`. `GET /` answers `hello from <replica> (pid N)`, where the
-//! replica is `$ORCH_REPLICA` or else the host name; `GET /healthz` answers `ok`; anything else
-//! is 404. One thread per connection (at most [`MAX_CONNECTIONS`] at once; beyond that the
+//! replica is `$ORCH_REPLICA` or else the host name; `GET /healthz` answers `ok`, or 503 while
+//! the file `$HEALTHZ_FAIL_FILE` exists or for the first `$HEALTHZ_DELAY_MS` milliseconds after
+//! the start (for probe tests); anything else is 404. One thread per connection (at most [`MAX_CONNECTIONS`] at once; beyond that the
 //! server answers 503), `Connection: close` on every response, one log line per request on
 //! stdout. SIGTERM ends it with the default action.
 
@@ -30,6 +31,10 @@ struct Response {
 fn route(method: &str, path: &str, me: &str) -> Response {
     let path = path.split('?').next().unwrap_or(path);
     match (method, path) {
+        ("GET", "/healthz") if !healthy() => Response {
+            status: "503 Service Unavailable",
+            body: "unhealthy\n".into(),
+        },
         ("GET", "/") => Response {
             status: "200 OK",
             body: format!("hello from {me} (pid {})\n", std::process::id()),
@@ -43,6 +48,25 @@ fn route(method: &str, path: &str, me: &str) -> Response {
             body: "not found\n".into(),
         },
     }
+}
+
+/// When the process started (for `HEALTHZ_DELAY_MS`).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Whether `/healthz` should pass now.
+fn healthy() -> bool {
+    if let Ok(f) = std::env::var("HEALTHZ_FAIL_FILE") {
+        if std::path::Path::new(&f).exists() {
+            return false;
+        }
+    }
+    let delay = std::env::var("HEALTHZ_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    STARTED
+        .get()
+        .is_none_or(|t| t.elapsed() >= Duration::from_millis(delay))
 }
 
 /// Reads the request line and skips the headers; `None` when the client sent no complete
@@ -174,6 +198,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    STARTED.get_or_init(std::time::Instant::now);
     let me: Arc<str> = identity().into();
     // The address orch picked the port on (the node's address), else loopback.
     let host = std::env::var("ORCH_HOST_IP").unwrap_or_else(|_| "127.0.0.1".into());

@@ -1,0 +1,161 @@
+//! Probes against real processes through `orchd server`: an HTTP readiness probe takes a
+//! replica out of Ready while its server fails and back when it recovers; an HTTP liveness
+//! probe restarts it; a TCP probe on a closed port keeps it NotReady; an exec probe runs in
+//! the replica's environment; a startup probe holds readiness back until it passes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn service(name: &str, replicas: u32, env: &str, probes: &str) -> String {
+    format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [hello-server]\n    ports: [{{name: http}}]\n    stopGracePeriod: 1s\n    env: [{env}]\n{probes}"
+    )
+}
+
+fn of(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
+    d.replicas()
+        .into_iter()
+        .filter(|r| r["spec"]["service"] == service)
+        .collect()
+}
+
+fn phases(d: &Daemon, service: &str) -> Vec<String> {
+    of(d, service)
+        .iter()
+        .map(|r| r["status"]["phase"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn http_tcp_exec_and_startup_probes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let fail = tmp.path().join("fail-readiness");
+    let kill = tmp.path().join("fail-liveness");
+    let ready_file = tmp.path().join("ready");
+    let files = [
+        service(
+            "ready",
+            2,
+            &format!("{{name: HEALTHZ_FAIL_FILE, value: {}}}", fail.display()),
+            "    readinessProbe: {httpGet: {path: /healthz, port: http}, period: 200ms, failureThreshold: 2}\n",
+        ),
+        service(
+            "live",
+            1,
+            &format!("{{name: HEALTHZ_FAIL_FILE, value: {}}}", kill.display()),
+            "    livenessProbe: {httpGet: {path: /healthz, port: http}, period: 200ms, failureThreshold: 2}\n",
+        ),
+        service(
+            "closed",
+            1,
+            "",
+            "    readinessProbe: {tcpSocket: {port: 1}, period: 200ms, failureThreshold: 1}\n",
+        ),
+        service(
+            "exec",
+            1,
+            &format!("{{name: READY_FILE, value: {}}}", ready_file.display()),
+            "    readinessProbe: {exec: {command: [/bin/sh, -c, 'test -f $READY_FILE']}, period: 200ms, failureThreshold: 1}\n",
+        ),
+    ];
+    let start = Instant::now();
+    for (i, f) in files.iter().enumerate() {
+        let path = write(tmp.path(), &format!("s{i}.yaml"), f);
+        d.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    }
+    let slow = write(
+        tmp.path(),
+        "slow.yaml",
+        &service(
+            "slow",
+            1,
+            "{name: HEALTHZ_DELAY_MS, value: '1500'}",
+            "    startupProbe: {httpGet: {path: /healthz, port: http}, period: 100ms, failureThreshold: 50}\n",
+        ),
+    );
+    d.ctl_ok(&["apply", "-f", slow.to_str().unwrap()]);
+    let slow_applied = Instant::now();
+
+    // Startup: Starting (Running, not Ready) until /healthz passes after 1.5 s.
+    let r = eventually("slow is running", Duration::from_secs(10), || {
+        of(&d, "slow")
+            .into_iter()
+            .find(|r| r["status"]["phase"] == "Running")
+    });
+    assert_eq!(r["status"]["reason"], "Starting", "{r}");
+    eventually("slow is ready", Duration::from_secs(10), || {
+        (phases(&d, "slow") == ["Ready"]).then_some(())
+    });
+    let took = slow_applied.elapsed();
+    assert!(took >= Duration::from_millis(1400), "ready after {took:?}");
+
+    eventually("ready and live are ready", Duration::from_secs(10), || {
+        (phases(&d, "ready") == ["Ready", "Ready"] && phases(&d, "live") == ["Ready"]).then_some(())
+    });
+    // TCP on a closed port: never ready, and says why.
+    let closed = eventually("closed says why", Duration::from_secs(10), || {
+        of(&d, "closed").into_iter().find(|r| {
+            r["status"]["reason"] == "NotReady"
+                && r["status"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("connect") && m.contains(":1"))
+        })
+    });
+    assert_eq!(closed["status"]["phase"], "Running");
+    // Exec: not ready until the file exists (the command sees the replica's environment).
+    eventually("exec not ready", Duration::from_secs(10), || {
+        (phases(&d, "exec") == ["Running"]).then_some(())
+    });
+    std::fs::write(&ready_file, "").unwrap();
+    eventually("exec ready", Duration::from_secs(10), || {
+        (phases(&d, "exec") == ["Ready"]).then_some(())
+    });
+
+    // Readiness fails: out of Ready (not an endpoint), describe says why; then back.
+    std::fs::write(&fail, "").unwrap();
+    eventually("ready fails", Duration::from_secs(10), || {
+        (phases(&d, "ready") == ["Running", "Running"]).then_some(())
+    });
+    let name = of(&d, "ready")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let described = d.ctl_ok(&["describe", "replica", &name]);
+    assert!(
+        described.contains("readiness: failing") && described.contains("HTTP 503"),
+        "{described}"
+    );
+    let pids: Vec<u32> = of(&d, "ready").iter().filter_map(pid_of).collect();
+    std::fs::remove_file(&fail).unwrap();
+    eventually("ready recovers", Duration::from_secs(10), || {
+        (phases(&d, "ready") == ["Ready", "Ready"]).then_some(())
+    });
+    let again: Vec<u32> = of(&d, "ready").iter().filter_map(pid_of).collect();
+    assert_eq!(pids, again, "readiness never restarts");
+
+    // Liveness fails: restarted (a new process), then stays once healthy again.
+    let before = pid_of(&of(&d, "live")[0]).unwrap();
+    std::fs::write(&kill, "").unwrap();
+    let restarted = eventually("live restarted", Duration::from_secs(15), || {
+        let r = of(&d, "live").into_iter().next()?;
+        (r["status"]["restarts"].as_u64()? >= 1 && pid_of(&r).is_some_and(|p| p != before))
+            .then_some(r)
+    });
+    std::fs::remove_file(&kill).unwrap();
+    assert!(!process_alive(before));
+    eventually("live ready again", Duration::from_secs(15), || {
+        (phases(&d, "live") == ["Ready"]).then_some(())
+    });
+    let _ = restarted;
+    eprintln!("probes test took {:?}", start.elapsed());
+    for s in ["ready", "live", "closed", "exec", "slow"] {
+        d.ctl_ok(&["delete", "service", s]);
+    }
+    eventually("all gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
