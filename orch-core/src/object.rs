@@ -259,6 +259,10 @@ pub struct Template {
     /// Always, OnFailure or Never.
     #[serde(default, skip_serializing_if = "is_default")]
     pub restart_policy: RestartPolicy,
+    /// The longest wait between restarts of a crashing replica (default 30s): the first
+    /// restart is immediate, then 1s, 2s, 4s ... up to this; a run of 10s resets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_backoff_max: Option<Span>,
     /// Signal sent first on stop (default SIGTERM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,

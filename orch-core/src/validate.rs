@@ -536,6 +536,15 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
             out.push(err(format!("{p}.stopSignal"), sig, "must be a signal name such as SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or a number 1-64"));
         }
     }
+    if let Some(m) = t.restart_backoff_max {
+        if m.0 > std::time::Duration::from_secs(3600) {
+            out.push(err(
+                format!("{p}.restartBackoffMax"),
+                m.to_string(),
+                "must be at most 1h",
+            ));
+        }
+    }
     if let Some(g) = t.stop_grace_period {
         if g.0 > std::time::Duration::from_secs(3600) {
             out.push(err(

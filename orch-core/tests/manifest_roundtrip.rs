@@ -273,6 +273,7 @@ fn template() -> impl Strategy<Value = Template> {
                 stop_grace_period,
                 image_pull_policy,
                 read_only_root_filesystem,
+                restart_backoff_max: None,
                 readiness_probe: None,
                 liveness_probe: None,
                 startup_probe: None,

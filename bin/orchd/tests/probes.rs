@@ -159,3 +159,99 @@ fn http_tcp_exec_and_startup_probes() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// A replica that keeps crashing backs off up to its service's cap (here 1 s instead of the
+/// default 30 s), and its status says it is crash-looping with the exit code and the end of
+/// its output.
+#[test]
+fn a_crash_loop_backs_off_to_the_services_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let f = write(
+        tmp.path(),
+        "crash.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: crash}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'echo booting; echo boom >&2; exit 3']\n    restartBackoffMax: 1s\n",
+    );
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let t = Instant::now();
+    let r = eventually("crash-looping", Duration::from_secs(20), || {
+        of(&d, "crash")
+            .into_iter()
+            .find(|r| r["status"]["reason"] == "CrashLoopBackOff")
+    });
+    let message = r["status"]["message"].as_str().unwrap_or("").to_string();
+    assert!(
+        message.contains("exit code 3") && message.contains("boom"),
+        "{message}"
+    );
+    // With a 1 s cap: restarts at about 0, 1, 2, 3 ... s; the default cap would give 0, 1, 3, 7.
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(t.elapsed()));
+    let restarts = of(&d, "crash")[0]["status"]["restarts"].as_u64().unwrap();
+    eprintln!("{restarts} restarts in {:?}", t.elapsed());
+    assert!(restarts >= 6, "{restarts} restarts in 8 s with a 1 s cap");
+    d.ctl_ok(&["delete", "service", "crash"]);
+    eventually("gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}
+
+/// A rolling update of 10 replicas with max-unavailable 1 whose new replicas take 0.5 s to
+/// pass their readiness probe: sampled every 50 ms, ready replicas never drop below 9, and
+/// the update completes.
+#[test]
+fn a_rolling_update_keeps_nine_of_ten_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let svc = |color: &str| {
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: roll}}\nspec:\n  replicas: 10\n  update: {{maxSurge: 1, maxUnavailable: 1}}\n  template:\n    command: [hello-server]\n    ports: [{{name: http}}]\n    stopGracePeriod: 1s\n    env: [{{name: COLOR, value: {color}}}, {{name: HEALTHZ_DELAY_MS, value: '500'}}]\n    readinessProbe: {{httpGet: {{path: /healthz, port: http}}, period: 100ms}}\n"
+        )
+    };
+    let f = write(tmp.path(), "roll.yaml", &svc("blue"));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let ready = |d: &Daemon| -> (usize, usize) {
+        let all = of(d, "roll");
+        let ready = all
+            .iter()
+            .filter(|r| r["status"]["phase"] == "Ready")
+            .count();
+        let green_ready = all
+            .iter()
+            .filter(|r| {
+                r["status"]["phase"] == "Ready"
+                    && r["spec"]["template"]["env"][0]["value"] == "green"
+            })
+            .count();
+        (ready, green_ready)
+    };
+    eventually("10 ready", Duration::from_secs(30), || {
+        (ready(&d).0 == 10).then_some(())
+    });
+    let f = write(tmp.path(), "roll.yaml", &svc("green"));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let t = Instant::now();
+    let mut lowest = usize::MAX;
+    let mut samples = 0;
+    loop {
+        let (all, green) = ready(&d);
+        lowest = lowest.min(all);
+        samples += 1;
+        if green == 10 && of(&d, "roll").len() == 10 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the update did not complete"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "rolling update of 10: {:?}, {samples} samples, lowest ready {lowest}",
+        t.elapsed()
+    );
+    assert!(lowest >= 9, "ready dropped to {lowest}");
+    d.ctl_ok(&["delete", "service", "roll"]);
+    eventually("gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}

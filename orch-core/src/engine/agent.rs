@@ -627,7 +627,7 @@ impl Agent {
             };
         }
         let now = Instant::now();
-        let (retry_at, start_error) = {
+        let (retry_at, start_error, failures) = {
             let mut g = self.lock();
             let b = g.backoff.entry(id.clone()).or_default();
             let start_error = b.start_error.clone();
@@ -642,7 +642,7 @@ impl Agent {
                     let delay = restart_delay(
                         b.failures,
                         self.cfg.restart_backoff_base,
-                        self.cfg.restart_backoff_max,
+                        self.backoff_max(t),
                     );
                     b.failures += 1;
                     let at = now + delay;
@@ -650,7 +650,7 @@ impl Agent {
                     at
                 }
             };
-            (at, start_error)
+            (at, start_error, b.failures)
         };
         if retry_at > now {
             let wait = retry_at - now;
@@ -660,6 +660,20 @@ impl Agent {
                 Some((reason, error)) => {
                     st.reason = reason.into();
                     st.message = format!("back-off {wait_text} before trying again: {error}");
+                }
+                None if failures >= 3 => {
+                    // Crashing again and again: say so, with the end of its output.
+                    st.reason = "CrashLoopBackOff".into();
+                    let tail = self.log_tail(&id).await;
+                    st.message = format!(
+                        "back-off {wait_text} restarting a replica that keeps crashing ({} restarts); last exit: {exit}{}",
+                        st.restarts,
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; last output: {tail}")
+                        }
+                    );
                 }
                 None => {
                     st.reason = "BackOff".into();
@@ -676,6 +690,43 @@ impl Agent {
         let mut r2 = r.clone();
         r2.status = st;
         self.start(&r2, true).await
+    }
+
+    /// The restart backoff cap: the template's, else the agent's.
+    fn backoff_max(&self, t: &crate::object::Template) -> Duration {
+        t.restart_backoff_max
+            .map_or(self.cfg.restart_backoff_max, |s| s.0)
+    }
+
+    /// The last few lines a workload wrote (at most 3 lines, 300 characters).
+    async fn log_tail(&self, id: &str) -> String {
+        use futures::StreamExt;
+        let read = async {
+            let mut s = self
+                .runtime
+                .logs(
+                    id,
+                    crate::runtime::LogOptions {
+                        follow: false,
+                        tail_bytes: Some(1024),
+                    },
+                )
+                .await
+                .ok()?;
+            let mut all = Vec::new();
+            while let Some(Ok(chunk)) = s.next().await {
+                all.extend(chunk);
+            }
+            Some(all)
+        };
+        let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_millis(500), read).await else {
+            return String::new();
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        let n = tail.chars().count();
+        tail.chars().skip(n.saturating_sub(300)).collect()
     }
 
     async fn start(self: &Arc<Self>, r: &Replica, restart: bool) -> Outcome {
@@ -800,7 +851,7 @@ impl Agent {
                     let d = restart_delay(
                         b.failures.max(1),
                         self.cfg.restart_backoff_base,
-                        self.cfg.restart_backoff_max,
+                        self.backoff_max(&r.spec.template),
                     );
                     b.failures += 1;
                     b.retry_at = Some(Instant::now() + d);
