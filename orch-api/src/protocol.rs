@@ -110,6 +110,15 @@ pub enum Request {
         /// Replica name.
         replica: String,
     },
+    /// Undo, pause or resume a service's rollout.
+    Rollout {
+        /// Namespace.
+        namespace: String,
+        /// Service name.
+        name: String,
+        /// What to do.
+        action: orch_core::api::RolloutAction,
+    },
     /// Cordon, uncordon, drain or remove a node.
     Node {
         /// The node.

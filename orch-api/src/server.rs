@@ -343,6 +343,14 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
             Ok(object) => Response::Done { object },
             Err(e) => api_error(e),
         },
+        Request::Rollout {
+            namespace,
+            name,
+            action,
+        } => match api::rollout(store, &namespace, &name, action).await {
+            Ok(object) => Response::Done { object },
+            Err(e) => api_error(e),
+        },
         Request::Node { node, action } => match api::node_op(store, &node, action).await {
             Ok(object) => {
                 if let (orch_core::api::NodeOp::Remove { .. }, Some(hook)) =

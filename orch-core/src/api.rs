@@ -93,6 +93,11 @@ fn merge(existing: Option<&Object>, mut desired: Object) -> (Object, ApplyAction
             (desired, ApplyAction::Created)
         }
         Some(cur) => {
+            // A paused rollout stays paused across applies (as with kubectl's apply):
+            // `orchctl rollout resume` lifts it.
+            if let (Object::Service(c), Object::Service(d)) = (cur, &mut desired) {
+                d.spec.update.paused |= c.spec.update.paused;
+            }
             if same_desired(cur, &desired) {
                 return (cur.clone(), ApplyAction::Unchanged);
             }
@@ -213,6 +218,25 @@ pub async fn scale(
             "replicas: invalid value {replicas}: must be a whole number from 0 to {MAX_REPLICAS}"
         )));
     }
+    update_service(store, namespace, name, |svc| {
+        if svc.spec.replicas == replicas as u32 {
+            return Ok(false);
+        }
+        svc.spec.replicas = replicas as u32;
+        Ok(true)
+    })
+    .await
+}
+
+/// Reads service `namespace/name`, lets `change` edit it (returning whether it changed
+/// anything), and writes it back with its generation bumped, by compare-and-swap (read again
+/// and retried on a conflict). Returns the service as written (or as it was, unchanged).
+async fn update_service(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+    mut change: impl FnMut(&mut crate::object::Service) -> Result<bool, ApiError>,
+) -> Result<Object, ApiError> {
     loop {
         let Some(Object::Service(mut svc)) =
             get_object(store, Kind::Service, namespace, name).await?
@@ -223,10 +247,9 @@ pub async fn scale(
                 name: name.into(),
             });
         };
-        if svc.spec.replicas == replicas as u32 {
+        if !change(&mut svc)? {
             return Ok(Object::Service(svc));
         }
-        svc.spec.replicas = replicas as u32;
         svc.metadata.generation += 1;
         let obj = Object::Service(svc);
         match store.txn(vec![update_op(&obj)]).await {
@@ -600,4 +623,70 @@ mod diff_tests {
             "{d:?}"
         );
     }
+}
+
+/// What `orchctl rollout undo|pause|resume` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RolloutAction {
+    /// Go back to a revision in the service's history (default: the one before the current).
+    Undo {
+        /// The revision number.
+        to_revision: Option<u64>,
+    },
+    /// Hold the rollout where it is.
+    Pause,
+    /// Let it go on.
+    Resume,
+}
+
+/// Applies a rollout action to service `namespace/name` (compare-and-swap, retried).
+pub async fn rollout(
+    store: &dyn Store,
+    namespace: &str,
+    name: &str,
+    action: RolloutAction,
+) -> Result<Object, ApiError> {
+    update_service(store, namespace, name, |svc| {
+        match action {
+            RolloutAction::Pause => svc.spec.update.paused = true,
+            RolloutAction::Resume => svc.spec.update.paused = false,
+            RolloutAction::Undo { to_revision } => {
+                let h = &svc.status.history;
+                let current = svc.status.revision;
+                let target = match to_revision {
+                    Some(n) => h.iter().find(|r| r.revision == n).ok_or_else(|| {
+                        let known: Vec<String> = h.iter().map(|r| r.revision.to_string()).collect();
+                        ApiError::Invalid(format!(
+                            "--to-revision {n}: service {name} has no such revision (kept: {})",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ))
+                    })?,
+                    None => h
+                        .iter()
+                        .rev()
+                        .find(|r| r.revision != current)
+                        .ok_or_else(|| {
+                            ApiError::Invalid(format!(
+                                "service {name} has no earlier revision to go back to"
+                            ))
+                        })?,
+                };
+                if target.revision == current {
+                    return Err(ApiError::Invalid(format!(
+                        "service {name} already runs revision {current}"
+                    )));
+                }
+                let (template, placement) = (target.template.clone(), target.placement.clone());
+                svc.spec.template = template;
+                svc.spec.placement = placement;
+            }
+        }
+        Ok(true)
+    })
+    .await
 }

@@ -743,6 +743,15 @@ pub struct UpdateStrategy {
     /// Replicas allowed to be unready during an update (default 25%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrPercent>,
+    /// A rollout that has not completed this long after it started fails (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<Span>,
+    /// Roll a failed rollout back to the last revision that completed (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+    /// Hold the rollout: replicas of the old revision stay (scaling still works).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 impl UpdateStrategy {
@@ -788,6 +797,58 @@ fn one() -> u32 {
     1
 }
 
+/// One revision of a service: what its replicas ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    /// Its number (1, 2, ...).
+    pub revision: u64,
+    /// Its revision hash (replicas' `templateHash`).
+    pub hash: String,
+    /// The template.
+    pub template: Template,
+    /// The placement.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub placement: Placement,
+    /// When it became current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Timestamp>,
+}
+
+/// Where a service's latest rollout stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutState {
+    /// Every replica runs the current revision and is ready.
+    #[default]
+    Complete,
+    /// Replicas are being replaced.
+    Progressing,
+    /// Held by `orchctl rollout pause`.
+    Paused,
+    /// It missed its progress deadline (and was not rolled back).
+    Failed,
+    /// It missed its progress deadline and was rolled back to the last good revision.
+    RolledBack,
+}
+
+/// The latest rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Where it stands.
+    #[serde(default)]
+    pub state: RolloutState,
+    /// The revision being rolled out (or rolled back from).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
 /// What orch observed of a service.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -810,6 +871,18 @@ pub struct ServiceStatus {
     /// A short human summary of anything wrong.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The current revision's number.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+    /// The last revision whose rollout completed (0: none yet).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_good_revision: u64,
+    /// The latest rollout.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rollout: RolloutStatus,
+    /// The last revisions (at most 10), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RevisionRecord>,
 }
 
 /// A replicated workload.

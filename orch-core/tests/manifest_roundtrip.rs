@@ -384,6 +384,7 @@ fn service() -> impl Strategy<Value = Service> {
                     update: UpdateStrategy {
                         max_surge,
                         max_unavailable,
+                        ..UpdateStrategy::default()
                     },
                 },
                 status: Default::default(),

@@ -59,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: crate::ImageCommand::Import { file, name },
         } => import_image(&client, &file, name).await,
         Command::Node { command } => node(&client, command).await,
+        Command::Rollout { command } => rollout(&client, &ns, command).await,
         Command::Info => info(&client).await,
         Command::Config { .. } | Command::Login { .. } => unreachable!("handled above"),
     }
@@ -141,6 +142,151 @@ fn config(path: &std::path::Path, command: crate::ConfigCommand) -> anyhow::Resu
             outln!("current context: {name}");
         }
     }
+    Ok(())
+}
+
+fn service_name(arg: &str) -> String {
+    arg.strip_prefix("service/")
+        .or_else(|| arg.strip_prefix("svc/"))
+        .unwrap_or(arg)
+        .to_string()
+}
+
+async fn fetch_service(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<orch_core::object::Service> {
+    match client
+        .call(Request::Get {
+            kind: Kind::Service,
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+        })
+        .await?
+    {
+        Response::Objects { mut objects, .. } if !objects.is_empty() => match objects.remove(0) {
+            Object::Service(s) => Ok(*s),
+            other => bail!("unexpected object {}", other.display_name()),
+        },
+        _ => bail!("service {name:?} not found in namespace {ns:?}"),
+    }
+}
+
+async fn rollout(client: &Client, ns: &str, command: crate::RolloutCommand) -> anyhow::Result<()> {
+    use crate::RolloutCommand as C;
+    use orch_core::api::RolloutAction;
+    use orch_core::object::RolloutState;
+    let (name, action) = match command {
+        C::Status { service, timeout } => {
+            let limit = orch_core::quantity::Span::parse(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?
+                .0;
+            let name = service_name(&service);
+            let start = std::time::Instant::now();
+            let mut last = String::new();
+            loop {
+                let svc = fetch_service(client, ns, &name).await?;
+                let st = &svc.status;
+                let n = svc.spec.replicas;
+                let width = 20usize;
+                let filled = if n == 0 {
+                    width
+                } else {
+                    (st.updated_replicas.min(n) as usize * width) / n as usize
+                };
+                let line = format!(
+                    "[{}{}] revision {}: {}/{n} updated, {}/{n} ready ({:?})",
+                    "#".repeat(filled),
+                    "-".repeat(width - filled),
+                    st.revision,
+                    st.updated_replicas,
+                    st.ready_replicas,
+                    st.rollout.state
+                );
+                if line != last {
+                    outln!("{line}");
+                    last = line;
+                }
+                // Trust the status only once it describes the current spec.
+                if st.observed_generation >= svc.metadata.generation {
+                    match st.rollout.state {
+                        RolloutState::Complete => {
+                            outln!("service/{name}: revision {} rolled out", st.revision);
+                            return Ok(());
+                        }
+                        RolloutState::Failed | RolloutState::RolledBack => {
+                            bail!("service/{name}: {}", st.rollout.message)
+                        }
+                        RolloutState::Progressing | RolloutState::Paused => {}
+                    }
+                }
+                if start.elapsed() > limit {
+                    eprintln!(
+                        "service/{name}: still {:?} after {limit:?}",
+                        st.rollout.state
+                    );
+                    std::process::exit(2);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        C::History { service } => {
+            let name = service_name(&service);
+            let svc = fetch_service(client, ns, &name).await?;
+            outln!("REVISION  CREATED                   HASH        TEMPLATE");
+            for h in &svc.status.history {
+                let what = match &h.template.image {
+                    Some(i) => i.clone(),
+                    None => h.template.command.join(" "),
+                };
+                let env: Vec<String> = h
+                    .template
+                    .env
+                    .iter()
+                    .map(|e| format!("{}={}", e.name, e.value))
+                    .collect();
+                let mut mark = String::new();
+                if h.revision == svc.status.revision {
+                    mark.push_str(" (current)");
+                }
+                if h.revision == svc.status.last_good_revision {
+                    mark.push_str(" (last good)");
+                }
+                outln!(
+                    "{:<9} {:<25} {:<11} {what}{}{mark}",
+                    h.revision,
+                    h.created.map(|t| t.to_string()).unwrap_or_default(),
+                    h.hash,
+                    if env.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", env.join(" "))
+                    }
+                );
+            }
+            return Ok(());
+        }
+        C::Undo {
+            service,
+            to_revision,
+        } => (service_name(&service), RolloutAction::Undo { to_revision }),
+        C::Pause { service } => (service_name(&service), RolloutAction::Pause),
+        C::Resume { service } => (service_name(&service), RolloutAction::Resume),
+    };
+    client
+        .call(Request::Rollout {
+            namespace: ns.into(),
+            name: name.clone(),
+            action,
+        })
+        .await?;
+    let done = match action {
+        RolloutAction::Undo { .. } => "rolled back",
+        RolloutAction::Pause => "paused",
+        RolloutAction::Resume => "resumed",
+    };
+    outln!("service/{name} {done}");
     Ok(())
 }
 

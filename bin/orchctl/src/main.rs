@@ -133,6 +133,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// A service's rollouts: status, history, undo, pause, resume.
+    Rollout {
+        /// What to do.
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Node operations: cordon, uncordon, drain, rm.
     Node {
         /// What to do.
@@ -173,6 +179,43 @@ pub enum ConfigCommand {
     UseContext {
         /// Its name.
         name: String,
+    },
+}
+
+/// `orchctl rollout ...`.
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Follow the latest rollout with a progress bar until it completes (exit 0) or fails or
+    /// is rolled back (exit 1).
+    Status {
+        /// `NAME` or `service/NAME`.
+        service: String,
+        /// Give up after this long (exit 2).
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
+    /// The service's revisions.
+    History {
+        /// `NAME` or `service/NAME`.
+        service: String,
+    },
+    /// Go back to the previous revision (or `--to-revision N`).
+    Undo {
+        /// `NAME` or `service/NAME`.
+        service: String,
+        /// The revision to go back to.
+        #[arg(long)]
+        to_revision: Option<u64>,
+    },
+    /// Hold the rollout: old replicas stay until `resume`.
+    Pause {
+        /// `NAME` or `service/NAME`.
+        service: String,
+    },
+    /// Let a paused rollout go on.
+    Resume {
+        /// `NAME` or `service/NAME`.
+        service: String,
     },
 }
 

@@ -255,3 +255,127 @@ fn a_rolling_update_keeps_nine_of_ten_ready() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// Rollouts: a revision whose replicas never become ready fails at its progress deadline and
+/// is rolled back automatically while the old revision serves throughout (`rollout status`
+/// exits 1 saying so); pause holds a rollout, resume finishes it (`rollout status` exits 0);
+/// `rollout history` lists the revisions and `rollout undo` goes back.
+#[test]
+fn a_failed_rollout_rolls_back_and_rollouts_can_be_paused_and_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let broken = tmp.path().join("broken");
+    std::fs::write(&broken, "").unwrap();
+    let svc = |color: &str, fail_file: &str| {
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 3\n  update: {{maxSurge: 1, maxUnavailable: 0, progressDeadline: 4s}}\n  template:\n    command: [hello-server]\n    ports: [{{name: http}}]\n    stopGracePeriod: 1s\n    env: [{{name: COLOR, value: {color}}}, {{name: HEALTHZ_FAIL_FILE, value: '{fail_file}'}}]\n    readinessProbe: {{httpGet: {{path: /healthz, port: http}}, period: 100ms, failureThreshold: 1}}\n"
+        )
+    };
+    let apply = |text: &str| {
+        let f = write(tmp.path(), "web.yaml", text);
+        d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    };
+    let color_ready = |d: &Daemon, color: &str| {
+        of(d, "web")
+            .iter()
+            .filter(|r| {
+                r["status"]["phase"] == "Ready" && r["spec"]["template"]["env"][0]["value"] == color
+            })
+            .count()
+    };
+    apply(&svc("blue", "/nonexistent"));
+    let first = d.ctl(&["rollout", "status", "web", "--timeout", "30s"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("revision 1 rolled out"));
+
+    // Revision 2 never gets ready: rolled back at the deadline; blue serves all along.
+    apply(&svc("green", broken.to_str().unwrap()));
+    let socket = d.socket.clone();
+    let status = std::thread::spawn(move || {
+        std::process::Command::new(workspace_bin("orchctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["rollout", "status", "web", "--timeout", "60s"])
+            .output()
+            .unwrap()
+    });
+    let mut lowest = usize::MAX;
+    while !status.is_finished() {
+        lowest = lowest.min(color_ready(&d, "blue"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = status.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("revision 2 did not complete within 4s")
+            && err.contains("rolled back to revision 1"),
+        "{err}"
+    );
+    assert_eq!(lowest, 3, "the old revision served throughout");
+    eventually(
+        "back to three blue, no green",
+        Duration::from_secs(20),
+        || {
+            let all = of(&d, "web");
+            (all.len() == 3 && color_ready(&d, "blue") == 3).then_some(())
+        },
+    );
+    let events = d.ctl_ok(&["get", "events"]);
+    assert!(events.contains("RolledBack"), "{events}");
+
+    // Pause holds a good rollout; resume completes it.
+    d.ctl_ok(&["rollout", "pause", "web"]);
+    apply(&svc("red", "/nonexistent"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(color_ready(&d, "red"), 0, "paused: nothing replaced");
+    assert_eq!(color_ready(&d, "blue"), 3);
+    d.ctl_ok(&["rollout", "resume", "web"]);
+    let done = d.ctl(&["rollout", "status", "web", "--timeout", "30s"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    eventually("three red", Duration::from_secs(20), || {
+        (color_ready(&d, "red") == 3 && of(&d, "web").len() == 3).then_some(())
+    });
+
+    // History and undo.
+    let history = d.ctl_ok(&["rollout", "history", "web"]);
+    assert!(
+        history.contains("COLOR=blue") && history.contains("COLOR=green"),
+        "{history}"
+    );
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("COLOR=red") && l.contains("(current)")),
+        "{history}"
+    );
+    d.ctl_ok(&["rollout", "undo", "web"]);
+    let undone = d.ctl(&["rollout", "status", "web", "--timeout", "30s"]);
+    assert!(
+        undone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&undone.stderr)
+    );
+    eventually("blue again", Duration::from_secs(20), || {
+        (color_ready(&d, "blue") == 3 && of(&d, "web").len() == 3).then_some(())
+    });
+    let bad = d.ctl(&["rollout", "undo", "web", "--to-revision", "99"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no such revision"));
+    d.ctl_ok(&["delete", "service", "web"]);
+    eventually("gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}

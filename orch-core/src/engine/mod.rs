@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod probes;
 pub mod queue;
 pub mod replication;
+pub mod rollout;
 pub mod scheduling;
 
 use std::sync::Arc;

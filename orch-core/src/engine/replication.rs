@@ -71,8 +71,10 @@ pub fn decide<R: Borrow<Replica>>(
     let n = svc.spec.replicas as usize;
     let hash = svc.spec.revision_hash();
     let (surge, unavailable) = svc.spec.update.limits(svc.spec.replicas);
+    // A paused rollout replaces nothing: every replica counts as current (scaling still works).
+    let paused = svc.spec.update.paused;
     let (mut new, mut old): (Vec<&Replica>, Vec<&Replica>) = active.iter().partition(|r| {
-        r.spec.template_hash == hash && !r.spec.node.as_deref().is_some_and(draining)
+        paused || (r.spec.template_hash == hash && !r.spec.node.as_deref().is_some_and(draining))
     });
     // Stop order: unscheduled, then not ready, then newest.
     let order = |v: &mut Vec<&Replica>| {
@@ -155,6 +157,7 @@ pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceSt
             .count() as u32,
         pending_replicas: pending,
         message,
+        ..Default::default()
     }
 }
 
@@ -299,8 +302,22 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
             }
             ops.push(create_op(&Object::Replica(r)));
         }
-        let status = status_of(svc, &replicas);
-        if status != svc.status {
+        let mut status = status_of(svc, &replicas);
+        let rollback = crate::engine::rollout::advance(svc, &mut status, Timestamp::now());
+        if let Some(spec) = rollback {
+            let mut s = svc.clone();
+            s.spec = spec;
+            s.metadata.generation += 1;
+            s.status = status;
+            ctx.recorder.warning(
+                Kind::Service,
+                ns,
+                name,
+                "RolledBack",
+                s.status.rollout.message.clone(),
+            );
+            ops.push(update_op(&Object::from(s)));
+        } else if status != svc.status {
             let mut s = svc.clone();
             s.status = status;
             ops.push(update_op(&Object::from(s)));
@@ -383,7 +400,16 @@ pub async fn run(ctx: Arc<Ctx>) {
                 ctx.metrics
                     .reconcile("replication", result.is_ok(), started.elapsed());
                 match result {
-                    Ok(_) => queue.forget(&key),
+                    Ok(_) => {
+                        queue.forget(&key);
+                        // A rollout under way is looked at again each second, so its
+                        // progress deadline is noticed even when nothing changes.
+                        if ctx.cache.service(&key).is_some_and(|s| {
+                            s.status.rollout.state == crate::object::RolloutState::Progressing
+                        }) {
+                            queue.add_after(key.clone(), std::time::Duration::from_secs(1));
+                        }
+                    }
                     Err(e) => {
                         let delay = queue.retry(key.clone());
                         tracing::debug!(service = %key, error = %e, "replication: retry in {delay:?}");

@@ -1,0 +1,258 @@
+//! Rollouts: every change of a service's template (or placement) is a new revision, kept in
+//! the service's status (the last 10, with their templates); a rollout completes when every
+//! replica runs the current revision and is ready. One that misses its progress deadline
+//! fails and, by default, is rolled back to the last revision that completed — automatically,
+//! which Kubernetes does not do.
+
+use std::time::Duration;
+
+use crate::object::{
+    RevisionRecord, RolloutState, RolloutStatus, Service, ServiceSpec, ServiceStatus,
+};
+use crate::quantity::Timestamp;
+
+/// The progress deadline when a service sets none (Kubernetes' default).
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Revisions kept in a service's status.
+pub const HISTORY: usize = 10;
+
+/// The progress deadline of `spec`.
+pub fn deadline(spec: &ServiceSpec) -> Duration {
+    spec.update
+        .progress_deadline
+        .map_or(DEFAULT_PROGRESS_DEADLINE, |s| s.0)
+}
+
+/// Advances the rollout bookkeeping of `svc` into `status` (whose replica counts are fresh)
+/// at `now`: records a new revision when the template changed, and marks the rollout
+/// complete, paused or failed. When it fails and can roll back, returns the spec to write:
+/// the last good revision's template and placement.
+pub fn advance(svc: &Service, status: &mut ServiceStatus, now: Timestamp) -> Option<ServiceSpec> {
+    let old = &svc.status;
+    status.history = old.history.clone();
+    status.revision = old.revision;
+    status.last_good_revision = old.last_good_revision;
+    status.rollout = old.rollout.clone();
+    let hash = svc.spec.revision_hash();
+    match status.history.iter().position(|h| h.hash == hash) {
+        Some(i) if status.history[i].revision == status.revision => {}
+        Some(i) => {
+            // Back to a revision we had (undo, or our own rollback): it becomes current.
+            let mut rec = status.history.remove(i);
+            rec.created = Some(now);
+            status.revision = rec.revision;
+            status.history.push(rec);
+            let own_rollback = status.rollout.state == RolloutState::RolledBack
+                && status.revision == status.last_good_revision;
+            if !own_rollback {
+                status.rollout = RolloutStatus {
+                    state: RolloutState::Progressing,
+                    revision: status.revision,
+                    started: Some(now),
+                    message: String::new(),
+                };
+            }
+        }
+        None => {
+            let n = status.history.iter().map(|h| h.revision).max().unwrap_or(0) + 1;
+            status.history.push(RevisionRecord {
+                revision: n,
+                hash,
+                template: svc.spec.template.clone(),
+                placement: svc.spec.placement.clone(),
+                created: Some(now),
+            });
+            let excess = status.history.len().saturating_sub(HISTORY);
+            status.history.drain(..excess);
+            status.revision = n;
+            status.rollout = RolloutStatus {
+                state: RolloutState::Progressing,
+                revision: n,
+                started: Some(now),
+                message: String::new(),
+            };
+        }
+    }
+    let n = svc.spec.replicas;
+    let done = status.updated_replicas == n && status.ready_replicas == n && status.replicas == n;
+    let r = &mut status.rollout;
+    match r.state {
+        RolloutState::Progressing | RolloutState::Paused => {
+            if svc.spec.update.paused {
+                r.state = RolloutState::Paused;
+                return None;
+            }
+            if r.state == RolloutState::Paused {
+                // Resumed: the deadline counts from now.
+                r.state = RolloutState::Progressing;
+                r.started = Some(now);
+            }
+            if done {
+                r.state = RolloutState::Complete;
+                r.message.clear();
+                status.last_good_revision = status.revision;
+                return None;
+            }
+            let limit = deadline(&svc.spec);
+            let started = r.started.unwrap_or(now);
+            if Duration::from_millis(now.0.saturating_sub(started.0)) <= limit {
+                return None;
+            }
+            let why = format!(
+                "revision {} did not complete within {}: {}/{n} updated, {} ready{}",
+                r.revision,
+                humantime::format_duration(limit),
+                status.updated_replicas,
+                status.ready_replicas,
+                if status.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", status.message)
+                }
+            );
+            let good = status.last_good_revision;
+            let target = status
+                .history
+                .iter()
+                .find(|h| h.revision == good && good != status.revision)
+                .cloned();
+            match target {
+                Some(t) if svc.spec.update.auto_rollback.unwrap_or(true) => {
+                    r.state = RolloutState::RolledBack;
+                    r.message = format!("{why}; rolled back to revision {}", t.revision);
+                    let mut spec = svc.spec.clone();
+                    spec.template = t.template;
+                    spec.placement = t.placement;
+                    Some(spec)
+                }
+                _ => {
+                    r.state = RolloutState::Failed;
+                    r.message = why;
+                    None
+                }
+            }
+        }
+        RolloutState::Complete | RolloutState::Failed | RolloutState::RolledBack => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::Object;
+
+    fn svc(color: &str, deadline: &str) -> Service {
+        let text = format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  update: {{progressDeadline: {deadline}}}\n  template:\n    command: [web]\n    env: [{{name: COLOR, value: {color}}}]\n"
+        );
+        match crate::manifest::parse("web.yaml", &text).unwrap().remove(0) {
+            Object::Service(s) => *s,
+            _ => unreachable!(),
+        }
+    }
+
+    fn counts(updated: u32, ready: u32) -> ServiceStatus {
+        ServiceStatus {
+            replicas: 2,
+            updated_replicas: updated,
+            ready_replicas: ready,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn revisions_complete_fail_and_roll_back() {
+        let t0 = Timestamp(1_000_000);
+        let at = |s: u64| Timestamp(t0.0 + s * 1000);
+        // First revision: progressing, then complete.
+        let mut s = svc("blue", "5s");
+        let mut st = counts(0, 0);
+        assert!(advance(&s, &mut st, t0).is_none());
+        assert_eq!(
+            (st.revision, st.rollout.state),
+            (1, RolloutState::Progressing)
+        );
+        s.status = st;
+        let mut st = counts(2, 2);
+        advance(&s, &mut st, at(1));
+        assert_eq!(st.rollout.state, RolloutState::Complete);
+        assert_eq!(st.last_good_revision, 1);
+        // A new template: revision 2, which never gets ready.
+        let mut s2 = svc("green", "5s");
+        s2.status = st;
+        let mut st = counts(1, 1);
+        advance(&s2, &mut st, at(2));
+        assert_eq!(
+            (st.revision, st.rollout.state),
+            (2, RolloutState::Progressing)
+        );
+        assert_eq!(st.history.len(), 2);
+        s2.status = st;
+        let mut st = counts(1, 1);
+        assert!(
+            advance(&s2, &mut st, at(6)).is_none(),
+            "within the deadline"
+        );
+        s2.status = st;
+        let mut st = counts(1, 1);
+        let back = advance(&s2, &mut st, at(8)).expect("rolled back after the deadline");
+        assert_eq!(back.template.env[0].value, "blue");
+        assert_eq!(st.rollout.state, RolloutState::RolledBack);
+        assert!(
+            st.rollout
+                .message
+                .contains("revision 2 did not complete within 5s"),
+            "{}",
+            st.rollout.message
+        );
+        assert!(st.rollout.message.contains("rolled back to revision 1"));
+        // The service now has revision 1's template again: it stays RolledBack.
+        let mut s3 = svc("blue", "5s");
+        s3.status = st;
+        let mut st = counts(2, 2);
+        advance(&s3, &mut st, at(9));
+        assert_eq!(
+            (st.revision, st.rollout.state),
+            (1, RolloutState::RolledBack)
+        );
+        assert_eq!(st.history.last().unwrap().revision, 1);
+        // Without auto-rollback the rollout just fails.
+        let mut s4 = svc("red", "5s");
+        s4.spec.update.auto_rollback = Some(false);
+        s4.status = st;
+        let mut st = counts(0, 0);
+        advance(&s4, &mut st, at(10));
+        assert_eq!(st.revision, 3);
+        s4.status = st;
+        let mut st = counts(0, 0);
+        assert!(advance(&s4, &mut st, at(20)).is_none());
+        assert_eq!(st.rollout.state, RolloutState::Failed);
+    }
+
+    #[test]
+    fn a_paused_rollout_waits_and_history_is_bounded() {
+        let mut s = svc("c0", "5s");
+        s.spec.update.paused = true;
+        let mut st = counts(0, 0);
+        advance(&s, &mut st, Timestamp(0));
+        assert_eq!(st.rollout.state, RolloutState::Paused);
+        s.status = st;
+        let mut st = counts(0, 0);
+        assert!(
+            advance(&s, &mut st, Timestamp(100_000)).is_none(),
+            "no deadline while paused"
+        );
+        assert_eq!(st.rollout.state, RolloutState::Paused);
+        let mut st2 = st.clone();
+        for i in 1..15 {
+            let mut s = svc(&format!("c{i}"), "5s");
+            s.status = st2.clone();
+            let mut next = counts(2, 2);
+            advance(&s, &mut next, Timestamp(200_000 + i));
+            st2 = next;
+        }
+        assert_eq!(st2.history.len(), HISTORY);
+        assert_eq!(st2.revision, 15);
+    }
+}
