@@ -791,6 +791,41 @@ pub struct ServiceSpec {
     /// How template changes roll out.
     #[serde(default, skip_serializing_if = "is_default")]
     pub update: UpdateStrategy,
+    /// `replicated` (the default: `replicas` of them, placed by the scheduler) or `global`
+    /// (one on every eligible node, following nodes as they come, go and change; `replicas`
+    /// is then ignored).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mode: ServiceMode,
+}
+
+/// How many replicas a service runs and where.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// `spec.replicas` of them, placed by the scheduler.
+    #[default]
+    Replicated,
+    /// One on every node that is Ready, not cordoned, matches the placement's node selector
+    /// and affinity, and whose NoSchedule taints it tolerates.
+    Global,
+}
+
+impl Placement {
+    /// Whether a replica with this placement may run on `node` (labels and taints; not
+    /// resources): what a global service checks for each node.
+    pub fn admits(&self, node: &Node) -> bool {
+        let labels = &node.metadata.labels;
+        self.node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.node_affinity.iter().all(|r| r.matches(labels))
+            && node
+                .spec
+                .taints
+                .iter()
+                .filter(|t| t.effect == TaintEffect::NoSchedule)
+                .all(|t| self.tolerations.iter().any(|tol| tol.tolerates(t)))
+    }
 }
 
 fn one() -> u32 {

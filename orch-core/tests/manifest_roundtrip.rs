@@ -386,6 +386,7 @@ fn service() -> impl Strategy<Value = Service> {
                         max_unavailable,
                         ..UpdateStrategy::default()
                     },
+                    mode: Default::default(),
                 },
                 status: Default::default(),
             },

@@ -672,3 +672,51 @@ fn a_loaded_node_stays_ready() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// A global service runs one replica on every eligible node: a node that joins gets one, a
+/// cordoned node loses its own, and uncordoning brings it back.
+#[test]
+fn a_global_service_follows_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, addr, token) = manager(tmp.path());
+    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
+    let _a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
+    eventually("two nodes", Duration::from_secs(30), || {
+        let out = d.ctl_ok(&["get", "nodes"]);
+        (out.contains("a1") && out.contains("a2")).then_some(())
+    });
+    let f = write(
+        tmp.path(),
+        "agent.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: per-node}\nspec:\n  mode: global\n  template:\n    command: [hello-server]\n    ports: [{name: http}]\n    stopGracePeriod: 1s\n",
+    );
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let nodes = |d: &Daemon| {
+        let mut v: Vec<String> = nodes_of(d, "per-node").into_iter().map(|x| x.1).collect();
+        v.sort();
+        v
+    };
+    eventually("one on each node", Duration::from_secs(30), || {
+        (nodes(&d) == ["a1", "a2"] && d.replicas().len() == 2).then_some(())
+    });
+    let _a3 = AgentProc::start(tmp.path(), &addr, "a3", Some(&token));
+    eventually("the new node gets one", Duration::from_secs(30), || {
+        (nodes(&d) == ["a1", "a2", "a3"]).then_some(())
+    });
+    d.ctl_ok(&["node", "cordon", "a2"]);
+    eventually(
+        "the cordoned node's replica goes",
+        Duration::from_secs(30),
+        || (nodes(&d) == ["a1", "a3"] && d.replicas().len() == 2).then_some(()),
+    );
+    d.ctl_ok(&["node", "uncordon", "a2"]);
+    eventually(
+        "back on the uncordoned node",
+        Duration::from_secs(30),
+        || (nodes(&d) == ["a1", "a2", "a3"]).then_some(()),
+    );
+    d.ctl_ok(&["delete", "service", "per-node"]);
+    eventually("all gone", Duration::from_secs(30), || {
+        d.replicas().is_empty().then_some(())
+    });
+}

@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             },
             placement: Default::default(),
             update: Default::default(),
+            mode: Default::default(),
         },
         status: Default::default(),
     };

@@ -27,6 +27,8 @@ pub struct Decision {
     pub stop: Vec<String>,
     /// Replicas (keys) to delete outright (never started, or on a lost node).
     pub delete: Vec<String>,
+    /// Global services: nodes to create a replica on (bound at creation).
+    pub create_on: Vec<String>,
 }
 
 fn ready(r: &Replica) -> bool {
@@ -125,6 +127,130 @@ pub fn decide<R: Borrow<Replica>>(
         }
     }
     d
+}
+
+/// Pure decision for a global service: one replica on each node of `eligible`. A node without
+/// an active replica gets one; replicas on nodes no longer eligible stop; a second replica on
+/// a node stops; replicas of an old revision are replaced node by node, at most
+/// max-unavailable nodes (default 1) without a ready replica at a time.
+pub fn decide_global<R: Borrow<Replica>>(
+    svc: &Service,
+    replicas: &[R],
+    eligible: &std::collections::BTreeSet<String>,
+) -> Decision {
+    let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
+    let mut d = Decision::default();
+    let hash = svc.spec.revision_hash();
+    let mut by_node: std::collections::BTreeMap<&str, Vec<&Replica>> = Default::default();
+    for r in replicas {
+        let r: &Replica = r.borrow();
+        if r.status.phase == Phase::Lost
+            || (r.spec.desired == DesiredState::Stopped && r.spec.node.is_none())
+        {
+            d.delete.push(key(r));
+            continue;
+        }
+        match r.spec.node.as_deref() {
+            // Every replica of a global service is bound at creation; an unbound one is stray.
+            None => d.delete.push(key(r)),
+            Some(n) => by_node.entry(n).or_default().push(r),
+        }
+    }
+    let n = eligible.len() as u32;
+    let (_, unavailable) = svc.spec.update.limits(n);
+    let max_unavailable = unavailable.max(1) as usize;
+    // Nodes without a ready replica right now (being replaced, starting, or missing).
+    let mut down = eligible
+        .iter()
+        .filter(|node| {
+            !by_node.get(node.as_str()).is_some_and(|v| {
+                v.iter()
+                    .any(|r| r.spec.desired == DesiredState::Running && ready(r))
+            })
+        })
+        .count();
+    for (node, reps) in &by_node {
+        let mut active: Vec<&Replica> = reps
+            .iter()
+            .copied()
+            .filter(|r| r.spec.desired == DesiredState::Running)
+            .collect();
+        if !eligible.contains(*node) {
+            d.stop.extend(active.iter().map(|r| key(r)));
+            continue;
+        }
+        // Keep one: current revision first, then ready, then oldest.
+        active.sort_by_key(|r| {
+            (
+                r.spec.template_hash != hash,
+                !ready(r),
+                r.metadata.creation_timestamp,
+            )
+        });
+        for extra in active.iter().skip(1) {
+            d.stop.push(key(extra));
+        }
+        if let Some(kept) = active.first() {
+            if kept.spec.template_hash != hash && !svc.spec.update.paused {
+                // Replace it if the budget allows (a ready one going down costs one).
+                if !ready(kept) || down < max_unavailable {
+                    if ready(kept) {
+                        down += 1;
+                    }
+                    d.stop.push(key(kept));
+                }
+            }
+        }
+    }
+    for node in eligible {
+        let has_active = by_node
+            .get(node.as_str())
+            .is_some_and(|v| v.iter().any(|r| r.spec.desired == DesiredState::Running));
+        // A node whose replica is being replaced gets the new one once the old has gone.
+        if !has_active {
+            d.create_on.push(node.clone());
+        }
+    }
+    d.create = d.create_on.len() as u32;
+    d
+}
+
+/// Whether a node change can change where global services run (not a mere heartbeat).
+fn eligibility_changed(c: &Change) -> bool {
+    let Change::Object {
+        kind: Kind::Node,
+        old,
+        new,
+        ..
+    } = c
+    else {
+        return false;
+    };
+    let facts = |o: &Option<Arc<Object>>| match o.as_deref() {
+        Some(Object::Node(n)) => Some((
+            n.status.condition,
+            n.spec.clone(),
+            n.metadata.labels.clone(),
+        )),
+        _ => None,
+    };
+    facts(old) != facts(new)
+}
+
+/// The nodes a global service runs on now.
+pub fn eligible_nodes(
+    svc: &Service,
+    nodes: &[crate::object::Node],
+) -> std::collections::BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.status.condition == crate::object::NodeCondition::Ready
+                && !n.spec.unschedulable
+                && svc.spec.placement.admits(n)
+        })
+        .map(|n| n.metadata.name.clone())
+        .collect()
 }
 
 /// The status a service should show.
@@ -258,8 +384,17 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     // Shared handles, not copies: this runs after every change to any of the replicas.
     let objects = ctx.cache.replica_objects_of_service(ns, name);
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
-    let draining = ctx.cache.draining_nodes();
-    let d = decide(svc.as_ref(), &replicas, &|n| draining.contains(n));
+    let global = svc
+        .as_ref()
+        .filter(|s| s.spec.mode == crate::object::ServiceMode::Global)
+        .map(|s| (s, eligible_nodes(s, &ctx.cache.nodes())));
+    let d = match &global {
+        Some((s, eligible)) => decide_global(s, &replicas, eligible),
+        None => {
+            let draining = ctx.cache.draining_nodes();
+            decide(svc.as_ref(), &replicas, &|n| draining.contains(n))
+        }
+    };
     let mut ops: Vec<Op> = Vec::new();
     let keyed: HashMap<String, &Replica> = if d.delete.is_empty() && d.stop.is_empty() {
         HashMap::new()
@@ -291,6 +426,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
         // Five random characters give 60 M names: at 50,000 replicas a few collide, and
         // one collision would fail a whole batch. Draw again for names already taken.
         let mut fresh = std::collections::HashSet::new();
+        let mut bind_to = d.create_on.iter();
         for _ in 0..d.create {
             let mut r = new_replica(svc);
             for _ in 0..8 {
@@ -300,10 +436,18 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
                 }
                 r = new_replica(svc);
             }
+            if let Some(node) = bind_to.next() {
+                // Global: bound at creation to its node.
+                r.spec.node = Some(node.clone());
+                r.status.message = format!("global service: runs on {node}");
+            }
             ops.push(create_op(&Object::Replica(r)));
         }
         let mut status = status_of(svc, &replicas);
-        let rollback = crate::engine::rollout::advance(svc, &mut status, Timestamp::now());
+        let desired = global
+            .as_ref()
+            .map_or(svc.spec.replicas, |(_, e)| e.len() as u32);
+        let rollback = crate::engine::rollout::advance(svc, desired, &mut status, Timestamp::now());
         if let Some(spec) = rollback {
             let mut s = svc.clone();
             s.spec = spec;
@@ -379,10 +523,20 @@ pub async fn run(ctx: Arc<Ctx>) {
                 tokio::select! {
                     c = changes.recv() => match c {
                         Some(Change::Resync) => enqueue_all(&ctx, &queue),
-                        Some(c) => keys_for(&c)
-                            .into_iter()
-                            .chain(keys_for_node(&ctx, &c))
-                            .for_each(|k| queue.add(k)),
+                        Some(c) => {
+                            if eligibility_changed(&c) {
+                                // Global services follow nodes.
+                                for s in ctx.cache.services() {
+                                    if s.spec.mode == crate::object::ServiceMode::Global {
+                                        queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
+                                    }
+                                }
+                            }
+                            keys_for(&c)
+                                .into_iter()
+                                .chain(keys_for_node(&ctx, &c))
+                                .for_each(|k| queue.add(k))
+                        }
                         None => break,
                     },
                     _ = resync.tick() => enqueue_all(&ctx, &queue),
@@ -455,6 +609,35 @@ mod tests {
         r.spec.node = Some(node.into());
         r.status.phase = if ready { Phase::Ready } else { Phase::Starting };
         r
+    }
+
+    #[test]
+    fn a_global_service_runs_one_per_eligible_node_and_updates_node_by_node() {
+        let mut svc = service(1, 0, 1);
+        svc.spec.mode = crate::object::ServiceMode::Global;
+        let nodes: std::collections::BTreeSet<String> =
+            ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+        // Nothing yet: one on each node.
+        let d = decide_global(&svc, &Vec::<Replica>::new(), &nodes);
+        assert_eq!(d.create_on, ["n1", "n2", "n3"]);
+        // One each, ready; n4 not eligible keeps nothing; a second on n1 goes.
+        let mut reps: Vec<Replica> = ["n1", "n2", "n3", "n4"]
+            .iter()
+            .map(|n| on(&svc, n, true))
+            .collect();
+        reps.push(on(&svc, "n1", false));
+        let d = decide_global(&svc, &reps, &nodes);
+        assert!(d.create_on.is_empty());
+        assert_eq!(d.stop.len(), 2, "{d:?}");
+        // A new template: replaced one node at a time (max unavailable 1).
+        let reps: Vec<Replica> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| on(&svc, n, true))
+            .collect();
+        svc.spec.template.args = vec!["v2".into()];
+        let d = decide_global(&svc, &reps, &nodes);
+        assert_eq!(d.stop.len(), 1, "{d:?}");
+        assert!(d.create_on.is_empty());
     }
 
     #[test]

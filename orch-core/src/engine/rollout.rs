@@ -28,7 +28,12 @@ pub fn deadline(spec: &ServiceSpec) -> Duration {
 /// at `now`: records a new revision when the template changed, and marks the rollout
 /// complete, paused or failed. When it fails and can roll back, returns the spec to write:
 /// the last good revision's template and placement.
-pub fn advance(svc: &Service, status: &mut ServiceStatus, now: Timestamp) -> Option<ServiceSpec> {
+pub fn advance(
+    svc: &Service,
+    desired: u32,
+    status: &mut ServiceStatus,
+    now: Timestamp,
+) -> Option<ServiceSpec> {
     let old = &svc.status;
     status.history = old.history.clone();
     status.revision = old.revision;
@@ -74,7 +79,7 @@ pub fn advance(svc: &Service, status: &mut ServiceStatus, now: Timestamp) -> Opt
             };
         }
     }
-    let n = svc.spec.replicas;
+    let n = desired;
     let done = status.updated_replicas == n && status.ready_replicas == n && status.replicas == n;
     let r = &mut status.rollout;
     match r.state {
@@ -168,21 +173,21 @@ mod tests {
         // First revision: progressing, then complete.
         let mut s = svc("blue", "5s");
         let mut st = counts(0, 0);
-        assert!(advance(&s, &mut st, t0).is_none());
+        assert!(advance(&s, 2, &mut st, t0).is_none());
         assert_eq!(
             (st.revision, st.rollout.state),
             (1, RolloutState::Progressing)
         );
         s.status = st;
         let mut st = counts(2, 2);
-        advance(&s, &mut st, at(1));
+        advance(&s, 2, &mut st, at(1));
         assert_eq!(st.rollout.state, RolloutState::Complete);
         assert_eq!(st.last_good_revision, 1);
         // A new template: revision 2, which never gets ready.
         let mut s2 = svc("green", "5s");
         s2.status = st;
         let mut st = counts(1, 1);
-        advance(&s2, &mut st, at(2));
+        advance(&s2, 2, &mut st, at(2));
         assert_eq!(
             (st.revision, st.rollout.state),
             (2, RolloutState::Progressing)
@@ -191,12 +196,12 @@ mod tests {
         s2.status = st;
         let mut st = counts(1, 1);
         assert!(
-            advance(&s2, &mut st, at(6)).is_none(),
+            advance(&s2, 2, &mut st, at(6)).is_none(),
             "within the deadline"
         );
         s2.status = st;
         let mut st = counts(1, 1);
-        let back = advance(&s2, &mut st, at(8)).expect("rolled back after the deadline");
+        let back = advance(&s2, 2, &mut st, at(8)).expect("rolled back after the deadline");
         assert_eq!(back.template.env[0].value, "blue");
         assert_eq!(st.rollout.state, RolloutState::RolledBack);
         assert!(
@@ -211,7 +216,7 @@ mod tests {
         let mut s3 = svc("blue", "5s");
         s3.status = st;
         let mut st = counts(2, 2);
-        advance(&s3, &mut st, at(9));
+        advance(&s3, 2, &mut st, at(9));
         assert_eq!(
             (st.revision, st.rollout.state),
             (1, RolloutState::RolledBack)
@@ -222,11 +227,11 @@ mod tests {
         s4.spec.update.auto_rollback = Some(false);
         s4.status = st;
         let mut st = counts(0, 0);
-        advance(&s4, &mut st, at(10));
+        advance(&s4, 2, &mut st, at(10));
         assert_eq!(st.revision, 3);
         s4.status = st;
         let mut st = counts(0, 0);
-        assert!(advance(&s4, &mut st, at(20)).is_none());
+        assert!(advance(&s4, 2, &mut st, at(20)).is_none());
         assert_eq!(st.rollout.state, RolloutState::Failed);
     }
 
@@ -235,12 +240,12 @@ mod tests {
         let mut s = svc("c0", "5s");
         s.spec.update.paused = true;
         let mut st = counts(0, 0);
-        advance(&s, &mut st, Timestamp(0));
+        advance(&s, 2, &mut st, Timestamp(0));
         assert_eq!(st.rollout.state, RolloutState::Paused);
         s.status = st;
         let mut st = counts(0, 0);
         assert!(
-            advance(&s, &mut st, Timestamp(100_000)).is_none(),
+            advance(&s, 2, &mut st, Timestamp(100_000)).is_none(),
             "no deadline while paused"
         );
         assert_eq!(st.rollout.state, RolloutState::Paused);
@@ -249,7 +254,7 @@ mod tests {
             let mut s = svc(&format!("c{i}"), "5s");
             s.status = st2.clone();
             let mut next = counts(2, 2);
-            advance(&s, &mut next, Timestamp(200_000 + i));
+            advance(&s, 2, &mut next, Timestamp(200_000 + i));
             st2 = next;
         }
         assert_eq!(st2.history.len(), HISTORY);
