@@ -5,6 +5,12 @@
 //! - Docker Swarm: `docker service create --replicas N` until N/N (dockerd of its own with
 //!   its own containerd, started as PEERS.md says), when `dockerd` is installed.
 //!
+//!
+//! Then (issue 7): crash → replacement running for a container killed with SIGKILL, and a
+//! rolling update of 40 replicas one at a time (stop grace 1 s, readiness honoured) through orch
+//! and through Swarm (`docker service create --init --stop-grace-period 1s
+//! --update-parallelism 1`, then `docker service update`).
+//!
 //! `cargo build --release -p orch-benches --bin containers --features containerd && sudo target/release/containers`
 //! (needs root, Debian `containerd runc busybox-static`, and `docker.io` for the Swarm column).
 
@@ -76,6 +82,83 @@ async fn orch(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Result<Dur
     }
 }
 
+/// The command the rolling-update replicas run: exits at once on SIGTERM.
+const LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+/// orch: a service of 40 replicas (one at a time: max surge 1, max unavailable 0; a readiness
+/// probe that execs into the container), then a change of its template; time from the change
+/// to every replica running the new revision and ready, the old ones gone.
+async fn orch_rolling(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Result<Duration> {
+    let yaml = |v: &str| {
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: roll}}\nspec:\n  replicas: {n}\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n  template:\n    image: {IMAGE}\n    command: [/bin/sh, -c, \"{LOOP}\"]\n    env: [{{name: V, value: '{v}'}}]\n    stopGracePeriod: 1s\n    readinessProbe: {{exec: {{command: [/bin/true]}}, period: 100ms}}\n"
+        )
+    };
+    let converged = |v: &'static str| async move {
+        let t = Instant::now();
+        loop {
+            let reps = engine.cache().replicas_of_service("default", "roll");
+            if reps.len() == n
+                && reps.iter().all(|r| {
+                    r.status.phase == Phase::Ready && r.spec.template.env[0].value == v
+                })
+            {
+                return Ok::<_, anyhow::Error>(());
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "roll: not converged");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    orch_core::api::apply(store, orch_core::manifest::parse("a.yaml", &yaml("1"))?, false).await?;
+    converged("1").await?;
+    let t = Instant::now();
+    orch_core::api::apply(store, orch_core::manifest::parse("b.yaml", &yaml("2"))?, false).await?;
+    converged("2").await?;
+    Ok(t.elapsed())
+}
+
+/// orch: SIGKILL the process of one running replica (no readiness probe); time until the
+/// replica is Ready again with a new process. Median of `samples` kills.
+async fn orch_crash(engine: &Engine, samples: usize) -> anyhow::Result<Duration> {
+    let mut took = Vec::new();
+    for i in 0..samples {
+        let reps = engine.cache().replicas_of_service("default", "web-20");
+        let r = reps
+            .get(i % reps.len())
+            .context("no replica of web-20 to kill")?
+            .clone();
+        let before = r.status.runtime_id.clone();
+        // `pid 1234, container ...`
+        let pid: String = before
+            .strip_prefix("pid ")
+            .unwrap_or("")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        anyhow::ensure!(!pid.is_empty(), "no pid in runtime id {before:?}");
+        let t = Instant::now();
+        Command::new("kill").args(["-9", &pid]).status()?;
+        loop {
+            let now = engine
+                .cache()
+                .replicas_of_service("default", "web-20")
+                .into_iter()
+                .find(|x| x.metadata.name == r.metadata.name);
+            if now.is_some_and(|x| x.status.phase == Phase::Ready && x.status.runtime_id != before)
+            {
+                took.push(t.elapsed());
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "not replaced in 60 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Let the backoff of this replica settle before the next sample.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    took.sort();
+    Ok(took[took.len() / 2])
+}
+
 /// A dockerd of its own in swarm mode (PEERS.md), with the busybox image built in it.
 struct Swarm {
     child: std::process::Child,
@@ -144,6 +227,35 @@ impl Swarm {
         ])?;
         s.run(&["swarm", "init", "--advertise-addr", "127.0.0.1"])?;
         Ok(s)
+    }
+
+    /// `docker service create --init --stop-grace-period 1s --update-parallelism 1` of `n`
+    /// replicas, then `docker service update --env-add`: time of the update (the command
+    /// returns when the service has converged).
+    fn rolling(&self, n: usize) -> anyhow::Result<Duration> {
+        self.run(&[
+            "service",
+            "create",
+            "--quiet",
+            "--init",
+            "--stop-grace-period",
+            "1s",
+            "--update-parallelism",
+            "1",
+            "--name",
+            "roll",
+            "--replicas",
+            &n.to_string(),
+            "local/busybox:latest",
+            "sh",
+            "-c",
+            LOOP,
+        ])?;
+        let t = Instant::now();
+        self.run(&["service", "update", "--quiet", "--env-add", "V=2", "roll"])?;
+        let took = t.elapsed();
+        let _ = self.run(&["service", "rm", "roll"]);
+        Ok(took)
     }
 
     /// `docker service create --replicas n`; time until `n/n` running.
@@ -267,6 +379,20 @@ async fn main() -> anyhow::Result<()> {
             )),
         );
     }
+    let crash = orch_crash(&engine, 5).await?;
+    println!(
+        "\nSIGKILL of a container's process → replacement running (median of 5, no readiness probe): orch {:.0} ms",
+        crash.as_secs_f64() * 1000.0
+    );
+    const ROLL: usize = 40;
+    let o = orch_rolling(&engine, &store, ROLL).await?;
+    let s = swarm.as_ref().map(|s| s.rolling(ROLL)).transpose()?;
+    println!(
+        "\n| rolling update, {ROLL} replicas one at a time, stop grace 1 s | orch | Docker Swarm | Swarm / orch |\n|---|---|---|---|\n| update → all replaced | {:.2} s | {} | {} |",
+        o.as_secs_f64(),
+        s.map_or("not measured".into(), |s| format!("{:.2} s", s.as_secs_f64())),
+        s.map_or("—".into(), |s| format!("{:.1}×", s.as_secs_f64() / o.as_secs_f64())),
+    );
     drop(swarm);
     engine.shutdown().await;
     Ok(())
