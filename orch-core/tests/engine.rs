@@ -532,3 +532,58 @@ async fn a_store_outage_longer_than_the_node_timeout_replaces_nothing() {
     eventually("4 ready after the outage", || ready(&e, "web") == 4).await;
     e.shutdown().await;
 }
+
+/// The backoff curve with a service's own cap, on the paused clock: restarts after 0, 1, 2,
+/// then 3, 3 s (the cap); a replica that keeps crashing shows CrashLoopBackOff; a run longer
+/// than the stable period starts the curve again.
+#[tokio::test(start_paused = true)]
+async fn backoff_follows_the_services_cap_and_resets_after_a_stable_run() {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    let rt = FakeRuntime::default();
+    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    api::apply(
+        &*store,
+        vec![service("web", 1, "    restartBackoffMax: 3s\n")],
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("ready", || ready(&e, "web") == 1).await;
+    let id = rt.running()[0].clone();
+    let mut delays = Vec::new();
+    for n in 1..=5u32 {
+        let t = tokio::time::Instant::now();
+        assert!(rt.crash(&id, Some(1), None));
+        eventually("restarted", || {
+            replicas(&e, "web")[0].status.restarts == n && rt.running().len() == 1
+        })
+        .await;
+        delays.push(t.elapsed().as_millis().div_ceil(100) as u64 / 10);
+    }
+    assert_eq!(delays, vec![0, 1, 2, 3, 3], "seconds before each restart");
+    // Crashing again: CrashLoopBackOff while it waits.
+    assert!(rt.crash(&id, Some(1), None));
+    eventually("crash loop shown", || {
+        replicas(&e, "web")[0].status.reason == "CrashLoopBackOff"
+    })
+    .await;
+    eventually("restarted", || {
+        replicas(&e, "web")[0].status.restarts == 6 && rt.running().len() == 1
+    })
+    .await;
+    // A run of 11 s (longer than the 10 s stable period): the next restart is immediate again.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let t = tokio::time::Instant::now();
+    assert!(rt.crash(&id, Some(1), None));
+    eventually("restarted after a stable run", || {
+        replicas(&e, "web")[0].status.restarts == 7 && rt.running().len() == 1
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    e.shutdown().await;
+}

@@ -99,20 +99,33 @@ async fn orch_rolling(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Re
         loop {
             let reps = engine.cache().replicas_of_service("default", "roll");
             if reps.len() == n
-                && reps.iter().all(|r| {
-                    r.status.phase == Phase::Ready && r.spec.template.env[0].value == v
-                })
+                && reps
+                    .iter()
+                    .all(|r| r.status.phase == Phase::Ready && r.spec.template.env[0].value == v)
             {
                 return Ok::<_, anyhow::Error>(());
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "roll: not converged");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(600),
+                "roll: not converged"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    orch_core::api::apply(store, orch_core::manifest::parse("a.yaml", &yaml("1"))?, false).await?;
+    orch_core::api::apply(
+        store,
+        orch_core::manifest::parse("a.yaml", &yaml("1"))?,
+        false,
+    )
+    .await?;
     converged("1").await?;
     let t = Instant::now();
-    orch_core::api::apply(store, orch_core::manifest::parse("b.yaml", &yaml("2"))?, false).await?;
+    orch_core::api::apply(
+        store,
+        orch_core::manifest::parse("b.yaml", &yaml("2"))?,
+        false,
+    )
+    .await?;
     converged("2").await?;
     Ok(t.elapsed())
 }
@@ -149,7 +162,10 @@ async fn orch_crash(engine: &Engine, samples: usize) -> anyhow::Result<Duration>
                 took.push(t.elapsed());
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "not replaced in 60 s");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "not replaced in 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // Let the backoff of this replica settle before the next sample.
