@@ -122,6 +122,17 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
                 age(md.creation_timestamp),
             ],
         ),
+        Object::Job(j) => (
+            vec!["NAME", "COMPLETIONS", "ACTIVE", "FAILED", "STATUS", "AGE"],
+            vec![
+                md.name.clone(),
+                format!("{}/{}", j.status.succeeded, j.spec.completions),
+                j.status.active.to_string(),
+                j.status.failed.to_string(),
+                format!("{:?}", j.status.state),
+                age(md.creation_timestamp),
+            ],
+        ),
         Object::Event(e) => (
             vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             vec![
@@ -334,6 +345,24 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
             c.data.keys().cloned().collect::<Vec<_>>().join(", "),
         ),
         Object::Event(e) => kv("Message", e.message.clone()),
+        Object::Job(j) => {
+            kv("State", format!("{:?}", j.status.state));
+            kv(
+                "Completions",
+                format!("{}/{} succeeded", j.status.succeeded, j.spec.completions),
+            );
+            kv("Parallelism", j.spec.parallelism.to_string());
+            kv(
+                "Failures",
+                format!(
+                    "{} (backoff limit {})",
+                    j.status.failed, j.spec.backoff_limit
+                ),
+            );
+            if !j.status.message.is_empty() {
+                kv("Message", j.status.message.clone());
+            }
+        }
     }
     if !related.is_empty() {
         out.push_str("\nReplicas:\n");

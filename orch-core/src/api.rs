@@ -73,6 +73,7 @@ fn same_desired(a: &Object, b: &Object) -> bool {
         (Object::Service(x), Object::Service(y)) => x.spec == y.spec,
         (Object::Secret(x), Object::Secret(y)) => x.data == y.data,
         (Object::Config(x), Object::Config(y)) => x.data == y.data,
+        (Object::Job(x), Object::Job(y)) => x.spec == y.spec,
         _ => false,
     }
 }
@@ -115,6 +116,9 @@ fn merge(existing: Option<&Object>, mut desired: Object) -> (Object, ApplyAction
             if let (Object::Service(c), Object::Service(d)) = (cur, &mut desired) {
                 d.status = c.status.clone();
             }
+            if let (Object::Job(c), Object::Job(d)) = (cur, &mut desired) {
+                d.status = c.status.clone();
+            }
             (desired, ApplyAction::Configured)
         }
     }
@@ -130,7 +134,7 @@ pub async fn apply(
     for o in &objects {
         if !Kind::APPLICABLE.contains(&o.kind()) {
             return Err(ApiError::Invalid(format!(
-                "{}: kind {} cannot be applied; allowed: Service, Secret, Config",
+                "{}: kind {} cannot be applied; allowed: Service, Secret, Config, Job",
                 o.display_name(),
                 o.kind()
             )));

@@ -282,6 +282,7 @@ pub fn object_from_value(doc: Value) -> Result<Object, FieldError> {
         Kind::Service => Object::from(typed::<Service>(v)?),
         Kind::Secret => Object::Secret(typed::<Secret>(v)?),
         Kind::Config => Object::Config(typed::<Config>(v)?),
+        Kind::Job => Object::Job(Box::new(typed::<crate::object::Job>(v)?)),
         _ => unreachable!("only applicable kinds are matched above"),
     };
     let md: &mut Metadata = obj.metadata_mut();

@@ -29,20 +29,23 @@ pub enum Kind {
     Config,
     /// Something that happened to an object.
     Event,
+    /// Replicas run to completion.
+    Job,
 }
 
 impl Kind {
     /// Every kind, in the order `orchctl` lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::Replica,
         Kind::Node,
         Kind::Secret,
         Kind::Config,
         Kind::Event,
+        Kind::Job,
     ];
     /// Kinds a user may write in a manifest.
-    pub const APPLICABLE: [Kind; 3] = [Kind::Service, Kind::Secret, Kind::Config];
+    pub const APPLICABLE: [Kind; 4] = [Kind::Service, Kind::Secret, Kind::Config, Kind::Job];
 
     /// The store prefix segment (plural, lower case).
     pub fn plural(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::Config => "configs",
             Kind::Event => "events",
+            Kind::Job => "jobs",
         }
     }
     /// The name as written in `kind:`.
@@ -64,6 +68,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Config => "Config",
             Kind::Event => "Event",
+            Kind::Job => "Job",
         }
     }
     /// Whether objects of this kind live in a namespace (nodes do not).
@@ -80,6 +85,7 @@ impl Kind {
             "secret" | "secrets" => Kind::Secret,
             "config" | "configs" | "cm" | "configmap" | "configmaps" => Kind::Config,
             "event" | "events" | "ev" => Kind::Event,
+            "job" | "jobs" => Kind::Job,
             _ => return None,
         })
     }
@@ -1285,6 +1291,8 @@ pub enum Object {
     Config(Config),
     /// An event.
     Event(Event),
+    /// A job (boxed like services).
+    Job(Box<Job>),
 }
 
 impl Object {
@@ -1305,6 +1313,7 @@ impl Object {
             Object::Secret(_) => Kind::Secret,
             Object::Config(_) => Kind::Config,
             Object::Event(_) => Kind::Event,
+            Object::Job(_) => Kind::Job,
         }
     }
     /// Its metadata.
@@ -1316,6 +1325,7 @@ impl Object {
             Object::Secret(o) => &o.metadata,
             Object::Config(o) => &o.metadata,
             Object::Event(o) => &o.metadata,
+            Object::Job(o) => &o.metadata,
         }
     }
     /// Its metadata, mutably.
@@ -1327,6 +1337,7 @@ impl Object {
             Object::Secret(o) => &mut o.metadata,
             Object::Config(o) => &mut o.metadata,
             Object::Event(o) => &mut o.metadata,
+            Object::Job(o) => &mut o.metadata,
         }
     }
     /// Its store key.
@@ -1391,6 +1402,94 @@ impl From<Service> for Object {
         Object::Service(Box::new(o))
     }
 }
+
+/// What a job runs and how many times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobSpec {
+    /// What each replica runs; `restartPolicy` must be `Never` or `OnFailure`.
+    pub template: Template,
+    /// Where replicas may go.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub placement: Placement,
+    /// Successful runs needed (default 1).
+    #[serde(default = "one")]
+    pub completions: u32,
+    /// Replicas running at once (default 1).
+    #[serde(default = "one")]
+    pub parallelism: u32,
+    /// Failures tolerated before the job fails (default 6): failed replicas with
+    /// `restartPolicy: Never`, restarts with `OnFailure`.
+    #[serde(default = "six")]
+    pub backoff_limit: u32,
+    /// The job fails if it has not succeeded this long after it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline: Option<Span>,
+}
+
+fn six() -> u32 {
+    6
+}
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Replicas are running (or about to).
+    #[default]
+    Running,
+    /// `completions` replicas succeeded.
+    Succeeded,
+    /// Too many failures, or past its deadline.
+    Failed,
+}
+
+/// What orch observed of a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    /// Where it stands.
+    #[serde(default)]
+    pub state: JobState,
+    /// Replicas running now.
+    #[serde(default)]
+    pub active: u32,
+    /// Replicas that succeeded.
+    #[serde(default)]
+    pub succeeded: u32,
+    /// Failures counted against the backoff limit.
+    #[serde(default)]
+    pub failed: u32,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
+    /// When it succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Timestamp>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Replicas that run to completion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Job {
+    /// Identity.
+    pub metadata: Metadata,
+    /// What to run.
+    pub spec: JobSpec,
+    /// Progress.
+    #[serde(default)]
+    pub status: JobStatus,
+}
+
+/// The `spec.service` of a job's replicas: `job:NAME`, apart from services' names.
+pub fn job_owner(name: &str) -> String {
+    format!("job:{name}")
+}
+
+/// The label a job's replicas carry naming their job.
+pub const JOB_LABEL: &str = "orch/job";
 
 /// The label every replica carries naming its service.
 pub const SERVICE_LABEL: &str = "orch/service";

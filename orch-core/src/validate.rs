@@ -758,9 +758,30 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::Secret(Secret { data, .. }) | Object::Config(Config { data, .. }) => {
             check_data(data, &mut out)
         }
+        Object::Job(j) => check_job(j, &mut out),
         Object::Replica(_) | Object::Node(_) | Object::Event(_) => {}
     }
     out
+}
+
+fn check_job(j: &crate::object::Job, out: &mut Vec<FieldError>) {
+    check_template(&j.spec.template, out);
+    check_placement(&j.spec.placement, out);
+    if j.spec.template.restart_policy == crate::object::RestartPolicy::Always {
+        out.push(err(
+            "spec.template.restartPolicy".to_string(),
+            "Always",
+            "a job runs replicas to completion: set restartPolicy to Never or OnFailure",
+        ));
+    }
+    for (field, v) in [
+        ("spec.completions", j.spec.completions),
+        ("spec.parallelism", j.spec.parallelism),
+    ] {
+        if !(1..=10_000).contains(&v) {
+            out.push(err(field.to_string(), v, "must be from 1 to 10000"));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -556,6 +556,14 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
             .into_iter()
             .filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name)))
             .collect(),
+        Kind::Job => {
+            let owner = orch_core::object::job_owner(name);
+            list(client, Kind::Replica, Some(ns))
+                .await?
+                .into_iter()
+                .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == owner))
+                .collect()
+        }
         _ => Vec::new(),
     };
     out!("{}", render::describe(&obj, &events, &related));

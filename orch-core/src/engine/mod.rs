@@ -17,6 +17,7 @@ pub mod agent;
 pub mod cache;
 pub mod endpoints;
 pub mod events;
+pub mod jobs;
 pub mod nodes;
 pub mod probes;
 pub mod queue;
@@ -221,6 +222,7 @@ impl EngineBuilder {
         let mut tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
         if self.control_plane {
             tasks.push(tokio::spawn(replication::run(ctx.clone())));
+            tasks.push(tokio::spawn(jobs::run(ctx.clone())));
             tasks.push(tokio::spawn(scheduling::run(ctx.clone())));
             tasks.push(tokio::spawn(endpoints::run(ctx.clone())));
             tasks.push(tokio::spawn(nodes::run(ctx.clone())));

@@ -333,8 +333,10 @@ pub fn keys_for(change: &Change) -> Vec<String> {
             kind: Kind::Replica,
             ..
         } => {
+            // Jobs' replicas (`job:NAME`) belong to the job controller.
             let mut v: Vec<String> = change
                 .replicas()
+                .filter(|r| !r.spec.service.starts_with("job:"))
                 .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
                 .collect();
             v.dedup();
@@ -370,6 +372,7 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
         .cache
         .replicas_on_node(&name)
         .iter()
+        .filter(|r| !r.spec.service.starts_with("job:"))
         .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
         .collect();
     keys.sort();
@@ -586,7 +589,9 @@ fn enqueue_all(ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>) {
     // Services that still have replicas (a deleted service's leftovers), from the index:
     // copying every replica here once a resync period cost seconds and gigabytes at scale.
     for (ns, svc) in ctx.cache.services_with_replicas() {
-        queue.add(Kind::Service.key(&ns, &svc));
+        if !svc.starts_with("job:") {
+            queue.add(Kind::Service.key(&ns, &svc));
+        }
     }
 }
 

@@ -1,0 +1,329 @@
+//! The job controller: runs a job's replicas to completion. It keeps up to `parallelism`
+//! replicas running until `completions` have succeeded; failures (failed replicas with
+//! `restartPolicy: Never`, restarts with `OnFailure`) beyond `backoffLimit`, or passing
+//! `activeDeadline`, fail the job and stop what still runs. Finished replicas are kept (their
+//! logs stay readable) until the job is deleted. A job's replicas belong to `job:NAME`, apart
+//! from services.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::cache::Change;
+use crate::engine::replication::split_key;
+use crate::engine::Ctx;
+use crate::object::{
+    job_owner, DesiredState, Job, JobState, JobStatus, Kind, Object, Phase, Replica, RestartPolicy,
+    JOB_LABEL, SERVICE_LABEL,
+};
+use crate::quantity::Timestamp;
+use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
+
+/// What one look at a job decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JobDecision {
+    /// Replicas to create now.
+    pub create: u32,
+    /// Replicas (keys) to stop.
+    pub stop: Vec<String>,
+    /// The job's status.
+    pub status: JobStatus,
+}
+
+fn succeeded(r: &Replica) -> bool {
+    r.status.phase == Phase::Exited
+}
+
+fn failed_for_good(r: &Replica) -> bool {
+    r.status.phase == Phase::Failed && r.status.reason == "Error"
+}
+
+/// Pure decision for `job` given its replicas at `now`.
+pub fn decide(job: &Job, replicas: &[&Replica], now: Timestamp) -> JobDecision {
+    let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
+    let spec = &job.spec;
+    let mut status = job.status.clone();
+    status.started.get_or_insert(now);
+    let live: Vec<&&Replica> = replicas
+        .iter()
+        .filter(|r| r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost)
+        .collect();
+    status.succeeded = live.iter().filter(|r| succeeded(r)).count() as u32;
+    status.failed = match spec.template.restart_policy {
+        RestartPolicy::OnFailure => live.iter().map(|r| r.status.restarts).sum(),
+        _ => replicas.iter().filter(|r| failed_for_good(r)).count() as u32,
+    };
+    let active: Vec<&&Replica> = live
+        .iter()
+        .copied()
+        .filter(|r| !succeeded(r) && !failed_for_good(r))
+        .collect();
+    status.active = active.len() as u32;
+    let mut d = JobDecision::default();
+    if status.state == JobState::Running {
+        let deadline_passed = spec.active_deadline.is_some_and(|dl| {
+            Duration::from_millis(now.0.saturating_sub(status.started.unwrap_or(now).0)) > dl.0
+        });
+        if status.succeeded >= spec.completions {
+            status.state = JobState::Succeeded;
+            status.finished = Some(now);
+        } else if status.failed > spec.backoff_limit {
+            status.state = JobState::Failed;
+            status.finished = Some(now);
+            status.message = format!(
+                "{} failure(s), more than the backoff limit of {}",
+                status.failed, spec.backoff_limit
+            );
+        } else if deadline_passed {
+            status.state = JobState::Failed;
+            status.finished = Some(now);
+            status.message = format!(
+                "not complete within its active deadline of {}",
+                spec.active_deadline
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if status.state == JobState::Running {
+        let wanted = spec
+            .parallelism
+            .min(spec.completions.saturating_sub(status.succeeded));
+        d.create = wanted.saturating_sub(status.active);
+    } else {
+        d.stop = active.iter().map(|r| key(r)).collect();
+    }
+    d.status = status;
+    d
+}
+
+/// A new replica of `job`.
+fn new_replica(job: &Job) -> Replica {
+    let mut svc_like = crate::object::Service {
+        metadata: job.metadata.clone(),
+        spec: crate::object::ServiceSpec {
+            replicas: 1,
+            template: job.spec.template.clone(),
+            placement: job.spec.placement.clone(),
+            update: Default::default(),
+            mode: Default::default(),
+        },
+        status: Default::default(),
+    };
+    svc_like.metadata.name = job.metadata.name.clone();
+    let mut r = crate::engine::replication::new_replica(&svc_like);
+    r.spec.service = job_owner(&job.metadata.name);
+    r.metadata.owner = Some(format!("job/{}", job.metadata.name));
+    r.metadata.labels.remove(SERVICE_LABEL);
+    r.metadata
+        .labels
+        .insert(JOB_LABEL.into(), job.metadata.name.clone());
+    r
+}
+
+/// Reconciles one job (by store key).
+pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
+    let (ns, name) = split_key(key);
+    let job = match ctx.cache.get(Kind::Job, key).as_deref() {
+        Some(Object::Job(j)) => Some((**j).clone()),
+        _ => None,
+    };
+    let objects = ctx.cache.replica_objects_of_service(ns, &job_owner(name));
+    let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
+    let mut ops: Vec<Op> = Vec::new();
+    let Some(job) = job else {
+        // Deleted: its replicas go (running ones are stopped first by their agent).
+        for r in replicas {
+            if r.spec.node.is_none() || !r.status.phase.is_up() {
+                ops.push(delete_op(&Object::Replica(r.clone())));
+            } else if r.spec.desired != DesiredState::Stopped {
+                let mut r = r.clone();
+                r.spec.desired = DesiredState::Stopped;
+                ops.push(update_op(&Object::Replica(r)));
+            }
+        }
+        return Ok(
+            txn_chunked(&*ctx.store, ops, crate::engine::scheduling::MAX_TXN_OPS)
+                .await?
+                .is_some(),
+        );
+    };
+    let d = decide(&job, &replicas, Timestamp::now());
+    for k in &d.stop {
+        if let Some(r) = replicas
+            .iter()
+            .find(|r| Kind::Replica.key(ns, &r.metadata.name) == *k)
+        {
+            let mut r = (*r).clone();
+            r.spec.desired = DesiredState::Stopped;
+            ops.push(update_op(&Object::Replica(r)));
+        }
+    }
+    for _ in 0..d.create {
+        ops.push(create_op(&Object::Replica(new_replica(&job))));
+    }
+    let finished = d.status.state != JobState::Running && job.status.state == JobState::Running;
+    if d.status != job.status {
+        let mut j = job.clone();
+        j.status = d.status.clone();
+        ops.push(update_op(&Object::Job(Box::new(j))));
+    }
+    if ops.is_empty() {
+        return Ok(d.status.state == JobState::Running);
+    }
+    let rev = txn_chunked(&*ctx.store, ops, crate::engine::scheduling::MAX_TXN_OPS).await?;
+    if finished {
+        let (reason, msg) = match d.status.state {
+            JobState::Succeeded => (
+                "Completed",
+                format!(
+                    "{} of {} succeeded",
+                    d.status.succeeded, job.spec.completions
+                ),
+            ),
+            _ => ("Failed", d.status.message.clone()),
+        };
+        if d.status.state == JobState::Succeeded {
+            ctx.recorder.normal(Kind::Job, ns, name, reason, msg);
+        } else {
+            ctx.recorder.warning(Kind::Job, ns, name, reason, msg);
+        }
+    }
+    if let Some(rev) = rev {
+        ctx.cache.wait_for(rev).await;
+    }
+    Ok(d.status.state == JobState::Running)
+}
+
+/// Runs the controller until cancelled.
+pub async fn run(ctx: Arc<Ctx>) {
+    let queue =
+        crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
+    let mut changes = ctx.cache.subscribe(|c| match c {
+        Change::Object {
+            kind: Kind::Job, ..
+        }
+        | Change::Resync => true,
+        Change::Object {
+            kind: Kind::Replica,
+            ..
+        } => c.replicas().any(|r| r.spec.service.starts_with("job:")),
+        _ => false,
+    });
+    let all = |ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>| {
+        for o in ctx.cache.list(Kind::Job) {
+            let m = o.metadata();
+            queue.add(Kind::Job.key(&m.namespace, &m.name));
+        }
+        for (ns, owner) in ctx.cache.services_with_replicas() {
+            if let Some(name) = owner.strip_prefix("job:") {
+                queue.add(Kind::Job.key(&ns, name));
+            }
+        }
+    };
+    let feeder = {
+        let (ctx, queue) = (ctx.clone(), queue.clone());
+        tokio::spawn(async move {
+            let mut resync = tokio::time::interval(ctx.config.resync);
+            loop {
+                tokio::select! {
+                    c = changes.recv() => match c {
+                        Some(Change::Resync) => all(&ctx, &queue),
+                        Some(Change::Object { kind: Kind::Job, key, .. }) => queue.add(key.to_string()),
+                        Some(c) => {
+                            for r in c.replicas() {
+                                if let Some(name) = r.spec.service.strip_prefix("job:") {
+                                    queue.add(Kind::Job.key(&r.metadata.namespace, name));
+                                }
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = resync.tick() => all(&ctx, &queue),
+                }
+            }
+        })
+    };
+    loop {
+        let key = tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            k = queue.next() => k,
+        };
+        match reconcile(&ctx, &key).await {
+            Ok(running) => {
+                queue.forget(&key);
+                if running {
+                    // For the active deadline.
+                    queue.add_after(key.clone(), Duration::from_secs(1));
+                }
+            }
+            Err(e) => {
+                let delay = queue.retry(key.clone());
+                tracing::debug!(job = %key, error = %e, "jobs: retry in {delay:?}");
+            }
+        }
+        queue.done(&key);
+    }
+    feeder.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(body: &str) -> Job {
+        let text = format!("apiVersion: orch/v1\nkind: Job\nmetadata: {{name: j}}\nspec:\n{body}  template:\n    command: [x]\n    restartPolicy: Never\n");
+        match crate::manifest::parse("j.yaml", &text).unwrap().remove(0) {
+            Object::Job(j) => *j,
+            _ => unreachable!(),
+        }
+    }
+
+    fn rep(j: &Job, phase: Phase, reason: &str) -> Replica {
+        let mut r = new_replica(j);
+        r.status.phase = phase;
+        r.status.reason = reason.into();
+        r
+    }
+
+    #[test]
+    fn parallelism_completions_backoff_and_deadline() {
+        let j = job("  completions: 3\n  parallelism: 2\n");
+        let now = Timestamp(1_000_000);
+        let d = decide(&j, &[], now);
+        assert_eq!(d.create, 2, "parallelism caps the first wave");
+        let a = rep(&j, Phase::Exited, "Completed");
+        let b = rep(&j, Phase::Ready, "");
+        let d = decide(&j, &[&a, &b], now);
+        assert_eq!((d.create, d.status.succeeded, d.status.active), (1, 1, 1));
+        let c = rep(&j, Phase::Exited, "Completed");
+        let e = rep(&j, Phase::Exited, "Completed");
+        let d = decide(&j, &[&a, &c, &e], now);
+        assert_eq!(d.status.state, JobState::Succeeded);
+        assert_eq!(d.create, 0);
+        // Backoff limit 1: the second failure fails the job and stops what runs.
+        let j = job("  backoffLimit: 1\n  parallelism: 2\n  completions: 5\n");
+        let f1 = rep(&j, Phase::Failed, "Error");
+        let f2 = rep(&j, Phase::Failed, "Error");
+        let run = rep(&j, Phase::Ready, "");
+        let d = decide(&j, &[&f1, &run], now);
+        assert_eq!(d.status.state, JobState::Running);
+        let d = decide(&j, &[&f1, &f2, &run], now);
+        assert_eq!(d.status.state, JobState::Failed);
+        assert_eq!(d.stop.len(), 1);
+        // The deadline counts from the start the status recorded.
+        let mut j = job("  activeDeadline: 2s\n");
+        j.status.started = Some(now);
+        let r = rep(&j, Phase::Ready, "");
+        assert_eq!(
+            decide(&j, &[&r], Timestamp(now.0 + 1_000)).status.state,
+            JobState::Running
+        );
+        let d = decide(&j, &[&r], Timestamp(now.0 + 3_000));
+        assert_eq!(d.status.state, JobState::Failed);
+        assert!(
+            d.status.message.contains("active deadline of 2s"),
+            "{}",
+            d.status.message
+        );
+    }
+}
