@@ -91,7 +91,7 @@ const LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
 async fn orch_rolling(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Result<Duration> {
     let yaml = |v: &str| {
         format!(
-            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: roll}}\nspec:\n  replicas: {n}\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n  template:\n    image: {IMAGE}\n    command: [/bin/sh, -c, \"{LOOP}\"]\n    env: [{{name: V, value: '{v}'}}]\n    stopGracePeriod: 1s\n    readinessProbe: {{exec: {{command: [/bin/true]}}, period: 100ms}}\n"
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: roll}}\nspec:\n  replicas: {n}\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n  template:\n    image: {IMAGE}\n    command: [/bin/sh, -c, \"{LOOP}\"]\n    env: [{{name: V, value: '{v}'}}]\n    stopGracePeriod: 1s\n    readinessProbe: {{exec: {{command: [/bin/true]}}, period: 1s}}\n"
         )
     };
     let converged = |v: &'static str| async move {
@@ -359,10 +359,12 @@ async fn main() -> anyhow::Result<()> {
     let runtime = Arc::new(ContainerdRuntime::new(config).await?);
     let mut agent = AgentConfig::new("bench");
     agent.max_replicas = 1000;
-    engine.add_agent(runtime, agent);
+    engine.add_agent(runtime.clone(), agent);
+    let quick = std::env::var_os("ORCH_BENCH_QUICK").is_some();
 
-    let swarm = if Path::new("/usr/sbin/dockerd").exists() || Path::new("/usr/bin/dockerd").exists()
-    {
+    let swarm = if quick {
+        None
+    } else if Path::new("/usr/sbin/dockerd").exists() || Path::new("/usr/bin/dockerd").exists() {
         match Swarm::start() {
             Ok(s) => Some(s),
             Err(e) => {
@@ -376,7 +378,12 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!("| replicas | orch (apply → all Ready) | ctr run -d in parallel | Docker Swarm (create → N/N) | orch / ctr | Swarm / orch |\n|---|---|---|---|---|---|");
-    for n in SIZES {
+    let sizes: &[usize] = if quick && std::env::var_os("ORCH_BENCH_ALL_SIZES").is_none() {
+        &[20]
+    } else {
+        &SIZES
+    };
+    for &n in sizes {
         let c = ctr(&ctd, &ns_ctr, n)?;
         let o = orch(&engine, &store, n).await?;
         let s = swarm.as_ref().map(|s| s.replicas(n)).transpose()?;
@@ -395,16 +402,35 @@ async fn main() -> anyhow::Result<()> {
             )),
         );
     }
+    // What one exec into a running container costs (an exec readiness probe pays it).
+    let mut execs = Vec::new();
+    let some = engine.cache().replicas_of_service("default", "web-20")[0].runtime_name();
+    for _ in 0..5 {
+        let t = Instant::now();
+        use orch_core::runtime::Runtime as _;
+        runtime
+            .exec(&some, &["/bin/true".to_string()], Duration::from_secs(10))
+            .await?;
+        execs.push(t.elapsed());
+    }
+    execs.sort();
+    println!(
+        "\none exec of /bin/true into a running container (median of 5): {:.0} ms",
+        execs[2].as_secs_f64() * 1000.0
+    );
     let crash = orch_crash(&engine, 5).await?;
     println!(
         "\nSIGKILL of a container's process → replacement running (median of 5, no readiness probe): orch {:.0} ms",
         crash.as_secs_f64() * 1000.0
     );
-    const ROLL: usize = 40;
-    let o = orch_rolling(&engine, &store, ROLL).await?;
-    let s = swarm.as_ref().map(|s| s.rolling(ROLL)).transpose()?;
+    let roll: usize = std::env::var("ORCH_BENCH_ROLL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 10 } else { 40 });
+    let o = orch_rolling(&engine, &store, roll).await?;
+    let s = swarm.as_ref().map(|s| s.rolling(roll)).transpose()?;
     println!(
-        "\n| rolling update, {ROLL} replicas one at a time, stop grace 1 s | orch | Docker Swarm | Swarm / orch |\n|---|---|---|---|\n| update → all replaced | {:.2} s | {} | {} |",
+        "\n| rolling update, {roll} replicas one at a time, stop grace 1 s | orch | Docker Swarm | Swarm / orch |\n|---|---|---|---|\n| update → all replaced | {:.2} s | {} | {} |",
         o.as_secs_f64(),
         s.map_or("not measured".into(), |s| format!("{:.2} s", s.as_secs_f64())),
         s.map_or("—".into(), |s| format!("{:.1}×", s.as_secs_f64() / o.as_secs_f64())),
