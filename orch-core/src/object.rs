@@ -758,6 +758,21 @@ pub struct UpdateStrategy {
     /// Hold the rollout: replicas of the old revision stay (scaling still works).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// `startFirst` (a new replica starts before an old one stops: no surge below 1, nothing
+    /// unavailable) or `stopFirst` (an old one stops first: no surge, at least 1 unavailable);
+    /// unset, max surge and max unavailable decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<UpdateOrder>,
+}
+
+/// Which goes first when a replica is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpdateOrder {
+    /// Start the new replica, then stop the old one.
+    StartFirst,
+    /// Stop the old replica, then start the new one.
+    StopFirst,
 }
 
 impl UpdateStrategy {
@@ -774,10 +789,11 @@ impl UpdateStrategy {
             .as_ref()
             .unwrap_or(&quarter)
             .resolve(replicas, false);
-        if surge == 0 && unavailable == 0 {
-            (1, 0)
-        } else {
-            (surge, unavailable)
+        match self.order {
+            Some(UpdateOrder::StartFirst) => (surge.max(1), 0),
+            Some(UpdateOrder::StopFirst) => (0, unavailable.max(1)),
+            None if surge == 0 && unavailable == 0 => (1, 0),
+            None => (surge, unavailable),
         }
     }
 }

@@ -646,6 +646,22 @@ mod tests {
     }
 
     #[test]
+    fn update_order_decides_which_goes_first() {
+        let mut svc = service(3, 1, 1);
+        let reps: Vec<Replica> = (0..3).map(|_| on(&svc, "n1", true)).collect();
+        svc.spec.template.args = vec!["v2".into()];
+        // Unset: surge 1 and unavailable 1 both at once.
+        let d = decide(Some(&svc), &reps, &|_| false);
+        assert_eq!((d.create, d.stop.len()), (1, 1));
+        svc.spec.update.order = Some(crate::object::UpdateOrder::StartFirst);
+        let d = decide(Some(&svc), &reps, &|_| false);
+        assert_eq!((d.create, d.stop.len()), (1, 0), "start first");
+        svc.spec.update.order = Some(crate::object::UpdateOrder::StopFirst);
+        let d = decide(Some(&svc), &reps, &|_| false);
+        assert_eq!((d.create, d.stop.len()), (0, 1), "stop first");
+    }
+
+    #[test]
     fn a_draining_node_is_emptied_at_the_update_pace() {
         let svc = service(4, 1, 0);
         let drained = |n: &str| n == "n1";
