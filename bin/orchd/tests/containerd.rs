@@ -171,6 +171,31 @@ fn containers_and_processes_on_one_node_through_orchd() {
         .find(|r| r["spec"]["service"] == "hello")
         .and_then(|r| r["metadata"]["name"].as_str().map(String::from))
         .unwrap();
+    // An exec readiness probe runs inside the container: Running until the file exists.
+    let probed = write(
+        tmp.path(),
+        "probed.yaml",
+        &format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: probed}}\nspec:\n  replicas: 1\n  template:\n    image: {}/orch/busybox:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n    readinessProbe: {{exec: {{command: [/bin/sh, -c, 'test -f /ready']}}, period: 200ms, failureThreshold: 1}}\n", registry.address()),
+    );
+    d.ctl_ok(&["apply", "-f", probed.to_str().unwrap()]);
+    let name = eventually("probed runs, not ready", Duration::from_secs(30), || {
+        d.replicas()
+            .into_iter()
+            .find(|r| r["spec"]["service"] == "probed" && r["status"]["reason"] == "NotReady")
+            .and_then(|r| r["metadata"]["name"].as_str().map(String::from))
+    });
+    d.ctl_ok(&["exec", &name, "--", "/bin/sh", "-c", "echo > /ready"]);
+    eventually("probed ready", Duration::from_secs(30), || {
+        d.replicas()
+            .into_iter()
+            .any(|r| r["spec"]["service"] == "probed" && r["status"]["phase"] == "Ready")
+            .then_some(())
+    });
+    d.ctl_ok(&["delete", "service", "probed"]);
+    eventually("probed gone", Duration::from_secs(30), || {
+        (containers() == 4).then_some(())
+    });
+
     // A process replica: the command runs in its environment.
     let color = d.ctl_ok(&["exec", &hello_replica, "--", "/bin/sh", "-c", "echo $COLOR"]);
     assert_eq!(color.trim(), "blue");
