@@ -295,9 +295,7 @@ fn agents_keep_working_while_the_manager_is_down() {
     let (mut d, addr, token) = manager(tmp.path());
     let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
     let f = write(tmp.path(), "hello.yaml", &hello(2, "blue"));
-    eventually("a1 registered", Duration::from_secs(30), || {
-        d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
-    });
+    d.wait_for_nodes(&["a1"]);
     d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
     let before = eventually("2 ready", Duration::from_secs(30), || {
         let r = nodes_of(&d, "hello");
@@ -359,10 +357,7 @@ fn agents_keep_working_while_the_manager_is_down() {
     was.sort();
     assert_eq!(names, was, "no replica was replaced or duplicated");
     assert!(after.iter().any(|x| x.2 == Some(survivor)));
-    d.ctl_ok(&["delete", "service", "hello"]);
-    eventually("all gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "hello");
 }
 
 /// `orchctl node drain` moves a node's 6 replicas to the other node at the service's update
@@ -375,10 +370,7 @@ fn drain_then_remove_a_node() {
     let (d, addr, token) = manager(tmp.path());
     let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
     let a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
-    eventually("both nodes", Duration::from_secs(30), || {
-        let out = d.ctl_ok(&["get", "nodes"]);
-        (out.contains("a1") && out.contains("a2")).then_some(())
-    });
+    d.wait_for_nodes(&["a1", "a2"]);
     let svc = hello(12, "blue").replace(
         "    stopGracePeriod: 2s\n",
         "    stopGracePeriod: 2s\n  update: {maxSurge: 1, maxUnavailable: 1}\n",
@@ -462,10 +454,7 @@ fn drain_then_remove_a_node() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(!d.ctl_ok(&["get", "nodes"]).contains("a2"), "a2 came back");
-    d.ctl_ok(&["delete", "service", "hello"]);
-    eventually("all gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "hello");
 }
 
 /// Hosts in network namespaces on one bridge: the manager on one, agents on two others. One
@@ -575,10 +564,7 @@ fn a_cut_link_is_tolerated_until_the_replace_timeout() {
             .count();
         (left == 0).then_some(())
     });
-    d.ctl_ok(&["delete", "service", "hello"]);
-    eventually("all gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "hello");
 }
 
 /// Certificates renew before they expire without dropping work: with 20 s certificates the
@@ -595,9 +581,7 @@ fn certificates_renew_without_dropping_work() {
     let token = token_of(tmp.path());
     let a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
     let f = write(tmp.path(), "hello.yaml", &hello(1, "blue"));
-    eventually("a1 registered", Duration::from_secs(30), || {
-        d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
-    });
+    d.wait_for_nodes(&["a1"]);
     d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
     let before = eventually("ready", Duration::from_secs(30), || {
         let r = nodes_of(&d, "hello");
@@ -631,10 +615,7 @@ fn certificates_renew_without_dropping_work() {
         "{}",
         String::from_utf8_lossy(&logs.stderr)
     );
-    d.ctl_ok(&["delete", "service", "hello"]);
-    eventually("all gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "hello");
 }
 
 /// A loaded but alive node is not declared dead: four busy loops saturate both cores for
@@ -644,9 +625,7 @@ fn a_loaded_node_stays_ready() {
     let tmp = tempfile::tempdir().unwrap();
     let (d, addr, token) = manager(tmp.path());
     let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
-    eventually("a1 registered", Duration::from_secs(30), || {
-        d.ctl_ok(&["get", "nodes"]).contains("a1").then_some(())
-    });
+    d.wait_for_nodes(&["a1"]);
     let hog = write(
         tmp.path(),
         "hog.yaml",
@@ -667,10 +646,7 @@ fn a_loaded_node_stays_ready() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    d.ctl_ok(&["delete", "service", "hog"]);
-    eventually("gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "hog");
 }
 
 /// A global service runs one replica on every eligible node: a node that joins gets one, a
@@ -681,10 +657,7 @@ fn a_global_service_follows_nodes() {
     let (d, addr, token) = manager(tmp.path());
     let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
     let _a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
-    eventually("two nodes", Duration::from_secs(30), || {
-        let out = d.ctl_ok(&["get", "nodes"]);
-        (out.contains("a1") && out.contains("a2")).then_some(())
-    });
+    d.wait_for_nodes(&["a1", "a2"]);
     let f = write(
         tmp.path(),
         "agent.yaml",
@@ -715,8 +688,5 @@ fn a_global_service_follows_nodes() {
         Duration::from_secs(30),
         || (nodes(&d) == ["a1", "a2", "a3"]).then_some(()),
     );
-    d.ctl_ok(&["delete", "service", "per-node"]);
-    eventually("all gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "per-node");
 }

@@ -51,8 +51,5 @@ fn metrics_health_and_json_logs() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
     }
-    d.ctl_ok(&["delete", "service", "hello"]);
-    eventually("gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "hello");
 }

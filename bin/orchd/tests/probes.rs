@@ -189,10 +189,7 @@ fn a_crash_loop_backs_off_to_the_services_cap() {
     let restarts = of(&d, "crash")[0]["status"]["restarts"].as_u64().unwrap();
     eprintln!("{restarts} restarts in {:?}", t.elapsed());
     assert!(restarts >= 6, "{restarts} restarts in 8 s with a 1 s cap");
-    d.ctl_ok(&["delete", "service", "crash"]);
-    eventually("gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "crash");
 }
 
 /// A rolling update of 10 replicas with max-unavailable 1 whose new replicas take 0.5 s to
@@ -250,10 +247,7 @@ fn a_rolling_update_keeps_nine_of_ten_ready() {
         t.elapsed()
     );
     assert!(lowest >= 9, "ready dropped to {lowest}");
-    d.ctl_ok(&["delete", "service", "roll"]);
-    eventually("gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "roll");
 }
 
 /// Rollouts: a revision whose replicas never become ready fails at its progress deadline and
@@ -374,8 +368,5 @@ fn a_failed_rollout_rolls_back_and_rollouts_can_be_paused_and_undone() {
     });
     let bad = d.ctl(&["rollout", "undo", "web", "--to-revision", "99"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no such revision"));
-    d.ctl_ok(&["delete", "service", "web"]);
-    eventually("gone", Duration::from_secs(30), || {
-        d.replicas().is_empty().then_some(())
-    });
+    d.delete_and_wait("service", "web");
 }

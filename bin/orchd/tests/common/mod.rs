@@ -138,6 +138,22 @@ impl Daemon {
         }
     }
 
+    /// Deletes `kind/name` and waits until no replica is left.
+    pub fn delete_and_wait(&self, kind: &str, name: &str) {
+        self.ctl_ok(&["delete", kind, name]);
+        eventually("every replica gone", Duration::from_secs(30), || {
+            self.replicas().is_empty().then_some(())
+        });
+    }
+
+    /// Waits until every node in `names` is listed.
+    pub fn wait_for_nodes(&self, names: &[&str]) {
+        eventually("the nodes registered", Duration::from_secs(30), || {
+            let out = self.ctl_ok(&["get", "nodes"]);
+            names.iter().all(|n| out.contains(n)).then_some(())
+        });
+    }
+
     /// Whether the daemon process still runs.
     pub fn alive(&mut self) -> bool {
         self.child
