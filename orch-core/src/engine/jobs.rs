@@ -198,7 +198,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
 pub async fn run(ctx: Arc<Ctx>) {
     let queue =
         crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let mut changes = ctx.cache.subscribe(|c| match c {
+    let changes = ctx.cache.subscribe(|c| match c {
         Change::Object {
             kind: Kind::Job, ..
         }
@@ -220,29 +220,26 @@ pub async fn run(ctx: Arc<Ctx>) {
             }
         }
     };
-    let feeder = {
-        let (ctx, queue) = (ctx.clone(), queue.clone());
-        tokio::spawn(async move {
-            let mut resync = tokio::time::interval(ctx.config.resync);
-            loop {
-                tokio::select! {
-                    c = changes.recv() => match c {
-                        Some(Change::Resync) => all(&ctx, &queue),
-                        Some(Change::Object { kind: Kind::Job, key, .. }) => queue.add(key.to_string()),
-                        Some(c) => {
-                            for r in c.replicas() {
-                                if let Some(name) = r.spec.service.strip_prefix("job:") {
-                                    queue.add(Kind::Job.key(&r.metadata.namespace, name));
-                                }
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = resync.tick() => all(&ctx, &queue),
-                }
-            }
-        })
-    };
+    let feeder = crate::engine::queue::spawn_feeder(
+        ctx.clone(),
+        queue.clone(),
+        changes,
+        |_, c| match c {
+            Change::Object {
+                kind: Kind::Job,
+                key,
+                ..
+            } => vec![key.to_string()],
+            c => c
+                .replicas()
+                .filter_map(|r| {
+                    let name = r.spec.service.strip_prefix("job:")?;
+                    Some(Kind::Job.key(&r.metadata.namespace, name))
+                })
+                .collect(),
+        },
+        all,
+    );
     loop {
         let key = tokio::select! {
             _ = ctx.cancel.cancelled() => break,

@@ -149,6 +149,32 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     }
 }
 
+/// Feeds `queue` from a cache subscription until it closes: every change becomes the keys
+/// `keys` maps it to; a resync of the cache, and every resync period, adds every key (`all`).
+/// The loop shared by the controllers.
+pub fn spawn_feeder(
+    ctx: Arc<crate::engine::Ctx>,
+    queue: Arc<WorkQueue<String>>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<crate::engine::cache::Change>,
+    keys: impl Fn(&crate::engine::Ctx, &crate::engine::cache::Change) -> Vec<String> + Send + 'static,
+    all: impl Fn(&crate::engine::Ctx, &WorkQueue<String>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use crate::engine::cache::Change;
+    tokio::spawn(async move {
+        let mut resync = tokio::time::interval(ctx.config.resync);
+        loop {
+            tokio::select! {
+                c = changes.recv() => match c {
+                    Some(Change::Resync) => all(&ctx, &queue),
+                    Some(c) => keys(&ctx, &c).into_iter().for_each(|k| queue.add(k)),
+                    None => break,
+                },
+                _ = resync.tick() => all(&ctx, &queue),
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

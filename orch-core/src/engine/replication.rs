@@ -515,38 +515,28 @@ pub fn split_key(key: &str) -> (&str, &str) {
 pub async fn run(ctx: Arc<Ctx>) {
     let queue =
         crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let mut changes = ctx
+    let changes = ctx
         .cache
         .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica | Kind::Node)));
-    let feeder = {
-        let (ctx, queue) = (ctx.clone(), queue.clone());
-        tokio::spawn(async move {
-            let mut resync = tokio::time::interval(ctx.config.resync);
-            loop {
-                tokio::select! {
-                    c = changes.recv() => match c {
-                        Some(Change::Resync) => enqueue_all(&ctx, &queue),
-                        Some(c) => {
-                            if eligibility_changed(&c) {
-                                // Global services follow nodes.
-                                for s in ctx.cache.services() {
-                                    if s.spec.mode == crate::object::ServiceMode::Global {
-                                        queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
-                                    }
-                                }
-                            }
-                            keys_for(&c)
-                                .into_iter()
-                                .chain(keys_for_node(&ctx, &c))
-                                .for_each(|k| queue.add(k))
-                        }
-                        None => break,
-                    },
-                    _ = resync.tick() => enqueue_all(&ctx, &queue),
+    let feeder = crate::engine::queue::spawn_feeder(
+        ctx.clone(),
+        queue.clone(),
+        changes,
+        |ctx, c| {
+            let mut keys = keys_for(c);
+            keys.extend(keys_for_node(ctx, c));
+            if eligibility_changed(c) {
+                // Global services follow nodes.
+                for s in ctx.cache.services() {
+                    if s.spec.mode == crate::object::ServiceMode::Global {
+                        keys.push(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
+                    }
                 }
             }
-        })
-    };
+            keys
+        },
+        enqueue_all,
+    );
     let workers = (0..ctx.config.workers).map(|_| {
         let (ctx, queue) = (ctx.clone(), queue.clone());
         tokio::spawn(async move {
