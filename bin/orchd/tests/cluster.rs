@@ -34,6 +34,17 @@ fn manager(dir: &std::path::Path) -> (Daemon, String, String) {
     (d, addr, token_of(dir))
 }
 
+/// [`manager`] with agents of these names joined and registered.
+fn manager_with_agents<const N: usize>(
+    dir: &std::path::Path,
+    names: [&str; N],
+) -> (Daemon, String, String, [AgentProc; N]) {
+    let (d, addr, token) = manager(dir);
+    let agents = names.map(|n| AgentProc::start(dir, &addr, n, Some(&token)));
+    d.wait_for_nodes(&names);
+    (d, addr, token, agents)
+}
+
 /// The worker join token of the manager whose state is in `dir` (`orchd token`).
 fn token_of(dir: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
@@ -292,10 +303,8 @@ fn agents_join_a_manager_and_a_dead_node_is_replaced() {
 #[test]
 fn agents_keep_working_while_the_manager_is_down() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut d, addr, token) = manager(tmp.path());
-    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
+    let (mut d, addr, _, [_a1]) = manager_with_agents(tmp.path(), ["a1"]);
     let f = write(tmp.path(), "hello.yaml", &hello(2, "blue"));
-    d.wait_for_nodes(&["a1"]);
     d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
     let before = eventually("2 ready", Duration::from_secs(30), || {
         let r = nodes_of(&d, "hello");
@@ -367,10 +376,7 @@ fn agents_keep_working_while_the_manager_is_down() {
 #[test]
 fn drain_then_remove_a_node() {
     let tmp = tempfile::tempdir().unwrap();
-    let (d, addr, token) = manager(tmp.path());
-    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
-    let a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
-    d.wait_for_nodes(&["a1", "a2"]);
+    let (d, addr, _, [_a1, a2]) = manager_with_agents(tmp.path(), ["a1", "a2"]);
     let svc = hello(12, "blue").replace(
         "    stopGracePeriod: 2s\n",
         "    stopGracePeriod: 2s\n  update: {maxSurge: 1, maxUnavailable: 1}\n",
@@ -623,9 +629,7 @@ fn certificates_renew_without_dropping_work() {
 #[test]
 fn a_loaded_node_stays_ready() {
     let tmp = tempfile::tempdir().unwrap();
-    let (d, addr, token) = manager(tmp.path());
-    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
-    d.wait_for_nodes(&["a1"]);
+    let (d, _, _, [_a1]) = manager_with_agents(tmp.path(), ["a1"]);
     let hog = write(
         tmp.path(),
         "hog.yaml",
@@ -654,10 +658,7 @@ fn a_loaded_node_stays_ready() {
 #[test]
 fn a_global_service_follows_nodes() {
     let tmp = tempfile::tempdir().unwrap();
-    let (d, addr, token) = manager(tmp.path());
-    let _a1 = AgentProc::start(tmp.path(), &addr, "a1", Some(&token));
-    let _a2 = AgentProc::start(tmp.path(), &addr, "a2", Some(&token));
-    d.wait_for_nodes(&["a1", "a2"]);
+    let (d, addr, token, [_a1, _a2]) = manager_with_agents(tmp.path(), ["a1", "a2"]);
     let f = write(
         tmp.path(),
         "agent.yaml",

@@ -185,12 +185,7 @@ fn containers_and_processes_on_one_node_through_orchd() {
             .and_then(|r| r["metadata"]["name"].as_str().map(String::from))
     });
     d.ctl_ok(&["exec", &name, "--", "/bin/sh", "-c", "echo > /ready"]);
-    eventually("probed ready", Duration::from_secs(30), || {
-        d.replicas()
-            .into_iter()
-            .any(|r| r["spec"]["service"] == "probed" && r["status"]["phase"] == "Ready")
-            .then_some(())
-    });
+    d.wait_ready("probed");
     d.ctl_ok(&["delete", "service", "probed"]);
     eventually("probed gone", Duration::from_secs(30), || {
         (containers() == 4).then_some(())
@@ -228,12 +223,7 @@ fn containers_and_processes_on_one_node_through_orchd() {
         "{progress}"
     );
     signal("-CONT");
-    eventually("the paused pull completes", Duration::from_secs(30), || {
-        d.replicas()
-            .into_iter()
-            .any(|r| r["spec"]["service"] == "paused" && r["status"]["phase"] == "Ready")
-            .then_some(())
-    });
+    d.wait_ready("paused");
     d.ctl_ok(&["delete", "service", "paused"]);
     eventually("paused gone", Duration::from_secs(30), || {
         (containers() == 4).then_some(())
@@ -313,12 +303,7 @@ fn containers_and_processes_on_one_node_through_orchd() {
         "apiVersion: orch/v1\nkind: Service\nmetadata: {name: offline}\nspec:\n  replicas: 1\n  template:\n    image: localhost/imported:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n",
     );
     d.ctl_ok(&["apply", "-f", offline.to_str().unwrap()]);
-    eventually("the imported image runs", Duration::from_secs(30), || {
-        d.replicas()
-            .into_iter()
-            .any(|r| r["spec"]["service"] == "offline" && r["status"]["phase"] == "Ready")
-            .then_some(())
-    });
+    d.wait_ready("offline");
     d.ctl_ok(&["delete", "service", "offline"]);
     eventually("offline gone", Duration::from_secs(30), || {
         (containers() == 4).then_some(())

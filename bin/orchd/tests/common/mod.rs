@@ -146,6 +146,16 @@ impl Daemon {
         });
     }
 
+    /// Waits until a replica of `service` is Ready.
+    pub fn wait_ready(&self, service: &str) {
+        eventually("a replica ready", Duration::from_secs(30), || {
+            self.replicas()
+                .into_iter()
+                .any(|r| r["spec"]["service"] == service && r["status"]["phase"] == "Ready")
+                .then_some(())
+        });
+    }
+
     /// Waits until every node in `names` is listed.
     pub fn wait_for_nodes(&self, names: &[&str]) {
         eventually("the nodes registered", Duration::from_secs(30), || {
