@@ -692,7 +692,16 @@ impl Runtime for ProcessRuntime {
                 source,
             }
         };
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(read("environ"))?;
+        // Right after the start the child may not have exec'd yet, and its environ reads
+        // empty: wait (briefly) for the workload's own environment.
+        let mut environ = Vec::new();
+        for _ in 0..50 {
+            environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(read("environ"))?;
+            if !environ.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(read("cwd"))?;
         if !procfs::is_alive(pid, start_time) {
             return Err(RuntimeError::NotFound(id.into()));
