@@ -250,6 +250,7 @@ async fn logs_come_from_the_replicas_node_runtime() {
         template: (*r.spec.template).clone(),
         template_hash: r.spec.template_hash.clone(),
         extra_env: vec![],
+        dns: None,
     })
     .await
     .unwrap();

@@ -16,7 +16,25 @@ pub struct Endpoint {
     /// The address it is reached at.
     pub ip: String,
     /// Named ports.
-    pub ports: Vec<(String, u16)>,
+    pub ports: Vec<EndpointPort>,
+}
+
+/// One named port of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointPort {
+    /// The template's port name.
+    pub name: String,
+    /// The port it is reached at.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: crate::object::Protocol,
+}
+
+impl Endpoint {
+    /// The port named `name`.
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.ports.iter().find(|p| p.name == name).map(|p| p.port)
+    }
 }
 
 /// Receives the full, current endpoint set of a service whenever it changes.
@@ -31,6 +49,89 @@ pub trait Discovery: Send + Sync {
     ) -> Result<(), DiscoveryError>;
     /// The service is gone.
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError>;
+    /// Replaces the ports `namespace/service` publishes (`spec.publish`; empty: none).
+    /// Called before the service's endpoints are first set and whenever they change;
+    /// backends that do not proxy ignore it.
+    async fn set_published(
+        &self,
+        namespace: &str,
+        service: &str,
+        published: Vec<Published>,
+    ) -> Result<(), DiscoveryError> {
+        let _ = (namespace, service, published);
+        Ok(())
+    }
+}
+
+/// A port a service publishes on every node (from `spec.publish`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Published {
+    /// The port nodes listen on.
+    pub port: u16,
+    /// The endpoint port (by name) connections go to.
+    pub target: String,
+    /// How a replica is picked.
+    pub balance: crate::object::Balance,
+}
+
+impl Published {
+    /// What a service publishes.
+    pub fn of(service: &crate::object::Service) -> Vec<Published> {
+        service
+            .spec
+            .publish
+            .iter()
+            .filter_map(|p| {
+                Some(Published {
+                    port: p.port,
+                    target: p.target(&service.spec.template)?.to_string(),
+                    balance: p.balance,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Publishes to several backends (files and DNS and the proxy, say); each gets every call,
+/// and the first error is returned after all were tried.
+#[derive(Clone, Default)]
+pub struct Fanout(pub Vec<Arc<dyn Discovery>>);
+
+#[async_trait]
+impl Discovery for Fanout {
+    async fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), DiscoveryError> {
+        let mut first = Ok(());
+        for d in &self.0 {
+            let r = d.set_endpoints(namespace, service, endpoints.clone()).await;
+            first = first.and(r);
+        }
+        first
+    }
+    async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
+        let mut first = Ok(());
+        for d in &self.0 {
+            first = first.and(d.remove_service(namespace, service).await);
+        }
+        first
+    }
+    async fn set_published(
+        &self,
+        namespace: &str,
+        service: &str,
+        published: Vec<Published>,
+    ) -> Result<(), DiscoveryError> {
+        let mut first = Ok(());
+        for d in &self.0 {
+            let r = d.set_published(namespace, service, published.clone()).await;
+            first = first.and(r);
+        }
+        first
+    }
 }
 
 /// A discovery backend failed; the endpoints controller retries with backoff.
@@ -50,6 +151,14 @@ impl<T: Discovery + ?Sized> Discovery for Arc<T> {
     }
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
         (**self).remove_service(namespace, service).await
+    }
+    async fn set_published(
+        &self,
+        namespace: &str,
+        service: &str,
+        published: Vec<Published>,
+    ) -> Result<(), DiscoveryError> {
+        (**self).set_published(namespace, service, published).await
     }
 }
 

@@ -818,6 +818,45 @@ pub struct ServiceSpec {
     /// is then ignored).
     #[serde(default, skip_serializing_if = "is_default")]
     pub mode: ServiceMode,
+    /// Ports every node listens on and balances across the service's ready replicas (the
+    /// service proxy). Changing them does not roll the replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<Publish>,
+}
+
+/// A port published on every node: TCP connections to it go to a ready replica's port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Publish {
+    /// The port every node listens on.
+    pub port: u16,
+    /// The template port (by name) connections go to; default: the template's first port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<String>,
+    /// How a replica is picked for each new connection.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub balance: Balance,
+}
+
+impl Publish {
+    /// The template port name connections go to.
+    pub fn target<'a>(&'a self, template: &'a Template) -> Option<&'a str> {
+        match &self.target_port {
+            Some(t) => Some(t),
+            None => template.ports.first().map(|p| p.name.as_str()),
+        }
+    }
+}
+
+/// How the service proxy picks a replica for a connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Balance {
+    /// Each ready replica in turn (the default).
+    #[default]
+    RoundRobin,
+    /// The ready replica with the fewest open connections through this node.
+    LeastConnections,
 }
 
 /// How many replicas a service runs and where.

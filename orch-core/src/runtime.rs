@@ -27,6 +27,56 @@ pub struct WorkloadSpec {
     pub template_hash: String,
     /// Environment the agent adds (`ORCH_SERVICE`, `ORCH_REPLICA`, ...), before the template's.
     pub extra_env: Vec<EnvVar>,
+    /// The cluster DNS server the workload should use, if the node runs one.
+    pub dns: Option<WorkloadDns>,
+}
+
+/// Name resolution for a workload: processes get it as `ORCH_DNS`, `ORCH_DNS_SEARCH` and
+/// `LOCALDOMAIN` (glibc's search list) in their environment; containers get an
+/// `/etc/resolv.conf` naming the server first, then the host's own nameservers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadDns {
+    /// The server (on port 53 for a resolv.conf to reach it).
+    pub server: std::net::SocketAddr,
+    /// Search domains, most specific first (`NAMESPACE.orch.local orch.local`).
+    pub search: Vec<String>,
+}
+
+impl WorkloadDns {
+    /// The environment variables processes get.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let search = self.search.join(" ");
+        vec![
+            ("ORCH_DNS".into(), self.server.to_string()),
+            ("ORCH_DNS_SEARCH".into(), search.clone()),
+            ("LOCALDOMAIN".into(), search),
+        ]
+    }
+
+    /// A resolv.conf: this server first, then the nameservers of `host_resolv_conf` (the
+    /// host's file), so names outside the cluster still resolve when the server refuses
+    /// them. A server not on port 53 cannot be named in resolv.conf; it is left out.
+    pub fn resolv_conf(&self, host_resolv_conf: &str) -> String {
+        let mut out = String::from("# written by orch\n");
+        if self.server.port() == 53 {
+            out.push_str(&format!("nameserver {}\n", self.server.ip()));
+        }
+        for line in host_resolv_conf.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() == Some("nameserver") {
+                if let Some(ip) = words.next() {
+                    if ip != self.server.ip().to_string() {
+                        out.push_str(&format!("nameserver {ip}\n"));
+                    }
+                }
+            }
+        }
+        if !self.search.is_empty() {
+            out.push_str(&format!("search {}\n", self.search.join(" ")));
+        }
+        out.push_str("options ndots:5 timeout:2 attempts:2\n");
+        out
+    }
 }
 
 /// Whether a workload runs.

@@ -728,6 +728,55 @@ fn check_service(s: &Service, out: &mut Vec<FieldError>) {
         &s.spec.update.max_unavailable,
         out,
     );
+    check_publish(s, out);
+}
+
+fn check_publish(s: &Service, out: &mut Vec<FieldError>) {
+    let t = &s.spec.template;
+    let mut seen = HashSet::new();
+    for (i, p) in s.spec.publish.iter().enumerate() {
+        let path = format!("spec.publish[{i}]");
+        if p.port == 0 {
+            out.push(err(
+                format!("{path}.port"),
+                p.port,
+                "must be between 1 and 65535 inclusive",
+            ));
+        } else if !seen.insert(p.port) {
+            out.push(err(
+                format!("{path}.port"),
+                p.port,
+                "duplicate: this service already publishes that port",
+            ));
+        }
+        match p.target(t) {
+            None => out.push(err(
+                format!("{path}.targetPort"),
+                "",
+                "the template has no ports: add one to spec.template.ports for connections to go to",
+            )),
+            Some(name) => match t.ports.iter().find(|tp| tp.name == name) {
+                None => out.push(err(
+                    format!("{path}.targetPort"),
+                    name,
+                    format!(
+                        "no such template port; the template's ports are: {}",
+                        t.ports
+                            .iter()
+                            .map(|tp| tp.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+                Some(tp) if tp.protocol != crate::object::Protocol::Tcp => out.push(err(
+                    format!("{path}.targetPort"),
+                    name,
+                    "is a UDP port: the service proxy balances TCP connections only",
+                )),
+                Some(_) => {}
+            },
+        }
+    }
 }
 
 fn check_data(data: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {

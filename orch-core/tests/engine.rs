@@ -294,6 +294,7 @@ async fn orphans_are_stopped() {
         template: tmpl,
         template_hash: "h".into(),
         extra_env: vec![],
+        dns: None,
     })
     .await
     .unwrap();
@@ -411,7 +412,7 @@ async fn endpoints_follow_readiness() {
     let eps = discovery.endpoints("default", "web");
     assert!(eps
         .iter()
-        .all(|ep| ep.ip == "127.0.0.1" && ep.ports.len() == 1 && ep.ports[0].0 == "http"));
+        .all(|ep| ep.ip == "127.0.0.1" && ep.ports.len() == 1 && ep.ports[0].name == "http"));
     // A replica in restart back-off is not an endpoint.
     let id = rt.running()[0].clone();
     rt.crash(&id, Some(1), None);

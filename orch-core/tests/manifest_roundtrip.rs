@@ -387,6 +387,7 @@ fn service() -> impl Strategy<Value = Service> {
                         ..UpdateStrategy::default()
                     },
                     mode: Default::default(),
+                    publish: Vec::new(),
                 },
                 status: Default::default(),
             },

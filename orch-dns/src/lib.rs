@@ -1,15 +1,25 @@
 //! orch-dns: implementations of [`orch_core::Discovery`].
 //!
+//! - [`dns::DnsServer`]: the cluster DNS server (hickory-server) answering for services,
+//!   their ports (SRV) and replicas from the endpoints the engine publishes;
+//! - [`proxy::ServiceProxy`]: listens on the ports services publish and balances TCP
+//!   connections across their ready replicas;
+//! - [`FileDiscovery`]: endpoint files.
+//!
+//! Several of them run together behind [`orch_core::discovery::Fanout`].
+//!
 //! [`FileDiscovery`] writes each service's ready endpoints to `DIR/<namespace>/<service>`,
 //! one line per endpoint (`<replica> <ip>:<port> [<name>=<port> ...]`), replaced atomically
 //! (write to a temporary file, then rename), so readers never see half a list. Workloads get
-//! `ORCH_DISCOVERY_DIR` in their environment. The DNS server and the service proxy are
-//! separate issues.
+//! `ORCH_DISCOVERY_DIR` in their environment.
+
+pub mod dns;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use orch_core::discovery::{Discovery, DiscoveryError, Endpoint};
+use orch_core::discovery::{Discovery, DiscoveryError, Endpoint, EndpointPort};
 
 /// Publishes endpoints as files under a directory.
 #[derive(Clone, Debug)]
@@ -41,12 +51,12 @@ pub fn render(endpoints: &[Endpoint]) -> String {
     let mut out = String::new();
     for e in endpoints {
         out.push_str(&e.replica);
-        if let Some((_, port)) = e.ports.first() {
+        if let Some(EndpointPort { port, .. }) = e.ports.first() {
             out.push_str(&format!(" {}:{port}", e.ip));
         } else {
             out.push_str(&format!(" {}", e.ip));
         }
-        for (name, port) in &e.ports {
+        for EndpointPort { name, port, .. } in &e.ports {
             out.push_str(&format!(" {name}={port}"));
         }
         out.push('\n');
@@ -103,7 +113,11 @@ mod tests {
             replica: "web-1".into(),
             node: "n".into(),
             ip: "127.0.0.1".into(),
-            ports: vec![("http".into(), 8080)],
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Default::default(),
+            }],
         };
         d.set_endpoints("default", "web", vec![ep]).await.unwrap();
         let text = std::fs::read_to_string(d.path("default", "web")).unwrap();

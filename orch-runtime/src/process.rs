@@ -538,6 +538,9 @@ fn environment(spec: &WorkloadSpec, ports: &[BoundPort], host_ip: &str) -> Vec<(
         .collect();
     // The address the ports were picked on, which is where the replica is reached.
     env.push(("ORCH_HOST_IP".into(), host_ip.to_string()));
+    if let Some(dns) = &spec.dns {
+        env.extend(dns.env());
+    }
     env.extend(
         spec.extra_env
             .iter()

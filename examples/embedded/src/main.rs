@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
             placement: Default::default(),
             update: Default::default(),
             mode: Default::default(),
+            publish: Vec::new(),
         },
         status: Default::default(),
     };

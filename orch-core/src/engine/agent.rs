@@ -18,7 +18,9 @@ use crate::object::{
     NodeStatus, Object, Phase, Replica, ReplicaStatus, Resources, Taint,
 };
 use crate::quantity::Timestamp;
-use crate::runtime::{Runtime, RuntimeError, RuntimeEvent, Workload, WorkloadSpec, WorkloadState};
+use crate::runtime::{
+    Runtime, RuntimeError, RuntimeEvent, Workload, WorkloadDns, WorkloadSpec, WorkloadState,
+};
 use crate::store::{create_op, delete_op, update_op, Op, StoreError};
 
 /// How an agent describes and runs its node.
@@ -51,6 +53,10 @@ pub struct AgentConfig {
     pub stable_run: Duration,
     /// Where this agent serves its manager (reported in the node's status), if it does.
     pub endpoint: String,
+    /// The node's cluster DNS server, handed to every workload (see [`WorkloadDns`]).
+    pub dns: Option<std::net::SocketAddr>,
+    /// The cluster domain workloads search (`orch.local`).
+    pub dns_domain: String,
 }
 
 impl AgentConfig {
@@ -70,6 +76,8 @@ impl AgentConfig {
             restart_backoff_max: Duration::from_secs(30),
             stable_run: Duration::from_secs(10),
             endpoint: String::new(),
+            dns: None,
+            dns_domain: "orch.local".into(),
         }
     }
 }
@@ -773,6 +781,13 @@ impl Agent {
             template: (*r.spec.template).clone(),
             template_hash: r.spec.template_hash.clone(),
             extra_env: env,
+            dns: self.cfg.dns.map(|server| WorkloadDns {
+                server,
+                search: vec![
+                    format!("{ns}.{}", self.cfg.dns_domain),
+                    self.cfg.dns_domain.clone(),
+                ],
+            }),
         };
         {
             let mut g = self.lock();

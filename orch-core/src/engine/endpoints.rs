@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::discovery::Endpoint;
+use crate::discovery::{Discovery, DiscoveryError, Endpoint, EndpointPort, Published};
 use crate::engine::cache::Change;
 use crate::engine::queue::WorkQueue;
 use crate::engine::replication::split_key;
@@ -26,7 +26,18 @@ pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
                     .status
                     .ports
                     .iter()
-                    .map(|p| (p.name.clone(), p.port))
+                    .map(|p| EndpointPort {
+                        name: p.name.clone(),
+                        port: p.port,
+                        protocol: r
+                            .spec
+                            .template
+                            .ports
+                            .iter()
+                            .find(|t| t.name == p.name)
+                            .map(|t| t.protocol)
+                            .unwrap_or_default(),
+                    })
                     .collect(),
             })
         })
@@ -41,8 +52,8 @@ pub async fn run(ctx: Arc<Ctx>) {
     let mut changes = ctx
         .cache
         .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
-    let mut published: HashMap<String, Vec<Endpoint>> = HashMap::new();
-    let enqueue_all = |queue: &WorkQueue<String>, published: &HashMap<String, Vec<Endpoint>>| {
+    let mut published: HashMap<String, State> = HashMap::new();
+    let enqueue_all = |queue: &WorkQueue<String>, published: &HashMap<String, State>| {
         for s in ctx.cache.services() {
             queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
         }
@@ -63,22 +74,31 @@ pub async fn run(ctx: Arc<Ctx>) {
             },
             key = queue.next() => {
                 let (ns, name) = split_key(&key);
-                let exists = ctx.cache.service(&key).is_some();
+                let service = ctx.cache.service(&key);
                 let eps = endpoints_of(&ctx.cache.replica_objects_of_service(ns, name));
-                let result = if !exists && eps.is_empty() {
-                    if published.remove(&key).is_some() {
-                        ctx.discovery.remove_service(ns, name).await
-                    } else {
-                        Ok(())
+                let result = match service.as_ref() {
+                    None if eps.is_empty() => match published.remove(&key) {
+                        Some(_) => ctx.discovery.remove_service(ns, name).await,
+                        None => Ok(()),
+                    },
+                    service => {
+                        let ports = service.map(Published::of).unwrap_or_default();
+                        let r = publish(&*ctx.discovery, &mut published, &key, ports, eps).await;
+                        if let Err(e) = &r {
+                            // Once per distinct failure: a port in use on this node, say.
+                            let state = published.entry(key.clone()).or_default();
+                            let m = e.to_string();
+                            if state.last_error.as_deref() != Some(m.as_str()) {
+                                ctx.recorder.with_source("endpoints").warning(
+                                    Kind::Service, ns, name, "PublishFailed", &m,
+                                );
+                                state.last_error = Some(m);
+                            }
+                        } else if let Some(state) = published.get_mut(&key) {
+                            state.last_error = None;
+                        }
+                        r
                     }
-                } else if published.get(&key) != Some(&eps) {
-                    let r = ctx.discovery.set_endpoints(ns, name, eps.clone()).await;
-                    if r.is_ok() {
-                        published.insert(key.clone(), eps);
-                    }
-                    r
-                } else {
-                    Ok(())
                 };
                 match result {
                     Ok(()) => queue.forget(&key),
@@ -91,4 +111,42 @@ pub async fn run(ctx: Arc<Ctx>) {
             }
         }
     }
+}
+
+/// What was last published for one service.
+#[derive(Default)]
+struct State {
+    ports: Option<Vec<Published>>,
+    endpoints: Option<Vec<Endpoint>>,
+    last_error: Option<String>,
+}
+
+/// Publishes what changed: the published ports first (so a proxy listens before it has
+/// endpoints), then the endpoints, even when the ports failed (a port in use must not keep a
+/// service out of DNS). Only what succeeded is remembered, so a failure retries; the first
+/// error is returned.
+async fn publish(
+    discovery: &dyn Discovery,
+    published: &mut HashMap<String, State>,
+    key: &str,
+    ports: Vec<Published>,
+    eps: Vec<Endpoint>,
+) -> Result<(), DiscoveryError> {
+    let (ns, name) = split_key(key);
+    let state = published.entry(key.to_string()).or_default();
+    let mut result = Ok(());
+    if state.ports.as_ref() != Some(&ports) {
+        result = discovery.set_published(ns, name, ports.clone()).await;
+        if result.is_ok() {
+            state.ports = Some(ports);
+        }
+    }
+    if state.endpoints.as_ref() != Some(&eps) {
+        let r = discovery.set_endpoints(ns, name, eps.clone()).await;
+        if r.is_ok() {
+            state.endpoints = Some(eps);
+        }
+        result = result.and(r);
+    }
+    result
 }

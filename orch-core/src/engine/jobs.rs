@@ -106,6 +106,7 @@ fn new_replica(job: &Job) -> Replica {
             placement: job.spec.placement.clone(),
             update: Default::default(),
             mode: Default::default(),
+            publish: Vec::new(),
         },
         status: Default::default(),
     };

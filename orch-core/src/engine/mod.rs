@@ -191,7 +191,8 @@ impl EngineBuilder {
         self.config = config;
         self
     }
-    /// Runs only the cache (no controllers): for processes that host agents only.
+    /// Runs only the cache and the endpoints controller (which publishes to this process's
+    /// discovery), not the control plane: for processes that host agents only.
     pub fn agents_only(mut self) -> Self {
         self.control_plane = false;
         self
@@ -224,9 +225,11 @@ impl EngineBuilder {
             tasks.push(tokio::spawn(replication::run(ctx.clone())));
             tasks.push(tokio::spawn(jobs::run(ctx.clone())));
             tasks.push(tokio::spawn(scheduling::run(ctx.clone())));
-            tasks.push(tokio::spawn(endpoints::run(ctx.clone())));
             tasks.push(tokio::spawn(nodes::run(ctx.clone())));
         }
+        // Every engine publishes endpoints to its own discovery: on a node without the
+        // control plane that is the node's DNS server, proxy and endpoint files.
+        tasks.push(tokio::spawn(endpoints::run(ctx.clone())));
         Engine {
             ctx,
             tasks,

@@ -32,8 +32,8 @@ pub use image::{chain_ids, Blob, ImageLayer, ImageParts, UnpackedImage};
 pub use runtime::{ContainerdConfig, ContainerdRuntime, ImageRunConfig};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, ProcessBuilder,
-    RootBuilder, Spec, UserBuilder,
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 /// The runtime containerd starts containers with (runc through the v2 shim).
@@ -157,6 +157,19 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<u64>,
     /// The container's cgroup (runc's default when `None`).
     pub cgroups_path: Option<String>,
+    /// Host files or directories bind-mounted into the container, after runc's defaults.
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host path bind-mounted into a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    /// The host path.
+    pub source: PathBuf,
+    /// Where it appears in the container (absolute).
+    pub destination: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 impl ContainerSpec {
@@ -201,6 +214,23 @@ impl ContainerSpec {
         spec.set_process(Some(process));
         spec.set_root(Some(root));
         spec.set_hostname(Some(self.id.chars().take(63).collect()));
+        if !self.mounts.is_empty() {
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            for m in &self.mounts {
+                let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+                options.push(if m.read_only { "ro" } else { "rw" }.into());
+                mounts.push(
+                    MountBuilder::default()
+                        .destination(&m.destination)
+                        .typ("bind")
+                        .source(&m.source)
+                        .options(options)
+                        .build()
+                        .map_err(bad)?,
+                );
+            }
+            spec.set_mounts(Some(mounts));
+        }
         if let Some(linux) = spec.linux_mut() {
             let mut resources = linux.resources().clone().unwrap_or_default();
             if let Some(bytes) = self.memory_bytes {

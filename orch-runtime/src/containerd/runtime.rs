@@ -380,6 +380,14 @@ impl ContainerdRuntime {
         self.inner.config.state_dir.join(format!("{id}.log"))
     }
 
+    /// The resolv.conf bind-mounted into the container when the node runs a DNS server.
+    fn resolv_conf_path(&self, id: &str) -> PathBuf {
+        self.inner
+            .config
+            .state_dir
+            .join(format!("{id}.resolv.conf"))
+    }
+
     async fn adopt(&self) -> Result<(), RuntimeError> {
         let c = &self.inner.client;
         for (cid, labels) in c.containers().await.map_err(unavailable)? {
@@ -885,6 +893,11 @@ impl Runtime for ContainerdRuntime {
             let (k, v) = e.split_once('=').unwrap_or((e, ""));
             set(k.into(), v.into());
         }
+        if let Some(dns) = &spec.dns {
+            for (k, v) in dns.env() {
+                set(k, v);
+            }
+        }
         for e in &spec.extra_env {
             set(e.name.clone(), e.value.clone());
         }
@@ -914,6 +927,20 @@ impl Runtime for ContainerdRuntime {
             ),
         ]);
         let log = self.log_path(&spec.id);
+        let mut mounts = Vec::new();
+        if let Some(dns) = &spec.dns {
+            let path = self.resolv_conf_path(&spec.id);
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            std::fs::write(&path, dns.resolv_conf(&host)).map_err(|source| RuntimeError::Io {
+                context: format!("cannot write {}", path.display()),
+                source,
+            })?;
+            mounts.push(super::BindMount {
+                source: path,
+                destination: "/etc/resolv.conf".into(),
+                read_only: true,
+            });
+        }
         let cs = ContainerSpec {
             id: spec.id.clone(),
             root: Root::Image {
@@ -933,6 +960,7 @@ impl Runtime for ContainerdRuntime {
             cpu_millis: t.resources.cpu.map(|c| c.0),
             memory_bytes: t.resources.memory.map(|m| m.0),
             cgroups_path: Some(cgroup_path(&self.inner.config.namespace, &spec.id)),
+            mounts,
         };
         let pid = c.run(&cs).await.map_err(|e| match e {
             ContainerdError::Call { .. } | ContainerdError::Spec { .. } => {
@@ -976,6 +1004,7 @@ impl Runtime for ContainerdRuntime {
         let _ops = self.op_lock(id).await;
         self.stop_inner(id, 9, Duration::ZERO).await?;
         self.inner.client.delete(id).await.map_err(unavailable)?;
+        let _ = std::fs::remove_file(self.resolv_conf_path(id));
         match std::fs::remove_file(self.log_path(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

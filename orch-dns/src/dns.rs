@@ -1,0 +1,811 @@
+//! The cluster DNS server: answers for services from the endpoints the engine publishes.
+//!
+//! Names, under the cluster domain (`orch.local` by default):
+//! - `SERVICE.NAMESPACE.DOMAIN`: A / AAAA records of the addresses of the service's ready
+//!   replicas (each address once; the order rotates per query);
+//! - `_PORT._tcp.SERVICE.NAMESPACE.DOMAIN` (`_udp` for UDP ports): an SRV record per ready
+//!   replica with its port, targeting the replica's own name, whose address is in the
+//!   additional section;
+//! - `REPLICA.SERVICE.NAMESPACE.DOMAIN`: that replica's address.
+//!
+//! Unknown names in the domain get NXDOMAIN (NOERROR with no records for a name that exists
+//! with other types, or that only has names below it), with the zone's SOA for negative
+//! caching; names outside it are REFUSED unless a forwarder is configured. Every record has
+//! the same short TTL (5 s by default). A service's names change in one step: readers see
+//! all of the old set or all of the new one.
+//!
+//! It serves UDP (several `SO_REUSEPORT` sockets, so work spreads over cores) and TCP on
+//! hickory-server. Bounded against bad clients: answers larger than the client's UDP size
+//! are truncated (TC), so the client retries over TCP; malformed packets are dropped or get
+//! FORMERR; each client socket address gets at most `client_qps` queries a second (a token
+//! bucket; queries beyond it are dropped unanswered, so a flood costs little); idle TCP
+//! connections close after `tcp_timeout`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use orch_core::discovery::{Discovery, DiscoveryError, Endpoint};
+use orch_core::object::Protocol;
+
+/// How the DNS server runs.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// Where it listens (UDP and TCP). Port 53 for containers' resolv.conf to reach it.
+    pub listen: SocketAddr,
+    /// The cluster domain (`orch.local`).
+    pub domain: String,
+    /// TTL of every answer, and of negative answers (seconds).
+    pub ttl: u32,
+    /// Where names outside the domain are forwarded; `None`: they are REFUSED.
+    pub forward: Option<SocketAddr>,
+    /// Queries a second one client socket address may make (0: no limit).
+    pub client_qps: u32,
+    /// UDP sockets (each served by its own task).
+    pub udp_sockets: usize,
+    /// Idle TCP connections close after this.
+    pub tcp_timeout: Duration,
+}
+
+impl DnsConfig {
+    /// Defaults: domain `orch.local`, TTL 5 s, no forwarding, 10,000 queries a second per
+    /// client socket, one UDP socket per core, 10 s TCP idle timeout.
+    pub fn new(listen: SocketAddr) -> DnsConfig {
+        DnsConfig {
+            listen,
+            domain: "orch.local".into(),
+            ttl: 5,
+            forward: None,
+            client_qps: 10_000,
+            udp_sockets: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            tcp_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// The domain is not a valid DNS name.
+    #[error("DNS domain {domain:?}: {message}")]
+    Domain {
+        /// The domain given.
+        domain: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A socket could not be bound.
+    #[error("DNS server: cannot listen on {addr} ({proto}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        proto: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The records of one name.
+#[derive(Debug, Default)]
+struct RecordSet {
+    a: Vec<Record>,
+    aaaa: Vec<Record>,
+    srv: Vec<Record>,
+    /// Addresses of SRV targets.
+    additional: Vec<Record>,
+}
+
+impl RecordSet {
+    fn of_type(&self, t: RecordType) -> &[Record] {
+        match t {
+            RecordType::A => &self.a,
+            RecordType::AAAA => &self.aaaa,
+            RecordType::SRV => &self.srv,
+            _ => &[],
+        }
+    }
+}
+
+/// The zone's contents; swapped a service at a time under one write lock.
+#[derive(Default)]
+struct State {
+    names: HashMap<LowerName, Arc<RecordSet>>,
+    /// Names that exist only because names below them do (`NAMESPACE.DOMAIN`), counted.
+    ents: HashMap<LowerName, usize>,
+    /// The names each service owns.
+    owned: HashMap<(String, String), Vec<LowerName>>,
+    serial: u32,
+    soa: Option<Arc<Record>>,
+}
+
+/// The cluster zone: what the server answers from. It is the [`Discovery`] the endpoints
+/// controller publishes to.
+pub struct Zone {
+    origin: Name,
+    lower_origin: LowerName,
+    ttl: u32,
+    state: RwLock<State>,
+}
+
+/// What a lookup in the zone found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The name exists; these are its records of the asked type (maybe none).
+    Found {
+        /// The answers.
+        answers: Vec<Record>,
+        /// Extra records (addresses of SRV targets).
+        additional: Vec<Record>,
+    },
+    /// No such name in the zone.
+    NxDomain,
+    /// The name is not in the zone.
+    NotInZone,
+}
+
+impl Zone {
+    /// An empty zone for `domain` with `ttl`.
+    pub fn new(domain: &str, ttl: u32) -> Result<Zone, DnsError> {
+        let bad = |message: String| DnsError::Domain {
+            domain: domain.into(),
+            message,
+        };
+        let lower = domain.trim_end_matches('.').to_ascii_lowercase();
+        if lower.is_empty() {
+            return Err(bad("must not be empty".into()));
+        }
+        let mut origin = Name::from_ascii(&lower).map_err(|e| bad(e.to_string()))?;
+        origin.set_fqdn(true);
+        let zone = Zone {
+            lower_origin: LowerName::from(&origin),
+            origin,
+            ttl,
+            state: RwLock::new(State::default()),
+        };
+        zone.write().soa = Some(Arc::new(zone.soa_record(0)));
+        Ok(zone)
+    }
+
+    /// The zone's origin (`orch.local.`).
+    pub fn origin(&self) -> &Name {
+        &self.origin
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn soa_record(&self, serial: u32) -> Record {
+        let mname = Name::from_ascii("ns")
+            .and_then(|n| n.append_domain(&self.origin))
+            .unwrap_or_else(|_| self.origin.clone());
+        let rname = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(&self.origin))
+            .unwrap_or_else(|_| self.origin.clone());
+        let ttl = self.ttl;
+        Record::from_rdata(
+            self.origin.clone(),
+            ttl,
+            RData::SOA(SOA::new(mname, rname, serial, 3600, 600, 86400, ttl)),
+        )
+    }
+
+    /// The zone's SOA record.
+    pub fn soa(&self) -> Arc<Record> {
+        let g = self.read();
+        g.soa
+            .clone()
+            .unwrap_or_else(|| Arc::new(self.soa_record(g.serial)))
+    }
+
+    fn name(&self, labels: &[&str]) -> Option<Name> {
+        let mut n = Name::from_labels(labels.iter().map(|l| l.as_bytes())).ok()?;
+        n = n.append_domain(&self.origin).ok()?;
+        Some(n)
+    }
+
+    /// The records of a service's endpoints, by name.
+    fn records(&self, ns: &str, svc: &str, eps: &[Endpoint]) -> Vec<(LowerName, RecordSet)> {
+        let ttl = self.ttl;
+        let Some(service) = self.name(&[svc, ns]) else {
+            return Vec::new();
+        };
+        let addr = |name: &Name, ip: IpAddr| match ip {
+            IpAddr::V4(v4) => Record::from_rdata(name.clone(), ttl, RData::A(A(v4))),
+            IpAddr::V6(v6) => Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(v6))),
+        };
+        let mut top = RecordSet::default();
+        let mut ips: Vec<IpAddr> = eps.iter().filter_map(|e| e.ip.parse().ok()).collect();
+        ips.sort();
+        ips.dedup();
+        for ip in ips {
+            let r = addr(&service, ip);
+            match ip {
+                IpAddr::V4(_) => top.a.push(r),
+                IpAddr::V6(_) => top.aaaa.push(r),
+            }
+        }
+        let mut out = Vec::new();
+        let mut srv: HashMap<Name, RecordSet> = HashMap::new();
+        for e in eps {
+            let Ok(ip) = e.ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let Some(own) = self.name(&[&e.replica, svc, ns]) else {
+                continue;
+            };
+            let mut set = RecordSet::default();
+            let r = addr(&own, ip);
+            match ip {
+                IpAddr::V4(_) => set.a.push(r.clone()),
+                IpAddr::V6(_) => set.aaaa.push(r.clone()),
+            }
+            for p in &e.ports {
+                let proto = match p.protocol {
+                    Protocol::Tcp => "_tcp",
+                    Protocol::Udp => "_udp",
+                };
+                let port_label = format!("_{}", p.name);
+                let Some(name) = self.name(&[&port_label, proto, svc, ns]) else {
+                    continue;
+                };
+                let entry = srv.entry(name.clone()).or_default();
+                entry.srv.push(Record::from_rdata(
+                    name,
+                    ttl,
+                    RData::SRV(SRV::new(0, 10, p.port, own.clone())),
+                ));
+                entry.additional.push(r.clone());
+            }
+            out.push((LowerName::from(&own), set));
+        }
+        out.push((LowerName::from(&service), top));
+        out.extend(srv.into_iter().map(|(n, s)| (LowerName::from(&n), s)));
+        out
+    }
+
+    /// Replaces a service's names with those of `eps`, atomically.
+    pub fn set(&self, ns: &str, svc: &str, eps: &[Endpoint]) {
+        let sets = self.records(ns, svc, eps);
+        let mut g = self.write();
+        self.remove_locked(&mut g, ns, svc);
+        let mut owned = Vec::with_capacity(sets.len());
+        for (name, set) in sets {
+            let mut parent = name.base_name();
+            while parent.num_labels() > self.lower_origin.num_labels() {
+                *g.ents.entry(parent.clone()).or_default() += 1;
+                parent = parent.base_name();
+            }
+            g.names.insert(name.clone(), Arc::new(set));
+            owned.push(name);
+        }
+        g.owned.insert((ns.into(), svc.into()), owned);
+        self.bump(&mut g);
+    }
+
+    /// Removes a service's names.
+    pub fn remove(&self, ns: &str, svc: &str) {
+        let mut g = self.write();
+        if self.remove_locked(&mut g, ns, svc) {
+            self.bump(&mut g);
+        }
+    }
+
+    fn bump(&self, g: &mut State) {
+        g.serial = g.serial.wrapping_add(1);
+        g.soa = Some(Arc::new(self.soa_record(g.serial)));
+    }
+
+    fn remove_locked(&self, g: &mut State, ns: &str, svc: &str) -> bool {
+        let Some(names) = g.owned.remove(&(ns.to_string(), svc.to_string())) else {
+            return false;
+        };
+        for name in names {
+            g.names.remove(&name);
+            let mut parent = name.base_name();
+            while parent.num_labels() > self.lower_origin.num_labels() {
+                if let Some(n) = g.ents.get_mut(&parent) {
+                    *n -= 1;
+                    if *n == 0 {
+                        g.ents.remove(&parent);
+                    }
+                }
+                parent = parent.base_name();
+            }
+        }
+        true
+    }
+
+    /// Looks `name` up for `qtype`; `rotate` picks which address answers first.
+    pub fn lookup(&self, name: &LowerName, qtype: RecordType, rotate: usize) -> Lookup {
+        if !self.lower_origin.zone_of(name) {
+            return Lookup::NotInZone;
+        }
+        if *name == self.lower_origin {
+            let answers = match qtype {
+                RecordType::SOA | RecordType::ANY => vec![(*self.soa()).clone()],
+                _ => Vec::new(),
+            };
+            return Lookup::Found {
+                answers,
+                additional: Vec::new(),
+            };
+        }
+        let set = {
+            let g = self.read();
+            match g.names.get(name) {
+                Some(s) => s.clone(),
+                None if g.ents.contains_key(name) => Arc::new(RecordSet::default()),
+                None => return Lookup::NxDomain,
+            }
+        };
+        let rotated = |rs: &[Record]| -> Vec<Record> {
+            if rs.is_empty() {
+                return Vec::new();
+            }
+            let k = rotate % rs.len();
+            rs[k..].iter().chain(&rs[..k]).cloned().collect()
+        };
+        let (answers, additional) = match qtype {
+            RecordType::ANY => {
+                let mut all = rotated(&set.a);
+                all.extend(rotated(&set.aaaa));
+                all.extend(set.srv.iter().cloned());
+                (all, set.additional.clone())
+            }
+            RecordType::SRV => (set.srv.clone(), set.additional.clone()),
+            t => (rotated(set.of_type(t)), Vec::new()),
+        };
+        Lookup::Found {
+            answers,
+            additional,
+        }
+    }
+}
+
+/// Queries a second per client socket address: a token bucket each, swept when the table
+/// grows.
+struct Limiter {
+    qps: u32,
+    buckets: Mutex<HashMap<SocketAddr, (f64, Instant)>>,
+}
+
+impl Limiter {
+    const MAX_CLIENTS: usize = 100_000;
+
+    fn allow(&self, src: SocketAddr) -> bool {
+        if self.qps == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let rate = f64::from(self.qps);
+        let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= Self::MAX_CLIENTS {
+            // Forget clients that have been quiet for a second (their buckets are full).
+            g.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(1));
+        }
+        let (tokens, at) = g.entry(src).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The request handler hickory-server calls.
+struct Handler {
+    zone: Arc<Zone>,
+    forward: Option<SocketAddr>,
+    limiter: Limiter,
+    counter: AtomicUsize,
+}
+
+fn header_only(metadata: Metadata) -> ResponseInfo {
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+impl Handler {
+    /// Asks the forwarder, over UDP, with the client's own bytes.
+    async fn forward(&self, upstream: SocketAddr, raw: &[u8]) -> Option<Message> {
+        let local: SocketAddr = if upstream.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = tokio::net::UdpSocket::bind(local).await.ok()?;
+        sock.connect(upstream).await.ok()?;
+        sock.send(raw).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Message::from_vec(&buf[..n]).ok()
+    }
+}
+
+#[async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        if !self.limiter.allow(request.src()) {
+            // Over its budget: no answer at all, so a flood costs one lookup in the table.
+            metadata.response_code = ResponseCode::Refused;
+            return header_only(metadata);
+        }
+        metadata.recursion_available = self.forward.is_some();
+        let mut edns = None;
+        if let Some(req) = &request.edns {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().clamp(512, 4096));
+            edns = Some(e);
+        }
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let code = |c: ResponseCode| {
+            let mut m = Metadata::response_from_request(&request.metadata);
+            m.response_code = c;
+            m
+        };
+        if request.metadata.op_code != OpCode::Query {
+            let r = builder.build_no_records(code(ResponseCode::NotImp));
+            return send(&mut response_handle, r, &request.metadata).await;
+        }
+        let Ok(info) = request.request_info() else {
+            let r = builder.build_no_records(code(ResponseCode::FormErr));
+            return send(&mut response_handle, r, &request.metadata).await;
+        };
+        let query = info.query;
+        if query.query_class() != DNSClass::IN && query.query_class() != DNSClass::ANY {
+            let r = builder.build_no_records(code(ResponseCode::Refused));
+            return send(&mut response_handle, r, &request.metadata).await;
+        }
+        let rotate = self.counter.fetch_add(1, Ordering::Relaxed);
+        match self.zone.lookup(query.name(), query.query_type(), rotate) {
+            Lookup::Found {
+                answers,
+                additional,
+            } => {
+                metadata.authoritative = true;
+                let soa = self.zone.soa();
+                let soa: Vec<&Record> = if answers.is_empty() {
+                    vec![&*soa]
+                } else {
+                    Vec::new()
+                };
+                let r = builder.build(metadata, &answers, None, soa, &additional);
+                send(&mut response_handle, r, &request.metadata).await
+            }
+            Lookup::NxDomain => {
+                metadata.authoritative = true;
+                metadata.response_code = ResponseCode::NXDomain;
+                let soa = self.zone.soa();
+                let r = builder.build(metadata, None, None, Some(&*soa), None);
+                send(&mut response_handle, r, &request.metadata).await
+            }
+            Lookup::NotInZone => {
+                match self.forward {
+                    None => {
+                        metadata.response_code = ResponseCode::Refused;
+                        let r = builder.build_no_records(metadata);
+                        send(&mut response_handle, r, &request.metadata).await
+                    }
+                    Some(upstream) => match self.forward(upstream, request.as_slice()).await {
+                        Some(m) => {
+                            metadata.response_code = m.metadata.response_code;
+                            metadata.truncation = m.metadata.truncation;
+                            let r = MessageResponseBuilder::new(&request.queries, edns.as_ref())
+                                .build(metadata, &m.answers, &m.authorities, None, &m.additionals);
+                            send(&mut response_handle, r, &request.metadata).await
+                        }
+                        None => {
+                            metadata.response_code = ResponseCode::ServFail;
+                            let r = builder.build_no_records(metadata);
+                            send(&mut response_handle, r, &request.metadata).await
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
+
+async fn send<'a, R: ResponseHandler>(
+    handle: &mut R,
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    request: &Metadata,
+) -> ResponseInfo {
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "dns: cannot send a response");
+            let mut m = Metadata::response_from_request(request);
+            m.response_code = ResponseCode::ServFail;
+            header_only(m)
+        }
+    }
+}
+
+/// A running DNS server. It is also the [`Discovery`] that feeds it. Stops when dropped.
+pub struct DnsServer {
+    zone: Arc<Zone>,
+    local: SocketAddr,
+    server: hickory_server::Server<Handler>,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `config.listen` and serves until dropped. With port 0, both use
+    /// the same port (the one UDP got).
+    pub async fn start(config: DnsConfig) -> Result<DnsServer, DnsError> {
+        let zone = Arc::new(Zone::new(&config.domain, config.ttl)?);
+        let bind_err = |proto, addr, source| DnsError::Bind {
+            addr,
+            proto,
+            source,
+        };
+        let first = udp_socket(config.listen).map_err(|e| bind_err("udp", config.listen, e))?;
+        let local = first
+            .local_addr()
+            .map_err(|e| bind_err("udp", config.listen, e))?;
+        let mut sockets = vec![first];
+        for _ in 1..config.udp_sockets.max(1) {
+            sockets.push(udp_socket(local).map_err(|e| bind_err("udp", local, e))?);
+        }
+        let tcp = tcp_listener(local).map_err(|e| bind_err("tcp", local, e))?;
+        let handler = Handler {
+            zone: zone.clone(),
+            forward: config.forward,
+            limiter: Limiter {
+                qps: config.client_qps,
+                buckets: Mutex::new(HashMap::new()),
+            },
+            counter: AtomicUsize::new(0),
+        };
+        let mut server = hickory_server::Server::new(handler);
+        for s in sockets {
+            server.register_socket(s);
+        }
+        server.register_listener(tcp, config.tcp_timeout, 64 * 1024);
+        Ok(DnsServer {
+            zone,
+            local,
+            server,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The zone it answers from.
+    pub fn zone(&self) -> &Arc<Zone> {
+        &self.zone
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.server.shutdown_token().cancel();
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    // Room for bursts: queries wait here rather than being dropped by the kernel.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
+#[async_trait]
+impl Discovery for DnsServer {
+    async fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), DiscoveryError> {
+        self.zone.set(namespace, service, &endpoints);
+        Ok(())
+    }
+
+    async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
+        self.zone.remove(namespace, service);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_core::discovery::EndpointPort;
+
+    fn ep(replica: &str, ip: &str, port: u16) -> Endpoint {
+        Endpoint {
+            replica: replica.into(),
+            node: "n1".into(),
+            ip: ip.into(),
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                port,
+                protocol: Protocol::Tcp,
+            }],
+        }
+    }
+
+    fn lower(n: &str) -> LowerName {
+        LowerName::from(Name::from_ascii(n).unwrap())
+    }
+
+    #[test]
+    fn services_replicas_and_srv_records_are_answered() {
+        let z = Zone::new("Orch.Local", 5).unwrap();
+        z.set(
+            "default",
+            "web",
+            &[
+                ep("web-1", "10.0.0.1", 8080),
+                ep("web-2", "10.0.0.1", 8081),
+                ep("web-3", "fd00::3", 9000),
+            ],
+        );
+        let Lookup::Found { answers, .. } =
+            z.lookup(&lower("WEB.default.orch.local."), RecordType::A, 0)
+        else {
+            panic!("web found")
+        };
+        assert_eq!(answers.len(), 1, "one A per distinct address: {answers:?}");
+        assert_eq!(answers[0].ttl, 5);
+        let Lookup::Found { answers, .. } =
+            z.lookup(&lower("web.default.orch.local."), RecordType::AAAA, 0)
+        else {
+            panic!()
+        };
+        assert_eq!(answers.len(), 1);
+        let Lookup::Found {
+            answers,
+            additional,
+        } = z.lookup(
+            &lower("_http._tcp.web.default.orch.local."),
+            RecordType::SRV,
+            0,
+        )
+        else {
+            panic!()
+        };
+        let mut ports: Vec<u16> = answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::SRV(s) => s.port,
+                _ => 0,
+            })
+            .collect();
+        ports.sort();
+        assert_eq!(ports, [8080, 8081, 9000]);
+        assert_eq!(additional.len(), 3);
+        assert!(matches!(
+            z.lookup(&lower("web-2.web.default.orch.local."), RecordType::A, 0),
+            Lookup::Found { answers, .. } if answers.len() == 1
+        ));
+        // Names that only have names below them exist, with no records.
+        assert!(matches!(
+            z.lookup(&lower("default.orch.local."), RecordType::A, 0),
+            Lookup::Found { answers, .. } if answers.is_empty()
+        ));
+        assert!(matches!(
+            z.lookup(&lower("db.default.orch.local."), RecordType::A, 0),
+            Lookup::NxDomain
+        ));
+        assert!(matches!(
+            z.lookup(&lower("example.com."), RecordType::A, 0),
+            Lookup::NotInZone
+        ));
+        // Replacing swaps the whole set; removing forgets every name.
+        z.set("default", "web", &[ep("web-4", "10.0.0.4", 80)]);
+        assert!(matches!(
+            z.lookup(&lower("web-1.web.default.orch.local."), RecordType::A, 0),
+            Lookup::NxDomain
+        ));
+        z.remove("default", "web");
+        for n in [
+            "web.default.orch.local.",
+            "web-4.web.default.orch.local.",
+            "default.orch.local.",
+            "_tcp.web.default.orch.local.",
+        ] {
+            assert!(
+                matches!(z.lookup(&lower(n), RecordType::A, 0), Lookup::NxDomain),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_rotate_and_the_soa_serial_moves() {
+        let z = Zone::new("orch.local", 5).unwrap();
+        let s0 = z.soa();
+        z.set(
+            "ns",
+            "api",
+            &[ep("a-1", "10.0.0.1", 1), ep("a-2", "10.0.0.2", 1)],
+        );
+        let first = |k| match z.lookup(&lower("api.ns.orch.local."), RecordType::A, k) {
+            Lookup::Found { answers, .. } => answers[0].data.clone(),
+            _ => panic!(),
+        };
+        assert_ne!(first(0), first(1));
+        assert_ne!(s0.data, z.soa().data);
+    }
+
+    #[test]
+    fn bad_domains_are_named() {
+        let e = Zone::new("", 5).err().unwrap().to_string();
+        assert!(e.contains("domain") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn the_limiter_caps_one_client_and_not_another() {
+        let l = Limiter {
+            qps: 100,
+            buckets: Mutex::new(HashMap::new()),
+        };
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let allowed = (0..1000).filter(|_| l.allow(a)).count();
+        assert!((100..=110).contains(&allowed), "{allowed}");
+        assert!(l.allow(b));
+    }
+}
