@@ -1,0 +1,342 @@
+//! The cluster DNS server on the wire: hickory's resolver and `dig` (Debian's dnsutils)
+//! against a real server on loopback; malformed, oversized and flooding clients.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::Resolver;
+use orch_core::discovery::{Discovery, Endpoint, EndpointPort};
+use orch_core::object::Protocol;
+use orch_dns::dns::{DnsConfig, DnsServer};
+
+fn ep(replica: &str, ip: &str, port: u16) -> Endpoint {
+    Endpoint {
+        replica: replica.into(),
+        node: "n1".into(),
+        ip: ip.into(),
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            port,
+            protocol: Protocol::Tcp,
+        }],
+    }
+}
+
+async fn server() -> DnsServer {
+    let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.client_qps = 0;
+    DnsServer::start(cfg).await.expect("dns server starts")
+}
+
+fn resolver(addr: SocketAddr) -> Resolver<TokioRuntimeProvider> {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = addr.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = addr.port();
+    let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+    let cfg = ResolverConfig::from_parts(None, vec![], vec![ns]);
+    let mut b = Resolver::builder_with_config(cfg, TokioRuntimeProvider::default());
+    b.options_mut().cache_size = 0;
+    b.options_mut().attempts = 1;
+    b.options_mut().timeout = Duration::from_secs(2);
+    b.build().unwrap()
+}
+
+fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(["+time=2", "+tries=2"])
+        .args(args)
+        .output()
+        .expect("dig runs (Debian package dnsutils; .ci/run installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hickory_resolves_services_srv_replicas_and_nxdomain() {
+    let s = server().await;
+    s.set_endpoints(
+        "default",
+        "web",
+        vec![
+            ep("web-a", "127.0.0.11", 8080),
+            ep("web-b", "127.0.0.12", 8081),
+        ],
+    )
+    .await
+    .unwrap();
+    let r = resolver(s.local_addr());
+    let ips = r.lookup_ip("web.default.orch.local.").await.unwrap();
+    let mut ips: Vec<IpAddr> = ips.iter().collect();
+    ips.sort();
+    assert_eq!(
+        ips,
+        [
+            "127.0.0.11".parse::<IpAddr>().unwrap(),
+            "127.0.0.12".parse().unwrap()
+        ]
+    );
+    let srv = r
+        .lookup("_http._tcp.web.default.orch.local.", RecordType::SRV)
+        .await
+        .unwrap();
+    let mut targets: Vec<(String, u16)> = srv
+        .answers()
+        .iter()
+        .filter_map(|rec| match &rec.data {
+            RData::SRV(s) => Some((s.target.to_string(), s.port)),
+            _ => None,
+        })
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [
+            ("web-a.web.default.orch.local.".to_string(), 8080),
+            ("web-b.web.default.orch.local.".to_string(), 8081)
+        ]
+    );
+    assert_eq!(
+        srv.additionals().len(),
+        2,
+        "SRV targets' addresses ride along"
+    );
+    let one = r.lookup_ip("web-b.web.default.orch.local.").await.unwrap();
+    assert_eq!(
+        one.iter().collect::<Vec<_>>(),
+        ["127.0.0.12".parse::<IpAddr>().unwrap()]
+    );
+    let e = r.lookup_ip("db.default.orch.local.").await.unwrap_err();
+    assert!(e.is_nx_domain(), "{e}");
+    assert!(answer_ttls(&srv).iter().all(|t| *t <= 5));
+}
+
+fn answer_ttls(l: &hickory_resolver::lookup::Lookup) -> Vec<u32> {
+    l.answers().iter().map(|r| r.ttl).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_sees_records_status_codes_and_tcp_fallback() {
+    let s = server().await;
+    let a = s.local_addr();
+    s.set_endpoints("shop", "api", vec![ep("api-1", "127.0.0.21", 9000)])
+        .await
+        .unwrap();
+    // Sixty replicas on sixty addresses: the answer is larger than 512 bytes.
+    let many: Vec<Endpoint> = (1..=60)
+        .map(|i| ep(&format!("big-{i}"), &format!("127.0.1.{i}"), 80))
+        .collect();
+    s.set_endpoints("shop", "big", many).await.unwrap();
+    let dig_ = move |args: Vec<&str>| {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        tokio::task::spawn_blocking(move || {
+            dig(a, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+    let out = dig_(vec!["+short", "api.shop.orch.local", "A"])
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "127.0.0.21");
+    let out = dig_(vec!["+short", "_http._tcp.api.shop.orch.local", "SRV"])
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "0 10 9000 api-1.api.shop.orch.local.");
+    let out = dig_(vec!["+short", "api-1.api.shop.orch.local"])
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "127.0.0.21");
+    let out = dig_(vec!["nothing.shop.orch.local"]).await.unwrap();
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    assert!(out.contains("flags: qr aa"), "authoritative: {out}");
+    assert!(out.contains("SOA"), "negative answers carry the SOA: {out}");
+    let out = dig_(vec!["example.com"]).await.unwrap();
+    assert!(out.contains("status: REFUSED"), "{out}");
+    // Over UDP without EDNS the big answer is truncated...
+    let out = dig_(vec!["+noedns", "+ignore", "big.shop.orch.local"])
+        .await
+        .unwrap();
+    assert!(out.contains(" tc"), "truncated over UDP: {out}");
+    // ...and dig retries over TCP on its own and gets every address.
+    let out = dig_(vec!["+noedns", "big.shop.orch.local"]).await.unwrap();
+    let answers = out
+        .lines()
+        .filter(|l| l.starts_with("big.shop.orch.local.") && l.contains("\tA\t"))
+        .count();
+    assert_eq!(answers, 60, "{out}");
+    let out = dig_(vec!["+tcp", "+short", "api.shop.orch.local"])
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "127.0.0.21", "TCP answers too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_change_within_100ms_of_an_update() {
+    let s = server().await;
+    let r = resolver(s.local_addr());
+    s.set_endpoints("default", "web", vec![ep("w1", "127.0.0.31", 80)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.lookup_ip("web.default.orch.local.")
+            .await
+            .unwrap()
+            .iter()
+            .count(),
+        1
+    );
+    let t = Instant::now();
+    s.set_endpoints("default", "web", vec![]).await.unwrap();
+    let e = r.lookup_ip("web.default.orch.local.").await.unwrap_err();
+    assert!(e.is_no_records_found(), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    s.remove_service("default", "web").await.unwrap();
+    assert!(r
+        .lookup_ip("web.default.orch.local.")
+        .await
+        .unwrap_err()
+        .is_nx_domain());
+}
+
+fn query(name: &str, id: u16) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+/// Asks over UDP, retrying a few times; the answer's code.
+fn ask(addr: SocketAddr, name: &str) -> Option<ResponseCode> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for id in 1..=5u16 {
+        sock.send_to(&query(name, id), addr).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Ok(m) = Message::from_vec(&buf[..n]) {
+                if m.metadata.id == id {
+                    return Some(m.metadata.response_code);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_queries_do_not_stop_answers() {
+    let s = server().await;
+    let a = s.local_addr();
+    s.set_endpoints("default", "web", vec![ep("w1", "127.0.0.41", 80)])
+        .await
+        .unwrap();
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut packets: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 5],
+        vec![0; 12],
+        // A header claiming ten questions with none following.
+        vec![0, 1, 1, 0, 0, 10, 0, 0, 0, 0, 0, 0],
+        // A name with a compression pointer to itself.
+        [
+            vec![0, 2, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+            vec![0xc0, 12, 0, 1, 0, 1],
+        ]
+        .concat(),
+        vec![0x41; 60_000],
+    ];
+    let mut seed = 7u64;
+    for _ in 0..200 {
+        let len = (seed % 300) as usize;
+        packets.push(
+            (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 33) as u8
+                })
+                .collect(),
+        );
+    }
+    for p in &packets {
+        let _ = junk.send_to(p, a);
+    }
+    // Over TCP: a length prefix promising 65,535 bytes of junk, then a close; and a
+    // connection that says nothing.
+    {
+        use std::io::Write;
+        let mut t = std::net::TcpStream::connect(a).unwrap();
+        let _ = t.write_all(&[0xff, 0xff]);
+        let _ = t.write_all(&vec![0x41; 65_535]);
+        let _idle = std::net::TcpStream::connect(a).unwrap();
+        let code = tokio::task::spawn_blocking(move || ask(a, "web.default.orch.local."))
+            .await
+            .unwrap();
+        assert_eq!(code, Some(ResponseCode::NoError));
+    }
+    let code = tokio::task::spawn_blocking(move || ask(a, "web.default.orch.local."))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(ResponseCode::NoError), "still answering");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_client_is_capped_and_others_are_answered() {
+    let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.client_qps = 1_000;
+    let s = DnsServer::start(cfg).await.unwrap();
+    let a = s.local_addr();
+    s.set_endpoints("default", "web", vec![ep("w1", "127.0.0.51", 80)])
+        .await
+        .unwrap();
+    let flood = std::thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let q = query("web.default.orch.local.", 9);
+        let (mut sent, mut answered) = (0u64, 0u64);
+        let mut buf = [0u8; 512];
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            if sock.send_to(&q, a).is_ok() {
+                sent += 1;
+            }
+            while sock.recv_from(&mut buf).is_ok() {
+                answered += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        while sock.recv_from(&mut buf).is_ok() {
+            answered += 1;
+        }
+        (sent, answered)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let others = tokio::task::spawn_blocking(move || {
+        (0..50)
+            .map(|_| ask(a, "web.default.orch.local."))
+            .filter(|c| *c == Some(ResponseCode::NoError))
+            .count()
+    })
+    .await
+    .unwrap();
+    let (sent, answered) = flood.join().unwrap();
+    eprintln!("flood: {sent} queries sent, {answered} answered; others: {others}/50");
+    assert_eq!(
+        others, 50,
+        "every other client's query is answered during the flood"
+    );
+    assert!(sent > 10_000, "the flood is a flood: {sent} queries");
+    assert!(
+        answered <= 3_000 + 1_000 + 200,
+        "the flooder gets at most its budget: {answered} answers to {sent} queries"
+    );
+}

@@ -1,0 +1,221 @@
+//! The service proxy with real TCP backends on loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use orch_core::discovery::{Discovery, Endpoint, EndpointPort, Published};
+use orch_core::object::{Balance, Protocol};
+use orch_dns::proxy::{ProxyConfig, ServiceProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that answers each connection with its name, then echoes until closed.
+async fn backend(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn ep(replica: &str, addr: SocketAddr) -> Endpoint {
+    Endpoint {
+        replica: replica.into(),
+        node: "n1".into(),
+        ip: addr.ip().to_string(),
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            port: addr.port(),
+            protocol: Protocol::Tcp,
+        }],
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn publish(port: u16, balance: Balance) -> Vec<Published> {
+    vec![Published {
+        port,
+        target: "http".into(),
+        balance,
+    }]
+}
+
+async fn hello(port: u16) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))??;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+fn proxy() -> ServiceProxy {
+    ServiceProxy::new(ProxyConfig::new("n1", "127.0.0.1".parse().unwrap()))
+}
+
+#[tokio::test]
+async fn round_robin_reaches_every_replica_and_skips_a_dead_one() {
+    let (a, _ta) = backend("a").await;
+    let (b, _tb) = backend("b").await;
+    let (c, tc) = backend("c").await;
+    let p = proxy();
+    let port = free_port();
+    p.set_published("default", "web", publish(port, Balance::RoundRobin))
+        .await
+        .unwrap();
+    p.set_endpoints("default", "web", vec![ep("a", a), ep("b", b), ep("c", c)])
+        .await
+        .unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..30 {
+        *seen.entry(hello(port).await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 10), "evenly: {seen:?}");
+    // c dies but is still listed (not yet unready): its connects fail and are retried on
+    // another replica, so no client notices.
+    tc.abort();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..20 {
+        let who = hello(port).await.unwrap();
+        assert!(who == "a" || who == "b", "{who}");
+    }
+    // Unready: gone from the candidates at once.
+    p.set_endpoints("default", "web", vec![ep("a", a)])
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(hello(port).await.unwrap(), "a");
+    }
+    // Data flows both ways through the proxy.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    assert!(p.forwarded() >= 56);
+}
+
+#[tokio::test]
+async fn least_connections_prefers_the_idle_replica() {
+    let (a, _ta) = backend("a").await;
+    let (b, _tb) = backend("b").await;
+    let p = proxy();
+    let port = free_port();
+    p.set_published("default", "db", publish(port, Balance::LeastConnections))
+        .await
+        .unwrap();
+    p.set_endpoints("default", "db", vec![ep("a", a), ep("b", b)])
+        .await
+        .unwrap();
+    // Hold five connections open; they spread 3/2 or so. Then every new short one goes to
+    // whichever has fewer open.
+    let mut held = Vec::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.unwrap();
+        *counts
+            .entry(String::from_utf8_lossy(&buf[..1]).into())
+            .or_default() += 1;
+        held.push(s);
+    }
+    assert!(counts.values().all(|n| *n >= 2), "{counts:?}");
+    let busier = counts.iter().max_by_key(|(_, n)| **n).unwrap().0.clone();
+    let idler = if busier == "a" { "b" } else { "a" };
+    if counts[&busier] > counts[idler] {
+        assert_eq!(hello(port).await.unwrap(), idler);
+    }
+}
+
+#[tokio::test]
+async fn listeners_follow_the_published_ports_and_conflicts_are_named() {
+    let (a, _ta) = backend("a").await;
+    let p = proxy();
+    let port = free_port();
+    p.set_published("default", "web", publish(port, Balance::RoundRobin))
+        .await
+        .unwrap();
+    p.set_endpoints("default", "web", vec![ep("a", a)])
+        .await
+        .unwrap();
+    assert_eq!(hello(port).await.unwrap(), "a");
+    assert_eq!(p.listening(), [(port, "default".into(), "web".into())]);
+    // Another service on the same port is refused, naming who has it.
+    let e = p
+        .set_published("default", "other", publish(port, Balance::RoundRobin))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&port.to_string()) && e.contains("default/web"),
+        "{e}"
+    );
+    assert!(p.check_port("default", "other", port).is_err());
+    assert!(p.check_port("default", "web", port).is_ok());
+    // A port something else holds on the node.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let e = p.check_port("default", "web", taken).unwrap_err();
+    assert!(
+        e.contains("already in use") && e.contains(&taken.to_string()),
+        "{e}"
+    );
+    let e = p
+        .set_published("default", "web", publish(taken, Balance::RoundRobin))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already in use") && e.contains("node n1"), "{e}");
+    // The port the service no longer publishes is closed.
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    p.set_published("default", "web", publish(port, Balance::RoundRobin))
+        .await
+        .unwrap();
+    assert_eq!(hello(port).await.unwrap(), "a");
+    p.remove_service("default", "web").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    assert!(p.listening().is_empty());
+}
+
+#[tokio::test]
+async fn no_ready_replica_closes_the_connection() {
+    let p = proxy();
+    let port = free_port();
+    p.set_published("default", "web", publish(port, Balance::RoundRobin))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
