@@ -34,7 +34,13 @@ pub struct Backend {
     pub on_node_removed: Option<NodeRemovedHook>,
     /// Reaches replicas on nodes this process does not host (a cluster manager's agents).
     pub nodes: Option<Arc<dyn crate::grpc::node::NodeAccess>>,
+    /// Asked, at apply, whether `namespace/service` may publish `port` on this process's
+    /// node (the service proxy tries it); an error refuses the apply.
+    pub port_check: Option<PortCheck>,
 }
+
+/// See [`Backend::port_check`]: `(namespace, service, port)` → fine, or why not.
+pub type PortCheck = Arc<dyn Fn(&str, &str, u16) -> Result<(), String> + Send + Sync>;
 
 /// Where a replica's runtime is: in this process, or behind its node's agent.
 enum Target {
@@ -257,6 +263,22 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 Ok(o) => o,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
+            if let Some(check) = &backend.port_check {
+                let mut problems = Vec::new();
+                for s in objects.iter().filter_map(|o| o.as_service()) {
+                    for (i, p) in s.spec.publish.iter().enumerate() {
+                        if let Err(e) = check(&s.metadata.namespace, &s.metadata.name, p.port) {
+                            problems.push(format!(
+                                "Service {}/{}: spec.publish[{i}].port: {e}",
+                                s.metadata.namespace, s.metadata.name
+                            ));
+                        }
+                    }
+                }
+                if !problems.is_empty() {
+                    return error(ErrorCode::Invalid, problems.join("\n"));
+                }
+            }
             // What is stored now, for the diff of what changes.
             let mut before = std::collections::HashMap::new();
             for o in &objects {

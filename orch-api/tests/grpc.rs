@@ -357,6 +357,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
         scheduler: Arc::new(orch_sched::DefaultScheduler),
         on_node_removed: None,
         nodes: None,
+        port_check: None,
     });
     let m = start_with(store, Some(backend)).await;
     let admin = m

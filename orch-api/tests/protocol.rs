@@ -36,6 +36,7 @@ async fn start() -> (
         scheduler: Arc::new(orch_sched::DefaultScheduler),
         on_node_removed: None,
         nodes: None,
+        port_check: None,
     });
     let cancel = CancellationToken::new();
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));

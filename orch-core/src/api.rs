@@ -148,6 +148,7 @@ pub async fn apply(
             return Err(ApiError::Invalid(msgs.join("\n")));
         }
     }
+    check_published_ports(store, &objects).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -176,6 +177,77 @@ pub async fn apply(
             ) if attempt < 10 => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Refuses a published port another service publishes, or uses as a fixed host port (every
+/// node listens on a published port, so it collides on every node), naming both services.
+async fn check_published_ports(store: &dyn Store, objects: &[Object]) -> Result<(), ApiError> {
+    let applied: Vec<&crate::object::Service> =
+        objects.iter().filter_map(|o| o.as_service()).collect();
+    if applied.iter().all(|s| s.spec.publish.is_empty())
+        && applied
+            .iter()
+            .all(|s| s.spec.template.ports.iter().all(|p| p.port.is_none()))
+    {
+        return Ok(());
+    }
+    let (stored, _) = crate::store::list_objects(store, Kind::Service, None).await?;
+    let id = |s: &crate::object::Service| (s.metadata.namespace.clone(), s.metadata.name.clone());
+    // What every service will have after this apply: the applied version replaces the stored.
+    let mut all: Vec<&crate::object::Service> = applied.clone();
+    for o in &stored {
+        if let Some(s) = o.as_service() {
+            if !applied.iter().any(|a| id(a) == id(s)) {
+                all.push(s);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for s in &applied {
+        for (i, p) in s.spec.publish.iter().enumerate() {
+            for other in &all {
+                let same = id(other) == id(s);
+                if !same && other.spec.publish.iter().any(|q| q.port == p.port) {
+                    problems.push(format!(
+                        "Service {}/{}: spec.publish[{i}].port: {} is already published by service {}/{}",
+                        s.metadata.namespace, s.metadata.name, p.port,
+                        other.metadata.namespace, other.metadata.name
+                    ));
+                }
+                if other
+                    .spec
+                    .template
+                    .ports
+                    .iter()
+                    .any(|q| q.port == Some(p.port))
+                {
+                    problems.push(format!(
+                        "Service {}/{}: spec.publish[{i}].port: {} is the fixed host port of service {}/{}'s replicas; a published port is taken on every node",
+                        s.metadata.namespace, s.metadata.name, p.port,
+                        other.metadata.namespace, other.metadata.name
+                    ));
+                }
+            }
+        }
+        for (i, tp) in s.spec.template.ports.iter().enumerate() {
+            let Some(port) = tp.port else { continue };
+            for other in &all {
+                if id(other) != id(s) && other.spec.publish.iter().any(|q| q.port == port) {
+                    problems.push(format!(
+                        "Service {}/{}: spec.template.ports[{i}].port: {port} is published by service {}/{} on every node",
+                        s.metadata.namespace, s.metadata.name,
+                        other.metadata.namespace, other.metadata.name
+                    ));
+                }
+            }
+        }
+    }
+    problems.dedup();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(problems.join("\n")))
     }
 }
 

@@ -1359,6 +1359,14 @@ impl Object {
         }
     }
 
+    /// The service, if this is one.
+    pub fn as_service(&self) -> Option<&Service> {
+        match self {
+            Object::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The object's kind.
     pub fn kind(&self) -> Kind {
         match self {

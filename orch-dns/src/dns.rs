@@ -567,8 +567,8 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP on `config.listen` and serves until dropped. With port 0, both use
-    /// the same port (the one UDP got).
+    /// Binds TCP and UDP on `config.listen` and serves until dropped. With port 0, both use
+    /// the same port (the one TCP got).
     pub async fn start(config: DnsConfig) -> Result<DnsServer, DnsError> {
         let zone = Arc::new(Zone::new(&config.domain, config.ttl)?);
         let bind_err = |proto, addr, source| DnsError::Bind {
@@ -576,15 +576,16 @@ impl DnsServer {
             proto,
             source,
         };
-        let first = udp_socket(config.listen).map_err(|e| bind_err("udp", config.listen, e))?;
-        let local = first
+        // TCP first: its bind is exclusive, so a second server on the same address fails
+        // here instead of sharing the UDP port through SO_REUSEPORT.
+        let tcp = tcp_listener(config.listen).map_err(|e| bind_err("tcp", config.listen, e))?;
+        let local = tcp
             .local_addr()
-            .map_err(|e| bind_err("udp", config.listen, e))?;
-        let mut sockets = vec![first];
-        for _ in 1..config.udp_sockets.max(1) {
+            .map_err(|e| bind_err("tcp", config.listen, e))?;
+        let mut sockets = Vec::new();
+        for _ in 0..config.udp_sockets.max(1) {
             sockets.push(udp_socket(local).map_err(|e| bind_err("udp", local, e))?);
         }
-        let tcp = tcp_listener(local).map_err(|e| bind_err("tcp", local, e))?;
         let handler = Handler {
             zone: zone.clone(),
             forward: config.forward,

@@ -43,6 +43,8 @@ pub struct AgentArgs {
     heartbeat: Duration,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
+    #[command(flatten)]
+    discovery: crate::discovery::DiscoveryArgs,
 }
 
 /// Runs until SIGINT or SIGTERM (workloads keep running; the next start re-adopts them).
@@ -73,8 +75,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);
     let discovery_dir = data_dir.join("discovery");
+    let node_ip: std::net::IpAddr = args.advertise_address.parse().with_context(|| {
+        format!(
+            "--advertise-address {:?}: expected an IP address",
+            args.advertise_address
+        )
+    })?;
+    let discovery = args.discovery.start(&node, node_ip, &discovery_dir).await?;
     let mut engine = Engine::builder(store.clone(), scheduler)
-        .discovery(Arc::new(orch_dns::FileDiscovery::new(&discovery_dir)))
+        .discovery(discovery.fanout.clone())
         .agents_only()
         .start();
     let listen = args
@@ -89,6 +98,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(serve_node(bound, creds_rx, runtime.clone()));
     let mut agent = host::agent_config(&node, labels, &discovery_dir);
     agent.taints = taints;
+    discovery.configure(&mut agent, &args.discovery.dns_domain);
     agent.addresses = vec![args.advertise_address.clone()];
     agent.heartbeat = args.heartbeat;
     agent.endpoint = endpoint.to_string();

@@ -1,6 +1,7 @@
 //! orchd: the reference daemon. `main` only parses arguments and dispatches.
 
 mod agent;
+mod discovery;
 mod host;
 mod http;
 mod runtime;

@@ -34,6 +34,8 @@ pub struct ServerArgs {
     store: String,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
+    #[command(flatten)]
+    discovery: crate::discovery::DiscoveryArgs,
     /// Serve the cluster protocol (gRPC over mutual TLS) for agents on other hosts at
     /// `HOST:PORT`; the CA and the join token live in DATA_DIR/cluster.
     #[arg(long)]
@@ -82,7 +84,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(args.runtime.open(&runtime_names, &data_dir, None).await?)
     };
     let discovery_dir = data_dir.join("discovery");
-    let discovery = Arc::new(orch_dns::FileDiscovery::new(&discovery_dir));
+    let node_ip: std::net::IpAddr = [127, 0, 0, 1].into();
+    // A manager without an agent is not a node: no DNS server, no proxy.
+    let discovery = match args.no_agent {
+        false => Some(args.discovery.start(&node, node_ip, &discovery_dir).await?),
+        true => None,
+    };
+    let fanout: Arc<dyn orch_core::discovery::Discovery> = match &discovery {
+        Some(d) => d.fanout.clone(),
+        None => Arc::new(orch_dns::FileDiscovery::new(&discovery_dir)),
+    };
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);
     anyhow::ensure!(
@@ -92,7 +103,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         args.node_grace
     );
     let mut engine = Engine::builder(store.clone(), scheduler.clone())
-        .discovery(discovery)
+        .discovery(fanout)
         .config(orch_core::engine::EngineConfig {
             node_grace: args.node_grace,
             node_lost_timeout: args.node_replace_timeout,
@@ -103,6 +114,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(runtime) = runtime {
         let mut agent = host::agent_config(&node, labels, &discovery_dir);
         agent.taints = taints;
+        if let Some(d) = &discovery {
+            d.configure(&mut agent, &args.discovery.dns_domain);
+        }
         engine.add_agent(runtime.clone(), agent);
         let info = runtime.info();
         if !info.limits_enforced {
@@ -144,6 +158,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             let m = m.clone();
             Arc::new(move |n: &str| m.revoke(n)) as orch_api::server::NodeRemovedHook
         }),
+        port_check: discovery.as_ref().map(|d| d.port_check()),
         nodes: match &cluster {
             Some((m, _, _)) => Some(Arc::new(orch_api::grpc::node::NodeDialer::new(
                 store.clone(),

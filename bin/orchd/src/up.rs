@@ -36,6 +36,8 @@ pub struct UpArgs {
     refresh_ms: u64,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
+    #[command(flatten)]
+    discovery: crate::discovery::DiscoveryArgs,
 }
 
 /// Runs until Ctrl-C, then stops everything it started.
@@ -59,13 +61,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let discovery_dir = state_dir.join("discovery");
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);
+    let discovery = args
+        .discovery
+        .start(&args.node, [127, 0, 0, 1].into(), &discovery_dir)
+        .await?;
     let mut engine = Engine::builder(store.clone(), scheduler.clone())
-        .discovery(Arc::new(orch_dns::FileDiscovery::new(&discovery_dir)))
+        .discovery(discovery.fanout.clone())
         .start();
-    engine.add_agent(
-        runtime.clone(),
-        host::agent_config(&args.node, Default::default(), &discovery_dir),
-    );
+    let mut agent = host::agent_config(&args.node, Default::default(), &discovery_dir);
+    discovery.configure(&mut agent, &args.discovery.dns_domain);
+    engine.add_agent(runtime.clone(), agent);
     let socket = state_dir.join("orchd.sock");
     let cancel = CancellationToken::new();
     let backend = Arc::new(Backend {
@@ -75,6 +80,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         scheduler,
         on_node_removed: None,
         nodes: None,
+        port_check: Some(discovery.port_check()),
     });
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     let applied = orch_core::api::apply(&*store, objects, false).await?;

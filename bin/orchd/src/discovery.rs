@@ -1,0 +1,124 @@
+//! Discovery on a node: the cluster DNS server, the service proxy and endpoint files, fed
+//! together by the node's endpoints controller.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use orch_core::discovery::{Discovery, Fanout};
+use orch_core::engine::AgentConfig;
+use orch_dns::dns::{DnsConfig, DnsServer};
+use orch_dns::proxy::{ProxyConfig, ServiceProxy};
+
+/// Where the DNS server listens unless told otherwise: a loopback address of its own on port
+/// 53, so containers' resolv.conf can name it.
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.153:53";
+
+/// The discovery flags of `orchd up`, `server` and `agent`.
+#[derive(Args, Clone, Debug)]
+pub struct DiscoveryArgs {
+    /// Where the cluster DNS server listens (UDP and TCP), or `off`. Containers' resolv.conf
+    /// can only name a server on port 53; processes get `ORCH_DNS` with any port. If the
+    /// default cannot be bound (not root, taken), orchd runs without DNS and says so.
+    #[arg(long, default_value = DEFAULT_DNS_LISTEN)]
+    pub dns_listen: String,
+    /// The cluster domain: services are `SERVICE.NAMESPACE.DOMAIN`.
+    #[arg(long, default_value = "orch.local")]
+    pub dns_domain: String,
+    /// TTL of DNS answers, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub dns_ttl: u32,
+    /// Forward names outside the cluster domain to this server (`HOST:PORT`); by default
+    /// they are REFUSED (so a resolver moves on to its next nameserver).
+    #[arg(long)]
+    pub dns_forward: Option<SocketAddr>,
+    /// Queries a second one client socket may make to the DNS server (0: no limit).
+    #[arg(long, default_value_t = 10_000)]
+    pub dns_client_qps: u32,
+    /// The address published ports (`spec.publish`) are listened on (default: the node's
+    /// address).
+    #[arg(long)]
+    pub proxy_address: Option<IpAddr>,
+}
+
+/// What runs on a node for discovery.
+pub struct NodeDiscovery {
+    /// Everything below, as one [`Discovery`] for the engine.
+    pub fanout: Arc<dyn Discovery>,
+    /// The DNS server, when it runs.
+    pub dns: Option<Arc<DnsServer>>,
+    /// The service proxy.
+    pub proxy: Arc<ServiceProxy>,
+}
+
+impl DiscoveryArgs {
+    /// Starts the DNS server and the proxy for node `node` reached at `node_ip`, with the
+    /// endpoint files in `files_dir`.
+    pub async fn start(
+        &self,
+        node: &str,
+        node_ip: IpAddr,
+        files_dir: &Path,
+    ) -> anyhow::Result<NodeDiscovery> {
+        let dns = if self.dns_listen == "off" {
+            None
+        } else {
+            let listen: SocketAddr = self.dns_listen.parse().with_context(|| {
+                format!(
+                    "--dns-listen {:?}: expected IP:PORT (like {DEFAULT_DNS_LISTEN}) or off",
+                    self.dns_listen
+                )
+            })?;
+            let mut cfg = DnsConfig::new(listen);
+            cfg.domain = self.dns_domain.clone();
+            cfg.ttl = self.dns_ttl;
+            cfg.forward = self.dns_forward;
+            cfg.client_qps = self.dns_client_qps;
+            match DnsServer::start(cfg).await {
+                Ok(s) => {
+                    tracing::info!(addr = %s.local_addr(), domain = %self.dns_domain, "cluster DNS serving");
+                    Some(Arc::new(s))
+                }
+                Err(e @ orch_dns::dns::DnsError::Bind { .. })
+                    if self.dns_listen == DEFAULT_DNS_LISTEN =>
+                {
+                    eprintln!("orchd: {e}; running without cluster DNS (give --dns-listen IP:PORT, or --dns-listen off)");
+                    None
+                }
+                Err(e) => return Err(e).context("--dns-listen"),
+            }
+        };
+        let proxy = Arc::new(ServiceProxy::new(ProxyConfig::new(
+            node,
+            self.proxy_address.unwrap_or(node_ip),
+        )));
+        let mut all: Vec<Arc<dyn Discovery>> = vec![
+            Arc::new(orch_dns::FileDiscovery::new(files_dir)),
+            proxy.clone(),
+        ];
+        if let Some(d) = &dns {
+            all.push(d.clone());
+        }
+        Ok(NodeDiscovery {
+            fanout: Arc::new(Fanout(all)),
+            dns,
+            proxy,
+        })
+    }
+}
+
+impl NodeDiscovery {
+    /// Tells the node's agent where workloads resolve names.
+    pub fn configure(&self, agent: &mut AgentConfig, domain: &str) {
+        agent.dns = self.dns.as_ref().map(|d| d.local_addr());
+        agent.dns_domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    }
+
+    /// The apply-time check that a published port is free on this node.
+    pub fn port_check(&self) -> orch_api::server::PortCheck {
+        let proxy = self.proxy.clone();
+        Arc::new(move |ns: &str, svc: &str, port: u16| proxy.check_port(ns, svc, port))
+    }
+}
