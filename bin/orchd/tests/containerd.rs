@@ -98,6 +98,11 @@ fn containers_and_processes_on_one_node_through_orchd() {
 
     let tmp = tempfile::tempdir().unwrap();
     let socket = ctd.socket();
+    // The cluster DNS on a loopback address of this test's own, on port 53: a container's
+    // resolv.conf can only name a server there.
+    let pid = std::process::id();
+    let dns_ip = format!("127.{}.{}.2", 54 + (pid >> 16) % 100, pid & 0xff);
+    let dns = format!("{dns_ip}:53");
     let args = [
         "--runtime",
         "process,containerd",
@@ -105,6 +110,8 @@ fn containers_and_processes_on_one_node_through_orchd() {
         socket.to_str().unwrap(),
         "--containerd-namespace",
         &ns,
+        "--dns-listen",
+        &dns,
     ];
     let mut d = Daemon::start_with(tmp.path(), &args);
     let node = eventually("the node registers", Duration::from_secs(20), || {
@@ -150,6 +157,20 @@ fn containers_and_processes_on_one_node_through_orchd() {
             format!("{registry_address}/orch/hello-server:1"),
         ],
         "each image pulled once"
+    );
+
+    // The container resolves service names through the cluster DNS (its resolv.conf names
+    // it first, with the namespace's search domains).
+    let resolv = d.ctl_ok(&["exec", &shell, "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {dns_ip}\n"))
+            && resolv.contains("search default.orch.local orch.local"),
+        "{resolv}"
+    );
+    let looked_up = d.ctl_ok(&["exec", &shell, "--", "nslookup", "web.default.orch.local"]);
+    assert!(
+        looked_up.contains("127.0.0.1") && looked_up.contains(&dns_ip),
+        "{looked_up}"
     );
 
     // orchctl exec runs a command in a container: its environment, its exit code, its stderr.
