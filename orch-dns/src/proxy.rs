@@ -26,17 +26,39 @@ pub struct ProxyConfig {
     pub address: IpAddr,
     /// How long a connect to a replica may take before the next one is tried.
     pub connect_timeout: Duration,
+    /// Where connections are balanced.
+    pub mode: ProxyMode,
 }
 
 impl ProxyConfig {
-    /// Listens on `address`; connects time out after a second.
+    /// Listens on `address` in user space; connects time out after a second.
     pub fn new(node: &str, address: IpAddr) -> ProxyConfig {
         ProxyConfig {
             node: node.into(),
             address,
             connect_timeout: Duration::from_secs(1),
+            mode: ProxyMode::Userspace,
         }
     }
+}
+
+/// Where the proxy balances connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Every connection goes through this process: round robin or least connections, and a
+    /// failed connect is retried on the next replica. Costs a second TCP connection and two
+    /// copies per byte.
+    #[default]
+    Userspace,
+    /// Round-robin ports are balanced in the kernel, as kube-proxy does: nftables DNAT rules
+    /// (`numgen inc` over the ready replicas) in a table of this process's own, rewritten in
+    /// one transaction whenever the replicas change. Near direct throughput; a connect to a
+    /// replica that died and is not yet marked unready fails instead of being retried.
+    /// Least-connections ports, IPv6 and ports with no ready replica stay in user space.
+    /// When a replica leaves, the kernel's tracked connections to it are deleted (with the
+    /// `conntrack` tool, if installed), so a new connection reusing a closed one's source
+    /// port is not sent to it. Needs root and `nft`.
+    Nftables,
 }
 
 type Key = (String, String);
@@ -80,6 +102,19 @@ pub struct ServiceProxy {
     config: ProxyConfig,
     state: Mutex<State>,
     forwarded: Arc<AtomicUsize>,
+    /// Serialises nftables updates, so they apply in order.
+    nft_lock: tokio::sync::Mutex<()>,
+    nft_table: String,
+    /// The replicas the kernel rules send connections to.
+    nft_backends: Mutex<std::collections::HashSet<SocketAddr>>,
+}
+
+impl Drop for ServiceProxy {
+    fn drop(&mut self) {
+        if self.config.mode == ProxyMode::Nftables {
+            nft::delete_table(&self.nft_table);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,11 +124,80 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ServiceProxy {
     /// A proxy that listens on `config.address`.
     pub fn new(config: ProxyConfig) -> ServiceProxy {
+        let nft_table = nft::table_name(std::process::id());
+        if config.mode == ProxyMode::Nftables {
+            nft::remove_stale_tables();
+        }
         ServiceProxy {
             config,
             state: Mutex::new(State::default()),
             forwarded: Arc::new(AtomicUsize::new(0)),
+            nft_lock: tokio::sync::Mutex::new(()),
+            nft_table,
+            nft_backends: Mutex::default(),
         }
+    }
+
+    /// Whether the kernel data path works here (root, `nft` installed).
+    pub fn nftables_available() -> bool {
+        nft::available()
+    }
+
+    /// The nftables table this proxy keeps its rules in (in [`ProxyMode::Nftables`]).
+    pub fn nft_table(&self) -> &str {
+        &self.nft_table
+    }
+
+    /// Rewrites this proxy's nftables rules from its current state, in one transaction.
+    async fn sync_kernel(&self) -> Result<(), DiscoveryError> {
+        if self.config.mode != ProxyMode::Nftables {
+            return Ok(());
+        }
+        let _order = self.nft_lock.lock().await;
+        let rules: Vec<nft::Rule> = {
+            let g = lock(&self.state);
+            g.listeners
+                .iter()
+                .filter_map(|(port, l)| {
+                    let spec = l.spec.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    if spec.balance != Balance::RoundRobin {
+                        return None;
+                    }
+                    let svc = g.services.get(&l.owner)?;
+                    let backends = svc
+                        .backends
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    let to: Vec<SocketAddr> = backends
+                        .iter()
+                        .filter_map(|b| Some(SocketAddr::new(b.ip, b.endpoint.port(&spec.target)?)))
+                        .collect();
+                    Some(nft::Rule {
+                        listen: SocketAddr::new(self.config.address, *port),
+                        to,
+                    })
+                })
+                .collect()
+        };
+        let script = nft::script(&self.nft_table, &rules);
+        nft::apply(&script)
+            .await
+            .map_err(|e| DiscoveryError(format!("node {}: nftables: {e}", self.config.node)))?;
+        // Connections the kernel tracked to replicas no longer in any rule: a closed one would
+        // otherwise keep its rewrite for a new connection that reuses its source port.
+        let now: std::collections::HashSet<SocketAddr> =
+            rules.iter().flat_map(|r| r.to.iter().copied()).collect();
+        let gone: Vec<SocketAddr> = {
+            let mut last = lock(&self.nft_backends);
+            let gone = last.difference(&now).copied().collect();
+            *last = now;
+            gone
+        };
+        for b in gone {
+            nft::forget_connections(b).await;
+        }
+        Ok(())
     }
 
     /// The address published ports are listened on.
@@ -214,13 +318,7 @@ async fn forward(
             Ok(Ok(mut upstream)) => {
                 forwarded.fetch_add(1, Ordering::Relaxed);
                 let _ = upstream.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut client,
-                    &mut upstream,
-                    64 * 1024,
-                    64 * 1024,
-                )
-                .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 drop(open);
                 return;
             }
@@ -270,31 +368,34 @@ impl Discovery for ServiceProxy {
         endpoints: Vec<Endpoint>,
     ) -> Result<(), DiscoveryError> {
         let svc = self.service(&(namespace.into(), service.into()));
-        let mut active = lock(&svc.active);
-        let backends: Vec<Backend> = endpoints
-            .into_iter()
-            .filter_map(|e| {
-                let ip = e.ip.parse().ok()?;
-                let count = active.entry(e.replica.clone()).or_default().clone();
-                Some(Backend {
-                    ip,
-                    endpoint: e,
-                    active: count,
+        {
+            let mut active = lock(&svc.active);
+            let backends: Vec<Backend> = endpoints
+                .into_iter()
+                .filter_map(|e| {
+                    let ip = e.ip.parse().ok()?;
+                    let count = active.entry(e.replica.clone()).or_default().clone();
+                    Some(Backend {
+                        ip,
+                        endpoint: e,
+                        active: count,
+                    })
                 })
-            })
-            .collect();
-        active.retain(|name, _| backends.iter().any(|b| &b.endpoint.replica == name));
-        drop(active);
-        *svc.backends.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(backends);
-        Ok(())
+                .collect();
+            active.retain(|name, _| backends.iter().any(|b| &b.endpoint.replica == name));
+            *svc.backends.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(backends);
+        }
+        self.sync_kernel().await
     }
 
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
         let key = (namespace.to_string(), service.to_string());
-        let mut g = lock(&self.state);
-        g.services.remove(&key);
-        g.listeners.retain(|_, l| l.owner != key);
-        Ok(())
+        {
+            let mut g = lock(&self.state);
+            g.services.remove(&key);
+            g.listeners.retain(|_, l| l.owner != key);
+        }
+        self.sync_kernel().await
     }
 
     async fn set_published(
@@ -305,13 +406,31 @@ impl Discovery for ServiceProxy {
     ) -> Result<(), DiscoveryError> {
         let key: Key = (namespace.into(), service.into());
         let svc = self.service(&key);
+        let errors = self.listen(&key, &svc, published);
+        let synced = self.sync_kernel().await;
+        if errors.is_empty() {
+            synced
+        } else {
+            Err(DiscoveryError(format!(
+                "publishing {namespace}/{service}: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+}
+
+impl ServiceProxy {
+    /// Opens the listeners `published` needs and closes the ones it no longer has; the
+    /// ports that could not be opened, said.
+    fn listen(&self, key: &Key, svc: &Arc<Service>, published: Vec<Published>) -> Vec<String> {
+        let (namespace, service) = key;
         let mut g = lock(&self.state);
         g.listeners
-            .retain(|port, l| l.owner != key || published.iter().any(|p| p.port == *port));
+            .retain(|port, l| l.owner != *key || published.iter().any(|p| p.port == *port));
         let mut errors = Vec::new();
         for p in published {
             match g.listeners.get(&p.port) {
-                Some(l) if l.owner == key => {
+                Some(l) if l.owner == *key => {
                     *l.spec.write().unwrap_or_else(|e| e.into_inner()) = p;
                     continue;
                 }
@@ -351,14 +470,7 @@ impl Discovery for ServiceProxy {
                 },
             );
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(DiscoveryError(format!(
-                "publishing {namespace}/{service}: {}",
-                errors.join("; ")
-            )))
-        }
+        errors
     }
 }
 
@@ -373,4 +485,182 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.bind(&addr.into())?;
     s.listen(4096)?;
     TcpListener::from_std(s.into())
+}
+
+/// The kernel data path: nftables DNAT rules in a table of the proxy's own.
+mod nft {
+    use std::net::{IpAddr, SocketAddr};
+    use std::process::Stdio;
+
+    use tokio::io::AsyncWriteExt;
+
+    const PREFIX: &str = "orch_proxy_";
+
+    /// One published port and the ready replicas its connections go to.
+    pub struct Rule {
+        pub listen: SocketAddr,
+        pub to: Vec<SocketAddr>,
+    }
+
+    pub fn table_name(pid: u32) -> String {
+        format!("{PREFIX}{pid}")
+    }
+
+    pub fn available() -> bool {
+        std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The whole table, replaced in one transaction: a rule per published port with ready
+    /// IPv4 replicas, in the output hook (connections from this node) and prerouting (from
+    /// others).
+    pub fn script(table: &str, rules: &[Rule]) -> String {
+        let mut s = format!(
+            "add table ip {table}\nflush table ip {table}\n\
+             add chain ip {table} output {{ type nat hook output priority -100 ; policy accept ; }}\n\
+             add chain ip {table} prerouting {{ type nat hook prerouting priority -100 ; policy accept ; }}\n\
+             add chain ip {table} postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}\n"
+        );
+        for r in rules {
+            let IpAddr::V4(listen) = r.listen.ip() else {
+                continue;
+            };
+            let to: Vec<(usize, &SocketAddr)> =
+                r.to.iter().filter(|b| b.is_ipv4()).enumerate().collect();
+            if to.is_empty() {
+                continue;
+            }
+            let map = to
+                .iter()
+                .map(|(i, b)| format!("{i} : {} . {}", b.ip(), b.port()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for chain in ["output", "prerouting"] {
+                s.push_str(&format!(
+                    "add rule ip {table} {chain} ip daddr {listen} tcp dport {} dnat to numgen inc mod {} map {{ {map} }}\n",
+                    r.listen.port(),
+                    to.len()
+                ));
+            }
+            // Masquerade (with a random source port) what this rule rewrote: replies from a
+            // replica on another node come back through this node, and a new connection never
+            // lands on the 4-tuple of an old one still in TIME_WAIT at the replica (its client
+            // chose the port for the published address, not for the replica's).
+            s.push_str(&format!(
+                "add rule ip {table} postrouting ct status dnat ct original ip daddr {listen} meta l4proto tcp ct original proto-dst {} masquerade random\n",
+                r.listen.port()
+            ));
+        }
+        s
+    }
+
+    pub async fn apply(script: &str) -> Result<(), String> {
+        let mut child = tokio::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run nft: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|e| format!("nft: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("nft: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Deletes the kernel's connection-tracking entries of connections to `backend`
+    /// (`conntrack`, package conntrack; without it, nothing is deleted).
+    pub async fn forget_connections(backend: SocketAddr) {
+        let IpAddr::V4(ip) = backend.ip() else {
+            return;
+        };
+        let _ = tokio::process::Command::new("conntrack")
+            .args(["-D", "-p", "tcp", "--reply-src"])
+            .arg(ip.to_string())
+            .arg("--reply-port-src")
+            .arg(backend.port().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+
+    pub fn delete_table(table: &str) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Tables of proxies whose process is gone (killed before it could delete its own).
+    pub fn remove_stale_tables() {
+        let Ok(out) = std::process::Command::new("nft")
+            .args(["list", "tables", "ip"])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.trim().strip_prefix("table ip ") else {
+                continue;
+            };
+            let Some(pid) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            if pid
+                .parse::<u32>()
+                .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            {
+                delete_table(name);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_script_balances_ipv4_replicas_and_masquerades_what_it_rewrote() {
+            let rules = [
+                Rule {
+                    listen: "127.0.0.1:8080".parse().unwrap(),
+                    to: vec![
+                        "127.0.0.1:4001".parse().unwrap(),
+                        "10.9.0.2:4002".parse().unwrap(),
+                        "[fd00::1]:4003".parse().unwrap(),
+                    ],
+                },
+                Rule {
+                    listen: "127.0.0.1:9090".parse().unwrap(),
+                    to: vec![],
+                },
+            ];
+            let s = script("t", &rules);
+            assert!(s.starts_with("add table ip t\nflush table ip t\n"), "{s}");
+            assert!(s.contains("add rule ip t output ip daddr 127.0.0.1 tcp dport 8080 dnat to numgen inc mod 2 map { 0 : 127.0.0.1 . 4001, 1 : 10.9.0.2 . 4002 }"), "{s}");
+            assert!(
+                s.contains("add rule ip t prerouting ip daddr 127.0.0.1 tcp dport 8080"),
+                "{s}"
+            );
+            assert!(s.contains("postrouting ct status dnat ct original ip daddr 127.0.0.1 meta l4proto tcp ct original proto-dst 8080 masquerade random"), "{s}");
+            assert!(!s.contains("9090"), "no rule without replicas: {s}");
+        }
+    }
 }

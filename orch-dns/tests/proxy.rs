@@ -219,3 +219,62 @@ async fn no_ready_replica_closes_the_connection() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// The kernel data path (root and `nft`): connections are balanced by DNAT rules, not by
+/// this process, and follow the ready replicas.
+#[tokio::test]
+async fn nftables_mode_balances_in_the_kernel() {
+    use orch_dns::proxy::ProxyMode;
+    assert!(
+        ServiceProxy::nftables_available(),
+        "nft does not work here (needs root and the nftables package; .ci/run installs it)"
+    );
+    let (a, _ta) = backend("a").await;
+    let (b, _tb) = backend("b").await;
+    let (c, _tc) = backend("c").await;
+    let mut cfg = ProxyConfig::new("n1", "127.0.0.1".parse().unwrap());
+    cfg.mode = ProxyMode::Nftables;
+    let p = ServiceProxy::new(cfg);
+    let table = p.nft_table().to_string();
+    let port = free_port();
+    p.set_published("default", "web", publish(port, Balance::RoundRobin))
+        .await
+        .unwrap();
+    p.set_endpoints("default", "web", vec![ep("a", a), ep("b", b), ep("c", c)])
+        .await
+        .unwrap();
+    let list = || {
+        String::from_utf8_lossy(
+            &std::process::Command::new("nft")
+                .args(["list", "table", "ip", &table])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(
+        list().contains(&format!("tcp dport {port} dnat")),
+        "{}",
+        list()
+    );
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..30 {
+        *seen.entry(hello(port).await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 10), "evenly: {seen:?}");
+    assert_eq!(p.forwarded(), 0, "no connection went through this process");
+    p.set_endpoints("default", "web", vec![ep("b", b)])
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(hello(port).await.unwrap(), "b");
+    }
+    // With no ready replica the rule goes; the user-space listener closes the connection.
+    p.set_endpoints("default", "web", vec![]).await.unwrap();
+    assert!(!list().contains("dnat"), "{}", list());
+    p.remove_service("default", "web").await.unwrap();
+    drop(p);
+    assert!(list().is_empty(), "the table is deleted with the proxy");
+}

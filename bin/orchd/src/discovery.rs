@@ -10,7 +10,7 @@ use clap::Args;
 use orch_core::discovery::{Discovery, Fanout};
 use orch_core::engine::AgentConfig;
 use orch_dns::dns::{DnsConfig, DnsServer};
-use orch_dns::proxy::{ProxyConfig, ServiceProxy};
+use orch_dns::proxy::{ProxyConfig, ProxyMode, ServiceProxy};
 
 /// Where the DNS server listens unless told otherwise: a loopback address of its own on port
 /// 53, so containers' resolv.conf can name it.
@@ -35,12 +35,18 @@ pub struct DiscoveryArgs {
     #[arg(long)]
     pub dns_forward: Option<SocketAddr>,
     /// Queries a second one client socket may make to the DNS server (0: no limit).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 50_000)]
     pub dns_client_qps: u32,
     /// The address published ports (`spec.publish`) are listened on (default: the node's
     /// address).
     #[arg(long)]
     pub proxy_address: Option<IpAddr>,
+    /// Where published ports are balanced: `userspace` (every connection through orchd:
+    /// round robin or least connections, a failed connect retried on another replica) or
+    /// `nftables` (round-robin ports as kernel DNAT rules, as kube-proxy does: near direct
+    /// throughput, but a refused connect is not retried; needs root and `nft`).
+    #[arg(long, default_value = "userspace", value_parser = ["userspace", "nftables"])]
+    pub proxy_mode: String,
 }
 
 /// What runs on a node for discovery.
@@ -90,10 +96,19 @@ impl DiscoveryArgs {
                 Err(e) => return Err(e).context("--dns-listen"),
             }
         };
-        let proxy = Arc::new(ServiceProxy::new(ProxyConfig::new(
-            node,
-            self.proxy_address.unwrap_or(node_ip),
-        )));
+        let mut proxy_config = ProxyConfig::new(node, self.proxy_address.unwrap_or(node_ip));
+        proxy_config.mode = match self.proxy_mode.as_str() {
+            "nftables" => {
+                anyhow::ensure!(
+                    ServiceProxy::nftables_available(),
+                    "--proxy-mode nftables: `nft list tables` does not work here (it needs root and the nftables package)"
+                );
+                ProxyMode::Nftables
+            }
+            _ => ProxyMode::Userspace,
+        };
+        tracing::info!(mode = ?proxy_config.mode, address = %proxy_config.address, "service proxy");
+        let proxy = Arc::new(ServiceProxy::new(proxy_config));
         let mut all: Vec<Arc<dyn Discovery>> = vec![
             Arc::new(orch_dns::FileDiscovery::new(files_dir)),
             proxy.clone(),

@@ -143,10 +143,26 @@ fn dns_answers_follow_replicas_and_their_readiness() {
 
 #[test]
 fn a_published_port_balances_across_replicas_and_loses_nothing_to_a_kill() {
+    published_port("userspace");
+}
+
+#[test]
+fn the_nftables_proxy_balances_in_the_kernel_and_follows_readiness() {
+    published_port("nftables");
+}
+
+/// HTTP through a published port with the proxy in `mode`. In user space a failed connect
+/// is retried on another replica, so at most the requests in flight at a kill fail; in the
+/// kernel, connections to the dead replica fail until it is marked unready, none after.
+fn published_port(mode: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let d = Daemon::start_with(tmp.path(), &["--dns-listen", "off"]);
+    let d = Daemon::start_with(tmp.path(), &["--dns-listen", "off", "--proxy-mode", mode]);
     let port = free_port();
-    let publish = format!("  publish: [{{port: {port}}}]\n");
+    // Ready only once it listens (without a probe a replica is Ready when it starts): the
+    // kernel path cannot retry a connect refused by a replica that is not listening yet.
+    let publish = format!(
+        "    readinessProbe: {{tcpSocket: {{port: http}}, period: 100ms, failureThreshold: 1}}\n  publish: [{{port: {port}}}]\n"
+    );
     let path = write(tmp.path(), "hello.yaml", &hello_with(3, &publish));
     let out = d.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);
     assert!(out.contains("created"), "{out}");
@@ -167,11 +183,23 @@ fn a_published_port_balances_across_replicas_and_loses_nothing_to_a_kill() {
         },
     );
 
+    if mode == "nftables" {
+        let rules = Command::new("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        assert!(
+            rules.contains(&format!("tcp dport {port} dnat")),
+            "the kernel balances the port: {rules}"
+        );
+    }
+
     // Load through the proxy while one replica is killed: every request is answered, the
     // ones started after it was marked unready certainly, and in fact all (a failed connect
     // is retried on another replica).
     let stop = Arc::new(AtomicBool::new(false));
-    let failures: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
     let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
         .map(|_| {
@@ -180,8 +208,8 @@ fn a_published_port_balances_across_replicas_and_loses_nothing_to_a_kill() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    if http_get(&front).is_none() {
-                        failures.lock().unwrap().push(started);
+                    if let Err(e) = get(&front) {
+                        failures.lock().unwrap().push((started, e));
                     }
                     total.fetch_add(1, Ordering::Relaxed);
                 }
@@ -213,16 +241,41 @@ fn a_published_port_balances_across_replicas_and_loses_nothing_to_a_kill() {
         failures.len()
     );
     assert!(total > 50, "load ran: {total} requests");
-    assert!(
-        failures.iter().all(|t| *t < unready_at),
-        "{} of {total} requests failed, some after the replica was unready",
-        failures.len()
-    );
-    assert!(
-        failures.len() <= 4,
-        "only requests in flight at the kill may fail: {} of {total}",
-        failures.len()
-    );
+    let late: Vec<(Duration, &String)> = failures
+        .iter()
+        .filter(|(t, _)| *t >= unready_at)
+        .map(|(t, e)| (t.duration_since(unready_at), e))
+        .collect();
+    eprintln!("{mode}: failures started after the replica was unready: {late:?}");
+    if mode == "userspace" {
+        assert!(
+            late.is_empty(),
+            "{} of {total} requests failed, some after the replica was unready",
+            failures.len()
+        );
+        assert!(
+            failures.len() <= 4,
+            "only requests in flight at the kill may fail: {} of {total}",
+            failures.len()
+        );
+    } else {
+        // The kernel path does not retry: connects to the dead replica are refused until the
+        // rules drop it (milliseconds after the unready mark; this test sees the mark through
+        // orchctl, which can be ahead), and a rare refused connect was seen around the
+        // replica's restart (see the note).
+        assert!(
+            late.iter()
+                .filter(|(t, _)| *t > Duration::from_millis(50))
+                .count()
+                <= 2,
+            "{mode}: connections refused long after the replica was unready: {late:?}"
+        );
+        assert!(
+            failures.len() * 20 < total,
+            "{mode}: {} of {total} failed",
+            failures.len()
+        );
+    }
 
     // Another service cannot publish the same port, and a port something else holds on the
     // node is refused at apply, naming the field and the reason.
@@ -262,4 +315,24 @@ fn a_published_port_balances_across_replicas_and_loses_nothing_to_a_kill() {
     eventually("the published port closes", Duration::from_secs(5), || {
         std::net::TcpStream::connect(&front).is_err().then_some(())
     });
+}
+
+/// GET / on a new connection; why it failed, if it did.
+fn get(addr: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)
+        .map_err(|e| format!("read: {e}"))?;
+    if buf.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("answer: {:?}", buf.lines().next()))
+    }
 }
