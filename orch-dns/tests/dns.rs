@@ -340,3 +340,49 @@ async fn a_flood_from_one_client_is_capped_and_others_are_answered() {
         "the flooder gets at most its budget: {answered} answers to {sent} queries"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_outside_the_domain_are_forwarded_when_configured() {
+    // The upstream: another server, authoritative for another domain.
+    let mut up = DnsConfig::new("127.0.0.1:0".parse().unwrap());
+    up.domain = "corp.test".into();
+    let upstream = DnsServer::start(up).await.unwrap();
+    upstream
+        .set_endpoints("it", "wiki", vec![ep("wiki-1", "127.0.0.61", 80)])
+        .await
+        .unwrap();
+    let mut cfg = DnsConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.forward = Some(upstream.local_addr());
+    let s = DnsServer::start(cfg).await.unwrap();
+    s.set_endpoints("default", "web", vec![ep("w1", "127.0.0.62", 80)])
+        .await
+        .unwrap();
+    let a = s.local_addr();
+    let out = tokio::task::spawn_blocking(move || {
+        (
+            dig(a, &["+short", "wiki.it.corp.test"]),
+            dig(a, &["nothing.it.corp.test"]),
+            dig(a, &["+short", "web.default.orch.local"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.0.trim(), "127.0.0.61", "forwarded");
+    assert!(
+        out.1.contains("status: NXDOMAIN"),
+        "the upstream's answer: {}",
+        out.1
+    );
+    assert_eq!(
+        out.2.trim(),
+        "127.0.0.62",
+        "its own names are still its own"
+    );
+    // A forwarder that does not answer: SERVFAIL, not a hang.
+    drop(upstream);
+    let out =
+        tokio::task::spawn_blocking(move || dig(a, &["+tries=1", "+time=4", "wiki.it.corp.test"]))
+            .await
+            .unwrap();
+    assert!(out.contains("status: SERVFAIL"), "{out}");
+}

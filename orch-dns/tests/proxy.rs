@@ -71,6 +71,14 @@ async fn hello(port: u16) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
+/// Publishes `port` round robin for default/web and sets its endpoints.
+async fn serve(p: &ServiceProxy, port: u16, eps: Vec<Endpoint>) {
+    p.set_published("default", "web", publish(port, Balance::RoundRobin))
+        .await
+        .unwrap();
+    p.set_endpoints("default", "web", eps).await.unwrap();
+}
+
 fn proxy() -> ServiceProxy {
     ServiceProxy::new(ProxyConfig::new("n1", "127.0.0.1".parse().unwrap()))
 }
@@ -82,12 +90,7 @@ async fn round_robin_reaches_every_replica_and_skips_a_dead_one() {
     let (c, tc) = backend("c").await;
     let p = proxy();
     let port = free_port();
-    p.set_published("default", "web", publish(port, Balance::RoundRobin))
-        .await
-        .unwrap();
-    p.set_endpoints("default", "web", vec![ep("a", a), ep("b", b), ep("c", c)])
-        .await
-        .unwrap();
+    serve(&p, port, vec![ep("a", a), ep("b", b), ep("c", c)]).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..30 {
         *seen.entry(hello(port).await.unwrap()).or_default() += 1;
@@ -237,12 +240,7 @@ async fn nftables_mode_balances_in_the_kernel() {
     let p = ServiceProxy::new(cfg);
     let table = p.nft_table().to_string();
     let port = free_port();
-    p.set_published("default", "web", publish(port, Balance::RoundRobin))
-        .await
-        .unwrap();
-    p.set_endpoints("default", "web", vec![ep("a", a), ep("b", b), ep("c", c)])
-        .await
-        .unwrap();
+    serve(&p, port, vec![ep("a", a), ep("b", b), ep("c", c)]).await;
     let list = || {
         String::from_utf8_lossy(
             &std::process::Command::new("nft")
