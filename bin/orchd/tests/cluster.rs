@@ -691,3 +691,73 @@ fn a_global_service_follows_nodes() {
     );
     d.delete_and_wait("service", "per-node");
 }
+
+/// Discovery across hosts: each agent runs its own DNS server and proxy (in its own network
+/// namespace, on the default 127.0.0.153:53), fed by its own endpoints controller; both answer
+/// for replicas on every node.
+#[test]
+fn every_node_answers_dns_and_proxies_for_the_whole_cluster() {
+    let hosts = Hosts::new(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("{}:7443", hosts.address(0));
+    let d = Daemon::start_in(
+        Some(&hosts.names[0]),
+        tmp.path(),
+        &["manager"],
+        &["--listen", &addr],
+    );
+    let token = token_of(tmp.path());
+    let _a1 = agent_on(&hosts, 1, tmp.path(), &addr, "a1", Some(&token));
+    let _a2 = agent_on(&hosts, 2, tmp.path(), &addr, "a2", Some(&token));
+    d.wait_for_nodes(&["a1", "a2"]);
+    let port = free_port();
+    let manifest = format!(
+        "{}  placement: {{maxPerNode: 2}}\n  publish: [{{port: {port}}}]\n",
+        hello(4, "blue")
+    );
+    let path = write(tmp.path(), "hello.yaml", &manifest);
+    d.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    eventually("2 ready on each node", Duration::from_secs(40), || {
+        let n = nodes_of(&d, "hello");
+        (n.len() == 4 && n.iter().filter(|(_, node, _)| node == "a1").count() == 2).then_some(())
+    });
+    let (h1, h2) = (hosts.address(1), hosts.address(2));
+    // Each node's DNS answers with both nodes' addresses.
+    for i in [1, 2] {
+        eventually(
+            "the node's DNS answers both",
+            Duration::from_secs(10),
+            || {
+                let out = netns_command(Some(&hosts.names[i]), "dig")
+                    .args([
+                        "@127.0.0.153",
+                        "+short",
+                        "+time=1",
+                        "hello.default.orch.local",
+                    ])
+                    .output()
+                    .unwrap();
+                let out = String::from_utf8_lossy(&out.stdout).to_string();
+                let mut got: Vec<&str> = out.lines().collect();
+                got.sort();
+                (got == [h1.as_str(), h2.as_str()]).then_some(())
+            },
+        );
+    }
+    // The published port on one node reaches the replicas on both.
+    let front = format!("{h1}:{port}");
+    let mut seen = std::collections::HashSet::new();
+    eventually(
+        "a1's proxy reaches all four replicas",
+        Duration::from_secs(10),
+        || {
+            for _ in 0..20 {
+                if let Some(body) = http_get(&front) {
+                    seen.insert(body.split_whitespace().nth(2).unwrap_or("").to_string());
+                }
+            }
+            (seen.len() == 4).then_some(())
+        },
+    );
+    d.delete_and_wait("service", "hello");
+}
