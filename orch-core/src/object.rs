@@ -165,8 +165,86 @@ pub struct EnvVar {
     /// Variable name.
     pub name: String,
     /// Variable value.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
+    /// Take the value from a secret's or a config's key instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueFrom>,
+}
+
+impl EnvVar {
+    /// A plain `name=value`.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: value.into(),
+            value_from: None,
+        }
+    }
+}
+
+/// A key of a Secret or a Config (exactly one of the two).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueFrom {
+    /// A secret's name (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A config's name (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// The key.
+    pub key: String,
+}
+
+/// Something mounted into a replica at `path`: exactly one of `secret`, `config` (a
+/// directory with one file per key), `volume` (a named local volume), `tmpfs` (an empty
+/// directory that lives as long as the replica) or `hostPath` (a directory of the node,
+/// only under a prefix the node allows).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mount {
+    /// Where it appears: absolute, no `..`. For process replicas, under the replica's own
+    /// directory (`$ORCH_ROOT`), since processes share the node's filesystem.
+    pub path: String,
+    /// Read-only (secrets and configs always are).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// A secret's keys as files (mode 0400, owned by the workload's user, on tmpfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A config's keys as files (mode 0444).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// A named local volume: created on the node on first use, kept across replicas until
+    /// `orchctl volume rm`; replicas using it are placed back on the node that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// An empty tmpfs-backed directory for this replica's life.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tmpfs: bool,
+    /// A directory of the node (refused unless the node allows its prefix:
+    /// `orchd --allow-host-path PREFIX`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+}
+
+impl Mount {
+    /// `secret`, `config`, `volume`, `tmpfs` or `hostPath`: which kind it is, if exactly one
+    /// is set.
+    pub fn kind(&self) -> Option<&'static str> {
+        let set: Vec<&'static str> = [
+            (self.secret.is_some(), "secret"),
+            (self.config.is_some(), "config"),
+            (self.volume.is_some(), "volume"),
+            (self.tmpfs, "tmpfs"),
+            (self.host_path.is_some(), "hostPath"),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+        .collect();
+        (set.len() == 1).then(|| set[0])
+    }
 }
 
 /// Transport protocol of a port.
@@ -259,6 +337,9 @@ pub struct Template {
     /// Ports the workload listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
+    /// Secrets, configs and volumes mounted into each replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
     /// Reserved and enforced CPU and memory.
     #[serde(default, skip_serializing_if = "is_default")]
     pub resources: Resources,
@@ -416,6 +497,32 @@ impl Template {
             .map(|s| s.0)
             .unwrap_or(std::time::Duration::from_secs(10))
     }
+    /// The secrets (`true`) and configs (`false`) the template refers to, by name, sorted.
+    pub fn references(&self) -> Vec<(bool, &str)> {
+        let mut out: Vec<(bool, &str)> = Vec::new();
+        for e in &self.env {
+            if let Some(f) = &e.value_from {
+                out.extend(f.secret.as_deref().map(|n| (true, n)));
+                out.extend(f.config.as_deref().map(|n| (false, n)));
+            }
+        }
+        for m in &self.mounts {
+            out.extend(m.secret.as_deref().map(|n| (true, n)));
+            out.extend(m.config.as_deref().map(|n| (false, n)));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The named volumes the template mounts.
+    pub fn volumes(&self) -> Vec<&str> {
+        self.mounts
+            .iter()
+            .filter_map(|m| m.volume.as_deref())
+            .collect()
+    }
+
     /// A stable hash of the template alone.
     pub fn hash(&self) -> String {
         fnv_hex(&serde_json::to_vec(self).unwrap_or_default())
@@ -443,6 +550,17 @@ impl ServiceSpec {
             return self.template.hash();
         }
         fnv_hex(&serde_json::to_vec(&(&self.template, &self.placement)).unwrap_or_default())
+    }
+
+    /// [`ServiceSpec::revision_hash`] that also moves when a referenced secret or config
+    /// changes: `versions` are their `kind/name@revision`s (empty, or
+    /// `update.ignoreConfigChanges`: the plain revision hash). Revisions, not contents, so
+    /// the hash says nothing about a secret's value.
+    pub fn revision_hash_with(&self, versions: &[String]) -> String {
+        if versions.is_empty() || self.update.ignore_config_changes {
+            return self.revision_hash();
+        }
+        fnv_hex(format!("{}|{}", self.revision_hash(), versions.join(",")).as_bytes())
     }
 }
 
@@ -763,6 +881,10 @@ pub struct UpdateStrategy {
     /// unset, max surge and max unavailable decide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<UpdateOrder>,
+    /// Keep the replicas running when a secret or config they use changes (by default such
+    /// a change rolls the service, so new replicas see the new values).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_config_changes: bool,
 }
 
 /// Which goes first when a replica is replaced.
@@ -1261,8 +1383,9 @@ pub struct Node {
     pub status: NodeStatus,
 }
 
-/// Sensitive key/values. Values are base64 in `data` or plain text in `stringData` on input;
-/// orch stores them as given.
+/// Sensitive key/values (plain text values). Encrypted at rest when the store is wrapped in
+/// `orch_store::encrypted::EncryptedStore` (as orchd does), never shown by `get`, `describe`,
+/// diffs or events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Secret {

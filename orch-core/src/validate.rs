@@ -483,7 +483,38 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
                 "must not contain NUL bytes",
             ));
         }
+        if let Some(f) = &e.value_from {
+            let path = format!("{p}.env[{i}].valueFrom");
+            if !e.value.is_empty() {
+                out.push(err(
+                    format!("{p}.env[{i}].value"),
+                    &e.value,
+                    "give either value or valueFrom, not both",
+                ));
+            }
+            match (&f.secret, &f.config) {
+                (Some(n), None) | (None, Some(n)) => {
+                    if let Err(m) = dns1123_label(n) {
+                        let which = if f.secret.is_some() {
+                            "secret"
+                        } else {
+                            "config"
+                        };
+                        out.push(err(format!("{path}.{which}"), n, m));
+                    }
+                }
+                _ => out.push(err(
+                    path.clone(),
+                    "",
+                    "needs exactly one of secret or config, and a key",
+                )),
+            }
+            if let Err(m) = data_key(&f.key) {
+                out.push(err(format!("{path}.key"), &f.key, m));
+            }
+        }
     }
+    check_mounts(t, &p, out);
     if let Some(wd) = &t.working_dir {
         if !wd.starts_with('/') {
             out.push(err(
@@ -775,6 +806,75 @@ fn check_publish(s: &Service, out: &mut Vec<FieldError>) {
                 )),
                 Some(_) => {}
             },
+        }
+    }
+}
+
+/// Whether `path` is a clean absolute path: starts with `/`, no `..` or `.` components,
+/// no empty components, no NUL.
+pub fn mount_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute path (start with /)".into());
+    }
+    if path == "/" {
+        return Err("must not be / itself".into());
+    }
+    if path.contains('\0') {
+        return Err("must not contain NUL bytes".into());
+    }
+    for c in path[1..].split('/') {
+        match c {
+            ".." => return Err("must not contain .. (it could reach outside its directory)".into()),
+            "." | "" => {
+                return Err(
+                    "must be normalised: no empty or . components (no //, no trailing /)".into(),
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_mounts(t: &Template, p: &str, out: &mut Vec<FieldError>) {
+    let mut seen = HashSet::new();
+    for (i, m) in t.mounts.iter().enumerate() {
+        let path = format!("{p}.mounts[{i}]");
+        if let Err(e) = mount_path(&m.path) {
+            out.push(err(format!("{path}.path"), &m.path, e));
+        } else if !seen.insert(m.path.as_str()) {
+            out.push(err(
+                format!("{path}.path"),
+                &m.path,
+                "duplicate: another mount of this template uses the same path",
+            ));
+        }
+        match m.kind() {
+            None => out.push(err(
+                path.clone(),
+                "",
+                "needs exactly one of secret, config, volume, tmpfs or hostPath",
+            )),
+            Some("hostPath") => {
+                if let Some(h) = &m.host_path {
+                    if let Err(e) = mount_path(h) {
+                        out.push(err(format!("{path}.hostPath"), h, e));
+                    }
+                }
+            }
+            Some(_) => {
+                for (field, name) in [
+                    ("secret", &m.secret),
+                    ("config", &m.config),
+                    ("volume", &m.volume),
+                ] {
+                    if let Some(n) = name {
+                        if let Err(e) = dns1123_label(n) {
+                            out.push(err(format!("{path}.{field}"), n, e));
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -140,7 +140,11 @@ fn command() -> impl Strategy<Value = Vec<String>> {
 }
 
 fn env_var() -> impl Strategy<Value = EnvVar> {
-    ("[-._a-zA-Z][-._a-zA-Z0-9]{0,15}", text()).prop_map(|(name, value)| EnvVar { name, value })
+    ("[-._a-zA-Z][-._a-zA-Z0-9]{0,15}", text()).prop_map(|(name, value)| EnvVar {
+        name,
+        value,
+        value_from: None,
+    })
 }
 
 /// A port name: 1 to 15 of `[a-z0-9-]` with a letter, no `--`, no `-` at either end.
@@ -219,6 +223,30 @@ fn stop_signal() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A mount of each kind, with a valid absolute path.
+fn mount() -> impl Strategy<Value = orch_core::object::Mount> {
+    (
+        "[a-z][a-z0-9]{0,8}",
+        "[a-z][a-z0-9]{0,8}",
+        0..4u8,
+        any::<bool>(),
+    )
+        .prop_map(|(name, dir, kind, read_only)| {
+            let mut m = orch_core::object::Mount {
+                path: format!("/{dir}/{name}"),
+                read_only,
+                ..Default::default()
+            };
+            match kind {
+                0 => m.secret = Some(name),
+                1 => m.config = Some(name),
+                2 => m.volume = Some(name),
+                _ => m.tmpfs = true,
+            }
+            m
+        })
+}
+
 fn template() -> impl Strategy<Value = Template> {
     (
         labels(),
@@ -274,6 +302,7 @@ fn template() -> impl Strategy<Value = Template> {
                 image_pull_policy,
                 read_only_root_filesystem,
                 restart_backoff_max: None,
+                mounts: Vec::new(),
                 readiness_probe: None,
                 liveness_probe: None,
                 startup_probe: None,
@@ -285,9 +314,11 @@ fn template() -> impl Strategy<Value = Template> {
                 prop::option::of(probe(true)),
                 prop::option::of(probe(false)),
                 prop::option::of(probe(false)),
+                prop::collection::vec(mount(), 0..3),
             )
         })
-        .prop_map(|(mut t, readiness, liveness, startup)| {
+        .prop_map(|(mut t, readiness, liveness, startup, mounts)| {
+            t.mounts = mounts;
             t.readiness_probe = readiness;
             t.liveness_probe = liveness;
             t.startup_probe = startup;

@@ -336,6 +336,7 @@ fn workload(id: &str, image: &str, command: &[&str], memory: Option<u64>) -> Wor
             env: vec![EnvVar {
                 name: "WHO".into(),
                 value: id.into(),
+                value_from: None,
             }],
             ..Template::default()
         },

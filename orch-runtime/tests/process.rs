@@ -149,15 +149,18 @@ async fn runs_with_ports_env_and_log_file() {
         EnvVar {
             name: "FOO".into(),
             value: "extra".into(),
+            value_from: None,
         },
         EnvVar {
             name: "BAR".into(),
             value: "extra".into(),
+            value_from: None,
         },
     ];
     s.template.env = vec![EnvVar {
         name: "FOO".into(),
         value: "template".into(),
+        value_from: None,
     }];
     let w = rt.start(&s).await.unwrap();
     let pid = reaper.watch(&w);
@@ -679,6 +682,7 @@ async fn exec_runs_in_the_workloads_environment() {
     s.template.env = vec![orch_core::object::EnvVar {
         name: "GREETING".into(),
         value: "hi there".into(),
+        value_from: None,
     }];
     let w = rt.start(&s).await.unwrap();
     let cmd = |c: &str| vec!["sh".to_string(), "-c".to_string(), c.to_string()];

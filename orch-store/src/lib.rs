@@ -10,6 +10,7 @@ mod codec;
 pub mod compact;
 pub mod conformance;
 pub mod embedded;
+pub mod encrypted;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "etcd")]

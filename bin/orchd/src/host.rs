@@ -144,6 +144,7 @@ pub fn agent_config(
     cfg.extra_env = vec![EnvVar {
         name: "ORCH_DISCOVERY_DIR".into(),
         value: discovery_dir.display().to_string(),
+        value_from: None,
     }];
     cfg
 }

@@ -759,18 +759,22 @@ impl Agent {
             EnvVar {
                 name: "ORCH_SERVICE".into(),
                 value: r.spec.service.clone(),
+                value_from: None,
             },
             EnvVar {
                 name: "ORCH_NAMESPACE".into(),
                 value: ns.into(),
+                value_from: None,
             },
             EnvVar {
                 name: "ORCH_REPLICA".into(),
                 value: name.into(),
+                value_from: None,
             },
             EnvVar {
                 name: "ORCH_NODE".into(),
                 value: self.cfg.node.clone(),
+                value_from: None,
             },
         ]);
         let spec = WorkloadSpec {
