@@ -252,6 +252,7 @@ async fn logs_come_from_the_replicas_node_runtime() {
         template_hash: r.spec.template_hash.clone(),
         extra_env: vec![],
         dns: None,
+        mounts: Vec::new(),
     })
     .await
     .unwrap();

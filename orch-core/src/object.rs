@@ -545,22 +545,20 @@ impl ServiceSpec {
     /// placement rules. Replicas record it (`templateHash`); a change replaces them within the
     /// update limits, as a change to a Kubernetes pod template does (placement rules live in
     /// it there). Equal to [`Template::hash`] while the placement is the default.
+    ///
+    /// With [`ServiceSpec::config_versions`] filled in (and `update.ignoreConfigChanges`
+    /// off), they count too: revisions, not contents, so the hash says nothing about a
+    /// secret's value.
     pub fn revision_hash(&self) -> String {
-        if self.placement == Placement::default() {
-            return self.template.hash();
+        let base = if self.placement == Placement::default() {
+            self.template.hash()
+        } else {
+            fnv_hex(&serde_json::to_vec(&(&self.template, &self.placement)).unwrap_or_default())
+        };
+        if self.config_versions.is_empty() || self.update.ignore_config_changes {
+            return base;
         }
-        fnv_hex(&serde_json::to_vec(&(&self.template, &self.placement)).unwrap_or_default())
-    }
-
-    /// [`ServiceSpec::revision_hash`] that also moves when a referenced secret or config
-    /// changes: `versions` are their `kind/name@revision`s (empty, or
-    /// `update.ignoreConfigChanges`: the plain revision hash). Revisions, not contents, so
-    /// the hash says nothing about a secret's value.
-    pub fn revision_hash_with(&self, versions: &[String]) -> String {
-        if versions.is_empty() || self.update.ignore_config_changes {
-            return self.revision_hash();
-        }
-        fnv_hex(format!("{}|{}", self.revision_hash(), versions.join(",")).as_bytes())
+        fnv_hex(format!("{base}|{}", self.config_versions.join(",")).as_bytes())
     }
 }
 
@@ -944,6 +942,11 @@ pub struct ServiceSpec {
     /// service proxy). Changing them does not roll the replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Publish>,
+    /// `secret/NAME@REVISION` of each secret and config the template refers to, filled in by
+    /// the replication controller from its cache (never stored): part of the revision hash,
+    /// so a change to one rolls the service (unless `update.ignoreConfigChanges`).
+    #[serde(skip)]
+    pub config_versions: Vec<String>,
 }
 
 /// A port published on every node: TCP connections to it go to a ready replica's port.
@@ -1363,6 +1366,9 @@ pub struct NodeStatus {
     /// The agent's version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent_version: String,
+    /// The named local volumes on the node (replicas using one are placed back here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
     /// Where the node's agent serves its manager (`HOST:PORT`; logs and exec of replicas on
     /// other hosts); empty for an agent inside the manager's process.
     #[serde(default, skip_serializing_if = "String::is_empty")]

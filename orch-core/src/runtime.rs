@@ -29,6 +29,53 @@ pub struct WorkloadSpec {
     pub extra_env: Vec<EnvVar>,
     /// The cluster DNS server the workload should use, if the node runs one.
     pub dns: Option<WorkloadDns>,
+    /// What to mount, resolved by the agent (secret and config contents, volume directories).
+    pub mounts: Vec<WorkloadMount>,
+}
+
+/// One mount of a workload, as the runtime makes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadMount {
+    /// Where it appears (absolute; for processes, under the replica's own directory).
+    pub path: String,
+    /// Read-only.
+    pub read_only: bool,
+    /// What it is.
+    pub source: MountSource,
+}
+
+/// Where a mount's content comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountSource {
+    /// Files written by the runtime on tmpfs: a secret's (mode 0400) or a config's (0444).
+    Files(MountFiles),
+    /// A directory of the node (a named volume's, or an allowed host path).
+    Dir(std::path::PathBuf),
+    /// An empty tmpfs directory for the workload's life.
+    Tmpfs,
+}
+
+/// The files of a secret or config mount. Its `Debug` shows names and sizes, never contents.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MountFiles {
+    /// A secret's (0400) rather than a config's (0444).
+    pub secret: bool,
+    /// File name (a key) and contents.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for MountFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|(n, c)| format!("{n} ({} bytes)", c.len()))
+            .collect();
+        f.debug_struct("MountFiles")
+            .field("secret", &self.secret)
+            .field("files", &names)
+            .finish()
+    }
 }
 
 /// Name resolution for a workload: processes get it as `ORCH_DNS`, `ORCH_DNS_SEARCH` and

@@ -295,6 +295,7 @@ async fn orphans_are_stopped() {
         template_hash: "h".into(),
         extra_env: vec![],
         dns: None,
+        mounts: Vec::new(),
     })
     .await
     .unwrap();

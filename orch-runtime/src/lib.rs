@@ -9,6 +9,7 @@ mod cgroup;
 #[cfg(feature = "containerd")]
 pub mod containerd;
 mod logs;
+pub mod mounts;
 pub mod process;
 mod procfs;
 mod state;

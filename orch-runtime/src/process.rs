@@ -101,6 +101,8 @@ struct Inner {
     generation: AtomicU64,
     /// Serialises start and remove.
     ops: tokio::sync::Mutex<()>,
+    /// Where replicas' secret and config files and tmpfs mounts go (`/dev/shm/orch-TAG`).
+    tmpfs: PathBuf,
 }
 
 struct Entry {
@@ -152,7 +154,12 @@ impl ProcessRuntime {
         if !cgroups.enforced() {
             tracing::info!(note = cgroups.note(), "process runtime");
         }
+        let tmpfs = crate::mounts::tmpfs_root(
+            &crate::mounts::tag_of(&config.state_dir),
+            &config.state_dir.join(".tmpfs"),
+        );
         let inner = Arc::new(Inner {
+            tmpfs,
             config,
             cgroups,
             workloads: Mutex::new(BTreeMap::new()),
@@ -804,7 +811,19 @@ impl Runtime for ProcessRuntime {
 
         let dir = inner.dir(&spec.id);
         let ports = allocate_ports(&inner.config.host_ip, &t.ports)?;
-        let env = environment(spec, &ports, &inner.config.host_ip);
+        let mut env = environment(spec, &ports, &inner.config.host_ip);
+        if !spec.mounts.is_empty() {
+            // Processes share the node's filesystem: each mount is a link at its path under
+            // the replica's own root, which the process finds as $ORCH_ROOT.
+            let root = dir.join("root");
+            crate::mounts::link_process_mounts(&root, &inner.tmpfs.join(&spec.id), &spec.mounts)
+                .map_err(|e| RuntimeError::StartFailed(format!("mounts: {e}")))?;
+            let at = env
+                .iter()
+                .position(|(k, _)| k == "ORCH_HOST_IP")
+                .map_or(0, |i| i + 1);
+            env.insert(at, ("ORCH_ROOT".into(), root.display().to_string()));
+        }
         let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v);
         let program = resolve_command(command, &inner.config.search_path, path_var.map(|s| &**s))?;
         let work_dir = match &t.working_dir {
@@ -981,6 +1000,8 @@ impl Runtime for ProcessRuntime {
         };
         inner.stop(id, Signal::KILL, Duration::ZERO).await?;
         cgroup::remove(&cgroups).await;
+        let tmp = inner.tmpfs.join(id);
+        let _ = tokio::task::spawn_blocking(move || crate::mounts::remove_tree(&tmp)).await;
         let dir = inner.dir(id);
         let d = dir.clone();
         match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await {

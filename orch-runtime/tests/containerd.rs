@@ -343,6 +343,7 @@ fn workload(id: &str, image: &str, command: &[&str], memory: Option<u64>) -> Wor
         template_hash: "h1".into(),
         extra_env: vec![],
         dns: None,
+        mounts: Vec::new(),
     }
 }
 

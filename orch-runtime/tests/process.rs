@@ -30,6 +30,7 @@ fn spec(id: &str, command: &[&str]) -> WorkloadSpec {
         template_hash: "hash1".into(),
         extra_env: Vec::new(),
         dns: None,
+        mounts: Vec::new(),
     }
 }
 

@@ -39,6 +39,35 @@ enum Command {
     Token(TokenArgs),
     /// Issue an administrator's certificate and add it as a context to orchctl's config file.
     Admin(AdminArgs),
+    /// Put a new key first in DATA_DIR/secret-keys (the key secrets are sealed with at rest);
+    /// the daemon re-seals every secret under it at its next start.
+    RotateSecretKey(RotateArgs),
+}
+
+/// Arguments of `orchd rotate-secret-key`.
+#[derive(clap::Args)]
+struct RotateArgs {
+    /// The daemon's data directory (default $ORCH_DATA_DIR or ~/.local/share/orch).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn rotate_secret_key(args: RotateArgs) -> anyhow::Result<()> {
+    let path = args
+        .data_dir
+        .unwrap_or_else(default_data_dir)
+        .join(store::SECRET_KEYS);
+    anyhow::ensure!(
+        path.exists(),
+        "{}: no keyring here; start orchd with this data directory first",
+        path.display()
+    );
+    let id = orch_store::encrypted::Keyring::rotate(&path).map_err(anyhow::Error::msg)?;
+    println!(
+        "new secret key {id} is first in {}; restart orchd to re-seal every secret with it (older keys stay in the file until you remove them)",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Arguments of `orchd admin`.
@@ -143,7 +172,7 @@ fn main() -> anyhow::Result<()> {
     let default_level = match &cli.command {
         Command::Up(_) => "warn",
         Command::Server(_) | Command::Manager(_) | Command::Agent(_) => "info",
-        Command::Token(_) | Command::Admin(_) => "warn",
+        Command::Token(_) | Command::Admin(_) | Command::RotateSecretKey(_) => "warn",
     };
     host::init_logging(&cli.log_format, default_level)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -160,6 +189,7 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(a) => agent::run(*a).await,
             Command::Token(a) => token(a),
             Command::Admin(a) => admin(a),
+            Command::RotateSecretKey(a) => rotate_secret_key(a),
         }
     })
 }

@@ -72,7 +72,27 @@ pub fn parse(value: &str) -> anyhow::Result<StoreSpec> {
 }
 
 /// Opens the store `spec` names; returns it and a description for `orchctl info`.
+/// The keyring secrets are sealed with, in the data directory (apart from the store).
+pub const SECRET_KEYS: &str = "secret-keys";
+
+/// [`open_plain`], with secrets sealed at rest by the keyring DATA_DIR/secret-keys (created on
+/// first start); secrets not sealed with its first key are re-sealed now.
 pub async fn open(spec: &StoreSpec, data_dir: &Path) -> anyhow::Result<(Arc<dyn Store>, String)> {
+    let (inner, name) = open_plain(spec, data_dir).await?;
+    let keys = orch_store::encrypted::Keyring::load_or_create(&data_dir.join(SECRET_KEYS))
+        .map_err(anyhow::Error::msg)?;
+    let store = orch_store::encrypted::EncryptedStore::new(inner, keys);
+    let resealed = store
+        .reseal()
+        .await
+        .context("cannot re-seal the secrets with the current key")?;
+    if resealed > 0 {
+        tracing::info!(secrets = resealed, "re-sealed secrets with the current key");
+    }
+    Ok((Arc::new(store), format!("{name}, secrets sealed")))
+}
+
+async fn open_plain(spec: &StoreSpec, data_dir: &Path) -> anyhow::Result<(Arc<dyn Store>, String)> {
     match spec {
         StoreSpec::Embedded => {
             let path = data_dir.join("state.redb");

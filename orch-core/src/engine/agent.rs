@@ -19,7 +19,8 @@ use crate::object::{
 };
 use crate::quantity::Timestamp;
 use crate::runtime::{
-    Runtime, RuntimeError, RuntimeEvent, Workload, WorkloadDns, WorkloadSpec, WorkloadState,
+    MountFiles, MountSource, Runtime, RuntimeError, RuntimeEvent, Workload, WorkloadDns,
+    WorkloadMount, WorkloadSpec, WorkloadState,
 };
 use crate::store::{create_op, delete_op, update_op, Op, StoreError};
 
@@ -57,6 +58,11 @@ pub struct AgentConfig {
     pub dns: Option<std::net::SocketAddr>,
     /// The cluster domain workloads search (`orch.local`).
     pub dns_domain: String,
+    /// Where named local volumes live (`DIR/NAME`); `None`: volumes are refused here.
+    pub volume_dir: Option<std::path::PathBuf>,
+    /// Host paths replicas may mount (a mount's real path, symlinks resolved, must be under
+    /// one of these); empty: none.
+    pub allowed_host_paths: Vec<std::path::PathBuf>,
 }
 
 impl AgentConfig {
@@ -78,6 +84,8 @@ impl AgentConfig {
             endpoint: String::new(),
             dns: None,
             dns_domain: "orch.local".into(),
+            volume_dir: None,
+            allowed_host_paths: Vec::new(),
         }
     }
 }
@@ -201,6 +209,139 @@ impl Agent {
             heartbeat: Some(Timestamp::now()),
             limits: info.limits_note,
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            volumes: self.volumes(),
+        }
+    }
+
+    /// The named volumes in the volume directory.
+    fn volumes(&self) -> Vec<String> {
+        let Some(dir) = &self.cfg.volume_dir else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The template with `valueFrom` variables filled in, and its mounts resolved: secret and
+    /// config contents read from the store, volume directories created on first use, host
+    /// paths checked against the node's allowed prefixes (symlinks resolved first). An error
+    /// names what is missing or refused.
+    async fn resolve(
+        &self,
+        r: &Replica,
+    ) -> Result<(crate::object::Template, Vec<WorkloadMount>), String> {
+        let t = &r.spec.template;
+        let ns = r.metadata.namespace.as_str();
+        let mut data: HashMap<(bool, String), std::collections::BTreeMap<String, String>> =
+            HashMap::new();
+        for (secret, name) in t.references() {
+            let kind = if secret { Kind::Secret } else { Kind::Config };
+            let what = if secret { "secret" } else { "config" };
+            let obj = crate::store::get_object(&*self.ctx.store, kind, ns, name)
+                .await
+                .map_err(|e| format!("cannot read {what} {ns}/{name}: {e}"))?;
+            let values = match obj {
+                Some(Object::Secret(s)) => s.data,
+                Some(Object::Config(c)) => c.data,
+                _ => return Err(format!("{what} {ns}/{name} does not exist")),
+            };
+            data.insert((secret, name.to_string()), values);
+        }
+        let mut template = (**t).clone();
+        for e in &mut template.env {
+            if let Some(f) = e.value_from.take() {
+                let (secret, name) = match (&f.secret, &f.config) {
+                    (Some(n), _) => (true, n),
+                    (_, Some(n)) => (false, n),
+                    _ => continue,
+                };
+                let what = if secret { "secret" } else { "config" };
+                e.value = data
+                    .get(&(secret, name.clone()))
+                    .and_then(|d| d.get(&f.key))
+                    .cloned()
+                    .ok_or(format!(
+                        "env {}: {what} {ns}/{name} has no key {:?}",
+                        e.name, f.key
+                    ))?;
+            }
+        }
+        let mut mounts = Vec::new();
+        for m in &t.mounts {
+            let source = if let Some(name) = m.secret.as_ref().or(m.config.as_ref()) {
+                let secret = m.secret.is_some();
+                let files = data
+                    .get(&(secret, name.clone()))
+                    .map(|d| {
+                        d.iter()
+                            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                MountSource::Files(MountFiles { secret, files })
+            } else if let Some(v) = &m.volume {
+                let dir = self.cfg.volume_dir.as_ref().ok_or(format!(
+                    "volume {v}: node {} keeps no volumes",
+                    self.cfg.node
+                ))?;
+                let path = dir.join(v);
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| format!("volume {v}: cannot create {}: {e}", path.display()))?;
+                MountSource::Dir(path)
+            } else if let Some(h) = &m.host_path {
+                MountSource::Dir(self.allowed_host_path(h)?)
+            } else {
+                MountSource::Tmpfs
+            };
+            mounts.push(WorkloadMount {
+                path: m.path.clone(),
+                read_only: m.read_only || m.secret.is_some() || m.config.is_some(),
+                source,
+            });
+        }
+        Ok((template, mounts))
+    }
+
+    /// `path`'s real location (symlinks resolved), if it is under an allowed prefix.
+    fn allowed_host_path(&self, path: &str) -> Result<std::path::PathBuf, String> {
+        let refused = |why: String| {
+            format!(
+                "hostPath {path}: {why}; node {} allows {}",
+                self.cfg.node,
+                if self.cfg.allowed_host_paths.is_empty() {
+                    "no host paths (orchd --allow-host-path PREFIX)".to_string()
+                } else {
+                    self.cfg
+                        .allowed_host_paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )
+        };
+        let real = std::fs::canonicalize(path).map_err(|e| refused(e.to_string()))?;
+        let allowed = self
+            .cfg
+            .allowed_host_paths
+            .iter()
+            .any(|prefix| std::fs::canonicalize(prefix).is_ok_and(|p| real.starts_with(p)));
+        if allowed {
+            Ok(real)
+        } else if real != std::path::Path::new(path) {
+            Err(refused(format!(
+                "it resolves to {} (through a symlink), which is not allowed",
+                real.display()
+            )))
+        } else {
+            Err(refused("not allowed".into()))
         }
     }
 
@@ -777,12 +918,21 @@ impl Agent {
                 value_from: None,
             },
         ]);
+        let (template, mounts) = match self.resolve(r).await {
+            Ok(x) => x,
+            Err(why) => {
+                return self
+                    .start_failed(r, st, restart, RuntimeError::StartFailed(why), &rec)
+                    .await
+            }
+        };
         let spec = WorkloadSpec {
             id: id.clone(),
             replica_uid: r.metadata.uid.clone(),
             service: r.spec.service.clone(),
             namespace: ns.into(),
-            template: (*r.spec.template).clone(),
+            template,
+            mounts,
             template_hash: r.spec.template_hash.clone(),
             extra_env: env,
             dns: self.cfg.dns.map(|server| WorkloadDns {
@@ -835,58 +985,71 @@ impl Agent {
                     requeue_after: None,
                 }
             }
-            Err(e) => {
-                // Kubernetes' name for it, so users find it where they expect.
-                let reason = if matches!(e, RuntimeError::ImagePull(_)) {
-                    "ErrImagePull"
+            Err(e) => self.start_failed(r, st, restart, e, &rec).await,
+        }
+    }
+
+    /// A start that failed (or whose secrets, configs or mounts could not be resolved):
+    /// Failed with the reason, a warning event, and a retry by the restart policy's backoff.
+    async fn start_failed(
+        &self,
+        r: &Replica,
+        mut st: ReplicaStatus,
+        restart: bool,
+        e: RuntimeError,
+        rec: &crate::engine::events::Recorder,
+    ) -> Outcome {
+        let id = id_of(r);
+        let (ns, name) = (r.metadata.namespace.as_str(), r.metadata.name.as_str());
+        // Kubernetes' name for it, so users find it where they expect.
+        let reason = if matches!(e, RuntimeError::ImagePull(_)) {
+            "ErrImagePull"
+        } else {
+            "StartError"
+        };
+        rec.warning(Kind::Replica, ns, name, reason, e.to_string());
+        if restart {
+            st.restarts += 1;
+        }
+        st.phase = Phase::Failed;
+        st.reason = reason.into();
+        st.message = e.to_string();
+        st.runtime_id.clear();
+        st.last_exit = Some(ExitStatus {
+            code: Some(127),
+            at: Some(Timestamp::now()),
+            ..ExitStatus::default()
+        });
+        // Retry by the restart policy's backoff.
+        let delay = {
+            let mut g = self.lock();
+            let b = g.backoff.entry(id).or_default();
+            b.start_error = Some((
+                if reason == "ErrImagePull" {
+                    "ImagePullBackOff"
                 } else {
-                    "StartError"
-                };
-                rec.warning(Kind::Replica, ns, name, reason, e.to_string());
-                if restart {
-                    st.restarts += 1;
-                }
-                st.phase = Phase::Failed;
-                st.reason = reason.into();
-                st.message = e.to_string();
-                st.runtime_id.clear();
-                st.last_exit = Some(ExitStatus {
-                    code: Some(127),
-                    at: Some(Timestamp::now()),
-                    ..ExitStatus::default()
-                });
-                // Retry by the restart policy's backoff.
-                let delay = {
-                    let mut g = self.lock();
-                    let b = g.backoff.entry(id).or_default();
-                    b.start_error = Some((
-                        if reason == "ErrImagePull" {
-                            "ImagePullBackOff"
-                        } else {
-                            "StartBackOff"
-                        },
-                        e.to_string(),
-                    ));
-                    let d = restart_delay(
-                        b.failures.max(1),
-                        self.cfg.restart_backoff_base,
-                        self.backoff_max(&r.spec.template),
-                    );
-                    b.failures += 1;
-                    b.retry_at = Some(Instant::now() + d);
-                    d
-                };
-                let requeue = r
-                    .spec
-                    .template
-                    .restart_policy
-                    .restarts(false)
-                    .then_some(delay);
-                Outcome {
-                    ops: with_status(r, st).into_iter().collect(),
-                    requeue_after: requeue,
-                }
-            }
+                    "StartBackOff"
+                },
+                e.to_string(),
+            ));
+            let d = restart_delay(
+                b.failures.max(1),
+                self.cfg.restart_backoff_base,
+                self.backoff_max(&r.spec.template),
+            );
+            b.failures += 1;
+            b.retry_at = Some(Instant::now() + d);
+            d
+        };
+        let requeue = r
+            .spec
+            .template
+            .restart_policy
+            .restarts(false)
+            .then_some(delay);
+        Outcome {
+            ops: with_status(r, st).into_iter().collect(),
+            requeue_after: requeue,
         }
     }
 }

@@ -107,6 +107,7 @@ fn new_replica(job: &Job) -> Replica {
             update: Default::default(),
             mode: Default::default(),
             publish: Vec::new(),
+            config_versions: Vec::new(),
         },
         status: Default::default(),
     };

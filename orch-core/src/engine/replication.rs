@@ -321,6 +321,40 @@ pub fn new_replica(svc: &Service) -> Replica {
     }
 }
 
+/// `secret/NAME@REVISION` (or `config/...`) of each secret and config `svc`'s template
+/// refers to, from the cache; a missing one counts as revision 0.
+pub fn config_versions(ctx: &Ctx, svc: &crate::object::Service) -> Vec<String> {
+    let ns = &svc.metadata.namespace;
+    svc.spec
+        .template
+        .references()
+        .into_iter()
+        .map(|(secret, name)| {
+            let kind = if secret { Kind::Secret } else { Kind::Config };
+            let rev = ctx
+                .cache
+                .get(kind, &kind.key(ns, name))
+                .map(|o| o.metadata().revision)
+                .unwrap_or(0);
+            format!("{}/{name}@{rev}", kind.as_str().to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// The services (in the cache) whose templates refer to secret or config `key`.
+fn keys_for_data(ctx: &Ctx, kind: Kind, key: &str) -> Vec<String> {
+    let (ns, name) = split_key(key);
+    let secret = kind == Kind::Secret;
+    ctx.cache
+        .services()
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace == ns && s.spec.template.references().contains(&(secret, name))
+        })
+        .map(|s| Kind::Service.key(&s.metadata.namespace, &s.metadata.name))
+        .collect()
+}
+
 /// Maps a change to the service keys it concerns.
 pub fn keys_for(change: &Change) -> Vec<String> {
     match change {
@@ -383,7 +417,10 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
 /// Reconciles one service (by store key). Returns the store revision written, if any.
 pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> {
     let (ns, name) = split_key(key);
-    let svc = ctx.cache.service(key);
+    let svc = ctx.cache.service(key).map(|mut s| {
+        s.spec.config_versions = config_versions(ctx, &s);
+        s
+    });
     // Shared handles, not copies: this runs after every change to any of the replicas.
     let objects = ctx.cache.replica_objects_of_service(ns, name);
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
@@ -515,9 +552,12 @@ pub fn split_key(key: &str) -> (&str, &str) {
 pub async fn run(ctx: Arc<Ctx>) {
     let queue =
         crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let changes = ctx
-        .cache
-        .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica | Kind::Node)));
+    let changes = ctx.cache.subscribe(|c| {
+        matches!(
+            c.kind(),
+            Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
+        )
+    });
     let feeder = crate::engine::queue::spawn_feeder(
         ctx.clone(),
         queue.clone(),
@@ -525,6 +565,15 @@ pub async fn run(ctx: Arc<Ctx>) {
         |ctx, c| {
             let mut keys = keys_for(c);
             keys.extend(keys_for_node(ctx, c));
+            if let Change::Object {
+                kind: kind @ (Kind::Secret | Kind::Config),
+                key,
+                ..
+            } = c
+            {
+                // A secret or config changed: the services using it roll.
+                keys.extend(keys_for_data(ctx, *kind, key));
+            }
             if eligibility_changed(c) {
                 // Global services follow nodes.
                 for s in ctx.cache.services() {

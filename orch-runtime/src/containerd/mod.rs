@@ -159,6 +159,8 @@ pub struct ContainerSpec {
     pub cgroups_path: Option<String>,
     /// Host files or directories bind-mounted into the container, after runc's defaults.
     pub mounts: Vec<BindMount>,
+    /// Empty tmpfs directories at these paths.
+    pub tmpfs: Vec<String>,
 }
 
 /// A host path bind-mounted into a container.
@@ -214,8 +216,23 @@ impl ContainerSpec {
         spec.set_process(Some(process));
         spec.set_root(Some(root));
         spec.set_hostname(Some(self.id.chars().take(63).collect()));
-        if !self.mounts.is_empty() {
+        if !self.mounts.is_empty() || !self.tmpfs.is_empty() {
             let mut mounts = spec.mounts().clone().unwrap_or_default();
+            for path in &self.tmpfs {
+                mounts.push(
+                    MountBuilder::default()
+                        .destination(path)
+                        .typ("tmpfs")
+                        .source("tmpfs")
+                        .options(vec![
+                            "nosuid".to_string(),
+                            "nodev".to_string(),
+                            "mode=1777".to_string(),
+                        ])
+                        .build()
+                        .map_err(bad)?,
+                );
+            }
             for m in &self.mounts {
                 let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
                 options.push(if m.read_only { "ro" } else { "rw" }.into());

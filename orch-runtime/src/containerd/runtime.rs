@@ -19,8 +19,8 @@ use futures::StreamExt;
 use orch_core::object::{BoundPort, ExitStatus, PullPolicy, Template};
 use orch_core::quantity::Timestamp;
 use orch_core::runtime::{
-    signal_number, ExecOutput, LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent,
-    RuntimeInfo, Workload, WorkloadSpec, WorkloadState, EXEC_OUTPUT_MAX,
+    signal_number, ExecOutput, LogOptions, LogStream, MountSource, Runtime, RuntimeError,
+    RuntimeEvent, RuntimeInfo, Workload, WorkloadSpec, WorkloadState, EXEC_OUTPUT_MAX,
 };
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -378,6 +378,12 @@ impl ContainerdRuntime {
 
     fn log_path(&self, id: &str) -> PathBuf {
         self.inner.config.state_dir.join(format!("{id}.log"))
+    }
+
+    /// Where a container's secret and config files are written (on tmpfs).
+    fn tmpfs_dir(&self, id: &str) -> PathBuf {
+        let state = &self.inner.config.state_dir;
+        crate::mounts::tmpfs_root(&crate::mounts::tag_of(state), &state.join(".tmpfs")).join(id)
     }
 
     /// The resolv.conf bind-mounted into the container when the node runs a DNS server.
@@ -941,6 +947,32 @@ impl Runtime for ContainerdRuntime {
                 read_only: true,
             });
         }
+        let mut tmpfs = Vec::new();
+        let secrets_dir = self.tmpfs_dir(&spec.id);
+        for (i, m) in spec.mounts.iter().enumerate() {
+            match &m.source {
+                MountSource::Files(files) => {
+                    let dir = secrets_dir.join(i.to_string());
+                    crate::mounts::write_files(&dir, files, user).map_err(|source| {
+                        RuntimeError::Io {
+                            context: format!("cannot write the files of mount {}", m.path),
+                            source,
+                        }
+                    })?;
+                    mounts.push(super::BindMount {
+                        source: dir,
+                        destination: m.path.clone(),
+                        read_only: true,
+                    });
+                }
+                MountSource::Dir(dir) => mounts.push(super::BindMount {
+                    source: dir.clone(),
+                    destination: m.path.clone(),
+                    read_only: m.read_only,
+                }),
+                MountSource::Tmpfs => tmpfs.push(m.path.clone()),
+            }
+        }
         let cs = ContainerSpec {
             id: spec.id.clone(),
             root: Root::Image {
@@ -961,6 +993,7 @@ impl Runtime for ContainerdRuntime {
             memory_bytes: t.resources.memory.map(|m| m.0),
             cgroups_path: Some(cgroup_path(&self.inner.config.namespace, &spec.id)),
             mounts,
+            tmpfs,
         };
         let pid = c.run(&cs).await.map_err(|e| match e {
             ContainerdError::Call { .. } | ContainerdError::Spec { .. } => {
@@ -1005,6 +1038,7 @@ impl Runtime for ContainerdRuntime {
         self.stop_inner(id, 9, Duration::ZERO).await?;
         self.inner.client.delete(id).await.map_err(unavailable)?;
         let _ = std::fs::remove_file(self.resolv_conf_path(id));
+        let _ = crate::mounts::remove_tree(&self.tmpfs_dir(id));
         match std::fs::remove_file(self.log_path(id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
