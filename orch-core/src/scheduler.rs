@@ -38,6 +38,8 @@ pub struct NodeInfo {
     /// The label sets of the replicas on it, with how many replicas carry each (for affinity
     /// and topology spread), ordered by namespace and labels.
     pub replica_labels: Vec<LabelCount>,
+    /// Named local volumes the node holds.
+    pub volumes: Vec<String>,
 }
 
 impl NodeInfo {
@@ -52,6 +54,7 @@ impl NodeInfo {
             runtimes: n.status.runtimes.clone(),
             schedulable: !n.spec.unschedulable && n.status.condition == NodeCondition::Ready,
             taints: n.spec.taints.clone(),
+            volumes: n.status.volumes.clone(),
             ..NodeInfo::default()
         }
     }
@@ -97,6 +100,8 @@ pub struct PendingReplica {
     /// The replica's labels (the template's plus `orch/service`), which other replicas'
     /// affinity and spread rules select on.
     pub labels: BTreeMap<String, String>,
+    /// Named local volumes it mounts: it goes where they are, once a node holds them.
+    pub volumes: Vec<String>,
 }
 
 /// A decision for the pending replicas.
@@ -151,6 +156,7 @@ impl PendingReplica {
             runtime: runtime_for(t).to_string(),
             placement: r.spec.placement.clone(),
             labels: r.metadata.labels.clone(),
+            volumes: t.volumes().into_iter().map(String::from).collect(),
         }
     }
 }

@@ -59,6 +59,7 @@ fn replicas(
                 runtime: "process".into(),
                 placement: std::sync::Arc::new(placement.clone()),
                 labels: labels.clone(),
+                volumes: Vec::new(),
             });
         }
     }

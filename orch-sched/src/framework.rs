@@ -234,6 +234,7 @@ type ClassKey<'a> = (
     &'a str,
     &'a Placement,
     &'a BTreeMap<String, String>,
+    &'a [String],
 );
 
 fn class_key(p: &PendingReplica) -> ClassKey<'_> {
@@ -245,6 +246,7 @@ fn class_key(p: &PendingReplica) -> ClassKey<'_> {
         &p.runtime,
         &p.placement,
         &p.labels,
+        &p.volumes,
     )
 }
 

@@ -78,6 +78,7 @@ mod tests {
             runtime: "process".into(),
             placement: Placement::default().into(),
             labels: [("orch/service".to_string(), "web".to_string())].into(),
+            volumes: Vec::new(),
         }
     }
 
@@ -118,6 +119,48 @@ mod tests {
             vec![rep(0, 0, 2 << 30)],
             &[("a", 0)],
             1,
+        );
+    }
+
+    #[test]
+    fn replicas_follow_their_local_volumes() {
+        let mut b = node("b", 0, 0);
+        b.volumes = vec!["data".into()];
+        let with = |v: &str| {
+            (0..4)
+                .map(|i| PendingReplica {
+                    volumes: vec![v.to_string()],
+                    ..rep(i, 0, 0)
+                })
+                .collect::<Vec<_>>()
+        };
+        // A node holds it: every replica goes there.
+        check(
+            vec![node("a", 0, 0), b.clone(), node("c", 0, 0)],
+            with("data"),
+            &[("a", 0), ("b", 4), ("c", 0)],
+            0,
+        );
+        // Nobody holds it yet: spread as usual.
+        check(
+            vec![node("a", 0, 0), b.clone()],
+            with("fresh"),
+            &[("a", 2), ("b", 2)],
+            0,
+        );
+        // The holder cannot take it (cordoned): pending, and the reason says so.
+        b.schedulable = false;
+        let plan = DefaultScheduler.schedule(
+            &ClusterSnapshot {
+                nodes: vec![node("a", 0, 0), b],
+            },
+            &with("data")[..1],
+            7,
+        );
+        assert_eq!(plan.unschedulable.len(), 1, "{plan:?}");
+        assert!(
+            format!("{plan:?}").contains("do not hold volume data"),
+            "{plan:?}"
         );
     }
 

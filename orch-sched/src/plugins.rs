@@ -28,6 +28,7 @@ use crate::state::{CounterId, DomainId, NodeId, PassState, TopologyId};
 pub fn register_defaults(f: Framework) -> Framework {
     f.with_filter(NodeFit)
         .with_filter(NodeLabels)
+        .with_filter(LocalVolumes)
         .with_filter(TaintToleration)
         .with_filter(InterReplicaAffinity)
         .with_filter(TopologySpread)
@@ -36,6 +37,43 @@ pub fn register_defaults(f: Framework) -> Framework {
         .with_score(TaintPreference, 3)
         .with_score(AffinityPreference, 2)
         .with_score(SpreadPreference, 2)
+}
+
+/// Replicas that mount named local volumes go to the nodes that hold them, once any node
+/// does (before that, any node; the first one to run the replica creates them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalVolumes;
+
+struct LocalVolumesClass {
+    volumes: Vec<String>,
+}
+
+impl FilterPlugin for LocalVolumes {
+    fn name(&self) -> &str {
+        "LocalVolumes"
+    }
+    fn pre_filter(&self, class: &Class<'_>, state: &mut PassState) -> Option<Box<dyn ClassFilter>> {
+        // Only the volumes some node holds constrain the class.
+        let held: Vec<String> = class
+            .replica
+            .volumes
+            .iter()
+            .filter(|v| state.nodes().iter().any(|n| n.volumes.contains(v)))
+            .cloned()
+            .collect();
+        (!held.is_empty())
+            .then(|| Box::new(LocalVolumesClass { volumes: held }) as Box<dyn ClassFilter>)
+    }
+}
+
+impl ClassFilter for LocalVolumesClass {
+    fn filter<'a>(&'a self, state: &'a PassState, node: NodeId) -> Result<(), Cow<'a, str>> {
+        let n = state.node(node);
+        match self.volumes.iter().find(|v| !n.volumes.contains(v)) {
+            None => Ok(()),
+            Some(v) => Err(format!("do not hold volume {v}").into()),
+        }
+    }
 }
 
 /// Names a selector for messages: `service db`, or `replicas matching app=db,tier In [a]`.

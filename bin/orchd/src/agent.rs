@@ -99,6 +99,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut agent = host::agent_config(&node, labels, &discovery_dir);
     agent.taints = taints;
     discovery.configure(&mut agent, &args.discovery.dns_domain);
+    args.runtime.configure(&mut agent, &data_dir);
     agent.addresses = vec![args.advertise_address.clone()];
     agent.heartbeat = args.heartbeat;
     agent.endpoint = endpoint.to_string();

@@ -34,6 +34,18 @@ pub struct RuntimeArgs {
     /// comment); keep it mode 0600.
     #[arg(long)]
     pub registry_auth_file: Option<PathBuf>,
+    /// A host directory (and everything below it) replicas may mount with `hostPath`;
+    /// repeatable. None by default: host paths are refused.
+    #[arg(long = "allow-host-path")]
+    pub allow_host_paths: Vec<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// Sets the agent's volume directory (DATA_DIR/volumes) and allowed host paths.
+    pub fn configure(&self, agent: &mut orch_core::engine::AgentConfig, data_dir: &Path) {
+        agent.volume_dir = Some(data_dir.join("volumes"));
+        agent.allowed_host_paths = self.allow_host_paths.clone();
+    }
 }
 
 impl RuntimeArgs {

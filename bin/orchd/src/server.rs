@@ -117,6 +117,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         if let Some(d) = &discovery {
             d.configure(&mut agent, &args.discovery.dns_domain);
         }
+        args.runtime.configure(&mut agent, &data_dir);
         engine.add_agent(runtime.clone(), agent);
         let info = runtime.info();
         if !info.limits_enforced {

@@ -70,6 +70,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .start();
     let mut agent = host::agent_config(&args.node, Default::default(), &discovery_dir);
     discovery.configure(&mut agent, &args.discovery.dns_domain);
+    args.runtime.configure(&mut agent, &state_dir);
     engine.add_agent(runtime.clone(), agent);
     let socket = state_dir.join("orchd.sock");
     let cancel = CancellationToken::new();
