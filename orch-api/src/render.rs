@@ -332,11 +332,12 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
             );
             kv("Limits", n.status.limits.clone());
         }
+        // Values arrive redacted (`<redacted: N bytes>`): the API never returns them.
         Object::Secret(s) => kv(
             "Data",
             s.data
                 .iter()
-                .map(|(k, v)| format!("{k}: {} bytes", v.len()))
+                .map(|(k, v)| format!("{k}: {v}"))
                 .collect::<Vec<_>>()
                 .join(", "),
         ),

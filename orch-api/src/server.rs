@@ -332,7 +332,7 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 match orch_core::store::get_object(store, kind, &ns, &name).await {
                     Ok(Some(o)) => Response::Objects {
                         revision: o.metadata().revision,
-                        objects: vec![o],
+                        objects: vec![api::redact(o)],
                     },
                     Ok(None) => error(
                         ErrorCode::NotFound,
@@ -345,7 +345,10 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 }
             }
             None => match list_objects(store, kind, namespace.as_deref()).await {
-                Ok((objects, revision)) => Response::Objects { objects, revision },
+                Ok((objects, revision)) => Response::Objects {
+                    objects: objects.into_iter().map(api::redact).collect(),
+                    revision,
+                },
                 Err(e) => store_error(e),
             },
         },
@@ -450,7 +453,7 @@ async fn watch(
             framed,
             &Response::Watch {
                 event: WatchType::Added,
-                object,
+                object: api::redact(object),
             },
         )
         .await
@@ -483,6 +486,7 @@ async fn watch(
                 WatchEvent::Delete { prev, .. } => (WatchType::Deleted, prev),
             };
             let Ok(object) = decode(kv) else { continue };
+            let object = api::redact(object);
             if send(framed, &Response::Watch { event, object })
                 .await
                 .is_err()

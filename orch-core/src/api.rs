@@ -586,6 +586,29 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
     }
 }
 
+/// The placeholder a secret value shows as outside the store: `<redacted: N bytes>`.
+pub fn redacted_value(v: &str) -> String {
+    format!("<redacted: {} bytes>", v.len())
+}
+
+/// Whether `v` is [`redacted_value`]'s placeholder (applying it back would lose the secret).
+pub fn is_redacted_placeholder(v: &str) -> bool {
+    v.strip_prefix("<redacted: ")
+        .and_then(|r| r.strip_suffix(" bytes>"))
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// A secret with its values replaced by [`redacted_value`]; other objects as they are. What
+/// the API returns: secret values reach only the nodes that run replicas using them.
+pub fn redact(mut o: Object) -> Object {
+    if let Object::Secret(s) = &mut o {
+        for v in s.data.values_mut() {
+            *v = redacted_value(v);
+        }
+    }
+    o
+}
+
 /// What the user changes when `new` replaces `old`: one line per changed field of the parts a
 /// user writes (labels, annotations, spec, data), `path: old → new`, sorted; secret values
 /// show as `<redacted>`.

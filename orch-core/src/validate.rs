@@ -514,7 +514,7 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
             }
         }
     }
-    check_mounts(t, &p, out);
+    check_mounts(t, p, out);
     if let Some(wd) = &t.working_dir {
         if !wd.starts_with('/') {
             out.push(err(
@@ -884,6 +884,13 @@ fn check_data(data: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
     for (k, v) in data {
         if let Err(m) = data_key(k) {
             out.push(err(format!("data[{k:?}]"), k, m));
+        }
+        if crate::api::is_redacted_placeholder(v) {
+            out.push(err(
+                format!("data[{k:?}]"),
+                v,
+                "is the placeholder `orchctl get` shows for a secret value; give the real value",
+            ));
         }
         size += k.len() + v.len();
     }

@@ -13,7 +13,7 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// Whether `path` is on tmpfs.
 pub fn is_tmpfs(path: &Path) -> bool {
-    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == TMPFS_MAGIC)
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type == TMPFS_MAGIC)
 }
 
 /// Where a runtime keeps workloads' tmpfs content: `/dev/shm/orch-<tag>` (`tag` tells
@@ -37,7 +37,7 @@ pub fn tag_of(state_dir: &Path) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in state_dir.as_os_str().as_encoded_bytes() {
         h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_0001_b3);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{:08x}", h & 0xffff_ffff)
 }

@@ -61,6 +61,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node { command } => node(&client, command).await,
         Command::Rollout { command } => rollout(&client, &ns, command).await,
         Command::Info => info(&client).await,
+        Command::Create {
+            kind,
+            name,
+            literals,
+            files,
+        } => create(&client, &ns, &kind, &name, &literals, &files).await,
         Command::Config { .. } | Command::Login { .. } => unreachable!("handled above"),
     }
 }
@@ -768,4 +774,86 @@ async fn info(client: &Client) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `orchctl create secret|config NAME --from-literal K=V --from-file [K=]PATH`: builds the
+/// object and applies it (so it replaces one of that name). Values never reach the terminal.
+async fn create(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    literals: &[String],
+    files: &[String],
+) -> anyhow::Result<()> {
+    let kind = match kind {
+        "secret" => "Secret",
+        "config" | "configmap" => "Config",
+        other => bail!("create {other:?}: expected secret or config"),
+    };
+    let mut data = std::collections::BTreeMap::new();
+    for l in literals {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--from-literal {l:?}: expected KEY=VALUE"))?;
+        data.insert(k.to_string(), v.to_string());
+    }
+    for f in files {
+        let (k, path) = match f.split_once('=') {
+            Some((k, p)) => (k.to_string(), std::path::PathBuf::from(p)),
+            None => {
+                let p = std::path::PathBuf::from(f);
+                let k = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--from-file {f:?}: no file name to use as the key; give KEY=PATH"
+                        )
+                    })?
+                    .to_string();
+                (k, p)
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("--from-file {}: {e}", path.display()))?;
+        data.insert(k, text);
+    }
+    if data.is_empty() {
+        bail!(
+            "create {}: give --from-literal KEY=VALUE or --from-file [KEY=]PATH",
+            kind.to_ascii_lowercase()
+        );
+    }
+    let doc = serde_json::json!({
+        "apiVersion": "orch/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns},
+        "data": data,
+    });
+    let manifests = vec![orch_api::protocol::ManifestText {
+        source: format!("orchctl create {} {name}", kind.to_ascii_lowercase()),
+        text: doc.to_string(),
+    }];
+    orch_core::manifest::parse_all(
+        manifests
+            .iter()
+            .map(|m| (m.source.as_str(), m.text.as_str())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match client
+        .call(Request::Apply {
+            manifests,
+            dry_run: false,
+        })
+        .await?
+    {
+        Response::Applied { results, .. } => {
+            for r in results {
+                outln!("{} {}", r.name, r.action);
+            }
+            Ok(())
+        }
+        other => bail!("unexpected response: {other:?}"),
+    }
 }

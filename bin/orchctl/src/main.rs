@@ -127,6 +127,19 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Create (or replace) a secret or a config from literals and files.
+    Create {
+        /// `secret` or `config`.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// `KEY=VALUE`; repeatable.
+        #[arg(long = "from-literal")]
+        literals: Vec<String>,
+        /// `[KEY=]PATH`: the file's contents under KEY (default: the file's name); repeatable.
+        #[arg(long = "from-file")]
+        files: Vec<String>,
+    },
     /// Images on the daemon's nodes.
     Image {
         /// What to do.
