@@ -173,6 +173,38 @@ fn containers_and_processes_on_one_node_through_orchd() {
         "{looked_up}"
     );
 
+    // A container replica reads a secret file (tmpfs, 0400, bind-mounted read-only) and a
+    // config variable.
+    d.ctl_ok(&["create", "secret", "db", "--from-literal", "password=ctr-s3cret"]);
+    d.ctl_ok(&["create", "config", "app", "--from-literal", "level=warn"]);
+    let vault = write(
+        tmp.path(),
+        "vault.yaml",
+        &format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: vault}}\nspec:\n  replicas: 1\n  template:\n    image: {}/orch/busybox:1\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n    env: [{{name: LEVEL, valueFrom: {{config: app, key: level}}}}]\n    mounts: [{{secret: db, path: /run/secrets/db}}, {{tmpfs: true, path: /scratch}}]\n", registry.address()),
+    );
+    d.ctl_ok(&["apply", "-f", vault.to_str().unwrap()]);
+    let vault = eventually("vault runs", Duration::from_secs(30), || {
+        d.replicas()
+            .into_iter()
+            .find(|r| r["spec"]["service"] == "vault" && r["status"]["phase"] == "Ready")
+            .and_then(|r| r["metadata"]["name"].as_str().map(String::from))
+    });
+    let seen = d.ctl_ok(&[
+        "exec",
+        &vault,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /run/secrets/db/password; echo; echo $LEVEL; ls -ln /run/secrets/db; echo x > /scratch/f && cat /scratch/f; echo y > /run/secrets/db/other || echo read-only",
+    ]);
+    assert!(seen.starts_with("ctr-s3cret\nwarn\n"), "{seen}");
+    assert!(seen.contains("-r--------"), "0400: {seen}");
+    assert!(seen.contains("\nx\n") && seen.contains("read-only"), "{seen}");
+    d.ctl_ok(&["delete", "service", "vault"]);
+    eventually("vault gone", Duration::from_secs(30), || {
+        (!d.replicas().iter().any(|r| r["spec"]["service"] == "vault")).then_some(())
+    });
+
     // orchctl exec runs a command in a container: its environment, its exit code, its stderr.
     let who = d.ctl_ok(&["exec", &shell, "--", "/bin/sh", "-c", "echo $ORCH_REPLICA"]);
     assert_eq!(who.trim(), shell);
