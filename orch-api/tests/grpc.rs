@@ -216,6 +216,48 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
     // A refused transaction changed nothing.
     assert!(backend.get(&svc.key()).await.unwrap().is_none());
 
+    // Secrets: never in a node's lists or watches; readable one at a time only while a
+    // replica bound to the node uses it.
+    let secret = |name: &str| {
+        orch_core::manifest::parse(
+            "s.yaml",
+            &format!(
+                "apiVersion: orch/v1\nkind: Secret\nmetadata: {{name: {name}}}\ndata: {{k: v}}\n"
+            ),
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let (db, other) = (secret("db"), secret("other"));
+    let mut watch = node
+        .watch("/", backend.revision().await.unwrap())
+        .await
+        .unwrap();
+    backend
+        .txn(vec![create_op(&db), create_op(&other)])
+        .await
+        .unwrap();
+    let (listed, _) = node.list("/").await.unwrap();
+    assert!(listed.iter().all(|kv| !kv.key.starts_with("/secrets/")));
+    let batch = futures::StreamExt::next(&mut watch).await.unwrap().unwrap();
+    assert!(batch.events.is_empty(), "{batch:?}");
+    let e = node.get(&db.key()).await.unwrap_err().to_string();
+    assert!(e.contains("no replica bound to it uses"), "{e}");
+    let mut uses = read(&mine).await;
+    let mut t = (*uses.spec.template).clone();
+    t.mounts.push(orch_core::object::Mount {
+        path: "/run/secrets/db".into(),
+        secret: Some("db".into()),
+        ..Default::default()
+    });
+    uses.spec.template = t.into();
+    backend
+        .txn(vec![update_op(&Object::Replica(uses))])
+        .await
+        .unwrap();
+    assert!(node.get(&db.key()).await.unwrap().is_some());
+    assert!(node.get(&other.key()).await.is_err());
+
     // Renewal: a new certificate for the same node, and it works.
     let renewed = cluster::renew(&m.addr, &loaded).await.expect("renew");
     assert_ne!(renewed.cert_pem, loaded.cert_pem);

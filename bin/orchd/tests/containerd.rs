@@ -175,7 +175,13 @@ fn containers_and_processes_on_one_node_through_orchd() {
 
     // A container replica reads a secret file (tmpfs, 0400, bind-mounted read-only) and a
     // config variable.
-    d.ctl_ok(&["create", "secret", "db", "--from-literal", "password=ctr-s3cret"]);
+    d.ctl_ok(&[
+        "create",
+        "secret",
+        "db",
+        "--from-literal",
+        "password=ctr-s3cret",
+    ]);
     d.ctl_ok(&["create", "config", "app", "--from-literal", "level=warn"]);
     let vault = write(
         tmp.path(),
@@ -199,7 +205,10 @@ fn containers_and_processes_on_one_node_through_orchd() {
     ]);
     assert!(seen.starts_with("ctr-s3cret\nwarn\n"), "{seen}");
     assert!(seen.contains("-r--------"), "0400: {seen}");
-    assert!(seen.contains("\nx\n") && seen.contains("read-only"), "{seen}");
+    assert!(
+        seen.contains("\nx\n") && seen.contains("read-only"),
+        "{seen}"
+    );
     d.ctl_ok(&["delete", "service", "vault"]);
     eventually("vault gone", Duration::from_secs(30), || {
         (!d.replicas().iter().any(|r| r["spec"]["service"] == "vault")).then_some(())

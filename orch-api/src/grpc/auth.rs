@@ -169,3 +169,34 @@ mod tests {
         assert_eq!(identity_of_cn("somebody"), None);
     }
 }
+
+/// Whether `node` may read secret `key` (`/secrets/NS/NAME`): only while a replica bound to
+/// it, meant to run, refers to that secret. Secrets reach the nodes that need them, no more.
+pub async fn node_may_read_secret(store: &dyn Store, node: &str, key: &str) -> Result<(), Status> {
+    let rest = key.strip_prefix(&Kind::Secret.prefix()).unwrap_or_default();
+    let (ns, name) = rest.split_once('/').unwrap_or((rest, ""));
+    let (kvs, _) = store
+        .list(&format!("{}{ns}/", Kind::Replica.prefix()))
+        .await
+        .map_err(super::store::status_of)?;
+    let needed = kvs.iter().any(|kv| {
+        matches!(
+            Object::decode(&kv.value, kv.mod_revision),
+            Ok(Object::Replica(r)) if r.spec.node.as_deref() == Some(node)
+                && r.spec.desired == orch_core::object::DesiredState::Running
+                && r.spec.template.references().contains(&(true, name))
+        )
+    });
+    if needed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "node {node} may not read secret {ns}/{name}: no replica bound to it uses that secret"
+        )))
+    }
+}
+
+/// Whether a store key is a secret's (never listed or watched by nodes).
+pub fn is_secret_key(key: &str) -> bool {
+    key.starts_with(&Kind::Secret.prefix())
+}

@@ -248,7 +248,12 @@ type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatch, Status>> + S
 #[tonic::async_trait]
 impl pb::store_server::Store for StoreService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.caller(&req)?;
+        let who = self.caller(&req)?;
+        if let Identity::Node(node) = &who {
+            if auth::is_secret_key(&req.get_ref().key) {
+                auth::node_may_read_secret(&*self.store, node, &req.get_ref().key).await?;
+            }
+        }
         let kv = self
             .store
             .get(&req.get_ref().key)
@@ -263,12 +268,16 @@ impl pb::store_server::Store for StoreService {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        self.caller(&req)?;
-        let (kvs, revision) = self
+        let who = self.caller(&req)?;
+        let (mut kvs, revision) = self
             .store
             .list(&req.get_ref().prefix)
             .await
             .map_err(status_of)?;
+        if matches!(who, Identity::Node(_)) {
+            // Nodes read a secret one at a time, when a replica of theirs needs it.
+            kvs.retain(|kv| !auth::is_secret_key(&kv.key));
+        }
         Ok(Response::new(pb::ListResponse {
             kvs: kvs.into_iter().map(kv_to_pb).collect(),
             revision,
@@ -293,16 +302,23 @@ impl pb::store_server::Store for StoreService {
     type WatchStream = BatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<BatchStream>, Status> {
-        self.caller(&req)?;
+        let who = self.caller(&req)?;
+        let node = matches!(who, Identity::Node(_));
         let r = req.into_inner();
         let stream = self
             .store
             .watch(&r.prefix, r.after)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(Box::pin(
-            stream.map(|b| b.map(batch_to_pb).map_err(status_of)),
-        )))
+        Ok(Response::new(Box::pin(stream.map(move |b| {
+            b.map(|mut b| {
+                if node {
+                    b.events.retain(|e| !auth::is_secret_key(e.key()));
+                }
+                batch_to_pb(b)
+            })
+            .map_err(status_of)
+        }))))
     }
 
     async fn revision(
