@@ -150,26 +150,6 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn common_names_map_to_identities() {
-        assert_eq!(identity_of_cn("node:n1"), Some(Identity::Node("n1".into())));
-        assert_eq!(
-            identity_of_cn("admin:alice"),
-            Some(Identity::Admin("alice".into()))
-        );
-        assert_eq!(
-            identity_of_cn("manager"),
-            Some(Identity::Admin("manager".into()))
-        );
-        assert_eq!(identity_of_cn("node:"), None);
-        assert_eq!(identity_of_cn("somebody"), None);
-    }
-}
-
 /// Whether `node` may read secret `key` (`/secrets/NS/NAME`): only while a replica bound to
 /// it, meant to run, refers to that secret. Secrets reach the nodes that need them, no more.
 pub async fn node_may_read_secret(store: &dyn Store, node: &str, key: &str) -> Result<(), Status> {
@@ -199,4 +179,24 @@ pub async fn node_may_read_secret(store: &dyn Store, node: &str, key: &str) -> R
 /// Whether a store key is a secret's (never listed or watched by nodes).
 pub fn is_secret_key(key: &str) -> bool {
     key.starts_with(&Kind::Secret.prefix())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_names_map_to_identities() {
+        assert_eq!(identity_of_cn("node:n1"), Some(Identity::Node("n1".into())));
+        assert_eq!(
+            identity_of_cn("admin:alice"),
+            Some(Identity::Admin("alice".into()))
+        );
+        assert_eq!(
+            identity_of_cn("manager"),
+            Some(Identity::Admin("manager".into()))
+        );
+        assert_eq!(identity_of_cn("node:"), None);
+        assert_eq!(identity_of_cn("somebody"), None);
+    }
 }
