@@ -126,6 +126,13 @@ pub enum Request {
         /// What to do.
         action: orch_core::api::NodeOp,
     },
+    /// Remove a named local volume (its directory and data) from a node.
+    VolumeRemove {
+        /// The volume.
+        name: String,
+        /// The node; default: the only node that holds it.
+        node: Option<String>,
+    },
     /// What the daemon is.
     Info,
 }
@@ -247,6 +254,13 @@ pub enum Response {
     Progress {
         /// `pulling IMAGE: 12.3 of 45.6 MB (...)`, or nothing when no start is waiting.
         text: Option<String>,
+    },
+    /// Result of `VolumeRemove`: what was removed where.
+    VolumeRemoved {
+        /// The volume.
+        name: String,
+        /// The node it was on.
+        node: String,
     },
     /// End of a stream.
     End,

@@ -34,6 +34,8 @@ pub struct Backend {
     pub on_node_removed: Option<NodeRemovedHook>,
     /// Reaches replicas on nodes this process does not host (a cluster manager's agents).
     pub nodes: Option<Arc<dyn crate::grpc::node::NodeAccess>>,
+    /// The volume directory of each node this process runs an agent for (`orchctl volume rm`).
+    pub volume_dirs: HashMap<String, std::path::PathBuf>,
     /// Asked, at apply, whether `namespace/service` may publish `port` on this process's
     /// node (the service proxy tries it); an error refuses the apply.
     pub port_check: Option<PortCheck>,
@@ -387,6 +389,7 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
             }
             Err(e) => api_error(e),
         },
+        Request::VolumeRemove { name, node } => remove_volume(backend, &name, node).await,
         Request::Info => Response::Info {
             version: env!("CARGO_PKG_VERSION").into(),
             store: backend.store_name.clone(),
@@ -675,4 +678,92 @@ async fn logs(
         }
     }
     let _ = send(framed, &Response::End).await;
+}
+
+/// `orchctl volume rm`: refuses while a replica meant to run on the node mounts it, and on
+/// nodes this process does not host; otherwise deletes the directory (the node's next
+/// heartbeat stops reporting it).
+async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> Response {
+    if let Err(e) = orch_core::validate::dns1123_label(name) {
+        return error(ErrorCode::Invalid, format!("volume {name:?}: {e}"));
+    }
+    let store = &*backend.store;
+    let nodes = match list_objects(store, Kind::Node, None).await {
+        Ok((n, _)) => n,
+        Err(e) => return store_error(e),
+    };
+    let holders: Vec<String> = nodes
+        .iter()
+        .filter_map(|o| match o {
+            Object::Node(n) if n.status.volumes.iter().any(|v| v == name) => {
+                Some(n.metadata.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let node = match (node, holders.as_slice()) {
+        (Some(n), _) if holders.contains(&n) => n,
+        (Some(n), _) => {
+            return error(
+                ErrorCode::NotFound,
+                format!("node {n} holds no volume {name:?}"),
+            )
+        }
+        (None, [one]) => one.clone(),
+        (None, []) => {
+            return error(
+                ErrorCode::NotFound,
+                format!("no node holds volume {name:?}"),
+            )
+        }
+        (None, many) => {
+            return error(
+                ErrorCode::Invalid,
+                format!(
+                    "volume {name:?} is on several nodes ({}): say which with --node",
+                    many.join(", ")
+                ),
+            )
+        }
+    };
+    let replicas = match list_objects(store, Kind::Replica, None).await {
+        Ok((r, _)) => r,
+        Err(e) => return store_error(e),
+    };
+    let users: Vec<String> = replicas
+        .iter()
+        .filter_map(|o| o.as_replica())
+        .filter(|r| {
+            r.spec.node.as_deref() == Some(node.as_str())
+                && r.spec.desired == orch_core::object::DesiredState::Running
+                && r.spec.template.volumes().contains(&name)
+        })
+        .map(|r| format!("{}/{}", r.metadata.namespace, r.metadata.name))
+        .collect();
+    if !users.is_empty() {
+        return error(
+            ErrorCode::Conflict,
+            format!(
+                "volume {name:?} on node {node} is in use by {}; delete or scale those first",
+                users.join(", ")
+            ),
+        );
+    }
+    let Some(dir) = backend.volume_dirs.get(&node) else {
+        return error(
+            ErrorCode::Invalid,
+            format!("node {node} is an agent on another host: remove DATA_DIR/volumes/{name} there (remote volume removal is not supported yet)"),
+        );
+    };
+    let path = dir.join(name);
+    match tokio::fs::remove_dir_all(&path).await {
+        Ok(()) => Response::VolumeRemoved {
+            name: name.to_string(),
+            node,
+        },
+        Err(e) => error(
+            ErrorCode::Internal,
+            format!("cannot remove {}: {e}", path.display()),
+        ),
+    }
 }

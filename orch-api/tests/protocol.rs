@@ -37,6 +37,7 @@ async fn start() -> (
         on_node_removed: None,
         nodes: None,
         port_check: None,
+        volume_dirs: Default::default(),
     });
     let cancel = CancellationToken::new();
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));

@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node { command } => node(&client, command).await,
         Command::Rollout { command } => rollout(&client, &ns, command).await,
         Command::Info => info(&client).await,
+        Command::Volume { command } => volume(&client, command).await,
         Command::Create {
             kind,
             name,
@@ -855,5 +856,50 @@ async fn create(
             Ok(())
         }
         other => bail!("unexpected response: {other:?}"),
+    }
+}
+
+/// `orchctl volume ls|rm`.
+async fn volume(client: &Client, command: crate::VolumeCommand) -> anyhow::Result<()> {
+    match command {
+        crate::VolumeCommand::Ls => {
+            let objs = match client
+                .call(Request::Get {
+                    kind: orch_core::object::Kind::Node,
+                    namespace: None,
+                    name: None,
+                })
+                .await?
+            {
+                Response::Objects { objects, .. } => objects,
+                other => bail!("unexpected response: {other:?}"),
+            };
+            let mut rows = vec![("VOLUME".to_string(), "NODE".to_string())];
+            for o in &objs {
+                if let Object::Node(n) = o {
+                    for v in &n.status.volumes {
+                        rows.push((v.clone(), n.metadata.name.clone()));
+                    }
+                }
+            }
+            if rows.len() == 1 {
+                eprintln!("No volumes found.");
+                return Ok(());
+            }
+            let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0) + 3;
+            for (v, n) in rows {
+                outln!("{v:w$}{n}");
+            }
+            Ok(())
+        }
+        crate::VolumeCommand::Rm { name, node } => {
+            match client.call(Request::VolumeRemove { name, node }).await? {
+                Response::VolumeRemoved { name, node } => {
+                    outln!("volume {name} removed from node {node}");
+                    Ok(())
+                }
+                other => bail!("unexpected response: {other:?}"),
+            }
+        }
     }
 }

@@ -140,6 +140,12 @@ pub enum Command {
         #[arg(long = "from-file")]
         files: Vec<String>,
     },
+    /// Named local volumes: ls, rm.
+    Volume {
+        /// What to do.
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Images on the daemon's nodes.
     Image {
         /// What to do.
@@ -319,4 +325,19 @@ pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/orch/orchd.sock"))
         })
         .unwrap_or_else(|| PathBuf::from("/var/lib/orch/orchd.sock"))
+}
+
+/// `orchctl volume ...`.
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// The volumes on every node.
+    Ls,
+    /// Remove a volume and its data from a node (refused while a replica uses it).
+    Rm {
+        /// The volume.
+        name: String,
+        /// The node (needed when several hold a volume of that name).
+        #[arg(long)]
+        node: Option<String>,
+    },
 }

@@ -160,6 +160,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Arc::new(move |n: &str| m.revoke(n)) as orch_api::server::NodeRemovedHook
         }),
         port_check: discovery.as_ref().map(|d| d.port_check()),
+        volume_dirs: if args.no_agent {
+            HashMap::new()
+        } else {
+            HashMap::from([(node.clone(), data_dir.join("volumes"))])
+        },
         nodes: match &cluster {
             Some((m, _, _)) => Some(Arc::new(orch_api::grpc::node::NodeDialer::new(
                 store.clone(),

@@ -82,6 +82,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         on_node_removed: None,
         nodes: None,
         port_check: Some(discovery.port_check()),
+        volume_dirs: HashMap::from([(args.node.clone(), state_dir.join("volumes"))]),
     });
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     let applied = orch_core::api::apply(&*store, objects, false).await?;

@@ -268,5 +268,22 @@ fn a_named_volume_outlives_its_replica_and_unsafe_mounts_are_refused() {
     let out = d.ctl_ok(&["exec", &h, "--", "/bin/sh", "-c", "cat $ORCH_ROOT/h/hello"]);
     assert_eq!(out.trim(), "from the host");
     delete_service(&d, "host");
+
+    // `orchctl volume`: listed; not removed while a replica uses it; removed after.
+    let ls = d.ctl_ok(&["volume", "ls"]);
+    assert!(ls.contains("data") && ls.contains("test-node"), "{ls}");
+    let out = d.ctl(&["volume", "rm", "data"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in use by default/db-"),
+        "{err}"
+    );
     d.delete_and_wait("service", "db");
+    d.ctl_ok(&["volume", "rm", "data"]);
+    assert!(!tmp.path().join("data/volumes/data").exists());
+    eventually(
+        "the node stops reporting it",
+        Duration::from_secs(10),
+        || (!d.ctl_ok(&["volume", "ls"]).contains("data")).then_some(()),
+    );
 }
