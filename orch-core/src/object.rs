@@ -1685,3 +1685,41 @@ pub const JOB_LABEL: &str = "orch/job";
 
 /// The label every replica carries naming its service.
 pub const SERVICE_LABEL: &str = "orch/service";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_versions_move_the_revision_hash_unless_ignored() {
+        let mut spec = ServiceSpec {
+            replicas: 1,
+            template: Template {
+                command: vec!["sh".into()],
+                mounts: vec![Mount {
+                    path: "/etc/app".into(),
+                    config: Some("app".into()),
+                    ..Mount::default()
+                }],
+                ..Template::default()
+            },
+            placement: Placement::default(),
+            update: UpdateStrategy::default(),
+            mode: ServiceMode::default(),
+            publish: Vec::new(),
+            config_versions: Vec::new(),
+        };
+        let plain = spec.revision_hash();
+        assert_eq!(spec.template.references(), [(false, "app")]);
+        spec.config_versions = vec!["config/app@3".into()];
+        let v3 = spec.revision_hash();
+        spec.config_versions = vec!["config/app@4".into()];
+        let v4 = spec.revision_hash();
+        assert!(
+            plain != v3 && v3 != v4,
+            "a new config revision is a new revision"
+        );
+        spec.update.ignore_config_changes = true;
+        assert_eq!(spec.revision_hash(), plain, "unless the service says so");
+    }
+}

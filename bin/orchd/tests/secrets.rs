@@ -109,6 +109,21 @@ fn secrets_and_configs_reach_replicas_and_nowhere_else() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Too big: refused, saying the limit.
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).unwrap();
+    let out = d.ctl(&[
+        "create",
+        "secret",
+        "big",
+        "--from-file",
+        big.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no more than 1048576 bytes"),
+        "{err}"
+    );
     let log = std::fs::read_to_string(tmp.path().join("orchd.log")).unwrap();
     assert!(!log.contains(&secret), "orchd's log holds the secret");
     let data = tmp.path().join("data");
