@@ -760,4 +760,40 @@ fn every_node_answers_dns_and_proxies_for_the_whole_cluster() {
         },
     );
     d.delete_and_wait("service", "hello");
+
+    // A secret reaches replicas on both agents (each node may read it only because a
+    // replica bound to it uses it).
+    d.ctl_ok(&[
+        "create",
+        "secret",
+        "db",
+        "--from-literal",
+        "password=across-hosts",
+    ]);
+    let vault = write(
+        tmp.path(),
+        "vault.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: vault}\nspec:\n  replicas: 2\n  placement: {maxPerNode: 1}\n  template:\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n    mounts: [{secret: db, path: /run/secrets/db}]\n",
+    );
+    d.ctl_ok(&["apply", "-f", vault.to_str().unwrap()]);
+    let names = eventually(
+        "a vault replica on each agent",
+        Duration::from_secs(30),
+        || {
+            let n = nodes_of(&d, "vault");
+            (n.len() == 2 && n[0].1 != n[1].1).then_some(n)
+        },
+    );
+    for (name, node, _) in names {
+        let got = d.ctl_ok(&[
+            "exec",
+            &name,
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat $ORCH_ROOT/run/secrets/db/password",
+        ]);
+        assert_eq!(got.trim(), "across-hosts", "on {node}");
+    }
+    d.delete_and_wait("service", "vault");
 }
