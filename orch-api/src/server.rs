@@ -750,10 +750,20 @@ async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> R
         );
     }
     let Some(dir) = backend.volume_dirs.get(&node) else {
-        return error(
-            ErrorCode::Invalid,
-            format!("node {node} is an agent on another host: remove DATA_DIR/volumes/{name} there (remote volume removal is not supported yet)"),
-        );
+        // A node on another host: its agent removes it.
+        return match &backend.nodes {
+            Some(nodes) => match nodes.remove_volume(&node, name).await {
+                Ok(()) => Response::VolumeRemoved {
+                    name: name.to_string(),
+                    node,
+                },
+                Err(e) => error(ErrorCode::Unavailable, e),
+            },
+            None => error(
+                ErrorCode::NotFound,
+                format!("node {node} is not served by this daemon"),
+            ),
+        };
     };
     let path = dir.join(name);
     match tokio::fs::remove_dir_all(&path).await {

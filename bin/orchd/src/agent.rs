@@ -95,7 +95,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--listen {listen}: cannot listen"))?;
     let endpoint = bound.local_addr()?;
     let (creds_tx, creds_rx) = tokio::sync::watch::channel(creds.clone());
-    let serving = tokio::spawn(serve_node(bound, creds_rx, runtime.clone()));
+    let serving = tokio::spawn(serve_node(
+        bound,
+        creds_rx,
+        runtime.clone(),
+        Some(data_dir.join("volumes")),
+    ));
     let mut agent = host::agent_config(&node, labels, &discovery_dir);
     agent.taints = taints;
     discovery.configure(&mut agent, &args.discovery.dns_domain);
@@ -181,6 +186,7 @@ async fn serve_node(
     first: tokio::net::TcpListener,
     mut creds: tokio::sync::watch::Receiver<Credentials>,
     runtime: Arc<dyn orch_core::runtime::Runtime>,
+    volume_dir: Option<std::path::PathBuf>,
 ) {
     let addr = first.local_addr().ok();
     let mut listener = Some(first);
@@ -198,7 +204,13 @@ async fn serve_node(
             },
         };
         let stop = tokio_util::sync::CancellationToken::new();
-        let server = orch_api::grpc::node::serve(l, &current, runtime.clone(), stop.clone());
+        let server = orch_api::grpc::node::serve(
+            l,
+            &current,
+            runtime.clone(),
+            volume_dir.clone(),
+            stop.clone(),
+        );
         tokio::pin!(server);
         tokio::select! {
             r = &mut server => {

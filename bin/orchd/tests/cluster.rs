@@ -796,4 +796,32 @@ fn every_node_answers_dns_and_proxies_for_the_whole_cluster() {
         assert_eq!(got.trim(), "across-hosts", "on {node}");
     }
     d.delete_and_wait("service", "vault");
+
+    // Named volumes on agents: listed per node, removed from the one named.
+    let store = write(
+        tmp.path(),
+        "store.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: store}\nspec:\n  replicas: 2\n  placement: {maxPerNode: 1}\n  template:\n    command: [/bin/sh, -c, 'trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n    mounts: [{volume: data, path: /data}]\n",
+    );
+    d.ctl_ok(&["apply", "-f", store.to_str().unwrap()]);
+    eventually(
+        "both nodes hold the volume",
+        Duration::from_secs(30),
+        || {
+            let ls = d.ctl_ok(&["volume", "ls"]);
+            (ls.contains("a1") && ls.contains("a2")).then_some(())
+        },
+    );
+    d.delete_and_wait("service", "store");
+    let out = d.ctl(&["volume", "rm", "data"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("several nodes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.ctl_ok(&["volume", "rm", "data", "--node", "a1"]);
+    eventually("only a2 holds it", Duration::from_secs(10), || {
+        let ls = d.ctl_ok(&["volume", "ls"]);
+        (!ls.contains("a1") && ls.contains("a2")).then_some(())
+    });
 }

@@ -49,6 +49,7 @@ fn error_of(node: &str, s: Status) -> RuntimeError {
 /// Serves a node's runtime to its manager.
 pub struct NodeService {
     runtime: Arc<dyn Runtime>,
+    volume_dir: Option<std::path::PathBuf>,
 }
 
 fn manager_only<T>(req: &Request<T>) -> Result<(), Status> {
@@ -114,6 +115,25 @@ impl pb::node_server::Node for NodeService {
             text: self.runtime.progress(&req.get_ref().id),
         }))
     }
+
+    async fn remove_volume(
+        &self,
+        req: Request<pb::RemoveVolumeRequest>,
+    ) -> Result<Response<pb::RemoveVolumeResponse>, Status> {
+        manager_only(&req)?;
+        let name = &req.get_ref().name;
+        orch_core::validate::dns1123_label(name)
+            .map_err(|e| Status::invalid_argument(format!("volume {name:?}: {e}")))?;
+        let dir = self
+            .volume_dir
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this node keeps no volumes"))?;
+        let path = dir.join(name);
+        tokio::fs::remove_dir_all(&path)
+            .await
+            .map_err(|e| Status::internal(format!("cannot remove {}: {e}", path.display())))?;
+        Ok(Response::new(pb::RemoveVolumeResponse {}))
+    }
 }
 
 /// Serves `runtime` on `listener` with the node's credentials until `cancel`.
@@ -121,6 +141,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     creds: &Credentials,
     runtime: Arc<dyn Runtime>,
+    volume_dir: Option<std::path::PathBuf>,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let tls = ServerTlsConfig::new()
@@ -130,8 +151,11 @@ pub async fn serve(
         .tls_config(tls)?
         .concurrency_limit_per_connection(64)
         .add_service(
-            pb::node_server::NodeServer::new(NodeService { runtime })
-                .max_encoding_message_size(super::MAX_MESSAGE * 2 + 4096),
+            pb::node_server::NodeServer::new(NodeService {
+                runtime,
+                volume_dir,
+            })
+            .max_encoding_message_size(super::MAX_MESSAGE * 2 + 4096),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -156,6 +180,8 @@ pub trait NodeAccess: Send + Sync {
     ) -> Result<ExecOutput, RuntimeError>;
     /// What the replica's start on node `node` waits for.
     async fn progress(&self, node: &str, id: &str) -> Option<String>;
+    /// Removes named volume `name` from the node.
+    async fn remove_volume(&self, node: &str, name: &str) -> Result<(), String>;
 }
 
 /// Dials agents at the endpoint their node object reports, with the manager's certificate,
@@ -283,5 +309,14 @@ impl NodeAccess for NodeDialer {
             .ok()?
             .into_inner()
             .text
+    }
+
+    async fn remove_volume(&self, node: &str, name: &str) -> Result<(), String> {
+        let mut client = self.client(node).await.map_err(|e| e.to_string())?;
+        client
+            .remove_volume(pb::RemoveVolumeRequest { name: name.into() })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("node {node}: {}", e.message()))
     }
 }
