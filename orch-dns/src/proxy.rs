@@ -194,8 +194,18 @@ impl ServiceProxy {
             *last = now;
             gone
         };
-        for b in gone {
-            nft::forget_connections(b).await;
+        for b in &gone {
+            nft::forget_connections(*b).await;
+        }
+        if !gone.is_empty() {
+            // Connections already on their way when the rules changed can leave entries
+            // after the first sweep; sweep once more when they have settled.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for b in gone {
+                    nft::forget_connections(b).await;
+                }
+            });
         }
         Ok(())
     }
