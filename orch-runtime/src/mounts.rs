@@ -149,7 +149,8 @@ pub fn inside(root: &Path, path: &str) -> io::Result<PathBuf> {
 }
 
 /// Makes a process replica's mounts under `root`: each path becomes a symlink to the files
-/// (written under `tmp`), the tmpfs directory (under `tmp`) or the node directory.
+/// (written under `tmp`), the tmpfs directory (under `tmp`, kept across restarts of the
+/// replica) or the node directory.
 pub fn link_process_mounts(root: &Path, tmp: &Path, mounts: &[WorkloadMount]) -> io::Result<()> {
     mkdir(root, 0o755)?;
     for (i, m) in mounts.iter().enumerate() {
@@ -160,8 +161,8 @@ pub fn link_process_mounts(root: &Path, tmp: &Path, mounts: &[WorkloadMount]) ->
                 d
             }
             MountSource::Tmpfs => {
+                // Kept across restarts of the replica; removed with it.
                 let d = tmp.join(i.to_string());
-                remove_tree(&d)?;
                 mkdir(&d, 0o700)?;
                 d
             }
@@ -269,7 +270,10 @@ mod tests {
         std::fs::write(root.join("data/f"), "x").unwrap();
         assert!(vol.join("f").exists());
         assert!(root.join("scratch").is_dir());
-        // Again (a restart): the links are replaced, not refused.
+        // Again (a restart): the links are replaced, not refused, and the tmpfs directory
+        // keeps what the last run wrote.
+        std::fs::write(root.join("scratch/kept"), "x").unwrap();
         link_process_mounts(&root, &tmp, &mounts).unwrap();
+        assert!(root.join("scratch/kept").exists());
     }
 }

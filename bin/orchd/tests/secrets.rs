@@ -178,10 +178,48 @@ fn a_named_volume_outlives_its_replica_and_unsafe_mounts_are_refused() {
     let path = write(
         tmp.path(),
         "db.yaml",
-        &svc("db", "{volume: data, path: /var/lib/db}"),
+        &svc(
+            "db",
+            "{volume: data, path: /var/lib/db}, {tmpfs: true, path: /scratch}",
+        ),
     );
     d.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);
     let first = eventually("db ready", Duration::from_secs(30), || replica_of(&d, "db"));
+    // The tmpfs directory lives as long as the replica: a crash and restart keeps it.
+    d.ctl_ok(&[
+        "exec",
+        &first,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo warm > $ORCH_ROOT/scratch/cache",
+    ]);
+    let pid = d
+        .replicas()
+        .iter()
+        .find(|r| r["metadata"]["name"] == first.as_str())
+        .and_then(pid_of)
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    eventually("restarted in place", Duration::from_secs(20), || {
+        d.replicas()
+            .iter()
+            .find(|r| r["metadata"]["name"] == first.as_str())
+            .filter(|r| r["status"]["restarts"] == 1 && r["status"]["phase"] == "Ready")
+            .map(|_| ())
+    });
+    let kept = d.ctl_ok(&[
+        "exec",
+        &first,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat $ORCH_ROOT/scratch/cache",
+    ]);
+    assert_eq!(kept.trim(), "warm");
     d.ctl_ok(&[
         "exec",
         &first,

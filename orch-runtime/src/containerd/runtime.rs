@@ -947,7 +947,6 @@ impl Runtime for ContainerdRuntime {
                 read_only: true,
             });
         }
-        let mut tmpfs = Vec::new();
         let secrets_dir = self.tmpfs_dir(&spec.id);
         for (i, m) in spec.mounts.iter().enumerate() {
             match &m.source {
@@ -970,7 +969,30 @@ impl Runtime for ContainerdRuntime {
                     destination: m.path.clone(),
                     read_only: m.read_only,
                 }),
-                MountSource::Tmpfs => tmpfs.push(m.path.clone()),
+                MountSource::Tmpfs => {
+                    // A directory on the host's tmpfs, not a fresh tmpfs per container: it
+                    // lives as long as the replica, across restarts.
+                    let dir = secrets_dir.join(i.to_string());
+                    std::fs::create_dir_all(&dir)
+                        .and_then(|()| match user {
+                            Some((uid, gid)) => {
+                                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                            }
+                            None => Ok(()),
+                        })
+                        .map_err(|source| RuntimeError::Io {
+                            context: format!(
+                                "cannot create the tmpfs directory of mount {}",
+                                m.path
+                            ),
+                            source,
+                        })?;
+                    mounts.push(super::BindMount {
+                        source: dir,
+                        destination: m.path.clone(),
+                        read_only: m.read_only,
+                    });
+                }
             }
         }
         let cs = ContainerSpec {
@@ -993,7 +1015,7 @@ impl Runtime for ContainerdRuntime {
             memory_bytes: t.resources.memory.map(|m| m.0),
             cgroups_path: Some(cgroup_path(&self.inner.config.namespace, &spec.id)),
             mounts,
-            tmpfs,
+            tmpfs: Vec::new(),
         };
         let pid = c.run(&cs).await.map_err(|e| match e {
             ContainerdError::Call { .. } | ContainerdError::Spec { .. } => {
