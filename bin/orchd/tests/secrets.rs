@@ -38,6 +38,11 @@ fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
         })
 }
 
+/// Runs a shell script in a replica; its output.
+fn sh(d: &Daemon, replica: &str, script: &str) -> String {
+    d.ctl_ok(&["exec", replica, "--", "/bin/sh", "-c", script])
+}
+
 /// Deletes a service and waits until none of its replicas is left.
 fn delete_service(d: &Daemon, name: &str) {
     d.ctl_ok(&["delete", "service", name]);
@@ -66,14 +71,7 @@ fn secrets_and_configs_reach_replicas_and_nowhere_else() {
     let name = eventually("app ready", Duration::from_secs(30), || {
         replica_of(&d, "app")
     });
-    let seen = d.ctl_ok(&[
-        "exec",
-        &name,
-        "--",
-        "/bin/sh",
-        "-c",
-        "cat $ORCH_ROOT/run/secrets/db/password; echo; echo $PASSWORD $LEVEL; cat $ORCH_ROOT/etc/app/level; echo; stat -L -c %a $ORCH_ROOT/run/secrets/db/password",
-    ]);
+    let seen = sh(&d, &name, "cat $ORCH_ROOT/run/secrets/db/password; echo; echo $PASSWORD $LEVEL; cat $ORCH_ROOT/etc/app/level; echo; stat -L -c %a $ORCH_ROOT/run/secrets/db/password");
     let lines: Vec<&str> = seen.lines().collect();
     assert_eq!(lines[0], secret, "the secret file: {seen}");
     assert_eq!(lines[1], format!("{secret} debug"), "env from both: {seen}");
@@ -186,14 +184,7 @@ fn a_named_volume_outlives_its_replica_and_unsafe_mounts_are_refused() {
     d.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);
     let first = eventually("db ready", Duration::from_secs(30), || replica_of(&d, "db"));
     // The tmpfs directory lives as long as the replica: a crash and restart keeps it.
-    d.ctl_ok(&[
-        "exec",
-        &first,
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo warm > $ORCH_ROOT/scratch/cache",
-    ]);
+    sh(&d, &first, "echo warm > $ORCH_ROOT/scratch/cache");
     let pid = d
         .replicas()
         .iter()
@@ -211,23 +202,9 @@ fn a_named_volume_outlives_its_replica_and_unsafe_mounts_are_refused() {
             .filter(|r| r["status"]["restarts"] == 1 && r["status"]["phase"] == "Ready")
             .map(|_| ())
     });
-    let kept = d.ctl_ok(&[
-        "exec",
-        &first,
-        "--",
-        "/bin/sh",
-        "-c",
-        "cat $ORCH_ROOT/scratch/cache",
-    ]);
+    let kept = sh(&d, &first, "cat $ORCH_ROOT/scratch/cache");
     assert_eq!(kept.trim(), "warm");
-    d.ctl_ok(&[
-        "exec",
-        &first,
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo kept > $ORCH_ROOT/var/lib/db/file",
-    ]);
+    sh(&d, &first, "echo kept > $ORCH_ROOT/var/lib/db/file");
     // The node reports the volume.
     eventually(
         "the node reports the volume",
@@ -243,14 +220,7 @@ fn a_named_volume_outlives_its_replica_and_unsafe_mounts_are_refused() {
     let second = eventually("a replacement", Duration::from_secs(30), || {
         replica_of(&d, "db").filter(|n| *n != first)
     });
-    let read = d.ctl_ok(&[
-        "exec",
-        &second,
-        "--",
-        "/bin/sh",
-        "-c",
-        "cat $ORCH_ROOT/var/lib/db/file",
-    ]);
+    let read = sh(&d, &second, "cat $ORCH_ROOT/var/lib/db/file");
     assert_eq!(read.trim(), "kept");
 
     // Unsafe mounts, refused at apply with the field and the reason.
@@ -318,7 +288,7 @@ fn a_named_volume_outlives_its_replica_and_unsafe_mounts_are_refused() {
     let h = eventually("host ready", Duration::from_secs(30), || {
         replica_of(&d, "host")
     });
-    let out = d.ctl_ok(&["exec", &h, "--", "/bin/sh", "-c", "cat $ORCH_ROOT/h/hello"]);
+    let out = sh(&d, &h, "cat $ORCH_ROOT/h/hello");
     assert_eq!(out.trim(), "from the host");
     delete_service(&d, "host");
 
