@@ -422,9 +422,19 @@ pub async fn plan(
     // Which service plan and which replica each pending key belongs to.
     let mut owners: Vec<(usize, String)> = Vec::new();
     for (object, action) in merged {
-        let Object::Service(svc) = object else {
+        let Object::Service(mut svc) = object else {
             continue;
         };
+        // The revisions of the secrets and configs it uses count, as the controller counts them.
+        for (secret, name) in svc.spec.template.references() {
+            let kind = if secret { Kind::Secret } else { Kind::Config };
+            let rev = get_object(store, kind, &svc.metadata.namespace, name)
+                .await?
+                .map(|o| o.metadata().revision)
+                .unwrap_or(0);
+            let v = crate::object::Template::config_version(secret, name, rev);
+            svc.spec.config_versions.push(v);
+        }
         let hash = svc.spec.revision_hash();
         let mine: Vec<&Replica> = replicas
             .iter()

@@ -515,6 +515,12 @@ impl Template {
         out
     }
 
+    /// The [`ServiceSpec::config_versions`] entry of a referenced secret (`secret: true`) or
+    /// config at store revision `rev` (0: missing).
+    pub fn config_version(secret: bool, name: &str, rev: u64) -> String {
+        format!("{}/{name}@{rev}", if secret { "secret" } else { "config" })
+    }
+
     /// The named volumes the template mounts.
     pub fn volumes(&self) -> Vec<&str> {
         self.mounts

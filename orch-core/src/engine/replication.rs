@@ -336,7 +336,7 @@ pub fn config_versions(ctx: &Ctx, svc: &crate::object::Service) -> Vec<String> {
                 .get(kind, &kind.key(ns, name))
                 .map(|o| o.metadata().revision)
                 .unwrap_or(0);
-            format!("{}/{name}@{rev}", kind.as_str().to_ascii_lowercase())
+            crate::object::Template::config_version(secret, name, rev)
         })
         .collect()
 }
