@@ -71,6 +71,19 @@ fn secrets_and_configs_reach_replicas_and_nowhere_else() {
     let name = eventually("app ready", Duration::from_secs(30), || {
         replica_of(&d, "app")
     });
+    // The plan counts the config's revision as the controller does: nothing to replace.
+    let plan = d.ctl_ok(&["apply", "--plan", "-f", path.to_str().unwrap()]);
+    let row: Vec<&str> = plan
+        .lines()
+        .find(|l| l.starts_with("app "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        ["app", "default", "unchanged", "1", "0", "0", "0"],
+        "{plan}"
+    );
     let seen = sh(&d, &name, "cat $ORCH_ROOT/run/secrets/db/password; echo; echo $PASSWORD $LEVEL; cat $ORCH_ROOT/etc/app/level; echo; stat -L -c %a $ORCH_ROOT/run/secrets/db/password");
     let lines: Vec<&str> = seen.lines().collect();
     assert_eq!(lines[0], secret, "the secret file: {seen}");
