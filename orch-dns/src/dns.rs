@@ -709,7 +709,8 @@ impl DnsServer {
         };
         // TCP first: its bind is exclusive, so a second server on the same address fails
         // here instead of sharing the UDP port through SO_REUSEPORT.
-        let tcp = tcp_listener(config.listen).map_err(|e| bind_err("tcp", config.listen, e))?;
+        let tcp =
+            tcp_listener(config.listen, 1024).map_err(|e| bind_err("tcp", config.listen, e))?;
         let local = tcp
             .local_addr()
             .map_err(|e| bind_err("tcp", config.listen, e))?;
@@ -774,7 +775,12 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s.into())
 }
 
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// A listening TCP socket on `addr` (`SO_REUSEADDR`, so a restart does not wait out
+/// TIME_WAIT), non-blocking, for tokio; shared with the proxy.
+pub(crate) fn tcp_listener(
+    addr: SocketAddr,
+    backlog: i32,
+) -> std::io::Result<tokio::net::TcpListener> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -783,7 +789,7 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
+    s.listen(backlog)?;
     tokio::net::TcpListener::from_std(s.into())
 }
 

@@ -454,7 +454,7 @@ impl ServiceProxy {
                 None => {}
             }
             let addr = SocketAddr::new(self.config.address, p.port);
-            let listener = match bind(addr) {
+            let listener = match crate::dns::tcp_listener(addr, 4096) {
                 Ok(l) => l,
                 Err(e) => {
                     errors.push(self.bind_error(addr, e));
@@ -482,19 +482,6 @@ impl ServiceProxy {
         }
         errors
     }
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    TcpListener::from_std(s.into())
 }
 
 /// The kernel data path: nftables DNAT rules in a table of the proxy's own.
