@@ -124,8 +124,8 @@ pub struct Metadata {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     /// Identifying key/values that selectors match.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// Free-form key/values for tools and people.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -144,6 +144,89 @@ pub struct Metadata {
     /// The service that owns this object (replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+/// An object's labels: a `BTreeMap` (it derefs to one) that copies share until one of them
+/// changes (copy on write). The replicas of one service revision carry equal labels, and the
+/// engine's cache gives them one copy, as it does their template: a million replicas would
+/// otherwise hold a million equal maps. Serialized as the map itself.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Labels(Arc<BTreeMap<String, String>>);
+
+impl Labels {
+    /// Whether there are none (inherent, for serde's `skip_serializing_if`).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `self` and `other` share one copy.
+    pub fn shares(&self, other: &Labels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The map, as a shared handle.
+    pub fn shared(&self) -> &Arc<BTreeMap<String, String>> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Labels {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Labels {
+    /// The map, copied first if another `Labels` shares it.
+    fn deref_mut(&mut self) -> &mut BTreeMap<String, String> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Labels {
+        Labels(Arc::new(map))
+    }
+}
+
+impl From<Arc<BTreeMap<String, String>>> for Labels {
+    fn from(map: Arc<BTreeMap<String, String>>) -> Labels {
+        Labels(map)
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Labels {
+        Labels(Arc::new(pairs.into()))
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Labels {
+        Labels(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl PartialEq<BTreeMap<String, String>> for Labels {
+    fn eq(&self, other: &BTreeMap<String, String>) -> bool {
+        *self.0 == *other
+    }
 }
 
 fn is_zero(v: &u64) -> bool {

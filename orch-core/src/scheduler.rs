@@ -47,7 +47,7 @@ impl NodeInfo {
     pub fn of_node(n: &Node) -> NodeInfo {
         NodeInfo {
             name: n.metadata.name.clone(),
-            labels: n.metadata.labels.clone(),
+            labels: (*n.metadata.labels).clone(),
             cpu_capacity: n.status.capacity.cpu.map(|c| c.0).unwrap_or(0),
             memory_capacity: n.status.capacity.memory.map(|m| m.0).unwrap_or(0),
             max_replicas: n.status.max_replicas,
@@ -98,8 +98,8 @@ pub struct PendingReplica {
     /// Placement rules (shared by the replicas of one service revision).
     pub placement: std::sync::Arc<Placement>,
     /// The replica's labels (the template's plus `orch/service`), which other replicas'
-    /// affinity and spread rules select on.
-    pub labels: BTreeMap<String, String>,
+    /// affinity and spread rules select on (shared with the replica).
+    pub labels: crate::object::Labels,
     /// Named local volumes it mounts: it goes where they are, once a node holds them.
     pub volumes: Vec<String>,
 }
@@ -219,7 +219,7 @@ impl ClusterSnapshot {
                     e.insert(info.replica_labels.len());
                     let (namespace, labels) = shared
                         .entry((ns, &r.metadata.labels))
-                        .or_insert_with(|| (ns.into(), Arc::new(r.metadata.labels.clone())))
+                        .or_insert_with(|| (ns.into(), r.metadata.labels.shared().clone()))
                         .clone();
                     info.replica_labels.push(LabelCount {
                         namespace,

@@ -400,7 +400,7 @@ fn service() -> impl Strategy<Value = Service> {
                 metadata: Metadata {
                     name,
                     namespace: namespace.unwrap_or_default(),
-                    labels,
+                    labels: labels.into(),
                     annotations,
                     ..Metadata::default()
                 },

@@ -9,11 +9,9 @@
 //! - `c1m/10000n_1000000r`: 10,000 nodes of 16 CPU / 64 GiB / 110 replicas (4 CPU nodes hold
 //!   only 40 replicas of 100m), 1,000,000 replicas of 10 services.
 
-use std::collections::BTreeMap;
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use orch_core::object::{
-    AffinityTerm, LabelSelector, Placement, ReplicaAffinity, TopologySpreadConstraint,
+    AffinityTerm, LabelSelector, Labels, Placement, ReplicaAffinity, TopologySpreadConstraint,
     WhenUnsatisfiable, NODE_TOPOLOGY_KEY, SERVICE_LABEL,
 };
 use orch_core::scheduler::{ClusterSnapshot, NodeInfo, PendingReplica, Scheduler};
@@ -47,7 +45,7 @@ fn replicas(
     let mut out = Vec::with_capacity(services * per_service);
     for s in 0..services {
         let name = format!("svc-{s}");
-        let labels: BTreeMap<String, String> = [(SERVICE_LABEL.to_string(), name.clone())].into();
+        let labels: Labels = [(SERVICE_LABEL.to_string(), name.clone())].into();
         let placement = placement(&name);
         for r in 0..per_service {
             out.push(PendingReplica {

@@ -80,7 +80,7 @@ pub struct PassState {
 struct CurrentClass {
     namespace: String,
     service: String,
-    labels: std::collections::BTreeMap<String, String>,
+    labels: orch_core::object::Labels,
 }
 
 impl PassState {
@@ -299,12 +299,12 @@ impl PassState {
             .replica_labels
             .iter_mut()
             .rev()
-            .find(|l| *l.namespace == *ns && *l.labels == p.labels)
+            .find(|l| *l.namespace == *ns && l.labels == *p.labels.shared())
         {
             Some(l) => l.count += 1,
             None => n.replica_labels.push(LabelCount {
                 namespace: ns.into(),
-                labels: std::sync::Arc::new(p.labels.clone()),
+                labels: p.labels.shared().clone(),
                 count: 1,
             }),
         }

@@ -140,7 +140,7 @@ fn node(i: usize, g: &NodeGen) -> Node {
         metadata: Metadata {
             name: format!("n{i}"),
             uid: format!("u{i}"),
-            labels,
+            labels: labels.into(),
             ..Metadata::default()
         },
         spec: NodeSpec {

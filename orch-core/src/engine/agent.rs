@@ -381,7 +381,7 @@ impl Agent {
                 _ => create_op(&Object::Node(Node {
                     metadata: Metadata {
                         name: self.cfg.node.clone(),
-                        labels: self.cfg.labels.clone(),
+                        labels: self.cfg.labels.clone().into(),
                         uid: crate::api::new_uid(),
                         creation_timestamp: Some(Timestamp::now()),
                         generation: 1,

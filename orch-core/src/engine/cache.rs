@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::object::{
-    DesiredState, Kind, Node, Object, Placement, Protocol, Replica, Service, Template,
+    DesiredState, Kind, Labels, Node, Object, Placement, Protocol, Replica, Service, Template,
 };
 use crate::scheduler::{ClusterSnapshot, LabelCount, NodeInfo};
 use crate::store::{decode, Revision, Store, StoreError, WatchEvent};
@@ -42,9 +42,13 @@ struct State {
     by_service: HashMap<String, BTreeSet<Arc<str>>>,
     by_node: HashMap<String, BTreeSet<Arc<str>>>,
     synced: bool,
-    /// One template and placement per service revision, shared by its replicas: at a million
+    /// One template and placement per revision hash, shared by the replicas: at a million
     /// replicas a copy each would cost gigabytes.
-    shared: HashMap<String, (Arc<Template>, Arc<Placement>)>,
+    shared: HashMap<String, SharedRevision>,
+    /// One copy of each distinct replica label map (by hash), shared by the replicas that
+    /// carry it: the replicas of a service have equal labels, but services with equal
+    /// templates share a revision hash and differ in their `orch/service` label.
+    labels: HashMap<u64, Vec<Labels>>,
     /// Objects stored since `shared` was last pruned.
     since_prune: usize,
     /// What the replicas bound to each node use, kept as replicas come and go: the
@@ -54,6 +58,19 @@ struct State {
     pending: BTreeSet<Arc<str>>,
     /// One shared copy of each (namespace, labels) set the nodes' summaries hold, by hash.
     label_sets: HashMap<u64, Vec<LabelSet>>,
+}
+
+/// What the replicas of one revision hash share (services with equal templates share one).
+struct SharedRevision {
+    template: Arc<Template>,
+    placement: Arc<Placement>,
+}
+
+impl SharedRevision {
+    /// Whether a replica other than those of `shared` still holds any of it.
+    fn in_use(&self) -> bool {
+        Arc::strong_count(&self.template) > 1 || Arc::strong_count(&self.placement) > 1
+    }
 }
 
 /// A namespace and a label set, shared between node summaries and snapshots.
@@ -142,48 +159,65 @@ fn service_index(r: &Replica) -> String {
 
 impl State {
     /// The shared copy of a namespace and label set.
-    fn label_set(&mut self, ns: &str, labels: &BTreeMap<String, String>) -> LabelSet {
+    fn label_set(&mut self, ns: &str, labels: &Labels) -> LabelSet {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (ns, labels).hash(&mut h);
         let bucket = self.label_sets.entry(h.finish()).or_default();
-        if let Some(set) = bucket.iter().find(|(n, l)| **n == *ns && **l == *labels) {
+        if let Some(set) = bucket.iter().find(|(n, l)| **n == *ns && **l == **labels) {
             return set.clone();
         }
-        let set: LabelSet = (ns.into(), Arc::new(labels.clone()));
+        // A copy of its own, not the replicas' shared map: pruning drops a set no summary
+        // uses, and a revision no replica uses, by their reference counts.
+        let set: LabelSet = (ns.into(), Arc::new((**labels).clone()));
         bucket.push(set.clone());
         set
     }
 
-    /// Makes a replica share its revision's template and placement with the replicas already
-    /// cached (when they are equal; a differing copy under the same hash is kept as is).
+    /// Makes a replica share its revision's template and placement (when equal; a differing
+    /// copy under the same hash is kept as is) and its label map with the replicas already
+    /// cached.
     fn share(&mut self, obj: &mut Object) {
         let Object::Replica(r) = obj else { return };
         self.since_prune += 1;
         if self.since_prune >= PRUNE_EVERY {
             self.since_prune = 0;
-            self.shared
-                .retain(|_, (t, p)| Arc::strong_count(t) > 1 || Arc::strong_count(p) > 1);
+            self.shared.retain(|_, rev| rev.in_use());
+            self.labels.retain(|_, maps| {
+                maps.retain(|l| Arc::strong_count(l.shared()) > 1);
+                !maps.is_empty()
+            });
             self.label_sets.retain(|_, sets| {
                 sets.retain(|(_, l)| Arc::strong_count(l) > 1);
                 !sets.is_empty()
             });
         }
         match self.shared.get(&r.spec.template_hash) {
-            Some((t, p)) => {
-                if *t == r.spec.template {
-                    r.spec.template = t.clone();
+            Some(rev) => {
+                if rev.template == r.spec.template {
+                    r.spec.template = rev.template.clone();
                 }
-                if *p == r.spec.placement {
-                    r.spec.placement = p.clone();
+                if rev.placement == r.spec.placement {
+                    r.spec.placement = rev.placement.clone();
                 }
             }
             None => {
                 self.shared.insert(
                     r.spec.template_hash.clone(),
-                    (r.spec.template.clone(), r.spec.placement.clone()),
+                    SharedRevision {
+                        template: r.spec.template.clone(),
+                        placement: r.spec.placement.clone(),
+                    },
                 );
             }
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        r.metadata.labels.hash(&mut h);
+        let maps = self.labels.entry(h.finish()).or_default();
+        match maps.iter().find(|l| **l == r.metadata.labels) {
+            Some(l) => r.metadata.labels = l.clone(),
+            None => maps.push(r.metadata.labels.clone()),
         }
     }
 
@@ -730,6 +764,38 @@ mod tests {
             },
             status: ReplicaStatus::default(),
         })
+    }
+
+    #[test]
+    fn replicas_share_templates_by_hash_and_label_maps_by_content() {
+        let mut state = State::default();
+        // r0 and r3 are of service s0, r1 of s1; r0, r1 and r4 have the same template hash
+        // (services with equal templates) but s1's replicas carry other labels.
+        let shared: Vec<Replica> = [0u8, 3, 1, 4]
+            .into_iter()
+            .map(|i| {
+                let mut o = replica(i, None, true, false);
+                if let Object::Replica(r) = &mut o {
+                    r.spec.template_hash = "h".into();
+                    r.spec.template = Arc::new(Template::default());
+                }
+                state.share(&mut o);
+                o.as_replica().cloned().expect("a replica")
+            })
+            .collect();
+        let [r0, r3, r1, r4] = &shared[..] else {
+            unreachable!("four replicas")
+        };
+        assert!(r0.metadata.labels.shares(&r3.metadata.labels));
+        assert!(!r0.metadata.labels.shares(&r1.metadata.labels));
+        assert!(r1.metadata.labels.shares(&r4.metadata.labels));
+        assert_eq!(r1.metadata.labels.get("app").map(String::as_str), Some("s1"));
+        assert_eq!(r0.metadata.labels.get("app").map(String::as_str), Some("s0"));
+        assert!(Arc::ptr_eq(&r0.spec.template, &r1.spec.template));
+        // A change to one replica's labels copies them first (copy on write).
+        let mut changed = r3.clone();
+        changed.metadata.labels.insert("x".into(), "y".into());
+        assert!(!r0.metadata.labels.contains_key("x"));
     }
 
     #[derive(Debug, Clone)]

@@ -302,7 +302,7 @@ pub fn new_replica(svc: &Service) -> Replica {
         metadata: Metadata {
             name,
             namespace: svc.metadata.namespace.clone(),
-            labels,
+            labels: labels.into(),
             uid: crate::api::new_uid(),
             creation_timestamp: Some(Timestamp::now()),
             owner: Some(svc.metadata.name.clone()),
