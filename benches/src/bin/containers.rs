@@ -26,6 +26,10 @@ use orch_core::object::Phase;
 use orch_runtime::containerd::testing::busybox_image;
 use orch_runtime::containerd::{Containerd, ContainerdConfig, ContainerdRuntime, LocalContainerd};
 
+/// The allocator orchd uses, so figures are those of the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const IMAGE: &str = "localhost/busybox:bench";
 const SIZES: [usize; 2] = [20, 100];
 

@@ -13,6 +13,10 @@ use orch_core::fake::FakeRuntime;
 use orch_core::object::{Object, Phase};
 use orch_core::store::Store;
 
+/// The allocator orchd uses, so figures are those of the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn services(count: usize, replicas: usize, command: &str) -> Vec<Object> {
     let mut y = String::new();
     for i in 0..count {

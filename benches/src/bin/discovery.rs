@@ -22,6 +22,10 @@ use orch_dns::proxy::{ProxyConfig, ProxyMode, ServiceProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The allocator orchd uses, so figures are those of the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NAMES: usize = 1000;
 
 fn ip(i: usize) -> String {

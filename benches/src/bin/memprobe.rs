@@ -11,6 +11,10 @@ use orch_core::engine::replication::new_replica;
 use orch_core::object::{Kind, Object};
 use orch_core::store::{create_op, txn_chunked, Store};
 
+/// The allocator orchd uses, so figures are those of the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Resident memory now, in bytes.
 fn rss() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -11,6 +11,10 @@ use orch_core::object::{Kind, Phase};
 use orch_core::runtime::Runtime;
 use orch_core::store::Store;
 
+/// The allocator orchd uses, so figures are those of the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 async fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     while !cond() {

@@ -21,6 +21,10 @@ use orch_core::object::{Metadata, Node, NodeSpec, NodeStatus, Object, Resources}
 use orch_core::quantity::{Cpu, Memory, Timestamp};
 use orch_core::store::{create_op, txn_chunked, Store};
 
+/// The allocator orchd uses, so figures are those of the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One measured shape.
 struct Scenario {
     name: &'static str,

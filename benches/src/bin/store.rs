@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use orch_core::store::{Op, Store};
 
+/// The allocator orchd uses, so figures are those of the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn value(i: usize) -> Vec<u8> {
     format!("{{\"metadata\":{{\"name\":\"obj-{i}\"}},\"spec\":{{\"replicas\":3,\"template\":{{\"command\":[\"server\"]}}}}}}").into_bytes()
 }

@@ -789,8 +789,14 @@ mod tests {
         assert!(r0.metadata.labels.shares(&r3.metadata.labels));
         assert!(!r0.metadata.labels.shares(&r1.metadata.labels));
         assert!(r1.metadata.labels.shares(&r4.metadata.labels));
-        assert_eq!(r1.metadata.labels.get("app").map(String::as_str), Some("s1"));
-        assert_eq!(r0.metadata.labels.get("app").map(String::as_str), Some("s0"));
+        assert_eq!(
+            r1.metadata.labels.get("app").map(String::as_str),
+            Some("s1")
+        );
+        assert_eq!(
+            r0.metadata.labels.get("app").map(String::as_str),
+            Some("s0")
+        );
         assert!(Arc::ptr_eq(&r0.spec.template, &r1.spec.template));
         // A change to one replica's labels copies them first (copy on write).
         let mut changed = r3.clone();
