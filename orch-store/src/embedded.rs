@@ -34,10 +34,15 @@
 //!
 //! # Reads and writes
 //!
-//! Every key is also held in memory (loaded at open), so `get`, `list`, `revision` and `watch`
-//! never touch the disk. A transaction is planned against that map with
-//! [`plan_txn`], made durable (as above) and only then applied to memory and published to
-//! watchers. A failed write (disk full, I/O error) changes nothing in memory and is returned
+//! Every key and its revisions are also held in memory (loaded at open), so a transaction is
+//! planned without touching the disk; values are held in memory only until a checkpoint has
+//! written them to the file (at a million replicas the values alone would take ~600 MB of
+//! memory), then `get` and `list` read them from the file through redb's page cache.
+//! `revision` and `watch` (recent history is in memory) never touch the disk. A read from the
+//! file checks that it found the version memory describes, and starts over if a checkpoint
+//! raced with it. A transaction is planned against the in-memory keys with [`plan_txn`]
+//! (a delete reads the last value from the file, for its watch event), made durable (as
+//! above) and only then applied to memory and published to watchers. A failed write (disk full, I/O error) changes nothing in memory and is returned
 //! as [`StoreError::Unavailable`] naming the file. As with a timeout against a remote store,
 //! its outcome is unknown until the file is reopened (it may have reached the disk just
 //! before the error). After a failed log write, or an I/O error inside redb, the store keeps
@@ -89,8 +94,8 @@ const FORMAT: u64 = 1;
 pub struct EmbeddedOptions {
     /// About how many events of watch history to keep, in memory and in the file's `log`.
     pub history_events: usize,
-    /// redb's page cache, in bytes. Reads are served from memory, so this mostly serves
-    /// commits.
+    /// redb's page cache, in bytes: serves commits, and reads of values that a checkpoint
+    /// has written to the file.
     pub cache_bytes: usize,
     /// The largest log entry one transaction may write: its keys and new values, the last
     /// values of the keys it deletes (which watchers receive), and 29 bytes per operation.
@@ -179,6 +184,9 @@ struct Writer {
     broken: Option<String>,
     /// Committed (durable in the log) but not yet in the database file.
     pending: Unflushed,
+    /// Keys (with the versions written) that commits to the database file have made
+    /// durable there since memory was last told: their values can leave memory.
+    flushed: Vec<BTreeMap<String, Option<KeyValue>>>,
 }
 
 /// What the write-ahead log holds and the database file does not yet.
@@ -210,10 +218,44 @@ impl Unflushed {
 }
 
 struct State {
-    data: BTreeMap<String, KeyValue>,
+    data: BTreeMap<String, Entry>,
     revision: Revision,
     hub: WatchHub,
 }
+
+/// A key as readers see it.
+#[derive(Clone, Debug)]
+struct Entry {
+    create_revision: Revision,
+    mod_revision: Revision,
+    /// The value while the database file may not hold this version yet (it is in the
+    /// write-ahead log); `None` once a commit to the file holds it: read it from there.
+    value: Option<Arc<[u8]>>,
+}
+
+impl Entry {
+    /// The entry for a version about to become visible, value in memory.
+    fn of(kv: &KeyValue) -> Entry {
+        Entry {
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            value: Some(kv.value.clone()),
+        }
+    }
+
+    fn key_value(&self, key: &str, value: Arc<[u8]>) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
+/// How often a read from the file starts over because a checkpoint raced with it before it
+/// gives up (each attempt after the first waits a millisecond; a race takes one commit).
+const READ_ATTEMPTS: usize = 1000;
 
 /// Where a queued transaction's outcome goes.
 type Reply = oneshot::Sender<Result<Revision, StoreError>>;
@@ -313,6 +355,7 @@ impl EmbeddedStore {
                     checkpoint_commits: options.checkpoint_commits.max(1),
                     broken: None,
                     pending: Unflushed::default(),
+                    flushed: Vec::new(),
                 }),
                 queue: Mutex::new(Queue::default()),
                 state: Mutex::new(loaded.state),
@@ -349,18 +392,53 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        Ok(self.shared.state().data.get(key).cloned())
+        for attempt in 0..READ_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let Some(entry) = self.shared.state().data.get(key).cloned() else {
+                return Ok(None);
+            };
+            if let Some(value) = &entry.value {
+                return Ok(Some(entry.key_value(key, value.clone())));
+            }
+            // One value: a point lookup, mostly in redb's page cache.
+            if let Some(kv) = self.shared.read_values(vec![(key.to_string(), entry)])? {
+                return Ok(kv.into_iter().next());
+            }
+        }
+        Err(self.shared.raced(key))
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let state = self.shared.state();
-        let kvs = state
-            .data
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect();
-        Ok((kvs, state.revision))
+        for attempt in 0..READ_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let (entries, revision) = {
+                let state = self.shared.state();
+                let entries: Vec<(String, Entry)> = state
+                    .data
+                    .range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, e)| (k.clone(), e.clone()))
+                    .collect();
+                (entries, state.revision)
+            };
+            let on_disk = entries.iter().filter(|(_, e)| e.value.is_none()).count();
+            let found = if on_disk < 64 {
+                self.shared.read_values(entries)?
+            } else {
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || shared.read_values(entries))
+                    .await
+                    .map_err(|e| self.shared.unavailable(format!("read task failed: {e}")))??
+            };
+            if let Some(kvs) = found {
+                return Ok((kvs, revision));
+            }
+        }
+        Err(self.shared.raced(prefix))
     }
 
     /// Commits `ops` durably. Once called, the transaction is queued: dropping the returned
@@ -419,6 +497,81 @@ impl Shared {
         StoreError::Unavailable(format!("store file {}: {what}", self.path.display()))
     }
 
+    fn raced(&self, key: &str) -> StoreError {
+        self.unavailable(format!(
+            "reading {key}: the file kept changing under {READ_ATTEMPTS} attempts"
+        ))
+    }
+
+    /// The values of `entries` (sorted by key), those not in memory read from the file.
+    /// `None` when the file holds another version than an entry describes: a commit to the
+    /// file raced with this read (memory is told after the file), so read memory again.
+    /// Blocking when many values are on disk.
+    fn read_values(
+        &self,
+        entries: Vec<(String, Entry)>,
+    ) -> Result<Option<Vec<KeyValue>>, StoreError> {
+        let Some(first) = entries.iter().position(|(_, e)| e.value.is_none()) else {
+            return Ok(Some(
+                entries
+                    .into_iter()
+                    .map(|(k, e)| e.key_value(&k, e.value.clone().unwrap_or_default()))
+                    .collect(),
+            ));
+        };
+        let failed = |e: redb::Error| self.unavailable(format!("cannot read: {e}"));
+        let read = self.db.begin_read().map_err(|e| failed(e.into()))?;
+        let table = read.open_table(KV).map_err(|e| failed(e.into()))?;
+        let mut file = table
+            .range::<&str>(entries[first].0.as_str()..)
+            .map_err(|e| failed(e.into()))?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, entry) in entries {
+            if let Some(value) = &entry.value {
+                out.push(entry.key_value(&key, value.clone()));
+                continue;
+            }
+            // Both are in key order: move the file's cursor up to this key.
+            let found = loop {
+                let Some(row) = file.next() else { break None };
+                let (k, v) = row.map_err(|e| failed(e.into()))?;
+                match k.value().cmp(key.as_str()) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => {
+                        break Some(codec::decode_kv(&key, v.value()).map_err(|e| {
+                            self.unavailable(format!("key {key} is unreadable: {e}"))
+                        })?)
+                    }
+                    std::cmp::Ordering::Greater => break None,
+                }
+            };
+            match found {
+                Some(kv) if kv.mod_revision == entry.mod_revision => out.push(kv),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Tells memory which versions the file now holds, so their values leave memory.
+    fn forget_flushed(&self, writer: &mut Writer) {
+        if writer.flushed.is_empty() {
+            return;
+        }
+        let flushed = std::mem::take(&mut writer.flushed);
+        let mut state = self.state();
+        for keys in flushed {
+            for (key, kv) in keys {
+                let Some(kv) = kv else { continue };
+                if let Some(e) = state.data.get_mut(&key) {
+                    if e.mod_revision == kv.mod_revision {
+                        e.value = None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Commits queued transactions, one group per commit, until the queue is empty. After a
     /// few groups under sustained load it hands over to a fresh committer, so the writer that
     /// started this one is not kept waiting by everyone else's writes. Blocking.
@@ -460,7 +613,7 @@ impl Shared {
         }
         let (plan, trim) = {
             let state = self.state();
-            let plan = plan_queue(&state, queued, self.max_txn_bytes);
+            let plan = plan_queue(&state, &self.db, queued, self.max_txn_bytes);
             // History the hub let go of since the last commit leaves the file too.
             let hub_compacted = state.hub.compacted();
             (
@@ -486,13 +639,14 @@ impl Shared {
             for (reply, _) in outcomes {
                 let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
             }
+            self.forget_flushed(&mut writer);
             return;
         }
         {
             let mut state = self.state();
             for (key, value) in staged {
                 match value {
-                    Some(kv) => state.data.insert(key, kv),
+                    Some(kv) => state.data.insert(key, Entry::of(&kv)),
                     None => state.data.remove(&key),
                 };
             }
@@ -504,6 +658,18 @@ impl Shared {
         for (reply, outcome) in outcomes {
             let _ = reply.send(outcome);
         }
+        // Checkpoints that are due run once memory holds what they write, so every value
+        // they make durable in the file can then leave memory.
+        if writer.wal.is_some()
+            && writer.broken.is_none()
+            && writer.since_checkpoint >= writer.checkpoint_commits
+        {
+            // The queue is durable in the log already; a failed checkpoint is retried.
+            if let Err(e) = self.checkpoint(&mut writer) {
+                tracing::warn!(path = %self.path.display(), error = %e, "store checkpoint failed; will retry");
+            }
+        }
+        self.forget_flushed(&mut writer);
     }
 
     /// Makes a planned queue durable. Without the write-ahead log: one redb commit (keys,
@@ -548,12 +714,6 @@ impl Shared {
             }
             writer.pending.add(staged, entries, last, trim);
             writer.since_checkpoint += 1;
-            if writer.since_checkpoint >= writer.checkpoint_commits {
-                // The queue is durable in the log already; a failed checkpoint is retried.
-                if let Err(e) = self.checkpoint(writer) {
-                    tracing::warn!(path = %self.path.display(), error = %e, "store checkpoint failed; will retry");
-                }
-            }
             return Ok(());
         }
         // No log, or a queue larger than the whole log: straight into the database, with
@@ -568,7 +728,7 @@ impl Shared {
             writer.disk_compacted,
         )
         .map_err(|e| e.to_string())?;
-        self.checkpointed(writer, last, all.trim);
+        self.checkpointed(writer, all.keys, last, all.trim);
         Ok(())
     }
 
@@ -581,15 +741,24 @@ impl Shared {
         let p = &writer.pending;
         self.write_db(&p.keys, &p.log, p.last, p.trim, writer.disk_compacted)?;
         let (last, trim) = (p.last, p.trim);
-        self.checkpointed(writer, last, trim);
+        let keys = std::mem::take(&mut writer.pending.keys);
+        self.checkpointed(writer, keys, last, trim);
         Ok(())
     }
 
-    /// The database holds everything through `last` durably, its log trimmed through `trim`.
-    fn checkpointed(&self, writer: &mut Writer, last: Revision, trim: Option<Revision>) {
+    /// The database holds everything through `last` durably (`keys` were written), its log
+    /// trimmed through `trim`. [`Shared::forget_flushed`] then lets go of their values.
+    fn checkpointed(
+        &self,
+        writer: &mut Writer,
+        keys: BTreeMap<String, Option<KeyValue>>,
+        last: Revision,
+        trim: Option<Revision>,
+    ) {
         if let Some(trim) = trim {
             writer.disk_compacted = writer.disk_compacted.max(trim);
         }
+        writer.flushed.push(keys);
         writer.pending = Unflushed::default();
         writer.since_checkpoint = 0;
         if let Some(wal) = &mut writer.wal {
@@ -651,6 +820,7 @@ impl Shared {
                 self.path.display()
             ))
         })?;
+        self.forget_flushed(&mut writer);
         let (target, disk_target) = {
             let state = self.state();
             let target = revision.min(state.revision);
@@ -694,6 +864,7 @@ impl Drop for Shared {
                 checkpoint_commits: 1,
                 broken: None,
                 pending: Unflushed::default(),
+                flushed: Vec::new(),
             },
         );
         if writer.broken.is_none() {
@@ -709,7 +880,9 @@ impl Drop for Shared {
 }
 
 /// Plans queued transactions in order, each against the committed keys plus the ones before.
-fn plan_queue(state: &State, queued: Vec<Pending>, max_txn_bytes: usize) -> Plan {
+/// The writer lock is held, so no commit to `db` runs meanwhile: a key whose value is not in
+/// memory has that very version in the file.
+fn plan_queue(state: &State, db: &Database, queued: Vec<Pending>, max_txn_bytes: usize) -> Plan {
     let mut plan = Plan {
         outcomes: Vec::with_capacity(queued.len()),
         committed: Vec::new(),
@@ -719,12 +892,28 @@ fn plan_queue(state: &State, queued: Vec<Pending>, max_txn_bytes: usize) -> Plan
     for Pending { ops, reply } in queued {
         let next = revision + 1;
         let staged = &plan.staged;
+        let on_disk = |key: &str| {
+            !staged.contains_key(key) && state.data.get(key).is_some_and(|e| e.value.is_none())
+        };
+        // Compares need revisions only; a value left in the file is read (below) only for
+        // a delete's event.
         let current = |key: &str| match staged.get(key) {
             Some(value) => value.clone(),
-            None => state.data.get(key).cloned(),
+            None => state
+                .data
+                .get(key)
+                .map(|e| e.key_value(key, e.value.clone().unwrap_or_default())),
         };
-        let planned =
-            plan_txn(&ops, next, current).and_then(|events| match codec::events_len(&events) {
+        let planned = plan_txn(&ops, next, current)
+            .and_then(|mut events| {
+                let mut deleted = events.iter_mut().filter_map(|e| match e {
+                    WatchEvent::Delete { prev, .. } if on_disk(&prev.key) => Some(prev),
+                    _ => None,
+                });
+                read_deleted(db, &mut deleted)?;
+                Ok(events)
+            })
+            .and_then(|events| match codec::events_len(&events) {
                 size if size > max_txn_bytes => Err(StoreError::TooLarge {
                     what: "transaction".into(),
                     size,
@@ -750,6 +939,39 @@ fn plan_queue(state: &State, queued: Vec<Pending>, max_txn_bytes: usize) -> Plan
         }
     }
     plan
+}
+
+/// Fills in the values of `deleted` from the database file, which holds those versions (the
+/// caller checked, holding the writer lock).
+fn read_deleted(
+    db: &Database,
+    deleted: &mut dyn Iterator<Item = &mut KeyValue>,
+) -> Result<(), StoreError> {
+    let mut deleted = deleted.peekable();
+    if deleted.peek().is_none() {
+        return Ok(());
+    }
+    let failed =
+        |e: redb::Error| StoreError::Unavailable(format!("cannot read the store file: {e}"));
+    let read = db.begin_read().map_err(|e| failed(e.into()))?;
+    let table = read.open_table(KV).map_err(|e| failed(e.into()))?;
+    for prev in deleted {
+        let row = table.get(prev.key.as_str()).map_err(|e| failed(e.into()))?;
+        let kv = row
+            .map(|row| codec::decode_kv(&prev.key, row.value()))
+            .transpose()
+            .map_err(|e| StoreError::Unavailable(format!("{} is unreadable: {e}", prev.key)))?;
+        match kv {
+            Some(kv) if kv.mod_revision == prev.mod_revision => prev.value = kv.value,
+            _ => {
+                return Err(StoreError::Unavailable(format!(
+                    "{} at revision {} is missing from the store file",
+                    prev.key, prev.mod_revision
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Creates the tables and the format marker in a new file; leaves a used one alone and
@@ -946,7 +1168,14 @@ fn load(db: &Database, history_events: usize) -> Result<Loaded, LoadError> {
                 kv.create_revision, kv.mod_revision
             )));
         }
-        data.insert(key.to_string(), kv);
+        data.insert(
+            key.to_string(),
+            Entry {
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                value: None,
+            },
+        );
     }
 
     let log = read.open_table(LOG)?;
@@ -1229,6 +1458,77 @@ mod tests {
                 store.get("/q").await.unwrap()
             ),
             (2, None)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpointed_values_leave_memory_and_are_read_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("values.redb");
+        let options = EmbeddedOptions {
+            checkpoint_commits: 2,
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open_with(&path, options.clone()).unwrap();
+        let value = |i: usize, round: usize| format!("value {i} of round {round}").into_bytes();
+        for i in 0..10 {
+            let ops = vec![Op::Create {
+                key: format!("/k/{i}"),
+                value: value(i, 0),
+            }];
+            store.txn(ops).await.unwrap();
+        }
+        let in_memory = |store: &EmbeddedStore| {
+            let state = store.shared.state();
+            state.data.values().filter(|e| e.value.is_some()).count()
+        };
+        // Ten commits, a checkpoint after every second one: none waits in memory.
+        assert_eq!(in_memory(&store), 0);
+        // One more commit: it waits in the log (and memory) for the next checkpoint.
+        let rev = store
+            .txn(vec![Op::Update {
+                key: "/k/3".into(),
+                value: value(3, 1),
+                expected: 4,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(in_memory(&store), 1);
+        let (kvs, at) = store.list("/k/").await.unwrap();
+        assert_eq!(at, rev);
+        assert_eq!(kvs.len(), 10);
+        for kv in &kvs {
+            let i: usize = kv.key.trim_start_matches("/k/").parse().unwrap();
+            let round = usize::from(i == 3);
+            assert_eq!(*kv.value, *value(i, round), "{}", kv.key);
+            assert_eq!(kv.mod_revision, if i == 3 { rev } else { i as u64 + 1 });
+        }
+        let got = store.get("/k/7").await.unwrap().unwrap();
+        assert_eq!((&*got.value, got.create_revision), (&*value(7, 0), 8));
+        // A delete's event carries the last value, read from the file.
+        let mut watch = store.watch("/k/", rev).await.unwrap();
+        store
+            .txn(vec![Op::Delete {
+                key: "/k/7".into(),
+                expected: Some(8),
+            }])
+            .await
+            .unwrap();
+        let batch = watch.next().await.unwrap().unwrap();
+        match &batch.events[..] {
+            [WatchEvent::Delete { prev, .. }] => assert_eq!(*prev.value, *value(7, 0)),
+            other => panic!("{other:?}"),
+        }
+        assert!(store.get("/k/7").await.unwrap().is_none());
+        drop((watch, store));
+        // Reopened: every value is in the file only, and reads still see them.
+        let store = EmbeddedStore::open_with(&path, options).unwrap();
+        assert_eq!(in_memory(&store), 0);
+        let (kvs, _) = store.list("/").await.unwrap();
+        assert_eq!(kvs.len(), 9);
+        assert_eq!(
+            *store.get("/k/3").await.unwrap().unwrap().value,
+            *value(3, 1)
         );
     }
 }
