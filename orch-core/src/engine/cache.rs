@@ -34,7 +34,8 @@ pub enum Change {
     Resync,
 }
 
-type Filter = Box<dyn Fn(&Change) -> bool + Send + Sync>;
+/// A subscriber: hears each change as it is applied; `false` ends the subscription.
+type Subscriber = Box<dyn FnMut(&Change) -> bool + Send>;
 
 #[derive(Default)]
 struct State {
@@ -275,7 +276,7 @@ impl State {
 pub struct Cache {
     state: RwLock<State>,
     revision: watch::Sender<Revision>,
-    subscribers: Mutex<Vec<(Filter, mpsc::UnboundedSender<Change>)>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     live_since: Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -305,31 +306,44 @@ impl Cache {
     }
 
     /// Subscribes to changes that pass `filter`. A `Resync` is always delivered.
+    ///
+    /// The changes queue in the channel until read, and a queued change holds both versions
+    /// of an object: a reader that falls behind a million replica updates keeps a million
+    /// replaced versions alive. Controllers that only turn changes into keys or flags use
+    /// [`Cache::on_change`] instead.
     pub fn subscribe(
         &self,
         filter: impl Fn(&Change) -> bool + Send + Sync + 'static,
     ) -> mpsc::UnboundedReceiver<Change> {
         let (tx, rx) = mpsc::unbounded_channel();
-        if self.read().synced {
-            let _ = tx.send(Change::Resync);
-        }
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((Box::new(filter), tx));
+        self.on_change(move |c| {
+            if matches!(c, Change::Resync) || filter(c) {
+                tx.send(c.clone()).is_ok()
+            } else {
+                !tx.is_closed()
+            }
+        });
         rx
+    }
+
+    /// Calls `f` with every change as the cache applies it (in order, on the cache's task,
+    /// outside its lock; first with a `Resync` if the cache is already synced) until `f`
+    /// returns `false`. Nothing queues, so a busy controller cannot hold replaced versions
+    /// alive; in exchange `f` must be quick and must not block: it turns the change into
+    /// work-queue keys or a flag. It may read the cache but not subscribe.
+    pub fn on_change(&self, mut f: impl FnMut(&Change) -> bool + Send + 'static) {
+        // Under the subscribers' lock, so no change slips between the resync and the first
+        // change `f` hears.
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let synced = self.read().synced;
+        if !synced || f(&Change::Resync) {
+            subs.push(Box::new(f));
+        }
     }
 
     fn notify(&self, changes: Vec<Change>) {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|(filter, tx)| {
-            for c in &changes {
-                if (matches!(c, Change::Resync) || filter(c)) && tx.send(c.clone()).is_err() {
-                    return false;
-                }
-            }
-            true
-        });
+        subs.retain_mut(|f| changes.iter().all(&mut *f));
     }
 
     /// The last store revision the cache reflects.

@@ -49,9 +49,24 @@ pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
 /// Runs the controller until cancelled.
 pub async fn run(ctx: Arc<Ctx>) {
     let queue = WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let mut changes = ctx
-        .cache
-        .subscribe(|c| matches!(c.kind(), Some(Kind::Service | Kind::Replica)));
+    // Changes become keys as the cache applies them (a queued change would hold both versions
+    // of a replica alive); a resync is handed to the loop, which knows what was published.
+    let resync = Arc::new(tokio::sync::Notify::new());
+    {
+        let (queue, resync, cancel) = (queue.clone(), resync.clone(), ctx.cancel.clone());
+        ctx.cache.on_change(move |c| {
+            match c {
+                Change::Resync => resync.notify_one(),
+                c if matches!(c.kind(), Some(Kind::Service | Kind::Replica)) => {
+                    crate::engine::replication::keys_for(c)
+                        .into_iter()
+                        .for_each(|k| queue.add(k))
+                }
+                _ => {}
+            }
+            !cancel.is_cancelled()
+        });
+    }
     let mut published: HashMap<String, State> = HashMap::new();
     let enqueue_all = |queue: &WorkQueue<String>, published: &HashMap<String, State>| {
         for s in ctx.cache.services() {
@@ -62,16 +77,10 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
     };
     loop {
-        // Changes first (biased): a queued change holds both versions of a replica, so a
-        // backlog of them would keep replaced objects alive; turning them into keys is cheap.
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return,
-            c = changes.recv() => match c {
-                None => return,
-                Some(Change::Resync) => enqueue_all(&queue, &published),
-                Some(c) => crate::engine::replication::keys_for(&c).into_iter().for_each(|k| queue.add(k)),
-            },
+            _ = resync.notified() => enqueue_all(&queue, &published),
             key = queue.next() => {
                 let (ns, name) = split_key(&key);
                 let service = ctx.cache.service(&key);

@@ -200,7 +200,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
 pub async fn run(ctx: Arc<Ctx>) {
     let queue =
         crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let changes = ctx.cache.subscribe(|c| match c {
+    let filter = |c: &Change| match c {
         Change::Object {
             kind: Kind::Job, ..
         }
@@ -210,7 +210,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             ..
         } => c.replicas().any(|r| r.spec.service.starts_with("job:")),
         _ => false,
-    });
+    };
     let all = |ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>| {
         for o in ctx.cache.list(Kind::Job) {
             let m = o.metadata();
@@ -225,7 +225,7 @@ pub async fn run(ctx: Arc<Ctx>) {
     let feeder = crate::engine::queue::spawn_feeder(
         ctx.clone(),
         queue.clone(),
-        changes,
+        filter,
         |_, c| match c {
             Change::Object {
                 kind: Kind::Job,

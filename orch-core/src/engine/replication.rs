@@ -552,16 +552,15 @@ pub fn split_key(key: &str) -> (&str, &str) {
 pub async fn run(ctx: Arc<Ctx>) {
     let queue =
         crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let changes = ctx.cache.subscribe(|c| {
-        matches!(
-            c.kind(),
-            Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
-        )
-    });
     let feeder = crate::engine::queue::spawn_feeder(
         ctx.clone(),
         queue.clone(),
-        changes,
+        |c| {
+            matches!(
+                c.kind(),
+                Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
+            )
+        },
         |ctx, c| {
             let mut keys = keys_for(c);
             keys.extend(keys_for_node(ctx, c));

@@ -186,15 +186,15 @@ fn relevant(c: &Change) -> bool {
 
 /// Runs the loop until cancelled.
 pub async fn run(ctx: Arc<Ctx>) {
-    // The loop only needs to know that something relevant happened, not what: a drain task
-    // turns the stream of changes into a flag, so a long pass does not keep a queue of every
+    // The loop only needs to know that something relevant happened, not what: the cache
+    // raises a flag as it applies each change, so a long pass does not keep a queue of every
     // replica's old and new versions alive.
-    let mut changes = ctx.cache.subscribe(relevant);
     let (dirty, mut dirty_rx) = tokio::sync::watch::channel(());
-    let drain = tokio::spawn(async move {
-        while changes.recv().await.is_some() {
+    ctx.cache.on_change(move |c| {
+        if relevant(c) {
             dirty.send_replace(());
         }
+        !dirty.is_closed()
     });
     let mut seed = ctx.config.seed;
     let mut backoff = ctx.config.retry_base;
@@ -231,7 +231,6 @@ pub async fn run(ctx: Arc<Ctx>) {
             }
         }
     }
-    drain.abort();
 }
 
 #[cfg(test)]
