@@ -66,6 +66,12 @@ pub(crate) fn decode_kv(key: &str, bytes: &[u8]) -> Result<KeyValue, DecodeError
     })
 }
 
+/// The revisions of a key record (`create`, `mod`), without copying its value.
+pub(crate) fn decode_revisions(bytes: &[u8]) -> Result<(Revision, Revision), DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    Ok((r.u64()?, r.u64()?))
+}
+
 /// The largest log entry (one transaction's events) the store writes: well under redb's
 /// 3 GiB value limit, and every length in it fits the format's `u32`s.
 pub(crate) const MAX_ENTRY: usize = 1 << 30;

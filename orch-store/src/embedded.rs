@@ -1157,22 +1157,19 @@ fn load(db: &Database, history_events: usize) -> Result<Loaded, LoadError> {
     for entry in read.open_table(KV)?.iter()? {
         let (key, value) = entry?;
         let key = key.value();
-        let kv =
-            codec::decode_kv(key, value.value()).map_err(|e| bad(format!("key {key}: {e}")))?;
-        if kv.create_revision == 0
-            || kv.create_revision > kv.mod_revision
-            || kv.mod_revision > revision
-        {
+        // Values stay in the file; memory holds revisions.
+        let (create_revision, mod_revision) =
+            codec::decode_revisions(value.value()).map_err(|e| bad(format!("key {key}: {e}")))?;
+        if create_revision == 0 || create_revision > mod_revision || mod_revision > revision {
             return Err(bad(format!(
-                "key {key} has revisions {}/{} but the store is at {revision}",
-                kv.create_revision, kv.mod_revision
+                "key {key} has revisions {create_revision}/{mod_revision} but the store is at {revision}"
             )));
         }
         data.insert(
             key.to_string(),
             Entry {
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
+                create_revision,
+                mod_revision,
                 value: None,
             },
         );
