@@ -1,7 +1,9 @@
 //! Property test: random sequences of creates, updates, deletes (with current or stale
 //! revisions) and multi-op transactions give the same results, error kinds, final keys,
 //! revision and watch history on `EmbeddedStore`, `MemStore` and a simple model; the embedded
-//! store gives them again after a reopen.
+//! store gives them again after a reopen. A second embedded store checkpoints every other
+//! commit, so its values are partly in memory and partly only in its file (read back by gets,
+//! lists and deletes' events).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use orch_core::memstore::MemStore;
 use orch_core::store::{KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchEvent};
-use orch_store::EmbeddedStore;
+use orch_store::{EmbeddedOptions, EmbeddedStore};
 use proptest::prelude::*;
 
 const KEYS: &[&str] = &["/a/0", "/a/1", "/a/2", "/ab/0", "/b/0"];
@@ -223,6 +225,12 @@ async fn run(steps: Vec<Vec<AbstractOp>>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let embedded = EmbeddedStore::open(&path).unwrap();
+    let checkpointing_path = dir.path().join("checkpointing.redb");
+    let checkpointing = EmbeddedOptions {
+        checkpoint_commits: 2,
+        ..EmbeddedOptions::default()
+    };
+    let flushing = EmbeddedStore::open_with(&checkpointing_path, checkpointing.clone()).unwrap();
     let mem = MemStore::new();
     let mut model = Model::default();
     for step in &steps {
@@ -230,12 +238,28 @@ async fn run(steps: Vec<Vec<AbstractOp>>) {
         let want = model.txn(&ops);
         let from_mem = mem.txn(ops.clone()).await.map_err(kind);
         let from_embedded = embedded.txn(ops.clone()).await.map_err(kind);
+        let from_flushing = flushing.txn(ops.clone()).await.map_err(kind);
         assert_eq!(from_mem, want, "memstore: {ops:?}");
         assert_eq!(from_embedded, want, "embedded: {ops:?}");
+        assert_eq!(from_flushing, want, "embedded, checkpointing: {ops:?}");
+        for key in KEYS {
+            assert_eq!(
+                flushing.get(key).await.unwrap().as_ref(),
+                model.keys.get(*key),
+                "embedded, checkpointing: get {key}"
+            );
+        }
     }
     assert_same("memstore", &mem, &model).await;
     assert_same("embedded", &embedded, &model).await;
-    drop(embedded);
+    assert_same("embedded, checkpointing", &flushing, &model).await;
+    drop((embedded, flushing));
+    assert_same(
+        "embedded, checkpointing, after reopen",
+        &EmbeddedStore::open_with(&checkpointing_path, checkpointing).unwrap(),
+        &model,
+    )
+    .await;
     assert_same(
         "embedded after reopen",
         &EmbeddedStore::open(&path).unwrap(),
