@@ -38,9 +38,12 @@
 //! planned without touching the disk; values are held in memory only until a checkpoint has
 //! written them to the file (at a million replicas the values alone would take ~600 MB of
 //! memory), then `get` and `list` read them from the file through redb's page cache.
-//! `revision` and `watch` (recent history is in memory) never touch the disk. A read from the
-//! file checks that it found the version memory describes, and starts over if a checkpoint
-//! raced with it. A transaction is planned against the in-memory keys with [`plan_txn`]
+//! `revision` and `watch` (recent history is in memory) never touch the disk. A read begins its
+//! redb read transaction under the lock it reads memory under, so the file snapshot holds the
+//! versions memory describes (a long `list` is not disturbed by checkpoints meanwhile); it
+//! still checks each version it finds and starts over in the one case where the file is ahead
+//! of memory for a moment (a commit that goes straight into the file: no log, or a queue
+//! larger than the whole log). A transaction is planned against the in-memory keys with [`plan_txn`]
 //! (a delete reads the last value from the file, for its watch event), made durable (as
 //! above) and only then applied to memory and published to watchers. A failed write (disk full, I/O error) changes nothing in memory and is returned
 //! as [`StoreError::Unavailable`] naming the file. As with a timeout against a remote store,
@@ -161,6 +164,8 @@ struct Shared {
     max_txn_bytes: usize,
     /// Transactions replayed from the write-ahead log at open.
     replayed: usize,
+    /// Reads that started over because the file was ahead of memory (see [`Shared::snapshot`]).
+    read_retries: std::sync::atomic::AtomicUsize,
 }
 
 /// Group commit: writers append here; at most one committer drains it at a time, so every
@@ -253,8 +258,9 @@ impl Entry {
     }
 }
 
-/// How often a read from the file starts over because a checkpoint raced with it before it
-/// gives up (each attempt after the first waits a millisecond; a race takes one commit).
+/// How often a read from the file starts over because a commit straight into the file raced
+/// with it before it gives up (each attempt after the first waits a millisecond; a race lasts
+/// until that commit reaches memory).
 const READ_ATTEMPTS: usize = 1000;
 
 /// Where a queued transaction's outcome goes.
@@ -361,6 +367,7 @@ impl EmbeddedStore {
                 state: Mutex::new(loaded.state),
                 max_txn_bytes: options.max_txn_bytes.min(codec::MAX_ENTRY),
                 replayed,
+                read_retries: Default::default(),
             }),
         })
     }
@@ -394,16 +401,21 @@ impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         for attempt in 0..READ_ATTEMPTS {
             if attempt > 0 {
+                self.shared
+                    .read_retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            let Some(entry) = self.shared.state().data.get(key).cloned() else {
-                return Ok(None);
-            };
-            if let Some(value) = &entry.value {
-                return Ok(Some(entry.key_value(key, value.clone())));
-            }
-            // One value: a point lookup, mostly in redb's page cache.
-            if let Some(kv) = self.shared.read_values(vec![(key.to_string(), entry)])? {
+            let (entries, _, read) = self.shared.snapshot(|state| {
+                state
+                    .data
+                    .get(key)
+                    .map(|e| (key.to_string(), e.clone()))
+                    .into_iter()
+                    .collect()
+            })?;
+            // At most one value: a point lookup, mostly in redb's page cache.
+            if let Some(kv) = self.shared.read_values(entries, read)? {
                 return Ok(kv.into_iter().next());
             }
         }
@@ -413,24 +425,25 @@ impl Store for EmbeddedStore {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         for attempt in 0..READ_ATTEMPTS {
             if attempt > 0 {
+                self.shared
+                    .read_retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            let (entries, revision) = {
-                let state = self.shared.state();
-                let entries: Vec<(String, Entry)> = state
+            let (entries, revision, read) = self.shared.snapshot(|state| {
+                state
                     .data
                     .range(prefix.to_string()..)
                     .take_while(|(k, _)| k.starts_with(prefix))
                     .map(|(k, e)| (k.clone(), e.clone()))
-                    .collect();
-                (entries, state.revision)
-            };
+                    .collect()
+            })?;
             let on_disk = entries.iter().filter(|(_, e)| e.value.is_none()).count();
             let found = if on_disk < 64 {
-                self.shared.read_values(entries)?
+                self.shared.read_values(entries, read)?
             } else {
                 let shared = self.shared.clone();
-                tokio::task::spawn_blocking(move || shared.read_values(entries))
+                tokio::task::spawn_blocking(move || shared.read_values(entries, read))
                     .await
                     .map_err(|e| self.shared.unavailable(format!("read task failed: {e}")))??
             };
@@ -503,15 +516,48 @@ impl Shared {
         ))
     }
 
-    /// The values of `entries` (sorted by key), those not in memory read from the file.
-    /// `None` when the file holds another version than an entry describes: a commit to the
-    /// file raced with this read (memory is told after the file), so read memory again.
+    /// What readers see of `keys` (sorted): their entries, the revision, and, when some value
+    /// is only in the file, a read transaction begun under the same lock. Memory is told a
+    /// version is in the file only after the commit that wrote it, and (with the write-ahead
+    /// log) the file only receives versions memory already has, so that snapshot holds
+    /// exactly the versions the entries describe; without the log a commit lands in the file
+    /// just before memory hears of it, which [`Shared::read_values`] notices.
+    #[allow(clippy::type_complexity)]
+    fn snapshot(
+        &self,
+        keys: impl FnOnce(&State) -> Vec<(String, Entry)>,
+    ) -> Result<
+        (
+            Vec<(String, Entry)>,
+            Revision,
+            Option<redb::ReadTransaction>,
+        ),
+        StoreError,
+    > {
+        let state = self.state();
+        let entries = keys(&state);
+        let read = match entries.iter().any(|(_, e)| e.value.is_none()) {
+            true => Some(
+                self.db
+                    .begin_read()
+                    .map_err(|e| self.unavailable(format!("cannot read: {e}")))?,
+            ),
+            false => None,
+        };
+        Ok((entries, state.revision, read))
+    }
+
+    /// The values of `entries` (sorted by key), those not in memory read from the file
+    /// through `read` (from [`Shared::snapshot`]). `None` when the file holds another version
+    /// than an entry describes (a commit raced with the snapshot): read memory again.
     /// Blocking when many values are on disk.
     fn read_values(
         &self,
         entries: Vec<(String, Entry)>,
+        read: Option<redb::ReadTransaction>,
     ) -> Result<Option<Vec<KeyValue>>, StoreError> {
-        let Some(first) = entries.iter().position(|(_, e)| e.value.is_none()) else {
+        let (Some(first), Some(read)) = (entries.iter().position(|(_, e)| e.value.is_none()), read)
+        else {
             return Ok(Some(
                 entries
                     .into_iter()
@@ -520,7 +566,6 @@ impl Shared {
             ));
         };
         let failed = |e: redb::Error| self.unavailable(format!("cannot read: {e}"));
-        let read = self.db.begin_read().map_err(|e| failed(e.into()))?;
         let table = read.open_table(KV).map_err(|e| failed(e.into()))?;
         let mut file = table
             .range::<&str>(entries[first].0.as_str()..)
@@ -1526,6 +1571,67 @@ mod tests {
         assert_eq!(
             *store.get("/k/3").await.unwrap().unwrap().value,
             *value(3, 1)
+        );
+    }
+
+    /// A long list while every commit is checkpointed reads one consistent file snapshot: it
+    /// never starts over, and every value is the one of its key's listed revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lists_read_one_snapshot_while_checkpoints_rewrite_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with(
+            &dir.path().join("snapshot.redb"),
+            EmbeddedOptions {
+                checkpoint_commits: 1,
+                ..EmbeddedOptions::default()
+            },
+        )
+        .unwrap();
+        let keys = 5_000;
+        let ops = (0..keys)
+            .map(|i| Op::Create {
+                key: format!("/k/{i:05}"),
+                value: format!("/k/{i:05}@1").into_bytes(),
+            })
+            .collect();
+        store.txn(ops).await.unwrap();
+        // A writer rewrites keys spread over the range (a checkpoint after each commit), its
+        // value naming the key and the revision it will be written at.
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..200usize {
+                    let key = format!("/k/{:05}", (round * 7919) % keys);
+                    let kv = store.get(&key).await.unwrap().unwrap();
+                    // The only writer: its commit is the next revision.
+                    let next = store.revision().await.unwrap() + 1;
+                    let ops = vec![Op::Update {
+                        key: key.clone(),
+                        value: format!("{key}@{next}").into_bytes(),
+                        expected: kv.mod_revision,
+                    }];
+                    let _ = store.txn(ops).await;
+                }
+            })
+        };
+        while !writer.is_finished() {
+            let (kvs, _) = store.list("/k/").await.unwrap();
+            assert_eq!(kvs.len(), keys);
+            for kv in &kvs {
+                let text = String::from_utf8(kv.value.to_vec()).unwrap();
+                let (key, rev) = text.split_once('@').unwrap();
+                assert_eq!(key, kv.key);
+                // Created at revision 1, or written by the writer at the revision it named.
+                assert_eq!(rev.parse::<u64>().unwrap(), kv.mod_revision, "{}", kv.key);
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(
+            store
+                .shared
+                .read_retries
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
         );
     }
 }
