@@ -38,14 +38,15 @@
 //! planned without touching the disk; values are held in memory only until a checkpoint has
 //! written them to the file (at a million replicas the values alone would take ~600 MB of
 //! memory), then `get` and `list` read them from the file through redb's page cache.
-//! `revision` and `watch` (recent history is in memory) never touch the disk. A read begins its
-//! redb read transaction under the lock it reads memory under, so the file snapshot holds the
-//! versions memory describes (a long `list` is not disturbed by checkpoints meanwhile); it
+//! `revision` and `watch` (recent history is in memory) never touch the disk. A read begins
+//! its redb read transaction under the lock it reads memory under, so the file snapshot holds
+//! the versions memory describes (a long `list` is not disturbed by checkpoints meanwhile); it
 //! still checks each version it finds and starts over in the one case where the file is ahead
 //! of memory for a moment (a commit that goes straight into the file: no log, or a queue
-//! larger than the whole log). A transaction is planned against the in-memory keys with [`plan_txn`]
-//! (a delete reads the last value from the file, for its watch event), made durable (as
-//! above) and only then applied to memory and published to watchers. A failed write (disk full, I/O error) changes nothing in memory and is returned
+//! larger than the whole log). A transaction is planned against the in-memory keys with
+//! [`plan_txn`] (a delete reads the last value from the file, for its watch event), made
+//! durable (as above) and only then applied to memory and published to watchers. A failed
+//! write (disk full, I/O error) changes nothing in memory and is returned
 //! as [`StoreError::Unavailable`] naming the file. As with a timeout against a remote store,
 //! its outcome is unknown until the file is reopened (it may have reached the disk just
 //! before the error). After a failed log write, or an I/O error inside redb, the store keeps
