@@ -401,12 +401,7 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         for attempt in 0..READ_ATTEMPTS {
-            if attempt > 0 {
-                self.shared
-                    .read_retries
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
+            self.shared.before_read(attempt).await;
             let (entries, _, read) = self.shared.snapshot(|state| {
                 state
                     .data
@@ -425,12 +420,7 @@ impl Store for EmbeddedStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         for attempt in 0..READ_ATTEMPTS {
-            if attempt > 0 {
-                self.shared
-                    .read_retries
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
+            self.shared.before_read(attempt).await;
             let (entries, revision, read) = self.shared.snapshot(|state| {
                 state
                     .data
@@ -509,6 +499,15 @@ impl Shared {
 
     fn unavailable(&self, what: String) -> StoreError {
         StoreError::Unavailable(format!("store file {}: {what}", self.path.display()))
+    }
+
+    /// Waits a moment before every read attempt after the first (and counts it).
+    async fn before_read(&self, attempt: usize) {
+        if attempt > 0 {
+            self.read_retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     fn raced(&self, key: &str) -> StoreError {
