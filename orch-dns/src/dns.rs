@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
@@ -506,6 +508,10 @@ impl Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let mut metadata = Metadata::response_from_request(&request.metadata);
+        if request.metadata.message_type == MessageType::Response {
+            // A response is never answered (see `serve_udp`); over TCP too.
+            return header_only(metadata);
+        }
         // UDP is limited in `serve_udp`, before the packet is even parsed.
         if request.protocol() != Transport::Udp && !self.limiter.allow(request.src()) {
             // Over its budget: no answer at all, so a flood costs one lookup in the table.
@@ -637,6 +643,11 @@ impl ResponseHandler for UdpResponder {
     }
 }
 
+/// Whether a DNS packet is a response: the QR bit, the top bit of the third byte.
+fn is_response(packet: &[u8]) -> bool {
+    packet.get(2).is_some_and(|flags| flags & 0x80 != 0)
+}
+
 /// Serves one UDP socket: receive, answer in place, send; no task or channel per query.
 /// Forwarded names (which wait on another server) get a task of their own.
 async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, handler: Arc<Handler>) {
@@ -649,8 +660,11 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, handler: Arc<Handler>) {
                 continue;
             }
         };
-        // Shorter than a header: nothing to answer. Over budget: dropped before parsing.
-        if n < 12 || !handler.limiter.allow(src) {
+        // Shorter than a header: nothing to answer. A response (QR set) is never answered,
+        // not even with FORMERR: answering one lets a single spoofed packet bounce between
+        // two servers (or a server and itself) forever (RFC 5452 section 5). Over budget:
+        // dropped before parsing.
+        if n < 12 || is_response(&buf[..n]) || !handler.limiter.allow(src) {
             continue;
         }
         let responder = UdpResponder {
@@ -662,7 +676,7 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, handler: Arc<Handler>) {
             Err(_) => {
                 let mut m = Message::new(
                     u16::from_be_bytes([buf[0], buf[1]]),
-                    hickory_proto::op::MessageType::Response,
+                    MessageType::Response,
                     OpCode::Query,
                 );
                 m.metadata.response_code = ResponseCode::FormErr;

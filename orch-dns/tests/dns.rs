@@ -386,3 +386,75 @@ async fn names_outside_the_domain_are_forwarded_when_configured() {
             .unwrap();
     assert!(out.contains("status: SERVFAIL"), "{out}");
 }
+
+/// Whatever arrives on `sock` within `wait`: the packets' lengths.
+fn replies(sock: &UdpSocket, wait: Duration) -> Vec<usize> {
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got.push(n);
+        }
+    }
+    got
+}
+
+/// RFC 5452 section 5: a server never answers a response. Answering one lets a single
+/// spoofed packet (source: another orch DNS server, or the server itself) bounce between
+/// two servers forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_never_answered() {
+    let s = server().await;
+    let a = s.local_addr();
+    s.set_endpoints("default", "web", vec![ep("w1", "127.0.0.61", 80)])
+        .await
+        .unwrap();
+    let in_zone = {
+        let mut m = Message::new(7, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("web.default.orch.local.").unwrap(),
+            RecordType::A,
+        ));
+        m.to_vec().unwrap()
+    };
+    let outside = {
+        let mut m = Message::new(8, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("example.com.").unwrap(),
+            RecordType::A,
+        ));
+        m.to_vec().unwrap()
+    };
+    // QR set and nothing parseable after the header: not even FORMERR goes back.
+    let junk_response = [vec![0, 9, 0x80, 0, 0, 10, 0, 0, 0, 0, 0, 0], vec![0xff; 20]].concat();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for p in [&in_zone, &outside, &junk_response] {
+        sock.send_to(p, a).unwrap();
+    }
+    let got = tokio::task::spawn_blocking(move || replies(&sock, Duration::from_millis(500)))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "responses were answered: {got:?}");
+    // Over TCP the same response gets no answer either (the server closes or stays silent).
+    let tcp = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut t = std::net::TcpStream::connect(a).unwrap();
+        t.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        t.write_all(&(in_zone.len() as u16).to_be_bytes()).unwrap();
+        t.write_all(&in_zone).unwrap();
+        let mut buf = [0u8; 512];
+        t.read(&mut buf).unwrap_or(0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(tcp, 0, "a response over TCP was answered");
+    // Queries are still answered.
+    let code = tokio::task::spawn_blocking(move || ask(a, "web.default.orch.local."))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(ResponseCode::NoError));
+}
