@@ -55,6 +55,8 @@ pub struct NodeDiscovery {
     pub fanout: Arc<dyn Discovery>,
     /// The DNS server, when it runs.
     pub dns: Option<Arc<DnsServer>>,
+    /// Why the DNS server does not run, when it was asked for and could not start.
+    pub dns_error: Option<String>,
     /// The service proxy.
     pub proxy: Arc<ServiceProxy>,
 }
@@ -68,6 +70,7 @@ impl DiscoveryArgs {
         node_ip: IpAddr,
         files_dir: &Path,
     ) -> anyhow::Result<NodeDiscovery> {
+        let mut dns_error = None;
         let dns = if self.dns_listen == "off" {
             None
         } else {
@@ -91,6 +94,7 @@ impl DiscoveryArgs {
                     if self.dns_listen == DEFAULT_DNS_LISTEN =>
                 {
                     eprintln!("orchd: {e}; running without cluster DNS (give --dns-listen IP:PORT, or --dns-listen off)");
+                    dns_error = Some(e.to_string());
                     None
                 }
                 Err(e) => return Err(e).context("--dns-listen"),
@@ -119,12 +123,24 @@ impl DiscoveryArgs {
         Ok(NodeDiscovery {
             fanout: Arc::new(Fanout(all)),
             dns,
+            dns_error,
             proxy,
         })
     }
 }
 
 impl NodeDiscovery {
+    /// One line on the cluster DNS: where it serves, or why it does not.
+    pub fn dns_state(&self, domain: &str) -> String {
+        match (&self.dns, &self.dns_error) {
+            (Some(d), _) => format!("cluster DNS: {} ({domain})", d.local_addr()),
+            (None, Some(e)) => format!(
+                "cluster DNS: NOT RUNNING: {e} (give --dns-listen IP:PORT, or --dns-listen off)"
+            ),
+            (None, None) => "cluster DNS: off (--dns-listen off)".to_string(),
+        }
+    }
+
     /// Tells the node's agent where workloads resolve names.
     pub fn configure(&self, agent: &mut AgentConfig, domain: &str) {
         agent.dns = self.dns.as_ref().map(|d| d.local_addr());

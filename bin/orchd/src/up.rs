@@ -2,8 +2,8 @@
 //! with the embedded defaults (in-memory store, process runtime, endpoint files), shows a
 //! live table of services and replicas, and on Ctrl-C stops every workload cleanly.
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use orch_core::engine::Engine;
 use orch_core::object::{Kind, Object};
 use orch_core::runtime::Runtime;
 use orch_core::store::{list_objects, Store};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::host;
@@ -99,27 +100,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     let tty = std::io::stdout().is_terminal();
     let header = format!(
-        "orch up {} — {} object(s); logs: orchctl --socket {} logs REPLICA; Ctrl-C stops everything",
+        "orch up {} — {} object(s); logs: orchctl --socket {} logs REPLICA; Ctrl-C stops everything\n{}",
         args.path.display(),
         applied.len(),
-        socket.display()
+        socket.display(),
+        discovery.dns_state(&args.discovery.dns_domain),
     );
-    let mut last = String::new();
+    let mut out = Output::new(tty, header);
     let mut tick = tokio::time::interval(Duration::from_millis(args.refresh_ms.max(50)));
-    loop {
+    let mut signals = StopSignals::new()?;
+    let why = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            s = signals.recv() => break s.to_string(),
             _ = tick.tick() => {}
         }
-        let view = render_view(&engine, &*store, &*runtime).await;
-        if tty {
-            print!("\x1b[H\x1b[2J{header}\n\n{view}");
-        } else if view != last {
-            println!("{view}");
+        if let Err(e) = out.show(&engine, &*store, &*runtime).await {
+            // A closed pipe (`| head`) or terminal: nobody reads any more, so stop cleanly
+            // rather than leave the workloads running with nobody to stop them.
+            break format!("standard output closed ({e})");
         }
-        last = view;
-    }
-    eprintln!("\nstopping: deleting {} object(s) and waiting for their replicas to stop (Ctrl-C again to exit at once)", applied.len());
+    };
+    say(&format!("\nstopping ({why}): deleting {} object(s) and waiting for their replicas to stop (Ctrl-C again to exit at once)", applied.len()));
     for (o, _) in &applied {
         let md = o.metadata();
         let _ = orch_core::api::delete(&*store, o.kind(), &md.namespace, &md.name).await;
@@ -138,12 +139,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let clean = tokio::select! {
         s = stopped => s,
-        _ = tokio::signal::ctrl_c() => false,
+        _ = signals.recv() => false,
     };
     cancel.cancel();
     engine.shutdown().await;
     if clean {
-        eprintln!("stopped: every workload has exited");
+        say("stopped: every workload has exited");
         if temp {
             let _ = std::fs::remove_dir_all(&state_dir);
         }
@@ -154,6 +155,139 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             state_dir.display()
         )
     }
+}
+
+/// Writes a line to standard error, ignoring a closed one (nothing else could be told).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The signals that stop `orchd up` cleanly: Ctrl-C, a closed terminal, `kill`.
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        let on = |k| signal(k).context("cannot install a signal handler");
+        Ok(StopSignals {
+            int: on(SignalKind::interrupt())?,
+            term: on(SignalKind::terminate())?,
+            hup: on(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for the next one; its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted",
+            _ = self.term.recv() => "terminated",
+            _ = self.hup.recv() => "hung up",
+        }
+    }
+}
+
+/// What `orchd up` shows: on a terminal a live table redrawn in place; anywhere else (a pipe,
+/// a file) the header once, then a plain log: each new event, and a service's ready count
+/// when it changes.
+struct Output {
+    tty: bool,
+    header: String,
+    /// Events already shown (non-terminal), by name.
+    seen: HashSet<String>,
+    /// Each service's ready count as last shown (non-terminal).
+    ready: HashMap<String, String>,
+}
+
+impl Output {
+    fn new(tty: bool, header: String) -> Output {
+        Output {
+            tty,
+            header,
+            seen: HashSet::new(),
+            ready: HashMap::new(),
+        }
+    }
+
+    /// Shows what changed; an error when standard output is closed.
+    async fn show(
+        &mut self,
+        engine: &Engine,
+        store: &dyn Store,
+        runtime: &dyn Runtime,
+    ) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        if self.tty {
+            let view = render_view(engine, store, runtime).await;
+            write!(stdout, "\x1b[H\x1b[2J{}\n\n{view}", self.header)?;
+            return stdout.flush();
+        }
+        if !self.header.is_empty() {
+            writeln!(stdout, "{}", std::mem::take(&mut self.header))?;
+        }
+        let mut lines = Vec::new();
+        if let Ok((events, _)) = list_objects(store, Kind::Event, None).await {
+            let mut new: Vec<_> = events
+                .into_iter()
+                .filter_map(|o| match o {
+                    Object::Event(e) if !self.seen.contains(&e.metadata.name) => Some(e),
+                    _ => None,
+                })
+                .collect();
+            new.sort_by_key(|e| e.timestamp);
+            for e in new {
+                self.seen.insert(e.metadata.name.clone());
+                let kind = e.involved.kind.map(|k| k.as_str().to_ascii_lowercase());
+                lines.push((
+                    e.timestamp,
+                    format!(
+                        "{}  {:?}  {}  {}/{}  {}",
+                        e.timestamp,
+                        e.type_,
+                        e.reason,
+                        kind.unwrap_or_default(),
+                        e.involved.name,
+                        e.message
+                    ),
+                ));
+            }
+        }
+        for s in engine.cache().services() {
+            let ready = format!("{}/{} ready", s.status.ready_replicas, s.spec.replicas);
+            let key = format!("{}/{}", s.metadata.namespace, s.metadata.name);
+            if self.ready.get(&key) != Some(&ready) {
+                let now = orch_core::quantity::Timestamp::now();
+                lines.push((now, format!("{now}  service/{}  {ready}", s.metadata.name)));
+                self.ready.insert(key, ready);
+            }
+        }
+        lines.sort_by_key(|(t, _)| *t);
+        for (_, l) in lines {
+            writeln!(stdout, "{l}")?;
+        }
+        // A closed pipe shows on the next write; ask the pipe itself so that a reader that
+        // went away while nothing happened is noticed too.
+        stdout.flush()?;
+        if stdout_closed() {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether standard output is a pipe or socket whose reader has gone.
+fn stdout_closed() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
 }
 
 async fn render_view(engine: &Engine, store: &dyn Store, runtime: &dyn Runtime) -> String {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -66,12 +66,143 @@ fn up_runs_the_hello_example_and_ctrl_c_stops_everything() {
     let mut err = String::new();
     up.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(status.success(), "orchd up failed: {err}");
+    // Not a terminal: the header once (with the socket), then a plain log of events and
+    // ready counts, not a redrawn table.
     assert!(
-        out.contains("SERVICES") && out.contains("hello-client") && out.contains("Ready"),
-        "the live table: {out}"
+        out.starts_with("orch up ") && out.contains(&format!("--socket {}", d.socket.display())),
+        "the header: {out}"
+    );
+    assert!(
+        out.contains("service/hello-client  1/1 ready")
+            && out.contains("service/hello  3/3 ready")
+            && out.contains("  Normal  Scaled  service/hello  "),
+        "the event log: {out}"
+    );
+    assert!(
+        !out.contains("SERVICES"),
+        "no table frames in a pipe: {out}"
     );
     assert!(err.contains("every workload has exited"), "{err}");
     for p in pids {
         assert!(!process_alive(p), "process {p} still runs after Ctrl-C");
     }
+}
+
+/// `orchd up DIR | head -3`, or a terminal that closes: nobody reads stdout any more, and
+/// orchd up stops every workload and removes its state instead of dying on the broken pipe
+/// and leaving them running.
+#[test]
+fn up_stops_everything_when_its_output_closes_or_its_terminal_hangs_up() {
+    for how in ["stdout closed", "SIGHUP"] {
+        let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+        let mut up = Command::new(env!("CARGO_BIN_EXE_orchd"))
+            .arg("up")
+            .arg(&example)
+            .args(["--refresh-ms", "100", "--dns-listen", "off"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+        let header = lines.next().unwrap().unwrap();
+        let socket = header
+            .split("--socket ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("no socket in the header: {header}"));
+        let socket = PathBuf::from(socket);
+        let state = socket.parent().unwrap().to_path_buf();
+        let dns = lines.next().unwrap().unwrap();
+        assert_eq!(dns, "cluster DNS: off (--dns-listen off)");
+        let d = Daemon {
+            dir: state.clone(),
+            socket,
+            child: None,
+        };
+        let reps = eventually("4 replicas ready", Duration::from_secs(20), || {
+            let r = d.replicas();
+            (r.len() == 4 && r.iter().all(|r| r["status"]["phase"] == "Ready")).then_some(r)
+        });
+        let pids: Vec<u32> = reps.iter().filter_map(pid_of).collect();
+        assert_eq!(pids.len(), 4);
+        if how == "SIGHUP" {
+            Command::new("kill")
+                .args(["-HUP", &up.id().to_string()])
+                .status()
+                .unwrap();
+        }
+        // Nothing new is printed once everything is ready: the closed pipe must be noticed
+        // without a write failing.
+        drop(lines);
+        let status = eventually("exit", Duration::from_secs(30), || up.try_wait().unwrap());
+        let mut err = String::new();
+        up.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(status.success(), "{how}: orchd up failed: {status} {err}");
+        let why = if how == "SIGHUP" {
+            "stopping (hung up)"
+        } else {
+            "stopping (standard output closed"
+        };
+        assert!(err.contains(why), "{how}: {err}");
+        assert!(err.contains("every workload has exited"), "{how}: {err}");
+        for p in pids {
+            assert!(!process_alive(p), "{how}: process {p} still runs");
+        }
+        assert!(!state.exists(), "{how}: {} left behind", state.display());
+    }
+}
+
+/// On a terminal the live view redraws the screen, so whatever was printed before it is
+/// wiped: the header itself says where the cluster DNS serves, or that it does not.
+#[test]
+fn the_live_view_header_says_how_cluster_dns_runs() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    // `script` (util-linux) gives orchd up a terminal.
+    let cmd = format!(
+        "{} up {} --refresh-ms 100 --dns-listen off",
+        env!("CARGO_BIN_EXE_orchd"),
+        example.display()
+    );
+    let mut up = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = up.stdout.take().unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&all);
+            if text.contains("hello-client   1/1") {
+                return text.into_owned();
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    })
+    .join()
+    .unwrap();
+    let _ = Command::new("pkill")
+        .args(["-INT", "-P", &up.id().to_string()])
+        .status();
+    let _ = eventually("script exits", Duration::from_secs(30), || {
+        up.try_wait().unwrap()
+    });
+    let frame = seen.rsplit("\x1b[H\x1b[2J").next().unwrap();
+    let mut lines = frame.lines();
+    assert!(
+        lines.next().unwrap_or("").starts_with("orch up "),
+        "{frame}"
+    );
+    assert_eq!(
+        lines.next().map(str::trim_end),
+        Some("cluster DNS: off (--dns-listen off)"),
+        "{frame}"
+    );
 }
