@@ -78,8 +78,9 @@ impl std::fmt::Debug for MountFiles {
     }
 }
 
-/// Name resolution for a workload: processes get it as `ORCH_DNS`, `ORCH_DNS_SEARCH` and
-/// `LOCALDOMAIN` (glibc's search list) in their environment; containers get an
+/// Name resolution for a workload: processes get it as `ORCH_DNS` and `ORCH_DNS_SEARCH` in
+/// their environment (they share the host's `/etc/resolv.conf`, which glibc alone reads for
+/// its nameservers, so the server must be asked by name); containers get an
 /// `/etc/resolv.conf` naming the server first, then the host's own nameservers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadDns {
@@ -93,10 +94,11 @@ impl WorkloadDns {
     /// The environment variables processes get.
     pub fn env(&self) -> Vec<(String, String)> {
         let search = self.search.join(" ");
+        // No LOCALDOMAIN: it changes glibc's search list but not its nameservers, so every
+        // short name would first be asked of the host's resolvers as NAME.NAMESPACE.orch.local.
         vec![
             ("ORCH_DNS".into(), self.server.to_string()),
-            ("ORCH_DNS_SEARCH".into(), search.clone()),
-            ("LOCALDOMAIN".into(), search),
+            ("ORCH_DNS_SEARCH".into(), search),
         ]
     }
 

@@ -108,6 +108,10 @@ struct RecordSet {
     srv: Vec<Record>,
     /// Addresses of SRV targets.
     additional: Vec<Record>,
+    /// A service name's SRV records, added to its A/AAAA answers when its replicas share
+    /// addresses (host networking: the address alone reaches no particular replica, the port
+    /// does), so that `dig SERVICE` shows where the replicas really listen.
+    ports: Vec<Record>,
 }
 
 impl RecordSet {
@@ -184,10 +188,12 @@ impl Found {
         }
     }
 
-    /// Extra records for `qtype` (the addresses of SRV targets).
+    /// Extra records for `qtype`: the addresses of SRV targets; for the addresses of a
+    /// service whose replicas share them, its SRV records.
     pub fn additional(&self, qtype: RecordType) -> &[Record] {
         match qtype {
             RecordType::SRV | RecordType::ANY => &self.set.additional,
+            RecordType::A | RecordType::AAAA => &self.set.ports,
             _ => &[],
         }
     }
@@ -270,8 +276,10 @@ impl Zone {
         };
         let mut top = RecordSet::default();
         let mut ips: Vec<IpAddr> = eps.iter().filter_map(|e| e.ip.parse().ok()).collect();
+        let listed = ips.len();
         ips.sort();
         ips.dedup();
+        let shared_addresses = ips.len() < listed;
         for ip in ips {
             let r = addr(&service, ip);
             match ip {
@@ -312,6 +320,11 @@ impl Zone {
                 entry.additional.push(r.clone());
             }
             out.push((LowerName::from(&own), set));
+        }
+        if shared_addresses {
+            let mut ports: Vec<Record> = srv.values().flat_map(|s| s.srv.clone()).collect();
+            ports.sort_by_key(|r| r.name.to_string());
+            top.ports = ports;
         }
         out.push((LowerName::from(&service), top));
         out.extend(srv.into_iter().map(|(n, s)| (LowerName::from(&n), s)));

@@ -72,6 +72,19 @@ fn dns_answers_follow_replicas_and_their_readiness() {
         dig(&dns, &["+short", "hello.default.orch.local"]).trim(),
         "127.0.0.1"
     );
+    // Process replicas share the node's address: the A answer alone reaches no particular
+    // replica, so its additional section carries the service's SRV records (the ports).
+    let full = dig(&dns, &["hello.default.orch.local"]);
+    let additional = full
+        .split(";; ADDITIONAL SECTION:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no additional section: {full}"));
+    for p in &ports {
+        assert!(
+            additional.contains(&format!("SRV\t0 10 {p} ")),
+            "port {p} not in the additional section: {full}"
+        );
+    }
     let name = reps[0]["metadata"]["name"].as_str().unwrap();
     assert_eq!(
         dig(
@@ -91,6 +104,8 @@ fn dns_answers_follow_replicas_and_their_readiness() {
         env.contains("ORCH_DNS_SEARCH=default.orch.local orch.local"),
         "{env}"
     );
+    // No LOCALDOMAIN: glibc would search the cluster domains on the host's nameservers.
+    assert!(!env.contains("LOCALDOMAIN="), "{env}");
 
     // Failing readiness takes a replica out of the answers; passing again brings it back.
     let victim = &reps[1];
