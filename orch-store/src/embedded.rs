@@ -22,13 +22,16 @@
 //! with fsync instead.
 //!
 //! The log must stay with its file: once a store has used one, opening it without the log
-//! is refused (acknowledged writes could be in it), as is a log that does not match the file.
+//! is refused (acknowledged writes could be in it), as is a log that does not match the file
+//! (both carry the store's random id), a truncated one, and one damaged before its last
+//! write (see the `wal` module).
 //!
 //! # Layout
 //!
 //! - table `kv`: key → `create_revision | mod_revision | value` (see the `codec` module);
 //! - table `meta`: `format` (1), `revision` (the latest committed), `compacted` (the log
-//!   covers the revisions after it);
+//!   covers the revisions after it), `store_id` (random, also in the write-ahead log's
+//!   header), `wal` (1 once a write-ahead log is in use);
 //! - table `log`: revision → every event of that transaction, so watches resume across
 //!   restarts. It holds exactly the revisions `compacted + 1 ..= revision`.
 //!
@@ -807,10 +810,12 @@ impl Shared {
         writer.pending = Unflushed::default();
         writer.since_checkpoint = 0;
         if let Some(wal) = &mut writer.wal {
-            // On failure the log keeps its records, which the database now also holds (a
-            // reopen skips them), and appends continue after them, so nothing is lost.
+            // On failure the header on disk may name the next generation (so appends in
+            // this one would not be read back) or not: refuse writes until a reset works.
+            // The database holds every record, so nothing is lost.
             if let Err(e) = wal.reset(last) {
                 tracing::warn!(error = %e, "cannot start the write-ahead log over");
+                writer.broken = Some(format!("cannot start the write-ahead log over: {e}"));
             }
         }
     }
@@ -1042,6 +1047,7 @@ fn initialise(db: &Database) -> Result<(), LoadError> {
         meta.insert(FORMAT_KEY, FORMAT)?;
         meta.insert(REVISION_KEY, 0)?;
         meta.insert(COMPACTED_KEY, 0)?;
+        meta.insert(STORE_ID_KEY, new_store_id())?;
         txn.open_table(KV)?;
         txn.open_table(LOG)?;
     }
@@ -1067,14 +1073,19 @@ impl<E: Into<redb::Error>> From<E> for LoadError {
 
 /// Meta key set once the store uses a write-ahead log (so a missing log is noticed).
 const WAL_KEY: &str = "wal";
+/// Meta key: the store's random id, which its write-ahead log carries too (so another
+/// store's log is refused). Stores of the first format get one at their next open.
+const STORE_ID_KEY: &str = "store_id";
 
 /// Opens (or creates) the store's write-ahead log and replays into the database every
 /// transaction it holds after the database's durable revision, then starts the log over.
+/// A log of another store (its id differs from the one in the file's `meta`) is refused;
+/// a store and log of the first format (no ids) get one here.
 fn recover_wal(path: &Path, db: &Database, bytes: u64) -> Result<(Wal, usize), StoreError> {
     let wal_path = Wal::path_for(path);
     let wal_err = |e: crate::wal::WalError| StoreError::Other(Box::new(e));
     let redb_err = |e: redb::Error| open_error(path, e);
-    let (durable, in_use) = {
+    let (durable, in_use, file_id) = {
         let read = db.begin_read().map_err(|e| redb_err(e.into()))?;
         let meta = read.open_table(META).map_err(|e| redb_err(e.into()))?;
         let get = |k: &str| -> Result<Option<u64>, StoreError> {
@@ -1083,11 +1094,58 @@ fn recover_wal(path: &Path, db: &Database, bytes: u64) -> Result<(Wal, usize), S
                 .map_err(|e| redb_err(e.into()))?
                 .map(|v| v.value()))
         };
-        (get(REVISION_KEY)?.unwrap_or(0), get(WAL_KEY)? == Some(1))
+        (
+            get(REVISION_KEY)?.unwrap_or(0),
+            get(WAL_KEY)? == Some(1),
+            get(STORE_ID_KEY)?,
+        )
     };
-    let mut replayed = 0;
-    let mut wal = if Wal::exists(&wal_path).map_err(wal_err)? {
-        let (wal, records) = Wal::open(&wal_path).map_err(wal_err)?;
+    let opened = match Wal::exists(&wal_path).map_err(wal_err)? {
+        true => Some(Wal::open(&wal_path).map_err(wal_err)?),
+        false if in_use => {
+            return Err(corrupt(
+                &wal_path,
+                format!(
+                    "it is missing but the store file {} has used it: writes acknowledged after revision {durable} would be lost. Restore it, or move both files aside to start empty",
+                    path.display()
+                ),
+            ))
+        }
+        false => None,
+    };
+    let foreign = |why: String| {
+        corrupt(
+            &wal_path,
+            format!(
+                "{why}: it is another store's log, and replaying it would write that store's objects into this one. Put back the log that was beside {}, or move both files aside to start empty",
+                path.display()
+            ),
+        )
+    };
+    if let Some((wal, opened)) = &opened {
+        match (opened.store_id, file_id) {
+            (Some(log), Some(file)) if log != file => {
+                return Err(foreign(format!(
+                    "it belongs to store {log:016x} but the store file {} is store {file:016x}",
+                    path.display()
+                )))
+            }
+            (Some(log), None) => {
+                return Err(foreign(format!(
+                    "it belongs to store {log:016x} but the store file {} is of the first format, which had no store id",
+                    path.display()
+                )))
+            }
+            // A first-format log beside a store with an id: only the leftover of an upgrade
+            // that crashed before the log was rewritten, which holds nothing newer.
+            (None, Some(file)) if opened.records.iter().any(|(r, _)| *r > durable) => {
+                return Err(foreign(format!(
+                    "it is of the first format (no store id) but the store file {} is store {file:016x}",
+                    path.display()
+                )))
+            }
+            _ => {}
+        }
         if wal.base() > durable {
             return Err(corrupt(
                 &wal_path,
@@ -1098,40 +1156,68 @@ fn recover_wal(path: &Path, db: &Database, bytes: u64) -> Result<(Wal, usize), S
                 ),
             ));
         }
-        let replay: Vec<_> = records.into_iter().filter(|(r, _)| *r > durable).collect();
-        if let Some((last, _)) = replay.last() {
-            replay_into(db, &replay).map_err(|e| match e {
-                LoadError::Redb(e) => redb_err(e),
-                LoadError::Corrupt(reason) => corrupt(&wal_path, reason),
-            })?;
-            tracing::info!(path = %wal_path.display(), transactions = replay.len(), revision = last, "replayed the write-ahead log");
-            replayed = replay.len();
+        if let Some((offset, revision)) = opened.torn {
+            tracing::warn!(path = %wal_path.display(), offset, revision, "dropped a torn record at the end of the write-ahead log (its write never completed, so it was never acknowledged)");
         }
-        wal
-    } else if in_use {
-        return Err(corrupt(
-            &wal_path,
-            format!(
-                "it is missing but the store file {} has used it: writes acknowledged after revision {durable} would be lost. Restore it, or move both files aside to start empty",
-                path.display()
-            ),
-        ));
-    } else {
-        Wal::create(&wal_path, bytes, durable).map_err(wal_err)?
+    }
+    // The file names its store before any log does.
+    let id = match file_id {
+        Some(id) => id,
+        None => {
+            let id = new_store_id();
+            write_meta(db, &[(STORE_ID_KEY, id)]).map_err(redb_err)?;
+            id
+        }
+    };
+    let mut replayed = 0;
+    let mut wal = match opened {
+        Some((mut wal, opened)) => {
+            let replay: Vec<_> = opened
+                .records
+                .into_iter()
+                .filter(|(r, _)| *r > durable)
+                .collect();
+            if let Some((last, _)) = replay.last() {
+                replay_into(db, &replay).map_err(|e| match e {
+                    LoadError::Redb(e) => redb_err(e),
+                    LoadError::Corrupt(reason) => corrupt(&wal_path, reason),
+                })?;
+                tracing::info!(path = %wal_path.display(), transactions = replay.len(), revision = last, "replayed the write-ahead log");
+                replayed = replay.len();
+            }
+            wal.claim(id);
+            wal
+        }
+        None => Wal::create(&wal_path, bytes, durable, id).map_err(wal_err)?,
     };
     let base = durable
         .max(wal.base())
         .max(replayed_revision(db).map_err(redb_err)?);
     wal.reset(base).map_err(wal_err)?;
     if !in_use {
-        mark_wal_in_use(db).map_err(redb_err)?;
+        write_meta(db, &[(WAL_KEY, 1)]).map_err(redb_err)?;
     }
     Ok((wal, replayed))
 }
 
-fn mark_wal_in_use(db: &Database) -> Result<(), redb::Error> {
+/// A random store id (never 0, which first-format logs use for none).
+fn new_store_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn write_meta(db: &Database, values: &[(&str, u64)]) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
-    txn.open_table(META)?.insert(WAL_KEY, 1)?;
+    {
+        let mut meta = txn.open_table(META)?;
+        for (key, value) in values {
+            meta.insert(*key, *value)?;
+        }
+    }
     txn.commit()?;
     Ok(())
 }
@@ -1448,6 +1534,85 @@ mod tests {
         for (key, _) in &accepted {
             assert!(store.get(key).await.unwrap().is_some(), "{key} lost");
         }
+    }
+
+    /// Stores and logs of the first format (no store id) keep opening: the log is replayed
+    /// and rewritten in the current format, and the file gets an id.
+    #[tokio::test]
+    async fn first_format_stores_are_upgraded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        store.txn(vec![create("/a")]).await.unwrap();
+        drop(store); // checkpointed: the file holds revision 1
+        let first_format = |base: Revision, rev: Revision, key: &str| {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(STORE_ID_KEY).unwrap();
+            txn.commit().unwrap();
+            let event = vec![WatchEvent::Put(KeyValue {
+                key: key.into(),
+                value: b"v".to_vec().into(),
+                create_revision: rev,
+                mod_revision: rev,
+            })];
+            let entry = codec::encode_events(&event);
+            let log = crate::wal::v1_log(1 << 20, base, &[(rev, &entry)]);
+            std::fs::write(Wal::path_for(&path), log).unwrap();
+        };
+        first_format(1, 2, "/b");
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(store.replayed_at_open(), 1);
+        assert!(store.get("/b").await.unwrap().is_some());
+        assert_eq!(store.txn(vec![create("/c")]).await.unwrap(), 3);
+        drop(store);
+        let log = std::fs::read(Wal::path_for(&path)).unwrap();
+        assert_eq!(&log[..8], b"ORCHWAL2");
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(store.revision().await.unwrap(), 3);
+        drop(store);
+
+        // A first-format log beside a store that has an id: refused when it holds writes
+        // the file lacks (it cannot be this store's)...
+        let db = Database::open(&path).unwrap();
+        let id = db
+            .begin_read()
+            .unwrap()
+            .open_table(META)
+            .unwrap()
+            .get(STORE_ID_KEY)
+            .unwrap()
+            .unwrap()
+            .value();
+        drop(db);
+        let entry = codec::encode_events(&[]);
+        let log = crate::wal::v1_log(1 << 20, 3, &[(4, &entry)]);
+        std::fs::write(Wal::path_for(&path), log).unwrap();
+        let e = EmbeddedStore::open(&path)
+            .err()
+            .expect("opened with a stranger's log");
+        assert!(e.to_string().contains("another store"), "{e}");
+        // ... and taken when it holds nothing newer (an upgrade that crashed before the log
+        // was rewritten).
+        let log = crate::wal::v1_log(1 << 20, 2, &[(3, &entry)]);
+        std::fs::write(Wal::path_for(&path), log).unwrap();
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(
+            (store.replayed_at_open(), store.revision().await.unwrap()),
+            (0, 3)
+        );
+        drop(store);
+        let db = Database::open(&path).unwrap();
+        let kept = db
+            .begin_read()
+            .unwrap()
+            .open_table(META)
+            .unwrap()
+            .get(STORE_ID_KEY)
+            .unwrap()
+            .unwrap()
+            .value();
+        assert_eq!(kept, id);
     }
 
     #[tokio::test]

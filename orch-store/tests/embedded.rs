@@ -520,3 +520,111 @@ async fn a_missing_or_damaged_log_is_refused_naming_it() {
         b"two again"
     );
 }
+
+/// The files of a store that acknowledged `n` writes (`/s/<i>` = `value-<i>`, one per
+/// commit, all still in the write-ahead log) as a crash would leave them: the store is
+/// still open when they are copied.
+async fn crash_image(dir: &Path, name: &str, n: usize) -> (Vec<u8>, Vec<u8>) {
+    let path = dir.join(name);
+    let store = EmbeddedStore::open(&path).unwrap();
+    for i in 0..n {
+        store
+            .txn(vec![create(
+                &format!("/s/{i:02}"),
+                &format!("value-{i:02}"),
+            )])
+            .await
+            .unwrap();
+    }
+    let image = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(wal_of(&path)).unwrap(),
+    );
+    drop(store);
+    image
+}
+
+/// Writes a crash image to `name` and opens it.
+fn open_image(dir: &Path, name: &str, db: &[u8], wal: &[u8]) -> Result<EmbeddedStore, StoreError> {
+    let path = dir.join(name);
+    std::fs::write(&path, db).unwrap();
+    std::fs::write(wal_of(&path), wal).unwrap();
+    EmbeddedStore::open(&path)
+}
+
+/// Issue 17: the first bad record used to end the log, silently dropping every acknowledged
+/// write after it (or all of them). Damage with acknowledged records after it is refused
+/// naming the file and the offset; only a torn last write may be dropped.
+#[tokio::test]
+async fn a_damaged_log_is_refused_unless_only_its_last_write_is_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, wal) = crash_image(dir.path(), "src.redb", 10).await;
+    let store = open_image(dir.path(), "intact.redb", &db, &wal).unwrap();
+    assert_eq!(
+        (store.replayed_at_open(), snapshot(&store).await.0.len()),
+        (10, 10)
+    );
+    drop(store);
+
+    let value_at = |i: usize| {
+        let needle = format!("value-{i:02}");
+        wal.windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .unwrap()
+    };
+    for (what, at) in [
+        ("first", value_at(0)),
+        ("fifth", value_at(4)),
+        ("ninth", value_at(8)),
+    ] {
+        let mut damaged = wal.clone();
+        damaged[at] ^= 0x01;
+        let name = format!("{what}.redb");
+        let e = open_image(dir.path(), &name, &db, &damaged)
+            .err()
+            .unwrap_or_else(|| panic!("a log damaged in its {what} record opened"));
+        let message = e.to_string();
+        let wal_path = wal_of(&dir.path().join(&name));
+        assert!(
+            message.contains(&wal_path.display().to_string()),
+            "{what}: {message}"
+        );
+        assert!(message.contains("offset"), "{what}: {message}");
+        assert!(!e.is_transient(), "{what}: {message}");
+    }
+
+    // The last write torn by the crash: never acknowledged, dropped.
+    let mut torn = wal.clone();
+    torn[value_at(9)] ^= 0x01;
+    let store = open_image(dir.path(), "torn.redb", &db, &torn).unwrap();
+    let (kvs, rev) = snapshot(&store).await;
+    assert_eq!((kvs.len(), rev), (9, 9));
+    drop(store);
+
+    // A truncated log is refused, even when what is left holds every record.
+    for keep in [value_at(5), wal.len() / 2, wal.len() - 4096] {
+        let e = open_image(dir.path(), "short.redb", &db, &wal[..keep])
+            .err()
+            .unwrap_or_else(|| panic!("a log truncated to {keep} bytes opened"));
+        assert!(e.to_string().contains("short.redb.wal"), "{e}");
+    }
+}
+
+/// Issue 17: another store's log beside a store whose revisions overlap was replayed into it.
+#[tokio::test]
+async fn another_stores_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db_a, _) = crash_image(dir.path(), "a.redb", 3).await;
+    let (_, wal_b) = crash_image(dir.path(), "b.redb", 6).await;
+    let e = open_image(dir.path(), "mixed.redb", &db_a, &wal_b)
+        .err()
+        .expect("a store opened with another store's log");
+    let message = e.to_string();
+    assert!(message.contains("mixed.redb.wal"), "{message}");
+    assert!(message.contains("another store"), "{message}");
+    assert!(!e.is_transient(), "{message}");
+    // Its own log still opens it.
+    let (db_a, wal_a) = crash_image(dir.path(), "a2.redb", 3).await;
+    let store = open_image(dir.path(), "mixed.redb", &db_a, &wal_a).unwrap();
+    assert_eq!(snapshot(&store).await.1, 3);
+}
