@@ -733,9 +733,9 @@ impl Runtime for ProcessRuntime {
             &self.inner.config.search_path,
             path_var.map(|s| &**s),
         )?;
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&command[1..])
-            .env_clear()
+        check_program(&program, &cwd)?;
+        let mut cmd = command_in(&cgroups, false, &program, &command[1..]);
+        cmd.env_clear()
             .envs(env)
             .current_dir(&cwd)
             .stdin(Stdio::null())
@@ -745,9 +745,6 @@ impl Runtime for ProcessRuntime {
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| spawn_error(&program, e))?;
         let child_pid = child.id().and_then(|p| i32::try_from(p).ok());
-        if let Some(p) = child_pid {
-            let _ = cgroup::add(&cgroups, p);
-        }
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let run = async {
             let (o, e, status) = tokio::join!(
@@ -844,6 +841,7 @@ impl Runtime for ProcessRuntime {
                 w
             }
         };
+        check_program(&program, &work_dir)?;
         let log_path = dir.join(LOG_FILE);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -872,9 +870,15 @@ impl Runtime for ProcessRuntime {
             }
         };
 
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(t.command.iter().skip(1).chain(&t.args))
-            .env_clear()
+        // The child joins its cgroups itself, before it runs any of the workload's code.
+        let strict = t.resources != Default::default();
+        let mut cmd = command_in(
+            &cgroups,
+            strict,
+            &program,
+            t.command.iter().skip(1).chain(&t.args),
+        );
+        cmd.env_clear()
             .envs(env)
             .current_dir(&work_dir)
             .stdin(Stdio::null())
@@ -896,20 +900,6 @@ impl Runtime for ProcessRuntime {
                 "the child process has no pid".into(),
             ));
         };
-        // The child runs in our cgroup until moved here, so for a few microseconds it may fork
-        // (those children stay outside) or allocate without limit. Closing the window would
-        // need a pre-exec hook (unsafe) or a wrapper process.
-        if let Err(e) = cgroup::add(&cgroups, pid) {
-            if t.resources != Default::default() {
-                kill_group(pid);
-                cgroup::remove(&cgroups).await;
-                return Err(RuntimeError::Io {
-                    context: format!("cannot move {} (pid {pid}) into its cgroup", spec.id),
-                    source: e,
-                });
-            }
-            tracing::warn!(workload = %spec.id, error = %e, "process runtime: running without a cgroup");
-        }
         let start_time = match procfs::stat(pid) {
             Ok(s) => s.start_time,
             Err(e) => {
@@ -1047,6 +1037,78 @@ impl Runtime for ProcessRuntime {
             follow,
         ))
     }
+}
+
+/// Joins the cgroups named by its arguments (`cgroup.procs` files up to `--`), then execs the
+/// rest: the shell's pid, which the workload keeps, is in the cgroups before the workload's first
+/// instruction, so nothing it forks can start outside them. With `$0` `strict`, failing to join
+/// ends the run with exit code 125 (its reason in the log); otherwise the workload runs without.
+const JOIN_CGROUPS: &str = r#"for f; do [ "$f" = -- ] && break; if ! echo $$ > "$f"; then echo "orch: cannot join the cgroup $f" >&2; [ "$0" = strict ] && exit 125; fi; shift; done; shift; exec "$@""#;
+
+/// A command running `program` with `args`: directly without cgroups, else through
+/// [`JOIN_CGROUPS`] (`/bin/sh`, which the workload replaces by `exec`, keeping the pid, the
+/// process group and the start time the state file records).
+fn command_in<I, S>(
+    cgroups: &[PathBuf],
+    strict: bool,
+    program: &Path,
+    args: I,
+) -> tokio::process::Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    if cgroups.is_empty() {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
+        return cmd;
+    }
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(JOIN_CGROUPS)
+        .arg(if strict { "strict" } else { "lenient" })
+        .args(cgroups.iter().map(|d| d.join("cgroup.procs")))
+        .arg("--")
+        .arg(program)
+        .args(args);
+    cmd
+}
+
+/// Refuses a `program` that cannot be executed (relative names are taken from `work_dir`),
+/// as a spawn would, since the shell that joins the cgroups only finds out after the start (and
+/// would run a file of another format as a shell script).
+fn check_program(program: &Path, work_dir: &Path) -> Result<(), RuntimeError> {
+    let full = work_dir.join(program);
+    let refuse = |why: String| {
+        Err(RuntimeError::StartFailed(format!(
+            "cannot run {}: {why}",
+            program.display()
+        )))
+    };
+    if let Err(e) = std::fs::metadata(&full) {
+        return refuse(e.to_string());
+    }
+    if !is_executable(&full) {
+        return refuse("not an executable file".into());
+    }
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(&full)
+        .and_then(|mut f| io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    let known = head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!");
+    if !known && !binfmt_misc_in_use() {
+        return refuse("not an executable format (neither ELF nor a #! script)".into());
+    }
+    Ok(())
+}
+
+/// Whether the kernel has extra executable formats registered (binfmt_misc), which the
+/// ELF-or-`#!` check in [`check_program`] would not know.
+fn binfmt_misc_in_use() -> bool {
+    std::fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| !matches!(e.file_name().to_str(), Some("status" | "register")))
+    })
 }
 
 /// SIGKILLs the process group led by `pid`, which this runtime just spawned.
