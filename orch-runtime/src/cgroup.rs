@@ -242,14 +242,6 @@ pub(crate) fn procs(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Moves `pid` into each cgroup in `dirs`.
-pub(crate) fn add(dirs: &[PathBuf], pid: i32) -> io::Result<()> {
-    for d in dirs {
-        write(&d.join("cgroup.procs"), &pid.to_string())?;
-    }
-    Ok(())
-}
-
 /// SIGKILLs every process in the cgroups `dirs` (with `cgroup.kill` where the kernel has it).
 /// Returns how many processes were found.
 ///

@@ -3,14 +3,13 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{self, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use orch_core::runtime::{LogStream, RuntimeError};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// The file a workload's stdout and stderr go to, inside its directory.
 pub(crate) const LOG_FILE: &str = "output.log";
@@ -61,9 +60,98 @@ pub(crate) fn rotate_if_needed(current: &Path, max_bytes: u64, keep: usize) -> i
     Ok(true)
 }
 
-/// One stretch of a file still to be read.
+/// Copies `input` (a workload's output pipe) into `current` until end of input, keeping
+/// `current` at most `max_bytes` long (at least 1): when the next piece would not fit, what fits
+/// (up to the last line break, or `max_bytes` exactly for a longer line) is written, older files
+/// shift up (`.1` → `.2`, the oldest beyond `keep` dropped), `current` is renamed to `.1` and a
+/// new `current` is started; with `keep` 0 it is truncated instead. A file already past the cap
+/// is rotated first. Nothing is lost between writes, and no file outgrows the cap.
+///
+/// Write errors (a full disk) drop output rather than stop reading: the workload never blocks
+/// on, or is killed by, its log. This is what a log writer process runs
+/// ([`ProcessConfig::log_writer`](crate::ProcessConfig::log_writer)); it returns when every
+/// holder of the pipe's write end has closed it.
+pub fn copy_capped(
+    mut input: impl io::Read,
+    current: &Path,
+    max_bytes: u64,
+    keep: usize,
+) -> io::Result<()> {
+    let max = max_bytes.max(1);
+    let open = |p: &Path| fs::OpenOptions::new().create(true).append(true).open(p);
+    let mut file = open(current)?;
+    let mut len = file.metadata()?.len();
+    if len >= max {
+        (file, len) = rotate(current, file, keep)?;
+    }
+    let mut buf = vec![0u8; CHUNK as usize];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            let room = usize::try_from(max - len).unwrap_or(usize::MAX);
+            let cut = if data.len() <= room {
+                data.len()
+            } else {
+                match data[..room].iter().rposition(|b| *b == b'\n') {
+                    Some(i) => i + 1,
+                    None if len == 0 => room,
+                    None => 0,
+                }
+            };
+            // A failed write (ENOSPC) loses this piece; the length is re-read to stay exact.
+            if io::Write::write_all(&mut file, &data[..cut]).is_ok() {
+                len += cut as u64;
+            } else {
+                len = file.metadata().map(|m| m.len()).unwrap_or(len);
+            }
+            data = &data[cut..];
+            if !data.is_empty() {
+                match rotate(current, file, keep) {
+                    Ok(next) => (file, len) = next,
+                    // Cannot rotate: drop the rest of this chunk and try again later.
+                    Err(_) => {
+                        file = open(current)?;
+                        len = file.metadata()?.len().min(max);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Closes `file` (at `current`) and starts an empty one: renamed to `.1` after the older files
+/// shift up, or truncated with `keep` 0.
+fn rotate(current: &Path, file: fs::File, keep: usize) -> io::Result<(fs::File, u64)> {
+    if keep == 0 {
+        file.set_len(0)?;
+        return Ok((file, 0));
+    }
+    drop(file);
+    for n in (1..keep).rev() {
+        match fs::rename(rotated(current, n), rotated(current, n + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    fs::rename(current, rotated(current, 1))?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(current)?;
+    Ok((file, 0))
+}
+
+/// One stretch of an open log file still to be read.
 struct Segment {
     path: PathBuf,
+    file: Arc<fs::File>,
     pos: u64,
     end: u64,
 }
@@ -79,45 +167,66 @@ pub(crate) fn while_present<T: Send + Sync + 'static>(
     Arc::new(move || owner.upgrade().is_some_and(|o| present(&o)))
 }
 
+/// The file a following stream reads: the one open at `current` when last looked.
+struct Followed {
+    file: Arc<fs::File>,
+    ino: u64,
+}
+
 struct Cursor {
     segments: VecDeque<Segment>,
     current: PathBuf,
+    keep: usize,
+    /// Where the followed file is read next.
     pos: u64,
+    followed: Option<Followed>,
     follow: Option<KeepFollowing>,
 }
 
 /// A stream of the logs at `current` and its `keep` rotated files, oldest first, starting
-/// `tail` bytes before the end (all of it with `None`). With `follow`, it then polls the current
-/// file for appended output until `follow` returns false or the stream is dropped; when the file
-/// shrinks (rotated), it reads again from its start.
+/// `tail` bytes before the end (all of it with `None`). The files are opened at once, so a
+/// rotation while the stream reads them does not mix them up. With `follow`, it then polls the
+/// current file for appended output until `follow` returns false or the stream is dropped: when
+/// a rotation renames the file away (a log writer), it reads the renamed one to its end, then
+/// the new one from its start, losing nothing; when it is truncated in place (copy-and-truncate
+/// without a writer), it reads again from its start.
 pub(crate) fn stream(
     current: PathBuf,
     keep: usize,
     tail: Option<u64>,
     follow: Option<KeepFollowing>,
 ) -> LogStream {
-    let len_of = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let mut files: Vec<(PathBuf, u64)> = (1..=keep)
+    let open = |p: &Path| -> Option<(Arc<fs::File>, u64, u64)> {
+        let f = fs::File::open(p).ok()?;
+        let m = f.metadata().ok()?;
+        Some((
+            Arc::new(f),
+            m.len(),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        ))
+    };
+    let mut files: Vec<(PathBuf, Arc<fs::File>, u64)> = (1..=keep)
         .rev()
         .map(|n| rotated(&current, n))
-        .filter(|p| p.exists())
-        .map(|p| {
-            let len = len_of(&p);
-            (p, len)
-        })
+        .filter_map(|p| open(&p).map(|(f, len, _)| (p, f, len)))
         .collect();
-    let current_len = len_of(&current);
-    files.push((current.clone(), current_len));
-    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    let opened = open(&current);
+    let current_len = opened.as_ref().map_or(0, |(_, len, _)| *len);
+    let followed = opened.map(|(file, len, ino)| {
+        files.push((current.clone(), file.clone(), len));
+        Followed { file, ino }
+    });
+    let total: u64 = files.iter().map(|(_, _, len)| len).sum();
     let mut skip = tail.map_or(0, |t| total.saturating_sub(t));
     let mut segments = VecDeque::new();
-    for (path, len) in files {
+    for (path, file, len) in files {
         if skip >= len {
             skip -= len;
             continue;
         }
         segments.push_back(Segment {
             path,
+            file,
             pos: skip,
             end: len,
         });
@@ -126,7 +235,9 @@ pub(crate) fn stream(
     let cursor = Cursor {
         segments,
         current,
+        keep,
         pos: current_len,
+        followed,
         follow,
     };
     futures::stream::unfold(cursor, |mut c| async move {
@@ -142,16 +253,13 @@ async fn next(c: &mut Cursor) -> Option<Result<Vec<u8>, RuntimeError>> {
             c.segments.pop_front();
             continue;
         }
-        match read_at(&seg.path, seg.pos, (seg.end - seg.pos).min(CHUNK)).await {
+        match read_at(&seg.file, seg.pos, (seg.end - seg.pos).min(CHUNK)).await {
             Ok(buf) if !buf.is_empty() => {
                 seg.pos += buf.len() as u64;
                 return Some(Ok(buf));
             }
-            // Gone or shrunk (rotated meanwhile): nothing more in this stretch.
+            // Shrunk (truncated meanwhile): nothing more in this stretch.
             Ok(_) => {
-                c.segments.pop_front();
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 c.segments.pop_front();
             }
             Err(e) => return Some(Err(read_error(&seg.path, e))),
@@ -162,36 +270,97 @@ async fn next(c: &mut Cursor) -> Option<Result<Vec<u8>, RuntimeError>> {
         if !follow() {
             return None;
         }
-        let len = match tokio::fs::metadata(&c.current).await {
+        let at_path = match tokio::fs::metadata(&c.current).await {
+            Ok(m) => Some(std::os::unix::fs::MetadataExt::ino(&m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Some(Err(read_error(&c.current, e))),
+        };
+        let Some(f) = &c.followed else {
+            // Nothing open yet: the file appeared (or the stream began before it existed).
+            if at_path.is_some() {
+                if let Ok(file) = fs::File::open(&c.current) {
+                    let ino = file
+                        .metadata()
+                        .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m));
+                    c.followed = Some(Followed {
+                        file: Arc::new(file),
+                        ino,
+                    });
+                    c.pos = 0;
+                    continue;
+                }
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+            continue;
+        };
+        // The length of the open file, read after the path was looked at: if the path has moved
+        // on, every write to this file came before the rename, so this length is final.
+        let len = match f.file.metadata() {
             Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Some(Err(read_error(&c.current, e))),
         };
         if len < c.pos {
-            // Truncated by rotation: what is there now is new.
+            // Truncated in place: what is there now is new.
             c.pos = 0;
         }
         if len > c.pos {
-            match read_at(&c.current, c.pos, (len - c.pos).min(CHUNK)).await {
+            match read_at(&f.file, c.pos, (len - c.pos).min(CHUNK)).await {
                 Ok(buf) if !buf.is_empty() => {
                     c.pos += buf.len() as u64;
                     return Some(Ok(buf));
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Some(Err(read_error(&c.current, e))),
             }
+        }
+        if at_path != Some(f.ino) {
+            // Rotated away and read to its end: on to the file written after it, which is the
+            // next newer rotated one when several rotations happened since the last look, else
+            // the current one (opened on the next round).
+            c.followed = successor(&c.current, c.keep, f.ino);
+            c.pos = 0;
+            continue;
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 
-async fn read_at(path: &Path, pos: u64, len: u64) -> io::Result<Vec<u8>> {
-    let mut f = tokio::fs::File::open(path).await?;
-    f.seek(SeekFrom::Start(pos)).await?;
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(len).read_to_end(&mut buf).await?;
-    Ok(buf)
+/// The rotated file written after the one with inode `ino`, if `ino` is a rotated file other
+/// than the newest (`.1`).
+fn successor(current: &Path, keep: usize, ino: u64) -> Option<Followed> {
+    let ino_of = |p: &Path| {
+        fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    let k = (2..=keep).find(|n| ino_of(&rotated(current, *n)) == Some(ino))?;
+    let file = fs::File::open(rotated(current, k - 1)).ok()?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().ok()?);
+    Some(Followed {
+        file: Arc::new(file),
+        ino,
+    })
+}
+
+/// Up to `len` bytes of `file` from `pos`.
+async fn read_at(file: &Arc<fs::File>, pos: u64, len: u64) -> io::Result<Vec<u8>> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match std::os::unix::fs::FileExt::read_at(&*file, &mut buf[got..], pos + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 fn read_error(path: &Path, source: io::Error) -> RuntimeError {
@@ -225,6 +394,54 @@ mod tests {
         assert_eq!(only_current, b"cccc");
         let nothing = collect(stream(cur.clone(), 2, Some(0), None)).await;
         assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn copy_capped_never_outgrows_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let cur = dir.path().join(LOG_FILE);
+        // Already past the cap: rotated before anything is written.
+        fs::write(&cur, vec![b'x'; 50]).unwrap();
+        let lines: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("line {i:04}\n").into_bytes())
+            .collect();
+        // A 10-byte line and a 25-byte line, then 30 bytes without a line break.
+        let input = [
+            lines.clone(),
+            b"123456789\n".to_vec(),
+            vec![b'a'; 24],
+            b"\n".to_vec(),
+        ]
+        .concat();
+        let input = [input, vec![b'z'; 30]].concat();
+        copy_capped(&input[..], &cur, 20, 3).unwrap();
+        let sizes: Vec<u64> = [
+            cur.clone(),
+            rotated(&cur, 1),
+            rotated(&cur, 2),
+            rotated(&cur, 3),
+        ]
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+        assert!(sizes.iter().all(|s| *s <= 20), "{sizes:?}");
+        assert!(!rotated(&cur, 4).exists());
+        // Newest first: the unbroken tail split at the cap, then the 25-byte line, which did
+        // not fit after the 10-byte one and was itself split at the cap in a file of its own.
+        assert_eq!(fs::read(&cur).unwrap(), vec![b'z'; 10]);
+        assert_eq!(fs::read(rotated(&cur, 1)).unwrap(), vec![b'z'; 20]);
+        assert_eq!(fs::read(rotated(&cur, 2)).unwrap(), b"aaaa\n");
+        assert_eq!(fs::read(rotated(&cur, 3)).unwrap(), vec![b'a'; 20]);
+        // keep 0: one file, truncated.
+        let solo = dir.path().join("solo.log");
+        copy_capped(&lines[..], &solo, 100, 0).unwrap();
+        assert!(fs::metadata(&solo).unwrap().len() <= 100);
+        assert!(!rotated(&solo, 1).exists());
+        let text = String::from_utf8(fs::read(&solo).unwrap()).unwrap();
+        assert!(
+            text.ends_with("line 0999\n") && text.starts_with("line "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! file so that a restarted runtime re-adopts what still runs.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use tokio::task::AbortHandle;
 use crate::cgroup::{self, Cgroups};
 use crate::logs::{self, LOG_FILE};
 use crate::procfs;
-use crate::state::{self, Record, STATE_FILE};
+use crate::state::{self, Proc, Record, STATE_FILE};
 
 /// Environment variables passed through from the runtime's own environment.
 const INHERITED_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
@@ -35,6 +36,8 @@ const ROTATE_EVERY: Duration = Duration::from_secs(1);
 const POLL_EXIT: Duration = Duration::from_millis(100);
 /// How long to wait for a process to die after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long an ended run waits for its log writer to drain the pipe and exit.
+const WRITER_WAIT: Duration = Duration::from_secs(1);
 
 /// Configuration of a [`ProcessRuntime`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,10 +48,22 @@ pub struct ProcessConfig {
     pub host_ip: String,
     /// Directories searched for a bare command name before `PATH`.
     pub search_path: Vec<PathBuf>,
-    /// Size at which a workload's log file is rotated.
+    /// The most a workload's log file holds before it is rotated: a hard cap with a
+    /// [`log_writer`](ProcessConfig::log_writer), else a soft one (checked every second).
     pub log_max_bytes: u64,
     /// How many rotated log files are kept.
     pub log_keep: usize,
+    /// The command (program, then leading arguments) of a log writer process, to which the
+    /// runtime appends `FILE MAX_BYTES KEEP`. Each run then writes its output to a pipe that
+    /// the writer, started beside it, copies into `FILE` with [`copy_capped`](crate::copy_capped)
+    /// (never past `MAX_BYTES`, keeping `KEEP` rotated files) until every holder of the pipe
+    /// has closed it. The writer is not a thread of this process, so it outlives the runtime
+    /// with the workload and is re-adopted with it (orchd passes `orchd log-writer`).
+    ///
+    /// With `None` (the default), or when the writer cannot be started, output goes straight
+    /// to the file and the cap is soft: the runtime rotates by copy-and-truncate once a second,
+    /// so a fast writer can outgrow it by what it writes in a second.
+    pub log_writer: Option<Vec<OsString>>,
     /// Where the cgroup file system is mounted; `/sys/fs/cgroup` when `None`.
     pub cgroup_root: Option<PathBuf>,
 }
@@ -64,6 +79,7 @@ impl ProcessConfig {
             log_max_bytes: 10 << 20,
             log_keep: 1,
             cgroup_root: None,
+            log_writer: None,
         }
     }
 }
@@ -73,8 +89,10 @@ impl ProcessConfig {
 /// - The process gets its own process group, which [`Runtime::stop`] signals as a whole; with
 ///   cgroups, every process left in the workload's cgroup is killed too, so nothing it spawned
 ///   outlives it.
-/// - Its stdout and stderr go straight to `state_dir/<id>/output.log` (never through a pipe to
-///   this process), so workloads keep running when the runtime's host process stops.
+/// - Its stdout and stderr go to `state_dir/<id>/output.log`, never through this process, so
+///   workloads keep running when the runtime's host process stops: through a pipe to a log
+///   writer process of its own ([`ProcessConfig::log_writer`], which holds the size cap
+///   exactly and outlives this process with the workload), or straight to the file.
 /// - `state_dir/<id>/state.json` records the pid and the process start time; a new runtime on
 ///   the same state directory re-adopts processes that still run (the start time guards
 ///   against a reused pid: a process that merely has the recorded pid is never touched).
@@ -119,6 +137,31 @@ struct Run {
     pid: i32,
     cgroups: Vec<PathBuf>,
     exit: watch::Sender<Option<ExitStatus>>,
+    writer: Option<Writer>,
+}
+
+/// A run's log writer process.
+enum Writer {
+    /// Spawned by this runtime.
+    Child(tokio::process::Child),
+    /// Spawned by an earlier runtime on the same state directory.
+    Adopted(Proc),
+}
+
+impl Writer {
+    /// Waits up to `limit` for the writer to drain the pipe and exit.
+    async fn wait(self, limit: Duration) {
+        let done = match self {
+            Writer::Child(mut c) => tokio::time::timeout(limit, c.wait()).await.is_ok(),
+            Writer::Adopted(p) => tokio::time::timeout(limit, wait_foreign(p.pid, p.start_time))
+                .await
+                .is_ok(),
+        };
+        if !done {
+            // Something outside the workload's cgroup still holds the pipe.
+            tracing::debug!("process runtime: the log writer outlives its run");
+        }
+    }
 }
 
 impl ProcessRuntime {
@@ -277,6 +320,7 @@ impl Inner {
                         pid: record.pid,
                         cgroups: record.cgroups.clone(),
                         exit: tx,
+                        writer: record.log_writer.map(Writer::Adopted),
                     };
                     let start_time = record.start_time;
                     lock(&self.workloads).insert(
@@ -317,14 +361,18 @@ impl Inner {
         Ok(())
     }
 
-    /// Records how run `run` ended: cleans up what it left behind, persists, notifies.
-    async fn finish(&self, run: Run, mut status: ExitStatus) {
+    /// Records how run `run` ended: cleans up what it left behind, lets its log writer finish,
+    /// persists, notifies (so its logs are complete once the exit is reported).
+    async fn finish(&self, mut run: Run, mut status: ExitStatus) {
         // No orphans: whatever the process left in its group or cgroup goes with it. (The group
         // id is the leader's pid; while members remain the kernel does not reuse it.)
         if let Some(p) = Pid::from_raw(run.pid) {
             let _ = rustix::process::kill_process_group(p, Signal::KILL);
         }
         cgroup::kill_all(&run.cgroups);
+        if let Some(w) = run.writer.take() {
+            w.wait(WRITER_WAIT).await;
+        }
         if (status.signal == Some(9) || (status.signal.is_none() && status.code.is_none()))
             && cgroup::oom_killed(&run.cgroups)
         {
@@ -361,7 +409,7 @@ impl Inner {
             tick.tick().await;
             let paths: Vec<PathBuf> = lock(&self.workloads)
                 .values()
-                .filter(|e| e.record.exit.is_none())
+                .filter(|e| e.record.exit.is_none() && e.record.log_writer.is_none())
                 .map(|e| self.dir(&e.record.id).join(LOG_FILE))
                 .collect();
             let (max, keep) = (self.config.log_max_bytes, self.config.log_keep);
@@ -374,6 +422,29 @@ impl Inner {
             })
             .await;
         }
+    }
+
+    /// Where the output of a new run of `id` goes: the write end of a pipe read by a new log
+    /// writer process (returned with it), or the log file itself when there is no writer.
+    fn log_sink(
+        &self,
+        id: &str,
+        log_path: &Path,
+    ) -> Result<(std::os::fd::OwnedFd, Option<(tokio::process::Child, Proc)>), RuntimeError> {
+        if let Some(command) = self.config.log_writer.as_ref().filter(|c| !c.is_empty()) {
+            match spawn_writer(command, log_path, &self.config) {
+                Ok((fd, child, p)) => return Ok((fd, Some((child, p)))),
+                Err(e) => {
+                    tracing::warn!(workload = %id, command = ?command, error = %e, "process runtime: cannot start the log writer; output goes straight to the file, capped only once a second");
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(io_error(format!("cannot open {}", log_path.display())))?;
+        Ok((file.into(), None))
     }
 
     /// Signals the group of a running process, after checking it is still the recorded one.
@@ -425,6 +496,37 @@ impl Inner {
             }),
         }
     }
+}
+
+/// Starts the log writer `command` on `log_path`; returns the write end of its pipe.
+fn spawn_writer(
+    command: &[OsString],
+    log_path: &Path,
+    config: &ProcessConfig,
+) -> io::Result<(std::os::fd::OwnedFd, tokio::process::Child, Proc)> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .arg(log_path)
+        .arg(config.log_max_bytes.to_string())
+        .arg(config.log_keep.to_string())
+        .env_clear()
+        .current_dir(log_path.parent().unwrap_or(Path::new("/")))
+        .stdin(Stdio::from(read))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Not in the workload's group, so signals meant for the workload leave it draining.
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = cmd.spawn()?;
+    // Closes this process's read end: the pipe's reader is the writer alone.
+    drop(cmd);
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| io::Error::other("the log writer has no pid"))?;
+    let start_time = procfs::stat(pid)?.start_time;
+    Ok((write, child, Proc { pid, start_time }))
 }
 
 /// Waits up to `limit` for the exit status; `None` when time runs out.
@@ -733,9 +835,9 @@ impl Runtime for ProcessRuntime {
             &self.inner.config.search_path,
             path_var.map(|s| &**s),
         )?;
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&command[1..])
-            .env_clear()
+        check_program(&program, &cwd)?;
+        let mut cmd = command_in(&cgroups, false, &program, &command[1..]);
+        cmd.env_clear()
             .envs(env)
             .current_dir(&cwd)
             .stdin(Stdio::null())
@@ -745,9 +847,6 @@ impl Runtime for ProcessRuntime {
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| spawn_error(&program, e))?;
         let child_pid = child.id().and_then(|p| i32::try_from(p).ok());
-        if let Some(p) = child_pid {
-            let _ = cgroup::add(&cgroups, p);
-        }
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let run = async {
             let (o, e, status) = tokio::join!(
@@ -801,12 +900,12 @@ impl Runtime for ProcessRuntime {
             ));
         };
         let _ops = inner.ops.lock().await;
-        let old_cgroups = match lock(&inner.workloads).get(&spec.id) {
+        let (old_cgroups, old_writer) = match lock(&inner.workloads).get(&spec.id) {
             Some(e) if e.record.exit.is_none() => {
                 return Err(RuntimeError::AlreadyRunning(spec.id.clone()))
             }
-            Some(e) => e.record.cgroups.clone(),
-            None => Vec::new(),
+            Some(e) => (e.record.cgroups.clone(), e.record.log_writer),
+            None => (Vec::new(), None),
         };
 
         let dir = inner.dir(&spec.id);
@@ -844,15 +943,17 @@ impl Runtime for ProcessRuntime {
                 w
             }
         };
-        let log_path = dir.join(LOG_FILE);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_error(format!("cannot open {}", log_path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(io_error(format!("cannot open {}", log_path.display())))?;
+        check_program(&program, &work_dir)?;
+        // A writer still draining an earlier run (held open by a process that escaped it)
+        // would rotate the files under the new one.
+        if let Some(w) = old_writer {
+            kill_proc(w);
+        }
+        let (log, writer) = inner.log_sink(&spec.id, &dir.join(LOG_FILE))?;
+        let log2 = log.try_clone().map_err(io_error(format!(
+            "cannot duplicate the output of {}",
+            spec.id
+        )))?;
 
         // A fresh cgroup per run (so the OOM counter is this run's).
         if !old_cgroups.is_empty() {
@@ -872,9 +973,15 @@ impl Runtime for ProcessRuntime {
             }
         };
 
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(t.command.iter().skip(1).chain(&t.args))
-            .env_clear()
+        // The child joins its cgroups itself, before it runs any of the workload's code.
+        let strict = t.resources != Default::default();
+        let mut cmd = command_in(
+            &cgroups,
+            strict,
+            &program,
+            t.command.iter().skip(1).chain(&t.args),
+        );
+        cmd.env_clear()
             .envs(env)
             .current_dir(&work_dir)
             .stdin(Stdio::null())
@@ -896,20 +1003,6 @@ impl Runtime for ProcessRuntime {
                 "the child process has no pid".into(),
             ));
         };
-        // The child runs in our cgroup until moved here, so for a few microseconds it may fork
-        // (those children stay outside) or allocate without limit. Closing the window would
-        // need a pre-exec hook (unsafe) or a wrapper process.
-        if let Err(e) = cgroup::add(&cgroups, pid) {
-            if t.resources != Default::default() {
-                kill_group(pid);
-                cgroup::remove(&cgroups).await;
-                return Err(RuntimeError::Io {
-                    context: format!("cannot move {} (pid {pid}) into its cgroup", spec.id),
-                    source: e,
-                });
-            }
-            tracing::warn!(workload = %spec.id, error = %e, "process runtime: running without a cgroup");
-        }
         let start_time = match procfs::stat(pid) {
             Ok(s) => s.start_time,
             Err(e) => {
@@ -929,6 +1022,7 @@ impl Runtime for ProcessRuntime {
             started_at: Timestamp::now(),
             exit: None,
             cgroups: cgroups.clone(),
+            log_writer: writer.as_ref().map(|(_, p)| *p),
         };
         if let Err(source) = persist(&dir.join(STATE_FILE), &record).await {
             // Untracked, it could never be stopped after a restart: better not to run it.
@@ -956,6 +1050,7 @@ impl Runtime for ProcessRuntime {
             pid,
             cgroups,
             exit: tx,
+            writer: writer.map(|(c, _)| Writer::Child(c)),
         };
         let me = inner.clone();
         let mut child = child;
@@ -994,12 +1089,15 @@ impl Runtime for ProcessRuntime {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let inner = &self.inner;
         let _ops = inner.ops.lock().await;
-        let cgroups = match lock(&inner.workloads).get(id) {
-            Some(e) => e.record.cgroups.clone(),
+        let (cgroups, writer) = match lock(&inner.workloads).get(id) {
+            Some(e) => (e.record.cgroups.clone(), e.record.log_writer),
             None => return Err(RuntimeError::NotFound(id.into())),
         };
         inner.stop(id, Signal::KILL, Duration::ZERO).await?;
         cgroup::remove(&cgroups).await;
+        if let Some(w) = writer {
+            kill_proc(w);
+        }
         let tmp = inner.tmpfs.join(id);
         let _ = tokio::task::spawn_blocking(move || crate::mounts::remove_tree(&tmp)).await;
         let dir = inner.dir(id);
@@ -1046,6 +1144,87 @@ impl Runtime for ProcessRuntime {
             opts.tail_bytes,
             follow,
         ))
+    }
+}
+
+/// Joins the cgroups named by its arguments (`cgroup.procs` files up to `--`), then execs the
+/// rest: the shell's pid, which the workload keeps, is in the cgroups before the workload's first
+/// instruction, so nothing it forks can start outside them. With `$0` `strict`, failing to join
+/// ends the run with exit code 125 (its reason in the log); otherwise the workload runs without.
+const JOIN_CGROUPS: &str = r#"for f; do [ "$f" = -- ] && break; if ! echo $$ > "$f"; then echo "orch: cannot join the cgroup $f" >&2; [ "$0" = strict ] && exit 125; fi; shift; done; shift; exec "$@""#;
+
+/// A command running `program` with `args`: directly without cgroups, else through
+/// [`JOIN_CGROUPS`] (`/bin/sh`, which the workload replaces by `exec`, keeping the pid, the
+/// process group and the start time the state file records).
+fn command_in<I, S>(
+    cgroups: &[PathBuf],
+    strict: bool,
+    program: &Path,
+    args: I,
+) -> tokio::process::Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    if cgroups.is_empty() {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
+        return cmd;
+    }
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(JOIN_CGROUPS)
+        .arg(if strict { "strict" } else { "lenient" })
+        .args(cgroups.iter().map(|d| d.join("cgroup.procs")))
+        .arg("--")
+        .arg(program)
+        .args(args);
+    cmd
+}
+
+/// Refuses a `program` that cannot be executed (relative names are taken from `work_dir`),
+/// as a spawn would, since the shell that joins the cgroups only finds out after the start (and
+/// would run a file of another format as a shell script).
+fn check_program(program: &Path, work_dir: &Path) -> Result<(), RuntimeError> {
+    let full = work_dir.join(program);
+    let refuse = |why: String| {
+        Err(RuntimeError::StartFailed(format!(
+            "cannot run {}: {why}",
+            program.display()
+        )))
+    };
+    if let Err(e) = std::fs::metadata(&full) {
+        return refuse(e.to_string());
+    }
+    if !is_executable(&full) {
+        return refuse("not an executable file".into());
+    }
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(&full)
+        .and_then(|mut f| io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    let known = head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!");
+    if !known && !binfmt_misc_in_use() {
+        return refuse("not an executable format (neither ELF nor a #! script)".into());
+    }
+    Ok(())
+}
+
+/// Whether the kernel has extra executable formats registered (binfmt_misc), which the
+/// ELF-or-`#!` check in [`check_program`] would not know.
+fn binfmt_misc_in_use() -> bool {
+    std::fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| !matches!(e.file_name().to_str(), Some("status" | "register")))
+    })
+}
+
+/// SIGKILLs the process `p` if it still is the one recorded.
+fn kill_proc(p: Proc) {
+    if procfs::is_alive(p.pid, p.start_time) {
+        if let Some(pid) = Pid::from_raw(p.pid) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
     }
 }
 

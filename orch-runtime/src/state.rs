@@ -40,6 +40,19 @@ pub(crate) struct Record {
     /// The cgroup directories created for it (memory first), if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<PathBuf>,
+    /// The log writer process reading its output, if it has one (else the output goes straight
+    /// to the log file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_writer: Option<Proc>,
+}
+
+/// A process told apart from later ones with the same pid by its start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Proc {
+    /// The process id.
+    pub pid: i32,
+    /// `/proc/<pid>/stat` field 22.
+    pub start_time: u64,
 }
 
 /// Writes `record` to `path` atomically: a temporary file, fsync, rename, fsync of the directory.
@@ -87,6 +100,10 @@ mod tests {
             started_at: Timestamp(1_700_000_000_000),
             exit: None,
             cgroups: vec![],
+            log_writer: Some(Proc {
+                pid: 43,
+                start_time: 8,
+            }),
         };
         write(&path, &rec).unwrap();
         assert_eq!(read(&path).unwrap(), rec);

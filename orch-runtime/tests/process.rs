@@ -39,7 +39,42 @@ fn sh(id: &str, script: &str) -> WorkloadSpec {
 }
 
 async fn runtime(dir: &Path) -> ProcessRuntime {
-    ProcessRuntime::new(ProcessConfig::new(dir)).await.unwrap()
+    ProcessRuntime::new(with_writer(ProcessConfig::new(dir)))
+        .await
+        .unwrap()
+}
+
+/// `config` with a log writer process, as orchd configures it: this test binary itself, which
+/// run as `EXE log_writer_process --exact --quiet FILE MAX KEEP` runs only the test of that
+/// name, and that test then is the writer.
+fn with_writer(config: ProcessConfig) -> ProcessConfig {
+    ProcessConfig {
+        log_writer: Some(vec![
+            std::env::current_exe().unwrap().into(),
+            "log_writer_process".into(),
+            "--exact".into(),
+            "--quiet".into(),
+        ]),
+        ..config
+    }
+}
+
+/// The log writer when this binary is run as one (see [`with_writer`]); else nothing.
+#[test]
+fn log_writer_process() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, name, _, _, file, max, keep] = &args[..] else {
+        return;
+    };
+    if name == "log_writer_process" {
+        orch_runtime::copy_capped(
+            std::io::stdin().lock(),
+            Path::new(file),
+            max.parse().unwrap(),
+            keep.parse().unwrap(),
+        )
+        .unwrap();
+    }
 }
 
 /// Polls `check` every 20 ms until it yields a value; panics with `what` after the deadline.
@@ -717,4 +752,204 @@ async fn exec_runs_in_the_workloads_environment() {
         Err(RuntimeError::NotFound(_))
     ));
     rt.remove("ex").await.unwrap();
+}
+
+/// Pids of live processes whose command line holds `word` as an argument.
+fn processes_with_arg(word: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == word.as_bytes()))
+                && alive(*pid)
+        })
+        .collect()
+}
+
+/// A process the workload forks (and detaches with setsid) the moment it starts is in its
+/// cgroup from its first instruction, so removing the workload kills it too (issue 17: 2 of 5
+/// replicas of this script left their `setsid sleep` behind).
+#[tokio::test]
+async fn children_forked_at_start_stay_in_the_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    if !rt.info().limits_enforced {
+        println!("no cgroups on this machine: {}", rt.info().limits_note);
+        return;
+    }
+    // Arguments no other process has: this test's pid in the sleep durations.
+    let escaped = format!("{}1", 3_000_000 + std::process::id());
+    let leader = format!("{}4", 3_000_000 + std::process::id());
+    let mut reaper = Reaper::default();
+    let ids: Vec<String> = (0..8).map(|i| format!("t.fork{i}")).collect();
+    for id in &ids {
+        let w = rt
+            .start(&sh(
+                id,
+                &format!("( setsid sleep {escaped} & ) ; exec sleep {leader}"),
+            ))
+            .await
+            .unwrap();
+        reaper.watch(&w);
+    }
+    eventually("every detached child running", || {
+        (processes_with_arg(&escaped).len() == ids.len()).then_some(())
+    })
+    .await;
+    for id in &ids {
+        rt.remove(id).await.unwrap();
+    }
+    let left = processes_with_arg(&escaped);
+    for pid in &left {
+        if let Some(p) = Pid::from_raw(*pid) {
+            let _ = rustix::process::kill_process(p, Signal::KILL);
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "{} of {} detached children outlived their workload",
+        left.len(),
+        ids.len()
+    );
+    assert!(processes_with_arg(&leader).is_empty());
+}
+
+/// Sizes of `output.log`, `.1` and `.2` in `dir`.
+fn log_sizes(dir: &Path) -> [u64; 3] {
+    ["output.log", "output.log.1", "output.log.2"]
+        .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+}
+
+/// `yes` at full speed for 3 s against a 1 MiB cap: no file ever holds more than the cap, one
+/// rotated file is kept, rotation cuts at line ends (issue 17: 2.2 GiB in seconds). The test
+/// stops as soon as the cap is broken, so a regression cannot fill the disk.
+#[tokio::test]
+async fn the_log_cap_holds_under_yes() {
+    const CAP: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ProcessConfig {
+        log_max_bytes: CAP,
+        log_keep: 1,
+        ..ProcessConfig::new(dir.path())
+    };
+    let rt = ProcessRuntime::new(with_writer(config)).await.unwrap();
+    let mut reaper = Reaper::default();
+    let w = rt.start(&spec("t.yes", &["yes"])).await.unwrap();
+    let pid = reaper.watch(&w);
+    let wdir = rt.workload_dir("t.yes");
+    let (start, mut rotations, mut last_old) = (Instant::now(), 0, 0u64);
+    let mut worst = [0u64; 3];
+    while start.elapsed() < Duration::from_secs(3) {
+        let sizes = log_sizes(&wdir);
+        for (w, s) in worst.iter_mut().zip(sizes) {
+            *w = (*w).max(s);
+        }
+        if sizes.iter().any(|s| *s > CAP) || sizes[2] > 0 {
+            kill_group(pid);
+            panic!("log files {sizes:?} past the cap of {CAP} bytes (or a second rotated file)");
+        }
+        // A new `.1` (the inode changes) means one more rotation.
+        let old = std::fs::metadata(wdir.join("output.log.1"))
+            .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m));
+        if old != last_old {
+            rotations += 1;
+            last_old = old;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("yes for 3 s, cap {CAP}: largest sizes seen {worst:?}, {rotations} rotations seen");
+    assert!(rotations >= 2, "{rotations} rotations in 3 s of yes");
+    let old = std::fs::read(wdir.join("output.log.1")).unwrap();
+    assert_eq!(old.len() as u64, CAP, "a rotated file is filled to the cap");
+    assert!(old.chunks(2).all(|c| c == b"y\n"), "cut at line ends");
+    rt.remove("t.yes").await.unwrap();
+}
+
+/// A workload and its log writer outlive the runtime; a new one adopts both, the output keeps
+/// flowing (capped) meanwhile, `logs -f` follows across rotations, and stopping the workload
+/// ends its writer.
+#[tokio::test]
+async fn the_log_writer_is_adopted_with_its_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ProcessConfig {
+        log_max_bytes: 4096,
+        log_keep: 2,
+        ..ProcessConfig::new(dir.path())
+    };
+    let a = ProcessRuntime::new(with_writer(config.clone()))
+        .await
+        .unwrap();
+    let mut reaper = Reaper::default();
+    let w = a
+        .start(&sh(
+            "t.tick",
+            "i=0; while true; do printf 'tick%06d %0100d\\n' $i 0; i=$((i+1)); sleep 0.002; done",
+        ))
+        .await
+        .unwrap();
+    let pid = reaper.watch(&w);
+    let state = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join("t.tick/state.json")).unwrap())
+            .unwrap()
+    };
+    let writer = state()["log_writer"]["pid"].as_i64().unwrap() as i32;
+    assert!(alive(writer));
+    drop(a);
+    let grown = log_text_all(dir.path(), "t.tick");
+    eventually("output written with no runtime", || {
+        (log_text_all(dir.path(), "t.tick") != grown).then_some(())
+    })
+    .await;
+    let b = ProcessRuntime::new(with_writer(config)).await.unwrap();
+    assert_eq!(listed(&b, "t.tick").await.state, WorkloadState::Running);
+    let mut stream = b
+        .logs(
+            "t.tick",
+            LogOptions {
+                follow: true,
+                tail_bytes: Some(0),
+            },
+        )
+        .await
+        .unwrap();
+    // Followed across several rotations (4 KiB files, ~100 KB/s): ticks in order, none lost.
+    let mut seen = String::new();
+    tokio::time::timeout(DEADLINE, async {
+        while seen.matches("tick").count() < 200 {
+            let chunk = stream.next().await.expect("stream ended early").unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("followed output");
+    let ticks: Vec<u64> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick")?.get(..6)?.parse().ok())
+        .collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "followed ticks lost or reordered: {ticks:?}"
+    );
+    for s in log_sizes(&b.workload_dir("t.tick")) {
+        assert!(s <= 4096, "{s} bytes");
+    }
+    b.stop("t.tick", "SIGTERM", DEADLINE).await.unwrap();
+    assert!(!alive(pid));
+    eventually("the log writer to exit", || (!alive(writer)).then_some(())).await;
+    b.remove("t.tick").await.unwrap();
+}
+
+/// Everything in `dir/id`'s current and rotated logs.
+fn log_text_all(dir: &Path, id: &str) -> String {
+    ["output.log.2", "output.log.1", "output.log"]
+        .map(|f| std::fs::read_to_string(dir.join(id).join(f)).unwrap_or_default())
+        .concat()
+}
+
+fn kill_group(pid: i32) {
+    if let Some(p) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process_group(p, Signal::KILL);
+    }
 }

@@ -113,14 +113,15 @@ pub async fn process_runtime(
     host_ip: Option<&str>,
 ) -> anyhow::Result<Arc<orch_runtime::ProcessRuntime>> {
     let mut search = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    {
+    let exe = std::env::current_exe().ok();
+    if let Some(exe_dir) = exe.as_ref().and_then(|p| p.parent().map(Path::to_path_buf)) {
         search.push(exe_dir);
     }
     let mut config = orch_runtime::ProcessConfig {
         search_path: search,
+        // Each workload's output goes through `orchd log-writer`, which holds the cap exactly
+        // and outlives this daemon with the workload.
+        log_writer: exe.map(|e| vec![e.into_os_string(), "log-writer".into()]),
         ..orch_runtime::ProcessConfig::new(dir.to_path_buf())
     };
     if let Some(ip) = host_ip {

@@ -47,6 +47,33 @@ enum Command {
     /// Put a new key first in DATA_DIR/secret-keys (the key secrets are sealed with at rest);
     /// the daemon re-seals every secret under it at its next start.
     RotateSecretKey(RotateArgs),
+    /// Internal: the log writer the process runtime starts beside each workload (its output
+    /// on stdin, copied into FILE, never past MAX_BYTES, KEEP rotated files).
+    #[command(hide = true)]
+    LogWriter(LogWriterArgs),
+}
+
+/// Arguments of the hidden `orchd log-writer` (given by the process runtime).
+#[derive(clap::Args)]
+struct LogWriterArgs {
+    /// The log file.
+    file: PathBuf,
+    /// The most the file holds before it is rotated.
+    max_bytes: u64,
+    /// How many rotated files are kept.
+    keep: usize,
+}
+
+/// Copies stdin into the log until every writer of the pipe has closed it. Runs with no async
+/// runtime and no logging: it is one small process per workload.
+fn log_writer(args: LogWriterArgs) -> anyhow::Result<()> {
+    orch_runtime::copy_capped(
+        std::io::stdin().lock(),
+        &args.file,
+        args.max_bytes,
+        args.keep,
+    )
+    .map_err(|e| anyhow::anyhow!("log writer for {}: {e}", args.file.display()))
 }
 
 /// Arguments of `orchd rotate-secret-key`.
@@ -174,17 +201,24 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_level = match &cli.command {
+    let command = match cli.command {
+        Command::LogWriter(a) => return log_writer(a),
+        other => other,
+    };
+    let default_level = match &command {
         Command::Up(_) => "warn",
         Command::Server(_) | Command::Manager(_) | Command::Agent(_) => "info",
-        Command::Token(_) | Command::Admin(_) | Command::RotateSecretKey(_) => "warn",
+        Command::Token(_)
+        | Command::Admin(_)
+        | Command::RotateSecretKey(_)
+        | Command::LogWriter(_) => "warn",
     };
     host::init_logging(&cli.log_format, default_level)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.command {
+        match command {
             Command::Up(a) => up::run(*a).await,
             Command::Server(a) => server::run(*a).await,
             Command::Manager(mut a) => {
@@ -195,6 +229,7 @@ fn main() -> anyhow::Result<()> {
             Command::Token(a) => token(a),
             Command::Admin(a) => admin(a),
             Command::RotateSecretKey(a) => rotate_secret_key(a),
+            Command::LogWriter(a) => log_writer(a),
         }
     })
 }
