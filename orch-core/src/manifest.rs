@@ -70,9 +70,47 @@ impl ManifestErrors {
     }
 }
 
+/// Something in a manifest that orch ignores, said so to the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestWarning {
+    /// The file (or `-`, or another name the caller gave).
+    pub source: String,
+    /// 1-based document index within the file.
+    pub document: usize,
+    /// The field, e.g. `status`.
+    pub path: String,
+    /// What happens to it.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: document {}: {}: {}",
+            self.source, self.document, self.path, self.message
+        )
+    }
+}
+
+/// The objects of one or more manifests, and what was ignored in them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Parsed {
+    /// The valid objects, in order.
+    pub objects: Vec<Object>,
+    /// Fields that were ignored (those orch sets itself, such as `status`).
+    pub warnings: Vec<ManifestWarning>,
+}
+
 /// Parses every document of one manifest (YAML, or JSON when it starts with `{` or `[`),
-/// validates each object, and fills in the default namespace.
+/// validates each object, and fills in the default namespace. Fields orch sets itself are
+/// ignored; [`parse_with_warnings`] also says which.
 pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
+    parse_with_warnings(source, text).map(|p| p.objects)
+}
+
+/// [`parse`], also returning a warning for each ignored field.
+pub fn parse_with_warnings(source: &str, text: &str) -> Result<Parsed, ManifestErrors> {
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestErrors::whole(
             source,
@@ -91,9 +129,18 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
     }
     let mut errors = Vec::new();
     let mut objects = Vec::new();
+    let mut warnings = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
         let n = i + 1;
-        match object_from_value(doc) {
+        let mut ignored = Vec::new();
+        let decoded = decode_document(doc, &mut ignored);
+        warnings.extend(ignored.into_iter().map(|path| ManifestWarning {
+            source: source.into(),
+            document: n,
+            path,
+            message: "ignored: set by orch, not by manifests".into(),
+        }));
+        match decoded {
             Ok(obj) => {
                 let problems = validate(&obj);
                 if problems.is_empty() {
@@ -115,7 +162,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
         }
     }
     if errors.is_empty() {
-        Ok(objects)
+        Ok(Parsed { objects, warnings })
     } else {
         Err(ManifestErrors(errors))
     }
@@ -125,11 +172,22 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
 pub fn parse_all<'a>(
     sources: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<Vec<Object>, ManifestErrors> {
+    parse_all_with_warnings(sources).map(|p| p.objects)
+}
+
+/// [`parse_all`], also returning a warning for each ignored field.
+pub fn parse_all_with_warnings<'a>(
+    sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Parsed, ManifestErrors> {
     let mut errors = Vec::new();
     let mut objects: Vec<(String, Object)> = Vec::new();
+    let mut warnings = Vec::new();
     for (source, text) in sources {
-        match parse(source, text) {
-            Ok(objs) => objects.extend(objs.into_iter().map(|o| (source.to_string(), o))),
+        match parse_with_warnings(source, text) {
+            Ok(p) => {
+                objects.extend(p.objects.into_iter().map(|o| (source.to_string(), o)));
+                warnings.extend(p.warnings);
+            }
             Err(ManifestErrors(e)) => errors.extend(e),
         }
     }
@@ -149,7 +207,10 @@ pub fn parse_all<'a>(
         }
     }
     if errors.is_empty() {
-        Ok(objects.into_iter().map(|(_, o)| o).collect())
+        Ok(Parsed {
+            objects: objects.into_iter().map(|(_, o)| o).collect(),
+            warnings,
+        })
     } else {
         Err(ManifestErrors(errors))
     }
@@ -170,29 +231,211 @@ fn parse_documents(source: &str, text: &str) -> Result<Vec<Value>, ManifestError
             other => vec![other],
         });
     }
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
-        ManifestErrors::whole(
-            source,
-            format!("invalid YAML: {}", yaml_message(&e.to_string())),
-        )
-    })?;
+    let budget = yaml_budget(text.len());
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget.clone());
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| yaml_error(source, text, &e, &budget))?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-/// The parser's first line (`line L column C: what`) without its source snippet; resource
-/// limits (alias bombs, huge documents) get a plain explanation.
-fn yaml_message(s: &str) -> String {
-    let first = s
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("unknown error");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    if first.contains("budget breached") {
-        format!("{first} (the document expands to too many nodes or aliases, as a YAML alias bomb does; the limit protects the daemon)")
-    } else {
-        first.to_string()
+/// The most YAML nodes (scalars, sequences, mappings) a manifest may expand to: twice its
+/// length (more than any YAML spells without aliases) plus some room, at most a million.
+/// Aliases that expand past it are an alias bomb.
+fn yaml_node_limit(len: usize) -> usize {
+    len.saturating_mul(2).saturating_add(10_000).min(1_000_000)
+}
+
+/// The parser's limits for a manifest of `len` bytes: the documented document limit, nodes
+/// by [`yaml_node_limit`], and the parser's defaults for the rest (aliases, depth, ...).
+fn yaml_budget(len: usize) -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_documents = MAX_DOCUMENTS;
+    b.max_nodes = yaml_node_limit(len);
+    // Every node is an event, every collection also ends with one, and each document starts
+    // and ends with one.
+    b.max_events = b.max_nodes * 2 + MAX_DOCUMENTS * 2 + 16;
+    b
+}
+
+/// A parser error as one line: `line L column C: what`, without the source snippet, with
+/// resource limits and duplicate keys explained in orch's words.
+fn yaml_error(
+    source: &str,
+    text: &str,
+    e: &serde_saphyr::Error,
+    budget: &serde_saphyr::Budget,
+) -> ManifestErrors {
+    use serde_saphyr::budget::BudgetBreach;
+    use serde_saphyr::Error;
+    let mut inner = e;
+    while let Error::AliasError { error, .. } | Error::WithSnippet { error, .. } = inner {
+        inner = error;
     }
+    let at = e
+        .location()
+        .filter(|l| l.line() > 0)
+        .map(|l| format!("line {} column {}: ", l.line(), l.column()))
+        .unwrap_or_default();
+    let what = match inner {
+        Error::Budget {
+            breach: BudgetBreach::Documents { .. },
+            ..
+        } => {
+            return ManifestErrors::whole(
+                source,
+                format!("manifest has more than {MAX_DOCUMENTS} documents; the limit is {MAX_DOCUMENTS} — split it into smaller files"),
+            )
+        }
+        Error::Budget { breach, .. } => budget_message(breach, budget, text.len()),
+        Error::DuplicateMappingKey { key, location } => {
+            let first = key
+                .as_deref()
+                .and_then(|k| first_occurrence(text, k, location.line(), location.column()));
+            format!(
+                "duplicate key{}{}: a key may appear only once in a mapping",
+                key.as_deref()
+                    .map(|k| format!(" {k:?}"))
+                    .unwrap_or_default(),
+                first
+                    .map(|(l, c)| format!(" (first at line {l} column {c})"))
+                    .unwrap_or_default()
+            )
+        }
+        _ => {
+            let s = e.to_string();
+            let first = s
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("unknown error");
+            return ManifestErrors::whole(
+                source,
+                format!(
+                    "invalid YAML: {}",
+                    first.strip_prefix("error: ").unwrap_or(first)
+                ),
+            );
+        }
+    };
+    ManifestErrors::whole(source, format!("invalid YAML: {at}{what}"))
+}
+
+/// Which of the parser's limits was hit, and what the limit is.
+fn budget_message(
+    breach: &serde_saphyr::budget::BudgetBreach,
+    b: &serde_saphyr::Budget,
+    len: usize,
+) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let bomb = "as a YAML alias bomb does; the limit protects the daemon";
+    match breach {
+        B::Nodes { .. } => format!(
+            "too many nodes or aliases: the document expands to more than {} nodes, the limit for a manifest of {len} bytes ({bomb})",
+            b.max_nodes
+        ),
+        B::Events { .. } => format!(
+            "too many nodes or aliases: the document expands to more than {} parser events, the limit for a manifest of {len} bytes ({bomb})",
+            b.max_events
+        ),
+        B::Aliases { .. } => format!(
+            "more than {} aliases; the limit is {} ({bomb})",
+            b.max_aliases, b.max_aliases
+        ),
+        B::AliasAnchorRatio { aliases, anchors } => format!(
+            "{aliases} aliases for {anchors} anchor{}: the limit is {} per anchor ({bomb})",
+            if *anchors == 1 { "" } else { "s" },
+            b.alias_anchor_ratio_multiplier
+        ),
+        B::Anchors { .. } => format!(
+            "more than {} anchors; the limit is {}",
+            b.max_anchors, b.max_anchors
+        ),
+        B::RecordedAnchorEvents { .. } | B::RecordedAnchorBytes { .. } => format!(
+            "anchored content is copied too often: more than {} copied events or {} bytes, the limit ({bomb})",
+            b.max_recorded_anchor_events, b.max_recorded_anchor_bytes
+        ),
+        B::Depth { .. } => format!(
+            "nested more than {} levels deep; the limit is {}",
+            b.max_depth, b.max_depth
+        ),
+        B::ScalarBytes { .. } => format!(
+            "more than {} bytes of scalar text; the limit is {}",
+            b.max_total_scalar_bytes, b.max_total_scalar_bytes
+        ),
+        B::MergeKeys { .. } => format!(
+            "more than {} merge keys (<<); the limit is {}",
+            b.max_merge_keys, b.max_merge_keys
+        ),
+        B::Documents { .. } => format!("more than {MAX_DOCUMENTS} documents; the limit is {MAX_DOCUMENTS}"),
+        other => format!("a YAML parser limit was reached ({other:?})"),
+    }
+}
+
+/// Where `key` first appears in the mapping in which it appears again at `line`, `column`
+/// (1-based, as the parser reports them): `(line, column)`, 1-based. Scans the parser's events
+/// again, which only happens for a manifest that is being refused.
+fn first_occurrence(text: &str, key: &str, line: u64, column: u64) -> Option<(usize, usize)> {
+    use serde_saphyr::granit_parser::{Event, Parser};
+    use std::collections::HashMap;
+    enum Frame<'a> {
+        Seq,
+        Map {
+            expecting_key: bool,
+            keys: HashMap<std::borrow::Cow<'a, str>, (usize, usize)>,
+        },
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut fallback = None;
+    for item in Parser::new_from_str(text) {
+        let (event, span) = item.ok()?;
+        let here = (span.start.line(), span.start.col() + 1);
+        let is_node = matches!(
+            event,
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(..)
+        );
+        if is_node {
+            if let Some(Frame::Map {
+                expecting_key,
+                keys,
+            }) = stack.last_mut()
+            {
+                if *expecting_key {
+                    if let Event::Scalar(k, ..) = &event {
+                        match keys.get(k) {
+                            Some(&first) if k == key => {
+                                if here == (line as usize, column as usize) {
+                                    return Some(first);
+                                }
+                                fallback = fallback.or(Some(first));
+                            }
+                            Some(_) => {}
+                            None => {
+                                keys.insert(k.clone(), here);
+                            }
+                        }
+                    }
+                }
+                *expecting_key = !*expecting_key;
+            }
+        }
+        match event {
+            Event::SequenceStart(..) => stack.push(Frame::Seq),
+            Event::MappingStart(..) => stack.push(Frame::Map {
+                expecting_key: true,
+                keys: HashMap::new(),
+            }),
+            Event::SequenceEnd | Event::MappingEnd => {
+                stack.pop();
+            }
+            Event::DocumentStart(..) => stack.clear(),
+            _ => {}
+        }
+    }
+    fallback
 }
 
 fn typed<T: DeserializeOwned>(v: Value) -> Result<T, FieldError> {
@@ -211,8 +454,30 @@ fn typed<T: DeserializeOwned>(v: Value) -> Result<T, FieldError> {
     })
 }
 
+/// The fields orch sets itself: ignored on input (as kubectl apply ignores `status`).
+const SERVER_SET_METADATA: [&str; 4] = ["uid", "revision", "generation", "creationTimestamp"];
+
 /// Turns one parsed document into an object (kind dispatch, typed decode, default namespace).
+/// Fields orch sets itself (`status`, `metadata.uid`, `revision`, `generation`,
+/// `creationTimestamp`) are dropped.
 pub fn object_from_value(doc: Value) -> Result<Object, FieldError> {
+    decode_document(doc, &mut Vec::new())
+}
+
+/// [`object_from_value`], noting the paths of the dropped fields in `ignored`.
+fn decode_document(mut doc: Value, ignored: &mut Vec<String>) -> Result<Object, FieldError> {
+    if let Value::Object(map) = &mut doc {
+        if let Some(Value::Object(md)) = map.get_mut("metadata") {
+            for field in SERVER_SET_METADATA {
+                if md.remove(field).is_some() {
+                    ignored.push(format!("metadata.{field}"));
+                }
+            }
+        }
+        if map.remove("status").is_some() {
+            ignored.push("status".into());
+        }
+    }
     let Value::Object(mut map) = doc else {
         return Err(FieldError {
             path: "(document)".into(),

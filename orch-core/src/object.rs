@@ -14,6 +14,19 @@ pub const API_VERSION: &str = "orch/v1";
 /// The namespace objects land in when a manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The shortest `restartBackoffMax`: below it a crashing replica restarts in a busy loop.
+/// Validation refuses less; the agent clamps a stored template that skipped validation.
+pub const MIN_RESTART_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest `restartBackoffMax`, `stopGracePeriod` and probe `initialDelay`, `period` and
+/// `timeout`.
+pub const MAX_TEMPLATE_SPAN: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The shortest probe `period`.
+pub const MIN_PROBE_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+/// The shortest probe `timeout`.
+pub const MIN_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1);
+/// The shortest `progressDeadline` of a service and `activeDeadline` of a job.
+pub const MIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The kinds of object orch stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
@@ -531,21 +544,27 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// The initial delay.
+    /// The initial delay (at most [`MAX_TEMPLATE_SPAN`], for a probe that skipped validation).
     pub fn initial_delay(&self) -> std::time::Duration {
-        self.initial_delay.map(|s| s.0).unwrap_or_default()
+        self.initial_delay
+            .map(|s| s.0)
+            .unwrap_or_default()
+            .min(MAX_TEMPLATE_SPAN)
     }
-    /// The period.
+    /// The period (within [`MIN_PROBE_PERIOD`] and [`MAX_TEMPLATE_SPAN`], for a probe that
+    /// skipped validation).
     pub fn period(&self) -> std::time::Duration {
         self.period
             .map(|s| s.0)
             .unwrap_or(std::time::Duration::from_secs(10))
+            .clamp(MIN_PROBE_PERIOD, MAX_TEMPLATE_SPAN)
     }
-    /// The timeout.
+    /// The timeout (within [`MIN_PROBE_TIMEOUT`] and [`MAX_TEMPLATE_SPAN`]).
     pub fn timeout(&self) -> std::time::Duration {
         self.timeout
             .map(|s| s.0)
             .unwrap_or(std::time::Duration::from_secs(1))
+            .clamp(MIN_PROBE_TIMEOUT, MAX_TEMPLATE_SPAN)
     }
     /// The success threshold.
     pub fn success_threshold(&self) -> u32 {
@@ -574,11 +593,19 @@ impl Template {
     pub fn stop_signal(&self) -> &str {
         self.stop_signal.as_deref().unwrap_or("SIGTERM")
     }
-    /// The stop grace period, 10 s unless set.
+    /// The stop grace period, 10 s unless set (at most [`MAX_TEMPLATE_SPAN`]).
     pub fn stop_grace(&self) -> std::time::Duration {
         self.stop_grace_period
             .map(|s| s.0)
             .unwrap_or(std::time::Duration::from_secs(10))
+            .min(MAX_TEMPLATE_SPAN)
+    }
+    /// The template's restart backoff cap, if it sets one, within [`MIN_RESTART_BACKOFF_MAX`]
+    /// and [`MAX_TEMPLATE_SPAN`]: a template stored before validation refused smaller values
+    /// still backs off.
+    pub fn restart_backoff_cap(&self) -> Option<std::time::Duration> {
+        self.restart_backoff_max
+            .map(|s| s.0.clamp(MIN_RESTART_BACKOFF_MAX, MAX_TEMPLATE_SPAN))
     }
     /// The secrets (`true`) and configs (`false`) the template refers to, by name, sorted.
     pub fn references(&self) -> Vec<(bool, &str)> {

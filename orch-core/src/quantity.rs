@@ -37,7 +37,13 @@ impl Cpu {
         if !v.is_finite() || !(0.0..=1_000_000.0).contains(&v) {
             return Err(err());
         }
-        Ok(Cpu((v * 1000.0).round() as u64))
+        let millis = (v * 1000.0).round() as u64;
+        if millis == 0 && v > 0.0 {
+            return Err(format!(
+                "invalid cpu quantity {s:?}: the smallest cpu quantity is 1m (0.001 cores); use 0 or leave it out for none"
+            ));
+        }
+        Ok(Cpu(millis))
     }
 }
 
@@ -78,6 +84,11 @@ impl Memory {
         let bytes = v * mult as f64;
         if !bytes.is_finite() || !(0.0..=1e18).contains(&bytes) {
             return Err(err());
+        }
+        if bytes > 0.0 && bytes.round() == 0.0 {
+            return Err(format!(
+                "invalid memory quantity {s:?}: less than one byte; a memory limit must be at least 4Mi (or 0, or left out, for none)"
+            ));
         }
         Ok(Memory(bytes.round() as u64))
     }
@@ -218,6 +229,13 @@ mod tests {
             assert_eq!(m.to_string(), shown);
         }
         assert!(Cpu::parse("-1").is_err());
+        // Nothing non-zero becomes zero.
+        assert!(Cpu::parse("0.0000001").is_err());
+        assert!(Cpu::parse("0.0004").is_err());
+        assert_eq!(Cpu::parse("0").unwrap().0, 0);
+        assert_eq!(Cpu::parse("0.001").unwrap().0, 1);
+        assert!(Memory::parse("0.1").is_err());
+        assert_eq!(Memory::parse("0").unwrap().0, 0);
         assert!(Memory::parse("12Qi").is_err());
         assert_eq!(Span::parse("1m30s").unwrap().0, Duration::from_secs(90));
         assert!(Span::parse("ten").is_err());

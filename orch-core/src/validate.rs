@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 use crate::object::{
     Config, IntOrPercent, LabelSelector, LabelSelectorRequirement, Metadata, Object, Placement,
     ReplicaAffinity, Secret, SelectorOperator, Service, Template, TolerationOperator,
+    MAX_TEMPLATE_SPAN, MIN_DEADLINE, MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, MIN_RESTART_BACKOFF_MAX,
     NODE_TOPOLOGY_KEY,
 };
+use crate::quantity::Span;
 use crate::runtime::signal_number;
 
 /// The most replicas one service may ask for.
@@ -399,19 +402,40 @@ fn check_probe(
             "must be 1 for liveness and startup probes",
         ));
     }
-    if probe
-        .period
-        .is_some_and(|p| p.0 < std::time::Duration::from_millis(100))
-    {
-        out.push(err(
-            format!("{path}.period"),
-            probe.period.map(|p| p.to_string()).unwrap_or_default(),
-            "must be at least 100ms",
-        ));
+    for (field, v, min) in [
+        ("initialDelay", probe.initial_delay, Duration::ZERO),
+        ("period", probe.period, MIN_PROBE_PERIOD),
+        ("timeout", probe.timeout, MIN_PROBE_TIMEOUT),
+    ] {
+        check_span(
+            &format!("{path}.{field}"),
+            v,
+            min,
+            MAX_TEMPLATE_SPAN,
+            "",
+            out,
+        );
     }
-    if probe.timeout.is_some_and(|p| p.0.is_zero()) {
-        out.push(err(format!("{path}.timeout"), "0s", "must be more than 0"));
-    }
+}
+
+/// Refuses a duration under `min` or over `max` (`reason` follows the bound, if any).
+fn check_span(
+    path: &str,
+    v: Option<Span>,
+    min: Duration,
+    max: Duration,
+    reason: &str,
+    out: &mut Vec<FieldError>,
+) {
+    let Some(v) = v else { return };
+    let bound = if v.0 < min {
+        format!("must be at least {}", Span(min))
+    } else if v.0 > max {
+        format!("must be at most {}", Span(max))
+    } else {
+        return;
+    };
+    out.push(err(path, v.to_string(), format!("{bound}{reason}")));
 }
 
 fn check_template(t: &Template, out: &mut Vec<FieldError>) {
@@ -567,24 +591,22 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
             out.push(err(format!("{p}.stopSignal"), sig, "must be a signal name such as SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or a number 1-64"));
         }
     }
-    if let Some(m) = t.restart_backoff_max {
-        if m.0 > std::time::Duration::from_secs(3600) {
-            out.push(err(
-                format!("{p}.restartBackoffMax"),
-                m.to_string(),
-                "must be at most 1h",
-            ));
-        }
-    }
-    if let Some(g) = t.stop_grace_period {
-        if g.0 > std::time::Duration::from_secs(3600) {
-            out.push(err(
-                format!("{p}.stopGracePeriod"),
-                g.to_string(),
-                "must be at most 1h",
-            ));
-        }
-    }
+    check_span(
+        &format!("{p}.restartBackoffMax"),
+        t.restart_backoff_max,
+        MIN_RESTART_BACKOFF_MAX,
+        MAX_TEMPLATE_SPAN,
+        " (the longest wait between restarts of a crashing replica: 0s, then 1s doubling up to it)",
+        out,
+    );
+    check_span(
+        &format!("{p}.stopGracePeriod"),
+        t.stop_grace_period,
+        Duration::ZERO,
+        MAX_TEMPLATE_SPAN,
+        "",
+        out,
+    );
     if let Some(m) = t.resources.memory {
         if m.0 > 0 && m.0 < 4096 * 1024 {
             out.push(err(
@@ -752,6 +774,14 @@ fn check_placement(pl: &Placement, out: &mut Vec<FieldError>) {
 
 fn check_service(s: &Service, out: &mut Vec<FieldError>) {
     check_template(&s.spec.template, out);
+    check_span(
+        "spec.update.progressDeadline",
+        s.spec.update.progress_deadline,
+        MIN_DEADLINE,
+        Duration::MAX,
+        "",
+        out,
+    );
     check_placement(&s.spec.placement, out);
     check_percent("spec.update.maxSurge", &s.spec.update.max_surge, out);
     check_percent(
@@ -923,6 +953,14 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
 fn check_job(j: &crate::object::Job, out: &mut Vec<FieldError>) {
     check_template(&j.spec.template, out);
     check_placement(&j.spec.placement, out);
+    check_span(
+        "spec.activeDeadline",
+        j.spec.active_deadline,
+        MIN_DEADLINE,
+        Duration::MAX,
+        "",
+        out,
+    );
     if j.spec.template.restart_policy == crate::object::RestartPolicy::Always {
         out.push(err(
             "spec.template.restartPolicy".to_string(),

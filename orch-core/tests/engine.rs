@@ -535,6 +535,56 @@ async fn a_store_outage_longer_than_the_node_timeout_replaces_nothing() {
     e.shutdown().await;
 }
 
+/// A stored template whose `restartBackoffMax` is under the floor (written before validation
+/// refused it, or by a client that skipped it) still backs off: the agent clamps the cap to
+/// 1s, so restarts come after 0, 1, 1, 1 s rather than in a busy loop.
+#[tokio::test(start_paused = true)]
+async fn a_stored_backoff_cap_under_the_floor_is_clamped_by_the_agent() {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    let rt = FakeRuntime::default();
+    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    api::apply(&*store, vec![service("web", 1, "")], false)
+        .await
+        .unwrap();
+    eventually("ready", || ready(&e, "web") == 1).await;
+    // Bypass validation: write a 0s cap straight into the stored service.
+    let Some(Object::Service(mut svc)) =
+        orch_core::store::get_object(&*store, Kind::Service, "default", "web")
+            .await
+            .unwrap()
+    else {
+        panic!("service web is stored");
+    };
+    svc.spec.template.restart_backoff_max = Some(orch_core::quantity::Span(Duration::ZERO));
+    store
+        .txn(vec![orch_core::store::update_op(&Object::Service(svc))])
+        .await
+        .unwrap();
+    eventually("replaced by the 0s revision", || {
+        let rs = replicas(&e, "web");
+        rs.len() == 1
+            && rs[0].status.phase == Phase::Ready
+            && rs[0].spec.template.restart_backoff_max
+                == Some(orch_core::quantity::Span(Duration::ZERO))
+            && rt.running().len() == 1
+    })
+    .await;
+    let id = rt.running()[0].clone();
+    let mut delays = Vec::new();
+    for n in 1..=4u32 {
+        let t = tokio::time::Instant::now();
+        assert!(rt.crash(&id, Some(1), None));
+        eventually("restarted", || {
+            replicas(&e, "web")[0].status.restarts == n && rt.running().len() == 1
+        })
+        .await;
+        delays.push(t.elapsed().as_millis().div_ceil(100) as u64 / 10);
+    }
+    assert_eq!(delays, vec![0, 1, 1, 1], "seconds before each restart");
+    e.shutdown().await;
+}
+
 /// The backoff curve with a service's own cap, on the paused clock: restarts after 0, 1, 2,
 /// then 3, 3 s (the cap); a replica that keeps crashing shows CrashLoopBackOff; a run longer
 /// than the stable period starts the curve again.

@@ -1,7 +1,7 @@
 //! Table tests of manifest error messages: each bad manifest must be rejected with a message
 //! that names the source, the document, the field path, the bad value and what is allowed.
 
-use orch_core::manifest::{parse, parse_all, ManifestErrors};
+use orch_core::manifest::{parse, parse_all, parse_with_warnings, ManifestErrors, MAX_DOCUMENTS};
 
 /// A service document with the given flow-style `metadata` and `spec`.
 fn svc(metadata: &str, spec: &str) -> String {
@@ -355,7 +355,7 @@ fn rows() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "duplicate key",
             format!("apiVersion: orch/v1\n{}", tpl("{command: [x]}")),
-            vec!["web.yaml: invalid YAML: line 2 ", "duplicate mapping key: apiVersion"],
+            vec!["web.yaml: invalid YAML: line 2 ", "duplicate key \"apiVersion\" (first at line 1 column 1)"],
         ),
         // Kind and apiVersion.
         (
@@ -495,6 +495,74 @@ fn rows() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "http probe path",
             tpl("{command: [x], readinessProbe: {httpGet: {path: healthz, port: 8080}}}"),
             vec!["spec.template.readinessProbe.httpGet.path", "must start with /"],
+        ),
+        // Durations under a floor or absurdly long (issue 17).
+        (
+            "restart backoff cap of zero",
+            tpl("{command: [x], restartBackoffMax: 0s}"),
+            vec!["spec.template.restartBackoffMax: invalid value \"0s\": must be at least 1s"],
+        ),
+        (
+            "restart backoff cap of a millisecond",
+            tpl("{command: [x], restartBackoffMax: 1ms}"),
+            vec!["spec.template.restartBackoffMax: invalid value \"1ms\": must be at least 1s"],
+        ),
+        (
+            "probe timeout of a nanosecond",
+            tpl("{command: [x], readinessProbe: {exec: {command: ['true']}, timeout: 1ns}}"),
+            vec!["spec.template.readinessProbe.timeout: invalid value \"1ns\": must be at least 1ms"],
+        ),
+        (
+            "probe timeout over an hour",
+            tpl("{command: [x], readinessProbe: {exec: {command: ['true']}, timeout: 2h}}"),
+            vec!["spec.template.readinessProbe.timeout: invalid value \"2h\": must be at most 1h"],
+        ),
+        (
+            "probe period of a year",
+            tpl("{command: [x], startupProbe: {exec: {command: ['true']}, period: 365d}}"),
+            vec!["spec.template.startupProbe.period: invalid value ", "must be at most 1h"],
+        ),
+        (
+            "probe initial delay of eons",
+            tpl("{command: [x], livenessProbe: {exec: {command: ['true']}, initialDelay: 500000000000y}}"),
+            vec!["spec.template.livenessProbe.initialDelay: invalid value ", "must be at most 1h"],
+        ),
+        (
+            "progress deadline of zero",
+            svc("{name: web}", "{template: {command: [x]}, update: {progressDeadline: 0s}}"),
+            vec!["spec.update.progressDeadline: invalid value \"0s\": must be at least 1s"],
+        ),
+        (
+            "job active deadline of zero",
+            "apiVersion: orch/v1\nkind: Job\nmetadata: {name: web}\nspec: {activeDeadline: 0s, template: {command: [x], restartPolicy: Never}}\n".into(),
+            vec!["spec.activeDeadline: invalid value \"0s\": must be at least 1s"],
+        ),
+        // Quantities that would round to nothing (issue 17).
+        (
+            "cpu under a millicore",
+            tpl("{command: [x], resources: {cpu: \"0.0000001\"}}"),
+            vec!["spec.template.resources.cpu: ", "\"0.0000001\"", "the smallest cpu quantity is 1m"],
+        ),
+        (
+            "cpu of 0.4 millicores",
+            tpl("{command: [x], resources: {cpu: 0.0004}}"),
+            vec!["spec.template.resources.cpu: ", "0.0004", "the smallest cpu quantity is 1m"],
+        ),
+        (
+            "memory under a byte",
+            tpl("{command: [x], resources: {memory: \"0.1\"}}"),
+            vec!["spec.template.resources.memory: ", "\"0.1\"", "at least 4Mi"],
+        ),
+        // Duplicate keys name the key and its first occurrence (issue 17).
+        (
+            "duplicate key in a nested block mapping",
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [x]\n    args: [a]\n    command: [y]\n".into(),
+            vec!["web.yaml: invalid YAML: line 8 column 5: duplicate key \"command\" (first at line 6 column 5)"],
+        ),
+        (
+            "duplicate key in a flow mapping",
+            svc("{name: web, name: api}", "{template: {command: [x]}}"),
+            vec!["web.yaml: invalid YAML: line 3 ", "duplicate key \"name\" (first at line 3 column 12)"],
         ),
         (
             "malformed JSON",
@@ -647,9 +715,9 @@ fn a_yaml_alias_bomb_is_rejected() {
         &text,
         &[
             "web.yaml: invalid YAML: ",
-            "budget breached",
+            "too many nodes or aliases: the document expands to more than ",
+            "nodes, the limit for a manifest of",
             "alias bomb",
-            "limit",
         ],
     );
 }
@@ -682,7 +750,10 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     assert_check(
         "deep block YAML",
         &block,
-        &["web.yaml: invalid YAML: line 1 ", "budget breached: Depth"],
+        &[
+            "web.yaml: invalid YAML: line 1 ",
+            "nested more than 64 levels deep; the limit is 64",
+        ],
     );
     // Unclosed, too.
     let open = format!("a: {}\n", "[".repeat(deep));
@@ -705,15 +776,12 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
 #[test]
 fn too_many_documents_are_rejected() {
     let config = "apiVersion: orch/v1\nkind: Config\nmetadata: {name: c}\n";
-    // YAML: the parser's own document budget trips first.
-    let yaml = vec![config; 2_000].join("---\n");
+    // YAML: the documented limit (10,000), not the parser's default of 1,024.
+    let yaml = vec![config; 10_001].join("---\n");
     let msg = assert_check(
-        "2000 YAML documents",
+        "10001 YAML documents",
         &yaml,
-        &[
-            "web.yaml: invalid YAML: ",
-            "budget breached: Documents { documents: 1025 }",
-        ],
+        &["web.yaml: manifest has more than 10000 documents; the limit is 10000"],
     );
     assert!(
         msg.lines().count() == 1,
@@ -727,4 +795,95 @@ fn too_many_documents_are_rejected() {
         &json,
         &["web.json: manifest has 10001 documents; the limit is 10000"],
     );
+}
+
+/// The documented limit holds for YAML as for JSON: 10,000 realistic service documents (well
+/// under 4 MiB) are accepted, and aliases in them still work.
+#[test]
+fn ten_thousand_yaml_documents_are_accepted() {
+    let doc = |i: usize| {
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web-{i}, labels: {{app: web, tier: front}}}}\nspec:\n  replicas: 2\n  template:\n    command: [hello-server, --port, '8080']\n    env: [{{name: A, value: '1'}}, {{name: B, value: '2'}}]\n    ports: [{{name: http}}]\n    resources: {{cpu: 100m, memory: 64Mi}}\n    readinessProbe: {{httpGet: {{path: /healthz, port: http}}, period: 2s}}\n"
+        )
+    };
+    let text = (0..MAX_DOCUMENTS)
+        .map(doc)
+        .collect::<Vec<_>>()
+        .join("---\n");
+    assert!(text.len() < 4 << 20, "{} bytes", text.len());
+    let objs = parse("web.yaml", &text).unwrap_or_else(|e| panic!("{}", e.0[0]));
+    assert_eq!(objs.len(), MAX_DOCUMENTS);
+}
+
+/// Each YAML resource limit says which limit was hit.
+#[test]
+fn each_yaml_limit_names_itself() {
+    // Many aliases of one anchor: more aliases per anchor than the ratio allows.
+    let mut many = String::from("a: &a x\nb: [");
+    many.push_str(&vec!["*a"; 2_000].join(","));
+    many.push_str("]\n");
+    assert_check(
+        "aliases per anchor",
+        &many,
+        &[
+            "web.yaml: invalid YAML: ",
+            "aliases for 1 anchor",
+            "the limit is 10 per anchor",
+        ],
+    );
+}
+
+/// Duplicate keys are named with their first occurrence, without the parser library's advice.
+#[test]
+fn duplicate_keys_give_no_library_advice() {
+    let text = "apiVersion: orch/v1\nkind: Service\nmetadata:\n  name: web\n  labels: {a: b}\n  name: api\nspec: {template: {command: [x]}}\n";
+    let msg = assert_check(
+        "duplicate metadata name",
+        text,
+        &["web.yaml: invalid YAML: line 6 column 3: duplicate key \"name\" (first at line 4 column 3)"],
+    );
+    assert!(
+        !msg.contains("DuplicateKeyPolicy") && !msg.contains("Options"),
+        "{msg}"
+    );
+}
+
+/// Fields orch sets (status, metadata uid/revision/generation/creationTimestamp) are ignored
+/// on input, as kubectl apply ignores status, with one warning per field.
+#[test]
+fn server_set_fields_are_ignored_with_a_warning() {
+    let text = "apiVersion: orch/v1\nkind: Service\nmetadata:\n  name: web\n  uid: 0123-abcd\n  revision: 7\n  generation: 3\n  creationTimestamp: '2026-01-02T03:04:05Z'\nspec: {template: {command: [x]}}\nstatus: {readyReplicas: 3, whatever: [1]}\n---\napiVersion: orch/v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: b}\nstatus: {}\n";
+    let parsed = parse_with_warnings("web.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.objects.len(), 2);
+    let md = parsed.objects[0].metadata();
+    assert!(md.uid.is_empty() && md.revision == 0 && md.generation == 0);
+    assert!(md.creation_timestamp.is_none());
+    let Some(orch_core::object::Object::Service(svc)) = parsed.objects.first() else {
+        panic!("a service")
+    };
+    assert_eq!(svc.status, Default::default());
+    let warnings: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+    for expect in [
+        "web.yaml: document 1: status: ignored: set by orch, not by manifests",
+        "web.yaml: document 1: metadata.uid: ignored: set by orch, not by manifests",
+        "web.yaml: document 1: metadata.revision: ignored",
+        "web.yaml: document 1: metadata.generation: ignored",
+        "web.yaml: document 1: metadata.creationTimestamp: ignored",
+        "web.yaml: document 2: status: ignored",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(expect)),
+            "no warning {expect:?} in {warnings:#?}"
+        );
+    }
+    assert_eq!(warnings.len(), 6, "{warnings:#?}");
+    // A manifest without them has no warnings, and `parse` still accepts both.
+    assert!(parse_with_warnings(
+        "ok.yaml",
+        "apiVersion: orch/v1\nkind: Config\nmetadata: {name: c}\n"
+    )
+    .unwrap()
+    .warnings
+    .is_empty());
+    assert_eq!(parse("web.yaml", text).map(|o| o.len()), Ok(2));
 }

@@ -841,10 +841,11 @@ impl Agent {
         self.start(&r2, true).await
     }
 
-    /// The restart backoff cap: the template's, else the agent's.
+    /// The restart backoff cap: the template's (clamped to the floor validation enforces,
+    /// for templates stored without it), else the agent's.
     fn backoff_max(&self, t: &crate::object::Template) -> Duration {
-        t.restart_backoff_max
-            .map_or(self.cfg.restart_backoff_max, |s| s.0)
+        t.restart_backoff_cap()
+            .unwrap_or(self.cfg.restart_backoff_max)
     }
 
     /// The last few lines a workload wrote (at most 3 lines, 300 characters).
