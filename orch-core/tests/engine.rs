@@ -659,3 +659,67 @@ async fn a_crash_loop_without_delay_is_never_ready_and_writes_little() {
     .await;
     e.shutdown().await;
 }
+
+/// Draining the only node moves nothing, as there is nowhere to go: every replica stays ready
+/// and no surplus replica is created. Once a second node joins, the drain proceeds at the
+/// update pace (25%: at most 2 of 8 unavailable) and ends with all 8 there.
+#[tokio::test(start_paused = true)]
+async fn draining_the_only_node_keeps_every_replica_until_another_node_can_take_them() {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    e.add_agent(Arc::new(FakeRuntime::default()), AgentConfig::new("node-a"));
+    api::apply(&*store, vec![service("web", 8, "")], false)
+        .await
+        .unwrap();
+    eventually("8 ready", || ready(&e, "web") == 8).await;
+    api::node_op(&*store, "node-a", api::NodeOp::Drain)
+        .await
+        .unwrap();
+    let active = |e: &Engine| {
+        replicas(e, "web")
+            .iter()
+            .filter(|r| r.spec.desired == DesiredState::Running)
+            .count()
+    };
+    let (mut lowest, mut most) = (8, 8);
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lowest = lowest.min(ready(&e, "web"));
+        most = most.max(active(&e));
+    }
+    assert_eq!(
+        lowest, 8,
+        "ready replicas fell to {lowest} with nowhere to go"
+    );
+    assert_eq!(
+        most, 8,
+        "{most} replicas for 8 desired with nowhere to place more"
+    );
+    let svc = e.cache().service("/services/default/web").unwrap();
+    assert!(
+        svc.status.message.contains("no other schedulable node"),
+        "{:?}",
+        svc.status.message
+    );
+    // Somewhere to go: the drain proceeds within max-unavailable.
+    e.add_agent(Arc::new(FakeRuntime::default()), AgentConfig::new("node-b"));
+    let t = tokio::time::Instant::now();
+    loop {
+        let rs = replicas(&e, "web");
+        lowest = lowest.min(ready(&e, "web"));
+        if rs.len() == 8
+            && rs
+                .iter()
+                .all(|r| r.spec.node.as_deref() == Some("node-b") && r.status.phase == Phase::Ready)
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "{rs:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        lowest >= 6,
+        "ready replicas fell to {lowest} (max unavailable 2)"
+    );
+    e.shutdown().await;
+}
