@@ -639,3 +639,137 @@ async fn backoff_follows_the_services_cap_and_resets_after_a_stable_run() {
     );
     e.shutdown().await;
 }
+
+/// A replica that crashes as fast as it restarts (no restart delay at all) is never Ready and
+/// not counted ready by its service; its status says it is crash-looping with the restart
+/// count; its status writes are held to a few per second, not one store revision per restart;
+/// once it stays up it is Ready again.
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_without_delay_is_never_ready_and_writes_little() {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    let rt = FakeRuntime::default();
+    let mut cfg = AgentConfig::new("node-a");
+    cfg.restart_backoff_base = Duration::ZERO;
+    cfg.restart_backoff_max = Duration::ZERO;
+    e.add_agent(Arc::new(rt.clone()), cfg);
+    api::apply(&*store, vec![service("web", 1, "")], false)
+        .await
+        .unwrap();
+    eventually("ready", || ready(&e, "web") == 1).await;
+    let id = rt.running()[0].clone();
+    let rev0 = store.revision().await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let (mut ready_seen, mut svc_ready_seen) = (0, 0);
+    for i in 0..300 {
+        eventually("running again", || rt.running().len() == 1).await;
+        if i >= 3 {
+            ready_seen += usize::from(ready(&e, "web") == 1);
+            svc_ready_seen += usize::from(
+                e.cache()
+                    .service("/services/default/web")
+                    .is_some_and(|s| s.status.ready_replicas == 1),
+            );
+        }
+        assert!(rt.crash(&id, Some(1), None));
+    }
+    let took = t0.elapsed();
+    let revs = store.revision().await.unwrap() - rev0;
+    eprintln!("300 restarts in {took:?}: {revs} store revisions");
+    assert_eq!(ready_seen, 0, "a crash-looping replica was seen Ready");
+    assert_eq!(
+        svc_ready_seen, 0,
+        "the service counted a crash-looping replica ready"
+    );
+    // Held to a few writes a second (replica status, service status, events, heartbeats).
+    let bound = 8 * (took.as_millis() as u64 / 1000 + 1) + 10;
+    assert!(
+        revs <= bound,
+        "{revs} store revisions for 300 restarts in {took:?} (at most {bound})"
+    );
+    eventually("the status catches up", || {
+        let r = &replicas(&e, "web")[0];
+        r.status.restarts >= 300 && r.status.reason == "CrashLoopBackOff"
+    })
+    .await;
+    let r = &replicas(&e, "web")[0];
+    assert_ne!(r.status.phase, Phase::Ready, "{:?}", r.status);
+    assert!(
+        r.status.message.contains("restarts"),
+        "{}",
+        r.status.message
+    );
+    // It stops crashing: Ready once it has stayed up a moment.
+    eventually("ready after it stays up", || ready(&e, "web") == 1).await;
+    eventually("the service counts it", || {
+        e.cache()
+            .service("/services/default/web")
+            .is_some_and(|s| s.status.ready_replicas == 1)
+    })
+    .await;
+    e.shutdown().await;
+}
+
+/// Draining the only node moves nothing, as there is nowhere to go: every replica stays ready
+/// and no surplus replica is created. Once a second node joins, the drain proceeds at the
+/// update pace (25%: at most 2 of 8 unavailable) and ends with all 8 there.
+#[tokio::test(start_paused = true)]
+async fn draining_the_only_node_keeps_every_replica_until_another_node_can_take_them() {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    e.add_agent(Arc::new(FakeRuntime::default()), AgentConfig::new("node-a"));
+    api::apply(&*store, vec![service("web", 8, "")], false)
+        .await
+        .unwrap();
+    eventually("8 ready", || ready(&e, "web") == 8).await;
+    api::node_op(&*store, "node-a", api::NodeOp::Drain)
+        .await
+        .unwrap();
+    let active = |e: &Engine| {
+        replicas(e, "web")
+            .iter()
+            .filter(|r| r.spec.desired == DesiredState::Running)
+            .count()
+    };
+    let (mut lowest, mut most) = (8, 8);
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lowest = lowest.min(ready(&e, "web"));
+        most = most.max(active(&e));
+    }
+    assert_eq!(
+        lowest, 8,
+        "ready replicas fell to {lowest} with nowhere to go"
+    );
+    assert_eq!(
+        most, 8,
+        "{most} replicas for 8 desired with nowhere to place more"
+    );
+    let svc = e.cache().service("/services/default/web").unwrap();
+    assert!(
+        svc.status.message.contains("no other schedulable node"),
+        "{:?}",
+        svc.status.message
+    );
+    // Somewhere to go: the drain proceeds within max-unavailable.
+    e.add_agent(Arc::new(FakeRuntime::default()), AgentConfig::new("node-b"));
+    let t = tokio::time::Instant::now();
+    loop {
+        let rs = replicas(&e, "web");
+        lowest = lowest.min(ready(&e, "web"));
+        if rs.len() == 8
+            && rs
+                .iter()
+                .all(|r| r.spec.node.as_deref() == Some("node-b") && r.status.phase == Phase::Ready)
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "{rs:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        lowest >= 6,
+        "ready replicas fell to {lowest} (max unavailable 2)"
+    );
+    e.shutdown().await;
+}

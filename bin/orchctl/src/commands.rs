@@ -310,9 +310,23 @@ async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()
             node,
             no_wait,
             timeout,
+            force,
         } => {
             let limit = orch_core::quantity::Span::parse(&timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            // Say at once what cannot move, before changing anything.
+            let stranded = stranded_by_drain(client, &node).await?;
+            if !stranded.is_empty() {
+                if !force {
+                    bail!(
+                        "node/{node}: {}; nothing was changed (add or uncordon a node that can take them, or pass --force to drain anyway: those replicas stay until a node can take them)",
+                        lines(&stranded)
+                    );
+                }
+                for (s, _) in &stranded {
+                    eprintln!("warning: node/{node}: {s}; they stay until a node can take them");
+                }
+            }
             (node, NodeOp::Drain, (!no_wait).then_some(limit.0))
         }
         C::Rm { node, force } => (node, NodeOp::Remove { force }, None),
@@ -347,6 +361,11 @@ async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()
             outln!("node/{name} drained");
             return Ok(());
         }
+        let stranded = stranded_by_drain(client, &name).await?;
+        let stuck: usize = stranded.iter().map(|(_, n)| n).sum();
+        if stuck > 0 && stuck >= left {
+            bail!("node/{name}: {left} replica(s) stay: {} (the node stays cordoned and draining; they move once a node can take them)", lines(&stranded));
+        }
         if left != last {
             outln!("node/{name}: {left} replica(s) left");
             last = left;
@@ -356,6 +375,46 @@ async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// What draining `node` cannot move: `(line, replicas)` per service, the line saying
+/// `no other schedulable node for service NS/NAME's replicas (N on NODE)`.
+async fn stranded_by_drain(client: &Client, node: &str) -> anyhow::Result<Vec<(String, usize)>> {
+    let nodes: Vec<orch_core::object::Node> = list(client, Kind::Node, None)
+        .await?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Node(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let replicas: Vec<orch_core::object::Replica> = list(client, Kind::Replica, None)
+        .await?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Replica(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    Ok(
+        orch_core::engine::nodes::stranded_by_drain(node, &nodes, &replicas)
+            .into_iter()
+            .map(|(ns, svc, n)| {
+                (
+                    format!("no other schedulable node for service {ns}/{svc}'s replicas ({n} on {node})"),
+                    n,
+                )
+            })
+            .collect(),
+    )
+}
+
+fn lines(stranded: &[(String, usize)]) -> String {
+    stranded
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn kind_arg(s: &str) -> anyhow::Result<Kind> {

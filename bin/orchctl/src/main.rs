@@ -264,6 +264,10 @@ pub enum NodeCommand {
         /// Give up waiting after this long.
         #[arg(long, default_value = "5m")]
         timeout: String,
+        /// Drain even when no other node can take some service's replicas (those stay
+        /// where they are until one can).
+        #[arg(long)]
+        force: bool,
     },
     /// Forget a node: its replicas are replaced elsewhere and, in a cluster, its certificate
     /// is refused from now on.

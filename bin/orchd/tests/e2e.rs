@@ -176,3 +176,67 @@ fn orchctl_outputs_logs_describe_and_watch() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// `orchctl node drain` on the only node says at once that the service's replicas have
+/// nowhere to go and changes nothing; with `--force` it marks the node draining, says the
+/// same and returns, and the service keeps all its replicas ready with no surplus ones.
+#[test]
+fn draining_the_only_node_says_so_and_keeps_the_service_available() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let f = write(tmp.path(), "hello.yaml", &hello(4, "red"));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    eventually("4 ready", Duration::from_secs(20), || ready_addrs(&d, 4));
+    let t = Instant::now();
+    let out = d.ctl(&["node", "drain", "test-node", "--timeout", "20s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "no other schedulable node for service default/hello's replicas (4 on test-node)"
+        ) && err.contains("--force"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let node = d.ctl_ok(&["get", "node", "test-node", "-o", "json"]);
+    assert!(
+        !node.contains("\"draining\": true"),
+        "refused, yet changed: {node}"
+    );
+
+    let t = Instant::now();
+    let out = d.ctl(&["node", "drain", "test-node", "--force", "--timeout", "20s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("4 replica(s) stay") && err.contains("no other schedulable node"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let node = d.ctl_ok(&["get", "node", "test-node", "-o", "json"]);
+    assert!(node.contains("\"draining\": true"), "{node}");
+    // Nothing is stopped for replacements that cannot be placed.
+    let t = Instant::now();
+    let (mut lowest, mut most) = (usize::MAX, 0);
+    while t.elapsed() < Duration::from_secs(3) {
+        let reps = d.replicas();
+        let active = reps
+            .iter()
+            .filter(|r| r["spec"]["desired"] != "Stopped")
+            .count();
+        let ready = reps
+            .iter()
+            .filter(|r| r["status"]["phase"] == "Ready")
+            .count();
+        lowest = lowest.min(ready);
+        most = most.max(active);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (lowest, most),
+        (4, 4),
+        "ready fell to {lowest}, {most} replicas"
+    );
+    d.ctl_ok(&["node", "uncordon", "test-node"]);
+    d.delete_and_wait("service", "hello");
+}

@@ -192,6 +192,49 @@ fn a_crash_loop_backs_off_to_the_services_cap() {
     d.delete_and_wait("service", "crash");
 }
 
+/// A replica that runs 0.3 s and crashes, restarted every second, is never reported Ready (it
+/// has not stayed up since it exited) and its service never counts it: sampled every 50 ms
+/// for 6 s, through `get replicas` and `get services`.
+#[test]
+fn a_crash_looping_replica_is_never_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let f = write(
+        tmp.path(),
+        "flap.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: flap}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'sleep 0.3; exit 3']\n    restartBackoffMax: 1s\n",
+    );
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    eventually("restarted twice", Duration::from_secs(20), || {
+        of(&d, "flap")
+            .first()
+            .filter(|r| r["status"]["restarts"].as_u64() >= Some(2))
+            .map(|_| ())
+    });
+    let t = Instant::now();
+    let (mut samples, mut ready, mut counted) = (0, 0, 0);
+    let mut reasons = std::collections::BTreeSet::new();
+    while t.elapsed() < Duration::from_secs(6) {
+        for r in of(&d, "flap") {
+            ready += usize::from(r["status"]["phase"] == "Ready");
+            reasons.insert(r["status"]["reason"].as_str().unwrap_or("").to_string());
+        }
+        let svc: serde_json::Value =
+            serde_json::from_str(&d.ctl_ok(&["get", "service", "flap", "-o", "json"])).unwrap();
+        counted += usize::from(svc["status"]["readyReplicas"].as_u64() == Some(1));
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{samples} samples, reasons {reasons:?}");
+    assert_eq!(ready, 0, "seen Ready in {ready} of {samples} samples");
+    assert_eq!(
+        counted, 0,
+        "counted ready in {counted} of {samples} samples"
+    );
+    assert!(reasons.contains("CrashLoopBackOff"), "{reasons:?}");
+    d.delete_and_wait("service", "flap");
+}
+
 /// A rolling update of 10 replicas with max-unavailable 1 whose new replicas take 0.5 s to
 /// pass their readiness probe: sampled every 50 ms, ready replicas never drop below 9, and
 /// the update completes.

@@ -104,9 +104,20 @@ struct Backoff {
     failures: u32,
     last_start: Option<Instant>,
     retry_at: Option<Instant>,
+    /// The delay before `retry_at` and the wall-clock time it stands for, as the status says
+    /// them (fixed when the delay is chosen, so re-reconciling rewrites nothing).
+    retry_delay: Duration,
+    retry_wall: Option<Timestamp>,
     /// Why the last start failed (`reason`, message), until a start succeeds: the back-off
     /// status keeps saying it instead of a bare exit code.
     start_error: Option<(&'static str, String)>,
+    /// A status not yet written (the replica's uid, the status): the base of the next
+    /// reconcile, written when [`STATUS_HOLD`] has passed since `last_write`.
+    held: Option<(String, ReplicaStatus)>,
+    /// When this agent last wrote the replica's status.
+    last_write: Option<Instant>,
+    /// When the last restart event of a crash loop was recorded.
+    last_event: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -128,9 +139,29 @@ pub struct Agent {
 /// What reconciling one replica produced.
 #[derive(Default)]
 struct Outcome {
+    /// The status the replica should have (`None`: as it is); written, or held a moment
+    /// while the replica crash-loops (see [`STATUS_HOLD`]).
+    status: Option<ReplicaStatus>,
+    /// Other writes (deletes).
     ops: Vec<Op>,
     requeue_after: Option<Duration>,
 }
+
+/// Consecutive quick failures from which a replica counts as crash-looping.
+const CRASH_LOOP: u32 = 3;
+
+/// While a replica crash-loops its status is written at most once per this period: the
+/// restarts in between are counted in the agent and written together, so a replica that
+/// crashes hundreds of times a second costs a few store revisions a second, not one per
+/// restart. A change of readiness is never held.
+const STATUS_HOLD: Duration = Duration::from_millis(500);
+
+/// A replica restarted after an exit and without a readiness probe is Ready only once it
+/// has stayed up this long (or the stable-run period, if shorter).
+const RESTART_SETTLE: Duration = Duration::from_secs(1);
+
+/// At most one restart event per crash-looping replica per this period.
+const CRASH_EVENT_EVERY: Duration = Duration::from_secs(10);
 
 fn id_of(r: &Replica) -> String {
     r.runtime_name()
@@ -465,11 +496,15 @@ impl Agent {
                     }
                 })
             },
-            tokio::spawn(crate::engine::probes::run(
-                self.ctx.clone(),
-                self.runtime.clone(),
-                self.cfg.node.clone(),
-            )),
+            {
+                let me = self.clone();
+                tokio::spawn(crate::engine::probes::run(
+                    self.ctx.clone(),
+                    self.runtime.clone(),
+                    self.cfg.node.clone(),
+                    Arc::new(move |id: &str| me.holds(id)),
+                ))
+            },
             {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -599,13 +634,96 @@ impl Agent {
         }
     }
 
+    /// Reconciles one replica from its stored version, or from the status the agent holds
+    /// back for it, and writes the status it should have (or holds it back a moment more).
     async fn reconcile(self: &Arc<Self>, key: &str) -> Outcome {
         let id = id_of_key(key);
-        let replica = self
+        let stored = self
             .ctx
             .cache
             .replica(key)
             .filter(|r| r.spec.node.as_deref() == Some(self.cfg.node.as_str()));
+        let held = stored.as_ref().and_then(|r| {
+            let g = self.lock();
+            g.backoff
+                .get(&id)
+                .and_then(|b| b.held.as_ref())
+                .filter(|(uid, _)| *uid == r.metadata.uid)
+                .map(|(_, st)| st.clone())
+        });
+        let base = stored.clone().map(|mut r| {
+            if let Some(st) = &held {
+                r.status = st.clone();
+            }
+            r
+        });
+        let mut o = self.reconcile_replica(key, &id, base).await;
+        let Some(r) = stored else {
+            return o;
+        };
+        let want = o.status.take().or(held);
+        let mut g = self.lock();
+        let Some(b) = g.backoff.get_mut(&id) else {
+            if let Some(st) = want {
+                o.ops.extend(with_status(&r, st));
+            }
+            return o;
+        };
+        let Some(want) = want.filter(|st| *st != r.status && o.ops.is_empty()) else {
+            b.held = None;
+            return o;
+        };
+        let now = Instant::now();
+        let hold = (b.failures >= CRASH_LOOP
+            && r.spec.desired == DesiredState::Running
+            && r.status.phase != Phase::Ready
+            && want.phase != Phase::Ready)
+            .then(|| {
+                b.last_write
+                    .map(|t| (t + STATUS_HOLD).saturating_duration_since(now))
+            })
+            .flatten()
+            .filter(|left| !left.is_zero());
+        match hold {
+            Some(left) => {
+                b.held = Some((r.metadata.uid.clone(), want));
+                o.requeue_after = Some(o.requeue_after.map_or(left, |d| d.min(left)));
+            }
+            None => {
+                b.held = None;
+                b.last_write = Some(now);
+                o.ops.extend(with_status(&r, want));
+            }
+        }
+        o
+    }
+
+    /// Whether the agent holds a status for replica `id` that it has not written yet (the
+    /// stored one is older: the prober leaves such a replica alone).
+    fn holds(&self, id: &str) -> bool {
+        self.lock()
+            .backoff
+            .get(id)
+            .is_some_and(|b| b.held.is_some())
+    }
+
+    /// How much longer a run restarted after an exit waits before it counts as Ready (without
+    /// a readiness probe), if it still waits.
+    fn settle_left(&self, id: &str) -> Option<Duration> {
+        let g = self.lock();
+        let b = g.backoff.get(id).filter(|b| b.failures > 0)?;
+        let settle = RESTART_SETTLE.min(self.cfg.stable_run);
+        let left = (b.last_start? + settle).saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    async fn reconcile_replica(
+        self: &Arc<Self>,
+        key: &str,
+        id: &str,
+        replica: Option<Replica>,
+    ) -> Outcome {
+        let id = id.to_string();
         let workload = {
             let g = self.lock();
             if g.busy.contains(&id) {
@@ -629,11 +747,17 @@ impl Agent {
             }
             (Some(r), Some(w)) => match &w.state {
                 WorkloadState::Running => {
+                    let settling = if crate::engine::probes::gates_readiness(&r.spec.template) {
+                        None
+                    } else {
+                        self.settle_left(&id)
+                    };
                     let mut st = r.status.clone();
-                    mark_running(&mut st, &w, &r.spec.template);
+                    mark_running(&mut st, &w, &r.spec.template, settling.is_some());
                     Outcome {
-                        ops: with_status(&r, st).into_iter().collect(),
-                        requeue_after: None,
+                        status: Some(st),
+                        ops: Vec::new(),
+                        requeue_after: settling,
                     }
                 }
                 WorkloadState::Exited(status) => self.handle_exit(&r, status.clone()).await,
@@ -668,7 +792,8 @@ impl Agent {
                 let mut st = r.status.clone();
                 st.phase = Phase::Stopping;
                 Outcome {
-                    ops: with_status(r, st).into_iter().collect(),
+                    status: Some(st),
+                    ops: Vec::new(),
                     requeue_after: None,
                 }
             }
@@ -680,6 +805,7 @@ impl Agent {
                 self.lock().backoff.remove(&id);
                 Outcome {
                     ops: vec![delete_op(&Object::Replica(r.clone()))],
+                    status: None,
                     requeue_after: None,
                 }
             }
@@ -687,6 +813,7 @@ impl Agent {
                 self.lock().backoff.remove(&id);
                 Outcome {
                     ops: vec![delete_op(&Object::Replica(r.clone()))],
+                    status: None,
                     requeue_after: None,
                 }
             }
@@ -771,12 +898,13 @@ impl Agent {
             };
             st.message = format!("exited: {exit}; restart policy {:?}", t.restart_policy);
             return Outcome {
-                ops: with_status(r, st).into_iter().collect(),
+                status: Some(st),
+                ops: Vec::new(),
                 requeue_after: None,
             };
         }
         let now = Instant::now();
-        let (retry_at, start_error, failures) = {
+        let (retry_at, start_error, failures, delay, next) = {
             let mut g = self.lock();
             let b = g.backoff.entry(id.clone()).or_default();
             let start_error = b.start_error.clone();
@@ -796,14 +924,21 @@ impl Agent {
                     b.failures += 1;
                     let at = now + delay;
                     b.retry_at = Some(at);
+                    b.retry_delay = delay;
+                    b.retry_wall = Some(Timestamp(Timestamp::now().0 + delay.as_millis() as u64));
                     at
                 }
             };
-            (at, start_error, b.failures)
+            let next = b.retry_wall.unwrap_or_else(Timestamp::now);
+            (at, start_error, b.failures, b.retry_delay, next)
         };
         if retry_at > now {
             let wait = retry_at - now;
-            let wait_text = humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)));
+            let wait_text = if delay < Duration::from_secs(1) {
+                format!("{}ms", delay.as_millis().max(1))
+            } else {
+                humantime::format_duration(Duration::from_secs(delay.as_secs())).to_string()
+            };
             st.phase = Phase::Failed;
             match start_error {
                 Some((reason, error)) => {
@@ -815,7 +950,7 @@ impl Agent {
                     st.reason = "CrashLoopBackOff".into();
                     let tail = self.log_tail(&id).await;
                     st.message = format!(
-                        "back-off {wait_text} restarting a replica that keeps crashing ({} restarts); last exit: {exit}{}",
+                        "back-off {wait_text} restarting a replica that keeps crashing ({} restarts, next at {next}); last exit: {exit}{}",
                         st.restarts,
                         if tail.is_empty() {
                             String::new()
@@ -832,7 +967,8 @@ impl Agent {
                 }
             }
             return Outcome {
-                ops: with_status(r, st).into_iter().collect(),
+                status: Some(st),
+                ops: Vec::new(),
                 requeue_after: Some(wait),
             };
         }
@@ -892,7 +1028,8 @@ impl Agent {
             st.reason = "Unsupported".into();
             st.message = format!("the {} runtime on node {} cannot run this template (image needs a container runtime; command needs the process runtime)", self.runtime.info().name, self.cfg.node);
             return Outcome {
-                ops: with_status(r, st).into_iter().collect(),
+                status: Some(st),
+                ops: Vec::new(),
                 requeue_after: None,
             };
         }
@@ -953,19 +1090,72 @@ impl Agent {
         }
         match self.runtime.start(&spec).await {
             Ok(w) => {
-                mark_running(&mut st, &w, &r.spec.template);
+                let settle = RESTART_SETTLE.min(self.cfg.stable_run);
+                let settling = restart && !settle.is_zero();
+                mark_running(&mut st, &w, &r.spec.template, settling);
                 if restart {
                     st.restarts += 1;
-                    rec.normal(
-                        Kind::Replica,
-                        ns,
-                        name,
-                        "Restarted",
-                        format!(
-                            "restarted on {} ({}), restart {}",
-                            self.cfg.node, w.runtime_id, st.restarts
-                        ),
-                    );
+                    let (failures, event) = {
+                        let mut g = self.lock();
+                        let b = g.backoff.entry(id.clone()).or_default();
+                        let now = Instant::now();
+                        let looping = b.failures >= CRASH_LOOP;
+                        let event = !looping
+                            || b.last_event
+                                .is_none_or(|t| now.duration_since(t) >= CRASH_EVENT_EVERY);
+                        if looping && event {
+                            b.last_event = Some(now);
+                        }
+                        (b.failures, event)
+                    };
+                    let exit = st
+                        .last_exit
+                        .as_ref()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "unknown".into());
+                    if failures >= CRASH_LOOP {
+                        // Restarted at once, again and again: say so (not Ready meanwhile).
+                        st.reason = "CrashLoopBackOff".into();
+                        let tail = self.log_tail(&id).await;
+                        st.message = format!(
+                            "restarted a replica that keeps crashing ({} restarts); last exit: {exit}{}",
+                            st.restarts,
+                            if tail.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; last output: {tail}")
+                            }
+                        );
+                    } else if settling && !crate::engine::probes::gates_readiness(&r.spec.template)
+                    {
+                        st.message = format!(
+                            "restarted after it exited ({exit}); ready once it has stayed up {}",
+                            humantime::format_duration(settle)
+                        );
+                    }
+                    if event && failures >= CRASH_LOOP {
+                        rec.warning(
+                            Kind::Replica,
+                            ns,
+                            name,
+                            "CrashLoopBackOff",
+                            format!(
+                                "restarted on {} ({}), restart {}: it keeps crashing; last exit: {exit}",
+                                self.cfg.node, w.runtime_id, st.restarts
+                            ),
+                        );
+                    } else if event {
+                        rec.normal(
+                            Kind::Replica,
+                            ns,
+                            name,
+                            "Restarted",
+                            format!(
+                                "restarted on {} ({}), restart {}",
+                                self.cfg.node, w.runtime_id, st.restarts
+                            ),
+                        );
+                    }
                 } else {
                     rec.normal(
                         Kind::Replica,
@@ -982,8 +1172,9 @@ impl Agent {
                 }
                 self.lock().workloads.insert(id, w);
                 Outcome {
-                    ops: with_status(r, st).into_iter().collect(),
-                    requeue_after: None,
+                    status: Some(st),
+                    ops: Vec::new(),
+                    requeue_after: settling.then_some(settle),
                 }
             }
             Err(e) => self.start_failed(r, st, restart, e, &rec).await,
@@ -1040,6 +1231,8 @@ impl Agent {
             );
             b.failures += 1;
             b.retry_at = Some(Instant::now() + d);
+            b.retry_delay = d;
+            b.retry_wall = Some(Timestamp(Timestamp::now().0 + d.as_millis() as u64));
             d
         };
         let requeue = r
@@ -1049,22 +1242,33 @@ impl Agent {
             .restarts(false)
             .then_some(delay);
         Outcome {
-            ops: with_status(r, st).into_iter().collect(),
+            status: Some(st),
+            ops: Vec::new(),
             requeue_after: requeue,
         }
     }
 }
 
 /// The status of a replica whose workload runs: Ready, unless a readiness or startup probe
-/// decides that (then Running until the prober says Ready; what it wrote for this run stays).
-fn mark_running(st: &mut ReplicaStatus, w: &Workload, t: &crate::object::Template) {
+/// decides that (then Running until the prober says Ready; what it wrote for this run stays)
+/// or it was restarted after an exit and is `settling` (Running until it has stayed up a
+/// moment: a replica that crashes as soon as it starts is never Ready).
+fn mark_running(st: &mut ReplicaStatus, w: &Workload, t: &crate::object::Template, settling: bool) {
     let same_run = st.runtime_id == w.runtime_id && st.phase.is_up();
     if !crate::engine::probes::gates_readiness(t) {
-        st.phase = Phase::Ready;
-        st.reason.clear();
-        st.message.clear();
         if !same_run {
             st.probes.clear();
+        }
+        if settling {
+            st.phase = Phase::Running;
+            if !same_run {
+                st.reason = "Restarted".into();
+                st.message = "restarted; ready once it has stayed up a moment".into();
+            }
+        } else {
+            st.phase = Phase::Ready;
+            st.reason.clear();
+            st.message.clear();
         }
     } else if !same_run {
         st.phase = Phase::Running;

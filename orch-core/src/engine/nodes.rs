@@ -91,3 +91,44 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
     }
 }
+
+/// Whether `node` can take new replicas of a service with `placement`: Ready, neither
+/// cordoned nor draining, and admitted by the placement's selectors, affinity and taints.
+/// (Resources and replica affinity are the scheduler's to judge.)
+pub fn can_take(placement: &crate::object::Placement, node: &crate::object::Node) -> bool {
+    node.status.condition == NodeCondition::Ready
+        && !node.spec.unschedulable
+        && !node.spec.draining
+        && placement.admits(node)
+}
+
+/// The services with active replicas on `node` that no other node can take, as
+/// `(namespace, service, replicas on node)`: what draining `node` could not move.
+pub fn stranded_by_drain(
+    node: &str,
+    nodes: &[crate::object::Node],
+    replicas: &[crate::object::Replica],
+) -> Vec<(String, String, usize)> {
+    let mut out: std::collections::BTreeMap<(String, String), (usize, bool)> = Default::default();
+    for r in replicas {
+        if r.spec.node.as_deref() != Some(node)
+            || r.spec.desired != DesiredState::Running
+            || r.spec.service.starts_with("job:")
+        {
+            continue;
+        }
+        let e = out
+            .entry((r.metadata.namespace.clone(), r.spec.service.clone()))
+            .or_insert_with(|| {
+                let placeable = nodes
+                    .iter()
+                    .any(|n| n.metadata.name != node && can_take(&r.spec.placement, n));
+                (0, placeable)
+            });
+        e.0 += 1;
+    }
+    out.into_iter()
+        .filter(|(_, (_, placeable))| !placeable)
+        .map(|((ns, svc), (n, _))| (ns, svc, n))
+        .collect()
+}

@@ -182,8 +182,14 @@ async fn check(runtime: &dyn Runtime, r: &Replica, probe: &Probe) -> Result<(), 
     Err("the probe has no check".into())
 }
 
-/// Runs the prober for `node` until the engine stops.
-pub async fn run(ctx: Arc<Ctx>, runtime: Arc<dyn Runtime>, node: String) {
+/// Runs the prober for `node` until the engine stops. Replicas for which `held` holds are
+/// skipped: the agent knows a newer status for them than the store (a crash loop).
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    runtime: Arc<dyn Runtime>,
+    node: String,
+    held: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+) {
     let mut states: HashMap<String, RunState> = HashMap::new();
     let (tx, mut rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, String, Kind, Result<(), String>)>();
@@ -204,6 +210,7 @@ pub async fn run(ctx: Arc<Ctx>, runtime: Arc<dyn Runtime>, node: String) {
                     && r.status.phase.is_up()
                     && !r.status.runtime_id.is_empty()
                     && !probes_of(r).is_empty()
+                    && !held(&r.runtime_name())
             })
             .collect();
         let live: std::collections::HashSet<String> =

@@ -106,9 +106,18 @@ pub fn decide<R: Borrow<Replica>>(
     let mut max_scale_down = all.saturating_sub(min_available + new_unavailable);
     let mut ready_total =
         active.iter().filter(|r| ready(r)).count() - stopping.iter().filter(|r| ready(r)).count();
+    // Current replicas the scheduler could not place: a ready replica that is outdated only
+    // because its node drains is not stopped for a replacement that has nowhere to go (nor
+    // is a surplus replica created in its place).
+    let blocked = new
+        .iter()
+        .any(|r| r.spec.node.is_none() && r.status.reason == "Unschedulable");
     for r in old {
         if max_scale_down == 0 {
             break;
+        }
+        if blocked && ready(r) && r.spec.template_hash == hash {
+            continue;
         }
         if ready(r) {
             if ready_total <= min_available {
@@ -428,11 +437,32 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
         .as_ref()
         .filter(|s| s.spec.mode == crate::object::ServiceMode::Global)
         .map(|s| (s, eligible_nodes(s, &ctx.cache.nodes())));
+    let mut stranded_on = std::collections::BTreeSet::new();
     let d = match &global {
         Some((s, eligible)) => decide_global(s, &replicas, eligible),
         None => {
             let draining = ctx.cache.draining_nodes();
-            decide(svc.as_ref(), &replicas, &|n| draining.contains(n))
+            // A drain moves a service's replicas only if some other node can take them:
+            // with nowhere to go they stay (ready) instead of being stopped for
+            // replacements that can never be placed.
+            let movable = draining.is_empty()
+                || svc.as_ref().is_none_or(|s| {
+                    ctx.cache
+                        .nodes()
+                        .iter()
+                        .any(|n| crate::engine::nodes::can_take(&s.spec.placement, n))
+                });
+            if !movable {
+                stranded_on = replicas
+                    .iter()
+                    .filter_map(|r| r.spec.node.as_deref())
+                    .filter(|n| draining.contains(*n))
+                    .map(str::to_string)
+                    .collect();
+            }
+            decide(svc.as_ref(), &replicas, &|n| {
+                movable && draining.contains(n)
+            })
         }
     };
     let mut ops: Vec<Op> = Vec::new();
@@ -484,6 +514,12 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
             ops.push(create_op(&Object::Replica(r)));
         }
         let mut status = status_of(svc, &replicas);
+        if !stranded_on.is_empty() && status.message.is_empty() {
+            status.message = format!(
+                "replicas on draining node(s) {} stay: no other schedulable node for them",
+                stranded_on.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
         let desired = global
             .as_ref()
             .map_or(svc.spec.replicas, |(_, e)| e.len() as u32);
@@ -697,6 +733,23 @@ mod tests {
         svc.spec.update.order = Some(crate::object::UpdateOrder::StopFirst);
         let d = decide(Some(&svc), &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (0, 1), "stop first");
+    }
+
+    #[test]
+    fn a_drain_stops_nothing_for_replacements_that_cannot_be_placed() {
+        let svc = service(4, 1, 1);
+        let drained = |n: &str| n == "n1";
+        let mut reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
+        let mut pending = new_replica(&svc);
+        pending.status.reason = "Unschedulable".into();
+        reps.push(pending);
+        let d = decide(Some(&svc), &reps, &drained);
+        assert_eq!((d.create, d.stop.len()), (0, 0), "{d:?}");
+        // A template change still rolls within max-unavailable.
+        let mut svc2 = svc.clone();
+        svc2.spec.template.args = vec!["v2".into()];
+        let d = decide(Some(&svc2), &reps[..4], &drained);
+        assert_eq!((d.create, d.stop.len()), (1, 1), "{d:?}");
     }
 
     #[test]
