@@ -150,3 +150,55 @@ fn the_log_cap_holds_under_a_flood_across_a_restart() {
         || (!process_alive(pid) && !process_alive(writer)).then_some(()),
     );
 }
+
+/// Live pids whose command line holds `word` as an argument.
+fn processes_with_arg(word: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == word.as_bytes()))
+                && process_alive(*pid)
+        })
+        .collect()
+}
+
+/// Issue 17's walk: 2 of 5 replicas of `( setsid sleep & ) ; exec sleep` left the detached
+/// sleep behind after `orchctl delete`. Every process a replica starts is in its cgroup now.
+#[test]
+fn detached_children_go_with_their_replica() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let escaped = format!("{}1", 3_100_000 + std::process::id());
+    let command = format!("[sh, -c, '( setsid sleep {escaped} & ) ; exec sleep 1000']");
+    let f = write(tmp.path(), "fork.yaml", &service("fork", 5, &command));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    eventually("5 detached children", Duration::from_secs(30), || {
+        (processes_with_arg(&escaped).len() == 5).then_some(())
+    });
+    let with_cgroups = workload_dirs(&d).iter().all(|dir| {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+        state["cgroups"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    d.delete_and_wait("service", "fork");
+    let left = eventually("no replica left", Duration::from_secs(10), || {
+        workload_dirs(&d)
+            .is_empty()
+            .then(|| processes_with_arg(&escaped))
+    });
+    for pid in &left {
+        kill9(*pid);
+    }
+    if !with_cgroups {
+        println!("no cgroups on this machine: only the process group is killed");
+        return;
+    }
+    assert!(
+        left.is_empty(),
+        "{} of 5 detached children outlived the delete",
+        left.len()
+    );
+}
