@@ -8,6 +8,7 @@
 pub mod api;
 pub mod discovery;
 pub mod engine;
+pub mod expand;
 pub mod fake;
 pub mod manifest;
 pub mod memstore;

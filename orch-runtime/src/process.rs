@@ -639,14 +639,25 @@ pub(crate) fn port_var(name: &str) -> String {
     format!("ORCH_PORT_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
-/// The environment of a workload, in order (later entries win).
-fn environment(spec: &WorkloadSpec, ports: &[BoundPort], host_ip: &str) -> Vec<(String, String)> {
+/// The environment of a workload, in order (later entries win), and how many of its first
+/// entries are inherited from orchd (`PATH`, `HOME`, ...) rather than set for the workload.
+/// The template's env values are expanded (`$(PORT)`, see [`orch_core::expand`]).
+fn environment(
+    spec: &WorkloadSpec,
+    ports: &[BoundPort],
+    host_ip: &str,
+    root: Option<&Path>,
+) -> (Vec<(String, String)>, usize) {
     let mut env: Vec<(String, String)> = INHERITED_ENV
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
+    let inherited = env.len();
     // The address the ports were picked on, which is where the replica is reached.
     env.push(("ORCH_HOST_IP".into(), host_ip.to_string()));
+    if let Some(root) = root {
+        env.push(("ORCH_ROOT".into(), root.display().to_string()));
+    }
     if let Some(dns) = &spec.dns {
         env.extend(dns.env());
     }
@@ -663,13 +674,9 @@ fn environment(spec: &WorkloadSpec, ports: &[BoundPort], host_ip: &str) -> Vec<(
             .iter()
             .map(|p| (port_var(&p.name), p.port.to_string())),
     );
-    env.extend(
-        spec.template
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone())),
-    );
-    env
+    let own = orch_core::expand::expand_env(&env[inherited..], &spec.template.env);
+    env.extend(own);
+    (env, inherited)
 }
 
 /// Everything `pipe` yields until it closes, keeping the first
@@ -894,11 +901,11 @@ impl Runtime for ProcessRuntime {
                 "the process runtime runs commands, not images".into(),
             ));
         }
-        let Some(command) = t.command.first() else {
+        if t.command.is_empty() {
             return Err(RuntimeError::Unsupported(
                 "the process runtime needs a command".into(),
             ));
-        };
+        }
         let _ops = inner.ops.lock().await;
         let (old_cgroups, old_writer) = match lock(&inner.workloads).get(&spec.id) {
             Some(e) if e.record.exit.is_none() => {
@@ -910,21 +917,21 @@ impl Runtime for ProcessRuntime {
 
         let dir = inner.dir(&spec.id);
         let ports = allocate_ports(&inner.config.host_ip, &t.ports)?;
-        let mut env = environment(spec, &ports, &inner.config.host_ip);
-        if !spec.mounts.is_empty() {
+        let root = (!spec.mounts.is_empty()).then(|| dir.join("root"));
+        if let Some(root) = &root {
             // Processes share the node's filesystem: each mount is a link at its path under
             // the replica's own root, which the process finds as $ORCH_ROOT.
-            let root = dir.join("root");
-            crate::mounts::link_process_mounts(&root, &inner.tmpfs.join(&spec.id), &spec.mounts)
+            crate::mounts::link_process_mounts(root, &inner.tmpfs.join(&spec.id), &spec.mounts)
                 .map_err(|e| RuntimeError::StartFailed(format!("mounts: {e}")))?;
-            let at = env
-                .iter()
-                .position(|(k, _)| k == "ORCH_HOST_IP")
-                .map_or(0, |i| i + 1);
-            env.insert(at, ("ORCH_ROOT".into(), root.display().to_string()));
         }
+        let (env, inherited) = environment(spec, &ports, &inner.config.host_ip, root.as_deref());
+        // Kubernetes' `$(VAR)` expansion of command and args, from the workload's own variables.
+        let argv = orch_core::expand::expand_args(
+            &t.command.iter().chain(&t.args).cloned().collect::<Vec<_>>(),
+            &env[inherited..],
+        );
         let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v);
-        let program = resolve_command(command, &inner.config.search_path, path_var.map(|s| &**s))?;
+        let program = resolve_command(&argv[0], &inner.config.search_path, path_var.map(|s| &**s))?;
         let work_dir = match &t.working_dir {
             Some(w) => {
                 let w = PathBuf::from(w);
@@ -975,12 +982,7 @@ impl Runtime for ProcessRuntime {
 
         // The child joins its cgroups itself, before it runs any of the workload's code.
         let strict = t.resources != Default::default();
-        let mut cmd = command_in(
-            &cgroups,
-            strict,
-            &program,
-            t.command.iter().skip(1).chain(&t.args),
-        );
+        let mut cmd = command_in(&cgroups, strict, &program, &argv[1..]);
         cmd.env_clear()
             .envs(env)
             .current_dir(&work_dir)

@@ -330,7 +330,8 @@ async fn stop_signals_the_group_and_kills_after_grace() {
     let w = rt
         .start(&sh(
             "t.family",
-            "sh -c 'trap \"\" TERM; echo $$ > bg.pid; exec sleep 1000' & exec sleep 1001",
+            // `$$$$`: a command's `$$` is a literal `$` after Kubernetes' `$(VAR)` expansion.
+            "sh -c 'trap \"\" TERM; echo $$$$ > bg.pid; exec sleep 1000' & exec sleep 1001",
         ))
         .await
         .unwrap();

@@ -240,3 +240,35 @@ fn draining_the_only_node_says_so_and_keeps_the_service_available() {
     d.ctl_ok(&["node", "uncordon", "test-node"]);
     d.delete_and_wait("service", "hello");
 }
+
+/// `$(VAR)` in command, args and env values is expanded as Kubernetes does, with the replica's
+/// dynamic port: a real process replica prints what it was given.
+#[test]
+fn dollar_references_in_args_and_env_are_expanded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let f = write(
+        tmp.path(),
+        "args.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: args}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'echo \"port=$1 url=$2 literal=$3 unknown=$4 env=$URL\"; exec sleep 1000', sh]\n    args: ['$(PORT)', '$(URL)', '$$(PORT)', '$(NOPE)']\n    env: [{name: URL, value: 'http://127.0.0.1:$(ORCH_PORT_HTTP)/'}]\n    ports: [{name: http}]\n    stopGracePeriod: 1s\n",
+    );
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let (name, port) = eventually("running", Duration::from_secs(20), || {
+        let r = d.replicas().into_iter().next()?;
+        let port = r["status"]["ports"][0]["port"].as_u64()?;
+        Some((r["metadata"]["name"].as_str()?.to_string(), port))
+    });
+    let line = eventually("it printed its arguments", Duration::from_secs(20), || {
+        let l = d.ctl_ok(&["logs", &name]);
+        l.lines()
+            .find(|l| l.starts_with("port="))
+            .map(str::to_string)
+    });
+    assert_eq!(
+        line,
+        format!(
+            "port={port} url=http://127.0.0.1:{port}/ literal=$(PORT) unknown=$(NOPE) env=http://127.0.0.1:{port}/"
+        )
+    );
+    d.delete_and_wait("service", "args");
+}

@@ -287,7 +287,8 @@ impl Agent {
         }
         let mut template = (**t).clone();
         for e in &mut template.env {
-            if let Some(f) = e.value_from.take() {
+            // `valueFrom` stays set: the runtime expands `$(VAR)` in plain values only.
+            if let Some(f) = e.value_from.clone() {
                 let (secret, name) = match (&f.secret, &f.config) {
                     (Some(n), _) => (true, n),
                     (_, Some(n)) => (false, n),

@@ -877,12 +877,6 @@ impl Runtime for ContainerdRuntime {
             }
             Err(e) => return Err(e),
         };
-        let argv = cfg.argv(t);
-        if argv.is_empty() {
-            return Err(RuntimeError::StartFailed(format!(
-                "image {image} has no entrypoint or cmd, and the template no command"
-            )));
-        }
         let user = match cfg.user.as_deref() {
             None => None,
             Some(u) => Some(self.resolve_user(image, &cfg, u).await?),
@@ -899,22 +893,37 @@ impl Runtime for ContainerdRuntime {
             let (k, v) = e.split_once('=').unwrap_or((e, ""));
             set(k.into(), v.into());
         }
+        // What orch sets, then the template's env with `$(VAR)` expanded from it (the image's
+        // own env is not a source, as in Kubernetes).
+        let mut vars: Vec<(String, String)> = Vec::new();
         if let Some(dns) = &spec.dns {
-            for (k, v) in dns.env() {
-                set(k, v);
-            }
+            vars.extend(dns.env());
         }
-        for e in &spec.extra_env {
-            set(e.name.clone(), e.value.clone());
-        }
+        vars.extend(
+            spec.extra_env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone())),
+        );
         if let Some(first) = ports.first() {
-            set("PORT".into(), first.port.to_string());
+            vars.push(("PORT".into(), first.port.to_string()));
         }
         for p in &ports {
-            set(crate::process::port_var(&p.name), p.port.to_string());
+            vars.push((crate::process::port_var(&p.name), p.port.to_string()));
         }
-        for e in &t.env {
-            set(e.name.clone(), e.value.clone());
+        let own = orch_core::expand::expand_env(&vars, &t.env);
+        vars.extend(own);
+        for (k, v) in &vars {
+            set(k.clone(), v.clone());
+        }
+        // The template's command and args expanded the same way (the image's are not).
+        let mut expanded = t.clone();
+        expanded.command = orch_core::expand::expand_args(&t.command, &vars);
+        expanded.args = orch_core::expand::expand_args(&t.args, &vars);
+        let argv = cfg.argv(&expanded);
+        if argv.is_empty() {
+            return Err(RuntimeError::StartFailed(format!(
+                "image {image} has no entrypoint or cmd, and the template no command"
+            )));
         }
         let started_at = Timestamp::now();
         let labels = HashMap::from([
