@@ -604,6 +604,18 @@ impl Template {
         format!("{}/{name}@{rev}", if secret { "secret" } else { "config" })
     }
 
+    /// [`ServiceSpec::config_versions`] as the replication controller counts them: one
+    /// [`Template::config_version`] per secret (`true`) or config the template refers to, at
+    /// the store revision `revision_of(secret, name)` gives (0: missing). Everything that
+    /// shows or compares a service's revision hash goes through this, so `orchctl describe`,
+    /// `apply --plan` and the controller agree with the replicas' `templateHash`.
+    pub fn config_versions(&self, mut revision_of: impl FnMut(bool, &str) -> u64) -> Vec<String> {
+        self.references()
+            .into_iter()
+            .map(|(secret, name)| Template::config_version(secret, name, revision_of(secret, name)))
+            .collect()
+    }
+
     /// The named volumes the template mounts.
     pub fn volumes(&self) -> Vec<&str> {
         self.mounts
@@ -648,6 +660,11 @@ impl ServiceSpec {
             return base;
         }
         fnv_hex(format!("{base}|{}", self.config_versions.join(",")).as_bytes())
+    }
+
+    /// Fills in [`ServiceSpec::config_versions`] with [`Template::config_versions`].
+    pub fn set_config_versions(&mut self, revision_of: impl FnMut(bool, &str) -> u64) {
+        self.config_versions = self.template.config_versions(revision_of);
     }
 }
 
@@ -1523,6 +1540,10 @@ pub struct ObjectRef {
     pub namespace: String,
     /// Its name.
     pub name: String,
+    /// Its uid, when the recorder knew it: tells the object apart from an earlier one of the
+    /// same name (empty in events written before uids were recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 /// Something that happened to an object.

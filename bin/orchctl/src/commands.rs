@@ -4,7 +4,8 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use orch_api::protocol::{Request, Response, WatchType};
+use orch_api::client::ClientError;
+use orch_api::protocol::{ErrorCode, Request, Response, WatchType};
 use orch_api::{render, Client};
 use orch_core::object::{Kind, Object};
 
@@ -522,7 +523,7 @@ async fn list(client: &Client, kind: Kind, ns: Option<&str>) -> anyhow::Result<V
 
 async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
-    let obj = match client
+    let mut obj = match client
         .call(Request::Get {
             kind,
             namespace: Some(ns.into()),
@@ -533,25 +534,37 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         Response::Objects { mut objects, .. } if !objects.is_empty() => objects.remove(0),
         _ => bail!("{} {name:?} not found", kind.as_str().to_ascii_lowercase()),
     };
-    let mut events: Vec<Object> = list(client, Kind::Event, None)
-        .await?
-        .into_iter()
-        .filter(|e| match e {
-            Object::Event(e) => {
-                e.involved.kind == Some(kind)
-                    && e.involved.name == name
-                    && (!kind.namespaced() || e.involved.namespace == ns)
-            }
-            _ => false,
-        })
-        .collect();
-    events.sort_by_key(|e| {
-        if let Object::Event(e) = e {
-            e.timestamp
-        } else {
-            Default::default()
+    if let Object::Service(s) = &mut obj {
+        // The revision hash counts the secrets' and configs' revisions, as the controller does.
+        let mut revs = std::collections::HashMap::new();
+        for (secret, name) in s.spec.template.references() {
+            let kind = if secret { Kind::Secret } else { Kind::Config };
+            let rev = match client
+                .call(Request::Get {
+                    kind,
+                    namespace: Some(s.metadata.namespace.clone()),
+                    name: Some(name.into()),
+                })
+                .await
+            {
+                Ok(Response::Objects { objects, .. }) => {
+                    objects.first().map_or(0, |o| o.metadata().revision)
+                }
+                // Missing: revision 0, as the controller counts it.
+                Ok(_)
+                | Err(ClientError::Api {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            revs.insert((secret, name.to_string()), rev);
         }
-    });
+        s.spec.set_config_versions(|secret, name| {
+            revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
+        });
+    }
+    let events = render::events_of(&obj, &list(client, Kind::Event, None).await?);
     let related: Vec<Object> = match kind {
         Kind::Service => list(client, Kind::Replica, Some(ns))
             .await?

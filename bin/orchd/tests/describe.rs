@@ -1,0 +1,88 @@
+//! What `orchctl describe` prints, through the real binaries: its revision hash is the
+//! replicas' `templateHash` for a service that uses a config, it shows the spec's probes,
+//! published ports, update strategy and pause, and only the events of this service (not of an
+//! earlier one of the same name).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn service(port: u16, arg: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: orch/v1\nkind: Config\nmetadata: {{name: app}}\ndata: {{greeting: hi}}\n---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  publish: [{{port: {port}}}]\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n  template:\n    command: [sleep]\n    args: ['{arg}']\n    ports: [{{name: http}}]\n    stopGracePeriod: 1s\n    env: [{{name: G, valueFrom: {{config: app, key: greeting}}}}]\n    readinessProbe: {{exec: {{command: ['true']}}, period: 200ms}}\n"
+    )
+}
+
+fn of(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
+    d.replicas()
+        .into_iter()
+        .filter(|r| r["spec"]["service"] == service)
+        .collect()
+}
+
+fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(str::trim)
+}
+
+#[test]
+fn describe_service_agrees_with_its_replicas_and_shows_only_its_own_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let port = free_port();
+    let f = write(tmp.path(), "web.yaml", &service(port, "1000", 2));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let hash = eventually("two replicas", Duration::from_secs(30), || {
+        let reps = of(&d, "web");
+        (reps.len() == 2).then(|| {
+            reps[0]["spec"]["templateHash"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    });
+    let text = d.ctl_ok(&["describe", "service", "web"]);
+    assert_eq!(
+        value(&text, "Revision hash"),
+        Some(hash.as_str()),
+        "describe's revision hash is the replicas' templateHash:\n{text}"
+    );
+    for want in [
+        "Readiness probe:  exec [\"true\"] delay=0s timeout=1s period=200ms #success=1 #failure=3",
+        &format!("Published:        {port} on every node → http (RoundRobin)"),
+        "Update strategy:  max surge 1, max unavailable 0",
+        "Paused:           false",
+        "Uses:             config/app@",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in\n{text}");
+    }
+
+    // Deleted and created again: the new service's events only.
+    let scaled = |text: &str| text.matches("created 2 replica(s) of web").count();
+    eventually("the first Scaled event", Duration::from_secs(10), || {
+        (scaled(&d.ctl_ok(&["describe", "service", "web"])) == 1).then_some(())
+    });
+    d.delete_and_wait("service", "web");
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    eventually(
+        "the new service's Scaled event",
+        Duration::from_secs(10),
+        || {
+            d.ctl_ok(&["get", "events"])
+                .matches("created 2 replica(s) of web")
+                .count()
+                .eq(&2)
+                .then_some(())
+        },
+    );
+    let text = d.ctl_ok(&["describe", "service", "web"]);
+    assert_eq!(
+        scaled(&text),
+        1,
+        "only the events of this service, not of the one deleted before:\n{text}"
+    );
+    d.delete_and_wait("service", "web");
+}
