@@ -1,8 +1,8 @@
 //! Tables as `kubectl get` prints them, shared by `orchctl` and the `orchd up` view.
 
 use orch_core::object::{
-    DesiredState, IntOrPercent, NodeCondition, Object, Phase, Probe, ProbePort, ServiceMode,
-    UpdateOrder, UpdateStrategy,
+    DesiredState, IntOrPercent, NodeCondition, Object, Phase, Probe, ProbePort, RevisionRecord,
+    Service, ServiceMode, Template, UpdateOrder, UpdateStrategy,
 };
 use orch_core::quantity::{format_age, Span, Timestamp};
 
@@ -60,10 +60,7 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
             let mut phase = r.status.phase.as_str().to_string();
             if r.spec.desired == DesiredState::Stopped && r.status.phase != Phase::Stopping {
                 phase = "Stopping".into();
-            } else if !r.status.reason.is_empty() && !r.status.phase.is_up() {
-                // Why it is not up (CrashLoopBackOff, Unschedulable, ...), as kubectl shows a
-                // waiting reason; a running replica stays `Running` until it is `Ready` (why
-                // it is not ready yet is in `describe`).
+            } else if !r.status.reason.is_empty() && r.status.phase != Phase::Ready {
                 phase = r.status.reason.clone();
             }
             (
@@ -526,6 +523,102 @@ pub fn events_of(obj: &Object, events: &[Object]) -> Vec<Object> {
     out
 }
 
+/// What a template runs, in one cell: the image or the command with its arguments, then its
+/// environment (`[NAME=value ...]`, `NAME<-secret/NAME:KEY` for references).
+fn runs(t: &Template) -> String {
+    let what = match &t.image {
+        Some(i) => std::iter::once(i.clone())
+            .chain(t.args.iter().cloned())
+            .collect::<Vec<_>>(),
+        None => t.command.iter().chain(&t.args).cloned().collect(),
+    }
+    .join(" ");
+    let env: Vec<String> = t
+        .env
+        .iter()
+        .map(|e| match &e.value_from {
+            Some(v) => match (&v.secret, &v.config) {
+                (Some(s), _) => format!("{}<-secret/{s}:{}", e.name, v.key),
+                (_, Some(c)) => format!("{}<-config/{c}:{}", e.name, v.key),
+                _ => format!("{}=", e.name),
+            },
+            None => format!("{}={}", e.name, e.value),
+        })
+        .collect();
+    if env.is_empty() {
+        what
+    } else {
+        format!("{what} [{}]", env.join(" "))
+    }
+}
+
+/// `orchctl rollout history`: the kept revisions by number, each with when it was first
+/// recorded, its hash, what it runs and what changed (`current` and `last good` marked).
+pub fn rollout_history(svc: &Service) -> String {
+    let mut history: Vec<&RevisionRecord> = svc.status.history.iter().collect();
+    history.sort_by_key(|h| h.revision);
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|h| {
+            let mut marks = Vec::new();
+            if h.revision == svc.status.revision {
+                marks.push("current");
+            }
+            if h.revision == svc.status.last_good_revision {
+                marks.push("last good");
+            }
+            vec![
+                h.revision.to_string(),
+                if marks.is_empty() {
+                    "-".into()
+                } else {
+                    marks.join(", ")
+                },
+                h.created
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "<unknown>".into()),
+                h.hash.clone(),
+                runs(&h.template),
+                if h.change.is_empty() {
+                    "-".into()
+                } else {
+                    h.change.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["REVISION", "STATUS", "CREATED", "HASH", "RUNS", "CHANGE"],
+        &rows,
+    )
+}
+
+/// One `orchctl rollout status` line for `svc`, or `None` while the controller has not yet
+/// observed its current generation (its status then describes an older spec, or none: a
+/// service just created would read `revision 0 ... Complete`).
+pub fn rollout_status_line(svc: &Service) -> Option<String> {
+    let st = &svc.status;
+    if st.observed_generation < svc.metadata.generation || st.revision == 0 {
+        return None;
+    }
+    let n = svc.spec.replicas;
+    let width = 20usize;
+    let filled = if n == 0 {
+        width
+    } else {
+        (st.updated_replicas.min(n) as usize * width) / n as usize
+    };
+    Some(format!(
+        "[{}{}] revision {}: {}/{n} updated, {}/{n} ready ({:?})",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        st.revision,
+        st.updated_replicas,
+        st.ready_replicas,
+        st.rollout.state
+    ))
+}
+
 /// `orchctl apply --plan`: per service what would change, then where each replica would go.
 pub fn plan(plan: &orch_core::api::PlacementPlan) -> String {
     let summary: Vec<Vec<String>> = plan
@@ -584,7 +677,7 @@ pub fn plan(plan: &orch_core::api::PlacementPlan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orch_core::object::{Event, EventType, Kind, Metadata, ObjectRef, Service};
+    use orch_core::object::{Event, EventType, Kind, Metadata, ObjectRef};
 
     fn service(text: &str) -> Service {
         match orch_core::manifest::parse("web.yaml", text)
@@ -666,5 +759,67 @@ mod tests {
             })
             .collect();
         assert_eq!(got, ["at 5500", "at 6000"]);
+    }
+
+    fn history(s: &mut Service, revs: &[(u64, &str, &str)]) {
+        for (n, arg, change) in revs {
+            let mut t = s.spec.template.clone();
+            t.args = vec![arg.to_string()];
+            s.status.history.push(RevisionRecord {
+                revision: *n,
+                hash: format!("h{n}"),
+                template: t,
+                placement: Default::default(),
+                created: Some(Timestamp(*n * 1000)),
+                config_versions: Vec::new(),
+                change: change.to_string(),
+            });
+        }
+    }
+
+    #[test]
+    fn rollout_history_is_sorted_by_number_and_tells_revisions_apart() {
+        let mut s = service(WEB);
+        history(
+            &mut s,
+            &[(1, "1000", "created"), (4, "1001", "b"), (3, "1002", "a")],
+        );
+        s.status.revision = 4;
+        s.status.last_good_revision = 3;
+        let text = rollout_history(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("REVISION   STATUS"), "{text}");
+        let numbers: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(numbers, ["1", "3", "4"], "{text}");
+        assert!(
+            lines[2].contains("last good") && lines[2].contains("sleep 1002"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("current") && lines[3].contains("sleep 1001"),
+            "{text}"
+        );
+        assert!(lines[1].contains("G<-config/app:greeting"), "{text}");
+        assert!(lines[1].contains("1970-01-01T00:00:01.000Z"), "{text}");
+    }
+
+    #[test]
+    fn rollout_status_waits_for_the_controller_to_observe_the_generation() {
+        let mut s = service(WEB);
+        s.metadata.generation = 1;
+        assert_eq!(rollout_status_line(&s), None, "a service just created");
+        s.status.observed_generation = 1;
+        s.status.revision = 1;
+        s.status.updated_replicas = 2;
+        s.status.ready_replicas = 1;
+        assert_eq!(
+            rollout_status_line(&s).unwrap(),
+            "[##########----------] revision 1: 2/4 updated, 1/4 ready (Complete)"
+        );
+        s.metadata.generation = 2;
+        assert_eq!(rollout_status_line(&s), None, "a change not yet observed");
     }
 }

@@ -1137,9 +1137,17 @@ pub struct RevisionRecord {
     /// The placement.
     #[serde(default, skip_serializing_if = "is_default")]
     pub placement: Placement,
-    /// When it became current.
+    /// When it was first recorded (kept when an undo or rollback makes it current again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Timestamp>,
+    /// The secrets' and configs' revisions it ran with ([`ServiceSpec::config_versions`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_versions: Vec<String>,
+    /// What changed when it became current: the service's `orch/change-cause` annotation (if
+    /// any), then the fields that differ from the revision before it (`template.args[0]:
+    /// "a" → "b"`), or which revision it brings back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub change: String,
 }
 
 /// Where a service's latest rollout stands.

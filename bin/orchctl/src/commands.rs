@@ -196,28 +196,19 @@ async fn rollout(client: &Client, ns: &str, command: crate::RolloutCommand) -> a
             loop {
                 let svc = fetch_service(client, ns, &name).await?;
                 let st = &svc.status;
-                let n = svc.spec.replicas;
-                let width = 20usize;
-                let filled = if n == 0 {
-                    width
-                } else {
-                    (st.updated_replicas.min(n) as usize * width) / n as usize
-                };
-                let line = format!(
-                    "[{}{}] revision {}: {}/{n} updated, {}/{n} ready ({:?})",
-                    "#".repeat(filled),
-                    "-".repeat(width - filled),
-                    st.revision,
-                    st.updated_replicas,
-                    st.ready_replicas,
-                    st.rollout.state
-                );
+                // Trust the status only once it describes the current spec.
+                let observed = render::rollout_status_line(&svc);
+                let line = observed.clone().unwrap_or_else(|| {
+                    format!(
+                        "waiting for the controller to observe generation {}",
+                        svc.metadata.generation
+                    )
+                });
                 if line != last {
                     outln!("{line}");
                     last = line;
                 }
-                // Trust the status only once it describes the current spec.
-                if st.observed_generation >= svc.metadata.generation {
+                if observed.is_some() {
                     match st.rollout.state {
                         RolloutState::Complete => {
                             outln!("service/{name}: revision {} rolled out", st.revision);
@@ -242,37 +233,7 @@ async fn rollout(client: &Client, ns: &str, command: crate::RolloutCommand) -> a
         C::History { service } => {
             let name = service_name(&service);
             let svc = fetch_service(client, ns, &name).await?;
-            outln!("REVISION  CREATED                   HASH        TEMPLATE");
-            for h in &svc.status.history {
-                let what = match &h.template.image {
-                    Some(i) => i.clone(),
-                    None => h.template.command.join(" "),
-                };
-                let env: Vec<String> = h
-                    .template
-                    .env
-                    .iter()
-                    .map(|e| format!("{}={}", e.name, e.value))
-                    .collect();
-                let mut mark = String::new();
-                if h.revision == svc.status.revision {
-                    mark.push_str(" (current)");
-                }
-                if h.revision == svc.status.last_good_revision {
-                    mark.push_str(" (last good)");
-                }
-                outln!(
-                    "{:<9} {:<25} {:<11} {what}{}{mark}",
-                    h.revision,
-                    h.created.map(|t| t.to_string()).unwrap_or_default(),
-                    h.hash,
-                    if env.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" [{}]", env.join(" "))
-                    }
-                );
-            }
+            out!("{}", render::rollout_history(&svc));
             return Ok(());
         }
         C::Undo {

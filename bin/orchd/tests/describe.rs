@@ -1,7 +1,9 @@
-//! What `orchctl describe` prints, through the real binaries: its revision hash is the
-//! replicas' `templateHash` for a service that uses a config, it shows the spec's probes,
-//! published ports, update strategy and pause, and only the events of this service (not of an
-//! earlier one of the same name).
+//! What `orchctl describe` and `rollout` print, through the real binaries: describe's
+//! revision hash is the replicas' `templateHash` for a service that uses a config, it shows
+//! the spec's probes, published ports, update strategy and pause, and only the events of this
+//! service (not of an earlier one of the same name); `rollout history` after an undo is sorted
+//! by number with the restored revision renumbered, and `rollout status` never reports a
+//! status the controller has not yet written.
 
 mod common;
 
@@ -84,5 +86,82 @@ fn describe_service_agrees_with_its_replicas_and_shows_only_its_own_events() {
         1,
         "only the events of this service, not of the one deleted before:\n{text}"
     );
+    d.delete_and_wait("service", "web");
+}
+
+#[test]
+fn rollout_history_after_undo_is_sorted_renumbered_and_tells_revisions_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let port = free_port();
+    let apply = |arg: &str, replicas: u32| {
+        let f = write(tmp.path(), "web.yaml", &service(port, arg, replicas));
+        d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    };
+    let status = || d.ctl(&["rollout", "status", "web", "--timeout", "60s"]);
+    let rolled_out = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains("revision 0"),
+            "never a status the controller has not written:\n{text}"
+        );
+        text
+    };
+    // Right after a create, status waits for the controller (no `revision 0 ... Complete`).
+    apply("1000", 12);
+    rolled_out(&status());
+    for arg in ["1001", "1002"] {
+        apply(arg, 12);
+        rolled_out(&status());
+    }
+    let rows = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    let before = d.ctl_ok(&["rollout", "history", "web"]);
+    let numbers = |text: &str| -> Vec<String> { rows(text).iter().map(|r| r[0].clone()).collect() };
+    assert_eq!(numbers(&before), ["1", "2", "3"], "{before}");
+    // Each line says what distinguishes it: the revisions differ only in their argument.
+    let bodies: Vec<String> = before
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(
+        bodies[1].contains("sleep 1001") && bodies[2].contains("sleep 1002"),
+        "{before}"
+    );
+    assert!(
+        bodies[2].contains(r#"template.args[0]: "1001" → "1002""#),
+        "{before}"
+    );
+    let created = |text: &str, n: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(n))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("20")))
+            .map(String::from)
+    };
+    let created_2 = created(&before, "2").expect("revision 2's creation time");
+
+    // Undo: revision 2's template is back as revision 4; 2 is gone, its time kept.
+    d.ctl_ok(&["rollout", "undo", "web"]);
+    rolled_out(&status());
+    let after = d.ctl_ok(&["rollout", "history", "web"]);
+    assert_eq!(numbers(&after), ["1", "3", "4"], "{after}");
+    let four = after.lines().find(|l| l.starts_with("4 ")).unwrap();
+    assert!(
+        four.contains("current")
+            && four.contains("sleep 1001")
+            && four.contains("revision 2 again"),
+        "{after}"
+    );
+    assert_eq!(created(&after, "4"), Some(created_2), "{after}");
     d.delete_and_wait("service", "web");
 }
