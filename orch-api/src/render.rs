@@ -60,7 +60,10 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
             let mut phase = r.status.phase.as_str().to_string();
             if r.spec.desired == DesiredState::Stopped && r.status.phase != Phase::Stopping {
                 phase = "Stopping".into();
-            } else if !r.status.reason.is_empty() && r.status.phase != Phase::Ready {
+            } else if !r.status.reason.is_empty() && !r.status.phase.is_up() {
+                // Why it is not up (CrashLoopBackOff, Unschedulable, ...), as kubectl shows a
+                // waiting reason; a running replica stays `Running` until it is `Ready` (why
+                // it is not ready yet is in `describe`).
                 phase = r.status.reason.clone();
             }
             (
@@ -821,5 +824,25 @@ mod tests {
         );
         s.metadata.generation = 2;
         assert_eq!(rollout_status_line(&s), None, "a change not yet observed");
+    }
+
+    #[test]
+    fn a_running_replica_reads_running_until_ready() {
+        let mut r: orch_core::object::Replica = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default"},
+            "spec": {"service": "web", "template": {"command": ["sleep"]}, "templateHash": "h"},
+        }))
+        .unwrap();
+        let phase =
+            |r: &orch_core::object::Replica| row(&Object::Replica(r.clone()), false).1[3].clone();
+        r.status.phase = Phase::Running;
+        r.status.reason = "NotReady".into();
+        assert_eq!(phase(&r), "Running");
+        r.status.phase = Phase::Failed;
+        r.status.reason = "CrashLoopBackOff".into();
+        assert_eq!(phase(&r), "CrashLoopBackOff");
+        r.status.phase = Phase::Ready;
+        r.status.reason.clear();
+        assert_eq!(phase(&r), "Ready");
     }
 }

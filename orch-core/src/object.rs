@@ -1389,7 +1389,8 @@ pub struct ReplicaStatus {
     /// When the current run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
-    /// Probe results of the current run (`readiness: passing`, `liveness: failing 2/3: ...`).
+    /// Probe results of the current run (`readiness: passing`,
+    /// `liveness: failing (2 consecutive, threshold 3): ...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<String>,
 }

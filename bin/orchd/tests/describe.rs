@@ -1,9 +1,9 @@
-//! What `orchctl describe` and `rollout` print, through the real binaries: describe's
+//! What `orchctl describe`, `get` and `rollout` print, through the real binaries: describe's
 //! revision hash is the replicas' `templateHash` for a service that uses a config, it shows
 //! the spec's probes, published ports, update strategy and pause, and only the events of this
 //! service (not of an earlier one of the same name); `rollout history` after an undo is sorted
 //! by number with the restored revision renumbered, and `rollout status` never reports a
-//! status the controller has not yet written.
+//! status the controller has not yet written; `get` says `Running` until a replica is Ready.
 
 mod common;
 
@@ -163,5 +163,51 @@ fn rollout_history_after_undo_is_sorted_renumbered_and_tells_revisions_apart() {
         "{after}"
     );
     assert_eq!(created(&after, "4"), Some(created_2), "{after}");
+    d.delete_and_wait("service", "web");
+}
+
+#[test]
+fn get_says_running_until_ready_and_describe_reads_a_failure_count_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let f = write(
+        tmp.path(),
+        "web.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [sleep, '1000']\n    stopGracePeriod: 1s\n    readinessProbe: {exec: {command: ['false']}, period: 100ms, failureThreshold: 2}\n",
+    );
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    // Failing past its threshold: the count reads as a count, not as `5/2`.
+    let name = eventually(
+        "a readiness failure past the threshold",
+        Duration::from_secs(30),
+        || {
+            let r = of(&d, "web").into_iter().next()?;
+            let probes = r["status"]["probes"].as_array()?.clone();
+            let line = probes.first()?.as_str()?.to_string();
+            let failures: u32 = line
+                .split(|c: char| !c.is_ascii_digit())
+                .find(|w| !w.is_empty())?
+                .parse()
+                .ok()?;
+            (failures > 2).then(|| r["metadata"]["name"].as_str().unwrap().to_string())
+        },
+    );
+    let described = d.ctl_ok(&["describe", "replica", &name]);
+    let probe = described
+        .lines()
+        .find(|l| l.starts_with("Probe:"))
+        .unwrap_or_default();
+    assert!(
+        probe.contains("readiness: failing (") && probe.contains(" consecutive, threshold 2)"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Phase:            Running"),
+        "{described}"
+    );
+    // `get` shows the phase the README names: Running (not an endpoint) until Ready.
+    let table = d.ctl_ok(&["get", "replicas"]);
+    let row = table.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert_eq!(row.split_whitespace().nth(3), Some("Running"), "{table}");
     d.delete_and_wait("service", "web");
 }

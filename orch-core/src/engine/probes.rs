@@ -352,7 +352,7 @@ pub async fn run(ctx: Arc<Ctx>, runtime: Arc<dyn Runtime>, node: String) {
                     Some(true) if t.failures == 0 => format!("{}: passing", kind.name()),
                     None if t.failures == 0 => format!("{}: not checked yet", kind.name()),
                     _ => format!(
-                        "{}: failing {}/{}: {}",
+                        "{}: failing ({} consecutive, threshold {}): {}",
                         kind.name(),
                         t.failures,
                         probe.failure_threshold(),
