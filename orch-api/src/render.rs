@@ -1,7 +1,10 @@
 //! Tables as `kubectl get` prints them, shared by `orchctl` and the `orchd up` view.
 
-use orch_core::object::{DesiredState, NodeCondition, Object, Phase};
-use orch_core::quantity::{format_age, Timestamp};
+use orch_core::object::{
+    DesiredState, IntOrPercent, NodeCondition, Object, Phase, Probe, ProbePort, RevisionRecord,
+    Service, ServiceMode, Template, UpdateOrder, UpdateStrategy,
+};
+use orch_core::quantity::{format_age, Span, Timestamp};
 
 /// Pads columns with three spaces, like kubectl.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -57,7 +60,10 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
             let mut phase = r.status.phase.as_str().to_string();
             if r.spec.desired == DesiredState::Stopped && r.status.phase != Phase::Stopping {
                 phase = "Stopping".into();
-            } else if !r.status.reason.is_empty() && r.status.phase != Phase::Ready {
+            } else if !r.status.reason.is_empty() && !r.status.phase.is_up() {
+                // Why it is not up (CrashLoopBackOff, Unschedulable, ...), as kubectl shows a
+                // waiting reason; a running replica stays `Running` until it is `Ready` (why
+                // it is not ready yet is in `describe`).
                 phase = r.status.reason.clone();
             }
             (
@@ -250,6 +256,17 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
                         .join(", "),
                 );
             }
+            for p in &s.spec.publish {
+                kv(
+                    "Published",
+                    format!(
+                        "{} on every node → {} ({:?})",
+                        p.port,
+                        p.target(t).unwrap_or("<no port>"),
+                        p.balance
+                    ),
+                );
+            }
             kv("Restart policy", format!("{:?}", t.restart_policy));
             kv(
                 "Resources",
@@ -265,7 +282,44 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
                         .unwrap_or_else(|| "-".into())
                 ),
             );
+            for (what, probe) in [
+                ("Startup probe", &t.startup_probe),
+                ("Readiness probe", &t.readiness_probe),
+                ("Liveness probe", &t.liveness_probe),
+            ] {
+                if let Some(p) = probe {
+                    kv(what, probe_text(p));
+                }
+            }
+            if !s.spec.config_versions.is_empty() {
+                kv("Uses", s.spec.config_versions.join(", "));
+            }
+            if s.spec.mode == ServiceMode::Global {
+                kv("Mode", "global (one replica on every eligible node)".into());
+            }
+            kv(
+                "Update strategy",
+                update_text(&s.spec.update, s.spec.replicas),
+            );
+            kv("Paused", s.spec.update.paused.to_string());
             kv("Revision hash", s.spec.revision_hash());
+            let r = &s.status.rollout;
+            if s.status.revision > 0 {
+                kv(
+                    "Rollout",
+                    format!(
+                        "revision {} {:?}{}{}",
+                        s.status.revision,
+                        r.state,
+                        r.started.map(|t| format!(" since {t}")).unwrap_or_default(),
+                        if r.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", r.message)
+                        }
+                    ),
+                );
+            }
             if !s.status.message.is_empty() {
                 kv("Message", s.status.message.clone());
             }
@@ -386,6 +440,188 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
     out
 }
 
+/// A probe as `kubectl describe` shows one: what it checks, then its timing and thresholds.
+fn probe_text(p: &Probe) -> String {
+    let port = |p: &ProbePort| match p {
+        ProbePort::Number(n) => n.to_string(),
+        ProbePort::Name(n) => n.clone(),
+    };
+    let what = if let Some(h) = &p.http_get {
+        format!("http-get :{}{}", port(&h.port), h.path)
+    } else if let Some(t) = &p.tcp_socket {
+        format!("tcp-socket :{}", port(&t.port))
+    } else if let Some(e) = &p.exec {
+        format!("exec {:?}", e.command)
+    } else {
+        "<no check>".into()
+    };
+    let span = |d: std::time::Duration| Span(d).to_string();
+    format!(
+        "{what} delay={} timeout={} period={} #success={} #failure={}",
+        span(p.initial_delay()),
+        span(p.timeout()),
+        span(p.period()),
+        p.success_threshold(),
+        p.failure_threshold()
+    )
+}
+
+/// The update strategy as written, with what it means for `replicas` now.
+fn update_text(u: &UpdateStrategy, replicas: u32) -> String {
+    let pct = |v: &Option<IntOrPercent>| match v {
+        Some(IntOrPercent::Int(n)) => n.to_string(),
+        Some(IntOrPercent::Percent(p)) => p.clone(),
+        None => "25%".into(),
+    };
+    let (surge, unavailable) = u.limits(replicas);
+    let order = match u.order {
+        Some(UpdateOrder::StartFirst) => ", order startFirst",
+        Some(UpdateOrder::StopFirst) => ", order stopFirst",
+        None => "",
+    };
+    let deadline = u
+        .progress_deadline
+        .map_or_else(|| "10m (default)".to_string(), |d| d.to_string());
+    format!(
+        "max surge {}, max unavailable {} ({surge} surge, {unavailable} unavailable for {replicas}){order}, progress deadline {deadline}, auto rollback {}{}",
+        pct(&u.max_surge),
+        pct(&u.max_unavailable),
+        if u.auto_rollback.unwrap_or(true) { "on" } else { "off" },
+        if u.ignore_config_changes {
+            ", ignores config changes"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The events about `obj`, oldest first: those naming its kind, namespace and name, and its
+/// uid — an event recorded without a uid counts when it is not older than the object, so the
+/// events of an earlier object of the same name are left out.
+pub fn events_of(obj: &Object, events: &[Object]) -> Vec<Object> {
+    let md = obj.metadata();
+    let kind = obj.kind();
+    let mut out: Vec<Object> = events
+        .iter()
+        .filter(|e| match e {
+            Object::Event(e) => {
+                let i = &e.involved;
+                i.kind == Some(kind)
+                    && i.name == md.name
+                    && (!kind.namespaced() || i.namespace == md.namespace)
+                    && if i.uid.is_empty() || md.uid.is_empty() {
+                        md.creation_timestamp.is_none_or(|c| e.timestamp >= c)
+                    } else {
+                        i.uid == md.uid
+                    }
+            }
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    out.sort_by_key(|e| match e {
+        Object::Event(e) => e.timestamp,
+        _ => Default::default(),
+    });
+    out
+}
+
+/// What a template runs, in one cell: the image or the command with its arguments, then its
+/// environment (`[NAME=value ...]`, `NAME<-secret/NAME:KEY` for references).
+fn runs(t: &Template) -> String {
+    let what = match &t.image {
+        Some(i) => std::iter::once(i.clone())
+            .chain(t.args.iter().cloned())
+            .collect::<Vec<_>>(),
+        None => t.command.iter().chain(&t.args).cloned().collect(),
+    }
+    .join(" ");
+    let env: Vec<String> = t
+        .env
+        .iter()
+        .map(|e| match &e.value_from {
+            Some(v) => match (&v.secret, &v.config) {
+                (Some(s), _) => format!("{}<-secret/{s}:{}", e.name, v.key),
+                (_, Some(c)) => format!("{}<-config/{c}:{}", e.name, v.key),
+                _ => format!("{}=", e.name),
+            },
+            None => format!("{}={}", e.name, e.value),
+        })
+        .collect();
+    if env.is_empty() {
+        what
+    } else {
+        format!("{what} [{}]", env.join(" "))
+    }
+}
+
+/// `orchctl rollout history`: the kept revisions by number, each with when it was first
+/// recorded, its hash, what it runs and what changed (`current` and `last good` marked).
+pub fn rollout_history(svc: &Service) -> String {
+    let mut history: Vec<&RevisionRecord> = svc.status.history.iter().collect();
+    history.sort_by_key(|h| h.revision);
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|h| {
+            let mut marks = Vec::new();
+            if h.revision == svc.status.revision {
+                marks.push("current");
+            }
+            if h.revision == svc.status.last_good_revision {
+                marks.push("last good");
+            }
+            vec![
+                h.revision.to_string(),
+                if marks.is_empty() {
+                    "-".into()
+                } else {
+                    marks.join(", ")
+                },
+                h.created
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "<unknown>".into()),
+                h.hash.clone(),
+                runs(&h.template),
+                if h.change.is_empty() {
+                    "-".into()
+                } else {
+                    h.change.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["REVISION", "STATUS", "CREATED", "HASH", "RUNS", "CHANGE"],
+        &rows,
+    )
+}
+
+/// One `orchctl rollout status` line for `svc`, or `None` while the controller has not yet
+/// observed its current generation (its status then describes an older spec, or none: a
+/// service just created would read `revision 0 ... Complete`).
+pub fn rollout_status_line(svc: &Service) -> Option<String> {
+    let st = &svc.status;
+    if st.observed_generation < svc.metadata.generation || st.revision == 0 {
+        return None;
+    }
+    let n = svc.spec.replicas;
+    let width = 20usize;
+    let filled = if n == 0 {
+        width
+    } else {
+        (st.updated_replicas.min(n) as usize * width) / n as usize
+    };
+    Some(format!(
+        "[{}{}] revision {}: {}/{n} updated, {}/{n} ready ({:?})",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        st.revision,
+        st.updated_replicas,
+        st.ready_replicas,
+        st.rollout.state
+    ))
+}
+
 /// `orchctl apply --plan`: per service what would change, then where each replica would go.
 pub fn plan(plan: &orch_core::api::PlacementPlan) -> String {
     let summary: Vec<Vec<String>> = plan
@@ -439,4 +675,174 @@ pub fn plan(plan: &orch_core::api::PlacementPlan) -> String {
         plan.scheduler
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_core::object::{Event, EventType, Kind, Metadata, ObjectRef};
+
+    fn service(text: &str) -> Service {
+        match orch_core::manifest::parse("web.yaml", text)
+            .unwrap()
+            .remove(0)
+        {
+            Object::Service(s) => *s,
+            other => panic!("not a service: {other:?}"),
+        }
+    }
+
+    const WEB: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 4\n  publish: [{port: 8080}]\n  update: {maxSurge: 1, maxUnavailable: 0, paused: true}\n  template:\n    command: [sleep]\n    args: ['1000']\n    ports: [{name: http}]\n    env: [{name: G, valueFrom: {config: app, key: greeting}}]\n    readinessProbe: {httpGet: {path: /healthz, port: http}, period: 2s}\n    livenessProbe: {exec: {command: [test, -f, /tmp/ok]}, failureThreshold: 5}\n";
+
+    #[test]
+    fn describe_service_shows_probes_ports_strategy_pause_and_the_controllers_hash() {
+        let mut s = service(WEB);
+        let plain = s.spec.revision_hash();
+        s.spec.set_config_versions(|secret, name| {
+            assert_eq!((secret, name), (false, "app"));
+            7
+        });
+        let text = describe(&Object::from(s.clone()), &[], &[]);
+        for want in [
+            "Published:        8080 on every node → http (RoundRobin)",
+            "Readiness probe:  http-get :http/healthz delay=0s timeout=1s period=2s #success=1 #failure=3",
+            r#"Liveness probe:   exec ["test", "-f", "/tmp/ok"] delay=0s timeout=1s period=10s #success=1 #failure=5"#,
+            "Uses:             config/app@7",
+            "Update strategy:  max surge 1, max unavailable 0 (1 surge, 0 unavailable for 4), progress deadline 10m (default), auto rollback on",
+            "Paused:           true",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+        let hash = s.spec.revision_hash();
+        assert_ne!(hash, plain, "the config's revision counts");
+        assert!(
+            text.contains(&format!("Revision hash:    {hash}\n")),
+            "{text}"
+        );
+    }
+
+    fn event(name: &str, uid: &str, at: u64) -> Object {
+        Object::Event(Event {
+            metadata: Metadata {
+                name: format!("{name}.{at}"),
+                namespace: "default".into(),
+                ..Metadata::default()
+            },
+            involved: ObjectRef {
+                kind: Some(Kind::Service),
+                namespace: "default".into(),
+                name: name.into(),
+                uid: uid.into(),
+            },
+            type_: EventType::Normal,
+            reason: "Scaled".into(),
+            message: format!("at {at}"),
+            source: String::new(),
+            timestamp: Timestamp(at),
+        })
+    }
+
+    #[test]
+    fn events_of_an_object_leave_out_an_earlier_one_of_the_same_name() {
+        let mut s = service(WEB);
+        s.metadata.uid = "new".into();
+        s.metadata.creation_timestamp = Some(Timestamp(5_000));
+        let all = [
+            event("web", "old", 1_000),
+            event("web", "", 2_000),
+            event("web", "new", 6_000),
+            event("web", "", 5_500),
+            event("other", "new", 6_000),
+        ];
+        let got: Vec<String> = events_of(&Object::from(s), &all)
+            .iter()
+            .map(|e| match e {
+                Object::Event(e) => e.message.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(got, ["at 5500", "at 6000"]);
+    }
+
+    fn history(s: &mut Service, revs: &[(u64, &str, &str)]) {
+        for (n, arg, change) in revs {
+            let mut t = s.spec.template.clone();
+            t.args = vec![arg.to_string()];
+            s.status.history.push(RevisionRecord {
+                revision: *n,
+                hash: format!("h{n}"),
+                template: t,
+                placement: Default::default(),
+                created: Some(Timestamp(*n * 1000)),
+                config_versions: Vec::new(),
+                change: change.to_string(),
+            });
+        }
+    }
+
+    #[test]
+    fn rollout_history_is_sorted_by_number_and_tells_revisions_apart() {
+        let mut s = service(WEB);
+        history(
+            &mut s,
+            &[(1, "1000", "created"), (4, "1001", "b"), (3, "1002", "a")],
+        );
+        s.status.revision = 4;
+        s.status.last_good_revision = 3;
+        let text = rollout_history(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("REVISION   STATUS"), "{text}");
+        let numbers: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(numbers, ["1", "3", "4"], "{text}");
+        assert!(
+            lines[2].contains("last good") && lines[2].contains("sleep 1002"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("current") && lines[3].contains("sleep 1001"),
+            "{text}"
+        );
+        assert!(lines[1].contains("G<-config/app:greeting"), "{text}");
+        assert!(lines[1].contains("1970-01-01T00:00:01.000Z"), "{text}");
+    }
+
+    #[test]
+    fn rollout_status_waits_for_the_controller_to_observe_the_generation() {
+        let mut s = service(WEB);
+        s.metadata.generation = 1;
+        assert_eq!(rollout_status_line(&s), None, "a service just created");
+        s.status.observed_generation = 1;
+        s.status.revision = 1;
+        s.status.updated_replicas = 2;
+        s.status.ready_replicas = 1;
+        assert_eq!(
+            rollout_status_line(&s).unwrap(),
+            "[##########----------] revision 1: 2/4 updated, 1/4 ready (Complete)"
+        );
+        s.metadata.generation = 2;
+        assert_eq!(rollout_status_line(&s), None, "a change not yet observed");
+    }
+
+    #[test]
+    fn a_running_replica_reads_running_until_ready() {
+        let mut r: orch_core::object::Replica = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default"},
+            "spec": {"service": "web", "template": {"command": ["sleep"]}, "templateHash": "h"},
+        }))
+        .unwrap();
+        let phase =
+            |r: &orch_core::object::Replica| row(&Object::Replica(r.clone()), false).1[3].clone();
+        r.status.phase = Phase::Running;
+        r.status.reason = "NotReady".into();
+        assert_eq!(phase(&r), "Running");
+        r.status.phase = Phase::Failed;
+        r.status.reason = "CrashLoopBackOff".into();
+        assert_eq!(phase(&r), "CrashLoopBackOff");
+        r.status.phase = Phase::Ready;
+        r.status.reason.clear();
+        assert_eq!(phase(&r), "Ready");
+    }
 }

@@ -426,15 +426,18 @@ pub async fn plan(
             continue;
         };
         // The revisions of the secrets and configs it uses count, as the controller counts them.
+        let mut revs = std::collections::HashMap::new();
         for (secret, name) in svc.spec.template.references() {
             let kind = if secret { Kind::Secret } else { Kind::Config };
             let rev = get_object(store, kind, &svc.metadata.namespace, name)
                 .await?
                 .map(|o| o.metadata().revision)
                 .unwrap_or(0);
-            let v = crate::object::Template::config_version(secret, name, rev);
-            svc.spec.config_versions.push(v);
+            revs.insert((secret, name.to_string()), rev);
         }
+        svc.spec.set_config_versions(|secret, name| {
+            revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
+        });
         let hash = svc.spec.revision_hash();
         let mine: Vec<&Replica> = replicas
             .iter()

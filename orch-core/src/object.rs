@@ -631,6 +631,18 @@ impl Template {
         format!("{}/{name}@{rev}", if secret { "secret" } else { "config" })
     }
 
+    /// [`ServiceSpec::config_versions`] as the replication controller counts them: one
+    /// [`Template::config_version`] per secret (`true`) or config the template refers to, at
+    /// the store revision `revision_of(secret, name)` gives (0: missing). Everything that
+    /// shows or compares a service's revision hash goes through this, so `orchctl describe`,
+    /// `apply --plan` and the controller agree with the replicas' `templateHash`.
+    pub fn config_versions(&self, mut revision_of: impl FnMut(bool, &str) -> u64) -> Vec<String> {
+        self.references()
+            .into_iter()
+            .map(|(secret, name)| Template::config_version(secret, name, revision_of(secret, name)))
+            .collect()
+    }
+
     /// The named volumes the template mounts.
     pub fn volumes(&self) -> Vec<&str> {
         self.mounts
@@ -675,6 +687,11 @@ impl ServiceSpec {
             return base;
         }
         fnv_hex(format!("{base}|{}", self.config_versions.join(",")).as_bytes())
+    }
+
+    /// Fills in [`ServiceSpec::config_versions`] with [`Template::config_versions`].
+    pub fn set_config_versions(&mut self, revision_of: impl FnMut(bool, &str) -> u64) {
+        self.config_versions = self.template.config_versions(revision_of);
     }
 }
 
@@ -1147,9 +1164,17 @@ pub struct RevisionRecord {
     /// The placement.
     #[serde(default, skip_serializing_if = "is_default")]
     pub placement: Placement,
-    /// When it became current.
+    /// When it was first recorded (kept when an undo or rollback makes it current again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Timestamp>,
+    /// The secrets' and configs' revisions it ran with ([`ServiceSpec::config_versions`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_versions: Vec<String>,
+    /// What changed when it became current: the service's `orch/change-cause` annotation (if
+    /// any), then the fields that differ from the revision before it (`template.args[0]:
+    /// "a" → "b"`), or which revision it brings back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub change: String,
 }
 
 /// Where a service's latest rollout stands.
@@ -1391,7 +1416,8 @@ pub struct ReplicaStatus {
     /// When the current run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
-    /// Probe results of the current run (`readiness: passing`, `liveness: failing 2/3: ...`).
+    /// Probe results of the current run (`readiness: passing`,
+    /// `liveness: failing (2 consecutive, threshold 3): ...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<String>,
 }
@@ -1550,6 +1576,10 @@ pub struct ObjectRef {
     pub namespace: String,
     /// Its name.
     pub name: String,
+    /// Its uid, when the recorder knew it: tells the object apart from an earlier one of the
+    /// same name (empty in events written before uids were recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 /// Something that happened to an object.

@@ -4,7 +4,8 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use orch_api::protocol::{Request, Response, WatchType};
+use orch_api::client::ClientError;
+use orch_api::protocol::{ErrorCode, Request, Response, WatchType};
 use orch_api::{render, Client};
 use orch_core::object::{Kind, Object};
 
@@ -195,28 +196,19 @@ async fn rollout(client: &Client, ns: &str, command: crate::RolloutCommand) -> a
             loop {
                 let svc = fetch_service(client, ns, &name).await?;
                 let st = &svc.status;
-                let n = svc.spec.replicas;
-                let width = 20usize;
-                let filled = if n == 0 {
-                    width
-                } else {
-                    (st.updated_replicas.min(n) as usize * width) / n as usize
-                };
-                let line = format!(
-                    "[{}{}] revision {}: {}/{n} updated, {}/{n} ready ({:?})",
-                    "#".repeat(filled),
-                    "-".repeat(width - filled),
-                    st.revision,
-                    st.updated_replicas,
-                    st.ready_replicas,
-                    st.rollout.state
-                );
+                // Trust the status only once it describes the current spec.
+                let observed = render::rollout_status_line(&svc);
+                let line = observed.clone().unwrap_or_else(|| {
+                    format!(
+                        "waiting for the controller to observe generation {}",
+                        svc.metadata.generation
+                    )
+                });
                 if line != last {
                     outln!("{line}");
                     last = line;
                 }
-                // Trust the status only once it describes the current spec.
-                if st.observed_generation >= svc.metadata.generation {
+                if observed.is_some() {
                     match st.rollout.state {
                         RolloutState::Complete => {
                             outln!("service/{name}: revision {} rolled out", st.revision);
@@ -241,37 +233,7 @@ async fn rollout(client: &Client, ns: &str, command: crate::RolloutCommand) -> a
         C::History { service } => {
             let name = service_name(&service);
             let svc = fetch_service(client, ns, &name).await?;
-            outln!("REVISION  CREATED                   HASH        TEMPLATE");
-            for h in &svc.status.history {
-                let what = match &h.template.image {
-                    Some(i) => i.clone(),
-                    None => h.template.command.join(" "),
-                };
-                let env: Vec<String> = h
-                    .template
-                    .env
-                    .iter()
-                    .map(|e| format!("{}={}", e.name, e.value))
-                    .collect();
-                let mut mark = String::new();
-                if h.revision == svc.status.revision {
-                    mark.push_str(" (current)");
-                }
-                if h.revision == svc.status.last_good_revision {
-                    mark.push_str(" (last good)");
-                }
-                outln!(
-                    "{:<9} {:<25} {:<11} {what}{}{mark}",
-                    h.revision,
-                    h.created.map(|t| t.to_string()).unwrap_or_default(),
-                    h.hash,
-                    if env.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" [{}]", env.join(" "))
-                    }
-                );
-            }
+            out!("{}", render::rollout_history(&svc));
             return Ok(());
         }
         C::Undo {
@@ -581,7 +543,7 @@ async fn list(client: &Client, kind: Kind, ns: Option<&str>) -> anyhow::Result<V
 
 async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
-    let obj = match client
+    let mut obj = match client
         .call(Request::Get {
             kind,
             namespace: Some(ns.into()),
@@ -592,25 +554,37 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         Response::Objects { mut objects, .. } if !objects.is_empty() => objects.remove(0),
         _ => bail!("{} {name:?} not found", kind.as_str().to_ascii_lowercase()),
     };
-    let mut events: Vec<Object> = list(client, Kind::Event, None)
-        .await?
-        .into_iter()
-        .filter(|e| match e {
-            Object::Event(e) => {
-                e.involved.kind == Some(kind)
-                    && e.involved.name == name
-                    && (!kind.namespaced() || e.involved.namespace == ns)
-            }
-            _ => false,
-        })
-        .collect();
-    events.sort_by_key(|e| {
-        if let Object::Event(e) = e {
-            e.timestamp
-        } else {
-            Default::default()
+    if let Object::Service(s) = &mut obj {
+        // The revision hash counts the secrets' and configs' revisions, as the controller does.
+        let mut revs = std::collections::HashMap::new();
+        for (secret, name) in s.spec.template.references() {
+            let kind = if secret { Kind::Secret } else { Kind::Config };
+            let rev = match client
+                .call(Request::Get {
+                    kind,
+                    namespace: Some(s.metadata.namespace.clone()),
+                    name: Some(name.into()),
+                })
+                .await
+            {
+                Ok(Response::Objects { objects, .. }) => {
+                    objects.first().map_or(0, |o| o.metadata().revision)
+                }
+                // Missing: revision 0, as the controller counts it.
+                Ok(_)
+                | Err(ClientError::Api {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            revs.insert((secret, name.to_string()), rev);
         }
-    });
+        s.spec.set_config_versions(|secret, name| {
+            revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
+        });
+    }
+    let events = render::events_of(&obj, &list(client, Kind::Event, None).await?);
     let related: Vec<Object> = match kind {
         Kind::Service => list(client, Kind::Replica, Some(ns))
             .await?

@@ -396,7 +396,7 @@ fn a_failed_rollout_rolls_back_and_rollouts_can_be_paused_and_undone() {
     assert!(
         history
             .lines()
-            .any(|l| l.contains("COLOR=red") && l.contains("(current)")),
+            .any(|l| l.contains("COLOR=red") && l.contains(" current")),
         "{history}"
     );
     d.ctl_ok(&["rollout", "undo", "web"]);

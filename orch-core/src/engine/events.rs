@@ -18,6 +18,7 @@ use crate::store::{create_op, list_objects, txn_chunked, Op, Store, StoreError};
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Event>,
     source: Arc<str>,
+    uid: Arc<str>,
 }
 
 impl Recorder {
@@ -26,6 +27,7 @@ impl Recorder {
         Recorder {
             tx: mpsc::unbounded_channel().0,
             source: "".into(),
+            uid: "".into(),
         }
     }
 
@@ -34,6 +36,18 @@ impl Recorder {
         Recorder {
             tx: self.tx.clone(),
             source: source.into(),
+            uid: self.uid.clone(),
+        }
+    }
+
+    /// The same channel, for events about the object whose uid is `uid` (recorded in
+    /// `involved.uid`, so `orchctl describe` does not show them for a later object of the same
+    /// name).
+    pub fn about(&self, uid: &str) -> Recorder {
+        Recorder {
+            tx: self.tx.clone(),
+            source: self.source.clone(),
+            uid: uid.into(),
         }
     }
 
@@ -63,6 +77,7 @@ impl Recorder {
                 kind: Some(kind),
                 namespace: namespace.into(),
                 name: name.into(),
+                uid: self.uid.to_string(),
             },
             type_,
             reason: reason.into(),
@@ -150,6 +165,7 @@ pub fn spawn_writer(
     Recorder {
         tx,
         source: "".into(),
+        uid: "".into(),
     }
 }
 

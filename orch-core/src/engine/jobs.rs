@@ -184,10 +184,11 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
             ),
             _ => ("Failed", d.status.message.clone()),
         };
+        let rec = ctx.recorder.about(&job.metadata.uid);
         if d.status.state == JobState::Succeeded {
-            ctx.recorder.normal(Kind::Job, ns, name, reason, msg);
+            rec.normal(Kind::Job, ns, name, reason, msg);
         } else {
-            ctx.recorder.warning(Kind::Job, ns, name, reason, msg);
+            rec.warning(Kind::Job, ns, name, reason, msg);
         }
     }
     if let Some(rev) = rev {

@@ -359,7 +359,7 @@ pub(crate) async fn run(
                     Some(true) if t.failures == 0 => format!("{}: passing", kind.name()),
                     None if t.failures == 0 => format!("{}: not checked yet", kind.name()),
                     _ => format!(
-                        "{}: failing {}/{}: {}",
+                        "{}: failing ({} consecutive, threshold {}): {}",
                         kind.name(),
                         t.failures,
                         probe.failure_threshold(),

@@ -331,23 +331,17 @@ pub fn new_replica(svc: &Service) -> Replica {
 }
 
 /// `secret/NAME@REVISION` (or `config/...`) of each secret and config `svc`'s template
-/// refers to, from the cache; a missing one counts as revision 0.
+/// refers to, from the cache; a missing one counts as revision 0
+/// ([`crate::object::Template::config_versions`]).
 pub fn config_versions(ctx: &Ctx, svc: &crate::object::Service) -> Vec<String> {
     let ns = &svc.metadata.namespace;
-    svc.spec
-        .template
-        .references()
-        .into_iter()
-        .map(|(secret, name)| {
-            let kind = if secret { Kind::Secret } else { Kind::Config };
-            let rev = ctx
-                .cache
-                .get(kind, &kind.key(ns, name))
-                .map(|o| o.metadata().revision)
-                .unwrap_or(0);
-            crate::object::Template::config_version(secret, name, rev)
-        })
-        .collect()
+    svc.spec.template.config_versions(|secret, name| {
+        let kind = if secret { Kind::Secret } else { Kind::Config };
+        ctx.cache
+            .get(kind, &kind.key(ns, name))
+            .map(|o| o.metadata().revision)
+            .unwrap_or(0)
+    })
 }
 
 /// The services (in the cache) whose templates refer to secret or config `key`.
@@ -529,7 +523,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
             s.spec = spec;
             s.metadata.generation += 1;
             s.status = status;
-            ctx.recorder.warning(
+            ctx.recorder.about(&svc.metadata.uid).warning(
                 Kind::Service,
                 ns,
                 name,
@@ -553,7 +547,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     };
     if let Some(svc) = &svc {
         if d.create > 0 {
-            ctx.recorder.normal(
+            ctx.recorder.about(&svc.metadata.uid).normal(
                 Kind::Service,
                 ns,
                 name,
@@ -562,7 +556,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
             );
         }
         if !d.stop.is_empty() {
-            ctx.recorder.normal(
+            ctx.recorder.about(&svc.metadata.uid).normal(
                 Kind::Service,
                 ns,
                 name,

@@ -40,16 +40,37 @@ pub fn advance(
     status.last_good_revision = old.last_good_revision;
     status.rollout = old.rollout.clone();
     let hash = svc.spec.revision_hash();
+    let next = status
+        .history
+        .iter()
+        .map(|h| h.revision)
+        .max()
+        .unwrap_or(0)
+        .max(status.revision)
+        + 1;
+    let previous = status
+        .history
+        .iter()
+        .find(|h| h.revision == status.revision)
+        .cloned();
     match status.history.iter().position(|h| h.hash == hash) {
         Some(i) if status.history[i].revision == status.revision => {}
         Some(i) => {
-            // Back to a revision we had (undo, or our own rollback): it becomes current.
+            // Back to a revision we had (undo, or our own rollback). As in Kubernetes it
+            // becomes the newest revision: a new number (the old one goes), its creation time
+            // kept, its change saying which revision it brings back.
             let mut rec = status.history.remove(i);
-            rec.created = Some(now);
-            status.revision = rec.revision;
-            status.history.push(rec);
+            let old_number = rec.revision;
             let own_rollback = status.rollout.state == RolloutState::RolledBack
-                && status.revision == status.last_good_revision;
+                && old_number == status.last_good_revision;
+            let diff = change_summary(previous.as_ref(), &rec);
+            rec.change = cause_and(svc, format!("revision {old_number} again: {diff}"));
+            rec.revision = next;
+            if status.last_good_revision == old_number {
+                status.last_good_revision = next;
+            }
+            status.revision = next;
+            status.history.push(rec);
             if !own_rollback {
                 status.rollout = RolloutStatus {
                     state: RolloutState::Progressing,
@@ -60,20 +81,23 @@ pub fn advance(
             }
         }
         None => {
-            let n = status.history.iter().map(|h| h.revision).max().unwrap_or(0) + 1;
-            status.history.push(RevisionRecord {
-                revision: n,
+            let mut rec = RevisionRecord {
+                revision: next,
                 hash,
                 template: svc.spec.template.clone(),
                 placement: svc.spec.placement.clone(),
                 created: Some(now),
-            });
+                config_versions: svc.spec.config_versions.clone(),
+                change: String::new(),
+            };
+            rec.change = cause_and(svc, change_summary(previous.as_ref(), &rec));
+            status.history.push(rec);
             let excess = status.history.len().saturating_sub(HISTORY);
             status.history.drain(..excess);
-            status.revision = n;
+            status.revision = next;
             status.rollout = RolloutStatus {
                 state: RolloutState::Progressing,
-                revision: n,
+                revision: next,
                 started: Some(now),
                 message: String::new(),
             };
@@ -125,7 +149,13 @@ pub fn advance(
             match target {
                 Some(t) if svc.spec.update.auto_rollback.unwrap_or(true) => {
                     r.state = RolloutState::RolledBack;
-                    r.message = format!("{why}; rolled back to revision {}", t.revision);
+                    // The next pass records it again under the next number.
+                    let renumbered =
+                        status.history.iter().map(|h| h.revision).max().unwrap_or(0) + 1;
+                    r.message = format!(
+                        "{why}; rolled back to revision {} (now revision {renumbered})",
+                        t.revision
+                    );
                     let mut spec = svc.spec.clone();
                     spec.template = t.template;
                     spec.placement = t.placement;
@@ -140,6 +170,94 @@ pub fn advance(
         }
         RolloutState::Complete | RolloutState::Failed | RolloutState::RolledBack => None,
     }
+}
+
+/// The annotation whose value a new revision records as its change cause (kubectl's
+/// `kubernetes.io/change-cause`).
+pub const CHANGE_CAUSE: &str = "orch/change-cause";
+
+/// `svc`'s change cause (if annotated), then `change`.
+fn cause_and(svc: &Service, change: String) -> String {
+    match svc.metadata.annotations.get(CHANGE_CAUSE) {
+        Some(cause) if !cause.is_empty() => format!("{cause}; {change}"),
+        _ => change,
+    }
+}
+
+/// Changes listed in a summary before `(+N more)`.
+const SUMMARY_FIELDS: usize = 3;
+/// Characters of a value shown in a summary.
+const SUMMARY_VALUE: usize = 40;
+
+/// What `next` changes from `prev` (its template, placement and the secrets' and configs'
+/// revisions): up to three `path: old → new`, then how many more; `created` without `prev`.
+pub fn change_summary(prev: Option<&RevisionRecord>, next: &RevisionRecord) -> String {
+    use serde_json::Value;
+    let Some(prev) = prev else {
+        return "created".into();
+    };
+    fn parts(r: &RevisionRecord) -> Value {
+        serde_json::json!({
+            "template": r.template,
+            "placement": r.placement,
+            "uses": r.config_versions,
+        })
+    }
+    fn show(v: Option<&Value>) -> String {
+        let s = match v {
+            None | Some(Value::Null) => "(none)".to_string(),
+            Some(v) => v.to_string(),
+        };
+        if s.chars().count() > SUMMARY_VALUE {
+            let cut: String = s.chars().take(SUMMARY_VALUE - 1).collect();
+            format!("{cut}…")
+        } else {
+            s
+        }
+    }
+    fn walk(path: String, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
+        if a == b {
+            return;
+        }
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    walk(join(k), x.get(k), y.get(k), out);
+                }
+            }
+            (Some(Value::Array(x)), Some(Value::Array(y))) => {
+                for i in 0..x.len().max(y.len()) {
+                    walk(format!("{path}[{i}]"), x.get(i), y.get(i), out);
+                }
+            }
+            _ => out.push(format!("{path}: {} → {}", show(a), show(b))),
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        String::new(),
+        Some(&parts(prev)),
+        Some(&parts(next)),
+        &mut out,
+    );
+    if out.is_empty() {
+        return "no change".into();
+    }
+    let more = out.len().saturating_sub(SUMMARY_FIELDS);
+    out.truncate(SUMMARY_FIELDS);
+    let mut s = out.join("; ");
+    if more > 0 {
+        s.push_str(&format!(" (+{more} more)"));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -211,28 +329,120 @@ mod tests {
             "{}",
             st.rollout.message
         );
-        assert!(st.rollout.message.contains("rolled back to revision 1"));
-        // The service now has revision 1's template again: it stays RolledBack.
+        assert!(
+            st.rollout
+                .message
+                .contains("rolled back to revision 1 (now revision 3)"),
+            "{}",
+            st.rollout.message
+        );
+        // The service now has revision 1's template again: it stays RolledBack, and (as in
+        // Kubernetes) revision 1 becomes revision 3, created when revision 1 was.
         let mut s3 = svc("blue", "5s");
         s3.status = st;
         let mut st = counts(2, 2);
         advance(&s3, 2, &mut st, at(9));
         assert_eq!(
             (st.revision, st.rollout.state),
-            (1, RolloutState::RolledBack)
+            (3, RolloutState::RolledBack)
         );
-        assert_eq!(st.history.last().unwrap().revision, 1);
+        assert_eq!(st.last_good_revision, 3);
+        let numbers: Vec<u64> = st.history.iter().map(|h| h.revision).collect();
+        assert_eq!(numbers, [2, 3]);
+        assert_eq!(st.history[1].created, Some(t0));
         // Without auto-rollback the rollout just fails.
         let mut s4 = svc("red", "5s");
         s4.spec.update.auto_rollback = Some(false);
         s4.status = st;
         let mut st = counts(0, 0);
         advance(&s4, 2, &mut st, at(10));
-        assert_eq!(st.revision, 3);
+        assert_eq!(st.revision, 4);
         s4.status = st;
         let mut st = counts(0, 0);
         assert!(advance(&s4, 2, &mut st, at(20)).is_none());
         assert_eq!(st.rollout.state, RolloutState::Failed);
+    }
+
+    /// Applies `s` over `prev`'s status at `t` with every replica ready.
+    fn step(mut s: Service, prev: &ServiceStatus, t: u64) -> ServiceStatus {
+        s.status = prev.clone();
+        let mut st = counts(2, 2);
+        advance(&s, 2, &mut st, Timestamp(t));
+        st
+    }
+
+    #[test]
+    fn an_undo_renumbers_keeps_the_creation_time_and_says_what_changed() {
+        let st = step(svc("blue", "5s"), &ServiceStatus::default(), 1_000);
+        let st = step(svc("green", "5s"), &st, 2_000);
+        let mut red = svc("red", "5s");
+        red.metadata
+            .annotations
+            .insert(CHANGE_CAUSE.into(), "paint it red".into());
+        let st = step(red, &st, 3_000);
+        let changes: Vec<&str> = st.history.iter().map(|h| h.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            [
+                "created",
+                r#"template.env[0].value: "blue" → "green""#,
+                r#"paint it red; template.env[0].value: "green" → "red""#,
+            ]
+        );
+        // Undo to green (revision 2): it becomes revision 4; 2 is gone; sorted by number.
+        let st = step(svc("green", "5s"), &st, 4_000);
+        let numbers: Vec<u64> = st.history.iter().map(|h| h.revision).collect();
+        assert_eq!(numbers, [1, 3, 4]);
+        assert_eq!((st.revision, st.last_good_revision), (4, 4));
+        let back = st.history.last().unwrap();
+        assert_eq!(
+            back.created,
+            Some(Timestamp(2_000)),
+            "its creation time is kept"
+        );
+        assert_eq!(
+            back.change,
+            r#"revision 2 again: template.env[0].value: "red" → "green""#
+        );
+        assert_eq!(st.rollout.state, RolloutState::Complete);
+        // A secret's or config's new revision alone is a change too, and says so.
+        let mut s = svc("green", "5s");
+        s.spec.template.env[0].value = "green".into();
+        s.spec.config_versions = vec!["config/app@7".into()];
+        let st = step(s, &st, 5_000);
+        assert_eq!(st.revision, 5);
+        assert_eq!(
+            st.history.last().unwrap().change,
+            r#"uses[0]: (none) → "config/app@7""#
+        );
+    }
+
+    #[test]
+    fn a_change_summary_names_three_fields_and_counts_the_rest() {
+        let a = svc("blue", "5s");
+        let mut b = svc("x".repeat(60).as_str(), "5s");
+        b.spec.template.args = vec!["1".into(), "2".into(), "3".into()];
+        let rec = |s: &Service| RevisionRecord {
+            revision: 1,
+            hash: s.spec.revision_hash(),
+            template: s.spec.template.clone(),
+            placement: s.spec.placement.clone(),
+            created: None,
+            config_versions: Vec::new(),
+            change: String::new(),
+        };
+        let sum = change_summary(Some(&rec(&a)), &rec(&b));
+        assert!(
+            sum.starts_with(r#"template.args: (none) → ["1","2","3"]"#),
+            "{sum}"
+        );
+        assert!(
+            sum.contains(r#"template.env[0].value: "blue" → "xxxx"#),
+            "{sum}"
+        );
+        assert!(sum.contains('…'), "long values are cut: {sum}");
+        assert_eq!(change_summary(Some(&rec(&a)), &rec(&a)), "no change");
+        assert_eq!(change_summary(None, &rec(&a)), "created");
     }
 
     #[test]

@@ -137,13 +137,19 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     drop(objects);
     let last = txn_chunked(&*ctx.store, ops, MAX_TXN_OPS).await?;
     let rec = ctx.recorder.with_source("scheduler");
+    let uid = |ns: &str, svc: &str| {
+        ctx.cache
+            .get(Kind::Service, &Kind::Service.key(ns, svc))
+            .map(|o| o.metadata().uid.clone())
+            .unwrap_or_default()
+    };
     for ((ns, svc), (count, nodes)) in per_service {
         let spread = nodes
             .iter()
             .map(|(n, c)| format!("{n}: {c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        rec.normal(
+        rec.about(&uid(&ns, &svc)).normal(
             Kind::Service,
             &ns,
             &svc,
@@ -152,7 +158,8 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         );
     }
     for ((ns, svc), reason) in unschedulable_services {
-        rec.warning(Kind::Service, &ns, &svc, "FailedScheduling", reason);
+        rec.about(&uid(&ns, &svc))
+            .warning(Kind::Service, &ns, &svc, "FailedScheduling", reason);
     }
     if let Some(rev) = last {
         ctx.cache.wait_for(rev).await;
