@@ -81,8 +81,11 @@ pub enum Request {
         replica: String,
         /// Keep streaming.
         follow: bool,
-        /// Start this many bytes before the end.
+        /// At most the last this many bytes, from a line start.
         tail_bytes: Option<u64>,
+        /// The last this many lines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail_lines: Option<u64>,
     },
     /// Run a command inside a running replica (captured output, not interactive).
     Exec {

@@ -235,13 +235,18 @@ pub async fn answer_into(backend: &Backend, req: Request, out: &mut Conn) {
             replica,
             follow,
             tail_bytes,
+            tail_lines,
         } => {
             logs(
                 out,
                 backend,
                 &namespace,
                 &replica,
-                LogOptions { follow, tail_bytes },
+                LogOptions {
+                    follow,
+                    tail_bytes,
+                    tail_lines,
+                },
             )
             .await
         }

@@ -265,6 +265,7 @@ async fn logs_come_from_the_replicas_node_runtime() {
                 replica: r.metadata.name.clone(),
                 follow: false,
                 tail_bytes: Some(9),
+                tail_lines: None,
             })
             .await
             .unwrap(),
@@ -285,6 +286,7 @@ async fn logs_come_from_the_replicas_node_runtime() {
                 replica: "nope".into(),
                 follow: false,
                 tail_bytes: None,
+                tail_lines: None,
             })
             .await
             .unwrap(),

@@ -211,10 +211,12 @@ impl Runtime for FakeRuntime {
             return Err(RuntimeError::NotFound(id.into()));
         }
         let mut bytes = g.logs.get(id).cloned().unwrap_or_default();
-        if let Some(t) = opts.tail_bytes {
-            let start = bytes.len().saturating_sub(t as usize);
-            bytes.drain(..start);
-        }
+        let start = crate::runtime::log_start(bytes.len() as u64, &opts, |pos, len| {
+            let from = (pos as usize).min(bytes.len());
+            Ok(bytes[from..(from + len).min(bytes.len())].to_vec())
+        })
+        .unwrap_or(0);
+        bytes.drain(..start as usize);
         Ok(futures::stream::iter([Ok(bytes)]).boxed())
     }
 }

@@ -170,13 +170,91 @@ pub enum RuntimeEvent {
     },
 }
 
-/// Options for [`Runtime::logs`].
+/// Options for [`Runtime::logs`]. Without a tail, the stream starts at the beginning of the
+/// kept logs; with both tails, at the later of the two starts ([`log_start`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogOptions {
     /// Keep streaming as the workload writes.
     pub follow: bool,
-    /// Start this many bytes before the end (`None`: from the beginning of the kept logs).
+    /// At most the last this many bytes, from the first line that starts within them (a line
+    /// longer than that is shown from its cut: nothing else would fit).
     pub tail_bytes: Option<u64>,
+    /// The last this many lines (a last line without its line break counts as one).
+    pub tail_lines: Option<u64>,
+}
+
+/// Where the logs `opts` asks for start, in kept output of `total` bytes that `read(pos, len)`
+/// returns pieces of (up to `len` bytes from `pos`; fewer only at the end). Reads only near the
+/// start it finds: blocks backwards from the end for `tail_lines`, forwards from the byte cut
+/// for `tail_bytes`.
+pub fn log_start(
+    total: u64,
+    opts: &LogOptions,
+    read: impl FnMut(u64, usize) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<u64> {
+    log_start_in_blocks(total, opts, read, 64 * 1024)
+}
+
+fn log_start_in_blocks(
+    total: u64,
+    opts: &LogOptions,
+    mut read: impl FnMut(u64, usize) -> std::io::Result<Vec<u8>>,
+    block_len: u64,
+) -> std::io::Result<u64> {
+    let mut start = 0;
+    if let Some(t) = opts.tail_bytes {
+        let cut = total.saturating_sub(t);
+        start = cut;
+        if cut > 0 {
+            // The first line break at or after the byte before the cut.
+            let mut pos = cut - 1;
+            'scan: while pos < total {
+                let block = read(pos, block_len.min(total - pos) as usize)?;
+                if block.is_empty() {
+                    break;
+                }
+                for (i, b) in block.iter().enumerate() {
+                    if *b == b'\n' {
+                        let next = pos + i as u64 + 1;
+                        if next < total {
+                            start = next;
+                        }
+                        break 'scan;
+                    }
+                }
+                pos += block.len() as u64;
+            }
+        }
+    }
+    if let Some(n) = opts.tail_lines {
+        let mut line_start = 0;
+        if n == 0 {
+            line_start = total;
+        } else if total > 0 {
+            // Backwards from before a final line break, to the n-th line break.
+            let mut end = total;
+            if read(total - 1, 1)?.first() == Some(&b'\n') {
+                end -= 1;
+            }
+            let mut seen = 0;
+            'back: while end > 0 {
+                let from = end.saturating_sub(block_len);
+                let block = read(from, (end - from) as usize)?;
+                for (i, b) in block.iter().enumerate().rev() {
+                    if *b == b'\n' {
+                        seen += 1;
+                        if seen == n {
+                            line_start = from + i as u64 + 1;
+                            break 'back;
+                        }
+                    }
+                }
+                end = from;
+            }
+        }
+        start = start.max(line_start);
+    }
+    Ok(start)
 }
 
 /// What a command run inside a workload ([`Runtime::exec`]) did.
@@ -528,5 +606,63 @@ impl Runtime for Runtimes {
             }
         }
         Err(last.unwrap_or_else(|| RuntimeError::Unsupported("no runtime on this node".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `opts` keeps of `text`, read in blocks of every size from 1 to 5 (all must agree).
+    fn check(text: &str, tail_bytes: Option<u64>, tail_lines: Option<u64>, expect: &str) {
+        let opts = LogOptions {
+            follow: false,
+            tail_bytes,
+            tail_lines,
+        };
+        let bytes = text.as_bytes();
+        for block in 1..=5 {
+            let start = log_start_in_blocks(
+                bytes.len() as u64,
+                &opts,
+                |pos, len| {
+                    let from = pos as usize;
+                    Ok(bytes[from..(from + len).min(bytes.len())].to_vec())
+                },
+                block,
+            )
+            .unwrap();
+            assert_eq!(
+                &text[start as usize..],
+                expect,
+                "{text:?} bytes {tail_bytes:?} lines {tail_lines:?} block {block}"
+            );
+        }
+    }
+
+    #[test]
+    fn tails_start_at_line_starts() {
+        let two = "line one\nline two\n";
+        check(two, None, None, two);
+        check(two, Some(100), None, two);
+        check(two, Some(9), None, "line two\n");
+        check(two, Some(12), None, "line two\n");
+        // No line starts within the last 7 bytes: the cut is all that fits.
+        check(two, Some(7), None, "ne two\n");
+        check(two, Some(0), None, "");
+        check("aa\nbbbb\ncccc\n", Some(12), None, "bbbb\ncccc\n");
+        check("a\nb\nc\n", None, Some(1), "c\n");
+        check("a\nb\nc\n", None, Some(2), "b\nc\n");
+        check("a\nb\nc\n", None, Some(5), "a\nb\nc\n");
+        check("a\nb\nc\n", None, Some(0), "");
+        check("a\nb\nc", None, Some(1), "c");
+        check("a\nb\nc", None, Some(2), "b\nc");
+        check("\n\n\n", None, Some(2), "\n\n");
+        // Both: the shorter of the two.
+        check("a\nb\nc\nd\n", Some(4), Some(3), "c\nd\n");
+        check("a\nb\nc\nd\n", Some(6), Some(1), "d\n");
+        check("", Some(3), Some(3), "");
+        // A partial last line (still being written) starts a line of its own.
+        check("done\nhalf", Some(6), None, "half");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use orch_core::runtime::{LogStream, RuntimeError};
+use orch_core::runtime::{log_start, LogOptions, LogStream, RuntimeError};
 
 /// The file a workload's stdout and stderr go to, inside its directory.
 pub(crate) const LOG_FILE: &str = "output.log";
@@ -148,6 +148,30 @@ fn rotate(current: &Path, file: fs::File, keep: usize) -> io::Result<(fs::File, 
     Ok((file, 0))
 }
 
+/// Appends `line` to the log at `current` (after a line break if its output did not end with
+/// one), where earlier runs left output; a log not yet written stays absent.
+pub(crate) fn mark_restart(current: &Path, line: &str) -> io::Result<()> {
+    let len_of = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+    if len_of(current) == 0 && len_of(&rotated(current, 1)) == 0 {
+        return Ok(());
+    }
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(current)?;
+    let len = f.metadata()?.len();
+    let mut last = [0u8; 1];
+    let ends_open = len > 0
+        && std::os::unix::fs::FileExt::read_at(&fs::File::open(current)?, &mut last, len - 1)? == 1
+        && last[0] != b'\n';
+    let text = if ends_open {
+        format!("\n{line}")
+    } else {
+        line.to_string()
+    };
+    io::Write::write_all(&mut f, text.as_bytes())
+}
+
 /// One stretch of an open log file still to be read.
 struct Segment {
     path: PathBuf,
@@ -183,8 +207,8 @@ struct Cursor {
     follow: Option<KeepFollowing>,
 }
 
-/// A stream of the logs at `current` and its `keep` rotated files, oldest first, starting
-/// `tail` bytes before the end (all of it with `None`). The files are opened at once, so a
+/// A stream of the logs at `current` and its `keep` rotated files, oldest first, from where the
+/// tails of `opts` start ([`log_start`]: at a line start). The files are opened at once, so a
 /// rotation while the stream reads them does not mix them up. With `follow`, it then polls the
 /// current file for appended output until `follow` returns false or the stream is dropped: when
 /// a rotation renames the file away (a log writer), it reads the renamed one to its end, then
@@ -193,7 +217,7 @@ struct Cursor {
 pub(crate) fn stream(
     current: PathBuf,
     keep: usize,
-    tail: Option<u64>,
+    opts: &LogOptions,
     follow: Option<KeepFollowing>,
 ) -> LogStream {
     let open = |p: &Path| -> Option<(Arc<fs::File>, u64, u64)> {
@@ -217,7 +241,26 @@ pub(crate) fn stream(
         Followed { file, ino }
     });
     let total: u64 = files.iter().map(|(_, _, len)| len).sum();
-    let mut skip = tail.map_or(0, |t| total.saturating_sub(t));
+    // Reads of the files as one: `len` bytes from `pos`, across file ends.
+    let read = |mut pos: u64, len: usize| -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
+        for (_, file, flen) in &files {
+            if out.len() == len {
+                break;
+            }
+            if pos >= *flen {
+                pos -= flen;
+                continue;
+            }
+            let want = ((flen - pos) as usize).min(len - out.len());
+            let mut buf = vec![0u8; want];
+            let n = read_full(file, &mut buf, pos)?;
+            out.extend_from_slice(&buf[..n]);
+            pos = 0;
+        }
+        Ok(out)
+    };
+    let mut skip = log_start(total, opts, read).unwrap_or(0);
     let mut segments = VecDeque::new();
     for (path, file, len) in files {
         if skip >= len {
@@ -347,20 +390,26 @@ async fn read_at(file: &Arc<fs::File>, pos: u64, len: u64) -> io::Result<Vec<u8>
     let file = file.clone();
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match std::os::unix::fs::FileExt::read_at(&*file, &mut buf[got..], pos + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let got = read_full(&file, &mut buf, pos)?;
         buf.truncate(got);
         Ok(buf)
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// Fills `buf` from `file` at `pos` (less only at the end of the file); returns the count.
+fn read_full(file: &fs::File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match std::os::unix::fs::FileExt::read_at(file, &mut buf[got..], pos + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 fn read_error(path: &Path, source: io::Error) -> RuntimeError {
@@ -386,14 +435,31 @@ mod tests {
         fs::write(rotated(&cur, 2), b"aaaa").unwrap();
         fs::write(rotated(&cur, 1), b"bbbb").unwrap();
         fs::write(&cur, b"cccc").unwrap();
-        let all = collect(stream(cur.clone(), 2, None, None)).await;
+        let bytes = |n| LogOptions {
+            tail_bytes: Some(n),
+            ..LogOptions::default()
+        };
+        let lines = |n| LogOptions {
+            tail_lines: Some(n),
+            ..LogOptions::default()
+        };
+        let all = collect(stream(cur.clone(), 2, &LogOptions::default(), None)).await;
         assert_eq!(all, b"aaaabbbbcccc");
-        let tail = collect(stream(cur.clone(), 2, Some(6), None)).await;
+        // No line breaks: the byte cut is kept.
+        let tail = collect(stream(cur.clone(), 2, &bytes(6), None)).await;
         assert_eq!(tail, b"bbcccc");
-        let only_current = collect(stream(cur.clone(), 0, None, None)).await;
+        let only_current = collect(stream(cur.clone(), 0, &LogOptions::default(), None)).await;
         assert_eq!(only_current, b"cccc");
-        let nothing = collect(stream(cur.clone(), 2, Some(0), None)).await;
+        let nothing = collect(stream(cur.clone(), 2, &bytes(0), None)).await;
         assert!(nothing.is_empty());
+        // Lines across the files: the tail starts at the line start, in whichever file.
+        fs::write(rotated(&cur, 2), b"one\ntw").unwrap();
+        fs::write(rotated(&cur, 1), b"o\nthr").unwrap();
+        fs::write(&cur, b"ee\nfour\n").unwrap();
+        let tail = collect(stream(cur.clone(), 2, &bytes(12), None)).await;
+        assert_eq!(tail, b"three\nfour\n");
+        let tail = collect(stream(cur.clone(), 2, &lines(3), None)).await;
+        assert_eq!(tail, b"two\nthree\nfour\n");
     }
 
     #[test]

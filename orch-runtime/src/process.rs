@@ -907,12 +907,16 @@ impl Runtime for ProcessRuntime {
             ));
         }
         let _ops = inner.ops.lock().await;
-        let (old_cgroups, old_writer) = match lock(&inner.workloads).get(&spec.id) {
+        let (old_cgroups, old_writer, old_exit) = match lock(&inner.workloads).get(&spec.id) {
             Some(e) if e.record.exit.is_none() => {
                 return Err(RuntimeError::AlreadyRunning(spec.id.clone()))
             }
-            Some(e) => (e.record.cgroups.clone(), e.record.log_writer),
-            None => (Vec::new(), None),
+            Some(e) => (
+                e.record.cgroups.clone(),
+                e.record.log_writer,
+                e.record.exit.clone(),
+            ),
+            None => (Vec::new(), None, None),
         };
 
         let dir = inner.dir(&spec.id);
@@ -955,6 +959,12 @@ impl Runtime for ProcessRuntime {
         // would rotate the files under the new one.
         if let Some(w) = old_writer {
             kill_proc(w);
+        }
+        if let Some(exit) = &old_exit {
+            let path = dir.join(LOG_FILE);
+            if let Err(e) = logs::mark_restart(&path, &restart_line(Timestamp::now(), exit)) {
+                tracing::warn!(file = %path.display(), error = %e, "process runtime: cannot mark the restart in the log");
+            }
         }
         let (log, writer) = inner.log_sink(&spec.id, &dir.join(LOG_FILE))?;
         let log2 = log.try_clone().map_err(io_error(format!(
@@ -1143,7 +1153,7 @@ impl Runtime for ProcessRuntime {
         Ok(logs::stream(
             self.inner.dir(id).join(LOG_FILE),
             self.inner.config.log_keep,
-            opts.tail_bytes,
+            &opts,
             follow,
         ))
     }
@@ -1219,6 +1229,15 @@ fn binfmt_misc_in_use() -> bool {
         d.flatten()
             .any(|e| !matches!(e.file_name().to_str(), Some("status" | "register")))
     })
+}
+
+/// The line between the output of a run that ended with `exit` and the next one, started `at`.
+pub(crate) fn restart_line(at: Timestamp, exit: &ExitStatus) -> String {
+    let how = match (exit.code, exit.signal, exit.oom_killed) {
+        (None, None, false) => "exit status unknown".to_string(),
+        _ => exit.to_string(),
+    };
+    format!("--- restarted at {at} ({how}) ---\n")
 }
 
 /// SIGKILLs the process `p` if it still is the one recorded.

@@ -469,17 +469,38 @@ async fn logs_tail_and_follow() {
     let all = collect_text(&rt, "t.logs", LogOptions::default()).await;
     assert!(all.starts_with("line0\nline1\n"), "{all}");
     assert!(all.contains("line99\nready\n"), "{all}");
+    // At most 20 bytes, from a line start (issue 17: the tail began mid-line).
     let tail = collect_text(
         &rt,
         "t.logs",
         LogOptions {
-            follow: false,
-            tail_bytes: Some(7),
+            tail_bytes: Some(20),
+            ..LogOptions::default()
         },
     )
     .await;
-    assert_eq!(tail.len(), 7);
-    assert!(all.contains(&tail) || log_text(&rt, "t.logs").contains(&tail));
+    assert!(tail.len() <= 20 && tail.ends_with('\n'), "{tail:?}");
+    let whole = |l: &str| {
+        l == "ready"
+            || ["line", "tick"].iter().any(|p| {
+                l.strip_prefix(p)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    assert!(tail.lines().all(whole), "{tail:?}");
+    assert!(log_text(&rt, "t.logs").contains(&tail));
+    // The last 3 lines.
+    let tail = collect_text(
+        &rt,
+        "t.logs",
+        LogOptions {
+            tail_lines: Some(3),
+            ..LogOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(tail.lines().count(), 3, "{tail:?}");
+    assert!(tail.ends_with('\n') && log_text(&rt, "t.logs").contains(&tail));
 
     // Follow: new output arrives; removing the workload ends the stream.
     let mut stream = rt
@@ -488,6 +509,7 @@ async fn logs_tail_and_follow() {
             LogOptions {
                 follow: true,
                 tail_bytes: Some(0),
+                tail_lines: None,
             },
         )
         .await
@@ -911,6 +933,7 @@ async fn the_log_writer_is_adopted_with_its_workload() {
             LogOptions {
                 follow: true,
                 tail_bytes: Some(0),
+                tail_lines: None,
             },
         )
         .await
@@ -953,4 +976,41 @@ fn kill_group(pid: i32) {
     if let Some(p) = Pid::from_raw(pid) {
         let _ = rustix::process::kill_process_group(p, Signal::KILL);
     }
+}
+
+/// A restart leaves a line between the runs' output naming how the earlier run ended, after a
+/// line break if its output did not end with one (issue 17: runs ran together).
+#[tokio::test]
+async fn restarts_are_marked_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path()).await;
+    let mut events = rt.events();
+    rt.start(&sh("t.again", "printf 'first\\npartial'; exit 3"))
+        .await
+        .unwrap();
+    assert_eq!(exit_event(&mut events, "t.again").await.code, Some(3));
+    rt.start(&sh("t.again", "echo second; kill -9 $$"))
+        .await
+        .unwrap();
+    assert_eq!(exit_event(&mut events, "t.again").await.signal, Some(9));
+    rt.start(&sh("t.again", "echo third")).await.unwrap();
+    exit_event(&mut events, "t.again").await;
+    let log = log_text(&rt, "t.again");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 6, "{log}");
+    assert_eq!(lines[..2], ["first", "partial"], "{log}");
+    for (line, how) in [(lines[2], "(exit code 3)"), (lines[4], "(signal 9)")] {
+        let at = line
+            .strip_prefix("--- restarted at ")
+            .and_then(|r| r.strip_suffix(&format!(" {how} ---")))
+            .unwrap_or_else(|| panic!("not a restart line: {line:?}"));
+        orch_core::quantity::Timestamp::parse(at).unwrap();
+    }
+    assert_eq!([lines[3], lines[5]], ["second", "third"], "{log}");
+    // The first start of a workload writes none.
+    rt.start(&sh("t.once", "echo only")).await.unwrap();
+    exit_event(&mut events, "t.once").await;
+    assert_eq!(log_text(&rt, "t.once"), "only\n");
+    rt.remove("t.again").await.unwrap();
+    rt.remove("t.once").await.unwrap();
 }

@@ -49,8 +49,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs {
             replica,
             follow,
+            tail,
             tail_bytes,
-        } => logs(&client, &ns, &replica, follow, tail_bytes).await,
+        } => {
+            let opts = orch_core::runtime::LogOptions {
+                follow,
+                tail_bytes,
+                tail_lines: tail,
+            };
+            logs(&client, &ns, &replica, opts).await
+        }
         Command::Exec {
             replica,
             timeout,
@@ -704,15 +712,15 @@ async fn logs(
     client: &Client,
     ns: &str,
     replica: &str,
-    follow: bool,
-    tail_bytes: Option<u64>,
+    opts: orch_core::runtime::LogOptions,
 ) -> anyhow::Result<()> {
     let mut stream = client
         .stream(Request::Logs {
             namespace: ns.into(),
             replica: replica.into(),
-            follow,
-            tail_bytes,
+            follow: opts.follow,
+            tail_bytes: opts.tail_bytes,
+            tail_lines: opts.tail_lines,
         })
         .await?;
     let mut out = std::io::stdout();

@@ -104,15 +104,23 @@ pub enum Command {
         #[arg(long, allow_negative_numbers = true)]
         replicas: i64,
     },
-    /// Print a replica's output.
+    /// Print a replica's output (stdout and stderr as written, oldest first). Process
+    /// replicas keep every run's output: a line `--- restarted at TIME (exit code N) ---` (or
+    /// `(signal N)`, `(OOMKilled)`) separates a run from the one before it.
     Logs {
         /// The replica.
         replica: String,
         /// Keep streaming.
         #[arg(short = 'f', long)]
         follow: bool,
-        /// Only the last N bytes.
-        #[arg(long)]
+        /// Only the last N lines (a last line without its line break counts).
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+        /// At most the last N bytes, starting at the first line that begins within them, so
+        /// no line is cut (unlike kubectl's --limit-bytes, which keeps the first N bytes of
+        /// what is shown); a line longer than N is shown from its cut. With --tail, whichever
+        /// shows less.
+        #[arg(long, value_name = "N")]
         tail_bytes: Option<u64>,
     },
     /// Run a command inside a running replica (`orchctl exec web-x7k2p -- cat /etc/hostname`);

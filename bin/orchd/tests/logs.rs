@@ -202,3 +202,50 @@ fn detached_children_go_with_their_replica() {
         left.len()
     );
 }
+
+/// `orchctl logs`: a separator line between runs, `--tail N` lines, `--tail-bytes N` from a
+/// line start (issue 17: it cut a line in half, and runs ran together).
+#[test]
+fn logs_mark_restarts_and_tail_whole_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let command = "[sh, -c, 'echo run $$; echo a fairly long second line of output; exit 1']";
+    let f = write(tmp.path(), "crash.yaml", &service("crash", 1, command));
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let name = eventually("a restart", Duration::from_secs(30), || {
+        d.replicas()
+            .into_iter()
+            .find(|r| r["status"]["restarts"].as_u64() >= Some(2))
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+    });
+    let whole = |l: &str| {
+        l == "a fairly long second line of output"
+            || l.strip_prefix("run ")
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            || (l.starts_with("--- restarted at ") && l.ends_with(" (exit code 1) ---"))
+    };
+    let all = d.ctl_ok(&["logs", &name]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert!(lines.iter().all(|l| whole(l)), "{all}");
+    assert!(lines.len() >= 8, "{all}");
+    assert!(
+        lines[0].starts_with("run ") && lines[2].starts_with("--- restarted at "),
+        "{all}"
+    );
+    assert!(lines[3].starts_with("run "), "{all}");
+
+    let two = d.ctl_ok(&["logs", "--tail", "2", &name]);
+    assert_eq!(two.lines().count(), 2, "{two}");
+    assert!(all.ends_with(&two), "{two}");
+    // Shorter than the last line: its cut is all that fits.
+    let cut = d.ctl_ok(&["logs", "--tail-bytes", "30", &name]);
+    assert_eq!(cut, "ly long second line of output\n");
+    for n in ["40", "50", "61", "100"] {
+        let tail = d.ctl_ok(&["logs", "--tail-bytes", n, &name]);
+        assert!(tail.len() <= n.parse().unwrap(), "{tail}");
+        assert!(tail.lines().all(whole), "--tail-bytes {n}: {tail:?}");
+    }
+    let both = d.ctl_ok(&["logs", "--tail", "5", "--tail-bytes", "40", &name]);
+    assert_eq!(both.lines().count(), 1, "{both}");
+    d.delete_and_wait("service", "crash");
+}

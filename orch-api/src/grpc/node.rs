@@ -77,6 +77,7 @@ impl pb::node_server::Node for NodeService {
                 LogOptions {
                     follow: r.follow,
                     tail_bytes: r.tail_bytes,
+                    tail_lines: r.tail_lines,
                 },
             )
             .await
@@ -264,6 +265,7 @@ impl NodeAccess for NodeDialer {
                 id: id.into(),
                 follow: opts.follow,
                 tail_bytes: opts.tail_bytes,
+                tail_lines: opts.tail_lines,
             })
             .await
             .map_err(|s| error_of(node, s))?

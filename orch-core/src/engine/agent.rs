@@ -996,6 +996,7 @@ impl Agent {
                     crate::runtime::LogOptions {
                         follow: false,
                         tail_bytes: Some(1024),
+                        tail_lines: None,
                     },
                 )
                 .await

@@ -1187,12 +1187,7 @@ impl Runtime for ContainerdRuntime {
                 lock(&i.workloads).contains_key(&id)
             })
         });
-        Ok(crate::logs::stream(
-            self.log_path(id),
-            0,
-            opts.tail_bytes,
-            follow,
-        ))
+        Ok(crate::logs::stream(self.log_path(id), 0, &opts, follow))
     }
 }
 
