@@ -107,10 +107,16 @@ impl Client {
                     source,
                 })?;
         let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-        framed
-            .send(line)
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Err(e) = framed.send(line).await {
+            // The daemon may have refused the request before reading it all (too many
+            // connections, too large): its answer says why better than the broken pipe.
+            if let Ok(Some(Ok(answer))) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), framed.next()).await
+            {
+                into_result(parse(&answer)?)?;
+            }
+            return Err(ClientError::Protocol(e.to_string()));
+        }
         Ok(framed)
     }
 

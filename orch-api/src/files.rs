@@ -52,6 +52,12 @@ pub fn read_manifests(path: &Path) -> Result<Vec<ManifestText>, String> {
         }
         return Ok(out);
     }
+    let too_large = || {
+        format!(
+            "{}: manifest is larger than the limit of {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files",
+            path.display()
+        )
+    };
     if meta.len() > MAX_MANIFEST_BYTES as u64 {
         return Err(format!(
             "{}: manifest is {:.1} MiB; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files",
@@ -59,7 +65,18 @@ pub fn read_manifests(path: &Path) -> Result<Vec<ManifestText>, String> {
             meta.len() as f64 / (1 << 20) as f64
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The length a device or a pipe reports says nothing (0 for /dev/zero): read at most one
+    // byte past the limit whatever it says.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_MANIFEST_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(too_large());
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
         format!(
             "{}: not UTF-8 text (byte {})",

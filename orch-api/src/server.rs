@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use orch_core::api::{self, ApiError};
@@ -87,24 +87,95 @@ impl Target {
 /// Called with the name of a node removed through the API.
 pub type NodeRemovedHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Binds `path` (replacing a stale socket), restricts it to its owner (0600) and serves until
-/// `cancel` fires.
+/// Limits of the unix-socket server: what one client, or many, may make it hold.
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// Connections served at once (streams such as `watch -w` included); more are answered
+    /// with an error and closed.
+    pub max_connections: usize,
+    /// The request line must arrive within this long of connecting (an idle or partial
+    /// request is answered with an error and closed).
+    pub request_timeout: Duration,
+    /// The largest request line, in bytes (refused while reading, not after).
+    pub max_request_bytes: usize,
+    /// What all connections together may buffer of requests still arriving, in bytes; a
+    /// connection that would go past it is answered `Unavailable` and closed.
+    pub request_buffer_budget: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> ServeLimits {
+        ServeLimits {
+            max_connections: 256,
+            request_timeout: Duration::from_secs(10),
+            max_request_bytes: MAX_LINE_BYTES,
+            request_buffer_budget: 64 << 20,
+        }
+    }
+}
+
+/// Binds `path` (replacing only a stale socket, see [`bind`]), restricts it to its owner
+/// (0600) and serves until `cancel` fires.
 pub async fn serve(
     path: PathBuf,
     backend: Arc<Backend>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = bind(&path).await?;
+    serve_listener(listener, path, backend, cancel, ServeLimits::default()).await
+}
+
+/// Serves on a listener from [`bind`] within `limits` until `cancel` fires, then removes the
+/// socket file at `path`.
+pub async fn serve_listener(
+    listener: UnixListener,
+    path: PathBuf,
+    backend: Arc<Backend>,
+    cancel: CancellationToken,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    let limits = Arc::new(limits);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let budget = Arc::new(Budget {
+        left: std::sync::Mutex::new(limits.request_buffer_budget),
+    });
     loop {
         let (stream, _) = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = listener.accept() => r?,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                // Out of file descriptors and the like: the listener itself is fine, and
+                // the connections being served are not dropped.
+                Err(e) => {
+                    tracing::warn!(error = %e, "api socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
-        let (backend, cancel) = (backend.clone(), cancel.clone());
+        let (backend, cancel, limits, budget) = (
+            backend.clone(),
+            cancel.clone(),
+            limits.clone(),
+            budget.clone(),
+        );
+        let permit = connections.clone().try_acquire_owned();
         tokio::spawn(async move {
+            let mut out = LineSink(stream);
+            let Ok(_permit) = permit else {
+                let refusal = error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "too many connections: the daemon serves at most {} at once; retry later",
+                        limits.max_connections
+                    ),
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), send(&mut out, refusal)).await;
+                return;
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = handle(stream, backend) => {}
+                _ = handle(&mut out, &backend, &limits, &budget) => {}
             }
         });
     }
@@ -112,17 +183,49 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds a unix socket with mode 0600, removing a stale socket file first. Refuses to take
-/// over a socket another live daemon answers on.
+/// Binds a unix socket with mode 0600. Something already at `path` is removed only when it
+/// is a stale socket (a socket nothing answers on); a live daemon's socket, or any other
+/// file, is refused with an error naming the path.
 pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
             return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by another running daemon", path.display()),
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it (choose another --socket path)",
+                    path.display()
+                ),
             ));
         }
-        std::fs::remove_file(path)?;
+        Ok(_) => match UnixStream::connect(path).await {
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another running daemon", path.display()),
+                ))
+            }
+            // Nothing listens: a socket left behind by a daemon that did not stop cleanly.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)?
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} is a socket that cannot be checked ({e}); refusing to replace it",
+                        path.display()
+                    ),
+                ))
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ))
+        }
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -130,6 +233,89 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Bytes of requests still arriving that all connections may hold together.
+struct Budget {
+    left: std::sync::Mutex<usize>,
+}
+
+/// What one connection holds of a [`Budget`]; given back when dropped.
+struct Held<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Takes `more` bytes, or says the budget is spent.
+    fn take(&mut self, more: usize) -> bool {
+        let mut left = self.budget.left.lock().unwrap_or_else(|p| p.into_inner());
+        if *left < more {
+            return false;
+        }
+        *left -= more;
+        self.bytes += more;
+        true
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.budget.left.lock().unwrap_or_else(|p| p.into_inner()) += self.bytes;
+    }
+}
+
+/// Reads one request line (without its newline) within the limits, or the error to answer.
+/// `Ok(None)`: the client closed the connection before sending a whole line.
+async fn read_request(
+    stream: &mut UnixStream,
+    limits: &ServeLimits,
+    budget: &Budget,
+) -> Result<Option<Vec<u8>>, Response> {
+    use tokio::io::AsyncReadExt;
+    let max = limits.max_request_bytes;
+    let too_large = || {
+        error(
+            ErrorCode::TooLarge,
+            format!(
+                "request is larger than {max} bytes (the limit is {max} bytes); the connection is closed"
+            ),
+        )
+    };
+    let mut held = Held { budget, bytes: 0 };
+    let mut line: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(n) => n,
+        };
+        let (data, end) = match chunk[..n].iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (&chunk[..n], false),
+        };
+        let need = line.len() + data.len();
+        if need > max {
+            return Err(too_large());
+        }
+        if need > line.capacity() {
+            let want = need.max(line.capacity() * 2).min(max);
+            if !held.take(want - line.capacity()) {
+                return Err(error(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the daemon is receiving too many large requests at once (at most {} bytes buffered); retry",
+                        limits.request_buffer_budget
+                    ),
+                ));
+            }
+            line.reserve_exact(want - line.len());
+        }
+        line.extend_from_slice(data);
+        if end {
+            return Ok(Some(line));
+        }
+    }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -160,53 +346,68 @@ fn api_error(e: ApiError) -> Response {
     }
 }
 
-async fn handle(stream: UnixStream, backend: Arc<Backend>) {
-    let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-    let line = match framed.next().await {
-        Some(Ok(l)) => l,
-        Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-            let _ = send(
-                &mut framed,
-                &error(
-                    ErrorCode::TooLarge,
-                    format!("request is larger than {MAX_LINE_BYTES} bytes"),
-                ),
-            )
-            .await;
+async fn handle(out: &mut LineSink, backend: &Backend, limits: &ServeLimits, budget: &Budget) {
+    let read = tokio::time::timeout(
+        limits.request_timeout,
+        read_request(&mut out.0, limits, budget),
+    )
+    .await;
+    let line = match read {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) => return,
+        Ok(Err(resp)) => {
+            let _ = send(out, resp).await;
             return;
         }
-        _ => return,
+        Err(_) => {
+            let resp = error(
+                ErrorCode::Invalid,
+                format!(
+                    "no complete request line within {:?}; the connection is closed",
+                    limits.request_timeout
+                ),
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), send(out, resp)).await;
+            return;
+        }
     };
-    let req: Request = match serde_json::from_str(&line) {
+    let req: Request = match serde_json::from_slice(&line) {
         Ok(r) => r,
         Err(e) => {
             let _ = send(
-                &mut framed,
-                &error(ErrorCode::Invalid, format!("malformed request: {e}")),
+                out,
+                error(ErrorCode::Invalid, format!("malformed request: {e}")),
             )
             .await;
             return;
         }
     };
-    answer_into(&backend, req, &mut framed).await;
+    drop(line);
+    answer_into(backend, req, out).await;
 }
 
 type Conn = dyn ResponseSink;
 
-/// Where a streaming answer goes: the unix socket's lines, or a gRPC stream.
+/// Where a streaming answer goes: the unix socket's lines, or a gRPC stream. Every answer
+/// reaches a sink through one function, which redacts secret values on the way.
 #[async_trait::async_trait]
 pub trait ResponseSink: Send {
     /// Sends one response; an error means the client went away.
     async fn put(&mut self, resp: &Response) -> Result<(), ()>;
 }
 
+/// A unix-socket connection: responses as JSON lines.
+struct LineSink(UnixStream);
+
 #[async_trait::async_trait]
-impl ResponseSink for Framed<UnixStream, LinesCodec> {
+impl ResponseSink for LineSink {
     async fn put(&mut self, resp: &Response) -> Result<(), ()> {
-        let line = serde_json::to_string(resp).unwrap_or_else(|e| {
+        use tokio::io::AsyncWriteExt;
+        let mut line = serde_json::to_string(resp).unwrap_or_else(|e| {
             format!("{{\"type\":\"error\",\"code\":\"Internal\",\"message\":\"encode: {e}\"}}")
         });
-        self.send(line).await.map_err(|_| ())
+        line.push('\n');
+        self.0.write_all(line.as_bytes()).await.map_err(|_| ())
     }
 }
 
@@ -217,8 +418,50 @@ impl ResponseSink for tokio::sync::mpsc::Sender<Response> {
     }
 }
 
-async fn send(out: &mut Conn, resp: &Response) -> Result<(), ()> {
-    out.put(resp).await
+/// The one answer a one-shot request gets.
+#[derive(Default)]
+struct Slot(Option<Response>);
+
+#[async_trait::async_trait]
+impl ResponseSink for Slot {
+    async fn put(&mut self, resp: &Response) -> Result<(), ()> {
+        self.0.get_or_insert_with(|| resp.clone());
+        Ok(())
+    }
+}
+
+/// Every response leaves through here (both transports, one-shot and streaming): secret
+/// values are redacted in whatever objects it carries.
+async fn send(out: &mut Conn, resp: Response) -> Result<(), ()> {
+    out.put(&redact(resp)).await
+}
+
+/// `resp` with every secret it carries redacted ([`api::redact`]).
+fn redact(resp: Response) -> Response {
+    match resp {
+        Response::Objects { objects, revision } => Response::Objects {
+            objects: objects.into_iter().map(api::redact).collect(),
+            revision,
+        },
+        Response::Done { object } => Response::Done {
+            object: api::redact(object),
+        },
+        Response::Watch { event, object } => Response::Watch {
+            event,
+            object: api::redact(object),
+        },
+        // No objects in these (apply's diffs redact secret values themselves).
+        r @ (Response::Applied { .. }
+        | Response::Plan { .. }
+        | Response::Log { .. }
+        | Response::Info { .. }
+        | Response::Exec { .. }
+        | Response::Imported { .. }
+        | Response::Progress { .. }
+        | Response::VolumeRemoved { .. }
+        | Response::End
+        | Response::Error { .. }) => r,
+    }
 }
 
 /// Answers a streaming request (`Watch`, `Logs`) into `out`, or a one-shot one with a single
@@ -251,14 +494,25 @@ pub async fn answer_into(backend: &Backend, req: Request, out: &mut Conn) {
             .await
         }
         other => {
-            let resp = answer(backend, other).await;
-            let _ = send(out, &resp).await;
+            let resp = respond(backend, other).await;
+            let _ = send(out, resp).await;
         }
     }
 }
 
-/// Answers a one-shot request.
+/// Answers a one-shot request (secret values redacted, as every answer).
 pub async fn answer(backend: &Backend, req: Request) -> Response {
+    if matches!(req, Request::Watch { .. } | Request::Logs { .. }) {
+        return error(ErrorCode::Invalid, "streaming request on a one-shot path");
+    }
+    let mut slot = Slot::default();
+    answer_into(backend, req, &mut slot).await;
+    slot.0
+        .unwrap_or_else(|| error(ErrorCode::Internal, "no answer"))
+}
+
+/// The answer to a one-shot request, before [`send`] redacts it.
+async fn respond(backend: &Backend, req: Request) -> Response {
     let store = &*backend.store;
     match req {
         Request::Apply { manifests, dry_run } => {
@@ -339,7 +593,7 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 match orch_core::store::get_object(store, kind, &ns, &name).await {
                     Ok(Some(o)) => Response::Objects {
                         revision: o.metadata().revision,
-                        objects: vec![api::redact(o)],
+                        objects: vec![o],
                     },
                     Ok(None) => error(
                         ErrorCode::NotFound,
@@ -352,10 +606,7 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
                 }
             }
             None => match list_objects(store, kind, namespace.as_deref()).await {
-                Ok((objects, revision)) => Response::Objects {
-                    objects: objects.into_iter().map(api::redact).collect(),
-                    revision,
-                },
+                Ok((objects, revision)) => Response::Objects { objects, revision },
                 Err(e) => store_error(e),
             },
         },
@@ -451,7 +702,7 @@ async fn watch(
         None => match list_objects(&*backend.store, kind, namespace.as_deref()).await {
             Ok(x) => x,
             Err(e) => {
-                let _ = send(framed, &store_error(e)).await;
+                let _ = send(framed, store_error(e)).await;
                 return;
             }
         },
@@ -459,9 +710,9 @@ async fn watch(
     for object in objs {
         if send(
             framed,
-            &Response::Watch {
+            Response::Watch {
                 event: WatchType::Added,
-                object: api::redact(object),
+                object,
             },
         )
         .await
@@ -473,7 +724,7 @@ async fn watch(
     let mut stream = match backend.store.watch(&prefix, rev).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = send(framed, &store_error(e)).await;
+            let _ = send(framed, store_error(e)).await;
             return;
         }
     };
@@ -481,7 +732,7 @@ async fn watch(
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                let _ = send(framed, &store_error(e)).await;
+                let _ = send(framed, store_error(e)).await;
                 return;
             }
         };
@@ -494,8 +745,7 @@ async fn watch(
                 WatchEvent::Delete { prev, .. } => (WatchType::Deleted, prev),
             };
             let Ok(object) = decode(kv) else { continue };
-            let object = api::redact(object);
-            if send(framed, &Response::Watch { event, object })
+            if send(framed, Response::Watch { event, object })
                 .await
                 .is_err()
             {
@@ -638,7 +888,7 @@ async fn logs(
     let (rep, node, rt) = match replica_runtime(backend, namespace, replica, "logs yet").await {
         Ok(found) => found,
         Err(resp) => {
-            let _ = send(framed, &resp).await;
+            let _ = send(framed, resp).await;
             return;
         }
     };
@@ -647,7 +897,7 @@ async fn logs(
         Err(RuntimeError::NotFound(_)) => {
             let _ = send(
                 framed,
-                &error(
+                error(
                     ErrorCode::NotFound,
                     format!("replica {replica:?} has not started on {node}: no logs yet"),
                 ),
@@ -656,7 +906,7 @@ async fn logs(
             return;
         }
         Err(e) => {
-            let _ = send(framed, &error(ErrorCode::Unavailable, e.to_string())).await;
+            let _ = send(framed, error(ErrorCode::Unavailable, e.to_string())).await;
             return;
         }
     };
@@ -666,7 +916,7 @@ async fn logs(
             Ok(bytes) => {
                 if send(
                     framed,
-                    &Response::Log {
+                    Response::Log {
                         data: String::from_utf8_lossy(&bytes).into_owned(),
                     },
                 )
@@ -677,12 +927,12 @@ async fn logs(
                 }
             }
             Err(e) => {
-                let _ = send(framed, &error(ErrorCode::Unavailable, e.to_string())).await;
+                let _ = send(framed, error(ErrorCode::Unavailable, e.to_string())).await;
                 return;
             }
         }
     }
-    let _ = send(framed, &Response::End).await;
+    let _ = send(framed, Response::End).await;
 }
 
 /// `orchctl volume rm`: refuses while a replica meant to run on the node mounts it, and on

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use orch_api::protocol::{ErrorCode, ManifestText, Request, Response, WatchType};
-use orch_api::server::{serve, Backend};
+use orch_api::server::{bind, serve, serve_listener, Backend, ServeLimits};
 use orch_api::Client;
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
@@ -18,13 +18,20 @@ use tokio_util::sync::CancellationToken;
 
 const WEB: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 2\n  template: {command: [server]}\n";
 
-async fn start() -> (
+type Started = (
     tempfile::TempDir,
     Client,
     Arc<MemStore>,
     FakeRuntime,
     CancellationToken,
-) {
+);
+
+async fn start() -> Started {
+    start_with(None).await
+}
+
+/// [`start`] with the server's limits (default: [`serve`]'s).
+async fn start_with(limits: Option<ServeLimits>) -> Started {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");
     let store = Arc::new(MemStore::new());
@@ -40,7 +47,19 @@ async fn start() -> (
         volume_dirs: Default::default(),
     });
     let cancel = CancellationToken::new();
-    tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
+    match limits {
+        None => drop(tokio::spawn(serve(socket.clone(), backend, cancel.clone()))),
+        Some(limits) => {
+            let listener = bind(&socket).await.unwrap();
+            tokio::spawn(serve_listener(
+                listener,
+                socket.clone(),
+                backend.clone(),
+                cancel.clone(),
+                limits,
+            ));
+        }
+    }
     while !socket.exists() {
         tokio::task::yield_now().await;
     }
@@ -486,5 +505,210 @@ async fn a_watch_resumes_from_a_revision() {
     };
     assert_eq!(s.spec.replicas, 6);
     assert!(s.metadata.revision > seen);
+    cancel.cancel();
+}
+
+const SECRET: &str =
+    "apiVersion: orch/v1\nkind: Secret\nmetadata: {name: db}\ndata: {password: aHVudGVyMg==}\n";
+
+/// Sends one raw JSON line and reads the one answer line.
+async fn raw(dir: &std::path::Path, line: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::UnixStream::connect(dir.join("api.sock"))
+        .await
+        .unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    BufReader::new(&mut s).read_line(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn no_answer_carries_a_secret_value_delete_included() {
+    let (dir, client, store, _rt, cancel) = start().await;
+    client.call(apply(SECRET)).await.unwrap();
+    let stored = orch_core::store::get_object(&*store, Kind::Secret, "default", "db")
+        .await
+        .unwrap()
+        .unwrap();
+    let Object::Secret(s) = &stored else { panic!() };
+    let plain = s.data["password"].clone();
+    for line in [
+        r#"{"op":"get","kind":"Secret","namespace":null,"name":null}"#,
+        r#"{"op":"get","kind":"Secret","namespace":"default","name":"db"}"#,
+        r#"{"op":"delete","kind":"Secret","namespace":"default","name":"db"}"#,
+    ] {
+        let answer = raw(dir.path(), line).await;
+        assert!(answer.contains("<redacted: "), "{line}: {answer}");
+        assert!(!answer.contains(&plain), "{line} leaks the value: {answer}");
+    }
+    // The gRPC transport answers through `answer`: the same redaction.
+    client.call(apply(SECRET)).await.unwrap();
+    let backend = Backend {
+        store: store.clone(),
+        runtimes: HashMap::new(),
+        store_name: "memory".into(),
+        scheduler: Arc::new(orch_sched::DefaultScheduler),
+        on_node_removed: None,
+        nodes: None,
+        port_check: None,
+        volume_dirs: Default::default(),
+    };
+    let resp = orch_api::server::answer(
+        &backend,
+        Request::Delete {
+            kind: Kind::Secret,
+            namespace: "default".into(),
+            name: "db".into(),
+        },
+    )
+    .await;
+    let Response::Done {
+        object: Object::Secret(s),
+    } = &resp
+    else {
+        panic!("{resp:?}")
+    };
+    assert!(s.data["password"].starts_with("<redacted: "), "{resp:?}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn an_idle_or_partial_request_is_closed_after_the_read_timeout() {
+    let limits = ServeLimits {
+        request_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (dir, client, _store, _rt, cancel) = start_with(Some(limits)).await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+        .await
+        .unwrap();
+    s.write_all(b"{\"op\":\"in").await.unwrap();
+    let mut line = String::new();
+    let mut r = BufReader::new(&mut s);
+    r.read_line(&mut line).await.unwrap();
+    assert!(
+        line.contains("no complete request line within 300ms"),
+        "{line}"
+    );
+    line.clear();
+    assert_eq!(r.read_line(&mut line).await.unwrap(), 0, "then closed");
+    client.call(Request::Info).await.unwrap();
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn partial_requests_together_stay_within_the_buffer_budget() {
+    let limits = ServeLimits {
+        max_request_bytes: 1 << 20,
+        request_buffer_budget: 2 << 20,
+        ..Default::default()
+    };
+    let (dir, client, _store, _rt, cancel) = start_with(Some(limits)).await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    // Over the frame cap: refused while reading, with the limit named.
+    let s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+        .await
+        .unwrap();
+    let (r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&vec![b'a'; 3 << 20]).await;
+        w
+    });
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await.unwrap();
+    assert!(
+        line.contains("TooLarge") && line.contains("larger than 1048576 bytes"),
+        "{line}"
+    );
+    drop(writer.await);
+    // Connections under the cap each, over the budget together: later ones are refused.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..8 {
+        let mut s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+            .await
+            .unwrap();
+        // Refused while writing: the answer is there to read all the same.
+        let _ = s.write_all(&vec![b' '; 900 << 10]).await;
+        let mut probe = [0u8; 1];
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(std::time::Duration::from_millis(200), s.read(&mut probe)).await
+        {
+            Ok(_) => {
+                let mut rest = String::new();
+                let _ = BufReader::new(&mut s).read_line(&mut rest).await;
+                refused = Some(format!("{}{rest}", probe[0] as char));
+                break;
+            }
+            Err(_) => held.push(s),
+        }
+    }
+    let refused = refused.expect("a connection past the budget is refused");
+    assert!(
+        refused.contains("Unavailable") && refused.contains("2097152 bytes buffered"),
+        "{refused}"
+    );
+    assert!(!held.is_empty(), "one fits the budget");
+    // Closed connections give their share back.
+    drop(held);
+    client.call(Request::Info).await.unwrap();
+    let mut s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+        .await
+        .unwrap();
+    s.write_all(&vec![b' '; 900 << 10]).await.unwrap();
+    s.write_all(b"{\"op\":\"info\"}\n").await.unwrap();
+    let mut answer = String::new();
+    BufReader::new(&mut s).read_line(&mut answer).await.unwrap();
+    assert!(answer.contains("\"info\""), "{answer}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_and_the_rest_served() {
+    let limits = ServeLimits {
+        max_connections: 3,
+        ..Default::default()
+    };
+    let (dir, client, _store, _rt, cancel) = start_with(Some(limits)).await;
+    use tokio::io::AsyncBufReadExt;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+                .await
+                .unwrap(),
+        );
+    }
+    // The server takes each in turn; a fourth is answered with the limit and closed.
+    let err = loop {
+        match client.call(Request::Info).await {
+            Err(e) => break e.to_string(),
+            Ok(_) => tokio::task::yield_now().await,
+        }
+    };
+    assert!(
+        err.contains("too many connections") && err.contains("at most 3"),
+        "{err}"
+    );
+    let mut line = String::new();
+    let s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
+        .await
+        .unwrap();
+    tokio::io::BufReader::new(s)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    assert!(line.contains("too many connections"), "{line}");
+    drop(idle);
+    let served = async {
+        while client.call(Request::Info).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), served)
+        .await
+        .expect("served again once the idle connections closed");
     cancel.cancel();
 }

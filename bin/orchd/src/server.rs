@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use orch_api::server::{serve, Backend};
+use orch_api::server::{serve_listener, Backend};
 use orch_core::engine::Engine;
 use orch_core::runtime::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
@@ -197,7 +197,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
-    let api = tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
+    // Bound before saying "serving": a path that is not a stale socket is refused here.
+    let listener = orch_api::server::bind(&socket)
+        .await
+        .with_context(|| format!("--socket {}", socket.display()))?;
+    let api = tokio::spawn(serve_listener(
+        listener,
+        socket.clone(),
+        backend,
+        cancel.clone(),
+        Default::default(),
+    ));
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), node = %node, "orchd: serving");
     eprintln!(
         "orchd: serving on {} (node {node}, state in {})",

@@ -153,3 +153,72 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
         d.replicas().is_empty().then_some(())
     });
 }
+
+/// `orchd server --socket PATH`, with the process's output; fails the test if it runs longer
+/// than 20 s (a refused path must end it at once).
+fn server_on(dir: &std::path::Path, socket: &std::path::Path) -> std::process::Output {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["server", "--node", "test-node", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    let start = std::time::Instant::now();
+    while !waiter.is_finished() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            let out = waiter.join().unwrap();
+            panic!(
+                "orchd kept running on {}: {}",
+                socket.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap()
+}
+
+#[test]
+fn a_socket_path_that_is_not_a_stale_socket_is_never_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Any file: refused, kept.
+    let important = write(tmp.path(), "important.txt", "keep me\n");
+    let out = server_on(tmp.path(), &important);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must refuse: {err}");
+    assert!(
+        err.contains("important.txt") && err.contains("not a socket"),
+        "{err}"
+    );
+    assert!(!err.contains("serving on"), "{err}");
+    assert_eq!(std::fs::read_to_string(&important).unwrap(), "keep me\n");
+    // The store itself: refused, and the store keeps what it holds.
+    let mut d = Daemon::start(tmp.path());
+    let good = write(tmp.path(), "good.yaml", GOOD);
+    d.ctl_ok(&["apply", "-f", good.to_str().unwrap()]);
+    d.stop();
+    let store = tmp.path().join("data/state.redb");
+    let out = server_on(tmp.path(), &store);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("state.redb"), "{err}");
+    assert!(store.exists(), "the store is kept");
+    // A stale socket (nothing answers on it) is replaced; the store still has the service.
+    drop(std::os::unix::net::UnixListener::bind(tmp.path().join("orchd.sock")).unwrap());
+    assert!(tmp.path().join("orchd.sock").exists());
+    let d = Daemon::start(tmp.path());
+    assert!(d.ctl_ok(&["get", "services"]).contains("good"));
+    // A live daemon's socket is refused too.
+    let out = server_on(&tmp.path().join("other"), &d.socket);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in use"), "{err}");
+    assert!(d.ctl_ok(&["get", "services"]).contains("good"));
+    d.ctl_ok(&["delete", "service", "good"]);
+}
