@@ -402,12 +402,17 @@ fn read_all(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<orch_api::protoc
 async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> anyhow::Result<()> {
     let manifests = read_all(files)?;
     // Validate locally first: errors name the files without a round trip.
-    orch_core::manifest::parse_all(
+    let parsed = orch_core::manifest::parse_all_with_warnings(
         manifests
             .iter()
             .map(|m| (m.source.as_str(), m.text.as_str())),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Fields orch sets itself (status, metadata.uid, ...) are ignored, as kubectl ignores
+    // status: say so.
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
     match client.call(Request::Apply { manifests, dry_run }).await? {
         Response::Applied { results, dry_run } => {
             for r in results {

@@ -31,6 +31,10 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("duplicate ports", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  template:\n    command: [sleep]\n    ports: [{name: a, port: 8080}, {name: b, port: 8080}]\n".into(), vec!["spec.template.ports[1].port", "8080", "duplicate port"]),
         ("unknown kind", "apiVersion: orch/v1\nkind: Deployment\nmetadata: {name: x}\n".into(), vec!["kind", "Deployment", "allowed: Service"]),
         ("alias bomb", alias_bomb(), vec!["alias bomb.yaml", "invalid YAML", "too many nodes or aliases"]),
+        ("zero restart backoff", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  template: {command: [sleep], restartBackoffMax: 0s}\n".into(), vec!["spec.template.restartBackoffMax", "\"0s\"", "must be at least 1s"]),
+        ("tiny cpu", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  template: {command: [sleep], resources: {cpu: '0.0000001'}}\n".into(), vec!["spec.template.resources.cpu", "\"0.0000001\"", "the smallest cpu quantity is 1m"]),
+        ("duplicate key", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec:\n  template: {command: [sleep]}\nkind: Service\n".into(), vec!["invalid YAML: line 6 column 1: duplicate key \"kind\" (first at line 2 column 1)"]),
+        ("too many documents", vec!["apiVersion: orch/v1\nkind: Config\nmetadata: {name: c}\n"; 10_001].join("---\n"), vec!["too-many-documents.yaml: manifest has more than 10000 documents; the limit is 10000"]),
         ("one bad document of three", format!("{GOOD}---\n{}---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  replicas: -5\n  template: {{command: [sleep]}}\n", GOOD.replace("good", "good-two")), vec!["document 3", "spec.replicas"]),
     ]
 }
@@ -56,6 +60,10 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
         for e in expect {
             assert!(err.contains(e), "{case}: error should mention {e:?}: {err}");
         }
+        assert!(
+            !err.contains("DuplicateKeyPolicy"),
+            "{case}: no parser-library advice: {err}"
+        );
         assert!(d.alive(), "{case}: the daemon must keep running");
         let services = d.ctl_ok(&["get", "services", "-o", "json"]);
         assert!(
@@ -135,6 +143,29 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("timeout 0s") && e.contains("allowed"), "{e}");
+
+    // Fields orch sets are ignored, as kubectl apply ignores status, and apply says so.
+    let status = write(
+        tmp.path(),
+        "status.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: stat, uid: forged, generation: 9}\nspec:\n  replicas: 0\n  template: {command: [sleep, '100']}\nstatus: {readyReplicas: 5}\n",
+    );
+    let out = d.ctl(&["apply", "-f", status.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for w in [
+        "status: ignored: set by orch, not by manifests",
+        "metadata.uid: ignored: set by orch, not by manifests",
+        "metadata.generation: ignored: set by orch, not by manifests",
+    ] {
+        let w = format!("warning: {}: document 1: {w}", status.display());
+        assert!(err.contains(&w), "missing {w:?} in {err}");
+    }
+    let svc: serde_json::Value =
+        serde_json::from_str(&d.ctl_ok(&["get", "service", "stat", "-o", "json"])).unwrap();
+    assert_ne!(svc["metadata"]["uid"], "forged");
+    assert_eq!(svc["metadata"]["generation"], 1);
+    d.ctl_ok(&["delete", "service", "stat"]);
 
     // Still alive and empty; a good apply then works.
     assert!(d.alive());
