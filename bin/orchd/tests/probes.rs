@@ -367,8 +367,33 @@ fn a_failed_rollout_rolls_back_and_rollouts_can_be_paused_and_undone() {
             (all.len() == 3 && color_ready(&d, "blue") == 3).then_some(())
         },
     );
-    let events = d.ctl_ok(&["get", "events"]);
-    assert!(events.contains("RolledBack"), "{events}");
+    let events = d.ctl_ok(&["get", "events", "-o", "json"]);
+    let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+    let events = events["items"].as_array().cloned().unwrap_or_default();
+    let with = |reason: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .map(|e| e["message"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // The probe failure is a warning of its own, once per replica (not per probe period),
+    // and the rollback names it.
+    let unhealthy = with("Unhealthy");
+    assert!(
+        !unhealthy.is_empty()
+            && unhealthy
+                .iter()
+                .all(|m| m.starts_with("readiness probe failed: HTTP 503 from GET ")),
+        "{unhealthy:?}"
+    );
+    assert!(unhealthy.len() <= 2, "{unhealthy:?}");
+    let rolled = with("RolledBack");
+    assert!(
+        rolled.len() == 1 && rolled[0].contains("readiness probe failed: HTTP 503"),
+        "{rolled:?}"
+    );
+    assert!(err.contains("readiness probe failed: HTTP 503"), "{err}");
 
     // Pause holds a good rollout; resume completes it.
     d.ctl_ok(&["rollout", "pause", "web"]);
