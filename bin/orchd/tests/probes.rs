@@ -192,7 +192,7 @@ fn a_crash_loop_backs_off_to_the_services_cap() {
     d.delete_and_wait("service", "crash");
 }
 
-/// A replica that runs 0.3 s and crashes, restarted every second, is never reported Ready (it
+/// A replica that runs 0.2 s and crashes, restarted every second, is never reported Ready (it
 /// has not stayed up since it exited) and its service never counts it: sampled every 50 ms
 /// for 6 s, through `get replicas` and `get services`.
 #[test]
@@ -202,7 +202,7 @@ fn a_crash_looping_replica_is_never_ready() {
     let f = write(
         tmp.path(),
         "flap.yaml",
-        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: flap}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'sleep 0.3; exit 3']\n    restartBackoffMax: 1s\n",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: flap}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'sleep 0.2; exit 3']\n    restartBackoffMax: 1s\n",
     );
     d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
     eventually("restarted twice", Duration::from_secs(20), || {
