@@ -192,7 +192,7 @@ fn a_crash_loop_backs_off_to_the_services_cap() {
     d.delete_and_wait("service", "crash");
 }
 
-/// A replica that runs 0.3 s and crashes, restarted every second, is never reported Ready (it
+/// A replica that runs 0.2 s and crashes, restarted every second, is never reported Ready (it
 /// has not stayed up since it exited) and its service never counts it: sampled every 50 ms
 /// for 6 s, through `get replicas` and `get services`.
 #[test]
@@ -202,7 +202,7 @@ fn a_crash_looping_replica_is_never_ready() {
     let f = write(
         tmp.path(),
         "flap.yaml",
-        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: flap}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'sleep 0.3; exit 3']\n    restartBackoffMax: 1s\n",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: flap}\nspec:\n  replicas: 1\n  template:\n    command: [/bin/sh, -c, 'sleep 0.2; exit 3']\n    restartBackoffMax: 1s\n",
     );
     d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
     eventually("restarted twice", Duration::from_secs(20), || {
@@ -367,8 +367,33 @@ fn a_failed_rollout_rolls_back_and_rollouts_can_be_paused_and_undone() {
             (all.len() == 3 && color_ready(&d, "blue") == 3).then_some(())
         },
     );
-    let events = d.ctl_ok(&["get", "events"]);
-    assert!(events.contains("RolledBack"), "{events}");
+    let events = d.ctl_ok(&["get", "events", "-o", "json"]);
+    let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+    let events = events["items"].as_array().cloned().unwrap_or_default();
+    let with = |reason: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .map(|e| e["message"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // The probe failure is a warning of its own, once per replica (not per probe period),
+    // and the rollback names it.
+    let unhealthy = with("Unhealthy");
+    assert!(
+        !unhealthy.is_empty()
+            && unhealthy
+                .iter()
+                .all(|m| m.starts_with("readiness probe failed: HTTP 503 from GET ")),
+        "{unhealthy:?}"
+    );
+    assert!(unhealthy.len() <= 2, "{unhealthy:?}");
+    let rolled = with("RolledBack");
+    assert!(
+        rolled.len() == 1 && rolled[0].contains("readiness probe failed: HTTP 503"),
+        "{rolled:?}"
+    );
+    assert!(err.contains("readiness probe failed: HTTP 503"), "{err}");
 
     // Pause holds a good rollout; resume completes it.
     d.ctl_ok(&["rollout", "pause", "web"]);

@@ -158,7 +158,7 @@ const STATUS_HOLD: Duration = Duration::from_millis(500);
 
 /// A replica restarted after an exit and without a readiness probe is Ready only once it
 /// has stayed up this long (or the stable-run period, if shorter).
-const RESTART_SETTLE: Duration = Duration::from_secs(1);
+const RESTART_SETTLE: Duration = Duration::from_millis(500);
 
 /// At most one restart event per crash-looping replica per this period.
 const CRASH_EVENT_EVERY: Duration = Duration::from_secs(10);

@@ -17,6 +17,9 @@ use crate::object::{DesiredState, Object, Phase, Probe, ProbePort, Replica};
 use crate::runtime::Runtime;
 use crate::store::update_op;
 
+/// At most one "probe failed" warning per replica and probe in this period.
+const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// Which probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
@@ -129,7 +132,7 @@ async fn check(runtime: &dyn Runtime, r: &Replica, probe: &Probe) -> Result<(), 
             if (200..400).contains(&code) {
                 Ok(())
             } else {
-                Err(format!("GET {url}: HTTP {code}"))
+                Err(format!("HTTP {code} from GET {url}"))
             }
         };
         return tokio::time::timeout(timeout, get)
@@ -191,6 +194,8 @@ pub(crate) async fn run(
     held: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 ) {
     let mut states: HashMap<String, RunState> = HashMap::new();
+    // When each replica's probe last warned it started failing (across runs).
+    let mut warned: HashMap<(String, Kind), Instant> = HashMap::new();
     let (tx, mut rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, String, Kind, Result<(), String>)>();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -216,6 +221,9 @@ pub(crate) async fn run(
         let live: std::collections::HashSet<String> =
             replicas.iter().map(|r| r.runtime_name()).collect();
         states.retain(|id, _| live.contains(id));
+        warned.retain(|(id, _), at| {
+            live.contains(id) || now.duration_since(*at) < FAILURE_WARNING_EVERY
+        });
         // Results of checks that finished.
         while let Ok((id, run, kind, result)) = rx.try_recv() {
             let Some(st) = states.get_mut(&id).filter(|s| s.runtime_id == run) else {
@@ -250,7 +258,25 @@ pub(crate) async fn run(
                     t.failures += 1;
                     t.last_error = e;
                     if t.failures >= probe.failure_threshold() {
+                        let started_failing = t.passing != Some(false);
                         t.passing = Some(false);
+                        // Once per transition to failing, and at most once a minute per
+                        // replica and probe (a probe that flaps is not an event per period).
+                        let key = (id.clone(), kind);
+                        let quiet = warned
+                            .get(&key)
+                            .is_none_or(|at| now.duration_since(*at) >= FAILURE_WARNING_EVERY);
+                        // Liveness and startup failures warn as they stop the run (below).
+                        if started_failing && quiet && kind == Kind::Readiness {
+                            warned.insert(key, now);
+                            ctx.recorder.with_source("prober").warning(
+                                crate::object::Kind::Replica,
+                                &r.metadata.namespace,
+                                &r.metadata.name,
+                                "Unhealthy",
+                                format!("{} probe failed: {}", kind.name(), t.last_error),
+                            );
+                        }
                     }
                 }
             }
@@ -381,11 +407,11 @@ pub(crate) async fn run(
                         "waiting for the startup probe to pass".to_string(),
                     )
                 } else {
-                    let why = readiness
-                        .map(|t| t.last_error.clone())
-                        .filter(|e| !e.is_empty())
-                        .unwrap_or_else(|| "not checked yet".into());
-                    ("NotReady", format!("readiness probe: {why}"))
+                    let message = match readiness.filter(|t| !t.last_error.is_empty()) {
+                        Some(t) => format!("readiness probe failed: {}", t.last_error),
+                        None => "readiness probe: not checked yet".to_string(),
+                    };
+                    ("NotReady", message)
                 };
                 status.reason = reason.into();
                 status.message = message;

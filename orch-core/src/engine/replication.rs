@@ -271,6 +271,16 @@ pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceSt
         .filter(|r| r.spec.desired == DesiredState::Running && r.status.phase != Phase::Lost)
         .collect();
     let pending = active.iter().filter(|r| r.spec.node.is_none()).count() as u32;
+    // Why it is not all ready: a replica that cannot be placed, else the newest trouble of
+    // the current revision's replicas (a failing probe, a crash loop, a failed start: what a
+    // rollout that misses its deadline names), else any failed replica.
+    let troubled = |r: &&&Replica| {
+        r.status.phase == Phase::Failed
+            || matches!(
+                r.status.reason.as_str(),
+                "NotReady" | "CrashLoopBackOff" | "Restarted"
+            )
+    };
     let message = active
         .iter()
         .find(|r| r.status.reason == "Unschedulable")
@@ -278,7 +288,15 @@ pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceSt
         .or_else(|| {
             active
                 .iter()
-                .find(|r| r.status.phase == Phase::Failed)
+                .filter(|r| r.spec.template_hash == hash && !ready(r))
+                .filter(troubled)
+                .max_by_key(|r| {
+                    (
+                        r.status.last_exit.as_ref().and_then(|e| e.at),
+                        r.metadata.creation_timestamp,
+                    )
+                })
+                .or_else(|| active.iter().find(|r| r.status.phase == Phase::Failed))
                 .map(|r| format!("{}: {}", r.metadata.name, r.status.message))
         })
         .unwrap_or_default();
@@ -532,6 +550,17 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
             );
             ops.push(update_op(&Object::from(s)));
         } else if status != svc.status {
+            if status.rollout.state == crate::object::RolloutState::Failed
+                && svc.status.rollout.state != crate::object::RolloutState::Failed
+            {
+                ctx.recorder.warning(
+                    Kind::Service,
+                    ns,
+                    name,
+                    "ProgressDeadlineExceeded",
+                    status.rollout.message.clone(),
+                );
+            }
             let mut s = svc.clone();
             s.status = status;
             ops.push(update_op(&Object::from(s)));
