@@ -44,12 +44,17 @@ pub struct UpArgs {
 /// Runs until Ctrl-C, then stops everything it started.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let manifests = orch_api::files::read_manifests(&args.path).map_err(anyhow::Error::msg)?;
-    let objects = orch_core::manifest::parse_all(
+    let parsed = orch_core::manifest::parse_all_with_warnings(
         manifests
             .iter()
             .map(|m| (m.source.as_str(), m.text.as_str())),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Fields orch sets itself are ignored, as `orchctl apply` says too.
+    for w in &parsed.warnings {
+        say(&format!("warning: {w}"));
+    }
+    let objects = parsed.objects;
     let temp = args.state_dir.is_none();
     let state_dir = args
         .state_dir
