@@ -14,12 +14,13 @@ use crate::protocol::{ErrorCode, Request, Response, MAX_LINE_BYTES};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("cannot connect to {path}: {source} (is orchd running? start it with `orchd server`, or pass --socket)")]
+    #[error("cannot connect to {}: {error} (is orchd running? start it with `orchd server`, or pass --socket)", .path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why: part of the message, so not also reported as the error's source (an error
+        /// chain would print it twice).
+        error: std::io::Error,
     },
     /// The daemon answered with an error.
     #[error("{message}")]
@@ -102,9 +103,9 @@ impl Client {
         let stream =
             UnixStream::connect(&self.path)
                 .await
-                .map_err(|source| ClientError::Connect {
+                .map_err(|error| ClientError::Connect {
                     path: self.path.clone(),
-                    source,
+                    error,
                 })?;
         let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
         if let Err(e) = framed.send(line).await {

@@ -4,7 +4,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use orch_core::manifest::MAX_MANIFEST_BYTES;
+use orch_core::manifest::{self, MAX_MANIFEST_BYTES};
+use orch_core::object::Object;
 
 use crate::protocol::ManifestText;
 
@@ -88,4 +89,67 @@ pub fn read_manifests(path: &Path) -> Result<Vec<ManifestText>, String> {
         source: path.display().to_string(),
         text,
     }])
+}
+
+/// Parses manifests as one all-or-nothing set ([`manifest::parse_all`]). With `namespace`
+/// (`orchctl -n`), objects whose document names no namespace go there, and a document that
+/// names another one is refused naming both (as kubectl does); without it, they go to
+/// `default`.
+pub fn parse(manifests: &[ManifestText], namespace: Option<&str>) -> Result<Vec<Object>, String> {
+    parse_with_warnings(manifests, namespace).map(|p| p.objects)
+}
+
+/// [`parse`], also returning a warning for each ignored field (those orch sets itself).
+pub fn parse_with_warnings(
+    manifests: &[ManifestText],
+    namespace: Option<&str>,
+) -> Result<manifest::Parsed, String> {
+    let sources = || {
+        manifests
+            .iter()
+            .map(|m| (m.source.as_str(), m.text.as_str()))
+    };
+    let manifest::Parsed {
+        mut objects,
+        warnings,
+    } = manifest::parse_all_with_warnings(sources()).map_err(|e| e.to_string())?;
+    let Some(ns) = namespace else {
+        return Ok(manifest::Parsed { objects, warnings });
+    };
+    orch_core::validate::dns1123_label(ns).map_err(|e| format!("namespace {ns:?} (-n): {e}"))?;
+    let mut problems = Vec::new();
+    let mut next = objects.iter_mut();
+    for m in manifests {
+        let named = manifest::named_namespaces(&m.source, &m.text).map_err(|e| e.to_string())?;
+        for (i, written) in named.into_iter().enumerate() {
+            let Some(o) = next.next() else { break };
+            if !o.kind().namespaced() {
+                continue;
+            }
+            match written {
+                Some(w) if w != ns => problems.push(format!(
+                    "{}: document {}: {} names namespace {w:?}, but the namespace asked for (-n) is {ns:?}; drop one of them",
+                    m.source,
+                    i + 1,
+                    o.display_name()
+                )),
+                Some(_) => {}
+                None => o.metadata_mut().namespace = ns.to_string(),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    // Moving objects into `ns` may make two of them one.
+    let mut seen = std::collections::HashSet::new();
+    for o in &objects {
+        if !seen.insert(o.key()) {
+            return Err(format!(
+                "{} in namespace {ns:?} is defined twice",
+                o.display_name()
+            ));
+        }
+    }
+    Ok(manifest::Parsed { objects, warnings })
 }

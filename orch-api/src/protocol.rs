@@ -28,11 +28,18 @@ pub enum Request {
         /// Validate and report, write nothing.
         #[serde(default)]
         dry_run: bool,
+        /// The namespace for objects that name none (`orchctl -n`); a document naming
+        /// another one is refused. `None`: `default`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
     },
     /// Where the replicas of these manifests would go; writes nothing.
     Plan {
         /// The manifests.
         manifests: Vec<ManifestText>,
+        /// As for `Apply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
     },
     /// List objects (or one, with `name`).
     Get {

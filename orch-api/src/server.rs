@@ -12,7 +12,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use orch_core::api::{self, ApiError};
-use orch_core::manifest;
 use orch_core::object::{Kind, Object};
 use orch_core::runtime::{LogOptions, Runtime, RuntimeError};
 use orch_core::store::{decode, list_objects, Store, StoreError, WatchEvent};
@@ -515,15 +514,16 @@ pub async fn answer(backend: &Backend, req: Request) -> Response {
 async fn respond(backend: &Backend, req: Request) -> Response {
     let store = &*backend.store;
     match req {
-        Request::Apply { manifests, dry_run } => {
-            let objects = match manifest::parse_all(
-                manifests
-                    .iter()
-                    .map(|m| (m.source.as_str(), m.text.as_str())),
-            ) {
+        Request::Apply {
+            manifests,
+            dry_run,
+            namespace,
+        } => {
+            let objects = match crate::files::parse(&manifests, namespace.as_deref()) {
                 Ok(o) => o,
-                Err(e) => return error(ErrorCode::Invalid, e.to_string()),
+                Err(e) => return error(ErrorCode::Invalid, e),
             };
+            drop(manifests);
             if let Some(check) = &backend.port_check {
                 let mut problems = Vec::new();
                 for s in objects.iter().filter_map(|o| o.as_service()) {
@@ -540,28 +540,15 @@ async fn respond(backend: &Backend, req: Request) -> Response {
                     return error(ErrorCode::Invalid, problems.join("\n"));
                 }
             }
-            // What is stored now, for the diff of what changes.
-            let mut before = std::collections::HashMap::new();
-            for o in &objects {
-                let m = o.metadata();
-                if let Ok(Some(cur)) =
-                    orch_core::store::get_object(store, o.kind(), &m.namespace, &m.name).await
-                {
-                    before.insert(o.key(), cur);
-                }
-            }
             match api::apply(store, objects, dry_run).await {
                 Ok(results) => Response::Applied {
                     results: results
                         .into_iter()
-                        .map(|(o, a)| Applied {
-                            name: o.display_name(),
-                            namespace: o.metadata().namespace.clone(),
-                            action: a.to_string(),
-                            changes: match (a, before.get(&o.key())) {
-                                (api::ApplyAction::Configured, Some(old)) => api::diff(old, &o),
-                                _ => Vec::new(),
-                            },
+                        .map(|a| Applied {
+                            changes: a.changes(),
+                            name: a.object.display_name(),
+                            namespace: a.object.metadata().namespace.clone(),
+                            action: a.action.to_string(),
                         })
                         .collect(),
                     dry_run,
@@ -569,14 +556,13 @@ async fn respond(backend: &Backend, req: Request) -> Response {
                 Err(e) => api_error(e),
             }
         }
-        Request::Plan { manifests } => {
-            let objects = match manifest::parse_all(
-                manifests
-                    .iter()
-                    .map(|m| (m.source.as_str(), m.text.as_str())),
-            ) {
+        Request::Plan {
+            manifests,
+            namespace,
+        } => {
+            let objects = match crate::files::parse(&manifests, namespace.as_deref()) {
                 Ok(o) => o,
-                Err(e) => return error(ErrorCode::Invalid, e.to_string()),
+                Err(e) => return error(ErrorCode::Invalid, e),
             };
             match api::plan(store, &*backend.scheduler, objects, 0).await {
                 Ok(plan) => Response::Plan { plan },
@@ -595,13 +581,7 @@ async fn respond(backend: &Backend, req: Request) -> Response {
                         revision: o.metadata().revision,
                         objects: vec![o],
                     },
-                    Ok(None) => error(
-                        ErrorCode::NotFound,
-                        format!(
-                            "{} {name:?} not found in namespace {ns:?}",
-                            kind.as_str().to_ascii_lowercase()
-                        ),
-                    ),
+                    Ok(None) => error(ErrorCode::NotFound, api::not_found(kind, &ns, &name)),
                     Err(e) => store_error(e),
                 }
             }

@@ -428,6 +428,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
                 text: "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [sleep, '1']\n".into(),
             }],
             dry_run: false,
+            namespace: None,
         })
         .await
         .unwrap();
@@ -459,6 +460,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
                 text: "#".repeat(5 << 20),
             }],
             dry_run: true,
+            namespace: None,
         })
         .await
         .unwrap_err()

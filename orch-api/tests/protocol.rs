@@ -73,6 +73,7 @@ fn apply(text: &str) -> Request {
             text: text.into(),
         }],
         dry_run: false,
+        namespace: None,
     }
 }
 
@@ -99,6 +100,7 @@ async fn apply_get_scale_delete_and_errors() {
             text: WEB.replace("replicas: 2", "replicas: 3"),
         }],
         dry_run: true,
+        namespace: None,
     };
     let Response::Applied { results, dry_run } = client.call(dry).await.unwrap() else {
         panic!()
@@ -403,6 +405,7 @@ async fn plan_shows_placements_and_pending_reasons_and_writes_nothing() {
                 source: "web.yaml".into(),
                 text: big,
             }],
+            namespace: None,
         })
         .await
         .unwrap()
@@ -451,6 +454,7 @@ async fn plan_shows_placements_and_pending_reasons_and_writes_nothing() {
                 source: "bad.yaml".into(),
                 text: WEB.replace("replicas: 2", "replicas: -1"),
             }],
+            namespace: None,
         })
         .await
         .unwrap_err()
@@ -710,5 +714,99 @@ async fn connections_past_the_limit_are_refused_and_the_rest_served() {
     tokio::time::timeout(std::time::Duration::from_secs(5), served)
         .await
         .expect("served again once the idle connections closed");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_applies_each_diff_against_the_version_they_replaced() {
+    let (_dir, client, _store, _rt, cancel) = start().await;
+    client.call(apply(WEB)).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 3..19 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .call(apply(
+                    &WEB.replace("replicas: 2", &format!("replicas: {n}")),
+                ))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut from = Vec::new();
+    for t in tasks {
+        let Response::Applied { results, .. } = t.await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(results[0].action, "configured");
+        let [change] = results[0].changes.as_slice() else {
+            panic!("{:?}", results[0].changes)
+        };
+        let (old, new) = change
+            .strip_prefix("spec.replicas: ")
+            .and_then(|c| c.split_once(" → "))
+            .unwrap_or_else(|| panic!("{change}"));
+        from.push((old.to_string(), new.to_string()));
+    }
+    // Every version was replaced by exactly one apply: the diffs chain from 2 through all.
+    let mut olds: Vec<&str> = from.iter().map(|(o, _)| o.as_str()).collect();
+    olds.sort();
+    let before = olds.len();
+    olds.dedup();
+    assert_eq!(
+        olds.len(),
+        before,
+        "two applies claim to replace one version: {from:?}"
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn the_namespace_asked_for_is_the_default_and_another_one_is_refused() {
+    let (_dir, client, store, _rt, cancel) = start().await;
+    let req = |text: &str, ns: Option<&str>| Request::Apply {
+        manifests: vec![ManifestText {
+            source: "web.yaml".into(),
+            text: text.into(),
+        }],
+        dry_run: false,
+        namespace: ns.map(String::from),
+    };
+    let Response::Applied { results, .. } = client.call(req(WEB, Some("dev"))).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(results[0].namespace, "dev");
+    assert!(
+        orch_core::store::get_object(&*store, Kind::Service, "dev", "web")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        orch_core::store::get_object(&*store, Kind::Service, "default", "web")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A file naming a namespace: kept when it is the one asked for, refused otherwise.
+    let prod = WEB.replace("{name: web}", "{name: web, namespace: prod}");
+    let err = client
+        .call(req(&prod, Some("dev")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("web.yaml: document 1") && err.contains("\"prod\"") && err.contains("\"dev\""),
+        "{err}"
+    );
+    client.call(req(&prod, Some("prod"))).await.unwrap();
+    client.call(req(&prod, None)).await.unwrap();
+    let err = client
+        .call(req(WEB, Some("Not_A_Name")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("namespace \"Not_A_Name\""), "{err}");
     cancel.cancel();
 }

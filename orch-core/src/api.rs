@@ -50,11 +50,11 @@ pub enum ApiError {
     #[error("{0}")]
     Invalid(String),
     /// No such object.
-    #[error("{kind} {name:?} not found in namespace {namespace:?}")]
+    #[error("{}", not_found(*kind, namespace, name))]
     NotFound {
         /// Its kind.
         kind: Kind,
-        /// Its namespace.
+        /// Its namespace (empty for kinds without one, such as nodes).
         namespace: String,
         /// Its name.
         name: String,
@@ -62,6 +62,17 @@ pub enum ApiError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// `service "web" not found in namespace "dev"`; `node "n1" not found` for kinds that have
+/// no namespace (they are never said to be in one).
+pub fn not_found(kind: Kind, namespace: &str, name: &str) -> String {
+    let what = kind.as_str().to_ascii_lowercase();
+    if kind.namespaced() {
+        format!("{what} {name:?} not found in namespace {namespace:?}")
+    } else {
+        format!("{what} {name:?} not found")
+    }
 }
 
 fn same_desired(a: &Object, b: &Object) -> bool {
@@ -124,13 +135,35 @@ fn merge(existing: Option<&Object>, mut desired: Object) -> (Object, ApplyAction
     }
 }
 
+/// What [`apply`] did to one object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    /// The object as written (or as stored, when unchanged).
+    pub object: Object,
+    /// Created, configured or unchanged.
+    pub action: ApplyAction,
+    /// For `Configured`: the version the compare-and-swap replaced (so a diff against it
+    /// shows exactly what this apply changed, even when other writers raced with it).
+    pub previous: Option<Object>,
+}
+
+impl Applied {
+    /// What this apply changed, field by field ([`diff`]); empty unless configured.
+    pub fn changes(&self) -> Vec<String> {
+        match (&self.action, &self.previous) {
+            (ApplyAction::Configured, Some(old)) => diff(old, &self.object),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Applies objects as one all-or-nothing transaction (retried on conflicts). With `dry_run`,
 /// reports what would happen and writes nothing.
 pub async fn apply(
     store: &dyn Store,
     objects: Vec<Object>,
     dry_run: bool,
-) -> Result<Vec<(Object, ApplyAction)>, ApiError> {
+) -> Result<Vec<Applied>, ApiError> {
     for o in &objects {
         if !Kind::APPLICABLE.contains(&o.kind()) {
             return Err(ApiError::Invalid(format!(
@@ -163,7 +196,13 @@ pub async fn apply(
                 ApplyAction::Configured => ops.push(update_op(&merged)),
                 ApplyAction::Unchanged => {}
             }
-            results.push((merged, action));
+            // Each write compares against `cur`'s revision: when the transaction commits,
+            // `cur` is exactly the version it replaced.
+            results.push(Applied {
+                object: merged,
+                action,
+                previous: cur.filter(|_| action == ApplyAction::Configured),
+            });
         }
         if dry_run || ops.is_empty() {
             return Ok(results);
@@ -421,7 +460,7 @@ pub async fn plan(
     let mut pending = Vec::new();
     // Which service plan and which replica each pending key belongs to.
     let mut owners: Vec<(usize, String)> = Vec::new();
-    for (object, action) in merged {
+    for Applied { object, action, .. } in merged {
         let Object::Service(mut svc) = object else {
             continue;
         };

@@ -585,3 +585,19 @@ pub fn to_yaml(objs: &[Object]) -> String {
     }
     out
 }
+
+/// The namespace each document of `text` names (`None` where it names none), in the order
+/// [`parse`] returns their objects: for a caller whose default namespace is not `default`
+/// (`orchctl -n`), which must tell a namespace left out from one written.
+pub fn named_namespaces(source: &str, text: &str) -> Result<Vec<Option<String>>, ManifestErrors> {
+    Ok(parse_documents(source, text)?
+        .iter()
+        .map(|d| {
+            d.get("metadata")
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .filter(|ns| !ns.is_empty())
+                .map(str::to_string)
+        })
+        .collect())
+}

@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 text: y,
             }],
             dry_run: false,
+            namespace: None,
         })
         .await?;
     loop {

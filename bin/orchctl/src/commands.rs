@@ -30,12 +30,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return login(&config_path, &server, &token, &name, &context_name).await;
     }
     let client = client(&cli, &config_path)?;
-    let ns = cli.namespace;
+    let asked = cli.namespace;
+    let ns = asked
+        .clone()
+        .unwrap_or_else(|| orch_core::object::DEFAULT_NAMESPACE.into());
     match cli.command {
         Command::Apply {
             files, plan: true, ..
-        } => plan(&client, &files).await,
-        Command::Apply { files, dry_run, .. } => apply(&client, &files, dry_run).await,
+        } => plan(&client, &files, asked).await,
+        Command::Apply { files, dry_run, .. } => apply(&client, &files, dry_run, asked).await,
         Command::Get {
             kind,
             name,
@@ -44,7 +47,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             all_namespaces,
         } => get(&client, &ns, &kind, name, &output, watch, all_namespaces).await,
         Command::Describe { kind, name } => describe(&client, &ns, &kind, &name).await,
-        Command::Delete { kind, name, files } => delete(&client, &ns, kind, name, &files).await,
+        Command::Delete {
+            kind,
+            name,
+            files,
+            ignore_not_found,
+        } => {
+            let targets = match files.is_empty() {
+                false => Targets::Files(&files, asked.as_deref()),
+                true => Targets::One(kind, name, &ns),
+            };
+            delete(&client, targets, ignore_not_found).await
+        }
         Command::Scale { target, replicas } => scale(&client, &ns, &target, replicas).await,
         Command::Logs {
             replica,
@@ -399,29 +413,54 @@ fn read_all(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<orch_api::protoc
     Ok(out)
 }
 
-async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> anyhow::Result<()> {
+/// `service/web created`, with the namespace when it is not `default`:
+/// `service/web (dev) created`.
+fn applied_line(r: &orch_api::protocol::Applied, dry_run: bool) -> String {
+    format!(
+        "{}{} {}{}",
+        r.name,
+        in_namespace(&r.namespace),
+        r.action,
+        if dry_run { " (dry run)" } else { "" }
+    )
+}
+
+/// ` (dev)` for objects outside `default`; nothing for `default` and for kinds without a
+/// namespace (as kubectl prints them).
+fn in_namespace(ns: &str) -> String {
+    if ns.is_empty() || ns == orch_core::object::DEFAULT_NAMESPACE {
+        String::new()
+    } else {
+        format!(" ({ns})")
+    }
+}
+
+async fn apply(
+    client: &Client,
+    files: &[std::path::PathBuf],
+    dry_run: bool,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
     let manifests = read_all(files)?;
     // Validate locally first: errors name the files without a round trip.
-    let parsed = orch_core::manifest::parse_all_with_warnings(
-        manifests
-            .iter()
-            .map(|m| (m.source.as_str(), m.text.as_str())),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parsed = orch_api::files::parse_with_warnings(&manifests, namespace.as_deref())
+        .map_err(anyhow::Error::msg)?;
     // Fields orch sets itself (status, metadata.uid, ...) are ignored, as kubectl ignores
     // status: say so.
     for w in &parsed.warnings {
         eprintln!("warning: {w}");
     }
-    match client.call(Request::Apply { manifests, dry_run }).await? {
+    match client
+        .call(Request::Apply {
+            manifests,
+            dry_run,
+            namespace,
+        })
+        .await?
+    {
         Response::Applied { results, dry_run } => {
             for r in results {
-                outln!(
-                    "{} {}{}",
-                    r.name,
-                    r.action,
-                    if dry_run { " (dry run)" } else { "" }
-                );
+                outln!("{}", applied_line(&r, dry_run));
                 for c in &r.changes {
                     outln!("  {c}");
                 }
@@ -432,15 +471,20 @@ async fn apply(client: &Client, files: &[std::path::PathBuf], dry_run: bool) -> 
     }
 }
 
-async fn plan(client: &Client, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+async fn plan(
+    client: &Client,
+    files: &[std::path::PathBuf],
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
     let manifests = read_all(files)?;
-    orch_core::manifest::parse_all(
-        manifests
-            .iter()
-            .map(|m| (m.source.as_str(), m.text.as_str())),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    match client.call(Request::Plan { manifests }).await? {
+    orch_api::files::parse(&manifests, namespace.as_deref()).map_err(anyhow::Error::msg)?;
+    match client
+        .call(Request::Plan {
+            manifests,
+            namespace,
+        })
+        .await?
+    {
         Response::Plan { plan } => {
             out!("{}", render::plan(&plan));
             Ok(())
@@ -635,61 +679,92 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
     Ok(())
 }
 
+/// What `orchctl delete` deletes.
+enum Targets<'a> {
+    /// The objects files define, with `-n` (if given) for those that name no namespace.
+    Files(&'a [std::path::PathBuf], Option<&'a str>),
+    /// `KIND NAME` or `KIND/NAME` in a namespace.
+    One(Option<String>, Option<String>, &'a str),
+}
+
 async fn delete(
     client: &Client,
-    ns: &str,
-    kind: Option<String>,
-    name: Option<String>,
-    files: &[std::path::PathBuf],
+    targets: Targets<'_>,
+    ignore_not_found: bool,
 ) -> anyhow::Result<()> {
-    let targets: Vec<(Kind, String, String)> = if !files.is_empty() {
-        let manifests = read_all(files)?;
-        let objs = orch_core::manifest::parse_all(
-            manifests
+    let targets: Vec<(Kind, String, String)> = match targets {
+        Targets::Files(files, namespace) => {
+            let manifests = read_all(files)?;
+            orch_api::files::parse(&manifests, namespace)
+                .map_err(anyhow::Error::msg)?
                 .iter()
-                .map(|m| (m.source.as_str(), m.text.as_str())),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        objs.iter()
-            .map(|o| {
-                (
-                    o.kind(),
-                    o.metadata().namespace.clone(),
-                    o.metadata().name.clone(),
-                )
-            })
-            .collect()
-    } else {
-        let (Some(kind), Some(name)) = (kind, name) else {
-            bail!("usage: orchctl delete KIND NAME, or orchctl delete -f FILE")
-        };
-        let (kind, name) = match kind.split_once('/') {
-            Some((k, n)) => (kind_arg(k)?, n.to_string()),
-            None => (kind_arg(&kind)?, name),
-        };
-        vec![(kind, ns.to_string(), name)]
+                .map(|o| {
+                    (
+                        o.kind(),
+                        o.metadata().namespace.clone(),
+                        o.metadata().name.clone(),
+                    )
+                })
+                .collect()
+        }
+        Targets::One(kind, name, ns) => {
+            let (kind, name) = match (kind, name) {
+                (Some(kind), name) if kind.contains('/') && name.is_none() => {
+                    let (k, n) = kind.split_once('/').expect("contains a slash");
+                    (kind_arg(k)?, n.to_string())
+                }
+                (Some(kind), Some(name)) => (kind_arg(&kind)?, name),
+                _ => bail!("usage: orchctl delete KIND NAME, or orchctl delete -f FILE"),
+            };
+            let ns = if kind.namespaced() { ns } else { "" };
+            vec![(kind, ns.to_string(), name)]
+        }
     };
-    let mut failed = false;
+    let total = targets.len();
+    let (mut gone, mut failed) = (Vec::new(), 0);
     for (kind, ns, name) in targets {
         match client
             .call(Request::Delete {
                 kind,
-                namespace: ns,
+                namespace: ns.clone(),
                 name: name.clone(),
             })
             .await
         {
-            Ok(_) => outln!("{}/{name} deleted", kind.as_str().to_ascii_lowercase()),
+            Ok(_) => outln!(
+                "{}/{name}{} deleted",
+                kind.as_str().to_ascii_lowercase(),
+                in_namespace(&ns)
+            ),
+            Err(orch_api::client::ClientError::Api {
+                code: orch_api::ErrorCode::NotFound,
+                message,
+            }) => {
+                if !ignore_not_found {
+                    gone.push(message);
+                }
+            }
             Err(e) => {
                 eprintln!("error: {e}");
-                failed = true;
+                failed += 1;
             }
         }
     }
-    if failed {
-        bail!("some deletions failed");
+    let hint = "--ignore-not-found makes that a success";
+    for g in &gone {
+        if total > 1 {
+            eprintln!("{g}: already gone");
+        }
     }
-    Ok(())
+    match (gone.as_slice(), failed) {
+        ([], 0) => Ok(()),
+        ([one], 0) if total == 1 => bail!("{one}: nothing to delete ({hint})"),
+        (gone, 0) => bail!(
+            "{} of {total} objects were already gone, nothing else failed ({hint})",
+            gone.len()
+        ),
+        (_, failed) => bail!("{failed} of {total} deletions failed"),
+    }
 }
 
 async fn scale(client: &Client, ns: &str, target: &[String], replicas: i64) -> anyhow::Result<()> {
@@ -882,22 +957,18 @@ async fn create(
         source: format!("orchctl create {} {name}", kind.to_ascii_lowercase()),
         text: doc.to_string(),
     }];
-    orch_core::manifest::parse_all(
-        manifests
-            .iter()
-            .map(|m| (m.source.as_str(), m.text.as_str())),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    orch_api::files::parse(&manifests, None).map_err(anyhow::Error::msg)?;
     match client
         .call(Request::Apply {
             manifests,
             dry_run: false,
+            namespace: None,
         })
         .await?
     {
         Response::Applied { results, .. } => {
             for r in results {
-                outln!("{} {}", r.name, r.action);
+                outln!("{}", applied_line(&r, false));
             }
             Ok(())
         }

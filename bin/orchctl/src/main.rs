@@ -40,9 +40,10 @@ pub struct Cli {
     /// ~/.config/orch/config.yaml; `orchd admin` writes it).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Namespace.
-    #[arg(short = 'n', long, global = true, default_value = "default")]
-    namespace: String,
+    /// Namespace (default: `default`). For `apply -f` and `delete -f`, where objects that
+    /// name no namespace go; a file naming another namespace is refused.
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +96,9 @@ pub enum Command {
         /// Delete the objects these files define.
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
+        /// An object that is already gone is not an error.
+        #[arg(long)]
+        ignore_not_found: bool,
     },
     /// Set a service's replica count.
     Scale {

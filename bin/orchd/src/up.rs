@@ -94,8 +94,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let applied = orch_core::api::apply(&*store, objects, false).await?;
     let max_grace = applied
         .iter()
-        .filter_map(|(o, _)| {
-            if let Object::Service(s) = o {
+        .filter_map(|a| {
+            if let Object::Service(s) = &a.object {
                 Some(s.spec.template.stop_grace())
             } else {
                 None
@@ -126,7 +126,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     say(&format!("\nstopping ({why}): deleting {} object(s) and waiting for their replicas to stop (Ctrl-C again to exit at once)", applied.len()));
-    for (o, _) in &applied {
+    for o in applied.iter().map(|a| &a.object) {
         let md = o.metadata();
         let _ = orch_core::api::delete(&*store, o.kind(), &md.namespace, &md.name).await;
     }

@@ -97,6 +97,7 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
             text: cases()[4].1.clone(),
         }],
         dry_run: false,
+        namespace: None,
     };
     let e = rt.block_on(client.call(req)).unwrap_err().to_string();
     assert!(e.contains("raw.yaml") && e.contains("spec.replicas"), "{e}");
@@ -107,6 +108,7 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
             text: "a".repeat(20 << 20),
         }],
         dry_run: false,
+        namespace: None,
     };
     let e = rt.block_on(client.call(huge)).unwrap_err().to_string();
     assert!(e.contains("the limit is 16777216 bytes"), "{e}");
@@ -252,4 +254,106 @@ fn a_socket_path_that_is_not_a_stale_socket_is_never_removed() {
     assert!(!out.status.success() && err.contains("in use"), "{err}");
     assert!(d.ctl_ok(&["get", "services"]).contains("good"));
     d.ctl_ok(&["delete", "service", "good"]);
+}
+
+#[test]
+fn namespaces_deletes_and_errors_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let svc = GOOD.replace("{name: good}", "{name: svc}");
+    let file = write(tmp.path(), "svc.yaml", &svc);
+    let f = file.to_str().unwrap();
+    let ns_of = |ns: &str| -> Vec<String> {
+        let out = d.ctl_ok(&["get", "services", "-n", ns, "-o", "json"]);
+        if out.trim().is_empty() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let items = match v.get("items") {
+            Some(items) => items.as_array().cloned().unwrap(),
+            None => vec![v],
+        };
+        items
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // -n is the namespace of objects that name none, for apply and for delete.
+    assert_eq!(d.ctl_ok(&["apply", "-f", f]).trim(), "service/svc created");
+    assert_eq!(
+        d.ctl_ok(&["-n", "dev", "apply", "-f", f]).trim(),
+        "service/svc (dev) created"
+    );
+    assert_eq!(ns_of("dev"), ["svc"]);
+    assert_eq!(ns_of("default"), ["svc"]);
+    assert_eq!(
+        d.ctl_ok(&["-n", "dev", "delete", "-f", f]).trim(),
+        "service/svc (dev) deleted"
+    );
+    assert_eq!(ns_of("default"), ["svc"], "default/svc is not touched");
+    assert!(ns_of("dev").is_empty());
+    // A file naming another namespace than -n is refused, naming both.
+    let prod = write(
+        tmp.path(),
+        "prod.yaml",
+        &svc.replace("{name: svc}", "{name: svc, namespace: prod}"),
+    );
+    for cmd in ["apply", "delete"] {
+        let out = d.ctl(&["-n", "dev", cmd, "-f", prod.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("prod.yaml")
+                && err.contains("\"prod\"")
+                && err.contains("\"dev\""),
+            "{cmd}: {err}"
+        );
+    }
+    assert!(ns_of("prod").is_empty() && ns_of("dev").is_empty());
+    // Deleting twice: the second says the objects are already gone; --ignore-not-found.
+    d.ctl_ok(&["delete", "-f", f]);
+    let out = d.ctl(&["delete", "-f", f]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("nothing to delete"),
+        "{err}"
+    );
+    assert!(!err.contains("some deletions failed"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one error: {err}");
+    let out = d.ctl(&["delete", "-f", f, "--ignore-not-found"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.ctl(&["delete", "service", "svc", "--ignore-not-found"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nodes have no namespace: none is mentioned.
+    let out = d.ctl(&["delete", "node", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node \"nope\" not found"),
+        "{err}"
+    );
+    assert!(!err.contains("namespace"), "{err}");
+    // A connection error names its cause once.
+    let out = std::process::Command::new(workspace_bin("orchctl"))
+        .args(["--socket", "/nope", "get", "services"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("/nope"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    // A device reports length 0: what is read is capped all the same.
+    let out = d.ctl(&["apply", "-f", "/dev/zero"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/dev/zero") && err.contains("4194304 bytes"),
+        "{err}"
+    );
 }
