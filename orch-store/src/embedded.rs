@@ -147,6 +147,14 @@ pub enum EmbeddedError {
         #[source]
         source: redb::Error,
     },
+    /// The write-ahead log beside the file belongs to another store (their ids differ).
+    #[error("write-ahead log {} does not belong to this store: {reason}", .path.display())]
+    ForeignLog {
+        /// The log.
+        path: PathBuf,
+        /// Which stores they belong to.
+        reason: String,
+    },
     /// The file is a readable redb database but its contents are not a valid store.
     #[error("store file {} is corrupt: {reason}", .path.display())]
     Corrupt {
@@ -1410,13 +1418,13 @@ fn recover_wal(path: &Path, db: &Database, bytes: u64) -> Result<(Wal, usize), S
         false => None,
     };
     let foreign = |why: String| {
-        corrupt(
-            &wal_path,
-            format!(
+        StoreError::Other(Box::new(EmbeddedError::ForeignLog {
+            path: wal_path.clone(),
+            reason: format!(
                 "{why}: it is another store's log, and replaying it would write that store's objects into this one. Put back the log that was beside {}, or move both files aside to start empty",
                 path.display()
             ),
-        )
+        }))
     };
     if let Some((wal, opened)) = &opened {
         match (opened.store_id, file_id) {
