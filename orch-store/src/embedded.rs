@@ -51,12 +51,18 @@
 //! durable (as above) and only then applied to memory and published to watchers. A failed
 //! write (disk full, I/O error) changes nothing in memory and is returned
 //! as [`StoreError::Unavailable`] naming the file. As with a timeout against a remote store,
-//! its outcome is unknown until the file is reopened (it may have reached the disk just
-//! before the error). After a failed log write, or an I/O error inside redb, the store keeps
-//! answering `txn` with `Unavailable` until reopened (reads keep working) rather than risk
-//! planning against memory that may lag the disk. A full disk under the database file
-//! alone only fails checkpoints: writes go on into the preallocated log until it is full,
-//! and are refused from then until a checkpoint succeeds.
+//! its outcome is unknown until the store recovers (it may have reached the disk just before
+//! the error). From then on the store refuses writes rather than risk planning against
+//! memory that may lag the disk, and `revision` and `watch` fail too (open watches end with
+//! the error), so health checks see it unavailable; `get` and `list` serve what was
+//! committed (values that only the file holds once redb is reopened). A background thread
+//! retries the recovery (after 0.5 s, the wait doubling up to 5 s): it reopens the database
+//! if a write to it failed (redb refuses everything after an I/O error until then), catches
+//! memory up with a commit that reached the file although it reported an error, checkpoints
+//! what the log holds, starts the log over in a new generation (nothing of a failed append
+//! can be read back) and proves with one commit that the file takes writes. A full disk
+//! under the database file alone only fails checkpoints: writes go on into the preallocated
+//! log until it is full, and are refused from then until a checkpoint succeeds.
 //!
 //! Commits run on tokio's blocking pool. Transactions that arrive while a commit is in flight
 //! queue up and are committed together by the next writer (group commit): each still gets its
@@ -73,7 +79,8 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::memstore::{plan_txn, WatchHub};
@@ -140,6 +147,14 @@ pub enum EmbeddedError {
         #[source]
         source: redb::Error,
     },
+    /// The write-ahead log beside the file belongs to another store (their ids differ).
+    #[error("write-ahead log {} does not belong to this store: {reason}", .path.display())]
+    ForeignLog {
+        /// The log.
+        path: PathBuf,
+        /// Which stores they belong to.
+        reason: String,
+    },
     /// The file is a readable redb database but its contents are not a valid store.
     #[error("store file {} is corrupt: {reason}", .path.display())]
     Corrupt {
@@ -158,7 +173,11 @@ pub struct EmbeddedStore {
 
 struct Shared {
     path: PathBuf,
-    db: Database,
+    /// The database. Replaced when it is reopened after a failed write (redb refuses every
+    /// write after an I/O error until then); `None` while that reopen has not succeeded.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Opens the database again.
+    reopen: Reopen,
     /// Serialises redb write transactions; holds what the file has trimmed from its log.
     writer: Mutex<Writer>,
     /// Transactions waiting for the next commit, and whether a committer is draining them.
@@ -171,6 +190,9 @@ struct Shared {
     /// Reads that started over because the file was ahead of memory (see [`Shared::snapshot`]).
     read_retries: std::sync::atomic::AtomicUsize,
 }
+
+/// Opens a store's database again, after an I/O error.
+type Reopen = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
 /// Group commit: writers append here; at most one committer drains it at a time, so every
 /// transaction that arrives during an fsync joins the next commit.
@@ -188,9 +210,19 @@ struct Writer {
     /// Commits since the last checkpoint.
     since_checkpoint: usize,
     checkpoint_commits: usize,
-    /// Set when a write to the log failed: every later write is refused until the store is
-    /// reopened (which settles from the files what is durable).
+    /// Why the store cannot take writes (a failed write to the log, or to the database
+    /// when the log cannot take it): every write is refused until [`Shared::recover`]
+    /// (retried in the background) settles what is durable and makes both usable again.
     broken: Option<String>,
+    /// A write to the database file failed: it is reopened before the next one.
+    db_failed: bool,
+    /// A background thread retries [`Shared::recover`].
+    recovering: bool,
+    /// When the database was last reopened (or tried): at most once per
+    /// [`RECOVERY_INTERVAL`], as the checkpoint that needs it is retried at every commit.
+    reopened: Option<std::time::Instant>,
+    /// The id in the file's `meta` at open: a reopened file must still have it.
+    store_id: Option<u64>,
     /// Committed (durable in the log) but not yet in the database file.
     pending: Unflushed,
     /// Keys (with the versions written) that commits to the database file have made
@@ -230,6 +262,9 @@ struct State {
     data: BTreeMap<String, Entry>,
     revision: Revision,
     hub: WatchHub,
+    /// Set while writes are refused (see [`Writer::broken`]): `revision` and `watch` fail
+    /// with it, so whoever checks the store's health sees it unavailable.
+    unavailable: Option<String>,
 }
 
 /// A key as readers see it.
@@ -267,6 +302,11 @@ impl Entry {
 /// until that commit reaches memory).
 const READ_ATTEMPTS: usize = 1000;
 
+/// How soon a store that refuses writes after a failed one first tries to recover; the
+/// wait doubles after each failed attempt, up to [`RECOVERY_INTERVAL_MAX`].
+const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
+const RECOVERY_INTERVAL_MAX: Duration = Duration::from_secs(5);
+
 /// Where a queued transaction's outcome goes.
 type Reply = oneshot::Sender<Result<Revision, StoreError>>;
 
@@ -298,33 +338,10 @@ impl EmbeddedStore {
 
     /// [`EmbeddedStore::open`] with explicit options.
     pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
-        let exists = path
-            .try_exists()
-            .map_err(|e| open_error(path, redb::Error::Io(e)))?;
-        let mut builder = redb::Builder::new();
-        builder
-            .set_cache_size(options.cache_bytes)
-            .set_check_integrity_on_open(true);
-        // `create` would initialise an existing empty file; only a missing file starts empty.
-        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if exists {
-                builder.open(path)
-            } else {
-                builder.create(path)
-            }
-        }));
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "store file {} is already open by another process or handle",
-                    path.display()
-                )))
-            }
-            Ok(Err(e)) => return Err(open_error(path, e.into())),
-            Err(_) => return Err(corrupt(path, "redb panicked while opening it")),
-        };
-        EmbeddedStore::from_database(path.to_path_buf(), db, &options, true)
+        let db = open_database(path, options.cache_bytes, true)?;
+        let (again, cache_bytes) = (path.to_path_buf(), options.cache_bytes);
+        let reopen = Box::new(move || open_database(&again, cache_bytes, false));
+        EmbeddedStore::from_database(path.to_path_buf(), db, &options, true, reopen)
     }
 
     /// Builds a store on an opened database: initialises an empty one, loads a used one.
@@ -333,6 +350,7 @@ impl EmbeddedStore {
         db: Database,
         options: &EmbeddedOptions,
         use_wal: bool,
+        reopen: Reopen,
     ) -> Result<EmbeddedStore, StoreError> {
         let load_error = |e| match e {
             LoadError::Redb(e) => open_error(&path, e),
@@ -357,13 +375,18 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             shared: Arc::new(Shared {
                 path,
-                db,
+                db: RwLock::new(Some(Arc::new(db))),
+                reopen,
                 writer: Mutex::new(Writer {
                     disk_compacted: loaded.disk_compacted,
                     wal,
                     since_checkpoint: 0,
                     checkpoint_commits: options.checkpoint_commits.max(1),
                     broken: None,
+                    db_failed: false,
+                    recovering: false,
+                    reopened: None,
+                    store_id: loaded.store_id,
                     pending: Unflushed::default(),
                     flushed: Vec::new(),
                 }),
@@ -477,14 +500,26 @@ impl Store for EmbeddedStore {
         result?
     }
 
+    /// Fails while the store refuses writes after a failed one (disk full, I/O error),
+    /// and open watches end then: watchers see the store unavailable until it recovers.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         let mut state = self.shared.state();
+        if let Some(why) = &state.unavailable {
+            return Err(self.shared.refused(why));
+        }
         let current = state.revision;
         state.hub.watch(prefix, after, current)
     }
 
+    /// Fails while the store refuses writes after a failed one (disk full, I/O error), so
+    /// health checks (`orchctl info`) see it unavailable; `get` and `list` keep serving
+    /// what was committed.
     async fn revision(&self) -> Result<Revision, StoreError> {
-        Ok(self.shared.state().revision)
+        let state = self.shared.state();
+        match &state.unavailable {
+            Some(why) => Err(self.shared.refused(why)),
+            None => Ok(state.revision),
+        }
     }
 }
 
@@ -502,6 +537,24 @@ impl Shared {
 
     fn unavailable(&self, what: String) -> StoreError {
         StoreError::Unavailable(format!("store file {}: {what}", self.path.display()))
+    }
+
+    /// The database, unless it is being reopened after an I/O error.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner()).clone();
+        db.ok_or_else(|| self.unavailable("it is being reopened after an I/O error".into()))
+    }
+
+    /// An error while writes are refused (see [`Writer::broken`]).
+    fn refused(&self, why: &str) -> StoreError {
+        StoreError::Unavailable(self.refused_text(why))
+    }
+
+    fn refused_text(&self, why: &str) -> String {
+        format!(
+            "store file {} cannot take writes: {why} (it recovers by itself once the cause is gone)",
+            self.path.display(),
+        )
     }
 
     /// Waits a moment before every read attempt after the first (and counts it).
@@ -541,7 +594,7 @@ impl Shared {
         let entries = keys(&state);
         let read = match entries.iter().any(|(_, e)| e.value.is_none()) {
             true => Some(
-                self.db
+                self.db()?
                     .begin_read()
                     .map_err(|e| self.unavailable(format!("cannot read: {e}")))?,
             ),
@@ -653,15 +706,24 @@ impl Shared {
     }
 
     /// Commits every queued transaction in one redb write transaction. Blocking.
-    fn commit_queued(&self) {
+    fn commit_queued(self: &Arc<Self>) {
         let mut writer = lock(&self.writer);
         let queued = std::mem::take(&mut lock(&self.queue).items);
         if queued.is_empty() {
             return;
         }
+        if let Some(why) = &writer.broken {
+            for Pending { reply, .. } in queued {
+                let _ = reply.send(Err(self.refused(why)));
+            }
+            return;
+        }
+        // `None` while the file waits to be reopened after a failed checkpoint: only a
+        // delete of a value that is in the file alone needs it.
+        let db = self.db().ok();
         let (plan, trim) = {
             let state = self.state();
-            let plan = plan_queue(&state, &self.db, queued, self.max_txn_bytes);
+            let plan = plan_queue(&state, db.as_deref(), queued, self.max_txn_bytes);
             // History the hub let go of since the last commit leaves the file too.
             let hub_compacted = state.hub.compacted();
             (
@@ -681,13 +743,18 @@ impl Shared {
             return;
         }
         let last = committed.last().map_or(0, |(rev, _)| *rev);
+        drop(db);
         if let Err(e) = self.write(&mut writer, staged.clone(), &committed, last, trim) {
             tracing::error!(path = %self.path.display(), error = %e, "store commit failed; nothing applied");
             let message = format!("cannot commit to store file {}: {e}", self.path.display());
             for (reply, _) in outcomes {
                 let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
             }
+            // Its outcome is unknown (it may have reached the disk just before the error):
+            // refuse writes until a recovery settles it from the files.
+            writer.broken.get_or_insert(e);
             self.forget_flushed(&mut writer);
+            self.became_unavailable(&mut writer);
             return;
         }
         {
@@ -715,9 +782,215 @@ impl Shared {
             // The queue is durable in the log already; a failed checkpoint is retried.
             if let Err(e) = self.checkpoint(&mut writer) {
                 tracing::warn!(path = %self.path.display(), error = %e, "store checkpoint failed; will retry");
+                // redb refuses even reads after an I/O error: reopen it now, not at the
+                // next checkpoint (the log holds what the file lacks).
+                if let Err(e) = self.ensure_db(&mut writer) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot reopen the store file");
+                }
             }
         }
         self.forget_flushed(&mut writer);
+        if writer.broken.is_some() {
+            self.became_unavailable(&mut writer);
+        }
+    }
+
+    /// Writes are refused from now until [`Shared::recover`] succeeds: readers of the
+    /// store's health see it unavailable, open watches end with that error, and a thread
+    /// retries the recovery every [`RECOVERY_INTERVAL`].
+    fn became_unavailable(self: &Arc<Self>, writer: &mut Writer) {
+        let Some(why) = writer.broken.clone() else {
+            return;
+        };
+        {
+            let mut state = self.state();
+            if state.unavailable.is_none() {
+                tracing::error!(path = %self.path.display(), error = %why, "store unavailable: writes are refused until it recovers (retried in the background)");
+                let error = self.refused_text(&why);
+                state.unavailable = Some(why);
+                state
+                    .hub
+                    .fail_all(|| StoreError::Unavailable(error.clone()));
+            }
+        }
+        if writer.recovering {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("orch-store-recover".into())
+            .spawn(move || {
+                let mut wait = RECOVERY_INTERVAL;
+                loop {
+                    std::thread::sleep(wait);
+                    let Some(shared) = weak.upgrade() else { return };
+                    if shared.try_recover() {
+                        return;
+                    }
+                    wait = (wait * 2).min(RECOVERY_INTERVAL_MAX);
+                }
+            });
+        match spawned {
+            Ok(_) => writer.recovering = true,
+            Err(e) => tracing::error!(error = %e, "cannot start the store's recovery thread"),
+        }
+    }
+
+    /// One attempt of [`Shared::recover`]; whether the thread that retries it is done.
+    fn try_recover(&self) -> bool {
+        let mut writer = lock(&self.writer);
+        if writer.broken.is_none() {
+            writer.recovering = false;
+            return true;
+        }
+        let result = self.recover(&mut writer);
+        self.forget_flushed(&mut writer);
+        match result {
+            Ok(()) => {
+                writer.broken = None;
+                writer.recovering = false;
+                self.state().unavailable = None;
+                tracing::info!(path = %self.path.display(), "store recovered: writes are accepted again");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "store still unavailable");
+                false
+            }
+        }
+    }
+
+    /// Makes the store writable again after a failed write: reopens the database if a write
+    /// to it failed (catching memory up with a commit that landed although it reported an
+    /// error), writes what the log holds to it, starts the log over in a new generation (so
+    /// nothing of a failed append can be read back) and proves with one commit with fsync
+    /// that the file takes writes. Blocking; the writer lock is held.
+    fn recover(&self, writer: &mut Writer) -> Result<(), String> {
+        let db = self.ensure_db(writer)?;
+        self.checkpoint(writer)?;
+        let revision = self.state().revision;
+        if let Some(wal) = &mut writer.wal {
+            wal.reset(revision).map_err(|e| e.to_string())?;
+        }
+        let probe = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.insert(REVISION_KEY, revision)?;
+            txn.commit()?;
+            Ok(())
+        };
+        probe().map_err(|e| {
+            writer.db_failed = true;
+            format!("store file {}: {e}", self.path.display())
+        })
+    }
+
+    /// The database for a write: reopened first if a write to it failed (redb refuses
+    /// every later one until then). A commit that reported an error may still have landed
+    /// (straight into the file, without the log): memory catches up with it from the file's
+    /// `log` table, and the write-ahead log starts over after it. Blocking; the writer lock
+    /// is held.
+    fn ensure_db(&self, writer: &mut Writer) -> Result<Arc<Database>, String> {
+        if !writer.db_failed {
+            return self.db().map_err(|e| e.to_string());
+        }
+        let now = std::time::Instant::now();
+        if let Some(last) = writer.reopened {
+            if now < last + RECOVERY_INTERVAL {
+                return Err(format!(
+                    "store file {}: waiting to reopen it after an I/O error",
+                    self.path.display()
+                ));
+            }
+        }
+        writer.reopened = Some(now);
+        let old = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
+        let db = (self.reopen)()
+            .map(Arc::new)
+            .map_err(|e| format!("cannot reopen it: {e}"))?;
+        let (file_revision, file_compacted, id) = (|| -> Result<_, redb::Error> {
+            let read = db.begin_read()?;
+            let meta = read.open_table(META)?;
+            let get = |k: &str| -> Result<Option<u64>, redb::Error> {
+                Ok(meta.get(k)?.map(|v| v.value()))
+            };
+            Ok((
+                get(REVISION_KEY)?.unwrap_or(0),
+                get(COMPACTED_KEY)?.unwrap_or(0),
+                get(STORE_ID_KEY)?,
+            ))
+        })()
+        .map_err(|e| format!("store file {}: {e}", self.path.display()))?;
+        if id != writer.store_id {
+            return Err(format!(
+                "store file {} was replaced by another store while open",
+                self.path.display()
+            ));
+        }
+        let memory = self.state().revision;
+        if file_revision > memory {
+            // Only a commit straight into the file, which then refuses writes until
+            // recovered, can leave the file ahead: nothing has been planned since.
+            if writer.broken.is_none() {
+                let why = format!(
+                    "store file {} is at revision {file_revision}, ahead of memory at {memory}",
+                    self.path.display()
+                );
+                writer.broken = Some(why.clone());
+                return Err(why);
+            }
+            self.catch_up(&db, memory, file_revision)?;
+            // Everything pending went into the file with it.
+            writer.pending = Unflushed::default();
+            writer.since_checkpoint = 0;
+            if let Some(wal) = &mut writer.wal {
+                wal.reset(file_revision).map_err(|e| e.to_string())?;
+            }
+        }
+        writer.disk_compacted = file_compacted;
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db.clone());
+        writer.db_failed = false;
+        tracing::info!(path = %self.path.display(), revision = file_revision, "reopened the store file after a failed write");
+        Ok(db)
+    }
+
+    /// Applies to memory, and publishes, the transactions `after + 1 ..= through` that the
+    /// file holds but memory does not.
+    fn catch_up(&self, db: &Database, after: Revision, through: Revision) -> Result<(), String> {
+        let failed = |e: String| format!("store file {}: {e}", self.path.display());
+        let read = db.begin_read().map_err(|e| failed(e.to_string()))?;
+        let log = read.open_table(LOG).map_err(|e| failed(e.to_string()))?;
+        let mut batches = Vec::new();
+        for rev in after + 1..=through {
+            let entry = log
+                .get(rev)
+                .map_err(|e| failed(e.to_string()))?
+                .ok_or_else(|| failed(format!("its log lacks revision {rev}")))?;
+            let events = codec::decode_events(rev, entry.value())
+                .map_err(|e| failed(format!("log entry {rev}: {e}")))?;
+            batches.push((rev, events));
+        }
+        let mut state = self.state();
+        for (rev, events) in batches {
+            for event in &events {
+                match event {
+                    WatchEvent::Put(kv) => {
+                        let entry = Entry {
+                            value: None,
+                            ..Entry::of(kv)
+                        };
+                        state.data.insert(kv.key.clone(), entry);
+                    }
+                    WatchEvent::Delete { prev, .. } => {
+                        state.data.remove(&prev.key);
+                    }
+                }
+            }
+            state.revision = rev;
+            state.hub.publish(rev, events);
+        }
+        tracing::warn!(path = %self.path.display(), from = after + 1, through, "a commit reported as failed had reached the store file; applied it");
+        Ok(())
     }
 
     /// Makes a planned queue durable. Without the write-ahead log: one redb commit (keys,
@@ -745,7 +1018,7 @@ impl Shared {
         let fits = |w: &Writer| w.wal.as_ref().is_some_and(|w| w.fits(entries.len(), bytes));
         if writer.wal.is_some() && !fits(writer) {
             // Make room: what is pending goes to the database, the log starts over.
-            self.checkpoint(writer).map_err(|e| e.to_string())?;
+            self.checkpoint(writer)?;
         }
         if fits(writer) {
             let records: Vec<(Revision, &[u8])> =
@@ -754,8 +1027,8 @@ impl Shared {
                 if let Err(e) = wal.append(&records) {
                     // After a failed write or fdatasync the record may or may not be on disk
                     // (and Linux may have dropped the dirty pages): refuse everything until
-                    // a reopen settles it from the files.
-                    let why = format!("{e}; reopen the store to continue");
+                    // a recovery starts the log over.
+                    let why = e.to_string();
                     writer.broken = Some(why.clone());
                     return Err(why);
                 }
@@ -768,26 +1041,36 @@ impl Shared {
         // whatever is pending, in one commit with fsync.
         let mut all = writer.pending.clone();
         all.add(staged, entries, last, trim);
-        self.write_db(
+        let db = self.ensure_db(writer)?;
+        let written = self.write_db(
+            &db,
             &all.keys,
             &all.log,
             all.last,
             all.trim,
             writer.disk_compacted,
-        )
-        .map_err(|e| e.to_string())?;
+        );
+        if let Err(e) = written {
+            writer.db_failed = true;
+            return Err(e.to_string());
+        }
         self.checkpointed(writer, all.keys, last, all.trim);
         Ok(())
     }
 
     /// Writes everything pending to the database in one commit with fsync and starts the
     /// write-ahead log over. Blocking.
-    fn checkpoint(&self, writer: &mut Writer) -> Result<(), redb::Error> {
+    fn checkpoint(&self, writer: &mut Writer) -> Result<(), String> {
         if writer.pending.log.is_empty() {
             return Ok(());
         }
+        let db = self.ensure_db(writer)?;
         let p = &writer.pending;
-        self.write_db(&p.keys, &p.log, p.last, p.trim, writer.disk_compacted)?;
+        let written = self.write_db(&db, &p.keys, &p.log, p.last, p.trim, writer.disk_compacted);
+        if let Err(e) = written {
+            writer.db_failed = true;
+            return Err(e.to_string());
+        }
         let (last, trim) = (p.last, p.trim);
         let keys = std::mem::take(&mut writer.pending.keys);
         self.checkpointed(writer, keys, last, trim);
@@ -824,13 +1107,14 @@ impl Shared {
     /// the trim of old log entries and the revision.
     fn write_db(
         &self,
+        db: &Database,
         staged: &BTreeMap<String, Option<KeyValue>>,
         entries: &[(Revision, Vec<u8>)],
         last: Revision,
         trim: Option<Revision>,
         disk_compacted: Revision,
     ) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+        let txn = db.begin_write()?;
         {
             let mut kv = txn.open_table(KV)?;
             for (key, value) in staged {
@@ -877,27 +1161,32 @@ impl Shared {
             (target, target.max(state.hub.compacted()))
         };
         if disk_target > writer.disk_compacted {
-            self.trim_log(disk_target).map_err(|e| {
+            let failed = |e: String| {
                 StoreError::Unavailable(format!(
                     "cannot compact store file {}: {e}",
                     self.path.display()
                 ))
-            })?;
+            };
+            let db = self.ensure_db(&mut writer).map_err(failed)?;
+            if let Err(e) = trim_log(&db, disk_target) {
+                writer.db_failed = true;
+                return Err(failed(e.to_string()));
+            }
             writer.disk_compacted = disk_target;
         }
         self.state().hub.compact(target);
         Ok(())
     }
+}
 
-    fn trim_log(&self, through: Revision) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
-        {
-            txn.open_table(LOG)?.retain_in(..=through, |_, _| false)?;
-            txn.open_table(META)?.insert(COMPACTED_KEY, through)?;
-        }
-        txn.commit()?;
-        Ok(())
+fn trim_log(db: &Database, through: Revision) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(LOG)?.retain_in(..=through, |_, _| false)?;
+        txn.open_table(META)?.insert(COMPACTED_KEY, through)?;
     }
+    txn.commit()?;
+    Ok(())
 }
 
 impl Drop for Shared {
@@ -913,6 +1202,10 @@ impl Drop for Shared {
                 since_checkpoint: 0,
                 checkpoint_commits: 1,
                 broken: None,
+                db_failed: false,
+                recovering: false,
+                reopened: None,
+                store_id: None,
                 pending: Unflushed::default(),
                 flushed: Vec::new(),
             },
@@ -932,7 +1225,12 @@ impl Drop for Shared {
 /// Plans queued transactions in order, each against the committed keys plus the ones before.
 /// The writer lock is held, so no commit to `db` runs meanwhile: a key whose value is not in
 /// memory has that very version in the file.
-fn plan_queue(state: &State, db: &Database, queued: Vec<Pending>, max_txn_bytes: usize) -> Plan {
+fn plan_queue(
+    state: &State,
+    db: Option<&Database>,
+    queued: Vec<Pending>,
+    max_txn_bytes: usize,
+) -> Plan {
     let mut plan = Plan {
         outcomes: Vec::with_capacity(queued.len()),
         committed: Vec::new(),
@@ -992,15 +1290,20 @@ fn plan_queue(state: &State, db: &Database, queued: Vec<Pending>, max_txn_bytes:
 }
 
 /// Fills in the values of `deleted` from the database file, which holds those versions (the
-/// caller checked, holding the writer lock).
+/// caller checked, holding the writer lock). `None`: the file is waiting to be reopened.
 fn read_deleted(
-    db: &Database,
+    db: Option<&Database>,
     deleted: &mut dyn Iterator<Item = &mut KeyValue>,
 ) -> Result<(), StoreError> {
     let mut deleted = deleted.peekable();
     if deleted.peek().is_none() {
         return Ok(());
     }
+    let Some(db) = db else {
+        return Err(StoreError::Unavailable(
+            "the store file is being reopened after an I/O error".into(),
+        ));
+    };
     let failed =
         |e: redb::Error| StoreError::Unavailable(format!("cannot read the store file: {e}"));
     let read = db.begin_read().map_err(|e| failed(e.into()))?;
@@ -1058,6 +1361,7 @@ fn initialise(db: &Database) -> Result<(), LoadError> {
 struct Loaded {
     state: State,
     disk_compacted: Revision,
+    store_id: Option<u64>,
 }
 
 enum LoadError {
@@ -1114,13 +1418,13 @@ fn recover_wal(path: &Path, db: &Database, bytes: u64) -> Result<(Wal, usize), S
         false => None,
     };
     let foreign = |why: String| {
-        corrupt(
-            &wal_path,
-            format!(
+        StoreError::Other(Box::new(EmbeddedError::ForeignLog {
+            path: wal_path.clone(),
+            reason: format!(
                 "{why}: it is another store's log, and replaying it would write that store's objects into this one. Put back the log that was beside {}, or move both files aside to start empty",
                 path.display()
             ),
-        )
+        }))
     };
     if let Some((wal, opened)) = &opened {
         match (opened.store_id, file_id) {
@@ -1348,9 +1652,42 @@ fn load(db: &Database, history_events: usize) -> Result<Loaded, LoadError> {
             data,
             revision,
             hub,
+            unavailable: None,
         },
         disk_compacted: compacted,
+        store_id: meta.get(STORE_ID_KEY)?.map(|v| v.value()),
     })
+}
+
+/// Opens the redb file. `first`: the first open, which creates a missing file and checks
+/// every page; a reopen after an I/O error does neither (the file must still be there).
+fn open_database(path: &Path, cache_bytes: usize, first: bool) -> Result<Database, StoreError> {
+    let exists = !first
+        || path
+            .try_exists()
+            .map_err(|e| open_error(path, redb::Error::Io(e)))?;
+    let check = first;
+    let mut builder = redb::Builder::new();
+    builder
+        .set_cache_size(cache_bytes)
+        .set_check_integrity_on_open(check);
+    // `create` would initialise an existing empty file; only a missing file starts empty.
+    let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if exists {
+            builder.open(path)
+        } else {
+            builder.create(path)
+        }
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::Unavailable(format!(
+            "store file {} is already open by another process or handle",
+            path.display()
+        ))),
+        Ok(Err(e)) => Err(open_error(path, e.into())),
+        Err(_) => Err(corrupt(path, "redb panicked while opening it")),
+    }
 }
 
 fn open_error(path: &Path, source: redb::Error) -> StoreError {
@@ -1385,8 +1722,27 @@ mod tests {
     /// An in-memory disk that fails every write while `full` is set, like a full disk.
     #[derive(Debug)]
     struct FullDisk {
-        inner: InMemoryBackend,
+        inner: Arc<InMemoryBackend>,
         full: Arc<AtomicBool>,
+    }
+
+    /// A database on a [`FullDisk`] that is full while `full` is set, and how to reopen it.
+    fn full_disk(full: &Arc<AtomicBool>) -> (Database, Reopen) {
+        let inner = Arc::new(InMemoryBackend::new());
+        let disk = |inner: &Arc<InMemoryBackend>, full: &Arc<AtomicBool>| FullDisk {
+            inner: inner.clone(),
+            full: full.clone(),
+        };
+        let db = redb::Builder::new()
+            .create_with_backend(disk(&inner, full))
+            .unwrap();
+        let full = full.clone();
+        let reopen = Box::new(move || {
+            redb::Builder::new()
+                .create_with_backend(disk(&inner, &full))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        });
+        (db, reopen)
     }
 
     impl FullDisk {
@@ -1432,16 +1788,13 @@ mod tests {
     #[tokio::test]
     async fn failed_commit_changes_nothing() {
         let full = Arc::new(AtomicBool::new(false));
-        let disk = FullDisk {
-            inner: InMemoryBackend::new(),
-            full: full.clone(),
-        };
-        let db = redb::Builder::new().create_with_backend(disk).unwrap();
+        let (db, reopen) = full_disk(&full);
         let store = EmbeddedStore::from_database(
             "/virtual/full.redb".into(),
             db,
             &EmbeddedOptions::default(),
             false,
+            reopen,
         )
         .unwrap();
         let r1 = store.txn(vec![create("/a")]).await.unwrap();
@@ -1456,43 +1809,49 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(err.to_string().contains("/virtual/full.redb"), "{err}");
         assert!(err.is_transient());
+        // `list` shows the revision did not move; `revision` (the health check) says the
+        // store cannot take writes.
         assert_eq!(store.list("").await.unwrap(), before);
-        assert_eq!(store.revision().await.unwrap(), r1);
+        let e = store.revision().await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
         assert!(store.get("/b").await.unwrap().is_none());
-        assert!(
-            w.next().now_or_never().is_none(),
-            "a failed commit was published"
-        );
-
-        // Once the disk has room again the store either commits the next revision or, as
-        // redb 4 does after an I/O error, keeps refusing until reopened; it never skips a
-        // revision or half-applies.
-        full.store(false, Ordering::SeqCst);
-        match store.txn(vec![create("/b")]).await {
-            Ok(rev) => assert_eq!(rev, r1 + 1),
-            Err(e) => {
-                assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
-                assert_eq!(store.list("").await.unwrap(), before);
-            }
+        // The failed commit was not published: the watch ends with the error instead.
+        match w.next().now_or_never() {
+            Some(Some(Err(StoreError::Unavailable(_)))) => {}
+            other => panic!("{:?}", other.map(|o| o.map(|b| b.map(|b| b.revision)))),
         }
+
+        // Once the disk has room again the store reopens the database by itself and
+        // commits the next revision: it never skips a revision or half-applies.
+        full.store(false, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let rev = loop {
+            match store.txn(vec![create("/b")]).await {
+                Ok(rev) => break rev,
+                Err(e) => {
+                    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+                    assert_eq!(store.list("").await.unwrap(), before);
+                    assert!(std::time::Instant::now() < deadline, "not recovered: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
+        assert_eq!(rev, r1 + 1);
+        assert_eq!(store.revision().await.unwrap(), r1 + 1);
     }
 
     #[tokio::test]
     async fn a_full_disk_under_the_log_refuses_writes_once_the_log_is_full_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let full = Arc::new(AtomicBool::new(false));
-        let disk = FullDisk {
-            inner: InMemoryBackend::new(),
-            full: full.clone(),
-        };
-        let db = redb::Builder::new().create_with_backend(disk).unwrap();
+        let (db, reopen) = full_disk(&full);
         let options = EmbeddedOptions {
             wal_bytes: 32 << 10,
             checkpoint_commits: 4,
             ..EmbeddedOptions::default()
         };
         let path = dir.path().join("full.redb");
-        let store = EmbeddedStore::from_database(path.clone(), db, &options, true).unwrap();
+        let store = EmbeddedStore::from_database(path.clone(), db, &options, true, reopen).unwrap();
         store.txn(vec![create("/before")]).await.unwrap();
 
         // The database file's disk fills up; the preallocated log still takes writes, and
@@ -1520,16 +1879,32 @@ mod tests {
         );
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         assert!(err.to_string().contains("full.redb"), "{err}");
-        let rev = store.revision().await.unwrap();
+        // The store now says it is unavailable; what it serves did not move.
+        assert!(matches!(
+            store.revision().await,
+            Err(StoreError::Unavailable(_))
+        ));
+        let rev = store.list("").await.unwrap().1;
         assert_eq!(
             rev,
             accepted.last().unwrap().1,
             "a refused write moved the revision"
         );
 
-        // Space again: the next write checkpoints and goes through; nothing was lost.
+        // Space again: the store recovers by itself (reopens the database, checkpoints) and
+        // the next write goes through; nothing was lost.
         full.store(false, Ordering::SeqCst);
-        let next = store.txn(vec![create("/after")]).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let next = loop {
+            match store.txn(vec![create("/after")]).await {
+                Ok(next) => break next,
+                Err(e) => {
+                    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+                    assert!(std::time::Instant::now() < deadline, "not recovered: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
         assert_eq!(next, rev + 1);
         for (key, _) in &accepted {
             assert!(store.get(key).await.unwrap().is_some(), "{key} lost");

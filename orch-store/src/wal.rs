@@ -103,16 +103,16 @@ pub(crate) enum WalError {
         #[source]
         source: io::Error,
     },
+    // `error` is not a `source`: the message already ends with it (said once in a chain).
     #[error(
-        "cannot create write-ahead log {}: it is preallocated and needs {bytes} bytes ({} MiB) free on its filesystem: {source}",
+        "cannot create write-ahead log {}: it is preallocated and needs {bytes} bytes ({} MiB) free on its filesystem: {error}",
         .path.display(),
         .bytes.div_ceil(1 << 20)
     )]
     NoSpace {
         path: PathBuf,
         bytes: u64,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     #[error("write-ahead log {} is corrupt: {reason}", .path.display())]
     Corrupt { path: PathBuf, reason: String },
@@ -308,7 +308,7 @@ impl Wal {
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => WalError::NoSpace {
                     path: path.to_path_buf(),
                     bytes: capacity,
-                    source,
+                    error: source,
                 },
                 _ => io_error(path, source),
             });
