@@ -989,7 +989,7 @@ async fn restarts_are_marked_in_the_log() {
         .await
         .unwrap();
     assert_eq!(exit_event(&mut events, "t.again").await.code, Some(3));
-    rt.start(&sh("t.again", "echo second; kill -9 $$"))
+    rt.start(&sh("t.again", "echo second; kill -9 $$$$"))
         .await
         .unwrap();
     assert_eq!(exit_event(&mut events, "t.again").await.signal, Some(9));

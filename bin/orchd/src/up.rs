@@ -195,8 +195,8 @@ impl StopSignals {
 }
 
 /// What `orchd up` shows: on a terminal a live table redrawn in place; anywhere else (a pipe,
-/// a file) the header once, then a plain log: each new event, and a service's ready count
-/// when it changes.
+/// a file) the header once, then a plain log: each new event, a service's ready count when it
+/// changes, and what a starting replica waits for (image pulls).
 struct Output {
     tty: bool,
     header: String,
@@ -204,6 +204,9 @@ struct Output {
     seen: HashSet<String>,
     /// Each service's ready count as last shown (non-terminal).
     ready: HashMap<String, String>,
+    /// What each starting replica waits for (an image pull) as last shown, and when
+    /// (non-terminal: a line when it changes, at most one a second per replica).
+    progress: HashMap<String, (String, std::time::Instant)>,
 }
 
 impl Output {
@@ -213,6 +216,7 @@ impl Output {
             header,
             seen: HashSet::new(),
             ready: HashMap::new(),
+            progress: HashMap::new(),
         }
     }
 
@@ -268,6 +272,25 @@ impl Output {
                 self.ready.insert(key, ready);
             }
         }
+        let replicas = engine.cache().replicas();
+        for r in &replicas {
+            let Some(text) = runtime.progress(&r.runtime_name()) else {
+                continue;
+            };
+            let name = &r.metadata.name;
+            let due = match self.progress.get(name) {
+                Some((last, at)) => *last != text && at.elapsed() >= Duration::from_secs(1),
+                None => true,
+            };
+            if due {
+                let now = orch_core::quantity::Timestamp::now();
+                lines.push((now, format!("{now}  replica/{name}  {text}")));
+                self.progress
+                    .insert(name.clone(), (text, std::time::Instant::now()));
+            }
+        }
+        self.progress
+            .retain(|name, _| replicas.iter().any(|r| &r.metadata.name == name));
         lines.sort_by_key(|(t, _)| *t);
         for (_, l) in lines {
             writeln!(stdout, "{l}")?;

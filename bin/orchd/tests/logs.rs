@@ -209,7 +209,7 @@ fn detached_children_go_with_their_replica() {
 fn logs_mark_restarts_and_tail_whole_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(tmp.path());
-    let command = "[sh, -c, 'echo run $$; echo a fairly long second line of output; exit 1']";
+    let command = "[sh, -c, 'echo run $$$$; echo a fairly long second line of output; exit 1']";
     let f = write(tmp.path(), "crash.yaml", &service("crash", 1, command));
     d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
     let name = eventually("a restart", Duration::from_secs(30), || {
