@@ -682,59 +682,15 @@ pub fn diff(old: &Object, new: &Object) -> Vec<String> {
         }
         serde_json::Value::Object(out)
     }
-    fn show(v: Option<&serde_json::Value>, secret: bool) -> String {
-        match v {
-            None => "(none)".into(),
-            Some(_) if secret => "<redacted>".into(),
-            Some(v) => v.to_string(),
-        }
-    }
-    fn walk(
-        path: &str,
-        a: Option<&serde_json::Value>,
-        b: Option<&serde_json::Value>,
-        secret: bool,
-        out: &mut Vec<String>,
-    ) {
-        use serde_json::Value;
-        if a == b {
-            return;
-        }
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_string()
-            } else {
-                format!("{path}.{k}")
-            }
-        };
-        match (a, b) {
-            (Some(Value::Object(x)), Some(Value::Object(y))) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    walk(&join(k), x.get(k), y.get(k), secret, out);
-                }
-            }
-            (Some(Value::Array(x)), Some(Value::Array(y))) => {
-                for i in 0..x.len().max(y.len()) {
-                    walk(&format!("{path}[{i}]"), x.get(i), y.get(i), secret, out);
-                }
-            }
-            _ => {
-                let secret = secret && (path.starts_with("data") || path.contains("stringData"));
-                out.push(format!("{path}: {} → {}", show(a, secret), show(b, secret)));
-            }
-        }
-    }
     let secret = old.kind() == Kind::Secret;
-    let mut out = Vec::new();
-    walk(
-        "",
-        Some(&user_part(old)),
-        Some(&user_part(new)),
-        secret,
-        &mut out,
-    );
-    out
+    let show = |path: &str, v: Option<&serde_json::Value>| match v {
+        None => "(none)".to_string(),
+        Some(_) if secret && (path.starts_with("data") || path.contains("stringData")) => {
+            "<redacted>".to_string()
+        }
+        Some(v) => v.to_string(),
+    };
+    crate::jsondiff::changes(&user_part(old), &user_part(new), &show)
 }
 
 #[cfg(test)]

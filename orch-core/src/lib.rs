@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod engine;
 pub mod expand;
 pub mod fake;
+mod jsondiff;
 pub mod manifest;
 pub mod memstore;
 pub mod metrics;

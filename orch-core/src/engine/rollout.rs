@@ -203,7 +203,7 @@ pub fn change_summary(prev: Option<&RevisionRecord>, next: &RevisionRecord) -> S
             "uses": r.config_versions,
         })
     }
-    fn show(v: Option<&Value>) -> String {
+    let show = |_: &str, v: Option<&Value>| {
         let s = match v {
             None | Some(Value::Null) => "(none)".to_string(),
             Some(v) => v.to_string(),
@@ -214,40 +214,8 @@ pub fn change_summary(prev: Option<&RevisionRecord>, next: &RevisionRecord) -> S
         } else {
             s
         }
-    }
-    fn walk(path: String, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
-        if a == b {
-            return;
-        }
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_string()
-            } else {
-                format!("{path}.{k}")
-            }
-        };
-        match (a, b) {
-            (Some(Value::Object(x)), Some(Value::Object(y))) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    walk(join(k), x.get(k), y.get(k), out);
-                }
-            }
-            (Some(Value::Array(x)), Some(Value::Array(y))) => {
-                for i in 0..x.len().max(y.len()) {
-                    walk(format!("{path}[{i}]"), x.get(i), y.get(i), out);
-                }
-            }
-            _ => out.push(format!("{path}: {} → {}", show(a), show(b))),
-        }
-    }
-    let mut out = Vec::new();
-    walk(
-        String::new(),
-        Some(&parts(prev)),
-        Some(&parts(next)),
-        &mut out,
-    );
+    };
+    let mut out = crate::jsondiff::changes(&parts(prev), &parts(next), &show);
     if out.is_empty() {
         return "no change".into();
     }
