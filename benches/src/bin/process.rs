@@ -61,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
     // Crash to replacement: SIGKILL one process, time until its replica runs a new one.
     // Each sample kills a replica that has not crashed before, so no restart backoff applies
     // (the first restart is immediate by design).
-    let mut samples = Vec::new();
+    // Running: the replacement process runs (the agent reports a new runtime id). Ready: it
+    // is an endpoint again, which after a restart takes 0.5 s of uptime (a replica without a
+    // readiness probe that just restarted may be crash looping; issue 17).
+    let (mut samples, mut ready_samples) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let victim = e
             .cache()
@@ -77,19 +80,29 @@ async fn main() -> anyhow::Result<()> {
             .args(["-9", &pid.to_string()])
             .status()?;
         wait("replaced", Duration::from_secs(10), || {
+            e.cache().replica(&key).is_some_and(|r| {
+                matches!(r.status.phase, Phase::Running | Phase::Ready)
+                    && r.status.runtime_id != old
+            })
+        })
+        .await;
+        samples.push(t.elapsed());
+        wait("ready again", Duration::from_secs(10), || {
             e.cache()
                 .replica(&key)
                 .is_some_and(|r| r.status.phase == Phase::Ready && r.status.runtime_id != old)
         })
         .await;
-        samples.push(t.elapsed());
+        ready_samples.push(t.elapsed());
     }
-    samples.sort();
-    println!(
-        "| SIGKILL → replacement process running (5 samples, median / max) | {:.1} ms / {:.1} ms |",
-        samples[2].as_secs_f64() * 1e3,
-        samples[4].as_secs_f64() * 1e3
-    );
+    for (what, samples) in [("running", &mut samples), ("Ready", &mut ready_samples)] {
+        samples.sort();
+        println!(
+            "| SIGKILL → replacement process {what} (5 samples, median / max) | {:.1} ms / {:.1} ms |",
+            samples[2].as_secs_f64() * 1e3,
+            samples[4].as_secs_f64() * 1e3
+        );
+    }
 
     let t = Instant::now();
     orch_core::api::delete(&*store, Kind::Service, "default", "sleepers").await?;
