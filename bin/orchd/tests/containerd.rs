@@ -434,9 +434,12 @@ fn containers_and_processes_on_one_node_through_orchd() {
     );
     assert_eq!(containers(), 4);
 
-    // Delete: no container, task or writable layer left; the images' layers stay.
+    // Delete: no container, task or writable layer left; the images' layers stay. The
+    // process replica goes too (workloads outlive orchd, so one left here would outlive the
+    // test).
     d.ctl_ok(&["delete", "service", "web"]);
     d.ctl_ok(&["delete", "service", "shell"]);
+    d.delete_and_wait("service", "hello");
     eventually("containers gone", Duration::from_secs(30), || {
         (containers() == 0).then_some(())
     });
