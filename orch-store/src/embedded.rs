@@ -1911,6 +1911,21 @@ mod tests {
         }
     }
 
+    /// The store id kept in the file at `path`.
+    fn stored_id(path: &Path) -> u64 {
+        let db = Database::open(path).unwrap();
+        let id = db
+            .begin_read()
+            .unwrap()
+            .open_table(META)
+            .unwrap()
+            .get(STORE_ID_KEY)
+            .unwrap()
+            .unwrap()
+            .value();
+        id
+    }
+
     /// Stores and logs of the first format (no store id) keep opening: the log is replayed
     /// and rewritten in the current format, and the file gets an id.
     #[tokio::test]
@@ -1949,17 +1964,7 @@ mod tests {
 
         // A first-format log beside a store that has an id: refused when it holds writes
         // the file lacks (it cannot be this store's)...
-        let db = Database::open(&path).unwrap();
-        let id = db
-            .begin_read()
-            .unwrap()
-            .open_table(META)
-            .unwrap()
-            .get(STORE_ID_KEY)
-            .unwrap()
-            .unwrap()
-            .value();
-        drop(db);
+        let id = stored_id(&path);
         let entry = codec::encode_events(&[]);
         let log = crate::wal::v1_log(1 << 20, 3, &[(4, &entry)]);
         std::fs::write(Wal::path_for(&path), log).unwrap();
@@ -1977,17 +1982,7 @@ mod tests {
             (0, 3)
         );
         drop(store);
-        let db = Database::open(&path).unwrap();
-        let kept = db
-            .begin_read()
-            .unwrap()
-            .open_table(META)
-            .unwrap()
-            .get(STORE_ID_KEY)
-            .unwrap()
-            .unwrap()
-            .value();
-        assert_eq!(kept, id);
+        assert_eq!(stored_id(&path), id);
     }
 
     #[tokio::test]

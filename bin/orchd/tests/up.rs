@@ -117,14 +117,7 @@ fn up_runs_the_hello_example_and_ctrl_c_stops_everything() {
 fn up_stops_everything_when_its_output_closes_or_its_terminal_hangs_up() {
     for how in ["stdout closed", "SIGHUP"] {
         let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
-        let mut up = Command::new(env!("CARGO_BIN_EXE_orchd"))
-            .arg("up")
-            .arg(&example)
-            .args(["--refresh-ms", "100", "--dns-listen", "off"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut up = up_piped(&example);
         let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
         let header = lines.next().unwrap().unwrap();
         let socket = header
@@ -239,14 +232,7 @@ fn up_says_which_server_set_fields_it_ignored() {
         "svc.yaml",
         "apiVersion: orch/v1\nkind: Service\nmetadata: {name: idle}\nspec:\n  replicas: 1\n  template: {command: [sleep, '1000'], stopGracePeriod: 1s}\nstatus: {readyReplicas: 5}\n",
     );
-    let mut up = Command::new(env!("CARGO_BIN_EXE_orchd"))
-        .arg("up")
-        .arg(&f)
-        .args(["--refresh-ms", "100", "--dns-listen", "off"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = up_piped(&f);
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().starts_with("orch up "));
     drop(lines);
@@ -258,4 +244,16 @@ fn up_says_which_server_set_fields_it_ignored() {
         err.contains("warning: ") && err.contains("status: ignored"),
         "{err}"
     );
+}
+
+/// `orchd up PATH` without DNS, its output and errors piped to the test.
+fn up_piped(path: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .arg("up")
+        .arg(path)
+        .args(["--refresh-ms", "100", "--dns-listen", "off"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
