@@ -72,11 +72,28 @@ async fn hello(port: u16) -> std::io::Result<String> {
 }
 
 /// Publishes `port` round robin for default/web and sets its endpoints.
-async fn serve(p: &ServiceProxy, port: u16, eps: Vec<Endpoint>) {
-    p.set_published("default", "web", publish(port, Balance::RoundRobin))
-        .await
-        .unwrap();
+/// Publishes `service` on a free port; the port. A port found free can be taken (by another
+/// test's connection, say) before the proxy listens on it: then another one is tried.
+async fn publish_free(p: &ServiceProxy, service: &str, balance: Balance) -> u16 {
+    for _ in 0..20 {
+        let port = free_port();
+        match p
+            .set_published("default", service, publish(port, balance))
+            .await
+        {
+            Ok(()) => return port,
+            Err(e) if e.to_string().contains("already in use") => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("no free port to publish {service} on")
+}
+
+/// Publishes `web` round robin over `eps` on a free port; the port.
+async fn serve(p: &ServiceProxy, eps: Vec<Endpoint>) -> u16 {
+    let port = publish_free(p, "web", Balance::RoundRobin).await;
     p.set_endpoints("default", "web", eps).await.unwrap();
+    port
 }
 
 fn proxy() -> ServiceProxy {
@@ -89,8 +106,7 @@ async fn round_robin_reaches_every_replica_and_skips_a_dead_one() {
     let (b, _tb) = backend("b").await;
     let (c, tc) = backend("c").await;
     let p = proxy();
-    let port = free_port();
-    serve(&p, port, vec![ep("a", a), ep("b", b), ep("c", c)]).await;
+    let port = serve(&p, vec![ep("a", a), ep("b", b), ep("c", c)]).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..30 {
         *seen.entry(hello(port).await.unwrap()).or_default() += 1;
@@ -128,10 +144,7 @@ async fn least_connections_prefers_the_idle_replica() {
     let (a, _ta) = backend("a").await;
     let (b, _tb) = backend("b").await;
     let p = proxy();
-    let port = free_port();
-    p.set_published("default", "db", publish(port, Balance::LeastConnections))
-        .await
-        .unwrap();
+    let port = publish_free(&p, "db", Balance::LeastConnections).await;
     p.set_endpoints("default", "db", vec![ep("a", a), ep("b", b)])
         .await
         .unwrap();
@@ -160,10 +173,7 @@ async fn least_connections_prefers_the_idle_replica() {
 async fn listeners_follow_the_published_ports_and_conflicts_are_named() {
     let (a, _ta) = backend("a").await;
     let p = proxy();
-    let port = free_port();
-    p.set_published("default", "web", publish(port, Balance::RoundRobin))
-        .await
-        .unwrap();
+    let port = publish_free(&p, "web", Balance::RoundRobin).await;
     p.set_endpoints("default", "web", vec![ep("a", a)])
         .await
         .unwrap();
@@ -210,10 +220,7 @@ async fn listeners_follow_the_published_ports_and_conflicts_are_named() {
 #[tokio::test]
 async fn no_ready_replica_closes_the_connection() {
     let p = proxy();
-    let port = free_port();
-    p.set_published("default", "web", publish(port, Balance::RoundRobin))
-        .await
-        .unwrap();
+    let port = publish_free(&p, "web", Balance::RoundRobin).await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut buf = [0u8; 8];
     let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
@@ -239,8 +246,7 @@ async fn nftables_mode_balances_in_the_kernel() {
     cfg.mode = ProxyMode::Nftables;
     let p = ServiceProxy::new(cfg);
     let table = p.nft_table().to_string();
-    let port = free_port();
-    serve(&p, port, vec![ep("a", a), ep("b", b), ep("c", c)]).await;
+    let port = serve(&p, vec![ep("a", a), ep("b", b), ep("c", c)]).await;
     let list = || {
         String::from_utf8_lossy(
             &std::process::Command::new("nft")
