@@ -41,6 +41,13 @@ fn ready(e: &Engine, svc: &str) -> usize {
         .count()
 }
 
+/// The ready count in the service's status (written by the replication controller).
+fn service_ready(e: &Engine, svc: &str) -> u32 {
+    e.cache()
+        .service(&format!("/services/default/{svc}"))
+        .map_or(0, |s| s.status.ready_replicas)
+}
+
 #[tokio::test(start_paused = true)]
 async fn replicas_converge_and_spread() {
     let store = Arc::new(MemStore::new());
@@ -53,12 +60,7 @@ async fn replicas_converge_and_spread() {
         .unwrap();
     eventually("4 ready", || ready(&e, "web") == 4).await;
     assert_eq!((a.running().len(), b.running().len()), (2, 2));
-    eventually("status", || {
-        e.cache()
-            .service("/services/default/web")
-            .is_some_and(|s| s.status.ready_replicas == 4)
-    })
-    .await;
+    eventually("status", || service_ready(&e, "web") == 4).await;
     e.shutdown().await;
 }
 
@@ -701,12 +703,7 @@ async fn a_crash_loop_without_delay_is_never_ready_and_writes_little() {
     );
     // It stops crashing: Ready once it has stayed up a moment.
     eventually("ready after it stays up", || ready(&e, "web") == 1).await;
-    eventually("the service counts it", || {
-        e.cache()
-            .service("/services/default/web")
-            .is_some_and(|s| s.status.ready_replicas == 1)
-    })
-    .await;
+    eventually("the service counts it", || service_ready(&e, "web") == 1).await;
     e.shutdown().await;
 }
 
