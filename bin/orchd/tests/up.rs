@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -186,29 +186,41 @@ fn the_live_view_header_says_how_cluster_dns_runs() {
         .spawn()
         .unwrap();
     let mut out = up.stdout.take().unwrap();
-    let seen = std::thread::spawn(move || {
+    // The reader drains the terminal until `script` exits, so neither `script` nor orchd ever
+    // blocks on a full pipe or dies of a closed one while it stops.
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
         let mut buf = [0u8; 4096];
+        let mut sent = false;
         while let Ok(n) = out.read(&mut buf) {
             if n == 0 {
                 break;
             }
             all.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&all);
-            if text.contains("hello-client   1/1") {
-                return text.into_owned();
+            if !sent && text.contains("hello-client   1/1") {
+                sent = seen_tx.send(text.into_owned()).is_ok();
             }
         }
         String::from_utf8_lossy(&all).into_owned()
-    })
-    .join()
-    .unwrap();
-    let _ = Command::new("pkill")
-        .args(["-INT", "-P", &up.id().to_string()])
-        .status();
+    });
+    let seen = match seen_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(text) => text,
+        Err(_) => {
+            let _ = up.kill();
+            panic!(
+                "no frame with hello-client ready: {}",
+                reader.join().unwrap()
+            );
+        }
+    };
+    // Ctrl-C on the terminal, as a user stops it.
+    up.stdin.take().unwrap().write_all(b"\x03").unwrap();
     let _ = eventually("script exits", Duration::from_secs(30), || {
         up.try_wait().unwrap()
     });
+    let _ = reader.join();
     let frame = seen.rsplit("\x1b[H\x1b[2J").next().unwrap();
     let mut lines = frame.lines();
     assert!(
