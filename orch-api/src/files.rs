@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use orch_core::manifest::{self, MAX_MANIFEST_BYTES};
-use orch_core::object::Object;
+use orch_core::model::manifest::{self, MAX_MANIFEST_BYTES};
+use orch_core::model::object::Object;
 
 use crate::protocol::ManifestText;
 
@@ -116,7 +116,8 @@ pub fn parse_with_warnings(
     let Some(ns) = namespace else {
         return Ok(manifest::Parsed { objects, warnings });
     };
-    orch_core::validate::dns1123_label(ns).map_err(|e| format!("namespace {ns:?} (-n): {e}"))?;
+    orch_core::model::validate::dns1123_label(ns)
+        .map_err(|e| format!("namespace {ns:?} (-n): {e}"))?;
     let mut problems = Vec::new();
     let mut next = objects.iter_mut();
     for m in manifests {

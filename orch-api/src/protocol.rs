@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use orch_core::object::{Kind, Object};
+use orch_core::model::object::{Kind, Object};
 
 /// The largest request or response line, in bytes.
 pub const MAX_LINE_BYTES: usize = 16 << 20;
@@ -127,14 +127,14 @@ pub enum Request {
         /// Service name.
         name: String,
         /// What to do.
-        action: orch_core::api::RolloutAction,
+        action: orch_core::engine::api::RolloutAction,
     },
     /// Cordon, uncordon, drain or remove a node.
     Node {
         /// The node.
         node: String,
         /// What to do.
-        action: orch_core::api::NodeOp,
+        action: orch_core::engine::api::NodeOp,
     },
     /// Remove a named local volume (its directory and data) from a node.
     VolumeRemove {
@@ -204,7 +204,7 @@ pub enum Response {
     /// Result of `Plan`.
     Plan {
         /// Per service, where its replicas would go.
-        plan: orch_core::api::PlacementPlan,
+        plan: orch_core::engine::api::PlacementPlan,
     },
     /// Result of `Get`.
     Objects {

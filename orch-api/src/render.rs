@@ -1,10 +1,10 @@
 //! Tables as `kubectl get` prints them, shared by `orchctl` and the `orchd up` view.
 
-use orch_core::object::{
+use orch_core::model::object::{
     DesiredState, IntOrPercent, NodeCondition, Object, Phase, Probe, ProbePort, RevisionRecord,
     Service, ServiceMode, Template, UpdateOrder, UpdateStrategy,
 };
-use orch_core::quantity::{format_age, Span, Timestamp};
+use orch_core::model::quantity::{format_age, Span, Timestamp};
 
 /// Pads columns with three spaces, like kubectl.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -623,7 +623,7 @@ pub fn rollout_status_line(svc: &Service) -> Option<String> {
 }
 
 /// `orchctl apply --plan`: per service what would change, then where each replica would go.
-pub fn plan(plan: &orch_core::api::PlacementPlan) -> String {
+pub fn plan(plan: &orch_core::engine::api::PlacementPlan) -> String {
     let summary: Vec<Vec<String>> = plan
         .services
         .iter()
@@ -680,10 +680,10 @@ pub fn plan(plan: &orch_core::api::PlacementPlan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orch_core::object::{Event, EventType, Kind, Metadata, ObjectRef};
+    use orch_core::model::object::{Event, EventType, Kind, Metadata, ObjectRef};
 
     fn service(text: &str) -> Service {
-        match orch_core::manifest::parse("web.yaml", text)
+        match orch_core::model::manifest::parse("web.yaml", text)
             .unwrap()
             .remove(0)
         {
@@ -828,13 +828,14 @@ mod tests {
 
     #[test]
     fn a_running_replica_reads_running_until_ready() {
-        let mut r: orch_core::object::Replica = serde_json::from_value(serde_json::json!({
+        let mut r: orch_core::model::object::Replica = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "default"},
             "spec": {"service": "web", "template": {"command": ["sleep"]}, "templateHash": "h"},
         }))
         .unwrap();
-        let phase =
-            |r: &orch_core::object::Replica| row(&Object::Replica(r.clone()), false).1[3].clone();
+        let phase = |r: &orch_core::model::object::Replica| {
+            row(&Object::Replica(r.clone()), false).1[3].clone()
+        };
         r.status.phase = Phase::Running;
         r.status.reason = "NotReady".into();
         assert_eq!(phase(&r), "Running");

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use orch_core::api::{self, ApiError};
-use orch_core::object::{Kind, Object};
+use orch_core::engine::api::{self, ApiError};
+use orch_core::model::object::{Kind, Object};
 use orch_core::runtime::{LogOptions, Runtime, RuntimeError};
 use orch_core::store::{decode, list_objects, Store, StoreError, WatchEvent};
 
@@ -575,7 +575,8 @@ async fn respond(backend: &Backend, req: Request) -> Response {
             name,
         } => match name {
             Some(name) => {
-                let ns = namespace.unwrap_or_else(|| orch_core::object::DEFAULT_NAMESPACE.into());
+                let ns =
+                    namespace.unwrap_or_else(|| orch_core::model::object::DEFAULT_NAMESPACE.into());
                 match orch_core::store::get_object(store, kind, &ns, &name).await {
                     Ok(Some(o)) => Response::Objects {
                         revision: o.metadata().revision,
@@ -616,7 +617,7 @@ async fn respond(backend: &Backend, req: Request) -> Response {
         },
         Request::Node { node, action } => match api::node_op(store, &node, action).await {
             Ok(object) => {
-                if let (orch_core::api::NodeOp::Remove { .. }, Some(hook)) =
+                if let (orch_core::engine::api::NodeOp::Remove { .. }, Some(hook)) =
                     (action, &backend.on_node_removed)
                 {
                     hook(&node);
@@ -824,7 +825,7 @@ async fn replica_runtime(
     namespace: &str,
     replica: &str,
     what: &str,
-) -> Result<(orch_core::object::Replica, String, Target), Response> {
+) -> Result<(orch_core::model::object::Replica, String, Target), Response> {
     let rep = match orch_core::store::get_object(&*backend.store, Kind::Replica, namespace, replica)
         .await
     {
@@ -919,7 +920,7 @@ async fn logs(
 /// nodes this process does not host; otherwise deletes the directory (the node's next
 /// heartbeat stops reporting it).
 async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> Response {
-    if let Err(e) = orch_core::validate::dns1123_label(name) {
+    if let Err(e) = orch_core::model::validate::dns1123_label(name) {
         return error(ErrorCode::Invalid, format!("volume {name:?}: {e}"));
     }
     let store = &*backend.store;
@@ -970,7 +971,7 @@ async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> R
         .filter_map(|o| o.as_replica())
         .filter(|r| {
             r.spec.node.as_deref() == Some(node.as_str())
-                && r.spec.desired == orch_core::object::DesiredState::Running
+                && r.spec.desired == orch_core::model::object::DesiredState::Running
                 && r.spec.template.volumes().contains(&name)
         })
         .map(|r| format!("{}/{}", r.metadata.namespace, r.metadata.name))

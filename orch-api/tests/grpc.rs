@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use orch_api::grpc::cluster::{self, Credentials, JoinError, Limits, Manager};
 use orch_api::grpc::store::RemoteStore;
 use orch_core::memstore::MemStore;
-use orch_core::object::{Object, Replica};
+use orch_core::model::object::{Object, Replica};
 use orch_core::store::{
     create_op, update_op, KeyValue, Op, Revision, Store, StoreError, WatchStream,
 };
@@ -112,7 +112,7 @@ async fn the_store_over_mutual_tls_conforms() {
 }
 
 fn replica_on(node: Option<&str>) -> Replica {
-    let objs = orch_core::manifest::parse(
+    let objs = orch_core::model::manifest::parse(
         "web.yaml",
         "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [sleep, '100']\n",
     )
@@ -206,7 +206,7 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
     );
     assert!(e.contains("do not create replicas"), "{e}");
     // Services and everything else: no.
-    let svc = orch_core::manifest::parse(
+    let svc = orch_core::model::manifest::parse(
         "s.yaml",
         "apiVersion: orch/v1\nkind: Service\nmetadata: {name: evil}\nspec:\n  template:\n    command: [sh]\n",
     )
@@ -219,7 +219,7 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
     // Secrets: never in a node's lists or watches; readable one at a time only while a
     // replica bound to the node uses it.
     let secret = |name: &str| {
-        orch_core::manifest::parse(
+        orch_core::model::manifest::parse(
             "s.yaml",
             &format!(
                 "apiVersion: orch/v1\nkind: Secret\nmetadata: {{name: {name}}}\ndata: {{k: v}}\n"
@@ -245,7 +245,7 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
     assert!(e.contains("no replica bound to it uses"), "{e}");
     let mut uses = read(&mine).await;
     let mut t = (*uses.spec.template).clone();
-    t.mounts.push(orch_core::object::Mount {
+    t.mounts.push(orch_core::model::object::Mount {
         path: "/run/secrets/db".into(),
         secret: Some("db".into()),
         ..Default::default()
@@ -270,9 +270,9 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
         .unwrap();
 }
 
-fn node_named(name: &str) -> orch_core::object::Node {
-    orch_core::object::Node {
-        metadata: orch_core::object::Metadata {
+fn node_named(name: &str) -> orch_core::model::object::Node {
+    orch_core::model::object::Node {
+        metadata: orch_core::model::object::Metadata {
             name: name.into(),
             ..Default::default()
         },
@@ -415,7 +415,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
     );
     let mut watch = client
         .stream(Request::Watch {
-            kind: orch_core::object::Kind::Service,
+            kind: orch_core::model::object::Kind::Service,
             namespace: None,
             since: None,
         })

@@ -11,7 +11,7 @@ use orch_api::server::{bind, serve, serve_listener, Backend, ServeLimits};
 use orch_api::Client;
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
-use orch_core::object::{Kind, Object};
+use orch_core::model::object::{Kind, Object};
 use orch_core::runtime::{Runtime, WorkloadSpec};
 use orch_core::store::Store;
 use tokio_util::sync::CancellationToken;
@@ -365,7 +365,7 @@ async fn an_oversized_request_is_refused_with_the_limit_named() {
 }
 
 fn node(name: &str, cpu: &str) -> Object {
-    use orch_core::object::{Metadata, Node, NodeStatus, Resources};
+    use orch_core::model::object::{Metadata, Node, NodeStatus, Resources};
     Object::Node(Node {
         metadata: Metadata {
             name: name.into(),
@@ -375,7 +375,7 @@ fn node(name: &str, cpu: &str) -> Object {
         spec: Default::default(),
         status: NodeStatus {
             capacity: Resources {
-                cpu: Some(orch_core::quantity::Cpu::parse(cpu).unwrap()),
+                cpu: Some(orch_core::model::quantity::Cpu::parse(cpu).unwrap()),
                 memory: None,
             },
             runtimes: vec!["process".into()],

@@ -27,7 +27,7 @@ pub struct EndpointPort {
     /// The port it is reached at.
     pub port: u16,
     /// TCP or UDP.
-    pub protocol: crate::object::Protocol,
+    pub protocol: crate::model::object::Protocol,
 }
 
 impl Endpoint {
@@ -71,12 +71,12 @@ pub struct Published {
     /// The endpoint port (by name) connections go to.
     pub target: String,
     /// How a replica is picked.
-    pub balance: crate::object::Balance,
+    pub balance: crate::model::object::Balance,
 }
 
 impl Published {
     /// What a service publishes.
-    pub fn of(service: &crate::object::Service) -> Vec<Published> {
+    pub fn of(service: &crate::model::object::Service) -> Vec<Published> {
         service
             .spec
             .publish

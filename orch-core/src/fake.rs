@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::object::{BoundPort, ExitStatus, Template};
-use crate::quantity::Timestamp;
+use crate::model::object::{BoundPort, ExitStatus, Template};
+use crate::model::quantity::Timestamp;
 use crate::runtime::{
     LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo, Workload,
     WorkloadSpec, WorkloadState,

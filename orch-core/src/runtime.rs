@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
-use crate::object::{BoundPort, EnvVar, ExitStatus, Template};
-use crate::quantity::Timestamp;
+use crate::model::object::{BoundPort, EnvVar, ExitStatus, Template};
+use crate::model::quantity::Timestamp;
 
 /// Everything a runtime needs to start one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]

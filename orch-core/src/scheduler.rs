@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::object::{Node, NodeCondition, Placement, Protocol, Replica, Taint, Template};
+use crate::model::object::{Node, NodeCondition, Placement, Protocol, Replica, Taint, Template};
 
 /// One node as the scheduler sees it: what it has and what is already placed on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub struct PendingReplica {
     pub placement: std::sync::Arc<Placement>,
     /// The replica's labels (the template's plus `orch/service`), which other replicas'
     /// affinity and spread rules select on (shared with the replica).
-    pub labels: crate::object::Labels,
+    pub labels: crate::model::object::Labels,
     /// Named local volumes it mounts: it goes where they are, once a node holds them.
     pub volumes: Vec<String>,
 }

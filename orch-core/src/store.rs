@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::object::{Kind, Object};
+use crate::model::object::{Kind, Object};
 
 /// A store revision. Every committed transaction gets the next one; 0 means "nothing yet".
 pub type Revision = u64;

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use orch_core::api;
-use orch_core::engine::{AgentConfig, Engine};
+use orch_core::engine::api;
 use orch_core::fake::FakeRuntime;
-use orch_core::manifest;
 use orch_core::memstore::MemStore;
-use orch_core::object::{
+use orch_core::model::manifest;
+use orch_core::model::object::{
     DesiredState, Kind, Metadata, Node, NodeStatus, Object, Phase, Replica, Resources,
 };
-use orch_core::quantity::{Memory, Timestamp};
+use orch_core::model::quantity::{Memory, Timestamp};
 use orch_core::store::{create_op, KeyValue, Op, Revision, Store, StoreError, WatchStream};
+use orch_core::{AgentConfig, Engine};
 use orch_sched::DefaultScheduler;
 
 fn service(name: &str, replicas: u32, extra: &str) -> Object {
@@ -388,7 +388,7 @@ async fn replicas_of_a_silent_node_are_replaced() {
         "replaced after {took:?}"
     );
     assert!(e.cache().nodes().iter().any(|n| n.metadata.name == "ghost"
-        && n.status.condition == orch_core::object::NodeCondition::Unreachable));
+        && n.status.condition == orch_core::model::object::NodeCondition::Unreachable));
     e.shutdown().await;
 }
 
@@ -530,7 +530,7 @@ async fn a_store_outage_longer_than_the_node_timeout_replaces_nothing() {
     assert_eq!(rs.len(), 3, "{rs:?}");
     assert!(rs.iter().all(|r| r.status.phase == Phase::Ready), "{rs:?}");
     assert!(e.cache().nodes().iter().all(|n| n.metadata.name == "node-a"
-        && n.status.condition == orch_core::object::NodeCondition::Ready));
+        && n.status.condition == orch_core::model::object::NodeCondition::Ready));
     // And the engine acts again.
     api::scale(&*store, "default", "web", 4).await.unwrap();
     eventually("4 ready after the outage", || ready(&e, "web") == 4).await;
@@ -558,7 +558,7 @@ async fn a_stored_backoff_cap_under_the_floor_is_clamped_by_the_agent() {
     else {
         panic!("service web is stored");
     };
-    svc.spec.template.restart_backoff_max = Some(orch_core::quantity::Span(Duration::ZERO));
+    svc.spec.template.restart_backoff_max = Some(orch_core::model::quantity::Span(Duration::ZERO));
     store
         .txn(vec![orch_core::store::update_op(&Object::Service(svc))])
         .await
@@ -568,7 +568,7 @@ async fn a_stored_backoff_cap_under_the_floor_is_clamped_by_the_agent() {
         rs.len() == 1
             && rs[0].status.phase == Phase::Ready
             && rs[0].spec.template.restart_backoff_max
-                == Some(orch_core::quantity::Span(Duration::ZERO))
+                == Some(orch_core::model::quantity::Span(Duration::ZERO))
             && rt.running().len() == 1
     })
     .await;

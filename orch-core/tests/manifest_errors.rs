@@ -1,7 +1,9 @@
 //! Table tests of manifest error messages: each bad manifest must be rejected with a message
 //! that names the source, the document, the field path, the bad value and what is allowed.
 
-use orch_core::manifest::{parse, parse_all, parse_with_warnings, ManifestErrors, MAX_DOCUMENTS};
+use orch_core::model::manifest::{
+    parse, parse_all, parse_with_warnings, ManifestErrors, MAX_DOCUMENTS,
+};
 
 /// A service document with the given flow-style `metadata` and `spec`.
 fn svc(metadata: &str, spec: &str) -> String {
@@ -678,7 +680,7 @@ fn a_100_mb_manifest_is_rejected_by_size() {
 
 #[test]
 fn a_manifest_of_exactly_the_size_limit_is_accepted() {
-    use orch_core::manifest::MAX_MANIFEST_BYTES;
+    use orch_core::model::manifest::MAX_MANIFEST_BYTES;
     let doc = tpl("{command: [x]}");
     let mut text = doc.clone();
     let comment = format!("# {}\n", "x".repeat(1000));
@@ -858,7 +860,7 @@ fn server_set_fields_are_ignored_with_a_warning() {
     let md = parsed.objects[0].metadata();
     assert!(md.uid.is_empty() && md.revision == 0 && md.generation == 0);
     assert!(md.creation_timestamp.is_none());
-    let Some(orch_core::object::Object::Service(svc)) = parsed.objects.first() else {
+    let Some(orch_core::model::object::Object::Service(svc)) = parsed.objects.first() else {
         panic!("a service")
     };
     assert_eq!(svc.status, Default::default());

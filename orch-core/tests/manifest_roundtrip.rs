@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use orch_core::manifest::{parse, to_yaml};
-use orch_core::object::{
+use orch_core::model::manifest::{parse, to_yaml};
+use orch_core::model::object::{
     EnvVar, IntOrPercent, Metadata, Object, Placement, PortSpec, Protocol, PullPolicy, Resources,
     RestartPolicy, Service, ServiceSpec, Template, UpdateStrategy, DEFAULT_NAMESPACE,
 };
-use orch_core::quantity::{Cpu, Memory, Span};
-use orch_core::validate::validate;
+use orch_core::model::quantity::{Cpu, Memory, Span};
+use orch_core::model::validate::validate;
 use proptest::prelude::*;
 
 /// A DNS-1123 label, up to 63 characters.
@@ -224,7 +224,7 @@ fn stop_signal() -> impl Strategy<Value = String> {
 }
 
 /// A mount of each kind, with a valid absolute path.
-fn mount() -> impl Strategy<Value = orch_core::object::Mount> {
+fn mount() -> impl Strategy<Value = orch_core::model::object::Mount> {
     (
         "[a-z][a-z0-9]{0,8}",
         "[a-z][a-z0-9]{0,8}",
@@ -232,7 +232,7 @@ fn mount() -> impl Strategy<Value = orch_core::object::Mount> {
         any::<bool>(),
     )
         .prop_map(|(name, dir, kind, read_only)| {
-            let mut m = orch_core::object::Mount {
+            let mut m = orch_core::model::object::Mount {
                 path: format!("/{dir}/{name}"),
                 read_only,
                 ..Default::default()
@@ -327,8 +327,8 @@ fn template() -> impl Strategy<Value = Template> {
 }
 
 /// A valid probe (a success threshold above 1 only for readiness).
-fn probe(readiness: bool) -> impl Strategy<Value = orch_core::object::Probe> {
-    use orch_core::object::{ExecProbe, HttpProbe, Probe, ProbePort, TcpProbe};
+fn probe(readiness: bool) -> impl Strategy<Value = orch_core::model::object::Probe> {
+    use orch_core::model::object::{ExecProbe, HttpProbe, Probe, ProbePort, TcpProbe};
     let span = |lo: u64, hi: u64| {
         prop::option::of((lo..=hi).prop_map(|ms| Span(Duration::from_millis(ms))))
     };
@@ -478,7 +478,7 @@ proptest! {
         let want: Vec<Object> = svcs.iter().map(expected).collect();
         let objs: Vec<Object> = svcs.into_iter().map(Object::from).collect();
         let yaml = to_yaml(&objs);
-        let back = orch_core::manifest::parse_all([("prop.yaml", yaml.as_str())])
+        let back = orch_core::model::manifest::parse_all([("prop.yaml", yaml.as_str())])
             .map_err(|e| TestCaseError::fail(format!("{e}\n--- yaml:\n{yaml}")))?;
         prop_assert_eq!(back, want, "yaml:\n{}", yaml);
     }

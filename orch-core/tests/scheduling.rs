@@ -10,17 +10,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch_core::api;
-use orch_core::engine::{AgentConfig, Engine};
+use orch_core::engine::api;
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
-use orch_core::object::{EventType, Kind, Object, Phase, Taint, TaintEffect};
+use orch_core::model::object::{EventType, Kind, Object, Phase, Taint, TaintEffect};
+use orch_core::{AgentConfig, Engine};
 use orch_sched::DefaultScheduler;
 
 fn service(yaml_spec: &str) -> Object {
     let y =
         format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n{yaml_spec}");
-    orch_core::manifest::parse("test.yaml", &y)
+    orch_core::model::manifest::parse("test.yaml", &y)
         .unwrap()
         .remove(0)
 }

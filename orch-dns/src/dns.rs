@@ -38,7 +38,7 @@ use hickory_server::net::xfer::Protocol as Transport;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use orch_core::discovery::{Discovery, DiscoveryError, Endpoint};
-use orch_core::object::Protocol;
+use orch_core::model::object::Protocol;
 
 /// How the DNS server runs.
 #[derive(Clone, Debug)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orch_core::discovery::{Discovery, DiscoveryError, Endpoint, Published};
-use orch_core::object::Balance;
+use orch_core::model::object::Balance;
 use tokio::net::{TcpListener, TcpStream};
 
 /// How the proxy runs on a node.

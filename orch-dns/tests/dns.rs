@@ -11,7 +11,7 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::Resolver;
 use orch_core::discovery::{Discovery, Endpoint, EndpointPort};
-use orch_core::object::Protocol;
+use orch_core::model::object::Protocol;
 use orch_dns::dns::{DnsConfig, DnsServer};
 
 fn ep(replica: &str, ip: &str, port: u16) -> Endpoint {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use orch_core::discovery::{Discovery, Endpoint, EndpointPort, Published};
-use orch_core::object::{Balance, Protocol};
+use orch_core::model::object::{Balance, Protocol};
 use orch_dns::proxy::{ProxyConfig, ServiceProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use orch_core::object::Resources;
+use orch_core::model::object::Resources;
 use rustix::process::{Pid, Signal};
 
 /// The CFS period for CPU limits, in microseconds.

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_core::object::{BoundPort, ExitStatus, PortSpec, Protocol, Template};
-use orch_core::quantity::Timestamp;
+use orch_core::model::object::{BoundPort, ExitStatus, PortSpec, Protocol, Template};
+use orch_core::model::quantity::Timestamp;
 use orch_core::runtime::{
     signal_number, LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo,
     Workload, WorkloadSpec, WorkloadState,
@@ -641,7 +641,7 @@ pub(crate) fn port_var(name: &str) -> String {
 
 /// The environment of a workload, in order (later entries win), and how many of its first
 /// entries are inherited from orchd (`PATH`, `HOME`, ...) rather than set for the workload.
-/// The template's env values are expanded (`$(PORT)`, see [`orch_core::expand`]).
+/// The template's env values are expanded (`$(PORT)`, see [`orch_core::model::expand`]).
 fn environment(
     spec: &WorkloadSpec,
     ports: &[BoundPort],
@@ -674,7 +674,7 @@ fn environment(
             .iter()
             .map(|p| (port_var(&p.name), p.port.to_string())),
     );
-    let own = orch_core::expand::expand_env(&env[inherited..], &spec.template.env);
+    let own = orch_core::model::expand::expand_env(&env[inherited..], &spec.template.env);
     env.extend(own);
     (env, inherited)
 }
@@ -930,7 +930,7 @@ impl Runtime for ProcessRuntime {
         }
         let (env, inherited) = environment(spec, &ports, &inner.config.host_ip, root.as_deref());
         // Kubernetes' `$(VAR)` expansion of command and args, from the workload's own variables.
-        let argv = orch_core::expand::expand_args(
+        let argv = orch_core::model::expand::expand_args(
             &t.command.iter().chain(&t.args).cloned().collect::<Vec<_>>(),
             &env[inherited..],
         );

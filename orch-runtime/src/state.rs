@@ -5,8 +5,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use orch_core::object::{BoundPort, ExitStatus};
-use orch_core::quantity::Timestamp;
+use orch_core::model::object::{BoundPort, ExitStatus};
+use orch_core::model::quantity::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// The file name of the state file inside a workload directory.

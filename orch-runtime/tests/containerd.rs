@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
-use orch_core::object::{EnvVar, PortSpec, Protocol, Resources, Template};
-use orch_core::quantity::Memory;
+use orch_core::model::object::{EnvVar, PortSpec, Protocol, Resources, Template};
+use orch_core::model::quantity::Memory;
 use orch_core::runtime::{LogOptions, Runtime, RuntimeEvent, WorkloadSpec, WorkloadState};
 use orch_runtime::containerd::testing::{
     busybox_image as build_image, busybox_rootfs as build_rootfs,
@@ -885,7 +885,7 @@ async fn images_are_pulled_from_a_registry_and_run() {
 /// root filesystem refuses writes.
 #[tokio::test]
 async fn pull_policies_and_a_read_only_root() {
-    use orch_core::object::PullPolicy;
+    use orch_core::model::object::PullPolicy;
     use orch_runtime::containerd::testing::{program_image, write_oci_layout, LocalRegistry};
 
     let ctd = LocalContainerd::start().await.expect("containerd starts");

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use orch_core::object::{EnvVar, ExitStatus, PortSpec, Protocol, Resources, Template};
-use orch_core::quantity::{Cpu, Memory};
+use orch_core::model::object::{EnvVar, ExitStatus, PortSpec, Protocol, Resources, Template};
+use orch_core::model::quantity::{Cpu, Memory};
 use orch_core::runtime::{
     LogOptions, Runtime, RuntimeError, RuntimeEvent, Workload, WorkloadSpec, WorkloadState,
 };
@@ -738,7 +738,7 @@ async fn exec_runs_in_the_workloads_environment() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path()).await;
     let mut s = sh("ex", "echo started; exec sleep 60");
-    s.template.env = vec![orch_core::object::EnvVar {
+    s.template.env = vec![orch_core::model::object::EnvVar {
         name: "GREETING".into(),
         value: "hi there".into(),
         value_from: None,
@@ -1004,7 +1004,7 @@ async fn restarts_are_marked_in_the_log() {
             .strip_prefix("--- restarted at ")
             .and_then(|r| r.strip_suffix(&format!(" {how} ---")))
             .unwrap_or_else(|| panic!("not a restart line: {line:?}"));
-        orch_core::quantity::Timestamp::parse(at).unwrap();
+        orch_core::model::quantity::Timestamp::parse(at).unwrap();
     }
     assert_eq!([lines[3], lines[5]], ["second", "third"], "{log}");
     // The first start of a workload writes none.

@@ -10,7 +10,7 @@
 //!   only 40 replicas of 100m), 1,000,000 replicas of 10 services.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use orch_core::object::{
+use orch_core::model::object::{
     AffinityTerm, LabelSelector, Labels, Placement, ReplicaAffinity, TopologySpreadConstraint,
     WhenUnsatisfiable, NODE_TOPOLOGY_KEY, SERVICE_LABEL,
 };

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use orch_core::object::{Placement, Protocol};
+use orch_core::model::object::{Placement, Protocol};
 use orch_core::scheduler::{ClusterSnapshot, PendingReplica, Plan, Scheduler};
 
 use crate::state::{DomainId, NodeId, PassState, TopologyId};

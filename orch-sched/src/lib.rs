@@ -54,7 +54,7 @@ impl Scheduler for DefaultScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orch_core::object::Placement;
+    use orch_core::model::object::Placement;
     use orch_core::scheduler::NodeInfo;
 
     fn node(name: &str, cpu: u64, mem: u64) -> NodeInfo {

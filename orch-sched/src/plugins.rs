@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use orch_core::object::{
+use orch_core::model::object::{
     LabelSelector, LabelSelectorRequirement, Protocol, SelectorOperator, Strategy, TaintEffect,
     Toleration, WhenUnsatisfiable, NODE_TOPOLOGY_KEY, SERVICE_LABEL,
 };

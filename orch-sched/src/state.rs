@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use orch_core::object::{LabelSelector, NODE_TOPOLOGY_KEY};
+use orch_core::model::object::{LabelSelector, NODE_TOPOLOGY_KEY};
 use orch_core::scheduler::{ClusterSnapshot, LabelCount, NodeInfo, PendingReplica};
 
 /// Index of a node in the snapshot (nodes are in name order).
@@ -80,7 +80,7 @@ pub struct PassState {
 struct CurrentClass {
     namespace: String,
     service: String,
-    labels: orch_core::object::Labels,
+    labels: orch_core::model::object::Labels,
 }
 
 impl PassState {

@@ -15,11 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use orch_core::engine::replication::new_replica;
-use orch_core::object::{
+use orch_core::model::object::{
     Metadata, Node, NodeCondition, NodeSpec, NodeStatus, Object, Replica, Resources, Service,
     Taint, TaintEffect,
 };
-use orch_core::quantity::{Cpu, Memory};
+use orch_core::model::quantity::{Cpu, Memory};
 use orch_core::scheduler::{ClusterSnapshot, PendingReplica, Plan, Scheduler};
 use orch_sched::DefaultScheduler;
 use proptest::prelude::*;
@@ -213,7 +213,7 @@ fn service(i: usize, g: &ServiceGen) -> Service {
         g.replicas,
         resources.join(", "),
     );
-    match orch_core::manifest::parse("gen.yaml", &yaml) {
+    match orch_core::model::manifest::parse("gen.yaml", &yaml) {
         Ok(mut objs) => match objs.remove(0) {
             Object::Service(s) => *s,
             other => panic!("not a service: {other:?}"),

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use orch_core::engine::replication::new_replica;
-use orch_core::manifest;
-use orch_core::object::{Object, Taint, TaintEffect, SERVICE_LABEL};
+use orch_core::model::manifest;
+use orch_core::model::object::{Object, Taint, TaintEffect, SERVICE_LABEL};
 use orch_core::scheduler::{ClusterSnapshot, LabelCount, NodeInfo, PendingReplica, Scheduler};
 use orch_sched::DefaultScheduler;
 

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use orch_core::engine::{AgentConfig, Engine, EngineConfig};
 use orch_core::memstore::MemStore;
-use orch_core::object::Phase;
+use orch_core::model::object::Phase;
+use orch_core::{AgentConfig, Engine, EngineConfig};
 use orch_runtime::containerd::testing::busybox_image;
 use orch_runtime::containerd::{Containerd, ContainerdConfig, ContainerdRuntime, LocalContainerd};
 
@@ -70,9 +70,9 @@ async fn orch(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Result<Dur
     let yaml = format!(
         "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {n}\n  template:\n    image: {IMAGE}\n    command: [/bin/sleep, '100000']\n    stopGracePeriod: 1s\n"
     );
-    let objects = orch_core::manifest::parse("bench.yaml", &yaml)?;
+    let objects = orch_core::model::manifest::parse("bench.yaml", &yaml)?;
     let t = Instant::now();
-    orch_core::api::apply(store, objects, false).await?;
+    orch_core::engine::api::apply(store, objects, false).await?;
     loop {
         let reps = engine.cache().replicas_of_service("default", &name);
         if reps.len() == n && reps.iter().all(|r| r.status.phase == Phase::Ready) {
@@ -116,17 +116,17 @@ async fn orch_rolling(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Re
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    orch_core::api::apply(
+    orch_core::engine::api::apply(
         store,
-        orch_core::manifest::parse("a.yaml", &yaml("1"))?,
+        orch_core::model::manifest::parse("a.yaml", &yaml("1"))?,
         false,
     )
     .await?;
     converged("1").await?;
     let t = Instant::now();
-    orch_core::api::apply(
+    orch_core::engine::api::apply(
         store,
-        orch_core::manifest::parse("b.yaml", &yaml("2"))?,
+        orch_core::model::manifest::parse("b.yaml", &yaml("2"))?,
         false,
     )
     .await?;

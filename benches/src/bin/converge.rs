@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orch_core::engine::{AgentConfig, Engine};
 use orch_core::fake::FakeRuntime;
-use orch_core::object::{Object, Phase};
+use orch_core::model::object::{Object, Phase};
 use orch_core::store::Store;
+use orch_core::{AgentConfig, Engine};
 
 /// The allocator orchd uses, so figures are those of the daemon.
 #[global_allocator]
@@ -22,7 +22,7 @@ fn services(count: usize, replicas: usize, command: &str) -> Vec<Object> {
     for i in 0..count {
         y.push_str(&format!("---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [{command}]\n    stopGracePeriod: 1s\n"));
     }
-    orch_core::manifest::parse("bench", &y).expect("valid manifests")
+    orch_core::model::manifest::parse("bench", &y).expect("valid manifests")
 }
 
 fn ready_count(e: &Engine) -> usize {
@@ -57,7 +57,7 @@ async fn fake_run(store: Arc<dyn Store>, label: &str) -> anyhow::Result<()> {
     .await;
     let objs = services(svc, per, "server");
     let t = Instant::now();
-    orch_core::api::apply(&*store, objs, false).await?;
+    orch_core::engine::api::apply(&*store, objs, false).await?;
     wait("converge", Duration::from_secs(120), || {
         ready_count(&e) == svc * per
     })

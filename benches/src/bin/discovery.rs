@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orch_core::discovery::{Discovery, Endpoint, EndpointPort, Published};
-use orch_core::object::{Balance, Protocol};
+use orch_core::model::object::{Balance, Protocol};
 use orch_dns::dns::{DnsConfig, DnsServer};
 use orch_dns::proxy::{ProxyConfig, ProxyMode, ServiceProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

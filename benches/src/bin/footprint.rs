@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use orch_api::protocol::{ManifestText, Request, Response};
 use orch_api::Client;
-use orch_core::object::{Kind, Object, Phase};
+use orch_core::model::object::{Kind, Object, Phase};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use orch_core::engine::cache::Cache;
 use orch_core::engine::replication::new_replica;
-use orch_core::object::{Kind, Object};
+use orch_core::model::object::{Kind, Object};
 use orch_core::store::{create_op, txn_chunked, Store};
 
 /// The allocator orchd uses, so figures are those of the daemon.
@@ -32,7 +32,7 @@ fn rss() -> f64 {
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map_or(Ok(200_000), |a| a.parse())?;
     let yaml = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: bench}\nspec:\n  replicas: 10\n  template:\n    command: [server]\n    labels: {app: bench}\n    resources: {cpu: 10m, memory: 64Mi}\n";
-    let Object::Service(svc) = orch_core::manifest::parse("probe", yaml)?.remove(0) else {
+    let Object::Service(svc) = orch_core::model::manifest::parse("probe", yaml)?.remove(0) else {
         anyhow::bail!("not a service")
     };
     let one = Object::Replica(new_replica(&svc)).encode();

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orch_core::engine::{AgentConfig, Engine};
-use orch_core::object::{Kind, Phase};
+use orch_core::model::object::{Kind, Phase};
 use orch_core::runtime::Runtime;
 use orch_core::store::Store;
+use orch_core::{AgentConfig, Engine};
 
 /// The allocator orchd uses, so figures are those of the daemon.
 #[global_allocator]
@@ -48,10 +48,10 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let n = 100;
     let y = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: sleepers}}\nspec:\n  replicas: {n}\n  template:\n    command: [sleep, '3600']\n    stopGracePeriod: 1s\n");
-    let objs = orch_core::manifest::parse("bench", &y).expect("valid");
+    let objs = orch_core::model::manifest::parse("bench", &y).expect("valid");
     println!("| scenario | figure |\n|---|---|");
     let t = Instant::now();
-    orch_core::api::apply(&*store, objs, false).await?;
+    orch_core::engine::api::apply(&*store, objs, false).await?;
     wait("converge", Duration::from_secs(60), || ready(&e) == n).await;
     println!(
         "| apply → {n} real processes ready | {:.3} s |",
@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let t = Instant::now();
-    orch_core::api::delete(&*store, Kind::Service, "default", "sleepers").await?;
+    orch_core::engine::api::delete(&*store, Kind::Service, "default", "sleepers").await?;
     loop {
         if e.cache().replicas().is_empty() && rt.list().await?.is_empty() {
             break;

@@ -19,10 +19,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orch_core::engine::{Engine, EngineConfig};
-use orch_core::object::{Metadata, Node, NodeSpec, NodeStatus, Object, Resources};
-use orch_core::quantity::{Cpu, Memory, Timestamp};
+use orch_core::model::object::{Metadata, Node, NodeSpec, NodeStatus, Object, Resources};
+use orch_core::model::quantity::{Cpu, Memory, Timestamp};
 use orch_core::store::{create_op, txn_chunked, Store};
+use orch_core::{Engine, EngineConfig};
 
 /// The allocator orchd uses, so figures are those of the daemon.
 #[global_allocator]
@@ -122,7 +122,7 @@ fn services(s: &Scenario) -> Vec<Object> {
         left -= n;
         i += 1;
     }
-    orch_core::manifest::parse("bench", &yaml).expect("valid manifests")
+    orch_core::model::manifest::parse("bench", &yaml).expect("valid manifests")
 }
 
 /// (replicas, bound) in the engine's cache, from its indexes.
@@ -152,7 +152,7 @@ async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
     }
     let objects = services(s);
     let t = Instant::now();
-    orch_core::api::apply(&*store, objects, false).await?;
+    orch_core::engine::api::apply(&*store, objects, false).await?;
     let poll = Duration::from_millis(if s.replicas > 100_000 { 200 } else { 2 });
     loop {
         let (all, done) = bound(&e);

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use orch_api::client::ClientError;
 use orch_api::protocol::{ErrorCode, Request, Response, WatchType};
 use orch_api::{render, Client};
-use orch_core::object::{Kind, Object};
+use orch_core::model::object::{Kind, Object};
 
 use crate::{socket_path, Cli, Command};
 
@@ -33,7 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let asked = cli.namespace;
     let ns = asked
         .clone()
-        .unwrap_or_else(|| orch_core::object::DEFAULT_NAMESPACE.into());
+        .unwrap_or_else(|| orch_core::model::object::DEFAULT_NAMESPACE.into());
     match cli.command {
         Command::Apply {
             files, plan: true, ..
@@ -186,7 +186,7 @@ async fn fetch_service(
     client: &Client,
     ns: &str,
     name: &str,
-) -> anyhow::Result<orch_core::object::Service> {
+) -> anyhow::Result<orch_core::model::object::Service> {
     match client
         .call(Request::Get {
             kind: Kind::Service,
@@ -205,11 +205,11 @@ async fn fetch_service(
 
 async fn rollout(client: &Client, ns: &str, command: crate::RolloutCommand) -> anyhow::Result<()> {
     use crate::RolloutCommand as C;
-    use orch_core::api::RolloutAction;
-    use orch_core::object::RolloutState;
+    use orch_core::engine::api::RolloutAction;
+    use orch_core::model::object::RolloutState;
     let (name, action) = match command {
         C::Status { service, timeout } => {
-            let limit = orch_core::quantity::Span::parse(&timeout)
+            let limit = orch_core::model::quantity::Span::parse(&timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?
                 .0;
             let name = service_name(&service);
@@ -283,7 +283,7 @@ async fn rollout(client: &Client, ns: &str, command: crate::RolloutCommand) -> a
 
 async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()> {
     use crate::NodeCommand as C;
-    use orch_core::api::NodeOp;
+    use orch_core::engine::api::NodeOp;
     let (name, action, wait) = match command {
         C::Ls => {
             return get(client, "default", "nodes", None, "table", false, false).await;
@@ -296,7 +296,7 @@ async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()
             timeout,
             force,
         } => {
-            let limit = orch_core::quantity::Span::parse(&timeout)
+            let limit = orch_core::model::quantity::Span::parse(&timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             // Say at once what cannot move, before changing anything.
             let stranded = stranded_by_drain(client, &node).await?;
@@ -364,7 +364,7 @@ async fn node(client: &Client, command: crate::NodeCommand) -> anyhow::Result<()
 /// What draining `node` cannot move: `(line, replicas)` per service, the line saying
 /// `no other schedulable node for service NS/NAME's replicas (N on NODE)`.
 async fn stranded_by_drain(client: &Client, node: &str) -> anyhow::Result<Vec<(String, usize)>> {
-    let nodes: Vec<orch_core::object::Node> = list(client, Kind::Node, None)
+    let nodes: Vec<orch_core::model::object::Node> = list(client, Kind::Node, None)
         .await?
         .into_iter()
         .filter_map(|o| match o {
@@ -372,7 +372,7 @@ async fn stranded_by_drain(client: &Client, node: &str) -> anyhow::Result<Vec<(S
             _ => None,
         })
         .collect();
-    let replicas: Vec<orch_core::object::Replica> = list(client, Kind::Replica, None)
+    let replicas: Vec<orch_core::model::object::Replica> = list(client, Kind::Replica, None)
         .await?
         .into_iter()
         .filter_map(|o| match o {
@@ -428,7 +428,7 @@ fn applied_line(r: &orch_api::protocol::Applied, dry_run: bool) -> String {
 /// ` (dev)` for objects outside `default`; nothing for `default` and for kinds without a
 /// namespace (as kubectl prints them).
 fn in_namespace(ns: &str) -> String {
-    if ns.is_empty() || ns == orch_core::object::DEFAULT_NAMESPACE {
+    if ns.is_empty() || ns == orch_core::model::object::DEFAULT_NAMESPACE {
         String::new()
     } else {
         format!(" ({ns})")
@@ -502,7 +502,7 @@ fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow:
                 out!("{}", render::objects_table(objs, all_namespaces));
             }
         }
-        "yaml" => out!("{}", orch_core::manifest::to_yaml(objs)),
+        "yaml" => out!("{}", orch_core::model::manifest::to_yaml(objs)),
         "json" => {
             let v: Vec<serde_json::Value> = objs.iter().map(Object::to_display_value).collect();
             let out = if v.len() == 1 {
@@ -654,7 +654,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
             .filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name)))
             .collect(),
         Kind::Job => {
-            let owner = orch_core::object::job_owner(name);
+            let owner = orch_core::model::object::job_owner(name);
             list(client, Kind::Replica, Some(ns))
                 .await?
                 .into_iter()
@@ -820,7 +820,7 @@ async fn exec(
     timeout: &str,
     command: Vec<String>,
 ) -> anyhow::Result<()> {
-    let span = orch_core::quantity::Span::parse(timeout)
+    let span = orch_core::model::quantity::Span::parse(timeout)
         .map_err(|e| anyhow::anyhow!("--timeout: invalid value {timeout:?}: {e}"))?;
     let secs = span.0.as_secs_f64().ceil() as u64;
     anyhow::ensure!(
@@ -982,7 +982,7 @@ async fn volume(client: &Client, command: crate::VolumeCommand) -> anyhow::Resul
         crate::VolumeCommand::Ls => {
             let objs = match client
                 .call(Request::Get {
-                    kind: orch_core::object::Kind::Node,
+                    kind: orch_core::model::object::Kind::Node,
                     namespace: None,
                     name: None,
                 })

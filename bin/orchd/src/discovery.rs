@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use orch_core::discovery::{Discovery, Fanout};
-use orch_core::engine::AgentConfig;
+use orch_core::AgentConfig;
 use orch_dns::dns::{DnsConfig, DnsServer};
 use orch_dns::proxy::{ProxyConfig, ProxyMode, ServiceProxy};
 

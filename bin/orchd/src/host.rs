@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use orch_core::engine::AgentConfig;
-use orch_core::object::{EnvVar, Resources};
-use orch_core::quantity::{Cpu, Memory};
+use orch_core::model::object::{EnvVar, Resources};
+use orch_core::model::quantity::{Cpu, Memory};
+use orch_core::AgentConfig;
 
 /// Sets up `tracing` output in `format` (`text` or `json`); `RUST_LOG` overrides the level.
 pub fn init_logging(format: &str, default_level: &str) -> anyhow::Result<()> {
@@ -55,7 +55,7 @@ pub fn default_node_name() -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let name = name.trim_matches('-').chars().take(63).collect::<String>();
-    if orch_core::validate::dns1123_label(&name).is_ok() {
+    if orch_core::model::validate::dns1123_label(&name).is_ok() {
         name
     } else {
         "node-1".into()
@@ -69,9 +69,9 @@ pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let (k, v) = part
             .split_once('=')
             .with_context(|| format!("--labels: invalid value {part:?}: expected key=value"))?;
-        orch_core::validate::label_key(k)
+        orch_core::model::validate::label_key(k)
             .map_err(|e| anyhow::anyhow!("--labels: invalid key {k:?}: {e}"))?;
-        orch_core::validate::label_value(v)
+        orch_core::model::validate::label_value(v)
             .map_err(|e| anyhow::anyhow!("--labels: invalid value {v:?} for {k}: {e}"))?;
         out.insert(k.to_string(), v.to_string());
     }
@@ -79,8 +79,8 @@ pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 /// Parses `--taints key=value:Effect,key:Effect` (Effect: NoSchedule or PreferNoSchedule).
-pub fn parse_taints(s: &str) -> anyhow::Result<Vec<orch_core::object::Taint>> {
-    use orch_core::object::{Taint, TaintEffect};
+pub fn parse_taints(s: &str) -> anyhow::Result<Vec<orch_core::model::object::Taint>> {
+    use orch_core::model::object::{Taint, TaintEffect};
     let mut out = Vec::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let bad = |why: &str| {
@@ -95,8 +95,9 @@ pub fn parse_taints(s: &str) -> anyhow::Result<Vec<orch_core::object::Taint>> {
             _ => return Err(bad(&format!("unknown effect {effect:?}"))),
         };
         let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-        orch_core::validate::label_key(key).map_err(|e| bad(&format!("key {key:?}: {e}")))?;
-        orch_core::validate::label_value(value)
+        orch_core::model::validate::label_key(key)
+            .map_err(|e| bad(&format!("key {key:?}: {e}")))?;
+        orch_core::model::validate::label_value(value)
             .map_err(|e| bad(&format!("value {value:?}: {e}")))?;
         out.push(Taint {
             key: key.into(),
@@ -197,10 +198,10 @@ impl NodeArgs {
     ) -> anyhow::Result<(
         String,
         BTreeMap<String, String>,
-        Vec<orch_core::object::Taint>,
+        Vec<orch_core::model::object::Taint>,
     )> {
         let node = self.node.clone().unwrap_or_else(default_node_name);
-        orch_core::validate::dns1123_label(&node)
+        orch_core::model::validate::dns1123_label(&node)
             .map_err(|e| anyhow::anyhow!("--node: invalid value {node:?}: {e}"))?;
         Ok((
             node,

@@ -137,7 +137,7 @@ fn admin(args: AdminArgs) -> anyhow::Result<()> {
         "{}: no cluster CA here; start `orchd manager --listen ...` (or `orchd server --listen ...`) with this data directory first",
         dir.display()
     );
-    orch_core::validate::dns1123_label(&args.name)
+    orch_core::model::validate::dns1123_label(&args.name)
         .map_err(|e| anyhow::anyhow!("--name: invalid value {:?}: {e}", args.name))?;
     let m = orch_api::grpc::cluster::Manager::open(
         &dir,

@@ -42,7 +42,7 @@ pub struct RuntimeArgs {
 
 impl RuntimeArgs {
     /// Sets the agent's volume directory (DATA_DIR/volumes) and allowed host paths.
-    pub fn configure(&self, agent: &mut orch_core::engine::AgentConfig, data_dir: &Path) {
+    pub fn configure(&self, agent: &mut orch_core::AgentConfig, data_dir: &Path) {
         agent.volume_dir = Some(data_dir.join("volumes"));
         agent.allowed_host_paths = self.allow_host_paths.clone();
     }

@@ -60,7 +60,7 @@ pub struct ServerArgs {
 
 /// A duration flag (`90d`, `1h`, `30s`).
 pub fn parse_span(s: &str) -> Result<std::time::Duration, String> {
-    orch_core::quantity::Span::parse(s).map(|s| s.0)
+    orch_core::model::quantity::Span::parse(s).map(|s| s.0)
 }
 
 /// Runs until SIGINT or SIGTERM.

@@ -13,7 +13,7 @@ use clap::Args;
 use orch_api::render;
 use orch_api::server::{serve, Backend};
 use orch_core::engine::Engine;
-use orch_core::object::{Kind, Object};
+use orch_core::model::object::{Kind, Object};
 use orch_core::runtime::Runtime;
 use orch_core::store::{list_objects, Store};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -44,7 +44,7 @@ pub struct UpArgs {
 /// Runs until Ctrl-C, then stops everything it started.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let manifests = orch_api::files::read_manifests(&args.path).map_err(anyhow::Error::msg)?;
-    let parsed = orch_core::manifest::parse_all_with_warnings(
+    let parsed = orch_core::model::manifest::parse_all_with_warnings(
         manifests
             .iter()
             .map(|m| (m.source.as_str(), m.text.as_str())),
@@ -91,7 +91,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         volume_dirs: HashMap::from([(args.node.clone(), state_dir.join("volumes"))]),
     });
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
-    let applied = orch_core::api::apply(&*store, objects, false).await?;
+    let applied = orch_core::engine::api::apply(&*store, objects, false).await?;
     let max_grace = applied
         .iter()
         .filter_map(|a| {
@@ -128,7 +128,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     say(&format!("\nstopping ({why}): deleting {} object(s) and waiting for their replicas to stop (Ctrl-C again to exit at once)", applied.len()));
     for o in applied.iter().map(|a| &a.object) {
         let md = o.metadata();
-        let _ = orch_core::api::delete(&*store, o.kind(), &md.namespace, &md.name).await;
+        let _ = orch_core::engine::api::delete(&*store, o.kind(), &md.namespace, &md.name).await;
     }
     let deadline = tokio::time::Instant::now() + max_grace + Duration::from_secs(5);
     let stopped = async {
@@ -267,7 +267,7 @@ impl Output {
             let ready = format!("{}/{} ready", s.status.ready_replicas, s.spec.replicas);
             let key = format!("{}/{}", s.metadata.namespace, s.metadata.name);
             if self.ready.get(&key) != Some(&ready) {
-                let now = orch_core::quantity::Timestamp::now();
+                let now = orch_core::model::quantity::Timestamp::now();
                 lines.push((now, format!("{now}  service/{}  {ready}", s.metadata.name)));
                 self.ready.insert(key, ready);
             }
@@ -283,7 +283,7 @@ impl Output {
                 None => true,
             };
             if due {
-                let now = orch_core::quantity::Timestamp::now();
+                let now = orch_core::model::quantity::Timestamp::now();
                 lines.push((now, format!("{now}  replica/{name}  {text}")));
                 self.progress
                     .insert(name.clone(), (text, std::time::Instant::now()));

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch_core::engine::{AgentConfig, Engine};
+use orch_core::{AgentConfig, Engine};
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
 
@@ -136,8 +136,8 @@ pub async fn place(scheduler: Arc<dyn Scheduler>, replicas: u32) -> Vec<(String,
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let yaml = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template: {{command: [server]}}\n");
-    let objects = orch_core::manifest::parse("web.yaml", &yaml).expect("valid manifest");
-    orch_core::api::apply(&*store, objects, false)
+    let objects = orch_core::model::manifest::parse("web.yaml", &yaml).expect("valid manifest");
+    orch_core::engine::api::apply(&*store, objects, false)
         .await
         .expect("apply");
     let placed = loop {

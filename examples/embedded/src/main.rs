@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch_core::engine::{AgentConfig, Engine};
 use orch_core::memstore::MemStore;
-use orch_core::object::{Metadata, Object, Phase, Service, ServiceSpec, Template};
+use orch_core::model::object::{Metadata, Object, Phase, Service, ServiceSpec, Template};
+use orch_core::{AgentConfig, Engine};
 use orch_runtime::{ProcessConfig, ProcessRuntime};
 
 #[tokio::main]
@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         },
         status: Default::default(),
     };
-    orch_core::api::apply(&*store, vec![Object::from(service)], false).await?;
+    orch_core::engine::api::apply(&*store, vec![Object::from(service)], false).await?;
 
     // Watch the replicas until both are ready.
     loop {
@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     println!("both replicas ready; deleting the service");
 
     // Deleting the service stops its processes; then shut the engine down.
-    orch_core::api::delete(&*store, orch_core::Kind::Service, "default", "ticker").await?;
+    orch_core::engine::api::delete(&*store, orch_core::Kind::Service, "default", "ticker").await?;
     while !engine.cache().replicas().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -3,7 +3,7 @@
 //! (and deleting those it has stopped), and events. Anonymous callers get nothing but
 //! `Cluster/Join`.
 
-use orch_core::object::{Kind, Object};
+use orch_core::model::object::{Kind, Object};
 use orch_core::store::{Op, Store};
 use tonic::{Request, Status};
 
@@ -163,7 +163,7 @@ pub async fn node_may_read_secret(store: &dyn Store, node: &str, key: &str) -> R
         matches!(
             Object::decode(&kv.value, kv.mod_revision),
             Ok(Object::Replica(r)) if r.spec.node.as_deref() == Some(node)
-                && r.spec.desired == orch_core::object::DesiredState::Running
+                && r.spec.desired == orch_core::model::object::DesiredState::Running
                 && r.spec.template.references().contains(&(true, name))
         )
     });

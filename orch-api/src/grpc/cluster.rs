@@ -199,7 +199,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 "invalid join token (it may have been rotated: ask a manager for the current one)"
             }));
         }
-        orch_core::validate::dns1123_label(&r.node)
+        orch_core::model::validate::dns1123_label(&r.node)
             .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", r.node)))?;
         if r.admin {
             let issued =

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
-use orch_core::object::{Kind, Object};
+use orch_core::model::object::{Kind, Object};
 use orch_core::runtime::{ExecOutput, LogOptions, LogStream, Runtime, RuntimeError};
 use orch_core::store::Store;
 use tokio_util::sync::CancellationToken;
@@ -123,7 +123,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::RemoveVolumeResponse>, Status> {
         manager_only(&req)?;
         let name = &req.get_ref().name;
-        orch_core::validate::dns1123_label(name)
+        orch_core::model::validate::dns1123_label(name)
             .map_err(|e| Status::invalid_argument(format!("volume {name:?}: {e}")))?;
         let dir = self
             .volume_dir

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::object::{
+use crate::model::object::{
     DesiredState, Kind, Labels, Node, Object, Placement, Protocol, Replica, Service, Template,
 };
 use crate::scheduler::{ClusterSnapshot, LabelCount, NodeInfo};
@@ -715,10 +715,10 @@ impl Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::{
+    use crate::model::object::{
         Metadata, NodeSpec, NodeStatus, PortSpec, ReplicaSpec, ReplicaStatus, Resources,
     };
-    use crate::quantity::{Cpu, Memory};
+    use crate::model::quantity::{Cpu, Memory};
     use proptest::prelude::*;
 
     fn node(i: u8) -> Object {

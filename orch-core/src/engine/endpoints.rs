@@ -9,7 +9,7 @@ use crate::engine::cache::Change;
 use crate::engine::queue::WorkQueue;
 use crate::engine::replication::split_key;
 use crate::engine::Ctx;
-use crate::object::{DesiredState, Kind, Object, Phase};
+use crate::model::object::{DesiredState, Kind, Object, Phase};
 
 /// The endpoints a set of replicas offers: ready, meant to run, with an address.
 pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {

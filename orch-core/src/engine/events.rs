@@ -9,8 +9,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::scheduling::MAX_TXN_OPS;
-use crate::object::{Event, EventType, Kind, Metadata, Object, ObjectRef, DEFAULT_NAMESPACE};
-use crate::quantity::Timestamp;
+use crate::model::object::{
+    Event, EventType, Kind, Metadata, Object, ObjectRef, DEFAULT_NAMESPACE,
+};
+use crate::model::quantity::Timestamp;
 use crate::store::{create_op, list_objects, txn_chunked, Op, Store, StoreError};
 
 /// Hands events to the writer task. Cloning is cheap; recording never blocks.

@@ -11,11 +11,11 @@ use std::time::Duration;
 use crate::engine::cache::Change;
 use crate::engine::replication::split_key;
 use crate::engine::Ctx;
-use crate::object::{
+use crate::model::object::{
     job_owner, DesiredState, Job, JobState, JobStatus, Kind, Object, Phase, Replica, RestartPolicy,
     JOB_LABEL, SERVICE_LABEL,
 };
-use crate::quantity::Timestamp;
+use crate::model::quantity::Timestamp;
 use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
 
 /// What one look at a job decided.
@@ -98,9 +98,9 @@ pub fn decide(job: &Job, replicas: &[&Replica], now: Timestamp) -> JobDecision {
 
 /// A new replica of `job`.
 fn new_replica(job: &Job) -> Replica {
-    let mut svc_like = crate::object::Service {
+    let mut svc_like = crate::model::object::Service {
         metadata: job.metadata.clone(),
-        spec: crate::object::ServiceSpec {
+        spec: crate::model::object::ServiceSpec {
             replicas: 1,
             template: job.spec.template.clone(),
             placement: job.spec.placement.clone(),
@@ -272,7 +272,10 @@ mod tests {
 
     fn job(body: &str) -> Job {
         let text = format!("apiVersion: orch/v1\nkind: Job\nmetadata: {{name: j}}\nspec:\n{body}  template:\n    command: [x]\n    restartPolicy: Never\n");
-        match crate::manifest::parse("j.yaml", &text).unwrap().remove(0) {
+        match crate::model::manifest::parse("j.yaml", &text)
+            .unwrap()
+            .remove(0)
+        {
             Object::Job(j) => *j,
             _ => unreachable!(),
         }

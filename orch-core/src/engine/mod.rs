@@ -5,7 +5,7 @@
 //! ```no_run
 //! # async fn demo() {
 //! use std::sync::Arc;
-//! use orch_core::engine::{Engine, AgentConfig};
+//! use orch_core::{Engine, AgentConfig};
 //! # struct S; impl orch_core::Scheduler for S { fn name(&self) -> &str { "s" }
 //! #   fn schedule(&self, _: &orch_core::scheduler::ClusterSnapshot, _: &[orch_core::scheduler::PendingReplica], _: u64) -> orch_core::scheduler::Plan { Default::default() } }
 //! let mut engine = Engine::builder(Arc::new(orch_core::memstore::MemStore::new()), Arc::new(S)).start();
@@ -13,13 +13,13 @@
 //! # }
 //! ```
 
-pub mod agent;
+pub mod api;
 pub mod cache;
 pub mod endpoints;
 pub mod events;
 pub mod jobs;
+pub mod metrics;
 pub mod nodes;
-pub mod probes;
 pub mod queue;
 pub mod replication;
 pub mod rollout;
@@ -31,11 +31,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use agent::{Agent, AgentConfig};
 pub use cache::Cache;
 pub use events::Recorder;
 
 use crate::discovery::{Discovery, MemDiscovery};
+use crate::node::{Agent, AgentConfig};
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
@@ -99,7 +99,7 @@ pub struct Ctx {
     /// Fires on shutdown.
     pub cancel: CancellationToken,
     /// Counters and latencies (`/metrics`).
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::engine::metrics::Metrics>,
 }
 
 impl Ctx {
@@ -111,8 +111,8 @@ impl Ctx {
         let cache = &self.cache;
         let mut phases: BTreeMap<String, f64> = BTreeMap::new();
         // Shared handles, not copies: this runs on every scrape.
-        for o in cache.list(crate::object::Kind::Replica) {
-            if let crate::object::Object::Replica(r) = o.as_ref() {
+        for o in cache.list(crate::model::object::Kind::Replica) {
+            if let crate::model::object::Object::Replica(r) = o.as_ref() {
                 *phases.entry(format!("{:?}", r.status.phase)).or_default() += 1.0;
             }
         }
@@ -207,9 +207,11 @@ impl EngineBuilder {
             self.config.event_flush,
             cancel.clone(),
         );
-        let metrics = Arc::new(crate::metrics::Metrics::default());
-        let store: Arc<dyn Store> =
-            Arc::new(crate::metrics::TimedStore::new(self.store, metrics.clone()));
+        let metrics = Arc::new(crate::engine::metrics::Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(crate::engine::metrics::TimedStore::new(
+            self.store,
+            metrics.clone(),
+        ));
         let ctx = Arc::new(Ctx {
             store,
             cache: cache.clone(),

@@ -10,12 +10,13 @@ use tokio::time::Instant;
 
 use crate::engine::scheduling::MAX_TXN_OPS;
 use crate::engine::Ctx;
-use crate::object::{DesiredState, Kind, NodeCondition, Object, Phase};
+use crate::model::object::{DesiredState, Kind, NodeCondition, Object, Phase};
 use crate::store::{txn_chunked, update_op};
 
 /// Runs the controller until cancelled.
 pub async fn run(ctx: Arc<Ctx>) {
-    let mut seen: HashMap<String, (Option<crate::quantity::Timestamp>, Instant)> = HashMap::new();
+    let mut seen: HashMap<String, (Option<crate::model::quantity::Timestamp>, Instant)> =
+        HashMap::new();
     let mut tick = tokio::time::interval(ctx.config.node_check);
     loop {
         tokio::select! {
@@ -95,7 +96,10 @@ pub async fn run(ctx: Arc<Ctx>) {
 /// Whether `node` can take new replicas of a service with `placement`: Ready, neither
 /// cordoned nor draining, and admitted by the placement's selectors, affinity and taints.
 /// (Resources and replica affinity are the scheduler's to judge.)
-pub fn can_take(placement: &crate::object::Placement, node: &crate::object::Node) -> bool {
+pub fn can_take(
+    placement: &crate::model::object::Placement,
+    node: &crate::model::object::Node,
+) -> bool {
     node.status.condition == NodeCondition::Ready
         && !node.spec.unschedulable
         && !node.spec.draining
@@ -106,8 +110,8 @@ pub fn can_take(placement: &crate::object::Placement, node: &crate::object::Node
 /// `(namespace, service, replicas on node)`: what draining `node` could not move.
 pub fn stranded_by_drain(
     node: &str,
-    nodes: &[crate::object::Node],
-    replicas: &[crate::object::Replica],
+    nodes: &[crate::model::object::Node],
+    replicas: &[crate::model::object::Replica],
 ) -> Vec<(String, String, usize)> {
     let mut out: std::collections::BTreeMap<(String, String), (usize, bool)> = Default::default();
     for r in replicas {

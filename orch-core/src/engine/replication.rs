@@ -11,11 +11,11 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::engine::cache::Change;
 use crate::engine::scheduling::MAX_TXN_OPS;
 use crate::engine::Ctx;
-use crate::object::{
+use crate::model::object::{
     DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service,
     ServiceStatus, SERVICE_LABEL,
 };
-use crate::quantity::Timestamp;
+use crate::model::quantity::Timestamp;
 use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
 
 /// What one reconcile of a service decided.
@@ -249,12 +249,12 @@ fn eligibility_changed(c: &Change) -> bool {
 /// The nodes a global service runs on now.
 pub fn eligible_nodes(
     svc: &Service,
-    nodes: &[crate::object::Node],
+    nodes: &[crate::model::object::Node],
 ) -> std::collections::BTreeSet<String> {
     nodes
         .iter()
         .filter(|n| {
-            n.status.condition == crate::object::NodeCondition::Ready
+            n.status.condition == crate::model::object::NodeCondition::Ready
                 && !n.spec.unschedulable
                 && svc.spec.placement.admits(n)
         })
@@ -330,7 +330,7 @@ pub fn new_replica(svc: &Service) -> Replica {
             name,
             namespace: svc.metadata.namespace.clone(),
             labels: labels.into(),
-            uid: crate::api::new_uid(),
+            uid: crate::engine::api::new_uid(),
             creation_timestamp: Some(Timestamp::now()),
             owner: Some(svc.metadata.name.clone()),
             generation: 1,
@@ -350,8 +350,8 @@ pub fn new_replica(svc: &Service) -> Replica {
 
 /// `secret/NAME@REVISION` (or `config/...`) of each secret and config `svc`'s template
 /// refers to, from the cache; a missing one counts as revision 0
-/// ([`crate::object::Template::config_versions`]).
-pub fn config_versions(ctx: &Ctx, svc: &crate::object::Service) -> Vec<String> {
+/// ([`crate::model::object::Template::config_versions`]).
+pub fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<String> {
     let ns = &svc.metadata.namespace;
     svc.spec.template.config_versions(|secret, name| {
         let kind = if secret { Kind::Secret } else { Kind::Config };
@@ -447,7 +447,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
     let global = svc
         .as_ref()
-        .filter(|s| s.spec.mode == crate::object::ServiceMode::Global)
+        .filter(|s| s.spec.mode == crate::model::object::ServiceMode::Global)
         .map(|s| (s, eligible_nodes(s, &ctx.cache.nodes())));
     let mut stranded_on = std::collections::BTreeSet::new();
     let d = match &global {
@@ -550,8 +550,8 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
             );
             ops.push(update_op(&Object::from(s)));
         } else if status != svc.status {
-            if status.rollout.state == crate::object::RolloutState::Failed
-                && svc.status.rollout.state != crate::object::RolloutState::Failed
+            if status.rollout.state == crate::model::object::RolloutState::Failed
+                && svc.status.rollout.state != crate::model::object::RolloutState::Failed
             {
                 ctx.recorder.warning(
                     Kind::Service,
@@ -635,7 +635,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             if eligibility_changed(c) {
                 // Global services follow nodes.
                 for s in ctx.cache.services() {
-                    if s.spec.mode == crate::object::ServiceMode::Global {
+                    if s.spec.mode == crate::model::object::ServiceMode::Global {
                         keys.push(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
                     }
                 }
@@ -659,7 +659,7 @@ pub async fn run(ctx: Arc<Ctx>) {
                         // A rollout under way is looked at again each second, so its
                         // progress deadline is noticed even when nothing changes.
                         if ctx.cache.service(&key).is_some_and(|s| {
-                            s.status.rollout.state == crate::object::RolloutState::Progressing
+                            s.status.rollout.state == crate::model::object::RolloutState::Progressing
                         }) {
                             queue.add_after(key.clone(), std::time::Duration::from_secs(1));
                         }
@@ -700,7 +700,10 @@ mod tests {
         let text = format!(
             "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [sleep, '1']\n  update: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}\n"
         );
-        match crate::manifest::parse("web.yaml", &text).unwrap().remove(0) {
+        match crate::model::manifest::parse("web.yaml", &text)
+            .unwrap()
+            .remove(0)
+        {
             Object::Service(s) => *s,
             _ => unreachable!(),
         }
@@ -716,7 +719,7 @@ mod tests {
     #[test]
     fn a_global_service_runs_one_per_eligible_node_and_updates_node_by_node() {
         let mut svc = service(1, 0, 1);
-        svc.spec.mode = crate::object::ServiceMode::Global;
+        svc.spec.mode = crate::model::object::ServiceMode::Global;
         let nodes: std::collections::BTreeSet<String> =
             ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
         // Nothing yet: one on each node.
@@ -750,10 +753,10 @@ mod tests {
         // Unset: surge 1 and unavailable 1 both at once.
         let d = decide(Some(&svc), &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (1, 1));
-        svc.spec.update.order = Some(crate::object::UpdateOrder::StartFirst);
+        svc.spec.update.order = Some(crate::model::object::UpdateOrder::StartFirst);
         let d = decide(Some(&svc), &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (1, 0), "start first");
-        svc.spec.update.order = Some(crate::object::UpdateOrder::StopFirst);
+        svc.spec.update.order = Some(crate::model::object::UpdateOrder::StopFirst);
         let d = decide(Some(&svc), &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (0, 1), "stop first");
     }

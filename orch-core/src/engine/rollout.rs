@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use crate::object::{
+use crate::model::object::{
     RevisionRecord, RolloutState, RolloutStatus, Service, ServiceSpec, ServiceStatus,
 };
-use crate::quantity::Timestamp;
+use crate::model::quantity::Timestamp;
 
 /// The progress deadline when a service sets none (Kubernetes' default).
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
@@ -215,7 +215,7 @@ pub fn change_summary(prev: Option<&RevisionRecord>, next: &RevisionRecord) -> S
             s
         }
     };
-    let mut out = crate::jsondiff::changes(&parts(prev), &parts(next), &show);
+    let mut out = crate::model::jsondiff::changes(&parts(prev), &parts(next), &show);
     if out.is_empty() {
         return "no change".into();
     }
@@ -231,13 +231,16 @@ pub fn change_summary(prev: Option<&RevisionRecord>, next: &RevisionRecord) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::Object;
+    use crate::model::object::Object;
 
     fn svc(color: &str, deadline: &str) -> Service {
         let text = format!(
             "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  update: {{progressDeadline: {deadline}}}\n  template:\n    command: [web]\n    env: [{{name: COLOR, value: {color}}}]\n"
         );
-        match crate::manifest::parse("web.yaml", &text).unwrap().remove(0) {
+        match crate::model::manifest::parse("web.yaml", &text)
+            .unwrap()
+            .remove(0)
+        {
             Object::Service(s) => *s,
             _ => unreachable!(),
         }

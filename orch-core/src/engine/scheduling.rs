@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::engine::cache::Change;
 use crate::engine::Ctx;
-use crate::object::{DesiredState, Kind, Object, Phase, Replica};
+use crate::model::object::{DesiredState, Kind, Object, Phase, Replica};
 use crate::scheduler::PendingReplica;
 use crate::store::{txn_chunked, update_op, Op, StoreError};
 
@@ -246,11 +246,11 @@ mod tests {
 
     fn replica(name: &str, unschedulable: bool) -> Replica {
         let mut r = Replica {
-            metadata: crate::object::Metadata {
+            metadata: crate::model::object::Metadata {
                 name: name.into(),
                 ..Default::default()
             },
-            spec: crate::object::ReplicaSpec {
+            spec: crate::model::object::ReplicaSpec {
                 service: "s".into(),
                 template_hash: String::new(),
                 template: Default::default(),

@@ -523,5 +523,5 @@ fn expire_in_one_hour() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    orch_core::quantity::Timestamp(ms + 3_600_000).to_string()
+    orch_core::model::quantity::Timestamp(ms + 3_600_000).to_string()
 }

@@ -16,8 +16,8 @@ use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::{GetImageRequest, ReadContentRequest};
 use futures::StreamExt;
-use orch_core::object::{BoundPort, ExitStatus, PullPolicy, Template};
-use orch_core::quantity::Timestamp;
+use orch_core::model::object::{BoundPort, ExitStatus, PullPolicy, Template};
+use orch_core::model::quantity::Timestamp;
 use orch_core::runtime::{
     signal_number, ExecOutput, LogOptions, LogStream, MountSource, Runtime, RuntimeError,
     RuntimeEvent, RuntimeInfo, Workload, WorkloadSpec, WorkloadState, EXEC_OUTPUT_MAX,
@@ -910,15 +910,15 @@ impl Runtime for ContainerdRuntime {
         for p in &ports {
             vars.push((crate::process::port_var(&p.name), p.port.to_string()));
         }
-        let own = orch_core::expand::expand_env(&vars, &t.env);
+        let own = orch_core::model::expand::expand_env(&vars, &t.env);
         vars.extend(own);
         for (k, v) in &vars {
             set(k.clone(), v.clone());
         }
         // The template's command and args expanded the same way (the image's are not).
         let mut expanded = t.clone();
-        expanded.command = orch_core::expand::expand_args(&t.command, &vars);
-        expanded.args = orch_core::expand::expand_args(&t.args, &vars);
+        expanded.command = orch_core::model::expand::expand_args(&t.command, &vars);
+        expanded.args = orch_core::model::expand::expand_args(&t.args, &vars);
         let argv = cfg.argv(&expanded);
         if argv.is_empty() {
             return Err(RuntimeError::StartFailed(format!(

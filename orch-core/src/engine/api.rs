@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use crate::object::{Kind, Object};
-use crate::quantity::Timestamp;
+use crate::model::object::{Kind, Object};
+use crate::model::quantity::Timestamp;
+use crate::model::validate::{validate, MAX_REPLICAS};
 use crate::store::{create_op, get_object, update_op, Op, Store, StoreError};
-use crate::validate::{validate, MAX_REPLICAS};
 
 /// A fresh object uid (random, 128 bits, UUID-shaped).
 pub fn new_uid() -> String {
@@ -222,7 +222,7 @@ pub async fn apply(
 /// Refuses a published port another service publishes, or uses as a fixed host port (every
 /// node listens on a published port, so it collides on every node), naming both services.
 async fn check_published_ports(store: &dyn Store, objects: &[Object]) -> Result<(), ApiError> {
-    let applied: Vec<&crate::object::Service> =
+    let applied: Vec<&crate::model::object::Service> =
         objects.iter().filter_map(|o| o.as_service()).collect();
     if applied.iter().all(|s| s.spec.publish.is_empty())
         && applied
@@ -232,9 +232,10 @@ async fn check_published_ports(store: &dyn Store, objects: &[Object]) -> Result<
         return Ok(());
     }
     let (stored, _) = crate::store::list_objects(store, Kind::Service, None).await?;
-    let id = |s: &crate::object::Service| (s.metadata.namespace.clone(), s.metadata.name.clone());
+    let id =
+        |s: &crate::model::object::Service| (s.metadata.namespace.clone(), s.metadata.name.clone());
     // What every service will have after this apply: the applied version replaces the stored.
-    let mut all: Vec<&crate::object::Service> = applied.clone();
+    let mut all: Vec<&crate::model::object::Service> = applied.clone();
     for o in &stored {
         if let Some(s) = o.as_service() {
             if !applied.iter().any(|a| id(a) == id(s)) {
@@ -350,7 +351,7 @@ async fn update_service(
     store: &dyn Store,
     namespace: &str,
     name: &str,
-    mut change: impl FnMut(&mut crate::object::Service) -> Result<bool, ApiError>,
+    mut change: impl FnMut(&mut crate::model::object::Service) -> Result<bool, ApiError>,
 ) -> Result<Object, ApiError> {
     loop {
         let Some(Object::Service(mut svc)) =
@@ -429,7 +430,7 @@ pub async fn plan(
     objects: Vec<Object>,
     seed: u64,
 ) -> Result<PlacementPlan, ApiError> {
-    use crate::object::{DesiredState, Phase, Replica};
+    use crate::model::object::{DesiredState, Phase, Replica};
     use crate::scheduler::{ClusterSnapshot, PendingReplica};
     use crate::store::list_objects;
 
@@ -602,7 +603,7 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
                 node.spec.draining = true;
             }
             NodeOp::Remove { force } => {
-                if node.status.condition == crate::object::NodeCondition::Ready && !force {
+                if node.status.condition == crate::model::object::NodeCondition::Ready && !force {
                     return Err(ApiError::Invalid(format!(
                         "node {name} is Ready: drain it and stop its agent first, or remove it with --force"
                     )));
@@ -613,9 +614,9 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
                 for r in replicas {
                     if let Object::Replica(mut r) = r {
                         if r.spec.node.as_deref() == Some(name)
-                            && r.status.phase != crate::object::Phase::Lost
+                            && r.status.phase != crate::model::object::Phase::Lost
                         {
-                            r.status.phase = crate::object::Phase::Lost;
+                            r.status.phase = crate::model::object::Phase::Lost;
                             r.status.reason = "NodeRemoved".into();
                             r.status.message = format!("node {name} was removed");
                             ops.push(update_op(&Object::Replica(r)));
@@ -690,7 +691,7 @@ pub fn diff(old: &Object, new: &Object) -> Vec<String> {
         }
         Some(v) => v.to_string(),
     };
-    crate::jsondiff::changes(&user_part(old), &user_part(new), &show)
+    crate::model::jsondiff::changes(&user_part(old), &user_part(new), &show)
 }
 
 #[cfg(test)]
@@ -698,7 +699,9 @@ mod diff_tests {
     use super::*;
 
     fn one(text: &str) -> Object {
-        crate::manifest::parse("x.yaml", text).unwrap().remove(0)
+        crate::model::manifest::parse("x.yaml", text)
+            .unwrap()
+            .remove(0)
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! template's env entries before it; command and args see them all. Values from a secret or
 //! config (`valueFrom`) are not expanded, as in Kubernetes, but can be referred to.
 
-use crate::object::EnvVar;
+use crate::model::object::EnvVar;
 
 /// Expands the `$(NAME)` references in `input`, looking each name up with `lookup`.
 pub fn expand<'v>(input: &str, lookup: impl Fn(&str) -> Option<&'v str>) -> String {
@@ -164,7 +164,7 @@ mod tests {
             EnvVar {
                 name: "SECRET".into(),
                 value: "p$(A)ss".into(),
-                value_from: Some(crate::object::ValueFrom {
+                value_from: Some(crate::model::object::ValueFrom {
                     secret: Some("s".into()),
                     config: None,
                     key: "k".into(),

@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use crate::engine::cache::Change;
 use crate::engine::queue::WorkQueue;
 use crate::engine::Ctx;
-use crate::object::{
+use crate::model::object::{
     BoundPort, DesiredState, EnvVar, ExitStatus, Kind, Metadata, Node, NodeCondition, NodeSpec,
     NodeStatus, Object, Phase, Replica, ReplicaStatus, Resources, Taint,
 };
-use crate::quantity::Timestamp;
+use crate::model::quantity::Timestamp;
 use crate::runtime::{
     MountFiles, MountSource, Runtime, RuntimeError, RuntimeEvent, Workload, WorkloadDns,
     WorkloadMount, WorkloadSpec, WorkloadState,
@@ -267,7 +267,7 @@ impl Agent {
     async fn resolve(
         &self,
         r: &Replica,
-    ) -> Result<(crate::object::Template, Vec<WorkloadMount>), String> {
+    ) -> Result<(crate::model::object::Template, Vec<WorkloadMount>), String> {
         let t = &r.spec.template;
         let ns = r.metadata.namespace.as_str();
         let mut data: HashMap<(bool, String), std::collections::BTreeMap<String, String>> =
@@ -414,7 +414,7 @@ impl Agent {
                     metadata: Metadata {
                         name: self.cfg.node.clone(),
                         labels: self.cfg.labels.clone().into(),
-                        uid: crate::api::new_uid(),
+                        uid: crate::engine::api::new_uid(),
                         creation_timestamp: Some(Timestamp::now()),
                         generation: 1,
                         ..Metadata::default()
@@ -499,7 +499,7 @@ impl Agent {
             },
             {
                 let me = self.clone();
-                tokio::spawn(crate::engine::probes::run(
+                tokio::spawn(crate::node::probes::run(
                     self.ctx.clone(),
                     self.runtime.clone(),
                     self.cfg.node.clone(),
@@ -748,7 +748,7 @@ impl Agent {
             }
             (Some(r), Some(w)) => match &w.state {
                 WorkloadState::Running => {
-                    let settling = if crate::engine::probes::gates_readiness(&r.spec.template) {
+                    let settling = if crate::node::probes::gates_readiness(&r.spec.template) {
                         None
                     } else {
                         self.settle_left(&id)
@@ -980,7 +980,7 @@ impl Agent {
 
     /// The restart backoff cap: the template's (clamped to the floor validation enforces,
     /// for templates stored without it), else the agent's.
-    fn backoff_max(&self, t: &crate::object::Template) -> Duration {
+    fn backoff_max(&self, t: &crate::model::object::Template) -> Duration {
         t.restart_backoff_cap()
             .unwrap_or(self.cfg.restart_backoff_max)
     }
@@ -1128,8 +1128,7 @@ impl Agent {
                                 format!("; last output: {tail}")
                             }
                         );
-                    } else if settling && !crate::engine::probes::gates_readiness(&r.spec.template)
-                    {
+                    } else if settling && !crate::node::probes::gates_readiness(&r.spec.template) {
                         st.message = format!(
                             "restarted after it exited ({exit}); ready once it has stayed up {}",
                             humantime::format_duration(settle)
@@ -1255,9 +1254,14 @@ impl Agent {
 /// decides that (then Running until the prober says Ready; what it wrote for this run stays)
 /// or it was restarted after an exit and is `settling` (Running until it has stayed up a
 /// moment: a replica that crashes as soon as it starts is never Ready).
-fn mark_running(st: &mut ReplicaStatus, w: &Workload, t: &crate::object::Template, settling: bool) {
+fn mark_running(
+    st: &mut ReplicaStatus,
+    w: &Workload,
+    t: &crate::model::object::Template,
+    settling: bool,
+) {
     let same_run = st.runtime_id == w.runtime_id && st.phase.is_up();
-    if !crate::engine::probes::gates_readiness(t) {
+    if !crate::node::probes::gates_readiness(t) {
         if !same_run {
             st.probes.clear();
         }

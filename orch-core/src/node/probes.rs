@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::engine::Ctx;
-use crate::object::{DesiredState, Object, Phase, Probe, ProbePort, Replica};
+use crate::model::object::{DesiredState, Object, Phase, Probe, ProbePort, Replica};
 use crate::runtime::Runtime;
 use crate::store::update_op;
 
@@ -72,7 +72,7 @@ fn probes_of(r: &Replica) -> Vec<(Kind, &Probe)> {
 }
 
 /// Whether a template's replicas wait for a probe before they are Ready.
-pub fn gates_readiness(t: &crate::object::Template) -> bool {
+pub fn gates_readiness(t: &crate::model::object::Template) -> bool {
     t.readiness_probe.is_some() || t.startup_probe.is_some()
 }
 
@@ -270,7 +270,7 @@ pub(crate) async fn run(
                         if started_failing && quiet && kind == Kind::Readiness {
                             warned.insert(key, now);
                             ctx.recorder.with_source("prober").warning(
-                                crate::object::Kind::Replica,
+                                crate::model::object::Kind::Replica,
                                 &r.metadata.namespace,
                                 &r.metadata.name,
                                 "Unhealthy",
@@ -327,7 +327,7 @@ pub(crate) async fn run(
                 st.stopping = true;
                 tracing::info!(replica = %id, probe = kind.name(), error = %why, "probe failed: restarting");
                 ctx.recorder.with_source("prober").warning(
-                    crate::object::Kind::Replica,
+                    crate::model::object::Kind::Replica,
                     &r.metadata.namespace,
                     &r.metadata.name,
                     "Unhealthy",

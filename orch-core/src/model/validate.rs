@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::object::{
+use crate::model::object::{
     Config, IntOrPercent, LabelSelector, LabelSelectorRequirement, Metadata, Object, Placement,
     ReplicaAffinity, Secret, SelectorOperator, Service, Template, TolerationOperator,
     MAX_TEMPLATE_SPAN, MIN_DEADLINE, MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, MIN_RESTART_BACKOFF_MAX,
     NODE_TOPOLOGY_KEY,
 };
-use crate::quantity::Span;
+use crate::model::quantity::Span;
 use crate::runtime::signal_number;
 
 /// The most replicas one service may ask for.
@@ -318,11 +318,11 @@ fn check_labels(path: &str, labels: &BTreeMap<String, String>, out: &mut Vec<Fie
 fn check_probe(
     path: &str,
     name: &str,
-    probe: &crate::object::Probe,
+    probe: &crate::model::object::Probe,
     t: &Template,
     out: &mut Vec<FieldError>,
 ) {
-    use crate::object::ProbePort;
+    use crate::model::object::ProbePort;
     let handlers = [
         probe.http_get.is_some(),
         probe.tcp_socket.is_some(),
@@ -455,7 +455,7 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
             }
         }
         (None, false) => {
-            if t.image_pull_policy != crate::object::PullPolicy::default() {
+            if t.image_pull_policy != crate::model::object::PullPolicy::default() {
                 out.push(err(
                     format!("{p}.imagePullPolicy"),
                     t.image_pull_policy,
@@ -829,7 +829,7 @@ fn check_publish(s: &Service, out: &mut Vec<FieldError>) {
                             .join(", ")
                     ),
                 )),
-                Some(tp) if tp.protocol != crate::object::Protocol::Tcp => out.push(err(
+                Some(tp) if tp.protocol != crate::model::object::Protocol::Tcp => out.push(err(
                     format!("{path}.targetPort"),
                     name,
                     "is a UDP port: the service proxy balances TCP connections only",
@@ -915,7 +915,7 @@ fn check_data(data: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
         if let Err(m) = data_key(k) {
             out.push(err(format!("data[{k:?}]"), k, m));
         }
-        if crate::api::is_redacted_placeholder(v) {
+        if crate::engine::api::is_redacted_placeholder(v) {
             out.push(err(
                 format!("data[{k:?}]"),
                 v,
@@ -950,7 +950,7 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
     out
 }
 
-fn check_job(j: &crate::object::Job, out: &mut Vec<FieldError>) {
+fn check_job(j: &crate::model::object::Job, out: &mut Vec<FieldError>) {
     check_template(&j.spec.template, out);
     check_placement(&j.spec.placement, out);
     check_span(
@@ -961,7 +961,7 @@ fn check_job(j: &crate::object::Job, out: &mut Vec<FieldError>) {
         "",
         out,
     );
-    if j.spec.template.restart_policy == crate::object::RestartPolicy::Always {
+    if j.spec.template.restart_policy == crate::model::object::RestartPolicy::Always {
         out.push(err(
             "spec.template.restartPolicy".to_string(),
             "Always",
@@ -1022,7 +1022,7 @@ mod image_only_tests {
     #[test]
     fn image_settings_on_a_command_template_are_named() {
         let yaml = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 1\n  template:\n    command: [server]\n    imagePullPolicy: Always\n    readOnlyRootFilesystem: true\n";
-        let e = crate::manifest::parse("web.yaml", yaml)
+        let e = crate::model::manifest::parse("web.yaml", yaml)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1033,7 +1033,7 @@ mod image_only_tests {
         let bad = yaml
             .replace("command: [server]", "image: busybox")
             .replace("Always", "Sometimes");
-        let e = crate::manifest::parse("web.yaml", &bad)
+        let e = crate::model::manifest::parse("web.yaml", &bad)
             .unwrap_err()
             .to_string();
         assert!(e.contains("Sometimes") && e.contains("IfNotPresent"), "{e}");

@@ -6,10 +6,10 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::object::{
+use crate::model::object::{
     Config, Kind, Metadata, Object, Secret, Service, API_VERSION, DEFAULT_NAMESPACE,
 };
-use crate::validate::{validate, FieldError};
+use crate::model::validate::{validate, FieldError};
 
 /// The largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -547,7 +547,7 @@ fn decode_document(mut doc: Value, ignored: &mut Vec<String>) -> Result<Object, 
         Kind::Service => Object::from(typed::<Service>(v)?),
         Kind::Secret => Object::Secret(typed::<Secret>(v)?),
         Kind::Config => Object::Config(typed::<Config>(v)?),
-        Kind::Job => Object::Job(Box::new(typed::<crate::object::Job>(v)?)),
+        Kind::Job => Object::Job(Box::new(typed::<crate::model::object::Job>(v)?)),
         _ => unreachable!("only applicable kinds are matched above"),
     };
     let md: &mut Metadata = obj.metadata_mut();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::quantity::{Cpu, Memory, Span, Timestamp};
+use crate::model::quantity::{Cpu, Memory, Span, Timestamp};
 
 /// The only API version this crate speaks.
 pub const API_VERSION: &str = "orch/v1";
@@ -726,7 +726,7 @@ pub struct Placement {
     /// How long replicas on a node that stopped reporting wait before they are replaced
     /// elsewhere (`60s`); the cluster's replace timeout when shorter or unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_loss_timeout: Option<crate::quantity::Span>,
+    pub node_loss_timeout: Option<crate::model::quantity::Span>,
 }
 
 /// The topology key whose domains are single nodes (each node its own domain).
@@ -1056,7 +1056,10 @@ impl UpdateStrategy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     /// How many replicas should run (default 1).
-    #[serde(default = "one", deserialize_with = "crate::validate::de_replicas")]
+    #[serde(
+        default = "one",
+        deserialize_with = "crate::model::validate::de_replicas"
+    )]
     pub replicas: u32,
     /// What each replica runs.
     pub template: Template,

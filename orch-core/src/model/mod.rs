@@ -1,0 +1,10 @@
+//! The object model and everything that reads it without running anything: the objects
+//! ([`object`]), quantities ([`quantity`]), validation with field paths ([`validate`]),
+//! multi-document manifests ([`manifest`]) and Kubernetes' `$(VAR)` expansion ([`expand`]).
+
+pub mod expand;
+pub(crate) mod jsondiff;
+pub mod manifest;
+pub mod object;
+pub mod quantity;
+pub mod validate;
