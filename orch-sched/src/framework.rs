@@ -176,11 +176,6 @@ impl Framework {
         }
     }
 
-    /// The default plugin set, named `default`: see [`crate::plugins`].
-    pub fn default_plugins() -> Framework {
-        crate::plugins::register_defaults(Framework::empty("default"))
-    }
-
     /// Renames the scheduler (the name appears in events).
     pub fn named(mut self, name: &str) -> Framework {
         self.name = name.to_string();

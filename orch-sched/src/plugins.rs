@@ -24,6 +24,13 @@ use crate::framework::{
 };
 use crate::state::{CounterId, DomainId, NodeId, PassState, TopologyId};
 
+impl Framework {
+    /// The default plugin set, named `default`: see [`crate::plugins`].
+    pub fn default_plugins() -> Framework {
+        register_defaults(Framework::empty("default"))
+    }
+}
+
 /// Adds the default filters and scores to `f`.
 pub fn register_defaults(f: Framework) -> Framework {
     f.with_filter(NodeFit)
