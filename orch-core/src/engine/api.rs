@@ -3,24 +3,10 @@
 
 use std::fmt;
 
-use crate::model::object::{Kind, Object};
+use crate::model::object::{new_uid, redacted_value, Kind, Object, MAX_REPLICAS};
 use crate::model::quantity::Timestamp;
-use crate::model::validate::{validate, MAX_REPLICAS};
+use crate::model::validate::validate;
 use crate::store::{create_op, get_object, update_op, Op, Store, StoreError};
-
-/// A fresh object uid (random, 128 bits, UUID-shaped).
-pub fn new_uid() -> String {
-    let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
 
 /// What apply did to one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -637,18 +623,6 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// The placeholder a secret value shows as outside the store: `<redacted: N bytes>`.
-pub fn redacted_value(v: &str) -> String {
-    format!("<redacted: {} bytes>", v.len())
-}
-
-/// Whether `v` is [`redacted_value`]'s placeholder (applying it back would lose the secret).
-pub fn is_redacted_placeholder(v: &str) -> bool {
-    v.strip_prefix("<redacted: ")
-        .and_then(|r| r.strip_suffix(" bytes>"))
-        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A secret with its values replaced by [`redacted_value`]; other objects as they are. What

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::discovery::{Discovery, DiscoveryError, Endpoint, EndpointPort, Published};
 use crate::engine::cache::Change;
+use crate::engine::ctx::Ctx;
 use crate::engine::queue::WorkQueue;
 use crate::engine::replication::split_key;
-use crate::engine::Ctx;
 use crate::model::object::{DesiredState, Kind, Object, Phase};
 
 /// The endpoints a set of replicas offers: ready, meant to run, with an address.

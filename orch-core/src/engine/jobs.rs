@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::cache::Change;
+use crate::engine::ctx::Ctx;
 use crate::engine::replication::split_key;
-use crate::engine::Ctx;
 use crate::model::object::{
     job_owner, DesiredState, Job, JobState, JobStatus, Kind, Object, Phase, Replica, RestartPolicy,
     JOB_LABEL, SERVICE_LABEL,
@@ -143,11 +143,9 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
                 ops.push(update_op(&Object::Replica(r)));
             }
         }
-        return Ok(
-            txn_chunked(&*ctx.store, ops, crate::engine::scheduling::MAX_TXN_OPS)
-                .await?
-                .is_some(),
-        );
+        return Ok(txn_chunked(&*ctx.store, ops, crate::store::MAX_TXN_OPS)
+            .await?
+            .is_some());
     };
     let d = decide(&job, &replicas, Timestamp::now());
     for k in &d.stop {
@@ -172,7 +170,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
     if ops.is_empty() {
         return Ok(d.status.state == JobState::Running);
     }
-    let rev = txn_chunked(&*ctx.store, ops, crate::engine::scheduling::MAX_TXN_OPS).await?;
+    let rev = txn_chunked(&*ctx.store, ops, crate::store::MAX_TXN_OPS).await?;
     if finished {
         let (reason, msg) = match d.status.state {
             JobState::Succeeded => (

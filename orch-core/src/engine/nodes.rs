@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::engine::scheduling::MAX_TXN_OPS;
-use crate::engine::Ctx;
+use crate::engine::ctx::Ctx;
 use crate::model::object::{DesiredState, Kind, NodeCondition, Object, Phase};
+use crate::store::MAX_TXN_OPS;
 use crate::store::{txn_chunked, update_op};
 
 /// Runs the controller until cancelled.

@@ -157,11 +157,13 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
 ///
 /// [`Cache::on_change`]: crate::engine::cache::Cache::on_change
 pub fn spawn_feeder(
-    ctx: Arc<crate::engine::Ctx>,
+    ctx: Arc<crate::engine::ctx::Ctx>,
     queue: Arc<WorkQueue<String>>,
     filter: impl Fn(&crate::engine::cache::Change) -> bool + Send + 'static,
-    keys: impl Fn(&crate::engine::Ctx, &crate::engine::cache::Change) -> Vec<String> + Send + 'static,
-    all: impl Fn(&crate::engine::Ctx, &WorkQueue<String>) + Send + Sync + 'static,
+    keys: impl Fn(&crate::engine::ctx::Ctx, &crate::engine::cache::Change) -> Vec<String>
+        + Send
+        + 'static,
+    all: impl Fn(&crate::engine::ctx::Ctx, &WorkQueue<String>) + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
     use crate::engine::cache::Change;
     let all = Arc::new(all);

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::engine::cache::Change;
-use crate::engine::scheduling::MAX_TXN_OPS;
-use crate::engine::Ctx;
+use crate::engine::ctx::Ctx;
 use crate::model::object::{
     DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service,
     ServiceStatus, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
+use crate::store::MAX_TXN_OPS;
 use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
 
 /// What one reconcile of a service decided.
@@ -330,7 +330,7 @@ pub fn new_replica(svc: &Service) -> Replica {
             name,
             namespace: svc.metadata.namespace.clone(),
             labels: labels.into(),
-            uid: crate::engine::api::new_uid(),
+            uid: crate::model::object::new_uid(),
             creation_timestamp: Some(Timestamp::now()),
             owner: Some(svc.metadata.name.clone()),
             generation: 1,

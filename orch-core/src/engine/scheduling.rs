@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::cache::Change;
-use crate::engine::Ctx;
+use crate::engine::ctx::Ctx;
 use crate::model::object::{DesiredState, Kind, Object, Phase, Replica};
 use crate::scheduler::PendingReplica;
-use crate::store::{txn_chunked, update_op, Op, StoreError};
-
-/// Most operations written in one transaction.
-pub const MAX_TXN_OPS: usize = 5_000;
+use crate::store::{txn_chunked, update_op, Op, StoreError, MAX_TXN_OPS};
 
 fn is_pending(r: &Replica) -> bool {
     r.spec.node.is_none() && r.spec.desired == DesiredState::Running

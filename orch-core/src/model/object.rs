@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::quantity::{Cpu, Memory, Span, Timestamp};
 
@@ -124,6 +124,36 @@ impl Kind {
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 100_000;
+/// A fresh object uid (random, 128 bits, UUID-shaped).
+pub fn new_uid() -> String {
+    let v: u128 = rand::random();
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Deserializes a replica count from any integer, with a clear range error.
+pub fn de_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let n = v
+        .as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
+    match n {
+        Some(n) if (0..=MAX_REPLICAS).contains(&n) => Ok(n as u32),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid value {v}: must be a whole number from 0 to {MAX_REPLICAS}"
+        ))),
     }
 }
 
@@ -1056,10 +1086,7 @@ impl UpdateStrategy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     /// How many replicas should run (default 1).
-    #[serde(
-        default = "one",
-        deserialize_with = "crate::model::validate::de_replicas"
-    )]
+    #[serde(default = "one", deserialize_with = "de_replicas")]
     pub replicas: u32,
     /// What each replica runs.
     pub template: Template,
@@ -1532,6 +1559,18 @@ pub struct Node {
     /// Reported state.
     #[serde(default)]
     pub status: NodeStatus,
+}
+
+/// The placeholder a secret value shows as outside the store: `<redacted: N bytes>`.
+pub fn redacted_value(v: &str) -> String {
+    format!("<redacted: {} bytes>", v.len())
+}
+
+/// Whether `v` is [`redacted_value`]'s placeholder (applying it back would lose the secret).
+pub fn is_redacted_placeholder(v: &str) -> bool {
+    v.strip_prefix("<redacted: ")
+        .and_then(|r| r.strip_suffix(" bytes>"))
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Sensitive key/values (plain text values). Encrypted at rest when the store is wrapped in

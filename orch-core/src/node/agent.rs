@@ -414,7 +414,7 @@ impl Agent {
                     metadata: Metadata {
                         name: self.cfg.node.clone(),
                         labels: self.cfg.labels.clone().into(),
-                        uid: crate::engine::api::new_uid(),
+                        uid: crate::model::object::new_uid(),
                         creation_timestamp: Some(Timestamp::now()),
                         generation: 1,
                         ..Metadata::default()
@@ -581,7 +581,7 @@ impl Agent {
         }
         if !ops.is_empty() {
             let mut last = None;
-            let size = crate::engine::scheduling::MAX_TXN_OPS.min(self.ctx.store.max_txn_ops());
+            let size = crate::store::MAX_TXN_OPS.min(self.ctx.store.max_txn_ops());
             let mut done = 0;
             let mut failed = None;
             for chunk in ops.chunks(size.max(1)) {
