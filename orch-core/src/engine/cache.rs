@@ -873,7 +873,7 @@ mod tests {
                 .filter(|r| r.spec.node.is_none() && r.spec.desired == DesiredState::Running)
                 .map(|r| r.metadata.name.clone()).collect();
             let kept: Vec<String> = st.pending.iter()
-                .map(|k| crate::engine::replication::split_key(k).1.to_string()).collect();
+                .filter_map(|k| crate::model::object::ObjectKey::parse(k)).map(|k| k.name).collect();
             prop_assert_eq!(kept, pending);
         }
     }

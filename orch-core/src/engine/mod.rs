@@ -2,6 +2,12 @@
 //! controllers that compare desired with observed state — replication, scheduling, endpoints,
 //! node lifecycle — plus node agents that drive a [`Runtime`].
 //!
+//! Every per-key controller (replication, jobs, endpoints) runs on one runtime, `controller`:
+//! a `reconcile(key, ctx) -> Result<Action, E>` plus an error policy, with the queue, backoff,
+//! metrics and resync in one runner. `ControllerSet` (here) is the one place that starts and
+//! stops controllers: high availability starts and stops the control plane on leadership
+//! changes with [`Engine::start_control_plane`] and [`Engine::stop_control_plane`].
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use std::sync::Arc;
@@ -15,6 +21,7 @@
 
 pub mod api;
 pub mod cache;
+pub(crate) mod controller;
 pub mod ctx;
 pub mod endpoints;
 pub mod events;
@@ -90,20 +97,73 @@ impl EngineBuilder {
             cancel: cancel.clone(),
             metrics,
         });
-        let mut tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
-        if self.control_plane {
-            tasks.push(tokio::spawn(replication::run(ctx.clone())));
-            tasks.push(tokio::spawn(jobs::run(ctx.clone())));
-            tasks.push(tokio::spawn(scheduling::run(ctx.clone())));
-            tasks.push(tokio::spawn(nodes::run(ctx.clone())));
-        }
+        let tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
+        let control_plane = self
+            .control_plane
+            .then(|| ControllerSet::control_plane(&ctx));
         // Every engine publishes endpoints to its own discovery: on a node without the
         // control plane that is the node's DNS server, proxy and endpoint files.
-        tasks.push(tokio::spawn(endpoints::run(ctx.clone())));
+        let node_local = ControllerSet::node_local(&ctx);
         Engine {
             ctx,
             tasks,
+            control_plane,
+            node_local,
             agents: Vec::new(),
+        }
+    }
+}
+
+/// Controllers started together and stopped together by one [`CancellationToken`] (a child
+/// of the engine's, so shutting the engine down stops them too).
+pub(crate) struct ControllerSet {
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControllerSet {
+    /// Starts the control plane: replication, jobs, scheduling and node lifecycle.
+    pub(crate) fn control_plane(ctx: &Arc<Ctx>) -> ControllerSet {
+        let cancel = ctx.cancel.child_token();
+        let tasks = vec![
+            tokio::spawn(controller::run(
+                Arc::new(replication::Replication),
+                ctx.clone(),
+                ctx.config.workers,
+                cancel.clone(),
+            )),
+            tokio::spawn(controller::run(
+                Arc::new(jobs::Jobs),
+                ctx.clone(),
+                1,
+                cancel.clone(),
+            )),
+            tokio::spawn(scheduling::run(ctx.clone(), cancel.clone())),
+            tokio::spawn(nodes::run(ctx.clone(), cancel.clone())),
+        ];
+        ControllerSet { cancel, tasks }
+    }
+
+    /// Starts what every engine runs, control plane or not: the endpoints controller, which
+    /// publishes to this process's discovery (on a node: its DNS server, proxy and endpoint
+    /// files).
+    pub(crate) fn node_local(ctx: &Arc<Ctx>) -> ControllerSet {
+        let cancel = ctx.cancel.child_token();
+        let endpoints = Arc::new(endpoints::Endpoints::default());
+        let tasks = vec![tokio::spawn(controller::run(
+            endpoints,
+            ctx.clone(),
+            1,
+            cancel.clone(),
+        ))];
+        ControllerSet { cancel, tasks }
+    }
+
+    /// Stops every controller of the set and waits (up to `grace` each) for them to end.
+    pub(crate) async fn stop(self, grace: Duration) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(grace, t).await;
         }
     }
 }
@@ -111,7 +171,12 @@ impl EngineBuilder {
 /// A running engine. Dropping it does not stop it; call [`Engine::shutdown`].
 pub struct Engine {
     ctx: Arc<Ctx>,
+    /// The cache and the agents.
     tasks: Vec<JoinHandle<()>>,
+    /// Replication, jobs, scheduling, node lifecycle: while this engine leads.
+    control_plane: Option<ControllerSet>,
+    /// The endpoints controller: always.
+    node_local: ControllerSet,
     agents: Vec<Arc<Agent>>,
 }
 
@@ -165,9 +230,30 @@ impl Engine {
         &self.ctx.store
     }
 
+    /// Starts the control-plane controllers (replication, jobs, scheduling, node lifecycle)
+    /// unless they run already. The entry point for high availability: call it when this
+    /// engine becomes the leader, and [`Engine::stop_control_plane`] when it stops being it.
+    pub fn start_control_plane(&mut self) {
+        if self.control_plane.is_none() {
+            self.control_plane = Some(ControllerSet::control_plane(&self.ctx));
+        }
+    }
+
+    /// Stops the control-plane controllers and waits for them to end; the cache, the
+    /// endpoints controller and the agents keep running.
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(set) = self.control_plane.take() {
+            set.stop(Duration::from_secs(5)).await;
+        }
+    }
+
     /// Stops every controller and agent. Workloads keep running (a later engine re-adopts them).
     pub async fn shutdown(self) {
         self.ctx.cancel.cancel();
+        if let Some(set) = self.control_plane {
+            set.stop(Duration::from_secs(5)).await;
+        }
+        self.node_local.stop(Duration::from_secs(5)).await;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }

@@ -14,13 +14,13 @@ use crate::store::MAX_TXN_OPS;
 use crate::store::{txn_chunked, update_op};
 
 /// Runs the controller until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
+pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationToken) {
     let mut seen: HashMap<String, (Option<crate::model::quantity::Timestamp>, Instant)> =
         HashMap::new();
     let mut tick = tokio::time::interval(ctx.config.node_check);
     loop {
         tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
+            _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = Instant::now();

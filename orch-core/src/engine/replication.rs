@@ -9,10 +9,11 @@ use std::sync::Arc;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::engine::cache::Change;
+use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service,
-    ServiceStatus, SERVICE_LABEL,
+    DesiredState, Kind, Metadata, Object, ObjectKey, Phase, Replica, ReplicaSpec, ReplicaStatus,
+    Service, ServiceStatus, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
 use crate::store::MAX_TXN_OPS;
@@ -363,8 +364,16 @@ pub fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<St
 }
 
 /// The services (in the cache) whose templates refer to secret or config `key`.
-fn keys_for_data(ctx: &Ctx, kind: Kind, key: &str) -> Vec<String> {
-    let (ns, name) = split_key(key);
+fn keys_for_data(ctx: &Ctx, kind: Kind, key: &str) -> Vec<ObjectKey> {
+    let Some(ObjectKey {
+        namespace: ns,
+        name,
+        ..
+    }) = ObjectKey::parse(key)
+    else {
+        return Vec::new();
+    };
+    let (ns, name) = (ns.as_str(), name.as_str());
     let secret = kind == Kind::Secret;
     ctx.cache
         .services()
@@ -372,27 +381,27 @@ fn keys_for_data(ctx: &Ctx, kind: Kind, key: &str) -> Vec<String> {
         .filter(|s| {
             s.metadata.namespace == ns && s.spec.template.references().contains(&(secret, name))
         })
-        .map(|s| Kind::Service.key(&s.metadata.namespace, &s.metadata.name))
+        .map(|s| ObjectKey::new(Kind::Service, &s.metadata.namespace, &s.metadata.name))
         .collect()
 }
 
 /// Maps a change to the service keys it concerns.
-pub fn keys_for(change: &Change) -> Vec<String> {
+pub(crate) fn keys_for(change: &Change) -> Vec<ObjectKey> {
     match change {
         Change::Object {
             kind: Kind::Service,
             key,
             ..
-        } => vec![key.to_string()],
+        } => ObjectKey::parse(key).into_iter().collect(),
         Change::Object {
             kind: Kind::Replica,
             ..
         } => {
             // Jobs' replicas (`job:NAME`) belong to the job controller.
-            let mut v: Vec<String> = change
+            let mut v: Vec<ObjectKey> = change
                 .replicas()
                 .filter(|r| !r.spec.service.starts_with("job:"))
-                .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
+                .map(|r| ObjectKey::new(Kind::Service, &r.metadata.namespace, &r.spec.service))
                 .collect();
             v.dedup();
             v
@@ -402,7 +411,7 @@ pub fn keys_for(change: &Change) -> Vec<String> {
 }
 
 /// The services with replicas on a node whose draining flag changed.
-fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
+fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<ObjectKey> {
     let Change::Object {
         kind: Kind::Node,
         old,
@@ -423,12 +432,12 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
     if draining(old) == draining(new) {
         return Vec::new();
     }
-    let mut keys: Vec<String> = ctx
+    let mut keys: Vec<ObjectKey> = ctx
         .cache
         .replicas_on_node(&name)
         .iter()
         .filter(|r| !r.spec.service.starts_with("job:"))
-        .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
+        .map(|r| ObjectKey::new(Kind::Service, &r.metadata.namespace, &r.spec.service))
         .collect();
     keys.sort();
     keys.dedup();
@@ -436,9 +445,9 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
 }
 
 /// Reconciles one service (by store key). Returns the store revision written, if any.
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> {
-    let (ns, name) = split_key(key);
-    let svc = ctx.cache.service(key).map(|mut s| {
+pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let svc = ctx.cache.service(&key.store_key()).map(|mut s| {
         s.spec.config_versions = config_versions(ctx, &s);
         s
     });
@@ -598,97 +607,77 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     Ok(Some(rev))
 }
 
-/// Splits `/services/ns/name` (or `/replicas/ns/name`) into `(ns, name)`.
-pub fn split_key(key: &str) -> (&str, &str) {
-    let mut parts = key.trim_start_matches('/').splitn(3, '/');
-    let _kind = parts.next();
-    let ns = parts.next().unwrap_or("");
-    let name = parts.next().unwrap_or("");
-    (ns, name)
-}
+/// The replication controller (see the module doc).
+pub(crate) struct Replication;
 
-/// Runs the controller until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
-    let queue =
-        crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let feeder = crate::engine::queue::spawn_feeder(
-        ctx.clone(),
-        queue.clone(),
-        |c| {
-            matches!(
-                c.kind(),
-                Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
-            )
-        },
-        |ctx, c| {
-            let mut keys = keys_for(c);
-            keys.extend(keys_for_node(ctx, c));
-            if let Change::Object {
-                kind: kind @ (Kind::Secret | Kind::Config),
-                key,
-                ..
-            } = c
-            {
-                // A secret or config changed: the services using it roll.
-                keys.extend(keys_for_data(ctx, *kind, key));
-            }
-            if eligibility_changed(c) {
-                // Global services follow nodes.
-                for s in ctx.cache.services() {
-                    if s.spec.mode == crate::model::object::ServiceMode::Global {
-                        keys.push(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
-                    }
-                }
-            }
-            keys
-        },
-        enqueue_all,
-    );
-    let workers = (0..ctx.config.workers).map(|_| {
-        let (ctx, queue) = (ctx.clone(), queue.clone());
-        tokio::spawn(async move {
-            loop {
-                let key = queue.next().await;
-                let started = std::time::Instant::now();
-                let result = reconcile(&ctx, &key).await;
-                ctx.metrics
-                    .reconcile("replication", result.is_ok(), started.elapsed());
-                match result {
-                    Ok(_) => {
-                        queue.forget(&key);
-                        // A rollout under way is looked at again each second, so its
-                        // progress deadline is noticed even when nothing changes.
-                        if ctx.cache.service(&key).is_some_and(|s| {
-                            s.status.rollout.state == crate::model::object::RolloutState::Progressing
-                        }) {
-                            queue.add_after(key.clone(), std::time::Duration::from_secs(1));
-                        }
-                    }
-                    Err(e) => {
-                        let delay = queue.retry(key.clone());
-                        tracing::debug!(service = %key, error = %e, "replication: retry in {delay:?}");
-                    }
-                }
-                queue.done(&key);
-            }
-        })
-    });
-    let workers: Vec<_> = workers.collect();
-    ctx.cancel.cancelled().await;
-    feeder.abort();
-    workers.iter().for_each(|w| w.abort());
-}
+#[async_trait::async_trait]
+impl Reconcile for Replication {
+    type Error = StoreError;
+    const NAME: &'static str = "replication";
 
-fn enqueue_all(ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>) {
-    for s in ctx.cache.services() {
-        queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
-    }
-    // Services that still have replicas (a deleted service's leftovers), from the index:
-    // copying every replica here once a resync period cost seconds and gigabytes at scale.
-    for (ns, svc) in ctx.cache.services_with_replicas() {
-        if !svc.starts_with("job:") {
-            queue.add(Kind::Service.key(&ns, &svc));
+    fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        if !matches!(
+            c.kind(),
+            Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
+        ) {
+            return Vec::new();
         }
+        let mut keys = keys_for(c);
+        keys.extend(keys_for_node(ctx, c));
+        if let Change::Object {
+            kind: kind @ (Kind::Secret | Kind::Config),
+            key,
+            ..
+        } = c
+        {
+            // A secret or config changed: the services using it roll.
+            keys.extend(keys_for_data(ctx, *kind, key));
+        }
+        if eligibility_changed(c) {
+            // Global services follow nodes.
+            for s in ctx.cache.services() {
+                if s.spec.mode == crate::model::object::ServiceMode::Global {
+                    keys.push(ObjectKey::new(
+                        Kind::Service,
+                        &s.metadata.namespace,
+                        &s.metadata.name,
+                    ));
+                }
+            }
+        }
+        keys
+    }
+
+    fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
+        let mut keys: Vec<ObjectKey> = ctx
+            .cache
+            .services()
+            .iter()
+            .map(|s| ObjectKey::new(Kind::Service, &s.metadata.namespace, &s.metadata.name))
+            .collect();
+        // Services that still have replicas (a deleted service's leftovers), from the index:
+        // copying every replica here once a resync period cost seconds and gigabytes at scale.
+        for (ns, svc) in ctx.cache.services_with_replicas() {
+            if !svc.starts_with("job:") {
+                keys.push(ObjectKey::new(Kind::Service, ns, svc));
+            }
+        }
+        keys
+    }
+
+    async fn reconcile(&self, key: &ObjectKey, ctx: &Ctx) -> Result<Action, StoreError> {
+        reconcile(ctx, key).await?;
+        // A rollout under way is looked at again each second, so its progress deadline is
+        // noticed even when nothing changes.
+        Ok(
+            if ctx.cache.service(&key.store_key()).is_some_and(|s| {
+                s.status.rollout.state == crate::model::object::RolloutState::Progressing
+            }) {
+                Action::requeue(std::time::Duration::from_secs(1))
+            } else {
+                Action::await_change()
+            },
+        )
     }
 }
 

@@ -189,7 +189,7 @@ fn relevant(c: &Change) -> bool {
 }
 
 /// Runs the loop until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
+pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationToken) {
     // The loop only needs to know that something relevant happened, not what: the cache
     // raises a flag as it applies each change, so a long pass does not keep a queue of every
     // replica's old and new versions alive.
@@ -205,7 +205,7 @@ pub async fn run(ctx: Arc<Ctx>) {
     let mut wait = ctx.config.resync;
     loop {
         tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
+            _ = cancel.cancelled() => break,
             c = dirty_rx.changed() => if c.is_err() { break },
             _ = tokio::time::sleep(wait) => {}
         }

@@ -127,6 +127,55 @@ impl fmt::Display for Kind {
     }
 }
 
+/// Names one object: its kind, namespace (empty for kinds that have none, such as nodes) and
+/// name. What the controllers queue; [`ObjectKey::store_key`] is its key in the store.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The object's kind.
+    pub kind: Kind,
+    /// Its namespace (empty for a kind without namespaces).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of the `kind` object `namespace/name`.
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+    /// The key of `object`.
+    pub fn of(object: &Object) -> ObjectKey {
+        let m = object.metadata();
+        ObjectKey::new(object.kind(), &m.namespace, &m.name)
+    }
+    /// Parses a store key: `/services/default/web`, `/nodes/node-1`.
+    pub fn parse(store_key: &str) -> Option<ObjectKey> {
+        let kind = Kind::of_key(store_key)?;
+        let rest = store_key.strip_prefix(kind.prefix().as_str())?;
+        let (namespace, name) = if kind.namespaced() {
+            rest.split_once('/')?
+        } else {
+            ("", rest)
+        };
+        Some(ObjectKey::new(kind, namespace, name))
+    }
+    /// The object's key in the store ([`Kind::key`]).
+    pub fn store_key(&self) -> String {
+        self.kind.key(&self.namespace, &self.name)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.store_key())
+    }
+}
+
 /// The most replicas one service may ask for.
 pub const MAX_REPLICAS: i64 = 100_000;
 /// A fresh object uid (random, 128 bits, UUID-shaped).

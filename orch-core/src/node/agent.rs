@@ -173,7 +173,8 @@ fn key_of_id(id: &str) -> String {
 }
 
 fn id_of_key(key: &str) -> String {
-    let (ns, name) = crate::engine::replication::split_key(key);
+    let k = crate::model::object::ObjectKey::parse(key);
+    let (ns, name) = k.as_ref().map_or(("", ""), |k| (&*k.namespace, &*k.name));
     format!("{ns}.{name}")
 }
 
