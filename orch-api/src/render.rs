@@ -72,7 +72,7 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
                 ],
                 vec![
                     md.name.clone(),
-                    r.spec.service.clone(),
+                    r.spec.service.to_string(),
                     r.spec.node.clone().unwrap_or_else(|| "<none>".into()),
                     phase,
                     r.status.restarts.to_string(),
@@ -325,7 +325,7 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
             }
         }
         Object::Replica(r) => {
-            kv("Service", r.spec.service.clone());
+            kv("Service", r.spec.service.to_string());
             kv(
                 "Node",
                 r.spec.node.clone().unwrap_or_else(|| "<none>".into()),

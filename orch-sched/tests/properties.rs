@@ -439,7 +439,7 @@ fn check(ng: &[NodeGen], sg: &[ServiceGen], seed: u64) -> Result<(), TestCaseErr
             .map(|n| (n.metadata.labels["zone"].clone(), 0))
             .collect();
         for (r, n) in &placed {
-            if r.spec.service == svc.metadata.name {
+            if r.spec.service.is_service(&svc.metadata.name) {
                 *counts.entry(n.metadata.labels["zone"].clone()).or_default() += 1;
             }
         }

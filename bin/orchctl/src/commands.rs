@@ -646,7 +646,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         Kind::Service => list(client, Kind::Replica, Some(ns))
             .await?
             .into_iter()
-            .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == name))
+            .filter(|r| matches!(r, Object::Replica(r) if r.spec.service.is_service(name)))
             .collect(),
         Kind::Node => list(client, Kind::Replica, None)
             .await?
@@ -654,7 +654,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
             .filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name)))
             .collect(),
         Kind::Job => {
-            let owner = orch_core::model::object::job_owner(name);
+            let owner = orch_core::model::object::Owner::Job(name.to_string());
             list(client, Kind::Replica, Some(ns))
                 .await?
                 .into_iter()

@@ -469,7 +469,7 @@ pub async fn plan(
             .iter()
             .filter(|r| {
                 r.metadata.namespace == svc.metadata.namespace
-                    && r.spec.service == svc.metadata.name
+                    && r.spec.service.is_service(&svc.metadata.name)
             })
             .collect();
         let want = svc.spec.replicas as usize;

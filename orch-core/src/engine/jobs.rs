@@ -11,7 +11,7 @@ use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    job_owner, DesiredState, Job, JobState, JobStatus, Kind, Object, ObjectKey, Phase, Replica,
+    DesiredState, Job, JobState, JobStatus, Kind, Object, ObjectKey, Owner, Phase, Replica,
     RestartPolicy, JOB_LABEL, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
@@ -112,7 +112,7 @@ fn new_replica(job: &Job) -> Replica {
     };
     svc_like.metadata.name = job.metadata.name.clone();
     let mut r = crate::engine::replication::new_replica(&svc_like);
-    r.spec.service = job_owner(&job.metadata.name);
+    r.spec.service = Owner::Job(job.metadata.name.clone());
     r.metadata.owner = Some(format!("job/{}", job.metadata.name));
     r.metadata.labels.remove(SERVICE_LABEL);
     r.metadata
@@ -128,7 +128,9 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
         Some(Object::Job(j)) => Some((**j).clone()),
         _ => None,
     };
-    let objects = ctx.cache.replica_objects_of_service(ns, &job_owner(name));
+    let objects = ctx
+        .cache
+        .replica_objects_of_service(ns, &Owner::Job(name.to_string()).to_string());
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
     let mut ops: Vec<Op> = Vec::new();
     let Some(job) = job else {
@@ -215,7 +217,7 @@ impl Reconcile for Jobs {
             } => c
                 .replicas()
                 .filter_map(|r| {
-                    let name = r.spec.service.strip_prefix("job:")?;
+                    let name = r.spec.service.job()?;
                     Some(ObjectKey::new(Kind::Job, &r.metadata.namespace, name))
                 })
                 .collect(),
@@ -231,8 +233,8 @@ impl Reconcile for Jobs {
             .map(|o| ObjectKey::of(o))
             .collect();
         for (ns, owner) in ctx.cache.services_with_replicas() {
-            if let Some(name) = owner.strip_prefix("job:") {
-                keys.push(ObjectKey::new(Kind::Job, &ns, name));
+            if let Owner::Job(name) = owner {
+                keys.push(ObjectKey::new(Kind::Job, ns, name));
             }
         }
         keys

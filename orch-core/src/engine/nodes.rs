@@ -117,12 +117,12 @@ pub fn stranded_by_drain(
     for r in replicas {
         if r.spec.node.as_deref() != Some(node)
             || r.spec.desired != DesiredState::Running
-            || r.spec.service.starts_with("job:")
+            || r.spec.service.job().is_some()
         {
             continue;
         }
         let e = out
-            .entry((r.metadata.namespace.clone(), r.spec.service.clone()))
+            .entry((r.metadata.namespace.clone(), r.spec.service.to_string()))
             .or_insert_with(|| {
                 let placeable = nodes
                     .iter()

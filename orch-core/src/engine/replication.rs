@@ -12,8 +12,8 @@ use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    DesiredState, Kind, Metadata, Object, ObjectKey, Phase, Replica, ReplicaSpec, ReplicaStatus,
-    Service, ServiceStatus, SERVICE_LABEL,
+    DesiredState, Kind, Metadata, Object, ObjectKey, Owner, Phase, Replica, ReplicaSpec,
+    ReplicaStatus, Service, ServiceStatus, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
 use crate::store::MAX_TXN_OPS;
@@ -338,7 +338,7 @@ pub fn new_replica(svc: &Service) -> Replica {
             ..Metadata::default()
         },
         spec: ReplicaSpec {
-            service: svc.metadata.name.clone(),
+            service: Owner::Service(svc.metadata.name.clone()),
             template_hash: svc.spec.revision_hash(),
             template: Arc::new(svc.spec.template.clone()),
             placement: Arc::new(svc.spec.placement.clone()),
@@ -400,8 +400,10 @@ pub(crate) fn keys_for(change: &Change) -> Vec<ObjectKey> {
             // Jobs' replicas (`job:NAME`) belong to the job controller.
             let mut v: Vec<ObjectKey> = change
                 .replicas()
-                .filter(|r| !r.spec.service.starts_with("job:"))
-                .map(|r| ObjectKey::new(Kind::Service, &r.metadata.namespace, &r.spec.service))
+                .filter_map(|r| {
+                    let svc = r.spec.service.service()?;
+                    Some(ObjectKey::new(Kind::Service, &r.metadata.namespace, svc))
+                })
                 .collect();
             v.dedup();
             v
@@ -436,8 +438,10 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<ObjectKey> {
         .cache
         .replicas_on_node(&name)
         .iter()
-        .filter(|r| !r.spec.service.starts_with("job:"))
-        .map(|r| ObjectKey::new(Kind::Service, &r.metadata.namespace, &r.spec.service))
+        .filter_map(|r| {
+            let svc = r.spec.service.service()?;
+            Some(ObjectKey::new(Kind::Service, &r.metadata.namespace, svc))
+        })
         .collect();
     keys.sort();
     keys.dedup();
@@ -658,7 +662,7 @@ impl Reconcile for Replication {
         // Services that still have replicas (a deleted service's leftovers), from the index:
         // copying every replica here once a resync period cost seconds and gigabytes at scale.
         for (ns, svc) in ctx.cache.services_with_replicas() {
-            if !svc.starts_with("job:") {
+            if let Owner::Service(svc) = svc {
                 keys.push(ObjectKey::new(Kind::Service, ns, svc));
             }
         }

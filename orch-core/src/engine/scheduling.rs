@@ -95,7 +95,7 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         r.status.message = format!("scheduled to {node}");
         r.status.phase = Phase::Pending;
         let e = per_service
-            .entry((r.metadata.namespace.clone(), r.spec.service.clone()))
+            .entry((r.metadata.namespace.clone(), r.spec.service.to_string()))
             .or_default();
         e.0 += 1;
         *e.1.entry(node.clone()).or_default() += 1;
@@ -111,7 +111,7 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         r.status.reason = "Unschedulable".into();
         r.status.message = reason.clone();
         unschedulable_services.insert(
-            (r.metadata.namespace.clone(), r.spec.service.clone()),
+            (r.metadata.namespace.clone(), r.spec.service.to_string()),
             reason.clone(),
         );
         ops.push(update_op(&Object::Replica(r)));

@@ -1445,8 +1445,8 @@ pub struct BoundPort {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicaSpec {
-    /// The service it belongs to.
-    pub service: String,
+    /// The service or job it belongs to (a string in the store: `NAME` or `job:NAME`).
+    pub service: Owner,
     /// The service revision it was made from ([`ServiceSpec::revision_hash`]: template and
     /// placement).
     pub template_hash: String,
@@ -1912,9 +1912,87 @@ pub struct Job {
     pub status: JobStatus,
 }
 
-/// The `spec.service` of a job's replicas: `job:NAME`, apart from services' names.
-pub fn job_owner(name: &str) -> String {
-    format!("job:{name}")
+/// What a replica belongs to: a service or a job. Its `spec.service` in the store and in JSON
+/// is a string, as before there was this type: the service's name, or `job:NAME` for a job
+/// (apart from services' names, which cannot hold a `:`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// The service of this name.
+    Service(String),
+    /// The job of this name.
+    Job(String),
+}
+
+impl Owner {
+    /// The prefix of a job owner's string form.
+    const JOB_PREFIX: &'static str = "job:";
+
+    /// Parses the string form: `job:NAME` is a job, anything else a service.
+    pub fn parse(s: &str) -> Owner {
+        match s.strip_prefix(Owner::JOB_PREFIX) {
+            Some(job) => Owner::Job(job.to_string()),
+            None => Owner::Service(s.to_string()),
+        }
+    }
+    /// The service's name, if a service owns the replica.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Owner::Service(s) => Some(s),
+            Owner::Job(_) => None,
+        }
+    }
+    /// The job's name, if a job owns the replica.
+    pub fn job(&self) -> Option<&str> {
+        match self {
+            Owner::Job(j) => Some(j),
+            Owner::Service(_) => None,
+        }
+    }
+    /// Whether this is the service `name`.
+    pub fn is_service(&self, name: &str) -> bool {
+        self.service() == Some(name)
+    }
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Owner::Service(String::new())
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Service(s) => f.write_str(s),
+            Owner::Job(j) => write!(f, "{}{j}", Owner::JOB_PREFIX),
+        }
+    }
+}
+
+impl From<&str> for Owner {
+    /// [`Owner::parse`].
+    fn from(s: &str) -> Owner {
+        Owner::parse(s)
+    }
+}
+
+impl From<String> for Owner {
+    /// [`Owner::parse`].
+    fn from(s: String) -> Owner {
+        Owner::parse(&s)
+    }
+}
+
+impl Serialize for Owner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Owner, D::Error> {
+        Ok(Owner::parse(&String::deserialize(d)?))
+    }
 }
 
 /// The label a job's replicas carry naming their job.
@@ -1958,5 +2036,17 @@ mod tests {
         );
         spec.update.ignore_config_changes = true;
         assert_eq!(spec.revision_hash(), plain, "unless the service says so");
+    }
+
+    #[test]
+    fn an_owner_is_the_same_string_in_json_as_before() {
+        for (text, owner) in [
+            ("\"web\"", Owner::Service("web".into())),
+            ("\"job:backup\"", Owner::Job("backup".into())),
+        ] {
+            assert_eq!(serde_json::to_string(&owner).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Owner>(text).unwrap(), owner);
+        }
+        assert_eq!(Owner::Job("backup".into()).to_string(), "job:backup");
     }
 }

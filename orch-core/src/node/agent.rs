@@ -1040,7 +1040,7 @@ impl Agent {
         env.extend([
             EnvVar {
                 name: "ORCH_SERVICE".into(),
-                value: r.spec.service.clone(),
+                value: r.spec.service.to_string(),
                 value_from: None,
             },
             EnvVar {
@@ -1070,7 +1070,7 @@ impl Agent {
         let spec = WorkloadSpec {
             id: id.clone(),
             replica_uid: r.metadata.uid.clone(),
-            service: r.spec.service.clone(),
+            service: r.spec.service.to_string(),
             namespace: ns.into(),
             template,
             mounts,
