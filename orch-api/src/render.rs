@@ -64,7 +64,7 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
                 // Why it is not up (CrashLoopBackOff, Unschedulable, ...), as kubectl shows a
                 // waiting reason; a running replica stays `Running` until it is `Ready` (why
                 // it is not ready yet is in `describe`).
-                phase = r.status.reason.clone();
+                phase = r.status.reason.to_string();
             }
             (
                 vec![
@@ -332,7 +332,7 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
             );
             kv("Phase", r.status.phase.as_str().into());
             if !r.status.reason.is_empty() {
-                kv("Reason", r.status.reason.clone());
+                kv("Reason", r.status.reason.to_string());
             }
             if !r.status.message.is_empty() {
                 kv("Message", r.status.message.clone());

@@ -603,7 +603,7 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
                             && r.status.phase != crate::model::object::Phase::Lost
                         {
                             r.status.phase = crate::model::object::Phase::Lost;
-                            r.status.reason = "NodeRemoved".into();
+                            r.status.reason = crate::model::object::Reason::NodeRemoved;
                             r.status.message = format!("node {name} was removed");
                             ops.push(update_op(&Object::Replica(r)));
                         }

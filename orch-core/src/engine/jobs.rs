@@ -11,7 +11,7 @@ use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    DesiredState, Job, JobState, JobStatus, Kind, Object, ObjectKey, Owner, Phase, Replica,
+    DesiredState, Job, JobState, JobStatus, Kind, Object, ObjectKey, Owner, Phase, Reason, Replica,
     RestartPolicy, JOB_LABEL, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
@@ -33,7 +33,7 @@ fn succeeded(r: &Replica) -> bool {
 }
 
 fn failed_for_good(r: &Replica) -> bool {
-    r.status.phase == Phase::Failed && r.status.reason == "Error"
+    r.status.phase == Phase::Failed && r.status.reason == Reason::Error
 }
 
 /// Pure decision for `job` given its replicas at `now`.

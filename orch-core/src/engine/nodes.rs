@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::engine::ctx::Ctx;
-use crate::model::object::{DesiredState, Kind, NodeCondition, Object, Phase};
+use crate::model::object::{DesiredState, Kind, NodeCondition, Object, Phase, Reason};
 use crate::store::MAX_TXN_OPS;
 use crate::store::{txn_chunked, update_op};
 
@@ -70,7 +70,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationTok
                     {
                         let mut r2 = r.clone();
                         r2.status.phase = Phase::Lost;
-                        r2.status.reason = "NodeLost".into();
+                        r2.status.reason = Reason::NodeLost;
                         r2.status.message = format!(
                             "node {} has not reported for {}s",
                             n.metadata.name,

@@ -12,7 +12,7 @@ use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    DesiredState, Kind, Metadata, Object, ObjectKey, Owner, Phase, Replica, ReplicaSpec,
+    DesiredState, Kind, Metadata, Object, ObjectKey, Owner, Phase, Reason, Replica, ReplicaSpec,
     ReplicaStatus, Service, ServiceStatus, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
@@ -112,7 +112,7 @@ pub fn decide<R: Borrow<Replica>>(
     // is a surplus replica created in its place).
     let blocked = new
         .iter()
-        .any(|r| r.spec.node.is_none() && r.status.reason == "Unschedulable");
+        .any(|r| r.spec.node.is_none() && r.status.reason == Reason::Unschedulable);
     for r in old {
         if max_scale_down == 0 {
             break;
@@ -278,13 +278,13 @@ pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceSt
     let troubled = |r: &&&Replica| {
         r.status.phase == Phase::Failed
             || matches!(
-                r.status.reason.as_str(),
-                "NotReady" | "CrashLoopBackOff" | "Restarted"
+                r.status.reason,
+                Reason::NotReady | Reason::CrashLoopBackOff | Reason::Restarted
             )
     };
     let message = active
         .iter()
-        .find(|r| r.status.reason == "Unschedulable")
+        .find(|r| r.status.reason == Reason::Unschedulable)
         .map(|r| r.status.message.clone())
         .or_else(|| {
             active
@@ -760,7 +760,7 @@ mod tests {
         let drained = |n: &str| n == "n1";
         let mut reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
         let mut pending = new_replica(&svc);
-        pending.status.reason = "Unschedulable".into();
+        pending.status.reason = Reason::Unschedulable;
         reps.push(pending);
         let d = decide(Some(&svc), &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 0), "{d:?}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::engine::cache::Change;
 use crate::engine::ctx::Ctx;
-use crate::model::object::{DesiredState, Kind, Object, Phase, Replica};
+use crate::model::object::{DesiredState, Kind, Object, Phase, Reason, Replica};
 use crate::scheduler::PendingReplica;
 use crate::store::{txn_chunked, update_op, Op, StoreError, MAX_TXN_OPS};
 
@@ -38,7 +38,7 @@ pub const MAX_PASS_REPLICAS: usize = 50_000;
 /// moves with `seed`, so a large backlog that cannot be placed cannot starve new replicas nor
 /// keep the same ones at the back for ever.
 fn take_pending<'a>(replicas: &[&'a Replica], limit: usize, seed: u64) -> Vec<&'a Replica> {
-    let is_retry = |r: &Replica| r.status.reason == "Unschedulable";
+    let is_retry = |r: &Replica| r.status.reason == Reason::Unschedulable;
     let mut out: Vec<&Replica> = replicas
         .iter()
         .copied()
@@ -104,11 +104,11 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     let mut unschedulable_services: BTreeMap<(String, String), String> = BTreeMap::new();
     for (key, reason) in &plan.unschedulable {
         let Some(r) = keyed.get(key) else { continue };
-        if r.status.reason == "Unschedulable" && r.status.message == *reason {
+        if r.status.reason == Reason::Unschedulable && r.status.message == *reason {
             continue;
         }
         let mut r = (*r).clone();
-        r.status.reason = "Unschedulable".into();
+        r.status.reason = Reason::Unschedulable;
         r.status.message = reason.clone();
         unschedulable_services.insert(
             (r.metadata.namespace.clone(), r.spec.service.to_string()),

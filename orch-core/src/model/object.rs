@@ -1472,8 +1472,8 @@ pub struct ReplicaStatus {
     #[serde(default)]
     pub phase: Phase,
     /// A machine-readable reason (`Unschedulable`, `BackOff`, `StartError`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    #[serde(default, skip_serializing_if = "Reason::is_empty")]
+    pub reason: Reason,
     /// A human-readable explanation.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -1912,6 +1912,154 @@ pub struct Job {
     pub status: JobStatus,
 }
 
+/// Why a replica is in its phase: `status.reason`, serialized as the CamelCase string it always
+/// was (`BackOff`, `Unschedulable`); a string this version does not know loads as
+/// [`Reason::Other`], and no reason is an absent field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No reason (the field is left out).
+    #[default]
+    None,
+    /// No node can take it (the scheduler's message says why).
+    Unschedulable,
+    /// Waiting before restarting a replica that exited.
+    BackOff,
+    /// Restarting again and again: waiting longer before each restart.
+    CrashLoopBackOff,
+    /// The runtime could not start it.
+    StartError,
+    /// Its image could not be pulled.
+    ErrImagePull,
+    /// Waiting before pulling its image again.
+    ImagePullBackOff,
+    /// Waiting before trying to start it again.
+    StartBackOff,
+    /// It exited successfully and is not restarted.
+    Completed,
+    /// It exited with a failure and is not restarted.
+    Error,
+    /// Its node cannot run it.
+    Unsupported,
+    /// It restarted and is settling before it counts as ready.
+    Restarted,
+    /// Started; waiting for its first (or startup) probe.
+    Starting,
+    /// Running, but its readiness probe fails.
+    NotReady,
+    /// Its node was lost.
+    NodeLost,
+    /// Its node was removed.
+    NodeRemoved,
+    /// A reason this version does not know, kept as written.
+    Other(String),
+}
+
+impl Reason {
+    /// Every named reason, for parsing.
+    const NAMED: [Reason; 15] = [
+        Reason::Unschedulable,
+        Reason::BackOff,
+        Reason::CrashLoopBackOff,
+        Reason::StartError,
+        Reason::ErrImagePull,
+        Reason::ImagePullBackOff,
+        Reason::StartBackOff,
+        Reason::Completed,
+        Reason::Error,
+        Reason::Unsupported,
+        Reason::Restarted,
+        Reason::Starting,
+        Reason::NotReady,
+        Reason::NodeLost,
+        Reason::NodeRemoved,
+    ];
+
+    /// The string form (empty for [`Reason::None`]).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Reason::None => "",
+            Reason::Unschedulable => "Unschedulable",
+            Reason::BackOff => "BackOff",
+            Reason::CrashLoopBackOff => "CrashLoopBackOff",
+            Reason::StartError => "StartError",
+            Reason::ErrImagePull => "ErrImagePull",
+            Reason::ImagePullBackOff => "ImagePullBackOff",
+            Reason::StartBackOff => "StartBackOff",
+            Reason::Completed => "Completed",
+            Reason::Error => "Error",
+            Reason::Unsupported => "Unsupported",
+            Reason::Restarted => "Restarted",
+            Reason::Starting => "Starting",
+            Reason::NotReady => "NotReady",
+            Reason::NodeLost => "NodeLost",
+            Reason::NodeRemoved => "NodeRemoved",
+            Reason::Other(s) => s,
+        }
+    }
+    /// Parses the string form; an unknown string is [`Reason::Other`].
+    pub fn parse(s: &str) -> Reason {
+        if s.is_empty() {
+            return Reason::None;
+        }
+        Reason::NAMED
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or_else(|| Reason::Other(s.to_string()))
+    }
+    /// Whether there is no reason.
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+    /// Clears the reason.
+    pub fn clear(&mut self) {
+        *self = Reason::None;
+    }
+    /// Whether the replica waits to be started again after it failed to start or exited
+    /// (the agent starts it again once the wait is over, through its exit handling).
+    pub fn is_start_backoff(&self) -> bool {
+        matches!(
+            self,
+            Reason::BackOff
+                | Reason::StartError
+                | Reason::ErrImagePull
+                | Reason::ImagePullBackOff
+                | Reason::StartBackOff
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Reason {
+    /// [`Reason::parse`].
+    fn from(s: &str) -> Reason {
+        Reason::parse(s)
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    /// Compares the string form.
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reason, D::Error> {
+        Ok(Reason::parse(&String::deserialize(d)?))
+    }
+}
+
 /// What a replica belongs to: a service or a job. Its `spec.service` in the store and in JSON
 /// is a string, as before there was this type: the service's name, or `job:NAME` for a job
 /// (apart from services' names, which cannot hold a `:`).
@@ -2048,5 +2196,20 @@ mod tests {
             assert_eq!(serde_json::from_str::<Owner>(text).unwrap(), owner);
         }
         assert_eq!(Owner::Job("backup".into()).to_string(), "job:backup");
+    }
+
+    #[test]
+    fn a_reason_is_the_same_string_in_json_as_before() {
+        for r in Reason::NAMED {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(text, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Reason>(&text).unwrap(), r);
+        }
+        let other: Reason = serde_json::from_str("\"SomethingNew\"").unwrap();
+        assert_eq!(other, Reason::Other("SomethingNew".into()));
+        assert_eq!(serde_json::to_string(&other).unwrap(), "\"SomethingNew\"");
+        let st: ReplicaStatus = serde_json::from_str("{}").unwrap();
+        assert_eq!(st.reason, Reason::None);
+        assert!(!serde_json::to_string(&st).unwrap().contains("reason"));
     }
 }

@@ -768,10 +768,7 @@ impl Agent {
                 if !r.status.runtime_id.is_empty() && r.status.phase.is_up() {
                     // It ran here before and the runtime no longer knows it.
                     self.handle_exit(&r, ExitStatus::default()).await
-                } else if matches!(
-                    r.status.reason.as_str(),
-                    "BackOff" | "StartError" | "ErrImagePull" | "ImagePullBackOff" | "StartBackOff"
-                ) {
+                } else if r.status.reason.is_start_backoff() {
                     self.handle_exit(&r, r.status.last_exit.clone().unwrap_or_default())
                         .await
                 } else {
