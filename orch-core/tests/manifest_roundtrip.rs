@@ -419,7 +419,6 @@ fn service() -> impl Strategy<Value = Service> {
                     },
                     mode: Default::default(),
                     publish: Vec::new(),
-                    config_versions: Vec::new(),
                 },
                 status: Default::default(),
             },

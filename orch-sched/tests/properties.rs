@@ -244,7 +244,7 @@ fn build(ng: &[NodeGen], sg: &[ServiceGen]) -> Built {
     for (i, g) in sg.iter().enumerate() {
         let svc = service(i, g);
         for &n in &g.existing {
-            let mut r = new_replica(&svc);
+            let mut r = new_replica(&svc, &[]);
             r.metadata.name = format!("s{i}-old{k}");
             k += 1;
             r.spec.node = Some(format!("n{n}"));
@@ -252,7 +252,7 @@ fn build(ng: &[NodeGen], sg: &[ServiceGen]) -> Built {
             built.bound.push(r);
         }
         for _ in 0..g.replicas {
-            let mut r = new_replica(&svc);
+            let mut r = new_replica(&svc, &[]);
             r.metadata.name = format!("s{i}-new{k}");
             k += 1;
             built

@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let before = rss();
     let objects: Vec<Object> = (0..n)
         .map(|i| {
-            let mut r = new_replica(&svc);
+            let mut r = new_replica(&svc, &[]);
             r.metadata.name = format!("bench-{i}");
             Object::Replica(r)
         })

@@ -42,7 +42,6 @@ async fn main() -> anyhow::Result<()> {
             update: Default::default(),
             mode: Default::default(),
             publish: Vec::new(),
-            config_versions: Vec::new(),
         },
         status: Default::default(),
     };

@@ -448,7 +448,7 @@ pub async fn plan(
     // Which service plan and which replica each pending key belongs to.
     let mut owners: Vec<(usize, String)> = Vec::new();
     for Applied { object, action, .. } in merged {
-        let Object::Service(mut svc) = object else {
+        let Object::Service(svc) = object else {
             continue;
         };
         // The revisions of the secrets and configs it uses count, as the controller counts them.
@@ -461,10 +461,10 @@ pub async fn plan(
                 .unwrap_or(0);
             revs.insert((secret, name.to_string()), rev);
         }
-        svc.spec.set_config_versions(|secret, name| {
+        let versions = svc.spec.template.config_versions(|secret, name| {
             revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
         });
-        let hash = svc.spec.revision_hash();
+        let hash = svc.spec.revision_hash(&versions);
         let mine: Vec<&Replica> = replicas
             .iter()
             .filter(|r| {
@@ -489,7 +489,7 @@ pub async fn plan(
             n += 1;
             to_place.push((
                 format!("new-{n}"),
-                crate::engine::replication::new_replica(&svc),
+                crate::engine::replication::new_replica(&svc, &versions),
             ));
         }
         let placed_now = kept

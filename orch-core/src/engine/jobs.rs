@@ -106,12 +106,11 @@ fn new_replica(job: &Job) -> Replica {
             update: Default::default(),
             mode: Default::default(),
             publish: Vec::new(),
-            config_versions: Vec::new(),
         },
         status: Default::default(),
     };
     svc_like.metadata.name = job.metadata.name.clone();
-    let mut r = crate::engine::replication::new_replica(&svc_like);
+    let mut r = crate::engine::replication::new_replica(&svc_like, &[]);
     r.spec.service = Owner::Job(job.metadata.name.clone());
     r.metadata.owner = Some(format!("job/{}", job.metadata.name));
     r.metadata.labels.remove(SERVICE_LABEL);

@@ -41,6 +41,7 @@ fn ready(r: &Replica) -> bool {
 /// max-surge / max-unavailable exactly as replicas of an old template are.
 pub fn decide<R: Borrow<Replica>>(
     svc: Option<&Service>,
+    versions: &[String],
     replicas: &[R],
     draining: &dyn Fn(&str) -> bool,
 ) -> Decision {
@@ -72,7 +73,7 @@ pub fn decide<R: Borrow<Replica>>(
         return d;
     };
     let n = svc.spec.replicas as usize;
-    let hash = svc.spec.revision_hash();
+    let hash = svc.spec.revision_hash(versions);
     let (surge, unavailable) = svc.spec.update.limits(svc.spec.replicas);
     // A paused rollout replaces nothing: every replica counts as current (scaling still works).
     let paused = svc.spec.update.paused;
@@ -145,12 +146,13 @@ pub fn decide<R: Borrow<Replica>>(
 /// max-unavailable nodes (default 1) without a ready replica at a time.
 pub fn decide_global<R: Borrow<Replica>>(
     svc: &Service,
+    versions: &[String],
     replicas: &[R],
     eligible: &std::collections::BTreeSet<String>,
 ) -> Decision {
     let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
     let mut d = Decision::default();
-    let hash = svc.spec.revision_hash();
+    let hash = svc.spec.revision_hash(versions);
     let mut by_node: std::collections::BTreeMap<&str, Vec<&Replica>> = Default::default();
     for r in replicas {
         let r: &Replica = r.borrow();
@@ -264,8 +266,12 @@ pub fn eligible_nodes(
 }
 
 /// The status a service should show.
-pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceStatus {
-    let hash = svc.spec.revision_hash();
+pub fn status_of<R: Borrow<Replica>>(
+    svc: &Service,
+    versions: &[String],
+    replicas: &[R],
+) -> ServiceStatus {
+    let hash = svc.spec.revision_hash(versions);
     let active: Vec<&Replica> = replicas
         .iter()
         .map(|r| r.borrow())
@@ -315,8 +321,9 @@ pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceSt
     }
 }
 
-/// A new pending replica of `svc`.
-pub fn new_replica(svc: &Service) -> Replica {
+/// A new pending replica of `svc`, whose template refers to the secrets and configs at
+/// `versions` ([`config_versions`]).
+pub fn new_replica(svc: &Service, versions: &[String]) -> Replica {
     let suffix = Alphanumeric
         .sample_string(&mut rand::rng(), 5)
         .to_ascii_lowercase();
@@ -339,7 +346,7 @@ pub fn new_replica(svc: &Service) -> Replica {
         },
         spec: ReplicaSpec {
             service: Owner::Service(svc.metadata.name.clone()),
-            template_hash: svc.spec.revision_hash(),
+            template_hash: svc.spec.revision_hash(versions),
             template: Arc::new(svc.spec.template.clone()),
             placement: Arc::new(svc.spec.placement.clone()),
             node: None,
@@ -351,7 +358,8 @@ pub fn new_replica(svc: &Service) -> Replica {
 
 /// `secret/NAME@REVISION` (or `config/...`) of each secret and config `svc`'s template
 /// refers to, from the cache; a missing one counts as revision 0
-/// ([`crate::model::object::Template::config_versions`]).
+/// ([`crate::model::object::Template::config_versions`]): what the controller passes to
+/// [`ServiceSpec::revision_hash`](crate::model::object::ServiceSpec::revision_hash).
 pub fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<String> {
     let ns = &svc.metadata.namespace;
     svc.spec.template.config_versions(|secret, name| {
@@ -451,10 +459,12 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<ObjectKey> {
 /// Reconciles one service (by store key). Returns the store revision written, if any.
 pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
     let (ns, name) = (key.namespace.as_str(), key.name.as_str());
-    let svc = ctx.cache.service(&key.store_key()).map(|mut s| {
-        s.spec.config_versions = config_versions(ctx, &s);
-        s
-    });
+    let svc = ctx.cache.service(&key.store_key());
+    // The secrets' and configs' revisions the template refers to: part of its revision hash.
+    let versions = svc
+        .as_ref()
+        .map(|s| config_versions(ctx, s))
+        .unwrap_or_default();
     // Shared handles, not copies: this runs after every change to any of the replicas.
     let objects = ctx.cache.replica_objects_of_service(ns, name);
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
@@ -464,7 +474,7 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreE
         .map(|s| (s, eligible_nodes(s, &ctx.cache.nodes())));
     let mut stranded_on = std::collections::BTreeSet::new();
     let d = match &global {
-        Some((s, eligible)) => decide_global(s, &replicas, eligible),
+        Some((s, eligible)) => decide_global(s, &versions, &replicas, eligible),
         None => {
             let draining = ctx.cache.draining_nodes();
             // A drain moves a service's replicas only if some other node can take them:
@@ -485,7 +495,7 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreE
                     .map(str::to_string)
                     .collect();
             }
-            decide(svc.as_ref(), &replicas, &|n| {
+            decide(svc.as_ref(), &versions, &replicas, &|n| {
                 movable && draining.contains(n)
             })
         }
@@ -523,13 +533,13 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreE
         let mut fresh = std::collections::HashSet::new();
         let mut bind_to = d.create_on.iter();
         for _ in 0..d.create {
-            let mut r = new_replica(svc);
+            let mut r = new_replica(svc, &versions);
             for _ in 0..8 {
                 let key = Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
                 if ctx.cache.get(Kind::Replica, &key).is_none() && fresh.insert(key) {
                     break;
                 }
-                r = new_replica(svc);
+                r = new_replica(svc, &versions);
             }
             if let Some(node) = bind_to.next() {
                 // Global: bound at creation to its node.
@@ -538,7 +548,7 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreE
             }
             ops.push(create_op(&Object::Replica(r)));
         }
-        let mut status = status_of(svc, &replicas);
+        let mut status = status_of(svc, &versions, &replicas);
         if !stranded_on.is_empty() && status.message.is_empty() {
             status.message = format!(
                 "replicas on draining node(s) {} stay: no other schedulable node for them",
@@ -548,7 +558,8 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreE
         let desired = global
             .as_ref()
             .map_or(svc.spec.replicas, |(_, e)| e.len() as u32);
-        let rollback = crate::engine::rollout::advance(svc, desired, &mut status, Timestamp::now());
+        let rollback =
+            crate::engine::rollout::advance(svc, &versions, desired, &mut status, Timestamp::now());
         if let Some(spec) = rollback {
             let mut s = svc.clone();
             s.spec = spec;
@@ -703,7 +714,7 @@ mod tests {
     }
 
     fn on(svc: &Service, node: &str, ready: bool) -> Replica {
-        let mut r = new_replica(svc);
+        let mut r = new_replica(svc, &[]);
         r.spec.node = Some(node.into());
         r.status.phase = if ready { Phase::Ready } else { Phase::Starting };
         r
@@ -716,7 +727,7 @@ mod tests {
         let nodes: std::collections::BTreeSet<String> =
             ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
         // Nothing yet: one on each node.
-        let d = decide_global(&svc, &Vec::<Replica>::new(), &nodes);
+        let d = decide_global(&svc, &[], &Vec::<Replica>::new(), &nodes);
         assert_eq!(d.create_on, ["n1", "n2", "n3"]);
         // One each, ready; n4 not eligible keeps nothing; a second on n1 goes.
         let mut reps: Vec<Replica> = ["n1", "n2", "n3", "n4"]
@@ -724,7 +735,7 @@ mod tests {
             .map(|n| on(&svc, n, true))
             .collect();
         reps.push(on(&svc, "n1", false));
-        let d = decide_global(&svc, &reps, &nodes);
+        let d = decide_global(&svc, &[], &reps, &nodes);
         assert!(d.create_on.is_empty());
         assert_eq!(d.stop.len(), 2, "{d:?}");
         // A new template: replaced one node at a time (max unavailable 1).
@@ -733,7 +744,7 @@ mod tests {
             .map(|n| on(&svc, n, true))
             .collect();
         svc.spec.template.args = vec!["v2".into()];
-        let d = decide_global(&svc, &reps, &nodes);
+        let d = decide_global(&svc, &[], &reps, &nodes);
         assert_eq!(d.stop.len(), 1, "{d:?}");
         assert!(d.create_on.is_empty());
     }
@@ -744,13 +755,13 @@ mod tests {
         let reps: Vec<Replica> = (0..3).map(|_| on(&svc, "n1", true)).collect();
         svc.spec.template.args = vec!["v2".into()];
         // Unset: surge 1 and unavailable 1 both at once.
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (1, 1));
         svc.spec.update.order = Some(crate::model::object::UpdateOrder::StartFirst);
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (1, 0), "start first");
         svc.spec.update.order = Some(crate::model::object::UpdateOrder::StopFirst);
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (0, 1), "stop first");
     }
 
@@ -759,15 +770,15 @@ mod tests {
         let svc = service(4, 1, 1);
         let drained = |n: &str| n == "n1";
         let mut reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
-        let mut pending = new_replica(&svc);
+        let mut pending = new_replica(&svc, &[]);
         pending.status.reason = Reason::Unschedulable;
         reps.push(pending);
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 0), "{d:?}");
         // A template change still rolls within max-unavailable.
         let mut svc2 = svc.clone();
         svc2.spec.template.args = vec!["v2".into()];
-        let d = decide(Some(&svc2), &reps[..4], &drained);
+        let d = decide(Some(&svc2), &[], &reps[..4], &drained);
         assert_eq!((d.create, d.stop.len()), (1, 1), "{d:?}");
     }
 
@@ -777,24 +788,24 @@ mod tests {
         let drained = |n: &str| n == "n1";
         // Four ready on the draining node: one surge replica first, nothing stopped.
         let mut reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (1, 0));
         // The new one is not ready yet: still nothing stopped (max unavailable 0).
         reps.push(on(&svc, "n2", false));
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 0));
         // Ready: one old replica goes.
         reps.last_mut().unwrap().status.phase = Phase::Ready;
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 1));
         // Not draining: nothing to do for the same replicas minus the surge.
         reps.pop();
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!(d, Decision::default());
         // With max unavailable 2 and no surge, two go at once.
         let svc = service(4, 0, 2);
         let reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 2));
     }
 }

@@ -704,13 +704,14 @@ impl Template {
         out
     }
 
-    /// The [`ServiceSpec::config_versions`] entry of a referenced secret (`secret: true`) or
+    /// The [`Template::config_versions`] entry of a referenced secret (`secret: true`) or
     /// config at store revision `rev` (0: missing).
     pub fn config_version(secret: bool, name: &str, rev: u64) -> String {
         format!("{}/{name}@{rev}", if secret { "secret" } else { "config" })
     }
 
-    /// [`ServiceSpec::config_versions`] as the replication controller counts them: one
+    /// The referenced secrets' and configs' versions, as the replication controller counts
+    /// them for [`ServiceSpec::revision_hash`]: one
     /// [`Template::config_version`] per secret (`true`) or config the template refers to, at
     /// the store revision `revision_of(secret, name)` gives (0: missing). Everything that
     /// shows or compares a service's revision hash goes through this, so `orchctl describe`,
@@ -753,24 +754,19 @@ impl ServiceSpec {
     /// update limits, as a change to a Kubernetes pod template does (placement rules live in
     /// it there). Equal to [`Template::hash`] while the placement is the default.
     ///
-    /// With [`ServiceSpec::config_versions`] filled in (and `update.ignoreConfigChanges`
-    /// off), they count too: revisions, not contents, so the hash says nothing about a
-    /// secret's value.
-    pub fn revision_hash(&self) -> String {
+    /// `config_versions` ([`Template::config_versions`]: the revisions of the secrets and
+    /// configs the template refers to) count too unless `update.ignoreConfigChanges`:
+    /// revisions, not contents, so the hash says nothing about a secret's value.
+    pub fn revision_hash(&self, config_versions: &[String]) -> String {
         let base = if self.placement == Placement::default() {
             self.template.hash()
         } else {
             fnv_hex(&serde_json::to_vec(&(&self.template, &self.placement)).unwrap_or_default())
         };
-        if self.config_versions.is_empty() || self.update.ignore_config_changes {
+        if config_versions.is_empty() || self.update.ignore_config_changes {
             return base;
         }
-        fnv_hex(format!("{base}|{}", self.config_versions.join(",")).as_bytes())
-    }
-
-    /// Fills in [`ServiceSpec::config_versions`] with [`Template::config_versions`].
-    pub fn set_config_versions(&mut self, revision_of: impl FnMut(bool, &str) -> u64) {
-        self.config_versions = self.template.config_versions(revision_of);
+        fnv_hex(format!("{base}|{}", config_versions.join(",")).as_bytes())
     }
 }
 
@@ -1154,11 +1150,6 @@ pub struct ServiceSpec {
     /// service proxy). Changing them does not roll the replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Publish>,
-    /// `secret/NAME@REVISION` of each secret and config the template refers to, filled in by
-    /// the replication controller from its cache (never stored): part of the revision hash,
-    /// so a change to one rolls the service (unless `update.ignoreConfigChanges`).
-    #[serde(skip)]
-    pub config_versions: Vec<String>,
 }
 
 /// A port published on every node: TCP connections to it go to a ready replica's port.
@@ -1246,7 +1237,7 @@ pub struct RevisionRecord {
     /// When it was first recorded (kept when an undo or rollback makes it current again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Timestamp>,
-    /// The secrets' and configs' revisions it ran with ([`ServiceSpec::config_versions`]).
+    /// The secrets' and configs' revisions it ran with ([`Template::config_versions`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_versions: Vec<String>,
     /// What changed when it became current: the service's `orch/change-cause` annotation (if
@@ -2170,20 +2161,21 @@ mod tests {
             update: UpdateStrategy::default(),
             mode: ServiceMode::default(),
             publish: Vec::new(),
-            config_versions: Vec::new(),
         };
-        let plain = spec.revision_hash();
+        let plain = spec.revision_hash(&[]);
         assert_eq!(spec.template.references(), [(false, "app")]);
-        spec.config_versions = vec!["config/app@3".into()];
-        let v3 = spec.revision_hash();
-        spec.config_versions = vec!["config/app@4".into()];
-        let v4 = spec.revision_hash();
+        let v3 = spec.revision_hash(&["config/app@3".into()]);
+        let v4 = spec.revision_hash(&["config/app@4".into()]);
         assert!(
             plain != v3 && v3 != v4,
             "a new config revision is a new revision"
         );
         spec.update.ignore_config_changes = true;
-        assert_eq!(spec.revision_hash(), plain, "unless the service says so");
+        assert_eq!(
+            spec.revision_hash(&["config/app@3".into()]),
+            plain,
+            "unless the service says so"
+        );
     }
 
     #[test]
