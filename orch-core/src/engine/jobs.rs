@@ -100,12 +100,8 @@ fn new_replica(job: &Job) -> Replica {
     let mut svc_like = crate::model::object::Service {
         metadata: job.metadata.clone(),
         spec: crate::model::object::ServiceSpec {
-            replicas: 1,
-            template: job.spec.template.clone(),
             placement: job.spec.placement.clone(),
-            update: Default::default(),
-            mode: Default::default(),
-            publish: Vec::new(),
+            ..crate::model::object::ServiceSpec::new(1, job.spec.template.clone())
         },
         status: Default::default(),
     };

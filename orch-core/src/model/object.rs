@@ -668,6 +668,15 @@ pub enum PullPolicy {
 }
 
 impl Template {
+    /// A template that runs `command` (the program and its arguments) with every other
+    /// field at its default.
+    pub fn with_command<S: Into<String>>(command: impl IntoIterator<Item = S>) -> Template {
+        Template {
+            command: command.into_iter().map(Into::into).collect(),
+            ..Template::default()
+        }
+    }
+
     /// The stop signal, `SIGTERM` unless set.
     pub fn stop_signal(&self) -> &str {
         self.stop_signal.as_deref().unwrap_or("SIGTERM")
@@ -748,7 +757,31 @@ fn fnv_hex(bytes: &[u8]) -> String {
     format!("{:010x}", h & 0xff_ffff_ffff)
 }
 
+impl Default for ServiceSpec {
+    /// One replica of an empty template, everything else at its default (as a manifest that
+    /// leaves the fields out).
+    fn default() -> Self {
+        ServiceSpec {
+            replicas: one(),
+            template: Template::default(),
+            placement: Placement::default(),
+            update: UpdateStrategy::default(),
+            mode: ServiceMode::default(),
+            publish: Vec::new(),
+        }
+    }
+}
+
 impl ServiceSpec {
+    /// `replicas` replicas of `template`, everything else at its default.
+    pub fn new(replicas: u32, template: Template) -> ServiceSpec {
+        ServiceSpec {
+            replicas,
+            template,
+            ..ServiceSpec::default()
+        }
+    }
+
     /// The revision of what each replica runs and where it may run: the template and the
     /// placement rules. Replicas record it (`templateHash`); a change replaces them within the
     /// update limits, as a change to a Kubernetes pod template does (placement rules live in
@@ -1328,6 +1361,21 @@ pub struct Service {
     /// Observed state.
     #[serde(default)]
     pub status: ServiceStatus,
+}
+
+impl Service {
+    /// The service `name` in the default namespace with `spec` (no status yet).
+    pub fn new(name: impl Into<String>, spec: ServiceSpec) -> Service {
+        Service {
+            metadata: Metadata {
+                name: name.into(),
+                namespace: DEFAULT_NAMESPACE.into(),
+                ..Metadata::default()
+            },
+            spec,
+            status: ServiceStatus::default(),
+        }
+    }
 }
 
 /// Whether a replica should be running.
@@ -2146,9 +2194,9 @@ mod tests {
 
     #[test]
     fn config_versions_move_the_revision_hash_unless_ignored() {
-        let mut spec = ServiceSpec {
-            replicas: 1,
-            template: Template {
+        let mut spec = ServiceSpec::new(
+            1,
+            Template {
                 command: vec!["sh".into()],
                 mounts: vec![Mount {
                     path: "/etc/app".into(),
@@ -2157,11 +2205,7 @@ mod tests {
                 }],
                 ..Template::default()
             },
-            placement: Placement::default(),
-            update: UpdateStrategy::default(),
-            mode: ServiceMode::default(),
-            publish: Vec::new(),
-        };
+        );
         let plain = spec.revision_hash(&[]);
         assert_eq!(spec.template.references(), [(false, "app")]);
         let v3 = spec.revision_hash(&["config/app@3".into()]);
