@@ -809,3 +809,111 @@ mod tests {
         assert_eq!((d.create, d.stop.len()), (0, 2));
     }
 }
+
+/// The rolling update's two limits, over random services and replica mixes, followed over
+/// several reconciles: a decision never brings the replicas above `replicas + maxSurge`
+/// when it creates any, and never stops ready replicas below `replicas - maxUnavailable`.
+#[cfg(test)]
+mod rolling_update_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::object::{IntOrPercent, UpdateOrder};
+
+    /// One replica at the start: (of the current revision, ready, placed on a node).
+    type Start = (bool, bool, bool);
+
+    fn service(replicas: u32, surge: u32, unavailable: u32, order: u8, paused: bool) -> Service {
+        let mut svc = Service::new(
+            "web",
+            crate::model::object::ServiceSpec::new(
+                replicas,
+                crate::model::object::Template::with_command(["sleep", "1"]),
+            ),
+        );
+        svc.spec.update.max_surge = Some(IntOrPercent::Int(surge));
+        svc.spec.update.max_unavailable = Some(IntOrPercent::Int(unavailable));
+        svc.spec.update.order = match order {
+            1 => Some(UpdateOrder::StartFirst),
+            2 => Some(UpdateOrder::StopFirst),
+            _ => None,
+        };
+        svc.spec.update.paused = paused;
+        svc
+    }
+
+    fn replica(svc: &Service, current: bool, ready: bool, placed: bool) -> Replica {
+        let mut r = new_replica(svc, &[]);
+        if !current {
+            r.spec.template_hash = "an-old-revision".into();
+        }
+        r.spec.node = placed.then(|| "n1".to_string());
+        r.status.phase = match (ready && placed, placed) {
+            (true, _) => Phase::Ready,
+            (false, true) => Phase::Starting,
+            (false, false) => Phase::Pending,
+        };
+        r
+    }
+
+    fn key(r: &Replica) -> String {
+        Kind::Replica.key(&r.metadata.namespace, &r.metadata.name)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn never_above_surge_never_below_max_unavailable(
+            replicas in 0u32..8,
+            surge in 0u32..4,
+            unavailable in 0u32..4,
+            order in 0u8..3,
+            paused in proptest::bool::weighted(0.1),
+            start in proptest::collection::vec(any::<Start>(), 0..12),
+            steps in proptest::collection::vec(proptest::collection::vec(any::<(bool, bool)>(), 24), 1..8),
+        ) {
+            let svc = service(replicas, surge, unavailable, order, paused);
+            let (surge, unavailable) = svc.spec.update.limits(replicas);
+            let n = replicas as usize;
+            let min_available = n.saturating_sub(unavailable as usize);
+            let mut reps: Vec<Replica> = start
+                .iter()
+                .map(|&(current, ready, placed)| replica(&svc, current, ready, placed))
+                .collect();
+            for flips in steps {
+                let d = decide(Some(&svc), &[], &reps, &|_| false);
+                if d.create > 0 {
+                    prop_assert!(
+                        reps.len() + d.create as usize <= n + surge as usize,
+                        "{} replicas + {} created > {} + surge {}: {:?}",
+                        reps.len(), d.create, n, surge, d
+                    );
+                }
+                let gone: std::collections::HashSet<&String> =
+                    d.stop.iter().chain(&d.delete).collect();
+                let ready_before = reps.iter().filter(|r| ready(r)).count();
+                let ready_after = reps
+                    .iter()
+                    .filter(|r| ready(r) && !gone.contains(&key(r)))
+                    .count();
+                prop_assert!(
+                    ready_after >= ready_before.min(min_available),
+                    "{ready_before} ready, {ready_after} after the decision, at least {min_available} must stay: {d:?}"
+                );
+                // The decision carried out: stopped and deleted replicas go, new ones start
+                // unplaced; then the world moves: some replicas get placed and ready, some
+                // ready ones fail.
+                reps.retain(|r| !gone.contains(&key(r)));
+                reps.extend((0..d.create).map(|_| replica(&svc, true, false, false)));
+                for (r, (up, down)) in reps.iter_mut().zip(flips) {
+                    if up && !ready(r) {
+                        r.spec.node = Some("n1".into());
+                        r.status.phase = Phase::Ready;
+                    } else if down && ready(r) {
+                        r.status.phase = Phase::Starting;
+                    }
+                }
+            }
+        }
+    }
+}
