@@ -625,8 +625,9 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
     }
 }
 
-/// A secret with its values replaced by [`redacted_value`]; other objects as they are. What
-/// the API returns: secret values reach only the nodes that run replicas using them.
+/// A secret with its values replaced by the placeholder `<redacted: N bytes>`; other objects
+/// as they are. What the API returns: secret values reach only the nodes that run replicas
+/// using them.
 pub fn redact(mut o: Object) -> Object {
     if let Object::Secret(s) = &mut o {
         for v in s.data.values_mut() {

@@ -57,21 +57,21 @@ impl Default for EngineConfig {
 /// What every controller and agent shares.
 pub struct Ctx {
     /// The store (the truth).
-    pub store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     /// The cache (a reflection of the store).
-    pub cache: Arc<Cache>,
+    pub(crate) cache: Arc<Cache>,
     /// Places replicas.
-    pub scheduler: Arc<dyn Scheduler>,
+    pub(crate) scheduler: Arc<dyn Scheduler>,
     /// Receives endpoints.
-    pub discovery: Arc<dyn Discovery>,
+    pub(crate) discovery: Arc<dyn Discovery>,
     /// Records events.
-    pub recorder: Recorder,
+    pub(crate) recorder: Recorder,
     /// Tunables.
-    pub config: EngineConfig,
+    pub(crate) config: EngineConfig,
     /// Fires on shutdown.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     /// Counters and latencies (`/metrics`).
-    pub metrics: Arc<crate::engine::metrics::Metrics>,
+    pub(crate) metrics: Arc<crate::engine::metrics::Metrics>,
 }
 
 impl Ctx {

@@ -24,15 +24,6 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder that drops everything (for tests that do not care).
-    pub fn disabled() -> Recorder {
-        Recorder {
-            tx: mpsc::unbounded_channel().0,
-            source: "".into(),
-            uid: "".into(),
-        }
-    }
-
     /// The same channel, reporting as `source`.
     pub fn with_source(&self, source: &str) -> Recorder {
         Recorder {

@@ -22,16 +22,16 @@
 pub mod api;
 pub mod cache;
 pub(crate) mod controller;
-pub mod ctx;
-pub mod endpoints;
-pub mod events;
-pub mod jobs;
-pub mod metrics;
+pub(crate) mod ctx;
+pub(crate) mod endpoints;
+pub(crate) mod events;
+pub(crate) mod jobs;
+pub(crate) mod metrics;
 pub mod nodes;
-pub mod queue;
+pub(crate) mod queue;
 pub mod replication;
-pub mod rollout;
-pub mod scheduling;
+pub(crate) mod rollout;
+pub(crate) mod scheduling;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use cache::Cache;
 pub use ctx::{Ctx, EngineConfig};
-pub use events::Recorder;
 
 use crate::discovery::{Discovery, MemDiscovery};
 use crate::node::{Agent, AgentConfig};

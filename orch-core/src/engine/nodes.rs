@@ -96,7 +96,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationTok
 /// Whether `node` can take new replicas of a service with `placement`: Ready, neither
 /// cordoned nor draining, and admitted by the placement's selectors, affinity and taints.
 /// (Resources and replica affinity are the scheduler's to judge.)
-pub fn can_take(
+pub(crate) fn can_take(
     placement: &crate::model::object::Placement,
     node: &crate::model::object::Node,
 ) -> bool {

@@ -139,13 +139,9 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     }
 
     /// Keys waiting.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().queue.len()
-    }
-
-    /// Whether no key waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -21,7 +21,7 @@ use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError}
 
 /// What one reconcile of a service decided.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Replicas to create.
     pub create: u32,
     /// Replicas (keys) to stop.
@@ -39,7 +39,7 @@ fn ready(r: &Replica) -> bool {
 /// Pure decision for one service given its replicas. Replicas being stopped are ignored.
 /// Replicas on a node for which `draining` holds count as outdated: they are replaced within
 /// max-surge / max-unavailable exactly as replicas of an old template are.
-pub fn decide<R: Borrow<Replica>>(
+pub(crate) fn decide<R: Borrow<Replica>>(
     svc: Option<&Service>,
     versions: &[String],
     replicas: &[R],
@@ -144,7 +144,7 @@ pub fn decide<R: Borrow<Replica>>(
 /// an active replica gets one; replicas on nodes no longer eligible stop; a second replica on
 /// a node stops; replicas of an old revision are replaced node by node, at most
 /// max-unavailable nodes (default 1) without a ready replica at a time.
-pub fn decide_global<R: Borrow<Replica>>(
+pub(crate) fn decide_global<R: Borrow<Replica>>(
     svc: &Service,
     versions: &[String],
     replicas: &[R],
@@ -250,7 +250,7 @@ fn eligibility_changed(c: &Change) -> bool {
 }
 
 /// The nodes a global service runs on now.
-pub fn eligible_nodes(
+pub(crate) fn eligible_nodes(
     svc: &Service,
     nodes: &[crate::model::object::Node],
 ) -> std::collections::BTreeSet<String> {
@@ -266,7 +266,7 @@ pub fn eligible_nodes(
 }
 
 /// The status a service should show.
-pub fn status_of<R: Borrow<Replica>>(
+pub(crate) fn status_of<R: Borrow<Replica>>(
     svc: &Service,
     versions: &[String],
     replicas: &[R],
@@ -322,7 +322,7 @@ pub fn status_of<R: Borrow<Replica>>(
 }
 
 /// A new pending replica of `svc`, whose template refers to the secrets and configs at
-/// `versions` ([`config_versions`]).
+/// `versions` ([`Template::config_versions`](crate::model::object::Template::config_versions)).
 pub fn new_replica(svc: &Service, versions: &[String]) -> Replica {
     let suffix = Alphanumeric
         .sample_string(&mut rand::rng(), 5)
@@ -360,7 +360,7 @@ pub fn new_replica(svc: &Service, versions: &[String]) -> Replica {
 /// refers to, from the cache; a missing one counts as revision 0
 /// ([`crate::model::object::Template::config_versions`]): what the controller passes to
 /// [`ServiceSpec::revision_hash`](crate::model::object::ServiceSpec::revision_hash).
-pub fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<String> {
+pub(crate) fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<String> {
     let ns = &svc.metadata.namespace;
     svc.spec.template.config_versions(|secret, name| {
         let kind = if secret { Kind::Secret } else { Kind::Config };
@@ -457,7 +457,7 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<ObjectKey> {
 }
 
 /// Reconciles one service (by store key). Returns the store revision written, if any.
-pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
+pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
     let (ns, name) = (key.namespace.as_str(), key.name.as_str());
     let svc = ctx.cache.service(&key.store_key());
     // The secrets' and configs' revisions the template refers to: part of its revision hash.

@@ -179,7 +179,7 @@ impl fmt::Display for ObjectKey {
 /// The most replicas one service may ask for.
 pub const MAX_REPLICAS: i64 = 100_000;
 /// A fresh object uid (random, 128 bits, UUID-shaped).
-pub fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     let v: u128 = rand::random();
     let h = format!("{v:032x}");
     format!(
@@ -193,7 +193,7 @@ pub fn new_uid() -> String {
 }
 
 /// Deserializes a replica count from any integer, with a clear range error.
-pub fn de_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+pub(crate) fn de_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
     let n = v
         .as_i64()
@@ -1650,12 +1650,12 @@ pub struct Node {
 }
 
 /// The placeholder a secret value shows as outside the store: `<redacted: N bytes>`.
-pub fn redacted_value(v: &str) -> String {
+pub(crate) fn redacted_value(v: &str) -> String {
     format!("<redacted: {} bytes>", v.len())
 }
 
 /// Whether `v` is [`redacted_value`]'s placeholder (applying it back would lose the secret).
-pub fn is_redacted_placeholder(v: &str) -> bool {
+pub(crate) fn is_redacted_placeholder(v: &str) -> bool {
     v.strip_prefix("<redacted: ")
         .and_then(|r| r.strip_suffix(" bytes>"))
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
