@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let Object::Service(svc) = orch_core::model::manifest::parse("probe", yaml)?.remove(0) else {
         anyhow::bail!("not a service")
     };
-    let one = Object::Replica(new_replica(&svc)).encode();
+    let one = Object::Replica(new_replica(&svc, &[])).encode();
     println!("one replica: {} bytes of JSON", one.len());
     let per = |before: f64| (rss() - before) / n as f64;
 
