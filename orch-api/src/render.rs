@@ -64,7 +64,7 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
                 // Why it is not up (CrashLoopBackOff, Unschedulable, ...), as kubectl shows a
                 // waiting reason; a running replica stays `Running` until it is `Ready` (why
                 // it is not ready yet is in `describe`).
-                phase = r.status.reason.clone();
+                phase = r.status.reason.to_string();
             }
             (
                 vec![
@@ -72,7 +72,7 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
                 ],
                 vec![
                     md.name.clone(),
-                    r.spec.service.clone(),
+                    r.spec.service.to_string(),
                     r.spec.node.clone().unwrap_or_else(|| "<none>".into()),
                     phase,
                     r.status.restarts.to_string(),
@@ -174,8 +174,16 @@ pub fn objects_table(objs: &[Object], all_namespaces: bool) -> String {
     table(&header, &rows)
 }
 
-/// `orchctl describe` text of an object and its events (newest last).
-pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
+/// `orchctl describe` text of an object and its events (newest last). For a service,
+/// `config_versions` are the revisions of the secrets and configs its template refers to
+/// ([`Template::config_versions`](orch_core::model::object::Template::config_versions)), as
+/// the replication controller counts them for the revision hash.
+pub fn describe(
+    obj: &Object,
+    config_versions: &[String],
+    events: &[Object],
+    related: &[Object],
+) -> String {
     let md = obj.metadata();
     let mut out = String::new();
     let mut kv = |k: &str, v: String| out.push_str(&format!("{:<18}{}\n", format!("{k}:"), v));
@@ -291,8 +299,8 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
                     kv(what, probe_text(p));
                 }
             }
-            if !s.spec.config_versions.is_empty() {
-                kv("Uses", s.spec.config_versions.join(", "));
+            if !config_versions.is_empty() {
+                kv("Uses", config_versions.join(", "));
             }
             if s.spec.mode == ServiceMode::Global {
                 kv("Mode", "global (one replica on every eligible node)".into());
@@ -302,7 +310,7 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
                 update_text(&s.spec.update, s.spec.replicas),
             );
             kv("Paused", s.spec.update.paused.to_string());
-            kv("Revision hash", s.spec.revision_hash());
+            kv("Revision hash", s.spec.revision_hash(config_versions));
             let r = &s.status.rollout;
             if s.status.revision > 0 {
                 kv(
@@ -325,14 +333,14 @@ pub fn describe(obj: &Object, events: &[Object], related: &[Object]) -> String {
             }
         }
         Object::Replica(r) => {
-            kv("Service", r.spec.service.clone());
+            kv("Service", r.spec.service.to_string());
             kv(
                 "Node",
                 r.spec.node.clone().unwrap_or_else(|| "<none>".into()),
             );
             kv("Phase", r.status.phase.as_str().into());
             if !r.status.reason.is_empty() {
-                kv("Reason", r.status.reason.clone());
+                kv("Reason", r.status.reason.to_string());
             }
             if !r.status.message.is_empty() {
                 kv("Message", r.status.message.clone());
@@ -696,13 +704,13 @@ mod tests {
 
     #[test]
     fn describe_service_shows_probes_ports_strategy_pause_and_the_controllers_hash() {
-        let mut s = service(WEB);
-        let plain = s.spec.revision_hash();
-        s.spec.set_config_versions(|secret, name| {
+        let s = service(WEB);
+        let plain = s.spec.revision_hash(&[]);
+        let versions = s.spec.template.config_versions(|secret, name| {
             assert_eq!((secret, name), (false, "app"));
             7
         });
-        let text = describe(&Object::from(s.clone()), &[], &[]);
+        let text = describe(&Object::from(s.clone()), &versions, &[], &[]);
         for want in [
             "Published:        8080 on every node → http (RoundRobin)",
             "Readiness probe:  http-get :http/healthz delay=0s timeout=1s period=2s #success=1 #failure=3",
@@ -713,7 +721,7 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing in\n{text}");
         }
-        let hash = s.spec.revision_hash();
+        let hash = s.spec.revision_hash(&versions);
         assert_ne!(hash, plain, "the config's revision counts");
         assert!(
             text.contains(&format!("Revision hash:    {hash}\n")),

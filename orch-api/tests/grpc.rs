@@ -120,7 +120,7 @@ fn replica_on(node: Option<&str>) -> Replica {
     let Object::Service(svc) = &objs[0] else {
         panic!()
     };
-    let mut r = orch_core::engine::replication::new_replica(svc);
+    let mut r = orch_core::engine::replication::new_replica(svc, &[]);
     r.spec.node = node.map(String::from);
     r
 }

@@ -256,7 +256,7 @@ async fn logs_come_from_the_replicas_node_runtime() {
     else {
         panic!()
     };
-    let mut r = orch_core::engine::replication::new_replica(&svc);
+    let mut r = orch_core::engine::replication::new_replica(&svc, &[]);
     r.spec.node = Some("n1".into());
     store
         .txn(vec![orch_core::store::create_op(&Object::Replica(

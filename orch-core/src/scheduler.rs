@@ -2,6 +2,7 @@
 //! plan. No clock, no I/O, no async; the seed for tie-breaks is passed in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::model::object::{Node, NodeCondition, Placement, Protocol, Replica, Taint, Template};
@@ -203,7 +204,7 @@ impl ClusterSnapshot {
             service.clear();
             service.push_str(&r.metadata.namespace);
             service.push('/');
-            service.push_str(&r.spec.service);
+            let _ = write!(service, "{}", r.spec.service);
             match info.per_service.get_mut(service.as_str()) {
                 Some(c) => *c += 1,
                 None => {

@@ -246,6 +246,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
 }
 
+/// Most operations the engine writes in one transaction (see [`txn_chunked`]).
+pub const MAX_TXN_OPS: usize = 5_000;
+
 /// Applies `ops` as consecutive transactions of at most `limit` operations and of at most
 /// the store's [`Store::max_txn_ops`], in order; returns the revision of the last one (`None`
 /// when `ops` is empty). Each chunk is atomic, the whole is not: for writers whose operations

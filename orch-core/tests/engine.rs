@@ -220,7 +220,7 @@ async fn rolling_update_keeps_availability() {
         .service("/services/default/web")
         .unwrap()
         .spec
-        .revision_hash();
+        .revision_hash(&[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let reps = replicas(&e, "web");

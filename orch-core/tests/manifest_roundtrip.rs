@@ -417,9 +417,7 @@ fn service() -> impl Strategy<Value = Service> {
                         max_unavailable,
                         ..UpdateStrategy::default()
                     },
-                    mode: Default::default(),
-                    publish: Vec::new(),
-                    config_versions: Vec::new(),
+                    ..ServiceSpec::default()
                 },
                 status: Default::default(),
             },

@@ -244,7 +244,7 @@ fn build(ng: &[NodeGen], sg: &[ServiceGen]) -> Built {
     for (i, g) in sg.iter().enumerate() {
         let svc = service(i, g);
         for &n in &g.existing {
-            let mut r = new_replica(&svc);
+            let mut r = new_replica(&svc, &[]);
             r.metadata.name = format!("s{i}-old{k}");
             k += 1;
             r.spec.node = Some(format!("n{n}"));
@@ -252,7 +252,7 @@ fn build(ng: &[NodeGen], sg: &[ServiceGen]) -> Built {
             built.bound.push(r);
         }
         for _ in 0..g.replicas {
-            let mut r = new_replica(&svc);
+            let mut r = new_replica(&svc, &[]);
             r.metadata.name = format!("s{i}-new{k}");
             k += 1;
             built
@@ -439,7 +439,7 @@ fn check(ng: &[NodeGen], sg: &[ServiceGen], seed: u64) -> Result<(), TestCaseErr
             .map(|n| (n.metadata.labels["zone"].clone(), 0))
             .collect();
         for (r, n) in &placed {
-            if r.spec.service == svc.metadata.name {
+            if r.spec.service.is_service(&svc.metadata.name) {
                 *counts.entry(n.metadata.labels["zone"].clone()).or_default() += 1;
             }
         }

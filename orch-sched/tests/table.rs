@@ -79,7 +79,7 @@ fn workload(yaml: &str) -> Vec<PendingReplica> {
     for o in objects {
         let Object::Service(svc) = o else { continue };
         for i in 0..svc.spec.replicas {
-            let r = new_replica(&svc);
+            let r = new_replica(&svc, &[]);
             let key = format!("/replicas/default/{}-{i}", svc.metadata.name);
             out.push(PendingReplica::from_replica(&r, key));
         }

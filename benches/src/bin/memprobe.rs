@@ -35,14 +35,14 @@ async fn main() -> anyhow::Result<()> {
     let Object::Service(svc) = orch_core::model::manifest::parse("probe", yaml)?.remove(0) else {
         anyhow::bail!("not a service")
     };
-    let one = Object::Replica(new_replica(&svc)).encode();
+    let one = Object::Replica(new_replica(&svc, &[])).encode();
     println!("one replica: {} bytes of JSON", one.len());
     let per = |before: f64| (rss() - before) / n as f64;
 
     let before = rss();
     let objects: Vec<Object> = (0..n)
         .map(|i| {
-            let mut r = new_replica(&svc);
+            let mut r = new_replica(&svc, &[]);
             r.metadata.name = format!("bench-{i}");
             Object::Replica(r)
         })

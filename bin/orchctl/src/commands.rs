@@ -600,7 +600,7 @@ async fn list(client: &Client, kind: Kind, ns: Option<&str>) -> anyhow::Result<V
 
 async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
-    let mut obj = match client
+    let obj = match client
         .call(Request::Get {
             kind,
             namespace: Some(ns.into()),
@@ -611,7 +611,8 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         Response::Objects { mut objects, .. } if !objects.is_empty() => objects.remove(0),
         _ => bail!("{} {name:?} not found", kind.as_str().to_ascii_lowercase()),
     };
-    if let Object::Service(s) = &mut obj {
+    let mut versions = Vec::new();
+    if let Object::Service(s) = &obj {
         // The revision hash counts the secrets' and configs' revisions, as the controller does.
         let mut revs = std::collections::HashMap::new();
         for (secret, name) in s.spec.template.references() {
@@ -637,7 +638,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
             };
             revs.insert((secret, name.to_string()), rev);
         }
-        s.spec.set_config_versions(|secret, name| {
+        versions = s.spec.template.config_versions(|secret, name| {
             revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
         });
     }
@@ -646,7 +647,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         Kind::Service => list(client, Kind::Replica, Some(ns))
             .await?
             .into_iter()
-            .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == name))
+            .filter(|r| matches!(r, Object::Replica(r) if r.spec.service.is_service(name)))
             .collect(),
         Kind::Node => list(client, Kind::Replica, None)
             .await?
@@ -654,7 +655,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
             .filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name)))
             .collect(),
         Kind::Job => {
-            let owner = orch_core::model::object::job_owner(name);
+            let owner = orch_core::model::object::Owner::Job(name.to_string());
             list(client, Kind::Replica, Some(ns))
                 .await?
                 .into_iter()
@@ -663,7 +664,7 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
         }
         _ => Vec::new(),
     };
-    out!("{}", render::describe(&obj, &events, &related));
+    out!("{}", render::describe(&obj, &versions, &events, &related));
     // A start waiting on an image pull says how far it got (asked live of the node).
     if let Object::Replica(r) = &obj {
         if let Ok(Response::Progress { text: Some(text) }) = client

@@ -1,5 +1,6 @@
 //! What `orchctl describe`, `get` and `rollout` print, through the real binaries: describe's
-//! revision hash is the replicas' `templateHash` for a service that uses a config, it shows
+//! revision hash is the replicas' `templateHash` for a service that uses a config or a
+//! secret, it shows
 //! the spec's probes, published ports, update strategy and pause, and only the events of this
 //! service (not of an earlier one of the same name); `rollout history` after an undo is sorted
 //! by number with the restored revision renumbered, and `rollout status` never reports a
@@ -87,6 +88,28 @@ fn describe_service_agrees_with_its_replicas_and_shows_only_its_own_events() {
         "only the events of this service, not of the one deleted before:\n{text}"
     );
     d.delete_and_wait("service", "web");
+}
+
+#[test]
+fn describe_shows_the_replicas_template_hash_for_a_service_that_uses_a_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let yaml = "apiVersion: orch/v1\nkind: Secret\nmetadata: {name: token}\ndata: {value: s3cret}\n---\napiVersion: orch/v1\nkind: Service\nmetadata: {name: api}\nspec:\n  replicas: 1\n  template:\n    command: [sleep]\n    args: ['1000']\n    stopGracePeriod: 1s\n    env: [{name: TOKEN, valueFrom: {secret: token, key: value}}]\n";
+    let f = write(tmp.path(), "api.yaml", yaml);
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let hash = eventually("a replica", Duration::from_secs(30), || {
+        of(&d, "api")
+            .first()
+            .map(|r| r["spec"]["templateHash"].as_str().unwrap().to_string())
+    });
+    let text = d.ctl_ok(&["describe", "service", "api"]);
+    assert_eq!(
+        value(&text, "Revision hash"),
+        Some(hash.as_str()),
+        "describe's revision hash is the replicas' templateHash:\n{text}"
+    );
+    assert!(text.contains("Uses:             secret/token@"), "{text}");
+    d.delete_and_wait("service", "api");
 }
 
 #[test]

@@ -10,11 +10,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch_core::{AgentConfig, Engine};
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
-
+use orch_core::model::object::{Service, ServiceSpec, Template};
 use orch_core::scheduler::{ClusterSnapshot, PendingReplica, Plan, Scheduler};
+use orch_core::{AgentConfig, Engine};
 use orch_sched::{Class, ClassFilter, ClassScore, FilterPlugin, NodeId, PassState, ScorePlugin};
 
 /// Filter plugin: refuses nodes labelled `maintenance=true`.
@@ -135,9 +135,8 @@ pub async fn place(scheduler: Arc<dyn Scheduler>, replicas: u32) -> Vec<(String,
     while engine.cache().nodes().len() < 4 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let yaml = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template: {{command: [server]}}\n");
-    let objects = orch_core::model::manifest::parse("web.yaml", &yaml).expect("valid manifest");
-    orch_core::engine::api::apply(&*store, objects, false)
+    let spec = ServiceSpec::new(replicas, Template::with_command(["server"]));
+    orch_core::engine::api::apply(&*store, vec![Service::new("web", spec).into()], false)
         .await
         .expect("apply");
     let placed = loop {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_core::memstore::MemStore;
-use orch_core::model::object::{Metadata, Object, Phase, Service, ServiceSpec, Template};
+use orch_core::model::object::{Object, Phase, Service, ServiceSpec, Template};
 use orch_core::{AgentConfig, Engine};
 use orch_runtime::{ProcessConfig, ProcessRuntime};
 
@@ -22,30 +22,15 @@ async fn main() -> anyhow::Result<()> {
     engine.add_agent(runtime, AgentConfig::new("local"));
 
     // A service built in code: two replicas of a shell loop.
-    let service = Service {
-        metadata: Metadata {
-            name: "ticker".into(),
-            namespace: "default".into(),
-            ..Metadata::default()
-        },
-        spec: ServiceSpec {
-            replicas: 2,
-            template: Template {
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "while true; do echo tick from $ORCH_REPLICA; sleep 1; done".into(),
-                ],
-                ..Template::default()
-            },
-            placement: Default::default(),
-            update: Default::default(),
-            mode: Default::default(),
-            publish: Vec::new(),
-            config_versions: Vec::new(),
-        },
-        status: Default::default(),
-    };
+    let ticker = [
+        "sh",
+        "-c",
+        "while true; do echo tick from $ORCH_REPLICA; sleep 1; done",
+    ];
+    let service = Service::new(
+        "ticker",
+        ServiceSpec::new(2, Template::with_command(ticker)),
+    );
     orch_core::engine::api::apply(&*store, vec![Object::from(service)], false).await?;
 
     // Watch the replicas until both are ready.

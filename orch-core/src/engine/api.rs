@@ -3,24 +3,10 @@
 
 use std::fmt;
 
-use crate::model::object::{Kind, Object};
+use crate::model::object::{new_uid, redacted_value, Kind, Object, MAX_REPLICAS};
 use crate::model::quantity::Timestamp;
-use crate::model::validate::{validate, MAX_REPLICAS};
+use crate::model::validate::validate;
 use crate::store::{create_op, get_object, update_op, Op, Store, StoreError};
-
-/// A fresh object uid (random, 128 bits, UUID-shaped).
-pub fn new_uid() -> String {
-    let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
 
 /// What apply did to one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -462,7 +448,7 @@ pub async fn plan(
     // Which service plan and which replica each pending key belongs to.
     let mut owners: Vec<(usize, String)> = Vec::new();
     for Applied { object, action, .. } in merged {
-        let Object::Service(mut svc) = object else {
+        let Object::Service(svc) = object else {
             continue;
         };
         // The revisions of the secrets and configs it uses count, as the controller counts them.
@@ -475,15 +461,15 @@ pub async fn plan(
                 .unwrap_or(0);
             revs.insert((secret, name.to_string()), rev);
         }
-        svc.spec.set_config_versions(|secret, name| {
+        let versions = svc.spec.template.config_versions(|secret, name| {
             revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
         });
-        let hash = svc.spec.revision_hash();
+        let hash = svc.spec.revision_hash(&versions);
         let mine: Vec<&Replica> = replicas
             .iter()
             .filter(|r| {
                 r.metadata.namespace == svc.metadata.namespace
-                    && r.spec.service == svc.metadata.name
+                    && r.spec.service.is_service(&svc.metadata.name)
             })
             .collect();
         let want = svc.spec.replicas as usize;
@@ -503,7 +489,7 @@ pub async fn plan(
             n += 1;
             to_place.push((
                 format!("new-{n}"),
-                crate::engine::replication::new_replica(&svc),
+                crate::engine::replication::new_replica(&svc, &versions),
             ));
         }
         let placed_now = kept
@@ -617,7 +603,7 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
                             && r.status.phase != crate::model::object::Phase::Lost
                         {
                             r.status.phase = crate::model::object::Phase::Lost;
-                            r.status.reason = "NodeRemoved".into();
+                            r.status.reason = crate::model::object::Reason::NodeRemoved;
                             r.status.message = format!("node {name} was removed");
                             ops.push(update_op(&Object::Replica(r)));
                         }
@@ -639,20 +625,9 @@ pub async fn node_op(store: &dyn Store, name: &str, op: NodeOp) -> Result<Object
     }
 }
 
-/// The placeholder a secret value shows as outside the store: `<redacted: N bytes>`.
-pub fn redacted_value(v: &str) -> String {
-    format!("<redacted: {} bytes>", v.len())
-}
-
-/// Whether `v` is [`redacted_value`]'s placeholder (applying it back would lose the secret).
-pub fn is_redacted_placeholder(v: &str) -> bool {
-    v.strip_prefix("<redacted: ")
-        .and_then(|r| r.strip_suffix(" bytes>"))
-        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-}
-
-/// A secret with its values replaced by [`redacted_value`]; other objects as they are. What
-/// the API returns: secret values reach only the nodes that run replicas using them.
+/// A secret with its values replaced by the placeholder `<redacted: N bytes>`; other objects
+/// as they are. What the API returns: secret values reach only the nodes that run replicas
+/// using them.
 pub fn redact(mut o: Object) -> Object {
     if let Object::Secret(s) = &mut o {
         for v in s.data.values_mut() {

@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::object::{
-    DesiredState, Kind, Labels, Node, Object, Placement, Protocol, Replica, Service, Template,
+    DesiredState, Kind, Labels, Node, Object, Owner, Placement, Protocol, Replica, Service,
+    Template,
 };
 use crate::scheduler::{ClusterSnapshot, LabelCount, NodeInfo};
 use crate::store::{decode, Revision, Store, StoreError, WatchEvent};
@@ -522,12 +523,12 @@ impl Cache {
 
     /// `(namespace, service)` of every service that has replicas in the cache (whether or not
     /// the service itself still exists).
-    pub fn services_with_replicas(&self) -> Vec<(String, String)> {
+    pub fn services_with_replicas(&self) -> Vec<(String, Owner)> {
         self.read()
             .by_service
             .keys()
             .filter_map(|k| k.split_once('/'))
-            .map(|(ns, s)| (ns.to_string(), s.to_string()))
+            .map(|(ns, s)| (ns.to_string(), Owner::parse(s)))
             .collect()
     }
 
@@ -765,7 +766,7 @@ mod tests {
                 ..Metadata::default()
             },
             spec: ReplicaSpec {
-                service: svc,
+                service: svc.into(),
                 template_hash: format!("h{}", i % 4),
                 template: Arc::new(template),
                 placement: Arc::default(),
@@ -873,7 +874,7 @@ mod tests {
                 .filter(|r| r.spec.node.is_none() && r.spec.desired == DesiredState::Running)
                 .map(|r| r.metadata.name.clone()).collect();
             let kept: Vec<String> = st.pending.iter()
-                .map(|k| crate::engine::replication::split_key(k).1.to_string()).collect();
+                .filter_map(|k| crate::model::object::ObjectKey::parse(k)).map(|k| k.name).collect();
             prop_assert_eq!(kept, pending);
         }
     }

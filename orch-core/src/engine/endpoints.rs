@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use crate::discovery::{Discovery, DiscoveryError, Endpoint, EndpointPort, Published};
 use crate::engine::cache::Change;
-use crate::engine::queue::WorkQueue;
-use crate::engine::replication::split_key;
-use crate::engine::Ctx;
-use crate::model::object::{DesiredState, Kind, Object, Phase};
+use crate::engine::controller::{Action, Reconcile};
+use crate::engine::ctx::Ctx;
+use crate::model::object::{DesiredState, Kind, Object, ObjectKey, Phase};
 
 /// The endpoints a set of replicas offers: ready, meant to run, with an address.
 pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
@@ -46,79 +45,86 @@ pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
     eps
 }
 
-/// Runs the controller until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
-    let queue = WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    // Changes become keys as the cache applies them (a queued change would hold both versions
-    // of a replica alive); a resync is handed to the loop, which knows what was published.
-    let resync = Arc::new(tokio::sync::Notify::new());
-    {
-        let (queue, resync, cancel) = (queue.clone(), resync.clone(), ctx.cancel.clone());
-        ctx.cache.on_change(move |c| {
-            match c {
-                Change::Resync => resync.notify_one(),
-                c if matches!(c.kind(), Some(Kind::Service | Kind::Replica)) => {
-                    crate::engine::replication::keys_for(c)
-                        .into_iter()
-                        .for_each(|k| queue.add(k))
-                }
-                _ => {}
-            }
-            !cancel.is_cancelled()
-        });
+/// The endpoints controller (see the module doc); it remembers what it last published for
+/// each service.
+#[derive(Default)]
+pub(crate) struct Endpoints {
+    published: tokio::sync::Mutex<HashMap<ObjectKey, State>>,
+    /// The keys in `published`, readable without waiting (for a resync, which runs as the
+    /// cache applies a change).
+    known: std::sync::Mutex<std::collections::HashSet<ObjectKey>>,
+}
+
+#[async_trait::async_trait]
+impl Reconcile for Endpoints {
+    type Error = DiscoveryError;
+    const NAME: &'static str = "endpoints";
+
+    fn keys_for(&self, _: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        if matches!(c.kind(), Some(Kind::Service | Kind::Replica)) {
+            crate::engine::replication::keys_for(c)
+        } else {
+            Vec::new()
+        }
     }
-    let mut published: HashMap<String, State> = HashMap::new();
-    let enqueue_all = |queue: &WorkQueue<String>, published: &HashMap<String, State>| {
-        for s in ctx.cache.services() {
-            queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
-        }
-        for k in published.keys() {
-            queue.add(k.clone());
-        }
-    };
-    loop {
-        tokio::select! {
-            biased;
-            _ = ctx.cancel.cancelled() => return,
-            _ = resync.notified() => enqueue_all(&queue, &published),
-            key = queue.next() => {
-                let (ns, name) = split_key(&key);
-                let service = ctx.cache.service(&key);
-                let eps = endpoints_of(&ctx.cache.replica_objects_of_service(ns, name));
-                let result = match service.as_ref() {
-                    None if eps.is_empty() => match published.remove(&key) {
-                        Some(_) => ctx.discovery.remove_service(ns, name).await,
-                        None => Ok(()),
-                    },
-                    service => {
-                        let ports = service.map(Published::of).unwrap_or_default();
-                        let r = publish(&*ctx.discovery, &mut published, &key, ports, eps).await;
-                        if let Err(e) = &r {
-                            // Once per distinct failure: a port in use on this node, say.
-                            let state = published.entry(key.clone()).or_default();
-                            let m = e.to_string();
-                            if state.last_error.as_deref() != Some(m.as_str()) {
-                                ctx.recorder.with_source("endpoints").warning(
-                                    Kind::Service, ns, name, "PublishFailed", &m,
-                                );
-                                state.last_error = Some(m);
-                            }
-                        } else if let Some(state) = published.get_mut(&key) {
-                            state.last_error = None;
-                        }
-                        r
+
+    fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
+        let mut keys: Vec<ObjectKey> = ctx
+            .cache
+            .services()
+            .iter()
+            .map(|s| ObjectKey::new(Kind::Service, &s.metadata.namespace, &s.metadata.name))
+            .collect();
+        keys.extend(
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        keys
+    }
+
+    async fn reconcile(&self, key: &ObjectKey, ctx: &Ctx) -> Result<Action, DiscoveryError> {
+        let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+        let service = ctx.cache.service(&key.store_key());
+        let eps = endpoints_of(&ctx.cache.replica_objects_of_service(ns, name));
+        let mut published = self.published.lock().await;
+        let result = match service.as_ref() {
+            None if eps.is_empty() => match published.remove(key) {
+                Some(_) => ctx.discovery.remove_service(ns, name).await,
+                None => Ok(()),
+            },
+            service => {
+                let ports = service.map(Published::of).unwrap_or_default();
+                let r = publish(&*ctx.discovery, &mut published, key, ports, eps).await;
+                if let Err(e) = &r {
+                    // Once per distinct failure: a port in use on this node, say.
+                    let state = published.entry(key.clone()).or_default();
+                    let m = e.to_string();
+                    if state.last_error.as_deref() != Some(m.as_str()) {
+                        ctx.recorder.with_source("endpoints").warning(
+                            Kind::Service,
+                            ns,
+                            name,
+                            "PublishFailed",
+                            &m,
+                        );
+                        state.last_error = Some(m);
                     }
-                };
-                match result {
-                    Ok(()) => queue.forget(&key),
-                    Err(e) => {
-                        tracing::warn!(service = %key, error = %e, "endpoints: publish failed");
-                        queue.retry(key.clone());
-                    }
+                } else if let Some(state) = published.get_mut(key) {
+                    state.last_error = None;
                 }
-                queue.done(&key);
+                r
             }
-        }
+        };
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = published.keys().cloned().collect();
+        result.map(|()| Action::await_change())
+    }
+
+    fn error_policy(&self, error: &DiscoveryError, key: &ObjectKey, _: &Ctx) -> Action {
+        tracing::warn!(service = %key, %error, "endpoints: publish failed");
+        Action::Backoff
     }
 }
 
@@ -136,13 +142,13 @@ struct State {
 /// error is returned.
 async fn publish(
     discovery: &dyn Discovery,
-    published: &mut HashMap<String, State>,
-    key: &str,
+    published: &mut HashMap<ObjectKey, State>,
+    key: &ObjectKey,
     ports: Vec<Published>,
     eps: Vec<Endpoint>,
 ) -> Result<(), DiscoveryError> {
-    let (ns, name) = split_key(key);
-    let state = published.entry(key.to_string()).or_default();
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let state = published.entry(key.clone()).or_default();
     let mut result = Ok(());
     if state.ports.as_ref() != Some(&ports) {
         result = discovery.set_published(ns, name, ports.clone()).await;

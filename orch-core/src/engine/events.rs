@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::scheduling::MAX_TXN_OPS;
 use crate::model::object::{
     Event, EventType, Kind, Metadata, Object, ObjectRef, DEFAULT_NAMESPACE,
 };
 use crate::model::quantity::Timestamp;
+use crate::store::MAX_TXN_OPS;
 use crate::store::{create_op, list_objects, txn_chunked, Op, Store, StoreError};
 
 /// Hands events to the writer task. Cloning is cheap; recording never blocks.
@@ -24,15 +24,6 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder that drops everything (for tests that do not care).
-    pub fn disabled() -> Recorder {
-        Recorder {
-            tx: mpsc::unbounded_channel().0,
-            source: "".into(),
-            uid: "".into(),
-        }
-    }
-
     /// The same channel, reporting as `source`.
     pub fn with_source(&self, source: &str) -> Recorder {
         Recorder {

@@ -5,15 +5,14 @@
 //! logs stay readable) until the job is deleted. A job's replicas belong to `job:NAME`, apart
 //! from services.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::cache::Change;
-use crate::engine::replication::split_key;
-use crate::engine::Ctx;
+use crate::engine::controller::{Action, Reconcile};
+use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    job_owner, DesiredState, Job, JobState, JobStatus, Kind, Object, Phase, Replica, RestartPolicy,
-    JOB_LABEL, SERVICE_LABEL,
+    DesiredState, Job, JobState, JobStatus, Kind, Object, ObjectKey, Owner, Phase, Reason, Replica,
+    RestartPolicy, JOB_LABEL, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
 use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
@@ -34,7 +33,7 @@ fn succeeded(r: &Replica) -> bool {
 }
 
 fn failed_for_good(r: &Replica) -> bool {
-    r.status.phase == Phase::Failed && r.status.reason == "Error"
+    r.status.phase == Phase::Failed && r.status.reason == Reason::Error
 }
 
 /// Pure decision for `job` given its replicas at `now`.
@@ -101,19 +100,14 @@ fn new_replica(job: &Job) -> Replica {
     let mut svc_like = crate::model::object::Service {
         metadata: job.metadata.clone(),
         spec: crate::model::object::ServiceSpec {
-            replicas: 1,
-            template: job.spec.template.clone(),
             placement: job.spec.placement.clone(),
-            update: Default::default(),
-            mode: Default::default(),
-            publish: Vec::new(),
-            config_versions: Vec::new(),
+            ..crate::model::object::ServiceSpec::new(1, job.spec.template.clone())
         },
         status: Default::default(),
     };
     svc_like.metadata.name = job.metadata.name.clone();
-    let mut r = crate::engine::replication::new_replica(&svc_like);
-    r.spec.service = job_owner(&job.metadata.name);
+    let mut r = crate::engine::replication::new_replica(&svc_like, &[]);
+    r.spec.service = Owner::Job(job.metadata.name.clone());
     r.metadata.owner = Some(format!("job/{}", job.metadata.name));
     r.metadata.labels.remove(SERVICE_LABEL);
     r.metadata
@@ -123,13 +117,15 @@ fn new_replica(job: &Job) -> Replica {
 }
 
 /// Reconciles one job (by store key).
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
-    let (ns, name) = split_key(key);
-    let job = match ctx.cache.get(Kind::Job, key).as_deref() {
+pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let job = match ctx.cache.get(Kind::Job, &key.store_key()).as_deref() {
         Some(Object::Job(j)) => Some((**j).clone()),
         _ => None,
     };
-    let objects = ctx.cache.replica_objects_of_service(ns, &job_owner(name));
+    let objects = ctx
+        .cache
+        .replica_objects_of_service(ns, &Owner::Job(name.to_string()).to_string());
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
     let mut ops: Vec<Op> = Vec::new();
     let Some(job) = job else {
@@ -143,11 +139,9 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
                 ops.push(update_op(&Object::Replica(r)));
             }
         }
-        return Ok(
-            txn_chunked(&*ctx.store, ops, crate::engine::scheduling::MAX_TXN_OPS)
-                .await?
-                .is_some(),
-        );
+        return Ok(txn_chunked(&*ctx.store, ops, crate::store::MAX_TXN_OPS)
+            .await?
+            .is_some());
     };
     let d = decide(&job, &replicas, Timestamp::now());
     for k in &d.stop {
@@ -172,7 +166,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
     if ops.is_empty() {
         return Ok(d.status.state == JobState::Running);
     }
-    let rev = txn_chunked(&*ctx.store, ops, crate::engine::scheduling::MAX_TXN_OPS).await?;
+    let rev = txn_chunked(&*ctx.store, ops, crate::store::MAX_TXN_OPS).await?;
     if finished {
         let (reason, msg) = match d.status.state {
             JobState::Succeeded => (
@@ -197,73 +191,58 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<bool, StoreError> {
     Ok(d.status.state == JobState::Running)
 }
 
-/// Runs the controller until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
-    let queue =
-        crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let filter = |c: &Change| match c {
-        Change::Object {
-            kind: Kind::Job, ..
-        }
-        | Change::Resync => true,
-        Change::Object {
-            kind: Kind::Replica,
-            ..
-        } => c.replicas().any(|r| r.spec.service.starts_with("job:")),
-        _ => false,
-    };
-    let all = |ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>| {
-        for o in ctx.cache.list(Kind::Job) {
-            let m = o.metadata();
-            queue.add(Kind::Job.key(&m.namespace, &m.name));
-        }
-        for (ns, owner) in ctx.cache.services_with_replicas() {
-            if let Some(name) = owner.strip_prefix("job:") {
-                queue.add(Kind::Job.key(&ns, name));
-            }
-        }
-    };
-    let feeder = crate::engine::queue::spawn_feeder(
-        ctx.clone(),
-        queue.clone(),
-        filter,
-        |_, c| match c {
+/// The job controller (see the module doc).
+pub(crate) struct Jobs;
+
+#[async_trait::async_trait]
+impl Reconcile for Jobs {
+    type Error = StoreError;
+    const NAME: &'static str = "jobs";
+
+    fn keys_for(&self, _: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        match c {
             Change::Object {
                 kind: Kind::Job,
                 key,
                 ..
-            } => vec![key.to_string()],
-            c => c
+            } => ObjectKey::parse(key).into_iter().collect(),
+            Change::Object {
+                kind: Kind::Replica,
+                ..
+            } => c
                 .replicas()
                 .filter_map(|r| {
-                    let name = r.spec.service.strip_prefix("job:")?;
-                    Some(Kind::Job.key(&r.metadata.namespace, name))
+                    let name = r.spec.service.job()?;
+                    Some(ObjectKey::new(Kind::Job, &r.metadata.namespace, name))
                 })
                 .collect(),
-        },
-        all,
-    );
-    loop {
-        let key = tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
-            k = queue.next() => k,
-        };
-        match reconcile(&ctx, &key).await {
-            Ok(running) => {
-                queue.forget(&key);
-                if running {
-                    // For the active deadline.
-                    queue.add_after(key.clone(), Duration::from_secs(1));
-                }
-            }
-            Err(e) => {
-                let delay = queue.retry(key.clone());
-                tracing::debug!(job = %key, error = %e, "jobs: retry in {delay:?}");
+            _ => Vec::new(),
+        }
+    }
+
+    fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
+        let mut keys: Vec<ObjectKey> = ctx
+            .cache
+            .list(Kind::Job)
+            .iter()
+            .map(|o| ObjectKey::of(o))
+            .collect();
+        for (ns, owner) in ctx.cache.services_with_replicas() {
+            if let Owner::Job(name) = owner {
+                keys.push(ObjectKey::new(Kind::Job, ns, name));
             }
         }
-        queue.done(&key);
+        keys
     }
-    feeder.abort();
+
+    async fn reconcile(&self, key: &ObjectKey, ctx: &Ctx) -> Result<Action, StoreError> {
+        Ok(if reconcile(ctx, key).await? {
+            // For the active deadline.
+            Action::requeue(Duration::from_secs(1))
+        } else {
+            Action::await_change()
+        })
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,12 @@
 //! controllers that compare desired with observed state — replication, scheduling, endpoints,
 //! node lifecycle — plus node agents that drive a [`Runtime`].
 //!
+//! Every per-key controller (replication, jobs, endpoints) runs on one runtime, `controller`:
+//! a `reconcile(key, ctx) -> Result<Action, E>` plus an error policy, with the queue, backoff,
+//! metrics and resync in one runner. `ControllerSet` (here) is the one place that starts and
+//! stops controllers: high availability starts and stops the control plane on leadership
+//! changes with [`Engine::start_control_plane`] and [`Engine::stop_control_plane`].
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use std::sync::Arc;
@@ -15,15 +21,17 @@
 
 pub mod api;
 pub mod cache;
-pub mod endpoints;
-pub mod events;
-pub mod jobs;
-pub mod metrics;
+pub(crate) mod controller;
+pub(crate) mod ctx;
+pub(crate) mod endpoints;
+pub(crate) mod events;
+pub(crate) mod jobs;
+pub(crate) mod metrics;
 pub mod nodes;
-pub mod queue;
+pub(crate) mod queue;
 pub mod replication;
-pub mod rollout;
-pub mod scheduling;
+pub(crate) mod rollout;
+pub(crate) mod scheduling;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,144 +40,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use cache::Cache;
-pub use events::Recorder;
+pub use ctx::{Ctx, EngineConfig};
 
 use crate::discovery::{Discovery, MemDiscovery};
 use crate::node::{Agent, AgentConfig};
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
-
-/// Tunables of the control plane.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Every controller reconciles everything this often, whatever it heard.
-    pub resync: Duration,
-    /// First retry delay after a failed reconcile (doubles per failure).
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
-    /// Concurrent reconciles of the replication controller.
-    pub workers: usize,
-    /// How often node heartbeats are checked.
-    pub node_check: Duration,
-    /// Silence after which a node is Unreachable.
-    pub node_grace: Duration,
-    /// Silence after which a node's replicas are Lost and replaced.
-    pub node_lost_timeout: Duration,
-    /// Most events kept in the store.
-    pub event_limit: usize,
-    /// How long events are gathered before one batched write.
-    pub event_flush: Duration,
-    /// Seed for the scheduler's tie-breaks.
-    pub seed: u64,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            resync: Duration::from_secs(30),
-            retry_base: Duration::from_millis(50),
-            retry_max: Duration::from_secs(30),
-            workers: 4,
-            node_check: Duration::from_millis(500),
-            node_grace: Duration::from_secs(3),
-            node_lost_timeout: Duration::from_secs(10),
-            event_limit: 2_000,
-            event_flush: Duration::from_millis(50),
-            seed: 0x6f72_6368,
-        }
-    }
-}
-
-/// What every controller and agent shares.
-pub struct Ctx {
-    /// The store (the truth).
-    pub store: Arc<dyn Store>,
-    /// The cache (a reflection of the store).
-    pub cache: Arc<Cache>,
-    /// Places replicas.
-    pub scheduler: Arc<dyn Scheduler>,
-    /// Receives endpoints.
-    pub discovery: Arc<dyn Discovery>,
-    /// Records events.
-    pub recorder: Recorder,
-    /// Tunables.
-    pub config: EngineConfig,
-    /// Fires on shutdown.
-    pub cancel: CancellationToken,
-    /// Counters and latencies (`/metrics`).
-    pub metrics: Arc<crate::engine::metrics::Metrics>,
-}
-
-impl Ctx {
-    /// The metrics in the Prometheus text format: the engine's counters and latencies, and
-    /// gauges read from the cache now (replicas by phase, nodes by condition, services,
-    /// whether the store is reachable).
-    pub fn render_metrics(&self) -> String {
-        use std::collections::BTreeMap;
-        let cache = &self.cache;
-        let mut phases: BTreeMap<String, f64> = BTreeMap::new();
-        // Shared handles, not copies: this runs on every scrape.
-        for o in cache.list(crate::model::object::Kind::Replica) {
-            if let crate::model::object::Object::Replica(r) = o.as_ref() {
-                *phases.entry(format!("{:?}", r.status.phase)).or_default() += 1.0;
-            }
-        }
-        let mut conditions: BTreeMap<String, f64> = BTreeMap::new();
-        for n in cache.nodes() {
-            *conditions
-                .entry(format!("{:?}", n.status.condition))
-                .or_default() += 1.0;
-        }
-        let labelled = |key: &str, m: BTreeMap<String, f64>| -> Vec<(String, f64)> {
-            m.into_iter()
-                .map(|(k, v)| (format!("{key}=\"{k}\""), v))
-                .collect()
-        };
-        self.metrics.render(&[
-            (
-                "orch_replicas",
-                "Replicas by phase.",
-                labelled("phase", phases),
-            ),
-            (
-                "orch_nodes",
-                "Nodes by condition.",
-                labelled("condition", conditions),
-            ),
-            (
-                "orch_services",
-                "Services.",
-                vec![(String::new(), cache.services().len() as f64)],
-            ),
-            (
-                "orch_store_reachable",
-                "1 while the engine's view of the store is current.",
-                vec![(
-                    String::new(),
-                    if cache.live_since().is_some() {
-                        1.0
-                    } else {
-                        0.0
-                    },
-                )],
-            ),
-        ])
-    }
-
-    /// Whether the engine is ready to serve: its cache has listed the store and the store is
-    /// reachable now; otherwise why not.
-    pub fn readiness(&self) -> Result<(), String> {
-        if !self.cache.synced() {
-            return Err("the cache has not listed the store yet".into());
-        }
-        if self.cache.live_since().is_none() {
-            return Err("the store is unreachable".into());
-        }
-        Ok(())
-    }
-}
 
 /// Assembles an [`Engine`].
 pub struct EngineBuilder {
@@ -207,11 +84,8 @@ impl EngineBuilder {
             self.config.event_flush,
             cancel.clone(),
         );
-        let metrics = Arc::new(crate::engine::metrics::Metrics::default());
-        let store: Arc<dyn Store> = Arc::new(crate::engine::metrics::TimedStore::new(
-            self.store,
-            metrics.clone(),
-        ));
+        let metrics = Arc::new(metrics::Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(metrics::TimedStore::new(self.store, metrics.clone()));
         let ctx = Arc::new(Ctx {
             store,
             cache: cache.clone(),
@@ -222,20 +96,73 @@ impl EngineBuilder {
             cancel: cancel.clone(),
             metrics,
         });
-        let mut tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
-        if self.control_plane {
-            tasks.push(tokio::spawn(replication::run(ctx.clone())));
-            tasks.push(tokio::spawn(jobs::run(ctx.clone())));
-            tasks.push(tokio::spawn(scheduling::run(ctx.clone())));
-            tasks.push(tokio::spawn(nodes::run(ctx.clone())));
-        }
+        let tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
+        let control_plane = self
+            .control_plane
+            .then(|| ControllerSet::control_plane(&ctx));
         // Every engine publishes endpoints to its own discovery: on a node without the
         // control plane that is the node's DNS server, proxy and endpoint files.
-        tasks.push(tokio::spawn(endpoints::run(ctx.clone())));
+        let node_local = ControllerSet::node_local(&ctx);
         Engine {
             ctx,
             tasks,
+            control_plane,
+            node_local,
             agents: Vec::new(),
+        }
+    }
+}
+
+/// Controllers started together and stopped together by one [`CancellationToken`] (a child
+/// of the engine's, so shutting the engine down stops them too).
+pub(crate) struct ControllerSet {
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControllerSet {
+    /// Starts the control plane: replication, jobs, scheduling and node lifecycle.
+    pub(crate) fn control_plane(ctx: &Arc<Ctx>) -> ControllerSet {
+        let cancel = ctx.cancel.child_token();
+        let tasks = vec![
+            tokio::spawn(controller::run(
+                Arc::new(replication::Replication),
+                ctx.clone(),
+                ctx.config.workers,
+                cancel.clone(),
+            )),
+            tokio::spawn(controller::run(
+                Arc::new(jobs::Jobs),
+                ctx.clone(),
+                1,
+                cancel.clone(),
+            )),
+            tokio::spawn(scheduling::run(ctx.clone(), cancel.clone())),
+            tokio::spawn(nodes::run(ctx.clone(), cancel.clone())),
+        ];
+        ControllerSet { cancel, tasks }
+    }
+
+    /// Starts what every engine runs, control plane or not: the endpoints controller, which
+    /// publishes to this process's discovery (on a node: its DNS server, proxy and endpoint
+    /// files).
+    pub(crate) fn node_local(ctx: &Arc<Ctx>) -> ControllerSet {
+        let cancel = ctx.cancel.child_token();
+        let endpoints = Arc::new(endpoints::Endpoints::default());
+        let tasks = vec![tokio::spawn(controller::run(
+            endpoints,
+            ctx.clone(),
+            1,
+            cancel.clone(),
+        ))];
+        ControllerSet { cancel, tasks }
+    }
+
+    /// Stops every controller of the set and waits (up to `grace` each) for them to end.
+    pub(crate) async fn stop(self, grace: Duration) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(grace, t).await;
         }
     }
 }
@@ -243,7 +170,12 @@ impl EngineBuilder {
 /// A running engine. Dropping it does not stop it; call [`Engine::shutdown`].
 pub struct Engine {
     ctx: Arc<Ctx>,
+    /// The cache and the agents.
     tasks: Vec<JoinHandle<()>>,
+    /// Replication, jobs, scheduling, node lifecycle: while this engine leads.
+    control_plane: Option<ControllerSet>,
+    /// The endpoints controller: always.
+    node_local: ControllerSet,
     agents: Vec<Arc<Agent>>,
 }
 
@@ -297,9 +229,30 @@ impl Engine {
         &self.ctx.store
     }
 
+    /// Starts the control-plane controllers (replication, jobs, scheduling, node lifecycle)
+    /// unless they run already. The entry point for high availability: call it when this
+    /// engine becomes the leader, and [`Engine::stop_control_plane`] when it stops being it.
+    pub fn start_control_plane(&mut self) {
+        if self.control_plane.is_none() {
+            self.control_plane = Some(ControllerSet::control_plane(&self.ctx));
+        }
+    }
+
+    /// Stops the control-plane controllers and waits for them to end; the cache, the
+    /// endpoints controller and the agents keep running.
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(set) = self.control_plane.take() {
+            set.stop(Duration::from_secs(5)).await;
+        }
+    }
+
     /// Stops every controller and agent. Workloads keep running (a later engine re-adopts them).
     pub async fn shutdown(self) {
         self.ctx.cancel.cancel();
+        if let Some(set) = self.control_plane {
+            set.stop(Duration::from_secs(5)).await;
+        }
+        self.node_local.stop(Duration::from_secs(5)).await;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }

@@ -8,19 +8,19 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::engine::scheduling::MAX_TXN_OPS;
-use crate::engine::Ctx;
-use crate::model::object::{DesiredState, Kind, NodeCondition, Object, Phase};
+use crate::engine::ctx::Ctx;
+use crate::model::object::{DesiredState, Kind, NodeCondition, Object, Phase, Reason};
+use crate::store::MAX_TXN_OPS;
 use crate::store::{txn_chunked, update_op};
 
 /// Runs the controller until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
+pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationToken) {
     let mut seen: HashMap<String, (Option<crate::model::quantity::Timestamp>, Instant)> =
         HashMap::new();
     let mut tick = tokio::time::interval(ctx.config.node_check);
     loop {
         tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
+            _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = Instant::now();
@@ -70,7 +70,7 @@ pub async fn run(ctx: Arc<Ctx>) {
                     {
                         let mut r2 = r.clone();
                         r2.status.phase = Phase::Lost;
-                        r2.status.reason = "NodeLost".into();
+                        r2.status.reason = Reason::NodeLost;
                         r2.status.message = format!(
                             "node {} has not reported for {}s",
                             n.metadata.name,
@@ -96,7 +96,7 @@ pub async fn run(ctx: Arc<Ctx>) {
 /// Whether `node` can take new replicas of a service with `placement`: Ready, neither
 /// cordoned nor draining, and admitted by the placement's selectors, affinity and taints.
 /// (Resources and replica affinity are the scheduler's to judge.)
-pub fn can_take(
+pub(crate) fn can_take(
     placement: &crate::model::object::Placement,
     node: &crate::model::object::Node,
 ) -> bool {
@@ -117,12 +117,12 @@ pub fn stranded_by_drain(
     for r in replicas {
         if r.spec.node.as_deref() != Some(node)
             || r.spec.desired != DesiredState::Running
-            || r.spec.service.starts_with("job:")
+            || r.spec.service.job().is_some()
         {
             continue;
         }
         let e = out
-            .entry((r.metadata.namespace.clone(), r.spec.service.clone()))
+            .entry((r.metadata.namespace.clone(), r.spec.service.to_string()))
             .or_insert_with(|| {
                 let placeable = nodes
                     .iter()

@@ -139,54 +139,10 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> WorkQueue<K> {
     }
 
     /// Keys waiting.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().queue.len()
     }
-
-    /// Whether no key waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Feeds `queue` from the cache's changes (see [`Cache::on_change`]) until the engine is
-/// cancelled: every change that passes `filter` becomes the keys `keys` maps it to, at once (no
-/// change is queued, so none holds a replaced object alive); a resync of the cache, and every
-/// resync period, adds every key (`all`). The task it returns runs the periodic resync. The
-/// loop shared by the controllers.
-///
-/// [`Cache::on_change`]: crate::engine::cache::Cache::on_change
-pub fn spawn_feeder(
-    ctx: Arc<crate::engine::Ctx>,
-    queue: Arc<WorkQueue<String>>,
-    filter: impl Fn(&crate::engine::cache::Change) -> bool + Send + 'static,
-    keys: impl Fn(&crate::engine::Ctx, &crate::engine::cache::Change) -> Vec<String> + Send + 'static,
-    all: impl Fn(&crate::engine::Ctx, &WorkQueue<String>) + Send + Sync + 'static,
-) -> tokio::task::JoinHandle<()> {
-    use crate::engine::cache::Change;
-    let all = Arc::new(all);
-    // Weak: the cache holds the callback, and the context holds the cache.
-    let (weak, q, on_resync) = (Arc::downgrade(&ctx), queue.clone(), all.clone());
-    ctx.cache.on_change(move |c| {
-        let Some(ctx) = weak.upgrade().filter(|ctx| !ctx.cancel.is_cancelled()) else {
-            return false;
-        };
-        match c {
-            Change::Resync => on_resync(&ctx, &q),
-            c if filter(c) => keys(&ctx, c).into_iter().for_each(|k| q.add(k)),
-            _ => {}
-        }
-        true
-    });
-    tokio::spawn(async move {
-        let mut resync = tokio::time::interval(ctx.config.resync);
-        loop {
-            tokio::select! {
-                _ = ctx.cancel.cancelled() => break,
-                _ = resync.tick() => all(&ctx, &queue),
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -9,18 +9,19 @@ use std::sync::Arc;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::engine::cache::Change;
-use crate::engine::scheduling::MAX_TXN_OPS;
-use crate::engine::Ctx;
+use crate::engine::controller::{Action, Reconcile};
+use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    DesiredState, Kind, Metadata, Object, Phase, Replica, ReplicaSpec, ReplicaStatus, Service,
-    ServiceStatus, SERVICE_LABEL,
+    DesiredState, Kind, Metadata, Object, ObjectKey, Owner, Phase, Reason, Replica, ReplicaSpec,
+    ReplicaStatus, Service, ServiceStatus, SERVICE_LABEL,
 };
 use crate::model::quantity::Timestamp;
+use crate::store::MAX_TXN_OPS;
 use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
 
 /// What one reconcile of a service decided.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Replicas to create.
     pub create: u32,
     /// Replicas (keys) to stop.
@@ -38,8 +39,9 @@ fn ready(r: &Replica) -> bool {
 /// Pure decision for one service given its replicas. Replicas being stopped are ignored.
 /// Replicas on a node for which `draining` holds count as outdated: they are replaced within
 /// max-surge / max-unavailable exactly as replicas of an old template are.
-pub fn decide<R: Borrow<Replica>>(
+pub(crate) fn decide<R: Borrow<Replica>>(
     svc: Option<&Service>,
+    versions: &[String],
     replicas: &[R],
     draining: &dyn Fn(&str) -> bool,
 ) -> Decision {
@@ -71,7 +73,7 @@ pub fn decide<R: Borrow<Replica>>(
         return d;
     };
     let n = svc.spec.replicas as usize;
-    let hash = svc.spec.revision_hash();
+    let hash = svc.spec.revision_hash(versions);
     let (surge, unavailable) = svc.spec.update.limits(svc.spec.replicas);
     // A paused rollout replaces nothing: every replica counts as current (scaling still works).
     let paused = svc.spec.update.paused;
@@ -111,7 +113,7 @@ pub fn decide<R: Borrow<Replica>>(
     // is a surplus replica created in its place).
     let blocked = new
         .iter()
-        .any(|r| r.spec.node.is_none() && r.status.reason == "Unschedulable");
+        .any(|r| r.spec.node.is_none() && r.status.reason == Reason::Unschedulable);
     for r in old {
         if max_scale_down == 0 {
             break;
@@ -142,14 +144,15 @@ pub fn decide<R: Borrow<Replica>>(
 /// an active replica gets one; replicas on nodes no longer eligible stop; a second replica on
 /// a node stops; replicas of an old revision are replaced node by node, at most
 /// max-unavailable nodes (default 1) without a ready replica at a time.
-pub fn decide_global<R: Borrow<Replica>>(
+pub(crate) fn decide_global<R: Borrow<Replica>>(
     svc: &Service,
+    versions: &[String],
     replicas: &[R],
     eligible: &std::collections::BTreeSet<String>,
 ) -> Decision {
     let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
     let mut d = Decision::default();
-    let hash = svc.spec.revision_hash();
+    let hash = svc.spec.revision_hash(versions);
     let mut by_node: std::collections::BTreeMap<&str, Vec<&Replica>> = Default::default();
     for r in replicas {
         let r: &Replica = r.borrow();
@@ -247,7 +250,7 @@ fn eligibility_changed(c: &Change) -> bool {
 }
 
 /// The nodes a global service runs on now.
-pub fn eligible_nodes(
+pub(crate) fn eligible_nodes(
     svc: &Service,
     nodes: &[crate::model::object::Node],
 ) -> std::collections::BTreeSet<String> {
@@ -263,8 +266,12 @@ pub fn eligible_nodes(
 }
 
 /// The status a service should show.
-pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceStatus {
-    let hash = svc.spec.revision_hash();
+pub(crate) fn status_of<R: Borrow<Replica>>(
+    svc: &Service,
+    versions: &[String],
+    replicas: &[R],
+) -> ServiceStatus {
+    let hash = svc.spec.revision_hash(versions);
     let active: Vec<&Replica> = replicas
         .iter()
         .map(|r| r.borrow())
@@ -277,13 +284,13 @@ pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceSt
     let troubled = |r: &&&Replica| {
         r.status.phase == Phase::Failed
             || matches!(
-                r.status.reason.as_str(),
-                "NotReady" | "CrashLoopBackOff" | "Restarted"
+                r.status.reason,
+                Reason::NotReady | Reason::CrashLoopBackOff | Reason::Restarted
             )
     };
     let message = active
         .iter()
-        .find(|r| r.status.reason == "Unschedulable")
+        .find(|r| r.status.reason == Reason::Unschedulable)
         .map(|r| r.status.message.clone())
         .or_else(|| {
             active
@@ -314,8 +321,9 @@ pub fn status_of<R: Borrow<Replica>>(svc: &Service, replicas: &[R]) -> ServiceSt
     }
 }
 
-/// A new pending replica of `svc`.
-pub fn new_replica(svc: &Service) -> Replica {
+/// A new pending replica of `svc`, whose template refers to the secrets and configs at
+/// `versions` ([`Template::config_versions`](crate::model::object::Template::config_versions)).
+pub fn new_replica(svc: &Service, versions: &[String]) -> Replica {
     let suffix = Alphanumeric
         .sample_string(&mut rand::rng(), 5)
         .to_ascii_lowercase();
@@ -330,15 +338,15 @@ pub fn new_replica(svc: &Service) -> Replica {
             name,
             namespace: svc.metadata.namespace.clone(),
             labels: labels.into(),
-            uid: crate::engine::api::new_uid(),
+            uid: crate::model::object::new_uid(),
             creation_timestamp: Some(Timestamp::now()),
             owner: Some(svc.metadata.name.clone()),
             generation: 1,
             ..Metadata::default()
         },
         spec: ReplicaSpec {
-            service: svc.metadata.name.clone(),
-            template_hash: svc.spec.revision_hash(),
+            service: Owner::Service(svc.metadata.name.clone()),
+            template_hash: svc.spec.revision_hash(versions),
             template: Arc::new(svc.spec.template.clone()),
             placement: Arc::new(svc.spec.placement.clone()),
             node: None,
@@ -350,8 +358,9 @@ pub fn new_replica(svc: &Service) -> Replica {
 
 /// `secret/NAME@REVISION` (or `config/...`) of each secret and config `svc`'s template
 /// refers to, from the cache; a missing one counts as revision 0
-/// ([`crate::model::object::Template::config_versions`]).
-pub fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<String> {
+/// ([`crate::model::object::Template::config_versions`]): what the controller passes to
+/// [`ServiceSpec::revision_hash`](crate::model::object::ServiceSpec::revision_hash).
+pub(crate) fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<String> {
     let ns = &svc.metadata.namespace;
     svc.spec.template.config_versions(|secret, name| {
         let kind = if secret { Kind::Secret } else { Kind::Config };
@@ -363,8 +372,16 @@ pub fn config_versions(ctx: &Ctx, svc: &crate::model::object::Service) -> Vec<St
 }
 
 /// The services (in the cache) whose templates refer to secret or config `key`.
-fn keys_for_data(ctx: &Ctx, kind: Kind, key: &str) -> Vec<String> {
-    let (ns, name) = split_key(key);
+fn keys_for_data(ctx: &Ctx, kind: Kind, key: &str) -> Vec<ObjectKey> {
+    let Some(ObjectKey {
+        namespace: ns,
+        name,
+        ..
+    }) = ObjectKey::parse(key)
+    else {
+        return Vec::new();
+    };
+    let (ns, name) = (ns.as_str(), name.as_str());
     let secret = kind == Kind::Secret;
     ctx.cache
         .services()
@@ -372,27 +389,29 @@ fn keys_for_data(ctx: &Ctx, kind: Kind, key: &str) -> Vec<String> {
         .filter(|s| {
             s.metadata.namespace == ns && s.spec.template.references().contains(&(secret, name))
         })
-        .map(|s| Kind::Service.key(&s.metadata.namespace, &s.metadata.name))
+        .map(|s| ObjectKey::new(Kind::Service, &s.metadata.namespace, &s.metadata.name))
         .collect()
 }
 
 /// Maps a change to the service keys it concerns.
-pub fn keys_for(change: &Change) -> Vec<String> {
+pub(crate) fn keys_for(change: &Change) -> Vec<ObjectKey> {
     match change {
         Change::Object {
             kind: Kind::Service,
             key,
             ..
-        } => vec![key.to_string()],
+        } => ObjectKey::parse(key).into_iter().collect(),
         Change::Object {
             kind: Kind::Replica,
             ..
         } => {
             // Jobs' replicas (`job:NAME`) belong to the job controller.
-            let mut v: Vec<String> = change
+            let mut v: Vec<ObjectKey> = change
                 .replicas()
-                .filter(|r| !r.spec.service.starts_with("job:"))
-                .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
+                .filter_map(|r| {
+                    let svc = r.spec.service.service()?;
+                    Some(ObjectKey::new(Kind::Service, &r.metadata.namespace, svc))
+                })
                 .collect();
             v.dedup();
             v
@@ -402,7 +421,7 @@ pub fn keys_for(change: &Change) -> Vec<String> {
 }
 
 /// The services with replicas on a node whose draining flag changed.
-fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
+fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<ObjectKey> {
     let Change::Object {
         kind: Kind::Node,
         old,
@@ -423,12 +442,14 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
     if draining(old) == draining(new) {
         return Vec::new();
     }
-    let mut keys: Vec<String> = ctx
+    let mut keys: Vec<ObjectKey> = ctx
         .cache
         .replicas_on_node(&name)
         .iter()
-        .filter(|r| !r.spec.service.starts_with("job:"))
-        .map(|r| Kind::Service.key(&r.metadata.namespace, &r.spec.service))
+        .filter_map(|r| {
+            let svc = r.spec.service.service()?;
+            Some(ObjectKey::new(Kind::Service, &r.metadata.namespace, svc))
+        })
         .collect();
     keys.sort();
     keys.dedup();
@@ -436,12 +457,14 @@ fn keys_for_node(ctx: &Ctx, change: &Change) -> Vec<String> {
 }
 
 /// Reconciles one service (by store key). Returns the store revision written, if any.
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> {
-    let (ns, name) = split_key(key);
-    let svc = ctx.cache.service(key).map(|mut s| {
-        s.spec.config_versions = config_versions(ctx, &s);
-        s
-    });
+pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>, StoreError> {
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let svc = ctx.cache.service(&key.store_key());
+    // The secrets' and configs' revisions the template refers to: part of its revision hash.
+    let versions = svc
+        .as_ref()
+        .map(|s| config_versions(ctx, s))
+        .unwrap_or_default();
     // Shared handles, not copies: this runs after every change to any of the replicas.
     let objects = ctx.cache.replica_objects_of_service(ns, name);
     let replicas: Vec<&Replica> = objects.iter().filter_map(|o| o.as_replica()).collect();
@@ -451,7 +474,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
         .map(|s| (s, eligible_nodes(s, &ctx.cache.nodes())));
     let mut stranded_on = std::collections::BTreeSet::new();
     let d = match &global {
-        Some((s, eligible)) => decide_global(s, &replicas, eligible),
+        Some((s, eligible)) => decide_global(s, &versions, &replicas, eligible),
         None => {
             let draining = ctx.cache.draining_nodes();
             // A drain moves a service's replicas only if some other node can take them:
@@ -472,7 +495,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
                     .map(str::to_string)
                     .collect();
             }
-            decide(svc.as_ref(), &replicas, &|n| {
+            decide(svc.as_ref(), &versions, &replicas, &|n| {
                 movable && draining.contains(n)
             })
         }
@@ -510,13 +533,13 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
         let mut fresh = std::collections::HashSet::new();
         let mut bind_to = d.create_on.iter();
         for _ in 0..d.create {
-            let mut r = new_replica(svc);
+            let mut r = new_replica(svc, &versions);
             for _ in 0..8 {
                 let key = Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
                 if ctx.cache.get(Kind::Replica, &key).is_none() && fresh.insert(key) {
                     break;
                 }
-                r = new_replica(svc);
+                r = new_replica(svc, &versions);
             }
             if let Some(node) = bind_to.next() {
                 // Global: bound at creation to its node.
@@ -525,7 +548,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
             }
             ops.push(create_op(&Object::Replica(r)));
         }
-        let mut status = status_of(svc, &replicas);
+        let mut status = status_of(svc, &versions, &replicas);
         if !stranded_on.is_empty() && status.message.is_empty() {
             status.message = format!(
                 "replicas on draining node(s) {} stay: no other schedulable node for them",
@@ -535,7 +558,8 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
         let desired = global
             .as_ref()
             .map_or(svc.spec.replicas, |(_, e)| e.len() as u32);
-        let rollback = crate::engine::rollout::advance(svc, desired, &mut status, Timestamp::now());
+        let rollback =
+            crate::engine::rollout::advance(svc, &versions, desired, &mut status, Timestamp::now());
         if let Some(spec) = rollback {
             let mut s = svc.clone();
             s.spec = spec;
@@ -598,97 +622,77 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<u64>, StoreError> 
     Ok(Some(rev))
 }
 
-/// Splits `/services/ns/name` (or `/replicas/ns/name`) into `(ns, name)`.
-pub fn split_key(key: &str) -> (&str, &str) {
-    let mut parts = key.trim_start_matches('/').splitn(3, '/');
-    let _kind = parts.next();
-    let ns = parts.next().unwrap_or("");
-    let name = parts.next().unwrap_or("");
-    (ns, name)
-}
+/// The replication controller (see the module doc).
+pub(crate) struct Replication;
 
-/// Runs the controller until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
-    let queue =
-        crate::engine::queue::WorkQueue::<String>::new(ctx.config.retry_base, ctx.config.retry_max);
-    let feeder = crate::engine::queue::spawn_feeder(
-        ctx.clone(),
-        queue.clone(),
-        |c| {
-            matches!(
-                c.kind(),
-                Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
-            )
-        },
-        |ctx, c| {
-            let mut keys = keys_for(c);
-            keys.extend(keys_for_node(ctx, c));
-            if let Change::Object {
-                kind: kind @ (Kind::Secret | Kind::Config),
-                key,
-                ..
-            } = c
-            {
-                // A secret or config changed: the services using it roll.
-                keys.extend(keys_for_data(ctx, *kind, key));
-            }
-            if eligibility_changed(c) {
-                // Global services follow nodes.
-                for s in ctx.cache.services() {
-                    if s.spec.mode == crate::model::object::ServiceMode::Global {
-                        keys.push(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
-                    }
-                }
-            }
-            keys
-        },
-        enqueue_all,
-    );
-    let workers = (0..ctx.config.workers).map(|_| {
-        let (ctx, queue) = (ctx.clone(), queue.clone());
-        tokio::spawn(async move {
-            loop {
-                let key = queue.next().await;
-                let started = std::time::Instant::now();
-                let result = reconcile(&ctx, &key).await;
-                ctx.metrics
-                    .reconcile("replication", result.is_ok(), started.elapsed());
-                match result {
-                    Ok(_) => {
-                        queue.forget(&key);
-                        // A rollout under way is looked at again each second, so its
-                        // progress deadline is noticed even when nothing changes.
-                        if ctx.cache.service(&key).is_some_and(|s| {
-                            s.status.rollout.state == crate::model::object::RolloutState::Progressing
-                        }) {
-                            queue.add_after(key.clone(), std::time::Duration::from_secs(1));
-                        }
-                    }
-                    Err(e) => {
-                        let delay = queue.retry(key.clone());
-                        tracing::debug!(service = %key, error = %e, "replication: retry in {delay:?}");
-                    }
-                }
-                queue.done(&key);
-            }
-        })
-    });
-    let workers: Vec<_> = workers.collect();
-    ctx.cancel.cancelled().await;
-    feeder.abort();
-    workers.iter().for_each(|w| w.abort());
-}
+#[async_trait::async_trait]
+impl Reconcile for Replication {
+    type Error = StoreError;
+    const NAME: &'static str = "replication";
 
-fn enqueue_all(ctx: &Ctx, queue: &crate::engine::queue::WorkQueue<String>) {
-    for s in ctx.cache.services() {
-        queue.add(Kind::Service.key(&s.metadata.namespace, &s.metadata.name));
-    }
-    // Services that still have replicas (a deleted service's leftovers), from the index:
-    // copying every replica here once a resync period cost seconds and gigabytes at scale.
-    for (ns, svc) in ctx.cache.services_with_replicas() {
-        if !svc.starts_with("job:") {
-            queue.add(Kind::Service.key(&ns, &svc));
+    fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        if !matches!(
+            c.kind(),
+            Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
+        ) {
+            return Vec::new();
         }
+        let mut keys = keys_for(c);
+        keys.extend(keys_for_node(ctx, c));
+        if let Change::Object {
+            kind: kind @ (Kind::Secret | Kind::Config),
+            key,
+            ..
+        } = c
+        {
+            // A secret or config changed: the services using it roll.
+            keys.extend(keys_for_data(ctx, *kind, key));
+        }
+        if eligibility_changed(c) {
+            // Global services follow nodes.
+            for s in ctx.cache.services() {
+                if s.spec.mode == crate::model::object::ServiceMode::Global {
+                    keys.push(ObjectKey::new(
+                        Kind::Service,
+                        &s.metadata.namespace,
+                        &s.metadata.name,
+                    ));
+                }
+            }
+        }
+        keys
+    }
+
+    fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
+        let mut keys: Vec<ObjectKey> = ctx
+            .cache
+            .services()
+            .iter()
+            .map(|s| ObjectKey::new(Kind::Service, &s.metadata.namespace, &s.metadata.name))
+            .collect();
+        // Services that still have replicas (a deleted service's leftovers), from the index:
+        // copying every replica here once a resync period cost seconds and gigabytes at scale.
+        for (ns, svc) in ctx.cache.services_with_replicas() {
+            if let Owner::Service(svc) = svc {
+                keys.push(ObjectKey::new(Kind::Service, ns, svc));
+            }
+        }
+        keys
+    }
+
+    async fn reconcile(&self, key: &ObjectKey, ctx: &Ctx) -> Result<Action, StoreError> {
+        reconcile(ctx, key).await?;
+        // A rollout under way is looked at again each second, so its progress deadline is
+        // noticed even when nothing changes.
+        Ok(
+            if ctx.cache.service(&key.store_key()).is_some_and(|s| {
+                s.status.rollout.state == crate::model::object::RolloutState::Progressing
+            }) {
+                Action::requeue(std::time::Duration::from_secs(1))
+            } else {
+                Action::await_change()
+            },
+        )
     }
 }
 
@@ -710,7 +714,7 @@ mod tests {
     }
 
     fn on(svc: &Service, node: &str, ready: bool) -> Replica {
-        let mut r = new_replica(svc);
+        let mut r = new_replica(svc, &[]);
         r.spec.node = Some(node.into());
         r.status.phase = if ready { Phase::Ready } else { Phase::Starting };
         r
@@ -723,7 +727,7 @@ mod tests {
         let nodes: std::collections::BTreeSet<String> =
             ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
         // Nothing yet: one on each node.
-        let d = decide_global(&svc, &Vec::<Replica>::new(), &nodes);
+        let d = decide_global(&svc, &[], &Vec::<Replica>::new(), &nodes);
         assert_eq!(d.create_on, ["n1", "n2", "n3"]);
         // One each, ready; n4 not eligible keeps nothing; a second on n1 goes.
         let mut reps: Vec<Replica> = ["n1", "n2", "n3", "n4"]
@@ -731,7 +735,7 @@ mod tests {
             .map(|n| on(&svc, n, true))
             .collect();
         reps.push(on(&svc, "n1", false));
-        let d = decide_global(&svc, &reps, &nodes);
+        let d = decide_global(&svc, &[], &reps, &nodes);
         assert!(d.create_on.is_empty());
         assert_eq!(d.stop.len(), 2, "{d:?}");
         // A new template: replaced one node at a time (max unavailable 1).
@@ -740,7 +744,7 @@ mod tests {
             .map(|n| on(&svc, n, true))
             .collect();
         svc.spec.template.args = vec!["v2".into()];
-        let d = decide_global(&svc, &reps, &nodes);
+        let d = decide_global(&svc, &[], &reps, &nodes);
         assert_eq!(d.stop.len(), 1, "{d:?}");
         assert!(d.create_on.is_empty());
     }
@@ -751,13 +755,13 @@ mod tests {
         let reps: Vec<Replica> = (0..3).map(|_| on(&svc, "n1", true)).collect();
         svc.spec.template.args = vec!["v2".into()];
         // Unset: surge 1 and unavailable 1 both at once.
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (1, 1));
         svc.spec.update.order = Some(crate::model::object::UpdateOrder::StartFirst);
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (1, 0), "start first");
         svc.spec.update.order = Some(crate::model::object::UpdateOrder::StopFirst);
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!((d.create, d.stop.len()), (0, 1), "stop first");
     }
 
@@ -766,15 +770,15 @@ mod tests {
         let svc = service(4, 1, 1);
         let drained = |n: &str| n == "n1";
         let mut reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
-        let mut pending = new_replica(&svc);
-        pending.status.reason = "Unschedulable".into();
+        let mut pending = new_replica(&svc, &[]);
+        pending.status.reason = Reason::Unschedulable;
         reps.push(pending);
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 0), "{d:?}");
         // A template change still rolls within max-unavailable.
         let mut svc2 = svc.clone();
         svc2.spec.template.args = vec!["v2".into()];
-        let d = decide(Some(&svc2), &reps[..4], &drained);
+        let d = decide(Some(&svc2), &[], &reps[..4], &drained);
         assert_eq!((d.create, d.stop.len()), (1, 1), "{d:?}");
     }
 
@@ -784,24 +788,132 @@ mod tests {
         let drained = |n: &str| n == "n1";
         // Four ready on the draining node: one surge replica first, nothing stopped.
         let mut reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (1, 0));
         // The new one is not ready yet: still nothing stopped (max unavailable 0).
         reps.push(on(&svc, "n2", false));
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 0));
         // Ready: one old replica goes.
         reps.last_mut().unwrap().status.phase = Phase::Ready;
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 1));
         // Not draining: nothing to do for the same replicas minus the surge.
         reps.pop();
-        let d = decide(Some(&svc), &reps, &|_| false);
+        let d = decide(Some(&svc), &[], &reps, &|_| false);
         assert_eq!(d, Decision::default());
         // With max unavailable 2 and no surge, two go at once.
         let svc = service(4, 0, 2);
         let reps: Vec<Replica> = (0..4).map(|_| on(&svc, "n1", true)).collect();
-        let d = decide(Some(&svc), &reps, &drained);
+        let d = decide(Some(&svc), &[], &reps, &drained);
         assert_eq!((d.create, d.stop.len()), (0, 2));
+    }
+}
+
+/// The rolling update's two limits, over random services and replica mixes, followed over
+/// several reconciles: a decision never brings the replicas above `replicas + maxSurge`
+/// when it creates any, and never stops ready replicas below `replicas - maxUnavailable`.
+#[cfg(test)]
+mod rolling_update_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::object::{IntOrPercent, UpdateOrder};
+
+    /// One replica at the start: (of the current revision, ready, placed on a node).
+    type Start = (bool, bool, bool);
+
+    fn service(replicas: u32, surge: u32, unavailable: u32, order: u8, paused: bool) -> Service {
+        let mut svc = Service::new(
+            "web",
+            crate::model::object::ServiceSpec::new(
+                replicas,
+                crate::model::object::Template::with_command(["sleep", "1"]),
+            ),
+        );
+        svc.spec.update.max_surge = Some(IntOrPercent::Int(surge));
+        svc.spec.update.max_unavailable = Some(IntOrPercent::Int(unavailable));
+        svc.spec.update.order = match order {
+            1 => Some(UpdateOrder::StartFirst),
+            2 => Some(UpdateOrder::StopFirst),
+            _ => None,
+        };
+        svc.spec.update.paused = paused;
+        svc
+    }
+
+    fn replica(svc: &Service, current: bool, ready: bool, placed: bool) -> Replica {
+        let mut r = new_replica(svc, &[]);
+        if !current {
+            r.spec.template_hash = "an-old-revision".into();
+        }
+        r.spec.node = placed.then(|| "n1".to_string());
+        r.status.phase = match (ready && placed, placed) {
+            (true, _) => Phase::Ready,
+            (false, true) => Phase::Starting,
+            (false, false) => Phase::Pending,
+        };
+        r
+    }
+
+    fn key(r: &Replica) -> String {
+        Kind::Replica.key(&r.metadata.namespace, &r.metadata.name)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn never_above_surge_never_below_max_unavailable(
+            replicas in 0u32..8,
+            surge in 0u32..4,
+            unavailable in 0u32..4,
+            order in 0u8..3,
+            paused in proptest::bool::weighted(0.1),
+            start in proptest::collection::vec(any::<Start>(), 0..12),
+            steps in proptest::collection::vec(proptest::collection::vec(any::<(bool, bool)>(), 24), 1..8),
+        ) {
+            let svc = service(replicas, surge, unavailable, order, paused);
+            let (surge, unavailable) = svc.spec.update.limits(replicas);
+            let n = replicas as usize;
+            let min_available = n.saturating_sub(unavailable as usize);
+            let mut reps: Vec<Replica> = start
+                .iter()
+                .map(|&(current, ready, placed)| replica(&svc, current, ready, placed))
+                .collect();
+            for flips in steps {
+                let d = decide(Some(&svc), &[], &reps, &|_| false);
+                if d.create > 0 {
+                    prop_assert!(
+                        reps.len() + d.create as usize <= n + surge as usize,
+                        "{} replicas + {} created > {} + surge {}: {:?}",
+                        reps.len(), d.create, n, surge, d
+                    );
+                }
+                let gone: std::collections::HashSet<&String> =
+                    d.stop.iter().chain(&d.delete).collect();
+                let ready_before = reps.iter().filter(|r| ready(r)).count();
+                let ready_after = reps
+                    .iter()
+                    .filter(|r| ready(r) && !gone.contains(&key(r)))
+                    .count();
+                prop_assert!(
+                    ready_after >= ready_before.min(min_available),
+                    "{ready_before} ready, {ready_after} after the decision, at least {min_available} must stay: {d:?}"
+                );
+                // The decision carried out: stopped and deleted replicas go, new ones start
+                // unplaced; then the world moves: some replicas get placed and ready, some
+                // ready ones fail.
+                reps.retain(|r| !gone.contains(&key(r)));
+                reps.extend((0..d.create).map(|_| replica(&svc, true, false, false)));
+                for (r, (up, down)) in reps.iter_mut().zip(flips) {
+                    if up && !ready(r) {
+                        r.spec.node = Some("n1".into());
+                        r.status.phase = Phase::Ready;
+                    } else if down && ready(r) {
+                        r.status.phase = Phase::Starting;
+                    }
+                }
+            }
+        }
     }
 }

@@ -30,6 +30,7 @@ pub fn deadline(spec: &ServiceSpec) -> Duration {
 /// the last good revision's template and placement.
 pub fn advance(
     svc: &Service,
+    versions: &[String],
     desired: u32,
     status: &mut ServiceStatus,
     now: Timestamp,
@@ -39,7 +40,7 @@ pub fn advance(
     status.revision = old.revision;
     status.last_good_revision = old.last_good_revision;
     status.rollout = old.rollout.clone();
-    let hash = svc.spec.revision_hash();
+    let hash = svc.spec.revision_hash(versions);
     let next = status
         .history
         .iter()
@@ -87,7 +88,7 @@ pub fn advance(
                 template: svc.spec.template.clone(),
                 placement: svc.spec.placement.clone(),
                 created: Some(now),
-                config_versions: svc.spec.config_versions.clone(),
+                config_versions: versions.to_vec(),
                 change: String::new(),
             };
             rec.change = cause_and(svc, change_summary(previous.as_ref(), &rec));
@@ -262,21 +263,21 @@ mod tests {
         // First revision: progressing, then complete.
         let mut s = svc("blue", "5s");
         let mut st = counts(0, 0);
-        assert!(advance(&s, 2, &mut st, t0).is_none());
+        assert!(advance(&s, &[], 2, &mut st, t0).is_none());
         assert_eq!(
             (st.revision, st.rollout.state),
             (1, RolloutState::Progressing)
         );
         s.status = st;
         let mut st = counts(2, 2);
-        advance(&s, 2, &mut st, at(1));
+        advance(&s, &[], 2, &mut st, at(1));
         assert_eq!(st.rollout.state, RolloutState::Complete);
         assert_eq!(st.last_good_revision, 1);
         // A new template: revision 2, which never gets ready.
         let mut s2 = svc("green", "5s");
         s2.status = st;
         let mut st = counts(1, 1);
-        advance(&s2, 2, &mut st, at(2));
+        advance(&s2, &[], 2, &mut st, at(2));
         assert_eq!(
             (st.revision, st.rollout.state),
             (2, RolloutState::Progressing)
@@ -285,12 +286,12 @@ mod tests {
         s2.status = st;
         let mut st = counts(1, 1);
         assert!(
-            advance(&s2, 2, &mut st, at(6)).is_none(),
+            advance(&s2, &[], 2, &mut st, at(6)).is_none(),
             "within the deadline"
         );
         s2.status = st;
         let mut st = counts(1, 1);
-        let back = advance(&s2, 2, &mut st, at(8)).expect("rolled back after the deadline");
+        let back = advance(&s2, &[], 2, &mut st, at(8)).expect("rolled back after the deadline");
         assert_eq!(back.template.env[0].value, "blue");
         assert_eq!(st.rollout.state, RolloutState::RolledBack);
         assert!(
@@ -312,7 +313,7 @@ mod tests {
         let mut s3 = svc("blue", "5s");
         s3.status = st;
         let mut st = counts(2, 2);
-        advance(&s3, 2, &mut st, at(9));
+        advance(&s3, &[], 2, &mut st, at(9));
         assert_eq!(
             (st.revision, st.rollout.state),
             (3, RolloutState::RolledBack)
@@ -326,19 +327,29 @@ mod tests {
         s4.spec.update.auto_rollback = Some(false);
         s4.status = st;
         let mut st = counts(0, 0);
-        advance(&s4, 2, &mut st, at(10));
+        advance(&s4, &[], 2, &mut st, at(10));
         assert_eq!(st.revision, 4);
         s4.status = st;
         let mut st = counts(0, 0);
-        assert!(advance(&s4, 2, &mut st, at(20)).is_none());
+        assert!(advance(&s4, &[], 2, &mut st, at(20)).is_none());
         assert_eq!(st.rollout.state, RolloutState::Failed);
     }
 
     /// Applies `s` over `prev`'s status at `t` with every replica ready.
-    fn step(mut s: Service, prev: &ServiceStatus, t: u64) -> ServiceStatus {
+    fn step(s: Service, prev: &ServiceStatus, t: u64) -> ServiceStatus {
+        step_with(s, &[], prev, t)
+    }
+
+    /// [`step`] with the template's secrets and configs at `versions`.
+    fn step_with(
+        mut s: Service,
+        versions: &[String],
+        prev: &ServiceStatus,
+        t: u64,
+    ) -> ServiceStatus {
         s.status = prev.clone();
         let mut st = counts(2, 2);
-        advance(&s, 2, &mut st, Timestamp(t));
+        advance(&s, versions, 2, &mut st, Timestamp(t));
         st
     }
 
@@ -379,8 +390,7 @@ mod tests {
         // A secret's or config's new revision alone is a change too, and says so.
         let mut s = svc("green", "5s");
         s.spec.template.env[0].value = "green".into();
-        s.spec.config_versions = vec!["config/app@7".into()];
-        let st = step(s, &st, 5_000);
+        let st = step_with(s, &["config/app@7".into()], &st, 5_000);
         assert_eq!(st.revision, 5);
         assert_eq!(
             st.history.last().unwrap().change,
@@ -395,7 +405,7 @@ mod tests {
         b.spec.template.args = vec!["1".into(), "2".into(), "3".into()];
         let rec = |s: &Service| RevisionRecord {
             revision: 1,
-            hash: s.spec.revision_hash(),
+            hash: s.spec.revision_hash(&[]),
             template: s.spec.template.clone(),
             placement: s.spec.placement.clone(),
             created: None,
@@ -421,12 +431,12 @@ mod tests {
         let mut s = svc("c0", "5s");
         s.spec.update.paused = true;
         let mut st = counts(0, 0);
-        advance(&s, 2, &mut st, Timestamp(0));
+        advance(&s, &[], 2, &mut st, Timestamp(0));
         assert_eq!(st.rollout.state, RolloutState::Paused);
         s.status = st;
         let mut st = counts(0, 0);
         assert!(
-            advance(&s, 2, &mut st, Timestamp(100_000)).is_none(),
+            advance(&s, &[], 2, &mut st, Timestamp(100_000)).is_none(),
             "no deadline while paused"
         );
         assert_eq!(st.rollout.state, RolloutState::Paused);
@@ -435,7 +445,7 @@ mod tests {
             let mut s = svc(&format!("c{i}"), "5s");
             s.status = st2.clone();
             let mut next = counts(2, 2);
-            advance(&s, 2, &mut next, Timestamp(200_000 + i));
+            advance(&s, &[], 2, &mut next, Timestamp(200_000 + i));
             st2 = next;
         }
         assert_eq!(st2.history.len(), HISTORY);

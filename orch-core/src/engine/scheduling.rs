@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::cache::Change;
-use crate::engine::Ctx;
-use crate::model::object::{DesiredState, Kind, Object, Phase, Replica};
+use crate::engine::ctx::Ctx;
+use crate::model::object::{DesiredState, Kind, Object, Phase, Reason, Replica};
 use crate::scheduler::PendingReplica;
-use crate::store::{txn_chunked, update_op, Op, StoreError};
-
-/// Most operations written in one transaction.
-pub const MAX_TXN_OPS: usize = 5_000;
+use crate::store::{txn_chunked, update_op, Op, StoreError, MAX_TXN_OPS};
 
 fn is_pending(r: &Replica) -> bool {
     r.spec.node.is_none() && r.spec.desired == DesiredState::Running
@@ -41,7 +38,7 @@ pub const MAX_PASS_REPLICAS: usize = 50_000;
 /// moves with `seed`, so a large backlog that cannot be placed cannot starve new replicas nor
 /// keep the same ones at the back for ever.
 fn take_pending<'a>(replicas: &[&'a Replica], limit: usize, seed: u64) -> Vec<&'a Replica> {
-    let is_retry = |r: &Replica| r.status.reason == "Unschedulable";
+    let is_retry = |r: &Replica| r.status.reason == Reason::Unschedulable;
     let mut out: Vec<&Replica> = replicas
         .iter()
         .copied()
@@ -98,7 +95,7 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
         r.status.message = format!("scheduled to {node}");
         r.status.phase = Phase::Pending;
         let e = per_service
-            .entry((r.metadata.namespace.clone(), r.spec.service.clone()))
+            .entry((r.metadata.namespace.clone(), r.spec.service.to_string()))
             .or_default();
         e.0 += 1;
         *e.1.entry(node.clone()).or_default() += 1;
@@ -107,14 +104,14 @@ pub async fn pass(ctx: &Ctx, seed: u64) -> Result<PassResult, StoreError> {
     let mut unschedulable_services: BTreeMap<(String, String), String> = BTreeMap::new();
     for (key, reason) in &plan.unschedulable {
         let Some(r) = keyed.get(key) else { continue };
-        if r.status.reason == "Unschedulable" && r.status.message == *reason {
+        if r.status.reason == Reason::Unschedulable && r.status.message == *reason {
             continue;
         }
         let mut r = (*r).clone();
-        r.status.reason = "Unschedulable".into();
+        r.status.reason = Reason::Unschedulable;
         r.status.message = reason.clone();
         unschedulable_services.insert(
-            (r.metadata.namespace.clone(), r.spec.service.clone()),
+            (r.metadata.namespace.clone(), r.spec.service.to_string()),
             reason.clone(),
         );
         ops.push(update_op(&Object::Replica(r)));
@@ -192,7 +189,7 @@ fn relevant(c: &Change) -> bool {
 }
 
 /// Runs the loop until cancelled.
-pub async fn run(ctx: Arc<Ctx>) {
+pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationToken) {
     // The loop only needs to know that something relevant happened, not what: the cache
     // raises a flag as it applies each change, so a long pass does not keep a queue of every
     // replica's old and new versions alive.
@@ -208,7 +205,7 @@ pub async fn run(ctx: Arc<Ctx>) {
     let mut wait = ctx.config.resync;
     loop {
         tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
+            _ = cancel.cancelled() => break,
             c = dirty_rx.changed() => if c.is_err() { break },
             _ = tokio::time::sleep(wait) => {}
         }

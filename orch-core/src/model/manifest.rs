@@ -601,3 +601,26 @@ pub fn named_namespaces(source: &str, text: &str) -> Result<Vec<Option<String>>,
         })
         .collect())
 }
+
+#[cfg(test)]
+mod image_only_tests {
+    #[test]
+    fn image_settings_on_a_command_template_are_named() {
+        let yaml = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 1\n  template:\n    command: [server]\n    imagePullPolicy: Always\n    readOnlyRootFilesystem: true\n";
+        let e = crate::model::manifest::parse("web.yaml", yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.template.imagePullPolicy") && e.contains("images only"),
+            "{e}"
+        );
+        assert!(e.contains("spec.template.readOnlyRootFilesystem"), "{e}");
+        let bad = yaml
+            .replace("command: [server]", "image: busybox")
+            .replace("Always", "Sometimes");
+        let e = crate::model::manifest::parse("web.yaml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Sometimes") && e.contains("IfNotPresent"), "{e}");
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::quantity::{Cpu, Memory, Span, Timestamp};
 
@@ -124,6 +124,85 @@ impl Kind {
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Names one object: its kind, namespace (empty for kinds that have none, such as nodes) and
+/// name. What the controllers queue; [`ObjectKey::store_key`] is its key in the store.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The object's kind.
+    pub kind: Kind,
+    /// Its namespace (empty for a kind without namespaces).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of the `kind` object `namespace/name`.
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+    /// The key of `object`.
+    pub fn of(object: &Object) -> ObjectKey {
+        let m = object.metadata();
+        ObjectKey::new(object.kind(), &m.namespace, &m.name)
+    }
+    /// Parses a store key: `/services/default/web`, `/nodes/node-1`.
+    pub fn parse(store_key: &str) -> Option<ObjectKey> {
+        let kind = Kind::of_key(store_key)?;
+        let rest = store_key.strip_prefix(kind.prefix().as_str())?;
+        let (namespace, name) = if kind.namespaced() {
+            rest.split_once('/')?
+        } else {
+            ("", rest)
+        };
+        Some(ObjectKey::new(kind, namespace, name))
+    }
+    /// The object's key in the store ([`Kind::key`]).
+    pub fn store_key(&self) -> String {
+        self.kind.key(&self.namespace, &self.name)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.store_key())
+    }
+}
+
+/// The most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 100_000;
+/// A fresh object uid (random, 128 bits, UUID-shaped).
+pub(crate) fn new_uid() -> String {
+    let v: u128 = rand::random();
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Deserializes a replica count from any integer, with a clear range error.
+pub(crate) fn de_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let n = v
+        .as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
+    match n {
+        Some(n) if (0..=MAX_REPLICAS).contains(&n) => Ok(n as u32),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid value {v}: must be a whole number from 0 to {MAX_REPLICAS}"
+        ))),
     }
 }
 
@@ -589,6 +668,15 @@ pub enum PullPolicy {
 }
 
 impl Template {
+    /// A template that runs `command` (the program and its arguments) with every other
+    /// field at its default.
+    pub fn with_command<S: Into<String>>(command: impl IntoIterator<Item = S>) -> Template {
+        Template {
+            command: command.into_iter().map(Into::into).collect(),
+            ..Template::default()
+        }
+    }
+
     /// The stop signal, `SIGTERM` unless set.
     pub fn stop_signal(&self) -> &str {
         self.stop_signal.as_deref().unwrap_or("SIGTERM")
@@ -625,13 +713,14 @@ impl Template {
         out
     }
 
-    /// The [`ServiceSpec::config_versions`] entry of a referenced secret (`secret: true`) or
+    /// The [`Template::config_versions`] entry of a referenced secret (`secret: true`) or
     /// config at store revision `rev` (0: missing).
     pub fn config_version(secret: bool, name: &str, rev: u64) -> String {
         format!("{}/{name}@{rev}", if secret { "secret" } else { "config" })
     }
 
-    /// [`ServiceSpec::config_versions`] as the replication controller counts them: one
+    /// The referenced secrets' and configs' versions, as the replication controller counts
+    /// them for [`ServiceSpec::revision_hash`]: one
     /// [`Template::config_version`] per secret (`true`) or config the template refers to, at
     /// the store revision `revision_of(secret, name)` gives (0: missing). Everything that
     /// shows or compares a service's revision hash goes through this, so `orchctl describe`,
@@ -668,30 +757,49 @@ fn fnv_hex(bytes: &[u8]) -> String {
     format!("{:010x}", h & 0xff_ffff_ffff)
 }
 
+impl Default for ServiceSpec {
+    /// One replica of an empty template, everything else at its default (as a manifest that
+    /// leaves the fields out).
+    fn default() -> Self {
+        ServiceSpec {
+            replicas: one(),
+            template: Template::default(),
+            placement: Placement::default(),
+            update: UpdateStrategy::default(),
+            mode: ServiceMode::default(),
+            publish: Vec::new(),
+        }
+    }
+}
+
 impl ServiceSpec {
+    /// `replicas` replicas of `template`, everything else at its default.
+    pub fn new(replicas: u32, template: Template) -> ServiceSpec {
+        ServiceSpec {
+            replicas,
+            template,
+            ..ServiceSpec::default()
+        }
+    }
+
     /// The revision of what each replica runs and where it may run: the template and the
     /// placement rules. Replicas record it (`templateHash`); a change replaces them within the
     /// update limits, as a change to a Kubernetes pod template does (placement rules live in
     /// it there). Equal to [`Template::hash`] while the placement is the default.
     ///
-    /// With [`ServiceSpec::config_versions`] filled in (and `update.ignoreConfigChanges`
-    /// off), they count too: revisions, not contents, so the hash says nothing about a
-    /// secret's value.
-    pub fn revision_hash(&self) -> String {
+    /// `config_versions` ([`Template::config_versions`]: the revisions of the secrets and
+    /// configs the template refers to) count too unless `update.ignoreConfigChanges`:
+    /// revisions, not contents, so the hash says nothing about a secret's value.
+    pub fn revision_hash(&self, config_versions: &[String]) -> String {
         let base = if self.placement == Placement::default() {
             self.template.hash()
         } else {
             fnv_hex(&serde_json::to_vec(&(&self.template, &self.placement)).unwrap_or_default())
         };
-        if self.config_versions.is_empty() || self.update.ignore_config_changes {
+        if config_versions.is_empty() || self.update.ignore_config_changes {
             return base;
         }
-        fnv_hex(format!("{base}|{}", self.config_versions.join(",")).as_bytes())
-    }
-
-    /// Fills in [`ServiceSpec::config_versions`] with [`Template::config_versions`].
-    pub fn set_config_versions(&mut self, revision_of: impl FnMut(bool, &str) -> u64) {
-        self.config_versions = self.template.config_versions(revision_of);
+        fnv_hex(format!("{base}|{}", config_versions.join(",")).as_bytes())
     }
 }
 
@@ -1056,10 +1164,7 @@ impl UpdateStrategy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     /// How many replicas should run (default 1).
-    #[serde(
-        default = "one",
-        deserialize_with = "crate::model::validate::de_replicas"
-    )]
+    #[serde(default = "one", deserialize_with = "de_replicas")]
     pub replicas: u32,
     /// What each replica runs.
     pub template: Template,
@@ -1078,11 +1183,6 @@ pub struct ServiceSpec {
     /// service proxy). Changing them does not roll the replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Publish>,
-    /// `secret/NAME@REVISION` of each secret and config the template refers to, filled in by
-    /// the replication controller from its cache (never stored): part of the revision hash,
-    /// so a change to one rolls the service (unless `update.ignoreConfigChanges`).
-    #[serde(skip)]
-    pub config_versions: Vec<String>,
 }
 
 /// A port published on every node: TCP connections to it go to a ready replica's port.
@@ -1170,7 +1270,7 @@ pub struct RevisionRecord {
     /// When it was first recorded (kept when an undo or rollback makes it current again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Timestamp>,
-    /// The secrets' and configs' revisions it ran with ([`ServiceSpec::config_versions`]).
+    /// The secrets' and configs' revisions it ran with ([`Template::config_versions`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_versions: Vec<String>,
     /// What changed when it became current: the service's `orch/change-cause` annotation (if
@@ -1261,6 +1361,21 @@ pub struct Service {
     /// Observed state.
     #[serde(default)]
     pub status: ServiceStatus,
+}
+
+impl Service {
+    /// The service `name` in the default namespace with `spec` (no status yet).
+    pub fn new(name: impl Into<String>, spec: ServiceSpec) -> Service {
+        Service {
+            metadata: Metadata {
+                name: name.into(),
+                namespace: DEFAULT_NAMESPACE.into(),
+                ..Metadata::default()
+            },
+            spec,
+            status: ServiceStatus::default(),
+        }
+    }
 }
 
 /// Whether a replica should be running.
@@ -1369,8 +1484,8 @@ pub struct BoundPort {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicaSpec {
-    /// The service it belongs to.
-    pub service: String,
+    /// The service or job it belongs to (a string in the store: `NAME` or `job:NAME`).
+    pub service: Owner,
     /// The service revision it was made from ([`ServiceSpec::revision_hash`]: template and
     /// placement).
     pub template_hash: String,
@@ -1396,8 +1511,8 @@ pub struct ReplicaStatus {
     #[serde(default)]
     pub phase: Phase,
     /// A machine-readable reason (`Unschedulable`, `BackOff`, `StartError`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    #[serde(default, skip_serializing_if = "Reason::is_empty")]
+    pub reason: Reason,
     /// A human-readable explanation.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -1532,6 +1647,18 @@ pub struct Node {
     /// Reported state.
     #[serde(default)]
     pub status: NodeStatus,
+}
+
+/// The placeholder a secret value shows as outside the store: `<redacted: N bytes>`.
+pub(crate) fn redacted_value(v: &str) -> String {
+    format!("<redacted: {} bytes>", v.len())
+}
+
+/// Whether `v` is [`redacted_value`]'s placeholder (applying it back would lose the secret).
+pub(crate) fn is_redacted_placeholder(v: &str) -> bool {
+    v.strip_prefix("<redacted: ")
+        .and_then(|r| r.strip_suffix(" bytes>"))
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Sensitive key/values (plain text values). Encrypted at rest when the store is wrapped in
@@ -1824,9 +1951,235 @@ pub struct Job {
     pub status: JobStatus,
 }
 
-/// The `spec.service` of a job's replicas: `job:NAME`, apart from services' names.
-pub fn job_owner(name: &str) -> String {
-    format!("job:{name}")
+/// Why a replica is in its phase: `status.reason`, serialized as the CamelCase string it always
+/// was (`BackOff`, `Unschedulable`); a string this version does not know loads as
+/// [`Reason::Other`], and no reason is an absent field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No reason (the field is left out).
+    #[default]
+    None,
+    /// No node can take it (the scheduler's message says why).
+    Unschedulable,
+    /// Waiting before restarting a replica that exited.
+    BackOff,
+    /// Restarting again and again: waiting longer before each restart.
+    CrashLoopBackOff,
+    /// The runtime could not start it.
+    StartError,
+    /// Its image could not be pulled.
+    ErrImagePull,
+    /// Waiting before pulling its image again.
+    ImagePullBackOff,
+    /// Waiting before trying to start it again.
+    StartBackOff,
+    /// It exited successfully and is not restarted.
+    Completed,
+    /// It exited with a failure and is not restarted.
+    Error,
+    /// Its node cannot run it.
+    Unsupported,
+    /// It restarted and is settling before it counts as ready.
+    Restarted,
+    /// Started; waiting for its first (or startup) probe.
+    Starting,
+    /// Running, but its readiness probe fails.
+    NotReady,
+    /// Its node was lost.
+    NodeLost,
+    /// Its node was removed.
+    NodeRemoved,
+    /// A reason this version does not know, kept as written.
+    Other(String),
+}
+
+impl Reason {
+    /// Every named reason, for parsing.
+    const NAMED: [Reason; 15] = [
+        Reason::Unschedulable,
+        Reason::BackOff,
+        Reason::CrashLoopBackOff,
+        Reason::StartError,
+        Reason::ErrImagePull,
+        Reason::ImagePullBackOff,
+        Reason::StartBackOff,
+        Reason::Completed,
+        Reason::Error,
+        Reason::Unsupported,
+        Reason::Restarted,
+        Reason::Starting,
+        Reason::NotReady,
+        Reason::NodeLost,
+        Reason::NodeRemoved,
+    ];
+
+    /// The string form (empty for [`Reason::None`]).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Reason::None => "",
+            Reason::Unschedulable => "Unschedulable",
+            Reason::BackOff => "BackOff",
+            Reason::CrashLoopBackOff => "CrashLoopBackOff",
+            Reason::StartError => "StartError",
+            Reason::ErrImagePull => "ErrImagePull",
+            Reason::ImagePullBackOff => "ImagePullBackOff",
+            Reason::StartBackOff => "StartBackOff",
+            Reason::Completed => "Completed",
+            Reason::Error => "Error",
+            Reason::Unsupported => "Unsupported",
+            Reason::Restarted => "Restarted",
+            Reason::Starting => "Starting",
+            Reason::NotReady => "NotReady",
+            Reason::NodeLost => "NodeLost",
+            Reason::NodeRemoved => "NodeRemoved",
+            Reason::Other(s) => s,
+        }
+    }
+    /// Parses the string form; an unknown string is [`Reason::Other`].
+    pub fn parse(s: &str) -> Reason {
+        if s.is_empty() {
+            return Reason::None;
+        }
+        Reason::NAMED
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or_else(|| Reason::Other(s.to_string()))
+    }
+    /// Whether there is no reason.
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+    /// Clears the reason.
+    pub fn clear(&mut self) {
+        *self = Reason::None;
+    }
+    /// Whether the replica waits to be started again after it failed to start or exited
+    /// (the agent starts it again once the wait is over, through its exit handling).
+    pub fn is_start_backoff(&self) -> bool {
+        matches!(
+            self,
+            Reason::BackOff
+                | Reason::StartError
+                | Reason::ErrImagePull
+                | Reason::ImagePullBackOff
+                | Reason::StartBackOff
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Reason {
+    /// [`Reason::parse`].
+    fn from(s: &str) -> Reason {
+        Reason::parse(s)
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    /// Compares the string form.
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reason, D::Error> {
+        Ok(Reason::parse(&String::deserialize(d)?))
+    }
+}
+
+/// What a replica belongs to: a service or a job. Its `spec.service` in the store and in JSON
+/// is a string, as before there was this type: the service's name, or `job:NAME` for a job
+/// (apart from services' names, which cannot hold a `:`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// The service of this name.
+    Service(String),
+    /// The job of this name.
+    Job(String),
+}
+
+impl Owner {
+    /// The prefix of a job owner's string form.
+    const JOB_PREFIX: &'static str = "job:";
+
+    /// Parses the string form: `job:NAME` is a job, anything else a service.
+    pub fn parse(s: &str) -> Owner {
+        match s.strip_prefix(Owner::JOB_PREFIX) {
+            Some(job) => Owner::Job(job.to_string()),
+            None => Owner::Service(s.to_string()),
+        }
+    }
+    /// The service's name, if a service owns the replica.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Owner::Service(s) => Some(s),
+            Owner::Job(_) => None,
+        }
+    }
+    /// The job's name, if a job owns the replica.
+    pub fn job(&self) -> Option<&str> {
+        match self {
+            Owner::Job(j) => Some(j),
+            Owner::Service(_) => None,
+        }
+    }
+    /// Whether this is the service `name`.
+    pub fn is_service(&self, name: &str) -> bool {
+        self.service() == Some(name)
+    }
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Owner::Service(String::new())
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Service(s) => f.write_str(s),
+            Owner::Job(j) => write!(f, "{}{j}", Owner::JOB_PREFIX),
+        }
+    }
+}
+
+impl From<&str> for Owner {
+    /// [`Owner::parse`].
+    fn from(s: &str) -> Owner {
+        Owner::parse(s)
+    }
+}
+
+impl From<String> for Owner {
+    /// [`Owner::parse`].
+    fn from(s: String) -> Owner {
+        Owner::parse(&s)
+    }
+}
+
+impl Serialize for Owner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Owner, D::Error> {
+        Ok(Owner::parse(&String::deserialize(d)?))
+    }
 }
 
 /// The label a job's replicas carry naming their job.
@@ -1841,9 +2194,9 @@ mod tests {
 
     #[test]
     fn config_versions_move_the_revision_hash_unless_ignored() {
-        let mut spec = ServiceSpec {
-            replicas: 1,
-            template: Template {
+        let mut spec = ServiceSpec::new(
+            1,
+            Template {
                 command: vec!["sh".into()],
                 mounts: vec![Mount {
                     path: "/etc/app".into(),
@@ -1852,23 +2205,47 @@ mod tests {
                 }],
                 ..Template::default()
             },
-            placement: Placement::default(),
-            update: UpdateStrategy::default(),
-            mode: ServiceMode::default(),
-            publish: Vec::new(),
-            config_versions: Vec::new(),
-        };
-        let plain = spec.revision_hash();
+        );
+        let plain = spec.revision_hash(&[]);
         assert_eq!(spec.template.references(), [(false, "app")]);
-        spec.config_versions = vec!["config/app@3".into()];
-        let v3 = spec.revision_hash();
-        spec.config_versions = vec!["config/app@4".into()];
-        let v4 = spec.revision_hash();
+        let v3 = spec.revision_hash(&["config/app@3".into()]);
+        let v4 = spec.revision_hash(&["config/app@4".into()]);
         assert!(
             plain != v3 && v3 != v4,
             "a new config revision is a new revision"
         );
         spec.update.ignore_config_changes = true;
-        assert_eq!(spec.revision_hash(), plain, "unless the service says so");
+        assert_eq!(
+            spec.revision_hash(&["config/app@3".into()]),
+            plain,
+            "unless the service says so"
+        );
+    }
+
+    #[test]
+    fn an_owner_is_the_same_string_in_json_as_before() {
+        for (text, owner) in [
+            ("\"web\"", Owner::Service("web".into())),
+            ("\"job:backup\"", Owner::Job("backup".into())),
+        ] {
+            assert_eq!(serde_json::to_string(&owner).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Owner>(text).unwrap(), owner);
+        }
+        assert_eq!(Owner::Job("backup".into()).to_string(), "job:backup");
+    }
+
+    #[test]
+    fn a_reason_is_the_same_string_in_json_as_before() {
+        for r in Reason::NAMED {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(text, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Reason>(&text).unwrap(), r);
+        }
+        let other: Reason = serde_json::from_str("\"SomethingNew\"").unwrap();
+        assert_eq!(other, Reason::Other("SomethingNew".into()));
+        assert_eq!(serde_json::to_string(&other).unwrap(), "\"SomethingNew\"");
+        let st: ReplicaStatus = serde_json::from_str("{}").unwrap();
+        assert_eq!(st.reason, Reason::None);
+        assert!(!serde_json::to_string(&st).unwrap().contains("reason"));
     }
 }

@@ -6,8 +6,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
-
 use crate::model::object::{
     Config, IntOrPercent, LabelSelector, LabelSelectorRequirement, Metadata, Object, Placement,
     ReplicaAffinity, Secret, SelectorOperator, Service, Template, TolerationOperator,
@@ -17,8 +15,6 @@ use crate::model::object::{
 use crate::model::quantity::Span;
 use crate::runtime::signal_number;
 
-/// The most replicas one service may ask for.
-pub const MAX_REPLICAS: i64 = 100_000;
 /// The most bytes of data one secret or config may hold.
 pub const MAX_DATA_BYTES: usize = 1 << 20;
 
@@ -262,20 +258,6 @@ pub fn image_ref(s: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
-}
-
-/// Deserializes a replica count from any integer, with a clear range error.
-pub fn de_replicas<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    let n = v
-        .as_i64()
-        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64));
-    match n {
-        Some(n) if (0..=MAX_REPLICAS).contains(&n) => Ok(n as u32),
-        _ => Err(serde::de::Error::custom(format!(
-            "invalid value {v}: must be a whole number from 0 to {MAX_REPLICAS}"
-        ))),
-    }
 }
 
 fn check_metadata(md: &Metadata, namespaced: bool, out: &mut Vec<FieldError>) {
@@ -915,7 +897,7 @@ fn check_data(data: &BTreeMap<String, String>, out: &mut Vec<FieldError>) {
         if let Err(m) = data_key(k) {
             out.push(err(format!("data[{k:?}]"), k, m));
         }
-        if crate::engine::api::is_redacted_placeholder(v) {
+        if crate::model::object::is_redacted_placeholder(v) {
             out.push(err(
                 format!("data[{k:?}]"),
                 v,
@@ -1014,28 +996,5 @@ mod tests {
         for bad in ["", "Busybox", "a b", "x:", "x@sha256:12"] {
             assert!(image_ref(bad).is_err(), "{bad}");
         }
-    }
-}
-
-#[cfg(test)]
-mod image_only_tests {
-    #[test]
-    fn image_settings_on_a_command_template_are_named() {
-        let yaml = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 1\n  template:\n    command: [server]\n    imagePullPolicy: Always\n    readOnlyRootFilesystem: true\n";
-        let e = crate::model::manifest::parse("web.yaml", yaml)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("spec.template.imagePullPolicy") && e.contains("images only"),
-            "{e}"
-        );
-        assert!(e.contains("spec.template.readOnlyRootFilesystem"), "{e}");
-        let bad = yaml
-            .replace("command: [server]", "image: busybox")
-            .replace("Always", "Sometimes");
-        let e = crate::model::manifest::parse("web.yaml", &bad)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("Sometimes") && e.contains("IfNotPresent"), "{e}");
     }
 }

@@ -173,7 +173,8 @@ fn key_of_id(id: &str) -> String {
 }
 
 fn id_of_key(key: &str) -> String {
-    let (ns, name) = crate::engine::replication::split_key(key);
+    let k = crate::model::object::ObjectKey::parse(key);
+    let (ns, name) = k.as_ref().map_or(("", ""), |k| (&*k.namespace, &*k.name));
     format!("{ns}.{name}")
 }
 
@@ -414,7 +415,7 @@ impl Agent {
                     metadata: Metadata {
                         name: self.cfg.node.clone(),
                         labels: self.cfg.labels.clone().into(),
-                        uid: crate::engine::api::new_uid(),
+                        uid: crate::model::object::new_uid(),
                         creation_timestamp: Some(Timestamp::now()),
                         generation: 1,
                         ..Metadata::default()
@@ -581,7 +582,7 @@ impl Agent {
         }
         if !ops.is_empty() {
             let mut last = None;
-            let size = crate::engine::scheduling::MAX_TXN_OPS.min(self.ctx.store.max_txn_ops());
+            let size = crate::store::MAX_TXN_OPS.min(self.ctx.store.max_txn_ops());
             let mut done = 0;
             let mut failed = None;
             for chunk in ops.chunks(size.max(1)) {
@@ -767,10 +768,7 @@ impl Agent {
                 if !r.status.runtime_id.is_empty() && r.status.phase.is_up() {
                     // It ran here before and the runtime no longer knows it.
                     self.handle_exit(&r, ExitStatus::default()).await
-                } else if matches!(
-                    r.status.reason.as_str(),
-                    "BackOff" | "StartError" | "ErrImagePull" | "ImagePullBackOff" | "StartBackOff"
-                ) {
+                } else if r.status.reason.is_start_backoff() {
                     self.handle_exit(&r, r.status.last_exit.clone().unwrap_or_default())
                         .await
                 } else {
@@ -1039,7 +1037,7 @@ impl Agent {
         env.extend([
             EnvVar {
                 name: "ORCH_SERVICE".into(),
-                value: r.spec.service.clone(),
+                value: r.spec.service.to_string(),
                 value_from: None,
             },
             EnvVar {
@@ -1069,7 +1067,7 @@ impl Agent {
         let spec = WorkloadSpec {
             id: id.clone(),
             replica_uid: r.metadata.uid.clone(),
-            service: r.spec.service.clone(),
+            service: r.spec.service.to_string(),
             namespace: ns.into(),
             template,
             mounts,

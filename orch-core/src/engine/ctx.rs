@@ -1,0 +1,144 @@
+//! What every controller and agent shares: the [`Ctx`] (store, cache, scheduler, discovery,
+//! recorder, tunables, metrics, cancellation) and the engine's tunables ([`EngineConfig`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery::Discovery;
+use crate::engine::cache::Cache;
+use crate::engine::events::Recorder;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// Tunables of the control plane.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Every controller reconciles everything this often, whatever it heard.
+    pub resync: Duration,
+    /// First retry delay after a failed reconcile (doubles per failure).
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Concurrent reconciles of the replication controller.
+    pub workers: usize,
+    /// How often node heartbeats are checked.
+    pub node_check: Duration,
+    /// Silence after which a node is Unreachable.
+    pub node_grace: Duration,
+    /// Silence after which a node's replicas are Lost and replaced.
+    pub node_lost_timeout: Duration,
+    /// Most events kept in the store.
+    pub event_limit: usize,
+    /// How long events are gathered before one batched write.
+    pub event_flush: Duration,
+    /// Seed for the scheduler's tie-breaks.
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            resync: Duration::from_secs(30),
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_secs(30),
+            workers: 4,
+            node_check: Duration::from_millis(500),
+            node_grace: Duration::from_secs(3),
+            node_lost_timeout: Duration::from_secs(10),
+            event_limit: 2_000,
+            event_flush: Duration::from_millis(50),
+            seed: 0x6f72_6368,
+        }
+    }
+}
+
+/// What every controller and agent shares.
+pub struct Ctx {
+    /// The store (the truth).
+    pub(crate) store: Arc<dyn Store>,
+    /// The cache (a reflection of the store).
+    pub(crate) cache: Arc<Cache>,
+    /// Places replicas.
+    pub(crate) scheduler: Arc<dyn Scheduler>,
+    /// Receives endpoints.
+    pub(crate) discovery: Arc<dyn Discovery>,
+    /// Records events.
+    pub(crate) recorder: Recorder,
+    /// Tunables.
+    pub(crate) config: EngineConfig,
+    /// Fires on shutdown.
+    pub(crate) cancel: CancellationToken,
+    /// Counters and latencies (`/metrics`).
+    pub(crate) metrics: Arc<crate::engine::metrics::Metrics>,
+}
+
+impl Ctx {
+    /// The metrics in the Prometheus text format: the engine's counters and latencies, and
+    /// gauges read from the cache now (replicas by phase, nodes by condition, services,
+    /// whether the store is reachable).
+    pub fn render_metrics(&self) -> String {
+        use std::collections::BTreeMap;
+        let cache = &self.cache;
+        let mut phases: BTreeMap<String, f64> = BTreeMap::new();
+        // Shared handles, not copies: this runs on every scrape.
+        for o in cache.list(crate::model::object::Kind::Replica) {
+            if let crate::model::object::Object::Replica(r) = o.as_ref() {
+                *phases.entry(format!("{:?}", r.status.phase)).or_default() += 1.0;
+            }
+        }
+        let mut conditions: BTreeMap<String, f64> = BTreeMap::new();
+        for n in cache.nodes() {
+            *conditions
+                .entry(format!("{:?}", n.status.condition))
+                .or_default() += 1.0;
+        }
+        let labelled = |key: &str, m: BTreeMap<String, f64>| -> Vec<(String, f64)> {
+            m.into_iter()
+                .map(|(k, v)| (format!("{key}=\"{k}\""), v))
+                .collect()
+        };
+        self.metrics.render(&[
+            (
+                "orch_replicas",
+                "Replicas by phase.",
+                labelled("phase", phases),
+            ),
+            (
+                "orch_nodes",
+                "Nodes by condition.",
+                labelled("condition", conditions),
+            ),
+            (
+                "orch_services",
+                "Services.",
+                vec![(String::new(), cache.services().len() as f64)],
+            ),
+            (
+                "orch_store_reachable",
+                "1 while the engine's view of the store is current.",
+                vec![(
+                    String::new(),
+                    if cache.live_since().is_some() {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )],
+            ),
+        ])
+    }
+
+    /// Whether the engine is ready to serve: its cache has listed the store and the store is
+    /// reachable now; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.cache.synced() {
+            return Err("the cache has not listed the store yet".into());
+        }
+        if self.cache.live_since().is_none() {
+            return Err("the store is unreachable".into());
+        }
+        Ok(())
+    }
+}
