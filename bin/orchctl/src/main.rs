@@ -1,5 +1,5 @@
 //! orchctl: the command-line client. `main` parses and dispatches; each subcommand is one
-//! function in `commands`.
+//! module of `cmd`.
 
 /// `println!` that returns the write error (a closed pipe, as in `orchctl get | head`)
 /// instead of panicking; `main` exits quietly on a broken pipe.
@@ -18,7 +18,7 @@ macro_rules! out {
     }};
 }
 
-mod commands;
+mod cmd;
 
 use std::path::PathBuf;
 
@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 /// Talk to an orch daemon.
 #[derive(Parser)]
 #[command(name = "orchctl", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The daemon's socket (default $ORCH_SOCKET, else ~/.local/share/orch/orchd.sock).
     /// Wins over contexts.
     #[arg(long, global = true)]
@@ -50,7 +50,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create or update objects from files or folders (all or nothing).
     Apply {
         /// Files, folders or `-`.
@@ -156,25 +156,25 @@ pub enum Command {
     Volume {
         /// What to do.
         #[command(subcommand)]
-        command: VolumeCommand,
+        command: cmd::volume::VolumeCommand,
     },
     /// Images on the daemon's nodes.
     Image {
         /// What to do.
         #[command(subcommand)]
-        command: ImageCommand,
+        command: cmd::image::ImageCommand,
     },
     /// A service's rollouts: status, history, undo, pause, resume.
     Rollout {
         /// What to do.
         #[command(subcommand)]
-        command: RolloutCommand,
+        command: cmd::rollout::RolloutCommand,
     },
     /// Node operations: cordon, uncordon, drain, rm.
     Node {
         /// What to do.
         #[command(subcommand)]
-        command: NodeCommand,
+        command: cmd::node::NodeCommand,
     },
     /// Log in to a cluster with its manager token (`orchd token --manager`): gets an
     /// administrator's certificate and adds a context for it to the config file.
@@ -195,116 +195,10 @@ pub enum Command {
     Config {
         /// What to do.
         #[command(subcommand)]
-        command: ConfigCommand,
+        command: cmd::config::ConfigCommand,
     },
     /// Show what the daemon is.
     Info,
-}
-
-/// `orchctl config ...`.
-#[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
-    /// List the contexts (`*` marks the current one).
-    GetContexts,
-    /// Make a context the current one.
-    UseContext {
-        /// Its name.
-        name: String,
-    },
-}
-
-/// `orchctl rollout ...`.
-#[derive(Subcommand, Debug)]
-pub enum RolloutCommand {
-    /// Follow the latest rollout with a progress bar until it completes (exit 0) or fails or
-    /// is rolled back (exit 1).
-    Status {
-        /// `NAME` or `service/NAME`.
-        service: String,
-        /// Give up after this long (exit 2).
-        #[arg(long, default_value = "10m")]
-        timeout: String,
-    },
-    /// The service's revisions.
-    History {
-        /// `NAME` or `service/NAME`.
-        service: String,
-    },
-    /// Go back to the previous revision (or `--to-revision N`).
-    Undo {
-        /// `NAME` or `service/NAME`.
-        service: String,
-        /// The revision to go back to.
-        #[arg(long)]
-        to_revision: Option<u64>,
-    },
-    /// Hold the rollout: old replicas stay until `resume`.
-    Pause {
-        /// `NAME` or `service/NAME`.
-        service: String,
-    },
-    /// Let a paused rollout go on.
-    Resume {
-        /// `NAME` or `service/NAME`.
-        service: String,
-    },
-}
-
-/// `orchctl node ...`.
-#[derive(Subcommand, Debug)]
-pub enum NodeCommand {
-    /// List the nodes (as `orchctl get nodes`).
-    Ls,
-    /// Place no new replicas on the node.
-    Cordon {
-        /// The node.
-        node: String,
-    },
-    /// Allow new replicas on the node again (and stop a drain).
-    Uncordon {
-        /// The node.
-        node: String,
-    },
-    /// Cordon the node and move its replicas elsewhere at the pace each service's update
-    /// settings allow (max surge / max unavailable); waits until none is left.
-    Drain {
-        /// The node.
-        node: String,
-        /// Return at once instead of waiting.
-        #[arg(long)]
-        no_wait: bool,
-        /// Give up waiting after this long.
-        #[arg(long, default_value = "5m")]
-        timeout: String,
-        /// Drain even when no other node can take some service's replicas (those stay
-        /// where they are until one can).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Forget a node: its replicas are replaced elsewhere and, in a cluster, its certificate
-    /// is refused from now on.
-    Rm {
-        /// The node.
-        node: String,
-        /// Remove it even while it reports Ready.
-        #[arg(long)]
-        force: bool,
-    },
-}
-
-/// `orchctl image ...`.
-#[derive(Subcommand, Debug)]
-pub enum ImageCommand {
-    /// Import an OCI image layout tarball (`skopeo copy ... oci-archive:FILE`) into the
-    /// container runtime of every node this daemon runs, for nodes without a registry.
-    Import {
-        /// The archive (on the daemon's machine).
-        file: std::path::PathBuf,
-        /// Record it under this name (default: the archive's ref name). When the archive holds
-        /// several images, the one whose ref name this is.
-        #[arg(long)]
-        name: Option<String>,
-    },
 }
 
 fn main() {
@@ -319,7 +213,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(commands::run(cli)) {
+    if let Err(e) = rt.block_on(run(cli)) {
         let broken_pipe = e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
@@ -333,27 +227,92 @@ fn main() {
     }
 }
 
-/// The socket to use.
-pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("ORCH_SOCKET").map(PathBuf::from))
-        .or_else(|| std::env::var_os("ORCH_DATA_DIR").map(|d| PathBuf::from(d).join("orchd.sock")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/orch/orchd.sock"))
-        })
-        .unwrap_or_else(|| PathBuf::from("/var/lib/orch/orchd.sock"))
-}
-
-/// `orchctl volume ...`.
-#[derive(Subcommand)]
-pub enum VolumeCommand {
-    /// The volumes on every node.
-    Ls,
-    /// Remove a volume and its data from a node (refused while a replica uses it).
-    Rm {
-        /// The volume.
-        name: String,
-        /// The node (needed when several hold a volume of that name).
-        #[arg(long)]
-        node: Option<String>,
-    },
+/// Runs the parsed command.
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(orch_api::config::ClientConfig::default_path);
+    if let Command::Config { command } = cli.command {
+        return cmd::config::config(&config_path, command);
+    }
+    if let Command::Login {
+        server,
+        token,
+        name,
+        context_name,
+    } = cli.command
+    {
+        return cmd::login::login(&config_path, &server, &token, &name, &context_name).await;
+    }
+    let client = cmd::client(&cli, &config_path)?;
+    let asked = cli.namespace;
+    let ns = asked
+        .clone()
+        .unwrap_or_else(|| orch_core::model::object::DEFAULT_NAMESPACE.into());
+    match cli.command {
+        Command::Apply {
+            files, plan: true, ..
+        } => cmd::apply::plan(&client, &files, asked).await,
+        Command::Apply { files, dry_run, .. } => {
+            cmd::apply::apply(&client, &files, dry_run, asked).await
+        }
+        Command::Get {
+            kind,
+            name,
+            output,
+            watch,
+            all_namespaces,
+        } => cmd::get::get(&client, &ns, &kind, name, &output, watch, all_namespaces).await,
+        Command::Describe { kind, name } => {
+            cmd::describe::describe(&client, &ns, &kind, &name).await
+        }
+        Command::Delete {
+            kind,
+            name,
+            files,
+            ignore_not_found,
+        } => {
+            let targets = match files.is_empty() {
+                false => cmd::delete::Targets::Files(&files, asked.as_deref()),
+                true => cmd::delete::Targets::One(kind, name, &ns),
+            };
+            cmd::delete::delete(&client, targets, ignore_not_found).await
+        }
+        Command::Scale { target, replicas } => {
+            cmd::scale::scale(&client, &ns, &target, replicas).await
+        }
+        Command::Logs {
+            replica,
+            follow,
+            tail,
+            tail_bytes,
+        } => {
+            let opts = orch_core::runtime::LogOptions {
+                follow,
+                tail_bytes,
+                tail_lines: tail,
+            };
+            cmd::logs::logs(&client, &ns, &replica, opts).await
+        }
+        Command::Exec {
+            replica,
+            timeout,
+            command,
+        } => cmd::exec::exec(&client, &ns, &replica, &timeout, command).await,
+        Command::Image {
+            command: cmd::image::ImageCommand::Import { file, name },
+        } => cmd::image::import_image(&client, &file, name).await,
+        Command::Node { command } => cmd::node::node(&client, command).await,
+        Command::Rollout { command } => cmd::rollout::rollout(&client, &ns, command).await,
+        Command::Info => cmd::info::info(&client).await,
+        Command::Volume { command } => cmd::volume::volume(&client, command).await,
+        Command::Create {
+            kind,
+            name,
+            literals,
+            files,
+        } => cmd::create::create(&client, &ns, &kind, &name, &literals, &files).await,
+        Command::Config { .. } | Command::Login { .. } => unreachable!("handled above"),
+    }
 }

@@ -1,0 +1,85 @@
+//! `orchctl create secret|config`: a secret or a config from literals and files.
+
+use anyhow::bail;
+use orch_api::protocol::{Request, Response};
+use orch_api::Client;
+
+use super::applied_line;
+
+/// `orchctl create secret|config NAME --from-literal K=V --from-file [K=]PATH`: builds the
+/// object and applies it (so it replaces one of that name). Values never reach the terminal.
+pub(crate) async fn create(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    literals: &[String],
+    files: &[String],
+) -> anyhow::Result<()> {
+    let kind = match kind {
+        "secret" => "Secret",
+        "config" | "configmap" => "Config",
+        other => bail!("create {other:?}: expected secret or config"),
+    };
+    let mut data = std::collections::BTreeMap::new();
+    for l in literals {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--from-literal {l:?}: expected KEY=VALUE"))?;
+        data.insert(k.to_string(), v.to_string());
+    }
+    for f in files {
+        let (k, path) = match f.split_once('=') {
+            Some((k, p)) => (k.to_string(), std::path::PathBuf::from(p)),
+            None => {
+                let p = std::path::PathBuf::from(f);
+                let k = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--from-file {f:?}: no file name to use as the key; give KEY=PATH"
+                        )
+                    })?
+                    .to_string();
+                (k, p)
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("--from-file {}: {e}", path.display()))?;
+        data.insert(k, text);
+    }
+    if data.is_empty() {
+        bail!(
+            "create {}: give --from-literal KEY=VALUE or --from-file [KEY=]PATH",
+            kind.to_ascii_lowercase()
+        );
+    }
+    let doc = serde_json::json!({
+        "apiVersion": "orch/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns},
+        "data": data,
+    });
+    let manifests = vec![orch_api::protocol::ManifestText {
+        source: format!("orchctl create {} {name}", kind.to_ascii_lowercase()),
+        text: doc.to_string(),
+    }];
+    orch_api::files::parse(&manifests, None).map_err(anyhow::Error::msg)?;
+    match client
+        .call(Request::Apply {
+            manifests,
+            dry_run: false,
+            namespace: None,
+        })
+        .await?
+    {
+        Response::Applied { results, .. } => {
+            for r in results {
+                outln!("{}", applied_line(&r, false));
+            }
+            Ok(())
+        }
+        other => bail!("unexpected response: {other:?}"),
+    }
+}

@@ -1,0 +1,96 @@
+//! `orchctl delete`: one object, or everything files define.
+
+use anyhow::bail;
+use orch_api::protocol::Request;
+use orch_api::Client;
+use orch_core::model::object::Kind;
+
+use super::{in_namespace, kind_arg, read_all};
+
+/// What `orchctl delete` deletes.
+pub(crate) enum Targets<'a> {
+    /// The objects files define, with `-n` (if given) for those that name no namespace.
+    Files(&'a [std::path::PathBuf], Option<&'a str>),
+    /// `KIND NAME` or `KIND/NAME` in a namespace.
+    One(Option<String>, Option<String>, &'a str),
+}
+
+pub(crate) async fn delete(
+    client: &Client,
+    targets: Targets<'_>,
+    ignore_not_found: bool,
+) -> anyhow::Result<()> {
+    let targets: Vec<(Kind, String, String)> = match targets {
+        Targets::Files(files, namespace) => {
+            let manifests = read_all(files)?;
+            orch_api::files::parse(&manifests, namespace)
+                .map_err(anyhow::Error::msg)?
+                .iter()
+                .map(|o| {
+                    (
+                        o.kind(),
+                        o.metadata().namespace.clone(),
+                        o.metadata().name.clone(),
+                    )
+                })
+                .collect()
+        }
+        Targets::One(kind, name, ns) => {
+            let (kind, name) = match (kind, name) {
+                (Some(kind), name) if kind.contains('/') && name.is_none() => {
+                    let (k, n) = kind.split_once('/').expect("contains a slash");
+                    (kind_arg(k)?, n.to_string())
+                }
+                (Some(kind), Some(name)) => (kind_arg(&kind)?, name),
+                _ => bail!("usage: orchctl delete KIND NAME, or orchctl delete -f FILE"),
+            };
+            let ns = if kind.namespaced() { ns } else { "" };
+            vec![(kind, ns.to_string(), name)]
+        }
+    };
+    let total = targets.len();
+    let (mut gone, mut failed) = (Vec::new(), 0);
+    for (kind, ns, name) in targets {
+        match client
+            .call(Request::Delete {
+                kind,
+                namespace: ns.clone(),
+                name: name.clone(),
+            })
+            .await
+        {
+            Ok(_) => outln!(
+                "{}/{name}{} deleted",
+                kind.as_str().to_ascii_lowercase(),
+                in_namespace(&ns)
+            ),
+            Err(orch_api::client::ClientError::Api {
+                code: orch_api::ErrorCode::NotFound,
+                message,
+            }) => {
+                if !ignore_not_found {
+                    gone.push(message);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    let hint = "--ignore-not-found makes that a success";
+    for g in &gone {
+        if total > 1 {
+            eprintln!("{g}: already gone");
+        }
+    }
+    match (gone.as_slice(), failed) {
+        ([], 0) => Ok(()),
+        ([one], 0) if total == 1 => bail!("{one}: nothing to delete ({hint})"),
+        (gone, 0) => bail!(
+            "{} of {total} objects were already gone, nothing else failed ({hint})",
+            gone.len()
+        ),
+        (_, failed) => bail!("{failed} of {total} deletions failed"),
+    }
+}

@@ -1,0 +1,96 @@
+//! `orchctl describe`: one object in detail, with its events.
+
+use anyhow::bail;
+use orch_api::client::ClientError;
+use orch_api::protocol::{ErrorCode, Request, Response};
+use orch_api::{render, Client};
+use orch_core::model::object::{Kind, Object};
+
+use super::get::list;
+use super::kind_arg;
+
+pub(crate) async fn describe(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let kind = kind_arg(kind)?;
+    let mut obj = match client
+        .call(Request::Get {
+            kind,
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+        })
+        .await?
+    {
+        Response::Objects { mut objects, .. } if !objects.is_empty() => objects.remove(0),
+        _ => bail!("{} {name:?} not found", kind.as_str().to_ascii_lowercase()),
+    };
+    if let Object::Service(s) = &mut obj {
+        // The revision hash counts the secrets' and configs' revisions, as the controller does.
+        let mut revs = std::collections::HashMap::new();
+        for (secret, name) in s.spec.template.references() {
+            let kind = if secret { Kind::Secret } else { Kind::Config };
+            let rev = match client
+                .call(Request::Get {
+                    kind,
+                    namespace: Some(s.metadata.namespace.clone()),
+                    name: Some(name.into()),
+                })
+                .await
+            {
+                Ok(Response::Objects { objects, .. }) => {
+                    objects.first().map_or(0, |o| o.metadata().revision)
+                }
+                // Missing: revision 0, as the controller counts it.
+                Ok(_)
+                | Err(ClientError::Api {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            revs.insert((secret, name.to_string()), rev);
+        }
+        s.spec.set_config_versions(|secret, name| {
+            revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
+        });
+    }
+    let events = render::events_of(&obj, &list(client, Kind::Event, None).await?);
+    let related: Vec<Object> = match kind {
+        Kind::Service => list(client, Kind::Replica, Some(ns))
+            .await?
+            .into_iter()
+            .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == name))
+            .collect(),
+        Kind::Node => list(client, Kind::Replica, None)
+            .await?
+            .into_iter()
+            .filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name)))
+            .collect(),
+        Kind::Job => {
+            let owner = orch_core::model::object::job_owner(name);
+            list(client, Kind::Replica, Some(ns))
+                .await?
+                .into_iter()
+                .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == owner))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    out!("{}", render::describe(&obj, &events, &related));
+    // A start waiting on an image pull says how far it got (asked live of the node).
+    if let Object::Replica(r) = &obj {
+        if let Ok(Response::Progress { text: Some(text) }) = client
+            .call(Request::Progress {
+                namespace: r.metadata.namespace.clone(),
+                replica: r.metadata.name.clone(),
+            })
+            .await
+        {
+            outln!("Progress:         {text}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `orchctl exec`: run a command inside a replica.
+
+use std::io::Write;
+
+use orch_api::protocol::{Request, Response};
+use orch_api::Client;
+
+pub(crate) async fn exec(
+    client: &Client,
+    ns: &str,
+    replica: &str,
+    timeout: &str,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    let span = orch_core::model::quantity::Span::parse(timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout: invalid value {timeout:?}: {e}"))?;
+    let secs = span.0.as_secs_f64().ceil() as u64;
+    anyhow::ensure!(
+        (1..=3600).contains(&secs),
+        "--timeout: {timeout} is out of range: allowed 1s to 1h"
+    );
+    let Response::Exec {
+        code,
+        signal,
+        timed_out,
+        stdout,
+        stderr,
+    } = client
+        .call(Request::Exec {
+            namespace: ns.into(),
+            replica: replica.into(),
+            command,
+            timeout_secs: secs,
+        })
+        .await?
+    else {
+        anyhow::bail!("unexpected answer to exec");
+    };
+    std::io::stdout().write_all(stdout.as_bytes())?;
+    std::io::stdout().flush()?;
+    std::io::stderr().write_all(stderr.as_bytes())?;
+    if timed_out {
+        eprintln!("orchctl: the command ran past --timeout {timeout} and was killed");
+    }
+    let status = match (code, signal) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 1,
+    };
+    if status != 0 {
+        std::process::exit(status);
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `orchctl get`: list objects, or watch them.
+
+use std::io::Write;
+
+use anyhow::bail;
+use futures::StreamExt;
+use orch_api::protocol::{Request, Response, WatchType};
+use orch_api::{render, Client};
+use orch_core::model::object::{Kind, Object};
+
+use super::kind_arg;
+
+pub(crate) fn print_objects(
+    objs: &[Object],
+    output: &str,
+    all_namespaces: bool,
+) -> anyhow::Result<()> {
+    match output {
+        "table" | "wide" => {
+            if objs.is_empty() {
+                eprintln!("No resources found.");
+            } else {
+                out!("{}", render::objects_table(objs, all_namespaces));
+            }
+        }
+        "yaml" => out!("{}", orch_core::model::manifest::to_yaml(objs)),
+        "json" => {
+            let v: Vec<serde_json::Value> = objs.iter().map(Object::to_display_value).collect();
+            let out = if v.len() == 1 {
+                v[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "orch/v1", "kind": "List", "items": v})
+            };
+            outln!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        other => bail!("-o: invalid value {other:?}: allowed: table, wide, yaml, json"),
+    }
+    Ok(())
+}
+
+pub(crate) async fn get(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: Option<String>,
+    output: &str,
+    watch: bool,
+    all: bool,
+) -> anyhow::Result<()> {
+    let kind = kind_arg(kind)?;
+    let namespace = if all { None } else { Some(ns.to_string()) };
+    if watch {
+        let mut stream = client
+            .stream(Request::Watch {
+                kind,
+                namespace,
+                since: None,
+            })
+            .await?;
+        let mut printed_header = false;
+        while let Some(item) = stream.next().await {
+            let Response::Watch { event, object } = item? else {
+                continue;
+            };
+            if name.as_ref().is_some_and(|n| *n != object.metadata().name) {
+                continue;
+            }
+            match output {
+                "table" | "wide" => {
+                    let (header, mut cells) = render::row(&object, all);
+                    if event == WatchType::Deleted {
+                        cells.push("(deleted)".into());
+                    }
+                    let t = render::table(&header, &[cells]);
+                    let mut lines = t.lines();
+                    let h = lines.next().unwrap_or_default();
+                    if !printed_header {
+                        outln!("{h}");
+                        printed_header = true;
+                    }
+                    for l in lines {
+                        outln!("{l}");
+                    }
+                }
+                "json" => outln!(
+                    "{}",
+                    serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})
+                ),
+                _ => print_objects(std::slice::from_ref(&object), output, all)?,
+            }
+            std::io::stdout().flush()?;
+        }
+        return Ok(());
+    }
+    match client
+        .call(Request::Get {
+            kind,
+            namespace,
+            name,
+        })
+        .await?
+    {
+        Response::Objects { objects, .. } => print_objects(&objects, output, all),
+        other => bail!("unexpected response: {other:?}"),
+    }
+}
+
+pub(crate) async fn list(
+    client: &Client,
+    kind: Kind,
+    ns: Option<&str>,
+) -> anyhow::Result<Vec<Object>> {
+    match client
+        .call(Request::Get {
+            kind,
+            namespace: ns.map(String::from),
+            name: None,
+        })
+        .await?
+    {
+        Response::Objects { objects, .. } => Ok(objects),
+        other => bail!("unexpected response: {other:?}"),
+    }
+}

@@ -1,0 +1,42 @@
+//! `orchctl image`: images on the daemon's nodes.
+
+use anyhow::Context;
+use clap::Subcommand;
+use orch_api::protocol::{Request, Response};
+use orch_api::Client;
+
+/// `orchctl image ...`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ImageCommand {
+    /// Import an OCI image layout tarball (`skopeo copy ... oci-archive:FILE`) into the
+    /// container runtime of every node this daemon runs, for nodes without a registry.
+    Import {
+        /// The archive (on the daemon's machine).
+        file: std::path::PathBuf,
+        /// Record it under this name (default: the archive's ref name). When the archive holds
+        /// several images, the one whose ref name this is.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+pub(crate) async fn import_image(
+    client: &Client,
+    file: &std::path::Path,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let path =
+        std::fs::canonicalize(file).with_context(|| format!("image import: {}", file.display()))?;
+    if let Response::Imported { images } = client
+        .call(Request::ImportImage {
+            path: path.display().to_string(),
+            name,
+        })
+        .await?
+    {
+        for (node, name) in images {
+            outln!("image {name} imported on {node}");
+        }
+    }
+    Ok(())
+}

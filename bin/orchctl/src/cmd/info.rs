@@ -1,0 +1,20 @@
+//! `orchctl info`: what the daemon is.
+
+use orch_api::protocol::{Request, Response};
+use orch_api::Client;
+
+pub(crate) async fn info(client: &Client) -> anyhow::Result<()> {
+    if let Response::Info {
+        version,
+        store,
+        store_health,
+        nodes,
+    } = client.call(Request::Info).await?
+    {
+        outln!(
+            "orchd {version}\nstore: {store} — {store_health}\nnodes: {}",
+            nodes.join(", ")
+        );
+    }
+    Ok(())
+}

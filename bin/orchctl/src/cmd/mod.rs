@@ -1,0 +1,95 @@
+//! One module per subcommand, and what several of them share: the client for the flags, the
+//! kind argument, manifest files, applied lines.
+
+pub(crate) mod apply;
+pub(crate) mod config;
+pub(crate) mod create;
+pub(crate) mod delete;
+pub(crate) mod describe;
+pub(crate) mod exec;
+pub(crate) mod get;
+pub(crate) mod image;
+pub(crate) mod info;
+pub(crate) mod login;
+pub(crate) mod logs;
+pub(crate) mod node;
+pub(crate) mod rollout;
+pub(crate) mod scale;
+pub(crate) mod volume;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use orch_api::Client;
+use orch_core::model::object::Kind;
+
+use crate::Cli;
+
+/// The local socket (`--socket`, `$ORCH_SOCKET`), else the context (`--context`, else the
+/// config file's current one), else the default socket.
+pub(crate) fn client(cli: &Cli, config_path: &std::path::Path) -> anyhow::Result<Client> {
+    if cli.socket.is_some() || (cli.context.is_none() && std::env::var_os("ORCH_SOCKET").is_some())
+    {
+        return Ok(Client::new(socket_path(cli.socket.clone())));
+    }
+    let config = orch_api::config::ClientConfig::load(config_path).map_err(anyhow::Error::msg)?;
+    match (config, &cli.context) {
+        (Some(c), name) if name.is_some() || !c.current_context.is_empty() => {
+            let ctx = c
+                .context(name.as_deref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+            Ok(Client::remote(&ctx.server, &ctx.credentials())?)
+        }
+        (None, Some(name)) => bail!(
+            "--context {name}: no config file at {} (`orchd admin` writes one)",
+            config_path.display()
+        ),
+        _ => Ok(Client::new(socket_path(None))),
+    }
+}
+
+/// The socket to use.
+pub(crate) fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("ORCH_SOCKET").map(PathBuf::from))
+        .or_else(|| std::env::var_os("ORCH_DATA_DIR").map(|d| PathBuf::from(d).join("orchd.sock")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/orch/orchd.sock"))
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/orch/orchd.sock"))
+}
+
+pub(crate) fn kind_arg(s: &str) -> anyhow::Result<Kind> {
+    Kind::from_user(s).with_context(|| format!("unknown kind {s:?}; allowed: services (svc), replicas, nodes, secrets, configs, events"))
+}
+
+pub(crate) fn read_all(
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<Vec<orch_api::protocol::ManifestText>> {
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(orch_api::files::read_manifests(f).map_err(anyhow::Error::msg)?);
+    }
+    Ok(out)
+}
+
+/// `service/web created`, with the namespace when it is not `default`:
+/// `service/web (dev) created`.
+pub(crate) fn applied_line(r: &orch_api::protocol::Applied, dry_run: bool) -> String {
+    format!(
+        "{}{} {}{}",
+        r.name,
+        in_namespace(&r.namespace),
+        r.action,
+        if dry_run { " (dry run)" } else { "" }
+    )
+}
+
+/// ` (dev)` for objects outside `default`; nothing for `default` and for kinds without a
+/// namespace (as kubectl prints them).
+pub(crate) fn in_namespace(ns: &str) -> String {
+    if ns.is_empty() || ns == orch_core::model::object::DEFAULT_NAMESPACE {
+        String::new()
+    } else {
+        format!(" ({ns})")
+    }
+}

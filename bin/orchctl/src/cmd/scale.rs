@@ -1,0 +1,32 @@
+//! `orchctl scale`: a service's replica count.
+
+use anyhow::bail;
+use orch_api::protocol::Request;
+use orch_api::Client;
+use orch_core::model::object::Kind;
+
+pub(crate) async fn scale(
+    client: &Client,
+    ns: &str,
+    target: &[String],
+    replicas: i64,
+) -> anyhow::Result<()> {
+    let name = match target {
+        [one] => one
+            .strip_prefix("service/")
+            .or_else(|| one.strip_prefix("svc/"))
+            .unwrap_or(one)
+            .to_string(),
+        [kind, name] if Kind::from_user(kind) == Some(Kind::Service) => name.clone(),
+        _ => bail!("usage: orchctl scale [service/]NAME --replicas N"),
+    };
+    client
+        .call(Request::Scale {
+            namespace: ns.into(),
+            name: name.clone(),
+            replicas,
+        })
+        .await?;
+    outln!("service/{name} scaled to {replicas}");
+    Ok(())
+}
