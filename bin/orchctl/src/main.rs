@@ -48,155 +48,46 @@ pub(crate) struct Cli {
     command: Command,
 }
 
-/// Subcommands.
+/// Subcommands: each is a module of `cmd` with its arguments and its `run`.
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Create or update objects from files or folders (all or nothing).
-    Apply {
-        /// Files, folders or `-`.
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-        /// Validate and show what would change; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Show where each replica would be placed and what would stay pending (and why);
-        /// write nothing.
-        #[arg(long, conflicts_with = "dry_run")]
-        plan: bool,
-    },
+    Apply(cmd::apply::Args),
     /// List objects: services, replicas, nodes, secrets, configs, events.
-    Get {
-        /// The kind.
-        kind: String,
-        /// One object's name.
-        name: Option<String>,
-        /// Output: table (default), wide, yaml, json.
-        #[arg(short = 'o', long, default_value = "table")]
-        output: String,
-        /// Keep watching for changes.
-        #[arg(short = 'w', long)]
-        watch: bool,
-        /// Every namespace.
-        #[arg(short = 'A', long)]
-        all_namespaces: bool,
-    },
+    Get(cmd::get::Args),
     /// Show one object in detail, with its events.
-    Describe {
-        /// The kind.
-        kind: String,
-        /// The name.
-        name: String,
-    },
+    Describe(cmd::describe::Args),
     /// Delete an object (a service's replicas are stopped), or everything in files.
-    Delete {
-        /// The kind (or `-f`).
-        kind: Option<String>,
-        /// The name.
-        name: Option<String>,
-        /// Delete the objects these files define.
-        #[arg(short = 'f', long = "filename")]
-        files: Vec<PathBuf>,
-        /// An object that is already gone is not an error.
-        #[arg(long)]
-        ignore_not_found: bool,
-    },
+    Delete(cmd::delete::Args),
     /// Set a service's replica count.
-    Scale {
-        /// `NAME`, `service/NAME` or `service NAME`.
-        target: Vec<String>,
-        /// Desired replicas.
-        #[arg(long, allow_negative_numbers = true)]
-        replicas: i64,
-    },
+    Scale(cmd::scale::Args),
     /// Print a replica's output (stdout and stderr as written, oldest first). Process
     /// replicas keep every run's output: a line `--- restarted at TIME (exit code N) ---` (or
     /// `(signal N)`, `(OOMKilled)`) separates a run from the one before it.
-    Logs {
-        /// The replica.
-        replica: String,
-        /// Keep streaming.
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// Only the last N lines (a last line without its line break counts).
-        #[arg(long, value_name = "N")]
-        tail: Option<u64>,
-        /// At most the last N bytes, starting at the first line that begins within them, so
-        /// no line is cut (unlike kubectl's --limit-bytes, which keeps the first N bytes of
-        /// what is shown); a line longer than N is shown from its cut. With --tail, whichever
-        /// shows less.
-        #[arg(long, value_name = "N")]
-        tail_bytes: Option<u64>,
-    },
+    Logs(cmd::logs::Args),
     /// Run a command inside a running replica (`orchctl exec web-x7k2p -- cat /etc/hostname`);
     /// prints its output and exits with its exit code (128+N if killed by signal N).
-    Exec {
-        /// The replica.
-        replica: String,
-        /// Kill the command after this long (`30s`, `2m`; at most 1h).
-        #[arg(long, default_value = "30s")]
-        timeout: String,
-        /// The program and its arguments, after `--`.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
+    Exec(cmd::exec::Args),
     /// Create (or replace) a secret or a config from literals and files.
-    Create {
-        /// `secret` or `config`.
-        kind: String,
-        /// Its name.
-        name: String,
-        /// `KEY=VALUE`; repeatable.
-        #[arg(long = "from-literal")]
-        literals: Vec<String>,
-        /// `[KEY=]PATH`: the file's contents under KEY (default: the file's name); repeatable.
-        #[arg(long = "from-file")]
-        files: Vec<String>,
-    },
+    Create(cmd::create::Args),
     /// Named local volumes: ls, rm.
-    Volume {
-        /// What to do.
-        #[command(subcommand)]
-        command: cmd::volume::VolumeCommand,
-    },
+    #[command(subcommand)]
+    Volume(cmd::volume::Command),
     /// Images on the daemon's nodes.
-    Image {
-        /// What to do.
-        #[command(subcommand)]
-        command: cmd::image::ImageCommand,
-    },
+    #[command(subcommand)]
+    Image(cmd::image::Command),
     /// A service's rollouts: status, history, undo, pause, resume.
-    Rollout {
-        /// What to do.
-        #[command(subcommand)]
-        command: cmd::rollout::RolloutCommand,
-    },
+    #[command(subcommand)]
+    Rollout(cmd::rollout::Command),
     /// Node operations: cordon, uncordon, drain, rm.
-    Node {
-        /// What to do.
-        #[command(subcommand)]
-        command: cmd::node::NodeCommand,
-    },
+    #[command(subcommand)]
+    Node(cmd::node::Command),
     /// Log in to a cluster with its manager token (`orchd token --manager`): gets an
     /// administrator's certificate and adds a context for it to the config file.
-    Login {
-        /// The manager's cluster address (`HOST:PORT`).
-        server: String,
-        /// The manager token.
-        #[arg(long)]
-        token: String,
-        /// Your name (the certificate is for `admin:NAME`).
-        #[arg(long)]
-        name: String,
-        /// The context's name.
-        #[arg(long = "as", default_value = "orch")]
-        context_name: String,
-    },
+    Login(cmd::login::Args),
     /// Contexts of the config file.
-    Config {
-        /// What to do.
-        #[command(subcommand)]
-        command: cmd::config::ConfigCommand,
-    },
+    #[command(subcommand)]
+    Config(cmd::config::Command),
     /// Show what the daemon is.
     Info,
 }
@@ -227,92 +118,32 @@ fn main() {
     }
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command: the config file's verbs without a daemon, the others with a client
+/// for the flags.
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = cli
         .config
-        .clone()
         .unwrap_or_else(orch_api::config::ClientConfig::default_path);
-    if let Command::Config { command } = cli.command {
-        return cmd::config::config(&config_path, command);
-    }
-    if let Command::Login {
-        server,
-        token,
-        name,
-        context_name,
-    } = cli.command
-    {
-        return cmd::login::login(&config_path, &server, &token, &name, &context_name).await;
-    }
-    let client = cmd::client(&cli, &config_path)?;
-    let asked = cli.namespace;
-    let ns = asked
-        .clone()
-        .unwrap_or_else(|| orch_core::model::object::DEFAULT_NAMESPACE.into());
+    let client = match cli.command {
+        Command::Config(command) => return cmd::config::run(&config_path, command),
+        Command::Login(args) => return cmd::login::run(&config_path, args).await,
+        _ => cmd::client(cli.socket, cli.context.as_deref(), &config_path)?,
+    };
+    let ctx = cmd::Ctx::new(client, cli.namespace);
     match cli.command {
-        Command::Apply {
-            files, plan: true, ..
-        } => cmd::apply::plan(&client, &files, asked).await,
-        Command::Apply { files, dry_run, .. } => {
-            cmd::apply::apply(&client, &files, dry_run, asked).await
-        }
-        Command::Get {
-            kind,
-            name,
-            output,
-            watch,
-            all_namespaces,
-        } => cmd::get::get(&client, &ns, &kind, name, &output, watch, all_namespaces).await,
-        Command::Describe { kind, name } => {
-            cmd::describe::describe(&client, &ns, &kind, &name).await
-        }
-        Command::Delete {
-            kind,
-            name,
-            files,
-            ignore_not_found,
-        } => {
-            let targets = match files.is_empty() {
-                false => cmd::delete::Targets::Files(&files, asked.as_deref()),
-                true => cmd::delete::Targets::One(kind, name, &ns),
-            };
-            cmd::delete::delete(&client, targets, ignore_not_found).await
-        }
-        Command::Scale { target, replicas } => {
-            cmd::scale::scale(&client, &ns, &target, replicas).await
-        }
-        Command::Logs {
-            replica,
-            follow,
-            tail,
-            tail_bytes,
-        } => {
-            let opts = orch_core::runtime::LogOptions {
-                follow,
-                tail_bytes,
-                tail_lines: tail,
-            };
-            cmd::logs::logs(&client, &ns, &replica, opts).await
-        }
-        Command::Exec {
-            replica,
-            timeout,
-            command,
-        } => cmd::exec::exec(&client, &ns, &replica, &timeout, command).await,
-        Command::Image {
-            command: cmd::image::ImageCommand::Import { file, name },
-        } => cmd::image::import_image(&client, &file, name).await,
-        Command::Node { command } => cmd::node::node(&client, command).await,
-        Command::Rollout { command } => cmd::rollout::rollout(&client, &ns, command).await,
-        Command::Info => cmd::info::info(&client).await,
-        Command::Volume { command } => cmd::volume::volume(&client, command).await,
-        Command::Create {
-            kind,
-            name,
-            literals,
-            files,
-        } => cmd::create::create(&client, &ns, &kind, &name, &literals, &files).await,
-        Command::Config { .. } | Command::Login { .. } => unreachable!("handled above"),
+        Command::Apply(args) => cmd::apply::run(&ctx, args).await,
+        Command::Get(args) => cmd::get::run(&ctx, args).await,
+        Command::Describe(args) => cmd::describe::run(&ctx, args).await,
+        Command::Delete(args) => cmd::delete::run(&ctx, args).await,
+        Command::Scale(args) => cmd::scale::run(&ctx, args).await,
+        Command::Logs(args) => cmd::logs::run(&ctx, args).await,
+        Command::Exec(args) => cmd::exec::run(&ctx, args).await,
+        Command::Create(args) => cmd::create::run(&ctx, args).await,
+        Command::Volume(command) => cmd::volume::run(&ctx, command).await,
+        Command::Image(command) => cmd::image::run(&ctx, command).await,
+        Command::Rollout(command) => cmd::rollout::run(&ctx, command).await,
+        Command::Node(command) => cmd::node::run(&ctx, command).await,
+        Command::Info => cmd::info::run(&ctx).await,
+        Command::Config(_) | Command::Login(_) => unreachable!("handled above"),
     }
 }

@@ -1,12 +1,39 @@
 //! `orchctl apply`: create or update objects from files (or only plan their placement).
 
+use std::path::PathBuf;
+
 use anyhow::bail;
 use orch_api::protocol::{Request, Response};
 use orch_api::{render, Client};
 
-use super::{applied_line, read_all};
+use super::{applied_line, read_all, Ctx};
 
-pub(crate) async fn apply(
+/// `orchctl apply`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Files, folders or `-`.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Validate and show what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Show where each replica would be placed and what would stay pending (and why);
+    /// write nothing.
+    #[arg(long, conflicts_with = "dry_run")]
+    plan: bool,
+}
+
+/// Applies the files (or plans them, with `--plan`).
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let namespace = ctx.asked.clone();
+    if args.plan {
+        plan(&ctx.client, &args.files, namespace).await
+    } else {
+        apply(&ctx.client, &args.files, args.dry_run, namespace).await
+    }
+}
+
+async fn apply(
     client: &Client,
     files: &[std::path::PathBuf],
     dry_run: bool,
@@ -42,7 +69,7 @@ pub(crate) async fn apply(
     }
 }
 
-pub(crate) async fn plan(
+async fn plan(
     client: &Client,
     files: &[std::path::PathBuf],
     namespace: Option<String>,

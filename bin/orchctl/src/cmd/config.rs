@@ -5,7 +5,7 @@ use clap::Subcommand;
 
 /// `orchctl config ...`.
 #[derive(Subcommand, Debug)]
-pub(crate) enum ConfigCommand {
+pub(crate) enum Command {
     /// List the contexts (`*` marks the current one).
     GetContexts,
     /// Make a context the current one.
@@ -15,7 +15,12 @@ pub(crate) enum ConfigCommand {
     },
 }
 
-pub(crate) fn config(path: &std::path::Path, command: ConfigCommand) -> anyhow::Result<()> {
+/// Runs the config command on the config file at `path`.
+pub(crate) fn run(path: &std::path::Path, command: Command) -> anyhow::Result<()> {
+    config(path, command)
+}
+
+fn config(path: &std::path::Path, command: Command) -> anyhow::Result<()> {
     let mut c = orch_api::config::ClientConfig::load(path)
         .map_err(anyhow::Error::msg)?
         .with_context(|| {
@@ -25,7 +30,7 @@ pub(crate) fn config(path: &std::path::Path, command: ConfigCommand) -> anyhow::
             )
         })?;
     match command {
-        ConfigCommand::GetContexts => {
+        Command::GetContexts => {
             for ctx in &c.contexts {
                 let mark = if ctx.name == c.current_context {
                     "*"
@@ -35,7 +40,7 @@ pub(crate) fn config(path: &std::path::Path, command: ConfigCommand) -> anyhow::
                 outln!("{mark} {}\t{}", ctx.name, ctx.server);
             }
         }
-        ConfigCommand::UseContext { name } => {
+        Command::UseContext { name } => {
             c.context(Some(&name))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             c.current_context = name.clone();

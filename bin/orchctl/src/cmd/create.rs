@@ -4,11 +4,39 @@ use anyhow::bail;
 use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
-use super::applied_line;
+use super::{applied_line, Ctx};
+
+/// `orchctl create`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// `secret` or `config`.
+    kind: String,
+    /// Its name.
+    name: String,
+    /// `KEY=VALUE`; repeatable.
+    #[arg(long = "from-literal")]
+    literals: Vec<String>,
+    /// `[KEY=]PATH`: the file's contents under KEY (default: the file's name); repeatable.
+    #[arg(long = "from-file")]
+    files: Vec<String>,
+}
+
+/// Creates (or replaces) the secret or config.
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    create(
+        &ctx.client,
+        &ctx.ns,
+        &args.kind,
+        &args.name,
+        &args.literals,
+        &args.files,
+    )
+    .await
+}
 
 /// `orchctl create secret|config NAME --from-literal K=V --from-file [K=]PATH`: builds the
 /// object and applies it (so it replaces one of that name). Values never reach the terminal.
-pub(crate) async fn create(
+async fn create(
     client: &Client,
     ns: &str,
     kind: &str,

@@ -5,17 +5,41 @@ use orch_api::protocol::Request;
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
-use super::{in_namespace, kind_arg, read_all};
+use super::{in_namespace, kind_arg, read_all, Ctx};
+
+/// `orchctl delete`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The kind (or `-f`).
+    kind: Option<String>,
+    /// The name.
+    name: Option<String>,
+    /// Delete the objects these files define.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<std::path::PathBuf>,
+    /// An object that is already gone is not an error.
+    #[arg(long)]
+    ignore_not_found: bool,
+}
+
+/// Deletes what the arguments name.
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let targets = match args.files.is_empty() {
+        false => Targets::Files(&args.files, ctx.asked.as_deref()),
+        true => Targets::One(args.kind, args.name, &ctx.ns),
+    };
+    delete(&ctx.client, targets, args.ignore_not_found).await
+}
 
 /// What `orchctl delete` deletes.
-pub(crate) enum Targets<'a> {
+enum Targets<'a> {
     /// The objects files define, with `-n` (if given) for those that name no namespace.
     Files(&'a [std::path::PathBuf], Option<&'a str>),
     /// `KIND NAME` or `KIND/NAME` in a namespace.
     One(Option<String>, Option<String>, &'a str),
 }
 
-pub(crate) async fn delete(
+async fn delete(
     client: &Client,
     targets: Targets<'_>,
     ignore_not_found: bool,

@@ -7,14 +7,23 @@ use orch_api::{render, Client};
 use orch_core::model::object::{Kind, Object};
 
 use super::get::list;
-use super::kind_arg;
+use super::{kind_arg, Ctx};
 
-pub(crate) async fn describe(
-    client: &Client,
-    ns: &str,
-    kind: &str,
-    name: &str,
-) -> anyhow::Result<()> {
+/// `orchctl describe`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The kind.
+    kind: String,
+    /// The name.
+    name: String,
+}
+
+/// Describes the object asked for.
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    describe(&ctx.client, &ctx.ns, &args.kind, &args.name).await
+}
+
+async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
     let mut obj = match client
         .call(Request::Get {

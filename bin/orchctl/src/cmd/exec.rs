@@ -5,7 +5,34 @@ use std::io::Write;
 use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
-pub(crate) async fn exec(
+use super::Ctx;
+
+/// `orchctl exec`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The replica.
+    replica: String,
+    /// Kill the command after this long (`30s`, `2m`; at most 1h).
+    #[arg(long, default_value = "30s")]
+    timeout: String,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Runs the command in the replica.
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    exec(
+        &ctx.client,
+        &ctx.ns,
+        &args.replica,
+        &args.timeout,
+        args.command,
+    )
+    .await
+}
+
+async fn exec(
     client: &Client,
     ns: &str,
     replica: &str,

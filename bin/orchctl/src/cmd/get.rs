@@ -8,13 +8,41 @@ use orch_api::protocol::{Request, Response, WatchType};
 use orch_api::{render, Client};
 use orch_core::model::object::{Kind, Object};
 
-use super::kind_arg;
+use super::{kind_arg, Ctx};
 
-pub(crate) fn print_objects(
-    objs: &[Object],
-    output: &str,
+/// `orchctl get`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The kind.
+    kind: String,
+    /// One object's name.
+    name: Option<String>,
+    /// Output: table (default), wide, yaml, json.
+    #[arg(short = 'o', long, default_value = "table")]
+    output: String,
+    /// Keep watching for changes.
+    #[arg(short = 'w', long)]
+    watch: bool,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
     all_namespaces: bool,
-) -> anyhow::Result<()> {
+}
+
+/// Lists (or watches) the objects asked for.
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    get(
+        &ctx.client,
+        &ctx.ns,
+        &args.kind,
+        args.name,
+        &args.output,
+        args.watch,
+        args.all_namespaces,
+    )
+    .await
+}
+
+fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow::Result<()> {
     match output {
         "table" | "wide" => {
             if objs.is_empty() {

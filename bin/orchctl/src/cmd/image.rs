@@ -5,9 +5,11 @@ use clap::Subcommand;
 use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
+use super::Ctx;
+
 /// `orchctl image ...`.
 #[derive(Subcommand, Debug)]
-pub(crate) enum ImageCommand {
+pub(crate) enum Command {
     /// Import an OCI image layout tarball (`skopeo copy ... oci-archive:FILE`) into the
     /// container runtime of every node this daemon runs, for nodes without a registry.
     Import {
@@ -20,7 +22,14 @@ pub(crate) enum ImageCommand {
     },
 }
 
-pub(crate) async fn import_image(
+/// Runs the image command.
+pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Import { file, name } => import_image(&ctx.client, &file, name).await,
+    }
+}
+
+async fn import_image(
     client: &Client,
     file: &std::path::Path,
     name: Option<String>,

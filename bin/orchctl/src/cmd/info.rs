@@ -3,7 +3,14 @@
 use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
-pub(crate) async fn info(client: &Client) -> anyhow::Result<()> {
+use super::Ctx;
+
+/// Prints what the daemon is.
+pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    info(&ctx.client).await
+}
+
+async fn info(client: &Client) -> anyhow::Result<()> {
     if let Response::Info {
         version,
         store,

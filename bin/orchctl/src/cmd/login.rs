@@ -1,6 +1,34 @@
 //! `orchctl login`: an administrator's certificate from a manager token.
 
-pub(crate) async fn login(
+/// `orchctl login`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The manager's cluster address (`HOST:PORT`).
+    server: String,
+    /// The manager token.
+    #[arg(long)]
+    token: String,
+    /// Your name (the certificate is for `admin:NAME`).
+    #[arg(long)]
+    name: String,
+    /// The context's name.
+    #[arg(long = "as", default_value = "orch")]
+    context_name: String,
+}
+
+/// Logs in and writes the context to the config file at `config_path`.
+pub(crate) async fn run(config_path: &std::path::Path, args: Args) -> anyhow::Result<()> {
+    login(
+        config_path,
+        &args.server,
+        &args.token,
+        &args.name,
+        &args.context_name,
+    )
+    .await
+}
+
+async fn login(
     path: &std::path::Path,
     server: &str,
     token: &str,

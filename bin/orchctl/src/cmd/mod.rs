@@ -23,20 +23,45 @@ use anyhow::{bail, Context};
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
-use crate::Cli;
+/// What a verb that talks to a daemon gets: the client and the namespace.
+pub(crate) struct Ctx {
+    /// The daemon's client.
+    pub(crate) client: Client,
+    /// `-n`, when given (for `apply -f` and `delete -f`: where objects that name none go).
+    pub(crate) asked: Option<String>,
+    /// `-n`, else `default`.
+    pub(crate) ns: String,
+}
+
+impl Ctx {
+    /// The context for `client` and the `-n` flag.
+    pub(crate) fn new(client: Client, namespace: Option<String>) -> Ctx {
+        let ns = namespace
+            .clone()
+            .unwrap_or_else(|| orch_core::model::object::DEFAULT_NAMESPACE.into());
+        Ctx {
+            client,
+            asked: namespace,
+            ns,
+        }
+    }
+}
 
 /// The local socket (`--socket`, `$ORCH_SOCKET`), else the context (`--context`, else the
 /// config file's current one), else the default socket.
-pub(crate) fn client(cli: &Cli, config_path: &std::path::Path) -> anyhow::Result<Client> {
-    if cli.socket.is_some() || (cli.context.is_none() && std::env::var_os("ORCH_SOCKET").is_some())
-    {
-        return Ok(Client::new(socket_path(cli.socket.clone())));
+pub(crate) fn client(
+    socket: Option<PathBuf>,
+    context: Option<&str>,
+    config_path: &std::path::Path,
+) -> anyhow::Result<Client> {
+    if socket.is_some() || (context.is_none() && std::env::var_os("ORCH_SOCKET").is_some()) {
+        return Ok(Client::new(socket_path(socket)));
     }
     let config = orch_api::config::ClientConfig::load(config_path).map_err(anyhow::Error::msg)?;
-    match (config, &cli.context) {
+    match (config, context) {
         (Some(c), name) if name.is_some() || !c.current_context.is_empty() => {
             let ctx = c
-                .context(name.as_deref())
+                .context(name)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
             Ok(Client::remote(&ctx.server, &ctx.credentials())?)
         }

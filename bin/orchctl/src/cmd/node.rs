@@ -7,10 +7,11 @@ use orch_api::Client;
 use orch_core::model::object::{Kind, Object};
 
 use super::get::{get, list};
+use super::Ctx;
 
 /// `orchctl node ...`.
 #[derive(Subcommand, Debug)]
-pub(crate) enum NodeCommand {
+pub(crate) enum Command {
     /// List the nodes (as `orchctl get nodes`).
     Ls,
     /// Place no new replicas on the node.
@@ -50,9 +51,14 @@ pub(crate) enum NodeCommand {
     },
 }
 
-pub(crate) async fn node(client: &Client, command: NodeCommand) -> anyhow::Result<()> {
+/// Runs the node command.
+pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    node(&ctx.client, command).await
+}
+
+async fn node(client: &Client, command: Command) -> anyhow::Result<()> {
     use orch_core::engine::api::NodeOp;
-    use NodeCommand as C;
+    use Command as C;
     let (name, action, wait) = match command {
         C::Ls => {
             return get(client, "default", "nodes", None, "table", false, false).await;
@@ -132,10 +138,7 @@ pub(crate) async fn node(client: &Client, command: NodeCommand) -> anyhow::Resul
 
 /// What draining `node` cannot move: `(line, replicas)` per service, the line saying
 /// `no other schedulable node for service NS/NAME's replicas (N on NODE)`.
-pub(crate) async fn stranded_by_drain(
-    client: &Client,
-    node: &str,
-) -> anyhow::Result<Vec<(String, usize)>> {
+async fn stranded_by_drain(client: &Client, node: &str) -> anyhow::Result<Vec<(String, usize)>> {
     let nodes: Vec<orch_core::model::object::Node> = list(client, Kind::Node, None)
         .await?
         .into_iter()
@@ -165,7 +168,7 @@ pub(crate) async fn stranded_by_drain(
     )
 }
 
-pub(crate) fn lines(stranded: &[(String, usize)]) -> String {
+fn lines(stranded: &[(String, usize)]) -> String {
     stranded
         .iter()
         .map(|(l, _)| l.as_str())

@@ -6,9 +6,11 @@ use orch_api::protocol::{Request, Response};
 use orch_api::{render, Client};
 use orch_core::model::object::{Kind, Object};
 
+use super::Ctx;
+
 /// `orchctl rollout ...`.
 #[derive(Subcommand, Debug)]
-pub(crate) enum RolloutCommand {
+pub(crate) enum Command {
     /// Follow the latest rollout with a progress bar until it completes (exit 0) or fails or
     /// is rolled back (exit 1).
     Status {
@@ -43,14 +45,14 @@ pub(crate) enum RolloutCommand {
     },
 }
 
-pub(crate) fn service_name(arg: &str) -> String {
+fn service_name(arg: &str) -> String {
     arg.strip_prefix("service/")
         .or_else(|| arg.strip_prefix("svc/"))
         .unwrap_or(arg)
         .to_string()
 }
 
-pub(crate) async fn fetch_service(
+async fn fetch_service(
     client: &Client,
     ns: &str,
     name: &str,
@@ -71,14 +73,15 @@ pub(crate) async fn fetch_service(
     }
 }
 
-pub(crate) async fn rollout(
-    client: &Client,
-    ns: &str,
-    command: RolloutCommand,
-) -> anyhow::Result<()> {
+/// Runs the rollout command.
+pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    rollout(&ctx.client, &ctx.ns, command).await
+}
+
+async fn rollout(client: &Client, ns: &str, command: Command) -> anyhow::Result<()> {
     use orch_core::engine::api::RolloutAction;
     use orch_core::model::object::RolloutState;
-    use RolloutCommand as C;
+    use Command as C;
     let (name, action) = match command {
         C::Status { service, timeout } => {
             let limit = orch_core::model::quantity::Span::parse(&timeout)

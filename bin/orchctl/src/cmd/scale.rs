@@ -5,12 +5,24 @@ use orch_api::protocol::Request;
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
-pub(crate) async fn scale(
-    client: &Client,
-    ns: &str,
-    target: &[String],
+use super::Ctx;
+
+/// `orchctl scale`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// `NAME`, `service/NAME` or `service NAME`.
+    target: Vec<String>,
+    /// Desired replicas.
+    #[arg(long, allow_negative_numbers = true)]
     replicas: i64,
-) -> anyhow::Result<()> {
+}
+
+/// Scales the service asked for.
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    scale(&ctx.client, &ctx.ns, &args.target, args.replicas).await
+}
+
+async fn scale(client: &Client, ns: &str, target: &[String], replicas: i64) -> anyhow::Result<()> {
     let name = match target {
         [one] => one
             .strip_prefix("service/")

@@ -6,9 +6,11 @@ use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 use orch_core::model::object::Object;
 
+use super::Ctx;
+
 /// `orchctl volume ...`.
 #[derive(Subcommand)]
-pub(crate) enum VolumeCommand {
+pub(crate) enum Command {
     /// The volumes on every node.
     Ls,
     /// Remove a volume and its data from a node (refused while a replica uses it).
@@ -22,9 +24,14 @@ pub(crate) enum VolumeCommand {
 }
 
 /// `orchctl volume ls|rm`.
-pub(crate) async fn volume(client: &Client, command: VolumeCommand) -> anyhow::Result<()> {
+/// Runs the volume command.
+pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    volume(&ctx.client, command).await
+}
+
+async fn volume(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        VolumeCommand::Ls => {
+        Command::Ls => {
             let objs = match client
                 .call(Request::Get {
                     kind: orch_core::model::object::Kind::Node,
@@ -54,7 +61,7 @@ pub(crate) async fn volume(client: &Client, command: VolumeCommand) -> anyhow::R
             }
             Ok(())
         }
-        VolumeCommand::Rm { name, node } => {
+        Command::Rm { name, node } => {
             match client.call(Request::VolumeRemove { name, node }).await? {
                 Response::VolumeRemoved { name, node } => {
                     outln!("volume {name} removed from node {node}");
