@@ -205,7 +205,7 @@ impl Client {
     }
 
     /// Sends a one-shot request; an `Error` response becomes `Err`.
-    pub async fn call(&self, req: Request) -> Result<Response, ClientError> {
+    async fn call(&self, req: Request) -> Result<Response, ClientError> {
         if let Some((addr, mut c)) = self.grpc() {
             let m = c.call(message(&req)?).await.map_err(|s| remote(addr, s))?;
             return into_result(parse(&m.into_inner().json)?);
@@ -221,7 +221,7 @@ impl Client {
     }
 
     /// Sends a streaming request (`Watch`, `Logs`); the stream ends after `End` or an error.
-    pub async fn stream(&self, req: Request) -> Result<Stream<Response>, ClientError> {
+    async fn stream(&self, req: Request) -> Result<Stream<Response>, ClientError> {
         if let Some((addr, mut c)) = self.grpc() {
             let addr = addr.to_string();
             let s = c

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
-use orch_api::protocol::{Request, Response};
 use orch_api::{render, Client};
 
 use super::{applied_line, read_all, Ctx};
@@ -48,25 +46,16 @@ async fn apply(
     for w in &parsed.warnings {
         eprintln!("warning: {w}");
     }
-    match client
-        .call(Request::Apply {
-            manifests,
-            dry_run,
-            namespace,
-        })
-        .await?
-    {
-        Response::Applied { results, dry_run } => {
-            for r in results {
-                outln!("{}", applied_line(&r, dry_run));
-                for c in &r.changes {
-                    outln!("  {c}");
-                }
-            }
-            Ok(())
+    let applied = client
+        .apply(manifests, dry_run, namespace.as_deref())
+        .await?;
+    for r in applied.results {
+        outln!("{}", applied_line(&r, applied.dry_run));
+        for c in &r.changes {
+            outln!("  {c}");
         }
-        other => bail!("unexpected response: {other:?}"),
     }
+    Ok(())
 }
 
 async fn plan(
@@ -76,17 +65,7 @@ async fn plan(
 ) -> anyhow::Result<()> {
     let manifests = read_all(files)?;
     orch_api::files::parse(&manifests, namespace.as_deref()).map_err(anyhow::Error::msg)?;
-    match client
-        .call(Request::Plan {
-            manifests,
-            namespace,
-        })
-        .await?
-    {
-        Response::Plan { plan } => {
-            out!("{}", render::plan(&plan));
-            Ok(())
-        }
-        other => bail!("unexpected response: {other:?}"),
-    }
+    let plan = client.plan(manifests, namespace.as_deref()).await?;
+    out!("{}", render::plan(&plan));
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! `orchctl create secret|config`: a secret or a config from literals and files.
 
 use anyhow::bail;
-use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
 use super::{applied_line, Ctx};
@@ -94,20 +93,9 @@ async fn create(
         text: doc.to_string(),
     }];
     orch_api::files::parse(&manifests, None).map_err(anyhow::Error::msg)?;
-    match client
-        .call(Request::Apply {
-            manifests,
-            dry_run: false,
-            namespace: None,
-        })
-        .await?
-    {
-        Response::Applied { results, .. } => {
-            for r in results {
-                outln!("{}", applied_line(&r, false));
-            }
-            Ok(())
-        }
-        other => bail!("unexpected response: {other:?}"),
+    let applied = client.apply(manifests, false, None).await?;
+    for r in applied.results {
+        outln!("{}", applied_line(&r, false));
     }
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! `orchctl delete`: one object, or everything files define.
 
 use anyhow::bail;
-use orch_api::protocol::Request;
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
@@ -75,14 +74,7 @@ async fn delete(
     let total = targets.len();
     let (mut gone, mut failed) = (Vec::new(), 0);
     for (kind, ns, name) in targets {
-        match client
-            .call(Request::Delete {
-                kind,
-                namespace: ns.clone(),
-                name: name.clone(),
-            })
-            .await
-        {
+        match client.delete(kind, &ns, &name).await {
             Ok(_) => outln!(
                 "{}/{name}{} deleted",
                 kind.as_str().to_ascii_lowercase(),

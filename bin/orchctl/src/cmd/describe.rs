@@ -1,12 +1,10 @@
 //! `orchctl describe`: one object in detail, with its events.
 
-use anyhow::bail;
 use orch_api::client::ClientError;
-use orch_api::protocol::{ErrorCode, Request, Response};
+use orch_api::protocol::ErrorCode;
 use orch_api::{render, Client};
 use orch_core::model::object::{Kind, Object};
 
-use super::get::list;
 use super::{kind_arg, Ctx};
 
 /// `orchctl describe`.
@@ -25,36 +23,16 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
 
 async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
-    let mut obj = match client
-        .call(Request::Get {
-            kind,
-            namespace: Some(ns.into()),
-            name: Some(name.into()),
-        })
-        .await?
-    {
-        Response::Objects { mut objects, .. } if !objects.is_empty() => objects.remove(0),
-        _ => bail!("{} {name:?} not found", kind.as_str().to_ascii_lowercase()),
-    };
+    let mut obj = client.get(kind, ns, name).await?;
     if let Object::Service(s) = &mut obj {
         // The revision hash counts the secrets' and configs' revisions, as the controller does.
         let mut revs = std::collections::HashMap::new();
         for (secret, name) in s.spec.template.references() {
             let kind = if secret { Kind::Secret } else { Kind::Config };
-            let rev = match client
-                .call(Request::Get {
-                    kind,
-                    namespace: Some(s.metadata.namespace.clone()),
-                    name: Some(name.into()),
-                })
-                .await
-            {
-                Ok(Response::Objects { objects, .. }) => {
-                    objects.first().map_or(0, |o| o.metadata().revision)
-                }
+            let rev = match client.get(kind, &s.metadata.namespace, name).await {
+                Ok(o) => o.metadata().revision,
                 // Missing: revision 0, as the controller counts it.
-                Ok(_)
-                | Err(ClientError::Api {
+                Err(ClientError::Api {
                     code: ErrorCode::NotFound,
                     ..
                 }) => 0,
@@ -66,22 +44,28 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
             revs.get(&(secret, name.to_string())).copied().unwrap_or(0)
         });
     }
-    let events = render::events_of(&obj, &list(client, Kind::Event, None).await?);
+    let events = render::events_of(&obj, &client.list(Kind::Event, None).await?.objects);
     let related: Vec<Object> = match kind {
-        Kind::Service => list(client, Kind::Replica, Some(ns))
+        Kind::Service => client
+            .list(Kind::Replica, Some(ns))
             .await?
+            .objects
             .into_iter()
             .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == name))
             .collect(),
-        Kind::Node => list(client, Kind::Replica, None)
+        Kind::Node => client
+            .list(Kind::Replica, None)
             .await?
+            .objects
             .into_iter()
             .filter(|r| matches!(r, Object::Replica(r) if r.spec.node.as_deref() == Some(name)))
             .collect(),
         Kind::Job => {
             let owner = orch_core::model::object::job_owner(name);
-            list(client, Kind::Replica, Some(ns))
+            client
+                .list(Kind::Replica, Some(ns))
                 .await?
+                .objects
                 .into_iter()
                 .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == owner))
                 .collect()
@@ -91,11 +75,8 @@ async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::
     out!("{}", render::describe(&obj, &events, &related));
     // A start waiting on an image pull says how far it got (asked live of the node).
     if let Object::Replica(r) = &obj {
-        if let Ok(Response::Progress { text: Some(text) }) = client
-            .call(Request::Progress {
-                namespace: r.metadata.namespace.clone(),
-                replica: r.metadata.name.clone(),
-            })
+        if let Ok(Some(text)) = client
+            .progress(&r.metadata.namespace, &r.metadata.name)
             .await
         {
             outln!("Progress:         {text}");

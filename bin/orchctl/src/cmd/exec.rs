@@ -2,7 +2,6 @@
 
 use std::io::Write;
 
-use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
 use super::Ctx;
@@ -46,23 +45,13 @@ async fn exec(
         (1..=3600).contains(&secs),
         "--timeout: {timeout} is out of range: allowed 1s to 1h"
     );
-    let Response::Exec {
+    let orch_api::client::ExecOutput {
         code,
         signal,
         timed_out,
         stdout,
         stderr,
-    } = client
-        .call(Request::Exec {
-            namespace: ns.into(),
-            replica: replica.into(),
-            command,
-            timeout_secs: secs,
-        })
-        .await?
-    else {
-        anyhow::bail!("unexpected answer to exec");
-    };
+    } = client.exec(ns, replica, command, secs).await?;
     std::io::stdout().write_all(stdout.as_bytes())?;
     std::io::stdout().flush()?;
     std::io::stderr().write_all(stderr.as_bytes())?;

@@ -4,9 +4,10 @@ use std::io::Write;
 
 use anyhow::bail;
 use futures::StreamExt;
-use orch_api::protocol::{Request, Response, WatchType};
+use orch_api::client::WatchEvent;
+use orch_api::protocol::WatchType;
 use orch_api::{render, Client};
-use orch_core::model::object::{Kind, Object};
+use orch_core::model::object::Object;
 
 use super::{kind_arg, Ctx};
 
@@ -76,20 +77,12 @@ pub(crate) async fn get(
     all: bool,
 ) -> anyhow::Result<()> {
     let kind = kind_arg(kind)?;
-    let namespace = if all { None } else { Some(ns.to_string()) };
+    let namespace = if all { None } else { Some(ns) };
     if watch {
-        let mut stream = client
-            .stream(Request::Watch {
-                kind,
-                namespace,
-                since: None,
-            })
-            .await?;
+        let mut stream = client.watch(kind, namespace, None).await?;
         let mut printed_header = false;
         while let Some(item) = stream.next().await {
-            let Response::Watch { event, object } = item? else {
-                continue;
-            };
+            let WatchEvent { event, object } = item?;
             if name.as_ref().is_some_and(|n| *n != object.metadata().name) {
                 continue;
             }
@@ -120,33 +113,13 @@ pub(crate) async fn get(
         }
         return Ok(());
     }
-    match client
-        .call(Request::Get {
-            kind,
-            namespace,
-            name,
-        })
-        .await?
-    {
-        Response::Objects { objects, .. } => print_objects(&objects, output, all),
-        other => bail!("unexpected response: {other:?}"),
-    }
-}
-
-pub(crate) async fn list(
-    client: &Client,
-    kind: Kind,
-    ns: Option<&str>,
-) -> anyhow::Result<Vec<Object>> {
-    match client
-        .call(Request::Get {
-            kind,
-            namespace: ns.map(String::from),
-            name: None,
-        })
-        .await?
-    {
-        Response::Objects { objects, .. } => Ok(objects),
-        other => bail!("unexpected response: {other:?}"),
+    match name {
+        // One object: in `default` with `-A`, as the daemon reads a get naming no namespace.
+        Some(name) => {
+            let ns = namespace.unwrap_or(orch_core::model::object::DEFAULT_NAMESPACE);
+            let object = client.get(kind, ns, &name).await?;
+            print_objects(std::slice::from_ref(&object), output, all)
+        }
+        None => print_objects(&client.list(kind, namespace).await?.objects, output, all),
     }
 }

@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
 use super::Ctx;
@@ -36,16 +35,11 @@ async fn import_image(
 ) -> anyhow::Result<()> {
     let path =
         std::fs::canonicalize(file).with_context(|| format!("image import: {}", file.display()))?;
-    if let Response::Imported { images } = client
-        .call(Request::ImportImage {
-            path: path.display().to_string(),
-            name,
-        })
-        .await?
-    {
-        for (node, name) in images {
-            outln!("image {name} imported on {node}");
-        }
+    let images = client
+        .import_image(&path.display().to_string(), name.as_deref())
+        .await?;
+    for (node, name) in images {
+        outln!("image {name} imported on {node}");
     }
     Ok(())
 }

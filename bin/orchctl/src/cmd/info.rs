@@ -1,6 +1,5 @@
 //! `orchctl info`: what the daemon is.
 
-use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
 use super::Ctx;
@@ -11,17 +10,15 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 async fn info(client: &Client) -> anyhow::Result<()> {
-    if let Response::Info {
+    let orch_api::client::Info {
         version,
         store,
         store_health,
         nodes,
-    } = client.call(Request::Info).await?
-    {
-        outln!(
-            "orchd {version}\nstore: {store} — {store_health}\nnodes: {}",
-            nodes.join(", ")
-        );
-    }
+    } = client.info().await?;
+    outln!(
+        "orchd {version}\nstore: {store} — {store_health}\nnodes: {}",
+        nodes.join(", ")
+    );
     Ok(())
 }

@@ -3,7 +3,6 @@
 use std::io::Write;
 
 use futures::StreamExt;
-use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 
 use super::Ctx;
@@ -43,21 +42,11 @@ async fn logs(
     replica: &str,
     opts: orch_core::runtime::LogOptions,
 ) -> anyhow::Result<()> {
-    let mut stream = client
-        .stream(Request::Logs {
-            namespace: ns.into(),
-            replica: replica.into(),
-            follow: opts.follow,
-            tail_bytes: opts.tail_bytes,
-            tail_lines: opts.tail_lines,
-        })
-        .await?;
+    let mut stream = client.logs(ns, replica, opts).await?;
     let mut out = std::io::stdout();
-    while let Some(item) = stream.next().await {
-        if let Response::Log { data } = item? {
-            out.write_all(data.as_bytes())?;
-            out.flush()?;
-        }
+    while let Some(data) = stream.next().await {
+        out.write_all(data?.as_bytes())?;
+        out.flush()?;
     }
     Ok(())
 }

@@ -2,11 +2,10 @@
 
 use anyhow::bail;
 use clap::Subcommand;
-use orch_api::protocol::Request;
 use orch_api::Client;
 use orch_core::model::object::{Kind, Object};
 
-use super::get::{get, list};
+use super::get::get;
 use super::Ctx;
 
 /// `orchctl node ...`.
@@ -90,12 +89,7 @@ async fn node(client: &Client, command: Command) -> anyhow::Result<()> {
         }
         C::Rm { node, force } => (node, NodeOp::Remove { force }, None),
     };
-    client
-        .call(Request::Node {
-            node: name.clone(),
-            action,
-        })
-        .await?;
+    client.node_op(&name, action).await?;
     let done = match action {
         NodeOp::Cordon => "cordoned",
         NodeOp::Uncordon => "uncordoned",
@@ -109,8 +103,10 @@ async fn node(client: &Client, command: Command) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let mut last = usize::MAX;
     loop {
-        let left = list(client, Kind::Replica, None)
+        let left = client
+            .list(Kind::Replica, None)
             .await?
+            .objects
             .into_iter()
             .filter(|o| {
                 matches!(o, Object::Replica(r) if r.spec.node.as_deref() == Some(name.as_str()))
@@ -139,16 +135,20 @@ async fn node(client: &Client, command: Command) -> anyhow::Result<()> {
 /// What draining `node` cannot move: `(line, replicas)` per service, the line saying
 /// `no other schedulable node for service NS/NAME's replicas (N on NODE)`.
 async fn stranded_by_drain(client: &Client, node: &str) -> anyhow::Result<Vec<(String, usize)>> {
-    let nodes: Vec<orch_core::model::object::Node> = list(client, Kind::Node, None)
+    let nodes: Vec<orch_core::model::object::Node> = client
+        .list(Kind::Node, None)
         .await?
+        .objects
         .into_iter()
         .filter_map(|o| match o {
             Object::Node(n) => Some(n),
             _ => None,
         })
         .collect();
-    let replicas: Vec<orch_core::model::object::Replica> = list(client, Kind::Replica, None)
+    let replicas: Vec<orch_core::model::object::Replica> = client
+        .list(Kind::Replica, None)
         .await?
+        .objects
         .into_iter()
         .filter_map(|o| match o {
             Object::Replica(r) => Some(r),

@@ -2,7 +2,6 @@
 
 use anyhow::bail;
 use clap::Subcommand;
-use orch_api::protocol::{Request, Response};
 use orch_api::{render, Client};
 use orch_core::model::object::{Kind, Object};
 
@@ -57,19 +56,9 @@ async fn fetch_service(
     ns: &str,
     name: &str,
 ) -> anyhow::Result<orch_core::model::object::Service> {
-    match client
-        .call(Request::Get {
-            kind: Kind::Service,
-            namespace: Some(ns.into()),
-            name: Some(name.into()),
-        })
-        .await?
-    {
-        Response::Objects { mut objects, .. } if !objects.is_empty() => match objects.remove(0) {
-            Object::Service(s) => Ok(*s),
-            other => bail!("unexpected object {}", other.display_name()),
-        },
-        _ => bail!("service {name:?} not found in namespace {ns:?}"),
+    match client.get(Kind::Service, ns, name).await? {
+        Object::Service(s) => Ok(*s),
+        other => bail!("unexpected object {}", other.display_name()),
     }
 }
 
@@ -140,13 +129,7 @@ async fn rollout(client: &Client, ns: &str, command: Command) -> anyhow::Result<
         C::Pause { service } => (service_name(&service), RolloutAction::Pause),
         C::Resume { service } => (service_name(&service), RolloutAction::Resume),
     };
-    client
-        .call(Request::Rollout {
-            namespace: ns.into(),
-            name: name.clone(),
-            action,
-        })
-        .await?;
+    client.rollout(ns, &name, action).await?;
     let done = match action {
         RolloutAction::Undo { .. } => "rolled back",
         RolloutAction::Pause => "paused",

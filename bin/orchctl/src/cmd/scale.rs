@@ -1,7 +1,6 @@
 //! `orchctl scale`: a service's replica count.
 
 use anyhow::bail;
-use orch_api::protocol::Request;
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
@@ -32,13 +31,7 @@ async fn scale(client: &Client, ns: &str, target: &[String], replicas: i64) -> a
         [kind, name] if Kind::from_user(kind) == Some(Kind::Service) => name.clone(),
         _ => bail!("usage: orchctl scale [service/]NAME --replicas N"),
     };
-    client
-        .call(Request::Scale {
-            namespace: ns.into(),
-            name: name.clone(),
-            replicas,
-        })
-        .await?;
+    client.scale(ns, &name, replicas).await?;
     outln!("service/{name} scaled to {replicas}");
     Ok(())
 }

@@ -1,8 +1,6 @@
 //! `orchctl volume`: named local volumes.
 
-use anyhow::bail;
 use clap::Subcommand;
-use orch_api::protocol::{Request, Response};
 use orch_api::Client;
 use orch_core::model::object::Object;
 
@@ -32,17 +30,10 @@ pub(crate) async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
 async fn volume(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Ls => {
-            let objs = match client
-                .call(Request::Get {
-                    kind: orch_core::model::object::Kind::Node,
-                    namespace: None,
-                    name: None,
-                })
+            let objs = client
+                .list(orch_core::model::object::Kind::Node, None)
                 .await?
-            {
-                Response::Objects { objects, .. } => objects,
-                other => bail!("unexpected response: {other:?}"),
-            };
+                .objects;
             let mut rows = vec![("VOLUME".to_string(), "NODE".to_string())];
             for o in &objs {
                 if let Object::Node(n) = o {
@@ -62,13 +53,9 @@ async fn volume(client: &Client, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rm { name, node } => {
-            match client.call(Request::VolumeRemove { name, node }).await? {
-                Response::VolumeRemoved { name, node } => {
-                    outln!("volume {name} removed from node {node}");
-                    Ok(())
-                }
-                other => bail!("unexpected response: {other:?}"),
-            }
+            let removed = client.volume_remove(&name, node.as_deref()).await?;
+            outln!("volume {} removed from node {}", removed.name, removed.node);
+            Ok(())
         }
     }
 }
