@@ -8,8 +8,8 @@ use super::{applied_line, Ctx};
 /// `orchctl create`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// `secret` or `config`.
-    kind: String,
+    /// What to create (`configmap` works too).
+    kind: CreateKind,
     /// Its name.
     name: String,
     /// `KEY=VALUE`; repeatable.
@@ -20,12 +20,20 @@ pub(crate) struct Args {
     files: Vec<String>,
 }
 
+/// What `orchctl create` creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CreateKind {
+    Secret,
+    #[value(alias = "configmap")]
+    Config,
+}
+
 /// Creates (or replaces) the secret or config.
 pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     create(
         &ctx.client,
         &ctx.ns,
-        &args.kind,
+        args.kind,
         &args.name,
         &args.literals,
         &args.files,
@@ -38,15 +46,14 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
 async fn create(
     client: &Client,
     ns: &str,
-    kind: &str,
+    kind: CreateKind,
     name: &str,
     literals: &[String],
     files: &[String],
 ) -> anyhow::Result<()> {
     let kind = match kind {
-        "secret" => "Secret",
-        "config" | "configmap" => "Config",
-        other => bail!("create {other:?}: expected secret or config"),
+        CreateKind::Secret => "Secret",
+        CreateKind::Config => "Config",
     };
     let mut data = std::collections::BTreeMap::new();
     for l in literals {

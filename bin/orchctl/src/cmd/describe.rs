@@ -5,24 +5,24 @@ use orch_api::protocol::ErrorCode;
 use orch_api::{render, Client};
 use orch_core::model::object::{Kind, Object};
 
-use super::{kind_arg, Ctx};
+use super::{Ctx, KindArg};
 
 /// `orchctl describe`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The kind.
-    kind: String,
+    /// The kind (singular and short names work too: svc, pod, no, cm, ev).
+    #[arg(ignore_case = true)]
+    kind: KindArg,
     /// The name.
     name: String,
 }
 
 /// Describes the object asked for.
 pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
-    describe(&ctx.client, &ctx.ns, &args.kind, &args.name).await
+    describe(&ctx.client, &ctx.ns, args.kind.into(), &args.name).await
 }
 
-async fn describe(client: &Client, ns: &str, kind: &str, name: &str) -> anyhow::Result<()> {
-    let kind = kind_arg(kind)?;
+async fn describe(client: &Client, ns: &str, kind: Kind, name: &str) -> anyhow::Result<()> {
     let mut obj = client.get(kind, ns, name).await?;
     if let Object::Service(s) = &mut obj {
         // The revision hash counts the secrets' and configs' revisions, as the controller does.

@@ -2,25 +2,25 @@
 
 use std::io::Write;
 
-use anyhow::bail;
 use futures::StreamExt;
 use orch_api::client::WatchEvent;
 use orch_api::protocol::WatchType;
 use orch_api::{render, Client};
-use orch_core::model::object::Object;
+use orch_core::model::object::{Kind, Object};
 
-use super::{kind_arg, Ctx};
+use super::{Ctx, KindArg};
 
 /// `orchctl get`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The kind.
-    kind: String,
+    /// The kind (singular and short names work too: svc, pod, no, cm, ev).
+    #[arg(ignore_case = true)]
+    kind: KindArg,
     /// One object's name.
     name: Option<String>,
-    /// Output: table (default), wide, yaml, json.
-    #[arg(short = 'o', long, default_value = "table")]
-    output: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
     /// Keep watching for changes.
     #[arg(short = 'w', long)]
     watch: bool,
@@ -29,31 +29,40 @@ pub(crate) struct Args {
     all_namespaces: bool,
 }
 
+/// How `get` prints objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
 /// Lists (or watches) the objects asked for.
 pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     get(
         &ctx.client,
         &ctx.ns,
-        &args.kind,
+        args.kind.into(),
         args.name,
-        &args.output,
+        args.output,
         args.watch,
         args.all_namespaces,
     )
     .await
 }
 
-fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow::Result<()> {
+fn print_objects(objs: &[Object], output: Output, all_namespaces: bool) -> anyhow::Result<()> {
     match output {
-        "table" | "wide" => {
+        Output::Table | Output::Wide => {
             if objs.is_empty() {
                 eprintln!("No resources found.");
             } else {
                 out!("{}", render::objects_table(objs, all_namespaces));
             }
         }
-        "yaml" => out!("{}", orch_core::model::manifest::to_yaml(objs)),
-        "json" => {
+        Output::Yaml => out!("{}", orch_core::model::manifest::to_yaml(objs)),
+        Output::Json => {
             let v: Vec<serde_json::Value> = objs.iter().map(Object::to_display_value).collect();
             let out = if v.len() == 1 {
                 v[0].clone()
@@ -62,7 +71,6 @@ fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow:
             };
             outln!("{}", serde_json::to_string_pretty(&out)?);
         }
-        other => bail!("-o: invalid value {other:?}: allowed: table, wide, yaml, json"),
     }
     Ok(())
 }
@@ -70,13 +78,12 @@ fn print_objects(objs: &[Object], output: &str, all_namespaces: bool) -> anyhow:
 pub(crate) async fn get(
     client: &Client,
     ns: &str,
-    kind: &str,
+    kind: Kind,
     name: Option<String>,
-    output: &str,
+    output: Output,
     watch: bool,
     all: bool,
 ) -> anyhow::Result<()> {
-    let kind = kind_arg(kind)?;
     let namespace = if all { None } else { Some(ns) };
     if watch {
         let mut stream = client.watch(kind, namespace, None).await?;
@@ -87,7 +94,7 @@ pub(crate) async fn get(
                 continue;
             }
             match output {
-                "table" | "wide" => {
+                Output::Table | Output::Wide => {
                     let (header, mut cells) = render::row(&object, all);
                     if event == WatchType::Deleted {
                         cells.push("(deleted)".into());
@@ -103,11 +110,11 @@ pub(crate) async fn get(
                         outln!("{l}");
                     }
                 }
-                "json" => outln!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})
                 ),
-                _ => print_objects(std::slice::from_ref(&object), output, all)?,
+                Output::Yaml => print_objects(std::slice::from_ref(&object), output, all)?,
             }
             std::io::stdout().flush()?;
         }

@@ -19,7 +19,7 @@ pub(crate) mod volume;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
@@ -83,8 +83,52 @@ pub(crate) fn socket_path(flag: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/orch/orchd.sock"))
 }
 
+/// A kind as users name it: plural, singular or short (`services`, `service`, `svc`), in any
+/// case (`#[arg(ignore_case = true)]`); the names `Kind::from_user` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KindArg {
+    #[value(aliases = ["service", "svc"])]
+    Services,
+    #[value(aliases = ["replica", "rep", "pod", "pods"])]
+    Replicas,
+    #[value(aliases = ["node", "no"])]
+    Nodes,
+    #[value(alias = "secret")]
+    Secrets,
+    #[value(aliases = ["config", "cm", "configmap", "configmaps"])]
+    Configs,
+    #[value(aliases = ["event", "ev"])]
+    Events,
+    #[value(alias = "job")]
+    Jobs,
+}
+
+impl From<KindArg> for Kind {
+    fn from(k: KindArg) -> Kind {
+        match k {
+            KindArg::Services => Kind::Service,
+            KindArg::Replicas => Kind::Replica,
+            KindArg::Nodes => Kind::Node,
+            KindArg::Secrets => Kind::Secret,
+            KindArg::Configs => Kind::Config,
+            KindArg::Events => Kind::Event,
+            KindArg::Jobs => Kind::Job,
+        }
+    }
+}
+
+/// A kind inside a free-form argument (`delete KIND/NAME`, `scale service NAME`): the names
+/// [`KindArg`] takes; the error names those allowed.
 pub(crate) fn kind_arg(s: &str) -> anyhow::Result<Kind> {
-    Kind::from_user(s).with_context(|| format!("unknown kind {s:?}; allowed: services (svc), replicas, nodes, secrets, configs, events"))
+    use clap::ValueEnum;
+    KindArg::from_str(s, true).map(Kind::from).map_err(|_| {
+        let allowed: Vec<String> = KindArg::value_variants()
+            .iter()
+            .filter_map(|k| k.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        anyhow::anyhow!("unknown kind {s:?}; allowed: {}", allowed.join(", "))
+    })
 }
 
 pub(crate) fn read_all(
@@ -116,5 +160,65 @@ pub(crate) fn in_namespace(ns: &str) -> String {
         String::new()
     } else {
         format!(" ({ns})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+    use orch_core::model::object::Kind;
+
+    use super::{kind_arg, KindArg};
+
+    /// `KindArg` takes exactly the names `Kind::from_user` takes, in any case.
+    #[test]
+    fn kind_arg_takes_the_names_kind_from_user_takes() {
+        let mut taken = Vec::new();
+        for k in KindArg::value_variants() {
+            let v = k.to_possible_value().unwrap();
+            for name in v.get_name_and_aliases() {
+                assert_eq!(Kind::from_user(name), Some(Kind::from(*k)), "{name}");
+                let upper = name.to_ascii_uppercase();
+                assert_eq!(KindArg::from_str(&upper, true), Ok(*k), "{upper}");
+                taken.push(name.to_string());
+            }
+        }
+        taken.sort();
+        let mut from_user = [
+            "service",
+            "services",
+            "svc",
+            "replica",
+            "replicas",
+            "rep",
+            "pod",
+            "pods",
+            "node",
+            "nodes",
+            "no",
+            "secret",
+            "secrets",
+            "config",
+            "configs",
+            "cm",
+            "configmap",
+            "configmaps",
+            "event",
+            "events",
+            "ev",
+            "job",
+            "jobs",
+        ];
+        from_user.sort();
+        assert_eq!(taken, from_user);
+        for k in Kind::ALL {
+            assert!(Kind::from_user(k.plural()).is_some(), "{k:?}");
+            assert_eq!(kind_arg(k.plural()).unwrap(), k);
+        }
+        let e = kind_arg("deployments").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unknown kind \"deployments\"; allowed: services, replicas, nodes, secrets, configs, events, jobs"
+        );
     }
 }

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use orch_api::Client;
 use orch_core::model::object::{Kind, Object};
 
-use super::get::get;
+use super::get::{get, Output};
 use super::Ctx;
 
 /// `orchctl node ...`.
@@ -60,7 +60,16 @@ async fn node(client: &Client, command: Command) -> anyhow::Result<()> {
     use Command as C;
     let (name, action, wait) = match command {
         C::Ls => {
-            return get(client, "default", "nodes", None, "table", false, false).await;
+            return get(
+                client,
+                "default",
+                Kind::Node,
+                None,
+                Output::Table,
+                false,
+                false,
+            )
+            .await;
         }
         C::Cordon { node } => (node, NodeOp::Cordon, None),
         C::Uncordon { node } => (node, NodeOp::Uncordon, None),

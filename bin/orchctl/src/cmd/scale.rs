@@ -4,7 +4,7 @@ use anyhow::bail;
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
-use super::Ctx;
+use super::{kind_arg, Ctx};
 
 /// `orchctl scale`.
 #[derive(clap::Args)]
@@ -28,7 +28,7 @@ async fn scale(client: &Client, ns: &str, target: &[String], replicas: i64) -> a
             .or_else(|| one.strip_prefix("svc/"))
             .unwrap_or(one)
             .to_string(),
-        [kind, name] if Kind::from_user(kind) == Some(Kind::Service) => name.clone(),
+        [kind, name] if kind_arg(kind).ok() == Some(Kind::Service) => name.clone(),
         _ => bail!("usage: orchctl scale [service/]NAME --replicas N"),
     };
     client.scale(ns, &name, replicas).await?;
