@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 /// Talk to an orch daemon.
 #[derive(Parser)]
 #[command(name = "orchctl", version, about)]
-pub(crate) struct Cli {
+struct Cli {
     /// The daemon's socket (default $ORCH_SOCKET, else ~/.local/share/orch/orchd.sock).
     /// Wins over contexts.
     #[arg(long, global = true)]
@@ -50,7 +50,7 @@ pub(crate) struct Cli {
 
 /// Subcommands: each is a module of `cmd` with its arguments and its `run`.
 #[derive(Subcommand)]
-pub(crate) enum Command {
+enum Command {
     /// Create or update objects from files or folders (all or nothing).
     Apply(cmd::apply::Args),
     /// List objects: services, replicas, nodes, secrets, configs, events.

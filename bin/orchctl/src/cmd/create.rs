@@ -22,7 +22,7 @@ pub(crate) struct Args {
 
 /// What `orchctl create` creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum CreateKind {
+enum CreateKind {
     Secret,
     #[value(alias = "configmap")]
     Config,

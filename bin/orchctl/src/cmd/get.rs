@@ -31,7 +31,7 @@ pub(crate) struct Args {
 
 /// How `get` prints objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Output {
+pub(super) enum Output {
     Table,
     Wide,
     Yaml,
@@ -75,7 +75,7 @@ fn print_objects(objs: &[Object], output: Output, all_namespaces: bool) -> anyho
     Ok(())
 }
 
-pub(crate) async fn get(
+pub(super) async fn get(
     client: &Client,
     ns: &str,
     kind: Kind,

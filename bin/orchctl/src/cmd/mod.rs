@@ -74,7 +74,7 @@ pub(crate) fn client(
 }
 
 /// The socket to use.
-pub(crate) fn socket_path(flag: Option<PathBuf>) -> PathBuf {
+fn socket_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("ORCH_SOCKET").map(PathBuf::from))
         .or_else(|| std::env::var_os("ORCH_DATA_DIR").map(|d| PathBuf::from(d).join("orchd.sock")))
         .or_else(|| {
@@ -86,7 +86,7 @@ pub(crate) fn socket_path(flag: Option<PathBuf>) -> PathBuf {
 /// A kind as users name it: plural, singular or short (`services`, `service`, `svc`), in any
 /// case (`#[arg(ignore_case = true)]`); the names `Kind::from_user` takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum KindArg {
+enum KindArg {
     #[value(aliases = ["service", "svc"])]
     Services,
     #[value(aliases = ["replica", "rep", "pod", "pods"])]
@@ -119,7 +119,7 @@ impl From<KindArg> for Kind {
 
 /// A kind inside a free-form argument (`delete KIND/NAME`, `scale service NAME`): the names
 /// [`KindArg`] takes; the error names those allowed.
-pub(crate) fn kind_arg(s: &str) -> anyhow::Result<Kind> {
+fn kind_arg(s: &str) -> anyhow::Result<Kind> {
     use clap::ValueEnum;
     KindArg::from_str(s, true).map(Kind::from).map_err(|_| {
         let allowed: Vec<String> = KindArg::value_variants()
@@ -131,7 +131,7 @@ pub(crate) fn kind_arg(s: &str) -> anyhow::Result<Kind> {
     })
 }
 
-pub(crate) fn read_all(
+fn read_all(
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<Vec<orch_api::protocol::ManifestText>> {
     let mut out = Vec::new();
@@ -143,7 +143,7 @@ pub(crate) fn read_all(
 
 /// `service/web created`, with the namespace when it is not `default`:
 /// `service/web (dev) created`.
-pub(crate) fn applied_line(r: &orch_api::protocol::Applied, dry_run: bool) -> String {
+fn applied_line(r: &orch_api::protocol::Applied, dry_run: bool) -> String {
     format!(
         "{}{} {}{}",
         r.name,
@@ -155,7 +155,7 @@ pub(crate) fn applied_line(r: &orch_api::protocol::Applied, dry_run: bool) -> St
 
 /// ` (dev)` for objects outside `default`; nothing for `default` and for kinds without a
 /// namespace (as kubectl prints them).
-pub(crate) fn in_namespace(ns: &str) -> String {
+fn in_namespace(ns: &str) -> String {
     if ns.is_empty() || ns == orch_core::model::object::DEFAULT_NAMESPACE {
         String::new()
     } else {
