@@ -590,3 +590,72 @@ fn into_result(r: Response) -> Result<Response, ClientError> {
         other => Ok(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    /// A daemon that answers every request with `answer` (one JSON line).
+    async fn answering(answer: &'static str) -> (tempfile::TempDir, Client) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut line = String::new();
+                BufReader::new(&mut s).read_line(&mut line).await.unwrap();
+                s.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+            }
+        });
+        (dir, Client::new(&socket))
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_another_kind_is_one_clear_error() {
+        let (_dir, client) = answering(r#"{"type":"progress","text":null}"#).await;
+        let e = client.list(Kind::Service, None).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Unexpected { request: "get", answer } if answer == "progress"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "protocol: unexpected answer to get: progress"
+        );
+        let e = client.info().await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "protocol: unexpected answer to info: progress"
+        );
+        assert_eq!(client.progress("default", "web-1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_get_answered_without_its_object_is_an_error() {
+        let (_dir, client) = answering(r#"{"type":"objects","objects":[],"revision":3}"#).await;
+        let e = client
+            .get(Kind::Service, "default", "web")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "protocol: unexpected answer to get: 0 objects for one name"
+        );
+        assert_eq!(client.list(Kind::Service, None).await.unwrap().revision, 3);
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_is_an_api_error() {
+        let (_dir, client) = answering(
+            r#"{"type":"error","code":"NotFound","message":"service \"web\" not found"}"#,
+        )
+        .await;
+        let e = client.scale("default", "web", 2).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Api { code: ErrorCode::NotFound, message } if message == "service \"web\" not found"),
+            "{e:?}"
+        );
+    }
+}

@@ -131,9 +131,7 @@ fn kind_arg(s: &str) -> anyhow::Result<Kind> {
     })
 }
 
-fn read_all(
-    files: &[std::path::PathBuf],
-) -> anyhow::Result<Vec<orch_api::protocol::ManifestText>> {
+fn read_all(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<orch_api::protocol::ManifestText>> {
     let mut out = Vec::new();
     for f in files {
         out.extend(orch_api::files::read_manifests(f).map_err(anyhow::Error::msg)?);
