@@ -390,7 +390,8 @@ async fn strangers_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_over_grpc_serves_administrators_only() {
     use futures::StreamExt;
-    use orch_api::protocol::{ManifestText, Request, Response, WatchType};
+    use orch_api::client::WatchEvent;
+    use orch_api::protocol::{ManifestText, WatchType};
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let backend = Arc::new(orch_api::server::Backend {
         store: store.clone(),
@@ -408,63 +409,36 @@ async fn the_api_over_grpc_serves_administrators_only() {
         .admin_credentials("alice", Duration::from_secs(600))
         .unwrap();
     let client = orch_api::Client::remote(&m.addr, &admin).unwrap();
-    let info = client.call(Request::Info).await.unwrap();
-    assert!(
-        matches!(info, Response::Info { ref store, .. } if store == "memory"),
-        "{info:?}"
-    );
+    let info = client.info().await.unwrap();
+    assert!(info.store == "memory", "{info:?}");
     let mut watch = client
-        .stream(Request::Watch {
-            kind: orch_core::model::object::Kind::Service,
-            namespace: None,
-            since: None,
-        })
+        .watch(orch_core::model::object::Kind::Service, None, None)
         .await
         .unwrap();
-    client
-        .call(Request::Apply {
-            manifests: vec![ManifestText {
-                source: "web.yaml".into(),
-                text: "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [sleep, '1']\n".into(),
-            }],
-            dry_run: false,
-            namespace: None,
-        })
-        .await
-        .unwrap();
+    let web = vec![ManifestText {
+        source: "web.yaml".into(),
+        text: "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [sleep, '1']\n".into(),
+    }];
+    client.apply(web, false, None).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert!(
-        matches!(&first, Response::Watch { event: WatchType::Added, object } if object.metadata().name == "web"),
+        matches!(&first, WatchEvent { event: WatchType::Added, object } if object.metadata().name == "web"),
         "{first:?}"
     );
     // Bad input gets the API's own error, named.
-    let e = client
-        .call(Request::Scale {
-            namespace: "default".into(),
-            name: "web".into(),
-            replicas: -1,
-        })
-        .await
-        .unwrap_err();
+    let e = client.scale("default", "web", -1).await.unwrap_err();
     assert!(e.to_string().contains("replicas"), "{e}");
 
     // Over the 4 MiB message limit: refused, and the error says which limit.
-    let e = client
-        .call(Request::Apply {
-            manifests: vec![ManifestText {
-                source: "big.yaml".into(),
-                text: "#".repeat(5 << 20),
-            }],
-            dry_run: true,
-            namespace: None,
-        })
-        .await
-        .unwrap_err()
-        .to_string();
+    let big = vec![ManifestText {
+        source: "big.yaml".into(),
+        text: "#".repeat(5 << 20),
+    }];
+    let e = client.apply(big, true, None).await.unwrap_err().to_string();
     assert!(e.contains("4194304") && e.contains("limit"), "{e}");
     // A client that does not check first: the server refuses, naming its limit.
     let ch = cluster::channel(&m.addr, &admin).unwrap();
@@ -482,7 +456,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
     let node = cluster::join(&m.addr, &token, "n1").await.unwrap();
     let e = orch_api::Client::remote(&m.addr, &node)
         .unwrap()
-        .call(Request::Info)
+        .info()
         .await
         .unwrap_err();
     assert!(

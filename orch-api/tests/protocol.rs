@@ -6,13 +6,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use orch_api::client::{ApplyResult, WatchEvent};
 use orch_api::protocol::{ErrorCode, ManifestText, Request, Response, WatchType};
 use orch_api::server::{bind, serve, serve_listener, Backend, ServeLimits};
 use orch_api::Client;
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
 use orch_core::model::object::{Kind, Object};
-use orch_core::runtime::{Runtime, WorkloadSpec};
+use orch_core::runtime::{LogOptions, Runtime, WorkloadSpec};
 use orch_core::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -66,15 +67,12 @@ async fn start_with(limits: Option<ServeLimits>) -> Started {
     (dir, Client::new(&socket), store, rt, cancel)
 }
 
-fn apply(text: &str) -> Request {
-    Request::Apply {
-        manifests: vec![ManifestText {
-            source: "web.yaml".into(),
-            text: text.into(),
-        }],
-        dry_run: false,
-        namespace: None,
-    }
+/// `text` as the manifest file `web.yaml`.
+fn manifest(text: &str) -> Vec<ManifestText> {
+    vec![ManifestText {
+        source: "web.yaml".into(),
+        text: text.into(),
+    }]
 }
 
 #[tokio::test]
@@ -86,58 +84,28 @@ async fn apply_get_scale_delete_and_errors() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    let Response::Applied { results, .. } = client.call(apply(WEB)).await.unwrap() else {
-        panic!()
-    };
-    assert_eq!(results[0].action, "created");
-    let Response::Applied { results, .. } = client.call(apply(WEB)).await.unwrap() else {
-        panic!()
-    };
-    assert_eq!(results[0].action, "unchanged", "apply is idempotent");
-    let dry = Request::Apply {
-        manifests: vec![ManifestText {
-            source: "web.yaml".into(),
-            text: WEB.replace("replicas: 2", "replicas: 3"),
-        }],
-        dry_run: true,
-        namespace: None,
-    };
-    let Response::Applied { results, dry_run } = client.call(dry).await.unwrap() else {
-        panic!()
-    };
-    assert!(dry_run && results[0].action == "configured");
-    assert_eq!(results[0].changes, ["spec.replicas: 2 → 3"], "the diff");
-    let Response::Objects { objects, .. } = client
-        .call(Request::Get {
-            kind: Kind::Service,
-            namespace: None,
-            name: Some("web".into()),
-        })
+    let results = client
+        .apply(manifest(WEB), false, None)
         .await
         .unwrap()
-    else {
-        panic!()
-    };
-    let Object::Service(s) = &objects[0] else {
+        .results;
+    assert_eq!(results[0].action, "created");
+    let results = client
+        .apply(manifest(WEB), false, None)
+        .await
+        .unwrap()
+        .results;
+    assert_eq!(results[0].action, "unchanged", "apply is idempotent");
+    let dry = manifest(&WEB.replace("replicas: 2", "replicas: 3"));
+    let ApplyResult { results, dry_run } = client.apply(dry, true, None).await.unwrap();
+    assert!(dry_run && results[0].action == "configured");
+    assert_eq!(results[0].changes, ["spec.replicas: 2 → 3"], "the diff");
+    let Object::Service(s) = client.get(Kind::Service, "default", "web").await.unwrap() else {
         panic!()
     };
     assert_eq!(s.spec.replicas, 2, "a dry run writes nothing");
-    client
-        .call(Request::Scale {
-            namespace: "default".into(),
-            name: "web".into(),
-            replicas: 4,
-        })
-        .await
-        .unwrap();
-    let err = client
-        .call(Request::Scale {
-            namespace: "default".into(),
-            name: "web".into(),
-            replicas: -1,
-        })
-        .await
-        .unwrap_err();
+    client.scale("default", "web", 4).await.unwrap();
+    let err = client.scale("default", "web", -1).await.unwrap_err();
     assert!(err.to_string().contains("0 to 100000"), "{err}");
     // A bad document among good ones: nothing applied, the error names source and document.
     let bad = format!(
@@ -145,18 +113,14 @@ async fn apply_get_scale_delete_and_errors() {
         WEB.replace("name: web", "name: other"),
         WEB.replace("replicas: 2", "replicas: -2")
     );
-    let err = client.call(apply(&bad)).await.unwrap_err();
+    let err = client.apply(manifest(&bad), false, None).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("web.yaml: document 2: spec.replicas"),
         "{err}"
     );
     let err = client
-        .call(Request::Get {
-            kind: Kind::Service,
-            namespace: None,
-            name: Some("other".into()),
-        })
+        .get(Kind::Service, "default", "other")
         .await
         .unwrap_err();
     assert!(
@@ -170,19 +134,11 @@ async fn apply_get_scale_delete_and_errors() {
         "{err}"
     );
     client
-        .call(Request::Delete {
-            kind: Kind::Service,
-            namespace: "default".into(),
-            name: "web".into(),
-        })
+        .delete(Kind::Service, "default", "web")
         .await
         .unwrap();
     let err = client
-        .call(Request::Delete {
-            kind: Kind::Service,
-            namespace: "default".into(),
-            name: "web".into(),
-        })
+        .delete(Kind::Service, "default", "web")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
@@ -192,33 +148,20 @@ async fn apply_get_scale_delete_and_errors() {
 #[tokio::test]
 async fn watch_streams_current_objects_then_changes() {
     let (_dir, client, _store, _rt, cancel) = start().await;
-    client.call(apply(WEB)).await.unwrap();
-    let mut w = Box::pin(
-        client
-            .stream(Request::Watch {
-                kind: Kind::Service,
-                namespace: Some("default".into()),
-                since: None,
-            })
-            .await
-            .unwrap(),
-    );
-    let Some(Ok(Response::Watch {
+    client.apply(manifest(WEB), false, None).await.unwrap();
+    let mut w = client
+        .watch(Kind::Service, Some("default"), None)
+        .await
+        .unwrap();
+    let Some(Ok(WatchEvent {
         event: WatchType::Added,
         ..
     })) = w.next().await
     else {
         panic!("first the current object")
     };
-    client
-        .call(Request::Scale {
-            namespace: "default".into(),
-            name: "web".into(),
-            replicas: 5,
-        })
-        .await
-        .unwrap();
-    let Some(Ok(Response::Watch {
+    client.scale("default", "web", 5).await.unwrap();
+    let Some(Ok(WatchEvent {
         event: WatchType::Modified,
         object: Object::Service(s),
     })) = w.next().await
@@ -227,14 +170,10 @@ async fn watch_streams_current_objects_then_changes() {
     };
     assert_eq!(s.spec.replicas, 5);
     client
-        .call(Request::Delete {
-            kind: Kind::Service,
-            namespace: "default".into(),
-            name: "web".into(),
-        })
+        .delete(Kind::Service, "default", "web")
         .await
         .unwrap();
-    let Some(Ok(Response::Watch {
+    let Some(Ok(WatchEvent {
         event: WatchType::Deleted,
         ..
     })) = w.next().await
@@ -248,7 +187,7 @@ async fn watch_streams_current_objects_then_changes() {
 async fn logs_come_from_the_replicas_node_runtime() {
     let (_dir, client, store, rt, cancel) = start().await;
     // A replica bound to n1 whose workload has written output.
-    client.call(apply(WEB)).await.unwrap();
+    client.apply(manifest(WEB), false, None).await.unwrap();
     let Some(Object::Service(svc)) =
         orch_core::store::get_object(&*store, Kind::Service, "default", "web")
             .await
@@ -279,43 +218,27 @@ async fn logs_come_from_the_replicas_node_runtime() {
     .await
     .unwrap();
     rt.write_log(&id, b"line one\nline two\n");
-    let chunks: Vec<String> = Box::pin(
-        client
-            .stream(Request::Logs {
-                namespace: "default".into(),
-                replica: r.metadata.name.clone(),
-                follow: false,
-                tail_bytes: Some(9),
-                tail_lines: None,
-            })
-            .await
-            .unwrap(),
-    )
-    .filter_map(|c| async move {
-        match c {
-            Ok(Response::Log { data }) => Some(data),
-            _ => None,
-        }
-    })
-    .collect()
-    .await;
+    let opts = LogOptions {
+        follow: false,
+        tail_bytes: Some(9),
+        tail_lines: None,
+    };
+    let chunks: Vec<String> = client
+        .logs("default", &r.metadata.name, opts)
+        .await
+        .unwrap()
+        .filter_map(|c| async move { c.ok() })
+        .collect()
+        .await;
     assert_eq!(chunks.concat(), "line two\n");
-    let err = Box::pin(
-        client
-            .stream(Request::Logs {
-                namespace: "default".into(),
-                replica: "nope".into(),
-                follow: false,
-                tail_bytes: None,
-                tail_lines: None,
-            })
-            .await
-            .unwrap(),
-    )
-    .next()
-    .await
-    .unwrap()
-    .unwrap_err();
+    let err = client
+        .logs("default", "nope", LogOptions::default())
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
     cancel.cancel();
 }
@@ -332,7 +255,7 @@ async fn malformed_requests_get_an_error_not_a_crash() {
     BufReader::new(&mut s).read_line(&mut line).await.unwrap();
     assert!(line.contains("malformed request"), "{line}");
     // Still serving.
-    client.call(Request::Info).await.unwrap();
+    client.info().await.unwrap();
     cancel.cancel();
 }
 
@@ -360,7 +283,7 @@ async fn an_oversized_request_is_refused_with_the_limit_named() {
         "{line}"
     );
     writer.abort();
-    client.call(Request::Info).await.unwrap();
+    client.info().await.unwrap();
     cancel.cancel();
 }
 
@@ -399,19 +322,7 @@ async fn plan_shows_placements_and_pending_reasons_and_writes_nothing() {
         "{command: [server]}",
         "{command: [server], resources: {cpu: 600m}}",
     );
-    let Response::Plan { plan } = client
-        .call(Request::Plan {
-            manifests: vec![ManifestText {
-                source: "web.yaml".into(),
-                text: big,
-            }],
-            namespace: None,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let plan = client.plan(manifest(&big), None).await.unwrap();
     assert_eq!(
         store.revision().await.unwrap(),
         before,
@@ -448,17 +359,11 @@ async fn plan_shows_placements_and_pending_reasons_and_writes_nothing() {
     );
 
     // Bad input is refused as apply refuses it, naming the field.
-    let message = client
-        .call(Request::Plan {
-            manifests: vec![ManifestText {
-                source: "bad.yaml".into(),
-                text: WEB.replace("replicas: 2", "replicas: -1"),
-            }],
-            namespace: None,
-        })
-        .await
-        .unwrap_err()
-        .to_string();
+    let bad = vec![ManifestText {
+        source: "bad.yaml".into(),
+        text: WEB.replace("replicas: 2", "replicas: -1"),
+    }];
+    let message = client.plan(bad, None).await.unwrap_err().to_string();
     assert!(
         message.contains("bad.yaml") && message.contains("replicas"),
         "{message}"
@@ -470,37 +375,17 @@ async fn plan_shows_placements_and_pending_reasons_and_writes_nothing() {
 #[tokio::test]
 async fn a_watch_resumes_from_a_revision() {
     let (_dir, client, _store, _rt, cancel) = start().await;
-    client.call(apply(WEB)).await.unwrap();
-    let scale = |n: i64| Request::Scale {
-        namespace: "default".into(),
-        name: "web".into(),
-        replicas: n,
-    };
-    client.call(scale(4)).await.unwrap();
-    let Response::Objects { objects, .. } = client
-        .call(Request::Get {
-            kind: Kind::Service,
-            namespace: None,
-            name: Some("web".into()),
-        })
+    client.apply(manifest(WEB), false, None).await.unwrap();
+    client.scale("default", "web", 4).await.unwrap();
+    let seen = client
+        .get(Kind::Service, "default", "web")
         .await
         .unwrap()
-    else {
-        panic!()
-    };
-    let seen = objects[0].metadata().revision;
-    client.call(scale(6)).await.unwrap();
-    let mut w = Box::pin(
-        client
-            .stream(Request::Watch {
-                kind: Kind::Service,
-                namespace: None,
-                since: Some(seen),
-            })
-            .await
-            .unwrap(),
-    );
-    let Some(Ok(Response::Watch {
+        .metadata()
+        .revision;
+    client.scale("default", "web", 6).await.unwrap();
+    let mut w = client.watch(Kind::Service, None, Some(seen)).await.unwrap();
+    let Some(Ok(WatchEvent {
         event: WatchType::Modified,
         object: Object::Service(s),
     })) = w.next().await
@@ -530,7 +415,7 @@ async fn raw(dir: &std::path::Path, line: &str) -> String {
 #[tokio::test]
 async fn no_answer_carries_a_secret_value_delete_included() {
     let (dir, client, store, _rt, cancel) = start().await;
-    client.call(apply(SECRET)).await.unwrap();
+    client.apply(manifest(SECRET), false, None).await.unwrap();
     let stored = orch_core::store::get_object(&*store, Kind::Secret, "default", "db")
         .await
         .unwrap()
@@ -547,7 +432,7 @@ async fn no_answer_carries_a_secret_value_delete_included() {
         assert!(!answer.contains(&plain), "{line} leaks the value: {answer}");
     }
     // The gRPC transport answers through `answer`: the same redaction.
-    client.call(apply(SECRET)).await.unwrap();
+    client.apply(manifest(SECRET), false, None).await.unwrap();
     let backend = Backend {
         store: store.clone(),
         runtimes: HashMap::new(),
@@ -598,7 +483,7 @@ async fn an_idle_or_partial_request_is_closed_after_the_read_timeout() {
     );
     line.clear();
     assert_eq!(r.read_line(&mut line).await.unwrap(), 0, "then closed");
-    client.call(Request::Info).await.unwrap();
+    client.info().await.unwrap();
     cancel.cancel();
 }
 
@@ -657,7 +542,7 @@ async fn partial_requests_together_stay_within_the_buffer_budget() {
     assert!(!held.is_empty(), "one fits the budget");
     // Closed connections give their share back.
     drop(held);
-    client.call(Request::Info).await.unwrap();
+    client.info().await.unwrap();
     let mut s = tokio::net::UnixStream::connect(dir.path().join("api.sock"))
         .await
         .unwrap();
@@ -687,7 +572,7 @@ async fn connections_past_the_limit_are_refused_and_the_rest_served() {
     }
     // The server takes each in turn; a fourth is answered with the limit and closed.
     let err = loop {
-        match client.call(Request::Info).await {
+        match client.info().await {
             Err(e) => break e.to_string(),
             Ok(_) => tokio::task::yield_now().await,
         }
@@ -707,7 +592,7 @@ async fn connections_past_the_limit_are_refused_and_the_rest_served() {
     assert!(line.contains("too many connections"), "{line}");
     drop(idle);
     let served = async {
-        while client.call(Request::Info).await.is_err() {
+        while client.info().await.is_err() {
             tokio::task::yield_now().await;
         }
     };
@@ -720,24 +605,18 @@ async fn connections_past_the_limit_are_refused_and_the_rest_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_applies_each_diff_against_the_version_they_replaced() {
     let (_dir, client, _store, _rt, cancel) = start().await;
-    client.call(apply(WEB)).await.unwrap();
+    client.apply(manifest(WEB), false, None).await.unwrap();
     let mut tasks = Vec::new();
     for n in 3..19 {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            client
-                .call(apply(
-                    &WEB.replace("replicas: 2", &format!("replicas: {n}")),
-                ))
-                .await
-                .unwrap()
+            let text = WEB.replace("replicas: 2", &format!("replicas: {n}"));
+            client.apply(manifest(&text), false, None).await.unwrap()
         }));
     }
     let mut from = Vec::new();
     for t in tasks {
-        let Response::Applied { results, .. } = t.await.unwrap() else {
-            panic!()
-        };
+        let results = t.await.unwrap().results;
         assert_eq!(results[0].action, "configured");
         let [change] = results[0].changes.as_slice() else {
             panic!("{:?}", results[0].changes)
@@ -764,18 +643,11 @@ async fn concurrent_applies_each_diff_against_the_version_they_replaced() {
 #[tokio::test]
 async fn the_namespace_asked_for_is_the_default_and_another_one_is_refused() {
     let (_dir, client, store, _rt, cancel) = start().await;
-    let req = |text: &str, ns: Option<&str>| Request::Apply {
-        manifests: vec![ManifestText {
-            source: "web.yaml".into(),
-            text: text.into(),
-        }],
-        dry_run: false,
-        namespace: ns.map(String::from),
-    };
-    let Response::Applied { results, .. } = client.call(req(WEB, Some("dev"))).await.unwrap()
-    else {
-        panic!()
-    };
+    let results = client
+        .apply(manifest(WEB), false, Some("dev"))
+        .await
+        .unwrap()
+        .results;
     assert_eq!(results[0].namespace, "dev");
     assert!(
         orch_core::store::get_object(&*store, Kind::Service, "dev", "web")
@@ -792,7 +664,7 @@ async fn the_namespace_asked_for_is_the_default_and_another_one_is_refused() {
     // A file naming a namespace: kept when it is the one asked for, refused otherwise.
     let prod = WEB.replace("{name: web}", "{name: web, namespace: prod}");
     let err = client
-        .call(req(&prod, Some("dev")))
+        .apply(manifest(&prod), false, Some("dev"))
         .await
         .unwrap_err()
         .to_string();
@@ -800,10 +672,13 @@ async fn the_namespace_asked_for_is_the_default_and_another_one_is_refused() {
         err.contains("web.yaml: document 1") && err.contains("\"prod\"") && err.contains("\"dev\""),
         "{err}"
     );
-    client.call(req(&prod, Some("prod"))).await.unwrap();
-    client.call(req(&prod, None)).await.unwrap();
+    client
+        .apply(manifest(&prod), false, Some("prod"))
+        .await
+        .unwrap();
+    client.apply(manifest(&prod), false, None).await.unwrap();
     let err = client
-        .call(req(WEB, Some("Not_A_Name")))
+        .apply(manifest(WEB), false, Some("Not_A_Name"))
         .await
         .unwrap_err()
         .to_string();

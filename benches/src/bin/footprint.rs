@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orch_api::protocol::{ManifestText, Request, Response};
+use orch_api::protocol::ManifestText;
 use orch_api::Client;
 use orch_core::model::object::{Kind, Object, Phase};
 
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         .spawn()?;
     let client = Client::new(&socket);
     let t = Instant::now();
-    while client.call(Request::Info).await.is_err() {
+    while client.info().await.is_err() {
         anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "orchd did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -56,27 +56,13 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..100 {
         y.push_str(&format!("---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec:\n  replicas: 10\n  template:\n    command: [server]\n"));
     }
-    client
-        .call(Request::Apply {
-            manifests: vec![ManifestText {
-                source: "bench".into(),
-                text: y,
-            }],
-            dry_run: false,
-            namespace: None,
-        })
-        .await?;
+    let manifests = vec![ManifestText {
+        source: "bench".into(),
+        text: y,
+    }];
+    client.apply(manifests, false, None).await?;
     loop {
-        let Response::Objects { objects, .. } = client
-            .call(Request::Get {
-                kind: Kind::Replica,
-                namespace: None,
-                name: None,
-            })
-            .await?
-        else {
-            unreachable!()
-        };
+        let objects = client.list(Kind::Replica, None).await?.objects;
         let ready = objects
             .iter()
             .filter(|o| matches!(o, Object::Replica(r) if r.status.phase == Phase::Ready))

@@ -91,26 +91,24 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
         .build()
         .unwrap();
     let client = orch_api::Client::new(&d.socket);
-    let req = orch_api::Request::Apply {
-        manifests: vec![orch_api::protocol::ManifestText {
-            source: "raw.yaml".into(),
-            text: cases()[4].1.clone(),
-        }],
-        dry_run: false,
-        namespace: None,
-    };
-    let e = rt.block_on(client.call(req)).unwrap_err().to_string();
+    let manifests = vec![orch_api::protocol::ManifestText {
+        source: "raw.yaml".into(),
+        text: cases()[4].1.clone(),
+    }];
+    let e = rt
+        .block_on(client.apply(manifests, false, None))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("raw.yaml") && e.contains("spec.replicas"), "{e}");
     // An oversized request line is refused with the limit named.
-    let huge = orch_api::Request::Apply {
-        manifests: vec![orch_api::protocol::ManifestText {
-            source: "x".into(),
-            text: "a".repeat(20 << 20),
-        }],
-        dry_run: false,
-        namespace: None,
-    };
-    let e = rt.block_on(client.call(huge)).unwrap_err().to_string();
+    let huge = vec![orch_api::protocol::ManifestText {
+        source: "x".into(),
+        text: "a".repeat(20 << 20),
+    }];
+    let e = rt
+        .block_on(client.apply(huge, false, None))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("the limit is 16777216 bytes"), "{e}");
 
     // Bad exec requests name what is wrong.
@@ -136,12 +134,7 @@ fn bad_input_is_refused_clearly_and_nothing_is_applied() {
         );
     }
     let e = rt
-        .block_on(client.call(orch_api::Request::Exec {
-            namespace: "default".into(),
-            replica: "nope".into(),
-            command: vec!["true".into()],
-            timeout_secs: 0,
-        }))
+        .block_on(client.exec("default", "nope", vec!["true".into()], 0))
         .unwrap_err()
         .to_string();
     assert!(e.contains("timeout 0s") && e.contains("allowed"), "{e}");

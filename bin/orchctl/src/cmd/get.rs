@@ -1,0 +1,132 @@
+//! `orchctl get`: list objects, or watch them.
+
+use std::io::Write;
+
+use futures::StreamExt;
+use orch_api::client::WatchEvent;
+use orch_api::protocol::WatchType;
+use orch_api::{render, Client};
+use orch_core::model::object::{Kind, Object};
+
+use super::{Ctx, KindArg};
+
+/// `orchctl get`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The kind (singular and short names work too: svc, pod, no, cm, ev).
+    #[arg(ignore_case = true)]
+    kind: KindArg,
+    /// One object's name.
+    name: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Keep watching for changes.
+    #[arg(short = 'w', long)]
+    watch: bool,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+}
+
+/// How `get` prints objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
+/// Lists (or watches) the objects asked for.
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    get(
+        &ctx.client,
+        &ctx.ns,
+        args.kind.into(),
+        args.name,
+        args.output,
+        args.watch,
+        args.all_namespaces,
+    )
+    .await
+}
+
+fn print_objects(objs: &[Object], output: Output, all_namespaces: bool) -> anyhow::Result<()> {
+    match output {
+        Output::Table | Output::Wide => {
+            if objs.is_empty() {
+                eprintln!("No resources found.");
+            } else {
+                out!("{}", render::objects_table(objs, all_namespaces));
+            }
+        }
+        Output::Yaml => out!("{}", orch_core::model::manifest::to_yaml(objs)),
+        Output::Json => {
+            let v: Vec<serde_json::Value> = objs.iter().map(Object::to_display_value).collect();
+            let out = if v.len() == 1 {
+                v[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "orch/v1", "kind": "List", "items": v})
+            };
+            outln!("{}", serde_json::to_string_pretty(&out)?);
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn get(
+    client: &Client,
+    ns: &str,
+    kind: Kind,
+    name: Option<String>,
+    output: Output,
+    watch: bool,
+    all: bool,
+) -> anyhow::Result<()> {
+    let namespace = if all { None } else { Some(ns) };
+    if watch {
+        let mut stream = client.watch(kind, namespace, None).await?;
+        let mut printed_header = false;
+        while let Some(item) = stream.next().await {
+            let WatchEvent { event, object } = item?;
+            if name.as_ref().is_some_and(|n| *n != object.metadata().name) {
+                continue;
+            }
+            match output {
+                Output::Table | Output::Wide => {
+                    let (header, mut cells) = render::row(&object, all);
+                    if event == WatchType::Deleted {
+                        cells.push("(deleted)".into());
+                    }
+                    let t = render::table(&header, &[cells]);
+                    let mut lines = t.lines();
+                    let h = lines.next().unwrap_or_default();
+                    if !printed_header {
+                        outln!("{h}");
+                        printed_header = true;
+                    }
+                    for l in lines {
+                        outln!("{l}");
+                    }
+                }
+                Output::Json => outln!(
+                    "{}",
+                    serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})
+                ),
+                Output::Yaml => print_objects(std::slice::from_ref(&object), output, all)?,
+            }
+            std::io::stdout().flush()?;
+        }
+        return Ok(());
+    }
+    match name {
+        // One object: in `default` with `-A`, as the daemon reads a get naming no namespace.
+        Some(name) => {
+            let ns = namespace.unwrap_or(orch_core::model::object::DEFAULT_NAMESPACE);
+            let object = client.get(kind, ns, &name).await?;
+            print_objects(std::slice::from_ref(&object), output, all)
+        }
+        None => print_objects(&client.list(kind, namespace).await?.objects, output, all),
+    }
+}
