@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod files;
 pub mod grpc;
+pub mod handler;
 pub mod protocol;
 pub mod render;
 pub mod server;

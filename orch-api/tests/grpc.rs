@@ -37,7 +37,7 @@ async fn start(store: Arc<dyn Store>) -> TestManager {
 
 async fn start_with(
     store: Arc<dyn Store>,
-    api: Option<Arc<orch_api::server::Backend>>,
+    api: Option<Arc<orch_api::handler::Backend>>,
 ) -> TestManager {
     let dir = tempfile::tempdir().unwrap();
     let manager = Arc::new(Manager::open(dir.path(), Duration::from_secs(3600)).unwrap());
@@ -392,7 +392,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
     use futures::StreamExt;
     use orch_api::protocol::{ManifestText, Request, Response, WatchType};
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let backend = Arc::new(orch_api::server::Backend {
+    let backend = Arc::new(orch_api::handler::Backend {
         store: store.clone(),
         runtimes: Default::default(),
         store_name: "memory".into(),

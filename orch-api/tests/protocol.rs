@@ -6,8 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use orch_api::handler::Backend;
 use orch_api::protocol::{ErrorCode, ManifestText, Request, Response, WatchType};
-use orch_api::server::{bind, serve, serve_listener, Backend, ServeLimits};
+use orch_api::server::{bind, serve, serve_listener, ServeLimits};
 use orch_api::Client;
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
@@ -558,7 +559,7 @@ async fn no_answer_carries_a_secret_value_delete_included() {
         port_check: None,
         volume_dirs: Default::default(),
     };
-    let resp = orch_api::server::answer(
+    let resp = orch_api::handler::answer(
         &backend,
         Request::Delete {
             kind: Kind::Secret,

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
 use super::pb;
+use crate::handler::Backend;
 use crate::protocol::Request as ApiRequest;
-use crate::server::Backend;
 
 /// Serves [`Backend`] to administrators.
 pub struct ApiService {
@@ -60,7 +60,7 @@ impl pb::api_server::Api for ApiService {
         admin(&req)?;
         let r = decode(req.get_ref())?;
         Ok(Response::new(encode(
-            &crate::server::answer(&self.backend, r).await,
+            &crate::handler::answer(&self.backend, r).await,
         )))
     }
 
@@ -73,7 +73,7 @@ impl pb::api_server::Api for ApiService {
         let backend = self.backend.clone();
         tokio::spawn(async move {
             let mut tx = tx;
-            crate::server::answer_into(&backend, r, &mut tx).await;
+            crate::handler::answer_into(&backend, r, &mut tx).await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(futures::StreamExt::map(

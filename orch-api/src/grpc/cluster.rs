@@ -289,7 +289,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     manager: Arc<Manager>,
     store: Arc<dyn Store>,
-    api: Option<Arc<crate::server::Backend>>,
+    api: Option<Arc<crate::handler::Backend>>,
     limits: Limits,
     cancel: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
