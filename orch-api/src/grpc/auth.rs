@@ -85,7 +85,7 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
                 }
                 // Cordon and drain are the operator's: a node cannot lift them.
                 if let Op::Update { value, .. } = op {
-                    let current = store.get(key).await.map_err(super::store::status_of)?;
+                    let current = store.get(key).await.map_err(super::wire::status_of)?;
                     let spec = |b: &[u8]| match Object::decode(b, 0) {
                         Ok(Object::Node(n)) => Some((n.spec.unschedulable, n.spec.draining)),
                         _ => None,
@@ -106,7 +106,7 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
                 let current = store
                     .get(key)
                     .await
-                    .map_err(super::store::status_of)?
+                    .map_err(super::wire::status_of)?
                     .and_then(|kv| Object::decode(&kv.value, 0).ok());
                 let Some(Object::Replica(current)) = current else {
                     return Err(denied(
@@ -158,7 +158,7 @@ pub async fn node_may_read_secret(store: &dyn Store, node: &str, key: &str) -> R
     let (kvs, _) = store
         .list(&format!("{}{ns}/", Kind::Replica.prefix()))
         .await
-        .map_err(super::store::status_of)?;
+        .map_err(super::wire::status_of)?;
     let needed = kvs.iter().any(|kv| {
         matches!(
             Object::decode(&kv.value, kv.mod_revision),

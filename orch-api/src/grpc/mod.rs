@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod node;
 pub mod pki;
 pub mod store;
+mod wire;
 
 /// The generated protocol types and services (`proto/orch.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

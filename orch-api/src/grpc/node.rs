@@ -20,8 +20,8 @@ use tonic::transport::{
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
-use super::cluster::Credentials;
 use super::pb;
+use super::pki::Credentials;
 
 /// The DNS name in node `name`'s certificate that the manager checks when it dials it.
 pub fn node_dns_name(name: &str) -> String {

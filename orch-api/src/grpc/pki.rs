@@ -342,6 +342,66 @@ impl JoinToken {
     }
 }
 
+/// A node's (or an administrator's) credentials: the cluster CA, its certificate and key.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+impl Credentials {
+    /// Writes `ca.pem`, `node.pem` and `node.key` (mode 0600) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write_private(&dir.join("ca.pem"), &self.ca_pem)?;
+        write_private(&dir.join("node.key"), &self.key_pem)?;
+        write_private(&dir.join("node.pem"), &self.cert_pem)
+    }
+
+    /// Reads what [`Credentials::save`] wrote; `None` if `dir` holds none.
+    pub fn load(dir: &Path) -> Result<Option<Credentials>, PkiError> {
+        let read = |n: &str| {
+            let p = dir.join(n);
+            std::fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source })
+        };
+        if !dir.join("node.pem").exists() {
+            return Ok(None);
+        }
+        Ok(Some(Credentials {
+            ca_pem: read("ca.pem")?,
+            cert_pem: read("node.pem")?,
+            key_pem: read("node.key")?,
+        }))
+    }
+
+    /// When the certificate expires (seconds since the Unix epoch).
+    pub fn not_after(&self) -> Result<i64, PkiError> {
+        Ok(self.validity()?.1)
+    }
+
+    /// The certificate's `(notBefore, notAfter)` (seconds since the Unix epoch).
+    pub fn validity(&self) -> Result<(i64, i64), PkiError> {
+        let der = pem_to_der(&self.cert_pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+        let v = cert.validity();
+        Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
