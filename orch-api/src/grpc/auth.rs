@@ -61,6 +61,13 @@ pub fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
     })
 }
 
+/// Which nodes were removed, so their certificates are refused (a cluster manager keeps the
+/// list; [`StoreService`](super::store::StoreService) asks it on every call).
+pub trait Revocations: Send + Sync {
+    /// Whether node `name` was removed.
+    fn is_revoked(&self, name: &str) -> bool;
+}
+
 /// The refusal a removed node gets.
 pub fn removed(node: &str) -> Status {
     Status::permission_denied(format!(

@@ -169,6 +169,12 @@ impl Manager {
     }
 }
 
+impl auth::Revocations for Manager {
+    fn is_revoked(&self, name: &str) -> bool {
+        Manager::is_revoked(self, name)
+    }
+}
+
 struct ClusterService {
     manager: Arc<Manager>,
 }

@@ -20,7 +20,7 @@ use super::wire::{
 /// the caller's identity may do ([`auth::check_txn`]).
 pub struct StoreService {
     store: Arc<dyn Store>,
-    manager: Option<Arc<super::cluster::Manager>>,
+    revoked: Option<Arc<dyn auth::Revocations>>,
 }
 
 impl StoreService {
@@ -28,20 +28,21 @@ impl StoreService {
     pub fn new(store: Arc<dyn Store>) -> StoreService {
         StoreService {
             store,
-            manager: None,
+            revoked: None,
         }
     }
 
-    /// Refuses nodes this manager removed (their watches end at the next batch).
-    pub fn revocations(mut self, manager: Arc<super::cluster::Manager>) -> StoreService {
-        self.manager = Some(manager);
+    /// Refuses the nodes `revoked` names (a manager's removed nodes; their watches end at
+    /// the next batch).
+    pub fn revocations(mut self, revoked: Arc<dyn auth::Revocations>) -> StoreService {
+        self.revoked = Some(revoked);
         self
     }
 
     /// The caller, refused if it is a removed node.
     fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         let who = auth::identity(req)?;
-        if let (Identity::Node(n), Some(m)) = (&who, &self.manager) {
+        if let (Identity::Node(n), Some(m)) = (&who, &self.revoked) {
             if m.is_revoked(n) {
                 return Err(auth::removed(n));
             }
