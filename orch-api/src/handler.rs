@@ -1,6 +1,7 @@
-//! The request handler both transports use: answers a [`Request`] against a store and the
-//! node runtimes this process hosts. The unix socket ([`crate::server`]) and the gRPC API
-//! ([`crate::grpc::api`]) only frame, limit and authenticate; every answer leaves through one
+//! The request handler both transports use: answers a [`Request`] from a [`Caller`] against
+//! a store and the node runtimes this process hosts. The unix socket ([`crate::server`]) and
+//! the gRPC API ([`crate::grpc::api`]) only frame, limit and authenticate (each says who the
+//! caller is); what a caller may ask is decided here, and every answer leaves through one
 //! function, which redacts secret values.
 
 use std::collections::HashMap;
@@ -15,6 +16,33 @@ use orch_core::runtime::{LogOptions, Runtime, RuntimeError};
 use orch_core::store::{decode, list_objects, Store, StoreError, WatchEvent};
 
 use crate::protocol::{Applied, ErrorCode, Request, Response, WatchType};
+
+/// Who asks, as the transport authenticated them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Whoever could open the daemon's unix socket (mode 0600: its owner, an administrator).
+    Local,
+    /// An administrator (or a manager) with a cluster certificate, by the name it carries
+    /// (`CN=admin:NAME`, `CN=manager`). Nodes never get here: the gRPC transport refuses them.
+    Admin(String),
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Local => f.write_str("local socket"),
+            Caller::Admin(name) => write!(f, "admin {name}"),
+        }
+    }
+}
+
+/// What `caller` may ask: every caller the transports let through is an administrator and
+/// may ask anything (access control, when it comes, decides here for both transports).
+fn authorize(caller: &Caller, _req: &Request) -> Result<(), Response> {
+    match caller {
+        Caller::Local | Caller::Admin(_) => Ok(()),
+    }
+}
 
 /// What the server answers from.
 pub struct Backend {
@@ -175,9 +203,13 @@ fn redact(resp: Response) -> Response {
     }
 }
 
-/// Answers a streaming request (`Watch`, `Logs`) into `out`, or a one-shot one with a single
-/// response.
-pub async fn answer_into(backend: &Backend, req: Request, out: &mut Conn) {
+/// Answers `caller`'s streaming request (`Watch`, `Logs`) into `out`, or a one-shot one with
+/// a single response.
+pub async fn answer_into(backend: &Backend, caller: &Caller, req: Request, out: &mut Conn) {
+    if let Err(refused) = authorize(caller, &req) {
+        let _ = send(out, refused).await;
+        return;
+    }
     match req {
         Request::Watch {
             kind,
@@ -211,13 +243,13 @@ pub async fn answer_into(backend: &Backend, req: Request, out: &mut Conn) {
     }
 }
 
-/// Answers a one-shot request (secret values redacted, as every answer).
-pub async fn answer(backend: &Backend, req: Request) -> Response {
+/// Answers `caller`'s one-shot request (secret values redacted, as every answer).
+pub async fn answer(backend: &Backend, caller: &Caller, req: Request) -> Response {
     if matches!(req, Request::Watch { .. } | Request::Logs { .. }) {
         return error(ErrorCode::Invalid, "streaming request on a one-shot path");
     }
     let mut slot = Slot::default();
-    answer_into(backend, req, &mut slot).await;
+    answer_into(backend, caller, req, &mut slot).await;
     slot.0
         .unwrap_or_else(|| error(ErrorCode::Internal, "no answer"))
 }

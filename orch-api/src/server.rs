@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::{answer_into, error, send, Backend, ResponseSink};
+use crate::handler::{answer_into, error, send, Backend, Caller, ResponseSink};
 use crate::protocol::{ErrorCode, Request, Response, MAX_LINE_BYTES};
 
 /// Limits of the unix-socket server: what one client, or many, may make it hold.
@@ -281,7 +281,7 @@ async fn handle(out: &mut LineSink, backend: &Backend, limits: &ServeLimits, bud
         }
     };
     drop(line);
-    answer_into(backend, req, out).await;
+    answer_into(backend, &Caller::Local, req, out).await;
 }
 
 /// A unix-socket connection: responses as JSON lines.

@@ -561,6 +561,7 @@ async fn no_answer_carries_a_secret_value_delete_included() {
     };
     let resp = orch_api::handler::answer(
         &backend,
+        &orch_api::handler::Caller::Admin("test".into()),
         Request::Delete {
             kind: Kind::Secret,
             namespace: "default".into(),

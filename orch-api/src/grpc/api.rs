@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
 use super::pb;
-use crate::handler::Backend;
+use crate::handler::{Backend, Caller};
 use crate::protocol::Request as ApiRequest;
 
 /// Serves [`Backend`] to administrators.
@@ -32,9 +32,10 @@ impl ApiService {
     }
 }
 
-fn admin<T>(req: &Request<T>) -> Result<(), Status> {
+/// The caller of `req`: an administrator; nodes are refused.
+fn admin<T>(req: &Request<T>) -> Result<Caller, Status> {
     match auth::identity(req)? {
-        Identity::Admin(_) => Ok(()),
+        Identity::Admin(name) => Ok(Caller::Admin(name)),
         Identity::Node(n) => Err(Status::permission_denied(format!(
             "node {n} may not use the administrators' API"
         ))),
@@ -57,23 +58,23 @@ type Messages = Pin<Box<dyn Stream<Item = Result<pb::ApiMessage, Status>> + Send
 #[tonic::async_trait]
 impl pb::api_server::Api for ApiService {
     async fn call(&self, req: Request<pb::ApiMessage>) -> Result<Response<pb::ApiMessage>, Status> {
-        admin(&req)?;
+        let caller = admin(&req)?;
         let r = decode(req.get_ref())?;
         Ok(Response::new(encode(
-            &crate::handler::answer(&self.backend, r).await,
+            &crate::handler::answer(&self.backend, &caller, r).await,
         )))
     }
 
     type StreamStream = Messages;
 
     async fn stream(&self, req: Request<pb::ApiMessage>) -> Result<Response<Messages>, Status> {
-        admin(&req)?;
+        let caller = admin(&req)?;
         let r = decode(req.get_ref())?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let backend = self.backend.clone();
         tokio::spawn(async move {
             let mut tx = tx;
-            crate::handler::answer_into(&backend, r, &mut tx).await;
+            crate::handler::answer_into(&backend, &caller, r, &mut tx).await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(futures::StreamExt::map(
