@@ -15,6 +15,7 @@ use tonic::transport::{
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
+pub use super::limits::Limits;
 use super::pb;
 pub use super::pki::Credentials;
 use super::pki::{self, ClusterCa, JoinToken, PkiError};
@@ -268,24 +269,6 @@ impl pb::cluster_server::Cluster for ClusterService {
             ca_pem: m.ca.cert_pem().to_string(),
             not_after: issued.not_after,
         }))
-    }
-}
-
-/// Limits every cluster server applies.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Requests in flight per connection.
-    pub concurrency_per_connection: usize,
-    /// Longest a unary request may take.
-    pub timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            concurrency_per_connection: 256,
-            timeout: Duration::from_secs(30),
-        }
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod cluster;
+pub mod limits;
 pub mod node;
 pub mod pki;
 pub mod store;
