@@ -301,8 +301,8 @@ pub async fn serve(
     Server::builder()
         .tls_config(tls)?
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
-        .timeout(limits.timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(limits.layer())
         .add_service(
             StoreService::new(store)
                 .revocations(manager.clone())

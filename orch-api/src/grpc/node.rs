@@ -148,9 +148,16 @@ pub async fn serve(
     let tls = ServerTlsConfig::new()
         .identity(TlsIdentity::from_pem(&creds.cert_pem, &creds.key_pem))
         .client_ca_root(Certificate::from_pem(&creds.ca_pem));
+    // No time limit: an exec may run for an hour (its own timeout ends it).
+    let limits = super::limits::Limits {
+        concurrency_per_connection: 64,
+        timeout: None,
+        ..Default::default()
+    };
     Server::builder()
         .tls_config(tls)?
-        .concurrency_limit_per_connection(64)
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .layer(limits.layer())
         .add_service(
             pb::node_server::NodeServer::new(NodeService {
                 runtime,
