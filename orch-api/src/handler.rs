@@ -263,36 +263,28 @@ async fn respond(backend: &Backend, req: Request) -> Response {
             dry_run,
             namespace,
         } => {
-            let objects = match crate::files::parse(&manifests, namespace.as_deref()) {
-                Ok(o) => o,
-                Err(e) => return error(ErrorCode::Invalid, e),
+            let parsed = match parse_manifests(&manifests, namespace.as_deref()) {
+                Ok(p) => p,
+                Err(resp) => return resp,
             };
+            let warnings = warnings_by_object(&manifests, parsed.warnings);
             drop(manifests);
             if let Some(check) = &backend.port_check {
-                let mut problems = Vec::new();
-                for s in objects.iter().filter_map(|o| o.as_service()) {
-                    for (i, p) in s.spec.publish.iter().enumerate() {
-                        if let Err(e) = check(&s.metadata.namespace, &s.metadata.name, p.port) {
-                            problems.push(format!(
-                                "Service {}/{}: spec.publish[{i}].port: {e}",
-                                s.metadata.namespace, s.metadata.name
-                            ));
-                        }
-                    }
-                }
-                if !problems.is_empty() {
-                    return error(ErrorCode::Invalid, problems.join("\n"));
+                if let Err(resp) = check_node_ports(check, &parsed.objects) {
+                    return resp;
                 }
             }
-            match api::apply(store, objects, dry_run).await {
+            match api::apply(store, parsed.objects, dry_run).await {
                 Ok(results) => Response::Applied {
                     results: results
                         .into_iter()
-                        .map(|a| Applied {
+                        .zip(warnings.into_iter().chain(std::iter::repeat_with(Vec::new)))
+                        .map(|(a, warnings)| Applied {
                             changes: a.changes(),
                             name: a.object.display_name(),
                             namespace: a.object.metadata().namespace.clone(),
                             action: a.action.to_string(),
+                            warnings,
                         })
                         .collect(),
                     dry_run,
@@ -304,11 +296,11 @@ async fn respond(backend: &Backend, req: Request) -> Response {
             manifests,
             namespace,
         } => {
-            let objects = match crate::files::parse(&manifests, namespace.as_deref()) {
-                Ok(o) => o,
-                Err(e) => return error(ErrorCode::Invalid, e),
+            let parsed = match parse_manifests(&manifests, namespace.as_deref()) {
+                Ok(p) => p,
+                Err(resp) => return resp,
             };
-            match api::plan(store, &*backend.scheduler, objects, 0).await {
+            match api::plan(store, &*backend.scheduler, parsed.objects, 0).await {
                 Ok(plan) => Response::Plan { plan },
                 Err(e) => api_error(e),
             }
@@ -409,6 +401,74 @@ async fn respond(backend: &Backend, req: Request) -> Response {
             error(ErrorCode::Invalid, "streaming request on a one-shot path")
         }
     }
+}
+
+/// Asks `check` (the service proxy of this process's node) whether each published port of
+/// `objects` can be listened on here; the problems, naming each field, refuse the apply.
+/// Conflicts between services are [`api::apply`]'s to find, in the store.
+fn check_node_ports(check: &PortCheck, objects: &[Object]) -> Result<(), Response> {
+    let mut problems = Vec::new();
+    for s in objects.iter().filter_map(|o| o.as_service()) {
+        for (i, p) in s.spec.publish.iter().enumerate() {
+            if let Err(e) = check(&s.metadata.namespace, &s.metadata.name, p.port) {
+                problems.push(format!(
+                    "Service {}/{}: spec.publish[{i}].port: {e}",
+                    s.metadata.namespace, s.metadata.name
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(error(ErrorCode::Invalid, problems.join("\n")))
+    }
+}
+
+/// The objects of a request's manifests, parsed and validated ([`crate::files::parse`]):
+/// the server is where manifests are checked, whatever the client checked before sending.
+fn parse_manifests(
+    manifests: &[crate::protocol::ManifestText],
+    namespace: Option<&str>,
+) -> Result<orch_core::model::manifest::Parsed, Response> {
+    crate::files::parse_with_warnings(manifests, namespace)
+        .map_err(|e| error(ErrorCode::Invalid, e))
+}
+
+/// `warnings` (of fields ignored in the manifests) by object, in the order the objects were
+/// parsed: every document of a manifest that parsed is one object. Without warnings, empty
+/// (objects past the end have none).
+fn warnings_by_object(
+    manifests: &[crate::protocol::ManifestText],
+    warnings: Vec<orch_core::model::manifest::ManifestWarning>,
+) -> Vec<Vec<String>> {
+    let mut by_document: Vec<Vec<String>> = Vec::new();
+    let mut origins: Vec<(&str, usize)> = Vec::new();
+    if !warnings.is_empty() {
+        for m in manifests {
+            let documents = orch_core::model::manifest::named_namespaces(&m.source, &m.text)
+                .map(|d| d.len())
+                .unwrap_or_default();
+            origins.extend((1..=documents).map(|n| (m.source.as_str(), n)));
+        }
+        by_document = vec![Vec::new(); origins.len()];
+        for w in warnings {
+            match origins
+                .iter()
+                .position(|&(s, n)| s == w.source && n == w.document)
+            {
+                Some(i) => by_document[i].push(w.to_string()),
+                // Not expected (every document is one object): still said, on the first.
+                None => {
+                    if by_document.is_empty() {
+                        by_document.push(Vec::new());
+                    }
+                    by_document[0].push(w.to_string())
+                }
+            }
+        }
+    }
+    by_document
 }
 
 async fn watch(

@@ -812,3 +812,49 @@ async fn the_namespace_asked_for_is_the_default_and_another_one_is_refused() {
     assert!(err.contains("namespace \"Not_A_Name\""), "{err}");
     cancel.cancel();
 }
+
+/// The server says which fields of which object's document it ignored, so a client need
+/// not parse the manifests itself to warn; an object without any gets none.
+#[tokio::test]
+async fn apply_answers_the_ignored_fields_of_each_object() {
+    let (_dir, client, _store, _rt, cancel) = start().await;
+    let text = format!(
+        "{WEB}---\n{}status: {{readyReplicas: 9}}\n",
+        WEB.replace("name: web", "name: api")
+    );
+    let Response::Applied { results, .. } = client
+        .call(Request::Apply {
+            manifests: vec![
+                ManifestText {
+                    source: "two.yaml".into(),
+                    text,
+                },
+                ManifestText {
+                    source: "one.yaml".into(),
+                    text: WEB
+                        .replace("name: web", "name: db")
+                        .replace("metadata: {", "metadata: {uid: x, "),
+                },
+            ],
+            dry_run: true,
+            namespace: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let warnings: Vec<_> = results.iter().map(|r| r.warnings.clone()).collect();
+    assert!(warnings[0].is_empty(), "{warnings:?}");
+    assert_eq!(
+        warnings[1],
+        ["two.yaml: document 2: status: ignored: set by orch, not by manifests"],
+        "{warnings:?}"
+    );
+    assert_eq!(warnings[2].len(), 1, "{warnings:?}");
+    assert!(
+        warnings[2][0].starts_with("one.yaml: document 1: metadata.uid"),
+        "{warnings:?}"
+    );
+    cancel.cancel();
+}
