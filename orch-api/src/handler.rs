@@ -1,6 +1,6 @@
 //! The request handler both transports use: answers a [`Request`] from a [`Caller`] against
 //! a store and the node runtimes this process hosts. The unix socket ([`crate::server`]) and
-//! the gRPC API ([`crate::grpc::api`]) only frame, limit and authenticate (each says who the
+//! the gRPC API (`grpc::api`, in [`crate::grpc::cluster::serve`]) only frame, limit and authenticate (each says who the
 //! caller is); what a caller may ask is decided here, and every answer leaves through one
 //! function, which redacts secret values.
 
@@ -145,7 +145,7 @@ type Conn = dyn ResponseSink;
 /// Where a streaming answer goes: the unix socket's lines, or a gRPC stream. Every answer
 /// reaches a sink through one function, which redacts secret values on the way.
 #[async_trait::async_trait]
-pub trait ResponseSink: Send {
+pub(crate) trait ResponseSink: Send {
     /// Sends one response; an error means the client went away.
     async fn put(&mut self, resp: &Response) -> Result<(), ()>;
 }
@@ -205,7 +205,7 @@ fn redact(resp: Response) -> Response {
 
 /// Answers `caller`'s streaming request (`Watch`, `Logs`) into `out`, or a one-shot one with
 /// a single response.
-pub async fn answer_into(backend: &Backend, caller: &Caller, req: Request, out: &mut Conn) {
+pub(crate) async fn answer_into(backend: &Backend, caller: &Caller, req: Request, out: &mut Conn) {
     if let Err(refused) = authorize(caller, &req) {
         let _ = send(out, refused).await;
         return;
@@ -572,7 +572,7 @@ async fn import_image(backend: &Backend, path: &str, name: Option<&str>) -> Resp
 }
 
 /// Longest an exec may run.
-pub const EXEC_TIMEOUT_MAX_SECS: u64 = 3600;
+pub(crate) const EXEC_TIMEOUT_MAX_SECS: u64 = 3600;
 
 async fn exec(
     backend: &Backend,

@@ -2,7 +2,7 @@
 //! typed client. One request handler ([`handler`]) answers every [`Request`]; two transports
 //! carry the same transport-neutral messages to it: newline-delimited JSON over a local unix
 //! socket ([`server`]; mode 0600: whoever can open it is an administrator) and gRPC over
-//! mutual TLS ([`grpc::api`], for administrators with a cluster certificate).
+//! mutual TLS (the administrators' API of [`grpc`], for administrators with a cluster certificate).
 
 pub mod client;
 pub mod config;

@@ -14,18 +14,18 @@ use crate::handler::{Backend, Caller};
 use crate::protocol::Request as ApiRequest;
 
 /// Serves [`Backend`] to administrators.
-pub struct ApiService {
+pub(crate) struct ApiService {
     backend: Arc<Backend>,
 }
 
 impl ApiService {
     /// Serves `backend`.
-    pub fn new(backend: Arc<Backend>) -> ApiService {
+    pub(crate) fn new(backend: Arc<Backend>) -> ApiService {
         ApiService { backend }
     }
 
     /// The gRPC server, with the message size limit.
-    pub fn server(self) -> pb::api_server::ApiServer<ApiService> {
+    pub(crate) fn server(self) -> pb::api_server::ApiServer<ApiService> {
         pb::api_server::ApiServer::new(self)
             .max_decoding_message_size(super::MAX_MESSAGE)
             .max_encoding_message_size(super::MAX_MESSAGE)

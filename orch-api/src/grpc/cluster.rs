@@ -127,11 +127,6 @@ impl Manager {
         JoinToken::rotate(&self.manager_token_path, &self.ca.digest())
     }
 
-    /// The cluster CA.
-    pub fn ca(&self) -> &ClusterCa {
-        &self.ca
-    }
-
     /// Nodes that joined since this manager started.
     pub fn joined(&self) -> Vec<String> {
         self.joined

@@ -1,5 +1,6 @@
-//! The limits the gRPC servers apply to the requests they serve, as tower layers
-//! ([`Limits::layer`], for `Server::builder().layer(...)`):
+//! The limits the gRPC servers apply to the requests they serve, as tower layers (set with
+//! `Server::builder().layer(...)` by [`cluster::serve`](super::cluster::serve) and
+//! [`node::serve`](super::node::serve)):
 //!
 //! - requests in flight on one connection (tonic's `concurrency_limit_per_connection`, a
 //!   tower `ConcurrencyLimit`): a connection's requests past it wait for a slot;

@@ -1,4 +1,4 @@
-//! The agent's side of logs, exec and pull progress: an agent serves [`NodeService`] on its
+//! The agent's side of logs, exec and pull progress: an agent serves the node service ([`serve`]) on its
 //! own port (mutual TLS with its node certificate, which names `NODE.orch-node`); the manager
 //! reaches it through [`NodeDialer`] when an administrator asks for a replica on that node.
 //! Only the manager (or an administrator) may call.
@@ -24,7 +24,7 @@ use super::pb;
 use super::pki::Credentials;
 
 /// The DNS name in node `name`'s certificate that the manager checks when it dials it.
-pub fn node_dns_name(name: &str) -> String {
+pub(crate) fn node_dns_name(name: &str) -> String {
     format!("{name}.orch-node")
 }
 
@@ -47,7 +47,7 @@ fn error_of(node: &str, s: Status) -> RuntimeError {
 }
 
 /// Serves a node's runtime to its manager.
-pub struct NodeService {
+pub(crate) struct NodeService {
     runtime: Arc<dyn Runtime>,
     volume_dir: Option<std::path::PathBuf>,
 }

@@ -1,4 +1,4 @@
-//! The store over gRPC: [`StoreService`] serves a manager's store to authenticated callers;
+//! The store over gRPC: a store service (`StoreService`, in [`super::cluster::serve`]) serves a manager's store to authenticated callers;
 //! [`RemoteStore`] is an [`orch_core::store::Store`] that talks to it.
 
 use std::pin::Pin;
@@ -18,14 +18,14 @@ use super::wire::{
 
 /// Serves a store to callers with a cluster certificate, checking each write against what
 /// the caller's identity may do ([`auth::check_txn`]).
-pub struct StoreService {
+pub(crate) struct StoreService {
     store: Arc<dyn Store>,
     revoked: Option<Arc<dyn auth::Revocations>>,
 }
 
 impl StoreService {
     /// Serves `store`.
-    pub fn new(store: Arc<dyn Store>) -> StoreService {
+    pub(crate) fn new(store: Arc<dyn Store>) -> StoreService {
         StoreService {
             store,
             revoked: None,
@@ -34,7 +34,7 @@ impl StoreService {
 
     /// Refuses the nodes `revoked` names (a manager's removed nodes; their watches end at
     /// the next batch).
-    pub fn revocations(mut self, revoked: Arc<dyn auth::Revocations>) -> StoreService {
+    pub(crate) fn revocations(mut self, revoked: Arc<dyn auth::Revocations>) -> StoreService {
         self.revoked = Some(revoked);
         self
     }
@@ -51,7 +51,7 @@ impl StoreService {
     }
 
     /// The gRPC server, with the message size limit.
-    pub fn server(self) -> pb::store_server::StoreServer<StoreService> {
+    pub(crate) fn server(self) -> pb::store_server::StoreServer<StoreService> {
         pb::store_server::StoreServer::new(self)
             .max_decoding_message_size(super::MAX_MESSAGE)
             .max_encoding_message_size(super::MAX_MESSAGE)
