@@ -37,8 +37,9 @@ impl std::fmt::Display for Caller {
 }
 
 /// What `caller` may ask: every caller the transports let through is an administrator and
-/// may ask anything (access control, when it comes, decides here for both transports).
-fn authorize(caller: &Caller, _req: &Request) -> Result<(), Response> {
+/// may ask anything (access control, when it comes, decides here for both transports). A
+/// refusal is the error to answer with.
+fn authorize(caller: &Caller, _req: &Request) -> Result<(), (ErrorCode, String)> {
     match caller {
         Caller::Local | Caller::Admin(_) => Ok(()),
     }
@@ -206,8 +207,8 @@ fn redact(resp: Response) -> Response {
 /// Answers `caller`'s streaming request (`Watch`, `Logs`) into `out`, or a one-shot one with
 /// a single response.
 pub(crate) async fn answer_into(backend: &Backend, caller: &Caller, req: Request, out: &mut Conn) {
-    if let Err(refused) = authorize(caller, &req) {
-        let _ = send(out, refused).await;
+    if let Err((code, why)) = authorize(caller, &req) {
+        let _ = send(out, error(code, why)).await;
         return;
     }
     match req {
@@ -265,13 +266,13 @@ async fn respond(backend: &Backend, req: Request) -> Response {
         } => {
             let parsed = match parse_manifests(&manifests, namespace.as_deref()) {
                 Ok(p) => p,
-                Err(resp) => return resp,
+                Err(e) => return error(ErrorCode::Invalid, e),
             };
             let warnings = warnings_by_object(&manifests, parsed.warnings);
             drop(manifests);
             if let Some(check) = &backend.port_check {
-                if let Err(resp) = check_node_ports(check, &parsed.objects) {
-                    return resp;
+                if let Err(e) = check_node_ports(check, &parsed.objects) {
+                    return error(ErrorCode::Invalid, e);
                 }
             }
             match api::apply(store, parsed.objects, dry_run).await {
@@ -298,7 +299,7 @@ async fn respond(backend: &Backend, req: Request) -> Response {
         } => {
             let parsed = match parse_manifests(&manifests, namespace.as_deref()) {
                 Ok(p) => p,
-                Err(resp) => return resp,
+                Err(e) => return error(ErrorCode::Invalid, e),
             };
             match api::plan(store, &*backend.scheduler, parsed.objects, 0).await {
                 Ok(plan) => Response::Plan { plan },
@@ -406,7 +407,7 @@ async fn respond(backend: &Backend, req: Request) -> Response {
 /// Asks `check` (the service proxy of this process's node) whether each published port of
 /// `objects` can be listened on here; the problems, naming each field, refuse the apply.
 /// Conflicts between services are [`api::apply`]'s to find, in the store.
-fn check_node_ports(check: &PortCheck, objects: &[Object]) -> Result<(), Response> {
+fn check_node_ports(check: &PortCheck, objects: &[Object]) -> Result<(), String> {
     let mut problems = Vec::new();
     for s in objects.iter().filter_map(|o| o.as_service()) {
         for (i, p) in s.spec.publish.iter().enumerate() {
@@ -421,7 +422,7 @@ fn check_node_ports(check: &PortCheck, objects: &[Object]) -> Result<(), Respons
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(error(ErrorCode::Invalid, problems.join("\n")))
+        Err(problems.join("\n"))
     }
 }
 
@@ -430,9 +431,8 @@ fn check_node_ports(check: &PortCheck, objects: &[Object]) -> Result<(), Respons
 fn parse_manifests(
     manifests: &[crate::protocol::ManifestText],
     namespace: Option<&str>,
-) -> Result<orch_core::model::manifest::Parsed, Response> {
+) -> Result<orch_core::model::manifest::Parsed, String> {
     crate::files::parse_with_warnings(manifests, namespace)
-        .map_err(|e| error(ErrorCode::Invalid, e))
 }
 
 /// `warnings` (of fields ignored in the manifests) by object, in the order the objects were
