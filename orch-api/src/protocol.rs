@@ -187,6 +187,12 @@ pub struct Applied {
     /// For `configured`: each changed field, `path: old → new` (secret values redacted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<String>,
+    /// Fields of this object's document the server ignored (those orch sets itself, such as
+    /// `status`), each as `SOURCE: document N: PATH: ignored: set by orch, not by manifests`
+    /// (a client prints them, so it need not parse the manifests itself to warn). Absent
+    /// when there are none, and from servers older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What the daemon answers.

@@ -37,7 +37,15 @@ async fn start(store: Arc<dyn Store>) -> TestManager {
 
 async fn start_with(
     store: Arc<dyn Store>,
-    api: Option<Arc<orch_api::server::Backend>>,
+    api: Option<Arc<orch_api::handler::Backend>>,
+) -> TestManager {
+    start_limited(store, api, Limits::default()).await
+}
+
+async fn start_limited(
+    store: Arc<dyn Store>,
+    api: Option<Arc<orch_api::handler::Backend>>,
+    limits: Limits,
 ) -> TestManager {
     let dir = tempfile::tempdir().unwrap();
     let manager = Arc::new(Manager::open(dir.path(), Duration::from_secs(3600)).unwrap());
@@ -48,7 +56,7 @@ async fn start_with(
         manager.clone(),
         store,
         api,
-        Limits::default(),
+        limits,
         cancel.clone(),
     ));
     TestManager {
@@ -393,7 +401,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
     use orch_api::client::WatchEvent;
     use orch_api::protocol::{ManifestText, WatchType};
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let backend = Arc::new(orch_api::server::Backend {
+    let backend = Arc::new(orch_api::handler::Backend {
         store: store.clone(),
         runtimes: Default::default(),
         store_name: "memory".into(),
@@ -464,4 +472,174 @@ async fn the_api_over_grpc_serves_administrators_only() {
             .contains("may not use the administrators' API"),
         "{e}"
     );
+}
+
+/// A store whose reads of keys under `/slow/` wait until the gate opens; it counts the reads
+/// that got that far.
+struct Gated {
+    inner: MemStore,
+    gate: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Gated {
+    fn new() -> Arc<Gated> {
+        Arc::new(Gated {
+            inner: MemStore::new(),
+            gate: tokio::sync::Semaphore::new(0),
+            waiting: Default::default(),
+        })
+    }
+
+    fn open(&self) {
+        self.gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    async fn until_waiting(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.waiting.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} reads never reached the store"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Gated {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        if key.starts_with("/slow/") {
+            self.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(self.gate.acquire().await);
+        }
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.inner.txn(ops).await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, after).await
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        self.inner.revision().await
+    }
+}
+
+/// Past the server's concurrency limit, a request is shed at once with `Unavailable` naming
+/// the limit (none waits); the requests within it finish, and their slots are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_concurrency_limit_are_shed_naming_it() {
+    let store = Gated::new();
+    let limits = Limits {
+        concurrency: 2,
+        ..Limits::default()
+    };
+    let m = start_limited(store.clone(), None, limits).await;
+    let admin = m
+        .manager
+        .admin_credentials("test", Duration::from_secs(600))
+        .unwrap();
+    let remote = Arc::new(cluster::remote_store(&m.addr, &admin).unwrap());
+
+    let within: Vec<_> = (0..2)
+        .map(|_| {
+            let remote = remote.clone();
+            tokio::spawn(async move { remote.get("/slow/a").await })
+        })
+        .collect();
+    store.until_waiting(2).await;
+
+    let past: Vec<_> = (0..6)
+        .map(|_| {
+            let remote = remote.clone();
+            tokio::spawn(async move { remote.get("/slow/b").await })
+        })
+        .collect();
+    for call in past {
+        let answer = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("a shed request is answered at once, not queued")
+            .unwrap();
+        match answer {
+            Err(StoreError::Unavailable(m)) => assert!(
+                m.contains("at most 2 requests at once") && m.contains("concurrency limit"),
+                "{m}"
+            ),
+            other => panic!("expected the limit's refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.waiting.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "shed requests never reach the store"
+    );
+
+    store.open();
+    for call in within {
+        let answer = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the requests within the limit finish")
+            .unwrap();
+        assert!(matches!(answer, Ok(None)), "{answer:?}");
+    }
+    // Their slots were given back.
+    for _ in 0..4 {
+        remote.get("/slow/c").await.expect("served again");
+    }
+}
+
+/// The request timeout bounds a call's answer, not a stream that has started: a watch
+/// outlives it and still gets its events; a read that takes longer is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_cuts_slow_calls_not_watches() {
+    let store = Gated::new();
+    let limits = Limits {
+        timeout: Some(Duration::from_millis(300)),
+        ..Limits::default()
+    };
+    let m = start_limited(store.clone(), None, limits).await;
+    let admin = m
+        .manager
+        .admin_credentials("test", Duration::from_secs(600))
+        .unwrap();
+    let remote = cluster::remote_store(&m.addr, &admin).unwrap();
+
+    let from = remote.revision().await.unwrap();
+    let mut watch = remote.watch("/fast/", from).await.unwrap();
+    // Longer than the timeout before the first event.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let node = Object::Node(node_named("n1"));
+    let mut op = create_op(&node);
+    if let Op::Create { key, .. } = &mut op {
+        *key = "/fast/n1".into();
+    }
+    store.txn(vec![op]).await.unwrap();
+    let batch = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut watch),
+    )
+    .await
+    .expect("the watch is still open past the request timeout")
+    .expect("an event, not the end")
+    .expect("not an error");
+    assert_eq!(batch.events.len(), 1, "{batch:?}");
+    assert_eq!(batch.events[0].key(), "/fast/n1");
+
+    let answer = tokio::time::timeout(Duration::from_secs(10), remote.get("/slow/a"))
+        .await
+        .expect("a slow read is cut by the timeout");
+    match answer {
+        Err(StoreError::Unavailable(m)) => {
+            assert!(m.contains("no answer within 300ms"), "{m}")
+        }
+        other => panic!("expected the timeout's refusal, got {other:?}"),
+    }
+    store.open();
 }

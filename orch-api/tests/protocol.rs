@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use orch_api::client::{ApplyResult, WatchEvent};
+use orch_api::handler::Backend;
 use orch_api::protocol::{ErrorCode, ManifestText, Request, Response, WatchType};
-use orch_api::server::{bind, serve, serve_listener, Backend, ServeLimits};
+use orch_api::server::{bind, serve, serve_listener, ServeLimits};
 use orch_api::Client;
 use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
@@ -443,8 +444,9 @@ async fn no_answer_carries_a_secret_value_delete_included() {
         port_check: None,
         volume_dirs: Default::default(),
     };
-    let resp = orch_api::server::answer(
+    let resp = orch_api::handler::answer(
         &backend,
+        &orch_api::handler::Caller::Admin("test".into()),
         Request::Delete {
             kind: Kind::Secret,
             namespace: "default".into(),
@@ -683,5 +685,48 @@ async fn the_namespace_asked_for_is_the_default_and_another_one_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("namespace \"Not_A_Name\""), "{err}");
+    cancel.cancel();
+}
+
+/// The server says which fields of which object's document it ignored, so a client need
+/// not parse the manifests itself to warn; an object without any gets none.
+#[tokio::test]
+async fn apply_answers_the_ignored_fields_of_each_object() {
+    let (_dir, client, _store, _rt, cancel) = start().await;
+    let text = format!(
+        "{WEB}---\n{}status: {{readyReplicas: 9}}\n",
+        WEB.replace("name: web", "name: api")
+    );
+    let ApplyResult { results, .. } = client
+        .apply(
+            vec![
+                ManifestText {
+                    source: "two.yaml".into(),
+                    text,
+                },
+                ManifestText {
+                    source: "one.yaml".into(),
+                    text: WEB
+                        .replace("name: web", "name: db")
+                        .replace("metadata: {", "metadata: {uid: x, "),
+                },
+            ],
+            true,
+            None,
+        )
+        .await
+        .unwrap();
+    let warnings: Vec<_> = results.iter().map(|r| r.warnings.clone()).collect();
+    assert!(warnings[0].is_empty(), "{warnings:?}");
+    assert_eq!(
+        warnings[1],
+        ["two.yaml: document 2: status: ignored: set by orch, not by manifests"],
+        "{warnings:?}"
+    );
+    assert_eq!(warnings[2].len(), 1, "{warnings:?}");
+    assert!(
+        warnings[2][0].starts_with("one.yaml: document 1: metadata.uid"),
+        "{warnings:?}"
+    );
     cancel.cancel();
 }

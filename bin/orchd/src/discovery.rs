@@ -148,7 +148,7 @@ impl NodeDiscovery {
     }
 
     /// The apply-time check that a published port is free on this node.
-    pub fn port_check(&self) -> orch_api::server::PortCheck {
+    pub fn port_check(&self) -> orch_api::handler::PortCheck {
         let proxy = self.proxy.clone();
         Arc::new(move |ns: &str, svc: &str, port: u16| proxy.check_port(ns, svc, port))
     }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use orch_api::server::{serve_listener, Backend};
+use orch_api::handler::Backend;
+use orch_api::server::serve_listener;
 use orch_core::engine::Engine;
 use orch_core::runtime::Runtime;
 use tokio::signal::unix::{signal, SignalKind};
@@ -157,7 +158,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         scheduler,
         on_node_removed: cluster.as_ref().map(|(m, _, _)| {
             let m = m.clone();
-            Arc::new(move |n: &str| m.revoke(n)) as orch_api::server::NodeRemovedHook
+            Arc::new(move |n: &str| m.revoke(n)) as orch_api::handler::NodeRemovedHook
         }),
         port_check: discovery.as_ref().map(|d| d.port_check()),
         volume_dirs: if args.no_agent {

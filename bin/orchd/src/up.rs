@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use orch_api::handler::Backend;
 use orch_api::render;
-use orch_api::server::{serve, Backend};
+use orch_api::server::serve;
 use orch_core::engine::Engine;
 use orch_core::model::object::{Kind, Object};
 use orch_core::runtime::Runtime;

@@ -10,31 +10,32 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
 use super::pb;
+use crate::handler::{Backend, Caller};
 use crate::protocol::Request as ApiRequest;
-use crate::server::Backend;
 
 /// Serves [`Backend`] to administrators.
-pub struct ApiService {
+pub(crate) struct ApiService {
     backend: Arc<Backend>,
 }
 
 impl ApiService {
     /// Serves `backend`.
-    pub fn new(backend: Arc<Backend>) -> ApiService {
+    pub(crate) fn new(backend: Arc<Backend>) -> ApiService {
         ApiService { backend }
     }
 
     /// The gRPC server, with the message size limit.
-    pub fn server(self) -> pb::api_server::ApiServer<ApiService> {
+    pub(crate) fn server(self) -> pb::api_server::ApiServer<ApiService> {
         pb::api_server::ApiServer::new(self)
             .max_decoding_message_size(super::MAX_MESSAGE)
             .max_encoding_message_size(super::MAX_MESSAGE)
     }
 }
 
-fn admin<T>(req: &Request<T>) -> Result<(), Status> {
+/// The caller of `req`: an administrator; nodes are refused.
+fn admin<T>(req: &Request<T>) -> Result<Caller, Status> {
     match auth::identity(req)? {
-        Identity::Admin(_) => Ok(()),
+        Identity::Admin(name) => Ok(Caller::Admin(name)),
         Identity::Node(n) => Err(Status::permission_denied(format!(
             "node {n} may not use the administrators' API"
         ))),
@@ -57,23 +58,23 @@ type Messages = Pin<Box<dyn Stream<Item = Result<pb::ApiMessage, Status>> + Send
 #[tonic::async_trait]
 impl pb::api_server::Api for ApiService {
     async fn call(&self, req: Request<pb::ApiMessage>) -> Result<Response<pb::ApiMessage>, Status> {
-        admin(&req)?;
+        let caller = admin(&req)?;
         let r = decode(req.get_ref())?;
         Ok(Response::new(encode(
-            &crate::server::answer(&self.backend, r).await,
+            &crate::handler::answer(&self.backend, &caller, r).await,
         )))
     }
 
     type StreamStream = Messages;
 
     async fn stream(&self, req: Request<pb::ApiMessage>) -> Result<Response<Messages>, Status> {
-        admin(&req)?;
+        let caller = admin(&req)?;
         let r = decode(req.get_ref())?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let backend = self.backend.clone();
         tokio::spawn(async move {
             let mut tx = tx;
-            crate::server::answer_into(&backend, r, &mut tx).await;
+            crate::handler::answer_into(&backend, &caller, r, &mut tx).await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(futures::StreamExt::map(

@@ -61,6 +61,13 @@ pub fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
     })
 }
 
+/// Which nodes were removed, so their certificates are refused (a cluster manager keeps the
+/// list; [`StoreService`](super::store::StoreService) asks it on every call).
+pub trait Revocations: Send + Sync {
+    /// Whether node `name` was removed.
+    fn is_revoked(&self, name: &str) -> bool;
+}
+
 /// The refusal a removed node gets.
 pub fn removed(node: &str) -> Status {
     Status::permission_denied(format!(
@@ -85,7 +92,7 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
                 }
                 // Cordon and drain are the operator's: a node cannot lift them.
                 if let Op::Update { value, .. } = op {
-                    let current = store.get(key).await.map_err(super::store::status_of)?;
+                    let current = store.get(key).await.map_err(super::wire::status_of)?;
                     let spec = |b: &[u8]| match Object::decode(b, 0) {
                         Ok(Object::Node(n)) => Some((n.spec.unschedulable, n.spec.draining)),
                         _ => None,
@@ -106,7 +113,7 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
                 let current = store
                     .get(key)
                     .await
-                    .map_err(super::store::status_of)?
+                    .map_err(super::wire::status_of)?
                     .and_then(|kv| Object::decode(&kv.value, 0).ok());
                 let Some(Object::Replica(current)) = current else {
                     return Err(denied(
@@ -158,7 +165,7 @@ pub async fn node_may_read_secret(store: &dyn Store, node: &str, key: &str) -> R
     let (kvs, _) = store
         .list(&format!("{}{ns}/", Kind::Replica.prefix()))
         .await
-        .map_err(super::store::status_of)?;
+        .map_err(super::wire::status_of)?;
     let needed = kvs.iter().any(|kv| {
         matches!(
             Object::decode(&kv.value, kv.mod_revision),

@@ -15,7 +15,9 @@ use tonic::transport::{
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
+pub use super::limits::Limits;
 use super::pb;
+pub use super::pki::Credentials;
 use super::pki::{self, ClusterCa, JoinToken, PkiError};
 use super::store::{RemoteStore, StoreService};
 use super::{MANAGER_NAME, MAX_MESSAGE};
@@ -125,11 +127,6 @@ impl Manager {
         JoinToken::rotate(&self.manager_token_path, &self.ca.digest())
     }
 
-    /// The cluster CA.
-    pub fn ca(&self) -> &ClusterCa {
-        &self.ca
-    }
-
     /// Nodes that joined since this manager started.
     pub fn joined(&self) -> Vec<String> {
         self.joined
@@ -165,6 +162,12 @@ impl Manager {
             cert_pem: cert,
             key_pem: key,
         })
+    }
+}
+
+impl auth::Revocations for Manager {
+    fn is_revoked(&self, name: &str) -> bool {
+        Manager::is_revoked(self, name)
     }
 }
 
@@ -264,24 +267,6 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 }
 
-/// Limits every cluster server applies.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Requests in flight per connection.
-    pub concurrency_per_connection: usize,
-    /// Longest a unary request may take.
-    pub timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            concurrency_per_connection: 256,
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Serves the cluster protocol on `listener` until `cancel`: the store to certified callers,
 /// joining to token holders, and with `api` the administrators' API. The manager presents a certificate for [`MANAGER_NAME`] with the
 /// CA after it, so a joining agent can check the CA against its token's digest.
@@ -289,7 +274,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     manager: Arc<Manager>,
     store: Arc<dyn Store>,
-    api: Option<Arc<crate::server::Backend>>,
+    api: Option<Arc<crate::handler::Backend>>,
     limits: Limits,
     cancel: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -311,8 +296,8 @@ pub async fn serve(
     Server::builder()
         .tls_config(tls)?
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
-        .timeout(limits.timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(limits.layer())
         .add_service(
             StoreService::new(store)
                 .revocations(manager.clone())
@@ -323,66 +308,6 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await?;
     Ok(())
-}
-
-/// A node's (or an administrator's) credentials: the cluster CA, its certificate and key.
-#[derive(Clone)]
-pub struct Credentials {
-    /// The cluster CA, PEM.
-    pub ca_pem: String,
-    /// The certificate, PEM.
-    pub cert_pem: String,
-    /// The private key, PEM.
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Credentials { .. }")
-    }
-}
-
-impl Credentials {
-    /// Writes `ca.pem`, `node.pem` and `node.key` (mode 0600) into `dir`.
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        pki::write_private(&dir.join("ca.pem"), &self.ca_pem)?;
-        pki::write_private(&dir.join("node.key"), &self.key_pem)?;
-        pki::write_private(&dir.join("node.pem"), &self.cert_pem)
-    }
-
-    /// Reads what [`Credentials::save`] wrote; `None` if `dir` holds none.
-    pub fn load(dir: &Path) -> Result<Option<Credentials>, PkiError> {
-        let read = |n: &str| {
-            let p = dir.join(n);
-            std::fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source })
-        };
-        if !dir.join("node.pem").exists() {
-            return Ok(None);
-        }
-        Ok(Some(Credentials {
-            ca_pem: read("ca.pem")?,
-            cert_pem: read("node.pem")?,
-            key_pem: read("node.key")?,
-        }))
-    }
-
-    /// When the certificate expires (seconds since the Unix epoch).
-    pub fn not_after(&self) -> Result<i64, PkiError> {
-        Ok(self.validity()?.1)
-    }
-
-    /// The certificate's `(notBefore, notAfter)` (seconds since the Unix epoch).
-    pub fn validity(&self) -> Result<(i64, i64), PkiError> {
-        let der = pki::pem_to_der(&self.cert_pem)?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
-        let v = cert.validity();
-        Ok((v.not_before.timestamp(), v.not_after.timestamp()))
-    }
 }
 
 /// Records the certificates a server presents, trusting none of them: used once, to read the

@@ -1,4 +1,4 @@
-//! The agent's side of logs, exec and pull progress: an agent serves [`NodeService`] on its
+//! The agent's side of logs, exec and pull progress: an agent serves the node service ([`serve`]) on its
 //! own port (mutual TLS with its node certificate, which names `NODE.orch-node`); the manager
 //! reaches it through [`NodeDialer`] when an administrator asks for a replica on that node.
 //! Only the manager (or an administrator) may call.
@@ -20,11 +20,11 @@ use tonic::transport::{
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
-use super::cluster::Credentials;
 use super::pb;
+use super::pki::Credentials;
 
 /// The DNS name in node `name`'s certificate that the manager checks when it dials it.
-pub fn node_dns_name(name: &str) -> String {
+pub(crate) fn node_dns_name(name: &str) -> String {
     format!("{name}.orch-node")
 }
 
@@ -47,7 +47,7 @@ fn error_of(node: &str, s: Status) -> RuntimeError {
 }
 
 /// Serves a node's runtime to its manager.
-pub struct NodeService {
+pub(crate) struct NodeService {
     runtime: Arc<dyn Runtime>,
     volume_dir: Option<std::path::PathBuf>,
 }
@@ -148,9 +148,16 @@ pub async fn serve(
     let tls = ServerTlsConfig::new()
         .identity(TlsIdentity::from_pem(&creds.cert_pem, &creds.key_pem))
         .client_ca_root(Certificate::from_pem(&creds.ca_pem));
+    // No time limit: an exec may run for an hour (its own timeout ends it).
+    let limits = super::limits::Limits {
+        concurrency_per_connection: 64,
+        timeout: None,
+        ..Default::default()
+    };
     Server::builder()
         .tls_config(tls)?
-        .concurrency_limit_per_connection(64)
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .layer(limits.layer())
         .add_service(
             pb::node_server::NodeServer::new(NodeService {
                 runtime,

@@ -41,7 +41,7 @@ fn invalid(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
 }
 
 /// Writes `text` to `path` readable by its owner only.
-pub fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -69,12 +69,12 @@ fn random(n: usize) -> Result<Vec<u8>, PkiError> {
 }
 
 /// The hex SHA-256 of a DER certificate: what a join token pins.
-pub fn digest(der: &[u8]) -> String {
+pub(crate) fn digest(der: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(der))
 }
 
 /// The DER bytes of the first certificate in a PEM text.
-pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+pub(crate) fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|e| PkiError::Invalid(format!("not a PEM certificate: {e}")))?;
     Ok(p.contents)
@@ -97,7 +97,7 @@ fn serial() -> Result<rcgen::SerialNumber, PkiError> {
 
 /// A signed certificate: PEM, and when it expires (seconds since the Unix epoch).
 #[derive(Clone, Debug)]
-pub struct Issued {
+pub(crate) struct Issued {
     /// The certificate, PEM.
     pub certificate_pem: String,
     /// Its `notAfter`.
@@ -105,7 +105,7 @@ pub struct Issued {
 }
 
 /// The cluster CA: its certificate and the key that signs node certificates.
-pub struct ClusterCa {
+pub(crate) struct ClusterCa {
     cert_pem: String,
     cert_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
@@ -122,7 +122,7 @@ impl std::fmt::Debug for ClusterCa {
 impl ClusterCa {
     /// Loads the CA from `dir/ca.pem` and `dir/ca.key`, creating both (valid 20 years) if
     /// neither exists.
-    pub fn load_or_create(dir: &Path) -> Result<ClusterCa, PkiError> {
+    pub(crate) fn load_or_create(dir: &Path) -> Result<ClusterCa, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
         if !cert_path.exists() && !key_path.exists() {
@@ -160,19 +160,19 @@ impl ClusterCa {
     }
 
     /// The CA certificate, PEM.
-    pub fn cert_pem(&self) -> &str {
+    pub(crate) fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
     /// The hex SHA-256 of the CA certificate.
-    pub fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         digest(&self.cert_der)
     }
 
     /// Signs the public key of `csr_pem` (whose signature proves the caller holds the key)
     /// for `CN=common_name` with these DNS names, client and server use, valid for `valid`.
     /// What else the request asks for (names, extensions) is ignored.
-    pub fn sign_csr(
+    pub(crate) fn sign_csr(
         &self,
         csr_pem: &str,
         common_name: &str,
@@ -192,7 +192,7 @@ impl ClusterCa {
     /// A new key and certificate for `CN=common_name` with these DNS names, valid for
     /// `valid`: `(certificate PEM, key PEM)`. For the manager's own serving certificate and
     /// administrators' client certificates.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         common_name: &str,
         dns_names: &[&str],
@@ -238,7 +238,7 @@ fn leaf_params(
 }
 
 /// A new private key and a CSR for it: `(key PEM, CSR PEM)`.
-pub fn new_key_and_csr(common_name: &str) -> Result<(String, String), PkiError> {
+pub(crate) fn new_key_and_csr(common_name: &str) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate().map_err(invalid("key"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -280,7 +280,7 @@ impl std::fmt::Display for JoinToken {
 
 impl JoinToken {
     /// A new token for the CA with this digest.
-    pub fn generate(ca_digest: &str) -> Result<JoinToken, PkiError> {
+    pub(crate) fn generate(ca_digest: &str) -> Result<JoinToken, PkiError> {
         let secret: String = random(20)?.iter().map(|b| format!("{b:02x}")).collect();
         Ok(JoinToken {
             ca_digest: ca_digest.to_string(),
@@ -289,7 +289,7 @@ impl JoinToken {
     }
 
     /// Parses `ORCH-1-<64 hex>-<secret>`, saying what is wrong with a malformed one.
-    pub fn parse(s: &str) -> Result<JoinToken, String> {
+    pub(crate) fn parse(s: &str) -> Result<JoinToken, String> {
         let rest = s.trim().strip_prefix("ORCH-1-").ok_or_else(|| {
             "a join token starts with ORCH-1- (print one with `orchd token show` on a manager)"
                 .to_string()
@@ -312,13 +312,13 @@ impl JoinToken {
     }
 
     /// Whether `other` carries the same secret (compared in constant time).
-    pub fn admits(&self, other: &JoinToken) -> bool {
+    pub(crate) fn admits(&self, other: &JoinToken) -> bool {
         let (a, b) = (self.secret.as_bytes(), other.secret.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
     /// Loads the token in `path`, or creates one for `ca_digest` there (mode 0600).
-    pub fn load_or_create(path: &Path, ca_digest: &str) -> Result<JoinToken, PkiError> {
+    pub(crate) fn load_or_create(path: &Path, ca_digest: &str) -> Result<JoinToken, PkiError> {
         match std::fs::read_to_string(path) {
             Ok(text) => JoinToken::parse(&text)
                 .map_err(|e| PkiError::Invalid(format!("{}: {e}", path.display()))),
@@ -335,10 +335,70 @@ impl JoinToken {
     }
 
     /// Replaces the token in `path` with a new one (the old one stops admitting at once).
-    pub fn rotate(path: &Path, ca_digest: &str) -> Result<JoinToken, PkiError> {
+    pub(crate) fn rotate(path: &Path, ca_digest: &str) -> Result<JoinToken, PkiError> {
         let token = JoinToken::generate(ca_digest)?;
         write_private(path, &token.to_string())?;
         Ok(token)
+    }
+}
+
+/// A node's (or an administrator's) credentials: the cluster CA, its certificate and key.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+impl Credentials {
+    /// Writes `ca.pem`, `node.pem` and `node.key` (mode 0600) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write_private(&dir.join("ca.pem"), &self.ca_pem)?;
+        write_private(&dir.join("node.key"), &self.key_pem)?;
+        write_private(&dir.join("node.pem"), &self.cert_pem)
+    }
+
+    /// Reads what [`Credentials::save`] wrote; `None` if `dir` holds none.
+    pub fn load(dir: &Path) -> Result<Option<Credentials>, PkiError> {
+        let read = |n: &str| {
+            let p = dir.join(n);
+            std::fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source })
+        };
+        if !dir.join("node.pem").exists() {
+            return Ok(None);
+        }
+        Ok(Some(Credentials {
+            ca_pem: read("ca.pem")?,
+            cert_pem: read("node.pem")?,
+            key_pem: read("node.key")?,
+        }))
+    }
+
+    /// When the certificate expires (seconds since the Unix epoch).
+    pub fn not_after(&self) -> Result<i64, PkiError> {
+        Ok(self.validity()?.1)
+    }
+
+    /// The certificate's `(notBefore, notAfter)` (seconds since the Unix epoch).
+    pub fn validity(&self) -> Result<(i64, i64), PkiError> {
+        let der = pem_to_der(&self.cert_pem)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+        let v = cert.validity();
+        Ok((v.not_before.timestamp(), v.not_after.timestamp()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The store over gRPC: [`StoreService`] serves a manager's store to authenticated callers;
+//! The store over gRPC: a store service (`StoreService`, in [`super::cluster::serve`]) serves a manager's store to authenticated callers;
 //! [`RemoteStore`] is an [`orch_core::store::Store`] that talks to it.
 
 use std::pin::Pin;
@@ -6,228 +6,43 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
-use orch_core::store::{
-    KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchEvent, WatchStream,
-};
-use prost::Message;
+use orch_core::store::{KeyValue, Op, Revision, Store, StoreError, WatchStream};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::auth::{self, Identity};
 use super::pb;
-
-fn kv_to_pb(kv: KeyValue) -> pb::KeyValue {
-    pb::KeyValue {
-        key: kv.key,
-        value: kv.value.to_vec(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-    }
-}
-
-fn kv_from_pb(kv: pb::KeyValue) -> KeyValue {
-    KeyValue {
-        key: kv.key,
-        value: kv.value.into(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-    }
-}
-
-fn op_to_pb(op: Op) -> pb::Op {
-    use pb::op::Op as P;
-    pb::Op {
-        op: Some(match op {
-            Op::Create { key, value } => P::Create(pb::Create { key, value }),
-            Op::Update {
-                key,
-                value,
-                expected,
-            } => P::Update(pb::Update {
-                key,
-                value,
-                expected,
-            }),
-            Op::Delete { key, expected } => P::Delete(pb::Delete { key, expected }),
-        }),
-    }
-}
-
-fn op_from_pb(op: pb::Op) -> Result<Op, Status> {
-    use pb::op::Op as P;
-    Ok(match op.op {
-        Some(P::Create(c)) => Op::Create {
-            key: c.key,
-            value: c.value,
-        },
-        Some(P::Update(u)) => Op::Update {
-            key: u.key,
-            value: u.value,
-            expected: u.expected,
-        },
-        Some(P::Delete(d)) => Op::Delete {
-            key: d.key,
-            expected: d.expected,
-        },
-        None => return Err(Status::invalid_argument("txn: an operation with no kind")),
-    })
-}
-
-fn batch_to_pb(b: WatchBatch) -> pb::WatchBatch {
-    use pb::watch_event::Event as E;
-    pb::WatchBatch {
-        revision: b.revision,
-        events: b
-            .events
-            .into_iter()
-            .map(|e| pb::WatchEvent {
-                event: Some(match e {
-                    WatchEvent::Put(kv) => E::Put(kv_to_pb(kv)),
-                    WatchEvent::Delete { prev, .. } => E::Delete(kv_to_pb(prev)),
-                }),
-            })
-            .collect(),
-    }
-}
-
-fn batch_from_pb(b: pb::WatchBatch) -> Result<WatchBatch, StoreError> {
-    use pb::watch_event::Event as E;
-    let revision = b.revision;
-    let events = b
-        .events
-        .into_iter()
-        .map(|e| match e.event {
-            Some(E::Put(kv)) => Ok(WatchEvent::Put(kv_from_pb(kv))),
-            Some(E::Delete(kv)) => Ok(WatchEvent::Delete {
-                prev: kv_from_pb(kv),
-                revision,
-            }),
-            None => Err(StoreError::Corrupt {
-                key: String::new(),
-                reason: format!("watch batch {revision}: an event with no kind"),
-            }),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(WatchBatch { revision, events })
-}
-
-/// A store error as a gRPC status, the error itself in the details so [`RemoteStore`] gives
-/// its caller the same [`StoreError`].
-pub fn status_of(e: StoreError) -> Status {
-    use pb::store_failure::Failure as F;
-    use tonic::Code;
-    let message = e.to_string();
-    let (code, failure) = match e {
-        StoreError::Conflict {
-            key,
-            expected,
-            actual,
-        } => (
-            Code::Aborted,
-            F::Conflict(pb::Conflict {
-                key,
-                expected,
-                actual,
-            }),
-        ),
-        StoreError::AlreadyExists { key } => (Code::AlreadyExists, F::AlreadyExists(key)),
-        StoreError::NotFound { key } => (Code::NotFound, F::NotFound(key)),
-        StoreError::Compacted { requested, oldest } => (
-            Code::OutOfRange,
-            F::Compacted(pb::Compacted { requested, oldest }),
-        ),
-        StoreError::TooLarge { what, size, limit } => (
-            Code::ResourceExhausted,
-            F::TooLarge(pb::TooLarge {
-                what,
-                size: size as u64,
-                limit: limit as u64,
-            }),
-        ),
-        StoreError::Unavailable(m) => (Code::Unavailable, F::Unavailable(m)),
-        StoreError::WatchLagged => (Code::ResourceExhausted, F::WatchLagged(true)),
-        StoreError::Corrupt { key, reason } => {
-            (Code::DataLoss, F::Corrupt(pb::Corrupt { key, reason }))
-        }
-        StoreError::Other(e) => (Code::Internal, F::Other(e.to_string())),
-    };
-    let details = pb::StoreFailure {
-        failure: Some(failure),
-    }
-    .encode_to_vec();
-    Status::with_details(code, message, details.into())
-}
-
-/// The [`StoreError`] a status stands for: the one in its details, or for a status that
-/// carries none (the connection failed, a limit was hit, permission was denied), `Unavailable`
-/// for transient transport failures and `Other` with the server's message otherwise.
-pub fn error_of(s: Status) -> StoreError {
-    use pb::store_failure::Failure as F;
-    use tonic::Code;
-    if let Ok(pb::StoreFailure {
-        failure: Some(f), ..
-    }) = pb::StoreFailure::decode(s.details())
-    {
-        return match f {
-            F::Conflict(c) => StoreError::Conflict {
-                key: c.key,
-                expected: c.expected,
-                actual: c.actual,
-            },
-            F::AlreadyExists(key) => StoreError::AlreadyExists { key },
-            F::NotFound(key) => StoreError::NotFound { key },
-            F::Compacted(c) => StoreError::Compacted {
-                requested: c.requested,
-                oldest: c.oldest,
-            },
-            F::TooLarge(t) => StoreError::TooLarge {
-                what: t.what,
-                size: t.size as usize,
-                limit: t.limit as usize,
-            },
-            F::Unavailable(m) => StoreError::Unavailable(m),
-            F::WatchLagged(_) => StoreError::WatchLagged,
-            F::Corrupt(c) => StoreError::Corrupt {
-                key: c.key,
-                reason: c.reason,
-            },
-            F::Other(m) => StoreError::Other(m.into()),
-        };
-    }
-    match s.code() {
-        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => {
-            StoreError::Unavailable(format!("manager: {}", s.message()))
-        }
-        _ => StoreError::Other(format!("manager refused: {} ({:?})", s.message(), s.code()).into()),
-    }
-}
+use super::wire::{
+    batch_from_pb, batch_to_pb, error_of, kv_from_pb, kv_to_pb, op_from_pb, op_to_pb, status_of,
+};
 
 /// Serves a store to callers with a cluster certificate, checking each write against what
 /// the caller's identity may do ([`auth::check_txn`]).
-pub struct StoreService {
+pub(crate) struct StoreService {
     store: Arc<dyn Store>,
-    manager: Option<Arc<super::cluster::Manager>>,
+    revoked: Option<Arc<dyn auth::Revocations>>,
 }
 
 impl StoreService {
     /// Serves `store`.
-    pub fn new(store: Arc<dyn Store>) -> StoreService {
+    pub(crate) fn new(store: Arc<dyn Store>) -> StoreService {
         StoreService {
             store,
-            manager: None,
+            revoked: None,
         }
     }
 
-    /// Refuses nodes this manager removed (their watches end at the next batch).
-    pub fn revocations(mut self, manager: Arc<super::cluster::Manager>) -> StoreService {
-        self.manager = Some(manager);
+    /// Refuses the nodes `revoked` names (a manager's removed nodes; their watches end at
+    /// the next batch).
+    pub(crate) fn revocations(mut self, revoked: Arc<dyn auth::Revocations>) -> StoreService {
+        self.revoked = Some(revoked);
         self
     }
 
     /// The caller, refused if it is a removed node.
     fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         let who = auth::identity(req)?;
-        if let (Identity::Node(n), Some(m)) = (&who, &self.manager) {
+        if let (Identity::Node(n), Some(m)) = (&who, &self.revoked) {
             if m.is_revoked(n) {
                 return Err(auth::removed(n));
             }
@@ -236,7 +51,7 @@ impl StoreService {
     }
 
     /// The gRPC server, with the message size limit.
-    pub fn server(self) -> pb::store_server::StoreServer<StoreService> {
+    pub(crate) fn server(self) -> pb::store_server::StoreServer<StoreService> {
         pb::store_server::StoreServer::new(self)
             .max_decoding_message_size(super::MAX_MESSAGE)
             .max_encoding_message_size(super::MAX_MESSAGE)
