@@ -38,17 +38,14 @@ async fn apply(
     namespace: Option<String>,
 ) -> anyhow::Result<()> {
     let manifests = read_all(files)?;
-    // Validate locally first: errors name the files without a round trip.
-    let parsed = orch_api::files::parse_with_warnings(&manifests, namespace.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    // Fields orch sets itself (status, metadata.uid, ...) are ignored, as kubectl ignores
-    // status: say so.
-    for w in &parsed.warnings {
-        eprintln!("warning: {w}");
-    }
+    // The daemon parses and validates (errors name the files); it also says which fields orch
+    // sets itself (status, metadata.uid, ...) it ignored, as kubectl ignores status.
     let applied = client
         .apply(manifests, dry_run, namespace.as_deref())
         .await?;
+    for w in applied.results.iter().flat_map(|r| &r.warnings) {
+        eprintln!("warning: {w}");
+    }
     for r in applied.results {
         outln!("{}", applied_line(&r, applied.dry_run));
         for c in &r.changes {
@@ -64,7 +61,6 @@ async fn plan(
     namespace: Option<String>,
 ) -> anyhow::Result<()> {
     let manifests = read_all(files)?;
-    orch_api::files::parse(&manifests, namespace.as_deref()).map_err(anyhow::Error::msg)?;
     let plan = client.plan(manifests, namespace.as_deref()).await?;
     out!("{}", render::plan(&plan));
     Ok(())

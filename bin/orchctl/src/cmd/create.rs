@@ -99,7 +99,6 @@ async fn create(
         source: format!("orchctl create {} {name}", kind.to_ascii_lowercase()),
         text: doc.to_string(),
     }];
-    orch_api::files::parse(&manifests, None).map_err(anyhow::Error::msg)?;
     let applied = client.apply(manifests, false, None).await?;
     for r in applied.results {
         outln!("{}", applied_line(&r, false));
