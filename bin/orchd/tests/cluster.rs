@@ -78,6 +78,9 @@ fn agent_on(
 
 #[test]
 fn agents_join_a_manager_and_a_dead_node_is_replaced() {
+    if !require(NETNS) {
+        return;
+    }
     // Four hosts: the manager on the first, an agent on each of the others.
     let hosts = Hosts::new(4);
     let tmp = tempfile::tempdir().unwrap();
@@ -469,6 +472,9 @@ fn drain_then_remove_a_node() {
 /// and once the link is back exactly the desired replicas run.
 #[test]
 fn a_cut_link_is_tolerated_until_the_replace_timeout() {
+    if !require(NETNS) {
+        return;
+    }
     let hosts = Hosts::new(3);
     let tmp = tempfile::tempdir().unwrap();
     let addr = format!("{}:7443", hosts.address(0));
@@ -697,6 +703,9 @@ fn a_global_service_follows_nodes() {
 /// for replicas on every node.
 #[test]
 fn every_node_answers_dns_and_proxies_for_the_whole_cluster() {
+    if !require(&["root", "ip", "dig"]) {
+        return;
+    }
     let hosts = Hosts::new(3);
     let tmp = tempfile::tempdir().unwrap();
     let addr = format!("{}:7443", hosts.address(0));
