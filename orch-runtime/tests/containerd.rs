@@ -59,6 +59,16 @@ fn spec(ctd: &LocalContainerd, rootfs: &Path, id: &str, args: &[&str]) -> Contai
     }
 }
 
+/// Waits until the container's shell said on stderr that its TERM trap is set.
+async fn trapped(s: &ContainerSpec) {
+    eventually("the TERM trap set", async || {
+        std::fs::read_to_string(&s.stderr)
+            .is_ok_and(|e| e.contains("trapped"))
+            .then_some(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn containers_run_exit_stop_and_leave_nothing_behind() {
     if !orch_testkit::require(CONTAINERD) {
@@ -106,7 +116,7 @@ async fn containers_run_exit_stop_and_leave_nothing_behind() {
         &[
             "/bin/sh",
             "-c",
-            "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+            "trap 'echo bye; exit 0' TERM; echo trapped >&2; while true; do sleep 0.1; done",
         ],
     );
     c.run(&s).await.unwrap();
@@ -120,7 +130,7 @@ async fn containers_run_exit_stop_and_leave_nothing_behind() {
         Path::new(&format!("/proc/{pid}")).exists(),
         "the container's process runs on the host"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    trapped(&s).await;
     let t = std::time::Instant::now();
     let exit = c.stop("sleeper", Duration::from_secs(10)).await.unwrap();
     assert_eq!(exit.status, 0, "{exit:?}");
@@ -138,11 +148,11 @@ async fn containers_run_exit_stop_and_leave_nothing_behind() {
         &[
             "/bin/sh",
             "-c",
-            "trap '' TERM; while true; do sleep 1; done",
+            "trap '' TERM; echo trapped >&2; while true; do sleep 1; done",
         ],
     );
     c.run(&s).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    trapped(&s).await;
     let t = std::time::Instant::now();
     let exit = c
         .stop("stubborn", Duration::from_millis(500))
@@ -1043,7 +1053,21 @@ async fn a_registry_that_stops_mid_pull_leaves_nothing_half_written() {
                 .args(["-9", &pid.to_string()])
                 .status()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // Read on once it is dead (its sockets closed): a zombie until the test reaps it.
+            let t = std::time::Instant::now();
+            while !std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            }) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "the registry did not die"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     };
     let e = puller

@@ -865,6 +865,7 @@ async fn the_log_cap_holds_under_yes() {
     let w = rt.start(&spec("t.yes", &["yes"])).await.unwrap();
     let pid = reaper.watch(&w);
     let wdir = rt.workload_dir("t.yes");
+    // What is tested: the cap through 3 s of `yes` (sampled every 10 ms).
     let (start, mut rotations, mut last_old) = (Instant::now(), 0, 0u64);
     let mut worst = [0u64; 3];
     while start.elapsed() < Duration::from_secs(3) {

@@ -239,7 +239,9 @@ fn published_port(mode: &str) {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the load runs", Duration::from_secs(10), || {
+        (total.load(Ordering::Relaxed) >= 20).then_some(())
+    });
     let (victim_addr, victim_pid) = ready[0].clone();
     Command::new("kill")
         .args(["-9", &victim_pid.to_string()])
@@ -252,6 +254,7 @@ fn published_port(mode: &str) {
             .is_none_or(|r| r["status"]["phase"] != "Ready")
             .then(Instant::now)
     });
+    // What is tested: the load a second after the victim was marked unready (none may fail).
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     for w in workers {
