@@ -239,9 +239,9 @@ fn published_port(mode: &str) {
             })
         })
         .collect();
-    eventually("the load runs", Duration::from_secs(10), || {
-        (total.load(Ordering::Relaxed) >= 20).then_some(())
-    });
+    // What is measured: 300 ms of load before the kill are part of the total that the
+    // kernel path's failures are compared with.
+    std::thread::sleep(Duration::from_millis(300));
     let (victim_addr, victim_pid) = ready[0].clone();
     Command::new("kill")
         .args(["-9", &victim_pid.to_string()])
