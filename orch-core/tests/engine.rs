@@ -147,6 +147,7 @@ async fn never_policy_leaves_exited_replicas() {
             .is_some_and(|r| r.status.phase == Phase::Exited)
     })
     .await;
+    // What is tested: nothing restarts it for 5 s (of the paused clock, so no real wait).
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(rt.start_count(), 1);
     assert_eq!(replicas(&e, "job").len(), 1);
@@ -267,6 +268,7 @@ async fn agent_restart_re_adopts_without_restarting() {
     let mut e2 = engine(store.clone());
     e2.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
     eventually("synced", || e2.cache().synced()).await;
+    // What is tested: 5 s (paused clock) after the restart nothing was started again.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         rt.start_count(),
@@ -511,6 +513,7 @@ async fn a_store_outage_longer_than_the_node_timeout_replaces_nothing() {
 
     // Down for 3x the 10 s node-lost timeout: nobody can heartbeat, so nobody is judged.
     store.down.send_replace(true);
+    // The outage's length is what is tested (paused clock: no real wait).
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(
         rt.running(),
@@ -519,7 +522,8 @@ async fn a_store_outage_longer_than_the_node_timeout_replaces_nothing() {
     );
     store.down.send_replace(false);
 
-    // Back: the node heartbeats again within its fresh grace period; nothing is replaced.
+    // Back: the node heartbeats again within its fresh grace period; nothing is replaced
+    // in the 20 s (paused clock) that follow.
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(
         rt.running(),
@@ -627,6 +631,7 @@ async fn backoff_follows_the_services_cap_and_resets_after_a_stable_run() {
     })
     .await;
     // A run of 11 s (longer than the 10 s stable period): the next restart is immediate again.
+    // The run's length is what is tested (paused clock: no real wait).
     tokio::time::sleep(Duration::from_secs(11)).await;
     let t = tokio::time::Instant::now();
     assert!(rt.crash(&id, Some(1), None));
@@ -729,6 +734,7 @@ async fn draining_the_only_node_keeps_every_replica_until_another_node_can_take_
             .count()
     };
     let (mut lowest, mut most) = (8, 8);
+    // What is tested: for 6 s (paused clock) nothing moves; sampled every 20 ms.
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         lowest = lowest.min(ready(&e, "web"));

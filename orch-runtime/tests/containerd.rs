@@ -1,6 +1,8 @@
 //! Real containers through a containerd of the test's own (`LocalContainerd`: own root, state
 //! and socket in a temp dir) and runc, from a busybox root filesystem (Debian
-//! `busybox-static`). Needs root, containerd, runc and busybox; `.ci/run` installs them.
+//! `busybox-static`). Needs root, containerd, runc and busybox (and for the pull tests a
+//! registry: `docker-registry`, `skopeo`, `htpasswd`, `openssl`); `.ci/run` installs them.
+//! Without them each such test says it skipped, or fails under `ORCH_TEST_REQUIRE_ALL=1`.
 #![cfg(feature = "containerd")]
 
 use std::collections::HashMap;
@@ -19,6 +21,21 @@ use orch_runtime::containerd::{
     ContainerSpec, Containerd, ContainerdConfig, ContainerdRuntime, ImageParts, LocalContainerd,
     Root,
 };
+
+/// What a test with a containerd of its own needs.
+const CONTAINERD: &[&str] = &["root", "containerd", "runc", "/bin/busybox"];
+
+/// What a test with a containerd and a registry of its own needs.
+const CONTAINERD_AND_REGISTRY: &[&str] = &[
+    "root",
+    "containerd",
+    "runc",
+    "/bin/busybox",
+    "docker-registry",
+    "skopeo",
+    "htpasswd",
+    "openssl",
+];
 
 fn busybox_rootfs(dir: &Path) -> PathBuf {
     build_rootfs(dir).unwrap()
@@ -44,6 +61,9 @@ fn spec(ctd: &LocalContainerd, rootfs: &Path, id: &str, args: &[&str]) -> Contai
 
 #[tokio::test]
 async fn containers_run_exit_stop_and_leave_nothing_behind() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     let ctd = LocalContainerd::start().await.expect("containerd starts");
     let rootfs = busybox_rootfs(&ctd.scratch());
     let c = Containerd::connect(ctd.socket(), &ctd.namespace())
@@ -100,6 +120,8 @@ async fn containers_run_exit_stop_and_leave_nothing_behind() {
         Path::new(&format!("/proc/{pid}")).exists(),
         "the container's process runs on the host"
     );
+    // Time for the shell to set its trap (a SIGTERM before it would end it without `bye`);
+    // the container gives no sign of having set it that the test could wait for.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = std::time::Instant::now();
     let exit = c.stop("sleeper", Duration::from_secs(10)).await.unwrap();
@@ -122,6 +144,7 @@ async fn containers_run_exit_stop_and_leave_nothing_behind() {
         ],
     );
     c.run(&s).await.unwrap();
+    // Time for the shell to set its trap (as above).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = std::time::Instant::now();
     let exit = c
@@ -193,6 +216,9 @@ fn host_network_drops_only_the_network_namespace() {
 
 #[tokio::test]
 async fn an_imported_image_is_unpacked_and_runs_in_a_container() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     let ctd = LocalContainerd::start().await.expect("containerd starts");
     let c = Containerd::connect(ctd.socket(), &ctd.namespace())
         .await
@@ -270,6 +296,9 @@ async fn an_imported_image_is_unpacked_and_runs_in_a_container() {
 
 #[tokio::test]
 async fn the_harness_leaves_nothing_behind_even_with_a_container_running() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     let ctd = LocalContainerd::start().await.expect("containerd starts");
     let rootfs = busybox_rootfs(&ctd.scratch());
     let c = Containerd::connect(ctd.socket(), &ctd.namespace())
@@ -363,6 +392,9 @@ async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 /// no container, task or snapshot.
 #[tokio::test]
 async fn the_containerd_runtime_runs_replicas_from_an_image() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     let ctd = LocalContainerd::start().await.expect("containerd starts");
     let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
     config.namespace = ctd.namespace();
@@ -572,6 +604,9 @@ async fn the_containerd_runtime_runs_replicas_from_an_image() {
 /// offers both; exits from either reach the one event stream.
 #[tokio::test]
 async fn a_node_offers_processes_and_containers_side_by_side() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     use orch_core::runtime::Runtimes;
     use orch_runtime::{ProcessConfig, ProcessRuntime};
     use std::sync::Arc;
@@ -631,6 +666,9 @@ async fn a_node_offers_processes_and_containers_side_by_side() {
 /// reconnects by itself, and an exit after the restart is still reported.
 #[tokio::test]
 async fn the_runtime_survives_a_containerd_restart() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     let mut ctd = LocalContainerd::start().await.expect("containerd starts");
     let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
     config.namespace = ctd.namespace();
@@ -693,6 +731,9 @@ async fn the_runtime_survives_a_containerd_restart() {
 /// copy per container) and containers still run.
 #[tokio::test]
 async fn without_overlayfs_the_native_snapshotter_is_used() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     let ctd = LocalContainerd::start_without(&["io.containerd.snapshotter.v1.overlayfs"])
         .await
         .expect("containerd starts");
@@ -731,6 +772,9 @@ async fn without_overlayfs_the_native_snapshotter_is_used() {
 /// a missing tag and missing or wrong credentials are refused with the reason.
 #[tokio::test]
 async fn images_are_pulled_from_a_registry_and_run() {
+    if !orch_testkit::require(CONTAINERD_AND_REGISTRY) {
+        return;
+    }
     use orch_runtime::containerd::registry::{PullError, Puller, RegistryConfig};
     use orch_runtime::containerd::testing::{loopback_tls, write_oci_layout, LocalRegistry};
 
@@ -885,6 +929,9 @@ async fn images_are_pulled_from_a_registry_and_run() {
 /// root filesystem refuses writes.
 #[tokio::test]
 async fn pull_policies_and_a_read_only_root() {
+    if !orch_testkit::require(CONTAINERD_AND_REGISTRY) {
+        return;
+    }
     use orch_core::model::object::PullPolicy;
     use orch_runtime::containerd::testing::{program_image, write_oci_layout, LocalRegistry};
 
@@ -960,6 +1007,9 @@ async fn pull_policies_and_a_read_only_root() {
 /// a clean retry once it is back.
 #[tokio::test]
 async fn a_registry_that_stops_mid_pull_leaves_nothing_half_written() {
+    if !orch_testkit::require(CONTAINERD_AND_REGISTRY) {
+        return;
+    }
     use orch_runtime::containerd::registry::{PullError, Puller, RegistryConfig};
     use orch_runtime::containerd::testing::{image_of, write_oci_layout, LocalRegistry};
 
@@ -996,7 +1046,21 @@ async fn a_registry_that_stops_mid_pull_leaves_nothing_half_written() {
                 .args(["-9", &pid.to_string()])
                 .status()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // Read on once it is dead (its sockets closed): a zombie until the test reaps it.
+            let t = std::time::Instant::now();
+            while !std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            }) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "the registry did not die"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     };
     let e = puller
@@ -1050,6 +1114,9 @@ async fn a_registry_that_stops_mid_pull_leaves_nothing_half_written() {
 /// manifest for linux on this machine's architecture.
 #[tokio::test]
 async fn a_multi_platform_index_resolves_to_this_platform() {
+    if !orch_testkit::require(&["/bin/busybox", "docker-registry", "skopeo"]) {
+        return;
+    }
     use orch_runtime::containerd::registry::{Puller, RegistryConfig};
     use orch_runtime::containerd::testing::{write_oci_layout, LocalRegistry};
     use sha2::Digest;
@@ -1146,6 +1213,9 @@ async fn a_multi_platform_index_resolves_to_this_platform() {
 /// /etc/passwd and /etc/group, and the container runs as that uid and gid.
 #[tokio::test]
 async fn an_image_user_name_is_resolved_from_the_image() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
     use orch_runtime::containerd::testing::image_as;
 
     let ctd = LocalContainerd::start().await.expect("containerd starts");

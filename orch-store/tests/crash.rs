@@ -94,6 +94,7 @@ fn acknowledged_writes_survive_sigkill() {
             last_rev = rev;
             seen += 1;
         }
+        // A kill at a random point of the writes is what is tested: this delay picks it.
         std::thread::sleep(Duration::from_micros(seed % 500));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

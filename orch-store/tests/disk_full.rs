@@ -1,7 +1,7 @@
 //! The embedded store on a real full filesystem (a small tmpfs mounted for the test, so the
 //! real disk is never filled): it refuses writes and says it is unavailable while the disk is
-//! full, and recovers by itself once space is freed. Needs root (to mount); skipped with a
-//! printed reason otherwise.
+//! full, and recovers by itself once space is freed. Needs root (to mount); otherwise each test
+//! says it skipped (or fails under `ORCH_TEST_REQUIRE_ALL=1`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ struct SmallFs {
 impl SmallFs {
     fn mount(size: &str) -> Option<SmallFs> {
         let dir = tempfile::tempdir().unwrap();
+        if !orch_testkit::require(&["root", "mount"]) {
+            return None;
+        }
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
@@ -27,14 +30,12 @@ impl SmallFs {
         match out {
             Ok(o) if o.status.success() => Some(SmallFs { dir }),
             Ok(o) => {
-                println!(
-                    "skipped: cannot mount a tmpfs: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
+                let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                orch_testkit::require_that("a tmpfs mount", Some(why));
                 None
             }
             Err(e) => {
-                println!("skipped: cannot run mount: {e}");
+                orch_testkit::require_that("a tmpfs mount", Some(format!("cannot run mount: {e}")));
                 None
             }
         }

@@ -1,5 +1,6 @@
 //! Runs the conformance suite and an outage test against [`EtcdStore`] on a real etcd, which
-//! each test starts itself (the `etcd` binary must be installed: `apt-get install etcd-server`).
+//! each test starts itself (the `etcd` binary must be installed: `apt-get install etcd-server`;
+//! without it each test says it skipped, or fails under `ORCH_TEST_REQUIRE_ALL=1`).
 //!
 //! Run with `cargo test -p orch-store --features etcd --test etcd`.
 #![cfg(feature = "etcd")]
@@ -12,13 +13,19 @@ use orch_store::conformance;
 use orch_store::etcd::EtcdStore;
 use orch_store::local_etcd::LocalEtcd;
 
-async fn start() -> LocalEtcd {
-    LocalEtcd::start().await.unwrap_or_else(|e| panic!("{e}"))
+/// A fresh etcd, or `None` (the test skips) when the `etcd` binary is missing.
+async fn start() -> Option<LocalEtcd> {
+    if !orch_testkit::require(&["etcd"]) {
+        return None;
+    }
+    Some(LocalEtcd::start().await.unwrap_or_else(|e| panic!("{e}")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_conforms() {
-    let etcd = start().await;
+    let Some(etcd) = start().await else {
+        return;
+    };
     let n = AtomicUsize::new(0);
     conformance::run_all(|| {
         let prefix = format!("/conf-{}", n.fetch_add(1, Ordering::Relaxed));
@@ -34,7 +41,9 @@ async fn etcd_conforms() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn etcd_conforms_on_one_thread() {
-    let etcd = start().await;
+    let Some(etcd) = start().await else {
+        return;
+    };
     let n = AtomicUsize::new(0);
     conformance::run_all(|| {
         let prefix = format!("/conf-{}", n.fetch_add(1, Ordering::Relaxed));
@@ -50,7 +59,9 @@ async fn etcd_conforms_on_one_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_while_down_then_back() {
-    let mut etcd = start().await;
+    let Some(mut etcd) = start().await else {
+        return;
+    };
     let store = EtcdStore::connect(&[etcd.endpoint()], "/outage")
         .await
         .unwrap();
@@ -92,7 +103,9 @@ async fn unavailable_while_down_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_while_frozen_then_back() {
-    let etcd = start().await;
+    let Some(etcd) = start().await else {
+        return;
+    };
     let store = EtcdStore::connect(&[etcd.endpoint()], "/frozen")
         .await
         .unwrap();
@@ -116,7 +129,9 @@ async fn unavailable_while_frozen_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_limits_and_duplicate_keys() {
-    let etcd = start().await;
+    let Some(etcd) = start().await else {
+        return;
+    };
     let store = EtcdStore::connect(&[etcd.endpoint()], "/limits")
         .await
         .unwrap();
@@ -182,7 +197,9 @@ async fn txn_limits_and_duplicate_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_a_future_revision_waits_for_it() {
-    let etcd = start().await;
+    let Some(etcd) = start().await else {
+        return;
+    };
     let store = EtcdStore::connect(&[etcd.endpoint()], "/future")
         .await
         .unwrap();
@@ -213,7 +230,9 @@ async fn watch_from_a_future_revision_waits_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_sealed_in_etcd() {
     use orch_store::encrypted::{EncryptedStore, Keyring};
-    let etcd = start().await;
+    let Some(etcd) = start().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let inner: std::sync::Arc<dyn Store> = std::sync::Arc::new(
         EtcdStore::connect(&[etcd.endpoint()], "/sealed")

@@ -24,6 +24,9 @@ async fn embedded_store_loses_no_update() {
 #[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_store_loses_no_update() {
+    if !orch_testkit::require(&["etcd"]) {
+        return;
+    }
     let etcd = orch_store::local_etcd::LocalEtcd::start()
         .await
         .unwrap_or_else(|e| panic!("{e}"));

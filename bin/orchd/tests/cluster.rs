@@ -78,6 +78,9 @@ fn agent_on(
 
 #[test]
 fn agents_join_a_manager_and_a_dead_node_is_replaced() {
+    if !require(NETNS) {
+        return;
+    }
     // Four hosts: the manager on the first, an agent on each of the others.
     let hosts = Hosts::new(4);
     let tmp = tempfile::tempdir().unwrap();
@@ -343,6 +346,7 @@ fn agents_keep_working_while_the_manager_is_down() {
             mine.iter().any(|p| *p != victim).then_some(())
         },
     );
+    // What is tested: for 60 s without a manager no replica stops (sampled every 500 ms).
     while down.elapsed() < Duration::from_secs(60) {
         assert!(
             process_alive(survivor),
@@ -458,6 +462,7 @@ fn drain_then_remove_a_node() {
                 .then_some(())
         },
     );
+    // What is tested: 2 s after being told, the removed node has still not come back.
     std::thread::sleep(Duration::from_secs(2));
     assert!(!d.ctl_ok(&["get", "nodes"]).contains("a2"), "a2 came back");
     d.delete_and_wait("service", "hello");
@@ -469,6 +474,9 @@ fn drain_then_remove_a_node() {
 /// and once the link is back exactly the desired replicas run.
 #[test]
 fn a_cut_link_is_tolerated_until_the_replace_timeout() {
+    if !require(NETNS) {
+        return;
+    }
     let hosts = Hosts::new(3);
     let tmp = tempfile::tempdir().unwrap();
     let addr = format!("{}:7443", hosts.address(0));
@@ -517,6 +525,7 @@ fn a_cut_link_is_tolerated_until_the_replace_timeout() {
     eventually("a2 unreachable", Duration::from_secs(15), || {
         node_line(&d).contains("Unreachable").then_some(())
     });
+    // What is tested: nothing is replaced for the 30 s of the cut (sampled every 500 ms).
     while t.elapsed() < Duration::from_secs(30) {
         assert_eq!(replica_names(&d), names, "replaced during a short cut");
         std::thread::sleep(Duration::from_millis(500));
@@ -594,8 +603,11 @@ fn certificates_renew_without_dropping_work() {
         (r.len() == 1).then_some(r)
     });
     let first_cert = std::fs::read_to_string(a1.dir.join("credentials/node.pem")).unwrap();
+    // Ready throughout, until the certificate was renewed twice (or 60 s went by).
     let t = std::time::Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
+    while a1.log().matches("certificate renewed").count() < 2
+        && t.elapsed() < Duration::from_secs(60)
+    {
         let nodes = d.ctl_ok(&["get", "nodes"]);
         assert!(
             nodes
@@ -639,6 +651,7 @@ fn a_loaded_node_stays_ready() {
     eventually("4 busy loops", Duration::from_secs(30), || {
         (nodes_of(&d, "hog").len() == 4).then_some(())
     });
+    // What is tested: Ready for all of the 12 s (sampled every 200 ms).
     let t = std::time::Instant::now();
     while t.elapsed() < Duration::from_secs(12) {
         let nodes = d.ctl_ok(&["get", "nodes"]);
@@ -697,6 +710,9 @@ fn a_global_service_follows_nodes() {
 /// for replicas on every node.
 #[test]
 fn every_node_answers_dns_and_proxies_for_the_whole_cluster() {
+    if !require(&["root", "ip", "dig"]) {
+        return;
+    }
     let hosts = Hosts::new(3);
     let tmp = tempfile::tempdir().unwrap();
     let addr = format!("{}:7443", hosts.address(0));

@@ -4,6 +4,8 @@
 //! on the same node and answer on their ports; `orchctl exec` runs commands in a container; a
 //! killed container is replaced; a restarted orchd re-adopts the containers without
 //! duplicating them; deleting the services leaves nothing in containerd but the images.
+//! Needs root, containerd, runc, busybox and the registry's tools; without them each test says
+//! it skipped (or fails under `ORCH_TEST_REQUIRE_ALL=1`).
 #![cfg(feature = "containerd")]
 
 mod common;
@@ -15,6 +17,16 @@ use orch_runtime::containerd::testing::{
     busybox_image, program_image, static_build, write_oci_layout, LocalRegistry,
 };
 use orch_runtime::containerd::{Containerd, LocalContainerd};
+
+/// What these tests need: a containerd and a registry of their own.
+const CONTAINERD_AND_REGISTRY: &[&str] = &[
+    "root",
+    "containerd",
+    "runc",
+    "/bin/busybox",
+    "docker-registry",
+    "skopeo",
+];
 
 /// The example server from its image (the entrypoint): no command in the template.
 fn web(registry: &str) -> String {
@@ -62,6 +74,9 @@ fn ready(d: &Daemon, service: &str, n: usize) -> Option<Vec<(String, u32)>> {
 
 #[test]
 fn containers_and_processes_on_one_node_through_orchd() {
+    if !require(CONTAINERD_AND_REGISTRY) {
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut ctd = rt
         .block_on(LocalContainerd::start())
@@ -463,6 +478,9 @@ fn containers_and_processes_on_one_node_through_orchd() {
 /// paused with SIGSTOP holds it), then the container runs; Ctrl-C leaves no container behind.
 #[test]
 fn up_with_containerd_shows_pull_progress() {
+    if !require(CONTAINERD_AND_REGISTRY) {
+        return;
+    }
     use std::io::BufRead;
     use std::sync::{Arc, Mutex};
 

@@ -1,5 +1,7 @@
 //! Discovery through `orchd server` with real processes: the cluster DNS server answers
-//! `dig` from the replicas' readiness, and a published port balances HTTP across them.
+//! `dig` from the replicas' readiness, and a published port balances HTTP across them. The
+//! DNS test needs root (port 53) and `dig`, the kernel proxy's root and `nft`: without them
+//! they say they skipped (or fail under `ORCH_TEST_REQUIRE_ALL=1`).
 
 mod common;
 
@@ -50,6 +52,9 @@ fn hello_with(replicas: u32, extra: &str) -> String {
 
 #[test]
 fn dns_answers_follow_replicas_and_their_readiness() {
+    if !require(&["root", "dig"]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let dns = dns_addr(1);
     let d = Daemon::start_with(tmp.path(), &["--dns-listen", &dns]);
@@ -163,6 +168,9 @@ fn a_published_port_balances_across_replicas_and_loses_nothing_to_a_kill() {
 
 #[test]
 fn the_nftables_proxy_balances_in_the_kernel_and_follows_readiness() {
+    if !require(&["root", "nft"]) {
+        return;
+    }
     published_port("nftables");
 }
 
@@ -231,6 +239,8 @@ fn published_port(mode: &str) {
             })
         })
         .collect();
+    // What is measured: 300 ms of load before the kill are part of the total that the
+    // kernel path's failures are compared with.
     std::thread::sleep(Duration::from_millis(300));
     let (victim_addr, victim_pid) = ready[0].clone();
     Command::new("kill")
@@ -244,6 +254,7 @@ fn published_port(mode: &str) {
             .is_none_or(|r| r["status"]["phase"] != "Ready")
             .then(Instant::now)
     });
+    // What is tested: the load a second after the victim was marked unready (none may fail).
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     for w in workers {

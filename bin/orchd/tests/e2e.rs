@@ -76,6 +76,7 @@ fn replicas_run_restart_update_readopt_and_delete() {
         "workloads survive the daemon stopping"
     );
     let d2 = Daemon::start(tmp.path());
+    // What is tested: 2 s after it started, the new daemon has restarted or duplicated nothing.
     std::thread::sleep(Duration::from_secs(2));
     let again = eventually("re-adopted", Duration::from_secs(20), || {
         ready_addrs(&d2, 5)
@@ -159,13 +160,34 @@ fn orchctl_outputs_logs_describe_and_watch() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (stdout, printed) = (watch.stdout.take().unwrap(), printed.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut p = printed.lock().unwrap();
+                p.push_str(&line);
+                p.push('\n');
+            }
+        })
+    };
+    // The watch has started once it printed the service as it is.
+    eventually("the watch lists hello", Duration::from_secs(10), || {
+        printed.lock().unwrap().contains("hello").then_some(())
+    });
     d.ctl_ok(&["scale", "hello", "--replicas", "2"]);
     eventually("2 answer", Duration::from_secs(20), || ready_addrs(&d, 2));
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the watch shows the scale", Duration::from_secs(10), || {
+        printed.lock().unwrap().contains("/2").then_some(())
+    });
     let _ = watch.kill();
-    let out = watch.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = watch.wait();
+    reader.join().unwrap();
+    let text = printed.lock().unwrap().clone();
     assert!(
         text.lines().filter(|l| l.starts_with("hello")).count() >= 2,
         "watch printed changes: {text}"
@@ -216,6 +238,7 @@ fn draining_the_only_node_says_so_and_keeps_the_service_available() {
     let node = d.ctl_ok(&["get", "node", "test-node", "-o", "json"]);
     assert!(node.contains("\"draining\": true"), "{node}");
     // Nothing is stopped for replacements that cannot be placed.
+    // What is tested: for 3 s nothing moves (sampled every 50 ms).
     let t = Instant::now();
     let (mut lowest, mut most) = (usize::MAX, 0);
     while t.elapsed() < Duration::from_secs(3) {

@@ -1,7 +1,8 @@
 //! `orchd server --store etcd://...` on a real etcd that the test starts itself, and an etcd
 //! outage under running workloads.
 //!
-//! Needs the `etcd` feature and the `etcd` binary (Debian `etcd-server`); `.ci/run` runs it:
+//! Needs the `etcd` feature and the `etcd` binary (Debian `etcd-server`; without it the outage
+//! test says it skipped, or fails under `ORCH_TEST_REQUIRE_ALL=1`); `.ci/run` runs it:
 //! `cargo test -p orchd --features etcd --test etcd`.
 #![cfg(feature = "etcd")]
 
@@ -14,6 +15,9 @@ use orch_store::local_etcd::LocalEtcd;
 
 #[test]
 fn workloads_survive_an_etcd_outage_and_orchd_recovers_by_itself() {
+    if !require(&["etcd"]) {
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut etcd = rt
         .block_on(LocalEtcd::start())

@@ -192,8 +192,9 @@ fn detached_children_go_with_their_replica() {
     for pid in &left {
         kill9(*pid);
     }
-    if !with_cgroups {
-        println!("no cgroups on this machine: only the process group is killed");
+    let no_cgroups = (!with_cgroups)
+        .then(|| "the replicas got none: only their process groups were killed".into());
+    if !require_that("cgroups", no_cgroups) {
         return;
     }
     assert!(

@@ -185,8 +185,14 @@ fn a_crash_loop_backs_off_to_the_services_cap() {
         "{message}"
     );
     // With a 1 s cap: restarts at about 0, 1, 2, 3 ... s; the default cap would give 0, 1, 3, 7.
-    std::thread::sleep(Duration::from_secs(8).saturating_sub(t.elapsed()));
-    let restarts = of(&d, "crash")[0]["status"]["restarts"].as_u64().unwrap();
+    // Until 6 restarts, or 8 s: the count in 8 s is what is measured.
+    let restarts = loop {
+        let n = of(&d, "crash")[0]["status"]["restarts"].as_u64().unwrap();
+        if n >= 6 || t.elapsed() >= Duration::from_secs(8) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     eprintln!("{restarts} restarts in {:?}", t.elapsed());
     assert!(restarts >= 6, "{restarts} restarts in 8 s with a 1 s cap");
     d.delete_and_wait("service", "crash");
@@ -211,6 +217,7 @@ fn a_crash_looping_replica_is_never_ready() {
             .filter(|r| r["status"]["restarts"].as_u64() >= Some(2))
             .map(|_| ())
     });
+    // What is tested: never Ready in 6 s of crash looping (sampled every 50 ms).
     let t = Instant::now();
     let (mut samples, mut ready, mut counted) = (0, 0, 0);
     let mut reasons = std::collections::BTreeSet::new();
@@ -401,6 +408,7 @@ fn a_failed_rollout_rolls_back_and_rollouts_can_be_paused_and_undone() {
     // Pause holds a good rollout; resume completes it.
     d.ctl_ok(&["rollout", "pause", "web"]);
     apply(&svc("red", "/nonexistent"));
+    // What is tested: for 2 s after the apply, a paused rollout replaces nothing.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(color_ready(&d, "red"), 0, "paused: nothing replaced");
     assert_eq!(color_ready(&d, "blue"), 3);

@@ -1,8 +1,8 @@
 //! orchd on a data dir whose filesystem is too small or fills up (a tmpfs mounted for the
-//! test, so the real disk is never filled; needs root, skipped with a printed reason
-//! otherwise): it says how much space the store needs, and while the disk is full it reports
-//! the store unavailable (`orchctl info`, `/readyz`) and recovers by itself once space is
-//! freed.
+//! test, so the real disk is never filled; needs root: otherwise each test says it skipped,
+//! or fails under `ORCH_TEST_REQUIRE_ALL=1`): it says how much space the store needs, and
+//! while the disk is full it reports the store unavailable (`orchctl info`, `/readyz`) and
+//! recovers by itself once space is freed.
 
 mod common;
 
@@ -19,6 +19,9 @@ struct SmallFs(std::path::PathBuf);
 impl SmallFs {
     fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
         std::fs::create_dir_all(dir).unwrap();
+        if !orch_testkit::require(&["root", "mount"]) {
+            return None;
+        }
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
@@ -26,14 +29,12 @@ impl SmallFs {
         match out {
             Ok(o) if o.status.success() => Some(SmallFs(dir.to_path_buf())),
             Ok(o) => {
-                println!(
-                    "skipped: cannot mount a tmpfs: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
+                let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                orch_testkit::require_that("a tmpfs mount", Some(why));
                 None
             }
             Err(e) => {
-                println!("skipped: cannot run mount: {e}");
+                orch_testkit::require_that("a tmpfs mount", Some(format!("cannot run mount: {e}")));
                 None
             }
         }

@@ -1,4 +1,6 @@
-//! Test support: start and stop real `orchd` daemons, run `orchctl`, poll with deadlines.
+//! Test support: start and stop real `orchd` daemons, run `orchctl`, poll with deadlines;
+//! [`require`] skips a test that needs what this machine lacks (root, `ip`, `dig`, `nft`,
+//! etcd, containerd), or fails it under `ORCH_TEST_REQUIRE_ALL=1`.
 
 #![allow(dead_code)]
 
@@ -7,6 +9,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+#[allow(unused_imports)] // each test binary uses what it needs of these
+pub use orch_testkit::{require, require_that};
 
 /// The directory holding the workspace's binaries (target/debug), next to the test binary.
 pub fn bin_dir() -> PathBuf {
@@ -387,6 +392,9 @@ pub fn netns_command(netns: Option<&str>, program: &str) -> Command {
         None => Command::new(program),
     }
 }
+
+/// What [`Hosts`] needs: root (to make network namespaces, bridges and veths) and `ip`.
+pub const NETNS: &[&str] = &["root", "ip"];
 
 /// Hosts on one bridge: a network namespace per host with a veth into a bridge of its own,
 /// addresses `10.(200+S).N.(i+1)/24` (S counts the sets of this test process, N comes from its
