@@ -2,7 +2,7 @@
 //! [`Reconcile`] — `reconcile(key, ctx) -> Result<Action, E>` plus `error_policy(&E, &key, ctx)
 //! -> Action` and the keys a cache change concerns — and [`run`] owns the rest: the work queue
 //! (deduplicated keys, one reconcile per key at a time), the per-key exponential backoff, the
-//! reconcile metrics (`orch_reconcile_*{controller=NAME}`), the feed from the cache and the
+//! reconcile metrics (`orch_reconcile_seconds{controller=NAME}`), the feed from the cache and the
 //! periodic resync.
 //!
 //! The engine's `ControllerSet` (in `engine/mod.rs`) starts and stops a group of controllers with one

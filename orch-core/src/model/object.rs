@@ -2248,4 +2248,31 @@ mod tests {
         assert_eq!(st.reason, Reason::None);
         assert!(!serde_json::to_string(&st).unwrap().contains("reason"));
     }
+
+    #[test]
+    fn an_object_key_is_its_store_key() {
+        for (text, key) in [
+            (
+                "/services/default/web",
+                ObjectKey::new(Kind::Service, "default", "web"),
+            ),
+            (
+                "/jobs/batch/backup",
+                ObjectKey::new(Kind::Job, "batch", "backup"),
+            ),
+            ("/nodes/node-1", ObjectKey::new(Kind::Node, "", "node-1")),
+        ] {
+            assert_eq!(ObjectKey::parse(text).as_ref(), Some(&key));
+            assert_eq!(key.to_string(), text);
+        }
+        for bad in [
+            "",
+            "/",
+            "/services",
+            "/services/web",
+            "/nothing/default/web",
+        ] {
+            assert_eq!(ObjectKey::parse(bad), None, "{bad}");
+        }
+    }
 }
