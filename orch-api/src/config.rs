@@ -58,13 +58,16 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// `$ORCH_CONFIG`, else `~/.config/orch/config.yaml`.
-    pub fn default_path() -> PathBuf {
-        std::env::var_os("ORCH_CONFIG")
+    /// Where the config file is: `orch_config` (the binaries pass `$ORCH_CONFIG`), else
+    /// `.config/orch/config.yaml` under `home` (`$HOME`), else `/etc/orch/config.yaml`. The
+    /// library reads no environment itself.
+    pub fn default_path(
+        orch_config: Option<std::ffi::OsString>,
+        home: Option<std::ffi::OsString>,
+    ) -> PathBuf {
+        orch_config
             .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/orch/config.yaml"))
-            })
+            .or_else(|| home.map(|h| PathBuf::from(h).join(".config/orch/config.yaml")))
             .unwrap_or_else(|| PathBuf::from("/etc/orch/config.yaml"))
     }
 

@@ -121,9 +121,12 @@ fn main() {
 /// Runs the parsed command: the config file's verbs without a daemon, the others with a client
 /// for the flags.
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config_path = cli
-        .config
-        .unwrap_or_else(orch_api::config::ClientConfig::default_path);
+    let config_path = cli.config.unwrap_or_else(|| {
+        orch_api::config::ClientConfig::default_path(
+            std::env::var_os("ORCH_CONFIG"),
+            std::env::var_os("HOME"),
+        )
+    });
     let client = match cli.command {
         Command::Config(command) => return cmd::config::run(&config_path, command),
         Command::Login(args) => return cmd::login::run(&config_path, args).await,

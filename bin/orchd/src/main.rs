@@ -144,7 +144,9 @@ fn admin(args: AdminArgs) -> anyhow::Result<()> {
         orch_api::grpc::cluster::DEFAULT_CERT_VALIDITY,
     )?;
     let creds = m.admin_credentials(&args.name, args.validity)?;
-    let path = args.config.unwrap_or_else(ClientConfig::default_path);
+    let path = args.config.unwrap_or_else(|| {
+        ClientConfig::default_path(std::env::var_os("ORCH_CONFIG"), std::env::var_os("HOME"))
+    });
     let mut config = ClientConfig::load(&path)
         .map_err(anyhow::Error::msg)?
         .unwrap_or_default();
