@@ -3,5 +3,7 @@
 
 pub mod agent;
 pub mod probes;
+pub mod volumes;
 
 pub use agent::{Agent, AgentConfig};
+pub use volumes::VolumeLayout;

@@ -35,24 +35,13 @@ impl Agent {
             heartbeat: Some(Timestamp::now()),
             limits: info.limits_note,
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            volumes: self.volumes(),
+            volumes: self
+                .cfg
+                .volumes
+                .as_ref()
+                .map(|v| v.list())
+                .unwrap_or_default(),
         }
-    }
-
-    /// The named volumes in the volume directory.
-    pub(super) fn volumes(&self) -> Vec<String> {
-        let Some(dir) = &self.cfg.volume_dir else {
-            return Vec::new();
-        };
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        v.sort();
-        v
     }
 
     /// Creates or refreshes the node object (registration and heartbeat).

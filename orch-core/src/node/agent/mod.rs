@@ -60,8 +60,8 @@ pub struct AgentConfig {
     pub dns: Option<std::net::SocketAddr>,
     /// The cluster domain workloads search (`orch.local`).
     pub dns_domain: String,
-    /// Where named local volumes live (`DIR/NAME`); `None`: volumes are refused here.
-    pub volume_dir: Option<std::path::PathBuf>,
+    /// Where named local volumes live; `None`: volumes are refused here.
+    pub volumes: Option<crate::node::VolumeLayout>,
     /// Host paths replicas may mount (a mount's real path, symlinks resolved, must be under
     /// one of these); empty: none.
     pub allowed_host_paths: Vec<std::path::PathBuf>,
@@ -86,7 +86,7 @@ impl AgentConfig {
             endpoint: String::new(),
             dns: None,
             dns_domain: "orch.local".into(),
-            volume_dir: None,
+            volumes: None,
             allowed_host_paths: Vec::new(),
         }
     }

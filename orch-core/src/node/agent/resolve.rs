@@ -68,14 +68,11 @@ impl Agent {
                     .unwrap_or_default();
                 MountSource::Files(MountFiles { secret, files })
             } else if let Some(v) = &m.volume {
-                let dir = self.cfg.volume_dir.as_ref().ok_or(format!(
+                let volumes = self.cfg.volumes.as_ref().ok_or(format!(
                     "volume {v}: node {} keeps no volumes",
                     self.cfg.node
                 ))?;
-                let path = dir.join(v);
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| format!("volume {v}: cannot create {}: {e}", path.display()))?;
-                MountSource::Dir(path)
+                MountSource::Dir(volumes.create(v)?)
             } else if let Some(h) = &m.host_path {
                 MountSource::Dir(self.allowed_host_path(h)?)
             } else {
