@@ -19,13 +19,6 @@ impl Agent {
                 .offers()
                 .into_iter()
                 .filter(|n| !unavailable.iter().any(|(u, _)| u == n))
-                .map(|n| {
-                    if n == "fake" {
-                        "process".to_string()
-                    } else {
-                        n
-                    }
-                })
                 .collect(),
             runtime_problems: unavailable
                 .iter()

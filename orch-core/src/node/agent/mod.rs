@@ -13,11 +13,13 @@ use crate::engine::Ctx;
 use crate::model::object::{
     DesiredState, EnvVar, ExitStatus, Kind, Object, Phase, Replica, ReplicaStatus, Resources, Taint,
 };
+use crate::node::probes::ProbeView;
 use crate::runtime::{Runtime, RuntimeEvent, Workload, WorkloadState};
 use crate::store::{delete_op, Op};
 
 mod backoff;
 mod heartbeat;
+mod probing;
 mod resolve;
 mod start;
 mod status;
@@ -97,6 +99,8 @@ struct State {
     workloads: HashMap<String, Workload>,
     busy: HashSet<String>,
     backoff: HashMap<String, Backoff>,
+    /// What the probes say of each probed workload: the run (runtime id) and its view.
+    probed: HashMap<String, (String, ProbeView)>,
 }
 
 /// One node's agent.
@@ -211,12 +215,7 @@ impl Agent {
                 tokio::spawn(async move {
                     loop {
                         match runtime_events.recv().await {
-                            Ok(RuntimeEvent::Exited { id, status }) => {
-                                if let Some(w) = me.lock().workloads.get_mut(&id) {
-                                    w.state = WorkloadState::Exited(status);
-                                }
-                                me.queue.add(key_of_id(&id));
-                            }
+                            Ok(RuntimeEvent::Exited { id, status }) => me.exited(&id, None, status),
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                                 me.refresh_workloads().await
                             }
@@ -227,12 +226,7 @@ impl Agent {
             },
             {
                 let me = self.clone();
-                tokio::spawn(crate::node::probes::run(
-                    self.ctx.clone(),
-                    self.runtime.clone(),
-                    self.cfg.node.clone(),
-                    Arc::new(move |id: &str| me.holds(id)),
-                ))
+                tokio::spawn(me.probe_loop())
             },
             {
                 let me = self.clone();
@@ -262,6 +256,19 @@ impl Agent {
             self.process(batch).await;
         }
         tasks.iter().for_each(|t| t.abort());
+    }
+
+    /// Workload `id` exited (run `run` of it, if it must be that one): reconcile it.
+    fn exited(&self, id: &str, run: Option<&str>, status: ExitStatus) {
+        if let Some(w) = self
+            .lock()
+            .workloads
+            .get_mut(id)
+            .filter(|w| run.is_none_or(|r| w.runtime_id == r))
+        {
+            w.state = WorkloadState::Exited(status);
+        }
+        self.queue.add(key_of_id(id));
     }
 
     async fn refresh_workloads(&self) {
@@ -321,6 +328,9 @@ impl Agent {
                     };
                     let mut st = r.status.clone();
                     mark_running(&mut st, &w, &r.spec.template, settling.is_some());
+                    if let Some(view) = self.probe_view(&id, &w.runtime_id) {
+                        view.apply(&r.spec.template, &mut st);
+                    }
                     Outcome {
                         status: Some(st),
                         ops: Vec::new(),

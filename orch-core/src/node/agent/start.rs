@@ -20,7 +20,7 @@ pub(super) const RESTART_SETTLE: Duration = Duration::from_millis(500);
 pub(super) const CRASH_EVENT_EVERY: Duration = Duration::from_secs(10);
 
 /// The status of a replica whose workload runs: Ready, unless a readiness or startup probe
-/// decides that (then Running until the prober says Ready; what it wrote for this run stays)
+/// decides that (then Running until its probes say Ready: see [`ProbeView`](crate::node::probes::ProbeView))
 /// or it was restarted after an exit and is `settling` (Running until it has stayed up a
 /// moment: a replica that crashes as soon as it starts is never Ready).
 pub(super) fn mark_running(

@@ -171,7 +171,7 @@ impl Agent {
     }
 
     /// Whether the agent holds a status for replica `id` that it has not written yet (the
-    /// stored one is older: the prober leaves such a replica alone).
+    /// stored one is older: its probes are not run meanwhile).
     pub(super) fn holds(&self, id: &str) -> bool {
         self.lock()
             .backoff
