@@ -11,6 +11,7 @@ mod cgroup;
 pub mod containerd;
 mod logs;
 pub mod mounts;
+mod probe;
 pub mod process;
 mod procfs;
 mod state;

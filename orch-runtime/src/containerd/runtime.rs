@@ -1096,6 +1096,17 @@ impl Runtime for ContainerdRuntime {
         self.inner.events.subscribe()
     }
 
+    /// HTTP and TCP checks at the workload's address (hyper's HTTP/1.1 client), exec checks
+    /// through [`exec`](Runtime::exec).
+    async fn probe(
+        &self,
+        id: &str,
+        action: &orch_core::runtime::ProbeAction,
+        timeout: Duration,
+    ) -> orch_core::runtime::ProbeResult {
+        crate::probe::check(self, id, action, timeout).await
+    }
+
     async fn exec(
         &self,
         id: &str,
