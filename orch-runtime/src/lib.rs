@@ -10,9 +10,9 @@ mod cgroup;
 #[cfg(feature = "containerd")]
 pub mod containerd;
 mod logs;
-pub mod mounts;
+mod mounts;
 mod probe;
-pub mod process;
+mod process;
 mod procfs;
 mod state;
 

@@ -11,7 +11,7 @@ use crate::model::quantity::Timestamp;
 use super::{id_of, Agent, Outcome};
 
 /// The restart delay after `failures` consecutive failed runs: 0, base, 2·base, ... up to max.
-pub fn restart_delay(failures: u32, base: Duration, max: Duration) -> Duration {
+pub(crate) fn restart_delay(failures: u32, base: Duration, max: Duration) -> Duration {
     if failures == 0 {
         Duration::ZERO
     } else {

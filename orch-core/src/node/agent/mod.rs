@@ -24,7 +24,6 @@ mod resolve;
 mod start;
 mod status;
 
-pub use backoff::restart_delay;
 use backoff::Backoff;
 use start::mark_running;
 
