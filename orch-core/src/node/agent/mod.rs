@@ -57,7 +57,8 @@ pub struct AgentConfig {
     pub stable_run: Duration,
     /// Where this agent serves its manager (reported in the node's status), if it does.
     pub endpoint: String,
-    /// The node's cluster DNS server, handed to every workload (see [`WorkloadDns`]).
+    /// The node's cluster DNS server, handed to every workload (see
+    /// [`WorkloadDns`](crate::runtime::WorkloadDns)).
     pub dns: Option<std::net::SocketAddr>,
     /// The cluster domain workloads search (`orch.local`).
     pub dns_domain: String,
