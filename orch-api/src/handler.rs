@@ -60,8 +60,8 @@ pub struct Backend {
     pub on_node_removed: Option<NodeRemovedHook>,
     /// Reaches replicas on nodes this process does not host (a cluster manager's agents).
     pub nodes: Option<Arc<dyn crate::grpc::node::NodeAccess>>,
-    /// The volume directory of each node this process runs an agent for (`orchctl volume rm`).
-    pub volume_dirs: HashMap<String, std::path::PathBuf>,
+    /// The volumes of each node this process runs an agent for (`orchctl volume rm`).
+    pub volumes: HashMap<String, orch_core::node::VolumeLayout>,
     /// Asked, at apply, whether `namespace/service` may publish `port` on this process's
     /// node (the service proxy tries it); an error refuses the apply.
     pub port_check: Option<PortCheck>,
@@ -724,8 +724,8 @@ async fn logs(
 /// nodes this process does not host; otherwise deletes the directory (the node's next
 /// heartbeat stops reporting it).
 async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> Response {
-    if let Err(e) = orch_core::model::validate::dns1123_label(name) {
-        return error(ErrorCode::Invalid, format!("volume {name:?}: {e}"));
+    if let Err(e) = orch_core::node::VolumeLayout::check_name(name) {
+        return error(ErrorCode::Invalid, e);
     }
     let store = &*backend.store;
     let nodes = match list_objects(store, Kind::Node, None).await {
@@ -789,7 +789,7 @@ async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> R
             ),
         );
     }
-    let Some(dir) = backend.volume_dirs.get(&node) else {
+    let Some(volumes) = backend.volumes.get(&node) else {
         // A node on another host: its agent removes it.
         return match &backend.nodes {
             Some(nodes) => match nodes.remove_volume(&node, name).await {
@@ -805,15 +805,11 @@ async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> R
             ),
         };
     };
-    let path = dir.join(name);
-    match tokio::fs::remove_dir_all(&path).await {
+    match volumes.remove(name).await {
         Ok(()) => Response::VolumeRemoved {
             name: name.to_string(),
             node,
         },
-        Err(e) => error(
-            ErrorCode::Internal,
-            format!("cannot remove {}: {e}", path.display()),
-        ),
+        Err(e) => error(ErrorCode::Internal, e),
     }
 }

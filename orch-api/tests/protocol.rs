@@ -46,7 +46,7 @@ async fn start_with(limits: Option<ServeLimits>) -> Started {
         on_node_removed: None,
         nodes: None,
         port_check: None,
-        volume_dirs: Default::default(),
+        volumes: Default::default(),
     });
     let cancel = CancellationToken::new();
     match limits {
@@ -442,7 +442,7 @@ async fn no_answer_carries_a_secret_value_delete_included() {
         on_node_removed: None,
         nodes: None,
         port_check: None,
-        volume_dirs: Default::default(),
+        volumes: Default::default(),
     };
     let resp = orch_api::handler::answer(
         &backend,

@@ -13,8 +13,8 @@ use tokio::sync::broadcast;
 use crate::model::object::{BoundPort, ExitStatus, Template};
 use crate::model::quantity::Timestamp;
 use crate::runtime::{
-    LogOptions, LogStream, Runtime, RuntimeError, RuntimeEvent, RuntimeInfo, Workload,
-    WorkloadSpec, WorkloadState,
+    LogOptions, LogStream, ProbeAction, ProbeResult, Runtime, RuntimeError, RuntimeEvent,
+    RuntimeInfo, Workload, WorkloadSpec, WorkloadState,
 };
 
 #[derive(Default)]
@@ -22,6 +22,8 @@ struct State {
     workloads: BTreeMap<String, Workload>,
     logs: BTreeMap<String, Vec<u8>>,
     fail_next_start: Option<String>,
+    probes: BTreeMap<String, ProbeResult>,
+    probe_counts: BTreeMap<String, u64>,
 }
 
 /// An in-memory runtime. Cloning shares the state, so a test keeps a handle to inspect it.
@@ -101,6 +103,17 @@ impl FakeRuntime {
         self.starts.load(Ordering::Relaxed)
     }
 
+    /// From now on every probe check of workload `id` gives `result` (until set again; a
+    /// workload never set passes its checks).
+    pub fn set_probe_result(&self, id: &str, result: ProbeResult) {
+        self.lock().probes.insert(id.into(), result);
+    }
+
+    /// How many probe checks of workload `id` ran so far.
+    pub fn probe_count(&self, id: &str) -> u64 {
+        self.lock().probe_counts.get(id).copied().unwrap_or(0)
+    }
+
     /// Appends to a workload's log.
     pub fn write_log(&self, id: &str, bytes: &[u8]) {
         self.lock()
@@ -121,8 +134,27 @@ impl Runtime for FakeRuntime {
         }
     }
 
+    /// Runs everything, and offers what nodes that run commands offer (as a process node).
+    fn offers(&self) -> Vec<String> {
+        vec![crate::runtime::OFFERS_COMMANDS.into()]
+    }
+
     fn supports(&self, _template: &Template) -> bool {
         true
+    }
+
+    /// The result [set](FakeRuntime::set_probe_result) for the workload (pass if none), at once.
+    async fn probe(&self, id: &str, _action: &ProbeAction, _timeout: Duration) -> ProbeResult {
+        let mut g = self.lock();
+        if !g
+            .workloads
+            .get(id)
+            .is_some_and(|w| w.state == WorkloadState::Running)
+        {
+            return Err(RuntimeError::NotFound(id.into()).to_string());
+        }
+        *g.probe_counts.entry(id.into()).or_default() += 1;
+        g.probes.get(id).cloned().unwrap_or(Ok(()))
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {

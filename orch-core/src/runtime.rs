@@ -275,6 +275,91 @@ pub struct ExecOutput {
 /// The most output of each stream [`Runtime::exec`] returns.
 pub const EXEC_OUTPUT_MAX: usize = 1 << 20;
 
+/// One check of a probe against a workload, resolved by the agent: the address to reach (the
+/// replica's host address and host port, a named port already looked up) or the command to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeAction {
+    /// `GET http://HOST:PORT/PATH` (with `Host: HOST:PORT`): passes on a status from 200 to 399.
+    HttpGet {
+        /// The address to connect to.
+        host: String,
+        /// The port.
+        port: u16,
+        /// The request path (starts with `/`).
+        path: String,
+    },
+    /// A TCP connection to `HOST:PORT`: passes once it is accepted.
+    TcpConnect {
+        /// The address to connect to.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// A command run inside the workload ([`Runtime::exec`]): passes when it exits 0.
+    Exec {
+        /// The program and its arguments.
+        command: Vec<String>,
+    },
+}
+
+/// What one probe check found ([`Runtime::probe`]): `Ok` passes; `Err` says why not, in the
+/// words the replica's status and events show (`HTTP 503 from GET http://127.0.0.1:8080/healthz`,
+/// `connect 127.0.0.1:1: Connection refused (os error 111)`, `exec ["true"]: exit 1`,
+/// `GET ...: no answer within 1s`).
+pub type ProbeResult = Result<(), String>;
+
+/// The result of an exec probe of `command` that [`Runtime::exec`] ran (or could not run) with
+/// `timeout`: passes on exit code 0; otherwise says the exit code and the start of its stderr,
+/// the signal, the timeout, or the error.
+pub fn exec_probe_result(
+    command: &[String],
+    timeout: Duration,
+    out: Result<ExecOutput, RuntimeError>,
+) -> ProbeResult {
+    let out = out.map_err(|err| format!("exec {command:?}: {err}"))?;
+    if out.timed_out {
+        return Err(format!("exec {command:?}: no answer within {timeout:?}"));
+    }
+    match out.code {
+        Some(0) => Ok(()),
+        Some(c) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: String = err.trim().chars().take(200).collect();
+            Err(format!(
+                "exec {command:?}: exit {c}{}",
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {tail}")
+                }
+            ))
+        }
+        None => Err(format!(
+            "exec {command:?}: killed by signal {}",
+            out.signal.unwrap_or_default()
+        )),
+    }
+}
+
+/// The name a runtime [offers](Runtime::offers) for templates that run a command: the process
+/// runtime's (a node advertises it in `status.runtimes`).
+pub const OFFERS_COMMANDS: &str = "process";
+
+/// The name a runtime [offers](Runtime::offers) for templates that run an image: the
+/// containerd runtime's.
+pub const OFFERS_IMAGES: &str = "containerd";
+
+/// What a node must offer to run `template` ([`OFFERS_IMAGES`] for an image,
+/// [`OFFERS_COMMANDS`] for a command): the scheduler matches it against the names in the
+/// nodes' `status.runtimes`.
+pub fn offer_needed_by(template: &Template) -> &'static str {
+    if template.image.is_some() {
+        OFFERS_IMAGES
+    } else {
+        OFFERS_COMMANDS
+    }
+}
+
 /// Chunks of a workload's combined stdout and stderr.
 pub type LogStream = BoxStream<'static, Result<Vec<u8>, RuntimeError>>;
 
@@ -391,6 +476,21 @@ pub trait Runtime: Send + Sync {
             id,
             self.info().name
         )))
+    }
+    /// Runs one check of a probe against running workload `id` and says whether it passed.
+    /// Gives up after `timeout` (the result then says `no answer within TIMEOUT`), so a check
+    /// never takes much longer. The default runs exec checks with [`Runtime::exec`] and refuses
+    /// network checks; runtimes whose workloads listen implement them.
+    async fn probe(&self, id: &str, action: &ProbeAction, timeout: Duration) -> ProbeResult {
+        match action {
+            ProbeAction::Exec { command } => {
+                exec_probe_result(command, timeout, self.exec(id, command, timeout).await)
+            }
+            _ => Err(format!(
+                "the {} runtime cannot run network probes",
+                self.info().name
+            )),
+        }
     }
     /// Imports an image from an OCI image layout tarball on this machine (for nodes without a
     /// registry) under `name` (or the name the archive gives it); returns the name.
@@ -591,6 +691,13 @@ impl Runtime for Runtimes {
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError> {
         self.owner(id).await?.exec(id, command, timeout).await
+    }
+
+    async fn probe(&self, id: &str, action: &ProbeAction, timeout: Duration) -> ProbeResult {
+        match self.owner(id).await {
+            Ok(r) => r.probe(id, action, timeout).await,
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn import_image(

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::model::object::{Node, NodeCondition, Placement, Protocol, Replica, Taint, Template};
+use crate::model::object::{Node, NodeCondition, Placement, Protocol, Replica, Taint};
 
 /// One node as the scheduler sees it: what it has and what is already placed on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub struct PendingReplica {
     pub memory: u64,
     /// Fixed host ports it needs.
     pub ports: Vec<(Protocol, u16)>,
-    /// The runtime it needs (`process` for commands, `containerd` for images).
+    /// The name a node must offer for it ([`offer_needed_by`](crate::runtime::offer_needed_by)).
     pub runtime: String,
     /// Placement rules (shared by the replicas of one service revision).
     pub placement: std::sync::Arc<Placement>,
@@ -131,15 +131,6 @@ impl<T: Scheduler + ?Sized> Scheduler for std::sync::Arc<T> {
     }
 }
 
-/// The runtime a template needs.
-pub fn runtime_for(template: &Template) -> &'static str {
-    if template.image.is_some() {
-        "containerd"
-    } else {
-        "process"
-    }
-}
-
 impl PendingReplica {
     /// Describes a replica for the scheduler.
     pub fn from_replica(r: &Replica, key: String) -> PendingReplica {
@@ -154,7 +145,7 @@ impl PendingReplica {
                 .iter()
                 .filter_map(|p| p.port.map(|n| (p.protocol, n)))
                 .collect(),
-            runtime: runtime_for(t).to_string(),
+            runtime: crate::runtime::offer_needed_by(t).to_string(),
             placement: r.spec.placement.clone(),
             labels: r.metadata.labels.clone(),
             volumes: t.volumes().into_iter().map(String::from).collect(),

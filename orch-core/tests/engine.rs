@@ -776,3 +776,100 @@ async fn draining_the_only_node_keeps_every_replica_until_another_node_can_take_
     );
     e.shutdown().await;
 }
+
+/// The events with `reason` in the store (the engine's cache skips events).
+async fn events_with(store: &MemStore, reason: &str) -> Vec<String> {
+    let (events, _) = orch_core::store::list_objects(store, Kind::Event, None)
+        .await
+        .unwrap();
+    events
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Event(ev) if ev.reason == reason => Some(ev.message),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Probes through the fake runtime's scripted results: a readiness probe that fails takes the
+/// replica out of Ready (NotReady, with the error in its message and probe lines, one
+/// Unhealthy warning) without a restart, and back once it passes; a liveness probe that fails
+/// its threshold restarts the run.
+#[tokio::test(start_paused = true)]
+async fn probes_decide_readiness_and_a_failed_liveness_probe_restarts() {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    let rt = FakeRuntime::default();
+    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    api::apply(
+        &*store,
+        vec![
+            service(
+                "web",
+                1,
+                "    ports: [{name: http}]\n    readinessProbe: {httpGet: {path: /healthz, port: http}, period: 200ms, failureThreshold: 2}\n",
+            ),
+            service(
+                "live",
+                1,
+                "    livenessProbe: {exec: {command: [check]}, period: 200ms, failureThreshold: 2}\n",
+            ),
+        ],
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("both ready", || {
+        ready(&e, "web") == 1 && ready(&e, "live") == 1
+    })
+    .await;
+    let web = replicas(&e, "web").remove(0);
+    assert_eq!(web.status.probes, ["readiness: passing"]);
+    let id = web.runtime_name();
+    assert!(rt.probe_count(&id) >= 1);
+
+    rt.set_probe_result(&id, Err("HTTP 503 from GET /healthz".into()));
+    eventually("web not ready", || {
+        replicas(&e, "web")[0].status.reason == "NotReady"
+    })
+    .await;
+    let st = replicas(&e, "web").remove(0).status;
+    assert_eq!(st.phase, Phase::Running);
+    assert_eq!(
+        st.message,
+        "readiness probe failed: HTTP 503 from GET /healthz"
+    );
+    assert_eq!(
+        st.probes,
+        ["readiness: failing (2 consecutive, threshold 2): HTTP 503 from GET /healthz"]
+    );
+    rt.set_probe_result(&id, Ok(()));
+    eventually("web ready again", || ready(&e, "web") == 1).await;
+    assert_eq!(
+        replicas(&e, "web")[0].status.restarts,
+        0,
+        "readiness never restarts"
+    );
+    assert_eq!(
+        events_with(&store, "Unhealthy").await,
+        ["readiness probe failed: HTTP 503 from GET /healthz"]
+    );
+
+    let live = replicas(&e, "live").remove(0);
+    let (id, run) = (live.runtime_name(), live.status.runtime_id.clone());
+    rt.set_probe_result(&id, Err("exec [\"check\"]: exit 1".into()));
+    eventually("live restarted", || {
+        replicas(&e, "live")[0].status.runtime_id != run
+    })
+    .await;
+    rt.set_probe_result(&id, Ok(()));
+    eventually("live ready again", || ready(&e, "live") == 1).await;
+    assert_eq!(replicas(&e, "live")[0].status.restarts, 1);
+    let unhealthy = events_with(&store, "Unhealthy").await;
+    assert!(
+        unhealthy
+            .iter()
+            .any(|m| m == "liveness probe failed: exec [\"check\"]: exit 1; restarting"),
+        "{unhealthy:?}"
+    );
+}

@@ -10,8 +10,9 @@ mod cgroup;
 #[cfg(feature = "containerd")]
 pub mod containerd;
 mod logs;
-pub mod mounts;
-pub mod process;
+mod mounts;
+mod probe;
+mod process;
 mod procfs;
 mod state;
 

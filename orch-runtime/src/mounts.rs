@@ -12,14 +12,14 @@ use orch_core::runtime::{MountFiles, MountSource, WorkloadMount};
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// Whether `path` is on tmpfs.
-pub fn is_tmpfs(path: &Path) -> bool {
+pub(crate) fn is_tmpfs(path: &Path) -> bool {
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type == TMPFS_MAGIC)
 }
 
 /// Where a runtime keeps workloads' tmpfs content: `/dev/shm/orch-<tag>` (`tag` tells
 /// runtimes apart), or `fallback` when /dev/shm is not tmpfs (then secrets do touch a disk;
 /// the runtime says so).
-pub fn tmpfs_root(tag: &str, fallback: &Path) -> PathBuf {
+pub(crate) fn tmpfs_root(tag: &str, fallback: &Path) -> PathBuf {
     let shm = Path::new("/dev/shm");
     if is_tmpfs(shm) {
         shm.join(format!("orch-{tag}"))
@@ -33,7 +33,7 @@ pub fn tmpfs_root(tag: &str, fallback: &Path) -> PathBuf {
 }
 
 /// A short stable tag for a state directory (FNV-1a).
-pub fn tag_of(state_dir: &Path) -> String {
+pub(crate) fn tag_of(state_dir: &Path) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in state_dir.as_os_str().as_encoded_bytes() {
         h ^= u64::from(*b);
@@ -51,7 +51,11 @@ fn mkdir(path: &Path, mode: u32) -> io::Result<()> {
 
 /// Writes `files` into a new directory `dir` (replacing what was there): mode 0400 files in
 /// a 0500 directory for a secret, 0444 in 0555 for a config, owned by `owner` when given.
-pub fn write_files(dir: &Path, files: &MountFiles, owner: Option<(u32, u32)>) -> io::Result<()> {
+pub(crate) fn write_files(
+    dir: &Path,
+    files: &MountFiles,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     remove_tree(dir)?;
     mkdir(dir, 0o700)?;
     let (file_mode, dir_mode) = if files.secret {
@@ -88,7 +92,7 @@ pub fn write_files(dir: &Path, files: &MountFiles, owner: Option<(u32, u32)>) ->
 
 /// Removes `path` and everything below it, making read-only directories (a secret's 0500)
 /// writable first so a non-root daemon can empty them. Gone already is fine.
-pub fn remove_tree(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -109,7 +113,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// `root` joined with absolute `path`, after checking every existing component below `root`
 /// is a real directory, not a symlink (a workload could otherwise point one outside its
 /// root and have orch create or replace files there); missing ones are created 0755.
-pub fn inside(root: &Path, path: &str) -> io::Result<PathBuf> {
+pub(crate) fn inside(root: &Path, path: &str) -> io::Result<PathBuf> {
     let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
     let rel = Path::new(path)
         .strip_prefix("/")
@@ -151,7 +155,11 @@ pub fn inside(root: &Path, path: &str) -> io::Result<PathBuf> {
 /// Makes a process replica's mounts under `root`: each path becomes a symlink to the files
 /// (written under `tmp`), the tmpfs directory (under `tmp`, kept across restarts of the
 /// replica) or the node directory.
-pub fn link_process_mounts(root: &Path, tmp: &Path, mounts: &[WorkloadMount]) -> io::Result<()> {
+pub(crate) fn link_process_mounts(
+    root: &Path,
+    tmp: &Path,
+    mounts: &[WorkloadMount],
+) -> io::Result<()> {
     mkdir(root, 0o755)?;
     for (i, m) in mounts.iter().enumerate() {
         let target = match &m.source {

@@ -792,6 +792,17 @@ impl Runtime for ProcessRuntime {
     /// Runs `command` as the workload sees the world: the running process's environment
     /// (`/proc/PID/environ`) and working directory, in its cgroup, as a new process group
     /// killed after `timeout`.
+    /// HTTP and TCP checks at the workload's address (hyper's HTTP/1.1 client), exec checks
+    /// through [`exec`](Runtime::exec).
+    async fn probe(
+        &self,
+        id: &str,
+        action: &orch_core::runtime::ProbeAction,
+        timeout: Duration,
+    ) -> orch_core::runtime::ProbeResult {
+        crate::probe::check(self, id, action, timeout).await
+    }
+
     async fn exec(
         &self,
         id: &str,

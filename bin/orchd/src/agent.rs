@@ -99,7 +99,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         bound,
         creds_rx,
         runtime.clone(),
-        Some(data_dir.join("volumes")),
+        Some(orch_core::node::VolumeLayout::in_data_dir(&data_dir)),
     ));
     let mut agent = host::agent_config(&node, labels, &discovery_dir);
     agent.taints = taints;
@@ -186,7 +186,7 @@ async fn serve_node(
     first: tokio::net::TcpListener,
     mut creds: tokio::sync::watch::Receiver<Credentials>,
     runtime: Arc<dyn orch_core::runtime::Runtime>,
-    volume_dir: Option<std::path::PathBuf>,
+    volumes: Option<orch_core::node::VolumeLayout>,
 ) {
     let addr = first.local_addr().ok();
     let mut listener = Some(first);
@@ -208,7 +208,7 @@ async fn serve_node(
             l,
             &current,
             runtime.clone(),
-            volume_dir.clone(),
+            volumes.clone(),
             stop.clone(),
         );
         tokio::pin!(server);

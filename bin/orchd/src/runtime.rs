@@ -41,9 +41,9 @@ pub struct RuntimeArgs {
 }
 
 impl RuntimeArgs {
-    /// Sets the agent's volume directory (DATA_DIR/volumes) and allowed host paths.
+    /// Sets the agent's volumes (in DATA_DIR/volumes) and allowed host paths.
     pub fn configure(&self, agent: &mut orch_core::AgentConfig, data_dir: &Path) {
-        agent.volume_dir = Some(data_dir.join("volumes"));
+        agent.volumes = Some(orch_core::node::VolumeLayout::in_data_dir(data_dir));
         agent.allowed_host_paths = self.allow_host_paths.clone();
     }
 }

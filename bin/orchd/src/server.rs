@@ -161,10 +161,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Arc::new(move |n: &str| m.revoke(n)) as orch_api::handler::NodeRemovedHook
         }),
         port_check: discovery.as_ref().map(|d| d.port_check()),
-        volume_dirs: if args.no_agent {
+        volumes: if args.no_agent {
             HashMap::new()
         } else {
-            HashMap::from([(node.clone(), data_dir.join("volumes"))])
+            HashMap::from([(
+                node.clone(),
+                orch_core::node::VolumeLayout::in_data_dir(&data_dir),
+            )])
         },
         nodes: match &cluster {
             Some((m, _, _)) => Some(Arc::new(orch_api::grpc::node::NodeDialer::new(

@@ -89,7 +89,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         on_node_removed: None,
         nodes: None,
         port_check: Some(discovery.port_check()),
-        volume_dirs: HashMap::from([(args.node.clone(), state_dir.join("volumes"))]),
+        volumes: HashMap::from([(
+            args.node.clone(),
+            orch_core::node::VolumeLayout::in_data_dir(&state_dir),
+        )]),
     });
     tokio::spawn(serve(socket.clone(), backend, cancel.clone()));
     let applied = orch_core::engine::api::apply(&*store, objects, false).await?;

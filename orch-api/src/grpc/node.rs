@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use orch_core::model::object::{Kind, Object};
+use orch_core::node::VolumeLayout;
 use orch_core::runtime::{ExecOutput, LogOptions, LogStream, Runtime, RuntimeError};
 use orch_core::store::Store;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +50,7 @@ fn error_of(node: &str, s: Status) -> RuntimeError {
 /// Serves a node's runtime to its manager.
 pub(crate) struct NodeService {
     runtime: Arc<dyn Runtime>,
-    volume_dir: Option<std::path::PathBuf>,
+    volumes: Option<VolumeLayout>,
 }
 
 fn manager_only<T>(req: &Request<T>) -> Result<(), Status> {
@@ -123,16 +124,12 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::RemoveVolumeResponse>, Status> {
         manager_only(&req)?;
         let name = &req.get_ref().name;
-        orch_core::model::validate::dns1123_label(name)
-            .map_err(|e| Status::invalid_argument(format!("volume {name:?}: {e}")))?;
-        let dir = self
-            .volume_dir
+        VolumeLayout::check_name(name).map_err(Status::invalid_argument)?;
+        let volumes = self
+            .volumes
             .as_ref()
             .ok_or_else(|| Status::failed_precondition("this node keeps no volumes"))?;
-        let path = dir.join(name);
-        tokio::fs::remove_dir_all(&path)
-            .await
-            .map_err(|e| Status::internal(format!("cannot remove {}: {e}", path.display())))?;
+        volumes.remove(name).await.map_err(Status::internal)?;
         Ok(Response::new(pb::RemoveVolumeResponse {}))
     }
 }
@@ -142,7 +139,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     creds: &Credentials,
     runtime: Arc<dyn Runtime>,
-    volume_dir: Option<std::path::PathBuf>,
+    volumes: Option<VolumeLayout>,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let tls = ServerTlsConfig::new()
@@ -159,11 +156,8 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .layer(limits.layer())
         .add_service(
-            pb::node_server::NodeServer::new(NodeService {
-                runtime,
-                volume_dir,
-            })
-            .max_encoding_message_size(super::MAX_MESSAGE * 2 + 4096),
+            pb::node_server::NodeServer::new(NodeService { runtime, volumes })
+                .max_encoding_message_size(super::MAX_MESSAGE * 2 + 4096),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -1,46 +1,63 @@
-//! The prober: runs the startup, readiness and liveness probes of the replicas running on one
-//! node. A replica with a startup probe is held back until it passes once; readiness decides
-//! whether the replica is Ready (an endpoint) or only Running; a liveness (or startup) probe
-//! that fails `failureThreshold` times in a row stops the workload, and the agent restarts it
-//! by its restart policy as after any crash. Results are written to the replica's status
-//! (`phase`, `reason`, `message`, `probes`) only when they change.
+//! The probe tracker: what the startup, readiness and liveness probes of one run of a replica
+//! say, from the results of their checks. A replica with a startup probe is held back until it
+//! passes once; readiness decides whether the replica is Ready (an endpoint) or only Running; a
+//! liveness (or startup) probe that fails `failureThreshold` times in a row asks for the run to
+//! stop (the agent restarts it by its restart policy as after any crash).
+//!
+//! Pure: no I/O and no store. The agent runs the checks through
+//! [`Runtime::probe`](crate::Runtime::probe), feeds their results to [`ProbeTracker::observe`]
+//! and writes the status [`ProbeTracker::view`] describes.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::engine::Ctx;
-use crate::model::object::{DesiredState, Object, Phase, Probe, ProbePort, Replica};
-use crate::runtime::Runtime;
-use crate::store::update_op;
-
-/// At most one "probe failed" warning per replica and probe in this period.
-const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(60);
+use crate::model::object::{Phase, Probe, ProbePort, ReplicaStatus, Template};
+use crate::runtime::{ProbeAction, ProbeResult};
 
 /// Which probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Kind {
+pub(crate) enum ProbeKind {
     Startup,
     Readiness,
     Liveness,
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
+impl ProbeKind {
+    pub(crate) fn name(self) -> &'static str {
         match self {
-            Kind::Startup => "startup",
-            Kind::Readiness => "readiness",
-            Kind::Liveness => "liveness",
+            ProbeKind::Startup => "startup",
+            ProbeKind::Readiness => "readiness",
+            ProbeKind::Liveness => "liveness",
         }
     }
+}
+
+/// What the probes of a run say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The startup probe has not passed yet.
+    Starting,
+    /// Started, and the readiness probe passes (or there is none).
+    Ready,
+    /// Started, and the readiness probe has not passed (yet, or any more).
+    NotReady,
+    /// The liveness or startup probe failed `failureThreshold` times in a row (with the last
+    /// error): the run must stop.
+    Failed(ProbeKind, String),
+}
+
+/// What one result changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Observation {
+    /// The verdict after it.
+    pub(crate) verdict: Verdict,
+    /// The readiness probe started failing with this result (its error): worth a warning.
+    pub(crate) readiness_failed: Option<String>,
 }
 
 /// One probe's running tally.
 #[derive(Debug)]
 struct Tally {
+    probe: Probe,
     next: Instant,
     in_flight: bool,
     successes: u32,
@@ -50,39 +67,45 @@ struct Tally {
     last_error: String,
 }
 
-/// What the prober knows of one run of one replica.
+/// The probes of one run of one replica.
 #[derive(Debug)]
-struct RunState {
-    runtime_id: String,
+pub(crate) struct ProbeTracker {
+    run: String,
     started: bool,
-    tallies: HashMap<Kind, Tally>,
-    stopping: bool,
+    /// In the order startup, readiness, liveness.
+    tallies: Vec<(ProbeKind, Tally)>,
 }
 
-fn probes_of(r: &Replica) -> Vec<(Kind, &Probe)> {
-    let t = &r.spec.template;
+/// The probes of a template, in the order startup, readiness, liveness.
+fn probes_of(t: &Template) -> Vec<(ProbeKind, &Probe)> {
     [
-        (Kind::Startup, &t.startup_probe),
-        (Kind::Readiness, &t.readiness_probe),
-        (Kind::Liveness, &t.liveness_probe),
+        (ProbeKind::Startup, &t.startup_probe),
+        (ProbeKind::Readiness, &t.readiness_probe),
+        (ProbeKind::Liveness, &t.liveness_probe),
     ]
     .into_iter()
     .filter_map(|(k, p)| p.as_ref().map(|p| (k, p)))
     .collect()
 }
 
+/// Whether a template has probes at all.
+pub(crate) fn has_probes(t: &Template) -> bool {
+    !probes_of(t).is_empty()
+}
+
 /// Whether a template's replicas wait for a probe before they are Ready.
-pub fn gates_readiness(t: &crate::model::object::Template) -> bool {
+pub(crate) fn gates_readiness(t: &Template) -> bool {
     t.readiness_probe.is_some() || t.startup_probe.is_some()
 }
 
-/// Runs one check of `probe` against replica `r`: `Ok` passes, `Err` says why not.
-async fn check(runtime: &dyn Runtime, r: &Replica, probe: &Probe) -> Result<(), String> {
+/// What one check of `probe` against a replica with status `st` does: its address (the
+/// replica's host address, `127.0.0.1` if it has none, and its host port, a named port looked
+/// up in its status) or its command. An error says why there is nothing to check.
+pub(crate) fn action_of(st: &ReplicaStatus, probe: &Probe) -> Result<ProbeAction, String> {
     let port_of = |p: &ProbePort| -> Result<u16, String> {
         match p {
             ProbePort::Number(n) => Ok(*n),
-            ProbePort::Name(name) => r
-                .status
+            ProbePort::Name(name) => st
                 .ports
                 .iter()
                 .find(|b| b.name == *name)
@@ -90,166 +113,127 @@ async fn check(runtime: &dyn Runtime, r: &Replica, probe: &Probe) -> Result<(), 
                 .ok_or_else(|| format!("the replica has no port named {name:?}")),
         }
     };
-    let host = r
-        .status
-        .host_ip
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let timeout = probe.timeout();
-    let within = |what: String| format!("{what}: no answer within {timeout:?}");
+    let host = || st.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
     if let Some(h) = &probe.http_get {
-        let port = port_of(&h.port)?;
-        let url = format!("http://{host}:{port}{}", h.path);
-        let get = async {
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
-            let req = format!(
-                "GET {} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: orch-probe\r\nConnection: close\r\n\r\n",
-                h.path
-            );
-            s.write_all(req.as_bytes())
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
-            let mut head = vec![0u8; 512];
-            let mut n = 0;
-            while n < 12 {
-                let m = s
-                    .read(&mut head[n..])
-                    .await
-                    .map_err(|e| format!("GET {url}: {e}"))?;
-                if m == 0 {
-                    break;
-                }
-                n += m;
-            }
-            let line = String::from_utf8_lossy(&head[..n]);
-            let code: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("GET {url}: not an HTTP answer"))?;
-            if (200..400).contains(&code) {
-                Ok(())
-            } else {
-                Err(format!("HTTP {code} from GET {url}"))
-            }
-        };
-        return tokio::time::timeout(timeout, get)
-            .await
-            .unwrap_or_else(|_| Err(within(format!("GET {url}"))));
+        return Ok(ProbeAction::HttpGet {
+            port: port_of(&h.port)?,
+            host: host(),
+            path: h.path.clone(),
+        });
     }
     if let Some(t) = &probe.tcp_socket {
-        let port = port_of(&t.port)?;
-        return match tokio::time::timeout(
-            timeout,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("connect {host}:{port}: {e}")),
-            Err(_) => Err(within(format!("connect {host}:{port}"))),
-        };
+        return Ok(ProbeAction::TcpConnect {
+            port: port_of(&t.port)?,
+            host: host(),
+        });
     }
     if let Some(e) = &probe.exec {
-        let out = runtime
-            .exec(&r.runtime_name(), &e.command, timeout)
-            .await
-            .map_err(|err| format!("exec {:?}: {err}", e.command))?;
-        if out.timed_out {
-            return Err(within(format!("exec {:?}", e.command)));
-        }
-        return match out.code {
-            Some(0) => Ok(()),
-            Some(c) => {
-                let err = String::from_utf8_lossy(&out.stderr);
-                let tail: String = err.trim().chars().take(200).collect();
-                Err(format!(
-                    "exec {:?}: exit {c}{}",
-                    e.command,
-                    if tail.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {tail}")
-                    }
-                ))
-            }
-            None => Err(format!(
-                "exec {:?}: killed by signal {}",
-                e.command,
-                out.signal.unwrap_or_default()
-            )),
-        };
+        return Ok(ProbeAction::Exec {
+            command: e.command.clone(),
+        });
     }
     Err("the probe has no check".into())
 }
 
-/// Runs the prober for `node` until the engine stops. Replicas for which `held` holds are
-/// skipped: the agent knows a newer status for them than the store (a crash loop).
-pub(crate) async fn run(
-    ctx: Arc<Ctx>,
-    runtime: Arc<dyn Runtime>,
-    node: String,
-    held: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-) {
-    let mut states: HashMap<String, RunState> = HashMap::new();
-    // When each replica's probe last warned it started failing (across runs).
-    let mut warned: HashMap<(String, Kind), Instant> = HashMap::new();
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(String, String, Kind, Result<(), String>)>();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tick.tick() => {}
+/// The part of a replica's status its probes decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ProbeView {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+    probes: Vec<String>,
+}
+
+impl ProbeView {
+    /// Writes the view into the status of a replica with template `t`: the probe lines, and
+    /// when its probes decide readiness ([`gates_readiness`]) the phase (Ready or Running),
+    /// reason and message (otherwise those stay the agent's: Ready once a restarted run has
+    /// stayed up a moment).
+    pub(crate) fn apply(&self, t: &Template, st: &mut ReplicaStatus) {
+        st.probes.clone_from(&self.probes);
+        if !gates_readiness(t) {
+            return;
         }
-        let now = Instant::now();
-        let replicas: Vec<Replica> = ctx
-            .cache
-            .replicas_on_node(&node)
-            .into_iter()
-            .filter(|r| {
-                r.spec.desired == DesiredState::Running
-                    && r.status.phase.is_up()
-                    && !r.status.runtime_id.is_empty()
-                    && !probes_of(r).is_empty()
-                    && !held(&r.runtime_name())
-            })
-            .collect();
-        let live: std::collections::HashSet<String> =
-            replicas.iter().map(|r| r.runtime_name()).collect();
-        states.retain(|id, _| live.contains(id));
-        warned.retain(|(id, _), at| {
-            live.contains(id) || now.duration_since(*at) < FAILURE_WARNING_EVERY
-        });
-        // Results of checks that finished.
-        while let Ok((id, run, kind, result)) = rx.try_recv() {
-            let Some(st) = states.get_mut(&id).filter(|s| s.runtime_id == run) else {
-                continue;
-            };
-            let Some(r) = replicas.iter().find(|r| r.runtime_name() == id) else {
-                continue;
-            };
-            let Some(probe) = probes_of(r)
+        st.phase = if self.ready {
+            Phase::Ready
+        } else {
+            Phase::Running
+        };
+        st.reason = self.reason.into();
+        st.message.clone_from(&self.message);
+    }
+}
+
+impl ProbeTracker {
+    /// A new run `run` (its runtime id) of a replica with template `t`, started at `now`: each
+    /// probe's first check is due after its initial delay.
+    pub(crate) fn new(t: &Template, run: &str, now: Instant) -> ProbeTracker {
+        ProbeTracker {
+            run: run.into(),
+            started: t.startup_probe.is_none(),
+            tallies: probes_of(t)
                 .into_iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, p)| p.clone())
-            else {
-                continue;
-            };
-            let t = st
-                .tallies
-                .get_mut(&kind)
-                .expect("tally of a probe that ran");
+                .map(|(k, p)| {
+                    (
+                        k,
+                        Tally {
+                            probe: p.clone(),
+                            next: now + p.initial_delay(),
+                            in_flight: false,
+                            successes: 0,
+                            failures: 0,
+                            passing: None,
+                            last_error: String::new(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The run this tracks (its runtime id).
+    pub(crate) fn run(&self) -> &str {
+        &self.run
+    }
+
+    fn tally(&self, kind: ProbeKind) -> Option<&Tally> {
+        self.tallies
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, t)| t)
+    }
+
+    /// The checks due at `now` (liveness and readiness only once started, startup only until
+    /// then), each marked in flight until its result is [observed](ProbeTracker::observe).
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<(ProbeKind, Probe)> {
+        let started = self.started;
+        self.tallies
+            .iter_mut()
+            .filter(|(k, t)| (*k == ProbeKind::Startup) != started && !t.in_flight && now >= t.next)
+            .map(|(k, t)| {
+                t.in_flight = true;
+                (*k, t.probe.clone())
+            })
+            .collect()
+    }
+
+    /// Records the result of a check of probe `kind` that finished at `now`; its next check is
+    /// due a period later.
+    pub(crate) fn observe(
+        &mut self,
+        kind: ProbeKind,
+        result: ProbeResult,
+        now: Instant,
+    ) -> Observation {
+        let mut readiness_failed = None;
+        if let Some((_, t)) = self.tallies.iter_mut().find(|(k, _)| *k == kind) {
             t.in_flight = false;
-            t.next = Instant::now() + probe.period();
+            t.next = now + t.probe.period();
             match result {
                 Ok(()) => {
                     t.failures = 0;
                     t.successes += 1;
-                    if t.successes >= probe.success_threshold() {
+                    if t.successes >= t.probe.success_threshold() {
                         t.passing = Some(true);
                     }
                 }
@@ -257,173 +241,190 @@ pub(crate) async fn run(
                     t.successes = 0;
                     t.failures += 1;
                     t.last_error = e;
-                    if t.failures >= probe.failure_threshold() {
+                    if t.failures >= t.probe.failure_threshold() {
                         let started_failing = t.passing != Some(false);
                         t.passing = Some(false);
-                        // Once per transition to failing, and at most once a minute per
-                        // replica and probe (a probe that flaps is not an event per period).
-                        let key = (id.clone(), kind);
-                        let quiet = warned
-                            .get(&key)
-                            .is_none_or(|at| now.duration_since(*at) >= FAILURE_WARNING_EVERY);
-                        // Liveness and startup failures warn as they stop the run (below).
-                        if started_failing && quiet && kind == Kind::Readiness {
-                            warned.insert(key, now);
-                            ctx.recorder.with_source("prober").warning(
-                                crate::model::object::Kind::Replica,
-                                &r.metadata.namespace,
-                                &r.metadata.name,
-                                "Unhealthy",
-                                format!("{} probe failed: {}", kind.name(), t.last_error),
-                            );
+                        // Liveness and startup failures are told as they stop the run.
+                        if started_failing && kind == ProbeKind::Readiness {
+                            readiness_failed = Some(t.last_error.clone());
                         }
                     }
                 }
             }
-            if kind == Kind::Startup && t.passing == Some(true) {
-                st.started = true;
+            if kind == ProbeKind::Startup && t.passing == Some(true) {
+                self.started = true;
             }
         }
-        for r in &replicas {
-            let id = r.runtime_name();
-            let st = states.entry(id.clone()).or_insert_with(|| RunState {
-                runtime_id: String::new(),
-                started: false,
-                tallies: HashMap::new(),
-                stopping: false,
-            });
-            if st.runtime_id != r.status.runtime_id {
-                // A new run: start over.
-                *st = RunState {
-                    runtime_id: r.status.runtime_id.clone(),
-                    started: r.spec.template.startup_probe.is_none(),
-                    tallies: probes_of(r)
-                        .into_iter()
-                        .map(|(k, p)| {
-                            (
-                                k,
-                                Tally {
-                                    next: now + p.initial_delay(),
-                                    in_flight: false,
-                                    successes: 0,
-                                    failures: 0,
-                                    passing: None,
-                                    last_error: String::new(),
-                                },
-                            )
-                        })
-                        .collect(),
-                    stopping: false,
-                };
-            }
-            // A failed liveness or startup probe: stop the run; the agent restarts it.
-            let dead = [Kind::Liveness, Kind::Startup].into_iter().find_map(|k| {
-                st.tallies
-                    .get(&k)
+        Observation {
+            verdict: self.verdict(),
+            readiness_failed,
+        }
+    }
+
+    /// What the probes say now.
+    pub(crate) fn verdict(&self) -> Verdict {
+        let dead = [ProbeKind::Liveness, ProbeKind::Startup]
+            .into_iter()
+            .find_map(|k| {
+                self.tally(k)
                     .filter(|t| t.passing == Some(false))
                     .map(|t| (k, t.last_error.clone()))
             });
-            if let (Some((kind, why)), false) = (dead, st.stopping) {
-                st.stopping = true;
-                tracing::info!(replica = %id, probe = kind.name(), error = %why, "probe failed: restarting");
-                ctx.recorder.with_source("prober").warning(
-                    crate::model::object::Kind::Replica,
-                    &r.metadata.namespace,
-                    &r.metadata.name,
-                    "Unhealthy",
-                    format!("{} probe failed: {why}; restarting", kind.name()),
-                );
-                let (runtime, id, signal, grace) = (
-                    runtime.clone(),
-                    id.clone(),
-                    r.spec.template.stop_signal().to_string(),
-                    r.spec.template.stop_grace(),
-                );
-                tokio::spawn(async move {
-                    let _ = runtime.stop(&id, &signal, grace).await;
-                });
-            }
-            if st.stopping {
-                continue;
-            }
-            // Start the checks that are due (liveness and readiness only once started).
-            for (kind, probe) in probes_of(r) {
-                if kind != Kind::Startup && !st.started {
-                    continue;
-                }
-                if kind == Kind::Startup && st.started {
-                    continue;
-                }
-                let t = st.tallies.get_mut(&kind).expect("tally per probe");
-                if t.in_flight || now < t.next {
-                    continue;
-                }
-                t.in_flight = true;
-                let (runtime, r, probe, tx, id) = (
-                    runtime.clone(),
-                    r.clone(),
-                    probe.clone(),
-                    tx.clone(),
-                    id.clone(),
-                );
-                tokio::spawn(async move {
-                    let result = check(&*runtime, &r, &probe).await;
-                    let _ = tx.send((id, r.status.runtime_id.clone(), kind, result));
-                });
-            }
-            // What the status should say.
-            let readiness = st.tallies.get(&Kind::Readiness);
-            let ready = st.started && readiness.is_none_or(|t| t.passing == Some(true));
-            let mut probes = Vec::new();
-            for (kind, probe) in probes_of(r) {
-                let t = &st.tallies[&kind];
-                let line = match t.passing {
-                    _ if kind == Kind::Startup && st.started => "startup: passed".to_string(),
-                    _ if kind != Kind::Startup && !st.started => {
-                        format!("{}: waiting for the startup probe", kind.name())
-                    }
-                    Some(true) if t.failures == 0 => format!("{}: passing", kind.name()),
-                    None if t.failures == 0 => format!("{}: not checked yet", kind.name()),
-                    _ => format!(
-                        "{}: failing ({} consecutive, threshold {}): {}",
-                        kind.name(),
-                        t.failures,
-                        probe.failure_threshold(),
-                        t.last_error
-                    ),
-                };
-                probes.push(line);
-            }
-            let mut status = r.status.clone();
-            if ready {
-                status.phase = Phase::Ready;
-                status.reason.clear();
-                status.message.clear();
-            } else {
-                status.phase = Phase::Running;
-                let (reason, message) = if !st.started {
-                    (
-                        "Starting",
-                        "waiting for the startup probe to pass".to_string(),
-                    )
-                } else {
-                    let message = match readiness.filter(|t| !t.last_error.is_empty()) {
-                        Some(t) => format!("readiness probe failed: {}", t.last_error),
-                        None => "readiness probe: not checked yet".to_string(),
-                    };
-                    ("NotReady", message)
-                };
-                status.reason = reason.into();
-                status.message = message;
-            }
-            status.probes = probes;
-            if status != r.status {
-                let mut r2 = r.clone();
-                r2.status = status;
-                if let Err(e) = ctx.store.txn(vec![update_op(&Object::Replica(r2))]).await {
-                    tracing::debug!(replica = %id, error = %e, "prober: status write failed; next tick retries");
-                }
-            }
+        if let Some((kind, why)) = dead {
+            Verdict::Failed(kind, why)
+        } else if !self.started {
+            Verdict::Starting
+        } else if self
+            .tally(ProbeKind::Readiness)
+            .is_none_or(|t| t.passing == Some(true))
+        {
+            Verdict::Ready
+        } else {
+            Verdict::NotReady
         }
+    }
+
+    /// The status the probes give the replica: Ready, or Running with why not (`Starting`,
+    /// `NotReady`), and a line per probe.
+    pub(crate) fn view(&self) -> ProbeView {
+        let readiness = self.tally(ProbeKind::Readiness);
+        let ready = self.started && readiness.is_none_or(|t| t.passing == Some(true));
+        let probes = self
+            .tallies
+            .iter()
+            .map(|(kind, t)| match t.passing {
+                _ if *kind == ProbeKind::Startup && self.started => "startup: passed".to_string(),
+                _ if *kind != ProbeKind::Startup && !self.started => {
+                    format!("{}: waiting for the startup probe", kind.name())
+                }
+                Some(true) if t.failures == 0 => format!("{}: passing", kind.name()),
+                None if t.failures == 0 => format!("{}: not checked yet", kind.name()),
+                _ => format!(
+                    "{}: failing ({} consecutive, threshold {}): {}",
+                    kind.name(),
+                    t.failures,
+                    t.probe.failure_threshold(),
+                    t.last_error
+                ),
+            })
+            .collect();
+        let (reason, message) = if ready {
+            ("", String::new())
+        } else if !self.started {
+            (
+                "Starting",
+                "waiting for the startup probe to pass".to_string(),
+            )
+        } else {
+            let message = match readiness.filter(|t| !t.last_error.is_empty()) {
+                Some(t) => format!("readiness probe failed: {}", t.last_error),
+                None => "readiness probe: not checked yet".to_string(),
+            };
+            ("NotReady", message)
+        };
+        ProbeView {
+            ready,
+            reason,
+            message,
+            probes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn template(yaml: &str) -> Template {
+        let y = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  template:\n    command: [x]\n    ports: [{{name: http}}]\n{yaml}");
+        match crate::model::manifest::parse("t.yaml", &y)
+            .unwrap()
+            .remove(0)
+        {
+            crate::model::object::Object::Service(s) => s.spec.template.clone(),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn startup_gates_the_others_and_thresholds_count_in_a_row() {
+        let t = template("    startupProbe: {exec: {command: [a]}, period: 1s}\n    readinessProbe: {exec: {command: [b]}, initialDelay: 2s, period: 1s, failureThreshold: 2}\n    livenessProbe: {exec: {command: [c]}, period: 1s, failureThreshold: 1}\n");
+        let t0 = Instant::now();
+        let mut p = ProbeTracker::new(&t, "run-1", t0);
+        assert_eq!(p.verdict(), Verdict::Starting);
+        let due: Vec<ProbeKind> = p.due(t0).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(due, [ProbeKind::Startup]);
+        assert!(p.due(t0).is_empty(), "in flight");
+        let seen = p.observe(ProbeKind::Startup, Ok(()), t0);
+        assert_eq!(seen.verdict, Verdict::NotReady);
+        assert_eq!(
+            p.view().probes,
+            [
+                "startup: passed",
+                "readiness: not checked yet",
+                "liveness: not checked yet"
+            ]
+        );
+        // Liveness now; readiness after its initial delay.
+        let due: Vec<ProbeKind> = p.due(t0).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(due, [ProbeKind::Liveness]);
+        let at = t0 + Duration::from_secs(2);
+        let due: Vec<ProbeKind> = p.due(at).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(due, [ProbeKind::Readiness]);
+        let seen = p.observe(ProbeKind::Readiness, Err("no".into()), at);
+        assert_eq!(
+            (seen.verdict, seen.readiness_failed),
+            (Verdict::NotReady, None)
+        );
+        let view = p.view();
+        assert_eq!(view.reason, "NotReady");
+        assert_eq!(view.message, "readiness probe failed: no");
+        let seen = p.observe(ProbeKind::Readiness, Err("no".into()), at);
+        assert_eq!(seen.readiness_failed.as_deref(), Some("no"));
+        let seen = p.observe(ProbeKind::Readiness, Err("no".into()), at);
+        assert_eq!(seen.readiness_failed, None, "told once per streak");
+        assert_eq!(
+            p.observe(ProbeKind::Readiness, Ok(()), at).verdict,
+            Verdict::Ready
+        );
+        assert_eq!(p.view().reason, "");
+        assert_eq!(
+            p.observe(ProbeKind::Liveness, Err("dead".into()), at)
+                .verdict,
+            Verdict::Failed(ProbeKind::Liveness, "dead".into())
+        );
+    }
+
+    #[test]
+    fn actions_resolve_named_ports_and_the_replica_address() {
+        let t = template("    readinessProbe: {httpGet: {path: /h, port: http}}\n");
+        let mut r = ReplicaStatus::default();
+        let probe = t.readiness_probe.clone().unwrap();
+        assert_eq!(
+            action_of(&r, &probe).unwrap_err(),
+            "the replica has no port named \"http\""
+        );
+        r.ports = vec![crate::model::object::BoundPort {
+            name: "http".into(),
+            port: 20001,
+        }];
+        assert_eq!(
+            action_of(&r, &probe).unwrap(),
+            ProbeAction::HttpGet {
+                host: "127.0.0.1".into(),
+                port: 20001,
+                path: "/h".into()
+            }
+        );
+        r.host_ip = Some("10.0.0.2".into());
+        let tcp = template("    livenessProbe: {tcpSocket: {port: 81}}\n");
+        assert_eq!(
+            action_of(&r, tcp.liveness_probe.as_ref().unwrap()).unwrap(),
+            ProbeAction::TcpConnect {
+                host: "10.0.0.2".into(),
+                port: 81
+            }
+        );
     }
 }

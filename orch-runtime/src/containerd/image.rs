@@ -27,6 +27,16 @@ use tokio::io::AsyncReadExt;
 
 use super::{call_error, Containerd, ContainerdError};
 
+/// The platform's architecture as OCI names it.
+pub(super) fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
 /// Bytes per content write message (containerd's gRPC limit is 16 MiB).
 const CHUNK: usize = 1 << 20;
 

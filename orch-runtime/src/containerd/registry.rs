@@ -629,7 +629,7 @@ impl Puller {
             .await?;
         if INDEX_TYPES.contains(&media_type.as_str()) {
             let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-            let arch = super::runtime::oci_arch();
+            let arch = super::image::oci_arch();
             let pick = v["manifests"]
                 .as_array()
                 .and_then(|ms| {

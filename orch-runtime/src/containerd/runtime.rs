@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
-use super::image::chain_ids;
+use super::image::{chain_ids, oci_arch};
 use super::{call_error, ContainerSpec, Containerd, ContainerdError, Root};
 
 /// Label: the workload id (`namespace.name` of the replica).
@@ -286,16 +286,6 @@ fn file_in_layers(layers: &[Vec<u8>], path: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// The platform's architecture as OCI names it.
-pub(super) fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    }
 }
 
 impl ContainerdRuntime {
@@ -1094,6 +1084,17 @@ impl Runtime for ContainerdRuntime {
 
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// HTTP and TCP checks at the workload's address (hyper's HTTP/1.1 client), exec checks
+    /// through [`exec`](Runtime::exec).
+    async fn probe(
+        &self,
+        id: &str,
+        action: &orch_core::runtime::ProbeAction,
+        timeout: Duration,
+    ) -> orch_core::runtime::ProbeResult {
+        crate::probe::check(self, id, action, timeout).await
     }
 
     async fn exec(
