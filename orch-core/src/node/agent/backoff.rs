@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::model::object::Reason;
 use crate::model::object::{ExitStatus, Phase, Replica, ReplicaStatus};
 use crate::model::quantity::Timestamp;
 
@@ -30,7 +31,7 @@ pub(super) struct Backoff {
     pub(super) retry_wall: Option<Timestamp>,
     /// Why the last start failed (`reason`, message), until a start succeeds: the back-off
     /// status keeps saying it instead of a bare exit code.
-    pub(super) start_error: Option<(&'static str, String)>,
+    pub(super) start_error: Option<(Reason, String)>,
     /// A status not yet written (the replica's uid, the status): the base of the next
     /// reconcile, written when [`STATUS_HOLD`] has passed since `last_write`.
     pub(super) held: Option<(String, ReplicaStatus)>,
@@ -60,9 +61,9 @@ impl Agent {
                 Phase::Failed
             };
             st.reason = if exit.success() {
-                "Completed".into()
+                Reason::Completed
             } else {
-                "Error".into()
+                Reason::Error
             };
             st.message = format!("exited: {exit}; restart policy {:?}", t.restart_policy);
             return Outcome {
@@ -110,12 +111,12 @@ impl Agent {
             st.phase = Phase::Failed;
             match start_error {
                 Some((reason, error)) => {
-                    st.reason = reason.into();
+                    st.reason = reason;
                     st.message = format!("back-off {wait_text} before trying again: {error}");
                 }
                 None if failures >= 3 => {
                     // Crashing again and again: say so, with the end of its output.
-                    st.reason = "CrashLoopBackOff".into();
+                    st.reason = Reason::CrashLoopBackOff;
                     let tail = self.log_tail(&id).await;
                     st.message = format!(
                         "back-off {wait_text} restarting a replica that keeps crashing ({} restarts, next at {next}); last exit: {exit}{}",
@@ -128,7 +129,7 @@ impl Agent {
                     );
                 }
                 None => {
-                    st.reason = "BackOff".into();
+                    st.reason = Reason::BackOff;
                     st.message = format!(
                         "back-off {wait_text} restarting failed replica; last exit: {exit}"
                     );

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::model::object::Reason;
 use crate::model::object::{BoundPort, EnvVar, ExitStatus, Kind, Phase, Replica, ReplicaStatus};
 use crate::model::quantity::Timestamp;
 use crate::runtime::{RuntimeError, Workload, WorkloadDns, WorkloadSpec};
@@ -37,7 +38,7 @@ pub(super) fn mark_running(
         if settling {
             st.phase = Phase::Running;
             if !same_run {
-                st.reason = "Restarted".into();
+                st.reason = Reason::Restarted;
                 st.message = "restarted; ready once it has stayed up a moment".into();
             }
         } else {
@@ -47,7 +48,7 @@ pub(super) fn mark_running(
         }
     } else if !same_run {
         st.phase = Phase::Running;
-        st.reason = "Starting".into();
+        st.reason = Reason::Starting;
         st.message = "waiting for the first probe".into();
         st.probes.clear();
     }
@@ -125,7 +126,7 @@ impl Agent {
         let mut st = r.status.clone();
         if !self.runtime.supports(&r.spec.template) {
             st.phase = Phase::Failed;
-            st.reason = "Unsupported".into();
+            st.reason = Reason::Unsupported;
             st.message = format!("the {} runtime on node {} cannot run this template (image needs a container runtime; command needs the process runtime)", self.runtime.info().name, self.cfg.node);
             return Outcome {
                 status: Some(st),
@@ -215,7 +216,7 @@ impl Agent {
                         .unwrap_or_else(|| "unknown".into());
                     if failures >= CRASH_LOOP {
                         // Restarted at once, again and again: say so (not Ready meanwhile).
-                        st.reason = "CrashLoopBackOff".into();
+                        st.reason = Reason::CrashLoopBackOff;
                         let tail = self.log_tail(&id).await;
                         st.message = format!(
                             "restarted a replica that keeps crashing ({} restarts); last exit: {exit}{}",
@@ -293,17 +294,18 @@ impl Agent {
         let id = id_of(r);
         let (ns, name) = (r.metadata.namespace.as_str(), r.metadata.name.as_str());
         // Kubernetes' name for it, so users find it where they expect.
-        let reason = if matches!(e, RuntimeError::ImagePull(_)) {
-            "ErrImagePull"
+        let pull = matches!(e, RuntimeError::ImagePull(_));
+        let reason = if pull {
+            Reason::ErrImagePull
         } else {
-            "StartError"
+            Reason::StartError
         };
-        rec.warning(Kind::Replica, ns, name, reason, e.to_string());
+        rec.warning(Kind::Replica, ns, name, reason.as_str(), e.to_string());
         if restart {
             st.restarts += 1;
         }
         st.phase = Phase::Failed;
-        st.reason = reason.into();
+        st.reason = reason;
         st.message = e.to_string();
         st.runtime_id.clear();
         st.last_exit = Some(ExitStatus {
@@ -316,10 +318,10 @@ impl Agent {
             let mut g = self.lock();
             let b = g.backoff.entry(id).or_default();
             b.start_error = Some((
-                if reason == "ErrImagePull" {
-                    "ImagePullBackOff"
+                if pull {
+                    Reason::ImagePullBackOff
                 } else {
-                    "StartBackOff"
+                    Reason::StartBackOff
                 },
                 e.to_string(),
             ));
