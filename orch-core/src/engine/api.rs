@@ -134,7 +134,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// What this apply changed, field by field ([`diff`]); empty unless configured.
+    /// What this apply changed, field by field; empty unless configured.
     pub fn changes(&self) -> Vec<String> {
         match (&self.action, &self.previous) {
             (ApplyAction::Configured, Some(old)) => diff(old, &self.object),
@@ -640,7 +640,7 @@ pub fn redact(mut o: Object) -> Object {
 /// What the user changes when `new` replaces `old`: one line per changed field of the parts a
 /// user writes (labels, annotations, spec, data), `path: old → new`, sorted; secret values
 /// show as `<redacted>`.
-pub fn diff(old: &Object, new: &Object) -> Vec<String> {
+pub(crate) fn diff(old: &Object, new: &Object) -> Vec<String> {
     fn user_part(o: &Object) -> serde_json::Value {
         let v = serde_json::to_value(o).unwrap_or_default();
         let mut out = serde_json::Map::new();

@@ -459,12 +459,7 @@ const SERVER_SET_METADATA: [&str; 4] = ["uid", "revision", "generation", "creati
 
 /// Turns one parsed document into an object (kind dispatch, typed decode, default namespace).
 /// Fields orch sets itself (`status`, `metadata.uid`, `revision`, `generation`,
-/// `creationTimestamp`) are dropped.
-pub fn object_from_value(doc: Value) -> Result<Object, FieldError> {
-    decode_document(doc, &mut Vec::new())
-}
-
-/// [`object_from_value`], noting the paths of the dropped fields in `ignored`.
+/// `creationTimestamp`) are dropped, and their paths noted in `ignored`.
 fn decode_document(mut doc: Value, ignored: &mut Vec<String>) -> Result<Object, FieldError> {
     if let Value::Object(map) = &mut doc {
         if let Some(Value::Object(md)) = map.get_mut("metadata") {

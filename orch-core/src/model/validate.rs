@@ -80,7 +80,7 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
 }
 
 /// Checks a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
+pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
@@ -178,7 +178,7 @@ pub fn port_name(s: &str) -> Result<(), String> {
 }
 
 /// Checks an environment variable name: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
-pub fn env_name(s: &str) -> Result<(), String> {
+pub(crate) fn env_name(s: &str) -> Result<(), String> {
     let first_ok = s.starts_with(|c: char| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'));
     if first_ok
         && s.chars()
@@ -191,7 +191,7 @@ pub fn env_name(s: &str) -> Result<(), String> {
 }
 
 /// Checks a secret or config key: `[-._a-zA-Z0-9]+`, not `.` or `..`.
-pub fn data_key(s: &str) -> Result<(), String> {
+pub(crate) fn data_key(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 253 || s == "." || s == ".." {
         return Err("must be 1 to 253 characters and not '.' or '..'".into());
     }
@@ -205,7 +205,7 @@ pub fn data_key(s: &str) -> Result<(), String> {
 }
 
 /// Checks an image reference loosely (`[registry[:port]/]repo[:tag][@digest]`).
-pub fn image_ref(s: &str) -> Result<(), String> {
+pub(crate) fn image_ref(s: &str) -> Result<(), String> {
     let bad = || {
         "an image reference looks like [registry[:port]/]name[:tag][@sha256:digest], in lower case, with no spaces (e.g. 'docker.io/library/busybox:1.36')".to_string()
     };
@@ -824,7 +824,7 @@ fn check_publish(s: &Service, out: &mut Vec<FieldError>) {
 
 /// Whether `path` is a clean absolute path: starts with `/`, no `..` or `.` components,
 /// no empty components, no NUL.
-pub fn mount_path(path: &str) -> Result<(), String> {
+pub(crate) fn mount_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err("must be an absolute path (start with /)".into());
     }
