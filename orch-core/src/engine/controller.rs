@@ -125,6 +125,12 @@ pub(crate) async fn run<R: Reconcile>(
     cancel.cancelled().await;
     feeder.abort();
     workers.iter().for_each(|w| w.abort());
+    // Wait until the aborted tasks are gone, so nothing of this controller (its context, the
+    // store) outlives the stop.
+    let _ = feeder.await;
+    for w in workers {
+        let _ = w.await;
+    }
 }
 
 /// Feeds `queue` from the cache's changes until `cancel` fires: every change becomes the keys
