@@ -409,6 +409,17 @@ impl Cache {
         }
     }
 
+    /// The key of every service (without copying the services).
+    pub(crate) fn service_keys(&self) -> Vec<crate::model::object::ObjectKey> {
+        self.list(Kind::Service)
+            .iter()
+            .map(|o| {
+                let m = o.metadata();
+                crate::model::object::ObjectKey::new(Kind::Service, &m.namespace, &m.name)
+            })
+            .collect()
+    }
+
     /// Every service.
     pub fn services(&self) -> Vec<Service> {
         self.list(Kind::Service)

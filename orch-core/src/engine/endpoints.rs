@@ -69,12 +69,7 @@ impl Reconcile for Endpoints {
     }
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> = ctx
-            .cache
-            .services()
-            .iter()
-            .map(|s| ObjectKey::new(Kind::Service, &s.metadata.namespace, &s.metadata.name))
-            .collect();
+        let mut keys = ctx.cache.service_keys();
         keys.extend(
             self.known
                 .lock()

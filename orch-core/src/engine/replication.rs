@@ -664,12 +664,7 @@ impl Reconcile for Replication {
     }
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> = ctx
-            .cache
-            .services()
-            .iter()
-            .map(|s| ObjectKey::new(Kind::Service, &s.metadata.namespace, &s.metadata.name))
-            .collect();
+        let mut keys = ctx.cache.service_keys();
         // Services that still have replicas (a deleted service's leftovers), from the index:
         // copying every replica here once a resync period cost seconds and gigabytes at scale.
         for (ns, svc) in ctx.cache.services_with_replicas() {
