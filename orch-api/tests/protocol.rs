@@ -206,6 +206,7 @@ async fn logs_come_from_the_replicas_node_runtime() {
         .unwrap();
     let id = r.runtime_name();
     rt.start(&WorkloadSpec {
+        network: None,
         id: id.clone(),
         replica_uid: r.metadata.uid.clone(),
         service: "web".into(),

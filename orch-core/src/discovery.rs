@@ -61,6 +61,29 @@ pub trait Discovery: Send + Sync {
         let _ = (namespace, service, published);
         Ok(())
     }
+    /// Sets (or, with `None`, removes) the virtual IP of `namespace/service`: DNS answers the
+    /// service's name with it, and every node balances `ip:port` over the ready endpoints'
+    /// same-named port in the kernel. Called before the service's endpoints are first set
+    /// and whenever it changes; a headless service has none. Backends that neither resolve
+    /// nor balance ignore it.
+    async fn set_virtual_ip(
+        &self,
+        namespace: &str,
+        service: &str,
+        vip: Option<VirtualIp>,
+    ) -> Result<(), DiscoveryError> {
+        let _ = (namespace, service, vip);
+        Ok(())
+    }
+}
+
+/// A service's virtual IP and the ports it serves there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VirtualIp {
+    /// The address (from the service CIDR).
+    pub ip: std::net::IpAddr,
+    /// The ports: connections to `ip:port` go to an endpoint's port of the same name.
+    pub ports: Vec<EndpointPort>,
 }
 
 /// A port a service publishes on every node (from `spec.publish`).
@@ -132,6 +155,19 @@ impl Discovery for Fanout {
         }
         first
     }
+    async fn set_virtual_ip(
+        &self,
+        namespace: &str,
+        service: &str,
+        vip: Option<VirtualIp>,
+    ) -> Result<(), DiscoveryError> {
+        let mut first = Ok(());
+        for d in &self.0 {
+            let r = d.set_virtual_ip(namespace, service, vip.clone()).await;
+            first = first.and(r);
+        }
+        first
+    }
 }
 
 /// A discovery backend failed; the endpoints controller retries with backoff.
@@ -159,6 +195,14 @@ impl<T: Discovery + ?Sized> Discovery for Arc<T> {
         published: Vec<Published>,
     ) -> Result<(), DiscoveryError> {
         (**self).set_published(namespace, service, published).await
+    }
+    async fn set_virtual_ip(
+        &self,
+        namespace: &str,
+        service: &str,
+        vip: Option<VirtualIp>,
+    ) -> Result<(), DiscoveryError> {
+        (**self).set_virtual_ip(namespace, service, vip).await
     }
 }
 

@@ -186,6 +186,7 @@ impl Runtime for FakeRuntime {
             runtime_id: format!("fake-{}", self.next_pid.fetch_add(1, Ordering::Relaxed)),
             state: WorkloadState::Running,
             host_ip: self.host_ip.clone(),
+            ip: spec.network.as_ref().map(|n| n.ip.clone()),
             ports,
             started_at: Timestamp::now(),
         };

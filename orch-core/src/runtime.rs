@@ -31,6 +31,18 @@ pub struct WorkloadSpec {
     pub dns: Option<WorkloadDns>,
     /// What to mount, resolved by the agent (secret and config contents, volume directories).
     pub mounts: Vec<WorkloadMount>,
+    /// The network namespace the agent made for it ([`crate::Network::attach`]); `None`: the
+    /// node's own network. Only given to a runtime whose [`Runtime::joins_network`] says yes.
+    pub network: Option<WorkloadNetwork>,
+}
+
+/// A workload's own network: a namespace set up by the node's [`crate::Network`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadNetwork {
+    /// The network namespace to join (a bind-mounted nsfs file).
+    pub netns: std::path::PathBuf,
+    /// Its address in that namespace.
+    pub ip: String,
 }
 
 /// One mount of a workload, as the runtime makes it.
@@ -150,8 +162,10 @@ pub struct Workload {
     pub runtime_id: String,
     /// Running or exited.
     pub state: WorkloadState,
-    /// Address replicas are reached at.
+    /// The address of the node it runs on.
     pub host_ip: String,
+    /// Its own address, when it was started with a [`WorkloadNetwork`].
+    pub ip: Option<String>,
     /// Ports it was given.
     pub ports: Vec<BoundPort>,
     /// When it started.
@@ -433,6 +447,12 @@ pub trait Runtime: Send + Sync {
     }
     /// Whether this runtime can run `template`.
     fn supports(&self, template: &Template) -> bool;
+    /// Whether workloads of `template` can join a network namespace the agent made
+    /// ([`WorkloadSpec::network`]); the process runtime's stay on the host network.
+    fn joins_network(&self, template: &Template) -> bool {
+        let _ = template;
+        false
+    }
     /// What a start of workload `id` in progress is waiting for (`pulling IMAGE: 12.3 of
     /// 45.6 MB`), while it waits; `None` otherwise.
     fn progress(&self, id: &str) -> Option<String> {
@@ -633,6 +653,13 @@ impl Runtime for Runtimes {
 
     fn supports(&self, template: &Template) -> bool {
         self.all.iter().any(|r| r.supports(template))
+    }
+
+    fn joins_network(&self, template: &Template) -> bool {
+        self.all
+            .iter()
+            .find(|r| r.supports(template))
+            .is_some_and(|r| r.joins_network(template))
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<Workload, RuntimeError> {

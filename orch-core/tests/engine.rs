@@ -291,6 +291,7 @@ async fn orphans_are_stopped() {
         _ => unreachable!(),
     };
     rt.start(&WorkloadSpec {
+        network: None,
         id: "default.ghost-abcde".into(),
         replica_uid: "u".into(),
         service: "ghost".into(),

@@ -169,6 +169,7 @@ fn ports() -> impl Strategy<Value = Vec<PortSpec>> {
             .map(|(name, (port, protocol))| PortSpec {
                 name,
                 port: port.filter(|p| fixed.insert((protocol, *p))),
+                host_port: None,
                 protocol,
             })
             .collect()
@@ -301,6 +302,7 @@ fn template() -> impl Strategy<Value = Template> {
                 stop_grace_period,
                 image_pull_policy,
                 read_only_root_filesystem,
+                host_network: false,
                 restart_backoff_max: None,
                 mounts: Vec::new(),
                 readiness_probe: None,

@@ -770,6 +770,7 @@ fn to_workload(r: &Record) -> Workload {
             Some(s) => WorkloadState::Exited(s.clone()),
         },
         host_ip: r.host_ip.clone(),
+        ip: None,
         ports: r.ports.clone(),
         started_at: r.started_at,
     }
@@ -1316,11 +1317,13 @@ mod tests {
             .map(|n| PortSpec {
                 name: (*n).into(),
                 port: None,
+                host_port: None,
                 protocol: Protocol::Tcp,
             })
             .chain([PortSpec {
                 name: "fixed".into(),
                 port: Some(4321),
+                host_port: None,
                 protocol: Protocol::Udp,
             }])
             .collect();

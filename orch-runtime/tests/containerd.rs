@@ -346,6 +346,7 @@ fn http_get(port: u16) -> String {
 
 fn workload(id: &str, image: &str, command: &[&str], memory: Option<u64>) -> WorkloadSpec {
     WorkloadSpec {
+        network: None,
         id: id.into(),
         replica_uid: format!("uid-{id}"),
         service: "web".into(),
@@ -354,6 +355,7 @@ fn workload(id: &str, image: &str, command: &[&str], memory: Option<u64>) -> Wor
             image: Some(image.into()),
             command: command.iter().map(|s| s.to_string()).collect(),
             ports: vec![PortSpec {
+                host_port: None,
                 name: "http".into(),
                 port: None,
                 protocol: Protocol::Tcp,

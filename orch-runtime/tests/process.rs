@@ -19,6 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 fn spec(id: &str, command: &[&str]) -> WorkloadSpec {
     WorkloadSpec {
+        network: None,
         id: id.into(),
         replica_uid: format!("uid-{id}"),
         service: "svc".into(),
@@ -173,11 +174,13 @@ async fn runs_with_ports_env_and_log_file() {
         PortSpec {
             name: "http".into(),
             port: None,
+            host_port: None,
             protocol: Protocol::Tcp,
         },
         PortSpec {
             name: "admin-ui".into(),
             port: Some(18_999),
+            host_port: None,
             protocol: Protocol::Tcp,
         },
     ];

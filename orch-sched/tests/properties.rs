@@ -146,6 +146,7 @@ fn node(i: usize, g: &NodeGen) -> Node {
         spec: NodeSpec {
             unschedulable: g.cordoned,
             draining: false,
+            network: None,
             taints: if g.tainted {
                 vec![Taint {
                     key: "dedicated".into(),

@@ -764,6 +764,7 @@ mod tests {
         };
         if port {
             template.ports.push(PortSpec {
+                host_port: None,
                 name: "p".into(),
                 port: Some(8000 + u16::from(i % 2)),
                 protocol: Protocol::default(),

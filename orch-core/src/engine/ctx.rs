@@ -35,6 +35,61 @@ pub struct EngineConfig {
     pub event_flush: Duration,
     /// Seed for the scheduler's tie-breaks.
     pub seed: u64,
+    /// The cluster's replica network, if it has one: the network controller leases node
+    /// subnets and service virtual IPs from it.
+    pub network: Option<ClusterNetwork>,
+}
+
+/// A cluster's replica network (`orchd manager --cluster-cidr --service-cidr --network-mode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNetwork {
+    /// Where node subnets come from (default `10.244.0.0/16`).
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// The prefix length of each node's subnet (default 24).
+    pub node_prefix: u8,
+    /// Where service virtual IPs come from (default `10.96.0.0/16`).
+    pub service_cidr: ipnet::Ipv4Net,
+    /// VXLAN or host-gw.
+    pub mode: crate::model::object::NetworkMode,
+}
+
+impl ClusterNetwork {
+    /// Checks the ranges: the node prefix fits inside the cluster CIDR and leaves room for
+    /// addresses, the two CIDRs do not overlap. The error names the values and what is
+    /// allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self.cluster_cidr;
+        let s = self.service_cidr;
+        if self.node_prefix < c.prefix_len() || self.node_prefix > 28 {
+            return Err(format!(
+                "node subnet size /{} does not fit cluster CIDR {c}: use a prefix from /{} to /28",
+                self.node_prefix,
+                c.prefix_len()
+            ));
+        }
+        if c.contains(&s.network()) || s.contains(&c.network()) {
+            return Err(format!(
+                "cluster CIDR {c} and service CIDR {s} overlap: they must be disjoint"
+            ));
+        }
+        if s.prefix_len() > 30 {
+            return Err(format!(
+                "service CIDR {s} is too small: use a prefix of /30 or shorter"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ClusterNetwork {
+    fn default() -> Self {
+        ClusterNetwork {
+            cluster_cidr: "10.244.0.0/16".parse().expect("a valid CIDR"),
+            node_prefix: 24,
+            service_cidr: "10.96.0.0/16".parse().expect("a valid CIDR"),
+            mode: crate::model::object::NetworkMode::Vxlan,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -50,6 +105,7 @@ impl Default for EngineConfig {
             event_limit: 2_000,
             event_flush: Duration::from_millis(50),
             seed: 0x6f72_6368,
+            network: None,
         }
     }
 }

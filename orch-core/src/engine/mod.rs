@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use cache::Cache;
-pub use ctx::{Ctx, EngineConfig};
+pub use ctx::{ClusterNetwork, Ctx, EngineConfig};
 
 use crate::discovery::{Discovery, MemDiscovery};
 use crate::node::{Agent, AgentConfig};

@@ -435,16 +435,22 @@ pub enum Protocol {
     Udp,
 }
 
-/// A port a replica listens on. With no `port`, the node picks a free one and hands it to the
-/// workload as `PORT` (first port) and `ORCH_PORT_<NAME>`.
+/// A port a replica listens on. A replica with a network of its own (a container on a node with
+/// replica networking) listens on `port` at its own address, like Kubernetes' `containerPort`;
+/// on the host network `port` is a fixed host port. With no `port`, the node picks a free one
+/// and hands it to the workload as `PORT` (first port) and `ORCH_PORT_<NAME>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSpec {
     /// An IANA-style port name (`http`), unique within the template.
     pub name: String,
-    /// A fixed host port; omit for a dynamic one.
+    /// The port the workload listens on (see the type's doc); omit for a dynamic one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Also reachable on the node's address at this port (a replica with a network of its
+    /// own only; CNI's portmap), as Kubernetes' `hostPort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
     /// TCP or UDP.
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
@@ -512,6 +518,10 @@ pub struct Template {
     /// Ports the workload listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
+    /// Stay on the node's network even where containers get a network of their own (process
+    /// replicas always are on it, as Nomad's `raw_exec`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
     /// Secrets, configs and volumes mounted into each replica.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
@@ -768,6 +778,7 @@ impl Default for ServiceSpec {
             update: UpdateStrategy::default(),
             mode: ServiceMode::default(),
             publish: Vec::new(),
+            headless: false,
         }
     }
 }
@@ -1183,6 +1194,10 @@ pub struct ServiceSpec {
     /// service proxy). Changing them does not roll the replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Publish>,
+    /// No virtual IP: the service's name resolves to its ready replicas' own addresses
+    /// (Kubernetes' `clusterIP: None`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
 }
 
 /// A port published on every node: TCP connections to it go to a ready replica's port.
@@ -1348,6 +1363,11 @@ pub struct ServiceStatus {
     /// The last revisions (at most 10), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RevisionRecord>,
+    /// The service's stable virtual IP (from the cluster's service CIDR; none when headless
+    /// or when the cluster has no replica networking). Leased by the network controller,
+    /// which is this field's only writer; the replication controller keeps it as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_ip: Option<String>,
 }
 
 /// A replicated workload.
@@ -1522,9 +1542,13 @@ pub struct ReplicaStatus {
     /// How its last run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<ExitStatus>,
-    /// The host address it serves on.
+    /// The address of the node it runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    /// Its own address (in its own network namespace), when it has one; its ports are then
+    /// at this address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
     /// Ports it was given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<BoundPort>,
@@ -1541,9 +1565,14 @@ pub struct ReplicaStatus {
 }
 
 impl ReplicaStatus {
-    /// `host:port` of the first port, if any.
+    /// Where its ports are reached: its own address, else its node's.
+    pub fn reach_ip(&self) -> Option<&str> {
+        self.ip.as_deref().or(self.host_ip.as_deref())
+    }
+
+    /// `ip:port` of the first port, if any (its own address, else its node's).
     pub fn address(&self) -> Option<String> {
-        let ip = self.host_ip.as_deref()?;
+        let ip = self.reach_ip()?;
         self.ports.first().map(|p| format!("{ip}:{}", p.port))
     }
 }
@@ -1592,6 +1621,74 @@ pub struct NodeSpec {
     /// Marks that repel replicas not tolerating them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
+    /// The node's share of the cluster network, leased by the manager's network controller
+    /// (its only writer) once the node registers; kept across restarts, released with the
+    /// node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NodeNetwork>,
+}
+
+/// A node's lease of the cluster network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeNetwork {
+    /// The subnet its replicas get addresses from (`10.244.3.0/24`).
+    pub subnet: String,
+    /// The cluster CIDR it was leased from: traffic inside it is not masqueraded.
+    pub cluster_cidr: String,
+    /// The cluster's service CIDR (virtual IPs).
+    pub service_cidr: String,
+    /// How nodes reach each other's subnets.
+    #[serde(default)]
+    pub mode: NetworkMode,
+}
+
+/// How nodes reach each other's replica subnets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    /// A kernel VXLAN device with a static route, neighbour and FDB entry per peer (flannel's
+    /// scheme); works across routed networks; MTU reduced by 50 bytes.
+    #[default]
+    Vxlan,
+    /// A route per peer subnet via the peer's address: nodes must share an L2 segment.
+    HostGw,
+}
+
+impl NetworkMode {
+    /// `vxlan` or `host-gw`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Vxlan => "vxlan",
+            NetworkMode::HostGw => "host-gw",
+        }
+    }
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vxlan" => Ok(NetworkMode::Vxlan),
+            "host-gw" => Ok(NetworkMode::HostGw),
+            other => Err(format!(
+                "network mode {other:?} is not known: use vxlan or host-gw"
+            )),
+        }
+    }
+}
+
+/// What a node's agent reports about its replica networking.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeNetworkStatus {
+    /// Containers get a network of their own here.
+    #[serde(default)]
+    pub ready: bool,
+    /// What is set up (`vxlan, subnet 10.244.3.0/24, 2 peers`) or why not (`host network:
+    /// no CNI plugin bridge in /usr/lib/cni`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// What a node reports about itself.
@@ -1633,6 +1730,9 @@ pub struct NodeStatus {
     /// other hosts); empty for an agent inside the manager's process.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
+    /// Its replica networking (none: the agent has none configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NodeNetworkStatus>,
 }
 
 /// A machine that runs replicas.

@@ -7,5 +7,5 @@ mod agent;
 pub(crate) mod probes;
 pub mod volumes;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, AgentNetwork};
 pub use volumes::VolumeLayout;

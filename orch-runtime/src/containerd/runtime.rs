@@ -426,6 +426,7 @@ impl ContainerdRuntime {
                 },
                 state,
                 host_ip: labels.get(LABEL_HOST_IP).cloned().unwrap_or_default(),
+                ip: None,
                 ports,
                 started_at: Timestamp(
                     labels
@@ -1029,6 +1030,7 @@ impl Runtime for ContainerdRuntime {
             runtime_id: format!("pid {pid}, container {}", spec.id),
             state: WorkloadState::Running,
             host_ip,
+            ip: None,
             ports,
             started_at,
         };

@@ -28,6 +28,7 @@ impl Agent {
             heartbeat: Some(Timestamp::now()),
             limits: info.limits_note,
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            network: None,
             volumes: self
                 .cfg
                 .volumes

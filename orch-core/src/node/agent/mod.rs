@@ -67,6 +67,18 @@ pub struct AgentConfig {
     /// Host paths replicas may mount (a mount's real path, symlinks resolved, must be under
     /// one of these); empty: none.
     pub allowed_host_paths: Vec<std::path::PathBuf>,
+    /// The node's replica networking; `None`: every replica is on the host network.
+    pub network: Option<AgentNetwork>,
+}
+
+/// The [`Network`](crate::Network) an agent gives containers their own network with.
+#[derive(Clone)]
+pub struct AgentNetwork(pub Arc<dyn crate::Network>);
+
+impl std::fmt::Debug for AgentNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.describe())
+    }
 }
 
 impl AgentConfig {
@@ -90,6 +102,7 @@ impl AgentConfig {
             dns_domain: "orch.local".into(),
             volumes: None,
             allowed_host_paths: Vec::new(),
+            network: None,
         }
     }
 }

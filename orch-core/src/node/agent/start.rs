@@ -181,6 +181,7 @@ impl Agent {
                     self.cfg.dns_domain.clone(),
                 ],
             }),
+            network: None,
         };
         {
             let mut g = self.lock();
