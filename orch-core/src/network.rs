@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 
-use crate::model::object::NodeNetwork;
+use crate::model::object::{NodeNetwork, PortSpec};
 use crate::runtime::WorkloadNetwork;
 
 /// Another node whose replica subnet this node must reach.
@@ -44,9 +44,11 @@ pub trait Network: Send + Sync {
     /// masquerading); called when the lease is first seen and whenever it changes. Until it
     /// succeeds, containers stay on the host network.
     async fn configure(&self, lease: &NodeNetwork) -> Result<(), NetworkError>;
-    /// Gives workload `id` a network namespace with an address of the node's subnet; an
-    /// existing attachment of `id` is returned as it is (re-adoption after a restart).
-    async fn attach(&self, id: &str) -> Result<WorkloadNetwork, NetworkError>;
+    /// Gives workload `id` a network namespace with an address of the node's subnet, and
+    /// maps the `host_port` of each of `ports` that has one to its `port` there (CNI's
+    /// portmap); an existing attachment of `id` is returned as it is (re-adoption after a
+    /// restart).
+    async fn attach(&self, id: &str, ports: &[PortSpec]) -> Result<WorkloadNetwork, NetworkError>;
     /// Removes workload `id`'s namespace and releases its address; nothing to do is success.
     async fn detach(&self, id: &str) -> Result<(), NetworkError>;
     /// The workloads that have an attachment now, with it (for re-adoption and for removing
