@@ -45,6 +45,8 @@ pub struct AgentArgs {
     runtime: crate::runtime::RuntimeArgs,
     #[command(flatten)]
     discovery: crate::discovery::DiscoveryArgs,
+    #[command(flatten)]
+    replica_network: crate::network::ReplicaNetworkArgs,
 }
 
 /// Runs until SIGINT or SIGTERM (workloads keep running; the next start re-adopts them).
@@ -54,6 +56,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let (node, labels, taints) = args.node.parse()?;
     let runtime_names = args.runtime.names()?;
+    let node_ip: std::net::IpAddr = args.advertise_address.parse().with_context(|| {
+        format!(
+            "--advertise-address {:?}: expected an IP address",
+            args.advertise_address
+        )
+    })?;
+    let networking = args
+        .replica_network
+        .open(&node, node_ip, &data_dir, &runtime_names)?;
     let creds_dir = data_dir.join("credentials");
     let creds = match Credentials::load(&creds_dir)? {
         Some(c) => c,
@@ -75,12 +86,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let scheduler: Arc<dyn orch_core::scheduler::Scheduler> =
         Arc::new(orch_sched::DefaultScheduler);
     let discovery_dir = data_dir.join("discovery");
-    let node_ip: std::net::IpAddr = args.advertise_address.parse().with_context(|| {
-        format!(
-            "--advertise-address {:?}: expected an IP address",
-            args.advertise_address
-        )
-    })?;
     let discovery = args.discovery.start(&node, node_ip, &discovery_dir).await?;
     let mut engine = Engine::builder(store.clone(), scheduler)
         .discovery(discovery.fanout.clone())
@@ -108,6 +113,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     agent.addresses = vec![args.advertise_address.clone()];
     agent.heartbeat = args.heartbeat;
     agent.endpoint = endpoint.to_string();
+    eprintln!("orchd agent: {}", networking.summary);
+    if networking.network.is_some() {
+        discovery.serve_on_gateway(engine.cache().clone(), &node);
+    }
+    agent.network = networking.network;
     engine.add_agent(runtime, agent);
     let renewals = tokio::spawn(renew_loop(
         args.join.clone(),

@@ -129,6 +129,17 @@ impl DiscoveryArgs {
     }
 }
 
+/// The gateway of `node`'s subnet once its network is ready.
+fn ready_gateway(cache: &orch_core::engine::cache::Cache, node: &str) -> Option<IpAddr> {
+    let n = cache
+        .nodes()
+        .into_iter()
+        .find(|n| n.metadata.name == node)?;
+    let ready = n.status.network.as_ref().is_some_and(|s| s.ready);
+    let subnet: ipnet::Ipv4Net = n.spec.network.as_ref()?.subnet.parse().ok()?;
+    ready.then(|| IpAddr::V4(subnet.hosts().next().unwrap_or(subnet.network())))
+}
+
 impl NodeDiscovery {
     /// One line on the cluster DNS: where it serves, or why it does not.
     pub fn dns_state(&self, domain: &str) -> String {
@@ -145,6 +156,50 @@ impl NodeDiscovery {
     pub fn configure(&self, agent: &mut AgentConfig, domain: &str) {
         agent.dns = self.dns.as_ref().map(|d| d.local_addr());
         agent.dns_domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    }
+
+    /// Makes the DNS server also listen on the node's replica gateway (the first address of
+    /// its subnet), port 53, once the node's network is configured (`status.network.ready`
+    /// in the node object): replicas in their own network namespaces have it as their
+    /// nameserver. Follows the node object through `cache` for as long as the process runs;
+    /// a new subnet gets a listener too.
+    pub fn serve_on_gateway(&self, cache: Arc<orch_core::engine::cache::Cache>, node: &str) {
+        let Some(dns) = self.dns.clone() else {
+            return;
+        };
+        let changed = Arc::new(tokio::sync::Notify::new());
+        cache.on_change({
+            let changed = changed.clone();
+            move |c| {
+                if matches!(c.kind(), None | Some(orch_core::model::object::Kind::Node)) {
+                    changed.notify_one();
+                }
+                true
+            }
+        });
+        let node = node.to_string();
+        tokio::spawn(async move {
+            let mut serving = std::collections::HashSet::new();
+            loop {
+                if let Some(gw) = ready_gateway(&cache, &node) {
+                    if !serving.contains(&gw) {
+                        let addr = SocketAddr::new(gw, 53);
+                        match dns.add_listener(addr).await {
+                            Ok(_) => {
+                                tracing::info!(%addr, "cluster DNS serving replicas on the gateway");
+                                serving.insert(gw);
+                            }
+                            Err(e) => {
+                                tracing::warn!(%addr, error = %e, "cluster DNS cannot listen on the gateway; retrying");
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                changed.notified().await;
+            }
+        });
     }
 
     /// The apply-time check that a published port is free on this node.

@@ -4,6 +4,7 @@ mod agent;
 mod discovery;
 mod host;
 mod http;
+mod network;
 mod runtime;
 mod server;
 mod store;

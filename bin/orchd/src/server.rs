@@ -37,6 +37,10 @@ pub struct ServerArgs {
     runtime: crate::runtime::RuntimeArgs,
     #[command(flatten)]
     discovery: crate::discovery::DiscoveryArgs,
+    #[command(flatten)]
+    cluster_network: crate::network::ClusterNetworkArgs,
+    #[command(flatten)]
+    replica_network: crate::network::ReplicaNetworkArgs,
     /// Serve the cluster protocol (gRPC over mutual TLS) for agents on other hosts at
     /// `HOST:PORT`; the CA and the join token live in DATA_DIR/cluster.
     #[arg(long)]
@@ -75,10 +79,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let (node, labels, taints) = args.node.parse()?;
     let store_spec = crate::store::parse(&args.store)?;
     let runtime_names = args.runtime.names()?;
+    let cluster_network = args.cluster_network.cluster()?;
     if args.no_agent && args.listen.is_none() {
         anyhow::bail!("orchd manager: --listen HOST:PORT is needed (agents join there)");
     }
     let (store, store_name) = crate::store::open(&store_spec, &data_dir).await?;
+    let networking = match args.no_agent {
+        true => None,
+        false => Some(args.replica_network.open(
+            &node,
+            crate::network::first_host_address().into(),
+            &data_dir,
+            &runtime_names,
+        )?),
+    };
     let runtime: Option<Arc<dyn Runtime>> = if args.no_agent {
         None
     } else {
@@ -108,6 +122,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .config(orch_core::engine::EngineConfig {
             node_grace: args.node_grace,
             node_lost_timeout: args.node_replace_timeout,
+            network: Some(cluster_network),
             ..Default::default()
         })
         .start();
@@ -119,6 +134,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             d.configure(&mut agent, &args.discovery.dns_domain);
         }
         args.runtime.configure(&mut agent, &data_dir);
+        if let Some(n) = networking {
+            eprintln!("orchd: {}", n.summary);
+            if let (Some(_), Some(d)) = (&n.network, &discovery) {
+                d.serve_on_gateway(engine.cache().clone(), &node);
+            }
+            agent.network = n.network;
+        }
         engine.add_agent(runtime.clone(), agent);
         let info = runtime.info();
         if !info.limits_enforced {

@@ -40,6 +40,10 @@ pub struct UpArgs {
     runtime: crate::runtime::RuntimeArgs,
     #[command(flatten)]
     discovery: crate::discovery::DiscoveryArgs,
+    #[command(flatten)]
+    cluster_network: crate::network::ClusterNetworkArgs,
+    #[command(flatten)]
+    replica_network: crate::network::ReplicaNetworkArgs,
 }
 
 /// Runs until Ctrl-C, then stops everything it started.
@@ -63,6 +67,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let runtime_names = args.runtime.names()?;
+    let cluster_network = args.cluster_network.cluster()?;
+    let networking = args.replica_network.open(
+        &args.node,
+        crate::network::first_host_address().into(),
+        &state_dir,
+        &runtime_names,
+    )?;
     let store: Arc<dyn Store> = Arc::new(orch_core::memstore::MemStore::new());
     let runtime: Arc<dyn Runtime> = args.runtime.open(&runtime_names, &state_dir, None).await?;
     let discovery_dir = state_dir.join("discovery");
@@ -74,10 +85,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await?;
     let mut engine = Engine::builder(store.clone(), scheduler.clone())
         .discovery(discovery.fanout.clone())
+        .config(orch_core::engine::EngineConfig {
+            network: Some(cluster_network),
+            ..Default::default()
+        })
         .start();
     let mut agent = host::agent_config(&args.node, Default::default(), &discovery_dir);
     discovery.configure(&mut agent, &args.discovery.dns_domain);
     args.runtime.configure(&mut agent, &state_dir);
+    if networking.network.is_some() {
+        discovery.serve_on_gateway(engine.cache().clone(), &args.node);
+    }
+    agent.network = networking.network;
     engine.add_agent(runtime.clone(), agent);
     let socket = state_dir.join("orchd.sock");
     let cancel = CancellationToken::new();
@@ -109,11 +128,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     let tty = std::io::stdout().is_terminal();
     let header = format!(
-        "orch up {} — {} object(s); logs: orchctl --socket {} logs REPLICA; Ctrl-C stops everything\n{}",
+        "orch up {} — {} object(s); logs: orchctl --socket {} logs REPLICA; Ctrl-C stops everything\n{}\n{}",
         args.path.display(),
         applied.len(),
         socket.display(),
         discovery.dns_state(&args.discovery.dns_domain),
+        networking.summary,
     );
     let mut out = Output::new(tty, header);
     let mut tick = tokio::time::interval(Duration::from_millis(args.refresh_ms.max(50)));

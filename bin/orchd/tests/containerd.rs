@@ -518,7 +518,7 @@ fn up_with_containerd_shows_pull_progress() {
         .args(["--refresh-ms", "100", "--runtime", "containerd"])
         .arg("--containerd-socket")
         .arg(&socket)
-        .args(["--containerd-namespace", &ns])
+        .args(["--containerd-namespace", &ns, "--replica-network", "off"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -85,6 +85,7 @@ impl Daemon {
             .arg(dir.join("data"))
             .arg("--socket")
             .arg(&socket)
+            .args(replica_network(head, extra))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -320,6 +321,7 @@ impl AgentProc {
         cmd.args(["agent", "--join", addr, "--node", node])
             .arg("--data-dir")
             .arg(&data)
+            .args(replica_network(&["agent"], extra))
             .args(extra);
         if let Some(t) = token {
             cmd.args(["--token", t]);
@@ -363,6 +365,18 @@ impl Drop for AgentProc {
         if let Some(c) = self.child.take() {
             terminate(c);
         }
+    }
+}
+
+/// `--replica-network off` unless the test's own arguments choose: replica networking builds
+/// a bridge with the cluster CIDR's first addresses in the namespace orchd runs in, and
+/// parallel tests in one namespace would collide. A manager runs no agent, so it gets nothing.
+fn replica_network(head: &[&str], extra: &[&str]) -> &'static [&'static str] {
+    if head.first() == Some(&"manager") || extra.iter().any(|a| a.starts_with("--replica-network"))
+    {
+        &[]
+    } else {
+        &["--replica-network", "off"]
     }
 }
 
