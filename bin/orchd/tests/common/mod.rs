@@ -395,12 +395,14 @@ pub fn terminate(mut c: Child) {
     }
 }
 
-/// `program`, or `ip netns exec NETNS program` inside a network namespace.
+/// `program`, or `nsenter --net=/run/netns/NETNS program` inside a network namespace. Not
+/// `ip netns exec`: that gives the process a mount namespace of its own, and a namespace an
+/// agent bind-mounts under /run/netns would be invisible to its containerd.
 pub fn netns_command(netns: Option<&str>, program: &str) -> Command {
     match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, program]);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
             c
         }
         None => Command::new(program),
@@ -408,7 +410,7 @@ pub fn netns_command(netns: Option<&str>, program: &str) -> Command {
 }
 
 /// What [`Hosts`] needs: root (to make network namespaces, bridges and veths) and `ip`.
-pub const NETNS: &[&str] = &["root", "ip"];
+pub const NETNS: &[&str] = &["root", "ip", "nsenter"];
 
 /// Hosts on one bridge: a network namespace per host with a veth into a bridge of its own,
 /// addresses `10.(200+S).N.(i+1)/24` (S counts the sets of this test process, N comes from its
@@ -467,6 +469,25 @@ impl Hosts {
     /// Host `i`'s address.
     pub fn address(&self, i: usize) -> String {
         format!("{}.{}", self.subnet, i + 1)
+    }
+
+    /// `ip -n HOST ARGS...` on host `i`: its stdout (empty when `ip` fails).
+    pub fn ip(&self, i: usize, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.names[i])
+            .args(args)
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `program args...` in host `i`'s network namespace: its output.
+    pub fn run(&self, i: usize, program: &str, args: &[&str]) -> Output {
+        netns_command(Some(&self.names[i]), program)
+            .args(args)
+            .output()
+            .expect("run in a host")
     }
 
     /// Cuts (or restores) host `i`'s link to the bridge.

@@ -1,0 +1,669 @@
+//! Replica networking end to end (issue 19), with real parts only: hosts are network
+//! namespaces on a bridge; on each, an `orchd agent` (started with `nsenter --net`, so it
+//! shares the mount namespace with its containerd and the CNI plugins) with
+//! `--replica-network on` and a containerd of its own; `orchd manager` on the first host with
+//! a cluster CIDR of the test's own (never the hosts' 10.x addresses). Containers are busybox
+//! (`httpd` answering with its replica's name); connections are made from inside replicas
+//! with `orchctl exec ... wget`, names resolved by the cluster DNS at the node's gateway.
+//!
+//! - three hosts: every replica on host B answers a replica on host A on its own IP and the
+//!   one fixed port; `SERVICE:PORT` (DNS → virtual IP) reaches every ready replica; a replica
+//!   made unready gets no new connection; two services on port 8080 share a node; `get
+//!   replicas -o wide`, `describe node` and `get services` show the IPs, subnet and VIP;
+//! - a dead host: its replicas come back elsewhere with new IPs, the VIP keeps answering,
+//!   its routes go from the other hosts;
+//! - deleting everything around an agent restart and a `kill -9`: no namespace, veth,
+//!   host-local lease, route or nft rule is left;
+//! - bad input: overlapping CIDRs, a CIDR holding a host address, an exhausted subnet,
+//!   missing plugins, each refused with the value named and nothing set up.
+#![cfg(feature = "containerd")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use orch_runtime::containerd::testing::busybox_image;
+use orch_runtime::containerd::{Containerd, LocalContainerd};
+
+/// What these tests need besides [`NETNS`].
+const NEEDS: &[&str] = &[
+    "root",
+    "ip",
+    "nsenter",
+    "nft",
+    "containerd",
+    "runc",
+    "/bin/busybox",
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/loopback",
+    "/usr/lib/cni/portmap",
+];
+
+/// The image every replica runs, imported into each host's containerd.
+const IMAGE: &str = "localhost/orch-net-test/busybox:1";
+
+/// The port every web replica listens on, in its own network namespace.
+const PORT: u16 = 8080;
+
+/// A cluster of `orchd manager` and one agent per host, each with its containerd.
+struct Cluster {
+    // Dropped in order: agents, then their containerds, the manager, the hosts.
+    agents: Vec<Option<AgentProc>>,
+    containerds: Vec<LocalContainerd>,
+    manager: Daemon,
+    addr: String,
+    token: String,
+    hosts: Hosts,
+    tmp: tempfile::TempDir,
+    /// (cluster CIDR, service CIDR) of this cluster.
+    cidrs: (String, String),
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// `n` hosts; the manager on host 0 with `--cluster-cidr 172.N.0.0/16` (N from `which`)
+    /// and `extra` flags; an agent on every host, node `hI`, labelled `host=hI`.
+    fn new(n: usize, which: u8, extra: &[&str]) -> Cluster {
+        let hosts = Hosts::new(n);
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let addr = format!("{}:7443", hosts.address(0));
+        let cidrs = (
+            format!("172.{}.0.0/16", 20 + which),
+            format!("172.{}.0.0/16", 30 + which),
+        );
+        let mut args = vec![
+            "--listen",
+            &addr,
+            "--cluster-cidr",
+            &cidrs.0,
+            "--service-cidr",
+            &cidrs.1,
+            "--node-grace",
+            "1s",
+            "--node-replace-timeout",
+            "3s",
+        ];
+        args.extend_from_slice(extra);
+        let manager = Daemon::start_in(Some(&hosts.names[0]), tmp.path(), &["manager"], &args);
+        let token = token_of(tmp.path());
+        let mut c = Cluster {
+            agents: Vec::new(),
+            containerds: Vec::new(),
+            manager,
+            addr,
+            token,
+            hosts,
+            tmp,
+            cidrs,
+            rt,
+        };
+        for i in 0..n {
+            let ctd = c.rt.block_on(LocalContainerd::start()).expect("containerd");
+            let ns = ctd.namespace();
+            let client =
+                c.rt.block_on(Containerd::connect(ctd.socket(), &ns))
+                    .unwrap();
+            let parts = busybox_image(&ctd.scratch().join("img"), IMAGE).unwrap();
+            c.rt.block_on(client.import(&parts, "overlayfs")).unwrap();
+            c.containerds.push(ctd);
+            let a = c.start_agent(i, &[]);
+            c.agents.push(Some(a));
+        }
+        let names: Vec<String> = (0..n).map(|i| format!("h{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        c.manager.wait_for_nodes(&names);
+        for name in &names {
+            c.wait_network_ready(name);
+        }
+        c
+    }
+
+    /// Starts the agent of host `i` (again), with `extra` flags.
+    fn start_agent(&self, i: usize, extra: &[&str]) -> AgentProc {
+        let ctd = &self.containerds[i];
+        let socket = ctd.socket().display().to_string();
+        let ns = ctd.namespace();
+        let adv = self.hosts.address(i);
+        let label = format!("host=h{i}");
+        let mut args = vec![
+            "--advertise-address",
+            &adv,
+            "--labels",
+            &label,
+            "--runtime",
+            "containerd",
+            "--containerd-socket",
+            &socket,
+            "--containerd-namespace",
+            &ns,
+            "--heartbeat",
+            "300ms",
+        ];
+        if !extra.iter().any(|a| a.starts_with("--replica-network")) {
+            args.extend(["--replica-network", "on"]);
+        }
+        args.extend_from_slice(extra);
+        AgentProc::start_in(
+            Some(&self.hosts.names[i]),
+            self.tmp.path(),
+            &self.addr,
+            &format!("h{i}"),
+            Some(&self.token),
+            &args,
+        )
+    }
+
+    /// The node object of `node`.
+    fn node(&self, node: &str) -> serde_json::Value {
+        let out = self.manager.ctl_ok(&["get", "node", node, "-o", "json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Waits until `node` has a subnet and says its network is ready; the subnet.
+    fn wait_network_ready(&self, node: &str) -> String {
+        eventually(
+            &format!("{node}'s network ready"),
+            Duration::from_secs(30),
+            || {
+                let n = self.node(node);
+                let subnet = n["spec"]["network"]["subnet"].as_str()?.to_string();
+                (n["status"]["network"]["ready"] == true).then_some(subnet)
+            },
+        )
+    }
+
+    fn apply(&self, name: &str, text: &str) {
+        let f = write(self.tmp.path(), &format!("{name}.yaml"), text);
+        self.manager.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    }
+
+    /// The replicas of `service`: name → (node, ip, phase).
+    fn replicas_of(&self, service: &str) -> BTreeMap<String, (String, String, String)> {
+        self.manager
+            .replicas()
+            .into_iter()
+            .filter(|r| r["spec"]["service"] == service)
+            .map(|r| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+                (
+                    s(&r["metadata"]["name"]),
+                    (
+                        s(&r["spec"]["node"]),
+                        s(&r["status"]["ip"]),
+                        s(&r["status"]["phase"]),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `service` has `n` Ready replicas with IPs; name → (node, ip).
+    fn wait_ready(&self, service: &str, n: usize) -> BTreeMap<String, (String, String)> {
+        eventually(
+            &format!("{n} replicas of {service} ready with IPs"),
+            Duration::from_secs(60),
+            || {
+                let r = self.replicas_of(service);
+                let ready: BTreeMap<_, _> = r
+                    .into_iter()
+                    .filter(|(_, (_, ip, phase))| phase == "Ready" && !ip.is_empty())
+                    .map(|(k, (node, ip, _))| (k, (node, ip)))
+                    .collect();
+                (ready.len() == n).then_some(ready)
+            },
+        )
+    }
+
+    /// `wget -O - URL` inside replica `from`: the body, or `None`.
+    fn wget(&self, from: &str, url: &str) -> Option<String> {
+        let out = self.manager.ctl(&[
+            "exec",
+            from,
+            "--",
+            "/bin/wget",
+            "-q",
+            "-T",
+            "3",
+            "-O",
+            "-",
+            url,
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The service's virtual IP.
+    fn virtual_ip(&self, service: &str) -> String {
+        eventually(
+            &format!("{service} has a virtual IP"),
+            Duration::from_secs(20),
+            || {
+                let out = self
+                    .manager
+                    .ctl_ok(&["get", "service", service, "-o", "json"]);
+                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                v["status"]["virtualIp"].as_str().map(str::to_string)
+            },
+        )
+    }
+
+    /// `ip -n HOST route` of host `i`.
+    fn routes(&self, i: usize) -> String {
+        self.hosts.ip(i, &["route"])
+    }
+}
+
+/// A web service: `replicas` busybox httpd on [`PORT`] answering with their replica's name,
+/// ready while `/www/ready` exists; `extra` is more of the spec (indented two spaces).
+fn web(name: &str, replicas: u32, extra: &str) -> String {
+    format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n{extra}  template:\n    image: {IMAGE}\n    command: [/bin/sh, -c, 'mkdir -p /www && echo $ORCH_REPLICA > /www/index.html && touch /www/ready && exec httpd -f -p {PORT} -h /www']\n    ports: [{{name: http, port: {PORT}}}]\n    stopGracePeriod: 1s\n    readinessProbe: {{exec: {{command: [/bin/sh, -c, 'test -f /www/ready']}}, period: 200ms, failureThreshold: 1}}\n"
+    )
+}
+
+#[test]
+fn replicas_on_three_hosts_reach_each_other_by_ip_and_through_the_virtual_ip() {
+    if !require(NEEDS) {
+        return;
+    }
+    let c = Cluster::new(3, 1, &[]);
+    c.apply("web", &web("web", 6, "  placement: {maxPerNode: 2}\n"));
+    let reps = c.wait_ready("web", 6);
+    let on = |node: &str| -> Vec<(String, String)> {
+        reps.iter()
+            .filter(|(_, (n, _))| n == node)
+            .map(|(k, (_, ip))| (k.clone(), ip.clone()))
+            .collect()
+    };
+    assert_eq!(on("h0").len(), 2, "{reps:?}");
+    assert_eq!(on("h1").len(), 2, "{reps:?}");
+    // Every replica has an address of its node's subnet, all different.
+    let ips: BTreeSet<&String> = reps.values().map(|(_, ip)| ip).collect();
+    assert_eq!(ips.len(), 6, "{reps:?}");
+    for (name, (node, ip)) in &reps {
+        let subnet: ipnet::Ipv4Net = c.wait_network_ready(node).parse().unwrap();
+        assert!(
+            subnet.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()),
+            "{name} on {node}: {ip} not in {subnet}"
+        );
+    }
+
+    // From a replica on host A, every replica on host B answers on its own IP and the port.
+    let from = &on("h0")[0].0;
+    for (name, ip) in on("h1").iter().chain(on("h2").iter()) {
+        let body = eventually(&format!("{name} at {ip}"), Duration::from_secs(20), || {
+            c.wget(from, &format!("http://{ip}:{PORT}/"))
+        });
+        assert_eq!(&body, name);
+    }
+
+    // By name: web → the virtual IP → every ready replica, over repeated connections.
+    let vip = c.virtual_ip("web");
+    let svc: ipnet::Ipv4Net = c.cidrs.1.parse().unwrap();
+    assert!(
+        svc.contains(&vip.parse::<std::net::Ipv4Addr>().unwrap()),
+        "{vip}"
+    );
+    let looked_up = c.manager.ctl_ok(&["exec", from, "--", "nslookup", "web"]);
+    assert!(looked_up.contains(&vip), "{looked_up}");
+    let all: BTreeSet<String> = reps.keys().cloned().collect();
+    let mut seen = BTreeSet::new();
+    eventually(
+        "web:8080 reaches every replica",
+        Duration::from_secs(30),
+        || {
+            if let Some(b) = c.wget(from, &format!("http://web:{PORT}/")) {
+                seen.insert(b);
+            }
+            (seen == all).then_some(())
+        },
+    );
+
+    // A replica made unready gets no new connection from the moment it is not Ready.
+    let (gone, (gone_node, _)) = reps.iter().nth(3).unwrap();
+    c.manager
+        .ctl_ok(&["exec", gone, "--", "/bin/busybox", "rm", "/www/ready"]);
+    eventually(
+        &format!("{gone} not ready"),
+        Duration::from_secs(10),
+        || (c.replicas_of("web")[gone].2 != "Ready").then_some(()),
+    );
+    for _ in 0..20 {
+        let b = c
+            .wget(from, &format!("http://{vip}:{PORT}/"))
+            .expect("the VIP answers");
+        assert_ne!(
+            &b, gone,
+            "an unready replica on {gone_node} got a new connection"
+        );
+    }
+
+    // Two services that both listen on 8080 run on one node, each answering on its IP.
+    c.apply(
+        "api",
+        &web("api", 1, "  placement: {nodeSelector: {host: h2}}\n"),
+    );
+    let api = c.wait_ready("api", 1);
+    let (api_name, (api_node, api_ip)) = api.iter().next().unwrap();
+    assert_eq!(api_node, "h2");
+    let body = c.wget(from, &format!("http://{api_ip}:{PORT}/")).unwrap();
+    assert_eq!(&body, api_name);
+    for (name, ip) in on("h2") {
+        assert_eq!(c.wget(from, &format!("http://{ip}:{PORT}/")), Some(name));
+    }
+
+    // What a user sees: IPs in `get replicas -o wide`, the subnet in `describe node`, the
+    // virtual IP in `get services`.
+    let wide = c.manager.ctl_ok(&["get", "replicas", "-o", "wide"]);
+    for (_, ip) in reps.values() {
+        assert!(wide.contains(ip.as_str()), "{wide}");
+    }
+    let subnet = c.wait_network_ready("h1");
+    let described = c.manager.ctl_ok(&["describe", "node", "h1"]);
+    assert!(described.contains(&subnet), "{described}");
+    let services = c.manager.ctl_ok(&["get", "services"]);
+    assert!(services.contains(&vip), "{services}");
+}
+
+#[test]
+fn a_dead_hosts_replicas_come_back_elsewhere_with_new_ips_and_its_routes_go() {
+    if !require(NEEDS) {
+        return;
+    }
+    let mut c = Cluster::new(3, 2, &[]);
+    c.apply("web", &web("web", 3, "  placement: {maxPerNode: 2}\n"));
+    let before = c.wait_ready("web", 3);
+    let dead_subnet = c.wait_network_ready("h2");
+    // Host 0 and 1 route to host 2's subnet.
+    for i in [0, 1] {
+        eventually("a route to h2's subnet", Duration::from_secs(20), || {
+            c.routes(i).contains(&dead_subnet).then_some(())
+        });
+    }
+    let vip = c.virtual_ip("web");
+    // Make sure something runs on h2, then kill the host: agent, containerd, link.
+    assert!(before.values().any(|(n, _)| n == "h2"), "{before:?}");
+    c.agents[2].as_mut().unwrap().kill();
+    c.containerds[2].stop_daemon();
+    c.hosts.link(2, false);
+    let after = eventually(
+        "h2's replicas replaced elsewhere",
+        Duration::from_secs(60),
+        || {
+            let r = c.wait_ready("web", 3);
+            r.values().all(|(n, _)| n != "h2").then_some(r)
+        },
+    );
+    let old_ips: BTreeSet<&String> = before
+        .values()
+        .filter(|(n, _)| n == "h2")
+        .map(|(_, ip)| ip)
+        .collect();
+    for (name, (node, ip)) in &after {
+        if !before.contains_key(name) {
+            assert!(!old_ips.contains(ip), "{name} on {node} reused {ip}");
+        }
+    }
+    let from = after.keys().next().unwrap();
+    let all: BTreeSet<String> = after.keys().cloned().collect();
+    let mut seen = BTreeSet::new();
+    eventually(
+        "the VIP reaches every new replica",
+        Duration::from_secs(30),
+        || {
+            if let Some(b) = c.wget(from, &format!("http://{vip}:{PORT}/")) {
+                assert!(all.contains(&b), "{b} is not a live replica");
+                seen.insert(b);
+            }
+            (seen == all).then_some(())
+        },
+    );
+    for i in [0, 1] {
+        eventually("h2's route gone", Duration::from_secs(30), || {
+            (!c.routes(i).contains(&dead_subnet)).then_some(())
+        });
+    }
+}
+
+/// What replica networking leaves on host `i` of `c` beyond the host itself: netns bind
+/// mounts of this agent, veths, host-local leases, nft rules naming the cluster's ranges.
+fn leftovers(c: &Cluster, i: usize) -> Vec<String> {
+    let mut left = Vec::new();
+    let data = c.tmp.path().join(format!("h{i}"));
+    let prefix = orch_net::netns_prefix(&data.join("network"));
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    for l in String::from_utf8_lossy(&netns.stdout).lines() {
+        if l.starts_with(&prefix) {
+            left.push(format!("netns {l}"));
+        }
+    }
+    let veths = c.hosts.ip(i, &["-o", "link", "show", "type", "veth"]);
+    for l in veths.lines() {
+        // The host's own link to the bridge is not ours.
+        if !l.contains(&format!("{}p{i}", hosts_prefix(&c.hosts))) {
+            left.push(format!("veth {l}"));
+        }
+    }
+    left.extend(leases(&data.join("network")));
+    let nft = c.hosts.run(i, "nft", &["list", "ruleset"]);
+    let nft = String::from_utf8_lossy(&nft.stdout);
+    let svc_first = c.cidrs.1.trim_end_matches(".0.0/16");
+    let cluster_first = c.cidrs.0.trim_end_matches(".0.0/16");
+    for l in nft.lines() {
+        // Masquerading names the cluster CIDR itself; a DNAT or endpoint names addresses.
+        if (l.contains(&format!("{svc_first}.")) || l.contains(&format!("{cluster_first}.")))
+            && !l.contains(&c.cidrs.0)
+            && !l.contains(&c.cidrs.1)
+        {
+            left.push(format!("nft {}", l.trim()));
+        }
+    }
+    left
+}
+
+/// The hosts' name prefix (`o123s0`), from the first host's name.
+fn hosts_prefix(hosts: &Hosts) -> String {
+    hosts.names[0].trim_end_matches("h0").to_string()
+}
+
+/// host-local's lease files (named by IP) under `dir`.
+fn leases(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from(dir)];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e
+                .file_name()
+                .to_string_lossy()
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok()
+            {
+                out.push(format!("lease {}", p.display()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn deleting_everything_around_an_agent_restart_and_a_kill_leaves_nothing() {
+    if !require(NEEDS) {
+        return;
+    }
+    let mut c = Cluster::new(2, 3, &[]);
+    c.apply("web", &web("web", 4, "  placement: {maxPerNode: 2}\n"));
+    c.wait_ready("web", 4);
+    c.virtual_ip("web");
+    // Restart the agent of host 1 while the service is being deleted.
+    c.manager.ctl_ok(&["delete", "service", "web"]);
+    c.agents[1] = None;
+    c.agents[1] = Some(c.start_agent(1, &[]));
+    eventually("every replica gone", Duration::from_secs(60), || {
+        c.manager.replicas().is_empty().then_some(())
+    });
+    // Again, and kill -9 the agent of host 0 mid-way; it comes back.
+    c.apply("web", &web("web", 4, "  placement: {maxPerNode: 2}\n"));
+    c.wait_ready("web", 4);
+    c.manager.ctl_ok(&["delete", "service", "web"]);
+    c.agents[0].as_mut().unwrap().kill();
+    c.agents[0] = Some(c.start_agent(0, &[]));
+    eventually("every replica gone", Duration::from_secs(60), || {
+        c.manager.replicas().is_empty().then_some(())
+    });
+    eventually("nothing left on the hosts", Duration::from_secs(30), || {
+        let left: Vec<String> = (0..2).flat_map(|i| leftovers(&c, i)).collect();
+        left.is_empty().then_some(()).or_else(|| {
+            eprintln!("left: {left:?}");
+            None
+        })
+    });
+    // Removing a node takes its routes from the other.
+    let subnet1 = c.wait_network_ready("h1");
+    assert!(c.routes(0).contains(&subnet1));
+    c.agents[1] = None;
+    c.manager.ctl_ok(&["delete", "node", "h1"]);
+    eventually("h1's route gone from h0", Duration::from_secs(30), || {
+        (!c.routes(0).contains(&subnet1)).then_some(())
+    });
+}
+
+/// `orchd ARGS...` with the manager's state in `dir` in host `netns`: its output.
+fn orchd_in(netns: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = netns_command(Some(netns), env!("CARGO_BIN_EXE_orchd"));
+    let mut child = cmd
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("orchd.sock"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = eventually("orchd refuses", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+#[test]
+fn bad_network_input_is_refused_naming_the_value_and_nothing_is_set_up() {
+    if !require(NEEDS) {
+        return;
+    }
+    let hosts = Hosts::new(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("{}:7443", hosts.address(0));
+    let host_cidr = format!("{}.0/24", hosts.address(0).rsplit_once('.').unwrap().0);
+    for (args, says) in [
+        (
+            vec![
+                "--cluster-cidr",
+                "10.96.0.0/12",
+                "--service-cidr",
+                "10.96.0.0/16",
+            ],
+            vec!["10.96.0.0/12", "10.96.0.0/16", "disjoint"],
+        ),
+        (
+            vec!["--cluster-cidr", host_cidr.as_str()],
+            vec![
+                host_cidr.as_str(),
+                hosts.address(0).as_str(),
+                "choose a range",
+            ],
+        ),
+        (
+            vec!["--cluster-cidr", "10.244.1.0/16"],
+            vec!["10.244.1.0/16", "10.244.0.0/16"],
+        ),
+        (
+            vec!["--cluster-cidr", "10.244.0.0"],
+            vec!["10.244.0.0", "ADDRESS/PREFIX"],
+        ),
+        (vec!["--node-subnet-size", "30"], vec!["/30", "/28"]),
+    ] {
+        let mut all = vec!["manager", "--listen", listen.as_str()];
+        all.extend(args.iter());
+        let out = orchd_in(&hosts.names[0], tmp.path(), &all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        for s in says {
+            assert!(err.contains(s), "{args:?}: {s:?} not in {err}");
+        }
+    }
+    assert!(hosts.ip(0, &["link", "show", "orch0"]).is_empty());
+
+    // Missing plugins: `--replica-network on` refuses to start, naming the directory; `auto`
+    // runs containers on the host network and says why.
+    let empty = tmp.path().join("no-plugins");
+    std::fs::create_dir_all(&empty).unwrap();
+    let c = Cluster::new(1, 4, &[]);
+    let data = c.tmp.path().join("h9");
+    let mut refused = AgentProc::start_in(
+        Some(&c.hosts.names[0]),
+        c.tmp.path(),
+        &c.addr,
+        "h9",
+        Some(&c.token),
+        &[
+            "--advertise-address",
+            &c.hosts.address(0),
+            "--runtime",
+            "containerd",
+            "--containerd-socket",
+            &c.containerds[0].socket().display().to_string(),
+            "--replica-network",
+            "on",
+            "--cni-bin-dir",
+            empty.to_str().unwrap(),
+            "--dns-listen",
+            "off",
+        ],
+    );
+    assert!(!refused.wait(Duration::from_secs(20)).success());
+    let log = refused.log();
+    assert!(
+        log.contains(empty.to_str().unwrap()) && log.contains("bridge"),
+        "{log}"
+    );
+    assert!(!data.join("network").join("cni").exists() || leases(&data).is_empty());
+
+    // An exhausted subnet: a /28 holds 13 replicas besides the gateway; the rest say why.
+    drop(c);
+    let c = Cluster::new(1, 5, &["--node-subnet-size", "28"]);
+    c.apply("many", &web("many", 15, ""));
+    c.wait_ready("many", 13);
+    let msg = eventually(
+        "the rest say the subnet is full",
+        Duration::from_secs(30),
+        || {
+            let out = c.manager.ctl_ok(&["describe", "service", "many"]);
+            let subnet = c.wait_network_ready("h0");
+            (out.contains(&subnet) && out.to_ascii_lowercase().contains("no address"))
+                .then_some(out)
+        },
+    );
+    assert!(msg.contains("/28"), "{msg}");
+}
