@@ -52,7 +52,7 @@ fn ctr(ctd: &LocalContainerd, ns: &str, n: usize) -> anyhow::Result<Duration> {
                     "--net-host",
                 ])
                 .arg(IMAGE)
-                .arg(format!("ctr-{n}-{i}"))
+                .arg(format!("ctr-{ns}-{n}-{i}"))
                 .args(["/bin/sleep", "100000"])
                 .stdout(Stdio::null())
                 .spawn()
@@ -66,6 +66,16 @@ fn ctr(ctd: &LocalContainerd, ns: &str, n: usize) -> anyhow::Result<Duration> {
 
 /// orch: apply a service of `n` replicas; time until all are Ready.
 async fn orch(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Result<Duration> {
+    orch_until(engine, store, n, |_| true).await
+}
+
+/// [`orch`], until every replica is Ready and `done` holds for it too.
+async fn orch_until(
+    engine: &Engine,
+    store: &MemStore,
+    n: usize,
+    done: impl Fn(&orch_core::model::object::Replica) -> bool,
+) -> anyhow::Result<Duration> {
     let name = format!("web-{n}");
     let yaml = format!(
         "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {n}\n  template:\n    image: {IMAGE}\n    command: [/bin/sleep, '100000']\n    stopGracePeriod: 1s\n"
@@ -75,7 +85,11 @@ async fn orch(engine: &Engine, store: &MemStore, n: usize) -> anyhow::Result<Dur
     orch_core::engine::api::apply(store, objects, false).await?;
     loop {
         let reps = engine.cache().replicas_of_service("default", &name);
-        if reps.len() == n && reps.iter().all(|r| r.status.phase == Phase::Ready) {
+        if reps.len() == n
+            && reps
+                .iter()
+                .all(|r| r.status.phase == Phase::Ready && done(r))
+        {
             return Ok(t.elapsed());
         }
         anyhow::ensure!(
@@ -280,9 +294,15 @@ impl Swarm {
 
     /// `docker service create --replicas n`; time until `n/n` running.
     fn replicas(&self, n: usize) -> anyhow::Result<Duration> {
-        let name = format!("web{n}");
-        let t = Instant::now();
-        self.run(&[
+        self.replicas_on(n, None)
+    }
+
+    /// [`Swarm::replicas`] with `--network NETWORK` (an overlay: every task an address of
+    /// its own on it).
+    fn replicas_on(&self, n: usize, network: Option<&str>) -> anyhow::Result<Duration> {
+        let name = format!("web{n}{}", network.unwrap_or(""));
+        let count = n.to_string();
+        let mut args = vec![
             "service",
             "create",
             "--detach",
@@ -290,11 +310,14 @@ impl Swarm {
             "--name",
             &name,
             "--replicas",
-            &n.to_string(),
-            "local/busybox:latest",
-            "sleep",
-            "100000",
-        ])?;
+            &count,
+        ];
+        if let Some(net) = network {
+            args.extend(["--network", net]);
+        }
+        args.extend(["local/busybox:latest", "sleep", "100000"]);
+        let t = Instant::now();
+        self.run(&args)?;
         loop {
             let out = self.run(&[
                 "service",
@@ -307,6 +330,13 @@ impl Swarm {
             if out.trim() == format!("{n}/{n}") {
                 let took = t.elapsed();
                 let _ = self.run(&["service", "rm", &name]);
+                // The next measurement starts with no task of this one still stopping.
+                let t = Instant::now();
+                while !self.run(&["ps", "-aq"])?.trim().is_empty()
+                    && t.elapsed() < Duration::from_secs(120)
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 return Ok(took);
             }
             anyhow::ensure!(
@@ -338,6 +368,121 @@ impl Drop for Swarm {
     }
 }
 
+/// The address of the harness's node in its network namespace (on a dummy device): the
+/// node address replica networking is given.
+const NODE_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 168, 250, 1);
+
+/// Runs this harness again inside a network namespace of its own (a dummy device holding
+/// [`NODE_ADDRESS`], loopback up), so the bridge, routes and nft tables replica networking
+/// makes, and Swarm's overlay, go with the namespace; the namespace is removed afterwards.
+/// `None` when already inside it.
+fn rerun_in_own_netns() -> anyhow::Result<Option<std::process::ExitStatus>> {
+    if std::env::var_os("ORCH_BENCH_NETNS").is_some() {
+        return Ok(None);
+    }
+    let name = format!("orch-bench-{}", std::process::id());
+    let ip = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .context("ip (iproute2)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    ip(&["netns", "add", &name])?;
+    let addr = format!("{NODE_ADDRESS}/24");
+    let status = (|| {
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &name, "link", "add", "bench0", "type", "dummy"])?;
+        ip(&["-n", &name, "addr", "add", &addr, "dev", "bench0"])?;
+        ip(&["-n", &name, "link", "set", "bench0", "up"])?;
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{name}"))
+            .arg(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env("ORCH_BENCH_NETNS", &name)
+            .status()
+            .context("nsenter (util-linux)")
+    })();
+    let _ = ip(&["netns", "del", &name]);
+    status.map(Some)
+}
+
+/// orch with replica networking: a second engine whose node gives every container a network
+/// namespace and an address of its own (CNI bridge + host-local, `orch_net::CniNetwork`);
+/// apply → `n` replicas Ready, each with its IP. `None` (and why on stderr) when this machine
+/// cannot do replica networking.
+async fn orch_own_ips(
+    ctd: &LocalContainerd,
+    ns: &str,
+    n: usize,
+) -> anyhow::Result<Option<Duration>> {
+    let mut config =
+        orch_net::NetConfig::new("bench-net", NODE_ADDRESS, ctd.scratch().join("network"));
+    config.cni_bin_dir = "/usr/lib/cni".into();
+    let net = match orch_net::CniNetwork::new(config) {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("replica network: not measured: {e}");
+            return Ok(None);
+        }
+    };
+    import(ctd, ns, &ctd.scratch().join("img-net")).await?;
+    let store = Arc::new(MemStore::new());
+    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+        .config(EngineConfig {
+            network: Some(orch_core::engine::ClusterNetwork::default()),
+            ..EngineConfig::default()
+        })
+        .start();
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("orch-net-state"));
+    config.namespace = ns.to_string();
+    let runtime = Arc::new(ContainerdRuntime::new(config).await?);
+    let mut agent = AgentConfig::new("bench-net");
+    agent.max_replicas = 1000;
+    agent.addresses = vec![NODE_ADDRESS.to_string()];
+    agent.network = Some(orch_core::node::AgentNetwork(Arc::new(net)));
+    engine.add_agent(runtime, agent);
+    // Containers get their own network once the node's lease is configured.
+    let t = Instant::now();
+    while !engine
+        .cache()
+        .nodes()
+        .iter()
+        .any(|n| n.status.network.as_ref().is_some_and(|s| s.ready))
+    {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "replica network: the node's network is not ready after 60 s: {:?}",
+            engine
+                .cache()
+                .nodes()
+                .first()
+                .map(|n| n.status.network.clone())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = orch_until(&engine, &store, n, |r| r.status.ip.is_some()).await?;
+    // Delete, and wait until every container and namespace is gone.
+    orch_core::engine::api::delete(
+        &*store,
+        orch_core::Kind::Service,
+        "default",
+        &format!("web-{n}"),
+    )
+    .await?;
+    let t = Instant::now();
+    while !engine.cache().replicas().is_empty() && t.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    engine.shutdown().await;
+    Ok(Some(took))
+}
+
 async fn import(ctd: &LocalContainerd, ns: &str, dir: &Path) -> anyhow::Result<()> {
     let c = Containerd::connect(ctd.socket(), ns).await?;
     let parts = busybox_image(dir, IMAGE)?;
@@ -345,8 +490,17 @@ async fn import(ctd: &LocalContainerd, ns: &str, dir: &Path) -> anyhow::Result<(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    if let Some(status) = rerun_in_own_netns()? {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let ctd = LocalContainerd::start().await.map_err(anyhow::Error::msg)?;
     let base = ctd.namespace();
     let (ns_ctr, ns_orch) = (format!("{base}-ctr"), format!("{base}-orch"));
@@ -404,6 +558,37 @@ async fn main() -> anyhow::Result<()> {
                 "{:.1}×",
                 s.as_secs_f64() / o.as_secs_f64()
             )),
+        );
+    }
+    // Replica networking: every container a network namespace and an IP of its own, against
+    // `ctr run -d` on the host network and Swarm tasks on an overlay network, same run.
+    let n = 100;
+    if let Some(o) = orch_own_ips(&ctd, &format!("{base}-net"), n).await? {
+        let ns_ctr_host = format!("{base}-ctrhost");
+        import(&ctd, &ns_ctr_host, &ctd.scratch().join("img-ctrhost")).await?;
+        let c = ctr(&ctd, &ns_ctr_host, n)?;
+        let s = match &swarm {
+            Some(s) => match s.run(&["network", "create", "--driver", "overlay", "orchbench"]) {
+                Ok(_) => Some(s.replicas_on(n, Some("orchbench"))),
+                Err(e) => Some(Err(e)),
+            },
+            None => None,
+        };
+        let s = match s {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                eprintln!("swarm overlay: not measured: {e:#}");
+                None
+            }
+            None => None,
+        };
+        println!(
+            "\n| {n} containers | orch, own IPs (apply → all Ready) | ctr run -d --net-host in parallel | Docker Swarm, overlay network (create → N/N) | orch / ctr | Swarm / orch |\n|---|---|---|---|---|---|\n| apply → running | {:.2} s | {:.2} s | {} | {:.2}× | {} |",
+            o.as_secs_f64(),
+            c.as_secs_f64(),
+            s.map_or("not measured".into(), |s| format!("{:.2} s", s.as_secs_f64())),
+            o.as_secs_f64() / c.as_secs_f64(),
+            s.map_or("—".into(), |s| format!("{:.1}×", s.as_secs_f64() / o.as_secs_f64())),
         );
     }
     // What one exec into a running container costs (an exec readiness probe pays it).

@@ -184,8 +184,8 @@ impl NodeDiscovery {
                 if let Some(gw) = ready_gateway(&cache, &node) {
                     if !serving.contains(&gw) {
                         let addr = SocketAddr::new(gw, 53);
-                        match dns.add_listener(addr).await {
-                            Ok(_) => {
+                        match dns.add_listener(addr) {
+                            Ok(()) => {
                                 tracing::info!(%addr, "cluster DNS serving replicas on the gateway");
                                 serving.insert(gw);
                             }
