@@ -368,11 +368,11 @@ impl Drop for Swarm {
     }
 }
 
-/// The address of the harness's node in its network namespace (on a dummy device): the
-/// node address replica networking is given.
+/// The address of the harness's node in its network namespace (on a veth standing in for
+/// the uplink): the node address replica networking is given.
 const NODE_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 168, 250, 1);
 
-/// Runs this harness again inside a network namespace of its own (a dummy device holding
+/// Runs this harness again inside a network namespace of its own (a veth holding
 /// [`NODE_ADDRESS`], loopback up), so the bridge, routes and nft tables replica networking
 /// makes, and Swarm's overlay, go with the namespace; the namespace is removed afterwards.
 /// `None` when already inside it.
@@ -397,8 +397,12 @@ fn rerun_in_own_netns() -> anyhow::Result<Option<std::process::ExitStatus>> {
     let addr = format!("{NODE_ADDRESS}/24");
     let status = (|| {
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
-        ip(&["-n", &name, "link", "add", "bench0", "type", "dummy"])?;
+        // A veth pair (the `dummy` module is not always there) stands in for the uplink.
+        ip(&[
+            "-n", &name, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
+        ])?;
         ip(&["-n", &name, "addr", "add", &addr, "dev", "bench0"])?;
+        ip(&["-n", &name, "link", "set", "bench1", "up"])?;
         ip(&["-n", &name, "link", "set", "bench0", "up"])?;
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{name}"))
