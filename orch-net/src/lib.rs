@@ -7,8 +7,21 @@
 //!   neighbour and FDB entry per peer (flannel's scheme), or host-gw routes, through netlink;
 //! - masquerading of traffic that leaves the cluster CIDR (nftables, a table of its own).
 
+mod cni;
+mod exec;
+mod netlink;
+mod netns;
+mod network;
+mod nft;
+mod records;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+
+pub use netlink::ROUTE_PROTOCOL;
+pub use netns::NETNS_DIR;
+pub use network::CniNetwork;
+pub use nft::TABLE as NFT_TABLE;
 
 /// How a node's replica networking is set up.
 #[derive(Clone, Debug)]
