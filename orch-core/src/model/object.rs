@@ -687,6 +687,21 @@ impl Template {
         }
     }
 
+    /// The ports a replica of this template takes on its node's own address, as `(protocol,
+    /// port)`: every `hostPort`, and the fixed `port`s of a template that stays on the host
+    /// network (a process replica, or `hostNetwork`). A container's fixed `port` is in its
+    /// own network namespace, so two services that both listen on 8080 can share a node.
+    /// On a node without replica networking containers are on the host network all the
+    /// same: there two such replicas collide, and the second start fails naming the port.
+    pub fn host_ports(&self) -> impl Iterator<Item = (Protocol, u16)> + '_ {
+        let on_host = self.image.is_none() || self.host_network;
+        self.ports.iter().flat_map(move |p| {
+            let fixed = p.port.filter(|_| on_host);
+            let host = p.host_port.filter(|h| Some(*h) != fixed);
+            fixed.into_iter().chain(host).map(move |n| (p.protocol, n))
+        })
+    }
+
     /// The stop signal, `SIGTERM` unless set.
     pub fn stop_signal(&self) -> &str {
         self.stop_signal.as_deref().unwrap_or("SIGTERM")
