@@ -45,17 +45,6 @@ fn manager_with_agents<const N: usize>(
     (d, addr, token, agents)
 }
 
-/// The worker join token of the manager whose state is in `dir` (`orchd token`).
-fn token_of(dir: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
-        .args(["token", "--data-dir"])
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// An agent on host `i` of `hosts` (advertising the host's address).
 fn agent_on(
     hosts: &Hosts,

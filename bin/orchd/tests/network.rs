@@ -436,7 +436,11 @@ fn a_dead_hosts_replicas_come_back_elsewhere_with_new_ips_and_its_routes_go() {
 fn leftovers(c: &Cluster, i: usize) -> Vec<String> {
     let mut left = Vec::new();
     let data = c.tmp.path().join(format!("h{i}"));
-    let prefix = orch_net::netns_prefix(&data.join("network"));
+    let config = orch_net::NetConfig::new("h", [0, 0, 0, 0].into(), data.join("network"));
+    let prefix = orch_net::CniNetwork::new(config)
+        .unwrap()
+        .netns_prefix()
+        .to_string();
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -568,7 +572,7 @@ fn orchd_in(netns: &str, dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn bad_network_input_is_refused_naming_the_value_and_nothing_is_set_up() {
+fn bad_cidrs_are_refused_naming_the_value_and_nothing_is_set_up() {
     if !require(NEEDS) {
         return;
     }
@@ -614,9 +618,16 @@ fn bad_network_input_is_refused_naming_the_value_and_nothing_is_set_up() {
         }
     }
     assert!(hosts.ip(0, &["link", "show", "orch0"]).is_empty());
+    assert!(!tmp.path().join("data").join("network").exists());
+}
 
-    // Missing plugins: `--replica-network on` refuses to start, naming the directory; `auto`
-    // runs containers on the host network and says why.
+#[test]
+fn missing_plugins_are_named_and_an_exhausted_subnet_says_so() {
+    if !require(NEEDS) {
+        return;
+    }
+    // Missing plugins: `--replica-network on` refuses to start, naming the directory.
+    let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("no-plugins");
     std::fs::create_dir_all(&empty).unwrap();
     let c = Cluster::new(1, 4, &[]);
@@ -648,7 +659,14 @@ fn bad_network_input_is_refused_naming_the_value_and_nothing_is_set_up() {
         log.contains(empty.to_str().unwrap()) && log.contains("bridge"),
         "{log}"
     );
-    assert!(!data.join("network").join("cni").exists() || leases(&data).is_empty());
+    assert!(!data.join("network").exists(), "half set up");
+    assert!(
+        c.hosts
+            .ip(0, &["-o", "link", "show", "type", "veth"])
+            .lines()
+            .count()
+            == 1
+    );
 
     // An exhausted subnet: a /28 holds 13 replicas besides the gateway; the rest say why.
     drop(c);

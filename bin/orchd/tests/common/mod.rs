@@ -289,6 +289,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The worker join token of the manager whose state is in `dir` (`orchd token`).
+pub fn token_of(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
+        .args(["token", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A running `orchd agent` (stopped with SIGTERM on drop).
 pub struct AgentProc {
     pub child: Option<Child>,
