@@ -2104,13 +2104,15 @@ pub enum Reason {
     NodeLost,
     /// Its node was removed.
     NodeRemoved,
+    /// Waiting for its node's replica network (the node's subnet) before it starts.
+    NetworkNotReady,
     /// A reason this version does not know, kept as written.
     Other(String),
 }
 
 impl Reason {
     /// Every named reason, for parsing.
-    const NAMED: [Reason; 15] = [
+    const NAMED: [Reason; 16] = [
         Reason::Unschedulable,
         Reason::BackOff,
         Reason::CrashLoopBackOff,
@@ -2126,6 +2128,7 @@ impl Reason {
         Reason::NotReady,
         Reason::NodeLost,
         Reason::NodeRemoved,
+        Reason::NetworkNotReady,
     ];
 
     /// The string form (empty for [`Reason::None`]).
@@ -2147,6 +2150,7 @@ impl Reason {
             Reason::NotReady => "NotReady",
             Reason::NodeLost => "NodeLost",
             Reason::NodeRemoved => "NodeRemoved",
+            Reason::NetworkNotReady => "NetworkNotReady",
             Reason::Other(s) => s,
         }
     }
