@@ -223,12 +223,12 @@ impl Cluster {
     fn wget(&self, from: &str, url: &str) -> Option<String> {
         let out = self.manager.ctl(&[
             "exec",
+            "--timeout",
+            "5s",
             from,
             "--",
             "/bin/wget",
             "-q",
-            "-T",
-            "3",
             "-O",
             "-",
             url,
@@ -251,6 +251,103 @@ impl Cluster {
                 v["status"]["virtualIp"].as_str().map(str::to_string)
             },
         )
+    }
+
+    /// What the hosts' networks look like, for a failure message: addresses, routes, VXLAN
+    /// neighbours and FDB entries, the last agent log lines.
+    fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.hosts.names.len() {
+            out += &format!("--- host {i} ({})\n", self.hosts.names[i]);
+            for args in [
+                &["-br", "addr"][..],
+                &["route"],
+                &["neigh", "show", "dev", "orch.vxlan"],
+                &["-d", "link", "show", "orch.vxlan"],
+            ] {
+                out += &self.hosts.ip(i, args);
+            }
+            let fdb = self
+                .hosts
+                .run(i, "bridge", &["fdb", "show", "dev", "orch.vxlan"]);
+            out += &String::from_utf8_lossy(&fdb.stdout);
+            if let Some(a) = &self.agents[i] {
+                let log = a.log();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                out += &tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                out += "\n";
+            }
+        }
+        out
+    }
+
+    /// [`Cluster::wget`] until it answers (20 s), else fails with what the exec said and
+    /// [`Cluster::diagnose`].
+    fn reach(&self, from: &str, url: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.manager.ctl(&[
+                "exec",
+                "--timeout",
+                "5s",
+                from,
+                "--",
+                "/bin/wget",
+                "-q",
+                "-O",
+                "-",
+                url,
+            ]);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            if std::time::Instant::now() > deadline {
+                let loud = self.manager.ctl(&[
+                    "exec",
+                    "--timeout",
+                    "5s",
+                    from,
+                    "--",
+                    "/bin/wget",
+                    "-O",
+                    "-",
+                    url,
+                ]);
+                let inside = self
+                    .manager
+                    .ctl(&["exec", from, "--", "/bin/busybox", "ip", "route"]);
+                let from_host: Vec<String> = (0..self.hosts.names.len())
+                    .map(|i| {
+                        let o = self.hosts.run(
+                            i,
+                            "timeout",
+                            &["5", "/bin/busybox", "wget", "-O", "-", url],
+                        );
+                        format!(
+                            "host {i}: {:?} {}",
+                            o.status,
+                            String::from_utf8_lossy(&o.stderr)
+                        )
+                    })
+                    .collect();
+                let sysctl = self.hosts.run(
+                    0,
+                    "sysctl",
+                    &["net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"],
+                );
+                panic!(
+                    "{from} cannot reach {url}: {} {}\nroutes inside: {}{}\nfrom the hosts: {from_host:?}\nsysctl: {}{}\n{}",
+                    String::from_utf8_lossy(&loud.stdout),
+                    String::from_utf8_lossy(&loud.stderr),
+                    String::from_utf8_lossy(&inside.stdout),
+                    String::from_utf8_lossy(&inside.stderr),
+                    String::from_utf8_lossy(&sysctl.stdout),
+                    String::from_utf8_lossy(&sysctl.stderr),
+                    self.diagnose()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `ip -n HOST route` of host `i`.
@@ -297,9 +394,7 @@ fn replicas_on_three_hosts_reach_each_other_by_ip_and_through_the_virtual_ip() {
     // From a replica on host A, every replica on host B answers on its own IP and the port.
     let from = &on("h0")[0].0;
     for (name, ip) in on("h1").iter().chain(on("h2").iter()) {
-        let body = eventually(&format!("{name} at {ip}"), Duration::from_secs(20), || {
-            c.wget(from, &format!("http://{ip}:{PORT}/"))
-        });
+        let body = c.reach(from, &format!("http://{ip}:{PORT}/"));
         assert_eq!(&body, name);
     }
 
@@ -310,8 +405,20 @@ fn replicas_on_three_hosts_reach_each_other_by_ip_and_through_the_virtual_ip() {
         svc.contains(&vip.parse::<std::net::Ipv4Addr>().unwrap()),
         "{vip}"
     );
-    let looked_up = c.manager.ctl_ok(&["exec", from, "--", "nslookup", "web"]);
-    assert!(looked_up.contains(&vip), "{looked_up}");
+    let looked_up = c
+        .manager
+        .ctl(&["exec", from, "--", "nslookup", "web.default.orch.local"]);
+    let said = String::from_utf8_lossy(&looked_up.stdout);
+    assert!(
+        said.contains(&vip),
+        "{said} {}",
+        String::from_utf8_lossy(&looked_up.stderr)
+    );
+    let resolv = c
+        .manager
+        .ctl_ok(&["exec", from, "--", "cat", "/etc/resolv.conf"]);
+    let gateway = format!("nameserver {}", ipnet_gateway(&c.wait_network_ready("h0")));
+    assert!(resolv.contains(&gateway), "{resolv}");
     let all: BTreeSet<String> = reps.keys().cloned().collect();
     let mut seen = BTreeSet::new();
     eventually(
@@ -472,6 +579,12 @@ fn leftovers(c: &Cluster, i: usize) -> Vec<String> {
         }
     }
     left
+}
+
+/// The first address of `subnet` (the replicas' gateway).
+fn ipnet_gateway(subnet: &str) -> std::net::Ipv4Addr {
+    let net: ipnet::Ipv4Net = subnet.parse().unwrap();
+    net.hosts().next().unwrap()
 }
 
 /// The hosts' name prefix (`o123s0`), from the first host's name.
