@@ -137,9 +137,9 @@ impl ServiceProxy {
     /// A proxy that listens on `config.address`.
     pub fn new(config: ProxyConfig) -> ServiceProxy {
         let nft_table = nft::table_name(std::process::id());
-        if config.mode == ProxyMode::Nftables {
-            nft::remove_stale_tables();
-        }
+        // In any mode: a node agent killed with SIGKILL leaves its table (virtual IPs are
+        // kernel rules in every mode), and its successor may never set a virtual IP itself.
+        nft::remove_stale_tables();
         ServiceProxy {
             config,
             state: Mutex::new(State::default()),
