@@ -64,6 +64,46 @@ struct Cluster {
     rt: tokio::runtime::Runtime,
 }
 
+impl Drop for Cluster {
+    /// Agents and containerds stop (SIGTERM leaves replicas running, as in production; the
+    /// containerd's shims and containers are killed with it), then the namespaces the agents
+    /// bind-mounted under /run/netns — the one thing of theirs outside the hosts' namespaces
+    /// and the temp dir — are removed.
+    fn drop(&mut self) {
+        let prefixes: Vec<String> = (0..self.hosts.names.len())
+            .chain(std::iter::once(9))
+            .map(|i| netns_prefix(&self.tmp.path().join(format!("h{i}"))))
+            .collect();
+        self.agents.clear();
+        self.containerds.clear();
+        remove_netns(&prefixes);
+    }
+}
+
+/// The name prefix of the namespaces of the agent with data dir `data`.
+fn netns_prefix(data: &Path) -> String {
+    let config = orch_net::NetConfig::new("h", [0, 0, 0, 0].into(), data.join("network"));
+    orch_net::CniNetwork::new(config)
+        .unwrap()
+        .netns_prefix()
+        .to_string()
+}
+
+/// Removes the namespaces under /run/netns named with any of `prefixes`.
+fn remove_netns(prefixes: &[String]) {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &name])
+                .status();
+        }
+    }
+}
+
 impl Cluster {
     /// `n` hosts; the manager on host 0 with `--cluster-cidr 172.N.0.0/16` (N from `which`)
     /// and `extra` flags; an agent on every host, node `hI`, labelled `host=hI`.
@@ -543,11 +583,7 @@ fn a_dead_hosts_replicas_come_back_elsewhere_with_new_ips_and_its_routes_go() {
 fn leftovers(c: &Cluster, i: usize) -> Vec<String> {
     let mut left = Vec::new();
     let data = c.tmp.path().join(format!("h{i}"));
-    let config = orch_net::NetConfig::new("h", [0, 0, 0, 0].into(), data.join("network"));
-    let prefix = orch_net::CniNetwork::new(config)
-        .unwrap()
-        .netns_prefix()
-        .to_string();
+    let prefix = netns_prefix(&data);
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -806,4 +842,134 @@ fn missing_plugins_are_named_and_an_exhausted_subnet_says_so() {
         },
     );
     assert!(msg.contains("/28"), "{msg}");
+}
+
+/// `orchd up` in host `netns` on containerd `ctd` with `extra` flags: the child, stdout read
+/// line by line into the returned buffer by a thread.
+fn up_in(
+    netns: &str,
+    dir: &Path,
+    ctd: &LocalContainerd,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    let mut up = netns_command(Some(netns), env!("CARGO_BIN_EXE_orchd"))
+        .arg("up")
+        .arg(dir.join("app"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args([
+            "--refresh-ms",
+            "100",
+            "--runtime",
+            "containerd",
+            "--dns-listen",
+            "off",
+        ])
+        .arg("--containerd-socket")
+        .arg(ctd.socket())
+        .args(["--containerd-namespace", &ctd.namespace()])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stdout = up.stdout.take().unwrap();
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    (up, out)
+}
+
+#[test]
+fn orchd_up_says_whether_replicas_got_their_own_network() {
+    if !require(NEEDS) {
+        return;
+    }
+    let hosts = Hosts::new(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ctd = rt.block_on(LocalContainerd::start()).expect("containerd");
+    let client = rt
+        .block_on(Containerd::connect(ctd.socket(), &ctd.namespace()))
+        .unwrap();
+    let parts = busybox_image(&ctd.scratch().join("img"), IMAGE).unwrap();
+    rt.block_on(client.import(&parts, "overlayfs")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("app")).unwrap();
+    write(&tmp.path().join("app"), "web.yaml", &web("web", 2, ""));
+    let cidrs = [
+        "--cluster-cidr",
+        "172.26.0.0/16",
+        "--service-cidr",
+        "172.36.0.0/16",
+    ];
+
+    // Plugins present: containers get their own IPs from the node's subnet.
+    let (mut up, out) = up_in(&hosts.names[0], tmp.path(), &ctd, &cidrs);
+    let header = eventually("the header", Duration::from_secs(20), || {
+        let s = out.lock().unwrap().clone();
+        s.contains("replica network:").then_some(s)
+    });
+    assert!(
+        header.contains("replica network: containers get their own IP"),
+        "{header}"
+    );
+    let d = Daemon {
+        dir: tmp.path().to_path_buf(),
+        socket: tmp.path().join("state").join("orchd.sock"),
+        child: None,
+    };
+    eventually("2 replicas with own IPs", Duration::from_secs(60), || {
+        let reps = d.replicas();
+        (reps.len() == 2
+            && reps.iter().all(|r| {
+                r["status"]["phase"] == "Ready"
+                    && r["status"]["ip"]
+                        .as_str()
+                        .is_some_and(|ip| ip.starts_with("172.26."))
+            }))
+        .then_some(())
+    });
+    signal_and_wait(&mut up);
+
+    // No plugins: the host network, and the header says why.
+    let empty = tmp.path().join("no-plugins");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut args = cidrs.to_vec();
+    args.extend(["--cni-bin-dir", empty.to_str().unwrap()]);
+    let (mut up, out) = up_in(&hosts.names[0], tmp.path(), &ctd, &args);
+    let header = eventually("the header", Duration::from_secs(20), || {
+        let s = out.lock().unwrap().clone();
+        s.contains("replica network:").then_some(s)
+    });
+    assert!(
+        header.contains("replica network: host network (")
+            && header.contains("missing")
+            && header.contains(empty.to_str().unwrap()),
+        "{header}"
+    );
+    signal_and_wait(&mut up);
+}
+
+/// SIGINT (Ctrl-C) to `orchd up`, then waits for it to stop everything and exit.
+fn signal_and_wait(up: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status();
+    let status = eventually("orchd up exits", Duration::from_secs(30), || {
+        up.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
 }
