@@ -63,6 +63,18 @@ pub struct ServerArgs {
     pub no_agent: bool,
 }
 
+/// Whether the engine leases subnets and virtual IPs: a manager does (its agents may give
+/// containers networks of their own), and so does a server whose own agent does or that
+/// agents join. A lone server with no replica network keeps replicas' addresses in DNS, as
+/// without one: a virtual IP there would need nftables for nothing.
+fn leases_network(
+    manager: bool,
+    listens: bool,
+    own: Option<&crate::network::NodeNetworking>,
+) -> bool {
+    manager || listens || own.is_some_and(|n| n.network.is_some())
+}
+
 /// A duration flag (`90d`, `1h`, `30s`).
 pub fn parse_span(s: &str) -> Result<std::time::Duration, String> {
     orch_core::model::quantity::Span::parse(s).map(|s| s.0)
@@ -122,7 +134,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .config(orch_core::engine::EngineConfig {
             node_grace: args.node_grace,
             node_lost_timeout: args.node_replace_timeout,
-            network: Some(cluster_network),
+            network: leases_network(args.no_agent, args.listen.is_some(), networking.as_ref())
+                .then_some(cluster_network),
             ..Default::default()
         })
         .start();

@@ -86,7 +86,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut engine = Engine::builder(store.clone(), scheduler.clone())
         .discovery(discovery.fanout.clone())
         .config(orch_core::engine::EngineConfig {
-            network: Some(cluster_network),
+            // Without a replica network, no virtual IPs: DNS answers replicas' addresses.
+            network: networking.network.is_some().then_some(cluster_network),
             ..Default::default()
         })
         .start();
