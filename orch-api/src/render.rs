@@ -1,8 +1,8 @@
 //! Tables as `kubectl get` prints them, shared by `orchctl` and the `orchd up` view.
 
 use orch_core::model::object::{
-    DesiredState, IntOrPercent, NodeCondition, Object, Phase, Probe, ProbePort, RevisionRecord,
-    Service, ServiceMode, Template, UpdateOrder, UpdateStrategy,
+    DesiredState, IntOrPercent, NodeCondition, Object, Phase, Probe, ProbePort, Replica,
+    RevisionRecord, Service, ServiceMode, Template, UpdateOrder, UpdateStrategy,
 };
 use orch_core::model::quantity::{format_age, Span, Timestamp};
 
@@ -41,17 +41,72 @@ fn age(ts: Option<Timestamp>) -> String {
         .unwrap_or_else(|| "<unknown>".into())
 }
 
-/// The header and row of an object; `wide` adds columns; `all_namespaces` adds NAMESPACE.
+/// Which columns a table has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// A NAMESPACE column first (for namespaced kinds).
+    pub all_namespaces: bool,
+    /// `-o wide`: replicas add IP, nodes ADDRESS and SUBNET; other kinds have no more
+    /// columns.
+    pub wide: bool,
+    /// The cluster leases service virtual IPs (some node has a subnet lease): a service
+    /// without one yet reads `<pending>` rather than `<none>`.
+    pub cluster_network: bool,
+}
+
+/// The header and row of an object; `all_namespaces` adds NAMESPACE.
 pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String>) {
+    row_with(
+        obj,
+        Columns {
+            all_namespaces,
+            ..Columns::default()
+        },
+    )
+}
+
+/// A service's virtual IP as `get services` shows it: the address, `None` for a headless
+/// service (as kubectl shows a headless ClusterIP), `<pending>` while the network
+/// controller has not leased one, `<none>` where the cluster leases none.
+pub fn virtual_ip_text(s: &Service, cluster_network: bool) -> String {
+    match (&s.status.virtual_ip, s.spec.headless) {
+        (_, true) => "None".into(),
+        (Some(ip), false) => ip.clone(),
+        (None, false) if cluster_network => "<pending>".into(),
+        (None, false) => "<none>".into(),
+    }
+}
+
+/// A replica's IP as `get replicas -o wide` shows it: its own address, or its node's with
+/// `(host)` when it is on the host network; `<none>` before it runs.
+pub fn replica_ip_text(r: &Replica) -> String {
+    match (&r.status.ip, &r.status.host_ip) {
+        (Some(ip), _) => ip.clone(),
+        (None, Some(host)) => format!("{host} (host)"),
+        (None, None) => "<none>".into(),
+    }
+}
+
+/// The header and row of an object with these columns.
+pub fn row_with(obj: &Object, columns: Columns) -> (Vec<&'static str>, Vec<String>) {
     let md = obj.metadata();
     let (mut header, mut cells): (Vec<&'static str>, Vec<String>) = match obj {
         Object::Service(s) => (
-            vec!["NAME", "READY", "UP-TO-DATE", "PENDING", "AGE", "MESSAGE"],
+            vec![
+                "NAME",
+                "READY",
+                "UP-TO-DATE",
+                "PENDING",
+                "VIRTUAL-IP",
+                "AGE",
+                "MESSAGE",
+            ],
             vec![
                 md.name.clone(),
                 format!("{}/{}", s.status.ready_replicas, s.spec.replicas),
                 s.status.updated_replicas.to_string(),
                 s.status.pending_replicas.to_string(),
+                virtual_ip_text(s, columns.cluster_network),
                 age(md.creation_timestamp),
                 s.status.message.clone(),
             ],
@@ -157,7 +212,27 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
             ],
         ),
     };
-    if all_namespaces && obj.kind().namespaced() {
+    if columns.wide {
+        let none = || "<none>".to_string();
+        match obj {
+            Object::Replica(r) => {
+                header.push("IP");
+                cells.push(replica_ip_text(r));
+            }
+            Object::Node(n) => {
+                header.extend(["ADDRESS", "SUBNET"]);
+                cells.push(n.status.addresses.first().cloned().unwrap_or_else(none));
+                cells.push(
+                    n.spec
+                        .network
+                        .as_ref()
+                        .map_or_else(none, |l| l.subnet.clone()),
+                );
+            }
+            _ => {}
+        }
+    }
+    if columns.all_namespaces && obj.kind().namespaced() {
         header.insert(0, "NAMESPACE");
         cells.insert(0, md.namespace.clone());
     }
@@ -166,11 +241,22 @@ pub fn row(obj: &Object, all_namespaces: bool) -> (Vec<&'static str>, Vec<String
 
 /// A table of objects (all of one kind).
 pub fn objects_table(objs: &[Object], all_namespaces: bool) -> String {
+    objects_table_with(
+        objs,
+        Columns {
+            all_namespaces,
+            ..Columns::default()
+        },
+    )
+}
+
+/// A table of objects (all of one kind) with these columns.
+pub fn objects_table_with(objs: &[Object], columns: Columns) -> String {
     let Some(first) = objs.first() else {
         return String::new();
     };
-    let (header, _) = row(first, all_namespaces);
-    let rows: Vec<Vec<String>> = objs.iter().map(|o| row(o, all_namespaces).1).collect();
+    let (header, _) = row_with(first, columns);
+    let rows: Vec<Vec<String>> = objs.iter().map(|o| row_with(o, columns).1).collect();
     table(&header, &rows)
 }
 
@@ -232,6 +318,19 @@ pub fn describe(
                     s.status.updated_replicas,
                     s.status.pending_replicas
                 ),
+            );
+            let vip = virtual_ip_text(s, false);
+            kv(
+                "Virtual IP",
+                match (s.spec.headless, s.status.virtual_ip.is_some()) {
+                    (true, _) => format!("{vip} (headless: DNS answers the ready replicas' IPs)"),
+                    (false, true) => vip,
+                    (false, false) => {
+                        format!(
+                            "{vip} (not leased: the cluster has no service network, or not yet)"
+                        )
+                    }
+                },
             );
             let t = &s.spec.template;
             match &t.image {
@@ -349,6 +448,12 @@ pub fn describe(
             for line in &r.status.probes {
                 kv("Probe", line.clone());
             }
+            kv("IP", replica_ip_text(r));
+            match (&r.status.ip, &r.status.host_ip) {
+                (Some(_), _) => kv("Network", "a network namespace of its own".into()),
+                (None, Some(_)) => kv("Network", "the host network (its node's address)".into()),
+                (None, None) => {}
+            }
             kv(
                 "Address",
                 r.status.address().unwrap_or_else(|| "<none>".into()),
@@ -393,6 +498,7 @@ pub fn describe(
                     .unwrap_or_default(),
             );
             kv("Limits", n.status.limits.clone());
+            network_section(&mut out, n);
         }
         // Values arrive redacted (`<redacted: N bytes>`): the API never returns them.
         Object::Secret(s) => kv(
@@ -446,6 +552,34 @@ pub fn describe(
         }
     }
     out
+}
+
+/// The Network section of `describe node`: the node's lease (`spec.network`, written by the
+/// manager) and what its agent reports (`status.network`).
+fn network_section(out: &mut String, n: &orch_core::model::object::Node) {
+    out.push_str("Network:\n");
+    let mut kv = |k: &str, v: String| out.push_str(&format!("  {:<16}{}\n", format!("{k}:"), v));
+    match &n.spec.network {
+        Some(l) => {
+            kv("Subnet", l.subnet.clone());
+            kv("Cluster CIDR", l.cluster_cidr.clone());
+            kv("Service CIDR", l.service_cidr.clone());
+            kv("Mode", l.mode.as_str().into());
+        }
+        None => kv(
+            "Subnet",
+            "<none> (no lease: its replicas are on the host network)".into(),
+        ),
+    }
+    match &n.status.network {
+        Some(st) => {
+            kv("Ready", st.ready.to_string());
+            if !st.message.is_empty() {
+                kv("Message", st.message.clone());
+            }
+        }
+        None => kv("Ready", "<unknown> (the agent reports no network)".into()),
+    }
 }
 
 /// A probe as `kubectl describe` shows one: what it checks, then its timing and thresholds.
@@ -832,6 +966,172 @@ mod tests {
         );
         s.metadata.generation = 2;
         assert_eq!(rollout_status_line(&s), None, "a change not yet observed");
+    }
+
+    fn replica(status: serde_json::Value) -> orch_core::model::object::Replica {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default"},
+            "spec": {"service": "web", "node": "n1", "template": {"image": "img"}, "templateHash": "h"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    /// The cell under `column` of a one-object table.
+    fn cell(obj: &Object, columns: Columns, column: &str) -> Option<String> {
+        let (header, cells) = row_with(obj, columns);
+        header
+            .iter()
+            .position(|h| *h == column)
+            .map(|i| cells[i].clone())
+    }
+
+    const WIDE: Columns = Columns {
+        all_namespaces: false,
+        wide: true,
+        cluster_network: true,
+    };
+
+    #[test]
+    fn wide_replicas_show_their_own_ip_or_the_nodes_on_the_host_network() {
+        let own = Object::Replica(replica(serde_json::json!({
+            "phase": "Ready", "hostIp": "192.0.2.2", "ip": "10.244.1.5",
+            "ports": [{"name": "http", "port": 8080}],
+        })));
+        let host = Object::Replica(replica(serde_json::json!({
+            "phase": "Ready", "hostIp": "192.0.2.2", "ports": [{"name": "http", "port": 31000}],
+        })));
+        let pending = Object::Replica(replica(serde_json::json!({"phase": "Pending"})));
+        assert_eq!(cell(&own, WIDE, "IP").as_deref(), Some("10.244.1.5"));
+        assert_eq!(
+            cell(&own, WIDE, "ADDRESS").as_deref(),
+            Some("10.244.1.5:8080")
+        );
+        assert_eq!(cell(&host, WIDE, "IP").as_deref(), Some("192.0.2.2 (host)"));
+        assert_eq!(cell(&pending, WIDE, "IP").as_deref(), Some("<none>"));
+        assert_eq!(cell(&own, WIDE, "NODE").as_deref(), Some("n1"));
+        // The normal table is as it was: no IP column.
+        assert_eq!(cell(&own, Columns::default(), "IP"), None);
+        assert_eq!(row(&own, false), row_with(&own, Columns::default()));
+        // -A still puts the namespace first.
+        let all = Columns {
+            all_namespaces: true,
+            ..WIDE
+        };
+        let (header, cells) = row_with(&own, all);
+        assert_eq!((header[0], cells[0].as_str()), ("NAMESPACE", "default"));
+        assert_eq!(header.last(), Some(&"IP"));
+        let text = objects_table_with(&[own, host], WIDE);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("IP"), "{text}");
+        assert!(lines[1].ends_with("10.244.1.5"), "{text}");
+        assert!(lines[2].ends_with("192.0.2.2 (host)"), "{text}");
+    }
+
+    #[test]
+    fn services_show_their_virtual_ip_none_when_headless_pending_before_the_lease() {
+        let mut s = service(WEB);
+        let vip = |s: &Service, cluster_network: bool| {
+            let columns = Columns {
+                cluster_network,
+                ..Columns::default()
+            };
+            cell(&Object::from(s.clone()), columns, "VIRTUAL-IP").unwrap()
+        };
+        assert_eq!(vip(&s, true), "<pending>");
+        assert_eq!(vip(&s, false), "<none>");
+        s.status.virtual_ip = Some("10.96.0.10".into());
+        assert_eq!(vip(&s, true), "10.96.0.10");
+        let text = describe(&Object::from(s.clone()), &[], &[], &[]);
+        assert!(text.contains("Virtual IP:       10.96.0.10\n"), "{text}");
+        s.status.virtual_ip = None;
+        s.spec.headless = true;
+        assert_eq!(vip(&s, true), "None");
+        let text = describe(&Object::from(s.clone()), &[], &[], &[]);
+        assert!(text.contains("Virtual IP:       None (headless"), "{text}");
+        // Services have no wide columns: -o wide is the normal table.
+        let obj = Object::from(s);
+        let columns = Columns {
+            cluster_network: true,
+            ..Columns::default()
+        };
+        assert_eq!(row_with(&obj, WIDE), row_with(&obj, columns));
+    }
+
+    fn node(spec: serde_json::Value, status: serde_json::Value) -> Object {
+        Object::Node(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1"}, "spec": spec, "status": status,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn describe_node_has_a_network_section_and_wide_nodes_their_subnet() {
+        let leased = node(
+            serde_json::json!({"network": {
+                "subnet": "10.244.3.0/24", "clusterCidr": "10.244.0.0/16",
+                "serviceCidr": "10.96.0.0/16", "mode": "host-gw"}}),
+            serde_json::json!({"addresses": ["192.0.2.2"],
+                "network": {"ready": true, "message": "host-gw, subnet 10.244.3.0/24, 2 peers"}}),
+        );
+        let text = describe(&leased, &[], &[], &[]);
+        let section = &text[text.find("Network:\n").expect("a Network section")..];
+        for want in [
+            "  Subnet:         10.244.3.0/24\n",
+            "  Cluster CIDR:   10.244.0.0/16\n",
+            "  Service CIDR:   10.96.0.0/16\n",
+            "  Mode:           host-gw\n",
+            "  Ready:          true\n",
+            "  Message:        host-gw, subnet 10.244.3.0/24, 2 peers\n",
+        ] {
+            assert!(section.contains(want), "{want:?} missing in\n{text}");
+        }
+        assert_eq!(
+            cell(&leased, WIDE, "SUBNET").as_deref(),
+            Some("10.244.3.0/24")
+        );
+        assert_eq!(cell(&leased, WIDE, "ADDRESS").as_deref(), Some("192.0.2.2"));
+        assert_eq!(cell(&leased, Columns::default(), "SUBNET"), None);
+
+        let bare = node(
+            serde_json::json!({}),
+            serde_json::json!({"network": {"ready": false,
+                "message": "host network: no CNI plugin bridge in /usr/lib/cni"}}),
+        );
+        let text = describe(&bare, &[], &[], &[]);
+        for want in [
+            "  Subnet:         <none> (no lease",
+            "  Ready:          false\n",
+            "  Message:        host network: no CNI plugin bridge in /usr/lib/cni\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+        assert_eq!(cell(&bare, WIDE, "SUBNET").as_deref(), Some("<none>"));
+    }
+
+    #[test]
+    fn describe_replica_shows_its_ip_and_whether_it_is_on_the_host_network() {
+        let own = replica(
+            serde_json::json!({"phase": "Ready", "hostIp": "192.0.2.2", "ip": "10.244.1.5"}),
+        );
+        let text = describe(&Object::Replica(own), &[], &[], &[]);
+        assert!(text.contains("IP:               10.244.1.5\n"), "{text}");
+        assert!(
+            text.contains("Network:          a network namespace of its own"),
+            "{text}"
+        );
+        let host = replica(serde_json::json!({"phase": "Ready", "hostIp": "192.0.2.2"}));
+        let text = describe(&Object::Replica(host), &[], &[], &[]);
+        assert!(
+            text.contains("IP:               192.0.2.2 (host)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Network:          the host network"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use orch_core::model::object::{EnvVar, PortSpec, Protocol, Resources, Template};
 use orch_core::model::quantity::Memory;
-use orch_core::runtime::{LogOptions, Runtime, RuntimeEvent, WorkloadSpec, WorkloadState};
+use orch_core::runtime::{
+    LogOptions, Runtime, RuntimeEvent, WorkloadNetwork, WorkloadSpec, WorkloadState,
+};
 use orch_runtime::containerd::testing::{
     busybox_image as build_image, busybox_rootfs as build_rootfs,
 };
@@ -214,6 +216,60 @@ fn host_network_drops_only_the_network_namespace() {
     assert_eq!(own.len(), host.len() + 1);
 }
 
+#[test]
+fn a_network_namespace_is_joined_by_its_path_and_the_hostname_set() {
+    let s = ContainerSpec {
+        id: "default.web-0".into(),
+        args: vec!["/bin/true".into()],
+        netns: Some("/run/netns/orch-x-default.web-0".into()),
+        hostname: Some("web-0".into()),
+        ..ContainerSpec::default()
+    };
+    let spec = s.oci_spec().unwrap();
+    let namespaces = spec.linux().clone().unwrap().namespaces().clone().unwrap();
+    let net: Vec<_> = namespaces
+        .iter()
+        .filter(|n| format!("{:?}", n.typ()) == "Network")
+        .collect();
+    assert_eq!(net.len(), 1, "{namespaces:?}");
+    assert_eq!(
+        net[0].path().as_deref(),
+        Some(Path::new("/run/netns/orch-x-default.web-0"))
+    );
+    assert_eq!(spec.hostname().as_deref(), Some("web-0"));
+    // Without a hostname the container is named by its id, as before.
+    let plain = ContainerSpec {
+        netns: None,
+        hostname: None,
+        ..s.clone()
+    };
+    assert_eq!(
+        plain.oci_spec().unwrap().hostname().as_deref(),
+        Some("default.web-0")
+    );
+
+    // Bad input is refused naming the container and the value.
+    let err = |s: ContainerSpec| s.oci_spec().unwrap_err().to_string();
+    let both = err(ContainerSpec {
+        host_network: true,
+        ..s.clone()
+    });
+    assert!(
+        both.contains("default.web-0") && both.contains("exclude"),
+        "{both}"
+    );
+    let relative = err(ContainerSpec {
+        netns: Some("netns/x".into()),
+        ..s.clone()
+    });
+    assert!(relative.contains("netns/x"), "{relative}");
+    let bad_host = err(ContainerSpec {
+        hostname: Some("-web_0".into()),
+        ..s.clone()
+    });
+    assert!(bad_host.contains("\"-web_0\""), "{bad_host}");
+}
+
 #[tokio::test]
 async fn an_imported_image_is_unpacked_and_runs_in_a_container() {
     if !orch_testkit::require(CONTAINERD) {
@@ -378,6 +434,36 @@ fn workload(id: &str, image: &str, command: &[&str], memory: Option<u64>) -> Wor
     }
 }
 
+/// Everything workload `id` has written so far, as text.
+async fn logs_of(rt: &ContainerdRuntime, id: &str) -> String {
+    let bytes: Vec<u8> = rt
+        .logs(id, LogOptions::default())
+        .await
+        .unwrap()
+        .filter_map(|c| async move { c.ok() })
+        .concat()
+        .await;
+    String::from_utf8_lossy(&bytes).to_string()
+}
+
+/// A containerd of the test's own, a runtime over its namespace and the busybox image
+/// imported as `image`.
+async fn runtime_with_busybox(
+    image: &str,
+) -> (LocalContainerd, ContainerdConfig, ContainerdRuntime) {
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+    config.namespace = ctd.namespace();
+    let rt = ContainerdRuntime::new(config.clone()).await.unwrap();
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    rt.client()
+        .import(&busybox_image(&img_dir, image), "overlayfs")
+        .await
+        .unwrap();
+    (ctd, config, rt)
+}
+
 async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     for _ in 0..100 {
         if let Some(v) = f().await {
@@ -448,15 +534,8 @@ async fn the_containerd_runtime_runs_replicas_from_an_image() {
             "{body}"
         );
     }
-    let logs: Vec<u8> = rt
-        .logs("default.web-0", LogOptions::default())
-        .await
-        .unwrap()
-        .filter_map(|c| async move { c.ok() })
-        .concat()
-        .await;
     assert_eq!(
-        String::from_utf8_lossy(&logs).trim(),
+        logs_of(&rt, "default.web-0").await.trim(),
         format!("serving on {}", ports[0])
     );
     assert!(
@@ -671,17 +750,8 @@ async fn the_runtime_survives_a_containerd_restart() {
     if !orch_testkit::require(CONTAINERD) {
         return;
     }
-    let mut ctd = LocalContainerd::start().await.expect("containerd starts");
-    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
-    config.namespace = ctd.namespace();
-    let rt = ContainerdRuntime::new(config).await.unwrap();
-    let img_dir = ctd.scratch().join("img");
-    std::fs::create_dir_all(&img_dir).unwrap();
     let image = "localhost/busybox:restart";
-    rt.client()
-        .import(&busybox_image(&img_dir, image), "overlayfs")
-        .await
-        .unwrap();
+    let (mut ctd, _, rt) = runtime_with_busybox(image).await;
     let serve = [
         "/bin/sh",
         "-c",
@@ -1259,14 +1329,7 @@ async fn an_image_user_name_is_resolved_from_the_image() {
             _ => None,
         })
         .await;
-        let logs: Vec<u8> = rt
-            .logs(&id, LogOptions::default())
-            .await
-            .unwrap()
-            .filter_map(|c| async move { c.ok() })
-            .concat()
-            .await;
-        assert_eq!(String::from_utf8_lossy(&logs).trim(), expect, "user {user}");
+        assert_eq!(logs_of(&rt, &id).await.trim(), expect, "user {user}");
     }
     let name = "localhost/user:ghost";
     let image = image_as(
@@ -1284,4 +1347,270 @@ async fn an_image_user_name_is_resolved_from_the_image() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("\"ghost\"") && e.contains("/etc/passwd"), "{e}");
+}
+
+/// A network namespace of the test's own (`ip netns add`, so it is a bind-mounted file under
+/// /run/netns in the root mount namespace, where containerd's shims see it), with a veth pair
+/// into it: `HOST_IP/24` on the root end, `ip/24` inside. Removed on drop with its links.
+struct TestNetns {
+    name: String,
+    host_end: String,
+    ip: String,
+}
+
+/// Runs `ip ARGS`, panicking with what it said when it fails.
+fn ip_cmd(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestNetns {
+    /// A namespace on subnet `10.250.N.0/24`, N unique in this process and varied by pid.
+    fn new() -> TestNetns {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let subnet = (pid % 200 + n) % 250 + 1;
+        let ns = TestNetns {
+            name: format!("orch-ctrd-test-{pid}-{n}"),
+            host_end: format!("oct{}h{n}", pid % 100_000),
+            ip: format!("10.250.{subnet}.2"),
+        };
+        let inner = format!("oct{}c{n}", pid % 100_000);
+        ip_cmd(&["netns", "add", &ns.name]);
+        ip_cmd(&[
+            "link",
+            "add",
+            &ns.host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
+        ]);
+        ip_cmd(&["link", "set", &inner, "netns", &ns.name]);
+        let host_addr = format!("10.250.{subnet}.1/24");
+        ip_cmd(&["addr", "add", &host_addr, "dev", &ns.host_end]);
+        ip_cmd(&["link", "set", &ns.host_end, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["-n", ns.name.as_str()];
+            all.extend_from_slice(args);
+            ip_cmd(&all);
+        };
+        inside(&["addr", "add", &format!("{}/24", ns.ip), "dev", &inner]);
+        inside(&["link", "set", &inner, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    fn network(&self) -> WorkloadNetwork {
+        WorkloadNetwork {
+            netns: self.path(),
+            ip: self.ip.clone(),
+        }
+    }
+
+    /// The namespace's inode (what `/proc/PID/ns/net` of a process inside names).
+    fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.path()).unwrap().ino()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = std::process::Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        // Deleting the namespace deletes the veth end inside and with it the pair.
+        quiet(&["netns", "del", &self.name]);
+        quiet(&["link", "del", &self.host_end]);
+    }
+}
+
+/// `GET /` from the root namespace to `ip:port`, once it accepts connections.
+async fn http_get_at(ip: &str, port: u16) -> String {
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    eventually(&format!("an answer on {addr}"), async || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .await
+}
+
+/// Containers with a network of their own: each joins the namespace it is given, two listen
+/// on the same fixed port 8080 at once and answer on their own addresses from the root
+/// namespace, a dynamic port still gets a number, the hostname is the replica's name and
+/// /etc/hosts lists it at its address; a new runtime re-adopts them with their addresses; a
+/// container without a network stays on the host's.
+#[tokio::test]
+async fn containers_in_their_own_network_namespaces_share_a_fixed_port() {
+    if !orch_testkit::require(&["root", "containerd", "runc", "/bin/busybox", "ip"]) {
+        return;
+    }
+    let image = "localhost/busybox:netns";
+    let (_ctd, config, rt) = runtime_with_busybox(image).await;
+    assert!(rt.joins_network(&Template {
+        image: Some(image.into()),
+        ..Template::default()
+    }));
+    assert!(!rt.joins_network(&Template::with_command(["/bin/true"])));
+
+    let serve = [
+        "/bin/sh",
+        "-c",
+        "mkdir -p /www && echo hello from $WHO > /www/index.html && echo serving on $PORT, metrics on $ORCH_PORT_METRICS && exec httpd -f -p $PORT -h /www",
+    ];
+    let nets = [TestNetns::new(), TestNetns::new()];
+    let networked = |id: &str, net: &TestNetns| {
+        let mut w = workload(id, image, &serve, None);
+        w.template.ports = vec![
+            PortSpec {
+                host_port: None,
+                name: "http".into(),
+                port: Some(8080),
+                protocol: Protocol::Tcp,
+            },
+            PortSpec {
+                host_port: None,
+                name: "metrics".into(),
+                port: None,
+                protocol: Protocol::Tcp,
+            },
+        ];
+        w.network = Some(net.network());
+        w
+    };
+    let ids = ["default.web-0", "default.web-1"];
+    for (id, net) in ids.iter().zip(&nets) {
+        let w = rt.start(&networked(id, net)).await.unwrap();
+        assert_eq!(w.ip.as_deref(), Some(net.ip.as_str()), "{w:?}");
+        assert_eq!(
+            w.host_ip, config.host_ip,
+            "host_ip stays the node's address"
+        );
+        assert_eq!(w.ports[0].port, 8080, "a fixed port as declared");
+        assert!(w.ports[1].port > 0, "a dynamic port gets a number");
+    }
+    for (id, net) in ids.iter().zip(&nets) {
+        let body = http_get_at(&net.ip, 8080).await;
+        assert!(body.contains(&format!("hello from {id}")), "{body}");
+    }
+    let w0 = rt.list().await.unwrap();
+    let metrics = w0.iter().find(|w| w.id == ids[0]).unwrap().ports[1].port;
+    assert_eq!(
+        logs_of(&rt, ids[0]).await.trim(),
+        format!("serving on 8080, metrics on {metrics}")
+    );
+
+    // Each container's process is in the namespace it was given.
+    for (id, net) in ids.iter().zip(&nets) {
+        let pid = rt.client().task_status(id).await.unwrap().unwrap().pid;
+        let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        assert_eq!(
+            link.display().to_string(),
+            format!("net:[{}]", net.inode()),
+            "{id} joined {}",
+            net.path().display()
+        );
+    }
+
+    // Its hostname is the replica's name; /etc/hosts names it at its address.
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let t = Duration::from_secs(10);
+    let out = rt.exec(ids[1], &argv(&["hostname"]), t).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "web-1");
+    let out = rt
+        .exec(ids[1], &argv(&["cat", "/etc/hosts"]), t)
+        .await
+        .unwrap();
+    let hosts = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = hosts.lines().collect();
+    assert!(lines.contains(&"127.0.0.1\tlocalhost"), "{hosts}");
+    assert!(
+        lines.contains(&format!("{}\tweb-1", nets[1].ip).as_str()),
+        "{hosts}"
+    );
+    // The container reaches itself by its name.
+    let out = rt
+        .exec(
+            ids[1],
+            &argv(&["wget", "-q", "-O", "-", "http://web-1:8080/"]),
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from default.web-1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A container without a network beside them is on the host's, as before.
+    let mut plain = workload("default.plain", image, &serve, None);
+    plain.template.ports[0].port = None;
+    let p = rt.start(&plain).await.unwrap();
+    assert_eq!(p.ip, None);
+    let port = p.ports[0].port;
+    let body = http_get_at("127.0.0.1", port).await;
+    assert!(body.contains("hello from default.plain"), "{body}");
+    let out = rt
+        .exec("default.plain", &argv(&["hostname"]), t)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "default.plain");
+
+    // A new runtime re-adopts them with their addresses; they still serve.
+    drop(rt);
+    let rt = ContainerdRuntime::new(config.clone()).await.unwrap();
+    let listed = rt.list().await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for (id, net) in ids.iter().zip(&nets) {
+        let w = listed.iter().find(|w| w.id == *id).unwrap();
+        assert_eq!(
+            (w.state.clone(), w.ip.as_deref(), w.ports[0].port),
+            (WorkloadState::Running, Some(net.ip.as_str()), 8080),
+            "{w:?}"
+        );
+        assert_eq!(w.host_ip, config.host_ip);
+    }
+    let plain = listed.iter().find(|w| w.id == "default.plain").unwrap();
+    assert_eq!(plain.ip, None);
+    let body = http_get_at(&nets[0].ip, 8080).await;
+    assert!(body.contains("hello from default.web-0"), "{body}");
+
+    // Removal leaves none of the files behind; the namespaces are the caller's and stay.
+    for w in rt.list().await.unwrap() {
+        rt.remove(&w.id).await.unwrap();
+    }
+    assert!(rt.client().containers().await.unwrap().is_empty());
+    let left: Vec<_> = std::fs::read_dir(config.state_dir.clone())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".hosts") || n.ends_with(".log"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(nets.iter().all(|n| n.path().exists()));
 }

@@ -32,8 +32,8 @@ pub use image::{chain_ids, Blob, ImageLayer, ImageParts, UnpackedImage};
 pub use runtime::{ContainerdConfig, ContainerdRuntime, ImageRunConfig};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 /// The runtime containerd starts containers with (runc through the v2 shim).
@@ -149,6 +149,12 @@ pub struct ContainerSpec {
     pub read_only_root: bool,
     /// Share the host's network namespace (replicas get host ports, as processes do).
     pub host_network: bool,
+    /// Join this network namespace (a bind-mounted nsfs file such as `/run/netns/NAME`,
+    /// visible in containerd's mount namespace) instead of getting a new, empty one. Not
+    /// together with `host_network`.
+    pub netns: Option<PathBuf>,
+    /// The container's hostname (its id, cut to 63 characters, when `None`).
+    pub hostname: Option<String>,
     /// Run as this uid and gid (root when `None`).
     pub user: Option<(u32, u32)>,
     /// CPU limit in millicores (a CFS quota).
@@ -177,17 +183,39 @@ pub struct BindMount {
 impl ContainerSpec {
     /// The OCI runtime spec for this container: runc's defaults (own pid, ipc, uts and mount
     /// namespaces, /proc, /dev, /sys, masked paths) with this process and root, and the host's
-    /// network namespace when `host_network` is set.
+    /// network namespace when `host_network` is set, or the namespace `netns` names.
     pub fn oci_spec(&self) -> Result<Spec, ContainerdError> {
         let bad = |e: oci_spec::OciSpecError| ContainerdError::Spec {
             id: self.id.clone(),
             message: e.to_string(),
         };
+        let refuse = |message: String| ContainerdError::Spec {
+            id: self.id.clone(),
+            message,
+        };
         if self.args.is_empty() {
-            return Err(ContainerdError::Spec {
-                id: self.id.clone(),
-                message: "no command: args is empty".into(),
-            });
+            return Err(refuse("no command: args is empty".into()));
+        }
+        if let Some(netns) = &self.netns {
+            if self.host_network {
+                return Err(refuse(format!(
+                    "host_network and netns {} exclude each other: set one",
+                    netns.display()
+                )));
+            }
+            if !netns.is_absolute() {
+                return Err(refuse(format!(
+                    "netns {} is not an absolute path",
+                    netns.display()
+                )));
+            }
+        }
+        if let Some(h) = &self.hostname {
+            if !valid_hostname(h) {
+                return Err(refuse(format!(
+                    "hostname {h:?} is not a hostname: 1 to 63 letters, digits, '-' and '.', starting and ending with a letter or digit"
+                )));
+            }
         }
         let mut env =
             vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
@@ -215,7 +243,10 @@ impl ContainerSpec {
         let mut spec = Spec::default();
         spec.set_process(Some(process));
         spec.set_root(Some(root));
-        spec.set_hostname(Some(self.id.chars().take(63).collect()));
+        spec.set_hostname(Some(match &self.hostname {
+            Some(h) => h.clone(),
+            None => self.id.chars().take(63).collect(),
+        }));
         if !self.mounts.is_empty() || !self.tmpfs.is_empty() {
             let mut mounts = spec.mounts().clone().unwrap_or_default();
             for path in &self.tmpfs {
@@ -272,19 +303,40 @@ impl ContainerSpec {
             if let Some(path) = &self.cgroups_path {
                 linux.set_cgroups_path(Some(path.into()));
             }
-            if self.host_network {
-                let namespaces: Vec<LinuxNamespace> = linux
+            if self.host_network || self.netns.is_some() {
+                // The host's network namespace (none of its own), or the one `netns` names.
+                let mut namespaces: Vec<LinuxNamespace> = linux
                     .namespaces()
                     .clone()
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|n| n.typ() != LinuxNamespaceType::Network)
                     .collect();
+                if let Some(netns) = &self.netns {
+                    namespaces.push(
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Network)
+                            .path(netns.clone())
+                            .build()
+                            .map_err(bad)?,
+                    );
+                }
                 linux.set_namespaces(Some(namespaces));
             }
         }
         Ok(spec)
     }
+}
+
+/// Whether `h` can be a container's hostname: 1 to 63 letters, digits, `-` and `.`, starting
+/// and ending with a letter or digit (what the kernel takes and resolvers look up).
+fn valid_hostname(h: &str) -> bool {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    h.len() <= 63
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && edge(h.bytes().next())
+        && edge(h.bytes().last())
 }
 
 /// How a container's task ended.

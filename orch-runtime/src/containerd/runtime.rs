@@ -1,10 +1,18 @@
 //! [`ContainerdRuntime`]: the [`Runtime`] that runs replicas as containerd containers from
 //! images already in containerd's image store (imported with [`Containerd::import`]).
 //!
-//! Each container carries labels naming its workload, replica uid, template hash, ports and
-//! start time, so a new runtime over the same containerd namespace re-adopts what runs: it
-//! neither duplicates nor kills those containers. Output goes to one file per workload in the
-//! state directory; exits are reported through [`Runtime::events`].
+//! Each container carries labels naming its workload, replica uid, template hash, ports,
+//! start time and (with a network of its own) its address and network namespace, so a new
+//! runtime over the same containerd namespace re-adopts what runs: it neither duplicates nor
+//! kills those containers.
+//!
+//! A container started with a [`WorkloadNetwork`](orch_core::runtime::WorkloadNetwork) joins
+//! that network namespace (the node's [`Network`](orch_core::Network) made it): its fixed
+//! ports are its own, its hostname is the replica's name and its `/etc/hosts` names it at
+//! its address. Without one it shares the host's network, as a process does.
+//!
+//! Output goes to one file per workload in the state directory; exits are reported through
+//! [`Runtime::events`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -41,6 +49,10 @@ pub const LABEL_STARTED_AT: &str = "orch.dev/started-at";
 pub const LABEL_PORTS: &str = "orch.dev/ports";
 /// Label: the address the workload is reached at.
 pub const LABEL_HOST_IP: &str = "orch.dev/host-ip";
+/// Label: the workload's own address, when it runs in a network namespace of its own.
+pub const LABEL_IP: &str = "orch.dev/ip";
+/// Label: the network namespace it joined (a bind-mounted nsfs file).
+pub const LABEL_NETNS: &str = "orch.dev/netns";
 
 /// Configuration of a [`ContainerdRuntime`].
 #[derive(Clone, Debug)]
@@ -384,6 +396,11 @@ impl ContainerdRuntime {
             .join(format!("{id}.resolv.conf"))
     }
 
+    /// The hosts file bind-mounted into a container with a network of its own.
+    fn hosts_path(&self, id: &str) -> PathBuf {
+        self.inner.config.state_dir.join(format!("{id}.hosts"))
+    }
+
     async fn adopt(&self) -> Result<(), RuntimeError> {
         let c = &self.inner.client;
         for (cid, labels) in c.containers().await.map_err(unavailable)? {
@@ -426,7 +443,7 @@ impl ContainerdRuntime {
                 },
                 state,
                 host_ip: labels.get(LABEL_HOST_IP).cloned().unwrap_or_default(),
-                ip: None,
+                ip: labels.get(LABEL_IP).cloned(),
                 ports,
                 started_at: Timestamp(
                     labels
@@ -775,6 +792,86 @@ fn exit_status(status: u32, oom: bool) -> ExitStatus {
     }
 }
 
+/// A container's own network, checked: the namespace it joins, its address, its hostname.
+struct OwnNetwork {
+    netns: PathBuf,
+    ip: String,
+    hostname: String,
+}
+
+/// Checks a [`WorkloadNetwork`](orch_core::runtime::WorkloadNetwork) for workload `id` and
+/// names the container's host: the replica's name (the part of `namespace.name` after the
+/// first dot), cut to 63 characters as Kubernetes cuts a pod's hostname.
+fn own_network(
+    id: &str,
+    n: &orch_core::runtime::WorkloadNetwork,
+) -> Result<OwnNetwork, RuntimeError> {
+    let ip: std::net::IpAddr = n.ip.parse().map_err(|_| {
+        RuntimeError::StartFailed(format!(
+            "{id}: network ip {:?} is not an IPv4 or IPv6 address",
+            n.ip
+        ))
+    })?;
+    if !n.netns.is_absolute() {
+        return Err(RuntimeError::StartFailed(format!(
+            "{id}: network namespace {} is not an absolute path",
+            n.netns.display()
+        )));
+    }
+    if !n.netns.exists() {
+        return Err(RuntimeError::StartFailed(format!(
+            "{id}: network namespace {} does not exist",
+            n.netns.display()
+        )));
+    }
+    Ok(OwnNetwork {
+        netns: n.netns.clone(),
+        ip: ip.to_string(),
+        hostname: replica_hostname(id),
+    })
+}
+
+/// The hostname of workload `id` (`namespace.name`): `name`, at most 63 characters, without
+/// a trailing `-` or `.` (as the kubelet cuts a pod's hostname).
+fn replica_hostname(id: &str) -> String {
+    let name = id.split_once('.').map_or(id, |(_, name)| name);
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_end_matches(['-', '.']).to_string()
+}
+
+/// The `/etc/hosts` of a container with a network of its own, as the kubelet writes a pod's:
+/// localhost and the IPv6 names, then `IP HOSTNAME`.
+fn hosts_file(ip: &str, hostname: &str) -> String {
+    format!(
+        "# orch-managed hosts file.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\n\
+         fe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n\
+         {ip}\t{hostname}\n"
+    )
+}
+
+/// Writes `content` to `path` (in the state directory) and bind-mounts it read-only at
+/// `destination` in the container.
+fn file_mount(
+    path: PathBuf,
+    content: &str,
+    destination: &str,
+) -> Result<super::BindMount, RuntimeError> {
+    std::fs::write(&path, content).map_err(|source| RuntimeError::Io {
+        context: format!("cannot write {}", path.display()),
+        source,
+    })?;
+    Ok(super::BindMount {
+        source: path,
+        destination: destination.into(),
+        read_only: true,
+    })
+}
+
 /// The cgroup path orch gives a container (as `ctr` does: `/NAMESPACE/ID`).
 fn cgroup_path(namespace: &str, id: &str) -> String {
     format!("/{namespace}/{id}")
@@ -808,6 +905,11 @@ impl Runtime for ContainerdRuntime {
     }
 
     fn supports(&self, template: &Template) -> bool {
+        template.image.is_some()
+    }
+
+    /// Every container can join a network namespace of its own.
+    fn joins_network(&self, template: &Template) -> bool {
         template.image.is_some()
     }
 
@@ -873,6 +975,13 @@ impl Runtime for ContainerdRuntime {
             Some(u) => Some(self.resolve_user(image, &cfg, u).await?),
         };
         let host_ip = self.inner.config.host_ip.clone();
+        let network = match &spec.network {
+            Some(n) => Some(own_network(&spec.id, n)?),
+            None => None,
+        };
+        // Fixed ports as declared (with a network of its own they are the container's, not
+        // the host's); a dynamic one gets a number free on the host, which is as free in a
+        // new namespace.
         let ports = crate::process::allocate_ports(&host_ip, &t.ports)?;
         // Later entries win; each name appears once, where it first appeared.
         let mut env: Vec<(String, String)> = Vec::new();
@@ -917,7 +1026,7 @@ impl Runtime for ContainerdRuntime {
             )));
         }
         let started_at = Timestamp::now();
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_WORKLOAD.to_string(), spec.id.clone()),
             (LABEL_REPLICA_UID.to_string(), spec.replica_uid.clone()),
             (LABEL_TEMPLATE_HASH.to_string(), spec.template_hash.clone()),
@@ -935,17 +1044,21 @@ impl Runtime for ContainerdRuntime {
         let log = self.log_path(&spec.id);
         let mut mounts = Vec::new();
         if let Some(dns) = &spec.dns {
-            let path = self.resolv_conf_path(&spec.id);
             let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            std::fs::write(&path, dns.resolv_conf(&host)).map_err(|source| RuntimeError::Io {
-                context: format!("cannot write {}", path.display()),
-                source,
-            })?;
-            mounts.push(super::BindMount {
-                source: path,
-                destination: "/etc/resolv.conf".into(),
-                read_only: true,
-            });
+            mounts.push(file_mount(
+                self.resolv_conf_path(&spec.id),
+                &dns.resolv_conf(&host),
+                "/etc/resolv.conf",
+            )?);
+        }
+        if let Some(n) = &network {
+            labels.insert(LABEL_IP.into(), n.ip.clone());
+            labels.insert(LABEL_NETNS.into(), n.netns.display().to_string());
+            mounts.push(file_mount(
+                self.hosts_path(&spec.id),
+                &hosts_file(&n.ip, &n.hostname),
+                "/etc/hosts",
+            )?);
         }
         let secrets_dir = self.tmpfs_dir(&spec.id);
         for (i, m) in spec.mounts.iter().enumerate() {
@@ -1009,7 +1122,9 @@ impl Runtime for ContainerdRuntime {
             stderr: log,
             labels,
             read_only_root: t.read_only_root_filesystem,
-            host_network: true,
+            host_network: network.is_none(),
+            netns: network.as_ref().map(|n| n.netns.clone()),
+            hostname: network.as_ref().map(|n| n.hostname.clone()),
             user,
             cpu_millis: t.resources.cpu.map(|c| c.0),
             memory_bytes: t.resources.memory.map(|m| m.0),
@@ -1030,7 +1145,7 @@ impl Runtime for ContainerdRuntime {
             runtime_id: format!("pid {pid}, container {}", spec.id),
             state: WorkloadState::Running,
             host_ip,
-            ip: None,
+            ip: network.map(|n| n.ip),
             ports,
             started_at,
         };
@@ -1061,6 +1176,7 @@ impl Runtime for ContainerdRuntime {
         self.stop_inner(id, 9, Duration::ZERO).await?;
         self.inner.client.delete(id).await.map_err(unavailable)?;
         let _ = std::fs::remove_file(self.resolv_conf_path(id));
+        let _ = std::fs::remove_file(self.hosts_path(id));
         let _ = crate::mounts::remove_tree(&self.tmpfs_dir(id));
         match std::fs::remove_file(self.log_path(id)) {
             Ok(()) => {}
@@ -1245,6 +1361,37 @@ mod tests {
         assert!(r("app:wheel").unwrap_err().contains("\"wheel\""));
         let none = resolve_user("app", None, None).unwrap_err();
         assert!(none.contains("has none"), "{none}");
+    }
+
+    #[test]
+    fn a_replica_is_named_by_its_name_and_listed_at_its_address() {
+        assert_eq!(replica_hostname("default.web-0"), "web-0");
+        assert_eq!(replica_hostname("prod.api.v2-1"), "api.v2-1");
+        assert_eq!(replica_hostname("bare"), "bare");
+        let long = format!("ns.{}-{}", "a".repeat(62), "b");
+        assert_eq!(replica_hostname(&long), "a".repeat(62));
+        let hosts = hosts_file("10.244.1.7", "web-0");
+        let lines: Vec<&str> = hosts.lines().collect();
+        assert!(lines.contains(&"127.0.0.1\tlocalhost"), "{hosts}");
+        assert_eq!(lines.last(), Some(&"10.244.1.7\tweb-0"), "{hosts}");
+    }
+
+    #[test]
+    fn a_bad_network_is_refused_naming_the_value() {
+        use orch_core::runtime::WorkloadNetwork;
+        let n = |netns: &str, ip: &str| WorkloadNetwork {
+            netns: netns.into(),
+            ip: ip.into(),
+        };
+        let err = |w: WorkloadNetwork| own_network("default.web-0", &w).err().unwrap().to_string();
+        assert!(err(n("/proc/self/ns/net", "10.0.0.300")).contains("\"10.0.0.300\""));
+        assert!(err(n("run/netns/x", "10.0.0.3")).contains("not an absolute path"));
+        assert!(err(n("/run/netns/orch-no-such", "10.0.0.3")).contains("does not exist"));
+        let ok = own_network("default.web-0", &n("/proc/self/ns/net", "10.0.0.3")).unwrap();
+        assert_eq!(
+            (ok.ip.as_str(), ok.hostname.as_str()),
+            ("10.0.0.3", "web-0")
+        );
     }
 
     #[test]

@@ -11,9 +11,9 @@ use sha2::Digest;
 use super::{Blob, ImageLayer, ImageParts};
 
 /// The busybox applets linked in the root filesystem.
-pub const APPLETS: [&str; 14] = [
+pub const APPLETS: [&str; 15] = [
     "sh", "sleep", "echo", "cat", "ls", "mkdir", "httpd", "head", "tr", "kill", "true", "wget",
-    "id", "nslookup",
+    "id", "nslookup", "hostname",
 ];
 
 /// Builds `DIR/rootfs` with the static busybox as `/bin/busybox` and [`APPLETS`] linked to it.

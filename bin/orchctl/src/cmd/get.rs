@@ -18,7 +18,8 @@ pub(crate) struct Args {
     kind: KindArg,
     /// One object's name.
     name: Option<String>,
-    /// Output format.
+    /// Output format: `wide` adds replicas' IP (their own, or the node's with `(host)`) and
+    /// nodes' address and subnet; other kinds print the normal table.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     output: Output,
     /// Keep watching for changes.
@@ -32,9 +33,13 @@ pub(crate) struct Args {
 /// How `get` prints objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Output {
+    /// The table.
     Table,
+    /// The table with more columns (replicas: IP; nodes: ADDRESS, SUBNET), as kubectl's.
     Wide,
+    /// YAML manifests.
     Yaml,
+    /// JSON.
     Json,
 }
 
@@ -52,13 +57,40 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     .await
 }
 
-fn print_objects(objs: &[Object], output: Output, all_namespaces: bool) -> anyhow::Result<()> {
+/// The table columns for `output`; for services, whether the cluster leases virtual IPs
+/// (some node has a subnet lease), so that one not leased yet reads `<pending>` (`<none>`
+/// when the nodes cannot be listed).
+async fn columns(
+    client: &Client,
+    kind: Kind,
+    output: Output,
+    all_namespaces: bool,
+) -> render::Columns {
+    let cluster_network = match (kind, output) {
+        (Kind::Service, Output::Table | Output::Wide) => {
+            client.list(Kind::Node, None).await.is_ok_and(|nodes| {
+                nodes
+                    .objects
+                    .iter()
+                    .any(|n| matches!(n, Object::Node(n) if n.spec.network.is_some()))
+            })
+        }
+        _ => false,
+    };
+    render::Columns {
+        all_namespaces,
+        wide: output == Output::Wide,
+        cluster_network,
+    }
+}
+
+fn print_objects(objs: &[Object], output: Output, columns: render::Columns) -> anyhow::Result<()> {
     match output {
         Output::Table | Output::Wide => {
             if objs.is_empty() {
                 eprintln!("No resources found.");
             } else {
-                out!("{}", render::objects_table(objs, all_namespaces));
+                out!("{}", render::objects_table_with(objs, columns));
             }
         }
         Output::Yaml => out!("{}", orch_core::model::manifest::to_yaml(objs)),
@@ -85,6 +117,7 @@ pub(super) async fn get(
     all: bool,
 ) -> anyhow::Result<()> {
     let namespace = if all { None } else { Some(ns) };
+    let columns = columns(client, kind, output, all).await;
     if watch {
         let mut stream = client.watch(kind, namespace, None).await?;
         let mut printed_header = false;
@@ -95,7 +128,7 @@ pub(super) async fn get(
             }
             match output {
                 Output::Table | Output::Wide => {
-                    let (header, mut cells) = render::row(&object, all);
+                    let (header, mut cells) = render::row_with(&object, columns);
                     if event == WatchType::Deleted {
                         cells.push("(deleted)".into());
                     }
@@ -114,7 +147,7 @@ pub(super) async fn get(
                     "{}",
                     serde_json::json!({"type": format!("{event:?}").to_uppercase(), "object": object.to_display_value()})
                 ),
-                Output::Yaml => print_objects(std::slice::from_ref(&object), output, all)?,
+                Output::Yaml => print_objects(std::slice::from_ref(&object), output, columns)?,
             }
             std::io::stdout().flush()?;
         }
@@ -125,8 +158,12 @@ pub(super) async fn get(
         Some(name) => {
             let ns = namespace.unwrap_or(orch_core::model::object::DEFAULT_NAMESPACE);
             let object = client.get(kind, ns, &name).await?;
-            print_objects(std::slice::from_ref(&object), output, all)
+            print_objects(std::slice::from_ref(&object), output, columns)
         }
-        None => print_objects(&client.list(kind, namespace).await?.objects, output, all),
+        None => print_objects(
+            &client.list(kind, namespace).await?.objects,
+            output,
+            columns,
+        ),
     }
 }
