@@ -228,7 +228,8 @@ impl MemDiscovery {
     /// The current virtual IP of a service.
     pub fn virtual_ip(&self, namespace: &str, service: &str) -> Option<VirtualIp> {
         let g = self.vips.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(&(namespace.to_string(), service.to_string())).cloned()
+        g.get(&(namespace.to_string(), service.to_string()))
+            .cloned()
     }
 }
 

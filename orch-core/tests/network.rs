@@ -24,7 +24,9 @@ use orch_core::model::quantity::Timestamp;
 use orch_core::network::NetworkError;
 use orch_core::node::AgentNetwork;
 use orch_core::store::{create_op, Store};
-use orch_core::{AgentConfig, Engine, EngineConfig, FakeNetwork, FakeRuntime, MemDiscovery, MemStore};
+use orch_core::{
+    AgentConfig, Engine, EngineConfig, FakeNetwork, FakeRuntime, MemDiscovery, MemStore,
+};
 use orch_sched::DefaultScheduler;
 
 fn config(net: ClusterNetwork) -> EngineConfig {
@@ -73,7 +75,11 @@ async fn create(store: &MemStore, obj: Object) {
 }
 
 fn lease(e: &Engine, node: &str) -> Option<String> {
-    match e.cache().get(Kind::Node, &Kind::Node.key("", node)).as_deref() {
+    match e
+        .cache()
+        .get(Kind::Node, &Kind::Node.key("", node))
+        .as_deref()
+    {
         Some(Object::Node(n)) => n.spec.network.as_ref().map(|l| l.subnet.clone()),
         _ => None,
     }
@@ -130,7 +136,10 @@ async fn subnets_are_unique_the_lowest_free_and_kept_across_an_engine_restart() 
         ["a", "b", "c"].iter().all(|n| lease(&e, n).is_some())
     })
     .await;
-    let leases: Vec<String> = ["a", "b", "c"].iter().map(|n| lease(&e, n).unwrap()).collect();
+    let leases: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| lease(&e, n).unwrap())
+        .collect();
     let mut sorted = leases.clone();
     sorted.sort();
     assert_eq!(
@@ -150,7 +159,10 @@ async fn subnets_are_unique_the_lowest_free_and_kept_across_an_engine_restart() 
     eventually("synced", || e2.cache().synced()).await;
     create(&store, node("d", "192.168.0.4")).await;
     eventually("d leased", || lease(&e2, "d").is_some()).await;
-    let again: Vec<String> = ["a", "b", "c"].iter().map(|n| lease(&e2, n).unwrap()).collect();
+    let again: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| lease(&e2, n).unwrap())
+        .collect();
     assert_eq!(again, leases);
     assert_eq!(lease(&e2, "d").unwrap(), "10.244.3.0/24");
     e2.shutdown().await;
@@ -171,7 +183,11 @@ async fn a_removed_nodes_subnet_is_leased_again() {
     eventually("a gone", || e.cache().get(Kind::Node, "/nodes/a").is_none()).await;
     create(&store, node("c", "192.168.0.3")).await;
     eventually("c", || lease(&e, "c").is_some()).await;
-    assert_eq!(lease(&e, "c").unwrap(), "10.244.0.0/24", "a's subnet is free again");
+    assert_eq!(
+        lease(&e, "c").unwrap(),
+        "10.244.0.0/24",
+        "a's subnet is free again"
+    );
     assert_eq!(lease(&e, "b").unwrap(), "10.244.1.0/24");
     e.shutdown().await;
 }
@@ -224,7 +240,10 @@ async fn an_exhausted_cluster_cidr_is_an_event_until_a_node_goes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let m = events_with(&store, "ClusterCidrExhausted").await.remove(0);
-    assert!(m.contains("10.244.0.0/23") && m.contains("2 /24 subnets"), "{m}");
+    assert!(
+        m.contains("10.244.0.0/23") && m.contains("2 /24 subnets"),
+        "{m}"
+    );
     assert_eq!(lease(&e, "c"), None);
     api::node_op(&*store, "a", NodeOp::Remove { force: true })
         .await
@@ -341,7 +360,11 @@ async fn virtual_ips_stay_through_churn_and_rollouts_none_when_headless_reused_a
         .await
         .unwrap();
     eventually("fourth", || vip(&e, "fourth").is_some()).await;
-    assert_eq!(vip(&e, "fourth").unwrap(), first, "web's address is free again");
+    assert_eq!(
+        vip(&e, "fourth").unwrap(),
+        first,
+        "web's address is free again"
+    );
     e.shutdown().await;
 }
 
@@ -364,7 +387,11 @@ async fn the_agent_attaches_before_start_and_detaches_on_delete() {
         let id = r.runtime_name();
         let a = &attached[&id];
         let spec = rt.spec_of(&id).unwrap();
-        assert_eq!(spec.network.as_ref(), Some(a), "the runtime joins the namespace");
+        assert_eq!(
+            spec.network.as_ref(),
+            Some(a),
+            "the runtime joins the namespace"
+        );
         assert_eq!(r.status.ip.as_deref(), Some(a.ip.as_str()));
         assert_eq!(r.status.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(
@@ -411,7 +438,10 @@ async fn process_and_host_network_replicas_stay_on_the_host_network() {
     api::apply(&*store, vec![process, host], false)
         .await
         .unwrap();
-    eventually("both ready", || ready(&e, "proc") == 1 && ready(&e, "host") == 1).await;
+    eventually("both ready", || {
+        ready(&e, "proc") == 1 && ready(&e, "host") == 1
+    })
+    .await;
     assert!(net.attachments().is_empty());
     for svc in ["proc", "host"] {
         let r = &replicas(&e, svc)[0];
@@ -479,16 +509,28 @@ async fn containers_wait_for_the_lease_then_start_on_the_host_network_saying_why
     .await;
     let r = &replicas(&e, "web")[0];
     assert_eq!(r.status.phase, Phase::Pending);
-    assert!(r.status.message.contains("waiting for the subnet of node node-a"), "{}", r.status.message);
+    assert!(
+        r.status
+            .message
+            .contains("waiting for the subnet of node node-a"),
+        "{}",
+        r.status.message
+    );
     assert!(rt.running().is_empty());
     eventually("started on the host network", || ready(&e, "web") == 1).await;
     let r = &replicas(&e, "web")[0];
     assert_eq!(r.status.ip, None);
     assert!(net.attachments().is_empty());
     eventually("node status says why", || {
-        e.cache().nodes()[0].status.network.as_ref().is_some_and(|n| {
-            !n.ready && n.message.starts_with("host network: no subnet leased to node node-a within 10s")
-        })
+        e.cache().nodes()[0]
+            .status
+            .network
+            .as_ref()
+            .is_some_and(|n| {
+                !n.ready
+                    && n.message
+                        .starts_with("host network: no subnet leased to node node-a within 10s")
+            })
     })
     .await;
     e.shutdown().await;
@@ -511,9 +553,11 @@ async fn an_unavailable_network_falls_back_to_the_host_network_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert_eq!(replicas(&e, "web")[0].status.ip, None);
     eventually("node status says why", || {
-        e.cache().nodes()[0].status.network.as_ref().is_some_and(|n| {
-            n.message == "host network: no CNI plugin bridge in /usr/lib/cni"
-        })
+        e.cache().nodes()[0]
+            .status
+            .network
+            .as_ref()
+            .is_some_and(|n| n.message == "host network: no CNI plugin bridge in /usr/lib/cni")
     })
     .await;
     e.shutdown().await;
@@ -532,7 +576,9 @@ async fn a_full_subnet_fails_the_start_saying_so() {
         .unwrap();
     eventually("start error", || {
         replicas(&e, "web").first().is_some_and(|r| {
-            r.status.message.contains("subnet 10.244.0.0/24 of node node-a is full")
+            r.status
+                .message
+                .contains("subnet 10.244.0.0/24 of node node-a is full")
         })
     })
     .await;
@@ -548,9 +594,8 @@ async fn peers_follow_nodes_joining_going_unreachable_and_being_removed() {
     let mut e = engine(store.clone());
     let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
     add_agent(&mut e, "node-a", &rt, &net);
-    let names = |net: &FakeNetwork| -> Vec<String> {
-        net.peers().into_iter().map(|p| p.node).collect()
-    };
+    let names =
+        |net: &FakeNetwork| -> Vec<String> { net.peers().into_iter().map(|p| p.node).collect() };
     create(&store, node("b", "192.168.0.2")).await;
     create(&store, node("c", "192.168.0.3")).await;
     eventually("b and c are peers", || names(&net) == ["b", "c"]).await;
@@ -581,7 +626,10 @@ async fn two_services_listening_on_8080_share_one_node() {
     )
     .await
     .unwrap();
-    eventually("both ready", || ready(&e, "one") == 1 && ready(&e, "two") == 1).await;
+    eventually("both ready", || {
+        ready(&e, "one") == 1 && ready(&e, "two") == 1
+    })
+    .await;
     let (a, b) = (&replicas(&e, "one")[0], &replicas(&e, "two")[0]);
     assert_eq!(a.spec.node.as_deref(), Some("node-a"));
     assert_eq!(b.spec.node.as_deref(), Some("node-a"));
@@ -598,7 +646,11 @@ fn host_ports_are_host_ports_and_the_fixed_ports_of_host_network_templates() {
         _ => unreachable!(),
     };
     let mut own = t(containers("web", 1, ""));
-    assert_eq!(own.host_ports().count(), 0, "its port is in its own namespace");
+    assert_eq!(
+        own.host_ports().count(),
+        0,
+        "its port is in its own namespace"
+    );
     own.ports[0].host_port = Some(80);
     assert_eq!(own.host_ports().collect::<Vec<_>>(), [(Protocol::Tcp, 80)]);
     own.host_network = true;
@@ -611,7 +663,10 @@ fn host_ports_are_host_ports_and_the_fixed_ports_of_host_network_templates() {
     process.host_network = false;
     process.ports[0].host_port = None;
     process.command = vec!["server".into()];
-    assert_eq!(process.host_ports().collect::<Vec<_>>(), [(Protocol::Tcp, 8080)]);
+    assert_eq!(
+        process.host_ports().collect::<Vec<_>>(),
+        [(Protocol::Tcp, 8080)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -627,7 +682,10 @@ async fn endpoints_carry_replica_ips_and_the_virtual_ip_reaches_discovery() {
     api::apply(&*store, vec![containers("web", 2, "")], false)
         .await
         .unwrap();
-    eventually("2 endpoints", || disc.endpoints("default", "web").len() == 2).await;
+    eventually("2 endpoints", || {
+        disc.endpoints("default", "web").len() == 2
+    })
+    .await;
     let mut want: Vec<String> = replicas(&e, "web")
         .iter()
         .map(|r| r.status.ip.clone().unwrap())
@@ -641,7 +699,10 @@ async fn endpoints_carry_replica_ips_and_the_virtual_ip_reaches_discovery() {
     got.sort();
     assert_eq!(got, want);
     assert!(got.iter().all(|ip| ip.starts_with("10.244.0.")));
-    eventually("virtual IP set", || disc.virtual_ip("default", "web").is_some()).await;
+    eventually("virtual IP set", || {
+        disc.virtual_ip("default", "web").is_some()
+    })
+    .await;
     let v = vip(&e, "web").unwrap();
     assert_eq!(
         disc.virtual_ip("default", "web").unwrap(),
@@ -661,7 +722,10 @@ async fn endpoints_carry_replica_ips_and_the_virtual_ip_reaches_discovery() {
     )
     .await
     .unwrap();
-    eventually("virtual IP removed", || disc.virtual_ip("default", "web").is_none()).await;
+    eventually("virtual IP removed", || {
+        disc.virtual_ip("default", "web").is_none()
+    })
+    .await;
     assert_eq!(disc.endpoints("default", "web").len(), 2);
     e.shutdown().await;
 }

@@ -42,7 +42,11 @@ impl Reconcile for NetworkController {
 
     fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
         let Change::Object {
-            kind, key, old, new, ..
+            kind,
+            key,
+            old,
+            new,
+            ..
         } = c
         else {
             return Vec::new();
@@ -70,9 +74,11 @@ impl Reconcile for NetworkController {
             }
             Kind::Service => {
                 let view = |o: &Option<std::sync::Arc<Object>>| match o.as_deref() {
-                    Some(Object::Service(s)) => {
-                        Some((s.metadata.uid.clone(), s.spec.headless, s.status.virtual_ip.clone()))
-                    }
+                    Some(Object::Service(s)) => Some((
+                        s.metadata.uid.clone(),
+                        s.spec.headless,
+                        s.status.virtual_ip.clone(),
+                    )),
                     _ => None,
                 };
                 let (was, is) = (view(old), view(new));
@@ -91,12 +97,7 @@ impl Reconcile for NetworkController {
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
         let mut keys = ctx.cache.service_keys();
-        keys.extend(
-            ctx.cache
-                .list(Kind::Node)
-                .iter()
-                .map(|o| ObjectKey::of(o)),
-        );
+        keys.extend(ctx.cache.list(Kind::Node).iter().map(|o| ObjectKey::of(o)));
         keys
     }
 
@@ -176,10 +177,7 @@ fn address_inside(node: &Node, cidr: Ipv4Net) -> Option<String> {
     node.status
         .addresses
         .iter()
-        .find(|a| {
-            a.parse::<Ipv4Addr>()
-                .is_ok_and(|ip| cidr.contains(&ip))
-        })
+        .find(|a| a.parse::<Ipv4Addr>().is_ok_and(|ip| cidr.contains(&ip)))
         .cloned()
 }
 
@@ -324,7 +322,12 @@ impl NetworkController {
         Ok(())
     }
 
-    async fn write_node(&self, ctx: &Ctx, mut node: Node, lease: NodeNetwork) -> Result<(), StoreError> {
+    async fn write_node(
+        &self,
+        ctx: &Ctx,
+        mut node: Node,
+        lease: NodeNetwork,
+    ) -> Result<(), StoreError> {
         node.spec.network = Some(lease);
         let rev = ctx.store.txn(vec![update_op(&Object::Node(node))]).await?;
         ctx.cache.wait_for(rev).await;
@@ -368,7 +371,9 @@ impl NetworkController {
                         .collect();
                     r.vips.retain(|k, (u, _)| {
                         ctx.cache.service(k).is_some_and(|s| {
-                            s.metadata.uid == *u && s.status.virtual_ip.is_none() && !s.spec.headless
+                            s.metadata.uid == *u
+                                && s.status.virtual_ip.is_none()
+                                && !s.spec.headless
                         })
                     });
                     used.extend(r.vips.values().map(|(_, a)| *a));

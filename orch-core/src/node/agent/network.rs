@@ -249,7 +249,10 @@ impl Agent {
                             } else {
                                 self.set_status(
                                     false,
-                                    format!("configuring subnet {} failed (retrying): {e}", l.subnet),
+                                    format!(
+                                        "configuring subnet {} failed (retrying): {e}",
+                                        l.subnet
+                                    ),
                                 );
                             }
                         }

@@ -203,10 +203,7 @@ impl Agent {
         };
         // With a network of its own the workload reaches the cluster DNS at its gateway.
         let dns_server = match &network {
-            Some((_, Some(gw))) => self
-                .cfg
-                .dns
-                .map(|_| std::net::SocketAddr::from((*gw, 53))),
+            Some((_, Some(gw))) => self.cfg.dns.map(|_| std::net::SocketAddr::from((*gw, 53))),
             _ => self.cfg.dns,
         };
         let spec = WorkloadSpec {
