@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::eventually;
+use common::{events_with, eventually, ready, replicas};
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -18,7 +18,6 @@ use orch_core::engine::ClusterNetwork;
 use orch_core::model::manifest;
 use orch_core::model::object::{
     Kind, Metadata, Node, NodeCondition, NodeSpec, NodeStatus, Object, Phase, Protocol, Reason,
-    Replica,
 };
 use orch_core::model::quantity::Timestamp;
 use orch_core::network::NetworkError;
@@ -89,31 +88,6 @@ fn vip(e: &Engine, svc: &str) -> Option<String> {
     e.cache()
         .service(&Kind::Service.key("default", svc))
         .and_then(|s| s.status.virtual_ip)
-}
-
-fn replicas(e: &Engine, svc: &str) -> Vec<Replica> {
-    e.cache().replicas_of_service("default", svc)
-}
-
-fn ready(e: &Engine, svc: &str) -> usize {
-    replicas(e, svc)
-        .iter()
-        .filter(|r| r.status.phase == Phase::Ready)
-        .count()
-}
-
-/// The events with `reason` in the store (the engine's cache skips events).
-async fn events_with(store: &MemStore, reason: &str) -> Vec<String> {
-    let (events, _) = orch_core::store::list_objects(store, Kind::Event, None)
-        .await
-        .unwrap();
-    events
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::Event(ev) if ev.reason == reason => Some(ev.message),
-            _ => None,
-        })
-        .collect()
 }
 
 /// An agent for `name` running containers with a fake network; the cluster DNS is at
