@@ -99,6 +99,16 @@ fn add_agent(e: &mut Engine, name: &str, rt: &FakeRuntime, net: &FakeNetwork) {
     e.add_agent(Arc::new(rt.clone()), cfg);
 }
 
+/// A cluster with a network and one node, `node-a`, whose agent runs containers (a fake
+/// runtime) with a fake network.
+fn one_node() -> (Arc<MemStore>, Engine, FakeRuntime, FakeNetwork) {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
+    add_agent(&mut e, "node-a", &rt, &net);
+    (store, e, rt, net)
+}
+
 #[tokio::test(start_paused = true)]
 async fn subnets_are_unique_the_lowest_free_and_kept_across_an_engine_restart() {
     let store = Arc::new(MemStore::new());
@@ -257,10 +267,7 @@ async fn virtual_ips_are_unique_over_many_services_created_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn virtual_ips_stay_through_churn_and_rollouts_none_when_headless_reused_after_delete() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, rt, _net) = one_node();
     api::apply(&*store, vec![containers("web", 2, "")], false)
         .await
         .unwrap();
@@ -344,10 +351,7 @@ async fn virtual_ips_stay_through_churn_and_rollouts_none_when_headless_reused_a
 
 #[tokio::test(start_paused = true)]
 async fn the_agent_attaches_before_start_and_detaches_on_delete() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, rt, net) = one_node();
     eventually("configured", || net.lease().is_some()).await;
     assert_eq!(net.lease().unwrap().subnet, "10.244.0.0/24");
     api::apply(&*store, vec![containers("web", 2, "")], false)
@@ -398,10 +402,7 @@ async fn the_agent_attaches_before_start_and_detaches_on_delete() {
 
 #[tokio::test(start_paused = true)]
 async fn process_and_host_network_replicas_stay_on_the_host_network() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, rt, net) = one_node();
     let y = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: proc}\nspec:\n  replicas: 1\n  template:\n    command: [server]\n";
     let process = manifest::parse("p.yaml", y).unwrap().remove(0);
     let mut host = containers("host", 1, "");
@@ -539,10 +540,7 @@ async fn an_unavailable_network_falls_back_to_the_host_network_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_subnet_fails_the_start_saying_so() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, _rt, net) = one_node();
     eventually("configured", || net.lease().is_some()).await;
     net.fail_next_attach(NetworkError::Exhausted("no free address".into()));
     api::apply(&*store, vec![containers("web", 1, "")], false)
@@ -564,10 +562,7 @@ async fn a_full_subnet_fails_the_start_saying_so() {
 
 #[tokio::test(start_paused = true)]
 async fn peers_follow_nodes_joining_going_unreachable_and_being_removed() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, _rt, net) = one_node();
     let names =
         |net: &FakeNetwork| -> Vec<String> { net.peers().into_iter().map(|p| p.node).collect() };
     create(&store, node("b", "192.168.0.2")).await;
@@ -589,10 +584,7 @@ async fn peers_follow_nodes_joining_going_unreachable_and_being_removed() {
 
 #[tokio::test(start_paused = true)]
 async fn two_services_listening_on_8080_share_one_node() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, _rt, _net) = one_node();
     api::apply(
         &*store,
         vec![containers("one", 1, ""), containers("two", 1, "")],
