@@ -102,8 +102,11 @@ impl Reconcile for NetworkController {
                 };
                 let (was, is) = (view(old), view(new));
                 if is.is_none() {
-                    // A removed node frees its subnet: nodes still waiting may fit now.
-                    return waiting(ctx, Kind::Node);
+                    // A removed node frees its subnet: nodes still waiting may fit now (and
+                    // its own key drops what the controller remembers of it).
+                    let mut keys = waiting(ctx, Kind::Node);
+                    keys.push(k);
+                    return keys;
                 }
                 if was == is {
                     return Vec::new();
