@@ -90,6 +90,22 @@ fn vip(e: &Engine, svc: &str) -> Option<String> {
         .and_then(|s| s.status.virtual_ip)
 }
 
+/// The events with `reason` once there is one (fails after 120 s of the paused clock).
+async fn events_soon(store: &MemStore, reason: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let events = events_with(store, reason).await;
+        if !events.is_empty() {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for a {reason} event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An agent for `name` running containers with a fake network; the cluster DNS is at
 /// 127.0.0.53:53 on the host.
 fn add_agent(e: &mut Engine, name: &str, rt: &FakeRuntime, net: &FakeNetwork) {
@@ -220,10 +236,7 @@ async fn an_exhausted_cluster_cidr_is_an_event_until_a_node_goes() {
             eventually("leased", || lease(&e, &n).is_some()).await;
         }
     }
-    while events_with(&store, "ClusterCidrExhausted").await.is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let m = events_with(&store, "ClusterCidrExhausted").await.remove(0);
+    let m = events_soon(&store, "ClusterCidrExhausted").await.remove(0);
     assert!(
         m.contains("10.244.0.0/23") && m.contains("2 /24 subnets"),
         "{m}"
@@ -694,4 +707,31 @@ async fn endpoints_carry_replica_ips_and_the_virtual_ip_reaches_discovery() {
     .await;
     assert_eq!(disc.endpoints("default", "web").len(), 2);
     e.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_outside_a_changed_cluster_cidr_stays_with_a_warning() {
+    let store = Arc::new(MemStore::new());
+    let e = engine(store.clone());
+    create(&store, node("a", "192.168.0.1")).await;
+    eventually("a leased", || lease(&e, "a").is_some()).await;
+    e.shutdown().await;
+    // The manager comes back with another cluster CIDR: a's running replicas keep working.
+    let moved = ClusterNetwork {
+        cluster_cidr: "10.50.0.0/16".parse().unwrap(),
+        ..ClusterNetwork::default()
+    };
+    let e2 = engine_with(store.clone(), config(moved));
+    create(&store, node("b", "192.168.0.2")).await;
+    eventually("b leased in the new CIDR", || {
+        lease(&e2, "b").as_deref() == Some("10.50.0.0/24")
+    })
+    .await;
+    assert_eq!(lease(&e2, "a").as_deref(), Some("10.244.0.0/24"));
+    let events = events_soon(&store, "SubnetOutsideClusterCidr").await;
+    assert!(
+        events[0].contains("10.244.0.0/24") && events[0].contains("10.50.0.0/16"),
+        "{events:?}"
+    );
+    e2.shutdown().await;
 }
