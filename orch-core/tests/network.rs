@@ -706,6 +706,21 @@ async fn endpoints_carry_replica_ips_and_the_virtual_ip_reaches_discovery() {
     })
     .await;
     assert_eq!(disc.endpoints("default", "web").len(), 2);
+    // Not headless again, then deleted: the virtual IP comes back, then goes with it.
+    api::apply(&*store, vec![containers("web", 2, "")], false)
+        .await
+        .unwrap();
+    eventually("virtual IP back", || {
+        disc.virtual_ip("default", "web").is_some()
+    })
+    .await;
+    api::delete(&*store, Kind::Service, "default", "web")
+        .await
+        .unwrap();
+    eventually("service gone from discovery", || {
+        disc.virtual_ip("default", "web").is_none() && disc.endpoints("default", "web").is_empty()
+    })
+    .await;
     e.shutdown().await;
 }
 
