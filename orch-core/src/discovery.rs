@@ -208,10 +208,12 @@ impl<T: Discovery + ?Sized> Discovery for Arc<T> {
 
 type EndpointMap = BTreeMap<(String, String), Vec<Endpoint>>;
 
-/// Keeps endpoints in memory; readable with [`MemDiscovery::endpoints`].
+/// Keeps endpoints and virtual IPs in memory; readable with [`MemDiscovery::endpoints`] and
+/// [`MemDiscovery::virtual_ip`].
 #[derive(Clone, Default)]
 pub struct MemDiscovery {
     map: Arc<Mutex<EndpointMap>>,
+    vips: Arc<Mutex<BTreeMap<(String, String), VirtualIp>>>,
 }
 
 impl MemDiscovery {
@@ -221,6 +223,13 @@ impl MemDiscovery {
         g.get(&(namespace.to_string(), service.to_string()))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The current virtual IP of a service.
+    pub fn virtual_ip(&self, namespace: &str, service: &str) -> Option<VirtualIp> {
+        let g = self.vips.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(&(namespace.to_string(), service.to_string()))
+            .cloned()
     }
 }
 
@@ -239,6 +248,22 @@ impl Discovery for MemDiscovery {
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
         let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
         g.remove(&(namespace.to_string(), service.to_string()));
+        let mut v = self.vips.lock().unwrap_or_else(|p| p.into_inner());
+        v.remove(&(namespace.to_string(), service.to_string()));
+        Ok(())
+    }
+    async fn set_virtual_ip(
+        &self,
+        namespace: &str,
+        service: &str,
+        vip: Option<VirtualIp>,
+    ) -> Result<(), DiscoveryError> {
+        let mut g = self.vips.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_string(), service.to_string());
+        match vip {
+            Some(v) => g.insert(key, v),
+            None => g.remove(&key),
+        };
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! A fake [`Runtime`] that starts nothing: workloads "run" until told to crash or stop.
+//! A fake [`Runtime`] that starts nothing: workloads "run" until told to crash or stop; and
+//! a fake [`Network`] that sets nothing up: it hands out addresses of its lease in memory.
 //! For unit tests of the engine here and in downstream crates.
 
 use std::collections::BTreeMap;
@@ -10,11 +11,12 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::model::object::{BoundPort, ExitStatus, Template};
+use crate::model::object::{BoundPort, ExitStatus, NodeNetwork, PortSpec, Template};
 use crate::model::quantity::Timestamp;
+use crate::network::{Network, NetworkError, Peer};
 use crate::runtime::{
     LogOptions, LogStream, ProbeAction, ProbeResult, Runtime, RuntimeError, RuntimeEvent,
-    RuntimeInfo, Workload, WorkloadSpec, WorkloadState,
+    RuntimeInfo, Workload, WorkloadNetwork, WorkloadSpec, WorkloadState,
 };
 
 #[derive(Default)]
@@ -24,6 +26,8 @@ struct State {
     fail_next_start: Option<String>,
     probes: BTreeMap<String, ProbeResult>,
     probe_counts: BTreeMap<String, u64>,
+    /// The spec of each workload's last start.
+    specs: BTreeMap<String, WorkloadSpec>,
 }
 
 /// An in-memory runtime. Cloning shares the state, so a test keeps a handle to inspect it.
@@ -35,6 +39,7 @@ pub struct FakeRuntime {
     next_pid: Arc<AtomicU64>,
     starts: Arc<AtomicU64>,
     host_ip: String,
+    containers: bool,
 }
 
 impl Default for FakeRuntime {
@@ -53,7 +58,21 @@ impl FakeRuntime {
             next_pid: Arc::new(AtomicU64::new(1000)),
             starts: Arc::default(),
             host_ip: host_ip.into(),
+            containers: false,
         }
+    }
+
+    /// Also runs images as a container runtime would: it offers what containerd nodes
+    /// offer, and their workloads join the network the agent makes
+    /// ([`Runtime::joins_network`]).
+    pub fn with_containers(mut self) -> FakeRuntime {
+        self.containers = true;
+        self
+    }
+
+    /// The spec workload `id` was last started with.
+    pub fn spec_of(&self, id: &str) -> Option<WorkloadSpec> {
+        self.lock().specs.get(id).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -136,11 +155,19 @@ impl Runtime for FakeRuntime {
 
     /// Runs everything, and offers what nodes that run commands offer (as a process node).
     fn offers(&self) -> Vec<String> {
-        vec![crate::runtime::OFFERS_COMMANDS.into()]
+        let mut offers = vec![crate::runtime::OFFERS_COMMANDS.into()];
+        if self.containers {
+            offers.push(crate::runtime::OFFERS_IMAGES.into());
+        }
+        offers
     }
 
     fn supports(&self, _template: &Template) -> bool {
         true
+    }
+
+    fn joins_network(&self, template: &Template) -> bool {
+        self.containers && template.image.is_some()
     }
 
     /// The result [set](FakeRuntime::set_probe_result) for the workload (pass if none), at once.
@@ -191,6 +218,7 @@ impl Runtime for FakeRuntime {
             started_at: Timestamp::now(),
         };
         g.workloads.insert(spec.id.clone(), w.clone());
+        g.specs.insert(spec.id.clone(), spec.clone());
         self.starts.fetch_add(1, Ordering::Relaxed);
         Ok(w)
     }
@@ -251,5 +279,176 @@ impl Runtime for FakeRuntime {
         .unwrap_or(0);
         bytes.drain(..start as usize);
         Ok(futures::stream::iter([Ok(bytes)]).boxed())
+    }
+}
+
+#[derive(Default)]
+struct NetState {
+    lease: Option<NodeNetwork>,
+    configured: u64,
+    fail_configure: Option<NetworkError>,
+    fail_attach: Option<NetworkError>,
+    attachments: BTreeMap<String, (WorkloadNetwork, Vec<PortSpec>)>,
+    peers: Vec<Peer>,
+    peer_updates: u64,
+}
+
+/// An in-memory [`Network`]: [`configure`](Network::configure) remembers the lease,
+/// [`attach`](Network::attach) hands out the lowest free address of its subnet after the
+/// gateway (`.2` of a `/24` first) with a made-up namespace path, and it remembers
+/// attachments and peers. It can be told to fail. Cloning shares the state, so a test keeps
+/// a handle to inspect it (and hands a clone to a restarted agent, as a real node keeps its
+/// namespaces).
+#[derive(Clone, Default)]
+pub struct FakeNetwork {
+    state: Arc<Mutex<NetState>>,
+}
+
+impl FakeNetwork {
+    /// A network with nothing configured.
+    pub fn new() -> FakeNetwork {
+        FakeNetwork::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every [`configure`](Network::configure) from now on fails with `error` (`None`: they
+    /// succeed again).
+    pub fn fail_configure(&self, error: Option<NetworkError>) {
+        self.lock().fail_configure = error;
+    }
+
+    /// The next [`attach`](Network::attach) of a new workload fails with `error`.
+    pub fn fail_next_attach(&self, error: NetworkError) {
+        self.lock().fail_attach = Some(error);
+    }
+
+    /// The lease it was last configured with.
+    pub fn lease(&self) -> Option<NodeNetwork> {
+        self.lock().lease.clone()
+    }
+
+    /// How many times `configure` succeeded.
+    pub fn configured(&self) -> u64 {
+        self.lock().configured
+    }
+
+    /// The attachments, by workload id.
+    pub fn attachments(&self) -> BTreeMap<String, WorkloadNetwork> {
+        self.lock()
+            .attachments
+            .iter()
+            .map(|(id, (n, _))| (id.clone(), n.clone()))
+            .collect()
+    }
+
+    /// The ports workload `id` was attached with.
+    pub fn ports_of(&self, id: &str) -> Option<Vec<PortSpec>> {
+        self.lock().attachments.get(id).map(|(_, p)| p.clone())
+    }
+
+    /// The peers last set.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.lock().peers.clone()
+    }
+
+    /// How many times `set_peers` was called.
+    pub fn peer_updates(&self) -> u64 {
+        self.lock().peer_updates
+    }
+
+    /// Gives workload `id` an attachment at `ip` without going through the agent (a leftover
+    /// of a crashed agent, say).
+    pub fn insert_attachment(&self, id: &str, ip: &str) {
+        self.lock().attachments.insert(
+            id.into(),
+            (
+                WorkloadNetwork {
+                    netns: format!("/run/netns/fake-{id}").into(),
+                    ip: ip.into(),
+                },
+                Vec::new(),
+            ),
+        );
+    }
+}
+
+#[async_trait]
+impl Network for FakeNetwork {
+    async fn configure(&self, lease: &NodeNetwork) -> Result<(), NetworkError> {
+        let mut g = self.lock();
+        if let Some(e) = g.fail_configure.clone() {
+            return Err(e);
+        }
+        g.lease = Some(lease.clone());
+        g.configured += 1;
+        Ok(())
+    }
+
+    async fn attach(&self, id: &str, ports: &[PortSpec]) -> Result<WorkloadNetwork, NetworkError> {
+        let mut g = self.lock();
+        if let Some((n, _)) = g.attachments.get(id) {
+            return Ok(n.clone());
+        }
+        if let Some(e) = g.fail_attach.take() {
+            return Err(e);
+        }
+        let Some(lease) = &g.lease else {
+            return Err(NetworkError::Failed("the network is not configured".into()));
+        };
+        let subnet: ipnet::Ipv4Net = lease
+            .subnet
+            .parse()
+            .map_err(|e| NetworkError::Failed(format!("subnet {}: {e}", lease.subnet)))?;
+        let used: std::collections::HashSet<String> =
+            g.attachments.values().map(|(n, _)| n.ip.clone()).collect();
+        let ip = subnet
+            .hosts()
+            .skip(1)
+            .map(|a| a.to_string())
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| {
+                NetworkError::Exhausted(format!(
+                    "no address left in subnet {}: it is full",
+                    lease.subnet
+                ))
+            })?;
+        let n = WorkloadNetwork {
+            netns: format!("/run/netns/fake-{id}").into(),
+            ip,
+        };
+        g.attachments.insert(id.into(), (n.clone(), ports.to_vec()));
+        Ok(n)
+    }
+
+    async fn detach(&self, id: &str) -> Result<(), NetworkError> {
+        self.lock().attachments.remove(id);
+        Ok(())
+    }
+
+    async fn attached(&self) -> Result<Vec<(String, WorkloadNetwork)>, NetworkError> {
+        Ok(self.attachments().into_iter().collect())
+    }
+
+    async fn set_peers(&self, peers: &[Peer]) -> Result<(), NetworkError> {
+        let mut g = self.lock();
+        g.peers = peers.to_vec();
+        g.peer_updates += 1;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let g = self.lock();
+        match &g.lease {
+            Some(l) => format!(
+                "fake {}, subnet {}, {} peers",
+                l.mode.as_str(),
+                l.subnet,
+                g.peers.len()
+            ),
+            None => "fake, not configured".into(),
+        }
     }
 }

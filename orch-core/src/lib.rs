@@ -8,7 +8,7 @@
 //! - [`node`]: the node [`Agent`] and its probes.
 //!
 //! Nothing in this crate knows a wire format, a CLI, a database or a container engine.
-//! In-memory implementations ([`MemStore`], [`FakeRuntime`], [`MemDiscovery`]) ship here so
+//! In-memory implementations ([`MemStore`], [`FakeRuntime`], [`FakeNetwork`], [`MemDiscovery`]) ship here so
 //! downstream crates can test with them.
 
 pub mod discovery;
@@ -25,7 +25,7 @@ pub mod store;
 pub use discovery::{Discovery, MemDiscovery};
 pub use engine::api::{apply, delete, plan, scale};
 pub use engine::{Cache, Engine, EngineConfig};
-pub use fake::FakeRuntime;
+pub use fake::{FakeNetwork, FakeRuntime};
 pub use memstore::MemStore;
 pub use model::object::{Kind, Object};
 pub use network::Network;

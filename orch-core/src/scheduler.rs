@@ -30,7 +30,7 @@ pub struct NodeInfo {
     pub memory_used: u64,
     /// Replicas on it.
     pub replicas: u32,
-    /// Fixed host ports taken (`(protocol, port)`).
+    /// Host ports taken (`(protocol, port)`; see [`Template::host_ports`](crate::model::object::Template::host_ports)).
     pub ports_used: BTreeSet<(Protocol, u16)>,
     /// Replicas per service (`namespace/service`) on it.
     pub per_service: HashMap<String, u32>,
@@ -92,7 +92,7 @@ pub struct PendingReplica {
     pub cpu: u64,
     /// Reserved memory in bytes.
     pub memory: u64,
-    /// Fixed host ports it needs.
+    /// Host ports it needs ([`Template::host_ports`](crate::model::object::Template::host_ports)).
     pub ports: Vec<(Protocol, u16)>,
     /// The name a node must offer for it ([`offer_needed_by`](crate::runtime::offer_needed_by)).
     pub runtime: String,
@@ -140,11 +140,7 @@ impl PendingReplica {
             service: format!("{}/{}", r.metadata.namespace, r.spec.service),
             cpu: t.resources.cpu.map(|c| c.0).unwrap_or(0),
             memory: t.resources.memory.map(|m| m.0).unwrap_or(0),
-            ports: t
-                .ports
-                .iter()
-                .filter_map(|p| p.port.map(|n| (p.protocol, n)))
-                .collect(),
+            ports: t.host_ports().collect(),
             runtime: crate::runtime::offer_needed_by(t).to_string(),
             placement: r.spec.placement.clone(),
             labels: r.metadata.labels.clone(),
@@ -187,11 +183,7 @@ impl ClusterSnapshot {
             info.cpu_used += t.resources.cpu.map(|c| c.0).unwrap_or(0);
             info.memory_used += t.resources.memory.map(|m| m.0).unwrap_or(0);
             info.replicas += 1;
-            info.ports_used.extend(
-                t.ports
-                    .iter()
-                    .filter_map(|p| p.port.map(|n| (p.protocol, n))),
-            );
+            info.ports_used.extend(t.host_ports());
             service.clear();
             service.push_str(&r.metadata.namespace);
             service.push('/');

@@ -213,6 +213,26 @@ fn rows() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["spec.template.ports[0].port: invalid value 0: ", "between 1 and 65535", "omitted for a dynamic port"],
         ),
         (
+            "host port 0",
+            tpl("{image: x, ports: [{name: http, port: 80, hostPort: 0}]}"),
+            vec!["spec.template.ports[0].hostPort: invalid value 0: ", "between 1 and 65535"],
+        ),
+        (
+            "host port out of range",
+            tpl("{image: x, ports: [{name: http, port: 80, hostPort: 70000}]}"),
+            vec!["hostPort", "70000"],
+        ),
+        (
+            "host port without a fixed port",
+            tpl("{image: x, ports: [{name: http, hostPort: 8080}]}"),
+            vec!["spec.template.ports[0].hostPort: invalid value 8080: ", "needs a fixed port"],
+        ),
+        (
+            "duplicate host ports",
+            tpl("{image: x, ports: [{name: a, port: 80, hostPort: 8080}, {name: b, port: 81, hostPort: 8080}]}"),
+            vec!["spec.template.ports[1].hostPort: invalid value 8080: ", "duplicate host port"],
+        ),
+        (
             "numeric port name",
             tpl("{command: [x], ports: [{name: \"8080\"}]}"),
             vec!["spec.template.ports[0].name: invalid value \"8080\": ", "at least one letter"],

@@ -116,7 +116,9 @@ fn describe_requirement(r: &LabelSelectorRequirement) -> String {
 // NodeFit
 
 /// Filter: the node offers the runtime, is schedulable, has room under `maxPerNode`, has the
-/// fixed host ports free, and has enough cpu, memory and replica slots.
+/// host ports free (`PendingReplica::ports`: `hostPort`s, and fixed ports of replicas on
+/// the host network — a container's own `port` is in its own network namespace), and has
+/// enough cpu, memory and replica slots.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NodeFit;
 

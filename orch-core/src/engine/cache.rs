@@ -116,10 +116,8 @@ impl Placed {
             self.memory = self.memory.saturating_sub(memory);
             self.replicas = self.replicas.saturating_sub(1);
         }
-        for p in &t.ports {
-            if let Some(n) = p.port {
-                step(&mut self.ports, (p.protocol, n), add);
-            }
+        for port in t.host_ports() {
+            step(&mut self.ports, port, add);
         }
         let service = service_index(r);
         if add {

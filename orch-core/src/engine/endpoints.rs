@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::discovery::{Discovery, DiscoveryError, Endpoint, EndpointPort, Published};
+use crate::discovery::{Discovery, DiscoveryError, Endpoint, EndpointPort, Published, VirtualIp};
 use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
-use crate::model::object::{DesiredState, Kind, Object, ObjectKey, Phase};
+use crate::model::object::{DesiredState, Kind, Object, ObjectKey, Phase, Service};
 
-/// The endpoints a set of replicas offers: ready, meant to run, with an address.
+/// The endpoints a set of replicas offers: ready, meant to run, with an address (the
+/// replica's own, else its node's).
 pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
     let mut eps: Vec<Endpoint> = replicas
         .iter()
@@ -20,7 +21,7 @@ pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
             Some(Endpoint {
                 replica: r.metadata.name.clone(),
                 node: r.spec.node.clone()?,
-                ip: r.status.host_ip.clone()?,
+                ip: r.status.reach_ip()?.to_string(),
                 ports: r
                     .status
                     .ports
@@ -43,6 +44,30 @@ pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
         .collect();
     eps.sort();
     eps
+}
+
+/// The virtual IP of `svc` ([`ServiceStatus::virtual_ip`](crate::model::object::ServiceStatus::virtual_ip),
+/// leased by the network controller) with the template's fixed ports; `None` when it is
+/// headless or has none.
+pub fn virtual_ip_of(svc: &Service) -> Option<VirtualIp> {
+    if svc.spec.headless {
+        return None;
+    }
+    let ip = svc.status.virtual_ip.as_deref()?.parse().ok()?;
+    let ports = svc
+        .spec
+        .template
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(EndpointPort {
+                name: p.name.clone(),
+                port: p.port?,
+                protocol: p.protocol,
+            })
+        })
+        .collect();
+    Some(VirtualIp { ip, ports })
 }
 
 /// The endpoints controller (see the module doc); it remembers what it last published for
@@ -87,12 +112,21 @@ impl Reconcile for Endpoints {
         let mut published = self.published.lock().await;
         let result = match service.as_ref() {
             None if eps.is_empty() => match published.remove(key) {
-                Some(_) => ctx.discovery.remove_service(ns, name).await,
+                Some(state) => {
+                    // Its virtual IP goes first, so no backend balances it to nothing.
+                    let vip = match state.vip {
+                        Some(Some(_)) => ctx.discovery.set_virtual_ip(ns, name, None).await,
+                        _ => Ok(()),
+                    };
+                    let r = ctx.discovery.remove_service(ns, name).await;
+                    vip.and(r)
+                }
                 None => Ok(()),
             },
             service => {
                 let ports = service.map(Published::of).unwrap_or_default();
-                let r = publish(&*ctx.discovery, &mut published, key, ports, eps).await;
+                let vip = service.and_then(virtual_ip_of);
+                let r = publish(&*ctx.discovery, &mut published, key, ports, vip, eps).await;
                 if let Err(e) = &r {
                     // Once per distinct failure: a port in use on this node, say.
                     let state = published.entry(key.clone()).or_default();
@@ -127,19 +161,21 @@ impl Reconcile for Endpoints {
 #[derive(Default)]
 struct State {
     ports: Option<Vec<Published>>,
+    vip: Option<Option<VirtualIp>>,
     endpoints: Option<Vec<Endpoint>>,
     last_error: Option<String>,
 }
 
 /// Publishes what changed: the published ports first (so a proxy listens before it has
-/// endpoints), then the endpoints, even when the ports failed (a port in use must not keep a
-/// service out of DNS). Only what succeeded is remembered, so a failure retries; the first
+/// endpoints), the virtual IP, then the endpoints, even when the ports failed (a port in use
+/// must not keep a service out of DNS). Only what succeeded is remembered, so a failure retries; the first
 /// error is returned.
 async fn publish(
     discovery: &dyn Discovery,
     published: &mut HashMap<ObjectKey, State>,
     key: &ObjectKey,
     ports: Vec<Published>,
+    vip: Option<VirtualIp>,
     eps: Vec<Endpoint>,
 ) -> Result<(), DiscoveryError> {
     let (ns, name) = (key.namespace.as_str(), key.name.as_str());
@@ -150,6 +186,13 @@ async fn publish(
         if result.is_ok() {
             state.ports = Some(ports);
         }
+    }
+    if state.vip.as_ref() != Some(&vip) {
+        let r = discovery.set_virtual_ip(ns, name, vip.clone()).await;
+        if r.is_ok() {
+            state.vip = Some(vip);
+        }
+        result = result.and(r);
     }
     if state.endpoints.as_ref() != Some(&eps) {
         let r = discovery.set_endpoints(ns, name, eps.clone()).await;

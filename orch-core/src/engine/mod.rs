@@ -27,6 +27,7 @@ pub(crate) mod endpoints;
 pub(crate) mod events;
 pub(crate) mod jobs;
 pub(crate) mod metrics;
+pub(crate) mod network;
 pub mod nodes;
 pub(crate) mod queue;
 pub mod replication;
@@ -121,10 +122,11 @@ pub(crate) struct ControllerSet {
 }
 
 impl ControllerSet {
-    /// Starts the control plane: replication, jobs, scheduling and node lifecycle.
+    /// Starts the control plane: replication, jobs, scheduling and node lifecycle, and the
+    /// network controller when the cluster has a network.
     pub(crate) fn control_plane(ctx: &Arc<Ctx>) -> ControllerSet {
         let cancel = ctx.cancel.child_token();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(controller::run(
                 Arc::new(replication::Replication),
                 ctx.clone(),
@@ -140,6 +142,14 @@ impl ControllerSet {
             tokio::spawn(scheduling::run(ctx.clone(), cancel.clone())),
             tokio::spawn(nodes::run(ctx.clone(), cancel.clone())),
         ];
+        if ctx.config.network.is_some() {
+            tasks.push(tokio::spawn(controller::run(
+                Arc::new(network::NetworkController::default()),
+                ctx.clone(),
+                ctx.config.workers,
+                cancel.clone(),
+            )));
+        }
         ControllerSet { cancel, tasks }
     }
 

@@ -317,6 +317,8 @@ pub(crate) fn status_of<R: Borrow<Replica>>(
             .count() as u32,
         pending_replicas: pending,
         message,
+        // The network controller's field: kept as it is.
+        virtual_ip: svc.status.virtual_ip.clone(),
         ..Default::default()
     }
 }

@@ -687,6 +687,21 @@ impl Template {
         }
     }
 
+    /// The ports a replica of this template takes on its node's own address, as `(protocol,
+    /// port)`: every `hostPort`, and the fixed `port`s of a template that stays on the host
+    /// network (a process replica, or `hostNetwork`). A container's fixed `port` is in its
+    /// own network namespace, so two services that both listen on 8080 can share a node.
+    /// On a node without replica networking containers are on the host network all the
+    /// same: there two such replicas collide, and the second start fails naming the port.
+    pub fn host_ports(&self) -> impl Iterator<Item = (Protocol, u16)> + '_ {
+        let on_host = self.image.is_none() || self.host_network;
+        self.ports.iter().flat_map(move |p| {
+            let fixed = p.port.filter(|_| on_host);
+            let host = p.host_port.filter(|h| Some(*h) != fixed);
+            fixed.into_iter().chain(host).map(move |n| (p.protocol, n))
+        })
+    }
+
     /// The stop signal, `SIGTERM` unless set.
     pub fn stop_signal(&self) -> &str {
         self.stop_signal.as_deref().unwrap_or("SIGTERM")
@@ -2089,13 +2104,15 @@ pub enum Reason {
     NodeLost,
     /// Its node was removed.
     NodeRemoved,
+    /// Waiting for its node's replica network (the node's subnet) before it starts.
+    NetworkNotReady,
     /// A reason this version does not know, kept as written.
     Other(String),
 }
 
 impl Reason {
     /// Every named reason, for parsing.
-    const NAMED: [Reason; 15] = [
+    const NAMED: [Reason; 16] = [
         Reason::Unschedulable,
         Reason::BackOff,
         Reason::CrashLoopBackOff,
@@ -2111,6 +2128,7 @@ impl Reason {
         Reason::NotReady,
         Reason::NodeLost,
         Reason::NodeRemoved,
+        Reason::NetworkNotReady,
     ];
 
     /// The string form (empty for [`Reason::None`]).
@@ -2132,6 +2150,7 @@ impl Reason {
             Reason::NotReady => "NotReady",
             Reason::NodeLost => "NodeLost",
             Reason::NodeRemoved => "NodeRemoved",
+            Reason::NetworkNotReady => "NetworkNotReady",
             Reason::Other(s) => s,
         }
     }

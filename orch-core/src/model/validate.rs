@@ -532,6 +532,7 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
     }
     let mut names = HashSet::new();
     let mut fixed = HashSet::new();
+    let mut host_ports = HashSet::new();
     for (i, port) in t.ports.iter().enumerate() {
         if let Err(m) = port_name(&port.name) {
             out.push(err(format!("{p}.ports[{i}].name"), &port.name, m));
@@ -555,6 +556,24 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
                     format!("{p}.ports[{i}].port"),
                     n,
                     "duplicate port: another port of this template already uses it",
+                ));
+            }
+        }
+        if let Some(h) = port.host_port {
+            let path = format!("{p}.ports[{i}].hostPort");
+            if h == 0 {
+                out.push(err(path, h, "must be between 1 and 65535 inclusive"));
+            } else if port.port.is_none() {
+                out.push(err(
+                    path,
+                    h,
+                    "needs a fixed port: set ports[].port to the port the workload listens on",
+                ));
+            } else if !host_ports.insert((port.protocol, h)) {
+                out.push(err(
+                    path,
+                    h,
+                    "duplicate host port: another port of this template already maps it",
                 ));
             }
         }

@@ -113,7 +113,8 @@ pub(crate) fn action_of(st: &ReplicaStatus, probe: &Probe) -> Result<ProbeAction
                 .ok_or_else(|| format!("the replica has no port named {name:?}")),
         }
     };
-    let host = || st.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+    // A replica with an address of its own listens there, not on its node's.
+    let host = || st.reach_ip().unwrap_or("127.0.0.1").to_string();
     if let Some(h) = &probe.http_get {
         return Ok(ProbeAction::HttpGet {
             port: port_of(&h.port)?,
@@ -424,6 +425,16 @@ mod tests {
             ProbeAction::TcpConnect {
                 host: "10.0.0.2".into(),
                 port: 81
+            }
+        );
+        // A replica with an address of its own is probed there.
+        r.ip = Some("10.244.0.5".into());
+        assert_eq!(
+            action_of(&r, &probe).unwrap(),
+            ProbeAction::HttpGet {
+                host: "10.244.0.5".into(),
+                port: 20001,
+                path: "/h".into()
             }
         );
     }

@@ -28,7 +28,7 @@ impl Agent {
             heartbeat: Some(Timestamp::now()),
             limits: info.limits_note,
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            network: None,
+            network: self.network_status(),
             volumes: self
                 .cfg
                 .volumes

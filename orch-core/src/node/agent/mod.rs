@@ -19,6 +19,7 @@ use crate::store::{delete_op, Op};
 
 mod backoff;
 mod heartbeat;
+mod network;
 mod probing;
 mod resolve;
 mod start;
@@ -69,6 +70,9 @@ pub struct AgentConfig {
     pub allowed_host_paths: Vec<std::path::PathBuf>,
     /// The node's replica networking; `None`: every replica is on the host network.
     pub network: Option<AgentNetwork>,
+    /// How long after the agent starts containers that need a network of their own wait
+    /// for the node's subnet before they start on the host network (default 10 s).
+    pub network_grace: Duration,
 }
 
 /// The [`Network`](crate::Network) an agent gives containers their own network with.
@@ -103,6 +107,7 @@ impl AgentConfig {
             volumes: None,
             allowed_host_paths: Vec::new(),
             network: None,
+            network_grace: Duration::from_secs(10),
         }
     }
 }
@@ -122,6 +127,7 @@ pub struct Agent {
     runtime: Arc<dyn Runtime>,
     cfg: AgentConfig,
     state: Mutex<State>,
+    net: Mutex<network::NetState>,
     queue: Arc<WorkQueue<String>>,
 }
 
@@ -155,11 +161,13 @@ impl Agent {
     /// An agent for `cfg.node` running workloads in `runtime`.
     pub fn new(ctx: Arc<Ctx>, runtime: Arc<dyn Runtime>, cfg: AgentConfig) -> Arc<Agent> {
         let queue = WorkQueue::new(ctx.config.retry_base, ctx.config.retry_max);
+        let net = Mutex::new(network::NetState::new(&cfg.node));
         Arc::new(Agent {
             ctx,
             runtime,
             cfg,
             state: Mutex::default(),
+            net,
             queue,
         })
     }
@@ -181,6 +189,7 @@ impl Agent {
     /// Runs the agent until the engine is cancelled. Workloads keep running after it returns.
     pub async fn run(self: Arc<Self>) {
         let cancel = self.ctx.cancel.clone();
+        let started = tokio::time::Instant::now();
         // Register before anything else so the scheduler can place work here.
         let mut delay = Duration::from_millis(100);
         while let Err(e) = self.heartbeat().await {
@@ -201,6 +210,8 @@ impl Agent {
                 tracing::error!(node = %self.cfg.node, error = %e, "agent: cannot list workloads")
             }
         }
+        // Their network attachments: kept for what runs or is bound here, else detached.
+        self.adopt_attachments().await;
         let node = self.cfg.node.clone();
         let mut changes = self.ctx.cache.subscribe(move |c| {
             c.replicas()
@@ -241,6 +252,10 @@ impl Agent {
             {
                 let me = self.clone();
                 tokio::spawn(me.probe_loop())
+            },
+            {
+                let me = self.clone();
+                tokio::spawn(me.network_loop(started))
             },
             {
                 let me = self.clone();
@@ -288,7 +303,17 @@ impl Agent {
     async fn refresh_workloads(&self) {
         if let Ok(list) = self.runtime.list().await {
             let mut g = self.lock();
-            g.workloads = list.into_iter().map(|w| (w.id.clone(), w)).collect();
+            let mut list: HashMap<String, Workload> =
+                list.into_iter().map(|w| (w.id.clone(), w)).collect();
+            // A runtime that does not report addresses: the run's address stays known.
+            for (id, w) in &mut list {
+                if let Some(old) = g.workloads.get(id).filter(|o| o.runtime_id == w.runtime_id) {
+                    if w.ip.is_none() {
+                        w.ip = old.ip.clone();
+                    }
+                }
+            }
+            g.workloads = list;
             for id in g.workloads.keys() {
                 self.queue.add(key_of_id(id));
             }
@@ -320,7 +345,11 @@ impl Agent {
             g.workloads.get(&id).cloned()
         };
         match (replica, workload) {
-            (None, None) => Outcome::default(),
+            (None, None) => {
+                // Gone without a stop here (its node removed, say): nothing may stay attached.
+                self.detach(&id).await;
+                Outcome::default()
+            }
             (None, Some(w)) => {
                 tracing::info!(node = %self.cfg.node, workload = %id, "agent: stopping orphan");
                 self.stop_in_background(&id, &w, None, key);
@@ -389,6 +418,7 @@ impl Agent {
                 if let Err(e) = self.runtime.remove(&id).await {
                     tracing::warn!(workload = %id, error = %e, "agent: remove failed");
                 }
+                self.detach(&id).await;
                 self.lock().workloads.remove(&id);
                 self.lock().backoff.remove(&id);
                 Outcome {
@@ -399,6 +429,7 @@ impl Agent {
             }
             None => {
                 self.lock().backoff.remove(&id);
+                self.detach(&id).await;
                 Outcome {
                     ops: vec![delete_op(&Object::Replica(r.clone()))],
                     status: None,
@@ -455,6 +486,7 @@ impl Agent {
             if let Err(e) = me.runtime.remove(&id).await {
                 tracing::debug!(workload = %id, error = %e, "agent: remove failed");
             }
+            me.detach(&id).await;
             {
                 let mut g = me.lock();
                 g.workloads.remove(&id);

@@ -11,6 +11,7 @@ use crate::model::quantity::Timestamp;
 use crate::runtime::{RuntimeError, Workload, WorkloadDns, WorkloadSpec};
 
 use super::backoff::{restart_delay, CRASH_LOOP};
+use super::network::{gateway, NetPlan};
 use super::{id_of, Agent, Outcome};
 
 /// A replica restarted after an exit and without a readiness probe is Ready only once it
@@ -54,6 +55,7 @@ pub(super) fn mark_running(
     }
     st.runtime_id = w.runtime_id.clone();
     st.host_ip = Some(w.host_ip.clone());
+    st.ip = w.ip.clone();
     st.ports = w.ports.clone();
     st.started_at = Some(w.started_at);
 }
@@ -134,6 +136,22 @@ impl Agent {
                 requeue_after: None,
             };
         }
+        let lease = match self.net_plan(&r.spec.template) {
+            NetPlan::Host => None,
+            NetPlan::Own(lease) => Some(lease),
+            NetPlan::Wait(why) => {
+                // The network loop queues it again when the lease is configured or the
+                // grace period ends; the requeue is a safety net.
+                st.phase = Phase::Pending;
+                st.reason = Reason::NetworkNotReady;
+                st.message = why;
+                return Outcome {
+                    status: Some(st),
+                    ops: Vec::new(),
+                    requeue_after: Some(Duration::from_secs(1)),
+                };
+            }
+        };
         let mut env = self.cfg.extra_env.clone();
         env.extend([
             EnvVar {
@@ -165,6 +183,29 @@ impl Agent {
                     .await
             }
         };
+        let network = match (&lease, &self.cfg.network) {
+            (Some(lease), Some(net)) => match net.0.attach(&id, &r.spec.template.ports).await {
+                Ok(n) => Some((n, gateway(&lease.subnet))),
+                Err(e) => {
+                    let why = match e {
+                        crate::network::NetworkError::Exhausted(m) => format!(
+                            "no address for it: the subnet {} of node {} is full: {m}",
+                            lease.subnet, self.cfg.node
+                        ),
+                        e => format!("its network could not be set up: {e}"),
+                    };
+                    return self
+                        .start_failed(r, st, restart, RuntimeError::StartFailed(why), &rec)
+                        .await;
+                }
+            },
+            _ => None,
+        };
+        // With a network of its own the workload reaches the cluster DNS at its gateway.
+        let dns_server = match &network {
+            Some((_, Some(gw))) => self.cfg.dns.map(|_| std::net::SocketAddr::from((*gw, 53))),
+            _ => self.cfg.dns,
+        };
         let spec = WorkloadSpec {
             id: id.clone(),
             replica_uid: r.metadata.uid.clone(),
@@ -174,14 +215,14 @@ impl Agent {
             mounts,
             template_hash: r.spec.template_hash.clone(),
             extra_env: env,
-            dns: self.cfg.dns.map(|server| WorkloadDns {
+            dns: dns_server.map(|server| WorkloadDns {
                 server,
                 search: vec![
                     format!("{ns}.{}", self.cfg.dns_domain),
                     self.cfg.dns_domain.clone(),
                 ],
             }),
-            network: None,
+            network: network.as_ref().map(|(n, _)| n.clone()),
         };
         {
             let mut g = self.lock();
@@ -191,7 +232,10 @@ impl Agent {
             b.start_error = None;
         }
         match self.runtime.start(&spec).await {
-            Ok(w) => {
+            Ok(mut w) => {
+                if let Some(n) = &spec.network {
+                    w.ip.get_or_insert_with(|| n.ip.clone());
+                }
                 let settle = RESTART_SETTLE.min(self.cfg.stable_run);
                 let settling = restart && !settle.is_zero();
                 mark_running(&mut st, &w, &r.spec.template, settling);
@@ -278,7 +322,13 @@ impl Agent {
                     requeue_after: settling.then_some(settle),
                 }
             }
-            Err(e) => self.start_failed(r, st, restart, e, &rec).await,
+            Err(e) => {
+                // Nothing runs in the namespace (unless the runtime says it already runs).
+                if spec.network.is_some() && !matches!(e, RuntimeError::AlreadyRunning(_)) {
+                    self.detach(&id).await;
+                }
+                self.start_failed(r, st, restart, e, &rec).await
+            }
         }
     }
 
