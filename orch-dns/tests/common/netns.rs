@@ -22,8 +22,8 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs `cmd args` and panics with its stderr if it fails (test setup).
-pub fn run(cmd: &str, args: &[&str]) {
+/// Runs `cmd args` and returns its output; panics with its stderr if it fails (test setup).
+pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -34,6 +34,7 @@ pub fn run(cmd: &str, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A network namespace under /run/netns, deleted on drop.
@@ -62,19 +63,9 @@ impl Netns {
 
     /// `ip netns exec NAME cmd args` (its output), for tools like `nft` and `sysctl`.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, cmd])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("ip netns exec {cmd}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd} {} in {}: {}",
-            args.join(" "),
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut all = vec!["netns", "exec", self.name.as_str(), cmd];
+        all.extend_from_slice(args);
+        run("ip", &all)
     }
 
     /// Runs `f` on a new thread inside this namespace and returns what it returns.
