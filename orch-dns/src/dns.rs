@@ -1,12 +1,15 @@
 //! The cluster DNS server: answers for services from the endpoints the engine publishes.
 //!
 //! Names, under the cluster domain (`orch.local` by default):
-//! - `SERVICE.NAMESPACE.DOMAIN`: A / AAAA records of the addresses of the service's ready
+//! - `SERVICE.NAMESPACE.DOMAIN`: the service's virtual IP when it has one (set with
+//!   [`Discovery::set_virtual_ip`]; the nodes balance it in the kernel), else (a headless
+//!   service, or no replica networking) A / AAAA records of the addresses of its ready
 //!   replicas (each address once; the order rotates per query);
 //! - `_PORT._tcp.SERVICE.NAMESPACE.DOMAIN` (`_udp` for UDP ports): an SRV record per ready
 //!   replica with its port, targeting the replica's own name, whose address is in the
 //!   additional section;
-//! - `REPLICA.SERVICE.NAMESPACE.DOMAIN`: that replica's address.
+//! - `REPLICA.SERVICE.NAMESPACE.DOMAIN`: that replica's address;
+//! - the reverse name of a virtual IP (`D.C.B.A.in-addr.arpa`): a PTR to its service's name.
 //!
 //! Unknown names in the domain get NXDOMAIN (NOERROR with no records for a name that exists
 //! with other types, or that only has names below it), with the zone's SOA for negative
@@ -15,13 +18,14 @@
 //! all of the old set or all of the new one.
 //!
 //! It serves UDP (several `SO_REUSEPORT` sockets, so work spreads over cores) and TCP on
-//! hickory-server. Bounded against bad clients: answers larger than the client's UDP size
+//! hickory-server, on its configured address and on any added while it runs
+//! ([`DnsServer::add_listener`]: a node's bridge gateway, once the node's network is up). Bounded against bad clients: answers larger than the client's UDP size
 //! are truncated (TC), so the client retries over TCP; malformed packets are dropped or get
 //! FORMERR; each client socket address gets at most `client_qps` queries a second (a token
 //! bucket; queries beyond it are dropped unanswered, so a flood costs little); idle TCP
 //! connections close after `tcp_timeout`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,13 +35,13 @@ use async_trait::async_trait;
 use hickory_proto::op::{
     Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol as Transport;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use orch_core::discovery::{Discovery, DiscoveryError, Endpoint};
+use orch_core::discovery::{Discovery, DiscoveryError, Endpoint, VirtualIp};
 use orch_core::model::object::Protocol;
 
 /// How the DNS server runs.
@@ -106,6 +110,7 @@ struct RecordSet {
     a: Vec<Record>,
     aaaa: Vec<Record>,
     srv: Vec<Record>,
+    ptr: Vec<Record>,
     /// Addresses of SRV targets.
     additional: Vec<Record>,
     /// A service name's SRV records, added to its A/AAAA answers when its replicas share
@@ -120,6 +125,7 @@ impl RecordSet {
             RecordType::A => &self.a,
             RecordType::AAAA => &self.aaaa,
             RecordType::SRV => &self.srv,
+            RecordType::PTR => &self.ptr,
             _ => &[],
         }
     }
@@ -133,6 +139,8 @@ struct State {
     ents: HashMap<LowerName, usize>,
     /// The names each service owns.
     owned: HashMap<(String, String), Vec<LowerName>>,
+    /// Reverse names of virtual IPs (outside the domain), with the service owning each.
+    ptrs: HashMap<LowerName, ((String, String), Arc<RecordSet>)>,
     serial: u32,
     soa: Option<Arc<Record>>,
 }
@@ -144,6 +152,16 @@ pub struct Zone {
     lower_origin: LowerName,
     ttl: u32,
     state: RwLock<State>,
+    /// What each service's names are built from. Held while a change is built and swapped
+    /// in, so changes to one service apply in order; readers never take it.
+    inputs: Mutex<HashMap<(String, String), Inputs>>,
+}
+
+/// A service's endpoints and virtual IP, as last set.
+#[derive(Default)]
+struct Inputs {
+    endpoints: Vec<Endpoint>,
+    vip: Option<IpAddr>,
 }
 
 /// What a lookup in the zone found.
@@ -182,6 +200,7 @@ impl Found {
             RecordType::ANY => rotated(&self.set.a)
                 .chain(rotated(&self.set.aaaa))
                 .chain(&self.set.srv)
+                .chain(&self.set.ptr)
                 .collect(),
             RecordType::SRV => self.set.srv.iter().collect(),
             t => rotated(self.set.of_type(t)).collect(),
@@ -217,6 +236,7 @@ impl Zone {
             origin,
             ttl,
             state: RwLock::new(State::default()),
+            inputs: Mutex::default(),
         };
         zone.write().soa = Some(Arc::new(zone.soa_record(0)));
         Ok(zone)
@@ -264,8 +284,14 @@ impl Zone {
         Some(n)
     }
 
-    /// The records of a service's endpoints, by name.
-    fn records(&self, ns: &str, svc: &str, eps: &[Endpoint]) -> Vec<(LowerName, RecordSet)> {
+    /// The records of a service's endpoints (and its virtual IP), by name.
+    fn records(
+        &self,
+        ns: &str,
+        svc: &str,
+        eps: &[Endpoint],
+        vip: Option<IpAddr>,
+    ) -> Vec<(LowerName, RecordSet)> {
         let ttl = self.ttl;
         let Some(service) = self.name(&[svc, ns]) else {
             return Vec::new();
@@ -275,11 +301,16 @@ impl Zone {
             IpAddr::V6(v6) => Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(v6))),
         };
         let mut top = RecordSet::default();
-        let mut ips: Vec<IpAddr> = eps.iter().filter_map(|e| e.ip.parse().ok()).collect();
+        // With a virtual IP the service's name answers it alone (the kernel balances it);
+        // without one, the ready replicas' own addresses.
+        let mut ips: Vec<IpAddr> = match vip {
+            Some(ip) => vec![ip],
+            None => eps.iter().filter_map(|e| e.ip.parse().ok()).collect(),
+        };
         let listed = ips.len();
         ips.sort();
         ips.dedup();
-        let shared_addresses = ips.len() < listed;
+        let shared_addresses = vip.is_none() && ips.len() < listed;
         for ip in ips {
             let r = addr(&service, ip);
             match ip {
@@ -331,11 +362,57 @@ impl Zone {
         out
     }
 
-    /// Replaces a service's names with those of `eps`, atomically.
+    fn inputs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Inputs>> {
+        self.inputs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces a service's names with those of `eps` (and its virtual IP, if it has one),
+    /// atomically.
     pub fn set(&self, ns: &str, svc: &str, eps: &[Endpoint]) {
-        let sets = self.records(ns, svc, eps);
+        let mut inputs = self.inputs();
+        let i = inputs.entry((ns.into(), svc.into())).or_default();
+        i.endpoints = eps.to_vec();
+        self.swap(ns, svc, i);
+    }
+
+    /// Sets (`None`: removes) a service's virtual IP: its name answers it instead of its
+    /// replicas' addresses, and the IP's reverse name points at the service.
+    pub fn set_virtual_ip(&self, ns: &str, svc: &str, vip: Option<IpAddr>) {
+        let mut inputs = self.inputs();
+        let key = (ns.to_string(), svc.to_string());
+        if vip.is_none() && !inputs.contains_key(&key) {
+            return;
+        }
+        let i = inputs.entry(key).or_default();
+        if i.vip == vip {
+            return;
+        }
+        i.vip = vip;
+        self.swap(ns, svc, i);
+    }
+
+    /// Builds a service's names from `inputs` and swaps them in under one write lock.
+    fn swap(&self, ns: &str, svc: &str, inputs: &Inputs) {
+        let sets = self.records(ns, svc, &inputs.endpoints, inputs.vip);
+        let key = (ns.to_string(), svc.to_string());
+        let ptr = inputs.vip.zip(self.name(&[svc, ns])).map(|(ip, service)| {
+            let mut reverse = Name::from(ip);
+            reverse.set_fqdn(true);
+            let set = RecordSet {
+                ptr: vec![Record::from_rdata(
+                    reverse.clone(),
+                    self.ttl,
+                    RData::PTR(PTR(service)),
+                )],
+                ..RecordSet::default()
+            };
+            (LowerName::from(&reverse), (key.clone(), Arc::new(set)))
+        });
         let mut g = self.write();
         self.remove_locked(&mut g, ns, svc);
+        if let Some((name, entry)) = ptr {
+            g.ptrs.insert(name, entry);
+        }
         let mut owned = Vec::with_capacity(sets.len());
         for (name, set) in sets {
             let mut parent = name.base_name();
@@ -350,8 +427,10 @@ impl Zone {
         self.bump(&mut g);
     }
 
-    /// Removes a service's names.
+    /// Removes a service's names (and forgets its virtual IP).
     pub fn remove(&self, ns: &str, svc: &str) {
+        let mut inputs = self.inputs();
+        inputs.remove(&(ns.to_string(), svc.to_string()));
         let mut g = self.write();
         if self.remove_locked(&mut g, ns, svc) {
             self.bump(&mut g);
@@ -364,7 +443,9 @@ impl Zone {
     }
 
     fn remove_locked(&self, g: &mut State, ns: &str, svc: &str) -> bool {
-        let Some(names) = g.owned.remove(&(ns.to_string(), svc.to_string())) else {
+        let key = (ns.to_string(), svc.to_string());
+        g.ptrs.retain(|_, (owner, _)| *owner != key);
+        let Some(names) = g.owned.remove(&key) else {
             return false;
         };
         for name in names {
@@ -386,7 +467,13 @@ impl Zone {
     /// Looks `name` up.
     pub fn lookup(&self, name: &LowerName) -> Lookup {
         if !self.lower_origin.zone_of(name) {
-            return Lookup::NotInZone;
+            return match self.read().ptrs.get(name) {
+                Some((_, set)) => Lookup::Found(Found {
+                    set: set.clone(),
+                    apex_soa: None,
+                }),
+                None => Lookup::NotInZone,
+            };
         }
         if *name == self.lower_origin {
             return Lookup::Found(Found {
@@ -408,9 +495,9 @@ impl Zone {
         }
     }
 
-    /// Whether `name` is in the zone.
+    /// Whether `name` is in the zone (or is the reverse name of a virtual IP).
     pub fn contains(&self, name: &LowerName) -> bool {
-        self.lower_origin.zone_of(name)
+        self.lower_origin.zone_of(name) || self.read().ptrs.contains_key(name)
     }
 }
 
@@ -720,8 +807,42 @@ async fn serve_udp(socket: Arc<tokio::net::UdpSocket>, handler: Arc<Handler>) {
 pub struct DnsServer {
     zone: Arc<Zone>,
     local: SocketAddr,
+    handler: Arc<Handler>,
+    udp_sockets: usize,
+    tcp_timeout: Duration,
+    /// The listeners, as one: `add_listener` registers with the server and remembers the
+    /// address under this lock.
+    listeners: Mutex<Listeners>,
+}
+
+struct Listeners {
     server: hickory_server::Server<Shared>,
     udp: Vec<tokio::task::JoinHandle<()>>,
+    /// The addresses served, as asked for and as bound.
+    addrs: HashSet<SocketAddr>,
+}
+
+/// The sockets of one listening address: TCP, then UDP on the port TCP got.
+struct Bound {
+    tcp: tokio::net::TcpListener,
+    local: SocketAddr,
+    udp: Vec<tokio::net::UdpSocket>,
+}
+
+fn bind(addr: SocketAddr, udp_sockets: usize) -> Result<Bound, DnsError> {
+    let bind_err = |proto, addr, source| DnsError::Bind {
+        addr,
+        proto,
+        source,
+    };
+    // TCP first: its bind is exclusive, so a second server on the same address fails here
+    // instead of sharing the UDP port through SO_REUSEPORT.
+    let tcp = tcp_listener(addr, 1024).map_err(|e| bind_err("tcp", addr, e))?;
+    let local = tcp.local_addr().map_err(|e| bind_err("tcp", addr, e))?;
+    let udp = (0..udp_sockets.max(1))
+        .map(|_| udp_socket(local).map_err(|e| bind_err("udp", local, e)))
+        .collect::<Result<_, _>>()?;
+    Ok(Bound { tcp, local, udp })
 }
 
 impl DnsServer {
@@ -729,24 +850,8 @@ impl DnsServer {
     /// the same port (the one TCP got).
     pub async fn start(config: DnsConfig) -> Result<DnsServer, DnsError> {
         let zone = Arc::new(Zone::new(&config.domain, config.ttl)?);
-        let bind_err = |proto, addr, source| DnsError::Bind {
-            addr,
-            proto,
-            source,
-        };
-        // TCP first: its bind is exclusive, so a second server on the same address fails
-        // here instead of sharing the UDP port through SO_REUSEPORT.
-        let tcp =
-            tcp_listener(config.listen, 1024).map_err(|e| bind_err("tcp", config.listen, e))?;
-        let local = tcp
-            .local_addr()
-            .map_err(|e| bind_err("tcp", config.listen, e))?;
-        let mut sockets = Vec::new();
-        for _ in 0..config.udp_sockets.max(1) {
-            sockets.push(Arc::new(
-                udp_socket(local).map_err(|e| bind_err("udp", local, e))?,
-            ));
-        }
+        let bound = bind(config.listen, config.udp_sockets)?;
+        let local = bound.local;
         let handler = Handler {
             zone: zone.clone(),
             forward: config.forward,
@@ -754,18 +859,48 @@ impl DnsServer {
             counter: AtomicUsize::new(0),
         };
         let handler = Arc::new(handler);
-        let udp = sockets
-            .into_iter()
-            .map(|s| tokio::spawn(serve_udp(s, handler.clone())))
-            .collect();
-        let mut server = hickory_server::Server::new(Shared(handler));
-        server.register_listener(tcp, config.tcp_timeout, 64 * 1024);
+        let mut listeners = Listeners {
+            server: hickory_server::Server::new(Shared(handler.clone())),
+            udp: Vec::new(),
+            addrs: HashSet::from([config.listen, local]),
+        };
+        listeners.serve(bound, &handler, config.tcp_timeout);
         Ok(DnsServer {
             zone,
             local,
-            server,
-            udp,
+            handler,
+            udp_sockets: config.udp_sockets,
+            tcp_timeout: config.tcp_timeout,
+            listeners: Mutex::new(listeners),
         })
+    }
+
+    /// Also serves on `addr` (UDP and TCP, with the same limits), until the server stops:
+    /// a node's bridge gateway, say, once the node's network is configured, for replicas in
+    /// network namespaces of their own. Idempotent: an address already served is fine.
+    /// With port 0, both use the port TCP got.
+    pub fn add_listener(&self, addr: SocketAddr) -> std::io::Result<()> {
+        let mut g = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if g.addrs.contains(&addr) {
+            return Ok(());
+        }
+        let bound = bind(addr, self.udp_sockets).map_err(|e| match e {
+            DnsError::Bind { ref source, .. } => std::io::Error::new(source.kind(), e.to_string()),
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        let local = bound.local;
+        g.serve(bound, &self.handler, self.tcp_timeout);
+        g.addrs.extend([addr, local]);
+        tracing::info!(%local, "cluster DNS also serving");
+        Ok(())
+    }
+
+    /// Every address it serves on (as bound), sorted.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let g = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<SocketAddr> = g.addrs.iter().filter(|a| a.port() != 0).copied().collect();
+        v.sort();
+        v
     }
 
     /// Where it listens.
@@ -779,10 +914,23 @@ impl DnsServer {
     }
 }
 
+impl Listeners {
+    /// Serves `bound`: a task per UDP socket, TCP on hickory-server.
+    fn serve(&mut self, bound: Bound, handler: &Arc<Handler>, tcp_timeout: Duration) {
+        for s in bound.udp {
+            self.udp
+                .push(tokio::spawn(serve_udp(Arc::new(s), handler.clone())));
+        }
+        self.server
+            .register_listener(bound.tcp, tcp_timeout, 64 * 1024);
+    }
+}
+
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        self.server.shutdown_token().cancel();
-        for t in &self.udp {
+        let g = self.listeners.get_mut().unwrap_or_else(|p| p.into_inner());
+        g.server.shutdown_token().cancel();
+        for t in &g.udp {
             t.abort();
         }
     }
@@ -834,6 +982,17 @@ impl Discovery for DnsServer {
 
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
         self.zone.remove(namespace, service);
+        Ok(())
+    }
+
+    async fn set_virtual_ip(
+        &self,
+        namespace: &str,
+        service: &str,
+        vip: Option<VirtualIp>,
+    ) -> Result<(), DiscoveryError> {
+        self.zone
+            .set_virtual_ip(namespace, service, vip.map(|v| v.ip));
         Ok(())
     }
 }
@@ -948,6 +1107,86 @@ mod tests {
         ] {
             assert!(matches!(q(&z, n, RecordType::A, 0), R::Nx), "{n}");
         }
+    }
+
+    #[test]
+    fn a_virtual_ip_answers_the_service_name_and_has_a_ptr() {
+        let z = Zone::new("orch.local", 5).unwrap();
+        let vip: IpAddr = "10.96.0.10".parse().unwrap();
+        // Set before the endpoints: the name answers at once.
+        z.set_virtual_ip("default", "web", Some(vip));
+        let a = |name| match q(&z, name, RecordType::A, 0) {
+            R::Found(a, _) => a.into_iter().map(|r| r.data).collect::<Vec<_>>(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(
+            a("web.default.orch.local."),
+            [RData::A(A::new(10, 96, 0, 10))]
+        );
+        z.set(
+            "default",
+            "web",
+            &[ep("web-1", "10.244.1.2", 80), ep("web-2", "10.244.1.2", 81)],
+        );
+        assert_eq!(
+            a("web.default.orch.local."),
+            [RData::A(A::new(10, 96, 0, 10))]
+        );
+        assert_eq!(
+            a("web-2.web.default.orch.local."),
+            [RData::A(A::new(10, 244, 1, 2))]
+        );
+        let R::Found(srv, _) = q(&z, "_http._tcp.web.default.orch.local.", RecordType::SRV, 0)
+        else {
+            panic!()
+        };
+        assert_eq!(srv.len(), 2);
+        let R::Found(answers, extra) = q(&z, "web.default.orch.local.", RecordType::A, 0) else {
+            panic!()
+        };
+        assert_eq!(answers.len(), 1);
+        assert!(
+            extra.is_empty(),
+            "no port hints with a virtual IP: {extra:?}"
+        );
+        let R::Found(ptr, _) = q(&z, "10.0.96.10.in-addr.arpa.", RecordType::PTR, 0) else {
+            panic!("the virtual IP's reverse name is answered")
+        };
+        assert_eq!(
+            ptr[0].data,
+            RData::PTR(PTR(Name::from_ascii("web.default.orch.local.").unwrap()))
+        );
+        assert!(z.contains(&lower("10.0.96.10.in-addr.arpa.")));
+        assert!(matches!(
+            q(&z, "11.0.96.10.in-addr.arpa.", RecordType::PTR, 0),
+            R::Out
+        ));
+        // Without it (headless), the replicas' addresses again; the PTR goes.
+        z.set_virtual_ip("default", "web", None);
+        assert_eq!(
+            a("web.default.orch.local."),
+            [RData::A(A::new(10, 244, 1, 2))]
+        );
+        assert!(matches!(
+            q(&z, "10.0.96.10.in-addr.arpa.", RecordType::PTR, 0),
+            R::Out
+        ));
+        z.set_virtual_ip("default", "web", Some(vip));
+        z.remove("default", "web");
+        assert!(matches!(
+            q(&z, "web.default.orch.local.", RecordType::A, 0),
+            R::Nx
+        ));
+        assert!(matches!(
+            q(&z, "10.0.96.10.in-addr.arpa.", RecordType::PTR, 0),
+            R::Out
+        ));
+        // Removing a virtual IP of a service never seen creates nothing.
+        z.set_virtual_ip("default", "db", None);
+        assert!(matches!(
+            q(&z, "db.default.orch.local.", RecordType::A, 0),
+            R::Nx
+        ));
     }
 
     #[test]

@@ -5,6 +5,15 @@
 //! that fails (or takes longer than the connect timeout) is retried on the next replica.
 //! When the service stops publishing the port, or goes away, the listener closes.
 //! Connections already forwarded carry on until either side closes.
+//!
+//! Virtual IPs ([`Discovery::set_virtual_ip`]) are always balanced in the kernel, whatever
+//! the mode: for every port of a service's virtual IP, nftables DNAT rules in the proxy's
+//! table (prerouting, for replicas' traffic through the bridge, and output, for this node's
+//! own processes) send each new connection (or UDP flow) to the next ready endpoint's port of
+//! the same name (`numgen inc`), at the endpoint's own address. The rules are rewritten in
+//! one `nft` transaction whenever the endpoints or virtual IPs change; a port with no ready
+//! endpoint rejects (a TCP reset, an ICMP port unreachable for UDP), as kube-proxy does,
+//! instead of letting clients hang. Needs root and `nft`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,8 +22,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_core::discovery::{Discovery, DiscoveryError, Endpoint, Published};
-use orch_core::model::object::Balance;
+use orch_core::discovery::{Discovery, DiscoveryError, Endpoint, Published, VirtualIp};
+use orch_core::model::object::{Balance, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How the proxy runs on a node.
@@ -95,6 +104,7 @@ impl Drop for Listener {
 struct State {
     services: HashMap<Key, Arc<Service>>,
     listeners: HashMap<u16, Listener>,
+    vips: HashMap<Key, VirtualIp>,
 }
 
 /// The proxy of one node; a [`Discovery`] the endpoints controller feeds.
@@ -106,12 +116,14 @@ pub struct ServiceProxy {
     nft_lock: tokio::sync::Mutex<()>,
     nft_table: String,
     /// The replicas the kernel rules send connections to.
-    nft_backends: Mutex<std::collections::HashSet<SocketAddr>>,
+    nft_backends: Mutex<std::collections::HashSet<(Protocol, SocketAddr)>>,
+    /// Whether a virtual IP was ever set: then the table exists in any mode.
+    vips_used: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for ServiceProxy {
     fn drop(&mut self) {
-        if self.config.mode == ProxyMode::Nftables {
+        if self.kernel() {
             nft::delete_table(&self.nft_table);
         }
     }
@@ -135,7 +147,13 @@ impl ServiceProxy {
             nft_lock: tokio::sync::Mutex::new(()),
             nft_table,
             nft_backends: Mutex::default(),
+            vips_used: Default::default(),
         }
+    }
+
+    /// Whether this proxy keeps rules in the kernel.
+    fn kernel(&self) -> bool {
+        self.config.mode == ProxyMode::Nftables || self.vips_used.load(Ordering::Relaxed)
     }
 
     /// Whether the kernel data path works here (root, `nft` installed).
@@ -150,35 +168,52 @@ impl ServiceProxy {
 
     /// Rewrites this proxy's nftables rules from its current state, in one transaction.
     async fn sync_kernel(&self) -> Result<(), DiscoveryError> {
-        if self.config.mode != ProxyMode::Nftables {
+        if !self.kernel() {
             return Ok(());
         }
         let _order = self.nft_lock.lock().await;
         let rules: Vec<nft::Rule> = {
             let g = lock(&self.state);
-            g.listeners
-                .iter()
-                .filter_map(|(port, l)| {
-                    let spec = l.spec.read().unwrap_or_else(|p| p.into_inner()).clone();
-                    if spec.balance != Balance::RoundRobin {
-                        return None;
-                    }
-                    let svc = g.services.get(&l.owner)?;
-                    let backends = svc
-                        .backends
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
-                    let to: Vec<SocketAddr> = backends
-                        .iter()
-                        .filter_map(|b| Some(SocketAddr::new(b.ip, b.endpoint.port(&spec.target)?)))
-                        .collect();
-                    Some(nft::Rule {
-                        listen: SocketAddr::new(self.config.address, *port),
-                        to,
-                    })
+            let published = (self.config.mode == ProxyMode::Nftables).then_some(&g.listeners);
+            let published = published.into_iter().flatten().filter_map(|(port, l)| {
+                let spec = l.spec.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if spec.balance != Balance::RoundRobin {
+                    return None;
+                }
+                let svc = g.services.get(&l.owner)?;
+                let backends = svc
+                    .backends
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let to: Vec<SocketAddr> = backends
+                    .iter()
+                    .filter_map(|b| Some(SocketAddr::new(b.ip, b.endpoint.port(&spec.target)?)))
+                    .collect();
+                Some(nft::Rule {
+                    listen: SocketAddr::new(self.config.address, *port),
+                    protocol: Protocol::Tcp,
+                    to,
+                    virtual_ip: false,
                 })
-                .collect()
+            });
+            let virtual_ips = g.vips.iter().flat_map(|(key, vip)| {
+                let backends = g
+                    .services
+                    .get(key)
+                    .map(|s| s.backends.read().unwrap_or_else(|p| p.into_inner()).clone())
+                    .unwrap_or_default();
+                vip.ports.iter().map(move |p| nft::Rule {
+                    listen: SocketAddr::new(vip.ip, p.port),
+                    protocol: p.protocol,
+                    to: backends
+                        .iter()
+                        .filter_map(|b| Some(SocketAddr::new(b.ip, b.endpoint.port(&p.name)?)))
+                        .collect(),
+                    virtual_ip: true,
+                })
+            });
+            published.chain(virtual_ips).collect()
         };
         let script = nft::script(&self.nft_table, &rules);
         nft::apply(&script)
@@ -186,24 +221,26 @@ impl ServiceProxy {
             .map_err(|e| DiscoveryError(format!("node {}: nftables: {e}", self.config.node)))?;
         // Connections the kernel tracked to replicas no longer in any rule: a closed one would
         // otherwise keep its rewrite for a new connection that reuses its source port.
-        let now: std::collections::HashSet<SocketAddr> =
-            rules.iter().flat_map(|r| r.to.iter().copied()).collect();
-        let gone: Vec<SocketAddr> = {
+        let now: std::collections::HashSet<(Protocol, SocketAddr)> = rules
+            .iter()
+            .flat_map(|r| r.to.iter().map(|b| (r.protocol, *b)))
+            .collect();
+        let gone: Vec<(Protocol, SocketAddr)> = {
             let mut last = lock(&self.nft_backends);
             let gone = last.difference(&now).copied().collect();
             *last = now;
             gone
         };
-        for b in &gone {
-            nft::forget_connections(*b).await;
+        for (protocol, b) in &gone {
+            nft::forget_connections(*protocol, *b).await;
         }
         if !gone.is_empty() {
             // Connections already on their way when the rules changed can leave entries
             // after the first sweep; sweep once more when they have settled.
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                for b in gone {
-                    nft::forget_connections(b).await;
+                for (protocol, b) in gone {
+                    nft::forget_connections(protocol, b).await;
                 }
             });
         }
@@ -404,6 +441,48 @@ impl Discovery for ServiceProxy {
             let mut g = lock(&self.state);
             g.services.remove(&key);
             g.listeners.retain(|_, l| l.owner != key);
+            g.vips.remove(&key);
+        }
+        self.sync_kernel().await
+    }
+
+    async fn set_virtual_ip(
+        &self,
+        namespace: &str,
+        service: &str,
+        vip: Option<VirtualIp>,
+    ) -> Result<(), DiscoveryError> {
+        if let Some(v) = &vip {
+            if !self.vips_used.load(Ordering::Relaxed) {
+                if !tokio::task::spawn_blocking(nft::available)
+                    .await
+                    .unwrap_or(false)
+                {
+                    return Err(DiscoveryError(format!(
+                        "node {}: virtual IP {} of service {namespace}/{service}: virtual IPs are balanced by nftables rules, and `nft list tables` does not work here (it needs root, or CAP_NET_ADMIN, and the nft tool: package nftables)",
+                        self.config.node, v.ip
+                    )));
+                }
+                if self.config.mode != ProxyMode::Nftables {
+                    nft::remove_stale_tables();
+                }
+                self.vips_used.store(true, Ordering::Relaxed);
+            }
+        }
+        {
+            let mut g = lock(&self.state);
+            let key: Key = (namespace.into(), service.into());
+            match vip {
+                Some(v) => {
+                    g.services.entry(key.clone()).or_default();
+                    g.vips.insert(key, v);
+                }
+                None => {
+                    if g.vips.remove(&key).is_none() {
+                        return Ok(());
+                    }
+                }
+            }
         }
         self.sync_kernel().await
     }
@@ -489,18 +568,37 @@ mod nft {
     use std::net::{IpAddr, SocketAddr};
     use std::process::Stdio;
 
+    use orch_core::model::object::Protocol;
     use tokio::io::AsyncWriteExt;
 
     const PREFIX: &str = "orch_proxy_";
 
-    /// One published port and the ready replicas its connections go to.
+    /// One published port or virtual IP port and the ready replicas its connections go to.
     pub struct Rule {
         pub listen: SocketAddr,
+        pub protocol: Protocol,
         pub to: Vec<SocketAddr>,
+        /// A virtual IP's port: with no replica it rejects (nothing else listens there),
+        /// and what it rewrote keeps its source (replicas see the client's address).
+        pub virtual_ip: bool,
     }
 
+    fn proto(p: Protocol) -> &'static str {
+        match p {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// `orch_proxy_PID`, and `orch_proxy_PID_N` for the process's further proxies (tests
+    /// and benchmarks run several in one process, and every proxy with a virtual IP keeps a
+    /// table).
     pub fn table_name(pid: u32) -> String {
-        format!("{PREFIX}{pid}")
+        static PROXIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        match PROXIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => format!("{PREFIX}{pid}"),
+            n => format!("{PREFIX}{pid}_{n}"),
+        }
     }
 
     pub fn available() -> bool {
@@ -513,8 +611,8 @@ mod nft {
     }
 
     /// The whole table, replaced in one transaction: a rule per published port with ready
-    /// IPv4 replicas, in the output hook (connections from this node) and prerouting (from
-    /// others).
+    /// IPv4 replicas, and per virtual IP port, in the output hook (connections from this
+    /// node) and prerouting (from others, and from replicas through the bridge).
     pub fn script(table: &str, rules: &[Rule]) -> String {
         let mut s = format!(
             "add table ip {table}\nflush table ip {table}\n\
@@ -528,7 +626,19 @@ mod nft {
             };
             let to: Vec<(usize, &SocketAddr)> =
                 r.to.iter().filter(|b| b.is_ipv4()).enumerate().collect();
+            let (l4, port) = (proto(r.protocol), r.listen.port());
             if to.is_empty() {
+                if r.virtual_ip {
+                    let reject = match r.protocol {
+                        Protocol::Tcp => "reject with tcp reset",
+                        Protocol::Udp => "reject",
+                    };
+                    for chain in ["output", "prerouting"] {
+                        s.push_str(&format!(
+                            "add rule ip {table} {chain} ip daddr {listen} {l4} dport {port} {reject}\n"
+                        ));
+                    }
+                }
                 continue;
             }
             let map = to
@@ -538,10 +648,12 @@ mod nft {
                 .join(", ");
             for chain in ["output", "prerouting"] {
                 s.push_str(&format!(
-                    "add rule ip {table} {chain} ip daddr {listen} tcp dport {} dnat to numgen inc mod {} map {{ {map} }}\n",
-                    r.listen.port(),
+                    "add rule ip {table} {chain} ip daddr {listen} {l4} dport {port} dnat to numgen inc mod {} map {{ {map} }}\n",
                     to.len()
                 ));
+            }
+            if r.virtual_ip {
+                continue;
             }
             // Masquerade (with a random source port) what this rule rewrote: replies from a
             // replica on another node come back through this node, and a new connection never
@@ -582,12 +694,12 @@ mod nft {
 
     /// Deletes the kernel's connection-tracking entries of connections to `backend`
     /// (`conntrack`, package conntrack; without it, nothing is deleted).
-    pub async fn forget_connections(backend: SocketAddr) {
+    pub async fn forget_connections(protocol: Protocol, backend: SocketAddr) {
         let IpAddr::V4(ip) = backend.ip() else {
             return;
         };
         let _ = tokio::process::Command::new("conntrack")
-            .args(["-D", "-p", "tcp", "--reply-src"])
+            .args(["-D", "-p", proto(protocol), "--reply-src"])
             .arg(ip.to_string())
             .arg("--reply-port-src")
             .arg(backend.port().to_string())
@@ -620,6 +732,7 @@ mod nft {
             let Some(pid) = name.strip_prefix(PREFIX) else {
                 continue;
             };
+            let pid = pid.split('_').next().unwrap_or(pid);
             if pid
                 .parse::<u32>()
                 .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
@@ -638,6 +751,8 @@ mod nft {
             let rules = [
                 Rule {
                     listen: "127.0.0.1:8080".parse().unwrap(),
+                    protocol: Protocol::Tcp,
+                    virtual_ip: false,
                     to: vec![
                         "127.0.0.1:4001".parse().unwrap(),
                         "10.9.0.2:4002".parse().unwrap(),
@@ -646,6 +761,8 @@ mod nft {
                 },
                 Rule {
                     listen: "127.0.0.1:9090".parse().unwrap(),
+                    protocol: Protocol::Tcp,
+                    virtual_ip: false,
                     to: vec![],
                 },
             ];
@@ -658,6 +775,38 @@ mod nft {
             );
             assert!(s.contains("postrouting ct status dnat ct original ip daddr 127.0.0.1 meta l4proto tcp ct original proto-dst 8080 masquerade random"), "{s}");
             assert!(!s.contains("9090"), "no rule without replicas: {s}");
+        }
+
+        #[test]
+        fn virtual_ips_balance_both_protocols_and_reject_without_replicas() {
+            let vip = |port, protocol, to: &[&str]| Rule {
+                listen: SocketAddr::new("10.96.0.10".parse().unwrap(), port),
+                protocol,
+                to: to.iter().map(|a| a.parse().unwrap()).collect(),
+                virtual_ip: true,
+            };
+            let rules = [
+                vip(53, Protocol::Udp, &["10.244.1.2:5353", "10.244.2.2:5353"]),
+                vip(80, Protocol::Tcp, &["10.244.1.2:8080"]),
+                vip(81, Protocol::Tcp, &[]),
+                vip(82, Protocol::Udp, &[]),
+            ];
+            let s = script("t", &rules);
+            for chain in ["output", "prerouting"] {
+                assert!(s.contains(&format!("add rule ip t {chain} ip daddr 10.96.0.10 udp dport 53 dnat to numgen inc mod 2 map {{ 0 : 10.244.1.2 . 5353, 1 : 10.244.2.2 . 5353 }}")), "{s}");
+                assert!(s.contains(&format!("add rule ip t {chain} ip daddr 10.96.0.10 tcp dport 80 dnat to numgen inc mod 1 map {{ 0 : 10.244.1.2 . 8080 }}")), "{s}");
+                assert!(s.contains(&format!("add rule ip t {chain} ip daddr 10.96.0.10 tcp dport 81 reject with tcp reset\n")), "{s}");
+                assert!(
+                    s.contains(&format!(
+                        "add rule ip t {chain} ip daddr 10.96.0.10 udp dport 82 reject\n"
+                    )),
+                    "{s}"
+                );
+            }
+            assert!(
+                !s.contains("masquerade"),
+                "virtual IPs keep the client's address: {s}"
+            );
         }
     }
 }

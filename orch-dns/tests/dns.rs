@@ -475,3 +475,103 @@ async fn responses_are_never_answered() {
         .unwrap();
     assert_eq!(code, Some(ResponseCode::NoError));
 }
+
+/// A service with a virtual IP answers it; a headless one (no virtual IP) its replicas'
+/// addresses; per-replica and SRV records stay; the VIP's reverse name is a PTR; a listener
+/// added while the server runs answers the same (UDP and TCP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_sees_virtual_ips_headless_services_and_a_listener_added_at_run_time() {
+    use orch_core::discovery::VirtualIp;
+    if !orch_testkit::require(&["dig"]) {
+        return;
+    }
+    let s = server().await;
+    let vip = VirtualIp {
+        ip: "10.96.0.10".parse().unwrap(),
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }],
+    };
+    s.set_virtual_ip("shop", "api", Some(vip)).await.unwrap();
+    let two = |name: &str, ip: &str, port| {
+        (1..=2)
+            .map(|i| ep(&format!("{name}-{i}"), &format!("{ip}{i}"), port))
+            .collect::<Vec<_>>()
+    };
+    let api = two("api", "127.0.0.2", 8080);
+    s.set_endpoints("shop", "api", api).await.unwrap();
+    let db = two("db", "127.0.0.3", 5432);
+    s.set_endpoints("shop", "db", db).await.unwrap();
+    let dig_at = |addr: SocketAddr, args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut lines: Vec<String> = dig(addr, &args)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect();
+            lines.sort();
+            lines.join("\n")
+        })
+    };
+    let a = s.local_addr();
+    assert_eq!(
+        dig_at(a, &["+short", "api.shop.orch.local"]).await.unwrap(),
+        "10.96.0.10"
+    );
+    assert_eq!(
+        dig_at(a, &["+short", "db.shop.orch.local"]).await.unwrap(),
+        "127.0.0.31\n127.0.0.32",
+        "headless: the replicas' addresses"
+    );
+    assert_eq!(
+        dig_at(a, &["+short", "api-2.api.shop.orch.local"])
+            .await
+            .unwrap(),
+        "127.0.0.22"
+    );
+    assert_eq!(
+        dig_at(a, &["+short", "_http._tcp.api.shop.orch.local", "SRV"])
+            .await
+            .unwrap(),
+        "0 10 8080 api-1.api.shop.orch.local.\n0 10 8080 api-2.api.shop.orch.local."
+    );
+    assert_eq!(
+        dig_at(a, &["+short", "-x", "10.96.0.10"]).await.unwrap(),
+        "api.shop.orch.local."
+    );
+    // A listener added at run time, on another address, answers the same.
+    s.add_listener("127.0.0.2:0".parse().unwrap()).unwrap();
+    let added = *s
+        .listen_addrs()
+        .iter()
+        .find(|l| l.ip() == "127.0.0.2".parse::<IpAddr>().unwrap())
+        .expect("the added listener is listed");
+    s.add_listener(added).unwrap();
+    assert_eq!(s.listen_addrs().len(), 2, "{:?}", s.listen_addrs());
+    for tcp in ["+notcp", "+tcp"] {
+        assert_eq!(
+            dig_at(added, &[tcp, "+short", "api.shop.orch.local"])
+                .await
+                .unwrap(),
+            "10.96.0.10"
+        );
+    }
+    // Adding the same address again is fine; one taken by another server is an error.
+    let other = server().await;
+    let e = s.add_listener(other.local_addr()).unwrap_err();
+    assert!(
+        e.to_string().contains(&other.local_addr().to_string()),
+        "{e}"
+    );
+    // The virtual IP goes: the name answers the replicas again.
+    s.set_virtual_ip("shop", "api", None).await.unwrap();
+    assert_eq!(
+        dig_at(added, &["+short", "api.shop.orch.local"])
+            .await
+            .unwrap(),
+        "127.0.0.21\n127.0.0.22"
+    );
+}
