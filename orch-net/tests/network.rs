@@ -439,3 +439,54 @@ fn after_a_crash_the_attachment_is_returned_and_leftover_namespaces_reported() {
     // And still has its replica's lease file.
     assert_eq!(lease_files(&node), vec![before.ip.clone()]);
 }
+
+#[test]
+fn a_changed_lease_replaces_the_old_addresses_and_routes() {
+    if !orch_testkit::require(common::NEEDS) {
+        return;
+    }
+    let hosts = Hosts::new(2);
+    let mode = NetworkMode::Vxlan;
+    let a = Node::configured(&hosts, 0, mode);
+    let b = Node::new(&hosts, 1);
+    let p = vec![b.peer(1, mode)];
+    a.run(|n| async move { n.set_peers(&p).await }).unwrap();
+    // Configure again with the same lease: nothing changes.
+    let l = lease(0, mode);
+    a.run(|n| async move { n.configure(&l).await }).unwrap();
+    assert!(a
+        .ip(&["route", "show", "proto", "119"])
+        .contains("10.124.1.0/24"));
+
+    let moved = NodeNetwork {
+        subnet: "10.124.9.0/24".into(),
+        service_cidr: "10.126.0.0/16".into(),
+        ..lease(0, mode)
+    };
+    a.run(|n| async move { n.configure(&moved).await }).unwrap();
+    let bridge = a.ip(&["-o", "-4", "addr", "show", "dev", "orch0"]);
+    assert!(
+        bridge.contains("10.124.9.1/24") && !bridge.contains("10.124.0.1"),
+        "{bridge}"
+    );
+    let vx = a.ip(&["-o", "-4", "addr", "show", "dev", "orch.vxlan"]);
+    assert!(
+        vx.contains("10.124.9.0/32") && !vx.contains("10.124.0.0/32"),
+        "{vx}"
+    );
+    assert!(a
+        .ip(&["-o", "link", "show", "orch.vxlan"])
+        .contains("0a:58:0a:7c:09:00"));
+    let routes = a.ip(&["route", "show"]);
+    assert!(routes.contains("10.126.0.0/16 dev orch0"), "{routes}");
+    assert!(!routes.contains("10.125.0.0/16"), "{routes}");
+    assert_eq!(
+        a.ip(&["route", "show", "proto", "119"]),
+        "",
+        "peer routes were for the old lease"
+    );
+    let r = a
+        .run(|n| async move { n.attach("default.web-99999", &[]).await })
+        .unwrap();
+    assert!(r.ip.starts_with("10.124.9."), "{r:?}");
+}
