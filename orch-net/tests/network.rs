@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{ask, connect, eventually, lease, mtu_of, serve_peer_address, Hosts, Node};
-use orch_core::model::object::{NetworkMode, NodeNetwork};
+use orch_core::model::object::{NetworkMode, NodeNetwork, PortSpec, Protocol};
 use orch_core::network::{Network, NetworkError};
 use orch_net::{CniNetwork, NetConfig};
 
@@ -489,4 +489,30 @@ fn a_changed_lease_replaces_the_old_addresses_and_routes() {
         .run(|n| async move { n.attach("default.web-99999", &[]).await })
         .unwrap();
     assert!(r.ip.starts_with("10.124.9."), "{r:?}");
+}
+
+#[test]
+fn a_host_port_reaches_the_replica_through_portmap() {
+    if !orch_testkit::require(&[common::NEEDS, &["iptables", "/usr/lib/cni/portmap"]].concat()) {
+        return;
+    }
+    let hosts = Hosts::new(2);
+    let a = Node::configured(&hosts, 0, NetworkMode::Vxlan);
+    let ports = vec![PortSpec {
+        name: "http".into(),
+        port: Some(8080),
+        host_port: Some(18080),
+        protocol: Protocol::Tcp,
+    }];
+    let r = a
+        .run(|n| async move { n.attach("default.web-ports", &ports).await })
+        .unwrap();
+    let server = serve_peer_address(&r.netns, format!("{}:8080", r.ip).parse().unwrap(), 1);
+    let via_host: SocketAddr = format!("{}:18080", hosts.address(0)).parse().unwrap();
+    let seen = ask(&hosts.netns(1), via_host).expect("host B reaches A's host port");
+    server.join().unwrap();
+    assert!(!seen.is_empty());
+    a.run(|n| async move { n.detach("default.web-ports").await })
+        .unwrap();
+    assert!(lease_files(&a).is_empty());
 }
