@@ -55,7 +55,7 @@ fn replicas_reach_each_other(mode: NetworkMode) {
         "B sees A's replica's own address (no masquerade in the cluster)"
     );
 
-    let underlay = hosts.mtu(0);
+    let underlay = common::uplink_mtu(&hosts, 0);
     let expected = match mode {
         NetworkMode::Vxlan => underlay - 50,
         NetworkMode::HostGw => underlay,
@@ -295,7 +295,7 @@ fn a_missing_plugin_or_plugin_dir_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NetConfig::new(
         "n1",
-        "10.123.0.1".parse().unwrap(),
+        "10.200.0.1".parse().unwrap(),
         dir.path().join("state"),
     );
     config.cni_bin_dir = dir.path().join("no-such-dir");
@@ -346,7 +346,7 @@ fn an_exhausted_subnet_is_named_and_nothing_is_left_half_set_up() {
         panic!("not Exhausted: {err:?}");
     };
     assert!(
-        msg.contains("subnet 10.124.7.0/30 (1 addresses for replicas"),
+        msg.contains("subnet 10.124.7.0/30 (1 address for replicas"),
         "{msg}"
     );
     let second =
@@ -364,9 +364,12 @@ fn a_lease_covering_the_nodes_address_is_refused_and_nothing_is_set_up() {
     }
     let hosts = Hosts::new(1);
     let node = Node::new(&hosts, 0);
+    // A /16 around the node's own address (10.2xx.N.1).
+    let o = node.address.octets();
+    let around = format!("{}.{}.0.0/16", o[0], o[1]);
     let bad = NodeNetwork {
-        subnet: "10.123.251.0/24".into(),
-        cluster_cidr: "10.123.0.0/16".into(),
+        subnet: format!("{}.{}.251.0/24", o[0], o[1]),
+        cluster_cidr: around.clone(),
         service_cidr: "10.125.0.0/16".into(),
         mode: NetworkMode::Vxlan,
     };
@@ -376,18 +379,19 @@ fn a_lease_covering_the_nodes_address_is_refused_and_nothing_is_set_up() {
     let msg = err.to_string();
     assert!(matches!(err, NetworkError::Unavailable(_)), "{err:?}");
     assert!(
-        msg.contains(&node.address.to_string()) && msg.contains("cluster CIDR 10.123.0.0/16"),
+        msg.contains(&format!("address {} ", node.address))
+            && msg.contains(&format!("cluster CIDR {around}")),
         "{msg}"
     );
     let bad = NodeNetwork {
-        service_cidr: "10.123.0.0/16".into(),
+        service_cidr: around.clone(),
         ..lease(0, NetworkMode::Vxlan)
     };
     let msg = node
         .run(|n| async move { n.configure(&bad).await })
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("service CIDR 10.123.0.0/16"), "{msg}");
+    assert!(msg.contains(&format!("service CIDR {around}")), "{msg}");
     let links = node.ip(&["-o", "link", "show"]);
     assert!(
         !links.contains("orch0") && !links.contains("orch.vxlan"),
@@ -418,7 +422,7 @@ fn after_a_crash_the_attachment_is_returned_and_leftover_namespaces_reported() {
     // The agent restarts: a new CniNetwork over the same state dir.
     let config = NetConfig::new(
         &hosts.names[0],
-        hosts.address(0),
+        node.address,
         node.state.path().join("network"),
     );
     let again = CniNetwork::new(config).unwrap();

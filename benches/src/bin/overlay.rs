@@ -163,11 +163,11 @@ fn measure(mode: NetworkMode) -> anyhow::Result<Figures> {
     let direct = (
         End {
             netns: hosts.netns(0),
-            ip: hosts.address(0).into(),
+            ip: hosts.address(0).parse()?,
         },
         End {
             netns: hosts.netns(1),
-            ip: hosts.address(1).into(),
+            ip: hosts.address(1).parse()?,
         },
     );
     let (mut o, mut d) = (Vec::new(), Vec::new());
