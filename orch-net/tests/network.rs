@@ -37,12 +37,8 @@ fn replicas_reach_each_other(mode: NetworkMode) {
     let a = Node::configured(&hosts, 0, mode);
     let b = Node::configured(&hosts, 1, mode);
     connect(&[&a, &b], mode);
-    let ra = a
-        .run(|n| async move { n.attach("default.client-aaaaa", &[]).await })
-        .unwrap();
-    let rb = b
-        .run(|n| async move { n.attach("default.server-bbbbb", &[]).await })
-        .unwrap();
+    let ra = a.attach("default.client-aaaaa");
+    let rb = b.attach("default.server-bbbbb");
     assert!(ra.ip.starts_with("10.124.0."), "{ra:?}");
     assert!(rb.ip.starts_with("10.124.1."), "{rb:?}");
 
@@ -98,12 +94,8 @@ fn two_replicas_on_one_host_listen_on_the_same_port() {
     }
     let hosts = Hosts::new(1);
     let node = Node::configured(&hosts, 0, NetworkMode::Vxlan);
-    let r1 = node
-        .run(|n| async move { n.attach("default.web-11111", &[]).await })
-        .unwrap();
-    let r2 = node
-        .run(|n| async move { n.attach("default.web-22222", &[]).await })
-        .unwrap();
+    let r1 = node.attach("default.web-11111");
+    let r2 = node.attach("default.web-22222");
     assert_ne!(r1.ip, r2.ip);
     let a1: SocketAddr = format!("{}:8080", r1.ip).parse().unwrap();
     let a2: SocketAddr = format!("{}:8080", r2.ip).parse().unwrap();
@@ -246,12 +238,8 @@ fn detach_and_remove_all_leave_nothing() {
     let a = Node::configured(&hosts, 0, mode);
     let b = Node::configured(&hosts, 1, mode);
     connect(&[&a, &b], mode);
-    let r1 = a
-        .run(|n| async move { n.attach("default.one-11111", &[]).await })
-        .unwrap();
-    let r2 = a
-        .run(|n| async move { n.attach("default.two-22222", &[]).await })
-        .unwrap();
+    let r1 = a.attach("default.one-11111");
+    let r2 = a.attach("default.two-22222");
     assert_eq!(lease_files(&a).len(), 2);
     assert!(has_nft_table(&a));
 
@@ -335,9 +323,7 @@ fn an_exhausted_subnet_is_named_and_nothing_is_left_half_set_up() {
     };
     node.run(|n| async move { n.configure(&tiny).await })
         .unwrap();
-    let first = node
-        .run(|n| async move { n.attach("default.a-00001", &[]).await })
-        .unwrap();
+    let first = node.attach("default.a-00001");
     assert_eq!(first.ip, "10.124.7.2");
     let err = node
         .run(|n| async move { n.attach("default.b-00002", &[]).await })
@@ -412,9 +398,7 @@ fn after_a_crash_the_attachment_is_returned_and_leftover_namespaces_reported() {
     }
     let hosts = Hosts::new(1);
     let node = Node::configured(&hosts, 0, NetworkMode::Vxlan);
-    let before = node
-        .run(|n| async move { n.attach("default.web-aaaaa", &[]).await })
-        .unwrap();
+    let before = node.attach("default.web-aaaaa");
     // A namespace of this agent's with no record (a crash between creating it and recording).
     let stray = format!("{}default.stray-zzzzz", node.net.netns_prefix());
     common::ip(&["netns", "add", &stray]);
@@ -489,9 +473,7 @@ fn a_changed_lease_replaces_the_old_addresses_and_routes() {
         "",
         "peer routes were for the old lease"
     );
-    let r = a
-        .run(|n| async move { n.attach("default.web-99999", &[]).await })
-        .unwrap();
+    let r = a.attach("default.web-99999");
     assert!(r.ip.starts_with("10.124.9."), "{r:?}");
 }
 

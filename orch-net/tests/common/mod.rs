@@ -116,6 +116,12 @@ impl Node {
         block_in(&self.host, || f(&self.net))
     }
 
+    /// Attaches workload `id` (no ports), panicking on failure.
+    pub fn attach(&self, id: &str) -> orch_core::runtime::WorkloadNetwork {
+        self.run(|n| async move { n.attach(id, &[]).await })
+            .unwrap_or_else(|e| panic!("attach {id}: {e}"))
+    }
+
     /// This node as a peer of the others.
     pub fn peer(&self, i: usize, mode: NetworkMode) -> Peer {
         Peer {
