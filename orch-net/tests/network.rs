@@ -257,6 +257,18 @@ fn detach_and_remove_all_leave_nothing() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, "default.two-22222");
 
+    // A replica whose namespace is already gone (removed behind the agent's back): detach
+    // still releases its address and forgets it.
+    let r3 = a.attach("default.three-33333");
+    common::ip(&[
+        "netns",
+        "del",
+        r3.netns.file_name().unwrap().to_str().unwrap(),
+    ]);
+    a.run(|n| async move { n.detach("default.three-33333").await })
+        .unwrap();
+    assert_eq!(lease_files(&a), vec![r2.ip.clone()]);
+
     a.run(|n| async move { n.remove_all().await }).unwrap();
     assert!(!r2.netns.exists());
     assert!(lease_files(&a).is_empty());
