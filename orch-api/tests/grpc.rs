@@ -165,6 +165,42 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
     );
     assert!(e.contains("/nodes/n2"), "{e}");
 
+    // Its node's status, yes; its network lease (the manager's) or its cordon, no.
+    let kv = backend.get("/nodes/n1").await.unwrap().unwrap();
+    let Ok(Object::Node(stored)) = Object::decode(&kv.value, kv.mod_revision) else {
+        panic!("a node object");
+    };
+    let mut beat = stored.clone();
+    beat.status.max_replicas = 7;
+    node.txn(vec![update_op(&Object::Node(beat))])
+        .await
+        .unwrap();
+    let kv = backend.get("/nodes/n1").await.unwrap().unwrap();
+    let Ok(Object::Node(stored)) = Object::decode(&kv.value, kv.mod_revision) else {
+        panic!("a node object");
+    };
+    let mut leased = stored.clone();
+    leased.spec.network = Some(orch_core::model::object::NodeNetwork {
+        subnet: "10.244.9.0/24".into(),
+        cluster_cidr: "10.244.0.0/16".into(),
+        service_cidr: "10.96.0.0/16".into(),
+        mode: Default::default(),
+    });
+    let e = refused(
+        node.txn(vec![update_op(&Object::Node(leased))])
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("network lease"), "{e}");
+    let mut uncordoned = stored;
+    uncordoned.spec.unschedulable = true;
+    let e = refused(
+        node.txn(vec![update_op(&Object::Node(uncordoned))])
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("cordon"), "{e}");
+
     // Replicas: the status of its own, yes; a replica elsewhere, a spec change, a create: no.
     let mine = replica_on(Some("n1"));
     let theirs = replica_on(Some("n2"));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::eventually;
+use common::{events_with, eventually, ready, replicas};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use orch_core::fake::FakeRuntime;
 use orch_core::memstore::MemStore;
 use orch_core::model::manifest;
 use orch_core::model::object::{
-    DesiredState, Kind, Metadata, Node, NodeStatus, Object, Phase, Replica, Resources,
+    DesiredState, Kind, Metadata, Node, NodeStatus, Object, Phase, Resources,
 };
 use orch_core::model::quantity::{Memory, Timestamp};
 use orch_core::store::{create_op, KeyValue, Op, Revision, Store, StoreError, WatchStream};
@@ -28,17 +28,6 @@ fn service(name: &str, replicas: u32, extra: &str) -> Object {
 
 fn engine(store: Arc<MemStore>) -> Engine {
     Engine::builder(store, Arc::new(DefaultScheduler)).start()
-}
-
-fn replicas(e: &Engine, svc: &str) -> Vec<Replica> {
-    e.cache().replicas_of_service("default", svc)
-}
-
-fn ready(e: &Engine, svc: &str) -> usize {
-    replicas(e, svc)
-        .iter()
-        .filter(|r| r.status.phase == Phase::Ready)
-        .count()
 }
 
 /// The ready count in the service's status (written by the replication controller).
@@ -776,20 +765,6 @@ async fn draining_the_only_node_keeps_every_replica_until_another_node_can_take_
         "ready replicas fell to {lowest} (max unavailable 2)"
     );
     e.shutdown().await;
-}
-
-/// The events with `reason` in the store (the engine's cache skips events).
-async fn events_with(store: &MemStore, reason: &str) -> Vec<String> {
-    let (events, _) = orch_core::store::list_objects(store, Kind::Event, None)
-        .await
-        .unwrap();
-    events
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::Event(ev) if ev.reason == reason => Some(ev.message),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Probes through the fake runtime's scripted results: a readiness probe that fails takes the

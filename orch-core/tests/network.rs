@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::eventually;
+use common::{events_with, eventually, ready, replicas};
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -18,7 +18,6 @@ use orch_core::engine::ClusterNetwork;
 use orch_core::model::manifest;
 use orch_core::model::object::{
     Kind, Metadata, Node, NodeCondition, NodeSpec, NodeStatus, Object, Phase, Protocol, Reason,
-    Replica,
 };
 use orch_core::model::quantity::Timestamp;
 use orch_core::network::NetworkError;
@@ -91,29 +90,20 @@ fn vip(e: &Engine, svc: &str) -> Option<String> {
         .and_then(|s| s.status.virtual_ip)
 }
 
-fn replicas(e: &Engine, svc: &str) -> Vec<Replica> {
-    e.cache().replicas_of_service("default", svc)
-}
-
-fn ready(e: &Engine, svc: &str) -> usize {
-    replicas(e, svc)
-        .iter()
-        .filter(|r| r.status.phase == Phase::Ready)
-        .count()
-}
-
-/// The events with `reason` in the store (the engine's cache skips events).
-async fn events_with(store: &MemStore, reason: &str) -> Vec<String> {
-    let (events, _) = orch_core::store::list_objects(store, Kind::Event, None)
-        .await
-        .unwrap();
-    events
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::Event(ev) if ev.reason == reason => Some(ev.message),
-            _ => None,
-        })
-        .collect()
+/// The events with `reason` once there is one (fails after 120 s of the paused clock).
+async fn events_soon(store: &MemStore, reason: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let events = events_with(store, reason).await;
+        if !events.is_empty() {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for a {reason} event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// An agent for `name` running containers with a fake network; the cluster DNS is at
@@ -123,6 +113,16 @@ fn add_agent(e: &mut Engine, name: &str, rt: &FakeRuntime, net: &FakeNetwork) {
     cfg.network = Some(AgentNetwork(Arc::new(net.clone())));
     cfg.dns = Some("127.0.0.53:53".parse().unwrap());
     e.add_agent(Arc::new(rt.clone()), cfg);
+}
+
+/// A cluster with a network and one node, `node-a`, whose agent runs containers (a fake
+/// runtime) with a fake network.
+fn one_node() -> (Arc<MemStore>, Engine, FakeRuntime, FakeNetwork) {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
+    add_agent(&mut e, "node-a", &rt, &net);
+    (store, e, rt, net)
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,10 +236,7 @@ async fn an_exhausted_cluster_cidr_is_an_event_until_a_node_goes() {
             eventually("leased", || lease(&e, &n).is_some()).await;
         }
     }
-    while events_with(&store, "ClusterCidrExhausted").await.is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let m = events_with(&store, "ClusterCidrExhausted").await.remove(0);
+    let m = events_soon(&store, "ClusterCidrExhausted").await.remove(0);
     assert!(
         m.contains("10.244.0.0/23") && m.contains("2 /24 subnets"),
         "{m}"
@@ -283,10 +280,7 @@ async fn virtual_ips_are_unique_over_many_services_created_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn virtual_ips_stay_through_churn_and_rollouts_none_when_headless_reused_after_delete() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, rt, _net) = one_node();
     api::apply(&*store, vec![containers("web", 2, "")], false)
         .await
         .unwrap();
@@ -370,10 +364,7 @@ async fn virtual_ips_stay_through_churn_and_rollouts_none_when_headless_reused_a
 
 #[tokio::test(start_paused = true)]
 async fn the_agent_attaches_before_start_and_detaches_on_delete() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, rt, net) = one_node();
     eventually("configured", || net.lease().is_some()).await;
     assert_eq!(net.lease().unwrap().subnet, "10.244.0.0/24");
     api::apply(&*store, vec![containers("web", 2, "")], false)
@@ -424,10 +415,7 @@ async fn the_agent_attaches_before_start_and_detaches_on_delete() {
 
 #[tokio::test(start_paused = true)]
 async fn process_and_host_network_replicas_stay_on_the_host_network() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, rt, net) = one_node();
     let y = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: proc}\nspec:\n  replicas: 1\n  template:\n    command: [server]\n";
     let process = manifest::parse("p.yaml", y).unwrap().remove(0);
     let mut host = containers("host", 1, "");
@@ -565,10 +553,7 @@ async fn an_unavailable_network_falls_back_to_the_host_network_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_subnet_fails_the_start_saying_so() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, _rt, net) = one_node();
     eventually("configured", || net.lease().is_some()).await;
     net.fail_next_attach(NetworkError::Exhausted("no free address".into()));
     api::apply(&*store, vec![containers("web", 1, "")], false)
@@ -590,10 +575,7 @@ async fn a_full_subnet_fails_the_start_saying_so() {
 
 #[tokio::test(start_paused = true)]
 async fn peers_follow_nodes_joining_going_unreachable_and_being_removed() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, _rt, net) = one_node();
     let names =
         |net: &FakeNetwork| -> Vec<String> { net.peers().into_iter().map(|p| p.node).collect() };
     create(&store, node("b", "192.168.0.2")).await;
@@ -615,10 +597,7 @@ async fn peers_follow_nodes_joining_going_unreachable_and_being_removed() {
 
 #[tokio::test(start_paused = true)]
 async fn two_services_listening_on_8080_share_one_node() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let (rt, net) = (FakeRuntime::default().with_containers(), FakeNetwork::new());
-    add_agent(&mut e, "node-a", &rt, &net);
+    let (store, e, _rt, _net) = one_node();
     api::apply(
         &*store,
         vec![containers("one", 1, ""), containers("two", 1, "")],
@@ -727,5 +706,47 @@ async fn endpoints_carry_replica_ips_and_the_virtual_ip_reaches_discovery() {
     })
     .await;
     assert_eq!(disc.endpoints("default", "web").len(), 2);
+    // Not headless again, then deleted: the virtual IP comes back, then goes with it.
+    api::apply(&*store, vec![containers("web", 2, "")], false)
+        .await
+        .unwrap();
+    eventually("virtual IP back", || {
+        disc.virtual_ip("default", "web").is_some()
+    })
+    .await;
+    api::delete(&*store, Kind::Service, "default", "web")
+        .await
+        .unwrap();
+    eventually("service gone from discovery", || {
+        disc.virtual_ip("default", "web").is_none() && disc.endpoints("default", "web").is_empty()
+    })
+    .await;
     e.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_outside_a_changed_cluster_cidr_stays_with_a_warning() {
+    let store = Arc::new(MemStore::new());
+    let e = engine(store.clone());
+    create(&store, node("a", "192.168.0.1")).await;
+    eventually("a leased", || lease(&e, "a").is_some()).await;
+    e.shutdown().await;
+    // The manager comes back with another cluster CIDR: a's running replicas keep working.
+    let moved = ClusterNetwork {
+        cluster_cidr: "10.50.0.0/16".parse().unwrap(),
+        ..ClusterNetwork::default()
+    };
+    let e2 = engine_with(store.clone(), config(moved));
+    create(&store, node("b", "192.168.0.2")).await;
+    eventually("b leased in the new CIDR", || {
+        lease(&e2, "b").as_deref() == Some("10.50.0.0/24")
+    })
+    .await;
+    assert_eq!(lease(&e2, "a").as_deref(), Some("10.244.0.0/24"));
+    let events = events_soon(&store, "SubnetOutsideClusterCidr").await;
+    assert!(
+        events[0].contains("10.244.0.0/24") && events[0].contains("10.50.0.0/16"),
+        "{events:?}"
+    );
+    e2.shutdown().await;
 }

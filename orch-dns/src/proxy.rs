@@ -590,8 +590,15 @@ mod nft {
         }
     }
 
+    /// `orch_proxy_PID`, and `orch_proxy_PID_N` for the process's further proxies (tests
+    /// and benchmarks run several in one process, and every proxy with a virtual IP keeps a
+    /// table).
     pub fn table_name(pid: u32) -> String {
-        format!("{PREFIX}{pid}")
+        static PROXIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        match PROXIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => format!("{PREFIX}{pid}"),
+            n => format!("{PREFIX}{pid}_{n}"),
+        }
     }
 
     pub fn available() -> bool {
@@ -725,6 +732,7 @@ mod nft {
             let Some(pid) = name.strip_prefix(PREFIX) else {
                 continue;
             };
+            let pid = pid.split('_').next().unwrap_or(pid);
             if pid
                 .parse::<u32>()
                 .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())

@@ -495,26 +495,15 @@ async fn dig_sees_virtual_ips_headless_services_and_a_listener_added_at_run_time
         }],
     };
     s.set_virtual_ip("shop", "api", Some(vip)).await.unwrap();
-    s.set_endpoints(
-        "shop",
-        "api",
-        vec![
-            ep("api-1", "127.0.0.21", 8080),
-            ep("api-2", "127.0.0.22", 8080),
-        ],
-    )
-    .await
-    .unwrap();
-    s.set_endpoints(
-        "shop",
-        "db",
-        vec![
-            ep("db-1", "127.0.0.31", 5432),
-            ep("db-2", "127.0.0.32", 5432),
-        ],
-    )
-    .await
-    .unwrap();
+    let two = |name: &str, ip: &str, port| {
+        (1..=2)
+            .map(|i| ep(&format!("{name}-{i}"), &format!("{ip}{i}"), port))
+            .collect::<Vec<_>>()
+    };
+    let api = two("api", "127.0.0.2", 8080);
+    s.set_endpoints("shop", "api", api).await.unwrap();
+    let db = two("db", "127.0.0.3", 5432);
+    s.set_endpoints("shop", "db", db).await.unwrap();
     let dig_at = |addr: SocketAddr, args: &[&str]| {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         tokio::task::spawn_blocking(move || {

@@ -6,6 +6,10 @@
 //! - routes to every other node's subnet: a kernel VXLAN device with a static route,
 //!   neighbour and FDB entry per peer (flannel's scheme), or host-gw routes, through netlink;
 //! - masquerading of traffic that leaves the cluster CIDR (nftables, a table of its own).
+//!
+//! Every operation works in the network namespace of the thread that runs it (netlink sockets
+//! are opened per operation, plugins and `nft` are children of that thread), which is how the
+//! tests run several nodes in one process.
 
 mod cni;
 mod exec;
@@ -28,8 +32,10 @@ pub use nft::TABLE as NFT_TABLE;
 pub struct NetConfig {
     /// The node's name (in messages).
     pub node: String,
-    /// Where this node keeps its network state: the conflist, host-local's leases, the
-    /// namespaces' bind mounts (`DATA_DIR/network`).
+    /// Where this node keeps its network state (`DATA_DIR/network`): the conflist
+    /// (`cni/orch.conflist`), host-local's leases (`cni/ipam`), the attachment records
+    /// (`attachments/ID.json`). The namespaces themselves are under `/run/netns/`, named with a
+    /// hash of this path.
     pub state_dir: PathBuf,
     /// Where the CNI plugins are (`/usr/lib/cni`).
     pub cni_bin_dir: PathBuf,

@@ -322,12 +322,13 @@ impl CniNetwork {
     }
 
     fn exhausted(&self, lease: &Lease, message: &str) -> NetworkError {
-        let total = (1u64 << (32 - lease.subnet.prefix_len())).saturating_sub(2);
+        let hosts = (1u64 << (32 - lease.subnet.prefix_len())).saturating_sub(2);
+        let free = hosts.saturating_sub(1);
         NetworkError::Exhausted(format!(
-            "node {}: no address left in subnet {} ({} addresses for replicas, the gateway {} takes one more): {message}",
+            "node {}: no address left in subnet {} ({free} address{} for replicas besides the gateway {}): {message}",
             self.config.node,
             lease.subnet,
-            total.saturating_sub(1),
+            if free == 1 { "" } else { "es" },
             lease.gateway
         ))
     }

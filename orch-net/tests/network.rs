@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{ask, connect, eventually, lease, mtu_of, serve_peer_address, Hosts, Node};
-use orch_core::model::object::{NetworkMode, NodeNetwork};
+use orch_core::model::object::{NetworkMode, NodeNetwork, PortSpec, Protocol};
 use orch_core::network::{Network, NetworkError};
 use orch_net::{CniNetwork, NetConfig};
 
@@ -37,12 +37,8 @@ fn replicas_reach_each_other(mode: NetworkMode) {
     let a = Node::configured(&hosts, 0, mode);
     let b = Node::configured(&hosts, 1, mode);
     connect(&[&a, &b], mode);
-    let ra = a
-        .run(|n| async move { n.attach("default.client-aaaaa", &[]).await })
-        .unwrap();
-    let rb = b
-        .run(|n| async move { n.attach("default.server-bbbbb", &[]).await })
-        .unwrap();
+    let ra = a.attach("default.client-aaaaa");
+    let rb = b.attach("default.server-bbbbb");
     assert!(ra.ip.starts_with("10.124.0."), "{ra:?}");
     assert!(rb.ip.starts_with("10.124.1."), "{rb:?}");
 
@@ -55,7 +51,7 @@ fn replicas_reach_each_other(mode: NetworkMode) {
         "B sees A's replica's own address (no masquerade in the cluster)"
     );
 
-    let underlay = hosts.mtu(0);
+    let underlay = common::uplink_mtu(&hosts, 0);
     let expected = match mode {
         NetworkMode::Vxlan => underlay - 50,
         NetworkMode::HostGw => underlay,
@@ -98,12 +94,8 @@ fn two_replicas_on_one_host_listen_on_the_same_port() {
     }
     let hosts = Hosts::new(1);
     let node = Node::configured(&hosts, 0, NetworkMode::Vxlan);
-    let r1 = node
-        .run(|n| async move { n.attach("default.web-11111", &[]).await })
-        .unwrap();
-    let r2 = node
-        .run(|n| async move { n.attach("default.web-22222", &[]).await })
-        .unwrap();
+    let r1 = node.attach("default.web-11111");
+    let r2 = node.attach("default.web-22222");
     assert_ne!(r1.ip, r2.ip);
     let a1: SocketAddr = format!("{}:8080", r1.ip).parse().unwrap();
     let a2: SocketAddr = format!("{}:8080", r2.ip).parse().unwrap();
@@ -246,12 +238,8 @@ fn detach_and_remove_all_leave_nothing() {
     let a = Node::configured(&hosts, 0, mode);
     let b = Node::configured(&hosts, 1, mode);
     connect(&[&a, &b], mode);
-    let r1 = a
-        .run(|n| async move { n.attach("default.one-11111", &[]).await })
-        .unwrap();
-    let r2 = a
-        .run(|n| async move { n.attach("default.two-22222", &[]).await })
-        .unwrap();
+    let r1 = a.attach("default.one-11111");
+    let r2 = a.attach("default.two-22222");
     assert_eq!(lease_files(&a).len(), 2);
     assert!(has_nft_table(&a));
 
@@ -268,6 +256,18 @@ fn detach_and_remove_all_leave_nothing() {
     let left = a.run(|n| async move { n.attached().await }).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, "default.two-22222");
+
+    // A replica whose namespace is already gone (removed behind the agent's back): detach
+    // still releases its address and forgets it.
+    let r3 = a.attach("default.three-33333");
+    common::ip(&[
+        "netns",
+        "del",
+        r3.netns.file_name().unwrap().to_str().unwrap(),
+    ]);
+    a.run(|n| async move { n.detach("default.three-33333").await })
+        .unwrap();
+    assert_eq!(lease_files(&a), vec![r2.ip.clone()]);
 
     a.run(|n| async move { n.remove_all().await }).unwrap();
     assert!(!r2.netns.exists());
@@ -295,7 +295,7 @@ fn a_missing_plugin_or_plugin_dir_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NetConfig::new(
         "n1",
-        "10.123.0.1".parse().unwrap(),
+        "10.200.0.1".parse().unwrap(),
         dir.path().join("state"),
     );
     config.cni_bin_dir = dir.path().join("no-such-dir");
@@ -335,9 +335,7 @@ fn an_exhausted_subnet_is_named_and_nothing_is_left_half_set_up() {
     };
     node.run(|n| async move { n.configure(&tiny).await })
         .unwrap();
-    let first = node
-        .run(|n| async move { n.attach("default.a-00001", &[]).await })
-        .unwrap();
+    let first = node.attach("default.a-00001");
     assert_eq!(first.ip, "10.124.7.2");
     let err = node
         .run(|n| async move { n.attach("default.b-00002", &[]).await })
@@ -346,7 +344,7 @@ fn an_exhausted_subnet_is_named_and_nothing_is_left_half_set_up() {
         panic!("not Exhausted: {err:?}");
     };
     assert!(
-        msg.contains("subnet 10.124.7.0/30 (1 addresses for replicas"),
+        msg.contains("subnet 10.124.7.0/30 (1 address for replicas"),
         "{msg}"
     );
     let second =
@@ -364,9 +362,12 @@ fn a_lease_covering_the_nodes_address_is_refused_and_nothing_is_set_up() {
     }
     let hosts = Hosts::new(1);
     let node = Node::new(&hosts, 0);
+    // A /16 around the node's own address (10.2xx.N.1).
+    let o = node.address.octets();
+    let around = format!("{}.{}.0.0/16", o[0], o[1]);
     let bad = NodeNetwork {
-        subnet: "10.123.251.0/24".into(),
-        cluster_cidr: "10.123.0.0/16".into(),
+        subnet: format!("{}.{}.251.0/24", o[0], o[1]),
+        cluster_cidr: around.clone(),
         service_cidr: "10.125.0.0/16".into(),
         mode: NetworkMode::Vxlan,
     };
@@ -376,18 +377,19 @@ fn a_lease_covering_the_nodes_address_is_refused_and_nothing_is_set_up() {
     let msg = err.to_string();
     assert!(matches!(err, NetworkError::Unavailable(_)), "{err:?}");
     assert!(
-        msg.contains(&node.address.to_string()) && msg.contains("cluster CIDR 10.123.0.0/16"),
+        msg.contains(&format!("address {} ", node.address))
+            && msg.contains(&format!("cluster CIDR {around}")),
         "{msg}"
     );
     let bad = NodeNetwork {
-        service_cidr: "10.123.0.0/16".into(),
+        service_cidr: around.clone(),
         ..lease(0, NetworkMode::Vxlan)
     };
     let msg = node
         .run(|n| async move { n.configure(&bad).await })
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("service CIDR 10.123.0.0/16"), "{msg}");
+    assert!(msg.contains(&format!("service CIDR {around}")), "{msg}");
     let links = node.ip(&["-o", "link", "show"]);
     assert!(
         !links.contains("orch0") && !links.contains("orch.vxlan"),
@@ -408,9 +410,7 @@ fn after_a_crash_the_attachment_is_returned_and_leftover_namespaces_reported() {
     }
     let hosts = Hosts::new(1);
     let node = Node::configured(&hosts, 0, NetworkMode::Vxlan);
-    let before = node
-        .run(|n| async move { n.attach("default.web-aaaaa", &[]).await })
-        .unwrap();
+    let before = node.attach("default.web-aaaaa");
     // A namespace of this agent's with no record (a crash between creating it and recording).
     let stray = format!("{}default.stray-zzzzz", node.net.netns_prefix());
     common::ip(&["netns", "add", &stray]);
@@ -418,7 +418,7 @@ fn after_a_crash_the_attachment_is_returned_and_leftover_namespaces_reported() {
     // The agent restarts: a new CniNetwork over the same state dir.
     let config = NetConfig::new(
         &hosts.names[0],
-        hosts.address(0),
+        node.address,
         node.state.path().join("network"),
     );
     let again = CniNetwork::new(config).unwrap();
@@ -438,4 +438,79 @@ fn after_a_crash_the_attachment_is_returned_and_leftover_namespaces_reported() {
     assert!(!Path::new("/run/netns").join(&stray).exists());
     // And still has its replica's lease file.
     assert_eq!(lease_files(&node), vec![before.ip.clone()]);
+}
+
+#[test]
+fn a_changed_lease_replaces_the_old_addresses_and_routes() {
+    if !orch_testkit::require(common::NEEDS) {
+        return;
+    }
+    let hosts = Hosts::new(2);
+    let mode = NetworkMode::Vxlan;
+    let a = Node::configured(&hosts, 0, mode);
+    let b = Node::new(&hosts, 1);
+    let p = vec![b.peer(1, mode)];
+    a.run(|n| async move { n.set_peers(&p).await }).unwrap();
+    // Configure again with the same lease: nothing changes.
+    let l = lease(0, mode);
+    a.run(|n| async move { n.configure(&l).await }).unwrap();
+    assert!(a
+        .ip(&["route", "show", "proto", "119"])
+        .contains("10.124.1.0/24"));
+
+    let moved = NodeNetwork {
+        subnet: "10.124.9.0/24".into(),
+        service_cidr: "10.126.0.0/16".into(),
+        ..lease(0, mode)
+    };
+    a.run(|n| async move { n.configure(&moved).await }).unwrap();
+    let bridge = a.ip(&["-o", "-4", "addr", "show", "dev", "orch0"]);
+    assert!(
+        bridge.contains("10.124.9.1/24") && !bridge.contains("10.124.0.1"),
+        "{bridge}"
+    );
+    let vx = a.ip(&["-o", "-4", "addr", "show", "dev", "orch.vxlan"]);
+    assert!(
+        vx.contains("10.124.9.0/32") && !vx.contains("10.124.0.0/32"),
+        "{vx}"
+    );
+    assert!(a
+        .ip(&["-o", "link", "show", "orch.vxlan"])
+        .contains("0a:58:0a:7c:09:00"));
+    let routes = a.ip(&["route", "show"]);
+    assert!(routes.contains("10.126.0.0/16 dev orch0"), "{routes}");
+    assert!(!routes.contains("10.125.0.0/16"), "{routes}");
+    assert_eq!(
+        a.ip(&["route", "show", "proto", "119"]),
+        "",
+        "peer routes were for the old lease"
+    );
+    let r = a.attach("default.web-99999");
+    assert!(r.ip.starts_with("10.124.9."), "{r:?}");
+}
+
+#[test]
+fn a_host_port_reaches_the_replica_through_portmap() {
+    if !orch_testkit::require(&[common::NEEDS, &["iptables", "/usr/lib/cni/portmap"]].concat()) {
+        return;
+    }
+    let hosts = Hosts::new(2);
+    let a = Node::configured(&hosts, 0, NetworkMode::Vxlan);
+    let ports = vec![PortSpec {
+        name: "http".into(),
+        port: Some(8080),
+        host_port: Some(18080),
+        protocol: Protocol::Tcp,
+    }];
+    let r = a
+        .run(|n| async move { n.attach("default.web-ports", &ports).await })
+        .unwrap();
+    let server = serve_peer_address(&r.netns, format!("{}:8080", r.ip).parse().unwrap(), 1);
+    let via_host: SocketAddr = format!("{}:18080", hosts.address(0)).parse().unwrap();
+    let seen = ask(&hosts.netns(1), via_host).expect("host B reaches A's host port");
+    server.join().unwrap();
+    assert!(!seen.is_empty());
+    a.run(|n| async move { n.detach("default.web-ports").await })
+        .unwrap();
+    assert!(lease_files(&a).is_empty());
 }

@@ -434,6 +434,36 @@ fn workload(id: &str, image: &str, command: &[&str], memory: Option<u64>) -> Wor
     }
 }
 
+/// Everything workload `id` has written so far, as text.
+async fn logs_of(rt: &ContainerdRuntime, id: &str) -> String {
+    let bytes: Vec<u8> = rt
+        .logs(id, LogOptions::default())
+        .await
+        .unwrap()
+        .filter_map(|c| async move { c.ok() })
+        .concat()
+        .await;
+    String::from_utf8_lossy(&bytes).to_string()
+}
+
+/// A containerd of the test's own, a runtime over its namespace and the busybox image
+/// imported as `image`.
+async fn runtime_with_busybox(
+    image: &str,
+) -> (LocalContainerd, ContainerdConfig, ContainerdRuntime) {
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+    config.namespace = ctd.namespace();
+    let rt = ContainerdRuntime::new(config.clone()).await.unwrap();
+    let img_dir = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img_dir).unwrap();
+    rt.client()
+        .import(&busybox_image(&img_dir, image), "overlayfs")
+        .await
+        .unwrap();
+    (ctd, config, rt)
+}
+
 async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     for _ in 0..100 {
         if let Some(v) = f().await {
@@ -504,15 +534,8 @@ async fn the_containerd_runtime_runs_replicas_from_an_image() {
             "{body}"
         );
     }
-    let logs: Vec<u8> = rt
-        .logs("default.web-0", LogOptions::default())
-        .await
-        .unwrap()
-        .filter_map(|c| async move { c.ok() })
-        .concat()
-        .await;
     assert_eq!(
-        String::from_utf8_lossy(&logs).trim(),
+        logs_of(&rt, "default.web-0").await.trim(),
         format!("serving on {}", ports[0])
     );
     assert!(
@@ -727,17 +750,8 @@ async fn the_runtime_survives_a_containerd_restart() {
     if !orch_testkit::require(CONTAINERD) {
         return;
     }
-    let mut ctd = LocalContainerd::start().await.expect("containerd starts");
-    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
-    config.namespace = ctd.namespace();
-    let rt = ContainerdRuntime::new(config).await.unwrap();
-    let img_dir = ctd.scratch().join("img");
-    std::fs::create_dir_all(&img_dir).unwrap();
     let image = "localhost/busybox:restart";
-    rt.client()
-        .import(&busybox_image(&img_dir, image), "overlayfs")
-        .await
-        .unwrap();
+    let (mut ctd, _, rt) = runtime_with_busybox(image).await;
     let serve = [
         "/bin/sh",
         "-c",
@@ -1315,14 +1329,7 @@ async fn an_image_user_name_is_resolved_from_the_image() {
             _ => None,
         })
         .await;
-        let logs: Vec<u8> = rt
-            .logs(&id, LogOptions::default())
-            .await
-            .unwrap()
-            .filter_map(|c| async move { c.ok() })
-            .concat()
-            .await;
-        assert_eq!(String::from_utf8_lossy(&logs).trim(), expect, "user {user}");
+        assert_eq!(logs_of(&rt, &id).await.trim(), expect, "user {user}");
     }
     let name = "localhost/user:ghost";
     let image = image_as(
@@ -1461,17 +1468,8 @@ async fn containers_in_their_own_network_namespaces_share_a_fixed_port() {
     if !orch_testkit::require(&["root", "containerd", "runc", "/bin/busybox", "ip"]) {
         return;
     }
-    let ctd = LocalContainerd::start().await.expect("containerd starts");
-    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
-    config.namespace = ctd.namespace();
-    let rt = ContainerdRuntime::new(config.clone()).await.unwrap();
-    let img_dir = ctd.scratch().join("img");
-    std::fs::create_dir_all(&img_dir).unwrap();
     let image = "localhost/busybox:netns";
-    rt.client()
-        .import(&busybox_image(&img_dir, image), "overlayfs")
-        .await
-        .unwrap();
+    let (_ctd, config, rt) = runtime_with_busybox(image).await;
     assert!(rt.joins_network(&Template {
         image: Some(image.into()),
         ..Template::default()
@@ -1520,15 +1518,8 @@ async fn containers_in_their_own_network_namespaces_share_a_fixed_port() {
     }
     let w0 = rt.list().await.unwrap();
     let metrics = w0.iter().find(|w| w.id == ids[0]).unwrap().ports[1].port;
-    let logs: Vec<u8> = rt
-        .logs(ids[0], LogOptions::default())
-        .await
-        .unwrap()
-        .filter_map(|c| async move { c.ok() })
-        .concat()
-        .await;
     assert_eq!(
-        String::from_utf8_lossy(&logs).trim(),
+        logs_of(&rt, ids[0]).await.trim(),
         format!("serving on 8080, metrics on {metrics}")
     );
 

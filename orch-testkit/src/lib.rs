@@ -7,6 +7,8 @@
 //! counts these lines as skips). With `ORCH_TEST_REQUIRE_ALL=1` (what `.ci/run` sets) a
 //! missing need fails the test instead, naming the need and how to install it.
 
+pub mod hosts;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -5,9 +5,12 @@
 //! - `proxy`: the service proxy against connecting to the backend directly: bulk MB/s over
 //!   one connection, and keep-alive request/response rate and latency over 32 connections
 //!   (a synthetic echo backend); then HTTP GETs per second to three replicas of the example
-//!   server, each on a new connection.
+//!   server, each on a new connection;
+//! - `vip`: new TCP connections per second through a service virtual IP (nftables DNAT, in
+//!   network namespaces: a node with a bridge, three replicas and a client on it) against
+//!   connecting to the replicas' own addresses in turn, from the node and from the client.
 //!
-//! `cargo build --release -p orch-benches --bin discovery && target/release/discovery [dns|proxy]`
+//! `cargo build --release -p orch-benches --bin discovery && target/release/discovery [dns|proxy|vip]`
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -21,6 +24,9 @@ use orch_dns::dns::{DnsConfig, DnsServer};
 use orch_dns::proxy::{ProxyConfig, ProxyMode, ServiceProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "../../../orch-dns/tests/common/netns.rs"]
+mod netns;
 
 /// The allocator orchd uses, so figures are those of the daemon.
 #[global_allocator]
@@ -359,6 +365,44 @@ async fn published(
 /// HTTP GETs a second, each on a new connection (as `hello-server` closes every one), from
 /// `threads` client threads for `secs`; `addrs` are used in turn.
 fn http_rate(addrs: &[SocketAddr], threads: usize, secs: f64) -> (f64, u64) {
+    let get = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let from = Client::default();
+    conn_rate(addrs, threads, secs, &from, get, |b| {
+        b.starts_with(b"HTTP/1.1 200")
+    })
+}
+
+/// Where a client connects from: a network namespace (else this one), a source address
+/// (else the kernel's choice).
+#[derive(Clone, Default)]
+struct Client {
+    netns: Option<String>,
+    source: Option<std::net::IpAddr>,
+}
+
+impl Client {
+    fn connect(&self, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+        let Some(source) = self.source else {
+            return std::net::TcpStream::connect(to);
+        };
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.bind(&SocketAddr::new(source, 0).into())?;
+        s.connect(&to.into())?;
+        Ok(s.into())
+    }
+}
+
+/// Exchanges a second, each on a new connection: send `request`, read until the server
+/// closes, `ok` judges the answer; from `threads` client threads (connecting `from`) for
+/// `secs`; `addrs` are used in turn.
+fn conn_rate(
+    addrs: &[SocketAddr],
+    threads: usize,
+    secs: f64,
+    from: &Client,
+    request: &'static [u8],
+    ok: fn(&[u8]) -> bool,
+) -> (f64, u64) {
     use std::io::{Read, Write};
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -367,19 +411,26 @@ fn http_rate(addrs: &[SocketAddr], threads: usize, secs: f64) -> (f64, u64) {
         .map(|t| {
             let (stop, done, failed, addrs) =
                 (stop.clone(), done.clone(), failed.clone(), addrs.to_vec());
+            let from = from.clone();
             std::thread::spawn(move || {
+                if let Some(path) = &from.netns {
+                    netns::enter(path);
+                }
                 let mut i = t;
                 let mut buf = Vec::with_capacity(1024);
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let ok = std::net::TcpStream::connect(addrs[i % addrs.len()])
+                    let answered = from
+                        .connect(addrs[i % addrs.len()])
                         .and_then(|mut s| {
-                            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                            if !request.is_empty() {
+                                s.write_all(request)?;
+                            }
                             buf.clear();
                             s.read_to_end(&mut buf)
                         })
-                        .is_ok_and(|_| buf.starts_with(b"HTTP/1.1 200"));
-                    if ok {
+                        .is_ok_and(|_| ok(&buf));
+                    if answered {
                         done.fetch_add(1, Ordering::Relaxed);
                     } else {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -453,6 +504,126 @@ fn http(rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// New connections a second through a virtual IP against straight to the replicas, in
+/// network namespaces (see `netns.rs`): the proxy's rules in the node's namespace, three
+/// replicas answering their name and closing, a fourth namespace on the bridge as a client.
+/// Every figure is measured from a source address of its own, with the node's connection
+/// tracking table flushed before: a client that connected to a replica directly and then
+/// through the virtual IP from the same address and port would meet the replica's
+/// TIME_WAIT socket of the direct connection with a sequence number chosen for the virtual
+/// IP's address, and stall a second for a SYN retransmission (the same happens to a real
+/// client that mixes both paths within a minute; one path per client is the normal case).
+fn vip() -> anyhow::Result<()> {
+    use orch_core::discovery::VirtualIp;
+    anyhow::ensure!(
+        ServiceProxy::nftables_available(),
+        "the vip case needs root and nft (package nftables), and `ip` (iproute2)"
+    );
+    const PORT: u16 = 8080;
+    const SECS: f64 = 5.0;
+    const THREADS: usize = 4;
+    let mut lan = netns::Lan::new(4);
+    lan.serve_names(PORT);
+    let backends: Vec<SocketAddr> = lan.replicas[..3]
+        .iter()
+        .map(|r| SocketAddr::from((r.ip, PORT)))
+        .collect();
+    let endpoints: Vec<Endpoint> = lan.replicas[..3]
+        .iter()
+        .map(|r| Endpoint {
+            replica: r.name.clone(),
+            node: "bench".into(),
+            ip: r.ip.to_string(),
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                port: PORT,
+                protocol: Protocol::Tcp,
+            }],
+        })
+        .collect();
+    let vip = SocketAddr::from(([10, 96, 0, 10], 80));
+    let client = format!("/run/netns/{}", lan.replicas[3].ns.name);
+    // Source addresses, one per figure: on the node's bridge and on the client's veth.
+    let subnet = netns::SUBNET;
+    let source = move |k: u8| std::net::Ipv4Addr::new(subnet[0], subnet[1], subnet[2], k);
+    for k in 0..4 {
+        lan.node.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", source(200 + k)),
+            "dev",
+            "br0",
+        ]);
+        lan.replicas[3].ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", source(100 + k)),
+            "dev",
+            "eth0",
+        ]);
+    }
+    let node = format!("/run/netns/{}", lan.node.name);
+    let gateway = lan.gateway;
+    println!("a node namespace with a bridge; 3 replicas (a thread each: accept, write its name, close) and a client namespace on it; {THREADS} client threads, a new connection per exchange, {SECS} s per figure, the two paths alternated twice\n");
+    println!("| client | path | connections/s | failed | ratio to direct |");
+    println!("|---|---|---|---|---|");
+    let rows = std::thread::spawn(move || -> anyhow::Result<Vec<String>> {
+        netns::enter(&node);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let p = ServiceProxy::new(ProxyConfig::new("bench", gateway.into()));
+        let v = VirtualIp {
+            ip: vip.ip(),
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                port: vip.port(),
+                protocol: Protocol::Tcp,
+            }],
+        };
+        rt.block_on(p.set_virtual_ip("default", "web", Some(v)))?;
+        rt.block_on(p.set_endpoints("default", "web", endpoints))?;
+        let named = |b: &[u8]| b.starts_with(b"r");
+        let mut rows = Vec::new();
+        let clients = [
+            ("the node (output hook)", None, 200),
+            ("a namespace on the bridge (prerouting)", Some(client), 100),
+        ];
+        for (who, netns, base) in clients {
+            for round in 0..2u8 {
+                let from = |k: u8| {
+                    // A fresh table for each figure (both paths are tracked here).
+                    let _ = Command::new("conntrack")
+                        .arg("-F")
+                        .stderr(Stdio::null())
+                        .status();
+                    Client {
+                        netns: netns.clone(),
+                        source: Some(source(base + 2 * round + k).into()),
+                    }
+                };
+                let (direct, df) = conn_rate(&backends, THREADS, SECS, &from(0), b"", named);
+                rows.push(format!(
+                    "| {who} | direct to the replicas in turn | {direct:.0} | {df} | |"
+                ));
+                let (through, tf) = conn_rate(&[vip], THREADS, SECS, &from(1), b"", named);
+                rows.push(format!(
+                    "| {who} | through the virtual IP | {through:.0} | {tf} | {:.2} |",
+                    through / direct.max(1.0)
+                ));
+            }
+        }
+        drop(p);
+        Ok(rows)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the node thread panicked"))??;
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -467,6 +638,10 @@ fn main() -> anyhow::Result<()> {
         proxy(&rt)?;
         println!();
         http(&rt)?;
+    }
+    if which == "vip" || which == "all" {
+        println!();
+        vip()?;
     }
     Ok(())
 }

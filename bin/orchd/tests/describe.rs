@@ -4,7 +4,8 @@
 //! the spec's probes, published ports, update strategy and pause, and only the events of this
 //! service (not of an earlier one of the same name); `rollout history` after an undo is sorted
 //! by number with the restored revision renumbered, and `rollout status` never reports a
-//! status the controller has not yet written; `get` says `Running` until a replica is Ready.
+//! status the controller has not yet written; `get` says `Running` until a replica is Ready;
+//! `get -o wide` and `describe` show the network a replica, node and service are on.
 
 mod common;
 
@@ -232,5 +233,79 @@ fn get_says_running_until_ready_and_describe_reads_a_failure_count_right() {
     let table = d.ctl_ok(&["get", "replicas"]);
     let row = table.lines().find(|l| l.starts_with(&name)).unwrap();
     assert_eq!(row.split_whitespace().nth(3), Some("Running"), "{table}");
+    d.delete_and_wait("service", "web");
+}
+
+/// The network columns through the real binaries, on a cluster without replica networking
+/// (the process runtime on the host network): `get replicas -o wide` adds IP with the node's
+/// address marked `(host)`; `get services` has VIRTUAL-IP `<none>`; `describe` says the node
+/// has no subnet lease, the replica is on the host network and the service has no virtual IP.
+#[test]
+fn get_wide_and_describe_show_the_host_network_for_a_cluster_without_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let f = write(
+        tmp.path(),
+        "web.yaml",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  template:\n    command: [sleep, '1000']\n    ports: [{name: http}]\n    stopGracePeriod: 1s\n",
+    );
+    d.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    let (name, host) = eventually("a running replica", Duration::from_secs(30), || {
+        let r = of(&d, "web").into_iter().next()?;
+        let host = r["status"]["hostIp"].as_str()?.to_string();
+        Some((r["metadata"]["name"].as_str()?.to_string(), host))
+    });
+
+    let table = d.ctl_ok(&["get", "replicas", "-o", "wide"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("NAME") && header.ends_with("IP"),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.ends_with(&format!("{host} (host)")), "{table}");
+    assert!(row.contains("test-node"), "the NODE column: {table}");
+    let plain = d.ctl_ok(&["get", "replicas"]);
+    assert!(!plain.lines().next().unwrap().ends_with(" IP"), "{plain}");
+
+    let services = d.ctl_ok(&["get", "services"]);
+    let header: Vec<&str> = services
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "VIRTUAL-IP")
+        .expect("a VIRTUAL-IP column");
+    let row = services.lines().find(|l| l.starts_with("web")).unwrap();
+    assert_eq!(
+        row.split_whitespace().nth(column),
+        Some("<none>"),
+        "{services}"
+    );
+    // -o wide on a kind without wide columns is the normal table.
+    let wide = d.ctl_ok(&["get", "services", "-o", "wide"]);
+    assert_eq!(wide.lines().next(), services.lines().next(), "{wide}");
+
+    let node = d.ctl_ok(&["describe", "node", "test-node"]);
+    assert!(
+        node.contains("Network:\n  Subnet:         <none> (no lease"),
+        "{node}"
+    );
+    let replica = d.ctl_ok(&["describe", "replica", &name]);
+    assert!(
+        replica.contains(&format!("IP:               {host} (host)\n"))
+            && replica.contains("Network:          the host network"),
+        "{replica}"
+    );
+    let service = d.ctl_ok(&["describe", "service", "web"]);
+    assert!(
+        service.contains("Virtual IP:       <none> (not leased"),
+        "{service}"
+    );
+    let help = d.ctl_ok(&["get", "--help"]);
+    assert!(help.contains("wide"), "{help}");
     d.delete_and_wait("service", "web");
 }

@@ -596,7 +596,7 @@ fn leftovers(c: &Cluster, i: usize) -> Vec<String> {
     let veths = c.hosts.ip(i, &["-o", "link", "show", "type", "veth"]);
     for l in veths.lines() {
         // The host's own link to the bridge is not ours.
-        if !l.contains(&format!("{}p{i}", hosts_prefix(&c.hosts))) {
+        if !l.contains(&c.hosts.uplink(i)) {
             left.push(format!("veth {l}"));
         }
     }
@@ -624,11 +624,6 @@ fn leftovers(c: &Cluster, i: usize) -> Vec<String> {
 fn ipnet_gateway(subnet: &str) -> std::net::Ipv4Addr {
     let net: ipnet::Ipv4Net = subnet.parse().unwrap();
     net.hosts().next().unwrap()
-}
-
-/// The hosts' name prefix (`o123s0`), from the first host's name.
-fn hosts_prefix(hosts: &Hosts) -> String {
-    hosts.names[0].trim_end_matches("h0").to_string()
 }
 
 /// host-local's lease files (named by IP) under `dir`.

@@ -90,19 +90,26 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
                 if key != Kind::Node.key("", node) {
                     return Err(denied(node, key, "a node writes only its own node object"));
                 }
-                // Cordon and drain are the operator's: a node cannot lift them.
-                if let Op::Update { value, .. } = op {
+                // Cordon and drain are the operator's, the network lease the manager's: a
+                // node cannot change them. (A write based on an older revision fails its
+                // compare-and-swap anyway; only one that would apply is checked.)
+                if let Op::Update {
+                    value, expected, ..
+                } = op
+                {
                     let current = store.get(key).await.map_err(super::wire::status_of)?;
                     let spec = |b: &[u8]| match Object::decode(b, 0) {
-                        Ok(Object::Node(n)) => Some((n.spec.unschedulable, n.spec.draining)),
+                        Ok(Object::Node(n)) => {
+                            Some((n.spec.unschedulable, n.spec.draining, n.spec.network))
+                        }
                         _ => None,
                     };
-                    if let Some(kv) = current {
+                    if let Some(kv) = current.filter(|kv| kv.mod_revision == *expected) {
                         if spec(&kv.value) != spec(value) {
                             return Err(denied(
                                 node,
                                 key,
-                                "cordon and drain are set by operators, not by the node",
+                                "cordon, drain and the network lease are set by operators and the manager, not by the node",
                             ));
                         }
                     }

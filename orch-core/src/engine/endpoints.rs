@@ -112,7 +112,15 @@ impl Reconcile for Endpoints {
         let mut published = self.published.lock().await;
         let result = match service.as_ref() {
             None if eps.is_empty() => match published.remove(key) {
-                Some(_) => ctx.discovery.remove_service(ns, name).await,
+                Some(state) => {
+                    // Its virtual IP goes first, so no backend balances it to nothing.
+                    let vip = match state.vip {
+                        Some(Some(_)) => ctx.discovery.set_virtual_ip(ns, name, None).await,
+                        _ => Ok(()),
+                    };
+                    let r = ctx.discovery.remove_service(ns, name).await;
+                    vip.and(r)
+                }
                 None => Ok(()),
             },
             service => {

@@ -22,17 +22,55 @@ use crate::store::{update_op, StoreError};
 /// The network controller (see the module doc).
 #[derive(Default)]
 pub(crate) struct NetworkController {
-    /// Leases written (or being written) but perhaps not in the cache yet: by the holder's
-    /// store key, its uid and what it was given.
-    reserved: std::sync::Mutex<Reserved>,
+    /// Node subnets written (or being written) but perhaps not in the cache yet.
+    subnets: std::sync::Mutex<Reservations<Ipv4Net>>,
+    /// Service virtual IPs likewise.
+    vips: std::sync::Mutex<Reservations<Ipv4Addr>>,
     /// The last warning recorded per object, so a condition that lasts is one event.
     warned: std::sync::Mutex<HashMap<ObjectKey, String>>,
 }
 
-#[derive(Default)]
-struct Reserved {
-    subnets: HashMap<String, (String, Ipv4Net)>,
-    vips: HashMap<String, (String, Ipv4Addr)>,
+/// Leases picked for holders whose write the cache may not show yet: by the holder's store
+/// key, its uid and what it was given.
+struct Reservations<T> {
+    held: HashMap<String, (String, T)>,
+}
+
+impl<T> Default for Reservations<T> {
+    fn default() -> Self {
+        Reservations {
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Copy> Reservations<T> {
+    /// What holder `key` (of `uid`) is given: its reservation if it has one, else what `pick`
+    /// chooses given what is used — `cached` (the leases the cache shows) and the other
+    /// reservations still `pending` (their holder, by key and uid, exists and the cache does
+    /// not show its lease yet) — reserved for it.
+    fn reserve<E>(
+        &mut self,
+        key: &str,
+        uid: &str,
+        cached: impl FnOnce() -> Vec<T>,
+        pending: impl Fn(&str, &str) -> bool,
+        pick: impl FnOnce(&[T]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if let Some((_, t)) = self.held.get(key).filter(|(u, _)| u == uid) {
+            return Ok(*t);
+        }
+        let mut used = cached();
+        self.held.retain(|k, (u, _)| pending(k, u));
+        used.extend(self.held.values().map(|(_, t)| *t));
+        let t = pick(&used)?;
+        self.held.insert(key.to_string(), (uid.to_string(), t));
+        Ok(t)
+    }
+
+    fn release(&mut self, key: &str) {
+        self.held.remove(key);
+    }
 }
 
 #[async_trait::async_trait]
@@ -64,8 +102,11 @@ impl Reconcile for NetworkController {
                 };
                 let (was, is) = (view(old), view(new));
                 if is.is_none() {
-                    // A removed node frees its subnet: nodes still waiting may fit now.
-                    return waiting(ctx, Kind::Node);
+                    // A removed node frees its subnet: nodes still waiting may fit now (and
+                    // its own key drops what the controller remembers of it).
+                    let mut keys = waiting(ctx, Kind::Node);
+                    keys.push(k);
+                    return keys;
                 }
                 if was == is {
                     return Vec::new();
@@ -142,6 +183,10 @@ fn waiting(ctx: &Ctx, kind: Kind) -> Vec<ObjectKey> {
         .collect()
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The `index`-th address of `net` (0 is its network address).
 fn nth(net: Ipv4Net, index: u64) -> Option<Ipv4Addr> {
     let n = u64::from(u32::from(net.network())) + index;
@@ -182,13 +227,9 @@ fn address_inside(node: &Node, cidr: Ipv4Net) -> Option<String> {
 }
 
 impl NetworkController {
-    fn reserved(&self) -> std::sync::MutexGuard<'_, Reserved> {
-        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records a warning about `key`, once per distinct message.
     fn warn(&self, ctx: &Ctx, key: &ObjectKey, reason: &str, message: String) {
-        let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.warned);
         if w.get(key) == Some(&message) {
             return;
         }
@@ -204,10 +245,7 @@ impl NetworkController {
     }
 
     fn clear_warning(&self, key: &ObjectKey) {
-        self.warned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        lock(&self.warned).remove(key);
     }
 
     async fn reconcile_node(
@@ -220,7 +258,7 @@ impl NetworkController {
         let node = match ctx.cache.get(Kind::Node, &store_key).as_deref() {
             Some(Object::Node(n)) => n.clone(),
             _ => {
-                self.reserved().subnets.remove(&store_key);
+                lock(&self.subnets).release(&store_key);
                 self.clear_warning(key);
                 return Ok(());
             }
@@ -267,46 +305,38 @@ impl NetworkController {
                 return Ok(());
             }
         }
-        let subnet = {
-            let mut r = self.reserved();
-            let uid = node.metadata.uid.clone();
-            match r.subnets.get(&store_key).filter(|(u, _)| *u == uid) {
-                Some((_, s)) => *s,
-                None => {
-                    let mut used: Vec<Ipv4Net> = ctx
-                        .cache
-                        .list(Kind::Node)
-                        .iter()
-                        .filter_map(|o| match o.as_ref() {
-                            Object::Node(n) => n.spec.network.as_ref()?.subnet.parse().ok(),
-                            _ => None,
-                        })
-                        .collect();
-                    r.subnets.retain(|k, (u, _)| {
-                        matches!(ctx.cache.get(Kind::Node, k).as_deref(),
-                            Some(Object::Node(n)) if n.metadata.uid == *u && n.spec.network.is_none())
-                    });
-                    used.extend(r.subnets.values().map(|(_, s)| *s));
-                    match free_subnet(net.cluster_cidr, net.node_prefix, &used) {
-                        Ok(s) => {
-                            r.subnets.insert(store_key.clone(), (uid, s));
-                            s
-                        }
-                        Err(count) => {
-                            drop(r);
-                            self.warn(
-                                ctx,
-                                key,
-                                "ClusterCidrExhausted",
-                                format!(
-                                    "no subnet for node {}: every one of the {count} /{} subnets of the cluster CIDR {} is leased; use a larger cluster CIDR or remove nodes",
-                                    node.metadata.name, net.node_prefix, net.cluster_cidr
-                                ),
-                            );
-                            return Ok(());
-                        }
-                    }
-                }
+        let picked = lock(&self.subnets).reserve(
+            &store_key,
+            &node.metadata.uid,
+            || {
+                ctx.cache
+                    .list(Kind::Node)
+                    .iter()
+                    .filter_map(|o| match o.as_ref() {
+                        Object::Node(n) => n.spec.network.as_ref()?.subnet.parse().ok(),
+                        _ => None,
+                    })
+                    .collect()
+            },
+            |k, uid| {
+                matches!(ctx.cache.get(Kind::Node, k).as_deref(),
+                    Some(Object::Node(n)) if n.metadata.uid == uid && n.spec.network.is_none())
+            },
+            |used| free_subnet(net.cluster_cidr, net.node_prefix, used),
+        );
+        let subnet = match picked {
+            Ok(s) => s,
+            Err(count) => {
+                self.warn(
+                    ctx,
+                    key,
+                    "ClusterCidrExhausted",
+                    format!(
+                        "no subnet for node {}: every one of the {count} /{} subnets of the cluster CIDR {} is leased; use a larger cluster CIDR or remove nodes",
+                        node.metadata.name, net.node_prefix, net.cluster_cidr
+                    ),
+                );
+                return Ok(());
             }
         };
         self.clear_warning(key);
@@ -342,12 +372,12 @@ impl NetworkController {
     ) -> Result<(), StoreError> {
         let store_key = key.store_key();
         let Some(svc) = ctx.cache.service(&store_key) else {
-            self.reserved().vips.remove(&store_key);
+            lock(&self.vips).release(&store_key);
             self.clear_warning(key);
             return Ok(());
         };
         if svc.spec.headless {
-            self.reserved().vips.remove(&store_key);
+            lock(&self.vips).release(&store_key);
             if svc.status.virtual_ip.is_some() {
                 self.write_service(ctx, svc, None).await?;
             }
@@ -357,47 +387,34 @@ impl NetworkController {
             // Stable for the service's life, even if the service CIDR changed since.
             return Ok(());
         }
-        let vip = {
-            let mut r = self.reserved();
-            let uid = svc.metadata.uid.clone();
-            match r.vips.get(&store_key).filter(|(u, _)| *u == uid) {
-                Some((_, a)) => *a,
-                None => {
-                    let mut used: HashSet<Ipv4Addr> = ctx
-                        .cache
-                        .list(Kind::Service)
-                        .iter()
-                        .filter_map(|o| o.as_service()?.status.virtual_ip.as_ref()?.parse().ok())
-                        .collect();
-                    r.vips.retain(|k, (u, _)| {
-                        ctx.cache.service(k).is_some_and(|s| {
-                            s.metadata.uid == *u
-                                && s.status.virtual_ip.is_none()
-                                && !s.spec.headless
-                        })
-                    });
-                    used.extend(r.vips.values().map(|(_, a)| *a));
-                    match free_address(net.service_cidr, &used) {
-                        Some(a) => {
-                            r.vips.insert(store_key.clone(), (uid, a));
-                            a
-                        }
-                        None => {
-                            drop(r);
-                            self.warn(
-                                ctx,
-                                key,
-                                "ServiceCidrExhausted",
-                                format!(
-                                    "no virtual IP for service {}: every address of the service CIDR {} is leased; use a larger service CIDR or make services headless",
-                                    svc.metadata.name, net.service_cidr
-                                ),
-                            );
-                            return Ok(());
-                        }
-                    }
-                }
-            }
+        let picked = lock(&self.vips).reserve(
+            &store_key,
+            &svc.metadata.uid,
+            || {
+                ctx.cache
+                    .list(Kind::Service)
+                    .iter()
+                    .filter_map(|o| o.as_service()?.status.virtual_ip.as_ref()?.parse().ok())
+                    .collect()
+            },
+            |k, uid| {
+                ctx.cache.service(k).is_some_and(|s| {
+                    s.metadata.uid == uid && s.status.virtual_ip.is_none() && !s.spec.headless
+                })
+            },
+            |used| free_address(net.service_cidr, &used.iter().copied().collect()).ok_or(()),
+        );
+        let Ok(vip) = picked else {
+            self.warn(
+                ctx,
+                key,
+                "ServiceCidrExhausted",
+                format!(
+                    "no virtual IP for service {}: every address of the service CIDR {} is leased; use a larger service CIDR or make services headless",
+                    svc.metadata.name, net.service_cidr
+                ),
+            );
+            return Ok(());
         };
         self.clear_warning(key);
         self.write_service(ctx, svc, Some(vip.to_string())).await

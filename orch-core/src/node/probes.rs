@@ -427,5 +427,15 @@ mod tests {
                 port: 81
             }
         );
+        // A replica with an address of its own is probed there.
+        r.ip = Some("10.244.0.5".into());
+        assert_eq!(
+            action_of(&r, &probe).unwrap(),
+            ProbeAction::HttpGet {
+                host: "10.244.0.5".into(),
+                port: 20001,
+                path: "/h".into()
+            }
+        );
     }
 }

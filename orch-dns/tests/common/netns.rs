@@ -22,8 +22,8 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs `cmd args` and panics with its stderr if it fails (test setup).
-pub fn run(cmd: &str, args: &[&str]) {
+/// Runs `cmd args` and returns its output; panics with its stderr if it fails (test setup).
+pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -34,6 +34,7 @@ pub fn run(cmd: &str, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A network namespace under /run/netns, deleted on drop.
@@ -62,19 +63,9 @@ impl Netns {
 
     /// `ip netns exec NAME cmd args` (its output), for tools like `nft` and `sysctl`.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, cmd])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("ip netns exec {cmd}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd} {} in {}: {}",
-            args.join(" "),
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut all = vec!["netns", "exec", self.name.as_str(), cmd];
+        all.extend_from_slice(args);
+        run("ip", &all)
     }
 
     /// Runs `f` on a new thread inside this namespace and returns what it returns.
@@ -149,14 +140,39 @@ impl Lan {
             &gateway.to_string(),
         ]);
         node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        let hairpin = format!(
-            "table ip hairpin {{ chain post {{ type nat hook postrouting priority 100 ; ct status dnat ip saddr {subnet} ip daddr {subnet} masquerade ; }} ; }}"
-        );
-        node.exec("nft", &[&hairpin]);
+        // Hairpin masquerade. With br_netfilter (bridge-nf-call-iptables=1), a reply
+        // between two replicas on the bridge passes the node's connection tracking and is
+        // un-NATed there, so only a replica reaching itself needs its source rewritten
+        // (kube-proxy masquerades just that case). Without br_netfilter the reply would go
+        // straight over the bridge, so every replica-to-replica rewrite is masqueraded.
+        let br_netfilter = node
+            .exec("cat", &["/proc/sys/net/bridge/bridge-nf-call-iptables"])
+            .trim()
+            == "1";
+        let replica_ips: Vec<Ipv4Addr> = (0..n)
+            .map(|i| Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 10 + i as u8))
+            .collect();
+        let rules: Vec<String> = if br_netfilter {
+            replica_ips
+                .iter()
+                .map(|ip| format!("ct status dnat ip saddr {ip} ip daddr {ip} masquerade"))
+                .collect()
+        } else {
+            vec![format!(
+                "ct status dnat ip saddr {subnet} ip daddr {subnet} masquerade random"
+            )]
+        };
+        let mut hairpin = "add table ip hairpin\nadd chain ip hairpin post { type nat hook postrouting priority 100 ; }\n".to_string();
+        for r in rules {
+            hairpin.push_str(&format!("add rule ip hairpin post {r}\n"));
+        }
+        let path = std::env::temp_dir().join(format!("{}.nft", node.name));
+        std::fs::write(&path, hairpin).unwrap();
+        node.exec("nft", &["-f", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
         let mut replicas = Vec::new();
-        for i in 0..n {
+        for (i, ip) in replica_ips.into_iter().enumerate() {
             let ns = Netns::new(&format!("r{i}"));
-            let ip = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 10 + i as u8);
             let veth = format!("v{i}");
             node.ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
@@ -197,7 +213,15 @@ impl Lan {
         for r in &self.replicas {
             let name = r.name.clone();
             let (tcp, udp) = r.ns.run(move || {
-                let tcp = std::net::TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+                let addr = SocketAddr::from(([0, 0, 0, 0], port));
+                let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .and_then(|s| {
+                        s.set_reuse_address(true)?;
+                        s.bind(&addr.into())?;
+                        s.listen(4096)?;
+                        Ok(std::net::TcpListener::from(s))
+                    })
+                    .expect("tcp bind");
                 let udp = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
                 (tcp, udp)
             });
@@ -216,18 +240,17 @@ impl Server {
     fn names(tcp: std::net::TcpListener, udp: std::net::UdpSocket, name: String) -> Server {
         use std::io::Write;
         let stop = Arc::new(AtomicBool::new(false));
-        tcp.set_nonblocking(true).unwrap();
+        // Blocking accept and receive that wake every 50 ms (SO_RCVTIMEO), to see `stop`.
+        socket2::SockRef::from(&tcp)
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let (s1, s2, n1, n2) = (stop.clone(), stop.clone(), name.clone(), name);
         let t1 = std::thread::spawn(move || {
             while !s1.load(Ordering::Relaxed) {
-                match tcp.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.write_all(format!("{n1}\n").as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                if let Ok((mut c, _)) = tcp.accept() {
+                    let _ = c.write_all(format!("{n1}\n").as_bytes());
                 }
             }
         });

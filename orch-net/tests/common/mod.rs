@@ -1,5 +1,5 @@
-//! Test hosts for orch-net: each host is a network namespace on a bridge of its own in the
-//! root namespace, and a node's [`CniNetwork`] runs on a thread that entered that namespace
+//! Test nodes for orch-net: each host is a network namespace on a bridge in the root
+//! namespace (`orch_testkit::hosts::Hosts`), and a node's [`CniNetwork`] runs on a thread that entered that namespace
 //! (its netlink sockets, plugins and `nft` all live there). Shared by the tests and the
 //! overlay benchmark (`benches/src/bin/overlay.rs` includes this file).
 #![allow(dead_code)]
@@ -8,8 +8,6 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use orch_core::model::object::{NetworkMode, NodeNetwork};
@@ -19,16 +17,7 @@ use orch_net::{CniNetwork, NetConfig};
 /// What these tests need.
 pub const NEEDS: &[&str] = &["root", "ip", "nft", "/usr/lib/cni/bridge"];
 
-/// Runs `ip args`, panicking with its stderr when it fails.
-pub fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use orch_testkit::hosts::{ip, Hosts};
 
 /// Runs `f` on a new thread inside the network namespace at `netns`.
 pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
@@ -54,84 +43,16 @@ pub fn block_in<T: Send, F: Future<Output = T>>(netns: &Path, f: impl FnOnce() -
     })
 }
 
-/// Hosts on one bridge: `10.123.N.(i+1)/24` (N from the pid and a counter), the bridge `.254`.
-pub struct Hosts {
-    pub bridge: String,
-    pub names: Vec<String>,
-    prefix: String,
-    subnet: String,
-}
-
-impl Hosts {
-    /// Creates `n` hosts.
-    pub fn new(n: usize) -> Hosts {
-        static SETS: AtomicUsize = AtomicUsize::new(0);
-        let set = SETS.fetch_add(1, Ordering::Relaxed) % 20;
-        let id = std::process::id() % 10_000;
-        let prefix = format!("on{id}s{set}");
-        let bridge = format!("{prefix}br");
-        let subnet = format!("10.123.{}", (id as usize * 20 + set) % 250);
-        let hosts = Hosts {
-            bridge: bridge.clone(),
-            names: (0..n).map(|i| format!("{prefix}h{i}")).collect(),
-            prefix: prefix.clone(),
-            subnet: subnet.clone(),
-        };
-        ip(&["link", "add", &bridge, "type", "bridge"]);
-        ip(&["addr", "add", &format!("{subnet}.254/24"), "dev", &bridge]);
-        ip(&["link", "set", &bridge, "up"]);
-        for (i, ns) in hosts.names.iter().enumerate() {
-            let (host_end, ns_end) = (format!("{prefix}v{i}"), format!("{prefix}p{i}"));
-            ip(&["netns", "add", ns]);
-            ip(&[
-                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
-            ]);
-            ip(&["link", "set", &host_end, "master", &bridge, "up"]);
-            ip(&["link", "set", &ns_end, "netns", ns]);
-            let addr = format!("{}/24", hosts.address(i));
-            ip(&["-n", ns, "addr", "add", &addr, "dev", &ns_end]);
-            ip(&["-n", ns, "link", "set", &ns_end, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        hosts
-    }
-
-    /// Host `i`'s address.
-    pub fn address(&self, i: usize) -> Ipv4Addr {
-        format!("{}.{}", self.subnet, i + 1).parse().unwrap()
-    }
-
-    /// Host `i`'s network namespace file.
-    pub fn netns(&self, i: usize) -> PathBuf {
-        Path::new("/run/netns").join(&self.names[i])
-    }
-
-    /// The MTU of host `i`'s link to the bridge.
-    pub fn mtu(&self, i: usize) -> u32 {
-        let out = ip(&[
-            "-n",
-            &self.names[i],
-            "-o",
-            "link",
-            "show",
-            &format!("{}p{i}", self.prefix),
-        ]);
-        mtu_of(&out)
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for (i, ns) in self.names.iter().enumerate() {
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("{}v{i}", self.prefix)])
-                .status();
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-    }
+/// The MTU of host `i`'s link to the bridge.
+pub fn uplink_mtu(hosts: &Hosts, i: usize) -> u32 {
+    mtu_of(&ip(&[
+        "-n",
+        &hosts.names[i],
+        "-o",
+        "link",
+        "show",
+        &hosts.uplink(i),
+    ]))
 }
 
 /// The `mtu N` of an `ip -o link show` line.
@@ -168,15 +89,12 @@ impl Node {
     /// A node on host `i` of `hosts` (not configured yet).
     pub fn new(hosts: &Hosts, i: usize) -> Node {
         let state = tempfile::tempdir().expect("tempdir");
-        let config = NetConfig::new(
-            &hosts.names[i],
-            hosts.address(i),
-            state.path().join("network"),
-        );
+        let address: Ipv4Addr = hosts.address(i).parse().expect("a host address");
+        let config = NetConfig::new(&hosts.names[i], address, state.path().join("network"));
         Node {
             net: CniNetwork::new(config).expect("CniNetwork::new"),
             host: hosts.netns(i),
-            address: hosts.address(i),
+            address,
             state,
         }
     }
@@ -196,6 +114,12 @@ impl Node {
         f: impl FnOnce(&'a CniNetwork) -> F + Send,
     ) -> T {
         block_in(&self.host, || f(&self.net))
+    }
+
+    /// Attaches workload `id` (no ports), panicking on failure.
+    pub fn attach(&self, id: &str) -> orch_core::runtime::WorkloadNetwork {
+        self.run(|n| async move { n.attach(id, &[]).await })
+            .unwrap_or_else(|e| panic!("attach {id}: {e}"))
     }
 
     /// This node as a peer of the others.

@@ -9,8 +9,10 @@
 //! A container started with a [`WorkloadNetwork`](orch_core::runtime::WorkloadNetwork) joins
 //! that network namespace (the node's [`Network`](orch_core::Network) made it): its fixed
 //! ports are its own, its hostname is the replica's name and its `/etc/hosts` names it at
-//! its address. Without one it shares the host's network, as a process does. Output goes to one file per workload in the
-//! state directory; exits are reported through [`Runtime::events`].
+//! its address. Without one it shares the host's network, as a process does.
+//!
+//! Output goes to one file per workload in the state directory; exits are reported through
+//! [`Runtime::events`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -420,70 +420,20 @@ pub fn netns_command(netns: Option<&str>, program: &str) -> Command {
     }
 }
 
-/// What [`Hosts`] needs: root (to make network namespaces, bridges and veths) and `ip`.
-pub const NETNS: &[&str] = &["root", "ip", "nsenter"];
+/// Hosts on one bridge, and what they need (root, `ip`): shared with orch-net's tests.
+#[allow(unused_imports)] // not every test binary uses them
+pub use orch_testkit::hosts::{Hosts, NETNS};
 
-/// Hosts on one bridge: a network namespace per host with a veth into a bridge of its own,
-/// addresses `10.(200+S).N.(i+1)/24` (S counts the sets of this test process, N comes from its
-/// pid), the bridge itself `.254` so the test reaches them. Everything is removed on drop.
-pub struct Hosts {
-    pub bridge: String,
-    pub names: Vec<String>,
-    prefix: String,
-    subnet: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Hosts {
-    /// Creates `n` hosts.
-    pub fn new(n: usize) -> Hosts {
-        static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let set = SETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50;
-        let id = std::process::id() % 10_000;
-        let prefix = format!("o{id}s{set}");
-        let bridge = format!("{prefix}br");
-        let subnet = format!("10.{}.{}", 200 + set, id % 250);
-        let hosts = Hosts {
-            bridge: bridge.clone(),
-            names: (0..n).map(|i| format!("{prefix}h{i}")).collect(),
-            prefix: prefix.clone(),
-            subnet: subnet.clone(),
-        };
-        ip(&["link", "add", &bridge, "type", "bridge"]);
-        // The test itself (in the root namespace) reaches the hosts through the bridge.
-        ip(&["addr", "add", &format!("{subnet}.254/24"), "dev", &bridge]);
-        ip(&["link", "set", &bridge, "up"]);
-        for (i, ns) in hosts.names.iter().enumerate() {
-            let (host_end, ns_end) = (format!("{prefix}v{i}"), format!("{prefix}p{i}"));
-            ip(&["netns", "add", ns]);
-            ip(&[
-                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
-            ]);
-            ip(&["link", "set", &host_end, "master", &bridge, "up"]);
-            ip(&["link", "set", &ns_end, "netns", ns]);
-            let addr = format!("{}/24", hosts.address(i));
-            ip(&["-n", ns, "addr", "add", &addr, "dev", &ns_end]);
-            ip(&["-n", ns, "link", "set", &ns_end, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        hosts
-    }
-
-    /// Host `i`'s address.
-    pub fn address(&self, i: usize) -> String {
-        format!("{}.{}", self.subnet, i + 1)
-    }
-
+/// What the orchd tests do on a host of [`Hosts`].
+pub trait OnHost {
     /// `ip -n HOST ARGS...` on host `i`: its stdout (empty when `ip` fails).
-    pub fn ip(&self, i: usize, args: &[&str]) -> String {
+    fn ip(&self, i: usize, args: &[&str]) -> String;
+    /// Runs `program args...` in host `i`'s network namespace (`nsenter --net`): its output.
+    fn run(&self, i: usize, program: &str, args: &[&str]) -> Output;
+}
+
+impl OnHost for Hosts {
+    fn ip(&self, i: usize, args: &[&str]) -> String {
         let out = Command::new("ip")
             .arg("-n")
             .arg(&self.names[i])
@@ -493,31 +443,10 @@ impl Hosts {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `program args...` in host `i`'s network namespace: its output.
-    pub fn run(&self, i: usize, program: &str, args: &[&str]) -> Output {
+    fn run(&self, i: usize, program: &str, args: &[&str]) -> Output {
         netns_command(Some(&self.names[i]), program)
             .args(args)
             .output()
             .expect("run in a host")
-    }
-
-    /// Cuts (or restores) host `i`'s link to the bridge.
-    pub fn link(&self, i: usize, up: bool) {
-        let end = format!("{}v{i}", self.prefix);
-        ip(&["link", "set", &end, if up { "up" } else { "down" }]);
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for (i, ns) in self.names.iter().enumerate() {
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("{}v{i}", self.prefix)])
-                .status();
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
     }
 }

@@ -345,7 +345,11 @@ impl Agent {
             g.workloads.get(&id).cloned()
         };
         match (replica, workload) {
-            (None, None) => Outcome::default(),
+            (None, None) => {
+                // Gone without a stop here (its node removed, say): nothing may stay attached.
+                self.detach(&id).await;
+                Outcome::default()
+            }
             (None, Some(w)) => {
                 tracing::info!(node = %self.cfg.node, workload = %id, "agent: stopping orphan");
                 self.stop_in_background(&id, &w, None, key);

@@ -235,6 +235,9 @@ impl Agent {
                                 g.configured = Some(l.clone());
                                 g.fallback = None;
                             }
+                            // A (re)configured network gets its peers again.
+                            peers_set = None;
+                            peers_at = None;
                             self.set_status(true, net.describe());
                             tracing::info!(node = %self.cfg.node, subnet = %l.subnet, "agent: replica network configured");
                             self.enqueue_all();
@@ -279,18 +282,19 @@ impl Agent {
                 };
                 self.fall_back(why);
             }
-            // The peers.
+            // The peers, once the lease is configured (their routes follow its mode).
             let peers = self.peers();
             let now = Instant::now();
-            if peers_set.as_ref() != Some(&peers) && peers_at.is_none_or(|t| t <= now) {
+            if self.net().configured.is_some()
+                && peers_set.as_ref() != Some(&peers)
+                && peers_at.is_none_or(|t| t <= now)
+            {
                 match net.set_peers(&peers).await {
                     Ok(()) => {
                         peers_set = Some(peers);
                         peers_at = None;
                         peers_delay = Duration::from_millis(200);
-                        if self.net().configured.is_some() {
-                            self.set_status(true, net.describe());
-                        }
+                        self.set_status(true, net.describe());
                     }
                     Err(e) => {
                         tracing::warn!(node = %self.cfg.node, error = %e, "agent: setting the network's peers failed");

@@ -323,7 +323,8 @@ impl Agent {
                 }
             }
             Err(e) => {
-                if spec.network.is_some() {
+                // Nothing runs in the namespace (unless the runtime says it already runs).
+                if spec.network.is_some() && !matches!(e, RuntimeError::AlreadyRunning(_)) {
                     self.detach(&id).await;
                 }
                 self.start_failed(r, st, restart, e, &rec).await
