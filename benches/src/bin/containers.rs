@@ -436,18 +436,9 @@ async fn orch_own_ips(
         }
     };
     import(ctd, ns, &ctd.scratch().join("img-net")).await?;
-    let store = Arc::new(MemStore::new());
-    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
-        .config(EngineConfig {
-            network: Some(orch_core::engine::ClusterNetwork::default()),
-            ..EngineConfig::default()
-        })
-        .start();
-    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("orch-net-state"));
-    config.namespace = ns.to_string();
-    let runtime = Arc::new(ContainerdRuntime::new(config).await?);
-    let mut agent = AgentConfig::new("bench-net");
-    agent.max_replicas = 1000;
+    let network = Some(orch_core::engine::ClusterNetwork::default());
+    let (store, mut engine, runtime, mut agent) =
+        engine_on(ctd, ns, "orch-net-state", "bench-net", network).await?;
     agent.addresses = vec![NODE_ADDRESS.to_string()];
     agent.network = Some(orch_core::node::AgentNetwork(Arc::new(net)));
     engine.add_agent(runtime, agent);
@@ -487,6 +478,31 @@ async fn orch_own_ips(
     Ok(Some(took))
 }
 
+/// An in-process engine (in-memory store, `network` leases) and, for it, a containerd runtime
+/// on namespace `ns` (state in the scratch dir's `state`) and the configuration of its node
+/// `node` (up to 1,000 replicas), for the caller to add.
+async fn engine_on(
+    ctd: &LocalContainerd,
+    ns: &str,
+    state: &str,
+    node: &str,
+    network: Option<orch_core::engine::ClusterNetwork>,
+) -> anyhow::Result<(Arc<MemStore>, Engine, Arc<ContainerdRuntime>, AgentConfig)> {
+    let store = Arc::new(MemStore::new());
+    let engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+        .config(EngineConfig {
+            network,
+            ..EngineConfig::default()
+        })
+        .start();
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join(state));
+    config.namespace = ns.to_string();
+    let runtime = Arc::new(ContainerdRuntime::new(config).await?);
+    let mut agent = AgentConfig::new(node);
+    agent.max_replicas = 1000;
+    Ok((store, engine, runtime, agent))
+}
+
 async fn import(ctd: &LocalContainerd, ns: &str, dir: &Path) -> anyhow::Result<()> {
     let c = Containerd::connect(ctd.socket(), ns).await?;
     let parts = busybox_image(dir, IMAGE)?;
@@ -512,15 +528,8 @@ async fn run() -> anyhow::Result<()> {
         import(&ctd, ns, &ctd.scratch().join(format!("img{i}"))).await?;
     }
 
-    let store = Arc::new(MemStore::new());
-    let mut engine = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
-        .config(EngineConfig::default())
-        .start();
-    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("orch-state"));
-    config.namespace = ns_orch.clone();
-    let runtime = Arc::new(ContainerdRuntime::new(config).await?);
-    let mut agent = AgentConfig::new("bench");
-    agent.max_replicas = 1000;
+    let (store, mut engine, runtime, agent) =
+        engine_on(&ctd, &ns_orch, "orch-state", "bench", None).await?;
     engine.add_agent(runtime.clone(), agent);
     let quick = std::env::var_os("ORCH_BENCH_QUICK").is_some();
 

@@ -278,6 +278,24 @@ impl Cluster {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Connects to `url` from replica `from` again and again until every one of `replicas`
+    /// has answered (30 s); an answer from any other replica fails the test.
+    fn reaches_every<'a>(&self, from: &str, url: &str, replicas: impl Iterator<Item = &'a String>) {
+        let all: BTreeSet<String> = replicas.cloned().collect();
+        let mut seen = BTreeSet::new();
+        eventually(
+            &format!("{url} reaches every replica"),
+            Duration::from_secs(30),
+            || {
+                if let Some(b) = self.wget(from, url) {
+                    assert!(all.contains(&b), "{b} is not one of {all:?}");
+                    seen.insert(b);
+                }
+                (seen == all).then_some(())
+            },
+        );
+    }
+
     /// The service's virtual IP.
     fn virtual_ip(&self, service: &str) -> String {
         eventually(
@@ -326,20 +344,8 @@ impl Cluster {
     fn reach(&self, from: &str, url: &str) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let out = self.manager.ctl(&[
-                "exec",
-                "--timeout",
-                "5s",
-                from,
-                "--",
-                "/bin/wget",
-                "-q",
-                "-O",
-                "-",
-                url,
-            ]);
-            if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if let Some(body) = self.wget(from, url) {
+                return body;
             }
             if std::time::Instant::now() > deadline {
                 let loud = self.manager.ctl(&[
@@ -459,18 +465,7 @@ fn replicas_on_three_hosts_reach_each_other_by_ip_and_through_the_virtual_ip() {
         .ctl_ok(&["exec", from, "--", "cat", "/etc/resolv.conf"]);
     let gateway = format!("nameserver {}", ipnet_gateway(&c.wait_network_ready("h0")));
     assert!(resolv.contains(&gateway), "{resolv}");
-    let all: BTreeSet<String> = reps.keys().cloned().collect();
-    let mut seen = BTreeSet::new();
-    eventually(
-        "web:8080 reaches every replica",
-        Duration::from_secs(30),
-        || {
-            if let Some(b) = c.wget(from, &format!("http://web:{PORT}/")) {
-                seen.insert(b);
-            }
-            (seen == all).then_some(())
-        },
-    );
+    c.reaches_every(from, &format!("http://web:{PORT}/"), reps.keys());
 
     // A replica made unready gets no new connection from the moment it is not Ready.
     let (gone, (gone_node, _)) = reps.iter().nth(3).unwrap();
@@ -558,19 +553,7 @@ fn a_dead_hosts_replicas_come_back_elsewhere_with_new_ips_and_its_routes_go() {
         }
     }
     let from = after.keys().next().unwrap();
-    let all: BTreeSet<String> = after.keys().cloned().collect();
-    let mut seen = BTreeSet::new();
-    eventually(
-        "the VIP reaches every new replica",
-        Duration::from_secs(30),
-        || {
-            if let Some(b) = c.wget(from, &format!("http://{vip}:{PORT}/")) {
-                assert!(all.contains(&b), "{b} is not a live replica");
-                seen.insert(b);
-            }
-            (seen == all).then_some(())
-        },
-    );
+    c.reaches_every(from, &format!("http://{vip}:{PORT}/"), after.keys());
     for i in [0, 1] {
         eventually("h2's route gone", Duration::from_secs(30), || {
             (!c.routes(i).contains(&dead_subnet)).then_some(())
