@@ -120,12 +120,84 @@ impl DiscoveryArgs {
         if let Some(d) = &dns {
             all.push(d.clone());
         }
+        let mut fanout: Arc<dyn Discovery> = Arc::new(Fanout(all));
+        if !ServiceProxy::nftables_available() {
+            // Virtual IPs are balanced only by nftables rules: without them a VIP in DNS
+            // would lead nowhere from this node, so its DNS answers replica addresses.
+            fanout = Arc::new(WithoutVirtualIps::new(fanout, node));
+        }
         Ok(NodeDiscovery {
-            fanout: Arc::new(Fanout(all)),
+            fanout,
             dns,
             dns_error,
             proxy,
         })
+    }
+}
+
+/// Discovery on a node that cannot balance virtual IPs (no root or no `nft`): services'
+/// virtual IPs are kept from every backend, so the node's DNS answers their ready replicas'
+/// addresses (as for a headless service) and the proxy never tries the kernel. Said once, on
+/// the first virtual IP, instead of failing every endpoints update.
+pub struct WithoutVirtualIps {
+    inner: Arc<dyn Discovery>,
+    node: String,
+    said: std::sync::atomic::AtomicBool,
+}
+
+impl WithoutVirtualIps {
+    /// Wraps `inner` for node `node`.
+    pub fn new(inner: Arc<dyn Discovery>, node: &str) -> WithoutVirtualIps {
+        WithoutVirtualIps {
+            inner,
+            node: node.into(),
+            said: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Discovery for WithoutVirtualIps {
+    async fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: Vec<orch_core::discovery::Endpoint>,
+    ) -> Result<(), orch_core::discovery::DiscoveryError> {
+        self.inner
+            .set_endpoints(namespace, service, endpoints)
+            .await
+    }
+    async fn remove_service(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<(), orch_core::discovery::DiscoveryError> {
+        self.inner.remove_service(namespace, service).await
+    }
+    async fn set_published(
+        &self,
+        namespace: &str,
+        service: &str,
+        published: Vec<orch_core::discovery::Published>,
+    ) -> Result<(), orch_core::discovery::DiscoveryError> {
+        self.inner
+            .set_published(namespace, service, published)
+            .await
+    }
+    async fn set_virtual_ip(
+        &self,
+        namespace: &str,
+        service: &str,
+        vip: Option<orch_core::discovery::VirtualIp>,
+    ) -> Result<(), orch_core::discovery::DiscoveryError> {
+        if let Some(v) = vip {
+            if !self.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(node = %self.node, service = %format!("{namespace}/{service}"), vip = %v.ip,
+                    "virtual IPs are not balanced on this node: nftables does not work here (it needs root and the nftables package); its DNS answers services' replica addresses instead");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -206,5 +278,37 @@ impl NodeDiscovery {
     pub fn port_check(&self) -> orch_api::handler::PortCheck {
         let proxy = self.proxy.clone();
         Arc::new(move |ns: &str, svc: &str, port: u16| proxy.check_port(ns, svc, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_core::discovery::{Endpoint, VirtualIp};
+    use orch_core::MemDiscovery;
+
+    #[tokio::test]
+    async fn a_node_without_nftables_keeps_virtual_ips_from_its_backends() {
+        let mem = MemDiscovery::default();
+        let d = WithoutVirtualIps::new(Arc::new(mem.clone()), "n1");
+        let vip = VirtualIp {
+            ip: "10.96.0.7".parse().unwrap(),
+            ports: Vec::new(),
+        };
+        d.set_virtual_ip("default", "web", Some(vip.clone()))
+            .await
+            .unwrap();
+        d.set_virtual_ip("default", "web", Some(vip)).await.unwrap();
+        assert_eq!(mem.virtual_ip("default", "web"), None);
+        let ep = Endpoint {
+            replica: "web-1".into(),
+            node: "n1".into(),
+            ip: "10.244.0.2".into(),
+            ports: Vec::new(),
+        };
+        d.set_endpoints("default", "web", vec![ep.clone()])
+            .await
+            .unwrap();
+        assert_eq!(mem.endpoints("default", "web"), vec![ep]);
     }
 }
