@@ -194,6 +194,37 @@ pub fn row_with(obj: &Object, columns: Columns) -> (Vec<&'static str>, Vec<Strin
                 age(md.creation_timestamp),
             ],
         ),
+        Object::Route(r) => (
+            vec!["NAME", "VIRTUAL-IP", "PORTS", "ENDPOINTS", "AGE"],
+            vec![
+                md.name.clone(),
+                route_ip_text(r),
+                route_ports_text(r),
+                r.status.endpoints.to_string(),
+                age(md.creation_timestamp),
+            ],
+        ),
+        Object::CronJob(c) => (
+            vec![
+                "NAME",
+                "SCHEDULE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE",
+            ],
+            vec![
+                md.name.clone(),
+                c.spec.schedule.clone(),
+                c.spec.suspend.to_string(),
+                c.status.active.len().to_string(),
+                c.status
+                    .last_schedule
+                    .map(|t| format_age(t.elapsed()))
+                    .unwrap_or_else(|| "<none>".into()),
+                age(md.creation_timestamp),
+            ],
+        ),
         Object::Event(e) => (
             vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             vec![
@@ -530,6 +561,24 @@ pub fn describe(
             );
             if !j.status.message.is_empty() {
                 kv("Message", j.status.message.clone());
+            }
+        }
+        Object::Route(r) => {
+            kv("Selector", selector_text(&r.spec.selector));
+            kv("Virtual IP", route_ip_text(r));
+            kv("Ports", route_ports_text(r));
+            kv("Endpoints", r.status.endpoints.to_string());
+            if !r.status.message.is_empty() {
+                kv("Message", r.status.message.clone());
+            }
+        }
+        Object::CronJob(c) => {
+            kv("Schedule", c.spec.schedule.clone());
+            kv("Concurrency", format!("{:?}", c.spec.concurrency_policy));
+            kv("Suspend", c.spec.suspend.to_string());
+            kv("Active", c.status.active.join(", "));
+            if !c.status.message.is_empty() {
+                kv("Message", c.status.message.clone());
             }
         }
     }
@@ -1153,5 +1202,60 @@ mod tests {
         r.status.phase = Phase::Ready;
         r.status.reason.clear();
         assert_eq!(phase(&r), "Ready");
+    }
+}
+
+/// A route's virtual IP as tables show it: `None` when headless, `<pending>` before a lease.
+fn route_ip_text(r: &orch_core::model::object::Route) -> String {
+    match (&r.status.virtual_ip, r.spec.headless) {
+        (_, true) => "None".into(),
+        (Some(ip), false) => ip.clone(),
+        (None, false) => "<pending>".into(),
+    }
+}
+
+/// A route's ports as `kubectl get svc` shows them: `80/TCP`, `80:30080/TCP` with a node port.
+fn route_ports_text(r: &orch_core::model::object::Route) -> String {
+    if r.spec.ports.is_empty() {
+        return "<none>".into();
+    }
+    r.spec
+        .ports
+        .iter()
+        .map(|p| {
+            let key = if p.name.is_empty() {
+                p.port.to_string()
+            } else {
+                p.name.clone()
+            };
+            let node = p
+                .node_port
+                .or_else(|| r.status.node_ports.get(&key).copied());
+            let proto = format!("{:?}", p.protocol).to_ascii_uppercase();
+            match node {
+                Some(n) if r.spec.node_ports => format!("{}:{n}/{proto}", p.port),
+                _ => format!("{}/{proto}", p.port),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A label selector as `key=value,key in (a,b)`.
+fn selector_text(s: &orch_core::model::object::LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    parts.extend(
+        s.match_expressions
+            .iter()
+            .map(|e| format!("{} {:?} ({})", e.key, e.operator, e.values.join(","))),
+    );
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
     }
 }

@@ -308,6 +308,11 @@ fn template() -> impl Strategy<Value = Template> {
                 readiness_probe: None,
                 liveness_probe: None,
                 startup_probe: None,
+                user: None,
+                capabilities: Default::default(),
+                hostname: None,
+                env_from: Vec::new(),
+                init: Vec::new(),
             },
         )
         .prop_flat_map(|t| {
@@ -355,6 +360,7 @@ fn probe(readiness: bool) -> impl Strategy<Value = orch_core::model::object::Pro
                     port: ProbePort::Number(port),
                 }),
                 exec: (which == 2).then_some(ExecProbe { command }),
+                grpc: None,
                 initial_delay,
                 period,
                 timeout,

@@ -168,6 +168,8 @@ mod tests {
                     secret: Some("s".into()),
                     config: None,
                     key: "k".into(),
+                    field: None,
+                    optional: false,
                 }),
             },
             EnvVar::new("USES_SECRET", "[$(SECRET)]"),

@@ -44,11 +44,16 @@ pub enum Kind {
     Event,
     /// Replicas run to completion.
     Job,
+    /// A stable name, virtual IP and port mapping over the replicas a label selector picks,
+    /// whatever owns them (Kubernetes' Service).
+    Route,
+    /// A job created on a schedule.
+    CronJob,
 }
 
 impl Kind {
     /// Every kind, in the order `orchctl` lists them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Service,
         Kind::Replica,
         Kind::Node,
@@ -56,9 +61,18 @@ impl Kind {
         Kind::Config,
         Kind::Event,
         Kind::Job,
+        Kind::Route,
+        Kind::CronJob,
     ];
     /// Kinds a user may write in a manifest.
-    pub const APPLICABLE: [Kind; 4] = [Kind::Service, Kind::Secret, Kind::Config, Kind::Job];
+    pub const APPLICABLE: [Kind; 6] = [
+        Kind::Service,
+        Kind::Secret,
+        Kind::Config,
+        Kind::Job,
+        Kind::Route,
+        Kind::CronJob,
+    ];
 
     /// The store prefix segment (plural, lower case).
     pub fn plural(self) -> &'static str {
@@ -70,6 +84,8 @@ impl Kind {
             Kind::Config => "configs",
             Kind::Event => "events",
             Kind::Job => "jobs",
+            Kind::Route => "routes",
+            Kind::CronJob => "cronjobs",
         }
     }
     /// The name as written in `kind:`.
@@ -82,6 +98,8 @@ impl Kind {
             Kind::Config => "Config",
             Kind::Event => "Event",
             Kind::Job => "Job",
+            Kind::Route => "Route",
+            Kind::CronJob => "CronJob",
         }
     }
     /// Whether objects of this kind live in a namespace (nodes do not).
@@ -99,6 +117,8 @@ impl Kind {
             "config" | "configs" | "cm" | "configmap" | "configmaps" => Kind::Config,
             "event" | "events" | "ev" => Kind::Event,
             "job" | "jobs" => Kind::Job,
+            "route" | "routes" | "rt" => Kind::Route,
+            "cronjob" | "cronjobs" | "cj" => Kind::CronJob,
             _ => return None,
         })
     }
@@ -358,7 +378,8 @@ impl EnvVar {
     }
 }
 
-/// A key of a Secret or a Config (exactly one of the two).
+/// A key of a Secret or a Config, or a field of the replica itself (exactly one of
+/// `secret`, `config` and `field`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValueFrom {
@@ -368,8 +389,81 @@ pub struct ValueFrom {
     /// A config's name (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
-    /// The key.
+    /// The key of the secret or config (empty with `field`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A field of the replica, filled in by the agent at start (Kubernetes' `fieldRef`):
+    /// `metadata.name`, `metadata.namespace`, `metadata.uid`, `metadata.labels['KEY']`,
+    /// `metadata.annotations['KEY']`, `spec.nodeName`, `status.hostIP`, `status.podIP`
+    /// (the replica's own address, else the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Whether a missing secret, config or key leaves the variable unset instead of failing
+    /// the start (Kubernetes' `optional: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// Every key of a secret or a config as environment variables (Kubernetes' `envFrom`, Compose's
+/// `env_file` once its files are read): exactly one of `secret` and `config`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvFrom {
+    /// A secret's name (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A config's name (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// Put before every key (`DB_`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    /// Whether a missing secret or config is skipped instead of failing the start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// Linux capabilities added to and dropped from the runtime's default set (names with or
+/// without `CAP_`, upper case; `ALL` drops or adds every one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capabilities {
+    /// Added (`NET_ADMIN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    /// Dropped (`ALL`, `NET_RAW`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+/// A step that runs to completion, in order with the others, before a replica's main workload
+/// starts (Kubernetes' `initContainers`): on the same runtime, with the same mounts available
+/// by name, network and user. A step that fails is run again after the replica's restart
+/// backoff (as the main workload, per `restartPolicy`); the main workload starts only after
+/// every step exited 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitStep {
+    /// A name unique among the template's steps (DNS label).
+    pub name: String,
+    /// The image (default: the template's image); processes: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The program and its leading arguments (images: overrides the entrypoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Further arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables, in order (added after the template's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Mounts (the same kinds as the template's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 /// Something mounted into a replica at `path`: exactly one of `secret`, `config` (a
@@ -391,10 +485,19 @@ pub struct Mount {
     /// A config's keys as files (mode 0444).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// With `secret` or `config`: only this key, as one file at `path` (Compose's
+    /// `/run/secrets/NAME`, Kubernetes' `subPath`/`items` of one key) instead of a directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// A named local volume: created on the node on first use, kept across replicas until
     /// `orchctl volume rm`; replicas using it are placed back on the node that holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// With `volume`: one volume per replica, named `VOLUME-REPLICA` (`data-web-0`), as a
+    /// StatefulSet's `volumeClaimTemplates` (stable with `mode: ordered`, whose replica names
+    /// are stable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_replica: bool,
     /// An empty tmpfs-backed directory for this replica's life.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tmpfs: bool,
@@ -547,6 +650,24 @@ pub struct Template {
     /// Mount the container's root filesystem read-only (images only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root_filesystem: bool,
+    /// The user the workload runs as: `UID`, `UID:GID`, or for images a user name from the
+    /// image's `/etc/passwd` (`postgres`, `postgres:postgres`); default: the image's user, or
+    /// the node agent's for processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Capabilities added to or dropped from the runtime's default set (containers only).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub capabilities: Capabilities,
+    /// The hostname a container sees (default: the replica's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Every key of these secrets and configs as environment variables (before `env`, which
+    /// wins on a clash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFrom>,
+    /// Steps that run to completion, in order, before the main workload starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init: Vec<InitStep>,
     /// Decides whether a running replica is Ready (an endpoint); without it, running is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
@@ -601,6 +722,18 @@ pub struct ExecProbe {
     pub command: Vec<String>,
 }
 
+/// `grpc`: `grpc.health.v1.Health/Check` over plain-text HTTP/2 that answers `SERVING`
+/// passes (Kubernetes' gRPC probe).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcProbe {
+    /// The port.
+    pub port: ProbePort,
+    /// The service name asked about (default: empty, the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
 /// A health check, with Kubernetes' defaults: no initial delay, every 10 s, 1 s timeout,
 /// one success, three failures.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -615,6 +748,9 @@ pub struct Probe {
     /// A command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecProbe>,
+    /// A gRPC health check (`grpc.health.v1.Health/Check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcProbe>,
     /// Wait this long after the start before the first check (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_delay: Option<Span>,
@@ -794,6 +930,7 @@ impl Default for ServiceSpec {
             mode: ServiceMode::default(),
             publish: Vec::new(),
             headless: false,
+            depends_on: Vec::new(),
         }
     }
 }
@@ -1213,6 +1350,49 @@ pub struct ServiceSpec {
     /// (Kubernetes' `clusterIP: None`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub headless: bool,
+    /// What must hold before the service's first replicas are created (Compose's
+    /// `depends_on`): while the service has no replica, none is created until every
+    /// dependency meets its condition; replicas that exist are never stopped for one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// A service or job another one waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dependency {
+    /// The service's or job's name (same namespace).
+    pub name: String,
+    /// `Service` (the default) or `Job`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: DependencyKind,
+    /// What it must have reached.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub condition: DependencyCondition,
+}
+
+/// The kind of object a [`Dependency`] names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DependencyKind {
+    /// A service.
+    #[default]
+    Service,
+    /// A job.
+    Job,
+}
+
+/// What a dependency must have reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DependencyCondition {
+    /// A service: at least one replica running; a job: started (Compose's
+    /// `service_started`, the default).
+    #[default]
+    Started,
+    /// A service: every desired replica Ready, at least one (Compose's `service_healthy`).
+    Ready,
+    /// A job: succeeded (Compose's `service_completed_successfully`).
+    Completed,
 }
 
 /// A port published on every node: TCP connections to it go to a ready replica's port.
@@ -1260,6 +1440,11 @@ pub enum ServiceMode {
     /// One on every node that is Ready, not cordoned, matches the placement's node selector
     /// and affinity, and whose NoSchedule taints it tolerates.
     Global,
+    /// `spec.replicas` of them with stable names `NAME-0` … `NAME-(N-1)` (Kubernetes'
+    /// StatefulSet): replica `i` is created only once `0..i` are Ready, scaled down from the
+    /// highest ordinal, and a lost or replaced replica comes back under the same name (with
+    /// its per-replica volumes and per-replica DNS name).
+    Ordered,
 }
 
 impl Placement {
@@ -1868,6 +2053,10 @@ pub enum Object {
     Event(Event),
     /// A job (boxed like services).
     Job(Box<Job>),
+    /// A route.
+    Route(Box<Route>),
+    /// A cron job (boxed like jobs).
+    CronJob(Box<CronJob>),
 }
 
 impl Object {
@@ -1897,6 +2086,8 @@ impl Object {
             Object::Config(_) => Kind::Config,
             Object::Event(_) => Kind::Event,
             Object::Job(_) => Kind::Job,
+            Object::Route(_) => Kind::Route,
+            Object::CronJob(_) => Kind::CronJob,
         }
     }
     /// Its metadata.
@@ -1909,6 +2100,8 @@ impl Object {
             Object::Config(o) => &o.metadata,
             Object::Event(o) => &o.metadata,
             Object::Job(o) => &o.metadata,
+            Object::Route(o) => &o.metadata,
+            Object::CronJob(o) => &o.metadata,
         }
     }
     /// Its metadata, mutably.
@@ -1921,6 +2114,8 @@ impl Object {
             Object::Config(o) => &mut o.metadata,
             Object::Event(o) => &mut o.metadata,
             Object::Job(o) => &mut o.metadata,
+            Object::Route(o) => &mut o.metadata,
+            Object::CronJob(o) => &mut o.metadata,
         }
     }
     /// Its store key.
@@ -2008,6 +2203,9 @@ pub struct JobSpec {
     /// The job fails if it has not succeeded this long after it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_deadline: Option<Span>,
+    /// What must hold before the job's first replica is created (as a service's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
 }
 
 fn six() -> u32 {
@@ -2393,5 +2591,176 @@ mod tests {
         ] {
             assert_eq!(ObjectKey::parse(bad), None, "{bad}");
         }
+    }
+}
+
+/// The desired state of a route: a stable name (its DNS name, and per-replica names under it),
+/// a virtual IP (unless `headless`) and port mappings over the replicas in its namespace whose
+/// labels match `selector`, whatever service, job or ordered service owns them. What
+/// Kubernetes calls a Service; an orch Service is a Deployment and a Service in one. Where a
+/// route and a service share a name, the name answers the route's addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Which replicas are its endpoints (Ready ones only); must not be empty.
+    pub selector: LabelSelector,
+    /// Its ports; at least one unless `headless`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<RoutePort>,
+    /// No virtual IP: its name resolves to its endpoints' own addresses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
+    /// Every node also listens on each port's `nodePort` (Kubernetes' NodePort).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_ports: bool,
+}
+
+/// One port of a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutePort {
+    /// A name, unique within the route (required when it has several ports).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The port on the virtual IP.
+    pub port: u16,
+    /// Where connections go on each endpoint: a number, or the name of a port of the
+    /// endpoint's template (resolved per endpoint); default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<ProbePort>,
+    /// TCP or UDP.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+    /// With `nodePorts`: the port every node listens on (30000–32767); default: the lowest free
+    /// one, recorded in the route's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+}
+
+/// What orch observed of a route.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// The address its name resolves to and the nodes balance (none when headless or without
+    /// a cluster network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_ip: Option<String>,
+    /// Ready endpoints now.
+    #[serde(default)]
+    pub endpoints: u32,
+    /// The node port of each port (by port name, or the port number when unnamed), chosen or
+    /// given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_ports: BTreeMap<String, u16>,
+    /// Why something is not as asked (no endpoints, a node port taken).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// A stable name and virtual IP over replicas picked by labels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Identity.
+    pub metadata: Metadata,
+    /// What it selects and exposes.
+    pub spec: RouteSpec,
+    /// What orch observed.
+    #[serde(default)]
+    pub status: RouteStatus,
+}
+
+/// What a cron job does when a run is due while an earlier one still runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConcurrencyPolicy {
+    /// Start it anyway (the default).
+    #[default]
+    Allow,
+    /// Skip the new run.
+    Forbid,
+    /// Stop the running job and start the new one.
+    Replace,
+}
+
+/// The desired state of a cron job (Kubernetes' CronJob).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CronJobSpec {
+    /// When runs are due: five cron fields (minute hour day-of-month month day-of-week) or a
+    /// macro (`@hourly`, `@daily`, ...), in UTC unless `timeZone`.
+    pub schedule: String,
+    /// An IANA time zone name for `schedule` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// What each run is: a job with this spec, named `NAME-<minutes since the epoch>`.
+    pub job: JobSpec,
+    /// Allow, Forbid or Replace.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// No new runs while set (running ones go on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+    /// A run not started within this long of its time is skipped (missed while orch was
+    /// down); default: no limit, but at most one missed run is started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_deadline: Option<Span>,
+    /// Finished successful jobs kept (default 3); older ones are deleted.
+    #[serde(default = "three")]
+    pub successful_jobs_history_limit: u32,
+    /// Finished failed jobs kept (default 1).
+    #[serde(default = "one")]
+    pub failed_jobs_history_limit: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// What orch observed of a cron job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJobStatus {
+    /// The jobs of it that run now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
+    /// The time of the last run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule: Option<Timestamp>,
+    /// When its last job succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful: Option<Timestamp>,
+    /// Why a run was skipped or could not start.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Jobs created on a schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CronJob {
+    /// Identity.
+    pub metadata: Metadata,
+    /// When and what to run.
+    pub spec: CronJobSpec,
+    /// What orch observed.
+    #[serde(default)]
+    pub status: CronJobStatus,
+}
+
+impl From<Job> for Object {
+    fn from(o: Job) -> Object {
+        Object::Job(Box::new(o))
+    }
+}
+
+impl From<Route> for Object {
+    fn from(o: Route) -> Object {
+        Object::Route(Box::new(o))
+    }
+}
+
+impl From<CronJob> for Object {
+    fn from(o: CronJob) -> Object {
+        Object::CronJob(Box::new(o))
     }
 }

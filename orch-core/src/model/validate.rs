@@ -945,38 +945,117 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::Secret(Secret { data, .. }) | Object::Config(Config { data, .. }) => {
             check_data(data, &mut out)
         }
-        Object::Job(j) => check_job(j, &mut out),
+        Object::Job(j) => check_job_spec("spec", &j.spec, &mut out),
+        Object::Route(r) => check_route(&r.spec, &mut out),
+        Object::CronJob(c) => check_cron_job(&c.spec, &mut out),
         Object::Replica(_) | Object::Node(_) | Object::Event(_) => {}
     }
     out
 }
 
-fn check_job(j: &crate::model::object::Job, out: &mut Vec<FieldError>) {
-    check_template(&j.spec.template, out);
-    check_placement(&j.spec.placement, out);
+fn check_job_spec(at: &str, spec: &crate::model::object::JobSpec, out: &mut Vec<FieldError>) {
+    let mut inner = Vec::new();
+    check_template(&spec.template, &mut inner);
+    check_placement(&spec.placement, &mut inner);
     check_span(
         "spec.activeDeadline",
-        j.spec.active_deadline,
+        spec.active_deadline,
         MIN_DEADLINE,
         Duration::MAX,
         "",
-        out,
+        &mut inner,
     );
-    if j.spec.template.restart_policy == crate::model::object::RestartPolicy::Always {
-        out.push(err(
+    if spec.template.restart_policy == crate::model::object::RestartPolicy::Always {
+        inner.push(err(
             "spec.template.restartPolicy".to_string(),
             "Always",
             "a job runs replicas to completion: set restartPolicy to Never or OnFailure",
         ));
     }
     for (field, v) in [
-        ("spec.completions", j.spec.completions),
-        ("spec.parallelism", j.spec.parallelism),
+        ("spec.completions", spec.completions),
+        ("spec.parallelism", spec.parallelism),
     ] {
         if !(1..=10_000).contains(&v) {
-            out.push(err(field.to_string(), v, "must be from 1 to 10000"));
+            inner.push(err(field.to_string(), v, "must be from 1 to 10000"));
         }
     }
+    // The checks above name fields from `spec.`; a job inside another object sits at `at`.
+    for mut e in inner {
+        if at != "spec" {
+            if let Some(rest) = e.path.strip_prefix("spec") {
+                e.path = format!("{at}{rest}");
+            }
+        }
+        out.push(e);
+    }
+}
+
+fn check_route(spec: &crate::model::object::RouteSpec, out: &mut Vec<FieldError>) {
+    if spec.selector.match_labels.is_empty() && spec.selector.match_expressions.is_empty() {
+        out.push(err(
+            "spec.selector".to_string(),
+            "",
+            "a route must select replicas: give matchLabels or matchExpressions",
+        ));
+    }
+    if spec.ports.is_empty() && !spec.headless {
+        out.push(err(
+            "spec.ports".to_string(),
+            "",
+            "a route with a virtual IP needs at least one port (or set headless: true)",
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        if p.port == 0 {
+            out.push(err(
+                format!("spec.ports[{i}].port"),
+                0,
+                "must be from 1 to 65535",
+            ));
+        }
+        if spec.ports.len() > 1 && p.name.is_empty() {
+            out.push(err(
+                format!("spec.ports[{i}].name"),
+                "",
+                "a route with several ports must name each one",
+            ));
+        }
+        if !p.name.is_empty() && !names.insert(p.name.as_str()) {
+            out.push(err(
+                format!("spec.ports[{i}].name"),
+                &p.name,
+                "is used twice",
+            ));
+        }
+        if let Some(n) = p.node_port {
+            if !spec.node_ports {
+                out.push(err(
+                    format!("spec.ports[{i}].nodePort"),
+                    n,
+                    "is only used with nodePorts: true",
+                ));
+            } else if !(30000..=32767).contains(&n) {
+                out.push(err(
+                    format!("spec.ports[{i}].nodePort"),
+                    n,
+                    "must be from 30000 to 32767",
+                ));
+            }
+        }
+    }
+}
+
+fn check_cron_job(spec: &crate::model::object::CronJobSpec, out: &mut Vec<FieldError>) {
+    if spec.schedule.trim().is_empty() {
+        out.push(err(
+            "spec.schedule".to_string(),
+            "",
+            "must be five cron fields or a macro such as @hourly",
+        ));
+    }
+    check_job_spec("spec.job", &spec.job, out);
 }
 
 #[cfg(test)]
