@@ -1,6 +1,8 @@
 //! Test tooling: one-layer OCI images made with `tar` and `gzip` — of Debian's static busybox
-//! (`busybox-static`), or of any program with the shared libraries `ldd` lists for it (the
-//! workspace's example server) — for tests of the containerd runtime here and in the daemon.
+//! (`busybox-static`), of any program with the shared libraries `ldd` lists for it (the
+//! workspace's example server), or of a Debian root filesystem with real servers installed
+//! (`mmdebstrap`, cached per machine) — for tests of the containerd runtime here and in the
+//! daemon.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,8 +38,9 @@ pub fn busybox_rootfs(dir: &Path) -> io::Result<PathBuf> {
 }
 
 fn sha256_file(path: &Path) -> io::Result<String> {
-    let bytes = std::fs::read(path)?;
-    Ok(format!("sha256:{:x}", sha2::Sha256::digest(&bytes)))
+    let mut hasher = sha2::Sha256::new();
+    io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(format!("sha256:{:x}", hasher.finalize()))
 }
 
 fn blob(path: PathBuf, media_type: &str) -> io::Result<Blob> {
@@ -136,6 +139,17 @@ pub fn image_as(
     entrypoint: &[&str],
     user: Option<&str>,
 ) -> io::Result<ImageParts> {
+    let layer = layer_of(dir, layer_dir)?;
+    let mut run = serde_json::json!({"Entrypoint": entrypoint, "Env": ["PATH=/bin"]});
+    if let Some(u) = user {
+        run["User"] = u.into();
+    }
+    image_with(dir, name, &layer, run)
+}
+
+/// Packs `layer_dir` (a root filesystem) as a gzipped layer tar in `dir`
+/// (`layer.tar.gz`): one layer that [`image_with`] can put into any number of images.
+pub fn layer_of(dir: &Path, layer_dir: &Path) -> io::Result<ImageLayer> {
     std::fs::create_dir_all(dir)?;
     let tar = dir.join("layer.tar");
     run(Command::new("tar")
@@ -146,23 +160,33 @@ pub fn image_as(
         .arg("."))?;
     let diff_id = sha256_file(&tar)?;
     run(Command::new("gzip").args(["-n", "-k", "-f"]).arg(&tar))?;
-    let layer = blob(
+    let blob = blob(
         dir.join("layer.tar.gz"),
         "application/vnd.oci.image.layer.v1.tar+gzip",
     )?;
+    Ok(ImageLayer { blob, diff_id })
+}
+
+/// A one-layer image named `name` whose config's `config` object (how to run it:
+/// `Entrypoint`, `Cmd`, `Env`, `User`, `WorkingDir`) is `run`; its config and manifest
+/// blobs are written in `dir`, the layer's blob stays where it is.
+pub fn image_with(
+    dir: &Path,
+    name: &str,
+    layer: &ImageLayer,
+    run: serde_json::Value,
+) -> io::Result<ImageParts> {
+    std::fs::create_dir_all(dir)?;
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
     };
-    let mut config = serde_json::json!({
+    let config = serde_json::json!({
         "architecture": arch, "os": "linux",
-        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "config": run,
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
     });
-    if let Some(u) = user {
-        config["config"]["User"] = u.into();
-    }
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, config.to_string())?;
     let config = blob(config_path, "application/vnd.oci.image.config.v1+json")?;
@@ -170,7 +194,7 @@ pub fn image_as(
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
-        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
+        "layers": [{"mediaType": layer.blob.media_type, "digest": layer.blob.digest, "size": layer.blob.size}],
     });
     let manifest_path = dir.join("manifest.json");
     std::fs::write(&manifest_path, manifest.to_string())?;
@@ -178,10 +202,75 @@ pub fn image_as(
         name: name.into(),
         manifest: blob(manifest_path, "application/vnd.oci.image.manifest.v1+json")?,
         config,
-        layers: vec![ImageLayer {
-            blob: layer,
-            diff_id,
-        }],
+        layers: vec![layer.clone()],
+    })
+}
+
+/// The packages' root filesystem: a tarball of Debian `suite` (`bookworm`) with `packages`
+/// installed (without their recommendations, documentation and translations), built with
+/// `mmdebstrap` (Debian package `mmdebstrap`; it fetches the packages from Debian's mirror)
+/// into `cache`, named by a hash of the recipe — so a machine builds each recipe once (about
+/// 20 s for `redis-server`) and later calls return the cached file. Needs root.
+pub fn debian_root(cache: &Path, suite: &str, packages: &[&str]) -> io::Result<PathBuf> {
+    let args: Vec<String> = [
+        "--quiet".to_string(),
+        "--variant=essential".to_string(),
+        format!("--include={}", packages.join(",")),
+        "--aptopt=APT::Install-Recommends \"false\"".to_string(),
+        "--dpkgopt=path-exclude=/usr/share/man/*".to_string(),
+        "--dpkgopt=path-exclude=/usr/share/doc/*".to_string(),
+        "--dpkgopt=path-exclude=/usr/share/locale/*".to_string(),
+        suite.to_string(),
+    ]
+    .into();
+    let recipe = format!("{:x}", sha2::Sha256::digest(args.join("\n").as_bytes()));
+    let first = packages.first().copied().unwrap_or("base");
+    let path = cache.join(format!("debian-{suite}-{first}-{}.tar", &recipe[..16]));
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(cache)?;
+    // Built beside its final name and renamed into place: a build that dies leaves no
+    // half-written tarball under the name later runs trust.
+    let partial = cache.join(format!(
+        ".{}.{}.partial",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let built = run(Command::new("mmdebstrap")
+        .args(&args)
+        .arg(&partial)
+        .stdout(std::process::Stdio::null()))
+    .map_err(|e| io::Error::other(format!("mmdebstrap (Debian mmdebstrap): {e}")));
+    if let Err(e) = built {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// A layer that is the uncompressed root filesystem tarball `tar` itself (as
+/// [`debian_root`] makes). Its digest is kept beside it (`TAR.sha256`), so a large tarball
+/// is hashed once.
+pub fn tarball_layer(tar: &Path) -> io::Result<ImageLayer> {
+    let sum = tar.with_extension("tar.sha256");
+    let digest = match std::fs::read_to_string(&sum) {
+        Ok(d) if d.starts_with("sha256:") => d.trim().to_string(),
+        _ => {
+            let d = sha256_file(tar)?;
+            std::fs::write(&sum, &d)?;
+            d
+        }
+    };
+    Ok(ImageLayer {
+        blob: Blob {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: digest.clone(),
+            size: std::fs::metadata(tar)?.len() as i64,
+            path: tar.to_path_buf(),
+        },
+        diff_id: digest,
     })
 }
 

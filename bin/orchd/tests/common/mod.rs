@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)] // each test binary uses what it needs of these
 pub use orch_testkit::{require, require_that};
 
+#[cfg(feature = "containerd")]
+pub mod cluster;
+
 /// The directory holding the workspace's binaries (target/debug), next to the test binary.
 pub fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orchd"))
