@@ -53,9 +53,14 @@ const NEEDS: &[&str] = &[
     "/usr/lib/cni/portmap",
 ];
 
-/// The fixtures (real applications, never edited).
+/// The fixtures (real applications, never edited): `shared/fixtures` beside the checkout
+/// (or beside a folder holding it, for a worktree).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/fixtures"))
+        .find(|f| f.is_dir())
+        .expect("shared/fixtures beside the checkout")
 }
 
 /// How long an application may take to come up.
@@ -158,9 +163,11 @@ fn agent_tails(c: &Cluster) -> String {
 /// GET `url` from host `i` (its network namespace, as a process on the node would): the
 /// body, or `None`.
 fn host_get(c: &Cluster, i: usize, url: &str) -> Option<String> {
-    let out = c
-        .hosts
-        .run(i, "timeout", &["5", "/bin/busybox", "wget", "-q", "-O", "-", url]);
+    let out = c.hosts.run(
+        i,
+        "timeout",
+        &["5", "/bin/busybox", "wget", "-q", "-O", "-", url],
+    );
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -258,7 +265,9 @@ fn node_port(route: &serde_json::Value) -> u64 {
 /// name).
 fn left_in(c: &Cluster, ns: &str) -> Vec<String> {
     let mut left = Vec::new();
-    for kind in ["replicas", "services", "jobs", "routes", "secrets", "configs"] {
+    for kind in [
+        "replicas", "services", "jobs", "routes", "secrets", "configs",
+    ] {
         for o in items(&c.manager, kind, ns) {
             left.push(format!("{kind}/{}", o["metadata"]["name"]));
         }
@@ -430,10 +439,7 @@ fn voting_app(c: &Cluster) {
     );
     // A vote: vote → redis (real) → worker → db → result.
     root_get_until(&format!("http://{h0}:31000/?vote=a"), &["queued a"]);
-    root_get_until(
-        &format!("http://{h1}:31001/"),
-        &["result: votes a=1 b=0"],
-    );
+    root_get_until(&format!("http://{h1}:31001/"), &["result: votes a=1 b=0"]);
     // vote's route maps port 8080 to the container's 80, by every Kubernetes name.
     let from = &reps[4][0].name;
     for name in [
@@ -457,7 +463,10 @@ fn voting_app(c: &Cluster) {
 /// edited): its compose.yaml with each `(from, to)` of `swaps` replaced (each must occur),
 /// and the extra `files` (relative path, content) the app's repository has beside it.
 fn variant(tmp: &Path, app: &str, swaps: &[(&str, &str)], files: &[(&str, &str)]) -> PathBuf {
-    let fixture = fixtures().join("awesome-compose").join(app).join("compose.yaml");
+    let fixture = fixtures()
+        .join("awesome-compose")
+        .join(app)
+        .join("compose.yaml");
     let mut text = std::fs::read_to_string(&fixture).unwrap();
     for (from, to) in swaps {
         assert!(text.contains(from), "{app}: {from:?} not in the fixture");
@@ -517,11 +526,9 @@ fn flask_redis(c: &Cluster, tmp: &Path) {
     let addr = format!("{}:6379", host_address(c, &reps[0][0].node));
     let pong = eventually("redis PING", Duration::from_secs(30), || {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(
-            &addr.parse().unwrap(),
-            Duration::from_secs(1),
-        )
-        .ok()?;
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1))
+                .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         s.write_all(b"PING\r\n").ok()?;
         let mut buf = [0u8; 16];
@@ -533,7 +540,8 @@ fn flask_redis(c: &Cluster, tmp: &Path) {
 }
 
 /// The awesome-compose app's proxy configuration (its repository's proxy/nginx.conf).
-const NGINX_CONF: &str = "server {\n  listen 80;\n  location / {\n    proxy_pass http://backend:8000;\n  }\n}\n";
+const NGINX_CONF: &str =
+    "server {\n  listen 80;\n  location / {\n    proxy_pass http://backend:8000;\n  }\n}\n";
 
 fn nginx_golang_postgres(c: &Cluster, tmp: &Path) {
     let p = "nginx-golang-postgres";
@@ -603,7 +611,10 @@ fn nginx_golang_postgres(c: &Cluster, tmp: &Path) {
     let proxy = host_address(c, &reps[2][0].node);
     root_get_until(
         &format!("http://{proxy}:80/"),
-        &["standin nginx", "peer backend:8000 http ok: standin go-backend"],
+        &[
+            "standin nginx",
+            "peer backend:8000 http ok: standin go-backend",
+        ],
     );
     compose_down(c, &file, p);
 }
@@ -681,10 +692,12 @@ fn refused(d: &Daemon, args: &[&str], says: &[&str]) {
 
 /// Everything in every namespace, as `get KIND -A` lists it.
 fn everything(d: &Daemon) -> Vec<String> {
-    ["services", "routes", "secrets", "configs", "jobs", "cronjobs"]
-        .iter()
-        .map(|k| d.ctl_ok(&["get", k, "-A"]))
-        .collect()
+    [
+        "services", "routes", "secrets", "configs", "jobs", "cronjobs",
+    ]
+    .iter()
+    .map(|k| d.ctl_ok(&["get", k, "-A"]))
+    .collect()
 }
 
 #[test]
@@ -743,7 +756,14 @@ fn bad_input_is_refused_naming_file_document_and_field_and_nothing_is_applied() 
     );
     refused(
         &d,
-        &["compose", "up", "-f", unknown.to_str().unwrap(), "-p", "bad"],
+        &[
+            "compose",
+            "up",
+            "-f",
+            unknown.to_str().unwrap(),
+            "-p",
+            "bad",
+        ],
         &[unknown.to_str().unwrap(), "services.web.bogus_key"],
     );
     refused(

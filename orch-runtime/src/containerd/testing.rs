@@ -231,11 +231,12 @@ pub fn debian_root(cache: &Path, suite: &str, packages: &[&str]) -> io::Result<P
     }
     std::fs::create_dir_all(cache)?;
     // Built beside its final name and renamed into place: a build that dies leaves no
-    // half-written tarball under the name later runs trust.
+    // half-written tarball under the name later runs trust. (mmdebstrap picks its output
+    // format by the extension: `.tar`.)
     let partial = cache.join(format!(
-        ".{}.{}.partial",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
+        ".partial-{}-{}",
+        std::process::id(),
+        path.file_name().unwrap_or_default().to_string_lossy()
     ));
     let built = run(Command::new("mmdebstrap")
         .args(&args)

@@ -255,7 +255,12 @@ impl Cluster {
 
     /// Connects to `url` from replica `from` again and again until every one of `replicas`
     /// has answered (30 s); an answer from any other replica fails the test.
-    pub fn reaches_every<'a>(&self, from: &str, url: &str, replicas: impl Iterator<Item = &'a String>) {
+    pub fn reaches_every<'a>(
+        &self,
+        from: &str,
+        url: &str,
+        replicas: impl Iterator<Item = &'a String>,
+    ) {
         let all: BTreeSet<String> = replicas.cloned().collect();
         let mut seen = BTreeSet::new();
         eventually(

@@ -39,7 +39,10 @@ pub const IMAGES: &[(&str, Image)] = &[
         Image::Standin("gb-frontend", &[]),
     ),
     ("registry.k8s.io/redis:e2e", Image::Redis),
-    ("gcr.io/google_samples/gb-redisslave:v1", Image::RedisReplica),
+    (
+        "gcr.io/google_samples/gb-redisslave:v1",
+        Image::RedisReplica,
+    ),
     // The voting app's Kubernetes specifications.
     ("postgres:15-alpine", Image::Standin("postgres", &[])),
     ("redis:alpine", Image::Redis),
@@ -112,10 +115,7 @@ fn standin_rootfs(dir: &Path) -> std::io::Result<std::path::PathBuf> {
     }
     let script = root.join("bin/standin");
     std::fs::write(&script, STANDIN)?;
-    std::fs::set_permissions(
-        &script,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     std::fs::create_dir_all(root.join("usr/bin"))?;
     std::os::unix::fs::symlink("/bin/standin", root.join("usr/bin/pg_isready"))?;
     std::fs::create_dir_all(root.join("etc/nginx/conf.d"))?;
