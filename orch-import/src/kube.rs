@@ -1,13 +1,514 @@
-//! Kubernetes manifests as orch objects. See the README's mapping table.
+//! Kubernetes manifests as orch objects. The mapping, field by field, is in
+//! `orch-import/KUBERNETES.md` (linked from the README's mapping table):
+//!
+//! - Deployment, ReplicationController → Service (`headless: true`: virtual IPs belong to
+//!   routes); StatefulSet → Service `mode: ordered` with per-replica volumes from its
+//!   `volumeClaimTemplates`; DaemonSet → Service `mode: global`.
+//! - Job → Job; CronJob → CronJob (`jobTemplate.spec` → `spec.job`).
+//! - Service → Route; ConfigMap → Config; Secret → Secret (`data` base64-decoded).
+//! - Namespace, ServiceAccount, PersistentVolumeClaim → no object, a warning.
+//!
+//! Every object carries the label [`crate::KUBE_KIND_LABEL`] naming the kind it came from.
+//! Every field orch does not honour, and every field it does not know, is a [`Warning`].
 
-use orch_core::model::manifest::ManifestErrors;
+mod fields;
+mod other;
+mod pod;
+mod workloads;
 
-use crate::{Converted, Options};
+use std::collections::HashMap;
+
+use orch_core::model::manifest::{
+    ManifestError, ManifestErrors, MAX_DOCUMENTS, MAX_MANIFEST_BYTES,
+};
+use orch_core::model::object::{Kind, LabelSelector, Metadata, Object, DEFAULT_NAMESPACE};
+use orch_core::model::validate::{dns1123_label, validate, FieldError};
+use serde_json::Value;
+
+use fields::{Ctx, Fields};
+use workloads::{Templates, Workload};
+
+use crate::{Converted, Options, Origin, Warning, KUBE_KIND_LABEL};
+
+/// The kinds converted, with their API versions.
+pub const SUPPORTED: &[(&str, &str)] = &[
+    ("v1", "Namespace"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "ServiceAccount"),
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "ReplicationController"),
+    ("v1", "List"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+];
+
+fn supported_list() -> String {
+    SUPPORTED
+        .iter()
+        .map(|(a, k)| format!("{a} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fields of `metadata` set by a cluster, not by manifests.
+const METADATA_IGNORED: &[(&str, &str)] = &[
+    ("uid", "ignored: set by the cluster"),
+    ("resourceVersion", "ignored: set by the cluster"),
+    ("generation", "ignored: set by the cluster"),
+    ("creationTimestamp", "ignored: set by the cluster"),
+    ("deletionTimestamp", "ignored: set by the cluster"),
+    ("deletionGracePeriodSeconds", "ignored: set by the cluster"),
+    ("selfLink", "ignored: set by the cluster"),
+    ("managedFields", "ignored: set by the cluster"),
+    (
+        "ownerReferences",
+        "ignored: orch objects are not owned by other objects",
+    ),
+    ("finalizers", "ignored: orch deletes objects at once"),
+    ("generateName", "ignored: metadata.name is used"),
+];
+
+/// What one converted object still needs checked against the whole input.
+enum Check {
+    /// A route's selector must match some pod template.
+    Selector(LabelSelector),
+    /// A StatefulSet's `serviceName` should be a Service of the input.
+    Governing(String),
+    None,
+}
+
+struct Produced {
+    object: Object,
+    origin: Origin,
+    check: Check,
+    /// The path prefix of the document's object (`items[2].` in a List).
+    prefix: String,
+    /// The pod template's path in the source, for validation errors.
+    template_path: &'static str,
+}
 
 /// Converts a text of Kubernetes documents (YAML or JSON, `---`-separated; `List` kinds
 /// flattened) to orch objects and warnings. Documents with `apiVersion: orch/v1` are left to
 /// the caller ([`crate::convert`]); here they are an error.
 pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted, ManifestErrors> {
-    let _ = (source, text, options);
-    todo!("kube helper")
+    let docs = parse_documents(source, text)?;
+    let mut errors: Vec<ManifestError> = Vec::new();
+    let mut warnings: Vec<Warning> = Vec::new();
+    let mut produced: Vec<Produced> = Vec::new();
+    let mut templates: Templates = Vec::new();
+    for (n, doc) in &docs {
+        let mut cx = Ctx::new(source, *n);
+        document(&mut cx, doc, "", options, &mut produced, &mut templates);
+        warnings.append(&mut cx.warnings);
+        errors.append(&mut cx.errors);
+    }
+    // Checks over the whole input.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for p in &produced {
+        let mut cx = Ctx::new(source, p.origin.document);
+        let md = p.object.metadata();
+        match &p.check {
+            Check::Selector(sel) => {
+                if !sel.match_labels.is_empty()
+                    && !templates
+                        .iter()
+                        .any(|(ns, labels)| *ns == md.namespace && sel.matches(labels))
+                {
+                    cx.warn(
+                        &format!("{}spec.selector", p.prefix),
+                        format!(
+                            "selects no pod template in this input (namespace {}): the route has no endpoints until replicas with these labels run",
+                            md.namespace
+                        ),
+                    );
+                }
+            }
+            Check::Governing(name) => {
+                let found = produced.iter().any(|q| {
+                    q.object.kind() == Kind::Route
+                        && q.object.metadata().name == *name
+                        && q.object.metadata().namespace == md.namespace
+                });
+                if !found {
+                    cx.warn(
+                        &format!("{}spec.serviceName", p.prefix),
+                        format!("no Service {name:?} in this input: its replicas' own DNS names (NAME-0.{name}) need that headless Service"),
+                    );
+                }
+            }
+            Check::None => {}
+        }
+        let key = p.object.key();
+        if let Some(first) = seen.insert(key, p.origin.document) {
+            cx.errors.push(ManifestError {
+                source: source.into(),
+                document: Some(p.origin.document),
+                field: None,
+                message: format!(
+                    "{} is defined twice (also in document {first})",
+                    p.origin.what
+                ),
+            });
+        }
+        for fe in validate(&p.object) {
+            cx.errors.push(validation_error(source, p, fe));
+        }
+        warnings.append(&mut cx.warnings);
+        errors.append(&mut cx.errors);
+    }
+    warnings.sort_by_key(|w| w.document);
+    if options.strict {
+        errors.extend(warnings.iter().map(|w| ManifestError {
+            source: w.source.clone(),
+            document: Some(w.document),
+            field: Some(FieldError {
+                path: w.path.clone(),
+                value: String::new(),
+                message: format!("{} (strict: warnings are errors)", w.message),
+            }),
+            message: String::new(),
+        }));
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.document);
+        return Err(ManifestErrors(errors));
+    }
+    let (objects, origins) = produced.into_iter().map(|p| (p.object, p.origin)).unzip();
+    Ok(Converted {
+        objects,
+        origins,
+        warnings,
+    })
+}
+
+/// A validation failure of a converted object, naming the source field as near as it can.
+fn validation_error(source: &str, p: &Produced, fe: FieldError) -> ManifestError {
+    let orch = fe.path.clone();
+    let tp = p.template_path;
+    let rules: &[(&str, String)] = &[
+        ("spec.template.labels", format!("{tp}.metadata.labels")),
+        ("spec.template.init", format!("{tp}.spec.initContainers")),
+        (
+            "spec.template.mounts",
+            format!("{tp}.spec.containers[0].volumeMounts"),
+        ),
+        (
+            "spec.template.stopGracePeriod",
+            format!("{tp}.spec.terminationGracePeriodSeconds"),
+        ),
+        (
+            "spec.template.restartPolicy",
+            format!("{tp}.spec.restartPolicy"),
+        ),
+        ("spec.template", format!("{tp}.spec.containers[0]")),
+        ("spec.placement", format!("{tp}.spec")),
+        ("spec.update", "spec.strategy".to_string()),
+        ("spec.job", "spec.jobTemplate.spec".to_string()),
+    ];
+    let mut path = orch.clone();
+    let inner = orch.strip_prefix("spec.job.").map(|r| format!("spec.{r}"));
+    let probe = inner.as_deref().unwrap_or(&orch);
+    for (from, to) in rules {
+        if let Some(rest) = probe.strip_prefix(from) {
+            if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
+                path = format!("{to}{rest}");
+                break;
+            }
+        }
+    }
+    ManifestError {
+        source: source.into(),
+        document: Some(p.origin.document),
+        field: Some(FieldError {
+            path: format!("{}{path}", p.prefix),
+            value: fe.value,
+            message: format!("{} (as the orch {}'s {orch})", fe.message, p.origin.what),
+        }),
+        message: String::new(),
+    }
+}
+
+/// One document (or one item of a `List`) at `prefix`.
+fn document(
+    cx: &mut Ctx,
+    v: &Value,
+    prefix: &str,
+    options: &Options,
+    out: &mut Vec<Produced>,
+    templates: &mut Templates,
+) {
+    let mut root = Fields::new(cx, v, prefix);
+    let api = root.str(cx, "apiVersion").unwrap_or_default();
+    let kind = root.str(cx, "kind").unwrap_or_default();
+    if api.is_empty() || kind.is_empty() {
+        cx.error(
+            &root.at(if api.is_empty() { "apiVersion" } else { "kind" }),
+            "",
+            format!(
+                "a Kubernetes object needs apiVersion and kind (supported: {})",
+                supported_list()
+            ),
+        );
+        return;
+    }
+    if api == orch_core::model::object::API_VERSION {
+        cx.error(
+            &root.at("apiVersion"),
+            &format!("{api:?}"),
+            "an orch manifest, not a Kubernetes one: orch_import::convert (orchctl apply) takes both",
+        );
+        return;
+    }
+    match SUPPORTED.iter().find(|(_, k)| *k == kind) {
+        None => {
+            cx.error(
+                &root.at("kind"),
+                &format!("{kind:?}"),
+                format!(
+                    "orch does not convert this kind; supported: {}",
+                    supported_list()
+                ),
+            );
+            return;
+        }
+        Some((want, _)) if *want != api => {
+            cx.error(
+                &root.at("apiVersion"),
+                &format!("{api:?}"),
+                format!("{kind} is converted from apiVersion {want}"),
+            );
+            return;
+        }
+        Some(_) => {}
+    }
+    if kind == "List" {
+        for (p, item) in root.list(cx, "items") {
+            document(cx, item, &p, options, out, templates);
+        }
+        root.skip("metadata");
+        root.finish(cx);
+        return;
+    }
+    let pre = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}.")
+    };
+    match kind.as_str() {
+        "Namespace" | "ServiceAccount" | "PersistentVolumeClaim" => {
+            let name = root
+                .obj(cx, "metadata")
+                .and_then(|mut m| {
+                    let n = m.str(cx, "name");
+                    for k in m.rest() {
+                        m.skip(&k);
+                    }
+                    n
+                })
+                .unwrap_or_default();
+            let message = match kind.as_str() {
+                "Namespace" => format!("Namespace {name}: no object; namespaces exist in orch once something is in them"),
+                "ServiceAccount" => format!("ServiceAccount {name}: no object; service accounts have no effect in orch"),
+                _ => format!("PersistentVolumeClaim {name}: no object; the claim name is a node-local orch volume created on first use (size, access modes and storage class are not honoured)"),
+            };
+            cx.warn(&root.at("kind"), message);
+            for k in root.rest() {
+                root.skip(&k);
+            }
+            return;
+        }
+        _ => {}
+    }
+    let Some(metadata) = metadata(cx, &mut root, &kind, options) else {
+        return;
+    };
+    root.ignore(cx, "status", "ignored: set by the cluster");
+    let what = format!("{kind}/{}", metadata.name);
+    let mut check = Check::None;
+    let mut template_path = "spec.template";
+    let object = match kind.as_str() {
+        "ConfigMap" => other::config(cx, metadata, &mut root),
+        "Secret" => other::secret(cx, metadata, &mut root),
+        _ => {
+            let spec_path = root.at("spec");
+            let Some(spec) = root.obj(cx, "spec") else {
+                cx.error(&spec_path, "", format!("a {kind} needs a spec"));
+                root.finish(cx);
+                return;
+            };
+            match kind.as_str() {
+                "Service" => {
+                    let o = other::route(cx, metadata, spec);
+                    if let Some(Object::Route(r)) = &o {
+                        check = Check::Selector(r.spec.selector.clone());
+                    }
+                    o
+                }
+                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicationController" => {
+                    let w = match kind.as_str() {
+                        "Deployment" => Workload::Deployment,
+                        "StatefulSet" => Workload::StatefulSet,
+                        "DaemonSet" => Workload::DaemonSet,
+                        _ => Workload::ReplicationController,
+                    };
+                    if w == Workload::ReplicationController {
+                        cx.warn(
+                            &root.at("kind"),
+                            "ReplicationController: converted as a Deployment would be (an orch service); a template change rolls its replicas, where a ReplicationController leaves running pods as they are",
+                        );
+                    }
+                    if w == Workload::StatefulSet {
+                        if let Some(Value::String(s)) =
+                            v.get("spec").and_then(|s| s.get("serviceName"))
+                        {
+                            check = Check::Governing(s.clone());
+                        }
+                    }
+                    workloads::service(cx, w, metadata, spec, templates)
+                }
+                "Job" => workloads::job(cx, metadata, spec, templates),
+                "CronJob" => {
+                    template_path = "spec.jobTemplate.spec.template";
+                    workloads::cron_job(cx, metadata, spec, templates)
+                }
+                _ => None,
+            }
+        }
+    };
+    root.finish(cx);
+    if let Some(object) = object {
+        out.push(Produced {
+            object,
+            origin: Origin {
+                source: cx.source.into(),
+                document: cx.document,
+                what,
+            },
+            check,
+            prefix: pre,
+            template_path,
+        });
+    }
+}
+
+/// The object's metadata, with the kind label; `None` (an error said) without a valid name.
+fn metadata(cx: &mut Ctx, root: &mut Fields, kind: &str, options: &Options) -> Option<Metadata> {
+    let path = root.at("metadata");
+    let Some(mut md) = root.obj(cx, "metadata") else {
+        cx.error(
+            &format!("{path}.name"),
+            "",
+            "every object needs metadata.name",
+        );
+        return None;
+    };
+    let name = md.str(cx, "name");
+    let namespace = md.str(cx, "namespace");
+    let mut labels = md.str_map(cx, "labels");
+    let annotations = md.str_map(cx, "annotations");
+    md.ignore_all(cx, METADATA_IGNORED);
+    md.finish(cx);
+    let Some(name) = name else {
+        cx.error(
+            &format!("{path}.name"),
+            "",
+            "every object needs metadata.name (orch does not generate names)",
+        );
+        return None;
+    };
+    if let Err(m) = dns1123_label(&name) {
+        cx.error(
+            &format!("{path}.name"),
+            &format!("{name:?}"),
+            format!("{m} (orch names are DNS-1123 labels: lower case letters, digits and '-', at most 63)"),
+        );
+        return None;
+    }
+    if kind == "Service" && !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        cx.error(
+            &format!("{path}.name"),
+            &format!("{name:?}"),
+            "a Service's name is a DNS-1035 label: it must start with a lower case letter",
+        );
+        return None;
+    }
+    let namespace = namespace
+        .or_else(|| options.namespace.clone())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    if let Err(m) = dns1123_label(&namespace) {
+        cx.error(&format!("{path}.namespace"), &format!("{namespace:?}"), m);
+        return None;
+    }
+    labels.insert(KUBE_KIND_LABEL.into(), kind.into());
+    Some(Metadata {
+        name,
+        namespace,
+        labels: labels.into(),
+        annotations,
+        ..Metadata::default()
+    })
+}
+
+/// The documents of `text`, each with its 1-based number (empty documents skipped but
+/// counted). JSON: one object, a list of objects, or a `List`.
+fn parse_documents(source: &str, text: &str) -> Result<Vec<(usize, Value)>, ManifestErrors> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestErrors::whole(
+            source,
+            format!(
+                "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files",
+                text.len()
+            ),
+        ));
+    }
+    let trimmed = text.trim_start();
+    let docs: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| ManifestErrors::whole(source, format!("invalid JSON: {e}")))?;
+        match v {
+            Value::Array(items) => items,
+            other => vec![other],
+        }
+    } else {
+        let mut budget = serde_saphyr::Budget::default();
+        budget.max_documents = MAX_DOCUMENTS;
+        budget.max_nodes = text
+            .len()
+            .saturating_mul(2)
+            .saturating_add(10_000)
+            .min(1_000_000);
+        budget.max_events = budget.max_nodes * 2 + MAX_DOCUMENTS * 2 + 16;
+        let mut opts = serde_saphyr::Options::default();
+        opts.budget = Some(budget);
+        serde_saphyr::from_multiple_with_options(text, opts).map_err(|e| {
+            let s = e.to_string();
+            let first = s
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("unknown error")
+                .to_string();
+            ManifestErrors::whole(source, format!("invalid YAML: {first}"))
+        })?
+    };
+    if docs.len() > MAX_DOCUMENTS {
+        return Err(ManifestErrors::whole(
+            source,
+            format!(
+                "manifest has {} documents; the limit is {MAX_DOCUMENTS}",
+                docs.len()
+            ),
+        ));
+    }
+    Ok(docs
+        .into_iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_null())
+        .map(|(i, d)| (i + 1, d))
+        .collect())
 }
