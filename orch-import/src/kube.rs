@@ -96,20 +96,39 @@ struct Produced {
 /// flattened) to orch objects and warnings. Documents with `apiVersion: orch/v1` are left to
 /// the caller ([`crate::convert`]); here they are an error.
 pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted, ManifestErrors> {
-    let docs = parse_documents(source, text)?;
+    convert_all(&[(source, text)], options)
+}
+
+/// [`convert`] over several files as one input (`orchctl apply -f DIR`): a Service's selector
+/// is checked against the pod templates of every file, a name defined twice in any two is an
+/// error, and any error in any file means nothing is returned.
+pub fn convert_all(
+    sources: &[(&str, &str)],
+    options: &Options,
+) -> Result<Converted, ManifestErrors> {
     let mut errors: Vec<ManifestError> = Vec::new();
     let mut warnings: Vec<Warning> = Vec::new();
     let mut produced: Vec<Produced> = Vec::new();
     let mut templates: Templates = Vec::new();
-    for (n, doc) in &docs {
-        let mut cx = Ctx::new(source, *n);
-        document(&mut cx, doc, "", options, &mut produced, &mut templates);
-        warnings.append(&mut cx.warnings);
-        errors.append(&mut cx.errors);
+    for (source, text) in sources {
+        let docs = match parse_documents(source, text) {
+            Ok(d) => d,
+            Err(ManifestErrors(e)) => {
+                errors.extend(e);
+                continue;
+            }
+        };
+        for (n, doc) in &docs {
+            let mut cx = Ctx::new(source, *n);
+            document(&mut cx, doc, "", options, &mut produced, &mut templates);
+            warnings.append(&mut cx.warnings);
+            errors.append(&mut cx.errors);
+        }
     }
     // Checks over the whole input.
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<String, (String, usize)> = HashMap::new();
     for p in &produced {
+        let source = p.origin.source.as_str();
         let mut cx = Ctx::new(source, p.origin.document);
         let md = p.object.metadata();
         match &p.check {
@@ -144,15 +163,20 @@ pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted,
             Check::None => {}
         }
         let key = p.object.key();
-        if let Some(first) = seen.insert(key, p.origin.document) {
+        if let Some((file, doc)) = seen.insert(key, (source.to_string(), p.origin.document)) {
             cx.errors.push(ManifestError {
                 source: source.into(),
                 document: Some(p.origin.document),
-                field: None,
-                message: format!(
-                    "{} is defined twice (also in document {first})",
-                    p.origin.what
-                ),
+                field: Some(FieldError {
+                    path: format!("{}metadata.name", p.prefix),
+                    value: format!("{:?}", p.object.metadata().name),
+                    message: format!(
+                        "{} in namespace {} is defined twice (also in {file} document {doc})",
+                        p.origin.what,
+                        p.object.metadata().namespace
+                    ),
+                }),
+                message: String::new(),
             });
         }
         for fe in validate(&p.object) {
@@ -161,7 +185,10 @@ pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted,
         warnings.append(&mut cx.warnings);
         errors.append(&mut cx.errors);
     }
-    warnings.sort_by_key(|w| w.document);
+    // Document order (stable: within a document, the order found).
+    let order: Vec<&str> = sources.iter().map(|(s, _)| *s).collect();
+    let rank = |s: &str| order.iter().position(|o| *o == s).unwrap_or(usize::MAX);
+    warnings.sort_by_key(|w| (rank(&w.source), w.document));
     if options.strict {
         errors.extend(warnings.iter().map(|w| ManifestError {
             source: w.source.clone(),
@@ -175,7 +202,7 @@ pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted,
         }));
     }
     if !errors.is_empty() {
-        errors.sort_by_key(|e| e.document);
+        errors.sort_by_key(|e| (rank(&e.source), e.document));
         return Err(ManifestErrors(errors));
     }
     let (objects, origins) = produced.into_iter().map(|p| (p.object, p.origin)).unzip();
