@@ -1203,3 +1203,100 @@ fn spread(
         when_unsatisfiable,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> (Pod, Vec<String>, Vec<String>) {
+        let v: Value = serde_saphyr::from_str(yaml).unwrap();
+        let mut cx = Ctx::new("t.yaml", 1);
+        let p = pod_template(&mut cx, &v, "spec.template", &BTreeSet::new());
+        let w = cx
+            .warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.path, w.message))
+            .collect();
+        let e = cx.errors.iter().map(|e| e.to_string()).collect();
+        (p, w, e)
+    }
+
+    // Field references and gRPC probes are checked here, before the object's validation (the
+    // agent's side of them is validated there).
+    #[test]
+    fn field_refs_and_grpc_probes() {
+        let (p, w, e) = pod(concat!(
+            "spec:\n  containers:\n  - name: a\n    image: x\n    env:\n",
+            "    - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n",
+            "    - {name: APP, valueFrom: {fieldRef: {apiVersion: v1, fieldPath: \"metadata.labels['app']\"}}}\n",
+            "    - {name: IPS, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}\n",
+            "    - {name: MEM, valueFrom: {resourceFieldRef: {resource: limits.memory}}}\n",
+            "    livenessProbe: {grpc: {port: 9000, service: health}, periodSeconds: 7}\n",
+        ));
+        assert!(e.is_empty(), "{e:?}");
+        let env = &p.template.env;
+        assert_eq!(env.len(), 2);
+        assert_eq!(
+            env[0].value_from.as_ref().and_then(|f| f.field.as_deref()),
+            Some("metadata.name")
+        );
+        assert_eq!(
+            env[1].value_from.as_ref().and_then(|f| f.field.as_deref()),
+            Some("metadata.labels['app']")
+        );
+        let probe = p.template.liveness_probe.unwrap();
+        assert_eq!(
+            probe.grpc,
+            Some(GrpcProbe {
+                port: ProbePort::Number(9000),
+                service: Some("health".into())
+            })
+        );
+        assert_eq!(probe.period, Some(Span::secs(7)));
+        assert_eq!(w, [
+            "spec.template.spec.containers[0].env[2].valueFrom.fieldRef.fieldPath: \"status.podIPs\" is not a field orch fills in (metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, status.hostIP, status.podIP): the variable is left out",
+            "spec.template.spec.containers[0].env[3].valueFrom.resourceFieldRef: ignored: orch does not expose resources as variables; the variable is left out",
+        ]);
+    }
+
+    #[test]
+    fn one_item_and_sub_path_mounts_are_one_key_files() {
+        let (p, w, e) = pod(concat!(
+            "spec:\n  containers:\n  - name: a\n    image: x\n    volumeMounts:\n",
+            "    - {name: cfg, mountPath: /etc/app/app.conf, subPath: app.conf}\n",
+            "    - {name: many, mountPath: /etc/many}\n",
+            "    - {name: vol, mountPath: /v, subPath: sub}\n",
+            "  volumes:\n",
+            "  - {name: cfg, configMap: {name: app}}\n",
+            "  - {name: many, secret: {secretName: s, items: [{key: a, path: a}, {key: b, path: b}]}}\n",
+            "  - {name: vol, persistentVolumeClaim: {claimName: data}}\n",
+            "  - {name: nfs, nfs: {server: x, path: /}}\n",
+        ));
+        assert!(e.is_empty(), "{e:?}");
+        let m = &p.template.mounts;
+        assert_eq!(
+            (
+                m[0].path.as_str(),
+                m[0].config.as_deref(),
+                m[0].key.as_deref()
+            ),
+            ("/etc/app/app.conf", Some("app"), Some("app.conf"))
+        );
+        assert_eq!(
+            (m[1].secret.as_deref(), m[1].key.as_deref()),
+            (Some("s"), None)
+        );
+        assert_eq!(m[2].volume.as_deref(), Some("data"));
+        assert_eq!(w, [
+            "spec.template.spec.volumes[3].nfs: ignored: orch has no such volume (emptyDir, configMap, secret, hostPath and persistentVolumeClaim are supported); mounts of it are left out",
+            "spec.template.spec.containers[0].volumeMounts[1].name: the volume lists several items: every key is mounted as a file in the directory (orch mounts one key or all)",
+            "spec.template.spec.containers[0].volumeMounts[2].subPath: ignored: orch mounts the whole volume (subPath works for configMap, secret and hostPath volumes)",
+        ]);
+    }
+
+    #[test]
+    fn a_sidecar_init_container_is_refused() {
+        let (_, _, e) = pod("spec:\n  containers: [{name: a, image: x}]\n  initContainers: [{name: s, image: busybox, restartPolicy: Always}]\n");
+        assert_eq!(e, ["t.yaml: document 1: spec.template.spec.initContainers[0].restartPolicy: a sidecar (an init container with restartPolicy: Always) is a second container; orch runs one container per replica"]);
+    }
+}
