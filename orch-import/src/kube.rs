@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use orch_core::model::manifest::{
     ManifestError, ManifestErrors, MAX_DOCUMENTS, MAX_MANIFEST_BYTES,
 };
-use orch_core::model::object::{Kind, LabelSelector, Metadata, Object, DEFAULT_NAMESPACE};
+use orch_core::model::object::{
+    Kind, LabelSelector, Metadata, Object, ProbePort, DEFAULT_NAMESPACE,
+};
 use orch_core::model::validate::{dns1123_label, validate, FieldError};
 use serde_json::Value;
 
@@ -133,11 +135,11 @@ pub fn convert_all(
         let md = p.object.metadata();
         match &p.check {
             Check::Selector(sel) => {
-                if !sel.match_labels.is_empty()
-                    && !templates
-                        .iter()
-                        .any(|(ns, labels)| *ns == md.namespace && sel.matches(labels))
-                {
+                let selected: Vec<&workloads::Seen> = templates
+                    .iter()
+                    .filter(|t| t.namespace == md.namespace && sel.matches(&t.labels))
+                    .collect();
+                if !sel.match_labels.is_empty() && selected.is_empty() {
                     cx.warn(
                         &format!("{}spec.selector", p.prefix),
                         format!(
@@ -145,6 +147,20 @@ pub fn convert_all(
                             md.namespace
                         ),
                     );
+                }
+                if let Object::Route(r) = &p.object {
+                    for (i, port) in r.spec.ports.iter().enumerate() {
+                        let Some(ProbePort::Name(name)) = &port.target_port else {
+                            continue;
+                        };
+                        if !selected.is_empty() && selected.iter().all(|t| !t.ports.contains(name))
+                        {
+                            cx.warn(
+                                &format!("{}spec.ports[{i}].targetPort", p.prefix),
+                                format!("no pod template it selects has a port named {name:?}: connections to those replicas go nowhere"),
+                            );
+                        }
+                    }
                 }
             }
             Check::Governing(name) => {
@@ -234,20 +250,34 @@ fn validation_error(source: &str, p: &Produced, fe: FieldError) -> ManifestError
         ),
         ("spec.template", format!("{tp}.spec.containers[0]")),
         ("spec.placement", format!("{tp}.spec")),
-        ("spec.update", "spec.strategy".to_string()),
-        ("spec.job", "spec.jobTemplate.spec".to_string()),
+        (
+            "spec.update.maxSurge",
+            "spec.strategy.rollingUpdate.maxSurge".to_string(),
+        ),
+        (
+            "spec.update.maxUnavailable",
+            "spec.strategy.rollingUpdate.maxUnavailable".to_string(),
+        ),
+        (
+            "spec.update.progressDeadline",
+            "spec.progressDeadlineSeconds".to_string(),
+        ),
     ];
-    let mut path = orch.clone();
-    let inner = orch.strip_prefix("spec.job.").map(|r| format!("spec.{r}"));
-    let probe = inner.as_deref().unwrap_or(&orch);
-    for (from, to) in rules {
-        if let Some(rest) = probe.strip_prefix(from) {
-            if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
-                path = format!("{to}{rest}");
-                break;
-            }
-        }
-    }
+    // A cron job's job sits at `spec.job` (orch) and `spec.jobTemplate.spec` (Kubernetes).
+    let (probe, outer) = match orch.strip_prefix("spec.job.") {
+        Some(rest) => (format!("spec.{rest}"), Some("spec.jobTemplate.spec.")),
+        None => (orch.clone(), None),
+    };
+    let mapped = rules.iter().find_map(|(from, to)| {
+        let rest = probe.strip_prefix(from)?;
+        (rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+            .then(|| format!("{to}{rest}"))
+    });
+    let path = match (mapped, outer) {
+        (Some(m), _) => m,
+        (None, Some(outer)) => format!("{outer}{}", probe.trim_start_matches("spec.")),
+        (None, None) => orch.clone(),
+    };
     ManifestError {
         source: source.into(),
         document: Some(p.origin.document),

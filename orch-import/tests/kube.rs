@@ -522,6 +522,14 @@ fn warning_table() -> Vec<(String, Vec<&'static str>)> {
             ],
         ),
         (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: web}\nspec:\n  serviceName: nodes\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}, annotations: {a: b}}\n    spec: {containers: [{name: web, image: nginx, ports: [{containerPort: 80, name: web}]}]}\n".to_string(),
+            vec![
+                "1: spec.ports[0].targetPort: no pod template it selects has a port named \"http\": connections to those replicas go nowhere",
+                "2: spec.template.metadata.annotations: ignored: orch replicas carry no annotations (the object's own are kept)",
+                "2: spec.serviceName: no Service \"nodes\" in this input: its replicas' own DNS names (NAME-0.nodes) need that headless Service",
+            ],
+        ),
+        (
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n".to_string(),
             vec![
                 "1: kind: Namespace shop: no object; namespaces exist in orch once something is in them",
@@ -714,6 +722,30 @@ fn bad_input_is_refused_naming_file_document_and_field() {
         (
             "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec: {containers: [{name: a, image: nginx}]}\n".to_string(),
             "test.yaml: document 1: spec.template.spec.restartPolicy: invalid value \"Always\": a job runs replicas to completion",
+        ),
+        (
+            deploy("[{name: a, image: nginx, env: [{name: '1X', value: a}]}]"),
+            "test.yaml: document 2: spec.template.spec.containers[0].env[0].name: invalid value \"1X\": a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (as the orch Deployment/web's spec.template.env[0].name)",
+        ),
+        (
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec:\n  schedule: '@daily'\n  jobTemplate:\n    spec:\n      template:\n        spec: {containers: [{name: a, image: nginx}]}\n".to_string(),
+            "test.yaml: document 1: spec.jobTemplate.spec.template.spec.restartPolicy: invalid value \"Always\": a job runs replicas to completion",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: ExternalName, externalName: example.com}\n".to_string(),
+            "test.yaml: document 1: spec.type: invalid value \"ExternalName\": orch has no external names",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 80}, {port: 81}]}\n".to_string(),
+            "test.yaml: document 1: spec.ports[0].name: a Service with several ports must name each one",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 80, protocol: SCTP}]}\n".to_string(),
+            "test.yaml: document 1: spec.ports[0].protocol: invalid value \"SCTP\": orch supports TCP and UDP",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 80, targetPort: Web_Port}]}\n".to_string(),
+            "test.yaml: document 1: spec.ports[0].targetPort: invalid value \"Web_Port\": a port number from 1 to 65535 or a container port's name",
         ),
         (
             "apiVersion: orch/v1\nkind: Service\nmetadata: {name: s}\n".to_string(),

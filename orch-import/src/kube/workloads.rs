@@ -22,8 +22,28 @@ pub(crate) enum Workload {
     ReplicationController,
 }
 
-/// The pod template of the workload just converted (for Services' selectors).
-pub(crate) type Templates = Vec<(String, std::collections::BTreeMap<String, String>)>;
+/// A pod template of the input, for Services' selectors and named target ports.
+pub(crate) struct Seen {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its container's port names.
+    pub ports: Vec<String>,
+}
+
+impl Seen {
+    fn of(namespace: &str, t: &orch_core::model::object::Template) -> Seen {
+        Seen {
+            namespace: namespace.into(),
+            labels: t.labels.clone(),
+            ports: t.ports.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+}
+
+/// Every pod template of the input.
+pub(crate) type Templates = Vec<Seen>;
 
 /// A Deployment, StatefulSet, DaemonSet or ReplicationController's `spec` as an orch Service.
 pub(crate) fn service(
@@ -105,7 +125,7 @@ pub(crate) fn service(
             "does not select the pod template's labels (spec.template.metadata.labels): Kubernetes refuses this too",
         );
     }
-    templates.push((metadata.namespace.clone(), template.labels.clone()));
+    templates.push(Seen::of(&metadata.namespace, &template));
     let mut update = UpdateStrategy::default();
     let mut mode = ServiceMode::Replicated;
     match kind {
@@ -327,7 +347,7 @@ pub(crate) fn job_spec(
         template,
         placement,
     } = pod_template(cx, tv, &tpath, &BTreeSet::new());
-    templates.push((namespace.to_string(), template.labels.clone()));
+    templates.push(Seen::of(namespace, &template));
     let completions = spec.int(cx, "completions", 1, 10_000).map(|n| n as u32);
     let parallelism = spec.int(cx, "parallelism", 1, 10_000).map(|n| n as u32);
     if completions.is_none() && parallelism.is_some_and(|p| p > 1) {
