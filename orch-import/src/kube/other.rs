@@ -7,7 +7,7 @@ use orch_core::model::object::{
     Config, LabelSelector, Metadata, Object, ProbePort, Protocol, Route, RoutePort, RouteSpec,
     RouteStatus, Secret,
 };
-use orch_core::model::validate::port_name;
+use orch_core::model::validate::{dns1123_label, port_name};
 use serde_json::Value;
 
 use super::fields::{shown, Ctx, Fields};
@@ -177,7 +177,9 @@ fn route_port(cx: &mut Ctx, v: &Value, path: &str, node_ports: bool) -> Option<R
     let mut f = Fields::new(cx, v, path);
     let name = f.str(cx, "name").unwrap_or_default();
     if !name.is_empty() {
-        if let Err(m) = port_name(&name) {
+        // Kubernetes names a Service's ports with DNS-1123 labels (a container's ports with
+        // IANA service names, as targetPort does).
+        if let Err(m) = dns1123_label(&name) {
             cx.error(&f.at("name"), &format!("{name:?}"), m);
         }
     }
