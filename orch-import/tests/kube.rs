@@ -741,11 +741,11 @@ fn bad_input_is_refused_naming_file_document_and_field() {
         ),
         (
             "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 80, protocol: SCTP}]}\n".to_string(),
-            "test.yaml: document 1: spec.ports[0].protocol: invalid value \"SCTP\": orch supports TCP and UDP",
+            "test.yaml: document 1: spec.ports[0].protocol: invalid value \"SCTP\": must be TCP or UDP",
         ),
         (
             "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 80, targetPort: Web_Port}]}\n".to_string(),
-            "test.yaml: document 1: spec.ports[0].targetPort: invalid value \"Web_Port\": a port number from 1 to 65535 or a container port's name",
+            "test.yaml: document 1: spec.ports[0].targetPort: invalid value \"Web_Port\": must be a port number from 1 to 65535 or a container port's name",
         ),
         (
             "apiVersion: orch/v1\nkind: Service\nmetadata: {name: s}\n".to_string(),

@@ -153,6 +153,31 @@ impl<'v> Fields<'v> {
         }
     }
 
+    /// A string field that must be one of `options` (by name), as its value.
+    pub(crate) fn choice<T: Copy>(
+        &mut self,
+        cx: &mut Ctx,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let s = self.str(cx, key)?;
+        if let Some((_, v)) = options.iter().find(|(n, _)| *n == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let allowed = match names.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        cx.error(
+            &self.at(key),
+            &format!("{s:?}"),
+            format!("must be {allowed}"),
+        );
+        None
+    }
+
     /// A whole number field within `min..=max`.
     pub(crate) fn int(&mut self, cx: &mut Ctx, key: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.take(key)?;

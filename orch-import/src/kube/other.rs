@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use orch_core::model::object::{
-    Config, LabelSelector, Metadata, Object, ProbePort, Protocol, Route, RoutePort, RouteSpec,
-    RouteStatus, Secret,
+    Config, LabelSelector, Metadata, Object, Route, RoutePort, RouteSpec, RouteStatus, Secret,
 };
-use orch_core::model::validate::{dns1123_label, port_name};
+use orch_core::model::validate::dns1123_label;
 use serde_json::Value;
 
-use super::fields::{shown, Ctx, Fields};
+use super::fields::{Ctx, Fields};
+use super::pod::{port_ref, protocol};
 
 /// Service spec fields orch does not honour.
 const SERVICE_IGNORED: &[(&str, &str)] = &[
@@ -191,45 +191,8 @@ fn route_port(cx: &mut Ctx, v: &Value, path: &str, node_ports: bool) -> Option<R
             "every port needs a port number (1 to 65535)",
         );
     }
-    let target_port = match f.take("targetPort") {
-        None => None,
-        Some(Value::String(s)) => match s.parse::<u16>() {
-            Ok(n) if n > 0 => Some(ProbePort::Number(n)),
-            _ => {
-                if let Err(m) = port_name(s) {
-                    cx.error(
-                        &f.at("targetPort"),
-                        &format!("{s:?}"),
-                        format!("a port number from 1 to 65535 or a container port's name: {m}"),
-                    );
-                }
-                Some(ProbePort::Name(s.clone()))
-            }
-        },
-        Some(v) => match v.as_u64() {
-            Some(n @ 1..=65535) => Some(ProbePort::Number(n as u16)),
-            _ => {
-                cx.error(
-                    &f.at("targetPort"),
-                    &shown(v),
-                    "must be a port number from 1 to 65535 or a container port's name",
-                );
-                None
-            }
-        },
-    };
-    let protocol = match f.str(cx, "protocol").as_deref() {
-        None | Some("TCP") => Protocol::Tcp,
-        Some("UDP") => Protocol::Udp,
-        Some(other) => {
-            cx.error(
-                &f.at("protocol"),
-                &format!("{other:?}"),
-                "orch supports TCP and UDP",
-            );
-            Protocol::Tcp
-        }
-    };
+    let target_port = port_ref(cx, &mut f, "targetPort", false);
+    let protocol = protocol(cx, &mut f);
     let node_port = f.int(cx, "nodePort", 0, 65535).map(|n| n as u16);
     if let Some(n) = node_port {
         if !node_ports {

@@ -248,17 +248,16 @@ pub(crate) fn pod_template(cx: &mut Ctx, v: &Value, path: &str, claims: &BTreeSe
         }
         template.stop_grace_period = Some(Span::secs(secs.min(max) as u64));
     }
-    if let Some(rp) = spec.str(cx, "restartPolicy") {
-        match rp.as_str() {
-            "Always" => template.restart_policy = RestartPolicy::Always,
-            "OnFailure" => template.restart_policy = RestartPolicy::OnFailure,
-            "Never" => template.restart_policy = RestartPolicy::Never,
-            _ => cx.error(
-                &spec.at("restartPolicy"),
-                &format!("{rp:?}"),
-                "must be Always, OnFailure or Never",
-            ),
-        }
+    if let Some(rp) = spec.choice(
+        cx,
+        "restartPolicy",
+        &[
+            ("Always", RestartPolicy::Always),
+            ("OnFailure", RestartPolicy::OnFailure),
+            ("Never", RestartPolicy::Never),
+        ],
+    ) {
+        template.restart_policy = rp;
     }
     if let Some(h) = spec.bool(cx, "hostNetwork") {
         template.host_network = h;
@@ -466,17 +465,16 @@ fn container(
     }
     let own = security_user(cx, &mut c, "securityContext", t);
     t.user = user_string(cx, &c.at("securityContext"), pod_user, own);
-    if let Some(p) = c.str(cx, "imagePullPolicy") {
-        match p.as_str() {
-            "IfNotPresent" => t.image_pull_policy = PullPolicy::IfNotPresent,
-            "Always" => t.image_pull_policy = PullPolicy::Always,
-            "Never" => t.image_pull_policy = PullPolicy::Never,
-            _ => cx.error(
-                &c.at("imagePullPolicy"),
-                &format!("{p:?}"),
-                "must be Always, IfNotPresent or Never",
-            ),
-        }
+    if let Some(p) = c.choice(
+        cx,
+        "imagePullPolicy",
+        &[
+            ("Always", PullPolicy::Always),
+            ("IfNotPresent", PullPolicy::IfNotPresent),
+            ("Never", PullPolicy::Never),
+        ],
+    ) {
+        t.image_pull_policy = p;
     }
     t.mounts = mounts(cx, &mut c, volumes, claims);
     c.ignore_all(cx, CONTAINER_IGNORED);
@@ -621,19 +619,14 @@ fn env_from(cx: &mut Ctx, v: &Value, path: &str) -> Option<EnvFrom> {
     (out.secret.is_some() || out.config.is_some()).then_some(out)
 }
 
-fn protocol(cx: &mut Ctx, f: &mut Fields) -> Protocol {
-    match f.str(cx, "protocol").as_deref() {
-        None | Some("TCP") => Protocol::Tcp,
-        Some("UDP") => Protocol::Udp,
-        Some(other) => {
-            cx.error(
-                &f.at("protocol"),
-                &format!("{other:?}"),
-                "orch supports TCP and UDP",
-            );
-            Protocol::Tcp
-        }
-    }
+/// A port's `protocol` (default TCP).
+pub(crate) fn protocol(cx: &mut Ctx, f: &mut Fields) -> Protocol {
+    f.choice(
+        cx,
+        "protocol",
+        &[("TCP", Protocol::Tcp), ("UDP", Protocol::Udp)],
+    )
+    .unwrap_or_default()
 }
 
 fn container_port(cx: &mut Ctx, v: &Value, path: &str) -> Option<PortSpec> {
@@ -743,30 +736,35 @@ fn resources(cx: &mut Ctx, mut r: Fields) -> Resources {
     }
 }
 
-/// A probe port: a number or a port name.
-fn probe_port(cx: &mut Ctx, f: &mut Fields) -> Option<ProbePort> {
-    let v = f.take("port");
-    match v {
+/// A port given as a number or as a container port's name (a probe's `port`, a Service's
+/// `targetPort`); `required`: missing is an error.
+pub(crate) fn port_ref(
+    cx: &mut Ctx,
+    f: &mut Fields,
+    key: &str,
+    required: bool,
+) -> Option<ProbePort> {
+    let bad = "must be a port number from 1 to 65535 or a container port's name";
+    match f.take(key) {
         None => {
-            cx.error(
-                &f.at("port"),
-                "",
-                "needs a port (a number or a container port's name)",
-            );
+            if required {
+                cx.error(&f.at(key), "", format!("needs a port: {bad}"));
+            }
             None
         }
         Some(Value::String(s)) => match s.parse::<u16>() {
             Ok(n) if n > 0 => Some(ProbePort::Number(n)),
-            _ => Some(ProbePort::Name(s.clone())),
+            _ => {
+                if let Err(m) = port_name(s) {
+                    cx.error(&f.at(key), &format!("{s:?}"), format!("{bad} ({m})"));
+                }
+                Some(ProbePort::Name(s.clone()))
+            }
         },
         Some(v) => match v.as_u64() {
             Some(n @ 1..=65535) => Some(ProbePort::Number(n as u16)),
             _ => {
-                cx.error(
-                    &f.at("port"),
-                    &shown(v),
-                    "must be a port number from 1 to 65535 or a container port's name",
-                );
+                cx.error(&f.at(key), &shown(v), bad);
                 None
             }
         },
@@ -777,7 +775,7 @@ fn probe(cx: &mut Ctx, mut p: Fields) -> Option<Probe> {
     let mut out = Probe::default();
     if let Some(mut h) = p.obj(cx, "httpGet") {
         let path = h.str(cx, "path").unwrap_or_else(|| "/".into());
-        let port = probe_port(cx, &mut h);
+        let port = port_ref(cx, &mut h, "port", true);
         h.ignore(
             cx,
             "host",
@@ -797,7 +795,7 @@ fn probe(cx: &mut Ctx, mut p: Fields) -> Option<Probe> {
         out.http_get = port.map(|port| HttpProbe { path, port });
     }
     if let Some(mut t) = p.obj(cx, "tcpSocket") {
-        let port = probe_port(cx, &mut t);
+        let port = port_ref(cx, &mut t, "port", true);
         t.ignore(
             cx,
             "host",

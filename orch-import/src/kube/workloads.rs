@@ -88,16 +88,10 @@ pub(crate) fn service(
             claims.insert(name);
         }
     }
-    let tpath = spec.at("template");
-    let Some(tv) = spec.take("template") else {
-        cx.error(&tpath, "", "needs a pod template");
-        spec.finish(cx);
-        return None;
-    };
     let Pod {
         template,
         placement,
-    } = pod_template(cx, tv, &tpath, &claims);
+    } = template_of(cx, &mut spec, &claims)?;
     // The selector: orch's service owns its replicas; it must select the template, as
     // Kubernetes requires.
     let sel_path = spec.at("selector");
@@ -203,6 +197,16 @@ pub(crate) fn service(
         },
         status: ServiceStatus::default(),
     }))
+}
+
+/// The pod template at `spec.template` (an error when there is none).
+fn template_of(cx: &mut Ctx, spec: &mut Fields, claims: &BTreeSet<String>) -> Option<Pod> {
+    let tpath = spec.at("template");
+    let Some(tv) = spec.take("template") else {
+        cx.error(&tpath, "", "needs a pod template");
+        return None;
+    };
+    Some(pod_template(cx, tv, &tpath, claims))
 }
 
 /// An int or a percentage (`maxSurge`, `maxUnavailable`).
@@ -337,16 +341,10 @@ pub(crate) fn job_spec(
     namespace: &str,
     templates: &mut Templates,
 ) -> Option<JobSpec> {
-    let tpath = spec.at("template");
-    let Some(tv) = spec.take("template") else {
-        cx.error(&tpath, "", "needs a pod template");
-        spec.finish(cx);
-        return None;
-    };
     let Pod {
         template,
         placement,
-    } = pod_template(cx, tv, &tpath, &BTreeSet::new());
+    } = template_of(cx, &mut spec, &BTreeSet::new())?;
     templates.push(Seen::of(namespace, &template));
     let completions = spec.int(cx, "completions", 1, 10_000).map(|n| n as u32);
     let parallelism = spec.int(cx, "parallelism", 1, 10_000).map(|n| n as u32);
@@ -404,19 +402,17 @@ pub(crate) fn cron_job(
         );
     }
     let time_zone = spec.str(cx, "timeZone");
-    let concurrency_policy = match spec.str(cx, "concurrencyPolicy").as_deref() {
-        None | Some("Allow") => ConcurrencyPolicy::Allow,
-        Some("Forbid") => ConcurrencyPolicy::Forbid,
-        Some("Replace") => ConcurrencyPolicy::Replace,
-        Some(p) => {
-            cx.error(
-                &spec.at("concurrencyPolicy"),
-                &format!("{p:?}"),
-                "must be Allow, Forbid or Replace",
-            );
-            ConcurrencyPolicy::Allow
-        }
-    };
+    let concurrency_policy = spec
+        .choice(
+            cx,
+            "concurrencyPolicy",
+            &[
+                ("Allow", ConcurrencyPolicy::Allow),
+                ("Forbid", ConcurrencyPolicy::Forbid),
+                ("Replace", ConcurrencyPolicy::Replace),
+            ],
+        )
+        .unwrap_or_default();
     let suspend = spec.bool(cx, "suspend").unwrap_or(false);
     let starting_deadline = spec
         .int(cx, "startingDeadlineSeconds", 0, i64::MAX)
