@@ -550,6 +550,12 @@ fn parse_documents(source: &str, text: &str) -> Result<Vec<(usize, Value)>, Mani
                 .find(|l| !l.is_empty())
                 .unwrap_or("unknown error")
                 .to_string();
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            // The parser's advice names its own options; say what is wrong instead.
+            let first = match first.split_once(", set DuplicateKeyPolicy") {
+                Some((what, _)) => format!("{what} (a key may appear only once in a mapping)"),
+                None => first.to_string(),
+            };
             ManifestErrors::whole(source, format!("invalid YAML: {first}"))
         })?
     };

@@ -757,7 +757,7 @@ fn bad_input_is_refused_naming_file_document_and_field() {
         ),
         (
             "a: [unclosed\n".to_string(),
-            "test.yaml: invalid YAML",
+            "test.yaml: invalid YAML: line",
         ),
     ] {
         let e = refuse(&text);
