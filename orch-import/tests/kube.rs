@@ -778,6 +778,143 @@ mod never_panics {
     use super::*;
     use proptest::prelude::*;
 
+    /// Field names the converter reads, so that arbitrary values reach deep paths.
+    const KEYS: &[&str] = &[
+        "template",
+        "spec",
+        "metadata",
+        "labels",
+        "containers",
+        "initContainers",
+        "image",
+        "ports",
+        "containerPort",
+        "name",
+        "protocol",
+        "hostPort",
+        "env",
+        "value",
+        "valueFrom",
+        "secretKeyRef",
+        "configMapKeyRef",
+        "fieldRef",
+        "fieldPath",
+        "key",
+        "optional",
+        "envFrom",
+        "configMapRef",
+        "secretRef",
+        "prefix",
+        "resources",
+        "limits",
+        "requests",
+        "cpu",
+        "memory",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+        "httpGet",
+        "tcpSocket",
+        "exec",
+        "grpc",
+        "port",
+        "path",
+        "command",
+        "args",
+        "periodSeconds",
+        "timeoutSeconds",
+        "securityContext",
+        "runAsUser",
+        "runAsGroup",
+        "capabilities",
+        "add",
+        "drop",
+        "volumeMounts",
+        "mountPath",
+        "subPath",
+        "volumes",
+        "emptyDir",
+        "configMap",
+        "secret",
+        "secretName",
+        "items",
+        "hostPath",
+        "persistentVolumeClaim",
+        "claimName",
+        "selector",
+        "matchLabels",
+        "matchExpressions",
+        "operator",
+        "values",
+        "affinity",
+        "nodeAffinity",
+        "podAffinity",
+        "podAntiAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "nodeSelectorTerms",
+        "topologyKey",
+        "labelSelector",
+        "tolerations",
+        "effect",
+        "topologySpreadConstraints",
+        "maxSkew",
+        "strategy",
+        "type",
+        "rollingUpdate",
+        "maxSurge",
+        "maxUnavailable",
+        "replicas",
+        "volumeClaimTemplates",
+        "updateStrategy",
+        "jobTemplate",
+        "schedule",
+        "targetPort",
+        "nodePort",
+        "clusterIP",
+        "restartPolicy",
+        "terminationGracePeriodSeconds",
+        "stringData",
+    ];
+
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::from(n)),
+            (0i64..70000).prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "[a-zA-Z0-9%=/._ -]{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "TCP",
+                "None",
+                "Always",
+                "Recreate",
+                "OnDelete",
+                "50%",
+                "http",
+                "In",
+                "NodePort",
+                "c2VjcmV0",
+                "/x",
+                "kubernetes.io/hostname"
+            ])
+            .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::vec((prop::sample::select(KEYS.to_vec()), inner), 0..6)
+                    .prop_map(|kv| {
+                        serde_json::Value::Object(
+                            kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                        )
+                    }),
+            ]
+        })
+    }
+
     fn fixture_texts() -> Vec<String> {
         let mut out: Vec<String> = fixtures()
             .into_iter()
@@ -809,6 +946,24 @@ mod never_panics {
             )
         ) {
             let _ = kube::convert("p.yaml", &keys.join("\n"), &Options::default());
+        }
+
+        #[test]
+        fn documents_of_known_kinds_with_arbitrary_fields(
+            kind in prop::sample::select(kube::SUPPORTED.to_vec()),
+            spec in value(),
+            extra in value(),
+        ) {
+            let doc = serde_json::json!({
+                "apiVersion": kind.0,
+                "kind": kind.1,
+                "metadata": {"name": "a", "labels": {"app": "a"}},
+                "spec": spec,
+                "data": extra.clone(),
+                "items": [extra],
+            });
+            let text = serde_json::to_string(&doc).unwrap();
+            let _ = kube::convert("p.json", &text, &Options::default());
         }
 
         #[test]
