@@ -982,3 +982,31 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn the_namespace_is_the_manifests_else_the_options_else_default() {
+    let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: shop}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
+    let ns = |o: &Options| -> Vec<String> {
+        kube::convert("n.yaml", text, o)
+            .unwrap()
+            .objects
+            .iter()
+            .map(|o| o.metadata().namespace.clone())
+            .collect()
+    };
+    assert_eq!(ns(&Options::default()), ["shop", "default"]);
+    let o = Options {
+        namespace: Some("dev".into()),
+        ..Options::default()
+    };
+    assert_eq!(ns(&o), ["shop", "dev"]);
+}
+
+#[test]
+fn an_error_inside_a_list_names_the_item() {
+    let e = refuse("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: ok}\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: web}\n  spec:\n    selector: {matchLabels: {app: web}}\n    template:\n      metadata: {labels: {app: web, 'bad key!': x}}\n      spec: {containers: [{name: a, image: nginx}]}\n");
+    assert!(
+        e.contains("test.yaml: document 1: items[1].spec.template.metadata.labels[\"bad key!\"]: invalid value \"bad key!\""),
+        "{e}"
+    );
+}
