@@ -109,18 +109,36 @@ pub fn convert_all(
     options: &Options,
 ) -> Result<Converted, ManifestErrors> {
     let mut errors: Vec<ManifestError> = Vec::new();
+    let mut parsed = Vec::new();
+    for (source, text) in sources {
+        match parse_documents(source, text) {
+            Ok(docs) => parsed.push((*source, docs)),
+            Err(ManifestErrors(e)) => errors.extend(e),
+        }
+    }
+    match convert_documents(&parsed, options) {
+        Ok(c) if errors.is_empty() => Ok(c),
+        Ok(_) => Err(ManifestErrors(errors)),
+        Err(ManifestErrors(e)) => {
+            errors.extend(e);
+            Err(ManifestErrors(errors))
+        }
+    }
+}
+
+/// [`convert_all`] over documents already parsed: per file, `(1-based document number,
+/// document)`. For a caller that splits a file itself (orch documents mixed with Kubernetes
+/// ones): the numbers it gives are the ones warnings and errors name.
+pub fn convert_documents(
+    sources: &[(&str, Vec<(usize, Value)>)],
+    options: &Options,
+) -> Result<Converted, ManifestErrors> {
+    let mut errors: Vec<ManifestError> = Vec::new();
     let mut warnings: Vec<Warning> = Vec::new();
     let mut produced: Vec<Produced> = Vec::new();
     let mut templates: Templates = Vec::new();
-    for (source, text) in sources {
-        let docs = match parse_documents(source, text) {
-            Ok(d) => d,
-            Err(ManifestErrors(e)) => {
-                errors.extend(e);
-                continue;
-            }
-        };
-        for (n, doc) in &docs {
+    for (source, docs) in sources {
+        for (n, doc) in docs {
             let mut cx = Ctx::new(source, *n);
             document(&mut cx, doc, "", options, &mut produced, &mut templates);
             warnings.append(&mut cx.warnings);

@@ -1010,3 +1010,17 @@ fn an_error_inside_a_list_names_the_item() {
         "{e}"
     );
 }
+
+#[test]
+fn documents_parsed_by_the_caller_keep_their_numbers() {
+    let doc: serde_json::Value = serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web"}
+    });
+    let c =
+        kube::convert_documents(&[("mixed.yaml", vec![(3, doc)])], &Options::default()).unwrap();
+    assert_eq!(
+        warnings(&c),
+        ["3: kind: ServiceAccount web: no object; service accounts have no effect in orch"]
+    );
+    assert_eq!(c.warnings[0].source, "mixed.yaml");
+}
