@@ -207,6 +207,9 @@ pub async fn apply(
 
 /// Refuses a published port another service publishes, or uses as a fixed host port (every
 /// node listens on a published port, so it collides on every node), naming both services.
+/// A container's fixed `port` is in its own network namespace, not a host port
+/// ([`Template::host_ports`](crate::model::object::Template::host_ports)): Compose's
+/// `ports: ["6379:6379"]` publishes 6379 on the nodes for a container listening on 6379.
 async fn check_published_ports(store: &dyn Store, objects: &[Object]) -> Result<(), ApiError> {
     let applied: Vec<&crate::model::object::Service> =
         objects.iter().filter_map(|o| o.as_service()).collect();
@@ -244,9 +247,8 @@ async fn check_published_ports(store: &dyn Store, objects: &[Object]) -> Result<
                 if other
                     .spec
                     .template
-                    .ports
-                    .iter()
-                    .any(|q| q.port == Some(p.port))
+                    .host_ports()
+                    .any(|(_, q)| q == p.port)
                 {
                     problems.push(format!(
                         "Service {}/{}: spec.publish[{i}].port: {} is the fixed host port of service {}/{}'s replicas; a published port is taken on every node",
@@ -256,8 +258,11 @@ async fn check_published_ports(store: &dyn Store, objects: &[Object]) -> Result<
                 }
             }
         }
+        let on_host = s.spec.template.image.is_none() || s.spec.template.host_network;
         for (i, tp) in s.spec.template.ports.iter().enumerate() {
-            let Some(port) = tp.port else { continue };
+            let Some(port) = tp.port.filter(|_| on_host) else {
+                continue;
+            };
             for other in &all {
                 if id(other) != id(s) && other.spec.publish.iter().any(|q| q.port == port) {
                     problems.push(format!(
