@@ -34,6 +34,8 @@ pub struct Cluster {
     pub cidrs: (String, String),
     /// For the containerd clients.
     pub rt: tokio::runtime::Runtime,
+    /// More flags for every agent.
+    pub agent_args: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -81,6 +83,17 @@ impl Cluster {
     /// and `extra` flags; an agent on every host, node `hI`, labelled `host=hI`, with every
     /// image of `images` imported into its containerd.
     pub fn new(n: usize, which: u8, extra: &[&str], images: &[ImageParts]) -> Cluster {
+        Cluster::with_agent_args(n, which, extra, &[], images)
+    }
+
+    /// [`Cluster::new`] with `agent_args` for every agent.
+    pub fn with_agent_args(
+        n: usize,
+        which: u8,
+        extra: &[&str],
+        agent_args: &[&str],
+        images: &[ImageParts],
+    ) -> Cluster {
         let hosts = Hosts::new(n);
         let tmp = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -114,6 +127,7 @@ impl Cluster {
             tmp,
             cidrs,
             rt,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
             let ctd = c.rt.block_on(LocalContainerd::start()).expect("containerd");
@@ -162,6 +176,7 @@ impl Cluster {
         if !extra.iter().any(|a| a.starts_with("--replica-network")) {
             args.extend(["--replica-network", "on"]);
         }
+        args.extend(self.agent_args.iter().map(String::as_str));
         args.extend_from_slice(extra);
         AgentProc::start_in(
             Some(&self.hosts.names[i]),
