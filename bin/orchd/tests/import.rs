@@ -666,21 +666,32 @@ fn applications_run_unchanged_on_two_hosts() {
         ctl(&c, &["delete", "-n", ns, "-f", dir.to_str().unwrap()]);
     };
     let down = |p: &str, file: &Path| {
-        ctl(&c, &["compose", "down", "-f", file.to_str().unwrap(), "-p", p]);
+        ctl(
+            &c,
+            &["compose", "down", "-f", file.to_str().unwrap(), "-p", p],
+        );
     };
     type Step<'a> = &'a dyn Fn();
     let apps: [(&str, Step, Step); 5] = [
-        ("guestbook", &|| guestbook(&c), &|| delete("guestbook", &guestbook_dir)),
-        ("voting app", &|| voting_app(&c), &|| delete("vote", &voting_dir)),
+        ("guestbook", &|| guestbook(&c), &|| {
+            delete("guestbook", &guestbook_dir)
+        }),
+        ("voting app", &|| voting_app(&c), &|| {
+            delete("vote", &voting_dir)
+        }),
         ("flask-redis", &|| flask_redis(&c, tmp), &|| {
             down("flask-redis", &tmp.join("flask-redis/compose.yaml"))
         }),
-        ("nginx-golang-postgres", &|| nginx_golang_postgres(&c, tmp), &|| {
-            down(
-                "nginx-golang-postgres",
-                &tmp.join("nginx-golang-postgres/compose.yaml"),
-            )
-        }),
+        (
+            "nginx-golang-postgres",
+            &|| nginx_golang_postgres(&c, tmp),
+            &|| {
+                down(
+                    "nginx-golang-postgres",
+                    &tmp.join("nginx-golang-postgres/compose.yaml"),
+                )
+            },
+        ),
         ("wordpress-mysql", &|| wordpress_mysql(&c), &|| {
             down("wordpress-mysql", &wordpress)
         }),
@@ -688,7 +699,10 @@ fn applications_run_unchanged_on_two_hosts() {
     let only = std::env::var("ORCH_TEST_APPS").ok();
     let mut failed = Vec::new();
     for (name, run, clean_up) in apps {
-        if only.as_ref().is_some_and(|o| !o.split(',').any(|n| n == name)) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == name))
+        {
             continue;
         }
         let start = Instant::now();

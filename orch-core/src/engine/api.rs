@@ -244,12 +244,7 @@ async fn check_published_ports(store: &dyn Store, objects: &[Object]) -> Result<
                         other.metadata.namespace, other.metadata.name
                     ));
                 }
-                if other
-                    .spec
-                    .template
-                    .host_ports()
-                    .any(|(_, q)| q == p.port)
-                {
+                if other.spec.template.host_ports().any(|(_, q)| q == p.port) {
                     problems.push(format!(
                         "Service {}/{}: spec.publish[{i}].port: {} is the fixed host port of service {}/{}'s replicas; a published port is taken on every node",
                         s.metadata.namespace, s.metadata.name, p.port,
