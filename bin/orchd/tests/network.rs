@@ -24,25 +24,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::cluster::{netns_prefix, Cluster};
+use common::cluster::{netns_prefix, Cluster, NEEDS};
 use common::*;
 use orch_runtime::containerd::testing::busybox_image;
 use orch_runtime::containerd::{Containerd, LocalContainerd};
-
-/// What these tests need besides [`NETNS`].
-const NEEDS: &[&str] = &[
-    "root",
-    "ip",
-    "nsenter",
-    "nft",
-    "containerd",
-    "runc",
-    "/bin/busybox",
-    "/usr/lib/cni/bridge",
-    "/usr/lib/cni/host-local",
-    "/usr/lib/cni/loopback",
-    "/usr/lib/cni/portmap",
-];
 
 /// The image every replica runs, imported into each host's containerd.
 const IMAGE: &str = "localhost/orch-net-test/busybox:1";

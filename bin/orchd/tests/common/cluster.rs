@@ -13,6 +13,22 @@ use orch_runtime::containerd::{Containerd, ImageParts, LocalContainerd};
 
 use super::*;
 
+/// What a [`Cluster`] needs: root, `ip` and `nsenter` for the hosts, nft, containerd and
+/// runc, busybox for the test images, the CNI plugins of replica networking.
+pub const NEEDS: &[&str] = &[
+    "root",
+    "ip",
+    "nsenter",
+    "nft",
+    "containerd",
+    "runc",
+    "/bin/busybox",
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/loopback",
+    "/usr/lib/cni/portmap",
+];
+
 /// A cluster of `orchd manager` and one agent per host, each with its containerd.
 pub struct Cluster {
     // Dropped in order: agents, then their containerds, the manager, the hosts.

@@ -129,15 +129,7 @@ impl Daemon {
 
     /// The replicas as JSON objects.
     pub fn replicas(&self) -> Vec<serde_json::Value> {
-        let out = self.ctl_ok(&["get", "replicas", "-o", "json"]);
-        if out.trim().is_empty() {
-            return Vec::new();
-        }
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        match v.get("items") {
-            Some(items) => items.as_array().cloned().unwrap_or_default(),
-            None => vec![v],
-        }
+        json_items(&self.ctl_ok(&["get", "replicas", "-o", "json"]))
     }
 
     /// Stops the daemon with SIGTERM (workloads keep running).
@@ -184,6 +176,18 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The objects of `orchctl get ... -o json` output: its `items`, or the one object.
+pub fn json_items(out: &str) -> Vec<serde_json::Value> {
+    if out.trim().is_empty() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(out).unwrap();
+    match v.get("items") {
+        Some(items) => items.as_array().cloned().unwrap_or_default(),
+        None => vec![v],
     }
 }
 
