@@ -483,6 +483,8 @@ pub(crate) fn service(ctx: &mut Ctx, proj: &Project<'_>, name: &str, v: &Value) 
         let hf = Fields::of(ctx, f.at("healthcheck"), h);
         t.readiness_probe = healthcheck(ctx, &hf);
     }
+    // Compose's default is restart: "no".
+    t.restart_policy = RestartPolicy::Never;
     let mut restart_given = false;
     if let Some(r) = restart(ctx, &f) {
         t.restart_policy = r;
