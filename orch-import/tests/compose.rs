@@ -68,7 +68,9 @@ fn summary(c: &Converted, base: &Path) -> Vec<String> {
                             .spec
                             .publish
                             .iter()
-                            .map(|p| format!("{}->{}", p.port, p.target_port.as_deref().unwrap_or("")))
+                            .map(|p| {
+                                format!("{}->{}", p.port, p.target_port.as_deref().unwrap_or(""))
+                            })
                             .collect();
                         s += &format!(" publish={}", p.join(","));
                     }
@@ -119,7 +121,13 @@ fn error_lines(e: &orch_core::model::manifest::ManifestErrors) -> Vec<String> {
 }
 
 /// A fixture converted as it is, from its own directory.
-fn fixture(rel: &str) -> (String, Result<Converted, orch_core::model::manifest::ManifestErrors>, PathBuf) {
+fn fixture(
+    rel: &str,
+) -> (
+    String,
+    Result<Converted, orch_core::model::manifest::ManifestErrors>,
+    PathBuf,
+) {
     let path = Path::new(FIXTURES).join(rel);
     let text = std::fs::read_to_string(&path).unwrap();
     let base = path.parent().unwrap().to_path_buf();
@@ -127,7 +135,11 @@ fn fixture(rel: &str) -> (String, Result<Converted, orch_core::model::manifest::
         base_dir: Some(base.clone()),
         ..Options::default()
     };
-    (path.display().to_string(), compose::convert(&path.display().to_string(), &text, &opts), base)
+    (
+        path.display().to_string(),
+        compose::convert(&path.display().to_string(), &text, &opts),
+        base,
+    )
 }
 
 /// A fixture with `image: example/NAME` added to the build-only services named, converted
@@ -159,7 +171,10 @@ const NETWORK: &str = "orch has one flat network per project";
 #[test]
 fn flask_redis() {
     let (_, r, _) = fixture("awesome-compose/flask-redis/compose.yaml");
-    assert_eq!(error_lines(&r.unwrap_err()), [format!("services.web.build: {BUILD}")]);
+    assert_eq!(
+        error_lines(&r.unwrap_err()),
+        [format!("services.web.build: {BUILD}")]
+    );
     let (c, base, _d) = fixture_with_images("awesome-compose/flask-redis/compose.yaml", &["web"]);
     check_common(&c, "flask-redis");
     assert_eq!(
@@ -170,7 +185,9 @@ fn flask_redis() {
         ]
     );
     assert_eq!(warning_paths(&c), ["services.web.build"]);
-    let Object::Service(web) = &c.objects[1] else { panic!() };
+    let Object::Service(web) = &c.objects[1] else {
+        panic!()
+    };
     assert_eq!(web.spec.template.stop_signal.as_deref(), Some("SIGINT"));
 }
 
@@ -197,7 +214,10 @@ fn nginx_flask_mysql() {
     assert_eq!(errs[0], format!("services.backend.build: {BUILD}"));
     assert_eq!(errs[1], format!("services.proxy.build: {BUILD}"));
     assert!(errs[2].starts_with("secrets.db-password.file: cannot read /work/shared/fixtures/awesome-compose/nginx-flask-mysql/db/password.txt"), "{}", errs[2]);
-    let (c, base, _d) = fixture_with_images("awesome-compose/nginx-flask-mysql/compose.yaml", &["backend", "proxy"]);
+    let (c, base, _d) = fixture_with_images(
+        "awesome-compose/nginx-flask-mysql/compose.yaml",
+        &["backend", "proxy"],
+    );
     check_common(&c, "nginx-flask-mysql");
     assert_eq!(
         summary(&c, &base),
@@ -210,20 +230,36 @@ fn nginx_flask_mysql() {
     );
     assert_eq!(
         warning_paths(&c),
-        ["networks.backnet", "networks.frontnet", "services.backend.build", "services.proxy.build"]
+        [
+            "networks.backnet",
+            "networks.frontnet",
+            "services.backend.build",
+            "services.proxy.build"
+        ]
     );
     assert!(c.warnings[0].message.contains(NETWORK));
-    let Object::Secret(s) = &c.objects[0] else { panic!() };
+    let Object::Secret(s) = &c.objects[0] else {
+        panic!()
+    };
     assert_eq!(s.data["db-password"], "s3cret");
-    let Object::Service(db) = &c.objects[2] else { panic!() };
+    let Object::Service(db) = &c.objects[2] else {
+        panic!()
+    };
     let probe = db.spec.template.readiness_probe.as_ref().unwrap();
     assert_eq!(
         probe.exec.as_ref().unwrap().command,
-        ["/bin/sh", "-c", "mysqladmin ping -h 127.0.0.1 --password=\"$(cat /run/secrets/db-password)\" --silent"]
+        [
+            "/bin/sh",
+            "-c",
+            "mysqladmin ping -h 127.0.0.1 --password=\"$(cat /run/secrets/db-password)\" --silent"
+        ]
     );
     assert_eq!(probe.period.unwrap().to_string(), "3s");
     assert_eq!(probe.failure_threshold, Some(5));
-    assert_eq!(db.spec.template.args, ["--default-authentication-plugin=mysql_native_password"]);
+    assert_eq!(
+        db.spec.template.args,
+        ["--default-authentication-plugin=mysql_native_password"]
+    );
 }
 
 #[test]
@@ -233,7 +269,10 @@ fn nginx_golang_postgres() {
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert_eq!(errs[0], format!("services.backend.build: {BUILD}"));
     assert!(errs[1].starts_with("secrets.db-password.file: cannot read"));
-    let (c, base, _d) = fixture_with_images("awesome-compose/nginx-golang-postgres/compose.yaml", &["backend"]);
+    let (c, base, _d) = fixture_with_images(
+        "awesome-compose/nginx-golang-postgres/compose.yaml",
+        &["backend"],
+    );
     check_common(&c, "nginx-golang-postgres");
     assert_eq!(
         summary(&c, &base),
@@ -245,7 +284,9 @@ fn nginx_golang_postgres() {
         ]
     );
     assert_eq!(warning_paths(&c), ["services.backend.build"]);
-    let Object::Service(db) = &c.objects[2] else { panic!() };
+    let Object::Service(db) = &c.objects[2] else {
+        panic!()
+    };
     assert_eq!(db.spec.template.user.as_deref(), Some("postgres"));
     let probe = db.spec.template.readiness_probe.as_ref().unwrap();
     assert_eq!(probe.exec.as_ref().unwrap().command, ["pg_isready"]);
@@ -275,9 +316,14 @@ fn postgresql_pgadmin() {
             "services.postgres.environment[2]",
         ]
     );
-    assert!(c.warnings[0].message.contains("variable PGADMIN_MAIL is not set"));
+    assert!(c.warnings[0]
+        .message
+        .contains("variable PGADMIN_MAIL is not set"));
     // container_name equals the service name: no extra route.
-    assert!(c.objects.iter().all(|o| o.kind() == orch_core::model::object::Kind::Service));
+    assert!(c
+        .objects
+        .iter()
+        .all(|o| o.kind() == orch_core::model::object::Kind::Service));
 }
 
 #[test]
@@ -300,9 +346,15 @@ fn react_express_mongodb() {
     let (_, r, _) = fixture("awesome-compose/react-express-mongodb/compose.yaml");
     assert_eq!(
         error_lines(&r.unwrap_err()),
-        [format!("services.backend.build: {BUILD}"), format!("services.frontend.build: {BUILD}")]
+        [
+            format!("services.backend.build: {BUILD}"),
+            format!("services.frontend.build: {BUILD}")
+        ]
     );
-    let (c, base, _d) = fixture_with_images("awesome-compose/react-express-mongodb/compose.yaml", &["backend", "frontend"]);
+    let (c, base, _d) = fixture_with_images(
+        "awesome-compose/react-express-mongodb/compose.yaml",
+        &["backend", "frontend"],
+    );
     check_common(&c, "react-express-mongodb");
     assert_eq!(
         summary(&c, &base),
@@ -333,7 +385,8 @@ fn spring_postgres() {
     let errs = error_lines(&r.unwrap_err());
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert_eq!(errs[0], format!("services.backend.build: {BUILD}"));
-    let (c, base, _d) = fixture_with_images("awesome-compose/spring-postgres/compose.yaml", &["backend"]);
+    let (c, base, _d) =
+        fixture_with_images("awesome-compose/spring-postgres/compose.yaml", &["backend"]);
     check_common(&c, "spring-postgres");
     assert_eq!(
         summary(&c, &base),
@@ -343,14 +396,21 @@ fn spring_postgres() {
             "Service db image=postgres ports=tcp-5432 mounts=/var/lib/postgresql/data=volume:spring-postgres-db-data,/run/secrets/db-password=secret:db-password/db-password:ro",
         ]
     );
-    assert_eq!(warning_paths(&c), ["networks.spring-postgres", "services.backend.build"]);
+    assert_eq!(
+        warning_paths(&c),
+        ["networks.spring-postgres", "services.backend.build"]
+    );
 }
 
 #[test]
 fn traefik_golang() {
     let (_, r, _) = fixture("awesome-compose/traefik-golang/compose.yaml");
-    assert_eq!(error_lines(&r.unwrap_err()), [format!("services.backend.build: {BUILD}")]);
-    let (c, base, _d) = fixture_with_images("awesome-compose/traefik-golang/compose.yaml", &["backend"]);
+    assert_eq!(
+        error_lines(&r.unwrap_err()),
+        [format!("services.backend.build: {BUILD}")]
+    );
+    let (c, base, _d) =
+        fixture_with_images("awesome-compose/traefik-golang/compose.yaml", &["backend"]);
     check_common(&c, "traefik-golang");
     assert_eq!(
         summary(&c, &base),
@@ -367,15 +427,26 @@ fn traefik_golang() {
             "services.frontend.volumes[0]",
         ]
     );
-    let Object::Service(fe) = &c.objects[1] else { panic!() };
+    let Object::Service(fe) = &c.objects[1] else {
+        panic!()
+    };
     // The string command is split as a shell would.
     assert_eq!(
         fe.spec.template.args,
-        ["--providers.docker", "--entrypoints.web.address=:80", "--providers.docker.exposedbydefault=false"]
+        [
+            "--providers.docker",
+            "--entrypoints.web.address=:80",
+            "--providers.docker.exposedbydefault=false"
+        ]
     );
-    let Object::Service(be) = &c.objects[0] else { panic!() };
+    let Object::Service(be) = &c.objects[0] else {
+        panic!()
+    };
     assert_eq!(be.spec.template.labels["traefik.enable"], "true");
-    assert_eq!(be.metadata.annotations["traefik.http.routers.go.rule"], "Path(`/`)");
+    assert_eq!(
+        be.metadata.annotations["traefik.http.routers.go.rule"],
+        "Path(`/`)"
+    );
 }
 
 #[test]
@@ -405,7 +476,10 @@ fn voting_app_compose() {
             format!("services.worker.build: {BUILD}"),
         ]
     );
-    let (c, base, _d) = fixture_with_images("example-voting-app/docker-compose.yml", &["vote", "result", "worker", "seed"]);
+    let (c, base, _d) = fixture_with_images(
+        "example-voting-app/docker-compose.yml",
+        &["vote", "result", "worker", "seed"],
+    );
     check_common(&c, "example-voting-app");
     assert_eq!(
         summary(&c, &base),
@@ -429,15 +503,30 @@ fn voting_app_compose() {
             "services.worker.build",
         ]
     );
-    assert!(c.warnings[3].message.contains("host address 127.0.0.1 not honoured"));
-    let Object::Service(result) = &c.objects[2] else { panic!() };
-    assert_eq!(result.spec.template.command, ["nodemon", "--inspect=0.0.0.0", "server.js"]);
-    let Object::Service(redis) = &c.objects[1] else { panic!() };
+    assert!(c.warnings[3]
+        .message
+        .contains("host address 127.0.0.1 not honoured"));
+    let Object::Service(result) = &c.objects[2] else {
+        panic!()
+    };
+    assert_eq!(
+        result.spec.template.command,
+        ["nodemon", "--inspect=0.0.0.0", "server.js"]
+    );
+    let Object::Service(redis) = &c.objects[1] else {
+        panic!()
+    };
     let probe = redis.spec.template.readiness_probe.as_ref().unwrap();
-    assert_eq!(probe.exec.as_ref().unwrap().command, ["/bin/sh", "-c", "/healthchecks/redis.sh"]);
+    assert_eq!(
+        probe.exec.as_ref().unwrap().command,
+        ["/bin/sh", "-c", "/healthchecks/redis.sh"]
+    );
     assert_eq!(probe.period.unwrap().to_string(), "5s");
     // Compose's default restart is "no".
-    assert_eq!(redis.spec.template.restart_policy, orch_core::model::object::RestartPolicy::Never);
+    assert_eq!(
+        redis.spec.template.restart_policy,
+        orch_core::model::object::RestartPolicy::Never
+    );
 }
 
 #[test]
@@ -455,6 +544,505 @@ fn voting_app_stack() {
             "Service worker image=dockersamples/examplevotingapp_worker replicas=2",
         ]
     );
-    assert_eq!(warning_paths(&c), ["version", "networks.backend", "networks.frontend"]);
+    assert_eq!(
+        warning_paths(&c),
+        ["version", "networks.backend", "networks.frontend"]
+    );
     assert!(c.warnings[0].message.contains("obsolete"));
+}
+
+/// Converts `yaml` from a fresh project directory holding `files` (name, content).
+fn convert_in(yaml: &str, files: &[(&str, &str)], strict: bool) -> Result<Converted, Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("proj");
+    std::fs::create_dir_all(&base).unwrap();
+    for (name, content) in files {
+        let p = base.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let opts = Options {
+        base_dir: Some(base),
+        strict,
+        ..Options::default()
+    };
+    compose::convert("compose.yaml", yaml, &opts).map_err(|e| error_lines(&e))
+}
+
+fn ok(yaml: &str) -> Converted {
+    convert_in(yaml, &[], false).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn warned(c: &Converted, path: &str, contains: &str) -> bool {
+    c.warnings
+        .iter()
+        .any(|w| w.path == path && w.message.contains(contains))
+}
+
+#[test]
+fn completed_dependencies_become_jobs() {
+    let c = ok("services:
+  migrate: {image: app, command: migrate, restart: always}
+  web:
+    image: app
+    ports: ['80:8080']
+    depends_on:
+      migrate: {condition: service_completed_successfully}
+      cache: {condition: service_started, restart: true}
+  cache: {image: redis}
+");
+    let kinds: Vec<String> = c
+        .objects
+        .iter()
+        .map(|o| format!("{} {}", o.kind(), o.metadata().name))
+        .collect();
+    assert_eq!(kinds, ["Service cache", "Job migrate", "Service web"]);
+    let Object::Job(j) = &c.objects[1] else {
+        panic!()
+    };
+    assert_eq!(
+        j.spec.template.restart_policy,
+        orch_core::model::object::RestartPolicy::OnFailure
+    );
+    assert_eq!(j.spec.template.args, ["migrate"]);
+    let Object::Service(web) = &c.objects[2] else {
+        panic!()
+    };
+    let deps: Vec<String> = web
+        .spec
+        .depends_on
+        .iter()
+        .map(|d| format!("{}:{:?}:{:?}", d.name, d.kind, d.condition))
+        .collect();
+    assert_eq!(deps, ["cache:Service:Started", "migrate:Job:Completed"]);
+    assert!(warned(&c, "services.migrate.restart", "orch job"));
+    assert!(warned(
+        &c,
+        "services.web.depends_on.cache.restart",
+        "not honoured"
+    ));
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_field() {
+    for (yaml, want) in [
+        (
+            "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: {a: {condition: service_healthy}}}\n",
+            "services.a.depends_on: depends_on has a cycle: a → b → a",
+        ),
+        ("services:\n  a: {image: x, depends_on: [a]}\n", "services.a.depends_on: depends_on has a cycle: a → a"),
+        ("services:\n  web: {image: x, bogus: 1}\n", "services.web.bogus: unknown key \"bogus\""),
+        ("services:\n  web: {image: x}\nbogus: {}\n", "bogus: unknown key \"bogus\""),
+        ("services:\n  web: {image: x, healthcheck: {test: [CMD, x], every: 1s}}\n", "services.web.healthcheck.every: unknown key"),
+        ("services:\n  web: {build: .}\n", "services.web.build: cannot build here: build and push the image and set image:"),
+        ("services:\n  web: {image: x, env_file: missing.env}\n", "services.web.env_file: cannot read env file"),
+        ("services:\n  web: {image: x, depends_on: [nope]}\n", "services.web.depends_on[0]: no such service in this file"),
+        ("services:\n  web: {image: x, volumes: ['data:/d']}\n", "services.web.volumes[0]: undefined volume \"data\""),
+        ("services:\n  web: {image: x, secrets: [pw]}\n", "services.web.secrets[0]: undefined secret"),
+        ("services:\n  web: {image: x, networks: [back]}\n", "services.web.networks[0]: undefined network"),
+        ("services:\n  web: {image: x, ports: ['80:80/sctp']}\n", "services.web.ports[0]: orch ports are tcp or udp"),
+        ("services:\n  web: {image: x, restart: sometimes}\n", "services.web.restart: must be no, always"),
+        ("services:\n  web: {image: x, command: \"echo 'unterminated\"}\n", "services.web.command: cannot be split into words"),
+        ("services:\n  my_web: {image: x}\n", "services.my_web: an orch service name is a DNS label"),
+        ("services:\n  web: {image: 'x:${TAG:?set TAG}'}\n", "services.web.image: required variable TAG is not set"),
+        ("services:\n  web: {image: x, deploy: {resources: {limits: {memory: lots}}}}\n", "services.web.deploy.resources.limits.memory: invalid memory size"),
+        ("services:\n  web: {image: NotAnImage}\n", "Service/web: spec.template.image"),
+        ("services: {}\n", "services: a Compose file needs at least one service"),
+        ("[1, 2]\n", "a Compose file is a mapping with services:"),
+        ("services:\n  a: {image: x, networks: {default: {aliases: [b]}}}\n  b: {image: y}\n", "services.a.networks.default.aliases[0]: is also the name of a service"),
+    ] {
+        let errs = convert_in(yaml, &[], false).expect_err(yaml);
+        assert!(errs.iter().any(|e| e.starts_with(want)), "{yaml}\nwant {want}\ngot {errs:?}");
+    }
+}
+
+#[test]
+fn environment_env_files_and_interpolation() {
+    let yaml = "services:
+  web:
+    image: 'app:${TAG:-latest}'
+    env_file: [web.env, {path: optional.env, required: false}]
+    environment:
+      FROM_MAP: 1
+      OVERRIDE: env
+      FROM_DOTENV:
+      NOWHERE:
+    labels: {cost: $$5}
+    command: [echo, '${GREETING}']
+";
+    let c = convert_in(
+        yaml,
+        &[
+            (".env", "GREETING=hi $$x\nFROM_DOTENV=dot\n"),
+            ("web.env", "# file\nA=1\nOVERRIDE=file\n"),
+        ],
+        false,
+    )
+    .unwrap();
+    let Object::Service(s) = &c.objects[0] else {
+        panic!()
+    };
+    let t = &s.spec.template;
+    assert_eq!(t.image.as_deref(), Some("app:latest"));
+    assert_eq!(t.args, ["echo", "hi $x"]);
+    let env: Vec<String> = t
+        .env
+        .iter()
+        .map(|e| format!("{}={}", e.name, e.value))
+        .collect();
+    assert_eq!(
+        env,
+        ["A=1", "OVERRIDE=env", "FROM_DOTENV=dot", "FROM_MAP=1"]
+    );
+    assert!(warned(&c, "services.web.environment.NOWHERE", "left unset"));
+    assert!(warned(
+        &c,
+        "services.web.labels.cost",
+        "not a valid orch label value"
+    ));
+}
+
+#[test]
+fn aliases_and_container_names_are_routes() {
+    let c = ok("services:
+  db:
+    image: postgres
+    container_name: database
+    networks:
+      back: {aliases: [pg, postgres], ipv4_address: 10.0.0.5}
+networks:
+  back: {driver: bridge}
+");
+    let names: Vec<String> = c
+        .objects
+        .iter()
+        .map(|o| format!("{} {}", o.kind(), o.metadata().name))
+        .collect();
+    assert_eq!(
+        names,
+        ["Service db", "Route pg", "Route postgres", "Route database"]
+    );
+    let Object::Route(r) = &c.objects[1] else {
+        panic!()
+    };
+    assert!(r.spec.headless);
+    assert_eq!(r.spec.selector.match_labels["orch/service"], "db");
+    assert!(warned(
+        &c,
+        "services.db.networks.back.ipv4_address",
+        "flat network"
+    ));
+    assert!(warned(&c, "networks.back", NETWORK));
+}
+
+#[test]
+fn deploy_maps_onto_the_service() {
+    let c = ok("services:
+  web:
+    image: app
+    deploy:
+      mode: global
+      labels: [tier=web]
+      resources:
+        limits: {cpus: '0.5', memory: 512M, pids: 100}
+        reservations: {cpus: '0.25', memory: 512M}
+      update_config: {parallelism: 2, delay: 10s, order: start-first, failure_action: rollback, monitor: 5s, max_failure_ratio: 0.1}
+      restart_policy: {condition: on-failure, delay: 5s, max_attempts: 3, window: 1m}
+      placement:
+        constraints: [node.labels.disk==ssd, node.labels.zone!=a, node.role==manager]
+        preferences: [{spread: node.labels.zone}]
+        max_replicas_per_node: 1
+");
+    let Object::Service(s) = &c.objects[0] else {
+        panic!()
+    };
+    assert_eq!(s.spec.mode, orch_core::model::object::ServiceMode::Global);
+    assert_eq!(s.metadata.labels["tier"], "web");
+    assert_eq!(s.spec.template.resources.cpu.unwrap().to_string(), "500m");
+    assert_eq!(
+        s.spec.template.resources.memory.unwrap().to_string(),
+        "512Mi"
+    );
+    assert_eq!(
+        s.spec.template.restart_policy,
+        orch_core::model::object::RestartPolicy::OnFailure
+    );
+    assert_eq!(
+        s.spec.update.order,
+        Some(orch_core::model::object::UpdateOrder::StartFirst)
+    );
+    assert_eq!(
+        s.spec.update.max_surge,
+        Some(orch_core::model::object::IntOrPercent::Int(2))
+    );
+    assert_eq!(s.spec.update.auto_rollback, Some(true));
+    assert_eq!(s.spec.placement.node_selector["disk"], "ssd");
+    assert_eq!(s.spec.placement.node_affinity[0].key, "zone");
+    assert_eq!(s.spec.placement.max_per_node, Some(1));
+    let d = "services.web.deploy";
+    assert_eq!(
+        warning_paths(&c),
+        [
+            format!("{d}.resources.limits.pids"),
+            format!("{d}.update_config.delay"),
+            format!("{d}.update_config.monitor"),
+            format!("{d}.update_config.max_failure_ratio"),
+            format!("{d}.restart_policy.delay"),
+            format!("{d}.restart_policy.max_attempts"),
+            format!("{d}.restart_policy.window"),
+            format!("{d}.placement.constraints[2]"),
+            format!("{d}.placement.preferences"),
+            format!("{d}.resources.reservations.cpus"),
+        ]
+    );
+}
+
+#[test]
+fn secrets_configs_tmpfs_and_the_rest() {
+    let c = convert_in(
+        "name: My_App
+services:
+  web:
+    image: app
+    secrets: [api-key, {source: ext, target: other, mode: 0440}]
+    configs: [{source: conf, target: /etc/app.conf}, inline]
+    tmpfs: ['/run:size=64m']
+    volumes: [{type: volume, source: data, target: /data, read_only: true}, 'logs:/logs:rw']
+    ports: ['53:53/udp', '8080']
+    expose: ['9000-9001']
+    healthcheck: {test: [NONE]}
+    cap_add: [NET_ADMIN]
+    cap_drop: [ALL]
+    read_only: true
+    hostname: h
+    working_dir: /srv
+    stop_grace_period: 1m30s
+    init: true
+    privileged: true
+    logging: {driver: json-file}
+    x-custom: anything
+secrets:
+  api-key: {file: ./key.txt}
+  ext: {external: true}
+configs:
+  conf: {file: app.conf}
+  inline: {content: hello}
+volumes:
+  data:
+  logs: {name: shared-logs, driver: nfs}
+",
+        &[("key.txt", "k3y"), ("app.conf", "a=1")],
+        false,
+    )
+    .unwrap();
+    let names: Vec<String> = c
+        .objects
+        .iter()
+        .map(|o| format!("{} {}", o.kind(), o.metadata().name))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Secret api-key",
+            "Config conf",
+            "Config inline",
+            "Service web"
+        ]
+    );
+    assert_eq!(c.objects[0].metadata().namespace, "my-app");
+    let Object::Service(s) = &c.objects[3] else {
+        panic!()
+    };
+    let t = &s.spec.template;
+    let mounts: Vec<String> = t
+        .mounts
+        .iter()
+        .map(|m| format!("{} {:?}", m.path, m.kind()))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "/data Some(\"volume\")",
+            "/logs Some(\"volume\")",
+            "/run Some(\"tmpfs\")",
+            "/run/secrets/api-key Some(\"secret\")",
+            "/run/secrets/other Some(\"secret\")",
+            "/etc/app.conf Some(\"config\")",
+            "/inline Some(\"config\")",
+        ]
+    );
+    assert_eq!(t.mounts[0].volume.as_deref(), Some("my-app-data"));
+    assert_eq!(t.mounts[1].volume.as_deref(), Some("shared-logs"));
+    assert_eq!(t.mounts[4].secret.as_deref(), Some("ext"));
+    assert_eq!(t.mounts[4].key.as_deref(), Some("ext"));
+    assert!(t.readiness_probe.is_none());
+    assert_eq!(t.capabilities.add, ["NET_ADMIN"]);
+    assert!(t.read_only_root_filesystem);
+    assert_eq!(t.stop_grace_period.unwrap().to_string(), "1m 30s");
+    let ports: Vec<String> = t
+        .ports
+        .iter()
+        .map(|p| format!("{}:{:?}", p.name, p.host_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            "udp-53:Some(53)",
+            "tcp-8080:None",
+            "tcp-9000:None",
+            "tcp-9001:None"
+        ]
+    );
+    for (path, what) in [
+        ("name", "namespace \"my-app\""),
+        ("volumes.logs.driver", "not honoured"),
+        ("secrets.ext.external", "create it before"),
+        ("services.web.secrets[1].mode", "0400"),
+        ("services.web.tmpfs[0]", "size=64m"),
+        ("services.web.ports[0]", "UDP"),
+        ("services.web.ports[1]", "random host port"),
+        ("services.web.init", "no init process"),
+        ("services.web.privileged", "not honoured"),
+        ("services.web.logging", "orchctl logs"),
+    ] {
+        assert!(warned(&c, path, what), "{path}: {:?}", c.warnings);
+    }
+    assert!(!c.warnings.iter().any(|w| w.path.contains("x-custom")));
+}
+
+#[test]
+fn strict_makes_warnings_errors_and_project_names() {
+    let yaml = "version: '3'\nservices:\n  web: {image: app}\n";
+    let errs = convert_in(yaml, &[], true).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("version: obsolete"), "{errs:?}");
+    assert_eq!(ok(yaml).objects[0].metadata().namespace, "proj");
+    let c = compose::convert(
+        "-",
+        yaml,
+        &Options {
+            project: Some("Other".into()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.objects[0].metadata().namespace, "other");
+    let c = compose::convert("-", yaml, &Options::default()).unwrap();
+    assert_eq!(c.objects[0].metadata().namespace, "default");
+    // Without a project directory, relative paths are errors.
+    let errs = compose::convert(
+        "-",
+        "services:\n  web: {image: app, volumes: ['./x:/x']}\n",
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        errs.to_string().contains("needs the project directory"),
+        "{errs}"
+    );
+}
+
+fn arb_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let keys = prop::sample::select(vec![
+        "image",
+        "build",
+        "command",
+        "entrypoint",
+        "environment",
+        "env_file",
+        "ports",
+        "expose",
+        "depends_on",
+        "healthcheck",
+        "test",
+        "interval",
+        "restart",
+        "deploy",
+        "resources",
+        "limits",
+        "cpus",
+        "memory",
+        "replicas",
+        "mode",
+        "volumes",
+        "tmpfs",
+        "secrets",
+        "configs",
+        "networks",
+        "aliases",
+        "condition",
+        "target",
+        "published",
+        "source",
+        "type",
+        "file",
+        "external",
+        "container_name",
+        "labels",
+        "placement",
+        "constraints",
+        "update_config",
+        "web",
+        "db",
+        "services",
+        "x-a",
+        "profiles",
+        "name",
+        "read_only",
+        "bind",
+    ]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "[a-z0-9:./$ {}=_-]{0,20}".prop_map(Value::String),
+        prop::sample::select(vec![
+            "80:80",
+            "db",
+            "service_completed_successfully",
+            "service_healthy",
+            "CMD-SHELL",
+            "${X:-y}",
+            "./a:/b:ro",
+            "bind",
+            "volume",
+            "tmpfs",
+            "node.labels.a==b",
+            "1g",
+            "0.5",
+            "on-failure:3"
+        ])
+        .prop_map(|s| Value::String(s.into())),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(keys.clone().prop_map(String::from), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn random_documents_never_panic(services in prop::collection::btree_map("[a-d]", arb_value(), 1..4), top in arb_value()) {
+        let mut doc = serde_json::json!({ "services": services });
+        if let serde_json::Value::Object(m) = top {
+            for (k, v) in m { if k != "services" { doc[k] = v; } }
+        }
+        let opts = Options { base_dir: Some(std::env::temp_dir().join("orch-import-proptest-none")), ..Options::default() };
+        if let Ok(c) = compose::convert("p.yaml", &doc.to_string(), &opts) {
+            for o in &c.objects {
+                prop_assert!(orch_core::model::validate::validate(o).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn random_text_never_panics(text in "\\PC{0,200}") {
+        let _ = compose::convert("p.yaml", &text, &Options::default());
+    }
 }
