@@ -12,7 +12,7 @@ use orch_core::model::manifest::{ManifestError, ManifestErrors, MAX_MANIFEST_BYT
 use orch_core::model::object::{
     Config, Dependency, DependencyCondition, DependencyKind, Job, JobSpec, JobStatus,
     LabelSelector, Metadata, RestartPolicy, Route, RouteSpec, RouteStatus, Secret, Service,
-    ServiceMode, ServiceSpec, ServiceStatus, UpdateStrategy, SERVICE_LABEL,
+    ServiceMode, ServiceSpec, ServiceStatus, UpdateStrategy, JOB_LABEL, SERVICE_LABEL,
 };
 use orch_core::model::validate::{dns1123_label, validate};
 use orch_core::Object;
@@ -544,6 +544,11 @@ fn assemble(
             .labels
             .insert(COMPOSE_PROJECT_LABEL.into(), proj.name.clone());
         let origin = format!("service {}", s.name);
+        let owner_label = if jobs.contains(&s.name) {
+            JOB_LABEL
+        } else {
+            SERVICE_LABEL
+        };
         if jobs.contains(&s.name) {
             match template.restart_policy {
                 RestartPolicy::Always => {
@@ -554,8 +559,7 @@ fn assemble(
                 }
                 RestartPolicy::OnFailure | RestartPolicy::Never => {}
             }
-            for (i, p) in s.publish.iter().enumerate() {
-                let _ = i;
+            for p in &s.publish {
                 ctx.warn(format!("{}.ports", s.path), format!("port {} is not published: the service runs to completion as an orch job, and jobs publish no ports", p.port));
             }
             if s.mode == ServiceMode::Global {
@@ -637,7 +641,7 @@ fn assemble(
             }
             route_names.insert(alias.clone(), s.name.clone());
             let selector = LabelSelector {
-                match_labels: [(SERVICE_LABEL.to_string(), s.name.clone())].into(),
+                match_labels: [(owner_label.to_string(), s.name.clone())].into(),
                 match_expressions: Vec::new(),
             };
             routes.push((

@@ -436,6 +436,14 @@ pub(crate) fn service(ctx: &mut Ctx, proj: &Project<'_>, name: &str, v: &Value) 
         );
     }
     let errors_before = ctx.errors.len();
+    if f.has("extends") {
+        f.skip("extends");
+        ctx.error(
+            f.at("extends"),
+            "",
+            "not supported: write the service out in full (orch would lose what it inherits)",
+        );
+    }
     let mut t = Template::default();
     let image = f.str(ctx, "image");
     if f.has("build") {
