@@ -168,83 +168,112 @@ fn fixture_with_images(rel: &str, services: &[&str]) -> (Converted, PathBuf, tem
 const BUILD: &str = "cannot build here: build and push the image and set image:";
 const NETWORK: &str = "orch has one flat network per project";
 
+/// Converts fixture `rel` as it is and asserts its objects (see [`summary`]) and the paths of
+/// its warnings, exactly.
+fn assert_clean(rel: &str, project: &str, objects: &[&str], warnings: &[&str]) -> Converted {
+    let (_, r, base) = fixture(rel);
+    let c = r.unwrap_or_else(|e| panic!("{e}"));
+    check_common(&c, project);
+    assert_eq!(summary(&c, &base), objects, "{rel}");
+    assert_eq!(warning_paths(&c), warnings, "{rel}: {:?}", c.warnings);
+    c
+}
+
+/// Fixture `rel` has build-only services: asserts the errors it gives as it is (each line
+/// starting with one of `errors`), then converts it with images set for `services` and
+/// asserts as [`assert_clean`].
+fn assert_build(
+    rel: &str,
+    errors: &[&str],
+    services: &[&str],
+    project: &str,
+    objects: &[&str],
+    warnings: &[&str],
+) -> Converted {
+    let (_, r, _) = fixture(rel);
+    let got = error_lines(&r.unwrap_err());
+    assert_eq!(got.len(), errors.len(), "{rel}: {got:?}");
+    for (g, want) in got.iter().zip(errors) {
+        let want = want.replace("BUILD", BUILD);
+        assert!(
+            g.starts_with(&want),
+            "{rel}: {g} does not start with {want}"
+        );
+    }
+    let (c, base, _dir) = fixture_with_images(rel, services);
+    check_common(&c, project);
+    assert_eq!(summary(&c, &base), objects, "{rel}");
+    assert_eq!(warning_paths(&c), warnings, "{rel}: {:?}", c.warnings);
+    c
+}
+
+fn service(c: &Converted, name: &str) -> orch_core::model::object::Service {
+    c.objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Service(s) if s.metadata.name == name => Some((**s).clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no service {name}"))
+}
+
 #[test]
 fn flask_redis() {
-    let (_, r, _) = fixture("awesome-compose/flask-redis/compose.yaml");
-    assert_eq!(
-        error_lines(&r.unwrap_err()),
-        [format!("services.web.build: {BUILD}")]
-    );
-    let (c, base, _d) = fixture_with_images("awesome-compose/flask-redis/compose.yaml", &["web"]);
-    check_common(&c, "flask-redis");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    let c = assert_build(
+        "awesome-compose/flask-redis/compose.yaml",
+        &["services.web.build: BUILD"],
+        &["web"],
+        "flask-redis",
+        &[
             "Service redis image=redislabs/redismod ports=tcp-6379 publish=6379->tcp-6379",
             "Service web image=example/web ports=tcp-8000 mounts=/code=host:BASE publish=8000->tcp-8000 dependsOn=redis:Service:Started",
-        ]
+        ],
+        &["services.web.build"],
     );
-    assert_eq!(warning_paths(&c), ["services.web.build"]);
-    let Object::Service(web) = &c.objects[1] else {
-        panic!()
-    };
-    assert_eq!(web.spec.template.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(
+        service(&c, "web").spec.template.stop_signal.as_deref(),
+        Some("SIGINT")
+    );
 }
 
 #[test]
 fn gitea_postgres() {
-    let (_, r, base) = fixture("awesome-compose/gitea-postgres/compose.yaml");
-    let c = r.unwrap();
-    check_common(&c, "gitea-postgres");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    assert_clean(
+        "awesome-compose/gitea-postgres/compose.yaml",
+        "gitea-postgres",
+        &[
             "Service db image=postgres:alpine ports=tcp-5432 mounts=/var/lib/postgresql/data=volume:gitea-postgres-db-data",
             "Service gitea image=gitea/gitea:latest ports=tcp-3000 mounts=/data=volume:gitea-postgres-git-data publish=3000->tcp-3000",
-        ]
+        ],
+        &[],
     );
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
+
+const SECRET_MISSING: &str =
+    "secrets.db-password.file: cannot read /work/shared/fixtures/awesome-compose";
+const DB_SECRET: &str = "/run/secrets/db-password=secret:db-password/db-password:ro";
 
 #[test]
 fn nginx_flask_mysql() {
-    let (_, r, _) = fixture("awesome-compose/nginx-flask-mysql/compose.yaml");
-    let errs = error_lines(&r.unwrap_err());
-    assert_eq!(errs.len(), 3, "{errs:?}");
-    assert_eq!(errs[0], format!("services.backend.build: {BUILD}"));
-    assert_eq!(errs[1], format!("services.proxy.build: {BUILD}"));
-    assert!(errs[2].starts_with("secrets.db-password.file: cannot read /work/shared/fixtures/awesome-compose/nginx-flask-mysql/db/password.txt"), "{}", errs[2]);
-    let (c, base, _d) = fixture_with_images(
+    let c = assert_build(
         "awesome-compose/nginx-flask-mysql/compose.yaml",
+        &["services.backend.build: BUILD", "services.proxy.build: BUILD", SECRET_MISSING],
         &["backend", "proxy"],
-    );
-    check_common(&c, "nginx-flask-mysql");
-    assert_eq!(
-        summary(&c, &base),
-        [
+        "nginx-flask-mysql",
+        &[
             "Secret db-password",
-            "Service backend image=example/backend ports=tcp-8000 mounts=/run/secrets/db-password=secret:db-password/db-password:ro publish=8000->tcp-8000 dependsOn=db:Service:Ready",
-            "Service db image=mariadb:10-focal ports=tcp-3306,tcp-33060 mounts=/var/lib/mysql=volume:nginx-flask-mysql-db-data,/run/secrets/db-password=secret:db-password/db-password:ro",
+            &format!("Service backend image=example/backend ports=tcp-8000 mounts={DB_SECRET} publish=8000->tcp-8000 dependsOn=db:Service:Ready"),
+            &format!("Service db image=mariadb:10-focal ports=tcp-3306,tcp-33060 mounts=/var/lib/mysql=volume:nginx-flask-mysql-db-data,{DB_SECRET}"),
             "Service proxy image=example/proxy ports=tcp-80 publish=80->tcp-80 dependsOn=backend:Service:Started",
-        ]
-    );
-    assert_eq!(
-        warning_paths(&c),
-        [
-            "networks.backnet",
-            "networks.frontnet",
-            "services.backend.build",
-            "services.proxy.build"
-        ]
+        ],
+        &["networks.backnet", "networks.frontnet", "services.backend.build", "services.proxy.build"],
     );
     assert!(c.warnings[0].message.contains(NETWORK));
     let Object::Secret(s) = &c.objects[0] else {
         panic!()
     };
     assert_eq!(s.data["db-password"], "s3cret");
-    let Object::Service(db) = &c.objects[2] else {
-        panic!()
-    };
+    let db = service(&c, "db");
     let probe = db.spec.template.readiness_probe.as_ref().unwrap();
     assert_eq!(
         probe.exec.as_ref().unwrap().command,
@@ -264,29 +293,20 @@ fn nginx_flask_mysql() {
 
 #[test]
 fn nginx_golang_postgres() {
-    let (_, r, _) = fixture("awesome-compose/nginx-golang-postgres/compose.yaml");
-    let errs = error_lines(&r.unwrap_err());
-    assert_eq!(errs.len(), 2, "{errs:?}");
-    assert_eq!(errs[0], format!("services.backend.build: {BUILD}"));
-    assert!(errs[1].starts_with("secrets.db-password.file: cannot read"));
-    let (c, base, _d) = fixture_with_images(
+    let c = assert_build(
         "awesome-compose/nginx-golang-postgres/compose.yaml",
+        &["services.backend.build: BUILD", SECRET_MISSING],
         &["backend"],
-    );
-    check_common(&c, "nginx-golang-postgres");
-    assert_eq!(
-        summary(&c, &base),
-        [
+        "nginx-golang-postgres",
+        &[
             "Secret db-password",
-            "Service backend image=example/backend mounts=/run/secrets/db-password=secret:db-password/db-password:ro dependsOn=db:Service:Ready",
-            "Service db image=postgres ports=tcp-5432 mounts=/var/lib/postgresql/data=volume:nginx-golang-postgres-db-data,/run/secrets/db-password=secret:db-password/db-password:ro",
+            &format!("Service backend image=example/backend mounts={DB_SECRET} dependsOn=db:Service:Ready"),
+            &format!("Service db image=postgres ports=tcp-5432 mounts=/var/lib/postgresql/data=volume:nginx-golang-postgres-db-data,{DB_SECRET}"),
             "Service proxy image=nginx ports=tcp-80 mounts=/etc/nginx/conf.d/default.conf=host:BASE/proxy/nginx.conf:ro publish=80->tcp-80 dependsOn=backend:Service:Started",
-        ]
+        ],
+        &["services.backend.build"],
     );
-    assert_eq!(warning_paths(&c), ["services.backend.build"]);
-    let Object::Service(db) = &c.objects[2] else {
-        panic!()
-    };
+    let db = service(&c, "db");
     assert_eq!(db.spec.template.user.as_deref(), Some("postgres"));
     let probe = db.spec.template.readiness_probe.as_ref().unwrap();
     assert_eq!(probe.exec.as_ref().unwrap().command, ["pg_isready"]);
@@ -295,78 +315,54 @@ fn nginx_golang_postgres() {
 
 #[test]
 fn postgresql_pgadmin() {
-    let (_, r, base) = fixture("awesome-compose/postgresql-pgadmin/compose.yaml");
-    let c = r.unwrap();
-    check_common(&c, "postgresql-pgadmin");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    // No .env next to the fixture: every variable is unset, as docker compose warns.
+    // container_name equals the service name: no extra route.
+    let c = assert_clean(
+        "awesome-compose/postgresql-pgadmin/compose.yaml",
+        "postgresql-pgadmin",
+        &[
             "Service pgadmin image=dpage/pgadmin4:latest ports=tcp-80 publish=5050->tcp-80",
             "Service postgres image=postgres:latest ports=tcp-5432 publish=5432->tcp-5432",
-        ]
-    );
-    // No .env next to the fixture: every variable is unset, as docker compose warns.
-    assert_eq!(
-        warning_paths(&c),
-        [
+        ],
+        &[
             "services.pgadmin.environment[0]",
             "services.pgadmin.environment[1]",
             "services.postgres.environment[0]",
             "services.postgres.environment[1]",
             "services.postgres.environment[2]",
-        ]
+        ],
     );
     assert!(c.warnings[0]
         .message
         .contains("variable PGADMIN_MAIL is not set"));
-    // container_name equals the service name: no extra route.
-    assert!(c
-        .objects
-        .iter()
-        .all(|o| o.kind() == orch_core::model::object::Kind::Service));
 }
 
 #[test]
 fn prometheus_grafana() {
-    let (_, r, base) = fixture("awesome-compose/prometheus-grafana/compose.yaml");
-    let c = r.unwrap();
-    check_common(&c, "prometheus-grafana");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    assert_clean(
+        "awesome-compose/prometheus-grafana/compose.yaml",
+        "prometheus-grafana",
+        &[
             "Service grafana image=grafana/grafana ports=tcp-3000 mounts=/etc/grafana/provisioning/datasources=host:BASE/grafana publish=3000->tcp-3000",
             "Service prometheus image=prom/prometheus ports=tcp-9090 mounts=/etc/prometheus=host:BASE/prometheus,/prometheus=volume:prometheus-grafana-prom-data publish=9090->tcp-9090",
-        ]
+        ],
+        &[],
     );
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
 #[test]
 fn react_express_mongodb() {
-    let (_, r, _) = fixture("awesome-compose/react-express-mongodb/compose.yaml");
-    assert_eq!(
-        error_lines(&r.unwrap_err()),
-        [
-            format!("services.backend.build: {BUILD}"),
-            format!("services.frontend.build: {BUILD}")
-        ]
-    );
-    let (c, base, _d) = fixture_with_images(
+    let c = assert_build(
         "awesome-compose/react-express-mongodb/compose.yaml",
+        &["services.backend.build: BUILD", "services.frontend.build: BUILD"],
         &["backend", "frontend"],
-    );
-    check_common(&c, "react-express-mongodb");
-    assert_eq!(
-        summary(&c, &base),
-        [
+        "react-express-mongodb",
+        &[
             "Service backend image=example/backend ports=tcp-3000 mounts=/usr/src/app=host:BASE/backend,/usr/src/app/node_modules=tmpfs dependsOn=mongo:Service:Started",
             "Service frontend image=example/frontend ports=tcp-3000 mounts=/usr/src/app=host:BASE/frontend,/usr/src/app/node_modules=tmpfs publish=3000->tcp-3000 dependsOn=backend:Service:Started",
             "Service mongo image=mongo:4.2.0 ports=tcp-27017 mounts=/data/db=volume:react-express-mongodb-mongo-data",
-        ]
-    );
-    assert_eq!(
-        warning_paths(&c),
-        [
+        ],
+        &[
             "networks.express-mongo",
             "networks.react-express",
             "services.backend.build",
@@ -374,74 +370,54 @@ fn react_express_mongodb() {
             "services.frontend.build",
             "services.frontend.volumes[1]",
             "services.frontend.stdin_open",
-        ]
+        ],
     );
     assert!(c.warnings[3].message.contains("anonymous volume"));
 }
 
 #[test]
 fn spring_postgres() {
-    let (_, r, _) = fixture("awesome-compose/spring-postgres/compose.yaml");
-    let errs = error_lines(&r.unwrap_err());
-    assert_eq!(errs.len(), 2, "{errs:?}");
-    assert_eq!(errs[0], format!("services.backend.build: {BUILD}"));
-    let (c, base, _d) =
-        fixture_with_images("awesome-compose/spring-postgres/compose.yaml", &["backend"]);
-    check_common(&c, "spring-postgres");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    assert_build(
+        "awesome-compose/spring-postgres/compose.yaml",
+        &["services.backend.build: BUILD", SECRET_MISSING],
+        &["backend"],
+        "spring-postgres",
+        &[
             "Secret db-password",
             "Service backend image=example/backend ports=tcp-8080 publish=8080->tcp-8080",
-            "Service db image=postgres ports=tcp-5432 mounts=/var/lib/postgresql/data=volume:spring-postgres-db-data,/run/secrets/db-password=secret:db-password/db-password:ro",
-        ]
-    );
-    assert_eq!(
-        warning_paths(&c),
-        ["networks.spring-postgres", "services.backend.build"]
+            &format!("Service db image=postgres ports=tcp-5432 mounts=/var/lib/postgresql/data=volume:spring-postgres-db-data,{DB_SECRET}"),
+        ],
+        &["networks.spring-postgres", "services.backend.build"],
     );
 }
 
 #[test]
 fn traefik_golang() {
-    let (_, r, _) = fixture("awesome-compose/traefik-golang/compose.yaml");
-    assert_eq!(
-        error_lines(&r.unwrap_err()),
-        [format!("services.backend.build: {BUILD}")]
-    );
-    let (c, base, _d) =
-        fixture_with_images("awesome-compose/traefik-golang/compose.yaml", &["backend"]);
-    check_common(&c, "traefik-golang");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    let c = assert_build(
+        "awesome-compose/traefik-golang/compose.yaml",
+        &["services.backend.build: BUILD"],
+        &["backend"],
+        "traefik-golang",
+        &[
             "Service backend image=example/backend",
             "Service frontend image=traefik:2.6 ports=tcp-80 mounts=/var/run/docker.sock=host:/var/run/docker.sock publish=80->tcp-80 dependsOn=backend:Service:Started",
-        ]
-    );
-    assert_eq!(
-        warning_paths(&c),
-        [
+        ],
+        &[
             "services.backend.build",
             "services.backend.labels.traefik.http.routers.go.rule",
             "services.frontend.volumes[0]",
-        ]
+        ],
     );
-    let Object::Service(fe) = &c.objects[1] else {
-        panic!()
-    };
     // The string command is split as a shell would.
     assert_eq!(
-        fe.spec.template.args,
+        service(&c, "frontend").spec.template.args,
         [
             "--providers.docker",
             "--entrypoints.web.address=:80",
             "--providers.docker.exposedbydefault=false"
         ]
     );
-    let Object::Service(be) = &c.objects[0] else {
-        panic!()
-    };
+    let be = service(&c, "backend");
     assert_eq!(be.spec.template.labels["traefik.enable"], "true");
     assert_eq!(
         be.metadata.annotations["traefik.http.routers.go.rule"],
@@ -451,49 +427,33 @@ fn traefik_golang() {
 
 #[test]
 fn wordpress_mysql() {
-    let (_, r, base) = fixture("awesome-compose/wordpress-mysql/compose.yaml");
-    let c = r.unwrap();
-    check_common(&c, "wordpress-mysql");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    assert_clean(
+        "awesome-compose/wordpress-mysql/compose.yaml",
+        "wordpress-mysql",
+        &[
             "Service db image=mariadb:10.6.4-focal ports=tcp-3306,tcp-33060 mounts=/var/lib/mysql=volume:wordpress-mysql-db-data",
             "Service wordpress image=wordpress:latest ports=tcp-80 publish=80->tcp-80",
-        ]
+        ],
+        &[],
     );
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
 #[test]
 fn voting_app_compose() {
-    let (_, r, _) = fixture("example-voting-app/docker-compose.yml");
     // seed is in a profile (not converted), so its build is no error.
-    assert_eq!(
-        error_lines(&r.unwrap_err()),
-        [
-            format!("services.result.build: {BUILD}"),
-            format!("services.vote.build: {BUILD}"),
-            format!("services.worker.build: {BUILD}"),
-        ]
-    );
-    let (c, base, _d) = fixture_with_images(
+    let c = assert_build(
         "example-voting-app/docker-compose.yml",
+        &["services.result.build: BUILD", "services.vote.build: BUILD", "services.worker.build: BUILD"],
         &["vote", "result", "worker", "seed"],
-    );
-    check_common(&c, "example-voting-app");
-    assert_eq!(
-        summary(&c, &base),
-        [
+        "example-voting-app",
+        &[
             "Service db image=postgres:15-alpine mounts=/var/lib/postgresql/data=volume:example-voting-app-db-data,/healthchecks=host:BASE/healthchecks",
             "Service redis image=redis:alpine mounts=/healthchecks=host:BASE/healthchecks",
             "Service result image=example/result ports=tcp-80,tcp-9229 mounts=/usr/local/app=host:BASE/result publish=8081->tcp-80,9229->tcp-9229 dependsOn=db:Service:Ready",
             "Service vote image=example/vote ports=tcp-80 mounts=/usr/local/app=host:BASE/vote publish=8080->tcp-80 dependsOn=redis:Service:Ready",
             "Service worker image=example/worker dependsOn=db:Service:Ready,redis:Service:Ready",
-        ]
-    );
-    assert_eq!(
-        warning_paths(&c),
-        [
+        ],
+        &[
             "networks.back-tier",
             "networks.front-tier",
             "services.result.build",
@@ -501,21 +461,16 @@ fn voting_app_compose() {
             "services.seed.profiles",
             "services.vote.build",
             "services.worker.build",
-        ]
+        ],
     );
     assert!(c.warnings[3]
         .message
         .contains("host address 127.0.0.1 not honoured"));
-    let Object::Service(result) = &c.objects[2] else {
-        panic!()
-    };
     assert_eq!(
-        result.spec.template.command,
+        service(&c, "result").spec.template.command,
         ["nodemon", "--inspect=0.0.0.0", "server.js"]
     );
-    let Object::Service(redis) = &c.objects[1] else {
-        panic!()
-    };
+    let redis = service(&c, "redis");
     let probe = redis.spec.template.readiness_probe.as_ref().unwrap();
     assert_eq!(
         probe.exec.as_ref().unwrap().command,
@@ -531,22 +486,17 @@ fn voting_app_compose() {
 
 #[test]
 fn voting_app_stack() {
-    let (_, r, base) = fixture("example-voting-app/docker-stack.yml");
-    let c = r.unwrap();
-    check_common(&c, "example-voting-app");
-    assert_eq!(
-        summary(&c, &base),
-        [
+    let c = assert_clean(
+        "example-voting-app/docker-stack.yml",
+        "example-voting-app",
+        &[
             "Service db image=postgres:15-alpine mounts=/var/lib/postgresql/data=volume:example-voting-app-db-data",
             "Service redis image=redis:alpine",
             "Service result image=dockersamples/examplevotingapp_result ports=tcp-80 publish=8081->tcp-80",
             "Service vote image=dockersamples/examplevotingapp_vote ports=tcp-80 publish=8080->tcp-80 replicas=2",
             "Service worker image=dockersamples/examplevotingapp_worker replicas=2",
-        ]
-    );
-    assert_eq!(
-        warning_paths(&c),
-        ["version", "networks.backend", "networks.frontend"]
+        ],
+        &["version", "networks.backend", "networks.frontend"],
     );
     assert!(c.warnings[0].message.contains("obsolete"));
 }

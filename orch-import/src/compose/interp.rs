@@ -232,12 +232,12 @@ fn braced(
         return Some(lookup(ctx, vars, path, name));
     };
     let word = &rest[op.len()..];
-    let mut word_value = || interpolate(ctx, vars, path, word);
-    match *op {
-        ":-" if !nonempty => word_value(),
-        "-" if !set => word_value(),
-        ":?" if !nonempty => {
-            let msg = word_value()?;
+    // The colon forms treat an empty variable as unset.
+    let present = if op.starts_with(':') { nonempty } else { set };
+    match op.trim_start_matches(':') {
+        "-" if !present => interpolate(ctx, vars, path, word),
+        "?" if !present => {
+            let msg = interpolate(ctx, vars, path, word)?;
             ctx.error(
                 path,
                 whole,
@@ -245,29 +245,8 @@ fn braced(
             );
             None
         }
-        "?" if !set => {
-            let msg = word_value()?;
-            ctx.error(
-                path,
-                whole,
-                format!("required variable {name} is not set (in the project's .env file): {msg}"),
-            );
-            None
-        }
-        ":+" => {
-            if nonempty {
-                word_value()
-            } else {
-                Some(String::new())
-            }
-        }
-        "+" => {
-            if set {
-                word_value()
-            } else {
-                Some(String::new())
-            }
-        }
+        "+" if present => interpolate(ctx, vars, path, word),
+        "+" => Some(String::new()),
         _ => Some(value.cloned().unwrap_or_default()),
     }
 }

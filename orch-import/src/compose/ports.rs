@@ -19,6 +19,23 @@ struct Binding {
     name: Option<String>,
 }
 
+impl Binding {
+    /// This binding for each container port with its host port.
+    fn each(&self, containers: Vec<u16>, hosts: Vec<Option<u16>>) -> Vec<Binding> {
+        containers
+            .into_iter()
+            .zip(hosts)
+            .map(|(container, host)| Binding {
+                container,
+                host,
+                host_ip: self.host_ip.clone(),
+                name: self.name.clone(),
+                ..*self
+            })
+            .collect()
+    }
+}
+
 fn protocol(ctx: &mut Ctx, path: &str, p: &str) -> Option<Protocol> {
     match p.to_ascii_lowercase().as_str() {
         "" | "tcp" => Some(Protocol::Tcp),
@@ -54,6 +71,37 @@ fn range(ctx: &mut Ctx, path: &str, whole: &str, s: &str) -> Option<Vec<u16>> {
             Some(n) => Some(vec![n]),
             None => bad(ctx),
         },
+    }
+}
+
+/// The host port of each of `count` container ports, from `host` (a port, a range, or
+/// nothing); `None` after an error.
+fn hosts_for(
+    ctx: &mut Ctx,
+    path: &str,
+    whole: &str,
+    count: usize,
+    host: Option<&str>,
+) -> Option<Vec<Option<u16>>> {
+    let Some(h) = host.filter(|h| !h.is_empty()) else {
+        return Some(vec![None; count]);
+    };
+    let hs = range(ctx, path, whole, h)?;
+    if hs.len() == count {
+        Some(hs.into_iter().map(Some).collect())
+    } else if count == 1 {
+        ctx.warn(
+            path,
+            format!("a host port range for one container port: Compose takes a free one of them; orch publishes the first, {}", hs[0]),
+        );
+        Some(vec![Some(hs[0])])
+    } else {
+        ctx.error(
+            path,
+            whole,
+            "the host and container port ranges must be the same length",
+        );
+        None
     }
 }
 
@@ -98,43 +146,18 @@ fn short(ctx: &mut Ctx, path: &str, s: &str) -> Vec<Binding> {
     let Some(cs) = range(ctx, path, s, container) else {
         return Vec::new();
     };
-    let hs = match host.filter(|h| !h.is_empty()) {
-        None => None,
-        Some(h) => match range(ctx, path, s, h) {
-            Some(hs) => Some(hs),
-            None => return Vec::new(),
-        },
+    let Some(hosts) = hosts_for(ctx, path, s, cs.len(), host) else {
+        return Vec::new();
     };
-    let hosts: Vec<Option<u16>> = match hs {
-        None => vec![None; cs.len()],
-        Some(hs) if hs.len() == cs.len() => hs.into_iter().map(Some).collect(),
-        Some(hs) if cs.len() == 1 => {
-            ctx.warn(
-                path,
-                format!("a host port range for one container port: Compose takes a free one of them; orch publishes the first, {}", hs[0]),
-            );
-            vec![Some(hs[0])]
-        }
-        Some(_) => {
-            ctx.error(
-                path,
-                s,
-                "the host and container port ranges must be the same length",
-            );
-            return Vec::new();
-        }
+    let proto = Binding {
+        container: 0,
+        host: None,
+        protocol,
+        host_ip: ip,
+        host_mode: false,
+        name: None,
     };
-    cs.into_iter()
-        .zip(hosts)
-        .map(|(c, h)| Binding {
-            container: c,
-            host: h,
-            protocol,
-            host_ip: ip.clone(),
-            host_mode: false,
-            name: None,
-        })
-        .collect()
+    proto.each(cs, hosts)
 }
 
 fn long(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<Binding> {
@@ -154,22 +177,15 @@ fn long(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<Binding> {
     let Some(protocol) = protocol(ctx, &f.at("protocol"), &proto) else {
         return Vec::new();
     };
-    let hosts = match f.str(ctx, "published").filter(|p| !p.is_empty()) {
-        None => vec![None; cs.len()],
-        Some(p) => {
-            match range(ctx, &f.at("published"), &p, &p) {
-                Some(hs) if hs.len() == cs.len() => hs.into_iter().map(Some).collect(),
-                Some(hs) if cs.len() == 1 => {
-                    ctx.warn(f.at("published"), format!("a host port range for one container port: orch publishes the first, {}", hs[0]));
-                    vec![Some(hs[0])]
-                }
-                Some(_) => {
-                    ctx.error(f.at("published"), p, "must cover as many ports as target");
-                    return Vec::new();
-                }
-                None => return Vec::new(),
-            }
-        }
+    let published = f.str(ctx, "published");
+    let Some(hosts) = hosts_for(
+        ctx,
+        &f.at("published"),
+        published.as_deref().unwrap_or(""),
+        cs.len(),
+        published.as_deref(),
+    ) else {
+        return Vec::new();
     };
     let host_mode = match f.str(ctx, "mode").as_deref() {
         None | Some("ingress") => false,
@@ -188,17 +204,15 @@ fn long(ctx: &mut Ctx, path: &str, v: &Value) -> Vec<Binding> {
         );
     }
     f.finish(ctx);
-    cs.into_iter()
-        .zip(hosts)
-        .map(|(c, h)| Binding {
-            container: c,
-            host: h,
-            protocol,
-            host_ip: host_ip.clone(),
-            host_mode,
-            name: name.clone(),
-        })
-        .collect()
+    let proto = Binding {
+        container: 0,
+        host: None,
+        protocol,
+        host_ip,
+        host_mode,
+        name,
+    };
+    proto.each(cs, hosts)
 }
 
 /// The template port for `container`/`protocol` (added if missing), by index.
