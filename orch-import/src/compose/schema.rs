@@ -110,6 +110,8 @@ fn walk(ctx: &mut Ctx, root: &Value, s: &Value, v: &Value, path: &str, depth: us
                         .unwrap_or_default();
                     let what = if allowed.is_empty() {
                         "a name of letters, digits, '.', '_' or '-'".to_string()
+                    } else if allowed.len() > 16 {
+                        "a key of the Compose specification (see its reference)".to_string()
                     } else {
                         format!("one of {}", allowed.join(", "))
                     };
