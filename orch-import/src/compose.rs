@@ -664,6 +664,26 @@ fn assemble(
     out
 }
 
+/// Sorts `warnings` (stably) by where their top-level key (`services`, `networks`, ...) starts
+/// in `text`, so that they come in the file's order of sections; within a section they stay in
+/// the order found (services by name).
+fn order_by_top_level_key(text: &str, warnings: &mut [crate::Warning]) {
+    let line_of = |key: &str| {
+        text.lines().position(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                || l.strip_prefix(&format!("\"{key}\"")).is_some()
+        })
+    };
+    let mut cache: BTreeMap<String, usize> = BTreeMap::new();
+    for w in warnings.iter() {
+        let top = w.path.split(['.', '[']).next().unwrap_or("").to_string();
+        let line = line_of(&top).unwrap_or(usize::MAX);
+        cache.entry(top).or_insert(line);
+    }
+    warnings.sort_by_key(|w| cache[w.path.split(['.', '[']).next().unwrap_or("")]);
+}
+
 /// Converts one Compose file to orch objects and warnings. `source` names the file in
 /// messages; relative paths (`env_file`, secret and config files, bind mounts, `.env`) are
 /// read from [`Options::base_dir`].
@@ -782,6 +802,7 @@ pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted,
             );
         }
     }
+    order_by_top_level_key(text, &mut ctx.warnings);
     if options.strict {
         for w in std::mem::take(&mut ctx.warnings) {
             ctx.errors.push(ManifestError {

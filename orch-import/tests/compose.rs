@@ -148,10 +148,26 @@ fn fixture(
 fn fixture_with_images(rel: &str, services: &[&str]) -> (Converted, PathBuf, tempfile::TempDir) {
     let path = Path::new(FIXTURES).join(rel);
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut v: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-    for s in services {
-        v["services"][s]["image"] = format!("example/{s}").into();
+    // Insert `image:` after each service's own line, at the indentation of its keys, so the
+    // file keeps its lines and order.
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        out.push(line.to_string());
+        let name = line
+            .trim_end()
+            .strip_prefix("  ")
+            .and_then(|l| l.strip_suffix(':'));
+        if let Some(name) = name.filter(|n| services.contains(n)) {
+            let next = lines[i + 1..]
+                .iter()
+                .find(|l| !l.trim().is_empty())
+                .unwrap();
+            let indent = &next[..next.len() - next.trim_start().len()];
+            out.push(format!("{indent}image: example/{name}"));
+        }
     }
+    let text = out.join("\n");
     let dir = tempfile::tempdir().unwrap();
     let project = path.parent().unwrap().file_name().unwrap();
     let base = dir.path().join(project);
@@ -161,7 +177,7 @@ fn fixture_with_images(rel: &str, services: &[&str]) -> (Converted, PathBuf, tem
         base_dir: Some(base.clone()),
         ..Options::default()
     };
-    let c = compose::convert(rel, &v.to_string(), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let c = compose::convert(rel, &text, &opts).unwrap_or_else(|e| panic!("{e}"));
     (c, base, dir)
 }
 
@@ -266,9 +282,9 @@ fn nginx_flask_mysql() {
             &format!("Service db image=mariadb:10-focal ports=tcp-3306,tcp-33060 mounts=/var/lib/mysql=volume:nginx-flask-mysql-db-data,{DB_SECRET}"),
             "Service proxy image=example/proxy ports=tcp-80 publish=80->tcp-80 dependsOn=backend:Service:Started",
         ],
-        &["networks.backnet", "networks.frontnet", "services.backend.build", "services.proxy.build"],
+        &["services.backend.build", "services.proxy.build", "networks.backnet", "networks.frontnet"],
     );
-    assert!(c.warnings[0].message.contains(NETWORK));
+    assert!(c.warnings[2].message.contains(NETWORK));
     let Object::Secret(s) = &c.objects[0] else {
         panic!()
     };
@@ -363,16 +379,16 @@ fn react_express_mongodb() {
             "Service mongo image=mongo:4.2.0 ports=tcp-27017 mounts=/data/db=volume:react-express-mongodb-mongo-data",
         ],
         &[
-            "networks.express-mongo",
-            "networks.react-express",
             "services.backend.build",
             "services.backend.volumes[1]",
             "services.frontend.build",
             "services.frontend.volumes[1]",
             "services.frontend.stdin_open",
+            "networks.express-mongo",
+            "networks.react-express",
         ],
     );
-    assert!(c.warnings[3].message.contains("anonymous volume"));
+    assert!(c.warnings[1].message.contains("anonymous volume"));
 }
 
 #[test]
@@ -387,7 +403,7 @@ fn spring_postgres() {
             "Service backend image=example/backend ports=tcp-8080 publish=8080->tcp-8080",
             &format!("Service db image=postgres ports=tcp-5432 mounts=/var/lib/postgresql/data=volume:spring-postgres-db-data,{DB_SECRET}"),
         ],
-        &["networks.spring-postgres", "services.backend.build"],
+        &["services.backend.build", "networks.spring-postgres"],
     );
 }
 
@@ -454,16 +470,16 @@ fn voting_app_compose() {
             "Service worker image=example/worker dependsOn=db:Service:Ready,redis:Service:Ready",
         ],
         &[
-            "networks.back-tier",
-            "networks.front-tier",
             "services.result.build",
             "services.result.ports[1]",
             "services.seed.profiles",
             "services.vote.build",
             "services.worker.build",
+            "networks.back-tier",
+            "networks.front-tier",
         ],
     );
-    assert!(c.warnings[3]
+    assert!(c.warnings[1]
         .message
         .contains("host address 127.0.0.1 not honoured"));
     assert_eq!(
