@@ -83,14 +83,25 @@ fn summary(c: &Converted, base: &Path) -> Vec<String> {
                 _ => Vec::new(),
             };
             if !deps.is_empty() {
-                let d: Vec<String> = deps
-                    .iter()
-                    .map(|d| format!("{}:{:?}:{:?}", d.name, d.kind, d.condition))
-                    .collect();
-                s += &format!(" dependsOn={}", d.join(","));
+                s += &format!(" dependsOn={}", dependencies(&deps).join(","));
             }
             s
         })
+        .collect()
+}
+
+/// `Kind name` of every object.
+fn names(c: &Converted) -> Vec<String> {
+    c.objects
+        .iter()
+        .map(|o| format!("{} {}", o.kind(), o.metadata().name))
+        .collect()
+}
+
+/// `name:Kind:Condition` of every dependency.
+fn dependencies(deps: &[orch_core::model::object::Dependency]) -> Vec<String> {
+    deps.iter()
+        .map(|d| format!("{}:{:?}:{:?}", d.name, d.kind, d.condition))
         .collect()
 }
 
@@ -557,11 +568,7 @@ fn completed_dependencies_become_jobs() {
       cache: {condition: service_started, restart: true}
   cache: {image: redis}
 ");
-    let kinds: Vec<String> = c
-        .objects
-        .iter()
-        .map(|o| format!("{} {}", o.kind(), o.metadata().name))
-        .collect();
+    let kinds = names(&c);
     assert_eq!(kinds, ["Service cache", "Job migrate", "Service web"]);
     let Object::Job(j) = &c.objects[1] else {
         panic!()
@@ -574,13 +581,10 @@ fn completed_dependencies_become_jobs() {
     let Object::Service(web) = &c.objects[2] else {
         panic!()
     };
-    let deps: Vec<String> = web
-        .spec
-        .depends_on
-        .iter()
-        .map(|d| format!("{}:{:?}:{:?}", d.name, d.kind, d.condition))
-        .collect();
-    assert_eq!(deps, ["cache:Service:Started", "migrate:Job:Completed"]);
+    assert_eq!(
+        dependencies(&web.spec.depends_on),
+        ["cache:Service:Started", "migrate:Job:Completed"]
+    );
     assert!(warned(&c, "services.migrate.restart", "orch job"));
     assert!(warned(
         &c,
@@ -679,11 +683,7 @@ fn aliases_and_container_names_are_routes() {
 networks:
   back: {driver: bridge}
 ");
-    let names: Vec<String> = c
-        .objects
-        .iter()
-        .map(|o| format!("{} {}", o.kind(), o.metadata().name))
-        .collect();
+    let names = names(&c);
     assert_eq!(
         names,
         ["Service db", "Route pg", "Route postgres", "Route database"]
@@ -801,11 +801,7 @@ volumes:
         false,
     )
     .unwrap();
-    let names: Vec<String> = c
-        .objects
-        .iter()
-        .map(|o| format!("{} {}", o.kind(), o.metadata().name))
-        .collect();
+    let names = names(&c);
     assert_eq!(
         names,
         [
