@@ -546,20 +546,25 @@ fn nginx_golang_postgres(c: &Cluster, tmp: &Path) {
     );
     let up = compose(c, "up", &file, p);
     eprintln!("nginx-golang-postgres up:\n{up}");
-    // While the database is not ready, the backend is held (and says what it waits for).
-    let held = eventually("db started", Duration::from_secs(60), || {
-        let reps = items(&c.manager, "replicas", p);
-        let db_running = reps
-            .iter()
-            .any(|r| r["spec"]["service"] == "db" && r["status"]["startedAt"].is_string());
-        db_running.then_some(reps)
-    });
-    let backend_started = held
-        .iter()
-        .any(|r| r["spec"]["service"] == "backend" && r["status"]["startedAt"].is_string());
-    assert!(!backend_started, "backend started before db was ready");
-    let described = ctl_ok(c, &["describe", "service", "backend", "-n", p]);
-    assert!(described.contains("db"), "{described}");
+    // While the database is not ready, the backend is held, and its status says what for.
+    let waiting = eventually(
+        "db started and backend waiting for it",
+        Duration::from_secs(60),
+        || {
+            let reps = items(&c.manager, "replicas", p);
+            let started = |svc: &str| {
+                reps.iter()
+                    .any(|r| r["spec"]["service"] == svc && r["status"]["startedAt"].is_string())
+            };
+            let backend = items(&c.manager, "services", p)
+                .into_iter()
+                .find(|s| s["metadata"]["name"] == "backend")?;
+            let status = backend["status"].to_string();
+            assert!(!started("backend"), "backend started before db was ready");
+            (started("db") && status.contains("waiting for db")).then_some(status)
+        },
+    );
+    eprintln!("backend while db is not ready: {waiting}");
     let reps = wait_ready(c, p, &[("db", 1), ("backend", 1), ("proxy", 1)]);
     let (db, backend) = (&reps[0][0], &reps[1][0]);
     let ready_since: u64 = exec_ok(c, p, &db.name, &["cat", "/tmp/standin/ready-since"])
