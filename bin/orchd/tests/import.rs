@@ -559,9 +559,12 @@ fn nginx_golang_postgres(c: &Cluster, tmp: &Path) {
             let backend = items(&c.manager, "services", p)
                 .into_iter()
                 .find(|s| s["metadata"]["name"] == "backend")?;
-            let status = backend["status"].to_string();
+            let message = backend["status"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             assert!(!started("backend"), "backend started before db was ready");
-            (started("db") && status.contains("waiting for db")).then_some(status)
+            (started("db") && message.contains("waiting for db")).then_some(message)
         },
     );
     eprintln!("backend while db is not ready: {waiting}");
@@ -709,6 +712,8 @@ fn applications_run_unchanged_on_two_hosts() {
         }
     }
     eprintln!("all applications in {:?}", t.elapsed());
+    drop(c);
+    eprintln!("cluster down in {:?}", t.elapsed());
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
