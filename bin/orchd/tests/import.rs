@@ -304,8 +304,13 @@ fn host_address(c: &Cluster, node: &str) -> String {
 /// `orchctl apply -n NS -f DIR` of a fixture folder: the folder.
 fn apply_fixture(c: &Cluster, ns: &str, folder: &str) -> PathBuf {
     let dir = fixtures().join(folder);
-    let applied = ctl_ok(c, &["apply", "-n", ns, "-f", dir.to_str().unwrap()]);
-    eprintln!("{folder} applied in {ns}:\n{applied}");
+    let out = ctl(c, &["apply", "-n", ns, "-f", dir.to_str().unwrap()]);
+    eprintln!(
+        "{folder} applied in {ns}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "apply -f {}", dir.display());
     dir
 }
 
@@ -471,12 +476,20 @@ fn variant(tmp: &Path, app: &str, swaps: &[(&str, &str)], files: &[(&str, &str)]
     file
 }
 
-/// `orchctl compose VERB -f FILE -p PROJECT`.
+/// `orchctl compose VERB -f FILE -p PROJECT`, which must succeed: its output (warnings
+/// included).
 fn compose(c: &Cluster, verb: &str, file: &Path, project: &str) -> String {
-    ctl_ok(
+    let out = ctl(
         c,
         &["compose", verb, "-f", file.to_str().unwrap(), "-p", project],
-    )
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "compose {verb} {project}: {said}");
+    said
 }
 
 /// `compose down`, then nothing of the project is left.
