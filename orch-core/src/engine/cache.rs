@@ -391,6 +391,26 @@ impl Cache {
             .unwrap_or_default()
     }
 
+    /// The objects of a kind in namespace `ns` that `keep` accepts, in key order: a range of
+    /// the kind's ordered map, so it costs the objects in that namespace, not all of them.
+    pub fn list_in(
+        &self,
+        kind: Kind,
+        ns: &str,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Vec<Arc<Object>> {
+        let prefix = kind.key(ns, "");
+        let g = self.read();
+        let Some(m) = g.objects.get(&kind) else {
+            return Vec::new();
+        };
+        m.range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+            .filter(|(_, o)| keep(o))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// A service by key.
     pub fn service(&self, key: &str) -> Option<Service> {
         match self.get(Kind::Service, key)?.as_ref() {
