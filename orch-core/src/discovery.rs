@@ -63,7 +63,8 @@ pub trait Discovery: Send + Sync {
     }
     /// Sets (or, with `None`, removes) the virtual IP of `namespace/service`: DNS answers the
     /// service's name with it, and every node balances `ip:port` over the ready endpoints'
-    /// same-named port in the kernel. Called before the service's endpoints are first set
+    /// same-named port in the kernel (its number may differ per endpoint: a route's port 80
+    /// goes to each endpoint's target port). Called before the service's endpoints are first set
     /// and whenever it changes; a headless service has none. Backends that neither resolve
     /// nor balance ignore it.
     async fn set_virtual_ip(
@@ -208,18 +209,27 @@ impl<T: Discovery + ?Sized> Discovery for Arc<T> {
 
 type EndpointMap = BTreeMap<(String, String), Vec<Endpoint>>;
 
-/// Keeps endpoints and virtual IPs in memory; readable with [`MemDiscovery::endpoints`] and
-/// [`MemDiscovery::virtual_ip`].
+/// Keeps endpoints, virtual IPs and published ports in memory; readable with
+/// [`MemDiscovery::endpoints`], [`MemDiscovery::virtual_ip`] and [`MemDiscovery::published`].
 #[derive(Clone, Default)]
 pub struct MemDiscovery {
     map: Arc<Mutex<EndpointMap>>,
     vips: Arc<Mutex<BTreeMap<(String, String), VirtualIp>>>,
+    published: Arc<Mutex<BTreeMap<(String, String), Vec<Published>>>>,
 }
 
 impl MemDiscovery {
     /// The current endpoints of a service.
     pub fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
         let g = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(&(namespace.to_string(), service.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The ports a service (or route) publishes on every node now.
+    pub fn published(&self, namespace: &str, service: &str) -> Vec<Published> {
+        let g = self.published.lock().unwrap_or_else(|p| p.into_inner());
         g.get(&(namespace.to_string(), service.to_string()))
             .cloned()
             .unwrap_or_default()
@@ -250,6 +260,23 @@ impl Discovery for MemDiscovery {
         g.remove(&(namespace.to_string(), service.to_string()));
         let mut v = self.vips.lock().unwrap_or_else(|p| p.into_inner());
         v.remove(&(namespace.to_string(), service.to_string()));
+        let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        p.remove(&(namespace.to_string(), service.to_string()));
+        Ok(())
+    }
+    async fn set_published(
+        &self,
+        namespace: &str,
+        service: &str,
+        published: Vec<Published>,
+    ) -> Result<(), DiscoveryError> {
+        let mut g = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_string(), service.to_string());
+        if published.is_empty() {
+            g.remove(&key);
+        } else {
+            g.insert(key, published);
+        }
         Ok(())
     }
     async fn set_virtual_ip(

@@ -404,11 +404,14 @@ impl Cache {
         let Some(m) = g.objects.get(&kind) else {
             return Vec::new();
         };
-        m.range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix.as_str()))
-            .filter(|(_, o)| keep(o))
-            .map(|(_, o)| o.clone())
-            .collect()
+        m.range::<str, _>((
+            std::ops::Bound::Included(prefix.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+        .filter(|(_, o)| keep(o))
+        .map(|(_, o)| o.clone())
+        .collect()
     }
 
     /// A service by key.

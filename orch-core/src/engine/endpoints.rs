@@ -99,7 +99,11 @@ impl Reconcile for Endpoints {
             Vec::new()
         };
         if matches!(c.kind(), Some(Kind::Route | Kind::Replica)) {
-            keys.extend(routes::route_keys_for(&ctx.cache, c).into_iter().map(name_key));
+            keys.extend(
+                routes::route_keys_for(&ctx.cache, c)
+                    .into_iter()
+                    .map(name_key),
+            );
         }
         keys
     }
@@ -127,7 +131,10 @@ impl Reconcile for Endpoints {
         let route = ctx.cache.get(Kind::Route, &Kind::Route.key(ns, name));
         if let Some(route) = route.as_deref().and_then(Object::as_route) {
             let eps = routes::endpoints_in(&ctx.cache, route);
-            let (ports, vip) = (routes::route_published(route), routes::route_virtual_ip(route));
+            let (ports, vip) = (
+                routes::route_published(route),
+                routes::route_virtual_ip(route),
+            );
             let mut published = self.published.lock().await;
             let r = publish(&*ctx.discovery, &mut published, key, ports, vip, eps).await;
             self.after_publish(ctx, &mut published, key, Kind::Route, &r);

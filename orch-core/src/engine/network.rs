@@ -413,9 +413,12 @@ impl NetworkController {
             || {
                 let mut used = Vec::new();
                 for kind in [Kind::Service, Kind::Route] {
-                    used.extend(ctx.cache.list(kind).iter().filter_map(|o| {
-                        vip_holder(o)?.2?.parse::<Ipv4Addr>().ok()
-                    }));
+                    used.extend(
+                        ctx.cache
+                            .list(kind)
+                            .iter()
+                            .filter_map(|o| vip_holder(o)?.2?.parse::<Ipv4Addr>().ok()),
+                    );
                 }
                 used
             },

@@ -65,7 +65,8 @@ pub fn target_port(p: &RoutePort, r: &Replica) -> Option<u16> {
 
 /// Whether `route` selects replica `r` (same namespace, labels match its selector).
 pub fn selects(route: &Route, r: &Replica) -> bool {
-    r.metadata.namespace == route.metadata.namespace && route.spec.selector.matches(&r.metadata.labels)
+    r.metadata.namespace == route.metadata.namespace
+        && route.spec.selector.matches(&r.metadata.labels)
 }
 
 /// The endpoints of `route` among `replicas`: those it selects that are Ready, meant to run
@@ -103,9 +104,11 @@ pub fn route_endpoints(route: &Route, replicas: &[Arc<Object>]) -> Vec<Endpoint>
 
 /// The endpoints of `route` now, from the replicas of its namespace in the cache.
 pub(crate) fn endpoints_in(cache: &Cache, route: &Route) -> Vec<Endpoint> {
-    let replicas = cache.list_in(Kind::Replica, &route.metadata.namespace, |o| {
-        matches!(o, Object::Replica(r) if route.spec.selector.matches(&r.metadata.labels))
-    });
+    let replicas = cache.list_in(
+        Kind::Replica,
+        &route.metadata.namespace,
+        |o| matches!(o, Object::Replica(r) if route.spec.selector.matches(&r.metadata.labels)),
+    );
     route_endpoints(route, &replicas)
 }
 
@@ -170,9 +173,9 @@ pub fn allocate_node_ports(
     for p in given {
         let (key, n) = (port_key(p), p.node_port.unwrap_or_default());
         match taken.get(&n) {
-            Some(holder) => problems.push(format!(
-                "node port {n} of port {key} is taken by {holder}"
-            )),
+            Some(holder) => {
+                problems.push(format!("node port {n} of port {key} is taken by {holder}"))
+            }
             None if !mine.insert(n) => {
                 problems.push(format!("node port {n} of port {key} is used twice"))
             }
@@ -449,7 +452,12 @@ mod tests {
     #[test]
     fn a_route_selects_ready_replicas_by_labels_and_resolves_named_target_ports_per_replica() {
         let replicas: Vec<Arc<Object>> = [
-            replica("a", &[("app", "web"), ("tier", "x")], &[("http", 8080)], true),
+            replica(
+                "a",
+                &[("app", "web"), ("tier", "x")],
+                &[("http", 8080)],
+                true,
+            ),
             replica("bb", &[("app", "web")], &[("http", 9090)], true),
             replica("ccc", &[("app", "web")], &[("other", 1)], true),
             replica("dddd", &[("app", "web")], &[("http", 8080)], false),
@@ -470,9 +478,21 @@ mod tests {
         let names: Vec<&str> = eps.iter().map(|e| e.replica.as_str()).collect();
         assert_eq!(names, ["a", "bb", "ccc"], "ready and selected only");
         assert_eq!(eps[0].port("http"), Some(8080));
-        assert_eq!(eps[1].port("http"), Some(9090), "resolved in each replica's own ports");
-        assert_eq!(eps[2].port("http"), None, "a replica without the name lacks that port");
-        assert_eq!(eps[2].port("81"), Some(81), "default: the route's port, keyed by number");
+        assert_eq!(
+            eps[1].port("http"),
+            Some(9090),
+            "resolved in each replica's own ports"
+        );
+        assert_eq!(
+            eps[2].port("http"),
+            None,
+            "a replica without the name lacks that port"
+        );
+        assert_eq!(
+            eps[2].port("81"),
+            Some(81),
+            "default: the route's port, keyed by number"
+        );
         assert_eq!(eps[0].port("n"), Some(7000));
         let vip = route_virtual_ip(&Route {
             status: RouteStatus {
@@ -499,7 +519,10 @@ mod tests {
 
     #[test]
     fn node_ports_are_given_kept_or_the_lowest_free_and_conflicts_are_named() {
-        let mut r = route(&[("app", "web")], vec![port("a", 80, None), port("b", 81, None)]);
+        let mut r = route(
+            &[("app", "web")],
+            vec![port("a", 80, None), port("b", 81, None)],
+        );
         r.spec.node_ports = true;
         r.spec.ports[1].node_port = Some(30000);
         let mut taken = BTreeMap::new();
@@ -507,13 +530,20 @@ mod tests {
         let (got, problems) = allocate_node_ports(&r, &taken);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(got.get("b"), Some(&30000));
-        assert_eq!(got.get("a"), Some(&30002), "the lowest free, past the given and taken");
+        assert_eq!(
+            got.get("a"),
+            Some(&30002),
+            "the lowest free, past the given and taken"
+        );
         // Kept across reconciles.
         r.status.node_ports = got.clone();
         assert_eq!(allocate_node_ports(&r, &BTreeMap::new()).0, got);
         taken.insert(30000, "service default/web".to_string());
         let (got, problems) = allocate_node_ports(&r, &taken);
         assert_eq!(got.get("b"), None);
-        assert_eq!(problems, ["node port 30000 of port b is taken by service default/web"]);
+        assert_eq!(
+            problems,
+            ["node port 30000 of port b is taken by service default/web"]
+        );
     }
 }
