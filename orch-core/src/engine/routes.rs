@@ -397,9 +397,12 @@ mod tests {
                 ..Metadata::default()
             },
             spec: ReplicaSpec {
-                node: Some("n1".into()),
+                service: "svc".into(),
+                template_hash: "h".into(),
                 template: Arc::new(template),
-                ..ReplicaSpec::default()
+                placement: Arc::default(),
+                node: Some("n1".into()),
+                desired: DesiredState::Running,
             },
             status: ReplicaStatus {
                 phase: if ready { Phase::Ready } else { Phase::Running },
