@@ -208,6 +208,7 @@ impl<T: Discovery + ?Sized> Discovery for Arc<T> {
 }
 
 type EndpointMap = BTreeMap<(String, String), Vec<Endpoint>>;
+type PublishedMap = BTreeMap<(String, String), Vec<Published>>;
 
 /// Keeps endpoints, virtual IPs and published ports in memory; readable with
 /// [`MemDiscovery::endpoints`], [`MemDiscovery::virtual_ip`] and [`MemDiscovery::published`].
@@ -215,7 +216,7 @@ type EndpointMap = BTreeMap<(String, String), Vec<Endpoint>>;
 pub struct MemDiscovery {
     map: Arc<Mutex<EndpointMap>>,
     vips: Arc<Mutex<BTreeMap<(String, String), VirtualIp>>>,
-    published: Arc<Mutex<BTreeMap<(String, String), Vec<Published>>>>,
+    published: Arc<Mutex<PublishedMap>>,
 }
 
 impl MemDiscovery {
