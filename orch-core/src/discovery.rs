@@ -222,26 +222,36 @@ pub struct MemDiscovery {
 impl MemDiscovery {
     /// The current endpoints of a service.
     pub fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
-        let g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(&(namespace.to_string(), service.to_string()))
-            .cloned()
-            .unwrap_or_default()
+        get(&self.map, namespace, service).unwrap_or_default()
     }
 
     /// The ports a service (or route) publishes on every node now.
     pub fn published(&self, namespace: &str, service: &str) -> Vec<Published> {
-        let g = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(&(namespace.to_string(), service.to_string()))
-            .cloned()
-            .unwrap_or_default()
+        get(&self.published, namespace, service).unwrap_or_default()
     }
 
     /// The current virtual IP of a service.
     pub fn virtual_ip(&self, namespace: &str, service: &str) -> Option<VirtualIp> {
-        let g = self.vips.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(&(namespace.to_string(), service.to_string()))
-            .cloned()
+        get(&self.vips, namespace, service)
     }
+}
+
+type Keyed<T> = Mutex<BTreeMap<(String, String), T>>;
+
+fn get<T: Clone>(m: &Keyed<T>, namespace: &str, service: &str) -> Option<T> {
+    let g = m.lock().unwrap_or_else(|p| p.into_inner());
+    g.get(&(namespace.to_string(), service.to_string()))
+        .cloned()
+}
+
+/// Sets (`None`: removes) the value of `namespace/service`.
+fn put<T>(m: &Keyed<T>, namespace: &str, service: &str, value: Option<T>) {
+    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (namespace.to_string(), service.to_string());
+    match value {
+        Some(v) => g.insert(key, v),
+        None => g.remove(&key),
+    };
 }
 
 #[async_trait]
@@ -252,17 +262,13 @@ impl Discovery for MemDiscovery {
         service: &str,
         endpoints: Vec<Endpoint>,
     ) -> Result<(), DiscoveryError> {
-        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert((namespace.to_string(), service.to_string()), endpoints);
+        put(&self.map, namespace, service, Some(endpoints));
         Ok(())
     }
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
-        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.remove(&(namespace.to_string(), service.to_string()));
-        let mut v = self.vips.lock().unwrap_or_else(|p| p.into_inner());
-        v.remove(&(namespace.to_string(), service.to_string()));
-        let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        p.remove(&(namespace.to_string(), service.to_string()));
+        put(&self.map, namespace, service, None);
+        put(&self.vips, namespace, service, None);
+        put(&self.published, namespace, service, None);
         Ok(())
     }
     async fn set_published(
@@ -271,13 +277,8 @@ impl Discovery for MemDiscovery {
         service: &str,
         published: Vec<Published>,
     ) -> Result<(), DiscoveryError> {
-        let mut g = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (namespace.to_string(), service.to_string());
-        if published.is_empty() {
-            g.remove(&key);
-        } else {
-            g.insert(key, published);
-        }
+        let published = (!published.is_empty()).then_some(published);
+        put(&self.published, namespace, service, published);
         Ok(())
     }
     async fn set_virtual_ip(
@@ -286,12 +287,7 @@ impl Discovery for MemDiscovery {
         service: &str,
         vip: Option<VirtualIp>,
     ) -> Result<(), DiscoveryError> {
-        let mut g = self.vips.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (namespace.to_string(), service.to_string());
-        match vip {
-            Some(v) => g.insert(key, v),
-            None => g.remove(&key),
-        };
+        put(&self.vips, namespace, service, vip);
         Ok(())
     }
 }

@@ -88,17 +88,8 @@ async fn hickory_resolves_services_srv_replicas_and_nxdomain() {
         .lookup("_http._tcp.web.default.orch.local.", RecordType::SRV)
         .await
         .unwrap();
-    let mut targets: Vec<(String, u16)> = srv
-        .answers()
-        .iter()
-        .filter_map(|rec| match &rec.data {
-            RData::SRV(s) => Some((s.target.to_string(), s.port)),
-            _ => None,
-        })
-        .collect();
-    targets.sort();
     assert_eq!(
-        targets,
+        srv_targets(&srv),
         [
             ("web-a.web.default.orch.local.".to_string(), 8080),
             ("web-b.web.default.orch.local.".to_string(), 8081)
@@ -117,6 +108,20 @@ async fn hickory_resolves_services_srv_replicas_and_nxdomain() {
     let e = r.lookup_ip("db.default.orch.local.").await.unwrap_err();
     assert!(e.is_nx_domain(), "{e}");
     assert!(answer_ttls(&srv).iter().all(|t| *t <= 5));
+}
+
+/// `(target, port)` of each SRV answer, sorted.
+fn srv_targets(l: &hickory_resolver::lookup::Lookup) -> Vec<(String, u16)> {
+    let mut targets: Vec<(String, u16)> = l
+        .answers()
+        .iter()
+        .filter_map(|rec| match &rec.data {
+            RData::SRV(s) => Some((s.target.to_string(), s.port)),
+            _ => None,
+        })
+        .collect();
+    targets.sort();
+    targets
 }
 
 fn answer_ttls(l: &hickory_resolver::lookup::Lookup) -> Vec<u32> {
@@ -642,17 +647,8 @@ async fn routes_per_replica_names_and_kubernetes_names_resolve_on_the_wire() {
         // SRV: the endpoints' target port, targets in the domain asked.
         let name = format!("_http._tcp.front.shop.{domain}.");
         let srv = r.lookup(name.as_str(), RecordType::SRV).await.unwrap();
-        let mut targets: Vec<(String, u16)> = srv
-            .answers()
-            .iter()
-            .filter_map(|rec| match &rec.data {
-                RData::SRV(s) => Some((s.target.to_string(), s.port)),
-                _ => None,
-            })
-            .collect();
-        targets.sort();
         assert_eq!(
-            targets,
+            srv_targets(&srv),
             [
                 (format!("web-0.front.shop.{domain}."), 8080),
                 (format!("web-1.front.shop.{domain}."), 8080)

@@ -191,20 +191,7 @@ fn published_port(mode: &str) {
     assert!(out.contains("created"), "{out}");
     let ready = eventually("3 ready", Duration::from_secs(30), || ready_addrs(&d, 3));
     let front = format!("127.0.0.1:{port}");
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    eventually(
-        "the proxy reaches every replica",
-        Duration::from_secs(10),
-        || {
-            for _ in 0..30 {
-                if let Some(body) = http_get(&front) {
-                    let who = body.split_whitespace().nth(2).unwrap_or("").to_string();
-                    *seen.entry(who).or_default() += 1;
-                }
-            }
-            (seen.len() == 3).then_some(())
-        },
-    );
+    reaches_all(&front, 3);
 
     if mode == "nftables" {
         let rules = Command::new("nft")
@@ -363,6 +350,24 @@ fn get(addr: &str) -> Result<(), String> {
     }
 }
 
+/// Waits until GETs through `front` have been answered by `n` different replicas.
+fn reaches_all(front: &str, n: usize) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    eventually(
+        &format!("{front} reaches every replica"),
+        Duration::from_secs(10),
+        || {
+            for _ in 0..30 {
+                if let Some(body) = http_get(front) {
+                    let who = body.split_whitespace().nth(2).unwrap_or("").to_string();
+                    *seen.entry(who).or_default() += 1;
+                }
+            }
+            (seen.len() == n).then_some(())
+        },
+    );
+}
+
 /// A node port in 30000–32767 that nothing on this machine holds now.
 fn free_node_port() -> u16 {
     let start = 30000 + (std::process::id() % 2000) as u16;
@@ -434,20 +439,7 @@ fn a_route_over_two_services_answers_in_dns_and_on_its_node_port() {
     assert!(described.contains("app=shop"), "{described}");
     // The node port reaches every replica of both services.
     let front = format!("127.0.0.1:{node_port}");
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    eventually(
-        "the node port reaches all three",
-        Duration::from_secs(10),
-        || {
-            for _ in 0..30 {
-                if let Some(body) = http_get(&front) {
-                    let who = body.split_whitespace().nth(2).unwrap_or("").to_string();
-                    *seen.entry(who).or_default() += 1;
-                }
-            }
-            (seen.len() == 3).then_some(())
-        },
-    );
+    reaches_all(&front, 3);
     d.ctl_ok(&["delete", "route", "front"]);
     eventually("the route's names go", Duration::from_secs(5), || {
         dig(&dns, &["front.default.orch.local"])

@@ -15,7 +15,7 @@ use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
 use crate::engine::routes;
-use crate::model::object::{DesiredState, Kind, Object, ObjectKey, Phase, Service};
+use crate::model::object::{Kind, Object, ObjectKey, Service};
 
 /// The endpoints a set of replicas offers: ready, meant to run, with an address (the
 /// replica's own, else its node's).
@@ -23,30 +23,20 @@ pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
     let mut eps: Vec<Endpoint> = replicas
         .iter()
         .filter_map(|o| o.as_replica())
-        .filter(|r| r.status.phase == Phase::Ready && r.spec.desired == DesiredState::Running)
         .filter_map(|r| {
-            Some(Endpoint {
-                replica: r.metadata.name.clone(),
-                node: r.spec.node.clone()?,
-                ip: r.status.reach_ip()?.to_string(),
-                ports: r
-                    .status
+            let ports = r.status.ports.iter().map(|p| EndpointPort {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: r
+                    .spec
+                    .template
                     .ports
                     .iter()
-                    .map(|p| EndpointPort {
-                        name: p.name.clone(),
-                        port: p.port,
-                        protocol: r
-                            .spec
-                            .template
-                            .ports
-                            .iter()
-                            .find(|t| t.name == p.name)
-                            .map(|t| t.protocol)
-                            .unwrap_or_default(),
-                    })
-                    .collect(),
-            })
+                    .find(|t| t.name == p.name)
+                    .map(|t| t.protocol)
+                    .unwrap_or_default(),
+            });
+            routes::endpoint_of(r, ports.collect())
         })
         .collect();
     eps.sort();

@@ -77,29 +77,33 @@ pub fn route_endpoints(route: &Route, replicas: &[Arc<Object>]) -> Vec<Endpoint>
         .iter()
         .filter_map(|o| o.as_replica())
         .filter(|r| selects(route, r))
-        .filter(|r| r.status.phase == Phase::Ready && r.spec.desired == DesiredState::Running)
         .filter_map(|r| {
-            Some(Endpoint {
-                replica: r.metadata.name.clone(),
-                node: r.spec.node.clone()?,
-                ip: r.status.reach_ip()?.to_string(),
-                ports: route
-                    .spec
-                    .ports
-                    .iter()
-                    .filter_map(|p| {
-                        Some(EndpointPort {
-                            name: port_key(p),
-                            port: target_port(p, r)?,
-                            protocol: p.protocol,
-                        })
-                    })
-                    .collect(),
-            })
+            let ports = route.spec.ports.iter().filter_map(|p| {
+                Some(EndpointPort {
+                    name: port_key(p),
+                    port: target_port(p, r)?,
+                    protocol: p.protocol,
+                })
+            });
+            endpoint_of(r, ports.collect())
         })
         .collect();
     eps.sort();
     eps
+}
+
+/// Replica `r` as an endpoint with `ports`, when it is one: Ready, meant to run, bound, with
+/// an address (its own, else its node's).
+pub(crate) fn endpoint_of(r: &Replica, ports: Vec<EndpointPort>) -> Option<Endpoint> {
+    if r.status.phase != Phase::Ready || r.spec.desired != DesiredState::Running {
+        return None;
+    }
+    Some(Endpoint {
+        replica: r.metadata.name.clone(),
+        node: r.spec.node.clone()?,
+        ip: r.status.reach_ip()?.to_string(),
+        ports,
+    })
 }
 
 /// The endpoints of `route` now, from the replicas of its namespace in the cache.
