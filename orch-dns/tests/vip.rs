@@ -63,6 +63,15 @@ fn tally(names: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
     seen
 }
 
+/// Enters the network namespace at `path` (this thread) and makes a runtime for it.
+fn runtime_in(path: &str) -> tokio::runtime::Runtime {
+    netns::enter(path);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn needs() -> bool {
     orch_testkit::require(&["root", "ip", "nft"])
 }
@@ -93,11 +102,7 @@ fn a_virtual_ip_balances_over_ready_replicas_from_the_node_and_from_replicas() {
         Stop,
     }
     let node = std::thread::spawn(move || {
-        netns::enter(&node_path);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime_in(&node_path);
         // User-space mode: virtual IPs are in the kernel whatever the mode.
         let p = ServiceProxy::new(ProxyConfig::new("n1", gateway.into()));
         for step in from_test {
@@ -246,11 +251,7 @@ fn a_route_virtual_ip_maps_port_80_to_each_endpoints_own_target_port() {
     let (to_test, table) = std::sync::mpsc::channel::<String>();
     let (to_node, stop) = std::sync::mpsc::channel::<()>();
     let node = std::thread::spawn(move || {
-        netns::enter(&node_path);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime_in(&node_path);
         let p = ServiceProxy::new(ProxyConfig::new("n1", gateway.into()));
         let vip = VirtualIp {
             ip: IpAddr::from(VIP),
