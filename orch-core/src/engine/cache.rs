@@ -815,6 +815,30 @@ mod tests {
     }
 
     #[test]
+    fn list_in_is_one_namespace_only() {
+        let cache = Cache::default();
+        {
+            let mut st = cache.state.write().unwrap();
+            for (ns, i) in [("a", 0u8), ("ab", 1), ("a", 2), ("b", 3)] {
+                let mut o = replica(i, None, true, false);
+                o.metadata_mut().namespace = ns.into();
+                st.put(Kind::Replica, o.key().into(), Arc::new(o));
+            }
+        }
+        let names = |ns: &str| -> Vec<String> {
+            cache
+                .list_in(Kind::Replica, ns, |_| true)
+                .iter()
+                .map(|o| o.metadata().name.clone())
+                .collect()
+        };
+        assert_eq!(names("a"), ["r0", "r2"], "not namespace ab");
+        assert_eq!(names("ab"), ["r1"]);
+        assert!(names("c").is_empty());
+        assert!(cache.list_in(Kind::Route, "a", |_| true).is_empty());
+    }
+
+    #[test]
     fn replicas_share_templates_by_hash_and_label_maps_by_content() {
         let mut state = State::default();
         // r0 and r3 are of service s0, r1 of s1; r0, r1 and r4 have the same template hash

@@ -328,7 +328,11 @@ impl Reconcile for RouteStatusController {
             return Ok(Action::await_change());
         };
         let endpoints = endpoints_in(&ctx.cache, route).len();
-        let (node_ports, problems) = allocate_node_ports(route, &taken_ports(&ctx.cache, route));
+        let (node_ports, problems) = if route.spec.node_ports {
+            allocate_node_ports(route, &taken_ports(&ctx.cache, route))
+        } else {
+            Default::default()
+        };
         let message = if !problems.is_empty() {
             problems.join("; ")
         } else if endpoints == 0 {
