@@ -223,6 +223,22 @@ async fn a_headless_route_has_no_virtual_ip_and_a_route_wins_a_shared_name() {
         },
     )
     .await;
+    // An alias (as Compose's network aliases become): a headless route by orch/service.
+    api::apply(
+        &*store,
+        vec![route(
+            "postgres",
+            "  selector: {matchLabels: {orch/service: db-real}}\n  headless: true\n",
+        )],
+        false,
+    )
+    .await
+    .unwrap();
+    eventually("the alias answers the service's replicas", || {
+        let eps = disc.endpoints("default", "postgres");
+        eps.len() == 2 && eps.iter().all(|e| e.replica.starts_with("db-real-"))
+    })
+    .await;
     // A headless route gets no lease.
     tokio::time::sleep(Duration::from_secs(2)).await; // a quiet window: no lease comes
     assert_eq!(stored_route(&e, "db").unwrap().status.virtual_ip, None);

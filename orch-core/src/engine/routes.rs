@@ -10,8 +10,9 @@
 //!
 //! Cost: a replica change looks at the routes of its namespace (a range of the cache's
 //! ordered map); a route's endpoints are computed from the replicas of its namespace (a range
-//! too, the selector matched under the cache's read lock), so a route costs O(replicas in its
-//! namespace) per reconcile, never O(all replicas); bursts of changes coalesce in the work
+//! too, the selector matched under the cache's read lock; a selector of `orch/service: NAME`
+//! reads that service's replicas only), so a route costs O(replicas in its namespace) per
+//! reconcile, never O(all replicas); bursts of changes coalesce in the work
 //! queue (one reconcile per route at a time, keys deduplicated).
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
 use crate::model::object::{
     Balance, DesiredState, Kind, Object, ObjectKey, Phase, ProbePort, Replica, Route, RoutePort,
+    SERVICE_LABEL,
 };
 use crate::store::{update_op, StoreError};
 
@@ -106,13 +108,16 @@ pub(crate) fn endpoint_of(r: &Replica, ports: Vec<EndpointPort>) -> Option<Endpo
     })
 }
 
-/// The endpoints of `route` now, from the replicas of its namespace in the cache.
+/// The endpoints of `route` now, from the replicas of its namespace in the cache. A selector
+/// naming one service (`orch/service: NAME`, as Compose aliases do) reads only that service's
+/// replicas (the cache's index by service).
 pub(crate) fn endpoints_in(cache: &Cache, route: &Route) -> Vec<Endpoint> {
-    let replicas = cache.list_in(
-        Kind::Replica,
-        &route.metadata.namespace,
-        |o| matches!(o, Object::Replica(r) if route.spec.selector.matches(&r.metadata.labels)),
-    );
+    let ns = &route.metadata.namespace;
+    let selects = |o: &Object| matches!(o, Object::Replica(r) if route.spec.selector.matches(&r.metadata.labels));
+    let replicas = match route.spec.selector.match_labels.get(SERVICE_LABEL) {
+        Some(service) => cache.replica_objects_of_service(ns, service),
+        None => cache.list_in(Kind::Replica, ns, selects),
+    };
     route_endpoints(route, &replicas)
 }
 
