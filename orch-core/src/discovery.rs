@@ -1,5 +1,10 @@
 //! The `Discovery` trait: where the endpoints controller publishes each service's ready
 //! replicas (a DNS server, a proxy, files, another registry).
+//!
+//! Entries are names in a namespace: a service's, or a route's (the ready replicas its
+//! selector picks, each endpoint port named by the route port and numbered by that endpoint's
+//! target port; a route wins a name it shares with a service). So `service` below is a name
+//! that may be either.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
