@@ -101,6 +101,10 @@ enum KindArg {
     Events,
     #[value(alias = "job")]
     Jobs,
+    #[value(aliases = ["route", "rt"])]
+    Routes,
+    #[value(aliases = ["cronjob", "cj"])]
+    CronJobs,
 }
 
 impl From<KindArg> for Kind {
@@ -113,6 +117,8 @@ impl From<KindArg> for Kind {
             KindArg::Configs => Kind::Config,
             KindArg::Events => Kind::Event,
             KindArg::Jobs => Kind::Job,
+            KindArg::Routes => Kind::Route,
+            KindArg::CronJobs => Kind::CronJob,
         }
     }
 }
