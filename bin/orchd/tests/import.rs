@@ -787,6 +787,22 @@ fn bad_input_is_refused_naming_file_document_and_field_and_nothing_is_applied() 
         all.extend_from_slice(says);
         refused(&d, &["apply", "-f", f.to_str().unwrap()], &all);
     }
+    // A Service whose selector matches no pod template: a warning naming it (the route would
+    // wait for endpoints), and with --strict a refusal.
+    let lonely = write(
+        dir,
+        "lonely.yaml",
+        &format!("{deployment}---\napiVersion: v1\nkind: Service\nmetadata: {{name: lonely}}\nspec:\n  selector: {{app: nobody}}\n  ports: [{{port: 80}}]\n"),
+    );
+    let lonely = lonely.to_str().unwrap();
+    let says = [lonely, "document 2", "spec.selector"];
+    refused(&d, &["apply", "--strict", "-f", lonely], &says);
+    let dry = d.ctl(&["apply", "--dry-run", "-f", lonely]);
+    let warned = String::from_utf8_lossy(&dry.stderr);
+    assert!(dry.status.success(), "{warned}");
+    for s in says {
+        assert!(warned.contains(s), "{s:?} not in the warning: {warned}");
+    }
     // Compose: a cycle in depends_on, an unknown key.
     let compose_dir = dir.join("cycle");
     std::fs::create_dir_all(&compose_dir).unwrap();
