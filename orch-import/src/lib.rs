@@ -12,8 +12,11 @@
 
 use std::path::PathBuf;
 
-use orch_core::model::manifest::{ManifestErrors, ManifestWarning};
+use orch_core::model::manifest::{self, documents, ManifestError, ManifestErrors, ManifestWarning};
+use orch_core::model::object::API_VERSION;
+use orch_core::model::validate::{validate, FieldError};
 use orch_core::Object;
+use serde_json::Value;
 
 pub mod compose;
 pub mod kube;
@@ -80,10 +83,14 @@ pub const COMPOSE_PROJECT_LABEL: &str = "orch.dev/compose-project";
 pub const KUBE_KIND_LABEL: &str = "orch.dev/kube-kind";
 
 /// What `text` is: Compose when it is one mapping with a `services` key and no `apiVersion`;
-/// Kubernetes when any document's `apiVersion` is not `orch/v1`; else orch.
+/// Kubernetes when any document's `apiVersion` is not `orch/v1`; else orch (also for a text
+/// that does not parse: orch's parser then says why).
 pub fn detect(text: &str) -> Format {
-    let _ = text;
-    todo!("lead: interface only; the cli helper implements detect")
+    match documents("", text) {
+        Ok(docs) if is_compose(&docs) => Format::Compose,
+        Ok(docs) if docs.iter().any(is_kube) => Format::Kubernetes,
+        _ => Format::Orch,
+    }
 }
 
 /// Converts `text` (read from `source`) whatever its [`Format`]: orch manifests are parsed as
@@ -92,6 +99,176 @@ pub fn detect(text: &str) -> Format {
 /// validated; an error names the file, the document and the field. With
 /// [`Options::strict`], any warning is an error.
 pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted, ManifestErrors> {
-    let _ = (source, text, options);
-    todo!("lead: interface only; the cli helper implements convert")
+    let docs = documents(source, text)?;
+    let converted = if is_compose(&docs) {
+        compose::convert(source, text, options)?
+    } else {
+        manifests(source, text, &docs, options)?
+    };
+    checked(converted, options)
+}
+
+/// A Compose file: one mapping with `services` and no `apiVersion`.
+fn is_compose(docs: &[Value]) -> bool {
+    matches!(docs, [Value::Object(m)] if m.contains_key("services") && !m.contains_key("apiVersion"))
+}
+
+/// A document with an `apiVersion` that is not orch's. (One with none is left to orch's
+/// parser, which says that it is missing.)
+fn is_kube(doc: &Value) -> bool {
+    doc.get("apiVersion")
+        .is_some_and(|v| v.as_str() != Some(API_VERSION))
+}
+
+/// orch and Kubernetes documents, each converted by its own parser and put back in document
+/// order, with the documents numbered as they are in `text`.
+fn manifests(
+    source: &str,
+    text: &str,
+    docs: &[Value],
+    options: &Options,
+) -> Result<Converted, ManifestErrors> {
+    let (kube_docs, orch_docs): (Vec<usize>, Vec<usize>) =
+        (0..docs.len()).partition(|&i| is_kube(&docs[i]));
+    let mut parts = Vec::new();
+    let mut errors = Vec::new();
+    for &i in &orch_docs {
+        let n = i + 1;
+        match orch_document(source, &docs[i], options) {
+            Ok(c) => parts.push(renumbered(c, |_| n)),
+            Err(e) => errors.extend(renumbered_errors(e, |_| n).0),
+        }
+    }
+    if !kube_docs.is_empty() {
+        // A file of Kubernetes documents only goes as it is (so positions in it stay right);
+        // mixed with orch documents, the Kubernetes ones go as a text of their own, numbered
+        // back afterwards.
+        let number = |d: usize| kube_docs.get(d.wrapping_sub(1)).map_or(d, |i| i + 1);
+        let result = if orch_docs.is_empty() {
+            kube::convert(source, text, options)
+        } else {
+            kube::convert(source, &yaml_documents(&kube_docs, docs), options)
+                .map(|c| renumbered(c, number))
+                .map_err(|e| renumbered_errors(e, number))
+        };
+        match result {
+            Ok(c) => parts.push(c),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.document);
+        return Err(ManifestErrors(errors));
+    }
+    let mut items = Vec::new();
+    let mut warnings = Vec::new();
+    for c in parts {
+        items.extend(c.objects.into_iter().zip(c.origins));
+        warnings.extend(c.warnings);
+    }
+    // Stable: within a document, the order its parser gave.
+    items.sort_by_key(|(_, origin)| origin.document);
+    warnings.sort_by_key(|w| w.document);
+    let (objects, origins) = items.into_iter().unzip();
+    Ok(Converted {
+        objects,
+        origins,
+        warnings,
+    })
+}
+
+/// The documents `which` of `docs` as one multi-document YAML text.
+fn yaml_documents(which: &[usize], docs: &[Value]) -> String {
+    which
+        .iter()
+        .map(|&i| serde_saphyr::to_string(&docs[i]).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// One orch document (numbered 1 here), in `options.namespace` when it names none.
+fn orch_document(
+    source: &str,
+    doc: &Value,
+    options: &Options,
+) -> Result<Converted, ManifestErrors> {
+    let text = serde_json::to_string(doc).unwrap_or_default();
+    let parsed = manifest::parse_with_warnings(source, &text)?;
+    let names_one = doc
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .is_some_and(|ns| !ns.is_empty());
+    let mut objects = parsed.objects;
+    if let (false, Some(ns)) = (names_one, &options.namespace) {
+        for o in objects.iter_mut().filter(|o| o.kind().namespaced()) {
+            o.metadata_mut().namespace = ns.clone();
+        }
+    }
+    let origins = objects
+        .iter()
+        .map(|o| Origin {
+            source: source.to_string(),
+            document: 1,
+            what: format!("{}/{}", o.kind().as_str(), o.metadata().name),
+        })
+        .collect();
+    Ok(Converted {
+        objects,
+        origins,
+        warnings: parsed.warnings,
+    })
+}
+
+/// `c` with its document numbers mapped by `number`.
+fn renumbered(mut c: Converted, number: impl Fn(usize) -> usize) -> Converted {
+    for o in &mut c.origins {
+        o.document = number(o.document);
+    }
+    for w in &mut c.warnings {
+        w.document = number(w.document);
+    }
+    c
+}
+
+/// `e` with its document numbers mapped by `number`.
+fn renumbered_errors(mut e: ManifestErrors, number: impl Fn(usize) -> usize) -> ManifestErrors {
+    for e in &mut e.0 {
+        e.document = e.document.map(&number);
+    }
+    e
+}
+
+/// Every object validated (an error names the document it came from and what it was there),
+/// and with [`Options::strict`] every warning an error.
+fn checked(c: Converted, options: &Options) -> Result<Converted, ManifestErrors> {
+    let mut errors = Vec::new();
+    for (o, origin) in c.objects.iter().zip(&c.origins) {
+        for fe in validate(o) {
+            errors.push(ManifestError {
+                source: origin.source.clone(),
+                document: Some(origin.document),
+                field: None,
+                message: format!("{} (as orch {}): {fe}", origin.what, o.display_name()),
+            });
+        }
+    }
+    if options.strict {
+        errors.extend(c.warnings.iter().map(|w| ManifestError {
+            source: w.source.clone(),
+            document: Some(w.document),
+            field: Some(FieldError {
+                path: w.path.clone(),
+                value: String::new(),
+                message: format!("{} (strict: every warning is an error)", w.message),
+            }),
+            message: String::new(),
+        }));
+    }
+    if errors.is_empty() {
+        Ok(c)
+    } else {
+        errors.sort_by_key(|e| e.document);
+        Err(ManifestErrors(errors))
+    }
 }

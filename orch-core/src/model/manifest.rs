@@ -111,13 +111,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
 
 /// [`parse`], also returning a warning for each ignored field.
 pub fn parse_with_warnings(source: &str, text: &str) -> Result<Parsed, ManifestErrors> {
-    if text.len() > MAX_MANIFEST_BYTES {
-        return Err(ManifestErrors::whole(
-            source,
-            format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files", text.len()),
-        ));
-    }
-    let docs = parse_documents(source, text)?;
+    let docs = documents(source, text)?;
     if docs.len() > MAX_DOCUMENTS {
         return Err(ManifestErrors::whole(
             source,
@@ -214,6 +208,20 @@ pub fn parse_all_with_warnings<'a>(
     } else {
         Err(ManifestErrors(errors))
     }
+}
+
+/// The documents of one manifest as JSON values (YAML, or JSON when it starts with `{` or
+/// `[`; empty documents dropped; a JSON array or `List` flattened), with [`parse`]'s limits
+/// and errors, numbered as [`parse`] numbers them: for importers of other formats
+/// (Kubernetes, Compose) that read the same texts.
+pub fn documents(source: &str, text: &str) -> Result<Vec<Value>, ManifestErrors> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestErrors::whole(
+            source,
+            format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files", text.len()),
+        ));
+    }
+    parse_documents(source, text)
 }
 
 fn parse_documents(source: &str, text: &str) -> Result<Vec<Value>, ManifestErrors> {
