@@ -154,3 +154,119 @@ pub fn parse_with_warnings(
     }
     Ok(manifest::Parsed { objects, warnings })
 }
+
+/// The Compose file names looked for in a directory, in the order `docker compose` tries them.
+pub const COMPOSE_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yml",
+    "docker-compose.yaml",
+];
+
+/// The Compose file in `dir` (the first of [`COMPOSE_FILES`] there), if any.
+pub fn compose_file_in(dir: &Path) -> Option<std::path::PathBuf> {
+    COMPOSE_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// How [`import`] converts.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// `-n`: where objects that name no namespace go (orch and Kubernetes documents).
+    pub namespace: Option<String>,
+    /// A Compose file's project (its namespace); default: its `name:`, else its directory's.
+    pub project: Option<String>,
+    /// Every warning is an error.
+    pub strict: bool,
+}
+
+/// Files read and converted to orch manifests, ready for the daemon (which parses and
+/// validates them as always).
+#[derive(Clone, Debug, Default)]
+pub struct Imported {
+    /// orch manifests: orch files as they were written (the daemon reports their ignored
+    /// fields itself); converted files as orch YAML, one text per object, named after the
+    /// document it came from (`web.yaml document 2 (Deployment/web)`).
+    pub manifests: Vec<ManifestText>,
+    /// Every field the conversion did not honour (orch files' ignored fields excepted).
+    pub warnings: Vec<orch_import::Warning>,
+    /// The objects converted from Kubernetes manifests and Compose files (not the orch ones).
+    pub converted: Vec<Object>,
+}
+
+/// Reads `paths` (files, directories, `-`) and converts Kubernetes manifests and Compose files
+/// to orch manifests with [`orch_import::convert`] (relative paths of a Compose file resolved
+/// against its directory). A directory takes manifests: a Compose file in one is refused
+/// (name it with `-f`, or use `orchctl compose`), as a folder of YAML files may hold one
+/// beside unrelated manifests. Errors name the file, document and field; any error and
+/// nothing is returned.
+pub fn import(paths: &[std::path::PathBuf], options: &ImportOptions) -> Result<Imported, String> {
+    let mut out = Imported::default();
+    let mut errors = Vec::new();
+    for path in paths {
+        let in_directory = path.is_dir();
+        for m in read_manifests(path)? {
+            match import_one(m, in_directory, options, &mut out) {
+                Ok(()) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// One file's text into `out`.
+fn import_one(
+    m: ManifestText,
+    in_directory: bool,
+    options: &ImportOptions,
+    out: &mut Imported,
+) -> Result<(), String> {
+    let format = orch_import::detect(&m.text);
+    if format == orch_import::Format::Compose && in_directory {
+        return Err(format!(
+            "{}: a Compose file in a directory of manifests; apply it by name (`orchctl apply -f {0}`) or with `orchctl compose up -f {0}`",
+            m.source
+        ));
+    }
+    let base_dir = (m.source != "-").then(|| {
+        let parent = Path::new(&m.source)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
+    });
+    let converted = orch_import::convert(
+        &m.source,
+        &m.text,
+        &orch_import::Options {
+            namespace: options.namespace.clone(),
+            project: options.project.clone(),
+            base_dir,
+            strict: options.strict,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if format == orch_import::Format::Orch {
+        out.manifests.push(m);
+        return Ok(());
+    }
+    out.warnings.extend(converted.warnings);
+    for (o, origin) in converted.objects.into_iter().zip(converted.origins) {
+        out.manifests.push(ManifestText {
+            source: format!(
+                "{} document {} ({})",
+                origin.source, origin.document, origin.what
+            ),
+            text: manifest::to_manifest_yaml(std::slice::from_ref(&o)),
+        });
+        out.converted.push(o);
+    }
+    Ok(())
+}

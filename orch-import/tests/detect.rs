@@ -213,3 +213,15 @@ mod never_panics {
         }
     }
 }
+
+/// What an importer sends: orch YAML that parses back to the same objects, warning-free.
+#[test]
+fn manifest_yaml_round_trips_without_warnings() {
+    let text = format!("{ORCH_SERVICE}---\n{ORCH_CONFIG}");
+    let objs = orch_core::model::manifest::parse("a", &text).unwrap();
+    let yaml = orch_core::model::manifest::to_manifest_yaml(&objs);
+    assert!(!yaml.contains("status"), "{yaml}");
+    let back = orch_core::model::manifest::parse_with_warnings("a", &yaml).unwrap();
+    assert!(back.warnings.is_empty(), "{:?}", back.warnings);
+    assert_eq!(back.objects, objs);
+}

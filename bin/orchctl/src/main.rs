@@ -53,7 +53,8 @@ struct Cli {
 enum Command {
     /// Create or update objects from files or folders (all or nothing).
     Apply(cmd::apply::Args),
-    /// List objects: services, replicas, nodes, secrets, configs, events.
+    /// List objects: services, replicas, nodes, secrets, configs, events, jobs, routes,
+    /// cronjobs.
     Get(cmd::get::Args),
     /// Show one object in detail, with its events.
     Describe(cmd::describe::Args),

@@ -579,14 +579,37 @@ fn short(v: &Value) -> String {
 
 /// Renders objects as multi-document YAML (for `-o yaml`).
 pub fn to_yaml(objs: &[Object]) -> String {
+    documents_yaml(objs.iter().map(Object::to_display_value))
+}
+
+/// Values as multi-document YAML.
+fn documents_yaml(values: impl Iterator<Item = Value>) -> String {
     let mut out = String::new();
-    for (i, o) in objs.iter().enumerate() {
+    for (i, v) in values.enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_saphyr::to_string(&o.to_display_value()).unwrap_or_default());
+        out.push_str(&serde_saphyr::to_string(&v).unwrap_or_default());
     }
     out
+}
+
+/// Renders objects as multi-document YAML manifests to apply: [`to_yaml`] without the fields
+/// orch sets itself (`status`, `metadata.uid`, ...), so applying them warns about nothing.
+/// What `orchctl convert` prints and what an importer sends.
+pub fn to_manifest_yaml(objs: &[Object]) -> String {
+    documents_yaml(objs.iter().map(|o| {
+        let mut v = o.to_display_value();
+        if let Value::Object(map) = &mut v {
+            map.remove("status");
+            if let Some(Value::Object(md)) = map.get_mut("metadata") {
+                for field in SERVER_SET_METADATA {
+                    md.remove(field);
+                }
+            }
+        }
+        v
+    }))
 }
 
 /// The namespace each document of `text` names (`None` where it names none), in the order
