@@ -2,7 +2,9 @@
 //! kind argument, manifest files, applied lines.
 
 pub(crate) mod apply;
+pub(crate) mod compose;
 pub(crate) mod config;
+pub(crate) mod convert;
 pub(crate) mod create;
 pub(crate) mod delete;
 pub(crate) mod describe;
