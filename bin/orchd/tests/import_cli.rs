@@ -359,7 +359,7 @@ fn bad_kubernetes_and_compose_input_is_refused_naming_file_document_and_field() 
                 "broken base64",
                 "secret.yaml",
                 format!("{DEPLOYMENT_AND_SERVICE}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{password: 'not base64!'}}\n"),
-                vec!["secret.yaml", "document 3", "data.password"],
+                vec!["secret.yaml", "document 3", "data[\"password\"]", "base64"],
             ),
         ]);
     }
