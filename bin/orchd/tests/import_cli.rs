@@ -401,3 +401,55 @@ fn bad_kubernetes_and_compose_input_is_refused_naming_file_document_and_field() 
         }
     }
 }
+
+/// `orchd up DIR` with a Compose file in DIR runs that file (in the project's namespace).
+#[test]
+fn orchd_up_runs_the_compose_file_of_a_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !converter_ready(
+        tmp.path(),
+        "orchd_up_runs_the_compose_file_of_a_folder",
+        "compose.yaml",
+        COMPOSE,
+    ) {
+        return;
+    }
+    let app = tmp.path().join("upapp");
+    std::fs::create_dir(&app).unwrap();
+    write(&app, "docker-compose.yml", COMPOSE);
+    let state = tmp.path().join("state");
+    let up = Stopped(Some(
+        Command::new(env!("CARGO_BIN_EXE_orchd"))
+            .arg("up")
+            .arg(&app)
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let d = Daemon {
+        dir: tmp.path().to_path_buf(),
+        socket: state.join("orchd.sock"),
+        child: None,
+    };
+    let services = eventually("the project's services", Duration::from_secs(20), || {
+        let out = d.ctl(&["-n", "upapp", "get", "services"]);
+        let t = text(&out.stdout);
+        (t.contains("web") && t.contains("cache")).then_some(t)
+    });
+    assert!(services.contains("web"), "{services}");
+    drop(up);
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped, also when a test fails.
+struct Stopped(Option<std::process::Child>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            terminate(c);
+        }
+    }
+}

@@ -511,7 +511,7 @@ async fn logs(
     let mut prefixes = Vec::new();
     let mut streams = Vec::new();
     for (i, (name, r)) in replicas.iter().enumerate() {
-        let stream = match client.logs(ns, &r.metadata.name, opts.clone()).await {
+        let stream = match client.logs(ns, &r.metadata.name, opts).await {
             Ok(s) => s,
             // A replica not started yet (or gone) has no output: say so, follow the rest.
             Err(e) => {
