@@ -205,36 +205,57 @@ pub struct Imported {
 pub fn import(paths: &[std::path::PathBuf], options: &ImportOptions) -> Result<Imported, String> {
     let mut out = Imported::default();
     let mut errors = Vec::new();
+    // Manifests (orch's and Kubernetes') of every path as one input, so a Kubernetes Service
+    // in one file selects the pods of a Deployment in another.
+    let mut manifests = Vec::new();
     for path in paths {
         let in_directory = path.is_dir();
         for m in read_manifests(path)? {
-            match import_one(m, in_directory, options, &mut out) {
-                Ok(()) => {}
-                Err(e) => errors.push(e),
+            let format = orch_import::detect(&m.text);
+            match format {
+                orch_import::Format::Compose if in_directory => errors.push(format!(
+                    "{}: a Compose file in a directory of manifests; apply it by name (`orchctl apply -f {0}`) or with `orchctl compose up -f {0}`",
+                    m.source
+                )),
+                orch_import::Format::Compose => {
+                    match orch_import::convert(&m.source, &m.text, &import_options(&m, options)) {
+                        Ok(c) => add_converted(&mut out, c, |_| true),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                _ => manifests.push((m, format)),
             }
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors.join("\n"))
+    let texts: Vec<(&str, &str)> = manifests
+        .iter()
+        .map(|(m, _)| (m.source.as_str(), m.text.as_str()))
+        .collect();
+    match orch_import::convert_all(&texts, &import_options_without_file(options)) {
+        Ok(c) => {
+            // orch files go as they were written: the daemon reports their ignored fields.
+            let orch: std::collections::HashSet<&str> = manifests
+                .iter()
+                .filter(|(_, f)| *f == orch_import::Format::Orch)
+                .map(|(m, _)| m.source.as_str())
+                .collect();
+            add_converted(&mut out, c, |source| !orch.contains(source));
+        }
+        Err(e) => errors.push(e.to_string()),
     }
+    if !errors.is_empty() {
+        return Err(errors.join("\n"));
+    }
+    let originals = manifests
+        .into_iter()
+        .filter(|(_, f)| *f == orch_import::Format::Orch)
+        .map(|(m, _)| m);
+    out.manifests.splice(0..0, originals);
+    Ok(out)
 }
 
-/// One file's text into `out`.
-fn import_one(
-    m: ManifestText,
-    in_directory: bool,
-    options: &ImportOptions,
-    out: &mut Imported,
-) -> Result<(), String> {
-    let format = orch_import::detect(&m.text);
-    if format == orch_import::Format::Compose && in_directory {
-        return Err(format!(
-            "{}: a Compose file in a directory of manifests; apply it by name (`orchctl apply -f {0}`) or with `orchctl compose up -f {0}`",
-            m.source
-        ));
-    }
+/// The conversion options for `m`: a Compose file's paths resolve against its directory.
+fn import_options(m: &ManifestText, options: &ImportOptions) -> orch_import::Options {
     let base_dir = (m.source != "-").then(|| {
         let parent = Path::new(&m.source)
             .parent()
@@ -242,23 +263,31 @@ fn import_one(
             .unwrap_or(Path::new("."));
         std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
     });
-    let converted = orch_import::convert(
-        &m.source,
-        &m.text,
-        &orch_import::Options {
-            namespace: options.namespace.clone(),
-            project: options.project.clone(),
-            base_dir,
-            strict: options.strict,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    if format == orch_import::Format::Orch {
-        out.manifests.push(m);
-        return Ok(());
+    orch_import::Options {
+        base_dir,
+        ..import_options_without_file(options)
     }
-    out.warnings.extend(converted.warnings);
-    for (o, origin) in converted.objects.into_iter().zip(converted.origins) {
+}
+
+/// The conversion options for manifests (no directory: Kubernetes manifests name no files).
+fn import_options_without_file(options: &ImportOptions) -> orch_import::Options {
+    orch_import::Options {
+        namespace: options.namespace.clone(),
+        project: options.project.clone(),
+        base_dir: None,
+        strict: options.strict,
+    }
+}
+
+/// Adds the objects (one orch YAML text each, named after the document it came from) and
+/// warnings of `c` whose source `keep` says to.
+fn add_converted(out: &mut Imported, c: orch_import::Converted, keep: impl Fn(&str) -> bool) {
+    out.warnings
+        .extend(c.warnings.into_iter().filter(|w| keep(&w.source)));
+    for (o, origin) in c.objects.into_iter().zip(c.origins) {
+        if !keep(&origin.source) {
+            continue;
+        }
         out.manifests.push(ManifestText {
             source: format!(
                 "{} document {} ({})",
@@ -268,5 +297,4 @@ fn import_one(
         });
         out.converted.push(o);
     }
-    Ok(())
 }

@@ -99,13 +99,36 @@ pub fn detect(text: &str) -> Format {
 /// validated; an error names the file, the document and the field. With
 /// [`Options::strict`], any warning is an error.
 pub fn convert(source: &str, text: &str, options: &Options) -> Result<Converted, ManifestErrors> {
-    let docs = documents(source, text)?;
-    let converted = if is_compose(&docs) {
-        compose::convert(source, text, options)?
-    } else {
-        manifests(source, text, &docs, options)?
-    };
-    checked(converted, options)
+    convert_all(&[(source, text)], options)
+}
+
+/// [`convert`] over several files as one input (`orchctl apply -f DIR`): Kubernetes
+/// Services' selectors are checked against the pod templates of every file and a name defined
+/// twice is an error ([`kube::convert_documents`]); each Compose file is converted on its own
+/// (with `options`, so its [`Options::base_dir`]). Objects come in file order, then document
+/// order. Any error in any file and nothing is returned.
+pub fn convert_all(files: &[(&str, &str)], options: &Options) -> Result<Converted, ManifestErrors> {
+    let mut errors = Vec::new();
+    let mut parts = Vec::new();
+    let mut manifests = Vec::new();
+    for (source, text) in files {
+        match documents(source, text) {
+            Ok(docs) if is_compose(&docs) => match compose::convert(source, text, options) {
+                Ok(c) => parts.push(c),
+                Err(e) => errors.extend(e.0),
+            },
+            Ok(docs) => manifests.push((*source, docs)),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    match self::manifests(&manifests, options) {
+        Ok(c) => parts.push(c),
+        Err(e) => errors.extend(e.0),
+    }
+    if !errors.is_empty() {
+        return Err(ManifestErrors(errors));
+    }
+    checked(in_file_order(files, parts), options)
 }
 
 /// A Compose file: one mapping with `services` and no `apiVersion`.
@@ -120,38 +143,31 @@ fn is_kube(doc: &Value) -> bool {
         .is_some_and(|v| v.as_str() != Some(API_VERSION))
 }
 
-/// orch and Kubernetes documents, each converted by its own parser and put back in document
-/// order, with the documents numbered as they are in `text`.
-fn manifests(
-    source: &str,
-    text: &str,
-    docs: &[Value],
-    options: &Options,
-) -> Result<Converted, ManifestErrors> {
-    let (kube_docs, orch_docs): (Vec<usize>, Vec<usize>) =
-        (0..docs.len()).partition(|&i| is_kube(&docs[i]));
+/// The orch and Kubernetes documents of `files`, each converted by its own parser, numbered
+/// as they are in their file; the Kubernetes ones of every file as one input.
+fn manifests(files: &[(&str, Vec<Value>)], options: &Options) -> Result<Converted, ManifestErrors> {
     let mut parts = Vec::new();
     let mut errors = Vec::new();
-    for &i in &orch_docs {
-        let n = i + 1;
-        match orch_document(source, &docs[i], options) {
-            Ok(c) => parts.push(renumbered(c, |_| n)),
-            Err(e) => errors.extend(renumbered_errors(e, |_| n).0),
+    let mut kube_docs = Vec::new();
+    for (source, docs) in files {
+        let mut theirs = Vec::new();
+        for (i, doc) in docs.iter().enumerate() {
+            let n = i + 1;
+            if is_kube(doc) {
+                theirs.push((n, doc.clone()));
+                continue;
+            }
+            match orch_document(source, doc, options) {
+                Ok(c) => parts.push(renumbered(c, |_| n)),
+                Err(e) => errors.extend(renumbered_errors(e, |_| n).0),
+            }
+        }
+        if !theirs.is_empty() {
+            kube_docs.push((*source, theirs));
         }
     }
     if !kube_docs.is_empty() {
-        // A file of Kubernetes documents only goes as it is (so positions in it stay right);
-        // mixed with orch documents, the Kubernetes ones go as a text of their own, numbered
-        // back afterwards.
-        let number = |d: usize| kube_docs.get(d.wrapping_sub(1)).map_or(d, |i| i + 1);
-        let result = if orch_docs.is_empty() {
-            kube::convert(source, text, options)
-        } else {
-            kube::convert(source, &yaml_documents(&kube_docs, docs), options)
-                .map(|c| renumbered(c, number))
-                .map_err(|e| renumbered_errors(e, number))
-        };
-        match result {
+        match kube::convert_documents(&kube_docs, options) {
             Ok(c) => parts.push(c),
             Err(e) => errors.extend(e.0),
         }
@@ -160,30 +176,32 @@ fn manifests(
         errors.sort_by_key(|e| e.document);
         return Err(ManifestErrors(errors));
     }
+    Ok(parts.into_iter().fold(Converted::default(), |mut all, c| {
+        all.objects.extend(c.objects);
+        all.origins.extend(c.origins);
+        all.warnings.extend(c.warnings);
+        all
+    }))
+}
+
+/// `parts` as one, ordered by file (as in `files`), then document; stable, so within a
+/// document the order its converter gave.
+fn in_file_order(files: &[(&str, &str)], parts: Vec<Converted>) -> Converted {
+    let file = |source: &str| files.iter().position(|(s, _)| *s == source);
     let mut items = Vec::new();
     let mut warnings = Vec::new();
     for c in parts {
         items.extend(c.objects.into_iter().zip(c.origins));
         warnings.extend(c.warnings);
     }
-    // Stable: within a document, the order its parser gave.
-    items.sort_by_key(|(_, origin)| origin.document);
-    warnings.sort_by_key(|w| w.document);
+    items.sort_by_key(|(_, o)| (file(&o.source), o.document));
+    warnings.sort_by_key(|w| (file(&w.source), w.document));
     let (objects, origins) = items.into_iter().unzip();
-    Ok(Converted {
+    Converted {
         objects,
         origins,
         warnings,
-    })
-}
-
-/// The documents `which` of `docs` as one multi-document YAML text.
-fn yaml_documents(which: &[usize], docs: &[Value]) -> String {
-    which
-        .iter()
-        .map(|&i| serde_saphyr::to_string(&docs[i]).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("---\n")
+    }
 }
 
 /// One orch document (numbered 1 here), in `options.namespace` when it names none.

@@ -11,24 +11,6 @@ const KUBE_CONFIGMAP: &str =
     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: colours}\ndata: {sky: blue}\n";
 const COMPOSE: &str = "services:\n  web:\n    image: nginx\n";
 
-/// Whether `convert` is written yet (the Kubernetes and Compose converters are written beside
-/// this crate's entry points; until they are, tests that need one say so and pass).
-fn ready(test: &str, convert: fn() -> ()) -> bool {
-    let ready = std::panic::catch_unwind(convert).is_ok();
-    if !ready {
-        eprintln!("skipped: {test}: needs a converter not written yet");
-    }
-    ready
-}
-
-fn kube_probe() {
-    let _ = orch_import::kube::convert("probe.yaml", KUBE_CONFIGMAP, &Options::default());
-}
-
-fn compose_probe() {
-    let _ = orch_import::compose::convert("compose.yaml", COMPOSE, &Options::default());
-}
-
 #[test]
 fn detect_tells_orch_kubernetes_and_compose_apart() {
     assert_eq!(detect(ORCH_SERVICE), Format::Orch);
@@ -149,12 +131,6 @@ fn errors_name_the_file_and_document_and_strict_makes_warnings_errors() {
 
 #[test]
 fn orch_and_kubernetes_documents_mix_in_one_file_numbered_as_written() {
-    if !ready(
-        "orch_and_kubernetes_documents_mix_in_one_file_numbered_as_written",
-        kube_probe,
-    ) {
-        return;
-    }
     let text = format!("{KUBE_CONFIGMAP}---\n{ORCH_SERVICE}---\n{KUBE_CONFIGMAP}")
         .replacen("colours", "paints", 1);
     let out = convert("mixed.yaml", &text, &Options::default()).unwrap();
@@ -184,12 +160,6 @@ fn orch_and_kubernetes_documents_mix_in_one_file_numbered_as_written() {
 
 #[test]
 fn a_compose_file_goes_to_the_compose_converter() {
-    if !ready(
-        "a_compose_file_goes_to_the_compose_converter",
-        compose_probe,
-    ) {
-        return;
-    }
     let options = Options {
         project: Some("shop".into()),
         ..Default::default()
@@ -234,4 +204,41 @@ fn manifest_yaml_round_trips_without_warnings() {
     let back = orch_core::model::manifest::parse_with_warnings("a", &yaml).unwrap();
     assert!(back.warnings.is_empty(), "{:?}", back.warnings);
     assert_eq!(back.objects, objs);
+}
+
+/// Several files as one input: a Kubernetes Service in one file selects the Deployment of
+/// another (no "selects nothing" warning), objects come in file then document order, and an
+/// orch file mixes in.
+#[test]
+fn convert_all_checks_selectors_across_files_in_file_order() {
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db}\nspec:\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers: [{name: db, image: postgres, ports: [{containerPort: 5432}]}]\n";
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  selector: {app: db}\n  ports: [{port: 5432}]\n";
+    let files = [
+        ("db-service.yaml", service),
+        ("app.yaml", ORCH_SERVICE),
+        ("db-deployment.yaml", deployment),
+    ];
+    let out = orch_import::convert_all(&files, &Options::default()).unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let got: Vec<_> = out
+        .objects
+        .iter()
+        .zip(&out.origins)
+        .map(|(o, origin)| (origin.source.as_str(), o.display_name()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("db-service.yaml", "route/db".to_string()),
+            ("app.yaml", "service/web".to_string()),
+            ("db-deployment.yaml", "service/db".to_string())
+        ]
+    );
+    // Alone, the Service selects nothing in its input: said so.
+    let alone = convert("db-service.yaml", service, &Options::default()).unwrap();
+    assert!(
+        alone.warnings.iter().any(|w| w.path == "spec.selector"),
+        "{:?}",
+        alone.warnings
+    );
 }

@@ -59,19 +59,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Whether orchctl's converters for `kind` of file are written yet (the Kubernetes and
-/// Compose converters are built beside this CLI; until both are in, tests needing one say
-/// so and pass).
-fn converter_ready(dir: &Path, test: &str, file: &str, contents: &str) -> bool {
-    let path = write(dir, file, contents);
-    let out = orchctl_in(dir, &["convert", "-f", path.to_str().unwrap()]);
-    let ready = !text(&out.stderr).contains("not yet implemented");
-    if !ready {
-        println!("skipped: {test}: needs the converter for {file}");
-    }
-    ready
-}
-
 /// Every object of every kind in every namespace, as `KIND/NAME` lines (events excepted).
 fn everything(d: &Daemon) -> Vec<String> {
     let mut out = Vec::new();
@@ -183,10 +170,6 @@ fn apply_strict_refuses_an_orch_file_with_ignored_fields_and_applies_nothing() {
 #[test]
 fn a_kubernetes_deployment_and_service_apply_dry_run_diff_and_delete() {
     let tmp = tempfile::tempdir().unwrap();
-    let test = "a_kubernetes_deployment_and_service_apply_dry_run_diff_and_delete";
-    if !converter_ready(tmp.path(), test, "probe.yaml", DEPLOYMENT_AND_SERVICE) {
-        return;
-    }
     let d = Daemon::start(tmp.path());
     let path = write(tmp.path(), "web.yaml", DEPLOYMENT_AND_SERVICE);
     let file = path.to_str().unwrap();
@@ -246,13 +229,44 @@ fn a_kubernetes_deployment_and_service_apply_dry_run_diff_and_delete() {
     });
 }
 
+/// The voting app's Kubernetes folder (a Deployment and a Service per file) as one input:
+/// every Service finds its pods in another file, so no warning; a dry run creates nothing.
+#[test]
+fn a_folder_of_kubernetes_files_is_one_input() {
+    let dir = Path::new("/work/shared/fixtures/example-voting-app/k8s-specifications");
+    if !dir.is_dir() {
+        println!(
+            "skipped: a_folder_of_kubernetes_files_is_one_input: the shared fixtures are not here"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let out = d.ctl(&["apply", "--dry-run", "-f", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    for name in ["db", "redis", "result", "vote"] {
+        assert!(
+            said.contains(&format!("service/{name} created (dry run)")),
+            "{said}"
+        );
+        assert!(
+            said.contains(&format!("route/{name} created (dry run)")),
+            "{said}"
+        );
+    }
+    assert!(said.contains("service/worker created (dry run)"), "{said}");
+    assert!(
+        !text(&out.stderr).contains("selects no pod template"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(everything(&d).is_empty());
+}
+
 #[test]
 fn compose_up_ps_down_on_a_compose_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let test = "compose_up_ps_down_on_a_compose_file";
-    if !converter_ready(tmp.path(), test, "compose.yaml", COMPOSE) {
-        return;
-    }
     let d = Daemon::start(tmp.path());
     let project = tmp.path().join("shop");
     std::fs::create_dir(&project).unwrap();
@@ -328,21 +342,12 @@ fn compose_up_ps_down_on_a_compose_file() {
 #[test]
 fn bad_kubernetes_and_compose_input_is_refused_naming_file_document_and_field() {
     let tmp = tempfile::tempdir().unwrap();
-    let kube_ready = converter_ready(
-        tmp.path(),
-        "bad kubernetes input",
-        "probe.yaml",
-        DEPLOYMENT_AND_SERVICE,
-    );
-    let compose_ready = converter_ready(tmp.path(), "bad compose input", "compose.yaml", COMPOSE);
     let d = Daemon::start(tmp.path());
     let two_containers = DEPLOYMENT_AND_SERVICE.replace(
         "        ports: [{containerPort: 80, name: http}]\n",
         "        ports: [{containerPort: 80, name: http}]\n      - {name: sidecar, image: busybox}\n",
     );
-    let mut cases: Vec<(&str, &str, String, Vec<&str>)> = Vec::new();
-    if kube_ready {
-        cases.extend([
+    let cases: Vec<(&str, &str, String, Vec<&str>)> = vec![
             (
                 "unknown kind",
                 "kinds.yaml",
@@ -361,10 +366,6 @@ fn bad_kubernetes_and_compose_input_is_refused_naming_file_document_and_field() 
                 format!("{DEPLOYMENT_AND_SERVICE}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\ndata: {{password: 'not base64!'}}\n"),
                 vec!["secret.yaml", "document 3", "data[\"password\"]", "base64"],
             ),
-        ]);
-    }
-    if compose_ready {
-        cases.extend([
             (
                 "compose cycle",
                 "cycle.yaml",
@@ -378,8 +379,7 @@ fn bad_kubernetes_and_compose_input_is_refused_naming_file_document_and_field() 
                 "services:\n  a: {image: x, colour: blue}\n".to_string(),
                 vec!["unknown.yaml", "colour"],
             ),
-        ]);
-    }
+    ];
     for (case, file, contents, expect) in cases {
         let path = write(tmp.path(), file, &contents);
         for verb in [
@@ -406,14 +406,6 @@ fn bad_kubernetes_and_compose_input_is_refused_naming_file_document_and_field() 
 #[test]
 fn orchd_up_runs_the_compose_file_of_a_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    if !converter_ready(
-        tmp.path(),
-        "orchd_up_runs_the_compose_file_of_a_folder",
-        "compose.yaml",
-        COMPOSE,
-    ) {
-        return;
-    }
     let app = tmp.path().join("upapp");
     std::fs::create_dir(&app).unwrap();
     write(&app, "docker-compose.yml", COMPOSE);
