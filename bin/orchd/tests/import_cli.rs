@@ -445,3 +445,63 @@ impl Drop for Stopped {
         }
     }
 }
+
+/// `compose ps`, `logs` and `down -v` over a project's real (process) replicas: objects
+/// labelled with the project in its namespace, as `compose up` makes them.
+#[test]
+fn compose_ps_logs_and_down_v_on_running_replicas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(tmp.path(), &["--dns-listen", "off"]);
+    let project = "orch.dev/compose-project: shop";
+    let manifest = format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web, namespace: shop, labels: {{{project}}}}}\nspec:\n  replicas: 2\n  template:\n    command: [/bin/sh, -c, 'echo \"line one of $ORCH_REPLICA\"; printf \"line two\\n\"; trap \"exit 0\" TERM; while true; do sleep 0.2; done']\n    stopGracePeriod: 1s\n    mounts: [{{volume: shop-data, path: /data}}]\n---\napiVersion: orch/v1\nkind: Config\nmetadata: {{name: settings, namespace: shop, labels: {{{project}}}}}\ndata: {{a: b}}\n---\napiVersion: orch/v1\nkind: Config\nmetadata: {{name: not-ours, namespace: shop}}\ndata: {{a: b}}\n"
+    );
+    let path = write(tmp.path(), "shop.yaml", &manifest);
+    d.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    let ps = eventually("two replicas ready", Duration::from_secs(30), || {
+        let t = d.ctl_ok(&["compose", "-p", "shop", "ps"]);
+        (t.matches("Ready").count() == 2).then_some(t)
+    });
+    assert!(ps.contains("web-1") && ps.contains("web-2"), "{ps}");
+    assert!(ps.contains("127.0.0.1") || ps.contains("(host)"), "{ps}");
+
+    // logs: every line of both replicas, each behind its prefix (no colour: not a terminal).
+    let logs = eventually("both replicas' lines", Duration::from_secs(20), || {
+        let t = d.ctl_ok(&["compose", "-p", "shop", "logs"]);
+        (t.matches("line two").count() == 2).then_some(t)
+    });
+    for prefix in ["web-1 | line one of web-", "web-2 | line one of web-"] {
+        assert!(logs.contains(prefix), "{logs}");
+    }
+    assert!(logs.lines().all(|l| l.starts_with("web-")), "{logs}");
+    assert!(!logs.contains('\x1b'), "{logs}");
+    let only = d.ctl(&["compose", "-p", "shop", "logs", "nope"]);
+    assert!(!only.status.success());
+    assert!(text(&only.stderr).contains("no service \"nope\" in project shop; its services: web"));
+
+    // down -v: the project's objects (not the unlabelled config) and its volume.
+    eventually(
+        "the node reports the volume",
+        Duration::from_secs(10),
+        || {
+            d.ctl_ok(&["volume", "ls"])
+                .contains("shop-data")
+                .then_some(())
+        },
+    );
+    let out = d.ctl(&["compose", "-p", "shop", "down", "-v"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("service/web (shop) deleted"), "{said}");
+    assert!(said.contains("config/settings (shop) deleted"), "{said}");
+    assert!(
+        said.contains("volume shop-data removed from node test-node"),
+        "{said}"
+    );
+    assert!(!said.contains("not-ours"), "{said}");
+    assert_eq!(everything(&d), ["configs/not-ours"]);
+    // The node's list of volumes follows with its next heartbeat.
+    eventually("the volume gone from the node", Duration::from_secs(20), || {
+        (!d.ctl_ok(&["volume", "ls"]).contains("shop-data")).then_some(())
+    });
+}
