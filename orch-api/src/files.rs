@@ -171,16 +171,10 @@ pub fn compose_file_in(dir: &Path) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// How [`import`] converts.
-#[derive(Clone, Debug, Default)]
-pub struct ImportOptions {
-    /// `-n`: where objects that name no namespace go (orch and Kubernetes documents).
-    pub namespace: Option<String>,
-    /// A Compose file's project (its namespace); default: its `name:`, else its directory's.
-    pub project: Option<String>,
-    /// Every warning is an error.
-    pub strict: bool,
-}
+/// How [`import`] converts: `namespace` (`-n`: where objects that name none go), `project`
+/// (a Compose file's; default its `name:`, else its directory's), `strict`. `base_dir` is not
+/// read: each Compose file's paths resolve against its own directory.
+pub use orch_import::Options as ImportOptions;
 
 /// Files read and converted to orch manifests, ready for the daemon (which parses and
 /// validates them as always).
@@ -231,7 +225,13 @@ pub fn import(paths: &[std::path::PathBuf], options: &ImportOptions) -> Result<I
         .iter()
         .map(|(m, _)| (m.source.as_str(), m.text.as_str()))
         .collect();
-    match orch_import::convert_all(&texts, &import_options_without_file(options)) {
+    match orch_import::convert_all(
+        &texts,
+        &ImportOptions {
+            base_dir: None,
+            ..options.clone()
+        },
+    ) {
         Ok(c) => {
             // orch files go as they were written: the daemon reports their ignored fields.
             let orch: std::collections::HashSet<&str> = manifests
@@ -265,17 +265,7 @@ fn import_options(m: &ManifestText, options: &ImportOptions) -> orch_import::Opt
     });
     orch_import::Options {
         base_dir,
-        ..import_options_without_file(options)
-    }
-}
-
-/// The conversion options for manifests (no directory: Kubernetes manifests name no files).
-fn import_options_without_file(options: &ImportOptions) -> orch_import::Options {
-    orch_import::Options {
-        namespace: options.namespace.clone(),
-        project: options.project.clone(),
-        base_dir: None,
-        strict: options.strict,
+        ..options.clone()
     }
 }
 

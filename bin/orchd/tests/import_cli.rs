@@ -501,7 +501,9 @@ fn compose_ps_logs_and_down_v_on_running_replicas() {
     assert!(!said.contains("not-ours"), "{said}");
     assert_eq!(everything(&d), ["configs/not-ours"]);
     // The node's list of volumes follows with its next heartbeat.
-    eventually("the volume gone from the node", Duration::from_secs(20), || {
-        (!d.ctl_ok(&["volume", "ls"]).contains("shop-data")).then_some(())
-    });
+    eventually(
+        "the volume gone from the node",
+        Duration::from_secs(20),
+        || (!d.ctl_ok(&["volume", "ls"]).contains("shop-data")).then_some(()),
+    );
 }

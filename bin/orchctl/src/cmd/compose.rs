@@ -155,6 +155,7 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                     namespace: None,
                     project,
                     strict,
+                    ..Default::default()
                 },
             )?;
             let ns = namespace_of(&imported.converted)

@@ -40,6 +40,7 @@ pub(crate) fn run(namespace: Option<String>, args: Args) -> anyhow::Result<()> {
         project: args.project.or_else(|| namespace.clone()),
         namespace: namespace.clone(),
         strict: args.strict,
+        ..Default::default()
     };
     let imported = import(&args.files, &options)?;
     // Parsed as the daemon parses them: orch files' ignored fields are said too, and the

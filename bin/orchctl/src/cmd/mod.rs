@@ -160,6 +160,7 @@ fn import_options(ctx: &Ctx, strict: bool) -> orch_api::files::ImportOptions {
         namespace: ctx.asked.clone(),
         project: ctx.asked.clone(),
         strict,
+        ..Default::default()
     }
 }
 
