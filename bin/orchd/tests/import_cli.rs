@@ -280,9 +280,13 @@ fn compose_up_ps_down_on_a_compose_file() {
             .output()
             .expect("run orchctl")
     };
-    // up: the file found in the current directory, the project named after it.
-    let out = ctl(&["compose", "up"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // up: the file found in the current directory, the project named after it. --wait
+    // gives up after its timeout naming what is not ready (nothing runs images here).
+    let out = ctl(&["compose", "up", "--wait", "--wait-timeout", "1"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("project shop: not ready after 1 s: "), "{err}");
+    assert!(err.contains("service web (0/1 ready"), "{err}");
     let said = text(&out.stdout);
     assert!(said.contains("service/web (shop) created"), "{said}");
     assert!(said.contains("service/cache (shop) created"), "{said}");
@@ -302,7 +306,7 @@ fn compose_up_ps_down_on_a_compose_file() {
         ps.contains("SERVICE") && ps.contains("STATE") && ps.contains("PORTS"),
         "{ps}"
     );
-    assert!(ps.contains("80/tcp"), "{ps}");
+    assert!(ps.contains("8080->80/tcp"), "{ps}");
 
     // logs: nothing ran, but it answers (per replica) without failing.
     let out = ctl(&["compose", "logs"]);

@@ -12,7 +12,7 @@ use clap::Subcommand;
 use futures::StreamExt;
 use orch_api::files::ImportOptions;
 use orch_api::Client;
-use orch_core::model::object::{JobState, Kind, Object, Replica, ServiceMode};
+use orch_core::model::object::{JobState, Kind, Object, Publish, Replica, ServiceMode, Template};
 use orch_import::COMPOSE_PROJECT_LABEL;
 
 use super::{import, warn_without_replica_networking, Ctx};
@@ -394,6 +394,14 @@ async fn ps(client: &Client, ns: &str) -> anyhow::Result<()> {
         eprintln!("project {ns}: no replicas");
         return Ok(());
     }
+    let published: BTreeMap<String, Vec<Publish>> = project_objects(client, ns, Kind::Service)
+        .await?
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Service(s) => Some((s.metadata.name.clone(), s.spec.publish.clone())),
+            _ => None,
+        })
+        .collect();
     let mut rows = Vec::new();
     for (prefix, r) in &replicas {
         let obj = Object::Replica(r.clone());
@@ -403,31 +411,14 @@ async fn ps(client: &Client, ns: &str) -> anyhow::Result<()> {
             .position(|h| *h == "PHASE")
             .and_then(|i| cells.get(i).cloned())
             .unwrap_or_default();
-        let ports: Vec<String> = r
-            .spec
-            .template
-            .ports
-            .iter()
-            .filter_map(|p| {
-                p.port.map(|port| {
-                    let proto = format!("{:?}", p.protocol).to_ascii_lowercase();
-                    match p.host_port {
-                        Some(h) => format!("{h}->{port}/{proto}"),
-                        None => format!("{port}/{proto}"),
-                    }
-                })
-            })
-            .collect();
+        let owner = r.spec.service.service().unwrap_or_default();
+        let ports = ports_text(&r.spec.template, published.get(owner).map_or(&[], |p| p));
         rows.push(vec![
             r.metadata.name.clone(),
             prefix.clone(),
             r.spec.service.to_string(),
             phase,
-            if ports.is_empty() {
-                "-".into()
-            } else {
-                ports.join(", ")
-            },
+            ports,
             orch_api::render::replica_ip_text(r),
         ]);
     }
@@ -436,6 +427,40 @@ async fn ps(client: &Client, ns: &str) -> anyhow::Result<()> {
         orch_api::render::table(&["NAME", "AS", "SERVICE", "STATE", "PORTS", "IP"], &rows)
     );
     Ok(())
+}
+
+/// A replica's ports as `docker compose ps` shows them: `8080->80/tcp` where a node port (a
+/// service's published port or the template's hostPort) leads to it, else `80/tcp`; `-` for
+/// none.
+fn ports_text(template: &Template, published: &[Publish]) -> String {
+    let ports: Vec<String> = template
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let port = p.port?;
+            let proto = format!("{:?}", p.protocol).to_ascii_lowercase();
+            let on_nodes: Vec<u16> = published
+                .iter()
+                .filter(|x| x.target(template) == Some(p.name.as_str()))
+                .map(|x| x.port)
+                .chain(p.host_port)
+                .collect();
+            Some(if on_nodes.is_empty() {
+                format!("{port}/{proto}")
+            } else {
+                on_nodes
+                    .iter()
+                    .map(|h| format!("{h}->{port}/{proto}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        })
+        .collect();
+    if ports.is_empty() {
+        "-".into()
+    } else {
+        ports.join(", ")
+    }
 }
 
 /// The replicas of the project's services and jobs (only of `only`, when given), each with
