@@ -404,6 +404,29 @@ fn bad_kubernetes_and_compose_input_is_refused_naming_file_document_and_field() 
             assert!(everything(&d).is_empty(), "{case}: nothing may be applied");
         }
     }
+    // A Service selecting nothing is a warning (its route waits for endpoints); --strict
+    // refuses it, naming the field.
+    let lonely = write(
+        tmp.path(),
+        "lonely.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: lonely}\nspec:\n  selector: {app: nobody}\n  ports: [{port: 80}]\n",
+    );
+    let out = d.ctl(&["apply", "--strict", "-f", lonely.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("lonely.yaml: document 1: spec.selector")
+            && err.contains("selects no pod template"),
+        "{err}"
+    );
+    assert!(everything(&d).is_empty());
+    let out = d.ctl(&["apply", "--dry-run", "-f", lonely.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("warning: "),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `orchd up DIR` with a Compose file in DIR runs that file (in the project's namespace).
