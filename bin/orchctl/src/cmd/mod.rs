@@ -105,8 +105,8 @@ enum KindArg {
     Jobs,
     #[value(aliases = ["route", "rt"])]
     Routes,
-    #[value(aliases = ["cronjob", "cj"])]
-    Cronjobs,
+    #[value(name = "cronjobs", aliases = ["cronjob", "cj"])]
+    CronJobs,
 }
 
 impl From<KindArg> for Kind {
@@ -120,7 +120,7 @@ impl From<KindArg> for Kind {
             KindArg::Events => Kind::Event,
             KindArg::Jobs => Kind::Job,
             KindArg::Routes => Kind::Route,
-            KindArg::Cronjobs => Kind::CronJob,
+            KindArg::CronJobs => Kind::CronJob,
         }
     }
 }
