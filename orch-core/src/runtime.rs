@@ -61,6 +61,9 @@ pub struct WorkloadMount {
 pub enum MountSource {
     /// Files written by the runtime on tmpfs: a secret's (mode 0400) or a config's (0444).
     Files(MountFiles),
+    /// One file of a secret or config (exactly one entry in `files`), placed at the mount's
+    /// path itself rather than in a directory there (`Mount.key`).
+    File(MountFiles),
     /// A directory of the node (a named volume's, or an allowed host path).
     Dir(std::path::PathBuf),
     /// An empty tmpfs directory for the workload's life.

@@ -970,7 +970,8 @@ impl Runtime for ContainerdRuntime {
             }
             Err(e) => return Err(e),
         };
-        let user = match cfg.user.as_deref() {
+        // The template's user wins over the image's.
+        let user = match t.user.as_deref().or(cfg.user.as_deref()) {
             None => None,
             Some(u) => Some(self.resolve_user(image, &cfg, u).await?),
         };
@@ -1056,7 +1057,7 @@ impl Runtime for ContainerdRuntime {
             labels.insert(LABEL_NETNS.into(), n.netns.display().to_string());
             mounts.push(file_mount(
                 self.hosts_path(&spec.id),
-                &hosts_file(&n.ip, &n.hostname),
+                &hosts_file(&n.ip, t.hostname.as_deref().unwrap_or(&n.hostname)),
                 "/etc/hosts",
             )?);
         }
@@ -1073,6 +1074,26 @@ impl Runtime for ContainerdRuntime {
                     })?;
                     mounts.push(super::BindMount {
                         source: dir,
+                        destination: m.path.clone(),
+                        read_only: true,
+                    });
+                }
+                MountSource::File(files) => {
+                    // The one file, bind-mounted itself at the mount's path.
+                    let dir = secrets_dir.join(i.to_string());
+                    crate::mounts::write_files(&dir, files, user).map_err(|source| {
+                        RuntimeError::Io {
+                            context: format!("cannot write the file of mount {}", m.path),
+                            source,
+                        }
+                    })?;
+                    let name = files
+                        .files
+                        .first()
+                        .map(|f| f.0.as_str())
+                        .unwrap_or_default();
+                    mounts.push(super::BindMount {
+                        source: dir.join(name),
                         destination: m.path.clone(),
                         read_only: true,
                     });
@@ -1124,8 +1145,13 @@ impl Runtime for ContainerdRuntime {
             read_only_root: t.read_only_root_filesystem,
             host_network: network.is_none(),
             netns: network.as_ref().map(|n| n.netns.clone()),
-            hostname: network.as_ref().map(|n| n.hostname.clone()),
+            hostname: t
+                .hostname
+                .clone()
+                .or(network.as_ref().map(|n| n.hostname.clone())),
             user,
+            cap_add: t.capabilities.add.clone(),
+            cap_drop: t.capabilities.drop.clone(),
             cpu_millis: t.resources.cpu.map(|c| c.0),
             memory_bytes: t.resources.memory.map(|m| m.0),
             cgroups_path: Some(cgroup_path(&self.inner.config.namespace, &spec.id)),

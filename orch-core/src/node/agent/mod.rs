@@ -19,6 +19,7 @@ use crate::store::{delete_op, Op};
 
 mod backoff;
 mod heartbeat;
+mod init;
 mod network;
 mod probing;
 mod resolve;
@@ -119,6 +120,8 @@ struct State {
     backoff: HashMap<String, Backoff>,
     /// What the probes say of each probed workload: the run (runtime id) and its view.
     probed: HashMap<String, (String, ProbeView)>,
+    /// Replicas' init steps (running, done or failed), by workload id.
+    init: HashMap<String, init::InitRun>,
 }
 
 /// One node's agent.
@@ -337,6 +340,9 @@ impl Agent {
         replica: Option<Replica>,
     ) -> Outcome {
         let id = id.to_string();
+        if let Some(o) = self.init_outcome(&id, replica.as_ref()).await {
+            return o;
+        }
         let workload = {
             let g = self.lock();
             if g.busy.contains(&id) {
@@ -358,7 +364,11 @@ impl Agent {
             (Some(r), w) if r.spec.desired == DesiredState::Stopped => {
                 self.reconcile_stopped(key, &r, w).await
             }
-            (Some(r), Some(w)) if w.replica_uid != r.metadata.uid => {
+            (Some(r), Some(w))
+                if w.replica_uid != r.metadata.uid || w.template_hash.contains(init::INIT_MARK) =>
+            {
+                // Another replica's, or an init step run before the agent restarted (the
+                // steps run again).
                 self.stop_in_background(&id, &w, None, key);
                 Outcome::default()
             }

@@ -1,0 +1,326 @@
+//! Init steps (Kubernetes' `initContainers`): run to completion, one after the other, before
+//! a replica's main workload starts, in a background task per replica.
+//!
+//! Each step runs on the replica's runtime under the replica's own workload id (so it shares
+//! the replica's network namespace, tmpfs mounts, hostname and log: `orchctl logs` shows the
+//! steps' output before the main workload's), with the template's user, variables and mounts
+//! plus its own. While they run the replica is `Starting` with reason `Init` and a message
+//! naming the step (`init step 2/3 (migrate) running`). A step that exits non-zero (or cannot
+//! start) fails the start: the replica is retried after the restart backoff from the first
+//! step (`restartPolicy: Never`: it fails for good, saying which step failed and how).
+//! Steps that completed are not run again when the main workload restarts (as Kubernetes,
+//! which runs them again only for a new pod): the agent remembers it for the replica's uid,
+//! and a replica whose main workload has started once (`status.startedAt`) never runs them
+//! again, even after the agent restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::object::{ExitStatus, Phase, Reason, Replica, ReplicaStatus, Template};
+use crate::runtime::{RuntimeError, RuntimeEvent, WorkloadMount, WorkloadSpec, WorkloadState};
+
+use super::{id_of, Agent, Outcome};
+
+/// Marks an init step's run in its workload's template hash (`HASH/init/NAME`): a run the
+/// agent finds after a restart is stopped, and the steps run again.
+pub(super) const INIT_MARK: &str = "/init/";
+
+/// Where a replica's init steps are.
+#[derive(Clone, Debug)]
+pub(super) enum InitState {
+    /// Step `step` (from 0) of `total`, called `name`, runs.
+    Running {
+        step: usize,
+        total: usize,
+        name: String,
+    },
+    /// Every step exited 0.
+    Done,
+    /// A step failed (`message` says which and how).
+    Failed { message: String, exit: ExitStatus },
+}
+
+/// A replica's init steps: the replica's uid, where they are, the task running them.
+pub(super) struct InitRun {
+    pub(super) uid: String,
+    pub(super) state: InitState,
+    pub(super) task: Option<tokio::task::AbortHandle>,
+}
+
+/// The status of a replica whose init steps run.
+pub(super) fn init_status(
+    mut st: ReplicaStatus,
+    step: usize,
+    total: usize,
+    name: &str,
+) -> ReplicaStatus {
+    st.phase = Phase::Starting;
+    st.reason = Reason::Other("Init".into());
+    st.message = format!("init step {}/{total} ({name}) running", step + 1);
+    st.runtime_id.clear();
+    st.ports.clear();
+    st
+}
+
+impl Agent {
+    /// Whether replica `r`'s init steps still have to run before its main workload starts
+    /// (`false` once they all exited 0 for it, or its main workload started once).
+    pub(super) fn init_pending(&self, r: &Replica) -> bool {
+        if r.spec.template.init.is_empty() || r.status.started_at.is_some() {
+            return false;
+        }
+        let g = self.lock();
+        !matches!(
+            g.init.get(&id_of(r)),
+            Some(InitRun { uid, state: InitState::Done, .. }) if *uid == r.metadata.uid
+        )
+    }
+
+    /// While replica `id`'s init steps run: its status (for `replica`, if it is still that
+    /// replica and wants to run), else `None` — and if the replica is gone, stopped or
+    /// replaced, the steps are cancelled and their run stopped first.
+    pub(super) async fn init_outcome(
+        &self,
+        id: &str,
+        replica: Option<&Replica>,
+    ) -> Option<Outcome> {
+        let (uid, state) = {
+            let g = self.lock();
+            let run = g.init.get(id)?;
+            (run.uid.clone(), run.state.clone())
+        };
+        let wanted = replica.filter(|r| {
+            r.metadata.uid == uid && r.spec.desired == crate::model::object::DesiredState::Running
+        });
+        match (wanted, state) {
+            (Some(r), InitState::Running { step, total, name }) => Some(Outcome {
+                status: Some(init_status(r.status.clone(), step, total, &name)),
+                ops: Vec::new(),
+                requeue_after: None,
+            }),
+            (Some(_), _) => None,
+            (None, state) => {
+                let task = self.lock().init.remove(id).and_then(|r| r.task);
+                if let Some(t) = task {
+                    t.abort();
+                }
+                if matches!(state, InitState::Running { .. }) {
+                    if let Err(e) = self.runtime.stop(id, "SIGKILL", Duration::ZERO).await {
+                        tracing::debug!(workload = %id, error = %e, "agent: stopping an init step failed");
+                    }
+                    let _ = self.runtime.remove(id).await;
+                    self.lock().workloads.remove(id);
+                }
+                None
+            }
+        }
+    }
+
+    /// Starts running replica `r`'s init steps in the background (`spec`: the main
+    /// workload's, whose id, network and environment the steps share) and returns the
+    /// replica's status meanwhile.
+    pub(super) fn start_init(
+        self: &Arc<Self>,
+        r: &Replica,
+        spec: WorkloadSpec,
+        steps: Vec<(String, Template, Vec<WorkloadMount>)>,
+    ) -> Outcome {
+        let id = spec.id.clone();
+        let total = steps.len();
+        let first = steps.first().map(|s| s.0.clone()).unwrap_or_default();
+        let me = self.clone();
+        let uid = r.metadata.uid.clone();
+        let key = crate::model::object::Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
+        let mut g = self.lock();
+        g.init.insert(
+            id.clone(),
+            InitRun {
+                uid: uid.clone(),
+                state: InitState::Running {
+                    step: 0,
+                    total,
+                    name: first.clone(),
+                },
+                task: None,
+            },
+        );
+        let task = tokio::spawn(async move {
+            let state = me.run_steps(&uid, spec, steps).await;
+            if let Some(run) = me.lock().init.get_mut(&id).filter(|r| r.uid == uid) {
+                run.state = state;
+                run.task = None;
+            }
+            me.queue.add(key);
+        });
+        if let Some(run) = g.init.get_mut(&id_of(r)) {
+            run.task = Some(task.abort_handle());
+        }
+        drop(g);
+        Outcome {
+            status: Some(init_status(r.status.clone(), 0, total, &first)),
+            ops: Vec::new(),
+            requeue_after: None,
+        }
+    }
+
+    async fn run_steps(
+        self: &Arc<Self>,
+        uid: &str,
+        base: WorkloadSpec,
+        steps: Vec<(String, Template, Vec<WorkloadMount>)>,
+    ) -> InitState {
+        let id = base.id.clone();
+        let total = steps.len();
+        let key = super::key_of_id(&id);
+        for (i, (name, template, mounts)) in steps.into_iter().enumerate() {
+            if let Some(run) = self.lock().init.get_mut(&id).filter(|r| r.uid == uid) {
+                run.state = InitState::Running {
+                    step: i,
+                    total,
+                    name: name.clone(),
+                };
+            }
+            self.queue.add(key.clone());
+            let what = format!("init step {}/{total} ({name})", i + 1);
+            let spec = WorkloadSpec {
+                template,
+                mounts,
+                template_hash: format!("{}{INIT_MARK}{name}", base.template_hash),
+                ..base.clone()
+            };
+            let mut events = self.runtime.events();
+            let w = match self.runtime.start(&spec).await {
+                Ok(w) => w,
+                Err(e) => {
+                    return InitState::Failed {
+                        message: format!("{what} could not start: {e}"),
+                        exit: ExitStatus {
+                            code: Some(127),
+                            at: Some(crate::model::quantity::Timestamp::now()),
+                            ..ExitStatus::default()
+                        },
+                    }
+                }
+            };
+            let exit = self.wait_exit(&id, &w.runtime_id, &mut events).await;
+            // A refresh may have listed the step's run as the replica's workload.
+            {
+                let mut g = self.lock();
+                if g.workloads
+                    .get(&id)
+                    .is_some_and(|x| x.runtime_id == w.runtime_id)
+                {
+                    g.workloads.remove(&id);
+                }
+            }
+            if !exit.success() {
+                let tail = self.log_tail(&id).await;
+                return InitState::Failed {
+                    message: format!(
+                        "{what} failed: {exit}{}",
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; last output: {tail}")
+                        }
+                    ),
+                    exit,
+                };
+            }
+            tracing::debug!(workload = %id, step = %name, "agent: init step completed");
+        }
+        InitState::Done
+    }
+
+    /// How run `run` of workload `id` exited: from the runtime's exit events, or its list
+    /// (checked every second, in case events were missed).
+    async fn wait_exit(
+        &self,
+        id: &str,
+        run: &str,
+        events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
+    ) -> ExitStatus {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(RuntimeEvent::Exited { id: eid, status }) if eid == id => return status,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => *events = self.runtime.events(),
+                },
+                _ = tick.tick() => {
+                    if let Ok(list) = self.runtime.list().await {
+                        match list.into_iter().find(|w| w.id == id) {
+                            Some(w) if w.runtime_id == run => {
+                                if let WorkloadState::Exited(s) = w.state {
+                                    return s;
+                                }
+                            }
+                            // Gone, or replaced by something else: it did not succeed.
+                            _ => return ExitStatus { code: None, ..ExitStatus::default() },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The outcome of a start whose init step failed: retried after the restart backoff (the
+    /// steps run again from the first), or failed for good with `restartPolicy: Never`.
+    pub(super) async fn init_failed(
+        &self,
+        r: &Replica,
+        st: ReplicaStatus,
+        restart: bool,
+        message: String,
+        exit: ExitStatus,
+        rec: &crate::engine::events::Recorder,
+    ) -> Outcome {
+        let id = id_of(r);
+        if r.spec.template.restart_policy.restarts(false) {
+            self.lock().init.remove(&id);
+            let mut o = self
+                .start_failed(r, st, restart, RuntimeError::StartFailed(message), rec)
+                .await;
+            if let Some(st) = &mut o.status {
+                st.last_exit = Some(exit);
+            }
+            return o;
+        }
+        let mut st = st;
+        let text = format!("{message}; restart policy Never");
+        if st.reason != Reason::Error || st.message != text {
+            rec.warning(
+                crate::model::object::Kind::Replica,
+                &r.metadata.namespace,
+                &r.metadata.name,
+                "InitError",
+                message.clone(),
+            );
+        }
+        st.phase = Phase::Failed;
+        st.reason = Reason::Error;
+        st.message = text;
+        st.runtime_id.clear();
+        st.last_exit = Some(exit);
+        Outcome {
+            status: Some(st),
+            ops: Vec::new(),
+            requeue_after: None,
+        }
+    }
+
+    /// A failed init run of replica `r` (taken, unless the replica fails for good).
+    pub(super) fn init_failure(&self, r: &Replica) -> Option<(String, ExitStatus)> {
+        let g = self.lock();
+        match g.init.get(&id_of(r)) {
+            Some(InitRun {
+                uid,
+                state: InitState::Failed { message, exit },
+                ..
+            }) if *uid == r.metadata.uid => Some((message.clone(), exit.clone())),
+            _ => None,
+        }
+    }
+}
