@@ -312,6 +312,16 @@ pub enum ProbeAction {
         /// The port.
         port: u16,
     },
+    /// `grpc.health.v1.Health/Check` of `service` on `HOST:PORT` over plain-text HTTP/2:
+    /// passes when it answers `SERVING`.
+    Grpc {
+        /// The address to connect to.
+        host: String,
+        /// The port.
+        port: u16,
+        /// The service asked about (empty: the server as a whole).
+        service: String,
+    },
     /// A command run inside the workload ([`Runtime::exec`]): passes when it exits 0.
     Exec {
         /// The program and its arguments.
