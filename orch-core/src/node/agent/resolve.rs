@@ -363,3 +363,249 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::object::{Owner, ReplicaSpec};
+
+    fn template(json: serde_json::Value) -> Template {
+        serde_json::from_value(json).expect("a template")
+    }
+
+    fn replica(t: Template) -> Replica {
+        let mut md = crate::model::object::Metadata {
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            uid: "u-1".into(),
+            ..Default::default()
+        };
+        md.labels.insert("app".into(), "web".into());
+        md.annotations.insert("team".into(), "blue".into());
+        Replica {
+            metadata: md,
+            spec: ReplicaSpec {
+                service: Owner::Service("web".into()),
+                template_hash: "h".into(),
+                template: Arc::new(t),
+                placement: Arc::default(),
+                node: Some("n1".into()),
+                desired: Default::default(),
+            },
+            status: Default::default(),
+        }
+    }
+
+    fn sources() -> Sources {
+        let mut s = Sources::new();
+        s.insert(
+            (true, "db".into()),
+            BTreeMap::from([
+                ("password".to_string(), "hunter2".to_string()),
+                ("user".to_string(), "app".to_string()),
+                ("bad key".to_string(), "x".to_string()),
+                ("1st".to_string(), "y".to_string()),
+            ]),
+        );
+        s.insert(
+            (false, "settings".into()),
+            BTreeMap::from([("MODE".to_string(), "fast".to_string())]),
+        );
+        s
+    }
+
+    /// The resolved environment of `t` (as `name=value`), or the error.
+    fn env_of(
+        t: serde_json::Value,
+        ip: Option<&str>,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let t = template(t);
+        let r = replica(t.clone());
+        let fields = Fields {
+            replica: &r,
+            node: "n1",
+            host_ip: "192.0.2.7",
+            ip,
+        };
+        let (mut env, skipped) = env_from_vars(&t, "shop", &sources())?;
+        env.extend(resolve_env(&t.env, "shop", &sources(), &fields)?);
+        Ok((
+            env.iter()
+                .map(|e| format!("{}={}", e.name, e.value))
+                .collect(),
+            skipped,
+        ))
+    }
+
+    #[test]
+    fn field_refs_read_the_replica_and_its_node() {
+        let t = serde_json::json!({"command": ["x"], "env": [
+            {"name": "NAME", "valueFrom": {"field": "metadata.name"}},
+            {"name": "NS", "valueFrom": {"field": "metadata.namespace"}},
+            {"name": "UID", "valueFrom": {"field": "metadata.uid"}},
+            {"name": "APP", "valueFrom": {"field": "metadata.labels['app']"}},
+            {"name": "NONE", "valueFrom": {"field": "metadata.labels['missing']"}},
+            {"name": "TEAM", "valueFrom": {"field": "metadata.annotations['team']"}},
+            {"name": "NODE", "valueFrom": {"field": "spec.nodeName"}},
+            {"name": "HOST", "valueFrom": {"field": "status.hostIP"}},
+            {"name": "POD", "valueFrom": {"field": "status.podIP"}},
+        ]});
+        let want = |pod: &str| {
+            vec![
+                "NAME=web-0".to_string(),
+                "NS=shop".into(),
+                "UID=u-1".into(),
+                "APP=web".into(),
+                "NONE=".into(),
+                "TEAM=blue".into(),
+                "NODE=n1".into(),
+                "HOST=192.0.2.7".into(),
+                format!("POD={pod}"),
+            ]
+        };
+        // podIP: the replica's own address when it has one, else the node's.
+        assert_eq!(
+            env_of(t.clone(), Some("10.244.1.5")).unwrap().0,
+            want("10.244.1.5")
+        );
+        assert_eq!(env_of(t, None).unwrap().0, want("192.0.2.7"));
+    }
+
+    #[test]
+    fn optional_references_leave_the_variable_unset() {
+        let t = serde_json::json!({"command": ["x"], "env": [
+            {"name": "A", "valueFrom": {"secret": "nope", "key": "k", "optional": true}},
+            {"name": "B", "valueFrom": {"secret": "db", "key": "nope", "optional": true}},
+            {"name": "C", "valueFrom": {"secret": "db", "key": "user", "optional": true}},
+            {"name": "D", "value": "plain"},
+        ]});
+        assert_eq!(env_of(t, None).unwrap().0, ["C=app", "D=plain"]);
+        for (env, want) in [
+            (
+                serde_json::json!({"name": "A", "valueFrom": {"secret": "nope", "key": "k"}}),
+                "env A: secret shop/nope does not exist",
+            ),
+            (
+                serde_json::json!({"name": "B", "valueFrom": {"config": "settings", "key": "k"}}),
+                "env B: config shop/settings has no key \"k\"",
+            ),
+        ] {
+            let t = serde_json::json!({"command": ["x"], "env": [env]});
+            assert_eq!(env_of(t, None).unwrap_err(), want);
+        }
+    }
+
+    #[test]
+    fn env_from_prefixes_keys_before_env_and_skips_invalid_names() {
+        let t = serde_json::json!({"command": ["x"],
+            "envFrom": [
+                {"secret": "db", "prefix": "DB_"},
+                {"config": "settings"},
+                {"config": "absent", "optional": true},
+            ],
+            "env": [{"name": "DB_user", "value": "override"}],
+        });
+        let (env, skipped) = env_of(t, None).unwrap();
+        // Keys in order; `env` comes after (the runtime's later entry wins).
+        assert_eq!(
+            env,
+            [
+                "DB_1st=y",
+                "DB_password=hunter2",
+                "DB_user=app",
+                "MODE=fast",
+                "DB_user=override"
+            ]
+        );
+        assert_eq!(skipped, ["DB_bad key (key \"bad key\" of secret shop/db)"]);
+        // Without a prefix a key starting with a digit is no variable name either.
+        let t = serde_json::json!({"command": ["x"], "envFrom": [{"secret": "db"}]});
+        let (env, skipped) = env_of(t, None).unwrap();
+        assert_eq!(env, ["password=hunter2", "user=app"]);
+        assert_eq!(skipped.len(), 2);
+        let t = serde_json::json!({"command": ["x"], "envFrom": [{"config": "absent"}]});
+        assert_eq!(
+            env_of(t, None).unwrap_err(),
+            "envFrom[0]: config shop/absent does not exist"
+        );
+    }
+
+    #[test]
+    fn one_key_mounts_carry_only_that_key() {
+        let m = |json: serde_json::Value| -> Mount { serde_json::from_value(json).unwrap() };
+        let one = mount_files(
+            &m(serde_json::json!({"path": "/run/secrets/pw", "secret": "db", "key": "password"})),
+            "shop",
+            &sources(),
+        );
+        assert_eq!(
+            one,
+            Some(Ok(MountSource::File(MountFiles {
+                secret: true,
+                files: vec![("password".into(), b"hunter2".to_vec())],
+            })))
+        );
+        let all = mount_files(
+            &m(serde_json::json!({"path": "/etc/app", "config": "settings"})),
+            "shop",
+            &sources(),
+        );
+        assert_eq!(
+            all,
+            Some(Ok(MountSource::Files(MountFiles {
+                secret: false,
+                files: vec![("MODE".into(), b"fast".to_vec())],
+            })))
+        );
+        let missing = mount_files(
+            &m(serde_json::json!({"path": "/x", "config": "settings", "key": "nope"})),
+            "shop",
+            &sources(),
+        );
+        assert_eq!(
+            missing,
+            Some(Err(
+                "mount /x: config shop/settings has no key \"nope\" (keys: MODE)".into()
+            ))
+        );
+        assert_eq!(
+            mount_files(
+                &m(serde_json::json!({"path": "/x", "tmpfs": true})),
+                "shop",
+                &sources()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn init_steps_inherit_the_template_and_replace_the_command() {
+        let t = template(serde_json::json!({
+            "image": "app:1", "command": ["serve"], "user": "1000",
+            "env": [{"name": "A", "value": "1"}],
+            "ports": [{"name": "http", "port": 80}],
+            "readinessProbe": {"tcpSocket": {"port": 80}},
+            "restartPolicy": "Always",
+            "init": [{"name": "migrate", "command": ["migrate", "up"], "workingDir": "/app"}],
+        }));
+        let step = &t.init[0];
+        let env = vec![EnvVar {
+            name: "B".into(),
+            value: "2".into(),
+            value_from: None,
+        }];
+        let s = step_template(&t, step, env);
+        assert_eq!(s.image.as_deref(), Some("app:1"));
+        assert_eq!(s.command, ["migrate", "up"]);
+        assert_eq!(s.working_dir.as_deref(), Some("/app"));
+        assert_eq!(s.user.as_deref(), Some("1000"));
+        assert_eq!(
+            s.env.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["A", "B"]
+        );
+        assert!(s.ports.is_empty() && s.readiness_probe.is_none() && s.init.is_empty());
+        assert_eq!(s.restart_policy, crate::model::object::RestartPolicy::Never);
+    }
+}
