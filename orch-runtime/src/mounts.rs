@@ -162,6 +162,17 @@ pub(crate) fn link_process_mounts(
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
     mkdir(root, 0o755)?;
+    if let Some((uid, gid)) = owner {
+        // The workload's user reaches its files through `tmp` (0700, its own) and the
+        // directory holding it (traversable, not listable).
+        if let Some(parent) = tmp.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            mkdir(parent, 0o700)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+        }
+        mkdir(tmp, 0o700)?;
+        std::os::unix::fs::chown(tmp, Some(uid), Some(gid))?;
+    }
     for (i, m) in mounts.iter().enumerate() {
         let target = match &m.source {
             MountSource::Files(files) => {

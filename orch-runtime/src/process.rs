@@ -698,6 +698,9 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8
     }
 }
 
+/// Where `setpriv` is looked for when the workload's environment has no `PATH`.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Finds a bare command name in `search_path`, then in the directories of `path_var`.
 /// Names with a slash are used as they are.
 fn resolve_command(
@@ -986,13 +989,17 @@ impl Runtime for ProcessRuntime {
         let (program, argv) = match user {
             None => (program, argv),
             Some((uid, gid)) => {
-                let setpriv =
-                    resolve_command("setpriv", &inner.config.search_path, None).map_err(|_| {
-                        RuntimeError::StartFailed(format!(
-                            "user {}: switching users needs setpriv (util-linux) on the node",
-                            t.user.as_deref().unwrap_or_default()
-                        ))
-                    })?;
+                let setpriv = resolve_command(
+                    "setpriv",
+                    &inner.config.search_path,
+                    Some(path_var.map_or(SYSTEM_PATH, |p| p.as_str())),
+                )
+                .map_err(|_| {
+                    RuntimeError::StartFailed(format!(
+                        "user {}: switching users needs setpriv (util-linux) on the node",
+                        t.user.as_deref().unwrap_or_default()
+                    ))
+                })?;
                 let mut wrapped = vec![
                     setpriv.display().to_string(),
                     format!("--reuid={uid}"),

@@ -36,15 +36,30 @@ pub(super) enum InitState {
     },
     /// Every step exited 0.
     Done,
-    /// A step failed (`message` says which and how).
-    Failed { message: String, exit: ExitStatus },
+    /// A step failed (`message` says which and how); `reported` once the replica's status
+    /// said so (then the steps run again once the restart backoff is over).
+    Failed {
+        message: String,
+        exit: ExitStatus,
+        reported: bool,
+    },
 }
 
-/// A replica's init steps: the replica's uid, where they are, the task running them.
+/// A replica's init steps: the replica's uid, where they are, the task running them and
+/// which run of them it is (a task writes its outcome only into its own run).
 pub(super) struct InitRun {
     pub(super) uid: String,
     pub(super) state: InitState,
     pub(super) task: Option<tokio::task::AbortHandle>,
+    pub(super) run: u64,
+}
+
+/// What [`Agent::start`] does about a replica's init steps before anything else.
+pub(super) enum InitCheck {
+    /// Go on with the start (no failure to report or wait out).
+    Proceed,
+    /// Answer this.
+    Answer(Outcome),
 }
 
 /// The status of a replica whose init steps run.
@@ -132,6 +147,20 @@ impl Agent {
         let uid = r.metadata.uid.clone();
         let key = crate::model::object::Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
         let mut g = self.lock();
+        // Already running for this replica: only say so.
+        if let Some(InitRun {
+            state: InitState::Running { step, total, name },
+            ..
+        }) = g.init.get(&id).filter(|run| run.uid == uid)
+        {
+            return Outcome {
+                status: Some(init_status(r.status.clone(), *step, *total, name)),
+                ops: Vec::new(),
+                requeue_after: None,
+            };
+        }
+        g.init_runs += 1;
+        let run = g.init_runs;
         g.init.insert(
             id.clone(),
             InitRun {
@@ -142,18 +171,19 @@ impl Agent {
                     name: first.clone(),
                 },
                 task: None,
+                run,
             },
         );
         let task = tokio::spawn(async move {
-            let state = me.run_steps(&uid, spec, steps).await;
-            if let Some(run) = me.lock().init.get_mut(&id).filter(|r| r.uid == uid) {
-                run.state = state;
-                run.task = None;
+            let state = me.run_steps(run, spec, steps).await;
+            if let Some(r) = me.lock().init.get_mut(&id).filter(|r| r.run == run) {
+                r.state = state;
+                r.task = None;
             }
             me.queue.add(key);
         });
-        if let Some(run) = g.init.get_mut(&id_of(r)) {
-            run.task = Some(task.abort_handle());
+        if let Some(r) = g.init.get_mut(&id_of(r)).filter(|r| r.run == run) {
+            r.task = Some(task.abort_handle());
         }
         drop(g);
         Outcome {
@@ -165,7 +195,7 @@ impl Agent {
 
     async fn run_steps(
         self: &Arc<Self>,
-        uid: &str,
+        run: u64,
         base: WorkloadSpec,
         steps: Vec<(String, Template, Vec<WorkloadMount>)>,
     ) -> InitState {
@@ -173,8 +203,8 @@ impl Agent {
         let total = steps.len();
         let key = super::key_of_id(&id);
         for (i, (name, template, mounts)) in steps.into_iter().enumerate() {
-            if let Some(run) = self.lock().init.get_mut(&id).filter(|r| r.uid == uid) {
-                run.state = InitState::Running {
+            if let Some(r) = self.lock().init.get_mut(&id).filter(|r| r.run == run) {
+                r.state = InitState::Running {
                     step: i,
                     total,
                     name: name.clone(),
@@ -193,6 +223,7 @@ impl Agent {
                 Ok(w) => w,
                 Err(e) => {
                     return InitState::Failed {
+                        reported: false,
                         message: format!("{what} could not start: {e}"),
                         exit: ExitStatus {
                             code: Some(127),
@@ -216,6 +247,7 @@ impl Agent {
             if !exit.success() {
                 let tail = self.log_tail(&id).await;
                 return InitState::Failed {
+                    reported: false,
                     message: format!(
                         "{what} failed: {exit}{}",
                         if tail.is_empty() {
@@ -232,63 +264,134 @@ impl Agent {
         InitState::Done
     }
 
-    /// How run `run` of workload `id` exited: from the runtime's exit events, or its list
-    /// (checked every second, in case events were missed).
+    /// How run `run` of workload `id` exited. The runtime's list says it (an exit event
+    /// alone could be an earlier step's, which the runtime records before it sends the
+    /// event); its exit event is awaited too, a moment at most, so that it is not taken for
+    /// the next run's.
     async fn wait_exit(
         &self,
         id: &str,
         run: &str,
         events: &mut tokio::sync::broadcast::Receiver<RuntimeEvent>,
     ) -> ExitStatus {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut exited: Option<(ExitStatus, tokio::time::Instant)> = None;
+        let mut event = false;
         loop {
+            if let Some((status, seen)) = &exited {
+                if event || seen.elapsed() >= Duration::from_secs(2) {
+                    return status.clone();
+                }
+            }
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Ok(RuntimeEvent::Exited { id: eid, status }) if eid == id => return status,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => *events = self.runtime.events(),
-                },
-                _ = tick.tick() => {
-                    if let Ok(list) = self.runtime.list().await {
-                        match list.into_iter().find(|w| w.id == id) {
-                            Some(w) if w.runtime_id == run => {
-                                if let WorkloadState::Exited(s) = w.state {
-                                    return s;
-                                }
-                            }
-                            // Gone, or replaced by something else: it did not succeed.
-                            _ => return ExitStatus { code: None, ..ExitStatus::default() },
+                    Ok(RuntimeEvent::Exited { id: eid, .. }) if eid == id => {
+                        // Ours only once the list says this run exited.
+                        if exited.is_some() {
+                            event = true;
+                        } else {
+                            tick.reset_immediately();
                         }
                     }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => *events = self.runtime.events(),
+                },
+                _ = tick.tick(), if exited.is_none() => {
+                    if let Ok(list) = self.runtime.list().await {
+                        let status = match list.into_iter().find(|w| w.id == id) {
+                            Some(w) if w.runtime_id == run => match w.state {
+                                WorkloadState::Exited(s) => s,
+                                WorkloadState::Running => continue,
+                            },
+                            // Gone, or replaced by something else: it did not succeed.
+                            _ => ExitStatus::default(),
+                        };
+                        exited = Some((status, tokio::time::Instant::now()));
+                    }
                 }
+                _ = tokio::time::sleep(Duration::from_millis(100)), if exited.is_some() => {}
             }
         }
     }
 
-    /// The outcome of a start whose init step failed: retried after the restart backoff (the
-    /// steps run again from the first), or failed for good with `restartPolicy: Never`.
-    pub(super) async fn init_failed(
+    /// Before a start of replica `r`: a failed init run is reported once (retried after the
+    /// restart backoff, or failed for good with `restartPolicy: Never`), waited out while the
+    /// backoff lasts (a reconcile of a stale status must not run the steps at once), then
+    /// forgotten so the steps run again.
+    pub(super) async fn init_check(
         &self,
         r: &Replica,
-        st: ReplicaStatus,
+        st: &ReplicaStatus,
         restart: bool,
-        message: String,
-        exit: ExitStatus,
         rec: &crate::engine::events::Recorder,
-    ) -> Outcome {
+    ) -> InitCheck {
         let id = id_of(r);
-        if r.spec.template.restart_policy.restarts(false) {
-            self.lock().init.remove(&id);
+        let restarts = r.spec.template.restart_policy.restarts(false);
+        let (message, exit, reported) = {
+            let mut g = self.lock();
+            let Some(InitRun {
+                state:
+                    InitState::Failed {
+                        message,
+                        exit,
+                        reported,
+                    },
+                ..
+            }) = g.init.get_mut(&id).filter(|run| run.uid == r.metadata.uid)
+            else {
+                return InitCheck::Proceed;
+            };
+            let was = *reported;
+            *reported = true;
+            (message.clone(), exit.clone(), was)
+        };
+        if !restarts {
+            return InitCheck::Answer(self.init_failed_for_good(r, st.clone(), message, exit, rec));
+        }
+        if !reported {
             let mut o = self
-                .start_failed(r, st, restart, RuntimeError::StartFailed(message), rec)
+                .start_failed(
+                    r,
+                    st.clone(),
+                    restart,
+                    RuntimeError::StartFailed(message),
+                    rec,
+                )
                 .await;
             if let Some(st) = &mut o.status {
                 st.last_exit = Some(exit);
             }
-            return o;
+            return InitCheck::Answer(o);
         }
-        let mut st = st;
+        let wait = {
+            let g = self.lock();
+            g.backoff
+                .get(&id)
+                .and_then(|b| b.retry_at)
+                .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+                .filter(|d| !d.is_zero())
+        };
+        match wait {
+            Some(d) => InitCheck::Answer(Outcome {
+                status: None,
+                ops: Vec::new(),
+                requeue_after: Some(d),
+            }),
+            None => {
+                self.lock().init.remove(&id);
+                InitCheck::Proceed
+            }
+        }
+    }
+
+    fn init_failed_for_good(
+        &self,
+        r: &Replica,
+        mut st: ReplicaStatus,
+        message: String,
+        exit: ExitStatus,
+        rec: &crate::engine::events::Recorder,
+    ) -> Outcome {
         let text = format!("{message}; restart policy Never");
         if st.reason != Reason::Error || st.message != text {
             rec.warning(
@@ -296,7 +399,7 @@ impl Agent {
                 &r.metadata.namespace,
                 &r.metadata.name,
                 "InitError",
-                message.clone(),
+                message,
             );
         }
         st.phase = Phase::Failed;
@@ -308,19 +411,6 @@ impl Agent {
             status: Some(st),
             ops: Vec::new(),
             requeue_after: None,
-        }
-    }
-
-    /// A failed init run of replica `r` (taken, unless the replica fails for good).
-    pub(super) fn init_failure(&self, r: &Replica) -> Option<(String, ExitStatus)> {
-        let g = self.lock();
-        match g.init.get(&id_of(r)) {
-            Some(InitRun {
-                uid,
-                state: InitState::Failed { message, exit },
-                ..
-            }) if *uid == r.metadata.uid => Some((message.clone(), exit.clone())),
-            _ => None,
         }
     }
 }

@@ -122,6 +122,8 @@ struct State {
     probed: HashMap<String, (String, ProbeView)>,
     /// Replicas' init steps (running, done or failed), by workload id.
     init: HashMap<String, init::InitRun>,
+    /// Init runs started so far (numbers them).
+    init_runs: u64,
 }
 
 /// One node's agent.
@@ -297,6 +299,8 @@ impl Agent {
             .workloads
             .get_mut(id)
             .filter(|w| run.is_none_or(|r| w.runtime_id == r))
+            // An exit from before this run started is an earlier run's (an init step's).
+            .filter(|w| status.at.is_none_or(|at| at >= w.started_at))
         {
             w.state = WorkloadState::Exited(status);
         }

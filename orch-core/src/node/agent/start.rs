@@ -136,8 +136,8 @@ impl Agent {
                 requeue_after: None,
             };
         }
-        if let Some((message, exit)) = self.init_failure(r) {
-            return self.init_failed(r, st, restart, message, exit, &rec).await;
+        if let super::init::InitCheck::Answer(o) = self.init_check(r, &st, restart, &rec).await {
+            return o;
         }
         let lease = match self.net_plan(&r.spec.template) {
             NetPlan::Host => None,
