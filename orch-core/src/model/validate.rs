@@ -1050,7 +1050,7 @@ fn check_agent_fields(t: &Template, p: &str, out: &mut Vec<FieldError>) {
     if let Some(u) = &t.user {
         match parse_user(u) {
             Err(m) => out.push(err(format!("{p}.user"), u, m)),
-            Ok((user, group)) if !container && !(is_number(user) && group.is_none_or(is_number)) => {
+            Ok((user, group)) if !(container || is_number(user) && group.is_none_or(is_number)) => {
                 out.push(err(
                     format!("{p}.user"),
                     u,

@@ -54,14 +54,6 @@ pub(super) struct InitRun {
     pub(super) run: u64,
 }
 
-/// What [`Agent::start`] does about a replica's init steps before anything else.
-pub(super) enum InitCheck {
-    /// Go on with the start (no failure to report or wait out).
-    Proceed,
-    /// Answer this.
-    Answer(Outcome),
-}
-
 /// The status of a replica whose init steps run.
 pub(super) fn init_status(
     mut st: ReplicaStatus,
@@ -317,14 +309,14 @@ impl Agent {
     /// Before a start of replica `r`: a failed init run is reported once (retried after the
     /// restart backoff, or failed for good with `restartPolicy: Never`), waited out while the
     /// backoff lasts (a reconcile of a stale status must not run the steps at once), then
-    /// forgotten so the steps run again.
+    /// forgotten so the steps run again. `Some`: what the start answers instead; `None`: go on.
     pub(super) async fn init_check(
         &self,
         r: &Replica,
         st: &ReplicaStatus,
         restart: bool,
         rec: &crate::engine::events::Recorder,
-    ) -> InitCheck {
+    ) -> Option<Outcome> {
         let id = id_of(r);
         let restarts = r.spec.template.restart_policy.restarts(false);
         let (message, exit, reported) = {
@@ -339,14 +331,14 @@ impl Agent {
                 ..
             }) = g.init.get_mut(&id).filter(|run| run.uid == r.metadata.uid)
             else {
-                return InitCheck::Proceed;
+                return None;
             };
             let was = *reported;
             *reported = true;
             (message.clone(), exit.clone(), was)
         };
         if !restarts {
-            return InitCheck::Answer(self.init_failed_for_good(r, st.clone(), message, exit, rec));
+            return Some(self.init_failed_for_good(r, st.clone(), message, exit, rec));
         }
         if !reported {
             let mut o = self
@@ -361,7 +353,7 @@ impl Agent {
             if let Some(st) = &mut o.status {
                 st.last_exit = Some(exit);
             }
-            return InitCheck::Answer(o);
+            return Some(o);
         }
         let wait = {
             let g = self.lock();
@@ -372,14 +364,14 @@ impl Agent {
                 .filter(|d| !d.is_zero())
         };
         match wait {
-            Some(d) => InitCheck::Answer(Outcome {
+            Some(d) => Some(Outcome {
                 status: None,
                 ops: Vec::new(),
                 requeue_after: Some(d),
             }),
             None => {
                 self.lock().init.remove(&id);
-                InitCheck::Proceed
+                None
             }
         }
     }

@@ -136,7 +136,7 @@ impl Agent {
                 requeue_after: None,
             };
         }
-        if let super::init::InitCheck::Answer(o) = self.init_check(r, &st, restart, &rec).await {
+        if let Some(o) = self.init_check(r, &st, restart, &rec).await {
             return o;
         }
         let lease = match self.net_plan(&r.spec.template) {
