@@ -1064,7 +1064,7 @@ impl Runtime for ContainerdRuntime {
         let secrets_dir = self.tmpfs_dir(&spec.id);
         for (i, m) in spec.mounts.iter().enumerate() {
             match &m.source {
-                MountSource::Files(files) => {
+                MountSource::Files(files) | MountSource::File(files) => {
                     let dir = secrets_dir.join(i.to_string());
                     crate::mounts::write_files(&dir, files, user).map_err(|source| {
                         RuntimeError::Io {
@@ -1072,28 +1072,13 @@ impl Runtime for ContainerdRuntime {
                             source,
                         }
                     })?;
+                    // One key: the file itself is bind-mounted at the mount's path.
+                    let source = match (&m.source, files.files.first()) {
+                        (MountSource::File(_), Some((name, _))) => dir.join(name),
+                        _ => dir,
+                    };
                     mounts.push(super::BindMount {
-                        source: dir,
-                        destination: m.path.clone(),
-                        read_only: true,
-                    });
-                }
-                MountSource::File(files) => {
-                    // The one file, bind-mounted itself at the mount's path.
-                    let dir = secrets_dir.join(i.to_string());
-                    crate::mounts::write_files(&dir, files, user).map_err(|source| {
-                        RuntimeError::Io {
-                            context: format!("cannot write the file of mount {}", m.path),
-                            source,
-                        }
-                    })?;
-                    let name = files
-                        .files
-                        .first()
-                        .map(|f| f.0.as_str())
-                        .unwrap_or_default();
-                    mounts.push(super::BindMount {
-                        source: dir.join(name),
+                        source,
                         destination: m.path.clone(),
                         read_only: true,
                     });
