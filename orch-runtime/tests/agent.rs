@@ -66,19 +66,6 @@ impl Node {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             let r = self.replica(svc);
-            if std::env::var("TRACE").is_ok() {
-                let e = self.engine.as_ref().unwrap();
-                for r in e.cache().replicas_of_service("default", svc) {
-                    eprintln!(
-                        "{} {:?} {:?} {:?} {}",
-                        r.metadata.name,
-                        r.spec.desired,
-                        r.status.phase,
-                        r.status.reason,
-                        r.status.message
-                    );
-                }
-            }
             if let Some(t) = r.as_ref().and_then(&check) {
                 return t;
             }
@@ -238,6 +225,23 @@ async fn a_failing_step_fails_a_replica_that_never_restarts() {
     assert!(!main.exists(), "the main process must not run");
     let r = node.replica("once").unwrap();
     assert_eq!(r.status.phase, Phase::Failed);
+    // Deleting the service leaves nothing of the failed step in the runtime.
+    orch_core::engine::api::delete(
+        &*node.store,
+        orch_core::model::object::Kind::Service,
+        "default",
+        "once",
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !node.runtime.list().await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step's run is left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     node.stop().await;
 }
 

@@ -111,14 +111,27 @@ impl Agent {
                 if let Some(t) = task {
                     t.abort();
                 }
-                if matches!(state, InitState::Running { .. }) {
-                    if let Err(e) = self.runtime.stop(id, "SIGKILL", Duration::ZERO).await {
-                        tracing::debug!(workload = %id, error = %e, "agent: stopping an init step failed");
+                // A step's run (running, or exited and left in the runtime) goes; a main
+                // workload the agent knows is left to the usual stop.
+                if !self.lock().workloads.contains_key(id) {
+                    if matches!(state, InitState::Running { .. }) {
+                        if let Err(e) = self.runtime.stop(id, "SIGKILL", Duration::ZERO).await {
+                            tracing::debug!(workload = %id, error = %e, "agent: stopping an init step failed");
+                        }
                     }
-                    let _ = self.runtime.remove(id).await;
-                    self.lock().workloads.remove(id);
+                    self.remove_step_run(id).await;
                 }
                 None
+            }
+        }
+    }
+
+    /// Removes what the runtime keeps of an init step's run under `id` (gone already is fine).
+    pub(super) async fn remove_step_run(&self, id: &str) {
+        match self.runtime.remove(id).await {
+            Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::debug!(workload = %id, error = %e, "agent: removing an init step's run failed")
             }
         }
     }

@@ -443,6 +443,10 @@ impl Agent {
             }
             None => {
                 self.lock().backoff.remove(&id);
+                if !r.spec.template.init.is_empty() {
+                    // The last init step's run may be left in the runtime (a failed step).
+                    self.remove_step_run(&id).await;
+                }
                 self.detach(&id).await;
                 Outcome {
                     ops: vec![delete_op(&Object::Replica(r.clone()))],
