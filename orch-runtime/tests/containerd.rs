@@ -1771,7 +1771,10 @@ spec:
             .replicas_of_service("default", "app")
             .into_iter()
             .next();
-        if let Some(r) = r.filter(|r| r.status.phase == orch_core::model::object::Phase::Ready) {
+        if let Some(r) = r
+            .clone()
+            .filter(|r| r.status.phase == orch_core::model::object::Phase::Ready)
+        {
             break r;
         }
         assert!(tokio::time::Instant::now() < deadline, "not ready in time");
@@ -1797,4 +1800,146 @@ spec:
         let _ = rt.stop(&w.id, "SIGKILL", Duration::ZERO).await;
         let _ = rt.remove(&w.id).await;
     }
+}
+
+/// A [`Network`](orch_core::Network) that gives its one workload a [`TestNetns`] (made on its
+/// first attach, removed on detach).
+#[derive(Default)]
+struct OneNetns(std::sync::Mutex<Option<(String, TestNetns)>>);
+
+#[async_trait::async_trait]
+impl orch_core::Network for OneNetns {
+    async fn configure(
+        &self,
+        _lease: &orch_core::model::object::NodeNetwork,
+    ) -> Result<(), orch_core::network::NetworkError> {
+        Ok(())
+    }
+    async fn attach(
+        &self,
+        id: &str,
+        _ports: &[PortSpec],
+    ) -> Result<WorkloadNetwork, orch_core::network::NetworkError> {
+        let mut g = self.0.lock().unwrap();
+        let (_, ns) = g.get_or_insert_with(|| (id.to_string(), TestNetns::new()));
+        Ok(ns.network())
+    }
+    async fn detach(&self, id: &str) -> Result<(), orch_core::network::NetworkError> {
+        let mut g = self.0.lock().unwrap();
+        if g.as_ref().is_some_and(|(i, _)| i == id) {
+            *g = None;
+        }
+        Ok(())
+    }
+    async fn attached(
+        &self,
+    ) -> Result<Vec<(String, WorkloadNetwork)>, orch_core::network::NetworkError> {
+        let g = self.0.lock().unwrap();
+        Ok(g.iter()
+            .map(|(id, ns)| (id.clone(), ns.network()))
+            .collect())
+    }
+    async fn set_peers(
+        &self,
+        _peers: &[orch_core::network::Peer],
+    ) -> Result<(), orch_core::network::NetworkError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "one test namespace".into()
+    }
+}
+
+/// A replica with a network of its own: its init steps run in the namespace its main
+/// container then runs in (attached once, before the first step), and it keeps its address.
+#[tokio::test]
+async fn init_steps_share_the_replicas_network_namespace() {
+    if !orch_testkit::require(&["root", "containerd", "runc", "/bin/busybox", "ip"]) {
+        return;
+    }
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+    config.namespace = ctd.namespace();
+    let rt = std::sync::Arc::new(ContainerdRuntime::new(config).await.unwrap());
+    let img = ctd.scratch().join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    rt.client()
+        .import(&busybox_image(&img, "localhost/busybox:1"), "overlayfs")
+        .await
+        .unwrap();
+    let store = std::sync::Arc::new(orch_core::memstore::MemStore::new());
+    let mut engine = orch_core::Engine::builder(
+        store.clone(),
+        std::sync::Arc::new(orch_sched::DefaultScheduler),
+    )
+    .config(orch_core::EngineConfig {
+        network: Some(orch_core::engine::ClusterNetwork::default()),
+        ..orch_core::EngineConfig::default()
+    })
+    .start();
+    let net = std::sync::Arc::new(OneNetns::default());
+    let mut cfg = orch_core::AgentConfig::new("node-a");
+    cfg.network = Some(orch_core::node::AgentNetwork(net.clone()));
+    engine.add_agent(rt.clone(), cfg);
+    let yaml = "apiVersion: orch/v1
+kind: Service
+metadata: {name: netapp}
+spec:
+  replicas: 1
+  template:
+    image: localhost/busybox:1
+    command: [/bin/sh, -c, 'if [ \"$(readlink /proc/self/ns/net)\" = \"$(cat /work/ns)\" ]; then echo same namespace $(cat /work/ip); fi; exec sleep 60']
+    stopGracePeriod: 1s
+    mounts: [{path: /work, tmpfs: true}]
+    init:
+      - {name: note, command: [/bin/sh, -c, 'readlink /proc/self/ns/net > /work/ns; ip -4 -o addr show | grep -o \"10\\.250\\.[0-9.]*\" > /work/ip']}
+";
+    let objects = orch_core::model::manifest::parse("netapp.yaml", yaml).unwrap();
+    orch_core::engine::api::apply(&*store, objects, false)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        let r = engine
+            .cache()
+            .replicas_of_service("default", "netapp")
+            .into_iter()
+            .next();
+        if let Some(r) = r
+            .clone()
+            .filter(|r| r.status.phase == orch_core::model::object::Phase::Ready)
+        {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready in time: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ip = net
+        .0
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|(_, ns)| ns.ip.clone())
+        .unwrap();
+    assert_eq!(r.status.ip.as_deref(), Some(ip.as_str()));
+    let id = r.runtime_name();
+    let want = format!("same namespace {ip}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = logs_of(&rt, &id).await;
+        if log.contains(&want) || tokio::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(log.contains(&want), "{log}");
+    engine.shutdown().await;
+    for w in rt.list().await.unwrap() {
+        let _ = rt.stop(&w.id, "SIGKILL", Duration::ZERO).await;
+        let _ = rt.remove(&w.id).await;
+    }
+    *net.0.lock().unwrap() = None;
 }
