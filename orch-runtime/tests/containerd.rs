@@ -1720,88 +1720,6 @@ async fn user_capabilities_hostname_and_one_key_mounts_reach_the_container() {
     assert_eq!(run_to_end(&rt, &w).await, "db-1 hunter2 1000\nfile");
 }
 
-/// Init steps through the node agent: they run in order, in the replica's container setup
-/// (its tmpfs mount, where the first step leaves a file for the main container), and their
-/// output is in the replica's log before the main container's.
-#[tokio::test]
-async fn init_steps_run_in_containers_before_the_main_one() {
-    if !orch_testkit::require(CONTAINERD) {
-        return;
-    }
-    let ctd = LocalContainerd::start().await.expect("containerd starts");
-    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
-    config.namespace = ctd.namespace();
-    let rt = std::sync::Arc::new(ContainerdRuntime::new(config).await.unwrap());
-    let img = ctd.scratch().join("img");
-    std::fs::create_dir_all(&img).unwrap();
-    rt.client()
-        .import(&busybox_image(&img, "localhost/busybox:1"), "overlayfs")
-        .await
-        .unwrap();
-    let store = std::sync::Arc::new(orch_core::memstore::MemStore::new());
-    let mut engine = orch_core::Engine::builder(
-        store.clone(),
-        std::sync::Arc::new(orch_sched::DefaultScheduler),
-    )
-    .start();
-    engine.add_agent(rt.clone(), orch_core::AgentConfig::new("node-a"));
-    let yaml = "apiVersion: orch/v1
-kind: Service
-metadata: {name: app}
-spec:
-  replicas: 1
-  template:
-    image: localhost/busybox:1
-    hostname: app-host
-    command: [/bin/sh, -c, 'echo main sees $(cat /work/made) on $(hostname); exec sleep 60']
-    stopGracePeriod: 1s
-    mounts: [{path: /work, tmpfs: true}]
-    init:
-      - {name: make, command: [/bin/sh, -c, 'echo made-by-init > /work/made; echo step one']}
-      - {name: check, command: [/bin/sh, -c, 'test -s /work/made && echo step two']}
-";
-    let objects = orch_core::model::manifest::parse("app.yaml", yaml).unwrap();
-    orch_core::engine::api::apply(&*store, objects, false)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let r = loop {
-        let r = engine
-            .cache()
-            .replicas_of_service("default", "app")
-            .into_iter()
-            .next();
-        if let Some(r) = r
-            .clone()
-            .filter(|r| r.status.phase == orch_core::model::object::Phase::Ready)
-        {
-            break r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not ready in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let id = r.runtime_name();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let log = loop {
-        let log = logs_of(&rt, &id).await;
-        if log.contains("main sees") || tokio::time::Instant::now() > deadline {
-            break log;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let (one, two, main) = (
-        log.find("step one"),
-        log.find("step two"),
-        log.find("main sees made-by-init on app-host"),
-    );
-    assert!(one.is_some() && one < two && two < main, "{log}");
-    engine.shutdown().await;
-    for w in rt.list().await.unwrap() {
-        let _ = rt.stop(&w.id, "SIGKILL", Duration::ZERO).await;
-        let _ = rt.remove(&w.id).await;
-    }
-}
-
 /// A [`Network`](orch_core::Network) that gives its one workload a [`TestNetns`] (made on its
 /// first attach, removed on detach).
 #[derive(Default)]
@@ -1850,6 +1768,133 @@ impl orch_core::Network for OneNetns {
     }
 }
 
+/// A node agent over a containerd of the test's own with the busybox image as
+/// `localhost/busybox:1` (and `network`, if given), on an engine over a memory store.
+struct AgentNode {
+    _ctd: LocalContainerd,
+    rt: std::sync::Arc<ContainerdRuntime>,
+    engine: orch_core::Engine,
+    store: std::sync::Arc<orch_core::memstore::MemStore>,
+}
+
+impl AgentNode {
+    async fn start(network: Option<std::sync::Arc<OneNetns>>) -> AgentNode {
+        let ctd = LocalContainerd::start().await.expect("containerd starts");
+        let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+        config.namespace = ctd.namespace();
+        let rt = std::sync::Arc::new(ContainerdRuntime::new(config).await.unwrap());
+        let img = ctd.scratch().join("img");
+        std::fs::create_dir_all(&img).unwrap();
+        rt.client()
+            .import(&busybox_image(&img, "localhost/busybox:1"), "overlayfs")
+            .await
+            .unwrap();
+        let store = std::sync::Arc::new(orch_core::memstore::MemStore::new());
+        let mut engine = orch_core::Engine::builder(
+            store.clone(),
+            std::sync::Arc::new(orch_sched::DefaultScheduler),
+        )
+        .config(orch_core::EngineConfig {
+            network: network
+                .as_ref()
+                .map(|_| orch_core::engine::ClusterNetwork::default()),
+            ..orch_core::EngineConfig::default()
+        })
+        .start();
+        let mut cfg = orch_core::AgentConfig::new("node-a");
+        cfg.network = network.map(|n| orch_core::node::AgentNetwork(n));
+        engine.add_agent(rt.clone(), cfg);
+        AgentNode {
+            _ctd: ctd,
+            rt,
+            engine,
+            store,
+        }
+    }
+
+    /// Applies `yaml`, waits for the service's replica to be Ready and for its log to hold
+    /// `want`; the replica and its log.
+    async fn run(
+        &self,
+        yaml: &str,
+        svc: &str,
+        want: &str,
+    ) -> (orch_core::model::object::Replica, String) {
+        let objects = orch_core::model::manifest::parse("app.yaml", yaml).unwrap();
+        orch_core::engine::api::apply(&*self.store, objects, false)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let r = loop {
+            let r = self
+                .engine
+                .cache()
+                .replicas_of_service("default", svc)
+                .into_iter()
+                .next();
+            if let Some(r) = r
+                .clone()
+                .filter(|r| r.status.phase == orch_core::model::object::Phase::Ready)
+            {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not ready in time: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            let log = logs_of(&self.rt, &r.runtime_name()).await;
+            if log.contains(want) || tokio::time::Instant::now() > deadline {
+                break log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (r, log)
+    }
+
+    async fn stop(self) {
+        self.engine.shutdown().await;
+        for w in self.rt.list().await.unwrap() {
+            let _ = self.rt.stop(&w.id, "SIGKILL", Duration::ZERO).await;
+            let _ = self.rt.remove(&w.id).await;
+        }
+    }
+}
+
+/// Init steps through the node agent: they run in order, in the replica's container setup
+/// (its tmpfs mount, where the first step leaves a file for the main container; its
+/// hostname), and their output is in the replica's log before the main container's.
+#[tokio::test]
+async fn init_steps_run_in_containers_before_the_main_one() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
+    let node = AgentNode::start(None).await;
+    let yaml = "apiVersion: orch/v1
+kind: Service
+metadata: {name: app}
+spec:
+  replicas: 1
+  template:
+    image: localhost/busybox:1
+    hostname: app-host
+    command: [/bin/sh, -c, 'echo main sees $(cat /work/made) on $(hostname); exec sleep 60']
+    stopGracePeriod: 1s
+    mounts: [{path: /work, tmpfs: true}]
+    init:
+      - {name: make, command: [/bin/sh, -c, 'echo made-by-init > /work/made; echo step one']}
+      - {name: check, command: [/bin/sh, -c, 'test -s /work/made && echo step two']}
+";
+    let want = "main sees made-by-init on app-host";
+    let (_, log) = node.run(yaml, "app", want).await;
+    let (one, two, main) = (log.find("step one"), log.find("step two"), log.find(want));
+    assert!(one.is_some() && one < two && two < main, "{log}");
+    node.stop().await;
+}
+
 /// A replica with a network of its own: its init steps run in the namespace its main
 /// container then runs in (attached once, before the first step), and it keeps its address.
 #[tokio::test]
@@ -1857,30 +1902,8 @@ async fn init_steps_share_the_replicas_network_namespace() {
     if !orch_testkit::require(&["root", "containerd", "runc", "/bin/busybox", "ip"]) {
         return;
     }
-    let ctd = LocalContainerd::start().await.expect("containerd starts");
-    let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
-    config.namespace = ctd.namespace();
-    let rt = std::sync::Arc::new(ContainerdRuntime::new(config).await.unwrap());
-    let img = ctd.scratch().join("img");
-    std::fs::create_dir_all(&img).unwrap();
-    rt.client()
-        .import(&busybox_image(&img, "localhost/busybox:1"), "overlayfs")
-        .await
-        .unwrap();
-    let store = std::sync::Arc::new(orch_core::memstore::MemStore::new());
-    let mut engine = orch_core::Engine::builder(
-        store.clone(),
-        std::sync::Arc::new(orch_sched::DefaultScheduler),
-    )
-    .config(orch_core::EngineConfig {
-        network: Some(orch_core::engine::ClusterNetwork::default()),
-        ..orch_core::EngineConfig::default()
-    })
-    .start();
     let net = std::sync::Arc::new(OneNetns::default());
-    let mut cfg = orch_core::AgentConfig::new("node-a");
-    cfg.network = Some(orch_core::node::AgentNetwork(net.clone()));
-    engine.add_agent(rt.clone(), cfg);
+    let node = AgentNode::start(Some(net.clone())).await;
     let yaml = "apiVersion: orch/v1
 kind: Service
 metadata: {name: netapp}
@@ -1894,52 +1917,11 @@ spec:
     init:
       - {name: note, command: [/bin/sh, -c, 'readlink /proc/self/ns/net > /work/ns; ip -4 -o addr show | grep -o \"10\\.250\\.[0-9.]*\" > /work/ip']}
 ";
-    let objects = orch_core::model::manifest::parse("netapp.yaml", yaml).unwrap();
-    orch_core::engine::api::apply(&*store, objects, false)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let r = loop {
-        let r = engine
-            .cache()
-            .replicas_of_service("default", "netapp")
-            .into_iter()
-            .next();
-        if let Some(r) = r
-            .clone()
-            .filter(|r| r.status.phase == orch_core::model::object::Phase::Ready)
-        {
-            break r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready in time: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let ip = net
-        .0
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map(|(_, ns)| ns.ip.clone())
-        .unwrap();
+    let (r, log) = node.run(yaml, "netapp", "same namespace").await;
+    let ip = net.0.lock().unwrap().as_ref().map(|(_, ns)| ns.ip.clone());
+    let ip = ip.expect("the replica is attached");
     assert_eq!(r.status.ip.as_deref(), Some(ip.as_str()));
-    let id = r.runtime_name();
-    let want = format!("same namespace {ip}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let log = loop {
-        let log = logs_of(&rt, &id).await;
-        if log.contains(&want) || tokio::time::Instant::now() > deadline {
-            break log;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(log.contains(&want), "{log}");
-    engine.shutdown().await;
-    for w in rt.list().await.unwrap() {
-        let _ = rt.stop(&w.id, "SIGKILL", Duration::ZERO).await;
-        let _ = rt.remove(&w.id).await;
-    }
+    assert!(log.contains(&format!("same namespace {ip}")), "{log}");
+    node.stop().await;
     *net.0.lock().unwrap() = None;
 }
