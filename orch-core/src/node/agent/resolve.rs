@@ -581,6 +581,26 @@ mod tests {
     }
 
     #[test]
+    fn references_count_env_from_and_init_steps() {
+        // What the agent reads, what a node may read in a cluster, and what rolls the service.
+        let t = template(serde_json::json!({"command": ["x"],
+            "envFrom": [{"config": "settings"}, {"secret": "db", "optional": true}],
+            "init": [{"name": "a", "command": ["y"],
+                "env": [{"name": "T", "valueFrom": {"secret": "token", "key": "t"}}],
+                "mounts": [{"path": "/c", "config": "certs", "key": "ca"}]}],
+        }));
+        assert_eq!(
+            t.references(),
+            [
+                (false, "certs"),
+                (false, "settings"),
+                (true, "db"),
+                (true, "token")
+            ]
+        );
+    }
+
+    #[test]
     fn init_steps_inherit_the_template_and_replace_the_command() {
         let t = template(serde_json::json!({
             "image": "app:1", "command": ["serve"], "user": "1000",
