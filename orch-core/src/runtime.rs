@@ -61,6 +61,9 @@ pub struct WorkloadMount {
 pub enum MountSource {
     /// Files written by the runtime on tmpfs: a secret's (mode 0400) or a config's (0444).
     Files(MountFiles),
+    /// One file of a secret or config (exactly one entry in `files`), placed at the mount's
+    /// path itself rather than in a directory there (`Mount.key`).
+    File(MountFiles),
     /// A directory of the node (a named volume's, or an allowed host path).
     Dir(std::path::PathBuf),
     /// An empty tmpfs directory for the workload's life.
@@ -309,6 +312,16 @@ pub enum ProbeAction {
         host: String,
         /// The port.
         port: u16,
+    },
+    /// `grpc.health.v1.Health/Check` of `service` on `HOST:PORT` over plain-text HTTP/2:
+    /// passes when it answers `SERVING`.
+    Grpc {
+        /// The address to connect to.
+        host: String,
+        /// The port.
+        port: u16,
+        /// The service asked about (empty: the server as a whole).
+        service: String,
     },
     /// A command run inside the workload ([`Runtime::exec`]): passes when it exits 0.
     Exec {

@@ -491,7 +491,7 @@ fn rows() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "probe with two checks",
             tpl("{command: [x], ports: [{name: http}], readinessProbe: {httpGet: {port: http}, tcpSocket: {port: http}}}"),
-            vec!["spec.template.readinessProbe", "exactly one of httpGet, tcpSocket or exec"],
+            vec!["spec.template.readinessProbe", "exactly one of httpGet, tcpSocket, exec or grpc"],
         ),
         (
             "probe on an unknown port name",

@@ -159,19 +159,46 @@ pub(crate) fn link_process_mounts(
     root: &Path,
     tmp: &Path,
     mounts: &[WorkloadMount],
+    owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
     mkdir(root, 0o755)?;
+    if let Some((uid, gid)) = owner {
+        // The workload's user reaches its files through `tmp` (0700, its own) and the
+        // directory holding it (traversable, not listable).
+        if let Some(parent) = tmp.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            mkdir(parent, 0o700)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+        }
+        mkdir(tmp, 0o700)?;
+        std::os::unix::fs::chown(tmp, Some(uid), Some(gid))?;
+    }
     for (i, m) in mounts.iter().enumerate() {
         let target = match &m.source {
             MountSource::Files(files) => {
                 let d = tmp.join(i.to_string());
-                write_files(&d, files, None)?;
+                write_files(&d, files, owner)?;
                 d
+            }
+            MountSource::File(files) => {
+                // One key: the link at the path points at the file itself.
+                let d = tmp.join(i.to_string());
+                write_files(&d, files, owner)?;
+                d.join(
+                    files
+                        .files
+                        .first()
+                        .map(|f| f.0.as_str())
+                        .unwrap_or_default(),
+                )
             }
             MountSource::Tmpfs => {
                 // Kept across restarts of the replica; removed with it.
                 let d = tmp.join(i.to_string());
                 mkdir(&d, 0o700)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&d, Some(uid), Some(gid))?;
+                }
                 d
             }
             MountSource::Dir(d) => d.clone(),
@@ -270,7 +297,7 @@ mod tests {
                 source: MountSource::Tmpfs,
             },
         ];
-        link_process_mounts(&root, &tmp, &mounts).unwrap();
+        link_process_mounts(&root, &tmp, &mounts, None).unwrap();
         assert_eq!(
             std::fs::read(root.join("run/secrets/db/password")).unwrap(),
             b"hunter2"
@@ -281,7 +308,7 @@ mod tests {
         // Again (a restart): the links are replaced, not refused, and the tmpfs directory
         // keeps what the last run wrote.
         std::fs::write(root.join("scratch/kept"), "x").unwrap();
-        link_process_mounts(&root, &tmp, &mounts).unwrap();
+        link_process_mounts(&root, &tmp, &mounts, None).unwrap();
         assert!(root.join("scratch/kept").exists());
     }
 }

@@ -1,5 +1,6 @@
 //! Probe checks for the runtimes here ([`Runtime::probe`]): an HTTP GET over hyper's HTTP/1.1
-//! client, a TCP connect, or a command through the runtime's own exec. Every check gives up
+//! client, a TCP connect, a gRPC health check (tonic-health's client), or a command through
+//! the runtime's own exec. Every check gives up
 //! after its timeout.
 
 use std::time::Duration;
@@ -32,10 +33,87 @@ pub(crate) async fn check(
                 Err(_) => Err(within(format!("connect {host}:{port}"))),
             }
         }
+        ProbeAction::Grpc {
+            host,
+            port,
+            service,
+        } => {
+            let what = format!(
+                "gRPC health check of {host}:{port}{}",
+                service_note(service)
+            );
+            tokio::time::timeout(timeout, grpc_health(host, *port, service, &what))
+                .await
+                .unwrap_or_else(|_| Err(within(what)))
+        }
         ProbeAction::Exec { command } => {
             exec_probe_result(command, timeout, runtime.exec(id, command, timeout).await)
         }
     }
+}
+
+fn service_note(service: &str) -> String {
+    if service.is_empty() {
+        String::new()
+    } else {
+        format!(" (service {service:?})")
+    }
+}
+
+/// `grpc.health.v1.Health/Check` over plain-text HTTP/2 (tonic-health's generated client):
+/// passes on `SERVING`.
+async fn grpc_health(host: &str, port: u16, service: &str, what: &str) -> ProbeResult {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let authority = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{host}:{port}"),
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|e| format!("{what}: {e}"))?
+        .user_agent("orch-probe")
+        .map_err(|e| format!("{what}: {e}"))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("{what}: cannot connect: {}", source_chain(&e)))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| {
+            format!(
+                "{what}: {}{}",
+                s.code().description(),
+                if s.message().is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.message())
+                }
+            )
+        })?;
+    match ServingStatus::try_from(answer.get_ref().status) {
+        Ok(ServingStatus::Serving) => Ok(()),
+        Ok(other) => Err(format!("{what}: {}", other.as_str_name())),
+        Err(_) => Err(format!(
+            "{what}: unknown status {}",
+            answer.get_ref().status
+        )),
+    }
+}
+
+/// An error with its sources (tonic's transport errors say little at the top).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 /// Aborts the connection task when the check ends (answered, failed or timed out).
@@ -214,5 +292,64 @@ mod tests {
                 .await;
         });
         assert_eq!(run(&get(echo), Duration::from_secs(5)).await, Ok(()));
+    }
+
+    /// A real gRPC server on loopback with tonic-health's service: the whole server and
+    /// `orch.Ready` serving, `orch.Down` not serving.
+    async fn health_server() -> u16 {
+        use tonic_health::ServingStatus;
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("orch.Ready", ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("orch.Down", ServingStatus::NotServing)
+            .await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let _keep = reporter;
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                .await
+                .unwrap();
+        });
+        port
+    }
+
+    fn grpc(port: u16, service: &str) -> ProbeAction {
+        ProbeAction::Grpc {
+            host: "127.0.0.1".into(),
+            port,
+            service: service.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_checks_ask_the_health_service() {
+        let port = health_server().await;
+        let t = Duration::from_secs(5);
+        assert_eq!(run(&grpc(port, ""), t).await, Ok(()));
+        assert_eq!(run(&grpc(port, "orch.Ready"), t).await, Ok(()));
+        let down = run(&grpc(port, "orch.Down"), t).await.unwrap_err();
+        assert!(
+            down.ends_with("(service \"orch.Down\"): NOT_SERVING"),
+            "{down}"
+        );
+        let unknown = run(&grpc(port, "orch.Nope"), t).await.unwrap_err();
+        assert!(unknown.contains("not found"), "{unknown}");
+        // Nothing listens; and an HTTP/1 server is not a gRPC one.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let refused = run(&grpc(closed, ""), t).await.unwrap_err();
+        assert!(refused.contains("cannot connect"), "{refused}");
+        let http1 = serve("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(run(&grpc(http1, ""), Duration::from_secs(2)).await.is_err());
     }
 }

@@ -698,6 +698,9 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8
     }
 }
 
+/// Where `setpriv` is looked for when the workload's environment has no `PATH`.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Finds a bare command name in `search_path`, then in the directories of `path_var`.
 /// Names with a slash are used as they are.
 fn resolve_command(
@@ -918,6 +921,12 @@ impl Runtime for ProcessRuntime {
                 "the process runtime needs a command".into(),
             ));
         }
+        if !t.capabilities.add.is_empty() || !t.capabilities.drop.is_empty() {
+            return Err(RuntimeError::Unsupported(
+                "capabilities apply to containers only; the process runtime runs commands".into(),
+            ));
+        }
+        let user = process_user(t.user.as_deref())?;
         let _ops = inner.ops.lock().await;
         let (old_cgroups, old_writer, old_exit) = match lock(&inner.workloads).get(&spec.id) {
             Some(e) if e.record.exit.is_none() => {
@@ -937,8 +946,13 @@ impl Runtime for ProcessRuntime {
         if let Some(root) = &root {
             // Processes share the node's filesystem: each mount is a link at its path under
             // the replica's own root, which the process finds as $ORCH_ROOT.
-            crate::mounts::link_process_mounts(root, &inner.tmpfs.join(&spec.id), &spec.mounts)
-                .map_err(|e| RuntimeError::StartFailed(format!("mounts: {e}")))?;
+            crate::mounts::link_process_mounts(
+                root,
+                &inner.tmpfs.join(&spec.id),
+                &spec.mounts,
+                user,
+            )
+            .map_err(|e| RuntimeError::StartFailed(format!("mounts: {e}")))?;
         }
         let (env, inherited) = environment(spec, &ports, &inner.config.host_ip, root.as_deref());
         // Kubernetes' `$(VAR)` expansion of command and args, from the workload's own variables.
@@ -962,11 +976,42 @@ impl Runtime for ProcessRuntime {
             None => {
                 let w = dir.join("work");
                 std::fs::create_dir_all(&w)
+                    .and_then(|()| match user {
+                        Some((uid, gid)) => std::os::unix::fs::chown(&w, Some(uid), Some(gid)),
+                        None => Ok(()),
+                    })
                     .map_err(io_error(format!("cannot create {}", w.display())))?;
                 w
             }
         };
         check_program(&program, &work_dir)?;
+        // Another user: `setpriv` switches to it once the cgroups are joined (as root).
+        let (program, argv) = match user {
+            None => (program, argv),
+            Some((uid, gid)) => {
+                let setpriv = resolve_command(
+                    "setpriv",
+                    &inner.config.search_path,
+                    Some(path_var.map_or(SYSTEM_PATH, |p| p.as_str())),
+                )
+                .map_err(|_| {
+                    RuntimeError::StartFailed(format!(
+                        "user {}: switching users needs setpriv (util-linux) on the node",
+                        t.user.as_deref().unwrap_or_default()
+                    ))
+                })?;
+                let mut wrapped = vec![
+                    setpriv.display().to_string(),
+                    format!("--reuid={uid}"),
+                    format!("--regid={gid}"),
+                    "--clear-groups".into(),
+                    "--".into(),
+                    program.display().to_string(),
+                ];
+                wrapped.extend(argv.into_iter().skip(1));
+                (setpriv, wrapped)
+            }
+        };
         // A writer still draining an earlier run (held open by a process that escaped it)
         // would rotate the files under the new one.
         if let Some(w) = old_writer {
@@ -1209,6 +1254,39 @@ where
 /// Refuses a `program` that cannot be executed (relative names are taken from `work_dir`),
 /// as a spawn would, since the shell that joins the cgroups only finds out after the start (and
 /// would run a file of another format as a shell script).
+/// The uid and gid a process template's `user` (`UID` or `UID:GID`; the group defaults to
+/// the uid's) names, `None` to run as the node agent; another user needs the agent to run as
+/// root.
+fn process_user(user: Option<&str>) -> Result<Option<(u32, u32)>, RuntimeError> {
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let bad = |why: &str| RuntimeError::StartFailed(format!("user {user:?}: {why}"));
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let uid: u32 = u
+        .parse()
+        .map_err(|_| bad("a process runs as a numeric UID or UID:GID (names need an image)"))?;
+    let gid: u32 = if g.is_empty() {
+        uid
+    } else {
+        g.parse()
+            .map_err(|_| bad("a process runs as a numeric UID or UID:GID (names need an image)"))?
+    };
+    let (euid, egid) = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    if (uid, gid) == (euid, egid) {
+        return Ok(None);
+    }
+    if euid != 0 {
+        return Err(bad(&format!(
+            "running a process as another user needs the node agent to run as root (it runs as UID {euid})"
+        )));
+    }
+    Ok(Some((uid, gid)))
+}
+
 fn check_program(program: &Path, work_dir: &Path) -> Result<(), RuntimeError> {
     let full = work_dir.join(program);
     let refuse = |why: String| {

@@ -3,6 +3,8 @@
 //! `busybox-static`). Needs root, containerd, runc and busybox (and for the pull tests a
 //! registry: `docker-registry`, `skopeo`, `htpasswd`, `openssl`); `.ci/run` installs them.
 //! Without them each such test says it skipped, or fails under `ORCH_TEST_REQUIRE_ALL=1`.
+//! Also template fields in containers (user, capabilities, hostname, one-key mounts) and init
+//! steps through the node agent.
 #![cfg(feature = "containerd")]
 
 use std::collections::HashMap;
@@ -1283,14 +1285,9 @@ async fn a_multi_platform_index_resolves_to_this_platform() {
 
 /// An image whose config names its user: the name is looked up in the image's own
 /// /etc/passwd and /etc/group, and the container runs as that uid and gid.
-#[tokio::test]
-async fn an_image_user_name_is_resolved_from_the_image() {
-    if !orch_testkit::require(CONTAINERD) {
-        return;
-    }
-    use orch_runtime::containerd::testing::image_as;
-
-    let ctd = LocalContainerd::start().await.expect("containerd starts");
+/// A busybox root with users `root`, `app` (1000, group `app` 1001) and group `staff` (50),
+/// and a runtime over `ctd`.
+async fn users_root_and_runtime(ctd: &LocalContainerd) -> (PathBuf, ContainerdRuntime) {
     let work = ctd.scratch();
     let root = busybox_rootfs(&work.join("u"));
     std::fs::write(
@@ -1305,7 +1302,19 @@ async fn an_image_user_name_is_resolved_from_the_image() {
     .unwrap();
     let mut config = ContainerdConfig::new(ctd.socket(), work.join("state"));
     config.namespace = ctd.namespace();
-    let rt = ContainerdRuntime::new(config).await.unwrap();
+    (root, ContainerdRuntime::new(config).await.unwrap())
+}
+
+#[tokio::test]
+async fn an_image_user_name_is_resolved_from_the_image() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
+    use orch_runtime::containerd::testing::image_as;
+
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let work = ctd.scratch();
+    let (root, rt) = users_root_and_runtime(&ctd).await;
     let mut events = rt.events();
     for (user, expect) in [
         ("app", "1000 1001"),
@@ -1613,4 +1622,306 @@ async fn containers_in_their_own_network_namespaces_share_a_fixed_port() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(nets.iter().all(|n| n.path().exists()));
+}
+
+/// A busybox `sh -c SCRIPT` workload of `image`, without ports.
+fn script(id: &str, image: &str, script: &str) -> WorkloadSpec {
+    let mut w = workload(id, image, &["/bin/sh", "-c", script], None);
+    w.template.ports.clear();
+    w.template.env.clear();
+    w
+}
+
+/// Runs `w` to its end; what it wrote.
+async fn run_to_end(rt: &ContainerdRuntime, w: &WorkloadSpec) -> String {
+    let mut events = rt.events();
+    rt.start(w).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(RuntimeEvent::Exited { id, .. })) if id == w.id => break,
+            Ok(_) => {}
+            Err(_) => panic!("{} did not exit", w.id),
+        }
+    }
+    let out = logs_of(rt, &w.id).await;
+    rt.remove(&w.id).await.unwrap();
+    out.trim().to_string()
+}
+
+#[tokio::test]
+async fn user_capabilities_hostname_and_one_key_mounts_reach_the_container() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
+    let ctd = LocalContainerd::start().await.expect("containerd starts");
+    let work = ctd.scratch();
+    let (root, rt) = users_root_and_runtime(&ctd).await;
+    // The image runs as `app`; the template's user wins.
+    let image = "localhost/users:1";
+    let parts = orch_runtime::containerd::testing::image_as(
+        &work.join("img"),
+        &root,
+        image,
+        &["/bin/sh"],
+        Some("app"),
+    )
+    .unwrap();
+    rt.client().import(&parts, "overlayfs").await.unwrap();
+    let ids = "echo $(id -u) $(id -g)";
+    assert_eq!(
+        run_to_end(&rt, &script("default.image-user", image, ids)).await,
+        "1000 1001"
+    );
+    for (user, want) in [
+        ("1234:5678", "1234 5678"),
+        ("app:staff", "1000 50"),
+        ("0", "0 0"),
+    ] {
+        let mut w = script(&format!("default.u{}", user.replace(':', "-")), image, ids);
+        w.template.user = Some(user.into());
+        assert_eq!(run_to_end(&rt, &w).await, want, "user {user}");
+    }
+    // Capabilities: Docker's default set, then added to and dropped from.
+    let caps = "grep CapEff /proc/self/status | cut -f2";
+    for (i, (add, drop, want)) in [
+        (vec![], vec![], "00000000a80425fb"),
+        (vec![], vec!["NET_RAW"], "00000000a80405fb"),
+        (vec!["NET_ADMIN"], vec!["CAP_NET_RAW"], "00000000a80415fb"),
+        (vec![], vec!["ALL"], "0000000000000000"),
+        (vec!["KILL"], vec!["ALL"], "0000000000000020"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut w = script(&format!("default.caps{i}"), image, caps);
+        w.template.user = Some("0".into());
+        w.template.capabilities = orch_core::model::object::Capabilities {
+            add: add.iter().map(|s| s.to_string()).collect(),
+            drop: drop.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(run_to_end(&rt, &w).await, want, "add {add:?} drop {drop:?}");
+    }
+    // The hostname, and a single key of a secret as one file (owned by the user).
+    let mut w = script(
+        "default.host",
+        image,
+        "echo $(hostname) $(cat /run/secrets/pw) $(stat -c %u /run/secrets/pw); [ -f /run/secrets/pw ] && echo file",
+    );
+    w.template.hostname = Some("db-1".into());
+    w.mounts = vec![orch_core::runtime::WorkloadMount {
+        path: "/run/secrets/pw".into(),
+        read_only: true,
+        source: orch_core::runtime::MountSource::File(orch_core::runtime::MountFiles {
+            secret: true,
+            files: vec![("password".into(), b"hunter2".to_vec())],
+        }),
+    }];
+    assert_eq!(run_to_end(&rt, &w).await, "db-1 hunter2 1000\nfile");
+}
+
+/// A [`Network`](orch_core::Network) that gives its one workload a [`TestNetns`] (made on its
+/// first attach, removed on detach).
+#[derive(Default)]
+struct OneNetns(std::sync::Mutex<Option<(String, TestNetns)>>);
+
+#[async_trait::async_trait]
+impl orch_core::Network for OneNetns {
+    async fn configure(
+        &self,
+        _lease: &orch_core::model::object::NodeNetwork,
+    ) -> Result<(), orch_core::network::NetworkError> {
+        Ok(())
+    }
+    async fn attach(
+        &self,
+        id: &str,
+        _ports: &[PortSpec],
+    ) -> Result<WorkloadNetwork, orch_core::network::NetworkError> {
+        let mut g = self.0.lock().unwrap();
+        let (_, ns) = g.get_or_insert_with(|| (id.to_string(), TestNetns::new()));
+        Ok(ns.network())
+    }
+    async fn detach(&self, id: &str) -> Result<(), orch_core::network::NetworkError> {
+        let mut g = self.0.lock().unwrap();
+        if g.as_ref().is_some_and(|(i, _)| i == id) {
+            *g = None;
+        }
+        Ok(())
+    }
+    async fn attached(
+        &self,
+    ) -> Result<Vec<(String, WorkloadNetwork)>, orch_core::network::NetworkError> {
+        let g = self.0.lock().unwrap();
+        Ok(g.iter()
+            .map(|(id, ns)| (id.clone(), ns.network()))
+            .collect())
+    }
+    async fn set_peers(
+        &self,
+        _peers: &[orch_core::network::Peer],
+    ) -> Result<(), orch_core::network::NetworkError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "one test namespace".into()
+    }
+}
+
+/// A node agent over a containerd of the test's own with the busybox image as
+/// `localhost/busybox:1` (and `network`, if given), on an engine over a memory store.
+struct AgentNode {
+    _ctd: LocalContainerd,
+    rt: std::sync::Arc<ContainerdRuntime>,
+    engine: orch_core::Engine,
+    store: std::sync::Arc<orch_core::memstore::MemStore>,
+}
+
+impl AgentNode {
+    async fn start(network: Option<std::sync::Arc<OneNetns>>) -> AgentNode {
+        let ctd = LocalContainerd::start().await.expect("containerd starts");
+        let mut config = ContainerdConfig::new(ctd.socket(), ctd.scratch().join("state"));
+        config.namespace = ctd.namespace();
+        let rt = std::sync::Arc::new(ContainerdRuntime::new(config).await.unwrap());
+        let img = ctd.scratch().join("img");
+        std::fs::create_dir_all(&img).unwrap();
+        rt.client()
+            .import(&busybox_image(&img, "localhost/busybox:1"), "overlayfs")
+            .await
+            .unwrap();
+        let store = std::sync::Arc::new(orch_core::memstore::MemStore::new());
+        let mut engine = orch_core::Engine::builder(
+            store.clone(),
+            std::sync::Arc::new(orch_sched::DefaultScheduler),
+        )
+        .config(orch_core::EngineConfig {
+            network: network
+                .as_ref()
+                .map(|_| orch_core::engine::ClusterNetwork::default()),
+            ..orch_core::EngineConfig::default()
+        })
+        .start();
+        let mut cfg = orch_core::AgentConfig::new("node-a");
+        cfg.network = network.map(|n| orch_core::node::AgentNetwork(n));
+        engine.add_agent(rt.clone(), cfg);
+        AgentNode {
+            _ctd: ctd,
+            rt,
+            engine,
+            store,
+        }
+    }
+
+    /// Applies `yaml`, waits for the service's replica to be Ready and for its log to hold
+    /// `want`; the replica and its log.
+    async fn run(
+        &self,
+        yaml: &str,
+        svc: &str,
+        want: &str,
+    ) -> (orch_core::model::object::Replica, String) {
+        let objects = orch_core::model::manifest::parse("app.yaml", yaml).unwrap();
+        orch_core::engine::api::apply(&*self.store, objects, false)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let r = loop {
+            let r = self
+                .engine
+                .cache()
+                .replicas_of_service("default", svc)
+                .into_iter()
+                .next();
+            if let Some(r) = r
+                .clone()
+                .filter(|r| r.status.phase == orch_core::model::object::Phase::Ready)
+            {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not ready in time: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            let log = logs_of(&self.rt, &r.runtime_name()).await;
+            if log.contains(want) || tokio::time::Instant::now() > deadline {
+                break log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (r, log)
+    }
+
+    async fn stop(self) {
+        self.engine.shutdown().await;
+        for w in self.rt.list().await.unwrap() {
+            let _ = self.rt.stop(&w.id, "SIGKILL", Duration::ZERO).await;
+            let _ = self.rt.remove(&w.id).await;
+        }
+    }
+}
+
+/// Init steps through the node agent: they run in order, in the replica's container setup
+/// (its tmpfs mount, where the first step leaves a file for the main container; its
+/// hostname), and their output is in the replica's log before the main container's.
+#[tokio::test]
+async fn init_steps_run_in_containers_before_the_main_one() {
+    if !orch_testkit::require(CONTAINERD) {
+        return;
+    }
+    let node = AgentNode::start(None).await;
+    let yaml = "apiVersion: orch/v1
+kind: Service
+metadata: {name: app}
+spec:
+  replicas: 1
+  template:
+    image: localhost/busybox:1
+    hostname: app-host
+    command: [/bin/sh, -c, 'echo main sees $(cat /work/made) on $(hostname); exec sleep 60']
+    stopGracePeriod: 1s
+    mounts: [{path: /work, tmpfs: true}]
+    init:
+      - {name: make, command: [/bin/sh, -c, 'echo made-by-init > /work/made; echo step one']}
+      - {name: check, command: [/bin/sh, -c, 'test -s /work/made && echo step two']}
+";
+    let want = "main sees made-by-init on app-host";
+    let (_, log) = node.run(yaml, "app", want).await;
+    let (one, two, main) = (log.find("step one"), log.find("step two"), log.find(want));
+    assert!(one.is_some() && one < two && two < main, "{log}");
+    node.stop().await;
+}
+
+/// A replica with a network of its own: its init steps run in the namespace its main
+/// container then runs in (attached once, before the first step), and it keeps its address.
+#[tokio::test]
+async fn init_steps_share_the_replicas_network_namespace() {
+    if !orch_testkit::require(&["root", "containerd", "runc", "/bin/busybox", "ip"]) {
+        return;
+    }
+    let net = std::sync::Arc::new(OneNetns::default());
+    let node = AgentNode::start(Some(net.clone())).await;
+    let yaml = "apiVersion: orch/v1
+kind: Service
+metadata: {name: netapp}
+spec:
+  replicas: 1
+  template:
+    image: localhost/busybox:1
+    command: [/bin/sh, -c, 'if [ \"$(readlink /proc/self/ns/net)\" = \"$(cat /work/ns)\" ]; then echo same namespace $(cat /work/ip); fi; exec sleep 60']
+    stopGracePeriod: 1s
+    mounts: [{path: /work, tmpfs: true}]
+    init:
+      - {name: note, command: [/bin/sh, -c, 'readlink /proc/self/ns/net > /work/ns; ip -4 -o addr show | grep -o \"10\\.250\\.[0-9.]*\" > /work/ip']}
+";
+    let (r, log) = node.run(yaml, "netapp", "same namespace").await;
+    let ip = net.0.lock().unwrap().as_ref().map(|(_, ns)| ns.ip.clone());
+    let ip = ip.expect("the replica is attached");
+    assert_eq!(r.status.ip.as_deref(), Some(ip.as_str()));
+    assert!(log.contains(&format!("same namespace {ip}")), "{log}");
+    node.stop().await;
+    *net.0.lock().unwrap() = None;
 }

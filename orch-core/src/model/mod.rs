@@ -3,6 +3,7 @@
 //! multi-document manifests ([`manifest`]) and Kubernetes' `$(VAR)` expansion ([`expand`]).
 
 pub mod expand;
+pub mod field_ref;
 pub(crate) mod jsondiff;
 pub mod manifest;
 pub mod object;

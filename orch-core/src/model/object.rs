@@ -859,13 +859,18 @@ impl Template {
     /// The secrets (`true`) and configs (`false`) the template refers to, by name, sorted.
     pub fn references(&self) -> Vec<(bool, &str)> {
         let mut out: Vec<(bool, &str)> = Vec::new();
-        for e in &self.env {
+        let steps = self.init.iter();
+        for e in self.env.iter().chain(steps.clone().flat_map(|s| &s.env)) {
             if let Some(f) = &e.value_from {
                 out.extend(f.secret.as_deref().map(|n| (true, n)));
                 out.extend(f.config.as_deref().map(|n| (false, n)));
             }
         }
-        for m in &self.mounts {
+        for e in &self.env_from {
+            out.extend(e.secret.as_deref().map(|n| (true, n)));
+            out.extend(e.config.as_deref().map(|n| (false, n)));
+        }
+        for m in self.mounts.iter().chain(steps.flat_map(|s| &s.mounts)) {
             out.extend(m.secret.as_deref().map(|n| (true, n)));
             out.extend(m.config.as_deref().map(|n| (false, n)));
         }

@@ -309,6 +309,7 @@ fn check_probe(
         probe.http_get.is_some(),
         probe.tcp_socket.is_some(),
         probe.exec.is_some(),
+        probe.grpc.is_some(),
     ]
     .iter()
     .filter(|x| **x)
@@ -317,14 +318,15 @@ fn check_probe(
         out.push(err(
             path.to_string(),
             format!("{handlers} checks"),
-            "set exactly one of httpGet, tcpSocket or exec",
+            "set exactly one of httpGet, tcpSocket, exec or grpc",
         ));
     }
     let port = probe
         .http_get
         .as_ref()
         .map(|h| (&h.port, "httpGet"))
-        .or(probe.tcp_socket.as_ref().map(|t| (&t.port, "tcpSocket")));
+        .or(probe.tcp_socket.as_ref().map(|t| (&t.port, "tcpSocket")))
+        .or(probe.grpc.as_ref().map(|g| (&g.port, "grpc")));
     if let Some((port, kind)) = port {
         match port {
             ProbePort::Number(0) => out.push(err(
@@ -478,48 +480,7 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
             ));
         }
     }
-    for (i, e) in t.env.iter().enumerate() {
-        if let Err(m) = env_name(&e.name) {
-            out.push(err(format!("{p}.env[{i}].name"), &e.name, m));
-        }
-        if e.value.contains('\0') {
-            out.push(err(
-                format!("{p}.env[{i}].value"),
-                &e.value,
-                "must not contain NUL bytes",
-            ));
-        }
-        if let Some(f) = &e.value_from {
-            let path = format!("{p}.env[{i}].valueFrom");
-            if !e.value.is_empty() {
-                out.push(err(
-                    format!("{p}.env[{i}].value"),
-                    &e.value,
-                    "give either value or valueFrom, not both",
-                ));
-            }
-            match (&f.secret, &f.config) {
-                (Some(n), None) | (None, Some(n)) => {
-                    if let Err(m) = dns1123_label(n) {
-                        let which = if f.secret.is_some() {
-                            "secret"
-                        } else {
-                            "config"
-                        };
-                        out.push(err(format!("{path}.{which}"), n, m));
-                    }
-                }
-                _ => out.push(err(
-                    path.clone(),
-                    "",
-                    "needs exactly one of secret or config, and a key",
-                )),
-            }
-            if let Err(m) = data_key(&f.key) {
-                out.push(err(format!("{path}.key"), &f.key, m));
-            }
-        }
-    }
+    check_env(p, &t.env, out);
     check_mounts(t, p, out);
     if let Some(wd) = &t.working_dir {
         if !wd.starts_with('/') {
@@ -608,6 +569,7 @@ fn check_template(t: &Template, out: &mut Vec<FieldError>) {
         "",
         out,
     );
+    check_agent_fields(t, p, out);
     if let Some(m) = t.resources.memory {
         if m.0 > 0 && m.0 < 4096 * 1024 {
             out.push(err(
@@ -905,6 +867,327 @@ fn check_mounts(t: &Template, p: &str, out: &mut Vec<FieldError>) {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Every Linux capability name (without `CAP_`), for `capabilities.add`/`drop`.
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability name as the runtimes take it: upper case, without `CAP_` (`ALL` stays);
+/// `None` when it names no capability.
+pub fn capability_name(s: &str) -> Option<String> {
+    let up = s.trim().to_ascii_uppercase();
+    let bare = up.strip_prefix("CAP_").unwrap_or(&up);
+    (bare == "ALL" || CAPABILITY_NAMES.contains(&bare)).then(|| bare.to_string())
+}
+
+/// A template's `user` split into user and group, each a number or a name; an error says
+/// what is accepted.
+pub fn parse_user(s: &str) -> Result<(&str, Option<&str>), String> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+    };
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    if part_ok(u) && g.is_none_or(part_ok) {
+        Ok((u, g))
+    } else {
+        Err("must be UID, UID:GID, or a user name (USER or USER:GROUP) from the image's /etc/passwd".into())
+    }
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) && s.parse::<u32>().is_ok()
+}
+
+/// `valueFrom`: exactly one of a secret's or config's key (optional or not) and a field.
+fn check_value_from(path: &str, f: &crate::model::object::ValueFrom, out: &mut Vec<FieldError>) {
+    match (&f.secret, &f.config, &f.field) {
+        (Some(n), None, None) | (None, Some(n), None) => {
+            if let Err(m) = dns1123_label(n) {
+                let which = if f.secret.is_some() {
+                    "secret"
+                } else {
+                    "config"
+                };
+                out.push(err(format!("{path}.{which}"), n, m));
+            }
+            if let Err(m) = data_key(&f.key) {
+                out.push(err(format!("{path}.key"), &f.key, m));
+            }
+        }
+        (None, None, Some(field)) => {
+            if let Err(m) = crate::model::field_ref::FieldRef::parse(field) {
+                out.push(err(format!("{path}.field"), field, m));
+            }
+            if !f.key.is_empty() {
+                out.push(err(
+                    format!("{path}.key"),
+                    &f.key,
+                    "applies to secret and config, not field",
+                ));
+            }
+            if f.optional {
+                out.push(err(
+                    format!("{path}.optional"),
+                    true,
+                    "applies to secret and config; a field always has a value",
+                ));
+            }
+        }
+        _ => out.push(err(
+            path.to_string(),
+            "",
+            "needs exactly one of secret or config (with a key), or field",
+        )),
+    }
+}
+
+/// Environment variables (names, values, `valueFrom`) at `at` (`spec.template` or an init step).
+fn check_env(at: &str, env: &[crate::model::object::EnvVar], out: &mut Vec<FieldError>) {
+    for (i, e) in env.iter().enumerate() {
+        if let Err(m) = env_name(&e.name) {
+            out.push(err(format!("{at}.env[{i}].name"), &e.name, m));
+        }
+        if e.value.contains('\0') {
+            out.push(err(
+                format!("{at}.env[{i}].value"),
+                &e.value,
+                "must not contain NUL bytes",
+            ));
+        }
+        if let Some(f) = &e.value_from {
+            if !e.value.is_empty() {
+                out.push(err(
+                    format!("{at}.env[{i}].value"),
+                    &e.value,
+                    "give either value or valueFrom, not both",
+                ));
+            }
+            check_value_from(&format!("{at}.env[{i}].valueFrom"), f, out);
+        }
+    }
+}
+
+/// The template fields the node agent fills in or hands to the runtime: `envFrom`, `user`,
+/// `capabilities`, `hostname`, one-key mounts and init steps.
+fn check_agent_fields(t: &Template, p: &str, out: &mut Vec<FieldError>) {
+    let container = t.image.is_some();
+    for (i, e) in t.env_from.iter().enumerate() {
+        let path = format!("{p}.envFrom[{i}]");
+        match (&e.secret, &e.config) {
+            (Some(n), None) | (None, Some(n)) => {
+                if let Err(m) = dns1123_label(n) {
+                    let which = if e.secret.is_some() {
+                        "secret"
+                    } else {
+                        "config"
+                    };
+                    out.push(err(format!("{path}.{which}"), n, m));
+                }
+            }
+            _ => out.push(err(
+                path.clone(),
+                "",
+                "needs exactly one of secret or config",
+            )),
+        }
+        if !e.prefix.is_empty() {
+            if let Err(m) = env_name(&e.prefix) {
+                out.push(err(format!("{path}.prefix"), &e.prefix, m));
+            }
+        }
+    }
+    if let Some(u) = &t.user {
+        match parse_user(u) {
+            Err(m) => out.push(err(format!("{p}.user"), u, m)),
+            Ok((user, group)) if !(container || is_number(user) && group.is_none_or(is_number)) => {
+                out.push(err(
+                    format!("{p}.user"),
+                    u,
+                    "a process runs as a numeric UID or UID:GID (names need an image's /etc/passwd)",
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    let caps = &t.capabilities;
+    if !container && (!caps.add.is_empty() || !caps.drop.is_empty()) {
+        out.push(err(
+            format!("{p}.capabilities"),
+            "",
+            "applies to containers only (an image); processes run with the node agent's own",
+        ));
+    }
+    for (field, list) in [("add", &caps.add), ("drop", &caps.drop)] {
+        for (i, c) in list.iter().enumerate() {
+            if capability_name(c).is_none() {
+                out.push(err(
+                    format!("{p}.capabilities.{field}[{i}]"),
+                    c,
+                    "not a Linux capability: a name such as NET_ADMIN, NET_RAW, SYS_TIME (CAP_ prefix optional) or ALL",
+                ));
+            }
+        }
+    }
+    if let Some(h) = &t.hostname {
+        let ok = !h.is_empty()
+            && h.len() <= 63
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+            && h.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && h.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !container {
+            out.push(err(
+                format!("{p}.hostname"),
+                h,
+                "applies to containers only (an image); processes see the node's hostname",
+            ));
+        } else if !ok {
+            out.push(err(
+                format!("{p}.hostname"),
+                h,
+                "must be 1 to 63 letters, digits, '-' and '.', starting and ending with a letter or digit",
+            ));
+        }
+    }
+    check_one_key_mounts(p, &t.mounts, out);
+    let mut names = HashSet::new();
+    for (i, s) in t.init.iter().enumerate() {
+        let at = format!("{p}.init[{i}]");
+        if let Err(m) = dns1123_label(&s.name) {
+            out.push(err(format!("{at}.name"), &s.name, m));
+        } else if !names.insert(s.name.as_str()) {
+            out.push(err(
+                format!("{at}.name"),
+                &s.name,
+                "duplicate: each init step needs its own name",
+            ));
+        }
+        match (&s.image, container) {
+            (Some(img), false) => out.push(err(
+                format!("{at}.image"),
+                img,
+                "this template runs a command (a process): its init steps run commands too",
+            )),
+            (Some(img), true) => {
+                if let Err(m) = image_ref(img) {
+                    out.push(err(format!("{at}.image"), img, m));
+                }
+            }
+            (None, false) if s.command.is_empty() => out.push(err(
+                format!("{at}.command"),
+                "",
+                "a process step needs a command",
+            )),
+            _ => {}
+        }
+        for (j, a) in s.command.iter().chain(&s.args).enumerate() {
+            if a.contains('\0') {
+                out.push(err(
+                    format!("{at}.command[{j}]"),
+                    a,
+                    "must not contain NUL bytes",
+                ));
+            }
+        }
+        if s.command.first().is_some_and(|c| c.trim().is_empty()) {
+            out.push(err(
+                format!("{at}.command[0]"),
+                "",
+                "the program must not be empty",
+            ));
+        }
+        check_env(&at, &s.env, out);
+        if let Some(wd) = &s.working_dir {
+            if !wd.starts_with('/') {
+                out.push(err(
+                    format!("{at}.workingDir"),
+                    wd,
+                    "must be an absolute path",
+                ));
+            }
+        }
+        let step_mounts = Template {
+            mounts: s.mounts.clone(),
+            ..Template::default()
+        };
+        check_mounts(&step_mounts, &at, out);
+        check_one_key_mounts(&at, &s.mounts, out);
+        for (j, m) in s.mounts.iter().enumerate() {
+            if t.mounts.iter().any(|tm| tm.path == m.path) {
+                out.push(err(
+                    format!("{at}.mounts[{j}].path"),
+                    &m.path,
+                    "the template already mounts something there (its mounts are the step's too)",
+                ));
+            }
+        }
+    }
+}
+
+/// `key` on mounts: with a secret or config only, and a valid key.
+fn check_one_key_mounts(
+    p: &str,
+    mounts: &[crate::model::object::Mount],
+    out: &mut Vec<FieldError>,
+) {
+    for (i, m) in mounts.iter().enumerate() {
+        if let Some(k) = &m.key {
+            let path = format!("{p}.mounts[{i}].key");
+            if m.secret.is_none() && m.config.is_none() {
+                out.push(err(path, k, "applies to secret and config mounts only"));
+            } else if let Err(e) = data_key(k) {
+                out.push(err(path, k, e));
             }
         }
     }

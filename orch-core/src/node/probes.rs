@@ -128,6 +128,13 @@ pub(crate) fn action_of(st: &ReplicaStatus, probe: &Probe) -> Result<ProbeAction
             host: host(),
         });
     }
+    if let Some(g) = &probe.grpc {
+        return Ok(ProbeAction::Grpc {
+            port: port_of(&g.port)?,
+            host: host(),
+            service: g.service.clone().unwrap_or_default(),
+        });
+    }
     if let Some(e) = &probe.exec {
         return Ok(ProbeAction::Exec {
             command: e.command.clone(),

@@ -32,8 +32,9 @@ pub use image::{chain_ids, Blob, ImageLayer, ImageParts, UnpackedImage};
 pub use runtime::{ContainerdConfig, ContainerdRuntime, ImageRunConfig};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
 };
 
 /// The runtime containerd starts containers with (runc through the v2 shim).
@@ -157,6 +158,11 @@ pub struct ContainerSpec {
     pub hostname: Option<String>,
     /// Run as this uid and gid (root when `None`).
     pub user: Option<(u32, u32)>,
+    /// Capabilities added to the default set ([`DEFAULT_CAPABILITIES`], Docker's and
+    /// Kubernetes'): names without `CAP_`, or `ALL`.
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it (`ALL`: every one).
+    pub cap_drop: Vec<String>,
     /// CPU limit in millicores (a CFS quota).
     pub cpu_millis: Option<u64>,
     /// Memory limit in bytes.
@@ -226,6 +232,17 @@ impl ContainerSpec {
             .cwd(self.cwd.clone().unwrap_or_else(|| "/".into()))
             .build()
             .map_err(bad)?;
+        let caps = capability_set(&self.cap_add, &self.cap_drop).map_err(refuse)?;
+        process.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(Capabilities::new())
+                .ambient(Capabilities::new())
+                .build()
+                .map_err(bad)?,
+        ));
         if let Some((uid, gid)) = self.user {
             process.set_user(
                 UserBuilder::default()
@@ -326,6 +343,66 @@ impl ContainerSpec {
         }
         Ok(spec)
     }
+}
+
+/// The capabilities a container's processes get unless its spec adds or drops some: Docker's
+/// default set, which Kubernetes' container runtimes use too.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// [`DEFAULT_CAPABILITIES`] with `add` and `drop` applied as Docker does (`add: [ALL]` starts
+/// from every capability, `drop: [ALL]` from none; then the others are dropped and added).
+fn capability_set(add: &[String], drop: &[String]) -> Result<Capabilities, String> {
+    let parse = |n: &str| -> Result<Option<Capability>, String> {
+        let up = n.trim().to_ascii_uppercase();
+        let bare = up.strip_prefix("CAP_").unwrap_or(&up);
+        if bare == "ALL" {
+            return Ok(None);
+        }
+        bare.parse::<Capability>()
+            .map(Some)
+            .map_err(|_| format!("capability {n:?} is not a Linux capability"))
+    };
+    let all = |list: &[String]| list.iter().any(|n| n.trim().eq_ignore_ascii_case("ALL"));
+    let mut set: Capabilities = if all(add) {
+        orch_core::model::validate::CAPABILITY_NAMES
+            .iter()
+            .filter_map(|n| n.parse::<Capability>().ok())
+            .collect()
+    } else {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .filter_map(|n| n.parse::<Capability>().ok())
+            .collect()
+    };
+    if all(drop) {
+        set.clear();
+    }
+    for n in drop {
+        if let Some(c) = parse(n)? {
+            set.remove(&c);
+        }
+    }
+    for n in add {
+        if let Some(c) = parse(n)? {
+            set.insert(c);
+        }
+    }
+    Ok(set)
 }
 
 /// Whether `h` can be a container's hostname: 1 to 63 letters, digits, `-` and `.`, starting

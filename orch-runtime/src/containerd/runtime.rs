@@ -970,7 +970,8 @@ impl Runtime for ContainerdRuntime {
             }
             Err(e) => return Err(e),
         };
-        let user = match cfg.user.as_deref() {
+        // The template's user wins over the image's.
+        let user = match t.user.as_deref().or(cfg.user.as_deref()) {
             None => None,
             Some(u) => Some(self.resolve_user(image, &cfg, u).await?),
         };
@@ -1056,14 +1057,14 @@ impl Runtime for ContainerdRuntime {
             labels.insert(LABEL_NETNS.into(), n.netns.display().to_string());
             mounts.push(file_mount(
                 self.hosts_path(&spec.id),
-                &hosts_file(&n.ip, &n.hostname),
+                &hosts_file(&n.ip, t.hostname.as_deref().unwrap_or(&n.hostname)),
                 "/etc/hosts",
             )?);
         }
         let secrets_dir = self.tmpfs_dir(&spec.id);
         for (i, m) in spec.mounts.iter().enumerate() {
             match &m.source {
-                MountSource::Files(files) => {
+                MountSource::Files(files) | MountSource::File(files) => {
                     let dir = secrets_dir.join(i.to_string());
                     crate::mounts::write_files(&dir, files, user).map_err(|source| {
                         RuntimeError::Io {
@@ -1071,8 +1072,13 @@ impl Runtime for ContainerdRuntime {
                             source,
                         }
                     })?;
+                    // One key: the file itself is bind-mounted at the mount's path.
+                    let source = match (&m.source, files.files.first()) {
+                        (MountSource::File(_), Some((name, _))) => dir.join(name),
+                        _ => dir,
+                    };
                     mounts.push(super::BindMount {
-                        source: dir,
+                        source,
                         destination: m.path.clone(),
                         read_only: true,
                     });
@@ -1124,8 +1130,13 @@ impl Runtime for ContainerdRuntime {
             read_only_root: t.read_only_root_filesystem,
             host_network: network.is_none(),
             netns: network.as_ref().map(|n| n.netns.clone()),
-            hostname: network.as_ref().map(|n| n.hostname.clone()),
+            hostname: t
+                .hostname
+                .clone()
+                .or(network.as_ref().map(|n| n.hostname.clone())),
             user,
+            cap_add: t.capabilities.add.clone(),
+            cap_drop: t.capabilities.drop.clone(),
             cpu_millis: t.resources.cpu.map(|c| c.0),
             memory_bytes: t.resources.memory.map(|m| m.0),
             cgroups_path: Some(cgroup_path(&self.inner.config.namespace, &spec.id)),

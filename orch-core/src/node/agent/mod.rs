@@ -19,6 +19,7 @@ use crate::store::{delete_op, Op};
 
 mod backoff;
 mod heartbeat;
+mod init;
 mod network;
 mod probing;
 mod resolve;
@@ -124,6 +125,10 @@ struct State {
     backoff: HashMap<String, Backoff>,
     /// What the probes say of each probed workload: the run (runtime id) and its view.
     probed: HashMap<String, (String, ProbeView)>,
+    /// Replicas' init steps (running, done or failed), by workload id.
+    init: HashMap<String, init::InitRun>,
+    /// Init runs started so far (numbers them).
+    init_runs: u64,
 }
 
 /// One node's agent.
@@ -299,6 +304,8 @@ impl Agent {
             .workloads
             .get_mut(id)
             .filter(|w| run.is_none_or(|r| w.runtime_id == r))
+            // An exit from before this run started is an earlier run's (an init step's).
+            .filter(|w| status.at.is_none_or(|at| at >= w.started_at))
         {
             w.state = WorkloadState::Exited(status);
         }
@@ -342,6 +349,9 @@ impl Agent {
         replica: Option<Replica>,
     ) -> Outcome {
         let id = id.to_string();
+        if let Some(o) = self.init_outcome(&id, replica.as_ref()).await {
+            return o;
+        }
         let workload = {
             let g = self.lock();
             if g.busy.contains(&id) {
@@ -363,7 +373,11 @@ impl Agent {
             (Some(r), w) if r.spec.desired == DesiredState::Stopped => {
                 self.reconcile_stopped(key, &r, w).await
             }
-            (Some(r), Some(w)) if w.replica_uid != r.metadata.uid => {
+            (Some(r), Some(w))
+                if w.replica_uid != r.metadata.uid || w.template_hash.contains(init::INIT_MARK) =>
+            {
+                // Another replica's, or an init step run before the agent restarted (the
+                // steps run again).
                 self.stop_in_background(&id, &w, None, key);
                 Outcome::default()
             }
@@ -434,6 +448,10 @@ impl Agent {
             }
             None => {
                 self.lock().backoff.remove(&id);
+                if !r.spec.template.init.is_empty() {
+                    // The last init step's run may be left in the runtime (a failed step).
+                    self.remove_step_run(&id).await;
+                }
                 self.detach(&id).await;
                 Outcome {
                     ops: vec![delete_op(&Object::Replica(r.clone()))],

@@ -136,6 +136,9 @@ impl Agent {
                 requeue_after: None,
             };
         }
+        if let Some(o) = self.init_check(r, &st, restart, &rec).await {
+            return o;
+        }
         let lease = match self.net_plan(&r.spec.template) {
             NetPlan::Host => None,
             NetPlan::Own(lease) => Some(lease),
@@ -175,14 +178,6 @@ impl Agent {
                 value_from: None,
             },
         ]);
-        let (template, mounts) = match self.resolve(r).await {
-            Ok(x) => x,
-            Err(why) => {
-                return self
-                    .start_failed(r, st, restart, RuntimeError::StartFailed(why), &rec)
-                    .await
-            }
-        };
         let network = match (&lease, &self.cfg.network) {
             (Some(lease), Some(net)) => match net.0.attach(&id, &r.spec.template.ports).await {
                 Ok(n) => Some((n, gateway(&lease.subnet))),
@@ -201,6 +196,35 @@ impl Agent {
             },
             _ => None,
         };
+        // Resolved once the network is attached: `status.podIP` is the replica's address.
+        let resolved = match self
+            .resolve(r, network.as_ref().map(|(n, _)| n.ip.as_str()))
+            .await
+        {
+            Ok(x) => x,
+            Err(why) => {
+                if network.is_some() {
+                    self.detach(&id).await;
+                }
+                return self
+                    .start_failed(r, st, restart, RuntimeError::StartFailed(why), &rec)
+                    .await;
+            }
+        };
+        if !resolved.warnings.is_empty() {
+            // Kubernetes' reason for the same: the keys are skipped, the start goes on.
+            rec.warning(
+                Kind::Replica,
+                ns,
+                name,
+                "InvalidEnvironmentVariableNames",
+                format!(
+                    "envFrom keys skipped (not valid variable names): {}",
+                    resolved.warnings.join(", ")
+                ),
+            );
+        }
+        let (template, mounts) = (resolved.template, resolved.mounts);
         // With a network of its own the workload reaches the cluster DNS at its gateway.
         let dns_server = match &network {
             Some((_, Some(gw))) => self.cfg.dns.map(|_| std::net::SocketAddr::from((*gw, 53))),
@@ -230,6 +254,9 @@ impl Agent {
             b.retry_at = None;
             b.last_start = Some(Instant::now());
             b.start_error = None;
+        }
+        if !resolved.steps.is_empty() && self.init_pending(r) {
+            return self.start_init(r, spec, resolved.steps);
         }
         match self.runtime.start(&spec).await {
             Ok(mut w) => {
