@@ -143,7 +143,49 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
             .await?
             .is_some());
     };
-    let d = decide(&job, &replicas, Timestamp::now());
+    // dependsOn: no first replica (and no start) before every dependency holds.
+    if replicas.is_empty() && job.status.started.is_none() && job.status.state == JobState::Running
+    {
+        let gate = crate::engine::depends::gate_in(ctx, ns, &job.spec.depends_on);
+        let message = match &gate {
+            crate::engine::depends::Gate::Open => None,
+            crate::engine::depends::Gate::Wait(m) | crate::engine::depends::Gate::Never(m) => {
+                Some(m.clone())
+            }
+        };
+        if let Some(message) = message {
+            if job.status.message == message {
+                return Ok(false);
+            }
+            if matches!(gate, crate::engine::depends::Gate::Never(_)) {
+                ctx.recorder.about(&job.metadata.uid).warning(
+                    Kind::Job,
+                    ns,
+                    name,
+                    "DependencyFailed",
+                    message.clone(),
+                );
+            }
+            let mut j = job.clone();
+            j.status.message = message;
+            if let Some(rev) = txn_chunked(
+                &*ctx.store,
+                vec![update_op(&Object::Job(Box::new(j)))],
+                crate::store::MAX_TXN_OPS,
+            )
+            .await?
+            {
+                ctx.cache.wait_for(rev).await;
+            }
+            return Ok(false);
+        }
+    }
+    let mut d = decide(&job, &replicas, Timestamp::now());
+    if job.status.message.starts_with("waiting for ") || job.status.message.starts_with("will not start: ") {
+        if d.status.message == job.status.message {
+            d.status.message.clear();
+        }
+    }
     for k in &d.stop {
         if let Some(r) = replicas
             .iter()
@@ -192,15 +234,63 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
 }
 
 /// The job controller (see the module doc).
-pub(crate) struct Jobs;
+#[derive(Default)]
+pub(crate) struct Jobs {
+    /// Jobs by what they depend on: a change of a dependency wakes the jobs that wait for it.
+    dependents: crate::engine::depends::Dependents,
+}
+
+impl Jobs {
+    /// The jobs still waiting (not started) for the service or job a change is about; keeps
+    /// the index of dependents up to date with changes of jobs.
+    fn dependents_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        if let Change::Object {
+            kind: Kind::Job,
+            key,
+            new,
+            ..
+        } = c
+        {
+            if let Some(k) = ObjectKey::parse(key) {
+                let deps = match new.as_deref() {
+                    Some(Object::Job(j)) => j.spec.depends_on.as_slice(),
+                    _ => &[],
+                };
+                self.dependents.set(&k.namespace, &k.name, deps);
+            }
+        }
+        if self.dependents.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = Vec::new();
+        for (ns, kind, name) in crate::engine::depends::targets_of(c) {
+            for dependent in self.dependents.of(&ns, kind, &name) {
+                let key = ObjectKey::new(Kind::Job, &ns, &dependent);
+                let waiting = ctx
+                    .cache
+                    .get(Kind::Job, &key.store_key())
+                    .is_some_and(|o| matches!(o.as_ref(), Object::Job(j) if j.status.started.is_none()));
+                if waiting {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+}
 
 #[async_trait::async_trait]
 impl Reconcile for Jobs {
     type Error = StoreError;
     const NAME: &'static str = "jobs";
 
-    fn keys_for(&self, _: &Ctx, c: &Change) -> Vec<ObjectKey> {
-        match c {
+    fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        let mut keys = if matches!(c.kind(), Some(Kind::Job | Kind::Service | Kind::Replica)) {
+            self.dependents_for(ctx, c)
+        } else {
+            Vec::new()
+        };
+        keys.extend(match c {
             Change::Object {
                 kind: Kind::Job,
                 key,
@@ -217,13 +307,21 @@ impl Reconcile for Jobs {
                 })
                 .collect(),
             _ => Vec::new(),
-        }
+        });
+        keys
     }
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> = ctx
-            .cache
-            .list(Kind::Job)
+        let jobs = ctx.cache.list(Kind::Job);
+        self.dependents.rebuild(jobs.iter().filter_map(|o| match o.as_ref() {
+            Object::Job(j) => Some((
+                j.metadata.namespace.as_str(),
+                j.metadata.name.as_str(),
+                j.spec.depends_on.as_slice(),
+            )),
+            _ => None,
+        }));
+        let mut keys: Vec<ObjectKey> = jobs
             .iter()
             .map(|o| ObjectKey::of(o))
             .collect();

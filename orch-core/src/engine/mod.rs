@@ -22,6 +22,8 @@
 pub mod api;
 pub mod cache;
 pub(crate) mod controller;
+pub(crate) mod cronjobs;
+pub(crate) mod depends;
 pub(crate) mod ctx;
 pub(crate) mod endpoints;
 pub(crate) mod events;
@@ -128,13 +130,13 @@ impl ControllerSet {
         let cancel = ctx.cancel.child_token();
         let mut tasks = vec![
             tokio::spawn(controller::run(
-                Arc::new(replication::Replication),
+                Arc::new(replication::Replication::default()),
                 ctx.clone(),
                 ctx.config.workers,
                 cancel.clone(),
             )),
             tokio::spawn(controller::run(
-                Arc::new(jobs::Jobs),
+                Arc::new(jobs::Jobs::default()),
                 ctx.clone(),
                 1,
                 cancel.clone(),

@@ -30,6 +30,8 @@ pub(crate) struct Decision {
     pub delete: Vec<String>,
     /// Global services: nodes to create a replica on (bound at creation).
     pub create_on: Vec<String>,
+    /// Ordered services: the names of the replicas to create (`NAME-ORDINAL`).
+    pub create_names: Vec<String>,
 }
 
 fn ready(r: &Replica) -> bool {
@@ -227,6 +229,150 @@ pub(crate) fn decide_global<R: Borrow<Replica>>(
     d
 }
 
+/// The ordinal of replica `replica` of ordered service `service`: `NAME-I` with `I` in
+/// decimal without leading zeros; `None` for any other name.
+pub fn ordinal_of(service: &str, replica: &str) -> Option<u32> {
+    let digits = replica.strip_prefix(service)?.strip_prefix('-')?;
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The name of replica `ordinal` of ordered service `service`: `NAME-ORDINAL`.
+pub fn ordinal_name(service: &str, ordinal: u32) -> String {
+    format!("{service}-{ordinal}")
+}
+
+/// Pure decision for an ordered service (Kubernetes' StatefulSet with OrderedReady and
+/// RollingUpdate): replica `NAME-i` is created only when `NAME-0..i` exist, run and are
+/// Ready, one at a time; a name is created again only once no replica object holds it (a
+/// lost replica is deleted, then recreated under its name); replicas past `replicas` (and
+/// any of another name) are stopped one at a time, highest ordinal first, once nothing else
+/// of the service is stopping; replicas of an old revision (or on a draining node) are
+/// stopped from the highest ordinal down, while fewer than `maxUnavailable` (default 1) of
+/// the ordinals are unavailable, and come back under their name with the new template.
+pub(crate) fn decide_ordered<R: Borrow<Replica>>(
+    svc: &Service,
+    versions: &[String],
+    replicas: &[R],
+    draining: &dyn Fn(&str) -> bool,
+) -> Decision {
+    let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
+    let name = svc.metadata.name.as_str();
+    let n = svc.spec.replicas;
+    let hash = svc.spec.revision_hash(versions);
+    let mut d = Decision::default();
+    // The replica object holding each ordinal (whatever its state), and what is stopping.
+    let mut by_ordinal: std::collections::BTreeMap<u32, &Replica> = Default::default();
+    let mut stopping = false;
+    // Replicas to remove, one at a time: other names first, then the highest ordinal.
+    let mut surplus: Vec<(Option<u32>, &Replica)> = Vec::new();
+    for r in replicas {
+        let r: &Replica = r.borrow();
+        let ordinal = ordinal_of(name, &r.metadata.name);
+        if let Some(i) = ordinal {
+            by_ordinal.insert(i, r);
+        }
+        if r.status.phase == Phase::Lost
+            || (r.spec.desired == DesiredState::Stopped && r.spec.node.is_none())
+        {
+            d.delete.push(key(r));
+            continue;
+        }
+        if r.spec.desired == DesiredState::Stopped {
+            stopping = true;
+            continue;
+        }
+        match ordinal {
+            Some(i) if i < n => {}
+            _ => surplus.push((ordinal, r)),
+        }
+    }
+    let up = |r: &Replica| r.spec.desired == DesiredState::Running && ready(r);
+    // Scale down: one at a time, highest ordinal first, after the one before has gone.
+    surplus.sort_by_key(|(o, _)| o.map_or(u64::MAX, |i| i as u64));
+    if let Some((_, r)) = surplus.last() {
+        if !stopping && d.delete.is_empty() {
+            if r.spec.node.is_none() {
+                d.delete.push(key(r));
+            } else {
+                d.stop.push(key(r));
+            }
+        }
+        // Kubernetes finishes scaling down before it updates or scales up.
+        return d;
+    }
+    // Create: the lowest missing ordinal, once every lower one is up and ready.
+    for i in 0..n {
+        match by_ordinal.get(&i) {
+            Some(r) if up(r) => continue,
+            Some(_) => break,
+            None => {
+                d.create_names.push(ordinal_name(name, i));
+                break;
+            }
+        }
+    }
+    d.create = d.create_names.len() as u32;
+    if svc.spec.update.paused {
+        return d;
+    }
+    // Rolling update, from the highest ordinal down.
+    let max_unavailable = svc
+        .spec
+        .update
+        .max_unavailable
+        .as_ref()
+        .map_or(1, |m| m.resolve(n, false))
+        .max(1) as usize;
+    let mut unavailable = (0..n)
+        .filter(|i| by_ordinal.get(i).is_none_or(|r| !up(r)))
+        .count();
+    for i in (0..n).rev() {
+        let Some(r) = by_ordinal.get(&i).copied() else {
+            continue;
+        };
+        let outdated = r.spec.template_hash != hash || r.spec.node.as_deref().is_some_and(draining);
+        if r.spec.desired != DesiredState::Running || !outdated || d.delete.contains(&key(r)) {
+            continue;
+        }
+        if up(r) {
+            if unavailable >= max_unavailable {
+                break;
+            }
+            unavailable += 1;
+        }
+        if r.spec.node.is_none() {
+            d.delete.push(key(r));
+        } else {
+            d.stop.push(key(r));
+        }
+    }
+    d
+}
+
+/// Why an ordered service has fewer replicas than it wants: the ordinal it waits on.
+fn ordered_message(svc: &Service, replicas: &[&Replica]) -> Option<String> {
+    let name = &svc.metadata.name;
+    let have: std::collections::BTreeMap<u32, &Replica> = replicas
+        .iter()
+        .filter_map(|r| Some((ordinal_of(name, &r.metadata.name)?, *r)))
+        .collect();
+    let missing = (0..svc.spec.replicas).find(|i| !have.contains_key(i))?;
+    let blocker = (0..missing)
+        .filter_map(|i| have.get(&i))
+        .find(|r| !(r.spec.desired == DesiredState::Running && ready(r)))?;
+    Some(format!(
+        "{} waits for {} to be ready (ordered start)",
+        ordinal_name(name, missing),
+        blocker.metadata.name
+    ))
+}
+
 /// Whether a node change can change where global services run (not a mere heartbeat).
 fn eligibility_changed(c: &Change) -> bool {
     let Change::Object {
@@ -333,6 +479,11 @@ pub fn new_replica(svc: &Service, versions: &[String]) -> Replica {
     if name.len() > 63 {
         name = format!("{}-{suffix}", &svc.metadata.name[..57]);
     }
+    new_replica_named(svc, versions, name)
+}
+
+/// A new pending replica of `svc` named `name` (an ordered service's `NAME-ORDINAL`).
+pub fn new_replica_named(svc: &Service, versions: &[String], name: String) -> Replica {
     let mut labels = svc.spec.template.labels.clone();
     labels.insert(SERVICE_LABEL.into(), svc.metadata.name.clone());
     Replica {
@@ -474,10 +625,24 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
         .as_ref()
         .filter(|s| s.spec.mode == crate::model::object::ServiceMode::Global)
         .map(|s| (s, eligible_nodes(s, &ctx.cache.nodes())));
+    // dependsOn: no first replica before every dependency holds.
+    let gate = match &svc {
+        Some(s) if replicas.is_empty() => {
+            crate::engine::depends::gate_in(ctx, ns, &s.spec.depends_on)
+        }
+        _ => crate::engine::depends::Gate::Open,
+    };
     let mut stranded_on = std::collections::BTreeSet::new();
-    let d = match &global {
-        Some((s, eligible)) => decide_global(s, &versions, &replicas, eligible),
-        None => {
+    let ordered = svc
+        .as_ref()
+        .filter(|s| s.spec.mode == crate::model::object::ServiceMode::Ordered);
+    let d = match (&global, ordered) {
+        (Some((s, eligible)), _) => decide_global(s, &versions, &replicas, eligible),
+        (None, Some(s)) => {
+            let draining = ctx.cache.draining_nodes();
+            decide_ordered(s, &versions, &replicas, &|n| draining.contains(n))
+        }
+        (None, None) => {
             let draining = ctx.cache.draining_nodes();
             // A drain moves a service's replicas only if some other node can take them:
             // with nowhere to go they stay (ready) instead of being stopped for
@@ -502,6 +667,12 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
             })
         }
     };
+    let mut d = d;
+    if gate != crate::engine::depends::Gate::Open {
+        d.create = 0;
+        d.create_on.clear();
+        d.create_names.clear();
+    }
     let mut ops: Vec<Op> = Vec::new();
     let keyed: HashMap<String, &Replica> = if d.delete.is_empty() && d.stop.is_empty() {
         HashMap::new()
@@ -534,7 +705,14 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
         // one collision would fail a whole batch. Draw again for names already taken.
         let mut fresh = std::collections::HashSet::new();
         let mut bind_to = d.create_on.iter();
-        for _ in 0..d.create {
+        for name in &d.create_names {
+            ops.push(create_op(&Object::Replica(new_replica_named(
+                svc,
+                &versions,
+                name.clone(),
+            ))));
+        }
+        for _ in d.create_names.len() as u32..d.create {
             let mut r = new_replica(svc, &versions);
             for _ in 0..8 {
                 let key = Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
@@ -551,6 +729,27 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
             ops.push(create_op(&Object::Replica(r)));
         }
         let mut status = status_of(svc, &versions, &replicas);
+        match &gate {
+            crate::engine::depends::Gate::Open => {}
+            crate::engine::depends::Gate::Wait(m) => status.message = m.clone(),
+            crate::engine::depends::Gate::Never(m) => {
+                if svc.status.message != *m {
+                    ctx.recorder.about(&svc.metadata.uid).warning(
+                        Kind::Service,
+                        ns,
+                        name,
+                        "DependencyFailed",
+                        m.clone(),
+                    );
+                }
+                status.message = m.clone();
+            }
+        }
+        if let Some(m) = ordered.and_then(|s| ordered_message(s, &replicas)) {
+            if status.message.is_empty() {
+                status.message = m;
+            }
+        }
         if !stranded_on.is_empty() && status.message.is_empty() {
             status.message = format!(
                 "replicas on draining node(s) {} stay: no other schedulable node for them",
@@ -625,7 +824,51 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
 }
 
 /// The replication controller (see the module doc).
-pub(crate) struct Replication;
+#[derive(Default)]
+pub(crate) struct Replication {
+    /// Services by what they depend on: a change of a dependency wakes the services that
+    /// wait for it.
+    dependents: crate::engine::depends::Dependents,
+}
+
+impl Replication {
+    /// The services still waiting (no replica yet) for the service or job a change is about;
+    /// keeps the index of dependents up to date with changes of services.
+    fn dependents_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        if let Change::Object {
+            kind: Kind::Service,
+            key,
+            new,
+            ..
+        } = c
+        {
+            if let Some(k) = ObjectKey::parse(key) {
+                let deps = match new.as_deref() {
+                    Some(Object::Service(s)) => s.spec.depends_on.as_slice(),
+                    _ => &[],
+                };
+                self.dependents.set(&k.namespace, &k.name, deps);
+            }
+        }
+        if self.dependents.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = Vec::new();
+        for (ns, kind, name) in crate::engine::depends::targets_of(c) {
+            for dependent in self.dependents.of(&ns, kind, &name) {
+                let key = ObjectKey::new(Kind::Service, &ns, &dependent);
+                let waiting = ctx
+                    .cache
+                    .get(Kind::Service, &key.store_key())
+                    .is_some_and(|o| matches!(o.as_ref(), Object::Service(s) if s.status.replicas == 0));
+                if waiting {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+}
 
 #[async_trait::async_trait]
 impl Reconcile for Replication {
@@ -635,11 +878,22 @@ impl Reconcile for Replication {
     fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
         if !matches!(
             c.kind(),
-            Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
+            Some(
+                Kind::Service
+                    | Kind::Replica
+                    | Kind::Node
+                    | Kind::Secret
+                    | Kind::Config
+                    | Kind::Job
+            )
         ) {
             return Vec::new();
         }
-        let mut keys = keys_for(c);
+        let mut keys = self.dependents_for(ctx, c);
+        if c.kind() == Some(Kind::Job) {
+            return keys;
+        }
+        keys.extend(keys_for(c));
         keys.extend(keys_for_node(ctx, c));
         if let Change::Object {
             kind: kind @ (Kind::Secret | Kind::Config),
@@ -666,6 +920,15 @@ impl Reconcile for Replication {
     }
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
+        let services = ctx.cache.list(Kind::Service);
+        self.dependents.rebuild(services.iter().filter_map(|o| match o.as_ref() {
+            Object::Service(s) => Some((
+                s.metadata.namespace.as_str(),
+                s.metadata.name.as_str(),
+                s.spec.depends_on.as_slice(),
+            )),
+            _ => None,
+        }));
         let mut keys = ctx.cache.service_keys();
         // Services that still have replicas (a deleted service's leftovers), from the index:
         // copying every replica here once a resync period cost seconds and gigabytes at scale.

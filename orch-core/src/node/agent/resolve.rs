@@ -67,12 +67,14 @@ impl Agent {
                     })
                     .unwrap_or_default();
                 MountSource::Files(MountFiles { secret, files })
-            } else if let Some(v) = &m.volume {
+            } else if let Some(v) = m.volume_name(&r.metadata.name) {
+                // A per-replica volume is `VOLUME-REPLICA`: the scheduler placed the
+                // replica on the node that holds it, if one does.
                 let volumes = self.cfg.volumes.as_ref().ok_or(format!(
                     "volume {v}: node {} keeps no volumes",
                     self.cfg.node
                 ))?;
-                MountSource::Dir(volumes.create(v)?)
+                MountSource::Dir(volumes.create(&v)?)
             } else if let Some(h) = &m.host_path {
                 MountSource::Dir(self.allowed_host_path(h)?)
             } else {
