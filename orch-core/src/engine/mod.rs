@@ -124,7 +124,7 @@ pub(crate) struct ControllerSet {
 }
 
 impl ControllerSet {
-    /// Starts the control plane: replication, jobs, scheduling and node lifecycle, and the
+    /// Starts the control plane: replication, jobs, cron jobs, scheduling and node lifecycle, and the
     /// network controller when the cluster has a network.
     pub(crate) fn control_plane(ctx: &Arc<Ctx>) -> ControllerSet {
         let cancel = ctx.cancel.child_token();
@@ -137,6 +137,12 @@ impl ControllerSet {
             )),
             tokio::spawn(controller::run(
                 Arc::new(jobs::Jobs::default()),
+                ctx.clone(),
+                1,
+                cancel.clone(),
+            )),
+            tokio::spawn(controller::run(
+                Arc::new(cronjobs::CronJobs),
                 ctx.clone(),
                 1,
                 cancel.clone(),

@@ -543,6 +543,8 @@ fn decode_document(mut doc: Value, ignored: &mut Vec<String>) -> Result<Object, 
         Kind::Secret => Object::Secret(typed::<Secret>(v)?),
         Kind::Config => Object::Config(typed::<Config>(v)?),
         Kind::Job => Object::Job(Box::new(typed::<crate::model::object::Job>(v)?)),
+        Kind::Route => Object::Route(Box::new(typed::<crate::model::object::Route>(v)?)),
+        Kind::CronJob => Object::CronJob(Box::new(typed::<crate::model::object::CronJob>(v)?)),
         _ => unreachable!("only applicable kinds are matched above"),
     };
     let md: &mut Metadata = obj.metadata_mut();
