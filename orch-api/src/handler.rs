@@ -776,7 +776,10 @@ async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> R
         .filter(|r| {
             r.spec.node.as_deref() == Some(node.as_str())
                 && r.spec.desired == orch_core::model::object::DesiredState::Running
-                && r.spec.template.volume_names(&r.metadata.name).contains(&name)
+                && r.spec
+                    .template
+                    .volume_names(&r.metadata.name)
+                    .contains(&name)
         })
         .map(|r| format!("{}/{}", r.metadata.namespace, r.metadata.name))
         .collect();

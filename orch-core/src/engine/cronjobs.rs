@@ -13,10 +13,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
+use crate::model::cron::parse_schedule;
 use crate::model::object::{
     ConcurrencyPolicy, CronJob, CronJobStatus, Job, JobState, Kind, Metadata, Object, ObjectKey,
 };
-use crate::model::cron::parse_schedule;
 use crate::model::quantity::Timestamp;
 use crate::store::{create_op, delete_op, txn_chunked, update_op, Op, StoreError};
 
@@ -81,8 +81,11 @@ pub fn decide(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> CronActions {
         (failed, spec.failed_jobs_history_limit),
     ] {
         list.sort_by_key(|j| std::cmp::Reverse((finished_at(j), j.metadata.name.clone())));
-        a.delete
-            .extend(list.iter().skip(keep as usize).map(|j| j.metadata.name.clone()));
+        a.delete.extend(
+            list.iter()
+                .skip(keep as usize)
+                .map(|j| j.metadata.name.clone()),
+        );
     }
     a.status.active = active.iter().map(|j| j.metadata.name.clone()).collect();
     let schedule = match parse_schedule(&spec.schedule, spec.time_zone.as_deref()) {
@@ -262,7 +265,11 @@ impl Reconcile for CronJobs {
 
     fn keys_for(&self, _: &Ctx, c: &Change) -> Vec<ObjectKey> {
         let Change::Object {
-            kind, key, old, new, ..
+            kind,
+            key,
+            old,
+            new,
+            ..
         } = c
         else {
             return Vec::new();
@@ -353,7 +360,14 @@ mod tests {
     #[test]
     fn schedules_parse_five_fields_and_macros_in_utc_only() {
         use crate::model::cron::parse_schedule;
-        for ok in ["* * * * *", "*/5 1-3 * * MON-FRI", "0 0 1 1 *", "@hourly", "@Daily", "@midnight"] {
+        for ok in [
+            "* * * * *",
+            "*/5 1-3 * * MON-FRI",
+            "0 0 1 1 *",
+            "@hourly",
+            "@Daily",
+            "@midnight",
+        ] {
             assert!(parse_schedule(ok, None).is_ok(), "{ok}");
         }
         assert!(parse_schedule("* * * * *", Some("UTC")).is_ok());
@@ -366,13 +380,22 @@ mod tests {
             ("a b c d e", "\"a b c d e\""),
         ] {
             let e = parse_schedule(bad, None).unwrap_err();
-            assert!(e.contains("five cron fields") && e.contains(says), "{bad}: {e}");
+            assert!(
+                e.contains("five cron fields") && e.contains(says),
+                "{bad}: {e}"
+            );
         }
         let e = parse_schedule("* * * * *", Some("Europe/Berlin")).unwrap_err();
-        assert!(e.contains("\"Europe/Berlin\"") && e.contains("UTC only"), "{e}");
+        assert!(
+            e.contains("\"Europe/Berlin\"") && e.contains("UTC only"),
+            "{e}"
+        );
         // Times: every 15 minutes; the previous at or before, the next after.
         let s = parse_schedule("*/15 * * * *", None).unwrap();
-        assert_eq!(s.previous(Timestamp(31 * MIN + 5)), Some(Timestamp(30 * MIN)));
+        assert_eq!(
+            s.previous(Timestamp(31 * MIN + 5)),
+            Some(Timestamp(30 * MIN))
+        );
         assert_eq!(s.previous(Timestamp(30 * MIN)), Some(Timestamp(30 * MIN)));
         assert_eq!(s.next(Timestamp(30 * MIN)), Some(Timestamp(45 * MIN)));
     }
@@ -394,62 +417,210 @@ mod tests {
         }
         let running = |n: &str| job(n, JobState::Running, 0);
         let cases = vec![
-            Case { what: "not due yet", spec: every.into(), last: None, jobs: vec![], now: 105 * MIN,
-                create: None, delete: &[], active: &[], message: "" },
-            Case { what: "due", spec: every.into(), last: None, jobs: vec![], now: 110 * MIN + 3,
-                create: Some("c-110"), delete: &[], active: &["c-110"], message: "" },
-            Case { what: "already ran", spec: every.into(), last: Some(110), jobs: vec![], now: 115 * MIN,
-                create: None, delete: &[], active: &[], message: "" },
-            Case { what: "downtime: only the latest missed run", spec: every.into(), last: Some(110), jobs: vec![], now: 175 * MIN,
-                create: Some("c-170"), delete: &[], active: &["c-170"], message: "" },
-            Case { what: "downtime past the starting deadline", spec: format!("{every}  startingDeadline: 60s\n"), last: Some(110), jobs: vec![], now: 175 * MIN,
-                create: None, delete: &[], active: &[], message: "skipped the run due at" },
-            Case { what: "within the starting deadline", spec: format!("{every}  startingDeadline: 60s\n"), last: Some(110), jobs: vec![], now: 170 * MIN + 59_000,
-                create: Some("c-170"), delete: &[], active: &["c-170"], message: "" },
-            Case { what: "allow: runs beside the active one", spec: every.into(), last: Some(110), jobs: vec![running("c-110")], now: 120 * MIN,
-                create: Some("c-120"), delete: &[], active: &["c-110", "c-120"], message: "" },
-            Case { what: "forbid: waits", spec: format!("{every}  concurrencyPolicy: Forbid\n"), last: Some(110), jobs: vec![running("c-110")], now: 120 * MIN,
-                create: None, delete: &[], active: &["c-110"], message: "c-110 still running (concurrencyPolicy Forbid)" },
-            Case { what: "forbid: runs once the other finished", spec: format!("{every}  concurrencyPolicy: Forbid\n"), last: Some(110), jobs: vec![job("c-110", JobState::Succeeded, 121 * MIN)], now: 121 * MIN,
-                create: Some("c-120"), delete: &[], active: &["c-120"], message: "" },
-            Case { what: "replace: the running one goes", spec: format!("{every}  concurrencyPolicy: Replace\n"), last: Some(110), jobs: vec![running("c-110")], now: 120 * MIN,
-                create: Some("c-120"), delete: &["c-110"], active: &["c-120"], message: "" },
-            Case { what: "suspended", spec: format!("{every}  suspend: true\n"), last: Some(110), jobs: vec![], now: 120 * MIN,
-                create: None, delete: &[], active: &[], message: "suspended" },
-            Case { what: "the job exists already", spec: every.into(), last: Some(110), jobs: vec![running("c-120")], now: 120 * MIN,
-                create: None, delete: &[], active: &["c-120"], message: "" },
-            Case { what: "history limits: 2 successful, 1 failed kept", spec: format!("{every}  successfulJobsHistoryLimit: 2\n  failedJobsHistoryLimit: 1\n"), last: Some(110),
+            Case {
+                what: "not due yet",
+                spec: every.into(),
+                last: None,
+                jobs: vec![],
+                now: 105 * MIN,
+                create: None,
+                delete: &[],
+                active: &[],
+                message: "",
+            },
+            Case {
+                what: "due",
+                spec: every.into(),
+                last: None,
+                jobs: vec![],
+                now: 110 * MIN + 3,
+                create: Some("c-110"),
+                delete: &[],
+                active: &["c-110"],
+                message: "",
+            },
+            Case {
+                what: "already ran",
+                spec: every.into(),
+                last: Some(110),
+                jobs: vec![],
+                now: 115 * MIN,
+                create: None,
+                delete: &[],
+                active: &[],
+                message: "",
+            },
+            Case {
+                what: "downtime: only the latest missed run",
+                spec: every.into(),
+                last: Some(110),
+                jobs: vec![],
+                now: 175 * MIN,
+                create: Some("c-170"),
+                delete: &[],
+                active: &["c-170"],
+                message: "",
+            },
+            Case {
+                what: "downtime past the starting deadline",
+                spec: format!("{every}  startingDeadline: 60s\n"),
+                last: Some(110),
+                jobs: vec![],
+                now: 175 * MIN,
+                create: None,
+                delete: &[],
+                active: &[],
+                message: "skipped the run due at",
+            },
+            Case {
+                what: "within the starting deadline",
+                spec: format!("{every}  startingDeadline: 60s\n"),
+                last: Some(110),
+                jobs: vec![],
+                now: 170 * MIN + 59_000,
+                create: Some("c-170"),
+                delete: &[],
+                active: &["c-170"],
+                message: "",
+            },
+            Case {
+                what: "allow: runs beside the active one",
+                spec: every.into(),
+                last: Some(110),
+                jobs: vec![running("c-110")],
+                now: 120 * MIN,
+                create: Some("c-120"),
+                delete: &[],
+                active: &["c-110", "c-120"],
+                message: "",
+            },
+            Case {
+                what: "forbid: waits",
+                spec: format!("{every}  concurrencyPolicy: Forbid\n"),
+                last: Some(110),
+                jobs: vec![running("c-110")],
+                now: 120 * MIN,
+                create: None,
+                delete: &[],
+                active: &["c-110"],
+                message: "c-110 still running (concurrencyPolicy Forbid)",
+            },
+            Case {
+                what: "forbid: runs once the other finished",
+                spec: format!("{every}  concurrencyPolicy: Forbid\n"),
+                last: Some(110),
+                jobs: vec![job("c-110", JobState::Succeeded, 121 * MIN)],
+                now: 121 * MIN,
+                create: Some("c-120"),
+                delete: &[],
+                active: &["c-120"],
+                message: "",
+            },
+            Case {
+                what: "replace: the running one goes",
+                spec: format!("{every}  concurrencyPolicy: Replace\n"),
+                last: Some(110),
+                jobs: vec![running("c-110")],
+                now: 120 * MIN,
+                create: Some("c-120"),
+                delete: &["c-110"],
+                active: &["c-120"],
+                message: "",
+            },
+            Case {
+                what: "suspended",
+                spec: format!("{every}  suspend: true\n"),
+                last: Some(110),
+                jobs: vec![],
+                now: 120 * MIN,
+                create: None,
+                delete: &[],
+                active: &[],
+                message: "suspended",
+            },
+            Case {
+                what: "the job exists already",
+                spec: every.into(),
+                last: Some(110),
+                jobs: vec![running("c-120")],
+                now: 120 * MIN,
+                create: None,
+                delete: &[],
+                active: &["c-120"],
+                message: "",
+            },
+            Case {
+                what: "history limits: 2 successful, 1 failed kept",
+                spec: format!(
+                    "{every}  successfulJobsHistoryLimit: 2\n  failedJobsHistoryLimit: 1\n"
+                ),
+                last: Some(110),
                 jobs: vec![
-                    job("c-70", JobState::Succeeded, 71 * MIN), job("c-80", JobState::Succeeded, 81 * MIN),
-                    job("c-90", JobState::Succeeded, 91 * MIN), job("c-100", JobState::Failed, 101 * MIN),
+                    job("c-70", JobState::Succeeded, 71 * MIN),
+                    job("c-80", JobState::Succeeded, 81 * MIN),
+                    job("c-90", JobState::Succeeded, 91 * MIN),
+                    job("c-100", JobState::Failed, 101 * MIN),
                     job("c-110", JobState::Failed, 111 * MIN),
-                ], now: 115 * MIN,
-                create: None, delete: &["c-70", "c-100"], active: &[], message: "" },
-            Case { what: "history limit 0", spec: format!("{every}  successfulJobsHistoryLimit: 0\n"), last: Some(110),
-                jobs: vec![job("c-110", JobState::Succeeded, 111 * MIN)], now: 115 * MIN,
-                create: None, delete: &["c-110"], active: &[], message: "" },
+                ],
+                now: 115 * MIN,
+                create: None,
+                delete: &["c-70", "c-100"],
+                active: &[],
+                message: "",
+            },
+            Case {
+                what: "history limit 0",
+                spec: format!("{every}  successfulJobsHistoryLimit: 0\n"),
+                last: Some(110),
+                jobs: vec![job("c-110", JobState::Succeeded, 111 * MIN)],
+                now: 115 * MIN,
+                create: None,
+                delete: &["c-110"],
+                active: &[],
+                message: "",
+            },
         ];
         for c in cases {
             let mut cj = cron(&c.spec);
             cj.status.last_schedule = c.last.map(|m| Timestamp(m * MIN));
             let jobs: Vec<&Job> = c.jobs.iter().collect();
             let a = decide(&cj, &jobs, Timestamp(c.now));
-            assert_eq!(a.create.as_ref().map(|(n, _)| n.as_str()), c.create, "{}: {a:?}", c.what);
+            assert_eq!(
+                a.create.as_ref().map(|(n, _)| n.as_str()),
+                c.create,
+                "{}: {a:?}",
+                c.what
+            );
             let mut deleted = a.delete.clone();
             deleted.sort();
             let mut want: Vec<&str> = c.delete.to_vec();
             want.sort();
             assert_eq!(deleted, want, "{}", c.what);
             assert_eq!(a.status.active, c.active, "{}", c.what);
-            assert!(a.status.message.contains(c.message), "{}: {:?}", c.what, a.status.message);
+            assert!(
+                a.status.message.contains(c.message),
+                "{}: {:?}",
+                c.what,
+                a.status.message
+            );
             if c.message.is_empty() {
-                assert!(a.status.message.is_empty(), "{}: {:?}", c.what, a.status.message);
+                assert!(
+                    a.status.message.is_empty(),
+                    "{}: {:?}",
+                    c.what,
+                    a.status.message
+                );
             }
             if let Some((_, due)) = a.create {
                 assert_eq!(a.status.last_schedule, Some(due), "{}", c.what);
             }
             if !cj.spec.suspend {
-                assert!(a.next.is_some_and(|n| n.0 > c.now), "{}: {:?}", c.what, a.next);
+                assert!(
+                    a.next.is_some_and(|n| n.0 > c.now),
+                    "{}: {:?}",
+                    c.what,
+                    a.next
+                );
             }
         }
         // The last success is the newest finished successful job.

@@ -190,7 +190,10 @@ impl Dependents {
     }
 
     /// Rebuilds the index from every dependent.
-    pub(crate) fn rebuild<'a>(&self, all: impl IntoIterator<Item = (&'a str, &'a str, &'a [Dependency])>) {
+    pub(crate) fn rebuild<'a>(
+        &self,
+        all: impl IntoIterator<Item = (&'a str, &'a str, &'a [Dependency])>,
+    ) {
         let mut g = self.lock();
         *g = Index::default();
         for (ns, name, deps) in all {
@@ -219,7 +222,9 @@ impl Dependents {
 
 /// The service or job a change is about, as a dependency target: `(namespace, kind, name)`
 /// of a changed service, job, or a replica's owner.
-pub(crate) fn targets_of(c: &crate::engine::cache::Change) -> Vec<(String, DependencyKind, String)> {
+pub(crate) fn targets_of(
+    c: &crate::engine::cache::Change,
+) -> Vec<(String, DependencyKind, String)> {
     use crate::engine::cache::Change;
     let Change::Object { kind, key, .. } = c else {
         return Vec::new();
@@ -240,7 +245,11 @@ pub(crate) fn targets_of(c: &crate::engine::cache::Change) -> Vec<(String, Depen
                 .replicas()
                 .filter_map(|r| {
                     let s = r.spec.service.service()?;
-                    Some((r.metadata.namespace.clone(), DependencyKind::Service, s.to_string()))
+                    Some((
+                        r.metadata.namespace.clone(),
+                        DependencyKind::Service,
+                        s.to_string(),
+                    ))
                 })
                 .collect();
             v.dedup();
@@ -274,32 +283,87 @@ mod tests {
         let job = |started, state| Observed::Job { started, state };
         let wait = |m: &str| Gate::Wait(m.to_string());
         let cases: Vec<(Dependency, Observed, Gate)> = vec![
-            (dep("db", Service, Started), Observed::Missing, wait("waiting for service db (not found)")),
-            (dep("db", Service, Started), svc(0, 0, 1), wait("waiting for db to start (no replica running)")),
+            (
+                dep("db", Service, Started),
+                Observed::Missing,
+                wait("waiting for service db (not found)"),
+            ),
+            (
+                dep("db", Service, Started),
+                svc(0, 0, 1),
+                wait("waiting for db to start (no replica running)"),
+            ),
             (dep("db", Service, Started), svc(1, 0, 1), Gate::Open),
-            (dep("db", Service, Ready), svc(1, 0, 1), wait("waiting for db to be ready (0/1)")),
-            (dep("db", Service, Ready), svc(3, 2, 3), wait("waiting for db to be ready (2/3)")),
+            (
+                dep("db", Service, Ready),
+                svc(1, 0, 1),
+                wait("waiting for db to be ready (0/1)"),
+            ),
+            (
+                dep("db", Service, Ready),
+                svc(3, 2, 3),
+                wait("waiting for db to be ready (2/3)"),
+            ),
             (dep("db", Service, Ready), svc(3, 3, 3), Gate::Open),
             // A service scaled to zero must still show one ready replica.
-            (dep("db", Service, Ready), svc(0, 0, 0), wait("waiting for db to be ready (0/1)")),
-            (dep("m", Job, Started), job(false, JobState::Running), wait("waiting for job m to start")),
-            (dep("m", Job, Started), job(true, JobState::Running), Gate::Open),
-            (dep("m", Job, Completed), job(true, JobState::Running), wait("waiting for job m to complete")),
-            (dep("m", Job, Completed), job(true, JobState::Succeeded), Gate::Open),
-            (dep("m", Job, Completed), job(true, JobState::Failed), Gate::Never("will not start: job m failed".into())),
-            (dep("m", Job, Completed), Observed::Missing, wait("waiting for job m (not found)")),
+            (
+                dep("db", Service, Ready),
+                svc(0, 0, 0),
+                wait("waiting for db to be ready (0/1)"),
+            ),
+            (
+                dep("m", Job, Started),
+                job(false, JobState::Running),
+                wait("waiting for job m to start"),
+            ),
+            (
+                dep("m", Job, Started),
+                job(true, JobState::Running),
+                Gate::Open,
+            ),
+            (
+                dep("m", Job, Completed),
+                job(true, JobState::Running),
+                wait("waiting for job m to complete"),
+            ),
+            (
+                dep("m", Job, Completed),
+                job(true, JobState::Succeeded),
+                Gate::Open,
+            ),
+            (
+                dep("m", Job, Completed),
+                job(true, JobState::Failed),
+                Gate::Never("will not start: job m failed".into()),
+            ),
+            (
+                dep("m", Job, Completed),
+                Observed::Missing,
+                wait("waiting for job m (not found)"),
+            ),
         ];
         for (d, seen, want) in cases {
-            assert_eq!(gate(std::slice::from_ref(&d), &|_| seen), want, "{d:?} {seen:?}");
+            assert_eq!(
+                gate(std::slice::from_ref(&d), &|_| seen),
+                want,
+                "{d:?} {seen:?}"
+            );
         }
         // Several: every unmet one is named.
-        let deps = [dep("db", Service, Ready), dep("m", Job, Completed), dep("c", Service, Started)];
+        let deps = [
+            dep("db", Service, Ready),
+            dep("m", Job, Completed),
+            dep("c", Service, Started),
+        ];
         let g = gate(&deps, &|d| match d.name.as_str() {
             "db" => svc(1, 0, 1),
             "m" => job(true, JobState::Running),
             _ => svc(1, 1, 1),
         });
-        assert_eq!(g, wait("waiting for db to be ready (0/1), job m to complete"));
+        assert_eq!(
+            g,
+            wait("waiting for db to be ready (0/1), job m to complete")
+        );
         assert_eq!(gate(&[], &|_| Observed::Missing), Gate::Open);
     }
 
@@ -309,7 +373,11 @@ mod tests {
         use DependencyKind::*;
         let idx = Dependents::default();
         assert!(idx.is_empty());
-        idx.set("ns", "web", &[dep("db", Service, Ready), dep("m", Job, Completed)]);
+        idx.set(
+            "ns",
+            "web",
+            &[dep("db", Service, Ready), dep("m", Job, Completed)],
+        );
         idx.set("ns", "api", &[dep("db", Service, Started)]);
         assert_eq!(idx.of("ns", Service, "db"), ["api", "web"]);
         assert_eq!(idx.of("ns", Job, "m"), ["web"]);

@@ -181,7 +181,9 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
         }
     }
     let mut d = decide(&job, &replicas, Timestamp::now());
-    if job.status.message.starts_with("waiting for ") || job.status.message.starts_with("will not start: ") {
+    if job.status.message.starts_with("waiting for ")
+        || job.status.message.starts_with("will not start: ")
+    {
         if d.status.message == job.status.message {
             d.status.message.clear();
         }
@@ -266,10 +268,9 @@ impl Jobs {
         for (ns, kind, name) in crate::engine::depends::targets_of(c) {
             for dependent in self.dependents.of(&ns, kind, &name) {
                 let key = ObjectKey::new(Kind::Job, &ns, &dependent);
-                let waiting = ctx
-                    .cache
-                    .get(Kind::Job, &key.store_key())
-                    .is_some_and(|o| matches!(o.as_ref(), Object::Job(j) if j.status.started.is_none()));
+                let waiting = ctx.cache.get(Kind::Job, &key.store_key()).is_some_and(
+                    |o| matches!(o.as_ref(), Object::Job(j) if j.status.started.is_none()),
+                );
                 if waiting {
                     keys.push(key);
                 }
@@ -313,18 +314,16 @@ impl Reconcile for Jobs {
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
         let jobs = ctx.cache.list(Kind::Job);
-        self.dependents.rebuild(jobs.iter().filter_map(|o| match o.as_ref() {
-            Object::Job(j) => Some((
-                j.metadata.namespace.as_str(),
-                j.metadata.name.as_str(),
-                j.spec.depends_on.as_slice(),
-            )),
-            _ => None,
-        }));
-        let mut keys: Vec<ObjectKey> = jobs
-            .iter()
-            .map(|o| ObjectKey::of(o))
-            .collect();
+        self.dependents
+            .rebuild(jobs.iter().filter_map(|o| match o.as_ref() {
+                Object::Job(j) => Some((
+                    j.metadata.namespace.as_str(),
+                    j.metadata.name.as_str(),
+                    j.spec.depends_on.as_slice(),
+                )),
+                _ => None,
+            }));
+        let mut keys: Vec<ObjectKey> = jobs.iter().map(|o| ObjectKey::of(o)).collect();
         for (ns, owner) in ctx.cache.services_with_replicas() {
             if let Owner::Job(name) = owner {
                 keys.push(ObjectKey::new(Kind::Job, ns, name));

@@ -857,10 +857,9 @@ impl Replication {
         for (ns, kind, name) in crate::engine::depends::targets_of(c) {
             for dependent in self.dependents.of(&ns, kind, &name) {
                 let key = ObjectKey::new(Kind::Service, &ns, &dependent);
-                let waiting = ctx
-                    .cache
-                    .get(Kind::Service, &key.store_key())
-                    .is_some_and(|o| matches!(o.as_ref(), Object::Service(s) if s.status.replicas == 0));
+                let waiting = ctx.cache.get(Kind::Service, &key.store_key()).is_some_and(
+                    |o| matches!(o.as_ref(), Object::Service(s) if s.status.replicas == 0),
+                );
                 if waiting {
                     keys.push(key);
                 }
@@ -921,14 +920,15 @@ impl Reconcile for Replication {
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
         let services = ctx.cache.list(Kind::Service);
-        self.dependents.rebuild(services.iter().filter_map(|o| match o.as_ref() {
-            Object::Service(s) => Some((
-                s.metadata.namespace.as_str(),
-                s.metadata.name.as_str(),
-                s.spec.depends_on.as_slice(),
-            )),
-            _ => None,
-        }));
+        self.dependents
+            .rebuild(services.iter().filter_map(|o| match o.as_ref() {
+                Object::Service(s) => Some((
+                    s.metadata.namespace.as_str(),
+                    s.metadata.name.as_str(),
+                    s.spec.depends_on.as_slice(),
+                )),
+                _ => None,
+            }));
         let mut keys = ctx.cache.service_keys();
         // Services that still have replicas (a deleted service's leftovers), from the index:
         // copying every replica here once a resync period cost seconds and gigabytes at scale.
@@ -1007,6 +1007,118 @@ mod tests {
         let d = decide_global(&svc, &[], &reps, &nodes);
         assert_eq!(d.stop.len(), 1, "{d:?}");
         assert!(d.create_on.is_empty());
+    }
+
+    fn ordered(replicas: u32) -> Service {
+        let mut svc = service(replicas, 0, 1);
+        svc.spec.mode = crate::model::object::ServiceMode::Ordered;
+        svc.spec.update.max_unavailable = None;
+        svc
+    }
+
+    /// Replica `i` of ordered `svc` in `phase` (on n1), of revision `hash` unless empty.
+    fn ord(svc: &Service, i: u32, phase: Phase) -> Replica {
+        let mut r = new_replica_named(svc, &[], ordinal_name(&svc.metadata.name, i));
+        r.spec.node = Some("n1".into());
+        r.status.phase = phase;
+        r
+    }
+
+    fn names(keys: &[String]) -> Vec<&str> {
+        keys.iter().map(|k| k.rsplit('/').next().unwrap()).collect()
+    }
+
+    #[test]
+    fn ordinals_parse_only_the_services_own_names() {
+        assert_eq!(ordinal_of("web", "web-0"), Some(0));
+        assert_eq!(ordinal_of("web", "web-12"), Some(12));
+        for bad in [
+            "web-", "web-01", "web-x", "web0", "webx-1", "web-1-2", "api-1",
+        ] {
+            assert_eq!(ordinal_of("web", bad), None, "{bad}");
+        }
+        assert_eq!(ordinal_of("web-1", "web-1-3"), Some(3));
+    }
+
+    #[test]
+    fn an_ordered_service_starts_in_order_and_scales_down_from_the_top() {
+        let svc = ordered(3);
+        let none = |_: &str| false;
+        let d = |reps: &[Replica]| decide_ordered(&svc, &[], reps, &none);
+        // Nothing: web-0 only.
+        assert_eq!(d(&[]).create_names, ["web-0"]);
+        // web-0 starting: nothing more until it is ready.
+        assert_eq!(d(&[ord(&svc, 0, Phase::Running)]), Decision::default());
+        // web-0 ready: web-1.
+        let r0 = ord(&svc, 0, Phase::Ready);
+        assert_eq!(d(&[r0.clone()]).create_names, ["web-1"]);
+        // web-1 missing (deleted) while web-2 exists: web-1 comes back under its name.
+        let r2 = ord(&svc, 2, Phase::Ready);
+        assert_eq!(d(&[r0.clone(), r2.clone()]).create_names, ["web-1"]);
+        // web-1 lost: deleted first (the name is free after), nothing created yet.
+        let mut lost = ord(&svc, 1, Phase::Lost);
+        lost.status.phase = Phase::Lost;
+        let dd = d(&[r0.clone(), lost, r2.clone()]);
+        assert_eq!((names(&dd.delete), dd.create), (vec!["web-1"], 0));
+        // All three ready: nothing to do.
+        let all: Vec<Replica> = (0..3).map(|i| ord(&svc, i, Phase::Ready)).collect();
+        assert_eq!(d(&all), Decision::default());
+        // Scaled to 1: web-2 stops first, alone; web-1 only once web-2 has gone.
+        let one = ordered(1);
+        let dd = decide_ordered(&one, &[], &all, &none);
+        assert_eq!((names(&dd.stop), dd.create), (vec!["web-2"], 0));
+        let mut stopping = all.clone();
+        stopping[2].spec.desired = DesiredState::Stopped;
+        assert_eq!(
+            decide_ordered(&one, &[], &stopping, &none),
+            Decision::default()
+        );
+        let dd = decide_ordered(&one, &[], &all[..2], &none);
+        assert_eq!(names(&dd.stop), ["web-1"]);
+        // A replica of another name (the service was replicated before) goes too.
+        let stray = on(&svc, "n1", true);
+        let dd = d(&[all[0].clone(), all[1].clone(), all[2].clone(), stray]);
+        assert_eq!(dd.stop.len(), 1);
+        assert!(!names(&dd.stop)[0].starts_with("web-2"), "{dd:?}");
+    }
+
+    #[test]
+    fn an_ordered_service_updates_from_the_highest_ordinal_one_at_a_time() {
+        let mut svc = ordered(3);
+        let none = |_: &str| false;
+        let all: Vec<Replica> = (0..3).map(|i| ord(&svc, i, Phase::Ready)).collect();
+        svc.spec.template.args = vec!["v2".into()];
+        let dd = decide_ordered(&svc, &[], &all, &none);
+        assert_eq!((names(&dd.stop), dd.create), (vec!["web-2"], 0));
+        // web-2 gone: it comes back (new template); nothing else stops meanwhile.
+        let dd = decide_ordered(&svc, &[], &all[..2], &none);
+        assert_eq!(
+            (dd.create_names.clone(), dd.stop.len()),
+            (vec!["web-2".to_string()], 0)
+        );
+        let mut new2 = new_replica_named(&svc, &[], "web-2".into());
+        new2.spec.node = Some("n1".into());
+        new2.status.phase = Phase::Starting;
+        let reps = vec![all[0].clone(), all[1].clone(), new2.clone()];
+        assert_eq!(decide_ordered(&svc, &[], &reps, &none), Decision::default());
+        // Ready: web-1 next.
+        let mut reps = reps;
+        reps[2].status.phase = Phase::Ready;
+        assert_eq!(
+            names(&decide_ordered(&svc, &[], &reps, &none).stop),
+            ["web-1"]
+        );
+        // maxUnavailable 2: two at once, highest first.
+        svc.spec.update.max_unavailable = Some(crate::model::object::IntOrPercent::Int(2));
+        let dd = decide_ordered(&svc, &[], &all, &none);
+        assert_eq!(names(&dd.stop), ["web-2", "web-1"]);
+        // Paused: nothing replaced.
+        svc.spec.update.paused = true;
+        assert_eq!(decide_ordered(&svc, &[], &all, &none), Decision::default());
+        // A draining node's replicas count as outdated.
+        let svc = ordered(3);
+        let dd = decide_ordered(&svc, &[], &all, &|n| n == "n1");
+        assert_eq!(names(&dd.stop), ["web-2"]);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Cron schedules (a cron job's `schedule` and `timeZone`), parsed with `croner`: five
 //! fields or a macro, UTC only. Pure: the validation and the cron job controller share it.
 
-
 use chrono::{DateTime, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;

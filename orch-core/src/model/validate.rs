@@ -1082,9 +1082,14 @@ fn check_cron_job(
         ));
     }
     check_job_spec("spec.job", &spec.job, out);
-    check_dependencies("spec.job.dependsOn", "", DependencyKind::Job, &spec.job.depends_on, out);
+    check_dependencies(
+        "spec.job.dependsOn",
+        "",
+        DependencyKind::Job,
+        &spec.job.depends_on,
+        out,
+    );
 }
-
 
 /// A service's mode, per-replica volumes and dependencies.
 fn check_workload(s: &Service, out: &mut Vec<FieldError>) {
