@@ -779,7 +779,8 @@ async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> R
                 && r.spec
                     .template
                     .volume_names(&r.metadata.name)
-                    .contains(&name)
+                    .iter()
+                    .any(|v| v == name)
         })
         .map(|r| format!("{}/{}", r.metadata.namespace, r.metadata.name))
         .collect();

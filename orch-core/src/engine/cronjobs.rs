@@ -140,7 +140,7 @@ pub fn decide(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> CronActions {
                 return a;
             }
             ConcurrencyPolicy::Replace => {
-                a.delete.extend(a.status.active.drain(..));
+                a.delete.append(&mut a.status.active);
             }
         }
     }

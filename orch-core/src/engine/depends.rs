@@ -62,9 +62,13 @@ pub(crate) fn gate(deps: &[Dependency], observe: &dyn Fn(&Dependency) -> Observe
                     ));
                 }
             }
-            (Observed::Job { state, .. }, DependencyCondition::Completed)
-                if state == JobState::Failed =>
-            {
+            (
+                Observed::Job {
+                    state: JobState::Failed,
+                    ..
+                },
+                DependencyCondition::Completed,
+            ) => {
                 return Gate::Never(format!("will not start: job {} failed", d.name));
             }
             (Observed::Job { state, .. }, DependencyCondition::Completed) => {

@@ -181,12 +181,10 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
         }
     }
     let mut d = decide(&job, &replicas, Timestamp::now());
-    if job.status.message.starts_with("waiting for ")
-        || job.status.message.starts_with("will not start: ")
-    {
-        if d.status.message == job.status.message {
-            d.status.message.clear();
-        }
+    // The gate opened: what it said is over.
+    let gated = |m: &str| m.starts_with("waiting for ") || m.starts_with("will not start: ");
+    if gated(&job.status.message) && d.status.message == job.status.message {
+        d.status.message.clear();
     }
     for k in &d.stop {
         if let Some(r) = replicas

@@ -1051,7 +1051,7 @@ mod tests {
         assert_eq!(d(&[ord(&svc, 0, Phase::Running)]), Decision::default());
         // web-0 ready: web-1.
         let r0 = ord(&svc, 0, Phase::Ready);
-        assert_eq!(d(&[r0.clone()]).create_names, ["web-1"]);
+        assert_eq!(d(std::slice::from_ref(&r0)).create_names, ["web-1"]);
         // web-1 missing (deleted) while web-2 exists: web-1 comes back under its name.
         let r2 = ord(&svc, 2, Phase::Ready);
         assert_eq!(d(&[r0.clone(), r2.clone()]).create_names, ["web-1"]);
