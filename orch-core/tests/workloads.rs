@@ -73,6 +73,15 @@ fn engine(store: Arc<MemStore>) -> Engine {
     Engine::builder(store, Arc::new(DefaultScheduler)).start()
 }
 
+/// An engine with one node, `node-a`, on the fake runtime.
+fn one_node() -> (Arc<MemStore>, Engine, FakeRuntime) {
+    let store = Arc::new(MemStore::new());
+    let mut e = engine(store.clone());
+    let rt = FakeRuntime::default();
+    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    (store, e, rt)
+}
+
 fn names(e: &Engine, svc: &str) -> BTreeSet<String> {
     replicas(e, svc)
         .into_iter()
@@ -281,10 +290,7 @@ async fn per_replica_volumes_are_named_for_the_replica_and_bring_it_back_to_thei
 
 #[tokio::test(start_paused = true)]
 async fn depends_on_holds_a_service_until_its_dependency_is_ready() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let rt = FakeRuntime::default();
-    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    let (store, e, rt) = one_node();
     let web = service(
         "web",
         2,
@@ -339,10 +345,7 @@ async fn depends_on_holds_a_service_until_its_dependency_is_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn depends_on_a_job_waits_for_its_completion_and_a_failure_holds_for_good() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let rt = FakeRuntime::default();
-    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    let (store, e, rt) = one_node();
     let web = service(
         "web",
         1,
@@ -480,10 +483,7 @@ fn cron_status(e: &Engine, cj: &str) -> Option<orch_core::model::object::CronJob
 
 #[tokio::test(start_paused = true)]
 async fn a_cron_job_runs_when_due_by_its_concurrency_policy_and_keeps_its_history() {
-    let store = Arc::new(MemStore::new());
-    let mut e = engine(store.clone());
-    let rt = FakeRuntime::default();
-    e.add_agent(Arc::new(rt.clone()), AgentConfig::new("node-a"));
+    let (store, e, rt) = one_node();
     // Each cron job was created a few minutes ago with an earlier run still running.
     let mut ops = Vec::new();
     let mut earlier = std::collections::BTreeMap::new();

@@ -6,10 +6,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
+use crate::engine::cache::Change;
 use crate::engine::ctx::Ctx;
 use crate::model::object::{
-    Dependency, DependencyCondition, DependencyKind, DesiredState, JobState, Kind, Object, Phase,
-    ServiceMode,
+    Dependency, DependencyCondition, DependencyKind, DesiredState, JobState, Kind, Object,
+    ObjectKey, Phase, ServiceMode,
 };
 
 /// What the cache shows of one dependency.
@@ -146,9 +147,14 @@ type Target = (String, DependencyKind, String);
 /// From a service or job (namespace, kind, name) to the names of the objects (of the
 /// controller's own kind) that depend on it; kept up to date from the changes of the
 /// dependents, rebuilt on a resync.
-#[derive(Default)]
 pub(crate) struct Dependents {
     inner: Mutex<Index>,
+    /// The controller's kind (Service or Job).
+    own: Kind,
+    /// An object's dependencies.
+    deps_of: fn(&Object) -> &[Dependency],
+    /// Whether an object still waits for its dependencies (a change of one wakes it).
+    waiting: fn(&Object) -> bool,
 }
 
 #[derive(Default)]
@@ -188,20 +194,57 @@ impl Index {
 }
 
 impl Dependents {
+    /// The index of objects of kind `own`, whose dependencies `deps_of` gives, that a change
+    /// of a dependency wakes while `waiting` holds for them.
+    pub(crate) fn new(
+        own: Kind,
+        deps_of: fn(&Object) -> &[Dependency],
+        waiting: fn(&Object) -> bool,
+    ) -> Dependents {
+        Dependents {
+            inner: Mutex::default(),
+            own,
+            deps_of,
+            waiting,
+        }
+    }
+
+    /// For services: their `dependsOn`; waiting while the status shows no replica.
+    pub(crate) fn of_services() -> Dependents {
+        Dependents::new(
+            Kind::Service,
+            |o| match o {
+                Object::Service(s) => &s.spec.depends_on,
+                _ => &[],
+            },
+            |o| matches!(o, Object::Service(s) if s.status.replicas == 0),
+        )
+    }
+
+    /// For jobs: their `dependsOn`; waiting until they start.
+    pub(crate) fn of_jobs() -> Dependents {
+        Dependents::new(
+            Kind::Job,
+            |o| match o {
+                Object::Job(j) => &j.spec.depends_on,
+                _ => &[],
+            },
+            |o| matches!(o, Object::Job(j) if j.status.started.is_none()),
+        )
+    }
+
     /// Records what `ns/name` depends on now (nothing: removes it).
     pub(crate) fn set(&self, ns: &str, name: &str, deps: &[Dependency]) {
         self.lock().set(ns, name, deps);
     }
 
-    /// Rebuilds the index from every dependent.
-    pub(crate) fn rebuild<'a>(
-        &self,
-        all: impl IntoIterator<Item = (&'a str, &'a str, &'a [Dependency])>,
-    ) {
+    /// Rebuilds the index from every object of the controller's kind in `objects`.
+    pub(crate) fn rebuild(&self, objects: &[std::sync::Arc<Object>]) {
         let mut g = self.lock();
         *g = Index::default();
-        for (ns, name, deps) in all {
-            g.set(ns, name, deps);
+        for o in objects {
+            let m = o.metadata();
+            g.set(&m.namespace, &m.name, (self.deps_of)(o));
         }
     }
 
@@ -212,6 +255,38 @@ impl Dependents {
             .get(&(ns.to_string(), kind, name.to_string()))
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The controller's side of a change: a change of one of its own objects updates the
+    /// index; then the dependents of the service or job the
+    /// change is about that are still `waiting` (looked up in the cache) are returned.
+    pub(crate) fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        let (own, deps_of, waiting) = (self.own, self.deps_of, self.waiting);
+        if let Change::Object { kind, key, new, .. } = c {
+            if *kind == own {
+                if let Some(k) = ObjectKey::parse(key) {
+                    let deps = new.as_deref().map_or(&[][..], deps_of);
+                    self.set(&k.namespace, &k.name, deps);
+                }
+            }
+        }
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = Vec::new();
+        for (ns, kind, name) in targets_of(c) {
+            for dependent in self.of(&ns, kind, &name) {
+                let key = ObjectKey::new(own, &ns, &dependent);
+                if ctx
+                    .cache
+                    .get(own, &key.store_key())
+                    .is_some_and(|o| waiting(&o))
+                {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
     }
 
     /// Whether nothing depends on anything (the common case: no lookups needed).
@@ -234,7 +309,7 @@ pub(crate) fn targets_of(
         return Vec::new();
     };
     match kind {
-        Kind::Service | Kind::Job => crate::model::object::ObjectKey::parse(key)
+        Kind::Service | Kind::Job => ObjectKey::parse(key)
             .map(|k| {
                 let dk = if *kind == Kind::Service {
                     DependencyKind::Service
@@ -375,7 +450,7 @@ mod tests {
     fn the_index_follows_changes_of_the_dependents() {
         use DependencyCondition::*;
         use DependencyKind::*;
-        let idx = Dependents::default();
+        let idx = Dependents::of_services();
         assert!(idx.is_empty());
         idx.set(
             "ns",
@@ -393,8 +468,16 @@ mod tests {
         idx.set("ns", "api", &[]);
         idx.set("ns", "web", &[]);
         assert!(idx.is_empty());
-        let deps = [dep("db", Service, Started)];
-        idx.rebuild([("ns", "x", &deps[..])]);
+        let mut x = crate::model::object::Service::new(
+            "x",
+            crate::model::object::ServiceSpec::new(
+                1,
+                crate::model::object::Template::with_command(["x"]),
+            ),
+        );
+        x.metadata.namespace = "ns".into();
+        x.spec.depends_on = vec![dep("db", Service, Started)];
+        idx.rebuild(&[std::sync::Arc::new(Object::from(x))]);
         assert_eq!(idx.of("ns", Service, "db"), ["x"]);
     }
 }

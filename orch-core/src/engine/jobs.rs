@@ -234,47 +234,16 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
 }
 
 /// The job controller (see the module doc).
-#[derive(Default)]
 pub(crate) struct Jobs {
     /// Jobs by what they depend on: a change of a dependency wakes the jobs that wait for it.
     dependents: crate::engine::depends::Dependents,
 }
 
-impl Jobs {
-    /// The jobs still waiting (not started) for the service or job a change is about; keeps
-    /// the index of dependents up to date with changes of jobs.
-    fn dependents_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
-        if let Change::Object {
-            kind: Kind::Job,
-            key,
-            new,
-            ..
-        } = c
-        {
-            if let Some(k) = ObjectKey::parse(key) {
-                let deps = match new.as_deref() {
-                    Some(Object::Job(j)) => j.spec.depends_on.as_slice(),
-                    _ => &[],
-                };
-                self.dependents.set(&k.namespace, &k.name, deps);
-            }
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            dependents: crate::engine::depends::Dependents::of_jobs(),
         }
-        if self.dependents.is_empty() {
-            return Vec::new();
-        }
-        let mut keys = Vec::new();
-        for (ns, kind, name) in crate::engine::depends::targets_of(c) {
-            for dependent in self.dependents.of(&ns, kind, &name) {
-                let key = ObjectKey::new(Kind::Job, &ns, &dependent);
-                let waiting = ctx.cache.get(Kind::Job, &key.store_key()).is_some_and(
-                    |o| matches!(o.as_ref(), Object::Job(j) if j.status.started.is_none()),
-                );
-                if waiting {
-                    keys.push(key);
-                }
-            }
-        }
-        keys
     }
 }
 
@@ -285,7 +254,7 @@ impl Reconcile for Jobs {
 
     fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
         let mut keys = if matches!(c.kind(), Some(Kind::Job | Kind::Service | Kind::Replica)) {
-            self.dependents_for(ctx, c)
+            self.dependents.keys_for(ctx, c)
         } else {
             Vec::new()
         };
@@ -312,15 +281,7 @@ impl Reconcile for Jobs {
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
         let jobs = ctx.cache.list(Kind::Job);
-        self.dependents
-            .rebuild(jobs.iter().filter_map(|o| match o.as_ref() {
-                Object::Job(j) => Some((
-                    j.metadata.namespace.as_str(),
-                    j.metadata.name.as_str(),
-                    j.spec.depends_on.as_slice(),
-                )),
-                _ => None,
-            }));
+        self.dependents.rebuild(&jobs);
         let mut keys: Vec<ObjectKey> = jobs.iter().map(|o| ObjectKey::of(o)).collect();
         for (ns, owner) in ctx.cache.services_with_replicas() {
             if let Owner::Job(name) = owner {

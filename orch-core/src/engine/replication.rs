@@ -824,48 +824,17 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
 }
 
 /// The replication controller (see the module doc).
-#[derive(Default)]
 pub(crate) struct Replication {
     /// Services by what they depend on: a change of a dependency wakes the services that
     /// wait for it.
     dependents: crate::engine::depends::Dependents,
 }
 
-impl Replication {
-    /// The services still waiting (no replica yet) for the service or job a change is about;
-    /// keeps the index of dependents up to date with changes of services.
-    fn dependents_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
-        if let Change::Object {
-            kind: Kind::Service,
-            key,
-            new,
-            ..
-        } = c
-        {
-            if let Some(k) = ObjectKey::parse(key) {
-                let deps = match new.as_deref() {
-                    Some(Object::Service(s)) => s.spec.depends_on.as_slice(),
-                    _ => &[],
-                };
-                self.dependents.set(&k.namespace, &k.name, deps);
-            }
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            dependents: crate::engine::depends::Dependents::of_services(),
         }
-        if self.dependents.is_empty() {
-            return Vec::new();
-        }
-        let mut keys = Vec::new();
-        for (ns, kind, name) in crate::engine::depends::targets_of(c) {
-            for dependent in self.dependents.of(&ns, kind, &name) {
-                let key = ObjectKey::new(Kind::Service, &ns, &dependent);
-                let waiting = ctx.cache.get(Kind::Service, &key.store_key()).is_some_and(
-                    |o| matches!(o.as_ref(), Object::Service(s) if s.status.replicas == 0),
-                );
-                if waiting {
-                    keys.push(key);
-                }
-            }
-        }
-        keys
     }
 }
 
@@ -888,7 +857,7 @@ impl Reconcile for Replication {
         ) {
             return Vec::new();
         }
-        let mut keys = self.dependents_for(ctx, c);
+        let mut keys = self.dependents.keys_for(ctx, c);
         if c.kind() == Some(Kind::Job) {
             return keys;
         }
@@ -920,15 +889,7 @@ impl Reconcile for Replication {
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
         let services = ctx.cache.list(Kind::Service);
-        self.dependents
-            .rebuild(services.iter().filter_map(|o| match o.as_ref() {
-                Object::Service(s) => Some((
-                    s.metadata.namespace.as_str(),
-                    s.metadata.name.as_str(),
-                    s.spec.depends_on.as_slice(),
-                )),
-                _ => None,
-            }));
+        self.dependents.rebuild(&services);
         let mut keys = ctx.cache.service_keys();
         // Services that still have replicas (a deleted service's leftovers), from the index:
         // copying every replica here once a resync period cost seconds and gigabytes at scale.
