@@ -685,9 +685,10 @@ fn validation_names_the_workload_fields() {
     ok(cron("@hourly", "  timeZone: UTC\n"));
     has(cron("* * *", ""), "spec.schedule", "five cron fields");
     has(cron("@every 1m", ""), "spec.schedule", "@hourly");
+    ok(cron("* * * * *", "  timeZone: Europe/Paris\n"));
     has(
-        cron("* * * * *", "  timeZone: Europe/Paris\n"),
+        cron("* * * * *", "  timeZone: Europe/Nowhere\n"),
         "spec.timeZone",
-        "UTC only",
+        "IANA time zone name",
     );
 }

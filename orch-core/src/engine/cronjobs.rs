@@ -358,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn schedules_parse_five_fields_and_macros_in_utc_only() {
+    fn schedules_parse_five_fields_and_macros_in_their_time_zone() {
         use crate::model::cron::parse_schedule;
         for ok in [
             "* * * * *",
@@ -385,11 +385,14 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        let e = parse_schedule("* * * * *", Some("Europe/Berlin")).unwrap_err();
-        assert!(
-            e.contains("\"Europe/Berlin\"") && e.contains("UTC only"),
-            "{e}"
-        );
+        let e = parse_schedule("* * * * *", Some("Mars/Olympus")).unwrap_err();
+        assert!(e.contains("\"Mars/Olympus\"") && e.contains("IANA"), "{e}");
+        // In a time zone: 09:00 in Berlin is 08:00 UTC in winter, 07:00 in summer.
+        let berlin = parse_schedule("0 9 * * *", Some("Europe/Berlin")).unwrap();
+        let jan_1 = Timestamp(1_767_225_600_000); // 2026-01-01T00:00:00Z
+        assert_eq!(berlin.next(jan_1), Some(Timestamp(jan_1.0 + 8 * 3_600_000)));
+        let jul_1 = Timestamp(1_782_864_000_000); // 2026-07-01T00:00:00Z
+        assert_eq!(berlin.next(jul_1), Some(Timestamp(jul_1.0 + 7 * 3_600_000)));
         // Times: every 15 minutes; the previous at or before, the next after.
         let s = parse_schedule("*/15 * * * *", None).unwrap();
         assert_eq!(

@@ -1,7 +1,10 @@
 //! Cron schedules (a cron job's `schedule` and `timeZone`), parsed with `croner`: five
-//! fields or a macro, UTC only. Pure: the validation and the cron job controller share it.
+//! fields or a macro, in UTC or an IANA time zone (`chrono-tz`'s built-in database, so a
+//! Kubernetes CronJob's `timeZone` keeps its meaning). Pure: the validation and the cron job
+//! controller share it.
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
@@ -18,24 +21,32 @@ const MACROS: [&str; 7] = [
     "@hourly",
 ];
 
-/// A parsed cron schedule (UTC).
-#[derive(Clone, Debug)]
-pub struct Schedule(Cron);
+/// A parsed cron schedule in its time zone.
+#[derive(Clone)]
+pub struct Schedule {
+    cron: Cron,
+    tz: Tz,
+}
+
+/// Parses a cron job's `timeZone`: an IANA name (`Europe/Berlin`); default UTC.
+pub fn parse_time_zone(time_zone: Option<&str>) -> Result<Tz, String> {
+    match time_zone {
+        None => Ok(Tz::UTC),
+        Some(name) => name.parse::<Tz>().map_err(|_| {
+            format!(
+                "unknown time zone {name:?}: must be an IANA time zone name such as UTC, Europe/Berlin or America/New_York"
+            )
+        }),
+    }
+}
 
 /// Parses a cron job's `schedule` (five fields — minute hour day-of-month month day-of-week
-/// — or a macro) and `timeZone` (only UTC: orch carries no time zone database). The error
-/// says what is allowed.
+/// — or a macro) in `timeZone` ([`parse_time_zone`]). The error says what is allowed.
 pub fn parse_schedule(schedule: &str, time_zone: Option<&str>) -> Result<Schedule, String> {
     const FORMS: &str = "must be five cron fields (minute hour day-of-month month day-of-week, \
                          e.g. \"*/5 * * * *\") or one of @yearly, @annually, @monthly, @weekly, \
                          @daily, @midnight, @hourly";
-    if let Some(tz) = time_zone {
-        if !matches!(tz, "UTC" | "Etc/UTC" | "Etc/Zulu" | "Z" | "Zulu") {
-            return Err(format!(
-                "time zone {tz:?} is not supported: schedules run in UTC only; convert the schedule to UTC and leave timeZone out"
-            ));
-        }
-    }
+    let tz = parse_time_zone(time_zone)?;
     let s = schedule.trim();
     let pattern = if s.starts_with('@') {
         if !MACROS.contains(&s.to_ascii_lowercase().as_str()) {
@@ -58,7 +69,7 @@ pub fn parse_schedule(schedule: &str, time_zone: Option<&str>) -> Result<Schedul
         .year(Year::Disallowed)
         .build()
         .parse(pattern)
-        .map(Schedule)
+        .map(|cron| Schedule { cron, tz })
         .map_err(|e| format!("{FORMS}; {s:?}: {e}"))
 }
 
@@ -70,19 +81,32 @@ fn from_utc(t: DateTime<Utc>) -> Timestamp {
     Timestamp(u64::try_from(t.timestamp_millis()).unwrap_or(0))
 }
 
+impl std::fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Schedule({:?} in {})",
+            self.cron.pattern.to_string(),
+            self.tz
+        )
+    }
+}
+
 impl Schedule {
     /// The latest time due at or before `t`.
     pub fn previous(&self, t: Timestamp) -> Option<Timestamp> {
-        self.0
-            .find_previous_occurrence(&to_utc(t)?, true)
+        let local = to_utc(t)?.with_timezone(&self.tz);
+        self.cron
+            .find_previous_occurrence(&local, true)
             .ok()
-            .map(from_utc)
+            .map(|d| from_utc(d.with_timezone(&Utc)))
     }
     /// The first time due after `t`.
     pub fn next(&self, t: Timestamp) -> Option<Timestamp> {
-        self.0
-            .find_next_occurrence(&to_utc(t)?, false)
+        let local = to_utc(t)?.with_timezone(&self.tz);
+        self.cron
+            .find_next_occurrence(&local, false)
             .ok()
-            .map(from_utc)
+            .map(|d| from_utc(d.with_timezone(&Utc)))
     }
 }

@@ -1069,7 +1069,7 @@ fn check_cron_job(
         out.push(err("spec.schedule".to_string(), &spec.schedule, e));
     }
     if let Some(tz) = &spec.time_zone {
-        if let Err(e) = crate::model::cron::parse_schedule("* * * * *", Some(tz)) {
+        if let Err(e) = crate::model::cron::parse_time_zone(Some(tz)) {
             out.push(err("spec.timeZone".to_string(), tz, e));
         }
     }
