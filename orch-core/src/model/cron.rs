@@ -95,18 +95,21 @@ impl std::fmt::Debug for Schedule {
 impl Schedule {
     /// The latest time due at or before `t`.
     pub fn previous(&self, t: Timestamp) -> Option<Timestamp> {
-        let local = to_utc(t)?.with_timezone(&self.tz);
-        self.cron
-            .find_previous_occurrence(&local, true)
-            .ok()
-            .map(|d| from_utc(d.with_timezone(&Utc)))
+        self.occurrence(t, false)
     }
     /// The first time due after `t`.
     pub fn next(&self, t: Timestamp) -> Option<Timestamp> {
+        self.occurrence(t, true)
+    }
+    /// The first due time after `t` (`forward`), or the last at or before it, in the
+    /// schedule's time zone.
+    fn occurrence(&self, t: Timestamp, forward: bool) -> Option<Timestamp> {
         let local = to_utc(t)?.with_timezone(&self.tz);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|d| from_utc(d.with_timezone(&Utc)))
+        let found = if forward {
+            self.cron.find_next_occurrence(&local, false)
+        } else {
+            self.cron.find_previous_occurrence(&local, true)
+        };
+        found.ok().map(|d| from_utc(d.with_timezone(&Utc)))
     }
 }
