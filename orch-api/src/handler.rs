@@ -404,8 +404,8 @@ async fn respond(backend: &Backend, req: Request) -> Response {
     }
 }
 
-/// Asks `check` (the service proxy of this process's node) whether each published port of
-/// `objects` can be listened on here; the problems, naming each field, refuse the apply.
+/// Asks `check` (the service proxy of this process's node) whether each published port and
+/// given route node port of `objects` can be listened on here; the problems, naming each field, refuse the apply.
 /// Conflicts between services are [`api::apply`]'s to find, in the store.
 fn check_node_ports(check: &PortCheck, objects: &[Object]) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -415,6 +415,21 @@ fn check_node_ports(check: &PortCheck, objects: &[Object]) -> Result<(), String>
                 problems.push(format!(
                     "Service {}/{}: spec.publish[{i}].port: {e}",
                     s.metadata.namespace, s.metadata.name
+                ));
+            }
+        }
+    }
+    // A route's given node ports likewise (allocated ones are the route controller's).
+    for r in objects.iter().filter_map(|o| o.as_route()) {
+        let given = r.spec.ports.iter().enumerate();
+        for (i, n) in given.filter_map(|(i, p)| Some((i, p.node_port?))) {
+            if !r.spec.node_ports {
+                continue;
+            }
+            if let Err(e) = check(&r.metadata.namespace, &r.metadata.name, n) {
+                problems.push(format!(
+                    "Route {}/{}: spec.ports[{i}].nodePort: {e}",
+                    r.metadata.namespace, r.metadata.name
                 ));
             }
         }

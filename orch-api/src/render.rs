@@ -868,6 +868,61 @@ pub fn plan(plan: &orch_core::engine::api::PlacementPlan) -> String {
     out
 }
 
+/// A route's virtual IP as tables show it: `None` when headless, `<pending>` before a lease.
+fn route_ip_text(r: &orch_core::model::object::Route) -> String {
+    match (&r.status.virtual_ip, r.spec.headless) {
+        (_, true) => "None".into(),
+        (Some(ip), false) => ip.clone(),
+        (None, false) => "<pending>".into(),
+    }
+}
+
+/// A route's ports as `kubectl get svc` shows them: `80/TCP`, `80:30080/TCP` with a node port.
+fn route_ports_text(r: &orch_core::model::object::Route) -> String {
+    if r.spec.ports.is_empty() {
+        return "<none>".into();
+    }
+    r.spec
+        .ports
+        .iter()
+        .map(|p| {
+            let key = if p.name.is_empty() {
+                p.port.to_string()
+            } else {
+                p.name.clone()
+            };
+            let node = p
+                .node_port
+                .or_else(|| r.status.node_ports.get(&key).copied());
+            let proto = format!("{:?}", p.protocol).to_ascii_uppercase();
+            match node {
+                Some(n) if r.spec.node_ports => format!("{}:{n}/{proto}", p.port),
+                _ => format!("{}/{proto}", p.port),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A label selector as `key=value,key in (a,b)`.
+fn selector_text(s: &orch_core::model::object::LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    parts.extend(
+        s.match_expressions
+            .iter()
+            .map(|e| format!("{} {:?} ({})", e.key, e.operator, e.values.join(","))),
+    );
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1202,60 +1257,5 @@ mod tests {
         r.status.phase = Phase::Ready;
         r.status.reason.clear();
         assert_eq!(phase(&r), "Ready");
-    }
-}
-
-/// A route's virtual IP as tables show it: `None` when headless, `<pending>` before a lease.
-fn route_ip_text(r: &orch_core::model::object::Route) -> String {
-    match (&r.status.virtual_ip, r.spec.headless) {
-        (_, true) => "None".into(),
-        (Some(ip), false) => ip.clone(),
-        (None, false) => "<pending>".into(),
-    }
-}
-
-/// A route's ports as `kubectl get svc` shows them: `80/TCP`, `80:30080/TCP` with a node port.
-fn route_ports_text(r: &orch_core::model::object::Route) -> String {
-    if r.spec.ports.is_empty() {
-        return "<none>".into();
-    }
-    r.spec
-        .ports
-        .iter()
-        .map(|p| {
-            let key = if p.name.is_empty() {
-                p.port.to_string()
-            } else {
-                p.name.clone()
-            };
-            let node = p
-                .node_port
-                .or_else(|| r.status.node_ports.get(&key).copied());
-            let proto = format!("{:?}", p.protocol).to_ascii_uppercase();
-            match node {
-                Some(n) if r.spec.node_ports => format!("{}:{n}/{proto}", p.port),
-                _ => format!("{}/{proto}", p.port),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A label selector as `key=value,key in (a,b)`.
-fn selector_text(s: &orch_core::model::object::LabelSelector) -> String {
-    let mut parts: Vec<String> = s
-        .match_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    parts.extend(
-        s.match_expressions
-            .iter()
-            .map(|e| format!("{} {:?} ({})", e.key, e.operator, e.values.join(","))),
-    );
-    if parts.is_empty() {
-        "<none>".into()
-    } else {
-        parts.join(",")
     }
 }

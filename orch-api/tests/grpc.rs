@@ -259,6 +259,18 @@ async fn join_then_a_node_writes_only_what_is_its_own() {
     refused(node.txn(vec![create_op(&svc)]).await.unwrap_err());
     // A refused transaction changed nothing.
     assert!(backend.get(&svc.key()).await.unwrap().is_none());
+    // Routes: every node reads them (its endpoints controller publishes them), writes none.
+    let route = orch_core::model::manifest::parse(
+        "r.yaml",
+        "apiVersion: orch/v1\nkind: Route\nmetadata: {name: front}\nspec:\n  selector: {matchLabels: {app: web}}\n  headless: true\n",
+    )
+    .unwrap()
+    .remove(0);
+    refused(node.txn(vec![create_op(&route)]).await.unwrap_err());
+    backend.txn(vec![create_op(&route)]).await.unwrap();
+    assert!(node.get(&route.key()).await.unwrap().is_some());
+    let (listed, _) = node.list("/routes/").await.unwrap();
+    assert_eq!(listed.len(), 1);
 
     // Secrets: never in a node's lists or watches; readable one at a time only while a
     // replica bound to the node uses it.

@@ -1,5 +1,10 @@
 //! The `Discovery` trait: where the endpoints controller publishes each service's ready
 //! replicas (a DNS server, a proxy, files, another registry).
+//!
+//! Entries are names in a namespace: a service's, or a route's (the ready replicas its
+//! selector picks, each endpoint port named by the route port and numbered by that endpoint's
+//! target port; a route wins a name it shares with a service). So `service` below is a name
+//! that may be either.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -63,7 +68,8 @@ pub trait Discovery: Send + Sync {
     }
     /// Sets (or, with `None`, removes) the virtual IP of `namespace/service`: DNS answers the
     /// service's name with it, and every node balances `ip:port` over the ready endpoints'
-    /// same-named port in the kernel. Called before the service's endpoints are first set
+    /// same-named port in the kernel (its number may differ per endpoint: a route's port 80
+    /// goes to each endpoint's target port). Called before the service's endpoints are first set
     /// and whenever it changes; a headless service has none. Backends that neither resolve
     /// nor balance ignore it.
     async fn set_virtual_ip(
@@ -207,30 +213,50 @@ impl<T: Discovery + ?Sized> Discovery for Arc<T> {
 }
 
 type EndpointMap = BTreeMap<(String, String), Vec<Endpoint>>;
+type PublishedMap = BTreeMap<(String, String), Vec<Published>>;
 
-/// Keeps endpoints and virtual IPs in memory; readable with [`MemDiscovery::endpoints`] and
-/// [`MemDiscovery::virtual_ip`].
+/// Keeps endpoints, virtual IPs and published ports in memory; readable with
+/// [`MemDiscovery::endpoints`], [`MemDiscovery::virtual_ip`] and [`MemDiscovery::published`].
 #[derive(Clone, Default)]
 pub struct MemDiscovery {
     map: Arc<Mutex<EndpointMap>>,
     vips: Arc<Mutex<BTreeMap<(String, String), VirtualIp>>>,
+    published: Arc<Mutex<PublishedMap>>,
 }
 
 impl MemDiscovery {
     /// The current endpoints of a service.
     pub fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
-        let g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(&(namespace.to_string(), service.to_string()))
-            .cloned()
-            .unwrap_or_default()
+        get(&self.map, namespace, service).unwrap_or_default()
+    }
+
+    /// The ports a service (or route) publishes on every node now.
+    pub fn published(&self, namespace: &str, service: &str) -> Vec<Published> {
+        get(&self.published, namespace, service).unwrap_or_default()
     }
 
     /// The current virtual IP of a service.
     pub fn virtual_ip(&self, namespace: &str, service: &str) -> Option<VirtualIp> {
-        let g = self.vips.lock().unwrap_or_else(|p| p.into_inner());
-        g.get(&(namespace.to_string(), service.to_string()))
-            .cloned()
+        get(&self.vips, namespace, service)
     }
+}
+
+type Keyed<T> = Mutex<BTreeMap<(String, String), T>>;
+
+fn get<T: Clone>(m: &Keyed<T>, namespace: &str, service: &str) -> Option<T> {
+    let g = m.lock().unwrap_or_else(|p| p.into_inner());
+    g.get(&(namespace.to_string(), service.to_string()))
+        .cloned()
+}
+
+/// Sets (`None`: removes) the value of `namespace/service`.
+fn put<T>(m: &Keyed<T>, namespace: &str, service: &str, value: Option<T>) {
+    let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (namespace.to_string(), service.to_string());
+    match value {
+        Some(v) => g.insert(key, v),
+        None => g.remove(&key),
+    };
 }
 
 #[async_trait]
@@ -241,15 +267,23 @@ impl Discovery for MemDiscovery {
         service: &str,
         endpoints: Vec<Endpoint>,
     ) -> Result<(), DiscoveryError> {
-        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert((namespace.to_string(), service.to_string()), endpoints);
+        put(&self.map, namespace, service, Some(endpoints));
         Ok(())
     }
     async fn remove_service(&self, namespace: &str, service: &str) -> Result<(), DiscoveryError> {
-        let mut g = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        g.remove(&(namespace.to_string(), service.to_string()));
-        let mut v = self.vips.lock().unwrap_or_else(|p| p.into_inner());
-        v.remove(&(namespace.to_string(), service.to_string()));
+        put(&self.map, namespace, service, None);
+        put(&self.vips, namespace, service, None);
+        put(&self.published, namespace, service, None);
+        Ok(())
+    }
+    async fn set_published(
+        &self,
+        namespace: &str,
+        service: &str,
+        published: Vec<Published>,
+    ) -> Result<(), DiscoveryError> {
+        let published = (!published.is_empty()).then_some(published);
+        put(&self.published, namespace, service, published);
         Ok(())
     }
     async fn set_virtual_ip(
@@ -258,12 +292,7 @@ impl Discovery for MemDiscovery {
         service: &str,
         vip: Option<VirtualIp>,
     ) -> Result<(), DiscoveryError> {
-        let mut g = self.vips.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (namespace.to_string(), service.to_string());
-        match vip {
-            Some(v) => g.insert(key, v),
-            None => g.remove(&key),
-        };
+        put(&self.vips, namespace, service, vip);
         Ok(())
     }
 }

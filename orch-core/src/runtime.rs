@@ -98,7 +98,8 @@ impl std::fmt::Debug for MountFiles {
 pub struct WorkloadDns {
     /// The server (on port 53 for a resolv.conf to reach it).
     pub server: std::net::SocketAddr,
-    /// Search domains, most specific first (`NAMESPACE.orch.local orch.local`).
+    /// Search domains, most specific first (`NAMESPACE.orch.local orch.local
+    /// NAMESPACE.svc.cluster.local svc.cluster.local`).
     pub search: Vec<String>,
 }
 

@@ -11,6 +11,12 @@
 //! - `REPLICA.SERVICE.NAMESPACE.DOMAIN`: that replica's address;
 //! - the reverse name of a virtual IP (`D.C.B.A.in-addr.arpa`): a PTR to its service's name.
 //!
+//! A name is a service's or a route's (Kubernetes' Service): the engine publishes both under
+//! their names, a route winning a name it shares with a service. Every name is also answered
+//! under each alias domain (`svc.cluster.local` by default: [`DnsConfig::alias_domains`]), so
+//! `NAME.NAMESPACE.svc.cluster.local` and `REPLICA.NAME.NAMESPACE.svc.cluster.local` resolve as
+//! in Kubernetes; records carry the name asked for, SRV targets stay in the domain asked.
+//!
 //! Unknown names in the domain get NXDOMAIN (NOERROR with no records for a name that exists
 //! with other types, or that only has names below it), with the zone's SOA for negative
 //! caching; names outside it are REFUSED unless a forwarder is configured. Every record has
@@ -51,6 +57,9 @@ pub struct DnsConfig {
     pub listen: SocketAddr,
     /// The cluster domain (`orch.local`).
     pub domain: String,
+    /// Further domains every name is also answered under (default `svc.cluster.local`, so
+    /// Kubernetes' names resolve); none may contain another or the cluster domain.
+    pub alias_domains: Vec<String>,
     /// TTL of every answer, and of negative answers (seconds).
     pub ttl: u32,
     /// Where names outside the domain are forwarded; `None`: they are REFUSED.
@@ -64,12 +73,13 @@ pub struct DnsConfig {
 }
 
 impl DnsConfig {
-    /// Defaults: domain `orch.local`, TTL 5 s, no forwarding, 50,000 queries a second per
+    /// Defaults: domain `orch.local` (also answered as `svc.cluster.local`), TTL 5 s, no forwarding, 50,000 queries a second per
     /// client socket, one UDP socket per core, 10 s TCP idle timeout.
     pub fn new(listen: SocketAddr) -> DnsConfig {
         DnsConfig {
             listen,
             domain: "orch.local".into(),
+            alias_domains: vec!["svc.cluster.local".into()],
             ttl: 5,
             forward: None,
             client_qps: 50_000,
@@ -150,6 +160,8 @@ struct State {
 pub struct Zone {
     origin: Name,
     lower_origin: LowerName,
+    /// The alias domains (see the module doc), each answered like the origin.
+    aliases: Vec<(Name, LowerName)>,
     ttl: u32,
     state: RwLock<State>,
     /// What each service's names are built from. Held while a change is built and swapped
@@ -221,19 +233,45 @@ impl Found {
 impl Zone {
     /// An empty zone for `domain` with `ttl`.
     pub fn new(domain: &str, ttl: u32) -> Result<Zone, DnsError> {
-        let bad = |message: String| DnsError::Domain {
-            domain: domain.into(),
-            message,
-        };
-        let lower = domain.trim_end_matches('.').to_ascii_lowercase();
-        if lower.is_empty() {
-            return Err(bad("must not be empty".into()));
+        Zone::with_aliases(domain, &[], ttl)
+    }
+
+    /// An empty zone for `domain` whose names are also answered under each of `aliases`.
+    pub fn with_aliases(domain: &str, aliases: &[String], ttl: u32) -> Result<Zone, DnsError> {
+        fn parse(domain: &str) -> Result<Name, DnsError> {
+            let bad = |message: String| DnsError::Domain {
+                domain: domain.into(),
+                message,
+            };
+            let lower = domain.trim_end_matches('.').to_ascii_lowercase();
+            if lower.is_empty() {
+                return Err(bad("must not be empty".into()));
+            }
+            let mut origin = Name::from_ascii(&lower).map_err(|e| bad(e.to_string()))?;
+            origin.set_fqdn(true);
+            Ok(origin)
         }
-        let mut origin = Name::from_ascii(&lower).map_err(|e| bad(e.to_string()))?;
-        origin.set_fqdn(true);
+        let origin = parse(domain)?;
+        let mut all = vec![LowerName::from(&origin)];
+        let mut alias_names = Vec::new();
+        for a in aliases {
+            let name = parse(a)?;
+            let lower = LowerName::from(&name);
+            if let Some(other) = all.iter().find(|o| o.zone_of(&lower) || lower.zone_of(o)) {
+                return Err(DnsError::Domain {
+                    domain: a.clone(),
+                    message: format!(
+                        "an alias domain must neither contain nor be inside another domain ({other})"
+                    ),
+                });
+            }
+            all.push(lower.clone());
+            alias_names.push((name, lower));
+        }
         let zone = Zone {
             lower_origin: LowerName::from(&origin),
             origin,
+            aliases: alias_names,
             ttl,
             state: RwLock::new(State::default()),
             inputs: Mutex::default(),
@@ -256,15 +294,20 @@ impl Zone {
     }
 
     fn soa_record(&self, serial: u32) -> Record {
+        self.soa_of(&self.origin, serial)
+    }
+
+    /// The SOA record of `origin` (the cluster domain or an alias).
+    fn soa_of(&self, origin: &Name, serial: u32) -> Record {
         let mname = Name::from_ascii("ns")
-            .and_then(|n| n.append_domain(&self.origin))
-            .unwrap_or_else(|_| self.origin.clone());
+            .and_then(|n| n.append_domain(origin))
+            .unwrap_or_else(|_| origin.clone());
         let rname = Name::from_ascii("hostmaster")
-            .and_then(|n| n.append_domain(&self.origin))
-            .unwrap_or_else(|_| self.origin.clone());
+            .and_then(|n| n.append_domain(origin))
+            .unwrap_or_else(|_| origin.clone());
         let ttl = self.ttl;
         Record::from_rdata(
-            self.origin.clone(),
+            origin.clone(),
             ttl,
             RData::SOA(SOA::new(mname, rname, serial, 3600, 600, 86400, ttl)),
         )
@@ -278,22 +321,43 @@ impl Zone {
             .unwrap_or_else(|| Arc::new(self.soa_record(g.serial)))
     }
 
+    /// The SOA record for answers about `name`: its alias domain's, when it is in one, else
+    /// the zone's.
+    pub fn soa_for(&self, name: &LowerName) -> Arc<Record> {
+        match self.aliases.iter().find(|(_, l)| l.zone_of(name)) {
+            Some((alias, _)) => Arc::new(self.soa_of(alias, self.read().serial)),
+            None => self.soa(),
+        }
+    }
+
+    /// The origin (the cluster domain or an alias) `name` is in.
+    fn origin_of(&self, name: &LowerName) -> Option<&LowerName> {
+        std::iter::once(&self.lower_origin)
+            .chain(self.aliases.iter().map(|(_, l)| l))
+            .find(|o| o.zone_of(name))
+    }
+
     fn name(&self, labels: &[&str]) -> Option<Name> {
+        Self::name_in(&self.origin, labels)
+    }
+
+    fn name_in(origin: &Name, labels: &[&str]) -> Option<Name> {
         let mut n = Name::from_labels(labels.iter().map(|l| l.as_bytes())).ok()?;
-        n = n.append_domain(&self.origin).ok()?;
+        n = n.append_domain(origin).ok()?;
         Some(n)
     }
 
-    /// The records of a service's endpoints (and its virtual IP), by name.
+    /// The records of a service's endpoints (and its virtual IP), by name, under `origin`.
     fn records(
         &self,
+        origin: &Name,
         ns: &str,
         svc: &str,
         eps: &[Endpoint],
         vip: Option<IpAddr>,
     ) -> Vec<(LowerName, RecordSet)> {
         let ttl = self.ttl;
-        let Some(service) = self.name(&[svc, ns]) else {
+        let Some(service) = Self::name_in(origin, &[svc, ns]) else {
             return Vec::new();
         };
         let addr = |name: &Name, ip: IpAddr| match ip {
@@ -324,7 +388,7 @@ impl Zone {
             let Ok(ip) = e.ip.parse::<IpAddr>() else {
                 continue;
             };
-            let Some(own) = self.name(&[&e.replica, svc, ns]) else {
+            let Some(own) = Self::name_in(origin, &[&e.replica, svc, ns]) else {
                 continue;
             };
             let mut set = RecordSet::default();
@@ -339,7 +403,7 @@ impl Zone {
                     Protocol::Udp => "_udp",
                 };
                 let port_label = format!("_{}", p.name);
-                let Some(name) = self.name(&[&port_label, proto, svc, ns]) else {
+                let Some(name) = Self::name_in(origin, &[&port_label, proto, svc, ns]) else {
                     continue;
                 };
                 let entry = srv.entry(name.clone()).or_default();
@@ -393,7 +457,10 @@ impl Zone {
 
     /// Builds a service's names from `inputs` and swaps them in under one write lock.
     fn swap(&self, ns: &str, svc: &str, inputs: &Inputs) {
-        let sets = self.records(ns, svc, &inputs.endpoints, inputs.vip);
+        let mut sets = self.records(&self.origin, ns, svc, &inputs.endpoints, inputs.vip);
+        for (alias, _) in &self.aliases {
+            sets.extend(self.records(alias, ns, svc, &inputs.endpoints, inputs.vip));
+        }
         let key = (ns.to_string(), svc.to_string());
         let ptr = inputs.vip.zip(self.name(&[svc, ns])).map(|(ip, service)| {
             let mut reverse = Name::from(ip);
@@ -415,8 +482,11 @@ impl Zone {
         }
         let mut owned = Vec::with_capacity(sets.len());
         for (name, set) in sets {
+            let apex = self
+                .origin_of(&name)
+                .map_or(self.lower_origin.num_labels(), |o| o.num_labels());
             let mut parent = name.base_name();
-            while parent.num_labels() > self.lower_origin.num_labels() {
+            while parent.num_labels() > apex {
                 *g.ents.entry(parent.clone()).or_default() += 1;
                 parent = parent.base_name();
             }
@@ -450,8 +520,11 @@ impl Zone {
         };
         for name in names {
             g.names.remove(&name);
+            let apex = self
+                .origin_of(&name)
+                .map_or(self.lower_origin.num_labels(), |o| o.num_labels());
             let mut parent = name.base_name();
-            while parent.num_labels() > self.lower_origin.num_labels() {
+            while parent.num_labels() > apex {
                 if let Some(n) = g.ents.get_mut(&parent) {
                     *n -= 1;
                     if *n == 0 {
@@ -466,7 +539,7 @@ impl Zone {
 
     /// Looks `name` up.
     pub fn lookup(&self, name: &LowerName) -> Lookup {
-        if !self.lower_origin.zone_of(name) {
+        let Some(origin) = self.origin_of(name) else {
             return match self.read().ptrs.get(name) {
                 Some((_, set)) => Lookup::Found(Found {
                     set: set.clone(),
@@ -474,11 +547,11 @@ impl Zone {
                 }),
                 None => Lookup::NotInZone,
             };
-        }
-        if *name == self.lower_origin {
+        };
+        if name == origin {
             return Lookup::Found(Found {
                 set: Arc::default(),
-                apex_soa: Some(self.soa()),
+                apex_soa: Some(self.soa_for(name)),
             });
         }
         let g = self.read();
@@ -497,7 +570,7 @@ impl Zone {
 
     /// Whether `name` is in the zone (or is the reverse name of a virtual IP).
     pub fn contains(&self, name: &LowerName) -> bool {
-        self.lower_origin.zone_of(name) || self.read().ptrs.contains_key(name)
+        self.origin_of(name).is_some() || self.read().ptrs.contains_key(name)
     }
 }
 
@@ -650,7 +723,7 @@ impl Handler {
                 metadata.authoritative = true;
                 let qtype = query.query_type();
                 let answers = found.answers(qtype, rotate);
-                let soa = self.zone.soa();
+                let soa = self.zone.soa_for(query.name());
                 let soa: Option<&Record> = answers.is_empty().then_some(&*soa);
                 let r = builder.build(metadata, answers, None, soa, found.additional(qtype));
                 send(&mut response_handle, r, &request.metadata).await
@@ -658,7 +731,7 @@ impl Handler {
             Lookup::NxDomain => {
                 metadata.authoritative = true;
                 metadata.response_code = ResponseCode::NXDomain;
-                let soa = self.zone.soa();
+                let soa = self.zone.soa_for(query.name());
                 let r = builder.build(metadata, None, None, Some(&*soa), None);
                 send(&mut response_handle, r, &request.metadata).await
             }
@@ -849,7 +922,11 @@ impl DnsServer {
     /// Binds TCP and UDP on `config.listen` and serves until dropped. With port 0, both use
     /// the same port (the one TCP got).
     pub async fn start(config: DnsConfig) -> Result<DnsServer, DnsError> {
-        let zone = Arc::new(Zone::new(&config.domain, config.ttl)?);
+        let zone = Arc::new(Zone::with_aliases(
+            &config.domain,
+            &config.alias_domains,
+            config.ttl,
+        )?);
         let bound = bind(config.listen, config.udp_sockets)?;
         let local = bound.local;
         let handler = Handler {
@@ -1204,6 +1281,39 @@ mod tests {
         };
         assert_ne!(first(0), first(1));
         assert_ne!(s0.data, z.soa().data);
+    }
+
+    #[test]
+    fn alias_domains_answer_every_name_and_must_not_nest() {
+        let z = Zone::with_aliases("orch.local", &["svc.cluster.local".into()], 5).unwrap();
+        z.set("default", "web", &[ep("web-0", "10.0.0.1", 80)]);
+        for n in [
+            "web.default.svc.cluster.local.",
+            "web-0.web.default.svc.cluster.local.",
+            "default.svc.cluster.local.",
+            "svc.cluster.local.",
+        ] {
+            assert!(matches!(q(&z, n, RecordType::A, 0), R::Found(..)), "{n}");
+        }
+        let R::Found(a, _) = q(&z, "web.default.svc.cluster.local.", RecordType::A, 0) else {
+            panic!()
+        };
+        assert_eq!(a[0].name.to_string(), "web.default.svc.cluster.local.");
+        z.remove("default", "web");
+        assert!(matches!(
+            q(&z, "default.svc.cluster.local.", RecordType::A, 0),
+            R::Nx
+        ));
+        for (domain, alias) in [
+            ("orch.local", "orch.local"),
+            ("cluster.local", "svc.cluster.local"),
+        ] {
+            let e = Zone::with_aliases(domain, &[alias.into()], 5)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("alias domain") && e.contains(alias), "{e}");
+        }
     }
 
     #[test]

@@ -88,17 +88,8 @@ async fn hickory_resolves_services_srv_replicas_and_nxdomain() {
         .lookup("_http._tcp.web.default.orch.local.", RecordType::SRV)
         .await
         .unwrap();
-    let mut targets: Vec<(String, u16)> = srv
-        .answers()
-        .iter()
-        .filter_map(|rec| match &rec.data {
-            RData::SRV(s) => Some((s.target.to_string(), s.port)),
-            _ => None,
-        })
-        .collect();
-    targets.sort();
     assert_eq!(
-        targets,
+        srv_targets(&srv),
         [
             ("web-a.web.default.orch.local.".to_string(), 8080),
             ("web-b.web.default.orch.local.".to_string(), 8081)
@@ -117,6 +108,20 @@ async fn hickory_resolves_services_srv_replicas_and_nxdomain() {
     let e = r.lookup_ip("db.default.orch.local.").await.unwrap_err();
     assert!(e.is_nx_domain(), "{e}");
     assert!(answer_ttls(&srv).iter().all(|t| *t <= 5));
+}
+
+/// `(target, port)` of each SRV answer, sorted.
+fn srv_targets(l: &hickory_resolver::lookup::Lookup) -> Vec<(String, u16)> {
+    let mut targets: Vec<(String, u16)> = l
+        .answers()
+        .iter()
+        .filter_map(|rec| match &rec.data {
+            RData::SRV(s) => Some((s.target.to_string(), s.port)),
+            _ => None,
+        })
+        .collect();
+    targets.sort();
+    targets
 }
 
 fn answer_ttls(l: &hickory_resolver::lookup::Lookup) -> Vec<u32> {
@@ -574,4 +579,133 @@ async fn dig_sees_virtual_ips_headless_services_and_a_listener_added_at_run_time
             .unwrap(),
         "127.0.0.21\n127.0.0.22"
     );
+}
+
+/// A route as the engine publishes it: a StatefulSet's governing headless route `nginx`
+/// (per-replica names `web-0.nginx...`), a route `front` with a virtual IP whose port 80 goes
+/// to each replica's 8080; every name also under `svc.cluster.local`, and short names through
+/// a search list like the one workloads get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_per_replica_names_and_kubernetes_names_resolve_on_the_wire() {
+    use orch_core::discovery::VirtualIp;
+    let s = server().await;
+    let web = |i: u8| Endpoint {
+        replica: format!("web-{i}"),
+        node: "n1".into(),
+        ip: format!("127.0.0.{}", 40 + i),
+        ports: vec![EndpointPort {
+            name: "web".into(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }],
+    };
+    s.set_endpoints("default", "nginx", vec![web(0), web(1)])
+        .await
+        .unwrap();
+    let vip = VirtualIp {
+        ip: "10.96.0.20".parse().unwrap(),
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }],
+    };
+    s.set_virtual_ip("shop", "front", Some(vip)).await.unwrap();
+    let front: Vec<Endpoint> = [web(0), web(1)]
+        .into_iter()
+        .map(|mut e| {
+            e.ports[0].name = "http".into();
+            e
+        })
+        .collect();
+    s.set_endpoints("shop", "front", front).await.unwrap();
+    let r = resolver(s.local_addr());
+    let ips = |l: hickory_resolver::lookup_ip::LookupIp| {
+        let mut v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
+        v.sort();
+        v
+    };
+    for domain in ["orch.local", "svc.cluster.local"] {
+        let name = format!("web-0.nginx.default.{domain}.");
+        assert_eq!(
+            ips(r.lookup_ip(name.as_str()).await.unwrap()),
+            ["127.0.0.40"],
+            "{name}"
+        );
+        let name = format!("nginx.default.{domain}.");
+        assert_eq!(
+            ips(r.lookup_ip(name.as_str()).await.unwrap()),
+            ["127.0.0.40", "127.0.0.41"],
+            "{name}: headless, the endpoints"
+        );
+        let name = format!("front.shop.{domain}.");
+        assert_eq!(
+            ips(r.lookup_ip(name.as_str()).await.unwrap()),
+            ["10.96.0.20"],
+            "{name}"
+        );
+        // SRV: the endpoints' target port, targets in the domain asked.
+        let name = format!("_http._tcp.front.shop.{domain}.");
+        let srv = r.lookup(name.as_str(), RecordType::SRV).await.unwrap();
+        assert_eq!(
+            srv_targets(&srv),
+            [
+                (format!("web-0.front.shop.{domain}."), 8080),
+                (format!("web-1.front.shop.{domain}."), 8080)
+            ]
+        );
+        let e = r
+            .lookup_ip(format!("nothing.default.{domain}.").as_str())
+            .await
+            .unwrap_err();
+        assert!(e.is_nx_domain(), "{e}");
+    }
+    // Outside both domains: refused (no forwarder).
+    let e = r.lookup_ip("web.default.cluster.local.").await.unwrap_err();
+    assert!(!e.is_nx_domain(), "{e}");
+    // A workload's search list in namespace shop: NAME and NAME.NAMESPACE resolve too.
+    let mut udp = ConnectionConfig::udp();
+    udp.port = s.local_addr().port();
+    let ns = NameServerConfig::new(s.local_addr().ip(), true, vec![udp]);
+    let search: Vec<Name> = [
+        "shop.orch.local.",
+        "orch.local.",
+        "shop.svc.cluster.local.",
+        "svc.cluster.local.",
+    ]
+    .iter()
+    .map(|n| Name::from_ascii(n).unwrap())
+    .collect();
+    let cfg = ResolverConfig::from_parts(None, search, vec![ns]);
+    let mut b = Resolver::builder_with_config(cfg, TokioRuntimeProvider::default());
+    b.options_mut().cache_size = 0;
+    b.options_mut().ndots = 5;
+    let searching = b.build().unwrap();
+    for name in ["front", "front.shop", "front.shop.svc.cluster.local"] {
+        assert_eq!(
+            ips(searching.lookup_ip(name).await.unwrap()),
+            ["10.96.0.20"],
+            "{name}"
+        );
+    }
+    assert_eq!(
+        ips(searching.lookup_ip("web-1.nginx.default").await.unwrap()),
+        ["127.0.0.41"]
+    );
+    if orch_testkit::require(&["dig"]) {
+        let a = s.local_addr();
+        let out = tokio::task::spawn_blocking(move || {
+            dig(a, &["+short", "web-1.nginx.default.svc.cluster.local"])
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.trim(), "127.0.0.41");
+        let out = tokio::task::spawn_blocking(move || dig(a, &["nothing.svc.cluster.local"]))
+            .await
+            .unwrap();
+        assert!(
+            out.contains("NXDOMAIN") && out.contains("svc.cluster.local.\t") && out.contains("SOA"),
+            "an alias's negative answer carries its own SOA: {out}"
+        );
+    }
 }

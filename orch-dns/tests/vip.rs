@@ -63,6 +63,15 @@ fn tally(names: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
     seen
 }
 
+/// Enters the network namespace at `path` (this thread) and makes a runtime for it.
+fn runtime_in(path: &str) -> tokio::runtime::Runtime {
+    netns::enter(path);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn needs() -> bool {
     orch_testkit::require(&["root", "ip", "nft"])
 }
@@ -93,11 +102,7 @@ fn a_virtual_ip_balances_over_ready_replicas_from_the_node_and_from_replicas() {
         Stop,
     }
     let node = std::thread::spawn(move || {
-        netns::enter(&node_path);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime_in(&node_path);
         // User-space mode: virtual IPs are in the kernel whatever the mode.
         let p = ServiceProxy::new(ProxyConfig::new("n1", gateway.into()));
         for step in from_test {
@@ -212,5 +217,78 @@ fn a_virtual_ip_balances_over_ready_replicas_from_the_node_and_from_replicas() {
         "false",
         "the table is deleted with the proxy"
     );
+    node.join().unwrap();
+}
+
+/// A route's virtual IP: port 80 goes to each endpoint's own target port (a named target port
+/// resolves per template, so replicas of different services listen on different ports):
+/// r0 on 8080, r1 on 9090, r2 without the port (left out of that port's balancing).
+#[test]
+fn a_route_virtual_ip_maps_port_80_to_each_endpoints_own_target_port() {
+    if !needs() {
+        return;
+    }
+    let mut lan = Lan::new(3);
+    lan.serve_names_on(&[(0, 8080), (1, 9090), (2, 7070)]);
+    let http = SocketAddr::from((VIP, 80));
+    let node_path = format!("/run/netns/{}", lan.node.name);
+    let eps: Vec<Endpoint> = [(0, Some(8080)), (1, Some(9090)), (2, None)]
+        .into_iter()
+        .map(|(i, p): (usize, Option<u16>)| {
+            let r = &lan.replicas[i];
+            Endpoint {
+                replica: r.name.clone(),
+                node: "n1".into(),
+                ip: r.ip.to_string(),
+                ports: p
+                    .map(|p| port("http", p, Protocol::Tcp))
+                    .into_iter()
+                    .collect(),
+            }
+        })
+        .collect();
+    let gateway = lan.gateway;
+    let (to_test, table) = std::sync::mpsc::channel::<String>();
+    let (to_node, stop) = std::sync::mpsc::channel::<()>();
+    let node = std::thread::spawn(move || {
+        let rt = runtime_in(&node_path);
+        let p = ServiceProxy::new(ProxyConfig::new("n1", gateway.into()));
+        let vip = VirtualIp {
+            ip: IpAddr::from(VIP),
+            ports: vec![port("http", 80, Protocol::Tcp)],
+        };
+        rt.block_on(p.set_virtual_ip("default", "front", Some(vip)))
+            .unwrap();
+        rt.block_on(p.set_endpoints("default", "front", eps))
+            .unwrap();
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "ip", p.nft_table()])
+            .output()
+            .unwrap();
+        to_test
+            .send(String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap();
+        let _ = stop.recv();
+        drop(p);
+    });
+    let table = table.recv().unwrap();
+    assert!(
+        table.contains("tcp dport 80 dnat ip to numgen inc mod 2"),
+        "two endpoints have the port: {table}"
+    );
+    for (i, p) in [(0, 8080), (1, 9090)] {
+        let want = format!("{} . {p}", lan.replicas[i].ip);
+        assert!(table.contains(&want), "{want} in {table}");
+    }
+    // From the node and from a replica: both endpoints answer on their own port.
+    let seen = lan
+        .node
+        .run(move || tally((0..10).map(|_| hello(http).unwrap())));
+    assert_eq!(seen, HashMap::from([("r0".into(), 5), ("r1".into(), 5)]));
+    let seen = lan.replicas[2]
+        .ns
+        .run(move || tally((0..10).map(|_| hello(http).unwrap())));
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    to_node.send(()).unwrap();
     node.join().unwrap();
 }

@@ -53,7 +53,8 @@ struct Cli {
 enum Command {
     /// Create or update objects from files or folders (all or nothing).
     Apply(cmd::apply::Args),
-    /// List objects: services, replicas, nodes, secrets, configs, events.
+    /// List objects: services, replicas, nodes, secrets, configs, events, jobs, routes,
+    /// cronjobs.
     Get(cmd::get::Args),
     /// Show one object in detail, with its events.
     Describe(cmd::describe::Args),
@@ -90,6 +91,11 @@ enum Command {
     Config(cmd::config::Command),
     /// Show what the daemon is.
     Info,
+    /// Print the orch objects Kubernetes manifests or a Compose file become (no daemon
+    /// needed); fields orch does not honour are warnings on standard error.
+    Convert(cmd::convert::Args),
+    /// Run a Compose file: up, down, ps, logs (its project is a namespace).
+    Compose(cmd::compose::Args),
 }
 
 fn main() {
@@ -130,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = match cli.command {
         Command::Config(command) => return cmd::config::run(&config_path, command),
         Command::Login(args) => return cmd::login::run(&config_path, args).await,
+        Command::Convert(args) => return cmd::convert::run(cli.namespace, args),
         _ => cmd::client(cli.socket, cli.context.as_deref(), &config_path)?,
     };
     let ctx = cmd::Ctx::new(client, cli.namespace);
@@ -147,6 +154,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(command) => cmd::rollout::run(&ctx, command).await,
         Command::Node(command) => cmd::node::run(&ctx, command).await,
         Command::Info => cmd::info::run(&ctx).await,
-        Command::Config(_) | Command::Login(_) => unreachable!("handled above"),
+        Command::Compose(args) => cmd::compose::run(&ctx, args).await,
+        Command::Config(_) | Command::Login(_) | Command::Convert(_) => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -27,6 +27,11 @@ pub struct DiscoveryArgs {
     /// The cluster domain: services are `SERVICE.NAMESPACE.DOMAIN`.
     #[arg(long, default_value = "orch.local")]
     pub dns_domain: String,
+    /// Domains every cluster name is also answered under, comma-separated (`''`: none); the
+    /// default makes Kubernetes' `NAME.NAMESPACE.svc.cluster.local` resolve. Workloads search
+    /// them after the cluster domain.
+    #[arg(long, default_value = "svc.cluster.local", value_delimiter = ',')]
+    pub dns_alias_domains: Vec<String>,
     /// TTL of DNS answers, in seconds.
     #[arg(long, default_value_t = 5)]
     pub dns_ttl: u32,
@@ -59,6 +64,8 @@ pub struct NodeDiscovery {
     pub dns_error: Option<String>,
     /// The service proxy.
     pub proxy: Arc<ServiceProxy>,
+    /// The domains the DNS server also answers under (workloads search them too).
+    pub dns_alias_domains: Vec<String>,
 }
 
 impl DiscoveryArgs {
@@ -82,6 +89,7 @@ impl DiscoveryArgs {
             })?;
             let mut cfg = DnsConfig::new(listen);
             cfg.domain = self.dns_domain.clone();
+            cfg.alias_domains = self.alias_domains();
             cfg.ttl = self.dns_ttl;
             cfg.forward = self.dns_forward;
             cfg.client_qps = self.dns_client_qps;
@@ -131,7 +139,17 @@ impl DiscoveryArgs {
             dns,
             dns_error,
             proxy,
+            dns_alias_domains: self.alias_domains(),
         })
+    }
+
+    /// The alias domains given, lower case, without empty ones.
+    fn alias_domains(&self) -> Vec<String> {
+        self.dns_alias_domains
+            .iter()
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect()
     }
 }
 
@@ -228,6 +246,7 @@ impl NodeDiscovery {
     pub fn configure(&self, agent: &mut AgentConfig, domain: &str) {
         agent.dns = self.dns.as_ref().map(|d| d.local_addr());
         agent.dns_domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        agent.dns_alias_domains = self.dns_alias_domains.clone();
     }
 
     /// Makes the DNS server also listen on the node's replica gateway (the first address of

@@ -25,8 +25,14 @@ use crate::host;
 /// Arguments of `orchd up`.
 #[derive(Args)]
 pub struct UpArgs {
-    /// A manifest file or a folder of them (`*.yaml`, `*.yml`, `*.json`).
+    /// A manifest file or a folder of them (`*.yaml`, `*.yml`, `*.json`; orch or Kubernetes
+    /// manifests), or a Compose file, or a folder holding one (`compose.yaml`, `compose.yml`,
+    /// `docker-compose.yml`, `docker-compose.yaml`: that file is run).
     path: PathBuf,
+    /// Refuse to start when a Kubernetes manifest or Compose file has any field orch does not
+    /// honour.
+    #[arg(long)]
+    strict: bool,
     /// Keep runtime state and logs here (default: a temporary directory removed on exit).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -48,16 +54,34 @@ pub struct UpArgs {
 
 /// Runs until Ctrl-C, then stops everything it started.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let manifests = orch_api::files::read_manifests(&args.path).map_err(anyhow::Error::msg)?;
+    // A folder with a Compose file runs that file (as `docker compose up` there); otherwise
+    // its manifests, orch's or Kubernetes' (converted as `orchctl apply -f` converts them).
+    let path = match args.path.is_dir() {
+        true => orch_api::files::compose_file_in(&args.path).unwrap_or(args.path.clone()),
+        false => args.path.clone(),
+    };
+    let imported = orch_api::files::import(
+        std::slice::from_ref(&path),
+        &orch_api::files::ImportOptions {
+            strict: args.strict,
+            ..Default::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let parsed = orch_core::model::manifest::parse_all_with_warnings(
-        manifests
+        imported
+            .manifests
             .iter()
             .map(|m| (m.source.as_str(), m.text.as_str())),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Fields orch sets itself are ignored, as `orchctl apply` says too.
-    for w in &parsed.warnings {
+    // Fields a conversion does not honour, and fields orch sets itself (ignored), as
+    // `orchctl apply` says them too.
+    for w in imported.warnings.iter().chain(&parsed.warnings) {
         say(&format!("warning: {w}"));
+    }
+    if args.strict && !parsed.warnings.is_empty() {
+        anyhow::bail!("--strict: {} fields not honoured", parsed.warnings.len());
     }
     let objects = parsed.objects;
     let temp = args.state_dir.is_none();
@@ -130,7 +154,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     let header = format!(
         "orch up {} — {} object(s); logs: orchctl --socket {} logs REPLICA; Ctrl-C stops everything\n{}\n{}",
-        args.path.display(),
+        path.display(),
         applied.len(),
         socket.display(),
         discovery.dns_state(&args.discovery.dns_domain),

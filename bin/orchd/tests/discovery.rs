@@ -191,20 +191,7 @@ fn published_port(mode: &str) {
     assert!(out.contains("created"), "{out}");
     let ready = eventually("3 ready", Duration::from_secs(30), || ready_addrs(&d, 3));
     let front = format!("127.0.0.1:{port}");
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    eventually(
-        "the proxy reaches every replica",
-        Duration::from_secs(10),
-        || {
-            for _ in 0..30 {
-                if let Some(body) = http_get(&front) {
-                    let who = body.split_whitespace().nth(2).unwrap_or("").to_string();
-                    *seen.entry(who).or_default() += 1;
-                }
-            }
-            (seen.len() == 3).then_some(())
-        },
-    );
+    reaches_all(&front, 3);
 
     if mode == "nftables" {
         let rules = Command::new("nft")
@@ -361,4 +348,105 @@ fn get(addr: &str) -> Result<(), String> {
     } else {
         Err(format!("answer: {:?}", buf.lines().next()))
     }
+}
+
+/// Waits until GETs through `front` have been answered by `n` different replicas.
+fn reaches_all(front: &str, n: usize) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    eventually(
+        &format!("{front} reaches every replica"),
+        Duration::from_secs(10),
+        || {
+            for _ in 0..30 {
+                if let Some(body) = http_get(front) {
+                    let who = body.split_whitespace().nth(2).unwrap_or("").to_string();
+                    *seen.entry(who).or_default() += 1;
+                }
+            }
+            (seen.len() == n).then_some(())
+        },
+    );
+}
+
+/// A node port in 30000–32767 that nothing on this machine holds now.
+fn free_node_port() -> u16 {
+    let start = 30000 + (std::process::id() % 2000) as u16;
+    (start..=32767)
+        .chain(30000..start)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 30000-32767")
+}
+
+/// A Route (what a Kubernetes Service becomes) over two services by a label: its name, the
+/// per-replica names under it and its SRV records answer in `dig`, under `orch.local` and
+/// `svc.cluster.local`; its node port balances over every replica of both; `orchctl get
+/// routes` shows it; deleting it removes its names and closes the port.
+#[test]
+fn a_route_over_two_services_answers_in_dns_and_on_its_node_port() {
+    if !require(&["root", "dig"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dns = dns_addr(3);
+    let d = Daemon::start_with(tmp.path(), &["--dns-listen", &dns]);
+    let labelled = |name: &str, replicas: u32, color: &str| {
+        hello(replicas, color)
+            .replace("name: hello}", &format!("name: {name}}}"))
+            .replace("  template:\n", "  template:\n    labels: {app: shop}\n")
+    };
+    let node_port = free_node_port();
+    let route = format!(
+        "---\napiVersion: orch/v1\nkind: Route\nmetadata: {{name: front}}\nspec:\n  selector: {{matchLabels: {{app: shop}}}}\n  nodePorts: true\n  ports: [{{name: http, port: 80, targetPort: http, nodePort: {node_port}}}]\n"
+    );
+    let text = format!(
+        "{}---\n{}{route}",
+        labelled("blue", 2, "blue"),
+        labelled("green", 1, "green")
+    );
+    let path = write(tmp.path(), "shop.yaml", &text);
+    d.ctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    eventually("3 ready", Duration::from_secs(30), || ready_addrs(&d, 3));
+    let ports: HashSet<u64> = d.replicas().iter().map(port_of).collect();
+    for domain in ["orch.local", "svc.cluster.local"] {
+        let name = format!("_http._tcp.front.default.{domain}");
+        eventually(&format!("SRV {name}"), Duration::from_secs(5), || {
+            let got: HashSet<u64> = dig(&dns, &["+short", &name, "SRV"])
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+                .collect();
+            (got == ports).then_some(())
+        });
+        let replica = d.replicas()[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let one = format!("{replica}.front.default.{domain}");
+        assert_eq!(dig(&dns, &["+short", &one]).trim(), "127.0.0.1", "{one}");
+    }
+    let table = d.ctl_ok(&["get", "routes"]);
+    assert!(
+        table.contains("front") && table.contains(&format!("80:{node_port}/TCP")),
+        "{table}"
+    );
+    eventually("3 endpoints in the table", Duration::from_secs(5), || {
+        let table = d.ctl_ok(&["get", "routes"]);
+        table
+            .lines()
+            .any(|l| l.starts_with("front") && l.split_whitespace().nth(3) == Some("3"))
+            .then_some(())
+    });
+    let described = d.ctl_ok(&["describe", "route", "front"]);
+    assert!(described.contains("app=shop"), "{described}");
+    // The node port reaches every replica of both services.
+    let front = format!("127.0.0.1:{node_port}");
+    reaches_all(&front, 3);
+    d.ctl_ok(&["delete", "route", "front"]);
+    eventually("the route's names go", Duration::from_secs(5), || {
+        dig(&dns, &["front.default.orch.local"])
+            .contains("status: NXDOMAIN")
+            .then_some(())
+    });
+    eventually("the node port closes", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(&front).is_err().then_some(())
+    });
 }

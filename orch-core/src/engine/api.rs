@@ -71,6 +71,7 @@ fn same_desired(a: &Object, b: &Object) -> bool {
         (Object::Secret(x), Object::Secret(y)) => x.data == y.data,
         (Object::Config(x), Object::Config(y)) => x.data == y.data,
         (Object::Job(x), Object::Job(y)) => x.spec == y.spec,
+        (Object::Route(x), Object::Route(y)) => x.spec == y.spec,
         _ => false,
     }
 }
@@ -87,6 +88,9 @@ fn merge(existing: Option<&Object>, mut desired: Object) -> (Object, ApplyAction
             md.owner = None;
             if let Object::Service(s) = &mut desired {
                 s.status = Default::default();
+            }
+            if let Object::Route(r) = &mut desired {
+                r.status = Default::default();
             }
             (desired, ApplyAction::Created)
         }
@@ -114,6 +118,10 @@ fn merge(existing: Option<&Object>, mut desired: Object) -> (Object, ApplyAction
                 d.status = c.status.clone();
             }
             if let (Object::Job(c), Object::Job(d)) = (cur, &mut desired) {
+                d.status = c.status.clone();
+            }
+            // A route's status (virtual IP, node ports, endpoints) is the controllers'.
+            if let (Object::Route(c), Object::Route(d)) = (cur, &mut desired) {
                 d.status = c.status.clone();
             }
             (desired, ApplyAction::Configured)

@@ -391,6 +391,29 @@ impl Cache {
             .unwrap_or_default()
     }
 
+    /// The objects of a kind in namespace `ns` that `keep` accepts, in key order: a range of
+    /// the kind's ordered map, so it costs the objects in that namespace, not all of them.
+    pub fn list_in(
+        &self,
+        kind: Kind,
+        ns: &str,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Vec<Arc<Object>> {
+        let prefix = kind.key(ns, "");
+        let g = self.read();
+        let Some(m) = g.objects.get(&kind) else {
+            return Vec::new();
+        };
+        m.range::<str, _>((
+            std::ops::Bound::Included(prefix.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+        .filter(|(_, o)| keep(o))
+        .map(|(_, o)| o.clone())
+        .collect()
+    }
+
     /// A service by key.
     pub fn service(&self, key: &str) -> Option<Service> {
         match self.get(Kind::Service, key)?.as_ref() {
@@ -789,6 +812,30 @@ mod tests {
             },
             status: ReplicaStatus::default(),
         })
+    }
+
+    #[test]
+    fn list_in_is_one_namespace_only() {
+        let cache = Cache::default();
+        {
+            let mut st = cache.state.write().unwrap();
+            for (ns, i) in [("a", 0u8), ("ab", 1), ("a", 2), ("b", 3)] {
+                let mut o = replica(i, None, true, false);
+                o.metadata_mut().namespace = ns.into();
+                st.put(Kind::Replica, o.key().into(), Arc::new(o));
+            }
+        }
+        let names = |ns: &str| -> Vec<String> {
+            cache
+                .list_in(Kind::Replica, ns, |_| true)
+                .iter()
+                .map(|o| o.metadata().name.clone())
+                .collect()
+        };
+        assert_eq!(names("a"), ["r0", "r2"], "not namespace ab");
+        assert_eq!(names("ab"), ["r1"]);
+        assert!(names("c").is_empty());
+        assert!(cache.list_in(Kind::Route, "a", |_| true).is_empty());
     }
 
     #[test]

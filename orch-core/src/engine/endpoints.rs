@@ -1,5 +1,11 @@
-//! The endpoints controller: publishes each service's ready replicas to [`Discovery`]
-//! whenever they change, and removes services that are gone.
+//! The endpoints controller: publishes each service's ready replicas, and each route's
+//! selected ready replicas, to [`Discovery`] whenever they change, and removes names that are
+//! gone.
+//!
+//! Its keys are names in a namespace (kept as `Kind::Service` keys): `Discovery` knows one
+//! entry per name. Where a route and a service share a name, the route wins: the name gets
+//! the route's endpoints, virtual IP and node ports, and the service's own (replicas, virtual
+//! IP, published ports) are not published under it while the route exists.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +14,8 @@ use crate::discovery::{Discovery, DiscoveryError, Endpoint, EndpointPort, Publis
 use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::Ctx;
-use crate::model::object::{DesiredState, Kind, Object, ObjectKey, Phase, Service};
+use crate::engine::routes;
+use crate::model::object::{Kind, Object, ObjectKey, Service};
 
 /// The endpoints a set of replicas offers: ready, meant to run, with an address (the
 /// replica's own, else its node's).
@@ -16,30 +23,20 @@ pub fn endpoints_of(replicas: &[Arc<Object>]) -> Vec<Endpoint> {
     let mut eps: Vec<Endpoint> = replicas
         .iter()
         .filter_map(|o| o.as_replica())
-        .filter(|r| r.status.phase == Phase::Ready && r.spec.desired == DesiredState::Running)
         .filter_map(|r| {
-            Some(Endpoint {
-                replica: r.metadata.name.clone(),
-                node: r.spec.node.clone()?,
-                ip: r.status.reach_ip()?.to_string(),
-                ports: r
-                    .status
+            let ports = r.status.ports.iter().map(|p| EndpointPort {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: r
+                    .spec
+                    .template
                     .ports
                     .iter()
-                    .map(|p| EndpointPort {
-                        name: p.name.clone(),
-                        port: p.port,
-                        protocol: r
-                            .spec
-                            .template
-                            .ports
-                            .iter()
-                            .find(|t| t.name == p.name)
-                            .map(|t| t.protocol)
-                            .unwrap_or_default(),
-                    })
-                    .collect(),
-            })
+                    .find(|t| t.name == p.name)
+                    .map(|t| t.protocol)
+                    .unwrap_or_default(),
+            });
+            routes::endpoint_of(r, ports.collect())
         })
         .collect();
     eps.sort();
@@ -85,16 +82,30 @@ impl Reconcile for Endpoints {
     type Error = DiscoveryError;
     const NAME: &'static str = "endpoints";
 
-    fn keys_for(&self, _: &Ctx, c: &Change) -> Vec<ObjectKey> {
-        if matches!(c.kind(), Some(Kind::Service | Kind::Replica)) {
+    fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        let mut keys = if matches!(c.kind(), Some(Kind::Service | Kind::Replica)) {
             crate::engine::replication::keys_for(c)
         } else {
             Vec::new()
+        };
+        if matches!(c.kind(), Some(Kind::Route | Kind::Replica)) {
+            keys.extend(
+                routes::route_keys_for(&ctx.cache, c)
+                    .into_iter()
+                    .map(name_key),
+            );
         }
+        keys
     }
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
         let mut keys = ctx.cache.service_keys();
+        keys.extend(
+            ctx.cache
+                .list(Kind::Route)
+                .iter()
+                .map(|o| name_key(ObjectKey::of(o))),
+        );
         keys.extend(
             self.known
                 .lock()
@@ -107,6 +118,18 @@ impl Reconcile for Endpoints {
 
     async fn reconcile(&self, key: &ObjectKey, ctx: &Ctx) -> Result<Action, DiscoveryError> {
         let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+        let route = ctx.cache.get(Kind::Route, &Kind::Route.key(ns, name));
+        if let Some(route) = route.as_deref().and_then(Object::as_route) {
+            let eps = routes::endpoints_in(&ctx.cache, route);
+            let (ports, vip) = (
+                routes::route_published(route),
+                routes::route_virtual_ip(route),
+            );
+            let mut published = self.published.lock().await;
+            let r = publish(&*ctx.discovery, &mut published, key, ports, vip, eps).await;
+            self.after_publish(ctx, &mut published, key, Kind::Route, &r);
+            return r.map(|()| Action::await_change());
+        }
         let service = ctx.cache.service(&key.store_key());
         let eps = endpoints_of(&ctx.cache.replica_objects_of_service(ns, name));
         let mut published = self.published.lock().await;
@@ -127,24 +150,8 @@ impl Reconcile for Endpoints {
                 let ports = service.map(Published::of).unwrap_or_default();
                 let vip = service.and_then(virtual_ip_of);
                 let r = publish(&*ctx.discovery, &mut published, key, ports, vip, eps).await;
-                if let Err(e) = &r {
-                    // Once per distinct failure: a port in use on this node, say.
-                    let state = published.entry(key.clone()).or_default();
-                    let m = e.to_string();
-                    if state.last_error.as_deref() != Some(m.as_str()) {
-                        ctx.recorder.with_source("endpoints").warning(
-                            Kind::Service,
-                            ns,
-                            name,
-                            "PublishFailed",
-                            &m,
-                        );
-                        state.last_error = Some(m);
-                    }
-                } else if let Some(state) = published.get_mut(key) {
-                    state.last_error = None;
-                }
-                r
+                self.after_publish(ctx, &mut published, key, Kind::Service, &r);
+                return r.map(|()| Action::await_change());
             }
         };
         *self.known.lock().unwrap_or_else(|p| p.into_inner()) = published.keys().cloned().collect();
@@ -154,6 +161,42 @@ impl Reconcile for Endpoints {
     fn error_policy(&self, error: &DiscoveryError, key: &ObjectKey, _: &Ctx) -> Action {
         tracing::warn!(service = %key, %error, "endpoints: publish failed");
         Action::Backoff
+    }
+}
+
+/// The name slot a route's key publishes under (the endpoints controller's keys are names).
+fn name_key(k: ObjectKey) -> ObjectKey {
+    ObjectKey::new(Kind::Service, &k.namespace, &k.name)
+}
+
+impl Endpoints {
+    /// Records a failed publish as a warning on `kind`'s object, once per distinct failure
+    /// (a port in use on this node, say); forgets it after a success; refreshes `known`.
+    fn after_publish(
+        &self,
+        ctx: &Ctx,
+        published: &mut HashMap<ObjectKey, State>,
+        key: &ObjectKey,
+        kind: Kind,
+        r: &Result<(), DiscoveryError>,
+    ) {
+        if let Err(e) = r {
+            let state = published.entry(key.clone()).or_default();
+            let m = e.to_string();
+            if state.last_error.as_deref() != Some(m.as_str()) {
+                ctx.recorder.with_source("endpoints").warning(
+                    kind,
+                    &key.namespace,
+                    &key.name,
+                    "PublishFailed",
+                    &m,
+                );
+                state.last_error = Some(m);
+            }
+        } else if let Some(state) = published.get_mut(key) {
+            state.last_error = None;
+        }
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = published.keys().cloned().collect();
     }
 }
 

@@ -34,6 +34,7 @@ pub mod nodes;
 pub(crate) mod queue;
 pub mod replication;
 pub(crate) mod rollout;
+pub(crate) mod routes;
 pub(crate) mod scheduling;
 
 use std::sync::Arc;
@@ -124,8 +125,8 @@ pub(crate) struct ControllerSet {
 }
 
 impl ControllerSet {
-    /// Starts the control plane: replication, jobs, cron jobs, scheduling and node lifecycle, and the
-    /// network controller when the cluster has a network.
+    /// Starts the control plane: replication, jobs, cron jobs, route status, scheduling and
+    /// node lifecycle, and the network controller when the cluster has a network.
     pub(crate) fn control_plane(ctx: &Arc<Ctx>) -> ControllerSet {
         let cancel = ctx.cancel.child_token();
         let mut tasks = vec![
@@ -143,6 +144,12 @@ impl ControllerSet {
             )),
             tokio::spawn(controller::run(
                 Arc::new(cronjobs::CronJobs),
+                ctx.clone(),
+                1,
+                cancel.clone(),
+            )),
+            tokio::spawn(controller::run(
+                Arc::new(routes::RouteStatusController::default()),
                 ctx.clone(),
                 1,
                 cancel.clone(),

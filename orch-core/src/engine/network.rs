@@ -1,6 +1,7 @@
 //! The network controller: leases each node a subnet of the cluster CIDR
-//! (`NodeSpec::network`) and each non-headless service a virtual IP of the service CIDR
-//! (`ServiceStatus::virtual_ip`). It is the only writer of both fields and runs in the
+//! (`NodeSpec::network`) and each non-headless service and route a virtual IP of the service
+//! CIDR (`ServiceStatus::virtual_ip`, `RouteStatus::virtual_ip`). It is the only writer of
+//! these fields and runs in the
 //! control plane only when the cluster has a network ([`EngineConfig::network`](crate::EngineConfig)).
 //!
 //! A lease lives in the store, so it survives manager restarts, and is freed with its holder:
@@ -16,7 +17,7 @@ use ipnet::Ipv4Net;
 use crate::engine::cache::Change;
 use crate::engine::controller::{Action, Reconcile};
 use crate::engine::ctx::{ClusterNetwork, Ctx};
-use crate::model::object::{Kind, Node, NodeNetwork, Object, ObjectKey, Service};
+use crate::model::object::{Kind, Node, NodeNetwork, Object, ObjectKey};
 use crate::store::{update_op, StoreError};
 
 /// The network controller (see the module doc).
@@ -113,22 +114,17 @@ impl Reconcile for NetworkController {
                 }
                 vec![k]
             }
-            Kind::Service => {
-                let view = |o: &Option<std::sync::Arc<Object>>| match o.as_deref() {
-                    Some(Object::Service(s)) => Some((
-                        s.metadata.uid.clone(),
-                        s.spec.headless,
-                        s.status.virtual_ip.clone(),
-                    )),
-                    _ => None,
-                };
+            Kind::Service | Kind::Route => {
+                let view = |o: &Option<std::sync::Arc<Object>>| o.as_deref().and_then(vip_holder);
                 let (was, is) = (view(old), view(new));
                 if was == is {
                     return Vec::new();
                 }
                 let mut keys = vec![k];
                 if is.is_none() {
+                    // Its address is free: services and routes still waiting may get it.
                     keys.extend(waiting(ctx, Kind::Service));
+                    keys.extend(waiting(ctx, Kind::Route));
                 }
                 keys
             }
@@ -139,6 +135,7 @@ impl Reconcile for NetworkController {
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
         let mut keys = ctx.cache.service_keys();
         keys.extend(ctx.cache.list(Kind::Node).iter().map(|o| ObjectKey::of(o)));
+        keys.extend(ctx.cache.list(Kind::Route).iter().map(|o| ObjectKey::of(o)));
         keys
     }
 
@@ -157,7 +154,7 @@ impl Reconcile for NetworkController {
         }
         match key.kind {
             Kind::Node => self.reconcile_node(key, net, ctx).await?,
-            Kind::Service => self.reconcile_service(key, net, ctx).await?,
+            Kind::Service | Kind::Route => self.reconcile_vip(key, net, ctx).await?,
             _ => {}
         }
         Ok(Action::await_change())
@@ -176,11 +173,28 @@ fn waiting(ctx: &Ctx, kind: Kind) -> Vec<ObjectKey> {
         .iter()
         .filter(|o| match o.as_ref() {
             Object::Node(n) => n.spec.network.is_none(),
-            Object::Service(s) => !s.spec.headless && s.status.virtual_ip.is_none(),
-            _ => false,
+            o => vip_holder(o).is_some_and(|(_, headless, vip)| !headless && vip.is_none()),
         })
         .map(|o| ObjectKey::of(o))
         .collect()
+}
+
+/// What the network controller reads of a service or route: its uid, whether it is headless,
+/// its virtual IP.
+fn vip_holder(o: &Object) -> Option<(String, bool, Option<String>)> {
+    match o {
+        Object::Service(s) => Some((
+            s.metadata.uid.clone(),
+            s.spec.headless,
+            s.status.virtual_ip.clone(),
+        )),
+        Object::Route(r) => Some((
+            r.metadata.uid.clone(),
+            r.spec.headless,
+            r.status.virtual_ip.clone(),
+        )),
+        _ => None,
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -364,43 +378,56 @@ impl NetworkController {
         Ok(())
     }
 
-    async fn reconcile_service(
+    /// Leases (or frees) the virtual IP of a service or route: services and routes share the
+    /// service CIDR.
+    async fn reconcile_vip(
         &self,
         key: &ObjectKey,
         net: &ClusterNetwork,
         ctx: &Ctx,
     ) -> Result<(), StoreError> {
         let store_key = key.store_key();
-        let Some(svc) = ctx.cache.service(&store_key) else {
+        let holder = ctx.cache.get(key.kind, &store_key);
+        let Some((holder, (uid, headless, have))) =
+            holder.and_then(|h| vip_holder(&h).map(|v| (h, v)))
+        else {
             lock(&self.vips).release(&store_key);
             self.clear_warning(key);
             return Ok(());
         };
-        if svc.spec.headless {
+        let what = key.kind.as_str().to_ascii_lowercase();
+        if headless {
             lock(&self.vips).release(&store_key);
-            if svc.status.virtual_ip.is_some() {
-                self.write_service(ctx, svc, None).await?;
+            if have.is_some() {
+                self.write_vip(ctx, &holder, None).await?;
             }
             return Ok(());
         }
-        if svc.status.virtual_ip.is_some() {
-            // Stable for the service's life, even if the service CIDR changed since.
+        if have.is_some() {
+            // Stable for the holder's life, even if the service CIDR changed since.
             return Ok(());
         }
         let picked = lock(&self.vips).reserve(
             &store_key,
-            &svc.metadata.uid,
+            &uid,
             || {
-                ctx.cache
-                    .list(Kind::Service)
-                    .iter()
-                    .filter_map(|o| o.as_service()?.status.virtual_ip.as_ref()?.parse().ok())
-                    .collect()
+                let mut used = Vec::new();
+                for kind in [Kind::Service, Kind::Route] {
+                    used.extend(
+                        ctx.cache
+                            .list(kind)
+                            .iter()
+                            .filter_map(|o| vip_holder(o)?.2?.parse::<Ipv4Addr>().ok()),
+                    );
+                }
+                used
             },
             |k, uid| {
-                ctx.cache.service(k).is_some_and(|s| {
-                    s.metadata.uid == uid && s.status.virtual_ip.is_none() && !s.spec.headless
-                })
+                Kind::of_key(k)
+                    .and_then(|kind| ctx.cache.get(kind, k))
+                    .as_deref()
+                    .and_then(vip_holder)
+                    .is_some_and(|(u, headless, vip)| u == uid && vip.is_none() && !headless)
             },
             |used| free_address(net.service_cidr, &used.iter().copied().collect()).ok_or(()),
         );
@@ -410,24 +437,29 @@ impl NetworkController {
                 key,
                 "ServiceCidrExhausted",
                 format!(
-                    "no virtual IP for service {}: every address of the service CIDR {} is leased; use a larger service CIDR or make services headless",
-                    svc.metadata.name, net.service_cidr
+                    "no virtual IP for {what} {}: every address of the service CIDR {} is leased; use a larger service CIDR or make services and routes headless",
+                    key.name, net.service_cidr
                 ),
             );
             return Ok(());
         };
         self.clear_warning(key);
-        self.write_service(ctx, svc, Some(vip.to_string())).await
+        self.write_vip(ctx, &holder, Some(vip.to_string())).await
     }
 
-    async fn write_service(
+    async fn write_vip(
         &self,
         ctx: &Ctx,
-        mut svc: Service,
+        holder: &Object,
         vip: Option<String>,
     ) -> Result<(), StoreError> {
-        svc.status.virtual_ip = vip;
-        let rev = ctx.store.txn(vec![update_op(&Object::from(svc))]).await?;
+        let mut next = holder.clone();
+        match &mut next {
+            Object::Service(s) => s.status.virtual_ip = vip,
+            Object::Route(r) => r.status.virtual_ip = vip,
+            _ => return Ok(()),
+        }
+        let rev = ctx.store.txn(vec![update_op(&next)]).await?;
         ctx.cache.wait_for(rev).await;
         Ok(())
     }

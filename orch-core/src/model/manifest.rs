@@ -111,13 +111,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Object>, ManifestErrors> {
 
 /// [`parse`], also returning a warning for each ignored field.
 pub fn parse_with_warnings(source: &str, text: &str) -> Result<Parsed, ManifestErrors> {
-    if text.len() > MAX_MANIFEST_BYTES {
-        return Err(ManifestErrors::whole(
-            source,
-            format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files", text.len()),
-        ));
-    }
-    let docs = parse_documents(source, text)?;
+    let docs = documents(source, text)?;
     if docs.len() > MAX_DOCUMENTS {
         return Err(ManifestErrors::whole(
             source,
@@ -214,6 +208,20 @@ pub fn parse_all_with_warnings<'a>(
     } else {
         Err(ManifestErrors(errors))
     }
+}
+
+/// The documents of one manifest as JSON values (YAML, or JSON when it starts with `{` or
+/// `[`; empty documents dropped; a JSON array or `List` flattened), with [`parse`]'s limits
+/// and errors, numbered as [`parse`] numbers them: for importers of other formats
+/// (Kubernetes, Compose) that read the same texts.
+pub fn documents(source: &str, text: &str) -> Result<Vec<Value>, ManifestErrors> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestErrors::whole(
+            source,
+            format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (4 MiB) — split it into smaller files", text.len()),
+        ));
+    }
+    parse_documents(source, text)
 }
 
 fn parse_documents(source: &str, text: &str) -> Result<Vec<Value>, ManifestErrors> {
@@ -573,14 +581,37 @@ fn short(v: &Value) -> String {
 
 /// Renders objects as multi-document YAML (for `-o yaml`).
 pub fn to_yaml(objs: &[Object]) -> String {
+    documents_yaml(objs.iter().map(Object::to_display_value))
+}
+
+/// Values as multi-document YAML.
+fn documents_yaml(values: impl Iterator<Item = Value>) -> String {
     let mut out = String::new();
-    for (i, o) in objs.iter().enumerate() {
+    for (i, v) in values.enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_saphyr::to_string(&o.to_display_value()).unwrap_or_default());
+        out.push_str(&serde_saphyr::to_string(&v).unwrap_or_default());
     }
     out
+}
+
+/// Renders objects as multi-document YAML manifests to apply: [`to_yaml`] without the fields
+/// orch sets itself (`status`, `metadata.uid`, ...), so applying them warns about nothing.
+/// What `orchctl convert` prints and what an importer sends.
+pub fn to_manifest_yaml(objs: &[Object]) -> String {
+    documents_yaml(objs.iter().map(|o| {
+        let mut v = o.to_display_value();
+        if let Value::Object(map) = &mut v {
+            map.remove("status");
+            if let Some(Value::Object(md)) = map.get_mut("metadata") {
+                for field in SERVER_SET_METADATA {
+                    md.remove(field);
+                }
+            }
+        }
+        v
+    }))
 }
 
 /// The namespace each document of `text` names (`None` where it names none), in the order

@@ -2098,6 +2098,14 @@ impl Object {
         }
     }
 
+    /// The route, if this is one.
+    pub fn as_route(&self) -> Option<&Route> {
+        match self {
+            Object::Route(r) => Some(r),
+            _ => None,
+        }
+    }
+
     /// The object's kind.
     pub fn kind(&self) -> Kind {
         match self {

@@ -210,7 +210,14 @@ impl Lan {
     /// In every replica, a TCP server on `port` that writes the replica's name and closes,
     /// and a UDP server on `port` that answers each datagram with the name.
     pub fn serve_names(&mut self, port: u16) {
-        for r in &self.replicas {
+        let all: Vec<(usize, u16)> = (0..self.replicas.len()).map(|i| (i, port)).collect();
+        self.serve_names_on(&all);
+    }
+
+    /// Like [`Lan::serve_names`], replica `i` on its own `port` for each `(i, port)`.
+    pub fn serve_names_on(&mut self, which: &[(usize, u16)]) {
+        for &(i, port) in which {
+            let r = &self.replicas[i];
             let name = r.name.clone();
             let (tcp, udp) = r.ns.run(move || {
                 let addr = SocketAddr::from(([0, 0, 0, 0], port));

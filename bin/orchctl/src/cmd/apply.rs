@@ -2,16 +2,22 @@
 
 use std::path::PathBuf;
 
+use orch_api::protocol::ManifestText;
 use orch_api::{render, Client};
 
-use super::{applied_line, read_all, Ctx};
+use super::{applied_line, import, import_options, warn_without_replica_networking, Ctx};
 
 /// `orchctl apply`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Files, folders or `-`.
+    /// Files, folders or `-`: orch manifests, Kubernetes manifests (converted; see
+    /// `orchctl convert`) or a Compose file named by itself (a folder takes manifests only).
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
+    /// Refuse, applying nothing, when a Kubernetes manifest or Compose file has any field
+    /// orch does not honour (each is a warning otherwise).
+    #[arg(long)]
+    strict: bool,
     /// Validate and show what would change; write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -24,20 +30,22 @@ pub(crate) struct Args {
 /// Applies the files (or plans them, with `--plan`).
 pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let namespace = ctx.asked.clone();
+    let imported = import(&args.files, &import_options(ctx, args.strict))?;
     if args.plan {
-        plan(&ctx.client, &args.files, namespace).await
+        plan(&ctx.client, imported.manifests, namespace).await
     } else {
-        apply(&ctx.client, &args.files, args.dry_run, namespace).await
+        warn_without_replica_networking(&ctx.client, &imported.converted).await;
+        apply(&ctx.client, imported.manifests, args.dry_run, namespace).await
     }
 }
 
-async fn apply(
+/// Sends `manifests` (orch's: files are read and converted already) and prints the answer.
+pub(super) async fn apply(
     client: &Client,
-    files: &[std::path::PathBuf],
+    manifests: Vec<ManifestText>,
     dry_run: bool,
     namespace: Option<String>,
 ) -> anyhow::Result<()> {
-    let manifests = read_all(files)?;
     // The daemon parses and validates (errors name the files); it also says which fields orch
     // sets itself (status, metadata.uid, ...) it ignored, as kubectl ignores status.
     let applied = client
@@ -57,10 +65,9 @@ async fn apply(
 
 async fn plan(
     client: &Client,
-    files: &[std::path::PathBuf],
+    manifests: Vec<ManifestText>,
     namespace: Option<String>,
 ) -> anyhow::Result<()> {
-    let manifests = read_all(files)?;
     let plan = client.plan(manifests, namespace.as_deref()).await?;
     out!("{}", render::plan(&plan));
     Ok(())

@@ -4,7 +4,7 @@ use anyhow::bail;
 use orch_api::Client;
 use orch_core::model::object::Kind;
 
-use super::{in_namespace, kind_arg, read_all, Ctx};
+use super::{import, import_options, in_namespace, kind_arg, Ctx};
 
 /// `orchctl delete`.
 #[derive(clap::Args)]
@@ -13,7 +13,7 @@ pub(crate) struct Args {
     kind: Option<String>,
     /// The name.
     name: Option<String>,
-    /// Delete the objects these files define.
+    /// Delete the objects these files define (orch or Kubernetes manifests, a Compose file).
     #[arg(short = 'f', long = "filename")]
     files: Vec<std::path::PathBuf>,
     /// An object that is already gone is not an error.
@@ -24,7 +24,10 @@ pub(crate) struct Args {
 /// Deletes what the arguments name.
 pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let targets = match args.files.is_empty() {
-        false => Targets::Files(&args.files, ctx.asked.as_deref()),
+        false => {
+            let imported = import(&args.files, &import_options(ctx, false))?;
+            Targets::Files(imported.manifests, ctx.asked.as_deref())
+        }
         true => Targets::One(args.kind, args.name, &ctx.ns),
     };
     delete(&ctx.client, targets, args.ignore_not_found).await
@@ -32,8 +35,9 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
 
 /// What `orchctl delete` deletes.
 enum Targets<'a> {
-    /// The objects files define, with `-n` (if given) for those that name no namespace.
-    Files(&'a [std::path::PathBuf], Option<&'a str>),
+    /// The objects files define (read and converted to orch manifests), with `-n` (if given)
+    /// for those that name no namespace.
+    Files(Vec<orch_api::protocol::ManifestText>, Option<&'a str>),
     /// `KIND NAME` or `KIND/NAME` in a namespace.
     One(Option<String>, Option<String>, &'a str),
 }
@@ -44,20 +48,17 @@ async fn delete(
     ignore_not_found: bool,
 ) -> anyhow::Result<()> {
     let targets: Vec<(Kind, String, String)> = match targets {
-        Targets::Files(files, namespace) => {
-            let manifests = read_all(files)?;
-            orch_api::files::parse(&manifests, namespace)
-                .map_err(anyhow::Error::msg)?
-                .iter()
-                .map(|o| {
-                    (
-                        o.kind(),
-                        o.metadata().namespace.clone(),
-                        o.metadata().name.clone(),
-                    )
-                })
-                .collect()
-        }
+        Targets::Files(manifests, namespace) => orch_api::files::parse(&manifests, namespace)
+            .map_err(anyhow::Error::msg)?
+            .iter()
+            .map(|o| {
+                (
+                    o.kind(),
+                    o.metadata().namespace.clone(),
+                    o.metadata().name.clone(),
+                )
+            })
+            .collect(),
         Targets::One(kind, name, ns) => {
             let (kind, name) = match (kind, name) {
                 (Some(kind), name) if kind.contains('/') && name.is_none() => {

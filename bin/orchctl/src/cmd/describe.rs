@@ -71,6 +71,17 @@ async fn describe(client: &Client, ns: &str, kind: Kind, name: &str) -> anyhow::
                 .filter(|r| matches!(r, Object::Replica(r) if r.spec.service == owner))
                 .collect()
         }
+        // A route's replicas: those its selector picks in its namespace, whatever owns them.
+        Kind::Route => match &obj {
+            Object::Route(route) => client
+                .list(Kind::Replica, Some(ns))
+                .await?
+                .objects
+                .into_iter()
+                .filter(|r| route.spec.selector.matches(&r.metadata().labels))
+                .collect(),
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
     };
     out!("{}", render::describe(&obj, &versions, &events, &related));

@@ -13,7 +13,7 @@ use super::{Ctx, KindArg};
 /// `orchctl get`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The kind (singular and short names work too: svc, pod, no, cm, ev).
+    /// The kind (singular and short names work too: svc, pod, no, cm, ev, rt, cj).
     #[arg(ignore_case = true)]
     kind: KindArg,
     /// One object's name.

@@ -2,7 +2,9 @@
 //! kind argument, manifest files, applied lines.
 
 pub(crate) mod apply;
+pub(crate) mod compose;
 pub(crate) mod config;
+pub(crate) mod convert;
 pub(crate) mod create;
 pub(crate) mod delete;
 pub(crate) mod describe;
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use orch_api::Client;
-use orch_core::model::object::Kind;
+use orch_core::model::object::{Kind, Object};
 
 /// What a verb that talks to a daemon gets: the client and the namespace.
 pub(crate) struct Ctx {
@@ -101,6 +103,10 @@ enum KindArg {
     Events,
     #[value(alias = "job")]
     Jobs,
+    #[value(aliases = ["route", "rt"])]
+    Routes,
+    #[value(name = "cronjobs", aliases = ["cronjob", "cj"])]
+    CronJobs,
 }
 
 impl From<KindArg> for Kind {
@@ -113,6 +119,8 @@ impl From<KindArg> for Kind {
             KindArg::Configs => Kind::Config,
             KindArg::Events => Kind::Event,
             KindArg::Jobs => Kind::Job,
+            KindArg::Routes => Kind::Route,
+            KindArg::CronJobs => Kind::CronJob,
         }
     }
 }
@@ -131,12 +139,59 @@ fn kind_arg(s: &str) -> anyhow::Result<Kind> {
     })
 }
 
-fn read_all(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<orch_api::protocol::ManifestText>> {
-    let mut out = Vec::new();
-    for f in files {
-        out.extend(orch_api::files::read_manifests(f).map_err(anyhow::Error::msg)?);
+/// Reads `files` and converts Kubernetes manifests and Compose files among them to orch
+/// manifests (`orch_api::files::import`), printing every conversion warning on standard error
+/// (naming file, document and field) before anything is sent.
+fn import(
+    files: &[std::path::PathBuf],
+    options: &orch_api::files::ImportOptions,
+) -> anyhow::Result<orch_api::files::Imported> {
+    let imported = orch_api::files::import(files, options).map_err(anyhow::Error::msg)?;
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
     }
-    Ok(out)
+    Ok(imported)
+}
+
+/// The import options of `apply -f` and `delete -f`: `-n` is where objects that name no
+/// namespace go, and a Compose file's project (its namespace) when given.
+fn import_options(ctx: &Ctx, strict: bool) -> orch_api::files::ImportOptions {
+    orch_api::files::ImportOptions {
+        namespace: ctx.asked.clone(),
+        project: ctx.asked.clone(),
+        strict,
+        ..Default::default()
+    }
+}
+
+/// Warns, before converted objects with fixed container ports are applied, when no node has
+/// replica networking: there such ports are the node's own (one node cannot hold two replicas
+/// listening on one port). One node list; says nothing when that list fails.
+async fn warn_without_replica_networking(client: &Client, converted: &[Object]) {
+    let fixed_ports = converted.iter().any(|o| {
+        let template = match o {
+            Object::Service(s) => &s.spec.template,
+            Object::Job(j) => &j.spec.template,
+            _ => return false,
+        };
+        template.image.is_some()
+            && !template.host_network
+            && template.ports.iter().any(|p| p.port.is_some())
+    });
+    if !fixed_ports {
+        return;
+    }
+    let Ok(nodes) = client.list(Kind::Node, None).await else {
+        return;
+    };
+    let networked = nodes.objects.iter().any(
+        |n| matches!(n, Object::Node(n) if n.status.network.as_ref().is_some_and(|s| s.ready)),
+    );
+    if !networked {
+        eprintln!(
+            "warning: no node has replica networking: replicas share the node's network; two replicas on one port cannot share a node"
+        );
+    }
 }
 
 /// `service/web created`, with the namespace when it is not `default`:
@@ -206,6 +261,12 @@ mod tests {
             "ev",
             "job",
             "jobs",
+            "route",
+            "routes",
+            "rt",
+            "cronjob",
+            "cronjobs",
+            "cj",
         ];
         from_user.sort();
         assert_eq!(taken, from_user);
@@ -216,7 +277,7 @@ mod tests {
         let e = kind_arg("deployments").unwrap_err().to_string();
         assert_eq!(
             e,
-            "unknown kind \"deployments\"; allowed: services, replicas, nodes, secrets, configs, events, jobs"
+            "unknown kind \"deployments\"; allowed: services, replicas, nodes, secrets, configs, events, jobs, routes, cronjobs"
         );
     }
 }

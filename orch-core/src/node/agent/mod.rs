@@ -63,6 +63,10 @@ pub struct AgentConfig {
     pub dns: Option<std::net::SocketAddr>,
     /// The cluster domain workloads search (`orch.local`).
     pub dns_domain: String,
+    /// Further domains workloads search after the cluster domain, each as `NAMESPACE.ALIAS`
+    /// then `ALIAS` (default `svc.cluster.local`, the Kubernetes names the DNS server also
+    /// answers).
+    pub dns_alias_domains: Vec<String>,
     /// Where named local volumes live; `None`: volumes are refused here.
     pub volumes: Option<crate::node::VolumeLayout>,
     /// Host paths replicas may mount (a mount's real path, symlinks resolved, must be under
@@ -104,6 +108,7 @@ impl AgentConfig {
             endpoint: String::new(),
             dns: None,
             dns_domain: "orch.local".into(),
+            dns_alias_domains: vec!["svc.cluster.local".into()],
             volumes: None,
             allowed_host_paths: Vec::new(),
             network: None,

@@ -217,10 +217,10 @@ impl Agent {
             extra_env: env,
             dns: dns_server.map(|server| WorkloadDns {
                 server,
-                search: vec![
-                    format!("{ns}.{}", self.cfg.dns_domain),
-                    self.cfg.dns_domain.clone(),
-                ],
+                search: std::iter::once(&self.cfg.dns_domain)
+                    .chain(&self.cfg.dns_alias_domains)
+                    .flat_map(|d| [format!("{ns}.{d}"), d.clone()])
+                    .collect(),
             }),
             network: network.as_ref().map(|(n, _)| n.clone()),
         };
