@@ -791,7 +791,11 @@ async fn remove_volume(backend: &Backend, name: &str, node: Option<String>) -> R
         .filter(|r| {
             r.spec.node.as_deref() == Some(node.as_str())
                 && r.spec.desired == orch_core::model::object::DesiredState::Running
-                && r.spec.template.volumes().contains(&name)
+                && r.spec
+                    .template
+                    .volume_names(&r.metadata.name)
+                    .iter()
+                    .any(|v| v == name)
         })
         .map(|r| format!("{}/{}", r.metadata.namespace, r.metadata.name))
         .collect();

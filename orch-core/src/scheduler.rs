@@ -144,7 +144,7 @@ impl PendingReplica {
             runtime: crate::runtime::offer_needed_by(t).to_string(),
             placement: r.spec.placement.clone(),
             labels: r.metadata.labels.clone(),
-            volumes: t.volumes().into_iter().map(String::from).collect(),
+            volumes: t.volume_names(&r.metadata.name),
         }
     }
 }

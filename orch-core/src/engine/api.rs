@@ -493,12 +493,19 @@ pub async fn plan(
             .map(|r| (r.metadata.name.clone(), (*r).clone()))
             .collect();
         let mut n = 0;
+        // An ordered service's new replicas have their ordinal names (per-replica volumes
+        // are named after them, and decide where they may go).
+        let ordered = svc.spec.mode == crate::model::object::ServiceMode::Ordered;
+        let mut missing = (0..svc.spec.replicas)
+            .map(|i| crate::engine::replication::ordinal_name(&svc.metadata.name, i))
+            .filter(|name| ordered && !mine.iter().any(|r| r.metadata.name == *name));
         while kept + to_place.len() < want {
             n += 1;
-            to_place.push((
-                format!("new-{n}"),
-                crate::engine::replication::new_replica(&svc, &versions),
-            ));
+            let r = match missing.next() {
+                Some(name) => crate::engine::replication::new_replica_named(&svc, &versions, name),
+                None => crate::engine::replication::new_replica(&svc, &versions),
+            };
+            to_place.push((format!("new-{n}"), r));
         }
         let placed_now = kept
             + to_place

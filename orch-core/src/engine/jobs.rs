@@ -143,7 +143,49 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
             .await?
             .is_some());
     };
-    let d = decide(&job, &replicas, Timestamp::now());
+    // dependsOn: no first replica (and no start) before every dependency holds.
+    if replicas.is_empty() && job.status.started.is_none() && job.status.state == JobState::Running
+    {
+        let gate = crate::engine::depends::gate_in(ctx, ns, &job.spec.depends_on);
+        let message = match &gate {
+            crate::engine::depends::Gate::Open => None,
+            crate::engine::depends::Gate::Wait(m) | crate::engine::depends::Gate::Never(m) => {
+                Some(m.clone())
+            }
+        };
+        if let Some(message) = message {
+            if job.status.message == message {
+                return Ok(false);
+            }
+            if matches!(gate, crate::engine::depends::Gate::Never(_)) {
+                ctx.recorder.about(&job.metadata.uid).warning(
+                    Kind::Job,
+                    ns,
+                    name,
+                    "DependencyFailed",
+                    message.clone(),
+                );
+            }
+            let mut j = job.clone();
+            j.status.message = message;
+            if let Some(rev) = txn_chunked(
+                &*ctx.store,
+                vec![update_op(&Object::Job(Box::new(j)))],
+                crate::store::MAX_TXN_OPS,
+            )
+            .await?
+            {
+                ctx.cache.wait_for(rev).await;
+            }
+            return Ok(false);
+        }
+    }
+    let mut d = decide(&job, &replicas, Timestamp::now());
+    // The gate opened: what it said is over.
+    let gated = |m: &str| m.starts_with("waiting for ") || m.starts_with("will not start: ");
+    if gated(&job.status.message) && d.status.message == job.status.message {
+        d.status.message.clear();
+    }
     for k in &d.stop {
         if let Some(r) = replicas
             .iter()
@@ -192,15 +234,31 @@ pub async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<bool, StoreError> {
 }
 
 /// The job controller (see the module doc).
-pub(crate) struct Jobs;
+pub(crate) struct Jobs {
+    /// Jobs by what they depend on: a change of a dependency wakes the jobs that wait for it.
+    dependents: crate::engine::depends::Dependents,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            dependents: crate::engine::depends::Dependents::of_jobs(),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl Reconcile for Jobs {
     type Error = StoreError;
     const NAME: &'static str = "jobs";
 
-    fn keys_for(&self, _: &Ctx, c: &Change) -> Vec<ObjectKey> {
-        match c {
+    fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
+        let mut keys = if matches!(c.kind(), Some(Kind::Job | Kind::Service | Kind::Replica)) {
+            self.dependents.keys_for(ctx, c)
+        } else {
+            Vec::new()
+        };
+        keys.extend(match c {
             Change::Object {
                 kind: Kind::Job,
                 key,
@@ -217,16 +275,14 @@ impl Reconcile for Jobs {
                 })
                 .collect(),
             _ => Vec::new(),
-        }
+        });
+        keys
     }
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> = ctx
-            .cache
-            .list(Kind::Job)
-            .iter()
-            .map(|o| ObjectKey::of(o))
-            .collect();
+        let jobs = ctx.cache.list(Kind::Job);
+        self.dependents.rebuild(&jobs);
+        let mut keys: Vec<ObjectKey> = jobs.iter().map(|o| ObjectKey::of(o)).collect();
         for (ns, owner) in ctx.cache.services_with_replicas() {
             if let Owner::Job(name) = owner {
                 keys.push(ObjectKey::new(Kind::Job, ns, name));

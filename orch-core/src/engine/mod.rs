@@ -22,7 +22,9 @@
 pub mod api;
 pub mod cache;
 pub(crate) mod controller;
+pub(crate) mod cronjobs;
 pub(crate) mod ctx;
+pub(crate) mod depends;
 pub(crate) mod endpoints;
 pub(crate) mod events;
 pub(crate) mod jobs;
@@ -123,19 +125,25 @@ pub(crate) struct ControllerSet {
 }
 
 impl ControllerSet {
-    /// Starts the control plane: replication, jobs, route status, scheduling and node
-    /// lifecycle, and the network controller when the cluster has a network.
+    /// Starts the control plane: replication, jobs, cron jobs, route status, scheduling and
+    /// node lifecycle, and the network controller when the cluster has a network.
     pub(crate) fn control_plane(ctx: &Arc<Ctx>) -> ControllerSet {
         let cancel = ctx.cancel.child_token();
         let mut tasks = vec![
             tokio::spawn(controller::run(
-                Arc::new(replication::Replication),
+                Arc::new(replication::Replication::default()),
                 ctx.clone(),
                 ctx.config.workers,
                 cancel.clone(),
             )),
             tokio::spawn(controller::run(
-                Arc::new(jobs::Jobs),
+                Arc::new(jobs::Jobs::default()),
+                ctx.clone(),
+                1,
+                cancel.clone(),
+            )),
+            tokio::spawn(controller::run(
+                Arc::new(cronjobs::CronJobs),
                 ctx.clone(),
                 1,
                 cancel.clone(),

@@ -30,6 +30,8 @@ pub(crate) struct Decision {
     pub delete: Vec<String>,
     /// Global services: nodes to create a replica on (bound at creation).
     pub create_on: Vec<String>,
+    /// Ordered services: the names of the replicas to create (`NAME-ORDINAL`).
+    pub create_names: Vec<String>,
 }
 
 fn ready(r: &Replica) -> bool {
@@ -227,6 +229,150 @@ pub(crate) fn decide_global<R: Borrow<Replica>>(
     d
 }
 
+/// The ordinal of replica `replica` of ordered service `service`: `NAME-I` with `I` in
+/// decimal without leading zeros; `None` for any other name.
+pub fn ordinal_of(service: &str, replica: &str) -> Option<u32> {
+    let digits = replica.strip_prefix(service)?.strip_prefix('-')?;
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The name of replica `ordinal` of ordered service `service`: `NAME-ORDINAL`.
+pub fn ordinal_name(service: &str, ordinal: u32) -> String {
+    format!("{service}-{ordinal}")
+}
+
+/// Pure decision for an ordered service (Kubernetes' StatefulSet with OrderedReady and
+/// RollingUpdate): replica `NAME-i` is created only when `NAME-0..i` exist, run and are
+/// Ready, one at a time; a name is created again only once no replica object holds it (a
+/// lost replica is deleted, then recreated under its name); replicas past `replicas` (and
+/// any of another name) are stopped one at a time, highest ordinal first, once nothing else
+/// of the service is stopping; replicas of an old revision (or on a draining node) are
+/// stopped from the highest ordinal down, while fewer than `maxUnavailable` (default 1) of
+/// the ordinals are unavailable, and come back under their name with the new template.
+pub(crate) fn decide_ordered<R: Borrow<Replica>>(
+    svc: &Service,
+    versions: &[String],
+    replicas: &[R],
+    draining: &dyn Fn(&str) -> bool,
+) -> Decision {
+    let key = |r: &Replica| Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
+    let name = svc.metadata.name.as_str();
+    let n = svc.spec.replicas;
+    let hash = svc.spec.revision_hash(versions);
+    let mut d = Decision::default();
+    // The replica object holding each ordinal (whatever its state), and what is stopping.
+    let mut by_ordinal: std::collections::BTreeMap<u32, &Replica> = Default::default();
+    let mut stopping = false;
+    // Replicas to remove, one at a time: other names first, then the highest ordinal.
+    let mut surplus: Vec<(Option<u32>, &Replica)> = Vec::new();
+    for r in replicas {
+        let r: &Replica = r.borrow();
+        let ordinal = ordinal_of(name, &r.metadata.name);
+        if let Some(i) = ordinal {
+            by_ordinal.insert(i, r);
+        }
+        if r.status.phase == Phase::Lost
+            || (r.spec.desired == DesiredState::Stopped && r.spec.node.is_none())
+        {
+            d.delete.push(key(r));
+            continue;
+        }
+        if r.spec.desired == DesiredState::Stopped {
+            stopping = true;
+            continue;
+        }
+        match ordinal {
+            Some(i) if i < n => {}
+            _ => surplus.push((ordinal, r)),
+        }
+    }
+    let up = |r: &Replica| r.spec.desired == DesiredState::Running && ready(r);
+    // Scale down: one at a time, highest ordinal first, after the one before has gone.
+    surplus.sort_by_key(|(o, _)| o.map_or(u64::MAX, |i| i as u64));
+    if let Some((_, r)) = surplus.last() {
+        if !stopping && d.delete.is_empty() {
+            if r.spec.node.is_none() {
+                d.delete.push(key(r));
+            } else {
+                d.stop.push(key(r));
+            }
+        }
+        // Kubernetes finishes scaling down before it updates or scales up.
+        return d;
+    }
+    // Create: the lowest missing ordinal, once every lower one is up and ready.
+    for i in 0..n {
+        match by_ordinal.get(&i) {
+            Some(r) if up(r) => continue,
+            Some(_) => break,
+            None => {
+                d.create_names.push(ordinal_name(name, i));
+                break;
+            }
+        }
+    }
+    d.create = d.create_names.len() as u32;
+    if svc.spec.update.paused {
+        return d;
+    }
+    // Rolling update, from the highest ordinal down.
+    let max_unavailable = svc
+        .spec
+        .update
+        .max_unavailable
+        .as_ref()
+        .map_or(1, |m| m.resolve(n, false))
+        .max(1) as usize;
+    let mut unavailable = (0..n)
+        .filter(|i| by_ordinal.get(i).is_none_or(|r| !up(r)))
+        .count();
+    for i in (0..n).rev() {
+        let Some(r) = by_ordinal.get(&i).copied() else {
+            continue;
+        };
+        let outdated = r.spec.template_hash != hash || r.spec.node.as_deref().is_some_and(draining);
+        if r.spec.desired != DesiredState::Running || !outdated || d.delete.contains(&key(r)) {
+            continue;
+        }
+        if up(r) {
+            if unavailable >= max_unavailable {
+                break;
+            }
+            unavailable += 1;
+        }
+        if r.spec.node.is_none() {
+            d.delete.push(key(r));
+        } else {
+            d.stop.push(key(r));
+        }
+    }
+    d
+}
+
+/// Why an ordered service has fewer replicas than it wants: the ordinal it waits on.
+fn ordered_message(svc: &Service, replicas: &[&Replica]) -> Option<String> {
+    let name = &svc.metadata.name;
+    let have: std::collections::BTreeMap<u32, &Replica> = replicas
+        .iter()
+        .filter_map(|r| Some((ordinal_of(name, &r.metadata.name)?, *r)))
+        .collect();
+    let missing = (0..svc.spec.replicas).find(|i| !have.contains_key(i))?;
+    let blocker = (0..missing)
+        .filter_map(|i| have.get(&i))
+        .find(|r| !(r.spec.desired == DesiredState::Running && ready(r)))?;
+    Some(format!(
+        "{} waits for {} to be ready (ordered start)",
+        ordinal_name(name, missing),
+        blocker.metadata.name
+    ))
+}
+
 /// Whether a node change can change where global services run (not a mere heartbeat).
 fn eligibility_changed(c: &Change) -> bool {
     let Change::Object {
@@ -333,6 +479,11 @@ pub fn new_replica(svc: &Service, versions: &[String]) -> Replica {
     if name.len() > 63 {
         name = format!("{}-{suffix}", &svc.metadata.name[..57]);
     }
+    new_replica_named(svc, versions, name)
+}
+
+/// A new pending replica of `svc` named `name` (an ordered service's `NAME-ORDINAL`).
+pub fn new_replica_named(svc: &Service, versions: &[String], name: String) -> Replica {
     let mut labels = svc.spec.template.labels.clone();
     labels.insert(SERVICE_LABEL.into(), svc.metadata.name.clone());
     Replica {
@@ -474,10 +625,24 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
         .as_ref()
         .filter(|s| s.spec.mode == crate::model::object::ServiceMode::Global)
         .map(|s| (s, eligible_nodes(s, &ctx.cache.nodes())));
+    // dependsOn: no first replica before every dependency holds.
+    let gate = match &svc {
+        Some(s) if replicas.is_empty() => {
+            crate::engine::depends::gate_in(ctx, ns, &s.spec.depends_on)
+        }
+        _ => crate::engine::depends::Gate::Open,
+    };
     let mut stranded_on = std::collections::BTreeSet::new();
-    let d = match &global {
-        Some((s, eligible)) => decide_global(s, &versions, &replicas, eligible),
-        None => {
+    let ordered = svc
+        .as_ref()
+        .filter(|s| s.spec.mode == crate::model::object::ServiceMode::Ordered);
+    let d = match (&global, ordered) {
+        (Some((s, eligible)), _) => decide_global(s, &versions, &replicas, eligible),
+        (None, Some(s)) => {
+            let draining = ctx.cache.draining_nodes();
+            decide_ordered(s, &versions, &replicas, &|n| draining.contains(n))
+        }
+        (None, None) => {
             let draining = ctx.cache.draining_nodes();
             // A drain moves a service's replicas only if some other node can take them:
             // with nowhere to go they stay (ready) instead of being stopped for
@@ -502,6 +667,12 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
             })
         }
     };
+    let mut d = d;
+    if gate != crate::engine::depends::Gate::Open {
+        d.create = 0;
+        d.create_on.clear();
+        d.create_names.clear();
+    }
     let mut ops: Vec<Op> = Vec::new();
     let keyed: HashMap<String, &Replica> = if d.delete.is_empty() && d.stop.is_empty() {
         HashMap::new()
@@ -534,7 +705,14 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
         // one collision would fail a whole batch. Draw again for names already taken.
         let mut fresh = std::collections::HashSet::new();
         let mut bind_to = d.create_on.iter();
-        for _ in 0..d.create {
+        for name in &d.create_names {
+            ops.push(create_op(&Object::Replica(new_replica_named(
+                svc,
+                &versions,
+                name.clone(),
+            ))));
+        }
+        for _ in d.create_names.len() as u32..d.create {
             let mut r = new_replica(svc, &versions);
             for _ in 0..8 {
                 let key = Kind::Replica.key(&r.metadata.namespace, &r.metadata.name);
@@ -551,6 +729,27 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
             ops.push(create_op(&Object::Replica(r)));
         }
         let mut status = status_of(svc, &versions, &replicas);
+        match &gate {
+            crate::engine::depends::Gate::Open => {}
+            crate::engine::depends::Gate::Wait(m) => status.message = m.clone(),
+            crate::engine::depends::Gate::Never(m) => {
+                if svc.status.message != *m {
+                    ctx.recorder.about(&svc.metadata.uid).warning(
+                        Kind::Service,
+                        ns,
+                        name,
+                        "DependencyFailed",
+                        m.clone(),
+                    );
+                }
+                status.message = m.clone();
+            }
+        }
+        if let Some(m) = ordered.and_then(|s| ordered_message(s, &replicas)) {
+            if status.message.is_empty() {
+                status.message = m;
+            }
+        }
         if !stranded_on.is_empty() && status.message.is_empty() {
             status.message = format!(
                 "replicas on draining node(s) {} stay: no other schedulable node for them",
@@ -625,7 +824,19 @@ pub(crate) async fn reconcile(ctx: &Ctx, key: &ObjectKey) -> Result<Option<u64>,
 }
 
 /// The replication controller (see the module doc).
-pub(crate) struct Replication;
+pub(crate) struct Replication {
+    /// Services by what they depend on: a change of a dependency wakes the services that
+    /// wait for it.
+    dependents: crate::engine::depends::Dependents,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            dependents: crate::engine::depends::Dependents::of_services(),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl Reconcile for Replication {
@@ -635,11 +846,22 @@ impl Reconcile for Replication {
     fn keys_for(&self, ctx: &Ctx, c: &Change) -> Vec<ObjectKey> {
         if !matches!(
             c.kind(),
-            Some(Kind::Service | Kind::Replica | Kind::Node | Kind::Secret | Kind::Config)
+            Some(
+                Kind::Service
+                    | Kind::Replica
+                    | Kind::Node
+                    | Kind::Secret
+                    | Kind::Config
+                    | Kind::Job
+            )
         ) {
             return Vec::new();
         }
-        let mut keys = keys_for(c);
+        let mut keys = self.dependents.keys_for(ctx, c);
+        if c.kind() == Some(Kind::Job) {
+            return keys;
+        }
+        keys.extend(keys_for(c));
         keys.extend(keys_for_node(ctx, c));
         if let Change::Object {
             kind: kind @ (Kind::Secret | Kind::Config),
@@ -666,6 +888,8 @@ impl Reconcile for Replication {
     }
 
     fn all_keys(&self, ctx: &Ctx) -> Vec<ObjectKey> {
+        let services = ctx.cache.list(Kind::Service);
+        self.dependents.rebuild(&services);
         let mut keys = ctx.cache.service_keys();
         // Services that still have replicas (a deleted service's leftovers), from the index:
         // copying every replica here once a resync period cost seconds and gigabytes at scale.
@@ -744,6 +968,118 @@ mod tests {
         let d = decide_global(&svc, &[], &reps, &nodes);
         assert_eq!(d.stop.len(), 1, "{d:?}");
         assert!(d.create_on.is_empty());
+    }
+
+    fn ordered(replicas: u32) -> Service {
+        let mut svc = service(replicas, 0, 1);
+        svc.spec.mode = crate::model::object::ServiceMode::Ordered;
+        svc.spec.update.max_unavailable = None;
+        svc
+    }
+
+    /// Replica `i` of ordered `svc` in `phase` (on n1), of revision `hash` unless empty.
+    fn ord(svc: &Service, i: u32, phase: Phase) -> Replica {
+        let mut r = new_replica_named(svc, &[], ordinal_name(&svc.metadata.name, i));
+        r.spec.node = Some("n1".into());
+        r.status.phase = phase;
+        r
+    }
+
+    fn names(keys: &[String]) -> Vec<&str> {
+        keys.iter().map(|k| k.rsplit('/').next().unwrap()).collect()
+    }
+
+    #[test]
+    fn ordinals_parse_only_the_services_own_names() {
+        assert_eq!(ordinal_of("web", "web-0"), Some(0));
+        assert_eq!(ordinal_of("web", "web-12"), Some(12));
+        for bad in [
+            "web-", "web-01", "web-x", "web0", "webx-1", "web-1-2", "api-1",
+        ] {
+            assert_eq!(ordinal_of("web", bad), None, "{bad}");
+        }
+        assert_eq!(ordinal_of("web-1", "web-1-3"), Some(3));
+    }
+
+    #[test]
+    fn an_ordered_service_starts_in_order_and_scales_down_from_the_top() {
+        let svc = ordered(3);
+        let none = |_: &str| false;
+        let d = |reps: &[Replica]| decide_ordered(&svc, &[], reps, &none);
+        // Nothing: web-0 only.
+        assert_eq!(d(&[]).create_names, ["web-0"]);
+        // web-0 starting: nothing more until it is ready.
+        assert_eq!(d(&[ord(&svc, 0, Phase::Running)]), Decision::default());
+        // web-0 ready: web-1.
+        let r0 = ord(&svc, 0, Phase::Ready);
+        assert_eq!(d(std::slice::from_ref(&r0)).create_names, ["web-1"]);
+        // web-1 missing (deleted) while web-2 exists: web-1 comes back under its name.
+        let r2 = ord(&svc, 2, Phase::Ready);
+        assert_eq!(d(&[r0.clone(), r2.clone()]).create_names, ["web-1"]);
+        // web-1 lost: deleted first (the name is free after), nothing created yet.
+        let mut lost = ord(&svc, 1, Phase::Lost);
+        lost.status.phase = Phase::Lost;
+        let dd = d(&[r0.clone(), lost, r2.clone()]);
+        assert_eq!((names(&dd.delete), dd.create), (vec!["web-1"], 0));
+        // All three ready: nothing to do.
+        let all: Vec<Replica> = (0..3).map(|i| ord(&svc, i, Phase::Ready)).collect();
+        assert_eq!(d(&all), Decision::default());
+        // Scaled to 1: web-2 stops first, alone; web-1 only once web-2 has gone.
+        let one = ordered(1);
+        let dd = decide_ordered(&one, &[], &all, &none);
+        assert_eq!((names(&dd.stop), dd.create), (vec!["web-2"], 0));
+        let mut stopping = all.clone();
+        stopping[2].spec.desired = DesiredState::Stopped;
+        assert_eq!(
+            decide_ordered(&one, &[], &stopping, &none),
+            Decision::default()
+        );
+        let dd = decide_ordered(&one, &[], &all[..2], &none);
+        assert_eq!(names(&dd.stop), ["web-1"]);
+        // A replica of another name (the service was replicated before) goes too.
+        let stray = on(&svc, "n1", true);
+        let dd = d(&[all[0].clone(), all[1].clone(), all[2].clone(), stray]);
+        assert_eq!(dd.stop.len(), 1);
+        assert!(!names(&dd.stop)[0].starts_with("web-2"), "{dd:?}");
+    }
+
+    #[test]
+    fn an_ordered_service_updates_from_the_highest_ordinal_one_at_a_time() {
+        let mut svc = ordered(3);
+        let none = |_: &str| false;
+        let all: Vec<Replica> = (0..3).map(|i| ord(&svc, i, Phase::Ready)).collect();
+        svc.spec.template.args = vec!["v2".into()];
+        let dd = decide_ordered(&svc, &[], &all, &none);
+        assert_eq!((names(&dd.stop), dd.create), (vec!["web-2"], 0));
+        // web-2 gone: it comes back (new template); nothing else stops meanwhile.
+        let dd = decide_ordered(&svc, &[], &all[..2], &none);
+        assert_eq!(
+            (dd.create_names.clone(), dd.stop.len()),
+            (vec!["web-2".to_string()], 0)
+        );
+        let mut new2 = new_replica_named(&svc, &[], "web-2".into());
+        new2.spec.node = Some("n1".into());
+        new2.status.phase = Phase::Starting;
+        let reps = vec![all[0].clone(), all[1].clone(), new2.clone()];
+        assert_eq!(decide_ordered(&svc, &[], &reps, &none), Decision::default());
+        // Ready: web-1 next.
+        let mut reps = reps;
+        reps[2].status.phase = Phase::Ready;
+        assert_eq!(
+            names(&decide_ordered(&svc, &[], &reps, &none).stop),
+            ["web-1"]
+        );
+        // maxUnavailable 2: two at once, highest first.
+        svc.spec.update.max_unavailable = Some(crate::model::object::IntOrPercent::Int(2));
+        let dd = decide_ordered(&svc, &[], &all, &none);
+        assert_eq!(names(&dd.stop), ["web-2", "web-1"]);
+        // Paused: nothing replaced.
+        svc.spec.update.paused = true;
+        assert_eq!(decide_ordered(&svc, &[], &all, &none), Decision::default());
+        // A draining node's replicas count as outdated.
+        let svc = ordered(3);
+        let dd = decide_ordered(&svc, &[], &all, &|n| n == "n1");
+        assert_eq!(names(&dd.stop), ["web-2"]);
     }
 
     #[test]

@@ -523,6 +523,18 @@ impl Mount {
         .collect();
         (set.len() == 1).then(|| set[0])
     }
+
+    /// The local volume this mount names for replica `replica`: `volume` itself, or with
+    /// `perReplica` `VOLUME-REPLICA` (`www-web-0`, Kubernetes' PVC name for a StatefulSet's
+    /// claim). The agent mounts it and the scheduler places the replica where it is.
+    pub fn volume_name(&self, replica: &str) -> Option<String> {
+        let v = self.volume.as_deref()?;
+        Some(if self.per_replica {
+            format!("{v}-{replica}")
+        } else {
+            v.to_string()
+        })
+    }
 }
 
 /// Transport protocol of a port.
@@ -898,11 +910,21 @@ impl Template {
             .collect()
     }
 
-    /// The named volumes the template mounts.
+    /// The named volumes the template mounts, as written (per-replica ones without the
+    /// replica's name: see [`Template::volume_names`]).
     pub fn volumes(&self) -> Vec<&str> {
         self.mounts
             .iter()
             .filter_map(|m| m.volume.as_deref())
+            .collect()
+    }
+
+    /// The local volumes replica `replica` of this template mounts
+    /// ([`Mount::volume_name`]).
+    pub fn volume_names(&self, replica: &str) -> Vec<String> {
+        self.mounts
+            .iter()
+            .filter_map(|m| m.volume_name(replica))
             .collect()
     }
 

@@ -12,6 +12,7 @@ use crate::model::object::{
     MAX_TEMPLATE_SPAN, MIN_DEADLINE, MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, MIN_RESTART_BACKOFF_MAX,
     NODE_TOPOLOGY_KEY,
 };
+use crate::model::object::{DependencyCondition, DependencyKind};
 use crate::model::quantity::Span;
 use crate::runtime::signal_number;
 
@@ -753,6 +754,7 @@ fn check_service(s: &Service, out: &mut Vec<FieldError>) {
         out,
     );
     check_publish(s, out);
+    check_workload(s, out);
 }
 
 fn check_publish(s: &Service, out: &mut Vec<FieldError>) {
@@ -1228,9 +1230,18 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::Secret(Secret { data, .. }) | Object::Config(Config { data, .. }) => {
             check_data(data, &mut out)
         }
-        Object::Job(j) => check_job_spec("spec", &j.spec, &mut out),
+        Object::Job(j) => {
+            check_job_spec("spec", &j.spec, &mut out);
+            check_dependencies(
+                "spec.dependsOn",
+                &j.metadata.name,
+                DependencyKind::Job,
+                &j.spec.depends_on,
+                &mut out,
+            );
+        }
         Object::Route(r) => check_route(&r.spec, &mut out),
-        Object::CronJob(c) => check_cron_job(&c.spec, &mut out),
+        Object::CronJob(c) => check_cron_job(&c.metadata, &c.spec, &mut out),
         Object::Replica(_) | Object::Node(_) | Object::Event(_) => {}
     }
     out
@@ -1239,6 +1250,8 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
 fn check_job_spec(at: &str, spec: &crate::model::object::JobSpec, out: &mut Vec<FieldError>) {
     let mut inner = Vec::new();
     check_template(&spec.template, &mut inner);
+    // A job's replicas have random names: only the volume-only rule applies here.
+    check_per_replica("spec.template", &spec.template, 0, &mut inner);
     check_placement(&spec.placement, &mut inner);
     check_span(
         "spec.activeDeadline",
@@ -1330,15 +1343,149 @@ fn check_route(spec: &crate::model::object::RouteSpec, out: &mut Vec<FieldError>
     }
 }
 
-fn check_cron_job(spec: &crate::model::object::CronJobSpec, out: &mut Vec<FieldError>) {
-    if spec.schedule.trim().is_empty() {
+fn check_cron_job(
+    md: &Metadata,
+    spec: &crate::model::object::CronJobSpec,
+    out: &mut Vec<FieldError>,
+) {
+    if let Err(e) = crate::model::cron::parse_schedule(&spec.schedule, None) {
+        out.push(err("spec.schedule".to_string(), &spec.schedule, e));
+    }
+    if let Some(tz) = &spec.time_zone {
+        if let Err(e) = crate::model::cron::parse_time_zone(Some(tz)) {
+            out.push(err("spec.timeZone".to_string(), tz, e));
+        }
+    }
+    // Its jobs are named NAME-<minutes since the epoch> (8 digits): Kubernetes' limit too.
+    if md.name.len() > 52 {
         out.push(err(
-            "spec.schedule".to_string(),
-            "",
-            "must be five cron fields or a macro such as @hourly",
+            "metadata.name",
+            &md.name,
+            "a cron job's name must be at most 52 characters (its jobs add a dash and 8 digits)",
         ));
     }
     check_job_spec("spec.job", &spec.job, out);
+    check_dependencies(
+        "spec.job.dependsOn",
+        "",
+        DependencyKind::Job,
+        &spec.job.depends_on,
+        out,
+    );
+}
+
+/// A service's mode, per-replica volumes and dependencies.
+fn check_workload(s: &Service, out: &mut Vec<FieldError>) {
+    let name = &s.metadata.name;
+    let ordered = s.spec.mode == crate::model::object::ServiceMode::Ordered;
+    // The longest replica name: NAME-ORDINAL, or NAME-xxxxx (cut to 63).
+    let longest = if ordered {
+        if s.spec.replicas > 10_000 {
+            out.push(err(
+                "spec.replicas",
+                s.spec.replicas,
+                "an ordered service runs at most 10000 replicas",
+            ));
+        }
+        let digits = s.spec.replicas.saturating_sub(1).max(1).to_string().len();
+        if name.len() + 1 + digits > 63 {
+            out.push(err(
+                "metadata.name",
+                name,
+                format!(
+                    "an ordered service's replicas are named NAME-ORDINAL: with {} replicas the name must be at most {} characters",
+                    s.spec.replicas,
+                    62 - digits
+                ),
+            ));
+        }
+        name.len() + 1 + digits
+    } else {
+        (name.len() + 6).min(63)
+    };
+    check_per_replica("spec.template", &s.spec.template, longest, out);
+    check_dependencies(
+        "spec.dependsOn",
+        name,
+        DependencyKind::Service,
+        &s.spec.depends_on,
+        out,
+    );
+}
+
+/// `perReplica` only with `volume`, and `VOLUME-REPLICA` a valid volume name.
+fn check_per_replica(
+    at: &str,
+    t: &crate::model::object::Template,
+    longest_replica: usize,
+    out: &mut Vec<FieldError>,
+) {
+    for (i, m) in t.mounts.iter().enumerate() {
+        if !m.per_replica {
+            continue;
+        }
+        let path = format!("{at}.mounts[{i}].perReplica");
+        match &m.volume {
+            None => out.push(err(
+                path,
+                true,
+                "perReplica is only for volume mounts (one volume VOLUME-REPLICA per replica)",
+            )),
+            Some(v) if v.len() + 1 + longest_replica > 63 => out.push(err(
+                format!("{at}.mounts[{i}].volume"),
+                v,
+                format!(
+                    "a per-replica volume is named VOLUME-REPLICA, at most 63 characters: shorten the volume name to at most {} characters",
+                    62usize.saturating_sub(longest_replica)
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+/// `dependsOn`: names, no self-dependency, no duplicates, conditions that fit the kind.
+fn check_dependencies(
+    at: &str,
+    own: &str,
+    own_kind: DependencyKind,
+    deps: &[crate::model::object::Dependency],
+    out: &mut Vec<FieldError>,
+) {
+    let mut seen = HashSet::new();
+    for (i, d) in deps.iter().enumerate() {
+        let path = format!("{at}[{i}]");
+        if let Err(e) = dns1123_label(&d.name) {
+            out.push(err(format!("{path}.name"), &d.name, e));
+        }
+        if d.kind == own_kind && d.name == own {
+            out.push(err(
+                format!("{path}.name"),
+                &d.name,
+                "an object cannot depend on itself",
+            ));
+        }
+        if !seen.insert((d.kind, d.name.as_str())) {
+            out.push(err(
+                format!("{path}.name"),
+                &d.name,
+                "duplicate: this dependency is listed twice",
+            ));
+        }
+        match (d.kind, d.condition) {
+            (DependencyKind::Service, DependencyCondition::Completed) => out.push(err(
+                format!("{path}.condition"),
+                "completed",
+                "completed is for jobs (kind: Job); a service can be started or ready",
+            )),
+            (DependencyKind::Job, DependencyCondition::Ready) => out.push(err(
+                format!("{path}.condition"),
+                "ready",
+                "ready is for services; a job can be started or completed",
+            )),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

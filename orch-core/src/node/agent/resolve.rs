@@ -277,14 +277,14 @@ impl Agent {
         let (mut env, warnings) = env_from_vars(t, ns, &sources)?;
         env.extend(resolve_env(&t.env, ns, &sources, &fields)?);
         template.env = env;
-        let mounts = self.resolve_mounts(&t.mounts, ns, &sources)?;
+        let mounts = self.resolve_mounts(&t.mounts, &r.metadata.name, ns, &sources)?;
         let mut steps = Vec::with_capacity(t.init.len());
         for step in &t.init {
             let env = resolve_env(&step.env, ns, &sources, &fields)
                 .map_err(|e| format!("init step {}: {e}", step.name))?;
             let mut step_mounts = mounts.clone();
             step_mounts.extend(
-                self.resolve_mounts(&step.mounts, ns, &sources)
+                self.resolve_mounts(&step.mounts, &r.metadata.name, ns, &sources)
                     .map_err(|e| format!("init step {}: {e}", step.name))?,
             );
             let st = step_template(&template, step, env);
@@ -301,6 +301,7 @@ impl Agent {
     fn resolve_mounts(
         &self,
         list: &[Mount],
+        replica: &str,
         ns: &str,
         sources: &Sources,
     ) -> Result<Vec<WorkloadMount>, String> {
@@ -308,12 +309,14 @@ impl Agent {
         for m in list {
             let source = if let Some(files) = mount_files(m, ns, sources) {
                 files?
-            } else if let Some(v) = &m.volume {
+            } else if let Some(v) = m.volume_name(replica) {
+                // A per-replica volume is `VOLUME-REPLICA`: the scheduler placed the
+                // replica on the node that holds it, if one does.
                 let volumes = self.cfg.volumes.as_ref().ok_or(format!(
                     "volume {v}: node {} keeps no volumes",
                     self.cfg.node
                 ))?;
-                MountSource::Dir(volumes.create(v)?)
+                MountSource::Dir(volumes.create(&v)?)
             } else if let Some(h) = &m.host_path {
                 MountSource::Dir(self.allowed_host_path(h)?)
             } else {
