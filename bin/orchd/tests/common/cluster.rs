@@ -265,20 +265,19 @@ impl Cluster {
         )
     }
 
+    /// `wget [-q] -O - URL` inside replica `from` (5 s at most): what orchctl exec said.
+    fn exec_wget(&self, from: &str, url: &str, quiet: bool) -> std::process::Output {
+        let mut args = vec!["exec", "--timeout", "5s", from, "--", "/bin/wget"];
+        if quiet {
+            args.push("-q");
+        }
+        args.extend(["-O", "-", url]);
+        self.manager.ctl(&args)
+    }
+
     /// `wget -O - URL` inside replica `from`: the body, or `None`.
     pub fn wget(&self, from: &str, url: &str) -> Option<String> {
-        let out = self.manager.ctl(&[
-            "exec",
-            "--timeout",
-            "5s",
-            from,
-            "--",
-            "/bin/wget",
-            "-q",
-            "-O",
-            "-",
-            url,
-        ]);
+        let out = self.exec_wget(from, url, true);
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -359,17 +358,7 @@ impl Cluster {
                 return body;
             }
             if std::time::Instant::now() > deadline {
-                let loud = self.manager.ctl(&[
-                    "exec",
-                    "--timeout",
-                    "5s",
-                    from,
-                    "--",
-                    "/bin/wget",
-                    "-O",
-                    "-",
-                    url,
-                ]);
+                let loud = self.exec_wget(from, url, false);
                 let inside = self
                     .manager
                     .ctl(&["exec", from, "--", "/bin/busybox", "ip", "route"]);
