@@ -92,8 +92,9 @@ fn install(need: &str) -> String {
         "dig" => "dnsutils",
         "nft" => "nftables",
         "ip" => "iproute2",
+        "ctr" => "containerd",
         "containerd" | "runc" | "docker-registry" | "skopeo" | "openssl" | "conntrack"
-        | "python3" => need,
+        | "python3" | "mmdebstrap" => need,
         _ => return "run the tests as root on a Linux host (.ci/run does)".into(),
     };
     format!("apt-get install {package} (.ci/run installs it)")
