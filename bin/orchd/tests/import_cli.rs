@@ -42,6 +42,7 @@ const COMPOSE: &str = "services:
     volumes: [\"pages:/usr/share/nginx/html\"]
   cache:
     image: redis:7
+    ports: [\"6380:6379\"]
 volumes:
   pages: {}
 ";
@@ -296,17 +297,21 @@ fn compose_up_ps_down_on_a_compose_file() {
         "{services}"
     );
 
-    // ps: one replica per service (pending here: the node runs no images).
-    let ps = eventually("the replicas listed", Duration::from_secs(20), || {
+    // ps: cache's replica (pending here: the node runs no images). web depends on cache
+    // (`service_started`), so it has no replica until one of cache's runs, and says so.
+    let ps = eventually("cache's replica listed", Duration::from_secs(20), || {
         let out = ctl(&["compose", "ps"]);
         let t = text(&out.stdout);
-        (t.contains("web-1") && t.contains("cache-1")).then_some(t)
+        t.contains("cache-1").then_some(t)
     });
     assert!(
         ps.contains("SERVICE") && ps.contains("STATE") && ps.contains("PORTS"),
         "{ps}"
     );
-    assert!(ps.contains("8080->80/tcp"), "{ps}");
+    assert!(ps.contains("6380->6379/tcp"), "{ps}");
+    assert!(!ps.contains("web-1"), "web started before cache: {ps}");
+    let web = d.ctl_ok(&["-n", "shop", "describe", "service", "web"]);
+    assert!(web.contains("waiting for cache"), "{web}");
 
     // logs: nothing ran, but it answers (per replica) without failing.
     let out = ctl(&["compose", "logs"]);
