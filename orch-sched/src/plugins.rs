@@ -770,7 +770,8 @@ impl ClassScore for SpreadPreferenceClass {
 // Resource scores
 
 /// Score: `spread` prefers the least allocated node, `binpack` the most allocated, by the
-/// mean of cpu and memory use after placing (replica slots when neither is known).
+/// mean of cpu and memory use after placing (replica slots when neither is known, and at
+/// least the slots for a replica that requests neither).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResourceAllocation;
 
@@ -810,12 +811,27 @@ impl ClassScore for AllocationClass {
             permille(n.memory_used, self.memory, n.memory_capacity),
         ];
         let known: Vec<u64> = dims.iter().flatten().copied().collect();
-        let used = if known.is_empty() {
-            permille(u64::from(n.replicas), 1, u64::from(n.max_replicas)).unwrap_or(0)
-        } else {
-            known.iter().sum::<u64>() / known.len() as u64
+        // Replica slots in use after placing, in percent rounded up, so one more replica on a
+        // node always shows (floor would hide it below 1% of the slots).
+        let slots = (u64::from(n.replicas) + 1) * 100;
+        let slots = match u64::from(n.max_replicas) {
+            0 => 0,
+            max => slots.div_ceil(max).min(100),
         };
-        let used = (used / 10) as u32;
+        let used = if known.is_empty() {
+            slots
+        } else {
+            let resources = known.iter().sum::<u64>() / known.len() as u64 / 10;
+            // A replica that requests nothing adds no cpu or memory: without the slots, every
+            // such replica of a pass would go to the same (first-ranked) node. Kubernetes
+            // scores such pods with a default request for the same reason.
+            if self.cpu == 0 && self.memory == 0 {
+                resources.max(slots)
+            } else {
+                resources
+            }
+        };
+        let used = used as u32;
         if self.binpack {
             used
         } else {

@@ -390,3 +390,32 @@ fn scenarios() {
     .unwrap_or_else(|e| failures.push(format!("two services:\n{e}")));
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
+
+/// Five one-replica services that request no cpu or memory, on two nodes that report both
+/// (the voting app's shape): they spread over the nodes instead of all landing on the node the
+/// pass ranked first (their requests add nothing, so only the replica slots tell nodes apart).
+#[test]
+fn services_requesting_nothing_spread_over_nodes_that_report_capacity() {
+    let nodes = "a cpu=2000 mem=4096 max=110\nb cpu=2000 mem=4096 max=110";
+    let services: Vec<String> = ["db", "redis", "vote", "result", "worker"]
+        .iter()
+        .map(|n| svc(n, 1, "", ""))
+        .collect();
+    for seed in 0..20 {
+        let snapshot = cluster(nodes);
+        let pending = workload(&docs(&services));
+        let plan = DefaultScheduler.schedule(&snapshot, &pending, seed);
+        assert_eq!(
+            plan.bindings.len(),
+            5,
+            "seed {seed}: {:?}",
+            plan.unschedulable
+        );
+        let on_a = plan.bindings.iter().filter(|(_, n)| n == "a").count();
+        assert!(
+            (2..=3).contains(&on_a),
+            "seed {seed}: {on_a} of 5 on a: {:?}",
+            plan.bindings
+        );
+    }
+}
