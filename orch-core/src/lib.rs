@@ -14,6 +14,7 @@
 pub mod discovery;
 pub mod engine;
 pub mod fake;
+pub mod leader;
 pub mod memstore;
 pub mod model;
 pub mod network;

@@ -197,6 +197,16 @@ pub fn plan_txn(
                 }
                 events.push(WatchEvent::Delete { prev: kv, revision });
             }
+            Op::Check { key, created } => {
+                let actual = existing.map_or(0, |kv| kv.create_revision);
+                if actual != *created {
+                    return Err(StoreError::Fenced {
+                        key: key.clone(),
+                        expected: *created,
+                        actual,
+                    });
+                }
+            }
         }
     }
     Ok(events)

@@ -52,13 +52,26 @@ pub enum Op {
         /// The mod revision the caller read, or `None` to delete whatever is there.
         expected: Option<Revision>,
     },
+    /// Writes nothing: the transaction applies only if `key` exists and was created at
+    /// revision `created`; otherwise it fails with [`StoreError::Fenced`]. A leader's writes
+    /// carry one on its leader key (see `orch_core::leader`), so a deposed leader's writes
+    /// never land: a new term's key has another create revision.
+    Check {
+        /// The key.
+        key: String,
+        /// The create revision it must have.
+        created: Revision,
+    },
 }
 
 impl Op {
     /// The key the operation touches.
     pub fn key(&self) -> &str {
         match self {
-            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+            Op::Create { key, .. }
+            | Op::Update { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Check { key, .. } => key,
         }
     }
 }
@@ -124,6 +137,17 @@ pub enum StoreError {
     NotFound {
         /// The key.
         key: String,
+    },
+    /// An [`Op::Check`] failed: `key` is gone or was created at another revision — the term
+    /// the write belonged to has ended.
+    #[error("write fenced: {key} was created at revision {actual}, not {expected} (the leadership term this write belongs to has ended; another manager leads now)")]
+    Fenced {
+        /// The fence key.
+        key: String,
+        /// The create revision the write required.
+        expected: Revision,
+        /// The key's create revision now (0 if gone).
+        actual: Revision,
     },
     /// A watch asked for history the store no longer has.
     #[error("revision {requested} has been compacted (oldest kept is {oldest}); list again and watch from the listed revision")]

@@ -42,6 +42,7 @@ where
     list_prefix(&fresh().await).await;
     list_consistent_under_writes(Arc::new(fresh().await), 200).await;
     update_cas(&fresh().await).await;
+    check_fences(&fresh().await).await;
     delete_cas(&fresh().await).await;
     missing_key_not_found(&fresh().await).await;
     txn_all_or_nothing(&fresh().await).await;
@@ -224,6 +225,80 @@ pub async fn update_cas(store: &dyn Store) {
     assert_kv(store, "/conf/u", "v2", r1, r2, P).await;
     let r3 = commit(store, vec![update("/conf/u", "v3", r2)], P).await;
     assert_kv(store, "/conf/u", "v3", r1, r3, P).await;
+}
+
+/// An [`Op::Check`] lets a transaction apply only while its key exists with the given create
+/// revision: updates of the key keep it holding, a delete and re-create (a new term) end it,
+/// and a failed check applies nothing of its transaction and moves no revision.
+pub async fn check_fences(store: &dyn Store) {
+    const P: &str = "check_fences";
+    let check = |created| Op::Check {
+        key: "/conf/leader".into(),
+        created,
+    };
+    let term = commit(store, vec![create("/conf/leader", "a")], P).await;
+    let r = commit(store, vec![check(term), create("/conf/w1", "x")], P).await;
+    let renewed = commit(store, vec![update("/conf/leader", "a2", term)], P).await;
+    assert!(
+        renewed > r,
+        "{P}: the leader key's update took no new revision"
+    );
+    commit(store, vec![check(term), create("/conf/w2", "x")], P).await;
+    commit(
+        store,
+        vec![Op::Delete {
+            key: "/conf/leader".into(),
+            expected: None,
+        }],
+        P,
+    )
+    .await;
+    let next = commit(store, vec![create("/conf/leader", "b")], P).await;
+    let before = revision(store, P).await;
+    for (expected, actual) in [(term, next), (0, next)] {
+        let err = store
+            .txn(vec![check(expected), create("/conf/w3", "x")])
+            .await
+            .expect_err("a write of an ended term applied");
+        match err {
+            StoreError::Fenced {
+                key,
+                expected: e,
+                actual: a,
+            } => assert_eq!(
+                (key.as_str(), e, a),
+                ("/conf/leader", expected, actual),
+                "{P}: the fence error names the wrong key or revisions"
+            ),
+            other => panic!("{P}: expected Fenced, got {other}"),
+        }
+    }
+    assert!(
+        get(store, "/conf/w3", P).await.is_none(),
+        "{P}: a fenced write landed"
+    );
+    assert_eq!(
+        revision(store, P).await,
+        before,
+        "{P}: a fenced txn moved the revision"
+    );
+    commit(
+        store,
+        vec![Op::Delete {
+            key: "/conf/leader".into(),
+            expected: None,
+        }],
+        P,
+    )
+    .await;
+    let err = store
+        .txn(vec![check(next), create("/conf/w4", "x")])
+        .await
+        .expect_err("a write with no leader key applied");
+    assert!(
+        matches!(err, StoreError::Fenced { actual: 0, .. }),
+        "{P}: expected Fenced with actual 0, got {err}"
+    );
 }
 
 /// A delete with a stale revision fails with [`StoreError::Conflict`]; with the current one,

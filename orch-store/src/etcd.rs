@@ -231,6 +231,15 @@ fn txn_failure(ops: &[Op], current: &[Option<KeyValue>]) -> StoreError {
             (Op::Update { key, .. } | Op::Delete { key, .. }, None) => {
                 return StoreError::NotFound { key: key.clone() }
             }
+            (Op::Check { key, created }, existing)
+                if existing.as_ref().map_or(0, |kv| kv.create_revision) != *created =>
+            {
+                return StoreError::Fenced {
+                    key: key.clone(),
+                    expected: *created,
+                    actual: existing.as_ref().map_or(0, |kv| kv.create_revision),
+                }
+            }
             (Op::Update { key, expected, .. }, Some(kv))
             | (
                 Op::Delete {
@@ -310,7 +319,7 @@ impl Store for EtcdStore {
             .map(|op| {
                 let value = match op {
                     Op::Create { value, .. } | Op::Update { value, .. } => value.len(),
-                    Op::Delete { .. } => 0,
+                    Op::Delete { .. } | Op::Check { .. } => 0,
                 };
                 3 * (self.prefix.len() + op.key().len()) + value + 48
             })
@@ -331,20 +340,25 @@ impl Store for EtcdStore {
             let (compare, request) = match op {
                 Op::Create { value, .. } => (
                     Compare::create_revision(k.clone(), CompareOp::Equal, 0),
-                    TxnOp::put(k.clone(), value.clone(), None),
+                    Some(TxnOp::put(k.clone(), value.clone(), None)),
                 ),
                 Op::Update {
                     value, expected, ..
                 } => (
                     guard(&k, Some(*expected)),
-                    TxnOp::put(k.clone(), value.clone(), None),
+                    Some(TxnOp::put(k.clone(), value.clone(), None)),
                 ),
                 Op::Delete { expected, .. } => {
-                    (guard(&k, *expected), TxnOp::delete(k.clone(), None))
+                    (guard(&k, *expected), Some(TxnOp::delete(k.clone(), None)))
                 }
+                // A missing key has create revision 0, which no term's key has.
+                Op::Check { created, .. } => (
+                    Compare::create_revision(k.clone(), CompareOp::Equal, *created as i64),
+                    None,
+                ),
             };
             compares.push(compare);
-            then.push(request);
+            then.extend(request);
             otherwise.push(TxnOp::get(k, None));
         }
         let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);

@@ -141,6 +141,7 @@ impl Model {
                 Some(kv) => Ok(kv.clone()),
             };
             events.push(match op {
+                Op::Check { .. } => unreachable!("the model generates no checks yet"),
                 Op::Create { key, value } => match existing {
                     Some(_) => return Err(ErrKind::AlreadyExists(key.clone())),
                     None => WatchEvent::Put(KeyValue {

@@ -85,6 +85,13 @@ fn denied(node: &str, key: &str, why: &str) -> Status {
 pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), Status> {
     for op in ops {
         let key = op.key();
+        if let Op::Check { .. } = op {
+            return Err(denied(
+                node,
+                key,
+                "fence checks are the leader's, not a node's",
+            ));
+        }
         match Kind::of_key(key) {
             Some(Kind::Node) => {
                 if key != Kind::Node.key("", node) {
@@ -136,7 +143,7 @@ pub async fn check_txn(store: &dyn Store, node: &str, ops: &[Op]) -> Result<(), 
                     Op::Create { .. } => {
                         return Err(denied(node, key, "nodes do not create replicas"))
                     }
-                    Op::Delete { .. } => {}
+                    Op::Delete { .. } | Op::Check { .. } => {}
                     Op::Update { value, .. } => {
                         let Ok(Object::Replica(mut new)) = Object::decode(value, 0) else {
                             return Err(denied(node, key, "the new value is not a replica"));

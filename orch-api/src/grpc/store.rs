@@ -221,7 +221,7 @@ impl Store for RemoteStore {
                 Op::Create { key, value } | Op::Update { key, value, .. } => {
                     key.len() + value.len()
                 }
-                Op::Delete { key, .. } => key.len(),
+                Op::Delete { key, .. } | Op::Check { key, .. } => key.len(),
             })
             .sum();
         if size > super::MAX_MESSAGE - 64 * 1024 {

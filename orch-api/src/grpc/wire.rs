@@ -41,6 +41,7 @@ pub(crate) fn op_to_pb(op: Op) -> pb::Op {
                 expected,
             }),
             Op::Delete { key, expected } => P::Delete(pb::Delete { key, expected }),
+            Op::Check { key, created } => P::Check(pb::Check { key, created }),
         }),
     }
 }
@@ -60,6 +61,10 @@ pub(crate) fn op_from_pb(op: pb::Op) -> Result<Op, Status> {
         Some(P::Delete(d)) => Op::Delete {
             key: d.key,
             expected: d.expected,
+        },
+        Some(P::Check(c)) => Op::Check {
+            key: c.key,
+            created: c.created,
         },
         None => return Err(Status::invalid_argument("txn: an operation with no kind")),
     })
@@ -122,6 +127,18 @@ pub(crate) fn status_of(e: StoreError) -> Status {
                 actual,
             }),
         ),
+        StoreError::Fenced {
+            key,
+            expected,
+            actual,
+        } => (
+            Code::FailedPrecondition,
+            F::Fenced(pb::Conflict {
+                key,
+                expected,
+                actual,
+            }),
+        ),
         StoreError::AlreadyExists { key } => (Code::AlreadyExists, F::AlreadyExists(key)),
         StoreError::NotFound { key } => (Code::NotFound, F::NotFound(key)),
         StoreError::Compacted { requested, oldest } => (
@@ -162,6 +179,11 @@ pub(crate) fn error_of(s: Status) -> StoreError {
     {
         return match f {
             F::Conflict(c) => StoreError::Conflict {
+                key: c.key,
+                expected: c.expected,
+                actual: c.actual,
+            },
+            F::Fenced(c) => StoreError::Fenced {
                 key: c.key,
                 expected: c.expected,
                 actual: c.actual,
