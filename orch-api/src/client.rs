@@ -126,12 +126,22 @@ pub struct VolumeRemoved {
 /// with an error.
 pub type Stream<T> = BoxStream<'static, Result<T, ClientError>>;
 
-/// A client for one daemon: its local socket, or a manager's address.
+/// A client for one daemon: its local socket, or a cluster's managers.
 #[derive(Clone, Debug)]
 pub struct Client {
     path: PathBuf,
-    remote: Option<(String, tonic::transport::Channel)>,
+    remote: Option<std::sync::Arc<Managers>>,
 }
+
+/// The managers a remote client knows, each with its (lazy) channel, and the one in use: a
+/// request that finds it unreachable is sent to the next.
+#[derive(Debug)]
+struct Managers {
+    channels: Vec<(String, tonic::transport::Channel)>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+type ApiClient = crate::grpc::pb::api_client::ApiClient<tonic::transport::Channel>;
 
 impl Client {
     /// A client for the socket at `path` (nothing is opened yet).
@@ -148,28 +158,99 @@ impl Client {
         addr: &str,
         creds: &crate::grpc::cluster::Credentials,
     ) -> Result<Client, ClientError> {
-        let channel =
-            crate::grpc::cluster::channel(addr, creds).map_err(|e| ClientError::Remote {
-                addr: addr.into(),
-                message: e.to_string(),
-            })?;
+        Client::remote_any(&[addr.to_string()], creds)
+    }
+
+    /// A client for a cluster with these managers' addresses, tried in order: a request that
+    /// cannot reach one goes to the next, which is then used first (nothing is opened yet).
+    pub fn remote_any(
+        addrs: &[String],
+        creds: &crate::grpc::cluster::Credentials,
+    ) -> Result<Client, ClientError> {
+        let mut channels = Vec::new();
+        for addr in addrs {
+            if channels.iter().any(|(a, _)| a == addr) {
+                continue;
+            }
+            let channel =
+                crate::grpc::cluster::channel(addr, creds).map_err(|e| ClientError::Remote {
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                })?;
+            channels.push((addr.clone(), channel));
+        }
+        if channels.is_empty() {
+            return Err(ClientError::Remote {
+                addr: String::new(),
+                message: "no manager address given".into(),
+            });
+        }
         Ok(Client {
             path: PathBuf::new(),
-            remote: Some((addr.to_string(), channel)),
+            remote: Some(std::sync::Arc::new(Managers {
+                channels,
+                current: Default::default(),
+            })),
         })
     }
 
-    fn grpc(
-        &self,
-    ) -> Option<(
-        &str,
-        crate::grpc::pb::api_client::ApiClient<tonic::transport::Channel>,
-    )> {
-        let (addr, ch) = self.remote.as_ref()?;
-        let c = crate::grpc::pb::api_client::ApiClient::new(ch.clone())
-            .max_decoding_message_size(crate::grpc::MAX_MESSAGE)
-            .max_encoding_message_size(crate::grpc::MAX_MESSAGE);
-        Some((addr, c))
+    /// The managers' addresses, the one in use first (empty for a socket client).
+    pub fn managers_known(&self) -> Vec<String> {
+        let Some(m) = &self.remote else {
+            return Vec::new();
+        };
+        let n = m.channels.len();
+        let first = m.current.load(std::sync::atomic::Ordering::Relaxed) % n;
+        (0..n)
+            .map(|i| m.channels[(first + i) % n].0.clone())
+            .collect()
+    }
+
+    /// Sends `f` to the manager in use, then to each other in turn while the one tried is
+    /// unreachable; the first that answers is used first from then on. The last failure
+    /// names every manager tried.
+    async fn on_managers<T, F, Fut>(&self, m: &Managers, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(ApiClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        use std::sync::atomic::Ordering;
+        let n = m.channels.len();
+        let first = m.current.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let at = (first + i) % n;
+            let (addr, ch) = &m.channels[at];
+            let c = ApiClient::new(ch.clone())
+                .max_decoding_message_size(crate::grpc::MAX_MESSAGE)
+                .max_encoding_message_size(crate::grpc::MAX_MESSAGE);
+            match f(c).await {
+                Ok(v) => {
+                    if at != first {
+                        m.current.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(s) if manager_unreachable(&s) && i + 1 < n => {
+                    failures.push(format!("{addr}: cannot reach the manager: {}", s.message()))
+                }
+                Err(s) if failures.is_empty() => return Err(remote(addr, s)),
+                Err(s) => {
+                    failures.push(remote(addr, s).to_string());
+                    return Err(ClientError::Remote {
+                        addr: m
+                            .channels
+                            .iter()
+                            .map(|(a, _)| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        message: format!("no manager answered: {}", failures.join("; ")),
+                    });
+                }
+            }
+        }
+        // Not reached: the last manager's failure returns above.
+        Err(ClientError::Protocol("no manager to ask".into()))
     }
 
     async fn open(&self, req: &Request) -> Result<Framed<UnixStream, LinesCodec>, ClientError> {
@@ -206,9 +287,15 @@ impl Client {
 
     /// Sends a one-shot request; an `Error` response becomes `Err`.
     async fn call(&self, req: Request) -> Result<Response, ClientError> {
-        if let Some((addr, mut c)) = self.grpc() {
-            let m = c.call(message(&req)?).await.map_err(|s| remote(addr, s))?;
-            return into_result(parse(&m.into_inner().json)?);
+        if let Some(m) = &self.remote {
+            let msg = message(&req)?;
+            let answer = self
+                .on_managers(m, |mut c| {
+                    let msg = msg.clone();
+                    async move { c.call(msg).await }
+                })
+                .await?;
+            return into_result(parse(&answer.into_inner().json)?);
         }
         let mut framed = self.open(&req).await?;
         match framed.next().await {
@@ -222,13 +309,16 @@ impl Client {
 
     /// Sends a streaming request (`Watch`, `Logs`); the stream ends after `End` or an error.
     async fn stream(&self, req: Request) -> Result<Stream<Response>, ClientError> {
-        if let Some((addr, mut c)) = self.grpc() {
-            let addr = addr.to_string();
-            let s = c
-                .stream(message(&req)?)
-                .await
-                .map_err(|s| remote(&addr, s))?
+        if let Some(m) = &self.remote {
+            let msg = message(&req)?;
+            let s = self
+                .on_managers(m, |mut c| {
+                    let msg = msg.clone();
+                    async move { c.stream(msg).await }
+                })
+                .await?
                 .into_inner();
+            let addr = self.managers_known().remove(0);
             return Ok(s
                 .map(move |m| match m {
                     Ok(m) => parse(&m.json).and_then(into_result),
@@ -535,6 +625,26 @@ impl Client {
         }
     }
 
+    /// The managers of the cluster: who leads, their etcd members and health.
+    pub async fn managers(&self) -> Result<Vec<crate::protocol::ManagerStatus>, ClientError> {
+        match self.call(Request::Managers).await? {
+            Response::Managers { managers } => Ok(managers),
+            other => Err(unexpected("managers", &other)),
+        }
+    }
+
+    /// Removes manager `name` (its etcd member and record); answers the etcd member removed
+    /// with it (hex id), if it had one.
+    pub async fn manager_remove(&self, name: &str) -> Result<Option<String>, ClientError> {
+        match self
+            .call(Request::ManagerRemove { name: name.into() })
+            .await?
+        {
+            Response::ManagerRemoved { etcd_member, .. } => Ok(etcd_member),
+            other => Err(unexpected("managerRemove", &other)),
+        }
+    }
+
     /// Sends a request answered by `Done`, and answers its object.
     async fn done(&self, request: &'static str, req: Request) -> Result<Object, ClientError> {
         match self.call(req).await? {
@@ -568,6 +678,15 @@ fn message(req: &Request) -> Result<crate::grpc::pb::ApiMessage, ClientError> {
         });
     }
     Ok(crate::grpc::pb::ApiMessage { json })
+}
+
+/// Whether `s` says the manager could not be reached (so another may answer): the
+/// connection failed, or the manager shed the request.
+fn manager_unreachable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
 }
 
 fn remote(addr: &str, s: tonic::Status) -> ClientError {

@@ -7,6 +7,7 @@
 //! contexts:
 //!   - name: prod
 //!     server: 10.0.0.1:7443
+//!     managers: [10.0.0.2:7443, 10.0.0.3:7443]
 //!     ca: "-----BEGIN CERTIFICATE-----\n..."
 //!     certificate: "-----BEGIN CERTIFICATE-----\n..."
 //!     key: "-----BEGIN PRIVATE KEY-----\n..."
@@ -26,6 +27,9 @@ pub struct Context {
     pub name: String,
     /// The manager's cluster address, `HOST:PORT`.
     pub server: String,
+    /// The other managers' addresses, tried in order when `server` cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
     /// The cluster CA (PEM).
     pub ca: String,
     /// The administrator's certificate (PEM).
@@ -35,6 +39,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// Every manager's address, `server` first.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut out = vec![self.server.clone()];
+        for m in &self.managers {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
     /// The credentials this context carries.
     pub fn credentials(&self) -> Credentials {
         Credentials {
@@ -124,6 +139,7 @@ mod tests {
         c.upsert(Context {
             name: "prod".into(),
             server: "10.0.0.1:7443".into(),
+            managers: vec!["10.0.0.2:7443".into(), "10.0.0.1:7443".into()],
             ca: "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n".into(),
             certificate: "x".into(),
             key: "y".into(),
@@ -132,6 +148,10 @@ mod tests {
         let back = ClientConfig::load(&path).unwrap().unwrap();
         assert_eq!(back, c);
         assert_eq!(back.context(None).unwrap().server, "10.0.0.1:7443");
+        assert_eq!(
+            back.context(None).unwrap().addresses(),
+            ["10.0.0.1:7443", "10.0.0.2:7443"]
+        );
         let e = back.context(Some("dev")).unwrap_err();
         assert!(e.contains("\"dev\"") && e.contains("prod"), "{e}");
         assert!(ClientConfig::load(&dir.path().join("none"))

@@ -65,6 +65,9 @@ pub struct Backend {
     /// Asked, at apply, whether `namespace/service` may publish `port` on this process's
     /// node (the service proxy tries it); an error refuses the apply.
     pub port_check: Option<PortCheck>,
+    /// The managers of the cluster (`orchctl get managers`, `manager rm`); `None` in a
+    /// daemon that is no manager (`orchd up`).
+    pub managers: Option<Arc<dyn crate::managers::ManagerAccess>>,
 }
 
 /// See [`Backend::port_check`]: `(namespace, service, port)` → fine, or why not.
@@ -199,6 +202,8 @@ fn redact(resp: Response) -> Response {
         | Response::Imported { .. }
         | Response::Progress { .. }
         | Response::VolumeRemoved { .. }
+        | Response::Managers { .. }
+        | Response::ManagerRemoved { .. }
         | Response::End
         | Response::Error { .. }) => r,
     }
@@ -398,9 +403,60 @@ async fn respond(backend: &Backend, req: Request) -> Response {
                 Err(resp) => resp,
             }
         }
+        Request::Managers => managers(backend).await,
+        Request::ManagerRemove { name } => remove_manager(backend, &name).await,
         Request::Watch { .. } | Request::Logs { .. } => {
             error(ErrorCode::Invalid, "streaming request on a one-shot path")
         }
+    }
+}
+
+fn no_managers() -> Response {
+    error(
+        ErrorCode::Invalid,
+        "this daemon is not a cluster manager (orchd up runs no managers)",
+    )
+}
+
+/// `orchctl get managers`: the records in the store, who leads, the etcd members and their
+/// health.
+async fn managers(backend: &Backend) -> Response {
+    let Some(access) = &backend.managers else {
+        return no_managers();
+    };
+    let records = match crate::managers::records(&*backend.store).await {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let etcd = match access.etcd().await {
+        Ok(v) => v,
+        Err(e) => return error(ErrorCode::Unavailable, format!("etcd members: {e}")),
+    };
+    let leader = access.leader().await;
+    Response::Managers {
+        managers: crate::managers::statuses(
+            &records,
+            &access.own(),
+            leader.as_deref(),
+            etcd.as_ref(),
+        ),
+    }
+}
+
+/// `orchctl manager rm NAME`.
+async fn remove_manager(backend: &Backend, name: &str) -> Response {
+    let Some(access) = &backend.managers else {
+        return no_managers();
+    };
+    match crate::managers::remove(&*backend.store, &**access, name).await {
+        Ok(removed) => {
+            tracing::info!(manager = %name, etcd_member = ?removed.etcd_member, "cluster: manager removed");
+            Response::ManagerRemoved {
+                name: name.to_string(),
+                etcd_member: removed.etcd_member,
+            }
+        }
+        Err((code, message)) => error(code, message),
     }
 }
 

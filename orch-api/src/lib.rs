@@ -9,6 +9,7 @@ pub mod config;
 pub mod files;
 pub mod grpc;
 pub mod handler;
+pub mod managers;
 pub mod protocol;
 pub mod render;
 pub mod server;

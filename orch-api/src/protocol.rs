@@ -145,6 +145,60 @@ pub enum Request {
     },
     /// What the daemon is.
     Info,
+    /// The managers of the cluster: which leads, their etcd members and health.
+    Managers,
+    /// Remove a manager: its etcd member and its record (refused for the last manager and
+    /// for the one answering).
+    ManagerRemove {
+        /// The manager's name.
+        name: String,
+    },
+}
+
+/// A manager's part in the election, as `orchctl get managers` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ManagerRole {
+    /// It runs the control plane.
+    Leader,
+    /// It serves the API and waits to lead.
+    Standby,
+    /// An etcd member whose manager is not running (no record).
+    Down,
+}
+
+impl std::fmt::Display for ManagerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ManagerRole::Leader => "leader",
+            ManagerRole::Standby => "standby",
+            ManagerRole::Down => "down",
+        })
+    }
+}
+
+/// One row of `orchctl get managers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagerStatus {
+    /// The manager's name (or the etcd member's, for one whose manager is down).
+    pub name: String,
+    /// Its cluster address (empty when down).
+    pub address: String,
+    /// Leader, standby or down.
+    pub role: ManagerRole,
+    /// Its etcd member id (hex), when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_member: Option<String>,
+    /// That member's health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_health: Option<String>,
+    /// When it started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Its orchd version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 /// Why a request failed.
@@ -277,6 +331,19 @@ pub enum Response {
         name: String,
         /// The node it was on.
         node: String,
+    },
+    /// Result of `Managers`.
+    Managers {
+        /// By name.
+        managers: Vec<ManagerStatus>,
+    },
+    /// Result of `ManagerRemove`.
+    ManagerRemoved {
+        /// The manager.
+        name: String,
+        /// Its etcd member (hex id), removed with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        etcd_member: Option<String>,
     },
     /// End of a stream.
     End,

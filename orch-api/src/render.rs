@@ -923,6 +923,47 @@ fn selector_text(s: &orch_core::model::object::LabelSelector) -> String {
     }
 }
 
+/// The table of `orchctl get managers`: NAME, ADDRESS, ROLE, ETCD-MEMBER, ETCD-HEALTH, AGE
+/// (`wide` adds VERSION).
+pub fn managers_table(rows: &[crate::protocol::ManagerStatus], wide: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "ADDRESS",
+        "ROLE",
+        "ETCD-MEMBER",
+        "ETCD-HEALTH",
+        "AGE",
+    ];
+    if wide {
+        header.push("VERSION");
+    }
+    let dash = |s: Option<&str>| match s {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "-".to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|m| {
+            let mut row = vec![
+                m.name.clone(),
+                dash(Some(&m.address)),
+                m.role.to_string(),
+                dash(m.etcd_member.as_deref()),
+                dash(m.etcd_health.as_deref()),
+                match &m.started {
+                    Some(t) => age(Timestamp::parse(t).ok()),
+                    None => "-".into(),
+                },
+            ];
+            if wide {
+                row.push(dash(Some(&m.version)));
+            }
+            row
+        })
+        .collect();
+    table(&header, &cells)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

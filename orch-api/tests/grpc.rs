@@ -457,6 +457,7 @@ async fn the_api_over_grpc_serves_administrators_only() {
         on_node_removed: None,
         nodes: None,
         port_check: None,
+        managers: None,
         volumes: Default::default(),
     });
     let m = start_with(store, Some(backend)).await;

@@ -46,6 +46,7 @@ async fn start_with(limits: Option<ServeLimits>) -> Started {
         on_node_removed: None,
         nodes: None,
         port_check: None,
+        managers: None,
         volumes: Default::default(),
     });
     let cancel = CancellationToken::new();
@@ -443,6 +444,7 @@ async fn no_answer_carries_a_secret_value_delete_included() {
         on_node_removed: None,
         nodes: None,
         port_check: None,
+        managers: None,
         volumes: Default::default(),
     };
     let resp = orch_api::handler::answer(

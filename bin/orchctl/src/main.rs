@@ -36,6 +36,10 @@ struct Cli {
     /// when the file exists and neither --socket nor $ORCH_SOCKET is given).
     #[arg(long, global = true)]
     context: Option<String>,
+    /// The manager to talk to (`HOST:PORT`, several separated by commas), with the context's
+    /// credentials, instead of the context's managers.
+    #[arg(long, global = true)]
+    server: Option<String>,
     /// The config file with the contexts (default $ORCH_CONFIG, else
     /// ~/.config/orch/config.yaml; `orchd admin` writes it).
     #[arg(long, global = true)]
@@ -54,7 +58,7 @@ enum Command {
     /// Create or update objects from files or folders (all or nothing).
     Apply(cmd::apply::Args),
     /// List objects: services, replicas, nodes, secrets, configs, events, jobs, routes,
-    /// cronjobs.
+    /// cronjobs; or the managers.
     Get(cmd::get::Args),
     /// Show one object in detail, with its events.
     Describe(cmd::describe::Args),
@@ -83,6 +87,9 @@ enum Command {
     /// Node operations: cordon, uncordon, drain, rm.
     #[command(subcommand)]
     Node(cmd::node::Command),
+    /// The cluster's managers: ls, rm.
+    #[command(subcommand)]
+    Manager(cmd::manager::Command),
     /// Log in to a cluster with its manager token (`orchd token --manager`): gets an
     /// administrator's certificate and adds a context for it to the config file.
     Login(cmd::login::Args),
@@ -137,7 +144,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(command) => return cmd::config::run(&config_path, command),
         Command::Login(args) => return cmd::login::run(&config_path, args).await,
         Command::Convert(args) => return cmd::convert::run(cli.namespace, args),
-        _ => cmd::client(cli.socket, cli.context.as_deref(), &config_path)?,
+        _ => cmd::client(
+            cli.socket,
+            cli.context.as_deref(),
+            cli.server.as_deref(),
+            &config_path,
+        )?,
     };
     let ctx = cmd::Ctx::new(client, cli.namespace);
     match cli.command {
@@ -153,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(command) => cmd::image::run(&ctx, command).await,
         Command::Rollout(command) => cmd::rollout::run(&ctx, command).await,
         Command::Node(command) => cmd::node::run(&ctx, command).await,
+        Command::Manager(command) => cmd::manager::run(&ctx, command).await,
         Command::Info => cmd::info::run(&ctx).await,
         Command::Compose(args) => cmd::compose::run(&ctx, args).await,
         Command::Config(_) | Command::Login(_) | Command::Convert(_) => {

@@ -154,6 +154,7 @@ fn admin(args: AdminArgs) -> anyhow::Result<()> {
     config.upsert(Context {
         name: args.context.clone(),
         server: args.server,
+        managers: Vec::new(),
         ca: creds.ca_pem,
         certificate: creds.cert_pem,
         key: creds.key_pem,

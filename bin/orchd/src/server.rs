@@ -196,6 +196,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Arc::new(move |n: &str| m.revoke(n)) as orch_api::handler::NodeRemovedHook
         }),
         port_check: discovery.as_ref().map(|d| d.port_check()),
+        managers: None,
         volumes: if args.no_agent {
             HashMap::new()
         } else {

@@ -133,6 +133,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         on_node_removed: None,
         nodes: None,
         port_check: Some(discovery.port_check()),
+        managers: None,
         volumes: HashMap::from([(
             args.node.clone(),
             orch_core::node::VolumeLayout::in_data_dir(&state_dir),

@@ -146,70 +146,212 @@ impl pb::store_server::Store for StoreService {
     }
 }
 
-/// A [`Store`] on a manager, reached over gRPC (mutual TLS in a cluster). The channel
-/// reconnects by itself; while the manager is unreachable calls fail with
-/// [`StoreError::Unavailable`], which the engine retries.
+/// Makes the channel to a manager's address (with the caller's credentials; see
+/// [`super::cluster::dialer`]).
+pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+
+type Client = pb::store_client::StoreClient<Channel>;
+
+/// A [`Store`] on the cluster's managers, reached over gRPC (mutual TLS in a cluster). It
+/// uses one manager at a time; a call that finds it unreachable (or its store unavailable)
+/// goes to the next, which is used from then on: every manager serves the same store, so
+/// revisions carry over (a watch cut by a manager's death ends with an error, and the cache
+/// lists and watches again, reaching another). Channels reconnect by themselves; while no
+/// manager answers, calls fail with [`StoreError::Unavailable`], which the engine retries.
 pub struct RemoteStore {
-    client: std::sync::Mutex<pb::store_client::StoreClient<Channel>>,
-    endpoint: String,
+    managers: std::sync::RwLock<Managers>,
+    dialer: std::sync::RwLock<Option<Dialer>>,
+}
+
+/// The managers known, each with its client, and the one in use.
+struct Managers {
+    clients: Vec<(String, Client)>,
+    current: usize,
 }
 
 impl std::fmt::Debug for RemoteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteStore")
-            .field("endpoint", &self.endpoint)
+            .field("managers", &self.managers())
             .finish()
     }
 }
 
+fn client_on(channel: Channel) -> Client {
+    pb::store_client::StoreClient::new(channel)
+        .max_decoding_message_size(super::MAX_MESSAGE)
+        .max_encoding_message_size(super::MAX_MESSAGE)
+}
+
 impl RemoteStore {
-    /// A store over `channel` (see [`super::cluster::channel`]); `endpoint` names it in errors.
+    /// A store over `channel` (see [`super::cluster::channel`]) to one manager; `endpoint`
+    /// names it in errors.
     pub fn new(channel: Channel, endpoint: &str) -> RemoteStore {
         RemoteStore {
-            client: std::sync::Mutex::new(Self::client_on(channel)),
-            endpoint: endpoint.to_string(),
+            managers: std::sync::RwLock::new(Managers {
+                clients: vec![(endpoint.to_string(), client_on(channel))],
+                current: 0,
+            }),
+            dialer: std::sync::RwLock::new(None),
         }
     }
 
-    fn client_on(channel: Channel) -> pb::store_client::StoreClient<Channel> {
-        pb::store_client::StoreClient::new(channel)
-            .max_decoding_message_size(super::MAX_MESSAGE)
-            .max_encoding_message_size(super::MAX_MESSAGE)
+    /// A store on the managers at `addrs` (tried in this order; at least one), each reached
+    /// through a channel `dialer` makes.
+    pub fn with_dialer(addrs: &[String], dialer: Dialer) -> Result<RemoteStore, String> {
+        let clients = dial_all(addrs, &dialer, &[])?;
+        if clients.is_empty() {
+            return Err("no manager address given".into());
+        }
+        Ok(RemoteStore {
+            managers: std::sync::RwLock::new(Managers {
+                clients,
+                current: 0,
+            }),
+            dialer: std::sync::RwLock::new(Some(dialer)),
+        })
     }
 
-    /// Sends new requests over `channel` (after a certificate renewal); requests and
-    /// watches under way finish on the old one.
+    /// The managers' addresses, the one in use first.
+    pub fn managers(&self) -> Vec<String> {
+        let m = self.managers.read().unwrap_or_else(|p| p.into_inner());
+        let n = m.clients.len();
+        (0..n)
+            .map(|i| m.clients[(m.current + i) % n].0.clone())
+            .collect()
+    }
+
+    /// The address of the manager in use.
+    pub fn current(&self) -> String {
+        let m = self.managers.read().unwrap_or_else(|p| p.into_inner());
+        m.clients[m.current % m.clients.len()].0.clone()
+    }
+
+    /// Replaces the managers known by `addrs` (an empty list changes nothing); the one in use
+    /// stays in use while it is listed. Needs a dialer ([`RemoteStore::with_dialer`]).
+    pub fn set_managers(&self, addrs: &[String]) -> Result<(), String> {
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        let Some(dialer) = self.dialer() else {
+            return Err("this store was made for one manager (no dialer)".into());
+        };
+        let mut m = self.managers.write().unwrap_or_else(|p| p.into_inner());
+        if m.clients.iter().map(|(a, _)| a).eq(addrs.iter()) {
+            return Ok(());
+        }
+        let current = m.clients[m.current % m.clients.len()].0.clone();
+        let clients = dial_all(addrs, &dialer, &m.clients)?;
+        m.current = clients.iter().position(|(a, _)| *a == current).unwrap_or(0);
+        m.clients = clients;
+        Ok(())
+    }
+
+    /// Dials every manager again with `dialer` (new credentials after a renewal): new
+    /// requests use the new channels; requests and watches under way finish on the old ones.
+    pub fn set_dialer(&self, dialer: Dialer) -> Result<(), String> {
+        let mut m = self.managers.write().unwrap_or_else(|p| p.into_inner());
+        let addrs: Vec<String> = m.clients.iter().map(|(a, _)| a.clone()).collect();
+        m.clients = dial_all(&addrs, &dialer, &[])?;
+        *self.dialer.write().unwrap_or_else(|p| p.into_inner()) = Some(dialer);
+        Ok(())
+    }
+
+    /// Sends new requests over `channel` to the manager in use (after a certificate renewal
+    /// of a store made with [`RemoteStore::new`]); requests and watches under way finish on
+    /// the old one.
     pub fn set_channel(&self, channel: Channel) {
-        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Self::client_on(channel);
+        let mut m = self.managers.write().unwrap_or_else(|p| p.into_inner());
+        let at = m.current % m.clients.len();
+        m.clients[at].1 = client_on(channel);
     }
 
-    fn client(&self) -> pb::store_client::StoreClient<Channel> {
-        self.client
-            .lock()
+    fn dialer(&self) -> Option<Dialer> {
+        self.dialer
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// Runs `f` on the manager in use, then on each other in turn while the one tried is
+    /// unreachable or its store unavailable; the first that answers is used from then on.
+    async fn on_managers<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let (clients, first) = {
+            let m = self.managers.read().unwrap_or_else(|p| p.into_inner());
+            (m.clients.clone(), m.current % m.clients.len())
+        };
+        let n = clients.len();
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let at = (first + i) % n;
+            let (addr, client) = &clients[at];
+            match f(client.clone()).await {
+                Ok(v) => {
+                    if i > 0 {
+                        let mut m = self.managers.write().unwrap_or_else(|p| p.into_inner());
+                        if let Some(j) = m.clients.iter().position(|(a, _)| a == addr) {
+                            m.current = j;
+                        }
+                        tracing::warn!(manager = %addr, unreachable = %failures.join("; "), "store: switched to another manager");
+                    }
+                    return Ok(v);
+                }
+                Err(s) => match error_of(s) {
+                    StoreError::Unavailable(m) if n > 1 => failures.push(format!("{addr}: {m}")),
+                    e => return Err(e),
+                },
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "no manager answered ({})",
+            failures.join("; ")
+        )))
+    }
+}
+
+/// Clients for `addrs` (in order, duplicates dropped), reusing those of `known`.
+fn dial_all(
+    addrs: &[String],
+    dialer: &Dialer,
+    known: &[(String, Client)],
+) -> Result<Vec<(String, Client)>, String> {
+    let mut out: Vec<(String, Client)> = Vec::new();
+    for a in addrs {
+        if out.iter().any(|(b, _)| b == a) {
+            continue;
+        }
+        let client = match known.iter().find(|(b, _)| b == a) {
+            Some((_, c)) => c.clone(),
+            None => client_on(dialer(a).map_err(|e| format!("manager {a}: {e}"))?),
+        };
+        out.push((a.clone(), client));
+    }
+    Ok(out)
 }
 
 #[async_trait]
 impl Store for RemoteStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let r = self
-            .client()
-            .get(pb::GetRequest { key: key.into() })
-            .await
-            .map_err(error_of)?;
+            .on_managers(|mut c| {
+                let key = key.to_string();
+                async move { c.get(pb::GetRequest { key }).await }
+            })
+            .await?;
         Ok(r.into_inner().kv.map(kv_from_pb))
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let r = self
-            .client()
-            .list(pb::ListRequest {
-                prefix: prefix.into(),
+            .on_managers(|mut c| {
+                let prefix = prefix.to_string();
+                async move { c.list(pb::ListRequest { prefix }).await }
             })
-            .await
-            .map_err(error_of)?
+            .await?
             .into_inner();
         Ok((r.kvs.into_iter().map(kv_from_pb).collect(), r.revision))
     }
@@ -226,30 +368,31 @@ impl Store for RemoteStore {
             .sum();
         if size > super::MAX_MESSAGE - 64 * 1024 {
             return Err(StoreError::TooLarge {
-                what: format!("a transaction to {}", self.endpoint),
+                what: format!("a transaction to {}", self.current()),
                 size,
                 limit: super::MAX_MESSAGE - 64 * 1024,
             });
         }
+        let ops: Vec<pb::Op> = ops.into_iter().map(op_to_pb).collect();
+        // Sent again to another manager only when the one tried could not be reached or its
+        // store was unavailable: every write is a compare-and-swap, so one that did land
+        // there fails its compare here, as any lost race does.
         let r = self
-            .client()
-            .txn(pb::TxnRequest {
-                ops: ops.into_iter().map(op_to_pb).collect(),
+            .on_managers(|mut c| {
+                let ops = ops.clone();
+                async move { c.txn(pb::TxnRequest { ops }).await }
             })
-            .await
-            .map_err(error_of)?;
+            .await?;
         Ok(r.into_inner().revision)
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         let stream = self
-            .client()
-            .watch(pb::WatchRequest {
-                prefix: prefix.into(),
-                after,
+            .on_managers(|mut c| {
+                let prefix = prefix.to_string();
+                async move { c.watch(pb::WatchRequest { prefix, after }).await }
             })
-            .await
-            .map_err(error_of)?
+            .await?
             .into_inner();
         Ok(Box::pin(stream.map(|b| match b {
             Ok(b) => batch_from_pb(b),
@@ -259,10 +402,8 @@ impl Store for RemoteStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         let r = self
-            .client()
-            .revision(pb::RevisionRequest {})
-            .await
-            .map_err(error_of)?;
+            .on_managers(|mut c| async move { c.revision(pb::RevisionRequest {}).await })
+            .await?;
         Ok(r.into_inner().revision)
     }
 

@@ -37,7 +37,16 @@ fn config(path: &std::path::Path, command: Command) -> anyhow::Result<()> {
                 } else {
                     " "
                 };
-                outln!("{mark} {}\t{}", ctx.name, ctx.server);
+                if ctx.managers.is_empty() {
+                    outln!("{mark} {}\t{}", ctx.name, ctx.server);
+                } else {
+                    outln!(
+                        "{mark} {}\t{}\t(and {})",
+                        ctx.name,
+                        ctx.server,
+                        ctx.managers.join(", ")
+                    );
+                }
             }
         }
         Command::UseContext { name } => {

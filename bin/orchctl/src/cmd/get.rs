@@ -8,14 +8,34 @@ use orch_api::protocol::WatchType;
 use orch_api::{render, Client};
 use orch_core::model::object::{Kind, Object};
 
-use super::{Ctx, KindArg};
+use super::Ctx;
+
+/// What `get` lists: a kind of object, or the cluster's managers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum What {
+    /// Objects of a kind.
+    Kind(Kind),
+    /// The managers (not objects: the store's manager records with the election and etcd).
+    Managers,
+}
+
+/// Parses `get`'s first argument: a kind as [`KindArg`] takes it, or `managers`.
+fn what(s: &str) -> anyhow::Result<What> {
+    if ["managers", "manager", "mgr"].contains(&s.to_ascii_lowercase().as_str()) {
+        return Ok(What::Managers);
+    }
+    super::kind_arg(s)
+        .map(What::Kind)
+        .map_err(|e| anyhow::anyhow!("{e}, managers"))
+}
 
 /// `orchctl get`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The kind (singular and short names work too: svc, pod, no, cm, ev, rt, cj).
-    #[arg(ignore_case = true)]
-    kind: KindArg,
+    /// The kind: services, replicas, nodes, secrets, configs, events, jobs, routes, cronjobs
+    /// (singular and short names work too: svc, pod, no, cm, ev, rt, cj), or managers.
+    #[arg(value_parser = what)]
+    kind: What,
     /// One object's name.
     name: Option<String>,
     /// Output format: `wide` adds replicas' IP (their own, or the node's with `(host)`) and
@@ -32,7 +52,7 @@ pub(crate) struct Args {
 
 /// How `get` prints objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(super) enum Output {
+pub(crate) enum Output {
     /// The table.
     Table,
     /// The table with more columns (replicas: IP; nodes: ADDRESS, SUBNET), as kubectl's.
@@ -45,10 +65,24 @@ pub(super) enum Output {
 
 /// Lists (or watches) the objects asked for.
 pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let kind = match args.kind {
+        What::Kind(k) => k,
+        What::Managers => {
+            anyhow::ensure!(
+                !args.watch,
+                "get managers: --watch is not supported (run it again to see changes)"
+            );
+            anyhow::ensure!(
+                args.name.is_none(),
+                "get managers: takes no name (it lists every manager)"
+            );
+            return managers(&ctx.client, args.output).await;
+        }
+    };
     get(
         &ctx.client,
         &ctx.ns,
-        args.kind.into(),
+        kind,
         args.name,
         args.output,
         args.watch,
@@ -82,6 +116,37 @@ async fn columns(
         wide: output == Output::Wide,
         cluster_network,
     }
+}
+
+/// `orchctl get managers`: the table, or every manager as JSON or YAML (`kind: Manager`).
+pub(crate) async fn managers(client: &Client, output: Output) -> anyhow::Result<()> {
+    let rows = client.managers().await?;
+    match output {
+        Output::Table | Output::Wide => {
+            out!("{}", render::managers_table(&rows, output == Output::Wide))
+        }
+        Output::Json | Output::Yaml => {
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|m| {
+                    let mut v = serde_json::json!({"apiVersion": "orch/v1", "kind": "Manager"});
+                    if let (Some(o), Ok(serde_json::Value::Object(fields))) =
+                        (v.as_object_mut(), serde_json::to_value(m))
+                    {
+                        o.extend(fields);
+                    }
+                    v
+                })
+                .collect();
+            let list = serde_json::json!({"apiVersion": "orch/v1", "kind": "List", "items": items});
+            if output == Output::Json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                out!("{}", serde_saphyr::to_string(&list)?);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_objects(objs: &[Object], output: Output, columns: render::Columns) -> anyhow::Result<()> {

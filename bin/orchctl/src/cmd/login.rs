@@ -16,7 +16,8 @@ pub(crate) struct Args {
     context_name: String,
 }
 
-/// Logs in and writes the context to the config file at `config_path`.
+/// Logs in and writes the context to the config file at `config_path`, with every manager's
+/// address (the client fails over along them).
 pub(crate) async fn run(config_path: &std::path::Path, args: Args) -> anyhow::Result<()> {
     login(
         config_path,
@@ -35,13 +36,19 @@ async fn login(
     name: &str,
     context: &str,
 ) -> anyhow::Result<()> {
-    let creds = orch_api::grpc::cluster::login(server, token, name).await?;
+    let joined = orch_api::grpc::cluster::join_as(server, token, name, true).await?;
+    let creds = joined.credentials;
     let mut c = orch_api::config::ClientConfig::load(path)
         .map_err(anyhow::Error::msg)?
         .unwrap_or_default();
     c.upsert(orch_api::config::Context {
         name: context.into(),
         server: server.into(),
+        managers: joined
+            .managers
+            .into_iter()
+            .filter(|m| m != server)
+            .collect(),
         ca: creds.ca_pem,
         certificate: creds.cert_pem,
         key: creds.key_pem,

@@ -14,6 +14,7 @@ pub(crate) mod image;
 pub(crate) mod info;
 pub(crate) mod login;
 pub(crate) mod logs;
+pub(crate) mod manager;
 pub(crate) mod node;
 pub(crate) mod rollout;
 pub(crate) mod scale;
@@ -50,13 +51,17 @@ impl Ctx {
 }
 
 /// The local socket (`--socket`, `$ORCH_SOCKET`), else the context (`--context`, else the
-/// config file's current one), else the default socket.
+/// config file's current one; `--server` instead of its managers' addresses), else the
+/// default socket.
 pub(crate) fn client(
     socket: Option<PathBuf>,
     context: Option<&str>,
+    server: Option<&str>,
     config_path: &std::path::Path,
 ) -> anyhow::Result<Client> {
-    if socket.is_some() || (context.is_none() && std::env::var_os("ORCH_SOCKET").is_some()) {
+    if socket.is_some()
+        || (context.is_none() && server.is_none() && std::env::var_os("ORCH_SOCKET").is_some())
+    {
         return Ok(Client::new(socket_path(socket)));
     }
     let config = orch_api::config::ClientConfig::load(config_path).map_err(anyhow::Error::msg)?;
@@ -65,14 +70,46 @@ pub(crate) fn client(
             let ctx = c
                 .context(name)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-            Ok(Client::remote(&ctx.server, &ctx.credentials())?)
+            let addrs = match server {
+                Some(s) => servers(s)?,
+                None => ctx.addresses(),
+            };
+            Ok(Client::remote_any(&addrs, &ctx.credentials())?)
         }
+        (_, _) if server.is_some() => bail!(
+            "--server: no context to take credentials from in {} (`orchctl login` or `orchd admin` writes one)",
+            config_path.display()
+        ),
         (None, Some(name)) => bail!(
             "--context {name}: no config file at {} (`orchd admin` writes one)",
             config_path.display()
         ),
         _ => Ok(Client::new(socket_path(None))),
     }
+}
+
+/// `--server HOST:PORT[,HOST:PORT...]`.
+fn servers(value: &str) -> anyhow::Result<Vec<String>> {
+    let addrs: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    for a in &addrs {
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        anyhow::ensure!(
+            ok,
+            "--server: invalid value {a:?}: expected HOST:PORT (a manager's cluster address), several separated by commas"
+        );
+    }
+    anyhow::ensure!(
+        !addrs.is_empty(),
+        "--server: give a manager's cluster address (HOST:PORT)"
+    );
+    Ok(addrs)
 }
 
 /// The socket to use.
