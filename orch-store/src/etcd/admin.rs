@@ -17,6 +17,9 @@ use super::{map_err, no_quorum, unavailable, EtcdStore, REQUEST_TIMEOUT};
 /// How long one member's status may take in [`EtcdAdmin::health`].
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long [`EtcdAdmin::add_member`] waits for etcd to find the cluster healthy enough.
+const ADD_WAIT: Duration = Duration::from_secs(15);
+
 /// One etcd member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -172,11 +175,29 @@ impl EtcdAdmin {
                 "etcd member add: no peer URL given (e.g. https://10.0.0.2:2380)".into(),
             ));
         }
-        let urls = peer_urls.to_vec();
-        let resp = self
-            .call(|mut c| async move { c.member_add(urls, None).await })
-            .await
-            .map_err(|e| match e {
+        // etcd refuses to add a member ("unhealthy cluster") until the member asked has been
+        // connected to every other for 5 s: wait that out.
+        let deadline = tokio::time::Instant::now() + ADD_WAIT;
+        let resp = loop {
+            let urls = peer_urls.to_vec();
+            match self
+                .call(|mut c| async move { c.member_add(urls, None).await })
+                .await
+            {
+                Err(StoreError::Unavailable(e))
+                    if e.contains("unhealthy cluster") && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
+                Err(StoreError::Unavailable(e)) if e.contains("unhealthy cluster") => {
+                    break Err(StoreError::Unavailable(format!(
+                        "{e} (etcd adds a member only when every member has been connected for 5 s; still not after {ADD_WAIT:?})"
+                    )))
+                }
+                other => break other,
+            }
+        }
+        .map_err(|e| match e {
                 StoreError::Other(e) => StoreError::Other(
                     format!(
                         "etcd member add {}: {e} (etcd refuses a member that would leave the cluster without quorum until it starts, and peer URLs already in use)",

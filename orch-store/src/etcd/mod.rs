@@ -73,6 +73,12 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the check for a leader after a timed-out request may take.
 const LEADER_PROBE: Duration = Duration::from_secs(1);
 
+/// How long a request waits before the store starts asking etcd whether it has a leader.
+const LEADERLESS_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a request that never left (no connection) is sent again, on top of its attempts.
+const UNSENT_RETRIES: usize = 3;
+
 /// Client TLS for etcd's client port, in PEM: the CA that signed the members' serving
 /// certificates, and the client's own certificate and key (etcd's `--client-cert-auth`).
 /// Empty `cert_pem` and `key_pem` connect without a client certificate.
@@ -192,16 +198,28 @@ impl EtcdStore {
     }
 
     /// Runs `f` up to `attempts` times while etcd is unavailable, each bounded by
-    /// [`REQUEST_TIMEOUT`]. A request that timed out (here or in etcd) is reported as "no
-    /// quorum" when etcd then says it has no leader.
+    /// [`REQUEST_TIMEOUT`]; a request that provably never left (no connection could be made)
+    /// is sent again without counting. A request that waits past a second while etcd reports
+    /// no leader, or that timed out (here or in etcd) when etcd then says it has no leader,
+    /// fails as "no quorum".
     pub(crate) async fn attempt<T, F, Fut>(&self, attempts: usize, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut last = None;
-        for _ in 0..attempts {
-            match tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())).await {
+        let mut unsent = UNSENT_RETRIES;
+        let mut attempt = 0;
+        while attempt < attempts {
+            let outcome = tokio::select! {
+                outcome = tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())) => outcome,
+                what = self.leaderless() => {
+                    last = Some(no_quorum(&self.endpoints, what));
+                    attempt += 1;
+                    continue;
+                }
+            };
+            match outcome {
                 Err(_) => {
                     last = Some(
                         self.explain_timeout(&format!(
@@ -211,6 +229,12 @@ impl EtcdStore {
                     )
                 }
                 Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if is_unsent(&e) && unsent > 0 => {
+                    unsent -= 1;
+                    last = Some(map_err(&self.endpoints, e));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
                 Ok(Err(e)) if is_server_timeout(&e) => {
                     last = Some(self.explain_timeout(&grpc_message(&e)).await)
                 }
@@ -219,8 +243,28 @@ impl EtcdStore {
                     e => return Err(e),
                 },
             }
+            attempt += 1;
         }
         Err(last.unwrap_or_else(|| unavailable(&self.endpoints, "no answer")))
+    }
+
+    /// Resolves, saying what it saw, once etcd reports no leader — checked after a request
+    /// has waited [`LEADERLESS_AFTER`], then every half second. A member without a leader
+    /// keeps a request waiting (a write until etcd's own timeout) when it lost its leader
+    /// after the request arrived.
+    async fn leaderless(&self) -> String {
+        tokio::time::sleep(LEADERLESS_AFTER).await;
+        loop {
+            let mut client = self.client.clone();
+            match tokio::time::timeout(LEADER_PROBE, client.status()).await {
+                Ok(Ok(status)) if status.leader() == 0 => {
+                    return "the member asked reports no leader".into()
+                }
+                Ok(Err(e)) if is_no_leader(&e) => return grpc_message(&e),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// The error for a request that timed out: "no quorum" when etcd reports no leader (a
@@ -366,6 +410,23 @@ fn grpc_message(e: &etcd_client::Error) -> String {
 /// etcd's "no leader" refusal (`etcdserver: no leader`), sent for `hasleader` requests.
 fn is_no_leader(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"))
+}
+
+/// No connection could be made, so the request was never sent (and may be sent again, a
+/// write too).
+fn is_unsent(e: &etcd_client::Error) -> bool {
+    let message = match e {
+        // gRPC status 14, unavailable.
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 14 => s.message(),
+        _ => return false,
+    };
+    [
+        "tcp connect error",
+        "Connection refused",
+        "error trying to connect",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// etcd gave up waiting for a proposal or a read to be committed (`etcdserver: request
