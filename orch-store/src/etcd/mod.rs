@@ -1,5 +1,7 @@
 //! [`EtcdStore`]: a [`Store`] kept in an etcd v3 cluster, a thin mapping of the `Store`
-//! contract onto etcd's revisions, transactions and watches.
+//! contract onto etcd's revisions, transactions and watches; [`Election`] (leader election
+//! over an etcd lease and key, an [`Elector`](orch_core::leader::Elector)) and [`EtcdAdmin`]
+//! (members, health, leadership moves) over the same connection.
 //!
 //! Built only with the cargo feature `etcd` of `orch-store` (off by default), because the
 //! `etcd-client` crate compiles etcd's protobuf definitions and needs `protoc` at build time
@@ -23,6 +25,17 @@
 //!   etcd compacts under, ends with it instead;
 //! - a watch asks etcd for `prev_kv` (so deletes carry the last value) and progress
 //!   notifications; it ends with [`StoreError::Unavailable`] when the connection drops.
+//!
+//! Quorum: every request carries etcd's `hasleader` metadata (the client's "require leader"),
+//! so a member without a leader refuses at once instead of waiting, and ends the watches it
+//! serves when it loses its leader (after about three election timeouts) instead of leaving
+//! them silent. Such failures, and requests that time out while etcd reports no leader, are
+//! [`StoreError::Unavailable`] with the message `etcd at ENDPOINTS has no quorum (no leader):
+//! ...`.
+//!
+//! TLS: [`EtcdStore::connect_with`] takes an [`EtcdTls`] (the CA that signed the members'
+//! certificates and the client's certificate and key, in PEM) for `https://` endpoints, with
+//! rustls' ring provider as orch-api's gRPC uses.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -41,6 +54,12 @@ use orch_core::store::{
 
 use crate::compact::Compact;
 
+mod admin;
+mod election;
+
+pub use admin::{initial_cluster, EndpointStatus, EtcdAdmin, Member};
+pub use election::{Election, ElectionConfig};
+
 /// Most operations etcd accepts in one transaction by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
 
@@ -49,14 +68,47 @@ pub const MAX_TXN_OPS: usize = 128;
 pub const MAX_TXN_BYTES: usize = 1_400 * 1024;
 
 /// How long one request may take before the store counts as unavailable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the check for a leader after a timed-out request may take.
+const LEADER_PROBE: Duration = Duration::from_secs(1);
+
+/// How long a request waits before the store starts asking etcd whether it has a leader.
+const LEADERLESS_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a request that never left (no connection) is sent again, on top of its attempts.
+const UNSENT_RETRIES: usize = 3;
+
+/// Client TLS for etcd's client port, in PEM: the CA that signed the members' serving
+/// certificates, and the client's own certificate and key (etcd's `--client-cert-auth`).
+/// Empty `cert_pem` and `key_pem` connect without a client certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA certificate(s) the members' certificates must chain to.
+    pub ca_pem: String,
+    /// The client certificate (chain).
+    pub cert_pem: String,
+    /// The client certificate's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca_pem", &format!("{} bytes", self.ca_pem.len()))
+            .field("cert_pem", &format!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"(redacted)")
+            .finish()
+    }
+}
 
 /// A [`Store`] backed by etcd v3.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
-    prefix: Arc<str>,
-    endpoints: Arc<str>,
+    pub(crate) client: Client,
+    pub(crate) prefix: Arc<str>,
+    pub(crate) endpoints: Arc<str>,
+    tls: Option<Arc<EtcdTls>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -72,23 +124,41 @@ impl EtcdStore {
     /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`) and checks that it
     /// answers; orch keys are stored beneath `prefix` (e.g. `/orch`).
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, StoreError> {
+        EtcdStore::connect_with(endpoints, prefix, None).await
+    }
+
+    /// [`EtcdStore::connect`] with client TLS: with `tls`, every endpoint must be `https://`
+    /// (or `HOST:PORT`, which then means https); without it, `http://` (or `HOST:PORT`).
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<EtcdTls>,
+    ) -> Result<EtcdStore, StoreError> {
         let joined: Arc<str> = endpoints.join(",").into();
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
-        let client =
-            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
-                .await
-                .map_err(|_| unavailable(&joined, "connect timed out"))?
-                .map_err(|e| map_err(&joined, e))?;
+        let tls = tls.map(Arc::new);
+        let options = connect_options(&joined, tls.as_deref(), true)?;
+        let client = connect_client(&joined, endpoints, options).await?;
         let store = EtcdStore {
             client,
             prefix: prefix.into(),
             endpoints: joined,
+            tls,
         };
         store.revision().await?;
         Ok(store)
+    }
+
+    /// The endpoints this store was connected to, comma-separated (as errors name them).
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// A client of `endpoints` with this store's TLS settings and no leader requirement
+    /// (for status and member calls that must reach a member without a leader too).
+    pub(crate) async fn client_of(&self, endpoints: &[String]) -> Result<Client, StoreError> {
+        let joined = endpoints.join(",");
+        let options = connect_options(&joined, self.tls.as_deref(), false)?;
+        connect_client(&joined, endpoints, options).await
     }
 
     /// The prefix every orch key is stored under.
@@ -96,11 +166,11 @@ impl EtcdStore {
         &self.prefix
     }
 
-    fn etcd_key(&self, key: &str) -> String {
+    pub(crate) fn etcd_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+    pub(crate) fn to_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
         let raw = String::from_utf8_lossy(kv.key());
         let key = raw
             .strip_prefix(&*self.prefix)
@@ -128,24 +198,90 @@ impl EtcdStore {
     }
 
     /// Runs `f` up to `attempts` times while etcd is unavailable, each bounded by
-    /// [`REQUEST_TIMEOUT`].
-    async fn attempt<T, F, Fut>(&self, attempts: usize, f: F) -> Result<T, StoreError>
+    /// [`REQUEST_TIMEOUT`]; a request that provably never left (no connection could be made)
+    /// is sent again without counting. A request that waits past a second while etcd reports
+    /// no leader, or that timed out (here or in etcd) when etcd then says it has no leader,
+    /// fails as "no quorum".
+    pub(crate) async fn attempt<T, F, Fut>(&self, attempts: usize, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut last = None;
-        for _ in 0..attempts {
-            match tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())).await {
-                Err(_) => last = Some(unavailable(&self.endpoints, "request timed out")),
+        let mut unsent = UNSENT_RETRIES;
+        let mut attempt = 0;
+        while attempt < attempts {
+            let outcome = tokio::select! {
+                outcome = tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())) => outcome,
+                what = self.leaderless() => {
+                    last = Some(no_quorum(&self.endpoints, what));
+                    attempt += 1;
+                    continue;
+                }
+            };
+            match outcome {
+                Err(_) => {
+                    last = Some(
+                        self.explain_timeout(&format!(
+                            "request timed out after {REQUEST_TIMEOUT:?}"
+                        ))
+                        .await,
+                    )
+                }
                 Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if is_unsent(&e) && unsent > 0 => {
+                    unsent -= 1;
+                    last = Some(map_err(&self.endpoints, e));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Ok(Err(e)) if is_server_timeout(&e) => {
+                    last = Some(self.explain_timeout(&grpc_message(&e)).await)
+                }
                 Ok(Err(e)) => match map_err(&self.endpoints, e) {
                     e @ StoreError::Unavailable(_) => last = Some(e),
                     e => return Err(e),
                 },
             }
+            attempt += 1;
         }
         Err(last.unwrap_or_else(|| unavailable(&self.endpoints, "no answer")))
+    }
+
+    /// Resolves, saying what it saw, once etcd reports no leader — checked after a request
+    /// has waited [`LEADERLESS_AFTER`], then every half second. A member without a leader
+    /// keeps a request waiting (a write until etcd's own timeout) when it lost its leader
+    /// after the request arrived.
+    async fn leaderless(&self) -> String {
+        tokio::time::sleep(LEADERLESS_AFTER).await;
+        loop {
+            let mut client = self.client.clone();
+            match tokio::time::timeout(LEADER_PROBE, client.status()).await {
+                Ok(Ok(status)) if status.leader() == 0 => {
+                    return "the member asked reports no leader".into()
+                }
+                Ok(Err(e)) if is_no_leader(&e) => return grpc_message(&e),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The error for a request that timed out: "no quorum" when etcd reports no leader (a
+    /// member refuses `hasleader` requests then, or its status names leader 0), else a
+    /// plain timeout.
+    pub(crate) async fn explain_timeout(&self, what: &str) -> StoreError {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(LEADER_PROBE, client.status()).await {
+            Ok(Ok(status)) if status.leader() == 0 => no_quorum(&self.endpoints, what),
+            Ok(Err(e)) if is_no_leader(&e) => no_quorum(&self.endpoints, what),
+            Ok(Ok(_)) => unavailable(&self.endpoints, what),
+            Ok(Err(e)) => unavailable(&self.endpoints, format!("{what}; then: {e}")),
+            Err(_) => unavailable(
+                &self.endpoints,
+                format!("{what}; no status answer either (etcd is unreachable, or has no quorum)"),
+            ),
+        }
     }
 
     /// The oldest revision a watch can still start from, found by watching from revision 1
@@ -182,22 +318,132 @@ impl EtcdStore {
     }
 }
 
-fn rev(r: i64) -> Revision {
+pub(crate) fn rev(r: i64) -> Revision {
     r.max(0) as Revision
 }
 
-fn unavailable(endpoints: &str, what: impl std::fmt::Display) -> StoreError {
+/// The client options: timeouts, HTTP/2 keepalive, TLS (checked against the endpoints'
+/// schemes) and whether every request requires a leader.
+fn connect_options(
+    endpoints: &str,
+    tls: Option<&EtcdTls>,
+    require_leader: bool,
+) -> Result<ConnectOptions, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(require_leader);
+    for endpoint in endpoints.split(',') {
+        match (tls.is_some(), endpoint.split_once("://")) {
+            (true, Some(("http", _))) => {
+                return Err(StoreError::Other(
+                    format!("etcd endpoint {endpoint} is http:// but TLS is configured: use https://").into(),
+                ))
+            }
+            (false, Some(("https", _))) => {
+                return Err(StoreError::Other(
+                    format!("etcd endpoint {endpoint} is https:// but no TLS is configured (CA, client certificate and key)").into(),
+                ))
+            }
+            (_, Some(("http" | "https", _))) | (_, None) => {}
+            (_, Some((scheme, _))) => {
+                return Err(StoreError::Other(
+                    format!("etcd endpoint {endpoint}: unknown scheme {scheme}:// (use http:// or https://)").into(),
+                ))
+            }
+        }
+    }
+    if let Some(tls) = tls {
+        let mut config = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+        match (tls.cert_pem.is_empty(), tls.key_pem.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                config = config.identity(etcd_client::Identity::from_pem(
+                    &tls.cert_pem,
+                    &tls.key_pem,
+                ))
+            }
+            _ => {
+                return Err(StoreError::Other(
+                    "etcd TLS: a client certificate needs its key and a key its certificate (give both or neither)".into(),
+                ))
+            }
+        }
+        options = options.with_tls(config);
+    }
+    Ok(options)
+}
+
+async fn connect_client(
+    joined: &str,
+    endpoints: &[String],
+    options: ConnectOptions,
+) -> Result<Client, StoreError> {
+    if endpoints.is_empty() {
+        return Err(StoreError::Other("no etcd endpoints given".into()));
+    }
+    tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
+        .await
+        .map_err(|_| unavailable(joined, "connect timed out"))?
+        .map_err(|e| map_err(joined, e))
+}
+
+pub(crate) fn unavailable(endpoints: &str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("etcd at {endpoints}: {what}"))
+}
+
+pub(crate) fn no_quorum(endpoints: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!(
+        "etcd at {endpoints} has no quorum (no leader): {what}; etcd serves again once a majority of its members are up and connected"
+    ))
+}
+
+fn grpc_message(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// etcd's "no leader" refusal (`etcdserver: no leader`), sent for `hasleader` requests.
+fn is_no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"))
+}
+
+/// No connection could be made, so the request was never sent (and may be sent again, a
+/// write too).
+fn is_unsent(e: &etcd_client::Error) -> bool {
+    let message = match e {
+        // gRPC status 14, unavailable.
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 14 => s.message(),
+        _ => return false,
+    };
+    [
+        "tcp connect error",
+        "Connection refused",
+        "error trying to connect",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// etcd gave up waiting for a proposal or a read to be committed (`etcdserver: request
+/// timed out...`), which happens when it has no quorum.
+fn is_server_timeout(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("request timed out"))
 }
 
 fn is_compacted(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
 }
 
-fn map_err(endpoints: &str, e: etcd_client::Error) -> StoreError {
+pub(crate) fn map_err(endpoints: &str, e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     match &e {
         E::TransportError(_) | E::IoError(_) => unavailable(endpoints, e),
+        E::GRpcStatus(s) if is_no_leader(&e) => no_quorum(endpoints, s.message()),
         E::GRpcStatus(s) if TRANSIENT_CODES.contains(&(s.code() as i32)) => {
             unavailable(endpoints, s.message())
         }
