@@ -131,8 +131,11 @@ pub struct Ctx {
     pub(crate) metrics: Arc<crate::engine::metrics::Metrics>,
     /// What this engine knows of leadership (shared by the engine's context and each term's).
     pub(crate) leadership: Arc<tokio::sync::watch::Sender<Leadership>>,
-    /// The create revision of the term this context's controllers belong to (`None`: the
-    /// engine's own context, or a control plane without an elector).
+    /// Whether this is a control plane's context (its reconciles count for
+    /// [`Leadership::first_reconcile`]).
+    pub(crate) control_plane: bool,
+    /// The create revision of the term this control plane belongs to (`None` without an
+    /// elector).
     pub(crate) term: Option<Revision>,
 }
 
@@ -144,11 +147,15 @@ impl Ctx {
         self.leadership.subscribe()
     }
 
-    /// The context of `term`'s control plane: the same cache, scheduler, discovery,
-    /// recorder, metrics and leadership, over a store whose writes are fenced on the term.
-    pub(crate) fn for_term(&self, term: &Term) -> Arc<Ctx> {
+    /// The context of a control plane: the same cache, scheduler, discovery, recorder,
+    /// metrics and leadership; with a `term`, over a store whose writes are fenced on it.
+    pub(crate) fn for_control_plane(&self, term: Option<&Term>) -> Arc<Ctx> {
+        let store: Arc<dyn Store> = match term {
+            Some(term) => Arc::new(Fenced::new(self.store.clone(), term.clone())),
+            None => self.store.clone(),
+        };
         Arc::new(Ctx {
-            store: Arc::new(Fenced::new(self.store.clone(), term.clone())),
+            store,
             cache: self.cache.clone(),
             scheduler: self.scheduler.clone(),
             discovery: self.discovery.clone(),
@@ -157,14 +164,15 @@ impl Ctx {
             cancel: self.cancel.clone(),
             metrics: self.metrics.clone(),
             leadership: self.leadership.clone(),
-            term: Some(term.created),
+            control_plane: true,
+            term: term.map(|t| t.created),
         })
     }
 
     /// A reconcile of this context's control plane finished: the first of its term sets
     /// [`Leadership::first_reconcile`].
     pub(crate) fn reconciled(&self) {
-        if self.leadership.borrow().first_reconcile.is_some() {
+        if !self.control_plane || self.leadership.borrow().first_reconcile.is_some() {
             return;
         }
         self.leadership.send_if_modified(|l| {

@@ -143,7 +143,7 @@ async fn lead(ctx: &Arc<Ctx>, elector: &dyn Elector, term: &Term) -> End {
     }
     tracing::info!(term = term.created, holder = %term.holder, "control plane: leading (term {})", term.created);
     started(ctx, Some(term));
-    let set = ControllerSet::control_plane(&ctx.for_term(term));
+    let set = ControllerSet::control_plane(&ctx.for_control_plane(Some(term)));
     let (end, why) = tokio::select! {
         biased;
         _ = cancel.cancelled() => (End::Shutdown, "shutting down"),

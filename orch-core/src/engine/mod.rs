@@ -118,12 +118,13 @@ impl EngineBuilder {
             cancel: cancel.clone(),
             metrics,
             leadership: Arc::new(tokio::sync::watch::channel(Leadership::default()).0),
+            control_plane: false,
             term: None,
         });
         let tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
         let control_plane = leads_now.then(|| {
             leadership::started(&ctx, None);
-            ControllerSet::control_plane(&ctx)
+            ControllerSet::control_plane(&ctx.for_control_plane(None))
         });
         let leadership = elector.map(|elector| tokio::spawn(leadership::run(ctx.clone(), elector)));
         // Every engine publishes endpoints to its own discovery: on a node without the
@@ -310,7 +311,9 @@ impl Engine {
         }
         if self.control_plane.is_none() {
             leadership::started(&self.ctx, None);
-            self.control_plane = Some(ControllerSet::control_plane(&self.ctx));
+            self.control_plane = Some(ControllerSet::control_plane(
+                &self.ctx.for_control_plane(None),
+            ));
         }
     }
 
