@@ -93,10 +93,12 @@ struct Txn {
     fenced: bool,
 }
 
-/// A manager's view of the shared store that records every transaction it sends.
+/// A manager's view of the shared store that records every transaction it sends, and whose
+/// watches can be held at the first batch that touches a replica (a cache that lags).
 struct Spy {
     inner: Arc<MemStore>,
     log: Mutex<Vec<Txn>>,
+    hold_replicas: tokio::sync::watch::Sender<bool>,
 }
 
 impl Spy {
@@ -123,7 +125,22 @@ impl Store for Spy {
         r
     }
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, after).await
+        let hold = self.hold_replicas.subscribe();
+        let stream = self.inner.watch(prefix, after).await?;
+        Ok(stream
+            .then(move |item| {
+                let mut hold = hold.clone();
+                async move {
+                    let replicas = item
+                        .as_ref()
+                        .is_ok_and(|b| b.events.iter().any(|e| e.key().starts_with("/replicas/")));
+                    if replicas {
+                        let _ = hold.wait_for(|h| !*h).await;
+                    }
+                    item
+                }
+            })
+            .boxed())
     }
     async fn revision(&self) -> Result<Revision, StoreError> {
         self.inner.revision().await
@@ -168,6 +185,7 @@ fn manager(store: &Arc<MemStore>, name: &str) -> Manager {
     let spy = Arc::new(Spy {
         inner: store.clone(),
         log: Mutex::new(Vec::new()),
+        hold_replicas: tokio::sync::watch::channel(false).0,
     });
     let engine = Engine::builder(spy.clone(), Arc::new(DefaultScheduler))
         .elector(elector.clone())
@@ -561,6 +579,60 @@ async fn a_deposed_leader_that_never_noticed_cannot_write() {
     for m in ms {
         m.engine.shutdown().await;
     }
+    na.shutdown().await;
+    nb.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_reconciles_only_once_its_cache_holds_the_previous_terms_writes() {
+    let store = Arc::new(MemStore::new());
+    let m1 = manager(&store, "m1");
+    eventually("m1 leads", || m1.leading()).await;
+    let m2 = manager(&store, "m2");
+    let (na, _) = node(store.clone(), "node-a");
+    let (nb, _) = node(store.clone(), "node-b");
+    api::apply(&*store, vec![service("web", 2)], false)
+        .await
+        .unwrap();
+    ready_replicas(&store, "web", 2).await;
+    // m2's cache sees the scale-up but not the replicas m1 creates for it.
+    m2.spy.hold_replicas.send_replace(true);
+    api::scale(&*store, "default", "web", 4).await.unwrap();
+    ready_replicas(&store, "web", 4).await;
+    eventually("m2 saw the scale-up", || {
+        m2.engine
+            .cache()
+            .service("/services/default/web")
+            .is_some_and(|s| s.spec.replicas == 4)
+    })
+    .await;
+    assert_eq!(
+        m2.engine
+            .cache()
+            .replicas_of_service("default", "web")
+            .len(),
+        2
+    );
+    let history = record(&store, store.revision().await.unwrap());
+    m1.kill().await;
+    // m2 wins the term but waits for its cache to reach it: a control plane on the stale
+    // view would create two more replicas.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m2.elector.leader().await.unwrap().as_deref() != Some("m2") {
+        assert!(Instant::now() < deadline, "m2 never took the term");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(stored_replicas(&store, "web").await.len(), 4);
+    assert!(!m2.leading(), "{:?}", m2.leadership());
+    m2.spy.hold_replicas.send_replace(false);
+    eventually("m2 leads", || m2.leading()).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rs = stored_replicas(&store, "web").await;
+    assert_eq!((rs.len(), ready_in(&rs)), (4, 4), "{rs:?}");
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    assert!(h.created.is_empty() && h.deleted.is_empty(), "{h:?}");
+    m2.engine.shutdown().await;
     na.shutdown().await;
     nb.shutdown().await;
 }
