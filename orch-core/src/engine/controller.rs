@@ -102,6 +102,7 @@ pub(crate) async fn run<R: Reconcile>(
                         .reconcile(R::NAME, result.is_ok(), started.elapsed());
                     let action = match &result {
                         Ok(action) => {
+                            ctx.reconciled();
                             queue.forget(&key);
                             *action
                         }
