@@ -8,7 +8,12 @@
 //!   times (the killed manager restarts and rejoins between rounds): median and max;
 //! - node death: SIGKILL an agent and its replicas' processes, then the time until the
 //!   service has all its replicas Ready on the other nodes again (defaults: node grace 3 s,
-//!   replace timeout 10 s).
+//!   replace timeout 10 s);
+//! - the peer, Docker Swarm with three managers (three dockerds, each on a host of its own,
+//!   when `dockerd` is installed): SIGKILL the leading dockerd, then the time until a write
+//!   (`docker node update --label-add`, a Raft write) is accepted by a surviving manager; and
+//!   the same for orch (an `orchctl apply` accepted by a surviving manager), so both sides are
+//!   compared on the same observation, in the same run.
 //!
 //! ```sh
 //! cargo build --release -p orchd --features etcd -p orch-benches --bin failover
@@ -306,6 +311,180 @@ fn summary(mut v: Vec<f64>) -> String {
     )
 }
 
+/// Three dockerds in swarm mode, managers all, each in a host of its own.
+struct Swarm {
+    hosts: Hosts,
+    dir: tempfile::TempDir,
+    daemons: Vec<Option<Child>>,
+}
+
+impl Swarm {
+    fn sock(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("d{i}/docker.sock"))
+    }
+
+    fn docker(&self, i: usize, args: &[&str]) -> Option<String> {
+        let out = Command::new("/usr/bin/docker")
+            .env("DOCKER_HOST", format!("unix://{}", self.sock(i).display()))
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn start_daemon(&mut self, i: usize) -> anyhow::Result<()> {
+        let d = self.dir.path().join(format!("d{i}"));
+        std::fs::create_dir_all(&d)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.hosts.names[i]))
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock(i).display()))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["--iptables=false", "--bridge=none"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("dockerd.log"))?)
+            .spawn()
+            .context("dockerd (Debian docker.io)")?;
+        self.daemons[i] = Some(child);
+        wait_for("dockerd answers", Duration::from_secs(60), || {
+            self.docker(i, &["info", "--format", "{{.ServerVersion}}"])
+        })?;
+        Ok(())
+    }
+
+    fn start() -> anyhow::Result<Swarm> {
+        let mut s = Swarm {
+            hosts: Hosts::new(MANAGERS),
+            dir: tempfile::Builder::new().prefix("orch-swarm-").tempdir()?,
+            daemons: (0..MANAGERS).map(|_| None).collect(),
+        };
+        for i in 0..MANAGERS {
+            s.start_daemon(i)?;
+        }
+        let a0 = s.hosts.address(0);
+        s.docker(0, &["swarm", "init", "--advertise-addr", &a0])
+            .context("docker swarm init")?;
+        let token = s
+            .docker(0, &["swarm", "join-token", "-q", "manager"])
+            .context("join token")?;
+        for i in 1..MANAGERS {
+            let a = s.hosts.address(i);
+            s.docker(
+                i,
+                &[
+                    "swarm",
+                    "join",
+                    "--token",
+                    token.trim(),
+                    "--advertise-addr",
+                    &a,
+                    &format!("{a0}:2377"),
+                ],
+            )
+            .context("docker swarm join")?;
+        }
+        s.wait_all()?;
+        Ok(s)
+    }
+
+    /// Until a manager sees three managers, one Leader and the others Reachable.
+    fn wait_all(&self) -> anyhow::Result<()> {
+        wait_for("three swarm managers", Duration::from_secs(120), || {
+            (0..MANAGERS)
+                .filter(|&i| self.daemons[i].is_some())
+                .find_map(|i| {
+                    let out = self.docker(i, &["node", "ls", "--format", "{{.ManagerStatus}}"])?;
+                    let st: Vec<&str> = out.lines().collect();
+                    (st.len() == MANAGERS
+                        && st.iter().filter(|s| **s == "Leader").count() == 1
+                        && st.iter().filter(|s| **s == "Reachable").count() == MANAGERS - 1)
+                        .then_some(())
+                })
+        })
+    }
+
+    fn leader(&self) -> Option<usize> {
+        (0..MANAGERS).find(|&i| {
+            self.daemons[i].is_some()
+                && self
+                    .docker(
+                        i,
+                        &["node", "ls", "--format", "{{.Self}} {{.ManagerStatus}}"],
+                    )
+                    .is_some_and(|o| o.lines().any(|l| l == "true Leader"))
+        })
+    }
+
+    /// SIGKILL the leader, then the time until a survivor accepts a Raft write.
+    fn round(&mut self, k: usize) -> anyhow::Result<f64> {
+        let leader = self.leader().context("no swarm leader")?;
+        let survivor = (leader + 1) % MANAGERS;
+        let me = self
+            .docker(
+                survivor,
+                &["node", "inspect", "self", "--format", "{{.ID}}"],
+            )
+            .context("node inspect")?;
+        let t = Instant::now();
+        if let Some(mut c) = self.daemons[leader].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let label = format!("round={k}");
+        wait_for(
+            "a swarm write after the leader's death",
+            Duration::from_secs(120),
+            || {
+                self.docker(
+                    survivor,
+                    &["node", "update", "--label-add", &label, me.trim()],
+                )
+            },
+        )?;
+        let took = t.elapsed().as_secs_f64();
+        self.start_daemon(leader)?;
+        self.wait_all()?;
+        Ok(took)
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        for c in self.daemons.iter_mut() {
+            if let Some(mut c) = c.take() {
+                let _ = Command::new("kill").arg(c.id().to_string()).status();
+                let _ = c.wait();
+            }
+        }
+        // dockerd's own containerd and shims, found by our directory in their command lines.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.dir.path().to_string_lossy().as_ref())
+            .status();
+        for i in 0..MANAGERS {
+            let d = self.dir.path().join(format!("d{i}"));
+            if let Ok(entries) = std::fs::read_dir(d.join("exec/netns")) {
+                for e in entries.flatten() {
+                    let _ = Command::new("umount").arg("-l").arg(e.path()).status();
+                }
+            }
+            let _ = Command::new("umount")
+                .args(["-R", "-l"])
+                .arg(d.join("root"))
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args()
         .nth(1)
@@ -327,13 +506,26 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     let mut times = Vec::new();
+    let mut writes = Vec::new();
+    let probe = b.dir.path().join("probe.yaml");
     for round in 0..rounds {
         let leader = b.leader()?;
+        std::fs::write(
+            &probe,
+            format!("apiVersion: orch/v1\nkind: Config\nmetadata: {{name: probe}}\ndata: {{round: '{round}'}}\n"),
+        )?;
         let t0 = unix_now();
+        let started = Instant::now();
         if let Some(mut c) = b.managers[leader].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        wait_for(
+            "an apply after the leader's death",
+            Duration::from_secs(30),
+            || b.ctl(&["apply", "-f", probe.to_str().unwrap_or_default()]),
+        )?;
+        writes.push(started.elapsed().as_secs_f64());
         let took = wait_for(
             "a new leader's first reconcile",
             Duration::from_secs(30),
@@ -386,6 +578,24 @@ fn main() -> anyhow::Result<()> {
         "| node SIGKILL ({} of {REPLICAS} replicas on it) → all Ready elsewhere (3 managers on etcd; grace 3 s, replace 10 s) | {:.2} s |",
         victims.len(),
         t.elapsed().as_secs_f64()
+    );
+    drop(b);
+
+    let dockerd = ["/usr/sbin/dockerd", "/usr/bin/dockerd"];
+    if !dockerd.iter().any(|p| Path::new(p).exists()) {
+        eprintln!("swarm: not measured: dockerd missing (Debian docker.io)");
+        return Ok(());
+    }
+    let mut swarm = Swarm::start()?;
+    let mut times = Vec::new();
+    for k in 0..rounds {
+        let took = swarm.round(k)?;
+        eprintln!("swarm round {k}: a write accepted {took:.3} s after the leader's death");
+        times.push(took);
+    }
+    println!(
+        "| Swarm, 3 managers: leader SIGKILL → a Raft write accepted by a survivor | {} |",
+        summary(times)
     );
     Ok(())
 }
