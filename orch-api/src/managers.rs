@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::{ErrorCode, ManagerRole, ManagerStatus};
 
 /// The leader key: its value is the leader manager's name; a term is its create revision.
-pub const LEADER_KEY: &str = "/cluster/leader";
+pub use orch_core::leader::LEADER_KEY;
 
 /// Where managers register ([`ManagerRecord`], one key per manager name).
 pub const MANAGERS_PREFIX: &str = "/cluster/managers/";
@@ -123,7 +123,7 @@ pub struct EtcdMember {
 }
 
 /// What a manager sees of the etcd cluster orch runs: its members, and each member's health
-/// by id (`healthy`, `healthy (etcd leader)`, `unreachable: ...`).
+/// by id (`healthy`, `unhealthy: ...`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EtcdView {
     /// The members.
@@ -179,6 +179,8 @@ pub fn statuses(
             None => "unknown".into(),
         }
     };
+    let is_leader =
+        |id: u64| etcd.is_some_and(|v| v.members.iter().any(|m| m.id == id && m.is_leader));
     let mut out: Vec<ManagerStatus> = by_name
         .values()
         .map(|r| ManagerStatus {
@@ -191,6 +193,7 @@ pub fn statuses(
             },
             etcd_member: r.etcd.as_ref().map(|e| hex(e.member_id)),
             etcd_health: r.etcd.as_ref().map(|e| health(e.member_id)),
+            etcd_leader: r.etcd.as_ref().is_some_and(|e| is_leader(e.member_id)),
             started: Some(r.started.clone()),
             version: r.version.clone(),
         })
@@ -213,6 +216,7 @@ pub fn statuses(
                 role: ManagerRole::Down,
                 etcd_member: Some(hex(m.id)),
                 etcd_health: Some(health(m.id)),
+                etcd_leader: m.is_leader,
                 started: None,
                 version: String::new(),
             });
@@ -367,7 +371,7 @@ mod tests {
                 },
             ],
             health: BTreeMap::from([
-                (1, "healthy (etcd leader)".into()),
+                (1, "healthy".into()),
                 (2, "healthy".into()),
                 (3, "unreachable: connection refused".into()),
             ]),
@@ -378,6 +382,8 @@ mod tests {
             Some("m2"),
             Some(&view),
         );
+        let leaders: Vec<bool> = rows.iter().map(|r| r.etcd_leader).collect();
+        assert_eq!(leaders, [true, false, false]);
         let got: Vec<(&str, ManagerRole, Option<&str>, Option<&str>)> = rows
             .iter()
             .map(|r| {
@@ -392,12 +398,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                (
-                    "m1",
-                    ManagerRole::Standby,
-                    Some("1"),
-                    Some("healthy (etcd leader)")
-                ),
+                ("m1", ManagerRole::Standby, Some("1"), Some("healthy")),
                 ("m2", ManagerRole::Leader, Some("2"), Some("healthy")),
                 (
                     "m3",
@@ -412,5 +413,6 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].role, ManagerRole::Leader);
         assert_eq!(rows[0].etcd_member, None);
+        assert!(!rows[0].etcd_leader);
     }
 }

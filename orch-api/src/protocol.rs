@@ -190,9 +190,12 @@ pub struct ManagerStatus {
     /// Its etcd member id (hex), when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_member: Option<String>,
-    /// That member's health.
+    /// That member's health: `healthy`, or `unhealthy: WHY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_health: Option<String>,
+    /// Whether that member is the etcd (raft) leader.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub etcd_leader: bool,
     /// When it started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,

@@ -948,7 +948,10 @@ pub fn managers_table(rows: &[crate::protocol::ManagerStatus], wide: bool) -> St
                 m.name.clone(),
                 dash(Some(&m.address)),
                 m.role.to_string(),
-                dash(m.etcd_member.as_deref()),
+                match &m.etcd_member {
+                    Some(id) if m.etcd_leader => format!("{id} (leader)"),
+                    other => dash(other.as_deref()),
+                },
                 dash(m.etcd_health.as_deref()),
                 match &m.started {
                     Some(t) => age(Timestamp::parse(t).ok()),

@@ -292,7 +292,10 @@ async fn join_manager_admits_the_manager_token_only_and_grants_the_cluster() {
     let grant = cluster::join_manager(&served.addr, &manager_token, &joining)
         .await
         .unwrap();
-    assert_eq!(*admit.admitted.lock().unwrap(), std::slice::from_ref(&joining));
+    assert_eq!(
+        *admit.admitted.lock().unwrap(),
+        std::slice::from_ref(&joining)
+    );
     assert_eq!(grant.manager_token, manager_token);
     assert_eq!(grant.worker_token, worker);
     assert_eq!(grant.managers, std::slice::from_ref(&served.addr));
@@ -459,7 +462,7 @@ async fn get_managers_and_manager_rm_over_the_api_and_a_client_that_fails_over()
         etcd: Mutex::new(Some(EtcdView {
             members: vec![member(1, "m1"), member(2, "m2"), member(3, "m3")],
             health: BTreeMap::from([
-                (1, "healthy (etcd leader)".to_string()),
+                (1, "healthy".to_string()),
                 (2, "healthy".to_string()),
                 (3, "unreachable: connection refused".to_string()),
             ]),
@@ -502,7 +505,7 @@ async fn get_managers_and_manager_rm_over_the_api_and_a_client_that_fails_over()
     assert_eq!(
         got,
         [
-            ("m1", ManagerRole::Standby, Some("healthy (etcd leader)")),
+            ("m1", ManagerRole::Standby, Some("healthy")),
             ("m2", ManagerRole::Leader, Some("healthy")),
             (
                 "m3",

@@ -2,6 +2,9 @@
 
 mod agent;
 mod discovery;
+#[allow(dead_code)]
+mod etcd;
+mod ha;
 mod host;
 mod http;
 mod network;

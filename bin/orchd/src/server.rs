@@ -30,9 +30,11 @@ pub struct ServerArgs {
     #[command(flatten)]
     node: host::NodeArgs,
     /// Store: `embedded` (durable, in DATA_DIR), `memory` (lost on exit) or
-    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (needs the `etcd` build feature).
-    #[arg(long, default_value = "embedded")]
-    store: String,
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (needs the `etcd` build feature; several
+    /// managers may share one: the others --join the first). Default: embedded, or the etcd
+    /// this manager runs or joined (--init-cluster, --join).
+    #[arg(long)]
+    store: Option<String>,
     #[command(flatten)]
     runtime: crate::runtime::RuntimeArgs,
     #[command(flatten)]
@@ -58,6 +60,8 @@ pub struct ServerArgs {
     /// service's `placement.nodeLossTimeout` may ask for longer).
     #[arg(long, value_parser = parse_span, default_value = "10s")]
     node_replace_timeout: std::time::Duration,
+    #[command(flatten)]
+    ha: crate::ha::HaArgs,
     /// Run no local agent (`orchd manager`).
     #[arg(skip)]
     pub no_agent: bool,
@@ -89,13 +93,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
     let socket = args.socket.unwrap_or_else(|| data_dir.join("orchd.sock"));
     let (node, labels, taints) = args.node.parse()?;
-    let store_spec = crate::store::parse(&args.store)?;
+    let store_spec = crate::store::parse(args.store.as_deref().unwrap_or("embedded"))?;
     let runtime_names = args.runtime.names()?;
     let cluster_network = args.cluster_network.cluster()?;
     if args.no_agent && args.listen.is_none() {
         anyhow::bail!("orchd manager: --listen HOST:PORT is needed (agents join there)");
     }
-    let (store, store_name) = crate::store::open(&store_spec, &data_dir).await?;
+    let mut prepared = crate::ha::prepare(
+        &args.ha,
+        &store_spec,
+        args.store.is_some(),
+        args.listen.as_deref(),
+        &data_dir,
+        args.cert_validity,
+    )
+    .await?;
+    let (store, store_name) = (prepared.store.clone(), prepared.store_name.clone());
     let networking = match args.no_agent {
         true => None,
         false => Some(args.replica_network.open(
@@ -129,7 +142,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         args.node_replace_timeout,
         args.node_grace
     );
-    let mut engine = Engine::builder(store.clone(), scheduler.clone())
+    let mut builder = Engine::builder(store.clone(), scheduler.clone());
+    let elector = prepared.elector()?;
+    let elected = elector.is_some();
+    if let Some(elector) = elector {
+        builder = builder.elector(elector);
+    }
+    let mut engine = builder
         .discovery(fanout)
         .config(orch_core::engine::EngineConfig {
             node_grace: args.node_grace,
@@ -162,6 +181,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         runtimes.insert(node.clone(), runtime);
     }
     let cancel = CancellationToken::new();
+    let manager_name = prepared.name.clone();
+    let cluster = match (&args.listen, prepared.manager.clone()) {
+        (Some(listen), Some(manager)) => {
+            let (listener, addr) = orch_api::grpc::cluster::bind(listen)
+                .await
+                .with_context(|| format!("--listen {listen}: cannot listen"))?;
+            Some((manager, listener, addr))
+        }
+        _ => None,
+    };
+    let ha = crate::ha::run(prepared, &engine, args.listen.clone(), cancel.clone())?;
     if let Some(listen) = &args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -169,23 +199,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(crate::http::serve(
             listener,
             engine.ctx().clone(),
+            crate::http::Role {
+                manager: manager_name.clone(),
+                elected,
+            },
             cancel.clone(),
         ));
     }
-    let cluster = match &args.listen {
-        Some(listen) => {
-            let cluster_dir = data_dir.join("cluster");
-            let manager = Arc::new(
-                orch_api::grpc::cluster::Manager::open(&cluster_dir, args.cert_validity)
-                    .with_context(|| format!("cluster CA in {}", cluster_dir.display()))?,
-            );
-            let (listener, addr) = orch_api::grpc::cluster::bind(listen)
-                .await
-                .with_context(|| format!("--listen {listen}: cannot listen"))?;
-            Some((manager, listener, addr))
-        }
-        None => None,
-    };
     let backend = Arc::new(Backend {
         store: store.clone(),
         runtimes,
@@ -196,7 +216,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             Arc::new(move |n: &str| m.revoke(n)) as orch_api::handler::NodeRemovedHook
         }),
         port_check: discovery.as_ref().map(|d| d.port_check()),
-        managers: None,
+        managers: Some(ha.access.clone()),
         volumes: if args.no_agent {
             HashMap::new()
         } else {
@@ -265,6 +285,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     eprintln!("orchd: stopping (workloads keep running and are re-adopted on the next start)");
     cancel.cancel();
     engine.shutdown().await;
+    ha.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -79,6 +79,16 @@ pub const SECRET_KEYS: &str = "secret-keys";
 /// first start); secrets not sealed with its first key are re-sealed now.
 pub async fn open(spec: &StoreSpec, data_dir: &Path) -> anyhow::Result<(Arc<dyn Store>, String)> {
     let (inner, name) = open_plain(spec, data_dir).await?;
+    seal(inner, &name, data_dir).await
+}
+
+/// `inner` with secrets sealed at rest by the keyring DATA_DIR/secret-keys (created on first
+/// start); secrets not sealed with its first key are re-sealed now. `name` describes `inner`.
+pub async fn seal(
+    inner: Arc<dyn Store>,
+    name: &str,
+    data_dir: &Path,
+) -> anyhow::Result<(Arc<dyn Store>, String)> {
     let keys = orch_store::encrypted::Keyring::load_or_create(&data_dir.join(SECRET_KEYS))
         .map_err(anyhow::Error::msg)?;
     let store = orch_store::encrypted::EncryptedStore::new(inner, keys);

@@ -404,6 +404,32 @@ impl Manager {
         Ok(self.own.get_or_init(|| c).clone())
     }
 
+    /// A certificate and key for etcd member `name` (`CN=etcd:NAME`), valid a year, naming
+    /// `ips` (and `localhost`): it serves etcd's client and peer ports, and authenticates the
+    /// member to its peers and orchd to the members.
+    pub fn etcd_credentials(
+        &self,
+        name: &str,
+        ips: &[std::net::IpAddr],
+    ) -> Result<Credentials, PkiError> {
+        let (cert, key) = self.ca.issue_for(
+            &format!("etcd:{name}"),
+            &["localhost"],
+            ips,
+            Duration::from_secs(365 * 86_400),
+        )?;
+        Ok(Credentials {
+            ca_pem: self.ca.cert_pem().to_string(),
+            cert_pem: cert,
+            key_pem: key,
+        })
+    }
+
+    /// The hex SHA-256 of the cluster CA certificate (what join tokens pin).
+    pub fn ca_digest(&self) -> String {
+        self.ca.digest()
+    }
+
     /// An administrator's client certificate and key (`CN=admin:NAME`), valid for `valid`.
     pub fn admin_credentials(&self, name: &str, valid: Duration) -> Result<Credentials, PkiError> {
         let (cert, key) = self.ca.issue(&format!("admin:{name}"), &[], valid)?;

@@ -181,7 +181,7 @@ impl ClusterCa {
     ) -> Result<Issued, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(invalid("certificate signing request"))?;
-        csr.params = leaf_params(common_name, dns_names, valid)?;
+        csr.params = leaf_params(common_name, dns_names, &[], valid)?;
         let cert = csr.signed_by(&self.issuer).map_err(invalid("signing"))?;
         Ok(Issued {
             certificate_pem: cert.pem(),
@@ -198,8 +198,20 @@ impl ClusterCa {
         dns_names: &[&str],
         valid: Duration,
     ) -> Result<(String, String), PkiError> {
+        self.issue_for(common_name, dns_names, &[], valid)
+    }
+
+    /// [`ClusterCa::issue`] with IP addresses among the names too (for servers reached by
+    /// address, as etcd members are).
+    pub(crate) fn issue_for(
+        &self,
+        common_name: &str,
+        dns_names: &[&str],
+        ips: &[std::net::IpAddr],
+        valid: Duration,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate().map_err(invalid("key"))?;
-        let params = leaf_params(common_name, dns_names, valid)?;
+        let params = leaf_params(common_name, dns_names, ips, valid)?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(invalid("signing"))?;
@@ -210,6 +222,7 @@ impl ClusterCa {
 fn leaf_params(
     common_name: &str,
     dns_names: &[&str],
+    ips: &[std::net::IpAddr],
     valid: Duration,
 ) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
@@ -225,6 +238,9 @@ fn leaf_params(
             })?))
         })
         .collect::<Result<_, PkiError>>()?;
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
