@@ -3,6 +3,11 @@
 //! DATA_DIR/credentials, mode 0600), then runs the same node agent as `orchd server` against
 //! the manager's store over mutual TLS, renewing its certificate before it expires. While
 //! the manager is unreachable the replicas keep running and crashed ones are restarted.
+//!
+//! With several managers, the agent knows every one (joining lists them; it refreshes the
+//! list from the store's `/cluster/managers/` every few seconds and keeps it in
+//! DATA_DIR/credentials/managers) and its store fails over to the next when the one it uses
+//! cannot be reached.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,13 +77,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             let token = args.token.as_deref().context(
                 "--token: this node has not joined yet; give the join token (`orchd token` on the manager)",
             )?;
-            let c = cluster::join(&args.join, token, &node).await?;
-            c.save(&creds_dir)?;
-            eprintln!("orchd agent: joined {} as node {node}", args.join);
-            c
+            let joined = cluster::join_as(&args.join, token, &node, false).await?;
+            joined.credentials.save(&creds_dir)?;
+            save_managers(&creds_dir, &joined.managers);
+            eprintln!(
+                "orchd agent: joined {} as node {node} (managers: {})",
+                args.join,
+                joined.managers.join(", ")
+            );
+            joined.credentials
         }
     };
-    let store = Arc::new(cluster::remote_store(&args.join, &creds)?);
+    let managers = known_managers(&args.join, &creds_dir);
+    let store = Arc::new(cluster::remote_store_any(&managers, &creds)?);
     let runtime = args
         .runtime
         .open(&runtime_names, &data_dir, Some(&args.advertise_address))
@@ -119,13 +130,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     agent.network = networking.network;
     engine.add_agent(runtime, agent);
-    let renewals = tokio::spawn(renew_loop(
-        args.join.clone(),
-        creds,
-        creds_dir,
-        store,
-        creds_tx,
-    ));
+    let refresh = tokio::spawn(refresh_managers(store.clone(), creds_dir.clone()));
+    let renewals = tokio::spawn(renew_loop(creds, creds_dir, store, creds_tx));
     eprintln!(
         "orchd agent: node {node} serving replicas for {} (state in {})",
         args.join,
@@ -140,15 +146,74 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         "orchd agent: stopping (workloads keep running and are re-adopted on the next start)"
     );
     renewals.abort();
+    refresh.abort();
     serving.abort();
     engine.shutdown().await;
     Ok(())
 }
 
-/// Renews the certificate when two thirds of its life have passed; the store switches to the
-/// new one for new requests while streams on the old connection carry on.
+/// The file that lists the managers, a cluster address a line.
+const MANAGERS_FILE: &str = "managers";
+
+/// The managers to reach: `--join`'s first, then those DATA_DIR/credentials/managers lists.
+fn known_managers(join: &str, dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![join.to_string()];
+    if let Ok(text) = std::fs::read_to_string(dir.join(MANAGERS_FILE)) {
+        for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !out.iter().any(|a| a == l) {
+                out.push(l.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn save_managers(dir: &std::path::Path, managers: &[String]) {
+    let text: String = managers.iter().map(|m| format!("{m}\n")).collect();
+    let (path, tmp) = (dir.join(MANAGERS_FILE), dir.join("managers.tmp"));
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+        tracing::warn!(error = %e, path = %path.display(), "agent: cannot record the managers");
+    }
+}
+
+/// Every few seconds, the managers registered in the store (the one in use first) become
+/// the ones the store fails over along, and are kept in DATA_DIR/credentials/managers.
+async fn refresh_managers(store: Arc<orch_api::grpc::store::RemoteStore>, dir: PathBuf) {
+    let mut last = store.managers();
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let current = store.current();
+        let listed = match orch_api::managers::addresses(
+            &*store as &dyn orch_core::store::Store,
+            Some(&current),
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "agent: cannot list the managers now");
+                continue;
+            }
+        };
+        // One manager on its own store registers none: keep what is known.
+        if listed.is_empty() || listed == last {
+            continue;
+        }
+        match store.set_managers(&listed) {
+            Ok(()) => {
+                tracing::info!(managers = %listed.join(", "), "agent: managers");
+                save_managers(&dir, &listed);
+                last = listed;
+            }
+            Err(e) => tracing::warn!(error = %e, "agent: cannot use the managers listed"),
+        }
+    }
+}
+
+/// Renews the certificate (with any manager) when two thirds of its life have passed; the
+/// store switches to the new one for new requests while streams on the old connection carry
+/// on.
 async fn renew_loop(
-    addr: String,
     mut creds: Credentials,
     dir: PathBuf,
     store: Arc<orch_api::grpc::store::RemoteStore>,
@@ -163,14 +228,13 @@ async fn renew_loop(
         let not_before = not_after - lifetime(&creds).unwrap_or(0);
         let due = not_before + (not_after - not_before) * 2 / 3;
         tokio::time::sleep(Duration::from_secs(due.saturating_sub(now).max(1) as u64)).await;
-        match cluster::renew(&addr, &creds).await {
+        match cluster::renew_any(&store.managers(), &creds).await {
             Ok(new) => {
                 if let Err(e) = new.save(&dir) {
                     tracing::error!(error = %e, "agent: cannot save the renewed certificate");
                 }
-                match cluster::channel(&addr, &new) {
-                    Ok(ch) => store.set_channel(ch),
-                    Err(e) => tracing::error!(error = %e, "agent: renewed certificate unusable"),
+                if let Err(e) = store.set_dialer(cluster::dialer(&new)) {
+                    tracing::error!(error = %e, "agent: renewed certificate unusable");
                 }
                 tracing::info!("agent: certificate renewed");
                 serving.send_replace(new.clone());
