@@ -48,6 +48,11 @@ fn sleeper(name: &str) -> String {
     )
 }
 
+/// Manager `i` of those running.
+fn m(ms: &[Option<Daemon>], i: usize) -> &Daemon {
+    ms[i].as_ref().unwrap()
+}
+
 fn kill(d: &mut Daemon) {
     if let Some(mut c) = d.child.take() {
         let _ = c.kill();
@@ -263,17 +268,25 @@ fn init_cluster_and_join_form_one_etcd_cluster_and_a_removed_manager_leaves_it()
         eprintln!("m{i} serving {:?} after its start", began.elapsed());
         d
     };
-    let m0 = start(0, None);
-    let m1 = start(1, Some(&addrs[0]));
-    let mut m2 = start(2, Some(&addrs[0]));
+    let mut ms: Vec<Option<Daemon>> = vec![
+        Some(start(0, None)),
+        Some(start(1, Some(&addrs[0]))),
+        Some(start(2, Some(&addrs[0]))),
+    ];
+    let raft_leader = |r: &[serde_json::Value]| -> Option<String> {
+        let l: Vec<&serde_json::Value> = r.iter().filter(|m| m["etcdLeader"] == true).collect();
+        (l.len() == 1).then(|| l[0]["name"].as_str().unwrap_or("").to_string())
+    };
+    // The leader moves etcd's raft leadership off its own member (checked every 5 s).
     let rows = eventually(
-        "three managers with healthy etcd members, one leader",
-        Duration::from_secs(30),
+        "three managers with healthy etcd members, one leader, raft led by another",
+        Duration::from_secs(40),
         || {
-            let r = managers(&m2)?;
+            let r = managers(m(&ms, 2))?;
             (r.len() == 3
                 && leaders(&r).len() == 1
-                && r.iter().all(|m| m["etcdHealth"] == "healthy"))
+                && r.iter().all(|m| m["etcdHealth"] == "healthy")
+                && raft_leader(&r).is_some_and(|l| l != leaders(&r)[0]))
             .then_some(r)
         },
     );
@@ -282,65 +295,86 @@ fn init_cluster_and_join_form_one_etcd_cluster_and_a_removed_manager_leaves_it()
         .filter_map(|m| m["etcdMember"].as_str())
         .collect();
     assert_eq!(members.len(), 3, "{rows:?}");
-    let info = m1.ctl_ok(&["info"]);
+    let info = m(&ms, 1).ctl_ok(&["info"]);
     assert!(info.contains("member run by this manager"), "{info}");
     assert!(dir(0).join("data/etcd.log").exists());
-    assert_eq!(
-        rows.iter().filter(|m| m["etcdLeader"] == true).count(),
-        1,
-        "{rows:?}"
-    );
     let leader = leaders(&rows).remove(0);
-    let raft_leader = rows
-        .iter()
-        .find(|m| m["etcdLeader"] == true)
-        .and_then(|m| m["name"].as_str())
-        .unwrap()
-        .to_string();
-    eprintln!("{leader} leads; etcd's raft leader is {raft_leader}'s member");
+    eprintln!(
+        "{leader} leads; etcd's raft leader is {}'s member",
+        raft_leader(&rows).unwrap_or_default()
+    );
+    let l: usize = leader[1..].parse().unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let (a, b) = (others[0], others[1]);
 
     // A manager cannot remove itself, nor one that is not there.
-    let out = m0.ctl(&["manager", "rm", "m0"]);
+    let out = m(&ms, a).ctl(&["manager", "rm", &format!("m{a}")]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is the one answering this request"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = m0.ctl(&["manager", "rm", "nope"]);
+    let out = m(&ms, a).ctl(&["manager", "rm", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no manager \"nope\""));
 
-    // m2 dies (SIGKILL): its etcd member dies with it and shows as down.
-    let m2_data = dir(2).join("data");
-    assert_eq!(etcd_pids(&m2_data).len(), 1, "m2 runs its etcd member");
-    kill(&mut m2);
-    eventually(
-        "m2's etcd member died with it",
-        Duration::from_secs(5),
-        || etcd_pids(&m2_data).is_empty().then_some(()),
-    );
-    let down = eventually("m2 shows as down", Duration::from_secs(15), || {
-        let r = managers(&m0)?;
-        let m = r.iter().find(|m| m["name"] == "m2")?.clone();
-        (m["role"] == "down" && m["etcdHealth"] != "healthy").then_some(m)
+    // The leader dies (SIGKILL): its etcd member dies with it, another manager leads.
+    let dead_data = dir(l).join("data");
+    assert_eq!(etcd_pids(&dead_data).len(), 1, "m{l} runs its etcd member");
+    let killed = Instant::now();
+    kill(ms[l].as_mut().unwrap());
+    ms[l] = None;
+    let took = eventually("a survivor leads", Duration::from_secs(15), || {
+        [a, b].into_iter().find_map(|i| {
+            let r = managers(m(&ms, i))?;
+            let me = format!("m{i}");
+            r.iter()
+                .any(|row| row["name"] == me.as_str() && row["role"] == "leader")
+                .then(|| killed.elapsed())
+        })
     });
-    eprintln!("m2 after its death: {down}");
-    // The two left still have a quorum: applies work.
+    eprintln!("leader m{l} killed; a survivor leads {took:?} later");
+    eventually(
+        "the dead leader's etcd member died with it",
+        Duration::from_secs(5),
+        || etcd_pids(&dead_data).is_empty().then_some(()),
+    );
+    let down = eventually(
+        "the dead manager shows as down",
+        Duration::from_secs(15),
+        || {
+            let r = managers(m(&ms, a))?;
+            let row = r
+                .iter()
+                .find(|x| x["name"] == format!("m{l}").as_str())?
+                .clone();
+            (row["role"] == "down" && row["etcdHealth"] != "healthy").then_some(row)
+        },
+    );
+    eprintln!("m{l} after its death: {down}");
+    // The two left still have a quorum: applies work at either.
     let f = write(tmp.path(), "web.yaml", &sleeper("web"));
-    m1.ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    m(&ms, b).ctl_ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(m(&ms, a).ctl_ok(&["get", "services"]).contains("web"));
 
     // Removing it takes its member out of the etcd cluster.
-    let out = m0.ctl_ok(&["manager", "rm", "m2"]);
-    assert!(out.contains("manager/m2 removed (etcd member"), "{out}");
+    let out = m(&ms, a).ctl_ok(&["manager", "rm", &format!("m{l}")]);
+    assert!(
+        out.contains(&format!("manager/m{l} removed (etcd member")),
+        "{out}"
+    );
     let rows = eventually("two managers left", Duration::from_secs(10), || {
-        let r = managers(&m1)?;
+        let r = managers(m(&ms, b))?;
         (r.len() == 2).then_some(r)
     });
     assert!(
         rows.iter().all(|m| m["etcdHealth"] == "healthy"),
         "{rows:?}"
     );
-    let names: Vec<&str> = rows.iter().filter_map(|m| m["name"].as_str()).collect();
-    assert_eq!(names, ["m0", "m1"]);
-    m0.ctl_ok(&["delete", "service", "web"]);
+    let names: Vec<String> = rows
+        .iter()
+        .filter_map(|m| m["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(names, [format!("m{a}"), format!("m{b}")]);
+    m(&ms, a).ctl_ok(&["delete", "service", "web"]);
 }

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
@@ -146,6 +147,16 @@ impl pb::store_server::Store for StoreService {
     }
 }
 
+/// How long a read of one key, a transaction or a revision may take at one manager before
+/// the next is asked: a manager cut off from the network is left this fast.
+const CALL_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long a list may take (it may carry every object of a large cluster).
+const LIST_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long a watch may take to start.
+const WATCH_LIMIT: Duration = Duration::from_secs(5);
+
 /// Makes the channel to a manager's address (with the caller's credentials; see
 /// [`super::cluster::dialer`]).
 pub type Dialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
@@ -274,8 +285,9 @@ impl RemoteStore {
     }
 
     /// Runs `f` on the manager in use, then on each other in turn while the one tried is
-    /// unreachable or its store unavailable; the first that answers is used from then on.
-    async fn on_managers<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    /// unreachable, does not answer within `limit` or its store is unavailable; the first that
+    /// answers is used from then on.
+    async fn on_managers<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -289,7 +301,11 @@ impl RemoteStore {
         for i in 0..n {
             let at = (first + i) % n;
             let (addr, client) = &clients[at];
-            match f(client.clone()).await {
+            let answer = match tokio::time::timeout(limit, f(client.clone())).await {
+                Ok(a) => a,
+                Err(_) => Err(Status::unavailable(format!("no answer within {limit:?}"))),
+            };
+            match answer {
                 Ok(v) => {
                     if i > 0 {
                         let mut m = self.managers.write().unwrap_or_else(|p| p.into_inner());
@@ -337,7 +353,7 @@ fn dial_all(
 impl Store for RemoteStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let r = self
-            .on_managers(|mut c| {
+            .on_managers(CALL_LIMIT, |mut c| {
                 let key = key.to_string();
                 async move { c.get(pb::GetRequest { key }).await }
             })
@@ -347,7 +363,7 @@ impl Store for RemoteStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let r = self
-            .on_managers(|mut c| {
+            .on_managers(LIST_LIMIT, |mut c| {
                 let prefix = prefix.to_string();
                 async move { c.list(pb::ListRequest { prefix }).await }
             })
@@ -378,7 +394,7 @@ impl Store for RemoteStore {
         // store was unavailable: every write is a compare-and-swap, so one that did land
         // there fails its compare here, as any lost race does.
         let r = self
-            .on_managers(|mut c| {
+            .on_managers(CALL_LIMIT, |mut c| {
                 let ops = ops.clone();
                 async move { c.txn(pb::TxnRequest { ops }).await }
             })
@@ -388,7 +404,7 @@ impl Store for RemoteStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         let stream = self
-            .on_managers(|mut c| {
+            .on_managers(WATCH_LIMIT, |mut c| {
                 let prefix = prefix.to_string();
                 async move { c.watch(pb::WatchRequest { prefix, after }).await }
             })
@@ -402,7 +418,9 @@ impl Store for RemoteStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         let r = self
-            .on_managers(|mut c| async move { c.revision(pb::RevisionRequest {}).await })
+            .on_managers(CALL_LIMIT, |mut c| async move {
+                c.revision(pb::RevisionRequest {}).await
+            })
             .await?;
         Ok(r.into_inner().revision)
     }
