@@ -554,3 +554,77 @@ async fn get_managers_and_manager_rm_over_the_api_and_a_client_that_fails_over()
     let e = client.manager_remove("m1").await.unwrap_err().to_string();
     assert!(e.contains("is the only manager"), "{e}");
 }
+
+/// A store whose watches never deliver anything (as behind an etcd member that froze).
+struct Quiet(MemStore);
+
+#[async_trait]
+impl Store for Quiet {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<orch_core::store::KeyValue>, orch_core::store::StoreError> {
+        self.0.get(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<orch_core::store::KeyValue>, u64), orch_core::store::StoreError> {
+        self.0.list(prefix).await
+    }
+    async fn txn(&self, ops: Vec<Op>) -> Result<u64, orch_core::store::StoreError> {
+        self.0.txn(ops).await
+    }
+    async fn watch(
+        &self,
+        _: &str,
+        _: u64,
+    ) -> Result<orch_core::store::WatchStream, orch_core::store::StoreError> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+    async fn revision(&self) -> Result<u64, orch_core::store::StoreError> {
+        self.0.revision().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_stalls_behind_a_write_ends_so_the_cache_lists_again() {
+    let store: Arc<dyn Store> = Arc::new(Quiet(MemStore::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let m = open(dir.path());
+    let served = Served::start(m.clone(), store, None);
+    let admin = m.admin_credentials("a", Duration::from_secs(600)).unwrap();
+    let remote = cluster::remote_store_any(std::slice::from_ref(&served.addr), &admin).unwrap();
+    let rev = remote.revision().await.unwrap();
+    let mut everything = remote.watch("/", rev).await.unwrap();
+    let mut events = remote.watch("/events/", rev).await.unwrap();
+    // Quiet while nothing was written through this store.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), everything.next())
+            .await
+            .is_err(),
+        "no write, no stall"
+    );
+    let started = tokio::time::Instant::now();
+    remote
+        .txn(vec![put("/events/default/x", "1")])
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), everything.next())
+        .await
+        .expect("the stalled watch ends")
+        .expect("with an error");
+    let e = ended.unwrap_err().to_string();
+    assert!(e.contains("stalled"), "{e}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // A watch of one prefix is not judged so (not every write shows in it).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.next())
+            .await
+            .is_err()
+    );
+}

@@ -149,13 +149,20 @@ impl pb::store_server::Store for StoreService {
 
 /// How long a read of one key, a transaction or a revision may take at one manager before
 /// the next is asked: a manager cut off from the network is left this fast.
-const CALL_LIMIT: Duration = Duration::from_secs(2);
+const CALL_LIMIT: Duration = Duration::from_millis(1500);
 
-/// How long a list may take (it may carry every object of a large cluster).
+/// How long a list may take (it may carry every object of a large cluster); the manager must
+/// first answer a revision within [`CALL_LIMIT`], so one whose store hangs is left as fast.
 const LIST_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long a watch may take to start.
-const WATCH_LIMIT: Duration = Duration::from_secs(5);
+const WATCH_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long a watch of everything may deliver nothing while a revision this store wrote is
+/// still missing from it, before it is ended as stalled (a manager whose etcd member froze
+/// keeps its connection, but its watch goes quiet): the cache then lists and watches again,
+/// at a manager that answers.
+const WATCH_STALL: Duration = Duration::from_secs(2);
 
 /// Makes the channel to a manager's address (with the caller's credentials; see
 /// [`super::cluster::dialer`]).
@@ -172,6 +179,9 @@ type Client = pb::store_client::StoreClient<Channel>;
 pub struct RemoteStore {
     managers: std::sync::RwLock<Managers>,
     dialer: std::sync::RwLock<Option<Dialer>>,
+    /// The highest revision a write through this store made: a watch of everything must
+    /// deliver it soon.
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The managers known, each with its client, and the one in use.
@@ -204,6 +214,7 @@ impl RemoteStore {
                 current: 0,
             }),
             dialer: std::sync::RwLock::new(None),
+            written: Default::default(),
         }
     }
 
@@ -220,6 +231,7 @@ impl RemoteStore {
                 current: 0,
             }),
             dialer: std::sync::RwLock::new(Some(dialer)),
+            written: Default::default(),
         })
     }
 
@@ -329,6 +341,72 @@ impl RemoteStore {
     }
 }
 
+/// `inner` (a watch of every key from `after`), ended with an error once it has delivered
+/// nothing for [`WATCH_STALL`] while a revision in `written` is missing from it.
+fn stall_checked(
+    inner: WatchStream,
+    after: Revision,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    manager: String,
+) -> WatchStream {
+    struct State {
+        inner: WatchStream,
+        delivered: Revision,
+        behind_since: Option<tokio::time::Instant>,
+        tick: tokio::time::Interval,
+        ended: bool,
+    }
+    let state = State {
+        inner,
+        delivered: after,
+        behind_since: None,
+        tick: tokio::time::interval(WATCH_STALL / 8),
+        ended: false,
+    };
+    Box::pin(futures::stream::unfold(state, move |mut st| {
+        let (written, manager) = (written.clone(), manager.clone());
+        async move {
+            if st.ended {
+                return None;
+            }
+            loop {
+                tokio::select! {
+                    biased;
+                    item = st.inner.next() => {
+                        match item {
+                            Some(Ok(b)) => {
+                                st.delivered = st.delivered.max(b.revision);
+                                return Some((Ok(b), st));
+                            }
+                            Some(Err(e)) => {
+                                st.ended = true;
+                                return Some((Err(e), st));
+                            }
+                            None => return None,
+                        }
+                    }
+                    _ = st.tick.tick() => {
+                        let w = written.load(std::sync::atomic::Ordering::Relaxed);
+                        if w <= st.delivered {
+                            st.behind_since = None;
+                            continue;
+                        }
+                        let since = *st.behind_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= WATCH_STALL {
+                            st.ended = true;
+                            let e = StoreError::Unavailable(format!(
+                                "the watch at manager {manager} stalled: nothing past revision {} for {WATCH_STALL:?}, though revision {w} was written",
+                                st.delivered
+                            ));
+                            return Some((Err(e), st));
+                        }
+                    }
+                }
+            }
+        }
+    }))
+}
+
 /// Clients for `addrs` (in order, duplicates dropped), reusing those of `known`.
 fn dial_all(
     addrs: &[String],
@@ -365,7 +443,19 @@ impl Store for RemoteStore {
         let r = self
             .on_managers(LIST_LIMIT, |mut c| {
                 let prefix = prefix.to_string();
-                async move { c.list(pb::ListRequest { prefix }).await }
+                async move {
+                    match tokio::time::timeout(CALL_LIMIT, c.revision(pb::RevisionRequest {})).await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(s)) => return Err(s),
+                        Err(_) => {
+                            return Err(Status::unavailable(format!(
+                                "no answer within {CALL_LIMIT:?}"
+                            )))
+                        }
+                    }
+                    c.list(pb::ListRequest { prefix }).await
+                }
             })
             .await?
             .into_inner();
@@ -389,6 +479,7 @@ impl Store for RemoteStore {
                 limit: super::MAX_MESSAGE - 64 * 1024,
             });
         }
+        let writes = ops.iter().any(|o| !matches!(o, Op::Check { .. }));
         let ops: Vec<pb::Op> = ops.into_iter().map(op_to_pb).collect();
         // Sent again to another manager only when the one tried could not be reached or its
         // store was unavailable: every write is a compare-and-swap, so one that did land
@@ -399,7 +490,12 @@ impl Store for RemoteStore {
                 async move { c.txn(pb::TxnRequest { ops }).await }
             })
             .await?;
-        Ok(r.into_inner().revision)
+        let revision = r.into_inner().revision;
+        if writes {
+            self.written
+                .fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(revision)
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
@@ -410,10 +506,19 @@ impl Store for RemoteStore {
             })
             .await?
             .into_inner();
-        Ok(Box::pin(stream.map(|b| match b {
+        let stream: WatchStream = Box::pin(stream.map(|b| match b {
             Ok(b) => batch_from_pb(b),
             Err(s) => Err(error_of(s)),
-        })))
+        }));
+        if prefix != "/" && !prefix.is_empty() {
+            return Ok(stream);
+        }
+        Ok(stall_checked(
+            stream,
+            after,
+            self.written.clone(),
+            self.current(),
+        ))
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
