@@ -280,7 +280,8 @@ async fn respond(backend: &Backend, req: Request) -> Response {
                     return error(ErrorCode::Invalid, e);
                 }
             }
-            match api::apply(store, parsed.objects, dry_run).await {
+            let objects = parsed.objects;
+            match patiently(|| api::apply(store, objects.clone(), dry_run)).await {
                 Ok(results) => Response::Applied {
                     results: results
                         .into_iter()
@@ -345,7 +346,7 @@ async fn respond(backend: &Backend, req: Request) -> Response {
             namespace,
             name,
             replicas,
-        } => match api::scale(store, &namespace, &name, replicas).await {
+        } => match patiently(|| api::scale(store, &namespace, &name, replicas)).await {
             Ok(object) => Response::Done { object },
             Err(e) => api_error(e),
         },
@@ -457,6 +458,33 @@ async fn remove_manager(backend: &Backend, name: &str) -> Response {
             }
         }
         Err((code, message)) => error(code, message),
+    }
+}
+
+/// How long an apply or a scale waits out a store that is unavailable for a moment.
+const WRITE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `f` again (every 200 ms, for up to [`WRITE_PATIENCE`]) while the store is
+/// unavailable: an etcd that lost its raft leader with a member elects another within a
+/// second (with orch's members), and an apply or a scale should not fail for it. Only for
+/// requests whose repetition is harmless (an apply that landed is `unchanged` the second
+/// time); without a quorum the error comes after the wait.
+async fn patiently<T, F, Fut>(f: F) -> Result<T, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+    loop {
+        match f().await {
+            Err(ApiError::Store(StoreError::Unavailable(m)))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %m, "store unavailable; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
     }
 }
 

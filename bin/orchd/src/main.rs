@@ -2,7 +2,7 @@
 
 mod agent;
 mod discovery;
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 mod etcd;
 mod ha;
 mod host;
