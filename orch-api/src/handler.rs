@@ -320,7 +320,7 @@ async fn respond(backend: &Backend, req: Request) -> Response {
             Some(name) => {
                 let ns =
                     namespace.unwrap_or_else(|| orch_core::model::object::DEFAULT_NAMESPACE.into());
-                match orch_core::store::get_object(store, kind, &ns, &name).await {
+                match patiently(|| orch_core::store::get_object(store, kind, &ns, &name)).await {
                     Ok(Some(o)) => Response::Objects {
                         revision: o.metadata().revision,
                         objects: vec![o],
@@ -329,7 +329,7 @@ async fn respond(backend: &Backend, req: Request) -> Response {
                     Err(e) => store_error(e),
                 }
             }
-            None => match list_objects(store, kind, namespace.as_deref()).await {
+            None => match patiently(|| list_objects(store, kind, namespace.as_deref())).await {
                 Ok((objects, revision)) => Response::Objects { objects, revision },
                 Err(e) => store_error(e),
             },
@@ -461,30 +461,48 @@ async fn remove_manager(backend: &Backend, name: &str) -> Response {
     }
 }
 
-/// How long an apply or a scale waits out a store that is unavailable for a moment.
+/// How long a get, an apply or a scale waits out a store that is unavailable for a moment.
 const WRITE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Runs `f` again (every 200 ms, for up to [`WRITE_PATIENCE`]) while the store is
 /// unavailable: an etcd that lost its raft leader with a member elects another within a
-/// second (with orch's members), and an apply or a scale should not fail for it. Only for
-/// requests whose repetition is harmless (an apply that landed is `unchanged` the second
-/// time); without a quorum the error comes after the wait.
-async fn patiently<T, F, Fut>(f: F) -> Result<T, ApiError>
+/// second (with orch's members; a member cut off and healed takes about as long to rejoin),
+/// and a read, an apply or a scale should not fail for it. Only for requests whose
+/// repetition is harmless (an apply that landed is `unchanged` the second time); without a
+/// quorum the error comes after the wait.
+async fn patiently<T, E, F, Fut>(f: F) -> Result<T, E>
 where
+    E: MaybeUnavailable,
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
     loop {
         match f().await {
-            Err(ApiError::Store(StoreError::Unavailable(m)))
-                if tokio::time::Instant::now() < deadline =>
-            {
-                tracing::debug!(error = %m, "store unavailable; trying again");
+            Err(e) if e.unavailable() && tokio::time::Instant::now() < deadline => {
+                tracing::debug!("store unavailable; trying again");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             other => return other,
         }
+    }
+}
+
+/// Errors [`patiently`] waits out.
+trait MaybeUnavailable {
+    /// Whether the store was unavailable.
+    fn unavailable(&self) -> bool;
+}
+
+impl MaybeUnavailable for StoreError {
+    fn unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl MaybeUnavailable for ApiError {
+    fn unavailable(&self) -> bool {
+        matches!(self, ApiError::Store(StoreError::Unavailable(_)))
     }
 }
 
