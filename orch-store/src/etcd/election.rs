@@ -236,8 +236,9 @@ impl Election {
     /// key go at once — and stops renewing until the next [`Elector::campaign`] or
     /// [`Election::register`]. For a clean shutdown of a standby too.
     pub async fn close(&self) {
-        self.shared.want.send_replace(false);
+        // Read before the keepalive task hears of it and forgets the lease.
         let current = self.shared.lease.borrow().current;
+        self.shared.want.send_replace(false);
         if let Some(held) = current {
             self.shared.revoke(held.id).await;
         }
@@ -696,8 +697,9 @@ impl Elector for Election {
 
     async fn resign(&self, term: &Term) {
         let shared = &self.shared;
-        shared.want.send_replace(false);
+        // Read before the keepalive task hears of it and forgets the lease.
         let current = shared.lease.borrow().current.map(|h| h.id);
+        shared.want.send_replace(false);
         let of_term = shared.term_lease(term.created);
         for lease in current
             .into_iter()

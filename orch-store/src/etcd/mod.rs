@@ -109,6 +109,21 @@ pub struct EtcdStore {
     pub(crate) prefix: Arc<str>,
     pub(crate) endpoints: Arc<str>,
     tls: Option<Arc<EtcdTls>>,
+    /// What the observing task saw; it stops when every clone of the store is dropped.
+    health: Arc<Health>,
+}
+
+/// What [`observe`] keeps up to date for a store.
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// The store's endpoints (full URLs).
+    endpoints: Vec<String>,
+    /// The highest raft term seen lately (0: none yet).
+    term: std::sync::atomic::AtomicU64,
+    /// Per endpoint, whether the client balances requests over it.
+    in_use: std::sync::Mutex<Vec<bool>>,
+    /// How many times an endpoint was taken out of use.
+    removals: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -134,15 +149,36 @@ impl EtcdStore {
         prefix: &str,
         tls: Option<EtcdTls>,
     ) -> Result<EtcdStore, StoreError> {
+        // Full URLs, so the endpoint tending below names them as the client does.
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| match e.contains("://") {
+                true => e.clone(),
+                false => format!("{scheme}://{e}"),
+            })
+            .collect();
         let joined: Arc<str> = endpoints.join(",").into();
         let tls = tls.map(Arc::new);
         let options = connect_options(&joined, tls.as_deref(), true)?;
-        let client = connect_client(&joined, endpoints, options).await?;
+        let client = connect_client(&joined, &endpoints, options).await?;
+        let health = Arc::new(Health {
+            in_use: std::sync::Mutex::new(vec![true; endpoints.len()]),
+            endpoints,
+            term: Default::default(),
+            removals: Default::default(),
+        });
+        tokio::spawn(observe(
+            Arc::downgrade(&health),
+            client.clone(),
+            tls.clone(),
+        ));
         let store = EtcdStore {
             client,
             prefix: prefix.into(),
             endpoints: joined,
             tls,
+            health,
         };
         store.revision().await?;
         Ok(store)
@@ -151,6 +187,19 @@ impl EtcdStore {
     /// The endpoints this store was connected to, comma-separated (as errors name them).
     pub fn endpoints(&self) -> &str {
         &self.endpoints
+    }
+
+    /// The endpoints requests go to now: of several, those whose members answer with a
+    /// leader (see the module docs).
+    pub fn endpoints_in_use(&self) -> Vec<String> {
+        let in_use = self.health.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        self.health
+            .endpoints
+            .iter()
+            .zip(in_use.iter())
+            .filter(|(_, used)| **used)
+            .map(|(e, _)| e.clone())
+            .collect()
     }
 
     /// A client of `endpoints` with this store's TLS settings and no leader requirement
@@ -213,8 +262,8 @@ impl EtcdStore {
         while attempt < attempts {
             let outcome = tokio::select! {
                 outcome = tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())) => outcome,
-                what = self.leaderless() => {
-                    last = Some(no_quorum(&self.endpoints, what));
+                e = self.leaderless() => {
+                    last = Some(e);
                     attempt += 1;
                     continue;
                 }
@@ -248,19 +297,39 @@ impl EtcdStore {
         Err(last.unwrap_or_else(|| unavailable(&self.endpoints, "no answer")))
     }
 
-    /// Resolves, saying what it saw, once etcd reports no leader — checked after a request
-    /// has waited [`LEADERLESS_AFTER`], then every half second. A member without a leader
-    /// keeps a request waiting (a write until etcd's own timeout) when it lost its leader
-    /// after the request arrived.
-    async fn leaderless(&self) -> String {
+    /// Resolves with the error to fail a request with that has waited [`LEADERLESS_AFTER`]
+    /// when etcd then reports no leader ("no quorum"), or a raft term newer than the one seen
+    /// before the request (an election: a proposal forwarded to the old leader is lost, and
+    /// etcd would only time it out after 5 s), or when a member stopped answering meanwhile
+    /// (its endpoint taken out of use: a request sent there would wait for the connection to
+    /// time out); checked every half second.
+    async fn leaderless(&self) -> StoreError {
+        use std::sync::atomic::Ordering;
+        let before = self.health.term.load(Ordering::Relaxed);
+        let removals = self.health.removals.load(Ordering::Relaxed);
         tokio::time::sleep(LEADERLESS_AFTER).await;
         loop {
+            if self.health.removals.load(Ordering::Relaxed) != removals {
+                return unavailable(
+                    &self.endpoints,
+                    "an etcd member stopped answering while the request waited (the store no longer uses it); the request may have gone there (a write may or may not have been applied)",
+                );
+            }
             let mut client = self.client.clone();
             match tokio::time::timeout(LEADER_PROBE, client.status()).await {
                 Ok(Ok(status)) if status.leader() == 0 => {
-                    return "the member asked reports no leader".into()
+                    return no_quorum(&self.endpoints, "the member asked reports no leader")
                 }
-                Ok(Err(e)) if is_no_leader(&e) => return grpc_message(&e),
+                Ok(Ok(status)) if before > 0 && status.raft_term() > before => {
+                    return unavailable(
+                        &self.endpoints,
+                        format!(
+                            "etcd elected a new leader (raft term {before} to {}) while the request waited; it was most likely lost with the old leader (a write may or may not have been applied)",
+                            status.raft_term()
+                        ),
+                    )
+                }
+                Ok(Err(e)) if is_no_leader(&e) => return no_quorum(&self.endpoints, grpc_message(&e)),
                 _ => {}
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -320,6 +389,100 @@ impl EtcdStore {
 
 pub(crate) fn rev(r: i64) -> Revision {
     r.max(0) as Revision
+}
+
+/// How often the endpoints of a store over several members are checked.
+const TEND_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Watches the cluster for a store, every [`TEND_INTERVAL`] until the store (every clone)
+/// is dropped: records the raft term (for [`EtcdStore::attempt`]'s watchdog) and, over
+/// several endpoints, keeps the client's balanced endpoints to the members worth asking —
+/// those that answer and have a leader; when none has a leader, those that answer (so
+/// requests fail at once with "no quorum" instead of on a dead connection); when none
+/// answers, all. The client's balancer keeps choosing an endpoint whose member died (each
+/// request there fails to connect, or waits out the connect timeout on a host that is
+/// gone), so a dead member is taken out within about a second and put back once it answers.
+async fn observe(health: std::sync::Weak<Health>, client: Client, tls: Option<Arc<EtcdTls>>) {
+    use std::sync::atomic::Ordering;
+    let Some(endpoints) = health.upgrade().map(|h| h.endpoints.clone()) else {
+        return;
+    };
+    let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(TEND_INTERVAL).await;
+        }
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        if endpoints.len() == 1 {
+            let mut c = client.clone();
+            if let Ok(Ok(status)) = tokio::time::timeout(LEADER_PROBE, c.status()).await {
+                health.term.fetch_max(status.raft_term(), Ordering::Relaxed);
+            }
+            continue;
+        }
+        // Per endpoint: None (no answer), Some((has a leader, raft term)).
+        let answers: Vec<Option<(bool, u64)>> =
+            futures::future::join_all(endpoints.iter().zip(probes.iter_mut()).map(
+                |(endpoint, probe)| async {
+                    if probe.is_none() {
+                        let options = connect_options(endpoint, tls.as_deref(), false).ok()?;
+                        *probe = connect_client(endpoint, std::slice::from_ref(endpoint), options)
+                            .await
+                            .ok();
+                    }
+                    let mut c = probe.clone()?;
+                    match tokio::time::timeout(LEADER_PROBE, c.status()).await {
+                        Ok(Ok(status)) => Some((status.leader() != 0, status.raft_term())),
+                        _ => None,
+                    }
+                },
+            ))
+            .await;
+        if let Some(term) = answers.iter().flatten().filter(|a| a.0).map(|a| a.1).max() {
+            health.term.fetch_max(term, Ordering::Relaxed);
+        }
+        let led: Vec<bool> = answers.iter().map(|a| a.is_some_and(|a| a.0)).collect();
+        let answering: Vec<bool> = answers.iter().map(Option::is_some).collect();
+        let wanted = if led.contains(&true) {
+            led
+        } else if answering.contains(&true) {
+            answering
+        } else {
+            vec![true; endpoints.len()]
+        };
+        let in_use = health
+            .in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Additions first, so the set is never empty.
+        let changes = (0..endpoints.len())
+            .filter(|&i| !in_use[i] && wanted[i])
+            .chain((0..endpoints.len()).filter(|&i| in_use[i] && !wanted[i]))
+            .collect::<Vec<_>>();
+        for i in changes {
+            let endpoint = &endpoints[i];
+            let changed = match wanted[i] {
+                true => client.add_endpoint(endpoint).await,
+                false => client.remove_endpoint(endpoint).await,
+            };
+            match changed {
+                Ok(()) => {
+                    tracing::debug!(%endpoint, use_it = wanted[i], "etcd: endpoint set changed");
+                    health.in_use.lock().unwrap_or_else(|e| e.into_inner())[i] = wanted[i];
+                    if !wanted[i] {
+                        health.removals.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "etcd: cannot change the endpoint set")
+                }
+            }
+        }
+    }
 }
 
 /// The client options: timeouts, HTTP/2 keepalive, TLS (checked against the endpoints'
@@ -445,7 +608,18 @@ pub(crate) fn map_err(endpoints: &str, e: etcd_client::Error) -> StoreError {
         E::TransportError(_) | E::IoError(_) => unavailable(endpoints, e),
         E::GRpcStatus(s) if is_no_leader(&e) => no_quorum(endpoints, s.message()),
         E::GRpcStatus(s) if TRANSIENT_CODES.contains(&(s.code() as i32)) => {
-            unavailable(endpoints, s.message())
+            match ["transport error", "http2 error", "operation was canceled"]
+                .contains(&s.message())
+            {
+                true => unavailable(
+                    endpoints,
+                    format!(
+                        "{}: the connection to an etcd member broke while the request was on it (a write may or may not have been applied)",
+                        s.message()
+                    ),
+                ),
+                false => unavailable(endpoints, s.message()),
+            }
         }
         _ => StoreError::Other(Box::new(e)),
     }
