@@ -29,9 +29,20 @@
 //! Quorum: every request carries etcd's `hasleader` metadata (the client's "require leader"),
 //! so a member without a leader refuses at once instead of waiting, and ends the watches it
 //! serves when it loses its leader (after about three election timeouts) instead of leaving
-//! them silent. Such failures, and requests that time out while etcd reports no leader, are
-//! [`StoreError::Unavailable`] with the message `etcd at ENDPOINTS has no quorum (no leader):
-//! ...`.
+//! them silent. Such failures, and requests that wait past a second while etcd reports no
+//! leader, are [`StoreError::Unavailable`] with the message `etcd at ENDPOINTS has no quorum
+//! (no leader): ...`.
+//!
+//! Several members: the client balances requests over the endpoints, and keeps choosing one
+//! whose member died. A task per store asks every endpoint's status every 0.5 s and keeps
+//! the requests to the members that answer with a leader (those that answer when none has
+//! one; all when none answers), so a dead or frozen member is out of use within about 1.5 s
+//! and back once it answers ([`EtcdStore::endpoints_in_use`]). A request that never left (no
+//! connection) is sent again. A request still waiting after a second fails
+//! ([`StoreError::Unavailable`]; a write's outcome is then unknown, as after any timeout)
+//! when etcd has no leader, has elected a new one since (a proposal forwarded to a dead
+//! leader is lost, and etcd would time it out only after 5 s), or a member stopped
+//! answering meanwhile (the request may be waiting on it); reads are then sent once more.
 //!
 //! TLS: [`EtcdStore::connect_with`] takes an [`EtcdTls`] (the CA that signed the members'
 //! certificates and the client's certificate and key, in PEM) for `https://` endpoints, with
