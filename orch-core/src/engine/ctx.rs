@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::discovery::Discovery;
 use crate::engine::cache::Cache;
 use crate::engine::events::Recorder;
+use crate::leader::{Fenced, Leadership, Term};
 use crate::scheduler::Scheduler;
-use crate::store::Store;
+use crate::store::{Revision, Store};
 
 /// Tunables of the control plane.
 #[derive(Clone, Debug)]
@@ -128,12 +129,68 @@ pub struct Ctx {
     pub(crate) cancel: CancellationToken,
     /// Counters and latencies (`/metrics`).
     pub(crate) metrics: Arc<crate::engine::metrics::Metrics>,
+    /// What this engine knows of leadership (shared by the engine's context and each term's).
+    pub(crate) leadership: Arc<tokio::sync::watch::Sender<Leadership>>,
+    /// Whether this is a control plane's context (its reconciles count for
+    /// [`Leadership::first_reconcile`]).
+    pub(crate) control_plane: bool,
+    /// The create revision of the term this control plane belongs to (`None` without an
+    /// elector).
+    pub(crate) term: Option<Revision>,
 }
 
 impl Ctx {
-    /// The metrics in the Prometheus text format: the engine's counters and latencies, and
+    /// What this engine knows of leadership: whether it leads, who does, its term, and when
+    /// its control plane started and first reconciled. Without an elector the engine leads
+    /// while its control plane runs.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.leadership.subscribe()
+    }
+
+    /// The context of a control plane: the same cache, scheduler, discovery, recorder,
+    /// metrics and leadership; with a `term`, over a store whose writes are fenced on it.
+    pub(crate) fn for_control_plane(&self, term: Option<&Term>) -> Arc<Ctx> {
+        let store: Arc<dyn Store> = match term {
+            Some(term) => Arc::new(Fenced::new(self.store.clone(), term.clone())),
+            None => self.store.clone(),
+        };
+        Arc::new(Ctx {
+            store,
+            cache: self.cache.clone(),
+            scheduler: self.scheduler.clone(),
+            discovery: self.discovery.clone(),
+            recorder: self.recorder.clone(),
+            config: self.config.clone(),
+            cancel: self.cancel.clone(),
+            metrics: self.metrics.clone(),
+            leadership: self.leadership.clone(),
+            control_plane: true,
+            term: term.map(|t| t.created),
+        })
+    }
+
+    /// A reconcile of this context's control plane finished: the first of its term sets
+    /// [`Leadership::first_reconcile`].
+    pub(crate) fn reconciled(&self) {
+        if !self.control_plane || self.leadership.borrow().first_reconcile.is_some() {
+            return;
+        }
+        self.leadership.send_if_modified(|l| {
+            let ours = l.term.as_ref().map(|t| t.created) == self.term;
+            if l.leading && ours && l.first_reconcile.is_none() {
+                l.first_reconcile = Some(std::time::SystemTime::now());
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The metrics in the Prometheus text format: the engine's counters and latencies,
     /// gauges read from the cache now (replicas by phase, nodes by condition, services,
-    /// whether the store is reachable).
+    /// whether the store is reachable) and leadership (`orch_leader`,
+    /// `orch_leader_changes_total`, `orch_leader_since_seconds`,
+    /// `orch_leader_first_reconcile_seconds`, `orch_leader_term`).
     pub fn render_metrics(&self) -> String {
         use std::collections::BTreeMap;
         let cache = &self.cache;
@@ -155,7 +212,7 @@ impl Ctx {
                 .map(|(k, v)| (format!("{key}=\"{k}\""), v))
                 .collect()
         };
-        self.metrics.render(&[
+        let mut out = self.metrics.render(&[
             (
                 "orch_replicas",
                 "Replicas by phase.",
@@ -183,7 +240,9 @@ impl Ctx {
                     },
                 )],
             ),
-        ])
+        ]);
+        crate::engine::metrics::render_leadership(&mut out, &self.leadership.borrow());
+        out
     }
 
     /// Whether the engine is ready to serve: its cache has listed the store and the store is

@@ -150,6 +150,49 @@ impl Metrics {
     }
 }
 
+/// Appends the leadership series to `out`: `orch_leader` (1 while this engine leads),
+/// `orch_leader_changes_total`, `orch_leader_since_seconds` and
+/// `orch_leader_first_reconcile_seconds` (unix times as floats, 0 when there is none) and
+/// `orch_leader_term` (the term's create revision, 0 when none).
+pub(crate) fn render_leadership(out: &mut String, l: &crate::leader::Leadership) {
+    let unix = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    gauge(
+        out,
+        "orch_leader",
+        "1 while this engine leads (runs the control plane).",
+        if l.leading { 1.0 } else { 0.0 },
+    );
+    let _ = writeln!(
+        out,
+        "# HELP orch_leader_changes_total Times this engine became leader or stopped being it.\n# TYPE orch_leader_changes_total counter\norch_leader_changes_total {}",
+        l.changes
+    );
+    gauge(
+        out,
+        "orch_leader_since_seconds",
+        "Unix time this engine's control plane started (0 while it does not lead).",
+        unix(l.since),
+    );
+    gauge(
+        out,
+        "orch_leader_first_reconcile_seconds",
+        "Unix time the first reconcile of this engine's term finished (0 before).",
+        unix(l.first_reconcile),
+    );
+    gauge(
+        out,
+        "orch_leader_term",
+        "Create revision of the leader key of this engine's term (0 without one).",
+        l.term.as_ref().map_or(0.0, |t| t.created as f64),
+    );
+}
+
 /// A store that times every operation into [`Metrics`].
 pub struct TimedStore {
     inner: Arc<dyn Store>,

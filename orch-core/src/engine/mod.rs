@@ -5,8 +5,11 @@
 //! Every per-key controller (replication, jobs, endpoints) runs on one runtime, `controller`:
 //! a `reconcile(key, ctx) -> Result<Action, E>` plus an error policy, with the queue, backoff,
 //! metrics and resync in one runner. `ControllerSet` (here) is the one place that starts and
-//! stops controllers: high availability starts and stops the control plane on leadership
-//! changes with [`Engine::start_control_plane`] and [`Engine::stop_control_plane`].
+//! stops controllers. Without an elector the engine leads from the start
+//! ([`Engine::start_control_plane`] and [`Engine::stop_control_plane`] switch by hand); with
+//! one ([`EngineBuilder::elector`]) the leadership loop (`leadership`) starts the control
+//! plane for each term won, over a store fenced on the term, and stops it when the term is
+//! lost.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -28,6 +31,7 @@ pub(crate) mod depends;
 pub(crate) mod endpoints;
 pub(crate) mod events;
 pub(crate) mod jobs;
+pub(crate) mod leadership;
 pub(crate) mod metrics;
 pub(crate) mod network;
 pub mod nodes;
@@ -47,6 +51,7 @@ pub use cache::Cache;
 pub use ctx::{ClusterNetwork, Ctx, EngineConfig};
 
 use crate::discovery::{Discovery, MemDiscovery};
+use crate::leader::{Elector, Leadership};
 use crate::node::{Agent, AgentConfig};
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
@@ -59,6 +64,7 @@ pub struct EngineBuilder {
     discovery: Arc<dyn Discovery>,
     config: EngineConfig,
     control_plane: bool,
+    elector: Option<Arc<dyn Elector>>,
 }
 
 impl EngineBuilder {
@@ -78,6 +84,16 @@ impl EngineBuilder {
         self.control_plane = false;
         self
     }
+    /// Runs the control plane only while `elector` makes this engine the leader: the engine
+    /// campaigns; once elected (and its cache has caught up with the term's revision) it
+    /// starts the control plane over a store fenced on the term ([`crate::leader::Fenced`]);
+    /// when [`Elector::lost`] resolves it stops it and campaigns again. [`Engine::shutdown`]
+    /// resigns. The cache, the endpoints controller and the agents run whether it leads or
+    /// not. Ignored with [`EngineBuilder::agents_only`].
+    pub fn elector(mut self, elector: Arc<dyn Elector>) -> Self {
+        self.elector = Some(elector);
+        self
+    }
     /// Starts the cache and the controllers on the current tokio runtime.
     pub fn start(self) -> Engine {
         let cancel = CancellationToken::new();
@@ -90,6 +106,8 @@ impl EngineBuilder {
         );
         let metrics = Arc::new(metrics::Metrics::default());
         let store: Arc<dyn Store> = Arc::new(metrics::TimedStore::new(self.store, metrics.clone()));
+        let elector = self.elector.filter(|_| self.control_plane);
+        let leads_now = self.control_plane && elector.is_none();
         let ctx = Arc::new(Ctx {
             store,
             cache: cache.clone(),
@@ -99,11 +117,16 @@ impl EngineBuilder {
             config: self.config,
             cancel: cancel.clone(),
             metrics,
+            leadership: Arc::new(tokio::sync::watch::channel(Leadership::default()).0),
+            control_plane: false,
+            term: None,
         });
         let tasks = vec![tokio::spawn(cache.run(ctx.store.clone(), cancel.clone()))];
-        let control_plane = self
-            .control_plane
-            .then(|| ControllerSet::control_plane(&ctx));
+        let control_plane = leads_now.then(|| {
+            leadership::started(&ctx, None);
+            ControllerSet::control_plane(&ctx.for_control_plane(None))
+        });
+        let leadership = elector.map(|elector| tokio::spawn(leadership::run(ctx.clone(), elector)));
         // Every engine publishes endpoints to its own discovery: on a node without the
         // control plane that is the node's DNS server, proxy and endpoint files.
         let node_local = ControllerSet::node_local(&ctx);
@@ -111,6 +134,7 @@ impl EngineBuilder {
             ctx,
             tasks,
             control_plane,
+            leadership,
             node_local,
             agents: Vec::new(),
         }
@@ -190,6 +214,19 @@ impl ControllerSet {
             let _ = tokio::time::timeout(grace, t).await;
         }
     }
+
+    /// Stops every controller of the set, waits at most `grace` in all for them to end, and
+    /// aborts those still running then (one stuck in a store call: fencing keeps whatever it
+    /// sends from landing). A leader stepping down must not wait past its lease.
+    pub(crate) async fn step_down(self, grace: Duration) {
+        self.cancel.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+    }
 }
 
 /// A running engine. Dropping it does not stop it; call [`Engine::shutdown`].
@@ -197,8 +234,11 @@ pub struct Engine {
     ctx: Arc<Ctx>,
     /// The cache and the agents.
     tasks: Vec<JoinHandle<()>>,
-    /// Replication, jobs, scheduling, node lifecycle: while this engine leads.
+    /// Replication, jobs, scheduling, node lifecycle: while this engine leads (without an
+    /// elector).
     control_plane: Option<ControllerSet>,
+    /// With an elector: the leadership loop, which runs the control plane while it leads.
+    leadership: Option<JoinHandle<()>>,
     /// The endpoints controller: always.
     node_local: ControllerSet,
     agents: Vec<Arc<Agent>>,
@@ -223,6 +263,7 @@ impl Engine {
             discovery: Arc::new(MemDiscovery::default()),
             config: EngineConfig::default(),
             control_plane: true,
+            elector: None,
         }
     }
 
@@ -254,28 +295,48 @@ impl Engine {
         &self.ctx.store
     }
 
+    /// What this engine knows of leadership (see [`Ctx::leadership`]).
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.ctx.leadership()
+    }
+
     /// Starts the control-plane controllers (replication, jobs, scheduling, node lifecycle)
-    /// unless they run already. The entry point for high availability: call it when this
-    /// engine becomes the leader, and [`Engine::stop_control_plane`] when it stops being it.
+    /// unless they run already: the manual switch for an engine without an elector (one
+    /// built with [`EngineBuilder::elector`] starts and stops them on leadership, and this
+    /// does nothing).
     pub fn start_control_plane(&mut self) {
+        if self.leadership.is_some() {
+            tracing::warn!("start_control_plane: this engine has an elector, which decides");
+            return;
+        }
         if self.control_plane.is_none() {
-            self.control_plane = Some(ControllerSet::control_plane(&self.ctx));
+            leadership::started(&self.ctx, None);
+            self.control_plane = Some(ControllerSet::control_plane(
+                &self.ctx.for_control_plane(None),
+            ));
         }
     }
 
     /// Stops the control-plane controllers and waits for them to end; the cache, the
-    /// endpoints controller and the agents keep running.
+    /// endpoints controller and the agents keep running. Does nothing on an engine with an
+    /// elector.
     pub async fn stop_control_plane(&mut self) {
         if let Some(set) = self.control_plane.take() {
             set.stop(Duration::from_secs(5)).await;
+            leadership::stopped(&self.ctx);
         }
     }
 
-    /// Stops every controller and agent. Workloads keep running (a later engine re-adopts them).
+    /// Stops every controller and agent; with an elector, stops the control plane if it
+    /// leads and resigns. Workloads keep running (a later engine re-adopts them).
     pub async fn shutdown(self) {
         self.ctx.cancel.cancel();
+        if let Some(task) = self.leadership {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
         if let Some(set) = self.control_plane {
             set.stop(Duration::from_secs(5)).await;
+            leadership::stopped(&self.ctx);
         }
         self.node_local.stop(Duration::from_secs(5)).await;
         for t in self.tasks {

@@ -1,7 +1,11 @@
 //! Node lifecycle: watches heartbeats, marks a node Unreachable after the grace period and
 //! its replicas Lost after the replace timeout (so the replication controller replaces them).
 //! Time is the controller's own monotonic clock: a node is judged by when *this* controller
-//! last saw its heartbeat change, never by comparing machines' wall clocks.
+//! last saw its heartbeat change, never by comparing machines' wall clocks. Silence counts
+//! from the latest of that, the moment the cache's watch (re)connected (`Cache::live_since`)
+//! and the moment this control plane started: after a failover the new leader gives every
+//! node a full grace, so no live node is marked down by it, and a node that died meanwhile
+//! is still judged (once, by the one control plane whose writes land).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,6 +22,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationTok
     let mut seen: HashMap<String, (Option<crate::model::quantity::Timestamp>, Instant)> =
         HashMap::new();
     let mut tick = tokio::time::interval(ctx.config.node_check);
+    // A control plane that just started (a new leader) gives every node a full grace: it
+    // cannot know how long a node was silent before it looked.
+    let started = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -41,7 +48,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, cancel: tokio_util::sync::CancellationTok
             if entry.0 != n.status.heartbeat {
                 *entry = (n.status.heartbeat, now);
             }
-            let silent = now.duration_since(entry.1.max(live_since));
+            let silent = now.duration_since(entry.1.max(live_since).max(started));
             if silent >= ctx.config.node_grace && n.status.condition == NodeCondition::Ready {
                 let mut n2 = n.clone();
                 n2.status.condition = NodeCondition::Unreachable;
