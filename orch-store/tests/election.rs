@@ -863,8 +863,20 @@ async fn one_member_of_three_lost_interrupts_nothing() {
 
     // A follower frozen (a host that is gone: connections open, nothing answers): the store
     // stops sending to it within about a second and a half; a write that went there fails
-    // then (its outcome unknown).
+    // then (its outcome unknown), and watches end (one on it would stay silent), so their
+    // consumers watch again on the members in use.
+    let mut watch = s.watch("/", s.revision().await.unwrap()).await.unwrap();
     etcd.freeze(follower).unwrap();
+    let frozen = Instant::now();
+    let ended = tokio::spawn(async move {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(StoreError::Unavailable(e))) => return (Instant::now(), e),
+                other => panic!("a watch when a member froze: {other:?}"),
+            }
+        }
+    });
     let (ok, failed, slowest) = write_for(&s, "frozen", Duration::from_secs(4)).await;
     eprintln!(
         "follower frozen: {ok} writes, {} failed, slowest {slowest:?}: {:?}",
@@ -882,7 +894,21 @@ async fn one_member_of_three_lost_interrupts_nothing() {
         slowest < Duration::from_millis(3500),
         "a write took {slowest:?}"
     );
+    let (at, e) = within("the watch ends", Duration::from_secs(1), ended)
+        .await
+        .unwrap();
+    eprintln!("follower frozen: watches end after {:?}: {e}", at - frozen);
+    assert!(at - frozen < Duration::from_secs(4), "{:?}", at - frozen);
+    let mut watch = s.watch("/", s.revision().await.unwrap()).await.unwrap();
     let (ok, failed, slowest) = write_for(&s, "frozen-later", Duration::from_secs(1)).await;
+    within(
+        "a new watch sees the writes",
+        Duration::from_secs(2),
+        watch.next(),
+    )
+    .await
+    .expect("open")
+    .expect("an event");
     assert!(
         failed.is_empty() && ok > 0 && slowest < Duration::from_millis(500),
         "writes once the frozen member is out of use: {ok} ok, slowest {slowest:?}, failed {:?}",
@@ -920,4 +946,31 @@ async fn one_member_of_three_lost_interrupts_nothing() {
         "writes after the etcd election: {:?}",
         firsts(&failed)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_over_several_members_stays_open() {
+    let Some(etcd) = cluster(3).await else {
+        return;
+    };
+    let s = etcd.store("/idle").await.unwrap();
+    let r = s.revision().await.unwrap();
+    let mut watch = s.watch("/", r).await.unwrap();
+    // A quiet window (the thing under test): etcd closes a connection whose client pings
+    // more often than every 5 s (GOAWAY too_many_pings), which broke idle watches after
+    // about 8 s when the store pinged every 2 s.
+    if let Ok(next) = tokio::time::timeout(Duration::from_secs(12), watch.next()).await {
+        panic!("an idle watch ended or spoke: {next:?}");
+    }
+    s.txn(vec![Op::Create {
+        key: "/x".into(),
+        value: b"1".to_vec(),
+    }])
+    .await
+    .unwrap();
+    let batch = within("the event", Duration::from_secs(2), watch.next())
+        .await
+        .expect("the watch is open")
+        .expect("an event");
+    assert_eq!(batch.events.len(), 1, "{batch:?}");
 }

@@ -382,7 +382,15 @@ impl Shared {
                 .await;
             if let Ok(stream) = opened {
                 let (_sender, mut responses) = stream.split();
-                while let Some(Ok(resp)) = responses.next().await {
+                // A watch on a member that stopped answering would stay silent.
+                let mut outages = self.store.outages();
+                outages.mark_unchanged();
+                loop {
+                    let resp = tokio::select! {
+                        resp = responses.next() => resp,
+                        _ = outages.changed() => None,
+                    };
+                    let Some(Ok(resp)) = resp else { break };
                     if resp.compact_revision() > 0 || resp.canceled() {
                         break;
                     }

@@ -43,6 +43,12 @@
 //! when etcd has no leader, has elected a new one since (a proposal forwarded to a dead
 //! leader is lost, and etcd would time it out only after 5 s), or a member stopped
 //! answering meanwhile (the request may be waiting on it); reads are then sent once more.
+//! When a member stops answering (out of use; for a store of one endpoint, two status
+//! checks unanswered) every watch of the store ends with [`StoreError::Unavailable`], since
+//! one on that member would stay silent until its connection timed out; consumers watch
+//! again from their last revision. HTTP/2 pings go only while a stream is open and every 10
+//! s: etcd closes connections that ping more often than every 5 s (GOAWAY
+//! `too_many_pings`), which would break the watches on them.
 //!
 //! TLS: [`EtcdStore::connect_with`] takes an [`EtcdTls`] (the CA that signed the members'
 //! certificates and the client's certificate and key, in PEM) for `https://` endpoints, with
@@ -133,8 +139,9 @@ pub(crate) struct Health {
     term: std::sync::atomic::AtomicU64,
     /// Per endpoint, whether the client balances requests over it.
     in_use: std::sync::Mutex<Vec<bool>>,
-    /// How many times an endpoint was taken out of use.
-    removals: std::sync::atomic::AtomicU64,
+    /// Counts outages: an endpoint taken out of use, or the only one not answering. Watches
+    /// end on each (the ones on that member would stay silent until the connection times out).
+    outages: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -177,7 +184,7 @@ impl EtcdStore {
             in_use: std::sync::Mutex::new(vec![true; endpoints.len()]),
             endpoints,
             term: Default::default(),
-            removals: Default::default(),
+            outages: tokio::sync::watch::channel(0).0,
         });
         tokio::spawn(observe(
             Arc::downgrade(&health),
@@ -198,6 +205,11 @@ impl EtcdStore {
     /// The endpoints this store was connected to, comma-separated (as errors name them).
     pub fn endpoints(&self) -> &str {
         &self.endpoints
+    }
+
+    /// Changes on every outage of a member (see [`Health::outages`]).
+    pub(crate) fn outages(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.health.outages.subscribe()
     }
 
     /// The endpoints requests go to now: of several, those whose members answer with a
@@ -317,10 +329,10 @@ impl EtcdStore {
     async fn leaderless(&self) -> StoreError {
         use std::sync::atomic::Ordering;
         let before = self.health.term.load(Ordering::Relaxed);
-        let removals = self.health.removals.load(Ordering::Relaxed);
+        let outages = *self.health.outages.borrow();
         tokio::time::sleep(LEADERLESS_AFTER).await;
         loop {
-            if self.health.removals.load(Ordering::Relaxed) != removals {
+            if *self.health.outages.borrow() != outages {
                 return unavailable(
                     &self.endpoints,
                     "an etcd member stopped answering while the request waited (the store no longer uses it); the request may have gone there (a write may or may not have been applied)",
@@ -402,6 +414,12 @@ pub(crate) fn rev(r: i64) -> Revision {
     r.max(0) as Revision
 }
 
+/// HTTP/2 keepalive pings (interval, timeout), only while a stream (a watch, a lease
+/// keepalive) is open: etcd closes a connection that pings more often than every 5 s
+/// (`--grpc-keepalive-min-time`) — or at all without a stream — with GOAWAY "too_many_pings",
+/// breaking the watches on it.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
+
 /// How often the endpoints of a store over several members are checked.
 const TEND_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -419,6 +437,8 @@ async fn observe(health: std::sync::Weak<Health>, client: Client, tls: Option<Ar
         return;
     };
     let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
+    // The only endpoint's status went unanswered this many times in a row.
+    let mut silent = 0;
     let mut first = true;
     loop {
         if !std::mem::take(&mut first) {
@@ -429,8 +449,20 @@ async fn observe(health: std::sync::Weak<Health>, client: Client, tls: Option<Ar
         };
         if endpoints.len() == 1 {
             let mut c = client.clone();
-            if let Ok(Ok(status)) = tokio::time::timeout(LEADER_PROBE, c.status()).await {
-                health.term.fetch_max(status.raft_term(), Ordering::Relaxed);
+            match tokio::time::timeout(LEADER_PROBE, c.status()).await {
+                Ok(Ok(status)) => {
+                    health.term.fetch_max(status.raft_term(), Ordering::Relaxed);
+                    silent = 0;
+                }
+                // It answers, without a leader.
+                Ok(Err(e)) if is_no_leader(&e) => silent = 0,
+                _ => {
+                    silent += 1;
+                    if silent == 2 {
+                        tracing::debug!(endpoint = %endpoints[0], "etcd: the member does not answer");
+                        health.outages.send_modify(|n| *n += 1);
+                    }
+                }
             }
             continue;
         }
@@ -485,7 +517,7 @@ async fn observe(health: std::sync::Weak<Health>, client: Client, tls: Option<Ar
                     tracing::debug!(%endpoint, use_it = wanted[i], "etcd: endpoint set changed");
                     health.in_use.lock().unwrap_or_else(|e| e.into_inner())[i] = wanted[i];
                     if !wanted[i] {
-                        health.removals.fetch_add(1, Ordering::Relaxed);
+                        health.outages.send_modify(|n| *n += 1);
                     }
                 }
                 Err(e) => {
@@ -505,8 +537,8 @@ fn connect_options(
 ) -> Result<ConnectOptions, StoreError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive(KEEPALIVE.0, KEEPALIVE.1)
+        .with_keep_alive_while_idle(false)
         .with_require_leader(require_leader);
     for endpoint in endpoints.split(',') {
         match (tls.is_some(), endpoint.split_once("://")) {
@@ -861,12 +893,24 @@ impl Store for EtcdStore {
             })
             .await?;
         let store = self.clone();
-        let batches = futures::stream::unfold(Some(stream), move |state| {
+        let mut outages = self.outages();
+        outages.mark_unchanged();
+        let batches = futures::stream::unfold(Some((stream, outages)), move |state| {
             let store = store.clone();
             async move {
-                let mut stream = state?;
+                let (mut stream, mut outages) = state?;
                 loop {
-                    let resp = match stream.message().await {
+                    let message = tokio::select! {
+                        message = stream.message() => message,
+                        _ = outages.changed() => {
+                            let err = unavailable(
+                                &store.endpoints,
+                                "an etcd member stopped answering; watch again (the watch may have been on it)",
+                            );
+                            return Some((vec![Err(err)], None));
+                        }
+                    };
+                    let resp = match message {
                         Ok(Some(resp)) => resp,
                         Ok(None) => {
                             let err = unavailable(&store.endpoints, "watch stream closed");
@@ -904,7 +948,7 @@ impl Store for EtcdStore {
                                 revision,
                                 events: Vec::new(),
                             })],
-                            Some(stream),
+                            Some((stream, outages)),
                         ));
                     }
                     let mut out: Vec<Result<WatchBatch, StoreError>> = Vec::new();
@@ -945,7 +989,7 @@ impl Store for EtcdStore {
                         }
                     }
                     out.extend(batch.map(Ok));
-                    return Some((out, Some(stream)));
+                    return Some((out, Some((stream, outages))));
                 }
             }
         })
