@@ -1,19 +1,28 @@
 //! Leadership among several engines over one store: only the engine that holds the current
 //! [`Term`] runs the control plane, and every write its controllers make carries an
-//! [`Op::Check`](crate::store::Op::Check) on the term's key, so a deposed leader that has not
-//! noticed yet cannot write.
+//! [`Op::Check`] on the term's key, so a deposed leader that has not noticed yet cannot
+//! write.
 //!
 //! An [`Elector`] is how a candidate becomes leader and learns it no longer is: `orch-store`'s
 //! etcd `Election` (an etcd lease and a key) for managers on etcd; [`StoreElector`] (a lease
 //! key renewed by compare-and-swap, over any [`Store`]) for tests and embedders without etcd.
-//! [`EngineBuilder::elector`](crate::engine::EngineBuilder) hands one to the engine, whose
+//! [`EngineBuilder::elector`](crate::engine::EngineBuilder::elector) hands one to the engine, whose
 //! leadership loop campaigns, starts the control plane over a [`Fenced`] store when elected,
 //! and stops it when [`Elector::lost`] resolves — which an elector makes happen before its
-//! lease can have ended, so two control planes never run at once.
+//! lease can have ended, so two control planes never run at once; should one not notice
+//! (frozen, partitioned), [`Fenced`] keeps its writes from landing. The engine publishes what
+//! it knows as [`Leadership`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::time::Instant;
 
-use crate::store::{Revision, StoreError};
+use crate::store::{
+    KeyValue, Op, Revision, Store, StoreError, WatchBatch, WatchEvent, WatchStream,
+};
 
 /// One term of leadership: the key that stands for it and the revision it was created at.
 /// Writes fenced by the term carry `Op::Check { key, created }`.
@@ -49,14 +58,6 @@ pub trait Elector: Send + Sync {
     /// Who leads now, if anyone (read from the store).
     async fn leader(&self) -> Result<Option<String>, StoreError>;
 }
-
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-
-use futures::StreamExt;
-use tokio::time::Instant;
-
-use crate::store::{KeyValue, Op, Store, WatchEvent, WatchStream};
 
 /// The leader key in orch's key space. Its value is the leader's name; its create revision
 /// is the term.
@@ -131,26 +132,19 @@ impl Store for Fenced {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         self.inner.get(key).await
     }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> Result<(Vec<KeyValue>, crate::store::Revision), StoreError> {
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         self.inner.list(prefix).await
     }
-    async fn txn(&self, ops: Vec<Op>) -> Result<crate::store::Revision, StoreError> {
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
         if ops.is_empty() {
             return self.inner.txn(ops).await;
         }
         self.inner.txn(self.fence(ops)?).await
     }
-    async fn watch(
-        &self,
-        prefix: &str,
-        after: crate::store::Revision,
-    ) -> Result<WatchStream, StoreError> {
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         self.inner.watch(prefix, after).await
     }
-    async fn revision(&self) -> Result<crate::store::Revision, StoreError> {
+    async fn revision(&self) -> Result<Revision, StoreError> {
         self.inner.revision().await
     }
     /// One less than the inner store's: the check takes one operation of every transaction
@@ -217,8 +211,8 @@ pub struct StoreElector {
 /// The term this candidate holds and its last acknowledged renewal.
 #[derive(Clone, Copy, Debug)]
 struct Held {
-    created: crate::store::Revision,
-    modified: crate::store::Revision,
+    created: Revision,
+    modified: Revision,
     /// When the last acknowledged write of the key (the create or a renewal) was sent.
     acked_send: Instant,
 }
@@ -268,7 +262,7 @@ impl StoreElector {
     }
 
     /// The current key, if present (an exact match: the prefix may match other keys).
-    async fn current(&self) -> Result<(Option<KeyValue>, crate::store::Revision), StoreError> {
+    async fn current(&self) -> Result<(Option<KeyValue>, Revision), StoreError> {
         let (kvs, rev) = self.store.list(&self.config.key).await?;
         Ok((kvs.into_iter().find(|kv| kv.key == self.config.key), rev))
     }
@@ -279,9 +273,7 @@ impl StoreElector {
 }
 
 /// The next batch of `watch`, or never when there is none.
-async fn next_batch(
-    watch: &mut Option<WatchStream>,
-) -> Option<Result<crate::store::WatchBatch, StoreError>> {
+async fn next_batch(watch: &mut Option<WatchStream>) -> Option<Result<WatchBatch, StoreError>> {
     match watch {
         Some(w) => w.next().await,
         None => std::future::pending().await,
@@ -297,7 +289,7 @@ impl Elector for StoreElector {
     async fn campaign(&self) -> Result<Term, StoreError> {
         let key = &self.config.key;
         // The holder's mod revision and when this candidate first saw it.
-        let mut observed: Option<(crate::store::Revision, Instant)> = None;
+        let mut observed: Option<(Revision, Instant)> = None;
         loop {
             let (current, rev) = self.current().await?;
             let Some(kv) = current else {
@@ -469,7 +461,7 @@ impl Elector for StoreElector {
 mod tests {
     use super::*;
     use crate::memstore::MemStore;
-    use crate::store::{txn_chunked, Revision};
+    use crate::store::txn_chunked;
 
     fn put(key: &str) -> Op {
         Op::Create {

@@ -2,7 +2,9 @@
 //! file) and the [`conformance`] suite that every `Store` implementation runs.
 //!
 //! With the cargo feature `etcd` (needs `protoc` to build), the `etcd` module adds an etcd-backed
-//! store and `local_etcd` a throwaway etcd server for tests and benchmarks.
+//! store (plain or TLS), leader election over it (`etcd::Election`) and cluster
+//! administration (`etcd::EtcdAdmin`), and `local_etcd` throwaway etcd servers and clusters
+//! for tests and benchmarks.
 //!
 //! The contract lives in `orch_core::store`; this crate only implements and checks it.
 

@@ -354,14 +354,32 @@ impl LocalEtcdCluster {
                 Ok(_) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() > deadline => {
                     return Err(format!(
-                        "etcd at {} did not answer within {START:?}: {e} (logs in {})",
+                        "etcd at {} did not answer within {START:?}: {e}{}",
                         endpoints.join(","),
-                        self.dir.path().display()
+                        self.log_tails()
                     ))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// The last lines of every member's log, for an error message.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.members.len() {
+            let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!(
+                "\n--- {} (last lines of its log):",
+                self.members[i].name
+            ));
+            for line in &lines[lines.len().saturating_sub(8)..] {
+                out.push('\n');
+                out.push_str(line);
+            }
+        }
+        out
     }
 
     /// Kills member `i` (SIGKILL) and waits for it; its data stays for

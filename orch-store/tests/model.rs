@@ -1,5 +1,6 @@
 //! Property test: random sequences of creates, updates, deletes (with current or stale
-//! revisions) and multi-op transactions give the same results, error kinds, final keys,
+//! revisions), fences (`Op::Check` on a key's current, a stale or no create revision, beside
+//! writes) and multi-op transactions give the same results, error kinds, final keys,
 //! revision and watch history on `EmbeddedStore`, `MemStore` and a simple model; the embedded
 //! store gives them again after a reopen. A second embedded store checkpoints every other
 //! commit, so its values are partly in memory and partly only in its file (read back by gets,
@@ -32,6 +33,8 @@ enum AbstractOp {
     Create(usize, u8),
     Update(usize, u8, Claim),
     Delete(usize, Option<Claim>),
+    /// A fence on the key's create revision (claimed as for the others).
+    Check(usize, Claim),
 }
 
 fn claim() -> impl Strategy<Value = Claim> {
@@ -47,9 +50,30 @@ fn abstract_op() -> impl Strategy<Value = AbstractOp> {
     ]
 }
 
-/// One step: a transaction of zero or more operations (sometimes touching a key twice).
+fn check() -> impl Strategy<Value = AbstractOp> {
+    (0..KEYS.len(), claim()).prop_map(|(k, c)| AbstractOp::Check(k, c))
+}
+
+/// One step: a transaction of zero or more operations (sometimes touching a key twice), with
+/// fences put among them. Checks come only beside a write: a transaction of checks alone
+/// writes nothing, and the stores differ on whether that takes a revision (MemStore and the
+/// embedded store: yes, etcd: no).
 fn step() -> impl Strategy<Value = Vec<AbstractOp>> {
-    prop_oneof![3 => abstract_op().prop_map(|op| vec![op]), 2 => proptest::collection::vec(abstract_op(), 0..4)]
+    let writes = prop_oneof![3 => abstract_op().prop_map(|op| vec![op]), 2 => proptest::collection::vec(abstract_op(), 0..4)];
+    (
+        writes,
+        proptest::collection::vec((check(), any::<prop::sample::Index>()), 0..3),
+    )
+        .prop_map(|(mut ops, checks)| {
+            if ops.is_empty() {
+                return ops;
+            }
+            for (check, at) in checks {
+                let at = at.index(ops.len() + 1);
+                ops.insert(at, check);
+            }
+            ops
+        })
 }
 
 /// The comparable part of an error.
@@ -62,6 +86,11 @@ enum ErrKind {
     },
     AlreadyExists(String),
     NotFound(String),
+    Fenced {
+        key: String,
+        expected: Revision,
+        actual: Revision,
+    },
     Other,
 }
 
@@ -78,6 +107,15 @@ fn kind(e: StoreError) -> ErrKind {
         },
         StoreError::AlreadyExists { key } => ErrKind::AlreadyExists(key),
         StoreError::NotFound { key } => ErrKind::NotFound(key),
+        StoreError::Fenced {
+            key,
+            expected,
+            actual,
+        } => ErrKind::Fenced {
+            key,
+            expected,
+            actual,
+        },
         _ => ErrKind::Other,
     }
 }
@@ -92,6 +130,13 @@ struct Model {
 
 impl Model {
     fn resolve(&self, ops: &[AbstractOp]) -> Vec<Op> {
+        let claim = |current: Revision, c: &Claim| match c {
+            Claim::Current => current,
+            Claim::Ahead(d) => current + d,
+            Claim::Zero => 0,
+        };
+        let created =
+            |key: &str, c: &Claim| claim(self.keys.get(key).map_or(0, |kv| kv.create_revision), c);
         let claimed = |key: &str, c: &Claim| {
             let current = self.keys.get(key).map_or(0, |kv| kv.mod_revision);
             match c {
@@ -115,6 +160,10 @@ impl Model {
                     key: KEYS[*k].into(),
                     expected: c.as_ref().map(|c| claimed(KEYS[*k], c)),
                 },
+                AbstractOp::Check(k, c) => Op::Check {
+                    key: KEYS[*k].into(),
+                    created: created(KEYS[*k], c),
+                },
             })
             .collect()
     }
@@ -127,6 +176,21 @@ impl Model {
         let mut seen = HashSet::new();
         let mut events = Vec::new();
         for op in ops {
+            // A fence passes when the key's create revision (0: no key) is the one claimed.
+            if let Op::Check { key, created } = op {
+                if !seen.insert(key.as_str()) {
+                    return Err(ErrKind::Other);
+                }
+                let actual = self.keys.get(key).map_or(0, |kv| kv.create_revision);
+                if actual != *created {
+                    return Err(ErrKind::Fenced {
+                        key: key.clone(),
+                        expected: *created,
+                        actual,
+                    });
+                }
+                continue;
+            }
             if !seen.insert(op.key()) {
                 return Err(ErrKind::Other);
             }
@@ -141,7 +205,7 @@ impl Model {
                 Some(kv) => Ok(kv.clone()),
             };
             events.push(match op {
-                Op::Check { .. } => unreachable!("the model generates no checks yet"),
+                Op::Check { .. } => unreachable!("checks are handled above"),
                 Op::Create { key, value } => match existing {
                     Some(_) => return Err(ErrKind::AlreadyExists(key.clone())),
                     None => WatchEvent::Put(KeyValue {

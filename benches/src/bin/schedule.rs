@@ -9,8 +9,12 @@
 //!   SCENARIO: basic (5,000 nodes, 10,000 replicas), anti (5,000 nodes, 5,000 replicas with
 //!             required anti-affinity to each other per node), spread (5,000 nodes, 10,000
 //!             replicas, topology spread over 10 zones, maxSkew 1), c1m (10,000 nodes,
-//!             1,000,000 replicas of 10m / 64 MiB in 100 services), all (the first three; the default)
-//!   STORE:    memory, embedded or both (the default)
+//!             1,000,000 replicas of 10m / 64 MiB in 100 services), ha (1,000 nodes, 100,000
+//!             replicas of 10m / 64 MiB in 10 services), all (basic, anti, spread; the default)
+//!   STORE:    memory, embedded or both (the default); etcd3 (build with --features etcd): three
+//!             engines as three managers, each with its etcd store over a three-member etcd
+//!             cluster of its own (LocalEtcdCluster) and an etcd Election — the one that leads
+//!             schedules, all three caches follow every write
 //! ```
 //!
 //! After an embedded run it also measures a restart on the same file: reopening the store, and
@@ -41,7 +45,7 @@ struct Scenario {
     resources: &'static str,
 }
 
-const SCENARIOS: [Scenario; 4] = [
+const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "basic",
         nodes: 5_000,
@@ -73,6 +77,14 @@ const SCENARIOS: [Scenario; 4] = [
         per_service: 10_000,
         placement: "",
         // 100 per node must fit (the pod shape above fits only 40 per node by cpu).
+        resources: "{cpu: 10m, memory: 64Mi}",
+    },
+    Scenario {
+        name: "ha",
+        nodes: 1_000,
+        replicas: 100_000,
+        per_service: 10_000,
+        placement: "",
         resources: "{cpu: 10m, memory: 64Mi}",
     },
 ];
@@ -130,18 +142,64 @@ fn bound(e: &Engine) -> (usize, usize) {
     e.cache().replica_counts()
 }
 
-/// Applies the scenario's services; returns how long until all replicas are bound.
-async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
-    register_nodes(&*store, s.nodes).await?;
-    let config = EngineConfig {
+fn bench_config() -> EngineConfig {
+    EngineConfig {
         // Nobody heartbeats these nodes; they must not be judged during the run.
         node_grace: Duration::from_secs(3600),
         node_lost_timeout: Duration::from_secs(7200),
         ..EngineConfig::default()
-    };
+    }
+}
+
+/// Applies the scenario's services; returns how long until all replicas are bound.
+async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
+    register_nodes(&*store, s.nodes).await?;
     let e = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
-        .config(config)
+        .config(bench_config())
         .start();
+    let took = converge(&e, &*store, s).await?;
+    e.shutdown().await;
+    Ok(took)
+}
+
+/// Three managers on a three-member etcd: each engine has its own store (over every member)
+/// and its own etcd election; applies go through the first one's store, and the run ends when
+/// the first engine's cache shows every replica bound (whichever engine leads).
+#[cfg(feature = "etcd")]
+async fn run_etcd3(s: &Scenario) -> anyhow::Result<Duration> {
+    use orch_store::etcd::{Election, ElectionConfig, EtcdStore};
+    let cluster = orch_store::local_etcd::LocalEtcdCluster::start(3)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut engines = Vec::new();
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for i in 0..3 {
+        let store = EtcdStore::connect(&cluster.endpoints(), "/orch").await?;
+        let election = Election::new(&store, &format!("m{i}"), ElectionConfig::default())?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let e = Engine::builder(store.clone(), Arc::new(orch_sched::DefaultScheduler))
+            .config(bench_config())
+            .elector(Arc::new(election))
+            .start();
+        engines.push(e);
+        stores.push(store);
+    }
+    register_nodes(&*stores[0], s.nodes).await?;
+    let took = converge(&engines[0], &*stores[0], s).await?;
+    for e in engines {
+        e.shutdown().await;
+    }
+    Ok(took)
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn run_etcd3(_: &Scenario) -> anyhow::Result<Duration> {
+    anyhow::bail!("STORE etcd3 needs the etcd feature: cargo build --release -p orch-benches --features etcd --bin schedule")
+}
+
+/// Waits for the nodes in `e`'s cache, applies the services, and returns how long until
+/// every replica is bound.
+async fn converge(e: &Engine, store: &dyn Store, s: &Scenario) -> anyhow::Result<Duration> {
     let t = Instant::now();
     while e.cache().nodes().len() < s.nodes {
         anyhow::ensure!(
@@ -152,10 +210,10 @@ async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
     }
     let objects = services(s);
     let t = Instant::now();
-    orch_core::engine::api::apply(&*store, objects, false).await?;
+    orch_core::engine::api::apply(store, objects, false).await?;
     let poll = Duration::from_millis(if s.replicas > 100_000 { 200 } else { 2 });
     loop {
-        let (all, done) = bound(&e);
+        let (all, done) = bound(e);
         if all == s.replicas && done == s.replicas {
             break;
         }
@@ -181,7 +239,6 @@ async fn run(store: Arc<dyn Store>, s: &Scenario) -> anyhow::Result<Duration> {
             peak_mib()
         );
     }
-    e.shutdown().await;
     Ok(took)
 }
 
@@ -217,12 +274,29 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(
         !chosen.is_empty(),
-        "unknown scenario {which:?}: allowed basic, anti, spread, c1m, all"
+        "unknown scenario {which:?}: allowed basic, anti, spread, c1m, ha, all"
+    );
+    anyhow::ensure!(
+        ["memory", "embedded", "both", "etcd3"].contains(&stores),
+        "unknown store {stores:?}: allowed memory, embedded, both, etcd3"
     );
     println!("| scenario | nodes | replicas | store | apply → all bound and stored | replicas/s | peak RSS so far |\n|---|---|---|---|---|---|---|");
     for s in chosen {
         let mut runs: Vec<(&str, Arc<dyn Store>)> = Vec::new();
         let dir = tempfile::tempdir()?;
+        if stores == "etcd3" {
+            let took = run_etcd3(s).await?;
+            println!(
+                "| {} | {} | {} | etcd, 3 members, 3 managers | {:.3} s | {:.0} | {:.0} MiB |",
+                s.name,
+                s.nodes,
+                s.replicas,
+                took.as_secs_f64(),
+                s.replicas as f64 / took.as_secs_f64(),
+                peak_mib()
+            );
+            continue;
+        }
         if stores != "embedded" {
             runs.push(("in-memory", Arc::new(orch_core::memstore::MemStore::new())));
         }

@@ -7,11 +7,13 @@
 //!
 //! The engine's `ControllerSet` (in `engine/mod.rs`) starts and stops a group of controllers with one
 //! [`CancellationToken`]. The engine holds two: the control plane (replication, jobs,
-//! scheduling, node lifecycle), which only one engine of a cluster should run — high
-//! availability starts and stops it on leadership changes through
-//! [`Engine::start_control_plane`](crate::Engine::start_control_plane) and
-//! [`Engine::stop_control_plane`](crate::Engine::stop_control_plane) — and the node-local set
-//! (endpoints), which every engine runs because it publishes to its own process's discovery.
+//! scheduling, node lifecycle), which only one engine of a cluster runs — with an elector
+//! the leadership loop (`engine/leadership.rs`) starts one per term won, over a store fenced
+//! on the term, and stops it when the term is lost; without one the engine leads from the
+//! start ([`Engine::start_control_plane`](crate::Engine::start_control_plane) and
+//! [`Engine::stop_control_plane`](crate::Engine::stop_control_plane) switch by hand) — and
+//! the node-local set (endpoints), which every engine runs because it publishes to its own
+//! process's discovery.
 //!
 //! The scheduler ([`scheduling`](crate::engine::scheduling)) and the node lifecycle
 //! controller ([`nodes`](crate::engine::nodes)) are not [`Reconcile`]s: neither works per key.

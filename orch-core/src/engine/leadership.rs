@@ -110,19 +110,30 @@ pub(crate) async fn run(ctx: Arc<Ctx>, elector: Arc<dyn Elector>) {
                 continue;
             }
         };
+        let began = tokio::time::Instant::now();
         let end = lead(&ctx, &*elector, &term).await;
-        if let End::Shutdown = end {
-            if tokio::time::timeout(RESIGN_TIMEOUT, elector.resign(&term))
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    term = term.created,
-                    "control plane: resign timed out; the term expires instead"
-                );
+        if let End::Lost = end {
+            // An elector that loses at once (its store refuses the lease) must not make this
+            // loop spin.
+            if began.elapsed() < LEADER_REFRESH {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(CAMPAIGN_BACKOFF.0) => {}
+                }
             }
-            return;
+            continue;
         }
+        // Shutting down: hand the term over at once.
+        if tokio::time::timeout(RESIGN_TIMEOUT, elector.resign(&term))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                term = term.created,
+                "control plane: resign timed out; the term expires instead"
+            );
+        }
+        return;
     }
 }
 

@@ -322,6 +322,44 @@ impl EtcdAdmin {
         .await
     }
 
+    /// When member `from` (e.g. the one beside this manager) is the raft leader, moves the
+    /// leadership to the other voting member that answers with the most of the log (highest
+    /// raft index) and returns its id; `None` when `from` does not lead. So one host's death
+    /// never costs an etcd election and the orch leader's lease at once.
+    pub async fn move_leader_away(&self, from: u64) -> Result<Option<u64>, StoreError> {
+        if self.leader_id().await? != Some(from) {
+            return Ok(None);
+        }
+        let list = self
+            .call(|mut c| async move { c.member_list().await })
+            .await?;
+        let candidates: Vec<Member> = list
+            .members()
+            .iter()
+            .map(|m| member_of(m, None))
+            .filter(|m| m.id != from && !m.is_learner && !m.client_urls.is_empty())
+            .collect();
+        let statuses = futures::future::join_all(
+            candidates
+                .iter()
+                .map(|m| async move { (m.id, self.status(&m.client_urls[0]).await) }),
+        )
+        .await;
+        let target = statuses
+            .into_iter()
+            .filter(|(_, s)| s.error.is_none() && s.leader_id == Some(from))
+            .max_by_key(|(_, s)| s.raft_index)
+            .map(|(id, _)| id)
+            .ok_or_else(|| {
+                unavailable(
+                    &self.store.endpoints,
+                    format!("no other member of the etcd cluster to move the leadership from {from:x} to (none answers, or none follows it)"),
+                )
+            })?;
+        self.move_leader(target).await?;
+        Ok(Some(target))
+    }
+
     /// Moves raft leadership to member `target` (asked of the current leader, as etcd
     /// requires). Nothing to do when `target` leads already.
     pub async fn move_leader(&self, target: u64) -> Result<(), StoreError> {

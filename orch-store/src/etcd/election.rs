@@ -236,8 +236,9 @@ impl Election {
     /// key go at once — and stops renewing until the next [`Elector::campaign`] or
     /// [`Election::register`]. For a clean shutdown of a standby too.
     pub async fn close(&self) {
-        self.shared.want.send_replace(false);
+        // Read before the keepalive task hears of it and forgets the lease.
         let current = self.shared.lease.borrow().current;
+        self.shared.want.send_replace(false);
         if let Some(held) = current {
             self.shared.revoke(held.id).await;
         }
@@ -381,7 +382,15 @@ impl Shared {
                 .await;
             if let Ok(stream) = opened {
                 let (_sender, mut responses) = stream.split();
-                while let Some(Ok(resp)) = responses.next().await {
+                // A watch on a member that stopped answering would stay silent.
+                let mut outages = self.store.outages();
+                outages.mark_unchanged();
+                loop {
+                    let resp = tokio::select! {
+                        resp = responses.next() => resp,
+                        _ = outages.changed() => None,
+                    };
+                    let Some(Ok(resp)) = resp else { break };
                     if resp.compact_revision() > 0 || resp.canceled() {
                         break;
                     }
@@ -696,8 +705,9 @@ impl Elector for Election {
 
     async fn resign(&self, term: &Term) {
         let shared = &self.shared;
-        shared.want.send_replace(false);
+        // Read before the keepalive task hears of it and forgets the lease.
         let current = shared.lease.borrow().current.map(|h| h.id);
+        shared.want.send_replace(false);
         let of_term = shared.term_lease(term.created);
         for lease in current
             .into_iter()

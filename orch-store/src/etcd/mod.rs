@@ -29,9 +29,26 @@
 //! Quorum: every request carries etcd's `hasleader` metadata (the client's "require leader"),
 //! so a member without a leader refuses at once instead of waiting, and ends the watches it
 //! serves when it loses its leader (after about three election timeouts) instead of leaving
-//! them silent. Such failures, and requests that time out while etcd reports no leader, are
-//! [`StoreError::Unavailable`] with the message `etcd at ENDPOINTS has no quorum (no leader):
-//! ...`.
+//! them silent. Such failures, and requests that wait past a second while etcd reports no
+//! leader, are [`StoreError::Unavailable`] with the message `etcd at ENDPOINTS has no quorum
+//! (no leader): ...`.
+//!
+//! Several members: the client balances requests over the endpoints, and keeps choosing one
+//! whose member died. A task per store asks every endpoint's status every 0.5 s and keeps
+//! the requests to the members that answer with a leader (those that answer when none has
+//! one; all when none answers), so a dead or frozen member is out of use within about 1.5 s
+//! and back once it answers ([`EtcdStore::endpoints_in_use`]). A request that never left (no
+//! connection) is sent again. A request still waiting after a second fails
+//! ([`StoreError::Unavailable`]; a write's outcome is then unknown, as after any timeout)
+//! when etcd has no leader, has elected a new one since (a proposal forwarded to a dead
+//! leader is lost, and etcd would time it out only after 5 s), or a member stopped
+//! answering meanwhile (the request may be waiting on it); reads are then sent once more.
+//! When a member stops answering (out of use; for a store of one endpoint, two status
+//! checks unanswered) every watch of the store ends with [`StoreError::Unavailable`], since
+//! one on that member would stay silent until its connection timed out; consumers watch
+//! again from their last revision. HTTP/2 pings go only while a stream is open and every 10
+//! s: etcd closes connections that ping more often than every 5 s (GOAWAY
+//! `too_many_pings`), which would break the watches on them.
 //!
 //! TLS: [`EtcdStore::connect_with`] takes an [`EtcdTls`] (the CA that signed the members'
 //! certificates and the client's certificate and key, in PEM) for `https://` endpoints, with
@@ -109,6 +126,22 @@ pub struct EtcdStore {
     pub(crate) prefix: Arc<str>,
     pub(crate) endpoints: Arc<str>,
     tls: Option<Arc<EtcdTls>>,
+    /// What the observing task saw; it stops when every clone of the store is dropped.
+    health: Arc<Health>,
+}
+
+/// What [`observe`] keeps up to date for a store.
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// The store's endpoints (full URLs).
+    endpoints: Vec<String>,
+    /// The highest raft term seen lately (0: none yet).
+    term: std::sync::atomic::AtomicU64,
+    /// Per endpoint, whether the client balances requests over it.
+    in_use: std::sync::Mutex<Vec<bool>>,
+    /// Counts outages: an endpoint taken out of use, or the only one not answering. Watches
+    /// end on each (the ones on that member would stay silent until the connection times out).
+    outages: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -134,15 +167,36 @@ impl EtcdStore {
         prefix: &str,
         tls: Option<EtcdTls>,
     ) -> Result<EtcdStore, StoreError> {
+        // Full URLs, so the endpoint tending below names them as the client does.
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| match e.contains("://") {
+                true => e.clone(),
+                false => format!("{scheme}://{e}"),
+            })
+            .collect();
         let joined: Arc<str> = endpoints.join(",").into();
         let tls = tls.map(Arc::new);
         let options = connect_options(&joined, tls.as_deref(), true)?;
-        let client = connect_client(&joined, endpoints, options).await?;
+        let client = connect_client(&joined, &endpoints, options).await?;
+        let health = Arc::new(Health {
+            in_use: std::sync::Mutex::new(vec![true; endpoints.len()]),
+            endpoints,
+            term: Default::default(),
+            outages: tokio::sync::watch::channel(0).0,
+        });
+        tokio::spawn(observe(
+            Arc::downgrade(&health),
+            client.clone(),
+            tls.clone(),
+        ));
         let store = EtcdStore {
             client,
             prefix: prefix.into(),
             endpoints: joined,
             tls,
+            health,
         };
         store.revision().await?;
         Ok(store)
@@ -151,6 +205,24 @@ impl EtcdStore {
     /// The endpoints this store was connected to, comma-separated (as errors name them).
     pub fn endpoints(&self) -> &str {
         &self.endpoints
+    }
+
+    /// Changes on every outage of a member (see [`Health::outages`]).
+    pub(crate) fn outages(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.health.outages.subscribe()
+    }
+
+    /// The endpoints requests go to now: of several, those whose members answer with a
+    /// leader (see the module docs).
+    pub fn endpoints_in_use(&self) -> Vec<String> {
+        let in_use = self.health.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        self.health
+            .endpoints
+            .iter()
+            .zip(in_use.iter())
+            .filter(|(_, used)| **used)
+            .map(|(e, _)| e.clone())
+            .collect()
     }
 
     /// A client of `endpoints` with this store's TLS settings and no leader requirement
@@ -213,8 +285,8 @@ impl EtcdStore {
         while attempt < attempts {
             let outcome = tokio::select! {
                 outcome = tokio::time::timeout(REQUEST_TIMEOUT, f(self.client.clone())) => outcome,
-                what = self.leaderless() => {
-                    last = Some(no_quorum(&self.endpoints, what));
+                e = self.leaderless() => {
+                    last = Some(e);
                     attempt += 1;
                     continue;
                 }
@@ -248,19 +320,39 @@ impl EtcdStore {
         Err(last.unwrap_or_else(|| unavailable(&self.endpoints, "no answer")))
     }
 
-    /// Resolves, saying what it saw, once etcd reports no leader — checked after a request
-    /// has waited [`LEADERLESS_AFTER`], then every half second. A member without a leader
-    /// keeps a request waiting (a write until etcd's own timeout) when it lost its leader
-    /// after the request arrived.
-    async fn leaderless(&self) -> String {
+    /// Resolves with the error to fail a request with that has waited [`LEADERLESS_AFTER`]
+    /// when etcd then reports no leader ("no quorum"), or a raft term newer than the one seen
+    /// before the request (an election: a proposal forwarded to the old leader is lost, and
+    /// etcd would only time it out after 5 s), or when a member stopped answering meanwhile
+    /// (its endpoint taken out of use: a request sent there would wait for the connection to
+    /// time out); checked every half second.
+    async fn leaderless(&self) -> StoreError {
+        use std::sync::atomic::Ordering;
+        let before = self.health.term.load(Ordering::Relaxed);
+        let outages = *self.health.outages.borrow();
         tokio::time::sleep(LEADERLESS_AFTER).await;
         loop {
+            if *self.health.outages.borrow() != outages {
+                return unavailable(
+                    &self.endpoints,
+                    "an etcd member stopped answering while the request waited (the store no longer uses it); the request may have gone there (a write may or may not have been applied)",
+                );
+            }
             let mut client = self.client.clone();
             match tokio::time::timeout(LEADER_PROBE, client.status()).await {
                 Ok(Ok(status)) if status.leader() == 0 => {
-                    return "the member asked reports no leader".into()
+                    return no_quorum(&self.endpoints, "the member asked reports no leader")
                 }
-                Ok(Err(e)) if is_no_leader(&e) => return grpc_message(&e),
+                Ok(Ok(status)) if before > 0 && status.raft_term() > before => {
+                    return unavailable(
+                        &self.endpoints,
+                        format!(
+                            "etcd elected a new leader (raft term {before} to {}) while the request waited; it was most likely lost with the old leader (a write may or may not have been applied)",
+                            status.raft_term()
+                        ),
+                    )
+                }
+                Ok(Err(e)) if is_no_leader(&e) => return no_quorum(&self.endpoints, grpc_message(&e)),
                 _ => {}
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -322,6 +414,120 @@ pub(crate) fn rev(r: i64) -> Revision {
     r.max(0) as Revision
 }
 
+/// HTTP/2 keepalive pings (interval, timeout), only while a stream (a watch, a lease
+/// keepalive) is open: etcd closes a connection that pings more often than every 5 s
+/// (`--grpc-keepalive-min-time`) — or at all without a stream — with GOAWAY "too_many_pings",
+/// breaking the watches on it.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
+
+/// How often the endpoints of a store over several members are checked.
+const TEND_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Watches the cluster for a store, every [`TEND_INTERVAL`] until the store (every clone)
+/// is dropped: records the raft term (for [`EtcdStore::attempt`]'s watchdog) and, over
+/// several endpoints, keeps the client's balanced endpoints to the members worth asking —
+/// those that answer and have a leader; when none has a leader, those that answer (so
+/// requests fail at once with "no quorum" instead of on a dead connection); when none
+/// answers, all. The client's balancer keeps choosing an endpoint whose member died (each
+/// request there fails to connect, or waits out the connect timeout on a host that is
+/// gone), so a dead member is taken out within about a second and put back once it answers.
+async fn observe(health: std::sync::Weak<Health>, client: Client, tls: Option<Arc<EtcdTls>>) {
+    use std::sync::atomic::Ordering;
+    let Some(endpoints) = health.upgrade().map(|h| h.endpoints.clone()) else {
+        return;
+    };
+    let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
+    // The only endpoint's status went unanswered this many times in a row.
+    let mut silent = 0;
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(TEND_INTERVAL).await;
+        }
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        if endpoints.len() == 1 {
+            let mut c = client.clone();
+            match tokio::time::timeout(LEADER_PROBE, c.status()).await {
+                Ok(Ok(status)) => {
+                    health.term.fetch_max(status.raft_term(), Ordering::Relaxed);
+                    silent = 0;
+                }
+                // It answers, without a leader.
+                Ok(Err(e)) if is_no_leader(&e) => silent = 0,
+                _ => {
+                    silent += 1;
+                    if silent == 2 {
+                        tracing::debug!(endpoint = %endpoints[0], "etcd: the member does not answer");
+                        health.outages.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+            continue;
+        }
+        // Per endpoint: None (no answer), Some((has a leader, raft term)).
+        let answers: Vec<Option<(bool, u64)>> =
+            futures::future::join_all(endpoints.iter().zip(probes.iter_mut()).map(
+                |(endpoint, probe)| async {
+                    if probe.is_none() {
+                        let options = connect_options(endpoint, tls.as_deref(), false).ok()?;
+                        *probe = connect_client(endpoint, std::slice::from_ref(endpoint), options)
+                            .await
+                            .ok();
+                    }
+                    let mut c = probe.clone()?;
+                    match tokio::time::timeout(LEADER_PROBE, c.status()).await {
+                        Ok(Ok(status)) => Some((status.leader() != 0, status.raft_term())),
+                        _ => None,
+                    }
+                },
+            ))
+            .await;
+        if let Some(term) = answers.iter().flatten().filter(|a| a.0).map(|a| a.1).max() {
+            health.term.fetch_max(term, Ordering::Relaxed);
+        }
+        let led: Vec<bool> = answers.iter().map(|a| a.is_some_and(|a| a.0)).collect();
+        let answering: Vec<bool> = answers.iter().map(Option::is_some).collect();
+        let wanted = if led.contains(&true) {
+            led
+        } else if answering.contains(&true) {
+            answering
+        } else {
+            vec![true; endpoints.len()]
+        };
+        let in_use = health
+            .in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Additions first, so the set is never empty.
+        let changes = (0..endpoints.len())
+            .filter(|&i| !in_use[i] && wanted[i])
+            .chain((0..endpoints.len()).filter(|&i| in_use[i] && !wanted[i]))
+            .collect::<Vec<_>>();
+        for i in changes {
+            let endpoint = &endpoints[i];
+            let changed = match wanted[i] {
+                true => client.add_endpoint(endpoint).await,
+                false => client.remove_endpoint(endpoint).await,
+            };
+            match changed {
+                Ok(()) => {
+                    tracing::debug!(%endpoint, use_it = wanted[i], "etcd: endpoint set changed");
+                    health.in_use.lock().unwrap_or_else(|e| e.into_inner())[i] = wanted[i];
+                    if !wanted[i] {
+                        health.outages.send_modify(|n| *n += 1);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "etcd: cannot change the endpoint set")
+                }
+            }
+        }
+    }
+}
+
 /// The client options: timeouts, HTTP/2 keepalive, TLS (checked against the endpoints'
 /// schemes) and whether every request requires a leader.
 fn connect_options(
@@ -331,8 +537,8 @@ fn connect_options(
 ) -> Result<ConnectOptions, StoreError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive(KEEPALIVE.0, KEEPALIVE.1)
+        .with_keep_alive_while_idle(false)
         .with_require_leader(require_leader);
     for endpoint in endpoints.split(',') {
         match (tls.is_some(), endpoint.split_once("://")) {
@@ -445,7 +651,18 @@ pub(crate) fn map_err(endpoints: &str, e: etcd_client::Error) -> StoreError {
         E::TransportError(_) | E::IoError(_) => unavailable(endpoints, e),
         E::GRpcStatus(s) if is_no_leader(&e) => no_quorum(endpoints, s.message()),
         E::GRpcStatus(s) if TRANSIENT_CODES.contains(&(s.code() as i32)) => {
-            unavailable(endpoints, s.message())
+            match ["transport error", "http2 error", "operation was canceled"]
+                .contains(&s.message())
+            {
+                true => unavailable(
+                    endpoints,
+                    format!(
+                        "{}: the connection to an etcd member broke while the request was on it (a write may or may not have been applied)",
+                        s.message()
+                    ),
+                ),
+                false => unavailable(endpoints, s.message()),
+            }
         }
         _ => StoreError::Other(Box::new(e)),
     }
@@ -676,12 +893,24 @@ impl Store for EtcdStore {
             })
             .await?;
         let store = self.clone();
-        let batches = futures::stream::unfold(Some(stream), move |state| {
+        let mut outages = self.outages();
+        outages.mark_unchanged();
+        let batches = futures::stream::unfold(Some((stream, outages)), move |state| {
             let store = store.clone();
             async move {
-                let mut stream = state?;
+                let (mut stream, mut outages) = state?;
                 loop {
-                    let resp = match stream.message().await {
+                    let message = tokio::select! {
+                        message = stream.message() => message,
+                        _ = outages.changed() => {
+                            let err = unavailable(
+                                &store.endpoints,
+                                "an etcd member stopped answering; watch again (the watch may have been on it)",
+                            );
+                            return Some((vec![Err(err)], None));
+                        }
+                    };
+                    let resp = match message {
                         Ok(Some(resp)) => resp,
                         Ok(None) => {
                             let err = unavailable(&store.endpoints, "watch stream closed");
@@ -719,7 +948,7 @@ impl Store for EtcdStore {
                                 revision,
                                 events: Vec::new(),
                             })],
-                            Some(stream),
+                            Some((stream, outages)),
                         ));
                     }
                     let mut out: Vec<Result<WatchBatch, StoreError>> = Vec::new();
@@ -760,7 +989,7 @@ impl Store for EtcdStore {
                         }
                     }
                     out.extend(batch.map(Ok));
-                    return Some((out, Some(stream)));
+                    return Some((out, Some((stream, outages))));
                 }
             }
         })
