@@ -662,7 +662,36 @@ mod imp {
                 });
             }
         };
-        let etcd = connect(&endpoints, &prefix, tls, member.as_ref().map(|(s, _)| s)).await?;
+        let mut etcd = connect(
+            &endpoints,
+            &prefix,
+            tls.clone(),
+            member.as_ref().map(|(s, _)| s),
+        )
+        .await?;
+        let mut endpoints = endpoints;
+        if member.is_some() {
+            // Its own member first, then every other: the store keeps to members that answer
+            // with a leader, so this manager serves on while its own member is down.
+            let mut all = endpoints.clone();
+            let members = EtcdAdmin::new(&etcd).members().await.unwrap_or_default();
+            for url in members.iter().flat_map(|m| m.client_urls.iter()) {
+                if !all.contains(url) {
+                    all.push(url.clone());
+                }
+            }
+            if all.len() > endpoints.len() {
+                match EtcdStore::connect_with(&all, &prefix, tls).await {
+                    Ok(s) => {
+                        etcd = s;
+                        endpoints = all;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd: using this manager's own member only")
+                    }
+                }
+            }
+        }
         let admin = Arc::new(EtcdAdmin::new(&etcd));
         let member = match member {
             Some((supervised, 0)) => {
