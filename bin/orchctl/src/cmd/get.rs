@@ -142,7 +142,11 @@ pub(crate) async fn managers(client: &Client, output: Output) -> anyhow::Result<
             if output == Output::Json {
                 outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                out!("{}", serde_saphyr::to_string(&list)?);
+                let yaml = serde_saphyr::to_string(&list)?;
+                out!("{yaml}");
+                if !yaml.ends_with('\n') {
+                    outln!();
+                }
             }
         }
     }
