@@ -34,6 +34,9 @@ struct Ha {
     hosts: Hosts,
     tmp: tempfile::TempDir,
     token: String,
+    /// This cluster's replicas run `sleep SLEEP` (or `SLEEP + 1`): how they are found and
+    /// ended when the test is over (they outlive their agents by design).
+    sleep: u64,
 }
 
 impl Drop for Ha {
@@ -44,6 +47,14 @@ impl Drop for Ha {
         }
         self.agents.clear();
         self.managers.clear();
+        // The replicas and their log writers (whose arguments name the agents' data dirs).
+        for pattern in [
+            format!("sleep {}", self.sleep),
+            format!("sleep {}", self.sleep + 1),
+            self.tmp.path().display().to_string(),
+        ] {
+            let _ = Command::new("pkill").args(["-9", "-f", &pattern]).status();
+        }
     }
 }
 
@@ -57,6 +68,7 @@ impl Ha {
             hosts,
             tmp,
             token: String::new(),
+            sleep: 7_000_000 + u64::from(std::process::id()) * 10,
         };
         ha.start_manager(0);
         let out = Command::new(env!("CARGO_BIN_EXE_orchd"))
@@ -294,10 +306,14 @@ impl Ha {
     }
 }
 
-fn sleeper(name: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [/bin/sh, -c, 'exec sleep 100000']\n    stopGracePeriod: 1s\n"
-    )
+impl Ha {
+    /// A service of `replicas` that sleep.
+    fn sleeper(&self, name: &str, replicas: u32) -> String {
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template:\n    command: [/bin/sh, -c, 'exec sleep {}']\n    stopGracePeriod: 1s\n",
+            self.sleep
+        )
+    }
 }
 
 fn unix_now() -> f64 {
@@ -318,7 +334,10 @@ fn a_killed_leader_is_replaced_within_seconds_and_nothing_moves() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut ha = Ha::new();
-    assert!(ha.apply_on(0, "web", &sleeper("web", 6)).status.success());
+    assert!(ha
+        .apply_on(0, "web", &ha.sleeper("web", 6))
+        .status
+        .success());
     let before = ha.wait_ready("web", 6);
     let leader = ha.leader();
 
@@ -360,7 +379,7 @@ fn a_killed_leader_is_replaced_within_seconds_and_nothing_moves() {
         "a live node was marked down"
     );
     assert!(ha
-        .apply_on(next, "api", &sleeper("api", 2))
+        .apply_on(next, "api", &ha.sleeper("api", 2))
         .status
         .success());
     ha.wait_ready("api", 2);
@@ -419,7 +438,10 @@ fn a_partitioned_leader_steps_down_and_no_acknowledged_apply_is_lost() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let ha = Ha::new();
-    assert!(ha.apply_on(0, "web", &sleeper("web", 6)).status.success());
+    assert!(ha
+        .apply_on(0, "web", &ha.sleeper("web", 6))
+        .status
+        .success());
     let before = ha.wait_ready("web", 6);
     let leader = ha.leader();
     let cut_at = Instant::now();
@@ -460,7 +482,7 @@ fn a_partitioned_leader_steps_down_and_no_acknowledged_apply_is_lost() {
     for k in 0..5 {
         let name = format!("p{k}");
         let target = [next, leader][k % 2];
-        let out = ha.apply_on(target, &name, &sleeper(&name, 1));
+        let out = ha.apply_on(target, &name, &ha.sleeper(&name, 1));
         if out.status.success() {
             acked.push(name);
         } else if target == leader {
@@ -489,7 +511,10 @@ fn losing_etcd_quorum_stops_changes_but_not_workloads() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let ha = Ha::new();
-    assert!(ha.apply_on(0, "web", &sleeper("web", 6)).status.success());
+    assert!(ha
+        .apply_on(0, "web", &ha.sleeper("web", 6))
+        .status
+        .success());
     let before = ha.wait_ready("web", 6);
     let leader = ha.leader();
     let others: Vec<usize> = (0..MANAGERS).filter(|&i| i != leader).collect();
@@ -501,7 +526,7 @@ fn losing_etcd_quorum_stops_changes_but_not_workloads() {
     };
     stop(others[0], "STOP");
     assert!(ha
-        .apply_on(leader, "one", &sleeper("one", 1))
+        .apply_on(leader, "one", &ha.sleeper("one", 1))
         .status
         .success());
     ha.wait_ready("one", 1);
@@ -511,7 +536,7 @@ fn losing_etcd_quorum_stops_changes_but_not_workloads() {
         "applies refused without quorum",
         Duration::from_secs(20),
         || {
-            let out = ha.apply_on(leader, "two", &sleeper("two", 1));
+            let out = ha.apply_on(leader, "two", &ha.sleeper("two", 1));
             (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
         },
     );
@@ -526,7 +551,7 @@ fn losing_etcd_quorum_stops_changes_but_not_workloads() {
     }
     stop(others[0], "CONT");
     eventually("applies work again", Duration::from_secs(30), || {
-        ha.apply_on(leader, "two", &sleeper("two", 1))
+        ha.apply_on(leader, "two", &ha.sleeper("two", 1))
             .status
             .success()
             .then_some(())
@@ -547,11 +572,15 @@ fn rolling_restart_of_managers_and_a_frozen_leader() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut ha = Ha::new();
-    assert!(ha.apply_on(0, "web", &sleeper("web", 6)).status.success());
+    assert!(ha
+        .apply_on(0, "web", &ha.sleeper("web", 6))
+        .status
+        .success());
     ha.wait_ready("web", 6);
     // A slow rollout: one at a time, each new replica Ready only after 2 s.
-    let slow = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 6\n  update: {maxSurge: 1, maxUnavailable: 0}\n  template:\n    command: [/bin/sh, -c, 'exec sleep 100001']\n    readinessProbe: {exec: {command: [/bin/true]}, initialDelay: 2s, period: 1s}\n    stopGracePeriod: 1s\n";
-    assert!(ha.apply_on(0, "web2", slow).status.success());
+    let new_command = format!("exec sleep {}", ha.sleep + 1);
+    let slow = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 6\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n  template:\n    command: [/bin/sh, -c, '{new_command}']\n    readinessProbe: {{exec: {{command: [/bin/true]}}, initialDelay: 2s, period: 1s}}\n    stopGracePeriod: 1s\n");
+    assert!(ha.apply_on(0, "web2", &slow).status.success());
     for i in 0..MANAGERS {
         ha.signal_manager(i, "TERM");
         if let Some(mut d) = ha.managers[i].take() {
@@ -583,7 +612,7 @@ fn rolling_restart_of_managers_and_a_frozen_leader() {
         (web.len() == 6
             && web.iter().all(|r| {
                 r["status"]["phase"] == "Ready"
-                    && r["spec"]["template"]["command"][2] == "exec sleep 100001"
+                    && r["spec"]["template"]["command"][2] == new_command.as_str()
             }))
         .then_some(())
     });

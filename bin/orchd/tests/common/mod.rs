@@ -76,6 +76,17 @@ impl Daemon {
 
     /// [`Daemon::start_as`] inside network namespace `netns` (`ip netns exec`).
     pub fn start_in(netns: Option<&str>, dir: &Path, head: &[&str], extra: &[&str]) -> Daemon {
+        Daemon::start_in_within(netns, dir, head, extra, Duration::from_secs(20))
+    }
+
+    /// [`Daemon::start_in`], waiting up to `limit` for it to answer.
+    pub fn start_in_within(
+        netns: Option<&str>,
+        dir: &Path,
+        head: &[&str],
+        extra: &[&str],
+        limit: Duration,
+    ) -> Daemon {
         let socket = dir.join("orchd.sock");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -100,7 +111,7 @@ impl Daemon {
             socket,
             child: Some(child),
         };
-        eventually("orchd answers", Duration::from_secs(20), || {
+        eventually("orchd answers", limit, || {
             d.ctl(&["info"]).status.success().then_some(())
         });
         d

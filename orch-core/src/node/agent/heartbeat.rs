@@ -2,6 +2,8 @@
 
 use crate::model::object::{Kind, Metadata, Node, NodeCondition, NodeSpec, NodeStatus, Object};
 use crate::model::quantity::Timestamp;
+use std::sync::atomic::Ordering;
+
 use crate::store::{create_op, update_op};
 
 use super::Agent;
@@ -42,7 +44,13 @@ impl Agent {
     pub(super) async fn heartbeat(&self) -> Result<(), crate::store::StoreError> {
         let key = Kind::Node.key("", &self.cfg.node);
         let unavailable = self.runtime.unavailable().await;
-        let op = match self.ctx.cache.get(Kind::Node, &key).as_deref() {
+        let written = self.heartbeat_rev.load(Ordering::Relaxed);
+        let cached = self
+            .ctx
+            .cache
+            .get(Kind::Node, &key)
+            .filter(|o| o.metadata().revision >= written);
+        let op = match cached.as_deref() {
             Some(Object::Node(n)) => {
                 let mut n = n.clone();
                 n.status = self.node_status(&unavailable);
@@ -89,7 +97,12 @@ impl Agent {
             },
         };
         let rev = self.ctx.store.txn(vec![op]).await?;
-        self.ctx.cache.wait_for(rev).await;
+        self.heartbeat_rev.store(rev, Ordering::Relaxed);
+        // So the next heartbeat's compare-and-swap starts from this write; but never wait
+        // past a heartbeat for it: a cache that is listing again (its manager failed over)
+        // must not stop the heartbeats, or a live node would be judged silent. A cache that
+        // lags is passed by (above) and the store read instead.
+        let _ = tokio::time::timeout(self.cfg.heartbeat, self.ctx.cache.wait_for(rev)).await;
         Ok(())
     }
 }

@@ -139,6 +139,9 @@ pub struct Agent {
     state: Mutex<State>,
     net: Mutex<network::NetState>,
     queue: Arc<WorkQueue<String>>,
+    /// The revision of this agent's last heartbeat write: a cached node object older than
+    /// it is stale (the cache is catching up), so the next heartbeat reads the store.
+    heartbeat_rev: std::sync::atomic::AtomicU64,
 }
 
 /// What reconciling one replica produced.
@@ -179,6 +182,7 @@ impl Agent {
             state: Mutex::default(),
             net,
             queue,
+            heartbeat_rev: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
