@@ -895,7 +895,7 @@ mod imp {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = leadership.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(Duration::from_secs(5)), if leading => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)), if leading => {}
             }
         }
     }
