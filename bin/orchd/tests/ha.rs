@@ -316,6 +316,26 @@ impl Ha {
     }
 }
 
+/// The start of every test here: its turn (see the module docs), a cluster, and service
+/// `web` of six replicas Ready (name → (node, pid)); `None` when the machine lacks a need.
+fn with_web() -> Option<(
+    std::sync::MutexGuard<'static, ()>,
+    Ha,
+    BTreeMap<String, (String, u32)>,
+)> {
+    if !require(NEEDS) {
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let ha = Ha::new();
+    assert!(ha
+        .apply_on(0, "web", &ha.sleeper("web", 6))
+        .status
+        .success());
+    let before = ha.wait_ready("web", 6);
+    Some((serial, ha, before))
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -329,16 +349,9 @@ fn unix_now() -> f64 {
 /// leader die together: the node's replicas are replaced exactly once.
 #[test]
 fn a_killed_leader_is_replaced_within_seconds_and_nothing_moves() {
-    if !require(NEEDS) {
+    let Some((_serial, mut ha, before)) = with_web() else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut ha = Ha::new();
-    assert!(ha
-        .apply_on(0, "web", &ha.sleeper("web", 6))
-        .status
-        .success());
-    let before = ha.wait_ready("web", 6);
+    };
     let leader = ha.leader();
 
     let victim = before.values().next().unwrap().1;
@@ -433,16 +446,9 @@ fn a_killed_leader_is_replaced_within_seconds_and_nothing_moves() {
 /// after the heal there are no duplicates and every acknowledged apply is there.
 #[test]
 fn a_partitioned_leader_steps_down_and_no_acknowledged_apply_is_lost() {
-    if !require(NEEDS) {
+    let Some((_serial, ha, before)) = with_web() else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let ha = Ha::new();
-    assert!(ha
-        .apply_on(0, "web", &ha.sleeper("web", 6))
-        .status
-        .success());
-    let before = ha.wait_ready("web", 6);
+    };
     let leader = ha.leader();
     let cut_at = Instant::now();
     ha.hosts.link(leader, false);
@@ -506,16 +512,9 @@ fn a_partitioned_leader_steps_down_and_no_acknowledged_apply_is_lost() {
 /// quorum, workloads keep running and nothing is replaced; one back: everything resumes.
 #[test]
 fn losing_etcd_quorum_stops_changes_but_not_workloads() {
-    if !require(NEEDS) {
+    let Some((_serial, ha, before)) = with_web() else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let ha = Ha::new();
-    assert!(ha
-        .apply_on(0, "web", &ha.sleeper("web", 6))
-        .status
-        .success());
-    let before = ha.wait_ready("web", 6);
+    };
     let leader = ha.leader();
     let others: Vec<usize> = (0..MANAGERS).filter(|&i| i != leader).collect();
     let stop = |i: usize, sig: &str| {
@@ -567,16 +566,9 @@ fn losing_etcd_quorum_stops_changes_but_not_workloads() {
 /// land — no node is marked down and no replica is replaced, though its clock jumped.
 #[test]
 fn rolling_restart_of_managers_and_a_frozen_leader() {
-    if !require(NEEDS) {
+    let Some((_serial, mut ha, _)) = with_web() else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut ha = Ha::new();
-    assert!(ha
-        .apply_on(0, "web", &ha.sleeper("web", 6))
-        .status
-        .success());
-    ha.wait_ready("web", 6);
+    };
     // A slow rollout: one at a time, each new replica Ready only after 2 s.
     let new_command = format!("exec sleep {}", ha.sleep + 1);
     let slow = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 6\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n  template:\n    command: [/bin/sh, -c, '{new_command}']\n    readinessProbe: {{exec: {{command: [/bin/true]}}, initialDelay: 2s, period: 1s}}\n    stopGracePeriod: 1s\n");
