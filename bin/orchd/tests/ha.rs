@@ -316,13 +316,12 @@ impl Ha {
     }
 }
 
+/// Ready replicas: name → (node, pid).
+type Ready = BTreeMap<String, (String, u32)>;
+
 /// The start of every test here: its turn (see the module docs), a cluster, and service
 /// `web` of six replicas Ready (name → (node, pid)); `None` when the machine lacks a need.
-fn with_web() -> Option<(
-    std::sync::MutexGuard<'static, ()>,
-    Ha,
-    BTreeMap<String, (String, u32)>,
-)> {
+fn with_web() -> Option<(std::sync::MutexGuard<'static, ()>, Ha, Ready)> {
     if !require(NEEDS) {
         return None;
     }
