@@ -154,7 +154,8 @@ pub fn supervise(config: MemberConfig, creds: &Credentials) -> anyhow::Result<Su
     })
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes `text` to `path`, readable by its owner only (keys, the secret keyring).
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

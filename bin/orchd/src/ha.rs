@@ -518,7 +518,7 @@ mod imp {
             );
         }
         Manager::install(&data_dir.join("cluster"), &grant)?;
-        write_private(&keys_path, &grant.store.secret_keys)?;
+        crate::etcd::write_private(&keys_path, &grant.store.secret_keys)?;
         let state = match (grant.store.etcd_member.clone(), external) {
             (Some((id, initial_cluster)), _) => ClusterStore {
                 endpoints: grant.store.etcd_endpoints.clone(),
@@ -562,20 +562,6 @@ mod imp {
             }
         );
         Ok(())
-    }
-
-    fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        f.write_all(text.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// Opens the store: the etcd member this manager runs (started here), the etcd of

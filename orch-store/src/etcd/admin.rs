@@ -109,6 +109,18 @@ pub fn initial_cluster(members: &[Member], id: u64, name: &str) -> String {
         .join(",")
 }
 
+/// Whether `e` says the request never reached a member (no connection could be made).
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            // 14: unavailable.
+            s.code() as i32 == 14 && s.message().contains("connect")
+        }
+        _ => false,
+    }
+}
+
 impl EtcdAdmin {
     /// Administration over `store`'s endpoints and TLS (its own connection, made on first
     /// use, without a leader requirement).
@@ -132,19 +144,36 @@ impl EtcdAdmin {
             .cloned()
     }
 
+    /// Runs `f` with the client over every endpoint; when that fails to connect (the
+    /// channel picked a dead member: nothing was sent, so trying again is safe even for
+    /// member add and remove), runs it once more against each member that answers.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let client = self.client().await?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, f(client)).await {
-            Ok(result) => result.map_err(|e| map_err(&self.store.endpoints, e)),
-            Err(_) => Err(self
-                .store
-                .explain_timeout(&format!("request timed out after {REQUEST_TIMEOUT:?}"))
-                .await),
+        let first = match tokio::time::timeout(REQUEST_TIMEOUT, f(client)).await {
+            Ok(Err(e)) if not_sent(&e) => e,
+            Ok(result) => return result.map_err(|e| map_err(&self.store.endpoints, e)),
+            Err(_) => {
+                return Err(self
+                    .store
+                    .explain_timeout(&format!("request timed out after {REQUEST_TIMEOUT:?}"))
+                    .await)
+            }
+        };
+        for endpoint in self.store.endpoints_in_use() {
+            let Ok(one) = self.store.client_of(std::slice::from_ref(&endpoint)).await else {
+                continue;
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, f(one)).await {
+                Ok(Err(e)) if not_sent(&e) => continue,
+                Err(_) => continue,
+                Ok(result) => return result.map_err(|e| map_err(&endpoint, e)),
+            }
         }
+        Err(map_err(&self.store.endpoints, first))
     }
 
     /// The raft leader's member id, as the member answering knows it (`None`: no leader).
@@ -181,7 +210,10 @@ impl EtcdAdmin {
         let resp = loop {
             let urls = peer_urls.to_vec();
             match self
-                .call(|mut c| async move { c.member_add(urls, None).await })
+                .call(|mut c| {
+                    let urls = urls.clone();
+                    async move { c.member_add(urls, None).await }
+                })
                 .await
             {
                 Err(StoreError::Unavailable(e))
